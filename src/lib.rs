@@ -1,0 +1,3 @@
+//! p2pshare: a Napster-style peer-to-peer file-sharing system.
+pub mod reactor;
+pub mod wire;

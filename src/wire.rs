@@ -1,0 +1,697 @@
+//! Wire messages: every message of the p2pshare protocol as a serde type, encoded with postcard
+//! inside one `\r\r\n` frame (see [`crate::reactor::codec`]).
+//!
+//! Two conversations use them:
+//! - **peer ↔ index** ([`Request`] / [`Response`]): a long-lived session. The first request must
+//!   be [`RequestBody::Hello`]; every request carries a client-chosen id that its response
+//!   echoes, so a client may pipeline many requests and match answers by id.
+//! - **peer ↔ peer** ([`TransferRequest`] / [`TransferResponse`]): a downloader asks a holder
+//!   for a file by hash and offset; the holder answers with a header frame followed by exactly
+//!   `len` raw bytes (no framing), after which the connection may carry another request.
+//!
+//! # Compatibility
+//! [`RequestBody::Hello`] and [`TransferRequest::Get`] are variant 0 and start with the protocol
+//! version, so a server of any version can read a client's version with [`peek_version`] even
+//! when the rest of the message no longer decodes, and answer a mismatch with a clear error.
+//!
+//! # Invariants
+//! Decoding untrusted bytes returns an error, never panics; postcard bounds every length by
+//! the bytes actually present, so a hostile length prefix cannot make it allocate more than
+//! the frame holds.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// A file's identity: the BLAKE3 hash of its bytes. Shown to people as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct FileHash(pub [u8; 32]);
+
+impl FileHash {
+    /// The BLAKE3 hash of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        FileHash(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// Lowercase hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        self.to_string()
+    }
+
+    /// Whether this hash's hex form starts with `prefix` (lowercase hex digits).
+    pub fn has_hex_prefix(&self, prefix: &str) -> bool {
+        let p = prefix.as_bytes();
+        if p.len() > 64 {
+            return false;
+        }
+        p.iter().enumerate().all(|(i, &c)| {
+            let byte = self.0[i / 2];
+            let nibble = if i % 2 == 0 { byte >> 4 } else { byte & 0xf };
+            HEX[nibble as usize] == c
+        })
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl fmt::Display for FileHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            s[2 * i] = HEX[(b >> 4) as usize];
+            s[2 * i + 1] = HEX[(b & 0xf) as usize];
+        }
+        // The buffer holds only ASCII hex digits.
+        f.write_str(std::str::from_utf8(&s).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for FileHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FileHash({self})")
+    }
+}
+
+/// Why a string is not a 64-digit hex hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadHash;
+
+impl fmt::Display for BadHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not a hash: expected 64 hex digits")
+    }
+}
+
+impl std::error::Error for BadHash {}
+
+impl FromStr for FileHash {
+    type Err = BadHash;
+
+    fn from_str(s: &str) -> Result<Self, BadHash> {
+        let b = s.as_bytes();
+        if b.len() != 64 {
+            return Err(BadHash);
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in b.chunks_exact(2).enumerate() {
+            out[i] = (hex_val(pair[0]).ok_or(BadHash)? << 4) | hex_val(pair[1]).ok_or(BadHash)?;
+        }
+        Ok(FileHash(out))
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Whether `s` could be a hash prefix a person typed: 8 to 64 hex digits.
+pub fn is_hex_prefix(s: &str) -> bool {
+    (8..=64).contains(&s.len()) && s.bytes().all(|c| hex_val(c).is_some())
+}
+
+/// One shared file as a peer announces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// BLAKE3 of the contents.
+    pub hash: FileHash,
+    /// Size in bytes.
+    pub size: u64,
+    /// The file's name (no directories), as the peer shares it.
+    pub name: String,
+}
+
+/// A request from a peer to the index. `id` is echoed in the [`Response`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Client-chosen id, echoed in the response.
+    pub id: u32,
+    /// What is asked.
+    pub body: RequestBody,
+}
+
+/// What a peer can ask the index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestBody {
+    /// First request of a session: the protocol version and the TCP port this peer serves
+    /// downloads on (0: it serves none). Must stay variant 0 with `version` first.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the client.
+        version: u16,
+        /// Port of the peer's file server.
+        listen_port: u16,
+        /// Free-form client name and version, for logs.
+        agent: String,
+    },
+    /// Announce files, in bulk.
+    Register {
+        /// The files.
+        files: Vec<FileEntry>,
+    },
+    /// Withdraw files this peer registered, by hash.
+    Unregister {
+        /// The hashes.
+        hashes: Vec<FileHash>,
+    },
+    /// Keyword search over file names.
+    Search {
+        /// Words separated by anything not a letter or digit.
+        query: String,
+        /// Most results wanted (the server caps it further).
+        limit: u32,
+    },
+    /// Who holds a file.
+    Lookup {
+        /// By hash, hash prefix or exact name.
+        key: LookupKey,
+    },
+    /// Liveness check; also keeps an idle session from timing out.
+    Ping,
+    /// Server counters.
+    Stats,
+    /// End the session; the server answers and closes.
+    Bye,
+}
+
+/// How a lookup names a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LookupKey {
+    /// The full hash.
+    Hash(FileHash),
+    /// A unique prefix of the lowercase hex form, 8 to 64 digits.
+    HashPrefix(String),
+    /// An exact file name.
+    Name(String),
+}
+
+/// An answer from the index, to the request with the same `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id (0 for an error about a frame that could not be decoded).
+    pub id: u32,
+    /// The answer.
+    pub body: ResponseBody,
+}
+
+/// Every answer the index gives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseBody {
+    /// Answer to Hello.
+    Welcome {
+        /// The server's [`PROTOCOL_VERSION`].
+        version: u16,
+        /// This session's id.
+        session: u64,
+        /// The address the server sees this peer at, with the announced port: what it gives
+        /// other peers.
+        observed: SocketAddr,
+    },
+    /// Answer to Register.
+    Registered {
+        /// Entries new to this peer.
+        added: u32,
+        /// Files this peer now holds in the index.
+        total: u32,
+    },
+    /// Answer to Unregister.
+    Unregistered {
+        /// Entries removed (hashes this peer did not register count 0).
+        removed: u32,
+        /// Files this peer still holds in the index.
+        total: u32,
+    },
+    /// Answer to Search, best first.
+    SearchResults {
+        /// The hits.
+        hits: Vec<SearchHit>,
+        /// More matched than were returned.
+        truncated: bool,
+    },
+    /// Answer to Lookup: one entry per matching hash (several when a name maps to several).
+    Holders {
+        /// The files and who holds them.
+        files: Vec<HeldFile>,
+    },
+    /// Answer to Ping.
+    Pong,
+    /// Answer to Stats.
+    Stats(ServerStats),
+    /// Answer to Bye; the server closes after sending it.
+    Bye,
+    /// The request failed.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// A sentence for a person.
+        message: String,
+    },
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchHit {
+    /// The matching name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The file's hash.
+    pub hash: FileHash,
+    /// How many live peers hold this hash.
+    pub holders: u32,
+}
+
+/// One file and the peers that hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldFile {
+    /// The file's hash.
+    pub hash: FileHash,
+    /// Size in bytes.
+    pub size: u64,
+    /// A name it is shared under.
+    pub name: String,
+    /// File-server addresses of the holders.
+    pub holders: Vec<SocketAddr>,
+}
+
+/// Server counters, for `stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStats {
+    /// Open connections.
+    pub connections: u64,
+    /// Peers that completed the handshake.
+    pub peers: u64,
+    /// Distinct hashes indexed.
+    pub files: u64,
+    /// Distinct (hash, name) entries indexed.
+    pub names: u64,
+    /// Requests served, by kind.
+    pub registers: u64,
+    /// Unregister requests served.
+    pub unregisters: u64,
+    /// Search requests served.
+    pub searches: u64,
+    /// Lookup requests served.
+    pub lookups: u64,
+    /// Ping requests served.
+    pub pings: u64,
+    /// Error responses sent.
+    pub errors: u64,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The client speaks another protocol version.
+    VersionMismatch,
+    /// A request other than Hello came before the handshake, or Hello came twice.
+    NotReady,
+    /// The frame did not decode as a request.
+    Malformed,
+    /// A frame broke the framing rules or exceeded the size limit.
+    BadFrame,
+    /// No file with that hash, prefix or name.
+    NotFound,
+    /// A hash prefix matches several files.
+    Ambiguous,
+    /// The request is well-formed but not acceptable (too many files, bad name, ...).
+    Invalid,
+    /// The server is at its connection limit.
+    Busy,
+    /// A peer's file server could not read the file.
+    Io,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            ErrorCode::VersionMismatch => "version mismatch",
+            ErrorCode::NotReady => "not ready",
+            ErrorCode::Malformed => "malformed request",
+            ErrorCode::BadFrame => "bad frame",
+            ErrorCode::NotFound => "not found",
+            ErrorCode::Ambiguous => "ambiguous",
+            ErrorCode::Invalid => "invalid request",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Io => "i/o error",
+        };
+        f.write_str(s)
+    }
+}
+
+/// A downloader's request to a holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferRequest {
+    /// Send the file with this hash from `offset` to its end. Must stay variant 0 with
+    /// `version` first.
+    Get {
+        /// [`PROTOCOL_VERSION`] of the downloader.
+        version: u16,
+        /// The file wanted.
+        hash: FileHash,
+        /// First byte wanted (non-zero to resume).
+        offset: u64,
+    },
+}
+
+/// A holder's answer to [`TransferRequest::Get`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferResponse {
+    /// Exactly `size - offset` raw bytes of the file follow this frame.
+    Sending {
+        /// The name the holder shares it under (untrusted: sanitise before use).
+        name: String,
+        /// The whole file's size.
+        size: u64,
+        /// Where the following bytes start.
+        offset: u64,
+    },
+    /// The holder will not send it.
+    Error {
+        /// Why.
+        code: ErrorCode,
+        /// A sentence for a person.
+        message: String,
+    },
+}
+
+/// Why a payload is not a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "undecodable message: {}", self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Decodes one message from a whole frame payload; trailing bytes are an error.
+pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, DecodeError> {
+    match postcard::take_from_bytes::<T>(payload) {
+        Ok((msg, [])) => Ok(msg),
+        Ok((_, rest)) => Err(DecodeError(format!("{} trailing bytes", rest.len()))),
+        Err(e) => Err(DecodeError(e.to_string())),
+    }
+}
+
+/// Appends `msg` as one frame to `out` (postcard, written in place).
+pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
+    crate::reactor::codec::encode_with(out, |buf| {
+        postcard::serialize_with_flavor(msg, AppendVec(buf)).map(|_| ())
+    })
+    // Our messages contain nothing postcard cannot serialise (no maps with non-string keys,
+    // no unsized sequences), and the flavor never refuses bytes, so this cannot fail.
+    .expect("postcard serialisation of a wire message failed")
+}
+
+/// The postcard payload of `msg` alone, without framing.
+pub fn to_payload<T: Serialize>(msg: &T) -> Vec<u8> {
+    postcard::to_stdvec(msg).expect("postcard serialisation of a wire message failed")
+}
+
+/// A postcard flavor that appends to a borrowed vector.
+struct AppendVec<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendVec<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads the protocol version from a Hello request or Get transfer request without decoding
+/// the rest, so a version mismatch can be reported even when the layout changed. `None` when
+/// the payload does not start like either.
+pub fn peek_version(payload: &[u8], is_request: bool) -> Option<u16> {
+    let mut rest = payload;
+    if is_request {
+        let (_id, r) = postcard::take_from_bytes::<u32>(rest).ok()?;
+        rest = r;
+    }
+    let (variant, r) = postcard::take_from_bytes::<u32>(rest).ok()?;
+    if variant != 0 {
+        return None;
+    }
+    let (version, _) = postcard::take_from_bytes::<u16>(r).ok()?;
+    Some(version)
+}
+
+/// The id of a request, read without decoding the body, so an error about an undecodable
+/// body can still be matched to its request.
+pub fn peek_request_id(payload: &[u8]) -> Option<u32> {
+    postcard::take_from_bytes::<u32>(payload).ok().map(|(id, _)| id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::codec::{decode_all, Decoder};
+    use proptest::prelude::*;
+
+    fn h(n: u8) -> FileHash {
+        FileHash([n; 32])
+    }
+
+    fn all_requests() -> Vec<Request> {
+        let bodies = vec![
+            RequestBody::Hello {
+                version: PROTOCOL_VERSION,
+                listen_port: 4242,
+                agent: "test/1".into(),
+            },
+            RequestBody::Register {
+                files: vec![
+                    FileEntry {
+                        hash: h(1),
+                        size: 0,
+                        name: "a\r\r\nb".into(),
+                    },
+                    FileEntry {
+                        hash: h(2),
+                        size: u64::MAX,
+                        name: "Zebra_Crossing-Live 1999.flac".into(),
+                    },
+                ],
+            },
+            RequestBody::Unregister {
+                hashes: vec![h(1), h(3)],
+            },
+            RequestBody::Search {
+                query: "zeb cross".into(),
+                limit: 100,
+            },
+            RequestBody::Lookup {
+                key: LookupKey::Hash(h(9)),
+            },
+            RequestBody::Lookup {
+                key: LookupKey::HashPrefix("0909090909".into()),
+            },
+            RequestBody::Lookup {
+                key: LookupKey::Name("ünïcode name.txt".into()),
+            },
+            RequestBody::Ping,
+            RequestBody::Stats,
+            RequestBody::Bye,
+        ];
+        bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| Request {
+                id: i as u32 * 1000,
+                body,
+            })
+            .collect()
+    }
+
+    fn all_responses() -> Vec<Response> {
+        let addr: SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        let v6: SocketAddr = "[::1]:1".parse().unwrap();
+        let bodies = vec![
+            ResponseBody::Welcome {
+                version: 1,
+                session: 77,
+                observed: addr,
+            },
+            ResponseBody::Registered { added: 2, total: 5 },
+            ResponseBody::Unregistered {
+                removed: 1,
+                total: 4,
+            },
+            ResponseBody::SearchResults {
+                hits: vec![SearchHit {
+                    name: "x".into(),
+                    size: 5,
+                    hash: h(4),
+                    holders: 2,
+                }],
+                truncated: true,
+            },
+            ResponseBody::Holders {
+                files: vec![HeldFile {
+                    hash: h(5),
+                    size: 6,
+                    name: "y".into(),
+                    holders: vec![addr, v6],
+                }],
+            },
+            ResponseBody::Pong,
+            ResponseBody::Stats(ServerStats {
+                connections: 3,
+                files: 9,
+                ..ServerStats::default()
+            }),
+            ResponseBody::Bye,
+            ResponseBody::Error {
+                code: ErrorCode::VersionMismatch,
+                message: "speak 1".into(),
+            },
+        ];
+        bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| Response { id: i as u32, body })
+            .collect()
+    }
+
+    fn round_trip<T>(msgs: &[T])
+    where
+        T: Serialize + for<'a> Deserialize<'a> + PartialEq + fmt::Debug,
+    {
+        let mut wire = Vec::new();
+        for m in msgs {
+            encode_frame(m, &mut wire);
+        }
+        let (frames, used) = decode_all(&mut Decoder::default(), &wire).unwrap();
+        assert_eq!(used, wire.len());
+        let back: Vec<T> = frames.iter().map(|f| decode(f).unwrap()).collect();
+        assert_eq!(&back, msgs);
+    }
+
+    #[test]
+    fn every_variant_round_trips() {
+        round_trip(&all_requests());
+        round_trip(&all_responses());
+        round_trip(&[
+            TransferRequest::Get {
+                version: 1,
+                hash: h(7),
+                offset: 12345,
+            },
+            TransferRequest::Get {
+                version: 1,
+                hash: h(8),
+                offset: 0,
+            },
+        ]);
+        round_trip(&[
+            TransferResponse::Sending {
+                name: "../../etc/passwd".into(),
+                size: 10,
+                offset: 3,
+            },
+            TransferResponse::Error {
+                code: ErrorCode::NotFound,
+                message: "no such file".into(),
+            },
+        ]);
+    }
+
+    #[test]
+    fn version_is_peekable() {
+        let req = Request {
+            id: 300,
+            body: RequestBody::Hello {
+                version: 999,
+                listen_port: 1,
+                agent: String::new(),
+            },
+        };
+        let payload = to_payload(&req);
+        assert_eq!(peek_version(&payload, true), Some(999));
+        assert_eq!(peek_request_id(&payload), Some(300));
+        // A future Hello with a different tail still yields its version.
+        assert_eq!(peek_version(&[5, 0, 2, 0xff, 0xff, 0xff], true), Some(2));
+        let get = to_payload(&TransferRequest::Get {
+            version: 7,
+            hash: h(1),
+            offset: 0,
+        });
+        assert_eq!(peek_version(&get, false), Some(7));
+        let ping = to_payload(&Request {
+            id: 1,
+            body: RequestBody::Ping,
+        });
+        assert_eq!(peek_version(&ping, true), None);
+    }
+
+    #[test]
+    fn trailing_bytes_rejected() {
+        let mut payload = to_payload(&Request {
+            id: 1,
+            body: RequestBody::Ping,
+        });
+        payload.push(0);
+        assert!(decode::<Request>(&payload).is_err());
+    }
+
+    #[test]
+    fn hash_hex() {
+        let hash = FileHash::of(b"hello");
+        let hex = hash.to_hex();
+        assert_eq!(hex.len(), 64);
+        assert_eq!(hex, hex.to_lowercase());
+        assert_eq!(hex.parse::<FileHash>().unwrap(), hash);
+        assert_eq!(hex.to_uppercase().parse::<FileHash>().unwrap(), hash);
+        assert!(hash.has_hex_prefix(&hex[..8]));
+        assert!(hash.has_hex_prefix(&hex));
+        assert!(!hash.has_hex_prefix("zz"));
+        assert!("xyz".parse::<FileHash>().is_err());
+        assert!(hex[..63].parse::<FileHash>().is_err());
+        assert!(is_hex_prefix("deadbeef"));
+        assert!(!is_hex_prefix("deadbee"));
+        assert!(!is_hex_prefix("deadbeeg"));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<Request>(&bytes);
+            let _ = decode::<Response>(&bytes);
+            let _ = decode::<TransferRequest>(&bytes);
+            let _ = decode::<TransferResponse>(&bytes);
+            let _ = peek_version(&bytes, true);
+            let _ = peek_version(&bytes, false);
+        }
+
+        #[test]
+        fn mutated_messages_never_panic(idx in 0usize..10, flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let reqs = all_requests();
+            let mut payload = to_payload(&reqs[idx % reqs.len()]);
+            for (at, byte) in flips {
+                let at = at % payload.len();
+                payload[at] = byte;
+            }
+            let _ = decode::<Request>(&payload);
+        }
+    }
+}
