@@ -459,7 +459,9 @@ pub fn peek_version(payload: &[u8], is_request: bool) -> Option<u16> {
 /// The id of a request, read without decoding the body, so an error about an undecodable
 /// body can still be matched to its request.
 pub fn peek_request_id(payload: &[u8]) -> Option<u32> {
-    postcard::take_from_bytes::<u32>(payload).ok().map(|(id, _)| id)
+    postcard::take_from_bytes::<u32>(payload)
+        .ok()
+        .map(|(id, _)| id)
 }
 
 #[cfg(test)]

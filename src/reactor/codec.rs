@@ -242,10 +242,7 @@ fn finish_in_place(out: &mut Vec<u8>, start: usize) {
 
 /// Decodes every complete frame in `buf`, returning the payloads and how many bytes they used.
 /// A convenience for tests and fuzzing; the reactor drives [`Decoder`] directly.
-pub fn decode_all(
-    decoder: &mut Decoder,
-    buf: &[u8],
-) -> Result<(Vec<Vec<u8>>, usize), FrameError> {
+pub fn decode_all(decoder: &mut Decoder, buf: &[u8]) -> Result<(Vec<Vec<u8>>, usize), FrameError> {
     let mut frames = Vec::new();
     let mut at = 0;
     while let Some(d) = decoder.decode(&buf[at..])? {
@@ -320,7 +317,10 @@ mod tests {
     #[test]
     fn oversize_rejected_from_header_alone() {
         let mut dec = Decoder::new(100);
-        assert_eq!(dec.decode(&frame(&[1u8; 100])).unwrap().unwrap().consumed, 104);
+        assert_eq!(
+            dec.decode(&frame(&[1u8; 100])).unwrap().unwrap().consumed,
+            104
+        );
         // Only the header of a 101-byte frame: rejected before any payload arrives.
         let f = frame(&[1u8; 101]);
         assert_eq!(
@@ -337,8 +337,14 @@ mod tests {
     #[test]
     fn bad_headers() {
         let mut dec = Decoder::new(usize::MAX);
-        assert_eq!(dec.decode(&[0x80, 0x80, 0x80, 0x80, 0x80]), Err(FrameError::BadHeader));
-        assert_eq!(dec.decode(&[0xff, 0xff, 0xff, 0xff, 0x10]), Err(FrameError::BadHeader));
+        assert_eq!(
+            dec.decode(&[0x80, 0x80, 0x80, 0x80, 0x80]),
+            Err(FrameError::BadHeader)
+        );
+        assert_eq!(
+            dec.decode(&[0xff, 0xff, 0xff, 0xff, 0x10]),
+            Err(FrameError::BadHeader)
+        );
         assert_eq!(dec.decode(&[0x81, 0x00]), Err(FrameError::BadHeader));
         assert_eq!(dec.decode(&[0x80, 0x80]), Ok(None));
     }

@@ -1,2 +1,1002 @@
-//! The reactor layer: the frame codec and the mio event loop.
+//! The reactor layer: the `\r\r\n` frame codec and a single-threaded mio event loop that owns
+//! every socket of a process.
+//!
+//! A [`Reactor`] holds a mio `Poll`, a `Slab` of listeners and connections keyed by `Token`,
+//! a timer heap and a `Waker`. Application logic lives in a [`Handler`]: the reactor calls
+//! `handle_*` methods with decoded frames (or raw bytes), and the handler answers through
+//! [`Ctx`] (queue a frame, queue a file range, connect, close, set a timer).
+//!
+//! # Invariants
+//! - Readiness events are hints: every read, write and accept drains to `WouldBlock`;
+//!   `Interrupted` is retried; events for tokens no longer in the slab are ignored.
+//! - Interest is derived from state: READABLE always, WRITABLE only while output is queued (or a
+//!   connect is in progress). Registration changes only when that changes.
+//! - Back-pressure: a connection whose queued output is above the high-water mark, or which
+//!   has a file range queued, is *parked*: its input is not read or decoded until the output
+//!   drains below the low-water mark. Its memory is therefore bounded by
+//!   `max_frame + high_water + one frame of output`.
+//! - Read buffers: bytes are read into one shared 64 KiB scratch buffer and frames are handled
+//!   straight from it; only the incomplete tail of a frame is copied into the connection, so an
+//!   idle connection holds no buffer at all.
+//! - Close in one place: handlers ask for a close (`Verdict::Close`, [`Ctx::close`]); the
+//!   reactor deregisters, frees the slot and calls [`Handler::handle_close`] exactly once.
+//! - Idle connections: a connection that neither completes a frame, receives raw bytes, nor
+//!   makes write progress for its idle timeout is closed. Partial frames do not count as
+//!   activity, so a slowloris writer is reclaimed too.
+//! - Accept errors never kill or spin the loop: on `EMFILE` and friends the listener backs off
+//!   and retries on a timer.
+
 pub mod codec;
+pub mod outq;
+pub mod sys;
+
+use codec::{Decoder, FrameError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use outq::OutQueue;
+use serde::Serialize;
+use slab::Slab;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Identifies a connection (or listener) for as long as it is open. Reused after close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub usize);
+
+const WAKER_TOKEN: Token = Token(usize::MAX);
+/// Size of the shared read buffer.
+const SCRATCH_BYTES: usize = 64 * 1024;
+/// Reads per readiness event before a busy connection yields to the others.
+const READS_PER_TURN: usize = 16;
+/// How long an accept loop rests after running out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a closing connection keeps draining input after its last output, so the peer
+/// reads our final (error) frame instead of a reset.
+const LINGER: Duration = Duration::from_secs(2);
+/// At most this much input is discarded while lingering.
+const LINGER_MAX_BYTES: usize = 1 << 20;
+/// A connection flushing its last output is closed after this long without write progress.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// An outgoing connect that has not completed in this long fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often idle timeouts are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Limits and timeouts of one reactor.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest frame payload accepted.
+    pub max_frame_bytes: usize,
+    /// Most open connections (accepted plus outgoing); further accepts are closed at once.
+    pub max_connections: usize,
+    /// Stop reading a connection whose queued output exceeds this many bytes.
+    pub out_high_water: usize,
+    /// Resume reading once queued output falls to this.
+    pub out_low_water: usize,
+    /// Close connections idle this long (none: never). Handlers can override per connection.
+    pub idle_timeout: Option<Duration>,
+    /// Bytes written to a connection refused at the connection limit before closing it
+    /// (typically an encoded "busy" error frame).
+    pub busy_reply: Vec<u8>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_frame_bytes: codec::DEFAULT_MAX_FRAME_BYTES,
+            max_connections: 10_000,
+            out_high_water: 1 << 20,
+            out_low_water: 256 * 1024,
+            idle_timeout: None,
+            busy_reply: Vec::new(),
+        }
+    }
+}
+
+/// Why a connection closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The remote closed its side.
+    Eof,
+    /// A socket error.
+    Io(io::ErrorKind),
+    /// The remote broke the framing rules.
+    Frame(FrameError),
+    /// The handler judged the remote's messages unacceptable.
+    Protocol(String),
+    /// Nothing happened for the idle timeout.
+    IdleTimeout,
+    /// An outgoing connect failed.
+    ConnectFailed(io::ErrorKind),
+    /// This side decided to close (bye, shutdown, cancelled).
+    Local,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Eof => f.write_str("closed by remote"),
+            CloseReason::Io(k) => write!(f, "i/o error: {k}"),
+            CloseReason::Frame(e) => write!(f, "bad frame: {e}"),
+            CloseReason::Protocol(m) => write!(f, "protocol error: {m}"),
+            CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::ConnectFailed(k) => write!(f, "connect failed: {k}"),
+            CloseReason::Local => f.write_str("closed locally"),
+        }
+    }
+}
+
+/// What a handler wants done with a connection after an input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep going.
+    Continue,
+    /// Close now, discarding queued output.
+    Close(CloseReason),
+    /// Stop reading, send what is queued (e.g. an error frame), then close.
+    CloseAfterFlush(CloseReason),
+}
+
+/// Application logic driven by a [`Reactor`]. Every method runs on the reactor thread.
+pub trait Handler {
+    /// A listener accepted `conn` from `remote`.
+    fn handle_accept(&mut self, ctx: &mut Ctx, conn: ConnId, remote: SocketAddr) -> Verdict {
+        let _ = (ctx, conn, remote);
+        Verdict::Continue
+    }
+
+    /// An outgoing connection from [`Ctx::connect`] is established.
+    fn handle_connected(&mut self, ctx: &mut Ctx, conn: ConnId) -> Verdict {
+        let _ = (ctx, conn);
+        Verdict::Continue
+    }
+
+    /// A complete frame arrived.
+    fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict;
+
+    /// Raw bytes arrived on a connection put in raw mode by [`Ctx::expect_raw`]. Called until
+    /// the announced count is consumed; `data` is never empty.
+    fn handle_raw(&mut self, ctx: &mut Ctx, conn: ConnId, data: &[u8]) -> Verdict {
+        let _ = (ctx, conn, data);
+        Verdict::Close(CloseReason::Protocol("unexpected raw bytes".into()))
+    }
+
+    /// The connection's output queue emptied, after [`Ctx::notify_drained`] asked for it.
+    fn handle_drained(&mut self, ctx: &mut Ctx, conn: ConnId) -> Verdict {
+        let _ = (ctx, conn);
+        Verdict::Continue
+    }
+
+    /// The connection is gone (for any reason); its id may be reused from now on.
+    fn handle_close(&mut self, ctx: &mut Ctx, conn: ConnId, reason: &CloseReason);
+
+    /// Another thread called the waker.
+    fn handle_wake(&mut self, ctx: &mut Ctx) {
+        let _ = ctx;
+    }
+
+    /// A timer from [`Ctx::set_timer`] fired.
+    fn handle_timer(&mut self, ctx: &mut Ctx, timer: u64) {
+        let _ = (ctx, timer);
+    }
+}
+
+enum Slot {
+    Listener(Listener),
+    Conn(Box<Conn>),
+}
+
+struct Listener {
+    socket: TcpListener,
+    /// After EMFILE and the like, no accepts until this instant.
+    resting_until: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// A non-blocking connect is in progress.
+    Connecting,
+    /// Reading frames and writing output.
+    Open,
+    /// Sending what is queued (no more reading), then lingering.
+    Flushing,
+    /// Output sent and write side shut; discarding input until EOF or the deadline.
+    Lingering { deadline: Instant },
+}
+
+struct Conn {
+    stream: TcpStream,
+    remote: SocketAddr,
+    phase: Phase,
+    /// Incomplete input carried between reads (empty for an idle connection).
+    pending_in: Vec<u8>,
+    decoder: Decoder,
+    /// Bytes still to deliver through `handle_raw` before frames resume.
+    raw_left: u64,
+    out: OutQueue,
+    interest: Interest,
+    /// Not reading because output is backed up.
+    parked: bool,
+    /// Seen in the loop's to-do lists already (avoid duplicates).
+    in_dirty: bool,
+    in_ready: bool,
+    /// The remote closed its side; close once pending input is handled and output sent.
+    eof: bool,
+    notify_drained: bool,
+    last_active: Instant,
+    idle_timeout: Option<Duration>,
+    /// A close was requested and is queued in `Ctx::closing`.
+    closing: bool,
+    /// Why a flushing connection will close once its output is sent.
+    final_reason: Option<CloseReason>,
+    lingered_bytes: usize,
+}
+
+/// The handle a [`Handler`] uses to act on connections, timers and the loop.
+pub struct Ctx {
+    registry: mio::Registry,
+    slots: Slab<Slot>,
+    config: Config,
+    now: Instant,
+    timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
+    timer_seq: u64,
+    /// Connections with output queued since their last flush.
+    dirty: Vec<usize>,
+    /// Connections with input to process without waiting for an event.
+    ready: Vec<usize>,
+    closing: Vec<(usize, CloseReason)>,
+    connections: usize,
+    /// When idle timeouts are next checked.
+    next_sweep: Instant,
+    waker: Arc<Waker>,
+    stopped: bool,
+}
+
+/// A single-threaded event loop.
+pub struct Reactor {
+    poll: Poll,
+    events: Events,
+    scratch: Box<[u8]>,
+    ctx: Ctx,
+}
+
+impl Reactor {
+    /// A reactor with the given limits.
+    pub fn new(config: Config) -> io::Result<Reactor> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
+        let registry = poll.registry().try_clone()?;
+        Ok(Reactor {
+            poll,
+            events: Events::with_capacity(1024),
+            scratch: vec![0u8; SCRATCH_BYTES].into_boxed_slice(),
+            ctx: Ctx {
+                registry,
+                slots: Slab::with_capacity(64),
+                config,
+                now: Instant::now(),
+                timers: BinaryHeap::new(),
+                timer_seq: 0,
+                dirty: Vec::new(),
+                ready: Vec::new(),
+                closing: Vec::new(),
+                connections: 0,
+                next_sweep: Instant::now(),
+                waker,
+                stopped: false,
+            },
+        })
+    }
+
+    /// The context, for setup before [`Reactor::run`] (listen, connect, timers).
+    pub fn ctx(&mut self) -> &mut Ctx {
+        &mut self.ctx
+    }
+
+    /// Runs until [`Ctx::stop`] is called. Returns an error only if polling itself fails.
+    pub fn run(&mut self, handler: &mut impl Handler) -> io::Result<()> {
+        while !self.ctx.stopped {
+            self.turn(handler)?;
+        }
+        Ok(())
+    }
+
+    /// One iteration: poll (up to the next deadline), dispatch events, timers, to-do lists.
+    pub fn turn(&mut self, handler: &mut impl Handler) -> io::Result<()> {
+        let timeout = if !self.ctx.ready.is_empty() || !self.ctx.dirty.is_empty() {
+            Some(Duration::ZERO)
+        } else {
+            self.ctx
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()))
+        };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        self.ctx.now = Instant::now();
+        for event in self.events.iter() {
+            let token = event.token();
+            if token == WAKER_TOKEN {
+                handler.handle_wake(&mut self.ctx);
+                continue;
+            }
+            let key = token.0;
+            match self.ctx.slots.get(key) {
+                Some(Slot::Listener(_)) => self.ctx.accept_all(key, handler),
+                Some(Slot::Conn(_)) => {
+                    if event.is_writable() || event.is_write_closed() || event.is_error() {
+                        self.ctx.handle_writable(key, handler);
+                    }
+                    if event.is_readable() || event.is_read_closed() {
+                        self.ctx.read_conn(key, &mut self.scratch, handler);
+                    }
+                }
+                None => {}
+            }
+            self.ctx.reap(handler);
+        }
+        // Connections that yielded or were unparked: keep reading without an event.
+        let ready = std::mem::take(&mut self.ctx.ready);
+        for key in ready {
+            if let Some(Slot::Conn(c)) = self.ctx.slots.get_mut(key) {
+                c.in_ready = false;
+                self.ctx.read_conn(key, &mut self.scratch, handler);
+            }
+        }
+        self.ctx.reap(handler);
+        self.ctx.fire_timers(handler);
+        self.ctx.flush_dirty(handler);
+        self.ctx.reap(handler);
+        Ok(())
+    }
+}
+
+impl Ctx {
+    /// The time at the start of this loop iteration.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The reactor's limits.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A waker other threads can use to make the loop call [`Handler::handle_wake`].
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    /// Ends [`Reactor::run`] after this iteration.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    /// Open connections (not listeners).
+    pub fn connection_count(&self) -> usize {
+        self.connections
+    }
+
+    /// Starts listening on `addr`; returns the bound address (useful with port 0).
+    pub fn listen(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let mut socket = TcpListener::bind(addr)?;
+        let local = socket.local_addr()?;
+        let entry = self.slots.vacant_entry();
+        self.registry
+            .register(&mut socket, Token(entry.key()), Interest::READABLE)?;
+        entry.insert(Slot::Listener(Listener {
+            socket,
+            resting_until: None,
+        }));
+        Ok(local)
+    }
+
+    /// Starts a non-blocking connect; [`Handler::handle_connected`] or
+    /// [`Handler::handle_close`] follows. Frames may be queued at once: they are sent when the
+    /// connection is up.
+    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId> {
+        let stream = TcpStream::connect(addr)?;
+        self.add_conn(stream, addr, Phase::Connecting)
+    }
+
+    fn add_conn(
+        &mut self,
+        mut stream: TcpStream,
+        remote: SocketAddr,
+        phase: Phase,
+    ) -> io::Result<ConnId> {
+        let entry = self.slots.vacant_entry();
+        let key = entry.key();
+        let interest = if phase == Phase::Connecting {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        self.registry.register(&mut stream, Token(key), interest)?;
+        // Latency matters more than packet count for request/response traffic.
+        let _ = stream.set_nodelay(true);
+        entry.insert(Slot::Conn(Box::new(Conn {
+            stream,
+            remote,
+            phase,
+            pending_in: Vec::new(),
+            decoder: Decoder::new(self.config.max_frame_bytes),
+            raw_left: 0,
+            out: OutQueue::default(),
+            interest,
+            parked: false,
+            in_dirty: false,
+            in_ready: false,
+            eof: false,
+            notify_drained: false,
+            last_active: self.now,
+            idle_timeout: self.config.idle_timeout,
+            closing: false,
+            final_reason: None,
+            lingered_bytes: 0,
+        })));
+        self.connections += 1;
+        Ok(ConnId(key))
+    }
+
+    fn conn_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
+        match self.slots.get_mut(conn.0) {
+            Some(Slot::Conn(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn conn(&self, conn: ConnId) -> Option<&Conn> {
+        match self.slots.get(conn.0) {
+            Some(Slot::Conn(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Whether `conn` is open (and not yet reported closed).
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.conn(conn).is_some()
+    }
+
+    /// The remote address of `conn`.
+    pub fn remote_addr(&self, conn: ConnId) -> Option<SocketAddr> {
+        self.conn(conn).map(|c| c.remote)
+    }
+
+    /// The local address of `conn`.
+    pub fn local_addr(&self, conn: ConnId) -> Option<SocketAddr> {
+        self.conn(conn).and_then(|c| c.stream.local_addr().ok())
+    }
+
+    /// Bytes of output queued in memory for `conn`.
+    pub fn queued_bytes(&self, conn: ConnId) -> usize {
+        self.conn(conn).map_or(0, |c| c.out.buffered())
+    }
+
+    /// Whether anything (bytes or file ranges) is still queued for `conn`.
+    pub fn has_output(&self, conn: ConnId) -> bool {
+        self.conn(conn).is_some_and(|c| !c.out.is_empty())
+    }
+
+    /// Queues `msg` (postcard) as one frame on `conn`. Ignored if `conn` is closed.
+    pub fn send<T: Serialize>(&mut self, conn: ConnId, msg: &T) {
+        self.send_with(conn, |buf| crate::wire::encode_frame(msg, buf));
+    }
+
+    /// Queues whatever `encode` appends (whole frames) on `conn`.
+    pub fn send_with(&mut self, conn: ConnId, encode: impl FnOnce(&mut Vec<u8>)) {
+        let Some(c) = self.conn_mut(conn) else { return };
+        if !c.accepts_output() {
+            return;
+        }
+        let tail = c.out.tail();
+        let before = tail.len();
+        encode(tail);
+        c.out.commit(before);
+        self.mark_dirty(conn.0);
+    }
+
+    /// Queues `len` bytes of `file` from `offset`, sent with `sendfile` after what is queued.
+    /// The connection stops reading input until the range is sent.
+    pub fn send_file(&mut self, conn: ConnId, file: File, offset: u64, len: u64) {
+        let Some(c) = self.conn_mut(conn) else { return };
+        if !c.accepts_output() {
+            return;
+        }
+        c.out.push_file(file, offset, len);
+        self.mark_dirty(conn.0);
+    }
+
+    /// After the frame being handled, the next `len` bytes of `conn` are raw data for
+    /// [`Handler::handle_raw`].
+    pub fn expect_raw(&mut self, conn: ConnId, len: u64) {
+        if let Some(c) = self.conn_mut(conn) {
+            c.raw_left = len;
+        }
+    }
+
+    /// Calls [`Handler::handle_drained`] once the output queue of `conn` is empty.
+    pub fn notify_drained(&mut self, conn: ConnId) {
+        if let Some(c) = self.conn_mut(conn) {
+            c.notify_drained = true;
+        }
+        self.mark_dirty(conn.0);
+    }
+
+    /// Overrides the idle timeout of one connection (`None`: never time out).
+    pub fn set_idle_timeout(&mut self, conn: ConnId, timeout: Option<Duration>) {
+        if let Some(c) = self.conn_mut(conn) {
+            c.idle_timeout = timeout;
+        }
+    }
+
+    /// Closes `conn` after this callback, discarding its output. Idempotent.
+    pub fn close(&mut self, conn: ConnId, reason: CloseReason) {
+        if let Some(c) = self.conn_mut(conn) {
+            if !c.closing {
+                c.closing = true;
+                self.closing.push((conn.0, reason));
+            }
+        }
+    }
+
+    /// Sends what is queued for `conn`, then closes it.
+    pub fn close_after_flush(&mut self, conn: ConnId, reason: CloseReason) {
+        let now = self.now;
+        if let Some(c) = self.conn_mut(conn) {
+            if !c.closing && matches!(c.phase, Phase::Open | Phase::Connecting) {
+                if c.phase == Phase::Connecting {
+                    // Nothing was ever sent: there is nothing to flush.
+                    self.close(conn, reason);
+                    return;
+                }
+                c.phase = Phase::Flushing;
+                c.final_reason = Some(reason);
+                c.last_active = now;
+            }
+        }
+        self.mark_dirty(conn.0);
+    }
+
+    /// Fires [`Handler::handle_timer`] with `timer` after `after`.
+    pub fn set_timer(&mut self, after: Duration, timer: u64) {
+        self.timer_seq += 1;
+        self.timers
+            .push(Reverse((self.now + after, self.timer_seq, timer)));
+    }
+
+    fn apply(&mut self, conn: ConnId, verdict: Verdict) {
+        match verdict {
+            Verdict::Continue => {}
+            Verdict::Close(reason) => self.close(conn, reason),
+            Verdict::CloseAfterFlush(reason) => self.close_after_flush(conn, reason),
+        }
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
+            if !c.in_dirty {
+                c.in_dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    fn mark_ready(&mut self, key: usize) {
+        if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
+            if !c.in_ready {
+                c.in_ready = true;
+                self.ready.push(key);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let sweep = (self.connections > 0).then_some(self.next_sweep);
+        match (timer, sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn accept_all(&mut self, key: usize, handler: &mut impl Handler) {
+        loop {
+            let Some(Slot::Listener(l)) = self.slots.get_mut(key) else {
+                return;
+            };
+            if l.resting_until.is_some_and(|t| t > self.now) {
+                return;
+            }
+            l.resting_until = None;
+            match l.socket.accept() {
+                Ok((stream, remote)) => {
+                    if self.connections >= self.config.max_connections {
+                        self.refuse(stream);
+                        continue;
+                    }
+                    match self.add_conn(stream, remote, Phase::Open) {
+                        Ok(conn) => {
+                            let v = handler.handle_accept(self, conn, remote);
+                            self.apply(conn, v);
+                        }
+                        Err(e) => eprintln!("reactor: cannot register accepted socket: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_transient_accept_error(&e) => continue,
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays in the
+                    // backlog; rest and retry instead of spinning on the same error.
+                    eprintln!("reactor: accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                    l.resting_until = Some(self.now + ACCEPT_BACKOFF);
+                    self.timer_seq += 1;
+                    self.timers.push(Reverse((
+                        self.now + ACCEPT_BACKOFF,
+                        self.timer_seq,
+                        LISTENER_RETRY_BIT | key as u64,
+                    )));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A connection over the limit gets the busy reply, best effort, and is closed.
+    fn refuse(&mut self, stream: TcpStream) {
+        use std::io::Write;
+        let mut stream = stream;
+        if !self.config.busy_reply.is_empty() {
+            let _ = stream.write(&self.config.busy_reply);
+        }
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+
+    fn handle_writable(&mut self, key: usize, handler: &mut impl Handler) {
+        let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
+            return;
+        };
+        if c.phase == Phase::Connecting {
+            match c.stream.take_error() {
+                Ok(Some(e)) | Err(e) => {
+                    let reason = CloseReason::ConnectFailed(e.kind());
+                    self.close(ConnId(key), reason);
+                    return;
+                }
+                Ok(None) => {}
+            }
+            match c.stream.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => {
+                    self.close(ConnId(key), CloseReason::ConnectFailed(e.kind()));
+                    return;
+                }
+            }
+            c.phase = Phase::Open;
+            c.last_active = self.now;
+            let v = handler.handle_connected(self, ConnId(key));
+            self.apply(ConnId(key), v);
+        }
+        self.flush(key, handler);
+    }
+
+    /// Writes queued output; updates interest, parking and drain notifications.
+    fn flush(&mut self, key: usize, handler: &mut impl Handler) {
+        let (low, high) = (self.config.out_low_water, self.config.out_high_water);
+        let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
+            return;
+        };
+        c.in_dirty = false;
+        if c.phase == Phase::Connecting || c.closing {
+            return;
+        }
+        if !c.out.is_empty() {
+            match c.out.write_to(&mut c.stream) {
+                Ok(p) => {
+                    if p.written > 0 {
+                        c.last_active = self.now;
+                    }
+                }
+                Err(e) => {
+                    self.close(ConnId(key), CloseReason::Io(e.kind()));
+                    return;
+                }
+            }
+        }
+        let empty = c.out.is_empty();
+        let backed_up = c.out.buffered() > high || c.out.files() > 0;
+        let relieved = c.out.buffered() <= low && c.out.files() == 0;
+        if backed_up {
+            c.parked = true;
+        } else if c.parked && relieved {
+            c.parked = false;
+            self.mark_ready(key);
+        }
+        let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
+            return;
+        };
+        if empty && c.phase == Phase::Flushing {
+            let _ = c.stream.shutdown(Shutdown::Write);
+            c.phase = Phase::Lingering {
+                deadline: self.now + LINGER,
+            };
+            if c.eof {
+                let reason = c.final_reason.take().unwrap_or(CloseReason::Local);
+                self.close(ConnId(key), reason);
+                return;
+            }
+        }
+        let want = if empty {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
+        if want != c.interest {
+            c.interest = want;
+            if let Err(e) = self.registry.reregister(&mut c.stream, Token(key), want) {
+                self.close(ConnId(key), CloseReason::Io(e.kind()));
+                return;
+            }
+        }
+        if empty && c.notify_drained && c.phase == Phase::Open {
+            c.notify_drained = false;
+            let v = handler.handle_drained(self, ConnId(key));
+            self.apply(ConnId(key), v);
+        }
+    }
+
+    fn flush_dirty(&mut self, handler: &mut impl Handler) {
+        // Flushing can make handlers queue more output (drain notifications): loop until quiet.
+        while !self.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.dirty);
+            for key in dirty {
+                self.flush(key, handler);
+            }
+        }
+    }
+
+    /// Reads what the socket has, handling frames as they complete.
+    fn read_conn(&mut self, key: usize, scratch: &mut [u8], handler: &mut impl Handler) {
+        for _ in 0..READS_PER_TURN {
+            let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
+                return;
+            };
+            match c.phase {
+                Phase::Connecting => return,
+                Phase::Flushing | Phase::Lingering { .. } => {
+                    self.discard_input(key, scratch);
+                    return;
+                }
+                Phase::Open => {}
+            }
+            if c.closing || c.parked {
+                return;
+            }
+            // Input left from before (a partial frame, or frames held while parked) goes first.
+            if !c.pending_in.is_empty() {
+                let mut pending = std::mem::take(&mut c.pending_in);
+                let used = self.process(key, &pending, handler);
+                pending.drain(..used);
+                let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
+                    return;
+                };
+                if pending.is_empty() && pending.capacity() > SCRATCH_BYTES {
+                    pending = Vec::new();
+                }
+                c.pending_in = pending;
+                if c.closing || c.parked {
+                    return;
+                }
+            }
+            let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
+                return;
+            };
+            if c.eof {
+                // Whatever is left is an incomplete frame; answer what was asked, then close.
+                self.close_after_flush(ConnId(key), CloseReason::Eof);
+                return;
+            }
+            let n = match c.stream.read(scratch) {
+                Ok(0) => {
+                    c.eof = true;
+                    continue;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.close(ConnId(key), CloseReason::Io(e.kind()));
+                    return;
+                }
+            };
+            if !c.pending_in.is_empty() {
+                c.pending_in.extend_from_slice(&scratch[..n]);
+                continue;
+            }
+            // The common case: frames handled straight from the scratch buffer, no copy.
+            let used = self.process(key, &scratch[..n], handler);
+            if used < n {
+                if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
+                    c.pending_in.extend_from_slice(&scratch[used..n]);
+                }
+            }
+        }
+        // Still busy after a full turn: come back once the others had theirs.
+        self.mark_ready(key);
+    }
+
+    /// Handles every complete frame (and raw bytes) at the front of `data`; returns how many
+    /// bytes were used. Stops early when the connection parks or closes.
+    fn process(&mut self, key: usize, data: &[u8], handler: &mut impl Handler) -> usize {
+        let conn = ConnId(key);
+        let mut at = 0;
+        loop {
+            let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
+                return at;
+            };
+            if c.closing || c.parked || c.phase != Phase::Open {
+                return at;
+            }
+            if at == data.len() {
+                return at;
+            }
+            if c.raw_left > 0 {
+                let take = (data.len() - at).min(usize::try_from(c.raw_left).unwrap_or(usize::MAX));
+                c.raw_left -= take as u64;
+                c.last_active = self.now;
+                let v = handler.handle_raw(self, conn, &data[at..at + take]);
+                at += take;
+                self.apply(conn, v);
+                continue;
+            }
+            match c.decoder.decode(&data[at..]) {
+                Ok(Some(d)) => {
+                    c.last_active = self.now;
+                    let payload = &data[at + d.payload.start..at + d.payload.end];
+                    at += d.consumed;
+                    let v = handler.handle_frame(self, conn, payload);
+                    self.apply(conn, v);
+                    // Output queued by the handler may have crossed the high-water mark.
+                    if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
+                        if c.out.buffered() > self.config.out_high_water || c.out.files() > 0 {
+                            c.parked = true;
+                        }
+                    }
+                }
+                Ok(None) => return at,
+                Err(e) => {
+                    self.close(conn, CloseReason::Frame(e));
+                    return at;
+                }
+            }
+        }
+    }
+
+    /// While closing, input is read and thrown away so the kernel does not reset the
+    /// connection before the peer has read our last frame.
+    fn discard_input(&mut self, key: usize, scratch: &mut [u8]) {
+        let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
+            return;
+        };
+        c.pending_in = Vec::new();
+        loop {
+            match c.stream.read(scratch) {
+                Ok(0) => {
+                    c.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.lingered_bytes += n;
+                    if c.lingered_bytes > LINGER_MAX_BYTES {
+                        c.eof = true;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    c.eof = true;
+                    break;
+                }
+            }
+        }
+        if matches!(c.phase, Phase::Lingering { .. }) {
+            let reason = c.final_reason.take().unwrap_or(CloseReason::Local);
+            self.close(ConnId(key), reason);
+        }
+    }
+
+    fn fire_timers(&mut self, handler: &mut impl Handler) {
+        while let Some(Reverse((at, _, timer))) = self.timers.peek().copied() {
+            if at > self.now {
+                break;
+            }
+            self.timers.pop();
+            if timer & LISTENER_RETRY_BIT != 0 {
+                let key = (timer & !LISTENER_RETRY_BIT) as usize;
+                self.accept_all(key, handler);
+            } else {
+                handler.handle_timer(self, timer);
+            }
+            self.reap(handler);
+        }
+        self.sweep_idle();
+    }
+
+    /// Idle timeouts are checked by a periodic sweep rather than a timer per connection:
+    /// activity then costs one store, and the sweep is O(connections) four times a second.
+    fn sweep_idle(&mut self) {
+        let now = self.now;
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + SWEEP_INTERVAL;
+        let mut expired = Vec::new();
+        for (key, slot) in self.slots.iter_mut() {
+            let Slot::Conn(c) = slot else { continue };
+            if c.closing {
+                continue;
+            }
+            let quiet = now.saturating_duration_since(c.last_active);
+            let reason = match c.phase {
+                Phase::Connecting if quiet >= CONNECT_TIMEOUT => {
+                    CloseReason::ConnectFailed(io::ErrorKind::TimedOut)
+                }
+                Phase::Open if c.idle_timeout.is_some_and(|t| quiet >= t) => {
+                    CloseReason::IdleTimeout
+                }
+                Phase::Flushing if quiet >= FLUSH_TIMEOUT => CloseReason::IdleTimeout,
+                Phase::Lingering { deadline } if now >= deadline => {
+                    c.final_reason.take().unwrap_or(CloseReason::Local)
+                }
+                _ => continue,
+            };
+            expired.push((key, reason));
+        }
+        for (key, reason) in expired {
+            self.close(ConnId(key), reason);
+        }
+    }
+
+    /// Frees every connection asked to close and tells the handler, once each.
+    fn reap(&mut self, handler: &mut impl Handler) {
+        while let Some((key, reason)) = self.closing.pop() {
+            if !matches!(self.slots.get(key), Some(Slot::Conn(_))) {
+                continue;
+            }
+            if let Slot::Conn(mut c) = self.slots.remove(key) {
+                let _ = self.registry.deregister(&mut c.stream);
+                self.connections -= 1;
+                drop(c);
+                handler.handle_close(self, ConnId(key), &reason);
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Whether handlers may still queue output: not once closing or lingering.
+    fn accepts_output(&self) -> bool {
+        !self.closing && !matches!(self.phase, Phase::Lingering { .. })
+    }
+}
+
+/// Marks a timer id as "retry accepting on listener N" rather than a handler timer.
+const LISTENER_RETRY_BIT: u64 = 1 << 63;
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}

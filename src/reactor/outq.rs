@@ -1,0 +1,262 @@
+//! A connection's output queue: byte chunks and file ranges, written in order, never dropping
+//! a partial write.
+//!
+//! Frames are appended to the last byte chunk (one growing buffer in the steady state, reused
+//! once drained: no allocation per frame). A file range ([`OutQueue::push_file`]) is a cursor
+//! (open file, offset, bytes left) that [`sys::sendfile`] advances, so a file is never held in
+//! memory. Bytes appended after a file range go into a new chunk behind it.
+
+use super::sys;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+
+/// Largest amount handed to one `sendfile` call: big enough to amortise the call, small enough
+/// that one upload does not monopolise the loop.
+pub const SENDFILE_CHUNK_BYTES: usize = 1 << 20;
+
+/// Buffers that grew past this are freed when drained rather than kept for reuse.
+const KEEP_BUF_BYTES: usize = 64 * 1024;
+
+enum Chunk {
+    Bytes { buf: Vec<u8>, pos: usize },
+    File { file: File, offset: u64, left: u64 },
+}
+
+/// Pending output of one connection.
+#[derive(Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes waiting in byte chunks (file ranges not included: they cost no memory).
+    buffered: usize,
+    /// File ranges queued.
+    files: usize,
+    /// A drained buffer kept for the next frames, so a steady request/response stream
+    /// allocates nothing.
+    spare: Vec<u8>,
+}
+
+/// What a [`OutQueue::write_to`] call achieved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes the socket accepted.
+    pub written: u64,
+    /// File ranges that finished.
+    pub files_done: usize,
+}
+
+impl OutQueue {
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Bytes waiting in memory.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// File ranges waiting (or being sent).
+    pub fn files(&self) -> usize {
+        self.files
+    }
+
+    /// The buffer to append frame bytes to, at the back of the queue. Call
+    /// [`OutQueue::commit`] with the length it had before appending.
+    pub fn tail(&mut self) -> &mut Vec<u8> {
+        if !matches!(self.chunks.back(), Some(Chunk::Bytes { .. })) {
+            self.chunks.push_back(Chunk::Bytes {
+                buf: std::mem::take(&mut self.spare),
+                pos: 0,
+            });
+        }
+        match self.chunks.back_mut() {
+            Some(Chunk::Bytes { buf, .. }) => buf,
+            _ => unreachable!("a byte chunk was just ensured at the back"),
+        }
+    }
+
+    /// Accounts for bytes appended to [`OutQueue::tail`], which was `before` long.
+    pub fn commit(&mut self, before: usize) {
+        let now = match self.chunks.back() {
+            Some(Chunk::Bytes { buf, .. }) => buf.len(),
+            _ => before,
+        };
+        self.buffered += now - before;
+        // An encoder that appended nothing leaves an empty chunk; drop it so is_empty holds.
+        if now == 0 {
+            if let Some(Chunk::Bytes { buf, .. }) = self.chunks.pop_back() {
+                self.spare = buf;
+            }
+        }
+    }
+
+    /// Appends raw bytes.
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let tail = self.tail();
+        let before = tail.len();
+        tail.extend_from_slice(bytes);
+        self.commit(before);
+    }
+
+    /// Appends `len` bytes of `file` starting at `offset`.
+    pub fn push_file(&mut self, file: File, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        self.chunks.push_back(Chunk::File {
+            file,
+            offset,
+            left: len,
+        });
+        self.files += 1;
+    }
+
+    /// Writes as much as `sock` accepts, until the queue is empty or the socket would block.
+    /// `Ok` with progress on `WouldBlock` or when empty; `Err` on any other failure, including
+    /// a file that ended before its range did (it shrank since it was queued).
+    pub fn write_to<S>(&mut self, sock: &mut S) -> io::Result<Progress>
+    where
+        S: Write + std::os::fd::AsRawFd,
+    {
+        let mut progress = Progress::default();
+        while let Some(front) = self.chunks.front_mut() {
+            match front {
+                Chunk::Bytes { buf, pos } => {
+                    while *pos < buf.len() {
+                        match sock.write(&buf[*pos..]) {
+                            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                            Ok(n) => {
+                                *pos += n;
+                                self.buffered -= n;
+                                progress.written += n as u64;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(progress),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    if let Some(Chunk::Bytes { mut buf, .. }) = self.chunks.pop_front() {
+                        // Keep the buffer for the next frames, unless a burst bloated it.
+                        if buf.capacity() <= KEEP_BUF_BYTES && self.spare.capacity() == 0 {
+                            buf.clear();
+                            self.spare = buf;
+                        }
+                    }
+                }
+                Chunk::File { file, offset, left } => {
+                    while *left > 0 {
+                        let want = (*left).min(SENDFILE_CHUNK_BYTES as u64) as usize;
+                        match sys::sendfile(sock, file, offset, want) {
+                            Ok(0) => {
+                                return Err(io::Error::new(
+                                    io::ErrorKind::UnexpectedEof,
+                                    "file shrank while being sent",
+                                ))
+                            }
+                            Ok(n) => {
+                                *left -= n as u64;
+                                progress.written += n as u64;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(progress),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    self.chunks.pop_front();
+                    self.files -= 1;
+                    progress.files_done += 1;
+                }
+            }
+        }
+        Ok(progress)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, RawFd};
+
+    /// A scripted socket: accepts at most `budget[i]` bytes on the i-th write, then WouldBlock.
+    struct ShortWriter {
+        got: Vec<u8>,
+        budget: Vec<usize>,
+        calls: usize,
+    }
+
+    impl Write for ShortWriter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let b = self.budget.get(self.calls).copied().unwrap_or(0);
+            self.calls += 1;
+            if b == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = b.min(buf.len());
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl AsRawFd for ShortWriter {
+        fn as_raw_fd(&self) -> RawFd {
+            -1
+        }
+    }
+
+    #[test]
+    fn short_writes_never_lose_bytes() {
+        let mut q = OutQueue::default();
+        let mut expect = Vec::new();
+        for i in 0..50u8 {
+            let chunk = vec![i; (i as usize * 37) % 500 + 1];
+            q.push_bytes(&chunk);
+            expect.extend_from_slice(&chunk);
+        }
+        assert_eq!(q.buffered(), expect.len());
+        let mut sock = ShortWriter {
+            got: Vec::new(),
+            budget: Vec::new(),
+            calls: 0,
+        };
+        // Write in rounds of odd-sized budgets separated by WouldBlock.
+        while !q.is_empty() {
+            sock.budget = vec![7, 13, 1, 0];
+            sock.calls = 0;
+            q.write_to(&mut sock).unwrap();
+        }
+        assert_eq!(sock.got, expect);
+        assert_eq!(q.buffered(), 0);
+    }
+
+    #[test]
+    fn bytes_after_a_file_wait_behind_it() {
+        let dir = std::env::temp_dir().join(format!("p2pshare-outq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::write(&path, b"FILEBYTES").unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let mut q = OutQueue::default();
+        q.push_bytes(b"head:");
+        q.push_file(File::open(&path).unwrap(), 4, 5);
+        q.push_bytes(b":tail");
+        assert_eq!((q.files(), q.buffered()), (1, 10));
+        let p = q.write_to(&mut server).unwrap();
+        assert_eq!(p.files_done, 1);
+        assert_eq!(p.written, 15);
+        assert!(q.is_empty());
+        drop(server);
+        let mut got = Vec::new();
+        io::Read::read_to_end(&mut &client, &mut got).unwrap();
+        assert_eq!(got, b"head:BYTES:tail");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

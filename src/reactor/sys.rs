@@ -1,0 +1,143 @@
+//! The only module with `unsafe`: thin wrappers over the few system calls std does not offer
+//! (`sendfile`, `setrlimit`, `sigwait`-based shutdown). Each block says why it is sound; each
+//! call has a safe fallback or a harmless failure mode.
+
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Copies up to `count` bytes of `file` starting at `*offset` to the socket `sock`, advancing
+/// `*offset` by what was sent. Returns the bytes sent (0 only at end of file), or
+/// `WouldBlock` when the socket buffer is full.
+#[cfg(target_os = "linux")]
+pub fn sendfile<S: io::Write + std::os::fd::AsRawFd>(
+    sock: &mut S,
+    file: &File,
+    offset: &mut u64,
+    count: usize,
+) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut off = libc::off_t::try_from(*offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
+    // SAFETY: both descriptors are open for the duration of the call (borrowed), and `off` is a
+    // valid, exclusively borrowed off_t the kernel writes the new offset into.
+    let n = unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    *offset = off as u64;
+    Ok(n as usize)
+}
+
+/// Portable fallback: a positioned read into a small buffer and a write of what was read.
+/// Bytes read but not accepted by the socket are simply read again next time.
+#[cfg(not(target_os = "linux"))]
+pub fn sendfile<S: io::Write + std::os::fd::AsRawFd>(
+    sock: &mut S,
+    file: &File,
+    offset: &mut u64,
+    count: usize,
+) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 64 * 1024];
+    let want = count.min(buf.len());
+    let n = file.read_at(&mut buf[..want], *offset)?;
+    if n == 0 {
+        return Ok(0);
+    }
+    let sent = sock.write(&buf[..n])?;
+    *offset += sent as u64;
+    Ok(sent)
+}
+
+/// Raises this process's open-files soft limit to its hard limit, so one reactor can hold tens
+/// of thousands of sockets. Returns the new soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, exclusively borrowed rlimit struct for the kernel to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit struct; setrlimit only reads it.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+    Ok(lim.rlim_cur as u64)
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it spawns later)
+/// and starts a thread that waits for either; when one arrives it sets the returned flag and
+/// calls `notify` (typically a reactor waker). Call it first thing in `main`, before spawning
+/// other threads, so no thread receives the signal asynchronously.
+pub fn on_termination(notify: impl Fn() + Send + 'static) -> io::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before use, and
+    // pthread_sigmask only changes this thread's mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        set
+    };
+    let seen = flag.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is an initialised sigset_t and `sig` a valid out-pointer.
+            let rc = unsafe { libc::sigwait(&set, &mut sig) };
+            if rc == 0 {
+                seen.store(true, Ordering::SeqCst);
+                notify();
+            }
+        })?;
+    Ok(flag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn sendfile_copies_from_offset() {
+        let dir = std::env::temp_dir().join(format!("p2pshare-sendfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(b"0123456789")
+            .unwrap();
+        let file = File::open(&path).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let mut off = 3;
+        let n = sendfile(&mut server, &file, &mut off, 100).unwrap();
+        assert_eq!((n, off), (7, 10));
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"3456789");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fd_limit_is_raised_to_hard() {
+        let n = raise_fd_limit().unwrap();
+        assert!(n >= 1024);
+    }
+}
