@@ -160,6 +160,15 @@ pub trait Handler {
     /// A complete frame arrived.
     fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict;
 
+    /// The input broke the framing rules (see [`FrameError`]); the connection will close. The
+    /// handler may queue a last frame (an error for the remote) and return
+    /// [`Verdict::CloseAfterFlush`] to have it sent first.
+    fn handle_bad_frame(&mut self, ctx: &mut Ctx, conn: ConnId, error: FrameError) -> Verdict {
+        let _ = ctx;
+        let _ = conn;
+        Verdict::Close(CloseReason::Frame(error))
+    }
+
     /// Raw bytes arrived on a connection put in raw mode by [`Ctx::expect_raw`]. Called until
     /// the announced count is consumed; `data` is never empty.
     fn handle_raw(&mut self, ctx: &mut Ctx, conn: ConnId, data: &[u8]) -> Verdict {
@@ -875,8 +884,11 @@ impl Ctx {
                 }
                 Ok(None) => return at,
                 Err(e) => {
-                    self.close(conn, CloseReason::Frame(e));
-                    return at;
+                    let v = handler.handle_bad_frame(self, conn, e);
+                    self.apply(conn, v);
+                    // The stream cannot be resynchronised: whatever the handler said, stop.
+                    self.close_after_flush(conn, CloseReason::Local);
+                    return data.len();
                 }
             }
         }
