@@ -884,10 +884,11 @@ impl Ctx {
                 }
                 Ok(None) => return at,
                 Err(e) => {
-                    let v = handler.handle_bad_frame(self, conn, e);
+                    let v = handler.handle_bad_frame(self, conn, e.clone());
                     self.apply(conn, v);
-                    // The stream cannot be resynchronised: whatever the handler said, stop.
-                    self.close_after_flush(conn, CloseReason::Local);
+                    // The stream cannot be resynchronised: whatever the handler said, stop. A
+                    // handler that said `Continue` still sees the framing error as the reason.
+                    self.close_after_flush(conn, CloseReason::Frame(e));
                     return data.len();
                 }
             }
