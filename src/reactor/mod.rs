@@ -557,16 +557,24 @@ impl Ctx {
         }
     }
 
-    /// Sends what is queued for `conn`, then closes it.
+    /// Sends what is queued for `conn`, then closes it. On a connection still connecting, what
+    /// is queued is sent once the connect completes ([`Handler::handle_connected`] is then not
+    /// called); with nothing queued it closes at once.
     pub fn close_after_flush(&mut self, conn: ConnId, reason: CloseReason) {
         let now = self.now;
         if let Some(c) = self.conn_mut(conn) {
-            if !c.closing && matches!(c.phase, Phase::Open | Phase::Connecting) {
-                if c.phase == Phase::Connecting {
-                    // Nothing was ever sent: there is nothing to flush.
+            if !c.closing && c.phase == Phase::Connecting {
+                if c.out.is_empty() {
+                    // Nothing to send: no reason to wait for the connect.
                     self.close(conn, reason);
-                    return;
+                } else if c.final_reason.is_none() {
+                    // Frames queued before the connect completed (see `connect`) are sent once
+                    // it does; the connection then goes straight to `Flushing`.
+                    c.final_reason = Some(reason);
                 }
+                return;
+            }
+            if !c.closing && c.phase == Phase::Open {
                 c.phase = Phase::Flushing;
                 c.final_reason = Some(reason);
                 c.last_active = now;
@@ -691,10 +699,15 @@ impl Ctx {
                     return;
                 }
             }
-            c.phase = Phase::Open;
             c.last_active = self.now;
-            let v = handler.handle_connected(self, ConnId(key));
-            self.apply(ConnId(key), v);
+            if c.final_reason.is_some() {
+                // `close_after_flush` while connecting: send what was queued, then close.
+                c.phase = Phase::Flushing;
+            } else {
+                c.phase = Phase::Open;
+                let v = handler.handle_connected(self, ConnId(key));
+                self.apply(ConnId(key), v);
+            }
         }
         self.flush(key, handler);
     }
