@@ -1,0 +1,213 @@
+//! The benchmark behind `tools/bench`: real index sessions over loopback, timed one
+//! operation at a time into HdrHistograms, next to the bare loopback round trip measured in
+//! the same run, written out as JSON, `.hgrm` files, a Markdown report and charts.
+//!
+//! Parts: [`config`] (flags → validated config), [`workload`] (what the simulated peers ask,
+//! seeded and pure), [`client`] (a blocking session), [`load`] (pre-population and the
+//! closed-loop runs), [`saturate`] (the pipelined throughput mode on the reactor), [`floor`]
+//! (the echo server and the ping-pong), [`stats`], [`report`] and [`charts`] (outputs).
+//!
+//! # Invariants
+//! - Every process the bench starts (indexd, the echo server) is killed when the bench ends,
+//!   on error paths too ([`floor::ChildGuard`]).
+//! - Pre-populated files stay in the index for the whole bench: their connections stay open
+//!   and ping.
+//! - Only the request/answer round trip is timed; building requests happens before the clock.
+
+pub mod charts;
+pub mod client;
+pub mod config;
+pub mod floor;
+pub mod load;
+pub mod report;
+pub mod saturate;
+pub mod stats;
+pub mod workload;
+
+use config::{Config, Mode};
+use report::{Floor, Machine, PerOp, RunSummary, SaturationSummary, Summary};
+use stats::OpSummary;
+use std::fs;
+use std::io;
+use std::path::Path;
+use workload::OpKind;
+
+/// Runs the bench described by `config`, writes every output into `config.out`, and
+/// returns the summary.
+pub fn run(config: &Config) -> io::Result<Summary> {
+    fs::create_dir_all(&config.out).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot create {}: {e}", config.out.display()),
+        )
+    })?;
+    let machine = Machine::detect();
+
+    let (_indexd, addr, index_label) = match config.index {
+        Some(addr) => (None, addr, addr.to_string()),
+        None => {
+            let (child, addr) = floor::spawn_listening(
+                &config.indexd,
+                &["--listen", "127.0.0.1:0", "--log", "warn"],
+            )?;
+            eprintln!("bench: started indexd on {addr}");
+            (Some(child), addr, "started".to_string())
+        }
+    };
+
+    let floor = measure_floor(config)?;
+    eprintln!(
+        "bench: floor (loopback round trip): p50 {:.1} µs, p99 {:.1} µs",
+        floor.p50, floor.p99
+    );
+
+    let population = load::Population::create(addr, config.files, config.seed)?;
+
+    let mut runs = Vec::new();
+    let mut chart_runs = Vec::new();
+    let mut saturation = None;
+    let mut ops_per_peer = None;
+    match &config.mode {
+        Mode::Latency { ops, peers } => {
+            ops_per_peer = Some(PerOp::from_array(&ops.as_array()));
+            for (i, &n) in peers.iter().enumerate() {
+                let r = load::run_closed_loop(addr, i, n, *ops, &population, config.seed)?;
+                let summaries = [0, 1, 2].map(|k| OpSummary::of(&r.hists[k], r.errors[k]));
+                for kind in OpKind::ALL {
+                    write_file(
+                        &config.out.join(format!("peers{n}-{}.hgrm", kind.name())),
+                        &stats::to_hgrm(&r.hists[kind.index()]),
+                    )?;
+                }
+                chart_runs.push(charts::ChartRun {
+                    peers: n,
+                    ops: summaries.clone(),
+                    curves: [0, 1, 2].map(|k| stats::percentile_curve(&r.hists[k])),
+                });
+                runs.push(RunSummary::new(
+                    n,
+                    summaries,
+                    r.ops_per_s(),
+                    r.elapsed.as_secs_f64(),
+                    &floor,
+                ));
+            }
+        }
+        Mode::Saturation {
+            connections,
+            pipeline,
+            duration,
+        } => {
+            let keys = population.files.iter().map(|f| f.hash).collect();
+            let r = saturate::run(addr, *connections, *pipeline, *duration, keys, config.seed)?;
+            write_file(
+                &config.out.join("saturation-lookup.hgrm"),
+                &stats::to_hgrm(&r.latency),
+            )?;
+            saturation = Some(SaturationSummary {
+                op: "lookup",
+                connections: r.connections,
+                pipeline: r.pipeline,
+                duration_s: (r.window.as_secs_f64() * 1000.0).round() / 1000.0,
+                ops: r.ops,
+                errors: r.errors,
+                ops_per_s: r.ops_per_s().round(),
+                latency: OpSummary::of(&r.latency, r.errors),
+            });
+        }
+    }
+    drop(population);
+
+    if !chart_runs.is_empty() {
+        charts::means_chart(&config.out, &chart_runs, floor.p50)?;
+        charts::percentiles_chart(&config.out, &chart_runs)?;
+    }
+    let summary = Summary {
+        floor_us: floor,
+        runs,
+        saturation,
+        ops_per_peer,
+        files_per_register: workload::FILES_PER_REGISTER,
+        prepopulated_files: config.files,
+        index: index_label,
+        latency_unit: "microseconds (recorded in nanoseconds, 3 significant digits)",
+        command: config.command.clone(),
+        machine,
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    let json = serde_json::to_string_pretty(&summary).map_err(io::Error::other)?;
+    write_file(&config.out.join("summary.json"), &(json + "\n"))?;
+    let ops = match &config.mode {
+        Mode::Latency { ops, .. } => Some(*ops),
+        Mode::Saturation { .. } => None,
+    };
+    write_file(
+        &config.out.join("report.md"),
+        &report::markdown(&summary, ops),
+    )?;
+    Ok(summary)
+}
+
+/// Starts the echo server (this binary in `--echo-server` mode) and times the ping-pong.
+fn measure_floor(config: &Config) -> io::Result<Floor> {
+    let (_echo, addr) = floor::spawn_listening(&config.self_exe, &["--echo-server"])?;
+    let hist = floor::measure(addr, config.floor_round_trips)?;
+    let s = OpSummary::of(&hist, 0);
+    Ok(Floor {
+        p50: s.p50_us,
+        p99: s.p99_us,
+        mean: s.mean_us,
+        round_trips: s.count,
+        ping_bytes: floor::PING_BYTES,
+    })
+}
+
+fn write_file(path: &Path, text: &str) -> io::Result<()> {
+    fs::write(path, text)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))
+}
+
+/// The figures printed at the end: one line per run and op.
+pub fn console_table(s: &Summary) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "floor (loopback round trip): p50 {:.1} µs  p99 {:.1} µs",
+        s.floor_us.p50, s.floor_us.p99
+    );
+    if !s.runs.is_empty() {
+        let _ = writeln!(
+            t,
+            "{:>5} {:<8} {:>7} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "peers", "op", "count", "errors", "mean µs", "p50 µs", "p99 µs", "max µs", "p50/floor"
+        );
+    }
+    for r in &s.runs {
+        for kind in OpKind::ALL {
+            let o = r.op(kind);
+            let _ = writeln!(
+                t,
+                "{:>5} {:<8} {:>7} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2}x",
+                r.peers,
+                kind.name(),
+                o.count,
+                o.errors,
+                o.mean_us,
+                o.p50_us,
+                o.p99_us,
+                o.max_us,
+                o.p50_us / s.floor_us.p50.max(1e-9)
+            );
+        }
+        let _ = writeln!(t, "{:>5} all ops: {:.0} ops/s", r.peers, r.ops_per_s);
+    }
+    if let Some(sat) = &s.saturation {
+        let _ = writeln!(
+            t,
+            "saturation: {} connections x {} in flight, lookups: {:.0} ops/s ({} errors), p50 {:.1} µs, p99 {:.1} µs",
+            sat.connections, sat.pipeline, sat.ops_per_s, sat.errors, sat.latency.p50_us, sat.latency.p99_us
+        );
+    }
+    t
+}

@@ -1,0 +1,392 @@
+//! The outputs: `summary.json` (stable schema), the `.hgrm` percentile files and
+//! `report.md`. Pure formatting of results already measured; the only I/O is writing files
+//! and reading the machine's description from /proc.
+
+use super::config::OpCounts;
+use super::stats::OpSummary;
+use super::workload::{OpKind, FILES_PER_REGISTER};
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// The floor: bare loopback TCP round trips, µs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Floor {
+    /// Median round trip.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Mean.
+    pub mean: f64,
+    /// Round trips timed.
+    pub round_trips: u64,
+    /// Bytes per ping.
+    pub ping_bytes: usize,
+}
+
+/// The three op kinds' figures, in report order (a struct, so JSON keeps the order).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PerOp<T> {
+    /// Search.
+    pub search: T,
+    /// Register.
+    pub register: T,
+    /// Lookup.
+    pub lookup: T,
+}
+
+impl<T: Clone> PerOp<T> {
+    /// From an array in [`OpKind::ALL`] order.
+    pub fn from_array(a: &[T; 3]) -> PerOp<T> {
+        PerOp {
+            search: a[0].clone(),
+            register: a[1].clone(),
+            lookup: a[2].clone(),
+        }
+    }
+}
+
+/// One closed-loop run (an element of `runs`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    /// Concurrent simulated peers.
+    pub peers: usize,
+    /// Figures per op kind.
+    pub ops: PerOp<OpSummary>,
+    /// All operations of all peers per second of the run.
+    pub ops_per_s: f64,
+    /// Length of the run, seconds.
+    pub elapsed_s: f64,
+    /// Each op's p50 divided by the floor's p50.
+    pub p50_over_floor: PerOp<f64>,
+}
+
+/// The saturation mode's result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SaturationSummary {
+    /// The operation (`lookup` by hash).
+    pub op: &'static str,
+    /// Connections.
+    pub connections: usize,
+    /// Requests in flight per connection.
+    pub pipeline: usize,
+    /// Measured window, seconds (after the warm-up).
+    pub duration_s: f64,
+    /// Answers in the window.
+    pub ops: u64,
+    /// Error answers among them.
+    pub errors: u64,
+    /// Answers per second.
+    pub ops_per_s: f64,
+    /// Request-to-answer latency under that load.
+    pub latency: OpSummary,
+}
+
+/// The machine the figures come from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Machine {
+    /// CPU model name from /proc/cpuinfo.
+    pub cpu: String,
+    /// Logical CPUs available to the bench.
+    pub cores: usize,
+    /// Kernel release.
+    pub kernel: String,
+}
+
+impl Machine {
+    /// Reads this machine's description (unknown parts say so).
+    pub fn detect() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| format!("Linux {}", s.trim()))
+            .unwrap_or_else(|_| std::env::consts::OS.to_string());
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kernel,
+        }
+    }
+}
+
+/// The whole of `summary.json`. `floor_us` and `runs` (with `peers`, `ops.*.{count, errors,
+/// mean_us, p50_us, p90_us, p99_us, p999_us, max_us}` and `ops_per_s`) are the stable
+/// schema; the rest may grow.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// The loopback floor.
+    pub floor_us: Floor,
+    /// Closed-loop runs, in the order run.
+    pub runs: Vec<RunSummary>,
+    /// The saturation run, when that mode ran.
+    pub saturation: Option<SaturationSummary>,
+    /// Operations per simulated peer.
+    pub ops_per_peer: Option<PerOp<usize>>,
+    /// Files one register operation announces.
+    pub files_per_register: usize,
+    /// Files pre-populated before measuring.
+    pub prepopulated_files: usize,
+    /// `started` (the bench ran its own indexd) or the address given with `--index`.
+    pub index: String,
+    /// The unit of every `*_us` figure and how it was recorded.
+    pub latency_unit: &'static str,
+    /// The command that produced this.
+    pub command: String,
+    /// Where it ran.
+    pub machine: Machine,
+    /// The p2pshare version.
+    pub version: &'static str,
+}
+
+/// `p50 / floor`, or 0 with no floor.
+fn ratio(p50: f64, floor: f64) -> f64 {
+    if floor > 0.0 {
+        (p50 / floor * 100.0).round() / 100.0
+    } else {
+        0.0
+    }
+}
+
+impl RunSummary {
+    /// A run's summary from its per-op figures.
+    pub fn new(
+        peers: usize,
+        ops: [OpSummary; 3],
+        ops_per_s: f64,
+        elapsed_s: f64,
+        floor: &Floor,
+    ) -> RunSummary {
+        let ratios = [0, 1, 2].map(|k| ratio(ops[k].p50_us, floor.p50));
+        RunSummary {
+            peers,
+            ops: PerOp::from_array(&ops),
+            ops_per_s: ops_per_s.round(),
+            elapsed_s: (elapsed_s * 1000.0).round() / 1000.0,
+            p50_over_floor: PerOp::from_array(&ratios),
+        }
+    }
+
+    /// The figures of `kind`.
+    pub fn op(&self, kind: OpKind) -> &OpSummary {
+        match kind {
+            OpKind::Search => &self.ops.search,
+            OpKind::Register => &self.ops.register,
+            OpKind::Lookup => &self.ops.lookup,
+        }
+    }
+
+    fn ratio(&self, kind: OpKind) -> f64 {
+        match kind {
+            OpKind::Search => self.p50_over_floor.search,
+            OpKind::Register => self.p50_over_floor.register,
+            OpKind::Lookup => self.p50_over_floor.lookup,
+        }
+    }
+}
+
+/// What each op kind does, for the report.
+pub fn op_meaning(kind: OpKind) -> String {
+    match kind {
+        OpKind::Search => "one Search of 1–2 words (whole or prefix) taken from an indexed file's name, up to 100 results".into(),
+        OpKind::Register => format!("one bulk Register of {FILES_PER_REGISTER} new files (unique hashes per peer and op)"),
+        OpKind::Lookup => "one Lookup by full hash of a pre-populated file".into(),
+    }
+}
+
+/// `report.md`: machine, command, tables, charts.
+pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# p2pshare benchmark\n");
+    let _ = writeln!(md, "Command:\n\n```\n{}\n```\n", s.command);
+    let _ = writeln!(
+        md,
+        "Machine: {}, {} logical CPUs, {}. Index: {} (p2pshare {}), {} files pre-populated.\n",
+        s.machine.cpu, s.machine.cores, s.machine.kernel, s.index, s.version, s.prepopulated_files
+    );
+    let _ = writeln!(
+        md,
+        "**Floor** (bare TCP ping-pong of {} bytes on loopback, {} round trips, same run): \
+         p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs.\n",
+        s.floor_us.ping_bytes,
+        s.floor_us.round_trips,
+        s.floor_us.p50,
+        s.floor_us.p99,
+        s.floor_us.mean
+    );
+    if !s.runs.is_empty() {
+        let _ = writeln!(md, "## Closed loop\n");
+        if let Some(o) = ops {
+            let _ = writeln!(
+                md,
+                "Each simulated peer is a real connection (Hello handshake first) doing {} searches, \
+                 {} registers and {} lookups interleaved in a seeded random order, one request \
+                 outstanding; all peers of a run start together. One operation is:\n",
+                o.search, o.register, o.lookup
+            );
+        }
+        for kind in OpKind::ALL {
+            let _ = writeln!(md, "- **{}**: {}.", kind.name(), op_meaning(kind));
+        }
+        let _ = writeln!(
+            md,
+            "\nLatencies are recorded in ns (HdrHistogram, 3 significant digits) and shown in µs; \
+             *errors* counts error or unexpected answers (their latency is included).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| peers | op | count | errors | mean µs | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | p50 / floor |"
+        );
+        let _ = writeln!(
+            md,
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for r in &s.runs {
+            for kind in OpKind::ALL {
+                let o = r.op(kind);
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}× |",
+                    r.peers,
+                    kind.name(),
+                    o.count,
+                    o.errors,
+                    o.mean_us,
+                    o.p50_us,
+                    o.p90_us,
+                    o.p99_us,
+                    o.p999_us,
+                    o.max_us,
+                    r.ratio(kind)
+                );
+            }
+        }
+        let _ = writeln!(
+            md,
+            "\n| peers | ops/s (all peers) | run time s |\n|---:|---:|---:|"
+        );
+        for r in &s.runs {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.2} |",
+                r.peers, r.ops_per_s, r.elapsed_s
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\n### Mean time per operation vs concurrent peers\n\n\
+             ![mean time per operation](means.svg)\n\n\
+             Solid: mean; dashed: p99; grey: the loopback floor (p50). PNG: [means.png](means.png).\n"
+        );
+        let _ = writeln!(
+            md,
+            "### Latency by percentile\n\n![latency by percentile](percentiles.svg)\n\n\
+             PNG: [percentiles.png](percentiles.png). The full distributions are in the `.hgrm` \
+             files (HdrHistogram percentile format, µs), one per peer count and op.\n"
+        );
+    }
+    if let Some(sat) = &s.saturation {
+        let _ = writeln!(md, "## Saturation\n");
+        let _ = writeln!(
+            md,
+            "One reactor thread keeps {} Lookup-by-hash requests in flight on each of {} \
+             connections for {:.1} s (after a 1 s warm-up).\n\n\
+             **{:.0} ops/s**, {} answers, {} errors; latency under that load: p50 {:.1} µs, \
+             p99 {:.1} µs, max {:.1} µs.\n\n\
+             To compare with Redis at the same connection count and pipeline depth: \
+             `redis-benchmark -t get -c {} -P {} -n {} -q`.\n",
+            sat.pipeline,
+            sat.connections,
+            sat.duration_s,
+            sat.ops_per_s,
+            sat.ops,
+            sat.errors,
+            sat.latency.p50_us,
+            sat.latency.p99_us,
+            sat.latency.max_us,
+            sat.connections,
+            sat.pipeline,
+            sat.ops.max(100_000)
+        );
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary() -> Summary {
+        let floor = Floor {
+            p50: 20.0,
+            p99: 40.0,
+            mean: 22.0,
+            round_trips: 100,
+            ping_bytes: 32,
+        };
+        let op = OpSummary {
+            count: 10,
+            p50_us: 30.0,
+            ..OpSummary::default()
+        };
+        Summary {
+            runs: vec![RunSummary::new(
+                3,
+                [op.clone(), op.clone(), op],
+                1000.0,
+                1.0,
+                &floor,
+            )],
+            floor_us: floor,
+            saturation: None,
+            ops_per_peer: Some(PerOp::from_array(&[1, 2, 3])),
+            files_per_register: FILES_PER_REGISTER,
+            prepopulated_files: 10,
+            index: "started".into(),
+            latency_unit: "µs",
+            command: "tools/bench".into(),
+            machine: Machine::detect(),
+            version: "0",
+        }
+    }
+
+    #[test]
+    fn json_has_the_stable_schema() {
+        let v = serde_json::to_value(summary()).unwrap();
+        assert!(v["floor_us"]["p50"].is_number());
+        assert!(v["floor_us"]["p99"].is_number());
+        let run = &v["runs"][0];
+        assert_eq!(run["peers"], 3);
+        assert!(run["ops_per_s"].is_number());
+        for op in ["search", "register", "lookup"] {
+            for key in [
+                "count", "errors", "mean_us", "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
+            ] {
+                assert!(run["ops"][op][key].is_number(), "runs[0].ops.{op}.{key}");
+            }
+        }
+        assert_eq!(run["p50_over_floor"]["search"], 1.5);
+    }
+
+    #[test]
+    fn markdown_has_tables_and_charts() {
+        let md = markdown(
+            &summary(),
+            Some(OpCounts {
+                search: 1,
+                register: 2,
+                lookup: 3,
+            }),
+        );
+        assert!(md.contains("tools/bench"));
+        assert!(md.contains("| 3 | search | 10 |"));
+        assert!(md.contains("1.50×"));
+        assert!(md.contains("means.svg"));
+        assert!(md.contains("percentiles.svg"));
+    }
+}

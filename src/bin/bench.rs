@@ -1,0 +1,151 @@
+//! `bench`: the p2pshare benchmark (run it through `tools/bench`). Thin main: flags →
+//! validated config → `p2pshare::bench::run`.
+
+use clap::Parser;
+use p2pshare::bench::config::{self, Config, Mode, OpCounts};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Times search, register and lookup against a real indexd over loopback, next to the bare
+/// loopback round trip, and writes summary.json, .hgrm files, report.md and charts.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Flags {
+    /// Search, register and lookup operations per simulated peer.
+    #[arg(long, value_name = "S,R,L", default_value = "1000,200,800", value_parser = config::parse_ops)]
+    ops: OpCounts,
+    /// Concurrent simulated peers: a count, or a list for one run per count.
+    #[arg(long, value_name = "N[,N...]", default_value = "1,2,3", value_parser = config::parse_peers)]
+    // Spelled out so clap takes the whole list as one value, not as repeated flags.
+    peers: std::vec::Vec<usize>,
+    /// Measure an indexd already running at this address instead of starting one.
+    #[arg(long, value_name = "ADDR")]
+    index: Option<SocketAddr>,
+    /// Files to pre-populate the index with (from fake peers, 1,000 files each).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    files: usize,
+    /// Saturation mode: requests in flight per connection.
+    #[arg(long, value_name = "K")]
+    pipeline: Option<usize>,
+    /// Saturation mode: connections.
+    #[arg(long, value_name = "C")]
+    connections: Option<usize>,
+    /// Saturation mode: seconds measured (after a 1 s warm-up).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    duration: f64,
+    /// Time peer-to-peer downloads of a file of this size (e.g. 100M).
+    #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
+    transfer: Option<u64>,
+    /// Directory for the outputs.
+    #[arg(long, value_name = "DIR", default_value = "bench-out")]
+    out: PathBuf,
+    /// Seed of the workload's random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Round trips timed for the loopback floor.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    floor_round_trips: usize,
+    /// The indexd binary to start (default: the one next to this binary).
+    #[arg(long, value_name = "PATH")]
+    indexd: Option<PathBuf>,
+    /// Internal: run the echo server the floor is measured against.
+    #[arg(long, hide = true)]
+    echo_server: bool,
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    if flags.echo_server {
+        return match p2pshare::bench::floor::run_echo_server() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench --echo-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match validate(flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match p2pshare::bench::run(&config) {
+        Ok(summary) => {
+            print!("{}", p2pshare::bench::console_table(&summary));
+            println!("wrote {}", config.out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raw flags → a config, or the reason they do not make one.
+fn validate(flags: Flags) -> Result<Config, String> {
+    if let Some(size) = flags.transfer {
+        return Err(format!(
+            "--transfer {size} bytes: timing downloads needs the peer (`peer --share DIR`), \
+             which is not built yet; this mode lands with the peer. Nothing was measured."
+        ));
+    }
+    if flags.files == 0 {
+        return Err("--files must be at least 1: searches and lookups need indexed files".into());
+    }
+    let mode = if flags.pipeline.is_some() || flags.connections.is_some() {
+        let connections = flags.connections.unwrap_or(64);
+        let pipeline = flags.pipeline.unwrap_or(16);
+        if !(1..=10_000).contains(&connections) {
+            return Err(format!("--connections {connections} is outside 1..=10000"));
+        }
+        if !(1..=4096).contains(&pipeline) {
+            return Err(format!("--pipeline {pipeline} is outside 1..=4096"));
+        }
+        if !(flags.duration > 0.0 && flags.duration <= 3600.0) {
+            return Err(format!(
+                "--duration {} is outside (0, 3600] seconds",
+                flags.duration
+            ));
+        }
+        Mode::Saturation {
+            connections,
+            pipeline,
+            duration: Duration::from_secs_f64(flags.duration),
+        }
+    } else {
+        Mode::Latency {
+            ops: flags.ops,
+            peers: flags.peers,
+        }
+    };
+    let self_exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let indexd = flags
+        .indexd
+        .unwrap_or_else(|| self_exe.with_file_name("indexd"));
+    if flags.index.is_none() && !indexd.exists() {
+        return Err(format!(
+            "{} not found: build it (cargo build --release --bins) or pass --index ADDR",
+            indexd.display()
+        ));
+    }
+    let command = std::iter::once("tools/bench".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(Config {
+        mode,
+        index: flags.index,
+        indexd,
+        files: flags.files,
+        out: flags.out,
+        seed: flags.seed,
+        floor_round_trips: flags.floor_round_trips.max(1),
+        self_exe,
+        command,
+    })
+}
