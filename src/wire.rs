@@ -218,6 +218,8 @@ pub enum ResponseBody {
     Registered {
         /// Entries new to this peer.
         added: u32,
+        /// Entries refused (bad name, size that contradicts the hash's known size).
+        rejected: u32,
         /// Files this peer now holds in the index.
         total: u32,
     },
@@ -534,7 +536,11 @@ mod tests {
                 session: 77,
                 observed: addr,
             },
-            ResponseBody::Registered { added: 2, total: 5 },
+            ResponseBody::Registered {
+                added: 2,
+                rejected: 1,
+                total: 5,
+            },
             ResponseBody::Unregistered {
                 removed: 1,
                 total: 4,

@@ -1,0 +1,97 @@
+//! `indexd`: the p2pshare index server. Thin main: flags → config → reactor.
+
+use clap::Parser;
+use p2pshare::index::server::{IndexServer, ServerLimits};
+use p2pshare::log::{self, Level};
+use p2pshare::reactor::{self, sys, Config, Reactor};
+use p2pshare::wire::{self, ErrorCode, Response, ResponseBody};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The p2pshare index server: knows which live peer shares which file.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Flags {
+    /// Address to listen on for peers.
+    #[arg(long, default_value = "0.0.0.0:9000")]
+    listen: SocketAddr,
+    /// Most concurrent connections; more are answered "busy" and closed.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Largest request frame in bytes (a bulk register must fit in one).
+    #[arg(long, default_value_t = reactor::codec::DEFAULT_MAX_FRAME_BYTES)]
+    max_frame_bytes: usize,
+    /// Close a connection silent for this many seconds (peers ping well within it); 0: never.
+    #[arg(long, default_value_t = 120)]
+    idle_timeout: u64,
+    /// Most results one search returns.
+    #[arg(long, default_value_t = 100)]
+    max_results: usize,
+    /// Most files one peer may have in the index.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_files_per_peer: usize,
+    /// Log level: error, warn, info or debug (default: RUST_LOG, else info).
+    #[arg(long)]
+    log: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    log::init(flags.log.as_deref());
+    match run(flags) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("indexd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(flags: Flags) -> std::io::Result<()> {
+    match sys::raise_fd_limit() {
+        Ok(n) if (n as usize) < flags.max_connections + 64 => p2pshare::log!(
+            Level::Warn,
+            "indexd",
+            "open-files limit {n} is below --max-connections {}",
+            flags.max_connections
+        ),
+        Ok(_) => {}
+        Err(e) => p2pshare::log!(Level::Warn, "indexd", "cannot raise open-files limit: {e}"),
+    }
+    let mut busy = Vec::new();
+    wire::encode_frame(
+        &Response {
+            id: 0,
+            body: ResponseBody::Error {
+                code: ErrorCode::Busy,
+                message: format!("server full ({} connections)", flags.max_connections),
+            },
+        },
+        &mut busy,
+    );
+    let config = Config {
+        max_frame_bytes: flags.max_frame_bytes,
+        max_connections: flags.max_connections,
+        idle_timeout: (flags.idle_timeout > 0).then(|| Duration::from_secs(flags.idle_timeout)),
+        busy_reply: busy,
+        ..Config::default()
+    };
+    let mut reactor = Reactor::new(config)?;
+    let waker = reactor.ctx().waker();
+    let stop = sys::on_termination(move || {
+        let _ = waker.wake();
+    })?;
+    let addr = reactor.ctx().listen(flags.listen)?;
+    let mut server = IndexServer::new(ServerLimits {
+        max_results: flags.max_results,
+        max_files_per_peer: flags.max_files_per_peer,
+    });
+    server.stop_on(stop);
+    // The first stdout line tells scripts and tests the bound port (useful with port 0).
+    println!("indexd listening on {addr}");
+    std::io::stdout().flush()?;
+    p2pshare::log!(Level::Info, "indexd", "listening on {addr}");
+    reactor.run(&mut server)
+}

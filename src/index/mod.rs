@@ -1,0 +1,4 @@
+//! The index server: the pure index data structure ([`store`]) and the reactor handler that
+//! serves peers from it ([`server`]).
+pub mod server;
+pub mod store;

@@ -1,0 +1,323 @@
+//! Shared helpers for the integration tests: start the real binaries on loopback port 0 and
+//! talk to them with small blocking clients. Every read has a timeout, every child is killed
+//! on drop, so a failing test never hangs or leaks processes.
+#![allow(dead_code)]
+
+use p2pshare::reactor::codec::{self, Decoder};
+use p2pshare::wire::{self, Request, RequestBody, Response, ResponseBody, PROTOCOL_VERSION};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Longest any single read in a test may block.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `indexd` child process, killed when dropped.
+pub struct Indexd {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Indexd {
+    /// Starts `indexd --listen 127.0.0.1:0 EXTRA...` and waits for its address line.
+    pub fn start(extra: &[&str]) -> Indexd {
+        Self::start_on("127.0.0.1:0", extra)
+    }
+
+    /// Starts `indexd` on a given address.
+    pub fn start_on(listen: &str, extra: &[&str]) -> Indexd {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_indexd"))
+            .args(["--listen", listen, "--log", "warn"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn indexd");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read indexd address line");
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from indexd: {line:?}"));
+        Indexd { child, addr }
+    }
+}
+
+impl Drop for Indexd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking index client speaking frames over one TCP connection.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    decoder: Decoder,
+    next_id: u32,
+}
+
+impl Client {
+    /// Connects (no hello).
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect to indexd");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+            decoder: Decoder::new(64 << 20),
+            next_id: 1,
+        }
+    }
+
+    /// Connects and completes the handshake announcing `port`; returns the observed address.
+    pub fn hello(addr: SocketAddr, port: u16) -> (Client, SocketAddr) {
+        let mut c = Client::connect(addr);
+        match c.call(RequestBody::Hello {
+            version: PROTOCOL_VERSION,
+            listen_port: port,
+            agent: "test".into(),
+        }) {
+            ResponseBody::Welcome { observed, .. } => (c, observed),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    /// Sends a request with a fresh id; returns the id.
+    pub fn send(&mut self, body: RequestBody) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut out = Vec::new();
+        wire::encode_frame(&Request { id, body }, &mut out);
+        self.stream.write_all(&out).expect("send request");
+        id
+    }
+
+    /// Writes raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// The next response frame; `None` at EOF.
+    pub fn recv(&mut self) -> Option<Response> {
+        self.recv_payload()
+            .map(|p| wire::decode(&p).expect("decodable response"))
+    }
+
+    /// The next raw frame payload; `None` at EOF or reset.
+    pub fn recv_payload(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(d) = self
+                .decoder
+                .decode(&self.buf)
+                .expect("valid frame from server")
+            {
+                let payload = self.buf[d.payload.clone()].to_vec();
+                self.buf.drain(..d.consumed);
+                return Some(payload);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read from server: {e}"),
+            }
+        }
+    }
+
+    /// Sends a request and returns the body of its response (checking the id).
+    pub fn call(&mut self, body: RequestBody) -> ResponseBody {
+        let id = self.send(body);
+        let resp = self.recv().expect("response before EOF");
+        assert_eq!(resp.id, id, "response id");
+        resp.body
+    }
+
+    /// Whether the server closed the connection (EOF or reset) within the read timeout.
+    pub fn is_closed_by_server(&mut self) -> bool {
+        self.recv_payload().is_none()
+    }
+}
+
+/// A frame holding exactly `payload`.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    codec::encode(payload, &mut out);
+    out
+}
+
+/// A fresh, empty directory for one test, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir =
+            std::env::temp_dir().join(format!("p2pshare-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub fn sub(&self, name: &str) -> std::path::PathBuf {
+        let p = self.0.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `peer --serve` child process, killed when dropped.
+pub struct ServingPeer {
+    pub child: Child,
+}
+
+impl ServingPeer {
+    pub fn start(share: &std::path::Path, index: SocketAddr) -> ServingPeer {
+        let child = Command::new(env!("CARGO_BIN_EXE_peer"))
+            .arg("--share")
+            .arg(share)
+            .args([
+                "--index",
+                &index.to_string(),
+                "--listen",
+                "127.0.0.1:0",
+                "--serve",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn peer");
+        ServingPeer { child }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServingPeer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a console peer printed.
+#[derive(Debug)]
+pub struct ConsoleRun {
+    pub stdout: String,
+    pub stderr: String,
+    pub success: bool,
+}
+
+/// How stdin reaches a console peer.
+pub enum Input<'a> {
+    /// Written into a pipe, then closed.
+    Pipe(&'a str),
+    /// A regular file opened as stdin.
+    File(&'a std::path::Path),
+}
+
+/// Runs `peer --share DIR --index ADDR [extra]` with `input` as stdin until it exits
+/// (bounded by `limit`), and returns what it printed.
+pub fn run_console(
+    share: &std::path::Path,
+    index: SocketAddr,
+    extra: &[&str],
+    input: Input<'_>,
+    limit: Duration,
+) -> ConsoleRun {
+    let stdin = match &input {
+        Input::Pipe(_) => Stdio::piped(),
+        Input::File(p) => Stdio::from(std::fs::File::open(p).unwrap()),
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_peer"))
+        .arg("--share")
+        .arg(share)
+        .args(["--index", &index.to_string(), "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn peer");
+    if let Input::Pipe(text) = input {
+        let mut w = child.stdin.take().unwrap();
+        w.write_all(text.as_bytes()).unwrap();
+    }
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = t_out.join().unwrap();
+            let stderr = t_err.join().unwrap();
+            panic!(
+                "console peer did not finish in {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    ConsoleRun {
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+        success: status.success(),
+    }
+}
+
+/// Polls the index until `check` accepts a lookup of `hash` (bounded by IO_TIMEOUT).
+pub fn wait_for_holders(index: SocketAddr, hash: p2pshare::wire::FileHash, want: usize) {
+    let (mut c, _) = Client::hello(index, 0);
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        let n = match c.call(RequestBody::Lookup {
+            key: p2pshare::wire::LookupKey::Hash(hash),
+        }) {
+            ResponseBody::Holders { files } => files.first().map_or(0, |f| f.holders.len()),
+            _ => 0,
+        };
+        if n >= want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{hash} never reached {want} holders (has {n})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,458 @@
+//! Integration tests against the real `indexd` binary over loopback sockets.
+
+mod common;
+
+use common::{frame, Client, Indexd};
+use p2pshare::wire::{
+    self, ErrorCode, FileEntry, FileHash, LookupKey, Request, RequestBody, ResponseBody,
+};
+use std::net::SocketAddr;
+
+fn entry(name: &str, content: &str) -> FileEntry {
+    FileEntry {
+        hash: FileHash::of(content.as_bytes()),
+        size: content.len() as u64,
+        name: name.into(),
+    }
+}
+
+fn register(c: &mut Client, files: Vec<FileEntry>) -> (u32, u32, u32) {
+    match c.call(RequestBody::Register { files }) {
+        ResponseBody::Registered {
+            added,
+            rejected,
+            total,
+        } => (added, rejected, total),
+        other => panic!("expected registered, got {other:?}"),
+    }
+}
+
+fn holders(c: &mut Client, key: LookupKey) -> Vec<(FileHash, Vec<SocketAddr>)> {
+    match c.call(RequestBody::Lookup { key }) {
+        ResponseBody::Holders { files } => files.into_iter().map(|f| (f.hash, f.holders)).collect(),
+        ResponseBody::Error {
+            code: ErrorCode::NotFound,
+            ..
+        } => Vec::new(),
+        other => panic!("expected holders, got {other:?}"),
+    }
+}
+
+fn search(c: &mut Client, query: &str) -> Vec<(String, u32)> {
+    match c.call(RequestBody::Search {
+        query: query.into(),
+        limit: 100,
+    }) {
+        ResponseBody::SearchResults { hits, .. } => {
+            hits.into_iter().map(|h| (h.name, h.holders)).collect()
+        }
+        other => panic!("expected search results, got {other:?}"),
+    }
+}
+
+fn expect_error(body: ResponseBody, want: ErrorCode) -> String {
+    match body {
+        ResponseBody::Error { code, message } if code == want => message,
+        other => panic!("expected {want:?} error, got {other:?}"),
+    }
+}
+
+#[test]
+fn register_search_lookup_across_peers() {
+    let indexd = Indexd::start(&[]);
+    let (mut a, observed_a) = Client::hello(indexd.addr, 4001);
+    let (mut b, observed_b) = Client::hello(indexd.addr, 4002);
+    // The address given out is the IP on the socket with the announced port.
+    assert_eq!(observed_a, "127.0.0.1:4001".parse().unwrap());
+    assert_eq!(observed_b.port(), 4002);
+
+    let song = entry("Zebra_Crossing-Live 1999.flac", "zebra bytes");
+    let weird = entry("a\r\r\nb.txt", "weird bytes");
+    assert_eq!(
+        register(&mut a, vec![song.clone(), weird.clone()]),
+        (2, 0, 2)
+    );
+    // Same bytes under another name at b: one file, two names, two holders.
+    let mut renamed = song.clone();
+    renamed.name = "zebra copy.flac".into();
+    assert_eq!(register(&mut b, vec![renamed]).0, 1);
+
+    let hits = search(&mut b, "zeb cross");
+    assert_eq!(hits, vec![("Zebra_Crossing-Live 1999.flac".to_string(), 2)]);
+    assert_eq!(search(&mut a, "ZEBRA").len(), 2);
+    assert!(search(&mut a, "nothing here").is_empty());
+
+    let h = holders(&mut b, LookupKey::Hash(song.hash));
+    assert_eq!(h.len(), 1);
+    let mut addrs = h[0].1.clone();
+    addrs.sort();
+    assert_eq!(addrs, vec![observed_a, observed_b]);
+    // By hex prefix and by exact name (the name with \r\r\n in it).
+    let prefix = song.hash.to_hex()[..10].to_string();
+    assert_eq!(
+        holders(&mut b, LookupKey::HashPrefix(prefix))[0].0,
+        song.hash
+    );
+    assert_eq!(
+        holders(&mut b, LookupKey::Name("a\r\r\nb.txt".into())),
+        vec![(weird.hash, vec![observed_a])]
+    );
+
+    // Unregister: only a's own entries go.
+    match a.call(RequestBody::Unregister {
+        hashes: vec![song.hash, FileHash([9; 32])],
+    }) {
+        ResponseBody::Unregistered { removed, total } => assert_eq!((removed, total), (1, 1)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        holders(&mut b, LookupKey::Hash(song.hash)),
+        vec![(song.hash, vec![observed_b])]
+    );
+    match a.call(RequestBody::Stats) {
+        ResponseBody::Stats(s) => {
+            assert_eq!((s.connections, s.peers, s.files), (2, 2, 2));
+            assert!(s.searches >= 3 && s.lookups >= 4 && s.registers == 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.call(RequestBody::Ping), ResponseBody::Pong);
+    assert_eq!(a.call(RequestBody::Bye), ResponseBody::Bye);
+    assert!(a.is_closed_by_server());
+}
+
+#[test]
+fn lookup_by_name_with_several_hashes() {
+    let indexd = Indexd::start(&[]);
+    let (mut a, _) = Client::hello(indexd.addr, 1);
+    let (mut b, _) = Client::hello(indexd.addr, 2);
+    register(&mut a, vec![entry("same.txt", "one")]);
+    register(&mut b, vec![entry("same.txt", "two")]);
+    let mut got: Vec<FileHash> = holders(&mut a, LookupKey::Name("same.txt".into()))
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect();
+    got.sort();
+    let mut want = vec![FileHash::of(b"one"), FileHash::of(b"two")];
+    want.sort();
+    assert_eq!(got, want);
+    let body = a.call(RequestBody::Lookup {
+        key: LookupKey::Hash(FileHash([0xee; 32])),
+    });
+    expect_error(body, ErrorCode::NotFound);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_by_id() {
+    let indexd = Indexd::start(&[]);
+    let (mut c, _) = Client::hello(indexd.addr, 7);
+    let files: Vec<FileEntry> = (0..50)
+        .map(|i| entry(&format!("file {i}.dat"), &i.to_string()))
+        .collect();
+    register(&mut c, files.clone());
+    // Write 300 requests in one go, then read 300 answers.
+    let mut wire_bytes = Vec::new();
+    for i in 0..300u32 {
+        let body = match i % 3 {
+            0 => RequestBody::Lookup {
+                key: LookupKey::Hash(files[(i % 50) as usize].hash),
+            },
+            1 => RequestBody::Search {
+                query: format!("file {}", i % 50),
+                limit: 10,
+            },
+            _ => RequestBody::Ping,
+        };
+        wire::encode_frame(&Request { id: 1000 + i, body }, &mut wire_bytes);
+    }
+    c.send_raw(&wire_bytes).unwrap();
+    for i in 0..300u32 {
+        let r = c.recv().expect("response");
+        assert_eq!(r.id, 1000 + i);
+        match (i % 3, r.body) {
+            (0, ResponseBody::Holders { files: f }) => {
+                assert_eq!(f[0].hash, files[(i % 50) as usize].hash)
+            }
+            (1, ResponseBody::SearchResults { hits, .. }) => assert!(!hits.is_empty()),
+            (2, ResponseBody::Pong) => {}
+            (k, other) => panic!("request kind {k} got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn entries_vanish_when_a_peer_disconnects_for_any_reason() {
+    let indexd = Indexd::start(&[]);
+    let (mut watcher, _) = Client::hello(indexd.addr, 1);
+    let f1 = entry("by bye.txt", "1");
+    let f2 = entry("by eof.txt", "2");
+    let f3 = entry("by reset.txt", "3");
+    let (mut p1, _) = Client::hello(indexd.addr, 11);
+    let (mut p2, _) = Client::hello(indexd.addr, 12);
+    let (mut p3, _) = Client::hello(indexd.addr, 13);
+    register(&mut p1, vec![f1.clone()]);
+    register(&mut p2, vec![f2.clone()]);
+    register(&mut p3, vec![f3.clone()]);
+    assert_eq!(search(&mut watcher, "by").len(), 3);
+
+    assert_eq!(p1.call(RequestBody::Bye), ResponseBody::Bye);
+    drop(p1);
+    drop(p2); // FIN, as when a process is killed
+              // RST: linger 0 then close.
+    let sock = socket_with_zero_linger(p3.stream.try_clone().unwrap());
+    drop(p3);
+    drop(sock);
+
+    // The index catches up within a few round trips; poll with a deadline, never sleep-sync.
+    let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
+    loop {
+        let left = search(&mut watcher, "by");
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "entries left: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    match watcher.call(RequestBody::Stats) {
+        ResponseBody::Stats(s) => assert_eq!((s.peers, s.files, s.names), (1, 0, 0)),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn socket_with_zero_linger(s: std::net::TcpStream) -> std::net::TcpStream {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid fd and a valid linger struct of the size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    s
+}
+
+#[test]
+fn entries_vanish_when_a_client_process_is_killed() {
+    let indexd = Indexd::start(&[]);
+    let (mut watcher, _) = Client::hello(indexd.addr, 1);
+    // A real separate process holding a registered session: python3 speaking the protocol
+    // from bytes we prepare here (hello + register), then sleeping until killed.
+    let mut hello = Vec::new();
+    wire::encode_frame(
+        &Request {
+            id: 1,
+            body: RequestBody::Hello {
+                version: wire::PROTOCOL_VERSION,
+                listen_port: 5,
+                agent: "python".into(),
+            },
+        },
+        &mut hello,
+    );
+    wire::encode_frame(
+        &Request {
+            id: 2,
+            body: RequestBody::Register {
+                files: vec![entry("killed peer file.bin", "k")],
+            },
+        },
+        &mut hello,
+    );
+    let hex: String = hello.iter().map(|b| format!("{b:02x}")).collect();
+    let script = format!(
+        "import socket,sys,time\ns=socket.create_connection(('127.0.0.1',{}))\ns.sendall(bytes.fromhex('{}'))\nprint('sent',flush=True)\ntime.sleep(60)\n",
+        indexd.addr.port(),
+        hex
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
+    while search(&mut watcher, "killed").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "registration never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    while !search(&mut watcher, "killed").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "entries of a killed peer stayed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn version_mismatch_gets_a_clear_error_then_close() {
+    let indexd = Indexd::start(&[]);
+    let mut c = Client::connect(indexd.addr);
+    let body = c.call(RequestBody::Hello {
+        version: 999,
+        listen_port: 1,
+        agent: "future".into(),
+    });
+    let msg = expect_error(body, ErrorCode::VersionMismatch);
+    assert!(msg.contains("999") && msg.contains("version 1"), "{msg}");
+    assert!(c.is_closed_by_server());
+    // A future hello whose layout no longer decodes at all: the version is still read.
+    let mut c = Client::connect(indexd.addr);
+    c.send_raw(&frame(&[7, 0, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]))
+        .unwrap();
+    let r = c.recv().unwrap();
+    assert_eq!(r.id, 7);
+    expect_error(r.body, ErrorCode::VersionMismatch);
+    assert!(c.is_closed_by_server());
+}
+
+#[test]
+fn requests_before_hello_and_garbage_are_refused() {
+    let indexd = Indexd::start(&[]);
+    let mut c = Client::connect(indexd.addr);
+    expect_error(c.call(RequestBody::Ping), ErrorCode::NotReady);
+    assert!(c.is_closed_by_server());
+
+    let mut c = Client::connect(indexd.addr);
+    c.send_raw(&frame(b"\x01\xff\xff\xff garbage")).unwrap();
+    let r = c.recv().unwrap();
+    expect_error(r.body, ErrorCode::Malformed);
+    assert!(c.is_closed_by_server());
+
+    let (mut c, _) = Client::hello(indexd.addr, 3);
+    expect_error(
+        c.call(RequestBody::Hello {
+            version: wire::PROTOCOL_VERSION,
+            listen_port: 3,
+            agent: String::new(),
+        }),
+        ErrorCode::NotReady,
+    );
+    assert!(c.is_closed_by_server());
+}
+
+#[test]
+fn oversized_frame_closes_only_its_connection() {
+    let indexd = Indexd::start(&["--max-frame-bytes", "4096"]);
+    let (mut honest, _) = Client::hello(indexd.addr, 1);
+    register(&mut honest, vec![entry("honest.txt", "h")]);
+    let (mut big, _) = Client::hello(indexd.addr, 2);
+    let files: Vec<FileEntry> = (0..200)
+        .map(|i| entry(&format!("f{i}"), &i.to_string()))
+        .collect();
+    let mut bytes = Vec::new();
+    wire::encode_frame(
+        &Request {
+            id: 9,
+            body: RequestBody::Register { files },
+        },
+        &mut bytes,
+    );
+    assert!(bytes.len() > 4096);
+    // The server may close while we are still writing: that is fine.
+    let _ = big.send_raw(&bytes);
+    let r = big.recv().expect("an error frame before the close");
+    expect_error(r.body, ErrorCode::BadFrame);
+    assert!(big.is_closed_by_server());
+    assert_eq!(search(&mut honest, "honest").len(), 1);
+}
+
+#[test]
+fn a_thousand_concurrent_connections() {
+    p2pshare::reactor::sys::raise_fd_limit().unwrap();
+    let indexd = Indexd::start(&[]);
+    let f = entry("shared by all.bin", "x");
+    let mut clients: Vec<Client> = (0..1000)
+        .map(|i| Client::hello(indexd.addr, 10_000 + i as u16).0)
+        .collect();
+    for c in clients.iter_mut().step_by(100) {
+        register(c, vec![f.clone()]);
+    }
+    // Every connection asks at once, then every answer is read.
+    let ids: Vec<u32> = clients
+        .iter_mut()
+        .map(|c| {
+            c.send(RequestBody::Lookup {
+                key: LookupKey::Hash(f.hash),
+            })
+        })
+        .collect();
+    for (c, id) in clients.iter_mut().zip(ids) {
+        let r = c.recv().unwrap();
+        assert_eq!(r.id, id);
+        match r.body {
+            ResponseBody::Holders { files } => assert_eq!(files[0].holders.len(), 10),
+            other => panic!("{other:?}"),
+        }
+    }
+    match clients[0].call(RequestBody::Stats) {
+        ResponseBody::Stats(s) => assert_eq!((s.connections, s.peers), (1000, 1000)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn connection_limit_answers_busy_and_keeps_serving() {
+    let indexd = Indexd::start(&["--max-connections", "3"]);
+    let mut held: Vec<Client> = (0..3)
+        .map(|i| Client::hello(indexd.addr, i + 1).0)
+        .collect();
+    let mut extra = Client::connect(indexd.addr);
+    let r = extra.recv().expect("busy reply");
+    expect_error(r.body, ErrorCode::Busy);
+    assert!(extra.is_closed_by_server());
+    assert_eq!(held[0].call(RequestBody::Ping), ResponseBody::Pong);
+    // Free a slot: a new client gets in.
+    let mut gone = held.pop().unwrap();
+    assert_eq!(gone.call(RequestBody::Bye), ResponseBody::Bye);
+    assert!(gone.is_closed_by_server());
+    let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
+    loop {
+        let mut c = Client::connect(indexd.addr);
+        let id = c.send(RequestBody::Hello {
+            version: wire::PROTOCOL_VERSION,
+            listen_port: 9,
+            agent: String::new(),
+        });
+        match c.recv() {
+            Some(r) if r.id == id => break,
+            _ => assert!(std::time::Instant::now() < deadline, "slot never freed"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn peer_without_listening_port_cannot_register() {
+    let indexd = Indexd::start(&[]);
+    let (mut c, _) = Client::hello(indexd.addr, 0);
+    expect_error(
+        c.call(RequestBody::Register {
+            files: vec![entry("x", "y")],
+        }),
+        ErrorCode::Invalid,
+    );
+    // It can still search.
+    assert!(search(&mut c, "x").is_empty());
+}
