@@ -1,4 +1,12 @@
-//! p2pshare: a Napster-style peer-to-peer file-sharing system.
+//! p2pshare: a Napster-style peer-to-peer file-sharing system: a central index server
+//! (`indexd`) that knows which live peer shares which file, and peers (`peer`) that share a
+//! directory, search the index and download from each other. See README.md and
+//! docs/LIFECYCLE.md.
+#![warn(missing_docs)]
+
 pub mod bench;
+pub mod index;
+pub mod log;
+pub mod peer;
 pub mod reactor;
 pub mod wire;

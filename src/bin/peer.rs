@@ -1,0 +1,104 @@
+//! `peer`: a p2pshare peer. Thin main: flags → config → threads → reactor.
+
+use clap::Parser;
+use p2pshare::log;
+use p2pshare::peer::{self, Peer, PeerConfig};
+use p2pshare::reactor::{sys, Config, Reactor};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+
+/// A p2pshare peer: shares a directory, searches the index, downloads from other peers.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Flags {
+    /// Directory to share (scanned recursively; links are not followed).
+    #[arg(long)]
+    share: PathBuf,
+    /// The index server.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    index: String,
+    /// Where this peer's file server listens (port 0: any free port, announced to the index).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+    /// Where downloads land (default: the shared directory, so downloads are shared too).
+    #[arg(long)]
+    downloads: Option<PathBuf>,
+    /// No console: share and serve until SIGINT/SIGTERM.
+    #[arg(long)]
+    serve: bool,
+    /// Largest frame accepted from the index or other peers, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_frame_bytes: usize,
+    /// Log level: error, warn, info or debug (default: RUST_LOG, else warn).
+    #[arg(long)]
+    log: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    log::init(Some(flags.log.as_deref().unwrap_or(
+        &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+    )));
+    match run(flags) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(flags: Flags) -> Result<(), String> {
+    let share = flags
+        .share
+        .canonicalize()
+        .map_err(|e| format!("--share {}: {e}", flags.share.display()))?;
+    if !share.is_dir() {
+        return Err(format!("--share {}: not a directory", share.display()));
+    }
+    let downloads = peer::downloads_dir(&share, flags.downloads.as_deref());
+    std::fs::create_dir_all(&downloads)
+        .map_err(|e| format!("--downloads {}: {e}", downloads.display()))?;
+    let downloads = downloads
+        .canonicalize()
+        .map_err(|e| format!("--downloads {}: {e}", downloads.display()))?;
+    let _ = sys::raise_fd_limit();
+
+    let config = Config {
+        max_frame_bytes: flags.max_frame_bytes,
+        ..Config::default()
+    };
+    let mut reactor = Reactor::new(config).map_err(|e| e.to_string())?;
+    let waker = reactor.ctx().waker();
+    let signal_waker = waker.clone();
+    // Before any other thread starts, so they all inherit the blocked signal mask.
+    let stop = sys::on_termination(move || {
+        let _ = signal_waker.wake();
+    })
+    .map_err(|e| e.to_string())?;
+    let (events_tx, events_rx) = mpsc::channel();
+    let jobs = peer::spawn_hasher(share.clone(), events_tx.clone(), waker.clone())
+        .map_err(|e| e.to_string())?;
+    let console = !flags.serve;
+    let cfg = PeerConfig {
+        share_dir: share,
+        downloads_dir: downloads,
+        index: flags.index,
+        listen: flags.listen,
+        console,
+        progress_bar: console && std::io::stdout().is_terminal(),
+    };
+    let mut peer = Peer::new(cfg, events_rx, jobs);
+    peer.stop_on(stop);
+    let addr = peer
+        .start(reactor.ctx())
+        .map_err(|e| format!("--listen {}: {e}", flags.listen))?;
+    eprintln!("peer: serving files on {addr}");
+    if console {
+        peer::spawn_stdin(events_tx, waker).map_err(|e| e.to_string())?;
+    }
+    reactor.run(&mut peer).map_err(|e| e.to_string())
+}

@@ -1,0 +1,178 @@
+//! File names from the network are untrusted: this module turns them into one safe path
+//! component, and picks a final name that never overwrites a different existing file.
+//!
+//! # Invariants
+//! - [`sanitize`] returns a non-empty single path component: no `/` or `\`, no control
+//!   characters, no leading dot (so no `.`/`..`, no hidden dotfiles like `.bashrc`), at most
+//!   [`MAX_NAME_BYTES`] bytes. Joined to a directory it always names an entry *in* that
+//!   directory.
+//! - [`display_name`] makes any name printable on one line.
+
+use std::path::{Path, PathBuf};
+
+/// Longest file name written, in bytes (Linux's NAME_MAX).
+pub const MAX_NAME_BYTES: usize = 255;
+/// What an untrusted name that sanitises to nothing becomes.
+const FALLBACK_NAME: &str = "download";
+
+/// One safe path component from an untrusted name.
+pub fn sanitize(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| if c == '/' || c == '\\' { '_' } else { c })
+        .filter(|c| !c.is_control())
+        .collect();
+    // Leading dots and spaces: hidden files, `.`, `..`, and names that look empty.
+    let trimmed = out.trim_start_matches(['.', ' ']).trim_end();
+    out = trimmed.to_string();
+    if out.is_empty() {
+        return FALLBACK_NAME.to_string();
+    }
+    truncate_keeping_extension(&out, MAX_NAME_BYTES)
+}
+
+/// Cuts `name` to at most `max` bytes on a character boundary, keeping a short extension.
+fn truncate_keeping_extension(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_string();
+    }
+    let (stem, ext) = split_extension(name);
+    let ext = if ext.len() <= 16 { ext } else { "" };
+    let mut cut = max - ext.len();
+    while !stem.is_char_boundary(cut.min(stem.len())) {
+        cut -= 1;
+    }
+    format!("{}{}", &stem[..cut.min(stem.len())], ext)
+}
+
+/// `("song", ".mp3")` from `"song.mp3"`; a leading dot is not an extension.
+fn split_extension(name: &str) -> (&str, &str) {
+    match name.rfind('.') {
+        Some(i) if i > 0 => name.split_at(i),
+        _ => (name, ""),
+    }
+}
+
+/// The `n`th alternative of a name: `song (1).mp3`, `song (2).mp3`, ...
+pub fn numbered(name: &str, n: u32) -> String {
+    let (stem, ext) = split_extension(name);
+    let suffix = format!(" ({n})");
+    let mut stem = stem.to_string();
+    while stem.len() + suffix.len() + ext.len() > MAX_NAME_BYTES {
+        stem.pop();
+    }
+    format!("{stem}{suffix}{ext}")
+}
+
+/// Where a verified download should land.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Landing {
+    /// A free path to rename the download to.
+    Free(PathBuf),
+    /// This path already holds the identical bytes: nothing to write.
+    Identical(PathBuf),
+}
+
+/// Picks the final path for a download of `name` into `dir`: the sanitised name if free, the
+/// existing path if it already holds the same bytes (`same_bytes` decides), else the first
+/// free `name (N).ext`.
+pub fn landing(dir: &Path, name: &str, mut same_bytes: impl FnMut(&Path) -> bool) -> Landing {
+    let base = sanitize(name);
+    for n in 0u32.. {
+        let candidate = if n == 0 {
+            base.clone()
+        } else {
+            numbered(&base, n)
+        };
+        let path = dir.join(&candidate);
+        match std::fs::symlink_metadata(&path) {
+            Err(_) => return Landing::Free(path),
+            Ok(meta) if meta.is_file() && same_bytes(&path) => return Landing::Identical(path),
+            Ok(_) => {}
+        }
+    }
+    unreachable!("u32 names exhausted")
+}
+
+/// A name made safe to print on one line: control characters are escaped (`\r`, `\n`,
+/// `\u{1b}`).
+pub fn display_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn hostile_names() {
+        assert_eq!(sanitize("../../x"), "_.._x");
+        assert_eq!(sanitize("/etc/passwd"), "_etc_passwd");
+        assert_eq!(sanitize(".bashrc"), "bashrc");
+        assert_eq!(sanitize(".."), FALLBACK_NAME);
+        assert_eq!(sanitize(""), FALLBACK_NAME);
+        assert_eq!(sanitize("a\r\r\nb"), "ab");
+        assert_eq!(sanitize("..\\..\\win"), "_.._win");
+        assert_eq!(sanitize("  . hidden"), "hidden");
+        assert_eq!(sanitize("ünïcødé song.flac"), "ünïcødé song.flac");
+        let long = format!("{}.mp3", "é".repeat(300));
+        let s = sanitize(&long);
+        assert!(s.len() <= MAX_NAME_BYTES && s.ends_with(".mp3"), "{s}");
+    }
+
+    #[test]
+    fn numbering() {
+        assert_eq!(numbered("song.mp3", 1), "song (1).mp3");
+        assert_eq!(numbered("README", 2), "README (2)");
+        assert!(numbered(&"x".repeat(255), 7).len() <= MAX_NAME_BYTES);
+    }
+
+    #[test]
+    fn landing_never_overwrites() {
+        let dir = std::env::temp_dir().join(format!("p2pshare-names-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.txt"), b"other").unwrap();
+        std::fs::write(dir.join("a (1).txt"), b"mine").unwrap();
+        let same = |p: &Path| std::fs::read(p).unwrap() == b"mine";
+        assert_eq!(
+            landing(&dir, "a.txt", same),
+            Landing::Identical(dir.join("a (1).txt"))
+        );
+        let never = |_: &Path| false;
+        assert_eq!(
+            landing(&dir, "a.txt", never),
+            Landing::Free(dir.join("a (2).txt"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn display_escapes_controls() {
+        assert_eq!(display_name("a\r\r\nb"), "a\\r\\r\\nb");
+        assert_eq!(display_name("plain é"), "plain é");
+    }
+
+    proptest! {
+        #[test]
+        fn sanitized_names_stay_inside(name in ".{0,300}") {
+            let s = sanitize(&name);
+            prop_assert!(!s.is_empty() && s.len() <= MAX_NAME_BYTES);
+            prop_assert!(!s.contains('/') && !s.contains('\\') && !s.starts_with('.'));
+            prop_assert!(!s.chars().any(char::is_control));
+            let base = Path::new("/downloads");
+            let joined = base.join(&s);
+            prop_assert_eq!(joined.parent(), Some(base));
+            let comps: Vec<_> = joined.components().collect();
+            prop_assert_eq!(comps.len(), 3);
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! End-to-end tests: the real `indexd` and several real `peer` processes on loopback.
+
+mod common;
+
+use common::{run_console, wait_for_holders, Client, Indexd, Input, ServingPeer, TempDir};
+use p2pshare::reactor::codec::Decoder;
+use p2pshare::wire::{
+    self, FileEntry, FileHash, LookupKey, RequestBody, ResponseBody, TransferRequest,
+    TransferResponse,
+};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Deterministic pseudo-random bytes.
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> FileHash {
+    std::fs::write(dir.join(name), bytes).unwrap();
+    FileHash::of(bytes)
+}
+
+#[test]
+fn downloads_every_size_and_awkward_name_by_name_and_by_hash() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("sizes");
+    let a = tmp.sub("a");
+    let b = tmp.sub("b");
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("empty.bin".into(), vec![]),
+        ("one byte".into(), vec![42]),
+        ("page-1.bin".into(), content(4095, 1)),
+        ("page.bin".into(), content(4096, 2)),
+        ("page+1.bin".into(), content(4097, 3)),
+        ("big file.bin".into(), content(24 << 20, 4)),
+        ("ünïcødé 名前.txt".into(), b"unicode".to_vec()),
+        ("cr\r\r\nlf.txt".into(), b"terminator in the name".to_vec()),
+    ];
+    let hashes: Vec<FileHash> = files.iter().map(|(n, c)| write(&a, n, c)).collect();
+    let _holder = ServingPeer::start(&a, indexd.addr);
+    for h in &hashes {
+        wait_for_holders(indexd.addr, *h, 1);
+    }
+    // By name for most, by hash for the one whose name cannot be typed on a line, and by a
+    // hash prefix for one more.
+    let mut script = String::new();
+    for (i, (name, _)) in files.iter().enumerate() {
+        match i {
+            7 => script.push_str(&format!("get {}\n", hashes[i])),
+            2 => script.push_str(&format!("get {}\n", &hashes[i].to_hex()[..12])),
+            _ => script.push_str(&format!("get {name}\n")),
+        }
+    }
+    script.push_str("files\n");
+    let run = run_console(&b, indexd.addr, &[], Input::Pipe(&script), LIMIT);
+    assert!(run.success, "{run:?}");
+    for (i, (name, bytes)) in files.iter().enumerate() {
+        // Control characters are stripped from names before they touch the disk.
+        let saved = name.replace(['\r', '\n'], "");
+        let got = std::fs::read(b.join(&saved))
+            .unwrap_or_else(|e| panic!("{saved:?} not downloaded ({e}): {run:?}"));
+        assert!(got == *bytes, "{saved:?} differs");
+        assert!(
+            run.stdout.contains(&hashes[i].to_hex()),
+            "files lists {saved:?}"
+        );
+    }
+    assert_eq!(run.stdout.matches("saved ").count(), files.len(), "{run:?}");
+    // No partial files left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&b)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".p2pshare-part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn search_lookup_and_console_output_from_a_pipe_and_a_file() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("console");
+    let a = tmp.sub("a");
+    let b = tmp.sub("b");
+    let h = write(&a, "Zebra_Crossing-Live 1999.flac", b"music");
+    let _holder = ServingPeer::start(&a, indexd.addr);
+    wait_for_holders(indexd.addr, h, 1);
+    let script = "help\nsearch zeb cross\nlookup Zebra_Crossing-Live 1999.flac\nbogus command\nstatus\nquit\nsearch never runs\n";
+    let run = run_console(&b, indexd.addr, &[], Input::Pipe(script), LIMIT);
+    assert!(run.success, "{run:?}");
+    assert!(run.stdout.contains("commands:"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains(&format!("{h} 5 1 Zebra_Crossing-Live 1999.flac\n1 result")),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains(&format!(
+        "{h} 5 Zebra_Crossing-Live 1999.flac\n  1 127.0.0.1:"
+    )));
+    assert!(run.stderr.contains("unknown command"), "{run:?}");
+    assert!(run.stdout.contains("index: connected"), "{run:?}");
+    assert_eq!(
+        run.stdout.matches("result").count(),
+        1,
+        "quit stops the script: {run:?}"
+    );
+
+    // The same from a regular file as stdin (epoll cannot watch one).
+    let cmds = tmp.path().join("commands.txt");
+    std::fs::write(&cmds, "search zebra\nget Zebra_Crossing-Live 1999.flac\n").unwrap();
+    let run = run_console(&b, indexd.addr, &[], Input::File(&cmds), LIMIT);
+    assert!(run.success, "{run:?}");
+    assert!(run.stdout.contains("1 result"), "{run:?}");
+    assert_eq!(
+        std::fs::read(b.join("Zebra_Crossing-Live 1999.flac")).unwrap(),
+        b"music"
+    );
+    // Getting it again: the identical file is already there.
+    let run = run_console(
+        &tmp.sub("c"),
+        indexd.addr,
+        &["--downloads", b.to_str().unwrap()],
+        Input::Pipe("get Zebra_Crossing-Live 1999.flac\n"),
+        LIMIT,
+    );
+    assert!(run.stdout.contains("already have"), "{run:?}");
+}
+
+#[test]
+fn concurrent_downloads_from_one_holder() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("concurrent");
+    let a = tmp.sub("a");
+    let bytes = content(16 << 20, 9);
+    let h = write(&a, "shared.bin", &bytes);
+    let _holder = ServingPeer::start(&a, indexd.addr);
+    wait_for_holders(indexd.addr, h, 1);
+    let runs: Vec<_> = (0..4)
+        .map(|i| {
+            let dir = tmp.sub(&format!("d{i}"));
+            let addr = indexd.addr;
+            std::thread::spawn(move || {
+                let run = run_console(&dir, addr, &[], Input::Pipe(&format!("get {h}\n")), LIMIT);
+                (dir, run)
+            })
+        })
+        .collect();
+    for t in runs {
+        let (dir, run) = t.join().unwrap();
+        assert!(run.success, "{run:?}");
+        assert!(std::fs::read(dir.join("shared.bin")).unwrap() == bytes);
+    }
+}
+
+/// How a fake holder misbehaves.
+#[derive(Clone, Copy)]
+enum Fake {
+    /// Sends the header and half the bytes, then closes (a holder that dies).
+    DiesHalfway,
+    /// Sends the right number of wrong bytes.
+    WrongBytes,
+    /// Sends too many bytes: the right file followed by junk.
+    TooMany,
+    /// Sends a third of the bytes, then hangs forever.
+    Hangs,
+    /// Claims a hostile name.
+    HostileName(&'static str),
+}
+
+/// A fake holder registered in the index as holding `entry`, misbehaving as told. Returns its
+/// address and the index session that keeps its entry alive.
+fn fake_holder(
+    index: SocketAddr,
+    entry: FileEntry,
+    bytes: Vec<u8>,
+    how: Fake,
+) -> (SocketAddr, Client) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (mut session, observed) = Client::hello(index, port);
+    match session.call(RequestBody::Register { files: vec![entry] }) {
+        ResponseBody::Registered { added: 1, .. } => {}
+        other => panic!("{other:?}"),
+    }
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let bytes = bytes.clone();
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut buf = Vec::new();
+                let mut dec = Decoder::default();
+                let req: TransferRequest = loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Ok(Some(d)) = dec.decode(&buf) {
+                        break wire::decode(&buf[d.payload]).unwrap();
+                    }
+                };
+                let TransferRequest::Get { offset, .. } = req;
+                let offset = offset as usize;
+                let name = match how {
+                    Fake::HostileName(n) => n.to_string(),
+                    _ => "fake.bin".to_string(),
+                };
+                let mut out = Vec::new();
+                wire::encode_frame(
+                    &TransferResponse::Sending {
+                        name,
+                        size: bytes.len() as u64,
+                        offset: offset as u64,
+                    },
+                    &mut out,
+                );
+                let rest = &bytes[offset..];
+                match how {
+                    Fake::DiesHalfway => out.extend_from_slice(&rest[..rest.len() / 2]),
+                    Fake::WrongBytes => out.extend(rest.iter().map(|b| b ^ 0x55)),
+                    Fake::TooMany => {
+                        out.extend_from_slice(rest);
+                        out.extend_from_slice(&[7u8; 100_000]);
+                    }
+                    Fake::Hangs => out.extend_from_slice(&rest[..rest.len() / 3]),
+                    Fake::HostileName(_) => out.extend_from_slice(rest),
+                }
+                let _ = s.write_all(&out);
+                if let Fake::Hangs = how {
+                    std::thread::sleep(Duration::from_secs(30));
+                }
+            });
+        }
+    });
+    (observed, session)
+}
+
+/// The 1-based position of `addr` among the holders the index lists for `hash`.
+fn holder_number(index: SocketAddr, hash: FileHash, addr: SocketAddr) -> usize {
+    let (mut c, _) = Client::hello(index, 0);
+    match c.call(RequestBody::Lookup {
+        key: LookupKey::Hash(hash),
+    }) {
+        ResponseBody::Holders { files } => {
+            files[0].holders.iter().position(|h| *h == addr).unwrap() + 1
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn fallback_case(how: Fake, tag: &str, limit: Duration) {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new(tag);
+    let a = tmp.sub("a");
+    let b = tmp.sub("b");
+    let bytes = content(3 << 20, 11);
+    let h = write(&a, "real.bin", &bytes);
+    let entry = FileEntry {
+        hash: h,
+        size: bytes.len() as u64,
+        name: "real.bin".into(),
+    };
+    let (fake, _session) = fake_holder(indexd.addr, entry, bytes.clone(), how);
+    let _real = ServingPeer::start(&a, indexd.addr);
+    wait_for_holders(indexd.addr, h, 2);
+    let n = holder_number(indexd.addr, h, fake);
+    let run = run_console(
+        &b,
+        indexd.addr,
+        &[],
+        Input::Pipe(&format!("get {h} {n}\n")),
+        limit,
+    );
+    assert!(run.success, "{run:?}");
+    assert!(run.stdout.contains("saved "), "{run:?}");
+    assert!(
+        std::fs::read(b.join("real.bin")).unwrap() == bytes,
+        "{run:?}"
+    );
+    // Nothing else landed.
+    let names: Vec<String> = std::fs::read_dir(&b)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(names, vec!["real.bin".to_string()], "{run:?}");
+}
+
+#[test]
+fn a_holder_dying_mid_transfer_is_replaced_by_the_next() {
+    fallback_case(Fake::DiesHalfway, "dies", LIMIT);
+}
+
+#[test]
+fn wrong_bytes_are_rejected_and_never_kept() {
+    fallback_case(Fake::WrongBytes, "wrong", LIMIT);
+}
+
+#[test]
+fn extra_bytes_after_the_file_are_ignored() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("toomany");
+    let b = tmp.sub("b");
+    let bytes = content(100_000, 5);
+    let h = FileHash::of(&bytes);
+    let entry = FileEntry {
+        hash: h,
+        size: bytes.len() as u64,
+        name: "x.bin".into(),
+    };
+    let (_fake, _s) = fake_holder(indexd.addr, entry, bytes.clone(), Fake::TooMany);
+    let run = run_console(
+        &b,
+        indexd.addr,
+        &[],
+        Input::Pipe(&format!("get {h}\n")),
+        LIMIT,
+    );
+    assert!(run.stdout.contains("saved "), "{run:?}");
+    assert!(std::fs::read(b.join("x.bin")).unwrap() == bytes);
+}
+
+#[test]
+fn a_hanging_holder_times_out_and_the_next_one_serves() {
+    fallback_case(Fake::Hangs, "hangs", Duration::from_secs(90));
+}
+
+#[test]
+fn hostile_names_never_escape_the_downloads_dir() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("hostile");
+    let b = tmp.sub("b");
+    // (name in the index, name in the holder's header). The index refuses names with '/', so
+    // those arrive only in a holder's header; the downloader trusts neither.
+    let cases = [
+        ("escape1.txt", "../../escape.txt"),
+        ("passwd", "/etc/passwd"),
+        (".bashrc", ".bashrc"),
+        ("..", ".."),
+    ];
+    for (i, (index_name, header_name)) in cases.iter().enumerate() {
+        let bytes = format!("payload {i}").into_bytes();
+        let h = FileHash::of(&bytes);
+        let entry = FileEntry {
+            hash: h,
+            size: bytes.len() as u64,
+            name: index_name.to_string(),
+        };
+        let (_fake, _s) = fake_holder(
+            indexd.addr,
+            entry,
+            bytes.clone(),
+            Fake::HostileName(header_name),
+        );
+        let run = run_console(
+            &b,
+            indexd.addr,
+            &[],
+            Input::Pipe(&format!("get {h}\n")),
+            LIMIT,
+        );
+        assert!(run.stdout.contains("saved "), "{index_name}: {run:?}");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&b)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".p2pshare-cache")
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["bashrc", "download", "escape1.txt", "passwd"]);
+    assert!(!tmp.path().join("escape.txt").exists());
+}
+
+#[test]
+fn resume_from_a_partial_file() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("resume");
+    let a = tmp.sub("a");
+    let b = tmp.sub("b");
+    let bytes = content(2 << 20, 13);
+    let h = write(&a, "resume.bin", &bytes);
+    // Half of it already downloaded by an earlier, interrupted run.
+    std::fs::write(b.join(format!(".{h}.p2pshare-part")), &bytes[..1 << 20]).unwrap();
+    let _holder = ServingPeer::start(&a, indexd.addr);
+    wait_for_holders(indexd.addr, h, 1);
+    let run = run_console(
+        &b,
+        indexd.addr,
+        &[],
+        Input::Pipe(&format!("get {h}\n")),
+        LIMIT,
+    );
+    assert!(
+        run.stderr.contains("resuming resume.bin at 1048576"),
+        "{run:?}"
+    );
+    assert!(std::fs::read(b.join("resume.bin")).unwrap() == bytes);
+}
+
+#[test]
+fn a_file_modified_after_registering_is_not_served_as_the_old_one() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("modified");
+    let a = tmp.sub("a");
+    let b = tmp.sub("b");
+    let old = content(50_000, 21);
+    let h = write(&a, "doc.txt", &old);
+    let _holder = ServingPeer::start(&a, indexd.addr);
+    wait_for_holders(indexd.addr, h, 1);
+    // Change it on disk behind the peer's back.
+    let new = content(50_001, 22);
+    std::fs::write(a.join("doc.txt"), &new).unwrap();
+    let run = run_console(
+        &b,
+        indexd.addr,
+        &[],
+        Input::Pipe(&format!("get {h}\n")),
+        LIMIT,
+    );
+    assert!(!run.stdout.contains("saved "), "{run:?}");
+    assert!(run.stderr.contains("changed"), "{run:?}");
+    assert!(!b.join("doc.txt").exists());
+    // The holder re-hashed it and now offers the new bytes under the new hash.
+    let new_hash = FileHash::of(&new);
+    wait_for_holders(indexd.addr, new_hash, 1);
+    let run = run_console(&b, indexd.addr, &[], Input::Pipe("get doc.txt\n"), LIMIT);
+    assert!(run.stdout.contains("saved "), "{run:?}");
+    assert!(std::fs::read(b.join("doc.txt")).unwrap() == new);
+}
+
+#[test]
+fn peers_re_register_after_indexd_restarts() {
+    // indexd must come back on the same port; find a free one.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut indexd = Indexd::start_on(&listen, &[]);
+    let tmp = TempDir::new("restart");
+    let a = tmp.sub("a");
+    let h = write(&a, "survivor.txt", b"still here");
+    let _holder = ServingPeer::start(&a, indexd.addr);
+    wait_for_holders(indexd.addr, h, 1);
+    indexd.child.kill().unwrap();
+    indexd.child.wait().unwrap();
+    let indexd = Indexd::start_on(&listen, &[]);
+    // The peer notices, backs off, reconnects and registers again by itself.
+    wait_for_holders(indexd.addr, h, 1);
+    let run = run_console(
+        &tmp.sub("b"),
+        indexd.addr,
+        &[],
+        Input::Pipe("search survivor\n"),
+        LIMIT,
+    );
+    assert!(run.stdout.contains("survivor.txt\n1 result"), "{run:?}");
+}
