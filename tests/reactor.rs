@@ -1,0 +1,1151 @@
+//! Loopback tests of the reactor: real sockets on 127.0.0.1 port 0, a reactor on its own thread,
+//! blocking std clients with read timeouts.
+//!
+//! Covered: a fragmentation sweep with 64 concurrent clients; back-pressure (a client that does
+//! not read is parked, its queued output bounded); disconnect mid-frame; idle and slowloris
+//! timeouts; oversized and malformed frames (closed at once, answered, or ignored by the
+//! handler); the connection cap and its busy reply; outgoing connects (including to a closed
+//! port and a close requested before the connect completes), `sendfile` ranges streamed as raw
+//! bytes with keep-alive framing after them; a half-closing client that still gets every echo.
+//!
+//! Every test is bounded in time: sockets have read/write timeouts, waits are polling loops with
+//! a deadline ([`wait_until`]), and every reactor is stopped (waker + flag) and joined, also
+//! when a test fails ([`Running`]'s `Drop`). Random inputs come from a small seeded generator;
+//! the seed is printed and can be fixed with `REACTOR_TEST_SEED` to replay a failure.
+
+use mio::Waker;
+use p2pshare::reactor::codec::{self, Decoder, FrameError};
+use p2pshare::reactor::{CloseReason, Config, ConnId, Ctx, Handler, Reactor, Verdict};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// How long any single blocking socket call or polling wait may take before the test fails.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Randomness
+
+/// xorshift64*: enough randomness for payloads and split points, reproducible from a seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next_u64().to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+}
+
+/// The run's seed: `REACTOR_TEST_SEED` if set, else the clock. Printed so a failure can be
+/// replayed.
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("REACTOR_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: REACTOR_TEST_SEED={seed}");
+    seed
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running a reactor on a thread
+
+/// A reactor running on its own thread. Stopped and joined on [`Running::stop`] or on drop.
+struct Running {
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Builds a reactor on a new thread, calls `setup` there (listen, connect, build the
+    /// handler), sends `setup`'s value back and runs until stopped.
+    fn spawn<H, R>(
+        config: Config,
+        setup: impl FnOnce(&mut Ctx) -> (H, R) + Send + 'static,
+    ) -> (Running, R)
+    where
+        H: Handler + 'static,
+        R: Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut reactor = Reactor::new(config).expect("reactor");
+            let waker = reactor.ctx().waker();
+            let (inner, value) = setup(reactor.ctx());
+            tx.send((waker, value)).unwrap();
+            let mut handler = Stoppable {
+                inner,
+                stop: stop_flag,
+            };
+            reactor.run(&mut handler).expect("reactor poll failed");
+        });
+        let (waker, value) = rx.recv_timeout(IO_TIMEOUT).expect("reactor setup");
+        let running = Running {
+            waker,
+            stop,
+            thread: Some(thread),
+        };
+        (running, value)
+    }
+
+    /// Stops the reactor and joins its thread; fails the test if the reactor thread panicked.
+    fn stop(mut self) {
+        let joined = self.halt();
+        assert!(joined.is_ok(), "reactor thread panicked");
+    }
+
+    fn halt(&mut self) -> thread::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        self.stop.store(true, Ordering::SeqCst);
+        self.waker.wake().expect("wake reactor");
+        thread.join()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed test still stops its reactor; the failure itself is reported by the test.
+        let _ = self.halt();
+    }
+}
+
+/// Wraps a test handler so the waker plus a flag stop the loop.
+struct Stoppable<H> {
+    inner: H,
+    stop: Arc<AtomicBool>,
+}
+
+impl<H: Handler> Handler for Stoppable<H> {
+    fn handle_accept(&mut self, ctx: &mut Ctx, conn: ConnId, remote: SocketAddr) -> Verdict {
+        self.inner.handle_accept(ctx, conn, remote)
+    }
+    fn handle_connected(&mut self, ctx: &mut Ctx, conn: ConnId) -> Verdict {
+        self.inner.handle_connected(ctx, conn)
+    }
+    fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
+        self.inner.handle_frame(ctx, conn, payload)
+    }
+    fn handle_bad_frame(&mut self, ctx: &mut Ctx, conn: ConnId, error: FrameError) -> Verdict {
+        self.inner.handle_bad_frame(ctx, conn, error)
+    }
+    fn handle_raw(&mut self, ctx: &mut Ctx, conn: ConnId, data: &[u8]) -> Verdict {
+        self.inner.handle_raw(ctx, conn, data)
+    }
+    fn handle_drained(&mut self, ctx: &mut Ctx, conn: ConnId) -> Verdict {
+        self.inner.handle_drained(ctx, conn)
+    }
+    fn handle_close(&mut self, ctx: &mut Ctx, conn: ConnId, reason: &CloseReason) {
+        self.inner.handle_close(ctx, conn, reason)
+    }
+    fn handle_wake(&mut self, ctx: &mut Ctx) {
+        if self.stop.load(Ordering::SeqCst) {
+            ctx.stop();
+        }
+        self.inner.handle_wake(ctx)
+    }
+    fn handle_timer(&mut self, ctx: &mut Ctx, timer: u64) {
+        self.inner.handle_timer(ctx, timer)
+    }
+}
+
+/// Polls `cond` until it holds; fails the test after [`IO_TIMEOUT`].
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The echo server
+
+/// What the echo server saw, shared with the test thread.
+#[derive(Default)]
+struct Log {
+    /// Open connections and their remote address (the client's local address).
+    open: HashMap<ConnId, SocketAddr>,
+    accepts: usize,
+    /// Closed connections, by the client's address, in order.
+    closes: Vec<(SocketAddr, CloseReason)>,
+    /// When each connection was reported closed, by the client's address.
+    closed_at: HashMap<SocketAddr, Instant>,
+    /// Frames handled, by the client's address.
+    frames: HashMap<SocketAddr, usize>,
+    /// The most output ever queued for one connection, right after queueing an echo.
+    max_queued: usize,
+    /// Contract violations seen by the handler (e.g. a second close for one connection).
+    errors: Vec<String>,
+}
+
+impl Log {
+    fn closes_of(&self, addr: SocketAddr) -> Vec<CloseReason> {
+        self.closes
+            .iter()
+            .filter(|(a, _)| *a == addr)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Log>>);
+
+impl Shared {
+    fn get(&self) -> MutexGuard<'_, Log> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait_closed(&self, addr: SocketAddr) -> CloseReason {
+        wait_until(&format!("the server to close {addr}"), || {
+            !self.get().closes_of(addr).is_empty()
+        });
+        let closes = self.get().closes_of(addr);
+        assert_eq!(closes.len(), 1, "{addr} closed more than once: {closes:?}");
+        closes[0].clone()
+    }
+}
+
+/// Echoes every frame and records what happened.
+struct Echo {
+    log: Shared,
+    on_bad_frame: OnBadFrame,
+}
+
+/// What the echo handler does with a framing error.
+#[derive(Clone, Copy)]
+enum OnBadFrame {
+    /// Close at once (the default handler's choice).
+    Close,
+    /// Answer with an error frame, then close.
+    Answer,
+    /// Return `Continue`: the reactor must close anyway.
+    Ignore,
+}
+
+impl Handler for Echo {
+    fn handle_accept(&mut self, _ctx: &mut Ctx, conn: ConnId, remote: SocketAddr) -> Verdict {
+        let mut log = self.log.get();
+        log.accepts += 1;
+        if let Some(old) = log.open.insert(conn, remote) {
+            log.errors.push(format!(
+                "{conn:?} accepted for {remote} while open for {old}"
+            ));
+        }
+        Verdict::Continue
+    }
+
+    fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
+        ctx.send_with(conn, |buf| codec::encode(payload, buf));
+        let queued = ctx.queued_bytes(conn);
+        let mut log = self.log.get();
+        log.max_queued = log.max_queued.max(queued);
+        match log.open.get(&conn).copied() {
+            Some(remote) => *log.frames.entry(remote).or_default() += 1,
+            None => log.errors.push(format!("frame on unknown {conn:?}")),
+        }
+        Verdict::Continue
+    }
+
+    fn handle_bad_frame(&mut self, ctx: &mut Ctx, conn: ConnId, error: FrameError) -> Verdict {
+        match self.on_bad_frame {
+            OnBadFrame::Close => Verdict::Close(CloseReason::Frame(error)),
+            OnBadFrame::Answer => {
+                let answer = format!("error: {error}");
+                ctx.send_with(conn, |buf| codec::encode(answer.as_bytes(), buf));
+                Verdict::CloseAfterFlush(CloseReason::Frame(error))
+            }
+            OnBadFrame::Ignore => Verdict::Continue,
+        }
+    }
+
+    fn handle_close(&mut self, _ctx: &mut Ctx, conn: ConnId, reason: &CloseReason) {
+        let mut log = self.log.get();
+        match log.open.remove(&conn) {
+            Some(remote) => {
+                log.closes.push((remote, reason.clone()));
+                log.closed_at.insert(remote, Instant::now());
+            }
+            None => log
+                .errors
+                .push(format!("close of unknown or closed {conn:?}: {reason:?}")),
+        }
+    }
+}
+
+/// Starts an echo server; returns it, its address and its log.
+fn echo_server(config: Config) -> (Running, SocketAddr, Shared) {
+    echo_server_with(config, OnBadFrame::Close)
+}
+
+fn echo_server_with(config: Config, on_bad_frame: OnBadFrame) -> (Running, SocketAddr, Shared) {
+    let log = Shared::default();
+    let handler_log = log.clone();
+    let (running, addr) = Running::spawn(config, move |ctx| {
+        let addr = ctx.listen(localhost()).expect("listen");
+        let echo = Echo {
+            log: handler_log,
+            on_bad_frame,
+        };
+        (echo, addr)
+    });
+    (running, addr, log)
+}
+
+/// Stops the server and checks the handler saw no contract violation.
+fn finish(server: Running, log: &Shared) {
+    server.stop();
+    let errors = log.get().errors.clone();
+    assert!(errors.is_empty(), "handler contract violations: {errors:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A blocking client
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    codec::encode(payload, &mut out);
+    out
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Reads frames from a blocking stream.
+struct FrameReader {
+    stream: TcpStream,
+    decoder: Decoder,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl FrameReader {
+    fn new(stream: TcpStream) -> FrameReader {
+        FrameReader {
+            stream,
+            decoder: Decoder::new(codec::DEFAULT_MAX_FRAME_BYTES),
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+
+    /// The next frame; `None` at a clean EOF (between frames).
+    fn recv(&mut self) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            let decoded = self
+                .decoder
+                .decode(&self.buf[self.at..])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if let Some(d) = decoded {
+                let payload = self.buf[self.at + d.payload.start..self.at + d.payload.end].to_vec();
+                self.at += d.consumed;
+                return Ok(Some(payload));
+            }
+            if self.at > 0 {
+                self.buf.drain(..self.at);
+                self.at = 0;
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn expect_frame(&mut self) -> Vec<u8> {
+        self.recv()
+            .expect("reading a frame")
+            .expect("a frame, not EOF")
+    }
+
+    /// Reads until the server closes: clean EOF, or a reset if our unread bytes raced the
+    /// close. Anything else (a timeout, a stray frame) fails the test.
+    fn expect_closed(&mut self) {
+        match self.recv() {
+            Ok(None) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            other => panic!("expected the server to close, got {other:?}"),
+        }
+    }
+}
+
+/// A request/response client.
+struct Client {
+    reader: FrameReader,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        Client {
+            reader: FrameReader::new(connect(addr)),
+        }
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.reader.stream.local_addr().unwrap()
+    }
+
+    fn stream(&mut self) -> &mut TcpStream {
+        &mut self.reader.stream
+    }
+
+    fn send(&mut self, payload: &[u8]) {
+        self.stream().write_all(&frame(payload)).expect("send");
+    }
+
+    fn round_trip(&mut self, payload: &[u8]) {
+        self.send(payload);
+        assert_eq!(self.reader.expect_frame(), payload, "echo differs");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Many clients, random payloads, random split points
+
+/// A payload for the fragmentation sweep: empty, terminator-heavy, big, or small, with `\r\r\n`
+/// sprinkled inside.
+fn random_payload(rng: &mut Rng) -> Vec<u8> {
+    let mut p = match rng.range(0, 19) {
+        0 => Vec::new(),
+        1 => codec::TERMINATOR.repeat(rng.range(1, 50)),
+        2 | 3 => {
+            let len = rng.range(1, 100_000);
+            rng.bytes(len)
+        }
+        _ => {
+            let len = rng.range(1, 1500);
+            rng.bytes(len)
+        }
+    };
+    if !p.is_empty() {
+        for _ in 0..rng.range(0, 4) {
+            let at = rng.range(0, p.len() - 1);
+            let end = (at + 3).min(p.len());
+            p[at..end].copy_from_slice(&codec::TERMINATOR[..end - at]);
+        }
+    }
+    p
+}
+
+/// Writes `wire` in randomly sized pieces: many tiny ones, some large.
+fn write_fragmented(stream: &mut TcpStream, wire: &[u8], rng: &mut Rng) {
+    let mut at = 0;
+    while at < wire.len() {
+        let n = match rng.range(0, 9) {
+            0..=3 => rng.range(1, 16),
+            4..=7 => rng.range(1, 4096),
+            _ => rng.range(1, 64 * 1024),
+        };
+        let end = (at + n).min(wire.len());
+        stream.write_all(&wire[at..end]).expect("client write");
+        at = end;
+    }
+}
+
+#[test]
+fn many_clients_fragmented_frames_echo_in_order() {
+    const CLIENTS: u64 = 64;
+    const FRAMES: usize = 200;
+    let seed = seed("many_clients");
+    let (server, addr, log) = echo_server(Config::default());
+    thread::scope(|s| {
+        for i in 0..CLIENTS {
+            s.spawn(move || {
+                let mut rng = Rng::new(seed ^ (i + 1));
+                let mut payloads: Vec<Vec<u8>> =
+                    (0..FRAMES).map(|_| random_payload(&mut rng)).collect();
+                payloads[0] = rng.bytes(100_000);
+                payloads[1] = Vec::new();
+                let mut wire = Vec::new();
+                for p in &payloads {
+                    codec::encode(p, &mut wire);
+                }
+                let stream = connect(addr);
+                let mut writer = stream.try_clone().unwrap();
+                // Write and read at once: the server parks a client whose echoes pile up.
+                let write_seed = rng.next_u64();
+                let w = thread::spawn(move || {
+                    write_fragmented(&mut writer, &wire, &mut Rng::new(write_seed));
+                });
+                let mut reader = FrameReader::new(stream);
+                for (n, want) in payloads.iter().enumerate() {
+                    let got = reader.expect_frame();
+                    assert!(
+                        got == *want,
+                        "client {i} frame {n}: got {} bytes, want {}",
+                        got.len(),
+                        want.len()
+                    );
+                }
+                w.join().expect("writer");
+            });
+        }
+    });
+    wait_until("every client's close", || {
+        log.get().closes.len() == CLIENTS as usize
+    });
+    {
+        let log = log.get();
+        assert_eq!(log.accepts, CLIENTS as usize);
+        assert!(log.closes.iter().all(|(_, r)| *r == CloseReason::Eof));
+        assert!(log.frames.values().all(|&n| n == FRAMES));
+    }
+    finish(server, &log);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Back-pressure
+
+#[test]
+fn a_client_that_does_not_read_is_parked_and_bounded() {
+    const HIGH: usize = 256 * 1024;
+    const PAYLOAD: usize = 100_000;
+    const FRAMES: u32 = 400; // 40 MB: far more than the kernel buffers can absorb.
+    let frame_bytes = codec::header_len(PAYLOAD) + PAYLOAD + codec::TERMINATOR.len();
+    let config = Config {
+        out_high_water: HIGH,
+        out_low_water: 64 * 1024,
+        ..Config::default()
+    };
+    let seed = seed("back_pressure");
+    let payload_of = move |n: u32| {
+        let mut p = Rng::new(seed ^ u64::from(n)).bytes(PAYLOAD);
+        p[..4].copy_from_slice(&n.to_le_bytes());
+        p
+    };
+    let (server, addr, log) = echo_server(config);
+
+    let mut lazy = Client::connect(addr);
+    let lazy_addr = lazy.local_addr();
+    let mut writer = lazy.stream().try_clone().unwrap();
+    let written = Arc::new(AtomicBool::new(false));
+    let written_flag = written.clone();
+    let w = thread::spawn(move || {
+        for n in 0..FRAMES {
+            writer
+                .write_all(&frame(&payload_of(n)))
+                .expect("lazy write");
+        }
+        written_flag.store(true, Ordering::SeqCst);
+    });
+
+    wait_until("the lazy client's output to pass high water", || {
+        log.get().max_queued > HIGH
+    });
+    // Meanwhile another client is served.
+    let mut busy = Client::connect(addr);
+    for n in 0..50u32 {
+        busy.round_trip(&n.to_le_bytes().repeat(n as usize));
+    }
+    let handled = log.get().frames.get(&lazy_addr).copied().unwrap_or(0);
+    assert!(
+        (handled as u32) < FRAMES && !written.load(Ordering::SeqCst),
+        "the server kept reading a parked client ({handled} frames handled)"
+    );
+
+    // Now read: everything arrives, in order, and the writer finishes.
+    for n in 0..FRAMES {
+        let got = lazy.reader.expect_frame();
+        assert!(got == payload_of(n), "lazy frame {n} differs");
+    }
+    w.join().expect("lazy writer");
+    let max = log.get().max_queued;
+    assert!(
+        max <= HIGH + frame_bytes,
+        "queued output reached {max} bytes, over high water {HIGH} + one frame {frame_bytes}"
+    );
+    busy.round_trip(b"still there");
+    finish(server, &log);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Disconnect mid-frame
+
+#[test]
+fn a_client_vanishing_mid_frame_is_closed_once_with_eof() {
+    let (server, addr, log) = echo_server(Config::default());
+    let mut other = Client::connect(addr);
+    other.round_trip(b"before");
+
+    let mut quitter = Client::connect(addr);
+    let quitter_addr = quitter.local_addr();
+    quitter.round_trip(b"hello");
+    let f = frame(&[7u8; 5000]);
+    quitter.stream().write_all(&f[..2500]).unwrap();
+    drop(quitter);
+
+    assert_eq!(log.wait_closed(quitter_addr), CloseReason::Eof);
+    other.round_trip(b"after");
+    assert_eq!(log.get().closes.len(), 1, "only the quitter closed");
+    finish(server, &log);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Idle timeout, slowloris
+
+#[test]
+fn idle_and_slowloris_clients_time_out_active_ones_do_not() {
+    const IDLE: Duration = Duration::from_millis(300);
+    let config = Config {
+        idle_timeout: Some(IDLE),
+        ..Config::default()
+    };
+    let (server, addr, log) = echo_server(config);
+
+    let mut idle = Client::connect(addr);
+    let idle_addr = idle.local_addr();
+    idle.round_trip(b"then nothing");
+    // The server's last activity on `idle` was before this (it had handled the frame).
+    let idle_since = Instant::now();
+    let mut slow = Client::connect(addr);
+    let slow_addr = slow.local_addr();
+    slow.round_trip(b"then a byte at a time");
+    let slow_since = Instant::now();
+    let mut active = Client::connect(addr);
+    let active_addr = active.local_addr();
+    let started = Instant::now();
+
+    // A frame that would take 20 s at one byte per 100 ms; the server must not wait for it.
+    let slow_frame = frame(&[b's'; 200]);
+    let mut sent = 0;
+    let deadline = started + Duration::from_secs(5);
+    while log.get().closes_of(slow_addr).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "slowloris client never timed out"
+        );
+        // One byte per 100 ms is the pacing of the attack, not synchronisation.
+        if slow
+            .stream()
+            .write_all(&slow_frame[sent..sent + 1])
+            .is_err()
+        {
+            break;
+        }
+        sent += 1;
+        active.round_trip(b"busy");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sent >= 3, "slowloris closed after only {sent} bytes");
+    assert_eq!(log.wait_closed(slow_addr), CloseReason::IdleTimeout);
+    slow.reader.expect_closed();
+
+    idle.reader.expect_closed();
+    assert_eq!(log.wait_closed(idle_addr), CloseReason::IdleTimeout);
+
+    // Closed neither early nor much later than the timeout (the sweep runs every 250 ms).
+    let closed_at = log.get().closed_at.clone();
+    for (what, addr, since) in [
+        ("idle", idle_addr, idle_since),
+        ("slowloris", slow_addr, slow_since),
+    ] {
+        let after = closed_at[&addr].saturating_duration_since(since);
+        assert!(
+            after + Duration::from_millis(20) >= IDLE && after <= IDLE + Duration::from_secs(1),
+            "{what} client closed {after:?} after its last complete frame"
+        );
+    }
+
+    // The client that kept completing frames is still served.
+    active.round_trip(b"still here");
+    assert!(log.get().closes_of(active_addr).is_empty());
+    finish(server, &log);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Oversized frame
+
+#[test]
+fn an_oversized_frame_header_closes_only_that_connection() {
+    const MAX: usize = 1000;
+    let config = Config {
+        max_frame_bytes: MAX,
+        ..Config::default()
+    };
+    let (server, addr, log) = echo_server(config);
+    let mut good = Client::connect(addr);
+    good.round_trip(&[1u8; MAX]);
+
+    let mut bad = Client::connect(addr);
+    let bad_addr = bad.local_addr();
+    bad.round_trip(b"fine so far");
+    // Only the header and a little of the payload: rejected from the header alone.
+    let f = frame(&[2u8; 5000]);
+    bad.stream().write_all(&f[..100]).unwrap();
+    bad.reader.expect_closed();
+    assert_eq!(
+        log.wait_closed(bad_addr),
+        CloseReason::Frame(FrameError::TooLarge {
+            len: 5000,
+            max: MAX
+        })
+    );
+
+    good.round_trip(&[3u8; MAX]);
+    assert_eq!(log.get().closes.len(), 1);
+    finish(server, &log);
+}
+
+#[test]
+fn a_framing_error_can_be_answered_before_the_close() {
+    let (server, addr, log) = echo_server_with(Config::default(), OnBadFrame::Answer);
+    let mut other = Client::connect(addr);
+    other.round_trip(b"before");
+
+    let mut bad = Client::connect(addr);
+    let bad_addr = bad.local_addr();
+    bad.round_trip(b"fine so far");
+    // A whole garbage frame and more behind it: the answer must still arrive, not a reset.
+    let mut garbage = frame(&[4u8; 3000]);
+    let last = garbage.len() - 1;
+    garbage[last] = b'X';
+    garbage.extend_from_slice(&[5u8; 100_000]);
+    bad.stream().write_all(&garbage).unwrap();
+    assert_eq!(
+        bad.reader.expect_frame(),
+        format!("error: {}", FrameError::BadTerminator).as_bytes()
+    );
+    bad.reader.expect_closed();
+    drop(bad);
+    assert_eq!(
+        log.wait_closed(bad_addr),
+        CloseReason::Frame(FrameError::BadTerminator)
+    );
+    other.round_trip(b"after");
+    finish(server, &log);
+}
+
+#[test]
+fn a_framing_error_closes_even_if_the_handler_says_continue() {
+    let (server, addr, log) = echo_server_with(Config::default(), OnBadFrame::Ignore);
+    let mut bad = Client::connect(addr);
+    let bad_addr = bad.local_addr();
+    bad.round_trip(b"fine so far");
+    bad.stream().write_all(&[0x80; 5]).unwrap(); // a length header that never ends
+    bad.reader.expect_closed();
+    drop(bad);
+    assert_eq!(
+        log.wait_closed(bad_addr),
+        CloseReason::Frame(FrameError::BadHeader)
+    );
+    finish(server, &log);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Connection limit
+
+#[test]
+fn max_connections_refuses_with_busy_reply_then_recovers() {
+    let busy = frame(b"busy");
+    let config = Config {
+        max_connections: 4,
+        busy_reply: busy.clone(),
+        ..Config::default()
+    };
+    let (server, addr, log) = echo_server(config);
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.round_trip(format!("client {i}").as_bytes());
+    }
+
+    let mut refused = connect(addr);
+    let mut got = Vec::new();
+    refused.read_to_end(&mut got).expect("busy reply then EOF");
+    assert_eq!(got, busy);
+    // One that sends a request before reading still gets the reply rather than a reset.
+    let mut eager = connect(addr);
+    eager.write_all(&frame(b"hello?")).unwrap();
+    let mut got = Vec::new();
+    eager.read_to_end(&mut got).expect("busy reply then EOF");
+    assert_eq!(got, busy);
+
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.round_trip(format!("client {i} again").as_bytes());
+    }
+    assert_eq!(
+        log.get().accepts,
+        4,
+        "the refused client reached the handler"
+    );
+
+    let gone = clients.remove(0);
+    let gone_addr = gone.local_addr();
+    drop(gone);
+    assert_eq!(log.wait_closed(gone_addr), CloseReason::Eof);
+    let mut newcomer = Client::connect(addr);
+    newcomer.round_trip(b"room for me now");
+    for c in &mut clients {
+        c.round_trip(b"and the rest");
+    }
+    assert_eq!(log.get().accepts, 5);
+    finish(server, &log);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Outgoing connect, sendfile, raw streaming, keep-alive
+
+/// A temporary file removed on drop.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Serves `GET offset len` frames with a header frame (len, u64 LE), the file range through
+/// `send_file`, then an `END` frame. Also the client side: downloads each range in `wanted`
+/// over one outgoing connection, one after another, collecting raw bytes.
+struct Transfer {
+    path: PathBuf,
+    /// The downloader's connection and the closed-port probe.
+    downloader: Option<ConnId>,
+    probe: Option<ConnId>,
+    wanted: Vec<(u64, u64)>,
+    next: usize,
+    state: Download,
+    out: Arc<Mutex<TransferLog>>,
+}
+
+enum Download {
+    AwaitingHeader,
+    Streaming { left: u64, got: Vec<u8> },
+    AwaitingEnd { got: Vec<u8> },
+}
+
+#[derive(Default)]
+struct TransferLog {
+    connected: bool,
+    /// Bytes received for each range, in request order.
+    received: Vec<Vec<u8>>,
+    /// How the closed-port probe ended.
+    probe_closed: Option<CloseReason>,
+    errors: Vec<String>,
+}
+
+impl Transfer {
+    fn request_next(&mut self, ctx: &mut Ctx) {
+        let (Some(conn), Some(&(offset, len))) = (self.downloader, self.wanted.get(self.next))
+        else {
+            return;
+        };
+        self.next += 1;
+        self.state = Download::AwaitingHeader;
+        ctx.send_with(conn, |buf| {
+            codec::encode(format!("GET {offset} {len}").as_bytes(), buf)
+        });
+    }
+
+    fn error(&self, msg: String) -> Verdict {
+        self.out.lock().unwrap().errors.push(msg.clone());
+        Verdict::Close(CloseReason::Protocol(msg))
+    }
+
+    fn serve(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
+        let text = String::from_utf8_lossy(payload);
+        let mut words = text.split(' ');
+        let (Some("GET"), Some(offset), Some(len)) = (words.next(), words.next(), words.next())
+        else {
+            return self.error(format!("bad request {text:?}"));
+        };
+        let (offset, len): (u64, u64) = (offset.parse().unwrap(), len.parse().unwrap());
+        ctx.send_with(conn, |buf| codec::encode(&len.to_le_bytes(), buf));
+        ctx.send_file(conn, File::open(&self.path).unwrap(), offset, len);
+        ctx.send_with(conn, |buf| codec::encode(b"END", buf));
+        Verdict::Continue
+    }
+}
+
+impl Handler for Transfer {
+    fn handle_connected(&mut self, _ctx: &mut Ctx, conn: ConnId) -> Verdict {
+        if Some(conn) == self.downloader {
+            self.out.lock().unwrap().connected = true;
+            Verdict::Continue
+        } else {
+            self.error(format!("unexpected connect of {conn:?}"))
+        }
+    }
+
+    fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
+        if Some(conn) != self.downloader {
+            return self.serve(ctx, conn, payload);
+        }
+        match std::mem::replace(&mut self.state, Download::AwaitingHeader) {
+            Download::AwaitingHeader => {
+                let Ok(len) = <[u8; 8]>::try_from(payload).map(u64::from_le_bytes) else {
+                    return self.error(format!("bad header {payload:?}"));
+                };
+                ctx.expect_raw(conn, len);
+                self.state = if len == 0 {
+                    Download::AwaitingEnd { got: Vec::new() }
+                } else {
+                    Download::Streaming {
+                        left: len,
+                        got: Vec::with_capacity(len as usize),
+                    }
+                };
+                Verdict::Continue
+            }
+            Download::AwaitingEnd { got } if payload == b"END" => {
+                self.out.lock().unwrap().received.push(got);
+                self.request_next(ctx);
+                Verdict::Continue
+            }
+            Download::AwaitingEnd { .. } => self.error(format!("expected END, got {payload:?}")),
+            Download::Streaming { left, .. } => {
+                self.error(format!("a frame while {left} raw bytes were due"))
+            }
+        }
+    }
+
+    fn handle_raw(&mut self, _ctx: &mut Ctx, conn: ConnId, data: &[u8]) -> Verdict {
+        if Some(conn) != self.downloader {
+            return self.error(format!("raw bytes on {conn:?}"));
+        }
+        match &mut self.state {
+            Download::Streaming { left, got } if data.len() as u64 <= *left => {
+                *left -= data.len() as u64;
+                got.extend_from_slice(data);
+                if *left == 0 {
+                    let got = std::mem::take(got);
+                    self.state = Download::AwaitingEnd { got };
+                }
+                Verdict::Continue
+            }
+            _ => self.error(format!("{} unexpected raw bytes", data.len())),
+        }
+    }
+
+    fn handle_close(&mut self, _ctx: &mut Ctx, conn: ConnId, reason: &CloseReason) {
+        let mut out = self.out.lock().unwrap();
+        if Some(conn) == self.probe {
+            self.probe = None;
+            out.probe_closed = Some(reason.clone());
+        } else if Some(conn) == self.downloader {
+            self.downloader = None;
+            out.errors.push(format!("downloader closed: {reason}"));
+        }
+    }
+}
+
+#[test]
+fn connect_sendfile_raw_stream_and_keep_alive() {
+    const FILE_BYTES: usize = 8 * 1024 * 1024 + 7;
+    let seed = seed("sendfile");
+    let content = Rng::new(seed).bytes(FILE_BYTES);
+    let file = TempFile(std::env::temp_dir().join(format!(
+        "p2pshare-reactor-test-{}-{seed}",
+        std::process::id()
+    )));
+    std::fs::write(&file.0, &content).unwrap();
+    let wanted: Vec<(u64, u64)> = vec![
+        (0, FILE_BYTES as u64),
+        (0, 0),
+        (5, 1),
+        (4095, 4097),
+        (FILE_BYTES as u64 - 4097, 4097),
+        (12345, 3 * 1024 * 1024 + 1),
+    ];
+    // A port nothing listens on: bind, note the port, close.
+    let closed_port = {
+        let l = std::net::TcpListener::bind(localhost()).unwrap();
+        l.local_addr().unwrap()
+    };
+
+    let out = Arc::new(Mutex::new(TransferLog::default()));
+    let handler_out = out.clone();
+    let path = file.0.clone();
+    let ranges = wanted.clone();
+    let (reactor, ()) = Running::spawn(Config::default(), move |ctx| {
+        let addr = ctx.listen(localhost()).expect("listen");
+        let downloader = ctx.connect(addr).expect("connect");
+        let probe = match ctx.connect(closed_port) {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                handler_out.lock().unwrap().errors.push(format!(
+                    "connect to a closed port failed synchronously ({e}) instead of through \
+                     handle_close"
+                ));
+                None
+            }
+        };
+        let mut handler = Transfer {
+            path,
+            downloader: Some(downloader),
+            probe,
+            wanted: ranges,
+            next: 0,
+            state: Download::AwaitingHeader,
+            out: handler_out,
+        };
+        // Queued before the connection is up: sent once it is.
+        handler.request_next(ctx);
+        (handler, ())
+    });
+
+    wait_until("every range, or an error", || {
+        let out = out.lock().unwrap();
+        out.received.len() == wanted.len() || !out.errors.is_empty()
+    });
+    wait_until("the closed-port probe to fail", || {
+        out.lock().unwrap().probe_closed.is_some()
+    });
+    reactor.stop();
+    let out = out.lock().unwrap();
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    assert!(out.connected);
+    for (&(offset, len), got) in wanted.iter().zip(&out.received) {
+        let want = &content[offset as usize..(offset + len) as usize];
+        assert!(
+            got == want,
+            "range {offset}+{len}: got {} bytes, contents differ",
+            got.len()
+        );
+    }
+    assert_eq!(
+        out.probe_closed,
+        Some(CloseReason::ConnectFailed(io::ErrorKind::ConnectionRefused))
+    );
+}
+
+/// Connects, queues one frame and asks for a close after flushing it, all before the connection
+/// is up; records how the connection ended.
+struct FireAndForget {
+    closed: Arc<Mutex<Option<CloseReason>>>,
+}
+
+impl Handler for FireAndForget {
+    fn handle_frame(&mut self, _ctx: &mut Ctx, _conn: ConnId, _payload: &[u8]) -> Verdict {
+        Verdict::Continue
+    }
+
+    fn handle_close(&mut self, _ctx: &mut Ctx, _conn: ConnId, reason: &CloseReason) {
+        *self.closed.lock().unwrap() = Some(reason.clone());
+    }
+}
+
+#[test]
+fn a_frame_queued_while_connecting_is_flushed_before_close() {
+    let (server, addr, log) = echo_server(Config::default());
+    let closed = Arc::new(Mutex::new(None));
+    let handler_closed = closed.clone();
+    let (client, ()) = Running::spawn(Config::default(), move |ctx| {
+        let conn = ctx.connect(addr).expect("connect");
+        ctx.send_with(conn, |buf| codec::encode(b"fire and forget", buf));
+        ctx.close_after_flush(conn, CloseReason::Local);
+        let handler = FireAndForget {
+            closed: handler_closed,
+        };
+        (handler, ())
+    });
+    wait_until("the one-shot connection to close", || {
+        closed.lock().unwrap().is_some()
+    });
+    wait_until("the server to see the connection end", || {
+        log.get().closes.len() == 1
+    });
+    client.stop();
+    assert_eq!(*closed.lock().unwrap(), Some(CloseReason::Local));
+    assert_eq!(
+        log.get().frames.values().sum::<usize>(),
+        1,
+        "the frame queued before the connect completed was lost"
+    );
+    finish(server, &log);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Half-close
+
+#[test]
+fn a_half_closed_client_still_gets_every_pipelined_echo() {
+    const FRAMES: usize = 100;
+    const HIGH: usize = 64 * 1024;
+    // 100 × 100 KB, read only once the server has parked: the EOF arrives while the server is
+    // not reading, with frames still unread behind the parked one.
+    let payload_of = |n: usize| {
+        let mut p = vec![(n % 251) as u8; 100_000];
+        p[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        p
+    };
+    let config = Config {
+        out_high_water: HIGH,
+        out_low_water: HIGH / 4,
+        ..Config::default()
+    };
+    let (server, addr, log) = echo_server(config);
+    let client = Client::connect(addr);
+    let client_addr = client.local_addr();
+    let mut writer = client.reader.stream.try_clone().unwrap();
+    let w = thread::spawn(move || {
+        for n in 0..FRAMES {
+            writer.write_all(&frame(&payload_of(n))).expect("write");
+        }
+        writer.shutdown(Shutdown::Write).expect("half-close");
+    });
+    wait_until("the server to park the half-closing client", || {
+        log.get().max_queued > HIGH
+    });
+    let mut reader = client.reader;
+    for n in 0..FRAMES {
+        assert!(reader.expect_frame() == payload_of(n), "echo {n} differs");
+    }
+    match reader.recv() {
+        Ok(None) => {}
+        other => panic!("expected EOF after the last echo, got {other:?}"),
+    }
+    w.join().expect("writer");
+    assert_eq!(log.wait_closed(client_addr), CloseReason::Eof);
+    assert_eq!(log.get().frames.get(&client_addr), Some(&FRAMES));
+    finish(server, &log);
+}
