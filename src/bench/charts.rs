@@ -87,11 +87,17 @@ fn draw_means<DB: DrawingBackend>(
     root.fill(&WHITE).map_err(err)?;
     let min_p = runs.iter().map(|r| r.peers).min().unwrap_or(1) as f64;
     let max_p = runs.iter().map(|r| r.peers).max().unwrap_or(1) as f64;
-    let y_max = runs
-        .iter()
-        .flat_map(|r| r.ops.iter().map(|o| o.p99_us.max(o.mean_us)))
-        .fold(floor, f64::max)
-        * 1.15;
+    // Log scale: p99 under load can be 100× the mean, and the floor should stay visible.
+    let values = || {
+        runs.iter()
+            .flat_map(|r| r.ops.iter().flat_map(|o| [o.mean_us, o.p99_us]))
+            .chain([floor])
+            .filter(|v| *v > 0.0)
+    };
+    let y_min = values().fold(f64::MAX, f64::min).min(1e9) * 0.6;
+    let data_max = values().fold(1.0, f64::max) * 1.2;
+    // Headroom above the data (a third of the log range) for the legend.
+    let y_max = (y_min.ln() + (data_max.ln() - y_min.ln()) / 0.66).exp();
     let mut chart = ChartBuilder::on(root)
         .caption(
             "Mean time per operation vs concurrent peers (dashed: p99)",
@@ -100,7 +106,10 @@ fn draw_means<DB: DrawingBackend>(
         .margin(20)
         .x_label_area_size(60)
         .y_label_area_size(90)
-        .build_cartesian_2d((min_p - 0.5)..(max_p + 0.5), 0.0..y_max.max(1.0))
+        .build_cartesian_2d(
+            (min_p - 0.5)..(max_p + 0.5),
+            (y_min.max(0.1)..y_max.max(1.0)).log_scale(),
+        )
         .map_err(err)?;
     let int_label = |x: &f64| {
         if (x - x.round()).abs() < 1e-9 && *x >= 1.0 {
@@ -112,10 +121,17 @@ fn draw_means<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc("concurrent peers")
-        .y_desc("time per operation (µs)")
+        .y_desc("time per operation (µs, log scale)")
         .x_labels(((max_p - min_p) as usize + 2) * 2)
         .x_label_formatter(&int_label)
-        .y_label_formatter(&|y| format!("{y:.0}"))
+        .y_labels(8)
+        .y_label_formatter(&|y| {
+            if *y >= 10.0 {
+                format!("{y:.0}")
+            } else {
+                format!("{y:.1}")
+            }
+        })
         .axis_desc_style(("sans-serif", 20))
         .label_style(("sans-serif", 16))
         .light_line_style(WHITE.mix(0.0))

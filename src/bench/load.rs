@@ -7,7 +7,7 @@ use super::stats;
 use super::workload::{self, OpKind, Rng, FILES_PER_FAKE_PEER};
 use crate::wire::{FileEntry, LookupKey, RequestBody, ResponseBody};
 use hdrhistogram::Histogram;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 /// How often the pre-populating connections ping, well within indexd's default 120 s idle
 /// timeout: a closed connection would take its files out of the index mid-run.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// How often a run reports progress.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Results per search asked for (the server caps it further).
 pub const SEARCH_LIMIT: u32 = 100;
@@ -60,17 +63,17 @@ impl Population {
             }
             conns.push(c);
             if started.elapsed() > Duration::from_secs(1) && n % 50 == 49 {
-                eprint!(
-                    "\rbench: populating {}/{count} files",
+                super::progress(&format!(
+                    "bench: populating {}/{count} files",
                     (n + 1) * FILES_PER_FAKE_PEER
-                );
+                ));
             }
         }
-        eprintln!(
-            "\rbench: populated {count} files from {} fake peers in {:.1}s",
+        super::progress_done(&format!(
+            "bench: populated {count} files from {} fake peers in {:.1}s",
             conns.len(),
             started.elapsed().as_secs_f64()
-        );
+        ));
         let conns = Mutex::new(conns);
         let (stop, stopped) = mpsc::channel::<()>();
         let keepalive = thread::spawn(move || {
@@ -159,13 +162,12 @@ pub fn run_closed_loop(
     let mut last_print = Instant::now();
     while handles.iter().any(|h| !h.is_finished()) {
         thread::sleep(Duration::from_millis(20));
-        if last_print.elapsed() >= Duration::from_secs(1) {
+        if last_print.elapsed() >= PROGRESS_INTERVAL {
             last_print = Instant::now();
-            eprint!(
-                "\rbench: {peers} peer(s): {}/{total} ops",
+            super::progress(&format!(
+                "bench: {peers} peer(s): {}/{total} ops",
                 done_ops.load(Ordering::Relaxed)
-            );
-            let _ = io::stderr().flush();
+            ));
         }
     }
     let elapsed = began.elapsed();
@@ -184,10 +186,10 @@ pub fn run_closed_loop(
             errors[k] += r.errors[k];
         }
     }
-    eprintln!(
-        "\rbench: {peers} peer(s): {total} ops in {:.2}s",
+    super::progress_done(&format!(
+        "bench: {peers} peer(s): {total} ops in {:.2}s",
         elapsed.as_secs_f64()
-    );
+    ));
     Ok(RunResult {
         peers,
         hists,

@@ -211,3 +211,27 @@ pub fn console_table(s: &Summary) -> String {
     }
     t
 }
+
+/// Prints a progress line on stderr: rewritten in place on a terminal, one line per call
+/// otherwise (so logs of CI runs stay readable).
+pub fn progress(line: &str) {
+    use std::io::{IsTerminal, Write};
+    let mut err = io::stderr().lock();
+    if err.is_terminal() {
+        let _ = write!(err, "\r\x1b[2K{line}");
+    } else {
+        let _ = writeln!(err, "{line}");
+    }
+    let _ = err.flush();
+}
+
+/// Ends a sequence of [`progress`] lines with `line`.
+pub fn progress_done(line: &str) {
+    use std::io::{IsTerminal, Write};
+    let mut err = io::stderr().lock();
+    if err.is_terminal() {
+        let _ = writeln!(err, "\r\x1b[2K{line}");
+    } else {
+        let _ = writeln!(err, "{line}");
+    }
+}

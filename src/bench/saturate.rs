@@ -13,7 +13,7 @@ use crate::wire::{
 };
 use hdrhistogram::Histogram;
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -149,15 +149,12 @@ impl Handler for Saturator {
                 self.stopped_at = Some(ctx.now());
                 ctx.stop();
             }
-            TIMER_PROGRESS => {
-                if self.stopped_at.is_none() {
-                    eprint!(
-                        "\rbench: saturation: {} connections up, {} answers counted",
-                        self.welcomed, self.ops
-                    );
-                    let _ = io::stderr().flush();
-                    ctx.set_timer(Duration::from_secs(1), TIMER_PROGRESS);
-                }
+            TIMER_PROGRESS if self.stopped_at.is_none() => {
+                super::progress(&format!(
+                    "bench: saturation: {} connections up, {} answers counted",
+                    self.welcomed, self.ops
+                ));
+                ctx.set_timer(Duration::from_secs(1), TIMER_PROGRESS);
             }
             _ => {}
         }
@@ -215,7 +212,7 @@ pub fn run(
     ctx.set_timer(WARMUP + duration, TIMER_STOP);
     ctx.set_timer(Duration::from_secs(1), TIMER_PROGRESS);
     reactor.run(&mut sat)?;
-    eprintln!();
+    super::progress_done(&format!("bench: saturation: {} answers counted", sat.ops));
     if let Some(f) = sat.failure {
         return Err(io::Error::other(format!("saturation run failed: {f}")));
     }

@@ -234,7 +234,7 @@ impl Rng {
     /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: usize) -> usize {
         // Multiply-shift: unbiased enough for a workload, and no division.
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 
     /// Skewed towards small indices in `0..n`, like word popularity: some words are in many
