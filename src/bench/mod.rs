@@ -55,11 +55,20 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         }
     };
 
-    let floor = measure_floor(config)?;
-    eprintln!(
-        "bench: floor (loopback round trip): p50 {:.1} µs, p99 {:.1} µs",
-        floor.p50, floor.p99
-    );
+    // The echo server lives for the whole bench; the floor is measured right before each
+    // run, because a shared machine's loopback latency drifts between runs.
+    let (_echo, echo_addr) = floor::spawn_listening(&config.self_exe, &["--echo-server"])?;
+    let mut floor_all = stats::new_histogram();
+    let mut measure_floor = || -> io::Result<Floor> {
+        let hist = floor::measure(echo_addr, config.floor_round_trips)?;
+        floor_all.add(&hist).expect("same histogram bounds");
+        let f = floor_of(&hist);
+        eprintln!(
+            "bench: floor (loopback round trip): p50 {:.1} µs, p99 {:.1} µs",
+            f.p50, f.p99
+        );
+        Ok(f)
+    };
 
     let population = load::Population::create(addr, config.files, config.seed)?;
 
@@ -71,6 +80,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         Mode::Latency { ops, peers } => {
             ops_per_peer = Some(PerOp::from_array(&ops.as_array()));
             for (i, &n) in peers.iter().enumerate() {
+                let run_floor = measure_floor()?;
                 let r = load::run_closed_loop(addr, i, n, *ops, &population, config.seed)?;
                 let summaries = [0, 1, 2].map(|k| OpSummary::of(&r.hists[k], r.errors[k]));
                 for kind in OpKind::ALL {
@@ -89,7 +99,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
                     summaries,
                     r.ops_per_s(),
                     r.elapsed.as_secs_f64(),
-                    &floor,
+                    &run_floor,
                 ));
             }
         }
@@ -98,6 +108,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
             pipeline,
             duration,
         } => {
+            measure_floor()?;
             let keys = population.files.iter().map(|f| f.hash).collect();
             let r = saturate::run(addr, *connections, *pipeline, *duration, keys, config.seed)?;
             write_file(
@@ -117,6 +128,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         }
     }
     drop(population);
+    let floor = floor_of(&floor_all);
 
     if !chart_runs.is_empty() {
         charts::means_chart(&config.out, &chart_runs, floor.p50)?;
@@ -148,18 +160,16 @@ pub fn run(config: &Config) -> io::Result<Summary> {
     Ok(summary)
 }
 
-/// Starts the echo server (this binary in `--echo-server` mode) and times the ping-pong.
-fn measure_floor(config: &Config) -> io::Result<Floor> {
-    let (_echo, addr) = floor::spawn_listening(&config.self_exe, &["--echo-server"])?;
-    let hist = floor::measure(addr, config.floor_round_trips)?;
-    let s = OpSummary::of(&hist, 0);
-    Ok(Floor {
+/// The floor's figures from its histogram (ns).
+fn floor_of(hist: &hdrhistogram::Histogram<u64>) -> Floor {
+    let s = OpSummary::of(hist, 0);
+    Floor {
         p50: s.p50_us,
         p99: s.p99_us,
         mean: s.mean_us,
         round_trips: s.count,
         ping_bytes: floor::PING_BYTES,
-    })
+    }
 }
 
 fn write_file(path: &Path, text: &str) -> io::Result<()> {
@@ -197,10 +207,14 @@ pub fn console_table(s: &Summary) -> String {
                 o.p50_us,
                 o.p99_us,
                 o.max_us,
-                o.p50_us / s.floor_us.p50.max(1e-9)
+                r.p50_ratio(kind)
             );
         }
-        let _ = writeln!(t, "{:>5} all ops: {:.0} ops/s", r.peers, r.ops_per_s);
+        let _ = writeln!(
+            t,
+            "{:>5} all ops: {:.0} ops/s (floor before this run: p50 {:.1} µs)",
+            r.peers, r.ops_per_s, r.floor_p50_us
+        );
     }
     if let Some(sat) = &s.saturation {
         let _ = writeln!(

@@ -56,7 +56,9 @@ pub struct RunSummary {
     pub ops_per_s: f64,
     /// Length of the run, seconds.
     pub elapsed_s: f64,
-    /// Each op's p50 divided by the floor's p50.
+    /// The floor's p50 measured right before this run, µs.
+    pub floor_p50_us: f64,
+    /// Each op's p50 divided by `floor_p50_us`.
     pub p50_over_floor: PerOp<f64>,
 }
 
@@ -168,6 +170,7 @@ impl RunSummary {
             ops: PerOp::from_array(&ops),
             ops_per_s: ops_per_s.round(),
             elapsed_s: (elapsed_s * 1000.0).round() / 1000.0,
+            floor_p50_us: floor.p50,
             p50_over_floor: PerOp::from_array(&ratios),
         }
     }
@@ -181,7 +184,8 @@ impl RunSummary {
         }
     }
 
-    fn ratio(&self, kind: OpKind) -> f64 {
+    /// The p50 of `kind` as a multiple of this run's floor.
+    pub fn p50_ratio(&self, kind: OpKind) -> f64 {
         match kind {
             OpKind::Search => self.p50_over_floor.search,
             OpKind::Register => self.p50_over_floor.register,
@@ -211,8 +215,12 @@ pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
     );
     let _ = writeln!(
         md,
-        "**Floor** (bare TCP ping-pong of {} bytes on loopback, {} round trips, same run): \
-         p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs.\n",
+        "**Floor**: a bare TCP ping-pong of {} bytes over loopback between this process and a \
+         child echo process, timed right before each run ({} round trips in all): p50 {:.1} µs, \
+         p99 {:.1} µs, mean {:.1} µs. Each op's *p50 / floor* divides by the floor measured \
+         just before its own run. On a shared or virtualised machine the loopback round trip \
+         itself swings (an idle vCPU takes tens of µs to wake), so compare ratios within a run \
+         rather than absolute figures across runs.\n",
         s.floor_us.ping_bytes,
         s.floor_us.round_trips,
         s.floor_us.p50,
@@ -262,7 +270,7 @@ pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
                     o.p99_us,
                     o.p999_us,
                     o.max_us,
-                    r.ratio(kind)
+                    r.p50_ratio(kind)
                 );
             }
         }

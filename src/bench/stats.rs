@@ -141,9 +141,15 @@ pub fn to_hgrm(hist: &Histogram<u64>) -> String {
         out,
         "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
         hist.buckets(),
-        hist.distinct_values()
+        sub_bucket_count(hist.sigfig())
     );
     out
+}
+
+/// Sub-buckets per bucket of a histogram with `sigfig` significant digits, as HdrHistogram
+/// computes it: the power of two at or above `2 * 10^sigfig`.
+fn sub_bucket_count(sigfig: u8) -> u64 {
+    (2 * 10u64.pow(u32::from(sigfig))).next_power_of_two()
 }
 
 #[cfg(test)]
@@ -201,7 +207,7 @@ mod tests {
         assert_eq!(last[2], "1000");
         assert!(text.contains("#[Mean    ="));
         assert!(text.contains("Total count    =         1000]"));
-        assert!(text.contains("#[Buckets ="));
+        assert!(text.contains("SubBuckets     =         2048]"));
         // First row: the smallest value, 1 µs, at percentile 0.
         assert_eq!(rows[0][0], "1.000");
     }

@@ -90,8 +90,9 @@ fn main() -> ExitCode {
 fn validate(flags: Flags) -> Result<Config, String> {
     if let Some(size) = flags.transfer {
         return Err(format!(
-            "--transfer {size} bytes: timing downloads needs the peer (`peer --share DIR`), \
-             which is not built yet; this mode lands with the peer. Nothing was measured."
+            "--transfer {size} bytes: not implemented yet. Timing downloads needs the bench to \
+             start real peers (`peer --share DIR`) and fetch a file between them; that mode lands \
+             with the peer work. Nothing was measured."
         ));
     }
     if flags.files == 0 {

@@ -1,0 +1,77 @@
+//! The bench binary end to end, small: it starts its own indexd, runs, and writes every
+//! output; the saturation mode runs; `--transfer` refuses clearly instead of faking.
+
+use std::path::Path;
+use std::process::Command;
+
+fn bench(out: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--indexd", env!("CARGO_BIN_EXE_indexd"), "--out"])
+        .arg(out)
+        .args(["--floor-round-trips", "200", "--files", "2000"])
+        .args(args)
+        .output()
+        .expect("run bench")
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("p2pshare-bench-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn closed_loop_writes_every_output() {
+    let out = temp_dir("closed");
+    let r = bench(&out, &["--ops", "20,5,20", "--peers", "1,2"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for f in [
+        "summary.json",
+        "report.md",
+        "means.svg",
+        "means.png",
+        "percentiles.svg",
+        "percentiles.png",
+        "peers1-search.hgrm",
+        "peers2-register.hgrm",
+        "peers2-lookup.hgrm",
+    ] {
+        let meta = std::fs::metadata(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(meta.len() > 0, "{f} is empty");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(json["floor_us"]["p50"].as_f64().unwrap() > 0.0);
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[1]["peers"], 2);
+    assert_eq!(runs[1]["ops"]["search"]["count"], 40);
+    assert_eq!(runs[1]["ops"]["register"]["count"], 10);
+    assert_eq!(runs[1]["ops"]["lookup"]["errors"], 0);
+    assert!(runs[1]["ops_per_s"].as_f64().unwrap() > 0.0);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn saturation_mode_counts_answers() {
+    let out = temp_dir("sat");
+    let r = bench(
+        &out,
+        &["--connections", "4", "--pipeline", "4", "--duration", "0.3"],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(json["saturation"]["ops"].as_u64().unwrap() > 0);
+    assert_eq!(json["saturation"]["errors"], 0);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn transfer_refuses_until_the_peer_exists() {
+    let out = temp_dir("transfer");
+    let r = bench(&out, &["--transfer", "10M"]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("not implemented yet"));
+}
