@@ -933,7 +933,16 @@ impl Peer {
             self.download = Some(dl);
             return self.try_holder(ctx);
         }
-        match dl.land(&self.cfg.downloads_dir) {
+        let received_in = dl.started.elapsed();
+        let landing = Instant::now();
+        let landed = dl.land(&self.cfg.downloads_dir);
+        crate::log!(
+            Level::Debug,
+            "peer",
+            "download: bytes in {received_in:?}, fsync and rename in {:?}",
+            landing.elapsed()
+        );
+        match landed {
             Ok((path, true)) => {
                 self.out(&format!(
                     "already have {} ({} bytes)",
@@ -945,10 +954,9 @@ impl Peer {
                 let secs = dl.started.elapsed().as_secs_f64().max(1e-6);
                 let rate = dl.received_now as f64 / secs / (1 << 20) as f64;
                 self.out(&format!(
-                    "saved {} ({} bytes, {:.1} MiB/s)",
+                    "saved {} ({} bytes in {secs:.3} s, {rate:.1} MiB/s)",
                     path.display(),
                     dl.size,
-                    rate
                 ));
                 // Downloads inside the share are shared once verified.
                 if path.starts_with(&self.cfg.share_dir) {
