@@ -111,3 +111,30 @@ pub fn measure(addr: SocketAddr, round_trips: usize) -> io::Result<Histogram<u64
     }
     Ok(hist)
 }
+
+/// Times `round_trips` pings in all, split over `clients` concurrent connections (one
+/// thread each, all starting together), merged into one histogram (ns). With as many
+/// clients as a run has simulated peers, the floor sees the same CPU contention the run
+/// does; a lone client on an otherwise idle (virtual) machine pays wake-up latencies a
+/// busy one does not.
+pub fn measure_concurrent(
+    addr: SocketAddr,
+    clients: usize,
+    round_trips: usize,
+) -> io::Result<Histogram<u64>> {
+    if clients <= 1 {
+        return measure(addr, round_trips);
+    }
+    let each = round_trips.div_ceil(clients);
+    let handles: Vec<_> = (0..clients)
+        .map(|_| std::thread::spawn(move || measure(addr, each)))
+        .collect();
+    let mut all = stats::new_histogram();
+    for h in handles {
+        let hist = h
+            .join()
+            .map_err(|_| io::Error::other("a floor client panicked"))??;
+        all.add(&hist).expect("same histogram bounds");
+    }
+    Ok(all)
+}

@@ -55,16 +55,23 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         }
     };
 
-    // The echo server lives for the whole bench; the floor is measured right before each
-    // run, because a shared machine's loopback latency drifts between runs.
+    // The echo server lives for the whole bench. The floor is measured right before each
+    // run, because a shared machine's loopback latency drifts between runs: once with one
+    // client (the bare round trip, `floor_us`) and, for runs of several peers, again with as
+    // many concurrent clients as the run has peers, which is what that run's ratios use.
     let (_echo, echo_addr) = floor::spawn_listening(&config.self_exe, &["--echo-server"])?;
     let mut floor_all = stats::new_histogram();
-    let mut measure_floor = || -> io::Result<Floor> {
-        let hist = floor::measure(echo_addr, config.floor_round_trips)?;
-        floor_all.add(&hist).expect("same histogram bounds");
+    let mut measure_floor = |clients: usize| -> io::Result<Floor> {
+        let single = floor::measure(echo_addr, config.floor_round_trips)?;
+        floor_all.add(&single).expect("same histogram bounds");
+        let hist = if clients > 1 {
+            floor::measure_concurrent(echo_addr, clients, config.floor_round_trips)?
+        } else {
+            single
+        };
         let f = floor_of(&hist);
         eprintln!(
-            "bench: floor (loopback round trip): p50 {:.1} µs, p99 {:.1} µs",
+            "bench: floor (loopback round trip, {clients} client(s)): p50 {:.1} µs, p99 {:.1} µs",
             f.p50, f.p99
         );
         Ok(f)
@@ -80,7 +87,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         Mode::Latency { ops, peers } => {
             ops_per_peer = Some(PerOp::from_array(&ops.as_array()));
             for (i, &n) in peers.iter().enumerate() {
-                let run_floor = measure_floor()?;
+                let run_floor = measure_floor(n)?;
                 let r = load::run_closed_loop(addr, i, n, *ops, &population, config.seed)?;
                 let summaries = [0, 1, 2].map(|k| OpSummary::of(&r.hists[k], r.errors[k]));
                 for kind in OpKind::ALL {
@@ -108,7 +115,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
             pipeline,
             duration,
         } => {
-            measure_floor()?;
+            measure_floor(1)?;
             let keys = population.files.iter().map(|f| f.hash).collect();
             let r = saturate::run(addr, *connections, *pipeline, *duration, keys, config.seed)?;
             write_file(
@@ -183,7 +190,7 @@ pub fn console_table(s: &Summary) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "floor (loopback round trip): p50 {:.1} µs  p99 {:.1} µs",
+        "floor (loopback round trip, 1 client): p50 {:.1} µs  p99 {:.1} µs",
         s.floor_us.p50, s.floor_us.p99
     );
     if !s.runs.is_empty() {
@@ -212,8 +219,8 @@ pub fn console_table(s: &Summary) -> String {
         }
         let _ = writeln!(
             t,
-            "{:>5} all ops: {:.0} ops/s (floor before this run: p50 {:.1} µs)",
-            r.peers, r.ops_per_s, r.floor_p50_us
+            "{:>5} all ops: {:.0} ops/s (floor with {} concurrent clients: p50 {:.1} µs)",
+            r.peers, r.ops_per_s, r.peers, r.floor_p50_us
         );
     }
     if let Some(sat) = &s.saturation {

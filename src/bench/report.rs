@@ -56,9 +56,10 @@ pub struct RunSummary {
     pub ops_per_s: f64,
     /// Length of the run, seconds.
     pub elapsed_s: f64,
-    /// The floor's p50 measured right before this run, µs.
+    /// The floor's p50 measured right before this run with as many concurrent ping-pong
+    /// clients as the run has peers, µs.
     pub floor_p50_us: f64,
-    /// Each op's p50 divided by `floor_p50_us`.
+    /// Each op's p50 divided by `floor_p50_us` (the floor at the same concurrency).
     pub p50_over_floor: PerOp<f64>,
 }
 
@@ -216,11 +217,14 @@ pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
     let _ = writeln!(
         md,
         "**Floor**: a bare TCP ping-pong of {} bytes over loopback between this process and a \
-         child echo process, timed right before each run ({} round trips in all): p50 {:.1} µs, \
-         p99 {:.1} µs, mean {:.1} µs. Each op's *p50 / floor* divides by the floor measured \
-         just before its own run. On a shared or virtualised machine the loopback round trip \
-         itself swings (an idle vCPU takes tens of µs to wake), so compare ratios within a run \
-         rather than absolute figures across runs.\n",
+         child echo process, one round trip in flight, timed right before each run ({} round \
+         trips with one client in all): p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs. For a run \
+         of N peers the floor is also timed with N concurrent ping-pong clients, and that \
+         run's *p50 / floor* divides by it, so both sides of the ratio see the same CPU \
+         contention (on a 2-core machine, 3 peers plus indexd oversubscribe the CPUs). On a \
+         shared or virtualised machine the round trip itself swings (an idle vCPU takes tens \
+         of µs to wake), so compare ratios within a run rather than absolute figures across \
+         runs.\n",
         s.floor_us.ping_bytes,
         s.floor_us.round_trips,
         s.floor_us.p50,
@@ -276,13 +280,14 @@ pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
         }
         let _ = writeln!(
             md,
-            "\n| peers | ops/s (all peers) | run time s |\n|---:|---:|---:|"
+            "\n| peers | ops/s (all peers) | run time s | floor p50 µs (N clients) |\n\
+             |---:|---:|---:|---:|"
         );
         for r in &s.runs {
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.2} |",
-                r.peers, r.ops_per_s, r.elapsed_s
+                "| {} | {:.0} | {:.2} | {:.1} |",
+                r.peers, r.ops_per_s, r.elapsed_s, r.floor_p50_us
             );
         }
         let _ = writeln!(
