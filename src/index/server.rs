@@ -55,6 +55,8 @@ pub struct IndexServer {
     /// Indexed by `ConnId.0` (slab keys are dense and reused).
     sessions: Vec<Option<Session>>,
     next_session: u64,
+    /// Open connections (accepted and not yet closed).
+    connections: u64,
     stats: ServerStats,
     /// Set by the signal thread; checked when the reactor is woken.
     shutdown: Option<Arc<AtomicBool>>,
@@ -68,6 +70,7 @@ impl IndexServer {
             limits,
             sessions: Vec::new(),
             next_session: 1,
+            connections: 0,
             stats: ServerStats::default(),
             shutdown: None,
         }
@@ -91,17 +94,9 @@ impl IndexServer {
     }
 
     /// Queues an error response and says how the connection goes on.
-    fn error(
-        &mut self,
-        ctx: &mut Ctx,
-        conn: ConnId,
-        id: u32,
-        code: ErrorCode,
-        message: impl Into<String>,
-    ) {
+    fn error(&mut self, out: &mut Vec<u8>, id: u32, code: ErrorCode, message: impl Into<String>) {
         self.stats.errors += 1;
-        ctx.send(
-            conn,
+        wire::encode_frame(
             &Response {
                 id,
                 body: ResponseBody::Error {
@@ -109,26 +104,27 @@ impl IndexServer {
                     message: message.into(),
                 },
             },
+            out,
         );
     }
 
     /// Answers a request that is not acceptable on this connection, then closes it.
     fn fatal(
         &mut self,
-        ctx: &mut Ctx,
+        out: &mut Vec<u8>,
         conn: ConnId,
         id: u32,
         code: ErrorCode,
         message: String,
     ) -> Verdict {
         log!(Level::Debug, "indexd", "conn {}: {code}: {message}", conn.0);
-        self.error(ctx, conn, id, code, message.clone());
+        self.error(out, id, code, message.clone());
         Verdict::CloseAfterFlush(CloseReason::Protocol(message))
     }
 
     fn handle_hello(
         &mut self,
-        ctx: &mut Ctx,
+        out: &mut Vec<u8>,
         conn: ConnId,
         id: u32,
         version: u16,
@@ -139,7 +135,7 @@ impl IndexServer {
             Some(Session::AwaitingHello { remote }) => *remote,
             _ => {
                 return self.fatal(
-                    ctx,
+                    out,
                     conn,
                     id,
                     ErrorCode::NotReady,
@@ -148,7 +144,7 @@ impl IndexServer {
             }
         };
         if version != PROTOCOL_VERSION {
-            return self.version_mismatch(ctx, conn, id, version);
+            return self.version_mismatch(out, conn, id, version);
         }
         // The IP we see, the port they announce.
         let addr = SocketAddr::new(remote.ip(), listen_port);
@@ -163,8 +159,7 @@ impl IndexServer {
             peer.0,
             printable(agent)
         );
-        ctx.send(
-            conn,
+        wire::encode_frame(
             &Response {
                 id,
                 body: ResponseBody::Welcome {
@@ -173,18 +168,25 @@ impl IndexServer {
                     observed: addr,
                 },
             },
+            out,
         );
         Verdict::Continue
     }
 
-    fn version_mismatch(&mut self, ctx: &mut Ctx, conn: ConnId, id: u32, theirs: u16) -> Verdict {
+    fn version_mismatch(
+        &mut self,
+        out: &mut Vec<u8>,
+        conn: ConnId,
+        id: u32,
+        theirs: u16,
+    ) -> Verdict {
         let msg = format!(
             "protocol version {theirs} is not supported; this server speaks version {PROTOCOL_VERSION}"
         );
-        self.fatal(ctx, conn, id, ErrorCode::VersionMismatch, msg)
+        self.fatal(out, conn, id, ErrorCode::VersionMismatch, msg)
     }
 
-    fn handle_request(&mut self, ctx: &mut Ctx, conn: ConnId, req: Request) -> Verdict {
+    fn handle_request(&mut self, out: &mut Vec<u8>, conn: ConnId, req: Request) -> Verdict {
         let id = req.id;
         if let RequestBody::Hello {
             version,
@@ -192,13 +194,13 @@ impl IndexServer {
             agent,
         } = &req.body
         {
-            return self.handle_hello(ctx, conn, id, *version, *listen_port, agent);
+            return self.handle_hello(out, conn, id, *version, *listen_port, agent);
         }
         let (peer, addr) = match self.session_mut(conn) {
             Some(Session::Ready { peer, addr }) => (*peer, *addr),
             _ => {
                 return self.fatal(
-                    ctx,
+                    out,
                     conn,
                     id,
                     ErrorCode::NotReady,
@@ -212,8 +214,7 @@ impl IndexServer {
                 self.stats.registers += 1;
                 if addr.port() == 0 && !files.is_empty() {
                     self.error(
-                        ctx,
-                        conn,
+                        out,
                         id,
                         ErrorCode::Invalid,
                         "announce a listening port in hello to register files",
@@ -262,7 +263,7 @@ impl IndexServer {
                             LookupKey::HashPrefix(p) => printable(p),
                             LookupKey::Name(n) => printable(n),
                         };
-                        self.error(ctx, conn, id, code, format!("{e}: {what}"));
+                        self.error(out, id, code, format!("{e}: {what}"));
                         return Verdict::Continue;
                     }
                 }
@@ -271,26 +272,26 @@ impl IndexServer {
                 self.stats.pings += 1;
                 ResponseBody::Pong
             }
-            RequestBody::Stats => ResponseBody::Stats(self.current_stats(ctx)),
+            RequestBody::Stats => ResponseBody::Stats(self.current_stats()),
             RequestBody::Bye => {
-                ctx.send(
-                    conn,
+                wire::encode_frame(
                     &Response {
                         id,
                         body: ResponseBody::Bye,
                     },
+                    out,
                 );
                 return Verdict::CloseAfterFlush(CloseReason::Local);
             }
         };
-        ctx.send(conn, &Response { id, body });
+        wire::encode_frame(&Response { id, body }, out);
         Verdict::Continue
     }
 
     /// The counters as `stats` reports them.
-    pub fn current_stats(&self, ctx: &Ctx) -> ServerStats {
+    pub fn current_stats(&self) -> ServerStats {
         ServerStats {
-            connections: ctx.connection_count() as u64,
+            connections: self.connections,
             peers: self.index.peer_count() as u64,
             files: self.index.file_count() as u64,
             names: self.index.entry_count() as u64,
@@ -299,6 +300,71 @@ impl IndexServer {
     }
 }
 
+impl IndexServer {
+    /// A connection from `remote` was accepted.
+    pub fn accept(&mut self, conn: ConnId, remote: SocketAddr) {
+        self.connections += 1;
+        *self.session_mut(conn) = Some(Session::AwaitingHello { remote });
+    }
+
+    /// Handles one request frame's payload, appending the response frame(s) to `out`.
+    pub fn handle_payload(&mut self, conn: ConnId, payload: &[u8], out: &mut Vec<u8>) -> Verdict {
+        match wire::decode::<Request>(payload) {
+            Ok(req) => self.handle_request(out, conn, req),
+            Err(e) => {
+                let id = wire::peek_request_id(payload).unwrap_or(0);
+                // A Hello from another protocol version may not decode at all: say so.
+                if let Some(v) = wire::peek_version(payload, true) {
+                    if v != PROTOCOL_VERSION {
+                        return self.version_mismatch(out, conn, id, v);
+                    }
+                }
+                self.fatal(out, conn, id, ErrorCode::Malformed, e.to_string())
+            }
+        }
+    }
+
+    /// The connection broke the framing rules: answer with an error before it closes.
+    pub fn handle_framing_error(
+        &mut self,
+        conn: ConnId,
+        error: FrameError,
+        out: &mut Vec<u8>,
+    ) -> Verdict {
+        let msg = error.to_string();
+        self.fatal(out, conn, 0, ErrorCode::BadFrame, msg);
+        Verdict::CloseAfterFlush(CloseReason::Frame(error))
+    }
+
+    /// The connection is gone: its peer's entries leave the index.
+    pub fn close(&mut self, conn: ConnId, reason: &CloseReason) {
+        let Some(session) = self.session_mut(conn).take() else {
+            return;
+        };
+        self.connections -= 1;
+        match session {
+            Session::Ready { peer, addr } => {
+                let files = self.index.remove_peer(peer).unwrap_or(0);
+                log!(
+                    Level::Info,
+                    "indexd",
+                    "peer {} at {addr} left ({reason}); {files} entries withdrawn",
+                    peer.0
+                );
+            }
+            Session::AwaitingHello { remote } => {
+                log!(
+                    Level::Debug,
+                    "indexd",
+                    "connection from {remote} closed before hello ({reason})"
+                );
+            }
+        }
+    }
+}
+
+/// The reactor side: a thin layer that hands each input to the sans-IO methods above, which
+/// encode their answers straight into the connection's output buffer.
 impl Handler for IndexServer {
     fn handle_wake(&mut self, ctx: &mut Ctx) {
         if self
@@ -318,52 +384,28 @@ impl Handler for IndexServer {
     }
 
     fn handle_accept(&mut self, _ctx: &mut Ctx, conn: ConnId, remote: SocketAddr) -> Verdict {
-        *self.session_mut(conn) = Some(Session::AwaitingHello { remote });
+        self.accept(conn, remote);
         Verdict::Continue
     }
 
     fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
-        match wire::decode::<Request>(payload) {
-            Ok(req) => self.handle_request(ctx, conn, req),
-            Err(e) => {
-                let id = wire::peek_request_id(payload).unwrap_or(0);
-                // A Hello from another protocol version may not decode at all: say so.
-                if let Some(v) = wire::peek_version(payload, true) {
-                    if v != PROTOCOL_VERSION {
-                        return self.version_mismatch(ctx, conn, id, v);
-                    }
-                }
-                self.fatal(ctx, conn, id, ErrorCode::Malformed, e.to_string())
-            }
-        }
+        let mut verdict = Verdict::Continue;
+        ctx.send_with(conn, |out| {
+            verdict = self.handle_payload(conn, payload, out)
+        });
+        verdict
     }
 
     fn handle_bad_frame(&mut self, ctx: &mut Ctx, conn: ConnId, error: FrameError) -> Verdict {
-        let msg = error.to_string();
-        self.fatal(ctx, conn, 0, ErrorCode::BadFrame, msg);
-        Verdict::CloseAfterFlush(CloseReason::Frame(error))
+        let mut verdict = Verdict::Close(CloseReason::Frame(error.clone()));
+        ctx.send_with(conn, |out| {
+            verdict = self.handle_framing_error(conn, error, out)
+        });
+        verdict
     }
 
     fn handle_close(&mut self, _ctx: &mut Ctx, conn: ConnId, reason: &CloseReason) {
-        match self.session_mut(conn).take() {
-            Some(Session::Ready { peer, addr }) => {
-                let files = self.index.remove_peer(peer).unwrap_or(0);
-                log!(
-                    Level::Info,
-                    "indexd",
-                    "peer {} at {addr} left ({reason}); {files} entries withdrawn",
-                    peer.0
-                );
-            }
-            Some(Session::AwaitingHello { remote }) => {
-                log!(
-                    Level::Debug,
-                    "indexd",
-                    "connection from {remote} closed before hello ({reason})"
-                );
-            }
-            None => {}
-        }
+        self.close(conn, reason);
     }
 }
 
@@ -385,4 +427,97 @@ fn printable(s: &str) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::codec::{decode_all, Decoder};
+    use crate::wire::{FileEntry, FileHash};
+
+    /// Sends one request through the sans-IO server and returns its answers.
+    fn call(
+        server: &mut IndexServer,
+        conn: ConnId,
+        id: u32,
+        body: RequestBody,
+    ) -> (Vec<Response>, Verdict) {
+        let mut out = Vec::new();
+        let payload = wire::to_payload(&Request { id, body });
+        let verdict = server.handle_payload(conn, &payload, &mut out);
+        let (frames, used) = decode_all(&mut Decoder::default(), &out).unwrap();
+        assert_eq!(used, out.len());
+        let responses = frames.iter().map(|f| wire::decode(f).unwrap()).collect();
+        (responses, verdict)
+    }
+
+    #[test]
+    fn a_session_without_sockets() {
+        let mut server = IndexServer::new(ServerLimits::default());
+        let conn = ConnId(3);
+        server.accept(conn, "10.1.2.3:5555".parse().unwrap());
+        let (r, v) = call(&mut server, conn, 1, RequestBody::Ping);
+        assert!(matches!(v, Verdict::CloseAfterFlush(_)));
+        assert!(matches!(
+            r[0].body,
+            ResponseBody::Error {
+                code: ErrorCode::NotReady,
+                ..
+            }
+        ));
+        server.close(conn, &CloseReason::Local);
+
+        server.accept(conn, "10.1.2.3:5555".parse().unwrap());
+        let hello = RequestBody::Hello {
+            version: PROTOCOL_VERSION,
+            listen_port: 7000,
+            agent: "t".into(),
+        };
+        let (r, v) = call(&mut server, conn, 1, hello);
+        assert_eq!(v, Verdict::Continue);
+        let ResponseBody::Welcome { observed, .. } = r[0].body else {
+            panic!("{r:?}")
+        };
+        assert_eq!(observed, "10.1.2.3:7000".parse().unwrap());
+        let files = vec![FileEntry {
+            hash: FileHash::of(b"x"),
+            size: 1,
+            name: "Zebra_Crossing-Live 1999.flac".into(),
+        }];
+        call(&mut server, conn, 2, RequestBody::Register { files });
+        let (r, _) = call(
+            &mut server,
+            conn,
+            3,
+            RequestBody::Search {
+                query: "zeb cross".into(),
+                limit: 0,
+            },
+        );
+        assert_eq!(r[0].id, 3);
+        let ResponseBody::SearchResults { hits, .. } = &r[0].body else {
+            panic!("{r:?}")
+        };
+        assert_eq!(hits.len(), 1);
+        assert_eq!(server.current_stats().connections, 1);
+        server.close(conn, &CloseReason::Eof);
+        assert_eq!(server.index().file_count(), 0);
+        assert_eq!(server.current_stats().connections, 0);
+    }
+
+    #[test]
+    fn garbage_payloads_get_an_error_and_a_close() {
+        let mut server = IndexServer::new(ServerLimits::default());
+        for (i, payload) in [&b""[..], b"\xff\xff\xff\xff\xff\xff", b"\x01\x09"]
+            .iter()
+            .enumerate()
+        {
+            let conn = ConnId(i);
+            server.accept(conn, "127.0.0.1:1".parse().unwrap());
+            let mut out = Vec::new();
+            let v = server.handle_payload(conn, payload, &mut out);
+            assert!(matches!(v, Verdict::CloseAfterFlush(_)), "{payload:?}");
+            assert!(!out.is_empty());
+        }
+    }
 }
