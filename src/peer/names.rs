@@ -57,6 +57,13 @@ fn split_extension(name: &str) -> (&str, &str) {
 pub fn numbered(name: &str, n: u32) -> String {
     let (stem, ext) = split_extension(name);
     let suffix = format!(" ({n})");
+    // A remote's name can carry an "extension" of 250 bytes: keep it only if the number and
+    // one byte of stem still fit beside it (else shortening the stem could never succeed).
+    let ext = if ext.len() + suffix.len() < MAX_NAME_BYTES {
+        ext
+    } else {
+        ""
+    };
     let mut stem = stem.to_string();
     while stem.len() + suffix.len() + ext.len() > MAX_NAME_BYTES {
         stem.pop();
@@ -134,6 +141,18 @@ mod tests {
         assert_eq!(numbered("song.mp3", 1), "song (1).mp3");
         assert_eq!(numbered("README", 2), "README (2)");
         assert!(numbered(&"x".repeat(255), 7).len() <= MAX_NAME_BYTES);
+    }
+
+    #[test]
+    fn numbering_a_name_whose_extension_fills_it() {
+        // Found by fuzz/sanitize: `numbered` looped forever popping an empty stem when the
+        // extension alone left no room for " (N)", hanging the peer's reactor in `landing`.
+        let name = format!("a.{}", "x".repeat(253));
+        assert_eq!(sanitize(&name), name);
+        let n = numbered(&name, 1);
+        assert!(n.len() <= MAX_NAME_BYTES && n.ends_with(" (1)"), "{n}");
+        let n = numbered(&format!("a.{}", "é".repeat(126)), u32::MAX);
+        assert!(n.len() <= MAX_NAME_BYTES, "{n}");
     }
 
     #[test]
