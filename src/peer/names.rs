@@ -28,7 +28,10 @@ pub fn sanitize(name: &str) -> String {
     if out.is_empty() {
         return FALLBACK_NAME.to_string();
     }
+    // Cutting a long name can leave blanks at its end again.
     truncate_keeping_extension(&out, MAX_NAME_BYTES)
+        .trim_end()
+        .to_string()
 }
 
 /// Cuts `name` to at most `max` bytes on a character boundary, keeping a short extension.
@@ -153,6 +156,18 @@ mod tests {
         assert!(n.len() <= MAX_NAME_BYTES && n.ends_with(" (1)"), "{n}");
         let n = numbered(&format!("a.{}", "é".repeat(126)), u32::MAX);
         assert!(n.len() <= MAX_NAME_BYTES, "{n}");
+    }
+
+    #[test]
+    fn a_long_name_cut_at_a_blank_has_no_trailing_blank() {
+        // Found by fuzz/sanitize: truncation left trailing spaces, which the untruncated path
+        // trims, so sanitising a saved name again changed it.
+        let input = b"\x13\x86\x20\x21\x20\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\xa4\x3a\x20\x20\x20\x20\x20\x20\x20\x20\x20\x20\x20\x20\x20\x20\x20\x03\x13\x20\x86";
+        let s = sanitize(&String::from_utf8_lossy(input));
+        assert_eq!(s.trim_end(), s);
+        assert_eq!(sanitize(&s), s);
+        let s = sanitize(&format!("{}{}", "x".repeat(250), " ".repeat(10)));
+        assert_eq!(s, "x".repeat(250));
     }
 
     #[test]
