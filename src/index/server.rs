@@ -429,6 +429,188 @@ fn printable(s: &str) -> String {
     out
 }
 
+/// Fuzzing entry point (`fuzz/fuzz_targets/index_server.rs`): drives the sans-IO server with a
+/// script of accepts, closes, raw payloads, well-formed requests and framing errors on a few
+/// interleaved connections, checking after every step that each input got decodable answers
+/// and the counters match the open sessions, and at the end, once every connection is closed,
+/// that the index is empty (soft state).
+#[doc(hidden)]
+pub fn fuzz_sessions(data: &[u8]) {
+    const CONNS: usize = 4;
+    let mut server = IndexServer::new(ServerLimits {
+        max_results: 8,
+        max_files_per_peer: 16,
+    });
+    let mut open = [false; CONNS];
+    let mut ready = [false; CONNS];
+    let mut script = fuzz_script::Script(data);
+    while let Some(op) = script.byte() {
+        let c = usize::from(op >> 3) % CONNS;
+        let conn = ConnId(c * 7 + 1);
+        let mut out = Vec::new();
+        let verdict = match op & 7 {
+            0 if !open[c] => {
+                let remote = SocketAddr::from(([10, 0, 0, c as u8], 1000 + c as u16));
+                server.accept(conn, remote);
+                open[c] = true;
+                continue;
+            }
+            1 if open[c] => {
+                server.close(conn, &CloseReason::Eof);
+                (open[c], ready[c]) = (false, false);
+                continue;
+            }
+            2 if open[c] => {
+                let len = usize::from(script.byte().unwrap_or(0));
+                let payload = script.bytes(len);
+                server.handle_payload(conn, payload, &mut out)
+            }
+            3 if open[c] => server.handle_framing_error(conn, FrameError::BadTerminator, &mut out),
+            4..=7 if open[c] => {
+                let req = Request {
+                    id: u32::from(op),
+                    body: script.request(),
+                };
+                server.handle_payload(conn, &wire::to_payload(&req), &mut out)
+            }
+            _ => continue,
+        };
+        // Every input is answered with whole frames holding responses.
+        let (frames, used) =
+            crate::reactor::codec::decode_all(&mut crate::reactor::codec::Decoder::default(), &out)
+                .expect("the server writes valid frames");
+        assert_eq!(used, out.len());
+        assert!(!frames.is_empty(), "every input gets an answer");
+        for f in &frames {
+            let resp: Response = wire::decode(f).expect("the server writes valid responses");
+            match resp.body {
+                ResponseBody::Welcome { .. } => ready[c] = true,
+                ResponseBody::SearchResults { hits, .. } => assert!(hits.len() <= 8),
+                _ => {}
+            }
+        }
+        if verdict != Verdict::Continue {
+            server.close(conn, &CloseReason::Local);
+            (open[c], ready[c]) = (false, false);
+        }
+        let stats = server.current_stats();
+        assert_eq!(
+            stats.connections,
+            open.iter().filter(|o| **o).count() as u64
+        );
+        assert_eq!(stats.peers, ready.iter().filter(|r| **r).count() as u64);
+    }
+    for (c, _) in open.iter().enumerate().filter(|(_, o)| **o) {
+        server.close(ConnId(c * 7 + 1), &CloseReason::Eof);
+    }
+    let stats = server.current_stats();
+    assert_eq!((stats.connections, stats.peers), (0, 0));
+    assert_eq!(server.index().file_count(), 0);
+    assert_eq!(server.index().entry_count(), 0);
+}
+
+/// Turns fuzzer bytes into requests for [`fuzz_sessions`]: small hash and size spaces so that
+/// collisions (same hash from two peers, conflicting sizes) are common.
+mod fuzz_script {
+    use crate::wire::{FileEntry, FileHash, LookupKey, RequestBody, PROTOCOL_VERSION};
+
+    const NAMES: [&str; 8] = [
+        "a",
+        "Zebra_Crossing-Live 1999.flac",
+        "a\r\r\nb",
+        "",
+        "ünïcødé 名前.txt",
+        "x y z x",
+        "..",
+        "zebra",
+    ];
+
+    pub struct Script<'a>(pub &'a [u8]);
+
+    impl<'a> Script<'a> {
+        pub fn byte(&mut self) -> Option<u8> {
+            let (&b, rest) = self.0.split_first()?;
+            self.0 = rest;
+            Some(b)
+        }
+
+        fn b(&mut self) -> u8 {
+            self.byte().unwrap_or(0)
+        }
+
+        pub fn bytes(&mut self, n: usize) -> &'a [u8] {
+            let (head, rest) = self.0.split_at(n.min(self.0.len()));
+            self.0 = rest;
+            head
+        }
+
+        fn hash(&mut self) -> FileHash {
+            let mut h = [0u8; 32];
+            h[0] = self.b() % 16;
+            h[31] = 0x5a;
+            FileHash(h)
+        }
+
+        fn text(&mut self) -> String {
+            let b = self.b();
+            if b & 0x80 != 0 {
+                let n = usize::from(b & 0x3f);
+                String::from_utf8_lossy(self.bytes(n)).into_owned()
+            } else {
+                NAMES[usize::from(b) % NAMES.len()].to_string()
+            }
+        }
+
+        pub fn request(&mut self) -> RequestBody {
+            match self.b() % 9 {
+                0 => {
+                    let v = self.b();
+                    RequestBody::Hello {
+                        version: if v == 0xff { 99 } else { PROTOCOL_VERSION },
+                        listen_port: u16::from(v % 4) * 1000,
+                        agent: self.text(),
+                    }
+                }
+                1 | 2 => {
+                    let n = usize::from(self.b() % 24);
+                    let files = (0..n)
+                        .map(|_| FileEntry {
+                            hash: self.hash(),
+                            size: u64::from(self.b() % 4),
+                            name: self.text(),
+                        })
+                        .collect();
+                    RequestBody::Register { files }
+                }
+                3 => {
+                    let n = usize::from(self.b() % 8);
+                    let hashes = (0..n).map(|_| self.hash()).collect();
+                    RequestBody::Unregister { hashes }
+                }
+                4 => RequestBody::Search {
+                    query: self.text(),
+                    limit: u32::from(self.b()),
+                },
+                5 => {
+                    let key = match self.b() % 3 {
+                        0 => LookupKey::Hash(self.hash()),
+                        1 => {
+                            let hex = self.hash().to_hex();
+                            let n = usize::from(self.b() % 70);
+                            LookupKey::HashPrefix(hex[..n.min(64)].to_string())
+                        }
+                        _ => LookupKey::Name(self.text()),
+                    };
+                    RequestBody::Lookup { key }
+                }
+                6 => RequestBody::Ping,
+                7 => RequestBody::Stats,
+                _ => RequestBody::Bye,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

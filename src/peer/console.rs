@@ -160,6 +160,49 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     }
 }
 
+/// Fuzzing entry point (`fuzz/fuzz_targets/console.rs`): parses every line of `data`. Parsing
+/// never panics, surrounding blanks change nothing, and whatever is printed back (errors,
+/// targets) is one line without control characters.
+#[doc(hidden)]
+pub fn fuzz_parse(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    for line in text.split('\n') {
+        let parsed = parse(line);
+        assert_eq!(parse(&format!(" \t{line}  ")), parsed);
+        let printable = |s: &str| !s.chars().any(char::is_control);
+        match parsed {
+            Ok(None) => {}
+            Err(e) => assert!(printable(&e.0), "{e:?}"),
+            Ok(Some(cmd)) => {
+                let target = match &cmd {
+                    Command::Search(words) => {
+                        assert!(!words.is_empty());
+                        None
+                    }
+                    Command::Get { target, holder } => {
+                        assert_ne!(*holder, Some(0));
+                        Some(target)
+                    }
+                    Command::Lookup(t) | Command::Unregister(t) => Some(t),
+                    Command::Register(paths) => {
+                        assert!(paths.iter().all(|p| !p.is_empty()));
+                        None
+                    }
+                    _ => None,
+                };
+                if let Some(t) = target {
+                    assert!(printable(&t.to_string()), "{t:?}");
+                    match t {
+                        Target::Name(n) => assert!(!n.is_empty() && n.trim() == n),
+                        Target::HashPrefix(p) => assert!(wire::is_hex_prefix(p)),
+                        Target::Hash(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -252,6 +252,86 @@ pub fn decode_all(decoder: &mut Decoder, buf: &[u8]) -> Result<(Vec<Vec<u8>>, us
     Ok((frames, at))
 }
 
+/// Fuzzing entry point (`fuzz/fuzz_targets/codec.rs`): decodes `data` in arbitrary chunks and
+/// checks that the chunking changes nothing and that every frame re-encodes to its own bytes.
+///
+/// The first byte picks the payload limit (small ones make `TooLarge` reachable), the second
+/// seeds the chunk sizes; the rest is the stream.
+#[doc(hidden)]
+pub fn fuzz_chunks(data: &[u8]) {
+    let [limit, seed, stream @ ..] = data else {
+        return;
+    };
+    let max = [0, 1, 3, 16, 200, 4096, DEFAULT_MAX_FRAME_BYTES][*limit as usize % 7];
+    // The whole stream at once is the reference.
+    let mut whole = Decoder::new(max);
+    let expected = decode_all(&mut whole, stream);
+    if let Ok((frames, used)) = &expected {
+        // Canonical layout: the frames decoded are exactly the bytes consumed, re-encoded.
+        let mut again = Vec::new();
+        for f in frames {
+            assert!(f.len() <= max);
+            encode(f, &mut again);
+        }
+        assert_eq!(&again[..], &stream[..*used]);
+    }
+    // The same stream arriving in chunks, kept like the reactor keeps a partial frame.
+    let mut decoder = Decoder::new(max);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut frames = Vec::new();
+    let mut used_total = 0;
+    let mut error = None;
+    let mut at = 0;
+    let mut x = u32::from(*seed) | 1;
+    'feed: while at < stream.len() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let n = (1 + x as usize % 9).min(stream.len() - at);
+        pending.extend_from_slice(&stream[at..at + n]);
+        at += n;
+        loop {
+            match decoder.decode(&pending) {
+                Ok(Some(d)) => {
+                    assert!(d.payload.end + TERMINATOR.len() == d.consumed);
+                    assert!(d.consumed <= pending.len());
+                    frames.push(pending[d.payload].to_vec());
+                    pending.drain(..d.consumed);
+                    used_total += d.consumed;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(e);
+                    break 'feed;
+                }
+            }
+        }
+    }
+    match (expected, error) {
+        (Ok((want, used)), None) => {
+            assert_eq!(frames, want);
+            assert_eq!(used_total, used);
+        }
+        (Err(want), Some(got)) => {
+            assert_eq!(want, got);
+            assert_eq!(frames.len(), whole_frames_before_error(max, stream));
+        }
+        (want, got) => panic!("whole: {want:?}, chunked: {got:?}"),
+    }
+}
+
+/// How many frames precede the first error in `stream`.
+fn whole_frames_before_error(max: usize, stream: &[u8]) -> usize {
+    let mut decoder = Decoder::new(max);
+    let mut at = 0;
+    let mut n = 0;
+    while let Ok(Some(d)) = decoder.decode(&stream[at..]) {
+        at += d.consumed;
+        n += 1;
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
