@@ -66,6 +66,9 @@ fn run(flags: Flags) -> Result<(), String> {
         .canonicalize()
         .map_err(|e| format!("--downloads {}: {e}", downloads.display()))?;
     let _ = sys::raise_fd_limit();
+    // A full disk or a file-size limit must fail the download's write (the partial file is
+    // kept for resume), not kill the peer with SIGXFSZ.
+    let _ = sys::ignore_file_size_signal();
 
     let config = Config {
         max_frame_bytes: flags.max_frame_bytes,

@@ -1,6 +1,6 @@
 //! The only module with `unsafe`: thin wrappers over the few system calls std does not offer
-//! (`sendfile`, `setrlimit`, `sigwait`-based shutdown). Each block says why it is sound; each
-//! call has a safe fallback or a harmless failure mode.
+//! (`sendfile`, `setrlimit`, `sigwait`-based shutdown, ignoring SIGXFSZ). Each block says why
+//! it is sound; each call has a safe fallback or a harmless failure mode.
 
 use std::fs::File;
 use std::io;
@@ -71,6 +71,17 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     }
     #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
     Ok(lim.rlim_cur as u64)
+}
+
+/// Ignores SIGXFSZ, so a write past the file-size limit (`RLIMIT_FSIZE`) fails with `EFBIG`,
+/// an error the caller reports and survives, instead of the signal killing the process.
+pub fn ignore_file_size_signal() -> io::Result<()> {
+    // SAFETY: SIG_IGN is a valid disposition for SIGXFSZ; signal() only changes this process's
+    // signal table and no handler code runs.
+    if unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it spawns later)
