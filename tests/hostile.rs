@@ -1,0 +1,1155 @@
+//! Hostile input, overload and faults against the real `indexd` and `peer` binaries: garbage,
+//! floods, never-ending frames, thousands of idle and slowloris connections, the connection
+//! cap, absurd but well-formed requests, malicious holders, indexd killed under 100 peers, a
+//! downloader killed mid-transfer, a full disk. Each offender is closed, memory stays bounded
+//! and honest clients keep being served.
+//!
+//! `measure_connection_capacity` (ignored) is the measurement quoted in README's "Limits and
+//! security": `cargo test --release --test hostile -- --ignored --nocapture measure`.
+
+mod common;
+
+use common::{run_console, wait_for_holders, Client, Indexd, Input, ServingPeer, TempDir};
+use p2pshare::reactor::codec::Decoder;
+use p2pshare::wire::{
+    self, ErrorCode, FileEntry, FileHash, LookupKey, RequestBody, ResponseBody, TransferRequest,
+    TransferResponse, PROTOCOL_VERSION,
+};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Deterministic pseudo-random bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Resident memory of a process, in KiB.
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Raises this test process's open-files limit so it can hold thousands of sockets.
+fn raise_fds() -> u64 {
+    p2pshare::reactor::sys::raise_fd_limit().unwrap()
+}
+
+/// An honest peer: registered one file, and answers searches for it.
+struct Honest {
+    client: Client,
+    hash: FileHash,
+}
+
+impl Honest {
+    fn join(index: SocketAddr) -> Honest {
+        let (mut client, _) = Client::hello(index, 7777);
+        let hash = FileHash::of(b"honest bytes");
+        let files = vec![FileEntry {
+            hash,
+            size: 12,
+            name: "Honest_Abe-Live 1861.flac".into(),
+        }];
+        match client.call(RequestBody::Register { files }) {
+            ResponseBody::Registered { added: 1, .. } => {}
+            other => panic!("{other:?}"),
+        }
+        Honest { client, hash }
+    }
+
+    /// Searches for its own file; returns how long the answer took.
+    fn search(&mut self) -> Duration {
+        let t = Instant::now();
+        match self.client.call(RequestBody::Search {
+            query: "honest abe".into(),
+            limit: 0,
+        }) {
+            ResponseBody::SearchResults { hits, .. } => {
+                assert_eq!(hits.len(), 1);
+                assert_eq!(hits[0].hash, self.hash);
+            }
+            other => panic!("{other:?}"),
+        }
+        t.elapsed()
+    }
+
+    fn stats(&mut self) -> wire::ServerStats {
+        match self.client.call(RequestBody::Stats) {
+            ResponseBody::Stats(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Sends `bytes` (ignoring errors: the server may hang up first) and, with `then_eof`, closes
+/// the sending side; then reads until the server closes. Returns the frames it sent first.
+fn send_and_expect_close(addr: SocketAddr, bytes: &[u8], then_eof: bool) -> Vec<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(common::IO_TIMEOUT)).unwrap();
+    let _ = s.write_all(bytes);
+    if then_eof {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("server did not close the connection: {e} after {got:?}"),
+        }
+    }
+    let mut dec = Decoder::new(usize::MAX >> 1);
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Ok(Some(d)) = dec.decode(&got[at..]) {
+        frames.push(got[at + d.payload.start..at + d.payload.end].to_vec());
+        at += d.consumed;
+    }
+    frames
+}
+
+fn error_code(frame: &[u8]) -> ErrorCode {
+    match wire::decode::<wire::Response>(frame).unwrap().body {
+        ResponseBody::Error { code, .. } => code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn garbage_http_random_bytes_and_terminator_floods_close_only_the_offender() {
+    let indexd = Indexd::start(&[]);
+    let mut honest = Honest::join(indexd.addr);
+    // (what, bytes, whether the sender then closes its side). Each is closed by the server:
+    // complete garbage at once with an error frame saying why; a short incomplete "frame"
+    // (its first byte read as a length) when the sender gives up, or else by the idle
+    // timeout (see the slowloris test).
+    let http = b"GET /index.html HTTP/1.1\r\nHost: example.org\r\n\
+                 User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nAccept: */*\r\n\r\n";
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("http", http.to_vec(), false),
+        ("short http", b"GET / HTTP/1.0\r\n\r\n".to_vec(), true),
+        (
+            "text",
+            b"hello server, please share your files\n".to_vec(),
+            true,
+        ),
+        ("random", noise(256 << 10, 1), false),
+        ("terminators", b"\r\r\n".repeat(200_000), false),
+        ("zeros", vec![0u8; 1 << 20], false),
+        // A valid frame holding garbage: the request does not decode.
+        ("junk frame", common::frame(&noise(1000, 2)), false),
+        // A request frame with a broken terminator.
+        (
+            "bad terminator",
+            {
+                let mut v = Vec::new();
+                wire::encode_frame(
+                    &wire::Request {
+                        id: 1,
+                        body: RequestBody::Ping,
+                    },
+                    &mut v,
+                );
+                let n = v.len();
+                v[n - 1] = b'X';
+                v
+            },
+            false,
+        ),
+    ];
+    for (what, bytes, then_eof) in cases {
+        let frames = send_and_expect_close(indexd.addr, &bytes, then_eof);
+        if !then_eof {
+            // The server said why (one error frame) before closing.
+            assert!(
+                !frames.is_empty(),
+                "{what}: no error frame before the close"
+            );
+            let code = error_code(&frames[frames.len() - 1]);
+            assert!(
+                matches!(
+                    code,
+                    ErrorCode::BadFrame | ErrorCode::Malformed | ErrorCode::NotReady
+                ),
+                "{what}: {code:?}"
+            );
+        }
+        assert!(honest.search() < Duration::from_secs(1), "{what}");
+    }
+    let stats = honest.stats();
+    assert_eq!((stats.connections, stats.peers, stats.files), (1, 1, 1));
+}
+
+#[test]
+fn never_ending_frames_are_cut_off_and_memory_stays_bounded() {
+    let indexd = Indexd::start(&[]);
+    let mut honest = Honest::join(indexd.addr);
+    let pid = indexd.child.id();
+    let before = vm_rss_kib(pid);
+    const TOTAL: usize = 32 << 20;
+    // Three shapes of endless frame, four connections each, at once: a header declaring the
+    // largest allowed payload followed by more than that; plain letters (a small length, then
+    // no terminator); an endless length header.
+    let mut writers = Vec::new();
+    for shape in 0..3u8 {
+        for _ in 0..4 {
+            let addr = indexd.addr;
+            writers.push(std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut first = match shape {
+                    // LEB128 of 1 MiB (the default limit): 0x80 0x80 0x40.
+                    0 => vec![0x80, 0x80, 0x40],
+                    1 => Vec::new(),
+                    _ => vec![0x80; 4],
+                };
+                let fill = if shape == 2 { 0x80 } else { b'A' };
+                first.resize(64 << 10, fill);
+                let chunk = vec![fill; 64 << 10];
+                let mut sent = 0;
+                let mut buf = &first[..];
+                while sent < TOTAL {
+                    match s.write(buf) {
+                        Ok(n) => sent += n,
+                        Err(_) => return sent,
+                    }
+                    buf = &chunk[..];
+                }
+                sent
+            }));
+        }
+    }
+    for w in writers {
+        let sent = w.join().unwrap();
+        assert!(
+            sent < TOTAL,
+            "a never-ending frame was read to its end ({sent} bytes)"
+        );
+    }
+    let after = vm_rss_kib(pid);
+    eprintln!("never-ending frames: indexd VmRSS {before} KiB -> {after} KiB");
+    assert!(
+        after < before + (64 << 10),
+        "memory grew from {before} KiB to {after} KiB"
+    );
+    assert!(honest.search() < Duration::from_secs(1));
+    let stats = honest.stats();
+    assert_eq!(stats.connections, 1, "{stats:?}");
+}
+
+#[test]
+fn idle_connections_and_slowloris_writers_are_reclaimed_while_honest_peers_are_served() {
+    raise_fds();
+    let indexd = Indexd::start(&["--idle-timeout", "1"]);
+    let mut honest = Honest::join(indexd.addr);
+    const IDLE: usize = 3000;
+    const SLOW: usize = 50;
+    let start = Instant::now();
+    // The honest peer searches while they connect: that also keeps it under the idle timeout.
+    let mut worst = Duration::ZERO;
+    let mut idle: Vec<TcpStream> = (0..IDLE)
+        .map(|i| {
+            if i % 100 == 0 {
+                worst = worst.max(honest.search());
+            }
+            TcpStream::connect(indexd.addr).unwrap()
+        })
+        .collect();
+    // Slowloris: a frame header announcing 100 bytes, then one byte now and then. Partial
+    // frames are not activity, so the idle timeout reclaims these too.
+    let mut slow: Vec<TcpStream> = (0..SLOW)
+        .map(|_| {
+            let mut s = TcpStream::connect(indexd.addr).unwrap();
+            s.write_all(&[100]).unwrap();
+            s
+        })
+        .collect();
+    let opened = start.elapsed();
+    // While they are all there (and the slow ones keep dribbling), the honest peer is answered
+    // promptly; it searches every 100 ms.
+    let mut peak = 0;
+    let mut slow_cut;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        worst = worst.max(honest.search());
+        let stats = honest.stats();
+        peak = peak.max(stats.connections);
+        slow_cut = 0;
+        for s in &mut slow {
+            if s.write_all(b"x").is_err() {
+                slow_cut += 1;
+            }
+        }
+        if stats.connections == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections not reclaimed: {stats:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reclaimed = start.elapsed();
+    eprintln!(
+        "{IDLE} idle + {SLOW} slowloris connections: opened in {opened:?}, peak {peak} \
+         connections, all reclaimed after {reclaimed:?}; worst honest search {worst:?}"
+    );
+    assert!(peak >= (IDLE + SLOW) as u64 / 2, "peak {peak}");
+    assert!(
+        worst < Duration::from_millis(500),
+        "honest search took {worst:?}"
+    );
+    // The server closed them: reads see EOF (idle) and writes fail (slowloris, eventually).
+    for s in idle.iter_mut().step_by(100) {
+        s.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+        let mut b = [0u8; 16];
+        assert!(matches!(s.read(&mut b), Ok(0) | Err(_)));
+    }
+    for _ in 0..20 {
+        if slow_cut == SLOW {
+            break;
+        }
+        slow_cut = slow
+            .iter_mut()
+            .filter_map(|s| s.write_all(b"x").err())
+            .count();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(slow_cut, SLOW, "slowloris writers still connected");
+    assert!(honest.search() < Duration::from_millis(500));
+}
+
+#[test]
+fn at_max_connections_new_ones_are_refused_with_busy_and_the_loop_keeps_serving() {
+    let indexd = Indexd::start(&["--max-connections", "20"]);
+    let mut honest = Honest::join(indexd.addr);
+    let holders: Vec<Client> = (0..19).map(|i| Client::hello(indexd.addr, i).0).collect();
+    let t = Instant::now();
+    let mut worst = Duration::ZERO;
+    for i in 0..300 {
+        let mut c = Client::connect(indexd.addr);
+        match c.recv() {
+            Some(r) => match r.body {
+                ResponseBody::Error {
+                    code: ErrorCode::Busy,
+                    ..
+                } => {}
+                other => panic!("{other:?}"),
+            },
+            None => panic!("refused connection {i} closed without a busy frame"),
+        }
+        assert!(c.is_closed_by_server());
+        if i % 30 == 0 {
+            worst = worst.max(honest.search());
+        }
+    }
+    eprintln!(
+        "300 connections refused at the cap in {:?}; worst honest search {worst:?}",
+        t.elapsed()
+    );
+    assert!(worst < Duration::from_millis(500));
+    assert_eq!(honest.stats().connections, 20);
+    // Room again once someone leaves.
+    drop(holders);
+    let deadline = Instant::now() + common::IO_TIMEOUT;
+    while honest.stats().connections > 1 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (mut c, _) = Client::hello(indexd.addr, 1);
+    assert_eq!(c.call(RequestBody::Ping), ResponseBody::Pong);
+}
+
+#[test]
+fn absurd_but_well_formed_requests_are_answered_and_harm_no_one() {
+    let indexd = Indexd::start(&[]);
+    let mut honest = Honest::join(indexd.addr);
+
+    // A register batch as big as the 1 MiB frame limit allows.
+    let (mut bulk, _) = Client::hello(indexd.addr, 9001);
+    let n = 20_000u32;
+    let files: Vec<FileEntry> = (0..n)
+        .map(|i| {
+            let mut h = [0u8; 32];
+            h[..4].copy_from_slice(&i.to_le_bytes());
+            h[31] = 0xb1;
+            FileEntry {
+                hash: FileHash(h),
+                size: u64::from(i),
+                name: format!("bulk {i:05}.dat"),
+            }
+        })
+        .collect();
+    let payload = wire::to_payload(&wire::Request {
+        id: 1,
+        body: RequestBody::Register {
+            files: files.clone(),
+        },
+    });
+    assert!(payload.len() < 1 << 20 && payload.len() > 900 << 10);
+    let t = Instant::now();
+    match bulk.call(RequestBody::Register { files }) {
+        ResponseBody::Registered {
+            added, rejected, ..
+        } => assert_eq!((added, rejected), (n, 0)),
+        other => panic!("{other:?}"),
+    }
+    eprintln!(
+        "register of {n} files in one {} KiB frame: {:?}",
+        payload.len() >> 10,
+        t.elapsed()
+    );
+    match bulk.call(RequestBody::Search {
+        query: "bulk".into(),
+        limit: u32::MAX,
+    }) {
+        // The server caps the result count whatever the client asks.
+        ResponseBody::SearchResults { hits, truncated } => {
+            assert_eq!(hits.len(), 100);
+            assert!(truncated);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Empty, enormous and control-character names: the first two are refused, the last is a
+    // legal Linux name and is indexed (and found by exact name).
+    let odd = "bell\u{7}\u{1b}[31mred\r\r\nline".to_string();
+    let files = vec![
+        FileEntry {
+            hash: FileHash::of(b"empty name"),
+            size: 1,
+            name: String::new(),
+        },
+        FileEntry {
+            hash: FileHash::of(b"enormous name"),
+            size: 1,
+            name: "n".repeat(64 << 10),
+        },
+        FileEntry {
+            hash: FileHash::of(b"odd name"),
+            size: 1,
+            name: odd.clone(),
+        },
+    ];
+    match bulk.call(RequestBody::Register { files }) {
+        ResponseBody::Registered {
+            added, rejected, ..
+        } => assert_eq!((added, rejected), (1, 2)),
+        other => panic!("{other:?}"),
+    }
+    match bulk.call(RequestBody::Lookup {
+        key: LookupKey::Name(odd),
+    }) {
+        ResponseBody::Holders { files } => assert_eq!(files.len(), 1),
+        other => panic!("{other:?}"),
+    }
+
+    // A huge query of 100,000 words, within the frame limit: answered, and quickly.
+    let query = "bulk ".repeat(100_000);
+    let t = Instant::now();
+    match bulk.call(RequestBody::Search { query, limit: 10 }) {
+        ResponseBody::SearchResults { .. } | ResponseBody::Error { .. } => {}
+        other => panic!("{other:?}"),
+    }
+    let slow_query = t.elapsed();
+    eprintln!("search of 100,000 words: {slow_query:?}");
+    assert!(slow_query < Duration::from_secs(2), "{slow_query:?}");
+
+    // Unregister of hashes this peer never registered: someone else's and unknown ones.
+    let (mut thief, _) = Client::hello(indexd.addr, 9002);
+    let mut hashes = vec![honest.hash];
+    hashes.extend((0..1000u32).map(|i| FileHash::of(&i.to_le_bytes())));
+    match thief.call(RequestBody::Unregister { hashes }) {
+        ResponseBody::Unregistered { removed, total } => assert_eq!((removed, total), (0, 0)),
+        other => panic!("{other:?}"),
+    }
+    assert!(honest.search() < Duration::from_secs(1));
+
+    // Lookups of unknown hashes, prefixes and names: NotFound (or Invalid), connection kept.
+    for key in [
+        LookupKey::Hash(FileHash([0x42; 32])),
+        LookupKey::HashPrefix("deadbeefdeadbeef".into()),
+        LookupKey::HashPrefix("xyz".into()),
+        LookupKey::Name("no such file".into()),
+        LookupKey::Name(String::new()),
+    ] {
+        match thief.call(RequestBody::Lookup { key: key.clone() }) {
+            ResponseBody::Error {
+                code: ErrorCode::NotFound | ErrorCode::Invalid,
+                ..
+            } => {}
+            other => panic!("{key:?}: {other:?}"),
+        }
+    }
+    assert_eq!(thief.call(RequestBody::Ping), ResponseBody::Pong);
+
+    // A peer announcing port 0 serves nothing: it may search but not register.
+    let (mut portless, observed) = Client::hello(indexd.addr, 0);
+    assert_eq!(observed.port(), 0);
+    let files = vec![FileEntry {
+        hash: FileHash::of(b"portless"),
+        size: 8,
+        name: "portless.txt".into(),
+    }];
+    match portless.call(RequestBody::Register { files }) {
+        ResponseBody::Error {
+            code: ErrorCode::Invalid,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        portless.call(RequestBody::Search {
+            query: "honest".into(),
+            limit: 0
+        }),
+        ResponseBody::SearchResults { .. }
+    ));
+
+    // A second hello on a ready session is refused and closes only that session.
+    let (mut twice, _) = Client::hello(indexd.addr, 9003);
+    match twice.call(RequestBody::Hello {
+        version: PROTOCOL_VERSION,
+        listen_port: 1,
+        agent: String::new(),
+    }) {
+        ResponseBody::Error {
+            code: ErrorCode::NotReady,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(twice.is_closed_by_server());
+
+    // Everyone's entries are still there; the bulk peer's go when it leaves.
+    let stats = honest.stats();
+    assert_eq!(stats.files, 1 + u64::from(n) + 1, "{stats:?}");
+    drop(bulk);
+    let deadline = Instant::now() + common::IO_TIMEOUT;
+    while honest.stats().files != 1 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(honest.search() < Duration::from_secs(1));
+}
+
+/// The file-server address of the only holder of `hash`.
+fn holder_of(index: SocketAddr, hash: FileHash) -> SocketAddr {
+    let (mut c, _) = Client::hello(index, 0);
+    match c.call(RequestBody::Lookup {
+        key: LookupKey::Hash(hash),
+    }) {
+        ResponseBody::Holders { files } => files[0].holders[0],
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Sends one Get to a holder; returns its answer and the raw bytes that followed until close.
+fn get(
+    holder: SocketAddr,
+    version: u16,
+    hash: FileHash,
+    offset: u64,
+) -> (TransferResponse, Vec<u8>) {
+    let mut s = TcpStream::connect(holder).unwrap();
+    s.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+    let mut out = Vec::new();
+    wire::encode_frame(
+        &TransferRequest::Get {
+            version,
+            hash,
+            offset,
+        },
+        &mut out,
+    );
+    s.write_all(&out).unwrap();
+    let mut buf = Vec::new();
+    let mut dec = Decoder::default();
+    let mut chunk = [0u8; 65536];
+    loop {
+        if let Some(d) = dec.decode(&buf).unwrap() {
+            let resp: TransferResponse = wire::decode(&buf[d.payload.clone()]).unwrap();
+            let mut rest = buf[d.consumed..].to_vec();
+            if let TransferResponse::Sending { size, offset, .. } = resp {
+                while (rest.len() as u64) < size - offset {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            } else {
+                // An error answer is followed by the holder closing the connection.
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => {}
+                    Ok(n) => panic!("{n} bytes after an error answer"),
+                }
+            }
+            return (resp, rest);
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => panic!("holder closed without answering"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("holder did not answer: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_holder_refuses_unknown_hashes_bad_offsets_and_garbage_and_still_serves() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("holder");
+    let a = tmp.sub("a");
+    let bytes = noise(100_000, 3);
+    let h = FileHash::of(&bytes);
+    std::fs::write(a.join("served.bin"), &bytes).unwrap();
+    let _holder = ServingPeer::start(&a, indexd.addr);
+    wait_for_holders(indexd.addr, h, 1);
+    let addr = holder_of(indexd.addr, h);
+
+    let refused = |resp: TransferResponse, want: ErrorCode| match resp {
+        TransferResponse::Error { code, .. } => assert_eq!(code, want),
+        other => panic!("{other:?}"),
+    };
+    // A hash it never registered (a path-like guess cannot be expressed at all).
+    refused(
+        get(addr, PROTOCOL_VERSION, FileHash([7; 32]), 0).0,
+        ErrorCode::NotFound,
+    );
+    // Past the end.
+    refused(
+        get(addr, PROTOCOL_VERSION, h, 100_001).0,
+        ErrorCode::Invalid,
+    );
+    refused(
+        get(addr, PROTOCOL_VERSION, h, u64::MAX).0,
+        ErrorCode::Invalid,
+    );
+    // Another protocol version.
+    refused(get(addr, 999, h, 0).0, ErrorCode::VersionMismatch);
+    // Garbage and HTTP are closed.
+    for bytes in [
+        noise(10_000, 4),
+        b"GET /etc/passwd HTTP/1.0\r\n\r\n".to_vec(),
+    ] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+        let _ = s.write_all(&bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        match s.read_to_end(&mut sink) {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        }
+    }
+    // Exactly at the end: an empty answer.
+    let (resp, rest) = get(addr, PROTOCOL_VERSION, h, 100_000);
+    assert!(matches!(
+        resp,
+        TransferResponse::Sending {
+            size: 100_000,
+            offset: 100_000,
+            ..
+        }
+    ));
+    assert!(rest.is_empty());
+    // And the honest request is served in full.
+    let (resp, rest) = get(addr, PROTOCOL_VERSION, h, 0);
+    assert!(matches!(
+        resp,
+        TransferResponse::Sending {
+            size: 100_000,
+            offset: 0,
+            ..
+        }
+    ));
+    assert!(rest == bytes);
+}
+
+/// How a fake holder misbehaves (tests/peer.rs covers dying, wrong bytes, too many bytes,
+/// hanging and hostile names).
+#[derive(Clone, Copy, Debug)]
+enum Fake {
+    /// Claims a different size in its header.
+    WrongSize,
+    /// Sends from another offset than asked.
+    WrongOffset,
+    /// Answers with garbage instead of a frame.
+    Garbage,
+    /// Answers with an error frame.
+    Refuses,
+    /// Sends a frame that is not a transfer response.
+    NotAResponse,
+    /// Sends half the bytes, then stalls with the connection open.
+    HalfThenStall,
+}
+
+/// A fake holder registered in the index as holding `entry`, misbehaving as told. Returns its
+/// address and the index session that keeps its entry alive.
+fn fake_holder(
+    index: SocketAddr,
+    entry: FileEntry,
+    bytes: Vec<u8>,
+    how: Fake,
+) -> (SocketAddr, Client) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (mut session, observed) = Client::hello(index, port);
+    match session.call(RequestBody::Register { files: vec![entry] }) {
+        ResponseBody::Registered { added: 1, .. } => {}
+        other => panic!("{other:?}"),
+    }
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let bytes = bytes.clone();
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut buf = Vec::new();
+                let mut dec = Decoder::default();
+                let req: TransferRequest = loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Ok(Some(d)) = dec.decode(&buf) {
+                        break wire::decode(&buf[d.payload]).unwrap();
+                    }
+                };
+                let TransferRequest::Get { offset, .. } = req;
+                let size = bytes.len() as u64;
+                let header = |size: u64, offset: u64| {
+                    let mut out = Vec::new();
+                    wire::encode_frame(
+                        &TransferResponse::Sending {
+                            name: "fake.bin".into(),
+                            size,
+                            offset,
+                        },
+                        &mut out,
+                    );
+                    out
+                };
+                let rest = &bytes[offset as usize..];
+                let mut out = match how {
+                    Fake::WrongSize => header(size * 2, offset),
+                    Fake::WrongOffset => header(size, offset + 1),
+                    Fake::Garbage => noise(5000, 9),
+                    Fake::Refuses => {
+                        let mut out = Vec::new();
+                        wire::encode_frame(
+                            &TransferResponse::Error {
+                                code: ErrorCode::Io,
+                                message: "no".into(),
+                            },
+                            &mut out,
+                        );
+                        out
+                    }
+                    Fake::NotAResponse => common::frame(b"\x09\x09\x09"),
+                    Fake::HalfThenStall => header(size, offset),
+                };
+                match how {
+                    Fake::WrongSize | Fake::WrongOffset => out.extend_from_slice(rest),
+                    Fake::HalfThenStall => out.extend_from_slice(&rest[..rest.len() / 2]),
+                    _ => {}
+                }
+                let _ = s.write_all(&out);
+                // Keep the connection open; the downloader must not wait on it forever.
+                std::thread::sleep(Duration::from_secs(30));
+            });
+        }
+    });
+    (observed, session)
+}
+
+/// The 1-based position of `addr` among the holders the index lists for `hash`.
+fn holder_number(index: SocketAddr, hash: FileHash, addr: SocketAddr) -> usize {
+    let (mut c, _) = Client::hello(index, 0);
+    match c.call(RequestBody::Lookup {
+        key: LookupKey::Hash(hash),
+    }) {
+        ResponseBody::Holders { files } => {
+            files[0].holders.iter().position(|h| *h == addr).unwrap() + 1
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Names in `dir` other than dotfiles (partials, the hash cache).
+fn visible_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn malicious_holders_are_dropped_for_the_next_one() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("malicious");
+    let a = tmp.sub("a");
+    let bytes = noise(1 << 20, 11);
+    let h = FileHash::of(&bytes);
+    std::fs::write(a.join("real.bin"), &bytes).unwrap();
+    let entry = FileEntry {
+        hash: h,
+        size: bytes.len() as u64,
+        name: "real.bin".into(),
+    };
+    let _real = ServingPeer::start(&a, indexd.addr);
+    wait_for_holders(indexd.addr, h, 1);
+    for how in [
+        Fake::WrongSize,
+        Fake::WrongOffset,
+        Fake::Garbage,
+        Fake::Refuses,
+        Fake::NotAResponse,
+    ] {
+        let (fake, session) = fake_holder(indexd.addr, entry.clone(), bytes.clone(), how);
+        wait_for_holders(indexd.addr, h, 2);
+        let n = holder_number(indexd.addr, h, fake);
+        let b = tmp.sub(&format!("{how:?}"));
+        let t = Instant::now();
+        let run = run_console(
+            &b,
+            indexd.addr,
+            &[],
+            Input::Pipe(&format!("get {h} {n}\n")),
+            LIMIT,
+        );
+        assert!(run.success, "{how:?}: {run:?}");
+        assert!(run.stdout.contains("saved "), "{how:?}: {run:?}");
+        assert!(
+            std::fs::read(b.join("real.bin")).unwrap() == bytes,
+            "{how:?}"
+        );
+        assert_eq!(visible_names(&b), vec!["real.bin".to_string()], "{how:?}");
+        // Dropped at once, not after the 15 s stall timeout.
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{how:?}: {:?}",
+            t.elapsed()
+        );
+        drop(session);
+    }
+}
+
+/// The partial file a download of `hash` writes into `dir`.
+fn part_path(dir: &Path, hash: FileHash) -> std::path::PathBuf {
+    dir.join(format!(".{hash}.p2pshare-part"))
+}
+
+#[test]
+fn a_downloader_killed_mid_transfer_resumes_from_its_partial_file() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("killed");
+    let a = tmp.sub("a");
+    let b = tmp.sub("b");
+    let bytes = noise(2 << 20, 12);
+    let h = FileHash::of(&bytes);
+    let entry = FileEntry {
+        hash: h,
+        size: bytes.len() as u64,
+        name: "resumed.bin".into(),
+    };
+    // The only holder at first sends half, then stalls: the transfer is reliably "mid".
+    let (_fake, session) = fake_holder(indexd.addr, entry, bytes.clone(), Fake::HalfThenStall);
+    let mut downloader = Command::new(env!("CARGO_BIN_EXE_peer"))
+        .arg("--share")
+        .arg(&b)
+        .args([
+            "--index",
+            &indexd.addr.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Stdin stays open: the peer waits on the stalled holder until it is killed.
+    downloader
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(format!("get {h}\n").as_bytes())
+        .unwrap();
+    let part = part_path(&b, h);
+    let deadline = Instant::now() + LIMIT;
+    while std::fs::metadata(&part).map_or(0, |m| m.len()) < (1 << 20) {
+        assert!(Instant::now() < deadline, "no partial file appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    downloader.kill().unwrap();
+    downloader.wait().unwrap();
+    assert_eq!(std::fs::metadata(&part).unwrap().len(), 1 << 20);
+    assert!(!b.join("resumed.bin").exists());
+    // The fake leaves; a real holder appears; the restarted downloader resumes.
+    drop(session);
+    std::fs::write(a.join("resumed.bin"), &bytes).unwrap();
+    let _real = ServingPeer::start(&a, indexd.addr);
+    wait_for_holders(indexd.addr, h, 1);
+    let run = run_console(
+        &b,
+        indexd.addr,
+        &[],
+        Input::Pipe(&format!("get {h}\n")),
+        LIMIT,
+    );
+    assert!(
+        run.stderr.contains("resuming resumed.bin at 1048576"),
+        "{run:?}"
+    );
+    assert!(std::fs::read(b.join("resumed.bin")).unwrap() == bytes);
+    assert!(!part.exists());
+}
+
+#[test]
+fn a_full_disk_fails_the_download_clearly_and_keeps_the_partial_for_resume() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("diskfull");
+    let a = tmp.sub("a");
+    let b = tmp.sub("b");
+    let bytes = noise(3 << 20, 13);
+    let h = FileHash::of(&bytes);
+    std::fs::write(a.join("big.bin"), &bytes).unwrap();
+    let _holder = ServingPeer::start(&a, indexd.addr);
+    wait_for_holders(indexd.addr, h, 1);
+    // The downloader may write files of at most 1 MiB: its write fails with EFBIG (it ignores
+    // SIGXFSZ, which would otherwise kill it) as on a full disk.
+    let limit = 1u64 << 20;
+    let mut child = Command::new("prlimit")
+        .arg(format!("--fsize={limit}"))
+        .arg(env!("CARGO_BIN_EXE_peer"))
+        .arg("--share")
+        .arg(&b)
+        .args([
+            "--index",
+            &indexd.addr.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prlimit (util-linux) runs the peer with a file-size limit");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("get {h}\nstatus\n").as_bytes())
+        .unwrap();
+    let out = wait_output(child, LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stderr.contains("cannot write the download") && stderr.contains("kept for resume"),
+        "stderr: {stderr}"
+    );
+    // The status after the failure still runs: the peer survived.
+    assert!(stdout.contains("index: connected"), "stdout: {stdout}");
+    assert!(!stdout.contains("saved "), "stdout: {stdout}");
+    assert!(
+        !b.join("big.bin").exists(),
+        "a truncated file under the final name"
+    );
+    assert_eq!(std::fs::metadata(part_path(&b, h)).unwrap().len(), limit);
+    // Room again: the next run resumes where the disk filled up.
+    let run = run_console(
+        &b,
+        indexd.addr,
+        &[],
+        Input::Pipe(&format!("get {h}\n")),
+        LIMIT,
+    );
+    assert!(
+        run.stderr.contains("resuming big.bin at 1048576"),
+        "{run:?}"
+    );
+    assert!(std::fs::read(b.join("big.bin")).unwrap() == bytes);
+}
+
+/// Waits for a child with piped stdout/stderr, killing it after `limit`.
+fn wait_output(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("process did not finish in {limit:?}: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn indexd_killed_under_100_peers_gets_everything_back_after_restart() {
+    const PEERS: usize = 100;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut indexd = Indexd::start_on(&listen, &[]);
+    let tmp = TempDir::new("restart100");
+    let peers: Vec<ServingPeer> = (0..PEERS)
+        .map(|i| {
+            let dir = tmp.sub(&format!("p{i}"));
+            std::fs::write(dir.join(format!("fault {i:03}.txt")), format!("peer {i}")).unwrap();
+            ServingPeer::start(&dir, indexd.addr)
+        })
+        .collect();
+    let all_seen = |index: SocketAddr, limit: Duration| -> Duration {
+        let t = Instant::now();
+        let (mut c, _) = Client::hello(index, 0);
+        loop {
+            let stats = match c.call(RequestBody::Stats) {
+                ResponseBody::Stats(s) => s,
+                other => panic!("{other:?}"),
+            };
+            if stats.files == PEERS as u64 {
+                match c.call(RequestBody::Search {
+                    query: "fault".into(),
+                    limit: 0,
+                }) {
+                    ResponseBody::SearchResults { hits, .. } if hits.len() == PEERS => {
+                        return t.elapsed()
+                    }
+                    _ => {}
+                }
+            }
+            assert!(
+                t.elapsed() < limit,
+                "only {} of {PEERS} files: {stats:?}",
+                stats.files
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let first = all_seen(indexd.addr, LIMIT);
+    indexd.child.kill().unwrap();
+    indexd.child.wait().unwrap();
+    let t = Instant::now();
+    let indexd = Indexd::start_on(&listen, &[]);
+    let again = all_seen(indexd.addr, LIMIT);
+    let total = t.elapsed();
+    eprintln!(
+        "{PEERS} peers: all registered {first:?} after start; after SIGKILL and restart, \
+         all re-registered and searchable in {total:?} ({again:?} after indexd was up)"
+    );
+    assert!(total < LIMIT);
+    drop(peers);
+}
+
+#[test]
+fn fuzz_seed_corpora_replay_cleanly() {
+    // The committed seeds (fuzz/corpus/TARGET/seed-*) through the same helpers the fuzz
+    // targets call, so the helpers themselves stay correct without cargo-fuzz.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    type Helper = fn(&[u8]);
+    let targets: [(&str, Helper); 5] = [
+        ("codec", p2pshare::reactor::codec::fuzz_chunks),
+        ("wire", p2pshare::wire::fuzz_decode),
+        ("index_server", p2pshare::index::server::fuzz_sessions),
+        ("console", p2pshare::peer::console::fuzz_parse),
+        ("sanitize", p2pshare::peer::names::fuzz_sanitize),
+    ];
+    for (target, run) in targets {
+        let mut n = 0;
+        for e in std::fs::read_dir(root.join(target)).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("seed-") {
+                run(&std::fs::read(e.path()).unwrap());
+                n += 1;
+            }
+        }
+        assert!(n >= 10, "{target}: only {n} seeds");
+    }
+}
+
+/// Measures how many idle connections one indexd holds while an honest client's lookups stay
+/// fast: opens hello'd connections in steps and times 2,000 lookups at each step. Quoted in
+/// README ("Limits and security"). Run with
+/// `cargo test --release --test hostile -- --ignored --nocapture measure`.
+#[test]
+#[ignore]
+fn measure_connection_capacity() {
+    let fds = raise_fds();
+    let steps = [1_000usize, 5_000, 10_000, 15_000, 19_000];
+    let indexd = Indexd::start(&["--max-connections", "19500", "--idle-timeout", "0"]);
+    let pid = indexd.child.id();
+    let mut honest = Honest::join(indexd.addr);
+    let hash = honest.hash;
+    let mut held: Vec<Client> = Vec::new();
+    println!(
+        "fd limit {fds}; indexd VmRSS at start {} KiB",
+        vm_rss_kib(pid)
+    );
+    println!("| connections | lookup p50 | p99 | max | indexd VmRSS |");
+    println!("|---|---|---|---|---|");
+    for &n in &steps {
+        if n + 64 > fds as usize {
+            println!("(stopping: {n} connections need more than {fds} fds)");
+            break;
+        }
+        while held.len() + 1 < n {
+            held.push(Client::hello(indexd.addr, 1000).0);
+        }
+        let mut us: Vec<u64> = (0..2000)
+            .map(|_| {
+                let t = Instant::now();
+                match honest.client.call(RequestBody::Lookup {
+                    key: LookupKey::Hash(hash),
+                }) {
+                    ResponseBody::Holders { .. } => {}
+                    other => panic!("{other:?}"),
+                }
+                t.elapsed().as_micros() as u64
+            })
+            .collect();
+        us.sort_unstable();
+        let stats = honest.stats();
+        assert_eq!(stats.connections as usize, held.len() + 1);
+        println!(
+            "| {} | {} µs | {} µs | {} µs | {} MiB |",
+            stats.connections,
+            us[us.len() / 2],
+            us[us.len() * 99 / 100],
+            us[us.len() - 1],
+            vm_rss_kib(pid) / 1024
+        );
+    }
+}
