@@ -163,9 +163,21 @@ fn rss_bytes() -> usize {
         .map_or(0, |pages| pages * 4096)
 }
 
+/// A `kB` field of /proc/self/status (e.g. `VmRSS`, `VmHWM`), in bytes.
+fn status_bytes(field: &str) -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with(field))?;
+            line.split_whitespace().nth(1)?.parse::<usize>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 fn build(words: &Words) -> (Index, Vec<PeerId>) {
     let start = Instant::now();
     let (heap0, rss0) = (LIVE_BYTES.load(Relaxed), rss_bytes());
+    let vm_rss0 = status_bytes("VmRSS:");
     let mut index = Index::new();
     let peers: Vec<PeerId> = (0..PEERS).map(|i| index.add_peer(addr(i))).collect();
     let blocks = FILES / BATCH;
@@ -198,6 +210,16 @@ fn build(words: &Words) -> (Index, Vec<PeerId>) {
         heap as f64 / FILES as f64,
         heap as f64 / 1e6,
         rss as f64 / FILES as f64
+    );
+    // The whole process, as an operator sees it (glibc malloc: fragmentation included).
+    let vm_rss = status_bytes("VmRSS:");
+    eprintln!(
+        "process VmRSS: {:.1} MB before the build, {:.1} MB after ({:.1} bytes per file of \
+         growth); VmHWM (peak) {:.1} MB",
+        vm_rss0 as f64 / 1e6,
+        vm_rss as f64 / 1e6,
+        (vm_rss - vm_rss0.min(vm_rss)) as f64 / FILES as f64,
+        status_bytes("VmHWM:") as f64 / 1e6
     );
     (index, peers)
 }
@@ -304,6 +326,12 @@ fn main() {
         })
     });
     g.finish();
+    eprintln!(
+        "after the benchmarks' churn: {} files, {:.1} heap bytes per file, process VmRSS {:.1} MB",
+        index.file_count(),
+        LIVE_BYTES.load(Relaxed) as f64 / index.file_count() as f64,
+        status_bytes("VmRSS:") as f64 / 1e6
+    );
     drop(peers);
     c.final_summary();
 }

@@ -15,10 +15,18 @@
 //!   `PeerRec::files` is the number of distinct files the peer holds.
 //! - A word's posting set holds exactly the live entries whose name contains that word.
 //! - A file's size never changes while it is indexed: a register with another size is rejected.
+//! - An entry's `file` field carries the [`SOLE`] bit exactly while it is its file's only entry
+//!   (then the file's holders are the entry's holders).
+//! - Every live entry's `name` is the offset of a live record in the name arena; freed records
+//!   are counted in `Names::garbage` and listed in its free lists.
 //!
 //! # Memory layout (why it is this shape)
-//! The target is ≤150 bytes per indexed file at a million files, so no per-file `String`,
-//! `Vec` or `HashMap` key copies:
+//! The target is ≤150 bytes of resident memory per indexed file at a million files (whole
+//! process, glibc malloc), so nothing is allocated per file: every per-file structure is a slot
+//! in a big vector or bytes in a compressed block. Measured at 1M files of ~40-byte names with
+//! two holders each (`benches/index.rs`): ~145 heap bytes and ~148 resident bytes per file,
+//! of which names ~42, files ~44, entries ~20, postings ~16, hash index ~11, words ~5,
+//! per-peer sets ~3.
 //! - `files: Vec<FileRec>` (44 B: hash, size, first entry, holder count), addressed by `u32`
 //!   ids with a free list.
 //! - `by_hash`: a [`BlockSet`] of `u64` items `(first 4 hash bytes << 32) | file id`, kept in
@@ -26,17 +34,31 @@
 //!   `files`). It serves exact lookups, prefix lookups (a range) and duplicate checks in
 //!   `O(log n)` with ~8–11 B per file. Ordering by the *full* hash matters: peers choose the hash
 //!   bytes, so anything keyed on a fixed prefix could be flooded with collisions.
-//! - `entries: Vec<EntryRec>` (32 B: name, file id, next entry of the same file, two inline
-//!   holder slots). Entries with more than two holders spill to `spill`, a slab of `Vec<u32>`.
-//! - Words: a `BTreeMap` from lowercase word to word id (sorted, so a prefix is a range), and one
-//!   posting [`BlockSet<u32>`] of entry ids per word: sorted blocks of at most 256 ids, ~4–5 B per
-//!   posting, `O(log n)` insert and remove so removing an entry never scans a long posting list.
-//! - Each peer keeps a `BlockSet<u32>` of the entries it holds, so removing a peer costs time
-//!   proportional to its own holdings.
-//! - Exact word lookups go through a hash map beside the `BTreeMap` (~1 B per file at 50k
-//!   words), because a B-tree walk over boxed strings costs a cache miss per level.
+//! - `entries: Vec<EntryRec>` (20 B: name offset, file id + [`SOLE`] bit, next entry of the
+//!   same file, two inline holder slots). Entries with more than two holders spill to `spill`,
+//!   a slab of `Vec<u32>`.
+//! - `names`: one byte arena ([`Names`]) of length-prefixed names, one byte of overhead per
+//!   name. Freed records are reused by names of the same length; once garbage is a third of
+//!   the arena it is compacted in place (amortised constant cost per freed name).
+//! - Words: a `BTreeMap` from lowercase word to word id (sorted, so a prefix is a range) and a
+//!   hash map for exact lookups (a B-tree walk costs a cache miss per level), both keyed by
+//!   [`Word`], which keeps words of up to 22 bytes inline (no allocation, no pointer chase).
+//!   One [`PackedSet`] of entry ids per word: sorted blocks of varint deltas, ~1.5 B per posting
+//!   plus block headers, insert and remove decode one block of at most ~128 bytes.
+//! - Each peer keeps a [`PackedSet`] of the entries it holds (~1 B per holding: ids a peer
+//!   registers together are close), so removing a peer costs time proportional to its own
+//!   holdings.
+//! - Big vectors grow by a sixteenth at a time (glibc moves `mmap`ed blocks with `mremap`, so
+//!   growth does not copy) rather than doubling, so that little capacity sits unused.
 //! - Exact-name lookup has no table of its own: it goes through the postings of the name's
 //!   rarest word and compares names, which saves a hash table slot per entry.
+//!
+//! # Removal
+//! Removing holdings first drops the peer from each entry's holders, collecting entries left
+//! without holders; those are then deleted in one batch: their `(word, entry)` postings are
+//! gathered (re-tokenising each name into a reused buffer), sorted, and removed word by word,
+//! each affected posting block decoded and re-encoded once; then names, records and files
+//! left without entries go.
 //!
 //! # Words
 //! Words are maximal runs of `char::is_alphanumeric` characters, lowercased character by
@@ -60,8 +82,19 @@ const NONE: u32 = u32::MAX;
 /// In `EntryRec::holders[0]`: the holders live in `spill[holders[1]]`.
 const SPILLED: u32 = u32::MAX - 1;
 /// Largest block of a [`BlockSet`]: big enough that block headers cost little per item, small
-/// enough that an insert or remove moves at most 1 KiB (of `u32`s).
+/// enough that an insert or remove moves at most 2 KiB (of `u64`s).
 const BLOCK_ITEMS: usize = 256;
+/// A [`PackedSet`] block splits when its deltas exceed this many bytes: about 75 items of a
+/// common word. Block headers then cost under half a byte per item, and an insert or remove
+/// into the middle of a block decodes at most this many bytes.
+const PACKED_BLOCK_BYTES: usize = 128;
+/// The name arena is compacted once its garbage is a third of it and at least this big (tiny
+/// in tests, so that the property test exercises compaction).
+const COMPACT_MIN_BYTES: usize = if cfg!(test) { 16 } else { 1 << 20 };
+/// While the index holds a single entry of a file, the entry's `file` field carries this bit:
+/// the file's holders are then exactly the entry's, and search need not touch the file record
+/// to rank the entry.
+const SOLE: u32 = 1 << 31;
 
 /// A live peer's id, handed out by [`Index::add_peer`]. Ids are reused after removal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -125,9 +158,11 @@ impl FileRec {
     }
 }
 
-/// One (hash, name) pair. `file == NONE` marks a free slot.
+/// One (hash, name) pair, 20 bytes. `file == NONE` marks a free slot.
 struct EntryRec {
-    name: Box<str>,
+    /// Offset of the name's record in [`Names`].
+    name: u32,
+    /// The file id, with [`SOLE`] set while this is the file's only entry.
     file: u32,
     /// Next entry of the same file, or `NONE`.
     next: u32,
@@ -135,11 +170,17 @@ struct EntryRec {
     holders: [u32; 2],
 }
 
+impl EntryRec {
+    fn file(&self) -> u32 {
+        self.file & !SOLE
+    }
+}
+
 /// One live peer.
 struct PeerRec {
     addr: SocketAddr,
     /// Entry ids this peer holds.
-    entries: BlockSet<u32>,
+    entries: PackedSet,
     /// Distinct files this peer holds.
     files: u32,
 }
@@ -153,16 +194,32 @@ pub struct Index {
     entries: Vec<EntryRec>,
     free_entries: Vec<u32>,
     entry_count: usize,
+    names: Names,
     spill: Slab<Vec<u32>>,
-    word_ids: BTreeMap<Box<str>, u32>,
+    word_ids: BTreeMap<Word, u32>,
     /// The same map hashed: exact word lookups (register, removal, name lookup) are hot, and a
     /// B-tree walk over 50k boxed strings costs a cache miss per level.
-    word_hash: hashbrown::HashMap<Box<str>, u32>,
-    postings: Vec<BlockSet<u32>>,
+    word_hash: hashbrown::HashMap<Word, u32>,
+    postings: Vec<PackedSet>,
     free_words: Vec<u32>,
     peers: Vec<Option<PeerRec>>,
     free_peers: Vec<u32>,
     peer_count: usize,
+    /// Reused buffers, so that register and removal allocate nothing per entry.
+    work: Work,
+}
+
+/// Buffers reused across calls (their contents mean nothing between calls).
+#[derive(Default)]
+struct Work {
+    words: Scratch,
+    /// Entries that lost their last holder, to delete in one batch.
+    dead: Vec<u32>,
+    /// `(word id << 32) | entry id` postings to remove, sorted so that each word's posting
+    /// set is visited once.
+    unpost: Vec<u64>,
+    items: Vec<u32>,
+    decoded: Vec<u32>,
 }
 
 impl Default for Index {
@@ -193,6 +250,7 @@ impl Index {
             entries: Vec::new(),
             free_entries: Vec::new(),
             entry_count: 0,
+            names: Names::default(),
             spill: Slab::new(),
             word_ids: BTreeMap::new(),
             word_hash: hashbrown::HashMap::new(),
@@ -201,6 +259,7 @@ impl Index {
             peers: Vec::new(),
             free_peers: Vec::new(),
             peer_count: 0,
+            work: Work::default(),
         }
     }
 
@@ -239,7 +298,7 @@ impl Index {
     pub fn add_peer(&mut self, addr: SocketAddr) -> PeerId {
         let rec = PeerRec {
             addr,
-            entries: BlockSet::new(),
+            entries: PackedSet::new(),
             files: 0,
         };
         self.peer_count += 1;
@@ -263,18 +322,24 @@ impl Index {
         } else {
             self.free_peers.push(peer.0);
         }
+        let mut dead = std::mem::take(&mut self.work.dead);
+        dead.clear();
         let mut held = 0;
         for e in rec.entries.iter() {
             held += 1;
             self.pop_holder(e, peer.0);
-            let file = self.entries[e as usize].file;
+            let file = self.entries[e as usize].file();
             // Entries of this file still to be visited may hold the peer: the file loses this
             // holder only at the last of them.
             if !self.peer_holds_file(peer.0, file) {
                 self.files[file as usize].holders -= 1;
             }
-            self.delete_entry_if_unheld(e);
+            if self.holder_slice(e).is_empty() {
+                dead.push(e);
+            }
         }
+        self.delete_entries(&dead);
+        self.work.dead = dead;
         Some(held)
     }
 
@@ -287,7 +352,6 @@ impl Index {
             out.rejected = files.len() as u32;
             return out;
         }
-        let mut scratch = Scratch::default();
         for f in files {
             if !is_valid_name(&f.name) {
                 out.rejected += 1;
@@ -303,7 +367,7 @@ impl Index {
             };
             let entry = match self.find_entry(file, &f.name) {
                 Some(e) => e,
-                None => self.create_entry(file, &f.name, &mut scratch),
+                None => self.create_entry(file, &f.name),
             };
             if self.add_holding(peer, entry) {
                 out.added += 1;
@@ -320,7 +384,9 @@ impl Index {
             return 0;
         }
         let mut removed = 0;
-        let mut held = Vec::new();
+        let mut held = std::mem::take(&mut self.work.items);
+        let mut dead = std::mem::take(&mut self.work.dead);
+        dead.clear();
         for h in hashes {
             let Some(file) = self.find_file(h) else {
                 continue;
@@ -340,10 +406,17 @@ impl Index {
                     self.peer_mut(peer).files -= 1;
                 }
                 self.peer_mut(peer).entries.remove(e);
-                self.delete_entry_if_unheld(e);
+                // Deleted after the loop: a later hash of the same call may name this file
+                // again, and must still find it (now without this peer).
+                if self.holder_slice(e).is_empty() {
+                    dead.push(e);
+                }
                 removed += 1;
             }
         }
+        self.work.items = held;
+        self.delete_entries(&dead);
+        self.work.dead = dead;
         removed
     }
 
@@ -356,6 +429,9 @@ impl Index {
     /// prefix range has the fewest postings); the other words are checked against the
     /// candidate's name. The best `limit` are kept in a bounded heap, so a query matching a
     /// million entries costs time linear in the matches but memory only for `limit` hits.
+    /// A candidate is first ranked by its cheap keys (whole words, holders), read from the
+    /// entry record alone for a file's sole entry; its name is read only when those keys tie
+    /// with the worst hit kept.
     pub fn search(&self, query: &str, limit: usize) -> (Vec<SearchHit>, bool) {
         let mut scratch = Scratch::default();
         lower_words(query, &mut scratch);
@@ -386,7 +462,7 @@ impl Index {
         let q = &qwords[pick];
         let range: Vec<(bool, u32)> = self
             .word_range(q)
-            .map(|(word, &w)| (**word == **q, w))
+            .map(|(word, &w)| (word.as_bytes() == q.as_bytes(), w))
             .collect();
         // An entry may contain several words of the range; count it once. The exact word
         // sorts first in the range, so a single-word query sees its whole-word hits first.
@@ -407,17 +483,46 @@ impl Index {
                 let whole = if qwords.len() == 1 {
                     u32::from(exact)
                 } else {
-                    match match_words(&qwords, &entry.name, &mut scratch) {
+                    let name = self.names.get_str(entry.name);
+                    match match_words(&qwords, name, &mut scratch) {
                         Some(whole) => whole,
                         None => continue,
                     }
                 };
                 matched += 1;
-                let file = &self.files[entry.file as usize];
+                if limit == 0 {
+                    continue;
+                }
+                let holders = if entry.file & SOLE != 0 {
+                    self.holder_count(entry)
+                } else {
+                    self.files[entry.file() as usize].holders
+                };
+                if heap.len() == limit {
+                    // Cheap keys first: most candidates of a big query lose here without
+                    // their name or file record being read.
+                    let worst = heap.peek().expect("limit > 0");
+                    match (whole, holders).cmp(&(worst.whole, worst.holders)) {
+                        Ordering::Less => continue,
+                        Ordering::Equal => {
+                            let name = self.names.get(entry.name);
+                            if name > worst.name {
+                                continue;
+                            }
+                            if name == worst.name
+                                && self.files[entry.file() as usize].hash > *worst.hash
+                            {
+                                continue;
+                            }
+                        }
+                        Ordering::Greater => {}
+                    }
+                }
+                let file = &self.files[entry.file() as usize];
                 let hit = Ranked {
                     whole,
-                    holders: file.holders,
-                    name: &entry.name,
+                    holders,
+                    name: self.names.get(entry.name),
                     hash: &file.hash,
                     size: file.size(),
                 };
@@ -433,7 +538,7 @@ impl Index {
             .into_sorted_vec()
             .into_iter()
             .map(|r| SearchHit {
-                name: r.name.to_owned(),
+                name: name_string(r.name),
                 size: r.size,
                 hash: *r.hash,
                 holders: r.holders,
@@ -483,14 +588,14 @@ impl Index {
                 lower_words(name, &mut scratch);
                 // The rarest word of the name bounds the scan; a wordless name uses the
                 // empty word's postings.
-                let mut best: Option<&BlockSet<u32>> = None;
+                let mut best: Option<&PackedSet> = None;
                 let words: Vec<&str> = if scratch.spans.is_empty() {
                     vec![""]
                 } else {
                     scratch.words().collect()
                 };
                 for w in words {
-                    let Some(&id) = self.word_hash.get(w) else {
+                    let Some(&id) = self.word_hash.get(w.as_bytes()) else {
                         return Err(LookupError::NotFound);
                     };
                     let set = &self.postings[id as usize];
@@ -501,8 +606,8 @@ impl Index {
                 let set = best.ok_or(LookupError::NotFound)?;
                 let mut files: Vec<HeldFile> = set
                     .iter()
-                    .filter(|&e| *self.entries[e as usize].name == **name)
-                    .map(|e| self.held_file(self.entries[e as usize].file, Some(e)))
+                    .filter(|&e| self.names.get(self.entries[e as usize].name) == name.as_bytes())
+                    .map(|e| self.held_file(self.entries[e as usize].file(), Some(e)))
                     .collect();
                 if files.is_empty() {
                     return Err(LookupError::NotFound);
@@ -526,23 +631,28 @@ impl Index {
     }
 
     /// Words whose text starts with `prefix`, in order (the word equal to it first).
-    fn word_range<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a Box<str>, &'a u32)> {
+    fn word_range<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a Word, &'a u32)> {
+        let prefix = prefix.as_bytes();
         self.word_ids
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(move |(w, _)| w.starts_with(prefix))
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |(w, _)| w.as_bytes().starts_with(prefix))
     }
 
     /// The file with hash `h`, in `O(log n)` over the full-hash order.
     fn find_file(&self, h: &FileHash) -> Option<u32> {
-        let p32 = prefix32(h);
-        self.by_hash
-            .search(|&item| {
-                ((item >> 32) as u32)
-                    .cmp(&p32)
-                    .then_with(|| self.files[item as u32 as usize].hash.cmp(h))
-            })
+        self.hash_position(h)
             .ok()
             .map(|at| self.by_hash.get(at) as u32)
+    }
+
+    /// Where `h` is (or would go) in `by_hash`.
+    fn hash_position(&self, h: &FileHash) -> Result<(usize, usize), (usize, usize)> {
+        let p32 = prefix32(h);
+        self.by_hash.search(|&item| {
+            ((item >> 32) as u32)
+                .cmp(&p32)
+                .then_with(|| self.files[item as u32 as usize].hash.cmp(h))
+        })
     }
 
     fn create_file(&mut self, hash: FileHash, size: u64) -> u32 {
@@ -556,34 +666,25 @@ impl Index {
             self.files[id as usize] = rec;
             id
         } else {
+            reserve_gently(&mut self.files, 1);
             self.files.push(rec);
-            (self.files.len() - 1) as u32
+            let id = (self.files.len() - 1) as u32;
+            assert!(id < SOLE, "more than 2^31 files");
+            id
         };
         self.file_count += 1;
-        let p32 = prefix32(&hash);
         let at = self
-            .by_hash
-            .search(|&item| {
-                ((item >> 32) as u32)
-                    .cmp(&p32)
-                    .then_with(|| self.files[item as u32 as usize].hash.cmp(&hash))
-            })
+            .hash_position(&hash)
             .expect_err("a new hash is not indexed yet");
         self.by_hash
-            .insert_at(at, (u64::from(p32) << 32) | u64::from(id));
+            .insert_at(at, (u64::from(prefix32(&hash)) << 32) | u64::from(id));
         id
     }
 
     fn delete_file(&mut self, file: u32) {
         let hash = self.files[file as usize].hash;
-        let p32 = prefix32(&hash);
         let at = self
-            .by_hash
-            .search(|&item| {
-                ((item >> 32) as u32)
-                    .cmp(&p32)
-                    .then_with(|| self.files[item as u32 as usize].hash.cmp(&hash))
-            })
+            .hash_position(&hash)
             .expect("a live file is indexed by hash");
         self.by_hash.remove_at(at);
         self.file_count -= 1;
@@ -602,7 +703,7 @@ impl Index {
         let mut e = self.files[file as usize].first_entry;
         while e != NONE {
             let rec = &self.entries[e as usize];
-            if *rec.name == *name {
+            if self.names.get(rec.name) == name.as_bytes() {
                 return Some(e);
             }
             e = rec.next;
@@ -610,23 +711,35 @@ impl Index {
         None
     }
 
-    fn create_entry(&mut self, file: u32, name: &str, scratch: &mut Scratch) -> u32 {
+    fn create_entry(&mut self, file: u32, name: &str) -> u32 {
+        let head = self.files[file as usize].first_entry;
+        let sole = if head == NONE {
+            SOLE
+        } else {
+            // The file gains a second entry: the first is no longer its sole one.
+            if self.entries[head as usize].next == NONE {
+                self.entries[head as usize].file &= !SOLE;
+            }
+            0
+        };
         let rec = EntryRec {
-            name: name.into(),
-            file,
-            next: self.files[file as usize].first_entry,
+            name: self.names.push(name.as_bytes()),
+            file: file | sole,
+            next: head,
             holders: [NONE, NONE],
         };
         let id = if let Some(id) = self.free_entries.pop() {
             self.entries[id as usize] = rec;
             id
         } else {
+            reserve_gently(&mut self.entries, 1);
             self.entries.push(rec);
             (self.entries.len() - 1) as u32
         };
         self.files[file as usize].first_entry = id;
         self.entry_count += 1;
-        lower_words(name, scratch);
+        let mut scratch = std::mem::take(&mut self.work.words);
+        lower_words(name, &mut scratch);
         scratch.sort_dedup();
         if scratch.spans.is_empty() {
             self.post(id, "");
@@ -635,79 +748,132 @@ impl Index {
             let (a, b) = scratch.spans[i];
             self.post(id, &scratch.buf[a..b]);
         }
+        self.work.words = scratch;
         id
     }
 
     fn post(&mut self, entry: u32, word: &str) {
-        let w = match self.word_hash.get(word) {
+        let w = match self.word_hash.get(word.as_bytes()) {
             Some(&w) => w,
             None => {
                 let w = if let Some(w) = self.free_words.pop() {
                     w
                 } else {
-                    self.postings.push(BlockSet::new());
+                    self.postings.push(PackedSet::new());
                     (self.postings.len() - 1) as u32
                 };
-                self.word_ids.insert(word.into(), w);
-                self.word_hash.insert(word.into(), w);
+                self.word_ids.insert(Word::new(word), w);
+                self.word_hash.insert(Word::new(word), w);
                 w
             }
         };
         self.postings[w as usize].insert(entry);
     }
 
-    fn unpost(&mut self, entry: u32, word: &str) {
-        let w = self.word_hash[word];
-        let set = &mut self.postings[w as usize];
-        set.remove(entry);
-        if set.is_empty() {
-            *set = BlockSet::new();
-            self.word_ids.remove(word);
-            self.word_hash.remove(word);
-            if self.word_ids.is_empty() {
-                self.word_hash = hashbrown::HashMap::new();
-                self.postings = Vec::new();
-                self.free_words = Vec::new();
-            } else {
-                self.free_words.push(w);
+    /// Deletes the entries in `dead` (each without holders, listed once): their postings in
+    /// one sorted batch, then their names and records, then files left without entries.
+    fn delete_entries(&mut self, dead: &[u32]) {
+        if dead.is_empty() {
+            return;
+        }
+        let Work {
+            words: scratch,
+            unpost,
+            items,
+            decoded,
+            ..
+        } = &mut self.work;
+        unpost.clear();
+        for &e in dead {
+            lower_words(self.names.get_str(self.entries[e as usize].name), scratch);
+            scratch.sort_dedup();
+            if scratch.spans.is_empty() {
+                unpost.push((u64::from(self.word_hash[&b""[..]]) << 32) | u64::from(e));
             }
+            for w in scratch.words() {
+                unpost.push((u64::from(self.word_hash[w.as_bytes()]) << 32) | u64::from(e));
+            }
+        }
+        unpost.sort_unstable();
+        let mut emptied = Vec::new();
+        for group in unpost.chunk_by(|a, b| a >> 32 == b >> 32) {
+            let w = (group[0] >> 32) as u32;
+            items.clear();
+            items.extend(group.iter().map(|&x| x as u32));
+            let set = &mut self.postings[w as usize];
+            set.remove_sorted(items, decoded);
+            if set.is_empty() {
+                emptied.push((w, items[0]));
+            }
+        }
+        for (w, e) in emptied {
+            self.drop_word(w, e);
+        }
+        for &e in dead {
+            self.delete_entry_record(e);
+        }
+        if self.names.needs_compaction() {
+            self.compact_names();
         }
     }
 
-    /// Deletes entry `e` if nobody holds it any more, and its file if that was its last entry.
-    fn delete_entry_if_unheld(&mut self, e: u32) {
-        if !self.holder_slice(e).is_empty() {
-            return;
+    /// Forgets word `w`, whose posting set just became empty; `e` is an entry (not yet
+    /// deleted) whose name contains it, which is how its text is found.
+    fn drop_word(&mut self, w: u32, e: u32) {
+        let mut scratch = std::mem::take(&mut self.work.words);
+        lower_words(
+            self.names.get_str(self.entries[e as usize].name),
+            &mut scratch,
+        );
+        let word = if scratch.spans.is_empty() {
+            ""
+        } else {
+            scratch
+                .words()
+                .find(|&t| self.word_hash.get(t.as_bytes()) == Some(&w))
+                .expect("an entry's name contains the words it is posted under")
+        };
+        self.postings[w as usize] = PackedSet::new();
+        self.word_ids.remove(word.as_bytes());
+        self.word_hash.remove(word.as_bytes());
+        self.work.words = scratch;
+        if self.word_ids.is_empty() {
+            self.word_hash = hashbrown::HashMap::new();
+            self.postings = Vec::new();
+            self.free_words = Vec::new();
+        } else {
+            self.free_words.push(w);
         }
-        let file = self.entries[e as usize].file;
+    }
+
+    /// Frees entry `e`'s record and name (its postings are gone already), and its file if that
+    /// was the file's last entry.
+    fn delete_entry_record(&mut self, e: u32) {
+        let file = self.entries[e as usize].file();
         // Unlink from the file's entry list.
         let next = self.entries[e as usize].next;
         let head = self.files[file as usize].first_entry;
-        if head == e {
+        let new_head = if head == e {
             self.files[file as usize].first_entry = next;
+            next
         } else {
             let mut prev = head;
             while self.entries[prev as usize].next != e {
                 prev = self.entries[prev as usize].next;
             }
             self.entries[prev as usize].next = next;
+            head
+        };
+        if new_head != NONE && self.entries[new_head as usize].next == NONE {
+            self.entries[new_head as usize].file |= SOLE;
         }
-        let name = std::mem::take(&mut self.entries[e as usize].name);
-        let mut scratch = Scratch::default();
-        lower_words(&name, &mut scratch);
-        scratch.sort_dedup();
-        if scratch.spans.is_empty() {
-            self.unpost(e, "");
-        }
-        for i in 0..scratch.spans.len() {
-            let (a, b) = scratch.spans[i];
-            self.unpost(e, &scratch.buf[a..b]);
-        }
+        self.names.free(self.entries[e as usize].name);
         self.entry_count -= 1;
         if self.entry_count == 0 {
             self.entries = Vec::new();
             self.free_entries = Vec::new();
             self.spill = Slab::new();
+            self.names = Names::default();
         } else {
             let rec = &mut self.entries[e as usize];
             rec.file = NONE;
@@ -719,12 +885,41 @@ impl Index {
         }
     }
 
+    /// Rewrites the name arena without garbage, in offset order (so in place). Costs a sort of
+    /// the live entries; it runs only after a third of the arena has been freed since the last
+    /// compaction, so its cost per freed name is a constant.
+    fn compact_names(&mut self) {
+        let mut live: Vec<u64> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.file != NONE)
+            .map(|(i, r)| (u64::from(r.name) << 32) | i as u64)
+            .collect();
+        live.sort_unstable();
+        let bytes = &mut self.names.bytes;
+        let mut to = 0usize;
+        for item in live {
+            let (from, e) = ((item >> 32) as usize, item as u32 as usize);
+            let len = Names::record_len_at(bytes, from);
+            bytes.copy_within(from..from + len, to);
+            self.entries[e].name = to as u32;
+            to += len;
+        }
+        bytes.truncate(to);
+        if bytes.capacity() > to + to / 4 {
+            bytes.shrink_to(to + to / 8);
+        }
+        self.names.garbage = 0;
+        self.names.free = Vec::new();
+    }
+
     /// Adds holding (peer, e); false if the peer already held it.
     fn add_holding(&mut self, peer: PeerId, e: u32) -> bool {
         if self.holder_slice(e).contains(&peer.0) {
             return false;
         }
-        let file = self.entries[e as usize].file;
+        let file = self.entries[e as usize].file();
         let new_file = !self.peer_holds_file(peer.0, file);
         self.push_holder(e, peer.0);
         if new_file {
@@ -757,6 +952,16 @@ impl Index {
             [NONE, _] => &[],
             [_, NONE] => &h[..1],
             _ => &h[..],
+        }
+    }
+
+    /// How many peers hold `entry` (without touching the spill slab for up to two).
+    fn holder_count(&self, entry: &EntryRec) -> u32 {
+        match entry.holders {
+            [SPILLED, key] => self.spill[key as usize].len() as u32,
+            [NONE, _] => 0,
+            [_, NONE] => 1,
+            _ => 2,
         }
     }
 
@@ -810,14 +1015,13 @@ impl Index {
 
     /// `file` as a lookup answer, named by `entry`, or by its most held name.
     fn held_file(&self, file: u32, entry: Option<u32>) -> HeldFile {
+        let name_of = |e: u32| self.names.get(self.entries[e as usize].name);
         let entry = entry.unwrap_or_else(|| {
             let mut best = self.files[file as usize].first_entry;
             let mut e = self.entries[best as usize].next;
             while e != NONE {
                 let (n, bn) = (self.holder_slice(e).len(), self.holder_slice(best).len());
-                if n > bn
-                    || (n == bn && self.entries[e as usize].name < self.entries[best as usize].name)
-                {
+                if n > bn || (n == bn && name_of(e) < name_of(best)) {
                     best = e;
                 }
                 e = self.entries[e as usize].next;
@@ -828,7 +1032,7 @@ impl Index {
         HeldFile {
             hash: rec.hash,
             size: rec.size(),
-            name: self.entries[entry as usize].name.to_string(),
+            name: name_string(name_of(entry)),
             holders: self
                 .file_holders(file)
                 .into_iter()
@@ -842,12 +1046,27 @@ fn prefix32(h: &FileHash) -> u32 {
     u32::from_be_bytes([h.0[0], h.0[1], h.0[2], h.0[3]])
 }
 
+/// A stored name as an owned `String` (names are stored from `&str`, so always UTF-8).
+fn name_string(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).expect("names are stored from str")
+}
+
+/// Grows `v` so it has room for `extra` more items, by a sixteenth at a time rather than by
+/// doubling: the record vectors are most of the index, and doubling would leave up to half of
+/// them allocated and unused. (Large vectors are `mmap`ed, so the growth moves pages rather
+/// than copying them.)
+fn reserve_gently<T>(v: &mut Vec<T>, extra: usize) {
+    if v.capacity() - v.len() < extra {
+        v.reserve_exact(extra.max(v.len() / 16).max(16));
+    }
+}
+
 /// A search candidate, ordered best first (`Less` is better) so a max-heap's top is the worst
 /// hit kept.
 struct Ranked<'a> {
     whole: u32,
     holders: u32,
-    name: &'a str,
+    name: &'a [u8],
     hash: &'a FileHash,
     size: u64,
 }
@@ -876,6 +1095,172 @@ impl PartialEq for Ranked<'_> {
 }
 
 impl Eq for Ranked<'_> {}
+
+/// Every indexed name, back to back in one byte vector: a record is the name's length as a
+/// one- or two-byte varint (names are at most [`MAX_NAME_BYTES`]), then its bytes. Entries
+/// refer to a record by its `u32` offset. This costs one byte per name over its text, where a
+/// `Box<str>` per name cost a 16-byte pointer plus malloc's per-chunk overhead.
+///
+/// A freed record becomes garbage; a later name of the same length reuses it (exact-length
+/// free lists, so steady churn creates no new garbage), and [`Index::compact_names`] squeezes
+/// the garbage out once it is a third of the arena.
+#[derive(Default)]
+struct Names {
+    bytes: Vec<u8>,
+    /// Bytes in freed records.
+    garbage: usize,
+    /// `free[len]`: offsets of freed records of names of `len` bytes.
+    free: Vec<Vec<u32>>,
+}
+
+impl Names {
+    fn header_len(name_len: usize) -> usize {
+        if name_len < 0x80 {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// The name length and where its bytes start, for the record at `at`.
+    fn decode_header(bytes: &[u8], at: usize) -> (usize, usize) {
+        let b0 = bytes[at];
+        if b0 < 0x80 {
+            (usize::from(b0), at + 1)
+        } else {
+            (
+                usize::from(b0 & 0x7f) | usize::from(bytes[at + 1]) << 7,
+                at + 2,
+            )
+        }
+    }
+
+    fn record_len_at(bytes: &[u8], at: usize) -> usize {
+        let (len, start) = Self::decode_header(bytes, at);
+        start - at + len
+    }
+
+    fn get(&self, at: u32) -> &[u8] {
+        let (len, start) = Self::decode_header(&self.bytes, at as usize);
+        &self.bytes[start..start + len]
+    }
+
+    fn get_str(&self, at: u32) -> &str {
+        std::str::from_utf8(self.get(at)).expect("names are stored from str")
+    }
+
+    fn write(&mut self, at: usize, name: &[u8]) {
+        let n = name.len();
+        let mut i = at;
+        if n < 0x80 {
+            self.bytes[i] = n as u8;
+            i += 1;
+        } else {
+            self.bytes[i] = (n as u8 & 0x7f) | 0x80;
+            self.bytes[i + 1] = (n >> 7) as u8;
+            i += 2;
+        }
+        self.bytes[i..i + n].copy_from_slice(name);
+    }
+
+    fn push(&mut self, name: &[u8]) -> u32 {
+        debug_assert!(name.len() <= MAX_NAME_BYTES);
+        let rec_len = Self::header_len(name.len()) + name.len();
+        if let Some(at) = self.free.get_mut(name.len()).and_then(Vec::pop) {
+            self.garbage -= rec_len;
+            self.write(at as usize, name);
+            return at;
+        }
+        let at = self.bytes.len();
+        let at32 = u32::try_from(at).expect("name arena under 4 GiB");
+        reserve_gently(&mut self.bytes, rec_len);
+        self.bytes.resize(at + rec_len, 0);
+        self.write(at, name);
+        at32
+    }
+
+    fn free(&mut self, at: u32) {
+        let n = self.get(at).len();
+        self.garbage += Self::header_len(n) + n;
+        if self.free.len() <= n {
+            self.free.resize_with(n + 1, Vec::new);
+        }
+        self.free[n].push(at);
+    }
+
+    fn needs_compaction(&self) -> bool {
+        self.garbage >= COMPACT_MIN_BYTES && self.garbage * 3 > self.bytes.len()
+    }
+}
+
+/// A word as a key of the word maps: up to [`INLINE_WORD_BYTES`] bytes inline (nearly every
+/// word), longer ones boxed. Inline keys save an allocation per word per map and, in the hash
+/// map, a pointer chase per key comparison. Hashed, compared and borrowed as its bytes, so the
+/// maps are queried with `&[u8]`, and the B-tree order is `str` order.
+enum Word {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_WORD_BYTES],
+    },
+    Boxed(Box<str>),
+}
+
+/// Longest word kept inline in a [`Word`]: with the length byte and the tag, 24 bytes.
+const INLINE_WORD_BYTES: usize = 22;
+
+impl Word {
+    fn new(text: &str) -> Self {
+        if text.len() <= INLINE_WORD_BYTES {
+            let mut bytes = [0u8; INLINE_WORD_BYTES];
+            bytes[..text.len()].copy_from_slice(text.as_bytes());
+            Word::Inline {
+                len: text.len() as u8,
+                bytes,
+            }
+        } else {
+            Word::Boxed(text.into())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Word::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Word::Boxed(text) => text.as_bytes(),
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Word {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl std::hash::Hash for Word {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq for Word {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Word {}
+
+impl PartialOrd for Word {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Word {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
 
 /// Reusable buffers for splitting text into lowercase words without an allocation per word.
 #[derive(Default)]
@@ -969,10 +1354,12 @@ impl<T: Copy> BlockSet<T> {
         }
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.len
     }
 
+    #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -1073,6 +1460,7 @@ impl<T: Copy> BlockSet<T> {
         }
     }
 
+    #[cfg(test)]
     fn iter(&self) -> impl Iterator<Item = T> + '_ {
         self.blocks.iter().flatten().copied()
     }
@@ -1090,6 +1478,8 @@ impl<T: Copy> BlockSet<T> {
     }
 }
 
+/// Used by the tests only: the hash index orders items through a probe.
+#[cfg(test)]
 impl<T: Copy + Ord> BlockSet<T> {
     /// Inserts `item`; false if it was there.
     fn insert(&mut self, item: T) -> bool {
@@ -1111,6 +1501,414 @@ impl<T: Copy + Ord> BlockSet<T> {
             }
             Err(_) => false,
         }
+    }
+}
+
+/// A sorted set of `u32` (entry ids), compressed: sorted blocks, each holding its first and
+/// last item and the LEB128 varint deltas of the items after the first. Dense sets (common
+/// words; a peer's entries, created together) cost about one byte per item, sparse ones two or
+/// three. Blocks split above [`PACKED_BLOCK_BYTES`] and merge with a neighbour below a
+/// quarter of it, so an insert or remove decodes one small block; appending past the last
+/// item (new ids) needs no decoding at all.
+struct PackedSet {
+    /// Non-empty, sorted, each block entirely before the next.
+    blocks: Vec<PackedBlock>,
+    len: usize,
+}
+
+struct PackedBlock {
+    first: u32,
+    last: u32,
+    /// Varint deltas (each ≥ 1) from `first` to the next item, and so on up to `last`.
+    deltas: Vec<u8>,
+}
+
+fn put_varint(out: &mut [u8; 10], at: usize, mut v: u32) -> usize {
+    let mut i = at;
+    while v >= 0x80 {
+        out[i] = v as u8 | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    out[i] = v as u8;
+    i + 1
+}
+
+fn get_varint(bytes: &[u8], pos: &mut usize) -> u32 {
+    let mut v = 0u32;
+    let mut shift = 0;
+    loop {
+        let b = bytes[*pos];
+        *pos += 1;
+        v |= u32::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+/// Replaces `v[range]` by `with`, growing `v` by a quarter at a time and never far past a
+/// full block: blocks are small and many, and doubling would waste a quarter of their memory
+/// on average.
+fn splice_bytes(v: &mut Vec<u8>, range: std::ops::Range<usize>, with: &[u8]) {
+    let grow = with.len().saturating_sub(range.len());
+    if v.capacity() - v.len() < grow {
+        let step = (v.len() / 4)
+            .max(4)
+            .min((PACKED_BLOCK_BYTES + 10).saturating_sub(v.len()));
+        v.reserve_exact(grow.max(step));
+    }
+    v.splice(range, with.iter().copied());
+}
+
+impl PackedBlock {
+    fn single(item: u32) -> Self {
+        PackedBlock {
+            first: item,
+            last: item,
+            deltas: Vec::new(),
+        }
+    }
+
+    /// Appends `item` (> `last`).
+    fn push(&mut self, item: u32) {
+        let mut buf = [0u8; 10];
+        let n = put_varint(&mut buf, 0, item - self.last);
+        let end = self.deltas.len();
+        splice_bytes(&mut self.deltas, end..end, &buf[..n]);
+        self.last = item;
+    }
+
+    fn decode_into(&self, out: &mut Vec<u32>) {
+        out.push(self.first);
+        let (mut pos, mut cur) = (0, self.first);
+        while pos < self.deltas.len() {
+            cur += get_varint(&self.deltas, &mut pos);
+            out.push(cur);
+        }
+    }
+
+    /// A block of `items` (sorted, non-empty), reusing `deltas`' allocation.
+    fn encode(items: &[u32], mut deltas: Vec<u8>) -> Self {
+        deltas.clear();
+        let mut buf = [0u8; 10];
+        for pair in items.windows(2) {
+            let n = put_varint(&mut buf, 0, pair[1] - pair[0]);
+            deltas.extend_from_slice(&buf[..n]);
+        }
+        if deltas.capacity() > 2 * deltas.len() + 16 {
+            deltas.shrink_to(deltas.len() + deltas.len() / 4);
+        }
+        PackedBlock {
+            first: items[0],
+            last: items[items.len() - 1],
+            deltas,
+        }
+    }
+}
+
+impl PackedSet {
+    fn new() -> Self {
+        PackedSet {
+            blocks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The block that holds or would hold `item`: the last whose first item is ≤ it (or 0).
+    fn block_of(&self, item: u32) -> usize {
+        self.blocks
+            .partition_point(|b| b.first <= item)
+            .saturating_sub(1)
+    }
+
+    /// Inserts `item`; false if it was there.
+    fn insert(&mut self, item: u32) -> bool {
+        if self.blocks.is_empty() {
+            // Most words have a single block: no room for more until needed.
+            self.blocks.reserve_exact(1);
+            self.blocks.push(PackedBlock::single(item));
+            self.len = 1;
+            return true;
+        }
+        let b = self.block_of(item);
+        let last_block = b + 1 == self.blocks.len();
+        let blk = &mut self.blocks[b];
+        let mut buf = [0u8; 10];
+        if item < blk.first {
+            // Only the first block: the new item becomes its first.
+            let n = put_varint(&mut buf, 0, blk.first - item);
+            splice_bytes(&mut blk.deltas, 0..0, &buf[..n]);
+            blk.first = item;
+        } else if item == blk.first || item == blk.last {
+            return false;
+        } else if item > blk.last {
+            if last_block && blk.deltas.len() >= PACKED_BLOCK_BYTES {
+                // Appending to a full last block starts a new one, so append-mostly sets end
+                // up with full blocks rather than half ones.
+                self.grow_blocks();
+                self.blocks.push(PackedBlock::single(item));
+                self.len += 1;
+                return true;
+            }
+            blk.push(item);
+        } else {
+            let (mut pos, mut prev) = (0, blk.first);
+            loop {
+                let start = pos;
+                let cur = prev + get_varint(&blk.deltas, &mut pos);
+                match cur.cmp(&item) {
+                    Ordering::Equal => return false,
+                    Ordering::Greater => {
+                        let n = put_varint(&mut buf, 0, item - prev);
+                        let n = put_varint(&mut buf, n, cur - item);
+                        splice_bytes(&mut blk.deltas, start..pos, &buf[..n]);
+                        break;
+                    }
+                    Ordering::Less => prev = cur,
+                }
+            }
+        }
+        self.len += 1;
+        if self.blocks[b].deltas.len() > PACKED_BLOCK_BYTES {
+            self.split(b);
+        }
+        true
+    }
+
+    /// Splits block `b` in two halves of about equal encoded size.
+    fn split(&mut self, b: usize) {
+        let blk = &mut self.blocks[b];
+        let half = blk.deltas.len() / 2;
+        let (mut pos, mut prev) = (0, blk.first);
+        let (start, cur) = loop {
+            let start = pos;
+            let cur = prev + get_varint(&blk.deltas, &mut pos);
+            if pos > half {
+                break (start, cur);
+            }
+            prev = cur;
+        };
+        let right = PackedBlock {
+            first: cur,
+            last: blk.last,
+            deltas: blk.deltas[pos..].to_vec(),
+        };
+        blk.deltas.truncate(start);
+        blk.deltas.shrink_to(start + start / 4);
+        blk.last = prev;
+        self.grow_blocks();
+        self.blocks.insert(b + 1, right);
+    }
+
+    /// Makes room for one more block, by a quarter at a time (a `Vec` would start at four
+    /// blocks and double, most of it unused for the many one- and two-block sets).
+    fn grow_blocks(&mut self) {
+        if self.blocks.len() == self.blocks.capacity() {
+            self.blocks.reserve_exact((self.blocks.len() / 4).max(1));
+        }
+    }
+
+    /// Removes `item`; false if it was not there.
+    fn remove(&mut self, item: u32) -> bool {
+        if self.blocks.is_empty() {
+            return false;
+        }
+        let b = self.block_of(item);
+        let blk = &mut self.blocks[b];
+        if item < blk.first || item > blk.last {
+            return false;
+        }
+        if item == blk.first {
+            if blk.deltas.is_empty() {
+                self.blocks.remove(b);
+                self.len -= 1;
+                if self.blocks.is_empty() {
+                    *self = Self::new();
+                }
+                return true;
+            }
+            let mut pos = 0;
+            blk.first += get_varint(&blk.deltas, &mut pos);
+            blk.deltas.drain(..pos);
+        } else {
+            let (mut pos, mut prev) = (0, blk.first);
+            loop {
+                let start = pos;
+                let cur = prev + get_varint(&blk.deltas, &mut pos);
+                match cur.cmp(&item) {
+                    Ordering::Less => prev = cur,
+                    Ordering::Greater => return false,
+                    Ordering::Equal if pos == blk.deltas.len() => {
+                        blk.deltas.truncate(start);
+                        blk.last = prev;
+                        break;
+                    }
+                    Ordering::Equal => {
+                        let mut end = pos;
+                        let next = cur + get_varint(&blk.deltas, &mut end);
+                        let mut buf = [0u8; 10];
+                        let n = put_varint(&mut buf, 0, next - prev);
+                        blk.deltas.splice(start..end, buf[..n].iter().copied());
+                        break;
+                    }
+                }
+            }
+        }
+        self.len -= 1;
+        self.after_shrink(b);
+        true
+    }
+
+    /// Merges block `b` into a neighbour if both are small, and trims its spare capacity.
+    fn after_shrink(&mut self, b: usize) {
+        if self.blocks[b].deltas.len() < PACKED_BLOCK_BYTES / 4 {
+            let pair = if b + 1 < self.blocks.len() {
+                Some(b)
+            } else {
+                b.checked_sub(1)
+            };
+            if let Some(l) = pair {
+                let (left, right) = (&self.blocks[l], &self.blocks[l + 1]);
+                if left.deltas.len() + right.deltas.len() + 5 <= PACKED_BLOCK_BYTES / 2 {
+                    let right = self.blocks.remove(l + 1);
+                    let left = &mut self.blocks[l];
+                    let mut buf = [0u8; 10];
+                    let n = put_varint(&mut buf, 0, right.first - left.last);
+                    left.deltas.extend_from_slice(&buf[..n]);
+                    left.deltas.extend_from_slice(&right.deltas);
+                    left.last = right.last;
+                }
+            }
+        }
+        let last = self.blocks.len() - 1;
+        let deltas = &mut self.blocks[b.min(last)].deltas;
+        if deltas.capacity() >= 32 && deltas.len() * 4 <= deltas.capacity() {
+            deltas.shrink_to(deltas.len() * 2);
+        }
+    }
+
+    /// Removes `items` (sorted ascending, distinct; absent ones are ignored), decoding and
+    /// re-encoding each affected block once: a peer's removal takes many postings out of the
+    /// same common-word sets.
+    fn remove_sorted(&mut self, items: &[u32], decoded: &mut Vec<u32>) {
+        if items.len() == 1 {
+            self.remove(items[0]);
+            return;
+        }
+        let mut i = 0;
+        let mut emptied = false;
+        let mut touched_small = false;
+        while i < items.len() && !self.blocks.is_empty() {
+            let b = self.block_of(items[i]);
+            let blk = &mut self.blocks[b];
+            if blk.last == NONE {
+                // Emptied by this call: the item is absent.
+                i += 1;
+                continue;
+            }
+            // Items up to this block's last belong here (or nowhere).
+            let end = i + items[i..].partition_point(|&x| x <= blk.last);
+            if end == i {
+                i += 1;
+                continue;
+            }
+            decoded.clear();
+            blk.decode_into(decoded);
+            let before = decoded.len();
+            let gone = &items[i..end];
+            let mut g = 0;
+            decoded.retain(|&x| {
+                while g < gone.len() && gone[g] < x {
+                    g += 1;
+                }
+                !(g < gone.len() && gone[g] == x)
+            });
+            self.len -= before - decoded.len();
+            if decoded.is_empty() {
+                // Marked empty by `last == NONE` (no item is `NONE`); `first` stays, so that
+                // the blocks stay ordered by it for `block_of`.
+                blk.deltas = Vec::new();
+                blk.last = NONE;
+                emptied = true;
+            } else if decoded.len() < before {
+                let deltas = std::mem::take(&mut blk.deltas);
+                *blk = PackedBlock::encode(decoded, deltas);
+                touched_small |= blk.deltas.len() < PACKED_BLOCK_BYTES / 4;
+            }
+            i = end;
+        }
+        if emptied {
+            self.blocks.retain(|b| b.last != NONE);
+            if self.blocks.is_empty() {
+                *self = Self::new();
+                return;
+            }
+        }
+        if touched_small || emptied {
+            self.merge_small();
+        }
+    }
+
+    /// Merges each run of adjacent small blocks.
+    fn merge_small(&mut self) {
+        let mut out: Vec<PackedBlock> = Vec::with_capacity(self.blocks.len());
+        for blk in self.blocks.drain(..) {
+            if let Some(left) = out.last_mut() {
+                if left.deltas.len() + blk.deltas.len() + 5 <= PACKED_BLOCK_BYTES / 2 {
+                    let mut buf = [0u8; 10];
+                    let n = put_varint(&mut buf, 0, blk.first - left.last);
+                    left.deltas.extend_from_slice(&buf[..n]);
+                    left.deltas.extend_from_slice(&blk.deltas);
+                    left.last = blk.last;
+                    continue;
+                }
+            }
+            out.push(blk);
+        }
+        self.blocks = out;
+    }
+
+    fn iter(&self) -> PackedIter<'_> {
+        PackedIter {
+            blocks: self.blocks.iter(),
+            deltas: &[],
+            pos: 0,
+            cur: 0,
+        }
+    }
+}
+
+/// The items of a [`PackedSet`], ascending.
+struct PackedIter<'a> {
+    blocks: std::slice::Iter<'a, PackedBlock>,
+    deltas: &'a [u8],
+    pos: usize,
+    cur: u32,
+}
+
+impl Iterator for PackedIter<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        if self.pos < self.deltas.len() {
+            self.cur += get_varint(self.deltas, &mut self.pos);
+            return Some(self.cur);
+        }
+        let b = self.blocks.next()?;
+        self.deltas = &b.deltas;
+        self.pos = 0;
+        self.cur = b.first;
+        Some(b.first)
     }
 }
 
@@ -1474,6 +2272,55 @@ mod tests {
         }
         for v in model {
             assert!(set.remove(v));
+        }
+        assert!(set.is_empty() && set.blocks.capacity() == 0);
+    }
+
+    #[test]
+    fn packed_set_agrees_with_btree_set() {
+        let mut set = PackedSet::new();
+        let mut model = BTreeSet::new();
+        let mut decoded = Vec::new();
+        let mut x = 777u32;
+        for round in 0..60_000u32 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            // Mostly dense ids, some far apart (multi-byte deltas), some appends.
+            let v = match x % 7 {
+                0 => (x >> 4) % 5_000_000,
+                1 => 3000 + round / 4,
+                _ => (x >> 8) % 3000,
+            };
+            match round % 5 {
+                3 => assert_eq!(set.remove(v), model.remove(&v)),
+                4 if round % 50 == 4 => {
+                    let gone: Vec<u32> = model
+                        .iter()
+                        .copied()
+                        .filter(|y| y % 3 == x % 3)
+                        .take(400)
+                        .collect();
+                    let mut with_absent = gone.clone();
+                    with_absent.push(u32::MAX - 5);
+                    set.remove_sorted(&with_absent, &mut decoded);
+                    for y in gone {
+                        model.remove(&y);
+                    }
+                }
+                _ => assert_eq!(set.insert(v), model.insert(v)),
+            }
+            assert_eq!(set.len(), model.len());
+        }
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            model.iter().copied().collect::<Vec<_>>()
+        );
+        for b in &set.blocks {
+            assert!(b.first <= b.last && b.deltas.len() <= PACKED_BLOCK_BYTES);
+        }
+        let all: Vec<u32> = model.iter().copied().collect();
+        set.remove_sorted(&all[..all.len() / 2], &mut decoded);
+        for v in &all[all.len() / 2..] {
+            assert!(set.remove(*v));
         }
         assert!(set.is_empty() && set.blocks.capacity() == 0);
     }
