@@ -1,5 +1,6 @@
 //! The bench binary end to end, small: it starts its own indexd, runs, and writes every
-//! output; the saturation mode runs; `--transfer` refuses clearly instead of faking.
+//! output; `--peers N` sweeps 1..=N; the saturation mode runs; `--transfer` refuses clearly
+//! instead of faking.
 
 use std::path::Path;
 use std::process::Command;
@@ -24,7 +25,8 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 #[test]
 fn closed_loop_writes_every_output() {
     let out = temp_dir("closed");
-    let r = bench(&out, &["--ops", "20,5,20", "--peers", "1,2"]);
+    // A lone count is the sweep 1..=N: runs of 1 and 2 peers.
+    let r = bench(&out, &["--ops", "20,5,20", "--peers", "2"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     for f in [
         "summary.json",
@@ -45,6 +47,7 @@ fn closed_loop_writes_every_output() {
     assert!(json["floor_us"]["p50"].as_f64().unwrap() > 0.0);
     let runs = json["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["peers"], 1);
     assert_eq!(runs[1]["peers"], 2);
     assert_eq!(runs[1]["ops"]["search"]["count"], 40);
     assert_eq!(runs[1]["ops"]["register"]["count"], 10);
@@ -74,4 +77,14 @@ fn transfer_refuses_until_the_peer_exists() {
     let r = bench(&out, &["--transfer", "10M"]);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("not implemented yet"));
+}
+
+#[test]
+fn a_one_element_peer_list_is_refused() {
+    let out = temp_dir("peers-bad");
+    let r = bench(&out, &["--peers", "3,"]);
+    assert!(!r.status.success());
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains("N..N"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&out);
 }

@@ -62,20 +62,74 @@ pub fn parse_ops(s: &str) -> Result<OpCounts, String> {
 /// Most simulated peers in one run (each is a thread and a connection).
 pub const MAX_PEERS: usize = 1000;
 
-/// Parses `N` or a list `1,2,3`: one run per count, each 1..=[`MAX_PEERS`], in the order
-/// given.
+/// Most runs one `--peers` value asks for (each run takes seconds to a minute).
+pub const MAX_RUNS: usize = 100;
+
+/// Parses the peer counts of the runs, each 1..=[`MAX_PEERS`], in the order given:
+/// - `N`: a sweep, one run per count 1, 2, ..., N (the original experiment ran "from 1 to
+///   3 peers", and its chart plots time per op against the number of peers);
+/// - `A..B`: one run per count A, A+1, ..., B (`3..3`: a single run of 3 peers);
+/// - a list `A,B,C` of two or more counts or ranges: exactly those runs (`1,4,16`).
+///
+/// A lone count always means a sweep, so a list needs two elements: `3,` is refused with a
+/// pointer to `3..3` rather than read as "3".
 pub fn parse_peers(s: &str) -> Result<Vec<usize>, String> {
-    let mut out = Vec::new();
-    for p in s.split(',').map(str::trim) {
-        let n: usize = p
-            .parse()
-            .map_err(|_| format!("{p:?} is not a peer count"))?;
-        if n == 0 || n > MAX_PEERS {
-            return Err(format!("peer count {n} is outside 1..={MAX_PEERS}"));
+    let t = s.trim();
+    let out = if t.contains(',') {
+        let mut out = Vec::new();
+        for p in t.split(',').map(str::trim) {
+            if p.is_empty() {
+                return Err(format!(
+                    "empty element in the peer list {s:?} (for a single run of N peers write N..N)"
+                ));
+            }
+            match parse_peer_range(p)? {
+                Some(range) => out.extend(range),
+                None => out.push(parse_peer_count(p)?),
+            }
         }
-        out.push(n);
+        out
+    } else {
+        match parse_peer_range(t)? {
+            Some(range) => range.collect(),
+            None => (1..=parse_peer_count(t)?).collect(),
+        }
+    };
+    if out.len() > MAX_RUNS {
+        return Err(format!(
+            "--peers {s:?} asks for {} runs, more than {MAX_RUNS}; a lone N means the sweep \
+             1..=N (for a single run of N peers write N..N)",
+            out.len()
+        ));
     }
     Ok(out)
+}
+
+/// One peer count, 1..=[`MAX_PEERS`].
+fn parse_peer_count(p: &str) -> Result<usize, String> {
+    let n: usize = p
+        .trim()
+        .parse()
+        .map_err(|_| format!("{p:?} is not a peer count"))?;
+    if n == 0 || n > MAX_PEERS {
+        return Err(format!("peer count {n} is outside 1..={MAX_PEERS}"));
+    }
+    Ok(n)
+}
+
+/// `A..B` (inclusive, A <= B) as a range, `None` if `p` is not a range.
+fn parse_peer_range(p: &str) -> Result<Option<std::ops::RangeInclusive<usize>>, String> {
+    let Some((a, b)) = p.split_once("..") else {
+        return Ok(None);
+    };
+    let b = b.strip_prefix('=').unwrap_or(b);
+    let (a, b) = (parse_peer_count(a)?, parse_peer_count(b)?);
+    if a > b {
+        return Err(format!(
+            "peer range {p:?} is empty (write the smaller count first)"
+        ));
+    }
+    Ok(Some(a..=b))
 }
 
 /// Parses a byte size: a number with an optional `K`, `M` or `G` suffix (powers of 1024,
@@ -171,13 +225,36 @@ mod tests {
 
     #[test]
     fn peers_parse() {
-        assert_eq!(parse_peers("3"), Ok(vec![3]));
+        // A lone count is the sweep 1..=N.
+        assert_eq!(parse_peers("3"), Ok(vec![1, 2, 3]));
+        assert_eq!(parse_peers("1"), Ok(vec![1]));
+        assert_eq!(parse_peers(" 4 "), Ok(vec![1, 2, 3, 4]));
+        // Lists are exactly the runs named, in that order.
         assert_eq!(parse_peers("1,2,3"), Ok(vec![1, 2, 3]));
         assert_eq!(parse_peers("4, 1"), Ok(vec![4, 1]));
-        assert!(parse_peers("0").is_err());
+        assert_eq!(parse_peers("1,4,16"), Ok(vec![1, 4, 16]));
+        // Ranges, alone or in a list.
+        assert_eq!(parse_peers("3..3"), Ok(vec![3]));
+        assert_eq!(parse_peers("2..4"), Ok(vec![2, 3, 4]));
+        assert_eq!(parse_peers("2..=4"), Ok(vec![2, 3, 4]));
+        assert_eq!(parse_peers("1..2,8"), Ok(vec![1, 2, 8]));
+        assert_eq!(parse_peers("1000..1000"), Ok(vec![1000]));
+        // A one-element list cannot be written: it would read like N.
+        let e = parse_peers("3,").unwrap_err();
+        assert!(e.contains("3..3") || e.contains("N..N"), "{e}");
+        assert!(parse_peers(",3").is_err());
         assert!(parse_peers("1,,2").is_err());
+        assert!(parse_peers("0").is_err());
+        assert!(parse_peers("0..2").is_err());
+        assert!(parse_peers("3..2").is_err());
+        assert!(parse_peers("..3").is_err());
+        assert!(parse_peers("3..").is_err());
         assert!(parse_peers("x").is_err());
+        assert!(parse_peers("").is_err());
         assert!(parse_peers("100000").is_err());
+        // A sweep of more runs than MAX_RUNS is refused, pointing at N..N.
+        assert!(parse_peers("1000").unwrap_err().contains("N..N"));
+        assert!(parse_peers("1..1000").is_err());
     }
 
     #[test]

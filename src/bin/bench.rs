@@ -16,8 +16,10 @@ struct Flags {
     /// Search, register and lookup operations per simulated peer.
     #[arg(long, value_name = "S,R,L", default_value = "1000,200,800", value_parser = config::parse_ops)]
     ops: OpCounts,
-    /// Concurrent simulated peers: a count, or a list for one run per count.
-    #[arg(long, value_name = "N[,N...]", default_value = "1,2,3", value_parser = config::parse_peers)]
+    /// Concurrent simulated peers, one run per count: N runs 1, 2, ..., N peers (a sweep);
+    /// A..B runs A, A+1, ..., B (3..3: one run of 3 peers); a list A,B,C runs exactly those
+    /// (two or more elements, each a count or a range).
+    #[arg(long, value_name = "N|A..B|A,B,...", default_value = "1,2,3", value_parser = config::parse_peers)]
     // Spelled out so clap takes the whole list as one value, not as repeated flags.
     peers: std::vec::Vec<usize>,
     /// Measure an indexd already running at this address instead of starting one.
