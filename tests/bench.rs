@@ -1,13 +1,14 @@
 //! The bench binary end to end, small: it starts its own indexd, runs, and writes every
-//! output; `--peers N` sweeps 1..=N; the saturation mode runs; `--transfer` refuses clearly
-//! instead of faking.
+//! output; `--peers N` sweeps 1..=N; the saturation mode runs; the transfer mode downloads
+//! between real peers and cleans up after itself, with or without nginx installed.
 
 use std::path::Path;
 use std::process::Command;
 
 fn bench(out: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--indexd", env!("CARGO_BIN_EXE_indexd"), "--out"])
+        .args(["--indexd", env!("CARGO_BIN_EXE_indexd")])
+        .args(["--peer", env!("CARGO_BIN_EXE_peer"), "--out"])
         .arg(out)
         .args(["--floor-round-trips", "200", "--files", "2000"])
         .args(args)
@@ -72,11 +73,64 @@ fn saturation_mode_counts_answers() {
 }
 
 #[test]
-fn transfer_refuses_until_the_peer_exists() {
+fn transfer_times_real_downloads_and_cleans_up() {
     let out = temp_dir("transfer");
-    let r = bench(&out, &["--transfer", "10M"]);
-    assert!(!r.status.success());
-    assert!(String::from_utf8_lossy(&r.stderr).contains("not implemented yet"));
+    let r = bench(&out, &["--transfer", "8M", "--repeats", "1"]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    // The stable schema stays valid: the floor is measured, runs is empty.
+    assert!(json["floor_us"]["p50"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["runs"], serde_json::json!([]));
+    let t = &json["transfer"];
+    assert_eq!(t["size_bytes"], 8 << 20);
+    assert_eq!(t["repeats"], 1);
+    assert_eq!(t["file_hash"].as_str().unwrap().len(), 64);
+    for series in ["p2pshare", "bare_copy", "bare_copy_without_fsync"] {
+        assert_eq!(
+            t[series]["mib_per_s"].as_array().unwrap().len(),
+            1,
+            "{series}"
+        );
+        assert!(
+            t[series]["median_mib_per_s"].as_f64().unwrap() > 0.0,
+            "{series}"
+        );
+    }
+    assert!(t["p2pshare_over_bare_copy"].as_f64().unwrap() > 0.0);
+    // CI machines may lack nginx or curl: then the comparison is null with a reason.
+    if t["curl_nginx"].is_null() {
+        assert!(t["curl_nginx_skipped"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()));
+        assert!(t["p2pshare_over_curl"].is_null());
+    } else {
+        assert!(t["curl_nginx"]["median_mib_per_s"].as_f64().unwrap() > 0.0);
+        assert!(t["p2pshare_over_curl"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(t["concurrent_downloads"], 64);
+    assert_eq!(t["bytes_per_concurrent_download"], 8 << 20);
+    assert!(t["holder_rss_max_kib_64_downloads"].as_u64().unwrap() > 0);
+    assert!(t["holder_vmhwm_kib"].as_u64().unwrap() > 0);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Transfer"));
+    assert!(md.contains("--transfer 8M"));
+    // The source file, the downloads and nginx's files are gone.
+    assert!(!out.join("transfer-work").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn transfer_refuses_a_mixed_mode_and_tiny_files() {
+    let out = temp_dir("transfer-bad");
+    let r = bench(&out, &["--transfer", "8M", "--connections", "4"]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("pick one"));
+    let r = bench(&out, &["--transfer", "4K"]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("below 1M"));
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]

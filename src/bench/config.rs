@@ -174,6 +174,14 @@ pub enum Mode {
         /// Measured time (after a warm-up).
         duration: Duration,
     },
+    /// Downloads of one file between real peers, next to a bare copy and curl + nginx
+    /// ([`super::transfer`]).
+    Transfer {
+        /// The file's size, bytes.
+        size: u64,
+        /// Timed downloads per contender.
+        repeats: usize,
+    },
 }
 
 /// Everything a bench run needs.
@@ -193,7 +201,10 @@ pub struct Config {
     pub seed: u64,
     /// Round trips timed for the floor.
     pub floor_round_trips: usize,
-    /// The bench binary itself, started with `--echo-server` for the floor.
+    /// The `peer` binary the transfer mode starts.
+    pub peer: PathBuf,
+    /// The bench binary itself, started with `--echo-server` for the floor and with
+    /// `--sendfile-server` for the transfer mode's bare copy.
     pub self_exe: PathBuf,
     /// The command line, for the report.
     pub command: String,

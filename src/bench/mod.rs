@@ -5,11 +5,13 @@
 //! Parts: [`config`] (flags → validated config), [`workload`] (what the simulated peers ask,
 //! seeded and pure), [`client`] (a blocking session), [`load`] (pre-population and the
 //! closed-loop runs), [`saturate`] (the pipelined throughput mode on the reactor), [`floor`]
-//! (the echo server and the ping-pong), [`stats`], [`report`] and [`charts`] (outputs).
+//! (the echo server and the ping-pong), [`transfer`] (downloads between real peers next to a
+//! bare copy and curl + nginx), [`stats`], [`report`] and [`charts`] (outputs).
 //!
 //! # Invariants
-//! - Every process the bench starts (indexd, the echo server) is killed when the bench ends,
-//!   on error paths too ([`floor::ChildGuard`]).
+//! - Every process the bench starts (indexd, the echo server, the transfer mode's peers,
+//!   sendfile server and nginx) is killed when the bench ends, on error paths too
+//!   ([`floor::ChildGuard`]).
 //! - Pre-populated files stay in the index for the whole bench: their connections stay open
 //!   and ping.
 //! - Only the request/answer round trip is timed; building requests happens before the clock.
@@ -22,6 +24,7 @@ pub mod load;
 pub mod report;
 pub mod saturate;
 pub mod stats;
+pub mod transfer;
 pub mod workload;
 
 use config::{Config, Mode};
@@ -77,15 +80,21 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         Ok(f)
     };
 
-    let population = load::Population::create(addr, config.files, config.seed)?;
+    // The transfer mode does not touch the index's data, so it skips the pre-population.
+    let prepopulated = match config.mode {
+        Mode::Transfer { .. } => 0,
+        _ => config.files,
+    };
 
     let mut runs = Vec::new();
     let mut chart_runs = Vec::new();
     let mut saturation = None;
+    let mut transfer = None;
     let mut ops_per_peer = None;
     match &config.mode {
         Mode::Latency { ops, peers } => {
             ops_per_peer = Some(PerOp::from_array(&ops.as_array()));
+            let population = load::Population::create(addr, prepopulated, config.seed)?;
             for (i, &n) in peers.iter().enumerate() {
                 let run_floor = measure_floor(n)?;
                 let r = load::run_closed_loop(addr, i, n, *ops, &population, config.seed)?;
@@ -115,6 +124,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
             pipeline,
             duration,
         } => {
+            let population = load::Population::create(addr, prepopulated, config.seed)?;
             measure_floor(1)?;
             let keys = population.files.iter().map(|f| f.hash).collect();
             let r = saturate::run(addr, *connections, *pipeline, *duration, keys, config.seed)?;
@@ -133,8 +143,19 @@ pub fn run(config: &Config) -> io::Result<Summary> {
                 latency: OpSummary::of(&r.latency, r.errors),
             });
         }
+        Mode::Transfer { size, repeats } => {
+            measure_floor(1)?;
+            transfer = Some(transfer::run(&transfer::Params {
+                size: *size,
+                repeats: *repeats,
+                index: addr,
+                peer: &config.peer,
+                self_exe: &config.self_exe,
+                out: &config.out,
+                seed: config.seed,
+            })?);
+        }
     }
-    drop(population);
     let floor = floor_of(&floor_all);
 
     if !chart_runs.is_empty() {
@@ -145,9 +166,10 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         floor_us: floor,
         runs,
         saturation,
+        transfer,
         ops_per_peer,
         files_per_register: workload::FILES_PER_REGISTER,
-        prepopulated_files: config.files,
+        prepopulated_files: prepopulated,
         index: index_label,
         latency_unit: "microseconds (recorded in nanoseconds, 3 significant digits)",
         command: config.command.clone(),
@@ -158,7 +180,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
     write_file(&config.out.join("summary.json"), &(json + "\n"))?;
     let ops = match &config.mode {
         Mode::Latency { ops, .. } => Some(*ops),
-        Mode::Saturation { .. } => None,
+        Mode::Saturation { .. } | Mode::Transfer { .. } => None,
     };
     write_file(
         &config.out.join("report.md"),
@@ -229,6 +251,9 @@ pub fn console_table(s: &Summary) -> String {
             "saturation: {} connections x {} in flight, lookups: {:.0} ops/s ({} errors), p50 {:.1} µs, p99 {:.1} µs",
             sat.connections, sat.pipeline, sat.ops_per_s, sat.errors, sat.latency.p50_us, sat.latency.p99_us
         );
+    }
+    if let Some(tr) = &s.transfer {
+        t.push_str(&report::transfer_console(tr));
     }
     t
 }

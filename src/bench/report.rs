@@ -4,6 +4,7 @@
 
 use super::config::OpCounts;
 use super::stats::OpSummary;
+use super::transfer::{Series, TransferSummary, CONCURRENT_DOWNLOADS};
 use super::workload::{OpKind, FILES_PER_REGISTER};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -129,6 +130,8 @@ pub struct Summary {
     pub runs: Vec<RunSummary>,
     /// The saturation run, when that mode ran.
     pub saturation: Option<SaturationSummary>,
+    /// The transfer mode's downloads and baselines, when that mode ran.
+    pub transfer: Option<TransferSummary>,
     /// Operations per simulated peer.
     pub ops_per_peer: Option<PerOp<usize>>,
     /// Files one register operation announces.
@@ -327,7 +330,167 @@ pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
             sat.ops.max(100_000)
         );
     }
+    if let Some(tr) = &s.transfer {
+        transfer_markdown(&mut md, tr, &s.command);
+    }
     md
+}
+
+/// A size in the largest binary unit that divides it (`1 GiB`, `8 MiB`, `1000 bytes`).
+fn size_label(bytes: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+/// Each repeat's rate, `a / b / c`.
+fn rates(s: &Series) -> String {
+    s.mib_per_s
+        .iter()
+        .map(|r| format!("{r:.1}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// The "Transfer" section of `report.md`.
+fn transfer_markdown(md: &mut String, tr: &TransferSummary, command: &str) {
+    let size = size_label(tr.size_bytes);
+    let _ = writeln!(
+        md,
+        "## Transfer
+"
+    );
+    let _ = writeln!(
+        md,
+        "One file of {size} ({} bytes, pseudo-random, BLAKE3 `{}`) shared by a `peer --serve`, \
+         downloaded {} times by each contender over loopback, in turn (p2pshare, bare copy, \
+         curl + nginx), `sync` before each. Command:\n\n```\n{command}\n```\n",
+        tr.size_bytes,
+        &tr.file_hash[..16],
+        tr.repeats
+    );
+    let _ = writeln!(
+        md,
+        "| contender | MiB/s per repeat | median MiB/s | p2pshare ÷ this |\n|---|---:|---:|---:|"
+    );
+    let _ = writeln!(
+        md,
+        "| **p2pshare** `get` (verified, fsynced) | {} | **{:.1}** | 1.00× |",
+        rates(&tr.p2pshare),
+        tr.p2pshare.median_mib_per_s
+    );
+    let _ = writeln!(
+        md,
+        "| bare copy: sendfile → read + write, fsync | {} | {:.1} | {:.2}× |",
+        rates(&tr.bare_copy),
+        tr.bare_copy.median_mib_per_s,
+        tr.p2pshare_over_bare_copy
+    );
+    let _ = writeln!(
+        md,
+        "| bare copy, before its fsync | {} | {:.1} | {:.2}× |",
+        rates(&tr.bare_copy_without_fsync),
+        tr.bare_copy_without_fsync.median_mib_per_s,
+        tr.p2pshare_over_bare_copy_without_fsync
+    );
+    match (&tr.curl_nginx, tr.p2pshare_over_curl) {
+        (Some(c), Some(r)) => {
+            let _ = writeln!(
+                md,
+                "| curl from nginx (sendfile on), no fsync | {} | {:.1} | {:.2}× |",
+                rates(c),
+                c.median_mib_per_s,
+                r
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                md,
+                "| curl from nginx | not run: {} | | |",
+                tr.curl_nginx_skipped.as_deref().unwrap_or("unknown reason")
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nWhat each time covers:\n\n\
+         - **p2pshare**: the time a fresh console peer (`peer --share DIR --listen 127.0.0.1:0`, \
+         stdin `get HASH`) prints in its `saved PATH (SIZE bytes in T s, ...)` line: connect to \
+         the holder, request, receive every byte into `.HASH.p2pshare-part`, BLAKE3 verify, \
+         fsync and rename. Not included: the peer's start-up and its lookup at the index.\n\
+         - **bare copy**: the floor named in issue 4, between two processes: a server (this \
+         bench binary, `--sendfile-server FILE`) `sendfile`s the whole file to each connection \
+         on a blocking socket; the bench connects, reads 256 KiB at a time and writes each \
+         chunk to a new file, then fsyncs it. Timed from connect to fsync done; the row \
+         *before its fsync* stops the clock after the last write. No hashing.\n\
+         - **curl + nginx**: the wall clock of `curl -s --noproxy '*' -o FILE \
+         http://127.0.0.1:PORT/NAME` against nginx started by the bench (`worker_processes 1; \
+         sendfile on; tcp_nopush on; access_log off`), curl's process start-up included. curl \
+         does **not** fsync, so its file may still be in the page cache when the clock stops; \
+         compare it with the bare copy's *before its fsync* row for a like-for-like view.{}\n",
+        tr.curl_nginx_versions
+            .as_deref()
+            .map(|v| format!(" Versions: {v}."))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        md,
+        "**Uploader memory**: {n} raw downloads (`TransferRequest::Get` from offset 0) opened \
+         at once against the holder, all requested before any is read, each reading the \
+         header and {} before closing ({:.2} s in all). The holder's VmRSS, sampled every \
+         50 ms: {} KiB before, at most **{} KiB ({:.2} MB)** while serving the {n} downloads \
+         (issue 4's target: under 20 MB). Its VmHWM (peak over its life, hashing the file at \
+         start included): {} KiB ({:.2} MB).\n",
+        size_label(tr.bytes_per_concurrent_download),
+        tr.concurrent_downloads_s,
+        tr.holder_rss_before_kib,
+        tr.holder_rss_max_kib_64_downloads,
+        tr.holder_rss_max_mb_64_downloads,
+        tr.holder_vmhwm_kib,
+        tr.holder_vmhwm_mb,
+        n = tr.concurrent_downloads,
+    );
+}
+
+/// The transfer mode's console lines.
+pub fn transfer_console(tr: &TransferSummary) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "transfer of {} x{} (median MiB/s): p2pshare {:.1} | bare copy {:.1} ({:.1} before fsync) | curl+nginx {}",
+        size_label(tr.size_bytes),
+        tr.repeats,
+        tr.p2pshare.median_mib_per_s,
+        tr.bare_copy.median_mib_per_s,
+        tr.bare_copy_without_fsync.median_mib_per_s,
+        match &tr.curl_nginx {
+            Some(c) => format!("{:.1}", c.median_mib_per_s),
+            None => format!(
+                "not run ({})",
+                tr.curl_nginx_skipped.as_deref().unwrap_or("unknown reason")
+            ),
+        }
+    );
+    let _ = writeln!(
+        t,
+        "transfer ratios: p2pshare / bare copy {:.2}x (/ bare copy before fsync {:.2}x), p2pshare / curl+nginx {}",
+        tr.p2pshare_over_bare_copy,
+        tr.p2pshare_over_bare_copy_without_fsync,
+        tr.p2pshare_over_curl
+            .map_or_else(|| "n/a".to_string(), |r| format!("{r:.2}x"))
+    );
+    let _ = writeln!(
+        t,
+        "holder memory under {CONCURRENT_DOWNLOADS} downloads: max VmRSS {} KiB ({:.2} MB), VmHWM {} KiB ({:.2} MB)",
+        tr.holder_rss_max_kib_64_downloads,
+        tr.holder_rss_max_mb_64_downloads,
+        tr.holder_vmhwm_kib,
+        tr.holder_vmhwm_mb
+    );
+    t
 }
 
 #[cfg(test)]
@@ -357,6 +520,7 @@ mod tests {
             )],
             floor_us: floor,
             saturation: None,
+            transfer: None,
             ops_per_peer: Some(PerOp::from_array(&[1, 2, 3])),
             files_per_register: FILES_PER_REGISTER,
             prepopulated_files: 10,
@@ -384,6 +548,51 @@ mod tests {
             }
         }
         assert_eq!(run["p50_over_floor"]["search"], 1.5);
+    }
+
+    #[test]
+    fn transfer_section_and_json() {
+        let series = |r: f64| Series {
+            seconds: vec![1.0],
+            mib_per_s: vec![r],
+            median_mib_per_s: r,
+        };
+        let mut s = summary();
+        s.runs.clear();
+        s.transfer = Some(TransferSummary {
+            size_bytes: 1 << 30,
+            repeats: 1,
+            file_hash: "ab".repeat(32),
+            p2pshare: series(900.0),
+            bare_copy: series(1000.0),
+            bare_copy_without_fsync: series(1500.0),
+            curl_nginx: None,
+            curl_nginx_skipped: Some("nginx is not installed".into()),
+            p2pshare_over_bare_copy: 0.9,
+            p2pshare_over_bare_copy_without_fsync: 0.6,
+            concurrent_downloads: 64,
+            bytes_per_concurrent_download: 128 << 20,
+            holder_rss_max_kib_64_downloads: 5000,
+            ..TransferSummary::default()
+        });
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["runs"], serde_json::json!([]));
+        assert!(v["floor_us"]["p50"].is_number());
+        assert_eq!(v["transfer"]["p2pshare"]["median_mib_per_s"], 900.0);
+        assert!(v["transfer"]["curl_nginx"].is_null());
+        assert_eq!(
+            v["transfer"]["curl_nginx_skipped"],
+            "nginx is not installed"
+        );
+        let md = markdown(&s, None);
+        assert!(md.contains("## Transfer"));
+        assert!(md.contains("1 GiB"));
+        assert!(md.contains("| **p2pshare** `get` (verified, fsynced) | 900.0 | **900.0** |"));
+        assert!(md.contains("not run: nginx is not installed"));
+        assert!(md.contains("128 MiB"));
+        let c = transfer_console(s.transfer.as_ref().unwrap());
+        assert!(c.contains("p2pshare 900.0"));
+        assert!(c.contains("0.90x"));
     }
 
     #[test]

@@ -8,8 +8,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// Smallest `--transfer` size: the peer prints its download time in milliseconds.
+const MIN_TRANSFER_BYTES: u64 = 1 << 20;
+
 /// Times search, register and lookup against a real indexd over loopback, next to the bare
-/// loopback round trip, and writes summary.json, .hgrm files, report.md and charts.
+/// loopback round trip, and writes summary.json, .hgrm files, report.md and charts; with
+/// --transfer, times downloads between real peers next to a bare copy and curl + nginx.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Flags {
@@ -37,9 +41,14 @@ struct Flags {
     /// Saturation mode: seconds measured (after a 1 s warm-up).
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     duration: f64,
-    /// Time peer-to-peer downloads of a file of this size (e.g. 100M).
+    /// Transfer mode: time verified downloads of a file of this size (e.g. 1G) between real
+    /// peers, next to a bare sendfile copy and curl from nginx, and the uploader's memory
+    /// under 64 simultaneous downloads.
     #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
     transfer: Option<u64>,
+    /// Transfer mode: timed downloads per contender.
+    #[arg(long, value_name = "R", default_value_t = 3)]
+    repeats: usize,
     /// Directory for the outputs.
     #[arg(long, value_name = "DIR", default_value = "bench-out")]
     out: PathBuf,
@@ -52,9 +61,15 @@ struct Flags {
     /// The indexd binary to start (default: the one next to this binary).
     #[arg(long, value_name = "PATH")]
     indexd: Option<PathBuf>,
+    /// The peer binary the transfer mode starts (default: the one next to this binary).
+    #[arg(long, value_name = "PATH")]
+    peer: Option<PathBuf>,
     /// Internal: run the echo server the floor is measured against.
     #[arg(long, hide = true)]
     echo_server: bool,
+    /// Internal: run the sendfile server the transfer mode's bare copy reads from.
+    #[arg(long, hide = true, value_name = "FILE")]
+    sendfile_server: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +79,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bench --echo-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(file) = &flags.sendfile_server {
+        return match p2pshare::bench::transfer::run_sendfile_server(file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench --sendfile-server: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -90,17 +114,30 @@ fn main() -> ExitCode {
 
 /// Raw flags → a config, or the reason they do not make one.
 fn validate(flags: Flags) -> Result<Config, String> {
-    if let Some(size) = flags.transfer {
-        return Err(format!(
-            "--transfer {size} bytes: not implemented yet. Timing downloads needs the bench to \
-             start real peers (`peer --share DIR`) and fetch a file between them; that mode lands \
-             with the peer work. Nothing was measured."
-        ));
-    }
-    if flags.files == 0 {
-        return Err("--files must be at least 1: searches and lookups need indexed files".into());
-    }
-    let mode = if flags.pipeline.is_some() || flags.connections.is_some() {
+    let saturation = flags.pipeline.is_some() || flags.connections.is_some();
+    let mode = if let Some(size) = flags.transfer {
+        if saturation {
+            return Err(
+                "--transfer and --pipeline/--connections are different modes: pick one".into(),
+            );
+        }
+        if size < MIN_TRANSFER_BYTES {
+            return Err(format!(
+                "--transfer {size} bytes is below 1M: the peer reports its download time in \
+                 milliseconds, too coarse for smaller files"
+            ));
+        }
+        if !(1..=100).contains(&flags.repeats) {
+            return Err(format!("--repeats {} is outside 1..=100", flags.repeats));
+        }
+        Mode::Transfer {
+            size,
+            repeats: flags.repeats,
+        }
+    } else if saturation {
+        if flags.files == 0 {
+            return Err("--files must be at least 1: lookups need indexed files".into());
+        }
         let connections = flags.connections.unwrap_or(64);
         let pipeline = flags.pipeline.unwrap_or(16);
         if !(1..=10_000).contains(&connections) {
@@ -121,6 +158,11 @@ fn validate(flags: Flags) -> Result<Config, String> {
             duration: Duration::from_secs_f64(flags.duration),
         }
     } else {
+        if flags.files == 0 {
+            return Err(
+                "--files must be at least 1: searches and lookups need indexed files".into(),
+            );
+        }
         Mode::Latency {
             ops: flags.ops,
             peers: flags.peers,
@@ -136,6 +178,15 @@ fn validate(flags: Flags) -> Result<Config, String> {
             indexd.display()
         ));
     }
+    let peer = flags
+        .peer
+        .unwrap_or_else(|| self_exe.with_file_name("peer"));
+    if matches!(mode, Mode::Transfer { .. }) && !peer.exists() {
+        return Err(format!(
+            "{} not found: build it (cargo build --release --bins) or pass --peer PATH",
+            peer.display()
+        ));
+    }
     let command = std::iter::once("tools/bench".to_string())
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
@@ -148,6 +199,7 @@ fn validate(flags: Flags) -> Result<Config, String> {
         out: flags.out,
         seed: flags.seed,
         floor_round_trips: flags.floor_round_trips.max(1),
+        peer,
         self_exe,
         command,
     })
