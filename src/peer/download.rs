@@ -13,12 +13,16 @@
 
 use super::names::{self, Landing};
 use super::share::PART_SUFFIX;
+use crate::reactor::sys;
 use crate::wire::FileHash;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// Writeback of received data is started every this many bytes, so it overlaps the transfer.
+const WRITEBACK_BYTES: u64 = 8 << 20;
 
 /// Why a download (or an attempt at one holder) failed.
 #[derive(Debug)]
@@ -67,6 +71,8 @@ pub struct Download {
     pub started: Instant,
     /// Offset the current holder is sending from.
     pub expecting_from: u64,
+    /// Bytes already handed to the kernel for writeback.
+    written_back: u64,
 }
 
 impl Download {
@@ -93,6 +99,7 @@ impl Download {
             received_now: 0,
             started: Instant::now(),
             expecting_from: 0,
+            written_back: 0,
         };
         d.open_part().map_err(TransferError::Local)?;
         Ok(d)
@@ -108,6 +115,7 @@ impl Download {
         let len = file.metadata()?.len();
         self.hasher = blake3::Hasher::new();
         self.have = 0;
+        self.written_back = 0;
         if len > self.size {
             // Not a prefix of this file: start over.
             file.set_len(0)?;
@@ -125,6 +133,7 @@ impl Download {
                 self.have += n as u64;
             }
         }
+        self.written_back = self.have;
         self.part = Some(file);
         Ok(())
     }
@@ -175,6 +184,10 @@ impl Download {
         self.hasher.update(data);
         self.have += data.len() as u64;
         self.received_now += data.len() as u64;
+        if self.have - self.written_back >= WRITEBACK_BYTES {
+            sys::start_writeback(part, self.written_back, self.have - self.written_back);
+            self.written_back = self.have;
+        }
         Ok(())
     }
 

@@ -51,7 +51,7 @@ pub struct ConnId(pub usize);
 
 const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Size of the shared read buffer.
-const SCRATCH_BYTES: usize = 64 * 1024;
+const SCRATCH_BYTES: usize = 256 * 1024;
 /// Reads per readiness event before a busy connection yields to the others.
 const READS_PER_TURN: usize = 16;
 /// How long an accept loop rests after running out of descriptors.

@@ -51,6 +51,30 @@ pub fn sendfile<S: io::Write + std::os::fd::AsRawFd>(
     Ok(sent)
 }
 
+/// Asks the kernel to start writing `len` bytes of `file` at `offset` back to disk, without
+/// waiting. A download calls it as data arrives so the final `fsync` has little left to do and
+/// the disk works while the network does. Best effort: errors are ignored (`fsync` remains the
+/// durability point).
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(off), Ok(n)) = (
+            libc::off64_t::try_from(offset),
+            libc::off64_t::try_from(len),
+        ) else {
+            return;
+        };
+        // SAFETY: the descriptor is open (borrowed) and sync_file_range reads only its integer
+        // arguments.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
 /// Raises this process's open-files soft limit to its hard limit, so one reactor can hold tens
 /// of thousands of sockets. Returns the new soft limit.
 pub fn raise_fd_limit() -> io::Result<u64> {
