@@ -976,6 +976,13 @@ fn a_full_disk_fails_the_download_clearly_and_keeps_the_partial_for_resume() {
         stderr.contains("cannot write the download") && stderr.contains("kept for resume"),
         "stderr: {stderr}"
     );
+    eprintln!(
+        "file-size limit: {}",
+        stderr
+            .lines()
+            .find(|l| l.contains("cannot write"))
+            .unwrap_or("")
+    );
     // The status after the failure still runs: the peer survived.
     assert!(stdout.contains("index: connected"), "stdout: {stdout}");
     assert!(!stdout.contains("saved "), "stdout: {stdout}");
