@@ -92,6 +92,31 @@ pub fn spawn_listening(program: &Path, args: &[&str]) -> io::Result<(ChildGuard,
     Ok((guard, addr))
 }
 
+/// One connection to the echo server, for floor samples taken between a peer's operations.
+pub struct Pinger {
+    stream: TcpStream,
+}
+
+impl Pinger {
+    /// Connects to the echo server at `addr`.
+    pub fn connect(addr: SocketAddr) -> io::Result<Pinger> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(super::client::REPLY_TIMEOUT))?;
+        Ok(Pinger { stream })
+    }
+
+    /// Times one ping-pong of [`PING_BYTES`].
+    pub fn round_trip(&mut self) -> io::Result<std::time::Duration> {
+        let ping = [0x5au8; PING_BYTES];
+        let mut pong = [0u8; PING_BYTES];
+        let start = Instant::now();
+        self.stream.write_all(&ping)?;
+        self.stream.read_exact(&mut pong)?;
+        Ok(start.elapsed())
+    }
+}
+
 /// Times `round_trips` pings of [`PING_BYTES`] against the echo server at `addr`, one in
 /// flight, into a histogram (ns).
 pub fn measure(addr: SocketAddr, round_trips: usize) -> io::Result<Histogram<u64>> {
@@ -110,31 +135,4 @@ pub fn measure(addr: SocketAddr, round_trips: usize) -> io::Result<Histogram<u64
         }
     }
     Ok(hist)
-}
-
-/// Times `round_trips` pings in all, split over `clients` concurrent connections (one
-/// thread each, all starting together), merged into one histogram (ns). With as many
-/// clients as a run has simulated peers, the floor sees the same CPU contention the run
-/// does; a lone client on an otherwise idle (virtual) machine pays wake-up latencies a
-/// busy one does not.
-pub fn measure_concurrent(
-    addr: SocketAddr,
-    clients: usize,
-    round_trips: usize,
-) -> io::Result<Histogram<u64>> {
-    if clients <= 1 {
-        return measure(addr, round_trips);
-    }
-    let each = round_trips.div_ceil(clients);
-    let handles: Vec<_> = (0..clients)
-        .map(|_| std::thread::spawn(move || measure(addr, each)))
-        .collect();
-    let mut all = stats::new_histogram();
-    for h in handles {
-        let hist = h
-            .join()
-            .map_err(|_| io::Error::other("a floor client panicked"))??;
-        all.add(&hist).expect("same histogram bounds");
-    }
-    Ok(all)
 }

@@ -3,6 +3,7 @@
 
 use super::client::Client;
 use super::config::OpCounts;
+use super::floor;
 use super::stats;
 use super::workload::{self, OpKind, Rng, FILES_PER_FAKE_PEER};
 use crate::wire::{FileEntry, LookupKey, RequestBody, ResponseBody};
@@ -112,6 +113,9 @@ pub struct RunResult {
     pub hists: [Histogram<u64>; 3],
     /// Error responses per op kind.
     pub errors: [u64; 3],
+    /// Bare loopback round trips (ns) to the echo server, one after each op of each peer:
+    /// the floor measured under exactly the run's conditions (same time, same concurrency).
+    pub floor: Histogram<u64>,
     /// From the start signal to the last peer's last answer.
     pub elapsed: Duration,
 }
@@ -127,12 +131,14 @@ impl RunResult {
 struct PeerResult {
     hists: [Histogram<u64>; 3],
     errors: [u64; 3],
+    floor: Histogram<u64>,
 }
 
 /// Runs `peers` simulated peers against `addr`, each doing `ops` in its own seeded order,
 /// all starting together. `run` numbers the run (it keeps registered hashes unique).
 pub fn run_closed_loop(
     addr: SocketAddr,
+    echo: SocketAddr,
     run: usize,
     peers: usize,
     ops: OpCounts,
@@ -146,6 +152,7 @@ pub fn run_closed_loop(
     for peer in 0..peers {
         let port = PEER_PORT_BASE.wrapping_add((run * 1000 + peer) as u16 % 20000);
         let client = Client::hello(addr, port, "p2pshare-bench peer");
+        let pinger = floor::Pinger::connect(echo);
         let start = start.clone();
         let done_ops = done_ops.clone();
         let files = population.files.clone();
@@ -153,7 +160,17 @@ pub fn run_closed_loop(
             // Wait at the barrier even on a failed connect, or the others would hang.
             start.wait();
             let mut client = client?;
-            peer_loop(&mut client, run, peer, ops, &files, seed, &done_ops)
+            let mut pinger = pinger?;
+            peer_loop(
+                &mut client,
+                &mut pinger,
+                run,
+                peer,
+                ops,
+                &files,
+                seed,
+                &done_ops,
+            )
         }));
     }
     start.wait();
@@ -177,6 +194,7 @@ pub fn run_closed_loop(
         stats::new_histogram(),
     ];
     let mut errors = [0u64; 3];
+    let mut floor = stats::new_histogram();
     for h in handles {
         let r = h
             .join()
@@ -185,6 +203,7 @@ pub fn run_closed_loop(
             hists[k].add(&r.hists[k]).expect("same histogram bounds");
             errors[k] += r.errors[k];
         }
+        floor.add(&r.floor).expect("same histogram bounds");
     }
     super::progress_done(&format!(
         "bench: {peers} peer(s): {total} ops in {:.2}s",
@@ -194,13 +213,16 @@ pub fn run_closed_loop(
         peers,
         hists,
         errors,
+        floor,
         elapsed,
     })
 }
 
 /// One simulated peer's closed loop.
+#[allow(clippy::too_many_arguments)]
 fn peer_loop(
     client: &mut Client,
+    pinger: &mut floor::Pinger,
     run: usize,
     peer: usize,
     ops: OpCounts,
@@ -216,6 +238,7 @@ fn peer_loop(
         stats::new_histogram(),
     ];
     let mut errors = [0u64; 3];
+    let mut floor = stats::new_histogram();
     let mut registers = 0;
     for kind in order {
         // Build the request before the clock starts: only the round trip is timed.
@@ -252,8 +275,14 @@ fn peer_loop(
         if !ok {
             errors[kind.index()] += 1;
         }
+        // The floor sample right after the op: same moment, same load on the machine.
+        stats::record(&mut floor, pinger.round_trip()?);
         done_ops.fetch_add(1, Ordering::Relaxed);
     }
     let _ = client.call(RequestBody::Bye);
-    Ok(PeerResult { hists, errors })
+    Ok(PeerResult {
+        hists,
+        errors,
+        floor,
+    })
 }

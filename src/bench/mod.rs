@@ -58,23 +58,20 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         }
     };
 
-    // The echo server lives for the whole bench. The floor is measured right before each
-    // run, because a shared machine's loopback latency drifts between runs: once with one
-    // client (the bare round trip, `floor_us`) and, for runs of several peers, again with as
-    // many concurrent clients as the run has peers, which is what that run's ratios use.
+    // The echo server lives for the whole bench. `floor_us` is the bare round trip of one
+    // client, measured right before each run. The ratios of a closed-loop run use a floor
+    // taken *inside* the run: every simulated peer pings the echo server after each of its
+    // operations, so op and floor samples share the same moments and the same concurrency
+    // (a shared machine's loopback latency drifts, and a lone client on an idle virtual CPU
+    // pays wake-up latencies a busy one does not).
     let (_echo, echo_addr) = floor::spawn_listening(&config.self_exe, &["--echo-server"])?;
     let mut floor_all = stats::new_histogram();
-    let mut measure_floor = |clients: usize| -> io::Result<Floor> {
+    let mut measure_floor = || -> io::Result<Floor> {
         let single = floor::measure(echo_addr, config.floor_round_trips)?;
         floor_all.add(&single).expect("same histogram bounds");
-        let hist = if clients > 1 {
-            floor::measure_concurrent(echo_addr, clients, config.floor_round_trips)?
-        } else {
-            single
-        };
-        let f = floor_of(&hist);
+        let f = floor_of(&single);
         eprintln!(
-            "bench: floor (loopback round trip, {clients} client(s)): p50 {:.1} µs, p99 {:.1} µs",
+            "bench: floor (loopback round trip, 1 client): p50 {:.1} µs, p99 {:.1} µs",
             f.p50, f.p99
         );
         Ok(f)
@@ -96,8 +93,18 @@ pub fn run(config: &Config) -> io::Result<Summary> {
             ops_per_peer = Some(PerOp::from_array(&ops.as_array()));
             let population = load::Population::create(addr, prepopulated, config.seed)?;
             for (i, &n) in peers.iter().enumerate() {
-                let run_floor = measure_floor(n)?;
-                let r = load::run_closed_loop(addr, i, n, *ops, &population, config.seed)?;
+                measure_floor()?;
+                let r =
+                    load::run_closed_loop(addr, echo_addr, i, n, *ops, &population, config.seed)?;
+                let run_floor = floor_of(&r.floor);
+                eprintln!(
+                    "bench: floor interleaved with the run's ops ({n} peer(s)): p50 {:.1} µs, p99 {:.1} µs",
+                    run_floor.p50, run_floor.p99
+                );
+                write_file(
+                    &config.out.join(format!("peers{n}-floor.hgrm")),
+                    &stats::to_hgrm(&r.floor),
+                )?;
                 let summaries = [0, 1, 2].map(|k| OpSummary::of(&r.hists[k], r.errors[k]));
                 for kind in OpKind::ALL {
                     write_file(
@@ -125,7 +132,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
             duration,
         } => {
             let population = load::Population::create(addr, prepopulated, config.seed)?;
-            measure_floor(1)?;
+            measure_floor()?;
             let keys = population.files.iter().map(|f| f.hash).collect();
             let r = saturate::run(addr, *connections, *pipeline, *duration, keys, config.seed)?;
             write_file(
@@ -144,7 +151,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
             });
         }
         Mode::Transfer { size, repeats } => {
-            measure_floor(1)?;
+            measure_floor()?;
             transfer = Some(transfer::run(&transfer::Params {
                 size: *size,
                 repeats: *repeats,
@@ -241,7 +248,7 @@ pub fn console_table(s: &Summary) -> String {
         }
         let _ = writeln!(
             t,
-            "{:>5} all ops: {:.0} ops/s (floor with {} concurrent clients: p50 {:.1} µs)",
+            "{:>5} all ops: {:.0} ops/s (floor interleaved with the ops of {} peer(s): p50 {:.1} µs)",
             r.peers, r.ops_per_s, r.peers, r.floor_p50_us
         );
     }

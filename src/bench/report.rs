@@ -57,10 +57,11 @@ pub struct RunSummary {
     pub ops_per_s: f64,
     /// Length of the run, seconds.
     pub elapsed_s: f64,
-    /// The floor's p50 measured right before this run with as many concurrent ping-pong
-    /// clients as the run has peers, µs.
+    /// The floor's p50 measured inside this run: each simulated peer pings the echo server
+    /// after each of its operations, µs.
     pub floor_p50_us: f64,
-    /// Each op's p50 divided by `floor_p50_us` (the floor at the same concurrency).
+    /// Each op's p50 divided by `floor_p50_us` (the floor under the same load, at the same
+    /// moments).
     pub p50_over_floor: PerOp<f64>,
 }
 
@@ -221,10 +222,11 @@ pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
         md,
         "**Floor**: a bare TCP ping-pong of {} bytes over loopback between this process and a \
          child echo process, one round trip in flight, timed right before each run ({} round \
-         trips with one client in all): p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs. For a run \
-         of N peers the floor is also timed with N concurrent ping-pong clients, and that \
-         run's *p50 / floor* divides by it, so both sides of the ratio see the same CPU \
-         contention (on a 2-core machine, 3 peers plus indexd oversubscribe the CPUs). On a \
+         trips with one client in all): p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs. Inside each \
+         run, every simulated peer also pings the echo server after each of its operations; \
+         that run's *p50 / floor* divides by the p50 of those interleaved pings, so both sides \
+         of the ratio see the same moments and the same CPU contention (on a 2-core machine, \
+         3 peers plus indexd oversubscribe the CPUs). On a \
          shared or virtualised machine the round trip itself swings (an idle vCPU takes tens \
          of µs to wake), so compare ratios within a run rather than absolute figures across \
          runs.\n",
