@@ -712,90 +712,39 @@ fn fake_holder(
     bytes: Vec<u8>,
     how: Fake,
 ) -> (SocketAddr, Client) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (mut session, observed) = Client::hello(index, port);
-    match session.call(RequestBody::Register { files: vec![entry] }) {
-        ResponseBody::Registered { added: 1, .. } => {}
-        other => panic!("{other:?}"),
-    }
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { return };
-            let bytes = bytes.clone();
-            std::thread::spawn(move || {
-                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                let mut buf = Vec::new();
-                let mut dec = Decoder::default();
-                let req: TransferRequest = loop {
-                    let mut chunk = [0u8; 4096];
-                    let n = match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Ok(Some(d)) = dec.decode(&buf) {
-                        break wire::decode(&buf[d.payload]).unwrap();
-                    }
-                };
-                let TransferRequest::Get { offset, .. } = req;
-                let size = bytes.len() as u64;
-                let header = |size: u64, offset: u64| {
-                    let mut out = Vec::new();
-                    wire::encode_frame(
-                        &TransferResponse::Sending {
-                            name: "fake.bin".into(),
-                            size,
-                            offset,
-                        },
-                        &mut out,
-                    );
-                    out
-                };
-                let rest = &bytes[offset as usize..];
-                let mut out = match how {
-                    Fake::WrongSize => header(size * 2, offset),
-                    Fake::WrongOffset => header(size, offset + 1),
-                    Fake::Garbage => noise(5000, 9),
-                    Fake::Refuses => {
-                        let mut out = Vec::new();
-                        wire::encode_frame(
-                            &TransferResponse::Error {
-                                code: ErrorCode::Io,
-                                message: "no".into(),
-                            },
-                            &mut out,
-                        );
-                        out
-                    }
-                    Fake::NotAResponse => common::frame(b"\x09\x09\x09"),
-                    Fake::HalfThenStall => header(size, offset),
-                };
-                match how {
-                    Fake::WrongSize | Fake::WrongOffset => out.extend_from_slice(rest),
-                    Fake::HalfThenStall => out.extend_from_slice(&rest[..rest.len() / 2]),
-                    _ => {}
-                }
-                let _ = s.write_all(&out);
-                // Keep the connection open; the downloader must not wait on it forever.
-                std::thread::sleep(Duration::from_secs(30));
-            });
+    common::fake_holder(index, entry, move |offset| {
+        let size = bytes.len() as u64;
+        let header = |size: u64, offset: u64| common::sending_header("fake.bin", size, offset);
+        let rest = &bytes[offset as usize..];
+        let mut out = match how {
+            Fake::WrongSize => header(size * 2, offset),
+            Fake::WrongOffset => header(size, offset + 1),
+            Fake::Garbage => noise(5000, 9),
+            Fake::Refuses => {
+                let mut out = Vec::new();
+                wire::encode_frame(
+                    &TransferResponse::Error {
+                        code: ErrorCode::Io,
+                        message: "no".into(),
+                    },
+                    &mut out,
+                );
+                out
+            }
+            Fake::NotAResponse => common::frame(b"\x09\x09\x09"),
+            Fake::HalfThenStall => header(size, offset),
+        };
+        match how {
+            Fake::WrongSize | Fake::WrongOffset => out.extend_from_slice(rest),
+            Fake::HalfThenStall => out.extend_from_slice(&rest[..rest.len() / 2]),
+            _ => {}
         }
-    });
-    (observed, session)
-}
-
-/// The 1-based position of `addr` among the holders the index lists for `hash`.
-fn holder_number(index: SocketAddr, hash: FileHash, addr: SocketAddr) -> usize {
-    let (mut c, _) = Client::hello(index, 0);
-    match c.call(RequestBody::Lookup {
-        key: LookupKey::Hash(hash),
-    }) {
-        ResponseBody::Holders { files } => {
-            files[0].holders.iter().position(|h| *h == addr).unwrap() + 1
+        // Keep the connection open; the downloader must not wait on it forever.
+        common::FakeReply {
+            bytes: out,
+            then_stall: Duration::from_secs(30),
         }
-        other => panic!("{other:?}"),
-    }
+    })
 }
 
 /// Names in `dir` other than dotfiles (partials, the hash cache).
@@ -834,7 +783,7 @@ fn malicious_holders_are_dropped_for_the_next_one() {
     ] {
         let (fake, session) = fake_holder(indexd.addr, entry.clone(), bytes.clone(), how);
         wait_for_holders(indexd.addr, h, 2);
-        let n = holder_number(indexd.addr, h, fake);
+        let n = common::holder_number(indexd.addr, h, fake);
         let b = tmp.sub(&format!("{how:?}"));
         let t = Instant::now();
         let run = run_console(

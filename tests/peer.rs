@@ -3,12 +3,7 @@
 mod common;
 
 use common::{run_console, wait_for_holders, Client, Indexd, Input, ServingPeer, TempDir};
-use p2pshare::reactor::codec::Decoder;
-use p2pshare::wire::{
-    self, FileEntry, FileHash, LookupKey, RequestBody, ResponseBody, TransferRequest,
-    TransferResponse,
-};
-use std::io::{Read, Write};
+use p2pshare::wire::{FileEntry, FileHash};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::Duration;
@@ -189,79 +184,33 @@ fn fake_holder(
     bytes: Vec<u8>,
     how: Fake,
 ) -> (SocketAddr, Client) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (mut session, observed) = Client::hello(index, port);
-    match session.call(RequestBody::Register { files: vec![entry] }) {
-        ResponseBody::Registered { added: 1, .. } => {}
-        other => panic!("{other:?}"),
-    }
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { return };
-            let bytes = bytes.clone();
-            std::thread::spawn(move || {
-                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                let mut buf = Vec::new();
-                let mut dec = Decoder::default();
-                let req: TransferRequest = loop {
-                    let mut chunk = [0u8; 4096];
-                    let n = match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Ok(Some(d)) = dec.decode(&buf) {
-                        break wire::decode(&buf[d.payload]).unwrap();
-                    }
-                };
-                let TransferRequest::Get { offset, .. } = req;
-                let offset = offset as usize;
-                let name = match how {
-                    Fake::HostileName(n) => n.to_string(),
-                    _ => "fake.bin".to_string(),
-                };
-                let mut out = Vec::new();
-                wire::encode_frame(
-                    &TransferResponse::Sending {
-                        name,
-                        size: bytes.len() as u64,
-                        offset: offset as u64,
-                    },
-                    &mut out,
-                );
-                let rest = &bytes[offset..];
-                match how {
-                    Fake::DiesHalfway => out.extend_from_slice(&rest[..rest.len() / 2]),
-                    Fake::WrongBytes => out.extend(rest.iter().map(|b| b ^ 0x55)),
-                    Fake::TooMany => {
-                        out.extend_from_slice(rest);
-                        out.extend_from_slice(&[7u8; 100_000]);
-                    }
-                    Fake::Hangs => out.extend_from_slice(&rest[..rest.len() / 3]),
-                    Fake::HostileName(_) => out.extend_from_slice(rest),
-                }
-                let _ = s.write_all(&out);
-                if let Fake::Hangs = how {
-                    std::thread::sleep(Duration::from_secs(30));
-                }
-            });
+    common::fake_holder(index, entry, move |offset| {
+        let offset = offset as usize;
+        let name = match how {
+            Fake::HostileName(n) => n,
+            _ => "fake.bin",
+        };
+        let mut out = common::sending_header(name, bytes.len() as u64, offset as u64);
+        let rest = &bytes[offset..];
+        let mut then_stall = Duration::ZERO;
+        match how {
+            Fake::DiesHalfway => out.extend_from_slice(&rest[..rest.len() / 2]),
+            Fake::WrongBytes => out.extend(rest.iter().map(|b| b ^ 0x55)),
+            Fake::TooMany => {
+                out.extend_from_slice(rest);
+                out.extend_from_slice(&[7u8; 100_000]);
+            }
+            Fake::Hangs => {
+                out.extend_from_slice(&rest[..rest.len() / 3]);
+                then_stall = Duration::from_secs(30);
+            }
+            Fake::HostileName(_) => out.extend_from_slice(rest),
         }
-    });
-    (observed, session)
-}
-
-/// The 1-based position of `addr` among the holders the index lists for `hash`.
-fn holder_number(index: SocketAddr, hash: FileHash, addr: SocketAddr) -> usize {
-    let (mut c, _) = Client::hello(index, 0);
-    match c.call(RequestBody::Lookup {
-        key: LookupKey::Hash(hash),
-    }) {
-        ResponseBody::Holders { files } => {
-            files[0].holders.iter().position(|h| *h == addr).unwrap() + 1
+        common::FakeReply {
+            bytes: out,
+            then_stall,
         }
-        other => panic!("{other:?}"),
-    }
+    })
 }
 
 fn fallback_case(how: Fake, tag: &str, limit: Duration) {
@@ -279,7 +228,7 @@ fn fallback_case(how: Fake, tag: &str, limit: Duration) {
     let (fake, _session) = fake_holder(indexd.addr, entry, bytes.clone(), how);
     let _real = ServingPeer::start(&a, indexd.addr);
     wait_for_holders(indexd.addr, h, 2);
-    let n = holder_number(indexd.addr, h, fake);
+    let n = common::holder_number(indexd.addr, h, fake);
     let run = run_console(
         &b,
         indexd.addr,

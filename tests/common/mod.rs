@@ -321,3 +321,82 @@ pub fn wait_for_holders(index: SocketAddr, hash: p2pshare::wire::FileHash, want:
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// What a fake holder writes back for one `Get`, and how long it then keeps the connection
+/// open without a word (a holder that hangs).
+pub struct FakeReply {
+    pub bytes: Vec<u8>,
+    pub then_stall: Duration,
+}
+
+/// A transfer header frame, as a holder sends it before the raw bytes.
+pub fn sending_header(name: &str, size: u64, offset: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::encode_frame(
+        &p2pshare::wire::TransferResponse::Sending {
+            name: name.into(),
+            size,
+            offset,
+        },
+        &mut out,
+    );
+    out
+}
+
+/// A fake holder: registered in the index (through the returned session, which keeps the entry
+/// alive) as holding `entry`, answering each `Get` with whatever `reply(offset)` says.
+/// Returns its address as the index gives it out.
+pub fn fake_holder(
+    index: SocketAddr,
+    entry: p2pshare::wire::FileEntry,
+    reply: impl Fn(u64) -> FakeReply + Send + Sync + 'static,
+) -> (SocketAddr, Client) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (mut session, observed) = Client::hello(index, port);
+    match session.call(RequestBody::Register { files: vec![entry] }) {
+        ResponseBody::Registered { added: 1, .. } => {}
+        other => panic!("fake holder not registered: {other:?}"),
+    }
+    let reply = std::sync::Arc::new(reply);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let reply = reply.clone();
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut buf = Vec::new();
+                let mut dec = Decoder::default();
+                let req: p2pshare::wire::TransferRequest = loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Ok(Some(d)) = dec.decode(&buf) {
+                        break wire::decode(&buf[d.payload]).unwrap();
+                    }
+                };
+                let p2pshare::wire::TransferRequest::Get { offset, .. } = req;
+                let r = reply(offset);
+                let _ = s.write_all(&r.bytes);
+                std::thread::sleep(r.then_stall);
+            });
+        }
+    });
+    (observed, session)
+}
+
+/// The 1-based position of `addr` among the holders the index lists for `hash`.
+pub fn holder_number(index: SocketAddr, hash: p2pshare::wire::FileHash, addr: SocketAddr) -> usize {
+    let (mut c, _) = Client::hello(index, 0);
+    match c.call(RequestBody::Lookup {
+        key: p2pshare::wire::LookupKey::Hash(hash),
+    }) {
+        ResponseBody::Holders { files } => {
+            files[0].holders.iter().position(|h| *h == addr).unwrap() + 1
+        }
+        other => panic!("{other:?}"),
+    }
+}
