@@ -23,21 +23,6 @@ use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Deterministic pseudo-random bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Resident memory of a process, in KiB.
 fn vm_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -154,11 +139,15 @@ fn garbage_http_random_bytes_and_terminator_floods_close_only_the_offender() {
             b"hello server, please share your files\n".to_vec(),
             true,
         ),
-        ("random", noise(256 << 10, 1), false),
+        ("random", common::pseudo_random(256 << 10, 1), false),
         ("terminators", b"\r\r\n".repeat(200_000), false),
         ("zeros", vec![0u8; 1 << 20], false),
         // A valid frame holding garbage: the request does not decode.
-        ("junk frame", common::frame(&noise(1000, 2)), false),
+        (
+            "junk frame",
+            common::frame(&common::pseudo_random(1000, 2)),
+            false,
+        ),
         // A request frame with a broken terminator.
         (
             "bad terminator",
@@ -620,7 +609,7 @@ fn a_holder_refuses_unknown_hashes_bad_offsets_and_garbage_and_still_serves() {
     let indexd = Indexd::start(&[]);
     let tmp = TempDir::new("holder");
     let a = tmp.sub("a");
-    let bytes = noise(100_000, 3);
+    let bytes = common::pseudo_random(100_000, 3);
     let h = FileHash::of(&bytes);
     std::fs::write(a.join("served.bin"), &bytes).unwrap();
     let _holder = ServingPeer::start(&a, indexd.addr);
@@ -649,7 +638,7 @@ fn a_holder_refuses_unknown_hashes_bad_offsets_and_garbage_and_still_serves() {
     refused(get(addr, 999, h, 0).0, ErrorCode::VersionMismatch);
     // Garbage and HTTP are closed.
     for bytes in [
-        noise(10_000, 4),
+        common::pseudo_random(10_000, 4),
         b"GET /etc/passwd HTTP/1.0\r\n\r\n".to_vec(),
     ] {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -719,7 +708,7 @@ fn fake_holder(
         let mut out = match how {
             Fake::WrongSize => header(size * 2, offset),
             Fake::WrongOffset => header(size, offset + 1),
-            Fake::Garbage => noise(5000, 9),
+            Fake::Garbage => common::pseudo_random(5000, 9),
             Fake::Refuses => {
                 let mut out = Vec::new();
                 wire::encode_frame(
@@ -764,7 +753,7 @@ fn malicious_holders_are_dropped_for_the_next_one() {
     let indexd = Indexd::start(&[]);
     let tmp = TempDir::new("malicious");
     let a = tmp.sub("a");
-    let bytes = noise(1 << 20, 11);
+    let bytes = common::pseudo_random(1 << 20, 11);
     let h = FileHash::of(&bytes);
     std::fs::write(a.join("real.bin"), &bytes).unwrap();
     let entry = FileEntry {
@@ -821,7 +810,7 @@ fn a_downloader_killed_mid_transfer_resumes_from_its_partial_file() {
     let tmp = TempDir::new("killed");
     let a = tmp.sub("a");
     let b = tmp.sub("b");
-    let bytes = noise(2 << 20, 12);
+    let bytes = common::pseudo_random(2 << 20, 12);
     let h = FileHash::of(&bytes);
     let entry = FileEntry {
         hash: h,
@@ -866,13 +855,7 @@ fn a_downloader_killed_mid_transfer_resumes_from_its_partial_file() {
     std::fs::write(a.join("resumed.bin"), &bytes).unwrap();
     let _real = ServingPeer::start(&a, indexd.addr);
     wait_for_holders(indexd.addr, h, 1);
-    let run = run_console(
-        &b,
-        indexd.addr,
-        &[],
-        Input::Pipe(&format!("get {h}\n")),
-        LIMIT,
-    );
+    let run = common::get(&b, indexd.addr, h);
     assert!(
         run.stderr.contains("resuming resumed.bin at 1048576"),
         "{run:?}"
@@ -887,7 +870,7 @@ fn a_full_disk_fails_the_download_clearly_and_keeps_the_partial_for_resume() {
     let tmp = TempDir::new("diskfull");
     let a = tmp.sub("a");
     let b = tmp.sub("b");
-    let bytes = noise(3 << 20, 13);
+    let bytes = common::pseudo_random(3 << 20, 13);
     let h = FileHash::of(&bytes);
     std::fs::write(a.join("big.bin"), &bytes).unwrap();
     let _holder = ServingPeer::start(&a, indexd.addr);
@@ -941,13 +924,7 @@ fn a_full_disk_fails_the_download_clearly_and_keeps_the_partial_for_resume() {
     );
     assert_eq!(std::fs::metadata(part_path(&b, h)).unwrap().len(), limit);
     // Room again: the next run resumes where the disk filled up.
-    let run = run_console(
-        &b,
-        indexd.addr,
-        &[],
-        Input::Pipe(&format!("get {h}\n")),
-        LIMIT,
-    );
+    let run = common::get(&b, indexd.addr, h);
     assert!(
         run.stderr.contains("resuming big.bin at 1048576"),
         "{run:?}"

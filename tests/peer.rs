@@ -10,21 +10,6 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Deterministic pseudo-random bytes.
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> FileHash {
     std::fs::write(dir.join(name), bytes).unwrap();
     FileHash::of(bytes)
@@ -39,10 +24,10 @@ fn downloads_every_size_and_awkward_name_by_name_and_by_hash() {
     let files: Vec<(String, Vec<u8>)> = vec![
         ("empty.bin".into(), vec![]),
         ("one byte".into(), vec![42]),
-        ("page-1.bin".into(), content(4095, 1)),
-        ("page.bin".into(), content(4096, 2)),
-        ("page+1.bin".into(), content(4097, 3)),
-        ("big file.bin".into(), content(24 << 20, 4)),
+        ("page-1.bin".into(), common::pseudo_random(4095, 1)),
+        ("page.bin".into(), common::pseudo_random(4096, 2)),
+        ("page+1.bin".into(), common::pseudo_random(4097, 3)),
+        ("big file.bin".into(), common::pseudo_random(24 << 20, 4)),
         ("ünïcødé 名前.txt".into(), b"unicode".to_vec()),
         ("cr\r\r\nlf.txt".into(), b"terminator in the name".to_vec()),
     ];
@@ -140,7 +125,7 @@ fn concurrent_downloads_from_one_holder() {
     let indexd = Indexd::start(&[]);
     let tmp = TempDir::new("concurrent");
     let a = tmp.sub("a");
-    let bytes = content(16 << 20, 9);
+    let bytes = common::pseudo_random(16 << 20, 9);
     let h = write(&a, "shared.bin", &bytes);
     let _holder = ServingPeer::start(&a, indexd.addr);
     wait_for_holders(indexd.addr, h, 1);
@@ -218,7 +203,7 @@ fn fallback_case(how: Fake, tag: &str, limit: Duration) {
     let tmp = TempDir::new(tag);
     let a = tmp.sub("a");
     let b = tmp.sub("b");
-    let bytes = content(3 << 20, 11);
+    let bytes = common::pseudo_random(3 << 20, 11);
     let h = write(&a, "real.bin", &bytes);
     let entry = FileEntry {
         hash: h,
@@ -267,7 +252,7 @@ fn extra_bytes_after_the_file_are_ignored() {
     let indexd = Indexd::start(&[]);
     let tmp = TempDir::new("toomany");
     let b = tmp.sub("b");
-    let bytes = content(100_000, 5);
+    let bytes = common::pseudo_random(100_000, 5);
     let h = FileHash::of(&bytes);
     let entry = FileEntry {
         hash: h,
@@ -275,13 +260,7 @@ fn extra_bytes_after_the_file_are_ignored() {
         name: "x.bin".into(),
     };
     let (_fake, _s) = fake_holder(indexd.addr, entry, bytes.clone(), Fake::TooMany);
-    let run = run_console(
-        &b,
-        indexd.addr,
-        &[],
-        Input::Pipe(&format!("get {h}\n")),
-        LIMIT,
-    );
+    let run = common::get(&b, indexd.addr, h);
     assert!(run.stdout.contains("saved "), "{run:?}");
     assert!(std::fs::read(b.join("x.bin")).unwrap() == bytes);
 }
@@ -318,13 +297,7 @@ fn hostile_names_never_escape_the_downloads_dir() {
             bytes.clone(),
             Fake::HostileName(header_name),
         );
-        let run = run_console(
-            &b,
-            indexd.addr,
-            &[],
-            Input::Pipe(&format!("get {h}\n")),
-            LIMIT,
-        );
+        let run = common::get(&b, indexd.addr, h);
         assert!(run.stdout.contains("saved "), "{index_name}: {run:?}");
     }
     let mut names: Vec<String> = std::fs::read_dir(&b)
@@ -344,19 +317,13 @@ fn resume_from_a_partial_file() {
     let tmp = TempDir::new("resume");
     let a = tmp.sub("a");
     let b = tmp.sub("b");
-    let bytes = content(2 << 20, 13);
+    let bytes = common::pseudo_random(2 << 20, 13);
     let h = write(&a, "resume.bin", &bytes);
     // Half of it already downloaded by an earlier, interrupted run.
     std::fs::write(b.join(format!(".{h}.p2pshare-part")), &bytes[..1 << 20]).unwrap();
     let _holder = ServingPeer::start(&a, indexd.addr);
     wait_for_holders(indexd.addr, h, 1);
-    let run = run_console(
-        &b,
-        indexd.addr,
-        &[],
-        Input::Pipe(&format!("get {h}\n")),
-        LIMIT,
-    );
+    let run = common::get(&b, indexd.addr, h);
     assert!(
         run.stderr.contains("resuming resume.bin at 1048576"),
         "{run:?}"
@@ -370,20 +337,14 @@ fn a_file_modified_after_registering_is_not_served_as_the_old_one() {
     let tmp = TempDir::new("modified");
     let a = tmp.sub("a");
     let b = tmp.sub("b");
-    let old = content(50_000, 21);
+    let old = common::pseudo_random(50_000, 21);
     let h = write(&a, "doc.txt", &old);
     let _holder = ServingPeer::start(&a, indexd.addr);
     wait_for_holders(indexd.addr, h, 1);
     // Change it on disk behind the peer's back.
-    let new = content(50_001, 22);
+    let new = common::pseudo_random(50_001, 22);
     std::fs::write(a.join("doc.txt"), &new).unwrap();
-    let run = run_console(
-        &b,
-        indexd.addr,
-        &[],
-        Input::Pipe(&format!("get {h}\n")),
-        LIMIT,
-    );
+    let run = common::get(&b, indexd.addr, h);
     assert!(!run.stdout.contains("saved "), "{run:?}");
     assert!(run.stderr.contains("changed"), "{run:?}");
     assert!(!b.join("doc.txt").exists());

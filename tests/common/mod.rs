@@ -400,3 +400,29 @@ pub fn holder_number(index: SocketAddr, hash: p2pshare::wire::FileHash, addr: So
         other => panic!("{other:?}"),
     }
 }
+
+/// Deterministic pseudo-random bytes (xorshift), for file contents and noise.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Runs a console peer sharing `dir` whose only command is `get TARGET`, bounded by a minute.
+pub fn get(dir: &std::path::Path, index: SocketAddr, target: impl std::fmt::Display) -> ConsoleRun {
+    run_console(
+        dir,
+        index,
+        &[],
+        Input::Pipe(&format!("get {target}\n")),
+        Duration::from_secs(60),
+    )
+}
