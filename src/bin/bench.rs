@@ -15,7 +15,7 @@ const MIN_TRANSFER_BYTES: u64 = 1 << 20;
 /// loopback round trip, and writes summary.json, .hgrm files, report.md and charts; with
 /// --transfer, times downloads between real peers next to a bare copy and curl + nginx.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Flags {
     /// Search, register and lookup operations per simulated peer.
     #[arg(long, value_name = "S,R,L", default_value = "1000,200,800", value_parser = config::parse_ops)]

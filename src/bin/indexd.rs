@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// The p2pshare index server: knows which live peer shares which file.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Flags {
     /// Address to listen on for peers.
     #[arg(long, default_value = "0.0.0.0:9000")]

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 
 /// A p2pshare peer: shares a directory, searches the index, downloads from other peers.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Flags {
     /// Directory to share (scanned recursively; links are not followed).
     #[arg(long)]
