@@ -1,9 +1,18 @@
 //! Benchmarks of the index data structure at a million files, and its memory per file.
 //!
-//! Builds one index of 1,000,000 files (names of 4–6 words, ~40 bytes, drawn with a Zipf skew
-//! from a 50,000-word vocabulary; two holders each among 1,000 peers registering batches of
-//! 1,000), prints the heap bytes per file counted by a wrapping global allocator, then times
-//! register, search, lookup and peer removal against that index.
+//! Two datasets, each built in its own process (the bench re-runs itself once per dataset, so
+//! that one dataset's freed memory does not hide the other's resident growth; set
+//! `INDEX_BENCH_DATASET=vocab` or `=unique` to run one):
+//! - `vocab` (criterion group `index_1M`): 1,000,000 files, names of 4–6 words, ~40 bytes,
+//!   drawn with a Zipf skew from a 50,000-word vocabulary (~49k distinct words in all).
+//! - `unique` (group `index_1M_unique`): 1,000,000 files, names of 3–4 vocabulary words plus
+//!   one token unique to the file (a catalogue number of up to 10 digits, in random order) plus an
+//!   extension, ~40 bytes: a million distinct words that each occur in one entry, as real names
+//!   full of track numbers, IDs and years make.
+//!
+//! Both give every file two holders among 1,000 peers registering batches of 1,000, print the
+//! heap bytes per file counted by a wrapping global allocator and the process's resident
+//! growth per file, then time register, search, lookup and peer removal against the index.
 
 use criterion::{black_box, Criterion};
 use p2pshare::index::store::{Index, PeerId};
@@ -59,6 +68,47 @@ const FILES: usize = 1_000_000;
 const PEERS: usize = 1_000;
 const BATCH: usize = 1_000;
 const VOCABULARY: usize = 50_000;
+
+/// Which names to index (see the module docs).
+#[derive(Clone, Copy, PartialEq)]
+enum Dataset {
+    Vocab,
+    Unique,
+}
+
+impl Dataset {
+    fn name(self) -> &'static str {
+        match self {
+            Dataset::Vocab => "vocab",
+            Dataset::Unique => "unique",
+        }
+    }
+
+    fn group(self) -> &'static str {
+        match self {
+            Dataset::Vocab => "index_1M",
+            Dataset::Unique => "index_1M_unique",
+        }
+    }
+}
+
+/// The file's unique token in the `unique` dataset: its number (and family, so the benchmarks'
+/// fresh files get new tokens) through a 4-round Feistel permutation of `u32`, in decimal (mostly
+/// 10 digits): unique, and registered in random order, as real catalogue numbers and IDs are.
+fn unique_token(n: u64, salt: u64) -> u64 {
+    let family = match salt {
+        0 => 0,
+        0xfeed => 1,
+        _ => 2,
+    };
+    let x = u32::try_from(n + family * FILES as u64).expect("under 2^32");
+    let (mut l, mut r) = (x >> 16, x & 0xffff);
+    for round in 0..4u64 {
+        let f = (Rng(u64::from(r) ^ (round << 20)).next() & 0xffff) as u32;
+        (l, r) = (r, l ^ f);
+    }
+    u64::from((l << 16) | r)
+}
 
 /// splitmix64: a tiny deterministic generator, so every run builds the same index.
 struct Rng(u64);
@@ -118,12 +168,15 @@ const EXTENSIONS: &[&str] = &[".mp3", ".flac", ".ogg", ".avi", ".mkv", ".txt"];
 const SEPARATORS: &[&str] = &[" ", "_", "-", " - ", "."];
 
 /// The 1,000 files of block `b` (files `b * 1000 ..`); `salt` makes a disjoint family.
-fn block(words: &Words, b: usize, salt: u64) -> Vec<FileEntry> {
+fn block(data: Dataset, words: &Words, b: usize, salt: u64) -> Vec<FileEntry> {
     (0..BATCH)
         .map(|i| {
             let n = (b * BATCH + i) as u64;
             let mut rng = Rng(n ^ salt.rotate_left(32));
-            let count = 4 + rng.below(3);
+            let count = match data {
+                Dataset::Vocab => 4 + rng.below(3),
+                Dataset::Unique => 3 + rng.below(2),
+            };
             let mut name = String::new();
             for k in 0..count {
                 if k > 0 {
@@ -138,6 +191,10 @@ fn block(words: &Words, b: usize, salt: u64) -> Vec<FileEntry> {
                 } else {
                     name.push_str(w);
                 }
+            }
+            if data == Dataset::Unique {
+                name.push_str(SEPARATORS[rng.below(SEPARATORS.len())]);
+                name.push_str(&unique_token(n, salt).to_string());
             }
             name.push_str(EXTENSIONS[rng.below(EXTENSIONS.len())]);
             let mut key = n.to_le_bytes().to_vec();
@@ -174,7 +231,7 @@ fn status_bytes(field: &str) -> usize {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn build(words: &Words) -> (Index, Vec<PeerId>) {
+fn build(data: Dataset, words: &Words) -> (Index, Vec<PeerId>) {
     let start = Instant::now();
     let (heap0, rss0) = (LIVE_BYTES.load(Relaxed), rss_bytes());
     let vm_rss0 = status_bytes("VmRSS:");
@@ -186,7 +243,7 @@ fn build(words: &Words) -> (Index, Vec<PeerId>) {
     for round in 0..2 {
         for (p, peer) in peers.iter().enumerate() {
             let b = (p + round) % blocks;
-            let files = block(words, b, 0);
+            let files = block(data, words, b, 0);
             if round == 0 {
                 name_bytes += files.iter().map(|f| f.name.len()).sum::<usize>();
             }
@@ -198,7 +255,8 @@ fn build(words: &Words) -> (Index, Vec<PeerId>) {
     let heap = LIVE_BYTES.load(Relaxed) - heap0;
     let rss = rss_bytes().saturating_sub(rss0);
     eprintln!(
-        "index: {} files, {} entries, {} words, avg name {:.1} B, built in {:.1?}",
+        "[{}] index: {} files, {} entries, {} words, avg name {:.1} B, built in {:.1?}",
+        data.name(),
         index.file_count(),
         index.entry_count(),
         index.word_count(),
@@ -206,7 +264,8 @@ fn build(words: &Words) -> (Index, Vec<PeerId>) {
         start.elapsed()
     );
     eprintln!(
-        "index memory: {:.1} heap bytes per file ({:.1} MB); resident growth {:.1} bytes per file",
+        "[{}] index memory: {:.1} heap bytes per file ({:.1} MB); resident growth {:.1} bytes per file",
+        data.name(),
         heap as f64 / FILES as f64,
         heap as f64 / 1e6,
         rss as f64 / FILES as f64
@@ -214,8 +273,9 @@ fn build(words: &Words) -> (Index, Vec<PeerId>) {
     // The whole process, as an operator sees it (glibc malloc: fragmentation included).
     let vm_rss = status_bytes("VmRSS:");
     eprintln!(
-        "process VmRSS: {:.1} MB before the build, {:.1} MB after ({:.1} bytes per file of \
+        "[{}] process VmRSS: {:.1} MB before the build, {:.1} MB after ({:.1} bytes per file of \
          growth); VmHWM (peak) {:.1} MB",
+        data.name(),
         vm_rss0 as f64 / 1e6,
         vm_rss as f64 / 1e6,
         (vm_rss - vm_rss0.min(vm_rss)) as f64 / FILES as f64,
@@ -225,20 +285,38 @@ fn build(words: &Words) -> (Index, Vec<PeerId>) {
 }
 
 fn main() {
+    let data = match std::env::var("INDEX_BENCH_DATASET").as_deref() {
+        Ok("vocab") => Dataset::Vocab,
+        Ok("unique") => Dataset::Unique,
+        Ok(other) => panic!("INDEX_BENCH_DATASET={other}: expected vocab or unique"),
+        Err(_) => {
+            // One process per dataset, so each one's resident growth is measured from scratch.
+            let exe = std::env::current_exe().expect("own executable");
+            for data in [Dataset::Vocab, Dataset::Unique] {
+                let status = std::process::Command::new(&exe)
+                    .args(std::env::args_os().skip(1))
+                    .env("INDEX_BENCH_DATASET", data.name())
+                    .status()
+                    .expect("run the bench for one dataset");
+                assert!(status.success(), "{} dataset: {status}", data.name());
+            }
+            return;
+        }
+    };
     let words = Words::new();
-    let (mut index, peers) = build(&words);
+    let (mut index, peers) = build(data, &words);
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2))
         .configure_from_args();
 
-    let known = block(&words, 123, 0);
-    let fresh = block(&words, 0, 0xfeed);
+    let known = block(data, &words, 123, 0);
+    let fresh = block(data, &words, 0, 0xfeed);
     let fresh_hashes: Vec<FileHash> = fresh.iter().map(|f| f.hash).collect();
     let newcomer = index.add_peer(addr(PEERS));
 
-    let mut g = c.benchmark_group("index_1M");
+    let mut g = c.benchmark_group(data.group());
     g.bench_function("register_1k_new_files", |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
@@ -277,11 +355,20 @@ fn main() {
         &sample_words[1][..2.min(sample_words[1].len())]
     );
     let common = words.words[0].clone();
-    for (label, query) in [
-        ("search_2_words", two_words.as_str()),
-        ("search_1_word_common", common.as_str()),
-        ("search_1_letter", "s"),
-    ] {
+    let mut queries = vec![
+        ("search_2_words", two_words),
+        ("search_1_word_common", common),
+        ("search_1_letter", "s".to_string()),
+    ];
+    if data == Dataset::Unique {
+        // The file's own token: a word with a single posting.
+        queries.push((
+            "search_unique_token",
+            unique_token(123 * BATCH as u64 + 7, 0).to_string(),
+        ));
+    }
+    for (label, query) in &queries {
+        let (label, query) = (*label, query.as_str());
         let (hits, truncated) = index.search(query, 100);
         eprintln!(
             "{label}: {query:?} -> {} hits, truncated {truncated}",
@@ -306,8 +393,8 @@ fn main() {
     }
     g.finish();
 
-    let big: Vec<Vec<FileEntry>> = (0..10).map(|b| block(&words, b, 0xbeef)).collect();
-    let mut g = c.benchmark_group("index_1M");
+    let big: Vec<Vec<FileEntry>> = (0..10).map(|b| block(data, &words, b, 0xbeef)).collect();
+    let mut g = c.benchmark_group(data.group());
     g.bench_function("remove_peer_10k_files", |b| {
         // Setup (registering the 10,000 files) is outside the timed part; only the removal
         // of the peer, its holdings, entries, files and words is measured.
@@ -327,7 +414,8 @@ fn main() {
     });
     g.finish();
     eprintln!(
-        "after the benchmarks' churn: {} files, {:.1} heap bytes per file, process VmRSS {:.1} MB",
+        "[{}] after the benchmarks' churn: {} files, {:.1} heap bytes per file, process VmRSS {:.1} MB",
+        data.name(),
         index.file_count(),
         LIVE_BYTES.load(Relaxed) as f64 / index.file_count() as f64,
         status_bytes("VmRSS:") as f64 / 1e6

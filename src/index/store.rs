@@ -19,14 +19,19 @@
 //!   (then the file's holders are the entry's holders).
 //! - Every live entry's `name` is the offset of a live record in the name arena; freed records
 //!   are counted in `Names::garbage` and listed in its free lists.
+//! - Every live word has at least one posting; its postings are inline exactly while there are
+//!   at most two (ascending), else in a `postings` set; it is in `word_hash` once and in
+//!   `word_order` once, under its own 4-byte prefix; its `text` is a live `word_text` record.
 //!
 //! # Memory layout (why it is this shape)
 //! The target is ≤150 bytes of resident memory per indexed file at a million files (whole
-//! process, glibc malloc), so nothing is allocated per file: every per-file structure is a slot
-//! in a big vector or bytes in a compressed block. Measured at 1M files of ~40-byte names with
-//! two holders each (`benches/index.rs`): ~145 heap bytes and ~148 resident bytes per file,
-//! of which names ~42, files ~44, entries ~20, postings ~16, hash index ~11, words ~5,
-//! per-peer sets ~3.
+//! process, glibc malloc), so nothing is allocated per file or per rare word: every per-file
+//! structure is a slot in a big vector or bytes in a compressed block. Measured at 1M files of
+//! ~40-byte names with two holders each (`benches/index.rs`), on a ~49k-word vocabulary: ~142
+//! heap bytes and ~145 resident bytes per file, of which names ~42, files ~44, entries ~20,
+//! postings ~16, hash index ~11, words ~2, per-peer sets ~3. With one word unique to each file
+//! besides (a 10-digit catalogue number): ~182 heap and ~184 resident bytes per file, the
+//! million rare words costing ~44 bytes each (record 12, text 11, hash table ~10, order ~11).
 //! - `files: Vec<FileRec>` (44 B: hash, size, first entry, holder count), addressed by `u32`
 //!   ids with a free list.
 //! - `by_hash`: a [`BlockSet`] of `u64` items `(first 4 hash bytes << 32) | file id`, kept in
@@ -40,11 +45,22 @@
 //! - `names`: one byte arena ([`Names`]) of length-prefixed names, one byte of overhead per
 //!   name. Freed records are reused by names of the same length; once garbage is a third of
 //!   the arena it is compacted in place (amortised constant cost per freed name).
-//! - Words: a `BTreeMap` from lowercase word to word id (sorted, so a prefix is a range) and a
-//!   hash map for exact lookups (a B-tree walk costs a cache miss per level), both keyed by
-//!   [`Word`], which keeps words of up to 22 bytes inline (no allocation, no pointer chase).
-//!   One [`PackedSet`] of entry ids per word: sorted blocks of varint deltas, ~1.5 B per posting
-//!   plus block headers, insert and remove decode one block of at most ~128 bytes.
+//! - Words: real names are full of rare words (track and catalogue numbers, IDs, years), so a
+//!   word seen in one or two entries must cost little more than its text. Nothing is allocated
+//!   per word:
+//!   - `words: Vec<WordRec>` (12 B: the text's offset, then the postings: up to two entry ids
+//!     inline, or a key into `postings` for three or more), addressed by `u32` word ids with
+//!     a free list;
+//!   - `word_text`: the lowercase texts in a byte arena like the names' ([`Names`]);
+//!   - `word_hash`: a `hashbrown::HashTable<u32>` of word ids hashed by text (~5–10 B per
+//!     word), for the hot exact lookups (register, removal, name lookup);
+//!   - `word_order`: a [`BlockSet`] of `(first 4 text bytes << 32) | word id` in text order
+//!     (~11 B per word), so a prefix is a range; most comparisons settle on the 4 bytes without
+//!     reading the text, and a prefix of up to 4 bytes is matched on the items alone;
+//!   - `postings`: a slab of [`PackedSet`]s of entry ids, one per word with three or more
+//!     entries: sorted blocks of varint deltas, ~1.5 B per posting plus block headers, insert
+//!     and remove decode one block of at most ~128 bytes. A set goes back inline when it
+//!     shrinks to two.
 //! - Each peer keeps a [`PackedSet`] of the entries it holds (~1 B per holding: ids a peer
 //!   registers together are close), so removing a peer costs time proportional to its own
 //!   holdings.
@@ -57,8 +73,10 @@
 //! Removing holdings first drops the peer from each entry's holders, collecting entries left
 //! without holders; those are then deleted in one batch: their `(word, entry)` postings are
 //! gathered (re-tokenising each name into a reused buffer), sorted, and removed word by word,
-//! each affected posting block decoded and re-encoded once; then names, records and files
-//! left without entries go.
+//! each affected posting block decoded and re-encoded once; words left without postings go
+//! (a dropped word is found in `word_order` by its id among the words sharing its 4-byte
+//! prefix, without reading their texts); then names, records and files left without entries
+//! go.
 //!
 //! # Words
 //! Words are maximal runs of `char::is_alphanumeric` characters, lowercased character by
@@ -69,17 +87,21 @@
 use crate::wire::{is_hex_prefix, FileEntry, FileHash, HeldFile, LookupKey, SearchHit};
 use slab::Slab;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
+#[cfg(test)]
+use std::collections::BTreeMap; // the tests' model
+use std::collections::BinaryHeap;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
-use std::ops::Bound;
 
 /// Longest accepted file name, in bytes.
 pub const MAX_NAME_BYTES: usize = 1024;
 
-/// Marks an unused inline holder slot, a missing link, or a free record.
+/// Marks an unused inline holder or posting slot, a missing link, or a free record.
 const NONE: u32 = u32::MAX;
-/// In `EntryRec::holders[0]`: the holders live in `spill[holders[1]]`.
+/// In `EntryRec::holders[0]`: the holders live in `spill[holders[1]]`. In
+/// `WordRec::postings[0]`: the postings live in `Index::postings[postings[1]]`. (Neither is a
+/// valid peer or entry id.)
 const SPILLED: u32 = u32::MAX - 1;
 /// Largest block of a [`BlockSet`]: big enough that block headers cost little per item, small
 /// enough that an insert or remove moves at most 2 KiB (of `u64`s).
@@ -91,6 +113,11 @@ const PACKED_BLOCK_BYTES: usize = 128;
 /// The name arena is compacted once its garbage is a third of it and at least this big (tiny
 /// in tests, so that the property test exercises compaction).
 const COMPACT_MIN_BYTES: usize = if cfg!(test) { 16 } else { 1 << 20 };
+/// How many `word_order` items sharing a dropped word's 4-byte prefix are scanned for its id
+/// (8 KiB, sequential) before falling back to a search by text (a dozen dependent reads of
+/// word records and texts). Numbers share prefixes in groups of hundreds. (Tiny in tests, so
+/// that the property tests exercise the fallback.)
+const WORD_SCAN: usize = if cfg!(test) { 2 } else { 1024 };
 /// While the index holds a single entry of a file, the entry's `file` field carries this bit:
 /// the file's holders are then exactly the entry's, and search need not touch the file record
 /// to rank the entry.
@@ -176,6 +203,17 @@ impl EntryRec {
     }
 }
 
+/// One word, 12 bytes. `text == NONE` marks a free slot.
+struct WordRec {
+    /// Offset of the word's (lowercase) text in `Index::word_text`.
+    text: u32,
+    /// The entries whose name contains the word: up to two entry ids inline, ascending
+    /// (unused slots are `NONE`), or `[SPILLED, key]` for a [`PackedSet`] in
+    /// `Index::postings` once there are three or more. A set goes back inline when it shrinks
+    /// to two, so "inline" is exactly "at most two postings".
+    postings: [u32; 2],
+}
+
 /// One live peer.
 struct PeerRec {
     addr: SocketAddr,
@@ -196,12 +234,20 @@ pub struct Index {
     entry_count: usize,
     names: Names,
     spill: Slab<Vec<u32>>,
-    word_ids: BTreeMap<Word, u32>,
-    /// The same map hashed: exact word lookups (register, removal, name lookup) are hot, and a
-    /// B-tree walk over 50k boxed strings costs a cache miss per level.
-    word_hash: hashbrown::HashMap<Word, u32>,
-    postings: Vec<PackedSet>,
+    /// Word records by word id (with a free list).
+    words: Vec<WordRec>,
     free_words: Vec<u32>,
+    word_count: usize,
+    /// The words' lowercase texts, an arena like the names'.
+    word_text: Names,
+    /// Word ids hashed by their text, for exact lookups (register, removal, name lookup).
+    word_hash: hashbrown::HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+    /// Word ids in text order, for prefix ranges: `(first 4 text bytes << 32) | word id`
+    /// (see [`pad4`]), so most comparisons need not read the text.
+    word_order: BlockSet<u64>,
+    /// Posting sets of the words with more than two entries.
+    postings: Slab<PackedSet>,
     peers: Vec<Option<PeerRec>>,
     free_peers: Vec<u32>,
     peer_count: usize,
@@ -234,7 +280,7 @@ impl fmt::Debug for Index {
             .field("peers", &self.peer_count)
             .field("files", &self.file_count)
             .field("entries", &self.entry_count)
-            .field("words", &self.word_ids.len())
+            .field("words", &self.word_count)
             .finish()
     }
 }
@@ -252,10 +298,14 @@ impl Index {
             entry_count: 0,
             names: Names::default(),
             spill: Slab::new(),
-            word_ids: BTreeMap::new(),
-            word_hash: hashbrown::HashMap::new(),
-            postings: Vec::new(),
+            words: Vec::new(),
             free_words: Vec::new(),
+            word_count: 0,
+            word_text: Names::default(),
+            word_hash: hashbrown::HashTable::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            word_order: BlockSet::new(),
+            postings: Slab::new(),
             peers: Vec::new(),
             free_peers: Vec::new(),
             peer_count: 0,
@@ -280,7 +330,7 @@ impl Index {
 
     /// Distinct words in the word index (the empty word of wordless names included).
     pub fn word_count(&self) -> usize {
-        self.word_ids.len()
+        self.word_count
     }
 
     /// Distinct hashes `peer` holds (0 for an unknown peer).
@@ -446,8 +496,8 @@ impl Index {
         let mut best: Option<(usize, usize)> = None; // (postings, query word index)
         for (i, q) in qwords.iter().enumerate() {
             let mut total = 0usize;
-            for (_, &w) in self.word_range(q) {
-                total += self.postings[w as usize].len();
+            for w in self.word_range(q) {
+                total += self.posting_count(w);
                 if best.is_some_and(|(b, _)| total >= b) {
                     break;
                 }
@@ -460,10 +510,8 @@ impl Index {
             return (Vec::new(), false);
         };
         let q = &qwords[pick];
-        let range: Vec<(bool, u32)> = self
-            .word_range(q)
-            .map(|(word, &w)| (word.as_bytes() == q.as_bytes(), w))
-            .collect();
+        let exact = self.find_word(q.as_bytes());
+        let range: Vec<(bool, u32)> = self.word_range(q).map(|w| (Some(w) == exact, w)).collect();
         // An entry may contain several words of the range; count it once. The exact word
         // sorts first in the range, so a single-word query sees its whole-word hits first.
         let mut seen = (range.len() > 1).then(|| vec![0u64; self.entries.len().div_ceil(64)]);
@@ -471,7 +519,7 @@ impl Index {
         let mut heap: BinaryHeap<Ranked<'_>> = BinaryHeap::new();
         let mut matched = 0usize;
         for &(exact, w) in &range {
-            for e in self.postings[w as usize].iter() {
+            for e in self.posting_iter(w) {
                 if let Some(seen) = seen.as_mut() {
                     let (word, bit) = (e as usize / 64, 1u64 << (e % 64));
                     if seen[word] & bit != 0 {
@@ -588,24 +636,24 @@ impl Index {
                 lower_words(name, &mut scratch);
                 // The rarest word of the name bounds the scan; a wordless name uses the
                 // empty word's postings.
-                let mut best: Option<&PackedSet> = None;
+                let mut best: Option<(usize, u32)> = None; // (postings, word id)
                 let words: Vec<&str> = if scratch.spans.is_empty() {
                     vec![""]
                 } else {
                     scratch.words().collect()
                 };
                 for w in words {
-                    let Some(&id) = self.word_hash.get(w.as_bytes()) else {
+                    let Some(id) = self.find_word(w.as_bytes()) else {
                         return Err(LookupError::NotFound);
                     };
-                    let set = &self.postings[id as usize];
-                    if best.map_or(true, |b| set.len() < b.len()) {
-                        best = Some(set);
+                    let n = self.posting_count(id);
+                    if best.map_or(true, |(b, _)| n < b) {
+                        best = Some((n, id));
                     }
                 }
-                let set = best.ok_or(LookupError::NotFound)?;
-                let mut files: Vec<HeldFile> = set
-                    .iter()
+                let (_, w) = best.ok_or(LookupError::NotFound)?;
+                let mut files: Vec<HeldFile> = self
+                    .posting_iter(w)
                     .filter(|&e| self.names.get(self.entries[e as usize].name) == name.as_bytes())
                     .map(|e| self.held_file(self.entries[e as usize].file(), Some(e)))
                     .collect();
@@ -630,12 +678,81 @@ impl Index {
             .expect("holding of a live peer")
     }
 
-    /// Words whose text starts with `prefix`, in order (the word equal to it first).
-    fn word_range<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a Word, &'a u32)> {
+    /// Ids of the words whose text starts with `prefix` (non-empty), in text order (the word
+    /// equal to it first). A prefix of up to 4 bytes is matched on the items alone.
+    fn word_range<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = u32> + 'a {
         let prefix = prefix.as_bytes();
-        self.word_ids
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(move |(w, _)| w.as_bytes().starts_with(prefix))
+        let p4 = pad4(prefix);
+        let start = self
+            .word_order
+            .search(|&item| {
+                ((item >> 32) as u32)
+                    .cmp(&p4)
+                    .then_with(|| self.word_bytes(item as u32).cmp(prefix))
+                    .then(Ordering::Greater)
+            })
+            .unwrap_or_else(|at| at);
+        // Words contain no NUL byte, so a word shorter than a short prefix cannot match the
+        // zero padding of its item.
+        let shift = 8 * 4usize.saturating_sub(prefix.len()) as u32;
+        self.word_order
+            .iter_from(start)
+            .take_while(move |&item| {
+                let top = item >> 32;
+                top >> shift == u64::from(p4) >> shift
+                    && (prefix.len() <= 4 || self.word_bytes(item as u32).starts_with(prefix))
+            })
+            .map(|item| item as u32)
+    }
+
+    fn word_bytes(&self, w: u32) -> &[u8] {
+        self.word_text.get(self.words[w as usize].text)
+    }
+
+    fn hash_word(&self, text: &[u8]) -> u64 {
+        self.hasher.hash_one(text)
+    }
+
+    /// The id of the word `text` (lowercase), if indexed.
+    fn find_word(&self, text: &[u8]) -> Option<u32> {
+        self.find_word_hashed(text, self.hash_word(text))
+    }
+
+    fn find_word_hashed(&self, text: &[u8], hash: u64) -> Option<u32> {
+        self.word_hash
+            .find(hash, |&w| self.word_bytes(w) == text)
+            .copied()
+    }
+
+    /// Where the word `text` is (or would go) in `word_order`.
+    fn word_position(&self, text: &[u8]) -> Result<(usize, usize), (usize, usize)> {
+        let p4 = pad4(text);
+        self.word_order.search(|&item| {
+            ((item >> 32) as u32)
+                .cmp(&p4)
+                .then_with(|| self.word_bytes(item as u32).cmp(text))
+        })
+    }
+
+    /// How many entries word `w` is posted under.
+    fn posting_count(&self, w: u32) -> usize {
+        match self.words[w as usize].postings {
+            [SPILLED, key] => self.postings[key as usize].len(),
+            [NONE, _] => 0,
+            [_, NONE] => 1,
+            _ => 2,
+        }
+    }
+
+    /// The entries posted under word `w`, ascending.
+    fn posting_iter(&self, w: u32) -> PostingIter<'_> {
+        let p = &self.words[w as usize].postings;
+        match *p {
+            [SPILLED, key] => PostingIter::Packed(self.postings[key as usize].iter()),
+            [NONE, _] => PostingIter::Inline([].iter()),
+            [_, NONE] => PostingIter::Inline(p[..1].iter()),
+            _ => PostingIter::Inline(p.iter()),
+        }
     }
 
     /// The file with hash `h`, in `O(log n)` over the full-hash order.
@@ -722,6 +839,7 @@ impl Index {
             }
             0
         };
+        assert!(self.entries.len() < SPILLED as usize, "entry ids exhausted");
         let rec = EntryRec {
             name: self.names.push(name.as_bytes()),
             file: file | sole,
@@ -753,21 +871,90 @@ impl Index {
     }
 
     fn post(&mut self, entry: u32, word: &str) {
-        let w = match self.word_hash.get(word.as_bytes()) {
-            Some(&w) => w,
-            None => {
-                let w = if let Some(w) = self.free_words.pop() {
-                    w
-                } else {
-                    self.postings.push(PackedSet::new());
-                    (self.postings.len() - 1) as u32
-                };
-                self.word_ids.insert(Word::new(word), w);
-                self.word_hash.insert(Word::new(word), w);
-                w
-            }
+        let text = word.as_bytes();
+        let hash = self.hash_word(text);
+        let w = match self.find_word_hashed(text, hash) {
+            Some(w) => w,
+            None => self.create_word(text, hash),
         };
-        self.postings[w as usize].insert(entry);
+        let p = &mut self.words[w as usize].postings;
+        match *p {
+            [SPILLED, key] => {
+                self.postings[key as usize].insert(entry);
+            }
+            [NONE, _] => p[0] = entry,
+            [a, NONE] => {
+                debug_assert_ne!(a, entry, "an entry is posted once per word");
+                *p = [a.min(entry), a.max(entry)];
+            }
+            [a, b] => {
+                // A third posting: spill to a packed set.
+                let mut set = PackedSet::new();
+                for x in [a, b, entry] {
+                    set.insert(x);
+                }
+                let key = self.postings.insert(set);
+                *p = [SPILLED, key as u32];
+            }
+        }
+    }
+
+    /// Adds word `text` (hashed `hash`) without postings; returns its id.
+    fn create_word(&mut self, text: &[u8], hash: u64) -> u32 {
+        let rec = WordRec {
+            text: self.word_text.push(text),
+            postings: [NONE, NONE],
+        };
+        let w = if let Some(w) = self.free_words.pop() {
+            self.words[w as usize] = rec;
+            w
+        } else {
+            reserve_gently(&mut self.words, 1);
+            self.words.push(rec);
+            (self.words.len() - 1) as u32
+        };
+        self.word_count += 1;
+        let (words, word_text, hasher) = (&self.words, &self.word_text, &self.hasher);
+        self.word_hash.insert_unique(hash, w, |&x| {
+            hasher.hash_one(word_text.get(words[x as usize].text))
+        });
+        let at = self
+            .word_position(text)
+            .expect_err("a new word is not indexed yet");
+        self.word_order
+            .insert_at(at, (u64::from(pad4(text)) << 32) | u64::from(w));
+        w
+    }
+
+    /// Removes `items` (sorted, distinct, all posted) from word `w`'s postings; true if none
+    /// are left.
+    fn unpost(&mut self, w: u32, items: &[u32], decoded: &mut Vec<u32>) -> bool {
+        let p = &mut self.words[w as usize].postings;
+        match *p {
+            [SPILLED, key] => {
+                let set = &mut self.postings[key as usize];
+                set.remove_sorted(items, decoded);
+                if set.len() <= 2 {
+                    // Back inline: no allocation for a word with two entries or fewer.
+                    let mut it = set.iter();
+                    let inline = [it.next().unwrap_or(NONE), it.next().unwrap_or(NONE)];
+                    self.postings.remove(key as usize);
+                    *p = inline;
+                }
+            }
+            inline => {
+                let mut kept = [NONE, NONE];
+                let mut n = 0;
+                for x in inline {
+                    if x != NONE && items.binary_search(&x).is_err() {
+                        kept[n] = x;
+                        n += 1;
+                    }
+                }
+                *p = kept;
+            }
+        }
+        p[0] == NONE
     }
 
     /// Deletes the entries in `dead` (each without holders, listed once): their postings in
@@ -776,22 +963,26 @@ impl Index {
         if dead.is_empty() {
             return;
         }
-        let Work {
-            words: scratch,
-            unpost,
-            items,
-            decoded,
-            ..
-        } = &mut self.work;
+        let mut scratch = std::mem::take(&mut self.work.words);
+        let mut unpost = std::mem::take(&mut self.work.unpost);
+        let mut items = std::mem::take(&mut self.work.items);
+        let mut decoded = std::mem::take(&mut self.work.decoded);
+        let posted = |ix: &Self, text: &str| {
+            ix.find_word(text.as_bytes())
+                .expect("an entry is posted under each word of its name")
+        };
         unpost.clear();
         for &e in dead {
-            lower_words(self.names.get_str(self.entries[e as usize].name), scratch);
+            lower_words(
+                self.names.get_str(self.entries[e as usize].name),
+                &mut scratch,
+            );
             scratch.sort_dedup();
             if scratch.spans.is_empty() {
-                unpost.push((u64::from(self.word_hash[&b""[..]]) << 32) | u64::from(e));
+                unpost.push((u64::from(posted(self, "")) << 32) | u64::from(e));
             }
             for w in scratch.words() {
-                unpost.push((u64::from(self.word_hash[w.as_bytes()]) << 32) | u64::from(e));
+                unpost.push((u64::from(posted(self, w)) << 32) | u64::from(e));
             }
         }
         unpost.sort_unstable();
@@ -800,14 +991,19 @@ impl Index {
             let w = (group[0] >> 32) as u32;
             items.clear();
             items.extend(group.iter().map(|&x| x as u32));
-            let set = &mut self.postings[w as usize];
-            set.remove_sorted(items, decoded);
-            if set.is_empty() {
-                emptied.push((w, items[0]));
+            if self.unpost(w, &items, &mut decoded) {
+                emptied.push(w);
             }
         }
-        for (w, e) in emptied {
-            self.drop_word(w, e);
+        for w in emptied {
+            self.drop_word(w);
+        }
+        self.work.words = scratch;
+        self.work.unpost = unpost;
+        self.work.items = items;
+        self.work.decoded = decoded;
+        if self.word_text.needs_compaction() {
+            self.compact_words();
         }
         for &e in dead {
             self.delete_entry_record(e);
@@ -817,31 +1013,41 @@ impl Index {
         }
     }
 
-    /// Forgets word `w`, whose posting set just became empty; `e` is an entry (not yet
-    /// deleted) whose name contains it, which is how its text is found.
-    fn drop_word(&mut self, w: u32, e: u32) {
-        let mut scratch = std::mem::take(&mut self.work.words);
-        lower_words(
-            self.names.get_str(self.entries[e as usize].name),
-            &mut scratch,
-        );
-        let word = if scratch.spans.is_empty() {
-            ""
-        } else {
-            scratch
-                .words()
-                .find(|&t| self.word_hash.get(t.as_bytes()) == Some(&w))
-                .expect("an entry's name contains the words it is posted under")
-        };
-        self.postings[w as usize] = PackedSet::new();
-        self.word_ids.remove(word.as_bytes());
-        self.word_hash.remove(word.as_bytes());
-        self.work.words = scratch;
-        if self.word_ids.is_empty() {
-            self.word_hash = hashbrown::HashMap::new();
-            self.postings = Vec::new();
+    /// Forgets word `w`, whose postings just became empty.
+    fn drop_word(&mut self, w: u32) {
+        let text = self.word_bytes(w);
+        let hash = self.hash_word(text);
+        let p4 = pad4(text);
+        // Among the words sharing its 4-byte prefix, the word's item is found by its id alone
+        // (no text read per comparison) when they are few, by its text otherwise.
+        let group = self
+            .word_order
+            .search(|&item| ((item >> 32) as u32).cmp(&p4).then(Ordering::Greater))
+            .unwrap_or_else(|at| at);
+        let at = self
+            .word_order
+            .scan_for(group, (u64::from(p4) << 32) | u64::from(w), WORD_SCAN)
+            .unwrap_or_else(|| self.word_position(text).expect("a live word is ordered"));
+        self.word_order.remove_at(at);
+        self.word_hash
+            .find_entry(hash, |&x| x == w)
+            .expect("a live word is hashed")
+            .remove();
+        self.word_text.free(self.words[w as usize].text);
+        self.word_count -= 1;
+        if self.word_count == 0 {
+            // Give the memory back once no word is left.
+            self.words = Vec::new();
             self.free_words = Vec::new();
+            self.word_text = Names::default();
+            self.word_hash = hashbrown::HashTable::new();
+            self.word_order = BlockSet::new();
+            self.postings = Slab::new();
         } else {
+            self.words[w as usize] = WordRec {
+                text: NONE,
+                postings: [NONE, NONE],
+            };
             self.free_words.push(w);
         }
     }
@@ -889,29 +1095,28 @@ impl Index {
     /// the live entries; it runs only after a third of the arena has been freed since the last
     /// compaction, so its cost per freed name is a constant.
     fn compact_names(&mut self) {
-        let mut live: Vec<u64> = self
+        let live: Vec<u64> = self
             .entries
             .iter()
             .enumerate()
             .filter(|(_, r)| r.file != NONE)
             .map(|(i, r)| (u64::from(r.name) << 32) | i as u64)
             .collect();
-        live.sort_unstable();
-        let bytes = &mut self.names.bytes;
-        let mut to = 0usize;
-        for item in live {
-            let (from, e) = ((item >> 32) as usize, item as u32 as usize);
-            let len = Names::record_len_at(bytes, from);
-            bytes.copy_within(from..from + len, to);
-            self.entries[e].name = to as u32;
-            to += len;
-        }
-        bytes.truncate(to);
-        if bytes.capacity() > to + to / 4 {
-            bytes.shrink_to(to + to / 8);
-        }
-        self.names.garbage = 0;
-        self.names.free = Vec::new();
+        let entries = &mut self.entries;
+        self.names.compact(live, |e, at| entries[e].name = at);
+    }
+
+    /// [`Index::compact_names`] for the word texts.
+    fn compact_words(&mut self) {
+        let live: Vec<u64> = self
+            .words
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.text != NONE)
+            .map(|(i, r)| (u64::from(r.text) << 32) | i as u64)
+            .collect();
+        let words = &mut self.words;
+        self.word_text.compact(live, |w, at| words[w].text = at);
     }
 
     /// Adds holding (peer, e); false if the peer already held it.
@@ -1191,75 +1396,37 @@ impl Names {
     fn needs_compaction(&self) -> bool {
         self.garbage >= COMPACT_MIN_BYTES && self.garbage * 3 > self.bytes.len()
     }
-}
 
-/// A word as a key of the word maps: up to [`INLINE_WORD_BYTES`] bytes inline (nearly every
-/// word), longer ones boxed. Inline keys save an allocation per word per map and, in the hash
-/// map, a pointer chase per key comparison. Hashed, compared and borrowed as its bytes, so the
-/// maps are queried with `&[u8]`, and the B-tree order is `str` order.
-enum Word {
-    Inline {
-        len: u8,
-        bytes: [u8; INLINE_WORD_BYTES],
-    },
-    Boxed(Box<str>),
-}
-
-/// Longest word kept inline in a [`Word`]: with the length byte and the tag, 24 bytes.
-const INLINE_WORD_BYTES: usize = 22;
-
-impl Word {
-    fn new(text: &str) -> Self {
-        if text.len() <= INLINE_WORD_BYTES {
-            let mut bytes = [0u8; INLINE_WORD_BYTES];
-            bytes[..text.len()].copy_from_slice(text.as_bytes());
-            Word::Inline {
-                len: text.len() as u8,
-                bytes,
-            }
-        } else {
-            Word::Boxed(text.into())
+    /// Rewrites the arena without garbage, in offset order (so in place). `live` lists
+    /// `(offset << 32) | owner` for every live record; `moved(owner, offset)` is told each
+    /// record's new offset.
+    fn compact(&mut self, mut live: Vec<u64>, mut moved: impl FnMut(usize, u32)) {
+        live.sort_unstable();
+        let bytes = &mut self.bytes;
+        let mut to = 0usize;
+        for item in live {
+            let (from, owner) = ((item >> 32) as usize, item as u32 as usize);
+            let len = Self::record_len_at(bytes, from);
+            bytes.copy_within(from..from + len, to);
+            moved(owner, to as u32);
+            to += len;
         }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Word::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Word::Boxed(text) => text.as_bytes(),
+        bytes.truncate(to);
+        if bytes.capacity() > to + to / 4 {
+            bytes.shrink_to(to + to / 8);
         }
+        self.garbage = 0;
+        self.free = Vec::new();
     }
 }
 
-impl std::borrow::Borrow<[u8]> for Word {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl std::hash::Hash for Word {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
-    }
-}
-
-impl PartialEq for Word {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for Word {}
-
-impl PartialOrd for Word {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Word {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.as_bytes().cmp(other.as_bytes())
-    }
+/// The first four bytes of a word, zero-padded, as a big-endian `u32`: ordering words by it
+/// agrees with their byte order (ties are broken by the full text).
+fn pad4(text: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    let n = text.len().min(4);
+    b[..n].copy_from_slice(&text[..n]);
+    u32::from_be_bytes(b)
 }
 
 /// Reusable buffers for splitting text into lowercase words without an allocation per word.
@@ -1465,6 +1632,30 @@ impl<T: Copy> BlockSet<T> {
         self.blocks.iter().flatten().copied()
     }
 
+    /// The position of `item` among the `limit` items from position `(b, i)` on, if there.
+    fn scan_for(
+        &self,
+        (mut b, mut i): (usize, usize),
+        item: T,
+        limit: usize,
+    ) -> Option<(usize, usize)>
+    where
+        T: PartialEq,
+    {
+        let mut left = limit;
+        while left > 0 {
+            let block = self.blocks.get(b)?;
+            for (j, x) in block.iter().enumerate().skip(i).take(left) {
+                if *x == item {
+                    return Some((b, j));
+                }
+            }
+            left = left.saturating_sub(block.len().saturating_sub(i));
+            (b, i) = (b + 1, 0);
+        }
+        None
+    }
+
     /// Items from position `(b, i)` on (`i` may be one past the end of block `b`).
     fn iter_from(&self, (b, i): (usize, usize)) -> impl Iterator<Item = T> + '_ {
         let first = self
@@ -1620,6 +1811,7 @@ impl PackedSet {
         self.len
     }
 
+    #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -1884,6 +2076,23 @@ impl PackedSet {
             deltas: &[],
             pos: 0,
             cur: 0,
+        }
+    }
+}
+
+/// A word's postings, ascending: inline or packed.
+enum PostingIter<'a> {
+    Inline(std::slice::Iter<'a, u32>),
+    Packed(PackedIter<'a>),
+}
+
+impl Iterator for PostingIter<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        match self {
+            PostingIter::Inline(it) => it.next().copied(),
+            PostingIter::Packed(it) => it.next(),
         }
     }
 }
@@ -2633,5 +2842,172 @@ mod tests {
             }
             prop_assert_eq!((ix.file_count(), ix.entry_count(), ix.word_count()), (0, 0, 0));
         }
+    }
+
+    /// Checks the word index against the live entries' names: every word posted under exactly
+    /// the entries whose name contains it, inline exactly when it has at most two, the order
+    /// and the exact lookups agreeing. Returns (inline words, spilled words).
+    fn check_words(ix: &Index) -> (usize, usize) {
+        let mut expect: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (e, rec) in ix.entries.iter().enumerate() {
+            if rec.file == NONE {
+                continue;
+            }
+            let mut ws = model_words(ix.names.get_str(rec.name));
+            ws.sort();
+            ws.dedup();
+            if ws.is_empty() {
+                ws.push(String::new());
+            }
+            for w in ws {
+                expect.entry(w).or_default().push(e as u32);
+            }
+        }
+        assert_eq!(ix.word_count(), expect.len());
+        let order: Vec<u32> = ix.word_order.iter().map(|x| x as u32).collect();
+        let texts: Vec<&[u8]> = order.iter().map(|&w| ix.word_bytes(w)).collect();
+        let want: Vec<&[u8]> = expect.keys().map(|k| k.as_bytes()).collect();
+        assert_eq!(texts, want, "word order");
+        let (mut inline, mut spilled) = (0, 0);
+        for item in ix.word_order.iter() {
+            let w = item as u32;
+            let text = ix.word_bytes(w);
+            assert_eq!((item >> 32) as u32, pad4(text));
+            assert_eq!(ix.find_word(text), Some(w));
+            let posted = &expect[std::str::from_utf8(text).unwrap()];
+            assert_eq!(ix.posting_iter(w).collect::<Vec<_>>(), *posted);
+            assert_eq!(ix.posting_count(w), posted.len());
+            if posted.len() <= 2 {
+                assert_ne!(ix.words[w as usize].postings[0], SPILLED);
+                inline += 1;
+            } else {
+                assert_eq!(ix.words[w as usize].postings[0], SPILLED);
+                spilled += 1;
+            }
+        }
+        assert_eq!(ix.postings.len(), spilled);
+        assert_eq!(
+            ix.words.iter().filter(|r| r.text != NONE).count(),
+            ix.word_count()
+        );
+        (inline, spilled)
+    }
+
+    #[test]
+    fn rare_words_stay_inline_and_common_ones_spill_and_come_back() {
+        let mut ix = Index::new();
+        let p = ix.add_peer(addr(1));
+        let files: Vec<FileEntry> = (0..5u8)
+            .map(|i| fe(h(i), 1, &format!("Alpha {i}x{i}")))
+            .collect();
+        let alpha = |ix: &Index| {
+            ix.find_word(b"alpha")
+                .map(|w| ix.words[w as usize].postings)
+        };
+        assert_eq!(alpha(&ix), None);
+        ix.register(p, &files[..1]);
+        assert_eq!(alpha(&ix), Some([0, NONE]));
+        ix.register(p, &files[1..2]);
+        assert_eq!(alpha(&ix), Some([0, 1]));
+        assert_eq!(ix.postings.len(), 0);
+        ix.register(p, &files[2..]);
+        assert_eq!(alpha(&ix).unwrap()[0], SPILLED);
+        assert_eq!(ix.postings.len(), 1);
+        assert_eq!(check_words(&ix), (5, 1));
+        assert_eq!(ix.search("alpha", 10).0.len(), 5);
+        assert_eq!(ix.search("3x3", 10).0[0].name, "Alpha 3x3");
+        // Back to two (the first and the last): inline again, ascending.
+        ix.unregister(p, &[h(1), h(2), h(3)]);
+        assert_eq!(alpha(&ix), Some([0, 4]));
+        assert_eq!(ix.postings.len(), 0);
+        assert_eq!(check_words(&ix), (3, 0));
+        // Up again through a reused entry id between the inline ones, then down to one.
+        ix.register(p, &files[1..2]);
+        assert_eq!(ix.search("alpha", 10).0.len(), 3);
+        assert_eq!(alpha(&ix).unwrap()[0], SPILLED);
+        ix.unregister(p, &[h(0), h(4)]);
+        assert_eq!(
+            alpha(&ix),
+            Some([
+                ix.find_entry(ix.find_file(&h(1)).unwrap(), "Alpha 1x1")
+                    .unwrap(),
+                NONE
+            ])
+        );
+        check_words(&ix);
+        ix.remove_peer(p);
+        assert_eq!(ix.word_count(), 0);
+        assert!(ix.words.capacity() == 0 && ix.word_text.bytes.capacity() == 0);
+        assert!(ix.postings.capacity() == 0 && ix.word_order.is_empty());
+    }
+
+    #[test]
+    fn word_texts_are_compacted() {
+        let mut ix = Index::new();
+        let p = ix.add_peer(addr(1));
+        let q = ix.add_peer(addr(2));
+        let files = |from: u32| -> Vec<FileEntry> {
+            (from..from + 50)
+                .map(|i| fe(FileHash::of(&i.to_le_bytes()), 1, &format!("track {i:08}")))
+                .collect()
+        };
+        ix.register(p, &files(0));
+        ix.register(q, &files(1000));
+        let before = ix.word_text.bytes.len();
+        ix.remove_peer(p);
+        // 50 of 101 word texts freed: more than a third, so the arena was compacted.
+        assert!(ix.word_text.bytes.len() < before / 2 + 16);
+        assert_eq!(ix.word_text.garbage, 0);
+        check_words(&ix);
+        assert_eq!(ix.search("00001049", 5).0[0].name, "track 00001049");
+        assert!(ix.search("00000049", 5).0.is_empty());
+    }
+
+    /// Runs the naive-model property test's operation sequences (register, unregister,
+    /// remove) and checks the word index after each step; the small alphabets must reach both
+    /// inline and spilled posting sets.
+    #[test]
+    fn model_ops_keep_words_consistent_and_reach_both_posting_forms() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+        let mut runner = TestRunner::deterministic();
+        let ops_strategy = prop::collection::vec(op_strategy(), 1..60);
+        let (mut saw_inline_pair, mut saw_spilled) = (false, false);
+        for _ in 0..300 {
+            let ops = ops_strategy.new_tree(&mut runner).unwrap().current();
+            let mut ix = Index::new();
+            let mut live: Vec<PeerId> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::AddPeer(port) => live.push(ix.add_peer(addr(port))),
+                    Op::Register(p, files) if !live.is_empty() => {
+                        let files: Vec<FileEntry> = files
+                            .into_iter()
+                            .map(|(h, s, n)| fe(test_hash(h), s, &n))
+                            .collect();
+                        ix.register(live[p % live.len()], &files);
+                    }
+                    Op::Unregister(p, hashes) if !live.is_empty() => {
+                        let hashes: Vec<FileHash> = hashes.into_iter().map(test_hash).collect();
+                        ix.unregister(live[p % live.len()], &hashes);
+                    }
+                    Op::RemovePeer(p) if !live.is_empty() => {
+                        ix.remove_peer(live.swap_remove(p % live.len()));
+                    }
+                    _ => continue,
+                }
+                let (_, spilled) = check_words(&ix);
+                saw_spilled |= spilled > 0;
+                saw_inline_pair |= ix
+                    .words
+                    .iter()
+                    .any(|r| r.text != NONE && r.postings[0] != SPILLED && r.postings[1] != NONE);
+            }
+            for p in live {
+                ix.remove_peer(p);
+            }
+            assert_eq!(check_words(&ix), (0, 0));
+        }
+        assert!(saw_inline_pair && saw_spilled);
     }
 }
