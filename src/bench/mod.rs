@@ -46,6 +46,14 @@ pub fn run(config: &Config) -> io::Result<Summary> {
     })?;
     let machine = Machine::detect();
 
+    // Servers (indexd, the echo server) on the last CPU, clients on the first: the floor
+    // and every operation then cross the same two cores, as the targets are defined. A
+    // spawned process inherits the affinity of the thread that spawns it.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinned = cpus >= 2 && !matches!(config.mode, Mode::Transfer { .. });
+    if pinned {
+        crate::reactor::sys::pin_current_thread(cpus - 1)?;
+    }
     let (_indexd, addr, index_label) = match config.index {
         Some(addr) => (None, addr, addr.to_string()),
         None => {
@@ -65,6 +73,13 @@ pub fn run(config: &Config) -> io::Result<Summary> {
     // (a shared machine's loopback latency drifts, and a lone client on an idle virtual CPU
     // pays wake-up latencies a busy one does not).
     let (_echo, echo_addr) = floor::spawn_listening(&config.self_exe, &["--echo-server"])?;
+    if pinned {
+        crate::reactor::sys::pin_current_thread(0)?;
+        eprintln!(
+            "bench: indexd and the echo server pinned to CPU {}, clients to CPU 0",
+            cpus - 1
+        );
+    }
     let mut floor_all = stats::new_histogram();
     let mut measure_floor = || -> io::Result<Floor> {
         let single = floor::measure(echo_addr, config.floor_round_trips)?;
@@ -178,6 +193,14 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         files_per_register: workload::FILES_PER_REGISTER,
         prepopulated_files: prepopulated,
         index: index_label,
+        placement: if pinned {
+            format!(
+                "indexd and the echo server pinned to CPU {}, the bench's clients to CPU 0",
+                cpus - 1
+            )
+        } else {
+            "not pinned".to_string()
+        },
         latency_unit: "microseconds (recorded in nanoseconds, 3 significant digits)",
         command: config.command.clone(),
         machine,

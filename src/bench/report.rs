@@ -141,6 +141,8 @@ pub struct Summary {
     pub prepopulated_files: usize,
     /// `started` (the bench ran its own indexd) or the address given with `--index`.
     pub index: String,
+    /// Where the processes ran: which CPUs the servers and the clients were pinned to.
+    pub placement: String,
     /// The unit of every `*_us` figure and how it was recorded.
     pub latency_unit: &'static str,
     /// The command that produced this.
@@ -215,8 +217,15 @@ pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
     let _ = writeln!(md, "Command:\n\n```\n{}\n```\n", s.command);
     let _ = writeln!(
         md,
-        "Machine: {}, {} logical CPUs, {}. Index: {} (p2pshare {}), {} files pre-populated.\n",
-        s.machine.cpu, s.machine.cores, s.machine.kernel, s.index, s.version, s.prepopulated_files
+        "Machine: {}, {} logical CPUs, {}. Index: {} (p2pshare {}), {} files pre-populated. \
+         Placement: {}.\n",
+        s.machine.cpu,
+        s.machine.cores,
+        s.machine.kernel,
+        s.index,
+        s.version,
+        s.prepopulated_files,
+        s.placement
     );
     let _ = writeln!(
         md,
@@ -527,6 +536,7 @@ mod tests {
             files_per_register: FILES_PER_REGISTER,
             prepopulated_files: 10,
             index: "started".into(),
+            placement: "not pinned".into(),
             latency_unit: "µs",
             command: "tools/bench".into(),
             machine: Machine::detect(),

@@ -75,6 +75,36 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     let _ = (file, offset, len);
 }
 
+/// Restricts the calling thread (and the threads and processes it starts from now on) to
+/// one CPU. The bench pins the servers to one core and its clients to another, so the floor
+/// and the measured operations cross the same two cores.
+#[cfg(target_os = "linux")]
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data, initialised by CPU_ZERO before use; CPU_SET checks
+    // nothing but we pass cpu < CPU_SETSIZE (checked); sched_setaffinity only reads the set.
+    unsafe {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cpu out of range",
+            ));
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Not supported off Linux: a no-op.
+#[cfg(not(target_os = "linux"))]
+pub fn pin_current_thread(_cpu: usize) -> io::Result<()> {
+    Ok(())
+}
+
 /// Raises this process's open-files soft limit to its hard limit, so one reactor can hold tens
 /// of thousands of sockets. Returns the new soft limit.
 pub fn raise_fd_limit() -> io::Result<u64> {
