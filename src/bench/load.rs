@@ -188,11 +188,7 @@ pub fn run_closed_loop(
         }
     }
     let elapsed = began.elapsed();
-    let mut hists = [
-        stats::new_histogram(),
-        stats::new_histogram(),
-        stats::new_histogram(),
-    ];
+    let mut hists: [Histogram<u64>; 3] = std::array::from_fn(|_| stats::new_histogram());
     let mut errors = [0u64; 3];
     let mut floor = stats::new_histogram();
     for h in handles {
@@ -232,11 +228,7 @@ fn peer_loop(
 ) -> io::Result<PeerResult> {
     let mut rng = Rng::for_stream(seed, (run as u64) << 32 | peer as u64);
     let order = workload::op_order(ops.as_array(), &mut rng);
-    let mut hists = [
-        stats::new_histogram(),
-        stats::new_histogram(),
-        stats::new_histogram(),
-    ];
+    let mut hists: [Histogram<u64>; 3] = std::array::from_fn(|_| stats::new_histogram());
     let mut errors = [0u64; 3];
     let mut floor = stats::new_histogram();
     let mut registers = 0;
