@@ -94,7 +94,7 @@ fn run(flags: Flags) -> Result<(), String> {
         console,
         progress_bar: console && std::io::stdout().is_terminal(),
     };
-    let mut peer = Peer::new(cfg, events_rx, jobs);
+    let mut peer = Peer::new(cfg, (events_tx.clone(), events_rx), jobs, waker.clone());
     peer.stop_on(stop);
     let addr = peer
         .start(reactor.ctx())

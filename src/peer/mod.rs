@@ -91,6 +91,8 @@ pub enum Event {
     StdinEof,
     /// Hashing progress.
     ScanProgress(share::ScanProgress),
+    /// The verifying thread hashed a complete download (generation, result).
+    Hashed(u64, std::io::Result<FileHash>),
     /// A scan or hash job finished.
     Scanned {
         /// What was asked.
@@ -191,6 +193,8 @@ pub struct Peer {
 
     uploads_done: u64,
     bytes_sent: u64,
+    /// Hands verified-hash results from the verifying thread to the reactor.
+    hash_done: download::HashDone,
 }
 
 /// Starts the hashing thread; it runs jobs until the job channel closes.
@@ -292,7 +296,20 @@ pub fn spawn_stdin(events: Sender<Event>, waker: Arc<mio::Waker>) -> std::io::Re
 
 impl Peer {
     /// A peer; call [`Peer::start`] on the reactor before running it.
-    pub fn new(cfg: PeerConfig, events: Receiver<Event>, jobs: Sender<Job>) -> Peer {
+    pub fn new(
+        cfg: PeerConfig,
+        events: (Sender<Event>, Receiver<Event>),
+        jobs: Sender<Job>,
+        waker: Arc<mio::Waker>,
+    ) -> Peer {
+        let (events_tx, events) = events;
+        let events_tx = std::sync::Mutex::new(events_tx);
+        let hash_done: download::HashDone = Arc::new(move |generation, hashed| {
+            if let Ok(tx) = events_tx.lock() {
+                let _ = tx.send(Event::Hashed(generation, hashed));
+            }
+            let _ = waker.wake();
+        });
         Peer {
             cfg,
             share: Share::default(),
@@ -321,6 +338,7 @@ impl Peer {
             startup_scanned: false,
             uploads_done: 0,
             bytes_sent: 0,
+            hash_done,
         }
     }
 
@@ -840,6 +858,7 @@ impl Peer {
             file.size,
             file.name.clone(),
             holders,
+            self.hash_done.clone(),
         ) {
             Ok(d) => d,
             Err(e) => {
@@ -923,15 +942,37 @@ impl Peer {
         self.try_holder(ctx);
     }
 
-    fn complete_download(&mut self, ctx: &mut Ctx) {
+    /// Every byte is in the partial file: wait for the verifying thread's hash
+    /// ([`Event::Hashed`], handled by [`Peer::handle_hashed`]).
+    fn complete_download(&mut self, _ctx: &mut Ctx) {
+        if let Some(dl) = self.download.as_mut() {
+            dl.finish();
+        }
+    }
+
+    /// The verifying thread hashed a complete partial file.
+    fn handle_hashed(&mut self, ctx: &mut Ctx, generation: u64, hashed: std::io::Result<FileHash>) {
         let Some(mut dl) = self.download.take() else {
             return;
         };
-        if let Err(e) = dl.verify() {
-            // Bytes from somewhere were wrong: start over from the next holder.
-            dl.next_holder(&e.to_string());
+        if dl.generation != generation || !dl.is_complete() {
+            // From an attempt that was discarded since.
             self.download = Some(dl);
-            return self.try_holder(ctx);
+            return;
+        }
+        match dl.check(hashed) {
+            Ok(()) => {}
+            Err(e @ TransferError::Corrupt) => {
+                // Bytes from somewhere were wrong: start over from the next holder.
+                dl.next_holder(&e.to_string());
+                self.download = Some(dl);
+                return self.try_holder(ctx);
+            }
+            Err(e) => {
+                let text = format!("get {}: {e}", display_name(&dl.name));
+                self.err(&text);
+                return self.finish_command(ctx);
+            }
         }
         let received_in = dl.started.elapsed();
         let landing = Instant::now();
@@ -1397,6 +1438,7 @@ impl Handler for Peer {
                     files,
                     warnings,
                 } => self.handle_scanned(ctx, job, files, warnings),
+                Event::Hashed(generation, hashed) => self.handle_hashed(ctx, generation, hashed),
             }
         }
         self.run_commands(ctx);
