@@ -1,0 +1,95 @@
+//! The index server's cost per request, in process: a lookup and a 10-file register (the
+//! bench's register op) handled by the sans-IO core against an index of 10,000 files, as
+//! `tools/bench` populates it. `cargo bench --bench server`.
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use p2pshare::bench::workload;
+use p2pshare::index::server::{IndexServer, ServerLimits};
+use p2pshare::reactor::ConnId;
+use p2pshare::wire::{self, LookupKey, Request, RequestBody, PROTOCOL_VERSION};
+use std::time::Duration;
+
+fn payload(id: u32, body: RequestBody) -> Vec<u8> {
+    wire::to_payload(&Request { id, body })
+}
+
+/// A server holding `files` bench files from fake peers of 1,000 files each, plus one session
+/// (connection 0) ready to send requests.
+fn populated(files: usize) -> IndexServer {
+    let mut server = IndexServer::new(ServerLimits::default());
+    let mut out = Vec::new();
+    for p in 0..files.div_ceil(1000) {
+        let conn = ConnId(p + 1);
+        server.accept(conn, "127.0.0.1:1".parse().unwrap());
+        let hello = RequestBody::Hello {
+            version: PROTOCOL_VERSION,
+            listen_port: 20_000 + p as u16,
+            agent: String::new(),
+        };
+        server.handle_payload(conn, &payload(1, hello), &mut out);
+        let batch = (p * 1000..((p + 1) * 1000).min(files))
+            .map(|i| workload::populated_file(1, i))
+            .collect();
+        let register = RequestBody::Register { files: batch };
+        server.handle_payload(conn, &payload(2, register), &mut out);
+    }
+    server.accept(ConnId(0), "127.0.0.1:2".parse().unwrap());
+    let hello = RequestBody::Hello {
+        version: PROTOCOL_VERSION,
+        listen_port: 7,
+        agent: String::new(),
+    };
+    server.handle_payload(ConnId(0), &payload(1, hello), &mut out);
+    server
+}
+
+fn requests(c: &mut Criterion) {
+    let mut group = c.benchmark_group("server_10k_files");
+    group.measurement_time(Duration::from_secs(2));
+    group.warm_up_time(Duration::from_millis(500));
+    let mut server = populated(10_000);
+    let mut out = Vec::new();
+    let keys: Vec<Vec<u8>> = (0..1000)
+        .map(|i| {
+            let hash = workload::populated_file(1, i * 7).hash;
+            payload(
+                3,
+                RequestBody::Lookup {
+                    key: LookupKey::Hash(hash),
+                },
+            )
+        })
+        .collect();
+    let mut i = 0;
+    group.bench_function("lookup", |b| {
+        b.iter(|| {
+            out.clear();
+            i = (i + 1) % keys.len();
+            black_box(server.handle_payload(ConnId(0), &keys[i], &mut out))
+        })
+    });
+    // Each register announces 10 files never seen before, as a bench register op does.
+    let mut op = 0;
+    group.bench_function("register_10_new_files", |b| {
+        b.iter_batched(
+            || {
+                op += 1;
+                payload(
+                    4,
+                    RequestBody::Register {
+                        files: workload::register_batch(1, 0, 0, op),
+                    },
+                )
+            },
+            |p| {
+                out.clear();
+                black_box(server.handle_payload(ConnId(0), &p, &mut out))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, requests);
+criterion_main!(benches);
