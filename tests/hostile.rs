@@ -736,18 +736,6 @@ fn fake_holder(
     })
 }
 
-/// Names in `dir` other than dotfiles (partials, the hash cache).
-fn visible_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    names.sort();
-    names
-}
-
 #[test]
 fn malicious_holders_are_dropped_for_the_next_one() {
     let indexd = Indexd::start(&[]);
@@ -788,7 +776,11 @@ fn malicious_holders_are_dropped_for_the_next_one() {
             std::fs::read(b.join("real.bin")).unwrap() == bytes,
             "{how:?}"
         );
-        assert_eq!(visible_names(&b), vec!["real.bin".to_string()], "{how:?}");
+        assert_eq!(
+            common::visible_names(&b),
+            vec!["real.bin".to_string()],
+            "{how:?}"
+        );
         // Dropped at once, not after the 15 s stall timeout.
         assert!(
             t.elapsed() < Duration::from_secs(10),
@@ -820,14 +812,7 @@ fn a_downloader_killed_mid_transfer_resumes_from_its_partial_file() {
     // The only holder at first sends half, then stalls: the transfer is reliably "mid".
     let (_fake, session) = fake_holder(indexd.addr, entry, bytes.clone(), Fake::HalfThenStall);
     let mut downloader = Command::new(env!("CARGO_BIN_EXE_peer"))
-        .arg("--share")
-        .arg(&b)
-        .args([
-            "--index",
-            &indexd.addr.to_string(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(common::peer_args(&b, indexd.addr))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -881,14 +866,7 @@ fn a_full_disk_fails_the_download_clearly_and_keeps_the_partial_for_resume() {
     let mut child = Command::new("prlimit")
         .arg(format!("--fsize={limit}"))
         .arg(env!("CARGO_BIN_EXE_peer"))
-        .arg("--share")
-        .arg(&b)
-        .args([
-            "--index",
-            &indexd.addr.to_string(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(common::peer_args(&b, indexd.addr))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -228,13 +228,11 @@ fn fallback_case(how: Fake, tag: &str, limit: Duration) {
         "{run:?}"
     );
     // Nothing else landed.
-    let names: Vec<String> = std::fs::read_dir(&b)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    assert_eq!(names, vec!["real.bin".to_string()], "{run:?}");
+    assert_eq!(
+        common::visible_names(&b),
+        vec!["real.bin".to_string()],
+        "{run:?}"
+    );
 }
 
 #[test]

@@ -193,15 +193,8 @@ pub struct ServingPeer {
 impl ServingPeer {
     pub fn start(share: &std::path::Path, index: SocketAddr) -> ServingPeer {
         let child = Command::new(env!("CARGO_BIN_EXE_peer"))
-            .arg("--share")
-            .arg(share)
-            .args([
-                "--index",
-                &index.to_string(),
-                "--listen",
-                "127.0.0.1:0",
-                "--serve",
-            ])
+            .args(peer_args(share, index))
+            .arg("--serve")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -252,9 +245,7 @@ pub fn run_console(
         Input::File(p) => Stdio::from(std::fs::File::open(p).unwrap()),
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_peer"))
-        .arg("--share")
-        .arg(share)
-        .args(["--index", &index.to_string(), "--listen", "127.0.0.1:0"])
+        .args(peer_args(share, index))
         .args(extra)
         .stdin(stdin)
         .stdout(Stdio::piped())
@@ -425,4 +416,29 @@ pub fn get(dir: &std::path::Path, index: SocketAddr, target: impl std::fmt::Disp
         Input::Pipe(&format!("get {target}\n")),
         Duration::from_secs(60),
     )
+}
+
+/// The arguments every test peer gets: share `share`, use the index at `index`, serve files on
+/// a free loopback port.
+pub fn peer_args(share: &std::path::Path, index: SocketAddr) -> Vec<std::ffi::OsString> {
+    vec![
+        "--share".into(),
+        share.as_os_str().to_owned(),
+        "--index".into(),
+        index.to_string().into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ]
+}
+
+/// The names in `dir` that are not dot files (the peer's cache and partial downloads).
+pub fn visible_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
 }
