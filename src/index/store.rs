@@ -164,7 +164,7 @@ impl std::error::Error for LookupError {}
 /// Whether `name` may be indexed: non-empty, at most [`MAX_NAME_BYTES`], no `/` and no NUL.
 /// Any other byte, control characters included, is legal.
 pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= MAX_NAME_BYTES && !name.contains(['/', '\0'])
+    !name.is_empty() && name.len() <= MAX_NAME_BYTES && !name.bytes().any(|b| b == b'/' || b == 0)
 }
 
 /// One file (hash). `first_entry == NONE` marks a free slot.
@@ -407,13 +407,16 @@ impl Index {
                 out.rejected += 1;
                 continue;
             }
-            let file = match self.find_file(&f.hash) {
-                Some(id) if self.files[id as usize].size() != f.size => {
-                    out.rejected += 1;
-                    continue;
+            let file = match self.hash_position(&f.hash) {
+                Ok(at) => {
+                    let id = self.by_hash.get(at) as u32;
+                    if self.files[id as usize].size() != f.size {
+                        out.rejected += 1;
+                        continue;
+                    }
+                    id
                 }
-                Some(id) => id,
-                None => self.create_file(f.hash, f.size),
+                Err(at) => self.create_file(at, f.hash, f.size),
             };
             let entry = match self.find_entry(file, &f.name) {
                 Some(e) => e,
@@ -772,7 +775,9 @@ impl Index {
         })
     }
 
-    fn create_file(&mut self, hash: FileHash, size: u64) -> u32 {
+    /// Adds a file whose hash is not indexed yet; `at` is where [`Self::hash_position`] said
+    /// it would go.
+    fn create_file(&mut self, at: (usize, usize), hash: FileHash, size: u64) -> u32 {
         let rec = FileRec {
             hash,
             size: [size as u32, (size >> 32) as u32],
@@ -790,9 +795,7 @@ impl Index {
             id
         };
         self.file_count += 1;
-        let at = self
-            .hash_position(&hash)
-            .expect_err("a new hash is not indexed yet");
+        debug_assert_eq!(self.hash_position(&hash), Err(at));
         self.by_hash
             .insert_at(at, (u64::from(prefix32(&hash)) << 32) | u64::from(id));
         id
@@ -858,7 +861,6 @@ impl Index {
         self.entry_count += 1;
         let mut scratch = std::mem::take(&mut self.work.words);
         lower_words(name, &mut scratch);
-        scratch.sort_dedup();
         if scratch.spans.is_empty() {
             self.post(id, "");
         }
@@ -870,6 +872,7 @@ impl Index {
         id
     }
 
+    /// Posts `entry` under `word`; a no-op if it is there already (a name may repeat a word).
     fn post(&mut self, entry: u32, word: &str) {
         let text = word.as_bytes();
         let hash = self.hash_word(text);
@@ -883,11 +886,8 @@ impl Index {
                 self.postings[key as usize].insert(entry);
             }
             [NONE, _] => p[0] = entry,
-            [a, NONE] => {
-                debug_assert_ne!(a, entry, "an entry is posted once per word");
-                *p = [a.min(entry), a.max(entry)];
-            }
-            [a, b] => {
+            [a, NONE] if a != entry => *p = [a.min(entry), a.max(entry)],
+            [a, b] if a != entry && b != entry => {
                 // A third posting: spill to a packed set.
                 let mut set = PackedSet::new();
                 for x in [a, b, entry] {
@@ -896,6 +896,7 @@ impl Index {
                 let key = self.postings.insert(set);
                 *p = [SPILLED, key as u32];
             }
+            _ => {}
         }
     }
 
@@ -977,7 +978,6 @@ impl Index {
                 self.names.get_str(self.entries[e as usize].name),
                 &mut scratch,
             );
-            scratch.sort_dedup();
             if scratch.spans.is_empty() {
                 unpost.push((u64::from(posted(self, "")) << 32) | u64::from(e));
             }
@@ -985,7 +985,9 @@ impl Index {
                 unpost.push((u64::from(posted(self, w)) << 32) | u64::from(e));
             }
         }
+        // A word that occurs twice in a name was posted once.
         unpost.sort_unstable();
+        unpost.dedup();
         let mut emptied = Vec::new();
         for group in unpost.chunk_by(|a, b| a >> 32 == b >> 32) {
             let w = (group[0] >> 32) as u32;
@@ -1440,14 +1442,6 @@ impl Scratch {
     fn words(&self) -> impl Iterator<Item = &str> {
         self.spans.iter().map(|&(a, b)| &self.buf[a..b])
     }
-
-    fn sort_dedup(&mut self) {
-        let buf = &self.buf;
-        self.spans
-            .sort_unstable_by(|&(a, b), &(c, d)| buf[a..b].cmp(&buf[c..d]));
-        self.spans
-            .dedup_by(|&mut (a, b), &mut (c, d)| buf[a..b] == buf[c..d]);
-    }
 }
 
 /// Splits `text` into maximal runs of alphanumeric characters, lowercased char by char, into
@@ -1455,20 +1449,42 @@ impl Scratch {
 fn lower_words(text: &str, scratch: &mut Scratch) {
     let Scratch { buf, spans } = scratch;
     buf.clear();
+    buf.reserve(text.len());
     spans.clear();
     let mut start = None;
-    for c in text.chars() {
-        if c.is_alphanumeric() {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_alphanumeric() {
+            // A run of ASCII letters and digits, most of most names, copied in one go.
+            let end = bytes[i..]
+                .iter()
+                .position(|c| !c.is_ascii_alphanumeric())
+                .map_or(bytes.len(), |n| i + n);
             if start.is_none() {
                 start = Some(buf.len());
             }
-            if c.is_ascii() {
-                buf.push(c.to_ascii_lowercase());
-            } else {
-                buf.extend(c.to_lowercase());
+            let at = buf.len();
+            buf.push_str(&text[i..end]);
+            buf[at..].make_ascii_lowercase();
+            i = end;
+        } else if b.is_ascii() {
+            if let Some(s) = start.take() {
+                spans.push((s, buf.len()));
             }
-        } else if let Some(s) = start.take() {
-            spans.push((s, buf.len()));
+            i += 1;
+        } else {
+            let c = text[i..].chars().next().expect("i is a char boundary");
+            i += c.len_utf8();
+            if c.is_alphanumeric() {
+                if start.is_none() {
+                    start = Some(buf.len());
+                }
+                buf.extend(c.to_lowercase());
+            } else if let Some(s) = start.take() {
+                spans.push((s, buf.len()));
+            }
         }
     }
     if let Some(s) = start {
@@ -1739,18 +1755,22 @@ fn get_varint(bytes: &[u8], pos: &mut usize) -> u32 {
     }
 }
 
-/// Replaces `v[range]` by `with`, growing `v` by a quarter at a time and never far past a
-/// full block: blocks are small and many, and doubling would waste a quarter of their memory
-/// on average.
+/// Replaces `v[range]` by `with`, growing `v` by half at a time and never far past a full
+/// block. Postings are a few bytes per file, so the slack costs about a byte per file, while
+/// growing by less made appends reallocate every few items.
 fn splice_bytes(v: &mut Vec<u8>, range: std::ops::Range<usize>, with: &[u8]) {
-    let grow = with.len().saturating_sub(range.len());
+    reserve_block_bytes(v, with.len().saturating_sub(range.len()));
+    v.splice(range, with.iter().copied());
+}
+
+/// Makes room for `grow` more bytes in a block's deltas, as [`splice_bytes`] describes.
+fn reserve_block_bytes(v: &mut Vec<u8>, grow: usize) {
     if v.capacity() - v.len() < grow {
-        let step = (v.len() / 4)
-            .max(4)
+        let step = (v.len() / 2)
+            .max(8)
             .min((PACKED_BLOCK_BYTES + 10).saturating_sub(v.len()));
         v.reserve_exact(grow.max(step));
     }
-    v.splice(range, with.iter().copied());
 }
 
 impl PackedBlock {
@@ -1766,8 +1786,8 @@ impl PackedBlock {
     fn push(&mut self, item: u32) {
         let mut buf = [0u8; 10];
         let n = put_varint(&mut buf, 0, item - self.last);
-        let end = self.deltas.len();
-        splice_bytes(&mut self.deltas, end..end, &buf[..n]);
+        reserve_block_bytes(&mut self.deltas, n);
+        self.deltas.extend_from_slice(&buf[..n]);
         self.last = item;
     }
 
@@ -1832,7 +1852,11 @@ impl PackedSet {
             self.len = 1;
             return true;
         }
-        let b = self.block_of(item);
+        // New ids are the largest yet, so most inserts append: no search for those.
+        let b = match self.blocks.last() {
+            Some(last) if item > last.last => self.blocks.len() - 1,
+            _ => self.block_of(item),
+        };
         let last_block = b + 1 == self.blocks.len();
         let blk = &mut self.blocks[b];
         let mut buf = [0u8; 10];
@@ -2303,6 +2327,24 @@ mod tests {
         let hits = ix.search("one", 10).0;
         assert_eq!(hits[0].holders, 1);
         assert_eq!(ix.register(PeerId(99), &files).rejected, 3);
+    }
+
+    #[test]
+    fn a_word_repeated_in_a_name_is_posted_once() {
+        let mut ix = Index::new();
+        let p = ix.add_peer(addr(1));
+        // Inline postings (one entry), then a spilled set (three entries with the word).
+        ix.register(p, &[fe(h(1), 1, "La la LAND la")]);
+        assert_eq!(ix.search("la", 10).0.len(), 1);
+        ix.register(p, &[fe(h(2), 2, "la-la"), fe(h(3), 3, "la_la_la")]);
+        assert_eq!(ix.search("la", 10).0.len(), 3);
+        assert_eq!(ix.search("la land", 10).0.len(), 1);
+        assert_eq!(ix.posting_count(ix.find_word(b"la").unwrap()), 3);
+        ix.unregister(p, &[h(1), h(2)]);
+        assert_eq!(ix.search("la", 10).0.len(), 1);
+        assert!(ix.find_word(b"land").is_none());
+        assert_eq!(ix.remove_peer(p), Some(1));
+        assert_eq!((ix.word_count(), ix.entry_count()), (0, 0));
     }
 
     #[test]

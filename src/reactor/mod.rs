@@ -52,6 +52,10 @@ pub struct ConnId(pub usize);
 const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Size of the shared read buffer.
 const SCRATCH_BYTES: usize = 256 * 1024;
+/// Largest partial-frame buffer an idle connection keeps for its next partial frame; a
+/// bigger one (a bulk register arrives in pieces) is given back once its frame is handled,
+/// or a thousand idle peers would each hold their largest request's worth of memory.
+const KEEP_PENDING_BYTES: usize = 4 * 1024;
 /// Reads per readiness event before a busy connection yields to the others.
 const READS_PER_TURN: usize = 16;
 /// How long an accept loop rests after running out of descriptors.
@@ -825,7 +829,7 @@ impl Ctx {
                 let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
                     return;
                 };
-                if pending.is_empty() && pending.capacity() > SCRATCH_BYTES {
+                if pending.is_empty() && pending.capacity() > KEEP_PENDING_BYTES {
                     pending = Vec::new();
                 }
                 c.pending_in = pending;
