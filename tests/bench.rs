@@ -1,6 +1,7 @@
 //! The bench binary end to end, small: it starts its own indexd, runs, and writes every
 //! output; `--peers N` sweeps 1..=N; the saturation mode runs; the transfer mode downloads
-//! between real peers and cleans up after itself, with or without nginx installed.
+//! between real peers and cleans up after itself, with or without nginx installed; files
+//! can be pre-populated with several holders each.
 
 use std::path::Path;
 use std::process::Command;
@@ -60,15 +61,26 @@ fn closed_loop_writes_every_output() {
 #[test]
 fn saturation_mode_counts_answers() {
     let out = temp_dir("sat");
+    // With two holders per pre-populated file: 2 fake peers registering 2,000 files each.
     let r = bench(
         &out,
-        &["--connections", "4", "--pipeline", "4", "--duration", "0.3"],
+        &[
+            "--connections",
+            "4",
+            "--pipeline",
+            "4",
+            "--duration",
+            "0.3",
+            "--holders",
+            "2",
+        ],
     );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert!(json["saturation"]["ops"].as_u64().unwrap() > 0);
     assert_eq!(json["saturation"]["errors"], 0);
+    assert_eq!(json["holders_per_prepopulated_file"], 2);
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -140,5 +152,16 @@ fn a_one_element_peer_list_is_refused() {
     assert!(!r.status.success());
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(stderr.contains("N..N"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn more_holders_than_fake_peers_is_refused() {
+    let out = temp_dir("holders-bad");
+    // 2,000 files make 2 fake peers: a file cannot have 3 different holders.
+    let r = bench(&out, &["--holders", "3"]);
+    assert_eq!(r.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains("--holders 3"), "{stderr}");
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -197,6 +197,8 @@ pub struct Config {
     pub files: usize,
     /// Where the outputs go.
     pub out: PathBuf,
+    /// Fake peers holding each pre-populated file (`--holders`).
+    pub holders: usize,
     /// Seed of every random choice.
     pub seed: u64,
     /// Round trips timed for the floor.

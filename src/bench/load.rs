@@ -41,37 +41,57 @@ pub struct Population {
 }
 
 impl Population {
-    /// Registers `count` files with the index at `addr`, [`FILES_PER_FAKE_PEER`] per fake
-    /// peer connection.
-    pub fn create(addr: SocketAddr, count: usize, seed: u64) -> io::Result<Population> {
+    /// Registers `count` files with the index at `addr` from `ceil(count /`
+    /// [`FILES_PER_FAKE_PEER`]`)` fake peer connections, each file held by `holders` of them:
+    /// fake peer `n` owns chunk `n` of the files and also registers the `holders - 1` chunks
+    /// before it (wrapping around), one bulk Register per chunk. So the peer count stays
+    /// `count / 1,000` whatever `holders` is (1,000,000 files, 2 holders: 1,000 peers of
+    /// 2,000 files each). `holders` must be at least 1 and at most the number of fake peers.
+    pub fn create(
+        addr: SocketAddr,
+        count: usize,
+        holders: usize,
+        seed: u64,
+    ) -> io::Result<Population> {
         let files: Vec<FileEntry> = (0..count)
             .map(|i| workload::populated_file(seed, i))
             .collect();
+        let chunks: Vec<&[FileEntry]> = files.chunks(FILES_PER_FAKE_PEER).collect();
+        if holders == 0 || holders > chunks.len().max(1) {
+            return Err(io::Error::other(format!(
+                "{holders} holders per file need at least {holders} fake peers, but {count} \
+                 files make {} (one per {FILES_PER_FAKE_PEER} files)",
+                chunks.len()
+            )));
+        }
         let mut conns = Vec::new();
         let started = Instant::now();
-        for (n, chunk) in files.chunks(FILES_PER_FAKE_PEER).enumerate() {
+        for n in 0..chunks.len() {
             let port = POPULATE_PORT_BASE.wrapping_add((n % 20000) as u16);
             let mut c = Client::hello(addr, port, "p2pshare-bench populate")?;
-            match c.call(RequestBody::Register {
-                files: chunk.to_vec(),
-            })? {
-                ResponseBody::Registered { rejected: 0, .. } => {}
-                other => {
-                    return Err(io::Error::other(format!(
-                        "pre-populating: register answered {other:?}"
-                    )))
+            for back in 0..holders {
+                let chunk = chunks[(n + chunks.len() - back) % chunks.len()];
+                match c.call(RequestBody::Register {
+                    files: chunk.to_vec(),
+                })? {
+                    ResponseBody::Registered { rejected: 0, .. } => {}
+                    other => {
+                        return Err(io::Error::other(format!(
+                            "pre-populating: register answered {other:?}"
+                        )))
+                    }
                 }
             }
             conns.push(c);
             if started.elapsed() > Duration::from_secs(1) && n % 50 == 49 {
                 super::progress(&format!(
                     "bench: populating {}/{count} files",
-                    (n + 1) * FILES_PER_FAKE_PEER
+                    ((n + 1) * FILES_PER_FAKE_PEER).min(count)
                 ));
             }
         }
         super::progress_done(&format!(
-            "bench: populated {count} files from {} fake peers in {:.1}s",
+            "bench: populated {count} files, {holders} holder(s) each, from {} fake peers in {:.1}s",
             conns.len(),
             started.elapsed().as_secs_f64()
         ));

@@ -106,7 +106,8 @@ pub fn run(config: &Config) -> io::Result<Summary> {
     match &config.mode {
         Mode::Latency { ops, peers } => {
             ops_per_peer = Some(PerOp::from_array(&ops.as_array()));
-            let population = load::Population::create(addr, prepopulated, config.seed)?;
+            let population =
+                load::Population::create(addr, prepopulated, config.holders, config.seed)?;
             for (i, &n) in peers.iter().enumerate() {
                 measure_floor()?;
                 let r =
@@ -146,7 +147,8 @@ pub fn run(config: &Config) -> io::Result<Summary> {
             pipeline,
             duration,
         } => {
-            let population = load::Population::create(addr, prepopulated, config.seed)?;
+            let population =
+                load::Population::create(addr, prepopulated, config.holders, config.seed)?;
             measure_floor()?;
             let keys = population.files.iter().map(|f| f.hash).collect();
             let r = saturate::run(addr, *connections, *pipeline, *duration, keys, config.seed)?;
@@ -192,6 +194,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         ops_per_peer,
         files_per_register: workload::FILES_PER_REGISTER,
         prepopulated_files: prepopulated,
+        holders_per_prepopulated_file: config.holders,
         index: index_label,
         placement: if pinned {
             format!(

@@ -139,6 +139,8 @@ pub struct Summary {
     pub files_per_register: usize,
     /// Files pre-populated before measuring.
     pub prepopulated_files: usize,
+    /// Fake peers holding each pre-populated file.
+    pub holders_per_prepopulated_file: usize,
     /// `started` (the bench ran its own indexd) or the address given with `--index`.
     pub index: String,
     /// Where the processes ran: which CPUs the servers and the clients were pinned to.
@@ -217,14 +219,15 @@ pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
     let _ = writeln!(md, "Command:\n\n```\n{}\n```\n", s.command);
     let _ = writeln!(
         md,
-        "Machine: {}, {} logical CPUs, {}. Index: {} (p2pshare {}), {} files pre-populated. \
-         Placement: {}.\n",
+        "Machine: {}, {} logical CPUs, {}. Index: {} (p2pshare {}), {} files pre-populated \
+         ({} holder(s) each). Placement: {}.\n",
         s.machine.cpu,
         s.machine.cores,
         s.machine.kernel,
         s.index,
         s.version,
         s.prepopulated_files,
+        s.holders_per_prepopulated_file,
         s.placement
     );
     let _ = writeln!(
@@ -535,6 +538,7 @@ mod tests {
             ops_per_peer: Some(PerOp::from_array(&[1, 2, 3])),
             files_per_register: FILES_PER_REGISTER,
             prepopulated_files: 10,
+            holders_per_prepopulated_file: 1,
             index: "started".into(),
             placement: "not pinned".into(),
             latency_unit: "µs",

@@ -290,9 +290,11 @@ pub fn op_order(counts: [usize; 3], rng: &mut Rng) -> Vec<OpKind> {
     ops
 }
 
-/// A file name of 3–4 vocabulary words plus a tag, e.g. `"neon river session 17.flac"`.
+/// A file name of 4–5 vocabulary words plus a tag, e.g.
+/// `"neon river live session 17.flac"`: about 40 bytes on average for the pre-populated
+/// files (tags up to 1,000,000), the name length the index's memory target is set at.
 pub fn file_name(rng: &mut Rng, tag: u64) -> String {
-    let words = 3 + rng.below(2);
+    let words = 4 + rng.below(2);
     let mut name = String::with_capacity(48);
     for _ in 0..words {
         name.push_str(VOCABULARY[rng.skewed_below(VOCABULARY.len())]);
@@ -405,6 +407,15 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn populated_names_average_about_40_bytes() {
+        let n = 20_000;
+        let step = 1_000_000 / n;
+        let total: usize = (0..n).map(|i| populated_file(1, i * step).name.len()).sum();
+        let mean = total as f64 / n as f64;
+        assert!((38.0..=42.0).contains(&mean), "mean name length {mean}");
     }
 
     #[test]

@@ -32,6 +32,11 @@ struct Flags {
     /// Files to pre-populate the index with (from fake peers, 1,000 files each).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     files: usize,
+    /// Fake peers holding each pre-populated file: fake peer n registers its own 1,000 files
+    /// and those of the H-1 peers before it, so --files 1000000 --holders 2 is 1,000 peers
+    /// of 2,000 files each.
+    #[arg(long, value_name = "H", default_value_t = 1)]
+    holders: usize,
     /// Saturation mode: requests in flight per connection.
     #[arg(long, value_name = "K")]
     pipeline: Option<usize>,
@@ -168,6 +173,16 @@ fn validate(flags: Flags) -> Result<Config, String> {
             peers: flags.peers,
         }
     };
+    let fake_peers = flags
+        .files
+        .div_ceil(p2pshare::bench::workload::FILES_PER_FAKE_PEER);
+    if !matches!(mode, Mode::Transfer { .. }) && !(1..=fake_peers).contains(&flags.holders) {
+        return Err(format!(
+            "--holders {} is outside 1..={fake_peers}: {} files make {fake_peers} fake peer(s) \
+             of up to 1,000 files, and each holder of a file is a different peer",
+            flags.holders, flags.files
+        ));
+    }
     let self_exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     let indexd = flags
         .indexd
@@ -196,6 +211,7 @@ fn validate(flags: Flags) -> Result<Config, String> {
         index: flags.index,
         indexd,
         files: flags.files,
+        holders: flags.holders,
         out: flags.out,
         seed: flags.seed,
         floor_round_trips: flags.floor_round_trips.max(1),
