@@ -336,6 +336,15 @@ impl IndexServer {
         Verdict::CloseAfterFlush(CloseReason::Frame(error))
     }
 
+    /// Finishes the index work that answers do not wait for: the word postings of the files
+    /// registered since the last call (a register is answered as soon as its outcome is known,
+    /// and its names become searchable here, before any later request is read). Any request
+    /// that reads the word index finishes this work first anyway, so calling it is about
+    /// latency, never correctness.
+    pub fn settle(&mut self) {
+        self.index.post_pending();
+    }
+
     /// The connection is gone: its peer's entries leave the index.
     pub fn close(&mut self, conn: ConnId, reason: &CloseReason) {
         let Some(session) = self.session_mut(conn).take() else {
@@ -406,6 +415,10 @@ impl Handler for IndexServer {
 
     fn handle_close(&mut self, _ctx: &mut Ctx, conn: ConnId, reason: &CloseReason) {
         self.close(conn, reason);
+    }
+
+    fn handle_turn_end(&mut self, _ctx: &mut Ctx) {
+        self.settle();
     }
 }
 
@@ -667,6 +680,13 @@ mod tests {
             name: "Zebra_Crossing-Live 1999.flac".into(),
         }];
         call(&mut server, conn, 2, RequestBody::Register { files });
+        // Answered before its words were posted; the next reader still sees them.
+        assert!(server.index().has_pending());
+        let name = LookupKey::Name("Zebra_Crossing-Live 1999.flac".into());
+        let (r, _) = call(&mut server, conn, 3, RequestBody::Lookup { key: name });
+        assert!(matches!(&r[0].body, ResponseBody::Holders { files } if files.len() == 1));
+        assert!(!server.index().has_pending());
+        server.settle();
         let (r, _) = call(
             &mut server,
             conn,

@@ -13,7 +13,10 @@
 //!   after every peer is removed all counts are zero and the big vectors are released.
 //! - `FileRec::holders` is the number of distinct peers holding any entry of the file;
 //!   `PeerRec::files` is the number of distinct files the peer holds.
-//! - A word's posting set holds exactly the live entries whose name contains that word.
+//! - A word's posting set holds exactly the live entries whose name contains that word, but
+//!   for the entries in `unposted`: [`Index::register`] creates entries and leaves their
+//!   words to [`Index::post_pending`], which every other method calls first (the server
+//!   calls it right after sending the register's answer).
 //! - A file's size never changes while it is indexed: a register with another size is rejected.
 //! - An entry's `file` field carries the [`SOLE`] bit exactly while it is its file's only entry
 //!   (then the file's holders are the entry's holders).
@@ -251,6 +254,9 @@ pub struct Index {
     peers: Vec<Option<PeerRec>>,
     free_peers: Vec<u32>,
     peer_count: usize,
+    /// Entries created by [`Index::register`] whose words are not posted yet (see
+    /// [`Index::post_pending`]).
+    unposted: Vec<u32>,
     /// Reused buffers, so that register and removal allocate nothing per entry.
     work: Work,
 }
@@ -309,6 +315,7 @@ impl Index {
             peers: Vec::new(),
             free_peers: Vec::new(),
             peer_count: 0,
+            unposted: Vec::new(),
             work: Work::default(),
         }
     }
@@ -329,7 +336,8 @@ impl Index {
     }
 
     /// Distinct words in the word index (the empty word of wordless names included).
-    pub fn word_count(&self) -> usize {
+    pub fn word_count(&mut self) -> usize {
+        self.post_pending();
         self.word_count
     }
 
@@ -364,6 +372,7 @@ impl Index {
     /// Removes `peer` and all its holdings, in time proportional to its holdings. Returns how
     /// many entries it held, or `None` if it was not live.
     pub fn remove_peer(&mut self, peer: PeerId) -> Option<u32> {
+        self.post_pending();
         let rec = self.peers.get_mut(peer.0 as usize)?.take()?;
         self.peer_count -= 1;
         if self.peer_count == 0 {
@@ -433,6 +442,7 @@ impl Index {
     /// Withdraws all of `peer`'s holdings of `hashes`; returns how many entries it lost.
     /// Hashes it never registered count 0 and leave other peers' holdings alone.
     pub fn unregister(&mut self, peer: PeerId, hashes: &[FileHash]) -> u32 {
+        self.post_pending();
         if self.peer(peer).is_none() {
             return 0;
         }
@@ -479,13 +489,17 @@ impl Index {
     /// to a whole word of the name, then more holders, then name (bytewise), then hash.
     ///
     /// Candidates come from the postings of the most selective query word (the one whose
-    /// prefix range has the fewest postings); the other words are checked against the
-    /// candidate's name. The best `limit` are kept in a bounded heap, so a query matching a
-    /// million entries costs time linear in the matches but memory only for `limit` hits.
+    /// prefix range has the fewest postings). Each other word is checked against a bitmap of
+    /// its own postings when those are few enough (a few per candidate), or else against the
+    /// candidate's name, so two common words cost a pass over their postings rather than a
+    /// parse of every candidate's name. The best `limit` are kept in a bounded heap, so a
+    /// query matching a million entries costs time linear in the matches but memory only for
+    /// `limit` hits.
     /// A candidate is first ranked by its cheap keys (whole words, holders), read from the
     /// entry record alone for a file's sole entry; its name is read only when those keys tie
     /// with the worst hit kept.
-    pub fn search(&self, query: &str, limit: usize) -> (Vec<SearchHit>, bool) {
+    pub fn search(&mut self, query: &str, limit: usize) -> (Vec<SearchHit>, bool) {
+        self.post_pending();
         let mut scratch = Scratch::default();
         lower_words(query, &mut scratch);
         let mut qwords: Vec<String> = scratch.words().map(str::to_owned).collect();
@@ -509,9 +523,29 @@ impl Index {
                 best = Some((total, i));
             }
         }
-        let Some((_, pick)) = best else {
+        let Some((picked, pick)) = best else {
             return (Vec::new(), false);
         };
+        // The other words: by bitmap when their postings are at most a few per candidate,
+        // by name otherwise.
+        let budget = picked.saturating_mul(BITMAP_POSTINGS_PER_CANDIDATE);
+        let mut bitmaps: Vec<WordBits> = Vec::new();
+        let mut by_name: Vec<String> = Vec::new();
+        for (i, q) in qwords.iter().enumerate() {
+            if i == pick {
+                continue;
+            }
+            let mut total = 0usize;
+            let fits = self.word_range(q).all(|w| {
+                total += self.posting_count(w);
+                total <= budget
+            });
+            if fits {
+                bitmaps.push(self.word_bits(q, total));
+            } else {
+                by_name.push(q.clone());
+            }
+        }
         let q = &qwords[pick];
         let exact = self.find_word(q.as_bytes());
         let range: Vec<(bool, u32)> = self.word_range(q).map(|w| (Some(w) == exact, w)).collect();
@@ -531,15 +565,27 @@ impl Index {
                     seen[word] |= bit;
                 }
                 let entry = &self.entries[e as usize];
-                let whole = if qwords.len() == 1 {
-                    u32::from(exact)
-                } else {
+                let mut whole = u32::from(exact);
+                let mut all = true;
+                for b in &bitmaps {
+                    match b.matches(e) {
+                        Some(w) => whole += u32::from(w),
+                        None => {
+                            all = false;
+                            break;
+                        }
+                    }
+                }
+                if !all {
+                    continue;
+                }
+                if !by_name.is_empty() {
                     let name = self.names.get_str(entry.name);
-                    match match_words(&qwords, name, &mut scratch) {
-                        Some(whole) => whole,
+                    match match_words(&by_name, name, &mut scratch) {
+                        Some(n) => whole += n,
                         None => continue,
                     }
-                };
+                }
                 matched += 1;
                 if limit == 0 {
                     continue;
@@ -557,8 +603,11 @@ impl Index {
                         Ordering::Less => continue,
                         Ordering::Equal => {
                             let name = self.names.get(entry.name);
-                            if name > worst.name {
-                                continue;
+                            match name_key(name).cmp(&worst.key) {
+                                Ordering::Greater => continue,
+                                Ordering::Less => {}
+                                Ordering::Equal if name > worst.name => continue,
+                                Ordering::Equal => {}
                             }
                             if name == worst.name
                                 && self.files[entry.file() as usize].hash > *worst.hash
@@ -570,10 +619,12 @@ impl Index {
                     }
                 }
                 let file = &self.files[entry.file() as usize];
+                let name = self.names.get(entry.name);
                 let hit = Ranked {
                     whole,
                     holders,
-                    name: self.names.get(entry.name),
+                    key: name_key(name),
+                    name,
                     hash: &file.hash,
                     size: file.size(),
                 };
@@ -601,7 +652,8 @@ impl Index {
     /// Who holds a file. `Hash` and a unique `HashPrefix` give one file, named by its most held
     /// name (ties: the smallest name); `Name` gives every hash with an entry of exactly that
     /// name, in hash order. `holders` are the distinct holders' addresses in peer-id order.
-    pub fn lookup(&self, key: &LookupKey) -> Result<Vec<HeldFile>, LookupError> {
+    pub fn lookup(&mut self, key: &LookupKey) -> Result<Vec<HeldFile>, LookupError> {
+        self.post_pending();
         match key {
             LookupKey::Hash(h) => {
                 let file = self.find_file(h).ok_or(LookupError::NotFound)?;
@@ -708,6 +760,37 @@ impl Index {
             .map(|item| item as u32)
     }
 
+    /// The entries with a word starting with `prefix` (`postings` of them, counted by the
+    /// caller), each marked whole if a word equals it.
+    fn word_bits(&self, prefix: &str, postings: usize) -> WordBits {
+        let exact = self.find_word(prefix.as_bytes());
+        let range = self.word_range(prefix).map(|w| (Some(w) == exact, w));
+        if postings.saturating_mul(SPARSE_BITS) < self.entries.len() {
+            // Few: a sorted list, searched per candidate.
+            let mut list: Vec<u32> = Vec::with_capacity(postings);
+            for (whole, w) in range {
+                list.extend(self.posting_iter(w).map(|e| e << 1 | u32::from(whole)));
+            }
+            list.sort_unstable();
+            return WordBits::Sparse(list);
+        }
+        let words = self.entries.len().div_ceil(64);
+        let (mut any, mut whole) = (vec![0u64; words], Vec::new());
+        for (exact, w) in range {
+            if exact {
+                whole = vec![0u64; words];
+            }
+            for e in self.posting_iter(w) {
+                let (i, bit) = (e as usize / 64, 1u64 << (e % 64));
+                any[i] |= bit;
+                if exact {
+                    whole[i] |= bit;
+                }
+            }
+        }
+        WordBits::Dense { any, whole }
+    }
+
     fn word_bytes(&self, w: u32) -> &[u8] {
         self.word_text.get(self.words[w as usize].text)
     }
@@ -766,13 +849,20 @@ impl Index {
     }
 
     /// Where `h` is (or would go) in `by_hash`.
+    ///
+    /// Hashes are uniformly distributed, so the position is first guessed from the 4-byte
+    /// prefix (interpolation) and then searched outward from the guess: a few neighbouring
+    /// cache lines are read instead of a binary search's scattered ones.
     fn hash_position(&self, h: &FileHash) -> Result<(usize, usize), (usize, usize)> {
         let p32 = prefix32(h);
-        self.by_hash.search(|&item| {
-            ((item >> 32) as u32)
-                .cmp(&p32)
-                .then_with(|| self.files[item as u32 as usize].hash.cmp(h))
-        })
+        self.by_hash.search_guided(
+            |&item| {
+                ((item >> 32) as u32)
+                    .cmp(&p32)
+                    .then_with(|| self.files[item as u32 as usize].hash.cmp(h))
+            },
+            |items| interpolate(items, p32),
+        )
     }
 
     /// Adds a file whose hash is not indexed yet; `at` is where [`Self::hash_position`] said
@@ -859,17 +949,41 @@ impl Index {
         };
         self.files[file as usize].first_entry = id;
         self.entry_count += 1;
-        let mut scratch = std::mem::take(&mut self.work.words);
-        lower_words(name, &mut scratch);
-        if scratch.spans.is_empty() {
-            self.post(id, "");
+        self.unposted.push(id);
+        id
+    }
+
+    /// Posts the words of the entries [`Index::register`] created since the last call. Every
+    /// other method calls it first, so no answer ever sees an entry without its words; an
+    /// owner that answers a register before calling it (the server does, to answer sooner)
+    /// defers the word-index work, not its effect.
+    pub fn post_pending(&mut self) {
+        if self.unposted.is_empty() {
+            return;
         }
-        for i in 0..scratch.spans.len() {
-            let (a, b) = scratch.spans[i];
-            self.post(id, &scratch.buf[a..b]);
+        let unposted = std::mem::take(&mut self.unposted);
+        let mut scratch = std::mem::take(&mut self.work.words);
+        for &id in &unposted {
+            lower_words(
+                self.names.get_str(self.entries[id as usize].name),
+                &mut scratch,
+            );
+            if scratch.spans.is_empty() {
+                self.post(id, "");
+            }
+            for i in 0..scratch.spans.len() {
+                let (a, b) = scratch.spans[i];
+                self.post(id, &scratch.buf[a..b]);
+            }
         }
         self.work.words = scratch;
-        id
+        self.unposted = unposted;
+        self.unposted.clear();
+    }
+
+    /// Whether [`Index::register`] left word postings for [`Index::post_pending`].
+    pub fn has_pending(&self) -> bool {
+        !self.unposted.is_empty()
     }
 
     /// Posts `entry` under `word`; a no-op if it is there already (a name may repeat a word).
@@ -1268,11 +1382,47 @@ fn reserve_gently<T>(v: &mut Vec<T>, extra: usize) {
     }
 }
 
+/// How many postings per candidate a query word may have and still be checked by bitmap
+/// rather than by reading the candidate's name (a posting costs a varint decode and a bit set,
+/// a name check a parse of the name).
+const BITMAP_POSTINGS_PER_CANDIDATE: usize = 8;
+
+/// Below one posting per this many entries, a query word's postings are kept as a sorted list
+/// rather than a bitmap over all entry ids.
+const SPARSE_BITS: usize = 64;
+
+/// The entries a query word matches: those with a word of their name starting with it, and
+/// which of them have a word equal to it.
+enum WordBits {
+    /// `entry << 1 | whole`, sorted.
+    Sparse(Vec<u32>),
+    /// Bitmaps by entry id; `whole` is empty when no word equals the query word.
+    Dense { any: Vec<u64>, whole: Vec<u64> },
+}
+
+impl WordBits {
+    /// `None` if entry `e` does not match, else whether it matches a whole word.
+    fn matches(&self, e: u32) -> Option<bool> {
+        match self {
+            WordBits::Sparse(list) => {
+                let at = list.partition_point(|&x| x >> 1 < e);
+                list.get(at).filter(|&&x| x >> 1 == e).map(|&x| x & 1 == 1)
+            }
+            WordBits::Dense { any, whole } => {
+                let (i, bit) = (e as usize / 64, 1u64 << (e % 64));
+                (any[i] & bit != 0).then(|| whole.get(i).is_some_and(|w| w & bit != 0))
+            }
+        }
+    }
+}
+
 /// A search candidate, ordered best first (`Less` is better) so a max-heap's top is the worst
 /// hit kept.
 struct Ranked<'a> {
     whole: u32,
     holders: u32,
+    /// The name's first 8 bytes (see [`name_key`]): most name comparisons end here.
+    key: u64,
     name: &'a [u8],
     hash: &'a FileHash,
     size: u64,
@@ -1284,6 +1434,7 @@ impl Ord for Ranked<'_> {
             .whole
             .cmp(&self.whole)
             .then(other.holders.cmp(&self.holders))
+            .then(self.key.cmp(&other.key))
             .then_with(|| self.name.cmp(other.name))
             .then_with(|| self.hash.cmp(other.hash))
     }
@@ -1424,6 +1575,14 @@ impl Names {
 
 /// The first four bytes of a word, zero-padded, as a big-endian `u32`: ordering words by it
 /// agrees with their byte order (ties are broken by the full text).
+/// The first 8 bytes of `name`, zero-padded, as a number that orders like the bytes.
+fn name_key(name: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = name.len().min(8);
+    b[..n].copy_from_slice(&name[..n]);
+    u64::from_be_bytes(b)
+}
+
 fn pad4(text: &[u8]) -> u32 {
     let mut b = [0u8; 4];
     let n = text.len().min(4);
@@ -1570,6 +1729,29 @@ impl<T: Copy> BlockSet<T> {
         }
     }
 
+    /// Like [`Self::search`], for items whose order is roughly predictable: `guess(items)`
+    /// estimates where the target falls in a sorted slice (of the block heads, then of the
+    /// block), and the search gallops outward from there.
+    fn search_guided(
+        &self,
+        mut probe: impl FnMut(&T) -> Ordering,
+        guess: impl Fn(&[T]) -> usize,
+    ) -> Result<(usize, usize), (usize, usize)> {
+        if self.blocks.is_empty() {
+            return Err((0, 0));
+        }
+        let b = partition_near(&self.firsts, guess(&self.firsts), |f| {
+            probe(f) != Ordering::Greater
+        })
+        .saturating_sub(1);
+        let block = &self.blocks[b];
+        let i = partition_near(block, guess(block), |x| probe(x) == Ordering::Less);
+        match block.get(i) {
+            Some(x) if probe(x) == Ordering::Equal => Ok((b, i)),
+            _ => Err((b, i)),
+        }
+    }
+
     fn insert_at(&mut self, (mut b, mut i): (usize, usize), item: T) {
         self.len += 1;
         if self.blocks.is_empty() {
@@ -1683,6 +1865,56 @@ impl<T: Copy> BlockSet<T> {
             .chain(self.blocks.iter().skip(b + 1).flatten())
             .copied()
     }
+}
+
+/// The partition point of `items` for `is_before` (true for a prefix of the items, false for
+/// the rest), found by galloping outward from `guess`: `O(log d)` probes for a guess `d` items
+/// off, near each other in memory.
+fn partition_near<T>(items: &[T], guess: usize, mut is_before: impl FnMut(&T) -> bool) -> usize {
+    let n = items.len();
+    let g = guess.min(n);
+    if g < n && is_before(&items[g]) {
+        // The point is after g: items[lo - 1] is before it.
+        let (mut lo, mut step) = (g + 1, 1);
+        loop {
+            let hi = lo + step;
+            if hi >= n || !is_before(&items[hi]) {
+                return lo + items[lo..hi.min(n)].partition_point(&mut is_before);
+            }
+            lo = hi + 1;
+            step *= 2;
+        }
+    }
+    // The point is at g or before: items[hi] is not before it (or hi == n).
+    let (mut hi, mut step) = (g, 1);
+    loop {
+        if hi < step {
+            return items[..hi].partition_point(&mut is_before);
+        }
+        let lo = hi - step;
+        if is_before(&items[lo]) {
+            return lo + 1 + items[lo + 1..hi].partition_point(&mut is_before);
+        }
+        hi = lo;
+        step *= 2;
+    }
+}
+
+/// Where `p32` falls among `items` (hash index items, sorted, `prefix32 << 32 | id`),
+/// assuming the prefixes between the first and last item are evenly spread.
+fn interpolate(items: &[u64], p32: u32) -> usize {
+    let (Some(&first), Some(&last)) = (items.first(), items.last()) else {
+        return 0;
+    };
+    let (lo, hi) = ((first >> 32) as u32, (last >> 32) as u32);
+    if p32 <= lo || hi <= lo {
+        return 0;
+    }
+    if p32 >= hi {
+        return items.len() - 1;
+    }
+    let span = u64::from(hi - lo);
+    (u64::from(p32 - lo) * (items.len() as u64 - 1) / span) as usize
 }
 
 /// Used by the tests only: the hash index orders items through a probe.
@@ -2330,6 +2562,53 @@ mod tests {
     }
 
     #[test]
+    fn other_query_words_are_checked_by_list_bitmap_or_name_alike() {
+        let mut ix = Index::new();
+        let p = ix.add_peer(addr(1));
+        // 200 "common" names; 100 "half"; 21 "mid"; 2 "duo"; 1 "rare". "rare common" checks
+        // "common" by name (too many postings per candidate), "rare duo" checks "duo" in a
+        // sorted list (few postings), "mid half" checks "half" in a bitmap.
+        let files: Vec<FileEntry> = (0..200u64)
+            .map(|i| {
+                let mut name = format!("common {i}");
+                if i % 2 == 0 {
+                    name.push_str(" half");
+                }
+                if i % 10 == 0 || i == 7 {
+                    name.push_str(" mid");
+                }
+                if i == 7 || i == 9 {
+                    name.push_str(" duo");
+                }
+                if i == 7 {
+                    name.push_str(" rare");
+                }
+                fe(FileHash::of(&i.to_le_bytes()), i + 1, &name)
+            })
+            .collect();
+        ix.register(p, &files);
+        let mut names = |q: &str| -> Vec<String> {
+            let mut v: Vec<String> = ix.search(q, 500).0.into_iter().map(|h| h.name).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("rare common"), ["common 7 mid duo rare"]);
+        assert_eq!(names("rare comm"), ["common 7 mid duo rare"]);
+        assert_eq!(names("rare duo"), ["common 7 mid duo rare"]);
+        assert_eq!(names("rare du"), ["common 7 mid duo rare"]);
+        assert_eq!(names("duo mid"), ["common 7 mid duo rare"]);
+        assert_eq!(names("mid half").len(), 20);
+        assert_eq!(names("mid hal").len(), 20);
+        assert!(names("rare nothing").is_empty());
+        assert!(names("rare half").is_empty());
+        // Whole words rank first: "common 1" has both words whole, "common 10 half mid" one.
+        let hits = ix.search("1 common", 3).0;
+        assert_eq!(hits[0].name, "common 1");
+        let hits = ix.search("7 mid", 3).0;
+        assert_eq!(hits[0].name, "common 7 mid duo rare");
+    }
+
+    #[test]
     fn a_word_repeated_in_a_name_is_posted_once() {
         let mut ix = Index::new();
         let p = ix.add_peer(addr(1));
@@ -2480,7 +2759,7 @@ mod tests {
             Err(LookupError::NotFound)
         );
         // Ambiguous on 8 and 9 digits, unique from the 10th.
-        let p = |s: &str| ix.lookup(&LookupKey::HashPrefix(s.into()));
+        let mut p = |s: &str| ix.lookup(&LookupKey::HashPrefix(s.into()));
         assert_eq!(p("abcdef01"), Err(LookupError::Ambiguous));
         assert_eq!(p("ABCDEF012"), Err(LookupError::Ambiguous));
         assert_eq!(p("abcdef0123").unwrap()[0].hash, x);
@@ -2889,7 +3168,8 @@ mod tests {
     /// Checks the word index against the live entries' names: every word posted under exactly
     /// the entries whose name contains it, inline exactly when it has at most two, the order
     /// and the exact lookups agreeing. Returns (inline words, spilled words).
-    fn check_words(ix: &Index) -> (usize, usize) {
+    fn check_words(ix: &mut Index) -> (usize, usize) {
+        ix.post_pending();
         let mut expect: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for (e, rec) in ix.entries.iter().enumerate() {
             if rec.file == NONE {
@@ -2942,41 +3222,43 @@ mod tests {
         let files: Vec<FileEntry> = (0..5u8)
             .map(|i| fe(h(i), 1, &format!("Alpha {i}x{i}")))
             .collect();
-        let alpha = |ix: &Index| {
+        let alpha = |ix: &mut Index| {
+            ix.post_pending();
             ix.find_word(b"alpha")
                 .map(|w| ix.words[w as usize].postings)
         };
-        assert_eq!(alpha(&ix), None);
+        assert_eq!(alpha(&mut ix), None);
         ix.register(p, &files[..1]);
-        assert_eq!(alpha(&ix), Some([0, NONE]));
+        assert_eq!(alpha(&mut ix), Some([0, NONE]));
         ix.register(p, &files[1..2]);
-        assert_eq!(alpha(&ix), Some([0, 1]));
+        assert_eq!(alpha(&mut ix), Some([0, 1]));
         assert_eq!(ix.postings.len(), 0);
         ix.register(p, &files[2..]);
-        assert_eq!(alpha(&ix).unwrap()[0], SPILLED);
+        ix.post_pending();
+        assert_eq!(alpha(&mut ix).unwrap()[0], SPILLED);
         assert_eq!(ix.postings.len(), 1);
-        assert_eq!(check_words(&ix), (5, 1));
+        assert_eq!(check_words(&mut ix), (5, 1));
         assert_eq!(ix.search("alpha", 10).0.len(), 5);
         assert_eq!(ix.search("3x3", 10).0[0].name, "Alpha 3x3");
         // Back to two (the first and the last): inline again, ascending.
         ix.unregister(p, &[h(1), h(2), h(3)]);
-        assert_eq!(alpha(&ix), Some([0, 4]));
+        assert_eq!(alpha(&mut ix), Some([0, 4]));
         assert_eq!(ix.postings.len(), 0);
-        assert_eq!(check_words(&ix), (3, 0));
+        assert_eq!(check_words(&mut ix), (3, 0));
         // Up again through a reused entry id between the inline ones, then down to one.
         ix.register(p, &files[1..2]);
         assert_eq!(ix.search("alpha", 10).0.len(), 3);
-        assert_eq!(alpha(&ix).unwrap()[0], SPILLED);
+        assert_eq!(alpha(&mut ix).unwrap()[0], SPILLED);
         ix.unregister(p, &[h(0), h(4)]);
         assert_eq!(
-            alpha(&ix),
+            alpha(&mut ix),
             Some([
                 ix.find_entry(ix.find_file(&h(1)).unwrap(), "Alpha 1x1")
                     .unwrap(),
                 NONE
             ])
         );
-        check_words(&ix);
+        check_words(&mut ix);
         ix.remove_peer(p);
         assert_eq!(ix.word_count(), 0);
         assert!(ix.words.capacity() == 0 && ix.word_text.bytes.capacity() == 0);
@@ -2995,12 +3277,13 @@ mod tests {
         };
         ix.register(p, &files(0));
         ix.register(q, &files(1000));
+        ix.post_pending();
         let before = ix.word_text.bytes.len();
         ix.remove_peer(p);
         // 50 of 101 word texts freed: more than a third, so the arena was compacted.
         assert!(ix.word_text.bytes.len() < before / 2 + 16);
         assert_eq!(ix.word_text.garbage, 0);
-        check_words(&ix);
+        check_words(&mut ix);
         assert_eq!(ix.search("00001049", 5).0[0].name, "track 00001049");
         assert!(ix.search("00000049", 5).0.is_empty());
     }
@@ -3038,7 +3321,7 @@ mod tests {
                     }
                     _ => continue,
                 }
-                let (_, spilled) = check_words(&ix);
+                let (_, spilled) = check_words(&mut ix);
                 saw_spilled |= spilled > 0;
                 saw_inline_pair |= ix
                     .words
@@ -3048,7 +3331,7 @@ mod tests {
             for p in live {
                 ix.remove_peer(p);
             }
-            assert_eq!(check_words(&ix), (0, 0));
+            assert_eq!(check_words(&mut ix), (0, 0));
         }
         assert!(saw_inline_pair && saw_spilled);
     }

@@ -198,6 +198,14 @@ pub trait Handler {
     fn handle_timer(&mut self, ctx: &mut Ctx, timer: u64) {
         let _ = (ctx, timer);
     }
+
+    /// The end of a loop iteration: this iteration's output has been written to the sockets
+    /// (as far as they took it) and the loop is about to wait again. Work that no answer
+    /// waits for can be done here, after the answers left; output queued here is written in
+    /// the next iteration.
+    fn handle_turn_end(&mut self, ctx: &mut Ctx) {
+        let _ = ctx;
+    }
 }
 
 enum Slot {
@@ -371,6 +379,7 @@ impl Reactor {
         self.ctx.fire_timers(handler);
         self.ctx.flush_dirty(handler);
         self.ctx.reap(handler);
+        handler.handle_turn_end(&mut self.ctx);
         Ok(())
     }
 }
