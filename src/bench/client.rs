@@ -48,12 +48,40 @@ impl Client {
 
     /// Sends `body` and waits for its answer.
     pub fn call(&mut self, body: RequestBody) -> io::Result<ResponseBody> {
+        let id = self.prepare(body);
+        self.exchange()?;
+        self.answer(id)
+    }
+
+    /// Encodes `body` as the next request, ready for [`Client::exchange`]; returns its id.
+    /// Together with [`Client::answer`] this keeps the client's own encoding and decoding
+    /// out of a timed round trip, as the bare ping-pong has none.
+    pub fn prepare(&mut self, body: RequestBody) -> u32 {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         self.outbuf.clear();
         wire::encode_frame(&Request { id, body }, &mut self.outbuf);
+        id
+    }
+
+    /// Writes the prepared request and reads until its whole answer frame has arrived.
+    pub fn exchange(&mut self) -> io::Result<()> {
         self.stream.write_all(&self.outbuf)?;
-        let resp = self.recv()?;
+        self.fill_frame()
+    }
+
+    /// Decodes the answer [`Client::exchange`] received, which must be to request `id`.
+    pub fn answer(&mut self, id: u32) -> io::Result<ResponseBody> {
+        self.fill_frame()?;
+        let d = self
+            .decoder
+            .decode(&self.inbuf)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
+            .expect("fill_frame leaves a whole frame");
+        let resp = wire::decode::<Response>(&self.inbuf[d.payload.clone()])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+        self.inbuf.drain(..d.consumed);
+        let resp = resp?;
         if resp.id != id {
             return Err(io::Error::other(format!(
                 "answer to request {} arrived for request {id}",
@@ -63,17 +91,15 @@ impl Client {
         Ok(resp.body)
     }
 
-    fn recv(&mut self) -> io::Result<Response> {
+    /// Reads until `inbuf` starts with a whole frame.
+    fn fill_frame(&mut self) -> io::Result<()> {
         loop {
             let decoded = self
                 .decoder
                 .decode(&self.inbuf)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            if let Some(d) = decoded {
-                let resp = wire::decode::<Response>(&self.inbuf[d.payload.clone()])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-                self.inbuf.drain(..d.consumed);
-                return resp;
+            if decoded.is_some() {
+                return Ok(());
             }
             let mut chunk = [0u8; 16 * 1024];
             match self.stream.read(&mut chunk) {

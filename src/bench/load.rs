@@ -253,7 +253,8 @@ fn peer_loop(
     let mut floor = stats::new_histogram();
     let mut registers = 0;
     for kind in order {
-        // Build the request before the clock starts: only the round trip is timed.
+        // Build and encode the request before the clock starts, decode the answer after it
+        // stops: only the round trip is timed, as for the bare ping-pong.
         let body = match kind {
             OpKind::Search => {
                 let f = &files[rng.below(files.len())];
@@ -272,9 +273,11 @@ fn peer_loop(
                 key: LookupKey::Hash(files[rng.below(files.len())].hash),
             },
         };
+        let id = client.prepare(body);
         let began = Instant::now();
-        let answer = client.call(body)?;
+        client.exchange()?;
         stats::record(&mut hists[kind.index()], began.elapsed());
+        let answer = client.answer(id)?;
         let ok = matches!(
             (kind, &answer),
             (OpKind::Search, ResponseBody::SearchResults { .. })
