@@ -1768,6 +1768,10 @@ impl<T: Copy> BlockSet<T> {
                 return;
             }
             let tail = self.blocks[b].split_off(BLOCK_ITEMS / 2);
+            // The left half keeps the full block's allocation: give the unused half back
+            // (a shrinking `realloc` stays in place), or every split block would carry
+            // `BLOCK_ITEMS / 2` empty slots.
+            self.blocks[b].shrink_to(BLOCK_ITEMS / 2 + BLOCK_ITEMS / 16);
             self.firsts.insert(b + 1, tail[0]);
             self.blocks.insert(b + 1, tail);
             if i > BLOCK_ITEMS / 2 {
@@ -1777,9 +1781,11 @@ impl<T: Copy> BlockSet<T> {
         }
         let block = &mut self.blocks[b];
         if block.len() == block.capacity() {
-            // Grow by half rather than double: posting lists are most of the index, and
-            // doubling would leave a quarter of their memory unused on average.
-            let more = (block.len() / 2).max(4).min(BLOCK_ITEMS - block.len());
+            // Grow by an eighth rather than double: the hash index and the word order are
+            // ~8 bytes per file each, and doubling (or halving) would leave a quarter (a
+            // tenth) of them unused. A block is at most 2 KiB, so the extra reallocations
+            // copy little.
+            let more = (block.len() / 8).max(4).min(BLOCK_ITEMS - block.len());
             block.reserve_exact(more);
         }
         block.insert(i, item);
