@@ -11,8 +11,7 @@
 //!   last holding of an entry goes, the entry goes (its name, its word postings); when the last
 //!   entry of a file goes, the file goes (its hash-index item). Nothing outlives its holders, so
 //!   after every peer is removed all counts are zero and the big vectors are released.
-//! - `FileRec::holders` is the number of distinct peers holding any entry of the file;
-//!   `PeerRec::files` is the number of distinct files the peer holds.
+//! - `PeerRec::files` is the number of distinct files the peer holds.
 //! - A word's posting set holds exactly the live entries whose name contains that word, but
 //!   for the entries in `unposted`: [`Index::register`] creates entries and leaves their
 //!   words to [`Index::post_pending`], which every other method calls first (the server
@@ -35,7 +34,7 @@
 //! postings ~16, hash index ~11, words ~2, per-peer sets ~3. With one word unique to each file
 //! besides (a 10-digit catalogue number): ~182 heap and ~184 resident bytes per file, the
 //! million rare words costing ~44 bytes each (record 12, text 11, hash table ~10, order ~11).
-//! - `files: Vec<FileRec>` (44 B: hash, size, first entry, holder count), addressed by `u32`
+//! - `files: Vec<FileRec>` (44 B: hash, size, first entry), addressed by `u32`
 //!   ids with a free list.
 //! - `by_hash`: a [`BlockSet`] of `u64` items `(first 4 hash bytes << 32) | file id`, kept in
 //!   full-hash order (ties on the 4-byte prefix are broken by comparing the full hash through
@@ -177,10 +176,12 @@ struct FileRec {
     /// 44 to 48 bytes, 4 MB per million files.
     size: [u32; 2],
     /// Head of the singly linked list of this file's entries (through `EntryRec::next`).
+    /// (No holder count: a file with one entry has that entry's holders, and the holders of a
+    /// file with several names are counted when asked, which saves 4 bytes per file.)
     first_entry: u32,
-    /// Distinct peers holding any entry of this file.
-    holders: u32,
 }
+
+const _: () = assert!(std::mem::size_of::<FileRec>() == 44);
 
 impl FileRec {
     fn size(&self) -> u64 {
@@ -387,12 +388,6 @@ impl Index {
         for e in rec.entries.iter() {
             held += 1;
             self.pop_holder(e, peer.0);
-            let file = self.entries[e as usize].file();
-            // Entries of this file still to be visited may hold the peer: the file loses this
-            // holder only at the last of them.
-            if !self.peer_holds_file(peer.0, file) {
-                self.files[file as usize].holders -= 1;
-            }
             if self.holder_slice(e).is_empty() {
                 dead.push(e);
             }
@@ -465,7 +460,6 @@ impl Index {
             for &e in &held {
                 self.pop_holder(e, peer.0);
                 if !self.peer_holds_file(peer.0, file) {
-                    self.files[file as usize].holders -= 1;
                     self.peer_mut(peer).files -= 1;
                 }
                 self.peer_mut(peer).entries.remove(e);
@@ -593,7 +587,7 @@ impl Index {
                 let holders = if entry.file & SOLE != 0 {
                     self.holder_count(entry)
                 } else {
-                    self.files[entry.file() as usize].holders
+                    self.file_holder_count(entry.file())
                 };
                 if heap.len() == limit {
                     // Cheap keys first: most candidates of a big query lose here without
@@ -872,7 +866,6 @@ impl Index {
             hash,
             size: [size as u32, (size >> 32) as u32],
             first_entry: NONE,
-            holders: 0,
         };
         let id = if let Some(id) = self.free_files.pop() {
             self.files[id as usize] = rec;
@@ -1243,9 +1236,6 @@ impl Index {
         let file = self.entries[e as usize].file();
         let new_file = !self.peer_holds_file(peer.0, file);
         self.push_holder(e, peer.0);
-        if new_file {
-            self.files[file as usize].holders += 1;
-        }
         let rec = self.peer_mut(peer);
         if new_file {
             rec.files += 1;
@@ -1319,6 +1309,28 @@ impl Index {
             [_, b] if b == peer => h[1] = NONE,
             _ => debug_assert!(false, "peer {peer} does not hold entry {e}"),
         }
+    }
+
+    /// How many distinct peers hold any entry of `file`, without allocating: a holder is
+    /// counted at the first entry (in list order) that has it. Files have few names, so the
+    /// quadratic walk is short.
+    fn file_holder_count(&self, file: u32) -> u32 {
+        let mut count = 0;
+        let head = self.files[file as usize].first_entry;
+        let mut e = head;
+        while e != NONE {
+            for &p in self.holder_slice(e) {
+                let mut earlier = head;
+                let mut seen = false;
+                while earlier != e && !seen {
+                    seen = self.holder_slice(earlier).contains(&p);
+                    earlier = self.entries[earlier as usize].next;
+                }
+                count += u32::from(!seen);
+            }
+            e = self.entries[e as usize].next;
+        }
+        count
     }
 
     /// Distinct holder ids of `file`, ascending.
