@@ -645,7 +645,7 @@ impl Index {
             .into_sorted_vec()
             .into_iter()
             .map(|r| SearchHit {
-                name: name_string(&r.name),
+                name: String::from_utf8(r.name).expect("names are stored from str"),
                 size: r.size,
                 hash: *r.hash,
                 holders: r.holders,
@@ -1426,7 +1426,7 @@ impl Index {
         HeldFile {
             hash: rec.hash,
             size: rec.size(),
-            name: name_string(&name_of(entry)),
+            name: String::from_utf8(name_of(entry)).expect("names are stored from str"),
             holders: self
                 .file_holders(file)
                 .into_iter()
@@ -1438,11 +1438,6 @@ impl Index {
 
 fn prefix32(h: &FileHash) -> u32 {
     u32::from_be_bytes([h.0[0], h.0[1], h.0[2], h.0[3]])
-}
-
-/// A stored name as an owned `String` (names are stored from `&str`, so always UTF-8).
-fn name_string(bytes: &[u8]) -> String {
-    String::from_utf8(bytes.to_vec()).expect("names are stored from str")
 }
 
 /// Grows `v` so it has room for `extra` more items, by a sixteenth at a time rather than by
@@ -1751,66 +1746,71 @@ impl NameCodec {
         k
     }
 
-    /// Calls `f` on the decoded name's pieces in order, until it returns false.
-    fn for_each_piece(&self, enc: &[u8], mut f: impl FnMut(&[u8]) -> bool) {
-        if enc.first() == Some(&Self::RAW) {
-            f(&enc[1..]);
-            return;
-        }
-        let mut i = 0;
-        while i < enc.len() {
-            let b = enc[i];
-            let go = if b < 0x80 {
-                // A run of literal bytes in one piece.
-                let end = enc[i..]
-                    .iter()
-                    .position(|&c| c >= 0x80)
-                    .map_or(enc.len(), |n| i + n);
-                let go = f(&enc[i..end]);
-                i = end;
-                go
-            } else if b >= 0xC0 {
-                i += 1;
-                f(self.symbol(usize::from(b - 0xC0)))
-            } else {
-                let k = Self::SHORT + (usize::from(b - 0x80) << 8 | usize::from(enc[i + 1]));
-                i += 2;
-                f(self.symbol(k))
-            };
-            if !go {
-                return;
-            }
-        }
+    /// Symbol `k`'s bytes, for the code starting at `enc[*i]` (`>= 0x80`); advances `i`.
+    #[inline]
+    fn code_at(&self, enc: &[u8], i: &mut usize) -> &[u8] {
+        let b = enc[*i];
+        let k = if b >= 0xC0 {
+            *i += 1;
+            usize::from(b - 0xC0)
+        } else {
+            *i += 2;
+            Self::SHORT + (usize::from(b - 0x80) << 8 | usize::from(enc[*i - 1]))
+        };
+        self.symbol(k)
     }
 
     /// Replaces `out` with the decoded name.
     fn decode(&self, enc: &[u8], out: &mut Vec<u8>) {
         out.clear();
-        self.for_each_piece(enc, |piece| {
-            out.extend_from_slice(piece);
-            true
-        });
+        if enc.first() == Some(&Self::RAW) {
+            out.extend_from_slice(&enc[1..]);
+            return;
+        }
+        // Room for the usual ratio at once, rather than doubling from nothing.
+        out.reserve(enc.len() * 3);
+        let mut i = 0;
+        while i < enc.len() {
+            if enc[i] < 0x80 {
+                out.push(enc[i]);
+                i += 1;
+            } else {
+                out.extend_from_slice(self.code_at(enc, &mut i));
+            }
+        }
     }
 
     /// Orders the decoded `enc` against `plain`, decoding no further than the first
-    /// difference.
+    /// difference (byte by byte: the pieces are short, a `memcmp` call per piece cost more).
     fn cmp(&self, enc: &[u8], plain: &[u8]) -> Ordering {
+        if enc.first() == Some(&Self::RAW) {
+            return enc[1..].cmp(plain);
+        }
         let mut pos = 0;
-        let mut ord = Ordering::Equal;
-        self.for_each_piece(enc, |piece| {
-            let rest = &plain[pos..];
-            let n = piece.len().min(rest.len());
-            ord = piece[..n].cmp(&rest[..n]);
-            if ord == Ordering::Equal && n < piece.len() {
-                ord = Ordering::Greater;
+        let mut i = 0;
+        while i < enc.len() {
+            let b = enc[i];
+            if b < 0x80 {
+                i += 1;
+                match plain.get(pos) {
+                    Some(&p) if p == b => pos += 1,
+                    Some(&p) => return b.cmp(&p),
+                    None => return Ordering::Greater,
+                }
+            } else {
+                for &c in self.code_at(enc, &mut i) {
+                    match plain.get(pos) {
+                        Some(&p) if p == c => pos += 1,
+                        Some(&p) => return c.cmp(&p),
+                        None => return Ordering::Greater,
+                    }
+                }
             }
-            pos += n;
-            ord == Ordering::Equal
-        });
-        if ord == Ordering::Equal && pos < plain.len() {
+        }
+        if pos < plain.len() {
             Ordering::Less
         } else {
-            ord
+            Ordering::Equal
         }
     }
 }
