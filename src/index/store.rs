@@ -1655,8 +1655,15 @@ struct NameCodec {
     text: Vec<u8>,
     /// Symbol offsets into `text`, one more than there are symbols (empty before the first).
     at: Vec<u32>,
-    /// Symbol bytes to code.
-    codes: hashbrown::HashMap<Box<[u8]>, u16>,
+    /// Symbol codes hashed by their bytes, compared against `text` (one small contiguous
+    /// arena that stays in cache, where a boxed key per symbol cost a pointer chase per probe).
+    codes: hashbrown::HashTable<u16>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+/// Symbol `k` of a [`NameCodec`]'s `text` and `at`.
+fn symbol_in<'a>(text: &'a [u8], at: &[u32], k: usize) -> &'a [u8] {
+    &text[at[k] as usize..at[k + 1] as usize]
 }
 
 impl NameCodec {
@@ -1670,7 +1677,14 @@ impl NameCodec {
     const RAW: u8 = 0;
 
     fn symbol(&self, k: usize) -> &[u8] {
-        &self.text[self.at[k] as usize..self.at[k + 1] as usize]
+        symbol_in(&self.text, &self.at, k)
+    }
+
+    fn find(&self, sym: &[u8]) -> Option<usize> {
+        let hash = self.hasher.hash_one(sym);
+        self.codes
+            .find(hash, |&k| self.symbol(usize::from(k)) == sym)
+            .map(|&k| usize::from(k))
     }
 
     /// Replaces `out` with `name` encoded without symbols: itself if ASCII, else marked raw.
@@ -1714,8 +1728,8 @@ impl NameCodec {
             // The symbol takes the space after the word with it, when there is one.
             let end = run_end + usize::from(bytes.get(run_end) == Some(&b' '));
             let sym = &bytes[i..end];
-            let code = match self.codes.get(sym) {
-                Some(&k) => Some(usize::from(k)),
+            let code = match self.find(sym) {
+                Some(k) => Some(k),
                 None if run_end - i >= 2 && self.at.len() <= Self::MAX_SYMBOLS && common(word) => {
                     Some(self.add(sym))
                 }
@@ -1742,7 +1756,16 @@ impl NameCodec {
         let k = self.at.len() - 1;
         self.text.extend_from_slice(sym);
         self.at.push(self.text.len() as u32);
-        self.codes.insert(sym.into(), k as u16);
+        let NameCodec {
+            text,
+            at,
+            codes,
+            hasher,
+        } = self;
+        let hash = hasher.hash_one(sym);
+        codes.insert_unique(hash, k as u16, |&j| {
+            hasher.hash_one(symbol_in(text, at, usize::from(j)))
+        });
         k
     }
 
