@@ -249,6 +249,8 @@ fn build(data: Dataset, words: &Words) -> (Index, Vec<PeerId>) {
             }
             let out = index.register(*peer, &files);
             assert_eq!(out.rejected, 0);
+            // As the server does after each answer: the words, and the compressed names.
+            index.post_pending();
         }
     }
     assert_eq!(index.file_count(), FILES);

@@ -29,11 +29,12 @@
 //! The target is ≤150 bytes of resident memory per indexed file at a million files (whole
 //! process, glibc malloc), so nothing is allocated per file or per rare word: every per-file
 //! structure is a slot in a big vector or bytes in a compressed block. Measured at 1M files of
-//! ~40-byte names with two holders each (`benches/index.rs`), on a ~49k-word vocabulary: ~142
-//! heap bytes and ~145 resident bytes per file, of which names ~42, files ~44, entries ~20,
-//! postings ~16, hash index ~11, words ~2, per-peer sets ~3. With one word unique to each file
-//! besides (a 10-digit catalogue number): ~182 heap and ~184 resident bytes per file, the
-//! million rare words costing ~44 bytes each (record 12, text 11, hash table ~10, order ~11).
+//! ~40-byte names with two holders each (`benches/index.rs`), on a ~49k-word vocabulary: ~116
+//! heap bytes and ~119 resident bytes per file. With one word unique to each file besides (a
+//! 10-digit catalogue number): ~160 heap and ~165 resident bytes per file, the million rare
+//! words costing ~40 bytes each (record 12, text 11, hash table ~10, order ~9). The real
+//! indexd at the bench's spec (1M files, 2 holders, ~40-byte names with a unique number, 1,000
+//! connections): ~146 resident bytes per file.
 //! - `files: Vec<FileRec>` (44 B: hash, size, first entry), addressed by `u32`
 //!   ids with a free list.
 //! - `by_hash`: a [`BlockSet`] of `u64` items `(first 4 hash bytes << 32) | file id`, kept in
@@ -47,6 +48,8 @@
 //! - `names`: one byte arena ([`Names`]) of length-prefixed names, one byte of overhead per
 //!   name, each name compressed by a [`NameCodec`]: words common in names (with the space
 //!   after them) become one- or two-byte codes, so a typical name takes about half its length.
+//!   A registered name is stored plain (a valid encoding without codes) and compressed by
+//!   [`Index::post_pending`], once its words are posted (the encoding looks at their counts).
 //!   Search decodes the names it must match; ranking compares names while decoding. Freed records are reused by names of the same length; once garbage is a third of
 //!   the arena it is compacted in place (amortised constant cost per freed name).
 //! - Words: real names are full of rare words (track and catalogue numbers, IDs, years), so a
