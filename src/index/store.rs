@@ -11,7 +11,8 @@
 //!   last holding of an entry goes, the entry goes (its name, its word postings); when the last
 //!   entry of a file goes, the file goes (its hash-index item). Nothing outlives its holders, so
 //!   after every peer is removed all counts are zero and the big vectors are released.
-//! - `PeerRec::files` is the number of distinct files the peer holds.
+//! - `PeerRec::files` is the number of distinct files the peer holds; `multi_holders` has an
+//!   item exactly for each file of two or more entries: its number of distinct holders.
 //! - A word's posting set holds exactly the live entries whose name contains that word, but
 //!   for the entries in `unposted`: [`Index::register`] creates entries and leaves their
 //!   words to [`Index::post_pending`], which every other method calls first (the server
@@ -181,8 +182,8 @@ struct FileRec {
     /// 44 to 48 bytes, 4 MB per million files.
     size: [u32; 2],
     /// Head of the singly linked list of this file's entries (through `EntryRec::next`).
-    /// (No holder count: a file with one entry has that entry's holders, and the holders of a
-    /// file with several names are counted when asked, which saves 4 bytes per file.)
+    /// (No holder count: a file with one entry has that entry's holders, and the few files
+    /// with several names have theirs in `Index::multi_holders`, which saves 4 bytes per file.)
     first_entry: u32,
 }
 
@@ -262,6 +263,10 @@ pub struct Index {
     peers: Vec<Option<PeerRec>>,
     free_peers: Vec<u32>,
     peer_count: usize,
+    /// Distinct holders of each file with two or more entries (a file with one entry has that
+    /// entry's holders), kept as holdings come and go so that search ranks in `O(1)` per hit.
+    /// Most files have one name, so this costs nothing per file.
+    multi_holders: hashbrown::HashMap<u32, u32>,
     /// Entries created by [`Index::register`] whose words are not posted yet (see
     /// [`Index::post_pending`]).
     unposted: Vec<u32>,
@@ -330,6 +335,7 @@ impl Index {
             peers: Vec::new(),
             free_peers: Vec::new(),
             peer_count: 0,
+            multi_holders: hashbrown::HashMap::new(),
             unposted: Vec::new(),
             work: Work::default(),
         }
@@ -402,6 +408,12 @@ impl Index {
         for e in rec.entries.iter() {
             held += 1;
             self.pop_holder(e, peer.0);
+            let file = self.entries[e as usize].file();
+            // Entries of this file still to be visited may hold the peer: a file of several
+            // names loses this holder only at the last of them.
+            if self.multi_holders.contains_key(&file) && !self.peer_holds_file(peer.0, file) {
+                self.lose_holder(file);
+            }
             if self.holder_slice(e).is_empty() {
                 dead.push(e);
             }
@@ -475,6 +487,7 @@ impl Index {
                 self.pop_holder(e, peer.0);
                 if !self.peer_holds_file(peer.0, file) {
                     self.peer_mut(peer).files -= 1;
+                    self.lose_holder(file);
                 }
                 self.peer_mut(peer).entries.remove(e);
                 // Deleted after the loop: a later hash of the same call may name this file
@@ -603,7 +616,7 @@ impl Index {
                 let holders = if entry.file & SOLE != 0 {
                     self.holder_count(entry)
                 } else {
-                    self.file_holder_count(entry.file())
+                    self.multi_holders[&entry.file()]
                 };
                 if heap.len() == limit {
                     // Cheap keys first: most candidates of a big query lose here without
@@ -936,9 +949,12 @@ impl Index {
         let sole = if head == NONE {
             SOLE
         } else {
-            // The file gains a second entry: the first is no longer its sole one.
+            // The file gains a second entry: the first is no longer its sole one, and the
+            // file's holders (so far that entry's) are counted on their own from now on.
             if self.entries[head as usize].next == NONE {
                 self.entries[head as usize].file &= !SOLE;
+                let n = self.holder_slice(head).len() as u32;
+                self.multi_holders.insert(file, n);
             }
             0
         };
@@ -1240,6 +1256,7 @@ impl Index {
         };
         if new_head != NONE && self.entries[new_head as usize].next == NONE {
             self.entries[new_head as usize].file |= SOLE;
+            self.multi_holders.remove(&file);
         }
         self.names.free(self.entries[e as usize].name);
         self.entry_count -= 1;
@@ -1295,12 +1312,24 @@ impl Index {
         let file = self.entries[e as usize].file();
         let new_file = !self.peer_holds_file(peer.0, file);
         self.push_holder(e, peer.0);
+        if new_file {
+            if let Some(n) = self.multi_holders.get_mut(&file) {
+                *n += 1;
+            }
+        }
         let rec = self.peer_mut(peer);
         if new_file {
             rec.files += 1;
         }
         rec.entries.insert(e);
         true
+    }
+
+    /// `file` lost one of its distinct holders (counted only for a file of several names).
+    fn lose_holder(&mut self, file: u32) {
+        if let Some(n) = self.multi_holders.get_mut(&file) {
+            *n -= 1;
+        }
     }
 
     /// Whether `peer` holds any entry of `file`.
@@ -1368,28 +1397,6 @@ impl Index {
             [_, b] if b == peer => h[1] = NONE,
             _ => debug_assert!(false, "peer {peer} does not hold entry {e}"),
         }
-    }
-
-    /// How many distinct peers hold any entry of `file`, without allocating: a holder is
-    /// counted at the first entry (in list order) that has it. Files have few names, so the
-    /// quadratic walk is short.
-    fn file_holder_count(&self, file: u32) -> u32 {
-        let mut count = 0;
-        let head = self.files[file as usize].first_entry;
-        let mut e = head;
-        while e != NONE {
-            for &p in self.holder_slice(e) {
-                let mut earlier = head;
-                let mut seen = false;
-                while earlier != e && !seen {
-                    seen = self.holder_slice(earlier).contains(&p);
-                    earlier = self.entries[earlier as usize].next;
-                }
-                count += u32::from(!seen);
-            }
-            e = self.entries[e as usize].next;
-        }
-        count
     }
 
     /// Distinct holder ids of `file`, ascending.
@@ -2910,6 +2917,30 @@ mod tests {
         assert_eq!(hits[0].name, "common 1");
         let hits = ix.search("7 mid", 3).0;
         assert_eq!(hits[0].name, "common 7 mid duo rare");
+    }
+
+    #[test]
+    fn a_file_of_many_names_counts_its_distinct_holders() {
+        let mut ix = Index::new();
+        let (a, b) = (ix.add_peer(addr(1)), ix.add_peer(addr(2)));
+        let names: Vec<FileEntry> = (0..200)
+            .map(|i| fe(h(9), 9, &format!("multi {i}")))
+            .collect();
+        ix.register(a, &names);
+        ix.register(b, &names[..1]);
+        let hits = ix.search("multi", 300).0;
+        assert_eq!(hits.len(), 200);
+        assert!(hits.iter().all(|hit| hit.holders == 2));
+        ix.remove_peer(b);
+        assert!(ix.search("multi", 300).0.iter().all(|hit| hit.holders == 1));
+        let c = ix.add_peer(addr(3));
+        ix.register(c, &names[5..6]);
+        // Holders are the file's: every name of it counts both.
+        assert!(ix.search("multi", 300).0.iter().all(|hit| hit.holders == 2));
+        ix.unregister(a, &[h(9)]);
+        let hits = ix.search("multi", 300).0;
+        assert_eq!((hits.len(), hits[0].holders), (1, 1));
+        assert!(ix.multi_holders.is_empty());
     }
 
     #[test]
