@@ -51,7 +51,8 @@
 //!   after them) become one- or two-byte codes, so a typical name takes about half its length.
 //!   A registered name is stored plain (a valid encoding without codes) and compressed by
 //!   [`Index::post_pending`], once its words are posted (the encoding looks at their counts).
-//!   Search decodes the names it must match; ranking compares names while decoding. Freed records are reused by names of the same length; once garbage is a third of
+//!   Search decodes the names it must match; ranking compares names while decoding. Freed
+//!   records are reused by names of the same length; once garbage is a third of
 //!   the arena it is compacted in place (amortised constant cost per freed name).
 //! - Words: real names are full of rare words (track and catalogue numbers, IDs, years), so a
 //!   word seen in one or two entries must cost little more than its text. Nothing is allocated
@@ -960,7 +961,7 @@ impl Index {
         };
         assert!(self.entries.len() < SPILLED as usize, "entry ids exhausted");
         let rec = EntryRec {
-            // Set below, once the words are posted: the encoding looks at their counts.
+            // Set below, once the id is known.
             name: NONE,
             file: file | sole,
             next: head,
@@ -1683,6 +1684,9 @@ impl NameCodec {
     const MAX_SYMBOLS: usize = Self::SHORT + (64 << 8);
     /// A word is made a symbol once this many entries contain it.
     const MIN_POSTINGS: usize = 3;
+    /// Longest word made a symbol: common words are short, and the cap bounds the table
+    /// (at most `MAX_SYMBOLS` of these, about half a megabyte) whatever peers register.
+    const MAX_SYMBOL_WORD: usize = 32;
     /// Marks a name stored as is.
     const RAW: u8 = 0;
 
@@ -1740,7 +1744,10 @@ impl NameCodec {
             let sym = &bytes[i..end];
             let code = match self.find(sym) {
                 Some(k) => Some(k),
-                None if run_end - i >= 2 && self.at.len() <= Self::MAX_SYMBOLS && common(word) => {
+                None if (2..=Self::MAX_SYMBOL_WORD).contains(&(run_end - i))
+                    && self.at.len() <= Self::MAX_SYMBOLS
+                    && common(word) =>
+                {
                     Some(self.add(sym))
                 }
                 None => None,
