@@ -875,9 +875,10 @@ impl Index {
 
     /// Where `h` is (or would go) in `by_hash`.
     ///
-    /// Hashes are uniformly distributed, so the position is first guessed from the 4-byte
-    /// prefix (interpolation) and then searched outward from the guess: a few neighbouring
-    /// cache lines are read instead of a binary search's scattered ones.
+    /// Honest hashes are uniformly distributed, so the position is first guessed from the
+    /// 4-byte prefix (interpolation) and then searched outward from the guess: a few
+    /// neighbouring cache lines are read instead of a binary search's scattered ones. Peers
+    /// choose the hash bytes, but a skewed set only makes the gallop longer: still `O(log n)`.
     fn hash_position(&self, h: &FileHash) -> Result<(usize, usize), (usize, usize)> {
         let p32 = prefix32(h);
         self.by_hash.search_guided(
