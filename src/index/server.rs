@@ -336,9 +336,10 @@ impl IndexServer {
         Verdict::CloseAfterFlush(CloseReason::Frame(error))
     }
 
-    /// Finishes the index work that answers do not wait for: the word postings of the files
-    /// registered since the last call (a register is answered as soon as its outcome is known,
-    /// and its names become searchable here, before any later request is read). Any request
+    /// Finishes the index work that answers do not wait for: the tables of the new files and
+    /// the word postings of the names registered since the last call (a register is answered
+    /// as soon as its outcome is known, and its files become searchable here, before any later
+    /// request is read). Any request
     /// that reads the word index finishes this work first anyway, so calling it is about
     /// latency, never correctness.
     pub fn settle(&mut self) {

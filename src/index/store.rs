@@ -17,6 +17,11 @@
 //!   for the entries in `unposted`: [`Index::register`] creates entries and leaves their
 //!   words to [`Index::post_pending`], which every other method calls first (the server
 //!   calls it right after sending the register's answer).
+//! - `staged` holds holdings of files new to the index that [`Index::register`] has answered
+//!   for but not put in the tables: distinct hashes, none in `by_hash`, each counted in its
+//!   peer's `PeerRec::staged` and in the file and entry counts. [`Index::post_pending`] puts
+//!   them in the tables first.
+//! - Every hash in `by_hash` or `staged` has its bits set in the [`HashFilter`] `seen`.
 //! - A file's size never changes while it is indexed: a register with another size is rejected.
 //! - An entry's `file` field carries the [`SOLE`] bit exactly while it is its file's only entry
 //!   (then the file's holders are the entry's holders).
@@ -43,6 +48,8 @@
 //!   `files`). It serves exact lookups, prefix lookups (a range) and duplicate checks in
 //!   `O(log n)` with ~8–11 B per file. Ordering by the *full* hash matters: peers choose the hash
 //!   bytes, so anything keyed on a fixed prefix could be flooded with collisions.
+//! - `seen`: a [`HashFilter`] (a Bloom filter of 8–10 bits per file, ~1.2 B) that tells a
+//!   register which hashes are certainly new without a hash-index search.
 //! - `entries: Vec<EntryRec>` (20 B: name offset, file id + [`SOLE`] bit, next entry of the
 //!   same file, two inline holder slots). Entries with more than two holders spill to `spill`,
 //!   a slab of `Vec<u32>`.
@@ -115,6 +122,11 @@ const SPILLED: u32 = u32::MAX - 1;
 /// Largest block of a [`BlockSet`]: big enough that block headers cost little per item, small
 /// enough that an insert or remove moves at most 2 KiB (of `u64`s).
 const BLOCK_ITEMS: usize = 256;
+/// Up to this many staged files, a register checks a seen hash against them one by one;
+/// beyond, it puts them all in the tables first.
+const STAGED_SCAN: usize = 64;
+/// The staging buffer for names keeps at most this much capacity once emptied.
+const KEEP_STAGED_NAME_BYTES: usize = 64 * 1024;
 /// A [`PackedSet`] block splits when its deltas exceed this many bytes: about 75 items of a
 /// common word. Block headers then cost under half a byte per item, and an insert or remove
 /// into the middle of a block decodes at most this many bytes.
@@ -226,12 +238,91 @@ struct WordRec {
 }
 
 /// One live peer.
+/// A holding of a file new to the index, registered but not yet in the tables.
+struct Staged {
+    hash: FileHash,
+    size: u64,
+    /// The name's bytes in `Index::staged_names`.
+    name: std::ops::Range<u32>,
+    peer: u32,
+}
+
+/// A Bloom filter over the hashes of the indexed and staged files: "certainly not indexed" in
+/// one word read, where the hash index needs a search. Two bits per hash, both in one `u64`,
+/// at 8 to 10 bits per file (at most ~1.25 bytes per file): about one false "maybe" in twenty.
+/// Bits are not cleared when a file goes; the filter is rebuilt from the files once it is too
+/// full or too stale. Peers choose hashes, so they can make the filter answer "maybe" for
+/// theirs, but a "maybe" only costs the hash-index search every register used to do.
+#[derive(Default)]
+struct HashFilter {
+    words: Vec<u64>,
+    /// Files deleted since the last rebuild (their bits may still be set).
+    stale: usize,
+    /// Tests: answer "maybe" for every hash.
+    #[cfg(test)]
+    saturated: bool,
+}
+
+impl HashFilter {
+    /// Bits per file a rebuild aims at.
+    const BITS_PER_FILE: usize = 10;
+    /// Fewer bits per file than this (counting deleted files' stale bits) and it is rebuilt.
+    const MIN_BITS_PER_FILE: usize = 8;
+
+    /// The word and the two bits of `h`: from hash bytes other than the 4-byte prefix the
+    /// hash index sorts on (any bytes of an honest hash are uniform).
+    fn slot(&self, h: &FileHash) -> (usize, u64) {
+        let k = u64::from_le_bytes(h.0[8..16].try_into().expect("8 bytes"));
+        let word = ((u128::from(k) * self.words.len() as u128) >> 64) as usize;
+        (word, 1u64 << (k & 63) | 1u64 << ((k >> 6) & 63))
+    }
+
+    /// False only if `h` was never inserted since the last rebuild.
+    fn may_contain(&self, h: &FileHash) -> bool {
+        #[cfg(test)]
+        if self.saturated {
+            return true;
+        }
+        if self.words.is_empty() {
+            return false;
+        }
+        let (w, bits) = self.slot(h);
+        self.words[w] & bits == bits
+    }
+
+    fn insert(&mut self, h: &FileHash) {
+        if self.words.is_empty() {
+            self.words = vec![0; 64];
+        }
+        let (w, bits) = self.slot(h);
+        self.words[w] |= bits;
+    }
+
+    /// Whether a rebuild is due, with `files` files live: too few bits per file (deleted
+    /// files' bits count as set), or more deleted files than live ones (then most set bits are
+    /// stale and the filter is also oversized). Rebuilding costs time in proportion to the
+    /// files, and each rebuild follows that many registers or deletions.
+    fn needs_rebuild(&self, files: usize) -> bool {
+        (files + self.stale) * Self::MIN_BITS_PER_FILE > self.words.len() * 64
+            || (self.stale > files && self.words.len() > 64)
+    }
+
+    /// Empties the filter, sized for `files` files.
+    fn reset(&mut self, files: usize) {
+        self.words = vec![0; (files * Self::BITS_PER_FILE).div_ceil(64).max(64)];
+        self.stale = 0;
+    }
+}
+
 struct PeerRec {
     addr: SocketAddr,
     /// Entry ids this peer holds.
     entries: PackedSet,
-    /// Distinct files this peer holds.
+    /// Distinct files this peer holds in the tables.
     files: u32,
+    /// Files this peer holds that are staged, not yet in the tables (each a distinct new
+    /// file: see [`Index::register`]).
+    staged: u32,
 }
 
 /// The index: peers, files, names and the word index over names. See the module docs.
@@ -271,6 +362,13 @@ pub struct Index {
     /// Entries created by [`Index::register`] whose words are not posted yet (see
     /// [`Index::post_pending`]).
     unposted: Vec<u32>,
+    /// Which hashes may be indexed or staged: no bit missing for any of them.
+    seen: HashFilter,
+    /// Holdings of files new to the index, registered but not yet in the tables (see
+    /// [`Index::register`]): distinct hashes, none indexed.
+    staged: Vec<Staged>,
+    /// The staged holdings' names, end to end.
+    staged_names: String,
     /// Reused buffers, so that register and removal allocate nothing per entry.
     work: Work,
 }
@@ -338,6 +436,9 @@ impl Index {
             peer_count: 0,
             multi_holders: hashbrown::HashMap::new(),
             unposted: Vec::new(),
+            seen: HashFilter::default(),
+            staged: Vec::new(),
+            staged_names: String::new(),
             work: Work::default(),
         }
     }
@@ -349,12 +450,13 @@ impl Index {
 
     /// Distinct hashes indexed.
     pub fn file_count(&self) -> usize {
-        self.file_count
+        // Each staged holding is a file new to the index, with one entry.
+        self.file_count + self.staged.len()
     }
 
     /// Distinct (hash, name) entries indexed.
     pub fn entry_count(&self) -> usize {
-        self.entry_count
+        self.entry_count + self.staged.len()
     }
 
     /// Distinct words in the word index (the empty word of wordless names included).
@@ -365,7 +467,7 @@ impl Index {
 
     /// Distinct hashes `peer` holds (0 for an unknown peer).
     pub fn holdings_of(&self, peer: PeerId) -> u32 {
-        self.peer(peer).map_or(0, |p| p.files)
+        self.peer(peer).map_or(0, |p| p.files + p.staged)
     }
 
     /// The download address of `peer`, if it is live.
@@ -380,6 +482,7 @@ impl Index {
             addr,
             entries: PackedSet::new(),
             files: 0,
+            staged: 0,
         };
         self.peer_count += 1;
         if let Some(id) = self.free_peers.pop() {
@@ -427,6 +530,15 @@ impl Index {
     /// Registers `files` for `peer`, in bulk. Entries the peer already holds are no-ops;
     /// entries with an invalid name or a size that disagrees with the indexed size of their
     /// hash are rejected. An unknown peer gets every entry rejected.
+    ///
+    /// The outcome is all a register's answer needs, so this does only what decides it. A file
+    /// whose hash the [`HashFilter`] has never seen is certainly new to the index and to this
+    /// peer: it is only staged (its name copied to a buffer), and [`Index::post_pending`] puts
+    /// it in the tables later. Reading a few filter words costs far less than searching the
+    /// hash index, creating the file, its entry and the holding, and the filter's reads do not
+    /// depend on each other, so a batch's cache misses overlap. Any other file (the hash was
+    /// seen, or the filter says so wrongly, about one time in twenty-five) goes through the tables
+    /// at once, after any staged file of the same hash.
     pub fn register(&mut self, peer: PeerId, files: &[FileEntry]) -> RegisterOutcome {
         let mut out = RegisterOutcome::default();
         if self.peer(peer).is_none() {
@@ -438,27 +550,99 @@ impl Index {
                 out.rejected += 1;
                 continue;
             }
-            let file = match self.hash_position(&f.hash) {
-                Ok(at) => {
-                    let id = self.by_hash.get(at) as u32;
-                    if self.files[id as usize].size() != f.size {
+            let fresh = if !self.seen.may_contain(&f.hash) {
+                true
+            } else if self.is_staged(&f.hash) {
+                self.unstage_all();
+                false
+            } else {
+                // Not staged: the hash index alone says whether the file is new.
+                self.hash_position(&f.hash).is_err()
+            };
+            let added = if fresh {
+                self.stage(peer, f);
+                true
+            } else {
+                match self.add_entry(peer, &f.name, &f.hash, f.size) {
+                    Some(added) => added,
+                    None => {
                         out.rejected += 1;
                         continue;
                     }
-                    id
                 }
-                Err(at) => self.create_file(at, f.hash, f.size),
             };
-            let entry = match self.find_entry(file, &f.name) {
-                Some(e) => e,
-                None => self.create_entry(file, &f.name),
-            };
-            if self.add_holding(peer, entry) {
+            if added {
                 out.added += 1;
             }
         }
         out.total = self.holdings_of(peer);
         out
+    }
+
+    /// Puts `f`, a file new to the index, in the staging area as held by `peer`.
+    fn stage(&mut self, peer: PeerId, f: &FileEntry) {
+        self.seen.insert(&f.hash);
+        let start = self.staged_names.len() as u32;
+        self.staged_names.push_str(&f.name);
+        self.staged.push(Staged {
+            hash: f.hash,
+            size: f.size,
+            name: start..self.staged_names.len() as u32,
+            peer: peer.0,
+        });
+        self.peer_mut(peer).staged += 1;
+    }
+
+    /// Whether a staged file has hash `h`. Beyond [`STAGED_SCAN`] staged files, answers true
+    /// without looking (the caller then unstages them all, which costs the same in the end).
+    fn is_staged(&self, h: &FileHash) -> bool {
+        !self.staged.is_empty()
+            && (self.staged.len() > STAGED_SCAN || self.staged.iter().any(|s| s.hash == *h))
+    }
+
+    /// Puts every staged file in the tables.
+    fn unstage_all(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let names = std::mem::take(&mut self.staged_names);
+        for s in &staged {
+            let name = &names[s.name.start as usize..s.name.end as usize];
+            let peer = PeerId(s.peer);
+            self.peer_mut(peer).staged -= 1;
+            let added = self.add_entry(peer, name, &s.hash, s.size);
+            debug_assert_eq!(added, Some(true), "a staged file is new to the index");
+        }
+        self.staged = staged;
+        self.staged.clear();
+        self.staged_names = names;
+        self.staged_names.clear();
+        if self.staged_names.capacity() > KEEP_STAGED_NAME_BYTES {
+            self.staged_names = String::new();
+            self.staged = Vec::new();
+        }
+    }
+
+    /// Adds `peer`'s holding of the file `hash` of `size` under `name` (valid; the hash not
+    /// staged) to the tables. Returns whether the holding is new, or `None` if `size`
+    /// contradicts the indexed file's.
+    fn add_entry(&mut self, peer: PeerId, name: &str, hash: &FileHash, size: u64) -> Option<bool> {
+        let file = match self.hash_position(hash) {
+            Ok(at) => {
+                let id = self.by_hash.get(at) as u32;
+                if self.files[id as usize].size() != size {
+                    return None;
+                }
+                id
+            }
+            Err(at) => self.create_file(at, *hash, size),
+        };
+        let entry = match self.find_entry(file, name) {
+            Some(e) => e,
+            None => self.create_entry(file, name),
+        };
+        Some(self.add_holding(peer, entry))
     }
 
     /// Withdraws all of `peer`'s holdings of `hashes`; returns how many entries it lost.
@@ -910,6 +1094,7 @@ impl Index {
             id
         };
         self.file_count += 1;
+        self.seen.insert(&hash);
         debug_assert_eq!(self.hash_position(&hash), Err(at));
         self.by_hash
             .insert_at(at, (u64::from(prefix32(&hash)) << 32) | u64::from(id));
@@ -923,6 +1108,7 @@ impl Index {
             .expect("a live file is indexed by hash");
         self.by_hash.remove_at(at);
         self.file_count -= 1;
+        self.seen.stale += 1;
         if self.file_count == 0 {
             // Give the memory back once the index is empty.
             self.files = Vec::new();
@@ -988,12 +1174,17 @@ impl Index {
         id
     }
 
-    /// Posts the words of the entries [`Index::register`] created since the last call, and
-    /// compresses their names (which needs the words' posting counts). Every other method
-    /// calls it first, so no answer ever sees an entry without its words; an owner that
-    /// answers a register before calling it (the server does, to answer sooner) defers the
-    /// word-index work, not its effect.
+    /// Finishes what [`Index::register`] left: puts the staged files in the tables, posts the
+    /// words of the entries created since the last call and compresses their names (which
+    /// needs the words' posting counts), and rebuilds the hash filter when it is due. Every
+    /// other method calls it first, so no answer ever sees a file without its tables or an
+    /// entry without its words; an owner that answers a register before calling it (the
+    /// server does, to answer sooner) defers the work, not its effect.
     pub fn post_pending(&mut self) {
+        self.unstage_all();
+        if self.seen.needs_rebuild(self.file_count) {
+            self.rebuild_filter();
+        }
         if self.unposted.is_empty() {
             return;
         }
@@ -1045,9 +1236,19 @@ impl Index {
         }
     }
 
-    /// Whether [`Index::register`] left word postings for [`Index::post_pending`].
+    /// Rebuilds the hash filter from the indexed files (none staged).
+    fn rebuild_filter(&mut self) {
+        debug_assert!(self.staged.is_empty());
+        let Index { seen, files, .. } = self;
+        seen.reset(self.file_count);
+        for f in files.iter().filter(|f| f.first_entry != NONE) {
+            seen.insert(&f.hash);
+        }
+    }
+
+    /// Whether [`Index::register`] left work for [`Index::post_pending`].
     pub fn has_pending(&self) -> bool {
-        !self.unposted.is_empty()
+        !self.unposted.is_empty() || !self.staged.is_empty()
     }
 
     /// Posts `entry` under `word`; a no-op if it is there already (a name may repeat a word).
@@ -2722,6 +2923,119 @@ mod tests {
         hits.iter().map(|h| h.name.as_str()).collect()
     }
 
+    /// A real (BLAKE3) hash for each `n`, unlike `h`'s one repeated byte.
+    fn spread_hash(n: u32) -> FileHash {
+        FileHash::of(&n.to_le_bytes())
+    }
+
+    fn outcome(added: u32, rejected: u32, total: u32) -> RegisterOutcome {
+        RegisterOutcome {
+            added,
+            rejected,
+            total,
+        }
+    }
+
+    #[test]
+    fn staged_files_answer_like_indexed_ones() {
+        // More new files than a seen hash is checked against one by one, then repeats of the
+        // batch's own hashes: same name (a no-op), another name (a new entry of a staged
+        // file), another size (rejected).
+        let mut ix = Index::new();
+        let p = ix.add_peer(addr(1));
+        let mut batch: Vec<FileEntry> = (0..100)
+            .map(|i| {
+                fe(
+                    spread_hash(i),
+                    10 + u64::from(i),
+                    &format!("track {i} of many.ogg"),
+                )
+            })
+            .collect();
+        batch.push(fe(spread_hash(3), 13, "track 3 of many.ogg"));
+        batch.push(fe(spread_hash(4), 14, "another name for four.ogg"));
+        batch.push(fe(spread_hash(5), 99, "a lying size.ogg"));
+        assert_eq!(ix.register(p, &batch), outcome(101, 1, 100));
+        // A few new files, staged; the next batch repeats one before anything is posted.
+        let q = ix.add_peer(addr(2));
+        let small: Vec<FileEntry> = (200..205)
+            .map(|i| fe(spread_hash(i), 1, &format!("small {i}")))
+            .collect();
+        assert_eq!(ix.register(q, &small), outcome(5, 0, 5));
+        assert!(ix.has_pending());
+        assert_eq!((ix.file_count(), ix.entry_count()), (105, 106));
+        assert_eq!(ix.holdings_of(q), 5);
+        let again = [
+            fe(spread_hash(202), 1, "small 202"),
+            fe(spread_hash(203), 1, "small 203 renamed"),
+            fe(spread_hash(204), 2, "small 204"),
+            fe(spread_hash(7), 17, "track 7 of many.ogg"),
+        ];
+        assert_eq!(ix.register(q, &again), outcome(2, 1, 6));
+        assert_eq!((ix.file_count(), ix.entry_count()), (105, 107));
+        ix.post_pending();
+        assert!(!ix.has_pending());
+        assert_eq!((ix.file_count(), ix.entry_count()), (105, 107));
+        assert_eq!((ix.holdings_of(p), ix.holdings_of(q)), (100, 6));
+        let four = ix.lookup(&LookupKey::Hash(spread_hash(4))).unwrap();
+        assert_eq!(four[0].holders, [addr(1)]);
+        let seven = ix.lookup(&LookupKey::Hash(spread_hash(7))).unwrap();
+        assert_eq!(seven[0].holders, [addr(1), addr(2)]);
+        assert_eq!(ix.search("renamed", 10).0.len(), 1);
+        assert_eq!(ix.search("track many", 200).0.len(), 100);
+        assert_eq!(ix.remove_peer(q), Some(7));
+        assert_eq!(ix.remove_peer(p), Some(101));
+        assert_eq!(
+            (ix.file_count(), ix.entry_count(), ix.word_count()),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn hash_filter_grows_and_shrinks_without_losing_a_file() {
+        let mut ix = Index::new();
+        let peers: Vec<PeerId> = (0..4).map(|i| ix.add_peer(addr(i))).collect();
+        for (k, &p) in peers.iter().enumerate() {
+            for chunk in 0..25u32 {
+                let base = (k as u32 * 25 + chunk) * 100;
+                let files: Vec<FileEntry> = (base..base + 100)
+                    .map(|i| fe(spread_hash(i), 1, &format!("f{i}")))
+                    .collect();
+                assert_eq!(ix.register(p, &files).added, 100);
+                ix.post_pending();
+            }
+        }
+        let bits = ix.seen.words.len() * 64;
+        assert!(
+            bits >= HashFilter::MIN_BITS_PER_FILE * 10_000,
+            "{bits} bits"
+        );
+        assert!(
+            bits <= 2 * HashFilter::BITS_PER_FILE * 10_000,
+            "{bits} bits"
+        );
+        for i in 0..10_000 {
+            assert!(ix.seen.may_contain(&spread_hash(i)), "file {i} missing");
+        }
+        let maybes = (10_000..20_000)
+            .filter(|&i| ix.seen.may_contain(&spread_hash(i)))
+            .count();
+        assert!(maybes < 1_500, "{maybes} false maybes in 10,000");
+        // Three of four peers leave: the filter shrinks, and still has every file left.
+        for &p in &peers[1..] {
+            ix.remove_peer(p);
+        }
+        ix.post_pending();
+        assert_eq!(ix.file_count(), 2_500);
+        assert!(ix.seen.words.len() * 64 <= 2 * HashFilter::BITS_PER_FILE * 2_500);
+        for i in 0..2_500 {
+            assert!(ix.seen.may_contain(&spread_hash(i)), "file {i} missing");
+        }
+        ix.remove_peer(peers[0]);
+        ix.post_pending();
+        assert_eq!(ix.seen.words.len(), 64);
+    }
+
     #[test]
     fn word_prefixes_match_across_separators_and_case() {
         let mut ix = Index::new();
@@ -3389,6 +3703,13 @@ mod tests {
         b[..4].copy_from_slice(&[0xab, 0xcd, 0xef, 0x01]);
         b[4] = (i / 2) as u8;
         b[5] = (i % 2) as u8 * 0x10;
+        // Bytes the hash filter reads: distinct, so that the filter's "certainly new" path is
+        // taken (the `saturated` runs take the other).
+        b[8..16].copy_from_slice(
+            &(i as u64 + 1)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .to_le_bytes(),
+        );
         FileHash(b)
     }
 
@@ -3455,8 +3776,13 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1000))]
         #[test]
-        fn agrees_with_naive_model(ops in prop::collection::vec(op_strategy(), 1..60)) {
+        fn agrees_with_naive_model(
+            ops in prop::collection::vec(op_strategy(), 1..60),
+            saturated in any::<bool>(),
+        ) {
             let mut ix = Index::new();
+            // A filter that always says "maybe" sends every file through the tables at once.
+            ix.seen.saturated = saturated;
             let mut model = Model::default();
             let mut live: Vec<PeerId> = Vec::new();
             for op in ops {
