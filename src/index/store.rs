@@ -35,12 +35,12 @@
 //! The target is ≤150 bytes of resident memory per indexed file at a million files (whole
 //! process, glibc malloc), so nothing is allocated per file or per rare word: every per-file
 //! structure is a slot in a big vector or bytes in a compressed block. Measured at 1M files of
-//! ~40-byte names with two holders each (`benches/index.rs`), on a ~49k-word vocabulary: ~116
-//! heap bytes and ~119 resident bytes per file. With one word unique to each file besides (a
-//! 10-digit catalogue number): ~160 heap and ~165 resident bytes per file, the million rare
+//! ~40-byte names with two holders each (`benches/index.rs`), on a ~49k-word vocabulary: ~117
+//! heap bytes and ~120 resident bytes per file. With one word unique to each file besides (a
+//! 10-digit catalogue number): ~162 heap and ~166 resident bytes per file, the million rare
 //! words costing ~40 bytes each (record 12, text 11, hash table ~10, order ~9). The real
 //! indexd at the bench's spec (1M files, 2 holders, ~40-byte names with a unique number, 1,000
-//! connections): ~146 resident bytes per file.
+//! connections): ~147 resident bytes per file.
 //! - `files: Vec<FileRec>` (44 B: hash, size, first entry), addressed by `u32`
 //!   ids with a free list.
 //! - `by_hash`: a [`BlockSet`] of `u64` items `(first 4 hash bytes << 32) | file id`, kept in
@@ -125,8 +125,8 @@ const BLOCK_ITEMS: usize = 256;
 /// Up to this many staged files, a register checks a seen hash against them one by one;
 /// beyond, it puts them all in the tables first.
 const STAGED_SCAN: usize = 64;
-/// The staging buffer for names keeps at most this much capacity once emptied.
-const KEEP_STAGED_NAME_BYTES: usize = 64 * 1024;
+/// Each staging buffer keeps at most this much capacity once emptied.
+const KEEP_STAGED_BYTES: usize = 64 * 1024;
 /// A [`PackedSet`] block splits when its deltas exceed this many bytes: about 75 items of a
 /// common word. Block headers then cost under half a byte per item, and an insert or remove
 /// into the middle of a block decodes at most this many bytes.
@@ -618,7 +618,10 @@ impl Index {
         self.staged.clear();
         self.staged_names = names;
         self.staged_names.clear();
-        if self.staged_names.capacity() > KEEP_STAGED_NAME_BYTES {
+        // A big batch's buffers go back; a small one's are kept for the next register.
+        if self.staged_names.capacity() > KEEP_STAGED_BYTES
+            || self.staged.capacity() * std::mem::size_of::<Staged>() > KEEP_STAGED_BYTES
+        {
             self.staged_names = String::new();
             self.staged = Vec::new();
         }
