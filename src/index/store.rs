@@ -237,7 +237,6 @@ struct WordRec {
     postings: [u32; 2],
 }
 
-/// One live peer.
 /// A holding of a file new to the index, registered but not yet in the tables.
 struct Staged {
     hash: FileHash,
@@ -248,8 +247,9 @@ struct Staged {
 }
 
 /// A Bloom filter over the hashes of the indexed and staged files: "certainly not indexed" in
-/// one word read, where the hash index needs a search. Two bits per hash, both in one `u64`,
-/// at 8 to 10 bits per file (at most ~1.25 bytes per file): about one false "maybe" in twenty.
+/// one word read, where the hash index needs a search. Two bits per hash, both in one `u64`;
+/// 10 bits per file after a rebuild and never fewer than 8 (about 1.2 bytes per file): about
+/// one false "maybe" in twenty-five.
 /// Bits are not cleared when a file goes; the filter is rebuilt from the files once it is too
 /// full or too stale. Peers choose hashes, so they can make the filter answer "maybe" for
 /// theirs, but a "maybe" only costs the hash-index search every register used to do.
@@ -314,6 +314,7 @@ impl HashFilter {
     }
 }
 
+/// One live peer.
 struct PeerRec {
     addr: SocketAddr,
     /// Entry ids this peer holds.
