@@ -19,8 +19,9 @@
 //!   calls it right after sending the register's answer).
 //! - `staged` holds holdings of files new to the index that [`Index::register`] has answered
 //!   for but not put in the tables: distinct hashes, none in `by_hash`, each counted in its
-//!   peer's `PeerRec::staged` and in the file and entry counts. [`Index::post_pending`] puts
-//!   them in the tables first.
+//!   peer's `PeerRec::staged` and by [`Index::file_count`] and [`Index::entry_count`] (not in
+//!   the `file_count` and `entry_count` fields, which count the tables).
+//!   [`Index::post_pending`] puts them in the tables first.
 //! - Every hash in `by_hash` or `staged` has its bits set in the [`HashFilter`] `seen`.
 //! - A file's size never changes while it is indexed: a register with another size is rejected.
 //! - An entry's `file` field carries the [`SOLE`] bit exactly while it is its file's only entry
@@ -48,8 +49,8 @@
 //!   `files`). It serves exact lookups, prefix lookups (a range) and duplicate checks in
 //!   `O(log n)` with ~8–11 B per file. Ordering by the *full* hash matters: peers choose the hash
 //!   bytes, so anything keyed on a fixed prefix could be flooded with collisions.
-//! - `seen`: a [`HashFilter`] (a Bloom filter of 8–10 bits per file, ~1.2 B) that tells a
-//!   register which hashes are certainly new without a hash-index search.
+//! - `seen`: a [`HashFilter`] (a Bloom filter of 8–10 bits per file after each reactor turn,
+//!   ~1.2 B) that tells a register which hashes are certainly new without a hash-index search.
 //! - `entries: Vec<EntryRec>` (20 B: name offset, file id + [`SOLE`] bit, next entry of the
 //!   same file, two inline holder slots). Entries with more than two holders spill to `spill`,
 //!   a slab of `Vec<u32>`.
@@ -127,6 +128,8 @@ const BLOCK_ITEMS: usize = 256;
 const STAGED_SCAN: usize = 64;
 /// Each staging buffer keeps at most this much capacity once emptied.
 const KEEP_STAGED_BYTES: usize = 64 * 1024;
+/// Staged names past this many bytes are put in the tables before more are staged.
+const STAGED_MAX_NAME_BYTES: usize = 16 << 20;
 /// A [`PackedSet`] block splits when its deltas exceed this many bytes: about 75 items of a
 /// common word. Block headers then cost under half a byte per item, and an insert or remove
 /// into the middle of a block decodes at most this many bytes.
@@ -252,7 +255,10 @@ struct Staged {
 /// one false "maybe" in twenty-five.
 /// Bits are not cleared when a file goes; the filter is rebuilt from the files once it is too
 /// full or too stale. Peers choose hashes, so they can make the filter answer "maybe" for
-/// theirs, but a "maybe" only costs the hash-index search every register used to do.
+/// theirs, but a "maybe" only costs what every register used to cost (a hash-index search and
+/// the tables' inserts), plus a scan of at most [`STAGED_SCAN`] staged hashes. Between two
+/// calls of [`Index::post_pending`] (one reactor turn) a big batch can fill the filter past
+/// its bits per file; that only raises the rate of "maybe".
 #[derive(Default)]
 struct HashFilter {
     words: Vec<u64>,
@@ -298,10 +304,11 @@ impl HashFilter {
         self.words[w] |= bits;
     }
 
-    /// Whether a rebuild is due, with `files` files live: too few bits per file (deleted
-    /// files' bits count as set), or more deleted files than live ones (then most set bits are
-    /// stale and the filter is also oversized). Rebuilding costs time in proportion to the
-    /// files, and each rebuild follows that many registers or deletions.
+    /// Whether a rebuild is due, with `files` files in the tables: too few bits per file
+    /// (deleted files' bits count as set), or more deleted files than live ones (then most set
+    /// bits are stale and the filter is also oversized). A rebuild costs time in proportion to
+    /// the live files, and follows at least a quarter as many new files (512 for the smallest
+    /// filter) or as many deletions, so its cost per register or deletion is constant.
     fn needs_rebuild(&self, files: usize) -> bool {
         (files + self.stale) * Self::MIN_BITS_PER_FILE > self.words.len() * 64
             || (self.stale > files && self.words.len() > 64)
@@ -471,6 +478,12 @@ impl Index {
         self.peer(peer).map_or(0, |p| p.files + p.staged)
     }
 
+    /// Entries (hash and name pairs) `peer` holds (0 for an unknown peer).
+    pub fn entries_of(&self, peer: PeerId) -> u32 {
+        self.peer(peer)
+            .map_or(0, |p| p.entries.len() as u32 + p.staged)
+    }
+
     /// The download address of `peer`, if it is live.
     pub fn peer_addr(&self, peer: PeerId) -> Option<SocketAddr> {
         self.peer(peer).map(|p| p.addr)
@@ -561,6 +574,10 @@ impl Index {
                 self.hash_position(&f.hash).is_err()
             };
             let added = if fresh {
+                if self.staged_names.len() + f.name.len() > STAGED_MAX_NAME_BYTES {
+                    // Bounds the buffer (and its `u32` offsets) whatever one turn brings.
+                    self.unstage_all();
+                }
                 self.stage(peer, f);
                 true
             } else {
@@ -1240,13 +1257,19 @@ impl Index {
         }
     }
 
-    /// Rebuilds the hash filter from the indexed files (none staged).
+    /// Rebuilds the hash filter from the indexed files (none staged), walking the hash index:
+    /// time in proportion to the live files, not to the file slots ever used.
     fn rebuild_filter(&mut self) {
         debug_assert!(self.staged.is_empty());
-        let Index { seen, files, .. } = self;
-        seen.reset(self.file_count);
-        for f in files.iter().filter(|f| f.first_entry != NONE) {
-            seen.insert(&f.hash);
+        let Index {
+            seen,
+            files,
+            by_hash,
+            ..
+        } = self;
+        seen.reset(by_hash.len);
+        for item in by_hash.iter_from((0, 0)) {
+            seen.insert(&files[item as u32 as usize].hash);
         }
     }
 
@@ -3832,6 +3855,91 @@ mod tests {
                 }
             }
             for p in live {
+                ix.remove_peer(p);
+            }
+            prop_assert_eq!((ix.file_count(), ix.entry_count(), ix.word_count()), (0, 0, 0));
+        }
+    }
+
+    /// Hash `i` of [`big_batches_agree_with_naive_model`]: real hashes, but from 400 on each
+    /// shares its filter bytes with hash `i - 400`, so that it is a "maybe" once that one is in.
+    fn wide_hash(i: usize) -> FileHash {
+        let mut h = spread_hash(i as u32);
+        if i >= 400 {
+            h.0[8..16].copy_from_slice(&spread_hash(i as u32 - 400).0[8..16]);
+        }
+        h
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Batches bigger than [`STAGED_SCAN`], over hundreds of hashes (some colliding in the
+        /// filter), with deletions enough to rebuild the filter, and the deferred work left
+        /// pending across calls or finished at random points.
+        #[test]
+        fn big_batches_agree_with_naive_model(
+            steps in prop::collection::vec(
+                (
+                    0..3usize,
+                    prop::collection::vec((0..600usize, 1..3u64, 0..3usize), 0..150),
+                    0..10usize,
+                ),
+                1..25,
+            ),
+        ) {
+            let mut ix = Index::new();
+            let mut model = Model::default();
+            let mut peers: Vec<PeerId> = Vec::new();
+            for port in 0..3 {
+                let p = ix.add_peer(addr(port));
+                model.peers.insert(p.0, (addr(port), BTreeSet::new()));
+                peers.push(p);
+            }
+            for (who, batch, what) in steps {
+                let files: Vec<FileEntry> = batch
+                    .iter()
+                    .map(|&(i, size, n)| fe(wide_hash(i), size, &format!("name {n} of {}", i % 7)))
+                    .collect();
+                let hashes: Vec<FileHash> = files.iter().map(|f| f.hash).collect();
+                match what {
+                    0..=5 => {
+                        let p = peers[who];
+                        prop_assert_eq!(ix.register(p, &files), model.register(p.0, &files));
+                    }
+                    6 => {
+                        let p = peers[who];
+                        prop_assert_eq!(ix.unregister(p, &hashes), model.unregister(p.0, &hashes));
+                    }
+                    7 => {
+                        let p = peers[who];
+                        let held = model.peers.remove(&p.0).unwrap().1.len() as u32;
+                        model.refresh_sizes();
+                        prop_assert_eq!(ix.remove_peer(p), Some(held));
+                        let port = 10 + who as u16;
+                        let q = ix.add_peer(addr(port));
+                        model.peers.insert(q.0, (addr(port), BTreeSet::new()));
+                        peers[who] = q;
+                    }
+                    8 => ix.post_pending(),
+                    _ => {
+                        for h in hashes.iter().take(20) {
+                            let key = LookupKey::Hash(*h);
+                            prop_assert_eq!(ix.lookup(&key), model.lookup(&key));
+                        }
+                    }
+                }
+                let entries = model.entries();
+                prop_assert_eq!(ix.entry_count(), entries.len());
+                prop_assert_eq!(ix.file_count(), entries.iter().map(|(h, _)| h).collect::<BTreeSet<_>>().len());
+                for p in &peers {
+                    prop_assert_eq!(ix.holdings_of(*p), model.total(p.0));
+                }
+            }
+            ix.post_pending();
+            for (h, _) in model.entries() {
+                prop_assert!(ix.seen.may_contain(&h), "an indexed hash missing from the filter");
+            }
+            for p in peers {
                 ix.remove_peer(p);
             }
             prop_assert_eq!((ix.file_count(), ix.entry_count(), ix.word_count()), (0, 0, 0));
