@@ -30,8 +30,11 @@ use std::sync::Arc;
 pub struct ServerLimits {
     /// Most results one search returns.
     pub max_results: usize,
-    /// Most files one peer may hold in the index.
+    /// Most entries (hash and name pairs) one peer may hold in the index.
     pub max_files_per_peer: usize,
+    /// Most entries in the whole index: registers beyond it are refused, so that peers
+    /// together cannot grow the process without bound (about 150 bytes per entry).
+    pub max_entries: usize,
 }
 
 impl Default for ServerLimits {
@@ -39,6 +42,7 @@ impl Default for ServerLimits {
         ServerLimits {
             max_results: 100,
             max_files_per_peer: 1_000_000,
+            max_entries: 20_000_000,
         }
     }
 }
@@ -58,6 +62,8 @@ pub struct IndexServer {
     /// Open connections (accepted and not yet closed).
     connections: u64,
     stats: ServerStats,
+    /// "Index full" was logged, and the index has not dropped below 90% of the limit since.
+    full_logged: bool,
     /// Set by the signal thread; checked when the reactor is woken.
     shutdown: Option<Arc<AtomicBool>>,
 }
@@ -72,6 +78,7 @@ impl IndexServer {
             next_session: 1,
             connections: 0,
             stats: ServerStats::default(),
+            full_logged: false,
             shutdown: None,
         }
     }
@@ -221,9 +228,28 @@ impl IndexServer {
                     );
                     return Verdict::Continue;
                 }
-                let held = self.index.holdings_of(peer) as usize;
-                let room = self.limits.max_files_per_peer.saturating_sub(held);
-                let (accepted, over) = files.split_at(files.len().min(room));
+                // Each entry of the batch may be new: take no more than both limits allow.
+                let held = self.index.entries_of(peer) as usize;
+                let peer_room = self.limits.max_files_per_peer.saturating_sub(held);
+                let index_room = self
+                    .limits
+                    .max_entries
+                    .saturating_sub(self.index.entry_count());
+                let (accepted, over) = files.split_at(files.len().min(peer_room).min(index_room));
+                if files.len() > index_room && !self.full_logged {
+                    self.full_logged = true;
+                    log!(
+                        Level::Warn,
+                        "indexd",
+                        "index full: {} entries, the --max-entries limit; registers are refused \
+                         until some leave",
+                        self.index.entry_count()
+                    );
+                } else if self.full_logged
+                    && self.index.entry_count() < self.limits.max_entries / 10 * 9
+                {
+                    self.full_logged = false;
+                }
                 let outcome = self.index.register(peer, accepted);
                 ResponseBody::Registered {
                     added: outcome.added,
@@ -454,6 +480,7 @@ pub fn fuzz_sessions(data: &[u8]) {
     let mut server = IndexServer::new(ServerLimits {
         max_results: 8,
         max_files_per_peer: 16,
+        max_entries: 40,
     });
     let mut open = [false; CONNS];
     let mut ready = [false; CONNS];
@@ -645,6 +672,78 @@ mod tests {
         assert_eq!(used, out.len());
         let responses = frames.iter().map(|f| wire::decode(f).unwrap()).collect();
         (responses, verdict)
+    }
+
+    /// Accepts `conn` and says hello from a peer serving on `port`.
+    fn join(server: &mut IndexServer, conn: ConnId, port: u16) {
+        server.accept(conn, SocketAddr::from(([127, 0, 0, 1], port)));
+        let hello = RequestBody::Hello {
+            version: PROTOCOL_VERSION,
+            listen_port: port,
+            agent: "t".into(),
+        };
+        assert!(matches!(
+            call(server, conn, 0, hello).0[0].body,
+            ResponseBody::Welcome { .. }
+        ));
+    }
+
+    fn register(server: &mut IndexServer, conn: ConnId, files: Vec<FileEntry>) -> ResponseBody {
+        call(server, conn, 1, RequestBody::Register { files }).0[0]
+            .body
+            .clone()
+    }
+
+    #[test]
+    fn entries_are_limited_per_peer_and_in_all() {
+        let mut server = IndexServer::new(ServerLimits {
+            max_results: 100,
+            max_files_per_peer: 16,
+            max_entries: 40,
+        });
+        let (a, b, c) = (ConnId(1), ConnId(2), ConnId(3));
+        join(&mut server, a, 7001);
+        join(&mut server, b, 7002);
+        join(&mut server, c, 7003);
+        // One hash under 20 names is 20 entries: the per-peer limit counts entries, not hashes.
+        let same_bytes = |n: usize| -> Vec<FileEntry> {
+            (0..n)
+                .map(|i| FileEntry {
+                    hash: FileHash::of(b"one file"),
+                    size: 8,
+                    name: format!("alias {i}"),
+                })
+                .collect()
+        };
+        let many = |tag: &str, n: usize| -> Vec<FileEntry> {
+            (0..n)
+                .map(|i| FileEntry {
+                    hash: FileHash::of(format!("{tag} {i}").as_bytes()),
+                    size: 1,
+                    name: format!("{tag} {i}"),
+                })
+                .collect()
+        };
+        let registered = |added, rejected, total| ResponseBody::Registered {
+            added,
+            rejected,
+            total,
+        };
+        assert_eq!(
+            register(&mut server, a, same_bytes(20)),
+            registered(16, 4, 1)
+        );
+        assert_eq!(
+            register(&mut server, b, many("b", 16)),
+            registered(16, 0, 16)
+        );
+        // 32 entries in the index: 8 more fit, in all.
+        assert_eq!(register(&mut server, c, many("c", 12)), registered(8, 4, 8));
+        assert_eq!(register(&mut server, c, many("d", 1)), registered(0, 1, 8));
+        assert_eq!(server.current_stats().names, 40);
+        // Room again once a peer leaves.
+        server.close(b, &CloseReason::Eof);
+        assert_eq!(register(&mut server, c, many("d", 1)), registered(1, 0, 9));
     }
 
     #[test]
