@@ -275,10 +275,12 @@ impl HashFilter {
     /// Fewer bits per file than this (counting deleted files' stale bits) and it is rebuilt.
     const MIN_BITS_PER_FILE: usize = 8;
 
-    /// The word and the two bits of `h`: from hash bytes other than the 4-byte prefix the
-    /// hash index sorts on (any bytes of an honest hash are uniform).
-    fn slot(&self, h: &FileHash) -> (usize, u64) {
-        let k = u64::from_le_bytes(h.0[8..16].try_into().expect("8 bytes"));
+    /// The word and the two bits of a hash, from its first 4 bytes (`p32`, uniform for an
+    /// honest hash), which the hash index's items carry: a rebuild reads only those items.
+    /// The multiply spreads them: the word comes from the product's high bits, the bits from
+    /// its low ones.
+    fn slot(&self, p32: u32) -> (usize, u64) {
+        let k = u64::from(p32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let word = ((u128::from(k) * self.words.len() as u128) >> 64) as usize;
         (word, 1u64 << (k & 63) | 1u64 << ((k >> 6) & 63))
     }
@@ -292,15 +294,19 @@ impl HashFilter {
         if self.words.is_empty() {
             return false;
         }
-        let (w, bits) = self.slot(h);
+        let (w, bits) = self.slot(prefix32(h));
         self.words[w] & bits == bits
     }
 
     fn insert(&mut self, h: &FileHash) {
+        self.insert_prefix(prefix32(h));
+    }
+
+    fn insert_prefix(&mut self, p32: u32) {
         if self.words.is_empty() {
             self.words = vec![0; 64];
         }
-        let (w, bits) = self.slot(h);
+        let (w, bits) = self.slot(p32);
         self.words[w] |= bits;
     }
 
@@ -1257,19 +1263,15 @@ impl Index {
         }
     }
 
-    /// Rebuilds the hash filter from the indexed files (none staged), walking the hash index:
-    /// time in proportion to the live files, not to the file slots ever used.
+    /// Rebuilds the hash filter from the indexed files (none staged): one pass over the hash
+    /// index's items, which carry the bytes the filter reads, so the time is in proportion to
+    /// the live files and reads 8 bytes of each, in order.
     fn rebuild_filter(&mut self) {
         debug_assert!(self.staged.is_empty());
-        let Index {
-            seen,
-            files,
-            by_hash,
-            ..
-        } = self;
+        let Index { seen, by_hash, .. } = self;
         seen.reset(by_hash.len);
         for item in by_hash.iter_from((0, 0)) {
-            seen.insert(&files[item as u32 as usize].hash);
+            seen.insert_prefix((item >> 32) as u32);
         }
     }
 
@@ -3730,13 +3732,6 @@ mod tests {
         b[..4].copy_from_slice(&[0xab, 0xcd, 0xef, 0x01]);
         b[4] = (i / 2) as u8;
         b[5] = (i % 2) as u8 * 0x10;
-        // Bytes the hash filter reads: distinct, so that the filter's "certainly new" path is
-        // taken (the `saturated` runs take the other).
-        b[8..16].copy_from_slice(
-            &(i as u64 + 1)
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .to_le_bytes(),
-        );
         FileHash(b)
     }
 
@@ -3862,11 +3857,12 @@ mod tests {
     }
 
     /// Hash `i` of [`big_batches_agree_with_naive_model`]: real hashes, but from 400 on each
-    /// shares its filter bytes with hash `i - 400`, so that it is a "maybe" once that one is in.
+    /// shares its first 4 bytes (what the filter reads) with hash `i - 400`, so that it is a
+    /// "maybe" once that one is in (and ties with it in the hash index's items).
     fn wide_hash(i: usize) -> FileHash {
         let mut h = spread_hash(i as u32);
         if i >= 400 {
-            h.0[8..16].copy_from_slice(&spread_hash(i as u32 - 400).0[8..16]);
+            h.0[..4].copy_from_slice(&spread_hash(i as u32 - 400).0[..4]);
         }
         h
     }
