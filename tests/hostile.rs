@@ -250,7 +250,9 @@ fn never_ending_frames_are_cut_off_and_memory_stays_bounded() {
 #[test]
 fn idle_connections_and_slowloris_writers_are_reclaimed_while_honest_peers_are_served() {
     raise_fds();
-    let indexd = Indexd::start(&["--idle-timeout", "1"]);
+    // Every attacker connects from 127.0.0.1: lift the per-address limit to reach the
+    // timeouts (the limit alone would refuse all but 256 of them).
+    let indexd = Indexd::start(&["--idle-timeout", "1", "--max-connections-per-ip", "0"]);
     let mut honest = Honest::join(indexd.addr);
     const IDLE: usize = 3000;
     const SLOW: usize = 50;
@@ -675,6 +677,77 @@ fn a_holder_refuses_unknown_hashes_bad_offsets_and_garbage_and_still_serves() {
     assert!(rest == bytes);
 }
 
+/// Connects to a holder without asking anything; returns what it sends before closing.
+fn refused_by(holder: SocketAddr) -> TransferResponse {
+    let mut s = TcpStream::connect(holder).unwrap();
+    s.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .expect("a busy answer, then the close");
+    let d = Decoder::default()
+        .decode(&buf)
+        .unwrap()
+        .expect("one whole frame");
+    assert_eq!(d.consumed, buf.len(), "nothing after the answer");
+    wire::decode(&buf[d.payload]).unwrap()
+}
+
+#[test]
+fn a_holder_at_its_upload_limits_answers_busy_and_serves_again_when_one_leaves() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("busy-holder");
+    let bytes = common::pseudo_random(50_000, 6);
+    let h = FileHash::of(&bytes);
+    // One holder limits uploads per address, another in all; both take two.
+    for (dir, flags, says) in [
+        ("per-ip", ["--max-uploads-per-ip", "2"], "your address"),
+        ("all", ["--max-uploads", "2"], "holder busy"),
+    ] {
+        let d = tmp.sub(dir);
+        std::fs::write(d.join("served.bin"), &bytes).unwrap();
+        let _holder = ServingPeer::start_with(&d, indexd.addr, &flags);
+        wait_for_holders(indexd.addr, h, 1);
+        let addr = holder_of(indexd.addr, h);
+        let mut idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        match refused_by(addr) {
+            TransferResponse::Error {
+                code: ErrorCode::Busy,
+                message,
+            } => assert!(message.contains(says), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        // One slot freed: an honest download gets the whole file.
+        drop(idle.pop());
+        let deadline = Instant::now() + common::IO_TIMEOUT;
+        loop {
+            let (resp, rest) = get(addr, PROTOCOL_VERSION, h, 0);
+            if matches!(resp, TransferResponse::Sending { .. }) {
+                assert!(rest == bytes);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the slot never came back: {resp:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(idle);
+        drop(_holder);
+        // Gone from the index before the next holder shares the same file.
+        let (mut c, _) = Client::hello(indexd.addr, 0);
+        let deadline = Instant::now() + common::IO_TIMEOUT;
+        while matches!(
+            c.call(RequestBody::Lookup {
+                key: LookupKey::Hash(h)
+            }),
+            ResponseBody::Holders { .. }
+        ) {
+            assert!(Instant::now() < deadline, "the first holder never left");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// How a fake holder misbehaves (tests/peer.rs covers dying, wrong bytes, too many bytes,
 /// hanging and hostile names).
 #[derive(Clone, Copy, Debug)]
@@ -1020,7 +1093,14 @@ fn fuzz_seed_corpora_replay_cleanly() {
 fn measure_connection_capacity() {
     let fds = raise_fds();
     let steps = [1_000usize, 5_000, 10_000, 15_000, 19_000];
-    let indexd = Indexd::start(&["--max-connections", "19500", "--idle-timeout", "0"]);
+    let indexd = Indexd::start(&[
+        "--max-connections",
+        "19500",
+        "--idle-timeout",
+        "0",
+        "--max-connections-per-ip",
+        "0",
+    ]);
     let pid = indexd.child.id();
     let mut honest = Honest::join(indexd.addr);
     let hash = honest.hash;

@@ -381,7 +381,8 @@ fn oversized_frame_closes_only_its_connection() {
 #[test]
 fn a_thousand_concurrent_connections() {
     p2pshare::reactor::sys::raise_fd_limit().unwrap();
-    let indexd = Indexd::start(&[]);
+    // All from 127.0.0.1: lift the per-address limit.
+    let indexd = Indexd::start(&["--max-connections-per-ip", "0"]);
     let f = entry("shared by all.bin", "x");
     let mut clients: Vec<Client> = (0..1000)
         .map(|i| Client::hello(indexd.addr, 10_000 + i as u16).0)
@@ -410,6 +411,20 @@ fn a_thousand_concurrent_connections() {
         ResponseBody::Stats(s) => assert_eq!((s.connections, s.peers), (1000, 1000)),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn one_address_is_limited_and_others_still_get_in() {
+    let indexd = Indexd::start(&["--max-connections-per-ip", "2"]);
+    let mut held: Vec<Client> = (0..2)
+        .map(|i| Client::hello(indexd.addr, i + 1).0)
+        .collect();
+    let mut extra = Client::connect(indexd.addr);
+    let message = expect_error(extra.recv().expect("busy reply").body, ErrorCode::Busy);
+    assert!(message.contains("your address"), "{message}");
+    assert!(extra.is_closed_by_server());
+    assert_eq!(held[0].call(RequestBody::Ping), ResponseBody::Pong);
+    assert_eq!(held[1].call(RequestBody::Ping), ResponseBody::Pong);
 }
 
 #[test]

@@ -4,9 +4,10 @@
 //! Covered: a fragmentation sweep with 64 concurrent clients; back-pressure (a client that does
 //! not read is parked, its queued output bounded); disconnect mid-frame; idle and slowloris
 //! timeouts; oversized and malformed frames (closed at once, answered, or ignored by the
-//! handler); the connection cap and its busy reply; outgoing connects (including to a closed
-//! port and a close requested before the connect completes), `sendfile` ranges streamed as raw
-//! bytes with keep-alive framing after them; a half-closing client that still gets every echo.
+//! handler); the connection cap and its busy reply, and the per-source cap (clients bound to
+//! 127.0.0.1–4 play four hosts); outgoing connects (including to a closed port and a close
+//! requested before the connect completes), `sendfile` ranges streamed as raw bytes with
+//! keep-alive framing after them; a half-closing client that still gets every echo.
 //!
 //! Every test is bounded in time: sockets have read/write timeouts, waits are polling loops with
 //! a deadline ([`wait_until`]), and every reactor is stopped (waker + flag) and joined, also
@@ -426,8 +427,12 @@ struct Client {
 
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
+        Client::from_stream(connect(addr))
+    }
+
+    fn from_stream(stream: TcpStream) -> Client {
         Client {
-            reader: FrameReader::new(connect(addr)),
+            reader: FrameReader::new(stream),
         }
     }
 
@@ -828,6 +833,95 @@ fn max_connections_refuses_with_busy_reply_then_recovers() {
         c.round_trip(b"and the rest");
     }
     assert_eq!(log.get().accepts, 5);
+    finish(server, &log);
+}
+
+/// Connects to `addr` from the loopback address `from` (bound before connecting, which std
+/// cannot do), so one test can be several hosts.
+fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(to) = addr else {
+        panic!("IPv4 only")
+    };
+    let sockaddr = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket is owned by the returned stream on success and closed on failure;
+    // the address structs live across the calls that read them.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sockaddr(from, 0);
+        let rc = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "bind {from:?}: {}", io::Error::last_os_error());
+        let remote = sockaddr(to.ip().octets(), to.port());
+        let rc = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "connect: {}", io::Error::last_os_error());
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+    }
+}
+
+#[test]
+fn one_source_cannot_take_every_slot() {
+    let busy = frame(b"busy");
+    let too_many = frame(b"too many from you");
+    let config = Config {
+        max_connections: 8,
+        busy_reply: busy.clone(),
+        max_connections_per_source: 3,
+        source_busy_reply: too_many.clone(),
+        ..Config::default()
+    };
+    let (server, addr, log) = echo_server(config);
+    let mut first: Vec<Client> = (0..3)
+        .map(|_| Client::from_stream(connect_from([127, 0, 0, 1], addr)))
+        .collect();
+    for c in &mut first {
+        c.round_trip(b"from .1");
+    }
+    let mut refused = connect_from([127, 0, 0, 1], addr);
+    let mut got = Vec::new();
+    refused
+        .read_to_end(&mut got)
+        .expect("per-source reply then EOF");
+    assert_eq!(got, too_many);
+    // Another host still gets in, up to its own three.
+    let mut second: Vec<Client> = (0..3)
+        .map(|_| Client::from_stream(connect_from([127, 0, 0, 2], addr)))
+        .collect();
+    for c in &mut second {
+        c.round_trip(b"from .2");
+    }
+    // The global limit still holds: 6 open, room for 2 more from a third host, then busy.
+    let mut third: Vec<Client> = (0..2)
+        .map(|_| Client::from_stream(connect_from([127, 0, 0, 3], addr)))
+        .collect();
+    for c in &mut third {
+        c.round_trip(b"from .3");
+    }
+    let mut full = connect_from([127, 0, 0, 4], addr);
+    let mut got = Vec::new();
+    full.read_to_end(&mut got).expect("busy reply then EOF");
+    assert_eq!(got, busy);
+    assert_eq!(log.get().accepts, 8);
+    // A closed connection gives its source's slot back.
+    let gone = first.remove(0);
+    let gone_addr = gone.local_addr();
+    drop(gone);
+    assert_eq!(log.wait_closed(gone_addr), CloseReason::Eof);
+    let mut back = Client::from_stream(connect_from([127, 0, 0, 1], addr));
+    back.round_trip(b"from .1 again");
+    assert_eq!(log.get().accepts, 9);
+    drop((first, second, third, back));
     finish(server, &log);
 }
 

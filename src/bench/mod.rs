@@ -59,7 +59,15 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         None => {
             let (child, addr) = floor::spawn_listening(
                 &config.indexd,
-                &["--listen", "127.0.0.1:0", "--log", "warn"],
+                // Every simulated peer connects from 127.0.0.1.
+                &[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--log",
+                    "warn",
+                    "--max-connections-per-ip",
+                    "0",
+                ],
             )?;
             eprintln!("bench: started indexd on {addr}");
             (Some(child), addr, "started".to_string())

@@ -195,6 +195,8 @@ pub fn run(p: &Params) -> io::Result<TransferSummary> {
             .arg(&src_dir)
             .args(["--index", &p.index.to_string()])
             .args(["--listen", "127.0.0.1:0", "--serve"])
+            // The simultaneous downloads all come from 127.0.0.1.
+            .args(["--max-uploads-per-ip", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&holder_log)?)

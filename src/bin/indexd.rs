@@ -20,6 +20,10 @@ struct Flags {
     /// Most concurrent connections; more are answered "busy" and closed.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Most concurrent connections from one IPv4 address or IPv6 /64 (several peers behind
+    /// one NAT share an address); more are answered "busy" and closed. 0: no limit.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_ip: usize,
     /// Largest request frame in bytes (a bulk register must fit in one).
     #[arg(long, default_value_t = reactor::codec::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
@@ -74,11 +78,28 @@ fn run(flags: Flags) -> std::io::Result<()> {
         },
         &mut busy,
     );
+    let per_ip = match flags.max_connections_per_ip {
+        0 => usize::MAX,
+        n => n,
+    };
+    let mut source_busy = Vec::new();
+    wire::encode_frame(
+        &Response {
+            id: 0,
+            body: ResponseBody::Error {
+                code: ErrorCode::Busy,
+                message: format!("too many connections from your address ({per_ip})"),
+            },
+        },
+        &mut source_busy,
+    );
     let config = Config {
         max_frame_bytes: flags.max_frame_bytes,
         max_connections: flags.max_connections,
         idle_timeout: (flags.idle_timeout > 0).then(|| Duration::from_secs(flags.idle_timeout)),
         busy_reply: busy,
+        max_connections_per_source: per_ip,
+        source_busy_reply: source_busy,
         ..Config::default()
     };
     let mut reactor = Reactor::new(config)?;

@@ -4,6 +4,7 @@ use clap::Parser;
 use p2pshare::log;
 use p2pshare::peer::{self, Peer, PeerConfig};
 use p2pshare::reactor::{sys, Config, Reactor};
+use p2pshare::wire::{self, ErrorCode, TransferResponse};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +33,13 @@ struct Flags {
     /// Largest frame accepted from the index or other peers, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     max_frame_bytes: usize,
+    /// Most connections the file server takes at once (more are answered "busy").
+    #[arg(long, default_value_t = 1024)]
+    max_uploads: usize,
+    /// Most file-server connections at once from one IPv4 address or IPv6 /64 (more are
+    /// answered "busy"). 0: no limit.
+    #[arg(long, default_value_t = 32)]
+    max_uploads_per_ip: usize,
     /// Log level: error, warn, info or debug (default: RUST_LOG, else warn).
     #[arg(long)]
     log: Option<String>,
@@ -70,8 +78,27 @@ fn run(flags: Flags) -> Result<(), String> {
     // kept for resume), not kill the peer with SIGXFSZ.
     let _ = sys::ignore_file_size_signal();
 
+    let per_ip = match flags.max_uploads_per_ip {
+        0 => usize::MAX,
+        n => n,
+    };
+    let busy = |message: String| {
+        let mut frame = Vec::new();
+        wire::encode_frame(
+            &TransferResponse::Error {
+                code: ErrorCode::Busy,
+                message,
+            },
+            &mut frame,
+        );
+        frame
+    };
     let config = Config {
         max_frame_bytes: flags.max_frame_bytes,
+        max_connections: flags.max_uploads,
+        busy_reply: busy(format!("holder busy ({} uploads)", flags.max_uploads)),
+        max_connections_per_source: per_ip,
+        source_busy_reply: busy(format!("too many downloads from your address ({per_ip})")),
         ..Config::default()
     };
     let mut reactor = Reactor::new(config).map_err(|e| e.to_string())?;

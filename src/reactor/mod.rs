@@ -37,11 +37,11 @@ use outq::OutQueue;
 use serde::Serialize;
 use slab::Slab;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,7 +77,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 pub struct Config {
     /// Largest frame payload accepted.
     pub max_frame_bytes: usize,
-    /// Most open connections (accepted plus outgoing); further accepts are closed at once.
+    /// Most accepted connections open at once; further accepts are closed at once (after the
+    /// busy reply). Outgoing connections, which the handler opens itself, are not counted.
     pub max_connections: usize,
     /// Stop reading a connection whose queued output exceeds this many bytes.
     pub out_high_water: usize,
@@ -88,6 +89,12 @@ pub struct Config {
     /// Bytes written to a connection refused at the connection limit before closing it
     /// (typically an encoded "busy" error frame).
     pub busy_reply: Vec<u8>,
+    /// Most accepted connections open at once from one source: one IPv4 address, or one
+    /// IPv6 /64 (what one host is usually given). Further accepts from it are closed at once,
+    /// so that one host cannot take every slot. `usize::MAX`: no limit.
+    pub max_connections_per_source: usize,
+    /// Bytes written to a connection refused at the per-source limit before closing it.
+    pub source_busy_reply: Vec<u8>,
 }
 
 impl Default for Config {
@@ -99,6 +106,8 @@ impl Default for Config {
             out_low_water: 256 * 1024,
             idle_timeout: None,
             busy_reply: Vec::new(),
+            max_connections_per_source: usize::MAX,
+            source_busy_reply: Vec::new(),
         }
     }
 }
@@ -257,6 +266,26 @@ struct Conn {
     /// Why a flushing connection will close once its output is sent.
     final_reason: Option<CloseReason>,
     lingered_bytes: usize,
+    /// Accepted (not opened by [`Ctx::connect`]): counted in `Ctx::accepted` and, under a
+    /// per-source limit, in `Ctx::per_source`.
+    accepted: bool,
+}
+
+/// Where accepted connections come from, for [`Config::max_connections_per_source`]: an IPv4
+/// address (IPv4-mapped IPv6 included) or an IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    V4(u32),
+    V6(u64),
+}
+
+impl Source {
+    fn of(ip: IpAddr) -> Source {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => Source::V4(u32::from(a)),
+            IpAddr::V6(a) => Source::V6((u128::from(a) >> 64) as u64),
+        }
+    }
 }
 
 /// The handle a [`Handler`] uses to act on connections, timers and the loop.
@@ -273,6 +302,10 @@ pub struct Ctx {
     ready: Vec<usize>,
     closing: Vec<(usize, CloseReason)>,
     connections: usize,
+    /// Accepted connections open (for [`Config::max_connections`]).
+    accepted: usize,
+    /// Accepted connections open per source, while a per-source limit is set.
+    per_source: HashMap<Source, u32>,
     /// When idle timeouts are next checked.
     next_sweep: Instant,
     waker: Arc<Waker>,
@@ -308,6 +341,8 @@ impl Reactor {
                 ready: Vec::new(),
                 closing: Vec::new(),
                 connections: 0,
+                accepted: 0,
+                per_source: HashMap::new(),
                 next_sweep: Instant::now(),
                 waker,
                 stopped: false,
@@ -467,6 +502,7 @@ impl Ctx {
             closing: false,
             final_reason: None,
             lingered_bytes: 0,
+            accepted: false,
         })));
         self.connections += 1;
         Ok(ConnId(key))
@@ -652,12 +688,28 @@ impl Ctx {
             l.resting_until = None;
             match l.socket.accept() {
                 Ok((stream, remote)) => {
-                    if self.connections >= self.config.max_connections {
-                        self.refuse(stream);
+                    if self.accepted >= self.config.max_connections {
+                        self.refuse(stream, false);
+                        continue;
+                    }
+                    let limited = self.config.max_connections_per_source != usize::MAX;
+                    let source = Source::of(remote.ip());
+                    if limited
+                        && self.per_source.get(&source).copied().unwrap_or(0) as usize
+                            >= self.config.max_connections_per_source
+                    {
+                        self.refuse(stream, true);
                         continue;
                     }
                     match self.add_conn(stream, remote, Phase::Open) {
                         Ok(conn) => {
+                            self.accepted += 1;
+                            if limited {
+                                *self.per_source.entry(source).or_insert(0) += 1;
+                            }
+                            if let Some(c) = self.conn_mut(conn) {
+                                c.accepted = true;
+                            }
                             let v = handler.handle_accept(self, conn, remote);
                             self.apply(conn, v);
                         }
@@ -684,12 +736,18 @@ impl Ctx {
         }
     }
 
-    /// A connection over the limit gets the busy reply, best effort, and is closed.
-    fn refuse(&mut self, stream: TcpStream) {
+    /// A connection over a limit (the connection limit, or the per-source one if
+    /// `per_source`) gets that limit's busy reply, best effort, and is closed.
+    fn refuse(&mut self, stream: TcpStream, per_source: bool) {
         use std::io::Write;
         let mut stream = stream;
-        if !self.config.busy_reply.is_empty() {
-            let _ = stream.write(&self.config.busy_reply);
+        let reply = if per_source {
+            &self.config.source_busy_reply
+        } else {
+            &self.config.busy_reply
+        };
+        if !reply.is_empty() {
+            let _ = stream.write(reply);
         }
         let _ = stream.shutdown(Shutdown::Both);
     }
@@ -1038,6 +1096,16 @@ impl Ctx {
             if let Slot::Conn(mut c) = self.slots.remove(key) {
                 let _ = self.registry.deregister(&mut c.stream);
                 self.connections -= 1;
+                if c.accepted {
+                    self.accepted -= 1;
+                    let source = Source::of(c.remote.ip());
+                    if let Some(n) = self.per_source.get_mut(&source) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.per_source.remove(&source);
+                        }
+                    }
+                }
                 drop(c);
                 handler.handle_close(self, ConnId(key), &reason);
             }

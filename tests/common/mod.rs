@@ -192,9 +192,15 @@ pub struct ServingPeer {
 
 impl ServingPeer {
     pub fn start(share: &std::path::Path, index: SocketAddr) -> ServingPeer {
+        Self::start_with(share, index, &[])
+    }
+
+    /// Starts a serving peer with extra flags.
+    pub fn start_with(share: &std::path::Path, index: SocketAddr, extra: &[&str]) -> ServingPeer {
         let child = Command::new(env!("CARGO_BIN_EXE_peer"))
             .args(peer_args(share, index))
             .arg("--serve")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
