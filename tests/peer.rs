@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{run_console, wait_for_holders, Client, Indexd, Input, ServingPeer, TempDir};
+use common::{
+    run_console, run_console_at, wait_for_holders, Client, Indexd, Input, ServingPeer, TempDir,
+};
 use p2pshare::wire::{FileEntry, FileHash};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -382,4 +384,32 @@ fn peers_re_register_after_indexd_restarts() {
         LIMIT,
     );
     assert!(run.stdout.contains("survivor.txt\n1 result"), "{run:?}");
+}
+
+#[test]
+fn an_index_given_by_host_name_is_looked_up_and_used() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("by-name");
+    let a = tmp.sub("a");
+    write(
+        &a,
+        "reached by name.txt",
+        b"the index was found through localhost",
+    );
+    // A host name is looked up on a thread of its own (the reactor never waits on DNS), and
+    // each of its addresses is tried in turn (localhost may give ::1 first).
+    let index = format!("localhost:{}", indexd.addr.port());
+    let run = run_console_at(
+        &a,
+        &index,
+        &[],
+        Input::Pipe("search reached\nstatus\n"),
+        LIMIT,
+    );
+    assert!(run.success, "{run:?}");
+    assert!(run.stdout.contains("1 result"), "{run:?}");
+    assert!(
+        run.stdout.contains(&format!("index: connected to {index}")),
+        "{run:?}"
+    );
 }

@@ -93,6 +93,9 @@ pub enum Event {
     ScanProgress(share::ScanProgress),
     /// The verifying thread hashed a complete download (generation, result).
     Hashed(u64, std::io::Result<FileHash>),
+    /// The index's host name was looked up (on a thread of its own: the lookup blocks): its
+    /// addresses, in the resolver's order.
+    Resolved(Result<Vec<SocketAddr>, String>),
     /// A scan or hash job finished.
     Scanned {
         /// What was asked.
@@ -130,6 +133,8 @@ enum Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IndexState {
     Down,
+    /// The index's host name is being looked up.
+    Resolving,
     Connecting,
     AwaitingWelcome,
     Ready,
@@ -195,6 +200,11 @@ pub struct Peer {
     bytes_sent: u64,
     /// Hands verified-hash results from the verifying thread to the reactor.
     hash_done: download::HashDone,
+    /// Reports a host-name lookup of the index to the reactor.
+    resolved: Arc<dyn Fn(Result<Vec<SocketAddr>, String>) + Send + Sync>,
+    /// The index's other addresses, tried in turn when a connect to one fails (a name may
+    /// resolve to `::1` and `127.0.0.1`, and the index listen on only one).
+    index_addrs: VecDeque<SocketAddr>,
 }
 
 /// Starts the hashing thread; it runs jobs until the job channel closes.
@@ -303,12 +313,20 @@ impl Peer {
         waker: Arc<mio::Waker>,
     ) -> Peer {
         let (events_tx, events) = events;
+        let resolved_tx = std::sync::Mutex::new(events_tx.clone());
         let events_tx = std::sync::Mutex::new(events_tx);
+        let resolve_waker = waker.clone();
         let hash_done: download::HashDone = Arc::new(move |generation, hashed| {
             if let Ok(tx) = events_tx.lock() {
                 let _ = tx.send(Event::Hashed(generation, hashed));
             }
             let _ = waker.wake();
+        });
+        let resolved = Arc::new(move |result| {
+            if let Ok(tx) = resolved_tx.lock() {
+                let _ = tx.send(Event::Resolved(result));
+            }
+            let _ = resolve_waker.wake();
         });
         Peer {
             cfg,
@@ -339,6 +357,8 @@ impl Peer {
             uploads_done: 0,
             bytes_sent: 0,
             hash_done,
+            resolved,
+            index_addrs: VecDeque::new(),
         }
     }
 
@@ -389,22 +409,68 @@ impl Peer {
 
     // ----- index session ------------------------------------------------------------------
 
+    /// Connects to the index: at once for an address, after a lookup on a thread of its own
+    /// for a host name (a slow or dead DNS server must not stall uploads and the console).
     fn connect_index(&mut self, ctx: &mut Ctx) {
-        let addr = match self.cfg.index.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(a)) => a,
-            Ok(None) | Err(_) => {
-                self.index_down(ctx, &format!("cannot resolve {}", self.cfg.index));
-                return;
-            }
+        if let Ok(addr) = self.cfg.index.parse::<SocketAddr>() {
+            return self.connect_index_at(ctx, addr);
+        }
+        if self.index_state == IndexState::Resolving {
+            return;
+        }
+        self.index_state = IndexState::Resolving;
+        let name = self.cfg.index.clone();
+        let done = self.resolved.clone();
+        let lookup = move || {
+            done(match name.to_socket_addrs() {
+                Ok(addrs) => Ok(addrs.collect()),
+                Err(e) => Err(e.to_string()),
+            })
         };
-        match ctx.connect(addr) {
-            Ok(conn) => {
-                ctx.set_idle_timeout(conn, None);
-                self.conns.insert(conn, Role::Index);
-                self.index_conn = Some(conn);
-                self.index_state = IndexState::Connecting;
+        if let Err(e) = std::thread::Builder::new()
+            .name("resolve".into())
+            .spawn(lookup)
+        {
+            self.index_down(
+                ctx,
+                &format!("cannot start a lookup of {}: {e}", self.cfg.index),
+            );
+        }
+    }
+
+    /// The lookup [`Peer::connect_index`] started has ended.
+    fn handle_resolved(&mut self, ctx: &mut Ctx, result: Result<Vec<SocketAddr>, String>) {
+        if self.index_state != IndexState::Resolving {
+            return;
+        }
+        match result {
+            Ok(addrs) if !addrs.is_empty() => {
+                self.index_addrs = addrs.into();
+                let first = self.index_addrs.pop_front().expect("not empty");
+                self.connect_index_at(ctx, first);
             }
-            Err(e) => self.index_down(ctx, &e.to_string()),
+            Ok(_) => self.index_down(ctx, &format!("{} has no address", self.cfg.index)),
+            Err(e) => self.index_down(ctx, &format!("cannot resolve {}: {e}", self.cfg.index)),
+        }
+    }
+
+    /// Starts connecting to `addr`, or to the next of `index_addrs` while a connect fails at
+    /// once.
+    fn connect_index_at(&mut self, ctx: &mut Ctx, mut addr: SocketAddr) {
+        loop {
+            match ctx.connect(addr) {
+                Ok(conn) => {
+                    ctx.set_idle_timeout(conn, None);
+                    self.conns.insert(conn, Role::Index);
+                    self.index_conn = Some(conn);
+                    self.index_state = IndexState::Connecting;
+                    return;
+                }
+                Err(e) => match self.index_addrs.pop_front() {
+                    Some(next) => addr = next,
+                    None => return self.index_down(ctx, &e.to_string()),
+                },
+            }
         }
     }
 
@@ -1388,6 +1454,14 @@ impl Handler for Peer {
     fn handle_close(&mut self, ctx: &mut Ctx, conn: ConnId, reason: &CloseReason) {
         match self.conns.remove(&conn) {
             Some(Role::Index) if self.index_conn == Some(conn) => {
+                if self.index_state == IndexState::Connecting {
+                    if let Some(next) = self.index_addrs.pop_front() {
+                        // This address refused: the name's next one may listen.
+                        self.index_conn = None;
+                        return self.connect_index_at(ctx, next);
+                    }
+                }
+                self.index_addrs.clear();
                 self.index_down(ctx, &reason.to_string());
             }
             Some(Role::Download) if self.download_conn == Some(conn) => {
@@ -1439,6 +1513,7 @@ impl Handler for Peer {
                     warnings,
                 } => self.handle_scanned(ctx, job, files, warnings),
                 Event::Hashed(generation, hashed) => self.handle_hashed(ctx, generation, hashed),
+                Event::Resolved(result) => self.handle_resolved(ctx, result),
             }
         }
         self.run_commands(ctx);

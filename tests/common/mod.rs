@@ -246,12 +246,23 @@ pub fn run_console(
     input: Input<'_>,
     limit: Duration,
 ) -> ConsoleRun {
+    run_console_at(share, &index.to_string(), extra, input, limit)
+}
+
+/// [`run_console`] with the index given as the user would type it (`HOST:PORT`).
+pub fn run_console_at(
+    share: &std::path::Path,
+    index: &str,
+    extra: &[&str],
+    input: Input<'_>,
+    limit: Duration,
+) -> ConsoleRun {
     let stdin = match &input {
         Input::Pipe(_) => Stdio::piped(),
         Input::File(p) => Stdio::from(std::fs::File::open(p).unwrap()),
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_peer"))
-        .args(peer_args(share, index))
+        .args(peer_args_to(share, index))
         .args(extra)
         .stdin(stdin)
         .stdout(Stdio::piped())
@@ -427,11 +438,16 @@ pub fn get(dir: &std::path::Path, index: SocketAddr, target: impl std::fmt::Disp
 /// The arguments every test peer gets: share `share`, use the index at `index`, serve files on
 /// a free loopback port.
 pub fn peer_args(share: &std::path::Path, index: SocketAddr) -> Vec<std::ffi::OsString> {
+    peer_args_to(share, &index.to_string())
+}
+
+/// [`peer_args`] with the index as `HOST:PORT` text.
+pub fn peer_args_to(share: &std::path::Path, index: &str) -> Vec<std::ffi::OsString> {
     vec![
         "--share".into(),
         share.as_os_str().to_owned(),
         "--index".into(),
-        index.to_string().into(),
+        index.into(),
         "--listen".into(),
         "127.0.0.1:0".into(),
     ]
