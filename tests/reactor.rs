@@ -882,12 +882,17 @@ fn one_source_cannot_take_every_slot() {
         ..Config::default()
     };
     let (server, addr, log) = echo_server(config);
-    let mut first: Vec<Client> = (0..3)
-        .map(|_| Client::from_stream(connect_from([127, 0, 0, 1], addr)))
-        .collect();
-    for c in &mut first {
-        c.round_trip(b"from .1");
-    }
+    // `n` echoing clients from 127.0.0.`host`.
+    let clients_from = |host: u8, n: usize| -> Vec<Client> {
+        (0..n)
+            .map(|_| {
+                let mut c = Client::from_stream(connect_from([127, 0, 0, host], addr));
+                c.round_trip(format!("from .{host}").as_bytes());
+                c
+            })
+            .collect()
+    };
+    let mut first = clients_from(1, 3);
     let mut refused = connect_from([127, 0, 0, 1], addr);
     let mut got = Vec::new();
     refused
@@ -895,19 +900,9 @@ fn one_source_cannot_take_every_slot() {
         .expect("per-source reply then EOF");
     assert_eq!(got, too_many);
     // Another host still gets in, up to its own three.
-    let mut second: Vec<Client> = (0..3)
-        .map(|_| Client::from_stream(connect_from([127, 0, 0, 2], addr)))
-        .collect();
-    for c in &mut second {
-        c.round_trip(b"from .2");
-    }
+    let second = clients_from(2, 3);
     // The global limit still holds: 6 open, room for 2 more from a third host, then busy.
-    let mut third: Vec<Client> = (0..2)
-        .map(|_| Client::from_stream(connect_from([127, 0, 0, 3], addr)))
-        .collect();
-    for c in &mut third {
-        c.round_trip(b"from .3");
-    }
+    let third = clients_from(3, 2);
     let mut full = connect_from([127, 0, 0, 4], addr);
     let mut got = Vec::new();
     full.read_to_end(&mut got).expect("busy reply then EOF");
