@@ -36,9 +36,10 @@ struct Flags {
     /// Most entries (hash and name pairs) one peer may have in the index.
     #[arg(long, default_value_t = 1_000_000)]
     max_files_per_peer: usize,
-    /// Most entries in the whole index (about 150 bytes of memory each).
+    /// Most holdings in the whole index, every peer's entries summed (at most about 150 bytes
+    /// of memory each).
     #[arg(long, default_value_t = 20_000_000)]
-    max_entries: usize,
+    max_holdings: usize,
     /// Log level: error, warn, info or debug (default: RUST_LOG, else info).
     #[arg(long)]
     log: Option<String>,
@@ -111,7 +112,7 @@ fn run(flags: Flags) -> std::io::Result<()> {
     let mut server = IndexServer::new(ServerLimits {
         max_results: flags.max_results,
         max_files_per_peer: flags.max_files_per_peer,
-        max_entries: flags.max_entries,
+        max_holdings: flags.max_holdings,
     });
     server.stop_on(stop);
     // The first stdout line tells scripts and tests the bound port (useful with port 0).

@@ -32,9 +32,10 @@ pub struct ServerLimits {
     pub max_results: usize,
     /// Most entries (hash and name pairs) one peer may hold in the index.
     pub max_files_per_peer: usize,
-    /// Most entries in the whole index: registers beyond it are refused, so that peers
-    /// together cannot grow the process without bound (about 150 bytes per entry).
-    pub max_entries: usize,
+    /// Most holdings in the whole index (every peer's entries summed): new ones beyond it are
+    /// refused, so that peers together cannot grow the process without bound (at most about
+    /// 150 bytes per holding, when none is shared).
+    pub max_holdings: usize,
 }
 
 impl Default for ServerLimits {
@@ -42,7 +43,7 @@ impl Default for ServerLimits {
         ServerLimits {
             max_results: 100,
             max_files_per_peer: 1_000_000,
-            max_entries: 20_000_000,
+            max_holdings: 20_000_000,
         }
     }
 }
@@ -62,7 +63,7 @@ pub struct IndexServer {
     /// Open connections (accepted and not yet closed).
     connections: u64,
     stats: ServerStats,
-    /// "Index full" was logged, and the index has not dropped below 90% of the limit since.
+    /// "Index full" was logged, and the holdings have not dropped below 90% of the limit since.
     full_logged: bool,
     /// Set by the signal thread; checked when the reactor is woken.
     shutdown: Option<Arc<AtomicBool>>,
@@ -228,32 +229,29 @@ impl IndexServer {
                     );
                     return Verdict::Continue;
                 }
-                // Each entry of the batch may be new: take no more than both limits allow.
+                // New holdings are what cost memory: at most what both limits leave room for.
                 let held = self.index.entries_of(peer) as usize;
                 let peer_room = self.limits.max_files_per_peer.saturating_sub(held);
-                let index_room = self
-                    .limits
-                    .max_entries
-                    .saturating_sub(self.index.entry_count());
-                let (accepted, over) = files.split_at(files.len().min(peer_room).min(index_room));
-                if files.len() > index_room && !self.full_logged {
+                let holdings = self.index.holding_count();
+                let index_room = self.limits.max_holdings.saturating_sub(holdings);
+                let room = peer_room.min(index_room).min(u32::MAX as usize) as u32;
+                let outcome = self.index.register_at_most(peer, &files, room);
+                let limit = self.limits.max_holdings;
+                let holdings = self.index.holding_count();
+                if holdings >= limit && outcome.rejected > 0 && !self.full_logged {
                     self.full_logged = true;
                     log!(
                         Level::Warn,
                         "indexd",
-                        "index full: {} entries, the --max-entries limit; registers are refused \
-                         until some leave",
-                        self.index.entry_count()
+                        "index full: {holdings} holdings, the --max-holdings limit; new ones are \
+                         refused until some leave"
                     );
-                } else if self.full_logged
-                    && self.index.entry_count() < self.limits.max_entries / 10 * 9
-                {
+                } else if self.full_logged && holdings < limit - limit / 10 {
                     self.full_logged = false;
                 }
-                let outcome = self.index.register(peer, accepted);
                 ResponseBody::Registered {
                     added: outcome.added,
-                    rejected: outcome.rejected + over.len() as u32,
+                    rejected: outcome.rejected,
                     total: outcome.total,
                 }
             }
@@ -480,7 +478,7 @@ pub fn fuzz_sessions(data: &[u8]) {
     let mut server = IndexServer::new(ServerLimits {
         max_results: 8,
         max_files_per_peer: 16,
-        max_entries: 40,
+        max_holdings: 40,
     });
     let mut open = [false; CONNS];
     let mut ready = [false; CONNS];
@@ -695,11 +693,11 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_limited_per_peer_and_in_all() {
+    fn holdings_are_limited_per_peer_and_in_all() {
         let mut server = IndexServer::new(ServerLimits {
             max_results: 100,
             max_files_per_peer: 16,
-            max_entries: 40,
+            max_holdings: 40,
         });
         let (a, b, c) = (ConnId(1), ConnId(2), ConnId(3));
         join(&mut server, a, 7001);
@@ -733,17 +731,24 @@ mod tests {
             register(&mut server, a, same_bytes(20)),
             registered(16, 4, 1)
         );
+        // The same 16 entries again from another peer: no new entry, but 16 new holdings,
+        // which the index-wide limit counts (peers sharing one file list still cost memory).
         assert_eq!(
-            register(&mut server, b, many("b", 16)),
-            registered(16, 0, 16)
+            register(&mut server, b, same_bytes(16)),
+            registered(16, 0, 1)
         );
-        // 32 entries in the index: 8 more fit, in all.
-        assert_eq!(register(&mut server, c, many("c", 12)), registered(8, 4, 8));
-        assert_eq!(register(&mut server, c, many("d", 1)), registered(0, 1, 8));
-        assert_eq!(server.current_stats().names, 40);
+        assert_eq!(
+            register(&mut server, c, same_bytes(12)),
+            registered(8, 4, 1)
+        );
+        // Full: what a peer holds already is no burden and not refused; anything new is.
+        assert_eq!(register(&mut server, c, same_bytes(8)), registered(0, 0, 1));
+        assert_eq!(register(&mut server, c, many("d", 1)), registered(0, 1, 1));
+        let stats = server.current_stats();
+        assert_eq!(stats.names, 16);
         // Room again once a peer leaves.
         server.close(b, &CloseReason::Eof);
-        assert_eq!(register(&mut server, c, many("d", 1)), registered(1, 0, 9));
+        assert_eq!(register(&mut server, c, many("d", 1)), registered(1, 0, 2));
     }
 
     #[test]

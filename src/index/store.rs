@@ -369,6 +369,8 @@ pub struct Index {
     peers: Vec<Option<PeerRec>>,
     free_peers: Vec<u32>,
     peer_count: usize,
+    /// Holdings (peer, entry), staged ones included: the sum of every peer's entries.
+    holding_count: usize,
     /// Distinct holders of each file with two or more entries (a file with one entry has that
     /// entry's holders), kept as holdings come and go so that search ranks in `O(1)` per hit.
     /// Most files have one name, so this costs nothing per file.
@@ -448,6 +450,7 @@ impl Index {
             peers: Vec::new(),
             free_peers: Vec::new(),
             peer_count: 0,
+            holding_count: 0,
             multi_holders: hashbrown::HashMap::new(),
             unposted: Vec::new(),
             seen: HashFilter::default(),
@@ -482,6 +485,12 @@ impl Index {
     /// Distinct hashes `peer` holds (0 for an unknown peer).
     pub fn holdings_of(&self, peer: PeerId) -> u32 {
         self.peer(peer).map_or(0, |p| p.files + p.staged)
+    }
+
+    /// Holdings in the index: every peer's entries summed (a file two peers share under one
+    /// name counts twice).
+    pub fn holding_count(&self) -> usize {
+        self.holding_count
     }
 
     /// Entries (hash and name pairs) `peer` holds (0 for an unknown peer).
@@ -544,6 +553,7 @@ impl Index {
         }
         self.delete_entries(&dead);
         self.work.dead = dead;
+        self.holding_count -= held as usize;
         Some(held)
     }
 
@@ -560,6 +570,17 @@ impl Index {
     /// seen, or the filter says so wrongly, about one time in twenty-five) goes through the tables
     /// at once, after any staged file of the same hash.
     pub fn register(&mut self, peer: PeerId, files: &[FileEntry]) -> RegisterOutcome {
+        self.register_at_most(peer, files, u32::MAX)
+    }
+
+    /// [`Index::register`], adding at most `room` new holdings: the entries beyond it that
+    /// the peer does not hold yet are rejected (those it holds stay no-ops).
+    pub fn register_at_most(
+        &mut self,
+        peer: PeerId,
+        files: &[FileEntry],
+        room: u32,
+    ) -> RegisterOutcome {
         let mut out = RegisterOutcome::default();
         if self.peer(peer).is_none() {
             out.rejected = files.len() as u32;
@@ -570,6 +591,7 @@ impl Index {
                 out.rejected += 1;
                 continue;
             }
+            let may_add = out.added < room;
             let fresh = if !self.seen.may_contain(&f.hash) {
                 true
             } else if self.is_staged(&f.hash) {
@@ -580,6 +602,10 @@ impl Index {
                 self.hash_position(&f.hash).is_err()
             };
             let added = if fresh {
+                if !may_add {
+                    out.rejected += 1;
+                    continue;
+                }
                 if self.staged_names.len() + f.name.len() > STAGED_MAX_NAME_BYTES {
                     // Bounds the buffer (and its `u32` offsets) whatever one turn brings.
                     self.unstage_all();
@@ -587,7 +613,7 @@ impl Index {
                 self.stage(peer, f);
                 true
             } else {
-                match self.add_entry(peer, &f.name, &f.hash, f.size) {
+                match self.add_entry(peer, &f.name, &f.hash, f.size, may_add) {
                     Some(added) => added,
                     None => {
                         out.rejected += 1;
@@ -615,6 +641,7 @@ impl Index {
             peer: peer.0,
         });
         self.peer_mut(peer).staged += 1;
+        self.holding_count += 1;
     }
 
     /// Whether a staged file has hash `h`. Beyond [`STAGED_SCAN`] staged files, answers true
@@ -635,7 +662,8 @@ impl Index {
             let name = &names[s.name.start as usize..s.name.end as usize];
             let peer = PeerId(s.peer);
             self.peer_mut(peer).staged -= 1;
-            let added = self.add_entry(peer, name, &s.hash, s.size);
+            self.holding_count -= 1;
+            let added = self.add_entry(peer, name, &s.hash, s.size, true);
             debug_assert_eq!(added, Some(true), "a staged file is new to the index");
         }
         self.staged = staged;
@@ -653,8 +681,15 @@ impl Index {
 
     /// Adds `peer`'s holding of the file `hash` of `size` under `name` (valid; the hash not
     /// staged) to the tables. Returns whether the holding is new, or `None` if `size`
-    /// contradicts the indexed file's.
-    fn add_entry(&mut self, peer: PeerId, name: &str, hash: &FileHash, size: u64) -> Option<bool> {
+    /// contradicts the indexed file's or the holding would be new and `!may_add`.
+    fn add_entry(
+        &mut self,
+        peer: PeerId,
+        name: &str,
+        hash: &FileHash,
+        size: u64,
+        may_add: bool,
+    ) -> Option<bool> {
         let file = match self.hash_position(hash) {
             Ok(at) => {
                 let id = self.by_hash.get(at) as u32;
@@ -663,12 +698,18 @@ impl Index {
                 }
                 id
             }
+            Err(_) if !may_add => return None,
             Err(at) => self.create_file(at, *hash, size),
         };
         let entry = match self.find_entry(file, name) {
+            Some(e) if self.holder_slice(e).contains(&peer.0) => return Some(false),
             Some(e) => e,
+            None if !may_add => return None,
             None => self.create_entry(file, name),
         };
+        if !may_add {
+            return None;
+        }
         Some(self.add_holding(peer, entry))
     }
 
@@ -713,6 +754,7 @@ impl Index {
         self.work.items = held;
         self.delete_entries(&dead);
         self.work.dead = dead;
+        self.holding_count -= removed as usize;
         removed
     }
 
@@ -1554,6 +1596,7 @@ impl Index {
             rec.files += 1;
         }
         rec.entries.insert(e);
+        self.holding_count += 1;
         true
     }
 
@@ -3584,6 +3627,10 @@ mod tests {
         }
 
         fn register(&mut self, p: u32, files: &[FileEntry]) -> RegisterOutcome {
+            self.register_at_most(p, files, u32::MAX)
+        }
+
+        fn register_at_most(&mut self, p: u32, files: &[FileEntry], room: u32) -> RegisterOutcome {
             let mut out = RegisterOutcome::default();
             for f in files {
                 let ok_name = !f.name.is_empty()
@@ -3594,19 +3641,24 @@ mod tests {
                     out.rejected += 1;
                     continue;
                 }
-                self.sizes.insert(f.hash, f.size);
-                if self
-                    .peers
-                    .get_mut(&p)
-                    .unwrap()
-                    .1
-                    .insert((f.hash, f.name.clone()))
-                {
-                    out.added += 1;
+                let holding = (f.hash, f.name.clone());
+                if self.peers[&p].1.contains(&holding) {
+                    continue;
                 }
+                if out.added >= room {
+                    out.rejected += 1;
+                    continue;
+                }
+                self.sizes.insert(f.hash, f.size);
+                self.peers.get_mut(&p).unwrap().1.insert(holding);
+                out.added += 1;
             }
             out.total = self.total(p);
             out
+        }
+
+        fn holdings(&self) -> usize {
+            self.peers.values().map(|(_, held)| held.len()).sum()
         }
 
         fn unregister(&mut self, p: u32, hashes: &[FileHash]) -> u32 {
@@ -3776,7 +3828,8 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         AddPeer(u16),
-        Register(usize, Vec<(usize, u64, String)>),
+        /// Peer, files, and the room for new holdings (`u32::MAX` mostly).
+        Register(usize, Vec<(usize, u64, String)>, u32),
         Unregister(usize, Vec<usize>),
         RemovePeer(usize),
         Search(String, usize),
@@ -3786,8 +3839,12 @@ mod tests {
     fn op_strategy() -> impl Strategy<Value = Op> {
         prop_oneof![
             2 => any::<u16>().prop_map(Op::AddPeer),
-            5 => (any::<usize>(), prop::collection::vec((0..6usize, 1..3u64, name_strategy()), 0..6))
-                .prop_map(|(p, f)| Op::Register(p, f)),
+            5 => (
+                any::<usize>(),
+                prop::collection::vec((0..6usize, 1..3u64, name_strategy()), 0..6),
+                prop_oneof![3 => Just(u32::MAX), 1 => 0..4u32],
+            )
+                .prop_map(|(p, f, room)| Op::Register(p, f, room)),
             2 => (any::<usize>(), prop::collection::vec(0..7usize, 0..4)).prop_map(|(p, h)| Op::Unregister(p, h)),
             1 => any::<usize>().prop_map(Op::RemovePeer),
             4 => (query_strategy(), 0..5usize).prop_map(|(q, l)| Op::Search(q, l)),
@@ -3815,11 +3872,14 @@ mod tests {
                         model.peers.insert(p.0, (addr(port), BTreeSet::new()));
                         live.push(p);
                     }
-                    Op::Register(p, files) if !live.is_empty() => {
+                    Op::Register(p, files, room) if !live.is_empty() => {
                         let p = live[p % live.len()];
                         let files: Vec<FileEntry> =
                             files.into_iter().map(|(h, s, n)| fe(test_hash(h), s, &n)).collect();
-                        prop_assert_eq!(ix.register(p, &files), model.register(p.0, &files));
+                        prop_assert_eq!(
+                            ix.register_at_most(p, &files, room),
+                            model.register_at_most(p.0, &files, room)
+                        );
                     }
                     Op::Unregister(p, hashes) if !live.is_empty() => {
                         let p = live[p % live.len()];
@@ -3844,6 +3904,7 @@ mod tests {
                 let entries = model.entries();
                 prop_assert_eq!(ix.entry_count(), entries.len());
                 prop_assert_eq!(ix.file_count(), entries.iter().map(|(h, _)| h).collect::<BTreeSet<_>>().len());
+                prop_assert_eq!(ix.holding_count(), model.holdings());
                 for p in &live {
                     prop_assert_eq!(ix.holdings_of(*p), model.total(p.0));
                     prop_assert_eq!(ix.peer_addr(*p), Some(model.peers[&p.0].0));
@@ -3927,6 +3988,7 @@ mod tests {
                 let entries = model.entries();
                 prop_assert_eq!(ix.entry_count(), entries.len());
                 prop_assert_eq!(ix.file_count(), entries.iter().map(|(h, _)| h).collect::<BTreeSet<_>>().len());
+                prop_assert_eq!(ix.holding_count(), model.holdings());
                 for p in &peers {
                     prop_assert_eq!(ix.holdings_of(*p), model.total(p.0));
                 }
@@ -4084,7 +4146,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::AddPeer(port) => live.push(ix.add_peer(addr(port))),
-                    Op::Register(p, files) if !live.is_empty() => {
+                    Op::Register(p, files, _) if !live.is_empty() => {
                         let files: Vec<FileEntry> = files
                             .into_iter()
                             .map(|(h, s, n)| fe(test_hash(h), s, &n))

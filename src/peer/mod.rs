@@ -1454,7 +1454,8 @@ impl Handler for Peer {
     fn handle_close(&mut self, ctx: &mut Ctx, conn: ConnId, reason: &CloseReason) {
         match self.conns.remove(&conn) {
             Some(Role::Index) if self.index_conn == Some(conn) => {
-                if self.index_state == IndexState::Connecting {
+                // (Not when the peer itself closed it: it is quitting.)
+                if self.index_state == IndexState::Connecting && *reason != CloseReason::Local {
                     if let Some(next) = self.index_addrs.pop_front() {
                         // This address refused: the name's next one may listen.
                         self.index_conn = None;
