@@ -68,39 +68,35 @@ fn run(flags: Flags) -> std::io::Result<()> {
         Ok(_) => {}
         Err(e) => p2pshare::log!(Level::Warn, "indexd", "cannot raise open-files limit: {e}"),
     }
-    let mut busy = Vec::new();
-    wire::encode_frame(
-        &Response {
-            id: 0,
-            body: ResponseBody::Error {
-                code: ErrorCode::Busy,
-                message: format!("server full ({} connections)", flags.max_connections),
+    // What a connection refused at a limit reads before the close.
+    let busy = |message: String| {
+        let mut frame = Vec::new();
+        wire::encode_frame(
+            &Response {
+                id: 0,
+                body: ResponseBody::Error {
+                    code: ErrorCode::Busy,
+                    message,
+                },
             },
-        },
-        &mut busy,
-    );
+            &mut frame,
+        );
+        frame
+    };
     let per_ip = match flags.max_connections_per_ip {
         0 => usize::MAX,
         n => n,
     };
-    let mut source_busy = Vec::new();
-    wire::encode_frame(
-        &Response {
-            id: 0,
-            body: ResponseBody::Error {
-                code: ErrorCode::Busy,
-                message: format!("too many connections from your address ({per_ip})"),
-            },
-        },
-        &mut source_busy,
-    );
     let config = Config {
         max_frame_bytes: flags.max_frame_bytes,
         max_connections: flags.max_connections,
         idle_timeout: (flags.idle_timeout > 0).then(|| Duration::from_secs(flags.idle_timeout)),
-        busy_reply: busy,
+        busy_reply: busy(format!(
+            "server full ({} connections)",
+            flags.max_connections
+        )),
         max_connections_per_source: per_ip,
-        source_busy_reply: source_busy,
+        source_busy_reply: busy(format!("too many connections from your address ({per_ip})")),
         ..Config::default()
     };
     let mut reactor = Reactor::new(config)?;

@@ -3852,6 +3852,21 @@ mod tests {
         ]
     }
 
+    /// The index's counts and every live peer's holdings and address, against the model.
+    fn counts_agree(ix: &Index, model: &Model, live: &[PeerId]) -> Result<(), TestCaseError> {
+        prop_assert_eq!(ix.peer_count(), model.peers.len());
+        let entries = model.entries();
+        prop_assert_eq!(ix.entry_count(), entries.len());
+        let files: BTreeSet<_> = entries.iter().map(|(h, _)| h).collect();
+        prop_assert_eq!(ix.file_count(), files.len());
+        prop_assert_eq!(ix.holding_count(), model.holdings());
+        for p in live {
+            prop_assert_eq!(ix.holdings_of(*p), model.total(p.0));
+            prop_assert_eq!(ix.peer_addr(*p), Some(model.peers[&p.0].0));
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1000))]
         #[test]
@@ -3900,15 +3915,7 @@ mod tests {
                     }
                     _ => {}
                 }
-                prop_assert_eq!(ix.peer_count(), model.peers.len());
-                let entries = model.entries();
-                prop_assert_eq!(ix.entry_count(), entries.len());
-                prop_assert_eq!(ix.file_count(), entries.iter().map(|(h, _)| h).collect::<BTreeSet<_>>().len());
-                prop_assert_eq!(ix.holding_count(), model.holdings());
-                for p in &live {
-                    prop_assert_eq!(ix.holdings_of(*p), model.total(p.0));
-                    prop_assert_eq!(ix.peer_addr(*p), Some(model.peers[&p.0].0));
-                }
+                counts_agree(&ix, &model, &live)?;
             }
             for p in live {
                 ix.remove_peer(p);
@@ -3985,13 +3992,7 @@ mod tests {
                         }
                     }
                 }
-                let entries = model.entries();
-                prop_assert_eq!(ix.entry_count(), entries.len());
-                prop_assert_eq!(ix.file_count(), entries.iter().map(|(h, _)| h).collect::<BTreeSet<_>>().len());
-                prop_assert_eq!(ix.holding_count(), model.holdings());
-                for p in &peers {
-                    prop_assert_eq!(ix.holdings_of(*p), model.total(p.0));
-                }
+                counts_agree(&ix, &model, &peers)?;
             }
             ix.post_pending();
             for (h, _) in model.entries() {

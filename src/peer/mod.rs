@@ -313,21 +313,18 @@ impl Peer {
         waker: Arc<mio::Waker>,
     ) -> Peer {
         let (events_tx, events) = events;
-        let resolved_tx = std::sync::Mutex::new(events_tx.clone());
+        // Hands an event from a helper thread to the reactor and wakes it.
         let events_tx = std::sync::Mutex::new(events_tx);
-        let resolve_waker = waker.clone();
-        let hash_done: download::HashDone = Arc::new(move |generation, hashed| {
+        let notify = Arc::new(move |event: Event| {
             if let Ok(tx) = events_tx.lock() {
-                let _ = tx.send(Event::Hashed(generation, hashed));
+                let _ = tx.send(event);
             }
             let _ = waker.wake();
         });
-        let resolved = Arc::new(move |result| {
-            if let Ok(tx) = resolved_tx.lock() {
-                let _ = tx.send(Event::Resolved(result));
-            }
-            let _ = resolve_waker.wake();
-        });
+        let to_reactor = notify.clone();
+        let hash_done: download::HashDone =
+            Arc::new(move |generation, hashed| to_reactor(Event::Hashed(generation, hashed)));
+        let resolved = Arc::new(move |result| notify(Event::Resolved(result)));
         Peer {
             cfg,
             share: Share::default(),
@@ -410,7 +407,8 @@ impl Peer {
     // ----- index session ------------------------------------------------------------------
 
     /// Connects to the index: at once for an address, after a lookup on a thread of its own
-    /// for a host name (a slow or dead DNS server must not stall uploads and the console).
+    /// for a host name (a slow or dead DNS server must not stall the loop: uploads, downloads
+    /// and the console's other commands go on).
     fn connect_index(&mut self, ctx: &mut Ctx) {
         if let Ok(addr) = self.cfg.index.parse::<SocketAddr>() {
             return self.connect_index_at(ctx, addr);
