@@ -413,16 +413,21 @@ fn a_thousand_concurrent_connections() {
     }
 }
 
-#[test]
-fn one_address_is_limited_and_others_still_get_in() {
-    let indexd = Indexd::start(&["--max-connections-per-ip", "2"]);
-    let mut held: Vec<Client> = (0..2)
-        .map(|i| Client::hello(indexd.addr, i + 1).0)
-        .collect();
-    let mut extra = Client::connect(indexd.addr);
+/// Holds `n` sessions on `addr`, then connects once more: returns the held sessions and the
+/// `Busy` message the extra connection got before the server closed it.
+fn hold_then_refused(addr: SocketAddr, n: u16) -> (Vec<Client>, String) {
+    let held: Vec<Client> = (0..n).map(|i| Client::hello(addr, i + 1).0).collect();
+    let mut extra = Client::connect(addr);
     let message = expect_error(extra.recv().expect("busy reply").body, ErrorCode::Busy);
-    assert!(message.contains("your address"), "{message}");
     assert!(extra.is_closed_by_server());
+    (held, message)
+}
+
+#[test]
+fn one_address_is_limited_and_its_sessions_keep_serving() {
+    let indexd = Indexd::start(&["--max-connections-per-ip", "2"]);
+    let (mut held, message) = hold_then_refused(indexd.addr, 2);
+    assert!(message.contains("your address"), "{message}");
     assert_eq!(held[0].call(RequestBody::Ping), ResponseBody::Pong);
     assert_eq!(held[1].call(RequestBody::Ping), ResponseBody::Pong);
 }
@@ -430,13 +435,7 @@ fn one_address_is_limited_and_others_still_get_in() {
 #[test]
 fn connection_limit_answers_busy_and_keeps_serving() {
     let indexd = Indexd::start(&["--max-connections", "3"]);
-    let mut held: Vec<Client> = (0..3)
-        .map(|i| Client::hello(indexd.addr, i + 1).0)
-        .collect();
-    let mut extra = Client::connect(indexd.addr);
-    let r = extra.recv().expect("busy reply");
-    expect_error(r.body, ErrorCode::Busy);
-    assert!(extra.is_closed_by_server());
+    let (mut held, _) = hold_then_refused(indexd.addr, 3);
     assert_eq!(held[0].call(RequestBody::Ping), ResponseBody::Pong);
     // Free a slot: a new client gets in.
     let mut gone = held.pop().unwrap();
