@@ -2,7 +2,7 @@
 //! payloads. `cargo bench --bench codec`.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use p2pshare::reactor::codec::{self, Decoder};
+use p2pshare::codec::{self, Decoder};
 use p2pshare::wire::{self, FileEntry, FileHash, LookupKey, Request, RequestBody};
 use std::time::Duration;
 

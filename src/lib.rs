@@ -3,10 +3,13 @@
 //! directory, search the index and download from each other. See README.md and
 //! docs/LIFECYCLE.md.
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod bench;
+pub mod codec;
 pub mod index;
 pub mod log;
 pub mod peer;
 pub mod reactor;
+pub mod sys;
 pub mod wire;

@@ -1,5 +1,5 @@
 //! Wire messages: every message of the p2pshare protocol as a serde type, encoded with postcard
-//! inside one `\r\r\n` frame (see [`crate::reactor::codec`]).
+//! inside one `\r\r\n` frame (see [`crate::codec`]).
 //!
 //! Two conversations use them:
 //! - **peer ↔ index** ([`Request`] / [`Response`]): a long-lived session. The first request must
@@ -407,12 +407,17 @@ pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, DecodeErro
 
 /// Appends `msg` as one frame to `out` (postcard, written in place).
 pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
-    crate::reactor::codec::encode_with(out, |buf| {
+    crate::codec::encode_with(out, |buf| {
         postcard::serialize_with_flavor(msg, AppendVec(buf)).map(|_| ())
     })
     // Our messages contain nothing postcard cannot serialise (no maps with non-string keys,
     // no unsized sequences), and the flavor never refuses bytes, so this cannot fail.
     .expect("postcard serialisation of a wire message failed")
+}
+
+/// `msg` as an encoder for [`crate::reactor::Ctx::send`]: appends it as one frame.
+pub fn framed<T: Serialize>(msg: &T) -> impl FnOnce(&mut Vec<u8>) + '_ {
+    move |out| encode_frame(msg, out)
 }
 
 /// The postcard payload of `msg` alone, without framing.
@@ -480,7 +485,7 @@ pub fn fuzz_decode(data: &[u8]) {
         assert_eq!(again, msg);
         let mut framed = Vec::new();
         encode_frame(&msg, &mut framed);
-        let mut decoder = crate::reactor::codec::Decoder::new(usize::MAX);
+        let mut decoder = crate::codec::Decoder::new(usize::MAX);
         let d = decoder.decode(&framed).unwrap().expect("a whole frame");
         assert_eq!(d.consumed, framed.len());
         let again: T = decode(&framed[d.payload]).expect("a framed message decodes");
@@ -510,7 +515,7 @@ pub fn fuzz_decode(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reactor::codec::{decode_all, Decoder};
+    use crate::codec::{decode_all, Decoder};
     use proptest::prelude::*;
 
     fn h(n: u8) -> FileHash {

@@ -10,7 +10,7 @@
 mod common;
 
 use common::{run_console, wait_for_holders, Client, Indexd, Input, ServingPeer, TempDir};
-use p2pshare::reactor::codec::Decoder;
+use p2pshare::codec::Decoder;
 use p2pshare::wire::{
     self, ErrorCode, FileEntry, FileHash, LookupKey, RequestBody, ResponseBody, TransferRequest,
     TransferResponse, PROTOCOL_VERSION,
@@ -35,7 +35,7 @@ fn vm_rss_kib(pid: u32) -> u64 {
 
 /// Raises this test process's open-files limit so it can hold thousands of sockets.
 fn raise_fds() -> u64 {
-    p2pshare::reactor::sys::raise_fd_limit().unwrap()
+    p2pshare::sys::process::raise_fd_limit().unwrap()
 }
 
 /// An honest peer: registered one file, and answers searches for it.
@@ -1066,7 +1066,7 @@ fn fuzz_seed_corpora_replay_cleanly() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
     type Helper = fn(&[u8]);
     let targets: [(&str, Helper); 5] = [
-        ("codec", p2pshare::reactor::codec::fuzz_chunks),
+        ("codec", p2pshare::codec::fuzz_chunks),
         ("wire", p2pshare::wire::fuzz_decode),
         ("index_server", p2pshare::index::server::fuzz_sessions),
         ("console", p2pshare::peer::console::fuzz_parse),

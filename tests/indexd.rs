@@ -380,7 +380,7 @@ fn oversized_frame_closes_only_its_connection() {
 
 #[test]
 fn a_thousand_concurrent_connections() {
-    p2pshare::reactor::sys::raise_fd_limit().unwrap();
+    p2pshare::sys::process::raise_fd_limit().unwrap();
     // All from 127.0.0.1: lift the per-address limit.
     let indexd = Indexd::start(&["--max-connections-per-ip", "0"]);
     let f = entry("shared by all.bin", "x");

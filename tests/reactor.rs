@@ -15,7 +15,7 @@
 //! the seed is printed and can be fixed with `REACTOR_TEST_SEED` to replay a failure.
 
 use mio::Waker;
-use p2pshare::reactor::codec::{self, Decoder, FrameError};
+use p2pshare::codec::{self, Decoder, FrameError};
 use p2pshare::reactor::{CloseReason, Config, ConnId, Ctx, Handler, Reactor, Verdict};
 use std::collections::HashMap;
 use std::fs::File;
@@ -277,7 +277,7 @@ impl Handler for Echo {
     }
 
     fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
-        ctx.send_with(conn, |buf| codec::encode(payload, buf));
+        ctx.send(conn, |buf| codec::encode(payload, buf));
         let queued = ctx.queued_bytes(conn);
         let mut log = self.log.get();
         log.max_queued = log.max_queued.max(queued);
@@ -293,7 +293,7 @@ impl Handler for Echo {
             OnBadFrame::Close => Verdict::Close(CloseReason::Frame(error)),
             OnBadFrame::Answer => {
                 let answer = format!("error: {error}");
-                ctx.send_with(conn, |buf| codec::encode(answer.as_bytes(), buf));
+                ctx.send(conn, |buf| codec::encode(answer.as_bytes(), buf));
                 Verdict::CloseAfterFlush(CloseReason::Frame(error))
             }
             OnBadFrame::Ignore => Verdict::Continue,
@@ -970,7 +970,7 @@ impl Transfer {
         };
         self.next += 1;
         self.state = Download::AwaitingHeader;
-        ctx.send_with(conn, |buf| {
+        ctx.send(conn, |buf| {
             codec::encode(format!("GET {offset} {len}").as_bytes(), buf)
         });
     }
@@ -988,9 +988,9 @@ impl Transfer {
             return self.error(format!("bad request {text:?}"));
         };
         let (offset, len): (u64, u64) = (offset.parse().unwrap(), len.parse().unwrap());
-        ctx.send_with(conn, |buf| codec::encode(&len.to_le_bytes(), buf));
+        ctx.send(conn, |buf| codec::encode(&len.to_le_bytes(), buf));
         ctx.send_file(conn, File::open(&self.path).unwrap(), offset, len);
-        ctx.send_with(conn, |buf| codec::encode(b"END", buf));
+        ctx.send(conn, |buf| codec::encode(b"END", buf));
         Verdict::Continue
     }
 }
@@ -1170,7 +1170,7 @@ fn a_frame_queued_while_connecting_is_flushed_before_close() {
     let handler_closed = closed.clone();
     let (client, ()) = Running::spawn(Config::default(), move |ctx| {
         let conn = ctx.connect(addr).expect("connect");
-        ctx.send_with(conn, |buf| codec::encode(b"fire and forget", buf));
+        ctx.send(conn, |buf| codec::encode(b"fire and forget", buf));
         ctx.close_after_flush(conn, CloseReason::Local);
         let handler = FireAndForget {
             closed: handler_closed,

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| p2pshare::reactor::codec::fuzz_chunks(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| p2pshare::codec::fuzz_chunks(data));

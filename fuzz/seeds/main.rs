@@ -1,7 +1,7 @@
 //! Writes the committed seed corpora, `fuzz/corpus/TARGET/seed-*`, from real encoded messages.
 //! Run by `tools/fuzz --seeds` (plain `cargo run`, no sanitizer); the output is deterministic.
 
-use p2pshare::reactor::codec;
+use p2pshare::codec;
 use p2pshare::wire::{
     self, ErrorCode, FileEntry, FileHash, HeldFile, LookupKey, Request, RequestBody, Response,
     ResponseBody, SearchHit, ServerStats, TransferRequest, TransferResponse, PROTOCOL_VERSION,

@@ -2,7 +2,7 @@
 //! Closed-loop latency wants exactly this shape (send, wait, time), and a thread per
 //! simulated peer keeps every peer's clock honest on its own.
 
-use crate::reactor::codec::Decoder;
+use crate::codec::Decoder;
 use crate::wire::{self, Request, RequestBody, Response, ResponseBody, PROTOCOL_VERSION};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -52,7 +52,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = cpus >= 2 && !matches!(config.mode, Mode::Transfer { .. });
     if pinned {
-        crate::reactor::sys::pin_current_thread(cpus - 1)?;
+        crate::sys::process::pin_current_thread(cpus - 1)?;
     }
     let (_indexd, addr, index_label) = match config.index {
         Some(addr) => (None, addr, addr.to_string()),
@@ -82,7 +82,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
     // pays wake-up latencies a busy one does not).
     let (_echo, echo_addr) = floor::spawn_listening(&config.self_exe, &["--echo-server"])?;
     if pinned {
-        crate::reactor::sys::pin_current_thread(0)?;
+        crate::sys::process::pin_current_thread(0)?;
         eprintln!(
             "bench: indexd and the echo server pinned to CPU {}, clients to CPU 0",
             cpus - 1

@@ -82,10 +82,10 @@ impl Saturator {
         st.in_flight.push_back((id, ctx.now()));
         ctx.send(
             conn,
-            &Request {
+            wire::framed(&Request {
                 id,
                 body: RequestBody::Lookup { key },
-            },
+            }),
         );
     }
 }
@@ -197,14 +197,14 @@ pub fn run(
         // Frames queued now go out when the connect completes.
         ctx.send(
             conn,
-            &Request {
+            wire::framed(&Request {
                 id: HELLO_ID,
                 body: RequestBody::Hello {
                     version: PROTOCOL_VERSION,
                     listen_port: 50000u16.wrapping_add(i as u16 % 10000),
                     agent: "p2pshare-bench saturation".into(),
                 },
-            },
+            }),
         );
         sat.conns.insert(conn, ConnState::default());
     }

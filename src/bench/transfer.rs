@@ -24,9 +24,9 @@
 use super::client::{Client, REPLY_TIMEOUT};
 use super::floor::{self, ChildGuard};
 use super::progress;
+use crate::codec::Decoder;
 use crate::peer::share::hash_file;
-use crate::reactor::codec::Decoder;
-use crate::reactor::sys;
+use crate::sys;
 use crate::wire::{
     self, ErrorCode, FileHash, LookupKey, RequestBody, ResponseBody, TransferRequest,
     TransferResponse, PROTOCOL_VERSION,
@@ -537,7 +537,7 @@ fn send_whole_file(stream: &mut TcpStream, path: &Path) -> io::Result<()> {
     let mut offset = 0u64;
     while offset < len {
         let count = (len - offset).min(1 << 30) as usize;
-        match sys::sendfile(stream, &file, &mut offset, count) {
+        match sys::io::sendfile(stream, &file, &mut offset, count) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

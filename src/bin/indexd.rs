@@ -3,8 +3,9 @@
 use clap::Parser;
 use p2pshare::index::server::{IndexServer, ServerLimits};
 use p2pshare::log::{self, Level};
-use p2pshare::reactor::{self, sys, Config, Reactor};
+use p2pshare::reactor::{Config, Reactor};
 use p2pshare::wire::{self, ErrorCode, Response, ResponseBody};
+use p2pshare::{codec, sys::process};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -25,7 +26,7 @@ struct Flags {
     #[arg(long, default_value_t = 256)]
     max_connections_per_ip: usize,
     /// Largest request frame in bytes (a bulk register must fit in one).
-    #[arg(long, default_value_t = reactor::codec::DEFAULT_MAX_FRAME_BYTES)]
+    #[arg(long, default_value_t = codec::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
     /// Close a connection silent for this many seconds (peers ping well within it); 0: never.
     #[arg(long, default_value_t = 120)]
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
 }
 
 fn run(flags: Flags) -> std::io::Result<()> {
-    match sys::raise_fd_limit() {
+    match process::raise_fd_limit() {
         Ok(n) if (n as usize) < flags.max_connections + 64 => p2pshare::log!(
             Level::Warn,
             "indexd",
@@ -101,7 +102,7 @@ fn run(flags: Flags) -> std::io::Result<()> {
     };
     let mut reactor = Reactor::new(config)?;
     let waker = reactor.ctx().waker();
-    let stop = sys::on_termination(move || {
+    let stop = process::on_termination(move || {
         let _ = waker.wake();
     })?;
     let addr = reactor.ctx().listen(flags.listen)?;

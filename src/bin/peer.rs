@@ -3,7 +3,8 @@
 use clap::Parser;
 use p2pshare::log;
 use p2pshare::peer::{self, Peer, PeerConfig};
-use p2pshare::reactor::{sys, Config, Reactor};
+use p2pshare::reactor::{Config, Reactor};
+use p2pshare::sys::process;
 use p2pshare::wire::{self, ErrorCode, TransferResponse};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -73,10 +74,10 @@ fn run(flags: Flags) -> Result<(), String> {
     let downloads = downloads
         .canonicalize()
         .map_err(|e| format!("--downloads {}: {e}", downloads.display()))?;
-    let _ = sys::raise_fd_limit();
+    let _ = process::raise_fd_limit();
     // A full disk or a file-size limit must fail the download's write (the partial file is
     // kept for resume), not kill the peer with SIGXFSZ.
-    let _ = sys::ignore_file_size_signal();
+    let _ = process::ignore_file_size_signal();
 
     let per_ip = match flags.max_uploads_per_ip {
         0 => usize::MAX,
@@ -105,7 +106,7 @@ fn run(flags: Flags) -> Result<(), String> {
     let waker = reactor.ctx().waker();
     let signal_waker = waker.clone();
     // Before any other thread starts, so they all inherit the blocked signal mask.
-    let stop = sys::on_termination(move || {
+    let stop = process::on_termination(move || {
         let _ = signal_waker.wake();
     })
     .map_err(|e| e.to_string())?;

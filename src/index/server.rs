@@ -13,9 +13,9 @@
 //! Hello, never an address the peer claims.
 
 use super::store::{Index, LookupError, PeerId};
+use crate::codec::FrameError;
 use crate::log;
 use crate::log::Level;
-use crate::reactor::codec::FrameError;
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, Verdict};
 use crate::wire::{
     self, ErrorCode, LookupKey, Request, RequestBody, Response, ResponseBody, ServerStats,
@@ -424,7 +424,7 @@ impl Handler for IndexServer {
 
     fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
         let mut verdict = Verdict::Continue;
-        ctx.send_with(conn, |out| {
+        ctx.send(conn, |out| {
             verdict = self.handle_payload(conn, payload, out)
         });
         verdict
@@ -432,7 +432,7 @@ impl Handler for IndexServer {
 
     fn handle_bad_frame(&mut self, ctx: &mut Ctx, conn: ConnId, error: FrameError) -> Verdict {
         let mut verdict = Verdict::Close(CloseReason::Frame(error.clone()));
-        ctx.send_with(conn, |out| {
+        ctx.send(conn, |out| {
             verdict = self.handle_framing_error(conn, error, out)
         });
         verdict
@@ -515,9 +515,8 @@ pub fn fuzz_sessions(data: &[u8]) {
             _ => continue,
         };
         // Every input is answered with whole frames holding responses.
-        let (frames, used) =
-            crate::reactor::codec::decode_all(&mut crate::reactor::codec::Decoder::default(), &out)
-                .expect("the server writes valid frames");
+        let (frames, used) = crate::codec::decode_all(&mut crate::codec::Decoder::default(), &out)
+            .expect("the server writes valid frames");
         assert_eq!(used, out.len());
         assert!(!frames.is_empty(), "every input gets an answer");
         for f in &frames {
@@ -653,7 +652,7 @@ mod fuzz_script {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reactor::codec::{decode_all, Decoder};
+    use crate::codec::{decode_all, Decoder};
     use crate::wire::{FileEntry, FileHash};
 
     /// Sends one request through the sans-IO server and returns its answers.

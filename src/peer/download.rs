@@ -18,7 +18,7 @@
 
 use super::names::{self, Landing};
 use super::share::PART_SUFFIX;
-use crate::reactor::sys;
+use crate::sys;
 use crate::wire::FileHash;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -290,7 +290,7 @@ impl Download {
         }
         self.received_now += data.len() as u64;
         if self.have - self.written_back >= WRITEBACK_BYTES {
-            sys::start_writeback(part, self.written_back, self.have - self.written_back);
+            sys::io::start_writeback(part, self.written_back, self.have - self.written_back);
             self.written_back = self.have;
         }
         Ok(())

@@ -509,7 +509,7 @@ impl Peer {
         }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        ctx.send(conn, &Request { id, body });
+        ctx.send(conn, wire::framed(&Request { id, body }));
         self.pending.insert(id, pending);
         true
     }
@@ -1191,11 +1191,11 @@ impl Peer {
         }
         ctx.send(
             conn,
-            &TransferResponse::Sending {
+            wire::framed(&TransferResponse::Sending {
                 name: file.name.clone(),
                 size: file.size,
                 offset,
-            },
+            }),
         );
         ctx.send_file(conn, handle, offset, file.size - offset);
         ctx.notify_drained(conn);
@@ -1296,10 +1296,10 @@ impl Peer {
 fn refuse(ctx: &mut Ctx, conn: ConnId, code: ErrorCode, message: String) -> Verdict {
     ctx.send(
         conn,
-        &TransferResponse::Error {
+        wire::framed(&TransferResponse::Error {
             code,
             message: message.clone(),
-        },
+        }),
     );
     Verdict::CloseAfterFlush(CloseReason::Protocol(message))
 }
@@ -1354,11 +1354,11 @@ impl Handler for Peer {
                 if let Some(dl) = &self.download {
                     ctx.send(
                         conn,
-                        &TransferRequest::Get {
+                        wire::framed(&TransferRequest::Get {
                             version: PROTOCOL_VERSION,
                             hash: dl.hash,
                             offset: dl.have,
-                        },
+                        }),
                     );
                 }
             }

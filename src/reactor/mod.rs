@@ -1,5 +1,6 @@
-//! The reactor layer: the `\r\r\n` frame codec and a single-threaded mio event loop that owns
-//! every socket of a process.
+//! The reactor layer: a single-threaded mio event loop that owns every socket of a process,
+//! cuts input into frames with [`crate::codec`] and moves bytes and file ranges. It knows
+//! nothing of messages: handlers encode their own frames into [`Ctx::send`].
 //!
 //! A [`Reactor`] holds a mio `Poll`, a `Slab` of listeners and connections keyed by `Token`,
 //! a timer heap and a `Waker`. Application logic lives in a [`Handler`]: the reactor calls
@@ -7,15 +8,18 @@
 //! [`Ctx`] (queue a frame, queue a file range, connect, close, set a timer).
 //!
 //! # Invariants
-//! - Readiness events are hints: every read, write and accept drains to `WouldBlock`;
-//!   `Interrupted` is retried; events for tokens no longer in the slab are ignored.
+//! - Readiness events are hints: accepts and writes drain to `WouldBlock`; a connection reads
+//!   until `WouldBlock` or for at most `READS_PER_TURN` reads, after which it goes to the back
+//!   of the ready list so that one busy sender cannot hold the turn (on Linux, a read shorter
+//!   than the buffer ends it too: any later arrival raises a fresh edge). `Interrupted` is
+//!   retried; events for tokens no longer in the slab are ignored.
 //! - Interest is derived from state: READABLE always, WRITABLE only while output is queued (or a
 //!   connect is in progress). Registration changes only when that changes.
 //! - Back-pressure: a connection whose queued output is above the high-water mark, or which
 //!   has a file range queued, is *parked*: its input is not read or decoded until the output
 //!   drains below the low-water mark. Its memory is therefore bounded by
 //!   `max_frame + high_water + one frame of output`.
-//! - Read buffers: bytes are read into one shared 64 KiB scratch buffer and frames are handled
+//! - Read buffers: bytes are read into one shared scratch buffer (`SCRATCH_BYTES`) and frames are handled
 //!   straight from it; only the incomplete tail of a frame is copied into the connection, so an
 //!   idle connection holds no buffer at all.
 //! - Close in one place: handlers ask for a close (`Verdict::Close`, [`Ctx::close`]); the
@@ -26,15 +30,12 @@
 //! - Accept errors never kill or spin the loop: on `EMFILE` and friends the listener backs off
 //!   and retries on a timer.
 
-pub mod codec;
 pub mod outq;
-pub mod sys;
 
-use codec::{Decoder, FrameError};
+use crate::codec::{Decoder, FrameError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use outq::OutQueue;
-use serde::Serialize;
 use slab::Slab;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -100,7 +101,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            max_frame_bytes: codec::DEFAULT_MAX_FRAME_BYTES,
+            max_frame_bytes: crate::codec::DEFAULT_MAX_FRAME_BYTES,
             max_connections: 10_000,
             out_high_water: 1 << 20,
             out_low_water: 256 * 1024,
@@ -294,7 +295,7 @@ pub struct Ctx {
     slots: Slab<Slot>,
     config: Config,
     now: Instant,
-    timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
+    timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
     timer_seq: u64,
     /// Connections with output queued since their last flush.
     dirty: Vec<usize>,
@@ -522,11 +523,6 @@ impl Ctx {
         }
     }
 
-    /// Whether `conn` is open (and not yet reported closed).
-    pub fn is_open(&self, conn: ConnId) -> bool {
-        self.conn(conn).is_some()
-    }
-
     /// The remote address of `conn`.
     pub fn remote_addr(&self, conn: ConnId) -> Option<SocketAddr> {
         self.conn(conn).map(|c| c.remote)
@@ -542,18 +538,9 @@ impl Ctx {
         self.conn(conn).map_or(0, |c| c.out.buffered())
     }
 
-    /// Whether anything (bytes or file ranges) is still queued for `conn`.
-    pub fn has_output(&self, conn: ConnId) -> bool {
-        self.conn(conn).is_some_and(|c| !c.out.is_empty())
-    }
-
-    /// Queues `msg` (postcard) as one frame on `conn`. Ignored if `conn` is closed.
-    pub fn send<T: Serialize>(&mut self, conn: ConnId, msg: &T) {
-        self.send_with(conn, |buf| crate::wire::encode_frame(msg, buf));
-    }
-
-    /// Queues whatever `encode` appends (whole frames) on `conn`.
-    pub fn send_with(&mut self, conn: ConnId, encode: impl FnOnce(&mut Vec<u8>)) {
+    /// Queues whatever `encode` appends (whole frames) on `conn`, written in place at the tail
+    /// of its output queue. Ignored if `conn` is closed or closing.
+    pub fn send(&mut self, conn: ConnId, encode: impl FnOnce(&mut Vec<u8>)) {
         let Some(c) = self.conn_mut(conn) else { return };
         if !c.accepts_output() {
             return;
@@ -638,8 +625,11 @@ impl Ctx {
     /// Fires [`Handler::handle_timer`] with `timer` after `after`.
     pub fn set_timer(&mut self, after: Duration, timer: u64) {
         self.timer_seq += 1;
-        self.timers
-            .push(Reverse((self.now + after, self.timer_seq, timer)));
+        self.timers.push(Reverse((
+            self.now + after,
+            self.timer_seq,
+            TimerKind::Handler(timer),
+        )));
     }
 
     fn apply(&mut self, conn: ConnId, verdict: Verdict) {
@@ -728,7 +718,7 @@ impl Ctx {
                     self.timers.push(Reverse((
                         self.now + ACCEPT_BACKOFF,
                         self.timer_seq,
-                        LISTENER_RETRY_BIT | key as u64,
+                        TimerKind::ListenerRetry(key),
                     )));
                     return;
                 }
@@ -1041,11 +1031,9 @@ impl Ctx {
                 break;
             }
             self.timers.pop();
-            if timer & LISTENER_RETRY_BIT != 0 {
-                let key = (timer & !LISTENER_RETRY_BIT) as usize;
-                self.accept_all(key, handler);
-            } else {
-                handler.handle_timer(self, timer);
+            match timer {
+                TimerKind::ListenerRetry(key) => self.accept_all(key, handler),
+                TimerKind::Handler(timer) => handler.handle_timer(self, timer),
             }
             self.reap(handler);
         }
@@ -1120,8 +1108,13 @@ impl Conn {
     }
 }
 
-/// Marks a timer id as "retry accepting on listener N" rather than a handler timer.
-const LISTENER_RETRY_BIT: u64 = 1 << 63;
+/// What a timer is for: the handler's own (any `u64` it chose), or the reactor's retry of
+/// accepting on a resting listener, kept apart so no handler id can be taken for the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Handler(u64),
+    ListenerRetry(usize),
+}
 
 fn is_transient_accept_error(e: &io::Error) -> bool {
     matches!(

@@ -3,10 +3,10 @@
 //!
 //! Frames are appended to the last byte chunk (one growing buffer in the steady state, reused
 //! once drained: no allocation per frame). A file range ([`OutQueue::push_file`]) is a cursor
-//! (open file, offset, bytes left) that [`sys::sendfile`] advances, so a file is never held in
+//! (open file, offset, bytes left) that [`sys::io::sendfile`] advances, so a file is never held in
 //! memory. Bytes appended after a file range go into a new chunk behind it.
 
-use super::sys;
+use crate::sys;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
@@ -150,7 +150,7 @@ impl OutQueue {
                 Chunk::File { file, offset, left } => {
                     while *left > 0 {
                         let want = (*left).min(SENDFILE_CHUNK_BYTES as u64) as usize;
-                        match sys::sendfile(sock, file, offset, want) {
+                        match sys::io::sendfile(sock, file, offset, want) {
                             Ok(0) => {
                                 return Err(io::Error::new(
                                     io::ErrorKind::UnexpectedEof,

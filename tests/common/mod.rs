@@ -3,7 +3,7 @@
 //! on drop, so a failing test never hangs or leaks processes.
 #![allow(dead_code)]
 
-use p2pshare::reactor::codec::{self, Decoder};
+use p2pshare::codec::{self, Decoder};
 use p2pshare::wire::{self, Request, RequestBody, Response, ResponseBody, PROTOCOL_VERSION};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -104,12 +104,6 @@ impl Decoder {
         self.max_payload
     }
 
-    /// The most bytes one frame can occupy on the wire; a read buffer of this size always has
-    /// room for a whole frame.
-    pub fn max_frame_bytes(&self) -> usize {
-        MAX_HEADER_BYTES + self.max_payload + TERMINATOR.len()
-    }
-
     /// Looks for one complete frame at the start of `buf`.
     ///
     /// `Ok(None)`: not enough bytes yet. `Ok(Some(d))`: a frame whose payload is
