@@ -5,8 +5,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use p2pshare::bench::workload;
-use p2pshare::index::server::{IndexServer, ServerLimits};
-use p2pshare::reactor::ConnId;
+use p2pshare::index::server::{IndexServer, ServerLimits, Session};
 use p2pshare::wire::{self, LookupKey, Request, RequestBody, PROTOCOL_VERSION};
 use std::time::{Duration, Instant};
 
@@ -14,41 +13,41 @@ fn payload(id: u32, body: RequestBody) -> Vec<u8> {
     wire::to_payload(&Request { id, body })
 }
 
-/// A server holding `files` bench files from fake peers of 1,000 files each, plus one session
-/// (connection 0) ready to send requests.
-fn populated(files: usize) -> IndexServer {
+/// A server holding `files` bench files from fake peers of 1,000 files each, and one more
+/// session ready to send requests. (The fake peers' sessions are dropped without a close, so
+/// their files stay.)
+fn populated(files: usize) -> (IndexServer, Session) {
     let mut server = IndexServer::new(ServerLimits::default());
     let mut out = Vec::new();
     for p in 0..files.div_ceil(1000) {
-        let conn = ConnId(p + 1);
-        server.accept(conn, "127.0.0.1:1".parse().unwrap());
+        let mut session = server.accept("127.0.0.1:1".parse().unwrap());
         let hello = RequestBody::Hello {
             version: PROTOCOL_VERSION,
             listen_port: 20_000 + p as u16,
             agent: String::new(),
         };
-        server.handle_payload(conn, &payload(1, hello), &mut out);
+        server.handle_payload(&mut session, &payload(1, hello), &mut out);
         let batch = (p * 1000..((p + 1) * 1000).min(files))
             .map(|i| workload::populated_file(1, i))
             .collect();
         let register = RequestBody::Register { files: batch };
-        server.handle_payload(conn, &payload(2, register), &mut out);
+        server.handle_payload(&mut session, &payload(2, register), &mut out);
     }
-    server.accept(ConnId(0), "127.0.0.1:2".parse().unwrap());
+    let mut session = server.accept("127.0.0.1:2".parse().unwrap());
     let hello = RequestBody::Hello {
         version: PROTOCOL_VERSION,
         listen_port: 7,
         agent: String::new(),
     };
-    server.handle_payload(ConnId(0), &payload(1, hello), &mut out);
-    server
+    server.handle_payload(&mut session, &payload(1, hello), &mut out);
+    (server, session)
 }
 
 fn requests(c: &mut Criterion) {
     let mut group = c.benchmark_group("server_10k_files");
     group.measurement_time(Duration::from_secs(2));
     group.warm_up_time(Duration::from_millis(500));
-    let mut server = populated(10_000);
+    let (mut server, mut session) = populated(10_000);
     let mut out = Vec::new();
     let keys: Vec<Vec<u8>> = (0..1000)
         .map(|i| {
@@ -66,7 +65,7 @@ fn requests(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             i = (i + 1) % keys.len();
-            black_box(server.handle_payload(ConnId(0), &keys[i], &mut out))
+            black_box(server.handle_payload(&mut session, &keys[i], &mut out))
         })
     });
     // Each register announces 10 files never seen before, as a bench register op does; they
@@ -94,13 +93,13 @@ fn requests(c: &mut Criterion) {
                     let (register, unregister) = &batches[n % batches.len()];
                     out.clear();
                     let began = Instant::now();
-                    black_box(server.handle_payload(ConnId(0), register, &mut out));
+                    black_box(server.handle_payload(&mut session, register, &mut out));
                     if all {
                         server.settle();
                     }
                     timed += began.elapsed();
                     server.settle();
-                    server.handle_payload(ConnId(0), unregister, &mut out);
+                    server.handle_payload(&mut session, unregister, &mut out);
                 }
                 timed
             })

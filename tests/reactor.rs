@@ -98,7 +98,7 @@ impl Running {
     /// handler), sends `setup`'s value back and runs until stopped.
     fn spawn<H, R>(
         config: Config,
-        setup: impl FnOnce(&mut Ctx) -> (H, R) + Send + 'static,
+        setup: impl FnOnce(&mut Ctx<H::Conn>) -> (H, R) + Send + 'static,
     ) -> (Running, R)
     where
         H: Handler + 'static,
@@ -157,34 +157,75 @@ struct Stoppable<H> {
 }
 
 impl<H: Handler> Handler for Stoppable<H> {
-    fn handle_accept(&mut self, ctx: &mut Ctx, conn: ConnId, remote: SocketAddr) -> Verdict {
+    type Conn = H::Conn;
+
+    fn handle_accept(
+        &mut self,
+        ctx: &mut Ctx<H::Conn>,
+        conn: ConnId,
+        remote: SocketAddr,
+    ) -> H::Conn {
         self.inner.handle_accept(ctx, conn, remote)
     }
-    fn handle_connected(&mut self, ctx: &mut Ctx, conn: ConnId) -> Verdict {
-        self.inner.handle_connected(ctx, conn)
+    fn handle_connected(
+        &mut self,
+        ctx: &mut Ctx<H::Conn>,
+        conn: ConnId,
+        st: &mut H::Conn,
+    ) -> Verdict {
+        self.inner.handle_connected(ctx, conn, st)
     }
-    fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
-        self.inner.handle_frame(ctx, conn, payload)
+    fn handle_frame(
+        &mut self,
+        ctx: &mut Ctx<H::Conn>,
+        conn: ConnId,
+        st: &mut H::Conn,
+        payload: &[u8],
+    ) -> Verdict {
+        self.inner.handle_frame(ctx, conn, st, payload)
     }
-    fn handle_bad_frame(&mut self, ctx: &mut Ctx, conn: ConnId, error: FrameError) -> Verdict {
-        self.inner.handle_bad_frame(ctx, conn, error)
+    fn handle_bad_frame(
+        &mut self,
+        ctx: &mut Ctx<H::Conn>,
+        conn: ConnId,
+        st: &mut H::Conn,
+        error: FrameError,
+    ) -> Verdict {
+        self.inner.handle_bad_frame(ctx, conn, st, error)
     }
-    fn handle_raw(&mut self, ctx: &mut Ctx, conn: ConnId, data: &[u8]) -> Verdict {
-        self.inner.handle_raw(ctx, conn, data)
+    fn handle_raw(
+        &mut self,
+        ctx: &mut Ctx<H::Conn>,
+        conn: ConnId,
+        st: &mut H::Conn,
+        data: &[u8],
+    ) -> Verdict {
+        self.inner.handle_raw(ctx, conn, st, data)
     }
-    fn handle_drained(&mut self, ctx: &mut Ctx, conn: ConnId) -> Verdict {
-        self.inner.handle_drained(ctx, conn)
+    fn handle_drained(
+        &mut self,
+        ctx: &mut Ctx<H::Conn>,
+        conn: ConnId,
+        st: &mut H::Conn,
+    ) -> Verdict {
+        self.inner.handle_drained(ctx, conn, st)
     }
-    fn handle_close(&mut self, ctx: &mut Ctx, conn: ConnId, reason: &CloseReason) {
-        self.inner.handle_close(ctx, conn, reason)
+    fn handle_close(
+        &mut self,
+        ctx: &mut Ctx<H::Conn>,
+        conn: ConnId,
+        st: H::Conn,
+        reason: &CloseReason,
+    ) {
+        self.inner.handle_close(ctx, conn, st, reason)
     }
-    fn handle_wake(&mut self, ctx: &mut Ctx) {
+    fn handle_wake(&mut self, ctx: &mut Ctx<H::Conn>) {
         if self.stop.load(Ordering::SeqCst) {
             ctx.stop();
         }
         self.inner.handle_wake(ctx)
     }
-    fn handle_timer(&mut self, ctx: &mut Ctx, timer: u64) {
+    fn handle_timer(&mut self, ctx: &mut Ctx<H::Conn>, timer: u64) {
         self.inner.handle_timer(ctx, timer)
     }
 }
@@ -264,8 +305,17 @@ enum OnBadFrame {
     Ignore,
 }
 
+/// The echo server's per-connection state is the remote address it was accepted from; the
+/// handler checks that the reactor hands each connection its own state back.
 impl Handler for Echo {
-    fn handle_accept(&mut self, _ctx: &mut Ctx, conn: ConnId, remote: SocketAddr) -> Verdict {
+    type Conn = SocketAddr;
+
+    fn handle_accept(
+        &mut self,
+        _ctx: &mut Ctx<SocketAddr>,
+        conn: ConnId,
+        remote: SocketAddr,
+    ) -> SocketAddr {
         let mut log = self.log.get();
         log.accepts += 1;
         if let Some(old) = log.open.insert(conn, remote) {
@@ -273,22 +323,36 @@ impl Handler for Echo {
                 "{conn:?} accepted for {remote} while open for {old}"
             ));
         }
-        Verdict::Continue
+        remote
     }
 
-    fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
+    fn handle_frame(
+        &mut self,
+        ctx: &mut Ctx<SocketAddr>,
+        conn: ConnId,
+        remote: &mut SocketAddr,
+        payload: &[u8],
+    ) -> Verdict {
         ctx.send(conn, |buf| codec::encode(payload, buf));
         let queued = ctx.queued_bytes(conn);
         let mut log = self.log.get();
         log.max_queued = log.max_queued.max(queued);
         match log.open.get(&conn).copied() {
-            Some(remote) => *log.frames.entry(remote).or_default() += 1,
-            None => log.errors.push(format!("frame on unknown {conn:?}")),
+            Some(open) if open == *remote => *log.frames.entry(open).or_default() += 1,
+            other => log.errors.push(format!(
+                "frame on {conn:?} with state {remote}, open as {other:?}"
+            )),
         }
         Verdict::Continue
     }
 
-    fn handle_bad_frame(&mut self, ctx: &mut Ctx, conn: ConnId, error: FrameError) -> Verdict {
+    fn handle_bad_frame(
+        &mut self,
+        ctx: &mut Ctx<SocketAddr>,
+        conn: ConnId,
+        _: &mut SocketAddr,
+        error: FrameError,
+    ) -> Verdict {
         match self.on_bad_frame {
             OnBadFrame::Close => Verdict::Close(CloseReason::Frame(error)),
             OnBadFrame::Answer => {
@@ -300,10 +364,20 @@ impl Handler for Echo {
         }
     }
 
-    fn handle_close(&mut self, _ctx: &mut Ctx, conn: ConnId, reason: &CloseReason) {
+    fn handle_close(
+        &mut self,
+        _ctx: &mut Ctx<SocketAddr>,
+        conn: ConnId,
+        state: SocketAddr,
+        reason: &CloseReason,
+    ) {
         let mut log = self.log.get();
         match log.open.remove(&conn) {
             Some(remote) => {
+                if remote != state {
+                    log.errors
+                        .push(format!("{conn:?} of {remote} closed with state {state}"));
+                }
                 log.closes.push((remote, reason.clone()));
                 log.closed_at.insert(remote, Instant::now());
             }
@@ -963,7 +1037,7 @@ struct TransferLog {
 }
 
 impl Transfer {
-    fn request_next(&mut self, ctx: &mut Ctx) {
+    fn request_next(&mut self, ctx: &mut Ctx<()>) {
         let (Some(conn), Some(&(offset, len))) = (self.downloader, self.wanted.get(self.next))
         else {
             return;
@@ -980,7 +1054,7 @@ impl Transfer {
         Verdict::Close(CloseReason::Protocol(msg))
     }
 
-    fn serve(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
+    fn serve(&mut self, ctx: &mut Ctx<()>, conn: ConnId, payload: &[u8]) -> Verdict {
         let text = String::from_utf8_lossy(payload);
         let mut words = text.split(' ');
         let (Some("GET"), Some(offset), Some(len)) = (words.next(), words.next(), words.next())
@@ -996,7 +1070,11 @@ impl Transfer {
 }
 
 impl Handler for Transfer {
-    fn handle_connected(&mut self, _ctx: &mut Ctx, conn: ConnId) -> Verdict {
+    type Conn = ();
+
+    fn handle_accept(&mut self, _: &mut Ctx<()>, _: ConnId, _: SocketAddr) {}
+
+    fn handle_connected(&mut self, _ctx: &mut Ctx<()>, conn: ConnId, _: &mut ()) -> Verdict {
         if Some(conn) == self.downloader {
             self.out.lock().unwrap().connected = true;
             Verdict::Continue
@@ -1005,7 +1083,13 @@ impl Handler for Transfer {
         }
     }
 
-    fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
+    fn handle_frame(
+        &mut self,
+        ctx: &mut Ctx<()>,
+        conn: ConnId,
+        _: &mut (),
+        payload: &[u8],
+    ) -> Verdict {
         if Some(conn) != self.downloader {
             return self.serve(ctx, conn, payload);
         }
@@ -1037,7 +1121,7 @@ impl Handler for Transfer {
         }
     }
 
-    fn handle_raw(&mut self, _ctx: &mut Ctx, conn: ConnId, data: &[u8]) -> Verdict {
+    fn handle_raw(&mut self, _ctx: &mut Ctx<()>, conn: ConnId, _: &mut (), data: &[u8]) -> Verdict {
         if Some(conn) != self.downloader {
             return self.error(format!("raw bytes on {conn:?}"));
         }
@@ -1055,7 +1139,7 @@ impl Handler for Transfer {
         }
     }
 
-    fn handle_close(&mut self, _ctx: &mut Ctx, conn: ConnId, reason: &CloseReason) {
+    fn handle_close(&mut self, _ctx: &mut Ctx<()>, conn: ConnId, _: (), reason: &CloseReason) {
         let mut out = self.out.lock().unwrap();
         if Some(conn) == self.probe {
             self.probe = None;
@@ -1097,8 +1181,8 @@ fn connect_sendfile_raw_stream_and_keep_alive() {
     let ranges = wanted.clone();
     let (reactor, ()) = Running::spawn(Config::default(), move |ctx| {
         let addr = ctx.listen(localhost()).expect("listen");
-        let downloader = ctx.connect(addr).expect("connect");
-        let probe = match ctx.connect(closed_port) {
+        let downloader = ctx.connect(addr, ()).expect("connect");
+        let probe = match ctx.connect(closed_port, ()) {
             Ok(conn) => Some(conn),
             Err(e) => {
                 handler_out.lock().unwrap().errors.push(format!(
@@ -1154,11 +1238,21 @@ struct FireAndForget {
 }
 
 impl Handler for FireAndForget {
-    fn handle_frame(&mut self, _ctx: &mut Ctx, _conn: ConnId, _payload: &[u8]) -> Verdict {
+    type Conn = ();
+
+    fn handle_accept(&mut self, _: &mut Ctx<()>, _: ConnId, _: SocketAddr) {}
+
+    fn handle_frame(
+        &mut self,
+        _ctx: &mut Ctx<()>,
+        _conn: ConnId,
+        _: &mut (),
+        _payload: &[u8],
+    ) -> Verdict {
         Verdict::Continue
     }
 
-    fn handle_close(&mut self, _ctx: &mut Ctx, _conn: ConnId, reason: &CloseReason) {
+    fn handle_close(&mut self, _ctx: &mut Ctx<()>, _conn: ConnId, _: (), reason: &CloseReason) {
         *self.closed.lock().unwrap() = Some(reason.clone());
     }
 }
@@ -1169,7 +1263,7 @@ fn a_frame_queued_while_connecting_is_flushed_before_close() {
     let closed = Arc::new(Mutex::new(None));
     let handler_closed = closed.clone();
     let (client, ()) = Running::spawn(Config::default(), move |ctx| {
-        let conn = ctx.connect(addr).expect("connect");
+        let conn = ctx.connect(addr, ()).expect("connect");
         ctx.send(conn, |buf| codec::encode(b"fire and forget", buf));
         ctx.close_after_flush(conn, CloseReason::Local);
         let handler = FireAndForget {

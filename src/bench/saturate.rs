@@ -12,7 +12,7 @@ use crate::wire::{
     self, FileHash, LookupKey, Request, RequestBody, Response, ResponseBody, PROTOCOL_VERSION,
 };
 use hdrhistogram::Histogram;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -61,7 +61,6 @@ struct Saturator {
     keys: Vec<FileHash>,
     rng: Rng,
     pipeline: usize,
-    conns: HashMap<ConnId, ConnState>,
     counting_since: Option<Instant>,
     stopped_at: Option<Instant>,
     ops: u64,
@@ -72,11 +71,8 @@ struct Saturator {
 }
 
 impl Saturator {
-    fn send_lookup(&mut self, ctx: &mut Ctx, conn: ConnId) {
+    fn send_lookup(&mut self, ctx: &mut Ctx<ConnState>, conn: ConnId, st: &mut ConnState) {
         let key = LookupKey::Hash(self.keys[self.rng.below(self.keys.len())]);
-        let Some(st) = self.conns.get_mut(&conn) else {
-            return;
-        };
         st.next_id = st.next_id.wrapping_add(1).max(1);
         let id = st.next_id;
         st.in_flight.push_back((id, ctx.now()));
@@ -91,13 +87,29 @@ impl Saturator {
 }
 
 impl Handler for Saturator {
-    fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
+    type Conn = ConnState;
+
+    fn handle_accept(
+        &mut self,
+        ctx: &mut Ctx<ConnState>,
+        conn: ConnId,
+        _: SocketAddr,
+    ) -> ConnState {
+        // The saturator only connects; it has no listener.
+        ctx.close(conn, CloseReason::Local);
+        ConnState::default()
+    }
+
+    fn handle_frame(
+        &mut self,
+        ctx: &mut Ctx<ConnState>,
+        conn: ConnId,
+        st: &mut ConnState,
+        payload: &[u8],
+    ) -> Verdict {
         let resp: Response = match wire::decode(payload) {
             Ok(r) => r,
             Err(e) => return Verdict::Close(CloseReason::Protocol(e.to_string())),
-        };
-        let Some(st) = self.conns.get_mut(&conn) else {
-            return Verdict::Close(CloseReason::Local);
         };
         if !st.welcomed {
             if !matches!(resp.body, ResponseBody::Welcome { .. }) {
@@ -108,7 +120,7 @@ impl Handler for Saturator {
             st.welcomed = true;
             self.welcomed += 1;
             for _ in 0..self.pipeline {
-                self.send_lookup(ctx, conn);
+                self.send_lookup(ctx, conn, st);
             }
             return Verdict::Continue;
         }
@@ -130,19 +142,25 @@ impl Handler for Saturator {
             stats::record(&mut self.latency, ctx.now().saturating_duration_since(sent));
         }
         if self.stopped_at.is_none() {
-            self.send_lookup(ctx, conn);
+            self.send_lookup(ctx, conn, st);
         }
         Verdict::Continue
     }
 
-    fn handle_close(&mut self, ctx: &mut Ctx, conn: ConnId, reason: &CloseReason) {
-        if self.conns.remove(&conn).is_some() && self.stopped_at.is_none() {
+    fn handle_close(
+        &mut self,
+        ctx: &mut Ctx<ConnState>,
+        _: ConnId,
+        _: ConnState,
+        reason: &CloseReason,
+    ) {
+        if self.stopped_at.is_none() {
             self.failure = Some(format!("a connection closed mid-run: {reason}"));
             ctx.stop();
         }
     }
 
-    fn handle_timer(&mut self, ctx: &mut Ctx, timer: u64) {
+    fn handle_timer(&mut self, ctx: &mut Ctx<ConnState>, timer: u64) {
         match timer {
             TIMER_START_COUNTING => self.counting_since = Some(ctx.now()),
             TIMER_STOP => {
@@ -182,7 +200,6 @@ pub fn run(
         keys,
         rng: Rng::for_stream(seed, 0x5A7),
         pipeline,
-        conns: HashMap::new(),
         counting_since: None,
         stopped_at: None,
         ops: 0,
@@ -193,7 +210,7 @@ pub fn run(
     };
     let ctx = reactor.ctx();
     for i in 0..connections {
-        let conn = ctx.connect(addr)?;
+        let conn = ctx.connect(addr, ConnState::default())?;
         // Frames queued now go out when the connect completes.
         ctx.send(
             conn,
@@ -206,7 +223,6 @@ pub fn run(
                 },
             }),
         );
-        sat.conns.insert(conn, ConnState::default());
     }
     ctx.set_timer(WARMUP, TIMER_START_COUNTING);
     ctx.set_timer(WARMUP + duration, TIMER_STOP);

@@ -48,8 +48,18 @@ impl Default for ServerLimits {
     }
 }
 
-enum Session {
-    AwaitingHello { remote: SocketAddr },
+/// One connection's session, kept in the reactor's slot for that connection: created by
+/// [`IndexServer::accept`], passed to every request, and given back to
+/// [`IndexServer::close`], which withdraws its peer's entries.
+#[derive(Debug)]
+pub struct Session {
+    remote: SocketAddr,
+    state: SessionState,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SessionState {
+    AwaitingHello,
     Ready { peer: PeerId, addr: SocketAddr },
 }
 
@@ -57,8 +67,6 @@ enum Session {
 pub struct IndexServer {
     index: Index,
     limits: ServerLimits,
-    /// Indexed by `ConnId.0` (slab keys are dense and reused).
-    sessions: Vec<Option<Session>>,
     next_session: u64,
     /// Open connections (accepted and not yet closed).
     connections: u64,
@@ -75,7 +83,6 @@ impl IndexServer {
         IndexServer {
             index: Index::new(),
             limits,
-            sessions: Vec::new(),
             next_session: 1,
             connections: 0,
             stats: ServerStats::default(),
@@ -92,13 +99,6 @@ impl IndexServer {
     /// The index (for tests and stats).
     pub fn index(&self) -> &Index {
         &self.index
-    }
-
-    fn session_mut(&mut self, conn: ConnId) -> &mut Option<Session> {
-        if self.sessions.len() <= conn.0 {
-            self.sessions.resize_with(conn.0 + 1, || None);
-        }
-        &mut self.sessions[conn.0]
     }
 
     /// Queues an error response and says how the connection goes on.
@@ -120,12 +120,17 @@ impl IndexServer {
     fn fatal(
         &mut self,
         out: &mut Vec<u8>,
-        conn: ConnId,
+        session: &Session,
         id: u32,
         code: ErrorCode,
         message: String,
     ) -> Verdict {
-        log!(Level::Debug, "indexd", "conn {}: {code}: {message}", conn.0);
+        log!(
+            Level::Debug,
+            "indexd",
+            "{}: {code}: {message}",
+            session.remote
+        );
         self.error(out, id, code, message.clone());
         Verdict::CloseAfterFlush(CloseReason::Protocol(message))
     }
@@ -133,18 +138,19 @@ impl IndexServer {
     fn handle_hello(
         &mut self,
         out: &mut Vec<u8>,
-        conn: ConnId,
+        session: &mut Session,
         id: u32,
         version: u16,
         listen_port: u16,
         agent: &str,
     ) -> Verdict {
-        let remote = match self.session_mut(conn) {
-            Some(Session::AwaitingHello { remote }) => *remote,
-            _ => {
+        let remote = session.remote;
+        match session.state {
+            SessionState::AwaitingHello => {}
+            SessionState::Ready { .. } => {
                 return self.fatal(
                     out,
-                    conn,
+                    session,
                     id,
                     ErrorCode::NotReady,
                     "hello sent twice".into(),
@@ -152,14 +158,14 @@ impl IndexServer {
             }
         };
         if version != PROTOCOL_VERSION {
-            return self.version_mismatch(out, conn, id, version);
+            return self.version_mismatch(out, session, id, version);
         }
         // The IP we see, the port they announce.
         let addr = SocketAddr::new(remote.ip(), listen_port);
         let peer = self.index.add_peer(addr);
-        let session = self.next_session;
+        let session_id = self.next_session;
         self.next_session += 1;
-        *self.session_mut(conn) = Some(Session::Ready { peer, addr });
+        session.state = SessionState::Ready { peer, addr };
         log!(
             Level::Info,
             "indexd",
@@ -172,7 +178,7 @@ impl IndexServer {
                 id,
                 body: ResponseBody::Welcome {
                     version: PROTOCOL_VERSION,
-                    session,
+                    session: session_id,
                     observed: addr,
                 },
             },
@@ -184,17 +190,22 @@ impl IndexServer {
     fn version_mismatch(
         &mut self,
         out: &mut Vec<u8>,
-        conn: ConnId,
+        session: &Session,
         id: u32,
         theirs: u16,
     ) -> Verdict {
         let msg = format!(
             "protocol version {theirs} is not supported; this server speaks version {PROTOCOL_VERSION}"
         );
-        self.fatal(out, conn, id, ErrorCode::VersionMismatch, msg)
+        self.fatal(out, session, id, ErrorCode::VersionMismatch, msg)
     }
 
-    fn handle_request(&mut self, out: &mut Vec<u8>, conn: ConnId, req: Request) -> Verdict {
+    fn handle_request(
+        &mut self,
+        out: &mut Vec<u8>,
+        session: &mut Session,
+        req: Request,
+    ) -> Verdict {
         let id = req.id;
         if let RequestBody::Hello {
             version,
@@ -202,14 +213,14 @@ impl IndexServer {
             agent,
         } = &req.body
         {
-            return self.handle_hello(out, conn, id, *version, *listen_port, agent);
+            return self.handle_hello(out, session, id, *version, *listen_port, agent);
         }
-        let (peer, addr) = match self.session_mut(conn) {
-            Some(Session::Ready { peer, addr }) => (*peer, *addr),
-            _ => {
+        let (peer, addr) = match session.state {
+            SessionState::Ready { peer, addr } => (peer, addr),
+            SessionState::AwaitingHello => {
                 return self.fatal(
                     out,
-                    conn,
+                    session,
                     id,
                     ErrorCode::NotReady,
                     "the first request must be hello".into(),
@@ -325,25 +336,33 @@ impl IndexServer {
 }
 
 impl IndexServer {
-    /// A connection from `remote` was accepted.
-    pub fn accept(&mut self, conn: ConnId, remote: SocketAddr) {
+    /// A connection from `remote` was accepted: its session, awaiting Hello.
+    pub fn accept(&mut self, remote: SocketAddr) -> Session {
         self.connections += 1;
-        *self.session_mut(conn) = Some(Session::AwaitingHello { remote });
+        Session {
+            remote,
+            state: SessionState::AwaitingHello,
+        }
     }
 
     /// Handles one request frame's payload, appending the response frame(s) to `out`.
-    pub fn handle_payload(&mut self, conn: ConnId, payload: &[u8], out: &mut Vec<u8>) -> Verdict {
+    pub fn handle_payload(
+        &mut self,
+        session: &mut Session,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Verdict {
         match wire::decode::<Request>(payload) {
-            Ok(req) => self.handle_request(out, conn, req),
+            Ok(req) => self.handle_request(out, session, req),
             Err(e) => {
                 let id = wire::peek_request_id(payload).unwrap_or(0);
                 // A Hello from another protocol version may not decode at all: say so.
                 if let Some(v) = wire::peek_version(payload, true) {
                     if v != PROTOCOL_VERSION {
-                        return self.version_mismatch(out, conn, id, v);
+                        return self.version_mismatch(out, session, id, v);
                     }
                 }
-                self.fatal(out, conn, id, ErrorCode::Malformed, e.to_string())
+                self.fatal(out, session, id, ErrorCode::Malformed, e.to_string())
             }
         }
     }
@@ -351,12 +370,12 @@ impl IndexServer {
     /// The connection broke the framing rules: answer with an error before it closes.
     pub fn handle_framing_error(
         &mut self,
-        conn: ConnId,
+        session: &Session,
         error: FrameError,
         out: &mut Vec<u8>,
     ) -> Verdict {
         let msg = error.to_string();
-        self.fatal(out, conn, 0, ErrorCode::BadFrame, msg);
+        self.fatal(out, session, 0, ErrorCode::BadFrame, msg);
         Verdict::CloseAfterFlush(CloseReason::Frame(error))
     }
 
@@ -371,13 +390,11 @@ impl IndexServer {
     }
 
     /// The connection is gone: its peer's entries leave the index.
-    pub fn close(&mut self, conn: ConnId, reason: &CloseReason) {
-        let Some(session) = self.session_mut(conn).take() else {
-            return;
-        };
+    pub fn close(&mut self, session: Session, reason: &CloseReason) {
         self.connections -= 1;
-        match session {
-            Session::Ready { peer, addr } => {
+        let remote = session.remote;
+        match session.state {
+            SessionState::Ready { peer, addr } => {
                 let files = self.index.remove_peer(peer).unwrap_or(0);
                 log!(
                     Level::Info,
@@ -386,7 +403,7 @@ impl IndexServer {
                     peer.0
                 );
             }
-            Session::AwaitingHello { remote } => {
+            SessionState::AwaitingHello => {
                 log!(
                     Level::Debug,
                     "indexd",
@@ -400,7 +417,9 @@ impl IndexServer {
 /// The reactor side: a thin layer that hands each input to the sans-IO methods above, which
 /// encode their answers straight into the connection's output buffer.
 impl Handler for IndexServer {
-    fn handle_wake(&mut self, ctx: &mut Ctx) {
+    type Conn = Session;
+
+    fn handle_wake(&mut self, ctx: &mut Ctx<Session>) {
         if self
             .shutdown
             .as_ref()
@@ -417,32 +436,49 @@ impl Handler for IndexServer {
         }
     }
 
-    fn handle_accept(&mut self, _ctx: &mut Ctx, conn: ConnId, remote: SocketAddr) -> Verdict {
-        self.accept(conn, remote);
-        Verdict::Continue
+    fn handle_accept(&mut self, _: &mut Ctx<Session>, _: ConnId, remote: SocketAddr) -> Session {
+        self.accept(remote)
     }
 
-    fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
+    fn handle_frame(
+        &mut self,
+        ctx: &mut Ctx<Session>,
+        conn: ConnId,
+        session: &mut Session,
+        payload: &[u8],
+    ) -> Verdict {
         let mut verdict = Verdict::Continue;
         ctx.send(conn, |out| {
-            verdict = self.handle_payload(conn, payload, out)
+            verdict = self.handle_payload(session, payload, out)
         });
         verdict
     }
 
-    fn handle_bad_frame(&mut self, ctx: &mut Ctx, conn: ConnId, error: FrameError) -> Verdict {
+    fn handle_bad_frame(
+        &mut self,
+        ctx: &mut Ctx<Session>,
+        conn: ConnId,
+        session: &mut Session,
+        error: FrameError,
+    ) -> Verdict {
         let mut verdict = Verdict::Close(CloseReason::Frame(error.clone()));
         ctx.send(conn, |out| {
-            verdict = self.handle_framing_error(conn, error, out)
+            verdict = self.handle_framing_error(session, error, out)
         });
         verdict
     }
 
-    fn handle_close(&mut self, _ctx: &mut Ctx, conn: ConnId, reason: &CloseReason) {
-        self.close(conn, reason);
+    fn handle_close(
+        &mut self,
+        _: &mut Ctx<Session>,
+        _: ConnId,
+        session: Session,
+        reason: &CloseReason,
+    ) {
+        self.close(session, reason);
     }
 
-    fn handle_turn_end(&mut self, _ctx: &mut Ctx) {
+    fn handle_turn_end(&mut self, _ctx: &mut Ctx<Session>) {
         self.settle();
     }
 }
@@ -480,37 +516,37 @@ pub fn fuzz_sessions(data: &[u8]) {
         max_files_per_peer: 16,
         max_holdings: 40,
     });
-    let mut open = [false; CONNS];
+    let mut sessions: [Option<Session>; CONNS] = Default::default();
     let mut ready = [false; CONNS];
     let mut script = fuzz_script::Script(data);
     while let Some(op) = script.byte() {
         let c = usize::from(op >> 3) % CONNS;
-        let conn = ConnId(c * 7 + 1);
         let mut out = Vec::new();
-        let verdict = match op & 7 {
-            0 if !open[c] => {
+        let verdict = match (op & 7, &mut sessions[c]) {
+            (0, None) => {
                 let remote = SocketAddr::from(([10, 0, 0, c as u8], 1000 + c as u16));
-                server.accept(conn, remote);
-                open[c] = true;
+                sessions[c] = Some(server.accept(remote));
                 continue;
             }
-            1 if open[c] => {
-                server.close(conn, &CloseReason::Eof);
-                (open[c], ready[c]) = (false, false);
+            (1, session @ Some(_)) => {
+                server.close(session.take().unwrap(), &CloseReason::Eof);
+                ready[c] = false;
                 continue;
             }
-            2 if open[c] => {
+            (2, Some(session)) => {
                 let len = usize::from(script.byte().unwrap_or(0));
                 let payload = script.bytes(len);
-                server.handle_payload(conn, payload, &mut out)
+                server.handle_payload(session, payload, &mut out)
             }
-            3 if open[c] => server.handle_framing_error(conn, FrameError::BadTerminator, &mut out),
-            4..=7 if open[c] => {
+            (3, Some(session)) => {
+                server.handle_framing_error(session, FrameError::BadTerminator, &mut out)
+            }
+            (4..=7, Some(session)) => {
                 let req = Request {
                     id: u32::from(op),
                     body: script.request(),
                 };
-                server.handle_payload(conn, &wire::to_payload(&req), &mut out)
+                server.handle_payload(session, &wire::to_payload(&req), &mut out)
             }
             _ => continue,
         };
@@ -528,18 +564,20 @@ pub fn fuzz_sessions(data: &[u8]) {
             }
         }
         if verdict != Verdict::Continue {
-            server.close(conn, &CloseReason::Local);
-            (open[c], ready[c]) = (false, false);
+            if let Some(session) = sessions[c].take() {
+                server.close(session, &CloseReason::Local);
+            }
+            ready[c] = false;
         }
         let stats = server.current_stats();
         assert_eq!(
             stats.connections,
-            open.iter().filter(|o| **o).count() as u64
+            sessions.iter().filter(|s| s.is_some()).count() as u64
         );
         assert_eq!(stats.peers, ready.iter().filter(|r| **r).count() as u64);
     }
-    for (c, _) in open.iter().enumerate().filter(|(_, o)| **o) {
-        server.close(ConnId(c * 7 + 1), &CloseReason::Eof);
+    for session in sessions.into_iter().flatten() {
+        server.close(session, &CloseReason::Eof);
     }
     let stats = server.current_stats();
     assert_eq!((stats.connections, stats.peers), (0, 0));
@@ -658,35 +696,40 @@ mod tests {
     /// Sends one request through the sans-IO server and returns its answers.
     fn call(
         server: &mut IndexServer,
-        conn: ConnId,
+        session: &mut Session,
         id: u32,
         body: RequestBody,
     ) -> (Vec<Response>, Verdict) {
         let mut out = Vec::new();
         let payload = wire::to_payload(&Request { id, body });
-        let verdict = server.handle_payload(conn, &payload, &mut out);
+        let verdict = server.handle_payload(session, &payload, &mut out);
         let (frames, used) = decode_all(&mut Decoder::default(), &out).unwrap();
         assert_eq!(used, out.len());
         let responses = frames.iter().map(|f| wire::decode(f).unwrap()).collect();
         (responses, verdict)
     }
 
-    /// Accepts `conn` and says hello from a peer serving on `port`.
-    fn join(server: &mut IndexServer, conn: ConnId, port: u16) {
-        server.accept(conn, SocketAddr::from(([127, 0, 0, 1], port)));
+    /// A session that said hello from a peer serving on `port`.
+    fn join(server: &mut IndexServer, port: u16) -> Session {
+        let mut session = server.accept(SocketAddr::from(([127, 0, 0, 1], port)));
         let hello = RequestBody::Hello {
             version: PROTOCOL_VERSION,
             listen_port: port,
             agent: "t".into(),
         };
         assert!(matches!(
-            call(server, conn, 0, hello).0[0].body,
+            call(server, &mut session, 0, hello).0[0].body,
             ResponseBody::Welcome { .. }
         ));
+        session
     }
 
-    fn register(server: &mut IndexServer, conn: ConnId, files: Vec<FileEntry>) -> ResponseBody {
-        call(server, conn, 1, RequestBody::Register { files }).0[0]
+    fn register(
+        server: &mut IndexServer,
+        session: &mut Session,
+        files: Vec<FileEntry>,
+    ) -> ResponseBody {
+        call(server, session, 1, RequestBody::Register { files }).0[0]
             .body
             .clone()
     }
@@ -698,10 +741,9 @@ mod tests {
             max_files_per_peer: 16,
             max_holdings: 40,
         });
-        let (a, b, c) = (ConnId(1), ConnId(2), ConnId(3));
-        join(&mut server, a, 7001);
-        join(&mut server, b, 7002);
-        join(&mut server, c, 7003);
+        let mut a = join(&mut server, 7001);
+        let mut b = join(&mut server, 7002);
+        let mut c = join(&mut server, 7003);
         // One hash under 20 names is 20 entries: the per-peer limit counts entries, not hashes.
         let same_bytes = |n: usize| -> Vec<FileEntry> {
             (0..n)
@@ -727,35 +769,43 @@ mod tests {
             total,
         };
         assert_eq!(
-            register(&mut server, a, same_bytes(20)),
+            register(&mut server, &mut a, same_bytes(20)),
             registered(16, 4, 1)
         );
         // The same 16 entries again from another peer: no new entry, but 16 new holdings,
         // which the index-wide limit counts (peers sharing one file list still cost memory).
         assert_eq!(
-            register(&mut server, b, same_bytes(16)),
+            register(&mut server, &mut b, same_bytes(16)),
             registered(16, 0, 1)
         );
         assert_eq!(
-            register(&mut server, c, same_bytes(12)),
+            register(&mut server, &mut c, same_bytes(12)),
             registered(8, 4, 1)
         );
         // Full: what a peer holds already is no burden and not refused; anything new is.
-        assert_eq!(register(&mut server, c, same_bytes(8)), registered(0, 0, 1));
-        assert_eq!(register(&mut server, c, many("d", 1)), registered(0, 1, 1));
+        assert_eq!(
+            register(&mut server, &mut c, same_bytes(8)),
+            registered(0, 0, 1)
+        );
+        assert_eq!(
+            register(&mut server, &mut c, many("d", 1)),
+            registered(0, 1, 1)
+        );
         let stats = server.current_stats();
         assert_eq!(stats.names, 16);
         // Room again once a peer leaves.
         server.close(b, &CloseReason::Eof);
-        assert_eq!(register(&mut server, c, many("d", 1)), registered(1, 0, 2));
+        assert_eq!(
+            register(&mut server, &mut c, many("d", 1)),
+            registered(1, 0, 2)
+        );
     }
 
     #[test]
     fn a_session_without_sockets() {
         let mut server = IndexServer::new(ServerLimits::default());
-        let conn = ConnId(3);
-        server.accept(conn, "10.1.2.3:5555".parse().unwrap());
-        let (r, v) = call(&mut server, conn, 1, RequestBody::Ping);
+        let mut session = server.accept("10.1.2.3:5555".parse().unwrap());
+        let (r, v) = call(&mut server, &mut session, 1, RequestBody::Ping);
         assert!(matches!(v, Verdict::CloseAfterFlush(_)));
         assert!(matches!(
             r[0].body,
@@ -764,15 +814,15 @@ mod tests {
                 ..
             }
         ));
-        server.close(conn, &CloseReason::Local);
+        server.close(session, &CloseReason::Local);
 
-        server.accept(conn, "10.1.2.3:5555".parse().unwrap());
+        let mut session = server.accept("10.1.2.3:5555".parse().unwrap());
         let hello = RequestBody::Hello {
             version: PROTOCOL_VERSION,
             listen_port: 7000,
             agent: "t".into(),
         };
-        let (r, v) = call(&mut server, conn, 1, hello);
+        let (r, v) = call(&mut server, &mut session, 1, hello);
         assert_eq!(v, Verdict::Continue);
         let ResponseBody::Welcome { observed, .. } = r[0].body else {
             panic!("{r:?}")
@@ -783,17 +833,27 @@ mod tests {
             size: 1,
             name: "Zebra_Crossing-Live 1999.flac".into(),
         }];
-        call(&mut server, conn, 2, RequestBody::Register { files });
+        call(
+            &mut server,
+            &mut session,
+            2,
+            RequestBody::Register { files },
+        );
         // Answered before its words were posted; the next reader still sees them.
         assert!(server.index().has_pending());
         let name = LookupKey::Name("Zebra_Crossing-Live 1999.flac".into());
-        let (r, _) = call(&mut server, conn, 3, RequestBody::Lookup { key: name });
+        let (r, _) = call(
+            &mut server,
+            &mut session,
+            3,
+            RequestBody::Lookup { key: name },
+        );
         assert!(matches!(&r[0].body, ResponseBody::Holders { files } if files.len() == 1));
         assert!(!server.index().has_pending());
         server.settle();
         let (r, _) = call(
             &mut server,
-            conn,
+            &mut session,
             3,
             RequestBody::Search {
                 query: "zeb cross".into(),
@@ -806,7 +866,7 @@ mod tests {
         };
         assert_eq!(hits.len(), 1);
         assert_eq!(server.current_stats().connections, 1);
-        server.close(conn, &CloseReason::Eof);
+        server.close(session, &CloseReason::Eof);
         assert_eq!(server.index().file_count(), 0);
         assert_eq!(server.current_stats().connections, 0);
     }
@@ -814,14 +874,10 @@ mod tests {
     #[test]
     fn garbage_payloads_get_an_error_and_a_close() {
         let mut server = IndexServer::new(ServerLimits::default());
-        for (i, payload) in [&b""[..], b"\xff\xff\xff\xff\xff\xff", b"\x01\x09"]
-            .iter()
-            .enumerate()
-        {
-            let conn = ConnId(i);
-            server.accept(conn, "127.0.0.1:1".parse().unwrap());
+        for payload in [&b""[..], b"\xff\xff\xff\xff\xff\xff", b"\x01\x09"] {
+            let mut session = server.accept("127.0.0.1:1".parse().unwrap());
             let mut out = Vec::new();
-            let v = server.handle_payload(conn, payload, &mut out);
+            let v = server.handle_payload(&mut session, payload, &mut out);
             assert!(matches!(v, Verdict::CloseAfterFlush(_)), "{payload:?}");
             assert!(!out.is_empty());
         }

@@ -124,9 +124,16 @@ pub enum Job {
     },
 }
 
-enum Role {
+/// What a connection is for: the peer's per-connection state, kept in the reactor's slot.
+pub enum Role {
+    /// The session with the index.
     Index,
-    Upload { sending: Option<(FileHash, u64)> },
+    /// Another peer's downloader: what is being sent to it, (hash, bytes), if anything.
+    Upload {
+        /// The file being streamed and its byte count, until the stream drains.
+        sending: Option<(FileHash, u64)>,
+    },
+    /// Our download from a holder.
     Download,
 }
 
@@ -174,7 +181,6 @@ pub struct Peer {
     jobs: Sender<Job>,
     shutdown: Option<Arc<AtomicBool>>,
     listen_port: u16,
-    conns: HashMap<ConnId, Role>,
 
     index_conn: Option<ConnId>,
     index_state: IndexState,
@@ -332,7 +338,6 @@ impl Peer {
             jobs,
             shutdown: None,
             listen_port: 0,
-            conns: HashMap::new(),
             index_conn: None,
             index_state: IndexState::Down,
             observed: None,
@@ -365,7 +370,7 @@ impl Peer {
     }
 
     /// Starts listening, scanning and connecting. Returns the file server's address.
-    pub fn start(&mut self, ctx: &mut Ctx) -> std::io::Result<SocketAddr> {
+    pub fn start(&mut self, ctx: &mut Ctx<Role>) -> std::io::Result<SocketAddr> {
         let addr = ctx.listen(self.cfg.listen)?;
         self.listen_port = addr.port();
         let _ = self.jobs.send(Job::Rescan { console: false });
@@ -409,7 +414,7 @@ impl Peer {
     /// Connects to the index: at once for an address, after a lookup on a thread of its own
     /// for a host name (a slow or dead DNS server must not stall the loop: uploads, downloads
     /// and the console's other commands go on).
-    fn connect_index(&mut self, ctx: &mut Ctx) {
+    fn connect_index(&mut self, ctx: &mut Ctx<Role>) {
         if let Ok(addr) = self.cfg.index.parse::<SocketAddr>() {
             return self.connect_index_at(ctx, addr);
         }
@@ -437,7 +442,7 @@ impl Peer {
     }
 
     /// The lookup [`Peer::connect_index`] started has ended.
-    fn handle_resolved(&mut self, ctx: &mut Ctx, result: Result<Vec<SocketAddr>, String>) {
+    fn handle_resolved(&mut self, ctx: &mut Ctx<Role>, result: Result<Vec<SocketAddr>, String>) {
         if self.index_state != IndexState::Resolving {
             return;
         }
@@ -454,12 +459,11 @@ impl Peer {
 
     /// Starts connecting to `addr`, or to the next of `index_addrs` while a connect fails at
     /// once.
-    fn connect_index_at(&mut self, ctx: &mut Ctx, mut addr: SocketAddr) {
+    fn connect_index_at(&mut self, ctx: &mut Ctx<Role>, mut addr: SocketAddr) {
         loop {
-            match ctx.connect(addr) {
+            match ctx.connect(addr, Role::Index) {
                 Ok(conn) => {
                     ctx.set_idle_timeout(conn, None);
-                    self.conns.insert(conn, Role::Index);
                     self.index_conn = Some(conn);
                     self.index_state = IndexState::Connecting;
                     return;
@@ -472,7 +476,7 @@ impl Peer {
         }
     }
 
-    fn index_down(&mut self, ctx: &mut Ctx, why: &str) {
+    fn index_down(&mut self, ctx: &mut Ctx<Role>, why: &str) {
         self.index_conn = None;
         self.index_state = IndexState::Down;
         self.observed = None;
@@ -500,7 +504,7 @@ impl Peer {
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
-    fn request(&mut self, ctx: &mut Ctx, body: RequestBody, pending: Pending) -> bool {
+    fn request(&mut self, ctx: &mut Ctx<Role>, body: RequestBody, pending: Pending) -> bool {
         let Some(conn) = self.index_conn else {
             return false;
         };
@@ -514,7 +518,7 @@ impl Peer {
         true
     }
 
-    fn register_entries(&mut self, ctx: &mut Ctx, entries: Vec<FileEntry>) {
+    fn register_entries(&mut self, ctx: &mut Ctx<Role>, entries: Vec<FileEntry>) {
         if entries.is_empty() {
             return;
         }
@@ -538,7 +542,7 @@ impl Peer {
         }
     }
 
-    fn handle_index_response(&mut self, ctx: &mut Ctx, resp: Response) {
+    fn handle_index_response(&mut self, ctx: &mut Ctx<Role>, resp: Response) {
         let Some(pending) = self.pending.remove(&resp.id) else {
             if let ResponseBody::Error { code, message } = &resp.body {
                 let text = format!("index: {code}: {message}");
@@ -665,7 +669,7 @@ impl Peer {
     // ----- console ------------------------------------------------------------------------
 
     /// Runs queued console lines until one has to wait.
-    fn run_commands(&mut self, ctx: &mut Ctx) {
+    fn run_commands(&mut self, ctx: &mut Ctx<Role>) {
         while self.running.is_none() {
             let Some(line) = self.lines.pop_front() else {
                 if self.stdin_done && self.cfg.console {
@@ -681,12 +685,12 @@ impl Peer {
         }
     }
 
-    fn finish_command(&mut self, ctx: &mut Ctx) {
+    fn finish_command(&mut self, ctx: &mut Ctx<Role>) {
         self.running = None;
         self.run_commands(ctx);
     }
 
-    fn execute(&mut self, ctx: &mut Ctx, cmd: Command) {
+    fn execute(&mut self, ctx: &mut Ctx<Role>, cmd: Command) {
         match cmd {
             Command::Help => self.out(console::HELP),
             Command::Search(words) => {
@@ -743,14 +747,14 @@ impl Peer {
             }
             Command::Unregister(target) => self.unregister(ctx, &target),
             Command::Status => {
-                let text = self.status_text();
+                let text = self.status_text(ctx);
                 self.out(&text);
             }
             Command::Quit => self.quit(ctx),
         }
     }
 
-    fn lookup(&mut self, ctx: &mut Ctx, target: Target, then_get: Option<Option<usize>>) {
+    fn lookup(&mut self, ctx: &mut Ctx<Role>, target: Target, then_get: Option<Option<usize>>) {
         let key = match &target {
             Target::Hash(h) => LookupKey::Hash(*h),
             Target::HashPrefix(p) => LookupKey::HashPrefix(p.clone()),
@@ -768,7 +772,7 @@ impl Peer {
         }
     }
 
-    fn unregister(&mut self, ctx: &mut Ctx, target: &Target) {
+    fn unregister(&mut self, ctx: &mut Ctx<Role>, target: &Target) {
         let hashes: Vec<FileHash> = {
             let found = self.share.find(|f| match target {
                 Target::Hash(h) => f.hash == *h,
@@ -800,7 +804,7 @@ impl Peer {
         }
     }
 
-    fn status_text(&self) -> String {
+    fn status_text(&self, ctx: &Ctx<Role>) -> String {
         let mut s = String::new();
         let _ = match (self.index_state, self.observed) {
             (IndexState::Ready, Some(addr)) => {
@@ -819,10 +823,9 @@ impl Peer {
             self.cfg.share_dir.display()
         );
         let _ = writeln!(s, "serving on port {}", self.listen_port);
-        let active: Vec<(FileHash, u64)> = self
-            .conns
-            .values()
-            .filter_map(|r| match r {
+        let active: Vec<(FileHash, u64)> = ctx
+            .states()
+            .filter_map(|(_, r)| match r {
                 Role::Upload { sending } => *sending,
                 _ => None,
             })
@@ -851,7 +854,7 @@ impl Peer {
         s
     }
 
-    fn quit(&mut self, ctx: &mut Ctx) {
+    fn quit(&mut self, ctx: &mut Ctx<Role>) {
         if let Some(conn) = self.index_conn {
             if self.index_state == IndexState::Ready {
                 self.request(ctx, RequestBody::Bye, Pending::Bye);
@@ -865,7 +868,7 @@ impl Peer {
 
     fn start_get(
         &mut self,
-        ctx: &mut Ctx,
+        ctx: &mut Ctx<Role>,
         target: &Target,
         files: Vec<HeldFile>,
         holder: Option<usize>,
@@ -949,12 +952,12 @@ impl Peer {
 
     /// Connects to the current holder, or finishes the download if none is left or
     /// nothing is missing.
-    fn try_holder(&mut self, ctx: &mut Ctx) {
+    fn try_holder(&mut self, ctx: &mut Ctx<Role>) {
         let Some(dl) = self.download.as_mut() else {
             return;
         };
         if dl.is_complete() {
-            return self.complete_download(ctx);
+            return self.complete_download();
         }
         let Some(addr) = dl.holder() else {
             let text = format!(
@@ -981,10 +984,9 @@ impl Peer {
             );
             self.note(&text);
         }
-        match ctx.connect(addr) {
+        match ctx.connect(addr, Role::Download) {
             Ok(conn) => {
                 ctx.set_idle_timeout(conn, Some(DOWNLOAD_IDLE));
-                self.conns.insert(conn, Role::Download);
                 self.download_conn = Some(conn);
             }
             Err(e) => {
@@ -997,7 +999,7 @@ impl Peer {
     }
 
     /// The current holder failed; the connection is (being) closed.
-    fn holder_failed(&mut self, ctx: &mut Ctx, why: &str) {
+    fn holder_failed(&mut self, ctx: &mut Ctx<Role>, why: &str) {
         self.download_conn = None;
         let Some(dl) = self.download.as_mut() else {
             return;
@@ -1008,14 +1010,19 @@ impl Peer {
 
     /// Every byte is in the partial file: wait for the verifying thread's hash
     /// ([`Event::Hashed`], handled by [`Peer::handle_hashed`]).
-    fn complete_download(&mut self, _ctx: &mut Ctx) {
+    fn complete_download(&mut self) {
         if let Some(dl) = self.download.as_mut() {
             dl.finish();
         }
     }
 
     /// The verifying thread hashed a complete partial file.
-    fn handle_hashed(&mut self, ctx: &mut Ctx, generation: u64, hashed: std::io::Result<FileHash>) {
+    fn handle_hashed(
+        &mut self,
+        ctx: &mut Ctx<Role>,
+        generation: u64,
+        hashed: std::io::Result<FileHash>,
+    ) {
         let Some(mut dl) = self.download.take() else {
             return;
         };
@@ -1121,7 +1128,13 @@ impl Peer {
 
     // ----- uploads ------------------------------------------------------------------------
 
-    fn handle_get(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
+    fn handle_get(
+        &mut self,
+        ctx: &mut Ctx<Role>,
+        conn: ConnId,
+        sending: &mut Option<(FileHash, u64)>,
+        payload: &[u8],
+    ) -> Verdict {
         let req = match wire::decode::<TransferRequest>(payload) {
             Ok(r) => r,
             Err(e) => {
@@ -1201,9 +1214,7 @@ impl Peer {
         ctx.notify_drained(conn);
         // While a file streams, the connection may be slow: no idle limit beyond progress.
         ctx.set_idle_timeout(conn, Some(UPLOAD_IDLE));
-        if let Some(Role::Upload { sending }) = self.conns.get_mut(&conn) {
-            *sending = Some((hash, file.size - offset));
-        }
+        *sending = Some((hash, file.size - offset));
         crate::log!(
             Level::Info,
             "peer",
@@ -1215,7 +1226,7 @@ impl Peer {
     }
 
     /// A shared file no longer matches its hash: stop announcing it and hash it again.
-    fn file_changed(&mut self, ctx: &mut Ctx, file: &SharedFile) {
+    fn file_changed(&mut self, ctx: &mut Ctx<Role>, file: &SharedFile) {
         if self.share.remove_path(&file.path).is_some() {
             self.request(
                 ctx,
@@ -1235,7 +1246,7 @@ impl Peer {
 
     fn handle_scanned(
         &mut self,
-        ctx: &mut Ctx,
+        ctx: &mut Ctx<Role>,
         job: Job,
         files: Vec<SharedFile>,
         warnings: Vec<String>,
@@ -1277,7 +1288,7 @@ impl Peer {
     }
 
     /// Startup ends once the share is hashed and the index has it (or is unreachable).
-    fn maybe_end_startup(&mut self, ctx: &mut Ctx) {
+    fn maybe_end_startup(&mut self, ctx: &mut Ctx<Role>) {
         if !matches!(self.running, Some(Running::Startup)) || !self.startup_scanned {
             return;
         }
@@ -1293,7 +1304,7 @@ impl Peer {
 }
 
 /// Answers a transfer request with an error and closes after sending it.
-fn refuse(ctx: &mut Ctx, conn: ConnId, code: ErrorCode, message: String) -> Verdict {
+fn refuse(ctx: &mut Ctx<Role>, conn: ConnId, code: ErrorCode, message: String) -> Verdict {
     ctx.send(
         conn,
         wire::framed(&TransferResponse::Error {
@@ -1333,15 +1344,16 @@ fn human_bytes(n: u64) -> String {
 }
 
 impl Handler for Peer {
-    fn handle_accept(&mut self, ctx: &mut Ctx, conn: ConnId, _remote: SocketAddr) -> Verdict {
+    type Conn = Role;
+
+    fn handle_accept(&mut self, ctx: &mut Ctx<Role>, conn: ConnId, _: SocketAddr) -> Role {
         ctx.set_idle_timeout(conn, Some(UPLOAD_IDLE));
-        self.conns.insert(conn, Role::Upload { sending: None });
-        Verdict::Continue
+        Role::Upload { sending: None }
     }
 
-    fn handle_connected(&mut self, ctx: &mut Ctx, conn: ConnId) -> Verdict {
-        match self.conns.get(&conn) {
-            Some(Role::Index) => {
+    fn handle_connected(&mut self, ctx: &mut Ctx<Role>, conn: ConnId, role: &mut Role) -> Verdict {
+        match role {
+            Role::Index => {
                 self.index_state = IndexState::AwaitingWelcome;
                 let body = RequestBody::Hello {
                     version: PROTOCOL_VERSION,
@@ -1350,7 +1362,7 @@ impl Handler for Peer {
                 };
                 self.request(ctx, body, Pending::Hello);
             }
-            Some(Role::Download) => {
+            Role::Download => {
                 if let Some(dl) = &self.download {
                     ctx.send(
                         conn,
@@ -1362,22 +1374,28 @@ impl Handler for Peer {
                     );
                 }
             }
-            _ => {}
+            Role::Upload { .. } => {}
         }
         Verdict::Continue
     }
 
-    fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict {
-        match self.conns.get(&conn) {
-            Some(Role::Index) => match wire::decode::<Response>(payload) {
+    fn handle_frame(
+        &mut self,
+        ctx: &mut Ctx<Role>,
+        conn: ConnId,
+        role: &mut Role,
+        payload: &[u8],
+    ) -> Verdict {
+        match role {
+            Role::Index => match wire::decode::<Response>(payload) {
                 Ok(resp) => {
                     self.handle_index_response(ctx, resp);
                     Verdict::Continue
                 }
                 Err(e) => Verdict::Close(CloseReason::Protocol(format!("index sent {e}"))),
             },
-            Some(Role::Upload { .. }) => self.handle_get(ctx, conn, payload),
-            Some(Role::Download) => {
+            Role::Upload { sending } => self.handle_get(ctx, conn, sending, payload),
+            Role::Download => {
                 let Some(dl) = self.download.as_mut() else {
                     return Verdict::Close(CloseReason::Local);
                 };
@@ -1386,8 +1404,7 @@ impl Handler for Peer {
                         match dl.accept_header(size, offset) {
                             Ok(0) => {
                                 self.download_conn = None;
-                                self.conns.remove(&conn);
-                                self.complete_download(ctx);
+                                self.complete_download();
                                 Verdict::Close(CloseReason::Local)
                             }
                             Ok(n) => {
@@ -1403,11 +1420,10 @@ impl Handler for Peer {
                     Err(e) => Verdict::Close(CloseReason::Protocol(format!("holder sent {e}"))),
                 }
             }
-            None => Verdict::Close(CloseReason::Local),
         }
     }
 
-    fn handle_raw(&mut self, ctx: &mut Ctx, conn: ConnId, data: &[u8]) -> Verdict {
+    fn handle_raw(&mut self, ctx: &mut Ctx<Role>, _: ConnId, _: &mut Role, data: &[u8]) -> Verdict {
         let Some(dl) = self.download.as_mut() else {
             return Verdict::Close(CloseReason::Local);
         };
@@ -1422,7 +1438,6 @@ impl Handler for Peer {
                 );
                 self.download = None;
                 self.download_conn = None;
-                self.conns.remove(&conn);
                 self.err(&text);
                 self.finish_command(ctx);
                 return Verdict::Close(CloseReason::Local);
@@ -1432,15 +1447,14 @@ impl Handler for Peer {
         if dl.is_complete() {
             // Extra bytes after the file are ignored: the connection closes here.
             self.download_conn = None;
-            self.conns.remove(&conn);
-            self.complete_download(ctx);
+            self.complete_download();
             return Verdict::Close(CloseReason::Local);
         }
         Verdict::Continue
     }
 
-    fn handle_drained(&mut self, _ctx: &mut Ctx, conn: ConnId) -> Verdict {
-        if let Some(Role::Upload { sending }) = self.conns.get_mut(&conn) {
+    fn handle_drained(&mut self, _: &mut Ctx<Role>, _: ConnId, role: &mut Role) -> Verdict {
+        if let Role::Upload { sending } = role {
             if let Some((_, bytes)) = sending.take() {
                 self.uploads_done += 1;
                 self.bytes_sent += bytes;
@@ -1449,9 +1463,15 @@ impl Handler for Peer {
         Verdict::Continue
     }
 
-    fn handle_close(&mut self, ctx: &mut Ctx, conn: ConnId, reason: &CloseReason) {
-        match self.conns.remove(&conn) {
-            Some(Role::Index) if self.index_conn == Some(conn) => {
+    fn handle_close(
+        &mut self,
+        ctx: &mut Ctx<Role>,
+        conn: ConnId,
+        role: Role,
+        reason: &CloseReason,
+    ) {
+        match role {
+            Role::Index if self.index_conn == Some(conn) => {
                 // (Not when the peer itself closed it: it is quitting.)
                 if self.index_state == IndexState::Connecting && *reason != CloseReason::Local {
                     if let Some(next) = self.index_addrs.pop_front() {
@@ -1463,23 +1483,23 @@ impl Handler for Peer {
                 self.index_addrs.clear();
                 self.index_down(ctx, &reason.to_string());
             }
-            Some(Role::Download) if self.download_conn == Some(conn) => {
+            Role::Download if self.download_conn == Some(conn) => {
                 let why = match reason {
                     CloseReason::Eof => "the holder closed the connection early".to_string(),
                     other => other.to_string(),
                 };
                 self.holder_failed(ctx, &why);
             }
-            Some(Role::Upload {
+            Role::Upload {
                 sending: Some((hash, _)),
-            }) => {
+            } => {
                 crate::log!(Level::Info, "peer", "upload of {hash} ended: {reason}");
             }
             _ => {}
         }
     }
 
-    fn handle_wake(&mut self, ctx: &mut Ctx) {
+    fn handle_wake(&mut self, ctx: &mut Ctx<Role>) {
         if self
             .shutdown
             .as_ref()
@@ -1518,7 +1538,7 @@ impl Handler for Peer {
         self.run_commands(ctx);
     }
 
-    fn handle_timer(&mut self, ctx: &mut Ctx, timer: u64) {
+    fn handle_timer(&mut self, ctx: &mut Ctx<Role>, timer: u64) {
         match timer {
             TIMER_RECONNECT if self.index_conn.is_none() => self.connect_index(ctx),
             TIMER_PING => {

@@ -159,53 +159,97 @@ pub enum Verdict {
 
 /// Application logic driven by a [`Reactor`]. Every method runs on the reactor thread.
 pub trait Handler {
-    /// A listener accepted `conn` from `remote`.
-    fn handle_accept(&mut self, ctx: &mut Ctx, conn: ConnId, remote: SocketAddr) -> Verdict {
-        let _ = (ctx, conn, remote);
-        Verdict::Continue
-    }
+    /// Per-connection state, kept in the connection's slab slot: created by
+    /// [`Handler::handle_accept`] (or passed to [`Ctx::connect`]), lent to every callback about
+    /// that connection, and handed back by value to [`Handler::handle_close`], the one place a
+    /// connection ends. While a callback holds it, [`Ctx::state_mut`] of that connection is
+    /// `None`.
+    type Conn;
+
+    /// A listener accepted `conn` from `remote`; the answer is its state. To refuse it, call
+    /// [`Ctx::close`].
+    fn handle_accept(
+        &mut self,
+        ctx: &mut Ctx<Self::Conn>,
+        conn: ConnId,
+        remote: SocketAddr,
+    ) -> Self::Conn;
 
     /// An outgoing connection from [`Ctx::connect`] is established.
-    fn handle_connected(&mut self, ctx: &mut Ctx, conn: ConnId) -> Verdict {
-        let _ = (ctx, conn);
+    fn handle_connected(
+        &mut self,
+        ctx: &mut Ctx<Self::Conn>,
+        conn: ConnId,
+        state: &mut Self::Conn,
+    ) -> Verdict {
+        let _ = (ctx, conn, state);
         Verdict::Continue
     }
 
     /// A complete frame arrived.
-    fn handle_frame(&mut self, ctx: &mut Ctx, conn: ConnId, payload: &[u8]) -> Verdict;
+    fn handle_frame(
+        &mut self,
+        ctx: &mut Ctx<Self::Conn>,
+        conn: ConnId,
+        state: &mut Self::Conn,
+        payload: &[u8],
+    ) -> Verdict;
 
     /// The input broke the framing rules (see [`FrameError`]); the connection will close. The
     /// handler may queue a last frame (an error for the remote) and return
     /// [`Verdict::CloseAfterFlush`] to have it sent first.
-    fn handle_bad_frame(&mut self, ctx: &mut Ctx, conn: ConnId, error: FrameError) -> Verdict {
-        let _ = ctx;
-        let _ = conn;
+    fn handle_bad_frame(
+        &mut self,
+        ctx: &mut Ctx<Self::Conn>,
+        conn: ConnId,
+        state: &mut Self::Conn,
+        error: FrameError,
+    ) -> Verdict {
+        let _ = (ctx, conn, state);
         Verdict::Close(CloseReason::Frame(error))
     }
 
     /// Raw bytes arrived on a connection put in raw mode by [`Ctx::expect_raw`]. Called until
     /// the announced count is consumed; `data` is never empty.
-    fn handle_raw(&mut self, ctx: &mut Ctx, conn: ConnId, data: &[u8]) -> Verdict {
-        let _ = (ctx, conn, data);
+    fn handle_raw(
+        &mut self,
+        ctx: &mut Ctx<Self::Conn>,
+        conn: ConnId,
+        state: &mut Self::Conn,
+        data: &[u8],
+    ) -> Verdict {
+        let _ = (ctx, conn, state, data);
         Verdict::Close(CloseReason::Protocol("unexpected raw bytes".into()))
     }
 
     /// The connection's output queue emptied, after [`Ctx::notify_drained`] asked for it.
-    fn handle_drained(&mut self, ctx: &mut Ctx, conn: ConnId) -> Verdict {
-        let _ = (ctx, conn);
+    fn handle_drained(
+        &mut self,
+        ctx: &mut Ctx<Self::Conn>,
+        conn: ConnId,
+        state: &mut Self::Conn,
+    ) -> Verdict {
+        let _ = (ctx, conn, state);
         Verdict::Continue
     }
 
-    /// The connection is gone (for any reason); its id may be reused from now on.
-    fn handle_close(&mut self, ctx: &mut Ctx, conn: ConnId, reason: &CloseReason);
+    /// The connection is gone (for any reason); its id may be reused from now on. Its state
+    /// is handed back, to be dropped or kept.
+    fn handle_close(
+        &mut self,
+        ctx: &mut Ctx<Self::Conn>,
+        conn: ConnId,
+        state: Self::Conn,
+        reason: &CloseReason,
+    );
 
     /// Another thread called the waker.
-    fn handle_wake(&mut self, ctx: &mut Ctx) {
+    fn handle_wake(&mut self, ctx: &mut Ctx<Self::Conn>) {
         let _ = ctx;
     }
 
     /// A timer from [`Ctx::set_timer`] fired.
-    fn handle_timer(&mut self, ctx: &mut Ctx, timer: u64) {
+    fn handle_timer(&mut self, ctx: &mut Ctx<Self::Conn>, timer: u64) {
         let _ = (ctx, timer);
     }
 
@@ -213,14 +257,14 @@ pub trait Handler {
     /// (as far as they took it) and the loop is about to wait again. Work that no answer
     /// waits for can be done here, after the answers left; output queued here is written in
     /// the next iteration.
-    fn handle_turn_end(&mut self, ctx: &mut Ctx) {
+    fn handle_turn_end(&mut self, ctx: &mut Ctx<Self::Conn>) {
         let _ = ctx;
     }
 }
 
-enum Slot {
+enum Slot<C> {
     Listener(Listener),
-    Conn(Box<Conn>),
+    Conn(Box<Conn<C>>),
 }
 
 struct Listener {
@@ -241,7 +285,9 @@ enum Phase {
     Lingering { deadline: Instant },
 }
 
-struct Conn {
+struct Conn<C> {
+    /// The handler's state for this connection; `None` only while a callback holds it.
+    state: Option<C>,
     stream: TcpStream,
     remote: SocketAddr,
     phase: Phase,
@@ -290,9 +336,9 @@ impl Source {
 }
 
 /// The handle a [`Handler`] uses to act on connections, timers and the loop.
-pub struct Ctx {
+pub struct Ctx<C> {
     registry: mio::Registry,
-    slots: Slab<Slot>,
+    slots: Slab<Slot<C>>,
     config: Config,
     now: Instant,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
@@ -314,16 +360,16 @@ pub struct Ctx {
 }
 
 /// A single-threaded event loop.
-pub struct Reactor {
+pub struct Reactor<C> {
     poll: Poll,
     events: Events,
     scratch: Box<[u8]>,
-    ctx: Ctx,
+    ctx: Ctx<C>,
 }
 
-impl Reactor {
+impl<C> Reactor<C> {
     /// A reactor with the given limits.
-    pub fn new(config: Config) -> io::Result<Reactor> {
+    pub fn new(config: Config) -> io::Result<Reactor<C>> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
         let registry = poll.registry().try_clone()?;
@@ -352,12 +398,12 @@ impl Reactor {
     }
 
     /// The context, for setup before [`Reactor::run`] (listen, connect, timers).
-    pub fn ctx(&mut self) -> &mut Ctx {
+    pub fn ctx(&mut self) -> &mut Ctx<C> {
         &mut self.ctx
     }
 
     /// Runs until [`Ctx::stop`] is called. Returns an error only if polling itself fails.
-    pub fn run(&mut self, handler: &mut impl Handler) -> io::Result<()> {
+    pub fn run(&mut self, handler: &mut impl Handler<Conn = C>) -> io::Result<()> {
         while !self.ctx.stopped {
             self.turn(handler)?;
         }
@@ -365,7 +411,7 @@ impl Reactor {
     }
 
     /// One iteration: poll (up to the next deadline), dispatch events, timers, to-do lists.
-    pub fn turn(&mut self, handler: &mut impl Handler) -> io::Result<()> {
+    pub fn turn(&mut self, handler: &mut impl Handler<Conn = C>) -> io::Result<()> {
         let timeout = if !self.ctx.ready.is_empty() || !self.ctx.dirty.is_empty() {
             Some(Duration::ZERO)
         } else {
@@ -420,7 +466,7 @@ impl Reactor {
     }
 }
 
-impl Ctx {
+impl<C> Ctx<C> {
     /// The time at the start of this loop iteration.
     pub fn now(&self) -> Instant {
         self.now
@@ -460,12 +506,45 @@ impl Ctx {
         Ok(local)
     }
 
-    /// Starts a non-blocking connect; [`Handler::handle_connected`] or
-    /// [`Handler::handle_close`] follows. Frames may be queued at once: they are sent when the
-    /// connection is up.
-    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId> {
+    /// Starts a non-blocking connect whose connection will hold `state`;
+    /// [`Handler::handle_connected`] or [`Handler::handle_close`] follows. Frames may be queued
+    /// at once: they are sent when the connection is up. On an error `state` is dropped.
+    pub fn connect(&mut self, addr: SocketAddr, state: C) -> io::Result<ConnId> {
         let stream = TcpStream::connect(addr)?;
-        self.add_conn(stream, addr, Phase::Connecting)
+        self.add_conn(stream, addr, Phase::Connecting, Some(state))
+    }
+
+    /// The state of `conn`, unless it is closed or one of its own callbacks holds it.
+    pub fn state(&self, conn: ConnId) -> Option<&C> {
+        self.conn(conn).and_then(|c| c.state.as_ref())
+    }
+
+    /// The state of `conn`, mutably, unless it is closed or one of its own callbacks holds it.
+    pub fn state_mut(&mut self, conn: ConnId) -> Option<&mut C> {
+        self.conn_mut(conn).and_then(|c| c.state.as_mut())
+    }
+
+    /// Every connection's state (but those lent to a running callback of their own).
+    pub fn states(&self) -> impl Iterator<Item = (ConnId, &C)> {
+        self.slots.iter().filter_map(|(key, slot)| match slot {
+            Slot::Conn(c) => c.state.as_ref().map(|s| (ConnId(key), s)),
+            Slot::Listener(_) => None,
+        })
+    }
+
+    /// Lends `conn`'s state to `f` (a handler callback) with the context, and puts it back.
+    /// `None` if the connection has no state to lend (closed, or already lent).
+    fn with_state<R>(&mut self, key: usize, f: impl FnOnce(&mut Self, &mut C) -> R) -> Option<R> {
+        let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
+            return None;
+        };
+        let mut state = c.state.take()?;
+        let r = f(self, &mut state);
+        // Slots are freed only by `reap`, never inside a callback, so the slot is still ours.
+        if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
+            c.state = Some(state);
+        }
+        Some(r)
     }
 
     fn add_conn(
@@ -473,6 +552,7 @@ impl Ctx {
         mut stream: TcpStream,
         remote: SocketAddr,
         phase: Phase,
+        state: Option<C>,
     ) -> io::Result<ConnId> {
         let entry = self.slots.vacant_entry();
         let key = entry.key();
@@ -485,6 +565,7 @@ impl Ctx {
         // Latency matters more than packet count for request/response traffic.
         let _ = stream.set_nodelay(true);
         entry.insert(Slot::Conn(Box::new(Conn {
+            state,
             stream,
             remote,
             phase,
@@ -509,14 +590,14 @@ impl Ctx {
         Ok(ConnId(key))
     }
 
-    fn conn_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
+    fn conn_mut(&mut self, conn: ConnId) -> Option<&mut Conn<C>> {
         match self.slots.get_mut(conn.0) {
             Some(Slot::Conn(c)) => Some(c),
             _ => None,
         }
     }
 
-    fn conn(&self, conn: ConnId) -> Option<&Conn> {
+    fn conn(&self, conn: ConnId) -> Option<&Conn<C>> {
         match self.slots.get(conn.0) {
             Some(Slot::Conn(c)) => Some(c),
             _ => None,
@@ -667,7 +748,7 @@ impl Ctx {
         }
     }
 
-    fn accept_all(&mut self, key: usize, handler: &mut impl Handler) {
+    fn accept_all(&mut self, key: usize, handler: &mut impl Handler<Conn = C>) {
         loop {
             let Some(Slot::Listener(l)) = self.slots.get_mut(key) else {
                 return;
@@ -691,7 +772,7 @@ impl Ctx {
                         self.refuse(stream, true);
                         continue;
                     }
-                    match self.add_conn(stream, remote, Phase::Open) {
+                    match self.add_conn(stream, remote, Phase::Open, None) {
                         Ok(conn) => {
                             self.accepted += 1;
                             if limited {
@@ -700,8 +781,10 @@ impl Ctx {
                             if let Some(c) = self.conn_mut(conn) {
                                 c.accepted = true;
                             }
-                            let v = handler.handle_accept(self, conn, remote);
-                            self.apply(conn, v);
+                            let state = handler.handle_accept(self, conn, remote);
+                            if let Some(c) = self.conn_mut(conn) {
+                                c.state = Some(state);
+                            }
                         }
                         Err(e) => eprintln!("reactor: cannot register accepted socket: {e}"),
                     }
@@ -742,7 +825,7 @@ impl Ctx {
         let _ = stream.shutdown(Shutdown::Both);
     }
 
-    fn handle_writable(&mut self, key: usize, handler: &mut impl Handler) {
+    fn handle_writable(&mut self, key: usize, handler: &mut impl Handler<Conn = C>) {
         let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
             return;
         };
@@ -769,7 +852,11 @@ impl Ctx {
                 c.phase = Phase::Flushing;
             } else {
                 c.phase = Phase::Open;
-                let v = handler.handle_connected(self, ConnId(key));
+                let v = self
+                    .with_state(key, |ctx, st| {
+                        handler.handle_connected(ctx, ConnId(key), st)
+                    })
+                    .unwrap_or(Verdict::Continue);
                 self.apply(ConnId(key), v);
             }
         }
@@ -777,7 +864,7 @@ impl Ctx {
     }
 
     /// Writes queued output; updates interest, parking and drain notifications.
-    fn flush(&mut self, key: usize, handler: &mut impl Handler) {
+    fn flush(&mut self, key: usize, handler: &mut impl Handler<Conn = C>) {
         let (low, high) = (self.config.out_low_water, self.config.out_high_water);
         let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
             return;
@@ -836,12 +923,14 @@ impl Ctx {
         }
         if empty && c.notify_drained && c.phase == Phase::Open {
             c.notify_drained = false;
-            let v = handler.handle_drained(self, ConnId(key));
+            let v = self
+                .with_state(key, |ctx, st| handler.handle_drained(ctx, ConnId(key), st))
+                .unwrap_or(Verdict::Continue);
             self.apply(ConnId(key), v);
         }
     }
 
-    fn flush_dirty(&mut self, handler: &mut impl Handler) {
+    fn flush_dirty(&mut self, handler: &mut impl Handler<Conn = C>) {
         // Flushing can make handlers queue more output (drain notifications): loop until quiet.
         while !self.dirty.is_empty() {
             let dirty = std::mem::take(&mut self.dirty);
@@ -860,7 +949,7 @@ impl Ctx {
         key: usize,
         scratch: &mut [u8],
         fresh_edges: bool,
-        handler: &mut impl Handler,
+        handler: &mut impl Handler<Conn = C>,
     ) {
         let mut drained = false;
         for _ in 0..READS_PER_TURN {
@@ -942,7 +1031,7 @@ impl Ctx {
 
     /// Handles every complete frame (and raw bytes) at the front of `data`; returns how many
     /// bytes were used. Stops early when the connection parks or closes.
-    fn process(&mut self, key: usize, data: &[u8], handler: &mut impl Handler) -> usize {
+    fn process(&mut self, key: usize, data: &[u8], handler: &mut impl Handler<Conn = C>) -> usize {
         let conn = ConnId(key);
         let mut at = 0;
         loop {
@@ -959,7 +1048,10 @@ impl Ctx {
                 let take = (data.len() - at).min(usize::try_from(c.raw_left).unwrap_or(usize::MAX));
                 c.raw_left -= take as u64;
                 c.last_active = self.now;
-                let v = handler.handle_raw(self, conn, &data[at..at + take]);
+                let raw = &data[at..at + take];
+                let v = self
+                    .with_state(key, |ctx, st| handler.handle_raw(ctx, conn, st, raw))
+                    .unwrap_or(Verdict::Close(CloseReason::Local));
                 at += take;
                 self.apply(conn, v);
                 continue;
@@ -969,7 +1061,9 @@ impl Ctx {
                     c.last_active = self.now;
                     let payload = &data[at + d.payload.start..at + d.payload.end];
                     at += d.consumed;
-                    let v = handler.handle_frame(self, conn, payload);
+                    let v = self
+                        .with_state(key, |ctx, st| handler.handle_frame(ctx, conn, st, payload))
+                        .unwrap_or(Verdict::Close(CloseReason::Local));
                     self.apply(conn, v);
                     // Output queued by the handler may have crossed the high-water mark.
                     if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
@@ -980,7 +1074,12 @@ impl Ctx {
                 }
                 Ok(None) => return at,
                 Err(e) => {
-                    let v = handler.handle_bad_frame(self, conn, e.clone());
+                    let error = e.clone();
+                    let v = self
+                        .with_state(key, |ctx, st| {
+                            handler.handle_bad_frame(ctx, conn, st, error)
+                        })
+                        .unwrap_or(Verdict::Close(CloseReason::Local));
                     self.apply(conn, v);
                     // The stream cannot be resynchronised: whatever the handler said, stop. A
                     // handler that said `Continue` still sees the framing error as the reason.
@@ -1025,7 +1124,7 @@ impl Ctx {
         }
     }
 
-    fn fire_timers(&mut self, handler: &mut impl Handler) {
+    fn fire_timers(&mut self, handler: &mut impl Handler<Conn = C>) {
         while let Some(Reverse((at, _, timer))) = self.timers.peek().copied() {
             if at > self.now {
                 break;
@@ -1076,7 +1175,7 @@ impl Ctx {
     }
 
     /// Frees every connection asked to close and tells the handler, once each.
-    fn reap(&mut self, handler: &mut impl Handler) {
+    fn reap(&mut self, handler: &mut impl Handler<Conn = C>) {
         while let Some((key, reason)) = self.closing.pop() {
             if !matches!(self.slots.get(key), Some(Slot::Conn(_))) {
                 continue;
@@ -1094,14 +1193,18 @@ impl Ctx {
                         }
                     }
                 }
+                let state = c.state.take();
                 drop(c);
-                handler.handle_close(self, ConnId(key), &reason);
+                // Always there: callbacks, which borrow it, never run inside `reap`.
+                if let Some(state) = state {
+                    handler.handle_close(self, ConnId(key), state, &reason);
+                }
             }
         }
     }
 }
 
-impl Conn {
+impl<C> Conn<C> {
     /// Whether handlers may still queue output: not once closing or lingering.
     fn accepts_output(&self) -> bool {
         !self.closing && !matches!(self.phase, Phase::Lingering { .. })
