@@ -120,7 +120,7 @@ fn run(flags: Flags) -> Result<(), String> {
         index: flags.index,
         listen: flags.listen,
         console,
-        progress_bar: console && std::io::stdout().is_terminal(),
+        progress_bar: console && std::io::stderr().is_terminal(),
     };
     let mut peer = Peer::new(cfg, (events_tx.clone(), events_rx), jobs, waker.clone());
     peer.stop_on(stop);
@@ -131,5 +131,8 @@ fn run(flags: Flags) -> Result<(), String> {
     if console {
         peer::spawn_stdin(events_tx, waker).map_err(|e| e.to_string())?;
     }
-    reactor.run(&mut peer).map_err(|e| e.to_string())
+    let ran = reactor.run(&mut peer);
+    // The reactor has stopped: write out what is still queued for the person.
+    peer.finish();
+    ran.map_err(|e| e.to_string())
 }

@@ -22,6 +22,7 @@
 pub mod console;
 pub mod download;
 pub mod names;
+pub mod output;
 pub mod share;
 
 pub use names::display_name;
@@ -34,10 +35,11 @@ use crate::wire::{
 };
 use console::{Command, Target};
 use download::{Download, TransferError};
+use output::{Output, Writer};
 use share::{HashCache, Share, SharedFile};
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,7 +81,7 @@ pub struct PeerConfig {
     pub listen: SocketAddr,
     /// Read commands from stdin (false: `--serve`).
     pub console: bool,
-    /// Draw a progress bar (stdout is a terminal).
+    /// Draw a progress bar (stderr is a terminal).
     pub progress_bar: bool,
 }
 
@@ -197,8 +199,10 @@ pub struct Peer {
     last_lookup: Option<(Target, Vec<HeldFile>)>,
     download: Option<Download>,
     download_conn: Option<ConnId>,
-    progress_drawn: bool,
     progress_armed: bool,
+    /// What the person is told, until the writer thread takes it.
+    output: Output,
+    writer: Option<Writer>,
     ping_armed: bool,
     startup_scanned: bool,
 
@@ -319,6 +323,13 @@ impl Peer {
         waker: Arc<mio::Waker>,
     ) -> Peer {
         let (events_tx, events) = events;
+        let progress_bar = cfg.progress_bar;
+        let output_waker = waker.clone();
+        // Without a writer the peer still runs; it just cannot tell the person anything.
+        let writer = Writer::spawn(progress_bar, move || {
+            let _ = output_waker.wake();
+        })
+        .ok();
         // Hands an event from a helper thread to the reactor and wakes it.
         let events_tx = std::sync::Mutex::new(events_tx);
         let notify = Arc::new(move |event: Event| {
@@ -352,8 +363,9 @@ impl Peer {
             last_lookup: None,
             download: None,
             download_conn: None,
-            progress_drawn: false,
             progress_armed: false,
+            output: Output::new(progress_bar),
+            writer,
             ping_armed: false,
             startup_scanned: false,
             uploads_done: 0,
@@ -381,31 +393,28 @@ impl Peer {
     // ----- output -------------------------------------------------------------------------
 
     fn out(&mut self, text: &str) {
-        self.clear_progress();
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(text.as_bytes());
-        if !text.ends_with('\n') {
-            let _ = stdout.write_all(b"\n");
-        }
-        let _ = stdout.flush();
+        self.output.result(text);
     }
 
     fn err(&mut self, text: &str) {
-        self.clear_progress();
-        eprintln!("error: {text}");
+        self.output.error(text);
     }
 
     fn note(&mut self, text: &str) {
-        self.clear_progress();
-        eprintln!("{text}");
+        self.output.note(text);
     }
 
-    fn clear_progress(&mut self) {
-        if self.progress_drawn {
-            let mut stdout = std::io::stdout().lock();
-            let _ = stdout.write_all(b"\r\x1b[K");
-            let _ = stdout.flush();
-            self.progress_drawn = false;
+    /// Hands the output to the writer thread: never blocks.
+    fn flush_output(&mut self) {
+        if let Some(w) = &self.writer {
+            w.drain(&mut self.output);
+        }
+    }
+
+    /// After the reactor stopped: everything still queued is written before returning.
+    pub fn finish(mut self) {
+        if let Some(w) = self.writer.take() {
+            w.finish(&mut self.output);
         }
     }
 
@@ -670,7 +679,7 @@ impl Peer {
 
     /// Runs queued console lines until one has to wait.
     fn run_commands(&mut self, ctx: &mut Ctx<Role>) {
-        while self.running.is_none() {
+        while self.running.is_none() && !self.output.is_backed_up() {
             let Some(line) = self.lines.pop_front() else {
                 if self.stdin_done && self.cfg.console {
                     self.quit(ctx);
@@ -686,6 +695,9 @@ impl Peer {
     }
 
     fn finish_command(&mut self, ctx: &mut Ctx<Role>) {
+        if matches!(self.running, Some(Running::Get)) {
+            self.output.progress_end();
+        }
         self.running = None;
         self.run_commands(ctx);
     }
@@ -1095,35 +1107,7 @@ impl Peer {
 
     fn draw_progress(&mut self) {
         let Some(dl) = &self.download else { return };
-        let secs = dl.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = dl.received_now as f64 / secs;
-        let frac = if dl.size == 0 {
-            1.0
-        } else {
-            dl.have as f64 / dl.size as f64
-        };
-        let width = 30;
-        let filled = (frac * width as f64) as usize;
-        let eta = if rate > 0.0 {
-            format!("{:.0}s", (dl.size - dl.have) as f64 / rate)
-        } else {
-            "?".into()
-        };
-        let line = format!(
-            "\r{} [{}{}] {:5.1}% {}/{} {:.1} MiB/s ETA {}\x1b[K",
-            display_name(&dl.name).chars().take(30).collect::<String>(),
-            "#".repeat(filled),
-            " ".repeat(width - filled),
-            frac * 100.0,
-            human_bytes(dl.have),
-            human_bytes(dl.size),
-            rate / (1 << 20) as f64,
-            eta
-        );
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(line.as_bytes());
-        let _ = stdout.flush();
-        self.progress_drawn = true;
+        self.output.progress(&dl.name, dl.have, dl.size);
     }
 
     // ----- uploads ------------------------------------------------------------------------
@@ -1505,7 +1489,6 @@ impl Handler for Peer {
             .as_ref()
             .is_some_and(|f| f.load(Ordering::SeqCst))
         {
-            self.clear_progress();
             self.note("peer: shutting down");
             return self.quit(ctx);
         }
@@ -1536,6 +1519,13 @@ impl Handler for Peer {
             }
         }
         self.run_commands(ctx);
+    }
+
+    fn handle_turn_end(&mut self, ctx: &mut Ctx<Role>) {
+        self.flush_output();
+        // Room in the output may let waiting console commands run.
+        self.run_commands(ctx);
+        self.flush_output();
     }
 
     fn handle_timer(&mut self, ctx: &mut Ctx<Role>, timer: u64) {
