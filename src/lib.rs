@@ -8,7 +8,7 @@
 pub mod bench;
 pub mod codec;
 pub mod index;
-pub mod log;
+pub mod logging;
 pub mod peer;
 pub mod reactor;
 pub mod sys;

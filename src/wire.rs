@@ -44,29 +44,16 @@ impl FileHash {
 
     /// Whether this hash's hex form starts with `prefix` (lowercase hex digits).
     pub fn has_hex_prefix(&self, prefix: &str) -> bool {
-        let p = prefix.as_bytes();
-        if p.len() > 64 {
-            return false;
-        }
-        p.iter().enumerate().all(|(i, &c)| {
-            let byte = self.0[i / 2];
-            let nibble = if i % 2 == 0 { byte >> 4 } else { byte & 0xf };
-            HEX[nibble as usize] == c
-        })
+        blake3::Hash::from_bytes(self.0)
+            .to_hex()
+            .as_bytes()
+            .starts_with(prefix.as_bytes())
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 impl fmt::Display for FileHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = [0u8; 64];
-        for (i, b) in self.0.iter().enumerate() {
-            s[2 * i] = HEX[(b >> 4) as usize];
-            s[2 * i + 1] = HEX[(b & 0xf) as usize];
-        }
-        // The buffer holds only ASCII hex digits.
-        f.write_str(std::str::from_utf8(&s).map_err(|_| fmt::Error)?)
+        f.write_str(&blake3::Hash::from_bytes(self.0).to_hex())
     }
 }
 
@@ -92,30 +79,16 @@ impl FromStr for FileHash {
     type Err = BadHash;
 
     fn from_str(s: &str) -> Result<Self, BadHash> {
-        let b = s.as_bytes();
-        if b.len() != 64 {
-            return Err(BadHash);
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in b.chunks_exact(2).enumerate() {
-            out[i] = (hex_val(pair[0]).ok_or(BadHash)? << 4) | hex_val(pair[1]).ok_or(BadHash)?;
-        }
-        Ok(FileHash(out))
-    }
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+        // blake3 takes either case, as people type hashes in both.
+        blake3::Hash::from_hex(s)
+            .map(|h| FileHash(*h.as_bytes()))
+            .map_err(|_| BadHash)
     }
 }
 
 /// Whether `s` could be a hash prefix a person typed: 8 to 64 hex digits.
 pub fn is_hex_prefix(s: &str) -> bool {
-    (8..=64).contains(&s.len()) && s.bytes().all(|c| hex_val(c).is_some())
+    (8..=64).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_hexdigit())
 }
 
 /// One shared file as a peer announces it.

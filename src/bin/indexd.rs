@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use p2pshare::index::server::{IndexServer, ServerLimits};
-use p2pshare::log::{self, Level};
+use p2pshare::logging;
 use p2pshare::reactor::{Config, Reactor};
 use p2pshare::wire::{self, ErrorCode, Response, ResponseBody};
 use p2pshare::{codec, sys::process};
@@ -41,14 +41,15 @@ struct Flags {
     /// of memory each).
     #[arg(long, default_value_t = 20_000_000)]
     max_holdings: usize,
-    /// Log level: error, warn, info or debug (default: RUST_LOG, else info).
+    /// Log filter: a level (error, warn, info, debug, trace) or per-module directives such as
+    /// `info,p2pshare::index=debug` (default: RUST_LOG, else info).
     #[arg(long)]
     log: Option<String>,
 }
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    log::init(flags.log.as_deref());
+    logging::init(flags.log.as_deref(), "info");
     match run(flags) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -60,14 +61,12 @@ fn main() -> ExitCode {
 
 fn run(flags: Flags) -> std::io::Result<()> {
     match process::raise_fd_limit() {
-        Ok(n) if (n as usize) < flags.max_connections + 64 => p2pshare::log!(
-            Level::Warn,
-            "indexd",
+        Ok(n) if (n as usize) < flags.max_connections + 64 => log::warn!(
             "open-files limit {n} is below --max-connections {}",
             flags.max_connections
         ),
         Ok(_) => {}
-        Err(e) => p2pshare::log!(Level::Warn, "indexd", "cannot raise open-files limit: {e}"),
+        Err(e) => log::warn!("cannot raise open-files limit: {e}"),
     }
     // What a connection refused at a limit reads before the close.
     let busy = |message: String| {
@@ -115,6 +114,6 @@ fn run(flags: Flags) -> std::io::Result<()> {
     // The first stdout line tells scripts and tests the bound port (useful with port 0).
     println!("indexd listening on {addr}");
     std::io::stdout().flush()?;
-    p2pshare::log!(Level::Info, "indexd", "listening on {addr}");
+    log::info!("listening on {addr}");
     reactor.run(&mut server)
 }

@@ -1,7 +1,7 @@
 //! `peer`: a p2pshare peer. Thin main: flags → config → threads → reactor.
 
 use clap::Parser;
-use p2pshare::log;
+use p2pshare::logging;
 use p2pshare::peer::{self, Peer, PeerConfig};
 use p2pshare::reactor::{Config, Reactor};
 use p2pshare::sys::process;
@@ -41,16 +41,15 @@ struct Flags {
     /// answered "busy"). 0: no limit.
     #[arg(long, default_value_t = 32)]
     max_uploads_per_ip: usize,
-    /// Log level: error, warn, info or debug (default: RUST_LOG, else warn).
+    /// Log filter: a level (error, warn, info, debug, trace) or per-module directives such as
+    /// `warn,p2pshare::peer=debug` (default: RUST_LOG, else warn).
     #[arg(long)]
     log: Option<String>,
 }
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    log::init(Some(flags.log.as_deref().unwrap_or(
-        &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-    )));
+    logging::init(flags.log.as_deref(), "warn");
     match run(flags) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -14,8 +14,6 @@
 
 use super::store::{Index, LookupError, PeerId};
 use crate::codec::FrameError;
-use crate::log;
-use crate::log::Level;
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, Verdict};
 use crate::wire::{
     self, ErrorCode, LookupKey, Request, RequestBody, Response, ResponseBody, ServerStats,
@@ -125,12 +123,7 @@ impl IndexServer {
         code: ErrorCode,
         message: String,
     ) -> Verdict {
-        log!(
-            Level::Debug,
-            "indexd",
-            "{}: {code}: {message}",
-            session.remote
-        );
+        log::debug!("{}: {code}: {message}", session.remote);
         self.error(out, id, code, message.clone());
         Verdict::CloseAfterFlush(CloseReason::Protocol(message))
     }
@@ -166,9 +159,7 @@ impl IndexServer {
         let session_id = self.next_session;
         self.next_session += 1;
         session.state = SessionState::Ready { peer, addr };
-        log!(
-            Level::Info,
-            "indexd",
+        log::info!(
             "peer {} joined from {remote} serving on port {listen_port} ({})",
             peer.0,
             printable(agent)
@@ -251,9 +242,7 @@ impl IndexServer {
                 let holdings = self.index.holding_count();
                 if holdings >= limit && outcome.rejected > 0 && !self.full_logged {
                     self.full_logged = true;
-                    log!(
-                        Level::Warn,
-                        "indexd",
+                    log::warn!(
                         "index full: {holdings} holdings, the --max-holdings limit; new ones are \
                          refused until some leave"
                     );
@@ -396,19 +385,13 @@ impl IndexServer {
         match session.state {
             SessionState::Ready { peer, addr } => {
                 let files = self.index.remove_peer(peer).unwrap_or(0);
-                log!(
-                    Level::Info,
-                    "indexd",
+                log::info!(
                     "peer {} at {addr} left ({reason}); {files} entries withdrawn",
                     peer.0
                 );
             }
             SessionState::AwaitingHello => {
-                log!(
-                    Level::Debug,
-                    "indexd",
-                    "connection from {remote} closed before hello ({reason})"
-                );
+                log::debug!("connection from {remote} closed before hello ({reason})");
             }
         }
     }
@@ -425,9 +408,7 @@ impl Handler for IndexServer {
             .as_ref()
             .is_some_and(|f| f.load(Ordering::SeqCst))
         {
-            log!(
-                Level::Info,
-                "indexd",
+            log::info!(
                 "shutting down: {} connections, {} files",
                 ctx.connection_count(),
                 self.index.file_count()

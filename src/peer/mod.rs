@@ -27,7 +27,6 @@ pub mod share;
 
 pub use names::display_name;
 
-use crate::log::Level;
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, Verdict};
 use crate::wire::{
     self, ErrorCode, FileEntry, FileHash, HeldFile, LookupKey, Request, RequestBody, Response,
@@ -568,7 +567,7 @@ impl Peer {
                     self.said_down = false;
                     self.note(&format!("index: connected to {} again", self.cfg.index));
                 }
-                crate::log!(Level::Info, "peer", "index session up; seen as {observed}");
+                log::info!("index session up; seen as {observed}");
                 let entries = self.share.entries();
                 self.register_entries(ctx, entries);
                 if !self.ping_armed {
@@ -587,7 +586,7 @@ impl Peer {
                     self.note(&format!("index: refused {rejected} entries"));
                 }
                 self.registered_once = true;
-                crate::log!(Level::Debug, "peer", "index holds {total} of our files");
+                log::debug!("index holds {total} of our files");
                 self.maybe_end_startup(ctx);
             }
             (Pending::Unregister, ResponseBody::Unregistered { .. }) => {}
@@ -670,7 +669,7 @@ impl Peer {
                 self.maybe_end_startup(ctx);
             }
             (_, other) => {
-                crate::log!(Level::Warn, "peer", "unexpected index answer: {other:?}");
+                log::warn!("unexpected index answer: {other:?}");
             }
         }
     }
@@ -1060,9 +1059,7 @@ impl Peer {
         let received_in = dl.started.elapsed();
         let landing = Instant::now();
         let landed = dl.land(&self.cfg.downloads_dir);
-        crate::log!(
-            Level::Debug,
-            "peer",
+        log::debug!(
             "download: bytes in {received_in:?}, fsync and rename in {:?}",
             landing.elapsed()
         );
@@ -1199,9 +1196,7 @@ impl Peer {
         // While a file streams, the connection may be slow: no idle limit beyond progress.
         ctx.set_idle_timeout(conn, Some(UPLOAD_IDLE));
         *sending = Some((hash, file.size - offset));
-        crate::log!(
-            Level::Info,
-            "peer",
+        log::info!(
             "upload of {} from {offset} to {:?}",
             display_name(&file.name),
             ctx.remote_addr(conn)
@@ -1477,7 +1472,7 @@ impl Handler for Peer {
             Role::Upload {
                 sending: Some((hash, _)),
             } => {
-                crate::log!(Level::Info, "peer", "upload of {hash} ended: {reason}");
+                log::info!("upload of {hash} ended: {reason}");
             }
             _ => {}
         }

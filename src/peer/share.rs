@@ -260,23 +260,13 @@ impl HashCache {
 
 fn path_to_hex(p: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
-    p.as_os_str()
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(p.as_os_str().as_bytes())
 }
 
 fn path_from_hex(s: &str) -> Option<PathBuf> {
     use std::os::unix::ffi::OsStringExt;
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes?)))
+    let bytes = hex::decode(s).ok()?;
+    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
 }
 
 /// The shared files, by path and by hash.

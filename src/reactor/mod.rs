@@ -786,7 +786,7 @@ impl<C> Ctx<C> {
                                 c.state = Some(state);
                             }
                         }
-                        Err(e) => eprintln!("reactor: cannot register accepted socket: {e}"),
+                        Err(e) => log::warn!("cannot register an accepted socket: {e}"),
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -795,7 +795,7 @@ impl<C> Ctx<C> {
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays in the
                     // backlog; rest and retry instead of spinning on the same error.
-                    eprintln!("reactor: accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                    log::warn!("accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
                     l.resting_until = Some(self.now + ACCEPT_BACKOFF);
                     self.timer_seq += 1;
                     self.timers.push(Reverse((
