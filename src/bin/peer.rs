@@ -120,6 +120,11 @@ fn run(flags: Flags) -> Result<(), String> {
         listen: flags.listen,
         console,
         progress_bar: console && std::io::stderr().is_terminal(),
+        // Only spreads reconnects of different peers apart: any varying value will do.
+        seed: std::process::id() as u64
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
     };
     let mut peer = Peer::new(cfg, (events_tx.clone(), events_rx), jobs, waker.clone());
     peer.stop_on(stop);

@@ -139,6 +139,11 @@ impl Output {
         self.queue.push_front(line);
     }
 
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// Whether so much waits that no new console command should start.
     pub fn is_backed_up(&self) -> bool {
         self.queue.len() >= BACKLOG_HIGH_WATER
