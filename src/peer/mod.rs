@@ -27,6 +27,11 @@ pub mod share;
 pub mod threads;
 pub mod upload;
 
+#[cfg(test)]
+mod harness;
+#[cfg(test)]
+mod tests;
+
 pub use self::core::{Action, CoreConfig, PeerCore, Role};
 pub use names::display_name;
 pub use threads::{spawn_hasher, spawn_stdin, Event, Job};
