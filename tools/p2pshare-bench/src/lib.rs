@@ -1,6 +1,10 @@
-//! The benchmark behind `tools/bench`: real index sessions over loopback, timed one
-//! operation at a time into HdrHistograms, next to the bare loopback round trip measured in
-//! the same run, written out as JSON, `.hgrm` files, a Markdown report and charts.
+//! p2pshare-bench: the benchmark behind `tools/bench`: real index sessions over loopback,
+//! timed one operation at a time into HdrHistograms, next to the bare loopback round trip
+//! measured in the same run, written out as JSON, `.hgrm` files, a Markdown report and charts.
+//!
+//! Its own crate so that the servers never link what only the bench needs (plotters, a
+//! compiled-in font, serde_json); it uses the `p2pshare` library's codec, wire messages,
+//! reactor and process helpers like any other client.
 //!
 //! Parts: [`config`] (flags → validated config), [`workload`] (what the simulated peers ask,
 //! seeded and pure), [`client`] (a blocking session), [`load`] (pre-population and the
@@ -15,6 +19,8 @@
 //! - Pre-populated files stay in the index for the whole bench: their connections stay open
 //!   and ping.
 //! - Only the request/answer round trip is timed; building requests happens before the clock.
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod charts;
 pub mod client;
@@ -52,7 +58,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = cpus >= 2 && !matches!(config.mode, Mode::Transfer { .. });
     if pinned {
-        crate::sys::process::pin_current_thread(cpus - 1)?;
+        p2pshare::sys::process::pin_current_thread(cpus - 1)?;
     }
     let (_indexd, addr, index_label) = match config.index {
         Some(addr) => (None, addr, addr.to_string()),
@@ -82,7 +88,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
     // pays wake-up latencies a busy one does not).
     let (_echo, echo_addr) = floor::spawn_listening(&config.self_exe, &["--echo-server"])?;
     if pinned {
-        crate::sys::process::pin_current_thread(0)?;
+        p2pshare::sys::process::pin_current_thread(0)?;
         eprintln!(
             "bench: indexd and the echo server pinned to CPU {}, clients to CPU 0",
             cpus - 1

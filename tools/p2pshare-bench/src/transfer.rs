@@ -24,10 +24,10 @@
 use super::client::{Client, REPLY_TIMEOUT};
 use super::floor::{self, ChildGuard};
 use super::progress;
-use crate::codec::Decoder;
-use crate::peer::share::hash_file;
-use crate::sys;
-use crate::wire::{
+use p2pshare::codec::Decoder;
+use p2pshare::peer::share::hash_file;
+use p2pshare::sys;
+use p2pshare::wire::{
     self, ErrorCode, FileHash, LookupKey, RequestBody, ResponseBody, TransferRequest,
     TransferResponse, PROTOCOL_VERSION,
 };

@@ -2,8 +2,8 @@
 //! Closed-loop latency wants exactly this shape (send, wait, time), and a thread per
 //! simulated peer keeps every peer's clock honest on its own.
 
-use crate::codec::Decoder;
-use crate::wire::{self, Request, RequestBody, Response, ResponseBody, PROTOCOL_VERSION};
+use p2pshare::codec::Decoder;
+use p2pshare::wire::{self, Request, RequestBody, Response, ResponseBody, PROTOCOL_VERSION};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;

@@ -3,13 +3,84 @@
 //! between real peers and cleans up after itself, with or without nginx installed; files
 //! can be pre-populated with several holders each.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
+
+/// The `indexd` and `peer` binaries, built from the current sources.
+///
+/// They belong to the `p2pshare` package, so cargo gives this package's tests no
+/// `CARGO_BIN_EXE_*` path for them, and looking beside this test's executable would find them
+/// missing or stale when only this package is tested (`cargo test -p p2pshare-bench`). So the
+/// test asks cargo to build them, with the profile and into the target directory this test
+/// was built with (a no-op after `cargo test` at the root, which built them already), and
+/// takes their paths from cargo's own JSON messages: right whatever `CARGO_TARGET_DIR`,
+/// `--target-dir` or profile is in use.
+fn servers() -> &'static (PathBuf, PathBuf) {
+    static SERVERS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    SERVERS.get_or_init(|| {
+        // CARGO_TARGET_TMPDIR is <target dir>/tmp; this executable is <target dir>/[<triple>/]
+        // <profile dir>/deps/<name>, and the dev profile's directory is named `debug`.
+        let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let profile = match exe
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+        {
+            Some(dir) if dir == "debug" => "dev".to_string(),
+            Some(dir) => dir.to_string_lossy().into_owned(),
+            None => "dev".to_string(),
+        };
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let out = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--package",
+                "p2pshare",
+                "--bins",
+                "--profile",
+                &profile,
+            ])
+            .args(["--message-format", "json-render-diagnostics"])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(target_dir)
+            .output()
+            .expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "cargo build of indexd and peer failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut bins = [None, None];
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let msg: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            let Some(path) = msg["executable"].as_str() else {
+                continue;
+            };
+            match msg["target"]["name"].as_str() {
+                Some("indexd") => bins[0] = Some(PathBuf::from(path)),
+                Some("peer") => bins[1] = Some(PathBuf::from(path)),
+                _ => {}
+            }
+        }
+        let [Some(indexd), Some(peer)] = bins else {
+            panic!("cargo build named no indexd or peer executable");
+        };
+        (indexd, peer)
+    })
+}
 
 fn bench(out: &Path, args: &[&str]) -> std::process::Output {
+    let (indexd, peer) = servers();
     Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--indexd", env!("CARGO_BIN_EXE_indexd")])
-        .args(["--peer", env!("CARGO_BIN_EXE_peer"), "--out"])
+        .arg("--indexd")
+        .arg(indexd)
+        .arg("--peer")
+        .arg(peer)
+        .arg("--out")
         .arg(out)
         .args(["--floor-round-trips", "200", "--files", "2000"])
         .args(args)
