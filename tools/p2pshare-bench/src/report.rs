@@ -435,11 +435,12 @@ fn transfer_markdown(md: &mut String, tr: &TransferSummary, command: &str) {
          stdin `get HASH`) prints in its `saved PATH (SIZE bytes in T s, ...)` line: connect to \
          the holder, request, receive every byte into `.HASH.p2pshare-part`, BLAKE3 verify, \
          fsync and rename. Not included: the peer's start-up and its lookup at the index.\n\
-         - **bare copy**: the floor named in issue 4, between two processes: a server (this \
+         - **bare copy**: the floor for a download, the same bytes moved between two \
+         processes with no protocol and no hashing: a server (this \
          bench binary, `--sendfile-server FILE`) `sendfile`s the whole file to each connection \
          on a blocking socket; the bench connects, reads 256 KiB at a time and writes each \
          chunk to a new file, then fsyncs it. Timed from connect to fsync done; the row \
-         *before its fsync* stops the clock after the last write. No hashing.\n\
+         *before its fsync* stops the clock after the last write.\n\
          - **curl + nginx**: the wall clock of `curl -s --noproxy '*' -o FILE \
          http://127.0.0.1:PORT/NAME` against nginx started by the bench (`worker_processes 1; \
          sendfile on; tcp_nopush on; access_log off`), curl's process start-up included. curl \
@@ -456,7 +457,7 @@ fn transfer_markdown(md: &mut String, tr: &TransferSummary, command: &str) {
          at once against the holder, all requested before any is read, each reading the \
          header and {} before closing ({:.2} s in all). The holder's VmRSS, sampled every \
          50 ms: {} KiB before, at most **{} KiB ({:.2} MB)** while serving the {n} downloads \
-         (issue 4's target: under 20 MB). Its VmHWM (peak over its life, hashing the file at \
+         (target: under 20 MB). Its VmHWM (peak over its life, hashing the file at \
          start included): {} KiB ({:.2} MB).\n",
         size_label(tr.bytes_per_concurrent_download),
         tr.concurrent_downloads_s,
