@@ -3,7 +3,9 @@
 //! simulated peer keeps every peer's clock honest on its own.
 
 use p2pshare::codec::Decoder;
-use p2pshare::wire::{self, Request, RequestBody, Response, ResponseBody, PROTOCOL_VERSION};
+use p2pshare::wire::{
+    self, ErrorCode, Request, RequestBody, Response, ResponseBody, PROTOCOL_VERSION,
+};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -24,7 +26,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` and completes the handshake announcing `listen_port`.
+    /// Connects to `addr` and completes the handshake announcing `listen_port`. An index at
+    /// a connection limit answers `Busy` and closes: that error names the indexd flag that
+    /// lifts the limit, as every session of the bench comes from one address.
     pub fn hello(addr: SocketAddr, listen_port: u16, agent: &str) -> io::Result<Client> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
@@ -36,13 +40,24 @@ impl Client {
             decoder: Decoder::new(MAX_RESPONSE_BYTES),
             next_id: 1,
         };
-        match c.call(RequestBody::Hello {
+        let answer = c.call(RequestBody::Hello {
             version: PROTOCOL_VERSION,
             listen_port,
             agent: agent.into(),
-        })? {
-            ResponseBody::Welcome { .. } => Ok(c),
-            other => Err(io::Error::other(format!("handshake refused: {other:?}"))),
+        });
+        match answer {
+            Ok(ResponseBody::Welcome { .. }) => Ok(c),
+            Ok(other) => Err(io::Error::other(format!("handshake refused: {other:?}"))),
+            Err(e) => match refusal(&e) {
+                Some(message) => Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!(
+                        "indexd at {addr} refused a session: busy, \"{message}\". {}",
+                        busy_remedy(message)
+                    ),
+                )),
+                None => Err(e),
+            },
         }
     }
 
@@ -66,7 +81,11 @@ impl Client {
 
     /// Writes the prepared request and reads until its whole answer frame has arrived.
     pub fn exchange(&mut self) -> io::Result<()> {
-        self.stream.write_all(&self.outbuf)?;
+        if let Err(e) = self.stream.write_all(&self.outbuf) {
+            // An index at a connection limit writes its refusal and closes at once, which
+            // can fail the write; the refusal may still be there to read, and says more.
+            return self.fill_frame().map_err(|_| e);
+        }
         self.fill_frame()
     }
 
@@ -82,6 +101,19 @@ impl Client {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
         self.inbuf.drain(..d.consumed);
         let resp = resp?;
+        if let (
+            0,
+            ResponseBody::Error {
+                code: ErrorCode::Busy,
+                message,
+            },
+        ) = (resp.id, &resp.body)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                Refused(message.clone()),
+            ));
+        }
         if resp.id != id {
             return Err(io::Error::other(format!(
                 "answer to request {} arrived for request {id}",
@@ -114,5 +146,89 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// The index turned the connection away (`Busy`, request id 0, then a close): its message.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the index refused the connection: busy, \"{}\"", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The index's message if `e` is its refusal of the connection.
+fn refusal(e: &io::Error) -> Option<&str> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<Refused>())
+        .map(|r| r.0.as_str())
+}
+
+/// What lifts the limit an index's busy `message` names. indexd words its two limits
+/// "server full (N connections)" and "too many connections from your address (N)".
+fn busy_remedy(message: &str) -> &'static str {
+    if message.contains("your address") {
+        "Every session of the bench comes from one address: start that indexd with \
+         --max-connections-per-ip 0 (no per-address limit), or measure without --index."
+    } else {
+        "Start that indexd with a higher --max-connections (the bench opens one session per \
+         1,000 pre-populated files plus one per simulated peer), or measure without --index."
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A listener that answers every connection as indexd does at a connection limit
+    /// (after reading the request, so the close is clean and the test deterministic).
+    fn refusing_index(message: &str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut frame = Vec::new();
+        wire::encode_frame(
+            &Response {
+                id: 0,
+                body: ResponseBody::Error {
+                    code: ErrorCode::Busy,
+                    message: message.into(),
+                },
+            },
+            &mut frame,
+        );
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let _ = stream.read(&mut [0u8; 1024]);
+                let _ = stream.write_all(&frame);
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_busy_index_is_reported_with_the_flag_that_lifts_the_limit() {
+        let addr = refusing_index("too many connections from your address (2)");
+        let e = Client::hello(addr, 1, "test").err().expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        let text = e.to_string();
+        assert!(
+            text.contains("too many connections from your address (2)"),
+            "{text}"
+        );
+        assert!(text.contains("--max-connections-per-ip 0"), "{text}");
+        assert!(!text.contains("request 0"), "{text}");
+
+        let addr = refusing_index("server full (10 connections)");
+        let text = Client::hello(addr, 1, "test")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(text.contains("server full"), "{text}");
+        assert!(text.contains("--max-connections "), "{text}");
     }
 }

@@ -236,3 +236,55 @@ fn more_holders_than_fake_peers_is_refused() {
     assert!(stderr.contains("--holders 3"), "{stderr}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// An `indexd` started by the test with `extra` flags, killed when dropped.
+struct Indexd {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Indexd {
+    fn start(extra: &[&str]) -> Indexd {
+        use std::io::BufRead;
+        let mut child = Command::new(&servers().0)
+            .args(["--listen", "127.0.0.1:0", "--log", "warn"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn indexd");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read indexd's address line");
+        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+        Indexd { child, addr }
+    }
+}
+
+impl Drop for Indexd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_index_refusing_sessions_is_named_with_the_flag_that_fixes_it() {
+    let out = temp_dir("busy");
+    // 2,000 files are pre-populated from 2 sessions and a run adds one: the third session
+    // from 127.0.0.1 is over this indexd's per-address limit.
+    let indexd = Indexd::start(&["--max-connections-per-ip", "2"]);
+    let r = bench(
+        &out,
+        &["--index", &indexd.addr, "--ops", "5,1,5", "--peers", "1"],
+    );
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("too many connections from your address (2)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--max-connections-per-ip 0"), "{stderr}");
+    assert!(!stderr.contains("arrived for request"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&out);
+}
