@@ -1,7 +1,8 @@
 //! The bench binary end to end, small: it starts its own indexd, runs, and writes every
-//! output; `--peers N` sweeps 1..=N; the saturation mode runs; the transfer mode downloads
-//! between real peers and cleans up after itself, with or without nginx installed; files
-//! can be pre-populated with several holders each.
+//! output, its ratios all against each run's own floor, and judges the targets; `--peers N`
+//! sweeps 1..=N; the saturation mode runs; the transfer mode downloads between real peers and
+//! cleans up after itself, with or without nginx installed; files can be pre-populated with
+//! several holders each; an indexd that refuses the bench's sessions is reported as such.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -117,7 +118,7 @@ fn closed_loop_writes_every_output() {
     }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    assert!(json["floor_us"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(json["prerun_floor_us"]["p50"].as_f64().unwrap() > 0.0);
     let runs = json["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[0]["peers"], 1);
@@ -126,6 +127,36 @@ fn closed_loop_writes_every_output() {
     assert_eq!(runs[1]["ops"]["register"]["count"], 10);
     assert_eq!(runs[1]["ops"]["lookup"]["errors"], 0);
     assert!(runs[1]["ops_per_s"].as_f64().unwrap() > 0.0);
+    // One floor: the ratios divide by the run's own floor, the pings interleaved with its ops.
+    for run in runs {
+        let floor = run["floor_p50_us"].as_f64().unwrap();
+        assert!(floor > 0.0);
+        assert_eq!(run["floor"]["p50_us"].as_f64().unwrap(), floor);
+        // One ping after each op of each peer.
+        let ops: u64 = ["search", "register", "lookup"]
+            .iter()
+            .map(|op| run["ops"][*op]["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(run["floor"]["count"].as_u64().unwrap(), ops);
+        let p50 = run["ops"]["lookup"]["p50_us"].as_f64().unwrap();
+        let ratio = run["p50_over_floor"]["lookup"].as_f64().unwrap();
+        assert!(
+            (ratio - p50 / floor).abs() < 0.006,
+            "{ratio} vs {p50} / {floor}"
+        );
+    }
+    // The targets are judged at 1 peer.
+    let targets = json["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    for t in targets {
+        assert_eq!(t["peers"], 1);
+        assert_eq!(t["max_p50_over_floor"], 1.15);
+        assert!(t["met"].is_boolean(), "{t}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Targets"), "{md}");
+    assert!(md.contains("lookup p50 ≤ 1.15 × floor at 1 peer"), "{md}");
+    assert!(md.contains("| 2 | *floor* | 90 |"), "{md}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -163,9 +194,10 @@ fn transfer_times_real_downloads_and_cleans_up() {
     assert!(r.status.success(), "{stderr}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    // The stable schema stays valid: the floor is measured, runs is empty.
-    assert!(json["floor_us"]["p50"].as_f64().unwrap() > 0.0);
+    // The stable schema stays valid: the pre-run floor is measured, runs is empty.
+    assert!(json["prerun_floor_us"]["p50"].as_f64().unwrap() > 0.0);
     assert_eq!(json["runs"], serde_json::json!([]));
+    assert_eq!(json["targets"], serde_json::json!([]));
     let t = &json["transfer"];
     assert_eq!(t["size_bytes"], 8 << 20);
     assert_eq!(t["repeats"], 1);
