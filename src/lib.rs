@@ -5,7 +5,6 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
-pub mod bench;
 pub mod codec;
 pub mod index;
 pub mod logging;

@@ -255,10 +255,10 @@ struct Staged {
 /// one false "maybe" in twenty-five.
 /// Bits are not cleared when a file goes; the filter is rebuilt from the files once it is too
 /// full or too stale. Peers choose hashes, so they can make the filter answer "maybe" for
-/// theirs, but a "maybe" only costs what every register used to cost (a hash-index search and
-/// the tables' inserts), plus a scan of at most [`STAGED_SCAN`] staged hashes. Between two
-/// calls of [`Index::post_pending`] (one reactor turn) a big batch can fill the filter past
-/// its bits per file; that only raises the rate of "maybe".
+/// theirs, but a "maybe" only costs what a register costs without the filter (a hash-index
+/// search and the tables' inserts), plus a scan of at most [`STAGED_SCAN`] staged hashes.
+/// Between two calls of [`Index::post_pending`] (one reactor turn) a big batch can fill the
+/// filter past its bits per file; that only raises the rate of "maybe".
 #[derive(Default)]
 struct HashFilter {
     words: Vec<u64>,

@@ -5,13 +5,13 @@
 
 use super::stats;
 use super::workload::Rng;
-use crate::reactor::{
+use hdrhistogram::Histogram;
+use p2pshare::reactor::{
     CloseReason, Config as ReactorConfig, ConnId, Ctx, Handler, Reactor, Verdict,
 };
-use crate::wire::{
+use p2pshare::wire::{
     self, FileHash, LookupKey, Request, RequestBody, Response, ResponseBody, PROTOCOL_VERSION,
 };
-use hdrhistogram::Histogram;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;

@@ -6,8 +6,9 @@
 //! do not slow the next:
 //! 1. **p2pshare**: a console `peer` fetching it with `get HASH` (connect, bytes, BLAKE3
 //!    verify, fsync, rename; the time the peer itself prints);
-//! 2. **bare copy**: the floor named by issue 4, a `sendfile`-to-socket server process (this
-//!    binary with `--sendfile-server FILE`) and a read-to-file client here, fsync included;
+//! 2. **bare copy**: the floor for a download (the same bytes between two processes, no
+//!    protocol, no hashing): a `sendfile`-to-socket server process (this binary with
+//!    `--sendfile-server FILE`) and a read-to-file client here, fsync included;
 //! 3. **curl + nginx** (when both are installed): `curl -o FILE` from nginx with `sendfile on`,
 //!    wall clock, no fsync.
 //!
@@ -24,10 +25,10 @@
 use super::client::{Client, REPLY_TIMEOUT};
 use super::floor::{self, ChildGuard};
 use super::progress;
-use crate::codec::Decoder;
-use crate::peer::share::hash_file;
-use crate::sys;
-use crate::wire::{
+use p2pshare::codec::Decoder;
+use p2pshare::peer::share::hash_file;
+use p2pshare::sys;
+use p2pshare::wire::{
     self, ErrorCode, FileHash, LookupKey, RequestBody, ResponseBody, TransferRequest,
     TransferResponse, PROTOCOL_VERSION,
 };
@@ -42,7 +43,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Simultaneous downloads the holder's memory is measured under (issue 4's target).
+/// Simultaneous downloads the holder's memory is measured under (its target: under 20 MB).
 pub const CONCURRENT_DOWNLOADS: usize = 64;
 /// Most bytes each of the simultaneous downloads reads before closing, so a large file does
 /// not make that phase take minutes (64 × 128 MiB = 8 GiB over loopback).
@@ -149,7 +150,7 @@ pub struct TransferSummary {
     pub holder_rss_before_kib: u64,
     /// The largest VmRSS sampled (every 50 ms) while the holder served them, KiB.
     pub holder_rss_max_kib_64_downloads: u64,
-    /// The same in MB (10^6 bytes), the unit of issue 4's 20 MB target.
+    /// The same in MB (10^6 bytes), the unit of the 20 MB target.
     pub holder_rss_max_mb_64_downloads: f64,
     /// The holder's VmHWM (peak resident memory over its whole life, hashing at start
     /// included) at the end, KiB.
@@ -924,7 +925,7 @@ pub fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
 
 /// Flushes every dirty page on the machine (the `sync` command, i.e. `sync(2)`), so write-back
 /// of earlier work does not land inside the next timed transfer. Through the command rather
-/// than `libc::sync` so `unsafe` stays in `reactor::sys`.
+/// than `libc::sync` so the bench has no `unsafe`.
 fn sync_disks() {
     if let Err(e) = Command::new("sync").status() {
         eprintln!("bench: sync: {e} (timings may include earlier write-back)");

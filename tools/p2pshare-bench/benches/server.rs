@@ -4,9 +4,9 @@
 //! word postings the server does after answering). `cargo bench --bench server`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use p2pshare::bench::workload;
 use p2pshare::index::server::{IndexServer, ServerLimits, Session};
 use p2pshare::wire::{self, LookupKey, Request, RequestBody, PROTOCOL_VERSION};
+use p2pshare_bench::workload;
 use std::time::{Duration, Instant};
 
 fn payload(id: u32, body: RequestBody) -> Vec<u8> {

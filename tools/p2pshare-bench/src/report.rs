@@ -9,7 +9,9 @@ use super::workload::{OpKind, FILES_PER_REGISTER};
 use serde::Serialize;
 use std::fmt::Write as _;
 
-/// The floor: bare loopback TCP round trips, µs.
+/// The pre-run floor: bare loopback TCP round trips of one client alone, with no operations
+/// running, timed before each run, µs. Context only: the ratios use each run's own floor
+/// ([`RunSummary::floor`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Floor {
     /// Median round trip.
@@ -57,12 +59,116 @@ pub struct RunSummary {
     pub ops_per_s: f64,
     /// Length of the run, seconds.
     pub elapsed_s: f64,
-    /// The floor's p50 measured inside this run: each simulated peer pings the echo server
-    /// after each of its operations, µs.
+    /// The run's floor: the bare loopback round trips each simulated peer times right after
+    /// each of its operations, so they share the operations' moments and CPU contention.
+    pub floor: OpSummary,
+    /// `floor.p50_us`: what every ratio of this run divides by, µs.
     pub floor_p50_us: f64,
-    /// Each op's p50 divided by `floor_p50_us` (the floor under the same load, at the same
-    /// moments).
+    /// Each op's p50 divided by `floor_p50_us`, rounded to 2 decimals.
     pub p50_over_floor: PerOp<f64>,
+    /// The pre-run floor's p50, timed by one client right before this run, µs (context).
+    pub prerun_floor_p50_us: f64,
+}
+
+/// The latency targets: an op's p50 within a multiple of the floor in runs of some number of
+/// peers. At one peer a lookup or a register should cost indexd next to nothing beyond the
+/// loopback round trip.
+pub const TARGETS: [Target; 2] = [
+    Target {
+        op: OpKind::Lookup,
+        peers: 1,
+        max_p50_over_floor: 1.15,
+    },
+    Target {
+        op: OpKind::Register,
+        peers: 1,
+        max_p50_over_floor: 1.15,
+    },
+];
+
+/// One latency target.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Target {
+    /// The op.
+    pub op: OpKind,
+    /// Concurrent peers of the run it applies to.
+    pub peers: usize,
+    /// The largest p50 / floor that meets it.
+    pub max_p50_over_floor: f64,
+}
+
+/// A target and what the bench measured for it (an element of `targets`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    /// The op.
+    pub op: &'static str,
+    /// Concurrent peers of the run it applies to.
+    pub peers: usize,
+    /// The largest p50 / floor that meets it.
+    pub max_p50_over_floor: f64,
+    /// The op's p50 in that run, µs (null: no run of that many peers).
+    pub p50_us: Option<f64>,
+    /// That run's floor p50, µs.
+    pub floor_p50_us: Option<f64>,
+    /// The run's p50 / floor as reported (2 decimals), which is what is compared.
+    pub p50_over_floor: Option<f64>,
+    /// Met, not met, or null when not measured.
+    pub met: Option<bool>,
+}
+
+impl Verdict {
+    /// `target` judged against `runs`.
+    pub fn judge(target: &Target, runs: &[RunSummary]) -> Verdict {
+        let run = runs.iter().find(|r| r.peers == target.peers);
+        let ratio = run.map(|r| r.p50_ratio(target.op));
+        Verdict {
+            op: target.op.name(),
+            peers: target.peers,
+            max_p50_over_floor: target.max_p50_over_floor,
+            p50_us: run.map(|r| r.op(target.op).p50_us),
+            floor_p50_us: run.map(|r| r.floor_p50_us),
+            p50_over_floor: ratio,
+            met: ratio.map(|x| x <= target.max_p50_over_floor),
+        }
+    }
+
+    /// What is targeted: `lookup p50 ≤ 1.15 × floor at 1 peer`.
+    pub fn target_text(&self) -> String {
+        format!(
+            "{} p50 ≤ {:.2} × floor at {}",
+            self.op,
+            self.max_p50_over_floor,
+            peers_text(self.peers)
+        )
+    }
+
+    /// The measurement: `1.04× (p50 54.4 µs, floor 52.4 µs)`.
+    pub fn measured_text(&self) -> String {
+        match (self.p50_over_floor, self.p50_us, self.floor_p50_us) {
+            (Some(r), Some(p50), Some(floor)) => {
+                format!("{r:.2}× (p50 {p50:.1} µs, floor {floor:.1} µs)")
+            }
+            _ => format!("no run with {}", peers_text(self.peers)),
+        }
+    }
+
+    /// `met`, `NOT MET` or `not measured`.
+    pub fn verdict_text(&self) -> &'static str {
+        match self.met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "not measured",
+        }
+    }
+}
+
+/// `1 peer`, `3 peers`.
+fn peers_text(n: usize) -> String {
+    if n == 1 {
+        "1 peer".into()
+    } else {
+        format!("{n} peers")
+    }
 }
 
 /// The saturation mode's result.
@@ -120,15 +226,17 @@ impl Machine {
     }
 }
 
-/// The whole of `summary.json`. `floor_us` and `runs` (with `peers`, `ops.*.{count, errors,
-/// mean_us, p50_us, p90_us, p99_us, p999_us, max_us}` and `ops_per_s`) are the stable
-/// schema; the rest may grow.
+/// The whole of `summary.json`. `prerun_floor_us` and `runs` (with `peers`, `ops.*.{count,
+/// errors, mean_us, p50_us, p90_us, p99_us, p999_us, max_us}`, `ops_per_s`, `floor_p50_us` and
+/// `p50_over_floor`) are the stable schema; the rest may grow.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
-    /// The loopback floor.
-    pub floor_us: Floor,
+    /// The pre-run floor over all runs (context; no ratio uses it).
+    pub prerun_floor_us: Floor,
     /// Closed-loop runs, in the order run.
     pub runs: Vec<RunSummary>,
+    /// The latency targets and their verdicts (closed-loop mode; empty otherwise).
+    pub targets: Vec<Verdict>,
     /// The saturation run, when that mode ran.
     pub saturation: Option<SaturationSummary>,
     /// The transfer mode's downloads and baselines, when that mode ran.
@@ -165,22 +273,26 @@ fn ratio(p50: f64, floor: f64) -> f64 {
 }
 
 impl RunSummary {
-    /// A run's summary from its per-op figures.
+    /// A run's summary from its per-op figures, its floor (the pings interleaved with its
+    /// ops) and the pre-run floor's p50.
     pub fn new(
         peers: usize,
         ops: [OpSummary; 3],
         ops_per_s: f64,
         elapsed_s: f64,
-        floor: &Floor,
+        floor: OpSummary,
+        prerun_floor_p50_us: f64,
     ) -> RunSummary {
-        let ratios = [0, 1, 2].map(|k| ratio(ops[k].p50_us, floor.p50));
+        let ratios = [0, 1, 2].map(|k| ratio(ops[k].p50_us, floor.p50_us));
         RunSummary {
             peers,
             ops: PerOp::from_array(&ops),
             ops_per_s: ops_per_s.round(),
             elapsed_s: (elapsed_s * 1000.0).round() / 1000.0,
-            floor_p50_us: floor.p50,
+            floor_p50_us: floor.p50_us,
+            floor,
             p50_over_floor: PerOp::from_array(&ratios),
+            prerun_floor_p50_us,
         }
     }
 
@@ -212,7 +324,7 @@ pub fn op_meaning(kind: OpKind) -> String {
     }
 }
 
-/// `report.md`: machine, command, tables, charts.
+/// `report.md`: machine, command, targets and verdicts, the floor, tables, charts.
 pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# p2pshare benchmark\n");
@@ -230,25 +342,54 @@ pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
         s.holders_per_prepopulated_file,
         s.placement
     );
-    let _ = writeln!(
-        md,
-        "**Floor**: a bare TCP ping-pong of {} bytes over loopback between this process and a \
-         child echo process, one round trip in flight, timed right before each run ({} round \
-         trips with one client in all): p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs. Inside each \
-         run, every simulated peer also pings the echo server after each of its operations; \
-         that run's *p50 / floor* divides by the p50 of those interleaved pings, so both sides \
-         of the ratio see the same moments and the same CPU contention (on a 2-core machine, \
-         3 peers plus indexd oversubscribe the CPUs). On a \
-         shared or virtualised machine the round trip itself swings (an idle vCPU takes tens \
-         of µs to wake), so compare ratios within a run rather than absolute figures across \
-         runs.\n",
-        s.floor_us.ping_bytes,
-        s.floor_us.round_trips,
-        s.floor_us.p50,
-        s.floor_us.p99,
-        s.floor_us.mean
+    let prerun = format!(
+        "p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs ({} round trips of {} bytes)",
+        s.prerun_floor_us.p50,
+        s.prerun_floor_us.p99,
+        s.prerun_floor_us.mean,
+        s.prerun_floor_us.round_trips,
+        s.prerun_floor_us.ping_bytes
     );
-    if !s.runs.is_empty() {
+    if s.runs.is_empty() {
+        let _ = writeln!(
+            md,
+            "**Pre-run floor** (the bare loopback round trip: a TCP ping-pong between this \
+             process and a child echo process, one client, timed before the run): {prerun}.\n"
+        );
+    } else {
+        if !s.targets.is_empty() {
+            let _ = writeln!(
+                md,
+                "## Targets\n\n| target | measured (p50 / floor) | verdict |\n|---|---|---|"
+            );
+            for t in &s.targets {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | **{}** |",
+                    t.target_text(),
+                    t.measured_text(),
+                    t.verdict_text()
+                );
+            }
+            let _ = writeln!(md);
+        }
+        let _ = writeln!(
+            md,
+            "## The floor\n\n\
+             The **floor** is the bare loopback round trip: a TCP ping-pong of {} bytes between a \
+             simulated peer and a child echo process, one round trip in flight. Every simulated \
+             peer pings the echo server right after each of its operations, so a run's floor \
+             shares the operations' moments and CPU contention (on a 2-core machine, 3 peers \
+             plus indexd oversubscribe the CPUs). Each run's *floor* row below is those pings, \
+             and every *p50 / floor* (tables, targets, summary.json) divides by that row's \
+             p50; the chart draws it. On a shared or virtualised machine the round trip itself \
+             swings (an idle vCPU takes tens of µs to wake), so compare ratios within a run \
+             rather than absolute figures across runs.\n\n\
+             Before each run one client also times the ping-pong alone, with no operations \
+             running: the *pre-run floor* (`prerun_floor_us` in summary.json): {prerun} over \
+             all runs. It is context only; no ratio uses it.\n",
+            s.prerun_floor_us.ping_bytes
+        );
         let _ = writeln!(md, "## Closed loop\n");
         if let Some(o) = ops {
             let _ = writeln!(
@@ -264,7 +405,8 @@ pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
         }
         let _ = writeln!(
             md,
-            "\nLatencies are recorded in ns (HdrHistogram, 3 significant digits) and shown in µs; \
+            "- **floor**: one bare round trip to the echo server, after each operation.\n\n\
+             Latencies are recorded in ns (HdrHistogram, 3 significant digits) and shown in µs; \
              *errors* counts error or unexpected answers (their latency is included).\n"
         );
         let _ = writeln!(
@@ -275,49 +417,44 @@ pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
             md,
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
+        let row = |md: &mut String, peers: usize, name: &str, o: &OpSummary, ratio: &str| {
+            let _ = writeln!(
+                md,
+                "| {peers} | {name} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {ratio} |",
+                o.count, o.errors, o.mean_us, o.p50_us, o.p90_us, o.p99_us, o.p999_us, o.max_us,
+            );
+        };
         for r in &s.runs {
             for kind in OpKind::ALL {
-                let o = r.op(kind);
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}× |",
-                    r.peers,
-                    kind.name(),
-                    o.count,
-                    o.errors,
-                    o.mean_us,
-                    o.p50_us,
-                    o.p90_us,
-                    o.p99_us,
-                    o.p999_us,
-                    o.max_us,
-                    r.p50_ratio(kind)
-                );
+                let ratio = format!("{:.2}×", r.p50_ratio(kind));
+                row(&mut md, r.peers, kind.name(), r.op(kind), &ratio);
             }
+            row(&mut md, r.peers, "*floor*", &r.floor, "");
         }
         let _ = writeln!(
             md,
-            "\n| peers | ops/s (all peers) | run time s | floor p50 µs (N clients) |\n\
+            "\n| peers | ops/s (all peers) | run time s | pre-run floor p50 µs |\n\
              |---:|---:|---:|---:|"
         );
         for r in &s.runs {
             let _ = writeln!(
                 md,
                 "| {} | {:.0} | {:.2} | {:.1} |",
-                r.peers, r.ops_per_s, r.elapsed_s, r.floor_p50_us
+                r.peers, r.ops_per_s, r.elapsed_s, r.prerun_floor_p50_us
             );
         }
         let _ = writeln!(
             md,
             "\n### Mean time per operation vs concurrent peers\n\n\
              ![mean time per operation](means.svg)\n\n\
-             Solid: mean; dashed: p99; grey: the loopback floor (p50). PNG: [means.png](means.png).\n"
+             Solid: mean; dashed: p99; grey: each run's floor (p50). PNG: [means.png](means.png).\n"
         );
         let _ = writeln!(
             md,
             "### Latency by percentile\n\n![latency by percentile](percentiles.svg)\n\n\
              PNG: [percentiles.png](percentiles.png). The full distributions are in the `.hgrm` \
-             files (HdrHistogram percentile format, µs), one per peer count and op.\n"
+             files (HdrHistogram percentile format, µs), one per peer count and op, and \
+             `peersN-floor.hgrm` for each run's floor.\n"
         );
     }
     if let Some(sat) = &s.saturation {
@@ -435,11 +572,12 @@ fn transfer_markdown(md: &mut String, tr: &TransferSummary, command: &str) {
          stdin `get HASH`) prints in its `saved PATH (SIZE bytes in T s, ...)` line: connect to \
          the holder, request, receive every byte into `.HASH.p2pshare-part`, BLAKE3 verify, \
          fsync and rename. Not included: the peer's start-up and its lookup at the index.\n\
-         - **bare copy**: the floor named in issue 4, between two processes: a server (this \
+         - **bare copy**: the floor for a download, the same bytes moved between two \
+         processes with no protocol and no hashing: a server (this \
          bench binary, `--sendfile-server FILE`) `sendfile`s the whole file to each connection \
          on a blocking socket; the bench connects, reads 256 KiB at a time and writes each \
          chunk to a new file, then fsyncs it. Timed from connect to fsync done; the row \
-         *before its fsync* stops the clock after the last write. No hashing.\n\
+         *before its fsync* stops the clock after the last write.\n\
          - **curl + nginx**: the wall clock of `curl -s --noproxy '*' -o FILE \
          http://127.0.0.1:PORT/NAME` against nginx started by the bench (`worker_processes 1; \
          sendfile on; tcp_nopush on; access_log off`), curl's process start-up included. curl \
@@ -456,7 +594,7 @@ fn transfer_markdown(md: &mut String, tr: &TransferSummary, command: &str) {
          at once against the holder, all requested before any is read, each reading the \
          header and {} before closing ({:.2} s in all). The holder's VmRSS, sampled every \
          50 ms: {} KiB before, at most **{} KiB ({:.2} MB)** while serving the {n} downloads \
-         (issue 4's target: under 20 MB). Its VmHWM (peak over its life, hashing the file at \
+         (target: under 20 MB). Its VmHWM (peak over its life, hashing the file at \
          start included): {} KiB ({:.2} MB).\n",
         size_label(tr.bytes_per_concurrent_download),
         tr.concurrent_downloads_s,
@@ -519,20 +657,34 @@ mod tests {
             round_trips: 100,
             ping_bytes: 32,
         };
-        let op = OpSummary {
+        let op = |p50_us| OpSummary {
             count: 10,
-            p50_us: 30.0,
+            p50_us,
             ..OpSummary::default()
         };
-        Summary {
-            runs: vec![RunSummary::new(
+        let runs = vec![
+            // At 1 peer: lookup 1.10× the floor (met), register 1.16× (not met).
+            RunSummary::new(
+                1,
+                [op(30.0), op(23.2), op(22.0)],
+                900.0,
+                1.0,
+                op(20.0),
+                18.0,
+            ),
+            RunSummary::new(
                 3,
-                [op.clone(), op.clone(), op],
+                [op(30.0), op(30.0), op(30.0)],
                 1000.0,
                 1.0,
-                &floor,
-            )],
-            floor_us: floor,
+                op(20.0),
+                19.0,
+            ),
+        ];
+        Summary {
+            targets: TARGETS.iter().map(|t| Verdict::judge(t, &runs)).collect(),
+            runs,
+            prerun_floor_us: floor,
             saturation: None,
             transfer: None,
             ops_per_peer: Some(PerOp::from_array(&[1, 2, 3])),
@@ -551,10 +703,13 @@ mod tests {
     #[test]
     fn json_has_the_stable_schema() {
         let v = serde_json::to_value(summary()).unwrap();
-        assert!(v["floor_us"]["p50"].is_number());
-        assert!(v["floor_us"]["p99"].is_number());
-        let run = &v["runs"][0];
+        assert!(v["prerun_floor_us"]["p50"].is_number());
+        assert!(v["prerun_floor_us"]["p99"].is_number());
+        let run = &v["runs"][1];
         assert_eq!(run["peers"], 3);
+        assert_eq!(run["floor_p50_us"], 20.0);
+        assert_eq!(run["floor"]["p50_us"], 20.0);
+        assert_eq!(run["prerun_floor_p50_us"], 19.0);
         assert!(run["ops_per_s"].is_number());
         for op in ["search", "register", "lookup"] {
             for key in [
@@ -593,7 +748,7 @@ mod tests {
         });
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["runs"], serde_json::json!([]));
-        assert!(v["floor_us"]["p50"].is_number());
+        assert!(v["prerun_floor_us"]["p50"].is_number());
         assert_eq!(v["transfer"]["p2pshare"]["median_mib_per_s"], 900.0);
         assert!(v["transfer"]["curl_nginx"].is_null());
         assert_eq!(
@@ -612,6 +767,31 @@ mod tests {
     }
 
     #[test]
+    fn targets_are_judged_at_one_peer_on_the_reported_ratio() {
+        let s = summary();
+        let [lookup, register] = &s.targets[..] else {
+            panic!("two targets: {:?}", s.targets)
+        };
+        assert_eq!((lookup.op, lookup.met), ("lookup", Some(true)));
+        assert_eq!(lookup.p50_over_floor, Some(1.1));
+        assert_eq!((register.op, register.met), ("register", Some(false)));
+        assert_eq!(register.p50_over_floor, Some(1.16));
+        let md = markdown(&s, None);
+        assert!(md.contains("## Targets"));
+        assert!(
+            md.contains("| lookup p50 ≤ 1.15 × floor at 1 peer | 1.10× (p50 22.0 µs, floor 20.0 µs) | **met** |"),
+            "{md}"
+        );
+        assert!(md.contains("| register p50 ≤ 1.15 × floor at 1 peer | 1.16× (p50 23.2 µs, floor 20.0 µs) | **NOT MET** |"));
+        // Without a run of 1 peer, nothing is judged.
+        let later = &s.runs[1..];
+        let v = Verdict::judge(&TARGETS[0], later);
+        assert_eq!(v.met, None);
+        assert_eq!(v.verdict_text(), "not measured");
+        assert_eq!(v.measured_text(), "no run with 1 peer");
+    }
+
+    #[test]
     fn markdown_has_tables_and_charts() {
         let md = markdown(
             &summary(),
@@ -623,6 +803,7 @@ mod tests {
         );
         assert!(md.contains("tools/bench"));
         assert!(md.contains("| 3 | search | 10 |"));
+        assert!(md.contains("| 3 | *floor* | 10 |"));
         assert!(md.contains("1.50×"));
         assert!(md.contains("means.svg"));
         assert!(md.contains("percentiles.svg"));

@@ -1,6 +1,10 @@
-//! The benchmark behind `tools/bench`: real index sessions over loopback, timed one
-//! operation at a time into HdrHistograms, next to the bare loopback round trip measured in
-//! the same run, written out as JSON, `.hgrm` files, a Markdown report and charts.
+//! p2pshare-bench: the benchmark behind `tools/bench`: real index sessions over loopback,
+//! timed one operation at a time into HdrHistograms, next to the bare loopback round trip
+//! measured in the same run, written out as JSON, `.hgrm` files, a Markdown report and charts.
+//!
+//! Its own crate so that the servers never link what only the bench needs (plotters, a
+//! compiled-in font, serde_json); it uses the `p2pshare` library's codec, wire messages,
+//! reactor and process helpers like any other client.
 //!
 //! Parts: [`config`] (flags → validated config), [`workload`] (what the simulated peers ask,
 //! seeded and pure), [`client`] (a blocking session), [`load`] (pre-population and the
@@ -15,6 +19,8 @@
 //! - Pre-populated files stay in the index for the whole bench: their connections stay open
 //!   and ping.
 //! - Only the request/answer round trip is timed; building requests happens before the clock.
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod charts;
 pub mod client;
@@ -28,7 +34,7 @@ pub mod transfer;
 pub mod workload;
 
 use config::{Config, Mode};
-use report::{Floor, Machine, PerOp, RunSummary, SaturationSummary, Summary};
+use report::{Floor, Machine, PerOp, RunSummary, SaturationSummary, Summary, Verdict};
 use stats::OpSummary;
 use std::fs;
 use std::io;
@@ -52,7 +58,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = cpus >= 2 && !matches!(config.mode, Mode::Transfer { .. });
     if pinned {
-        crate::sys::process::pin_current_thread(cpus - 1)?;
+        p2pshare::sys::process::pin_current_thread(cpus - 1)?;
     }
     let (_indexd, addr, index_label) = match config.index {
         Some(addr) => (None, addr, addr.to_string()),
@@ -74,27 +80,27 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         }
     };
 
-    // The echo server lives for the whole bench. `floor_us` is the bare round trip of one
-    // client, measured right before each run. The ratios of a closed-loop run use a floor
-    // taken *inside* the run: every simulated peer pings the echo server after each of its
-    // operations, so op and floor samples share the same moments and the same concurrency
-    // (a shared machine's loopback latency drifts, and a lone client on an idle virtual CPU
-    // pays wake-up latencies a busy one does not).
+    // The echo server lives for the whole bench. A closed-loop run's floor, which its ratios
+    // divide by, is taken *inside* the run: every simulated peer pings the echo server after
+    // each of its operations, so op and floor samples share the same moments and the same
+    // concurrency (a shared machine's loopback latency drifts, and a lone client on an idle
+    // virtual CPU pays wake-up latencies a busy one does not). The pre-run floor, one client
+    // right before each run, is context only.
     let (_echo, echo_addr) = floor::spawn_listening(&config.self_exe, &["--echo-server"])?;
     if pinned {
-        crate::sys::process::pin_current_thread(0)?;
+        p2pshare::sys::process::pin_current_thread(0)?;
         eprintln!(
             "bench: indexd and the echo server pinned to CPU {}, clients to CPU 0",
             cpus - 1
         );
     }
-    let mut floor_all = stats::new_histogram();
-    let mut measure_floor = || -> io::Result<Floor> {
+    let mut prerun_all = stats::new_histogram();
+    let mut measure_prerun_floor = || -> io::Result<Floor> {
         let single = floor::measure(echo_addr, config.floor_round_trips)?;
-        floor_all.add(&single).expect("same histogram bounds");
+        prerun_all.add(&single).expect("same histogram bounds");
         let f = floor_of(&single);
         eprintln!(
-            "bench: floor (loopback round trip, 1 client): p50 {:.1} µs, p99 {:.1} µs",
+            "bench: pre-run floor (loopback round trip, 1 client alone): p50 {:.1} µs, p99 {:.1} µs",
             f.p50, f.p99
         );
         Ok(f)
@@ -117,13 +123,13 @@ pub fn run(config: &Config) -> io::Result<Summary> {
             let population =
                 load::Population::create(addr, prepopulated, config.holders, config.seed)?;
             for (i, &n) in peers.iter().enumerate() {
-                measure_floor()?;
+                let prerun = measure_prerun_floor()?;
                 let r =
                     load::run_closed_loop(addr, echo_addr, i, n, *ops, &population, config.seed)?;
-                let run_floor = floor_of(&r.floor);
+                let run_floor = OpSummary::of(&r.floor, 0);
                 eprintln!(
-                    "bench: floor interleaved with the run's ops ({n} peer(s)): p50 {:.1} µs, p99 {:.1} µs",
-                    run_floor.p50, run_floor.p99
+                    "bench: floor of the run (pings after each op of {n} peer(s)): p50 {:.1} µs, p99 {:.1} µs",
+                    run_floor.p50_us, run_floor.p99_us
                 );
                 write_file(
                     &config.out.join(format!("peers{n}-floor.hgrm")),
@@ -140,13 +146,15 @@ pub fn run(config: &Config) -> io::Result<Summary> {
                     peers: n,
                     ops: summaries.clone(),
                     curves: [0, 1, 2].map(|k| stats::percentile_curve(&r.hists[k])),
+                    floor_p50_us: run_floor.p50_us,
                 });
                 runs.push(RunSummary::new(
                     n,
                     summaries,
                     r.ops_per_s(),
                     r.elapsed.as_secs_f64(),
-                    &run_floor,
+                    run_floor,
+                    prerun.p50,
                 ));
             }
         }
@@ -157,7 +165,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         } => {
             let population =
                 load::Population::create(addr, prepopulated, config.holders, config.seed)?;
-            measure_floor()?;
+            measure_prerun_floor()?;
             let keys = population.files.iter().map(|f| f.hash).collect();
             let r = saturate::run(addr, *connections, *pipeline, *duration, keys, config.seed)?;
             write_file(
@@ -176,7 +184,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
             });
         }
         Mode::Transfer { size, repeats } => {
-            measure_floor()?;
+            measure_prerun_floor()?;
             transfer = Some(transfer::run(&transfer::Params {
                 size: *size,
                 repeats: *repeats,
@@ -188,15 +196,21 @@ pub fn run(config: &Config) -> io::Result<Summary> {
             })?);
         }
     }
-    let floor = floor_of(&floor_all);
-
     if !chart_runs.is_empty() {
-        charts::means_chart(&config.out, &chart_runs, floor.p50)?;
+        charts::means_chart(&config.out, &chart_runs)?;
         charts::percentiles_chart(&config.out, &chart_runs)?;
     }
+    let targets = match config.mode {
+        Mode::Latency { .. } => report::TARGETS
+            .iter()
+            .map(|t| Verdict::judge(t, &runs))
+            .collect(),
+        Mode::Saturation { .. } | Mode::Transfer { .. } => Vec::new(),
+    };
     let summary = Summary {
-        floor_us: floor,
+        prerun_floor_us: floor_of(&prerun_all),
         runs,
+        targets,
         saturation,
         transfer,
         ops_per_peer,
@@ -251,39 +265,48 @@ fn write_file(path: &Path, text: &str) -> io::Result<()> {
 pub fn console_table(s: &Summary) -> String {
     use std::fmt::Write as _;
     let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "floor (loopback round trip, 1 client): p50 {:.1} µs  p99 {:.1} µs",
-        s.floor_us.p50, s.floor_us.p99
-    );
-    if !s.runs.is_empty() {
+    if s.runs.is_empty() {
         let _ = writeln!(
             t,
-            "{:>5} {:<8} {:>7} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "pre-run floor (loopback round trip, 1 client alone): p50 {:.1} µs  p99 {:.1} µs",
+            s.prerun_floor_us.p50, s.prerun_floor_us.p99
+        );
+    } else {
+        let _ = writeln!(
+            t,
+            "{:>5} {:<8} {:>7} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "peers", "op", "count", "errors", "mean µs", "p50 µs", "p99 µs", "max µs", "p50/floor"
         );
     }
+    let row = |t: &mut String, peers: usize, name: &str, o: &OpSummary, ratio: &str| {
+        let line = format!(
+            "{peers:>5} {name:<8} {:>7} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {ratio:>9}",
+            o.count, o.errors, o.mean_us, o.p50_us, o.p99_us, o.max_us,
+        );
+        let _ = writeln!(t, "{}", line.trim_end());
+    };
     for r in &s.runs {
         for kind in OpKind::ALL {
-            let o = r.op(kind);
-            let _ = writeln!(
-                t,
-                "{:>5} {:<8} {:>7} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2}x",
-                r.peers,
-                kind.name(),
-                o.count,
-                o.errors,
-                o.mean_us,
-                o.p50_us,
-                o.p99_us,
-                o.max_us,
-                r.p50_ratio(kind)
-            );
+            let ratio = format!("{:.2}x", r.p50_ratio(kind));
+            row(&mut t, r.peers, kind.name(), r.op(kind), &ratio);
         }
+        row(&mut t, r.peers, "floor", &r.floor, "");
+        let _ = writeln!(t, "{:>5} all ops: {:.0} ops/s", r.peers, r.ops_per_s);
+    }
+    if !s.runs.is_empty() {
         let _ = writeln!(
             t,
-            "{:>5} all ops: {:.0} ops/s (floor interleaved with the ops of {} peer(s): p50 {:.1} µs)",
-            r.peers, r.ops_per_s, r.peers, r.floor_p50_us
+            "floor: a bare loopback round trip each simulated peer times after each of its ops; \
+             p50/floor divides by the floor's p50 in the same run"
+        );
+    }
+    for v in &s.targets {
+        let _ = writeln!(
+            t,
+            "target {}: {}, {}",
+            v.target_text(),
+            v.verdict_text(),
+            v.measured_text()
         );
     }
     if let Some(sat) = &s.saturation {

@@ -5,7 +5,7 @@
 //! Everything here is a pure function of a seed and indices, so a run is reproducible and
 //! two simulated peers never announce the same hash.
 
-use crate::wire::{FileEntry, FileHash};
+use p2pshare::wire::{FileEntry, FileHash};
 
 /// Files announced by one register operation.
 pub const FILES_PER_REGISTER: usize = 10;

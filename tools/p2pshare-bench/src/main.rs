@@ -1,8 +1,8 @@
 //! `bench`: the p2pshare benchmark (run it through `tools/bench`). Thin main: flags →
-//! validated config → `p2pshare::bench::run`.
+//! validated config → `p2pshare_bench::run`.
 
 use clap::Parser;
-use p2pshare::bench::config::{self, Config, Mode, OpCounts};
+use p2pshare_bench::config::{self, Config, Mode, OpCounts};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,7 +80,7 @@ struct Flags {
 fn main() -> ExitCode {
     let flags = Flags::parse();
     if flags.echo_server {
-        return match p2pshare::bench::floor::run_echo_server() {
+        return match p2pshare_bench::floor::run_echo_server() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bench --echo-server: {e}");
@@ -89,7 +89,7 @@ fn main() -> ExitCode {
         };
     }
     if let Some(file) = &flags.sendfile_server {
-        return match p2pshare::bench::transfer::run_sendfile_server(file) {
+        return match p2pshare_bench::transfer::run_sendfile_server(file) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bench --sendfile-server: {e}");
@@ -104,9 +104,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match p2pshare::bench::run(&config) {
+    match p2pshare_bench::run(&config) {
         Ok(summary) => {
-            print!("{}", p2pshare::bench::console_table(&summary));
+            print!("{}", p2pshare_bench::console_table(&summary));
             println!("wrote {}", config.out.display());
             ExitCode::SUCCESS
         }
@@ -175,7 +175,7 @@ fn validate(flags: Flags) -> Result<Config, String> {
     };
     let fake_peers = flags
         .files
-        .div_ceil(p2pshare::bench::workload::FILES_PER_FAKE_PEER);
+        .div_ceil(p2pshare_bench::workload::FILES_PER_FAKE_PEER);
     if !matches!(mode, Mode::Transfer { .. }) && !(1..=fake_peers).contains(&flags.holders) {
         return Err(format!(
             "--holders {} is outside 1..={fake_peers}: {} files make {fake_peers} fake peer(s) \

@@ -6,6 +6,7 @@
 
 use super::stats::OpSummary;
 use super::workload::OpKind;
+use plotters::coord::combinators::BindKeyPoints;
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
@@ -22,6 +23,8 @@ pub struct ChartRun {
     pub ops: [OpSummary; 3],
     /// Percentile curves (quantile, µs) per op kind.
     pub curves: [Vec<(f64, f64)>; 3],
+    /// The run's floor p50 (the pings interleaved with its ops), µs.
+    pub floor_p50_us: f64,
 }
 
 /// Size of the means chart, pixels.
@@ -63,26 +66,87 @@ fn err<E: std::fmt::Debug>(e: E) -> io::Error {
     io::Error::other(format!("drawing a chart: {e:?}"))
 }
 
+/// Values for the ticks of a log axis from `lo` to `hi`: 1-2-5 steps when they give at
+/// least four ticks, finer steps on a narrow range, powers of ten on a very wide one.
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    const STEPS: [&[f64]; 3] = [
+        &[1.0, 2.0, 5.0],
+        &[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+        &[
+            1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0,
+        ],
+    ];
+    if !(lo > 0.0 && hi > lo) {
+        return Vec::new();
+    }
+    let ticks = |mantissas: &[f64]| -> Vec<f64> {
+        let mut out = Vec::new();
+        let mut decade = 10f64.powf(lo.log10().floor());
+        while decade <= hi {
+            for m in mantissas {
+                // Rounded to 6 significant digits, so labels show 0.2, not 0.20000000000000004.
+                let v = format!("{:.6e}", m * decade)
+                    .parse::<f64>()
+                    .unwrap_or(m * decade);
+                if v >= lo && v <= hi {
+                    out.push(v);
+                }
+            }
+            decade *= 10.0;
+        }
+        out
+    };
+    let coarse = ticks(STEPS[0]);
+    if coarse.len() > 12 {
+        return ticks(&[1.0]);
+    }
+    STEPS
+        .iter()
+        .map(|m| ticks(m))
+        .find(|t| t.len() >= 4)
+        .unwrap_or_else(|| ticks(STEPS[2]))
+}
+
+/// The largest 1-2-5 value (…, 20, 50, 100, …) at or below `v > 0`, so an axis can start
+/// on a labelled tick.
+pub fn tick_at_or_below(v: f64) -> f64 {
+    let decade = 10f64.powf(v.log10().floor());
+    [5.0, 2.0, 1.0]
+        .into_iter()
+        .map(|m| m * decade)
+        .find(|t| *t <= v)
+        .unwrap_or(decade)
+}
+
+/// The label of a latency tick: whole µs from 10 up, one decimal below.
+pub fn latency_label(v: f64) -> String {
+    if v >= 10.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
 /// Chart (1), the original report's figure: mean time per operation against concurrent
-/// peers, p99 dashed, the loopback floor as a grey line. Writes `means.svg` and `means.png`.
-pub fn means_chart(dir: &Path, runs: &[ChartRun], floor_p50_us: f64) -> io::Result<()> {
+/// peers, p99 dashed, each run's floor (p50) as a grey line. Writes `means.svg` and
+/// `means.png`.
+pub fn means_chart(dir: &Path, runs: &[ChartRun]) -> io::Result<()> {
     register_fonts();
     let svg = dir.join("means.svg");
     {
         let root = SVGBackend::new(&svg, MEANS_SIZE).into_drawing_area();
-        draw_means(&root, runs, floor_p50_us)?;
+        draw_means(&root, runs)?;
         root.present().map_err(err)?;
     }
     let png = dir.join("means.png");
     let root = BitMapBackend::new(&png, MEANS_SIZE).into_drawing_area();
-    draw_means(&root, runs, floor_p50_us)?;
+    draw_means(&root, runs)?;
     root.present().map_err(err)
 }
 
 fn draw_means<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     runs: &[ChartRun],
-    floor: f64,
 ) -> io::Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let min_p = runs.iter().map(|r| r.peers).min().unwrap_or(1) as f64;
@@ -90,14 +154,19 @@ fn draw_means<DB: DrawingBackend>(
     // Log scale: p99 under load can be 100× the mean, and the floor should stay visible.
     let values = || {
         runs.iter()
-            .flat_map(|r| r.ops.iter().flat_map(|o| [o.mean_us, o.p99_us]))
-            .chain([floor])
+            .flat_map(|r| {
+                r.ops
+                    .iter()
+                    .flat_map(|o| [o.mean_us, o.p99_us])
+                    .chain([r.floor_p50_us])
+            })
             .filter(|v| *v > 0.0)
     };
-    let y_min = values().fold(f64::MAX, f64::min).min(1e9) * 0.6;
+    let y_min = tick_at_or_below(values().fold(f64::MAX, f64::min).min(1e9) * 0.8);
     let data_max = values().fold(1.0, f64::max) * 1.2;
     // Headroom above the data (a third of the log range) for the legend.
     let y_max = (y_min.ln() + (data_max.ln() - y_min.ln()) / 0.66).exp();
+    let (y_lo, y_hi) = (y_min.max(0.1), y_max.max(1.0));
     let mut chart = ChartBuilder::on(root)
         .caption(
             "Mean time per operation vs concurrent peers (dashed: p99)",
@@ -108,7 +177,9 @@ fn draw_means<DB: DrawingBackend>(
         .y_label_area_size(90)
         .build_cartesian_2d(
             (min_p - 0.5)..(max_p + 0.5),
-            (y_min.max(0.1)..y_max.max(1.0)).log_scale(),
+            (y_lo..y_hi)
+                .log_scale()
+                .with_key_points(log_ticks(y_lo, y_hi)),
         )
         .map_err(err)?;
     let int_label = |x: &f64| {
@@ -124,14 +195,7 @@ fn draw_means<DB: DrawingBackend>(
         .y_desc("time per operation (µs, log scale)")
         .x_labels(((max_p - min_p) as usize + 2) * 2)
         .x_label_formatter(&int_label)
-        .y_labels(8)
-        .y_label_formatter(&|y| {
-            if *y >= 10.0 {
-                format!("{y:.0}")
-            } else {
-                format!("{y:.1}")
-            }
-        })
+        .y_label_formatter(&|y| latency_label(*y))
         .axis_desc_style(("sans-serif", 20))
         .label_style(("sans-serif", 16))
         .light_line_style(WHITE.mix(0.0))
@@ -177,18 +241,25 @@ fn draw_means<DB: DrawingBackend>(
             .map_err(err)?;
     }
     let grey = RGBColor(120, 120, 120);
+    let floors: Vec<(f64, f64)> = runs
+        .iter()
+        .map(|r| (r.peers as f64, r.floor_p50_us))
+        .collect();
     chart
         .draw_series(DashedLineSeries::new(
-            vec![(min_p - 0.5, floor), (max_p + 0.5, floor)],
+            floors.clone(),
             4,
             4,
             grey.stroke_width(2),
         ))
         .map_err(err)?
-        .label("loopback round trip p50 (floor)")
+        .label("floor p50 (loopback round trip after each op)")
         .legend(move |(x, y)| {
             DashedPathElement::new(vec![(x, y), (x + 24, y)], 4, 4, grey.stroke_width(2))
         });
+    chart
+        .draw_series(floors.iter().map(|&p| Circle::new(p, 4, grey.filled())))
+        .map_err(err)?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
@@ -254,15 +325,16 @@ fn draw_percentiles<DB: DrawingBackend>(
         )
         .map_err(err)?;
     let panels = root.split_evenly((1, 3));
+    // One percentile axis for all panels, long enough for the op with the most samples.
+    let max_count = runs
+        .iter()
+        .flat_map(|r| r.ops.iter().map(|o| o.count))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let end = (max_count as f64).log10().ceil().clamp(3.0, 6.0);
     for (kind, panel) in OpKind::ALL.into_iter().zip(panels.iter()) {
         let k = kind.index();
-        let max_count = runs
-            .iter()
-            .map(|r| r.ops[k].count)
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let end = (max_count as f64).log10().ceil().clamp(3.0, 6.0);
         let (mut lo, mut hi) = (f64::MAX, 0.0f64);
         for r in runs {
             for &(_, v) in &r.curves[k] {
@@ -282,7 +354,10 @@ fn draw_percentiles<DB: DrawingBackend>(
             .margin_right(35)
             .x_label_area_size(55)
             .y_label_area_size(80)
-            .build_cartesian_2d(0.0..end, (lo..hi).log_scale())
+            .build_cartesian_2d(
+                0.0..end,
+                (lo..hi).log_scale().with_key_points(log_ticks(lo, hi)),
+            )
             .map_err(err)?;
         chart
             .configure_mesh()
@@ -290,13 +365,7 @@ fn draw_percentiles<DB: DrawingBackend>(
             .y_desc("latency (µs, log scale)")
             .x_labels(end as usize + 1)
             .x_label_formatter(&|x| percentile_label(*x))
-            .y_label_formatter(&|y| {
-                if *y >= 100.0 {
-                    format!("{y:.0}")
-                } else {
-                    format!("{y:.1}")
-                }
-            })
+            .y_label_formatter(&|y| latency_label(*y))
             .axis_desc_style(("sans-serif", 18))
             .label_style(("sans-serif", 15))
             .light_line_style(WHITE.mix(0.0))
@@ -347,5 +416,28 @@ mod tests {
         assert!((percentile_position(0.99, 4.0) - 2.0).abs() < 1e-9);
         assert_eq!(percentile_position(0.0, 4.0), 0.0);
         assert_eq!(percentile_position(1.0, 4.0), 4.0);
+    }
+
+    #[test]
+    fn log_axis_ticks_can_be_read() {
+        // Two decades: 1-2-5.
+        assert_eq!(
+            log_ticks(30.0, 3000.0),
+            [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]
+        );
+        // A narrow range still gets four or more ticks.
+        let t = log_ticks(40.0, 120.0);
+        assert!(t.len() >= 4, "{t:?}");
+        assert!(t.iter().all(|v| (40.0..=120.0).contains(v)));
+        // A very wide range: powers of ten only.
+        assert_eq!(log_ticks(1.0, 1e6).len(), 7);
+        assert_eq!(log_ticks(0.1, 0.6)[..3], [0.1, 0.15, 0.2]);
+        assert!(log_ticks(5.0, 5.0).is_empty());
+        assert_eq!(tick_at_or_below(37.0), 20.0);
+        assert_eq!(tick_at_or_below(50.0), 50.0);
+        assert_eq!(tick_at_or_below(0.3), 0.2);
+        assert_eq!(latency_label(200.0), "200");
+        assert_eq!(latency_label(2.5), "2.5");
+        assert_eq!(latency_label(0.2), "0.2");
     }
 }
