@@ -119,7 +119,12 @@ fn run(flags: Flags) -> Result<(), String> {
         index: flags.index,
         listen: flags.listen,
         console,
-        progress_bar: console && std::io::stdout().is_terminal(),
+        progress_bar: console && std::io::stderr().is_terminal(),
+        // Only spreads reconnects of different peers apart: any varying value will do.
+        seed: std::process::id() as u64
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
     };
     let mut peer = Peer::new(cfg, (events_tx.clone(), events_rx), jobs, waker.clone());
     peer.stop_on(stop);
@@ -130,5 +135,8 @@ fn run(flags: Flags) -> Result<(), String> {
     if console {
         peer::spawn_stdin(events_tx, waker).map_err(|e| e.to_string())?;
     }
-    reactor.run(&mut peer).map_err(|e| e.to_string())
+    let ran = reactor.run(&mut peer);
+    // The reactor has stopped: write out what is still queued for the person.
+    peer.finish();
+    ran.map_err(|e| e.to_string())
 }

@@ -1,8 +1,15 @@
-//! One download: a partial file under a temporary name, verified against the requested hash,
-//! then renamed into place. The socket side lives in the peer's reactor handler; this type
-//! owns the file side (resume, append, verify, land) and the list of holders to try.
+//! One download: the [`Download`] machine (holders tried in order, resume offset, stall
+//! detection, the verifying thread's result as an input) over a [`PartFile`] (the partial file
+//! under a temporary name, verified against the requested hash, then renamed into place).
+//! The machine owns its holders; a download connection's slot names only the download and the
+//! attempt it serves ([`Attempt`]), so one download can later own many connections.
 //!
 //! # Invariants
+//! - One attempt is live at a time; events from any other attempt's connection are ignored,
+//!   so a late close never fails the next holder.
+//! - Any failure of the holder (error frame, close, wrong header, [`STALL`] without bytes,
+//!   bytes that do not verify) moves to the next holder; a local disk error fails the
+//!   download at once and keeps the partial file.
 //! - Bytes go to `DOWNLOADS/.<hash>.p2pshare-part`, never to the final name. The final name
 //!   appears only by `rename` after the BLAKE3 of the whole file matched and the data was
 //!   fsynced, so nothing partial or unverified ever sits under a final name.
@@ -16,17 +23,20 @@
 //!   event). Each (re)opening of the partial file has its own generation, so a result from a
 //!   discarded attempt is recognised and ignored.
 
-use super::names::{self, Landing};
+use super::core::{Action, Role};
+use super::names::{self, display_name, Landing};
 use super::share::PART_SUFFIX;
+use crate::reactor::{CloseReason, ConnId, Verdict};
 use crate::sys;
-use crate::wire::FileHash;
+use crate::wire::{self, FileHash, HeldFile, TransferRequest, TransferResponse, PROTOCOL_VERSION};
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A number no other attempt of this process has: tells a result of the current attempt from
 /// one of a discarded attempt.
@@ -149,20 +159,14 @@ impl std::fmt::Display for TransferError {
     }
 }
 
-/// The file side of one download.
-pub struct Download {
+/// The file side of one download: the partial file, its verifying thread, landing.
+pub struct PartFile {
     /// What is wanted.
     pub hash: FileHash,
     /// Its size, from the index.
     pub size: u64,
     /// The name to save it under (untrusted; sanitised when landing).
     pub name: String,
-    /// Holders to try, in order.
-    pub holders: Vec<SocketAddr>,
-    /// Index into `holders` of the one being tried.
-    pub current: usize,
-    /// One line per failed holder, for the final error.
-    pub failures: Vec<String>,
     /// Where the partial bytes go.
     pub part_path: PathBuf,
     part: Option<File>,
@@ -173,45 +177,32 @@ pub struct Download {
     done: HashDone,
     /// Bytes in the partial file.
     pub have: u64,
-    /// Bytes received in this run (for the rate).
-    pub received_now: u64,
-    /// When this run started.
-    pub started: Instant,
-    /// Offset the current holder is sending from.
-    pub expecting_from: u64,
     /// Bytes already handed to the kernel for writeback.
     written_back: u64,
 }
 
-impl Download {
+impl PartFile {
     /// Prepares a download into `dir`, resuming from an existing partial file. `done` is
-    /// called (on another thread) with [`Download::generation`] and the file's hash once
-    /// [`Download::finish`] was called and every byte is hashed.
-    pub fn new(
+    /// called (on another thread) with [`PartFile::generation`] and the file's hash once
+    /// [`PartFile::finish`] was called and every byte is hashed.
+    pub fn open(
         dir: &Path,
         hash: FileHash,
         size: u64,
         name: String,
-        holders: Vec<SocketAddr>,
         done: HashDone,
-    ) -> Result<Download, TransferError> {
+    ) -> Result<PartFile, TransferError> {
         let part_path = dir.join(format!(".{hash}{PART_SUFFIX}"));
-        let mut d = Download {
+        let mut d = PartFile {
             hash,
             size,
             name,
-            holders,
-            current: 0,
-            failures: Vec::new(),
             part_path,
             part: None,
             follower: None,
             generation: fresh_generation(),
             done,
             have: 0,
-            received_now: 0,
-            started: Instant::now(),
-            expecting_from: 0,
             written_back: 0,
         };
         d.open_part().map_err(TransferError::Local)?;
@@ -240,19 +231,6 @@ impl Download {
         Ok(())
     }
 
-    /// The holder to try now, if any is left.
-    pub fn holder(&self) -> Option<SocketAddr> {
-        self.holders.get(self.current).copied()
-    }
-
-    /// Records that the current holder failed and moves to the next.
-    pub fn next_holder(&mut self, why: &str) {
-        if let Some(h) = self.holder() {
-            self.failures.push(format!("{h}: {why}"));
-        }
-        self.current += 1;
-    }
-
     /// Whether every byte is here.
     pub fn is_complete(&self) -> bool {
         self.have == self.size
@@ -272,7 +250,6 @@ impl Download {
                 self.have
             )));
         }
-        self.expecting_from = offset;
         Ok(size - offset)
     }
 
@@ -288,7 +265,6 @@ impl Download {
         if let Some(f) = &self.follower {
             f.update(|f| f.written = have);
         }
-        self.received_now += data.len() as u64;
         if self.have - self.written_back >= WRITEBACK_BYTES {
             sys::io::start_writeback(part, self.written_back, self.have - self.written_back);
             self.written_back = self.have;
@@ -381,6 +357,410 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// A holder silent this long (connecting, before its header, or between bytes) is given up.
+pub const STALL: Duration = Duration::from_secs(15);
+/// Progress is reported at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Names a download within the peer.
+pub type DownloadId = u64;
+
+/// What a download connection serves, kept in its slot: which download, which attempt. The
+/// download owns its holders; a connection whose attempt is no longer the live one is stale
+/// and its events are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// The download.
+    pub download: DownloadId,
+    /// Which connection attempt of that download.
+    pub n: u32,
+}
+
+/// What a download tells the rest of the peer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DownloadEvent {
+    /// Resuming from bytes already in the partial file.
+    Resuming {
+        /// Bytes kept.
+        have: u64,
+    },
+    /// Connecting to a holder.
+    Trying(SocketAddr),
+    /// Bytes arrived: the progress to show.
+    Progress {
+        /// Bytes on disk.
+        have: u64,
+    },
+    /// Verified and landed.
+    Saved {
+        /// The final path.
+        path: PathBuf,
+        /// An identical file was already there.
+        existed: bool,
+        /// Bytes received in this run, and how long the run took (for the rate).
+        received: u64,
+        /// Seconds since the run started.
+        secs: f64,
+    },
+    /// Given up: the sentence for the person.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Connecting to the current holder (or about to).
+    Connecting,
+    /// Get sent; waiting for the header.
+    AwaitingHeader,
+    /// Raw bytes arriving.
+    Receiving,
+    /// Every byte is on disk; waiting for the verifying thread's hash.
+    Verifying,
+    /// Saved or failed: nothing more happens.
+    Done,
+}
+
+/// The download machine: one file, its holders tried in order, each failure (error, close,
+/// stall, wrong header, bytes that do not verify) moving to the next. Inputs are `handle_*`
+/// with `now`; outputs are [`Action`]s and [`DownloadEvent`]s.
+pub struct Download {
+    id: DownloadId,
+    part: PartFile,
+    dir: PathBuf,
+    holders: Vec<SocketAddr>,
+    /// Index into `holders` of the one being tried.
+    current: usize,
+    /// One line per failed holder, for the final error.
+    failures: Vec<String>,
+    phase: Phase,
+    /// The live attempt's number, and its connection once connected.
+    attempt: u32,
+    conn: Option<ConnId>,
+    /// The live attempt is given up if nothing arrives by then.
+    deadline: Option<Instant>,
+    started: Instant,
+    /// Bytes received in this run (for the rate).
+    received: u64,
+    next_progress: Instant,
+    events: VecDeque<DownloadEvent>,
+}
+
+impl Download {
+    /// A download of `file` into `dir` from `holders` (in order), resuming a partial file.
+    pub fn new(
+        id: DownloadId,
+        now: Instant,
+        dir: &Path,
+        file: &HeldFile,
+        holders: Vec<SocketAddr>,
+        done: HashDone,
+    ) -> Result<Download, TransferError> {
+        let part = PartFile::open(dir, file.hash, file.size, file.name.clone(), done)?;
+        let mut events = VecDeque::new();
+        if part.have > 0 {
+            events.push_back(DownloadEvent::Resuming { have: part.have });
+        }
+        Ok(Download {
+            id,
+            part,
+            dir: dir.to_path_buf(),
+            holders,
+            current: 0,
+            failures: Vec::new(),
+            phase: Phase::Connecting,
+            attempt: 0,
+            conn: None,
+            deadline: None,
+            started: now,
+            received: 0,
+            next_progress: now,
+            events,
+        })
+    }
+
+    /// The file's name (untrusted, unsanitised) and size, and the bytes on disk.
+    pub fn progress(&self) -> (&str, u64, u64) {
+        (&self.part.name, self.part.have, self.part.size)
+    }
+
+    /// Which download this is.
+    pub fn id(&self) -> DownloadId {
+        self.id
+    }
+
+    /// Starts: the first holder, or verification if every byte is already here.
+    pub fn start(&mut self, now: Instant, out: &mut VecDeque<Action>) {
+        self.try_holder(now, out);
+    }
+
+    fn try_holder(&mut self, now: Instant, out: &mut VecDeque<Action>) {
+        self.conn = None;
+        self.deadline = None;
+        if self.part.is_complete() {
+            self.phase = Phase::Verifying;
+            self.part.finish();
+            return;
+        }
+        let Some(&addr) = self.holders.get(self.current) else {
+            let kept = if self.part.have > 0 {
+                format!(" ({} bytes kept for resume)", self.part.have)
+            } else {
+                String::new()
+            };
+            return self.fail(format!(
+                "get {}: every holder failed: {}{kept}",
+                display_name(&self.part.name),
+                self.failures.join("; ")
+            ));
+        };
+        self.attempt += 1;
+        self.phase = Phase::Connecting;
+        self.received = 0;
+        self.started = now;
+        self.deadline = Some(now + STALL);
+        self.events.push_back(DownloadEvent::Trying(addr));
+        out.push_back(Action::Connect {
+            addr,
+            role: Role::Download(Attempt {
+                download: self.id,
+                n: self.attempt,
+            }),
+        });
+    }
+
+    fn fail(&mut self, text: String) {
+        self.phase = Phase::Done;
+        self.conn = None;
+        self.deadline = None;
+        self.events.push_back(DownloadEvent::Failed(text));
+    }
+
+    fn is_live(&self, attempt: Attempt) -> bool {
+        attempt.download == self.id
+            && attempt.n == self.attempt
+            && matches!(
+                self.phase,
+                Phase::Connecting | Phase::AwaitingHeader | Phase::Receiving
+            )
+    }
+
+    /// The current holder failed: record why, close its connection, try the next.
+    fn holder_failed(&mut self, now: Instant, why: String, out: &mut VecDeque<Action>) {
+        if let Some(conn) = self.conn.take() {
+            out.push_back(Action::Close {
+                conn,
+                reason: CloseReason::Local,
+                after_flush: false,
+            });
+        }
+        if let Some(h) = self.holders.get(self.current) {
+            self.failures.push(format!("{h}: {why}"));
+        }
+        self.current += 1;
+        self.try_holder(now, out);
+    }
+
+    /// A connect completed: ask for the bytes we lack. A stale attempt is closed.
+    pub fn handle_connected(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        attempt: Attempt,
+        out: &mut VecDeque<Action>,
+    ) -> Verdict {
+        if !self.is_live(attempt) {
+            return Verdict::Close(CloseReason::Local);
+        }
+        self.conn = Some(conn);
+        self.phase = Phase::AwaitingHeader;
+        self.deadline = Some(now + STALL);
+        let mut frame = Vec::new();
+        wire::encode_frame(
+            &TransferRequest::Get {
+                version: PROTOCOL_VERSION,
+                hash: self.part.hash,
+                offset: self.part.have,
+            },
+            &mut frame,
+        );
+        out.push_back(Action::Send { conn, frame });
+        Verdict::Continue
+    }
+
+    /// A frame from the holder: the header (then raw bytes) or an error.
+    pub fn handle_frame(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        attempt: Attempt,
+        payload: &[u8],
+        out: &mut VecDeque<Action>,
+    ) -> Verdict {
+        if !self.is_live(attempt) || self.phase != Phase::AwaitingHeader {
+            return Verdict::Close(CloseReason::Local);
+        }
+        let why = match wire::decode::<TransferResponse>(payload) {
+            Ok(TransferResponse::Sending { size, offset, .. }) => {
+                match self.part.accept_header(size, offset) {
+                    Ok(0) => {
+                        self.verify();
+                        return Verdict::Close(CloseReason::Local);
+                    }
+                    Ok(n) => {
+                        self.phase = Phase::Receiving;
+                        self.deadline = Some(now + STALL);
+                        out.push_back(Action::ExpectRaw { conn, len: n });
+                        return Verdict::Continue;
+                    }
+                    Err(e) => e.to_string(),
+                }
+            }
+            Ok(TransferResponse::Error { code, message }) => {
+                format!("protocol error: {code}: {message}")
+            }
+            Err(e) => format!("protocol error: holder sent {e}"),
+        };
+        self.conn = None;
+        self.holder_failed(now, why, out);
+        Verdict::Close(CloseReason::Local)
+    }
+
+    /// File bytes from the holder.
+    pub fn handle_raw(
+        &mut self,
+        now: Instant,
+        attempt: Attempt,
+        data: &[u8],
+        out: &mut VecDeque<Action>,
+    ) -> Verdict {
+        if !self.is_live(attempt) || self.phase != Phase::Receiving {
+            return Verdict::Close(CloseReason::Local);
+        }
+        match self.part.write(data) {
+            Ok(()) => {}
+            Err(e @ TransferError::Local(_)) => {
+                // Our disk, not the holder: stop, keep the partial for a later resume.
+                let text = format!(
+                    "get {}: {e} ({} bytes kept for resume)",
+                    display_name(&self.part.name),
+                    self.part.have
+                );
+                self.fail(text);
+                return Verdict::Close(CloseReason::Local);
+            }
+            Err(e) => {
+                self.conn = None;
+                self.holder_failed(now, e.to_string(), out);
+                return Verdict::Close(CloseReason::Local);
+            }
+        }
+        self.received += data.len() as u64;
+        self.deadline = Some(now + STALL);
+        if now >= self.next_progress {
+            self.next_progress = now + PROGRESS_EVERY;
+            self.events.push_back(DownloadEvent::Progress {
+                have: self.part.have,
+            });
+        }
+        if self.part.is_complete() {
+            // Extra bytes after the file are ignored: the connection closes here.
+            self.verify();
+            return Verdict::Close(CloseReason::Local);
+        }
+        Verdict::Continue
+    }
+
+    /// Every byte is here: wait for the verifying thread.
+    fn verify(&mut self) {
+        self.conn = None;
+        self.deadline = None;
+        self.phase = Phase::Verifying;
+        self.part.finish();
+    }
+
+    /// A connection of this download closed (or its connect failed).
+    pub fn handle_close(
+        &mut self,
+        now: Instant,
+        attempt: Attempt,
+        reason: &CloseReason,
+        out: &mut VecDeque<Action>,
+    ) {
+        if !self.is_live(attempt) {
+            return;
+        }
+        self.conn = None;
+        let why = match reason {
+            CloseReason::Eof => "the holder closed the connection early".to_string(),
+            other => other.to_string(),
+        };
+        self.holder_failed(now, why, out);
+    }
+
+    /// Time passed: a holder silent for [`STALL`] is given up.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut VecDeque<Action>) {
+        if self.deadline.is_some_and(|d| d <= now) {
+            let why = format!("nothing received for {} s", STALL.as_secs());
+            self.holder_failed(now, why, out);
+        }
+    }
+
+    /// When [`Download::handle_timeout`] next has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The verifying thread's result for generation `generation`.
+    pub fn handle_hashed(
+        &mut self,
+        now: Instant,
+        generation: u64,
+        hashed: io::Result<FileHash>,
+        out: &mut VecDeque<Action>,
+    ) {
+        if self.phase != Phase::Verifying || generation != self.part.generation {
+            // From an attempt that was discarded since.
+            return;
+        }
+        match self.part.check(hashed) {
+            Ok(()) => {}
+            Err(e @ TransferError::Corrupt) => {
+                // Bytes from somewhere were wrong: start over from the next holder.
+                return self.holder_failed(now, e.to_string(), out);
+            }
+            Err(e) => return self.fail(format!("get {}: {e}", display_name(&self.part.name))),
+        }
+        match self.part.land(&self.dir) {
+            Ok((path, existed)) => {
+                self.phase = Phase::Done;
+                let secs = (now - self.started).as_secs_f64().max(1e-6);
+                self.events.push_back(DownloadEvent::Saved {
+                    path,
+                    existed,
+                    received: self.received,
+                    secs,
+                });
+            }
+            Err(e) => self.fail(format!("get: {e}")),
+        }
+    }
+
+    /// What happened, for the rest of the peer.
+    pub fn poll_event(&mut self) -> Option<DownloadEvent> {
+        self.events.pop_front()
+    }
+
+    /// Whether the download is over (saved or failed).
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// The file's hash.
+    pub fn hash(&self) -> FileHash {
+        self.part.hash
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,18 +779,17 @@ mod tests {
         dir: &Path,
         content: &[u8],
         name: &str,
-    ) -> (Download, mpsc::Receiver<(u64, io::Result<FileHash>)>) {
+    ) -> (PartFile, mpsc::Receiver<(u64, io::Result<FileHash>)>) {
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
         let done: HashDone = Arc::new(move |g, r| {
             let _ = tx.lock().unwrap().send((g, r));
         });
-        let d = Download::new(
+        let d = PartFile::open(
             dir,
             FileHash::of(content),
             content.len() as u64,
             name.into(),
-            vec!["127.0.0.1:1".parse().unwrap()],
             done,
         )
         .unwrap();
@@ -419,7 +798,7 @@ mod tests {
 
     /// Finishes and checks, as the peer does when the hash arrives.
     fn finish_and_check(
-        d: &mut Download,
+        d: &mut PartFile,
         rx: &mpsc::Receiver<(u64, io::Result<FileHash>)>,
     ) -> Result<(), TransferError> {
         d.finish();

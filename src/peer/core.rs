@@ -1,0 +1,836 @@
+//! The peer's sans-IO core: the role machines (index session, uploads, the download, the
+//! command runner, the output) and the few rules that join them (a Welcome registers the
+//! share; a lookup leads to a download; a changed file is withdrawn and re-hashed; startup
+//! ends once the share is hashed and registered).
+//!
+//! Inputs are `handle_*` calls with `now` (reactor events, helper-thread [`Event`]s, time);
+//! outputs are [`Action`]s ([`PeerCore::poll_action`]) for the reactor handler to carry out,
+//! and [`Line`](super::output::Line)s for the person ([`PeerCore::output`]). It owns no
+//! socket, thread or clock, so the test harness drives it with an in-memory index and
+//! holders and virtual time.
+//!
+//! Per-connection state is the [`Role`] in the reactor's slot; the core keeps no map of
+//! connections beside it.
+
+use super::commands::{self, Commands, Follow, Next, Waiting};
+use super::console::{self, Command, Target};
+use super::download::{Attempt, Download, DownloadEvent, DownloadId, HashDone};
+use super::names::display_name;
+use super::output::Output;
+use super::session::{IndexSession, SessionEvent, Tag};
+use super::share::{self, Share, SharedFile};
+use super::threads::{Event, Job};
+use super::upload::{self, Answer, Upload};
+use crate::reactor::{CloseReason, ConnId, Verdict};
+use crate::wire::{self, FileHash, HeldFile, LookupKey, RequestBody, Response, ResponseBody};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a connection is for: the peer's per-connection state, kept in the reactor's slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The session with the index.
+    Index,
+    /// Another peer's downloader.
+    Upload(Upload),
+    /// One attempt of one of our downloads.
+    Download(Attempt),
+}
+
+/// Something for the reactor handler to do.
+#[derive(Debug)]
+pub enum Action {
+    /// Look the index's host name up (on a helper thread); answer with [`Event::Resolved`].
+    Resolve(String),
+    /// Open a connection with this role; a failure comes back as its close.
+    Connect {
+        /// Where to.
+        addr: SocketAddr,
+        /// Its slot state.
+        role: Role,
+    },
+    /// Queue a frame.
+    Send {
+        /// On which connection.
+        conn: ConnId,
+        /// The encoded frame.
+        frame: Vec<u8>,
+    },
+    /// Queue a file range (an upload): reading parks until it drains.
+    SendFile {
+        /// On which connection.
+        conn: ConnId,
+        /// The open file.
+        file: File,
+        /// First byte.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// The next `len` input bytes are raw file bytes.
+    ExpectRaw {
+        /// On which connection.
+        conn: ConnId,
+        /// How many.
+        len: u64,
+    },
+    /// Close a connection (after sending what is queued, with `after_flush`).
+    Close {
+        /// Which.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+        /// Send the queued output first.
+        after_flush: bool,
+    },
+    /// Give the hashing thread a job; answered with [`Event::Scanned`].
+    Hash(Job),
+    /// Stop the peer.
+    Stop,
+}
+
+/// The core's part of the peer's configuration.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// The directory shared.
+    pub share_dir: PathBuf,
+    /// Where downloads land.
+    pub downloads_dir: PathBuf,
+    /// The index, `HOST:PORT`.
+    pub index: String,
+    /// Commands come from stdin and its end quits (false: `--serve`).
+    pub console: bool,
+    /// Progress is drawn as a bar (else each holder tried is named on stderr).
+    pub progress_bar: bool,
+    /// Seeds the reconnect jitter.
+    pub seed: u64,
+}
+
+/// The core; see the module docs.
+pub struct PeerCore {
+    cfg: CoreConfig,
+    share: Share,
+    session: IndexSession,
+    commands: Commands,
+    download: Option<Download>,
+    next_download: DownloadId,
+    /// Hands the verifying thread's results back (as [`Event::Hashed`]).
+    hash_done: HashDone,
+    output: Output,
+    actions: VecDeque<Action>,
+    listen_port: u16,
+    uploads: UploadStats,
+    stopped: bool,
+}
+
+#[derive(Debug, Default)]
+struct UploadStats {
+    active: u64,
+    done: u64,
+    bytes: u64,
+}
+
+impl PeerCore {
+    /// A core whose downloads report their hashes through `hash_done`.
+    pub fn new(cfg: CoreConfig, hash_done: HashDone) -> PeerCore {
+        PeerCore {
+            session: IndexSession::new(cfg.index.clone(), 0, cfg.seed),
+            commands: Commands::new(cfg.console),
+            output: Output::new(cfg.progress_bar),
+            cfg,
+            share: Share::default(),
+            download: None,
+            next_download: 1,
+            hash_done,
+            actions: VecDeque::new(),
+            listen_port: 0,
+            uploads: UploadStats::default(),
+            stopped: false,
+        }
+    }
+
+    /// The file server listens on `listen_port`: scan the share and connect to the index.
+    pub fn start(&mut self, listen_port: u16) {
+        self.listen_port = listen_port;
+        self.session = IndexSession::new(self.cfg.index.clone(), listen_port, self.cfg.seed);
+        self.actions
+            .push_back(Action::Hash(Job::Rescan { console: false }));
+        self.session.start(&mut self.actions);
+    }
+
+    /// The next thing for the reactor handler to do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// What is queued for the person.
+    pub fn output(&mut self) -> &mut Output {
+        &mut self.output
+    }
+
+    /// The earliest time [`PeerCore::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let dl = self.download.as_ref().and_then(Download::poll_timeout);
+        match (self.session.poll_timeout(), dl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.session.handle_timeout(now, &mut self.actions);
+        if let Some(dl) = &mut self.download {
+            dl.handle_timeout(now, &mut self.actions);
+        }
+        self.pump(now);
+    }
+
+    /// A helper thread reported.
+    pub fn handle_event(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Line(line) => self.commands.handle_line(line),
+            Event::StdinEof => self.commands.handle_input_end(),
+            Event::ScanProgress(p) => {
+                if p.files_done < p.files {
+                    self.output.note(format!(
+                        "hashing: {}/{} files, {}/{}",
+                        p.files_done,
+                        p.files,
+                        human_bytes(p.bytes_done),
+                        human_bytes(p.bytes)
+                    ));
+                }
+            }
+            Event::Scanned {
+                job,
+                files,
+                warnings,
+            } => self.handle_scanned(job, files, warnings),
+            Event::Hashed(generation, hashed) => {
+                if let Some(dl) = &mut self.download {
+                    dl.handle_hashed(now, generation, hashed, &mut self.actions);
+                }
+            }
+            Event::Resolved(result) => self.session.handle_resolved(now, result, &mut self.actions),
+        }
+        self.pump(now);
+    }
+
+    /// The hashing thread could not take `job`.
+    pub fn handle_hasher_gone(&mut self, now: Instant, job: Job) {
+        if matches!(
+            job,
+            Job::Rescan { console: true } | Job::Paths { console: true, .. }
+        ) {
+            self.output.error("register: the hashing thread is gone");
+            self.commands.finish();
+        }
+        self.pump(now);
+    }
+
+    /// The output has room again: console commands paused for it may run.
+    pub fn handle_output_room(&mut self, now: Instant) {
+        self.pump(now);
+    }
+
+    /// SIGINT or SIGTERM.
+    pub fn handle_shutdown(&mut self) {
+        self.output.note("peer: shutting down");
+        self.quit();
+    }
+
+    /// Whether the peer has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    // ----- connections --------------------------------------------------------------------
+
+    /// A downloader connected to our file server.
+    pub fn handle_accept(&mut self) -> Role {
+        Role::Upload(Upload::AwaitingGet)
+    }
+
+    /// An outgoing connection is established.
+    pub fn handle_connected(&mut self, now: Instant, conn: ConnId, role: &mut Role) -> Verdict {
+        let verdict = match role {
+            Role::Index => {
+                self.session.handle_connected(conn, &mut self.actions);
+                Verdict::Continue
+            }
+            Role::Download(attempt) => match &mut self.download {
+                Some(dl) => dl.handle_connected(now, conn, *attempt, &mut self.actions),
+                None => Verdict::Close(CloseReason::Local),
+            },
+            Role::Upload(_) => Verdict::Continue,
+        };
+        self.pump(now);
+        verdict
+    }
+
+    /// A frame arrived.
+    pub fn handle_frame(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        role: &mut Role,
+        payload: &[u8],
+    ) -> Verdict {
+        let verdict = match role {
+            Role::Index => match wire::decode::<Response>(payload) {
+                Ok(resp) => {
+                    self.session.handle_response(now, resp, &mut self.actions);
+                    Verdict::Continue
+                }
+                Err(e) => Verdict::Close(CloseReason::Protocol(format!("index sent {e}"))),
+            },
+            Role::Upload(state) => self.handle_get(conn, state, payload),
+            Role::Download(attempt) => match &mut self.download {
+                Some(dl) => dl.handle_frame(now, conn, *attempt, payload, &mut self.actions),
+                None => Verdict::Close(CloseReason::Local),
+            },
+        };
+        self.pump(now);
+        verdict
+    }
+
+    /// Raw file bytes arrived (downloads only).
+    pub fn handle_raw(&mut self, now: Instant, role: &mut Role, data: &[u8]) -> Verdict {
+        let verdict = match (role, &mut self.download) {
+            (Role::Download(attempt), Some(dl)) => {
+                dl.handle_raw(now, *attempt, data, &mut self.actions)
+            }
+            _ => Verdict::Close(CloseReason::Local),
+        };
+        self.pump(now);
+        verdict
+    }
+
+    /// A connection's output drained (an upload finished sending).
+    pub fn handle_drained(&mut self, role: &mut Role) {
+        if let Role::Upload(state @ Upload::Sending { .. }) = role {
+            if let Upload::Sending { bytes, .. } = std::mem::take(state) {
+                self.uploads.active -= 1;
+                self.uploads.done += 1;
+                self.uploads.bytes += bytes;
+            }
+        }
+    }
+
+    /// A connection ended (or its connect failed).
+    pub fn handle_close(&mut self, now: Instant, role: Role, reason: &CloseReason) {
+        match role {
+            Role::Index => self.session.handle_closed(now, reason, &mut self.actions),
+            Role::Download(attempt) => {
+                if let Some(dl) = &mut self.download {
+                    dl.handle_close(now, attempt, reason, &mut self.actions);
+                }
+            }
+            Role::Upload(Upload::Sending { hash, .. }) => {
+                self.uploads.active -= 1;
+                log::info!(target: "peer", "upload of {hash} ended: {reason}");
+            }
+            Role::Upload(Upload::AwaitingGet) => {}
+        }
+        self.pump(now);
+    }
+
+    fn handle_get(&mut self, conn: ConnId, state: &mut Upload, payload: &[u8]) -> Verdict {
+        match upload::answer(payload, &self.share) {
+            Answer::Serve {
+                header,
+                file,
+                offset,
+                len,
+                hash,
+                name,
+            } => {
+                self.actions.push_back(Action::Send {
+                    conn,
+                    frame: header,
+                });
+                self.actions.push_back(Action::SendFile {
+                    conn,
+                    file,
+                    offset,
+                    len,
+                });
+                if !matches!(state, Upload::Sending { .. }) {
+                    self.uploads.active += 1;
+                }
+                *state = Upload::Sending { hash, bytes: len };
+                log::info!(target: "peer", "upload of {} from {offset}", display_name(&name));
+                Verdict::Continue
+            }
+            Answer::Refuse {
+                frame,
+                message,
+                changed,
+            } => {
+                if let Some(file) = changed {
+                    self.file_changed(&file);
+                }
+                self.actions.push_back(Action::Send { conn, frame });
+                Verdict::CloseAfterFlush(CloseReason::Protocol(message))
+            }
+        }
+    }
+
+    /// A shared file no longer matches its hash: stop announcing it and hash it again.
+    fn file_changed(&mut self, file: &SharedFile) {
+        if self.share.remove_path(&file.path).is_some() {
+            self.session.unregister(vec![file.hash], &mut self.actions);
+        }
+        self.actions.push_back(Action::Hash(Job::Paths {
+            paths: vec![file.path.clone()],
+            console: false,
+        }));
+    }
+
+    fn handle_scanned(&mut self, job: Job, files: Vec<SharedFile>, warnings: Vec<String>) {
+        for w in warnings {
+            self.output.note(format!("warning: {w}"));
+        }
+        let (diff, console) = match job {
+            Job::Rescan { console } => (
+                self.share.replace_under(&self.cfg.share_dir, files),
+                console,
+            ),
+            Job::Paths { console, .. } => (self.share.upsert(files), console),
+        };
+        let (added, removed) = (diff.added.len(), diff.removed.len());
+        self.session.unregister(diff.removed, &mut self.actions);
+        self.session.register(diff.added, &mut self.actions);
+        let summary = format!(
+            "sharing {} files ({} bytes): {added} new, {removed} withdrawn",
+            self.share.len(),
+            self.share.total_bytes()
+        );
+        match self.commands.waiting() {
+            Some(Waiting::Startup { scanned: false }) => {
+                self.commands.handle_startup_scanned();
+                self.output.note(summary);
+            }
+            Some(Waiting::Scan) if console => {
+                self.output.result(summary);
+                self.commands.finish();
+            }
+            _ => {}
+        }
+    }
+
+    // ----- joining the machines -----------------------------------------------------------
+
+    /// Hands each machine's events to the others, then runs console commands until one
+    /// waits. Called after every input.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(event) = self.session.poll_event() {
+                progressed = true;
+                self.handle_session_event(now, event);
+            }
+            while let Some(event) = self.download.as_mut().and_then(Download::poll_event) {
+                progressed = true;
+                self.handle_download_event(event);
+            }
+            if let Some(Waiting::Startup { scanned: true }) = self.commands.waiting() {
+                if self.session.is_settled() {
+                    self.commands.finish();
+                }
+            }
+            if self.stopped {
+                return;
+            }
+            match self.commands.poll_command(&mut self.output) {
+                Some(Next::Run(cmd)) => self.execute(now, cmd),
+                Some(Next::Quit) => self.quit(),
+                None if !progressed => return,
+                None => {}
+            }
+        }
+    }
+
+    fn handle_session_event(&mut self, now: Instant, event: SessionEvent) {
+        match event {
+            SessionEvent::Up { observed, again } => {
+                if again {
+                    self.output
+                        .note(format!("index: connected to {} again", self.cfg.index));
+                }
+                log::info!(target: "peer", "index session up; seen as {observed}");
+                // Soft state: the index knows nothing of us on a new session.
+                let entries = self.share.entries();
+                self.session.register(entries, &mut self.actions);
+            }
+            SessionEvent::Down {
+                why,
+                first,
+                command_lost,
+            } => {
+                if first {
+                    self.output.note(format!(
+                        "index: {} unreachable ({why}); reconnecting in the background",
+                        self.cfg.index
+                    ));
+                }
+                if command_lost {
+                    self.output
+                        .error("the index connection was lost during the command");
+                    self.commands.finish();
+                }
+            }
+            SessionEvent::Refused(status) => self.output.note(status),
+            SessionEvent::Error(text) => self.output.error(text),
+            SessionEvent::Answer { tag, body } => self.handle_answer(now, tag, body),
+        }
+    }
+
+    fn handle_answer(&mut self, now: Instant, tag: Tag, body: ResponseBody) {
+        match (tag, body) {
+            (
+                Tag::Register,
+                ResponseBody::Registered {
+                    rejected, total, ..
+                },
+            ) => {
+                if rejected > 0 {
+                    self.output
+                        .note(format!("index: refused {rejected} entries"));
+                }
+                log::debug!(target: "peer", "index holds {total} of our files");
+            }
+            (Tag::Command, body) => match self.commands.handle_answer(body, &mut self.output) {
+                None => {}
+                Some(Follow::Lookup(key)) => self.lookup_again(key),
+                Some(Follow::Get {
+                    target,
+                    files,
+                    holder,
+                }) => self.start_get(now, &target, files, holder),
+            },
+            (_, ResponseBody::Error { code, message }) => {
+                self.output.error(format!("index: {code}: {message}"))
+            }
+            _ => {}
+        }
+    }
+
+    /// The running lookup asks again (hex tried as a name).
+    fn lookup_again(&mut self, key: LookupKey) {
+        let body = RequestBody::Lookup { key };
+        if !self.session.request(body, Tag::Command, &mut self.actions) {
+            self.output.error("not connected to the index");
+            self.commands.finish();
+        }
+    }
+
+    fn handle_download_event(&mut self, event: DownloadEvent) {
+        let Some(dl) = &self.download else { return };
+        let (name, _, size) = dl.progress();
+        let name = display_name(name);
+        match event {
+            DownloadEvent::Resuming { have } => self
+                .output
+                .note(format!("get: resuming {name} at {have} of {size} bytes")),
+            DownloadEvent::Trying(addr) => {
+                if !self.output.shows_progress() {
+                    self.output.note(format!(
+                        "get: downloading {name} ({size} bytes) from {addr}"
+                    ));
+                }
+            }
+            DownloadEvent::Progress { have } => {
+                let raw = dl.progress().0.to_string();
+                self.output.progress(&raw, have, size);
+            }
+            DownloadEvent::Saved {
+                path,
+                existed,
+                received,
+                secs,
+            } => {
+                let hash = dl.hash();
+                self.output.progress_end();
+                if existed {
+                    self.output
+                        .result(format!("already have {} ({size} bytes)", path.display()));
+                } else {
+                    let rate = received as f64 / secs / (1 << 20) as f64;
+                    self.output.result(format!(
+                        "saved {} ({size} bytes in {secs:.3} s, {rate:.1} MiB/s)",
+                        path.display()
+                    ));
+                    self.share_download(&path, size, hash);
+                }
+                self.download = None;
+                self.commands.finish();
+            }
+            DownloadEvent::Failed(text) => {
+                self.output.progress_end();
+                self.output.error(text);
+                self.download = None;
+                self.commands.finish();
+            }
+        }
+    }
+
+    /// Downloads inside the share are shared once verified.
+    fn share_download(&mut self, path: &Path, size: u64, hash: FileHash) {
+        if !path.starts_with(&self.cfg.share_dir) {
+            return;
+        }
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        let f = SharedFile {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path.to_path_buf(),
+            size,
+            mtime_ns: share::mtime_ns(&meta),
+            hash,
+        };
+        let diff = self.share.upsert(vec![f]);
+        self.session.register(diff.added, &mut self.actions);
+    }
+
+    // ----- console commands ---------------------------------------------------------------
+
+    fn execute(&mut self, now: Instant, cmd: Command) {
+        match cmd {
+            Command::Help => self.output.result(console::HELP),
+            Command::Search(words) => {
+                let body = RequestBody::Search {
+                    query: words,
+                    limit: 0,
+                };
+                if self.session.request(body, Tag::Command, &mut self.actions) {
+                    self.commands.wait(Waiting::Search);
+                } else {
+                    self.output.error("search: not connected to the index");
+                }
+            }
+            Command::Lookup(target) => self.lookup(target, None),
+            Command::Get { target, holder } => {
+                // "get X N" after "lookup X" uses that lookup's numbering.
+                if let (Some(n), Some(files)) = (holder, self.commands.remembered(&target)) {
+                    self.commands.wait(Waiting::Get);
+                    return self.start_get(now, &target, files, Some(n));
+                }
+                self.lookup(target, Some(holder));
+            }
+            Command::Files => {
+                let mut text = String::new();
+                for f in self.share.files() {
+                    let _ = writeln!(text, "{} {} {}", f.hash, f.size, display_name(&f.name));
+                }
+                let _ = write!(
+                    text,
+                    "{} file{}, {} bytes",
+                    self.share.len(),
+                    if self.share.len() == 1 { "" } else { "s" },
+                    self.share.total_bytes()
+                );
+                self.output.result(text);
+            }
+            Command::Register(paths) => {
+                let job = if paths.is_empty() {
+                    Job::Rescan { console: true }
+                } else {
+                    Job::Paths {
+                        paths: paths.iter().map(PathBuf::from).collect(),
+                        console: true,
+                    }
+                };
+                self.actions.push_back(Action::Hash(job));
+                self.commands.wait(Waiting::Scan);
+            }
+            Command::Unregister(target) => self.unregister(&target),
+            Command::Status => {
+                let text = self.status_text();
+                self.output.result(text);
+            }
+            Command::Quit => self.quit(),
+        }
+    }
+
+    fn lookup(&mut self, target: Target, then_get: Option<Option<usize>>) {
+        let key = commands::lookup_key(&target);
+        if self
+            .session
+            .request(RequestBody::Lookup { key }, Tag::Command, &mut self.actions)
+        {
+            self.commands.wait(Waiting::Lookup {
+                target,
+                then_get,
+                by_name_retry: false,
+            });
+        } else {
+            self.output.error("not connected to the index");
+        }
+    }
+
+    fn unregister(&mut self, target: &Target) {
+        let mut hashes: Vec<FileHash> = self
+            .share
+            .find(|f| match target {
+                Target::Hash(h) => f.hash == *h,
+                Target::HashPrefix(p) => f.hash.has_hex_prefix(p) || f.name == *p,
+                Target::Name(n) => f.name == *n,
+            })
+            .iter()
+            .map(|f| f.hash)
+            .collect();
+        hashes.sort();
+        hashes.dedup();
+        match hashes.len() {
+            0 => self
+                .output
+                .error(format!("unregister: this peer does not share {target}")),
+            1 => {
+                let removed = self.share.remove_hash(&hashes[0]);
+                self.session.unregister(hashes.clone(), &mut self.actions);
+                let names: Vec<String> = removed.iter().map(|f| display_name(&f.name)).collect();
+                self.output
+                    .result(format!("unregistered {} {}", hashes[0], names.join(", ")));
+            }
+            n => self.output.error(format!(
+                "unregister: {n} files match {target}; name one by hash"
+            )),
+        }
+    }
+
+    fn status_text(&self) -> String {
+        let mut s = self.session.status_line();
+        s.push('\n');
+        let _ = writeln!(
+            s,
+            "sharing: {} files, {} bytes from {}",
+            self.share.len(),
+            self.share.total_bytes(),
+            self.cfg.share_dir.display()
+        );
+        let _ = writeln!(s, "serving on port {}", self.listen_port);
+        let _ = writeln!(
+            s,
+            "uploads: {} in progress, {} done, {} bytes sent",
+            self.uploads.active, self.uploads.done, self.uploads.bytes
+        );
+        match &self.download {
+            Some(d) => {
+                let (name, have, size) = d.progress();
+                let _ = write!(s, "download: {} {have}/{size} bytes", display_name(name));
+            }
+            None => {
+                let _ = write!(s, "downloads: none in progress");
+            }
+        }
+        s
+    }
+
+    fn quit(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.session.quit(&mut self.actions);
+        self.actions.push_back(Action::Stop);
+    }
+
+    /// Starts downloading the one file a lookup found (the runner waits for it), or says
+    /// why not.
+    fn start_get(
+        &mut self,
+        now: Instant,
+        target: &Target,
+        files: Vec<HeldFile>,
+        holder: Option<usize>,
+    ) {
+        self.commands.wait(Waiting::Get);
+        let fail = |core: &mut PeerCore, text: String| {
+            core.output.error(text);
+            core.commands.finish();
+        };
+        let file = match files.len() {
+            0 => return fail(self, format!("no peer shares {target}")),
+            1 => files.into_iter().next().expect("one file"),
+            _ => {
+                let text = format!(
+                    "{} different files are called {target}; get one by hash:\n{}",
+                    files.len(),
+                    commands::format_lookup(&files)
+                );
+                return fail(self, text);
+            }
+        };
+        if let Some(mine) = self.share.by_hash(&file.hash) {
+            let text = format!("already have {} ({} bytes)", mine.path.display(), mine.size);
+            self.output.result(text);
+            return self.commands.finish();
+        }
+        // Our own address may be listed if we shared it before; never download from self.
+        let me = self.session.observed();
+        let mut holders: Vec<SocketAddr> = file
+            .holders
+            .iter()
+            .copied()
+            .filter(|h| Some(*h) != me)
+            .collect();
+        if let Some(n) = holder {
+            if n > file.holders.len() {
+                let text = format!(
+                    "holder {n} does not exist: the lookup listed {}",
+                    file.holders.len()
+                );
+                return fail(self, text);
+            }
+            // Holder N first, the others as fallbacks.
+            let chosen = file.holders[n - 1];
+            holders.retain(|h| *h != chosen);
+            holders.insert(0, chosen);
+        }
+        if holders.is_empty() {
+            return fail(self, format!("no other peer holds {target}"));
+        }
+        let id = self.next_download;
+        self.next_download += 1;
+        match Download::new(
+            id,
+            now,
+            &self.cfg.downloads_dir,
+            &file,
+            holders,
+            self.hash_done.clone(),
+        ) {
+            Ok(mut dl) => {
+                dl.start(now, &mut self.actions);
+                self.download = Some(dl);
+            }
+            Err(e) => fail(self, format!("get: {e}")),
+        }
+    }
+}
+
+/// `1.5 GiB`-style sizes.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,349 @@
+//! The output to the person: results on stdout, notes and errors on stderr, and the progress
+//! bar (drawn by `indicatif` on stderr, only when stderr is a terminal).
+//!
+//! Two halves. [`Output`] is the sans-IO queue the role machines write to: it holds
+//! [`Line`]s in the order they were produced and never blocks. [`Writer`] is its I/O side:
+//! a thread that owns stdout and stderr and writes what it is handed through a bounded
+//! channel, so a person (or a pipe) reading slowly never stalls the reactor thread and the
+//! uploads it serves.
+//!
+//! # Invariants
+//! - Nothing on the reactor thread writes to stdout or stderr: it only moves lines into the
+//!   channel with `try_send`.
+//! - Results and errors are never dropped. When the channel is full they wait in [`Output`];
+//!   once that backlog passes [`BACKLOG_HIGH_WATER`] lines, the command runner starts no new
+//!   console command until it drains (back-pressure on the console, never on the sockets).
+//!   The writer thread wakes the reactor when it makes room, so the backlog is retried.
+//! - Progress lines are best effort: a progress update that finds the channel full is
+//!   dropped (the next one carries the newer position), and a queued update is replaced by a
+//!   newer one rather than queued behind it.
+//! - Notes (background events: the index going away, scan warnings) are bounded too: past
+//!   [`MAX_BACKLOG_LINES`] queued lines a note is counted and dropped, and the count is said
+//!   once there is room again.
+//! - Lines reach the person in the order they were produced.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Lines the writer thread's channel holds before `try_send` reports it full.
+const CHANNEL_LINES: usize = 64;
+/// Backlog (lines waiting for room in the channel) at which no new console command starts.
+pub const BACKLOG_HIGH_WATER: usize = 16;
+/// Backlog past which notes are dropped (counted) instead of queued.
+const MAX_BACKLOG_LINES: usize = 1024;
+
+/// One thing to tell the person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// A command's result, on stdout (a newline is added).
+    Result(String),
+    /// A note on stderr, as is.
+    Note(String),
+    /// An error on stderr, as `error: TEXT`.
+    Error(String),
+    /// A download's progress: the bar is drawn (or moved) on stderr.
+    Progress {
+        /// What is downloading.
+        name: String,
+        /// Bytes on disk.
+        done: u64,
+        /// Bytes in the file.
+        total: u64,
+    },
+    /// The download ended: the bar is cleared.
+    ProgressEnd,
+}
+
+/// The queue the machines write to; see the module docs.
+#[derive(Debug, Default)]
+pub struct Output {
+    queue: VecDeque<Line>,
+    /// Whether progress lines are wanted at all (a bar on a terminal).
+    progress: bool,
+    /// Notes dropped since the backlog overflowed; said once there is room.
+    notes_dropped: u64,
+}
+
+impl Output {
+    /// An empty queue; progress lines are kept only with `progress`.
+    pub fn new(progress: bool) -> Output {
+        Output {
+            progress,
+            ..Output::default()
+        }
+    }
+
+    /// Whether progress lines are produced (else a download says where it downloads from).
+    pub fn shows_progress(&self) -> bool {
+        self.progress
+    }
+
+    /// A result for stdout.
+    pub fn result(&mut self, text: impl Into<String>) {
+        self.queue.push_back(Line::Result(text.into()));
+    }
+
+    /// An error for stderr (`error: ` is added).
+    pub fn error(&mut self, text: impl Into<String>) {
+        self.queue.push_back(Line::Error(text.into()));
+    }
+
+    /// A note for stderr, dropped (and counted) while the backlog is over its bound.
+    pub fn note(&mut self, text: impl Into<String>) {
+        if self.queue.len() >= MAX_BACKLOG_LINES {
+            self.notes_dropped += 1;
+            return;
+        }
+        if self.notes_dropped > 0 {
+            let n = std::mem::take(&mut self.notes_dropped);
+            self.queue
+                .push_back(Line::Note(format!("({n} notes dropped: output was slow)")));
+        }
+        self.queue.push_back(Line::Note(text.into()));
+    }
+
+    /// A download's position; replaces a progress line still queued.
+    pub fn progress(&mut self, name: &str, done: u64, total: u64) {
+        if !self.progress {
+            return;
+        }
+        let line = Line::Progress {
+            name: name.to_string(),
+            done,
+            total,
+        };
+        match self.queue.back_mut() {
+            Some(last @ Line::Progress { .. }) => *last = line,
+            _ => self.queue.push_back(line),
+        }
+    }
+
+    /// The download ended: clear the bar.
+    pub fn progress_end(&mut self) {
+        if self.progress {
+            self.queue.push_back(Line::ProgressEnd);
+        }
+    }
+
+    /// The next line to hand to the writer.
+    pub fn poll_line(&mut self) -> Option<Line> {
+        self.queue.pop_front()
+    }
+
+    /// Puts back a line the writer had no room for; it stays first.
+    pub fn unpoll(&mut self, line: Line) {
+        self.queue.push_front(line);
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Whether so much waits that no new console command should start.
+    pub fn is_backed_up(&self) -> bool {
+        self.queue.len() >= BACKLOG_HIGH_WATER
+    }
+}
+
+/// The I/O side: the writer thread and the channel to it.
+pub struct Writer {
+    tx: Option<SyncSender<Line>>,
+    /// Set by the reactor when the channel was full; the writer wakes it after making room.
+    waiting: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the writer thread. `wake` is called (from that thread) when the channel has
+    /// room again after [`Writer::drain`] found it full. With `bar`, progress is drawn on
+    /// stderr.
+    pub fn spawn(bar: bool, wake: impl Fn() + Send + 'static) -> io::Result<Writer> {
+        let (tx, rx) = mpsc::sync_channel(CHANNEL_LINES);
+        let waiting = Arc::new(AtomicBool::new(false));
+        let theirs = waiting.clone();
+        let thread = std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || write_lines(rx, bar, &theirs, &wake))?;
+        Ok(Writer {
+            tx: Some(tx),
+            waiting,
+            thread: Some(thread),
+        })
+    }
+
+    /// Moves queued lines into the channel without blocking; what does not fit stays queued.
+    pub fn drain(&self, output: &mut Output) {
+        let Some(tx) = &self.tx else { return };
+        while let Some(line) = output.poll_line() {
+            match tx.try_send(line) {
+                Ok(()) => {}
+                Err(TrySendError::Full(Line::Progress { .. })) => {}
+                Err(TrySendError::Full(line)) => {
+                    self.waiting.store(true, Ordering::SeqCst);
+                    // The writer may have emptied the channel before it could see the flag:
+                    // try once more, so a wake is never missed.
+                    match tx.try_send(line) {
+                        Ok(()) => continue,
+                        Err(TrySendError::Full(line)) | Err(TrySendError::Disconnected(line)) => {
+                            output.unpoll(line);
+                            return;
+                        }
+                    }
+                }
+                // The writer is gone (it cannot fail short of a panic): nothing can be said.
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
+
+    /// Hands over everything left, waiting for room (the reactor has stopped), then waits
+    /// for the writer to write it all.
+    pub fn finish(mut self, output: &mut Output) {
+        if let Some(tx) = self.tx.take() {
+            while let Some(line) = output.poll_line() {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The writer thread: writes each line as it comes, until the channel closes.
+fn write_lines(rx: Receiver<Line>, bar: bool, waiting: &AtomicBool, wake: &dyn Fn()) {
+    let mut progress: Option<indicatif::ProgressBar> = None;
+    for line in rx {
+        if waiting.swap(false, Ordering::SeqCst) {
+            wake();
+        }
+        // Errors writing to the person (a closed pipe) cannot be reported anywhere better.
+        match line {
+            Line::Result(text) => print_over(&progress, || {
+                let mut out = io::stdout().lock();
+                let _ = out.write_all(text.as_bytes());
+                if !text.ends_with('\n') {
+                    let _ = out.write_all(b"\n");
+                }
+                let _ = out.flush();
+            }),
+            Line::Note(text) => print_over(&progress, || {
+                let _ = writeln!(io::stderr().lock(), "{text}");
+            }),
+            Line::Error(text) => print_over(&progress, || {
+                let _ = writeln!(io::stderr().lock(), "error: {text}");
+            }),
+            Line::Progress { name, done, total } if bar => {
+                let pb = progress.get_or_insert_with(|| new_bar(&name, total));
+                pb.set_position(done);
+            }
+            Line::Progress { .. } => {}
+            Line::ProgressEnd => {
+                if let Some(pb) = progress.take() {
+                    pb.finish_and_clear();
+                }
+            }
+        }
+    }
+    if let Some(pb) = progress.take() {
+        pb.finish_and_clear();
+    }
+}
+
+/// Runs `print` with the bar (if any) lifted off the terminal, so text never mixes with it.
+fn print_over(bar: &Option<indicatif::ProgressBar>, print: impl FnOnce()) {
+    match bar {
+        Some(pb) => pb.suspend(print),
+        None => print(),
+    }
+}
+
+fn new_bar(name: &str, total: u64) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:30} [{bar:30}] {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("#> ");
+    pb.set_style(style);
+    pb.set_prefix(
+        super::display_name(name)
+            .chars()
+            .take(30)
+            .collect::<String>(),
+    );
+    pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_kept_in_order_and_progress_is_coalesced() {
+        let mut out = Output::new(true);
+        out.result("a");
+        out.progress("f", 1, 10);
+        out.progress("f", 2, 10);
+        out.error("b");
+        let lines: Vec<Line> = std::iter::from_fn(|| out.poll_line()).collect();
+        assert_eq!(
+            lines,
+            vec![
+                Line::Result("a".into()),
+                Line::Progress {
+                    name: "f".into(),
+                    done: 2,
+                    total: 10
+                },
+                Line::Error("b".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn notes_past_the_bound_are_counted_then_said() {
+        let mut out = Output::new(false);
+        for i in 0..MAX_BACKLOG_LINES + 5 {
+            out.note(format!("n{i}"));
+        }
+        assert!(out.is_backed_up());
+        while out.poll_line().is_some() {}
+        out.note("after");
+        assert_eq!(
+            out.poll_line(),
+            Some(Line::Note("(5 notes dropped: output was slow)".into()))
+        );
+        assert_eq!(out.poll_line(), Some(Line::Note("after".into())));
+    }
+
+    #[test]
+    fn a_full_channel_keeps_results_and_drops_progress() {
+        let mut out = Output::new(true);
+        // A writer that never writes: the channel fills.
+        let (tx, _rx) = mpsc::sync_channel(1);
+        let writer = Writer {
+            tx: Some(tx),
+            waiting: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        };
+        out.result("first");
+        out.result("second");
+        writer.drain(&mut out);
+        assert_eq!(out.poll_line(), Some(Line::Result("second".into())));
+        assert!(writer.waiting.load(Ordering::SeqCst));
+        out.progress("f", 1, 2);
+        writer.drain(&mut out);
+        assert_eq!(out.poll_line(), None, "progress is dropped, not queued");
+    }
+}

@@ -1,0 +1,648 @@
+//! The index session machine: the peer's one long-lived connection to the index, as a sans-IO
+//! state machine. Inputs are `handle_*` calls with `now`; outputs are [`Action`]s appended to
+//! the caller's list (connect, send, close, resolve) and [`SessionEvent`]s for the rest of the
+//! peer ([`IndexSession::poll_event`]). It owns no socket and reads no clock.
+//!
+//! ```text
+//!  start / retry due --> Resolving (a host name) --addresses--> Connecting --connected-->
+//!  AwaitingWelcome --Welcome--> Ready (Ping every PING_INTERVAL; requests by id)
+//!  any close, failed connect or lookup --> Down (retry after a jittered backoff)
+//!  a connect that fails while the name has more addresses --> Connecting to the next one
+//!  Hello answered VersionMismatch --> Refused: closed, never retried; said once, in `status`
+//! ```
+//!
+//! # Invariants
+//! - Requests carry ids; every request in flight is in `pending` under its id, with a [`Tag`]
+//!   saying whose it is. They die with the connection: a console request in flight is
+//!   reported failed in [`SessionEvent::Down`].
+//! - Soft state: the index forgets us when the connection ends, so [`SessionEvent::Up`] comes
+//!   after every Welcome and the peer registers everything again.
+//! - Reconnects back off exponentially from [`BACKOFF_MIN`] to [`BACKOFF_MAX`], each wait
+//!   drawn between half and all of its step (jitter, so peers that lost the same index do not
+//!   return in lockstep); the random source is seeded by the caller, so tests are repeatable.
+//!   A Welcome resets the backoff.
+//! - The person is told once that the index went away, and once that it is back.
+//! - A version mismatch cannot be fixed by retrying: the session stays down until the peer is
+//!   restarted, instead of hammering the index.
+
+use super::core::{Action, Role};
+use crate::reactor::{CloseReason, ConnId};
+use crate::wire::{
+    self, ErrorCode, FileEntry, FileHash, Request, RequestBody, Response, ResponseBody,
+    PROTOCOL_VERSION,
+};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How often a ready session is pinged (indexd's default idle timeout is 120 s).
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// The first reconnect step; it doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// The longest reconnect step.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Largest Register frame built (well under indexd's default 1 MiB frame limit).
+const REGISTER_BATCH_BYTES: usize = 512 * 1024;
+
+/// Whose request an id belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    /// The handshake.
+    Hello,
+    /// A bulk register of shared files.
+    Register,
+    /// Files withdrawn.
+    Unregister,
+    /// Keep-alive.
+    Ping,
+    /// Goodbye before quitting.
+    Bye,
+    /// The running console command (search, lookup): at most one at a time.
+    Command,
+}
+
+/// What the rest of the peer hears from the session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// Welcome received: register everything. `again`: the person was told it was down.
+    Up {
+        /// Our address as the index sees it.
+        observed: SocketAddr,
+        /// The session had been reported down and is back.
+        again: bool,
+    },
+    /// The session ended and will be retried.
+    Down {
+        /// What happened.
+        why: String,
+        /// First time since it was last up: tell the person.
+        first: bool,
+        /// A console request was in flight and is lost.
+        command_lost: bool,
+    },
+    /// An answer to a request.
+    Answer {
+        /// Whose request it was.
+        tag: Tag,
+        /// The answer.
+        body: ResponseBody,
+    },
+    /// An error frame that answers nothing of ours (or the handshake).
+    Error(String),
+    /// The index speaks another protocol version: the session stays down.
+    Refused(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Not connected; `retry_at` is when the next attempt starts (none: not started).
+    Down { retry_at: Option<Instant> },
+    /// The index's host name is being looked up.
+    Resolving,
+    /// A connect is in progress.
+    Connecting,
+    /// Hello sent on `conn`.
+    AwaitingWelcome { conn: ConnId },
+    /// Welcomed: requests can be sent.
+    Ready {
+        conn: ConnId,
+        observed: SocketAddr,
+        next_ping: Instant,
+    },
+    /// The index refused our protocol version; nothing more is tried.
+    Refused { message: String },
+    /// The peer is quitting.
+    Closed,
+}
+
+/// The index session; see the module docs.
+pub struct IndexSession {
+    /// The index as given (`HOST:PORT`).
+    index: String,
+    /// The file server's port, announced in Hello.
+    listen_port: u16,
+    state: State,
+    pending: HashMap<u32, Tag>,
+    next_id: u32,
+    /// Reconnect attempts since the last Welcome (the backoff's exponent).
+    attempts: u32,
+    rng: fastrand::Rng,
+    /// The looked-up name's other addresses, tried in turn while connects fail.
+    addrs: VecDeque<SocketAddr>,
+    /// The person was told the index is down, and not yet that it is back.
+    told_down: bool,
+    events: VecDeque<SessionEvent>,
+}
+
+impl IndexSession {
+    /// A session with the index at `index` (`HOST:PORT`), announcing `listen_port`. `seed`
+    /// seeds the backoff's jitter.
+    pub fn new(index: String, listen_port: u16, seed: u64) -> IndexSession {
+        IndexSession {
+            index,
+            listen_port,
+            state: State::Down { retry_at: None },
+            pending: HashMap::new(),
+            next_id: 1,
+            attempts: 0,
+            rng: fastrand::Rng::with_seed(seed),
+            addrs: VecDeque::new(),
+            told_down: false,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The first connect.
+    pub fn start(&mut self, out: &mut VecDeque<Action>) {
+        if self.state == (State::Down { retry_at: None }) {
+            self.connect(out);
+        }
+    }
+
+    /// At once for an address; after a lookup (on a helper thread: a slow DNS server must
+    /// not stall the loop) for a host name.
+    fn connect(&mut self, out: &mut VecDeque<Action>) {
+        match self.index.parse::<SocketAddr>() {
+            Ok(addr) => self.connect_to(addr, out),
+            Err(_) => {
+                self.state = State::Resolving;
+                out.push_back(Action::Resolve(self.index.clone()));
+            }
+        }
+    }
+
+    fn connect_to(&mut self, addr: SocketAddr, out: &mut VecDeque<Action>) {
+        self.state = State::Connecting;
+        out.push_back(Action::Connect {
+            addr,
+            role: Role::Index,
+        });
+    }
+
+    /// The lookup asked for by [`Action::Resolve`] ended.
+    pub fn handle_resolved(
+        &mut self,
+        now: Instant,
+        result: Result<Vec<SocketAddr>, String>,
+        out: &mut VecDeque<Action>,
+    ) {
+        if self.state != State::Resolving {
+            return;
+        }
+        match result {
+            Ok(addrs) if !addrs.is_empty() => {
+                self.addrs = addrs.into();
+                let first = self.addrs.pop_front().expect("not empty");
+                self.connect_to(first, out);
+            }
+            Ok(_) => self.down(now, format!("{} has no address", self.index)),
+            Err(e) => self.down(now, format!("cannot resolve {}: {e}", self.index)),
+        }
+    }
+
+    /// The connect completed: say Hello.
+    pub fn handle_connected(&mut self, conn: ConnId, out: &mut VecDeque<Action>) {
+        if self.state != State::Connecting {
+            return;
+        }
+        self.state = State::AwaitingWelcome { conn };
+        self.addrs.clear();
+        let body = RequestBody::Hello {
+            version: PROTOCOL_VERSION,
+            listen_port: self.listen_port,
+            agent: format!("p2pshare-peer/{}", env!("CARGO_PKG_VERSION")),
+        };
+        self.send(conn, body, Tag::Hello, out);
+    }
+
+    /// A frame from the index.
+    pub fn handle_response(&mut self, now: Instant, resp: Response, out: &mut VecDeque<Action>) {
+        let Some(tag) = self.pending.remove(&resp.id) else {
+            if let ResponseBody::Error { code, message } = resp.body {
+                self.events
+                    .push_back(SessionEvent::Error(format!("index: {code}: {message}")));
+            }
+            return;
+        };
+        match (tag, resp.body) {
+            (Tag::Hello, ResponseBody::Welcome { observed, .. }) => {
+                let State::AwaitingWelcome { conn } = self.state else {
+                    return;
+                };
+                self.state = State::Ready {
+                    conn,
+                    observed,
+                    next_ping: now + PING_INTERVAL,
+                };
+                self.attempts = 0;
+                let again = std::mem::take(&mut self.told_down);
+                self.events.push_back(SessionEvent::Up { observed, again });
+            }
+            (Tag::Hello, ResponseBody::Error { code, message }) => {
+                let conn = self.conn();
+                self.events
+                    .push_back(SessionEvent::Error(format!("index: {code}: {message}")));
+                if code == ErrorCode::VersionMismatch {
+                    self.pending.clear();
+                    self.state = State::Refused { message };
+                    self.events
+                        .push_back(SessionEvent::Refused(self.status_line()));
+                }
+                // Otherwise (busy, say) the close that follows backs off and retries.
+                if let Some(conn) = conn {
+                    out.push_back(Action::Close {
+                        conn,
+                        reason: CloseReason::Local,
+                        after_flush: false,
+                    });
+                }
+            }
+            (tag, body) => self.events.push_back(SessionEvent::Answer { tag, body }),
+        }
+    }
+
+    /// The connection (or its connect) ended.
+    pub fn handle_closed(
+        &mut self,
+        now: Instant,
+        reason: &CloseReason,
+        out: &mut VecDeque<Action>,
+    ) {
+        match self.state {
+            State::Refused { .. } | State::Closed | State::Down { .. } | State::Resolving => {}
+            State::Connecting => match self.addrs.pop_front() {
+                // This address refused: the name's next one may listen.
+                Some(next) if *reason != CloseReason::Local => self.connect_to(next, out),
+                _ => self.down(now, reason.to_string()),
+            },
+            State::AwaitingWelcome { .. } | State::Ready { .. } => {
+                self.down(now, reason.to_string())
+            }
+        }
+    }
+
+    fn down(&mut self, now: Instant, why: String) {
+        let command_lost = self.pending.values().any(|t| *t == Tag::Command);
+        self.pending.clear();
+        self.addrs.clear();
+        let delay = self.next_backoff();
+        self.state = State::Down {
+            retry_at: Some(now + delay),
+        };
+        let first = !self.told_down;
+        self.told_down = true;
+        self.events.push_back(SessionEvent::Down {
+            why,
+            first,
+            command_lost,
+        });
+    }
+
+    /// The wait before the next attempt: the step doubles from [`BACKOFF_MIN`] up to
+    /// [`BACKOFF_MAX`], and the wait is drawn uniformly between half the step and all of it.
+    fn next_backoff(&mut self) -> Duration {
+        let step = BACKOFF_MIN
+            .saturating_mul(1u32 << self.attempts.min(16))
+            .min(BACKOFF_MAX);
+        self.attempts = self.attempts.saturating_add(1);
+        let half = step.as_millis() as u64 / 2;
+        Duration::from_millis(half + self.rng.u64(0..=half))
+    }
+
+    /// Time passed: retry a connect or send a ping when due.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut VecDeque<Action>) {
+        match self.state {
+            State::Down { retry_at: Some(at) } if at <= now => self.connect(out),
+            State::Ready {
+                conn, next_ping, ..
+            } if next_ping <= now => {
+                self.send(conn, RequestBody::Ping, Tag::Ping, out);
+                if let State::Ready { next_ping, .. } = &mut self.state {
+                    *next_ping = now + PING_INTERVAL;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// When [`IndexSession::handle_timeout`] next has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Down { retry_at } => retry_at,
+            State::Ready { next_ping, .. } => Some(next_ping),
+            _ => None,
+        }
+    }
+
+    /// What happened, for the rest of the peer.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// Sends a request if the session is ready; false if it is not.
+    pub fn request(&mut self, body: RequestBody, tag: Tag, out: &mut VecDeque<Action>) -> bool {
+        match self.state {
+            State::Ready { conn, .. } => {
+                self.send(conn, body, tag, out);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, body: RequestBody, tag: Tag, out: &mut VecDeque<Action>) {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let mut frame = Vec::new();
+        wire::encode_frame(&Request { id, body }, &mut frame);
+        out.push_back(Action::Send { conn, frame });
+        self.pending.insert(id, tag);
+    }
+
+    /// Registers `entries` in bulk (several frames if they are many); nothing if not ready
+    /// (the next Welcome registers everything anyway).
+    pub fn register(&mut self, entries: Vec<FileEntry>, out: &mut VecDeque<Action>) {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for e in entries {
+            bytes += e.name.len() + 48;
+            batch.push(e);
+            if bytes >= REGISTER_BATCH_BYTES {
+                let files = std::mem::take(&mut batch);
+                self.request(RequestBody::Register { files }, Tag::Register, out);
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.request(RequestBody::Register { files: batch }, Tag::Register, out);
+        }
+    }
+
+    /// Withdraws files (nothing if not ready: the index forgot them with the session).
+    pub fn unregister(&mut self, hashes: Vec<FileHash>, out: &mut VecDeque<Action>) {
+        if !hashes.is_empty() {
+            self.request(RequestBody::Unregister { hashes }, Tag::Unregister, out);
+        }
+    }
+
+    /// Says goodbye (when ready) and closes; nothing is retried after this.
+    pub fn quit(&mut self, out: &mut VecDeque<Action>) {
+        if let State::Ready { conn, .. } = self.state {
+            self.send(conn, RequestBody::Bye, Tag::Bye, out);
+        }
+        if let Some(conn) = self.conn() {
+            out.push_back(Action::Close {
+                conn,
+                reason: CloseReason::Local,
+                after_flush: true,
+            });
+        }
+        self.state = State::Closed;
+    }
+
+    fn conn(&self) -> Option<ConnId> {
+        match self.state {
+            State::AwaitingWelcome { conn } | State::Ready { conn, .. } => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// Whether requests can be sent.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready { .. })
+    }
+
+    /// Whether the session got as far as it will for now: ready with every register
+    /// answered, or down (startup waits for this before console commands run).
+    pub fn is_settled(&self) -> bool {
+        match self.state {
+            State::Ready { .. } => !self.pending.values().any(|t| *t == Tag::Register),
+            State::Down { retry_at } => retry_at.is_some(),
+            State::Refused { .. } | State::Closed => true,
+            _ => false,
+        }
+    }
+
+    /// Our address as the index sees it, while ready.
+    pub fn observed(&self) -> Option<SocketAddr> {
+        match self.state {
+            State::Ready { observed, .. } => Some(observed),
+            _ => None,
+        }
+    }
+
+    /// One line for `status`.
+    pub fn status_line(&self) -> String {
+        let index = &self.index;
+        match &self.state {
+            State::Ready { observed, .. } => {
+                format!("index: connected to {index} (seen as {observed})")
+            }
+            State::Down { retry_at: Some(_) } => {
+                format!("index: disconnected from {index}, retrying")
+            }
+            State::Refused { message } => format!(
+                "index: {index} refused this peer ({message}); not retrying until the peer is restarted"
+            ),
+            State::Closed => format!("index: closed the session with {index}"),
+            _ => format!("index: connecting to {index}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn connects(out: &mut VecDeque<Action>) -> Vec<SocketAddr> {
+        out.drain(..)
+            .filter_map(|a| match a {
+                Action::Connect { addr, .. } => Some(addr),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn welcome(s: &mut IndexSession, now: Instant, out: &mut VecDeque<Action>) {
+        s.handle_connected(ConnId(1), out);
+        s.handle_response(
+            now,
+            Response {
+                id: s.next_id - 1,
+                body: ResponseBody::Welcome {
+                    observed: addr("10.0.0.1:5"),
+                    version: PROTOCOL_VERSION,
+                    session: 1,
+                },
+            },
+            out,
+        );
+    }
+
+    /// The waits between attempts while the index stays away.
+    fn waits(seed: u64, n: usize) -> Vec<Duration> {
+        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, seed);
+        let mut out = VecDeque::new();
+        let mut now = Instant::now();
+        s.start(&mut out);
+        out.clear();
+        let mut waits = Vec::new();
+        for _ in 0..n {
+            s.handle_closed(
+                now,
+                &CloseReason::ConnectFailed(std::io::ErrorKind::ConnectionRefused),
+                &mut out,
+            );
+            let at = s.poll_timeout().unwrap();
+            waits.push(at - now);
+            now = at;
+            s.handle_timeout(now, &mut out);
+            assert_eq!(connects(&mut out), vec![addr("127.0.0.1:9")]);
+        }
+        waits
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_within_bounds_and_is_repeatable() {
+        let w = waits(7, 12);
+        for (i, wait) in w.iter().enumerate() {
+            let step = (BACKOFF_MIN * (1 << i)).min(BACKOFF_MAX);
+            assert!(
+                *wait >= step / 2 && *wait <= step,
+                "wait {i}: {wait:?} for step {step:?}"
+            );
+        }
+        assert!(w[11] >= BACKOFF_MAX / 2);
+        assert_eq!(w, waits(7, 12), "same seed, same waits");
+        assert_ne!(w, waits(8, 12), "jitter differs between peers");
+    }
+
+    #[test]
+    fn a_welcome_resets_the_backoff_and_the_person_is_told_once_each_way() {
+        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1);
+        let mut out = VecDeque::new();
+        let now = Instant::now();
+        s.start(&mut out);
+        for _ in 0..5 {
+            s.handle_closed(now, &CloseReason::Eof, &mut out);
+            s.handle_timeout(s.poll_timeout().unwrap(), &mut out);
+        }
+        let downs: Vec<bool> = std::iter::from_fn(|| s.poll_event())
+            .map(|e| match e {
+                SessionEvent::Down { first, .. } => first,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(downs, vec![true, false, false, false, false]);
+        welcome(&mut s, now, &mut out);
+        assert!(matches!(
+            s.poll_event(),
+            Some(SessionEvent::Up { again: true, .. })
+        ));
+        assert!(s.is_ready() && s.is_settled());
+        s.handle_closed(now, &CloseReason::Eof, &mut out);
+        assert!(s.poll_timeout().unwrap() - now <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn a_failed_connect_tries_the_next_address_of_the_name() {
+        let mut s = IndexSession::new("index.example:9".into(), 1, 1);
+        let mut out = VecDeque::new();
+        let now = Instant::now();
+        s.start(&mut out);
+        assert!(matches!(out.pop_front(), Some(Action::Resolve(n)) if n == "index.example:9"));
+        s.handle_resolved(
+            now,
+            Ok(vec![addr("[::1]:9"), addr("127.0.0.1:9")]),
+            &mut out,
+        );
+        assert_eq!(connects(&mut out), vec![addr("[::1]:9")]);
+        let refused = CloseReason::ConnectFailed(std::io::ErrorKind::ConnectionRefused);
+        s.handle_closed(now, &refused, &mut out);
+        assert_eq!(connects(&mut out), vec![addr("127.0.0.1:9")]);
+        assert!(
+            s.poll_event().is_none(),
+            "not down while an address is left"
+        );
+        s.handle_closed(now, &refused, &mut out);
+        assert!(matches!(s.poll_event(), Some(SessionEvent::Down { .. })));
+        // The retry looks the name up again.
+        s.handle_timeout(s.poll_timeout().unwrap(), &mut out);
+        assert!(matches!(out.pop_front(), Some(Action::Resolve(_))));
+    }
+
+    #[test]
+    fn a_version_mismatch_stays_down() {
+        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1);
+        let mut out = VecDeque::new();
+        let now = Instant::now();
+        s.start(&mut out);
+        s.handle_connected(ConnId(3), &mut out);
+        out.clear();
+        s.handle_response(
+            now,
+            Response {
+                id: 1,
+                body: ResponseBody::Error {
+                    code: ErrorCode::VersionMismatch,
+                    message: "speaks 9".into(),
+                },
+            },
+            &mut out,
+        );
+        assert!(matches!(
+            out.pop_front(),
+            Some(Action::Close {
+                conn: ConnId(3),
+                ..
+            })
+        ));
+        assert!(matches!(s.poll_event(), Some(SessionEvent::Error(e)) if e.contains("speaks 9")));
+        assert!(matches!(s.poll_event(), Some(SessionEvent::Refused(_))));
+        s.handle_closed(now, &CloseReason::Eof, &mut out);
+        assert_eq!(s.poll_timeout(), None, "nothing is retried");
+        assert!(out.is_empty() && s.poll_event().is_none());
+        assert!(s.is_settled() && !s.is_ready());
+        assert!(
+            s.status_line().contains("not retrying"),
+            "{}",
+            s.status_line()
+        );
+    }
+
+    #[test]
+    fn pings_every_interval_and_a_lost_command_is_reported() {
+        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1);
+        let mut out = VecDeque::new();
+        let now = Instant::now();
+        s.start(&mut out);
+        welcome(&mut s, now, &mut out);
+        out.clear();
+        assert_eq!(s.poll_timeout(), Some(now + PING_INTERVAL));
+        s.handle_timeout(now + PING_INTERVAL, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(s.poll_timeout(), Some(now + 2 * PING_INTERVAL));
+        assert!(s.request(
+            RequestBody::Search {
+                query: "x".into(),
+                limit: 0
+            },
+            Tag::Command,
+            &mut out
+        ));
+        s.poll_event();
+        s.handle_closed(now, &CloseReason::Eof, &mut out);
+        assert!(matches!(
+            s.poll_event(),
+            Some(SessionEvent::Down {
+                command_lost: true,
+                ..
+            })
+        ));
+        assert!(!s.request(RequestBody::Ping, Tag::Ping, &mut out));
+    }
+}

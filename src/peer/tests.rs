@@ -1,0 +1,151 @@
+//! The peer's role machines together, through the in-memory harness (virtual time, the real
+//! sans-IO index, scripted holders).
+
+use super::harness::{Harness, Holder};
+use super::session::{BACKOFF_MAX, BACKOFF_MIN};
+use crate::wire::FileHash;
+use std::time::Duration;
+
+fn has(h: &Harness, text: &str) -> usize {
+    h.said().iter().filter(|l| l.contains(text)).count()
+}
+
+#[test]
+fn reconnects_with_bounded_jittered_backoff_and_re_registers_after_an_index_restart() {
+    let mut h = Harness::new("restart");
+    h.scanned(&[("a.txt", b"alpha"), ("b.txt", b"beta")]);
+    assert_eq!(h.index_holders(FileHash::of(b"alpha")), 1);
+    h.restart_index(false);
+    let down_at = h.now;
+    h.advance(Duration::from_secs(300));
+    let tries: Vec<Duration> = h
+        .index_connects
+        .iter()
+        .filter(|t| **t > down_at)
+        .scan(down_at, |prev, t| {
+            let gap = *t - *prev;
+            *prev = *t;
+            Some(gap)
+        })
+        .collect();
+    assert!(tries.len() >= 10, "{tries:?}");
+    for (i, gap) in tries.iter().enumerate() {
+        let step = BACKOFF_MIN.saturating_mul(1 << i.min(16)).min(BACKOFF_MAX);
+        assert!(
+            *gap >= step / 2 && *gap <= step,
+            "try {i}: {gap:?} (step {step:?})"
+        );
+    }
+    assert_eq!(has(&h, "unreachable"), 1, "{:?}", h.said());
+    h.index_up = true;
+    h.advance(BACKOFF_MAX);
+    assert_eq!(
+        h.index_holders(FileHash::of(b"alpha")),
+        1,
+        "registered again"
+    );
+    assert_eq!(h.index_holders(FileHash::of(b"beta")), 1);
+    assert_eq!(has(&h, "connected to 127.0.0.1:9000 again"), 1);
+}
+
+#[test]
+fn a_version_mismatch_stays_down_and_says_so_in_status() {
+    let mut h = Harness::new("version");
+    h.index_other_version = true;
+    h.restart_index(true);
+    h.scanned(&[]);
+    // The retry after the restart meets the other version.
+    h.advance(BACKOFF_MIN);
+    let tries = h.index_connects.len();
+    h.advance(Duration::from_secs(600));
+    assert_eq!(h.index_connects.len(), tries, "no retry");
+    h.type_lines(&["status"]);
+    let said = h.said();
+    assert_eq!(has(&h, "error: index: version mismatch"), 1, "{said:?}");
+    assert!(said.iter().any(|l| l.contains("not retrying")), "{said:?}");
+}
+
+#[test]
+fn every_failing_holder_falls_back_to_the_next() {
+    let mut h = Harness::new("fallback");
+    h.scanned(&[]);
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut wrong = content.clone();
+    wrong[50_000] ^= 1;
+    let refuses = h.holder("10.0.0.1:1", "f.bin", &content, Holder::Refuses);
+    let liar = h.holder("10.0.0.2:1", "f.bin", &content, Holder::Wrong(wrong));
+    let silent = h.holder("10.0.0.3:1", "f.bin", &content, Holder::Silent);
+    let good = h.holder(
+        "10.0.0.4:1",
+        "f.bin",
+        &content,
+        Holder::Good(content.clone()),
+    );
+    h.type_lines(&[&format!("get {}", FileHash::of(&content))]);
+    // The liar's bytes are all there; only the hash tells.
+    h.wait_hash();
+    let asked: Vec<_> = h.gets.iter().map(|(a, _)| *a).collect();
+    assert_eq!(asked, vec![refuses, liar, silent], "{:?}", h.said());
+    h.advance(Duration::from_secs(15));
+    h.wait_hash();
+    assert_eq!(h.gets.last(), Some(&(good, 0)), "the partial was discarded");
+    assert_eq!(std::fs::read(h.landed("f.bin")).unwrap(), content);
+    assert_eq!(has(&h, "saved "), 1, "{:?}", h.said());
+}
+
+#[test]
+fn a_download_resumes_from_its_partial_file() {
+    let mut h = Harness::new("resume");
+    h.scanned(&[]);
+    let content: Vec<u8> = (0..70_000u32).map(|i| (i % 13) as u8).collect();
+    std::fs::write(h.part_path(&content), &content[..30_000]).unwrap();
+    let holder = h.holder(
+        "10.0.0.5:1",
+        "r.bin",
+        &content,
+        Holder::Good(content.clone()),
+    );
+    h.type_lines(&["get r.bin"]);
+    h.wait_hash();
+    assert_eq!(h.gets, vec![(holder, 30_000)]);
+    assert_eq!(has(&h, "resuming r.bin at 30000 of 70000 bytes"), 1);
+    assert_eq!(std::fs::read(h.landed("r.bin")).unwrap(), content);
+}
+
+#[test]
+fn console_commands_run_in_order_each_waiting_for_the_one_before() {
+    let mut h = Harness::new("order");
+    let content = b"zebra crossing".to_vec();
+    h.holder(
+        "10.0.0.6:1",
+        "zebra.txt",
+        &content,
+        Holder::Good(content.clone()),
+    );
+    h.type_lines(&["search zebra", "get zebra.txt", "files"]);
+    assert!(
+        h.said().is_empty(),
+        "nothing runs before startup: {:?}",
+        h.said()
+    );
+    h.scanned(&[("mine.txt", b"mine")]);
+    // The search answered; the get waits for its hash, so `files` has not run yet.
+    let said = h.said();
+    assert!(said.iter().any(|l| l.ends_with("1 result")), "{said:?}");
+    assert!(!said.iter().any(|l| l.contains("1 file,")), "{said:?}");
+    h.wait_hash();
+    let said = h.said();
+    let at = |text: &str| {
+        said.iter()
+            .position(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("{text}: {said:?}"))
+    };
+    assert!(
+        at("1 result") < at("saved ") && at("saved ") < at("1 file,"),
+        "{said:?}"
+    );
+    assert!(h.stopped.eq(&false));
+    h.core.handle_event(h.now, super::Event::StdinEof);
+    h.drive();
+    assert!(h.stopped, "end of input quits");
+}

@@ -1,0 +1,170 @@
+//! The peer's helper threads: the hasher (walks and hashes the share, so a large share never
+//! freezes the loop), the stdin reader (epoll cannot watch a regular file, and stdin may be
+//! one) and the resolver (a host-name lookup blocks). Each hands its results to the reactor as
+//! an [`Event`] through a channel and the reactor's waker; none touches the peer's state.
+
+use super::share::{self, HashCache, SharedFile};
+use crate::wire::FileHash;
+use std::io::BufRead;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest console line read; the rest of a longer line is discarded.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Messages from the helper threads to the reactor.
+pub enum Event {
+    /// A console line.
+    Line(String),
+    /// Standard input ended.
+    StdinEof,
+    /// Hashing progress.
+    ScanProgress(share::ScanProgress),
+    /// The verifying thread hashed a complete download (generation, result).
+    Hashed(u64, std::io::Result<FileHash>),
+    /// The index's host name was looked up (on a thread of its own: the lookup blocks): its
+    /// addresses, in the resolver's order.
+    Resolved(Result<Vec<SocketAddr>, String>),
+    /// A scan or hash job finished.
+    Scanned {
+        /// What was asked.
+        job: Job,
+        /// The hashed files.
+        files: Vec<SharedFile>,
+        /// Problems met (unreadable files).
+        warnings: Vec<String>,
+    },
+}
+
+/// Work for the hashing thread.
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// Walk and hash the whole share (startup, `register` with no paths).
+    Rescan {
+        /// Whether a console command waits for it.
+        console: bool,
+    },
+    /// Hash these paths and add them (`register PATH...`, a changed file).
+    Paths {
+        /// The files.
+        paths: Vec<PathBuf>,
+        /// Whether a console command waits for it.
+        console: bool,
+    },
+}
+
+/// Starts the hashing thread; it runs jobs until the job channel closes.
+pub fn spawn_hasher(
+    root: PathBuf,
+    events: Sender<Event>,
+    waker: Arc<mio::Waker>,
+) -> std::io::Result<Sender<Job>> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("hasher".into())
+        .spawn(move || {
+            let cache_path = root.join(share::CACHE_FILE);
+            let mut cache = HashCache::load(&cache_path);
+            for job in rx {
+                let mut warnings = Vec::new();
+                let files = match &job {
+                    Job::Rescan { .. } => share::walk(&root, &mut |w| warnings.push(w)),
+                    Job::Paths { paths, .. } => paths
+                        .iter()
+                        .filter_map(|p| match std::fs::metadata(p) {
+                            Ok(m) if m.is_file() => Some((p.clone(), m)),
+                            Ok(_) => {
+                                warnings.push(format!("{} is not a regular file", p.display()));
+                                None
+                            }
+                            Err(e) => {
+                                warnings.push(format!("cannot share {}: {e}", p.display()));
+                                None
+                            }
+                        })
+                        .collect(),
+                };
+                let mut last = Instant::now();
+                let hashed = share::hash_all(
+                    files,
+                    &cache,
+                    &mut |p| {
+                        if last.elapsed() >= Duration::from_millis(500) || p.files_done == p.files {
+                            last = Instant::now();
+                            let _ = events.send(Event::ScanProgress(p));
+                            let _ = waker.wake();
+                        }
+                    },
+                    &mut |w| warnings.push(w),
+                );
+                if let Job::Rescan { .. } = job {
+                    cache = HashCache::from_files(&hashed);
+                    // A read-only share just means re-hashing next time.
+                    let _ = cache.save(&cache_path);
+                }
+                let _ = events.send(Event::Scanned {
+                    job,
+                    files: hashed,
+                    warnings,
+                });
+                let _ = waker.wake();
+            }
+        })?;
+    Ok(tx)
+}
+
+/// Starts the stdin thread: each line becomes [`Event::Line`], end of input
+/// [`Event::StdinEof`].
+pub fn spawn_stdin(events: Sender<Event>, waker: Arc<mio::Waker>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let stdin = std::io::stdin();
+            let mut lock = stdin.lock();
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match std::io::Read::take(&mut lock, MAX_LINE_BYTES as u64)
+                    .read_until(b'\n', &mut buf)
+                {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        if buf.last() != Some(&b'\n') && buf.len() >= MAX_LINE_BYTES {
+                            // Discard the rest of an over-long line.
+                            let mut sink = Vec::new();
+                            let _ = lock.read_until(b'\n', &mut sink);
+                        }
+                        let line = String::from_utf8_lossy(&buf).into_owned();
+                        if events.send(Event::Line(line)).is_err() {
+                            return;
+                        }
+                        let _ = waker.wake();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = events.send(Event::StdinEof);
+            let _ = waker.wake();
+        })?;
+    Ok(())
+}
+
+/// Looks `name` up on a thread of its own and reports [`Event::Resolved`] through `notify`.
+pub fn spawn_resolver(
+    name: String,
+    notify: Arc<dyn Fn(Event) + Send + Sync>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            notify(Event::Resolved(match name.to_socket_addrs() {
+                Ok(addrs) => Ok(addrs.collect()),
+                Err(e) => Err(e.to_string()),
+            }))
+        })?;
+    Ok(())
+}
