@@ -9,7 +9,7 @@ use crate::wire::FileHash;
 /// one false "maybe" in twenty-five.
 /// Bits are not cleared when a file goes; the filter is rebuilt from the files once it is too
 /// full or too stale. Peers choose hashes, so they can make the filter answer "maybe" for
-/// theirs, but a "maybe" only costs a hash-index search and the tables' inserts, plus a scan of at most [`STAGED_SCAN`](super::STAGED_SCAN) staged hashes. Between two
+/// theirs, but a "maybe" only costs a hash-index search and the tables' inserts, plus a scan of at most [`STAGED_SCAN`](super::register::STAGED_SCAN) staged hashes. Between two
 /// calls of [`Index::post_pending`](super::Index::post_pending) (one reactor turn) a big batch can fill the filter past
 /// its bits per file; that only raises the rate of "maybe".
 #[derive(Default)]

@@ -17,7 +17,7 @@
 //! | `files.rs` | the file table, the hash index, the holder counts of files of several names |
 //! | `entries.rs` | the entry table, the entries' names and holders |
 //! | `words.rs` | the word index (texts, postings, prefix order) and how names split into words |
-//! | `table.rs` | [`Table`](table::Table), the record vector with a free list the four tables are |
+//! | `table.rs` | `Table`, the record vector with a free list the four tables are |
 //! | `names.rs` | the name arena (names and word texts), bounded by its cap |
 //! | `codec.rs` | the name codec (common words as one- or two-byte codes) |
 //! | `filter.rs` | the hash filter (is this hash certainly new?) |
@@ -61,7 +61,7 @@
 //! process, glibc malloc), so nothing is allocated per file or per rare word: every per-file
 //! structure is a slot in a big vector or bytes in a compressed block. (README gives the
 //! figures `benches/index.rs` measures.)
-//! - The file table, a [`Table`](table::Table) of `FileRec` (44 B: hash, size, first entry),
+//! - The file table, a `Table` of `FileRec` (44 B: hash, size, first entry),
 //!   addressed by `u32` ids with a free list.
 //! - The hash index, a [`BlockSet`] of `u64` items `(first 4 hash bytes << 32) | file id`, kept
 //!   in full-hash order (ties on the 4-byte prefix are broken by comparing the full hash
@@ -211,9 +211,13 @@ pub fn is_valid_name(name: &str) -> bool {
 
 /// The index: peers, files, names and the word index over names. See the module docs.
 pub struct Index {
+    /// The files by hash, and which hashes may be known.
     files: Files,
+    /// The (hash, name) entries, their names and holders.
     entries: Entries,
+    /// The word index over the entries' names.
     words: Words,
+    /// The live peers and their holdings.
     peers: Peers,
     /// What [`Index::register`] left for [`Index::post_pending`].
     pending: Pending,
@@ -247,6 +251,12 @@ impl Peers {
 
     fn get_mut(&mut self, peer: PeerId) -> &mut PeerRec {
         self.recs[peer.0].as_mut().expect("holding of a live peer")
+    }
+
+    /// Removes `peer`: its record, or `None` if it was not live.
+    fn remove(&mut self, peer: PeerId) -> Option<PeerRec> {
+        self.get(peer)?;
+        self.recs.remove(peer.0)
     }
 }
 

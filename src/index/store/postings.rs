@@ -55,7 +55,7 @@ fn get_varint(bytes: &[u8], pos: &mut usize) -> u32 {
 
 /// Replaces `v[range]` by `with`, growing `v` by half at a time and never far past a full
 /// block. Postings are a few bytes per file, so the slack costs about a byte per file, while
-/// growing by less made appends reallocate every few items.
+/// growing by less would make appends reallocate every few items.
 fn splice_bytes(v: &mut Vec<u8>, range: std::ops::Range<usize>, with: &[u8]) {
     reserve_block_bytes(v, with.len().saturating_sub(range.len()));
     v.splice(range, with.iter().copied());

@@ -51,7 +51,7 @@ impl Index {
     /// entry rejected.
     ///
     /// The outcome is all a register's answer needs, so this does only what decides it. A file
-    /// whose hash the [`HashFilter`](super::filter::HashFilter) has never seen is certainly
+    /// whose hash the `HashFilter` has never seen is certainly
     /// new to the index and to this peer: it is only staged (its name copied to a buffer, its
     /// arena room reserved), and [`Index::post_pending`] puts it in the tables later. Reading a
     /// few filter words costs far less than searching the hash index, creating the file, its

@@ -10,8 +10,7 @@ impl Index {
     /// many entries it held, or `None` if it was not live.
     pub fn remove_peer(&mut self, peer: PeerId) -> Option<u32> {
         self.post_pending();
-        self.peers.get(peer)?;
-        let rec = self.peers.recs.remove(peer.0).expect("a live peer");
+        let rec = self.peers.remove(peer)?;
         let mut dead = std::mem::take(&mut self.work.dead);
         dead.clear();
         let mut held = 0;

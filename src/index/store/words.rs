@@ -20,6 +20,13 @@ use std::hash::BuildHasher;
 /// that the property tests exercise the fallback.)
 const WORD_SCAN: usize = if cfg!(test) { 2 } else { 1024 };
 
+/// The most text-arena bytes the words of a name of `name_len` bytes take: each word's
+/// record is at most twice its bytes plus one (lowercasing grows a character by half at most,
+/// and the record adds a byte or two), and words are separated, so `2 * name_len + 1`.
+fn texts_bound(name_len: usize) -> usize {
+    2 * name_len + 1
+}
+
 /// One word, 12 bytes. `text == NONE` marks a free slot.
 pub(super) struct WordRec {
     /// Offset of the word's (lowercase) text in `Words::texts`.
@@ -75,17 +82,15 @@ impl Words {
         self.recs.len()
     }
 
-    /// Reserves room in the text arena for the new words of a name of `name_len` bytes; false
-    /// if there is none. Each word's record is at most twice its bytes plus one (lowercasing
-    /// grows a character by half at most, and the record adds a byte or two), so a name's
-    /// words take at most `2 * name_len + 1`.
+    /// Reserves room in the text arena for the new words of a name of `name_len` bytes (see
+    /// [`texts_bound`]); false, reserving nothing, if there is none.
     pub(super) fn reserve_texts(&mut self, name_len: usize) -> bool {
-        self.texts.reserve(2 * name_len + 1)
+        self.texts.reserve(texts_bound(name_len))
     }
 
     /// Whether [`Words::reserve_texts`] would succeed.
     pub(super) fn has_room_for(&self, name_len: usize) -> bool {
-        self.texts.has_room(2 * name_len + 1)
+        self.texts.has_room(texts_bound(name_len))
     }
 
     /// Gives back the text room reserved and not used, once the reserved names are posted.
