@@ -30,6 +30,7 @@ pub(super) struct NameCodec {
 }
 
 /// Symbol `k` of a [`NameCodec`]'s `text` and `at`.
+#[inline]
 fn symbol_in<'a>(text: &'a [u8], at: &[u32], k: usize) -> &'a [u8] {
     &text[at[k] as usize..at[k + 1] as usize]
 }
@@ -47,6 +48,7 @@ impl NameCodec {
     /// Marks a name stored as is.
     const RAW: u8 = 0;
 
+    #[inline]
     fn symbol(&self, k: usize) -> &[u8] {
         symbol_in(&self.text, &self.at, k)
     }
@@ -68,6 +70,7 @@ impl NameCodec {
     }
 
     /// The length of [`NameCodec::plain`]'s encoding of `name`.
+    #[inline]
     pub(super) fn plain_len(name: &str) -> usize {
         name.len() + usize::from(!name.is_ascii())
     }

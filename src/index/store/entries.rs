@@ -21,6 +21,7 @@ pub(super) struct EntryRec {
 }
 
 impl EntryRec {
+    #[inline]
     pub(super) fn file(&self) -> u32 {
         self.file & !SOLE
     }
@@ -53,12 +54,14 @@ pub(super) struct Entries {
 impl std::ops::Index<u32> for Entries {
     type Output = EntryRec;
 
+    #[inline]
     fn index(&self, e: u32) -> &EntryRec {
         &self.recs[e]
     }
 }
 
 impl std::ops::IndexMut<u32> for Entries {
+    #[inline]
     fn index_mut(&mut self, e: u32) -> &mut EntryRec {
         &mut self.recs[e]
     }
@@ -75,11 +78,13 @@ impl Entries {
     }
 
     /// Live entries (staged ones are not).
+    #[inline]
     pub(super) fn len(&self) -> usize {
         self.recs.len()
     }
 
     /// One more than the largest entry id: the size of a bitmap over entries.
+    #[inline]
     pub(super) fn id_bound(&self) -> usize {
         self.recs.id_bound()
     }
@@ -110,21 +115,25 @@ impl Entries {
     }
 
     /// Entry `e`'s name, encoded.
+    #[inline]
     pub(super) fn encoded_name(&self, e: u32) -> &[u8] {
         self.names.get(self.recs[e].name)
     }
 
     /// Replaces `out` with entry `e`'s name.
+    #[inline]
     pub(super) fn decode_name(&self, e: u32, out: &mut Vec<u8>) {
         self.codec.decode(self.encoded_name(e), out);
     }
 
     /// Orders entry `e`'s name against `name`, decoding no further than the first difference.
+    #[inline]
     pub(super) fn cmp_name(&self, e: u32, name: &[u8]) -> Ordering {
         self.codec.cmp(self.encoded_name(e), name)
     }
 
     /// Entry `e`'s holders (peer ids, in no order).
+    #[inline]
     pub(super) fn holders(&self, e: u32) -> &[u32] {
         let h = &self.recs[e].holders;
         match *h {
@@ -136,6 +145,7 @@ impl Entries {
     }
 
     /// How many peers hold `entry` (without touching the spill slab for up to two).
+    #[inline]
     pub(super) fn holder_count(&self, entry: &EntryRec) -> u32 {
         match entry.holders {
             [SPILLED, key] => self.spill[key as usize].len() as u32,

@@ -24,6 +24,7 @@ pub(super) struct FileRec {
 const _: () = assert!(std::mem::size_of::<FileRec>() == 44);
 
 impl FileRec {
+    #[inline]
     pub(super) fn size(&self) -> u64 {
         u64::from(self.size[0]) | (u64::from(self.size[1]) << 32)
     }
@@ -59,12 +60,14 @@ pub(super) struct Files {
 impl std::ops::Index<u32> for Files {
     type Output = FileRec;
 
+    #[inline]
     fn index(&self, file: u32) -> &FileRec {
         &self.recs[file]
     }
 }
 
 impl std::ops::IndexMut<u32> for Files {
+    #[inline]
     fn index_mut(&mut self, file: u32) -> &mut FileRec {
         &mut self.recs[file]
     }
@@ -81,16 +84,19 @@ impl Files {
     }
 
     /// Files in the table (staged ones are not).
+    #[inline]
     pub(super) fn len(&self) -> usize {
         self.recs.len()
     }
 
     /// The file with hash `h`, in `O(log n)` over the full-hash order.
+    #[inline]
     pub(super) fn find(&self, h: &FileHash) -> Option<u32> {
         self.position(h).ok().map(|at| self.id_at(at))
     }
 
     /// The id of the file at `at` in the hash order.
+    #[inline]
     pub(super) fn id_at(&self, at: (usize, usize)) -> u32 {
         self.by_hash.get(at) as u32
     }
@@ -101,6 +107,7 @@ impl Files {
     /// 4-byte prefix (interpolation) and then searched outward from the guess: a few
     /// neighbouring cache lines are read instead of a binary search's scattered ones. Peers
     /// choose the hash bytes, but a skewed set only makes the gallop longer: still `O(log n)`.
+    #[inline]
     pub(super) fn position(&self, h: &FileHash) -> Result<(usize, usize), (usize, usize)> {
         let p32 = prefix32(h);
         self.by_hash.search_guided(

@@ -32,6 +32,7 @@ impl HashFilter {
     /// honest hash), which the hash index's items carry: a rebuild reads only those items.
     /// The multiply spreads them: the word comes from the product's high bits, the bits from
     /// its low ones.
+    #[inline]
     fn slot(&self, p32: u32) -> (usize, u64) {
         let k = u64::from(p32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let word = ((u128::from(k) * self.words.len() as u128) >> 64) as usize;
@@ -39,6 +40,7 @@ impl HashFilter {
     }
 
     /// False only if `h` was never inserted since the last rebuild.
+    #[inline]
     pub(super) fn may_contain(&self, h: &FileHash) -> bool {
         #[cfg(test)]
         if self.saturated {
@@ -51,10 +53,12 @@ impl HashFilter {
         self.words[w] & bits == bits
     }
 
+    #[inline]
     pub(super) fn insert(&mut self, h: &FileHash) {
         self.insert_prefix(prefix32(h));
     }
 
+    #[inline]
     pub(super) fn insert_prefix(&mut self, p32: u32) {
         if self.words.is_empty() {
             self.words = vec![0; 64];
@@ -80,6 +84,7 @@ impl HashFilter {
     }
 }
 
+#[inline]
 pub(super) fn prefix32(h: &FileHash) -> u32 {
     u32::from_be_bytes([h.0[0], h.0[1], h.0[2], h.0[3]])
 }

@@ -245,10 +245,12 @@ struct Peers {
 }
 
 impl Peers {
+    #[inline]
     fn get(&self, peer: PeerId) -> Option<&PeerRec> {
         self.recs.get(peer.0)?.as_ref()
     }
 
+    #[inline]
     fn get_mut(&mut self, peer: PeerId) -> &mut PeerRec {
         self.recs[peer.0].as_mut().expect("holding of a live peer")
     }

@@ -45,10 +45,12 @@ impl Default for Names {
 
 impl Names {
     /// Bytes of the record of a name of `name_len` bytes.
+    #[inline]
     pub(super) fn record_len(name_len: usize) -> usize {
         Self::header_len(name_len) + name_len
     }
 
+    #[inline]
     fn header_len(name_len: usize) -> usize {
         if name_len < 0x80 {
             1
@@ -58,6 +60,7 @@ impl Names {
     }
 
     /// The name length and where its bytes start, for the record at `at`.
+    #[inline]
     fn decode_header(bytes: &[u8], at: usize) -> (usize, usize) {
         let b0 = bytes[at];
         if b0 < 0x80 {
@@ -75,6 +78,7 @@ impl Names {
         start - at + len
     }
 
+    #[inline]
     pub(super) fn get(&self, at: u32) -> &[u8] {
         let (len, start) = Self::decode_header(&self.bytes, at as usize);
         &self.bytes[start..start + len]
@@ -105,6 +109,7 @@ impl Names {
     }
 
     /// Whether [`Names::reserve`] would reserve `bytes`.
+    #[inline]
     pub(super) fn has_room(&self, bytes: usize) -> bool {
         self.bytes.len() + self.reserved + bytes <= self.cap
     }

@@ -28,6 +28,7 @@ struct PackedBlock {
     deltas: Vec<u8>,
 }
 
+#[inline]
 fn put_varint(out: &mut [u8; 10], at: usize, mut v: u32) -> usize {
     let mut i = at;
     while v >= 0x80 {
@@ -39,6 +40,7 @@ fn put_varint(out: &mut [u8; 10], at: usize, mut v: u32) -> usize {
     i + 1
 }
 
+#[inline]
 fn get_varint(bytes: &[u8], pos: &mut usize) -> u32 {
     let mut v = 0u32;
     let mut shift = 0;
@@ -125,6 +127,7 @@ impl PackedSet {
         }
     }
 
+    #[inline]
     pub(super) fn len(&self) -> usize {
         self.len
     }
@@ -392,6 +395,7 @@ impl PackedSet {
         self.blocks = out;
     }
 
+    #[inline]
     pub(super) fn iter(&self) -> PackedIter<'_> {
         PackedIter {
             blocks: self.blocks.iter(),
@@ -411,6 +415,7 @@ pub(super) enum PostingIter<'a> {
 impl Iterator for PostingIter<'_> {
     type Item = u32;
 
+    #[inline]
     fn next(&mut self) -> Option<u32> {
         match self {
             PostingIter::Inline(it) => it.next().copied(),
@@ -430,6 +435,7 @@ pub(super) struct PackedIter<'a> {
 impl Iterator for PackedIter<'_> {
     type Item = u32;
 
+    #[inline]
     fn next(&mut self) -> Option<u32> {
         if self.pos < self.deltas.len() {
             self.cur += get_varint(self.deltas, &mut self.pos);

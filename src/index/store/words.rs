@@ -78,6 +78,7 @@ impl Words {
     }
 
     /// Live words.
+    #[inline]
     pub(super) fn len(&self) -> usize {
         self.recs.len()
     }
@@ -105,19 +106,23 @@ impl Words {
     }
 
     /// The text of word `w`.
+    #[inline]
     pub(super) fn text(&self, w: u32) -> &[u8] {
         self.texts.get(self.recs[w].text)
     }
 
+    #[inline]
     fn hash(&self, text: &[u8]) -> u64 {
         self.hasher.hash_one(text)
     }
 
     /// The id of the word `text` (lowercase), if indexed.
+    #[inline]
     pub(super) fn find(&self, text: &[u8]) -> Option<u32> {
         self.find_hashed(text, self.hash(text))
     }
 
+    #[inline]
     fn find_hashed(&self, text: &[u8], hash: u64) -> Option<u32> {
         self.by_text.find(hash, |&w| self.text(w) == text).copied()
     }
@@ -160,6 +165,7 @@ impl Words {
     }
 
     /// How many entries word `w` is posted under.
+    #[inline]
     pub(super) fn posting_count(&self, w: u32) -> usize {
         match self.recs[w].postings {
             [SPILLED, key] => self.postings[key as usize].len(),
@@ -170,6 +176,7 @@ impl Words {
     }
 
     /// Whether word `w` has a packed set of at least `n` postings.
+    #[inline]
     pub(super) fn has_packed(&self, w: u32, n: usize) -> bool {
         match self.recs[w].postings {
             [SPILLED, key] => self.postings[key as usize].len() >= n,
@@ -178,6 +185,7 @@ impl Words {
     }
 
     /// The entries posted under word `w`, ascending.
+    #[inline]
     pub(super) fn postings(&self, w: u32) -> PostingIter<'_> {
         let p = &self.recs[w].postings;
         match *p {
@@ -412,6 +420,7 @@ impl Words {
 
 /// The first four bytes of a word, zero-padded, as a big-endian `u32`: ordering words by it
 /// agrees with their byte order (ties are broken by the full text).
+#[inline]
 pub(super) fn pad4(text: &[u8]) -> u32 {
     let mut b = [0u8; 4];
     let n = text.len().min(4);
