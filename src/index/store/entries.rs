@@ -1,0 +1,223 @@
+//! The entry table: one record per distinct (hash, name) pair, its name in the name arena
+//! (compressed by the [`NameCodec`]), and its holders.
+
+use super::codec::NameCodec;
+use super::names::Names;
+use super::table::{Slot, Table};
+use super::{NONE, SOLE, SPILLED};
+use slab::Slab;
+use std::cmp::Ordering;
+
+/// One (hash, name) pair, 20 bytes. `file == NONE` marks a free slot.
+pub(super) struct EntryRec {
+    /// Offset of the name's record in `Entries::names`.
+    pub(super) name: u32,
+    /// The file id, with [`SOLE`] set while this is the file's only entry.
+    pub(super) file: u32,
+    /// Next entry of the same file, or `NONE`.
+    pub(super) next: u32,
+    /// Up to two peer ids inline (unused slots are `NONE`), or `[SPILLED, spill key]`.
+    holders: [u32; 2],
+}
+
+impl EntryRec {
+    #[inline]
+    pub(super) fn file(&self) -> u32 {
+        self.file & !SOLE
+    }
+}
+
+impl Slot for EntryRec {
+    const FREE: Self = EntryRec {
+        name: NONE,
+        file: NONE,
+        next: NONE,
+        holders: [NONE, NONE],
+    };
+
+    fn is_free(&self) -> bool {
+        self.file == NONE
+    }
+}
+
+/// The entries. See the module docs.
+pub(super) struct Entries {
+    recs: Table<EntryRec>,
+    /// The names, encoded by `codec`.
+    pub(super) names: Names,
+    /// The symbols names are compressed with.
+    pub(super) codec: NameCodec,
+    /// The holders of entries with more than two.
+    spill: Slab<Vec<u32>>,
+}
+
+impl std::ops::Index<u32> for Entries {
+    type Output = EntryRec;
+
+    #[inline]
+    fn index(&self, e: u32) -> &EntryRec {
+        &self.recs[e]
+    }
+}
+
+impl std::ops::IndexMut<u32> for Entries {
+    #[inline]
+    fn index_mut(&mut self, e: u32) -> &mut EntryRec {
+        &mut self.recs[e]
+    }
+}
+
+impl Entries {
+    pub(super) fn new() -> Self {
+        Entries {
+            recs: Table::new(),
+            names: Names::default(),
+            codec: NameCodec::default(),
+            spill: Slab::new(),
+        }
+    }
+
+    /// Live entries (staged ones are not).
+    #[inline]
+    pub(super) fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    /// One more than the largest entry id: the size of a bitmap over entries.
+    #[inline]
+    pub(super) fn id_bound(&self) -> usize {
+        self.recs.id_bound()
+    }
+
+    /// Adds an entry of `file` (with `SOLE` if it is the file's only one) without holders,
+    /// named by the record at `name`, before `next` in its file's list; returns its id.
+    pub(super) fn insert(&mut self, name: u32, file: u32, next: u32) -> u32 {
+        assert!(
+            self.recs.id_bound() < SPILLED as usize,
+            "entry ids exhausted"
+        );
+        self.recs.insert(EntryRec {
+            name,
+            file,
+            next,
+            holders: [NONE, NONE],
+        })
+    }
+
+    /// Frees entry `e`'s record and name.
+    pub(super) fn remove(&mut self, e: u32) {
+        let rec = self.recs.remove(e);
+        self.names.free(rec.name);
+        if self.recs.is_empty() {
+            self.spill = Slab::new();
+            self.names.clear();
+        }
+    }
+
+    /// Entry `e`'s name, encoded.
+    #[inline]
+    pub(super) fn encoded_name(&self, e: u32) -> &[u8] {
+        self.names.get(self.recs[e].name)
+    }
+
+    /// Replaces `out` with entry `e`'s name.
+    #[inline]
+    pub(super) fn decode_name(&self, e: u32, out: &mut Vec<u8>) {
+        self.codec.decode(self.encoded_name(e), out);
+    }
+
+    /// Orders entry `e`'s name against `name`, decoding no further than the first difference.
+    #[inline]
+    pub(super) fn cmp_name(&self, e: u32, name: &[u8]) -> Ordering {
+        self.codec.cmp(self.encoded_name(e), name)
+    }
+
+    /// Entry `e`'s holders (peer ids, in no order).
+    #[inline]
+    pub(super) fn holders(&self, e: u32) -> &[u32] {
+        let h = &self.recs[e].holders;
+        match *h {
+            [SPILLED, key] => &self.spill[key as usize],
+            [NONE, _] => &[],
+            [_, NONE] => &h[..1],
+            _ => &h[..],
+        }
+    }
+
+    /// How many peers hold `entry` (without touching the spill slab for up to two).
+    #[inline]
+    pub(super) fn holder_count(&self, entry: &EntryRec) -> u32 {
+        match entry.holders {
+            [SPILLED, key] => self.spill[key as usize].len() as u32,
+            [NONE, _] => 0,
+            [_, NONE] => 1,
+            _ => 2,
+        }
+    }
+
+    pub(super) fn push_holder(&mut self, e: u32, peer: u32) {
+        let h = &mut self.recs[e].holders;
+        match *h {
+            [SPILLED, key] => self.spill[key as usize].push(peer),
+            [NONE, _] => h[0] = peer,
+            [_, NONE] => h[1] = peer,
+            [a, b] => {
+                let key = self.spill.insert(vec![a, b, peer]);
+                *h = [SPILLED, key as u32];
+            }
+        }
+    }
+
+    /// Removes `peer` from entry `e`'s holders (it must be there).
+    pub(super) fn pop_holder(&mut self, e: u32, peer: u32) {
+        let h = &mut self.recs[e].holders;
+        match *h {
+            [SPILLED, key] => {
+                let list = &mut self.spill[key as usize];
+                if let Some(i) = list.iter().position(|&p| p == peer) {
+                    list.swap_remove(i);
+                }
+                if list.len() <= 2 {
+                    // Back inline: no spill allocation for an entry with two holders.
+                    let list = self.spill.remove(key as usize);
+                    *h = [NONE, NONE];
+                    h[..list.len()].copy_from_slice(&list);
+                }
+            }
+            [a, b] if a == peer => *h = [b, NONE],
+            [_, b] if b == peer => h[1] = NONE,
+            _ => debug_assert!(false, "peer {peer} does not hold entry {e}"),
+        }
+    }
+
+    /// Rewrites the name arena without garbage, in offset order (so in place). Costs a sort of
+    /// the live entries; it runs only once garbage is a good share of the arena (see
+    /// [`Names::needs_compaction`]), so its cost per freed name is a constant.
+    pub(super) fn compact_names(&mut self) {
+        let live: Vec<u64> = self
+            .recs
+            .iter()
+            .map(|(e, r)| (u64::from(r.name) << 32) | u64::from(e))
+            .collect();
+        let recs = &mut self.recs;
+        self.names.compact(live, |e, at| recs[e as u32].name = at);
+    }
+
+    /// The live entries with their ids.
+    #[cfg(test)]
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u32, &EntryRec)> {
+        self.recs.iter()
+    }
+
+    /// Whether every allocation went back (no entry is left).
+    #[cfg(test)]
+    pub(super) fn is_released(&self) -> bool {
+        self.recs.capacity() == 0 && self.spill.capacity() == 0
+    }
+
+    /// Entries with more than two holders.
+    #[cfg(test)]
+    pub(super) fn spilled(&self) -> usize {
+        self.spill.len()
+    }
+}

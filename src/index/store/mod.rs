@@ -1,0 +1,398 @@
+//! The index server's data structure: who shares which file under which name. Pure, no I/O.
+//!
+//! # Model
+//! - A **peer** is a live session, with the address other peers download from.
+//! - A **file** is a content hash ([`FileHash`]) with one size.
+//! - An **entry** is a distinct (hash, name) pair; one file may have several names.
+//! - A **holding** is (peer, entry): the peer shares that file under that name.
+//!
+//! # The folder
+//! | file | holds |
+//! |---|---|
+//! | `mod.rs` | [`Index`], its parts, the public types, the peer table |
+//! | `register.rs` | register: staging new files, admitting names, [`Index::post_pending`] |
+//! | `removal.rs` | unregister and peer removal, deleting entries, words and files left without holders |
+//! | `search.rs` | keyword search and its ranking |
+//! | `lookup.rs` | lookup by hash, hash prefix or name |
+//! | `files.rs` | the file table, the hash index, the holder counts of files of several names |
+//! | `entries.rs` | the entry table, the entries' names and holders |
+//! | `words.rs` | the word index (texts, postings, prefix order) and how names split into words |
+//! | `table.rs` | `Table`, the record vector with a free list the four tables are |
+//! | `names.rs` | the name arena (names and word texts), bounded by its cap |
+//! | `codec.rs` | the name codec (common words as one- or two-byte codes) |
+//! | `filter.rs` | the hash filter (is this hash certainly new?) |
+//! | `blockset.rs` | the block set (sorted `u64` items in blocks) the hash and word orders are |
+//! | `postings.rs` | packed posting sets (varint deltas in blocks) |
+//! | `tests.rs` | the index against a naive model, and tests across the parts |
+//!
+//! # Invariants
+//! - Every live entry has at least one holder; every live file has at least one entry. When the
+//!   last holding of an entry goes, the entry goes (its name, its word postings); when the last
+//!   entry of a file goes, the file goes (its hash-index item). Nothing outlives its holders, so
+//!   after every peer is removed all counts are zero and the big vectors are released.
+//! - `PeerRec::files` is the number of distinct files the peer holds; `Files::multi_holders`
+//!   has an item exactly for each file of two or more entries: its number of distinct holders.
+//! - A word's posting set holds exactly the live entries whose name contains that word, but
+//!   for the entries in `Pending::unposted`: [`Index::register`] creates entries and leaves
+//!   their words to [`Index::post_pending`], which every other method calls first (the server
+//!   calls it right after sending the register's answer).
+//! - `Pending::staged` holds holdings of files new to the index that [`Index::register`] has
+//!   answered for but not put in the tables: distinct hashes, none in the hash index, each
+//!   counted in its peer's `PeerRec::staged` and by [`Index::file_count`] and
+//!   [`Index::entry_count`] (not by the file and entry tables).
+//!   [`Index::post_pending`] puts them in the tables first.
+//! - Every hash in the hash index or staged has its bits set in the [`HashFilter`]
+//!   `Files::seen`.
+//! - A file's size never changes while it is indexed: a register with another size is rejected.
+//! - An entry's `file` field carries the [`SOLE`] bit exactly while it is its file's only entry
+//!   (then the file's holders are the entry's holders).
+//! - Every live entry's `name` is the offset of a live record in the name arena; freed records
+//!   are counted in `Names::garbage` and listed in its free lists.
+//! - Every name accepted and not yet in the arena (staged), and every word text of an entry
+//!   not yet posted, has room reserved in its arena: what a register accepts is never refused
+//!   later, and no arena passes its cap (see [`Names`]).
+//! - Every live word has at least one posting; its postings are inline exactly while there are
+//!   at most two (ascending), else in a packed set; it is in `Words::by_text` once and in
+//!   `Words::order` once, under its own 4-byte prefix; its `text` is a live record of
+//!   `Words::texts`.
+//!
+//! # Memory layout (why it is this shape)
+//! The target is ≤150 bytes of resident memory per indexed file at a million files (whole
+//! process, glibc malloc), so nothing is allocated per file or per rare word: every per-file
+//! structure is a slot in a big vector or bytes in a compressed block. (README gives the
+//! figures `benches/index.rs` measures.)
+//! - The file table, a `Table` of `FileRec` (44 B: hash, size, first entry),
+//!   addressed by `u32` ids with a free list.
+//! - The hash index, a [`BlockSet`] of `u64` items `(first 4 hash bytes << 32) | file id`, kept
+//!   in full-hash order (ties on the 4-byte prefix are broken by comparing the full hash
+//!   through the file table). It serves exact lookups, prefix lookups (a range) and duplicate
+//!   checks in `O(log n)` with ~8–11 B per file. Ordering by the *full* hash matters: peers
+//!   choose the hash bytes, so anything keyed on a fixed prefix could be flooded with
+//!   collisions.
+//! - `seen`: a [`HashFilter`] (a Bloom filter of 8–10 bits per file after each reactor turn,
+//!   ~1.2 B) that tells a register which hashes are certainly new without a hash-index search.
+//! - The entry table of `EntryRec` (20 B: name offset, file id + [`SOLE`] bit, next entry of
+//!   the same file, two inline holder slots). Entries with more than two holders spill to a
+//!   slab of `Vec<u32>`.
+//! - `names`: one byte arena ([`Names`]) of length-prefixed names, one byte of overhead per
+//!   name, each name compressed by a [`NameCodec`]: words common in names (with the space
+//!   after them) become one- or two-byte codes, so a typical name takes about half its length.
+//!   A registered name is stored plain (a valid encoding without codes) and compressed by
+//!   [`Index::post_pending`], once its words are posted (the encoding looks at their counts).
+//!   Search decodes the names it must match; ranking compares names while decoding. Freed
+//!   records are reused by names of the same length; once garbage is a third of
+//!   the arena it is compacted in place (amortised constant cost per freed name).
+//! - Words: real names are full of rare words (track and catalogue numbers, IDs, years), so a
+//!   word seen in one or two entries must cost little more than its text. Nothing is allocated
+//!   per word:
+//!   - the word table of `WordRec` (12 B: the text's offset, then the postings: up to two entry
+//!     ids inline, or a key into `postings` for three or more), addressed by `u32` word ids
+//!     with a free list;
+//!   - `texts`: the lowercase texts in a byte arena like the names' ([`Names`]);
+//!   - `by_text`: a `hashbrown::HashTable<u32>` of word ids hashed by text (~5–10 B per
+//!     word), for the hot exact lookups (register, removal, name lookup);
+//!   - `order`: a [`BlockSet`] of `(first 4 text bytes << 32) | word id` in text order
+//!     (~11 B per word), so a prefix is a range; most comparisons settle on the 4 bytes without
+//!     reading the text, and a prefix of up to 4 bytes is matched on the items alone;
+//!   - `postings`: a slab of [`PackedSet`]s of entry ids, one per word with three or more
+//!     entries: sorted blocks of varint deltas, ~1.5 B per posting plus block headers, insert
+//!     and remove decode one block of at most ~128 bytes. A set goes back inline when it
+//!     shrinks to two.
+//! - Each peer keeps a [`PackedSet`] of the entries it holds (~1 B per holding: ids a peer
+//!   registers together are close), so removing a peer costs time proportional to its own
+//!   holdings.
+//! - Big vectors grow by a sixteenth at a time (glibc moves `mmap`ed blocks with `mremap`, so
+//!   growth does not copy) rather than doubling, so that little capacity sits unused.
+//! - Exact-name lookup has no table of its own: it goes through the postings of the name's
+//!   rarest word and compares names, which saves a hash table slot per entry.
+//!
+//! # Removal
+//! Removing holdings first drops the peer from each entry's holders, collecting entries left
+//! without holders; those are then deleted in one batch: their `(word, entry)` postings are
+//! gathered (re-tokenising each name into a reused buffer), sorted, and removed word by word,
+//! each affected posting block decoded and re-encoded once; words left without postings go
+//! (a dropped word is found in the word order by its id among the words sharing its 4-byte
+//! prefix, without reading their texts); then names, records and files left without entries
+//! go.
+//!
+//! # Words
+//! Words are maximal runs of `char::is_alphanumeric` characters, lowercased character by
+//! character (`char::to_lowercase`, no context rules, so the lowercase of a prefix is a prefix of
+//! the lowercase). Names without any word are indexed under the empty word so that an exact name
+//! lookup still finds them; a query never produces the empty word.
+
+mod blockset;
+mod codec;
+mod entries;
+mod files;
+mod filter;
+mod lookup;
+mod names;
+mod postings;
+mod register;
+mod removal;
+mod search;
+mod table;
+#[cfg(test)]
+mod tests;
+mod words;
+
+use self::entries::Entries;
+use self::files::Files;
+use self::postings::PackedSet;
+use self::register::Pending;
+use self::table::Table;
+use self::words::{Scratch, Words};
+#[cfg(doc)]
+use self::{blockset::BlockSet, codec::NameCodec, filter::HashFilter, names::Names};
+#[cfg(doc)]
+use crate::wire::FileHash;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Longest accepted file name, in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// Marks an unused inline holder or posting slot, a missing link, or a free record.
+const NONE: u32 = u32::MAX;
+/// In `EntryRec::holders[0]`: the holders live in the entries' spill slab at
+/// `holders[1]`. In `WordRec::postings[0]`: the postings live in the words' packed set at
+/// `postings[1]`. (Neither is a valid peer or entry id.)
+const SPILLED: u32 = u32::MAX - 1;
+/// While the index holds a single entry of a file, the entry's `file` field carries this bit:
+/// the file's holders are then exactly the entry's, and search need not touch the file record
+/// to rank the entry.
+const SOLE: u32 = 1 << 31;
+
+/// A live peer's id, handed out by [`Index::add_peer`]. Ids are reused after removal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u32);
+
+/// What a [`Index::register`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RegisterOutcome {
+    /// Holdings new to this peer.
+    pub added: u32,
+    /// Entries refused: bad name, a size that disagrees with the indexed size of the hash, no
+    /// room for more holdings (see [`Index::register_at_most`]), or no room for the name.
+    pub rejected: u32,
+    /// Distinct hashes this peer holds after the call.
+    pub total: u32,
+}
+
+/// Why a lookup found nothing usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupError {
+    /// No file has that hash, hash prefix or name.
+    NotFound,
+    /// The hash prefix matches several files.
+    Ambiguous,
+    /// The hash prefix is not 8 to 64 hex digits.
+    BadPrefix,
+}
+
+impl fmt::Display for LookupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LookupError::NotFound => "no such file",
+            LookupError::Ambiguous => "hash prefix matches several files",
+            LookupError::BadPrefix => "hash prefix must be 8 to 64 hex digits",
+        })
+    }
+}
+
+impl std::error::Error for LookupError {}
+
+/// Whether `name` may be indexed: non-empty, at most [`MAX_NAME_BYTES`], no `/` and no NUL.
+/// Any other byte, control characters included, is legal.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_BYTES && !name.bytes().any(|b| b == b'/' || b == 0)
+}
+
+/// The index: peers, files, names and the word index over names. See the module docs.
+pub struct Index {
+    /// The files by hash, and which hashes may be known.
+    files: Files,
+    /// The (hash, name) entries, their names and holders.
+    entries: Entries,
+    /// The word index over the entries' names.
+    words: Words,
+    /// The live peers and their holdings.
+    peers: Peers,
+    /// What [`Index::register`] left for [`Index::post_pending`].
+    pending: Pending,
+    /// Reused buffers, so that register and removal allocate nothing per entry.
+    work: Work,
+}
+
+/// One live peer.
+struct PeerRec {
+    addr: SocketAddr,
+    /// Entry ids this peer holds.
+    entries: PackedSet,
+    /// Distinct files this peer holds in the tables.
+    files: u32,
+    /// Files this peer holds that are staged, not yet in the tables (each a distinct new
+    /// file: see [`Index::register`]).
+    staged: u32,
+}
+
+/// The live peers, by [`PeerId`].
+struct Peers {
+    recs: Table<Option<PeerRec>>,
+    /// Holdings (peer, entry), staged ones included: the sum of every peer's entries.
+    holdings: usize,
+}
+
+impl Peers {
+    #[inline]
+    fn get(&self, peer: PeerId) -> Option<&PeerRec> {
+        self.recs.get(peer.0)?.as_ref()
+    }
+
+    #[inline]
+    fn get_mut(&mut self, peer: PeerId) -> &mut PeerRec {
+        self.recs[peer.0].as_mut().expect("holding of a live peer")
+    }
+
+    /// Removes `peer`: its record, or `None` if it was not live.
+    fn remove(&mut self, peer: PeerId) -> Option<PeerRec> {
+        self.get(peer)?;
+        self.recs.remove(peer.0)
+    }
+}
+
+/// Buffers reused across calls (their contents mean nothing between calls).
+#[derive(Default)]
+struct Work {
+    words: Scratch,
+    /// Entries that lost their last holder, to delete in one batch.
+    dead: Vec<u32>,
+    /// `(word id << 32) | entry id` postings to remove, sorted so that each word's posting
+    /// set is visited once.
+    unpost: Vec<u64>,
+    items: Vec<u32>,
+    decoded: Vec<u32>,
+    /// A name being encoded or decoded.
+    name: Vec<u8>,
+    /// A name's text while its words are posted.
+    text: String,
+    /// The word ids of the name being registered, one per word in order.
+    name_words: Vec<u32>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Index {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Index")
+            .field("peers", &self.peer_count())
+            .field("files", &self.files.len())
+            .field("entries", &self.entries.len())
+            .field("words", &self.words.len())
+            .finish()
+    }
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Self {
+        Index {
+            files: Files::new(),
+            entries: Entries::new(),
+            words: Words::new(),
+            peers: Peers {
+                recs: Table::new(),
+                holdings: 0,
+            },
+            pending: Pending::default(),
+            work: Work::default(),
+        }
+    }
+
+    /// Live peers.
+    pub fn peer_count(&self) -> usize {
+        self.peers.recs.len()
+    }
+
+    /// Distinct hashes indexed.
+    pub fn file_count(&self) -> usize {
+        // Each staged holding is a file new to the index, with one entry.
+        self.files.len() + self.pending.staged_len()
+    }
+
+    /// Distinct (hash, name) entries indexed.
+    pub fn entry_count(&self) -> usize {
+        self.entries.len() + self.pending.staged_len()
+    }
+
+    /// Distinct words in the word index (the empty word of wordless names included).
+    pub fn word_count(&mut self) -> usize {
+        self.post_pending();
+        self.words.len()
+    }
+
+    /// Distinct hashes `peer` holds (0 for an unknown peer).
+    pub fn holdings_of(&self, peer: PeerId) -> u32 {
+        self.peers.get(peer).map_or(0, |p| p.files + p.staged)
+    }
+
+    /// Holdings in the index: every peer's entries summed (a file two peers share under one
+    /// name counts twice).
+    pub fn holding_count(&self) -> usize {
+        self.peers.holdings
+    }
+
+    /// Entries (hash and name pairs) `peer` holds (0 for an unknown peer).
+    pub fn entries_of(&self, peer: PeerId) -> u32 {
+        self.peers
+            .get(peer)
+            .map_or(0, |p| p.entries.len() as u32 + p.staged)
+    }
+
+    /// The download address of `peer`, if it is live.
+    pub fn peer_addr(&self, peer: PeerId) -> Option<SocketAddr> {
+        self.peers.get(peer).map(|p| p.addr)
+    }
+
+    /// Adds a peer that serves downloads at `addr` (the IP seen on its socket, the port it
+    /// announced).
+    pub fn add_peer(&mut self, addr: SocketAddr) -> PeerId {
+        PeerId(self.peers.recs.insert(Some(PeerRec {
+            addr,
+            entries: PackedSet::new(),
+            files: 0,
+            staged: 0,
+        })))
+    }
+
+    // ---- internals shared by the operations ----
+
+    /// The entry of `file` named `name`, if any.
+    fn find_entry(&self, file: u32, name: &str) -> Option<u32> {
+        let mut e = self.files[file].first_entry;
+        while e != NONE {
+            if self.entries.cmp_name(e, name.as_bytes()) == std::cmp::Ordering::Equal {
+                return Some(e);
+            }
+            e = self.entries[e].next;
+        }
+        None
+    }
+
+    /// Whether `peer` holds any entry of `file`.
+    fn peer_holds_file(&self, peer: u32, file: u32) -> bool {
+        let mut e = self.files[file].first_entry;
+        while e != NONE {
+            if self.entries.holders(e).contains(&peer) {
+                return true;
+            }
+            e = self.entries[e].next;
+        }
+        false
+    }
+}

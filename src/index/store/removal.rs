@@ -1,0 +1,159 @@
+//! Removing holdings: [`Index::unregister`] and [`Index::remove_peer`], and the deletion of
+//! the entries, words and files left without holders (see the module docs' "Removal").
+
+use super::words::lower_words;
+use super::{Index, PeerId, NONE, SOLE};
+use crate::wire::FileHash;
+
+impl Index {
+    /// Removes `peer` and all its holdings, in time proportional to its holdings. Returns how
+    /// many entries it held, or `None` if it was not live.
+    pub fn remove_peer(&mut self, peer: PeerId) -> Option<u32> {
+        self.post_pending();
+        let rec = self.peers.remove(peer)?;
+        let mut dead = std::mem::take(&mut self.work.dead);
+        dead.clear();
+        let mut held = 0;
+        for e in rec.entries.iter() {
+            held += 1;
+            self.entries.pop_holder(e, peer.0);
+            let file = self.entries[e].file();
+            // Entries of this file still to be visited may hold the peer: a file of several
+            // names loses this holder only at the last of them.
+            if self.files.multi_holders.contains_key(&file) && !self.peer_holds_file(peer.0, file) {
+                self.lose_holder(file);
+            }
+            if self.entries.holders(e).is_empty() {
+                dead.push(e);
+            }
+        }
+        self.delete_entries(&dead);
+        self.work.dead = dead;
+        self.peers.holdings -= held as usize;
+        Some(held)
+    }
+
+    /// Withdraws all of `peer`'s holdings of `hashes`; returns how many entries it lost.
+    /// Hashes it never registered count 0 and leave other peers' holdings alone.
+    pub fn unregister(&mut self, peer: PeerId, hashes: &[FileHash]) -> u32 {
+        self.post_pending();
+        if self.peers.get(peer).is_none() {
+            return 0;
+        }
+        let mut removed = 0;
+        let mut held = std::mem::take(&mut self.work.items);
+        let mut dead = std::mem::take(&mut self.work.dead);
+        dead.clear();
+        for h in hashes {
+            let Some(file) = self.files.find(h) else {
+                continue;
+            };
+            held.clear();
+            let mut e = self.files[file].first_entry;
+            while e != NONE {
+                if self.entries.holders(e).contains(&peer.0) {
+                    held.push(e);
+                }
+                e = self.entries[e].next;
+            }
+            for &e in &held {
+                self.entries.pop_holder(e, peer.0);
+                if !self.peer_holds_file(peer.0, file) {
+                    self.peers.get_mut(peer).files -= 1;
+                    self.lose_holder(file);
+                }
+                self.peers.get_mut(peer).entries.remove(e);
+                // Deleted after the loop: a later hash of the same call may name this file
+                // again, and must still find it (now without this peer).
+                if self.entries.holders(e).is_empty() {
+                    dead.push(e);
+                }
+                removed += 1;
+            }
+        }
+        self.work.items = held;
+        self.delete_entries(&dead);
+        self.work.dead = dead;
+        self.peers.holdings -= removed as usize;
+        removed
+    }
+
+    /// `file` lost one of its distinct holders (counted only for a file of several names).
+    fn lose_holder(&mut self, file: u32) {
+        if let Some(n) = self.files.multi_holders.get_mut(&file) {
+            *n -= 1;
+        }
+    }
+
+    /// Deletes the entries in `dead` (each without holders, listed once): their postings in
+    /// one sorted batch, then their names and records, then files left without entries.
+    fn delete_entries(&mut self, dead: &[u32]) {
+        if dead.is_empty() {
+            return;
+        }
+        let mut scratch = std::mem::take(&mut self.work.words);
+        let mut unpost = std::mem::take(&mut self.work.unpost);
+        let mut name_buf = std::mem::take(&mut self.work.name);
+        let posted = |ix: &Self, text: &str| {
+            ix.words
+                .find(text.as_bytes())
+                .expect("an entry is posted under each word of its name")
+        };
+        unpost.clear();
+        for &e in dead {
+            self.entries.decode_name(e, &mut name_buf);
+            lower_words(
+                std::str::from_utf8(&name_buf).expect("names are stored from str"),
+                &mut scratch,
+            );
+            if scratch.spans.is_empty() {
+                unpost.push((u64::from(posted(self, "")) << 32) | u64::from(e));
+            }
+            for w in scratch.words() {
+                unpost.push((u64::from(posted(self, w)) << 32) | u64::from(e));
+            }
+        }
+        // A word that occurs twice in a name was posted once.
+        unpost.sort_unstable();
+        unpost.dedup();
+        self.words
+            .unpost_sorted(&unpost, &mut self.work.items, &mut self.work.decoded);
+        self.work.words = scratch;
+        self.work.name = name_buf;
+        self.work.unpost = unpost;
+        for &e in dead {
+            self.delete_entry_record(e);
+        }
+        if self.entries.names.needs_compaction() {
+            self.entries.compact_names();
+        }
+    }
+
+    /// Frees entry `e`'s record and name (its postings are gone already), and its file if that
+    /// was the file's last entry.
+    fn delete_entry_record(&mut self, e: u32) {
+        let file = self.entries[e].file();
+        // Unlink from the file's entry list.
+        let next = self.entries[e].next;
+        let head = self.files[file].first_entry;
+        let new_head = if head == e {
+            self.files[file].first_entry = next;
+            next
+        } else {
+            let mut prev = head;
+            while self.entries[prev].next != e {
+                prev = self.entries[prev].next;
+            }
+            self.entries[prev].next = next;
+            head
+        };
+        if new_head != NONE && self.entries[new_head].next == NONE {
+            self.entries[new_head].file |= SOLE;
+            self.files.multi_holders.remove(&file);
+        }
+        self.entries.remove(e);
+        if self.files[file].first_entry == NONE {
+            self.files.delete(file);
+        }
+    }
+}

@@ -1,0 +1,1188 @@
+//! Tests of the index as a whole: against a naive model (property tests), and of what crosses
+//! its parts. Each part's own unit tests are beside it.
+
+use super::filter::HashFilter;
+use super::*;
+use crate::wire::{FileEntry, FileHash, HeldFile, LookupKey, SearchHit};
+
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn h(n: u8) -> FileHash {
+    FileHash([n; 32])
+}
+
+fn fe(hash: FileHash, size: u64, name: &str) -> FileEntry {
+    FileEntry {
+        hash,
+        size,
+        name: name.into(),
+    }
+}
+
+fn names(hits: &[SearchHit]) -> Vec<&str> {
+    hits.iter().map(|h| h.name.as_str()).collect()
+}
+
+/// A real (BLAKE3) hash for each `n`, unlike `h`'s one repeated byte.
+fn spread_hash(n: u32) -> FileHash {
+    FileHash::of(&n.to_le_bytes())
+}
+
+fn outcome(added: u32, rejected: u32, total: u32) -> RegisterOutcome {
+    RegisterOutcome {
+        added,
+        rejected,
+        total,
+    }
+}
+
+#[test]
+fn staged_files_answer_like_indexed_ones() {
+    // More new files than a seen hash is checked against one by one, then repeats of the
+    // batch's own hashes: same name (a no-op), another name (a new entry of a staged
+    // file), another size (rejected).
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    let mut batch: Vec<FileEntry> = (0..100)
+        .map(|i| {
+            fe(
+                spread_hash(i),
+                10 + u64::from(i),
+                &format!("track {i} of many.ogg"),
+            )
+        })
+        .collect();
+    batch.push(fe(spread_hash(3), 13, "track 3 of many.ogg"));
+    batch.push(fe(spread_hash(4), 14, "another name for four.ogg"));
+    batch.push(fe(spread_hash(5), 99, "a lying size.ogg"));
+    assert_eq!(ix.register(p, &batch), outcome(101, 1, 100));
+    // A few new files, staged; the next batch repeats one before anything is posted.
+    let q = ix.add_peer(addr(2));
+    let small: Vec<FileEntry> = (200..205)
+        .map(|i| fe(spread_hash(i), 1, &format!("small {i}")))
+        .collect();
+    assert_eq!(ix.register(q, &small), outcome(5, 0, 5));
+    assert!(ix.has_pending());
+    assert_eq!((ix.file_count(), ix.entry_count()), (105, 106));
+    assert_eq!(ix.holdings_of(q), 5);
+    let again = [
+        fe(spread_hash(202), 1, "small 202"),
+        fe(spread_hash(203), 1, "small 203 renamed"),
+        fe(spread_hash(204), 2, "small 204"),
+        fe(spread_hash(7), 17, "track 7 of many.ogg"),
+    ];
+    assert_eq!(ix.register(q, &again), outcome(2, 1, 6));
+    assert_eq!((ix.file_count(), ix.entry_count()), (105, 107));
+    ix.post_pending();
+    assert!(!ix.has_pending());
+    assert_eq!((ix.file_count(), ix.entry_count()), (105, 107));
+    assert_eq!((ix.holdings_of(p), ix.holdings_of(q)), (100, 6));
+    let four = ix.lookup(&LookupKey::Hash(spread_hash(4))).unwrap();
+    assert_eq!(four[0].holders, [addr(1)]);
+    let seven = ix.lookup(&LookupKey::Hash(spread_hash(7))).unwrap();
+    assert_eq!(seven[0].holders, [addr(1), addr(2)]);
+    assert_eq!(ix.search("renamed", 10).0.len(), 1);
+    assert_eq!(ix.search("track many", 200).0.len(), 100);
+    assert_eq!(ix.remove_peer(q), Some(7));
+    assert_eq!(ix.remove_peer(p), Some(101));
+    assert_eq!(
+        (ix.file_count(), ix.entry_count(), ix.word_count()),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn hash_filter_grows_and_shrinks_without_losing_a_file() {
+    let mut ix = Index::new();
+    let peers: Vec<PeerId> = (0..4).map(|i| ix.add_peer(addr(i))).collect();
+    for (k, &p) in peers.iter().enumerate() {
+        for chunk in 0..25u32 {
+            let base = (k as u32 * 25 + chunk) * 100;
+            let files: Vec<FileEntry> = (base..base + 100)
+                .map(|i| fe(spread_hash(i), 1, &format!("f{i}")))
+                .collect();
+            assert_eq!(ix.register(p, &files).added, 100);
+            ix.post_pending();
+        }
+    }
+    let bits = ix.files.seen.words.len() * 64;
+    assert!(
+        bits >= HashFilter::MIN_BITS_PER_FILE * 10_000,
+        "{bits} bits"
+    );
+    assert!(
+        bits <= 2 * HashFilter::BITS_PER_FILE * 10_000,
+        "{bits} bits"
+    );
+    for i in 0..10_000 {
+        assert!(
+            ix.files.seen.may_contain(&spread_hash(i)),
+            "file {i} missing"
+        );
+    }
+    let maybes = (10_000..20_000)
+        .filter(|&i| ix.files.seen.may_contain(&spread_hash(i)))
+        .count();
+    assert!(maybes < 1_500, "{maybes} false maybes in 10,000");
+    // Three of four peers leave: the filter shrinks, and still has every file left.
+    for &p in &peers[1..] {
+        ix.remove_peer(p);
+    }
+    ix.post_pending();
+    assert_eq!(ix.file_count(), 2_500);
+    assert!(ix.files.seen.words.len() * 64 <= 2 * HashFilter::BITS_PER_FILE * 2_500);
+    for i in 0..2_500 {
+        assert!(
+            ix.files.seen.may_contain(&spread_hash(i)),
+            "file {i} missing"
+        );
+    }
+    ix.remove_peer(peers[0]);
+    ix.post_pending();
+    assert_eq!(ix.files.seen.words.len(), 64);
+}
+
+#[test]
+fn word_prefixes_match_across_separators_and_case() {
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    ix.register(p, &[fe(h(1), 10, "Zebra_Crossing-Live 1999.flac")]);
+    assert_eq!(
+        names(&ix.search("zeb cross", 10).0),
+        ["Zebra_Crossing-Live 1999.flac"]
+    );
+    assert_eq!(ix.search("LIVE 199", 10).0.len(), 1);
+    assert_eq!(ix.search("flac", 10).0.len(), 1);
+    // A query word must prefix a word: not match inside one.
+    assert!(ix.search("rossing", 10).0.is_empty());
+    assert!(ix.search("zebra x", 10).0.is_empty());
+    assert_eq!(ix.search("", 10), (vec![], false));
+    assert_eq!(ix.search(" -_. ", 10), (vec![], false));
+}
+
+#[test]
+fn case_insensitive_beyond_ascii() {
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    ix.register(p, &[fe(h(1), 1, "ÜBER Straße ΣΟΦΙΑ.txt")]);
+    assert_eq!(ix.search("über", 10).0.len(), 1);
+    assert_eq!(ix.search("STRASSE", 10).0.len(), 0);
+    assert_eq!(ix.search("STRAßE", 10).0.len(), 1);
+    assert_eq!(ix.search("σοφ", 10).0.len(), 1);
+    assert_eq!(ix.search("Üb sO", 10).0.len(), 0);
+    assert_eq!(ix.search("Üb σο", 10).0.len(), 1);
+}
+
+#[test]
+fn ranking_whole_words_then_holders_then_name_then_hash() {
+    let mut ix = Index::new();
+    let a = ix.add_peer(addr(1));
+    let b = ix.add_peer(addr(2));
+    ix.register(
+        a,
+        &[
+            fe(h(1), 1, "rock anthem"),
+            fe(h(2), 1, "rocky road"),
+            fe(h(3), 1, "rock zzz"),
+        ],
+    );
+    ix.register(
+        b,
+        &[
+            fe(h(2), 1, "rocky road"),
+            fe(h(4), 1, "rock aaa"),
+            fe(h(5), 1, "rock aaa"),
+        ],
+    );
+    let (hits, truncated) = ix.search("rock", 10);
+    assert!(!truncated);
+    // Whole-word "rock" beats "rocky" despite rocky's two holders; then name, then hash.
+    assert_eq!(
+        names(&hits),
+        [
+            "rock aaa",
+            "rock aaa",
+            "rock anthem",
+            "rock zzz",
+            "rocky road"
+        ]
+    );
+    assert_eq!(hits[0].hash, h(4));
+    assert_eq!(hits[1].hash, h(5));
+    assert_eq!(hits[4].holders, 2);
+    let (hits, truncated) = ix.search("roc", 10);
+    // No whole-word match: more holders first.
+    assert_eq!(hits[0].name, "rocky road");
+    assert!(!truncated);
+    let (hits, truncated) = ix.search("rock", 2);
+    assert_eq!(names(&hits), ["rock aaa", "rock aaa"]);
+    assert!(truncated);
+    assert_eq!(ix.search("rock", 0), (vec![], true));
+}
+
+#[test]
+fn control_characters_in_names_are_legal_and_bad_names_rejected() {
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    let long = "x".repeat(MAX_NAME_BYTES + 1);
+    let out = ix.register(
+        p,
+        &[
+            fe(h(1), 1, "a\r\r\nb"),
+            fe(h(2), 1, ""),
+            fe(h(3), 1, "dir/file"),
+            fe(h(4), 1, "nul\0byte"),
+            fe(h(5), 1, &long),
+            fe(h(6), 1, &long[1..]),
+        ],
+    );
+    assert_eq!(
+        out,
+        RegisterOutcome {
+            added: 2,
+            rejected: 4,
+            total: 2
+        }
+    );
+    assert_eq!(ix.search("b", 10).0[0].name, "a\r\r\nb");
+    let found = ix.lookup(&LookupKey::Name("a\r\r\nb".into())).unwrap();
+    assert_eq!(found[0].hash, h(1));
+    assert_eq!(ix.file_count(), 2);
+}
+
+#[test]
+fn size_conflicts_are_rejected() {
+    let mut ix = Index::new();
+    let a = ix.add_peer(addr(1));
+    let b = ix.add_peer(addr(2));
+    assert_eq!(ix.register(a, &[fe(h(1), 5, "x")]).added, 1);
+    let out = ix.register(b, &[fe(h(1), 6, "x"), fe(h(1), 6, "y"), fe(h(1), 5, "z")]);
+    assert_eq!(
+        out,
+        RegisterOutcome {
+            added: 1,
+            rejected: 2,
+            total: 1
+        }
+    );
+    // Once every holder is gone, the hash may come back with another size.
+    ix.remove_peer(a);
+    ix.remove_peer(b);
+    let c = ix.add_peer(addr(3));
+    assert_eq!(ix.register(c, &[fe(h(1), 6, "x")]).added, 1);
+}
+
+#[test]
+fn register_is_idempotent_and_counts_distinct_hashes() {
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    let files = [fe(h(1), 1, "one"), fe(h(1), 1, "uno"), fe(h(2), 2, "two")];
+    assert_eq!(
+        ix.register(p, &files),
+        RegisterOutcome {
+            added: 3,
+            rejected: 0,
+            total: 2
+        }
+    );
+    assert_eq!(
+        ix.register(p, &files),
+        RegisterOutcome {
+            added: 0,
+            rejected: 0,
+            total: 2
+        }
+    );
+    assert_eq!((ix.file_count(), ix.entry_count()), (2, 3));
+    // Same bytes under two names: one file, two entries, one holder.
+    let hits = ix.search("one", 10).0;
+    assert_eq!(hits[0].holders, 1);
+    assert_eq!(ix.register(PeerId(99), &files).rejected, 3);
+}
+
+#[test]
+fn other_query_words_are_checked_by_list_bitmap_or_name_alike() {
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    // 200 "common" names; 100 "half"; 21 "mid"; 2 "duo"; 1 "rare". "rare common" checks
+    // "common" by name (too many postings per candidate), "rare duo" checks "duo" in a
+    // sorted list (few postings), "mid half" checks "half" in a bitmap.
+    let files: Vec<FileEntry> = (0..200u64)
+        .map(|i| {
+            let mut name = format!("common {i}");
+            if i % 2 == 0 {
+                name.push_str(" half");
+            }
+            if i % 10 == 0 || i == 7 {
+                name.push_str(" mid");
+            }
+            if i == 7 || i == 9 {
+                name.push_str(" duo");
+            }
+            if i == 7 {
+                name.push_str(" rare");
+            }
+            fe(FileHash::of(&i.to_le_bytes()), i + 1, &name)
+        })
+        .collect();
+    ix.register(p, &files);
+    let mut names = |q: &str| -> Vec<String> {
+        let mut v: Vec<String> = ix.search(q, 500).0.into_iter().map(|h| h.name).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("rare common"), ["common 7 mid duo rare"]);
+    assert_eq!(names("rare comm"), ["common 7 mid duo rare"]);
+    assert_eq!(names("rare duo"), ["common 7 mid duo rare"]);
+    assert_eq!(names("rare du"), ["common 7 mid duo rare"]);
+    assert_eq!(names("duo mid"), ["common 7 mid duo rare"]);
+    assert_eq!(names("mid half").len(), 20);
+    assert_eq!(names("mid hal").len(), 20);
+    assert!(names("rare nothing").is_empty());
+    assert!(names("rare half").is_empty());
+    // Whole words rank first: "common 1" has both words whole, "common 10 half mid" one.
+    let hits = ix.search("1 common", 3).0;
+    assert_eq!(hits[0].name, "common 1");
+    let hits = ix.search("7 mid", 3).0;
+    assert_eq!(hits[0].name, "common 7 mid duo rare");
+}
+
+#[test]
+fn a_file_of_many_names_counts_its_distinct_holders() {
+    let mut ix = Index::new();
+    let (a, b) = (ix.add_peer(addr(1)), ix.add_peer(addr(2)));
+    let names: Vec<FileEntry> = (0..200)
+        .map(|i| fe(h(9), 9, &format!("multi {i}")))
+        .collect();
+    ix.register(a, &names);
+    ix.register(b, &names[..1]);
+    let hits = ix.search("multi", 300).0;
+    assert_eq!(hits.len(), 200);
+    assert!(hits.iter().all(|hit| hit.holders == 2));
+    ix.remove_peer(b);
+    assert!(ix.search("multi", 300).0.iter().all(|hit| hit.holders == 1));
+    let c = ix.add_peer(addr(3));
+    ix.register(c, &names[5..6]);
+    // Holders are the file's: every name of it counts both.
+    assert!(ix.search("multi", 300).0.iter().all(|hit| hit.holders == 2));
+    ix.unregister(a, &[h(9)]);
+    let hits = ix.search("multi", 300).0;
+    assert_eq!((hits.len(), hits[0].holders), (1, 1));
+    assert!(ix.files.multi_holders.is_empty());
+}
+
+#[test]
+fn a_word_repeated_in_a_name_is_posted_once() {
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    // Inline postings (one entry), then a spilled set (three entries with the word).
+    ix.register(p, &[fe(h(1), 1, "La la LAND la")]);
+    assert_eq!(ix.search("la", 10).0.len(), 1);
+    ix.register(p, &[fe(h(2), 2, "la-la"), fe(h(3), 3, "la_la_la")]);
+    assert_eq!(ix.search("la", 10).0.len(), 3);
+    assert_eq!(ix.search("la land", 10).0.len(), 1);
+    assert_eq!(ix.words.posting_count(ix.words.find(b"la").unwrap()), 3);
+    ix.unregister(p, &[h(1), h(2)]);
+    assert_eq!(ix.search("la", 10).0.len(), 1);
+    assert!(ix.words.find(b"land").is_none());
+    assert_eq!(ix.remove_peer(p), Some(1));
+    assert_eq!((ix.word_count(), ix.entry_count()), (0, 0));
+}
+
+#[test]
+fn unregister_touches_only_own_holdings() {
+    let mut ix = Index::new();
+    let a = ix.add_peer(addr(1));
+    let b = ix.add_peer(addr(2));
+    ix.register(
+        a,
+        &[fe(h(1), 1, "one"), fe(h(1), 1, "uno"), fe(h(2), 1, "two")],
+    );
+    ix.register(b, &[fe(h(1), 1, "one"), fe(h(3), 1, "three")]);
+    // b never registered h(2); its h(1) holding goes, a's stays.
+    assert_eq!(ix.unregister(b, &[h(2), h(1), h(9)]), 1);
+    assert_eq!(ix.holdings_of(b), 1);
+    assert_eq!(
+        ix.lookup(&LookupKey::Hash(h(2))).unwrap()[0].holders,
+        [addr(1)]
+    );
+    assert_eq!(
+        ix.lookup(&LookupKey::Hash(h(1))).unwrap()[0].holders,
+        [addr(1)]
+    );
+    assert_eq!(ix.unregister(a, &[h(1), h(1)]), 2);
+    assert_eq!(
+        ix.lookup(&LookupKey::Hash(h(1))),
+        Err(LookupError::NotFound)
+    );
+    assert!(ix.search("uno", 10).0.is_empty());
+    assert_eq!(
+        (ix.file_count(), ix.entry_count(), ix.holdings_of(a)),
+        (2, 2, 1)
+    );
+    assert_eq!(ix.unregister(PeerId(42), &[h(2)]), 0);
+}
+
+#[test]
+fn removing_every_peer_leaves_nothing() {
+    let mut ix = Index::new();
+    let mut peers = Vec::new();
+    for p in 0..20u16 {
+        let id = ix.add_peer(addr(p));
+        let files: Vec<FileEntry> = (0..300u32)
+            .map(|i| {
+                let n = i + u32::from(p) * 50;
+                fe(
+                    FileHash::of(&n.to_le_bytes()),
+                    u64::from(n),
+                    &format!("song {n} of {} by {}", n % 7, n % 13),
+                )
+            })
+            .collect();
+        assert_eq!(ix.register(id, &files).total, 300);
+        peers.push(id);
+    }
+    assert_eq!(ix.file_count(), 300 + 19 * 50);
+    let hits = ix.search("song 100", 5).0;
+    assert_eq!(hits[0].name, "song 100 of 2 by 9");
+    assert_eq!(hits[0].holders, 3);
+    for (i, p) in peers.iter().enumerate() {
+        let held = ix.remove_peer(*p).unwrap();
+        assert_eq!(held, 300);
+        assert_eq!(ix.remove_peer(*p), None);
+        assert_eq!(ix.peer_count(), peers.len() - i - 1);
+    }
+    assert_eq!(
+        (
+            ix.file_count(),
+            ix.entry_count(),
+            ix.word_count(),
+            ix.peer_count()
+        ),
+        (0, 0, 0, 0)
+    );
+    assert!(ix.files.is_released() && ix.entries.is_released() && ix.words.is_released());
+    assert_eq!(ix.peers.recs.capacity(), 0);
+    assert!(ix.search("song", 10).0.is_empty());
+}
+
+#[test]
+fn many_holders_spill_and_come_back() {
+    let mut ix = Index::new();
+    let peers: Vec<PeerId> = (0..10).map(|i| ix.add_peer(addr(i))).collect();
+    for p in &peers {
+        ix.register(*p, &[fe(h(7), 7, "shared")]);
+    }
+    let held = ix.lookup(&LookupKey::Hash(h(7))).unwrap();
+    assert_eq!(held[0].holders, (0..10).map(addr).collect::<Vec<_>>());
+    for p in &peers[..9] {
+        ix.remove_peer(*p);
+    }
+    assert_eq!(ix.entries.spilled(), 0);
+    assert_eq!(ix.search("shared", 1).0[0].holders, 1);
+    ix.remove_peer(peers[9]);
+    assert_eq!(ix.entry_count(), 0);
+}
+
+#[test]
+fn lookup_by_name_and_prefix() {
+    let mut ix = Index::new();
+    let a = ix.add_peer(addr(1));
+    let b = ix.add_peer(addr(2));
+    let mut x = [0u8; 32];
+    x[..5].copy_from_slice(&[0xab, 0xcd, 0xef, 0x01, 0x23]);
+    let mut y = x;
+    y[4] = 0x24;
+    let (x, y) = (FileHash(x), FileHash(y));
+    ix.register(
+        a,
+        &[
+            fe(y, 1, "same.txt"),
+            fe(x, 2, "same.txt"),
+            fe(h(3), 3, "other"),
+        ],
+    );
+    ix.register(b, &[fe(x, 2, "alias"), fe(x, 2, "alt")]);
+    let found = ix.lookup(&LookupKey::Name("same.txt".into())).unwrap();
+    assert_eq!(found.iter().map(|f| f.hash).collect::<Vec<_>>(), [x, y]);
+    assert_eq!(found[0].holders, [addr(1), addr(2)]);
+    assert_eq!(found[0].name, "same.txt");
+    assert_eq!(
+        ix.lookup(&LookupKey::Name("same".into())),
+        Err(LookupError::NotFound)
+    );
+    assert_eq!(
+        ix.lookup(&LookupKey::Name("".into())),
+        Err(LookupError::NotFound)
+    );
+    // Ambiguous on 8 and 9 digits, unique from the 10th.
+    let mut p = |s: &str| ix.lookup(&LookupKey::HashPrefix(s.into()));
+    assert_eq!(p("abcdef01"), Err(LookupError::Ambiguous));
+    assert_eq!(p("ABCDEF012"), Err(LookupError::Ambiguous));
+    assert_eq!(p("abcdef0123").unwrap()[0].hash, x);
+    assert_eq!(p("abcdef0124").unwrap()[0].hash, y);
+    assert_eq!(p(&x.to_hex()).unwrap()[0].hash, x);
+    assert_eq!(p("abcdef0125"), Err(LookupError::NotFound));
+    assert_eq!(p("abcdef0"), Err(LookupError::BadPrefix));
+    assert_eq!(p("abcdef0g"), Err(LookupError::BadPrefix));
+    assert_eq!(p(&"a".repeat(65)), Err(LookupError::BadPrefix));
+    // Most held name names a file: "same.txt" has one holder, like "alias" and "alt";
+    // the smallest wins the tie.
+    assert_eq!(ix.lookup(&LookupKey::Hash(x)).unwrap()[0].name, "alias");
+    assert_eq!(
+        LookupError::Ambiguous.to_string(),
+        "hash prefix matches several files"
+    );
+}
+
+// ---- the naive model ----
+
+/// Everything as plain holdings; every answer computed by scanning.
+#[derive(Default)]
+struct Model {
+    peers: BTreeMap<u32, (SocketAddr, BTreeSet<(FileHash, String)>)>,
+    sizes: HashMap<FileHash, u64>,
+}
+
+fn model_words(s: &str) -> Vec<String> {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.chars().flat_map(char::to_lowercase).collect())
+        .collect()
+}
+
+impl Model {
+    fn holders_of(&self, hash: &FileHash) -> Vec<u32> {
+        self.peers
+            .iter()
+            .filter(|(_, (_, held))| held.iter().any(|(h, _)| h == hash))
+            .map(|(&p, _)| p)
+            .collect()
+    }
+
+    fn entries(&self) -> BTreeSet<(FileHash, String)> {
+        self.peers
+            .values()
+            .flat_map(|(_, held)| held.iter().cloned())
+            .collect()
+    }
+
+    fn total(&self, p: u32) -> u32 {
+        let held = &self.peers[&p].1;
+        held.iter().map(|(h, _)| h).collect::<BTreeSet<_>>().len() as u32
+    }
+
+    fn refresh_sizes(&mut self) {
+        let live: BTreeSet<FileHash> = self.entries().into_iter().map(|(h, _)| h).collect();
+        self.sizes.retain(|h, _| live.contains(h));
+    }
+
+    fn register(&mut self, p: u32, files: &[FileEntry]) -> RegisterOutcome {
+        self.register_at_most(p, files, u32::MAX)
+    }
+
+    fn register_at_most(&mut self, p: u32, files: &[FileEntry], room: u32) -> RegisterOutcome {
+        let mut out = RegisterOutcome::default();
+        for f in files {
+            let ok_name = !f.name.is_empty()
+                && f.name.len() <= 1024
+                && !f.name.contains('/')
+                && !f.name.contains('\0');
+            if !ok_name || self.sizes.get(&f.hash).is_some_and(|&s| s != f.size) {
+                out.rejected += 1;
+                continue;
+            }
+            let holding = (f.hash, f.name.clone());
+            if self.peers[&p].1.contains(&holding) {
+                continue;
+            }
+            if out.added >= room {
+                out.rejected += 1;
+                continue;
+            }
+            self.sizes.insert(f.hash, f.size);
+            self.peers.get_mut(&p).unwrap().1.insert(holding);
+            out.added += 1;
+        }
+        out.total = self.total(p);
+        out
+    }
+
+    fn holdings(&self) -> usize {
+        self.peers.values().map(|(_, held)| held.len()).sum()
+    }
+
+    fn unregister(&mut self, p: u32, hashes: &[FileHash]) -> u32 {
+        let held = &mut self.peers.get_mut(&p).unwrap().1;
+        let before = held.len();
+        held.retain(|(h, _)| !hashes.contains(h));
+        let removed = (before - held.len()) as u32;
+        self.refresh_sizes();
+        removed
+    }
+
+    fn search(&self, query: &str, limit: usize) -> (Vec<SearchHit>, bool) {
+        let mut q = model_words(query);
+        q.sort();
+        q.dedup();
+        if q.is_empty() {
+            return (vec![], false);
+        }
+        let mut all: Vec<(u32, SearchHit)> = Vec::new();
+        for (hash, name) in self.entries() {
+            let words = model_words(&name);
+            if !q
+                .iter()
+                .all(|q| words.iter().any(|w| w.starts_with(q.as_str())))
+            {
+                continue;
+            }
+            let whole = q.iter().filter(|q| words.contains(q)).count() as u32;
+            let hit = SearchHit {
+                size: self.sizes[&hash],
+                holders: self.holders_of(&hash).len() as u32,
+                name,
+                hash,
+            };
+            all.push((whole, hit));
+        }
+        all.sort_by(|(wa, a), (wb, b)| {
+            wb.cmp(wa)
+                .then(b.holders.cmp(&a.holders))
+                .then(a.name.cmp(&b.name))
+                .then(a.hash.cmp(&b.hash))
+        });
+        let truncated = all.len() > limit;
+        (
+            all.into_iter().take(limit).map(|(_, h)| h).collect(),
+            truncated,
+        )
+    }
+
+    fn held(&self, hash: FileHash, name: Option<String>) -> HeldFile {
+        let holders = self.holders_of(&hash);
+        let name = name.unwrap_or_else(|| {
+            let mut names: Vec<(usize, String)> = self
+                .entries()
+                .into_iter()
+                .filter(|(h, _)| *h == hash)
+                .map(|(_, n)| {
+                    let count = self
+                        .peers
+                        .values()
+                        .filter(|(_, held)| held.contains(&(hash, n.clone())))
+                        .count();
+                    (count, n)
+                })
+                .collect();
+            names.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            names.remove(0).1
+        });
+        HeldFile {
+            hash,
+            size: self.sizes[&hash],
+            name,
+            holders: holders.iter().map(|p| self.peers[p].0).collect(),
+        }
+    }
+
+    fn lookup(&self, key: &LookupKey) -> Result<Vec<HeldFile>, LookupError> {
+        let hashes: BTreeSet<FileHash> = self.entries().into_iter().map(|(h, _)| h).collect();
+        match key {
+            LookupKey::Hash(h) if hashes.contains(h) => Ok(vec![self.held(*h, None)]),
+            LookupKey::Hash(_) => Err(LookupError::NotFound),
+            LookupKey::HashPrefix(p) => {
+                let ok = (8..=64).contains(&p.len()) && p.chars().all(|c| c.is_ascii_hexdigit());
+                if !ok {
+                    return Err(LookupError::BadPrefix);
+                }
+                let p = p.to_lowercase();
+                let m: Vec<&FileHash> = hashes
+                    .iter()
+                    .filter(|h| h.to_hex().starts_with(&p))
+                    .collect();
+                match m.len() {
+                    0 => Err(LookupError::NotFound),
+                    1 => Ok(vec![self.held(*m[0], None)]),
+                    _ => Err(LookupError::Ambiguous),
+                }
+            }
+            LookupKey::Name(n) => {
+                let m: Vec<HeldFile> = self
+                    .entries()
+                    .into_iter()
+                    .filter(|(_, name)| name == n)
+                    .map(|(h, name)| self.held(h, Some(name)))
+                    .collect();
+                if m.is_empty() {
+                    Err(LookupError::NotFound)
+                } else {
+                    Ok(m)
+                }
+            }
+        }
+    }
+}
+
+// Small alphabets so that names, words, prefixes and hashes collide often.
+const WORDS: &[&str] = &["a", "ab", "Abc", "b", "ÄB", "äbc", "x1", "9", "", "é"];
+const SEPS: &[&str] = &[" ", "-", "_", ".", "\r\r\n", "/", "\0"];
+
+fn test_hash(i: usize) -> FileHash {
+    // Six hashes sharing long hex prefixes in pairs.
+    let mut b = [0x5au8; 32];
+    b[..4].copy_from_slice(&[0xab, 0xcd, 0xef, 0x01]);
+    b[4] = (i / 2) as u8;
+    b[5] = (i % 2) as u8 * 0x10;
+    FileHash(b)
+}
+
+fn name_strategy() -> impl Strategy<Value = String> {
+    prop::collection::vec((0..WORDS.len(), 0..SEPS.len()), 1..4).prop_map(|parts| {
+        let mut s = String::new();
+        for (i, (w, sep)) in parts.iter().enumerate() {
+            if i > 0 {
+                // '/' and NUL are rare so that most names are valid.
+                s.push_str(if *sep >= 5 && i % 2 == 1 {
+                    " "
+                } else {
+                    SEPS[*sep]
+                });
+            }
+            s.push_str(WORDS[*w]);
+        }
+        s
+    })
+}
+
+fn query_strategy() -> impl Strategy<Value = String> {
+    prop::collection::vec(0..WORDS.len(), 0..3).prop_map(|ws| {
+        ws.iter()
+            .map(|&w| WORDS[w].to_uppercase())
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
+}
+
+fn key_strategy() -> impl Strategy<Value = LookupKey> {
+    prop_oneof![
+        (0..7usize).prop_map(|i| LookupKey::Hash(test_hash(i))),
+        (0..7usize, 6..12usize, any::<bool>()).prop_map(|(i, n, up)| {
+            let hex = test_hash(i).to_hex()[..n].to_string();
+            LookupKey::HashPrefix(if up { hex.to_uppercase() } else { hex })
+        }),
+        name_strategy().prop_map(LookupKey::Name),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    AddPeer(u16),
+    /// Peer, files, and the room for new holdings (`u32::MAX` mostly).
+    Register(usize, Vec<(usize, u64, String)>, u32),
+    Unregister(usize, Vec<usize>),
+    RemovePeer(usize),
+    Search(String, usize),
+    Lookup(LookupKey),
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => any::<u16>().prop_map(Op::AddPeer),
+        5 => (
+            any::<usize>(),
+            prop::collection::vec((0..6usize, 1..3u64, name_strategy()), 0..6),
+            prop_oneof![3 => Just(u32::MAX), 1 => 0..4u32],
+        )
+            .prop_map(|(p, f, room)| Op::Register(p, f, room)),
+        2 => (any::<usize>(), prop::collection::vec(0..7usize, 0..4)).prop_map(|(p, h)| Op::Unregister(p, h)),
+        1 => any::<usize>().prop_map(Op::RemovePeer),
+        4 => (query_strategy(), 0..5usize).prop_map(|(q, l)| Op::Search(q, l)),
+        3 => key_strategy().prop_map(Op::Lookup),
+    ]
+}
+
+/// The index's counts and every live peer's holdings and address, against the model.
+fn counts_agree(ix: &Index, model: &Model, live: &[PeerId]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(ix.peer_count(), model.peers.len());
+    let entries = model.entries();
+    prop_assert_eq!(ix.entry_count(), entries.len());
+    let files: BTreeSet<_> = entries.iter().map(|(h, _)| h).collect();
+    prop_assert_eq!(ix.file_count(), files.len());
+    prop_assert_eq!(ix.holding_count(), model.holdings());
+    for p in live {
+        prop_assert_eq!(ix.holdings_of(*p), model.total(p.0));
+        prop_assert_eq!(ix.peer_addr(*p), Some(model.peers[&p.0].0));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #[test]
+    fn agrees_with_naive_model(
+        ops in prop::collection::vec(op_strategy(), 1..60),
+        saturated in any::<bool>(),
+    ) {
+        let mut ix = Index::new();
+        // A filter that always says "maybe" sends every file through the tables at once.
+        ix.files.seen.saturated = saturated;
+        let mut model = Model::default();
+        let mut live: Vec<PeerId> = Vec::new();
+        for op in ops {
+            match op {
+                Op::AddPeer(port) => {
+                    let p = ix.add_peer(addr(port));
+                    prop_assert!(!model.peers.contains_key(&p.0));
+                    model.peers.insert(p.0, (addr(port), BTreeSet::new()));
+                    live.push(p);
+                }
+                Op::Register(p, files, room) if !live.is_empty() => {
+                    let p = live[p % live.len()];
+                    let files: Vec<FileEntry> =
+                        files.into_iter().map(|(h, s, n)| fe(test_hash(h), s, &n)).collect();
+                    prop_assert_eq!(
+                        ix.register_at_most(p, &files, room),
+                        model.register_at_most(p.0, &files, room)
+                    );
+                }
+                Op::Unregister(p, hashes) if !live.is_empty() => {
+                    let p = live[p % live.len()];
+                    let hashes: Vec<FileHash> = hashes.into_iter().map(test_hash).collect();
+                    prop_assert_eq!(ix.unregister(p, &hashes), model.unregister(p.0, &hashes));
+                }
+                Op::RemovePeer(p) if !live.is_empty() => {
+                    let p = live.swap_remove(p % live.len());
+                    let held = model.peers.remove(&p.0).unwrap().1.len() as u32;
+                    model.refresh_sizes();
+                    prop_assert_eq!(ix.remove_peer(p), Some(held));
+                }
+                Op::Search(q, limit) => {
+                    prop_assert_eq!(ix.search(&q, limit), model.search(&q, limit), "query {:?}", q);
+                }
+                Op::Lookup(key) => {
+                    prop_assert_eq!(ix.lookup(&key), model.lookup(&key), "key {:?}", key);
+                }
+                _ => {}
+            }
+            counts_agree(&ix, &model, &live)?;
+        }
+        for p in live {
+            ix.remove_peer(p);
+        }
+        prop_assert_eq!((ix.file_count(), ix.entry_count(), ix.word_count()), (0, 0, 0));
+    }
+}
+
+/// Hash `i` of [`big_batches_agree_with_naive_model`]: real hashes, but from 400 on each
+/// shares its first 4 bytes (what the filter reads) with hash `i - 400`, so that it is a
+/// "maybe" once that one is in (and ties with it in the hash index's items).
+fn wide_hash(i: usize) -> FileHash {
+    let mut h = spread_hash(i as u32);
+    if i >= 400 {
+        h.0[..4].copy_from_slice(&spread_hash(i as u32 - 400).0[..4]);
+    }
+    h
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// Batches bigger than [`STAGED_SCAN`], over hundreds of hashes (some colliding in the
+    /// filter), with deletions enough to rebuild the filter, and the deferred work left
+    /// pending across calls or finished at random points.
+    #[test]
+    fn big_batches_agree_with_naive_model(
+        steps in prop::collection::vec(
+            (
+                0..3usize,
+                prop::collection::vec((0..600usize, 1..3u64, 0..3usize), 0..150),
+                0..10usize,
+            ),
+            1..25,
+        ),
+    ) {
+        let mut ix = Index::new();
+        let mut model = Model::default();
+        let mut peers: Vec<PeerId> = Vec::new();
+        for port in 0..3 {
+            let p = ix.add_peer(addr(port));
+            model.peers.insert(p.0, (addr(port), BTreeSet::new()));
+            peers.push(p);
+        }
+        for (who, batch, what) in steps {
+            let files: Vec<FileEntry> = batch
+                .iter()
+                .map(|&(i, size, n)| fe(wide_hash(i), size, &format!("name {n} of {}", i % 7)))
+                .collect();
+            let hashes: Vec<FileHash> = files.iter().map(|f| f.hash).collect();
+            match what {
+                0..=5 => {
+                    let p = peers[who];
+                    prop_assert_eq!(ix.register(p, &files), model.register(p.0, &files));
+                }
+                6 => {
+                    let p = peers[who];
+                    prop_assert_eq!(ix.unregister(p, &hashes), model.unregister(p.0, &hashes));
+                }
+                7 => {
+                    let p = peers[who];
+                    let held = model.peers.remove(&p.0).unwrap().1.len() as u32;
+                    model.refresh_sizes();
+                    prop_assert_eq!(ix.remove_peer(p), Some(held));
+                    let port = 10 + who as u16;
+                    let q = ix.add_peer(addr(port));
+                    model.peers.insert(q.0, (addr(port), BTreeSet::new()));
+                    peers[who] = q;
+                }
+                8 => ix.post_pending(),
+                _ => {
+                    for h in hashes.iter().take(20) {
+                        let key = LookupKey::Hash(*h);
+                        prop_assert_eq!(ix.lookup(&key), model.lookup(&key));
+                    }
+                }
+            }
+            counts_agree(&ix, &model, &peers)?;
+        }
+        ix.post_pending();
+        for (h, _) in model.entries() {
+            prop_assert!(ix.files.seen.may_contain(&h), "an indexed hash missing from the filter");
+        }
+        for p in peers {
+            ix.remove_peer(p);
+        }
+        prop_assert_eq!((ix.file_count(), ix.entry_count(), ix.word_count()), (0, 0, 0));
+    }
+}
+
+/// Checks the word index against the live entries' names: every word posted under exactly
+/// the entries whose name contains it, inline exactly when it has at most two, the order and
+/// the exact lookups agreeing. Returns (inline words, spilled words).
+fn check_words(ix: &mut Index) -> (usize, usize) {
+    ix.post_pending();
+    let mut expect: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let mut name = Vec::new();
+    for (e, _) in ix.entries.iter() {
+        ix.entries.decode_name(e, &mut name);
+        let mut ws = model_words(std::str::from_utf8(&name).unwrap());
+        ws.sort();
+        ws.dedup();
+        if ws.is_empty() {
+            ws.push(String::new());
+        }
+        for w in ws {
+            expect.entry(w).or_default().push(e);
+        }
+    }
+    ix.words.check(&expect)
+}
+
+#[test]
+fn rare_words_stay_inline_and_common_ones_spill_and_come_back() {
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    let files: Vec<FileEntry> = (0..5u8)
+        .map(|i| fe(h(i), 1, &format!("Alpha {i}x{i}")))
+        .collect();
+    let alpha = |ix: &mut Index| {
+        ix.post_pending();
+        ix.words.find(b"alpha").map(|w| ix.words.raw_postings(w))
+    };
+    assert_eq!(alpha(&mut ix), None);
+    ix.register(p, &files[..1]);
+    assert_eq!(alpha(&mut ix), Some([0, NONE]));
+    ix.register(p, &files[1..2]);
+    assert_eq!(alpha(&mut ix), Some([0, 1]));
+    assert_eq!(ix.words.packed_sets(), 0);
+    ix.register(p, &files[2..]);
+    ix.post_pending();
+    assert_eq!(alpha(&mut ix).unwrap()[0], SPILLED);
+    assert_eq!(ix.words.packed_sets(), 1);
+    assert_eq!(check_words(&mut ix), (5, 1));
+    assert_eq!(ix.search("alpha", 10).0.len(), 5);
+    assert_eq!(ix.search("3x3", 10).0[0].name, "Alpha 3x3");
+    // Back to two (the first and the last): inline again, ascending.
+    ix.unregister(p, &[h(1), h(2), h(3)]);
+    assert_eq!(alpha(&mut ix), Some([0, 4]));
+    assert_eq!(ix.words.packed_sets(), 0);
+    assert_eq!(check_words(&mut ix), (3, 0));
+    // Up again through a reused entry id between the inline ones, then down to one.
+    ix.register(p, &files[1..2]);
+    assert_eq!(ix.search("alpha", 10).0.len(), 3);
+    assert_eq!(alpha(&mut ix).unwrap()[0], SPILLED);
+    ix.unregister(p, &[h(0), h(4)]);
+    assert_eq!(
+        alpha(&mut ix),
+        Some([
+            ix.find_entry(ix.files.find(&h(1)).unwrap(), "Alpha 1x1")
+                .unwrap(),
+            NONE
+        ])
+    );
+    check_words(&mut ix);
+    ix.remove_peer(p);
+    assert_eq!(ix.word_count(), 0);
+    assert!(ix.words.is_released());
+}
+
+#[test]
+fn word_texts_are_compacted() {
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    let q = ix.add_peer(addr(2));
+    let files = |from: u32| -> Vec<FileEntry> {
+        (from..from + 50)
+            .map(|i| fe(FileHash::of(&i.to_le_bytes()), 1, &format!("track {i:08}")))
+            .collect()
+    };
+    ix.register(p, &files(0));
+    ix.register(q, &files(1000));
+    ix.post_pending();
+    let before = ix.words.texts().spanned();
+    ix.remove_peer(p);
+    // 50 of 101 word texts freed: more than a third, so the arena was compacted.
+    assert!(ix.words.texts().spanned() < before / 2 + 16);
+    assert_eq!(ix.words.texts().garbage(), 0);
+    check_words(&mut ix);
+    assert_eq!(ix.search("00001049", 5).0[0].name, "track 00001049");
+    assert!(ix.search("00000049", 5).0.is_empty());
+}
+
+/// Runs the naive-model property test's operation sequences (register, unregister,
+/// remove) and checks the word index after each step; the small alphabets must reach both
+/// inline and spilled posting sets.
+#[test]
+fn model_ops_keep_words_consistent_and_reach_both_posting_forms() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let ops_strategy = prop::collection::vec(op_strategy(), 1..60);
+    let (mut saw_inline_pair, mut saw_spilled) = (false, false);
+    for _ in 0..300 {
+        let ops = ops_strategy.new_tree(&mut runner).unwrap().current();
+        let mut ix = Index::new();
+        let mut live: Vec<PeerId> = Vec::new();
+        for op in ops {
+            match op {
+                Op::AddPeer(port) => live.push(ix.add_peer(addr(port))),
+                Op::Register(p, files, _) if !live.is_empty() => {
+                    let files: Vec<FileEntry> = files
+                        .into_iter()
+                        .map(|(h, s, n)| fe(test_hash(h), s, &n))
+                        .collect();
+                    ix.register(live[p % live.len()], &files);
+                }
+                Op::Unregister(p, hashes) if !live.is_empty() => {
+                    let hashes: Vec<FileHash> = hashes.into_iter().map(test_hash).collect();
+                    ix.unregister(live[p % live.len()], &hashes);
+                }
+                Op::RemovePeer(p) if !live.is_empty() => {
+                    ix.remove_peer(live.swap_remove(p % live.len()));
+                }
+                _ => continue,
+            }
+            let (_, spilled) = check_words(&mut ix);
+            saw_spilled |= spilled > 0;
+            saw_inline_pair |= ix.words.has_inline_pair();
+        }
+        for p in live {
+            ix.remove_peer(p);
+        }
+        assert_eq!(check_words(&mut ix), (0, 0));
+    }
+    assert!(saw_inline_pair && saw_spilled);
+}
+
+/// 25 files named by 99 bytes with no word that can become a symbol: a 100-byte record
+/// whatever the codec does.
+fn long_names() -> Vec<FileEntry> {
+    (0..25u32)
+        .map(|i| fe(spread_hash(i), 1, &format!("{i:04} {}", "x".repeat(94))))
+        .collect()
+}
+
+/// Two peers, added to `ix` and to a model.
+fn two_peers(ix: &mut Index) -> (PeerId, PeerId, Model) {
+    let mut model = Model::default();
+    let (p, q) = (ix.add_peer(addr(1)), ix.add_peer(addr(2)));
+    for (peer, port) in [(p, 1), (q, 2)] {
+        model.peers.insert(peer.0, (addr(port), BTreeSet::new()));
+    }
+    (p, q, model)
+}
+
+/// The index agrees with `model` on counts, a search over every name, lookups of hashes
+/// `0..n` (by [`spread_hash`]) and the word index.
+fn agrees_on_spread_files(ix: &mut Index, model: &Model, live: &[PeerId], n: u32) {
+    counts_agree(ix, model, live).unwrap();
+    assert_eq!(ix.search("x", 100), model.search("x", 100));
+    for i in 0..n {
+        let key = LookupKey::Hash(spread_hash(i));
+        assert_eq!(ix.lookup(&key), model.lookup(&key), "file {i}");
+    }
+    check_words(ix);
+}
+
+/// Names the name arena has no room for are rejected when the register is answered, on both
+/// paths (staged, and through the tables at once when the filter says "maybe"); what was
+/// accepted stays consistent, and room a departing peer frees is used again.
+#[test]
+fn names_beyond_the_name_arena_cap_are_rejected() {
+    let files = long_names();
+    for saturated in [false, true] {
+        let mut ix = Index::new();
+        ix.files.seen.saturated = saturated;
+        ix.entries.names.cap = 1000;
+        let (p, q, mut model) = two_peers(&mut ix);
+        assert_eq!(ix.register(p, &files[..6]), outcome(6, 0, 6));
+        assert_eq!(ix.register(q, &files[6..]), outcome(4, 15, 4));
+        model.register(p.0, &files[..6]);
+        model.register(q.0, &files[6..10]);
+        agrees_on_spread_files(&mut ix, &model, &[p, q], 25);
+        // A full arena refuses a second name for a known file too.
+        let alias = fe(spread_hash(0), 1, &format!("9999 {}", "x".repeat(94)));
+        assert_eq!(ix.register(q, &[alias]), outcome(0, 1, 4));
+
+        assert_eq!(ix.remove_peer(p), Some(6));
+        model.peers.remove(&p.0);
+        model.refresh_sizes();
+        assert_eq!(ix.register(q, &files[6..]), outcome(6, 9, 10));
+        model.register(q.0, &files[6..16]);
+        agrees_on_spread_files(&mut ix, &model, &[q], 25);
+        assert_eq!(ix.remove_peer(q), Some(10));
+        assert_eq!(
+            (ix.file_count(), ix.entry_count(), ix.word_count()),
+            (0, 0, 0)
+        );
+    }
+}
+
+/// The word texts' arena is bounded the same way: a register reserves room for the texts of
+/// every name it accepts (an upper bound, given back once the words are posted).
+#[test]
+fn names_beyond_the_word_arena_cap_are_rejected() {
+    let files = long_names();
+    let mut ix = Index::new();
+    // Room for three names' reservations (199 bytes each) in an empty arena.
+    ix.words.set_text_cap(3 * 199 + 50);
+    let (p, q, mut model) = two_peers(&mut ix);
+    assert_eq!(ix.register(p, &files), outcome(3, 22, 3));
+    model.register(p.0, &files[..3]);
+    agrees_on_spread_files(&mut ix, &model, &[p, q], 25);
+    // The texts take 95 + 3 * 5 bytes: room for two more reservations.
+    assert_eq!(ix.words.texts().spanned(), 110);
+    assert_eq!(ix.register(q, &files[3..]), outcome(2, 20, 2));
+    model.register(q.0, &files[3..5]);
+    agrees_on_spread_files(&mut ix, &model, &[p, q], 25);
+    assert_eq!(ix.remove_peer(p), Some(3));
+    assert_eq!(ix.remove_peer(q), Some(2));
+    assert_eq!(
+        (ix.file_count(), ix.entry_count(), ix.word_count()),
+        (0, 0, 0)
+    );
+}

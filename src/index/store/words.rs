@@ -1,0 +1,490 @@
+//! The word index: every word of the indexed names, its text, and the entries whose name
+//! contains it (its postings); and how names are split into words.
+//!
+//! A word's postings are inline while there are at most two (most words are rare: track and
+//! catalogue numbers, IDs, years), else a [`PackedSet`] in `postings`. A word is found by its
+//! text through `by_text`, and words by prefix through `order`.
+
+use super::blockset::BlockSet;
+use super::names::Names;
+use super::postings::{PackedSet, PostingIter};
+use super::table::{Slot, Table};
+use super::{NONE, SPILLED};
+use slab::Slab;
+use std::cmp::Ordering;
+use std::hash::BuildHasher;
+
+/// How many `order` items sharing a dropped word's 4-byte prefix are scanned for its id
+/// (8 KiB, sequential) before falling back to a search by text (a dozen dependent reads of
+/// word records and texts). Numbers share prefixes in groups of hundreds. (Tiny in tests, so
+/// that the property tests exercise the fallback.)
+const WORD_SCAN: usize = if cfg!(test) { 2 } else { 1024 };
+
+/// The most text-arena bytes the words of a name of `name_len` bytes take: each word's
+/// record is at most twice its bytes plus one (lowercasing grows a character by half at most,
+/// and the record adds a byte or two), and words are separated, so `2 * name_len + 1`.
+fn texts_bound(name_len: usize) -> usize {
+    2 * name_len + 1
+}
+
+/// One word, 12 bytes. `text == NONE` marks a free slot.
+pub(super) struct WordRec {
+    /// Offset of the word's (lowercase) text in `Words::texts`.
+    text: u32,
+    /// The entries whose name contains the word: up to two entry ids inline, ascending
+    /// (unused slots are `NONE`), or `[SPILLED, key]` for a [`PackedSet`] in
+    /// `Words::postings` once there are three or more. A set goes back inline when it shrinks
+    /// to two, so "inline" is exactly "at most two postings".
+    postings: [u32; 2],
+}
+
+impl Slot for WordRec {
+    const FREE: Self = WordRec {
+        text: NONE,
+        postings: [NONE, NONE],
+    };
+
+    fn is_free(&self) -> bool {
+        self.text == NONE
+    }
+}
+
+/// The word index. See the module docs.
+pub(super) struct Words {
+    /// Word records by word id.
+    recs: Table<WordRec>,
+    /// The words' lowercase texts, an arena like the names'.
+    texts: Names,
+    /// Word ids hashed by their text, for exact lookups (register, removal, name lookup).
+    by_text: hashbrown::HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+    /// Word ids in text order, for prefix ranges: `(first 4 text bytes << 32) | word id`
+    /// (see [`pad4`]), so most comparisons need not read the text.
+    order: BlockSet<u64>,
+    /// Posting sets of the words with more than two entries.
+    postings: Slab<PackedSet>,
+}
+
+impl Words {
+    pub(super) fn new() -> Self {
+        Words {
+            recs: Table::new(),
+            texts: Names::default(),
+            by_text: hashbrown::HashTable::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            order: BlockSet::new(),
+            postings: Slab::new(),
+        }
+    }
+
+    /// Live words.
+    #[inline]
+    pub(super) fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    /// Reserves room in the text arena for the new words of a name of `name_len` bytes (see
+    /// [`texts_bound`]); false, reserving nothing, if there is none.
+    pub(super) fn reserve_texts(&mut self, name_len: usize) -> bool {
+        self.texts.reserve(texts_bound(name_len))
+    }
+
+    /// Whether [`Words::reserve_texts`] would succeed.
+    pub(super) fn has_room_for(&self, name_len: usize) -> bool {
+        self.texts.has_room(texts_bound(name_len))
+    }
+
+    /// Gives back the text room reserved and not used, once the reserved names are posted.
+    pub(super) fn release_texts(&mut self) {
+        self.texts.release();
+    }
+
+    /// The text arena's cap (tests set it small).
+    #[cfg(test)]
+    pub(super) fn set_text_cap(&mut self, bytes: usize) {
+        self.texts.cap = bytes;
+    }
+
+    /// The text of word `w`.
+    #[inline]
+    pub(super) fn text(&self, w: u32) -> &[u8] {
+        self.texts.get(self.recs[w].text)
+    }
+
+    #[inline]
+    fn hash(&self, text: &[u8]) -> u64 {
+        self.hasher.hash_one(text)
+    }
+
+    /// The id of the word `text` (lowercase), if indexed.
+    #[inline]
+    pub(super) fn find(&self, text: &[u8]) -> Option<u32> {
+        self.find_hashed(text, self.hash(text))
+    }
+
+    #[inline]
+    fn find_hashed(&self, text: &[u8], hash: u64) -> Option<u32> {
+        self.by_text.find(hash, |&w| self.text(w) == text).copied()
+    }
+
+    /// Where the word `text` is (or would go) in `order`.
+    fn position(&self, text: &[u8]) -> Result<(usize, usize), (usize, usize)> {
+        let p4 = pad4(text);
+        self.order.search(|&item| {
+            ((item >> 32) as u32)
+                .cmp(&p4)
+                .then_with(|| self.text(item as u32).cmp(text))
+        })
+    }
+
+    /// Ids of the words whose text starts with `prefix` (non-empty), in text order (the word
+    /// equal to it first). A prefix of up to 4 bytes is matched on the items alone.
+    pub(super) fn range<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = u32> + 'a {
+        let prefix = prefix.as_bytes();
+        let p4 = pad4(prefix);
+        let start = self
+            .order
+            .search(|&item| {
+                ((item >> 32) as u32)
+                    .cmp(&p4)
+                    .then_with(|| self.text(item as u32).cmp(prefix))
+                    .then(Ordering::Greater)
+            })
+            .unwrap_or_else(|at| at);
+        // Words contain no NUL byte, so a word shorter than a short prefix cannot match the
+        // zero padding of its item.
+        let shift = 8 * 4usize.saturating_sub(prefix.len()) as u32;
+        self.order
+            .iter_from(start)
+            .take_while(move |&item| {
+                let top = item >> 32;
+                top >> shift == u64::from(p4) >> shift
+                    && (prefix.len() <= 4 || self.text(item as u32).starts_with(prefix))
+            })
+            .map(|item| item as u32)
+    }
+
+    /// How many entries word `w` is posted under.
+    #[inline]
+    pub(super) fn posting_count(&self, w: u32) -> usize {
+        match self.recs[w].postings {
+            [SPILLED, key] => self.postings[key as usize].len(),
+            [NONE, _] => 0,
+            [_, NONE] => 1,
+            _ => 2,
+        }
+    }
+
+    /// Whether word `w` has a packed set of at least `n` postings.
+    #[inline]
+    pub(super) fn has_packed(&self, w: u32, n: usize) -> bool {
+        match self.recs[w].postings {
+            [SPILLED, key] => self.postings[key as usize].len() >= n,
+            _ => false,
+        }
+    }
+
+    /// The entries posted under word `w`, ascending.
+    #[inline]
+    pub(super) fn postings(&self, w: u32) -> PostingIter<'_> {
+        let p = &self.recs[w].postings;
+        match *p {
+            [SPILLED, key] => PostingIter::Packed(self.postings[key as usize].iter()),
+            [NONE, _] => PostingIter::Inline([].iter()),
+            [_, NONE] => PostingIter::Inline(p[..1].iter()),
+            _ => PostingIter::Inline(p.iter()),
+        }
+    }
+
+    /// Posts `entry` under `word`; a no-op if it is there already (a name may repeat a word).
+    /// Returns the word's id.
+    pub(super) fn post(&mut self, entry: u32, word: &str) -> u32 {
+        let text = word.as_bytes();
+        let hash = self.hash(text);
+        let w = match self.find_hashed(text, hash) {
+            Some(w) => w,
+            None => self.create(text, hash),
+        };
+        let p = &mut self.recs[w].postings;
+        match *p {
+            [SPILLED, key] => {
+                self.postings[key as usize].insert(entry);
+            }
+            [NONE, _] => p[0] = entry,
+            [a, NONE] if a != entry => *p = [a.min(entry), a.max(entry)],
+            [a, b] if a != entry && b != entry => {
+                // A third posting: spill to a packed set.
+                let mut set = PackedSet::new();
+                for x in [a, b, entry] {
+                    set.insert(x);
+                }
+                let key = self.postings.insert(set);
+                *p = [SPILLED, key as u32];
+            }
+            _ => {}
+        }
+        w
+    }
+
+    /// Adds word `text` (hashed `hash`) without postings, in text room reserved for it;
+    /// returns its id.
+    fn create(&mut self, text: &[u8], hash: u64) -> u32 {
+        let w = self.recs.insert(WordRec {
+            text: self.texts.push(text),
+            postings: [NONE, NONE],
+        });
+        let Words {
+            recs,
+            texts,
+            hasher,
+            by_text,
+            ..
+        } = self;
+        by_text.insert_unique(hash, w, |&x| hasher.hash_one(texts.get(recs[x].text)));
+        let at = self
+            .position(text)
+            .expect_err("a new word is not indexed yet");
+        self.order
+            .insert_at(at, (u64::from(pad4(text)) << 32) | u64::from(w));
+        w
+    }
+
+    /// Removes the `(word id << 32) | entry id` postings in `unpost` (sorted, distinct, all
+    /// posted), visiting each word's posting set once, and drops the words left without
+    /// postings. `items` and `decoded` are reused buffers.
+    pub(super) fn unpost_sorted(
+        &mut self,
+        unpost: &[u64],
+        items: &mut Vec<u32>,
+        decoded: &mut Vec<u32>,
+    ) {
+        let mut emptied = Vec::new();
+        for group in unpost.chunk_by(|a, b| a >> 32 == b >> 32) {
+            let w = (group[0] >> 32) as u32;
+            items.clear();
+            items.extend(group.iter().map(|&x| x as u32));
+            if self.unpost(w, items, decoded) {
+                emptied.push(w);
+            }
+        }
+        for w in emptied {
+            self.drop(w);
+        }
+        if self.texts.needs_compaction() {
+            self.compact_texts();
+        }
+    }
+
+    /// Removes `items` (sorted, distinct, all posted) from word `w`'s postings; true if none
+    /// are left.
+    fn unpost(&mut self, w: u32, items: &[u32], decoded: &mut Vec<u32>) -> bool {
+        let p = &mut self.recs[w].postings;
+        match *p {
+            [SPILLED, key] => {
+                let set = &mut self.postings[key as usize];
+                set.remove_sorted(items, decoded);
+                if set.len() <= 2 {
+                    // Back inline: no allocation for a word with two entries or fewer.
+                    let mut it = set.iter();
+                    let inline = [it.next().unwrap_or(NONE), it.next().unwrap_or(NONE)];
+                    self.postings.remove(key as usize);
+                    *p = inline;
+                }
+            }
+            inline => {
+                let mut kept = [NONE, NONE];
+                let mut n = 0;
+                for x in inline {
+                    if x != NONE && items.binary_search(&x).is_err() {
+                        kept[n] = x;
+                        n += 1;
+                    }
+                }
+                *p = kept;
+            }
+        }
+        p[0] == NONE
+    }
+
+    /// Forgets word `w`, whose postings just became empty.
+    fn drop(&mut self, w: u32) {
+        let text = self.text(w);
+        let hash = self.hash(text);
+        let p4 = pad4(text);
+        // Among the words sharing its 4-byte prefix, the word's item is found by its id alone
+        // (no text read per comparison) when they are few, by its text otherwise.
+        let group = self
+            .order
+            .search(|&item| ((item >> 32) as u32).cmp(&p4).then(Ordering::Greater))
+            .unwrap_or_else(|at| at);
+        let at = self
+            .order
+            .scan_for(group, (u64::from(p4) << 32) | u64::from(w), WORD_SCAN)
+            .unwrap_or_else(|| self.position(text).expect("a live word is ordered"));
+        self.order.remove_at(at);
+        self.by_text
+            .find_entry(hash, |&x| x == w)
+            .expect("a live word is hashed")
+            .remove();
+        let rec = self.recs.remove(w);
+        self.texts.free(rec.text);
+        if self.recs.is_empty() {
+            // Give the memory back once no word is left.
+            self.texts.clear();
+            self.by_text = hashbrown::HashTable::new();
+            self.order = BlockSet::new();
+            self.postings = Slab::new();
+        }
+    }
+
+    /// Rewrites the text arena without garbage (see [`Names::compact`]).
+    fn compact_texts(&mut self) {
+        let live: Vec<u64> = self
+            .recs
+            .iter()
+            .map(|(w, r)| (u64::from(r.text) << 32) | u64::from(w))
+            .collect();
+        let recs = &mut self.recs;
+        self.texts.compact(live, |w, at| recs[w as u32].text = at);
+    }
+
+    /// The text arena.
+    #[cfg(test)]
+    pub(super) fn texts(&self) -> &Names {
+        &self.texts
+    }
+
+    /// Word `w`'s postings field: inline ids, or `[SPILLED, key]`.
+    #[cfg(test)]
+    pub(super) fn raw_postings(&self, w: u32) -> [u32; 2] {
+        self.recs[w].postings
+    }
+
+    /// Packed posting sets.
+    #[cfg(test)]
+    pub(super) fn packed_sets(&self) -> usize {
+        self.postings.len()
+    }
+
+    /// Whether some word has two inline postings.
+    #[cfg(test)]
+    pub(super) fn has_inline_pair(&self) -> bool {
+        self.recs
+            .iter()
+            .any(|(_, r)| r.postings[0] != SPILLED && r.postings[1] != NONE)
+    }
+
+    /// Whether every allocation went back (no word is left).
+    #[cfg(test)]
+    pub(super) fn is_released(&self) -> bool {
+        self.recs.capacity() == 0
+            && self.texts.capacity() == 0
+            && self.postings.capacity() == 0
+            && self.order.is_empty()
+    }
+
+    /// Checks the word index against `expect`, each word's text and the entries that must be
+    /// posted under it: the order and the exact lookups agree, and postings are inline exactly
+    /// when at most two. Returns (inline words, spilled words).
+    #[cfg(test)]
+    pub(super) fn check(
+        &self,
+        expect: &std::collections::BTreeMap<String, Vec<u32>>,
+    ) -> (usize, usize) {
+        assert_eq!(self.len(), expect.len());
+        let texts: Vec<&[u8]> = self.order.iter().map(|x| self.text(x as u32)).collect();
+        let want: Vec<&[u8]> = expect.keys().map(|k| k.as_bytes()).collect();
+        assert_eq!(texts, want, "word order");
+        let (mut inline, mut spilled) = (0, 0);
+        for item in self.order.iter() {
+            let w = item as u32;
+            let text = self.text(w);
+            assert_eq!((item >> 32) as u32, pad4(text));
+            assert_eq!(self.find(text), Some(w));
+            let posted = &expect[std::str::from_utf8(text).unwrap()];
+            assert_eq!(self.postings(w).collect::<Vec<_>>(), *posted);
+            assert_eq!(self.posting_count(w), posted.len());
+            if posted.len() <= 2 {
+                assert_ne!(self.recs[w].postings[0], SPILLED);
+                inline += 1;
+            } else {
+                assert_eq!(self.recs[w].postings[0], SPILLED);
+                spilled += 1;
+            }
+        }
+        assert_eq!(self.postings.len(), spilled);
+        assert_eq!(self.recs.iter().count(), self.len());
+        (inline, spilled)
+    }
+}
+
+/// The first four bytes of a word, zero-padded, as a big-endian `u32`: ordering words by it
+/// agrees with their byte order (ties are broken by the full text).
+#[inline]
+pub(super) fn pad4(text: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    let n = text.len().min(4);
+    b[..n].copy_from_slice(&text[..n]);
+    u32::from_be_bytes(b)
+}
+
+/// Reusable buffers for splitting text into lowercase words without an allocation per word.
+#[derive(Default)]
+pub(super) struct Scratch {
+    pub(super) buf: String,
+    pub(super) spans: Vec<(usize, usize)>,
+}
+
+impl Scratch {
+    pub(super) fn words(&self) -> impl Iterator<Item = &str> {
+        self.spans.iter().map(|&(a, b)| &self.buf[a..b])
+    }
+}
+
+/// Splits `text` into maximal runs of alphanumeric characters, lowercased char by char, into
+/// `scratch` (replacing its contents).
+pub(super) fn lower_words(text: &str, scratch: &mut Scratch) {
+    let Scratch { buf, spans } = scratch;
+    buf.clear();
+    buf.reserve(text.len());
+    spans.clear();
+    let mut start = None;
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_alphanumeric() {
+            // A run of ASCII letters and digits, most of most names, copied in one go.
+            let end = bytes[i..]
+                .iter()
+                .position(|c| !c.is_ascii_alphanumeric())
+                .map_or(bytes.len(), |n| i + n);
+            if start.is_none() {
+                start = Some(buf.len());
+            }
+            let at = buf.len();
+            buf.push_str(&text[i..end]);
+            buf[at..].make_ascii_lowercase();
+            i = end;
+        } else if b.is_ascii() {
+            if let Some(s) = start.take() {
+                spans.push((s, buf.len()));
+            }
+            i += 1;
+        } else {
+            let c = text[i..].chars().next().expect("i is a char boundary");
+            i += c.len_utf8();
+            if c.is_alphanumeric() {
+                if start.is_none() {
+                    start = Some(buf.len());
+                }
+                buf.extend(c.to_lowercase());
+            } else if let Some(s) = start.take() {
+                spans.push((s, buf.len()));
+            }
+        }
+    }
+    if let Some(s) = start {
+        spans.push((s, buf.len()));
+    }
+}
