@@ -1,9 +1,8 @@
 //! End-to-end tests: the real `indexd` and several real `peer` processes on loopback.
 
-mod common;
-
-use common::{
-    run_console, run_console_at, wait_for_holders, Client, Indexd, Input, ServingPeer, TempDir,
+use crate::common::{
+    self, run_console, run_console_at, wait_for_holders, Client, Indexd, Input, ServingPeer,
+    TempDir,
 };
 use p2pshare::wire::{FileEntry, FileHash};
 use std::net::{SocketAddr, TcpListener};

@@ -5,11 +5,11 @@
 //! and honest clients keep being served.
 //!
 //! `measure_connection_capacity` (ignored) is the measurement quoted in README's "Limits and
-//! security": `cargo test --release --test hostile -- --ignored --nocapture measure`.
+//! security": `cargo test --release --test it -- --ignored --nocapture hostile::measure`.
 
-mod common;
-
-use common::{run_console, wait_for_holders, Client, Indexd, Input, ServingPeer, TempDir};
+use crate::common::{
+    self, run_console, wait_for_holders, Client, Indexd, Input, ServingPeer, TempDir,
+};
 use p2pshare::codec::Decoder;
 use p2pshare::wire::{
     self, ErrorCode, FileEntry, FileHash, LookupKey, RequestBody, ResponseBody, TransferRequest,
@@ -748,7 +748,7 @@ fn a_holder_at_its_upload_limits_answers_busy_and_serves_again_when_one_leaves()
     }
 }
 
-/// How a fake holder misbehaves (tests/peer.rs covers dying, wrong bytes, too many bytes,
+/// How a fake holder misbehaves (tests/it/peer.rs covers dying, wrong bytes, too many bytes,
 /// hanging and hostile names).
 #[derive(Clone, Copy, Debug)]
 enum Fake {
@@ -1087,7 +1087,7 @@ fn fuzz_seed_corpora_replay_cleanly() {
 /// Measures how many idle connections one indexd holds while an honest client's lookups stay
 /// fast: opens hello'd connections in steps and times 2,000 lookups at each step. Quoted in
 /// README ("Limits and security"). Run with
-/// `cargo test --release --test hostile -- --ignored --nocapture measure`.
+/// `cargo test --release --test it -- --ignored --nocapture hostile::measure`.
 #[test]
 #[ignore]
 fn measure_connection_capacity() {

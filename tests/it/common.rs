@@ -1,7 +1,6 @@
 //! Shared helpers for the integration tests: start the real binaries on loopback port 0 and
 //! talk to them with small blocking clients. Every read has a timeout, every child is killed
 //! on drop, so a failing test never hangs or leaks processes.
-#![allow(dead_code)]
 
 use p2pshare::codec::{self, Decoder};
 use p2pshare::wire::{self, Request, RequestBody, Response, ResponseBody, PROTOCOL_VERSION};
