@@ -8,7 +8,8 @@
 //! security": `cargo test --release --test it -- --ignored --nocapture hostile::measure`.
 
 use crate::common::{
-    self, run_console, wait_for_holders, Client, Indexd, Input, ServingPeer, TempDir,
+    self, run_console, wait_for_holders, Client, Fake, FakeHolder, Indexd, Input, ServingPeer,
+    TempDir,
 };
 use p2pshare::codec::Decoder;
 use p2pshare::wire::{
@@ -748,67 +749,6 @@ fn a_holder_at_its_upload_limits_answers_busy_and_serves_again_when_one_leaves()
     }
 }
 
-/// How a fake holder misbehaves (tests/it/peer.rs covers dying, wrong bytes, too many bytes,
-/// hanging and hostile names).
-#[derive(Clone, Copy, Debug)]
-enum Fake {
-    /// Claims a different size in its header.
-    WrongSize,
-    /// Sends from another offset than asked.
-    WrongOffset,
-    /// Answers with garbage instead of a frame.
-    Garbage,
-    /// Answers with an error frame.
-    Refuses,
-    /// Sends a frame that is not a transfer response.
-    NotAResponse,
-    /// Sends half the bytes, then stalls with the connection open.
-    HalfThenStall,
-}
-
-/// A fake holder registered in the index as holding `entry`, misbehaving as told. Returns its
-/// address and the index session that keeps its entry alive.
-fn fake_holder(
-    index: SocketAddr,
-    entry: FileEntry,
-    bytes: Vec<u8>,
-    how: Fake,
-) -> (SocketAddr, Client) {
-    common::fake_holder(index, entry, move |offset| {
-        let size = bytes.len() as u64;
-        let header = |size: u64, offset: u64| common::sending_header("fake.bin", size, offset);
-        let rest = &bytes[offset as usize..];
-        let mut out = match how {
-            Fake::WrongSize => header(size * 2, offset),
-            Fake::WrongOffset => header(size, offset + 1),
-            Fake::Garbage => common::pseudo_random(5000, 9),
-            Fake::Refuses => {
-                let mut out = Vec::new();
-                wire::encode_frame(
-                    &TransferResponse::Error {
-                        code: ErrorCode::Io,
-                        message: "no".into(),
-                    },
-                    &mut out,
-                );
-                out
-            }
-            Fake::NotAResponse => common::frame(b"\x09\x09\x09"),
-            Fake::HalfThenStall => header(size, offset),
-        };
-        match how {
-            Fake::WrongSize | Fake::WrongOffset => out.extend_from_slice(rest),
-            Fake::HalfThenStall => out.extend_from_slice(&rest[..rest.len() / 2]),
-            _ => {}
-        }
-        // Keep the connection open; the downloader must not wait on it forever.
-        common::FakeReply {
-            bytes: out,
-            then_stall: Duration::from_secs(30),
-        }
-    })
-}
-
 #[test]
 fn malicious_holders_are_dropped_for_the_next_one() {
     let indexd = Indexd::start(&[]);
@@ -831,9 +771,9 @@ fn malicious_holders_are_dropped_for_the_next_one() {
         Fake::Refuses,
         Fake::NotAResponse,
     ] {
-        let (fake, session) = fake_holder(indexd.addr, entry.clone(), bytes.clone(), how);
+        let fake = FakeHolder::start(indexd.addr, entry.clone(), bytes.clone(), how);
         wait_for_holders(indexd.addr, h, 2);
-        let n = common::holder_number(indexd.addr, h, fake);
+        let n = common::holder_number(indexd.addr, h, fake.addr);
         let b = tmp.sub(&format!("{how:?}"));
         let t = Instant::now();
         let run = run_console(
@@ -860,7 +800,8 @@ fn malicious_holders_are_dropped_for_the_next_one() {
             "{how:?}: {:?}",
             t.elapsed()
         );
-        drop(session);
+        // Gone before the next fake's number is taken.
+        fake.leave();
     }
 }
 
@@ -883,7 +824,7 @@ fn a_downloader_killed_mid_transfer_resumes_from_its_partial_file() {
         name: "resumed.bin".into(),
     };
     // The only holder at first sends half, then stalls: the transfer is reliably "mid".
-    let (_fake, session) = fake_holder(indexd.addr, entry, bytes.clone(), Fake::HalfThenStall);
+    let fake = FakeHolder::start(indexd.addr, entry, bytes.clone(), Fake::Hangs);
     let mut downloader = Command::new(env!("CARGO_BIN_EXE_peer"))
         .args(common::peer_args(&b, indexd.addr))
         .stdin(Stdio::piped())
@@ -908,8 +849,9 @@ fn a_downloader_killed_mid_transfer_resumes_from_its_partial_file() {
     downloader.wait().unwrap();
     assert_eq!(std::fs::metadata(&part).unwrap().len(), 1 << 20);
     assert!(!b.join("resumed.bin").exists());
-    // The fake leaves; a real holder appears; the restarted downloader resumes.
-    drop(session);
+    // The fake leaves (for sure: wait_for_holders must not count it); a real holder appears;
+    // the restarted downloader resumes.
+    fake.leave();
     std::fs::write(a.join("resumed.bin"), &bytes).unwrap();
     let _real = ServingPeer::start(&a, indexd.addr);
     wait_for_holders(indexd.addr, h, 1);
