@@ -9,7 +9,7 @@ use p2pshare::wire::{
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 /// Longest any single read in a test may block.
@@ -275,38 +275,56 @@ pub fn run_console_at(
         let mut w = child.stdin.take().unwrap();
         w.write_all(text.as_bytes()).unwrap();
     }
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
+    match output_within(child, limit) {
+        Ok(out) => ConsoleRun {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            success: out.status.success(),
+        },
+        Err(out) => panic!(
+            "console peer did not finish in {limit:?}\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Collects a child's piped stdout and stderr until both reach EOF (the child exited), then
+/// reaps it: `Err` with what it printed if that took longer than `limit` (it is killed).
+pub fn output_within(mut child: Child, limit: Duration) -> Result<Output, Output> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pipes: [Box<dyn Read + Send>; 2] = [
+        Box::new(child.stdout.take().expect("piped stdout")),
+        Box::new(child.stderr.take().expect("piped stderr")),
+    ];
+    let readers = pipes.map(|mut pipe| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            let _ = tx.send(());
+            bytes
+        })
     });
     let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stdout = t_out.join().unwrap();
-            let stderr = t_err.join().unwrap();
-            panic!(
-                "console peer did not finish in {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let in_time = (0..2).all(|_| {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        rx.recv_timeout(left).is_ok()
+    });
+    if !in_time {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("reap child");
+    let [stdout, stderr] = readers.map(|r| r.join().unwrap());
+    let out = Output {
+        status,
+        stdout,
+        stderr,
     };
-    ConsoleRun {
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-        success: status.success(),
+    if in_time {
+        Ok(out)
+    } else {
+        Err(out)
     }
 }
 

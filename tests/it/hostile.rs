@@ -83,6 +83,25 @@ impl Honest {
             other => panic!("{other:?}"),
         }
     }
+
+    /// The server's counters once it holds no connection but this one. The others were
+    /// closed here, but the server sees a close only once every copy of the socket is closed,
+    /// and a child another test is spawning holds a copy until it execs: ask again until then
+    /// (there is no event to wait on), bounded by `IO_TIMEOUT`.
+    fn stats_once_alone(&mut self) -> wire::ServerStats {
+        let deadline = Instant::now() + common::IO_TIMEOUT;
+        loop {
+            let stats = self.stats();
+            if stats.connections == 1 {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "others still connected: {stats:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 /// Sends `bytes` (ignoring errors: the server may hang up first) and, with `then_eof`, closes
@@ -187,8 +206,8 @@ fn garbage_http_random_bytes_and_terminator_floods_close_only_the_offender() {
         }
         assert!(honest.search() < Duration::from_secs(1), "{what}");
     }
-    let stats = honest.stats();
-    assert_eq!((stats.connections, stats.peers, stats.files), (1, 1, 1));
+    let stats = honest.stats_once_alone();
+    assert_eq!((stats.peers, stats.files), (1, 1));
 }
 
 #[test]
@@ -244,8 +263,7 @@ fn never_ending_frames_are_cut_off_and_memory_stays_bounded() {
         "memory grew from {before} KiB to {after} KiB"
     );
     assert!(honest.search() < Duration::from_secs(1));
-    let stats = honest.stats();
-    assert_eq!(stats.connections, 1, "{stats:?}");
+    honest.stats_once_alone();
 }
 
 #[test]
@@ -259,11 +277,15 @@ fn idle_connections_and_slowloris_writers_are_reclaimed_while_honest_peers_are_s
     const SLOW: usize = 50;
     let start = Instant::now();
     // The honest peer searches while they connect: that also keeps it under the idle timeout.
+    // The peak is sampled while they connect too: on a loaded machine opening them all takes
+    // longer than the idle timeout, and the first are reclaimed before the last arrive.
     let mut worst = Duration::ZERO;
+    let mut peak = 0;
     let mut idle: Vec<TcpStream> = (0..IDLE)
         .map(|i| {
             if i % 100 == 0 {
                 worst = worst.max(honest.search());
+                peak = peak.max(honest.stats().connections);
             }
             TcpStream::connect(indexd.addr).unwrap()
         })
@@ -280,7 +302,6 @@ fn idle_connections_and_slowloris_writers_are_reclaimed_while_honest_peers_are_s
     let opened = start.elapsed();
     // While they are all there (and the slow ones keep dribbling), the honest peer is answered
     // promptly; it searches every 100 ms.
-    let mut peak = 0;
     let mut slow_cut;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -312,23 +333,20 @@ fn idle_connections_and_slowloris_writers_are_reclaimed_while_honest_peers_are_s
         worst < Duration::from_millis(500),
         "honest search took {worst:?}"
     );
-    // The server closed them: reads see EOF (idle) and writes fail (slowloris, eventually).
-    for s in idle.iter_mut().step_by(100) {
+    // The server closed them: reads see EOF or a reset, without a word (no busy refusal).
+    eprintln!("{slow_cut} of {SLOW} slowloris writes already failed");
+    for s in idle.iter_mut().step_by(100).chain(slow.iter_mut()) {
         s.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
         let mut b = [0u8; 16];
-        assert!(matches!(s.read(&mut b), Ok(0) | Err(_)));
+        let r = s.read(&mut b);
+        assert!(
+            matches!(r, Ok(0))
+                || r.as_ref()
+                    .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock
+                        && e.kind() != std::io::ErrorKind::TimedOut),
+            "still open: {r:?}"
+        );
     }
-    for _ in 0..20 {
-        if slow_cut == SLOW {
-            break;
-        }
-        slow_cut = slow
-            .iter_mut()
-            .filter_map(|s| s.write_all(b"x").err())
-            .count();
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(slow_cut, SLOW, "slowloris writers still connected");
     assert!(honest.search() < Duration::from_millis(500));
 }
 
@@ -364,11 +382,7 @@ fn at_max_connections_new_ones_are_refused_with_busy_and_the_loop_keeps_serving(
     assert_eq!(honest.stats().connections, 20);
     // Room again once someone leaves.
     drop(holders);
-    let deadline = Instant::now() + common::IO_TIMEOUT;
-    while honest.stats().connections > 1 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    honest.stats_once_alone();
     let (mut c, _) = Client::hello(indexd.addr, 1);
     assert_eq!(c.call(RequestBody::Ping), ResponseBody::Pong);
 }
@@ -893,7 +907,7 @@ fn a_full_disk_fails_the_download_clearly_and_keeps_the_partial_for_resume() {
         .unwrap()
         .write_all(format!("get {h}\nstatus\n").as_bytes())
         .unwrap();
-    let out = wait_output(child, LIMIT);
+    let out = common::output_within(child, LIMIT).expect("the peer finishes");
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -923,22 +937,6 @@ fn a_full_disk_fails_the_download_clearly_and_keeps_the_partial_for_resume() {
         "{run:?}"
     );
     assert!(std::fs::read(b.join("big.bin")).unwrap() == bytes);
-}
-
-/// Waits for a child with piped stdout/stderr, killing it after `limit`.
-fn wait_output(mut child: std::process::Child, limit: Duration) -> std::process::Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("process did not finish in {limit:?}: {out:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
