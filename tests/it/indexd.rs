@@ -1,8 +1,6 @@
 //! Integration tests against the real `indexd` binary over loopback sockets.
 
-mod common;
-
-use common::{frame, Client, Indexd};
+use crate::common::{self, frame, Client, Indexd};
 use p2pshare::wire::{
     self, ErrorCode, FileEntry, FileHash, LookupKey, Request, RequestBody, ResponseBody,
 };

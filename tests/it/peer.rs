@@ -1,12 +1,11 @@
 //! End-to-end tests: the real `indexd` and several real `peer` processes on loopback.
 
-mod common;
-
-use common::{
-    run_console, run_console_at, wait_for_holders, Client, Indexd, Input, ServingPeer, TempDir,
+use crate::common::{
+    self, run_console, run_console_at, wait_for_holders, Fake, FakeHolder, Indexd, Input,
+    ServingPeer, TempDir,
 };
 use p2pshare::wire::{FileEntry, FileHash};
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
@@ -148,58 +147,6 @@ fn concurrent_downloads_from_one_holder() {
     }
 }
 
-/// How a fake holder misbehaves.
-#[derive(Clone, Copy)]
-enum Fake {
-    /// Sends the header and half the bytes, then closes (a holder that dies).
-    DiesHalfway,
-    /// Sends the right number of wrong bytes.
-    WrongBytes,
-    /// Sends too many bytes: the right file followed by junk.
-    TooMany,
-    /// Sends a third of the bytes, then hangs forever.
-    Hangs,
-    /// Claims a hostile name.
-    HostileName(&'static str),
-}
-
-/// A fake holder registered in the index as holding `entry`, misbehaving as told. Returns its
-/// address and the index session that keeps its entry alive.
-fn fake_holder(
-    index: SocketAddr,
-    entry: FileEntry,
-    bytes: Vec<u8>,
-    how: Fake,
-) -> (SocketAddr, Client) {
-    common::fake_holder(index, entry, move |offset| {
-        let offset = offset as usize;
-        let name = match how {
-            Fake::HostileName(n) => n,
-            _ => "fake.bin",
-        };
-        let mut out = common::sending_header(name, bytes.len() as u64, offset as u64);
-        let rest = &bytes[offset..];
-        let mut then_stall = Duration::ZERO;
-        match how {
-            Fake::DiesHalfway => out.extend_from_slice(&rest[..rest.len() / 2]),
-            Fake::WrongBytes => out.extend(rest.iter().map(|b| b ^ 0x55)),
-            Fake::TooMany => {
-                out.extend_from_slice(rest);
-                out.extend_from_slice(&[7u8; 100_000]);
-            }
-            Fake::Hangs => {
-                out.extend_from_slice(&rest[..rest.len() / 3]);
-                then_stall = Duration::from_secs(30);
-            }
-            Fake::HostileName(_) => out.extend_from_slice(rest),
-        }
-        common::FakeReply {
-            bytes: out,
-            then_stall,
-        }
-    })
-}
-
 fn fallback_case(how: Fake, tag: &str, limit: Duration) {
     let indexd = Indexd::start(&[]);
     let tmp = TempDir::new(tag);
@@ -212,10 +159,10 @@ fn fallback_case(how: Fake, tag: &str, limit: Duration) {
         size: bytes.len() as u64,
         name: "real.bin".into(),
     };
-    let (fake, _session) = fake_holder(indexd.addr, entry, bytes.clone(), how);
+    let fake = FakeHolder::start(indexd.addr, entry, bytes.clone(), how);
     let _real = ServingPeer::start(&a, indexd.addr);
     wait_for_holders(indexd.addr, h, 2);
-    let n = common::holder_number(indexd.addr, h, fake);
+    let n = common::holder_number(indexd.addr, h, fake.addr);
     let run = run_console(
         &b,
         indexd.addr,
@@ -259,7 +206,7 @@ fn extra_bytes_after_the_file_are_ignored() {
         size: bytes.len() as u64,
         name: "x.bin".into(),
     };
-    let (_fake, _s) = fake_holder(indexd.addr, entry, bytes.clone(), Fake::TooMany);
+    let _fake = FakeHolder::start(indexd.addr, entry, bytes.clone(), Fake::TooMany);
     let run = common::get(&b, indexd.addr, h);
     assert!(run.stdout.contains("saved "), "{run:?}");
     assert!(std::fs::read(b.join("x.bin")).unwrap() == bytes);
@@ -291,7 +238,7 @@ fn hostile_names_never_escape_the_downloads_dir() {
             size: bytes.len() as u64,
             name: index_name.to_string(),
         };
-        let (_fake, _s) = fake_holder(
+        let _fake = FakeHolder::start(
             indexd.addr,
             entry,
             bytes.clone(),

@@ -1,13 +1,15 @@
 //! Shared helpers for the integration tests: start the real binaries on loopback port 0 and
 //! talk to them with small blocking clients. Every read has a timeout, every child is killed
 //! on drop, so a failing test never hangs or leaks processes.
-#![allow(dead_code)]
 
 use p2pshare::codec::{self, Decoder};
-use p2pshare::wire::{self, Request, RequestBody, Response, ResponseBody, PROTOCOL_VERSION};
+use p2pshare::wire::{
+    self, ErrorCode, FileEntry, FileHash, Request, RequestBody, Response, ResponseBody,
+    TransferRequest, TransferResponse, PROTOCOL_VERSION,
+};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 /// Longest any single read in a test may block.
@@ -273,38 +275,56 @@ pub fn run_console_at(
         let mut w = child.stdin.take().unwrap();
         w.write_all(text.as_bytes()).unwrap();
     }
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
+    match output_within(child, limit) {
+        Ok(out) => ConsoleRun {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            success: out.status.success(),
+        },
+        Err(out) => panic!(
+            "console peer did not finish in {limit:?}\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Collects a child's piped stdout and stderr until both reach EOF (the child exited), then
+/// reaps it: `Err` with what it printed if that took longer than `limit` (it is killed).
+pub fn output_within(mut child: Child, limit: Duration) -> Result<Output, Output> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pipes: [Box<dyn Read + Send>; 2] = [
+        Box::new(child.stdout.take().expect("piped stdout")),
+        Box::new(child.stderr.take().expect("piped stderr")),
+    ];
+    let readers = pipes.map(|mut pipe| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            let _ = tx.send(());
+            bytes
+        })
     });
     let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stdout = t_out.join().unwrap();
-            let stderr = t_err.join().unwrap();
-            panic!(
-                "console peer did not finish in {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let in_time = (0..2).all(|_| {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        rx.recv_timeout(left).is_ok()
+    });
+    if !in_time {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("reap child");
+    let [stdout, stderr] = readers.map(|r| r.join().unwrap());
+    let out = Output {
+        status,
+        stdout,
+        stderr,
     };
-    ConsoleRun {
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-        success: status.success(),
+    if in_time {
+        Ok(out)
+    } else {
+        Err(out)
     }
 }
 
@@ -330,18 +350,84 @@ pub fn wait_for_holders(index: SocketAddr, hash: p2pshare::wire::FileHash, want:
     }
 }
 
-/// What a fake holder writes back for one `Get`, and how long it then keeps the connection
-/// open without a word (a holder that hangs).
-pub struct FakeReply {
-    pub bytes: Vec<u8>,
-    pub then_stall: Duration,
+/// How a fake holder misbehaves when asked for a file.
+#[derive(Clone, Copy, Debug)]
+pub enum Fake {
+    /// Claims twice the size in its header, then sends the bytes.
+    WrongSize,
+    /// Sends from another offset than asked.
+    WrongOffset,
+    /// Answers with garbage instead of a frame.
+    Garbage,
+    /// Answers with an error frame.
+    Refuses,
+    /// Sends a frame that is not a transfer response.
+    NotAResponse,
+    /// Sends the header and half the bytes, then closes (a holder that dies).
+    DiesHalfway,
+    /// Sends the right number of wrong bytes.
+    WrongBytes,
+    /// Sends too many bytes: the right file followed by junk.
+    TooMany,
+    /// Sends the header and half the bytes, then hangs with the connection open.
+    Hangs,
+    /// Serves the right bytes under a hostile name.
+    HostileName(&'static str),
+}
+
+impl Fake {
+    /// What this fake writes for a `Get` of `bytes` from `offset`, and whether it then keeps
+    /// the connection open without a word (the downloader must not wait on it forever).
+    fn reply(self, bytes: &[u8], offset: u64) -> (Vec<u8>, bool) {
+        let size = bytes.len() as u64;
+        let rest = &bytes[offset as usize..];
+        let name = match self {
+            Fake::HostileName(n) => n,
+            _ => "fake.bin",
+        };
+        let mut out = match self {
+            Fake::WrongSize => sending_header(name, size * 2, offset),
+            Fake::WrongOffset => sending_header(name, size, offset + 1),
+            Fake::Garbage => pseudo_random(5000, 9),
+            Fake::Refuses => {
+                let mut out = Vec::new();
+                wire::encode_frame(
+                    &TransferResponse::Error {
+                        code: ErrorCode::Io,
+                        message: "no".into(),
+                    },
+                    &mut out,
+                );
+                out
+            }
+            Fake::NotAResponse => frame(b"\x09\x09\x09"),
+            _ => sending_header(name, size, offset),
+        };
+        match self {
+            Fake::WrongSize | Fake::WrongOffset | Fake::HostileName(_) => {
+                out.extend_from_slice(rest)
+            }
+            Fake::DiesHalfway | Fake::Hangs => out.extend_from_slice(&rest[..rest.len() / 2]),
+            Fake::WrongBytes => out.extend(rest.iter().map(|b| b ^ 0x55)),
+            Fake::TooMany => {
+                out.extend_from_slice(rest);
+                out.extend_from_slice(&[7u8; 100_000]);
+            }
+            Fake::Garbage | Fake::Refuses | Fake::NotAResponse => {}
+        }
+        let stalls = !matches!(
+            self,
+            Fake::DiesHalfway | Fake::WrongBytes | Fake::TooMany | Fake::HostileName(_)
+        );
+        (out, stalls)
+    }
 }
 
 /// A transfer header frame, as a holder sends it before the raw bytes.
-pub fn sending_header(name: &str, size: u64, offset: u64) -> Vec<u8> {
+fn sending_header(name: &str, size: u64, offset: u64) -> Vec<u8> {
     let mut out = Vec::new();
     wire::encode_frame(
-        &p2pshare::wire::TransferResponse::Sending {
+        &TransferResponse::Sending {
             name: name.into(),
             size,
             offset,
@@ -351,49 +437,80 @@ pub fn sending_header(name: &str, size: u64, offset: u64) -> Vec<u8> {
     out
 }
 
-/// A fake holder: registered in the index (through the returned session, which keeps the entry
-/// alive) as holding `entry`, answering each `Get` with whatever `reply(offset)` says.
-/// Returns its address as the index gives it out.
-pub fn fake_holder(
-    index: SocketAddr,
-    entry: p2pshare::wire::FileEntry,
-    reply: impl Fn(u64) -> FakeReply + Send + Sync + 'static,
-) -> (SocketAddr, Client) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (mut session, observed) = Client::hello(index, port);
-    match session.call(RequestBody::Register { files: vec![entry] }) {
-        ResponseBody::Registered { added: 1, .. } => {}
-        other => panic!("fake holder not registered: {other:?}"),
-    }
-    let reply = std::sync::Arc::new(reply);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { return };
-            let reply = reply.clone();
-            std::thread::spawn(move || {
-                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                let mut buf = Vec::new();
-                let mut dec = Decoder::default();
-                let req: p2pshare::wire::TransferRequest = loop {
-                    let mut chunk = [0u8; 4096];
-                    let n = match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Ok(Some(d)) = dec.decode(&buf) {
-                        break wire::decode(&buf[d.payload]).unwrap();
-                    }
-                };
-                let p2pshare::wire::TransferRequest::Get { offset, .. } = req;
-                let r = reply(offset);
-                let _ = s.write_all(&r.bytes);
-                std::thread::sleep(r.then_stall);
-            });
+/// A fake holder of one file, registered in the index through its own session (which keeps
+/// the entry alive until [`FakeHolder::leave`] or drop), misbehaving as told on every `Get`.
+pub struct FakeHolder {
+    /// Its address as the index gives it out.
+    pub addr: SocketAddr,
+    session: Client,
+    hash: FileHash,
+}
+
+impl FakeHolder {
+    /// Registers a fake holder of `entry` (whose contents are `bytes`) in the index at `index`.
+    pub fn start(index: SocketAddr, entry: FileEntry, bytes: Vec<u8>, how: Fake) -> FakeHolder {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hash = entry.hash;
+        let (mut session, addr) = Client::hello(index, port);
+        match session.call(RequestBody::Register { files: vec![entry] }) {
+            ResponseBody::Registered { added: 1, .. } => {}
+            other => panic!("fake holder not registered: {other:?}"),
         }
-    });
-    (observed, session)
+        let bytes = std::sync::Arc::new(bytes);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(s) = stream else { return };
+                let bytes = bytes.clone();
+                std::thread::spawn(move || serve_fake(s, how, &bytes));
+            }
+        });
+        FakeHolder {
+            addr,
+            session,
+            hash,
+        }
+    }
+
+    /// Withdraws the entry and returns once the index has: its answer to `Unregister` comes
+    /// after the removal. Closing the session is not enough to know that: the index sees the
+    /// close only once every copy of the socket is closed, and a child process another test
+    /// spawns at that moment holds a copy until it execs.
+    pub fn leave(mut self) {
+        match self.session.call(RequestBody::Unregister {
+            hashes: vec![self.hash],
+        }) {
+            ResponseBody::Unregistered { removed: 1, .. } => {}
+            other => panic!("fake holder not withdrawn: {other:?}"),
+        }
+    }
+}
+
+/// Answers one downloader's `Get` as `how` says.
+fn serve_fake(mut s: TcpStream, how: Fake, bytes: &[u8]) {
+    /// How long a stalling fake keeps a connection open at most.
+    const STALL: Duration = Duration::from_secs(30);
+    s.set_read_timeout(Some(STALL)).unwrap();
+    let mut buf = Vec::new();
+    let mut dec = Decoder::default();
+    let req: TransferRequest = loop {
+        let mut chunk = [0u8; 4096];
+        let n = match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if let Ok(Some(d)) = dec.decode(&buf) {
+            break wire::decode(&buf[d.payload]).unwrap();
+        }
+    };
+    let TransferRequest::Get { offset, .. } = req;
+    let (out, stalls) = how.reply(bytes, offset);
+    let _ = s.write_all(&out);
+    if stalls {
+        // Say nothing more until the downloader gives up and closes (or STALL passes).
+        while matches!(s.read(&mut [0u8; 4096]), Ok(n) if n > 0) {}
+    }
 }
 
 /// The 1-based position of `addr` among the holders the index lists for `hash`.

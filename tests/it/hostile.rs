@@ -5,11 +5,12 @@
 //! and honest clients keep being served.
 //!
 //! `measure_connection_capacity` (ignored) is the measurement quoted in README's "Limits and
-//! security": `cargo test --release --test hostile -- --ignored --nocapture measure`.
+//! security": `cargo test --release --test it -- --ignored --nocapture hostile::measure`.
 
-mod common;
-
-use common::{run_console, wait_for_holders, Client, Indexd, Input, ServingPeer, TempDir};
+use crate::common::{
+    self, run_console, wait_for_holders, Client, Fake, FakeHolder, Indexd, Input, ServingPeer,
+    TempDir,
+};
 use p2pshare::codec::Decoder;
 use p2pshare::wire::{
     self, ErrorCode, FileEntry, FileHash, LookupKey, RequestBody, ResponseBody, TransferRequest,
@@ -80,6 +81,25 @@ impl Honest {
         match self.client.call(RequestBody::Stats) {
             ResponseBody::Stats(s) => s,
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// The server's counters once it holds no connection but this one. The others were
+    /// closed here, but the server sees a close only once every copy of the socket is closed,
+    /// and a child another test is spawning holds a copy until it execs: ask again until then
+    /// (there is no event to wait on), bounded by `IO_TIMEOUT`.
+    fn stats_once_alone(&mut self) -> wire::ServerStats {
+        let deadline = Instant::now() + common::IO_TIMEOUT;
+        loop {
+            let stats = self.stats();
+            if stats.connections == 1 {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "others still connected: {stats:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
@@ -186,8 +206,8 @@ fn garbage_http_random_bytes_and_terminator_floods_close_only_the_offender() {
         }
         assert!(honest.search() < Duration::from_secs(1), "{what}");
     }
-    let stats = honest.stats();
-    assert_eq!((stats.connections, stats.peers, stats.files), (1, 1, 1));
+    let stats = honest.stats_once_alone();
+    assert_eq!((stats.peers, stats.files), (1, 1));
 }
 
 #[test]
@@ -243,8 +263,7 @@ fn never_ending_frames_are_cut_off_and_memory_stays_bounded() {
         "memory grew from {before} KiB to {after} KiB"
     );
     assert!(honest.search() < Duration::from_secs(1));
-    let stats = honest.stats();
-    assert_eq!(stats.connections, 1, "{stats:?}");
+    honest.stats_once_alone();
 }
 
 #[test]
@@ -258,11 +277,15 @@ fn idle_connections_and_slowloris_writers_are_reclaimed_while_honest_peers_are_s
     const SLOW: usize = 50;
     let start = Instant::now();
     // The honest peer searches while they connect: that also keeps it under the idle timeout.
+    // The peak is sampled while they connect too: on a loaded machine opening them all takes
+    // longer than the idle timeout, and the first are reclaimed before the last arrive.
     let mut worst = Duration::ZERO;
+    let mut peak = 0;
     let mut idle: Vec<TcpStream> = (0..IDLE)
         .map(|i| {
             if i % 100 == 0 {
                 worst = worst.max(honest.search());
+                peak = peak.max(honest.stats().connections);
             }
             TcpStream::connect(indexd.addr).unwrap()
         })
@@ -279,7 +302,6 @@ fn idle_connections_and_slowloris_writers_are_reclaimed_while_honest_peers_are_s
     let opened = start.elapsed();
     // While they are all there (and the slow ones keep dribbling), the honest peer is answered
     // promptly; it searches every 100 ms.
-    let mut peak = 0;
     let mut slow_cut;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -311,23 +333,20 @@ fn idle_connections_and_slowloris_writers_are_reclaimed_while_honest_peers_are_s
         worst < Duration::from_millis(500),
         "honest search took {worst:?}"
     );
-    // The server closed them: reads see EOF (idle) and writes fail (slowloris, eventually).
-    for s in idle.iter_mut().step_by(100) {
+    // The server closed them: reads see EOF or a reset, without a word (no busy refusal).
+    eprintln!("{slow_cut} of {SLOW} slowloris writes already failed");
+    for s in idle.iter_mut().step_by(100).chain(slow.iter_mut()) {
         s.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
         let mut b = [0u8; 16];
-        assert!(matches!(s.read(&mut b), Ok(0) | Err(_)));
+        let r = s.read(&mut b);
+        assert!(
+            matches!(r, Ok(0))
+                || r.as_ref()
+                    .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock
+                        && e.kind() != std::io::ErrorKind::TimedOut),
+            "still open: {r:?}"
+        );
     }
-    for _ in 0..20 {
-        if slow_cut == SLOW {
-            break;
-        }
-        slow_cut = slow
-            .iter_mut()
-            .filter_map(|s| s.write_all(b"x").err())
-            .count();
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(slow_cut, SLOW, "slowloris writers still connected");
     assert!(honest.search() < Duration::from_millis(500));
 }
 
@@ -363,11 +382,7 @@ fn at_max_connections_new_ones_are_refused_with_busy_and_the_loop_keeps_serving(
     assert_eq!(honest.stats().connections, 20);
     // Room again once someone leaves.
     drop(holders);
-    let deadline = Instant::now() + common::IO_TIMEOUT;
-    while honest.stats().connections > 1 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    honest.stats_once_alone();
     let (mut c, _) = Client::hello(indexd.addr, 1);
     assert_eq!(c.call(RequestBody::Ping), ResponseBody::Pong);
 }
@@ -748,67 +763,6 @@ fn a_holder_at_its_upload_limits_answers_busy_and_serves_again_when_one_leaves()
     }
 }
 
-/// How a fake holder misbehaves (tests/peer.rs covers dying, wrong bytes, too many bytes,
-/// hanging and hostile names).
-#[derive(Clone, Copy, Debug)]
-enum Fake {
-    /// Claims a different size in its header.
-    WrongSize,
-    /// Sends from another offset than asked.
-    WrongOffset,
-    /// Answers with garbage instead of a frame.
-    Garbage,
-    /// Answers with an error frame.
-    Refuses,
-    /// Sends a frame that is not a transfer response.
-    NotAResponse,
-    /// Sends half the bytes, then stalls with the connection open.
-    HalfThenStall,
-}
-
-/// A fake holder registered in the index as holding `entry`, misbehaving as told. Returns its
-/// address and the index session that keeps its entry alive.
-fn fake_holder(
-    index: SocketAddr,
-    entry: FileEntry,
-    bytes: Vec<u8>,
-    how: Fake,
-) -> (SocketAddr, Client) {
-    common::fake_holder(index, entry, move |offset| {
-        let size = bytes.len() as u64;
-        let header = |size: u64, offset: u64| common::sending_header("fake.bin", size, offset);
-        let rest = &bytes[offset as usize..];
-        let mut out = match how {
-            Fake::WrongSize => header(size * 2, offset),
-            Fake::WrongOffset => header(size, offset + 1),
-            Fake::Garbage => common::pseudo_random(5000, 9),
-            Fake::Refuses => {
-                let mut out = Vec::new();
-                wire::encode_frame(
-                    &TransferResponse::Error {
-                        code: ErrorCode::Io,
-                        message: "no".into(),
-                    },
-                    &mut out,
-                );
-                out
-            }
-            Fake::NotAResponse => common::frame(b"\x09\x09\x09"),
-            Fake::HalfThenStall => header(size, offset),
-        };
-        match how {
-            Fake::WrongSize | Fake::WrongOffset => out.extend_from_slice(rest),
-            Fake::HalfThenStall => out.extend_from_slice(&rest[..rest.len() / 2]),
-            _ => {}
-        }
-        // Keep the connection open; the downloader must not wait on it forever.
-        common::FakeReply {
-            bytes: out,
-            then_stall: Duration::from_secs(30),
-        }
-    })
-}
-
 #[test]
 fn malicious_holders_are_dropped_for_the_next_one() {
     let indexd = Indexd::start(&[]);
@@ -831,9 +785,9 @@ fn malicious_holders_are_dropped_for_the_next_one() {
         Fake::Refuses,
         Fake::NotAResponse,
     ] {
-        let (fake, session) = fake_holder(indexd.addr, entry.clone(), bytes.clone(), how);
+        let fake = FakeHolder::start(indexd.addr, entry.clone(), bytes.clone(), how);
         wait_for_holders(indexd.addr, h, 2);
-        let n = common::holder_number(indexd.addr, h, fake);
+        let n = common::holder_number(indexd.addr, h, fake.addr);
         let b = tmp.sub(&format!("{how:?}"));
         let t = Instant::now();
         let run = run_console(
@@ -860,7 +814,8 @@ fn malicious_holders_are_dropped_for_the_next_one() {
             "{how:?}: {:?}",
             t.elapsed()
         );
-        drop(session);
+        // Gone before the next fake's number is taken.
+        fake.leave();
     }
 }
 
@@ -883,7 +838,7 @@ fn a_downloader_killed_mid_transfer_resumes_from_its_partial_file() {
         name: "resumed.bin".into(),
     };
     // The only holder at first sends half, then stalls: the transfer is reliably "mid".
-    let (_fake, session) = fake_holder(indexd.addr, entry, bytes.clone(), Fake::HalfThenStall);
+    let fake = FakeHolder::start(indexd.addr, entry, bytes.clone(), Fake::Hangs);
     let mut downloader = Command::new(env!("CARGO_BIN_EXE_peer"))
         .args(common::peer_args(&b, indexd.addr))
         .stdin(Stdio::piped())
@@ -908,8 +863,9 @@ fn a_downloader_killed_mid_transfer_resumes_from_its_partial_file() {
     downloader.wait().unwrap();
     assert_eq!(std::fs::metadata(&part).unwrap().len(), 1 << 20);
     assert!(!b.join("resumed.bin").exists());
-    // The fake leaves; a real holder appears; the restarted downloader resumes.
-    drop(session);
+    // The fake leaves (for sure: wait_for_holders must not count it); a real holder appears;
+    // the restarted downloader resumes.
+    fake.leave();
     std::fs::write(a.join("resumed.bin"), &bytes).unwrap();
     let _real = ServingPeer::start(&a, indexd.addr);
     wait_for_holders(indexd.addr, h, 1);
@@ -951,7 +907,7 @@ fn a_full_disk_fails_the_download_clearly_and_keeps_the_partial_for_resume() {
         .unwrap()
         .write_all(format!("get {h}\nstatus\n").as_bytes())
         .unwrap();
-    let out = wait_output(child, LIMIT);
+    let out = common::output_within(child, LIMIT).expect("the peer finishes");
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -981,22 +937,6 @@ fn a_full_disk_fails_the_download_clearly_and_keeps_the_partial_for_resume() {
         "{run:?}"
     );
     assert!(std::fs::read(b.join("big.bin")).unwrap() == bytes);
-}
-
-/// Waits for a child with piped stdout/stderr, killing it after `limit`.
-fn wait_output(mut child: std::process::Child, limit: Duration) -> std::process::Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("process did not finish in {limit:?}: {out:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -1087,7 +1027,7 @@ fn fuzz_seed_corpora_replay_cleanly() {
 /// Measures how many idle connections one indexd holds while an honest client's lookups stay
 /// fast: opens hello'd connections in steps and times 2,000 lookups at each step. Quoted in
 /// README ("Limits and security"). Run with
-/// `cargo test --release --test hostile -- --ignored --nocapture measure`.
+/// `cargo test --release --test it -- --ignored --nocapture hostile::measure`.
 #[test]
 #[ignore]
 fn measure_connection_capacity() {
