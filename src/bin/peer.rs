@@ -136,7 +136,9 @@ fn run(flags: Flags) -> Result<(), String> {
         peer::spawn_stdin(events_tx, waker).map_err(|e| e.to_string())?;
     }
     let ran = reactor.run(&mut peer);
-    // The reactor has stopped: write out what is still queued for the person.
+    // The reactor has stopped: close every socket (downloaders move on at once), then write
+    // out what is still queued for the person.
+    drop(reactor);
     peer.finish();
     ran.map_err(|e| e.to_string())
 }

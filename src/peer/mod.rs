@@ -45,8 +45,8 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The reactor timer that wakes the core at its next deadline.
-const TIMER_CORE: u64 = 1;
+/// How long the output may take to drain at exit before the rest is dropped.
+const FINISH_PATIENCE: Duration = Duration::from_secs(5);
 /// An upload connection waiting this long for a request (or for write progress) is closed.
 const UPLOAD_IDLE: Duration = Duration::from_secs(60);
 
@@ -80,8 +80,11 @@ pub struct Peer {
     notify: Arc<dyn Fn(Event) + Send + Sync>,
     writer: Option<Writer>,
     shutdown: Option<Arc<AtomicBool>>,
-    /// The deadline the reactor timer is armed for.
-    timer_at: Option<Instant>,
+    /// The deadline the reactor timer is armed for, and that arming's timer id: an earlier
+    /// deadline re-arms with a new id, and a timer whose id is not the current one is stale
+    /// (the reactor cannot cancel timers), so superseded timers never pile up.
+    timer: Option<(Instant, u64)>,
+    next_timer_id: u64,
 }
 
 impl Peer {
@@ -128,7 +131,8 @@ impl Peer {
             notify,
             writer,
             shutdown: None,
-            timer_at: None,
+            timer: None,
+            next_timer_id: 0,
         }
     }
 
@@ -145,10 +149,13 @@ impl Peer {
         Ok(addr)
     }
 
-    /// After the reactor stopped: everything still queued is written before returning.
+    /// After the reactor stopped: what is still queued for the person is written, waiting
+    /// at most [`FINISH_PATIENCE`] for a slow reader.
     pub fn finish(mut self) {
         if let Some(w) = self.writer.take() {
-            w.finish(self.core.output());
+            if !w.finish(self.core.output(), FINISH_PATIENCE) {
+                log::warn!("output not read for {FINISH_PATIENCE:?}: the rest is dropped");
+            }
         }
     }
 
@@ -197,9 +204,10 @@ impl Peer {
             }
         }
         if let Some(at) = self.core.poll_timeout() {
-            if self.timer_at.map_or(true, |armed| at < armed) {
-                self.timer_at = Some(at);
-                ctx.set_timer(at.saturating_duration_since(ctx.now()), TIMER_CORE);
+            if self.timer.map_or(true, |(armed, _)| at < armed) {
+                self.next_timer_id += 1;
+                self.timer = Some((at, self.next_timer_id));
+                ctx.set_timer(at.saturating_duration_since(ctx.now()), self.next_timer_id);
             }
         }
     }
@@ -210,13 +218,17 @@ impl Peer {
     fn flush_output(&mut self, ctx: &mut Ctx<Role>) {
         loop {
             let Some(w) = &self.writer else { return };
-            w.drain(self.core.output());
-            if self.core.output().is_backed_up() {
+            if w.drain(self.core.output()) && self.core.output().is_backed_up() {
+                // Full, and too much waits to start another command: the writer's wake
+                // brings the loop back once it has room.
                 return;
             }
+            let waiting = self.core.output().len();
             self.core.handle_output_room(ctx.now());
             self.apply(ctx);
-            if self.core.output().is_empty() {
+            // Nothing new to hand over (or only what already found the channel full): done
+            // until the next turn or the writer's wake.
+            if self.core.output().len() <= waiting {
                 return;
             }
         }
@@ -286,8 +298,11 @@ impl Handler for Peer {
         self.apply(ctx);
     }
 
-    fn handle_timer(&mut self, ctx: &mut Ctx<Role>, _: u64) {
-        self.timer_at = None;
+    fn handle_timer(&mut self, ctx: &mut Ctx<Role>, id: u64) {
+        if self.timer.map(|(_, current)| current) != Some(id) {
+            return;
+        }
+        self.timer = None;
         self.core.handle_timeout(ctx.now());
         self.apply(ctx);
     }

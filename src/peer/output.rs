@@ -9,7 +9,11 @@
 //!
 //! # Invariants
 //! - Nothing on the reactor thread writes to stdout or stderr: it only moves lines into the
-//!   channel with `try_send`.
+//!   channel with `try_send`. (The one exception is the log, `--log info` and above, which
+//!   `env_logger` writes to stderr directly; by default the peer logs only warnings.)
+//! - When the channel is full the reactor does not retry until the writer wakes it: a
+//!   reader that never reads costs the loop nothing.
+//! - At exit the writer gets a bounded time to write what is left ([`Writer::finish`]).
 //! - Results and errors are never dropped. When the channel is full they wait in [`Output`];
 //!   once that backlog passes [`BACKLOG_HIGH_WATER`] lines, the command runner starts no new
 //!   console command until it drains (back-pressure on the console, never on the sockets).
@@ -28,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// Lines the writer thread's channel holds before `try_send` reports it full.
 const CHANNEL_LINES: usize = 64;
@@ -35,6 +40,9 @@ const CHANNEL_LINES: usize = 64;
 pub const BACKLOG_HIGH_WATER: usize = 16;
 /// Backlog past which notes are dropped (counted) instead of queued.
 const MAX_BACKLOG_LINES: usize = 1024;
+/// How often [`Writer::finish`] looks again at a full channel or a writer still writing
+/// (nothing else can be waited on: the writer may be stuck in a write to a pipe).
+const FINISH_POLL: Duration = Duration::from_millis(10);
 
 /// One thing to tell the person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +147,11 @@ impl Output {
         self.queue.push_front(line);
     }
 
+    /// Lines waiting.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
@@ -177,8 +190,10 @@ impl Writer {
     }
 
     /// Moves queued lines into the channel without blocking; what does not fit stays queued.
-    pub fn drain(&self, output: &mut Output) {
-        let Some(tx) = &self.tx else { return };
+    /// Returns whether lines are left waiting for room: the writer wakes the reactor once it
+    /// has made some, so the caller need not (and must not spin to) try again before.
+    pub fn drain(&self, output: &mut Output) -> bool {
+        let Some(tx) = &self.tx else { return false };
         while let Some(line) = output.poll_line() {
             match tx.try_send(line) {
                 Ok(()) => {}
@@ -189,31 +204,56 @@ impl Writer {
                     // try once more, so a wake is never missed.
                     match tx.try_send(line) {
                         Ok(()) => continue,
-                        Err(TrySendError::Full(line)) | Err(TrySendError::Disconnected(line)) => {
+                        Err(TrySendError::Full(line)) => {
                             output.unpoll(line);
-                            return;
+                            return true;
                         }
+                        Err(TrySendError::Disconnected(_)) => return false,
                     }
                 }
                 // The writer is gone (it cannot fail short of a panic): nothing can be said.
-                Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Disconnected(_)) => return false,
             }
         }
+        false
     }
 
-    /// Hands over everything left, waiting for room (the reactor has stopped), then waits
-    /// for the writer to write it all.
-    pub fn finish(mut self, output: &mut Output) {
-        if let Some(tx) = self.tx.take() {
-            while let Some(line) = output.poll_line() {
-                if tx.send(line).is_err() {
-                    break;
+    /// Hands over everything left and waits for the writer to write it all (the reactor has
+    /// stopped), for at most `patience`: a reader that never reads (a stopped pager, a pipe
+    /// into a process that does not read) must not keep the peer from exiting. Returns
+    /// whether everything was written.
+    pub fn finish(mut self, output: &mut Output, patience: Duration) -> bool {
+        let deadline = Instant::now() + patience;
+        let Some(tx) = self.tx.take() else {
+            return true;
+        };
+        while let Some(line) = output.poll_line() {
+            let mut line = line;
+            loop {
+                match tx.try_send(line) {
+                    Ok(()) => break,
+                    Err(TrySendError::Disconnected(_)) => return false,
+                    Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                        line = back;
+                        std::thread::sleep(FINISH_POLL);
+                    }
+                    // Out of patience: what is left is dropped, and the writer thread (stuck
+                    // in a write) ends with the process.
+                    Err(TrySendError::Full(_)) => return false,
                 }
             }
         }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        drop(tx);
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(FINISH_POLL);
         }
+        thread.join().is_ok()
     }
 }
 
@@ -339,11 +379,37 @@ mod tests {
         };
         out.result("first");
         out.result("second");
-        writer.drain(&mut out);
+        assert!(writer.drain(&mut out), "a line waits for room");
         assert_eq!(out.poll_line(), Some(Line::Result("second".into())));
         assert!(writer.waiting.load(Ordering::SeqCst));
         out.progress("f", 1, 2);
-        writer.drain(&mut out);
+        assert!(
+            !writer.drain(&mut out),
+            "nothing waits: the progress line was dropped"
+        );
         assert_eq!(out.poll_line(), None, "progress is dropped, not queued");
+    }
+
+    #[test]
+    fn finish_gives_up_on_a_reader_that_never_reads() {
+        let mut out = Output::new(false);
+        // A writer thread stuck in a write, as on a pipe nobody reads: it holds the channel's
+        // receiver and never takes from it.
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _ = release_rx.recv();
+            drop(rx);
+        });
+        let writer = Writer {
+            tx: Some(tx),
+            waiting: Arc::new(AtomicBool::new(false)),
+            thread: Some(thread),
+        };
+        for i in 0..5 {
+            out.result(format!("line {i}"));
+        }
+        assert!(!writer.finish(&mut out, Duration::from_millis(50)));
+        release_tx.send(()).unwrap();
     }
 }

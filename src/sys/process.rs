@@ -70,7 +70,8 @@ pub fn ignore_file_size_signal() -> io::Result<()> {
 
 /// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it spawns later)
 /// and starts a thread that waits for either; when one arrives it sets the returned flag and
-/// calls `notify` (typically a reactor waker). Call it first thing in `main`, before spawning
+/// calls `notify` (typically a reactor waker); a second one exits the process at once with
+/// status 128 + the signal number. Call it first thing in `main`, before spawning
 /// other threads, so no thread receives the signal asynchronously.
 pub fn on_termination(notify: impl Fn() + Send + 'static) -> io::Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
@@ -95,7 +96,11 @@ pub fn on_termination(notify: impl Fn() + Send + 'static) -> io::Result<Arc<Atom
             // SAFETY: `set` is an initialised sigset_t and `sig` a valid out-pointer.
             let rc = unsafe { libc::sigwait(&set, &mut sig) };
             if rc == 0 {
-                seen.store(true, Ordering::SeqCst);
+                // A second signal means the person does not want to wait for a clean stop
+                // (it may be stuck on an output nobody reads): leave now.
+                if seen.swap(true, Ordering::SeqCst) {
+                    std::process::exit(128 + sig);
+                }
                 notify();
             }
         })?;
