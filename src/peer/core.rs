@@ -585,10 +585,11 @@ impl PeerCore {
         if !path.starts_with(&self.cfg.share_dir) {
             return;
         }
-        let Ok(meta) = std::fs::metadata(path) else {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
             return;
         };
         let f = SharedFile {
+            file_id: share::file_id(&meta),
             name: path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

@@ -345,7 +345,9 @@ impl PartFile {
 /// Whether the file at `path` has exactly this size and hash.
 fn same_file(path: &Path, size: u64, hash: &FileHash) -> bool {
     match fs::metadata(path) {
-        Ok(m) if m.len() == size => super::share::hash_file(path, |_| {}).is_ok_and(|h| h == *hash),
+        Ok(m) if m.len() == size => {
+            super::share::hash_file(path, |_| {}).is_ok_and(|(h, _)| h == *hash)
+        }
         _ => false,
     }
 }

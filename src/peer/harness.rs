@@ -124,6 +124,7 @@ impl Harness {
                 path: self.dir.join("share").join(name),
                 name: name.to_string(),
                 size: bytes.len() as u64,
+                file_id: (0, 0),
                 mtime_ns: 0,
                 hash: FileHash::of(bytes),
             })

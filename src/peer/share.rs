@@ -2,9 +2,15 @@
 //! the table of shared files keyed by hash.
 //!
 //! # Invariants
-//! - Only regular files are shared; symbolic links are never followed (so nothing outside the
-//!   shared directory is reachable through one), and the peer's own bookkeeping files (the
-//!   hash cache, partial downloads) are skipped.
+//! - Only regular files are shared; symbolic links are never followed, on any path (scan,
+//!   re-hash, serve), so nothing outside the shared directory is reachable through one: the
+//!   walk does not descend into links, a file is opened with `O_NOFOLLOW` ([`open_regular`]),
+//!   a path re-hashed inside the share may have no link in any component ([`regular_files`]),
+//!   and a file is served only while it is the very file that was hashed (same device and
+//!   inode, size and mtime), so a link or another file swapped in later is refused. The
+//!   peer's own bookkeeping files (the hash cache, partial downloads) are skipped.
+//! - A file that changes while it is hashed is hashed again ([`hash_file`]), so the size and
+//!   hash announced always belong together.
 //! - Hashing streams each file through a fixed buffer: memory does not grow with file size.
 //! - The cache maps (path, size, mtime) to a hash; a file whose size or mtime changed is
 //!   hashed again, so a restart costs a directory walk, not a re-read of every byte.
@@ -23,6 +29,8 @@ pub const CACHE_FILE: &str = ".p2pshare-cache";
 /// Suffix of partial downloads (`.<hash>.p2pshare-part`).
 pub const PART_SUFFIX: &str = ".p2pshare-part";
 const HASH_BUF_BYTES: usize = 256 * 1024;
+/// Times a file that changes while it is hashed is hashed again before it is given up.
+const HASH_TRIES: usize = 3;
 
 /// One shared file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +41,9 @@ pub struct SharedFile {
     pub name: String,
     /// Size when hashed.
     pub size: u64,
+    /// The (device, inode) that was hashed: a file swapped in under the same path (or reached
+    /// through a directory swapped for a link) is another file.
+    pub file_id: (u64, u64),
     /// Modification time when hashed, nanoseconds since the epoch.
     pub mtime_ns: i128,
     /// BLAKE3 of its contents.
@@ -49,10 +60,96 @@ impl SharedFile {
         }
     }
 
-    /// Whether the file on disk still has the size and mtime it had when hashed.
+    /// Whether `meta` is still the file that was hashed, unchanged: the same device and inode,
+    /// size and mtime.
     pub fn is_unchanged(&self, meta: &fs::Metadata) -> bool {
-        meta.len() == self.size && mtime_ns(meta) == self.mtime_ns
+        file_id(meta) == self.file_id && meta.len() == self.size && mtime_ns(meta) == self.mtime_ns
     }
+}
+
+/// A file's (device, inode).
+pub fn file_id(meta: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// Opens `path` for reading if it is a regular file, never following a symbolic link in its
+/// last component (`O_NOFOLLOW`) and never blocking on a FIFO put in its place (`O_NONBLOCK`,
+/// which changes nothing for a regular file). Returns the file and its metadata.
+pub fn open_regular(path: &Path) -> io::Result<(File, fs::Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a symbolic link (links are never followed)",
+            ),
+            _ => e,
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok((file, meta))
+}
+
+/// Whether no component of `path` below `root` is a symbolic link (`path` inside `root`; a
+/// path outside it is checked only by [`open_regular`] on its last component).
+pub fn is_link_free(root: &Path, path: &Path) -> bool {
+    let Ok(rest) = path.strip_prefix(root) else {
+        return true;
+    };
+    let mut at = root.to_path_buf();
+    rest.components().all(|c| {
+        at.push(c);
+        fs::symlink_metadata(&at).is_ok_and(|m| !m.file_type().is_symlink())
+    })
+}
+
+/// The paths a person or the peer asked to (re-)share, with their metadata: regular files
+/// only, no symbolic link in any component inside `root`. The others are reported through
+/// `warn`.
+pub fn regular_files(
+    root: &Path,
+    paths: &[PathBuf],
+    warn: &mut dyn FnMut(String),
+) -> Vec<(PathBuf, fs::Metadata)> {
+    paths
+        .iter()
+        .filter_map(|p| {
+            if !is_link_free(root, p) {
+                warn(format!(
+                    "not sharing {}: a symbolic link on its path (links are never followed)",
+                    p.display()
+                ));
+                return None;
+            }
+            match fs::symlink_metadata(p) {
+                Ok(m) if m.is_file() => Some((p.clone(), m)),
+                Ok(m) if m.file_type().is_symlink() => {
+                    warn(format!(
+                        "not sharing {}: a symbolic link (links are never followed)",
+                        p.display()
+                    ));
+                    None
+                }
+                Ok(_) => {
+                    warn(format!("{} is not a regular file", p.display()));
+                    None
+                }
+                Err(e) => {
+                    warn(format!("cannot share {}: {e}", p.display()));
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// A file's modification time in nanoseconds since the epoch (0 if unknown).
@@ -66,22 +163,41 @@ pub fn mtime_ns(meta: &fs::Metadata) -> i128 {
     }
 }
 
-/// Hashes a file by streaming it through a fixed buffer.
-pub fn hash_file(path: &Path, mut progress: impl FnMut(u64)) -> io::Result<FileHash> {
-    let mut file = File::open(path)?;
-    let mut hasher = blake3::Hasher::new();
+/// Hashes a regular file (never through a link: [`open_regular`]) by streaming it through a
+/// fixed buffer. Returns the hash with the metadata of the file as hashed: if the file changed
+/// while it was read (its size or mtime moved, or the bytes read differ from its size), it is
+/// hashed again, up to [`HASH_TRIES`] times, so the size announced is the size hashed.
+pub fn hash_file(
+    path: &Path,
+    mut progress: impl FnMut(u64),
+) -> io::Result<(FileHash, fs::Metadata)> {
     let mut buf = vec![0u8; HASH_BUF_BYTES];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        progress(n as u64);
+    for _ in 0..HASH_TRIES {
+        let (mut file, before) = open_regular(path)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut read = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            read += n as u64;
+            progress(n as u64);
+        }
+        let after = file.metadata()?;
+        let steady = after.len() == before.len()
+            && read == after.len()
+            && mtime_ns(&after) == mtime_ns(&before);
+        if steady {
+            return Ok((FileHash(*hasher.finalize().as_bytes()), after));
+        }
     }
-    Ok(FileHash(*hasher.finalize().as_bytes()))
+    Err(io::Error::other(format!(
+        "it kept changing while it was hashed ({HASH_TRIES} tries); it will be hashed when it settles"
+    )))
 }
 
 /// Whether a directory entry is the peer's own bookkeeping rather than a shared file.
@@ -146,12 +262,10 @@ pub fn hash_all(
     progress(p);
     let mut out = Vec::with_capacity(files.len());
     for (path, meta) in files {
-        let size = meta.len();
-        let mtime = mtime_ns(&meta);
-        let hash = match cache.get(&path, size, mtime) {
+        let (hash, meta) = match cache.get(&path, meta.len(), mtime_ns(&meta)) {
             Some(h) => {
-                p.bytes_done += size;
-                h
+                p.bytes_done += meta.len();
+                (h, meta)
             }
             None => {
                 let mut last_report = p.bytes_done;
@@ -163,7 +277,7 @@ pub fn hash_all(
                     }
                 });
                 match result {
-                    Ok(h) => h,
+                    Ok(hashed) => hashed,
                     Err(e) => {
                         warn(format!("cannot hash {}: {e}", path.display()));
                         continue;
@@ -179,8 +293,9 @@ pub fn hash_all(
         out.push(SharedFile {
             path,
             name,
-            size,
-            mtime_ns: mtime,
+            size: meta.len(),
+            file_id: file_id(&meta),
+            mtime_ns: mtime_ns(&meta),
             hash,
         });
         progress(p);
@@ -464,9 +579,93 @@ mod tests {
             path: PathBuf::from(path),
             name: path.rsplit('/').next().unwrap().into(),
             size: content.len() as u64,
+            file_id: (0, 0),
             mtime_ns: 1,
             hash: FileHash::of(content),
         }
+    }
+
+    #[test]
+    fn a_link_swapped_in_for_a_hashed_file_is_neither_opened_nor_hashed() {
+        let d = tmpdir("swap");
+        let outside = tmpdir("swap-outside");
+        fs::create_dir_all(d.join("sub")).unwrap();
+        fs::write(d.join("song.flac"), b"the song").unwrap();
+        fs::write(d.join("sub/track.flac"), b"a track").unwrap();
+        // Same sizes as the shared files, so only the file's identity can tell them apart.
+        fs::write(outside.join("secret"), b"a secret").unwrap();
+        fs::write(outside.join("track.flac"), b"private").unwrap();
+        let shared = scan(&d, &HashCache::default());
+        assert_eq!(shared.len(), 2);
+
+        // The file itself becomes a link; a directory on the path becomes a link.
+        fs::remove_file(d.join("song.flac")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), d.join("song.flac")).unwrap();
+        fs::remove_dir_all(d.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&outside, d.join("sub")).unwrap();
+
+        let err = open_regular(&d.join("song.flac")).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(hash_file(&d.join("song.flac"), |_| {}).is_err());
+        // Through the linked directory the open succeeds, but it is another file.
+        let (_, meta) = open_regular(&d.join("sub/track.flac")).unwrap();
+        let track = shared.iter().find(|f| f.name == "track.flac").unwrap();
+        assert!(!track.is_unchanged(&meta));
+        // A re-hash of either path (a changed file, `register PATH`) refuses them.
+        let mut warnings = Vec::new();
+        let paths = [d.join("song.flac"), d.join("sub/track.flac")];
+        assert!(regular_files(&d, &paths, &mut |w| warnings.push(w)).is_empty());
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings.iter().all(|w| w.contains("symbolic link")),
+            "{warnings:?}"
+        );
+        fs::remove_dir_all(&d).unwrap();
+        fs::remove_dir_all(&outside).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_a_file_is_refused_without_blocking() {
+        let d = tmpdir("fifo");
+        let fifo = d.join("pipe");
+        // A FIFO: opening it for reading would wait for a writer without O_NONBLOCK.
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let err = open_regular(&fifo).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_file_growing_while_it_is_hashed_is_hashed_again() {
+        let d = tmpdir("grow");
+        let path = d.join("growing.log");
+        let first = vec![7u8; HASH_BUF_BYTES * 2];
+        fs::write(&path, &first).unwrap();
+        let mut appended = false;
+        let (hash, meta) = hash_file(&path, |_| {
+            if !appended {
+                appended = true;
+                let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+                f.write_all(b"more").unwrap();
+            }
+        })
+        .unwrap();
+        let mut all = first;
+        all.extend_from_slice(b"more");
+        assert_eq!((hash, meta.len()), (FileHash::of(&all), all.len() as u64));
+        // One that never settles is given up, not announced with a stale size: every full
+        // buffer read sees the file grow (a short read, the last of a pass, does not, so each
+        // pass ends).
+        let err = hash_file(&path, |n| {
+            if n == HASH_BUF_BYTES as u64 {
+                let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+                f.write_all(b"x").unwrap();
+            }
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("kept changing"), "{err}");
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -72,20 +72,9 @@ pub fn spawn_hasher(
                 let mut warnings = Vec::new();
                 let files = match &job {
                     Job::Rescan { .. } => share::walk(&root, &mut |w| warnings.push(w)),
-                    Job::Paths { paths, .. } => paths
-                        .iter()
-                        .filter_map(|p| match std::fs::metadata(p) {
-                            Ok(m) if m.is_file() => Some((p.clone(), m)),
-                            Ok(_) => {
-                                warnings.push(format!("{} is not a regular file", p.display()));
-                                None
-                            }
-                            Err(e) => {
-                                warnings.push(format!("cannot share {}: {e}", p.display()));
-                                None
-                            }
-                        })
-                        .collect(),
+                    Job::Paths { paths, .. } => {
+                        share::regular_files(&root, paths, &mut |w| warnings.push(w))
+                    }
                 };
                 let mut last = Instant::now();
                 let hashed = share::hash_all(

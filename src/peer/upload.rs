@@ -13,7 +13,7 @@
 //! - A served range is `offset..size` today; a request for a range with its proof (verified
 //!   streaming) would add a length and the outboard bytes to [`Answer::Serve`], nothing else.
 
-use super::share::{Share, SharedFile};
+use super::share::{self, Share, SharedFile};
 use crate::wire::{self, ErrorCode, FileHash, TransferRequest, TransferResponse, PROTOCOL_VERSION};
 use std::fs::File;
 
@@ -107,8 +107,7 @@ pub fn answer(payload: &[u8], share: &Share) -> Answer {
     let Some(file) = share.by_hash(&hash) else {
         return refuse(ErrorCode::NotFound, format!("not sharing {hash}"), None);
     };
-    let opened = File::open(&file.path).and_then(|f| Ok((f.metadata()?, f)));
-    let (meta, handle) = match opened {
+    let (handle, meta) = match share::open_regular(&file.path) {
         Ok(x) => x,
         Err(e) => {
             return refuse(

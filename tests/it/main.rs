@@ -9,3 +9,4 @@ mod hostile;
 mod indexd;
 mod peer;
 mod reactor;
+mod trust;

@@ -187,7 +187,7 @@ pub fn run(p: &Params) -> io::Result<TransferSummary> {
     ));
     generate(&src, p.size, p.seed)?;
     progress("bench: transfer: hashing the source file");
-    let hash = hash_file(&src, |_| {})?;
+    let (hash, _) = hash_file(&src, |_| {})?;
 
     let holder_log = work.0.join("holder.log");
     let mut holder = ChildGuard(
