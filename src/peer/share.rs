@@ -262,7 +262,7 @@ pub fn hash_all(
     progress(p);
     let mut out = Vec::with_capacity(files.len());
     for (path, meta) in files {
-        let (hash, meta) = match cache.get(&path, meta.len(), mtime_ns(&meta)) {
+        let (hash, meta) = match cache.get(&path, &meta) {
             Some(h) => {
                 p.bytes_done += meta.len();
                 (h, meta)
@@ -305,12 +305,21 @@ pub fn hash_all(
 
 /// (path, size, mtime) → hash, persisted as a small text file.
 ///
-/// Format, one file per line: `HASH SIZE MTIME_NS PATH_HEX` (the path as hex bytes, so any
-/// name, newlines included, survives). Unparseable lines are ignored: a damaged cache only
+/// Format, one file per line: `HASH SIZE MTIME_NS DEV INO PATH_HEX` (the path as hex bytes, so
+/// any name, newlines included, survives). Unparseable lines are ignored: a damaged cache only
 /// costs re-hashing.
 #[derive(Debug, Default, Clone)]
 pub struct HashCache {
-    entries: HashMap<PathBuf, (u64, i128, FileHash)>,
+    entries: HashMap<PathBuf, CacheEntry>,
+}
+
+/// What a cached hash was computed for: the file's size, mtime and (device, inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CacheEntry {
+    size: u64,
+    mtime_ns: i128,
+    file_id: (u64, u64),
+    hash: FileHash,
 }
 
 impl HashCache {
@@ -321,30 +330,42 @@ impl HashCache {
             return cache;
         };
         for line in text.lines() {
-            let mut parts = line.split(' ');
-            let (Some(h), Some(s), Some(m), Some(p), None) = (
-                parts.next(),
-                parts.next(),
-                parts.next(),
-                parts.next(),
-                parts.next(),
-            ) else {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let [h, s, m, dev, ino, p] = fields[..] else {
                 continue;
             };
-            let (Ok(hash), Ok(size), Ok(mtime), Some(path)) =
-                (h.parse(), s.parse(), m.parse(), path_from_hex(p))
-            else {
+            let parsed = (
+                h.parse(),
+                s.parse(),
+                m.parse(),
+                dev.parse(),
+                ino.parse(),
+                path_from_hex(p),
+            );
+            let (Ok(hash), Ok(size), Ok(mtime_ns), Ok(dev), Ok(ino), Some(path)) = parsed else {
                 continue;
             };
-            cache.entries.insert(path, (size, mtime, hash));
+            let entry = CacheEntry {
+                size,
+                mtime_ns,
+                file_id: (dev, ino),
+                hash,
+            };
+            cache.entries.insert(path, entry);
         }
         cache
     }
 
-    /// The cached hash of `path` if its size and mtime match.
-    pub fn get(&self, path: &Path, size: u64, mtime_ns: i128) -> Option<FileHash> {
+    /// The cached hash of `path` if it is still the same file (size, mtime, device and inode).
+    pub fn get(&self, path: &Path, meta: &fs::Metadata) -> Option<FileHash> {
         match self.entries.get(path) {
-            Some(&(s, m, h)) if s == size && m == mtime_ns => Some(h),
+            Some(e)
+                if e.size == meta.len()
+                    && e.mtime_ns == mtime_ns(meta)
+                    && e.file_id == file_id(meta) =>
+            {
+                Some(e.hash)
+            }
             _ => None,
         }
     }
@@ -354,7 +375,15 @@ impl HashCache {
         HashCache {
             entries: files
                 .into_iter()
-                .map(|f| (f.path.clone(), (f.size, f.mtime_ns, f.hash)))
+                .map(|f| {
+                    let entry = CacheEntry {
+                        size: f.size,
+                        mtime_ns: f.mtime_ns,
+                        file_id: f.file_id,
+                        hash: f.hash,
+                    };
+                    (f.path.clone(), entry)
+                })
                 .collect(),
         }
     }
@@ -362,8 +391,15 @@ impl HashCache {
     /// Writes the cache atomically (temporary file, then rename).
     pub fn save(&self, path: &Path) -> io::Result<()> {
         let mut text = String::new();
-        for (p, (size, mtime, hash)) in &self.entries {
-            text.push_str(&format!("{hash} {size} {mtime} {}\n", path_to_hex(p)));
+        for (p, e) in &self.entries {
+            let (dev, ino) = e.file_id;
+            text.push_str(&format!(
+                "{} {} {} {dev} {ino} {}\n",
+                e.hash,
+                e.size,
+                e.mtime_ns,
+                path_to_hex(p)
+            ));
         }
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let mut f = File::create(&tmp)?;
@@ -553,23 +589,34 @@ mod tests {
         HashCache::from_files(&files).save(&cache_path).unwrap();
         let cache = HashCache::load(&cache_path);
         for f in &files {
-            assert_eq!(cache.get(&f.path, f.size, f.mtime_ns), Some(f.hash));
-            assert_eq!(cache.get(&f.path, f.size + 1, f.mtime_ns), None);
+            let meta = fs::symlink_metadata(&f.path).unwrap();
+            assert_eq!(cache.get(&f.path, &meta), Some(f.hash));
         }
-        // A cached entry with a wrong hash is trusted only while size and mtime match: prove
-        // the scan uses the cache by planting a lie, then invalidate it by touching the file.
+        // A cached entry with a wrong hash is trusted only while it is the same file: prove
+        // the scan uses the cache by planting a lie, then invalidate it by touching the file,
+        // and by putting another file of the same size and mtime in its place.
         let mut lying = HashCache::default();
         let f = &files[0];
-        lying
-            .entries
-            .insert(f.path.clone(), (f.size, f.mtime_ns, FileHash([1; 32])));
+        let entry = CacheEntry {
+            hash: FileHash([1; 32]),
+            ..cache.entries[&f.path]
+        };
+        lying.entries.insert(f.path.clone(), entry);
         let again = scan(&d, &lying);
         assert_eq!(again[0].hash, FileHash([1; 32]));
+        let mut other_file = entry;
+        other_file.file_id.1 += 1;
+        lying.entries.insert(f.path.clone(), other_file);
+        let true_hash = FileHash::of(&fs::read(&f.path).unwrap());
+        assert_eq!(scan(&d, &lying)[0].hash, true_hash);
+        lying.entries.insert(f.path.clone(), entry);
         fs::write(&f.path, b"changed").unwrap();
         let again = scan(&d, &lying);
         assert_eq!(again[0].hash, FileHash::of(b"changed"));
-        // Damaged cache lines are ignored.
-        fs::write(&cache_path, "garbage\nzz 1 2 3\n").unwrap();
+        // Damaged cache lines, and lines of the older format without (device, inode), are
+        // ignored: they only cost hashing again.
+        let line = format!("{} 1 2 {}\n", FileHash([1; 32]), hex::encode("x"));
+        fs::write(&cache_path, format!("garbage\nzz 1 2 3 4 5\n{line}")).unwrap();
         assert_eq!(HashCache::load(&cache_path).entries.len(), 0);
         fs::remove_dir_all(&d).unwrap();
     }
