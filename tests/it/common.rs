@@ -8,7 +8,7 @@ use p2pshare::wire::{
     TransferRequest, TransferResponse, PROTOCOL_VERSION,
 };
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -143,9 +143,36 @@ impl Client {
         resp.body
     }
 
+    /// Leaves as [`leave`] says: once this returns, the server has removed the connection and
+    /// everything it held.
+    pub fn leave(mut self) {
+        leave(&mut self.stream);
+    }
+
     /// Whether the server closed the connection (EOF or reset) within the read timeout.
     pub fn is_closed_by_server(&mut self) -> bool {
         self.recv_payload().is_none()
+    }
+}
+
+/// Closes our side of `s` and waits for the server's close in answer. Our reactors close a
+/// connection at the remote's EOF and free it (its slot and per-address count, its session's
+/// entries) in the same turn of the loop that sends their FIN, before reading anything else:
+/// once this returns, every later request, on any connection, finds it gone. Dropping the
+/// socket would not tell us when: the server sees that close only once every copy of the
+/// socket is closed, and a child process another test spawns at that moment holds a copy
+/// until it execs (`shutdown` acts on the socket itself, copies or not).
+pub fn leave(s: &mut TcpStream) {
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.shutdown(Shutdown::Write).expect("half-close");
+    let mut sink = [0u8; 4096];
+    loop {
+        match s.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the server did not close after our EOF: {e}"),
+        }
     }
 }
 
