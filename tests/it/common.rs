@@ -10,6 +10,7 @@ use p2pshare::wire::{
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// Longest any single read in a test may block.
@@ -214,9 +215,35 @@ impl Drop for TempDir {
     }
 }
 
-/// A `peer --serve` child process, killed when dropped.
+/// How long a serving peer may take to register its share: hashing 24 MiB on a loaded
+/// machine, or reconnecting through its backoff after the index restarted. Only reached when
+/// a test fails.
+pub const REGISTER_LIMIT: Duration = Duration::from_secs(60);
+
+/// A `peer --serve` child process, killed when dropped. Its stderr is read on a thread of its
+/// own into [`Lines`], so the test can wait for what the peer says.
 pub struct ServingPeer {
     pub child: Child,
+    /// Its file server's address, as it printed it (and as the index gives it out).
+    pub addr: SocketAddr,
+    stderr: Arc<Lines>,
+    /// Lines of `stderr` already consumed by a wait.
+    seen: usize,
+}
+
+/// What a child printed on one stream so far; the reading thread notifies `changed` after
+/// each line and at the end.
+#[derive(Default)]
+struct Lines {
+    state: Mutex<Said>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Said {
+    lines: Vec<String>,
+    /// The child closed the stream (it exited).
+    ended: bool,
 }
 
 impl ServingPeer {
@@ -224,18 +251,95 @@ impl ServingPeer {
         Self::start_with(share, index, &[])
     }
 
-    /// Starts a serving peer with extra flags.
+    /// Starts a serving peer with extra flags and waits for its `serving files on ADDR` line.
     pub fn start_with(share: &std::path::Path, index: SocketAddr, extra: &[&str]) -> ServingPeer {
-        let child = Command::new(env!("CARGO_BIN_EXE_peer"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_peer"))
             .args(peer_args(share, index))
-            .arg("--serve")
+            // The peer logs each answer to its registers at debug level: see `wait_registered`.
+            .args(["--serve", "--log", "warn,peer=debug"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn peer");
-        ServingPeer { child }
+        let stderr = Arc::new(Lines::default());
+        let theirs = stderr.clone();
+        let mut pipe = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || loop {
+            let mut line = Vec::new();
+            let open = matches!(pipe.read_until(b'\n', &mut line), Ok(n) if n > 0);
+            let mut said = theirs.state.lock().unwrap_or_else(|e| e.into_inner());
+            if open {
+                let line = String::from_utf8_lossy(&line).trim_end().to_string();
+                said.lines.push(line);
+            } else {
+                said.ended = true;
+            }
+            drop(said);
+            theirs.changed.notify_all();
+            if !open {
+                return;
+            }
+        });
+        let mut peer = ServingPeer {
+            child,
+            addr: ([0, 0, 0, 0], 0).into(),
+            stderr,
+            seen: 0,
+        };
+        let line = peer.wait_line("its address", IO_TIMEOUT, |l| {
+            l.starts_with("peer: serving files on ")
+        });
+        peer.addr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected address line from the peer: {line:?}"));
+        peer
+    }
+
+    /// Waits until the index has answered a register of this peer's with `files` files held
+    /// in all, and consumes the stderr up to that answer. The peer logs `index holds N of our
+    /// files` when the index's answer arrives, and the index answers a register only once the
+    /// files are in it: every request the test sends afterwards, on any connection, finds
+    /// them. (Its `sharing N files` note is no such event: it comes when the share is hashed,
+    /// before the register is even sent if the index session is not up yet.)
+    pub fn wait_registered(&mut self, files: usize) {
+        let want = format!("index holds {files} of our files");
+        self.wait_line(&want, REGISTER_LIMIT, |l| l.contains(&want));
+    }
+
+    /// Waits for the next line of stderr (after those consumed) that `is_it` accepts, and
+    /// consumes the stderr up to it; fails the test at EOF or after `limit`.
+    fn wait_line(&mut self, what: &str, limit: Duration, is_it: impl Fn(&str) -> bool) -> String {
+        let seen = self.seen;
+        let found = |said: &Said| {
+            let at = said.lines[seen..].iter().position(|l| is_it(l.as_str()));
+            at.map(|i| seen + i)
+        };
+        let (said, _) = self
+            .stderr
+            .changed
+            .wait_timeout_while(
+                self.stderr.state.lock().unwrap_or_else(|e| e.into_inner()),
+                limit,
+                |said| found(said).is_none() && !said.ended,
+            )
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(at) = found(&said) else {
+            let why = if said.ended {
+                "it closed stderr"
+            } else {
+                "timed out"
+            };
+            panic!(
+                "the serving peer never said {what:?} ({why}); its stderr:\n{}",
+                said.lines.join("\n")
+            );
+        };
+        self.seen = at + 1;
+        said.lines[at].clone()
     }
 
     pub fn kill(&mut self) {

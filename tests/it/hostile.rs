@@ -637,8 +637,8 @@ fn a_holder_refuses_unknown_hashes_bad_offsets_and_garbage_and_still_serves() {
     let bytes = common::pseudo_random(100_000, 3);
     let h = FileHash::of(&bytes);
     std::fs::write(a.join("served.bin"), &bytes).unwrap();
-    let _holder = ServingPeer::start(&a, indexd.addr);
-    wait_for_holders(indexd.addr, h, 1);
+    let mut holder = ServingPeer::start(&a, indexd.addr);
+    holder.wait_registered(1);
     let addr = holder_of(indexd.addr, h);
 
     let refused = |resp: TransferResponse, want: ErrorCode| match resp {
@@ -728,9 +728,11 @@ fn a_holder_at_its_upload_limits_answers_busy_and_serves_again_when_one_leaves()
     ] {
         let d = tmp.sub(dir);
         std::fs::write(d.join("served.bin"), &bytes).unwrap();
-        let _holder = ServingPeer::start_with(&d, indexd.addr, &flags);
-        wait_for_holders(indexd.addr, h, 1);
-        let addr = holder_of(indexd.addr, h);
+        let mut holder = ServingPeer::start_with(&d, indexd.addr, &flags);
+        holder.wait_registered(1);
+        // Its own address, not the index's first holder: the previous holder may still be
+        // listed (the index learns of its death from its socket's close, when it may).
+        let addr = holder.addr;
         let mut idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
         match refused_by(addr) {
             TransferResponse::Error {
@@ -739,35 +741,15 @@ fn a_holder_at_its_upload_limits_answers_busy_and_serves_again_when_one_leaves()
             } => assert!(message.contains(says), "{message}"),
             other => panic!("{other:?}"),
         }
-        // One slot freed: an honest download gets the whole file.
-        drop(idle.pop());
-        let deadline = Instant::now() + common::IO_TIMEOUT;
-        loop {
-            let (resp, rest) = get(addr, PROTOCOL_VERSION, h, 0);
-            if matches!(resp, TransferResponse::Sending { .. }) {
-                assert!(rest == bytes);
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the slot never came back: {resp:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        drop(idle);
-        drop(_holder);
-        // Gone from the index before the next holder shares the same file.
-        let (mut c, _) = Client::hello(indexd.addr, 0);
-        let deadline = Instant::now() + common::IO_TIMEOUT;
-        while matches!(
-            c.call(RequestBody::Lookup {
-                key: LookupKey::Hash(h)
-            }),
-            ResponseBody::Holders { .. }
-        ) {
-            assert!(Instant::now() < deadline, "the first holder never left");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // One slot freed (the holder has closed it once we see its close): an honest
+        // download gets the whole file.
+        common::leave(&mut idle.pop().unwrap());
+        let (resp, rest) = get(addr, PROTOCOL_VERSION, h, 0);
+        assert!(
+            matches!(resp, TransferResponse::Sending { .. }),
+            "the slot did not come back: {resp:?}"
+        );
+        assert!(rest == bytes);
     }
 }
 
@@ -784,8 +766,8 @@ fn malicious_holders_are_dropped_for_the_next_one() {
         size: bytes.len() as u64,
         name: "real.bin".into(),
     };
-    let _real = ServingPeer::start(&a, indexd.addr);
-    wait_for_holders(indexd.addr, h, 1);
+    let mut real = ServingPeer::start(&a, indexd.addr);
+    real.wait_registered(1);
     for how in [
         Fake::WrongSize,
         Fake::WrongOffset,
@@ -793,8 +775,8 @@ fn malicious_holders_are_dropped_for_the_next_one() {
         Fake::Refuses,
         Fake::NotAResponse,
     ] {
+        // Registered once `start` returns (the index answered its register).
         let fake = FakeHolder::start(indexd.addr, entry.clone(), bytes.clone(), how);
-        wait_for_holders(indexd.addr, h, 2);
         let n = common::holder_number(indexd.addr, h, fake.addr);
         let b = tmp.sub(&format!("{how:?}"));
         let t = Instant::now();
@@ -895,8 +877,8 @@ fn a_full_disk_fails_the_download_clearly_and_keeps_the_partial_for_resume() {
     let bytes = common::pseudo_random(3 << 20, 13);
     let h = FileHash::of(&bytes);
     std::fs::write(a.join("big.bin"), &bytes).unwrap();
-    let _holder = ServingPeer::start(&a, indexd.addr);
-    wait_for_holders(indexd.addr, h, 1);
+    let mut holder = ServingPeer::start(&a, indexd.addr);
+    holder.wait_registered(1);
     // The downloader may write files of at most 1 MiB: its write fails with EFBIG (it ignores
     // SIGXFSZ, which would otherwise kill it) as on a full disk.
     let limit = 1u64 << 20;
@@ -958,46 +940,41 @@ fn indexd_killed_under_100_peers_gets_everything_back_after_restart() {
     let listen = format!("127.0.0.1:{port}");
     let mut indexd = Indexd::start_on(&listen, &[]);
     let tmp = TempDir::new("restart100");
-    let peers: Vec<ServingPeer> = (0..PEERS)
+    let mut peers: Vec<ServingPeer> = (0..PEERS)
         .map(|i| {
             let dir = tmp.sub(&format!("p{i}"));
             std::fs::write(dir.join(format!("fault {i:03}.txt")), format!("peer {i}")).unwrap();
             ServingPeer::start(&dir, indexd.addr)
         })
         .collect();
-    let all_seen = |index: SocketAddr, limit: Duration| -> Duration {
+    // Every peer says when the index answered its register; once all have, one look at the
+    // index must find every file.
+    let all_seen = |peers: &mut [ServingPeer], index: SocketAddr| -> Duration {
         let t = Instant::now();
-        let (mut c, _) = Client::hello(index, 0);
-        loop {
-            let stats = match c.call(RequestBody::Stats) {
-                ResponseBody::Stats(s) => s,
-                other => panic!("{other:?}"),
-            };
-            if stats.files == PEERS as u64 {
-                match c.call(RequestBody::Search {
-                    query: "fault".into(),
-                    limit: 0,
-                }) {
-                    ResponseBody::SearchResults { hits, .. } if hits.len() == PEERS => {
-                        return t.elapsed()
-                    }
-                    _ => {}
-                }
-            }
-            assert!(
-                t.elapsed() < limit,
-                "only {} of {PEERS} files: {stats:?}",
-                stats.files
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        for p in peers.iter_mut() {
+            p.wait_registered(1);
         }
+        let took = t.elapsed();
+        let (mut c, _) = Client::hello(index, 0);
+        match c.call(RequestBody::Stats) {
+            ResponseBody::Stats(s) => assert_eq!(s.files, PEERS as u64, "{s:?}"),
+            other => panic!("{other:?}"),
+        }
+        match c.call(RequestBody::Search {
+            query: "fault".into(),
+            limit: 0,
+        }) {
+            ResponseBody::SearchResults { hits, .. } => assert_eq!(hits.len(), PEERS),
+            other => panic!("{other:?}"),
+        }
+        took
     };
-    let first = all_seen(indexd.addr, LIMIT);
+    let first = all_seen(&mut peers, indexd.addr);
     indexd.child.kill().unwrap();
     indexd.child.wait().unwrap();
     let t = Instant::now();
     let indexd = Indexd::start_on(&listen, &[]);
-    let again = all_seen(indexd.addr, LIMIT);
+    let again = all_seen(&mut peers, indexd.addr);
     let total = t.elapsed();
     eprintln!(
         "{PEERS} peers: all registered {first:?} after start; after SIGKILL and restart, \
