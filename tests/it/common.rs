@@ -30,24 +30,36 @@ impl Indexd {
 
     /// Starts `indexd` on a given address.
     pub fn start_on(listen: &str, extra: &[&str]) -> Indexd {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_indexd"))
+        let child = Command::new(env!("CARGO_BIN_EXE_indexd"))
             .args(["--listen", listen, "--log", "warn"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn indexd");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read indexd address line");
-        let addr = line
+        // Owned by the guard at once: killed if its address line never comes.
+        let mut indexd = Indexd {
+            child,
+            addr: ([0, 0, 0, 0], 0).into(),
+        };
+        // Read on a thread, so the wait for it is bounded.
+        let mut stdout = BufReader::new(indexd.child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = stdout.read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(IO_TIMEOUT)
+            .expect("indexd's address line in time");
+        indexd.addr = line
             .trim()
             .rsplit(' ')
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line from indexd: {line:?}"));
-        Indexd { child, addr }
+        indexd
     }
 }
 
@@ -354,6 +366,17 @@ impl Drop for ServingPeer {
     }
 }
 
+/// Any other child process a test starts, killed (and reaped) when dropped, so a failing test
+/// leaves none behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// What a console peer printed.
 #[derive(Debug)]
 pub struct ConsoleRun {
@@ -456,28 +479,6 @@ pub fn output_within(mut child: Child, limit: Duration) -> Result<Output, Output
         Ok(out)
     } else {
         Err(out)
-    }
-}
-
-/// Polls the index until `check` accepts a lookup of `hash` (bounded by IO_TIMEOUT).
-pub fn wait_for_holders(index: SocketAddr, hash: p2pshare::wire::FileHash, want: usize) {
-    let (mut c, _) = Client::hello(index, 0);
-    let deadline = std::time::Instant::now() + IO_TIMEOUT;
-    loop {
-        let n = match c.call(RequestBody::Lookup {
-            key: p2pshare::wire::LookupKey::Hash(hash),
-        }) {
-            ResponseBody::Holders { files } => files.first().map_or(0, |f| f.holders.len()),
-            _ => 0,
-        };
-        if n >= want {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{hash} never reached {want} holders (has {n})"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -8,8 +8,7 @@
 //! security": `cargo test --release --test it -- --ignored --nocapture hostile::measure`.
 
 use crate::common::{
-    self, run_console, wait_for_holders, Client, Fake, FakeHolder, Indexd, Input, ServingPeer,
-    TempDir,
+    self, run_console, Client, Fake, FakeHolder, Indexd, Input, KillOnDrop, ServingPeer, TempDir,
 };
 use p2pshare::codec::Decoder;
 use p2pshare::wire::{
@@ -829,36 +828,41 @@ fn a_downloader_killed_mid_transfer_resumes_from_its_partial_file() {
     };
     // The only holder at first sends half, then stalls: the transfer is reliably "mid".
     let fake = FakeHolder::start(indexd.addr, entry, bytes.clone(), Fake::Hangs);
-    let mut downloader = Command::new(env!("CARGO_BIN_EXE_peer"))
-        .args(common::peer_args(&b, indexd.addr))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut downloader = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_peer"))
+            .args(common::peer_args(&b, indexd.addr))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Stdin stays open: the peer waits on the stalled holder until it is killed.
     downloader
+        .0
         .stdin
         .as_mut()
         .unwrap()
         .write_all(format!("get {h}\n").as_bytes())
         .unwrap();
     let part = part_path(&b, h);
+    // Polled: nothing announces that the file reached a size (the downloader prints no
+    // progress without a terminal, and inotify would be a lot of machinery for one wait).
+    // Bounded by LIMIT.
     let deadline = Instant::now() + LIMIT;
     while std::fs::metadata(&part).map_or(0, |m| m.len()) < (1 << 20) {
         assert!(Instant::now() < deadline, "no partial file appeared");
         std::thread::sleep(Duration::from_millis(20));
     }
-    downloader.kill().unwrap();
-    downloader.wait().unwrap();
+    drop(downloader);
     assert_eq!(std::fs::metadata(&part).unwrap().len(), 1 << 20);
     assert!(!b.join("resumed.bin").exists());
-    // The fake leaves (for sure: wait_for_holders must not count it); a real holder appears;
+    // The fake leaves (for sure: the index answered its unregister); a real holder appears;
     // the restarted downloader resumes.
     fake.leave();
     std::fs::write(a.join("resumed.bin"), &bytes).unwrap();
-    let _real = ServingPeer::start(&a, indexd.addr);
-    wait_for_holders(indexd.addr, h, 1);
+    let mut real = ServingPeer::start(&a, indexd.addr);
+    real.wait_registered(1);
     let run = common::get(&b, indexd.addr, h);
     assert!(
         run.stderr.contains("resuming resumed.bin at 1048576"),
