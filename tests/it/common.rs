@@ -8,8 +8,9 @@ use p2pshare::wire::{
     TransferRequest, TransferResponse, PROTOCOL_VERSION,
 };
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// Longest any single read in a test may block.
@@ -29,24 +30,36 @@ impl Indexd {
 
     /// Starts `indexd` on a given address.
     pub fn start_on(listen: &str, extra: &[&str]) -> Indexd {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_indexd"))
+        let child = Command::new(env!("CARGO_BIN_EXE_indexd"))
             .args(["--listen", listen, "--log", "warn"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn indexd");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read indexd address line");
-        let addr = line
+        // Owned by the guard at once: killed if its address line never comes.
+        let mut indexd = Indexd {
+            child,
+            addr: ([0, 0, 0, 0], 0).into(),
+        };
+        // Read on a thread, so the wait for it is bounded.
+        let mut stdout = BufReader::new(indexd.child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = stdout.read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(IO_TIMEOUT)
+            .expect("indexd's address line in time");
+        indexd.addr = line
             .trim()
             .rsplit(' ')
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line from indexd: {line:?}"));
-        Indexd { child, addr }
+        indexd
     }
 }
 
@@ -143,9 +156,36 @@ impl Client {
         resp.body
     }
 
+    /// Leaves as [`leave`] says: once this returns, the server has removed the connection and
+    /// everything it held.
+    pub fn leave(mut self) {
+        leave(&mut self.stream);
+    }
+
     /// Whether the server closed the connection (EOF or reset) within the read timeout.
     pub fn is_closed_by_server(&mut self) -> bool {
         self.recv_payload().is_none()
+    }
+}
+
+/// Closes our side of `s` and waits for the server's close in answer. Our reactors close a
+/// connection at the remote's EOF and free it (its slot and per-address count, its session's
+/// entries) in the same turn of the loop that sends their FIN, before reading anything else:
+/// once this returns, every later request, on any connection, finds it gone. Dropping the
+/// socket would not tell us when: the server sees that close only once every copy of the
+/// socket is closed, and a child process another test spawns at that moment holds a copy
+/// until it execs (`shutdown` acts on the socket itself, copies or not).
+pub fn leave(s: &mut TcpStream) {
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.shutdown(Shutdown::Write).expect("half-close");
+    let mut sink = [0u8; 4096];
+    loop {
+        match s.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the server did not close after our EOF: {e}"),
+        }
     }
 }
 
@@ -187,9 +227,35 @@ impl Drop for TempDir {
     }
 }
 
-/// A `peer --serve` child process, killed when dropped.
+/// How long a serving peer may take to register its share: hashing 24 MiB on a loaded
+/// machine, or reconnecting through its backoff after the index restarted. Only reached when
+/// a test fails.
+pub const REGISTER_LIMIT: Duration = Duration::from_secs(60);
+
+/// A `peer --serve` child process, killed when dropped. Its stderr is read on a thread of its
+/// own into [`Lines`], so the test can wait for what the peer says.
 pub struct ServingPeer {
     pub child: Child,
+    /// Its file server's address, as it printed it (and as the index gives it out).
+    pub addr: SocketAddr,
+    stderr: Arc<Lines>,
+    /// Lines of `stderr` already consumed by a wait.
+    seen: usize,
+}
+
+/// What a child printed on one stream so far; the reading thread notifies `changed` after
+/// each line and at the end.
+#[derive(Default)]
+struct Lines {
+    state: Mutex<Said>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Said {
+    lines: Vec<String>,
+    /// The child closed the stream (it exited).
+    ended: bool,
 }
 
 impl ServingPeer {
@@ -197,18 +263,95 @@ impl ServingPeer {
         Self::start_with(share, index, &[])
     }
 
-    /// Starts a serving peer with extra flags.
+    /// Starts a serving peer with extra flags and waits for its `serving files on ADDR` line.
     pub fn start_with(share: &std::path::Path, index: SocketAddr, extra: &[&str]) -> ServingPeer {
-        let child = Command::new(env!("CARGO_BIN_EXE_peer"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_peer"))
             .args(peer_args(share, index))
-            .arg("--serve")
+            // The peer logs each answer to its registers at debug level: see `wait_registered`.
+            .args(["--serve", "--log", "warn,peer=debug"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn peer");
-        ServingPeer { child }
+        let stderr = Arc::new(Lines::default());
+        let theirs = stderr.clone();
+        let mut pipe = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || loop {
+            let mut line = Vec::new();
+            let open = matches!(pipe.read_until(b'\n', &mut line), Ok(n) if n > 0);
+            let mut said = theirs.state.lock().unwrap_or_else(|e| e.into_inner());
+            if open {
+                let line = String::from_utf8_lossy(&line).trim_end().to_string();
+                said.lines.push(line);
+            } else {
+                said.ended = true;
+            }
+            drop(said);
+            theirs.changed.notify_all();
+            if !open {
+                return;
+            }
+        });
+        let mut peer = ServingPeer {
+            child,
+            addr: ([0, 0, 0, 0], 0).into(),
+            stderr,
+            seen: 0,
+        };
+        let line = peer.wait_line("its address", IO_TIMEOUT, |l| {
+            l.starts_with("peer: serving files on ")
+        });
+        peer.addr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected address line from the peer: {line:?}"));
+        peer
+    }
+
+    /// Waits until the index has answered a register of this peer's with `files` files held
+    /// in all, and consumes the stderr up to that answer. The peer logs `index holds N of our
+    /// files` when the index's answer arrives, and the index answers a register only once the
+    /// files are in it: every request the test sends afterwards, on any connection, finds
+    /// them. (Its `sharing N files` note is no such event: it comes when the share is hashed,
+    /// before the register is even sent if the index session is not up yet.)
+    pub fn wait_registered(&mut self, files: usize) {
+        let want = format!("index holds {files} of our files");
+        self.wait_line(&want, REGISTER_LIMIT, |l| l.contains(&want));
+    }
+
+    /// Waits for the next line of stderr (after those consumed) that `is_it` accepts, and
+    /// consumes the stderr up to it; fails the test at EOF or after `limit`.
+    fn wait_line(&mut self, what: &str, limit: Duration, is_it: impl Fn(&str) -> bool) -> String {
+        let seen = self.seen;
+        let found = |said: &Said| {
+            let at = said.lines[seen..].iter().position(|l| is_it(l.as_str()));
+            at.map(|i| seen + i)
+        };
+        let (said, _) = self
+            .stderr
+            .changed
+            .wait_timeout_while(
+                self.stderr.state.lock().unwrap_or_else(|e| e.into_inner()),
+                limit,
+                |said| found(said).is_none() && !said.ended,
+            )
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(at) = found(&said) else {
+            let why = if said.ended {
+                "it closed stderr"
+            } else {
+                "timed out"
+            };
+            panic!(
+                "the serving peer never said {what:?} ({why}); its stderr:\n{}",
+                said.lines.join("\n")
+            );
+        };
+        self.seen = at + 1;
+        said.lines[at].clone()
     }
 
     pub fn kill(&mut self) {
@@ -220,6 +363,17 @@ impl ServingPeer {
 impl Drop for ServingPeer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Any other child process a test starts, killed (and reaped) when dropped, so a failing test
+/// leaves none behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -325,28 +479,6 @@ pub fn output_within(mut child: Child, limit: Duration) -> Result<Output, Output
         Ok(out)
     } else {
         Err(out)
-    }
-}
-
-/// Polls the index until `check` accepts a lookup of `hash` (bounded by IO_TIMEOUT).
-pub fn wait_for_holders(index: SocketAddr, hash: p2pshare::wire::FileHash, want: usize) {
-    let (mut c, _) = Client::hello(index, 0);
-    let deadline = std::time::Instant::now() + IO_TIMEOUT;
-    loop {
-        let n = match c.call(RequestBody::Lookup {
-            key: p2pshare::wire::LookupKey::Hash(hash),
-        }) {
-            ResponseBody::Holders { files } => files.first().map_or(0, |f| f.holders.len()),
-            _ => 0,
-        };
-        if n >= want {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{hash} never reached {want} holders (has {n})"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

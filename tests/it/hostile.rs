@@ -8,8 +8,7 @@
 //! security": `cargo test --release --test it -- --ignored --nocapture hostile::measure`.
 
 use crate::common::{
-    self, run_console, wait_for_holders, Client, Fake, FakeHolder, Indexd, Input, ServingPeer,
-    TempDir,
+    self, run_console, Client, Fake, FakeHolder, Indexd, Input, KillOnDrop, ServingPeer, TempDir,
 };
 use p2pshare::codec::Decoder;
 use p2pshare::wire::{
@@ -20,6 +19,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -84,10 +84,13 @@ impl Honest {
         }
     }
 
-    /// The server's counters once it holds no connection but this one. The others were
-    /// closed here, but the server sees a close only once every copy of the socket is closed,
-    /// and a child another test is spawning holds a copy until it execs: ask again until then
-    /// (there is no event to wait on), bounded by `IO_TIMEOUT`.
+    /// The server's counters once it holds no connection but this one, for connections the
+    /// server closed itself after an error frame. It shuts its side, lingers until our side
+    /// closes too, and only then frees the connection; our side closes when the socket is
+    /// dropped, and also only once every copy of it is closed (a child process another test
+    /// spawns at that moment holds one until it execs). Nothing on our side tells us when the
+    /// server is done (its FIN came before), so ask again until then, bounded by `IO_TIMEOUT`.
+    /// (Connections we close first are waited for exactly: see [`common::leave`].)
     fn stats_once_alone(&mut self) -> wire::ServerStats {
         let deadline = Instant::now() + common::IO_TIMEOUT;
         loop {
@@ -241,20 +244,27 @@ fn never_ending_frames_are_cut_off_and_memory_stays_bounded() {
                 while sent < TOTAL {
                     match s.write(buf) {
                         Ok(n) => sent += n,
-                        Err(_) => return sent,
+                        Err(e) => return Err((sent, e)),
                     }
                     buf = &chunk[..];
                 }
-                sent
+                Ok(sent)
             }));
         }
     }
     for w in writers {
-        let sent = w.join().unwrap();
-        assert!(
-            sent < TOTAL,
-            "a never-ending frame was read to its end ({sent} bytes)"
-        );
+        match w.join().unwrap() {
+            Ok(sent) => panic!("a never-ending frame was read to its end ({sent} bytes)"),
+            // A reset or a broken pipe: the server closed the connection, and a connection is
+            // freed before its socket is closed (see `common::leave`), so the counters below
+            // no longer count it.
+            Err((_, e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) => {}
+            Err((sent, e)) => panic!("a never-ending frame stalled after {sent} bytes: {e}"),
+        }
     }
     let after = vm_rss_kib(pid);
     eprintln!("never-ending frames: indexd VmRSS {before} KiB -> {after} KiB");
@@ -263,7 +273,7 @@ fn never_ending_frames_are_cut_off_and_memory_stays_bounded() {
         "memory grew from {before} KiB to {after} KiB"
     );
     assert!(honest.search() < Duration::from_secs(1));
-    honest.stats_once_alone();
+    assert_eq!(honest.stats().connections, 1);
 }
 
 #[test]
@@ -276,32 +286,63 @@ fn idle_connections_and_slowloris_writers_are_reclaimed_while_honest_peers_are_s
     const IDLE: usize = 3000;
     const SLOW: usize = 50;
     let start = Instant::now();
-    // The honest peer searches while they connect: that also keeps it under the idle timeout.
-    // The peak is sampled while they connect too: on a loaded machine opening them all takes
-    // longer than the idle timeout, and the first are reclaimed before the last arrive.
+    // The attackers connect on a thread of their own; the honest peer searches after every
+    // 100 of them (the connector waits for that round trip, which also lets the index drain its
+    // accept queue) and at least every 100 ms, so it stays under the idle timeout even while a
+    // connect stalls (on a loaded machine a full accept queue delays one by a SYN
+    // retransmission, a whole second). The peak is sampled with each search: opening them all
+    // may take longer than the idle timeout, and the first are then reclaimed before the last
+    // arrive.
+    let addr = indexd.addr;
+    let (progress_tx, progress) = std::sync::mpsc::channel();
+    let (searched, searched_rx) = std::sync::mpsc::channel::<()>();
+    let connector = std::thread::spawn(move || {
+        let idle: Vec<TcpStream> = (0..IDLE)
+            .map(|i| {
+                if i % 100 == 0 {
+                    let _ = progress_tx.send(false);
+                    let _ = searched_rx.recv();
+                }
+                TcpStream::connect(addr).unwrap()
+            })
+            .collect();
+        // Slowloris: a frame header announcing 100 bytes, then one byte now and then. Partial
+        // frames are not activity, so the idle timeout reclaims these too.
+        let slow: Vec<TcpStream> = (0..SLOW)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(&[100]).unwrap();
+                s
+            })
+            .collect();
+        let _ = progress_tx.send(true);
+        (idle, slow)
+    });
     let mut worst = Duration::ZERO;
     let mut peak = 0;
-    let mut idle: Vec<TcpStream> = (0..IDLE)
-        .map(|i| {
-            if i % 100 == 0 {
-                worst = worst.max(honest.search());
-                peak = peak.max(honest.stats().connections);
-            }
-            TcpStream::connect(indexd.addr).unwrap()
-        })
-        .collect();
-    // Slowloris: a frame header announcing 100 bytes, then one byte now and then. Partial
-    // frames are not activity, so the idle timeout reclaims these too.
-    let mut slow: Vec<TcpStream> = (0..SLOW)
-        .map(|_| {
-            let mut s = TcpStream::connect(indexd.addr).unwrap();
-            s.write_all(&[100]).unwrap();
-            s
-        })
-        .collect();
+    loop {
+        // The connector's word ends the wait at once: `false` after each 100 (it waits for
+        // this search), `true` once all are connected (or its end: the join reports a panic).
+        // Else the honest peer searches after 100 ms anyway.
+        let hundred_more = match progress.recv_timeout(Duration::from_millis(100)) {
+            Ok(false) => true,
+            Err(RecvTimeoutError::Timeout) => false,
+            Ok(true) | Err(RecvTimeoutError::Disconnected) => break,
+        };
+        worst = worst.max(honest.search());
+        peak = peak.max(honest.stats().connections);
+        if hundred_more {
+            let _ = searched.send(());
+        }
+        assert!(start.elapsed() < LIMIT, "connecting took over {LIMIT:?}");
+    }
+    let (mut idle, mut slow) = connector.join().expect("the attackers connect");
     let opened = start.elapsed();
     // While they are all there (and the slow ones keep dribbling), the honest peer is answered
-    // promptly; it searches every 100 ms.
+    // promptly; it searches every 100 ms. The 100 ms is the pace of the attack and of the
+    // honest peer; the loop ends when the stats show every attacker reclaimed, which is
+    // polled: the index has no way to tell a client that it reclaimed other connections (each
+    // attacker's own EOF is checked below). Bounded by 20 s.
     let mut slow_cut;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -381,8 +422,10 @@ fn at_max_connections_new_ones_are_refused_with_busy_and_the_loop_keeps_serving(
     assert!(worst < Duration::from_millis(500));
     assert_eq!(honest.stats().connections, 20);
     // Room again once someone leaves.
-    drop(holders);
-    honest.stats_once_alone();
+    for h in holders {
+        h.leave();
+    }
+    assert_eq!(honest.stats().connections, 1);
     let (mut c, _) = Client::hello(indexd.addr, 1);
     assert_eq!(c.call(RequestBody::Ping), ResponseBody::Pong);
 }
@@ -551,12 +594,8 @@ fn absurd_but_well_formed_requests_are_answered_and_harm_no_one() {
     // Everyone's entries are still there; the bulk peer's go when it leaves.
     let stats = honest.stats();
     assert_eq!(stats.files, 1 + u64::from(n) + 1, "{stats:?}");
-    drop(bulk);
-    let deadline = Instant::now() + common::IO_TIMEOUT;
-    while honest.stats().files != 1 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    bulk.leave();
+    assert_eq!(honest.stats().files, 1);
     assert!(honest.search() < Duration::from_secs(1));
 }
 
@@ -629,8 +668,8 @@ fn a_holder_refuses_unknown_hashes_bad_offsets_and_garbage_and_still_serves() {
     let bytes = common::pseudo_random(100_000, 3);
     let h = FileHash::of(&bytes);
     std::fs::write(a.join("served.bin"), &bytes).unwrap();
-    let _holder = ServingPeer::start(&a, indexd.addr);
-    wait_for_holders(indexd.addr, h, 1);
+    let mut holder = ServingPeer::start(&a, indexd.addr);
+    holder.wait_registered(1);
     let addr = holder_of(indexd.addr, h);
 
     let refused = |resp: TransferResponse, want: ErrorCode| match resp {
@@ -720,9 +759,11 @@ fn a_holder_at_its_upload_limits_answers_busy_and_serves_again_when_one_leaves()
     ] {
         let d = tmp.sub(dir);
         std::fs::write(d.join("served.bin"), &bytes).unwrap();
-        let _holder = ServingPeer::start_with(&d, indexd.addr, &flags);
-        wait_for_holders(indexd.addr, h, 1);
-        let addr = holder_of(indexd.addr, h);
+        let mut holder = ServingPeer::start_with(&d, indexd.addr, &flags);
+        holder.wait_registered(1);
+        // Its own address, not the index's first holder: the previous holder may still be
+        // listed (the index learns of its death from its socket's close, when it may).
+        let addr = holder.addr;
         let mut idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
         match refused_by(addr) {
             TransferResponse::Error {
@@ -731,35 +772,15 @@ fn a_holder_at_its_upload_limits_answers_busy_and_serves_again_when_one_leaves()
             } => assert!(message.contains(says), "{message}"),
             other => panic!("{other:?}"),
         }
-        // One slot freed: an honest download gets the whole file.
-        drop(idle.pop());
-        let deadline = Instant::now() + common::IO_TIMEOUT;
-        loop {
-            let (resp, rest) = get(addr, PROTOCOL_VERSION, h, 0);
-            if matches!(resp, TransferResponse::Sending { .. }) {
-                assert!(rest == bytes);
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the slot never came back: {resp:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        drop(idle);
-        drop(_holder);
-        // Gone from the index before the next holder shares the same file.
-        let (mut c, _) = Client::hello(indexd.addr, 0);
-        let deadline = Instant::now() + common::IO_TIMEOUT;
-        while matches!(
-            c.call(RequestBody::Lookup {
-                key: LookupKey::Hash(h)
-            }),
-            ResponseBody::Holders { .. }
-        ) {
-            assert!(Instant::now() < deadline, "the first holder never left");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // One slot freed (the holder has closed it once we see its close): an honest
+        // download gets the whole file.
+        common::leave(&mut idle.pop().unwrap());
+        let (resp, rest) = get(addr, PROTOCOL_VERSION, h, 0);
+        assert!(
+            matches!(resp, TransferResponse::Sending { .. }),
+            "the slot did not come back: {resp:?}"
+        );
+        assert!(rest == bytes);
     }
 }
 
@@ -776,8 +797,8 @@ fn malicious_holders_are_dropped_for_the_next_one() {
         size: bytes.len() as u64,
         name: "real.bin".into(),
     };
-    let _real = ServingPeer::start(&a, indexd.addr);
-    wait_for_holders(indexd.addr, h, 1);
+    let mut real = ServingPeer::start(&a, indexd.addr);
+    real.wait_registered(1);
     for how in [
         Fake::WrongSize,
         Fake::WrongOffset,
@@ -785,8 +806,8 @@ fn malicious_holders_are_dropped_for_the_next_one() {
         Fake::Refuses,
         Fake::NotAResponse,
     ] {
+        // Registered once `start` returns (the index answered its register).
         let fake = FakeHolder::start(indexd.addr, entry.clone(), bytes.clone(), how);
-        wait_for_holders(indexd.addr, h, 2);
         let n = common::holder_number(indexd.addr, h, fake.addr);
         let b = tmp.sub(&format!("{how:?}"));
         let t = Instant::now();
@@ -839,36 +860,41 @@ fn a_downloader_killed_mid_transfer_resumes_from_its_partial_file() {
     };
     // The only holder at first sends half, then stalls: the transfer is reliably "mid".
     let fake = FakeHolder::start(indexd.addr, entry, bytes.clone(), Fake::Hangs);
-    let mut downloader = Command::new(env!("CARGO_BIN_EXE_peer"))
-        .args(common::peer_args(&b, indexd.addr))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut downloader = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_peer"))
+            .args(common::peer_args(&b, indexd.addr))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Stdin stays open: the peer waits on the stalled holder until it is killed.
     downloader
+        .0
         .stdin
         .as_mut()
         .unwrap()
         .write_all(format!("get {h}\n").as_bytes())
         .unwrap();
     let part = part_path(&b, h);
+    // Polled: nothing announces that the file reached a size (the downloader prints no
+    // progress without a terminal, and inotify would be a lot of machinery for one wait).
+    // Bounded by LIMIT.
     let deadline = Instant::now() + LIMIT;
     while std::fs::metadata(&part).map_or(0, |m| m.len()) < (1 << 20) {
         assert!(Instant::now() < deadline, "no partial file appeared");
         std::thread::sleep(Duration::from_millis(20));
     }
-    downloader.kill().unwrap();
-    downloader.wait().unwrap();
+    drop(downloader);
     assert_eq!(std::fs::metadata(&part).unwrap().len(), 1 << 20);
     assert!(!b.join("resumed.bin").exists());
-    // The fake leaves (for sure: wait_for_holders must not count it); a real holder appears;
+    // The fake leaves (for sure: the index answered its unregister); a real holder appears;
     // the restarted downloader resumes.
     fake.leave();
     std::fs::write(a.join("resumed.bin"), &bytes).unwrap();
-    let _real = ServingPeer::start(&a, indexd.addr);
-    wait_for_holders(indexd.addr, h, 1);
+    let mut real = ServingPeer::start(&a, indexd.addr);
+    real.wait_registered(1);
     let run = common::get(&b, indexd.addr, h);
     assert!(
         run.stderr.contains("resuming resumed.bin at 1048576"),
@@ -887,8 +913,8 @@ fn a_full_disk_fails_the_download_clearly_and_keeps_the_partial_for_resume() {
     let bytes = common::pseudo_random(3 << 20, 13);
     let h = FileHash::of(&bytes);
     std::fs::write(a.join("big.bin"), &bytes).unwrap();
-    let _holder = ServingPeer::start(&a, indexd.addr);
-    wait_for_holders(indexd.addr, h, 1);
+    let mut holder = ServingPeer::start(&a, indexd.addr);
+    holder.wait_registered(1);
     // The downloader may write files of at most 1 MiB: its write fails with EFBIG (it ignores
     // SIGXFSZ, which would otherwise kill it) as on a full disk.
     let limit = 1u64 << 20;
@@ -950,46 +976,41 @@ fn indexd_killed_under_100_peers_gets_everything_back_after_restart() {
     let listen = format!("127.0.0.1:{port}");
     let mut indexd = Indexd::start_on(&listen, &[]);
     let tmp = TempDir::new("restart100");
-    let peers: Vec<ServingPeer> = (0..PEERS)
+    let mut peers: Vec<ServingPeer> = (0..PEERS)
         .map(|i| {
             let dir = tmp.sub(&format!("p{i}"));
             std::fs::write(dir.join(format!("fault {i:03}.txt")), format!("peer {i}")).unwrap();
             ServingPeer::start(&dir, indexd.addr)
         })
         .collect();
-    let all_seen = |index: SocketAddr, limit: Duration| -> Duration {
+    // Every peer says when the index answered its register; once all have, one look at the
+    // index must find every file.
+    let all_seen = |peers: &mut [ServingPeer], index: SocketAddr| -> Duration {
         let t = Instant::now();
-        let (mut c, _) = Client::hello(index, 0);
-        loop {
-            let stats = match c.call(RequestBody::Stats) {
-                ResponseBody::Stats(s) => s,
-                other => panic!("{other:?}"),
-            };
-            if stats.files == PEERS as u64 {
-                match c.call(RequestBody::Search {
-                    query: "fault".into(),
-                    limit: 0,
-                }) {
-                    ResponseBody::SearchResults { hits, .. } if hits.len() == PEERS => {
-                        return t.elapsed()
-                    }
-                    _ => {}
-                }
-            }
-            assert!(
-                t.elapsed() < limit,
-                "only {} of {PEERS} files: {stats:?}",
-                stats.files
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        for p in peers.iter_mut() {
+            p.wait_registered(1);
         }
+        let took = t.elapsed();
+        let (mut c, _) = Client::hello(index, 0);
+        match c.call(RequestBody::Stats) {
+            ResponseBody::Stats(s) => assert_eq!(s.files, PEERS as u64, "{s:?}"),
+            other => panic!("{other:?}"),
+        }
+        match c.call(RequestBody::Search {
+            query: "fault".into(),
+            limit: 0,
+        }) {
+            ResponseBody::SearchResults { hits, .. } => assert_eq!(hits.len(), PEERS),
+            other => panic!("{other:?}"),
+        }
+        took
     };
-    let first = all_seen(indexd.addr, LIMIT);
+    let first = all_seen(&mut peers, indexd.addr);
     indexd.child.kill().unwrap();
     indexd.child.wait().unwrap();
     let t = Instant::now();
     let indexd = Indexd::start_on(&listen, &[]);
-    let again = all_seen(indexd.addr, LIMIT);
+    let again = all_seen(&mut peers, indexd.addr);
     let total = t.elapsed();
     eprintln!(
         "{PEERS} peers: all registered {first:?} after start; after SIGKILL and restart, \

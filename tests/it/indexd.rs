@@ -1,8 +1,8 @@
 //! Integration tests against the real `indexd` binary over loopback sockets.
 
-use crate::common::{self, frame, Client, Indexd};
+use crate::common::{self, frame, Client, Indexd, KillOnDrop};
 use p2pshare::wire::{
-    self, ErrorCode, FileEntry, FileHash, LookupKey, Request, RequestBody, ResponseBody,
+    self, ErrorCode, FileEntry, FileHash, LookupKey, Request, RequestBody, Response, ResponseBody,
 };
 use std::net::SocketAddr;
 
@@ -193,15 +193,21 @@ fn entries_vanish_when_a_peer_disconnects_for_any_reason() {
     register(&mut p3, vec![f3.clone()]);
     assert_eq!(search(&mut watcher, "by").len(), 3);
 
+    // FIN, as when a process is killed: the server closes in answer, and has withdrawn the
+    // entries before (see `common::leave`).
+    p2.leave();
+    assert!(search(&mut watcher, "eof").is_empty());
     assert_eq!(p1.call(RequestBody::Bye), ResponseBody::Bye);
     drop(p1);
-    drop(p2); // FIN, as when a process is killed
-              // RST: linger 0 then close.
+    // RST: linger 0 then close.
     let sock = socket_with_zero_linger(p3.stream.try_clone().unwrap());
     drop(p3);
     drop(sock);
 
-    // The index catches up within a few round trips; poll with a deadline, never sleep-sync.
+    // Polled: after a bye the server shuts its side and lingers until ours closes, and a reset
+    // leaves us no socket at all, so nothing on our side says when the server has let go of
+    // either (and it sees our close only once every copy of the socket is closed: see
+    // `common::leave`). Bounded by IO_TIMEOUT.
     let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
     loop {
         let left = search(&mut watcher, "by");
@@ -245,7 +251,9 @@ fn entries_vanish_when_a_client_process_is_killed() {
     let indexd = Indexd::start(&[]);
     let (mut watcher, _) = Client::hello(indexd.addr, 1);
     // A real separate process holding a registered session: python3 speaking the protocol
-    // from bytes we prepare here (hello + register), then sleeping until killed.
+    // from bytes we prepare here (hello + register + ping), then sleeping until killed. The
+    // index answers a connection's requests in order: once the pong is back, the register is
+    // in, and the script says so.
     let mut hello = Vec::new();
     wire::encode_frame(
         &Request {
@@ -267,33 +275,58 @@ fn entries_vanish_when_a_client_process_is_killed() {
         },
         &mut hello,
     );
-    let hex: String = hello.iter().map(|b| format!("{b:02x}")).collect();
-    let script = format!(
-        "import socket,sys,time\ns=socket.create_connection(('127.0.0.1',{}))\ns.sendall(bytes.fromhex('{}'))\nprint('sent',flush=True)\ntime.sleep(60)\n",
-        indexd.addr.port(),
-        hex
+    wire::encode_frame(
+        &Request {
+            id: 3,
+            body: RequestBody::Ping,
+        },
+        &mut hello,
     );
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
+    let mut pong = Vec::new();
+    wire::encode_frame(
+        &Response {
+            id: 3,
+            body: ResponseBody::Pong,
+        },
+        &mut pong,
+    );
+    let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+    let script = format!(
+        "import socket,sys,time\n\
+         s=socket.create_connection(('127.0.0.1',{}))\n\
+         s.sendall(bytes.fromhex('{}'))\n\
+         pong=bytes.fromhex('{}')\n\
+         got=b''\n\
+         while not got.endswith(pong):\n\
+         \x20   d=s.recv(65536)\n\
+         \x20   if not d: sys.exit('closed before the pong')\n\
+         \x20   got+=d\n\
+         print('registered',flush=True)\n\
+         time.sleep(60)\n",
+        indexd.addr.port(),
+        hex(&hello),
+        hex(&pong)
+    );
+    let mut child = KillOnDrop(
+        std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut std::io::BufReader::new(child.0.stdout.take().unwrap()),
         &mut line,
     )
     .unwrap();
+    assert_eq!(line, "registered\n");
+    assert!(!search(&mut watcher, "killed").is_empty());
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    // Polled: the kernel closes the killed process's socket and the index learns of it from
+    // the FIN; nothing tells a third party when it has. Bounded by IO_TIMEOUT.
     let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
-    while search(&mut watcher, "killed").is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "registration never arrived"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
     while !search(&mut watcher, "killed").is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
@@ -435,24 +468,11 @@ fn connection_limit_answers_busy_and_keeps_serving() {
     let indexd = Indexd::start(&["--max-connections", "3"]);
     let (mut held, _) = hold_then_refused(indexd.addr, 3);
     assert_eq!(held[0].call(RequestBody::Ping), ResponseBody::Pong);
-    // Free a slot: a new client gets in.
-    let mut gone = held.pop().unwrap();
-    assert_eq!(gone.call(RequestBody::Bye), ResponseBody::Bye);
-    assert!(gone.is_closed_by_server());
-    let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
-    loop {
-        let mut c = Client::connect(indexd.addr);
-        let id = c.send(RequestBody::Hello {
-            version: wire::PROTOCOL_VERSION,
-            listen_port: 9,
-            agent: String::new(),
-        });
-        match c.recv() {
-            Some(r) if r.id == id => break,
-            _ => assert!(std::time::Instant::now() < deadline, "slot never freed"),
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    // Free a slot (closing first: the server frees it before its close reaches us, see
+    // `common::leave`): a new client gets in.
+    held.pop().unwrap().leave();
+    let (mut c, _) = Client::hello(indexd.addr, 9);
+    assert_eq!(c.call(RequestBody::Ping), ResponseBody::Pong);
 }
 
 #[test]

@@ -1,8 +1,7 @@
 //! End-to-end tests: the real `indexd` and several real `peer` processes on loopback.
 
 use crate::common::{
-    self, run_console, run_console_at, wait_for_holders, Fake, FakeHolder, Indexd, Input,
-    ServingPeer, TempDir,
+    self, run_console, run_console_at, Fake, FakeHolder, Indexd, Input, ServingPeer, TempDir,
 };
 use p2pshare::wire::{FileEntry, FileHash};
 use std::net::TcpListener;
@@ -33,10 +32,8 @@ fn downloads_every_size_and_awkward_name_by_name_and_by_hash() {
         ("cr\r\r\nlf.txt".into(), b"terminator in the name".to_vec()),
     ];
     let hashes: Vec<FileHash> = files.iter().map(|(n, c)| write(&a, n, c)).collect();
-    let _holder = ServingPeer::start(&a, indexd.addr);
-    for h in &hashes {
-        wait_for_holders(indexd.addr, *h, 1);
-    }
+    let mut holder = ServingPeer::start(&a, indexd.addr);
+    holder.wait_registered(hashes.len());
     // By name for most, by hash for the one whose name cannot be typed on a line, and by a
     // hash prefix for one more.
     let mut script = String::new();
@@ -78,8 +75,8 @@ fn search_lookup_and_console_output_from_a_pipe_and_a_file() {
     let a = tmp.sub("a");
     let b = tmp.sub("b");
     let h = write(&a, "Zebra_Crossing-Live 1999.flac", b"music");
-    let _holder = ServingPeer::start(&a, indexd.addr);
-    wait_for_holders(indexd.addr, h, 1);
+    let mut holder = ServingPeer::start(&a, indexd.addr);
+    holder.wait_registered(1);
     let script = "help\nsearch zeb cross\nlookup Zebra_Crossing-Live 1999.flac\nbogus command\nstatus\nquit\nsearch never runs\n";
     let run = run_console(&b, indexd.addr, &[], Input::Pipe(script), LIMIT);
     assert!(run.success, "{run:?}");
@@ -128,8 +125,8 @@ fn concurrent_downloads_from_one_holder() {
     let a = tmp.sub("a");
     let bytes = common::pseudo_random(16 << 20, 9);
     let h = write(&a, "shared.bin", &bytes);
-    let _holder = ServingPeer::start(&a, indexd.addr);
-    wait_for_holders(indexd.addr, h, 1);
+    let mut holder = ServingPeer::start(&a, indexd.addr);
+    holder.wait_registered(1);
     let runs: Vec<_> = (0..4)
         .map(|i| {
             let dir = tmp.sub(&format!("d{i}"));
@@ -160,8 +157,8 @@ fn fallback_case(how: Fake, tag: &str, limit: Duration) {
         name: "real.bin".into(),
     };
     let fake = FakeHolder::start(indexd.addr, entry, bytes.clone(), how);
-    let _real = ServingPeer::start(&a, indexd.addr);
-    wait_for_holders(indexd.addr, h, 2);
+    let mut real = ServingPeer::start(&a, indexd.addr);
+    real.wait_registered(1);
     let n = common::holder_number(indexd.addr, h, fake.addr);
     let run = run_console(
         &b,
@@ -268,8 +265,8 @@ fn resume_from_a_partial_file() {
     let h = write(&a, "resume.bin", &bytes);
     // Half of it already downloaded by an earlier, interrupted run.
     std::fs::write(b.join(format!(".{h}.p2pshare-part")), &bytes[..1 << 20]).unwrap();
-    let _holder = ServingPeer::start(&a, indexd.addr);
-    wait_for_holders(indexd.addr, h, 1);
+    let mut holder = ServingPeer::start(&a, indexd.addr);
+    holder.wait_registered(1);
     let run = common::get(&b, indexd.addr, h);
     assert!(
         run.stderr.contains("resuming resume.bin at 1048576"),
@@ -286,8 +283,8 @@ fn a_file_modified_after_registering_is_not_served_as_the_old_one() {
     let b = tmp.sub("b");
     let old = common::pseudo_random(50_000, 21);
     let h = write(&a, "doc.txt", &old);
-    let _holder = ServingPeer::start(&a, indexd.addr);
-    wait_for_holders(indexd.addr, h, 1);
+    let mut holder = ServingPeer::start(&a, indexd.addr);
+    holder.wait_registered(1);
     // Change it on disk behind the peer's back.
     let new = common::pseudo_random(50_001, 22);
     std::fs::write(a.join("doc.txt"), &new).unwrap();
@@ -295,9 +292,9 @@ fn a_file_modified_after_registering_is_not_served_as_the_old_one() {
     assert!(!run.stdout.contains("saved "), "{run:?}");
     assert!(run.stderr.contains("changed"), "{run:?}");
     assert!(!b.join("doc.txt").exists());
-    // The holder re-hashed it and now offers the new bytes under the new hash.
-    let new_hash = FileHash::of(&new);
-    wait_for_holders(indexd.addr, new_hash, 1);
+    // The holder re-hashed it and now offers the new bytes under the new hash: its next
+    // register answer (the old hash withdrawn before it) has the index holding one file again.
+    holder.wait_registered(1);
     let run = run_console(&b, indexd.addr, &[], Input::Pipe("get doc.txt\n"), LIMIT);
     assert!(run.stdout.contains("saved "), "{run:?}");
     assert!(std::fs::read(b.join("doc.txt")).unwrap() == new);
@@ -315,14 +312,14 @@ fn peers_re_register_after_indexd_restarts() {
     let mut indexd = Indexd::start_on(&listen, &[]);
     let tmp = TempDir::new("restart");
     let a = tmp.sub("a");
-    let h = write(&a, "survivor.txt", b"still here");
-    let _holder = ServingPeer::start(&a, indexd.addr);
-    wait_for_holders(indexd.addr, h, 1);
+    write(&a, "survivor.txt", b"still here");
+    let mut holder = ServingPeer::start(&a, indexd.addr);
+    holder.wait_registered(1);
     indexd.child.kill().unwrap();
     indexd.child.wait().unwrap();
     let indexd = Indexd::start_on(&listen, &[]);
     // The peer notices, backs off, reconnects and registers again by itself.
-    wait_for_holders(indexd.addr, h, 1);
+    holder.wait_registered(1);
     let run = run_console(
         &tmp.sub("b"),
         indexd.addr,

@@ -9,10 +9,11 @@
 //! requested before the connect completes), `sendfile` ranges streamed as raw bytes with
 //! keep-alive framing after them; a half-closing client that still gets every echo.
 //!
-//! Every test is bounded in time: sockets have read/write timeouts, waits are polling loops with
-//! a deadline ([`wait_until`]), and every reactor is stopped (waker + flag) and joined, also
-//! when a test fails ([`Running`]'s `Drop`). Random inputs come from a small seeded generator;
-//! the seed is printed and can be fixed with `REACTOR_TEST_SEED` to replay a failure.
+//! Every test is bounded in time: sockets have read/write timeouts, what a handler records is
+//! waited for on a condition variable it notifies, with a deadline ([`Watched::wait_for`]), and
+//! every reactor is stopped (waker + flag) and joined, also when a test fails ([`Running`]'s
+//! `Drop`). Random inputs come from a small seeded generator; the seed is printed and can be
+//! fixed with `REACTOR_TEST_SEED` to replay a failure.
 
 use mio::Waker;
 use p2pshare::codec::{self, Decoder, FrameError};
@@ -23,11 +24,11 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-/// How long any single blocking socket call or polling wait may take before the test fails.
+/// How long any single blocking socket call or wait may take before the test fails.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn localhost() -> SocketAddr {
@@ -230,12 +231,100 @@ impl<H: Handler> Handler for Stoppable<H> {
     }
 }
 
-/// Polls `cond` until it holds; fails the test after [`IO_TIMEOUT`].
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(2));
+/// State a handler records on the reactor thread and the test thread waits on: a mutex, and
+/// a condition variable notified after every change ([`Watched::record`]), so a wait wakes on
+/// the change itself rather than polling, and gives up at a deadline.
+struct Watched<T>(Arc<WatchedInner<T>>);
+
+#[derive(Default)]
+struct WatchedInner<T> {
+    state: Mutex<T>,
+    changed: Condvar,
+}
+
+impl<T> Clone for Watched<T> {
+    fn clone(&self) -> Self {
+        Watched(self.0.clone())
+    }
+}
+
+impl<T: Default> Default for Watched<T> {
+    fn default() -> Self {
+        Watched(Arc::default())
+    }
+}
+
+impl<T> Watched<T> {
+    /// The state, to read (a handler's panic does not hide what it had recorded).
+    fn get(&self) -> MutexGuard<'_, T> {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state, to change; waiters are woken once the guard is dropped.
+    fn record(&self) -> Recording<'_, T> {
+        Recording {
+            guard: Some(self.get()),
+            changed: &self.0.changed,
+        }
+    }
+
+    /// Waits (without polling) until `cond` holds, at most `limit`; returns the state and
+    /// whether `cond` held in time.
+    fn wait_within(
+        &self,
+        limit: Duration,
+        mut cond: impl FnMut(&T) -> bool,
+    ) -> (MutexGuard<'_, T>, bool) {
+        let (guard, waited) = self
+            .0
+            .changed
+            .wait_timeout_while(self.get(), limit, |t| !cond(t))
+            .unwrap_or_else(|e| e.into_inner());
+        (guard, !waited.timed_out())
+    }
+
+    /// Whether `cond` holds within `limit` (waking as soon as it does).
+    fn holds_within(&self, limit: Duration, cond: impl FnMut(&T) -> bool) -> bool {
+        self.wait_within(limit, cond).1
+    }
+
+    /// The state once `cond` holds (`what`, for the failure); fails the test after
+    /// [`IO_TIMEOUT`].
+    fn once(&self, what: &str, cond: impl FnMut(&T) -> bool) -> MutexGuard<'_, T> {
+        let (guard, held) = self.wait_within(IO_TIMEOUT, cond);
+        assert!(held, "timed out waiting for {what}");
+        guard
+    }
+
+    /// Waits until `cond` holds; fails the test after [`IO_TIMEOUT`].
+    fn wait_for(&self, what: &str, cond: impl FnMut(&T) -> bool) {
+        drop(self.once(what, cond));
+    }
+}
+
+/// A change to a [`Watched`] state in progress: unlocks, then wakes the waiters, when dropped.
+struct Recording<'a, T> {
+    guard: Option<MutexGuard<'a, T>>,
+    changed: &'a Condvar,
+}
+
+impl<T> std::ops::Deref for Recording<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.guard.as_ref().expect("held until drop")
+    }
+}
+
+impl<T> std::ops::DerefMut for Recording<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.guard.as_mut().expect("held until drop")
+    }
+}
+
+impl<T> Drop for Recording<'_, T> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.changed.notify_all();
     }
 }
 
@@ -270,19 +359,17 @@ impl Log {
     }
 }
 
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Log>>);
+/// The echo server's log, shared with the test thread.
+type Shared = Watched<Log>;
 
 impl Shared {
-    fn get(&self) -> MutexGuard<'_, Log> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
+    /// How the server closed `addr`'s connection, once it has.
     fn wait_closed(&self, addr: SocketAddr) -> CloseReason {
-        wait_until(&format!("the server to close {addr}"), || {
-            !self.get().closes_of(addr).is_empty()
-        });
-        let closes = self.get().closes_of(addr);
+        let closes = self
+            .once(&format!("the server to close {addr}"), |log| {
+                !log.closes_of(addr).is_empty()
+            })
+            .closes_of(addr);
         assert_eq!(closes.len(), 1, "{addr} closed more than once: {closes:?}");
         closes[0].clone()
     }
@@ -316,7 +403,7 @@ impl Handler for Echo {
         conn: ConnId,
         remote: SocketAddr,
     ) -> SocketAddr {
-        let mut log = self.log.get();
+        let mut log = self.log.record();
         log.accepts += 1;
         if let Some(old) = log.open.insert(conn, remote) {
             log.errors.push(format!(
@@ -335,7 +422,7 @@ impl Handler for Echo {
     ) -> Verdict {
         ctx.send(conn, |buf| codec::encode(payload, buf));
         let queued = ctx.queued_bytes(conn);
-        let mut log = self.log.get();
+        let mut log = self.log.record();
         log.max_queued = log.max_queued.max(queued);
         match log.open.get(&conn).copied() {
             Some(open) if open == *remote => *log.frames.entry(open).or_default() += 1,
@@ -371,7 +458,7 @@ impl Handler for Echo {
         state: SocketAddr,
         reason: &CloseReason,
     ) {
-        let mut log = self.log.get();
+        let mut log = self.log.record();
         match log.open.remove(&conn) {
             Some(remote) => {
                 if remote != state {
@@ -610,11 +697,10 @@ fn many_clients_fragmented_frames_echo_in_order() {
             });
         }
     });
-    wait_until("every client's close", || {
-        log.get().closes.len() == CLIENTS as usize
-    });
     {
-        let log = log.get();
+        let log = log.once("every client's close", |log| {
+            log.closes.len() == CLIENTS as usize
+        });
         assert_eq!(log.accepts, CLIENTS as usize);
         assert!(log.closes.iter().all(|(_, r)| *r == CloseReason::Eof));
         assert!(log.frames.values().all(|&n| n == FRAMES));
@@ -658,8 +744,8 @@ fn a_client_that_does_not_read_is_parked_and_bounded() {
         written_flag.store(true, Ordering::SeqCst);
     });
 
-    wait_until("the lazy client's output to pass high water", || {
-        log.get().max_queued > HIGH
+    log.wait_for("the lazy client's output to pass high water", |log| {
+        log.max_queued > HIGH
     });
     // Meanwhile another client is served.
     let mut busy = Client::connect(addr);
@@ -738,12 +824,11 @@ fn idle_and_slowloris_clients_time_out_active_ones_do_not() {
     let slow_frame = frame(&[b's'; 200]);
     let mut sent = 0;
     let deadline = started + Duration::from_secs(5);
-    while log.get().closes_of(slow_addr).is_empty() {
+    loop {
         assert!(
             Instant::now() < deadline,
             "slowloris client never timed out"
         );
-        // One byte per 100 ms is the pacing of the attack, not synchronisation.
         if slow
             .stream()
             .write_all(&slow_frame[sent..sent + 1])
@@ -753,7 +838,13 @@ fn idle_and_slowloris_clients_time_out_active_ones_do_not() {
         }
         sent += 1;
         active.round_trip(b"busy");
-        thread::sleep(Duration::from_millis(100));
+        // The next byte in 100 ms (the pace of the attack), unless the server records the
+        // close first: that wakes this wait at once.
+        if log.holds_within(Duration::from_millis(100), |log| {
+            !log.closes_of(slow_addr).is_empty()
+        }) {
+            break;
+        }
     }
     assert!(sent >= 3, "slowloris closed after only {sent} bytes");
     assert_eq!(log.wait_closed(slow_addr), CloseReason::IdleTimeout);
@@ -1017,7 +1108,7 @@ struct Transfer {
     wanted: Vec<(u64, u64)>,
     next: usize,
     state: Download,
-    out: Arc<Mutex<TransferLog>>,
+    out: Watched<TransferLog>,
 }
 
 enum Download {
@@ -1050,7 +1141,7 @@ impl Transfer {
     }
 
     fn error(&self, msg: String) -> Verdict {
-        self.out.lock().unwrap().errors.push(msg.clone());
+        self.out.record().errors.push(msg.clone());
         Verdict::Close(CloseReason::Protocol(msg))
     }
 
@@ -1076,7 +1167,7 @@ impl Handler for Transfer {
 
     fn handle_connected(&mut self, _ctx: &mut Ctx<()>, conn: ConnId, _: &mut ()) -> Verdict {
         if Some(conn) == self.downloader {
-            self.out.lock().unwrap().connected = true;
+            self.out.record().connected = true;
             Verdict::Continue
         } else {
             self.error(format!("unexpected connect of {conn:?}"))
@@ -1110,7 +1201,7 @@ impl Handler for Transfer {
                 Verdict::Continue
             }
             Download::AwaitingEnd { got } if payload == b"END" => {
-                self.out.lock().unwrap().received.push(got);
+                self.out.record().received.push(got);
                 self.request_next(ctx);
                 Verdict::Continue
             }
@@ -1140,7 +1231,7 @@ impl Handler for Transfer {
     }
 
     fn handle_close(&mut self, _ctx: &mut Ctx<()>, conn: ConnId, _: (), reason: &CloseReason) {
-        let mut out = self.out.lock().unwrap();
+        let mut out = self.out.record();
         if Some(conn) == self.probe {
             self.probe = None;
             out.probe_closed = Some(reason.clone());
@@ -1175,7 +1266,7 @@ fn connect_sendfile_raw_stream_and_keep_alive() {
         l.local_addr().unwrap()
     };
 
-    let out = Arc::new(Mutex::new(TransferLog::default()));
+    let out = Watched::<TransferLog>::default();
     let handler_out = out.clone();
     let path = file.0.clone();
     let ranges = wanted.clone();
@@ -1185,7 +1276,7 @@ fn connect_sendfile_raw_stream_and_keep_alive() {
         let probe = match ctx.connect(closed_port, ()) {
             Ok(conn) => Some(conn),
             Err(e) => {
-                handler_out.lock().unwrap().errors.push(format!(
+                handler_out.record().errors.push(format!(
                     "connect to a closed port failed synchronously ({e}) instead of through \
                      handle_close"
                 ));
@@ -1206,15 +1297,14 @@ fn connect_sendfile_raw_stream_and_keep_alive() {
         (handler, ())
     });
 
-    wait_until("every range, or an error", || {
-        let out = out.lock().unwrap();
+    out.wait_for("every range, or an error", |out| {
         out.received.len() == wanted.len() || !out.errors.is_empty()
     });
-    wait_until("the closed-port probe to fail", || {
-        out.lock().unwrap().probe_closed.is_some()
+    out.wait_for("the closed-port probe to fail", |out| {
+        out.probe_closed.is_some()
     });
     reactor.stop();
-    let out = out.lock().unwrap();
+    let out = out.get();
     assert!(out.errors.is_empty(), "{:?}", out.errors);
     assert!(out.connected);
     for (&(offset, len), got) in wanted.iter().zip(&out.received) {
@@ -1234,7 +1324,7 @@ fn connect_sendfile_raw_stream_and_keep_alive() {
 /// Connects, queues one frame and asks for a close after flushing it, all before the connection
 /// is up; records how the connection ended.
 struct FireAndForget {
-    closed: Arc<Mutex<Option<CloseReason>>>,
+    closed: Watched<Option<CloseReason>>,
 }
 
 impl Handler for FireAndForget {
@@ -1253,14 +1343,14 @@ impl Handler for FireAndForget {
     }
 
     fn handle_close(&mut self, _ctx: &mut Ctx<()>, _conn: ConnId, _: (), reason: &CloseReason) {
-        *self.closed.lock().unwrap() = Some(reason.clone());
+        *self.closed.record() = Some(reason.clone());
     }
 }
 
 #[test]
 fn a_frame_queued_while_connecting_is_flushed_before_close() {
     let (server, addr, log) = echo_server(Config::default());
-    let closed = Arc::new(Mutex::new(None));
+    let closed = Watched::<Option<CloseReason>>::default();
     let handler_closed = closed.clone();
     let (client, ()) = Running::spawn(Config::default(), move |ctx| {
         let conn = ctx.connect(addr, ()).expect("connect");
@@ -1271,14 +1361,12 @@ fn a_frame_queued_while_connecting_is_flushed_before_close() {
         };
         (handler, ())
     });
-    wait_until("the one-shot connection to close", || {
-        closed.lock().unwrap().is_some()
-    });
-    wait_until("the server to see the connection end", || {
-        log.get().closes.len() == 1
+    closed.wait_for("the one-shot connection to close", |c| c.is_some());
+    log.wait_for("the server to see the connection end", |log| {
+        log.closes.len() == 1
     });
     client.stop();
-    assert_eq!(*closed.lock().unwrap(), Some(CloseReason::Local));
+    assert_eq!(*closed.get(), Some(CloseReason::Local));
     assert_eq!(
         log.get().frames.values().sum::<usize>(),
         1,
@@ -1316,8 +1404,8 @@ fn a_half_closed_client_still_gets_every_pipelined_echo() {
         }
         writer.shutdown(Shutdown::Write).expect("half-close");
     });
-    wait_until("the server to park the half-closing client", || {
-        log.get().max_queued > HIGH
+    log.wait_for("the server to park the half-closing client", |log| {
+        log.max_queued > HIGH
     });
     let mut reader = client.reader;
     for n in 0..FRAMES {
