@@ -322,6 +322,12 @@ impl ServingPeer {
         self.wait_line(&want, REGISTER_LIMIT, |l| l.contains(&want));
     }
 
+    /// Whether any line of stderr so far contains `what` (consumed or not).
+    pub fn has_said(&self, what: &str) -> bool {
+        let said = self.stderr.state.lock().unwrap_or_else(|e| e.into_inner());
+        said.lines.iter().any(|l| l.contains(what))
+    }
+
     /// Waits for the next line of stderr (after those consumed) that `is_it` accepts, and
     /// consumes the stderr up to it; fails the test at EOF or after `limit`.
     fn wait_line(&mut self, what: &str, limit: Duration, is_it: impl Fn(&str) -> bool) -> String {

@@ -3,9 +3,6 @@
 
 use crate::common::{self, Indexd, TempDir};
 use p2pshare::wire::{FileHash, LookupKey, RequestBody, ResponseBody};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 
 /// A file of the share swapped for a link to a file outside it, after it was registered: the
 /// link's target is never served, re-hashed or registered, by name or by hash.
@@ -21,25 +18,8 @@ fn a_link_swapped_in_after_registering_is_never_served() {
     std::fs::write(outside.join("secret.key"), &secret).unwrap();
     let (song_hash, secret_hash) = (FileHash::of(&song), FileHash::of(&secret));
 
-    let mut holder = Command::new(env!("CARGO_BIN_EXE_peer"))
-        .args(common::peer_args(&share, indexd.addr))
-        .arg("--serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn peer");
-    let (lines_tx, lines) = mpsc::channel();
-    let stderr = holder.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let _holder = common::ServingPeer { child: holder };
-    common::wait_for_holders(indexd.addr, song_hash, 1);
+    let mut holder = common::ServingPeer::start(&share, indexd.addr);
+    holder.wait_registered(1);
 
     std::fs::remove_file(share.join("song.flac")).unwrap();
     std::os::unix::fs::symlink(outside.join("secret.key"), share.join("song.flac")).unwrap();
@@ -55,7 +35,7 @@ fn a_link_swapped_in_after_registering_is_never_served() {
     let (mut client, _) = common::Client::hello(indexd.addr, 0);
     let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
     loop {
-        if lines.try_iter().any(|l| l.contains("symbolic link")) {
+        if holder.has_said("symbolic link") {
             break;
         }
         let by_name = client.call(RequestBody::Lookup {
