@@ -54,16 +54,17 @@ pub struct Expensive {
 }
 
 impl Expensive {
-    /// The most expensive requests by `stats`: the commonest first letters and words, and
-    /// the commonest names.
+    /// The most expensive requests by `stats`: the commonest first letters and words (a
+    /// one-character word, `1` say, only once), and the commonest names.
     pub fn from_stats(stats: &NameStats) -> Expensive {
+        let mut searches: Vec<String> = Vec::new();
+        for s in stats.top_letters.iter().chain(&stats.top_words) {
+            if !searches.contains(&s.text) {
+                searches.push(s.text.clone());
+            }
+        }
         Expensive {
-            searches: stats
-                .top_letters
-                .iter()
-                .chain(&stats.top_words)
-                .map(|s| s.text.clone())
-                .collect(),
+            searches,
             lookups: stats.top_names.iter().map(|s| s.text.clone()).collect(),
         }
     }
@@ -394,7 +395,7 @@ mod tests {
         };
         let stats = NameStats {
             top_letters: vec![share("s"), share("a")],
-            top_words: vec![share("copyright")],
+            top_words: vec![share("copyright"), share("a")],
             top_names: vec![share("COPYING")],
             ..NameStats::default()
         };
