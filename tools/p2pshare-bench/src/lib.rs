@@ -52,6 +52,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use workload::OpKind;
 
+/// indexd's `--max-connections` unless told otherwise.
+const DEFAULT_INDEXD_CONNECTIONS: usize = 10_000;
+
 /// Runs the bench described by `config`, writes every output into `config.out`, and
 /// returns the summary.
 pub fn run(config: &Config) -> io::Result<Summary> {
@@ -91,18 +94,23 @@ pub fn run(config: &Config) -> io::Result<Summary> {
     let (_indexd, addr, index_label) = match config.index {
         Some(addr) => (None, addr, addr.to_string()),
         None => {
-            let (child, addr) = floor::spawn_listening(
-                &config.indexd,
-                // Every simulated peer connects from 127.0.0.1.
-                &[
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--log",
-                    "warn",
-                    "--max-connections-per-ip",
-                    "0",
-                ],
-            )?;
+            // Every simulated peer connects from 127.0.0.1.
+            let mut args = vec![
+                "--listen".to_string(),
+                "127.0.0.1:0".into(),
+                "--log".into(),
+                "warn".into(),
+                "--max-connections-per-ip".into(),
+                "0".into(),
+            ];
+            // The fake peers stay connected: beyond indexd's default of 10,000 connections
+            // (10M files), room for them and the runs' sessions.
+            let sessions = config.files.div_ceil(workload::FILES_PER_FAKE_PEER) + 1_000;
+            if sessions > DEFAULT_INDEXD_CONNECTIONS {
+                args.extend(["--max-connections".to_string(), sessions.to_string()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (child, addr) = floor::spawn_listening(&config.indexd, &args)?;
             eprintln!("bench: started indexd on {addr}");
             (Some(child), addr, "started".to_string())
         }

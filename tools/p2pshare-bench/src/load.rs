@@ -71,16 +71,43 @@ impl Population {
                 None => workload::populated_file(seed, i),
             })
             .collect();
-        let chunks: Vec<&[FileEntry]> = files.chunks(FILES_PER_FAKE_PEER).collect();
-        if holders == 0 || holders > chunks.len().max(1) {
+        let fake_peers = count.div_ceil(FILES_PER_FAKE_PEER);
+        if holders == 0 || holders > fake_peers.max(1) {
             return Err(io::Error::other(format!(
                 "{holders} holders per file need at least {holders} fake peers, but {count} \
-                 files make {} (one per {FILES_PER_FAKE_PEER} files)",
-                chunks.len()
+                 files make {fake_peers} (one per {FILES_PER_FAKE_PEER} files)"
             )));
         }
-        let mut conns = Vec::new();
+        let files = Arc::new(files);
+        // The keepalive runs from the start: populating millions of files can take longer
+        // than indexd's idle timeout, and the first connections must not time out (taking
+        // their files with them) while the last ones register.
+        let conns = Arc::new(Mutex::new(Vec::<Client>::new()));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let keepalive = {
+            let conns = conns.clone();
+            thread::spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(KEEPALIVE_INTERVAL)
+                {
+                    for c in conns.lock().expect("keepalive lock").iter_mut() {
+                        if let Err(e) = c.call(RequestBody::Ping) {
+                            eprintln!("bench: a populating connection failed its ping: {e}");
+                        }
+                    }
+                }
+            })
+        };
+        // From here on, an early return stops the keepalive (Drop).
+        let population = Population {
+            files: files.clone(),
+            common_words: None,
+            stop: Some(stop),
+            keepalive: Some(keepalive),
+        };
+        let chunks: Vec<&[FileEntry]> = files.chunks(FILES_PER_FAKE_PEER).collect();
         let started = Instant::now();
+        let mut last = None;
         for n in 0..chunks.len() {
             let port = POPULATE_PORT_BASE.wrapping_add((n % 20000) as u16);
             let mut c = Client::hello(addr, port, "p2pshare-bench populate")?;
@@ -99,7 +126,10 @@ impl Population {
                     }
                 }
             }
-            conns.push(c);
+            if n + 1 == chunks.len() {
+                last = Some(c.call(RequestBody::Stats)?);
+            }
+            conns.lock().expect("keepalive lock").push(c);
             if started.elapsed() > Duration::from_secs(1) && n % 50 == 49 {
                 super::progress(&format!(
                     "bench: populating {}/{count} files",
@@ -109,28 +139,20 @@ impl Population {
         }
         super::progress_done(&format!(
             "bench: populated {count} files, {holders} holder(s) each, from {} fake peers in {:.1}s",
-            conns.len(),
+            chunks.len(),
             started.elapsed().as_secs_f64()
         ));
-        let conns = Mutex::new(conns);
-        let (stop, stopped) = mpsc::channel::<()>();
-        let keepalive = thread::spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(KEEPALIVE_INTERVAL)
-            {
-                for c in conns.lock().expect("keepalive lock").iter_mut() {
-                    if let Err(e) = c.call(RequestBody::Ping) {
-                        eprintln!("bench: a populating connection failed its ping: {e}");
-                    }
-                }
+        // Every file registered is still there: no populating connection was lost.
+        if let Some(ResponseBody::Stats(st)) = last {
+            if (st.names as usize) < count {
+                return Err(io::Error::other(format!(
+                    "indexd holds {} entries after {count} files were pre-populated: some \
+                     populating connections were closed",
+                    st.names
+                )));
             }
-        });
-        Ok(Population {
-            files: Arc::new(files),
-            common_words: None,
-            stop: Some(stop),
-            keepalive: Some(keepalive),
-        })
+        }
+        Ok(population)
     }
 }
 
