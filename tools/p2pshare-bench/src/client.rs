@@ -61,6 +61,17 @@ impl Client {
         }
     }
 
+    /// The connection itself, for a caller that writes and reads its own frames after the
+    /// handshake. Fails if an unexpected frame has already arrived.
+    pub fn into_stream(self) -> io::Result<TcpStream> {
+        if !self.inbuf.is_empty() {
+            return Err(io::Error::other(
+                "the index sent more than its answer to the handshake",
+            ));
+        }
+        Ok(self.stream)
+    }
+
     /// Sends `body` and waits for its answer.
     pub fn call(&mut self, body: RequestBody) -> io::Result<ResponseBody> {
         let id = self.prepare(body);

@@ -174,6 +174,16 @@ pub enum Mode {
         /// Measured time (after a warm-up).
         duration: Duration,
     },
+    /// An honest client's searches and lookups on the idle index, then under an abuser that
+    /// pipelines the most expensive requests ([`super::abuse`]).
+    Abuse {
+        /// The honest client's ops per phase (its registers are not run).
+        ops: OpCounts,
+        /// Requests the abuser keeps in flight.
+        in_flight: usize,
+        /// Longest each phase runs.
+        duration: Duration,
+    },
     /// Downloads of one file between real peers, next to a bare copy and curl + nginx
     /// ([`super::transfer`]).
     Transfer {
@@ -195,6 +205,9 @@ pub struct Config {
     pub indexd: PathBuf,
     /// Files pre-populated before measuring.
     pub files: usize,
+    /// A file of real names (one a line) to pre-populate with and draw searches from,
+    /// instead of the synthetic vocabulary.
+    pub names: Option<PathBuf>,
     /// Where the outputs go.
     pub out: PathBuf,
     /// Fake peers holding each pre-populated file (`--holders`).

@@ -7,8 +7,10 @@
 //! reactor and process helpers like any other client.
 //!
 //! Parts: [`config`] (flags → validated config), [`workload`] (what the simulated peers ask,
-//! seeded and pure), [`client`] (a blocking session), [`load`] (pre-population and the
-//! closed-loop runs), [`saturate`] (the pipelined throughput mode on the reactor), [`floor`]
+//! seeded and pure), [`corpus`] (real names from `--names`, grown, counted, and the query
+//! classes drawn from them), [`client`] (a blocking session), [`load`] (pre-population and the
+//! closed-loop runs), [`saturate`] (the pipelined throughput mode on the reactor), [`abuse`]
+//! (an honest client next to one that pipelines the most expensive requests), [`floor`]
 //! (the echo server and the ping-pong), [`transfer`] (downloads between real peers next to a
 //! bare copy and curl + nginx), [`stats`], [`report`] and [`charts`] (outputs).
 //!
@@ -22,9 +24,11 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod abuse;
 pub mod charts;
 pub mod client;
 pub mod config;
+pub mod corpus;
 pub mod floor;
 pub mod load;
 pub mod report;
@@ -33,13 +37,23 @@ pub mod stats;
 pub mod transfer;
 pub mod workload;
 
-use config::{Config, Mode};
-use report::{Floor, Machine, PerOp, RunSummary, SaturationSummary, Summary, Verdict};
+use config::{Config, Mode, OpCounts};
+use corpus::{Corpus, NameStats, QueryClass};
+use load::{Population, RunSpec};
+use report::{
+    CorpusSummary, Floor, Machine, PerClass, PerOp, RunSummary, SaturationSummary, Summary, Verdict,
+};
 use stats::OpSummary;
 use std::fs;
 use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
 use workload::OpKind;
+
+/// indexd's `--max-connections` unless told otherwise.
+const DEFAULT_INDEXD_CONNECTIONS: usize = 10_000;
 
 /// Runs the bench described by `config`, writes every output into `config.out`, and
 /// returns the summary.
@@ -51,6 +65,23 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         )
     })?;
     let machine = Machine::detect();
+    let names = match (&config.names, &config.mode) {
+        (Some(path), Mode::Latency { .. } | Mode::Saturation { .. } | Mode::Abuse { .. }) => {
+            let began = Instant::now();
+            let c = Corpus::read(path, config.files)?;
+            eprintln!(
+                "bench: read {} names from {} ({} lines, {} skipped, {} not UTF-8) in {:.1}s",
+                c.len(),
+                path.display(),
+                c.lines,
+                c.skipped(),
+                c.not_utf8,
+                began.elapsed().as_secs_f64()
+            );
+            Some(c)
+        }
+        _ => None,
+    };
 
     // Servers (indexd, the echo server) on the last CPU, clients on the first: the floor
     // and every operation then cross the same two cores, as the targets are defined. A
@@ -63,18 +94,23 @@ pub fn run(config: &Config) -> io::Result<Summary> {
     let (_indexd, addr, index_label) = match config.index {
         Some(addr) => (None, addr, addr.to_string()),
         None => {
-            let (child, addr) = floor::spawn_listening(
-                &config.indexd,
-                // Every simulated peer connects from 127.0.0.1.
-                &[
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--log",
-                    "warn",
-                    "--max-connections-per-ip",
-                    "0",
-                ],
-            )?;
+            // Every simulated peer connects from 127.0.0.1.
+            let mut args = vec![
+                "--listen".to_string(),
+                "127.0.0.1:0".into(),
+                "--log".into(),
+                "warn".into(),
+                "--max-connections-per-ip".into(),
+                "0".into(),
+            ];
+            // The fake peers stay connected: beyond indexd's default of 10,000 connections
+            // (10M files), room for them and the runs' sessions.
+            let sessions = config.files.div_ceil(workload::FILES_PER_FAKE_PEER) + 1_000;
+            if sessions > DEFAULT_INDEXD_CONNECTIONS {
+                args.extend(["--max-connections".to_string(), sessions.to_string()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (child, addr) = floor::spawn_listening(&config.indexd, &args)?;
             eprintln!("bench: started indexd on {addr}");
             (Some(child), addr, "started".to_string())
         }
@@ -116,16 +152,23 @@ pub fn run(config: &Config) -> io::Result<Summary> {
     let mut chart_runs = Vec::new();
     let mut saturation = None;
     let mut transfer = None;
+    let mut abuse = None;
+    let mut name_stats = None;
     let mut ops_per_peer = None;
     match &config.mode {
         Mode::Latency { ops, peers } => {
             ops_per_peer = Some(PerOp::from_array(&ops.as_array()));
-            let population =
-                load::Population::create(addr, prepopulated, config.holders, config.seed)?;
+            let (population, st) = populate(config, addr, names.as_ref(), false)?;
+            name_stats = st;
             for (i, &n) in peers.iter().enumerate() {
                 let prerun = measure_prerun_floor()?;
-                let r =
-                    load::run_closed_loop(addr, echo_addr, i, n, *ops, &population, config.seed)?;
+                let spec = RunSpec {
+                    run: i,
+                    peers: n,
+                    ops: *ops,
+                    limit: None,
+                };
+                let r = load::run_closed_loop(addr, echo_addr, spec, &population, config.seed)?;
                 let run_floor = OpSummary::of(&r.floor, 0);
                 eprintln!(
                     "bench: floor of the run (pings after each op of {n} peer(s)): p50 {:.1} µs, p99 {:.1} µs",
@@ -148,23 +191,58 @@ pub fn run(config: &Config) -> io::Result<Summary> {
                     curves: [0, 1, 2].map(|k| stats::percentile_curve(&r.hists[k])),
                     floor_p50_us: run_floor.p50_us,
                 });
-                runs.push(RunSummary::new(
+                let mut run = RunSummary::new(
                     n,
                     summaries,
                     r.ops_per_s(),
                     r.elapsed.as_secs_f64(),
                     run_floor,
                     prerun.p50,
-                ));
+                );
+                if !r.classes.is_empty() {
+                    for class in QueryClass::ALL {
+                        write_file(
+                            &config
+                                .out
+                                .join(format!("peers{n}-search-{}.hgrm", class.key())),
+                            &stats::to_hgrm(&r.classes[class.index()]),
+                        )?;
+                    }
+                    run.search_classes = Some(PerClass::from_fn(|c| {
+                        OpSummary::of(&r.classes[c.index()], 0)
+                    }));
+                }
+                runs.push(run);
             }
+        }
+        Mode::Abuse {
+            ops,
+            in_flight,
+            duration,
+        } => {
+            let (population, st) = populate(config, addr, names.as_ref(), true)?;
+            let st = st.expect("statistics asked for");
+            measure_prerun_floor()?;
+            let a = run_abuse(
+                config,
+                addr,
+                echo_addr,
+                &population,
+                &st,
+                *ops,
+                *in_flight,
+                *duration,
+            )?;
+            abuse = Some(a);
+            name_stats = Some(st);
         }
         Mode::Saturation {
             connections,
             pipeline,
             duration,
         } => {
-            let population =
-                load::Population::create(addr, prepopulated, config.holders, config.seed)?;
+            let (population, st) = populate(config, addr, names.as_ref(), false)?;
+            name_stats = st;
             measure_prerun_floor()?;
             let keys = population.files.iter().map(|f| f.hash).collect();
             let r = saturate::run(addr, *connections, *pipeline, *duration, keys, config.seed)?;
@@ -205,7 +283,23 @@ pub fn run(config: &Config) -> io::Result<Summary> {
             .iter()
             .map(|t| Verdict::judge(t, &runs))
             .collect(),
-        Mode::Saturation { .. } | Mode::Transfer { .. } => Vec::new(),
+        Mode::Saturation { .. } | Mode::Transfer { .. } | Mode::Abuse { .. } => Vec::new(),
+    };
+    let corpus = match (&names, name_stats) {
+        (Some(c), Some(stats)) => Some(CorpusSummary {
+            file: config
+                .names
+                .as_ref()
+                .map_or_else(String::new, |p| p.display().to_string()),
+            lines_read: c.lines,
+            names_read: c.len(),
+            not_utf8_decoded: c.not_utf8,
+            skipped: c.skipped(),
+            files: prepopulated,
+            grown_files: prepopulated.saturating_sub(c.len()),
+            stats,
+        }),
+        _ => None,
     };
     let summary = Summary {
         prerun_floor_us: floor_of(&prerun_all),
@@ -213,6 +307,8 @@ pub fn run(config: &Config) -> io::Result<Summary> {
         targets,
         saturation,
         transfer,
+        abuse,
+        corpus,
         ops_per_peer,
         files_per_register: workload::FILES_PER_REGISTER,
         prepopulated_files: prepopulated,
@@ -235,13 +331,119 @@ pub fn run(config: &Config) -> io::Result<Summary> {
     write_file(&config.out.join("summary.json"), &(json + "\n"))?;
     let ops = match &config.mode {
         Mode::Latency { ops, .. } => Some(*ops),
-        Mode::Saturation { .. } | Mode::Transfer { .. } => None,
+        Mode::Saturation { .. } | Mode::Transfer { .. } | Mode::Abuse { .. } => None,
     };
     write_file(
         &config.out.join("report.md"),
         &report::markdown(&summary, ops),
     )?;
     Ok(summary)
+}
+
+/// Pre-populates the index at `addr` (named from `names` when given) and counts the names'
+/// statistics when searches are drawn from them or `want_stats`.
+fn populate(
+    config: &Config,
+    addr: SocketAddr,
+    names: Option<&Corpus>,
+    want_stats: bool,
+) -> io::Result<(Population, Option<NameStats>)> {
+    let mut population =
+        Population::create(addr, config.files, config.holders, config.seed, names)?;
+    if names.is_none() && !want_stats {
+        return Ok((population, None));
+    }
+    let began = Instant::now();
+    let files = population.files.clone();
+    let st = NameStats::of(files.len(), |i| files[i].name.clone());
+    eprintln!(
+        "bench: counted the words of {} indexed names in {:.1}s; commonest: {}",
+        st.names_counted,
+        began.elapsed().as_secs_f64(),
+        st.top_words
+            .iter()
+            .map(|s| format!("{} {:.1}%", s.text, s.fraction * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if names.is_some() {
+        population.common_words = Some(Arc::new(st.top_words.clone()));
+    }
+    Ok((population, Some(st)))
+}
+
+/// The abuse mode: the honest client's two phases around the abuser.
+#[allow(clippy::too_many_arguments)]
+fn run_abuse(
+    config: &Config,
+    addr: SocketAddr,
+    echo_addr: SocketAddr,
+    population: &Population,
+    st: &NameStats,
+    ops: OpCounts,
+    in_flight: usize,
+    duration: std::time::Duration,
+) -> io::Result<abuse::AbuseSummary> {
+    let expensive = abuse::Expensive::from_stats(st);
+    let honest = OpCounts { register: 0, ..ops };
+    // The same run number in both phases: the same requests in the same order.
+    let spec = RunSpec {
+        run: 0,
+        peers: 1,
+        ops: honest,
+        limit: Some(duration),
+    };
+    eprintln!("bench: abuse: the honest client on the idle index");
+    let idle = load::run_closed_loop(addr, echo_addr, spec, population, config.seed)?;
+    eprintln!(
+        "bench: abuse: again while one connection keeps {in_flight} requests in flight: \
+         searches {:?}, lookups {:?}",
+        expensive.searches, expensive.lookups
+    );
+    let abuser = abuse::Abuser::start(addr, expensive.clone(), in_flight)?;
+    let abused = load::run_closed_loop(addr, echo_addr, spec, population, config.seed);
+    let done = abuser.stop()?;
+    let abused = abused?;
+    let phase = |name: &str, r: &load::RunResult| -> io::Result<abuse::AbusePhase> {
+        for kind in [OpKind::Search, OpKind::Lookup] {
+            write_file(
+                &config
+                    .out
+                    .join(format!("abuse-{name}-{}.hgrm", kind.name())),
+                &stats::to_hgrm(&r.hists[kind.index()]),
+            )?;
+        }
+        Ok(abuse::AbusePhase {
+            search: OpSummary::of(&r.hists[0], r.errors[0]),
+            lookup: OpSummary::of(&r.hists[2], r.errors[2]),
+            search_classes: (!r.classes.is_empty())
+                .then(|| PerClass::from_fn(|c| OpSummary::of(&r.classes[c.index()], 0))),
+            floor: OpSummary::of(&r.floor, 0),
+            elapsed_s: (r.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            unanswered: r.unanswered,
+        })
+    };
+    let (idle, abused) = (phase("idle", &idle)?, phase("abused", &abused)?);
+    let (p50_ratio, p99_ratio, met) = abuse::AbuseSummary::judge(&idle, &abused);
+    Ok(abuse::AbuseSummary {
+        in_flight,
+        abuser_requests: expensive,
+        abuser_sent: done.sent,
+        abuser_answered: done.answered,
+        abuser_answers_per_s: (done.answered as f64 / done.elapsed.as_secs_f64().max(1e-9)).round(),
+        abuser_bytes_read: done.bytes,
+        phase_limit_s: duration.as_secs_f64(),
+        honest_ops: abuse::SearchLookup {
+            search: honest.search as f64,
+            lookup: honest.lookup as f64,
+        },
+        idle,
+        abused,
+        p50_ratio,
+        p99_ratio,
+        target_p99_ratio: abuse::TARGET_P99_RATIO,
+        met,
+    })
 }
 
 /// The floor's figures from its histogram (ns).
@@ -290,6 +492,12 @@ pub fn console_table(s: &Summary) -> String {
             let ratio = format!("{:.2}x", r.p50_ratio(kind));
             row(&mut t, r.peers, kind.name(), r.op(kind), &ratio);
         }
+        if let Some(c) = &r.search_classes {
+            for class in QueryClass::ALL {
+                let ratio = format!("{:.2}x", r.class_ratio(class));
+                row(&mut t, r.peers, class.label(), c.get(class), &ratio);
+            }
+        }
         row(&mut t, r.peers, "floor", &r.floor, "");
         let _ = writeln!(t, "{:>5} all ops: {:.0} ops/s", r.peers, r.ops_per_s);
     }
@@ -315,6 +523,9 @@ pub fn console_table(s: &Summary) -> String {
             "saturation: {} connections x {} in flight, lookups: {:.0} ops/s ({} errors), p50 {:.1} µs, p99 {:.1} µs",
             sat.connections, sat.pipeline, sat.ops_per_s, sat.errors, sat.latency.p50_us, sat.latency.p99_us
         );
+    }
+    if let Some(a) = &s.abuse {
+        t.push_str(&report::abuse_console(a));
     }
     if let Some(tr) = &s.transfer {
         t.push_str(&report::transfer_console(tr));

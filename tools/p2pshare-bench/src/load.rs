@@ -3,6 +3,7 @@
 
 use super::client::Client;
 use super::config::OpCounts;
+use super::corpus::{self, Corpus, QueryClass, Share};
 use super::floor;
 use super::stats;
 use super::workload::{self, OpKind, Rng, FILES_PER_FAKE_PEER};
@@ -26,6 +27,10 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 /// Results per search asked for (the server caps it further).
 pub const SEARCH_LIMIT: u32 = 100;
 
+/// Name bytes one pre-populating Register carries at most: 1,000 names of a real corpus may
+/// be long, and indexd refuses a frame over 1 MiB.
+const REGISTER_NAME_BYTES: usize = 512 << 10;
+
 /// Fake listening ports: populate connections from here up.
 const POPULATE_PORT_BASE: u16 = 20000;
 /// Simulated peers announce ports from here up.
@@ -36,6 +41,10 @@ const PEER_PORT_BASE: u16 = 40000;
 pub struct Population {
     /// Every pre-populated file, in order.
     pub files: Arc<Vec<FileEntry>>,
+    /// With a corpus of real names: the commonest words, and searches are drawn by
+    /// [`QueryClass`] ([`corpus::query`]); `None`: 1–2 words of a name
+    /// ([`workload::query_for`]).
+    pub common_words: Option<Arc<Vec<Share>>>,
     stop: Option<mpsc::Sender<()>>,
     keepalive: Option<thread::JoinHandle<()>>,
 }
@@ -47,42 +56,80 @@ impl Population {
     /// before it (wrapping around), one bulk Register per chunk. So the peer count stays
     /// `count / 1,000` whatever `holders` is (1,000,000 files, 2 holders: 1,000 peers of
     /// 2,000 files each). `holders` must be at least 1 and at most the number of fake peers.
+    /// The files are named from `names` when given ([`Corpus::name`]), else from the
+    /// synthetic vocabulary.
     pub fn create(
         addr: SocketAddr,
         count: usize,
         holders: usize,
         seed: u64,
+        names: Option<&Corpus>,
     ) -> io::Result<Population> {
         let files: Vec<FileEntry> = (0..count)
-            .map(|i| workload::populated_file(seed, i))
+            .map(|i| match names {
+                Some(c) => workload::populated_file_named(seed, i, c.name(i, seed)),
+                None => workload::populated_file(seed, i),
+            })
             .collect();
-        let chunks: Vec<&[FileEntry]> = files.chunks(FILES_PER_FAKE_PEER).collect();
-        if holders == 0 || holders > chunks.len().max(1) {
+        let fake_peers = count.div_ceil(FILES_PER_FAKE_PEER);
+        if holders == 0 || holders > fake_peers.max(1) {
             return Err(io::Error::other(format!(
                 "{holders} holders per file need at least {holders} fake peers, but {count} \
-                 files make {} (one per {FILES_PER_FAKE_PEER} files)",
-                chunks.len()
+                 files make {fake_peers} (one per {FILES_PER_FAKE_PEER} files)"
             )));
         }
-        let mut conns = Vec::new();
+        let files = Arc::new(files);
+        // The keepalive runs from the start: populating millions of files can take longer
+        // than indexd's idle timeout, and the first connections must not time out (taking
+        // their files with them) while the last ones register.
+        let conns = Arc::new(Mutex::new(Vec::<Client>::new()));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let keepalive = {
+            let conns = conns.clone();
+            thread::spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(KEEPALIVE_INTERVAL)
+                {
+                    for c in conns.lock().expect("keepalive lock").iter_mut() {
+                        if let Err(e) = c.call(RequestBody::Ping) {
+                            eprintln!("bench: a populating connection failed its ping: {e}");
+                        }
+                    }
+                }
+            })
+        };
+        // From here on, an early return stops the keepalive (Drop).
+        let population = Population {
+            files: files.clone(),
+            common_words: None,
+            stop: Some(stop),
+            keepalive: Some(keepalive),
+        };
+        let chunks: Vec<&[FileEntry]> = files.chunks(FILES_PER_FAKE_PEER).collect();
         let started = Instant::now();
+        let mut last = None;
         for n in 0..chunks.len() {
             let port = POPULATE_PORT_BASE.wrapping_add((n % 20000) as u16);
             let mut c = Client::hello(addr, port, "p2pshare-bench populate")?;
             for back in 0..holders {
                 let chunk = chunks[(n + chunks.len() - back) % chunks.len()];
-                match c.call(RequestBody::Register {
-                    files: chunk.to_vec(),
-                })? {
-                    ResponseBody::Registered { rejected: 0, .. } => {}
-                    other => {
-                        return Err(io::Error::other(format!(
-                            "pre-populating: register answered {other:?}"
-                        )))
+                for part in parts_by_name_bytes(chunk, REGISTER_NAME_BYTES) {
+                    match c.call(RequestBody::Register {
+                        files: part.to_vec(),
+                    })? {
+                        ResponseBody::Registered { rejected: 0, .. } => {}
+                        other => {
+                            return Err(io::Error::other(format!(
+                                "pre-populating: register answered {other:?}"
+                            )))
+                        }
                     }
                 }
             }
-            conns.push(c);
+            if n + 1 == chunks.len() {
+                last = Some(c.call(RequestBody::Stats)?);
+            }
+            conns.lock().expect("keepalive lock").push(c);
             if started.elapsed() > Duration::from_secs(1) && n % 50 == 49 {
                 super::progress(&format!(
                     "bench: populating {}/{count} files",
@@ -92,28 +139,38 @@ impl Population {
         }
         super::progress_done(&format!(
             "bench: populated {count} files, {holders} holder(s) each, from {} fake peers in {:.1}s",
-            conns.len(),
+            chunks.len(),
             started.elapsed().as_secs_f64()
         ));
-        let conns = Mutex::new(conns);
-        let (stop, stopped) = mpsc::channel::<()>();
-        let keepalive = thread::spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(KEEPALIVE_INTERVAL)
-            {
-                for c in conns.lock().expect("keepalive lock").iter_mut() {
-                    if let Err(e) = c.call(RequestBody::Ping) {
-                        eprintln!("bench: a populating connection failed its ping: {e}");
-                    }
-                }
+        // Every file registered is still there: no populating connection was lost.
+        if let Some(ResponseBody::Stats(st)) = last {
+            if (st.names as usize) < count {
+                return Err(io::Error::other(format!(
+                    "indexd holds {} entries after {count} files were pre-populated: some \
+                     populating connections were closed",
+                    st.names
+                )));
             }
-        });
-        Ok(Population {
-            files: Arc::new(files),
-            stop: Some(stop),
-            keepalive: Some(keepalive),
-        })
+        }
+        Ok(population)
     }
+}
+
+/// `files` cut into runs whose names add up to at most `max_bytes` (a longer name alone).
+fn parts_by_name_bytes(files: &[FileEntry], max_bytes: usize) -> Vec<&[FileEntry]> {
+    let mut parts = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, f) in files.iter().enumerate() {
+        if i > start && bytes + f.name.len() > max_bytes {
+            parts.push(&files[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += f.name.len();
+    }
+    if start < files.len() {
+        parts.push(&files[start..]);
+    }
+    parts
 }
 
 impl Drop for Population {
@@ -125,6 +182,21 @@ impl Drop for Population {
     }
 }
 
+/// One closed-loop run: which run of the bench, how many simulated peers, what each does.
+#[derive(Debug, Clone, Copy)]
+pub struct RunSpec {
+    /// Numbers the run (it keeps registered hashes unique and seeds the peers' orders).
+    pub run: usize,
+    /// Simulated peers.
+    pub peers: usize,
+    /// Operations per peer.
+    pub ops: OpCounts,
+    /// `None`: every peer does all its ops. `Some(t)`: a peer starts no op after `t`, and a
+    /// request with no answer in [`super::client::REPLY_TIMEOUT`] ends its loop (counted as
+    /// an error at that latency) instead of failing the run: the abuse mode's honest client.
+    pub limit: Option<Duration>,
+}
+
 /// What one closed-loop run measured.
 pub struct RunResult {
     /// Simulated peers.
@@ -133,11 +205,16 @@ pub struct RunResult {
     pub hists: [Histogram<u64>; 3],
     /// Error responses per op kind.
     pub errors: [u64; 3],
+    /// Search latencies (ns) per [`QueryClass`], in [`QueryClass::ALL`] order, when the
+    /// searches are drawn by class (a corpus of real names); empty otherwise.
+    pub classes: Vec<Histogram<u64>>,
     /// Bare loopback round trips (ns) to the echo server, one after each op of each peer:
     /// the floor measured under exactly the run's conditions (same time, same concurrency).
     pub floor: Histogram<u64>,
     /// From the start signal to the last peer's last answer.
     pub elapsed: Duration,
+    /// Requests that got no answer in time (only with [`RunSpec::limit`]).
+    pub unanswered: u64,
 }
 
 impl RunResult {
@@ -151,20 +228,23 @@ impl RunResult {
 struct PeerResult {
     hists: [Histogram<u64>; 3],
     errors: [u64; 3],
+    classes: Vec<Histogram<u64>>,
     floor: Histogram<u64>,
+    unanswered: u64,
 }
 
-/// Runs `peers` simulated peers against `addr`, each doing `ops` in its own seeded order,
-/// all starting together. `run` numbers the run (it keeps registered hashes unique).
+/// Runs `spec.peers` simulated peers against `addr`, each doing `spec.ops` in its own seeded
+/// order, all starting together.
 pub fn run_closed_loop(
     addr: SocketAddr,
     echo: SocketAddr,
-    run: usize,
-    peers: usize,
-    ops: OpCounts,
+    spec: RunSpec,
     population: &Population,
     seed: u64,
 ) -> io::Result<RunResult> {
+    let RunSpec {
+        run, peers, ops, ..
+    } = spec;
     // Every peer connects and says hello before the clock starts.
     let start = Arc::new(Barrier::new(peers + 1));
     let done_ops = Arc::new(AtomicUsize::new(0));
@@ -176,21 +256,20 @@ pub fn run_closed_loop(
         let start = start.clone();
         let done_ops = done_ops.clone();
         let files = population.files.clone();
+        let common = population.common_words.clone();
         handles.push(thread::spawn(move || -> io::Result<PeerResult> {
             // Wait at the barrier even on a failed connect, or the others would hang.
             start.wait();
             let mut client = client?;
             let mut pinger = pinger?;
-            peer_loop(
-                &mut client,
-                &mut pinger,
-                run,
+            let work = PeerWork {
+                spec,
                 peer,
-                ops,
-                &files,
+                files: &files,
+                common: common.as_deref().map(Vec::as_slice),
                 seed,
-                &done_ops,
-            )
+            };
+            peer_loop(&mut client, &mut pinger, &work, &done_ops)
         }));
     }
     start.wait();
@@ -210,7 +289,9 @@ pub fn run_closed_loop(
     let elapsed = began.elapsed();
     let mut hists: [Histogram<u64>; 3] = std::array::from_fn(|_| stats::new_histogram());
     let mut errors = [0u64; 3];
+    let mut classes = Vec::new();
     let mut floor = stats::new_histogram();
+    let mut unanswered = 0;
     for h in handles {
         let r = h
             .join()
@@ -219,49 +300,113 @@ pub fn run_closed_loop(
             hists[k].add(&r.hists[k]).expect("same histogram bounds");
             errors[k] += r.errors[k];
         }
+        if classes.is_empty() {
+            classes = r.classes;
+        } else {
+            for (all, one) in classes.iter_mut().zip(&r.classes) {
+                all.add(one).expect("same histogram bounds");
+            }
+        }
         floor.add(&r.floor).expect("same histogram bounds");
+        unanswered += r.unanswered;
     }
+    let done: u64 = hists.iter().map(Histogram::len).sum();
     super::progress_done(&format!(
-        "bench: {peers} peer(s): {total} ops in {:.2}s",
+        "bench: {peers} peer(s): {done} ops in {:.2}s",
         elapsed.as_secs_f64()
     ));
     Ok(RunResult {
         peers,
         hists,
         errors,
+        classes,
         floor,
         elapsed,
+        unanswered,
     })
 }
 
+/// What one simulated peer does.
+struct PeerWork<'a> {
+    spec: RunSpec,
+    peer: usize,
+    files: &'a [FileEntry],
+    /// The commonest words, when searches are drawn by class.
+    common: Option<&'a [Share]>,
+    seed: u64,
+}
+
+/// A search request for `files`: by a random [`QueryClass`] when `common` is given (the
+/// class returned), else 1–2 words of a random name.
+pub fn search_request(
+    files: &[FileEntry],
+    common: Option<&[Share]>,
+    rng: &mut Rng,
+) -> (RequestBody, Option<QueryClass>) {
+    let (query, class) = match common {
+        Some(common) => {
+            let class = QueryClass::ALL[rng.below(QueryClass::ALL.len())];
+            let name_of = |i: usize| files[i].name.clone();
+            match corpus::query(class, files.len(), name_of, common, rng) {
+                Some(q) => (q, Some(class)),
+                // A corpus without two-word names, say: a plain search, in no class.
+                None => {
+                    let f = &files[rng.below(files.len())];
+                    (workload::query_for(&f.name, rng), None)
+                }
+            }
+        }
+        None => {
+            let f = &files[rng.below(files.len())];
+            (workload::query_for(&f.name, rng), None)
+        }
+    };
+    let body = RequestBody::Search {
+        query,
+        limit: SEARCH_LIMIT,
+    };
+    (body, class)
+}
+
 /// One simulated peer's closed loop.
-#[allow(clippy::too_many_arguments)]
 fn peer_loop(
     client: &mut Client,
     pinger: &mut floor::Pinger,
-    run: usize,
-    peer: usize,
-    ops: OpCounts,
-    files: &[FileEntry],
-    seed: u64,
+    work: &PeerWork,
     done_ops: &AtomicUsize,
 ) -> io::Result<PeerResult> {
+    let PeerWork {
+        spec,
+        peer,
+        files,
+        common,
+        seed,
+    } = *work;
+    let run = spec.run;
     let mut rng = Rng::for_stream(seed, (run as u64) << 32 | peer as u64);
-    let order = workload::op_order(ops.as_array(), &mut rng);
+    let order = workload::op_order(spec.ops.as_array(), &mut rng);
     let mut hists: [Histogram<u64>; 3] = std::array::from_fn(|_| stats::new_histogram());
     let mut errors = [0u64; 3];
+    let mut classes: Vec<Histogram<u64>> = match common {
+        Some(_) => QueryClass::ALL.map(|_| stats::new_histogram()).into(),
+        None => Vec::new(),
+    };
     let mut floor = stats::new_histogram();
+    let mut unanswered = 0;
     let mut registers = 0;
+    let started = Instant::now();
     for kind in order {
+        if spec.limit.is_some_and(|t| started.elapsed() >= t) {
+            break;
+        }
         // Build and encode the request before the clock starts, decode the answer after it
         // stops: only the round trip is timed, as for the bare ping-pong.
+        let mut class = None;
         let body = match kind {
             OpKind::Search => {
-                let f = &files[rng.below(files.len())];
-                RequestBody::Search {
-                    query: workload::query_for(&f.name, &mut rng),
-                    limit: SEARCH_LIMIT,
-                }
+                let (body, c) = search_request(files, common, &mut rng);
+                class = c;
+                body
             }
             OpKind::Register => {
                 registers += 1;
@@ -275,8 +420,23 @@ fn peer_loop(
         };
         let id = client.prepare(body);
         let began = Instant::now();
-        client.exchange()?;
-        stats::record(&mut hists[kind.index()], began.elapsed());
+        match client.exchange() {
+            Ok(()) => {}
+            Err(e) if spec.limit.is_some() && is_timeout(&e) => {
+                // A stalled index: the op counts at the time waited, and this peer's session
+                // is out of step, so its loop ends here.
+                stats::record(&mut hists[kind.index()], began.elapsed());
+                errors[kind.index()] += 1;
+                unanswered += 1;
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+        let took = began.elapsed();
+        stats::record(&mut hists[kind.index()], took);
+        if let Some(c) = class {
+            stats::record(&mut classes[c.index()], took);
+        }
         let answer = client.answer(id)?;
         let ok = matches!(
             (kind, &answer),
@@ -294,10 +454,43 @@ fn peer_loop(
         stats::record(&mut floor, pinger.round_trip()?);
         done_ops.fetch_add(1, Ordering::Relaxed);
     }
-    let _ = client.call(RequestBody::Bye);
+    if unanswered == 0 {
+        let _ = client.call(RequestBody::Bye);
+    }
     Ok(PeerResult {
         hists,
         errors,
+        classes,
         floor,
+        unanswered,
     })
+}
+
+/// Whether `e` is a read that timed out.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_parts_bound_their_name_bytes() {
+        let f = |len: usize| FileEntry {
+            hash: p2pshare::wire::FileHash([0; 32]),
+            size: 1,
+            name: "n".repeat(len),
+        };
+        let files = [f(4), f(4), f(4), f(10), f(1)];
+        let parts = parts_by_name_bytes(&files, 8);
+        let lens: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+        // A name over the bound travels alone.
+        assert_eq!(lens, [2, 1, 1, 1]);
+        assert_eq!(parts_by_name_bytes(&files, 1 << 20).len(), 1);
+        assert!(parts_by_name_bytes(&[], 8).is_empty());
+    }
 }

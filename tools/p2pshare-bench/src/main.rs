@@ -37,13 +37,28 @@ struct Flags {
     /// of 2,000 files each.
     #[arg(long, value_name = "H", default_value_t = 1)]
     holders: usize,
+    /// Name the pre-populated files from this file, one name a line (any bytes but `/` and
+    /// NUL; not UTF-8 is decoded as the peer decodes it; lines the index would refuse are
+    /// skipped and counted), and draw searches from them by class: one word, two words, a
+    /// 1- or 3-letter prefix, one of the ten commonest words (reported per class). With more
+    /// --files than names, copies of names that occur once get a version or number token or
+    /// a prefix word; names that repeat are copied unchanged. `tools/corpus` builds such a
+    /// file from this machine's file names.
+    #[arg(long, value_name = "FILE")]
+    names: Option<PathBuf>,
+    /// Abuse mode: an honest client's searches and lookups (--ops S,_,L) on the idle index,
+    /// then again while one connection keeps IN_FLIGHT of the most expensive searches and
+    /// name lookups pipelined (default 128); each phase stops after --duration seconds.
+    #[arg(long, value_name = "IN_FLIGHT", num_args = 0..=1, default_missing_value = "128")]
+    abuse: Option<usize>,
     /// Saturation mode: requests in flight per connection.
     #[arg(long, value_name = "K")]
     pipeline: Option<usize>,
     /// Saturation mode: connections.
     #[arg(long, value_name = "C")]
     connections: Option<usize>,
-    /// Saturation mode: seconds measured (after a 1 s warm-up).
+    /// Saturation mode: seconds measured (after a 1 s warm-up). Abuse mode: the longest each
+    /// phase runs.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     duration: f64,
     /// Transfer mode: time verified downloads of a file of this size (e.g. 1G) between real
@@ -117,10 +132,42 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--duration` as a duration, if within (0, 3600] seconds.
+fn duration(secs: f64) -> Result<Duration, String> {
+    if secs > 0.0 && secs <= 3600.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(format!("--duration {secs} is outside (0, 3600] seconds"))
+    }
+}
+
 /// Raw flags → a config, or the reason they do not make one.
 fn validate(flags: Flags) -> Result<Config, String> {
     let saturation = flags.pipeline.is_some() || flags.connections.is_some();
-    let mode = if let Some(size) = flags.transfer {
+    let modes = [saturation, flags.transfer.is_some(), flags.abuse.is_some()];
+    if modes.iter().filter(|&&m| m).count() > 1 && flags.abuse.is_some() {
+        return Err(
+            "--abuse, --transfer and --pipeline/--connections are different modes: pick one".into(),
+        );
+    }
+    let mode = if let Some(in_flight) = flags.abuse {
+        if flags.files == 0 {
+            return Err("--files must be at least 1: the abuser needs indexed names".into());
+        }
+        if flags.ops.search + flags.ops.lookup == 0 {
+            return Err("--abuse times searches and lookups: --ops S,R,L needs S or L".into());
+        }
+        if !(1..=100_000).contains(&in_flight) {
+            return Err(format!(
+                "--abuse {in_flight} is outside 1..=100000 in flight"
+            ));
+        }
+        Mode::Abuse {
+            ops: flags.ops,
+            in_flight,
+            duration: duration(flags.duration)?,
+        }
+    } else if let Some(size) = flags.transfer {
         if saturation {
             return Err(
                 "--transfer and --pipeline/--connections are different modes: pick one".into(),
@@ -151,16 +198,10 @@ fn validate(flags: Flags) -> Result<Config, String> {
         if !(1..=4096).contains(&pipeline) {
             return Err(format!("--pipeline {pipeline} is outside 1..=4096"));
         }
-        if !(flags.duration > 0.0 && flags.duration <= 3600.0) {
-            return Err(format!(
-                "--duration {} is outside (0, 3600] seconds",
-                flags.duration
-            ));
-        }
         Mode::Saturation {
             connections,
             pipeline,
-            duration: Duration::from_secs_f64(flags.duration),
+            duration: duration(flags.duration)?,
         }
     } else {
         if flags.files == 0 {
@@ -196,6 +237,14 @@ fn validate(flags: Flags) -> Result<Config, String> {
     let peer = flags
         .peer
         .unwrap_or_else(|| self_exe.with_file_name("peer"));
+    if let Some(names) = &flags.names {
+        if matches!(mode, Mode::Transfer { .. }) {
+            return Err("--names goes with the index modes, not --transfer".into());
+        }
+        if !names.is_file() {
+            return Err(format!("--names {}: no such file", names.display()));
+        }
+    }
     if matches!(mode, Mode::Transfer { .. }) && !peer.exists() {
         return Err(format!(
             "{} not found: build it (cargo build --release --bins) or pass --peer PATH",
@@ -211,6 +260,7 @@ fn validate(flags: Flags) -> Result<Config, String> {
         index: flags.index,
         indexd,
         files: flags.files,
+        names: flags.names,
         holders: flags.holders,
         out: flags.out,
         seed: flags.seed,

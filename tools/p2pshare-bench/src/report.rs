@@ -2,7 +2,9 @@
 //! `report.md`. Pure formatting of results already measured; the only I/O is writing files
 //! and reading the machine's description from /proc.
 
+use super::abuse::{AbuseSummary, TARGET_P99_RATIO};
 use super::config::OpCounts;
+use super::corpus::{NameStats, QueryClass};
 use super::stats::OpSummary;
 use super::transfer::{Series, TransferSummary, CONCURRENT_DOWNLOADS};
 use super::workload::{OpKind, FILES_PER_REGISTER};
@@ -48,6 +50,67 @@ impl<T: Clone> PerOp<T> {
     }
 }
 
+/// Figures per search [`QueryClass`], in report order (a struct, so JSON keeps the order).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PerClass<T> {
+    /// One whole word of an indexed name.
+    pub one_word: T,
+    /// Two whole words of one indexed name.
+    pub two_words: T,
+    /// A one-letter prefix.
+    pub prefix_1: T,
+    /// A three-letter prefix.
+    pub prefix_3: T,
+    /// One of the ten commonest words.
+    pub common_word: T,
+}
+
+impl<T> PerClass<T> {
+    /// From `f(class)` for each class.
+    pub fn from_fn(mut f: impl FnMut(QueryClass) -> T) -> PerClass<T> {
+        PerClass {
+            one_word: f(QueryClass::OneWord),
+            two_words: f(QueryClass::TwoWords),
+            prefix_1: f(QueryClass::Prefix1),
+            prefix_3: f(QueryClass::Prefix3),
+            common_word: f(QueryClass::CommonWord),
+        }
+    }
+
+    /// The figures of `class`.
+    pub fn get(&self, class: QueryClass) -> &T {
+        match class {
+            QueryClass::OneWord => &self.one_word,
+            QueryClass::TwoWords => &self.two_words,
+            QueryClass::Prefix1 => &self.prefix_1,
+            QueryClass::Prefix3 => &self.prefix_3,
+            QueryClass::CommonWord => &self.common_word,
+        }
+    }
+}
+
+/// The names the index was pre-populated with, when read from `--names` (`corpus` in
+/// summary.json).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CorpusSummary {
+    /// The file.
+    pub file: String,
+    /// Lines read (reading stops once enough names are read).
+    pub lines_read: usize,
+    /// Valid names among them.
+    pub names_read: usize,
+    /// Lines that were not UTF-8, decoded as the peer decodes such a name.
+    pub not_utf8_decoded: usize,
+    /// Lines skipped because the index refuses such a name: empty, too long, `/` or NUL.
+    pub skipped: usize,
+    /// Files pre-populated.
+    pub files: usize,
+    /// Files beyond the names read, named by growing the corpus.
+    pub grown_files: usize,
+    /// The indexed names' statistics.
+    pub stats: NameStats,
+}
+
 /// One closed-loop run (an element of `runs`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunSummary {
@@ -68,6 +131,9 @@ pub struct RunSummary {
     pub p50_over_floor: PerOp<f64>,
     /// The pre-run floor's p50, timed by one client right before this run, µs (context).
     pub prerun_floor_p50_us: f64,
+    /// Searches per query class, when drawn from a corpus of real names (`--names`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_classes: Option<PerClass<OpSummary>>,
 }
 
 /// The latency targets: an op's p50 within a multiple of the floor in runs of some number of
@@ -241,6 +307,12 @@ pub struct Summary {
     pub saturation: Option<SaturationSummary>,
     /// The transfer mode's downloads and baselines, when that mode ran.
     pub transfer: Option<TransferSummary>,
+    /// The abuse mode's two phases, when that mode ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abuse: Option<AbuseSummary>,
+    /// The corpus of real names, with `--names`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corpus: Option<CorpusSummary>,
     /// Operations per simulated peer.
     pub ops_per_peer: Option<PerOp<usize>>,
     /// Files one register operation announces.
@@ -293,7 +365,15 @@ impl RunSummary {
             floor,
             p50_over_floor: PerOp::from_array(&ratios),
             prerun_floor_p50_us,
+            search_classes: None,
         }
+    }
+
+    /// The p50 of query class `class` as a multiple of this run's floor (0 without classes).
+    pub fn class_ratio(&self, class: QueryClass) -> f64 {
+        self.search_classes
+            .as_ref()
+            .map_or(0.0, |c| ratio(c.get(class).p50_us, self.floor_p50_us))
     }
 
     /// The figures of `kind`.
@@ -342,6 +422,9 @@ pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
         s.holders_per_prepopulated_file,
         s.placement
     );
+    if let Some(c) = &s.corpus {
+        corpus_markdown(&mut md, c);
+    }
     let prerun = format!(
         "p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs ({} round trips of {} bytes)",
         s.prerun_floor_us.p50,
@@ -443,6 +526,9 @@ pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
                 r.peers, r.ops_per_s, r.elapsed_s, r.prerun_floor_p50_us
             );
         }
+        if s.runs.iter().any(|r| r.search_classes.is_some()) {
+            classes_markdown(&mut md, &s.runs);
+        }
         let _ = writeln!(
             md,
             "\n### Mean time per operation vs concurrent peers\n\n\
@@ -481,10 +567,214 @@ pub fn markdown(s: &Summary, ops: Option<OpCounts>) -> String {
             sat.ops.max(100_000)
         );
     }
+    if let Some(a) = &s.abuse {
+        abuse_markdown(&mut md, a);
+    }
     if let Some(tr) = &s.transfer {
         transfer_markdown(&mut md, tr, &s.command);
     }
     md
+}
+
+/// The "Search by query class" table of the closed-loop runs.
+fn classes_markdown(md: &mut String, runs: &[RunSummary]) {
+    let _ = writeln!(
+        md,
+        "\n### Search by query class\n\n\
+         Each search of a run on real names is one of five classes, drawn at random:\n"
+    );
+    for class in QueryClass::ALL {
+        let _ = writeln!(md, "- **{}**: {}.", class.key(), class.meaning());
+    }
+    let _ = writeln!(
+        md,
+        "\n| peers | class | count | errors | p50 µs | p99 µs | max µs | p50 / floor |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in runs {
+        let Some(c) = &r.search_classes else { continue };
+        for class in QueryClass::ALL {
+            let o = c.get(class);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2}× |",
+                r.peers,
+                class.key(),
+                o.count,
+                o.errors,
+                o.p50_us,
+                o.p99_us,
+                o.max_us,
+                r.class_ratio(class)
+            );
+        }
+    }
+}
+
+/// The "Corpus" section: where the names came from and what they hold.
+fn corpus_markdown(md: &mut String, c: &CorpusSummary) {
+    let st = &c.stats;
+    let pct = |n: u64| n as f64 / st.names_counted.max(1) as f64 * 100.0;
+    let _ = writeln!(
+        md,
+        "## Corpus\n\n\
+         Names from `{}`: {} lines read, {} names ({} not UTF-8, decoded as the peer decodes \
+         them; {} skipped as the index would refuse them). {} files pre-populated, {} of them \
+         grown beyond the names read (see `--names` in `--help`).\n\n\
+         Over {} indexed names: {} distinct names, {} distinct words; {:.1}% of names have a \
+         one-character word, {:.1}% a number.\n",
+        c.file,
+        c.lines_read,
+        c.names_read,
+        c.not_utf8_decoded,
+        c.skipped,
+        c.files,
+        c.grown_files,
+        st.names_counted,
+        st.distinct_names,
+        st.distinct_words,
+        pct(st.names_with_one_letter_word),
+        pct(st.names_with_number),
+    );
+    let list = |v: &[super::corpus::Share]| {
+        v.iter()
+            .map(|s| format!("`{}` {:.1}%", s.text.escape_debug(), s.fraction * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        md,
+        "- commonest words (share of names): {}\n\
+         - commonest first letters of a word: {}\n\
+         - commonest names: {}\n",
+        list(&st.top_words),
+        list(&st.top_letters),
+        list(&st.top_names)
+    );
+}
+
+/// The "Under abuse" section.
+fn abuse_markdown(md: &mut String, a: &AbuseSummary) {
+    let _ = writeln!(
+        md,
+        "## Under abuse\n\n\
+         One honest session runs {} searches and {} lookups by hash, one at a time, first on \
+         the idle index, then again (the same requests in the same order) while an abuser's \
+         connection keeps {} of the most expensive requests pipelined, refilled as each \
+         answer arrives: searches for `{}` and lookups of the names `{}`. Each phase stops \
+         after {:.1} s if its operations are not done.\n",
+        a.honest_ops.search,
+        a.honest_ops.lookup,
+        a.in_flight,
+        a.abuser_requests.searches.join("`, `"),
+        a.abuser_requests
+            .lookups
+            .iter()
+            .map(|n| n.escape_debug().to_string())
+            .collect::<Vec<_>>()
+            .join("`, `"),
+        a.phase_limit_s,
+    );
+    let _ = writeln!(
+        md,
+        "| honest op | idle count | idle p50 µs | idle p99 µs | abused count | abused p50 µs | abused p99 µs | p50 ratio | p99 ratio (target ≤ {TARGET_P99_RATIO:.0}×) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for (name, i, b, r50, r99) in [
+        (
+            "search",
+            &a.idle.search,
+            &a.abused.search,
+            a.p50_ratio.search,
+            a.p99_ratio.search,
+        ),
+        (
+            "lookup",
+            &a.idle.lookup,
+            &a.abused.lookup,
+            a.p50_ratio.lookup,
+            a.p99_ratio.lookup,
+        ),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {r50:.2}× | **{r99:.2}×** |",
+            i.count, i.p50_us, i.p99_us, b.count, b.p50_us, b.p99_us
+        );
+    }
+    if let (Some(ic), Some(bc)) = (&a.idle.search_classes, &a.abused.search_classes) {
+        for class in QueryClass::ALL {
+            let (i, b) = (ic.get(class), bc.get(class));
+            let _ = writeln!(
+                md,
+                "| search: {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.2}× | {:.2}× |",
+                class.key(),
+                i.count,
+                i.p50_us,
+                i.p99_us,
+                b.count,
+                b.p50_us,
+                b.p99_us,
+                super::abuse::ratio(b.p50_us, i.p50_us),
+                super::abuse::ratio(b.p99_us, i.p99_us)
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nVerdict: **{}**. Phases: idle {:.2} s, abused {:.2} s{}. The abuser wrote {} \
+         requests and read {} answers ({:.0}/s, {} bytes).\n",
+        if a.met { "met" } else { "NOT MET" },
+        a.idle.elapsed_s,
+        a.abused.elapsed_s,
+        if a.abused.unanswered > 0 {
+            format!(
+                "; under abuse the honest client waited {} s for an answer that never came, \
+                 which ended the phase",
+                super::client::REPLY_TIMEOUT.as_secs()
+            )
+        } else {
+            String::new()
+        },
+        a.abuser_sent,
+        a.abuser_answered,
+        a.abuser_answers_per_s,
+        a.abuser_bytes_read
+    );
+}
+
+/// The abuse mode's console lines.
+pub fn abuse_console(a: &AbuseSummary) -> String {
+    let mut t = String::new();
+    for (name, i, b, r99) in [
+        (
+            "search",
+            &a.idle.search,
+            &a.abused.search,
+            a.p99_ratio.search,
+        ),
+        (
+            "lookup",
+            &a.idle.lookup,
+            &a.abused.lookup,
+            a.p99_ratio.lookup,
+        ),
+    ] {
+        let _ = writeln!(
+            t,
+            "abuse: honest {name}: idle p50 {:.1} µs p99 {:.1} µs ({} ops) | abused p50 {:.1} µs p99 {:.1} µs ({} ops) | p99 ratio {r99:.2}x",
+            i.p50_us, i.p99_us, i.count, b.p50_us, b.p99_us, b.count
+        );
+    }
+    let _ = writeln!(
+        t,
+        "target honest p99 under abuse ≤ {TARGET_P99_RATIO:.0} × idle p99: {} ({} in flight; abuser {} answers, {:.0}/s)",
+        if a.met { "met" } else { "NOT MET" },
+        a.in_flight,
+        a.abuser_answered,
+        a.abuser_answers_per_s
+    );
+    t
 }
 
 /// A size in the largest binary unit that divides it (`1 GiB`, `8 MiB`, `1000 bytes`).
@@ -687,6 +977,8 @@ mod tests {
             prerun_floor_us: floor,
             saturation: None,
             transfer: None,
+            abuse: None,
+            corpus: None,
             ops_per_peer: Some(PerOp::from_array(&[1, 2, 3])),
             files_per_register: FILES_PER_REGISTER,
             prepopulated_files: 10,

@@ -320,6 +320,15 @@ pub fn populated_file(seed: u64, i: usize) -> FileEntry {
     fake_file(&mut rng, seed, &format!("populate {i}"), i as u64)
 }
 
+/// The `i`th file of an index pre-populated from a corpus of real names: the hash and size
+/// of [`populated_file`], named `name`.
+pub fn populated_file_named(seed: u64, i: usize, name: String) -> FileEntry {
+    FileEntry {
+        name,
+        ..populated_file(seed, i)
+    }
+}
+
 /// The files announced by register op `op` of peer `peer` in run `run`: new hashes, never
 /// announced by anyone else in this bench.
 pub fn register_batch(seed: u64, run: usize, peer: usize, op: usize) -> Vec<FileEntry> {

@@ -2,7 +2,9 @@
 //! output, its ratios all against each run's own floor, and judges the targets; `--peers N`
 //! sweeps 1..=N; the saturation mode runs; the transfer mode downloads between real peers and
 //! cleans up after itself, with or without nginx installed; files can be pre-populated with
-//! several holders each; an indexd that refuses the bench's sessions is reported as such.
+//! several holders each; an indexd that refuses the bench's sessions is reported as such;
+//! a names file populates the index and its searches are reported per query class; the abuse
+//! mode times an honest client with and without an abuser.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -318,5 +320,144 @@ fn an_index_refusing_sessions_is_named_with_the_flag_that_fixes_it() {
     );
     assert!(stderr.contains("--max-connections-per-ip 0"), "{stderr}");
     assert!(!stderr.contains("arrived for request"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A small names file: real-looking names, a repeated one, one not UTF-8, and two lines the
+/// index would refuse (empty, NUL).
+fn names_file(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut text = Vec::new();
+    for i in 0..150 {
+        text.extend_from_slice(
+            format!(
+                "{} track {i:02} - live at the {}.flac\nREADME.md\nlib{}_{}.so.{}\n",
+                ["Abbey Road", "Blue Train", "Kind of Blue"][i % 3],
+                ["Fillmore", "Apollo", "BBC"][i % 3],
+                ["foo", "bar", "gtk"][i % 3],
+                i,
+                i % 7
+            )
+            .as_bytes(),
+        );
+    }
+    text.extend_from_slice(b"caf\xe9 menu.pdf\n\nbad\0name.txt\n");
+    let path = dir.join("names.txt");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn names_file_populates_and_reports_query_classes() {
+    let out = temp_dir("names");
+    let names = names_file(&out.join("in"));
+    // 453 lines, 451 names, grown to the 2,000 files the helper asks for.
+    let r = bench(
+        &out,
+        &[
+            "--names",
+            names.to_str().unwrap(),
+            "--ops",
+            "100,2,10",
+            "--peers",
+            "1",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let c = &json["corpus"];
+    assert_eq!(c["lines_read"], 453);
+    assert_eq!(c["names_read"], 451);
+    assert_eq!(c["skipped"], 2);
+    assert_eq!(c["not_utf8_decoded"], 1);
+    assert_eq!(c["grown_files"], 2000 - 451);
+    assert_eq!(c["stats"]["names_counted"], 2000);
+    let top = c["stats"]["top_words"].as_array().unwrap();
+    assert_eq!(top.len(), 10);
+    assert!(top[0]["fraction"].as_f64().unwrap() > 0.2, "{top:?}");
+    let run = &json["runs"][0];
+    assert_eq!(run["ops"]["search"]["errors"], 0);
+    let classes = &run["search_classes"];
+    let mut n = 0;
+    for class in [
+        "one_word",
+        "two_words",
+        "prefix_1",
+        "prefix_3",
+        "common_word",
+    ] {
+        for key in ["count", "p50_us", "p99_us", "max_us"] {
+            assert!(classes[class][key].is_number(), "{class}.{key}");
+        }
+        n += classes[class]["count"].as_u64().unwrap();
+    }
+    assert_eq!(n, 100, "every search is in one class");
+    for label in ["s:1word", "s:2words", "s:pre1", "s:pre3", "s:top10"] {
+        assert!(stdout.contains(label), "{stdout}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Corpus"), "{md}");
+    assert!(md.contains("### Search by query class"), "{md}");
+    assert!(out.join("peers1-search-prefix_1.hgrm").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn abuse_mode_times_the_honest_client_with_and_without_the_abuser() {
+    let out = temp_dir("abuse");
+    let names = names_file(&out.join("in"));
+    let r = bench(
+        &out,
+        &[
+            "--names",
+            names.to_str().unwrap(),
+            "--abuse",
+            "8",
+            "--ops",
+            "30,5,30",
+            "--duration",
+            "5",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let a = &json["abuse"];
+    assert_eq!(a["in_flight"], 8);
+    assert_eq!(a["idle"]["search"]["count"], 30);
+    assert_eq!(a["idle"]["lookup"]["count"], 30);
+    assert_eq!(a["idle"]["search"]["errors"], 0);
+    assert!(a["abused"]["search"]["count"].as_u64().unwrap() > 0);
+    assert!(a["abuser_answered"].as_u64().unwrap() > 0);
+    // The expensive requests come from the names: one-letter prefixes, words, names.
+    let searches = a["abuser_requests"]["searches"].as_array().unwrap();
+    assert!(searches
+        .iter()
+        .any(|s| s.as_str().unwrap().chars().count() == 1));
+    assert!(a["abuser_requests"]["lookups"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("README.md")));
+    assert!(a["p99_ratio"]["search"].as_f64().unwrap() > 0.0);
+    assert!(a["met"].is_boolean());
+    assert!(a["idle"]["search_classes"]["prefix_1"]["count"].is_number());
+    assert!(stdout.contains("abuse: honest lookup"), "{stdout}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Under abuse"), "{md}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn abuse_refuses_other_modes_and_names_must_exist() {
+    let out = temp_dir("abuse-bad");
+    let r = bench(&out, &["--abuse", "--transfer", "8M"]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("pick one"));
+    let r = bench(&out, &["--names", "/nonexistent/names.txt"]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("no such file"));
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -1,0 +1,419 @@
+//! The abuse mode (`--abuse`): can one connection stall the index for everyone? An honest
+//! client (one session, one request at a time) times its searches and lookups on the idle
+//! index, then does the same operations again while an abuser, on its own connection, keeps
+//! `in_flight` of the most expensive requests it can find pipelined, refilling as fast as
+//! the answers come back. Reported: the honest client's p50 and p99 in both phases and their
+//! ratios; the target is a p99 under abuse within [`TARGET_P99_RATIO`] × the idle p99.
+//!
+//! The expensive requests come from the indexed names' statistics
+//! ([`crate::corpus::NameStats`]): searches for the commonest one-letter prefixes and the
+//! commonest words (each matches a large share of the index), and lookups by the commonest
+//! exact names (each answers every file of that name with its holders).
+//!
+//! # Invariants
+//! - Both phases run the same operations in the same order (same run number and seed); a
+//!   phase ends when its operations are done or its time limit has passed.
+//! - The abuser reads every answer (so the index never parks it for unread output) and is
+//!   stopped, its connection shut down, before the results are reported.
+
+use super::client::Client;
+use super::corpus::NameStats;
+use super::report::PerClass;
+use super::stats::OpSummary;
+use p2pshare::codec::Decoder;
+use p2pshare::wire::{self, LookupKey, Request, RequestBody};
+use serde::Serialize;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The target: the honest client's p99 under abuse at most this multiple of its idle p99.
+pub const TARGET_P99_RATIO: f64 = 2.0;
+
+/// Largest answer frame the abuser accepts: a lookup of a common name may be huge, and the
+/// abuser only counts answers.
+const ABUSER_MAX_FRAME_BYTES: usize = 1 << 30;
+
+/// How often the abuser's threads look at the stop flag while blocked.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The abuser's listening port (fake, as every bench session's).
+const ABUSER_PORT: u16 = 39999;
+
+/// The abuser's requests: one-letter prefixes and common words to search, common names to
+/// look up.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Expensive {
+    /// Search queries, sent in turn.
+    pub searches: Vec<String>,
+    /// Exact names looked up, in turn between the searches.
+    pub lookups: Vec<String>,
+}
+
+impl Expensive {
+    /// The most expensive requests by `stats`: the commonest first letters and words (a
+    /// one-character word, `1` say, only once), and the commonest names.
+    pub fn from_stats(stats: &NameStats) -> Expensive {
+        let mut searches: Vec<String> = Vec::new();
+        for s in stats.top_letters.iter().chain(&stats.top_words) {
+            if !searches.contains(&s.text) {
+                searches.push(s.text.clone());
+            }
+        }
+        Expensive {
+            searches,
+            lookups: stats.top_names.iter().map(|s| s.text.clone()).collect(),
+        }
+    }
+
+    /// Request `k` of the abuser's cycle: searches and lookups alternate.
+    fn request(&self, k: usize) -> RequestBody {
+        let lookup = k % 2 == 1 && !self.lookups.is_empty();
+        if lookup || self.searches.is_empty() {
+            RequestBody::Lookup {
+                key: LookupKey::Name(self.lookups[(k / 2) % self.lookups.len()].clone()),
+            }
+        } else {
+            RequestBody::Search {
+                query: self.searches[(k / 2) % self.searches.len()].clone(),
+                limit: super::load::SEARCH_LIMIT,
+            }
+        }
+    }
+}
+
+/// A running abuser: a writer thread keeping the pipeline full, a reader thread counting
+/// answers.
+pub struct Abuser {
+    stop: Arc<AtomicBool>,
+    stream: TcpStream,
+    writer: thread::JoinHandle<io::Result<u64>>,
+    reader: thread::JoinHandle<io::Result<(u64, u64)>>,
+    began: Instant,
+}
+
+/// What the abuser did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AbuserResult {
+    /// Requests written.
+    pub sent: u64,
+    /// Answers read.
+    pub answered: u64,
+    /// Bytes of answers read.
+    pub bytes: u64,
+    /// From its first write to its stop.
+    pub elapsed: Duration,
+}
+
+impl Abuser {
+    /// Connects, completes the handshake and starts pipelining `expensive`'s requests,
+    /// `in_flight` at a time.
+    pub fn start(addr: SocketAddr, expensive: Expensive, in_flight: usize) -> io::Result<Abuser> {
+        if expensive.searches.is_empty() && expensive.lookups.is_empty() {
+            return Err(io::Error::other("the abuser has no request to send"));
+        }
+        let stream = Client::hello(addr, ABUSER_PORT, "p2pshare-bench abuser")?.into_stream()?;
+        stream.set_read_timeout(Some(POLL))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (credit, credits) = mpsc::channel::<u64>();
+        let reader = {
+            let mut stream = stream.try_clone()?;
+            let stop = stop.clone();
+            thread::spawn(move || read_answers(&mut stream, &stop, &credit))
+        };
+        let writer = {
+            let mut stream = stream.try_clone()?;
+            let stop = stop.clone();
+            thread::spawn(move || {
+                write_requests(&mut stream, &stop, &credits, &expensive, in_flight)
+            })
+        };
+        Ok(Abuser {
+            stop,
+            stream,
+            writer,
+            reader,
+            began: Instant::now(),
+        })
+    }
+
+    /// Stops both threads, shuts the connection down, and says what the abuser did.
+    pub fn stop(self) -> io::Result<AbuserResult> {
+        self.stop.store(true, Ordering::Relaxed);
+        let elapsed = self.began.elapsed();
+        // Unblocks a writer stuck on a full socket buffer and a reader waiting for an answer.
+        let _ = self.stream.shutdown(Shutdown::Both);
+        let sent = self
+            .writer
+            .join()
+            .map_err(|_| io::Error::other("the abuser's writer panicked"))?;
+        let read = self
+            .reader
+            .join()
+            .map_err(|_| io::Error::other("the abuser's reader panicked"))?;
+        // After the shutdown, a write or read may fail: what was counted still stands.
+        let sent = sent.unwrap_or(0);
+        let (answered, bytes) = read.unwrap_or((0, 0));
+        Ok(AbuserResult {
+            sent,
+            answered,
+            bytes,
+            elapsed,
+        })
+    }
+}
+
+/// Writes `in_flight` requests, then one more per answer credited, until stopped. Returns
+/// the requests written.
+fn write_requests(
+    stream: &mut TcpStream,
+    stop: &AtomicBool,
+    credits: &mpsc::Receiver<u64>,
+    expensive: &Expensive,
+    in_flight: usize,
+) -> io::Result<u64> {
+    // The whole cycle encoded once: the abuser spends its time writing, not encoding.
+    let cycle = expensive.searches.len().max(expensive.lookups.len()) * 2;
+    let frames: Vec<Vec<u8>> = (0..cycle)
+        .map(|k| {
+            let mut f = Vec::new();
+            wire::encode_frame(
+                &Request {
+                    id: 1 + k as u32,
+                    body: expensive.request(k),
+                },
+                &mut f,
+            );
+            f
+        })
+        .collect();
+    let mut sent = 0u64;
+    let mut allowed = in_flight as u64;
+    let mut batch = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        batch.clear();
+        while allowed > 0 {
+            batch.extend_from_slice(&frames[(sent % frames.len() as u64) as usize]);
+            sent += 1;
+            allowed -= 1;
+        }
+        if !batch.is_empty() {
+            stream.write_all(&batch)?;
+        }
+        match credits.recv_timeout(POLL) {
+            Ok(n) => allowed += n,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        allowed += credits.try_iter().sum::<u64>();
+    }
+    Ok(sent)
+}
+
+/// Reads and counts answer frames until stopped, crediting the writer with each read's
+/// answers. Returns (answers, bytes).
+fn read_answers(
+    stream: &mut TcpStream,
+    stop: &AtomicBool,
+    credit: &mpsc::Sender<u64>,
+) -> io::Result<(u64, u64)> {
+    let mut decoder = Decoder::new(ABUSER_MAX_FRAME_BYTES);
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut chunk = vec![0u8; 256 << 10];
+    let (mut answers, mut bytes) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        bytes += n as u64;
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        let mut got = 0;
+        while let Some(d) = decoder
+            .decode(&buf[at..])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
+        {
+            at += d.consumed;
+            got += 1;
+        }
+        buf.drain(..at);
+        if got > 0 {
+            answers += got;
+            let _ = credit.send(got);
+        }
+    }
+    Ok((answers, bytes))
+}
+
+/// The honest client's figures in one phase.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AbusePhase {
+    /// Its searches.
+    pub search: OpSummary,
+    /// Its lookups by hash.
+    pub lookup: OpSummary,
+    /// Its searches by query class (with `--names`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_classes: Option<PerClass<OpSummary>>,
+    /// A bare loopback round trip after each op (context).
+    pub floor: OpSummary,
+    /// Length of the phase, seconds.
+    pub elapsed_s: f64,
+    /// Requests that got no answer within the client's reply timeout (the phase ended there).
+    pub unanswered: u64,
+}
+
+/// A ratio of two figures (abused over idle), 2 decimals; 0 with nothing to divide by.
+pub fn ratio(abused: f64, idle: f64) -> f64 {
+    if idle > 0.0 {
+        (abused / idle * 100.0).round() / 100.0
+    } else {
+        0.0
+    }
+}
+
+/// Abused over idle, per op.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SearchLookup {
+    /// Searches.
+    pub search: f64,
+    /// Lookups.
+    pub lookup: f64,
+}
+
+/// The abuse mode's result (`abuse` in summary.json).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AbuseSummary {
+    /// Requests the abuser kept in flight.
+    pub in_flight: usize,
+    /// What it sent.
+    pub abuser_requests: Expensive,
+    /// Requests it wrote during the abused phase.
+    pub abuser_sent: u64,
+    /// Answers it read.
+    pub abuser_answered: u64,
+    /// Answers per second.
+    pub abuser_answers_per_s: f64,
+    /// Bytes of answers it read.
+    pub abuser_bytes_read: u64,
+    /// Longest a phase may run, seconds (`--duration`).
+    pub phase_limit_s: f64,
+    /// Operations the honest client plans per phase (searches, lookups).
+    pub honest_ops: SearchLookup,
+    /// The honest client on the idle index.
+    pub idle: AbusePhase,
+    /// The honest client under abuse.
+    pub abused: AbusePhase,
+    /// p50 under abuse over idle p50.
+    pub p50_ratio: SearchLookup,
+    /// p99 under abuse over idle p99.
+    pub p99_ratio: SearchLookup,
+    /// The largest p99 ratio that meets the target.
+    pub target_p99_ratio: f64,
+    /// Whether both p99 ratios meet it (false when a phase measured nothing).
+    pub met: bool,
+}
+
+impl AbuseSummary {
+    /// The ratios and the verdict from the two phases.
+    pub fn judge(idle: &AbusePhase, abused: &AbusePhase) -> (SearchLookup, SearchLookup, bool) {
+        let p50 = SearchLookup {
+            search: ratio(abused.search.p50_us, idle.search.p50_us),
+            lookup: ratio(abused.lookup.p50_us, idle.lookup.p50_us),
+        };
+        let p99 = SearchLookup {
+            search: ratio(abused.search.p99_us, idle.search.p99_us),
+            lookup: ratio(abused.lookup.p99_us, idle.lookup.p99_us),
+        };
+        let measured = |p: &AbusePhase| p.search.count + p.lookup.count > 0;
+        let within = |r: f64, n: u64| n == 0 || (r > 0.0 && r <= TARGET_P99_RATIO);
+        let met = measured(idle)
+            && measured(abused)
+            && abused.unanswered == 0
+            && within(p99.search, abused.search.count)
+            && within(p99.lookup, abused.lookup.count);
+        (p50, p99, met)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::corpus::Share;
+
+    fn phase(search_p99: f64, lookup_p99: f64) -> AbusePhase {
+        let op = |p99_us| OpSummary {
+            count: 100,
+            p50_us: p99_us / 2.0,
+            p99_us,
+            ..OpSummary::default()
+        };
+        AbusePhase {
+            search: op(search_p99),
+            lookup: op(lookup_p99),
+            search_classes: None,
+            floor: op(10.0),
+            elapsed_s: 1.0,
+            unanswered: 0,
+        }
+    }
+
+    #[test]
+    fn the_verdict_needs_both_p99s_within_twice_idle() {
+        let idle = phase(100.0, 50.0);
+        let (p50, p99, met) = AbuseSummary::judge(&idle, &phase(200.0, 60.0));
+        assert_eq!((p99.search, p99.lookup, met), (2.0, 1.2, true));
+        assert_eq!(p50.search, 2.0);
+        let (_, p99, met) = AbuseSummary::judge(&idle, &phase(150.0, 101.0));
+        assert_eq!((p99.lookup, met), (2.02, false));
+        let mut stalled = phase(100.0, 50.0);
+        stalled.unanswered = 1;
+        assert!(!AbuseSummary::judge(&idle, &stalled).2);
+    }
+
+    #[test]
+    fn the_abuser_alternates_searches_and_lookups() {
+        let share = |t: &str| Share {
+            text: t.into(),
+            names: 1,
+            fraction: 0.1,
+        };
+        let stats = NameStats {
+            top_letters: vec![share("s"), share("a")],
+            top_words: vec![share("copyright"), share("a")],
+            top_names: vec![share("COPYING")],
+            ..NameStats::default()
+        };
+        let e = Expensive::from_stats(&stats);
+        assert_eq!(e.searches, ["s", "a", "copyright"]);
+        let kinds: Vec<RequestBody> = (0..4).map(|k| e.request(k)).collect();
+        assert!(matches!(&kinds[0], RequestBody::Search { query, .. } if query == "s"));
+        assert!(
+            matches!(&kinds[1], RequestBody::Lookup { key: LookupKey::Name(n) } if n == "COPYING")
+        );
+        assert!(matches!(&kinds[2], RequestBody::Search { query, .. } if query == "a"));
+        let only_searches = Expensive {
+            searches: vec!["x".into()],
+            lookups: vec![],
+        };
+        assert!(matches!(
+            only_searches.request(1),
+            RequestBody::Search { .. }
+        ));
+    }
+}
