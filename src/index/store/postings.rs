@@ -395,6 +395,38 @@ impl PackedSet {
         self.blocks = out;
     }
 
+    /// Whether `item` is in the set: one block decoded at most.
+    pub(super) fn contains(&self, item: u32) -> bool {
+        let Some(blk) = self.blocks.get(self.block_of(item)) else {
+            return false;
+        };
+        if item < blk.first || item > blk.last {
+            return false;
+        }
+        let (mut pos, mut cur) = (0, blk.first);
+        while cur < item && pos < blk.deltas.len() {
+            cur += get_varint(&blk.deltas, &mut pos);
+        }
+        cur == item
+    }
+
+    /// The items from the first one at least `from` on, ascending: blocks before it are
+    /// skipped without decoding.
+    pub(super) fn iter_from(&self, from: u32) -> impl Iterator<Item = u32> + '_ {
+        // From the start (most searches) without a search over the blocks.
+        let b = match self.blocks.first() {
+            Some(first) if from > first.last => self.block_of(from),
+            _ => 0,
+        };
+        PackedIter {
+            blocks: self.blocks[b.min(self.blocks.len())..].iter(),
+            deltas: &[],
+            pos: 0,
+            cur: 0,
+        }
+        .skip_while(move |&x| x < from)
+    }
+
     #[inline]
     pub(super) fn iter(&self) -> PackedIter<'_> {
         PackedIter {

@@ -45,7 +45,8 @@ impl<T: Slot> Table<T> {
         self.live == 0
     }
 
-    /// One more than the largest id in use (or free): the size of a bitmap over ids.
+    /// One more than the largest id in use (or free).
+    #[cfg(test)]
     pub(super) fn id_bound(&self) -> usize {
         self.slots.len()
     }

@@ -261,6 +261,8 @@ fn peer_loop(
                 RequestBody::Search {
                     query: workload::query_for(&f.name, &mut rng),
                     limit: SEARCH_LIMIT,
+                    filter: Default::default(),
+                    after: None,
                 }
             }
             OpKind::Register => {
