@@ -98,6 +98,12 @@ impl Entries {
         self.recs.len()
     }
 
+    /// One more than the largest entry id: the size of a bitmap over entries.
+    #[inline]
+    pub(super) fn id_bound(&self) -> usize {
+        self.recs.id_bound()
+    }
+
     /// Adds an entry of `file` (with `SOLE` if it is the file's only one) without holders,
     /// named by the record at `name`, before `next` in its file's list; returns its id.
     pub(super) fn insert(&mut self, name: u32, file: u32, next: u32) -> u32 {

@@ -158,7 +158,6 @@ impl PackedSet {
             Some(last) if item > last.last => self.blocks.len() - 1,
             _ => self.block_of(item),
         };
-        let last_block = b + 1 == self.blocks.len();
         let blk = &mut self.blocks[b];
         let mut buf = [0u8; 10];
         if item < blk.first {
@@ -169,11 +168,12 @@ impl PackedSet {
         } else if item == blk.first || item == blk.last {
             return false;
         } else if item > blk.last {
-            if last_block && blk.deltas.len() >= PACKED_BLOCK_BYTES {
-                // Appending to a full last block starts a new one, so append-mostly sets end
-                // up with full blocks rather than half ones.
+            if blk.deltas.len() >= PACKED_BLOCK_BYTES {
+                // Appending to a full block starts a new one after it, so that ascending
+                // runs of inserts (new ids at the end; entries moving into a tier's run in
+                // the middle) end up in full blocks rather than half ones.
                 self.grow_blocks();
-                self.blocks.push(PackedBlock::single(item));
+                self.blocks.insert(b + 1, PackedBlock::single(item));
                 self.len += 1;
                 return true;
             }

@@ -29,21 +29,35 @@ use super::{posting_key, MAX_TIER};
 use crate::wire::{SearchCursor, SearchFilter, SearchHit};
 use std::collections::BinaryHeap;
 
-/// Work units one search may spend: a candidate examined, a word of a prefix's range looked
-/// at, a posting read to check another query word. Tens of nanoseconds to a few hundred
-/// each, so a search holds the loop for at most a millisecond or two.
-pub const SEARCH_WORK_BUDGET: usize = 16_384;
+/// Work units one search may spend. A unit is about a posting read and checked against
+/// the other query words' bitmaps (some nanoseconds); a word of a prefix's range looked at
+/// costs [`WORD_UNITS`], a file record read for a size filter [`SIZE_UNITS`], a name read
+/// [`NAME_UNITS`], and listing another query word's postings one unit per
+/// [`POSTINGS_PER_UNIT`]. So a search holds the loop for well under a millisecond of work.
+pub const SEARCH_WORK_BUDGET: usize = 32_768;
+/// Units of a word of the driver's range looked at (a record and a posting block).
+const WORD_UNITS: usize = 2;
+/// Units of a file record read.
+const SIZE_UNITS: usize = 4;
+/// Units of a name decoded and split into words.
+const NAME_UNITS: usize = 8;
+/// Postings of another query word listed per unit.
+const POSTINGS_PER_UNIT: usize = 8;
 
 /// Most distinct words in a query.
 pub const MAX_QUERY_WORDS: usize = 32;
 
-/// A query word whose range has at most this many postings is checked by a sorted list of
-/// them, else by reading the candidate's name.
-const LIST_MAX_POSTINGS: usize = 4096;
+/// How many postings per candidate of the driver another query word may have and still be
+/// checked by its postings (a list or bitmap) rather than by reading each candidate's name.
+const BITS_POSTINGS_PER_CANDIDATE: usize = 8;
+
+/// Below one posting per this many entries, a query word's postings are kept as a sorted list
+/// rather than a bitmap over all entry ids.
+const SPARSE_BITS: usize = 64;
 
 /// Words of a query word's range counted when choosing the driver; a longer range counts as
 /// enormous.
-const PICK_MAX_WORDS: usize = 256;
+const PICK_MAX_WORDS: usize = 1024;
 
 /// One page of search results.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,24 +162,33 @@ impl Index {
             let mut best = usize::MAX;
             for (i, q) in qwords.iter().enumerate() {
                 let (count, visited) = self.count_postings(q, best);
-                work += visited;
+                work += visited * WORD_UNITS;
                 if count < best {
                     (best, pick) = (count, i);
                 }
             }
         }
-        // The other words: by a sorted list of their postings when few, else by name.
-        let mut lists: Vec<Vec<u32>> = Vec::new();
+        // The other words: by their postings (a sorted list or a bitmap) when they are at
+        // most a few per candidate of the driver, else by the candidate's name.
+        let picked = if qwords.len() > 1 {
+            self.count_postings(&qwords[pick], usize::MAX).0
+        } else {
+            0
+        };
+        let most = picked.saturating_mul(BITS_POSTINGS_PER_CANDIDATE);
+        let mut bits: Vec<WordBits> = Vec::new();
         let mut by_name: Vec<String> = Vec::new();
         for (i, q) in qwords.iter().enumerate() {
             if i == pick {
                 continue;
             }
-            let (count, visited) = self.count_postings(q, LIST_MAX_POSTINGS + 1);
-            work += visited;
-            if count <= LIST_MAX_POSTINGS {
-                work += count;
-                lists.push(self.word_list(q));
+            let (count, visited) = self.count_postings(q, most.saturating_add(1));
+            work += visited * WORD_UNITS;
+            // (A range too long to count, or postings that would cost half the budget to
+            // list, go by name: their cost is then per candidate, under the budget.)
+            if count <= most && count / POSTINGS_PER_UNIT <= budget / 2 {
+                work += count / POSTINGS_PER_UNIT;
+                bits.push(self.word_bits(q, count));
             } else {
                 by_name.push(q.clone());
             }
@@ -188,12 +211,13 @@ impl Index {
         // exists), worst on top.
         let cap = limit.saturating_add(1);
         let mut heap: BinaryHeap<u64> = BinaryHeap::new();
-        // Entries seen through a longer word: a name may hold several words of the range.
-        let mut seen: hashbrown::HashSet<u32> = hashbrown::HashSet::new();
+        // Entries seen through a longer word (a name may hold several words of the range),
+        // a bitmap by entry id: its zeroed pages cost nothing until touched.
+        let mut seen: Vec<u64> = Vec::new();
         let mut name_buf = Vec::new();
         let mut matched = 0u64;
         'sources: for src in sources {
-            work += 1;
+            work += WORD_UNITS;
             if work > budget {
                 page.partial = true;
                 break;
@@ -241,14 +265,22 @@ impl Index {
                 let e = key & ID_MASK;
                 if src.whole == 0 {
                     // Whole matches were all examined in the first source.
-                    if exact.is_some_and(|w| self.words.contains(w, key)) || !seen.insert(e) {
+                    if exact.is_some_and(|w| self.words.contains(w, key)) {
                         continue;
                     }
+                    if seen.is_empty() {
+                        seen = vec![0u64; self.entries.id_bound().div_ceil(64)];
+                    }
+                    let (word, bit) = (e as usize / 64, 1u64 << (e % 64));
+                    if seen[word] & bit != 0 {
+                        continue;
+                    }
+                    seen[word] |= bit;
                 }
                 let mut whole = src.whole;
                 let mut all = true;
-                for list in &lists {
-                    match list_match(list, e) {
+                for b in &bits {
+                    match b.matches(e) {
                         Some(w) => whole += u32::from(w),
                         None => {
                             all = false;
@@ -256,10 +288,17 @@ impl Index {
                         }
                     }
                 }
-                if !all || !self.meets(e, &cond, filter) {
+                if !all {
+                    continue;
+                }
+                if cond.by_size {
+                    work += SIZE_UNITS;
+                }
+                if !self.meets(e, &cond, filter) {
                     continue;
                 }
                 if !by_name.is_empty() || cond.by_ext() {
+                    work += NAME_UNITS;
                     self.entries.decode_name(e, &mut name_buf);
                     let name = std::str::from_utf8(&name_buf).expect("names are stored from str");
                     if !cond.ext_ok(name) {
@@ -332,17 +371,40 @@ impl Index {
         (total, visited)
     }
 
-    /// The entries with a word starting with `prefix`, as `entry << 1 | whole` sorted, whole
-    /// if a word of the name equals it.
-    fn word_list(&self, prefix: &str) -> Vec<u32> {
+    /// The entries with a word starting with `prefix` (`postings` of them, counted by the
+    /// caller), each marked whole if a word equals it.
+    fn word_bits(&self, prefix: &str, postings: usize) -> WordBits {
         let exact = self.words.find(prefix.as_bytes());
-        let mut list: Vec<u32> = Vec::new();
-        for w in self.words.range(prefix) {
-            let whole = u32::from(Some(w) == exact);
-            list.extend(self.words.postings(w).map(|k| (k & ID_MASK) << 1 | whole));
+        let range = self.words.range(prefix).map(|w| (Some(w) == exact, w));
+        if postings.saturating_mul(SPARSE_BITS) < self.entries.id_bound() {
+            // Few: a sorted list, searched per candidate.
+            let mut list: Vec<u32> = Vec::with_capacity(postings);
+            for (whole, w) in range {
+                list.extend(
+                    self.words
+                        .postings(w)
+                        .map(|k| (k & ID_MASK) << 1 | u32::from(whole)),
+                );
+            }
+            list.sort_unstable();
+            return WordBits::Sparse(list);
         }
-        list.sort_unstable();
-        list
+        let words = self.entries.id_bound().div_ceil(64);
+        let (mut any, mut whole) = (vec![0u64; words], Vec::new());
+        for (exact, w) in range {
+            if exact {
+                whole = vec![0u64; words];
+            }
+            for k in self.words.postings(w) {
+                let e = k & ID_MASK;
+                let (i, bit) = (e as usize / 64, 1u64 << (e % 64));
+                any[i] |= bit;
+                if exact {
+                    whole[i] |= bit;
+                }
+            }
+        }
+        WordBits::Dense { any, whole }
     }
 
     /// Whether entry `e` meets the filter's holder and size conditions.
@@ -458,17 +520,34 @@ impl Cond {
     }
 }
 
-/// `None` if entry `e` is not in `list` (see [`Index::word_list`]), else whether it matches
-/// a whole word.
-fn list_match(list: &[u32], e: u32) -> Option<bool> {
-    let at = list.partition_point(|&x| x >> 1 < e);
-    // An entry may be listed twice (through a word equal to the query word and a longer one):
-    // whole if either says so.
-    let mut found = None;
-    for &x in list[at..].iter().take_while(|&&x| x >> 1 == e) {
-        found = Some(found.unwrap_or(false) | (x & 1 == 1));
+/// The entries a query word matches: those with a word of their name starting with it, and
+/// which of them have a word equal to it.
+enum WordBits {
+    /// `entry << 1 | whole`, sorted (an entry may be listed twice, through the word equal to
+    /// the query word and a longer one).
+    Sparse(Vec<u32>),
+    /// Bitmaps by entry id; `whole` is empty when no word equals the query word.
+    Dense { any: Vec<u64>, whole: Vec<u64> },
+}
+
+impl WordBits {
+    /// `None` if entry `e` does not match, else whether it matches a whole word.
+    fn matches(&self, e: u32) -> Option<bool> {
+        match self {
+            WordBits::Sparse(list) => {
+                let at = list.partition_point(|&x| x >> 1 < e);
+                let mut found = None;
+                for &x in list[at..].iter().take_while(|&&x| x >> 1 == e) {
+                    found = Some(found.unwrap_or(false) | (x & 1 == 1));
+                }
+                found
+            }
+            WordBits::Dense { any, whole } => {
+                let (i, bit) = (e as usize / 64, 1u64 << (e % 64));
+                (any[i] & bit != 0).then(|| whole.get(i).is_some_and(|w| w & bit != 0))
+            }
+        }
     }
-    found
 }
 
 /// Whether every query word equals or prefixes a word of `name`; if so, how many equal one.

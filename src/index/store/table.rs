@@ -45,8 +45,7 @@ impl<T: Slot> Table<T> {
         self.live == 0
     }
 
-    /// One more than the largest id in use (or free).
-    #[cfg(test)]
+    /// One more than the largest id in use (or free): the size of a bitmap over ids.
     pub(super) fn id_bound(&self) -> usize {
         self.slots.len()
     }

@@ -1393,7 +1393,7 @@ fn a_search_stops_at_its_budget_and_says_so() {
     assert_eq!(page.hits.len(), 10);
     assert!(page.next.is_some());
     assert_eq!(page.hits[0].name, "tune 99.mp3");
-    ix.set_search_budget(350);
+    ix.set_search_budget(1750);
     let mut seen = Vec::new();
     let mut after = None;
     for _ in 0..3 {
