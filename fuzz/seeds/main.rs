@@ -3,8 +3,8 @@
 
 use p2pshare::codec;
 use p2pshare::wire::{
-    self, ErrorCode, FileEntry, FileHash, HeldFile, LookupKey, Request, RequestBody, Response,
-    ResponseBody, SearchCursor, SearchFilter, FileKind, SearchHit, ServerStats, TransferRequest,
+    self, ErrorCode, FileEntry, FileHash, FileKind, HeldFile, LookupKey, Request, RequestBody,
+    Response, ResponseBody, SearchCursor, SearchFilter, SearchHit, ServerStats, TransferRequest,
     TransferResponse, PROTOCOL_VERSION,
 };
 use std::path::Path;
