@@ -146,7 +146,7 @@ mod table;
 mod tests;
 mod words;
 
-pub use self::search::{SearchError, SearchPage, SEARCH_WORK_BUDGET};
+pub use self::search::{SearchError, SearchPage, MAX_QUERY_WORDS, SEARCH_WORK_BUDGET};
 
 use self::entries::Entries;
 use self::files::Files;

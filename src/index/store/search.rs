@@ -161,6 +161,10 @@ impl Index {
         if qwords.len() > 1 {
             let mut best = usize::MAX;
             for (i, q) in qwords.iter().enumerate() {
+                if work > budget {
+                    // Out of budget already: the sources loop below stops at once.
+                    break;
+                }
                 let (count, visited) = self.count_postings(q, best);
                 work += visited * WORD_UNITS;
                 if count < best {
@@ -181,6 +185,10 @@ impl Index {
         for (i, q) in qwords.iter().enumerate() {
             if i == pick {
                 continue;
+            }
+            if work > budget {
+                // No candidate will be examined (the sources loop stops at once).
+                break;
             }
             let (count, visited) = self.count_postings(q, most.saturating_add(1));
             work += visited * WORD_UNITS;

@@ -1422,4 +1422,16 @@ fn a_search_stops_at_its_budget_and_says_so() {
     };
     let page = ix.search_page("tune", &two, None, 10).unwrap();
     assert!(page.hits.is_empty() && !page.partial && page.total_exact);
+    // Choosing among many words counts against the budget too: out of it, no candidate is
+    // examined and the answer says so.
+    ix.set_search_budget(8);
+    let page = ix
+        .search_page("t 1 2 3 4 5 6 7 8 9", &SearchFilter::default(), None, 10)
+        .unwrap();
+    assert!(page.partial && page.hits.is_empty() && page.next.is_none());
+    let many: Vec<String> = (0..=MAX_QUERY_WORDS).map(|i| format!("w{i}")).collect();
+    assert_eq!(
+        ix.search_page(&many.join(" "), &SearchFilter::default(), None, 10),
+        Err(SearchError::TooManyWords)
+    );
 }
