@@ -16,7 +16,7 @@
 
 use criterion::{black_box, Criterion};
 use p2pshare::index::store::{Index, PeerId};
-use p2pshare::wire::{FileEntry, FileHash, LookupKey};
+use p2pshare::wire::{FileEntry, FileHash, LookupKey, SearchFilter};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -360,29 +360,57 @@ fn main() {
         &sample_words[1][..2.min(sample_words[1].len())]
     );
     let common = words.words[0].clone();
+    let none = SearchFilter::default();
+    // Sizes are uniform below 1 GiB: this keeps about 2% of the files.
+    let big = SearchFilter {
+        min_size: 1000 << 20,
+        ..SearchFilter::default()
+    };
+    let flac = SearchFilter {
+        exts: vec!["flac".into()],
+        ..SearchFilter::default()
+    };
     let mut queries = vec![
-        ("search_2_words", two_words),
-        ("search_1_word_common", common),
-        ("search_1_letter", "s".to_string()),
+        ("search_2_words", two_words, &none),
+        ("search_1_word_common", common.clone(), &none),
+        ("search_1_letter", "s".to_string(), &none),
+        ("search_common_ext_flac", common.clone(), &flac),
+        ("search_common_size_rejects_98pc", common.clone(), &big),
+        ("search_1_letter_size_rejects_98pc", "s".to_string(), &big),
     ];
     if data == Dataset::Unique {
         // The file's own token: a word with a single posting.
         queries.push((
             "search_unique_token",
             unique_token(123 * BATCH as u64 + 7, 0).to_string(),
+            &none,
         ));
     }
-    for (label, query) in &queries {
+    for (label, query, filter) in &queries {
         let (label, query) = (*label, query.as_str());
-        let (hits, truncated) = index.search(query, 100);
+        let page = index
+            .search_page(query, filter, None, 100)
+            .expect("no cursor");
         eprintln!(
-            "{label}: {query:?} -> {} hits, truncated {truncated}",
-            hits.len()
+            "{label}: {query:?} -> {} hits, total {}{}, next {}, partial {}",
+            page.hits.len(),
+            if page.total_exact { "" } else { ">=" },
+            page.total,
+            page.next.is_some(),
+            page.partial
         );
         g.bench_function(label, |b| {
-            b.iter(|| black_box(index.search(black_box(query), 100)))
+            b.iter(|| black_box(index.search_page(black_box(query), filter, None, 100)))
         });
     }
+    // The second page of the common word: continues from a cursor.
+    let first = index
+        .search_page(&common, &none, None, 100)
+        .expect("no cursor");
+    let cursor = first.next.expect("a common word has more than 100 matches");
+    g.bench_function("search_1_word_common_page_2", |b| {
+        b.iter(|| black_box(index.search_page(black_box(&common), &none, Some(&cursor), 100)))
+    });
     let by_hash = LookupKey::Hash(known[3].hash);
     let by_prefix = LookupKey::HashPrefix(known[3].hash.to_hex()[..10].to_string());
     let by_name = LookupKey::Name(known[3].name.clone());

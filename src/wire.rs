@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A file's identity: the BLAKE3 hash of its bytes. Shown to people as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -140,6 +140,10 @@ pub enum RequestBody {
         query: String,
         /// Most results wanted (the server caps it further).
         limit: u32,
+        /// Conditions every hit meets.
+        filter: SearchFilter,
+        /// The next page: the `next` of the previous answer to the same query and filter.
+        after: Option<SearchCursor>,
     },
     /// Who holds a file.
     Lookup {
@@ -207,8 +211,16 @@ pub enum ResponseBody {
     SearchResults {
         /// The hits.
         hits: Vec<SearchHit>,
-        /// More matched than were returned.
-        truncated: bool,
+        /// Matches ranked after the cursor (all of them on a first page), these hits included:
+        /// exact if `total_exact`, else a lower bound.
+        total: u64,
+        /// `total` is exact.
+        total_exact: bool,
+        /// Where the next page starts, if more may match.
+        next: Option<SearchCursor>,
+        /// The search stopped at its work budget before it knew the best hits for sure: the
+        /// hits are the best among the candidates it examined.
+        partial: bool,
     },
     /// Answer to Lookup: one entry per matching hash (several when a name maps to several).
     Holders {
@@ -241,6 +253,139 @@ pub struct SearchHit {
     pub hash: FileHash,
     /// How many live peers hold this hash.
     pub holders: u32,
+}
+
+/// Conditions a search's hits must all meet; the default meets every file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SearchFilter {
+    /// Smallest size in bytes.
+    pub min_size: u64,
+    /// Largest size in bytes, if bounded.
+    pub max_size: Option<u64>,
+    /// Extensions (lowercase, no dot): the name's text after its last `.` is one of them.
+    /// Empty: any.
+    pub exts: Vec<String>,
+    /// A type class: the name's extension is one of its [`FileKind::extensions`].
+    pub kind: Option<FileKind>,
+    /// Fewest holders (0 and 1 mean any).
+    pub min_holders: u32,
+}
+
+impl SearchFilter {
+    /// Most extensions one filter may list.
+    pub const MAX_EXTS: usize = 32;
+    /// Longest extension, in bytes.
+    pub const MAX_EXT_BYTES: usize = 16;
+
+    /// Whether the filter meets every file.
+    pub fn is_empty(&self) -> bool {
+        *self == SearchFilter::default()
+    }
+
+    /// Whether the filter is within the limits a server accepts: at most [`Self::MAX_EXTS`]
+    /// extensions of at most [`Self::MAX_EXT_BYTES`] each, and a size range that is not empty.
+    pub fn is_valid(&self) -> bool {
+        self.exts.len() <= Self::MAX_EXTS
+            && self
+                .exts
+                .iter()
+                .all(|e| !e.is_empty() && e.len() <= Self::MAX_EXT_BYTES)
+            && self.max_size.map_or(true, |m| m >= self.min_size)
+    }
+}
+
+/// A class of file types, by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FileKind {
+    /// Sound and music.
+    Audio,
+    /// Films and clips.
+    Video,
+    /// Pictures.
+    Image,
+    /// Text, office documents, books.
+    Document,
+    /// Compressed archives and disk images.
+    Archive,
+    /// Programs and installers.
+    Program,
+}
+
+impl FileKind {
+    /// Every kind, in the order `help` lists them.
+    pub const ALL: [FileKind; 6] = [
+        FileKind::Audio,
+        FileKind::Video,
+        FileKind::Image,
+        FileKind::Document,
+        FileKind::Archive,
+        FileKind::Program,
+    ];
+
+    /// The kind's name as typed (`type:audio`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::Audio => "audio",
+            FileKind::Video => "video",
+            FileKind::Image => "image",
+            FileKind::Document => "document",
+            FileKind::Archive => "archive",
+            FileKind::Program => "program",
+        }
+    }
+
+    /// The extensions (lowercase, no dot) of this kind.
+    pub fn extensions(self) -> &'static [&'static str] {
+        match self {
+            FileKind::Audio => &[
+                "mp3", "flac", "ogg", "opus", "wav", "m4a", "aac", "wma", "aiff", "ape", "alac",
+                "mid", "midi",
+            ],
+            FileKind::Video => &[
+                "mp4", "mkv", "avi", "mov", "wmv", "webm", "flv", "mpg", "mpeg", "m4v", "ts",
+                "3gp", "ogv",
+            ],
+            FileKind::Image => &[
+                "jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff", "svg", "heic", "ico",
+                "raw",
+            ],
+            FileKind::Document => &[
+                "pdf", "doc", "docx", "odt", "txt", "rtf", "md", "epub", "mobi", "xls", "xlsx",
+                "ods", "ppt", "pptx", "odp", "tex", "html", "htm", "csv",
+            ],
+            FileKind::Archive => &[
+                "zip", "rar", "7z", "tar", "gz", "tgz", "bz2", "xz", "zst", "iso", "lz", "cab",
+            ],
+            FileKind::Program => &[
+                "exe", "msi", "deb", "rpm", "apk", "dmg", "appimage", "bin", "sh", "bat", "jar",
+                "com",
+            ],
+        }
+    }
+}
+
+impl FromStr for FileKind {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        FileKind::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(s))
+            .ok_or(())
+    }
+}
+
+/// Where a search's next page starts: after the hit of this rank. Opaque to clients, who send
+/// back what the server gave; the server checks it belongs to the same query and filter, and
+/// any position is a valid place to continue from (see the index's ranking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SearchCursor {
+    /// Query words the last hit matched whole.
+    pub whole: u8,
+    /// The last hit's tier and entry (a posting key).
+    pub key: u32,
+    /// A fingerprint of the query and filter it continues.
+    pub check: u32,
 }
 
 /// One file and the peers that hold it.
@@ -522,6 +667,24 @@ mod tests {
             RequestBody::Search {
                 query: "zeb cross".into(),
                 limit: 100,
+                filter: SearchFilter::default(),
+                after: None,
+            },
+            RequestBody::Search {
+                query: "zeb".into(),
+                limit: 10,
+                filter: SearchFilter {
+                    min_size: 10,
+                    max_size: Some(1 << 30),
+                    exts: vec!["flac".into()],
+                    kind: Some(FileKind::Audio),
+                    min_holders: 2,
+                },
+                after: Some(SearchCursor {
+                    whole: 1,
+                    key: u32::MAX,
+                    check: 7,
+                }),
             },
             RequestBody::Lookup {
                 key: LookupKey::Hash(h(9)),
@@ -571,7 +734,14 @@ mod tests {
                     hash: h(4),
                     holders: 2,
                 }],
-                truncated: true,
+                total: 101,
+                total_exact: false,
+                next: Some(SearchCursor {
+                    whole: 0,
+                    key: 5,
+                    check: 9,
+                }),
+                partial: true,
             },
             ResponseBody::Holders {
                 files: vec![HeldFile {

@@ -3,8 +3,9 @@
 
 use p2pshare::codec;
 use p2pshare::wire::{
-    self, ErrorCode, FileEntry, FileHash, HeldFile, LookupKey, Request, RequestBody, Response,
-    ResponseBody, SearchHit, ServerStats, TransferRequest, TransferResponse, PROTOCOL_VERSION,
+    self, ErrorCode, FileEntry, FileHash, FileKind, HeldFile, LookupKey, Request, RequestBody,
+    Response, ResponseBody, SearchCursor, SearchFilter, SearchHit, ServerStats, TransferRequest,
+    TransferResponse, PROTOCOL_VERSION,
 };
 use std::path::Path;
 
@@ -46,6 +47,24 @@ fn requests() -> Vec<RequestBody> {
         RequestBody::Search {
             query: "zeb cross".into(),
             limit: 0,
+            filter: SearchFilter::default(),
+            after: None,
+        },
+        RequestBody::Search {
+            query: "zeb".into(),
+            limit: 3,
+            filter: SearchFilter {
+                min_size: 1,
+                max_size: Some(1 << 20),
+                exts: vec!["flac".into()],
+                kind: Some(FileKind::Audio),
+                min_holders: 2,
+            },
+            after: Some(SearchCursor {
+                whole: 1,
+                key: 12,
+                check: 0x1234_5678,
+            }),
         },
         RequestBody::Lookup {
             key: LookupKey::Hash(h(1)),
@@ -86,7 +105,14 @@ fn responses() -> Vec<ResponseBody> {
                 hash: h,
                 holders: 2,
             }],
-            truncated: true,
+            total: 40,
+            total_exact: false,
+            next: Some(SearchCursor {
+                whole: 1,
+                key: 3,
+                check: 7,
+            }),
+            partial: true,
         },
         ResponseBody::Holders {
             files: vec![HeldFile {

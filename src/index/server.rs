@@ -263,14 +263,42 @@ impl IndexServer {
                     total: self.index.holdings_of(peer),
                 }
             }
-            RequestBody::Search { query, limit } => {
+            RequestBody::Search {
+                query,
+                limit,
+                filter,
+                after,
+            } => {
                 self.stats.searches += 1;
                 let limit = match limit as usize {
                     0 => self.limits.max_results,
                     n => n.min(self.limits.max_results),
                 };
-                let (hits, truncated) = self.index.search(&query, limit);
-                ResponseBody::SearchResults { hits, truncated }
+                if !filter.is_valid() {
+                    self.error(
+                        out,
+                        id,
+                        ErrorCode::Invalid,
+                        "search filter: too many or too long extensions, or an empty size range",
+                    );
+                    return Verdict::Continue;
+                }
+                match self
+                    .index
+                    .search_page(&query, &filter, after.as_ref(), limit)
+                {
+                    Ok(page) => ResponseBody::SearchResults {
+                        hits: page.hits,
+                        total: page.total,
+                        total_exact: page.total_exact,
+                        next: page.next,
+                        partial: page.partial,
+                    },
+                    Err(e) => {
+                        self.error(out, id, ErrorCode::Invalid, e.to_string());
+                        return Verdict::Continue;
+                    }
+                }
             }
             RequestBody::Lookup { key } => {
                 self.stats.lookups += 1;
@@ -569,7 +597,9 @@ pub fn fuzz_sessions(data: &[u8]) {
 /// Turns fuzzer bytes into requests for [`fuzz_sessions`]: small hash and size spaces so that
 /// collisions (same hash from two peers, conflicting sizes) are common.
 mod fuzz_script {
-    use crate::wire::{FileEntry, FileHash, LookupKey, RequestBody, PROTOCOL_VERSION};
+    use crate::wire::{
+        FileEntry, FileHash, LookupKey, RequestBody, SearchCursor, SearchFilter, PROTOCOL_VERSION,
+    };
 
     const NAMES: [&str; 8] = [
         "a",
@@ -647,6 +677,15 @@ mod fuzz_script {
                 4 => RequestBody::Search {
                     query: self.text(),
                     limit: u32::from(self.b()),
+                    filter: SearchFilter {
+                        min_holders: u32::from(self.b() % 3),
+                        ..SearchFilter::default()
+                    },
+                    after: (self.b() % 4 == 0).then(|| SearchCursor {
+                        whole: self.b(),
+                        key: u32::from(self.b()) << 24 | u32::from(self.b()),
+                        check: u32::from(self.b()),
+                    }),
                 },
                 5 => {
                     let key = match self.b() % 3 {
@@ -672,7 +711,7 @@ mod fuzz_script {
 mod tests {
     use super::*;
     use crate::codec::{decode_all, Decoder};
-    use crate::wire::{FileEntry, FileHash};
+    use crate::wire::{FileEntry, FileHash, SearchFilter};
 
     /// Sends one request through the sans-IO server and returns its answers.
     fn call(
@@ -839,6 +878,8 @@ mod tests {
             RequestBody::Search {
                 query: "zeb cross".into(),
                 limit: 0,
+                filter: SearchFilter::default(),
+                after: None,
             },
         );
         assert_eq!(r[0].id, 3);

@@ -15,7 +15,7 @@
 use super::console::{self, Command, Target};
 use super::names::display_name;
 use super::output::Output;
-use crate::wire::{ErrorCode, HeldFile, LookupKey, ResponseBody};
+use crate::wire::{ErrorCode, HeldFile, LookupKey, ResponseBody, SearchCursor, SearchFilter};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 
@@ -28,7 +28,12 @@ pub enum Waiting {
         scanned: bool,
     },
     /// A search answer.
-    Search,
+    Search {
+        /// The query, for `more`.
+        query: String,
+        /// The filter, for `more`.
+        filter: SearchFilter,
+    },
     /// A lookup answer; then a get (with the holder asked for) or the holders printed.
     Lookup {
         /// What was looked up.
@@ -79,6 +84,8 @@ pub struct Commands {
     console: bool,
     /// The last lookup's answer, for `get X N` after `lookup X`.
     last_lookup: Option<(Target, Vec<HeldFile>)>,
+    /// The last search with more results, and where they start, for `more`.
+    last_search: Option<(String, SearchFilter, SearchCursor)>,
 }
 
 impl Commands {
@@ -90,6 +97,7 @@ impl Commands {
             input_done: false,
             console,
             last_lookup: None,
+            last_search: None,
         }
     }
 
@@ -149,11 +157,25 @@ impl Commands {
         }
     }
 
+    /// The next page of the last search, for `more`: its query, filter and cursor.
+    pub fn continuation(&self) -> Option<(String, SearchFilter, SearchCursor)> {
+        self.last_search.clone()
+    }
+
     /// The index answered the running command.
     pub fn handle_answer(&mut self, body: ResponseBody, out: &mut Output) -> Option<Follow> {
         let waiting = self.waiting.take();
         match (waiting, body) {
-            (Some(Waiting::Search), ResponseBody::SearchResults { hits, truncated }) => {
+            (
+                Some(Waiting::Search { query, filter }),
+                ResponseBody::SearchResults {
+                    hits,
+                    total,
+                    total_exact,
+                    next,
+                    partial,
+                },
+            ) => {
                 let mut text = String::new();
                 for h in &hits {
                     let _ = writeln!(
@@ -167,15 +189,25 @@ impl Commands {
                 }
                 let _ = write!(
                     text,
-                    "{} result{}{}",
+                    "{} result{}",
                     hits.len(),
                     if hits.len() == 1 { "" } else { "s" },
-                    if truncated { " (more not shown)" } else { "" }
                 );
+                if next.is_some() {
+                    let _ = write!(
+                        text,
+                        " ({} {total} matches; type more for the next page)",
+                        if total_exact { "of" } else { "at least" }
+                    );
+                }
+                if partial {
+                    text.push_str("\n(search stopped early: narrow it)");
+                }
+                self.last_search = next.map(|c| (query, filter, c));
                 out.result(text);
                 None
             }
-            (Some(Waiting::Search), ResponseBody::Error { message, .. }) => {
+            (Some(Waiting::Search { .. }), ResponseBody::Error { message, .. }) => {
                 out.error(format!("search: {message}"));
                 None
             }

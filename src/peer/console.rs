@@ -4,7 +4,7 @@
 //! [`ParseError`] with a sentence for the person (the peer prints it and goes on). Blank lines and
 //! lines starting with `#` are ignored, so command files can carry comments.
 
-use crate::wire::{self, FileHash};
+use crate::wire::{self, FileHash, FileKind, SearchFilter};
 use std::fmt;
 
 /// How a person names a file: a full hash, a hash prefix, or a name.
@@ -48,8 +48,15 @@ impl fmt::Display for Target {
 pub enum Command {
     /// `help`
     Help,
-    /// `search WORDS...`
-    Search(String),
+    /// `search WORDS... [FILTERS]`
+    Search {
+        /// The words, separated by single spaces.
+        query: String,
+        /// The filters typed after or among them.
+        filter: SearchFilter,
+    },
+    /// `more`: the next page of the last search.
+    More,
     /// `lookup NAME|HASH`
     Lookup(Target),
     /// `get NAME|HASH [N]`: from holder N of the lookup, else the first that answers.
@@ -86,7 +93,11 @@ impl std::error::Error for ParseError {}
 /// The `help` text.
 pub const HELP: &str = "\
 commands:
-  search WORDS...        find files whose names contain every word (or a word prefix)
+  search WORDS... [FILTERS]
+                         find files whose names contain every word (or a word prefix);
+                         filters: ext:flac,mp3  type:audio|video|image|document|archive|program
+                         size>10M  size<1G  size:10M..1G  holders>=2  (K M G T: powers of 1024)
+  more                   the next page of the last search
   lookup NAME|HASH       list the peers holding a file, numbered
   get NAME|HASH [N]      download a file (from holder N of the lookup, else the first that answers)
   files                  list the files this peer shares
@@ -123,7 +134,8 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     };
     match word.to_ascii_lowercase().as_str() {
         "help" | "?" => no_args(Command::Help),
-        "search" => Ok(Some(Command::Search(need("WORDS...")?.to_string()))),
+        "search" => parse_search(need("WORDS... [FILTERS]")?).map(Some),
+        "more" => no_args(Command::More),
         "lookup" => Ok(Some(Command::Lookup(Target::parse(need("NAME|HASH")?)))),
         "get" | "obtain" => {
             let arg = need("NAME|HASH [N]")?;
@@ -160,6 +172,124 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     }
 }
 
+/// Reads `search`'s arguments: words, and filters anywhere among them (see [`HELP`]).
+fn parse_search(args: &str) -> Result<Command, ParseError> {
+    let mut words: Vec<&str> = Vec::new();
+    let mut filter = SearchFilter::default();
+    let bad = |tok: &str, why: &str| {
+        ParseError(format!(
+            "search filter {}: {why}",
+            crate::peer::display_name(tok)
+        ))
+    };
+    for tok in args.split_whitespace() {
+        let lower = tok.to_ascii_lowercase();
+        if let Some(list) = lower.strip_prefix("ext:") {
+            for e in list.split(',').map(|e| e.trim_start_matches('.')) {
+                if e.is_empty() || e.len() > SearchFilter::MAX_EXT_BYTES {
+                    return Err(bad(tok, "expected ext:flac or ext:flac,mp3"));
+                }
+                filter.exts.push(e.to_string());
+            }
+            if filter.exts.len() > SearchFilter::MAX_EXTS {
+                return Err(bad(tok, "too many extensions"));
+            }
+        } else if let Some(kind) = lower
+            .strip_prefix("type:")
+            .or_else(|| lower.strip_prefix("kind:"))
+        {
+            let names: Vec<&str> = FileKind::ALL.iter().map(|k| k.name()).collect();
+            filter.kind = Some(
+                kind.parse()
+                    .map_err(|()| bad(tok, &format!("expected one of {}", names.join(", "))))?,
+            );
+        } else if let Some(cond) = lower.strip_prefix("size").filter(|c| is_bound(c)) {
+            let (min, max) = parse_bound(cond, parse_size)
+                .ok_or_else(|| bad(tok, "expected size>10M, size<1G or size:10M..1G"))?;
+            filter.min_size = filter.min_size.max(min);
+            filter.max_size = Some(filter.max_size.unwrap_or(u64::MAX).min(max));
+            if filter.max_size == Some(u64::MAX) {
+                filter.max_size = None;
+            }
+        } else if let Some(cond) = lower.strip_prefix("holders").filter(|c| is_bound(c)) {
+            let (min, _) = parse_bound(cond, |n| n.parse::<u64>().ok())
+                .filter(|&(_, max)| max == u64::MAX)
+                .ok_or_else(|| bad(tok, "expected holders>=2"))?;
+            filter.min_holders = filter.min_holders.max(min.min(u64::from(u32::MAX)) as u32);
+        } else {
+            words.push(tok);
+        }
+    }
+    if filter.max_size.is_some_and(|m| m < filter.min_size) {
+        return Err(ParseError("search: the size range is empty".into()));
+    }
+    if words.is_empty() {
+        return Err(ParseError("usage: search WORDS... [FILTERS]".into()));
+    }
+    Ok(Command::Search {
+        query: words.join(" "),
+        filter,
+    })
+}
+
+/// Whether a word after `size` or `holders` is a bound (else the word is a search word:
+/// `sizes` is one).
+fn is_bound(cond: &str) -> bool {
+    cond.starts_with(['>', '<', ':', '='])
+}
+
+/// A bound after a filter's name: `>N`, `>=N`, `<N`, `<=N`, `=N`, `:N`, `:A..B` (either side
+/// may be left out), as an inclusive range.
+fn parse_bound(cond: &str, num: impl Fn(&str) -> Option<u64>) -> Option<(u64, u64)> {
+    if let Some(n) = cond.strip_prefix(">=") {
+        Some((num(n)?, u64::MAX))
+    } else if let Some(n) = cond.strip_prefix('>') {
+        Some((num(n)?.checked_add(1)?, u64::MAX))
+    } else if let Some(n) = cond.strip_prefix("<=") {
+        Some((0, num(n)?))
+    } else if let Some(n) = cond.strip_prefix('<') {
+        Some((0, num(n)?.checked_sub(1)?))
+    } else if let Some(r) = cond.strip_prefix(':').or_else(|| cond.strip_prefix('=')) {
+        match r.split_once("..") {
+            Some((a, b)) => {
+                let lo = if a.is_empty() { 0 } else { num(a)? };
+                let hi = if b.is_empty() { u64::MAX } else { num(b)? };
+                Some((lo, hi))
+            }
+            None => {
+                let n = num(r)?;
+                Some((n, n))
+            }
+        }
+    } else {
+        None
+    }
+}
+
+/// A size: digits (a decimal point allowed) and an optional unit K, M, G or T (powers of 1024,
+/// an optional `B` or `iB` after it).
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim_end_matches('b').trim_end_matches('i');
+    let (digits, unit) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let mult: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return None,
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    let value: f64 = digits.parse().ok()?;
+    let bytes = value * mult as f64;
+    (bytes.is_finite() && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
 /// Fuzzing entry point (`fuzz/fuzz_targets/console.rs`): parses every line of `data`. Parsing
 /// never panics, surrounding blanks change nothing, and whatever is printed back (errors,
 /// targets) is one line without control characters.
@@ -175,8 +305,8 @@ pub fn fuzz_parse(data: &[u8]) {
             Err(e) => assert!(printable(&e.0), "{e:?}"),
             Ok(Some(cmd)) => {
                 let target = match &cmd {
-                    Command::Search(words) => {
-                        assert!(!words.is_empty());
+                    Command::Search { query, filter } => {
+                        assert!(!query.is_empty() && filter.is_valid());
                         None
                     }
                     Command::Get { target, holder } => {
@@ -218,8 +348,12 @@ mod tests {
         assert_eq!(ok("help"), Command::Help);
         assert_eq!(
             ok("SEARCH zeb  cross "),
-            Command::Search("zeb  cross".into())
+            Command::Search {
+                query: "zeb cross".into(),
+                filter: SearchFilter::default()
+            }
         );
+        assert_eq!(ok("more"), Command::More);
         assert_eq!(ok("files"), Command::Files);
         assert_eq!(ok("status"), Command::Status);
         assert_eq!(ok("quit"), Command::Quit);
@@ -231,6 +365,50 @@ mod tests {
         assert!(parse("search").is_err());
         assert!(parse("status now").is_err());
         assert!(parse("frobnicate").is_err());
+    }
+
+    #[test]
+    fn search_filters() {
+        let search = |line: &str| match ok(line) {
+            Command::Search { query, filter } => (query, filter),
+            other => panic!("{other:?}"),
+        };
+        let (q, f) = search("search zebra ext:flac size>10M holders>=2");
+        assert_eq!(q, "zebra");
+        assert_eq!(
+            f,
+            SearchFilter {
+                min_size: (10 << 20) + 1,
+                max_size: None,
+                exts: vec!["flac".into()],
+                kind: None,
+                min_holders: 2,
+            }
+        );
+        let (q, f) = search("search type:Audio live size:1.5k..1G ext:.MP3,ogg zebra");
+        assert_eq!(q, "live zebra");
+        assert_eq!(f.kind, Some(FileKind::Audio));
+        assert_eq!((f.min_size, f.max_size), (1536, Some(1 << 30)));
+        assert_eq!(f.exts, ["mp3", "ogg"]);
+        let (_, f) = search("search x size<1G size>=2MB holders>1");
+        assert_eq!(
+            (f.min_size, f.max_size, f.min_holders),
+            (2 << 20, Some((1 << 30) - 1), 2)
+        );
+        for line in [
+            "search ext:flac",
+            "search x type:smell",
+            "search x size>lots",
+            "search x size>1Q",
+            "search x size<0",
+            "search x size>2G size<1G",
+            "search x holders<3",
+            "search x ext:",
+            "search x size>99999999999T",
+        ] {
+            assert!(parse(line).is_err(), "{line}");
+        }
+        assert_eq!(search("search size holders sizes").0, "size holders sizes");
     }
 
     #[test]

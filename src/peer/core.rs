@@ -22,7 +22,10 @@ use super::share::{self, Share, SharedFile};
 use super::threads::{Event, Job};
 use super::upload::{self, Answer, Upload};
 use crate::reactor::{CloseReason, ConnId, Verdict};
-use crate::wire::{self, FileHash, HeldFile, LookupKey, RequestBody, Response, ResponseBody};
+use crate::wire::{
+    self, FileHash, HeldFile, LookupKey, RequestBody, Response, ResponseBody, SearchCursor,
+    SearchFilter,
+};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::fs::File;
@@ -605,20 +608,29 @@ impl PeerCore {
 
     // ----- console commands ---------------------------------------------------------------
 
+    /// Asks the index for a page of search results.
+    fn search(&mut self, query: String, filter: SearchFilter, after: Option<SearchCursor>) {
+        let body = RequestBody::Search {
+            query: query.clone(),
+            limit: 0,
+            filter: filter.clone(),
+            after,
+        };
+        if self.session.request(body, Tag::Command, &mut self.actions) {
+            self.commands.wait(Waiting::Search { query, filter });
+        } else {
+            self.output.error("search: not connected to the index");
+        }
+    }
+
     fn execute(&mut self, now: Instant, cmd: Command) {
         match cmd {
             Command::Help => self.output.result(console::HELP),
-            Command::Search(words) => {
-                let body = RequestBody::Search {
-                    query: words,
-                    limit: 0,
-                };
-                if self.session.request(body, Tag::Command, &mut self.actions) {
-                    self.commands.wait(Waiting::Search);
-                } else {
-                    self.output.error("search: not connected to the index");
-                }
-            }
+            Command::Search { query, filter } => self.search(query, filter, None),
+            Command::More => match self.commands.continuation() {
+                Some((query, filter, after)) => self.search(query, filter, Some(after)),
+                None => self.output.error("more: no search with more results"),
+            },
             Command::Lookup(target) => self.lookup(target, None),
             Command::Get { target, holder } => {
                 // "get X N" after "lookup X" uses that lookup's numbering.

@@ -629,7 +629,9 @@ mod tests {
         assert!(s.request(
             RequestBody::Search {
                 query: "x".into(),
-                limit: 0
+                limit: 0,
+                filter: crate::wire::SearchFilter::default(),
+                after: None,
             },
             Tag::Command,
             &mut out

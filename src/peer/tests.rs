@@ -149,3 +149,44 @@ fn console_commands_run_in_order_each_waiting_for_the_one_before() {
     h.drive();
     assert!(h.stopped, "end of input quits");
 }
+
+#[test]
+fn more_pages_through_a_search() {
+    let mut h = Harness::new("more");
+    let files: Vec<(String, Vec<u8>)> = (0..150)
+        .map(|i| (format!("zebra {i}.txt"), format!("z{i}").into_bytes()))
+        .collect();
+    let shared: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    h.scanned(&shared);
+    h.type_lines(&[
+        "more",
+        "search zebra",
+        "more",
+        "more",
+        "search zebra type:document",
+    ]);
+    let said = h.said();
+    let at = |text: &str| {
+        said.iter()
+            .position(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("{text}: {said:?}"))
+    };
+    // Nothing to continue at first; then a page of the server's cap, with the count (exact:
+    // one word, no filter), the rest, and nothing more.
+    assert!(at("more: no search with more results") < at("100 results (of 150 matches"));
+    assert!(at("100 results (of 150 matches; type more for the next page)") < at("50 results"));
+    assert_eq!(
+        said.iter()
+            .filter(|l| l.contains("more: no search with more results"))
+            .count(),
+        2,
+        "{said:?}"
+    );
+    // With a filter the count is a lower bound.
+    assert!(
+        at("100 results (at least 101 matches; type more for the next page)") > at("50 results")
+    );
+}

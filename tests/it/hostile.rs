@@ -67,6 +67,8 @@ impl Honest {
         match self.client.call(RequestBody::Search {
             query: "honest abe".into(),
             limit: 0,
+            filter: Default::default(),
+            after: None,
         }) {
             ResponseBody::SearchResults { hits, .. } => {
                 assert_eq!(hits.len(), 1);
@@ -472,11 +474,13 @@ fn absurd_but_well_formed_requests_are_answered_and_harm_no_one() {
     match bulk.call(RequestBody::Search {
         query: "bulk".into(),
         limit: u32::MAX,
+        filter: Default::default(),
+        after: None,
     }) {
         // The server caps the result count whatever the client asks.
-        ResponseBody::SearchResults { hits, truncated } => {
+        ResponseBody::SearchResults { hits, next, .. } => {
             assert_eq!(hits.len(), 100);
-            assert!(truncated);
+            assert!(next.is_some());
         }
         other => panic!("{other:?}"),
     }
@@ -517,7 +521,12 @@ fn absurd_but_well_formed_requests_are_answered_and_harm_no_one() {
     // A huge query of 100,000 words, within the frame limit: answered, and quickly.
     let query = "bulk ".repeat(100_000);
     let t = Instant::now();
-    match bulk.call(RequestBody::Search { query, limit: 10 }) {
+    match bulk.call(RequestBody::Search {
+        query,
+        limit: 10,
+        filter: Default::default(),
+        after: None,
+    }) {
         ResponseBody::SearchResults { .. } | ResponseBody::Error { .. } => {}
         other => panic!("{other:?}"),
     }
@@ -571,7 +580,9 @@ fn absurd_but_well_formed_requests_are_answered_and_harm_no_one() {
     assert!(matches!(
         portless.call(RequestBody::Search {
             query: "honest".into(),
-            limit: 0
+            limit: 0,
+            filter: Default::default(),
+            after: None,
         }),
         ResponseBody::SearchResults { .. }
     ));
@@ -999,6 +1010,8 @@ fn indexd_killed_under_100_peers_gets_everything_back_after_restart() {
         match c.call(RequestBody::Search {
             query: "fault".into(),
             limit: 0,
+            filter: Default::default(),
+            after: None,
         }) {
             ResponseBody::SearchResults { hits, .. } => assert_eq!(hits.len(), PEERS),
             other => panic!("{other:?}"),

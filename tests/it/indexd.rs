@@ -40,6 +40,8 @@ fn search(c: &mut Client, query: &str) -> Vec<(String, u32)> {
     match c.call(RequestBody::Search {
         query: query.into(),
         limit: 100,
+        filter: Default::default(),
+        after: None,
     }) {
         ResponseBody::SearchResults { hits, .. } => {
             hits.into_iter().map(|h| (h.name, h.holders)).collect()
@@ -158,6 +160,8 @@ fn pipelined_requests_are_answered_in_order_by_id() {
             1 => RequestBody::Search {
                 query: format!("file {}", i % 50),
                 limit: 10,
+                filter: Default::default(),
+                after: None,
             },
             _ => RequestBody::Ping,
         };
@@ -346,11 +350,15 @@ fn version_mismatch_gets_a_clear_error_then_close() {
         agent: "future".into(),
     });
     let msg = expect_error(body, ErrorCode::VersionMismatch);
-    assert!(msg.contains("999") && msg.contains("version 1"), "{msg}");
+    assert!(
+        msg.contains("999") && msg.contains(&format!("version {}", wire::PROTOCOL_VERSION)),
+        "{msg}"
+    );
     assert!(c.is_closed_by_server());
     // A future hello whose layout no longer decodes at all: the version is still read.
     let mut c = Client::connect(indexd.addr);
-    c.send_raw(&frame(&[7, 0, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]))
+    let future = wire::PROTOCOL_VERSION as u8 + 1;
+    c.send_raw(&frame(&[7, 0, future, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]))
         .unwrap();
     let r = c.recv().unwrap();
     assert_eq!(r.id, 7);

@@ -4,7 +4,9 @@
 use super::codec::NameCodec;
 use super::names::Names;
 use super::table::{Slot, Table};
-use super::{NONE, SOLE, SPILLED};
+#[cfg(doc)]
+use super::SOLE;
+use super::{ID_BITS, ID_MASK, NONE, SPILLED, UNPOSTED};
 use slab::Slab;
 use std::cmp::Ordering;
 
@@ -12,7 +14,9 @@ use std::cmp::Ordering;
 pub(super) struct EntryRec {
     /// Offset of the name's record in `Entries::names`.
     pub(super) name: u32,
-    /// The file id, with [`SOLE`] set while this is the file's only entry.
+    /// The file id (the low [`ID_BITS`] bits), the tier its postings carry (4 bits above,
+    /// [`UNPOSTED`] until its words are posted), and [`SOLE`] while this is the file's only
+    /// entry.
     pub(super) file: u32,
     /// Next entry of the same file, or `NONE`.
     pub(super) next: u32,
@@ -23,7 +27,18 @@ pub(super) struct EntryRec {
 impl EntryRec {
     #[inline]
     pub(super) fn file(&self) -> u32 {
-        self.file & !SOLE
+        self.file & ID_MASK
+    }
+
+    /// The tier this entry's postings carry ([`UNPOSTED`] before they exist).
+    #[inline]
+    pub(super) fn posted_tier(&self) -> u32 {
+        (self.file >> ID_BITS) & 0xf
+    }
+
+    #[inline]
+    pub(super) fn set_posted_tier(&mut self, tier: u32) {
+        self.file = (self.file & !(0xf << ID_BITS)) | (tier << ID_BITS);
     }
 }
 
@@ -92,16 +107,15 @@ impl Entries {
     /// Adds an entry of `file` (with `SOLE` if it is the file's only one) without holders,
     /// named by the record at `name`, before `next` in its file's list; returns its id.
     pub(super) fn insert(&mut self, name: u32, file: u32, next: u32) -> u32 {
-        assert!(
-            self.recs.id_bound() < SPILLED as usize,
-            "entry ids exhausted"
-        );
-        self.recs.insert(EntryRec {
+        let id = self.recs.insert(EntryRec {
             name,
-            file,
+            file: file | (UNPOSTED << ID_BITS),
             next,
             holders: [NONE, NONE],
-        })
+        });
+        // Register refuses entries beyond `MAX_ENTRIES`, so ids fit their bits.
+        assert!(id < ID_MASK, "entry ids exhausted");
+        id
     }
 
     /// Frees entry `e`'s record and name.

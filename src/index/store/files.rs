@@ -5,7 +5,7 @@
 use super::blockset::{interpolate, BlockSet};
 use super::filter::{prefix32, HashFilter};
 use super::table::{Slot, Table};
-use super::{LookupError, NONE, SOLE};
+use super::{LookupError, ID_MASK, NONE};
 use crate::wire::FileHash;
 use std::cmp::Ordering;
 
@@ -151,7 +151,8 @@ impl Files {
             size: [size as u32, (size >> 32) as u32],
             first_entry: NONE,
         });
-        assert!(id < SOLE, "more than 2^31 files");
+        // Files are at most entries, which register keeps below `MAX_ENTRIES`.
+        assert!(id < ID_MASK, "file ids exhausted");
         self.seen.insert(&hash);
         debug_assert_eq!(self.position(&hash), Err(at));
         self.by_hash
@@ -168,6 +169,12 @@ impl Files {
         self.by_hash.remove_at(at);
         self.seen.stale += 1;
         self.recs.remove(file);
+    }
+
+    /// Whether `file` is a live file's id.
+    #[inline]
+    pub(super) fn is_live(&self, file: u32) -> bool {
+        self.recs.get(file).is_some_and(|r| r.first_entry != NONE)
     }
 
     /// Rebuilds the hash filter if it is due, from the files in the table (the caller has

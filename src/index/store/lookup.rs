@@ -1,7 +1,7 @@
 //! [`Index::lookup`]: who holds a file, by hash, hash prefix or exact name.
 
 use super::words::{lower_words, Scratch};
-use super::{Index, LookupError, PeerId, NONE};
+use super::{Index, LookupError, PeerId, ID_MASK, NONE};
 use crate::wire::{is_hex_prefix, HeldFile, LookupKey};
 use std::cmp::Ordering;
 
@@ -50,6 +50,7 @@ impl Index {
                 let mut files: Vec<HeldFile> = self
                     .words
                     .postings(w)
+                    .map(|key| key & ID_MASK)
                     .filter(|&e| self.entries.cmp_name(e, name.as_bytes()) == Ordering::Equal)
                     .map(|e| self.held_file(self.entries[e].file(), Some(e)))
                     .collect();

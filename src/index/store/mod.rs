@@ -12,7 +12,7 @@
 //! | `mod.rs` | [`Index`], its parts, the public types, the peer table |
 //! | `register.rs` | register: staging new files, admitting names, [`Index::post_pending`] |
 //! | `removal.rs` | unregister and peer removal, deleting entries, words and files left without holders |
-//! | `search.rs` | keyword search and its ranking |
+//! | `search.rs` | keyword search: its ranking, filters, pages and work budget |
 //! | `lookup.rs` | lookup by hash, hash prefix or name |
 //! | `files.rs` | the file table, the hash index, the holder counts of files of several names |
 //! | `entries.rs` | the entry table, the entries' names and holders |
@@ -51,6 +51,13 @@
 //! - Every name accepted and not yet in the arena (staged), and every word text of an entry
 //!   not yet posted, has room reserved in its arena: what a register accepts is never refused
 //!   later, and no arena passes its cap (see [`Names`]).
+//! - A posting is a key, [`posting_key`]`(tier, entry id)`: the entries under a word are in
+//!   search rank order (higher holder tier first, then smaller id; see `search.rs`). Every
+//!   posted entry carries in its `file` field the tier its postings are keyed with; after
+//!   [`Index::post_pending`] that is the tier of its file's current holder count
+//!   ([`tier_of`]). A holder change that crosses a tier lists the file in `Pending::retier`
+//!   and `post_pending` moves its entries' postings. Entry and file ids stay below
+//!   [`MAX_ENTRIES`] (register refuses more), so an id and a tier fit one `u32`.
 //! - Every live word has at least one posting; its postings are inline exactly while there are
 //!   at most two (ascending), else in a packed set; it is in `Words::by_text` once and in
 //!   `Words::order` once, under its own 4-byte prefix; its `text` is a live record of
@@ -71,9 +78,11 @@
 //!   collisions.
 //! - `seen`: a [`HashFilter`] (a Bloom filter of 8–10 bits per file after each reactor turn,
 //!   ~1.2 B) that tells a register which hashes are certainly new without a hash-index search.
-//! - The entry table of `EntryRec` (20 B: name offset, file id + [`SOLE`] bit, next entry of
-//!   the same file, two inline holder slots). Entries with more than two holders spill to a
-//!   slab of `Vec<u32>`.
+//! - The entry table of `EntryRec` (20 B: name offset, file id + posted tier + [`SOLE`] bit,
+//!   next entry of the same file, two inline holder slots). Entries with more than two
+//!   holders spill to a slab of `Vec<u32>`. The tier costs no byte: it lives in the top bits
+//!   of the ids, as it does in the posting keys (a word's postings stay ascending runs of
+//!   close ids within a tier, so their varint deltas are as small as before).
 //! - `names`: one byte arena ([`Names`]) of length-prefixed names, one byte of overhead per
 //!   name, each name compressed by a [`NameCodec`]: words common in names (with the space
 //!   after them) become one- or two-byte codes, so a typical name takes about half its length.
@@ -137,6 +146,8 @@ mod table;
 mod tests;
 mod words;
 
+pub use self::search::{SearchError, SearchPage, MAX_QUERY_WORDS, SEARCH_WORK_BUDGET};
+
 use self::entries::Entries;
 use self::files::Files;
 use self::postings::PackedSet;
@@ -163,6 +174,39 @@ const SPILLED: u32 = u32::MAX - 1;
 /// the file's holders are then exactly the entry's, and search need not touch the file record
 /// to rank the entry.
 const SOLE: u32 = 1 << 31;
+
+/// Bits of an entry or file id. Ids stay below `1 << ID_BITS` (register refuses more entries,
+/// see [`MAX_ENTRIES`]), so that a posting key and an entry's `file` field have room for a
+/// tier.
+const ID_BITS: u32 = 27;
+/// The id part of a posting key or of an entry's `file` field.
+const ID_MASK: u32 = (1 << ID_BITS) - 1;
+/// Most entries the index holds (ids are below it). Register refuses new entries beyond.
+pub const MAX_ENTRIES: usize = ID_MASK as usize;
+/// The highest tier: files of `1 << MAX_TIER` holders or more.
+const MAX_TIER: u32 = 14;
+/// In an entry's tier bits: its words are not posted yet.
+const UNPOSTED: u32 = 15;
+
+/// The tier of a file of `holders` holders: 0 for one (or none), 1 for 2–3, 2 for 4–7, …,
+/// `floor(log2(holders))`, capped at [`MAX_TIER`].
+#[inline]
+pub fn tier_of(holders: u32) -> u32 {
+    (31 - holders.max(1).leading_zeros()).min(MAX_TIER)
+}
+
+/// The posting key of entry `id` in tier `tier`: keys sort by tier (highest first), then by
+/// id, so a word's postings are in rank order.
+#[inline]
+fn posting_key(tier: u32, id: u32) -> u32 {
+    ((MAX_TIER - tier) << ID_BITS) | id
+}
+
+/// The tier of a posting key.
+#[inline]
+fn key_tier(key: u32) -> u32 {
+    MAX_TIER - (key >> ID_BITS)
+}
 
 /// A live peer's id, handed out by [`Index::add_peer`]. Ids are reused after removal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -223,6 +267,8 @@ pub struct Index {
     pending: Pending,
     /// Reused buffers, so that register and removal allocate nothing per entry.
     work: Work,
+    /// Work units one search may spend (see `search.rs`).
+    search_budget: usize,
 }
 
 /// One live peer.
@@ -311,6 +357,7 @@ impl Index {
             },
             pending: Pending::default(),
             work: Work::default(),
+            search_budget: SEARCH_WORK_BUDGET,
         }
     }
 
@@ -382,6 +429,27 @@ impl Index {
             e = self.entries[e].next;
         }
         None
+    }
+
+    /// How many distinct peers hold `file` (a live file).
+    #[inline]
+    fn file_holder_count(&self, file: u32) -> u32 {
+        let first = self.files[file].first_entry;
+        let rec = &self.entries[first];
+        if rec.file & SOLE != 0 {
+            self.entries.holder_count(rec)
+        } else {
+            self.files.multi_holders[&file]
+        }
+    }
+
+    /// `file` had `before` holders: if it crossed a tier, its entries' postings move (in
+    /// [`Index::post_pending`]).
+    #[inline]
+    fn note_holders_changed(&mut self, file: u32, before: u32) {
+        if tier_of(before) != tier_of(self.file_holder_count(file)) {
+            self.pending.retier.push(file);
+        }
     }
 
     /// Whether `peer` holds any entry of `file`.

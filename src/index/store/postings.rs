@@ -158,7 +158,6 @@ impl PackedSet {
             Some(last) if item > last.last => self.blocks.len() - 1,
             _ => self.block_of(item),
         };
-        let last_block = b + 1 == self.blocks.len();
         let blk = &mut self.blocks[b];
         let mut buf = [0u8; 10];
         if item < blk.first {
@@ -169,11 +168,12 @@ impl PackedSet {
         } else if item == blk.first || item == blk.last {
             return false;
         } else if item > blk.last {
-            if last_block && blk.deltas.len() >= PACKED_BLOCK_BYTES {
-                // Appending to a full last block starts a new one, so append-mostly sets end
-                // up with full blocks rather than half ones.
+            if blk.deltas.len() >= PACKED_BLOCK_BYTES {
+                // Appending to a full block starts a new one after it, so that ascending
+                // runs of inserts (new ids at the end; entries moving into a tier's run in
+                // the middle) end up in full blocks rather than half ones.
                 self.grow_blocks();
-                self.blocks.push(PackedBlock::single(item));
+                self.blocks.insert(b + 1, PackedBlock::single(item));
                 self.len += 1;
                 return true;
             }
@@ -393,6 +393,38 @@ impl PackedSet {
             out.push(blk);
         }
         self.blocks = out;
+    }
+
+    /// Whether `item` is in the set: one block decoded at most.
+    pub(super) fn contains(&self, item: u32) -> bool {
+        let Some(blk) = self.blocks.get(self.block_of(item)) else {
+            return false;
+        };
+        if item < blk.first || item > blk.last {
+            return false;
+        }
+        let (mut pos, mut cur) = (0, blk.first);
+        while cur < item && pos < blk.deltas.len() {
+            cur += get_varint(&blk.deltas, &mut pos);
+        }
+        cur == item
+    }
+
+    /// The items from the first one at least `from` on, ascending: blocks before it are
+    /// skipped without decoding.
+    pub(super) fn iter_from(&self, from: u32) -> impl Iterator<Item = u32> + '_ {
+        // From the start (most searches) without a search over the blocks.
+        let b = match self.blocks.first() {
+            Some(first) if from > first.last => self.block_of(from),
+            _ => 0,
+        };
+        PackedIter {
+            blocks: self.blocks[b.min(self.blocks.len())..].iter(),
+            deltas: &[],
+            pos: 0,
+            cur: 0,
+        }
+        .skip_while(move |&x| x < from)
     }
 
     #[inline]

@@ -5,7 +5,10 @@
 use super::codec::NameCodec;
 use super::names::Names;
 use super::words::lower_words;
-use super::{is_valid_name, Index, PeerId, RegisterOutcome, NONE, SOLE};
+use super::{
+    is_valid_name, posting_key, tier_of, Index, PeerId, RegisterOutcome, MAX_ENTRIES, NONE, SOLE,
+    UNPOSTED,
+};
 use crate::wire::{FileEntry, FileHash};
 
 /// Up to this many staged files, a register checks a seen hash against them one by one;
@@ -35,6 +38,8 @@ pub(super) struct Pending {
     staged_names: String,
     /// Entries created by a register whose words are not posted yet.
     unposted: Vec<u32>,
+    /// Files whose holder count may have crossed a tier since their entries were posted.
+    pub(super) retier: Vec<u32>,
 }
 
 impl Pending {
@@ -124,7 +129,10 @@ impl Index {
     /// its words' texts. False, reserving nothing, if either arena lacks the room.
     fn reserve_name(&mut self, name: &str) -> bool {
         let record = Names::record_len(NameCodec::plain_len(name));
-        if !self.entries.names.has_room(record) || !self.words.has_room_for(name.len()) {
+        if self.entry_count() >= MAX_ENTRIES
+            || !self.entries.names.has_room(record)
+            || !self.words.has_room_for(name.len())
+        {
             return false;
         }
         self.entries.names.reserve(record);
@@ -260,12 +268,14 @@ impl Index {
         }
         let file = self.entries[e].file();
         let new_file = !self.peer_holds_file(peer.0, file);
+        let before = self.file_holder_count(file);
         self.entries.push_holder(e, peer.0);
         if new_file {
             if let Some(n) = self.files.multi_holders.get_mut(&file) {
                 *n += 1;
             }
         }
+        self.note_holders_changed(file, before);
         let rec = self.peers.get_mut(peer);
         if new_file {
             rec.files += 1;
@@ -284,6 +294,69 @@ impl Index {
     pub fn post_pending(&mut self) {
         self.unstage_all();
         self.files.refresh_filter();
+        self.post_unposted();
+        self.apply_retiers();
+    }
+
+    /// Moves the postings of the entries of files in `Pending::retier` to their file's
+    /// current tier. A file crosses a tier only when its holder count doubles or halves, so
+    /// this costs each holding a constant amortised number of reposted words.
+    fn apply_retiers(&mut self) {
+        if self.pending.retier.is_empty() {
+            return;
+        }
+        let mut files = std::mem::take(&mut self.pending.retier);
+        files.sort_unstable();
+        files.dedup();
+        let mut scratch = std::mem::take(&mut self.work.words);
+        let mut name = std::mem::take(&mut self.work.name);
+        let mut ids = std::mem::take(&mut self.work.name_words);
+        for &file in &files {
+            // A file deleted since (its id maybe reused) is skipped or retiered as is.
+            if !self.files.is_live(file) {
+                continue;
+            }
+            let tier = tier_of(self.file_holder_count(file));
+            let mut e = self.files[file].first_entry;
+            while e != NONE {
+                let old = self.entries[e].posted_tier();
+                if old != UNPOSTED && old != tier {
+                    self.entries.decode_name(e, &mut name);
+                    lower_words(
+                        std::str::from_utf8(&name).expect("names are stored from str"),
+                        &mut scratch,
+                    );
+                    ids.clear();
+                    if scratch.spans.is_empty() {
+                        ids.extend(self.words.find(b""));
+                    }
+                    ids.extend(
+                        scratch
+                            .words()
+                            .filter_map(|w| self.words.find(w.as_bytes())),
+                    );
+                    // A word repeated in a name is posted once.
+                    ids.sort_unstable();
+                    ids.dedup();
+                    for &w in &ids {
+                        self.words
+                            .repost(w, posting_key(old, e), posting_key(tier, e));
+                    }
+                    self.entries[e].set_posted_tier(tier);
+                }
+                e = self.entries[e].next;
+            }
+        }
+        self.work.words = scratch;
+        self.work.name = name;
+        self.work.name_words = ids;
+        files.clear();
+        self.pending.retier = files;
+    }
+
+    /// Posts the words of the entries registered since the last call, and compresses their
+    /// names.
+    fn post_unposted(&mut self) {
         if self.pending.unposted.is_empty() {
             return;
         }
@@ -298,12 +371,15 @@ impl Index {
             text.push_str(NameCodec::plain_str(self.entries.names.get(at)));
             lower_words(&text, &mut scratch);
             name_words.clear();
+            let tier = tier_of(self.file_holder_count(self.entries[id].file()));
+            self.entries[id].set_posted_tier(tier);
+            let key = posting_key(tier, id);
             if scratch.spans.is_empty() {
-                self.words.post(id, "");
+                self.words.post(key, "");
             }
             for i in 0..scratch.spans.len() {
                 let (a, b) = scratch.spans[i];
-                name_words.push(self.words.post(id, &scratch.buf[a..b]));
+                name_words.push(self.words.post(key, &scratch.buf[a..b]));
             }
             let Index { entries, words, .. } = self;
             entries.codec.encode(&text, &mut enc, |i| {
@@ -336,6 +412,8 @@ impl Index {
 
     /// Whether [`Index::register`] left work for [`Index::post_pending`].
     pub fn has_pending(&self) -> bool {
-        !self.pending.unposted.is_empty() || !self.pending.staged.is_empty()
+        !self.pending.unposted.is_empty()
+            || !self.pending.staged.is_empty()
+            || !self.pending.retier.is_empty()
     }
 }

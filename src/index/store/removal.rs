@@ -2,7 +2,7 @@
 //! the entries, words and files left without holders (see the module docs' "Removal").
 
 use super::words::lower_words;
-use super::{Index, PeerId, NONE, SOLE};
+use super::{posting_key, Index, PeerId, NONE, SOLE};
 use crate::wire::FileHash;
 
 impl Index {
@@ -16,13 +16,15 @@ impl Index {
         let mut held = 0;
         for e in rec.entries.iter() {
             held += 1;
-            self.entries.pop_holder(e, peer.0);
             let file = self.entries[e].file();
+            let before = self.file_holder_count(file);
+            self.entries.pop_holder(e, peer.0);
             // Entries of this file still to be visited may hold the peer: a file of several
             // names loses this holder only at the last of them.
             if self.files.multi_holders.contains_key(&file) && !self.peer_holds_file(peer.0, file) {
                 self.lose_holder(file);
             }
+            self.note_holders_changed(file, before);
             if self.entries.holders(e).is_empty() {
                 dead.push(e);
             }
@@ -57,11 +59,13 @@ impl Index {
                 e = self.entries[e].next;
             }
             for &e in &held {
+                let before = self.file_holder_count(file);
                 self.entries.pop_holder(e, peer.0);
                 if !self.peer_holds_file(peer.0, file) {
                     self.peers.get_mut(peer).files -= 1;
                     self.lose_holder(file);
                 }
+                self.note_holders_changed(file, before);
                 self.peers.get_mut(peer).entries.remove(e);
                 // Deleted after the loop: a later hash of the same call may name this file
                 // again, and must still find it (now without this peer).
@@ -101,16 +105,18 @@ impl Index {
         };
         unpost.clear();
         for &e in dead {
+            // Postings are keyed by the tier the entry was posted in.
+            let key = u64::from(posting_key(self.entries[e].posted_tier(), e));
             self.entries.decode_name(e, &mut name_buf);
             lower_words(
                 std::str::from_utf8(&name_buf).expect("names are stored from str"),
                 &mut scratch,
             );
             if scratch.spans.is_empty() {
-                unpost.push((u64::from(posted(self, "")) << 32) | u64::from(e));
+                unpost.push((u64::from(posted(self, "")) << 32) | key);
             }
             for w in scratch.words() {
-                unpost.push((u64::from(posted(self, w)) << 32) | u64::from(e));
+                unpost.push((u64::from(posted(self, w)) << 32) | key);
             }
         }
         // A word that occurs twice in a name was posted once.

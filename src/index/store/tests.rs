@@ -3,7 +3,9 @@
 
 use super::filter::HashFilter;
 use super::*;
-use crate::wire::{FileEntry, FileHash, HeldFile, LookupKey, SearchHit};
+use crate::wire::{
+    FileEntry, FileHash, FileKind, HeldFile, LookupKey, SearchCursor, SearchFilter, SearchHit,
+};
 
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -179,7 +181,7 @@ fn case_insensitive_beyond_ascii() {
 }
 
 #[test]
-fn ranking_whole_words_then_holders_then_name_then_hash() {
+fn ranking_whole_words_then_tier_then_entry_id() {
     let mut ix = Index::new();
     let a = ix.add_peer(addr(1));
     let b = ix.add_peer(addr(2));
@@ -199,30 +201,74 @@ fn ranking_whole_words_then_holders_then_name_then_hash() {
             fe(h(5), 1, "rock aaa"),
         ],
     );
-    let (hits, truncated) = ix.search("rock", 10);
-    assert!(!truncated);
-    // Whole-word "rock" beats "rocky" despite rocky's two holders; then name, then hash.
+    let (hits, more) = ix.search("rock", 10);
+    assert!(!more);
+    // Whole-word "rock" beats "rocky" despite rocky's two holders; then entry ids (the order
+    // registered here).
     assert_eq!(
         names(&hits),
         [
-            "rock aaa",
-            "rock aaa",
             "rock anthem",
             "rock zzz",
+            "rock aaa",
+            "rock aaa",
             "rocky road"
         ]
     );
-    assert_eq!(hits[0].hash, h(4));
-    assert_eq!(hits[1].hash, h(5));
+    assert_eq!((hits[2].hash, hits[3].hash), (h(4), h(5)));
     assert_eq!(hits[4].holders, 2);
-    let (hits, truncated) = ix.search("roc", 10);
-    // No whole-word match: more holders first.
+    let (hits, more) = ix.search("roc", 10);
+    // No whole-word match: the higher tier (2 holders) first.
     assert_eq!(hits[0].name, "rocky road");
-    assert!(!truncated);
-    let (hits, truncated) = ix.search("rock", 2);
-    assert_eq!(names(&hits), ["rock aaa", "rock aaa"]);
-    assert!(truncated);
-    assert_eq!(ix.search("rock", 0), (vec![], true));
+    assert!(!more);
+    let (hits, more) = ix.search("rock", 2);
+    assert_eq!(names(&hits), ["rock anthem", "rock zzz"]);
+    assert!(more);
+    assert_eq!(ix.search("rock", 0), (vec![], false));
+    // "rock zzz" reaches 2 holders (tier 1) and moves ahead of "rock anthem"; back at one
+    // holder it goes back to its id's place.
+    ix.register(b, &[fe(h(3), 1, "rock zzz")]);
+    assert_eq!(names(&ix.search("rock", 2).0), ["rock zzz", "rock anthem"]);
+    check_words(&mut ix);
+    ix.unregister(b, &[h(3)]);
+    assert_eq!(names(&ix.search("rock", 2).0), ["rock anthem", "rock zzz"]);
+    check_words(&mut ix);
+}
+
+/// Holder counts crossing tiers up and down (1, 2, 4, 8, 16 holders and back), for a file of
+/// one name and one of two names: postings move with the tier, the ranking follows.
+#[test]
+fn files_move_between_tiers_as_holders_come_and_go() {
+    let mut ix = Index::new();
+    let peers: Vec<PeerId> = (0..17).map(|i| ix.add_peer(addr(i))).collect();
+    // Filler entries of tier 0 with small ids, ahead of the climbers at equal tiers.
+    let filler: Vec<FileEntry> = (0..40u32)
+        .map(|i| fe(spread_hash(1000 + i), 1, &format!("song {i}")))
+        .collect();
+    ix.register(peers[0], &filler);
+    let solo = fe(spread_hash(1), 5, "song solo");
+    let duo = [
+        fe(spread_hash(2), 6, "song duo a"),
+        fe(spread_hash(2), 6, "song duo b"),
+    ];
+    for (n, &p) in peers.iter().enumerate() {
+        ix.register(p, std::slice::from_ref(&solo));
+        ix.register(p, &duo[n % 2..n % 2 + 1]);
+        let holders = n as u32 + 1;
+        let (hits, _) = ix.search("song", 3);
+        if holders >= 2 {
+            // Both climbers share a tier above the filler's; solo is the older entry.
+            assert_eq!(names(&hits)[0], "song solo", "{holders} holders");
+            assert_eq!(hits[0].holders, holders);
+            assert!(hits[1].name.starts_with("song duo"));
+        }
+        check_words(&mut ix);
+    }
+    for &p in peers.iter().rev() {
+        ix.remove_peer(p);
+        check_words(&mut ix);
+    }
+    assert_eq!((ix.entry_count(), ix.word_count()), (0, 0));
 }
 
 #[test]
@@ -540,6 +586,13 @@ fn lookup_by_name_and_prefix() {
     );
 }
 
+impl Index {
+    /// The id of entry (hash, name), for the model's tie-break (after `post_pending`).
+    fn entry_id(&self, hash: &FileHash, name: &str) -> Option<u32> {
+        self.find_entry(self.files.find(hash)?, name)
+    }
+}
+
 // ---- the naive model ----
 
 /// Everything as plain holdings; every answer computed by scanning.
@@ -626,14 +679,27 @@ impl Model {
         removed
     }
 
-    fn search(&self, query: &str, limit: usize) -> (Vec<SearchHit>, bool) {
+    fn search(&self, ix: &Index, query: &str, limit: usize) -> (Vec<SearchHit>, bool) {
+        if limit == 0 {
+            return (vec![], false);
+        }
+        let all = self.ranked(ix, query, &SearchFilter::default());
+        let more = all.len() > limit;
+        (all.into_iter().take(limit).map(|(_, h)| h).collect(), more)
+    }
+
+    /// Every match of `query` under `filter`, best first, with its rank `(query words not
+    /// whole << 32) | (inverted tier << 27) | entry id`: ranked by the definition (whole
+    /// words, then tier of the holder count, then entry id), the entry id asked of the index
+    /// (its only input from the index).
+    fn ranked(&self, ix: &Index, query: &str, filter: &SearchFilter) -> Vec<(u64, SearchHit)> {
         let mut q = model_words(query);
         q.sort();
         q.dedup();
+        let mut all: Vec<(u64, SearchHit)> = Vec::new();
         if q.is_empty() {
-            return (vec![], false);
+            return all;
         }
-        let mut all: Vec<(u32, SearchHit)> = Vec::new();
         for (hash, name) in self.entries() {
             let words = model_words(&name);
             if !q
@@ -642,26 +708,40 @@ impl Model {
             {
                 continue;
             }
-            let whole = q.iter().filter(|q| words.contains(q)).count() as u32;
+            let size = self.sizes[&hash];
+            let holders = self.holders_of(&hash).len() as u32;
+            let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+            let ext_in = |list: &[&str]| {
+                ext.as_ref()
+                    .is_some_and(|e| list.iter().any(|x| x.to_ascii_lowercase() == *e))
+            };
+            let exts: Vec<&str> = filter.exts.iter().map(String::as_str).collect();
+            if size < filter.min_size
+                || filter.max_size.is_some_and(|m| size > m)
+                || holders < filter.min_holders
+                || (!exts.is_empty() && !ext_in(&exts))
+                || filter.kind.is_some_and(|k| !ext_in(k.extensions()))
+            {
+                continue;
+            }
+            let whole = q.iter().filter(|q| words.contains(q)).count() as u64;
+            // The tier by its definition: 1 holder 0, 2-3 1, 4-7 2, ...
+            let mut tier = 0;
+            while tier < 14 && holders >> (tier + 1) != 0 {
+                tier += 1;
+            }
+            let id = ix.entry_id(&hash, &name).expect("a live entry");
+            let rank = ((q.len() as u64 - whole) << 32) | u64::from((14 - tier) << 27 | id);
             let hit = SearchHit {
-                size: self.sizes[&hash],
-                holders: self.holders_of(&hash).len() as u32,
+                size,
+                holders,
                 name,
                 hash,
             };
-            all.push((whole, hit));
+            all.push((rank, hit));
         }
-        all.sort_by(|(wa, a), (wb, b)| {
-            wb.cmp(wa)
-                .then(b.holders.cmp(&a.holders))
-                .then(a.name.cmp(&b.name))
-                .then(a.hash.cmp(&b.hash))
-        });
-        let truncated = all.len() > limit;
-        (
-            all.into_iter().take(limit).map(|(_, h)| h).collect(),
-            truncated,
-        )
+        all.sort_by_key(|(r, _)| *r);
+        all
     }
 
     fn held(&self, hash: FileHash, name: Option<String>) -> HeldFile {
@@ -730,7 +810,9 @@ impl Model {
 }
 
 // Small alphabets so that names, words, prefixes and hashes collide often.
-const WORDS: &[&str] = &["a", "ab", "Abc", "b", "ÄB", "äbc", "x1", "9", "", "é"];
+const WORDS: &[&str] = &[
+    "a", "ab", "Abc", "b", "ÄB", "äbc", "x1", "9", "", "é", "mp3",
+];
 const SEPS: &[&str] = &[" ", "-", "_", ".", "\r\r\n", "/", "\0"];
 
 fn test_hash(i: usize) -> FileHash {
@@ -787,8 +869,30 @@ enum Op {
     Register(usize, Vec<(usize, u64, String)>, u32),
     Unregister(usize, Vec<usize>),
     RemovePeer(usize),
-    Search(String, usize),
+    Search(String, SearchFilter, usize),
+    /// The next page of the last search (through whatever changed since).
+    More(usize),
     Lookup(LookupKey),
+}
+
+fn filter_strategy() -> impl Strategy<Value = SearchFilter> {
+    prop_oneof![
+        3 => Just(SearchFilter::default()),
+        2 => (
+            0..3u64,
+            prop::option::of(1..3u64),
+            prop::collection::vec(prop::sample::select(vec!["a", "AB", "x1", "9", "mp3", "é"]), 0..2),
+            prop::option::of(prop::sample::select(FileKind::ALL.to_vec())),
+            0..5u32,
+        )
+            .prop_map(|(min_size, max_size, exts, kind, min_holders)| SearchFilter {
+                min_size,
+                max_size: max_size.map(|m| m.max(min_size)),
+                exts: exts.into_iter().map(str::to_string).collect(),
+                kind,
+                min_holders,
+            }),
+    ]
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -802,7 +906,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(p, f, room)| Op::Register(p, f, room)),
         2 => (any::<usize>(), prop::collection::vec(0..7usize, 0..4)).prop_map(|(p, h)| Op::Unregister(p, h)),
         1 => any::<usize>().prop_map(Op::RemovePeer),
-        4 => (query_strategy(), 0..5usize).prop_map(|(q, l)| Op::Search(q, l)),
+        4 => (query_strategy(), filter_strategy(), 0..5usize).prop_map(|(q, f, l)| Op::Search(q, f, l)),
+        3 => (1..4usize).prop_map(Op::More),
         3 => key_strategy().prop_map(Op::Lookup),
     ]
 }
@@ -822,6 +927,51 @@ fn counts_agree(ix: &Index, model: &Model, live: &[PeerId]) -> Result<(), TestCa
     Ok(())
 }
 
+/// The number of distinct words of `query`.
+fn query_words(query: &str) -> u64 {
+    let mut q = model_words(query);
+    q.sort();
+    q.dedup();
+    q.len() as u64
+}
+
+/// A page of the index's search for a query of `nq` words against the model's ranked
+/// matches: the best `limit` ranked after `after`, a next cursor exactly when more follow
+/// (pointing at the last hit), and a total that is exact when it says so and a lower bound
+/// otherwise.
+fn page_agrees(
+    page: &SearchPage,
+    all: &[(u64, SearchHit)],
+    nq: u64,
+    after: Option<&SearchCursor>,
+    limit: usize,
+) -> Result<(), TestCaseError> {
+    // The cursor's rank, in the model's terms: query words not whole, then the key.
+    let from = after.map_or(0, |c| {
+        let crank = ((nq - u64::from(c.whole)) << 32) | u64::from(c.key);
+        all.partition_point(|(r, _)| *r <= crank)
+    });
+    let rest = &all[from..];
+    prop_assert!(!page.partial, "tests stay within the budget");
+    if limit == 0 {
+        prop_assert!(page.hits.is_empty() && page.next.is_none());
+        return Ok(());
+    }
+    let want: Vec<SearchHit> = rest.iter().take(limit).map(|(_, h)| h.clone()).collect();
+    prop_assert_eq!(&page.hits, &want);
+    prop_assert_eq!(page.next.is_some(), rest.len() > limit);
+    if page.total_exact {
+        prop_assert_eq!(page.total, rest.len() as u64);
+    } else {
+        prop_assert!(page.total <= rest.len() as u64 && page.total >= page.hits.len() as u64);
+    }
+    if let Some(c) = &page.next {
+        let (r, _) = rest[limit - 1];
+        prop_assert_eq!((nq - u64::from(c.whole)) << 32 | u64::from(c.key), r);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1000))]
     #[test]
@@ -834,6 +984,7 @@ proptest! {
         ix.files.seen.saturated = saturated;
         let mut model = Model::default();
         let mut live: Vec<PeerId> = Vec::new();
+        let mut last: Option<(String, SearchFilter, SearchCursor)> = None;
         for op in ops {
             match op {
                 Op::AddPeer(port) => {
@@ -862,8 +1013,26 @@ proptest! {
                     model.refresh_sizes();
                     prop_assert_eq!(ix.remove_peer(p), Some(held));
                 }
-                Op::Search(q, limit) => {
-                    prop_assert_eq!(ix.search(&q, limit), model.search(&q, limit), "query {:?}", q);
+                Op::Search(q, filter, limit) => {
+                    let page = ix.search_page(&q, &filter, None, limit).unwrap();
+                    let all = model.ranked(&ix, &q, &filter);
+                    page_agrees(&page, &all, query_words(&q), None, limit)?;
+                    if filter.is_empty() {
+                        prop_assert_eq!(ix.search(&q, limit), model.search(&ix, &q, limit));
+                    }
+                    last = page.next.map(|c| (q, filter, c));
+                }
+                Op::More(limit) => {
+                    if let Some((q, filter, c)) = last.take() {
+                        // Whatever changed since the cursor was given, the page is the best
+                        // matches ranked after it in the index as it is now.
+                        let page = ix.search_page(&q, &filter, Some(&c), limit).unwrap();
+                        let all = model.ranked(&ix, &q, &filter);
+                        page_agrees(&page, &all, query_words(&q), Some(&c), limit)?;
+                        // A cursor of another query is refused.
+                        prop_assert!(ix.search_page("zz9", &filter, Some(&c), limit).is_err());
+                        last = page.next.map(|c| (q, filter, c));
+                    }
                 }
                 Op::Lookup(key) => {
                     prop_assert_eq!(ix.lookup(&key), model.lookup(&key), "key {:?}", key);
@@ -967,7 +1136,11 @@ fn check_words(ix: &mut Index) -> (usize, usize) {
     ix.post_pending();
     let mut expect: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     let mut name = Vec::new();
-    for (e, _) in ix.entries.iter() {
+    for (e, rec) in ix.entries.iter() {
+        // Posted under the key of its file's current tier.
+        let tier = tier_of(ix.file_holder_count(rec.file()));
+        assert_eq!(rec.posted_tier(), tier, "entry {e}");
+        let key = posting_key(tier, e);
         ix.entries.decode_name(e, &mut name);
         let mut ws = model_words(std::str::from_utf8(&name).unwrap());
         ws.sort();
@@ -976,8 +1149,11 @@ fn check_words(ix: &mut Index) -> (usize, usize) {
             ws.push(String::new());
         }
         for w in ws {
-            expect.entry(w).or_default().push(e);
+            expect.entry(w).or_default().push(key);
         }
+    }
+    for keys in expect.values_mut() {
+        keys.sort_unstable();
     }
     ix.words.check(&expect)
 }
@@ -995,9 +1171,10 @@ fn rare_words_stay_inline_and_common_ones_spill_and_come_back() {
     };
     assert_eq!(alpha(&mut ix), None);
     ix.register(p, &files[..1]);
-    assert_eq!(alpha(&mut ix), Some([0, NONE]));
+    let k = |e: u32| posting_key(0, e);
+    assert_eq!(alpha(&mut ix), Some([k(0), NONE]));
     ix.register(p, &files[1..2]);
-    assert_eq!(alpha(&mut ix), Some([0, 1]));
+    assert_eq!(alpha(&mut ix), Some([k(0), k(1)]));
     assert_eq!(ix.words.packed_sets(), 0);
     ix.register(p, &files[2..]);
     ix.post_pending();
@@ -1008,7 +1185,7 @@ fn rare_words_stay_inline_and_common_ones_spill_and_come_back() {
     assert_eq!(ix.search("3x3", 10).0[0].name, "Alpha 3x3");
     // Back to two (the first and the last): inline again, ascending.
     ix.unregister(p, &[h(1), h(2), h(3)]);
-    assert_eq!(alpha(&mut ix), Some([0, 4]));
+    assert_eq!(alpha(&mut ix), Some([k(0), k(4)]));
     assert_eq!(ix.words.packed_sets(), 0);
     assert_eq!(check_words(&mut ix), (3, 0));
     // Up again through a reused entry id between the inline ones, then down to one.
@@ -1019,8 +1196,8 @@ fn rare_words_stay_inline_and_common_ones_spill_and_come_back() {
     assert_eq!(
         alpha(&mut ix),
         Some([
-            ix.find_entry(ix.files.find(&h(1)).unwrap(), "Alpha 1x1")
-                .unwrap(),
+            k(ix.find_entry(ix.files.find(&h(1)).unwrap(), "Alpha 1x1")
+                .unwrap()),
             NONE
         ])
     );
@@ -1120,7 +1297,8 @@ fn two_peers(ix: &mut Index) -> (PeerId, PeerId, Model) {
 /// `0..n` (by [`spread_hash`]) and the word index.
 fn agrees_on_spread_files(ix: &mut Index, model: &Model, live: &[PeerId], n: u32) {
     counts_agree(ix, model, live).unwrap();
-    assert_eq!(ix.search("x", 100), model.search("x", 100));
+    let got = ix.search("x", 100);
+    assert_eq!(got, model.search(ix, "x", 100));
     for i in 0..n {
         let key = LookupKey::Hash(spread_hash(i));
         assert_eq!(ix.lookup(&key), model.lookup(&key), "file {i}");
@@ -1184,5 +1362,76 @@ fn names_beyond_the_word_arena_cap_are_rejected() {
     assert_eq!(
         (ix.file_count(), ix.entry_count(), ix.word_count()),
         (0, 0, 0)
+    );
+}
+
+/// A filter that rejects most candidates: the search stops at its work budget, says so, and
+/// what it returns matches; its cursor continues past what it examined. Within the budget the
+/// same search is exact.
+#[test]
+fn a_search_stops_at_its_budget_and_says_so() {
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    let files: Vec<FileEntry> = (0..2000u32)
+        .map(|i| {
+            fe(
+                spread_hash(i),
+                u64::from(i % 100) + 1,
+                &format!("tune {i}.mp3"),
+            )
+        })
+        .collect();
+    ix.register(p, &files);
+    // One file in a hundred is 100 bytes.
+    let filter = SearchFilter {
+        min_size: 100,
+        kind: Some(FileKind::Audio),
+        ..SearchFilter::default()
+    };
+    let page = ix.search_page("tune", &filter, None, 10).unwrap();
+    assert!(!page.partial);
+    assert_eq!(page.hits.len(), 10);
+    assert!(page.next.is_some());
+    assert_eq!(page.hits[0].name, "tune 99.mp3");
+    ix.set_search_budget(1750);
+    let mut seen = Vec::new();
+    let mut after = None;
+    for _ in 0..3 {
+        let page = ix.search_page("tune", &filter, after.as_ref(), 10).unwrap();
+        assert!(page.partial && !page.total_exact);
+        assert!(!page.hits.is_empty() && page.hits.len() < 10);
+        assert!(page.hits.iter().all(|h| h.size == 100));
+        seen.extend(page.hits.into_iter().map(|h| h.name));
+        after = page.next;
+        assert!(after.is_some());
+    }
+    // Pages of a stopped search continue where the last one stopped, in rank order.
+    let want: Vec<String> = (0..seen.len())
+        .map(|k| format!("tune {}.mp3", 100 * k + 99))
+        .collect();
+    assert_eq!(seen, want);
+    // A one-letter prefix with no filter needs a handful of units per hit.
+    let page = ix
+        .search_page("t", &SearchFilter::default(), None, 10)
+        .unwrap();
+    assert!(!page.partial && page.hits.len() == 10);
+    // A minimum of holders skips the lower tiers outright: nothing here has two.
+    let two = SearchFilter {
+        min_holders: 2,
+        ..SearchFilter::default()
+    };
+    let page = ix.search_page("tune", &two, None, 10).unwrap();
+    assert!(page.hits.is_empty() && !page.partial && page.total_exact);
+    // Choosing among many words counts against the budget too: out of it, no candidate is
+    // examined and the answer says so.
+    ix.set_search_budget(8);
+    let page = ix
+        .search_page("t 1 2 3 4 5 6 7 8 9", &SearchFilter::default(), None, 10)
+        .unwrap();
+    assert!(page.partial && page.hits.is_empty() && page.next.is_none());
+    let many: Vec<String> = (0..=MAX_QUERY_WORDS).map(|i| format!("w{i}")).collect();
+    assert_eq!(
+        ix.search_page(&many.join(" "), &SearchFilter::default(), None, 10),
+        Err(SearchError::TooManyWords)
     );
 }

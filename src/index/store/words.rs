@@ -196,8 +196,52 @@ impl Words {
         }
     }
 
-    /// Posts `entry` under `word`; a no-op if it is there already (a name may repeat a word).
-    /// Returns the word's id.
+    /// The postings of word `w` from the first key at least `from` on, ascending (blocks
+    /// before it are skipped undecoded).
+    pub(super) fn postings_from(&self, w: u32, from: u32) -> impl Iterator<Item = u32> + '_ {
+        let (inline, packed) = match self.recs[w].postings {
+            [SPILLED, key] => (None, Some(self.postings[key as usize].iter_from(from))),
+            _ => (Some(self.postings(w).filter(move |&k| k >= from)), None),
+        };
+        inline
+            .into_iter()
+            .flatten()
+            .chain(packed.into_iter().flatten())
+    }
+
+    /// Whether `key` is posted under word `w`.
+    #[inline]
+    pub(super) fn contains(&self, w: u32, key: u32) -> bool {
+        match self.recs[w].postings {
+            [SPILLED, k] => self.postings[k as usize].contains(key),
+            p => p.contains(&key),
+        }
+    }
+
+    /// Moves a posting of word `w` from key `old` to key `new` (an entry changed tier).
+    pub(super) fn repost(&mut self, w: u32, old: u32, new: u32) {
+        let p = &mut self.recs[w].postings;
+        match *p {
+            [SPILLED, key] => {
+                let set = &mut self.postings[key as usize];
+                let removed = set.remove(old);
+                debug_assert!(removed, "a reposted key is posted");
+                set.insert(new);
+            }
+            [a, NONE] => {
+                debug_assert_eq!(a, old);
+                p[0] = new;
+            }
+            [a, b] => {
+                let other = if a == old { b } else { a };
+                debug_assert!(a == old || b == old);
+                *p = [other.min(new), other.max(new)];
+            }
+        }
+    }
+
+    /// Posts key `entry` (an entry's posting key) under `word`; a no-op if it is there
+    /// already (a name may repeat a word). Returns the word's id.
     pub(super) fn post(&mut self, entry: u32, word: &str) -> u32 {
         let text = word.as_bytes();
         let hash = self.hash(text);

@@ -80,6 +80,8 @@ impl Expensive {
             RequestBody::Search {
                 query: self.searches[(k / 2) % self.searches.len()].clone(),
                 limit: super::load::SEARCH_LIMIT,
+                filter: Default::default(),
+                after: None,
             }
         }
     }

@@ -364,6 +364,8 @@ pub fn search_request(
     let body = RequestBody::Search {
         query,
         limit: SEARCH_LIMIT,
+        filter: Default::default(),
+        after: None,
     };
     (body, class)
 }
