@@ -13,6 +13,12 @@
 //!   of the ready list so that one busy sender cannot hold the turn (on Linux, a read shorter
 //!   than the buffer ends it too: any later arrival raises a fresh edge). `Interrupted` is
 //!   retried; events for tokens no longer in the slab are ignored.
+//! - Fair turns: one connection's frames are handled for at most
+//!   [`Config::frames_per_turn`] frames, or, after its first frame, for at most
+//!   [`Config::work_per_turn`] of handler time, whichever ends first; then it yields: its
+//!   unhandled input stays in its pending buffer, in order, and it goes to the back of the
+//!   ready list, so every other connection with input is served before it continues. A
+//!   pipelining client therefore delays another client by at most one budget per turn.
 //! - Interest is derived from state: READABLE always, WRITABLE only while output is queued (or a
 //!   connect is in progress). Registration changes only when that changes.
 //! - Back-pressure: a connection whose queued output is above the high-water mark, or which
@@ -96,6 +102,11 @@ pub struct Config {
     pub max_connections_per_source: usize,
     /// Bytes written to a connection refused at the per-source limit before closing it.
     pub source_busy_reply: Vec<u8>,
+    /// Most frames handled for one connection before it yields to the others (at least 1).
+    pub frames_per_turn: usize,
+    /// Handler time one connection may use in one turn, counted after its first frame, before
+    /// it yields to the others.
+    pub work_per_turn: Duration,
 }
 
 impl Default for Config {
@@ -109,6 +120,8 @@ impl Default for Config {
             busy_reply: Vec::new(),
             max_connections_per_source: usize::MAX,
             source_busy_reply: Vec::new(),
+            frames_per_turn: 32,
+            work_per_turn: Duration::from_millis(1),
         }
     }
 }
@@ -357,6 +370,18 @@ pub struct Ctx<C> {
     next_sweep: Instant,
     waker: Arc<Waker>,
     stopped: bool,
+    /// The share of the turn of the connection being read (see [`Config::frames_per_turn`]).
+    budget: Budget,
+}
+
+/// What one connection has used of its share of a turn.
+#[derive(Debug, Default, Clone, Copy)]
+struct Budget {
+    frames: usize,
+    /// When its second frame started (the first one is always handled).
+    since: Option<Instant>,
+    /// The share ran out: unhandled input waits for the connection's next share.
+    yielded: bool,
 }
 
 /// A single-threaded event loop.
@@ -393,6 +418,7 @@ impl<C> Reactor<C> {
                 next_sweep: Instant::now(),
                 waker,
                 stopped: false,
+                budget: Budget::default(),
             },
         })
     }
@@ -952,6 +978,7 @@ impl<C> Ctx<C> {
         handler: &mut impl Handler<Conn = C>,
     ) {
         let mut drained = false;
+        self.budget = Budget::default();
         for _ in 0..READS_PER_TURN {
             let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
                 return;
@@ -980,6 +1007,11 @@ impl<C> Ctx<C> {
                 }
                 c.pending_in = pending;
                 if c.closing || c.parked {
+                    return;
+                }
+                if self.budget.yielded {
+                    // Its share of the turn is used: the rest waits, in order, for the next.
+                    self.mark_ready(key);
                     return;
                 }
             }
@@ -1024,6 +1056,10 @@ impl<C> Ctx<C> {
                     c.pending_in.extend_from_slice(&scratch[used..n]);
                 }
             }
+            if self.budget.yielded {
+                self.mark_ready(key);
+                return;
+            }
         }
         // Still busy after a full turn: come back once the others had theirs.
         self.mark_ready(key);
@@ -1056,8 +1092,16 @@ impl<C> Ctx<C> {
                 self.apply(conn, v);
                 continue;
             }
+            if self.budget.frames > 0 && self.is_share_used() {
+                self.budget.yielded = true;
+                return at;
+            }
+            let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
+                return at;
+            };
             match c.decoder.decode(&data[at..]) {
                 Ok(Some(d)) => {
+                    self.budget.frames += 1;
                     c.last_active = self.now;
                     let payload = &data[at + d.payload.start..at + d.payload.end];
                     at += d.consumed;
@@ -1088,6 +1132,18 @@ impl<C> Ctx<C> {
                 }
             }
         }
+    }
+
+    /// Whether the connection being read has used its share of this turn (it has handled at
+    /// least one frame). The clock is read from its second frame on only, so a connection
+    /// with one request per read costs no clock read.
+    fn is_share_used(&mut self) -> bool {
+        if self.budget.frames >= self.config.frames_per_turn {
+            return true;
+        }
+        let now = Instant::now();
+        let since = *self.budget.since.get_or_insert(now);
+        now.saturating_duration_since(since) >= self.config.work_per_turn
     }
 
     /// While closing, input is read and thrown away so the kernel does not reset the

@@ -140,6 +140,55 @@ fn lookup_by_name_with_several_hashes() {
     expect_error(body, ErrorCode::NotFound);
 }
 
+/// A client that pipelines thousands of costly searches with empty answers (which never
+/// fill its output and park it) cannot make another client wait for all of them: the reactor
+/// serves each connection a bounded share of a turn. Asserted by order, not by time: the
+/// other client's `Stats` answer counts the searches handled before it.
+#[test]
+fn a_pipelining_client_does_not_starve_another() {
+    const PIPELINED: u32 = 4000;
+    let indexd = Indexd::start(&[]);
+    let (mut holder, _) = Client::hello(indexd.addr, 7);
+    // Words starting with `s` in half the names, with `q` in the other half: "s q" ranges
+    // over a thousand words each and matches nothing.
+    let files: Vec<FileEntry> = (0..2000)
+        .map(|i| {
+            let word = if i % 2 == 0 { 's' } else { 'q' };
+            entry(&format!("{word}{i} track.mp3"), &format!("c{i}"))
+        })
+        .collect();
+    register(&mut holder, files);
+    let (mut greedy, _) = Client::hello(indexd.addr, 0);
+    let (mut honest, _) = Client::hello(indexd.addr, 0);
+    let mut burst = Vec::new();
+    for i in 0..PIPELINED {
+        let body = RequestBody::Search {
+            query: "s q".into(),
+            limit: 100,
+        };
+        wire::encode_frame(&Request { id: 1000 + i, body }, &mut burst);
+    }
+    greedy.send_raw(&burst).unwrap();
+    // Its first answer proves the burst is being handled (before the fix, the first one left
+    // only once every search of the read had run).
+    let first = greedy.recv().expect("an answer");
+    assert_eq!(first.id, 1000);
+    let handled = match honest.call(RequestBody::Stats) {
+        ResponseBody::Stats(s) => s.searches,
+        other => panic!("expected stats, got {other:?}"),
+    };
+    assert!(
+        handled < u64::from(PIPELINED) / 2,
+        "{handled} of {PIPELINED} pipelined searches ran before another client's request"
+    );
+    // Nothing of the burst is lost or reordered.
+    for i in 1..PIPELINED {
+        let r = greedy.recv().expect("an answer");
+        assert_eq!(r.id, 1000 + i);
+        assert!(matches!(r.body, ResponseBody::SearchResults { ref hits, .. } if hits.is_empty()));
+    }
+}
+
 #[test]
 fn pipelined_requests_are_answered_in_order_by_id() {
     let indexd = Indexd::start(&[]);

@@ -228,6 +228,9 @@ impl<H: Handler> Handler for Stoppable<H> {
     fn handle_timer(&mut self, ctx: &mut Ctx<H::Conn>, timer: u64) {
         self.inner.handle_timer(ctx, timer)
     }
+    fn handle_turn_end(&mut self, ctx: &mut Ctx<H::Conn>) {
+        self.inner.handle_turn_end(ctx)
+    }
 }
 
 /// Polls `cond` until it holds; fails the test after [`IO_TIMEOUT`].
@@ -258,6 +261,8 @@ struct Log {
     max_queued: usize,
     /// Contract violations seen by the handler (e.g. a second close for one connection).
     errors: Vec<String>,
+    /// Loop turns ended.
+    turns: usize,
 }
 
 impl Log {
@@ -362,6 +367,10 @@ impl Handler for Echo {
             }
             OnBadFrame::Ignore => Verdict::Continue,
         }
+    }
+
+    fn handle_turn_end(&mut self, _ctx: &mut Ctx<SocketAddr>) {
+        self.log.get().turns += 1;
     }
 
     fn handle_close(
@@ -1289,6 +1298,43 @@ fn a_frame_queued_while_connecting_is_flushed_before_close() {
 
 // ---------------------------------------------------------------------------------------------
 // 8. Half-close
+
+#[test]
+fn a_pipelined_burst_is_handled_in_shares_of_turns_whole_and_in_order() {
+    const FRAMES: u32 = 2000;
+    const SHARE: usize = 4;
+    let config = Config {
+        frames_per_turn: SHARE,
+        ..Config::default()
+    };
+    let (server, addr, log) = echo_server(config);
+    let client = Client::connect(addr);
+    let client_addr = client.local_addr();
+    let mut burst = Vec::new();
+    for n in 0..FRAMES {
+        burst.extend_from_slice(&frame(&n.to_le_bytes()));
+    }
+    let mut writer = client.reader.stream.try_clone().unwrap();
+    // One write, then the EOF right behind it: what waits for the next share is still
+    // handled before the close.
+    writer.write_all(&burst).expect("write");
+    writer.shutdown(Shutdown::Write).expect("half-close");
+    let mut reader = client.reader;
+    for n in 0..FRAMES {
+        assert!(reader.expect_frame() == n.to_le_bytes(), "echo {n} differs");
+    }
+    reader.expect_closed();
+    assert_eq!(log.wait_closed(client_addr), CloseReason::Eof);
+    assert_eq!(log.get().frames.get(&client_addr), Some(&(FRAMES as usize)));
+    // A connection gets at most two shares a turn (its event's and its place in the ready
+    // list), so the burst took many turns.
+    let turns = log.get().turns;
+    assert!(
+        turns >= FRAMES as usize / SHARE / 2,
+        "{FRAMES} frames in {turns} turns with shares of {SHARE}"
+    );
+    finish(server, &log);
+}
 
 #[test]
 fn a_half_closed_client_still_gets_every_pipelined_echo() {
