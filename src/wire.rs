@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A file's identity: the BLAKE3 hash of its bytes. Shown to people as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -141,10 +141,14 @@ pub enum RequestBody {
         /// Most results wanted (the server caps it further).
         limit: u32,
     },
-    /// Who holds a file.
+    /// Who holds a file. A name may be borne by many files: they come in pages, best first
+    /// (see [`ResponseBody::Holders`]).
     Lookup {
         /// By hash, hash prefix or exact name.
         key: LookupKey,
+        /// With a [`LookupKey::Name`]: the `next` token of the previous page, to get the page
+        /// after it; `None` for the first page. Refused with any other key.
+        after: Option<LookupToken>,
     },
     /// Liveness check; also keeps an idle session from timing out.
     Ping,
@@ -164,6 +168,14 @@ pub enum LookupKey {
     /// An exact file name.
     Name(String),
 }
+
+/// Where a page of a name lookup ended: echo it back in [`RequestBody::Lookup`] to get the
+/// next page. Opaque to clients. The index reads it as a position in the name's order (most
+/// holders first) and answers the files after that position as the order is *then*: a file
+/// whose holder count changed between two pages may be shown twice or not at all, and any
+/// value is a valid position (a forged token only skips files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LookupToken(pub u128);
 
 /// An answer from the index, to the request with the same `id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,10 +222,16 @@ pub enum ResponseBody {
         /// More matched than were returned.
         truncated: bool,
     },
-    /// Answer to Lookup: one entry per matching hash (several when a name maps to several).
+    /// Answer to Lookup: one entry per matching hash. A name may be borne by many files:
+    /// at most the server's page size of them come at once, most holders first (ties by
+    /// hash), each with at most the server's cap of holders.
     Holders {
         /// The files and who holds them.
         files: Vec<HeldFile>,
+        /// How many files match in all (this page included).
+        total: u64,
+        /// More files follow this page: ask again with this token.
+        next: Option<LookupToken>,
     },
     /// Answer to Ping.
     Pong,
@@ -252,8 +270,12 @@ pub struct HeldFile {
     pub size: u64,
     /// A name it is shared under.
     pub name: String,
-    /// File-server addresses of the holders.
+    /// File-server addresses of the holders: for a lookup by hash all of them; for a lookup
+    /// by name those sharing the file under that name, at most the server's cap, in no
+    /// particular order.
     pub holders: Vec<SocketAddr>,
+    /// How many holders there are in all (`holders` may list fewer).
+    pub holder_count: u32,
 }
 
 /// Server counters, for `stats`.
@@ -525,12 +547,15 @@ mod tests {
             },
             RequestBody::Lookup {
                 key: LookupKey::Hash(h(9)),
+                after: None,
             },
             RequestBody::Lookup {
                 key: LookupKey::HashPrefix("0909090909".into()),
+                after: None,
             },
             RequestBody::Lookup {
                 key: LookupKey::Name("ünïcode name.txt".into()),
+                after: Some(LookupToken(u128::MAX - 7)),
             },
             RequestBody::Ping,
             RequestBody::Stats,
@@ -579,7 +604,10 @@ mod tests {
                     size: 6,
                     name: "y".into(),
                     holders: vec![addr, v6],
+                    holder_count: 70,
                 }],
+                total: 12,
+                next: Some(LookupToken(1 << 100)),
             },
             ResponseBody::Pong,
             ResponseBody::Stats(ServerStats {

@@ -3,7 +3,7 @@
 
 use p2pshare::codec;
 use p2pshare::wire::{
-    self, ErrorCode, FileEntry, FileHash, HeldFile, LookupKey, Request, RequestBody, Response,
+    self, ErrorCode, FileEntry, FileHash, HeldFile, LookupKey, LookupToken, Request, RequestBody, Response,
     ResponseBody, SearchHit, ServerStats, TransferRequest, TransferResponse, PROTOCOL_VERSION,
 };
 use std::path::Path;
@@ -49,12 +49,15 @@ fn requests() -> Vec<RequestBody> {
         },
         RequestBody::Lookup {
             key: LookupKey::Hash(h(1)),
+            after: None,
         },
         RequestBody::Lookup {
             key: LookupKey::HashPrefix("01010101".into()),
+            after: None,
         },
         RequestBody::Lookup {
             key: LookupKey::Name("Zebra_Crossing-Live 1999.flac".into()),
+            after: None,
         },
         RequestBody::Ping,
         RequestBody::Stats,
@@ -94,7 +97,10 @@ fn responses() -> Vec<ResponseBody> {
                 size: 5,
                 name: "x".into(),
                 holders: vec!["10.0.0.1:9000".parse().unwrap(), "[::1]:7".parse().unwrap()],
+                holder_count: 2,
             }],
+            total: 3,
+            next: Some(LookupToken(7)),
         },
         ResponseBody::Pong,
         ResponseBody::Stats(ServerStats {

@@ -109,6 +109,7 @@ fn run(flags: Flags) -> std::io::Result<()> {
         max_results: flags.max_results,
         max_files_per_peer: flags.max_files_per_peer,
         max_holdings: flags.max_holdings,
+        ..ServerLimits::default()
     });
     server.stop_on(stop);
     // The first stdout line tells scripts and tests the bound port (useful with port 0).

@@ -52,6 +52,9 @@ pub enum Command {
     Search(String),
     /// `lookup NAME|HASH`
     Lookup(Target),
+    /// `more`: the next page of the last lookup of a name borne by more files than one
+    /// answer holds.
+    More,
     /// `get NAME|HASH [N]`: from holder N of the lookup, else the first that answers.
     Get {
         /// What to download.
@@ -87,7 +90,9 @@ impl std::error::Error for ParseError {}
 pub const HELP: &str = "\
 commands:
   search WORDS...        find files whose names contain every word (or a word prefix)
-  lookup NAME|HASH       list the peers holding a file, numbered
+  lookup NAME|HASH       list the peers holding a file, numbered (a name many files bear:
+                         the first 100, most holders first)
+  more                   the next files of the last lookup
   get NAME|HASH [N]      download a file (from holder N of the lookup, else the first that answers)
   files                  list the files this peer shares
   register [PATH...]     rescan the shared directory, or share these files too
@@ -125,6 +130,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
         "help" | "?" => no_args(Command::Help),
         "search" => Ok(Some(Command::Search(need("WORDS...")?.to_string()))),
         "lookup" => Ok(Some(Command::Lookup(Target::parse(need("NAME|HASH")?)))),
+        "more" => no_args(Command::More),
         "get" | "obtain" => {
             let arg = need("NAME|HASH [N]")?;
             // A trailing number is a holder choice, unless the whole argument is one token
@@ -222,6 +228,8 @@ mod tests {
         );
         assert_eq!(ok("files"), Command::Files);
         assert_eq!(ok("status"), Command::Status);
+        assert_eq!(ok("more"), Command::More);
+        assert_eq!(ok("MORE"), Command::More);
         assert_eq!(ok("quit"), Command::Quit);
         assert_eq!(ok("register"), Command::Register(vec![]));
         assert_eq!(

@@ -149,3 +149,74 @@ fn console_commands_run_in_order_each_waiting_for_the_one_before() {
     h.drive();
     assert!(h.stopped, "end of input quits");
 }
+
+#[test]
+fn a_lookup_of_a_crowded_name_shows_a_page_and_more_shows_the_rest() {
+    let mut h = Harness::new("pages");
+    h.scanned(&[]);
+    // 105 different files called "copyright", the first one held twice.
+    for i in 0..105u32 {
+        let bytes = format!("licence text {i}");
+        h.holder(
+            &format!("10.1.{}.{}:1", i / 200, i % 200 + 1),
+            "copyright",
+            bytes.as_bytes(),
+            Holder::Refuses,
+        );
+    }
+    h.holder(
+        "10.2.0.1:1",
+        "copyright",
+        b"licence text 0",
+        Holder::Refuses,
+    );
+    h.type_lines(&["lookup copyright"]);
+    let said = h.said();
+    let best = FileHash::of(b"licence text 0").to_string();
+    let answer = said
+        .iter()
+        .find(|l| l.contains("copyright"))
+        .expect("an answer");
+    assert!(answer.starts_with(&best), "most holders first: {said:?}");
+    assert!(answer.contains("\n  2 10.2.0.1:1\n"), "{answer}");
+    assert_eq!(
+        has(
+            &h,
+            "files 1-100 of 105, most holders first; `more` shows the next"
+        ),
+        1
+    );
+    let listed = |h: &Harness| {
+        h.said()
+            .iter()
+            .flat_map(|l| l.lines().map(str::to_string).collect::<Vec<_>>())
+            .filter(|l| l.ends_with(" copyright"))
+            .count()
+    };
+    assert_eq!(listed(&h), 100);
+    h.type_lines(&["more"]);
+    assert_eq!(
+        has(&h, "files 101-105 of 105, most holders first"),
+        1,
+        "{:?}",
+        h.said()
+    );
+    assert_eq!(listed(&h), 105);
+    h.type_lines(&["more"]);
+    assert_eq!(
+        has(&h, "error: more: nothing more to show"),
+        1,
+        "{:?}",
+        h.said()
+    );
+    // `get` by that name names the files and how to see them all.
+    h.type_lines(&["get copyright"]);
+    assert_eq!(has(&h, "105 different files are called copyright"), 1);
+    assert_eq!(
+        has(&h, "`lookup copyright` then `more`"),
+        1,
+        "{:?}",
+        h.said()
+    );
+    assert!(h.gets.is_empty(), "nothing downloaded");
+}

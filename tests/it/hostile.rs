@@ -466,8 +466,9 @@ fn absurd_but_well_formed_requests_are_answered_and_harm_no_one() {
     }
     match bulk.call(RequestBody::Lookup {
         key: LookupKey::Name(odd),
+        after: None,
     }) {
-        ResponseBody::Holders { files } => assert_eq!(files.len(), 1),
+        ResponseBody::Holders { files, .. } => assert_eq!(files.len(), 1),
         other => panic!("{other:?}"),
     }
 
@@ -500,7 +501,10 @@ fn absurd_but_well_formed_requests_are_answered_and_harm_no_one() {
         LookupKey::Name("no such file".into()),
         LookupKey::Name(String::new()),
     ] {
-        match thief.call(RequestBody::Lookup { key: key.clone() }) {
+        match thief.call(RequestBody::Lookup {
+            key: key.clone(),
+            after: None,
+        }) {
             ResponseBody::Error {
                 code: ErrorCode::NotFound | ErrorCode::Invalid,
                 ..
@@ -565,8 +569,9 @@ fn holder_of(index: SocketAddr, hash: FileHash) -> SocketAddr {
     let (mut c, _) = Client::hello(index, 0);
     match c.call(RequestBody::Lookup {
         key: LookupKey::Hash(hash),
+        after: None,
     }) {
-        ResponseBody::Holders { files } => files[0].holders[0],
+        ResponseBody::Holders { files, .. } => files[0].holders[0],
         other => panic!("{other:?}"),
     }
 }
@@ -753,7 +758,8 @@ fn a_holder_at_its_upload_limits_answers_busy_and_serves_again_when_one_leaves()
         let deadline = Instant::now() + common::IO_TIMEOUT;
         while matches!(
             c.call(RequestBody::Lookup {
-                key: LookupKey::Hash(h)
+                key: LookupKey::Hash(h),
+                after: None,
             }),
             ResponseBody::Holders { .. }
         ) {
@@ -1064,6 +1070,7 @@ fn measure_connection_capacity() {
                 let t = Instant::now();
                 match honest.client.call(RequestBody::Lookup {
                     key: LookupKey::Hash(hash),
+                    after: None,
                 }) {
                     ResponseBody::Holders { .. } => {}
                     other => panic!("{other:?}"),

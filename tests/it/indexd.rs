@@ -26,8 +26,10 @@ fn register(c: &mut Client, files: Vec<FileEntry>) -> (u32, u32, u32) {
 }
 
 fn holders(c: &mut Client, key: LookupKey) -> Vec<(FileHash, Vec<SocketAddr>)> {
-    match c.call(RequestBody::Lookup { key }) {
-        ResponseBody::Holders { files } => files.into_iter().map(|f| (f.hash, f.holders)).collect(),
+    match c.call(RequestBody::Lookup { key, after: None }) {
+        ResponseBody::Holders { files, .. } => {
+            files.into_iter().map(|f| (f.hash, f.holders)).collect()
+        }
         ResponseBody::Error {
             code: ErrorCode::NotFound,
             ..
@@ -136,6 +138,7 @@ fn lookup_by_name_with_several_hashes() {
     assert_eq!(got, want);
     let body = a.call(RequestBody::Lookup {
         key: LookupKey::Hash(FileHash([0xee; 32])),
+        after: None,
     });
     expect_error(body, ErrorCode::NotFound);
 }
@@ -203,6 +206,7 @@ fn pipelined_requests_are_answered_in_order_by_id() {
         let body = match i % 3 {
             0 => RequestBody::Lookup {
                 key: LookupKey::Hash(files[(i % 50) as usize].hash),
+                after: None,
             },
             1 => RequestBody::Search {
                 query: format!("file {}", i % 50),
@@ -217,7 +221,7 @@ fn pipelined_requests_are_answered_in_order_by_id() {
         let r = c.recv().expect("response");
         assert_eq!(r.id, 1000 + i);
         match (i % 3, r.body) {
-            (0, ResponseBody::Holders { files: f }) => {
+            (0, ResponseBody::Holders { files: f, .. }) => {
                 assert_eq!(f[0].hash, files[(i % 50) as usize].hash)
             }
             (1, ResponseBody::SearchResults { hits, .. }) => assert!(!hits.is_empty()),
@@ -362,11 +366,12 @@ fn version_mismatch_gets_a_clear_error_then_close() {
         agent: "future".into(),
     });
     let msg = expect_error(body, ErrorCode::VersionMismatch);
-    assert!(msg.contains("999") && msg.contains("version 1"), "{msg}");
+    let ours = format!("version {}", wire::PROTOCOL_VERSION);
+    assert!(msg.contains("999") && msg.contains(&ours), "{msg}");
     assert!(c.is_closed_by_server());
     // A future hello whose layout no longer decodes at all: the version is still read.
     let mut c = Client::connect(indexd.addr);
-    c.send_raw(&frame(&[7, 0, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]))
+    c.send_raw(&frame(&[7, 0, 9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]))
         .unwrap();
     let r = c.recv().unwrap();
     assert_eq!(r.id, 7);
@@ -443,6 +448,7 @@ fn a_thousand_concurrent_connections() {
         .map(|c| {
             c.send(RequestBody::Lookup {
                 key: LookupKey::Hash(f.hash),
+                after: None,
             })
         })
         .collect();
@@ -450,7 +456,7 @@ fn a_thousand_concurrent_connections() {
         let r = c.recv().unwrap();
         assert_eq!(r.id, id);
         match r.body {
-            ResponseBody::Holders { files } => assert_eq!(files[0].holders.len(), 10),
+            ResponseBody::Holders { files, .. } => assert_eq!(files[0].holders.len(), 10),
             other => panic!("{other:?}"),
         }
     }

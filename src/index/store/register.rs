@@ -260,7 +260,9 @@ impl Index {
         }
         let file = self.entries[e].file();
         let new_file = !self.peer_holds_file(peer.0, file);
+        let before = self.entries.holder_count(&self.entries[e]);
         self.entries.push_holder(e, peer.0);
+        self.rerank(e, before);
         if new_file {
             if let Some(n) = self.files.multi_holders.get_mut(&file) {
                 *n += 1;
@@ -298,13 +300,16 @@ impl Index {
             text.push_str(NameCodec::plain_str(self.entries.names.get(at)));
             lower_words(&text, &mut scratch);
             name_words.clear();
-            if scratch.spans.is_empty() {
-                self.words.post(id, "");
-            }
+            let wordless = scratch.spans.is_empty().then(|| self.words.post(id, ""));
             for i in 0..scratch.spans.len() {
                 let (a, b) = scratch.spans[i];
                 name_words.push(self.words.post(id, &scratch.buf[a..b]));
             }
+            let ids = match &wordless {
+                Some(w) => std::slice::from_ref(w),
+                None => &name_words[..],
+            };
+            self.track_posted(id, &text, ids);
             let Index { entries, words, .. } = self;
             entries.codec.encode(&text, &mut enc, |i| {
                 name_words

@@ -1,6 +1,7 @@
 //! Removing holdings: [`Index::unregister`] and [`Index::remove_peer`], and the deletion of
 //! the entries, words and files left without holders (see the module docs' "Removal").
 
+use super::lookup::entry_key;
 use super::words::lower_words;
 use super::{Index, PeerId, NONE, SOLE};
 use crate::wire::FileHash;
@@ -16,7 +17,9 @@ impl Index {
         let mut held = 0;
         for e in rec.entries.iter() {
             held += 1;
+            let before = self.entries.holder_count(&self.entries[e]);
             self.entries.pop_holder(e, peer.0);
+            self.rerank(e, before);
             let file = self.entries[e].file();
             // Entries of this file still to be visited may hold the peer: a file of several
             // names loses this holder only at the last of them.
@@ -57,7 +60,9 @@ impl Index {
                 e = self.entries[e].next;
             }
             for &e in &held {
+                let before = self.entries.holder_count(&self.entries[e]);
                 self.entries.pop_holder(e, peer.0);
+                self.rerank(e, before);
                 if !self.peer_holds_file(peer.0, file) {
                     self.peers.get_mut(peer).files -= 1;
                     self.lose_holder(file);
@@ -102,6 +107,8 @@ impl Index {
         unpost.clear();
         for &e in dead {
             self.entries.decode_name(e, &mut name_buf);
+            let key = entry_key(&self.entries, &self.files, e);
+            self.by_name.remove(e, &name_buf, key);
             lower_words(
                 std::str::from_utf8(&name_buf).expect("names are stored from str"),
                 &mut scratch,
@@ -116,8 +123,22 @@ impl Index {
         // A word that occurs twice in a name was posted once.
         unpost.sort_unstable();
         unpost.dedup();
+        // Crowded words that fall to the uncrowded mark, with the postings they keep.
+        let mut falling = Vec::new();
+        for group in unpost.chunk_by(|a, b| a >> 32 == b >> 32) {
+            let w = (group[0] >> 32) as u32;
+            if self.by_name.is_crowded(w) {
+                let left = self.words.posting_count(w) - group.len();
+                if left <= self.by_name.uncrowded_at {
+                    falling.push((w, left));
+                }
+            }
+        }
         self.words
             .unpost_sorted(&unpost, &mut self.work.items, &mut self.work.decoded);
+        for (w, left) in falling {
+            self.uncrowd_word(w, left);
+        }
         self.work.words = scratch;
         self.work.name = name_buf;
         self.work.unpost = unpost;

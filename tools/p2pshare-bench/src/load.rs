@@ -271,6 +271,7 @@ fn peer_loop(
             }
             OpKind::Lookup => RequestBody::Lookup {
                 key: LookupKey::Hash(files[rng.below(files.len())].hash),
+                after: None,
             },
         };
         let id = client.prepare(body);
