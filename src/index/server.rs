@@ -22,6 +22,7 @@ use crate::wire::{
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Most files one page of a name lookup may hold, whatever [`ServerLimits`] says, and most
 /// holders listed per file: with names of at most 1,024 bytes and IPv6 holders the largest
@@ -30,6 +31,11 @@ use std::sync::Arc;
 pub const LOOKUP_FILES_MAX: usize = 200;
 /// See [`LOOKUP_FILES_MAX`].
 pub const LOOKUP_HOLDERS_MAX: usize = 64;
+
+/// A connection whose unread answers stay over the reactor's output mark this long without
+/// the remote reading any of them is closed: what one connection may hold is then bounded in
+/// time as well as in size (see README, Limits and security).
+pub const OUTPUT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Limits of the server's behaviour (the reactor's own limits live in its `Config`).
 #[derive(Debug, Clone)]

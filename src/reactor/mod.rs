@@ -24,7 +24,10 @@
 //! - Back-pressure: a connection whose queued output is above the high-water mark, or which
 //!   has a file range queued, is *parked*: its input is not read or decoded until the output
 //!   drains below the low-water mark. Its memory is therefore bounded by
-//!   `max_frame + high_water + one frame of output`.
+//!   `max_frame + one read + high_water + one handler call's output`; with
+//!   [`Config::out_stall_timeout`] set, a parked connection whose output makes no write
+//!   progress for that long is closed ([`CloseReason::Stalled`]), so the bound does not last
+//!   longer than that either.
 //! - Read buffers: bytes are read into one shared scratch buffer (`SCRATCH_BYTES`) and frames are handled
 //!   straight from it; only the incomplete tail of a frame is copied into the connection, so an
 //!   idle connection holds no buffer at all.
@@ -107,6 +110,9 @@ pub struct Config {
     /// Handler time one connection may use in one turn, counted after its first frame, before
     /// it yields to the others.
     pub work_per_turn: Duration,
+    /// Close a connection whose output has been over the high-water mark (parked) without
+    /// any write progress for this long (none: only the idle timeout applies).
+    pub out_stall_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -122,6 +128,7 @@ impl Default for Config {
             source_busy_reply: Vec::new(),
             frames_per_turn: 32,
             work_per_turn: Duration::from_millis(1),
+            out_stall_timeout: None,
         }
     }
 }
@@ -139,6 +146,9 @@ pub enum CloseReason {
     Protocol(String),
     /// Nothing happened for the idle timeout.
     IdleTimeout,
+    /// Output stayed over the high-water mark without write progress for
+    /// [`Config::out_stall_timeout`]: the remote does not read.
+    Stalled,
     /// An outgoing connect failed.
     ConnectFailed(io::ErrorKind),
     /// This side decided to close (bye, shutdown, cancelled).
@@ -153,6 +163,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Frame(e) => write!(f, "bad frame: {e}"),
             CloseReason::Protocol(m) => write!(f, "protocol error: {m}"),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::Stalled => f.write_str("output stalled: the remote does not read"),
             CloseReason::ConnectFailed(k) => write!(f, "connect failed: {k}"),
             CloseReason::Local => f.write_str("closed locally"),
         }
@@ -1203,6 +1214,7 @@ impl<C> Ctx<C> {
             return;
         }
         self.next_sweep = now + SWEEP_INTERVAL;
+        let (stall, stall_mark) = (self.config.out_stall_timeout, self.config.out_low_water);
         let mut expired = Vec::new();
         for (key, slot) in self.slots.iter_mut() {
             let Slot::Conn(c) = slot else { continue };
@@ -1216,6 +1228,14 @@ impl<C> Ctx<C> {
                 }
                 Phase::Open if c.idle_timeout.is_some_and(|t| quiet >= t) => {
                     CloseReason::IdleTimeout
+                }
+                // Parked means not reading, so only write progress moves `last_active`.
+                Phase::Open
+                    if c.parked
+                        && c.out.buffered() > stall_mark
+                        && stall.is_some_and(|t| quiet >= t) =>
+                {
+                    CloseReason::Stalled
                 }
                 Phase::Flushing if quiet >= FLUSH_TIMEOUT => CloseReason::IdleTimeout,
                 Phase::Lingering { deadline } if now >= deadline => {

@@ -1337,6 +1337,39 @@ fn a_pipelined_burst_is_handled_in_shares_of_turns_whole_and_in_order() {
 }
 
 #[test]
+fn a_client_that_never_reads_is_closed_once_its_output_stalls() {
+    const HIGH: usize = 64 * 1024;
+    let config = Config {
+        out_high_water: HIGH,
+        out_low_water: HIGH / 4,
+        out_stall_timeout: Some(Duration::from_millis(300)),
+        ..Config::default()
+    };
+    let (server, addr, log) = echo_server(config);
+    let mut lazy = Client::connect(addr);
+    let lazy_addr = lazy.local_addr();
+    let mut writer = lazy.stream().try_clone().unwrap();
+    let w = thread::spawn(move || {
+        // Far more than the socket buffers hold: the server parks, then gives up.
+        let payload = vec![7u8; 100_000];
+        for _ in 0..200 {
+            if writer.write_all(&frame(&payload)).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(log.wait_closed(lazy_addr), CloseReason::Stalled);
+    let max = log.get().max_queued;
+    assert!(max <= HIGH + 100_100, "queued {max} bytes");
+    // A reading client is not affected.
+    let mut busy = Client::connect(addr);
+    busy.round_trip(b"still served");
+    drop(lazy);
+    w.join().expect("writer");
+    finish(server, &log);
+}
+
+#[test]
 fn a_half_closed_client_still_gets_every_pipelined_echo() {
     const FRAMES: usize = 100;
     const HIGH: usize = 64 * 1024;
