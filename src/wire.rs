@@ -301,6 +301,15 @@ pub struct ServerStats {
     pub pings: u64,
     /// Error responses sent.
     pub errors: u64,
+    /// Reactor turns measured (each a wait's return to the next wait).
+    pub loop_turns: u64,
+    /// The longest time the reactor loop worked between two waits since it started, in µs:
+    /// the most any answer was delayed by other connections' work.
+    pub loop_max_pause_us: u64,
+    /// The 99th percentile of those pauses, in µs.
+    pub loop_p99_pause_us: u64,
+    /// The 99.9th percentile of those pauses, in µs.
+    pub loop_p999_pause_us: u64,
 }
 
 /// Why a request failed.
@@ -466,6 +475,19 @@ pub fn peek_request_id(payload: &[u8]) -> Option<u32> {
         .map(|(id, _)| id)
 }
 
+/// Whether `payload` is a [`RequestBody::Stats`] request, without decoding it (a server uses
+/// this to gather figures that are too costly to keep current for every request).
+pub fn is_stats_request(payload: &[u8]) -> bool {
+    // A request is its id, then the body's variant index, both varints.
+    let Ok((_, rest)) = postcard::take_from_bytes::<u32>(payload) else {
+        return false;
+    };
+    rest == [STATS_VARIANT]
+}
+
+/// [`RequestBody::Stats`]'s variant index, its whole encoding (a test keeps them in step).
+const STATS_VARIANT: u8 = 6;
+
 /// Fuzzing entry point (`fuzz/fuzz_targets/wire.rs`): decodes `data` as every wire message
 /// type. Decoding must never panic, and whatever decodes must survive an encode/decode round
 /// trip unchanged (also through a frame).
@@ -626,6 +648,15 @@ mod tests {
             .enumerate()
             .map(|(i, body)| Response { id: i as u32, body })
             .collect()
+    }
+
+    #[test]
+    fn stats_requests_are_told_apart_without_decoding() {
+        for req in all_requests() {
+            let stats = req.body == RequestBody::Stats;
+            assert_eq!(is_stats_request(&to_payload(&req)), stats, "{req:?}");
+        }
+        assert!(!is_stats_request(b""));
     }
 
     fn round_trip<T>(msgs: &[T])

@@ -14,7 +14,7 @@
 
 use super::store::{Index, LookupError, PeerId};
 use crate::codec::FrameError;
-use crate::reactor::{CloseReason, ConnId, Ctx, Handler, Verdict};
+use crate::reactor::{CloseReason, ConnId, Ctx, Handler, PauseSummary, Verdict};
 use crate::wire::{
     self, ErrorCode, LookupKey, LookupToken, Request, RequestBody, Response, ResponseBody,
     ServerStats, PROTOCOL_VERSION,
@@ -93,6 +93,8 @@ pub struct IndexServer {
     full_logged: bool,
     /// Set by the signal thread; checked when the reactor is woken.
     shutdown: Option<Arc<AtomicBool>>,
+    /// The reactor loop's pauses, as last read for a `Stats` request.
+    loop_pauses: PauseSummary,
 }
 
 impl IndexServer {
@@ -106,6 +108,7 @@ impl IndexServer {
             stats: ServerStats::default(),
             full_logged: false,
             shutdown: None,
+            loop_pauses: PauseSummary::default(),
         }
     }
 
@@ -364,8 +367,18 @@ impl IndexServer {
             peers: self.index.peer_count() as u64,
             files: self.index.file_count() as u64,
             names: self.index.entry_count() as u64,
+            loop_turns: self.loop_pauses.turns,
+            loop_max_pause_us: self.loop_pauses.max_us,
+            loop_p99_pause_us: self.loop_pauses.p99_us,
+            loop_p999_pause_us: self.loop_pauses.p999_us,
             ..self.stats.clone()
         }
+    }
+
+    /// The reactor loop's pauses, for the next `Stats` answer (the reactor handler passes
+    /// them in before a `Stats` request: summing them up walks a histogram).
+    pub fn set_loop_pauses(&mut self, pauses: PauseSummary) {
+        self.loop_pauses = pauses;
     }
 }
 
@@ -473,6 +486,9 @@ impl Handler for IndexServer {
         session: &mut Session,
         payload: &[u8],
     ) -> Verdict {
+        if wire::is_stats_request(payload) {
+            self.set_loop_pauses(ctx.loop_pauses().summary());
+        }
         let mut verdict = Verdict::Continue;
         ctx.send(conn, |out| {
             verdict = self.handle_payload(session, payload, out)
@@ -1037,6 +1053,31 @@ mod tests {
         wire::encode_frame(&page, &mut out);
         assert!(out.len() < 512 * 1024, "{} bytes", out.len());
         assert!(out.len() < crate::reactor::Config::default().out_high_water);
+    }
+
+    #[test]
+    fn stats_carry_the_loop_pauses_passed_in() {
+        let mut server = IndexServer::new(ServerLimits::default());
+        let mut session = join(&mut server, 7000);
+        server.set_loop_pauses(PauseSummary {
+            turns: 10,
+            max_us: 900,
+            p99_us: 40,
+            p999_us: 800,
+        });
+        let (r, _) = call(&mut server, &mut session, 1, RequestBody::Stats);
+        let ResponseBody::Stats(stats) = &r[0].body else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (
+                stats.loop_turns,
+                stats.loop_max_pause_us,
+                stats.loop_p99_pause_us,
+                stats.loop_p999_pause_us
+            ),
+            (10, 900, 40, 800)
+        );
     }
 
     #[test]

@@ -40,6 +40,9 @@
 //!   and retries on a timer.
 
 pub mod outq;
+mod pauses;
+
+pub use pauses::{LoopPauses, PauseSummary};
 
 use crate::codec::{Decoder, FrameError};
 use mio::net::{TcpListener, TcpStream};
@@ -383,6 +386,8 @@ pub struct Ctx<C> {
     stopped: bool,
     /// The share of the turn of the connection being read (see [`Config::frames_per_turn`]).
     budget: Budget,
+    /// How long each turn's work took (see [`LoopPauses`]).
+    pauses: LoopPauses,
 }
 
 /// What one connection has used of its share of a turn.
@@ -401,6 +406,8 @@ pub struct Reactor<C> {
     events: Events,
     scratch: Box<[u8]>,
     ctx: Ctx<C>,
+    /// A wait has returned before (`ctx.now` is when the last one did).
+    waited: bool,
 }
 
 impl<C> Reactor<C> {
@@ -413,6 +420,7 @@ impl<C> Reactor<C> {
             poll,
             events: Events::with_capacity(1024),
             scratch: vec![0u8; SCRATCH_BYTES].into_boxed_slice(),
+            waited: false,
             ctx: Ctx {
                 registry,
                 slots: Slab::with_capacity(64),
@@ -430,6 +438,7 @@ impl<C> Reactor<C> {
                 waker,
                 stopped: false,
                 budget: Budget::default(),
+                pauses: LoopPauses::new(),
             },
         })
     }
@@ -449,12 +458,19 @@ impl<C> Reactor<C> {
 
     /// One iteration: poll (up to the next deadline), dispatch events, timers, to-do lists.
     pub fn turn(&mut self, handler: &mut impl Handler<Conn = C>) -> io::Result<()> {
+        // The work since the last wait returned (the first turn has none to measure).
+        let before_wait = Instant::now();
+        if self.waited {
+            let pause = before_wait.saturating_duration_since(self.ctx.now);
+            self.ctx.pauses.record(pause);
+        }
+        self.waited = true;
         let timeout = if !self.ctx.ready.is_empty() || !self.ctx.dirty.is_empty() {
             Some(Duration::ZERO)
         } else {
             self.ctx
                 .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()))
+                .map(|d| d.saturating_duration_since(before_wait))
         };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
@@ -522,6 +538,11 @@ impl<C> Ctx<C> {
     /// Ends [`Reactor::run`] after this iteration.
     pub fn stop(&mut self) {
         self.stopped = true;
+    }
+
+    /// How long the loop worked between waits, every turn since it started.
+    pub fn loop_pauses(&self) -> &LoopPauses {
+        &self.pauses
     }
 
     /// Open connections (not listeners).
