@@ -10,6 +10,11 @@ fn has(h: &Harness, text: &str) -> usize {
     h.said().iter().filter(|l| l.contains(text)).count()
 }
 
+/// The peer said `text` once.
+fn said_once(h: &Harness, text: &str) {
+    assert_eq!(has(h, text), 1, "{text}: {:?}", h.said());
+}
+
 #[test]
 fn reconnects_with_bounded_jittered_backoff_and_re_registers_after_an_index_restart() {
     let mut h = Harness::new("restart");
@@ -179,12 +184,9 @@ fn a_lookup_of_a_crowded_name_shows_a_page_and_more_shows_the_rest() {
         .expect("an answer");
     assert!(answer.starts_with(&best), "most holders first: {said:?}");
     assert!(answer.contains("\n  2 10.2.0.1:1\n"), "{answer}");
-    assert_eq!(
-        has(
-            &h,
-            "files 1-100 of 105, most holders first; `more` shows the next"
-        ),
-        1
+    said_once(
+        &h,
+        "files 1-100 of 105, most holders first; `more` shows the next",
     );
     let listed = |h: &Harness| {
         h.said()
@@ -195,28 +197,13 @@ fn a_lookup_of_a_crowded_name_shows_a_page_and_more_shows_the_rest() {
     };
     assert_eq!(listed(&h), 100);
     h.type_lines(&["more"]);
-    assert_eq!(
-        has(&h, "files 101-105 of 105, most holders first"),
-        1,
-        "{:?}",
-        h.said()
-    );
+    said_once(&h, "files 101-105 of 105, most holders first");
     assert_eq!(listed(&h), 105);
     h.type_lines(&["more"]);
-    assert_eq!(
-        has(&h, "error: more: nothing more to show"),
-        1,
-        "{:?}",
-        h.said()
-    );
+    said_once(&h, "error: more: nothing more to show");
     // `get` by that name names the files and how to see them all.
     h.type_lines(&["get copyright"]);
-    assert_eq!(has(&h, "105 different files are called copyright"), 1);
-    assert_eq!(
-        has(&h, "`lookup copyright` then `more`"),
-        1,
-        "{:?}",
-        h.said()
-    );
+    said_once(&h, "105 different files are called copyright");
+    said_once(&h, "`lookup copyright` then `more`");
     assert!(h.gets.is_empty(), "nothing downloaded");
 }
