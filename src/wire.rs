@@ -310,6 +310,15 @@ pub struct ServerStats {
     pub loop_p99_pause_us: u64,
     /// The 99.9th percentile of those pauses, in µs.
     pub loop_p999_pause_us: u64,
+    /// Server time of a search (from the decoded request to its encoded answer), 99th
+    /// percentile since start, in ns (2 significant digits).
+    pub search_p99_ns: u64,
+    /// The longest server time of a search, in ns.
+    pub search_max_ns: u64,
+    /// Server time of a lookup, 99th percentile since start, in ns.
+    pub lookup_p99_ns: u64,
+    /// The longest server time of a lookup, in ns.
+    pub lookup_max_ns: u64,
 }
 
 /// Why a request failed.

@@ -19,10 +19,11 @@ use crate::wire::{
     self, ErrorCode, LookupKey, LookupToken, Request, RequestBody, Response, ResponseBody,
     ServerStats, PROTOCOL_VERSION,
 };
+use hdrhistogram::Histogram;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most files one page of a name lookup may hold, whatever [`ServerLimits`] says, and most
 /// holders listed per file: with names of at most 1,024 bytes and IPv6 holders the largest
@@ -95,6 +96,16 @@ pub struct IndexServer {
     shutdown: Option<Arc<AtomicBool>>,
     /// The reactor loop's pauses, as last read for a `Stats` request.
     loop_pauses: PauseSummary,
+    /// Server time of each search and lookup, in ns.
+    search_ns: Histogram<u64>,
+    lookup_ns: Histogram<u64>,
+}
+
+/// Longest server time the histograms tell apart (longer ones count as this), in ns.
+const MAX_TRACKED_NS: u64 = 60_000_000_000;
+
+fn time_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_TRACKED_NS, 2).expect("valid histogram bounds")
 }
 
 impl IndexServer {
@@ -109,6 +120,8 @@ impl IndexServer {
             full_logged: false,
             shutdown: None,
             loop_pauses: PauseSummary::default(),
+            search_ns: time_histogram(),
+            lookup_ns: time_histogram(),
         }
     }
 
@@ -371,6 +384,10 @@ impl IndexServer {
             loop_max_pause_us: self.loop_pauses.max_us,
             loop_p99_pause_us: self.loop_pauses.p99_us,
             loop_p999_pause_us: self.loop_pauses.p999_us,
+            search_p99_ns: self.search_ns.value_at_quantile(0.99),
+            search_max_ns: self.search_ns.max(),
+            lookup_p99_ns: self.lookup_ns.value_at_quantile(0.99),
+            lookup_max_ns: self.lookup_ns.max(),
             ..self.stats.clone()
         }
     }
@@ -400,7 +417,26 @@ impl IndexServer {
         out: &mut Vec<u8>,
     ) -> Verdict {
         match wire::decode::<Request>(payload) {
-            Ok(req) => self.handle_request(out, session, req),
+            Ok(req) => {
+                // Searches and lookups are timed: two clock reads, a few tens of ns.
+                let timed = matches!(
+                    req.body,
+                    RequestBody::Search { .. } | RequestBody::Lookup { .. }
+                );
+                let is_search = matches!(req.body, RequestBody::Search { .. });
+                let started = timed.then(Instant::now);
+                let verdict = self.handle_request(out, session, req);
+                if let Some(t) = started {
+                    let ns = (t.elapsed().as_nanos() as u64).clamp(1, MAX_TRACKED_NS);
+                    let h = if is_search {
+                        &mut self.search_ns
+                    } else {
+                        &mut self.lookup_ns
+                    };
+                    h.saturating_record(ns);
+                }
+                verdict
+            }
             Err(e) => {
                 let id = wire::peek_request_id(payload).unwrap_or(0);
                 // A Hello from another protocol version may not decode at all: say so.
@@ -1078,6 +1114,25 @@ mod tests {
             ),
             (10, 900, 40, 800)
         );
+        // The search and the lookup before it were timed.
+        let search = RequestBody::Search {
+            query: "x".into(),
+            limit: 0,
+        };
+        call(&mut server, &mut session, 2, search);
+        let key = LookupKey::Name("x".into());
+        call(
+            &mut server,
+            &mut session,
+            3,
+            RequestBody::Lookup { key, after: None },
+        );
+        let (r, _) = call(&mut server, &mut session, 4, RequestBody::Stats);
+        let ResponseBody::Stats(stats) = &r[0].body else {
+            panic!("{r:?}")
+        };
+        assert!(stats.search_max_ns > 0 && stats.search_p99_ns <= stats.search_max_ns);
+        assert!(stats.lookup_max_ns > 0 && stats.lookup_p99_ns <= stats.lookup_max_ns);
     }
 
     #[test]
