@@ -53,6 +53,7 @@ fn message_codec(c: &mut Criterion) {
         id: 12345,
         body: RequestBody::Lookup {
             key: LookupKey::Hash(FileHash([7; 32])),
+            after: None,
         },
     };
     let register = Request {

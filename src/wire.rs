@@ -145,10 +145,14 @@ pub enum RequestBody {
         /// The next page: the `next` of the previous answer to the same query and filter.
         after: Option<SearchCursor>,
     },
-    /// Who holds a file.
+    /// Who holds a file. A name may be borne by many files: they come in pages, best first
+    /// (see [`ResponseBody::Holders`]).
     Lookup {
         /// By hash, hash prefix or exact name.
         key: LookupKey,
+        /// With a [`LookupKey::Name`]: the `next` token of the previous page, to get the page
+        /// after it; `None` for the first page. Refused with any other key.
+        after: Option<LookupToken>,
     },
     /// Liveness check; also keeps an idle session from timing out.
     Ping,
@@ -168,6 +172,14 @@ pub enum LookupKey {
     /// An exact file name.
     Name(String),
 }
+
+/// Where a page of a name lookup ended: echo it back in [`RequestBody::Lookup`] to get the
+/// next page. Opaque to clients. The index reads it as a position in the name's order (most
+/// holders first) and answers the files after that position as the order is *then*: a file
+/// whose holder count changed between two pages may be shown twice or not at all, and any
+/// value is a valid position (a forged token only skips files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LookupToken(pub u128);
 
 /// An answer from the index, to the request with the same `id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,10 +234,16 @@ pub enum ResponseBody {
         /// hits are the best among the candidates it examined.
         partial: bool,
     },
-    /// Answer to Lookup: one entry per matching hash (several when a name maps to several).
+    /// Answer to Lookup: one entry per matching hash. A name may be borne by many files:
+    /// at most the server's page size of them come at once, most holders first (ties by
+    /// hash), each with at most the server's cap of holders.
     Holders {
         /// The files and who holds them.
         files: Vec<HeldFile>,
+        /// How many files match in all (this page included).
+        total: u64,
+        /// More files follow this page: ask again with this token.
+        next: Option<LookupToken>,
     },
     /// Answer to Ping.
     Pong,
@@ -397,8 +415,12 @@ pub struct HeldFile {
     pub size: u64,
     /// A name it is shared under.
     pub name: String,
-    /// File-server addresses of the holders.
+    /// File-server addresses of the holders: for a lookup by hash all of them; for a lookup
+    /// by name those sharing the file under that name, at most the server's cap, in no
+    /// particular order.
     pub holders: Vec<SocketAddr>,
+    /// How many holders there are in all (`holders` may list fewer).
+    pub holder_count: u32,
 }
 
 /// Server counters, for `stats`.
@@ -424,6 +446,24 @@ pub struct ServerStats {
     pub pings: u64,
     /// Error responses sent.
     pub errors: u64,
+    /// Reactor turns measured (each a wait's return to the next wait).
+    pub loop_turns: u64,
+    /// The longest time the reactor loop worked between two waits since it started, in µs:
+    /// the most any answer was delayed by other connections' work.
+    pub loop_max_pause_us: u64,
+    /// The 99th percentile of those pauses, in µs.
+    pub loop_p99_pause_us: u64,
+    /// The 99.9th percentile of those pauses, in µs.
+    pub loop_p999_pause_us: u64,
+    /// Server time of a search (from the decoded request to its encoded answer), 99th
+    /// percentile since start, in ns (2 significant digits).
+    pub search_p99_ns: u64,
+    /// The longest server time of a search, in ns.
+    pub search_max_ns: u64,
+    /// Server time of a lookup, 99th percentile since start, in ns.
+    pub lookup_p99_ns: u64,
+    /// The longest server time of a lookup, in ns.
+    pub lookup_max_ns: u64,
 }
 
 /// Why a request failed.
@@ -589,6 +629,19 @@ pub fn peek_request_id(payload: &[u8]) -> Option<u32> {
         .map(|(id, _)| id)
 }
 
+/// Whether `payload` is a [`RequestBody::Stats`] request, without decoding it (a server uses
+/// this to gather figures that are too costly to keep current for every request).
+pub fn is_stats_request(payload: &[u8]) -> bool {
+    // A request is its id, then the body's variant index, both varints.
+    let Ok((_, rest)) = postcard::take_from_bytes::<u32>(payload) else {
+        return false;
+    };
+    rest == [STATS_VARIANT]
+}
+
+/// [`RequestBody::Stats`]'s variant index, its whole encoding (a test keeps them in step).
+const STATS_VARIANT: u8 = 6;
+
 /// Fuzzing entry point (`fuzz/fuzz_targets/wire.rs`): decodes `data` as every wire message
 /// type. Decoding must never panic, and whatever decodes must survive an encode/decode round
 /// trip unchanged (also through a frame).
@@ -688,12 +741,15 @@ mod tests {
             },
             RequestBody::Lookup {
                 key: LookupKey::Hash(h(9)),
+                after: None,
             },
             RequestBody::Lookup {
                 key: LookupKey::HashPrefix("0909090909".into()),
+                after: None,
             },
             RequestBody::Lookup {
                 key: LookupKey::Name("ünïcode name.txt".into()),
+                after: Some(LookupToken(u128::MAX - 7)),
             },
             RequestBody::Ping,
             RequestBody::Stats,
@@ -749,7 +805,10 @@ mod tests {
                     size: 6,
                     name: "y".into(),
                     holders: vec![addr, v6],
+                    holder_count: 70,
                 }],
+                total: 12,
+                next: Some(LookupToken(1 << 100)),
             },
             ResponseBody::Pong,
             ResponseBody::Stats(ServerStats {
@@ -768,6 +827,15 @@ mod tests {
             .enumerate()
             .map(|(i, body)| Response { id: i as u32, body })
             .collect()
+    }
+
+    #[test]
+    fn stats_requests_are_told_apart_without_decoding() {
+        for req in all_requests() {
+            let stats = req.body == RequestBody::Stats;
+            assert_eq!(is_stats_request(&to_payload(&req)), stats, "{req:?}");
+        }
+        assert!(!is_stats_request(b""));
     }
 
     fn round_trip<T>(msgs: &[T])

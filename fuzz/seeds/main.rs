@@ -3,9 +3,9 @@
 
 use p2pshare::codec;
 use p2pshare::wire::{
-    self, ErrorCode, FileEntry, FileHash, FileKind, HeldFile, LookupKey, Request, RequestBody,
-    Response, ResponseBody, SearchCursor, SearchFilter, SearchHit, ServerStats, TransferRequest,
-    TransferResponse, PROTOCOL_VERSION,
+    self, ErrorCode, FileEntry, FileHash, FileKind, HeldFile, LookupKey, LookupToken, Request,
+    RequestBody, Response, ResponseBody, SearchCursor, SearchFilter, SearchHit, ServerStats,
+    TransferRequest, TransferResponse, PROTOCOL_VERSION,
 };
 use std::path::Path;
 
@@ -68,12 +68,15 @@ fn requests() -> Vec<RequestBody> {
         },
         RequestBody::Lookup {
             key: LookupKey::Hash(h(1)),
+            after: None,
         },
         RequestBody::Lookup {
             key: LookupKey::HashPrefix("01010101".into()),
+            after: None,
         },
         RequestBody::Lookup {
             key: LookupKey::Name("Zebra_Crossing-Live 1999.flac".into()),
+            after: None,
         },
         RequestBody::Ping,
         RequestBody::Stats,
@@ -120,7 +123,10 @@ fn responses() -> Vec<ResponseBody> {
                 size: 5,
                 name: "x".into(),
                 holders: vec!["10.0.0.1:9000".parse().unwrap(), "[::1]:7".parse().unwrap()],
+                holder_count: 2,
             }],
+            total: 3,
+            next: Some(LookupToken(7)),
         },
         ResponseBody::Pong,
         ResponseBody::Stats(ServerStats {

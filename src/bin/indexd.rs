@@ -1,7 +1,7 @@
 //! `indexd`: the p2pshare index server. Thin main: flags → config → reactor.
 
 use clap::Parser;
-use p2pshare::index::server::{IndexServer, ServerLimits};
+use p2pshare::index::server::{IndexServer, ServerLimits, OUTPUT_STALL_TIMEOUT};
 use p2pshare::logging;
 use p2pshare::reactor::{Config, Reactor};
 use p2pshare::wire::{self, ErrorCode, Response, ResponseBody};
@@ -97,6 +97,7 @@ fn run(flags: Flags) -> std::io::Result<()> {
         )),
         max_connections_per_source: per_ip,
         source_busy_reply: busy(format!("too many connections from your address ({per_ip})")),
+        out_stall_timeout: Some(OUTPUT_STALL_TIMEOUT),
         ..Config::default()
     };
     let mut reactor = Reactor::new(config)?;
@@ -109,6 +110,7 @@ fn run(flags: Flags) -> std::io::Result<()> {
         max_results: flags.max_results,
         max_files_per_peer: flags.max_files_per_peer,
         max_holdings: flags.max_holdings,
+        ..ServerLimits::default()
     });
     server.stop_on(stop);
     // The first stdout line tells scripts and tests the bound port (useful with port 0).

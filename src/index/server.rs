@@ -14,14 +14,29 @@
 
 use super::store::{Index, LookupError, PeerId};
 use crate::codec::FrameError;
-use crate::reactor::{CloseReason, ConnId, Ctx, Handler, Verdict};
+use crate::reactor::{CloseReason, ConnId, Ctx, Handler, PauseSummary, Verdict};
 use crate::wire::{
-    self, ErrorCode, LookupKey, Request, RequestBody, Response, ResponseBody, ServerStats,
-    PROTOCOL_VERSION,
+    self, ErrorCode, LookupKey, LookupToken, Request, RequestBody, Response, ResponseBody,
+    ServerStats, PROTOCOL_VERSION,
 };
+use hdrhistogram::Histogram;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most files one page of a name lookup may hold, whatever [`ServerLimits`] says, and most
+/// holders listed per file: with names of at most 1,024 bytes and IPv6 holders the largest
+/// page encodes to under 0.5 MB (a test checks), far under the 16 MiB a peer accepts and under
+/// the reactor's 1 MiB output mark.
+pub const LOOKUP_FILES_MAX: usize = 200;
+/// See [`LOOKUP_FILES_MAX`].
+pub const LOOKUP_HOLDERS_MAX: usize = 64;
+
+/// A connection whose unread answers stay over the reactor's output mark this long without
+/// the remote reading any of them is closed: what one connection may hold is then bounded in
+/// time as well as in size (see README, Limits and security).
+pub const OUTPUT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Limits of the server's behaviour (the reactor's own limits live in its `Config`).
 #[derive(Debug, Clone)]
@@ -34,6 +49,10 @@ pub struct ServerLimits {
     /// refused, so that peers together cannot grow the process without bound (at most about
     /// 150 bytes per holding, when none is shared).
     pub max_holdings: usize,
+    /// Most files in one page of a lookup by name (at most [`LOOKUP_FILES_MAX`]).
+    pub max_lookup_files: usize,
+    /// Most holders listed per file of a lookup by name (at most [`LOOKUP_HOLDERS_MAX`]).
+    pub max_lookup_holders: usize,
 }
 
 impl Default for ServerLimits {
@@ -42,6 +61,8 @@ impl Default for ServerLimits {
             max_results: 100,
             max_files_per_peer: 1_000_000,
             max_holdings: 20_000_000,
+            max_lookup_files: 100,
+            max_lookup_holders: LOOKUP_HOLDERS_MAX,
         }
     }
 }
@@ -73,6 +94,18 @@ pub struct IndexServer {
     full_logged: bool,
     /// Set by the signal thread; checked when the reactor is woken.
     shutdown: Option<Arc<AtomicBool>>,
+    /// The reactor loop's pauses, as last read for a `Stats` request.
+    loop_pauses: PauseSummary,
+    /// Server time of each search and lookup, in ns.
+    search_ns: Histogram<u64>,
+    lookup_ns: Histogram<u64>,
+}
+
+/// Longest server time the histograms tell apart (longer ones count as this), in ns.
+const MAX_TRACKED_NS: u64 = 60_000_000_000;
+
+fn time_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_TRACKED_NS, 2).expect("valid histogram bounds")
 }
 
 impl IndexServer {
@@ -86,6 +119,9 @@ impl IndexServer {
             stats: ServerStats::default(),
             full_logged: false,
             shutdown: None,
+            loop_pauses: PauseSummary::default(),
+            search_ns: time_histogram(),
+            lookup_ns: time_histogram(),
         }
     }
 
@@ -300,10 +336,35 @@ impl IndexServer {
                     }
                 }
             }
-            RequestBody::Lookup { key } => {
+            RequestBody::Lookup { key, after } => {
                 self.stats.lookups += 1;
-                match self.index.lookup(&key) {
-                    Ok(files) => ResponseBody::Holders { files },
+                let answer = match (&key, after) {
+                    (LookupKey::Name(name), after) => self
+                        .index
+                        .lookup_name(
+                            name,
+                            after.map(|t| t.0),
+                            self.limits.max_lookup_files.clamp(1, LOOKUP_FILES_MAX),
+                            self.limits.max_lookup_holders.clamp(1, LOOKUP_HOLDERS_MAX),
+                        )
+                        .map(|page| ResponseBody::Holders {
+                            files: page.files,
+                            total: page.total,
+                            next: page.next.map(LookupToken),
+                        }),
+                    (_, Some(_)) => {
+                        let msg = "a continuation token goes with a lookup by name";
+                        self.error(out, id, ErrorCode::Invalid, msg);
+                        return Verdict::Continue;
+                    }
+                    (key, None) => self.index.lookup(key).map(|files| ResponseBody::Holders {
+                        total: files.len() as u64,
+                        files,
+                        next: None,
+                    }),
+                };
+                match answer {
+                    Ok(body) => body,
                     Err(e) => {
                         let code = match e {
                             LookupError::NotFound => ErrorCode::NotFound,
@@ -347,8 +408,22 @@ impl IndexServer {
             peers: self.index.peer_count() as u64,
             files: self.index.file_count() as u64,
             names: self.index.entry_count() as u64,
+            loop_turns: self.loop_pauses.turns,
+            loop_max_pause_us: self.loop_pauses.max_us,
+            loop_p99_pause_us: self.loop_pauses.p99_us,
+            loop_p999_pause_us: self.loop_pauses.p999_us,
+            search_p99_ns: self.search_ns.value_at_quantile(0.99),
+            search_max_ns: self.search_ns.max(),
+            lookup_p99_ns: self.lookup_ns.value_at_quantile(0.99),
+            lookup_max_ns: self.lookup_ns.max(),
             ..self.stats.clone()
         }
+    }
+
+    /// The reactor loop's pauses, for the next `Stats` answer (the reactor handler passes
+    /// them in before a `Stats` request: summing them up walks a histogram).
+    pub fn set_loop_pauses(&mut self, pauses: PauseSummary) {
+        self.loop_pauses = pauses;
     }
 }
 
@@ -370,7 +445,26 @@ impl IndexServer {
         out: &mut Vec<u8>,
     ) -> Verdict {
         match wire::decode::<Request>(payload) {
-            Ok(req) => self.handle_request(out, session, req),
+            Ok(req) => {
+                // Searches and lookups are timed: two clock reads, a few tens of ns.
+                let timed = matches!(
+                    req.body,
+                    RequestBody::Search { .. } | RequestBody::Lookup { .. }
+                );
+                let is_search = matches!(req.body, RequestBody::Search { .. });
+                let started = timed.then(Instant::now);
+                let verdict = self.handle_request(out, session, req);
+                if let Some(t) = started {
+                    let ns = (t.elapsed().as_nanos() as u64).clamp(1, MAX_TRACKED_NS);
+                    let h = if is_search {
+                        &mut self.search_ns
+                    } else {
+                        &mut self.lookup_ns
+                    };
+                    h.saturating_record(ns);
+                }
+                verdict
+            }
             Err(e) => {
                 let id = wire::peek_request_id(payload).unwrap_or(0);
                 // A Hello from another protocol version may not decode at all: say so.
@@ -456,6 +550,9 @@ impl Handler for IndexServer {
         session: &mut Session,
         payload: &[u8],
     ) -> Verdict {
+        if wire::is_stats_request(payload) {
+            self.set_loop_pauses(ctx.loop_pauses().summary());
+        }
         let mut verdict = Verdict::Continue;
         ctx.send(conn, |out| {
             verdict = self.handle_payload(session, payload, out)
@@ -524,6 +621,8 @@ pub fn fuzz_sessions(data: &[u8]) {
         max_results: 8,
         max_files_per_peer: 16,
         max_holdings: 40,
+        max_lookup_files: 3,
+        max_lookup_holders: 2,
     });
     let mut sessions: [Option<Session>; CONNS] = Default::default();
     let mut ready = [false; CONNS];
@@ -569,6 +668,12 @@ pub fn fuzz_sessions(data: &[u8]) {
             match resp.body {
                 ResponseBody::Welcome { .. } => ready[c] = true,
                 ResponseBody::SearchResults { hits, .. } => assert!(hits.len() <= 8),
+                ResponseBody::Holders { files, total, .. } => {
+                    assert!(files.len() <= 3 && files.len() as u64 <= total);
+                    assert!(files
+                        .iter()
+                        .all(|f| f.holders.len() <= f.holder_count as usize));
+                }
                 _ => {}
             }
         }
@@ -598,7 +703,8 @@ pub fn fuzz_sessions(data: &[u8]) {
 /// collisions (same hash from two peers, conflicting sizes) are common.
 mod fuzz_script {
     use crate::wire::{
-        FileEntry, FileHash, LookupKey, RequestBody, SearchCursor, SearchFilter, PROTOCOL_VERSION,
+        FileEntry, FileHash, LookupKey, LookupToken, RequestBody, SearchCursor, SearchFilter,
+        PROTOCOL_VERSION,
     };
 
     const NAMES: [&str; 8] = [
@@ -697,7 +803,11 @@ mod fuzz_script {
                         }
                         _ => LookupKey::Name(self.text()),
                     };
-                    RequestBody::Lookup { key }
+                    let after = match self.b() {
+                        0..=199 => None,
+                        b => Some(LookupToken((u128::from(b) << 96) | u128::from(self.b()))),
+                    };
+                    RequestBody::Lookup { key, after }
                 }
                 6 => RequestBody::Ping,
                 7 => RequestBody::Stats,
@@ -760,6 +870,7 @@ mod tests {
             max_results: 100,
             max_files_per_peer: 16,
             max_holdings: 40,
+            ..ServerLimits::default()
         });
         let mut a = join(&mut server, 7001);
         let mut b = join(&mut server, 7002);
@@ -866,9 +977,14 @@ mod tests {
             &mut server,
             &mut session,
             3,
-            RequestBody::Lookup { key: name },
+            RequestBody::Lookup {
+                key: name,
+                after: None,
+            },
         );
-        assert!(matches!(&r[0].body, ResponseBody::Holders { files } if files.len() == 1));
+        assert!(
+            matches!(&r[0].body, ResponseBody::Holders { files, total: 1, next: None } if files.len() == 1)
+        );
         assert!(!server.index().has_pending());
         server.settle();
         let (r, _) = call(
@@ -891,6 +1007,176 @@ mod tests {
         server.close(session, &CloseReason::Eof);
         assert_eq!(server.index().file_count(), 0);
         assert_eq!(server.current_stats().connections, 0);
+    }
+
+    /// Asks for every page of name `name`; returns the pages.
+    fn all_pages(
+        server: &mut IndexServer,
+        session: &mut Session,
+        name: &str,
+    ) -> Vec<(Vec<wire::HeldFile>, u64)> {
+        let mut pages = Vec::new();
+        let mut after = None;
+        loop {
+            let key = LookupKey::Name(name.into());
+            let (r, v) = call(server, session, 9, RequestBody::Lookup { key, after });
+            assert_eq!(v, Verdict::Continue);
+            let ResponseBody::Holders { files, total, next } = r[0].body.clone() else {
+                panic!("{r:?}")
+            };
+            pages.push((files, total));
+            match next {
+                Some(token) => after = Some(token),
+                None => return pages,
+            }
+        }
+    }
+
+    #[test]
+    fn a_name_of_many_files_comes_in_capped_pages_best_first() {
+        let mut server = IndexServer::new(ServerLimits {
+            max_lookup_files: 4,
+            max_lookup_holders: 2,
+            ..ServerLimits::default()
+        });
+        let mut peers: Vec<Session> = (0..3).map(|i| join(&mut server, 7000 + i)).collect();
+        // 10 files called "copyright"; file i is held by i % 3 + 1 peers.
+        for (k, p) in peers.iter_mut().enumerate() {
+            let files = (0..10u32)
+                .filter(|i| *i as usize % 3 >= k)
+                .map(|i| FileEntry {
+                    hash: FileHash::of(&i.to_le_bytes()),
+                    size: 1,
+                    name: "copyright".into(),
+                })
+                .collect();
+            register(&mut server, p, files);
+        }
+        let pages = all_pages(&mut server, &mut peers[0], "copyright");
+        assert_eq!(pages.len(), 3);
+        let files: Vec<&wire::HeldFile> = pages.iter().flat_map(|(f, _)| f).collect();
+        assert!(pages.iter().all(|(f, total)| f.len() <= 4 && *total == 10));
+        assert_eq!(files.len(), 10);
+        let mut hashes: Vec<FileHash> = files.iter().map(|f| f.hash).collect();
+        hashes.sort();
+        hashes.dedup();
+        assert_eq!(hashes.len(), 10, "each file once");
+        let counts: Vec<u32> = files.iter().map(|f| f.holder_count).collect();
+        assert_eq!(counts, [3, 3, 3, 2, 2, 2, 1, 1, 1, 1]);
+        assert!(files
+            .iter()
+            .all(|f| f.holders.len() == f.holder_count.min(2) as usize));
+        for w in files.windows(2) {
+            if w[0].holder_count == w[1].holder_count {
+                assert!(w[0].hash < w[1].hash, "ties by hash");
+            }
+        }
+        // A token belongs to a lookup by name.
+        let key = LookupKey::Hash(files[0].hash);
+        let after = Some(LookupToken(5));
+        let (r, v) = call(
+            &mut server,
+            &mut peers[0],
+            3,
+            RequestBody::Lookup { key, after },
+        );
+        assert_eq!(v, Verdict::Continue);
+        assert!(matches!(
+            r[0].body,
+            ResponseBody::Error {
+                code: ErrorCode::Invalid,
+                ..
+            }
+        ));
+        // A forged token is a position like any other.
+        let key = LookupKey::Name("copyright".into());
+        let after = Some(LookupToken(u128::MAX));
+        let (r, _) = call(
+            &mut server,
+            &mut peers[0],
+            4,
+            RequestBody::Lookup { key, after },
+        );
+        assert!(matches!(
+            &r[0].body,
+            ResponseBody::Holders { files, total: 10, next: None } if files.is_empty()
+        ));
+    }
+
+    #[test]
+    fn the_largest_lookup_page_is_far_under_the_peers_frame_limit() {
+        // Names of the longest length, in 4-byte characters; IPv6 holders; every number at
+        // its longest varint.
+        let name: String = "𝄞".repeat(crate::index::store::MAX_NAME_BYTES / 4);
+        assert_eq!(name.len(), crate::index::store::MAX_NAME_BYTES);
+        let holder: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+            .parse()
+            .unwrap();
+        let file = wire::HeldFile {
+            hash: FileHash([0xff; 32]),
+            size: u64::MAX,
+            name,
+            holders: vec![holder; LOOKUP_HOLDERS_MAX],
+            holder_count: u32::MAX,
+        };
+        let page = Response {
+            id: u32::MAX,
+            body: ResponseBody::Holders {
+                files: vec![file; LOOKUP_FILES_MAX],
+                total: u64::MAX,
+                next: Some(LookupToken(u128::MAX)),
+            },
+        };
+        let mut out = Vec::new();
+        wire::encode_frame(&page, &mut out);
+        assert!(out.len() < 512 * 1024, "{} bytes", out.len());
+        assert!(out.len() < crate::reactor::Config::default().out_high_water);
+    }
+
+    #[test]
+    fn stats_carry_the_loop_pauses_passed_in() {
+        let mut server = IndexServer::new(ServerLimits::default());
+        let mut session = join(&mut server, 7000);
+        server.set_loop_pauses(PauseSummary {
+            turns: 10,
+            max_us: 900,
+            p99_us: 40,
+            p999_us: 800,
+        });
+        let (r, _) = call(&mut server, &mut session, 1, RequestBody::Stats);
+        let ResponseBody::Stats(stats) = &r[0].body else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (
+                stats.loop_turns,
+                stats.loop_max_pause_us,
+                stats.loop_p99_pause_us,
+                stats.loop_p999_pause_us
+            ),
+            (10, 900, 40, 800)
+        );
+        // The search and the lookup before it were timed.
+        let search = RequestBody::Search {
+            query: "x".into(),
+            limit: 0,
+            filter: SearchFilter::default(),
+            after: None,
+        };
+        call(&mut server, &mut session, 2, search);
+        let key = LookupKey::Name("x".into());
+        call(
+            &mut server,
+            &mut session,
+            3,
+            RequestBody::Lookup { key, after: None },
+        );
+        let (r, _) = call(&mut server, &mut session, 4, RequestBody::Stats);
+        let ResponseBody::Stats(stats) = &r[0].body else {
+            panic!("{r:?}")
+        };
+        assert!(stats.search_max_ns > 0 && stats.search_p99_ns <= stats.search_max_ns);
+        assert!(stats.lookup_max_ns > 0 && stats.lookup_p99_ns <= stats.lookup_max_ns);
     }
 
     #[test]

@@ -15,7 +15,9 @@
 use super::console::{self, Command, Target};
 use super::names::display_name;
 use super::output::Output;
-use crate::wire::{ErrorCode, HeldFile, LookupKey, ResponseBody, SearchCursor, SearchFilter};
+use crate::wire::{
+    ErrorCode, HeldFile, LookupKey, LookupToken, ResponseBody, SearchCursor, SearchFilter,
+};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 
@@ -40,8 +42,10 @@ pub enum Waiting {
         target: Target,
         /// `Some(holder)`: download it next.
         then_get: Option<Option<usize>>,
-        /// The hex was already retried as a name.
+        /// The hex was already retried as a name (or this is a `more` page, asked by name).
         by_name_retry: bool,
+        /// Files of the same lookup shown by earlier pages.
+        shown: u64,
     },
     /// A download.
     Get,
@@ -71,7 +75,22 @@ pub enum Follow {
         files: Vec<HeldFile>,
         /// Holder number asked for.
         holder: Option<usize>,
+        /// How many files bear that name (`files` may hold only the first page of them).
+        total: u64,
     },
+}
+
+/// Where `more` continues: the last lookup of a name whose answer had more files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MorePage {
+    /// What the person looked up.
+    pub target: Target,
+    /// The name asked for.
+    pub name: String,
+    /// The index's continuation token.
+    pub token: LookupToken,
+    /// Files shown so far.
+    pub shown: u64,
 }
 
 /// The runner; see the module docs.
@@ -84,8 +103,12 @@ pub struct Commands {
     console: bool,
     /// The last lookup's answer, for `get X N` after `lookup X`.
     last_lookup: Option<(Target, Vec<HeldFile>)>,
-    /// The last search with more results, and where they start, for `more`.
+    /// `more` continues the last search or name lookup whose answer had more; at most one of
+    /// these is set, the one of the latest such command.
+    /// The last search with more results, and where they start.
     last_search: Option<(String, SearchFilter, SearchCursor)>,
+    /// The last lookup of a name whose answer had more files.
+    more: Option<MorePage>,
 }
 
 impl Commands {
@@ -98,6 +121,7 @@ impl Commands {
             console,
             last_lookup: None,
             last_search: None,
+            more: None,
         }
     }
 
@@ -162,6 +186,11 @@ impl Commands {
         self.last_search.clone()
     }
 
+    /// Where `more` continues after a lookup, if anywhere.
+    pub fn more(&self) -> Option<&MorePage> {
+        self.more.as_ref()
+    }
+
     /// The index answered the running command.
     pub fn handle_answer(&mut self, body: ResponseBody, out: &mut Output) -> Option<Follow> {
         let waiting = self.waiting.take();
@@ -204,6 +233,7 @@ impl Commands {
                     text.push_str("\n(search stopped early: narrow it)");
                 }
                 self.last_search = next.map(|c| (query, filter, c));
+                self.more = None;
                 out.result(text);
                 None
             }
@@ -213,12 +243,45 @@ impl Commands {
             }
             (
                 Some(Waiting::Lookup {
-                    target, then_get, ..
+                    target,
+                    then_get,
+                    shown,
+                    ..
                 }),
-                ResponseBody::Holders { files },
+                ResponseBody::Holders { files, total, next },
             ) => match then_get {
                 None => {
-                    out.result(format_lookup(&files));
+                    let mut text = format_lookup(&files);
+                    let last = shown + files.len() as u64;
+                    if files.is_empty() {
+                        // The files left since the last page (the index changed meanwhile).
+                        text = format!("no more files ({total} in all now)");
+                    } else if shown > 0 || next.is_some() || total > last {
+                        // A name of many files: say which part this is and how to see more.
+                        let _ = write!(
+                            text,
+                            "{}files {}-{last} of {total}, most holders first",
+                            if text.is_empty() { "" } else { "\n" },
+                            (shown + 1).min(last),
+                        );
+                        if next.is_some() {
+                            text.push_str("; `more` shows the next");
+                        }
+                    }
+                    out.result(text);
+                    self.last_search = None;
+                    self.more = next.and_then(|token| {
+                        let name = match &target {
+                            Target::Name(n) | Target::HashPrefix(n) => n.clone(),
+                            Target::Hash(_) => return None,
+                        };
+                        Some(MorePage {
+                            target: target.clone(),
+                            name,
+                            token,
+                            shown: last,
+                        })
+                    });
                     self.last_lookup = Some((target, files));
                     None
                 }
@@ -226,6 +289,7 @@ impl Commands {
                     target,
                     files,
                     holder,
+                    total,
                 }),
             },
             (
@@ -233,6 +297,7 @@ impl Commands {
                     target,
                     then_get,
                     by_name_retry,
+                    shown,
                 }),
                 ResponseBody::Error { code, message },
             ) => {
@@ -244,6 +309,7 @@ impl Commands {
                             target,
                             then_get,
                             by_name_retry: true,
+                            shown,
                         });
                         return Some(Follow::Lookup(key));
                     }
@@ -271,6 +337,10 @@ pub fn format_lookup(files: &[HeldFile]) -> String {
         let _ = writeln!(text, "{} {} {}", f.hash, f.size, display_name(&f.name));
         for (i, h) in f.holders.iter().enumerate() {
             let _ = writeln!(text, "  {} {h}", i + 1);
+        }
+        let unlisted = (f.holder_count as usize).saturating_sub(f.holders.len());
+        if unlisted > 0 {
+            let _ = writeln!(text, "  and {unlisted} more holders");
         }
     }
     text.pop();

@@ -55,10 +55,11 @@ pub enum Command {
         /// The filters typed after or among them.
         filter: SearchFilter,
     },
-    /// `more`: the next page of the last search.
-    More,
     /// `lookup NAME|HASH`
     Lookup(Target),
+    /// `more`: the next page of the last search, or of the last lookup of a name borne by
+    /// more files than one answer holds, whichever came last.
+    More,
     /// `get NAME|HASH [N]`: from holder N of the lookup, else the first that answers.
     Get {
         /// What to download.
@@ -97,8 +98,9 @@ commands:
                          find files whose names contain every word (or a word prefix);
                          filters: ext:flac,mp3  type:audio|video|image|document|archive|program
                          size>10M  size<1G  size:10M..1G  holders>=2  (K M G T: powers of 1024)
-  more                   the next page of the last search
-  lookup NAME|HASH       list the peers holding a file, numbered
+  lookup NAME|HASH       list the peers holding a file, numbered (a name many files bear:
+                         the first 100, most holders first)
+  more                   the next page of the last search or name lookup that had more
   get NAME|HASH [N]      download a file (from holder N of the lookup, else the first that answers)
   files                  list the files this peer shares
   register [PATH...]     rescan the shared directory, or share these files too
@@ -353,9 +355,10 @@ mod tests {
                 filter: SearchFilter::default()
             }
         );
-        assert_eq!(ok("more"), Command::More);
         assert_eq!(ok("files"), Command::Files);
         assert_eq!(ok("status"), Command::Status);
+        assert_eq!(ok("more"), Command::More);
+        assert_eq!(ok("MORE"), Command::More);
         assert_eq!(ok("quit"), Command::Quit);
         assert_eq!(ok("register"), Command::Register(vec![]));
         assert_eq!(

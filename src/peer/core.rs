@@ -515,7 +515,8 @@ impl PeerCore {
                     target,
                     files,
                     holder,
-                }) => self.start_get(now, &target, files, holder),
+                    total,
+                }) => self.start_get(now, &target, files, holder, total),
             },
             (_, ResponseBody::Error { code, message }) => {
                 self.output.error(format!("index: {code}: {message}"))
@@ -526,7 +527,7 @@ impl PeerCore {
 
     /// The running lookup asks again (hex tried as a name).
     fn lookup_again(&mut self, key: LookupKey) {
-        let body = RequestBody::Lookup { key };
+        let body = RequestBody::Lookup { key, after: None };
         if !self.session.request(body, Tag::Command, &mut self.actions) {
             self.output.error("not connected to the index");
             self.commands.finish();
@@ -629,14 +630,15 @@ impl PeerCore {
             Command::Search { query, filter } => self.search(query, filter, None),
             Command::More => match self.commands.continuation() {
                 Some((query, filter, after)) => self.search(query, filter, Some(after)),
-                None => self.output.error("more: no search with more results"),
+                None => self.more(),
             },
             Command::Lookup(target) => self.lookup(target, None),
             Command::Get { target, holder } => {
                 // "get X N" after "lookup X" uses that lookup's numbering.
                 if let (Some(n), Some(files)) = (holder, self.commands.remembered(&target)) {
                     self.commands.wait(Waiting::Get);
-                    return self.start_get(now, &target, files, Some(n));
+                    let total = files.len() as u64;
+                    return self.start_get(now, &target, files, Some(n), total);
                 }
                 self.lookup(target, Some(holder));
             }
@@ -677,17 +679,39 @@ impl PeerCore {
 
     fn lookup(&mut self, target: Target, then_get: Option<Option<usize>>) {
         let key = commands::lookup_key(&target);
-        if self
-            .session
-            .request(RequestBody::Lookup { key }, Tag::Command, &mut self.actions)
-        {
+        let body = RequestBody::Lookup { key, after: None };
+        if self.session.request(body, Tag::Command, &mut self.actions) {
             self.commands.wait(Waiting::Lookup {
                 target,
                 then_get,
                 by_name_retry: false,
+                shown: 0,
             });
         } else {
             self.output.error("not connected to the index");
+        }
+    }
+
+    /// `more` after a lookup: the next page of the last lookup that had more files.
+    fn more(&mut self) {
+        let Some(page) = self.commands.more().cloned() else {
+            self.output
+                .error("more: nothing more to show (it continues a search or lookup that says so)");
+            return;
+        };
+        let body = RequestBody::Lookup {
+            key: LookupKey::Name(page.name),
+            after: Some(page.token),
+        };
+        if self.session.request(body, Tag::Command, &mut self.actions) {
+            self.commands.wait(Waiting::Lookup {
+                target: page.target,
+                then_get: None,
+                by_name_retry: true,
+                shown: page.shown,
+            });
+        } else {
+            self.output.error("more: not connected to the index");
         }
     }
 
@@ -766,21 +790,30 @@ impl PeerCore {
         target: &Target,
         files: Vec<HeldFile>,
         holder: Option<usize>,
+        total: u64,
     ) {
         self.commands.wait(Waiting::Get);
         let fail = |core: &mut PeerCore, text: String| {
             core.output.error(text);
             core.commands.finish();
         };
+        let total = total.max(files.len() as u64);
         let file = match files.len() {
             0 => return fail(self, format!("no peer shares {target}")),
-            1 => files.into_iter().next().expect("one file"),
+            1 if total == 1 => files.into_iter().next().expect("one file"),
             _ => {
-                let text = format!(
-                    "{} different files are called {target}; get one by hash:\n{}",
-                    files.len(),
+                let mut text = format!(
+                    "{total} different files are called {target}; get one by hash:\n{}",
                     commands::format_lookup(&files)
                 );
+                if total > files.len() as u64 {
+                    let _ = write!(
+                        text,
+                        "\n(the first {}, most holders first; `lookup {target}` then `more` \
+                         lists the others)",
+                        files.len()
+                    );
+                }
                 return fail(self, text);
             }
         };

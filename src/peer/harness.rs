@@ -188,13 +188,16 @@ impl Harness {
         out.clear();
         let lookup = postcard_request(RequestBody::Lookup {
             key: wire::LookupKey::Hash(hash),
+            after: None,
         });
         self.index.handle_payload(&mut session, &lookup, &mut out);
         let n = match frames(&out)
             .first()
             .map(|p| wire::decode::<Response>(p).unwrap().body)
         {
-            Some(ResponseBody::Holders { files }) => files.iter().map(|f| f.holders.len()).sum(),
+            Some(ResponseBody::Holders { files, .. }) => {
+                files.iter().map(|f| f.holders.len()).sum()
+            }
             _ => 0,
         };
         self.index.close(session, &CloseReason::Local);

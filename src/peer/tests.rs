@@ -10,6 +10,11 @@ fn has(h: &Harness, text: &str) -> usize {
     h.said().iter().filter(|l| l.contains(text)).count()
 }
 
+/// The peer said `text` once.
+fn said_once(h: &Harness, text: &str) {
+    assert_eq!(has(h, text), 1, "{text}: {:?}", h.said());
+}
+
 #[test]
 fn reconnects_with_bounded_jittered_backoff_and_re_registers_after_an_index_restart() {
     let mut h = Harness::new("restart");
@@ -176,11 +181,11 @@ fn more_pages_through_a_search() {
     };
     // Nothing to continue at first; then a page of the server's cap, with the count (exact:
     // one word, no filter), the rest, and nothing more.
-    assert!(at("more: no search with more results") < at("100 results (of 150 matches"));
+    assert!(at("more: nothing more to show") < at("100 results (of 150 matches"));
     assert!(at("100 results (of 150 matches; type more for the next page)") < at("50 results"));
     assert_eq!(
         said.iter()
-            .filter(|l| l.contains("more: no search with more results"))
+            .filter(|l| l.contains("more: nothing more to show"))
             .count(),
         2,
         "{said:?}"
@@ -189,4 +194,57 @@ fn more_pages_through_a_search() {
     assert!(
         at("100 results (at least 101 matches; type more for the next page)") > at("50 results")
     );
+}
+
+#[test]
+fn a_lookup_of_a_crowded_name_shows_a_page_and_more_shows_the_rest() {
+    let mut h = Harness::new("pages");
+    h.scanned(&[]);
+    // 105 different files called "copyright", the first one held twice.
+    for i in 0..105u32 {
+        let bytes = format!("licence text {i}");
+        h.holder(
+            &format!("10.1.{}.{}:1", i / 200, i % 200 + 1),
+            "copyright",
+            bytes.as_bytes(),
+            Holder::Refuses,
+        );
+    }
+    h.holder(
+        "10.2.0.1:1",
+        "copyright",
+        b"licence text 0",
+        Holder::Refuses,
+    );
+    h.type_lines(&["lookup copyright"]);
+    let said = h.said();
+    let best = FileHash::of(b"licence text 0").to_string();
+    let answer = said
+        .iter()
+        .find(|l| l.contains("copyright"))
+        .expect("an answer");
+    assert!(answer.starts_with(&best), "most holders first: {said:?}");
+    assert!(answer.contains("\n  2 10.2.0.1:1\n"), "{answer}");
+    said_once(
+        &h,
+        "files 1-100 of 105, most holders first; `more` shows the next",
+    );
+    let listed = |h: &Harness| {
+        h.said()
+            .iter()
+            .flat_map(|l| l.lines().map(str::to_string).collect::<Vec<_>>())
+            .filter(|l| l.ends_with(" copyright"))
+            .count()
+    };
+    assert_eq!(listed(&h), 100);
+    h.type_lines(&["more"]);
+    said_once(&h, "files 101-105 of 105, most holders first");
+    assert_eq!(listed(&h), 105);
+    h.type_lines(&["more"]);
+    said_once(&h, "error: more: nothing more to show");
+    // `get` by that name names the files and how to see them all.
+    h.type_lines(&["get copyright"]);
+    said_once(&h, "105 different files are called copyright");
+    said_once(&h, "`lookup copyright` then `more`");
+    assert!(h.gets.is_empty(), "nothing downloaded");
 }

@@ -13,12 +13,21 @@
 //!   of the ready list so that one busy sender cannot hold the turn (on Linux, a read shorter
 //!   than the buffer ends it too: any later arrival raises a fresh edge). `Interrupted` is
 //!   retried; events for tokens no longer in the slab are ignored.
+//! - Fair turns: one connection's frames are handled for at most
+//!   [`Config::frames_per_turn`] frames, or, after its first frame, for at most
+//!   [`Config::work_per_turn`] of handler time, whichever ends first; then it yields: its
+//!   unhandled input stays in its pending buffer, in order, and it goes to the back of the
+//!   ready list, so every other connection with input is served before it continues. A
+//!   pipelining client therefore delays another client by at most one budget per turn.
 //! - Interest is derived from state: READABLE always, WRITABLE only while output is queued (or a
 //!   connect is in progress). Registration changes only when that changes.
 //! - Back-pressure: a connection whose queued output is above the high-water mark, or which
 //!   has a file range queued, is *parked*: its input is not read or decoded until the output
 //!   drains below the low-water mark. Its memory is therefore bounded by
-//!   `max_frame + high_water + one frame of output`.
+//!   `max_frame + one read + high_water + one handler call's output`; with
+//!   [`Config::out_stall_timeout`] set, a parked connection whose output makes no write
+//!   progress for that long is closed ([`CloseReason::Stalled`]), so the bound does not last
+//!   longer than that either.
 //! - Read buffers: bytes are read into one shared scratch buffer (`SCRATCH_BYTES`) and frames are handled
 //!   straight from it; only the incomplete tail of a frame is copied into the connection, so an
 //!   idle connection holds no buffer at all.
@@ -31,6 +40,9 @@
 //!   and retries on a timer.
 
 pub mod outq;
+mod pauses;
+
+pub use pauses::{LoopPauses, PauseSummary};
 
 use crate::codec::{Decoder, FrameError};
 use mio::net::{TcpListener, TcpStream};
@@ -96,6 +108,14 @@ pub struct Config {
     pub max_connections_per_source: usize,
     /// Bytes written to a connection refused at the per-source limit before closing it.
     pub source_busy_reply: Vec<u8>,
+    /// Most frames handled for one connection before it yields to the others (at least 1).
+    pub frames_per_turn: usize,
+    /// Handler time one connection may use in one turn, counted after its first frame, before
+    /// it yields to the others.
+    pub work_per_turn: Duration,
+    /// Close a connection whose output has been over the high-water mark (parked) without
+    /// any write progress for this long (none: only the idle timeout applies).
+    pub out_stall_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -109,6 +129,9 @@ impl Default for Config {
             busy_reply: Vec::new(),
             max_connections_per_source: usize::MAX,
             source_busy_reply: Vec::new(),
+            frames_per_turn: 32,
+            work_per_turn: Duration::from_millis(1),
+            out_stall_timeout: None,
         }
     }
 }
@@ -126,6 +149,9 @@ pub enum CloseReason {
     Protocol(String),
     /// Nothing happened for the idle timeout.
     IdleTimeout,
+    /// Output stayed over the high-water mark without write progress for
+    /// [`Config::out_stall_timeout`]: the remote does not read.
+    Stalled,
     /// An outgoing connect failed.
     ConnectFailed(io::ErrorKind),
     /// This side decided to close (bye, shutdown, cancelled).
@@ -140,6 +166,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Frame(e) => write!(f, "bad frame: {e}"),
             CloseReason::Protocol(m) => write!(f, "protocol error: {m}"),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::Stalled => f.write_str("output stalled: the remote does not read"),
             CloseReason::ConnectFailed(k) => write!(f, "connect failed: {k}"),
             CloseReason::Local => f.write_str("closed locally"),
         }
@@ -357,6 +384,20 @@ pub struct Ctx<C> {
     next_sweep: Instant,
     waker: Arc<Waker>,
     stopped: bool,
+    /// The share of the turn of the connection being read (see [`Config::frames_per_turn`]).
+    budget: Budget,
+    /// How long each turn's work took (see [`LoopPauses`]).
+    pauses: LoopPauses,
+}
+
+/// What one connection has used of its share of a turn.
+#[derive(Debug, Default, Clone, Copy)]
+struct Budget {
+    frames: usize,
+    /// When its second frame started (the first one is always handled).
+    since: Option<Instant>,
+    /// The share ran out: unhandled input waits for the connection's next share.
+    yielded: bool,
 }
 
 /// A single-threaded event loop.
@@ -365,6 +406,8 @@ pub struct Reactor<C> {
     events: Events,
     scratch: Box<[u8]>,
     ctx: Ctx<C>,
+    /// A wait has returned before (`ctx.now` is when the last one did).
+    waited: bool,
 }
 
 impl<C> Reactor<C> {
@@ -377,6 +420,7 @@ impl<C> Reactor<C> {
             poll,
             events: Events::with_capacity(1024),
             scratch: vec![0u8; SCRATCH_BYTES].into_boxed_slice(),
+            waited: false,
             ctx: Ctx {
                 registry,
                 slots: Slab::with_capacity(64),
@@ -393,6 +437,8 @@ impl<C> Reactor<C> {
                 next_sweep: Instant::now(),
                 waker,
                 stopped: false,
+                budget: Budget::default(),
+                pauses: LoopPauses::new(),
             },
         })
     }
@@ -412,12 +458,19 @@ impl<C> Reactor<C> {
 
     /// One iteration: poll (up to the next deadline), dispatch events, timers, to-do lists.
     pub fn turn(&mut self, handler: &mut impl Handler<Conn = C>) -> io::Result<()> {
+        // The work since the last wait returned (the first turn has none to measure).
+        let before_wait = Instant::now();
+        if self.waited {
+            let pause = before_wait.saturating_duration_since(self.ctx.now);
+            self.ctx.pauses.record(pause);
+        }
+        self.waited = true;
         let timeout = if !self.ctx.ready.is_empty() || !self.ctx.dirty.is_empty() {
             Some(Duration::ZERO)
         } else {
             self.ctx
                 .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()))
+                .map(|d| d.saturating_duration_since(before_wait))
         };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
@@ -485,6 +538,11 @@ impl<C> Ctx<C> {
     /// Ends [`Reactor::run`] after this iteration.
     pub fn stop(&mut self) {
         self.stopped = true;
+    }
+
+    /// How long the loop worked between waits, every turn since it started.
+    pub fn loop_pauses(&self) -> &LoopPauses {
+        &self.pauses
     }
 
     /// Open connections (not listeners).
@@ -952,6 +1010,7 @@ impl<C> Ctx<C> {
         handler: &mut impl Handler<Conn = C>,
     ) {
         let mut drained = false;
+        self.budget = Budget::default();
         for _ in 0..READS_PER_TURN {
             let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
                 return;
@@ -980,6 +1039,11 @@ impl<C> Ctx<C> {
                 }
                 c.pending_in = pending;
                 if c.closing || c.parked {
+                    return;
+                }
+                if self.budget.yielded {
+                    // Its share of the turn is used: the rest waits, in order, for the next.
+                    self.mark_ready(key);
                     return;
                 }
             }
@@ -1024,6 +1088,10 @@ impl<C> Ctx<C> {
                     c.pending_in.extend_from_slice(&scratch[used..n]);
                 }
             }
+            if self.budget.yielded {
+                self.mark_ready(key);
+                return;
+            }
         }
         // Still busy after a full turn: come back once the others had theirs.
         self.mark_ready(key);
@@ -1056,8 +1124,16 @@ impl<C> Ctx<C> {
                 self.apply(conn, v);
                 continue;
             }
+            if self.budget.frames > 0 && self.is_share_used() {
+                self.budget.yielded = true;
+                return at;
+            }
+            let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
+                return at;
+            };
             match c.decoder.decode(&data[at..]) {
                 Ok(Some(d)) => {
+                    self.budget.frames += 1;
                     c.last_active = self.now;
                     let payload = &data[at + d.payload.start..at + d.payload.end];
                     at += d.consumed;
@@ -1088,6 +1164,18 @@ impl<C> Ctx<C> {
                 }
             }
         }
+    }
+
+    /// Whether the connection being read has used its share of this turn (it has handled at
+    /// least one frame). The clock is read from its second frame on only, so a connection
+    /// with one request per read costs no clock read.
+    fn is_share_used(&mut self) -> bool {
+        if self.budget.frames >= self.config.frames_per_turn {
+            return true;
+        }
+        let now = Instant::now();
+        let since = *self.budget.since.get_or_insert(now);
+        now.saturating_duration_since(since) >= self.config.work_per_turn
     }
 
     /// While closing, input is read and thrown away so the kernel does not reset the
@@ -1147,6 +1235,7 @@ impl<C> Ctx<C> {
             return;
         }
         self.next_sweep = now + SWEEP_INTERVAL;
+        let (stall, stall_mark) = (self.config.out_stall_timeout, self.config.out_low_water);
         let mut expired = Vec::new();
         for (key, slot) in self.slots.iter_mut() {
             let Slot::Conn(c) = slot else { continue };
@@ -1160,6 +1249,14 @@ impl<C> Ctx<C> {
                 }
                 Phase::Open if c.idle_timeout.is_some_and(|t| quiet >= t) => {
                     CloseReason::IdleTimeout
+                }
+                // Parked means not reading, so only write progress moves `last_active`.
+                Phase::Open
+                    if c.parked
+                        && c.out.buffered() > stall_mark
+                        && stall.is_some_and(|t| quiet >= t) =>
+                {
+                    CloseReason::Stalled
                 }
                 Phase::Flushing if quiet >= FLUSH_TIMEOUT => CloseReason::IdleTimeout,
                 Phase::Lingering { deadline } if now >= deadline => {

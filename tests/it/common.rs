@@ -656,8 +656,9 @@ pub fn holder_number(index: SocketAddr, hash: p2pshare::wire::FileHash, addr: So
     let (mut c, _) = Client::hello(index, 0);
     match c.call(RequestBody::Lookup {
         key: p2pshare::wire::LookupKey::Hash(hash),
+        after: None,
     }) {
-        ResponseBody::Holders { files } => {
+        ResponseBody::Holders { files, .. } => {
             files[0].holders.iter().position(|h| *h == addr).unwrap() + 1
         }
         other => panic!("{other:?}"),

@@ -513,8 +513,9 @@ fn absurd_but_well_formed_requests_are_answered_and_harm_no_one() {
     }
     match bulk.call(RequestBody::Lookup {
         key: LookupKey::Name(odd),
+        after: None,
     }) {
-        ResponseBody::Holders { files } => assert_eq!(files.len(), 1),
+        ResponseBody::Holders { files, .. } => assert_eq!(files.len(), 1),
         other => panic!("{other:?}"),
     }
 
@@ -552,7 +553,10 @@ fn absurd_but_well_formed_requests_are_answered_and_harm_no_one() {
         LookupKey::Name("no such file".into()),
         LookupKey::Name(String::new()),
     ] {
-        match thief.call(RequestBody::Lookup { key: key.clone() }) {
+        match thief.call(RequestBody::Lookup {
+            key: key.clone(),
+            after: None,
+        }) {
             ResponseBody::Error {
                 code: ErrorCode::NotFound | ErrorCode::Invalid,
                 ..
@@ -615,8 +619,9 @@ fn holder_of(index: SocketAddr, hash: FileHash) -> SocketAddr {
     let (mut c, _) = Client::hello(index, 0);
     match c.call(RequestBody::Lookup {
         key: LookupKey::Hash(hash),
+        after: None,
     }) {
-        ResponseBody::Holders { files } => files[0].holders[0],
+        ResponseBody::Holders { files, .. } => files[0].holders[0],
         other => panic!("{other:?}"),
     }
 }
@@ -1098,6 +1103,7 @@ fn measure_connection_capacity() {
                 let t = Instant::now();
                 match honest.client.call(RequestBody::Lookup {
                     key: LookupKey::Hash(hash),
+                    after: None,
                 }) {
                     ResponseBody::Holders { .. } => {}
                     other => panic!("{other:?}"),
@@ -1117,4 +1123,146 @@ fn measure_connection_capacity() {
             vm_rss_kib(pid) / 1024
         );
     }
+}
+
+/// The measurement of README's "Lookups of a crowded name": 400,000 files called `copyright`,
+/// the first page of its lookup timed from another client, every page walked, then 20
+/// connections that pipeline lookups of it and never read.
+/// `cargo test --release --test it -- --ignored --nocapture hostile::measure_crowded`.
+#[test]
+#[ignore]
+fn measure_crowded_name_lookup() {
+    const FILES: u32 = 400_000;
+    let indexd = Indexd::start(&["--max-connections-per-ip", "0"]);
+    let pid = indexd.child.id();
+    let (mut owner, _) = Client::hello(indexd.addr, 1000);
+    let started = Instant::now();
+    for chunk in (0..FILES).collect::<Vec<_>>().chunks(8_000) {
+        let files = chunk
+            .iter()
+            .map(|i| FileEntry {
+                hash: FileHash::of(&i.to_le_bytes()),
+                size: u64::from(*i),
+                name: "copyright".into(),
+            })
+            .collect();
+        match owner.call(RequestBody::Register { files }) {
+            ResponseBody::Registered { rejected: 0, .. } => {}
+            other => panic!("register: {other:?}"),
+        }
+    }
+    // A second holder for the first 1,000: they rank first.
+    let (mut second, _) = Client::hello(indexd.addr, 1001);
+    let files = (0..1_000u32)
+        .map(|i| FileEntry {
+            hash: FileHash::of(&i.to_le_bytes()),
+            size: u64::from(i),
+            name: "copyright".into(),
+        })
+        .collect();
+    second.call(RequestBody::Register { files });
+    println!(
+        "{FILES} files registered in {:.1} s; indexd VmRSS {} KiB",
+        started.elapsed().as_secs_f64(),
+        vm_rss_kib(pid)
+    );
+    let (mut c, _) = Client::hello(indexd.addr, 0);
+    let lookup = |after| RequestBody::Lookup {
+        key: LookupKey::Name("copyright".into()),
+        after,
+    };
+    let mut us = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..200 {
+        let t = Instant::now();
+        let id = c.send(lookup(None));
+        let payload = c.recv_payload().expect("answer");
+        us.push(t.elapsed().as_micros() as u64);
+        bytes = payload.len();
+        let r: p2pshare::wire::Response = p2pshare::wire::decode(&payload).unwrap();
+        assert_eq!(r.id, id);
+        assert!(
+            matches!(r.body, ResponseBody::Holders { ref files, total, .. }
+            if files.len() == 100 && total == u64::from(FILES) && files[0].holder_count == 2)
+        );
+    }
+    us.sort_unstable();
+    println!(
+        "first page: {bytes} bytes; round trip p50 {} µs, p99 {} µs, max {} µs",
+        us[us.len() / 2],
+        us[us.len() * 99 / 100],
+        us[us.len() - 1]
+    );
+    let t = Instant::now();
+    let (mut pages, mut seen, mut after) = (0, 0, None);
+    loop {
+        match c.call(lookup(after)) {
+            ResponseBody::Holders { files, next, .. } => {
+                pages += 1;
+                seen += files.len();
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, FILES as usize);
+    println!(
+        "all {pages} pages in {:.2} s ({:.0} µs a page)",
+        t.elapsed().as_secs_f64(),
+        t.elapsed().as_micros() as f64 / f64::from(pages)
+    );
+    let rss = vm_rss_kib(pid);
+    let mut lazy: Vec<Client> = (0..20).map(|_| Client::hello(indexd.addr, 0).0).collect();
+    let mut burst = Vec::new();
+    for i in 0..2_000u32 {
+        let req = p2pshare::wire::Request {
+            id: i,
+            body: lookup(None),
+        };
+        p2pshare::wire::encode_frame(&req, &mut burst);
+    }
+    for l in &mut lazy {
+        l.send_raw(&burst).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    println!(
+        "20 connections × 2,000 pipelined lookups, unread: indexd VmRSS {rss} → {} KiB",
+        vm_rss_kib(pid)
+    );
+    let t = Instant::now();
+    for l in &mut lazy {
+        l.stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+    }
+    let stats = match c.call(RequestBody::Stats) {
+        ResponseBody::Stats(s) => s,
+        other => panic!("{other:?}"),
+    };
+    println!(
+        "loop pauses: max {} µs, p99 {} µs, p99.9 {} µs over {} turns",
+        stats.loop_max_pause_us,
+        stats.loop_p99_pause_us,
+        stats.loop_p999_pause_us,
+        stats.loop_turns
+    );
+    loop {
+        let open = match c.call(RequestBody::Stats) {
+            ResponseBody::Stats(s) => s.connections,
+            other => panic!("{other:?}"),
+        };
+        if open <= 3 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{open} still open");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "the 20 closed {:.1} s later; indexd VmRSS {} KiB",
+        t.elapsed().as_secs_f64(),
+        vm_rss_kib(pid)
+    );
 }

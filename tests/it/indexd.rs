@@ -26,8 +26,10 @@ fn register(c: &mut Client, files: Vec<FileEntry>) -> (u32, u32, u32) {
 }
 
 fn holders(c: &mut Client, key: LookupKey) -> Vec<(FileHash, Vec<SocketAddr>)> {
-    match c.call(RequestBody::Lookup { key }) {
-        ResponseBody::Holders { files } => files.into_iter().map(|f| (f.hash, f.holders)).collect(),
+    match c.call(RequestBody::Lookup { key, after: None }) {
+        ResponseBody::Holders { files, .. } => {
+            files.into_iter().map(|f| (f.hash, f.holders)).collect()
+        }
         ResponseBody::Error {
             code: ErrorCode::NotFound,
             ..
@@ -138,8 +140,60 @@ fn lookup_by_name_with_several_hashes() {
     assert_eq!(got, want);
     let body = a.call(RequestBody::Lookup {
         key: LookupKey::Hash(FileHash([0xee; 32])),
+        after: None,
     });
     expect_error(body, ErrorCode::NotFound);
+}
+
+/// A client that pipelines thousands of costly searches with empty answers (which never
+/// fill its output and park it) cannot make another client wait for all of them: the reactor
+/// serves each connection a bounded share of a turn. Asserted by order, not by time: the
+/// other client's `Stats` answer counts the searches handled before it.
+#[test]
+fn a_pipelining_client_does_not_starve_another() {
+    const PIPELINED: u32 = 4000;
+    let indexd = Indexd::start(&[]);
+    let (mut holder, _) = Client::hello(indexd.addr, 7);
+    // Words starting with `s` in half the names, with `q` in the other half: "s q" ranges
+    // over a thousand words each and matches nothing.
+    let files: Vec<FileEntry> = (0..2000)
+        .map(|i| {
+            let word = if i % 2 == 0 { 's' } else { 'q' };
+            entry(&format!("{word}{i} track.mp3"), &format!("c{i}"))
+        })
+        .collect();
+    register(&mut holder, files);
+    let (mut greedy, _) = Client::hello(indexd.addr, 0);
+    let (mut honest, _) = Client::hello(indexd.addr, 0);
+    let mut burst = Vec::new();
+    for i in 0..PIPELINED {
+        let body = RequestBody::Search {
+            query: "s q".into(),
+            limit: 100,
+            filter: Default::default(),
+            after: None,
+        };
+        wire::encode_frame(&Request { id: 1000 + i, body }, &mut burst);
+    }
+    greedy.send_raw(&burst).unwrap();
+    // Its first answer proves the burst is being handled (before the fix, the first one left
+    // only once every search of the read had run).
+    let first = greedy.recv().expect("an answer");
+    assert_eq!(first.id, 1000);
+    let handled = match honest.call(RequestBody::Stats) {
+        ResponseBody::Stats(s) => s.searches,
+        other => panic!("expected stats, got {other:?}"),
+    };
+    assert!(
+        handled < u64::from(PIPELINED) / 2,
+        "{handled} of {PIPELINED} pipelined searches ran before another client's request"
+    );
+    // Nothing of the burst is lost or reordered.
+    for i in 1..PIPELINED {
+        let r = greedy.recv().expect("an answer");
+        assert_eq!(r.id, 1000 + i);
+        assert!(matches!(r.body, ResponseBody::SearchResults { ref hits, .. } if hits.is_empty()));
+    }
 }
 
 #[test]
@@ -156,6 +210,7 @@ fn pipelined_requests_are_answered_in_order_by_id() {
         let body = match i % 3 {
             0 => RequestBody::Lookup {
                 key: LookupKey::Hash(files[(i % 50) as usize].hash),
+                after: None,
             },
             1 => RequestBody::Search {
                 query: format!("file {}", i % 50),
@@ -172,7 +227,7 @@ fn pipelined_requests_are_answered_in_order_by_id() {
         let r = c.recv().expect("response");
         assert_eq!(r.id, 1000 + i);
         match (i % 3, r.body) {
-            (0, ResponseBody::Holders { files: f }) => {
+            (0, ResponseBody::Holders { files: f, .. }) => {
                 assert_eq!(f[0].hash, files[(i % 50) as usize].hash)
             }
             (1, ResponseBody::SearchResults { hits, .. }) => assert!(!hits.is_empty()),
@@ -435,6 +490,7 @@ fn a_thousand_concurrent_connections() {
         .map(|c| {
             c.send(RequestBody::Lookup {
                 key: LookupKey::Hash(f.hash),
+                after: None,
             })
         })
         .collect();
@@ -442,7 +498,7 @@ fn a_thousand_concurrent_connections() {
         let r = c.recv().unwrap();
         assert_eq!(r.id, id);
         match r.body {
-            ResponseBody::Holders { files } => assert_eq!(files[0].holders.len(), 10),
+            ResponseBody::Holders { files, .. } => assert_eq!(files[0].holders.len(), 10),
             other => panic!("{other:?}"),
         }
     }

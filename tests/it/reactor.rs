@@ -229,6 +229,9 @@ impl<H: Handler> Handler for Stoppable<H> {
     fn handle_timer(&mut self, ctx: &mut Ctx<H::Conn>, timer: u64) {
         self.inner.handle_timer(ctx, timer)
     }
+    fn handle_turn_end(&mut self, ctx: &mut Ctx<H::Conn>) {
+        self.inner.handle_turn_end(ctx)
+    }
 }
 
 /// State a handler records on the reactor thread and the test thread waits on: a mutex, and
@@ -347,6 +350,8 @@ struct Log {
     max_queued: usize,
     /// Contract violations seen by the handler (e.g. a second close for one connection).
     errors: Vec<String>,
+    /// Loop turns ended.
+    turns: usize,
 }
 
 impl Log {
@@ -449,6 +454,10 @@ impl Handler for Echo {
             }
             OnBadFrame::Ignore => Verdict::Continue,
         }
+    }
+
+    fn handle_turn_end(&mut self, _ctx: &mut Ctx<SocketAddr>) {
+        self.log.get().turns += 1;
     }
 
     fn handle_close(
@@ -1377,6 +1386,76 @@ fn a_frame_queued_while_connecting_is_flushed_before_close() {
 
 // ---------------------------------------------------------------------------------------------
 // 8. Half-close
+
+#[test]
+fn a_pipelined_burst_is_handled_in_shares_of_turns_whole_and_in_order() {
+    const FRAMES: u32 = 2000;
+    const SHARE: usize = 4;
+    let config = Config {
+        frames_per_turn: SHARE,
+        ..Config::default()
+    };
+    let (server, addr, log) = echo_server(config);
+    let client = Client::connect(addr);
+    let client_addr = client.local_addr();
+    let mut burst = Vec::new();
+    for n in 0..FRAMES {
+        burst.extend_from_slice(&frame(&n.to_le_bytes()));
+    }
+    let mut writer = client.reader.stream.try_clone().unwrap();
+    // One write, then the EOF right behind it: what waits for the next share is still
+    // handled before the close.
+    writer.write_all(&burst).expect("write");
+    writer.shutdown(Shutdown::Write).expect("half-close");
+    let mut reader = client.reader;
+    for n in 0..FRAMES {
+        assert!(reader.expect_frame() == n.to_le_bytes(), "echo {n} differs");
+    }
+    reader.expect_closed();
+    assert_eq!(log.wait_closed(client_addr), CloseReason::Eof);
+    assert_eq!(log.get().frames.get(&client_addr), Some(&(FRAMES as usize)));
+    // A connection gets at most two shares a turn (its event's and its place in the ready
+    // list), so the burst took many turns.
+    let turns = log.get().turns;
+    assert!(
+        turns >= FRAMES as usize / SHARE / 2,
+        "{FRAMES} frames in {turns} turns with shares of {SHARE}"
+    );
+    finish(server, &log);
+}
+
+#[test]
+fn a_client_that_never_reads_is_closed_once_its_output_stalls() {
+    const HIGH: usize = 64 * 1024;
+    let config = Config {
+        out_high_water: HIGH,
+        out_low_water: HIGH / 4,
+        out_stall_timeout: Some(Duration::from_millis(300)),
+        ..Config::default()
+    };
+    let (server, addr, log) = echo_server(config);
+    let mut lazy = Client::connect(addr);
+    let lazy_addr = lazy.local_addr();
+    let mut writer = lazy.stream().try_clone().unwrap();
+    let w = thread::spawn(move || {
+        // Far more than the socket buffers hold: the server parks, then gives up.
+        let payload = vec![7u8; 100_000];
+        for _ in 0..200 {
+            if writer.write_all(&frame(&payload)).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(log.wait_closed(lazy_addr), CloseReason::Stalled);
+    let max = log.get().max_queued;
+    assert!(max <= HIGH + 100_100, "queued {max} bytes");
+    // A reading client is not affected.
+    let mut busy = Client::connect(addr);
+    busy.round_trip(b"still served");
+    drop(lazy);
+    w.join().expect("writer");
+    finish(server, &log);
+}
 
 #[test]
 fn a_half_closed_client_still_gets_every_pipelined_echo() {

@@ -40,8 +40,9 @@ fn a_link_swapped_in_after_registering_is_never_served() {
         }
         let by_name = client.call(RequestBody::Lookup {
             key: LookupKey::Name("song.flac".into()),
+            after: None,
         });
-        if let ResponseBody::Holders { files } = &by_name {
+        if let ResponseBody::Holders { files, .. } = &by_name {
             assert!(
                 files.iter().all(|f| f.hash != secret_hash),
                 "the link's target was registered: {by_name:?}"
@@ -58,7 +59,10 @@ fn a_link_swapped_in_after_registering_is_never_served() {
         LookupKey::Hash(secret_hash),
         LookupKey::Name("song.flac".into()),
     ] {
-        let answer = client.call(RequestBody::Lookup { key: key.clone() });
+        let answer = client.call(RequestBody::Lookup {
+            key: key.clone(),
+            after: None,
+        });
         assert!(
             matches!(answer, ResponseBody::Error { .. }),
             "{key:?}: {answer:?}"

@@ -1,14 +1,17 @@
-//! [`Index::lookup`]: who holds a file, by hash, hash prefix or exact name.
+//! [`Index::lookup`]: who holds a file, by hash or hash prefix; [`Index::lookup_name`]: the
+//! files of one exact name, a page at a time, best first.
 
+use super::byname::{key_entry, rank_key, Page};
 use super::words::{lower_words, Scratch};
-use super::{Index, LookupError, PeerId, ID_MASK, NONE};
+use super::{Entries, Files, Index, LookupError, NamePage, PeerId, ID_MASK, NONE};
 use crate::wire::{is_hex_prefix, HeldFile, LookupKey};
 use std::cmp::Ordering;
 
 impl Index {
     /// Who holds a file. `Hash` and a unique `HashPrefix` give one file, named by its most held
-    /// name (ties: the smallest name); `Name` gives every hash with an entry of exactly that
-    /// name, in hash order. `holders` are the distinct holders' addresses in peer-id order.
+    /// name (ties: the smallest name), with every distinct holder's address in peer-id order.
+    /// `Name` gives the first page of [`Index::lookup_name`] with its default sizes
+    /// ([`NamePage::DEFAULT_FILES`] files of at most [`NamePage::DEFAULT_HOLDERS`] holders).
     pub fn lookup(&mut self, key: &LookupKey) -> Result<Vec<HeldFile>, LookupError> {
         self.post_pending();
         match key {
@@ -26,41 +29,116 @@ impl Index {
                 let file = self.files.find_prefix(p32, &p)?;
                 Ok(vec![self.held_file(file, None)])
             }
-            LookupKey::Name(name) => {
-                let mut scratch = Scratch::default();
-                lower_words(name, &mut scratch);
-                // The rarest word of the name bounds the scan; a wordless name uses the
-                // empty word's postings.
-                let mut best: Option<(usize, u32)> = None; // (postings, word id)
-                let words: Vec<&str> = if scratch.spans.is_empty() {
-                    vec![""]
-                } else {
-                    scratch.words().collect()
-                };
-                for w in words {
-                    let Some(id) = self.words.find(w.as_bytes()) else {
-                        return Err(LookupError::NotFound);
-                    };
-                    let n = self.words.posting_count(id);
-                    if best.map_or(true, |(b, _)| n < b) {
-                        best = Some((n, id));
-                    }
+            LookupKey::Name(name) => self
+                .lookup_name(
+                    name,
+                    None,
+                    NamePage::DEFAULT_FILES,
+                    NamePage::DEFAULT_HOLDERS,
+                )
+                .map(|page| page.files),
+        }
+    }
+
+    /// The files named exactly `name`, most holders first (holders of the file *under that
+    /// name*; ties by hash): at most `max_files` (at least one) after position `after` (a
+    /// [`NamePage::next`] of an earlier page; `None`: from the best), each with at most
+    /// `max_holders` of its holders under that name (the lowest peer ids). Costs
+    /// `O(log n + max_files × holders)` whatever the number `n` of files of that name, plus
+    /// fewer than [`CROWDED_POSTINGS`](super::byname::CROWDED_POSTINGS) name comparisons for a
+    /// name with a word that is not crowded (see `byname.rs`).
+    pub fn lookup_name(
+        &mut self,
+        name: &str,
+        after: Option<u128>,
+        max_files: usize,
+        max_holders: usize,
+    ) -> Result<NamePage, LookupError> {
+        self.post_pending();
+        let mut scratch = Scratch::default();
+        lower_words(name, &mut scratch);
+        let words: Vec<&str> = if scratch.spans.is_empty() {
+            vec![""]
+        } else {
+            scratch.words().collect()
+        };
+        // The rarest word that is not crowded bounds a scan; with none, the name table.
+        let mut rare: Option<(usize, u32)> = None;
+        for w in words {
+            let id = self.words.find(w.as_bytes()).ok_or(LookupError::NotFound)?;
+            if !self.by_name.is_crowded(id) {
+                let n = self.words.posting_count(id);
+                if rare.map_or(true, |(b, _)| n < b) {
+                    rare = Some((n, id));
                 }
-                let (_, w) = best.ok_or(LookupError::NotFound)?;
-                let mut files: Vec<HeldFile> = self
+            }
+        }
+        let (entries, files) = (&self.entries, &self.files);
+        let same = |e: u32| entries.cmp_name(e, name.as_bytes()) == Ordering::Equal;
+        let page = match rare {
+            None => self
+                .by_name
+                .page(name.as_bytes(), after, max_files, same, |e| {
+                    entry_key(entries, files, e)
+                })
+                .ok_or(LookupError::NotFound)?,
+            Some((_, w)) => {
+                let mut keys: Vec<u128> = self
                     .words
                     .postings(w)
                     .map(|key| key & ID_MASK)
-                    .filter(|&e| self.entries.cmp_name(e, name.as_bytes()) == Ordering::Equal)
-                    .map(|e| self.held_file(self.entries[e].file(), Some(e)))
+                    .filter(|&e| same(e))
+                    .map(|e| entry_key(entries, files, e))
                     .collect();
-                if files.is_empty() {
+                if keys.is_empty() {
                     return Err(LookupError::NotFound);
                 }
-                files.sort_unstable_by_key(|f| f.hash);
-                Ok(files)
+                keys.sort_unstable();
+                let total = keys.len();
+                let mut rest = keys
+                    .into_iter()
+                    .filter(|&k| after.map_or(true, |a| k > a))
+                    .map(|k| (k, key_entry(k)));
+                let shown: Vec<(u128, u32)> = rest.by_ref().take(max_files.max(1)).collect();
+                let next = rest.next().and(shown.last().map(|&(k, _)| k));
+                Page {
+                    entries: shown,
+                    total,
+                    next,
+                }
             }
-        }
+        };
+        let mut ids = Vec::new();
+        let held = page
+            .entries
+            .iter()
+            .map(|&(_, e)| {
+                ids.clear();
+                ids.extend_from_slice(self.entries.holders(e));
+                let holder_count = ids.len() as u32;
+                if ids.len() > max_holders {
+                    ids.select_nth_unstable(max_holders);
+                    ids.truncate(max_holders);
+                }
+                ids.sort_unstable();
+                let rec = &self.files[self.entries[e].file()];
+                HeldFile {
+                    hash: rec.hash,
+                    size: rec.size(),
+                    name: name.to_string(),
+                    holders: ids
+                        .iter()
+                        .filter_map(|&p| self.peer_addr(PeerId(p)))
+                        .collect(),
+                    holder_count,
+                }
+            })
+            .collect();
+        Ok(NamePage {
+            files: held,
+            total: page.total as u64,
+            next: page.next,
+        })
     }
 
     /// Distinct holder ids of `file`, ascending.
@@ -99,15 +177,128 @@ impl Index {
             best
         });
         let rec = &self.files[file];
+        let holders: Vec<_> = self
+            .file_holders(file)
+            .into_iter()
+            .filter_map(|p| self.peer_addr(PeerId(p)))
+            .collect();
         HeldFile {
             hash: rec.hash,
             size: rec.size(),
             name: String::from_utf8(name_of(entry)).expect("names are stored from str"),
-            holders: self
-                .file_holders(file)
-                .into_iter()
-                .filter_map(|p| self.peer_addr(PeerId(p)))
-                .collect(),
+            holder_count: holders.len() as u32,
+            holders,
         }
     }
+
+    /// Whether every word of `text` is crowded, but maybe `except` (then the entries of that
+    /// name belong in the name table).
+    fn words_crowded(&self, text: &str, except: Option<u32>, scratch: &mut Scratch) -> bool {
+        lower_words(text, scratch);
+        let crowded = |w: &str| {
+            self.words
+                .find(w.as_bytes())
+                .is_some_and(|id| Some(id) == except || self.by_name.is_crowded(id))
+        };
+        if scratch.spans.is_empty() {
+            crowded("")
+        } else {
+            scratch.words().all(crowded)
+        }
+    }
+
+    /// Entry `e` (posted, its name in `text`, the ids of its words in `word_ids`: the empty
+    /// word's for a name without words) joins the name table if its words are all crowded; a
+    /// word of it that has just reached the crowded mark becomes crowded first, with every
+    /// entry under it (see `byname.rs`).
+    pub(super) fn track_posted(&mut self, e: u32, text: &str, word_ids: &[u32]) {
+        for &w in word_ids {
+            if !self.by_name.is_crowded(w) && self.words.posting_count(w) >= self.by_name.crowded_at
+            {
+                self.crowd_word(w);
+            }
+        }
+        if word_ids.iter().all(|&w| self.by_name.is_crowded(w)) {
+            self.table_insert(e, text.as_bytes());
+        }
+    }
+
+    fn table_insert(&mut self, e: u32, name: &[u8]) {
+        let key = entry_key(&self.entries, &self.files, e);
+        let Index {
+            entries,
+            files,
+            by_name,
+            ..
+        } = self;
+        by_name.insert(
+            e,
+            name,
+            key,
+            |x| entries.cmp_name(x, name) == Ordering::Equal,
+            |x| entry_key(entries, files, x),
+        );
+    }
+
+    /// Word `w` becomes crowded: the entries under it whose words are now all crowded join
+    /// the name table.
+    fn crowd_word(&mut self, w: u32) {
+        self.by_name.set_crowded(w, true);
+        let under: Vec<u32> = self.words.postings(w).map(|key| key & ID_MASK).collect();
+        let (mut scratch, mut name) = (Scratch::default(), Vec::new());
+        for e in under {
+            self.entries.decode_name(e, &mut name);
+            let text = std::str::from_utf8(&name).expect("names are stored from str");
+            if self.words_crowded(text, None, &mut scratch) {
+                self.table_insert(e, &name);
+            }
+        }
+    }
+
+    /// Word `w` stops being crowded (it has fallen to the uncrowded mark; `left` postings
+    /// remain): the entries under it leave the name table.
+    pub(super) fn uncrowd_word(&mut self, w: u32, left: usize) {
+        self.by_name.set_crowded(w, false);
+        if left == 0 {
+            // The word is gone, and its id free for another.
+            return;
+        }
+        let under: Vec<u32> = self.words.postings(w).map(|key| key & ID_MASK).collect();
+        let (mut scratch, mut name) = (Scratch::default(), Vec::new());
+        for e in under {
+            self.entries.decode_name(e, &mut name);
+            let text = std::str::from_utf8(&name).expect("names are stored from str");
+            if self.words_crowded(text, Some(w), &mut scratch) {
+                let key = entry_key(&self.entries, &self.files, e);
+                self.by_name.remove(e, &name, key);
+            }
+        }
+    }
+
+    /// Entry `e` changed from `old_holders` holders: re-rank it among the entries of its name.
+    #[inline]
+    pub(super) fn rerank(&mut self, e: u32, old_holders: u32) {
+        if self.by_name.is_grouped(e) {
+            let hash8 = hash8(&self.files, &self.entries, e);
+            let new = self.entries.holder_count(&self.entries[e]);
+            self.by_name
+                .rerank(e, rank_key(old_holders, hash8, e), rank_key(new, hash8, e));
+        }
+    }
+}
+
+/// The first 8 bytes of entry `e`'s hash, as a number that orders like the hash.
+#[inline]
+fn hash8(files: &Files, entries: &Entries, e: u32) -> u64 {
+    let hash = &files[entries[e].file()].hash.0;
+    u64::from_be_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+/// Entry `e`'s position among the entries of its name, as it is now.
+pub(super) fn entry_key(entries: &Entries, files: &Files, e: u32) -> u128 {
+    rank_key(
+        entries.holder_count(&entries[e]),
+        hash8(files, entries, e),
+        e,
+    )
 }

@@ -13,7 +13,8 @@
 //! | `register.rs` | register: staging new files, admitting names, [`Index::post_pending`] |
 //! | `removal.rs` | unregister and peer removal, deleting entries, words and files left without holders |
 //! | `search.rs` | keyword search: its ranking, filters, pages and work budget |
-//! | `lookup.rs` | lookup by hash, hash prefix or name |
+//! | `lookup.rs` | lookup by hash, hash prefix or name (a page of a name's files) |
+//! | `byname.rs` | the name table: the entries of each exact name, ranked |
 //! | `files.rs` | the file table, the hash index, the holder counts of files of several names |
 //! | `entries.rs` | the entry table, the entries' names and holders |
 //! | `words.rs` | the word index (texts, postings, prefix order) and how names split into words |
@@ -41,6 +42,8 @@
 //!   counted in its peer's `PeerRec::staged` and by [`Index::file_count`] and
 //!   [`Index::entry_count`] (not by the file and entry tables).
 //!   [`Index::post_pending`] puts them in the tables first.
+//! - A posted live entry whose words are all crowded is in the name table ([`ByName`]) once,
+//!   ranked among the entries of its name by its current holder count; no other entry is.
 //! - Every hash in the hash index or staged has its bits set in the [`HashFilter`]
 //!   `Files::seen`.
 //! - A file's size never changes while it is indexed: a register with another size is rejected.
@@ -112,8 +115,12 @@
 //!   holdings.
 //! - Big vectors grow by a sixteenth at a time (glibc moves `mmap`ed blocks with `mremap`, so
 //!   growth does not copy) rather than doubling, so that little capacity sits unused.
-//! - Exact-name lookup has no table of its own: it goes through the postings of the name's
-//!   rarest word and compares names, which saves a hash table slot per entry.
+//! - Exact-name lookup goes through the postings of the name's rarest word and compares
+//!   names, which saves a hash table slot per entry, as long as that word has fewer than
+//!   [`byname::CROWDED_POSTINGS`] postings. Names whose words are all that common (a lookup of
+//!   `copyright` compared hundreds of thousands of names) have a table of their own
+//!   ([`ByName`]: 8 bytes a slot per such name, and a ranked set for each one several files
+//!   bear), so that a page of them comes best first without ranking all of them.
 //!
 //! # Removal
 //! Removing holdings first drops the peer from each entry's holders, collecting entries left
@@ -131,6 +138,7 @@
 //! lookup still finds them; a query never produces the empty word.
 
 mod blockset;
+mod byname;
 mod codec;
 mod entries;
 mod files;
@@ -148,6 +156,7 @@ mod words;
 
 pub use self::search::{SearchError, SearchPage, MAX_QUERY_WORDS, SEARCH_WORK_BUDGET};
 
+use self::byname::ByName;
 use self::entries::Entries;
 use self::files::Files;
 use self::postings::PackedSet;
@@ -158,6 +167,7 @@ use self::words::{Scratch, Words};
 use self::{blockset::BlockSet, codec::NameCodec, filter::HashFilter, names::Names};
 #[cfg(doc)]
 use crate::wire::FileHash;
+use crate::wire::HeldFile;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -224,6 +234,24 @@ pub struct RegisterOutcome {
     pub total: u32,
 }
 
+/// One page of the files of one name: see [`Index::lookup_name`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamePage {
+    /// The files, best first.
+    pub files: Vec<HeldFile>,
+    /// How many files bear the name in all.
+    pub total: u64,
+    /// More files follow: the position to continue after.
+    pub next: Option<u128>,
+}
+
+impl NamePage {
+    /// Files in a page when the caller does not say.
+    pub const DEFAULT_FILES: usize = 100;
+    /// Holders listed per file when the caller does not say.
+    pub const DEFAULT_HOLDERS: usize = 64;
+}
+
 /// Why a lookup found nothing usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LookupError {
@@ -261,6 +289,8 @@ pub struct Index {
     entries: Entries,
     /// The word index over the entries' names.
     words: Words,
+    /// The entries of each exact name.
+    by_name: ByName,
     /// The live peers and their holdings.
     peers: Peers,
     /// What [`Index::register`] left for [`Index::post_pending`].
@@ -351,6 +381,7 @@ impl Index {
             files: Files::new(),
             entries: Entries::new(),
             words: Words::new(),
+            by_name: ByName::new(),
             peers: Peers {
                 recs: Table::new(),
                 holdings: 0,

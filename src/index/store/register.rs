@@ -269,7 +269,9 @@ impl Index {
         let file = self.entries[e].file();
         let new_file = !self.peer_holds_file(peer.0, file);
         let before = self.file_holder_count(file);
+        let entry_before = self.entries.holder_count(&self.entries[e]);
         self.entries.push_holder(e, peer.0);
+        self.rerank(e, entry_before);
         if new_file {
             if let Some(n) = self.files.multi_holders.get_mut(&file) {
                 *n += 1;
@@ -374,13 +376,16 @@ impl Index {
             let tier = tier_of(self.file_holder_count(self.entries[id].file()));
             self.entries[id].set_posted_tier(tier);
             let key = posting_key(tier, id);
-            if scratch.spans.is_empty() {
-                self.words.post(key, "");
-            }
+            let wordless = scratch.spans.is_empty().then(|| self.words.post(key, ""));
             for i in 0..scratch.spans.len() {
                 let (a, b) = scratch.spans[i];
                 name_words.push(self.words.post(key, &scratch.buf[a..b]));
             }
+            let ids = match &wordless {
+                Some(w) => std::slice::from_ref(w),
+                None => &name_words[..],
+            };
+            self.track_posted(id, &text, ids);
             let Index { entries, words, .. } = self;
             entries.codec.encode(&text, &mut enc, |i| {
                 name_words

@@ -1,6 +1,7 @@
 //! Removing holdings: [`Index::unregister`] and [`Index::remove_peer`], and the deletion of
 //! the entries, words and files left without holders (see the module docs' "Removal").
 
+use super::lookup::entry_key;
 use super::words::lower_words;
 use super::{posting_key, Index, PeerId, NONE, SOLE};
 use crate::wire::FileHash;
@@ -18,7 +19,9 @@ impl Index {
             held += 1;
             let file = self.entries[e].file();
             let before = self.file_holder_count(file);
+            let entry_before = self.entries.holder_count(&self.entries[e]);
             self.entries.pop_holder(e, peer.0);
+            self.rerank(e, entry_before);
             // Entries of this file still to be visited may hold the peer: a file of several
             // names loses this holder only at the last of them.
             if self.files.multi_holders.contains_key(&file) && !self.peer_holds_file(peer.0, file) {
@@ -60,7 +63,9 @@ impl Index {
             }
             for &e in &held {
                 let before = self.file_holder_count(file);
+                let entry_before = self.entries.holder_count(&self.entries[e]);
                 self.entries.pop_holder(e, peer.0);
+                self.rerank(e, entry_before);
                 if !self.peer_holds_file(peer.0, file) {
                     self.peers.get_mut(peer).files -= 1;
                     self.lose_holder(file);
@@ -108,6 +113,8 @@ impl Index {
             // Postings are keyed by the tier the entry was posted in.
             let key = u64::from(posting_key(self.entries[e].posted_tier(), e));
             self.entries.decode_name(e, &mut name_buf);
+            let rank = entry_key(&self.entries, &self.files, e);
+            self.by_name.remove(e, &name_buf, rank);
             lower_words(
                 std::str::from_utf8(&name_buf).expect("names are stored from str"),
                 &mut scratch,
@@ -122,8 +129,22 @@ impl Index {
         // A word that occurs twice in a name was posted once.
         unpost.sort_unstable();
         unpost.dedup();
+        // Crowded words that fall to the uncrowded mark, with the postings they keep.
+        let mut falling = Vec::new();
+        for group in unpost.chunk_by(|a, b| a >> 32 == b >> 32) {
+            let w = (group[0] >> 32) as u32;
+            if self.by_name.is_crowded(w) {
+                let left = self.words.posting_count(w) - group.len();
+                if left <= self.by_name.uncrowded_at {
+                    falling.push((w, left));
+                }
+            }
+        }
         self.words
             .unpost_sorted(&unpost, &mut self.work.items, &mut self.work.decoded);
+        for (w, left) in falling {
+            self.uncrowd_word(w, left);
+        }
         self.work.words = scratch;
         self.work.name = name_buf;
         self.work.unpost = unpost;

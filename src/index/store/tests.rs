@@ -513,8 +513,86 @@ fn removing_every_peer_leaves_nothing() {
         (0, 0, 0, 0)
     );
     assert!(ix.files.is_released() && ix.entries.is_released() && ix.words.is_released());
+    assert!(ix.by_name.is_released());
     assert_eq!(ix.peers.recs.capacity(), 0);
     assert!(ix.search("song", 10).0.is_empty());
+}
+
+#[test]
+fn a_crowded_name_pages_best_first_through_holder_changes() -> Result<(), TestCaseError> {
+    // 60 files called "copyright" are looked up by a scan of the word's postings at the
+    // default marks, through the name table when the marks are lowered.
+    crowded_name_pages(byname::CROWDED_POSTINGS, byname::UNCROWDED_POSTINGS)?;
+    crowded_name_pages(8, 4)
+}
+
+fn crowded_name_pages(at: usize, until: usize) -> Result<(), TestCaseError> {
+    let mut ix = Index::new();
+    ix.by_name.crowded_at = at;
+    ix.by_name.uncrowded_at = until;
+    let in_table = at <= 120;
+    let mut model = Model::default();
+    let peers: Vec<PeerId> = (0..4u16)
+        .map(|port| {
+            let p = ix.add_peer(addr(port));
+            model.peers.insert(p.0, (addr(port), BTreeSet::new()));
+            p
+        })
+        .collect();
+    // 60 files called "copyright" (and a few other names around them): file i is held by
+    // peers 0..=(i % 4), so holder counts 1 to 4 interleave with the hash order.
+    for (k, p) in peers.iter().enumerate() {
+        let files: Vec<FileEntry> = (0..60u32)
+            .filter(|i| *i as usize % 4 >= k)
+            .flat_map(|i| {
+                let hash = spread_hash(i);
+                [
+                    fe(hash, 1, "copyright"),
+                    fe(spread_hash(1000 + i), 1, &format!("copyright {i}")),
+                ]
+            })
+            .collect();
+        assert_eq!(ix.register(*p, &files), model.register(p.0, &files));
+    }
+    // In the table: one group of 60 ("copyright i" holds a rare word: not in it).
+    ix.post_pending();
+    let grouped = if in_table { 60 } else { 0 };
+    assert_eq!(ix.by_name.counts(), (usize::from(in_table), grouped));
+    pages_agree(&mut ix, &model, "copyright", 7, 2)?;
+    let first = ix.lookup_name("copyright", None, 7, 2).unwrap();
+    assert_eq!(first.total, 60);
+    assert_eq!(first.files[0].holder_count, 4);
+    assert_eq!(first.files[0].holders, [addr(0), addr(1)]);
+    // The last page: after it, nothing; a token from nowhere starts somewhere, harmlessly.
+    let end = ix.lookup_name("copyright", Some(u128::MAX), 7, 2).unwrap();
+    assert!(end.files.is_empty() && end.next.is_none() && end.total == 60);
+    let anywhere = ix.lookup_name("copyright", Some(1 << 127), 7, 2).unwrap();
+    assert_eq!(anywhere.total, 60);
+    // Holders come and go: the order follows.
+    let gone: Vec<FileHash> = (0..30u32).map(spread_hash).collect();
+    assert_eq!(
+        ix.unregister(peers[0], &gone),
+        model.unregister(peers[0].0, &gone)
+    );
+    pages_agree(&mut ix, &model, "copyright", 7, 2)?;
+    let held = model.peers.remove(&peers[1].0).unwrap().1.len() as u32;
+    model.refresh_sizes();
+    assert_eq!(ix.remove_peer(peers[1]), Some(held));
+    pages_agree(&mut ix, &model, "copyright", 5, 3)?;
+    pages_agree(&mut ix, &model, "copyright 7", 5, 3)?;
+    // Down to one file of the name (file 3, held by peers 2 and 3): alone again.
+    let drop: Vec<FileHash> = (0..60u32).filter(|i| *i != 3).map(spread_hash).collect();
+    for p in [peers[0], peers[2], peers[3]] {
+        assert_eq!(ix.unregister(p, &drop), model.unregister(p.0, &drop));
+    }
+    assert_eq!(ix.by_name.counts().1, 0, "no group left");
+    pages_agree(&mut ix, &model, "copyright", 5, 3)?;
+    assert_eq!(ix.lookup_name("copyright", None, 5, 3).unwrap().total, 1);
+    for p in [peers[0], peers[2], peers[3]] {
+        ix.remove_peer(p);
+    }
+    assert!(ix.by_name.is_released());
+    Ok(())
 }
 
 #[test]
@@ -556,8 +634,15 @@ fn lookup_by_name_and_prefix() {
     ix.register(b, &[fe(x, 2, "alias"), fe(x, 2, "alt")]);
     let found = ix.lookup(&LookupKey::Name("same.txt".into())).unwrap();
     assert_eq!(found.iter().map(|f| f.hash).collect::<Vec<_>>(), [x, y]);
-    assert_eq!(found[0].holders, [addr(1), addr(2)]);
+    // A name lists the holders under that name (b holds x under other names only).
+    assert_eq!(found[0].holders, [addr(1)]);
+    assert_eq!(found[0].holder_count, 1);
     assert_eq!(found[0].name, "same.txt");
+    // By hash, every holder.
+    assert_eq!(
+        ix.lookup(&LookupKey::Hash(x)).unwrap()[0].holders,
+        [addr(1), addr(2)]
+    );
     assert_eq!(
         ix.lookup(&LookupKey::Name("same".into())),
         Err(LookupError::NotFound)
@@ -596,7 +681,7 @@ impl Index {
 // ---- the naive model ----
 
 /// Everything as plain holdings; every answer computed by scanning.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Model {
     peers: BTreeMap<u32, (SocketAddr, BTreeSet<(FileHash, String)>)>,
     sizes: HashMap<FileHash, u64>,
@@ -768,7 +853,65 @@ impl Model {
             size: self.sizes[&hash],
             name,
             holders: holders.iter().map(|p| self.peers[p].0).collect(),
+            holder_count: holders.len() as u32,
         }
+    }
+
+    /// A page of the files named `n`: most holders under that name first, then by hash;
+    /// after `after`'s holders and hash prefix (its entry id is the index's own tie-break,
+    /// unknown here: the test hashes differ in their first 8 bytes). Returns the files, the
+    /// total and whether more follow.
+    fn lookup_name(
+        &self,
+        n: &str,
+        after: Option<u128>,
+        max_files: usize,
+        max_holders: usize,
+    ) -> Result<(Vec<HeldFile>, u64, bool), LookupError> {
+        let mut all: Vec<(u32, FileHash, Vec<u32>)> = self
+            .entries()
+            .into_iter()
+            .filter(|(_, name)| name == n)
+            .map(|(hash, name)| {
+                let holders: Vec<u32> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, (_, held))| held.contains(&(hash, name.clone())))
+                    .map(|(p, _)| *p)
+                    .collect();
+                (holders.len() as u32, hash, holders)
+            })
+            .collect();
+        if all.is_empty() {
+            return Err(LookupError::NotFound);
+        }
+        let total = all.len() as u64;
+        all.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let position = |holders: u32, hash: &FileHash| {
+            let hash8 = u64::from_be_bytes(hash.0[..8].try_into().unwrap());
+            (u128::from(u32::MAX - holders) << 96) | (u128::from(hash8) << 32)
+        };
+        let rest: Vec<_> = all
+            .into_iter()
+            .filter(|(k, hash, _)| after.map_or(true, |a| position(*k, hash) > a >> 32 << 32))
+            .collect();
+        let more = rest.len() > max_files.max(1);
+        let files = rest
+            .into_iter()
+            .take(max_files.max(1))
+            .map(|(k, hash, holders)| HeldFile {
+                hash,
+                size: self.sizes[&hash],
+                name: n.to_string(),
+                holders: holders
+                    .iter()
+                    .take(max_holders)
+                    .map(|p| self.peers[p].0)
+                    .collect(),
+                holder_count: k,
+            })
+            .collect();
+        Ok((files, total, more))
     }
 
     fn lookup(&self, key: &LookupKey) -> Result<Vec<HeldFile>, LookupError> {
@@ -792,19 +935,9 @@ impl Model {
                     _ => Err(LookupError::Ambiguous),
                 }
             }
-            LookupKey::Name(n) => {
-                let m: Vec<HeldFile> = self
-                    .entries()
-                    .into_iter()
-                    .filter(|(_, name)| name == n)
-                    .map(|(h, name)| self.held(h, Some(name)))
-                    .collect();
-                if m.is_empty() {
-                    Err(LookupError::NotFound)
-                } else {
-                    Ok(m)
-                }
-            }
+            LookupKey::Name(n) => self
+                .lookup_name(n, None, NamePage::DEFAULT_FILES, NamePage::DEFAULT_HOLDERS)
+                .map(|(files, _, _)| files),
         }
     }
 }
@@ -978,8 +1111,14 @@ proptest! {
     fn agrees_with_naive_model(
         ops in prop::collection::vec(op_strategy(), 1..60),
         saturated in any::<bool>(),
+        crowding in 0..3usize,
     ) {
         let mut ix = Index::new();
+        // Low marks send names through the name table and words across both marks.
+        let (at, until) = [(byname::CROWDED_POSTINGS, byname::UNCROWDED_POSTINGS), (3, 1), (2, 1)]
+            [crowding];
+        ix.by_name.crowded_at = at;
+        ix.by_name.uncrowded_at = until;
         // A filter that always says "maybe" sends every file through the tables at once.
         ix.files.seen.saturated = saturated;
         let mut model = Model::default();
@@ -1036,6 +1175,9 @@ proptest! {
                 }
                 Op::Lookup(key) => {
                     prop_assert_eq!(ix.lookup(&key), model.lookup(&key), "key {:?}", key);
+                    if let LookupKey::Name(n) = &key {
+                        pages_agree(&mut ix, &model, n, 2, 1)?;
+                    }
                 }
                 _ => {}
             }
@@ -1045,6 +1187,41 @@ proptest! {
             ix.remove_peer(p);
         }
         prop_assert_eq!((ix.file_count(), ix.entry_count(), ix.word_count()), (0, 0, 0));
+    }
+}
+
+/// Every page of name `n`, `files` at a time, agrees with the model.
+fn pages_agree(
+    ix: &mut Index,
+    model: &Model,
+    n: &str,
+    files: usize,
+    holders: usize,
+) -> Result<(), TestCaseError> {
+    let mut after = None;
+    let mut seen = 0;
+    loop {
+        let got = ix.lookup_name(n, after, files, holders);
+        let want = model.lookup_name(n, after, files, holders);
+        match (got, want) {
+            (Ok(page), Ok((files, total, more))) => {
+                prop_assert_eq!(&page.files, &files, "name {:?} after {:?}", n, after);
+                prop_assert_eq!(page.total, total);
+                prop_assert_eq!(page.next.is_some(), more);
+                seen += page.files.len() as u64;
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => {
+                        prop_assert_eq!(seen, total, "every file once");
+                        return Ok(());
+                    }
+                }
+            }
+            (got, want) => {
+                prop_assert_eq!(got.map(|p| p.files), want.map(|w| w.0));
+                return Ok(());
+            }
+        }
     }
 }
 

@@ -56,6 +56,7 @@ fn requests(c: &mut Criterion) {
                 3,
                 RequestBody::Lookup {
                     key: LookupKey::Hash(hash),
+                    after: None,
                 },
             )
         })

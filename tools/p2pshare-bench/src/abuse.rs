@@ -75,6 +75,7 @@ impl Expensive {
         if lookup || self.searches.is_empty() {
             RequestBody::Lookup {
                 key: LookupKey::Name(self.lookups[(k / 2) % self.lookups.len()].clone()),
+                after: None,
             }
         } else {
             RequestBody::Search {
@@ -406,7 +407,7 @@ mod tests {
         let kinds: Vec<RequestBody> = (0..4).map(|k| e.request(k)).collect();
         assert!(matches!(&kinds[0], RequestBody::Search { query, .. } if query == "s"));
         assert!(
-            matches!(&kinds[1], RequestBody::Lookup { key: LookupKey::Name(n) } if n == "COPYING")
+            matches!(&kinds[1], RequestBody::Lookup { key: LookupKey::Name(n), .. } if n == "COPYING")
         );
         assert!(matches!(&kinds[2], RequestBody::Search { query, .. } if query == "a"));
         let only_searches = Expensive {

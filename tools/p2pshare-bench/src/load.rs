@@ -418,6 +418,7 @@ fn peer_loop(
             }
             OpKind::Lookup => RequestBody::Lookup {
                 key: LookupKey::Hash(files[rng.below(files.len())].hash),
+                after: None,
             },
         };
         let id = client.prepare(body);

@@ -80,7 +80,7 @@ impl Saturator {
             conn,
             wire::framed(&Request {
                 id,
-                body: RequestBody::Lookup { key },
+                body: RequestBody::Lookup { key, after: None },
             }),
         );
     }

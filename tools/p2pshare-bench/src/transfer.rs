@@ -372,8 +372,9 @@ fn wait_for_holder(
         }
         match client.call(RequestBody::Lookup {
             key: LookupKey::Hash(hash),
+            after: None,
         })? {
-            ResponseBody::Holders { files } => {
+            ResponseBody::Holders { files, .. } => {
                 let addr = files
                     .iter()
                     .filter(|f| f.hash == hash)
