@@ -573,6 +573,29 @@ pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
     .expect("postcard serialisation of a wire message failed")
 }
 
+/// The frame a connection to indexd refused at a connection limit reads before the close: a
+/// `Busy` error answering request 0 (its first request, the Hello, is never read).
+pub fn index_busy_frame(message: String) -> Vec<u8> {
+    let mut frame = Vec::new();
+    let body = ResponseBody::Error {
+        code: ErrorCode::Busy,
+        message,
+    };
+    encode_frame(&Response { id: 0, body }, &mut frame);
+    frame
+}
+
+/// The frame a downloader refused at a file server's upload limit reads before the close.
+pub fn transfer_busy_frame(message: String) -> Vec<u8> {
+    let mut frame = Vec::new();
+    let refusal = TransferResponse::Error {
+        code: ErrorCode::Busy,
+        message,
+    };
+    encode_frame(&refusal, &mut frame);
+    frame
+}
+
 /// `msg` as an encoder for [`crate::reactor::Ctx::send`]: appends it as one frame.
 pub fn framed<T: Serialize>(msg: &T) -> impl FnOnce(&mut Vec<u8>) + '_ {
     move |out| encode_frame(msg, out)

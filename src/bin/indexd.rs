@@ -4,7 +4,7 @@ use clap::Parser;
 use p2pshare::index::server::{IndexServer, ServerLimits, OUTPUT_STALL_TIMEOUT};
 use p2pshare::logging;
 use p2pshare::reactor::{Config, Reactor};
-use p2pshare::wire::{self, ErrorCode, Response, ResponseBody};
+use p2pshare::wire;
 use p2pshare::{codec, sys::process};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -68,21 +68,6 @@ fn run(flags: Flags) -> std::io::Result<()> {
         Ok(_) => {}
         Err(e) => log::warn!("cannot raise open-files limit: {e}"),
     }
-    // What a connection refused at a limit reads before the close.
-    let busy = |message: String| {
-        let mut frame = Vec::new();
-        wire::encode_frame(
-            &Response {
-                id: 0,
-                body: ResponseBody::Error {
-                    code: ErrorCode::Busy,
-                    message,
-                },
-            },
-            &mut frame,
-        );
-        frame
-    };
     let per_ip = match flags.max_connections_per_ip {
         0 => usize::MAX,
         n => n,
@@ -91,12 +76,14 @@ fn run(flags: Flags) -> std::io::Result<()> {
         max_frame_bytes: flags.max_frame_bytes,
         max_connections: flags.max_connections,
         idle_timeout: (flags.idle_timeout > 0).then(|| Duration::from_secs(flags.idle_timeout)),
-        busy_reply: busy(format!(
+        busy_reply: wire::index_busy_frame(format!(
             "server full ({} connections)",
             flags.max_connections
         )),
         max_connections_per_source: per_ip,
-        source_busy_reply: busy(format!("too many connections from your address ({per_ip})")),
+        source_busy_reply: wire::index_busy_frame(format!(
+            "too many connections from your address ({per_ip})"
+        )),
         out_stall_timeout: Some(OUTPUT_STALL_TIMEOUT),
         ..Config::default()
     };

@@ -5,7 +5,7 @@ use p2pshare::logging;
 use p2pshare::peer::{self, Peer, PeerConfig};
 use p2pshare::reactor::{Config, Reactor};
 use p2pshare::sys::process;
-use p2pshare::wire::{self, ErrorCode, TransferResponse};
+use p2pshare::wire;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,23 +82,17 @@ fn run(flags: Flags) -> Result<(), String> {
         0 => usize::MAX,
         n => n,
     };
-    let busy = |message: String| {
-        let mut frame = Vec::new();
-        wire::encode_frame(
-            &TransferResponse::Error {
-                code: ErrorCode::Busy,
-                message,
-            },
-            &mut frame,
-        );
-        frame
-    };
     let config = Config {
         max_frame_bytes: flags.max_frame_bytes,
         max_connections: flags.max_uploads,
-        busy_reply: busy(format!("holder busy ({} uploads)", flags.max_uploads)),
+        busy_reply: wire::transfer_busy_frame(format!(
+            "holder busy ({} uploads)",
+            flags.max_uploads
+        )),
         max_connections_per_source: per_ip,
-        source_busy_reply: busy(format!("too many downloads from your address ({per_ip})")),
+        source_busy_reply: wire::transfer_busy_frame(format!(
+            "too many downloads from your address ({per_ip})"
+        )),
         ..Config::default()
     };
     let mut reactor = Reactor::new(config).map_err(|e| e.to_string())?;

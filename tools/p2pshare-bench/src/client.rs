@@ -201,17 +201,8 @@ mod tests {
     fn refusing_index(message: &str) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut frame = Vec::new();
-        wire::encode_frame(
-            &Response {
-                id: 0,
-                body: ResponseBody::Error {
-                    code: ErrorCode::Busy,
-                    message: message.into(),
-                },
-            },
-            &mut frame,
-        );
+        // Exactly what indexd sends.
+        let frame = wire::index_busy_frame(message.into());
         std::thread::spawn(move || {
             for mut stream in listener.incoming().flatten() {
                 let _ = stream.read(&mut [0u8; 1024]);
