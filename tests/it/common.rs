@@ -651,6 +651,40 @@ fn serve_fake(mut s: TcpStream, how: Fake, bytes: &[u8]) {
     }
 }
 
+/// Runs `get HASH N` (holder N of the lookup first) in a console peer sharing `dir`, and
+/// checks that it saved `name` with exactly `bytes` and that nothing else landed there;
+/// `what` labels a failure.
+#[allow(clippy::too_many_arguments)]
+pub fn get_from_holder_saves_only(
+    dir: &std::path::Path,
+    index: SocketAddr,
+    hash: p2pshare::wire::FileHash,
+    holder: usize,
+    limit: Duration,
+    name: &str,
+    bytes: &[u8],
+    what: &str,
+) {
+    let run = run_console(
+        dir,
+        index,
+        &[],
+        Input::Pipe(&format!("get {hash} {holder}\n")),
+        limit,
+    );
+    assert!(run.success, "{what}: {run:?}");
+    assert!(run.stdout.contains("saved "), "{what}: {run:?}");
+    assert!(
+        std::fs::read(dir.join(name)).unwrap() == bytes,
+        "{what}: {run:?}"
+    );
+    assert_eq!(
+        visible_names(dir),
+        vec![name.to_string()],
+        "{what}: {run:?}"
+    );
+}
+
 /// The 1-based position of `addr` among the holders the index lists for `hash`.
 pub fn holder_number(index: SocketAddr, hash: p2pshare::wire::FileHash, addr: SocketAddr) -> usize {
     let (mut c, _) = Client::hello(index, 0);

@@ -7,9 +7,7 @@
 //! `measure_connection_capacity` (ignored) is the measurement quoted in README's "Limits and
 //! security": `cargo test --release --test it -- --ignored --nocapture hostile::measure`.
 
-use crate::common::{
-    self, run_console, Client, Fake, FakeHolder, Indexd, Input, KillOnDrop, ServingPeer, TempDir,
-};
+use crate::common::{self, Client, Fake, FakeHolder, Indexd, KillOnDrop, ServingPeer, TempDir};
 use p2pshare::codec::Decoder;
 use p2pshare::wire::{
     self, ErrorCode, FileEntry, FileHash, LookupKey, RequestBody, ResponseBody, TransferRequest,
@@ -827,24 +825,8 @@ fn malicious_holders_are_dropped_for_the_next_one() {
         let n = common::holder_number(indexd.addr, h, fake.addr);
         let b = tmp.sub(&format!("{how:?}"));
         let t = Instant::now();
-        let run = run_console(
-            &b,
-            indexd.addr,
-            &[],
-            Input::Pipe(&format!("get {h} {n}\n")),
-            LIMIT,
-        );
-        assert!(run.success, "{how:?}: {run:?}");
-        assert!(run.stdout.contains("saved "), "{how:?}: {run:?}");
-        assert!(
-            std::fs::read(b.join("real.bin")).unwrap() == bytes,
-            "{how:?}"
-        );
-        assert_eq!(
-            common::visible_names(&b),
-            vec!["real.bin".to_string()],
-            "{how:?}"
-        );
+        let what = format!("{how:?}");
+        common::get_from_holder_saves_only(&b, indexd.addr, h, n, LIMIT, "real.bin", &bytes, &what);
         // Dropped at once, not after the 15 s stall timeout.
         assert!(
             t.elapsed() < Duration::from_secs(10),

@@ -160,25 +160,8 @@ fn fallback_case(how: Fake, tag: &str, limit: Duration) {
     let mut real = ServingPeer::start(&a, indexd.addr);
     real.wait_registered(1);
     let n = common::holder_number(indexd.addr, h, fake.addr);
-    let run = run_console(
-        &b,
-        indexd.addr,
-        &[],
-        Input::Pipe(&format!("get {h} {n}\n")),
-        limit,
-    );
-    assert!(run.success, "{run:?}");
-    assert!(run.stdout.contains("saved "), "{run:?}");
-    assert!(
-        std::fs::read(b.join("real.bin")).unwrap() == bytes,
-        "{run:?}"
-    );
-    // Nothing else landed.
-    assert_eq!(
-        common::visible_names(&b),
-        vec!["real.bin".to_string()],
-        "{run:?}"
-    );
+    let what = format!("{how:?}");
+    common::get_from_holder_saves_only(&b, indexd.addr, h, n, limit, "real.bin", &bytes, &what);
 }
 
 #[test]
