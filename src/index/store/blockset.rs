@@ -21,6 +21,17 @@ pub(super) struct BlockSet<T> {
 }
 
 impl<T: Copy> BlockSet<T> {
+    /// Heap bytes held (capacities, not lengths).
+    pub(super) fn heap_bytes(&self) -> usize {
+        let item = std::mem::size_of::<T>();
+        self.blocks
+            .iter()
+            .map(|b| b.capacity() * item)
+            .sum::<usize>()
+            + self.blocks.capacity() * std::mem::size_of::<Vec<T>>()
+            + self.firsts.capacity() * item
+    }
+
     pub(super) fn new() -> Self {
         BlockSet {
             blocks: Vec::new(),

@@ -99,6 +99,20 @@ fn widen(h: u32) -> u64 {
 }
 
 impl ByName {
+    /// Heap bytes held, roughly (hash tables at their bucket counts, ranked sets by item).
+    pub(super) fn heap_bytes(&self) -> usize {
+        let groups: usize = self
+            .groups
+            .iter()
+            .map(|(_, g)| 24 + g.ranked.len() * 20)
+            .sum();
+        self.slots.capacity() * 9
+            + self.groups.capacity() * std::mem::size_of::<Group>()
+            + groups
+            + self.member.capacity() * 9
+            + self.crowded.capacity() * 5
+    }
+
     pub(super) fn new() -> Self {
         ByName {
             hasher: hashbrown::DefaultHashBuilder::default(),

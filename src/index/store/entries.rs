@@ -83,6 +83,21 @@ impl std::ops::IndexMut<u32> for Entries {
 }
 
 impl Entries {
+    /// Heap bytes held by part: records, names, spilled holder lists.
+    pub(super) fn heap_bytes(&self) -> [(&'static str, usize); 3] {
+        let spill: usize = self
+            .spill
+            .iter()
+            .map(|(_, v)| v.capacity() * 4)
+            .sum::<usize>()
+            + self.spill.capacity() * std::mem::size_of::<Vec<u32>>();
+        [
+            ("entry records", self.recs.heap_bytes()),
+            ("names", self.names.heap_bytes()),
+            ("spilled holders", spill),
+        ]
+    }
+
     pub(super) fn new() -> Self {
         Entries {
             recs: Table::new(),

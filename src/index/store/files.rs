@@ -5,41 +5,92 @@
 use super::blockset::{interpolate, BlockSet};
 use super::filter::{prefix32, HashFilter};
 use super::table::{Slot, Table};
-use super::{LookupError, ID_MASK, NONE};
+use super::{LookupError, ID_BITS, ID_MASK, NONE};
 use crate::wire::FileHash;
 use std::cmp::Ordering;
 
-/// One file (hash). `first_entry == NONE` marks a free slot.
+/// One file (hash). A first entry of `NONE` marks a free slot.
+///
+/// 42 bytes: the hash, then the size (52 bits, see [`MAX_FILE_SIZE`]) and the first entry
+/// (28 bits: ids are below `1 << ID_BITS`, and all ones is `NONE`) packed into five `u16`s,
+/// so the record aligns to 2 and has no padding. (A `u64` size and a `u32` entry would align
+/// it to 8 and pad it to 48 bytes; `[u32; 2]` and a `u32`, to 44.) Two bytes a file are
+/// 2 MB a million files.
 pub(super) struct FileRec {
     pub(super) hash: FileHash,
-    /// The size as `[low, high]` halves: a `u64` would align the record to 8 and pad it from
-    /// 44 to 48 bytes, 4 MB per million files.
-    size: [u32; 2],
-    /// Head of the singly linked list of this file's entries (through `EntryRec::next`).
-    /// (No holder count: a file with one entry has that entry's holders, and the few files
-    /// with several names have theirs in `Files::multi_holders`, which saves 4 bytes per file.)
-    pub(super) first_entry: u32,
+    /// `size | first_entry << 52`, little-endian in `u16`s.
+    packed: [u16; 5],
 }
 
-const _: () = assert!(std::mem::size_of::<FileRec>() == 44);
+const _: () = assert!(std::mem::size_of::<FileRec>() == 42);
+const _: () = assert!(ID_BITS < ENTRY_BITS);
+
+/// Bits of the first entry in a [`FileRec`].
+const ENTRY_BITS: u32 = 28;
+/// The packed first entry that stands for `NONE`.
+const PACKED_NONE: u32 = (1 << ENTRY_BITS) - 1;
+
+/// Largest file size the index takes (4 PiB less a byte): register rejects larger claims, as
+/// no file system holds such a file.
+pub const MAX_FILE_SIZE: u64 = (1 << 52) - 1;
 
 impl FileRec {
+    fn new(hash: FileHash, size: u64, first_entry: u32) -> Self {
+        debug_assert!(size <= MAX_FILE_SIZE);
+        let entry = if first_entry == NONE {
+            PACKED_NONE
+        } else {
+            first_entry
+        };
+        let bits = u128::from(size) | (u128::from(entry) << 52);
+        let mut packed = [0u16; 5];
+        for (i, p) in packed.iter_mut().enumerate() {
+            *p = (bits >> (16 * i)) as u16;
+        }
+        FileRec { hash, packed }
+    }
+
+    #[inline]
+    fn bits(&self) -> u128 {
+        self.packed
+            .iter()
+            .enumerate()
+            .fold(0, |acc, (i, &p)| acc | (u128::from(p) << (16 * i)))
+    }
+
     #[inline]
     pub(super) fn size(&self) -> u64 {
-        u64::from(self.size[0]) | (u64::from(self.size[1]) << 32)
+        (self.bits() & u128::from(MAX_FILE_SIZE)) as u64
+    }
+
+    /// Head of the singly linked list of this file's entries (through `EntryRec::next`), or
+    /// `NONE`. (No holder count: a file with one entry has that entry's holders, and the few
+    /// files with several names have theirs in `Files::multi_holders`, which saves 4 bytes
+    /// per file.)
+    #[inline]
+    pub(super) fn first_entry(&self) -> u32 {
+        match (self.bits() >> 52) as u32 {
+            PACKED_NONE => NONE,
+            e => e,
+        }
+    }
+
+    #[inline]
+    pub(super) fn set_first_entry(&mut self, entry: u32) {
+        *self = FileRec::new(self.hash, self.size(), entry);
     }
 }
 
 impl Slot for FileRec {
     const FREE: Self = FileRec {
         hash: FileHash([0; 32]),
-        size: [0, 0],
-        first_entry: NONE,
+        // Size 0, first entry `PACKED_NONE`.
+        packed: [0, 0, 0, 0xfff0, 0xffff],
     };
 
     /// (Also true of a file just created, before its first entry is linked.)
     fn is_free(&self) -> bool {
-        self.first_entry == NONE
+        self.first_entry() == NONE
     }
 }
 
@@ -74,6 +125,19 @@ impl std::ops::IndexMut<u32> for Files {
 }
 
 impl Files {
+    /// Heap bytes held by part: records, the hash index, the filter, multi-name holder counts.
+    pub(super) fn heap_bytes(&self) -> [(&'static str, usize); 4] {
+        [
+            ("file records", self.recs.heap_bytes()),
+            ("hash index", self.by_hash.heap_bytes()),
+            ("hash filter", self.seen.heap_bytes()),
+            (
+                "multi-name holder counts",
+                self.multi_holders.capacity() * 9,
+            ),
+        ]
+    }
+
     pub(super) fn new() -> Self {
         Files {
             recs: Table::new(),
@@ -146,11 +210,7 @@ impl Files {
     /// Adds a file whose hash is not indexed yet, without entries; `at` is where
     /// [`Files::position`] said it would go.
     pub(super) fn create(&mut self, at: (usize, usize), hash: FileHash, size: u64) -> u32 {
-        let id = self.recs.insert(FileRec {
-            hash,
-            size: [size as u32, (size >> 32) as u32],
-            first_entry: NONE,
-        });
+        let id = self.recs.insert(FileRec::new(hash, size, NONE));
         // Files are at most entries, which register keeps below `MAX_ENTRIES`.
         assert!(id < ID_MASK, "file ids exhausted");
         self.seen.insert(&hash);
@@ -174,7 +234,7 @@ impl Files {
     /// Whether `file` is a live file's id.
     #[inline]
     pub(super) fn is_live(&self, file: u32) -> bool {
-        self.recs.get(file).is_some_and(|r| r.first_entry != NONE)
+        self.recs.get(file).is_some_and(|r| r.first_entry() != NONE)
     }
 
     /// Rebuilds the hash filter if it is due, from the files in the table (the caller has

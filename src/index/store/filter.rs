@@ -23,6 +23,11 @@ pub(super) struct HashFilter {
 }
 
 impl HashFilter {
+    /// Heap bytes held.
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.words.capacity() * 8
+    }
+
     /// Bits per file a rebuild aims at.
     pub(super) const BITS_PER_FILE: usize = 10;
     /// Fewer bits per file than this (counting deleted files' stale bits) and it is rebuilt.

@@ -144,7 +144,7 @@ impl Index {
     /// Distinct holder ids of `file`, ascending.
     fn file_holders(&self, file: u32) -> Vec<u32> {
         let mut ids = Vec::new();
-        let mut e = self.files[file].first_entry;
+        let mut e = self.files[file].first_entry();
         while e != NONE {
             ids.extend_from_slice(self.entries.holders(e));
             e = self.entries[e].next;
@@ -162,7 +162,7 @@ impl Index {
             name
         };
         let entry = entry.unwrap_or_else(|| {
-            let mut best = self.files[file].first_entry;
+            let mut best = self.files[file].first_entry();
             let mut e = self.entries[best].next;
             while e != NONE {
                 let (n, bn) = (

@@ -19,6 +19,7 @@
 //! | `entries.rs` | the entry table, the entries' names and holders |
 //! | `words.rs` | the word index (texts, postings, prefix order) and how names split into words |
 //! | `table.rs` | `Table`, the record vector with a free list the four tables are |
+//! | `shards.rs` | `ShardedTable`, the words' hash table in shards of staggered sizes |
 //! | `names.rs` | the name arena (names and word texts), bounded by its cap |
 //! | `codec.rs` | the name codec (common words as one- or two-byte codes) |
 //! | `filter.rs` | the hash filter (is this hash certainly new?) |
@@ -71,7 +72,8 @@
 //! process, glibc malloc), so nothing is allocated per file or per rare word: every per-file
 //! structure is a slot in a big vector or bytes in a compressed block. (README gives the
 //! figures `benches/index.rs` measures.)
-//! - The file table, a `Table` of `FileRec` (44 B: hash, size, first entry),
+//! - The file table, a `Table` of `FileRec` (42 B: hash, then size and first entry packed into
+//!   80 bits, see [`MAX_FILE_SIZE`]),
 //!   addressed by `u32` ids with a free list.
 //! - The hash index, a [`BlockSet`] of `u64` items `(first 4 hash bytes << 32) | file id`, kept
 //!   in full-hash order (ties on the 4-byte prefix are broken by comparing the full hash
@@ -101,14 +103,14 @@
 //!     ids inline, or a key into `postings` for three or more), addressed by `u32` word ids
 //!     with a free list;
 //!   - `texts`: the lowercase texts in a byte arena like the names' ([`Names`]);
-//!   - `by_text`: a `hashbrown::HashTable<u32>` of word ids hashed by text (~5–10 B per
+//!   - `by_text`: a [`ShardedTable`] of word ids hashed by text (~8 B per
 //!     word), for the hot exact lookups (register, removal, name lookup);
 //!   - `order`: a [`BlockSet`] of `(first 4 text bytes << 32) | word id` in text order
 //!     (~11 B per word), so a prefix is a range; most comparisons settle on the 4 bytes without
 //!     reading the text, and a prefix of up to 4 bytes is matched on the items alone;
 //!   - `postings`: a slab of [`PackedSet`]s of entry ids, one per word with three or more
 //!     entries: sorted blocks of varint deltas, ~1.5 B per posting plus block headers, insert
-//!     and remove decode one block of at most ~128 bytes. A set goes back inline when it
+//!     and remove decode one block of at most ~256 bytes. A set goes back inline when it
 //!     shrinks to two.
 //! - Each peer keeps a [`PackedSet`] of the entries it holds (~1 B per holding: ids a peer
 //!   registers together are close), so removing a peer costs time proportional to its own
@@ -149,11 +151,13 @@ mod postings;
 mod register;
 mod removal;
 mod search;
+mod shards;
 mod table;
 #[cfg(test)]
 mod tests;
 mod words;
 
+pub use self::files::MAX_FILE_SIZE;
 pub use self::search::{SearchError, SearchPage, MAX_QUERY_WORDS, SEARCH_WORK_BUDGET};
 
 use self::byname::ByName;
@@ -163,6 +167,8 @@ use self::postings::PackedSet;
 use self::register::Pending;
 use self::table::Table;
 use self::words::{Scratch, Words};
+#[cfg(doc)]
+use self::shards::ShardedTable;
 #[cfg(doc)]
 use self::{blockset::BlockSet, codec::NameCodec, filter::HashFilter, names::Names};
 #[cfg(doc)]
@@ -448,11 +454,29 @@ impl Index {
         })))
     }
 
+    /// Heap bytes the index holds, by part (capacities, so slack counts; hash tables at their
+    /// bucket counts), for memory reports. Malloc's own overhead is not included.
+    pub fn heap_bytes(&self) -> Vec<(&'static str, usize)> {
+        let mut parts = Vec::new();
+        parts.extend(self.files.heap_bytes());
+        parts.extend(self.entries.heap_bytes());
+        parts.extend(self.words.heap_bytes());
+        parts.push(("names table", self.by_name.heap_bytes()));
+        let peers: usize = self
+            .peers
+            .recs
+            .iter()
+            .map(|(_, p)| p.as_ref().map_or(0, |p| p.entries.heap_bytes()))
+            .sum();
+        parts.push(("peers", self.peers.recs.heap_bytes() + peers));
+        parts
+    }
+
     // ---- internals shared by the operations ----
 
     /// The entry of `file` named `name`, if any.
     fn find_entry(&self, file: u32, name: &str) -> Option<u32> {
-        let mut e = self.files[file].first_entry;
+        let mut e = self.files[file].first_entry();
         while e != NONE {
             if self.entries.cmp_name(e, name.as_bytes()) == std::cmp::Ordering::Equal {
                 return Some(e);
@@ -465,7 +489,7 @@ impl Index {
     /// How many distinct peers hold `file` (a live file).
     #[inline]
     fn file_holder_count(&self, file: u32) -> u32 {
-        let first = self.files[file].first_entry;
+        let first = self.files[file].first_entry();
         let rec = &self.entries[first];
         if rec.file & SOLE != 0 {
             self.entries.holder_count(rec)
@@ -485,7 +509,7 @@ impl Index {
 
     /// Whether `peer` holds any entry of `file`.
     fn peer_holds_file(&self, peer: u32, file: u32) -> bool {
-        let mut e = self.files[file].first_entry;
+        let mut e = self.files[file].first_entry();
         while e != NONE {
             if self.entries.holders(e).contains(&peer) {
                 return true;

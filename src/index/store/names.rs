@@ -44,6 +44,11 @@ impl Default for Names {
 }
 
 impl Names {
+    /// Heap bytes held (the arena's capacity and the free lists).
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.free.iter().map(|f| f.capacity() * 4).sum::<usize>()
+    }
+
     /// Bytes of the record of a name of `name_len` bytes.
     #[inline]
     pub(super) fn record_len(name_len: usize) -> usize {

@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 /// A [`PackedSet`] block splits when its deltas exceed this many bytes: about 75 items of a
 /// common word. Block headers then cost under half a byte per item, and an insert or remove
 /// into the middle of a block decodes at most this many bytes.
-const PACKED_BLOCK_BYTES: usize = 128;
+const PACKED_BLOCK_BYTES: usize = 256;
 
 /// A sorted set of `u32` (entry ids), compressed: sorted blocks, each holding its first and
 /// last item and the LEB128 varint deltas of the items after the first. Dense sets (common
@@ -120,6 +120,15 @@ impl PackedBlock {
 }
 
 impl PackedSet {
+    /// Heap bytes held (capacities, not lengths).
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.blocks
+            .iter()
+            .map(|b| b.deltas.capacity())
+            .sum::<usize>()
+            + self.blocks.capacity() * std::mem::size_of::<PackedBlock>()
+    }
+
     pub(super) fn new() -> Self {
         PackedSet {
             blocks: Vec::new(),

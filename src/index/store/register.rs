@@ -3,6 +3,7 @@
 //! [`Index::post_pending`] (new files' tables, words, name compression).
 
 use super::codec::NameCodec;
+use super::files::MAX_FILE_SIZE;
 use super::names::Names;
 use super::words::lower_words;
 use super::{
@@ -51,7 +52,7 @@ impl Pending {
 
 impl Index {
     /// Registers `files` for `peer`, in bulk. Entries the peer already holds are no-ops;
-    /// entries with an invalid name, a size that disagrees with the indexed size of their
+    /// entries with an invalid name, a size over [`MAX_FILE_SIZE`], a size that disagrees with the indexed size of their
     /// hash, or a name the name arena has no room for are rejected. An unknown peer gets every
     /// entry rejected.
     ///
@@ -82,7 +83,7 @@ impl Index {
             return out;
         }
         for f in files {
-            if !is_valid_name(&f.name) {
+            if !is_valid_name(&f.name) || f.size > MAX_FILE_SIZE {
                 out.rejected += 1;
                 continue;
             }
@@ -236,7 +237,7 @@ impl Index {
 
     /// Adds an entry named `name` to `file`, in the name room reserved for it.
     fn create_entry(&mut self, file: u32, name: &str) -> u32 {
-        let head = self.files[file].first_entry;
+        let head = self.files[file].first_entry();
         let sole = if head == NONE {
             SOLE
         } else {
@@ -256,7 +257,7 @@ impl Index {
         let at = self.entries.names.push(&plain);
         self.work.name = plain;
         let id = self.entries.insert(at, file | sole, head);
-        self.files[file].first_entry = id;
+        self.files[file].set_first_entry(id);
         self.pending.unposted.push(id);
         id
     }
@@ -319,7 +320,7 @@ impl Index {
                 continue;
             }
             let tier = tier_of(self.file_holder_count(file));
-            let mut e = self.files[file].first_entry;
+            let mut e = self.files[file].first_entry();
             while e != NONE {
                 let old = self.entries[e].posted_tier();
                 if old != UNPOSTED && old != tier {

@@ -54,7 +54,7 @@ impl Index {
                 continue;
             };
             held.clear();
-            let mut e = self.files[file].first_entry;
+            let mut e = self.files[file].first_entry();
             while e != NONE {
                 if self.entries.holders(e).contains(&peer.0) {
                     held.push(e);
@@ -162,9 +162,9 @@ impl Index {
         let file = self.entries[e].file();
         // Unlink from the file's entry list.
         let next = self.entries[e].next;
-        let head = self.files[file].first_entry;
+        let head = self.files[file].first_entry();
         let new_head = if head == e {
-            self.files[file].first_entry = next;
+            self.files[file].set_first_entry(next);
             next
         } else {
             let mut prev = head;
@@ -179,7 +179,7 @@ impl Index {
             self.files.multi_holders.remove(&file);
         }
         self.entries.remove(e);
-        if self.files[file].first_entry == NONE {
+        if self.files[file].first_entry() == NONE {
             self.files.delete(file);
         }
     }

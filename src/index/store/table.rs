@@ -28,6 +28,11 @@ pub(super) struct Table<T> {
 }
 
 impl<T: Slot> Table<T> {
+    /// Heap bytes held (capacity, not length).
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<T>() + self.free.capacity() * 4
+    }
+
     pub(super) const fn new() -> Self {
         Table {
             slots: Vec::new(),

@@ -324,6 +324,32 @@ fn size_conflicts_are_rejected() {
 }
 
 #[test]
+fn sizes_up_to_the_largest_are_kept_exactly_and_larger_ones_rejected() {
+    use crate::wire::LookupKey;
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    let sizes = [0, 1, u64::from(u32::MAX), 1 << 40, MAX_FILE_SIZE];
+    for (i, &size) in sizes.iter().enumerate() {
+        assert_eq!(ix.register(p, &[fe(h(i as u8), size, "big")]).added, 1);
+    }
+    // Sizes over 52 bits are refused, staged (new hash) or not (a known one).
+    let out = ix.register(
+        p,
+        &[
+            fe(h(50), MAX_FILE_SIZE + 1, "huge"),
+            fe(h(0), u64::MAX, "big"),
+        ],
+    );
+    assert_eq!((out.added, out.rejected), (0, 2));
+    ix.post_pending();
+    for (i, &size) in sizes.iter().enumerate() {
+        let found = ix.lookup(&LookupKey::Hash(h(i as u8))).expect("indexed");
+        assert_eq!(found[0].size, size, "file {i}");
+    }
+    assert!(ix.lookup(&LookupKey::Hash(h(50))).is_err());
+}
+
+#[test]
 fn register_is_idempotent_and_counts_distinct_hashes() {
     let mut ix = Index::new();
     let p = ix.add_peer(addr(1));

@@ -8,6 +8,7 @@
 use super::blockset::BlockSet;
 use super::names::Names;
 use super::postings::{PackedSet, PostingIter};
+use super::shards::ShardedTable;
 use super::table::{Slot, Table};
 use super::{NONE, SPILLED};
 use slab::Slab;
@@ -56,7 +57,7 @@ pub(super) struct Words {
     /// The words' lowercase texts, an arena like the names'.
     texts: Names,
     /// Word ids hashed by their text, for exact lookups (register, removal, name lookup).
-    by_text: hashbrown::HashTable<u32>,
+    by_text: ShardedTable,
     hasher: hashbrown::DefaultHashBuilder,
     /// Word ids in text order, for prefix ranges: `(first 4 text bytes << 32) | word id`
     /// (see [`pad4`]), so most comparisons need not read the text.
@@ -66,11 +67,29 @@ pub(super) struct Words {
 }
 
 impl Words {
+    /// Heap bytes held by part: records, texts, the hash table by text, the prefix order,
+    /// the packed posting sets.
+    pub(super) fn heap_bytes(&self) -> [(&'static str, usize); 5] {
+        let sets: usize = self
+            .postings
+            .iter()
+            .map(|(_, s)| s.heap_bytes())
+            .sum::<usize>()
+            + self.postings.capacity() * std::mem::size_of::<PackedSet>();
+        [
+            ("word records", self.recs.heap_bytes()),
+            ("word texts", self.texts.heap_bytes()),
+            ("words by text", self.by_text.heap_bytes()),
+            ("word order", self.order.heap_bytes()),
+            ("postings", sets),
+        ]
+    }
+
     pub(super) fn new() -> Self {
         Words {
             recs: Table::new(),
             texts: Names::default(),
-            by_text: hashbrown::HashTable::new(),
+            by_text: ShardedTable::new(),
             hasher: hashbrown::DefaultHashBuilder::default(),
             order: BlockSet::new(),
             postings: Slab::new(),
@@ -124,7 +143,7 @@ impl Words {
 
     #[inline]
     fn find_hashed(&self, text: &[u8], hash: u64) -> Option<u32> {
-        self.by_text.find(hash, |&w| self.text(w) == text).copied()
+        self.by_text.find(hash, |&w| self.text(w) == text)
     }
 
     /// Where the word `text` is (or would go) in `order`.
@@ -366,16 +385,14 @@ impl Words {
             .scan_for(group, (u64::from(p4) << 32) | u64::from(w), WORD_SCAN)
             .unwrap_or_else(|| self.position(text).expect("a live word is ordered"));
         self.order.remove_at(at);
-        self.by_text
-            .find_entry(hash, |&x| x == w)
-            .expect("a live word is hashed")
-            .remove();
+        let hashed = self.by_text.remove(hash, |&x| x == w);
+        assert!(hashed, "a live word is hashed");
         let rec = self.recs.remove(w);
         self.texts.free(rec.text);
         if self.recs.is_empty() {
             // Give the memory back once no word is left.
             self.texts.clear();
-            self.by_text = hashbrown::HashTable::new();
+            self.by_text.clear();
             self.order = BlockSet::new();
             self.postings = Slab::new();
         }

@@ -1,0 +1,61 @@
+//! The index's memory by part at the memory target's spec: the bench's pre-populated files
+//! (`--files N --holders 2`: fake peer n registers its own 1,000 files and those of the peer
+//! before it) put straight into an `Index`, without indexd or sockets, then the heap bytes of
+//! each part per file (`Index::heap_bytes`: capacities, so slack counts) and the process's
+//! resident growth. `cargo run --release -p p2pshare-bench --example index_memory [FILES]`
+//! (default 1,000,000). The real indexd's figure, which adds malloc's overhead and the
+//! connections, is measured as README says.
+
+use p2pshare::index::store::Index;
+use p2pshare_bench::workload::{self, FILES_PER_FAKE_PEER};
+use std::net::{Ipv4Addr, SocketAddr};
+
+/// VmRSS of this process, in bytes.
+fn resident() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
+        .expect("a VmRSS line");
+    kb * 1024
+}
+
+fn main() {
+    let count: usize = match std::env::args().nth(1) {
+        Some(s) => s.parse().expect("FILES: a number"),
+        None => 1_000_000,
+    };
+    let holders = 2;
+    // The bench's default `--seed`.
+    let seed = 1;
+    let files: Vec<_> = (0..count)
+        .map(|i| workload::populated_file(seed, i))
+        .collect();
+    let before = resident();
+    let mut index = Index::new();
+    let chunks: Vec<_> = files.chunks(FILES_PER_FAKE_PEER).collect();
+    for n in 0..chunks.len() {
+        let peer = index.add_peer(SocketAddr::from((Ipv4Addr::LOCALHOST, n as u16)));
+        for back in 0..holders.min(chunks.len()) {
+            index.register(peer, chunks[(n + chunks.len() - back) % chunks.len()]);
+            index.post_pending();
+        }
+    }
+    let grown = resident().saturating_sub(before);
+    let per_file = |bytes: usize| bytes as f64 / count as f64;
+    let mut total = 0;
+    for (part, bytes) in index.heap_bytes() {
+        total += bytes;
+        println!("{part:28} {:7.1} B/file", per_file(bytes));
+    }
+    println!("{:28} {:7.1} B/file", "heap in all", per_file(total));
+    println!("{:28} {:7.1} B/file", "resident growth", per_file(grown));
+    println!(
+        "{} files, {} entries, {} words, {} holdings",
+        index.file_count(),
+        index.entry_count(),
+        index.word_count(),
+        index.holding_count()
+    );
+}
