@@ -234,9 +234,12 @@ pub enum ResponseBody {
         /// hits are the best among the candidates it examined.
         partial: bool,
     },
-    /// Answer to Lookup: one entry per matching hash. A name may be borne by many files:
-    /// at most the server's page size of them come at once, most holders first (ties by
-    /// hash), each with at most the server's cap of holders.
+    /// Answer to Lookup. By name: one entry per file of that name; a name may be borne by
+    /// many files: at most the server's page size of them come at once, most holders first
+    /// (ties by hash), each with at most the server's cap of holders. By hash or hash prefix:
+    /// one entry per size claimed for that hash (peers choose what they claim, and a wrong
+    /// size never hides the right one), the claim held from the most distinct addresses
+    /// first; the content hash tells which claim is true once the bytes arrive.
     Holders {
         /// The files and who holds them.
         files: Vec<HeldFile>,

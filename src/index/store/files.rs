@@ -153,10 +153,30 @@ impl Files {
         self.recs.len()
     }
 
-    /// The file with hash `h`, in `O(log n)` over the full-hash order.
+    /// The files with hash `h` (one per claimed size, see [`Files::position`]), ascending by
+    /// size, in `O(log n)` over the full-hash order plus one step per file.
     #[inline]
-    pub(super) fn find(&self, h: &FileHash) -> Option<u32> {
-        self.position(h).ok().map(|at| self.id_at(at))
+    pub(super) fn variants<'a>(&'a self, h: &'a FileHash) -> impl Iterator<Item = u32> + 'a {
+        let p32 = prefix32(h);
+        let start = self.lower_bound(h);
+        self.by_hash
+            .iter_from(start)
+            .take_while(move |&item| {
+                (item >> 32) as u32 == p32 && self.recs[item as u32].hash == *h
+            })
+            .map(|item| item as u32)
+    }
+
+    /// Whether any file has hash `h`.
+    #[inline]
+    pub(super) fn has_hash(&self, h: &FileHash) -> bool {
+        self.variants(h).next().is_some()
+    }
+
+    /// The file with hash `h` claimed at `size`.
+    #[cfg(test)]
+    pub(super) fn find(&self, h: &FileHash, size: u64) -> Option<u32> {
+        self.position(h, size).ok().map(|at| self.id_at(at))
     }
 
     /// The id of the file at `at` in the hash order.
@@ -165,56 +185,88 @@ impl Files {
         self.by_hash.get(at) as u32
     }
 
-    /// Where `h` is (or would go) in the hash order.
-    ///
-    /// Honest hashes are uniformly distributed, so the position is first guessed from the
-    /// 4-byte prefix (interpolation) and then searched outward from the guess: a few
-    /// neighbouring cache lines are read instead of a binary search's scattered ones. Peers
-    /// choose the hash bytes, but a skewed set only makes the gallop longer: still `O(log n)`.
+    /// Where the first file with hash `h` is (or would go) in the hash order.
     #[inline]
-    pub(super) fn position(&self, h: &FileHash) -> Result<(usize, usize), (usize, usize)> {
+    fn lower_bound(&self, h: &FileHash) -> (usize, usize) {
+        let p32 = prefix32(h);
+        self.by_hash
+            .search_guided(
+                |&item| {
+                    ((item >> 32) as u32)
+                        .cmp(&p32)
+                        .then_with(|| self.recs[item as u32].hash.cmp(h))
+                        .then(Ordering::Greater)
+                },
+                |items| interpolate(items, p32),
+            )
+            .expect_err("the probe never says equal")
+    }
+
+    /// Where the file of hash `h` claimed at `size` is (or would go) in the hash order.
+    ///
+    /// A file is a (hash, size) claim: peers choose both, and a hash registered first with a
+    /// wrong size must not lock out the peers that hold the real file, so each size claimed
+    /// for a hash is a file of its own, ordered by size after the hash. Honest hashes are
+    /// uniformly distributed, so the position is first guessed from the 4-byte prefix
+    /// (interpolation) and then searched outward from the guess: a few neighbouring cache
+    /// lines are read instead of a binary search's scattered ones. Peers choose the hash
+    /// bytes, but a skewed set only makes the gallop longer: still `O(log n)`.
+    #[inline]
+    pub(super) fn position(
+        &self,
+        h: &FileHash,
+        size: u64,
+    ) -> Result<(usize, usize), (usize, usize)> {
         let p32 = prefix32(h);
         self.by_hash.search_guided(
             |&item| {
+                let rec = &self.recs[item as u32];
                 ((item >> 32) as u32)
                     .cmp(&p32)
-                    .then_with(|| self.recs[item as u32].hash.cmp(h))
+                    .then_with(|| rec.hash.cmp(h))
+                    .then_with(|| rec.size().cmp(&size))
             },
             |items| interpolate(items, p32),
         )
     }
 
-    /// The one file whose hash's hex starts with `hex` (lowercase, at least 8 digits, the
-    /// first 8 being `p32`).
-    pub(super) fn find_prefix(&self, p32: u32, hex: &str) -> Result<u32, LookupError> {
+    /// The files of the one hash whose hex starts with `hex` (lowercase, at least 8 digits,
+    /// the first 8 being `p32`), ascending by size.
+    pub(super) fn find_prefix(&self, p32: u32, hex: &str) -> Result<Vec<u32>, LookupError> {
         let start = self
             .by_hash
             .search(|&item| ((item >> 32) as u32).cmp(&p32).then(Ordering::Greater))
             .unwrap_or_else(|at| at);
-        let mut found = None;
+        let mut found: Vec<u32> = Vec::new();
         for item in self.by_hash.iter_from(start) {
             if (item >> 32) as u32 != p32 {
                 break;
             }
             let file = item as u32;
             if self.recs[file].hash.has_hex_prefix(hex) {
-                if found.is_some() {
+                if found
+                    .first()
+                    .is_some_and(|&f| self.recs[f].hash != self.recs[file].hash)
+                {
                     return Err(LookupError::Ambiguous);
                 }
-                found = Some(file);
+                found.push(file);
             }
         }
-        found.ok_or(LookupError::NotFound)
+        if found.is_empty() {
+            return Err(LookupError::NotFound);
+        }
+        Ok(found)
     }
 
-    /// Adds a file whose hash is not indexed yet, without entries; `at` is where
+    /// Adds a file whose (hash, size) is not indexed yet, without entries; `at` is where
     /// [`Files::position`] said it would go.
     pub(super) fn create(&mut self, at: (usize, usize), hash: FileHash, size: u64) -> u32 {
         let id = self.recs.insert(FileRec::new(hash, size, NONE));
         // Files are at most entries, which register keeps below `MAX_ENTRIES`.
         assert!(id < ID_MASK, "file ids exhausted");
         self.seen.insert(&hash);
-        debug_assert_eq!(self.position(&hash), Err(at));
+        debug_assert_eq!(self.position(&hash, size), Err(at));
         self.by_hash
             .insert_at(at, (u64::from(prefix32(&hash)) << 32) | u64::from(id));
         id
@@ -222,9 +274,9 @@ impl Files {
 
     /// Removes `file`, which has no entries left.
     pub(super) fn delete(&mut self, file: u32) {
-        let hash = self.recs[file].hash;
+        let rec = &self.recs[file];
         let at = self
-            .position(&hash)
+            .position(&rec.hash, rec.size())
             .expect("a live file is indexed by hash");
         self.by_hash.remove_at(at);
         self.seen.stale += 1;

@@ -3,21 +3,31 @@
 
 use super::byname::{key_entry, rank_key, Page};
 use super::words::{lower_words, Scratch};
-use super::{Entries, Files, Index, LookupError, NamePage, PeerId, ID_MASK, NONE};
+use super::{
+    source_of, Entries, Files, Index, LookupError, NamePage, PeerId, ID_MASK, MAX_CLAIMS, NONE,
+};
 use crate::wire::{is_hex_prefix, HeldFile, LookupKey};
 use std::cmp::Ordering;
 
 impl Index {
-    /// Who holds a file. `Hash` and a unique `HashPrefix` give one file, named by its most held
-    /// name (ties: the smallest name), with every distinct holder's address in peer-id order.
-    /// `Name` gives the first page of [`Index::lookup_name`] with its default sizes
-    /// ([`NamePage::DEFAULT_FILES`] files of at most [`NamePage::DEFAULT_HOLDERS`] holders).
+    /// Who holds a file. `Hash` and a unique `HashPrefix` give the files of that hash: one per
+    /// size claimed for it (see `Files::position`), the claim made from the most distinct
+    /// addresses first (IPv4 addresses or IPv6 /64s, so one host's many sessions count once,
+    /// and never more than one: the number of holders is not a criterion; ties: the smaller
+    /// size), at most [`MAX_CLAIMS`]. Each is named by the name held from the most distinct
+    /// addresses (ties: the name registered first), with
+    /// every distinct holder's address in peer-id order. `Name` gives the first page of
+    /// [`Index::lookup_name`] with its default sizes ([`NamePage::DEFAULT_FILES`] files of at
+    /// most [`NamePage::DEFAULT_HOLDERS`] holders).
     pub fn lookup(&mut self, key: &LookupKey) -> Result<Vec<HeldFile>, LookupError> {
         self.post_pending();
         match key {
             LookupKey::Hash(h) => {
-                let file = self.files.find(h).ok_or(LookupError::NotFound)?;
-                Ok(vec![self.held_file(file, None)])
+                let files: Vec<u32> = self.files.variants(h).collect();
+                if files.is_empty() {
+                    return Err(LookupError::NotFound);
+                }
+                Ok(self.claims(files))
             }
             LookupKey::HashPrefix(p) => {
                 if !is_hex_prefix(p) {
@@ -26,8 +36,8 @@ impl Index {
                 let p = p.to_ascii_lowercase();
                 // `is_hex_prefix` guarantees at least 8 hex digits: the first 4 bytes.
                 let p32 = u32::from_str_radix(&p[..8], 16).map_err(|_| LookupError::BadPrefix)?;
-                let file = self.files.find_prefix(p32, &p)?;
-                Ok(vec![self.held_file(file, None)])
+                let files = self.files.find_prefix(p32, &p)?;
+                Ok(self.claims(files))
             }
             LookupKey::Name(name) => self
                 .lookup_name(
@@ -154,7 +164,36 @@ impl Index {
         ids
     }
 
-    /// `file` as a lookup answer, named by `entry`, or by its most held name.
+    /// The files of one hash (`files`, one per size claimed) as a lookup answer, best claim
+    /// first (see [`Index::lookup`]).
+    fn claims(&self, mut files: Vec<u32>) -> Vec<HeldFile> {
+        if files.len() > 1 {
+            let mut weighed: Vec<(usize, u32)> = files
+                .iter()
+                .map(|&f| (self.sources(&self.file_holders(f)), f))
+                .collect();
+            // More addresses first; the sort is stable, so equal claims stay in size order.
+            weighed.sort_by_key(|w| std::cmp::Reverse(w.0));
+            files = weighed.into_iter().map(|(_, f)| f).collect();
+            files.truncate(MAX_CLAIMS);
+        }
+        files.into_iter().map(|f| self.held_file(f, None)).collect()
+    }
+
+    /// How many distinct addresses (IPv4 addresses, IPv6 /64s) the peers `holders` are at.
+    fn sources(&self, holders: &[u32]) -> usize {
+        let mut sources: Vec<(bool, u64)> = holders
+            .iter()
+            .filter_map(|&p| self.peer_addr(PeerId(p)))
+            .map(|a| source_of(a.ip()))
+            .collect();
+        sources.sort_unstable();
+        sources.dedup();
+        sources.len()
+    }
+
+    /// `file` as a lookup answer, named by `entry`, or by the name held from the most distinct
+    /// addresses (ties: the name registered first).
     fn held_file(&self, file: u32, entry: Option<u32>) -> HeldFile {
         let name_of = |e: u32| {
             let mut name = Vec::new();
@@ -162,15 +201,18 @@ impl Index {
             name
         };
         let entry = entry.unwrap_or_else(|| {
-            let mut best = self.files[file].first_entry();
-            let mut e = self.entries[best].next;
+            // A file's entries are listed newest first, so on a tie the later one wins.
+            let first = self.files[file].first_entry();
+            if self.entries[first].next == NONE {
+                return first;
+            }
+            let weight = |e: u32| self.sources(self.entries.holders(e));
+            let (mut best, mut best_weight) = (first, weight(first));
+            let mut e = self.entries[first].next;
             while e != NONE {
-                let (n, bn) = (
-                    self.entries.holders(e).len(),
-                    self.entries.holders(best).len(),
-                );
-                if n > bn || (n == bn && name_of(e) < name_of(best)) {
-                    best = e;
+                let w = weight(e);
+                if w >= best_weight {
+                    (best, best_weight) = (e, w);
                 }
                 e = self.entries[e].next;
             }

@@ -165,10 +165,10 @@ use self::entries::Entries;
 use self::files::Files;
 use self::postings::PackedSet;
 use self::register::Pending;
-use self::table::Table;
-use self::words::{Scratch, Words};
 #[cfg(doc)]
 use self::shards::ShardedTable;
+use self::table::Table;
+use self::words::{Scratch, Words};
 #[cfg(doc)]
 use self::{blockset::BlockSet, codec::NameCodec, filter::HashFilter, names::Names};
 #[cfg(doc)]
@@ -179,6 +179,16 @@ use std::net::SocketAddr;
 
 /// Longest accepted file name, in bytes.
 pub const MAX_NAME_BYTES: usize = 1024;
+
+/// Most names one peer may register for one hash (all claimed sizes together): a peer that
+/// really has one file's content under many names (empty files, copies) keeps up to this
+/// many, while a session cannot flood searches with thousands of names of one popular file
+/// or outvote its holders' name (see [`Index::lookup`]). Register counts the rest `rejected`.
+pub const MAX_NAMES_PER_HASH: usize = 16;
+
+/// Most files (sizes claimed for one hash) a lookup by hash answers, the best claims (see
+/// [`Index::lookup`]).
+pub const MAX_CLAIMS: usize = 8;
 
 /// Marks an unused inline holder or posting slot, a missing link, or a free record.
 const NONE: u32 = u32::MAX;
@@ -233,7 +243,8 @@ pub struct PeerId(pub u32);
 pub struct RegisterOutcome {
     /// Holdings new to this peer.
     pub added: u32,
-    /// Entries refused: bad name, a size that disagrees with the indexed size of the hash, no
+    /// Entries refused: bad name, a size over [`MAX_FILE_SIZE`], more than
+    /// [`MAX_NAMES_PER_HASH`] names of one hash, no
     /// room for more holdings (see [`Index::register_at_most`]), or no room for the name.
     pub rejected: u32,
     /// Distinct hashes this peer holds after the call.
@@ -280,6 +291,15 @@ impl fmt::Display for LookupError {
 }
 
 impl std::error::Error for LookupError {}
+
+/// The address group a peer's IP belongs to for counting distinct holders: an IPv4 address
+/// (IPv4-mapped IPv6 included), or an IPv6 /64 (what one host is usually given).
+fn source_of(ip: std::net::IpAddr) -> (bool, u64) {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(a) => (false, u64::from(u32::from(a))),
+        std::net::IpAddr::V6(a) => (true, (u128::from(a) >> 64) as u64),
+    }
+}
 
 /// Whether `name` may be indexed: non-empty, at most [`MAX_NAME_BYTES`], no `/` and no NUL.
 /// Any other byte, control characters included, is legal.

@@ -7,8 +7,8 @@ use super::files::MAX_FILE_SIZE;
 use super::names::Names;
 use super::words::lower_words;
 use super::{
-    is_valid_name, posting_key, tier_of, Index, PeerId, RegisterOutcome, MAX_ENTRIES, NONE, SOLE,
-    UNPOSTED,
+    is_valid_name, posting_key, tier_of, Index, PeerId, RegisterOutcome, MAX_ENTRIES,
+    MAX_NAMES_PER_HASH, NONE, SOLE, UNPOSTED,
 };
 use crate::wire::{FileEntry, FileHash};
 
@@ -52,8 +52,10 @@ impl Pending {
 
 impl Index {
     /// Registers `files` for `peer`, in bulk. Entries the peer already holds are no-ops;
-    /// entries with an invalid name, a size over [`MAX_FILE_SIZE`], a size that disagrees with the indexed size of their
-    /// hash, or a name the name arena has no room for are rejected. An unknown peer gets every
+    /// entries with an invalid name, a size over [`MAX_FILE_SIZE`], beyond the peer's
+    /// [`MAX_NAMES_PER_HASH`] names of one hash, or a name the name arena has no room for are
+    /// rejected. A size that disagrees with another peer's claim for the same hash is not: it
+    /// is a file of its own (see `Files::position`). An unknown peer gets every
     /// entry rejected.
     ///
     /// The outcome is all a register's answer needs, so this does only what decides it. A file
@@ -94,8 +96,8 @@ impl Index {
                 self.unstage_all();
                 false
             } else {
-                // Not staged: the hash index alone says whether the file is new.
-                self.files.position(&f.hash).is_err()
+                // Not staged: the hash index alone says whether the hash is new.
+                !self.files.has_hash(&f.hash)
             };
             let added = if fresh {
                 if !may_add || !self.reserve_name(&f.name) {
@@ -178,7 +180,7 @@ impl Index {
             self.peers.holdings -= 1;
             let at = self
                 .files
-                .position(&s.hash)
+                .position(&s.hash, s.size)
                 .expect_err("a staged file is new to the index");
             let file = self.files.create(at, s.hash, s.size);
             let entry = self.create_entry(file, name);
@@ -200,9 +202,9 @@ impl Index {
     }
 
     /// Adds `peer`'s holding of the file `hash` of `size` under `name` (valid; the hash not
-    /// staged) to the tables. Returns whether the holding is new, or `None` if `size`
-    /// contradicts the indexed file's, or the holding would be new and `!may_add` or there is
-    /// no room for its name.
+    /// staged) to the tables. Returns whether the holding is new, or `None` if the holding
+    /// would be new and `!may_add`, or the peer holds [`MAX_NAMES_PER_HASH`] names of this hash
+    /// already (whatever their sizes), or there is no room for its name.
     fn add_entry(
         &mut self,
         peer: PeerId,
@@ -211,28 +213,46 @@ impl Index {
         size: u64,
         may_add: bool,
     ) -> Option<bool> {
-        // The file, or where a new one goes in the hash order.
-        let file = match self.files.position(hash) {
+        // The file, or where a new one goes in the hash order. Another size claimed for a
+        // known hash is a file of its own (see `Files::position`).
+        let file = match self.files.position(hash, size) {
             Ok(at) => {
                 let file = self.files.id_at(at);
-                if self.files[file].size() != size {
-                    return None;
-                }
                 match self.find_entry(file, name) {
                     Some(e) if self.entries.holders(e).contains(&peer.0) => return Some(false),
                     Some(_) if !may_add => return None,
+                    Some(_) if self.names_held(peer, hash) >= MAX_NAMES_PER_HASH => return None,
                     Some(e) => return Some(self.add_holding(peer, e)),
                     None => Ok(file),
                 }
             }
             Err(at) => Err(at),
         };
-        if !may_add || !self.reserve_name(name) {
+        if !may_add || self.names_held(peer, hash) >= MAX_NAMES_PER_HASH {
+            return None;
+        }
+        if !self.reserve_name(name) {
             return None;
         }
         let file = file.unwrap_or_else(|at| self.files.create(at, *hash, size));
         let entry = self.create_entry(file, name);
         Some(self.add_holding(peer, entry))
+    }
+
+    /// How many entries of hash `hash` (any size) `peer` holds, counting up to
+    /// [`MAX_NAMES_PER_HASH`].
+    fn names_held(&self, peer: PeerId, hash: &FileHash) -> usize {
+        let mut held = 0;
+        for file in self.files.variants(hash) {
+            let mut e = self.files[file].first_entry();
+            while e != NONE && held < MAX_NAMES_PER_HASH {
+                if self.entries.holders(e).contains(&peer.0) {
+                    held += 1;
+                }
+                e = self.entries[e].next;
+            }
+        }
+        held
     }
 
     /// Adds an entry named `name` to `file`, in the name room reserved for it.

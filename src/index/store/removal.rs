@@ -38,8 +38,9 @@ impl Index {
         Some(held)
     }
 
-    /// Withdraws all of `peer`'s holdings of `hashes`; returns how many entries it lost.
-    /// Hashes it never registered count 0 and leave other peers' holdings alone.
+    /// Withdraws all of `peer`'s holdings of `hashes` (whatever sizes it claimed); returns how
+    /// many entries it lost. Hashes it never registered count 0 and leave other peers'
+    /// holdings alone.
     pub fn unregister(&mut self, peer: PeerId, hashes: &[FileHash]) -> u32 {
         self.post_pending();
         if self.peers.get(peer).is_none() {
@@ -49,35 +50,38 @@ impl Index {
         let mut held = std::mem::take(&mut self.work.items);
         let mut dead = std::mem::take(&mut self.work.dead);
         dead.clear();
+        let mut files = Vec::new();
         for h in hashes {
-            let Some(file) = self.files.find(h) else {
-                continue;
-            };
-            held.clear();
-            let mut e = self.files[file].first_entry();
-            while e != NONE {
-                if self.entries.holders(e).contains(&peer.0) {
-                    held.push(e);
+            // Every size claimed for the hash: the peer withdraws the hash, whatever it said.
+            files.clear();
+            files.extend(self.files.variants(h));
+            for &file in &files {
+                held.clear();
+                let mut e = self.files[file].first_entry();
+                while e != NONE {
+                    if self.entries.holders(e).contains(&peer.0) {
+                        held.push(e);
+                    }
+                    e = self.entries[e].next;
                 }
-                e = self.entries[e].next;
-            }
-            for &e in &held {
-                let before = self.file_holder_count(file);
-                let entry_before = self.entries.holder_count(&self.entries[e]);
-                self.entries.pop_holder(e, peer.0);
-                self.rerank(e, entry_before);
-                if !self.peer_holds_file(peer.0, file) {
-                    self.peers.get_mut(peer).files -= 1;
-                    self.lose_holder(file);
+                for &e in &held {
+                    let before = self.file_holder_count(file);
+                    let entry_before = self.entries.holder_count(&self.entries[e]);
+                    self.entries.pop_holder(e, peer.0);
+                    self.rerank(e, entry_before);
+                    if !self.peer_holds_file(peer.0, file) {
+                        self.peers.get_mut(peer).files -= 1;
+                        self.lose_holder(file);
+                    }
+                    self.note_holders_changed(file, before);
+                    self.peers.get_mut(peer).entries.remove(e);
+                    // Deleted after the loop: a later hash of the same call may name this file
+                    // again, and must still find it (now without this peer).
+                    if self.entries.holders(e).is_empty() {
+                        dead.push(e);
+                    }
+                    removed += 1;
                 }
-                self.note_holders_changed(file, before);
-                self.peers.get_mut(peer).entries.remove(e);
-                // Deleted after the loop: a later hash of the same call may name this file
-                // again, and must still find it (now without this peer).
-                if self.entries.holders(e).is_empty() {
-                    dead.push(e);
-                }
-                removed += 1;
             }
         }
         self.work.items = held;

@@ -47,7 +47,7 @@ fn outcome(added: u32, rejected: u32, total: u32) -> RegisterOutcome {
 fn staged_files_answer_like_indexed_ones() {
     // More new files than a seen hash is checked against one by one, then repeats of the
     // batch's own hashes: same name (a no-op), another name (a new entry of a staged
-    // file), another size (rejected).
+    // file), another size (a file of its own).
     let mut ix = Index::new();
     let p = ix.add_peer(addr(1));
     let mut batch: Vec<FileEntry> = (0..100)
@@ -62,7 +62,7 @@ fn staged_files_answer_like_indexed_ones() {
     batch.push(fe(spread_hash(3), 13, "track 3 of many.ogg"));
     batch.push(fe(spread_hash(4), 14, "another name for four.ogg"));
     batch.push(fe(spread_hash(5), 99, "a lying size.ogg"));
-    assert_eq!(ix.register(p, &batch), outcome(101, 1, 100));
+    assert_eq!(ix.register(p, &batch), outcome(102, 0, 101));
     // A few new files, staged; the next batch repeats one before anything is posted.
     let q = ix.add_peer(addr(2));
     let small: Vec<FileEntry> = (200..205)
@@ -70,7 +70,7 @@ fn staged_files_answer_like_indexed_ones() {
         .collect();
     assert_eq!(ix.register(q, &small), outcome(5, 0, 5));
     assert!(ix.has_pending());
-    assert_eq!((ix.file_count(), ix.entry_count()), (105, 106));
+    assert_eq!((ix.file_count(), ix.entry_count()), (106, 107));
     assert_eq!(ix.holdings_of(q), 5);
     let again = [
         fe(spread_hash(202), 1, "small 202"),
@@ -78,20 +78,23 @@ fn staged_files_answer_like_indexed_ones() {
         fe(spread_hash(204), 2, "small 204"),
         fe(spread_hash(7), 17, "track 7 of many.ogg"),
     ];
-    assert_eq!(ix.register(q, &again), outcome(2, 1, 6));
-    assert_eq!((ix.file_count(), ix.entry_count()), (105, 107));
+    assert_eq!(ix.register(q, &again), outcome(3, 0, 7));
+    assert_eq!((ix.file_count(), ix.entry_count()), (107, 109));
     ix.post_pending();
     assert!(!ix.has_pending());
-    assert_eq!((ix.file_count(), ix.entry_count()), (105, 107));
-    assert_eq!((ix.holdings_of(p), ix.holdings_of(q)), (100, 6));
+    assert_eq!((ix.file_count(), ix.entry_count()), (107, 109));
+    assert_eq!((ix.holdings_of(p), ix.holdings_of(q)), (101, 7));
+    // Both sizes claimed for hash 5, by one peer: equal claims, the smaller size first.
+    let five = ix.lookup(&LookupKey::Hash(spread_hash(5))).unwrap();
+    assert_eq!(five.iter().map(|f| f.size).collect::<Vec<_>>(), [15, 99]);
     let four = ix.lookup(&LookupKey::Hash(spread_hash(4))).unwrap();
     assert_eq!(four[0].holders, [addr(1)]);
     let seven = ix.lookup(&LookupKey::Hash(spread_hash(7))).unwrap();
     assert_eq!(seven[0].holders, [addr(1), addr(2)]);
     assert_eq!(ix.search("renamed", 10).0.len(), 1);
     assert_eq!(ix.search("track many", 200).0.len(), 100);
-    assert_eq!(ix.remove_peer(q), Some(7));
-    assert_eq!(ix.remove_peer(p), Some(101));
+    assert_eq!(ix.remove_peer(q), Some(8));
+    assert_eq!(ix.remove_peer(p), Some(102));
     assert_eq!(
         (ix.file_count(), ix.entry_count(), ix.word_count()),
         (0, 0, 0)
@@ -302,25 +305,68 @@ fn control_characters_in_names_are_legal_and_bad_names_rejected() {
 }
 
 #[test]
-fn size_conflicts_are_rejected() {
+fn each_size_claimed_for_a_hash_is_a_file_and_the_most_widely_held_claim_comes_first() {
+    let at = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
+    let sizes = |ix: &mut Index| -> Vec<(u64, u32)> {
+        let found = ix.lookup(&LookupKey::Hash(h(1))).unwrap();
+        found.iter().map(|f| (f.size, f.holder_count)).collect()
+    };
     let mut ix = Index::new();
-    let a = ix.add_peer(addr(1));
-    let b = ix.add_peer(addr(2));
-    assert_eq!(ix.register(a, &[fe(h(1), 5, "x")]).added, 1);
-    let out = ix.register(b, &[fe(h(1), 6, "x"), fe(h(1), 6, "y"), fe(h(1), 5, "z")]);
-    assert_eq!(
-        out,
-        RegisterOutcome {
-            added: 1,
-            rejected: 2,
-            total: 1
-        }
+    // A squatter registers the hash first, with a wrong size: it does not lock anyone out.
+    let squatter = ix.add_peer(at([10, 0, 0, 9], 1));
+    assert_eq!(ix.register(squatter, &[fe(h(1), 6, "song.flac")]).added, 1);
+    let a = ix.add_peer(at([10, 0, 0, 1], 1));
+    let b = ix.add_peer(at([10, 0, 0, 2], 1));
+    let out = ix.register(
+        a,
+        &[fe(h(1), 5, "song.flac"), fe(h(1), 5, "song copy.flac")],
     );
-    // Once every holder is gone, the hash may come back with another size.
-    ix.remove_peer(a);
-    ix.remove_peer(b);
-    let c = ix.add_peer(addr(3));
-    assert_eq!(ix.register(c, &[fe(h(1), 6, "x")]).added, 1);
+    assert_eq!(out, outcome(2, 0, 1));
+    // One holder each: the smaller size first.
+    assert_eq!(sizes(&mut ix), [(5, 1), (6, 1)]);
+    assert_eq!(ix.register(b, &[fe(h(1), 5, "song.flac")]).added, 1);
+    assert_eq!(sizes(&mut ix), [(5, 2), (6, 1)]);
+    // Three more sessions from the squatter's address outnumber the holders, not the
+    // addresses: the claim held from two addresses stays first.
+    for port in 2..5 {
+        let s = ix.add_peer(at([10, 0, 0, 9], port));
+        ix.register(s, &[fe(h(1), 6, "song.flac")]);
+    }
+    assert_eq!(sizes(&mut ix), [(5, 2), (6, 4)]);
+    // The squatter's sessions leave: the real file is still there, with its holders.
+    ix.remove_peer(squatter);
+    assert_eq!(sizes(&mut ix)[0], (5, 2));
+    // Unregister withdraws every size the peer claimed for the hash.
+    let c = ix.add_peer(at([10, 0, 0, 3], 1));
+    ix.register(c, &[fe(h(1), 5, "x"), fe(h(1), 7, "x")]);
+    assert_eq!(ix.unregister(c, &[h(1)]), 2);
+    assert_eq!(sizes(&mut ix), [(5, 2), (6, 3)]);
+}
+
+#[test]
+fn a_hash_is_named_by_the_name_held_from_most_addresses_then_the_first_registered() {
+    let at = |ip: [u8; 4]| SocketAddr::from((ip, 7000));
+    let name = |ix: &mut Index| ix.lookup(&LookupKey::Hash(h(2))).unwrap()[0].name.clone();
+    let mut ix = Index::new();
+    let honest = ix.add_peer(at([10, 0, 0, 1]));
+    ix.register(honest, &[fe(h(2), 9, "song.flac")]);
+    // A later name held from as many addresses does not take over (ties: the first
+    // registered), though it sorts first.
+    let sybil = ix.add_peer(at([10, 0, 0, 9]));
+    ix.register(sybil, &[fe(h(2), 9, "!! setup.exe")]);
+    assert_eq!(name(&mut ix), "song.flac");
+    // Nor do more sessions from the same address, though they are more holders.
+    let sybil2 = ix.add_peer(at([10, 0, 0, 9]));
+    ix.register(sybil2, &[fe(h(2), 9, "!! setup.exe")]);
+    assert_eq!(name(&mut ix), "song.flac");
+    // A second address does.
+    let other = ix.add_peer(at([10, 0, 0, 8]));
+    ix.register(other, &[fe(h(2), 9, "!! setup.exe")]);
+    assert_eq!(name(&mut ix), "!! setup.exe");
+    // And one session cannot flood a hash with names: the 17th is refused.
+    let names: Vec<FileEntry> = (0..17).map(|i| fe(h(2), 9, &format!("n{i}"))).collect();
+    let flood = ix.add_peer(at([10, 0, 0, 7]));
+    assert_eq!(ix.register(flood, &names), outcome(16, 1, 1));
 }
 
 #[test]
@@ -428,13 +474,15 @@ fn other_query_words_are_checked_by_list_bitmap_or_name_alike() {
 fn a_file_of_many_names_counts_its_distinct_holders() {
     let mut ix = Index::new();
     let (a, b) = (ix.add_peer(addr(1)), ix.add_peer(addr(2)));
-    let names: Vec<FileEntry> = (0..200)
+    let names: Vec<FileEntry> = (0..20)
         .map(|i| fe(h(9), 9, &format!("multi {i}")))
         .collect();
-    ix.register(a, &names);
+    // One peer keeps at most MAX_NAMES_PER_HASH names of a hash.
+    assert_eq!(ix.register(a, &names), outcome(16, 4, 1));
+    assert_eq!(MAX_NAMES_PER_HASH, 16);
     ix.register(b, &names[..1]);
     let hits = ix.search("multi", 300).0;
-    assert_eq!(hits.len(), 200);
+    assert_eq!(hits.len(), 16);
     assert!(hits.iter().all(|hit| hit.holders == 2));
     ix.remove_peer(b);
     assert!(ix.search("multi", 300).0.iter().all(|hit| hit.holders == 1));
@@ -601,8 +649,7 @@ fn crowded_name_pages(at: usize, until: usize) -> Result<(), TestCaseError> {
         model.unregister(peers[0].0, &gone)
     );
     pages_agree(&mut ix, &model, "copyright", 7, 2)?;
-    let held = model.peers.remove(&peers[1].0).unwrap().1.len() as u32;
-    model.refresh_sizes();
+    let held = model.remove_peer(peers[1].0);
     assert_eq!(ix.remove_peer(peers[1]), Some(held));
     pages_agree(&mut ix, &model, "copyright", 5, 3)?;
     pages_agree(&mut ix, &model, "copyright 7", 5, 3)?;
@@ -689,8 +736,8 @@ fn lookup_by_name_and_prefix() {
     assert_eq!(p("abcdef0g"), Err(LookupError::BadPrefix));
     assert_eq!(p(&"a".repeat(65)), Err(LookupError::BadPrefix));
     // Most held name names a file: "same.txt" has one holder, like "alias" and "alt";
-    // the smallest wins the tie.
-    assert_eq!(ix.lookup(&LookupKey::Hash(x)).unwrap()[0].name, "alias");
+    // the first registered wins the tie.
+    assert_eq!(ix.lookup(&LookupKey::Hash(x)).unwrap()[0].name, "same.txt");
     assert_eq!(
         LookupError::Ambiguous.to_string(),
         "hash prefix matches several files"
@@ -698,19 +745,24 @@ fn lookup_by_name_and_prefix() {
 }
 
 impl Index {
-    /// The id of entry (hash, name), for the model's tie-break (after `post_pending`).
-    fn entry_id(&self, hash: &FileHash, name: &str) -> Option<u32> {
-        self.find_entry(self.files.find(hash)?, name)
+    /// The id of entry (hash, size, name), for the model's tie-break (after `post_pending`).
+    fn entry_id(&self, hash: &FileHash, size: u64, name: &str) -> Option<u32> {
+        self.find_entry(self.files.find(hash, size)?, name)
     }
 }
 
 // ---- the naive model ----
 
+/// A holding's entry: (hash, size claimed, name).
+type ModelEntry = (FileHash, u64, String);
+
 /// Everything as plain holdings; every answer computed by scanning.
 #[derive(Default, Clone)]
 struct Model {
-    peers: BTreeMap<u32, (SocketAddr, BTreeSet<(FileHash, String)>)>,
-    sizes: HashMap<FileHash, u64>,
+    peers: BTreeMap<u32, (SocketAddr, BTreeSet<ModelEntry>)>,
+    /// When each live entry got its first holder (a counter), for the name tie-break.
+    born: HashMap<ModelEntry, u64>,
+    clock: u64,
 }
 
 fn model_words(s: &str) -> Vec<String> {
@@ -721,29 +773,63 @@ fn model_words(s: &str) -> Vec<String> {
 }
 
 impl Model {
-    fn holders_of(&self, hash: &FileHash) -> Vec<u32> {
+    /// The peers holding any name of file (hash, size), ascending.
+    fn holders_of(&self, hash: &FileHash, size: u64) -> Vec<u32> {
         self.peers
             .iter()
-            .filter(|(_, (_, held))| held.iter().any(|(h, _)| h == hash))
+            .filter(|(_, (_, held))| held.iter().any(|(h, s, _)| h == hash && *s == size))
             .map(|(&p, _)| p)
             .collect()
     }
 
-    fn entries(&self) -> BTreeSet<(FileHash, String)> {
+    /// The peers holding entry `e`, ascending.
+    fn entry_holders(&self, e: &ModelEntry) -> Vec<u32> {
+        self.peers
+            .iter()
+            .filter(|(_, (_, held))| held.contains(e))
+            .map(|(&p, _)| p)
+            .collect()
+    }
+
+    /// Distinct IPv4 addresses among `peers` (the tests use IPv4 only).
+    fn sources(&self, peers: &[u32]) -> usize {
+        peers
+            .iter()
+            .map(|p| self.peers[p].0.ip())
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    fn entries(&self) -> BTreeSet<ModelEntry> {
         self.peers
             .values()
             .flat_map(|(_, held)| held.iter().cloned())
             .collect()
     }
 
-    fn total(&self, p: u32) -> u32 {
-        let held = &self.peers[&p].1;
-        held.iter().map(|(h, _)| h).collect::<BTreeSet<_>>().len() as u32
+    /// The live files: (hash, size) claims.
+    fn files(&self) -> BTreeSet<(FileHash, u64)> {
+        self.entries().into_iter().map(|(h, s, _)| (h, s)).collect()
     }
 
-    fn refresh_sizes(&mut self) {
-        let live: BTreeSet<FileHash> = self.entries().into_iter().map(|(h, _)| h).collect();
-        self.sizes.retain(|h, _| live.contains(h));
+    fn total(&self, p: u32) -> u32 {
+        let held = &self.peers[&p].1;
+        held.iter()
+            .map(|(h, s, _)| (h, s))
+            .collect::<BTreeSet<_>>()
+            .len() as u32
+    }
+
+    /// Forgets the birth of entries no one holds any more.
+    fn forget_dead(&mut self) {
+        let live = self.entries();
+        self.born.retain(|e, _| live.contains(e));
+    }
+
+    fn remove_peer(&mut self, p: u32) -> u32 {
+        let held = self.peers.remove(&p).unwrap().1.len() as u32;
+        self.forget_dead();
+        held
     }
 
     fn register(&mut self, p: u32, files: &[FileEntry]) -> RegisterOutcome {
@@ -757,19 +843,24 @@ impl Model {
                 && f.name.len() <= 1024
                 && !f.name.contains('/')
                 && !f.name.contains('\0');
-            if !ok_name || self.sizes.get(&f.hash).is_some_and(|&s| s != f.size) {
+            if !ok_name || f.size > MAX_FILE_SIZE {
                 out.rejected += 1;
                 continue;
             }
-            let holding = (f.hash, f.name.clone());
-            if self.peers[&p].1.contains(&holding) {
+            let holding = (f.hash, f.size, f.name.clone());
+            let held = &self.peers[&p].1;
+            if held.contains(&holding) {
                 continue;
             }
-            if out.added >= room {
+            let names_of_hash = held.iter().filter(|(h, _, _)| *h == f.hash).count();
+            if out.added >= room || names_of_hash >= MAX_NAMES_PER_HASH {
                 out.rejected += 1;
                 continue;
             }
-            self.sizes.insert(f.hash, f.size);
+            if !self.born.contains_key(&holding) {
+                self.clock += 1;
+                self.born.insert(holding.clone(), self.clock);
+            }
             self.peers.get_mut(&p).unwrap().1.insert(holding);
             out.added += 1;
         }
@@ -784,9 +875,9 @@ impl Model {
     fn unregister(&mut self, p: u32, hashes: &[FileHash]) -> u32 {
         let held = &mut self.peers.get_mut(&p).unwrap().1;
         let before = held.len();
-        held.retain(|(h, _)| !hashes.contains(h));
+        held.retain(|(h, _, _)| !hashes.contains(h));
         let removed = (before - held.len()) as u32;
-        self.refresh_sizes();
+        self.forget_dead();
         removed
     }
 
@@ -811,7 +902,7 @@ impl Model {
         if q.is_empty() {
             return all;
         }
-        for (hash, name) in self.entries() {
+        for (hash, size, name) in self.entries() {
             let words = model_words(&name);
             if !q
                 .iter()
@@ -819,8 +910,7 @@ impl Model {
             {
                 continue;
             }
-            let size = self.sizes[&hash];
-            let holders = self.holders_of(&hash).len() as u32;
+            let holders = self.holders_of(&hash, size).len() as u32;
             let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
             let ext_in = |list: &[&str]| {
                 ext.as_ref()
@@ -841,7 +931,7 @@ impl Model {
             while tier < 14 && holders >> (tier + 1) != 0 {
                 tier += 1;
             }
-            let id = ix.entry_id(&hash, &name).expect("a live entry");
+            let id = ix.entry_id(&hash, size, &name).expect("a live entry");
             let rank = ((q.len() as u64 - whole) << 32) | u64::from((14 - tier) << 27 | id);
             let hit = SearchHit {
                 size,
@@ -855,95 +945,100 @@ impl Model {
         all
     }
 
-    fn held(&self, hash: FileHash, name: Option<String>) -> HeldFile {
-        let holders = self.holders_of(&hash);
-        let name = name.unwrap_or_else(|| {
-            let mut names: Vec<(usize, String)> = self
-                .entries()
-                .into_iter()
-                .filter(|(h, _)| *h == hash)
-                .map(|(_, n)| {
-                    let count = self
-                        .peers
-                        .values()
-                        .filter(|(_, held)| held.contains(&(hash, n.clone())))
-                        .count();
-                    (count, n)
-                })
-                .collect();
-            names.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            names.remove(0).1
-        });
+    /// File (hash, size) as a lookup by hash answers it: named by the name held from the most
+    /// addresses, then the one born first.
+    fn held(&self, hash: FileHash, size: u64) -> HeldFile {
+        let holders = self.holders_of(&hash, size);
+        let mut names: Vec<(usize, u64, String)> = self
+            .entries()
+            .into_iter()
+            .filter(|(h, s, _)| *h == hash && *s == size)
+            .map(|e| (self.sources(&self.entry_holders(&e)), self.born[&e], e.2))
+            .collect();
+        names.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         HeldFile {
             hash,
-            size: self.sizes[&hash],
-            name,
+            size,
+            name: names.remove(0).2,
             holders: holders.iter().map(|p| self.peers[p].0).collect(),
             holder_count: holders.len() as u32,
         }
     }
 
-    /// A page of the files named `n`: most holders under that name first, then by hash;
-    /// after `after`'s holders and hash prefix (its entry id is the index's own tie-break,
-    /// unknown here: the test hashes differ in their first 8 bytes). Returns the files, the
-    /// total and whether more follow.
+    /// Every size claimed for `hash` as lookup answers: the claim held from the most
+    /// addresses first, then the smaller size; at most `MAX_CLAIMS`.
+    fn claims(&self, hash: FileHash) -> Vec<HeldFile> {
+        let mut sizes: Vec<(usize, u64)> = self
+            .files()
+            .into_iter()
+            .filter(|(h, _)| *h == hash)
+            .map(|(_, s)| (self.sources(&self.holders_of(&hash, s)), s))
+            .collect();
+        sizes.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        sizes
+            .into_iter()
+            .take(MAX_CLAIMS)
+            .map(|(_, s)| self.held(hash, s))
+            .collect()
+    }
+
+    /// A page of the files named `n`: most holders under that name first, then by hash,
+    /// then by the index's entry id (its own tie-break, asked of it); after `after`. Returns
+    /// the files, the total and whether more follow.
     fn lookup_name(
         &self,
+        ix: &Index,
         n: &str,
         after: Option<u128>,
         max_files: usize,
         max_holders: usize,
     ) -> Result<(Vec<HeldFile>, u64, bool), LookupError> {
-        let mut all: Vec<(u32, FileHash, Vec<u32>)> = self
+        let mut all: Vec<(u128, FileHash, u64, Vec<u32>)> = self
             .entries()
             .into_iter()
-            .filter(|(_, name)| name == n)
-            .map(|(hash, name)| {
-                let holders: Vec<u32> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, (_, held))| held.contains(&(hash, name.clone())))
-                    .map(|(p, _)| *p)
-                    .collect();
-                (holders.len() as u32, hash, holders)
+            .filter(|(_, _, name)| name == n)
+            .map(|e| {
+                let holders = self.entry_holders(&e);
+                let hash8 = u64::from_be_bytes(e.0 .0[..8].try_into().unwrap());
+                let id = ix.entry_id(&e.0, e.1, &e.2).expect("a live entry");
+                let position = (u128::from(u32::MAX - holders.len() as u32) << 96)
+                    | (u128::from(hash8) << 32)
+                    | u128::from(id);
+                (position, e.0, e.1, holders)
             })
             .collect();
         if all.is_empty() {
             return Err(LookupError::NotFound);
         }
         let total = all.len() as u64;
-        all.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let position = |holders: u32, hash: &FileHash| {
-            let hash8 = u64::from_be_bytes(hash.0[..8].try_into().unwrap());
-            (u128::from(u32::MAX - holders) << 96) | (u128::from(hash8) << 32)
-        };
+        all.sort_by_key(|a| a.0);
         let rest: Vec<_> = all
             .into_iter()
-            .filter(|(k, hash, _)| after.map_or(true, |a| position(*k, hash) > a >> 32 << 32))
+            .filter(|(position, ..)| after.map_or(true, |a| *position > a))
             .collect();
         let more = rest.len() > max_files.max(1);
         let files = rest
             .into_iter()
             .take(max_files.max(1))
-            .map(|(k, hash, holders)| HeldFile {
+            .map(|(_, hash, size, holders)| HeldFile {
                 hash,
-                size: self.sizes[&hash],
+                size,
                 name: n.to_string(),
                 holders: holders
                     .iter()
                     .take(max_holders)
                     .map(|p| self.peers[p].0)
                     .collect(),
-                holder_count: k,
+                holder_count: holders.len() as u32,
             })
             .collect();
         Ok((files, total, more))
     }
 
-    fn lookup(&self, key: &LookupKey) -> Result<Vec<HeldFile>, LookupError> {
-        let hashes: BTreeSet<FileHash> = self.entries().into_iter().map(|(h, _)| h).collect();
+    fn lookup(&self, ix: &Index, key: &LookupKey) -> Result<Vec<HeldFile>, LookupError> {
+        let hashes: BTreeSet<FileHash> = self.files().into_iter().map(|(h, _)| h).collect();
         match key {
-            LookupKey::Hash(h) if hashes.contains(h) => Ok(vec![self.held(*h, None)]),
+            LookupKey::Hash(h) if hashes.contains(h) => Ok(self.claims(*h)),
             LookupKey::Hash(_) => Err(LookupError::NotFound),
             LookupKey::HashPrefix(p) => {
                 let ok = (8..=64).contains(&p.len()) && p.chars().all(|c| c.is_ascii_hexdigit());
@@ -957,12 +1052,18 @@ impl Model {
                     .collect();
                 match m.len() {
                     0 => Err(LookupError::NotFound),
-                    1 => Ok(vec![self.held(*m[0], None)]),
+                    1 => Ok(self.claims(*m[0])),
                     _ => Err(LookupError::Ambiguous),
                 }
             }
             LookupKey::Name(n) => self
-                .lookup_name(n, None, NamePage::DEFAULT_FILES, NamePage::DEFAULT_HOLDERS)
+                .lookup_name(
+                    ix,
+                    n,
+                    None,
+                    NamePage::DEFAULT_FILES,
+                    NamePage::DEFAULT_HOLDERS,
+                )
                 .map(|(files, _, _)| files),
         }
     }
@@ -1076,7 +1177,7 @@ fn counts_agree(ix: &Index, model: &Model, live: &[PeerId]) -> Result<(), TestCa
     prop_assert_eq!(ix.peer_count(), model.peers.len());
     let entries = model.entries();
     prop_assert_eq!(ix.entry_count(), entries.len());
-    let files: BTreeSet<_> = entries.iter().map(|(h, _)| h).collect();
+    let files = model.files();
     prop_assert_eq!(ix.file_count(), files.len());
     prop_assert_eq!(ix.holding_count(), model.holdings());
     for p in live {
@@ -1153,9 +1254,11 @@ proptest! {
         for op in ops {
             match op {
                 Op::AddPeer(port) => {
-                    let p = ix.add_peer(addr(port));
+                    // Three hosts, so that claims and names are weighed by address.
+                    let at = SocketAddr::from(([127, 0, 0, 1 + (port % 3) as u8], port));
+                    let p = ix.add_peer(at);
                     prop_assert!(!model.peers.contains_key(&p.0));
-                    model.peers.insert(p.0, (addr(port), BTreeSet::new()));
+                    model.peers.insert(p.0, (at, BTreeSet::new()));
                     live.push(p);
                 }
                 Op::Register(p, files, room) if !live.is_empty() => {
@@ -1174,8 +1277,7 @@ proptest! {
                 }
                 Op::RemovePeer(p) if !live.is_empty() => {
                     let p = live.swap_remove(p % live.len());
-                    let held = model.peers.remove(&p.0).unwrap().1.len() as u32;
-                    model.refresh_sizes();
+                    let held = model.remove_peer(p.0);
                     prop_assert_eq!(ix.remove_peer(p), Some(held));
                 }
                 Op::Search(q, filter, limit) => {
@@ -1200,7 +1302,7 @@ proptest! {
                     }
                 }
                 Op::Lookup(key) => {
-                    prop_assert_eq!(ix.lookup(&key), model.lookup(&key), "key {:?}", key);
+                    prop_assert_eq!(ix.lookup(&key), model.lookup(&ix, &key), "key {:?}", key);
                     if let LookupKey::Name(n) = &key {
                         pages_agree(&mut ix, &model, n, 2, 1)?;
                     }
@@ -1228,7 +1330,7 @@ fn pages_agree(
     let mut seen = 0;
     loop {
         let got = ix.lookup_name(n, after, files, holders);
-        let want = model.lookup_name(n, after, files, holders);
+        let want = model.lookup_name(ix, n, after, files, holders);
         match (got, want) {
             (Ok(page), Ok((files, total, more))) => {
                 prop_assert_eq!(&page.files, &files, "name {:?} after {:?}", n, after);
@@ -1303,8 +1405,7 @@ proptest! {
                 }
                 7 => {
                     let p = peers[who];
-                    let held = model.peers.remove(&p.0).unwrap().1.len() as u32;
-                    model.refresh_sizes();
+                    let held = model.remove_peer(p.0);
                     prop_assert_eq!(ix.remove_peer(p), Some(held));
                     let port = 10 + who as u16;
                     let q = ix.add_peer(addr(port));
@@ -1315,14 +1416,14 @@ proptest! {
                 _ => {
                     for h in hashes.iter().take(20) {
                         let key = LookupKey::Hash(*h);
-                        prop_assert_eq!(ix.lookup(&key), model.lookup(&key));
+                        prop_assert_eq!(ix.lookup(&key), model.lookup(&ix, &key));
                     }
                 }
             }
             counts_agree(&ix, &model, &peers)?;
         }
         ix.post_pending();
-        for (h, _) in model.entries() {
+        for (h, _) in model.files() {
             prop_assert!(ix.files.seen.may_contain(&h), "an indexed hash missing from the filter");
         }
         for p in peers {
@@ -1399,7 +1500,7 @@ fn rare_words_stay_inline_and_common_ones_spill_and_come_back() {
     assert_eq!(
         alpha(&mut ix),
         Some([
-            k(ix.find_entry(ix.files.find(&h(1)).unwrap(), "Alpha 1x1")
+            k(ix.find_entry(ix.files.find(&h(1), 1).unwrap(), "Alpha 1x1")
                 .unwrap()),
             NONE
         ])
@@ -1504,7 +1605,7 @@ fn agrees_on_spread_files(ix: &mut Index, model: &Model, live: &[PeerId], n: u32
     assert_eq!(got, model.search(ix, "x", 100));
     for i in 0..n {
         let key = LookupKey::Hash(spread_hash(i));
-        assert_eq!(ix.lookup(&key), model.lookup(&key), "file {i}");
+        assert_eq!(ix.lookup(&key), model.lookup(ix, &key), "file {i}");
     }
     check_words(ix);
 }
@@ -1530,8 +1631,7 @@ fn names_beyond_the_name_arena_cap_are_rejected() {
         assert_eq!(ix.register(q, &[alias]), outcome(0, 1, 4));
 
         assert_eq!(ix.remove_peer(p), Some(6));
-        model.peers.remove(&p.0);
-        model.refresh_sizes();
+        model.remove_peer(p.0);
         assert_eq!(ix.register(q, &files[6..]), outcome(6, 9, 10));
         model.register(q.0, &files[6..16]);
         agrees_on_spread_files(&mut ix, &model, &[q], 25);
