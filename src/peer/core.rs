@@ -120,6 +120,9 @@ pub struct PeerCore {
     session: IndexSession,
     commands: Commands,
     download: Option<Download>,
+    /// The other sizes claimed for the hash being downloaded, best first: tried in turn when
+    /// no holder of the current claim delivers bytes that match the hash.
+    claims_left: VecDeque<HeldFile>,
     next_download: DownloadId,
     /// Hands the verifying thread's results back (as [`Event::Hashed`]).
     hash_done: HashDone,
@@ -147,6 +150,7 @@ impl PeerCore {
             cfg,
             share: Share::default(),
             download: None,
+            claims_left: VecDeque::new(),
             next_download: 1,
             hash_done,
             actions: VecDeque::new(),
@@ -440,7 +444,7 @@ impl PeerCore {
             }
             while let Some(event) = self.download.as_mut().and_then(Download::poll_event) {
                 progressed = true;
-                self.handle_download_event(event);
+                self.handle_download_event(now, event);
             }
             if let Some(Waiting::Startup { scanned: true }) = self.commands.waiting() {
                 if self.session.is_settled() {
@@ -534,7 +538,7 @@ impl PeerCore {
         }
     }
 
-    fn handle_download_event(&mut self, event: DownloadEvent) {
+    fn handle_download_event(&mut self, now: Instant, event: DownloadEvent) {
         let Some(dl) = &self.download else { return };
         let (name, _, size) = dl.progress();
         let name = display_name(name);
@@ -577,9 +581,8 @@ impl PeerCore {
             }
             DownloadEvent::Failed(text) => {
                 self.output.progress_end();
-                self.output.error(text);
                 self.download = None;
-                self.commands.finish();
+                self.next_claim(now, text);
             }
         }
     }
@@ -798,8 +801,18 @@ impl PeerCore {
             core.commands.finish();
         };
         let total = total.max(files.len() as u64);
+        self.claims_left.clear();
+        // Several sizes claimed for one hash (see `ResponseBody::Holders`): one file, the
+        // best claim first, the others tried if its holders fail.
+        let claims = files.len() > 1 && files.iter().all(|f| f.hash == files[0].hash);
         let file = match files.len() {
             0 => return fail(self, format!("no peer shares {target}")),
+            _ if claims => {
+                let mut files: VecDeque<HeldFile> = files.into();
+                let first = files.pop_front().expect("several claims");
+                self.claims_left = files;
+                first
+            }
             1 if total == 1 => files.into_iter().next().expect("one file"),
             _ => {
                 let mut text = format!(
@@ -822,6 +835,36 @@ impl PeerCore {
             self.output.result(text);
             return self.commands.finish();
         }
+        if let Err(why) = self.download_claim(now, &file, holder) {
+            self.next_claim(now, why);
+        }
+    }
+
+    /// The download of one claim failed (`why`): tries the next size claimed for the same
+    /// hash, whose holders may have the real file, or ends the `get` with `why`.
+    fn next_claim(&mut self, now: Instant, mut why: String) {
+        while let Some(next) = self.claims_left.pop_front() {
+            self.output.note(format!(
+                "get: {why}; trying the holders that claim {} bytes",
+                next.size
+            ));
+            match self.download_claim(now, &next, None) {
+                Ok(()) => return,
+                Err(e) => why = e,
+            }
+        }
+        self.output.error(why);
+        self.commands.finish();
+    }
+
+    /// Starts downloading `file` from its holders (holder number `holder` first, when given),
+    /// or says why not.
+    fn download_claim(
+        &mut self,
+        now: Instant,
+        file: &HeldFile,
+        holder: Option<usize>,
+    ) -> Result<(), String> {
         // Our own address may be listed if we shared it before; never download from self.
         let me = self.session.observed();
         let mut holders: Vec<SocketAddr> = file
@@ -832,11 +875,10 @@ impl PeerCore {
             .collect();
         if let Some(n) = holder {
             if n > file.holders.len() {
-                let text = format!(
+                return Err(format!(
                     "holder {n} does not exist: the lookup listed {}",
                     file.holders.len()
-                );
-                return fail(self, text);
+                ));
             }
             // Holder N first, the others as fallbacks.
             let chosen = file.holders[n - 1];
@@ -844,24 +886,22 @@ impl PeerCore {
             holders.insert(0, chosen);
         }
         if holders.is_empty() {
-            return fail(self, format!("no other peer holds {target}"));
+            return Err(format!("no other peer holds {}", display_name(&file.name)));
         }
         let id = self.next_download;
         self.next_download += 1;
-        match Download::new(
+        let mut dl = Download::new(
             id,
             now,
             &self.cfg.downloads_dir,
-            &file,
+            file,
             holders,
             self.hash_done.clone(),
-        ) {
-            Ok(mut dl) => {
-                dl.start(now, &mut self.actions);
-                self.download = Some(dl);
-            }
-            Err(e) => fail(self, format!("get: {e}")),
-        }
+        )
+        .map_err(|e| format!("get: {e}"))?;
+        dl.start(now, &mut self.actions);
+        self.download = Some(dl);
+        Ok(())
     }
 }
 

@@ -73,3 +73,131 @@ fn a_link_swapped_in_after_registering_is_never_served() {
     let landed = common::visible_names(&downloads);
     assert!(landed.is_empty(), "{landed:?}");
 }
+
+/// Registers `entries` from a session of its own (announcing a download port nothing listens
+/// on), and keeps the session open.
+fn register_from_session(
+    index: std::net::SocketAddr,
+    entries: Vec<p2pshare::wire::FileEntry>,
+) -> common::Client {
+    let (mut session, _) = common::Client::hello(index, 9);
+    let answer = session.call(RequestBody::Register { files: entries });
+    assert!(
+        matches!(answer, ResponseBody::Registered { .. }),
+        "{answer:?}"
+    );
+    session
+}
+
+/// Case 1 of issue 13: a session registers a holder's hash first, with a wrong size. The
+/// holder is not refused, a `get` by hash still saves the real file (the squatter's claim,
+/// the smaller size, is tried first and fails), and the file stays indexed when the squatter
+/// leaves.
+#[test]
+fn a_hash_squatted_with_a_wrong_size_still_reaches_its_real_holder() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("squat");
+    let (share, downloads) = (tmp.sub("a"), tmp.sub("b"));
+    let song = common::pseudo_random(30_000, 41);
+    let hash = FileHash::of(&song);
+    std::fs::write(share.join("song.flac"), &song).unwrap();
+    let squatter = register_from_session(
+        indexd.addr,
+        vec![p2pshare::wire::FileEntry {
+            hash,
+            size: song.len() as u64 - 1,
+            name: "song.flac".into(),
+        }],
+    );
+    let mut holder = common::ServingPeer::start(&share, indexd.addr);
+    holder.wait_registered(1);
+    assert!(!holder.has_said("refused"), "the holder was refused");
+
+    let run = common::get(&downloads, indexd.addr, hash);
+    assert!(run.stdout.contains("saved "), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("trying the holders that claim 30000 bytes"),
+        "{run:?}"
+    );
+    assert_eq!(std::fs::read(downloads.join("song.flac")).unwrap(), song);
+
+    squatter.leave();
+    let (mut client, _) = common::Client::hello(indexd.addr, 0);
+    let answer = client.call(RequestBody::Lookup {
+        key: LookupKey::Hash(hash),
+        after: None,
+    });
+    let ResponseBody::Holders { files, .. } = answer else {
+        panic!("the file left the index with the squatter: {answer:?}");
+    };
+    let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
+    assert_eq!(sizes, [30_000]);
+}
+
+/// Case 2 of issue 13 (the index's half): two sessions of one host register a holder's hash
+/// with its right size under `!! setup.exe` and thousands of other names. The hash keeps its
+/// holder's name in lookups and downloads, and each session keeps at most 16 names of it.
+#[test]
+fn other_sessions_cannot_rename_a_holders_file() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("hijack");
+    let (share, downloads) = (tmp.sub("a"), tmp.sub("b"));
+    let song = common::pseudo_random(20_000, 42);
+    let hash = FileHash::of(&song);
+    std::fs::write(share.join("song.flac"), &song).unwrap();
+    let mut holder = common::ServingPeer::start(&share, indexd.addr);
+    holder.wait_registered(1);
+    let names = |n: usize| -> Vec<p2pshare::wire::FileEntry> {
+        std::iter::once("!! setup.exe".to_string())
+            .chain((0..n).map(|i| format!("song {i}.flac")))
+            .map(|name| p2pshare::wire::FileEntry {
+                hash,
+                size: song.len() as u64,
+                name,
+            })
+            .collect()
+    };
+    let mut attackers = Vec::new();
+    for _ in 0..2 {
+        let (mut session, _) = common::Client::hello(indexd.addr, 9);
+        let answer = session.call(RequestBody::Register {
+            files: names(5_000),
+        });
+        let ResponseBody::Registered {
+            added, rejected, ..
+        } = answer
+        else {
+            panic!("{answer:?}");
+        };
+        assert_eq!((added, rejected), (16, 4_985));
+        attackers.push(session);
+    }
+    let (mut client, _) = common::Client::hello(indexd.addr, 0);
+    let answer = client.call(RequestBody::Lookup {
+        key: LookupKey::Hash(hash),
+        after: None,
+    });
+    let ResponseBody::Holders { files, .. } = answer else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(files[0].name, "song.flac");
+    let run = common::get(&downloads, indexd.addr, hash);
+    assert!(run.stdout.contains("saved "), "{run:?}");
+    assert_eq!(common::visible_names(&downloads), ["song.flac"]);
+    // A search for the song finds the holder's name among the attackers' at most 32.
+    let answer = client.call(RequestBody::Search {
+        query: "song".into(),
+        limit: 100,
+        filter: Default::default(),
+        after: None,
+    });
+    let ResponseBody::SearchResults { hits, .. } = answer else {
+        panic!("{answer:?}");
+    };
+    assert!(hits.len() <= 33, "{}", hits.len());
+    assert!(hits.iter().any(|h| h.name == "song.flac"), "{hits:?}");
+    for a in attackers {
+        a.leave();
+    }
+}
