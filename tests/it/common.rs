@@ -337,7 +337,12 @@ impl ServingPeer {
 
     /// Waits for the next line of stderr (after those consumed) that `is_it` accepts, and
     /// consumes the stderr up to it; fails the test at EOF or after `limit`.
-    pub fn wait_line(&mut self, what: &str, limit: Duration, is_it: impl Fn(&str) -> bool) -> String {
+    pub fn wait_line(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        is_it: impl Fn(&str) -> bool,
+    ) -> String {
         let seen = self.seen;
         let found = |said: &Said| {
             let at = said.lines[seen..].iter().position(|l| is_it(l.as_str()));

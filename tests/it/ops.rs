@@ -107,8 +107,7 @@ fn an_index_on_ipv6_hands_out_an_ipv6_holder_that_serves() {
 
 #[test]
 fn a_dual_stack_index_lets_ipv4_and_ipv6_peers_download_from_each_other() {
-    if !has_ipv6_loopback("a_dual_stack_index_lets_ipv4_and_ipv6_peers_download_from_each_other")
-    {
+    if !has_ipv6_loopback("a_dual_stack_index_lets_ipv4_and_ipv6_peers_download_from_each_other") {
         return;
     }
     let index = Indexd::start_on("[::]:0", &[]);
@@ -278,7 +277,10 @@ fn indexd_metrics_move_with_requests_and_pass_promtool() {
     // Other paths are 404, garbage 400, other methods 405; the server keeps serving.
     assert_eq!(http_exchange(metrics, b"GET /nope HTTP/1.1\r\n\r\n").0, 404);
     assert_eq!(http_exchange(metrics, b"\x01\x02 junk\r\n\r\n").0, 400);
-    assert_eq!(http_exchange(metrics, b"DELETE /metrics HTTP/1.1\r\n\r\n").0, 405);
+    assert_eq!(
+        http_exchange(metrics, b"DELETE /metrics HTTP/1.1\r\n\r\n").0,
+        405
+    );
     let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
     huge.extend(std::iter::repeat_n(b'a', 20_000));
     assert_eq!(http_exchange(metrics, &huge).0, 431);
