@@ -1080,7 +1080,7 @@ impl<C> Ctx<C> {
                 Ok(p) => {
                     if p.written > 0 {
                         c.last_active = self.now;
-                        self.io.bytes_out += p.written as u64;
+                        self.io.bytes_out += p.written;
                     }
                 }
                 Err(e) => {
