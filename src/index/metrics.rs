@@ -238,6 +238,91 @@ pub fn render<C>(server: &mut IndexServer, ctx: &Ctx<C>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::server::{ServerLimits, Session};
+    use crate::reactor::{Config, Reactor};
+    use crate::wire::{self, FileEntry, FileHash, LookupKey, Request, PROTOCOL_VERSION};
+    use std::net::SocketAddr;
+
+    fn request(server: &mut IndexServer, session: &mut Session, id: u32, body: RequestBody) {
+        let mut out = Vec::new();
+        let _ = server.handle_payload(session, &wire::to_payload(&Request { id, body }), &mut out);
+        assert!(!out.is_empty());
+    }
+
+    /// The value of the sample `series` (exactly as printed) in `text`.
+    fn sample(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    }
+
+    #[test]
+    fn a_scrape_shows_requests_errors_times_and_sizes() {
+        let mut reactor = Reactor::<Session>::new(Config::default()).unwrap();
+        let mut server = IndexServer::new(ServerLimits::default());
+        let mut session = server.accept(SocketAddr::from(([127, 0, 0, 1], 5000)));
+        let hello = RequestBody::Hello {
+            version: PROTOCOL_VERSION,
+            listen_port: 5000,
+            agent: "test".into(),
+        };
+        request(&mut server, &mut session, 1, hello);
+        let files = vec![FileEntry {
+            hash: FileHash([1; 32]),
+            size: 10,
+            name: "song one.flac".into(),
+        }];
+        request(
+            &mut server,
+            &mut session,
+            2,
+            RequestBody::Register { files },
+        );
+        for (id, byte) in [(3, 1), (4, 2)] {
+            let key = LookupKey::Hash(FileHash([byte; 32]));
+            request(
+                &mut server,
+                &mut session,
+                id,
+                RequestBody::Lookup { key, after: None },
+            );
+        }
+        let mut out = Vec::new();
+        let _ = server.handle_payload(&mut session, b"\xff\xff\xff", &mut out);
+        let text = render(&mut server, reactor.ctx());
+        let count = |k: &str| {
+            sample(
+                &text,
+                &format!("p2pshare_index_requests_total{{kind=\"{k}\"}}"),
+            )
+        };
+        assert_eq!(
+            (count("hello"), count("register"), count("lookup")),
+            (1.0, 1.0, 2.0)
+        );
+        assert_eq!((count("search"), count("malformed")), (0.0, 1.0));
+        assert_eq!(
+            sample(&text, "p2pshare_index_errors_total{kind=\"not_found\"}"),
+            1.0
+        );
+        assert_eq!(
+            sample(&text, "p2pshare_index_errors_total{kind=\"malformed\"}"),
+            1.0
+        );
+        let lookups = "p2pshare_index_request_duration_seconds_count{kind=\"lookup\"}";
+        assert_eq!(sample(&text, lookups), 2.0);
+        let inf = "p2pshare_index_request_duration_seconds_bucket{kind=\"lookup\",le=\"+Inf\"}";
+        assert_eq!(sample(&text, inf), 2.0);
+        assert_eq!(sample(&text, "p2pshare_index_connections"), 1.0);
+        assert_eq!(sample(&text, "p2pshare_index_sessions"), 1.0);
+        assert_eq!(sample(&text, "p2pshare_index_files"), 1.0);
+        assert_eq!(sample(&text, "p2pshare_index_holdings"), 1.0);
+        // song, one, flac
+        assert_eq!(sample(&text, "p2pshare_index_words"), 3.0);
+        assert_eq!(sample(&text, "p2pshare_index_rate_limited_total"), 0.0);
+        assert_eq!(sample(&text, "p2pshare_index_banned_total"), 0.0);
+    }
 
     #[test]
     fn error_codes_become_snake_case_labels() {

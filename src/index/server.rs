@@ -10,7 +10,8 @@
 //!
 //! # Addresses
 //! The address given out for a peer is the IP seen on its socket with the port it announced in
-//! Hello, never an address the peer claims.
+//! Hello, never an address the peer claims. An IPv4 peer on a dual-stack listener is seen as
+//! plain IPv4 (the reactor maps `::ffff:a.b.c.d` at accept), so it is handed out as such.
 
 use super::metrics::{self, IndexMetrics};
 use super::store::{Index, LookupError, PeerId};
