@@ -1517,3 +1517,38 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
         io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_group_mapped_ipv4_with_ipv4_and_ipv6_by_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            Source::of(ip("::ffff:10.1.2.3")),
+            Source::of(ip("10.1.2.3"))
+        );
+        assert_ne!(Source::of(ip("10.1.2.3")), Source::of(ip("10.1.2.4")));
+        assert_eq!(
+            Source::of(ip("2001:db8:1:2::1")),
+            Source::of(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            Source::of(ip("2001:db8:1:2::1")),
+            Source::of(ip("2001:db8:1:3::1"))
+        );
+    }
+
+    #[test]
+    fn a_wildcard_ipv6_listener_is_dual_stack() {
+        let Ok(listener) = bind_listener("[::]:0".parse().unwrap()) else {
+            eprintln!("skipped: no IPv6 here");
+            return;
+        };
+        let port = listener.local_addr().unwrap().port();
+        // An IPv4 client reaches the IPv6 wildcard listener (IPV6_V6ONLY is off).
+        let v4 = std::net::TcpStream::connect(("127.0.0.1", port));
+        assert!(v4.is_ok(), "{v4:?}");
+    }
+}
