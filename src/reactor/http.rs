@@ -223,6 +223,24 @@ mod tests {
         assert_eq!(got, Some(Request::Reject(Status::TooLarge)));
     }
 
+    proptest::proptest! {
+        /// Any bytes, cut anywhere: no panic, never more than the limit held, and once an
+        /// answer is decided the reader says so.
+        #[test]
+        fn any_bytes_are_bounded(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+                                 cut in 1usize..64) {
+            let limits = HttpLimits { max_request_bytes: 256, ..HttpLimits::default() };
+            let mut r = RequestReader::default();
+            for chunk in data.chunks(cut) {
+                let got = r.handle_bytes(chunk, &limits);
+                proptest::prop_assert!(r.buf.len() <= 256);
+                if got.is_some() {
+                    break;
+                }
+            }
+        }
+    }
+
     #[test]
     fn responses_carry_length_and_close() {
         let body = HttpBody {
