@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod index;
 pub mod logging;
+pub mod metrics;
 pub mod peer;
 pub mod reactor;
 pub mod sys;

@@ -3,7 +3,7 @@
 use clap::Parser;
 use p2pshare::index::server::{IndexServer, ServerLimits, OUTPUT_STALL_TIMEOUT};
 use p2pshare::logging;
-use p2pshare::reactor::{Config, Reactor};
+use p2pshare::reactor::{Config, HttpLimits, Reactor};
 use p2pshare::wire;
 use p2pshare::{codec, sys::process};
 use std::io::Write;
@@ -15,9 +15,13 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Flags {
-    /// Address to listen on for peers.
+    /// Address to listen on for peers: IPv4 (`0.0.0.0:9000`), IPv6 (`[::1]:9000`), or `[::]:PORT`
+    /// for both (dual-stack).
     #[arg(long, default_value = "0.0.0.0:9000")]
     listen: SocketAddr,
+    /// Serve Prometheus metrics on `http://ADDR/metrics` (off by default).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Most concurrent connections; more are answered "busy" and closed.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
@@ -93,6 +97,15 @@ fn run(flags: Flags) -> std::io::Result<()> {
         let _ = waker.wake();
     })?;
     let addr = reactor.ctx().listen(flags.listen)?;
+    let metrics = match flags.metrics {
+        Some(m) => Some(
+            reactor
+                .ctx()
+                .listen_http(m, HttpLimits::default())
+                .map_err(|e| std::io::Error::new(e.kind(), format!("--metrics {m}: {e}")))?,
+        ),
+        None => None,
+    };
     let mut server = IndexServer::new(ServerLimits {
         max_results: flags.max_results,
         max_files_per_peer: flags.max_files_per_peer,
@@ -102,6 +115,11 @@ fn run(flags: Flags) -> std::io::Result<()> {
     server.stop_on(stop);
     // The first stdout line tells scripts and tests the bound port (useful with port 0).
     println!("indexd listening on {addr}");
+    if let Some(m) = metrics {
+        // The second line, with --metrics only: where the metrics are served.
+        println!("indexd metrics on http://{m}/metrics");
+        log::info!("metrics on http://{m}/metrics");
+    }
     std::io::stdout().flush()?;
     log::info!("listening on {addr}");
     reactor.run(&mut server)

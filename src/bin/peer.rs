@@ -3,7 +3,7 @@
 use clap::Parser;
 use p2pshare::logging;
 use p2pshare::peer::{self, Peer, PeerConfig};
-use p2pshare::reactor::{Config, Reactor};
+use p2pshare::reactor::{Config, HttpLimits, Reactor};
 use p2pshare::sys::process;
 use p2pshare::wire;
 use std::io::IsTerminal;
@@ -19,12 +19,17 @@ struct Flags {
     /// Directory to share (scanned recursively; links are not followed).
     #[arg(long)]
     share: PathBuf,
-    /// The index server.
+    /// The index server, `HOST:PORT` (an IPv6 address in brackets: `[::1]:9000`).
     #[arg(long, default_value = "127.0.0.1:9000")]
     index: String,
     /// Where this peer's file server listens (port 0: any free port, announced to the index).
-    #[arg(long, default_value = "0.0.0.0:0")]
+    /// The default `[::]:0` takes IPv4 and IPv6 downloaders (dual-stack), or IPv4 only where
+    /// the host has no IPv6; `0.0.0.0:PORT` or `[::1]:PORT` narrow it.
+    #[arg(long, default_value = "[::]:0")]
     listen: SocketAddr,
+    /// Serve Prometheus metrics on `http://ADDR/metrics` (off by default).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Where downloads land (default: the shared directory, so downloads are shared too).
     #[arg(long)]
     downloads: Option<PathBuf>,
@@ -126,6 +131,13 @@ fn run(flags: Flags) -> Result<(), String> {
         .start(reactor.ctx())
         .map_err(|e| format!("--listen {}: {e}", flags.listen))?;
     eprintln!("peer: serving files on {addr}");
+    if let Some(m) = flags.metrics {
+        let m = reactor
+            .ctx()
+            .listen_http(m, HttpLimits::default())
+            .map_err(|e| format!("--metrics {m}: {e}"))?;
+        eprintln!("peer: metrics on http://{m}/metrics");
+    }
     if console {
         peer::spawn_stdin(events_tx, waker).map_err(|e| e.to_string())?;
     }

@@ -10,11 +10,13 @@
 //!
 //! # Addresses
 //! The address given out for a peer is the IP seen on its socket with the port it announced in
-//! Hello, never an address the peer claims.
+//! Hello, never an address the peer claims. An IPv4 peer on a dual-stack listener is seen as
+//! plain IPv4 (the reactor maps `::ffff:a.b.c.d` at accept), so it is handed out as such.
 
+use super::metrics::{self, IndexMetrics};
 use super::store::{Index, LookupError, PeerId};
 use crate::codec::FrameError;
-use crate::reactor::{CloseReason, ConnId, Ctx, Handler, PauseSummary, Verdict};
+use crate::reactor::{CloseReason, ConnId, Ctx, Handler, HttpBody, PauseSummary, Verdict};
 use crate::wire::{
     self, ErrorCode, LookupKey, LookupToken, Request, RequestBody, Response, ResponseBody,
     ServerStats, PROTOCOL_VERSION,
@@ -99,6 +101,8 @@ pub struct IndexServer {
     /// Server time of each search and lookup, in ns.
     search_ns: Histogram<u64>,
     lookup_ns: Histogram<u64>,
+    /// What only `--metrics` reports.
+    metrics: IndexMetrics,
 }
 
 /// Longest server time the histograms tell apart (longer ones count as this), in ns.
@@ -122,6 +126,7 @@ impl IndexServer {
             loop_pauses: PauseSummary::default(),
             search_ns: time_histogram(),
             lookup_ns: time_histogram(),
+            metrics: IndexMetrics::default(),
         }
     }
 
@@ -135,9 +140,25 @@ impl IndexServer {
         &self.index
     }
 
+    /// The index, mutably (its word count settles pending work first).
+    pub(super) fn index_mut(&mut self) -> &mut Index {
+        &mut self.index
+    }
+
+    /// The counters kept for `--metrics`.
+    pub fn metrics(&self) -> &IndexMetrics {
+        &self.metrics
+    }
+
+    /// Open connections, and those past the handshake (one per peer).
+    pub fn connection_counts(&self) -> (u64, u64) {
+        (self.connections, self.index.peer_count() as u64)
+    }
+
     /// Queues an error response and says how the connection goes on.
     fn error(&mut self, out: &mut Vec<u8>, id: u32, code: ErrorCode, message: impl Into<String>) {
         self.stats.errors += 1;
+        self.metrics.record_error(code);
         wire::encode_frame(
             &Response {
                 id,
@@ -446,26 +467,24 @@ impl IndexServer {
     ) -> Verdict {
         match wire::decode::<Request>(payload) {
             Ok(req) => {
-                // Searches and lookups are timed: two clock reads, a few tens of ns.
-                let timed = matches!(
-                    req.body,
-                    RequestBody::Search { .. } | RequestBody::Lookup { .. }
-                );
+                // Every request is timed (two clock reads, a few tens of ns) for the metrics;
+                // searches and lookups for `Stats` too.
+                let kind = metrics::request_kind(Some(&req.body));
                 let is_search = matches!(req.body, RequestBody::Search { .. });
-                let started = timed.then(Instant::now);
+                let is_lookup = matches!(req.body, RequestBody::Lookup { .. });
+                let started = Instant::now();
                 let verdict = self.handle_request(out, session, req);
-                if let Some(t) = started {
-                    let ns = (t.elapsed().as_nanos() as u64).clamp(1, MAX_TRACKED_NS);
-                    let h = if is_search {
-                        &mut self.search_ns
-                    } else {
-                        &mut self.lookup_ns
-                    };
-                    h.saturating_record(ns);
+                let ns = (started.elapsed().as_nanos() as u64).clamp(1, MAX_TRACKED_NS);
+                self.metrics.record_request(kind, ns);
+                if is_search {
+                    self.search_ns.saturating_record(ns);
+                } else if is_lookup {
+                    self.lookup_ns.saturating_record(ns);
                 }
                 verdict
             }
             Err(e) => {
+                self.metrics.record_request(metrics::request_kind(None), 1);
                 let id = wire::peek_request_id(payload).unwrap_or(0);
                 // A Hello from another protocol version may not decode at all: say so.
                 if let Some(v) = wire::peek_version(payload, true) {
@@ -586,6 +605,13 @@ impl Handler for IndexServer {
 
     fn handle_turn_end(&mut self, _ctx: &mut Ctx<Session>) {
         self.settle();
+    }
+
+    fn handle_http_get(&mut self, ctx: &mut Ctx<Session>, path: &str) -> Option<HttpBody> {
+        (path == "/metrics").then(|| HttpBody {
+            content_type: crate::metrics::CONTENT_TYPE,
+            body: metrics::render(self, ctx).into_bytes(),
+        })
     }
 }
 

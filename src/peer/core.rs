@@ -15,6 +15,7 @@
 use super::commands::{self, Commands, Follow, Next, Waiting};
 use super::console::{self, Command, Target};
 use super::download::{Attempt, Download, DownloadEvent, DownloadId, HashDone};
+use super::metrics::{CoreView, PeerCounters};
 use super::names::display_name;
 use super::output::Output;
 use super::session::{IndexSession, SessionEvent, Tag};
@@ -131,6 +132,8 @@ pub struct PeerCore {
     listen_port: u16,
     uploads: UploadStats,
     stopped: bool,
+    /// Totals for `--metrics`.
+    counters: PeerCounters,
 }
 
 #[derive(Debug, Default)]
@@ -157,6 +160,7 @@ impl PeerCore {
             listen_port: 0,
             uploads: UploadStats::default(),
             stopped: false,
+            counters: PeerCounters::default(),
         }
     }
 
@@ -382,6 +386,7 @@ impl PeerCore {
                 if let Some(file) = changed {
                     self.file_changed(&file);
                 }
+                self.counters.gets_refused += 1;
                 self.actions.push_back(Action::Send { conn, frame });
                 Verdict::CloseAfterFlush(CloseReason::Protocol(message))
             }
@@ -577,11 +582,13 @@ impl PeerCore {
                     self.share_download(&path, size, hash);
                 }
                 self.download = None;
+                self.counters.downloads_saved += 1;
                 self.commands.finish();
             }
             DownloadEvent::Failed(text) => {
                 self.output.progress_end();
                 self.download = None;
+                self.counters.downloads_failed += 1;
                 self.next_claim(now, text);
             }
         }
@@ -748,6 +755,20 @@ impl PeerCore {
         }
     }
 
+    /// What a metrics scrape reports of the core.
+    pub fn metrics_view(&self) -> CoreView {
+        CoreView {
+            counters: self.counters.clone(),
+            uploads_active: self.uploads.active,
+            uploads_done: self.uploads.done,
+            upload_bytes: self.uploads.bytes,
+            download_active: self.download.is_some(),
+            session_state: self.session.state_name(),
+            shared_files: self.share.len() as u64,
+            shared_bytes: self.share.total_bytes(),
+        }
+    }
+
     fn status_text(&self) -> String {
         let mut s = self.session.status_line();
         s.push('\n');
@@ -901,6 +922,7 @@ impl PeerCore {
         .map_err(|e| format!("get: {e}"))?;
         dl.start(now, &mut self.actions);
         self.download = Some(dl);
+        self.counters.downloads_started += 1;
         Ok(())
     }
 }

@@ -8,6 +8,7 @@
 //!   [`output`] (what the person is told).
 //! - [`share`] (the share's hash → path table, scan and hash cache) and [`names`] (untrusted
 //!   names made safe).
+//! - [`metrics`]: what `--metrics` serves, rendered from the core at scrape time.
 //! - [`threads`]: the hasher, stdin and resolver threads, which report as [`Event`]s.
 //! - this file: [`Peer`], the reactor [`Handler`], a thin router. It hands each reactor event
 //!   and helper-thread event to the core with the time, and carries out the core's
@@ -20,6 +21,7 @@ pub mod commands;
 pub mod console;
 pub mod core;
 pub mod download;
+pub mod metrics;
 pub mod names;
 pub mod output;
 pub mod session;
@@ -36,7 +38,7 @@ pub use self::core::{Action, CoreConfig, PeerCore, Role};
 pub use names::display_name;
 pub use threads::{spawn_hasher, spawn_stdin, Event, Job};
 
-use crate::reactor::{CloseReason, ConnId, Ctx, Handler, Verdict};
+use crate::reactor::{CloseReason, ConnId, Ctx, Handler, HttpBody, Verdict};
 use output::Writer;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -309,6 +311,13 @@ impl Handler for Peer {
 
     fn handle_turn_end(&mut self, ctx: &mut Ctx<Role>) {
         self.flush_output(ctx);
+    }
+
+    fn handle_http_get(&mut self, ctx: &mut Ctx<Role>, path: &str) -> Option<HttpBody> {
+        (path == "/metrics").then(|| HttpBody {
+            content_type: crate::metrics::CONTENT_TYPE,
+            body: metrics::render(&self.core, ctx).into_bytes(),
+        })
     }
 }
 

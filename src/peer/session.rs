@@ -407,6 +407,20 @@ impl IndexSession {
         }
     }
 
+    /// The state's name, for metrics: `down`, `resolving`, `connecting`, `awaiting_welcome`,
+    /// `ready`, `refused` or `closed`.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Down { .. } => "down",
+            State::Resolving => "resolving",
+            State::Connecting => "connecting",
+            State::AwaitingWelcome { .. } => "awaiting_welcome",
+            State::Ready { .. } => "ready",
+            State::Refused { .. } => "refused",
+            State::Closed => "closed",
+        }
+    }
+
     /// Whether requests can be sent.
     pub fn is_ready(&self) -> bool {
         matches!(self.state, State::Ready { .. })

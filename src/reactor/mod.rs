@@ -38,10 +38,20 @@
 //!   activity, so a slowloris writer is reclaimed too.
 //! - Accept errors never kill or spin the loop: on `EMFILE` and friends the listener backs off
 //!   and retries on a timer.
+//! - Addresses: a remote seen as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, on a
+//!   dual-stack listener) is handed to the handler as the plain IPv4 address it is. A listener
+//!   on the IPv6 wildcard `[::]` is dual-stack (`IPV6_V6ONLY` off); on a host without IPv6 it
+//!   falls back to the IPv4 wildcard with the same port.
+//! - HTTP listeners ([`Ctx::listen_http`], for metrics) are a second kind of listener in the
+//!   same loop: their connections have no handler state, count against their listener's own
+//!   limit only (never the peers' connection limits), read one request head (bounded, see
+//!   [`http`]), get one answer from [`Handler::handle_http_get`] and close.
 
+pub mod http;
 pub mod outq;
 mod pauses;
 
+pub use http::{HttpBody, HttpLimits};
 pub use pauses::{LoopPauses, PauseSummary};
 
 use crate::codec::{Decoder, FrameError};
@@ -280,6 +290,13 @@ pub trait Handler {
         let _ = (ctx, timer);
     }
 
+    /// A GET of `path` arrived on a listener from [`Ctx::listen_http`]. `Some`: answered 200
+    /// with that body; `None`: 404. Runs on the loop like every callback: keep it short.
+    fn handle_http_get(&mut self, ctx: &mut Ctx<Self::Conn>, path: &str) -> Option<HttpBody> {
+        let _ = (ctx, path);
+        None
+    }
+
     /// The end of a loop iteration: this iteration's output has been written to the sockets
     /// (as far as they took it) and the loop is about to wait again. Work that no answer
     /// waits for can be done here, after the answers left; output queued here is written in
@@ -298,6 +315,18 @@ struct Listener {
     socket: TcpListener,
     /// After EMFILE and the like, no accepts until this instant.
     resting_until: Option<Instant>,
+    /// An HTTP listener ([`Ctx::listen_http`]): its limits and open connections.
+    http: Option<(HttpLimits, usize)>,
+}
+
+/// The part of a connection from an HTTP listener that frame connections do not have.
+struct HttpConn {
+    /// The listener's slab key, whose open count this connection holds.
+    listener: usize,
+    limits: HttpLimits,
+    request: http::RequestReader,
+    /// The answer is queued: ignore further input.
+    answered: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,6 +372,8 @@ struct Conn<C> {
     /// Accepted (not opened by [`Ctx::connect`]): counted in `Ctx::accepted` and, under a
     /// per-source limit, in `Ctx::per_source`.
     accepted: bool,
+    /// Accepted by an HTTP listener (then `state` stays `None` and `accepted` false).
+    http: Option<Box<HttpConn>>,
 }
 
 /// Where accepted connections come from, for [`Config::max_connections_per_source`]: an IPv4
@@ -388,6 +419,21 @@ pub struct Ctx<C> {
     budget: Budget,
     /// How long each turn's work took (see [`LoopPauses`]).
     pauses: LoopPauses,
+    /// Totals since the start, for metrics.
+    io: IoTotals,
+}
+
+/// What the reactor has moved and refused since it started (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoTotals {
+    /// Bytes read from connections (HTTP listeners' included).
+    pub bytes_in: u64,
+    /// Bytes written to connections, file ranges included.
+    pub bytes_out: u64,
+    /// Connections accepted by frame listeners.
+    pub accepted: u64,
+    /// Connections refused at a frame listener's connection or per-source limit.
+    pub refused: u64,
 }
 
 /// What one connection has used of its share of a turn.
@@ -439,6 +485,7 @@ impl<C> Reactor<C> {
                 stopped: false,
                 budget: Budget::default(),
                 pauses: LoopPauses::new(),
+                io: IoTotals::default(),
             },
         })
     }
@@ -550,9 +597,29 @@ impl<C> Ctx<C> {
         self.connections
     }
 
-    /// Starts listening on `addr`; returns the bound address (useful with port 0).
+    /// Bytes moved and connections accepted and refused since the start.
+    pub fn io_totals(&self) -> IoTotals {
+        self.io
+    }
+
+    /// Starts listening on `addr`; returns the bound address (useful with port 0). `[::]`
+    /// listens dual-stack, or on `0.0.0.0` where the host has no IPv6 (see the module doc).
     pub fn listen(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
-        let mut socket = TcpListener::bind(addr)?;
+        self.add_listener(addr, None)
+    }
+
+    /// Starts an HTTP listener on `addr` (a metrics endpoint) with these limits; returns the
+    /// bound address. Its GETs go to [`Handler::handle_http_get`].
+    pub fn listen_http(&mut self, addr: SocketAddr, limits: HttpLimits) -> io::Result<SocketAddr> {
+        self.add_listener(addr, Some((limits, 0)))
+    }
+
+    fn add_listener(
+        &mut self,
+        addr: SocketAddr,
+        http: Option<(HttpLimits, usize)>,
+    ) -> io::Result<SocketAddr> {
+        let mut socket = bind_listener(addr)?;
         let local = socket.local_addr()?;
         let entry = self.slots.vacant_entry();
         self.registry
@@ -560,6 +627,7 @@ impl<C> Ctx<C> {
         entry.insert(Slot::Listener(Listener {
             socket,
             resting_until: None,
+            http,
         }));
         Ok(local)
     }
@@ -643,6 +711,7 @@ impl<C> Ctx<C> {
             final_reason: None,
             lingered_bytes: 0,
             accepted: false,
+            http: None,
         })));
         self.connections += 1;
         Ok(ConnId(key))
@@ -817,6 +886,17 @@ impl<C> Ctx<C> {
             l.resting_until = None;
             match l.socket.accept() {
                 Ok((stream, remote)) => {
+                    let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
+                    if let Some((limits, open)) = &mut l.http {
+                        if *open >= limits.max_connections {
+                            let _ = stream.shutdown(Shutdown::Both);
+                            continue;
+                        }
+                        *open += 1;
+                        let limits = limits.clone();
+                        self.add_http_conn(key, stream, remote, limits);
+                        continue;
+                    }
                     if self.accepted >= self.config.max_connections {
                         self.refuse(stream, false);
                         continue;
@@ -833,6 +913,7 @@ impl<C> Ctx<C> {
                     match self.add_conn(stream, remote, Phase::Open, None) {
                         Ok(conn) => {
                             self.accepted += 1;
+                            self.io.accepted += 1;
                             if limited {
                                 *self.per_source.entry(source).or_insert(0) += 1;
                             }
@@ -867,10 +948,73 @@ impl<C> Ctx<C> {
         }
     }
 
+    /// A connection accepted by the HTTP listener `listener`.
+    fn add_http_conn(
+        &mut self,
+        listener: usize,
+        stream: TcpStream,
+        remote: SocketAddr,
+        limits: HttpLimits,
+    ) {
+        let timeout = limits.timeout;
+        match self.add_conn(stream, remote, Phase::Open, None) {
+            Ok(conn) => {
+                if let Some(c) = self.conn_mut(conn) {
+                    c.idle_timeout = Some(timeout);
+                    c.http = Some(Box::new(HttpConn {
+                        listener,
+                        limits,
+                        request: http::RequestReader::default(),
+                        answered: false,
+                    }));
+                }
+            }
+            Err(e) => {
+                log::warn!("cannot register an accepted socket: {e}");
+                if let Some(Slot::Listener(l)) = self.slots.get_mut(listener) {
+                    if let Some((_, open)) = &mut l.http {
+                        *open -= 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds `data` to the HTTP connection `key`'s request; once it is complete, queues the
+    /// answer and closes after sending it.
+    fn process_http(&mut self, key: usize, data: &[u8], handler: &mut impl Handler<Conn = C>) {
+        let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
+            return;
+        };
+        let Some(h) = c.http.as_mut() else { return };
+        if h.answered {
+            return;
+        }
+        let Some(request) = h.request.handle_bytes(data, &h.limits) else {
+            return;
+        };
+        h.answered = true;
+        let (status, body, head) = match request {
+            http::Request::Get { path, head } => match handler.handle_http_get(self, &path) {
+                Some(body) => (http::Status::Ok, body, head),
+                None => (
+                    http::Status::NotFound,
+                    http::error_body(http::Status::NotFound),
+                    head,
+                ),
+            },
+            http::Request::Reject(status) => (status, http::error_body(status), false),
+        };
+        let conn = ConnId(key);
+        self.send(conn, |out| http::response(out, status, &body, head));
+        self.close_after_flush(conn, CloseReason::Local);
+    }
+
     /// A connection over a limit (the connection limit, or the per-source one if
     /// `per_source`) gets that limit's busy reply, best effort, and is closed.
     fn refuse(&mut self, stream: TcpStream, per_source: bool) {
         use std::io::Write;
+        self.io.refused += 1;
         let mut stream = stream;
         let reply = if per_source {
             &self.config.source_busy_reply
@@ -936,6 +1080,7 @@ impl<C> Ctx<C> {
                 Ok(p) => {
                     if p.written > 0 {
                         c.last_active = self.now;
+                        self.io.bytes_out += p.written;
                     }
                 }
                 Err(e) => {
@@ -1064,6 +1209,7 @@ impl<C> Ctx<C> {
                     continue;
                 }
                 Ok(n) => {
+                    self.io.bytes_in += n as u64;
                     // A short read emptied the socket's receive queue. On Linux any later
                     // arrival raises a fresh edge-triggered event, so the read that would only
                     // say WouldBlock can be skipped: one syscall less per request.
@@ -1101,6 +1247,10 @@ impl<C> Ctx<C> {
     /// bytes were used. Stops early when the connection parks or closes.
     fn process(&mut self, key: usize, data: &[u8], handler: &mut impl Handler<Conn = C>) -> usize {
         let conn = ConnId(key);
+        if matches!(self.slots.get(key), Some(Slot::Conn(c)) if c.http.is_some()) {
+            self.process_http(key, data, handler);
+            return data.len();
+        }
         let mut at = 0;
         loop {
             let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
@@ -1290,6 +1440,13 @@ impl<C> Ctx<C> {
                         }
                     }
                 }
+                if let Some(h) = &c.http {
+                    if let Some(Slot::Listener(l)) = self.slots.get_mut(h.listener) {
+                        if let Some((_, open)) = &mut l.http {
+                            *open -= 1;
+                        }
+                    }
+                }
                 let state = c.state.take();
                 drop(c);
                 // Always there: callbacks, which borrow it, never run inside `reap`.
@@ -1316,9 +1473,82 @@ enum TimerKind {
     ListenerRetry(usize),
 }
 
+/// A listening socket on `addr`, non-blocking, with `SO_REUSEADDR` as mio sets it. An IPv6
+/// wildcard listens dual-stack (`IPV6_V6ONLY` off, whatever the host's default), or falls
+/// back to the IPv4 wildcard where the host has no IPv6.
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let SocketAddr::V6(v6) = addr else {
+        return TcpListener::bind(addr);
+    };
+    let wildcard = v6.ip().is_unspecified();
+    let bound = Socket::new(Domain::IPV6, Type::STREAM, None).and_then(|socket| {
+        if wildcard {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket)
+    });
+    match bound {
+        Ok(socket) => Ok(TcpListener::from_std(socket.into())),
+        Err(e) if wildcard && is_no_ipv6(&e) => {
+            let v4 = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
+            log::warn!("no IPv6 on this host ({e}): listening on {v4} instead of {addr}");
+            TcpListener::bind(v4)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The errors of a host (or container) without IPv6.
+fn is_no_ipv6(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EPROTONOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+    )
+}
+
 fn is_transient_accept_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_group_mapped_ipv4_with_ipv4_and_ipv6_by_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            Source::of(ip("::ffff:10.1.2.3")),
+            Source::of(ip("10.1.2.3"))
+        );
+        assert_ne!(Source::of(ip("10.1.2.3")), Source::of(ip("10.1.2.4")));
+        assert_eq!(
+            Source::of(ip("2001:db8:1:2::1")),
+            Source::of(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            Source::of(ip("2001:db8:1:2::1")),
+            Source::of(ip("2001:db8:1:3::1"))
+        );
+    }
+
+    #[test]
+    fn a_wildcard_ipv6_listener_is_dual_stack() {
+        let Ok(listener) = bind_listener("[::]:0".parse().unwrap()) else {
+            eprintln!("skipped: no IPv6 here");
+            return;
+        };
+        let port = listener.local_addr().unwrap().port();
+        // An IPv4 client reaches the IPv6 wildcard listener (IPV6_V6ONLY is off).
+        let v4 = std::net::TcpStream::connect(("127.0.0.1", port));
+        assert!(v4.is_ok(), "{v4:?}");
+    }
 }

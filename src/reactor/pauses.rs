@@ -51,6 +51,12 @@ impl LoopPauses {
         self.histogram.saturating_record(us);
     }
 
+    /// Every pause so far, in microseconds (2 significant digits; longer than a minute counts
+    /// as a minute), for metrics.
+    pub fn histogram(&self) -> &Histogram<u64> {
+        &self.histogram
+    }
+
     /// The longest pause so far.
     pub fn max(&self) -> Duration {
         self.max

@@ -265,11 +265,18 @@ impl ServingPeer {
 
     /// Starts a serving peer with extra flags and waits for its `serving files on ADDR` line.
     pub fn start_with(share: &std::path::Path, index: SocketAddr, extra: &[&str]) -> ServingPeer {
+        let mut args = peer_args(share, index);
+        args.extend(extra.iter().map(Into::into));
+        Self::start_args(args)
+    }
+
+    /// Starts a serving peer with exactly `args` (and `--serve` and the log filter) and waits
+    /// for its `serving files on ADDR` line.
+    pub fn start_args(args: Vec<std::ffi::OsString>) -> ServingPeer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_peer"))
-            .args(peer_args(share, index))
+            .args(args)
             // The peer logs each answer to its registers at debug level: see `wait_registered`.
             .args(["--serve", "--log", "warn,peer=debug"])
-            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -330,7 +337,12 @@ impl ServingPeer {
 
     /// Waits for the next line of stderr (after those consumed) that `is_it` accepts, and
     /// consumes the stderr up to it; fails the test at EOF or after `limit`.
-    fn wait_line(&mut self, what: &str, limit: Duration, is_it: impl Fn(&str) -> bool) -> String {
+    pub fn wait_line(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        is_it: impl Fn(&str) -> bool,
+    ) -> String {
         let seen = self.seen;
         let found = |said: &Said| {
             let at = said.lines[seen..].iter().position(|l| is_it(l.as_str()));

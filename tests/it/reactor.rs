@@ -7,7 +7,8 @@
 //! handler); the connection cap and its busy reply, and the per-source cap (clients bound to
 //! 127.0.0.1–4 play four hosts); outgoing connects (including to a closed port and a close
 //! requested before the connect completes), `sendfile` ranges streamed as raw bytes with
-//! keep-alive framing after them; a half-closing client that still gets every echo.
+//! keep-alive framing after them; a half-closing client that still gets every echo; an HTTP
+//! listener beside the frame listener (answers, its own connection limit, its timeout).
 //!
 //! Every test is bounded in time: sockets have read/write timeouts, what a handler records is
 //! waited for on a condition variable it notifies, with a deadline ([`Watched::wait_for`]), and
@@ -17,7 +18,9 @@
 
 use mio::Waker;
 use p2pshare::codec::{self, Decoder, FrameError};
-use p2pshare::reactor::{CloseReason, Config, ConnId, Ctx, Handler, Reactor, Verdict};
+use p2pshare::reactor::{
+    CloseReason, Config, ConnId, Ctx, Handler, HttpBody, HttpLimits, Reactor, Verdict,
+};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -231,6 +234,9 @@ impl<H: Handler> Handler for Stoppable<H> {
     }
     fn handle_turn_end(&mut self, ctx: &mut Ctx<H::Conn>) {
         self.inner.handle_turn_end(ctx)
+    }
+    fn handle_http_get(&mut self, ctx: &mut Ctx<H::Conn>, path: &str) -> Option<HttpBody> {
+        self.inner.handle_http_get(ctx, path)
     }
 }
 
@@ -458,6 +464,13 @@ impl Handler for Echo {
 
     fn handle_turn_end(&mut self, _ctx: &mut Ctx<SocketAddr>) {
         self.log.get().turns += 1;
+    }
+
+    fn handle_http_get(&mut self, ctx: &mut Ctx<SocketAddr>, path: &str) -> Option<HttpBody> {
+        (path == "/count").then(|| HttpBody {
+            content_type: "text/plain",
+            body: format!("{} connections\n", ctx.connection_count()).into_bytes(),
+        })
     }
 
     fn handle_close(
@@ -1497,5 +1510,74 @@ fn a_half_closed_client_still_gets_every_pipelined_echo() {
     w.join().expect("writer");
     assert_eq!(log.wait_closed(client_addr), CloseReason::Eof);
     assert_eq!(log.get().frames.get(&client_addr), Some(&FRAMES));
+    finish(server, &log);
+}
+
+/// Sends `request` and reads until the server closes; what arrived (a connection refused at
+/// accept may be reset: then nothing arrived).
+fn http_answer(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = connect(addr);
+    let _ = s.write_all(request);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8(answer).unwrap()
+}
+
+#[test]
+fn an_http_listener_answers_beside_frames_with_its_own_limits() {
+    let log = Shared::default();
+    let handler_log = log.clone();
+    let limits = HttpLimits {
+        max_connections: 2,
+        max_request_bytes: 256,
+        timeout: Duration::from_millis(300),
+    };
+    // One frame connection at most: HTTP connections must not take its slot, nor it theirs.
+    let config = Config {
+        max_connections: 1,
+        ..Config::default()
+    };
+    let (server, (frames, http)) = Running::spawn(config, move |ctx| {
+        let frames = ctx.listen(localhost()).expect("listen");
+        let http = ctx.listen_http(localhost(), limits).expect("listen_http");
+        let echo = Echo {
+            log: handler_log,
+            on_bad_frame: OnBadFrame::Close,
+        };
+        (echo, (frames, http))
+    });
+    let mut client = Client::connect(frames);
+    client.round_trip(b"before");
+    let ok = http_answer(http, b"GET /count HTTP/1.1\r\n\r\n");
+    assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+    assert!(ok.ends_with("\r\n\r\n2 connections\n"), "{ok}");
+    let missing = http_answer(http, b"GET /other HTTP/1.1\r\n\r\n");
+    assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
+    let bad = http_answer(http, b"\x00\x01\r\n\r\n");
+    assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
+    // Two idle HTTP connections fill that listener: a third is closed unanswered, while the
+    // frame client keeps being served.
+    let idle: Vec<TcpStream> = (0..2).map(|_| connect(http)).collect();
+    let mut probe = String::new();
+    for _ in 0..50 {
+        // The two are accepted in the reactor's next turn; until then a third may slip in.
+        probe = http_answer(http, b"GET /count HTTP/1.1\r\n\r\n");
+        if probe.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(probe, "", "a third HTTP connection was served");
+    client.round_trip(b"during");
+    // The idle ones are closed at the listener's timeout, unanswered; the slots come back.
+    for mut s in idle {
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    let ok = http_answer(http, b"GET /count HTTP/1.1\r\n\r\n");
+    assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+    client.round_trip(b"after");
+    drop(client);
+    log.wait_for("the frame client's close", |l| l.closes.len() == 1);
     finish(server, &log);
 }

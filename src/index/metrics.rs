@@ -1,0 +1,333 @@
+//! indexd's metrics: the counters the server keeps only for `--metrics` (requests, errors and
+//! server time by request kind, the rate-limit and ban counts), and [`render`], which writes
+//! every family from the server's and the reactor's state at scrape time (see
+//! [`crate::metrics`] for the format). Families are prefixed `p2pshare_index_`.
+
+use super::server::IndexServer;
+use crate::metrics::{Exposition, HistogramSeries, PAUSE_BUCKETS_S, REQUEST_BUCKETS_S};
+use crate::reactor::Ctx;
+use crate::wire::{ErrorCode, RequestBody};
+use hdrhistogram::Histogram;
+use std::time::SystemTime;
+
+/// Request kinds, as the `kind` label says them; `malformed` is a frame that did not decode.
+pub const REQUEST_KINDS: [&str; 9] = [
+    "hello",
+    "register",
+    "unregister",
+    "search",
+    "lookup",
+    "ping",
+    "stats",
+    "bye",
+    "malformed",
+];
+
+/// The position of a request's kind in [`REQUEST_KINDS`].
+pub fn request_kind(body: Option<&RequestBody>) -> usize {
+    match body {
+        Some(RequestBody::Hello { .. }) => 0,
+        Some(RequestBody::Register { .. }) => 1,
+        Some(RequestBody::Unregister { .. }) => 2,
+        Some(RequestBody::Search { .. }) => 3,
+        Some(RequestBody::Lookup { .. }) => 4,
+        Some(RequestBody::Ping) => 5,
+        Some(RequestBody::Stats) => 6,
+        Some(RequestBody::Bye) => 7,
+        None => 8,
+    }
+}
+
+/// Longest server time the histograms tell apart (longer ones count as this), in ns.
+const MAX_TRACKED_NS: u64 = 60_000_000_000;
+
+/// What only the metrics need counted.
+pub struct IndexMetrics {
+    started: SystemTime,
+    requests: [u64; REQUEST_KINDS.len()],
+    /// Server time of each request by kind, in ns.
+    request_ns: Vec<Histogram<u64>>,
+    /// Error answers by code, in order of first occurrence.
+    errors: Vec<(ErrorCode, u64)>,
+    /// Requests refused by a rate limit (`p2pshare_index_rate_limited_total`); the rate
+    /// limiter increments it.
+    pub rate_limited: u64,
+    /// Addresses banned for exceeding the rate limits (`p2pshare_index_banned_total`); the
+    /// rate limiter increments it.
+    pub banned: u64,
+}
+
+impl Default for IndexMetrics {
+    fn default() -> Self {
+        IndexMetrics {
+            started: SystemTime::now(),
+            requests: [0; REQUEST_KINDS.len()],
+            request_ns: (0..REQUEST_KINDS.len())
+                .map(|_| {
+                    Histogram::new_with_bounds(1, MAX_TRACKED_NS, 2)
+                        .expect("valid histogram bounds")
+                })
+                .collect(),
+            errors: Vec::new(),
+            rate_limited: 0,
+            banned: 0,
+        }
+    }
+}
+
+impl IndexMetrics {
+    /// One request of kind `kind` (see [`request_kind`]) took `ns` of server time.
+    pub fn record_request(&mut self, kind: usize, ns: u64) {
+        self.requests[kind] += 1;
+        self.request_ns[kind].saturating_record(ns.clamp(1, MAX_TRACKED_NS));
+    }
+
+    /// One error answer with `code`.
+    pub fn record_error(&mut self, code: ErrorCode) {
+        match self.errors.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => self.errors.push((code, 1)),
+        }
+    }
+
+    /// Requests of kind `kind` so far.
+    pub fn requests(&self, kind: usize) -> u64 {
+        self.requests[kind]
+    }
+}
+
+/// An error code as a label value: its variant name in snake case (`NotFound`: `not_found`).
+fn error_label(code: ErrorCode) -> String {
+    let mut out = String::new();
+    for (i, ch) in format!("{code:?}").chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
+}
+
+/// The text of one scrape of indexd.
+pub fn render<C>(server: &mut IndexServer, ctx: &Ctx<C>) -> String {
+    let mut e = Exposition::new();
+    let io = ctx.io_totals();
+    let (connections, sessions) = server.connection_counts();
+    let m = server.metrics();
+    let kinds: Vec<(&str, u64)> = REQUEST_KINDS
+        .iter()
+        .zip(m.requests)
+        .map(|(k, n)| (*k, n))
+        .collect();
+    e.counters(
+        "p2pshare_index_requests_total",
+        "Requests handled, by kind.",
+        "kind",
+        &kinds,
+    );
+    let labels: Vec<(String, u64)> = m
+        .errors
+        .iter()
+        .map(|(c, n)| (error_label(*c), *n))
+        .collect();
+    let errors: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    e.counters(
+        "p2pshare_index_errors_total",
+        "Error answers sent, by error code.",
+        "kind",
+        &errors,
+    );
+    e.counter(
+        "p2pshare_index_rate_limited_total",
+        "Requests refused by a rate limit.",
+        m.rate_limited,
+    );
+    e.counter(
+        "p2pshare_index_banned_total",
+        "Temporary bans of an address for exceeding the rate limits.",
+        m.banned,
+    );
+    let series: Vec<HistogramSeries<'_>> = REQUEST_KINDS
+        .iter()
+        .zip(&m.request_ns)
+        .map(|(k, h)| HistogramSeries {
+            label: k,
+            histogram: h,
+            seconds_per_unit: 1e-9,
+        })
+        .collect();
+    e.histograms(
+        "p2pshare_index_request_duration_seconds",
+        "Server time per request (decode, work and encoding the answer), by kind.",
+        Some("kind"),
+        REQUEST_BUCKETS_S,
+        &series,
+    );
+    e.histograms(
+        "p2pshare_index_loop_pause_seconds",
+        "Time the reactor loop worked between two waits (every connection waits meanwhile).",
+        None,
+        PAUSE_BUCKETS_S,
+        &[HistogramSeries {
+            label: "",
+            histogram: ctx.loop_pauses().histogram(),
+            seconds_per_unit: 1e-6,
+        }],
+    );
+    let started = m.started;
+    e.counter(
+        "p2pshare_index_received_bytes_total",
+        "Bytes read from connections.",
+        io.bytes_in,
+    );
+    e.counter(
+        "p2pshare_index_sent_bytes_total",
+        "Bytes written to connections.",
+        io.bytes_out,
+    );
+    e.counter(
+        "p2pshare_index_accepted_connections_total",
+        "Peer connections accepted.",
+        io.accepted,
+    );
+    e.counter(
+        "p2pshare_index_refused_connections_total",
+        "Peer connections refused at the connection or per-address limit.",
+        io.refused,
+    );
+    e.gauge(
+        "p2pshare_index_connections",
+        "Open peer connections (handshaken or not).",
+        connections as f64,
+    );
+    e.gauge(
+        "p2pshare_index_sessions",
+        "Peer sessions past the handshake.",
+        sessions as f64,
+    );
+    let index = server.index_mut();
+    e.gauge(
+        "p2pshare_index_peers",
+        "Peers with entries in the index.",
+        index.peer_count() as f64,
+    );
+    e.gauge(
+        "p2pshare_index_files",
+        "Distinct files (hashes) indexed.",
+        index.file_count() as f64,
+    );
+    e.gauge(
+        "p2pshare_index_entries",
+        "Distinct (hash, name) entries indexed.",
+        index.entry_count() as f64,
+    );
+    e.gauge(
+        "p2pshare_index_holdings",
+        "Holdings: every peer's entries summed.",
+        index.holding_count() as f64,
+    );
+    e.gauge(
+        "p2pshare_index_words",
+        "Distinct words in the word index.",
+        index.word_count() as f64,
+    );
+    e.process(started);
+    e.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::server::{ServerLimits, Session};
+    use crate::reactor::{Config, Reactor};
+    use crate::wire::{self, FileEntry, FileHash, LookupKey, Request, PROTOCOL_VERSION};
+    use std::net::SocketAddr;
+
+    fn request(server: &mut IndexServer, session: &mut Session, id: u32, body: RequestBody) {
+        let mut out = Vec::new();
+        let _ = server.handle_payload(session, &wire::to_payload(&Request { id, body }), &mut out);
+        assert!(!out.is_empty());
+    }
+
+    /// The value of the sample `series` (exactly as printed) in `text`.
+    fn sample(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    }
+
+    #[test]
+    fn a_scrape_shows_requests_errors_times_and_sizes() {
+        let mut reactor = Reactor::<Session>::new(Config::default()).unwrap();
+        let mut server = IndexServer::new(ServerLimits::default());
+        let mut session = server.accept(SocketAddr::from(([127, 0, 0, 1], 5000)));
+        let hello = RequestBody::Hello {
+            version: PROTOCOL_VERSION,
+            listen_port: 5000,
+            agent: "test".into(),
+        };
+        request(&mut server, &mut session, 1, hello);
+        let files = vec![FileEntry {
+            hash: FileHash([1; 32]),
+            size: 10,
+            name: "song one.flac".into(),
+        }];
+        request(
+            &mut server,
+            &mut session,
+            2,
+            RequestBody::Register { files },
+        );
+        for (id, byte) in [(3, 1), (4, 2)] {
+            let key = LookupKey::Hash(FileHash([byte; 32]));
+            request(
+                &mut server,
+                &mut session,
+                id,
+                RequestBody::Lookup { key, after: None },
+            );
+        }
+        let mut out = Vec::new();
+        let _ = server.handle_payload(&mut session, b"\xff\xff\xff", &mut out);
+        let text = render(&mut server, reactor.ctx());
+        let count = |k: &str| {
+            sample(
+                &text,
+                &format!("p2pshare_index_requests_total{{kind=\"{k}\"}}"),
+            )
+        };
+        assert_eq!(
+            (count("hello"), count("register"), count("lookup")),
+            (1.0, 1.0, 2.0)
+        );
+        assert_eq!((count("search"), count("malformed")), (0.0, 1.0));
+        assert_eq!(
+            sample(&text, "p2pshare_index_errors_total{kind=\"not_found\"}"),
+            1.0
+        );
+        assert_eq!(
+            sample(&text, "p2pshare_index_errors_total{kind=\"malformed\"}"),
+            1.0
+        );
+        let lookups = "p2pshare_index_request_duration_seconds_count{kind=\"lookup\"}";
+        assert_eq!(sample(&text, lookups), 2.0);
+        let inf = "p2pshare_index_request_duration_seconds_bucket{kind=\"lookup\",le=\"+Inf\"}";
+        assert_eq!(sample(&text, inf), 2.0);
+        assert_eq!(sample(&text, "p2pshare_index_connections"), 1.0);
+        assert_eq!(sample(&text, "p2pshare_index_sessions"), 1.0);
+        assert_eq!(sample(&text, "p2pshare_index_files"), 1.0);
+        assert_eq!(sample(&text, "p2pshare_index_holdings"), 1.0);
+        // song, one, flac
+        assert_eq!(sample(&text, "p2pshare_index_words"), 3.0);
+        assert_eq!(sample(&text, "p2pshare_index_rate_limited_total"), 0.0);
+        assert_eq!(sample(&text, "p2pshare_index_banned_total"), 0.0);
+    }
+
+    #[test]
+    fn error_codes_become_snake_case_labels() {
+        assert_eq!(error_label(ErrorCode::NotFound), "not_found");
+        assert_eq!(error_label(ErrorCode::Busy), "busy");
+        assert_eq!(error_label(ErrorCode::VersionMismatch), "version_mismatch");
+    }
+}
