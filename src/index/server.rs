@@ -12,6 +12,7 @@
 //! The address given out for a peer is the IP seen on its socket with the port it announced in
 //! Hello, never an address the peer claims.
 
+use super::limits::{self, Kind, Limiter, RateLimits, Refusal, SessionBuckets};
 use super::store::{Index, LookupError, PeerId};
 use crate::codec::FrameError;
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, PauseSummary, Verdict};
@@ -74,6 +75,8 @@ impl Default for ServerLimits {
 pub struct Session {
     remote: SocketAddr,
     state: SessionState,
+    /// Its rate-limit buckets (see [`super::limits`]).
+    buckets: SessionBuckets,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +102,8 @@ pub struct IndexServer {
     /// Server time of each search and lookup, in ns.
     search_ns: Histogram<u64>,
     lookup_ns: Histogram<u64>,
+    /// Rate limits and bans.
+    limiter: Limiter,
 }
 
 /// Longest server time the histograms tell apart (longer ones count as this), in ns.
@@ -122,7 +127,14 @@ impl IndexServer {
             loop_pauses: PauseSummary::default(),
             search_ns: time_histogram(),
             lookup_ns: time_histogram(),
+            limiter: Limiter::new(RateLimits::default()),
         }
+    }
+
+    /// Sets the rate limits and bans (the default is [`RateLimits::default`]); applies to
+    /// connections accepted from now on.
+    pub fn set_rate_limits(&mut self, limits: RateLimits) {
+        self.limiter = Limiter::new(limits);
     }
 
     /// Stops the reactor when `flag` is set and the reactor is woken (SIGINT/SIGTERM).
@@ -254,6 +266,25 @@ impl IndexServer {
                 )
             }
         };
+        let kind = match &req.body {
+            RequestBody::Search { .. } => Some(Kind::Search),
+            RequestBody::Lookup { .. } => Some(Kind::Lookup),
+            RequestBody::Register { .. } | RequestBody::Unregister { .. } => Some(Kind::Register),
+            _ => None,
+        };
+        let now = Instant::now();
+        if let Some(kind) = kind {
+            let ip = session.remote.ip();
+            if let Err(refusal) = self.limiter.admit(&mut session.buckets, ip, kind, now) {
+                return self.refuse(out, session, id, refusal);
+            }
+            // Paid up front, so that a request ending in an error answer pays too.
+            let base = limits::base_cost(kind);
+            self.limiter
+                .charge(&mut session.buckets, ip, kind, base, now);
+        }
+        // What a search reports it spent, for its charge.
+        let mut search_work = 0;
         let body = match req.body {
             RequestBody::Hello { .. } => unreachable!("handled above"),
             RequestBody::Register { files } => {
@@ -323,13 +354,16 @@ impl IndexServer {
                     .index
                     .search_page(&query, &filter, after.as_ref(), limit)
                 {
-                    Ok(page) => ResponseBody::SearchResults {
+                    Ok(page) => {
+                        search_work = page.work;
+                        ResponseBody::SearchResults {
                         hits: page.hits,
                         total: page.total,
                         total_exact: page.total_exact,
                         next: page.next,
                         partial: page.partial,
-                    },
+                        }
+                    }
                     Err(e) => {
                         self.error(out, id, ErrorCode::Invalid, e.to_string());
                         return Verdict::Continue;
@@ -397,8 +431,56 @@ impl IndexServer {
                 return Verdict::CloseAfterFlush(CloseReason::Local);
             }
         };
+        if let Some(kind) = kind {
+            let units = match &body {
+                ResponseBody::SearchResults { .. } => limits::search_cost(search_work),
+                ResponseBody::Holders { files, .. } => limits::lookup_cost(
+                    files.len() as u64,
+                    files.iter().map(|f| f.holders.len() as u64).sum(),
+                ),
+                ResponseBody::Registered { added, rejected, .. } => {
+                    u64::from(*added) + u64::from(*rejected)
+                }
+                ResponseBody::Unregistered { removed, .. } => u64::from(*removed).max(1),
+                _ => limits::BASE_UNITS,
+            };
+            let ip = session.remote.ip();
+            let rest = units.saturating_sub(limits::base_cost(kind));
+            self.limiter
+                .charge(&mut session.buckets, ip, kind, rest, now);
+        }
         wire::encode_frame(&Response { id, body }, out);
         Verdict::Continue
+    }
+
+    /// Answers a request refused over a rate limit; a ban closes the connection after it.
+    fn refuse(
+        &mut self,
+        out: &mut Vec<u8>,
+        session: &Session,
+        id: u32,
+        refusal: Refusal,
+    ) -> Verdict {
+        let retry_after_ms = refusal.retry_after.as_millis() as u64;
+        wire::encode_frame(
+            &Response {
+                id,
+                body: ResponseBody::RateLimited {
+                    retry_after_ms,
+                    banned: refusal.banned,
+                },
+            },
+            out,
+        );
+        if !refusal.banned {
+            return Verdict::Continue;
+        }
+        let remote = session.remote;
+        log::warn!(
+            "{remote}: banned for {} s: kept exceeding the rate limits",
+            refusal.retry_after.as_secs()
+        );
+        Verdict::CloseAfterFlush(CloseReason::Protocol("banned: rate limits".into()))
     }
 
     /// The counters as `stats` reports them.
@@ -416,6 +498,9 @@ impl IndexServer {
             search_max_ns: self.search_ns.max(),
             lookup_p99_ns: self.lookup_ns.value_at_quantile(0.99),
             lookup_max_ns: self.lookup_ns.max(),
+            rate_limited: self.limiter.counts().rate_limited,
+            bans: self.limiter.counts().bans,
+            banned_connections: self.limiter.counts().banned_connections,
             ..self.stats.clone()
         }
     }
@@ -434,7 +519,17 @@ impl IndexServer {
         Session {
             remote,
             state: SessionState::AwaitingHello,
+            buckets: self.limiter.open(remote.ip(), Instant::now()),
         }
+    }
+
+    /// If `remote`'s address is banned: the frame that tells it so before its connection is
+    /// closed (counted).
+    pub fn ban_refusal(&mut self, remote: SocketAddr) -> Option<Vec<u8>> {
+        let left = self.limiter.banned(remote.ip(), Instant::now())?;
+        self.limiter.count_banned_connection();
+        log::debug!("{remote}: refused at accept: banned for {} s more", left.as_secs());
+        Some(wire::index_banned_frame(left.as_millis() as u64))
     }
 
     /// Handles one request frame's payload, appending the response frame(s) to `out`.
@@ -503,6 +598,7 @@ impl IndexServer {
     /// The connection is gone: its peer's entries leave the index.
     pub fn close(&mut self, session: Session, reason: &CloseReason) {
         self.connections -= 1;
+        self.limiter.close(session.remote.ip());
         let remote = session.remote;
         match session.state {
             SessionState::Ready { peer, addr } => {
@@ -539,7 +635,11 @@ impl Handler for IndexServer {
         }
     }
 
-    fn handle_accept(&mut self, _: &mut Ctx<Session>, _: ConnId, remote: SocketAddr) -> Session {
+    fn handle_accept(&mut self, ctx: &mut Ctx<Session>, conn: ConnId, remote: SocketAddr) -> Session {
+        if let Some(frame) = self.ban_refusal(remote) {
+            ctx.send(conn, |out| out.extend_from_slice(&frame));
+            ctx.close_after_flush(conn, CloseReason::Protocol("banned: rate limits".into()));
+        }
         self.accept(remote)
     }
 
