@@ -278,10 +278,6 @@ impl IndexServer {
             if let Err(refusal) = self.limiter.admit(&mut session.buckets, ip, kind, now) {
                 return self.refuse(out, session, id, refusal);
             }
-            // Paid up front, so that a request ending in an error answer pays too.
-            let base = limits::base_cost(kind);
-            self.limiter
-                .charge(&mut session.buckets, ip, kind, base, now);
         }
         // What a search reports it spent, for its charge.
         let mut search_work = 0;
@@ -357,11 +353,11 @@ impl IndexServer {
                     Ok(page) => {
                         search_work = page.work;
                         ResponseBody::SearchResults {
-                        hits: page.hits,
-                        total: page.total,
-                        total_exact: page.total_exact,
-                        next: page.next,
-                        partial: page.partial,
+                            hits: page.hits,
+                            total: page.total,
+                            total_exact: page.total_exact,
+                            next: page.next,
+                            partial: page.partial,
                         }
                     }
                     Err(e) => {
@@ -438,16 +434,15 @@ impl IndexServer {
                     files.len() as u64,
                     files.iter().map(|f| f.holders.len() as u64).sum(),
                 ),
-                ResponseBody::Registered { added, rejected, .. } => {
-                    u64::from(*added) + u64::from(*rejected)
-                }
-                ResponseBody::Unregistered { removed, .. } => u64::from(*removed).max(1),
+                ResponseBody::Registered {
+                    added, rejected, ..
+                } => u64::from(*added) + u64::from(*rejected),
+                ResponseBody::Unregistered { removed, .. } => u64::from(*removed),
                 _ => limits::BASE_UNITS,
             };
             let ip = session.remote.ip();
-            let rest = units.saturating_sub(limits::base_cost(kind));
             self.limiter
-                .charge(&mut session.buckets, ip, kind, rest, now);
+                .charge(&mut session.buckets, ip, kind, units, now);
         }
         wire::encode_frame(&Response { id, body }, out);
         Verdict::Continue
@@ -528,7 +523,10 @@ impl IndexServer {
     pub fn ban_refusal(&mut self, remote: SocketAddr) -> Option<Vec<u8>> {
         let left = self.limiter.banned(remote.ip(), Instant::now())?;
         self.limiter.count_banned_connection();
-        log::debug!("{remote}: refused at accept: banned for {} s more", left.as_secs());
+        log::debug!(
+            "{remote}: refused at accept: banned for {} s more",
+            left.as_secs()
+        );
         Some(wire::index_banned_frame(left.as_millis() as u64))
     }
 
@@ -635,7 +633,12 @@ impl Handler for IndexServer {
         }
     }
 
-    fn handle_accept(&mut self, ctx: &mut Ctx<Session>, conn: ConnId, remote: SocketAddr) -> Session {
+    fn handle_accept(
+        &mut self,
+        ctx: &mut Ctx<Session>,
+        conn: ConnId,
+        remote: SocketAddr,
+    ) -> Session {
         if let Some(frame) = self.ban_refusal(remote) {
             ctx.send(conn, |out| out.extend_from_slice(&frame));
             ctx.close_after_flush(conn, CloseReason::Protocol("banned: rate limits".into()));

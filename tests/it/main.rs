@@ -7,6 +7,7 @@
 mod common;
 mod hostile;
 mod indexd;
+mod limits;
 mod peer;
 mod reactor;
 mod trust;
