@@ -186,3 +186,25 @@ fn a_pipelining_abuser_is_refused_while_another_client_is_answered() {
     assert_eq!(s.searches, 2, "only two searches ran");
     assert_eq!(s.rate_limited, u64::from(PIPELINED) - 1);
 }
+
+/// The console says a search was rate limited, with the wait, and goes on serving commands.
+#[test]
+fn the_console_says_when_the_index_rate_limits_it() {
+    let indexd = Indexd::start(&["--rate-search", "1", "--rate-address", "0"]);
+    let _holder = populate(&indexd);
+    let share = crate::common::TempDir::new("limits-console");
+    let run = crate::common::run_console(
+        share.path(),
+        indexd.addr,
+        &[],
+        crate::common::Input::Pipe("search s\nsearch s\nstatus\n"),
+        Duration::from_secs(20),
+    );
+    assert!(run.stdout.contains("song"), "{run:?}");
+    assert!(
+        run.stderr.contains("index: rate limited: try again in")
+            || run.stdout.contains("index: rate limited: try again in"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("index: connected"), "{run:?}");
+}
