@@ -430,6 +430,8 @@ fn run_abuse(
         abuser_requests: expensive,
         abuser_sent: done.sent,
         abuser_answered: done.answered,
+        abuser_answers: done.answers,
+        abuser_from: done.local.ip().to_string(),
         abuser_answers_per_s: (done.answered as f64 / done.elapsed.as_secs_f64().max(1e-9)).round(),
         abuser_bytes_read: done.bytes,
         phase_limit_s: duration.as_secs_f64(),

@@ -774,6 +774,12 @@ pub fn abuse_console(a: &AbuseSummary) -> String {
         a.abuser_answered,
         a.abuser_answers_per_s
     );
+    let k = &a.abuser_answers;
+    let _ = writeln!(
+        t,
+        "abuser (from {}): {} searches and {} lookups answered, {} rate limited, {} banned, {} errors",
+        a.abuser_from, k.searched, k.looked_up, k.rate_limited, k.banned, k.errors
+    );
     t
 }
 
