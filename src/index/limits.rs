@@ -157,7 +157,12 @@ impl Bucket {
         if now <= self.at {
             return;
         }
-        let gained = now.duration_since(self.at).as_micros() as u128 * self.rate as u128 / 1000;
+        let gained = now.duration_since(self.at).as_micros() * u128::from(self.rate) / 1000;
+        if gained == 0 && self.level < self.cap {
+            // Less than a milli-unit so far: keep counting from `at`, or a slow bucket
+            // checked often would never refill.
+            return;
+        }
         self.level = (self.level as i128 + gained as i128).min(self.cap as i128) as i64;
         self.at = now;
     }
@@ -473,6 +478,15 @@ mod tests {
         assert_eq!(b.wait(t0 + Duration::from_secs(100)), None);
         b.charge(1, t0 + Duration::from_secs(100));
         assert_eq!(b.wait(t0 + Duration::from_secs(100)), Some(ms(1)));
+        // A slow bucket checked often still refills.
+        let mut slow = Bucket::new(1, 1, t0);
+        slow.charge(2, t0);
+        let mut t = t0;
+        while slow.wait(t).is_some() {
+            t += Duration::from_micros(100);
+            assert!(t < t0 + Duration::from_secs(3), "never refilled");
+        }
+        assert!(t >= t0 + Duration::from_secs(1));
         // Off: never waits.
         let mut off = Bucket::new(0, 0, t0);
         off.charge(u64::MAX, t0);
