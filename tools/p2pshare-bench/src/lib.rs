@@ -34,6 +34,7 @@ pub mod load;
 pub mod report;
 pub mod saturate;
 pub mod stats;
+pub mod storm;
 pub mod transfer;
 pub mod workload;
 
