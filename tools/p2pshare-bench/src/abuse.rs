@@ -178,8 +178,8 @@ impl Abuser {
         }
         let stream = connect_from_own_address(addr)?;
         let local = stream.local_addr()?;
-        let stream = Client::hello_on(stream, addr, ABUSER_PORT, "p2pshare-bench abuser")?
-            .into_stream()?;
+        let stream =
+            Client::hello_on(stream, addr, ABUSER_PORT, "p2pshare-bench abuser")?.into_stream()?;
         stream.set_read_timeout(Some(POLL))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (credit, credits) = mpsc::channel::<u64>();

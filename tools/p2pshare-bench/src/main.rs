@@ -132,7 +132,10 @@ fn run_storm(flags: &Flags, peers: usize) -> ExitCode {
     };
     let whole = match r.whole_after_s {
         Some(s) => format!("{s:.2} s after the restart"),
-        None => format!("NOT within {limit:?} ({} of {} files back)", r.files_back, r.files),
+        None => format!(
+            "NOT within {limit:?} ({} of {} files back)",
+            r.files_back, r.files
+        ),
     };
     println!(
         "storm: {} peers × {} files: loaded in {:.1} s; after SIGKILL and {:.1} s down, whole again {whole}",

@@ -89,13 +89,7 @@ struct Peers {
 
 impl Peers {
     fn connect(&mut self, ctx: &mut Ctx<FakePeer>, n: usize) {
-        match ctx.connect(
-            self.addr,
-            FakePeer {
-                n,
-                welcomed: false,
-            },
-        ) {
+        match ctx.connect(self.addr, FakePeer { n, welcomed: false }) {
             Ok(conn) => ctx.send(
                 conn,
                 wire::framed(&Request {
@@ -173,13 +167,7 @@ impl Handler for Peers {
         Verdict::Continue
     }
 
-    fn handle_close(
-        &mut self,
-        ctx: &mut Ctx<FakePeer>,
-        _: ConnId,
-        st: FakePeer,
-        _: &CloseReason,
-    ) {
+    fn handle_close(&mut self, ctx: &mut Ctx<FakePeer>, _: ConnId, st: FakePeer, _: &CloseReason) {
         if st.n != usize::MAX {
             self.retry_later(ctx, st.n);
         }
