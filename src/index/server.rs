@@ -546,7 +546,10 @@ impl IndexServer {
                 );
                 let is_search = matches!(req.body, RequestBody::Search { .. });
                 let started = timed.then(Instant::now);
+                let refused = self.limiter.counts().rate_limited;
                 let verdict = self.handle_request(out, session, req);
+                // A request refused over a rate limit did no work: it is not timed.
+                let started = started.filter(|_| self.limiter.counts().rate_limited == refused);
                 if let Some(t) = started {
                     let ns = (t.elapsed().as_nanos() as u64).clamp(1, MAX_TRACKED_NS);
                     let h = if is_search {

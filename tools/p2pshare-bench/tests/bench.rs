@@ -456,7 +456,10 @@ fn abuse_mode_times_the_honest_client_with_and_without_the_abuser() {
     assert!(stdout.contains("abuse: honest lookup"), "{stdout}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## Under abuse"), "{md}");
-    assert!(md.contains("The abuser's answers (it connected from 127.0.0.2)"), "{md}");
+    assert!(
+        md.contains("The abuser's answers (it connected from 127.0.0.2)"),
+        "{md}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 
