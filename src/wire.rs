@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// A file's identity: the BLAKE3 hash of its bytes. Shown to people as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -261,6 +261,16 @@ pub enum ResponseBody {
         /// A sentence for a person.
         message: String,
     },
+    /// The request was refused over a rate limit, unanswered: send it again after
+    /// `retry_after_ms`. With `banned`, the client's address kept exceeding its limits and
+    /// is refused altogether for that long: the server closes the connection after this
+    /// answer (and a connection refused at accept for a ban reads it as request 0's answer).
+    RateLimited {
+        /// Milliseconds to wait before trying again.
+        retry_after_ms: u64,
+        /// The address is banned for that long.
+        banned: bool,
+    },
 }
 
 /// One search result.
@@ -467,6 +477,12 @@ pub struct ServerStats {
     pub lookup_p99_ns: u64,
     /// The longest server time of a lookup, in ns.
     pub lookup_max_ns: u64,
+    /// Requests refused over a rate limit (with `RateLimited`), bans included.
+    pub rate_limited: u64,
+    /// Temporary bans imposed on addresses.
+    pub bans: u64,
+    /// Connections refused at accept because their address was banned.
+    pub banned_connections: u64,
 }
 
 /// Why a request failed.
@@ -583,6 +599,18 @@ pub fn index_busy_frame(message: String) -> Vec<u8> {
     let body = ResponseBody::Error {
         code: ErrorCode::Busy,
         message,
+    };
+    encode_frame(&Response { id: 0, body }, &mut frame);
+    frame
+}
+
+/// The frame a connection to indexd refused at accept for a ban reads before the close: a
+/// `RateLimited` answer to request 0 with `banned` set.
+pub fn index_banned_frame(retry_after_ms: u64) -> Vec<u8> {
+    let mut frame = Vec::new();
+    let body = ResponseBody::RateLimited {
+        retry_after_ms,
+        banned: true,
     };
     encode_frame(&Response { id: 0, body }, &mut frame);
     frame

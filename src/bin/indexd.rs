@@ -1,6 +1,7 @@
 //! `indexd`: the p2pshare index server. Thin main: flags → config → reactor.
 
 use clap::Parser;
+use p2pshare::index::limits::RateLimits;
 use p2pshare::index::server::{IndexServer, ServerLimits, OUTPUT_STALL_TIMEOUT};
 use p2pshare::logging;
 use p2pshare::reactor::{Config, HttpLimits, Reactor};
@@ -45,6 +46,36 @@ struct Flags {
     /// of memory each).
     #[arg(long, default_value_t = 20_000_000)]
     max_holdings: usize,
+    /// Search work per second one session may spend, in work units (the first 32 units of
+    /// each request are free; a search spends at most 32,768). A session may run 8 s of it
+    /// at once; over it, requests get `RateLimited` with the time to wait. 0: no limit.
+    #[arg(long, default_value_t = RateLimits::default().search_per_s, value_name = "UNITS")]
+    rate_search: u64,
+    /// Lookup work per second one session may spend, in units (16 per lookup, 8 per file
+    /// answered, 1 per holder listed; the first 32 free). 0: no limit.
+    #[arg(long, default_value_t = RateLimits::default().lookup_per_s, value_name = "UNITS")]
+    rate_lookup: u64,
+    /// Register and unregister entries per second one session may send, after a burst of
+    /// --rate-register-burst. 0: no limit.
+    #[arg(long, default_value_t = RateLimits::default().register_per_s, value_name = "ENTRIES")]
+    rate_register: u64,
+    /// See --rate-register.
+    #[arg(long, default_value_t = RateLimits::default().register_burst, value_name = "ENTRIES")]
+    rate_register_burst: u64,
+    /// Search and lookup work per second all sessions of one IPv4 address or IPv6 /64 may
+    /// spend together, in units (burst: 8 s of it). 0: no limit.
+    #[arg(long, default_value_t = RateLimits::default().address_per_s, value_name = "UNITS")]
+    rate_address: u64,
+    /// An address refused this many times within --ban-window seconds is banned: its
+    /// connections are closed and refused for --ban-for seconds. 0: never ban.
+    #[arg(long, default_value_t = RateLimits::default().ban_after, value_name = "REFUSALS")]
+    ban_after: u64,
+    /// See --ban-after.
+    #[arg(long, default_value_t = RateLimits::default().ban_window.as_secs(), value_name = "SECS")]
+    ban_window: u64,
+    /// See --ban-after.
+    #[arg(long, default_value_t = RateLimits::default().ban_for.as_secs(), value_name = "SECS")]
+    ban_for: u64,
     /// Log filter: a level (error, warn, info, debug, trace) or per-module directives such as
     /// `info,p2pshare::index=debug` (default: RUST_LOG, else info).
     #[arg(long)]
@@ -111,6 +142,16 @@ fn run(flags: Flags) -> std::io::Result<()> {
         max_files_per_peer: flags.max_files_per_peer,
         max_holdings: flags.max_holdings,
         ..ServerLimits::default()
+    });
+    server.set_rate_limits(RateLimits {
+        search_per_s: flags.rate_search,
+        lookup_per_s: flags.rate_lookup,
+        register_per_s: flags.rate_register,
+        register_burst: flags.rate_register_burst,
+        address_per_s: flags.rate_address,
+        ban_after: flags.ban_after,
+        ban_window: Duration::from_secs(flags.ban_window),
+        ban_for: Duration::from_secs(flags.ban_for),
     });
     server.stop_on(stop);
     // The first stdout line tells scripts and tests the bound port (useful with port 0).

@@ -49,11 +49,11 @@ pub struct IndexMetrics {
     request_ns: Vec<Histogram<u64>>,
     /// Error answers by code, in order of first occurrence.
     errors: Vec<(ErrorCode, u64)>,
-    /// Requests refused by a rate limit (`p2pshare_index_rate_limited_total`); the rate
-    /// limiter increments it.
+    /// Requests refused by a rate limit (`p2pshare_index_rate_limited_total`), copied from
+    /// the rate limiter's counts before each scrape.
     pub rate_limited: u64,
-    /// Addresses banned for exceeding the rate limits (`p2pshare_index_banned_total`); the
-    /// rate limiter increments it.
+    /// Addresses banned for exceeding the rate limits (`p2pshare_index_banned_total`), copied
+    /// from the rate limiter's counts before each scrape.
     pub banned: u64,
 }
 

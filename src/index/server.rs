@@ -13,6 +13,7 @@
 //! Hello, never an address the peer claims. An IPv4 peer on a dual-stack listener is seen as
 //! plain IPv4 (the reactor maps `::ffff:a.b.c.d` at accept), so it is handed out as such.
 
+use super::limits::{self, Kind, Limiter, RateLimits, Refusal, SessionBuckets};
 use super::metrics::{self, IndexMetrics};
 use super::store::{Index, LookupError, PeerId};
 use crate::codec::FrameError;
@@ -76,6 +77,8 @@ impl Default for ServerLimits {
 pub struct Session {
     remote: SocketAddr,
     state: SessionState,
+    /// Its rate-limit buckets (see [`super::limits`]).
+    buckets: SessionBuckets,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -103,6 +106,8 @@ pub struct IndexServer {
     lookup_ns: Histogram<u64>,
     /// What only `--metrics` reports.
     metrics: IndexMetrics,
+    /// Rate limits and bans.
+    limiter: Limiter,
 }
 
 /// Longest server time the histograms tell apart (longer ones count as this), in ns.
@@ -127,7 +132,14 @@ impl IndexServer {
             search_ns: time_histogram(),
             lookup_ns: time_histogram(),
             metrics: IndexMetrics::default(),
+            limiter: Limiter::new(RateLimits::default()),
         }
+    }
+
+    /// Sets the rate limits and bans (the default is [`RateLimits::default`]); applies to
+    /// connections accepted from now on.
+    pub fn set_rate_limits(&mut self, limits: RateLimits) {
+        self.limiter = Limiter::new(limits);
     }
 
     /// Stops the reactor when `flag` is set and the reactor is woken (SIGINT/SIGTERM).
@@ -275,6 +287,21 @@ impl IndexServer {
                 )
             }
         };
+        let kind = match &req.body {
+            RequestBody::Search { .. } => Some(Kind::Search),
+            RequestBody::Lookup { .. } => Some(Kind::Lookup),
+            RequestBody::Register { .. } | RequestBody::Unregister { .. } => Some(Kind::Register),
+            _ => None,
+        };
+        let now = Instant::now();
+        if let Some(kind) = kind {
+            let ip = session.remote.ip();
+            if let Err(refusal) = self.limiter.admit(&mut session.buckets, ip, kind, now) {
+                return self.refuse(out, session, id, refusal);
+            }
+        }
+        // What a search reports it spent, for its charge.
+        let mut search_work = 0;
         let body = match req.body {
             RequestBody::Hello { .. } => unreachable!("handled above"),
             RequestBody::Register { files } => {
@@ -344,13 +371,16 @@ impl IndexServer {
                     .index
                     .search_page(&query, &filter, after.as_ref(), limit)
                 {
-                    Ok(page) => ResponseBody::SearchResults {
-                        hits: page.hits,
-                        total: page.total,
-                        total_exact: page.total_exact,
-                        next: page.next,
-                        partial: page.partial,
-                    },
+                    Ok(page) => {
+                        search_work = page.work;
+                        ResponseBody::SearchResults {
+                            hits: page.hits,
+                            total: page.total,
+                            total_exact: page.total_exact,
+                            next: page.next,
+                            partial: page.partial,
+                        }
+                    }
                     Err(e) => {
                         self.error(out, id, ErrorCode::Invalid, e.to_string());
                         return Verdict::Continue;
@@ -418,8 +448,55 @@ impl IndexServer {
                 return Verdict::CloseAfterFlush(CloseReason::Local);
             }
         };
+        if let Some(kind) = kind {
+            let units = match &body {
+                ResponseBody::SearchResults { .. } => limits::search_cost(search_work),
+                ResponseBody::Holders { files, .. } => limits::lookup_cost(
+                    files.len() as u64,
+                    files.iter().map(|f| f.holders.len() as u64).sum(),
+                ),
+                ResponseBody::Registered {
+                    added, rejected, ..
+                } => u64::from(*added) + u64::from(*rejected),
+                ResponseBody::Unregistered { removed, .. } => u64::from(*removed),
+                _ => limits::BASE_UNITS,
+            };
+            let ip = session.remote.ip();
+            self.limiter
+                .charge(&mut session.buckets, ip, kind, units, now);
+        }
         wire::encode_frame(&Response { id, body }, out);
         Verdict::Continue
+    }
+
+    /// Answers a request refused over a rate limit; a ban closes the connection after it.
+    fn refuse(
+        &mut self,
+        out: &mut Vec<u8>,
+        session: &Session,
+        id: u32,
+        refusal: Refusal,
+    ) -> Verdict {
+        let retry_after_ms = refusal.retry_after.as_millis() as u64;
+        wire::encode_frame(
+            &Response {
+                id,
+                body: ResponseBody::RateLimited {
+                    retry_after_ms,
+                    banned: refusal.banned,
+                },
+            },
+            out,
+        );
+        if !refusal.banned {
+            return Verdict::Continue;
+        }
+        let remote = session.remote;
+        log::warn!(
+            "{remote}: banned for {} s: kept exceeding the rate limits",
+            refusal.retry_after.as_secs()
+        );
+        Verdict::CloseAfterFlush(CloseReason::Protocol("banned: rate limits".into()))
     }
 
     /// The counters as `stats` reports them.
@@ -437,6 +514,9 @@ impl IndexServer {
             search_max_ns: self.search_ns.max(),
             lookup_p99_ns: self.lookup_ns.value_at_quantile(0.99),
             lookup_max_ns: self.lookup_ns.max(),
+            rate_limited: self.limiter.counts().rate_limited,
+            bans: self.limiter.counts().bans,
+            banned_connections: self.limiter.counts().banned_connections,
             ..self.stats.clone()
         }
     }
@@ -455,7 +535,20 @@ impl IndexServer {
         Session {
             remote,
             state: SessionState::AwaitingHello,
+            buckets: self.limiter.open(remote.ip(), Instant::now()),
         }
+    }
+
+    /// If `remote`'s address is banned: the frame that tells it so before its connection is
+    /// closed (counted).
+    pub fn ban_refusal(&mut self, remote: SocketAddr) -> Option<Vec<u8>> {
+        let left = self.limiter.banned(remote.ip(), Instant::now())?;
+        self.limiter.count_banned_connection();
+        log::debug!(
+            "{remote}: refused at accept: banned for {} s more",
+            left.as_secs()
+        );
+        Some(wire::index_banned_frame(left.as_millis() as u64))
     }
 
     /// Handles one request frame's payload, appending the response frame(s) to `out`.
@@ -473,13 +566,18 @@ impl IndexServer {
                 let is_search = matches!(req.body, RequestBody::Search { .. });
                 let is_lookup = matches!(req.body, RequestBody::Lookup { .. });
                 let started = Instant::now();
+                let refused = self.limiter.counts().rate_limited;
                 let verdict = self.handle_request(out, session, req);
                 let ns = (started.elapsed().as_nanos() as u64).clamp(1, MAX_TRACKED_NS);
                 self.metrics.record_request(kind, ns);
-                if is_search {
-                    self.search_ns.saturating_record(ns);
-                } else if is_lookup {
-                    self.lookup_ns.saturating_record(ns);
+                // A request refused over a rate limit did no work: it is not timed as a
+                // search or lookup.
+                if self.limiter.counts().rate_limited == refused {
+                    if is_search {
+                        self.search_ns.saturating_record(ns);
+                    } else if is_lookup {
+                        self.lookup_ns.saturating_record(ns);
+                    }
                 }
                 verdict
             }
@@ -522,6 +620,7 @@ impl IndexServer {
     /// The connection is gone: its peer's entries leave the index.
     pub fn close(&mut self, session: Session, reason: &CloseReason) {
         self.connections -= 1;
+        self.limiter.close(session.remote.ip());
         let remote = session.remote;
         match session.state {
             SessionState::Ready { peer, addr } => {
@@ -558,7 +657,16 @@ impl Handler for IndexServer {
         }
     }
 
-    fn handle_accept(&mut self, _: &mut Ctx<Session>, _: ConnId, remote: SocketAddr) -> Session {
+    fn handle_accept(
+        &mut self,
+        ctx: &mut Ctx<Session>,
+        conn: ConnId,
+        remote: SocketAddr,
+    ) -> Session {
+        if let Some(frame) = self.ban_refusal(remote) {
+            ctx.send(conn, |out| out.extend_from_slice(&frame));
+            ctx.close_after_flush(conn, CloseReason::Protocol("banned: rate limits".into()));
+        }
         self.accept(remote)
     }
 
@@ -608,7 +716,13 @@ impl Handler for IndexServer {
     }
 
     fn handle_http_get(&mut self, ctx: &mut Ctx<Session>, path: &str) -> Option<HttpBody> {
-        (path == "/metrics").then(|| HttpBody {
+        if path != "/metrics" {
+            return None;
+        }
+        let counts = self.limiter.counts();
+        self.metrics.rate_limited = counts.rate_limited;
+        self.metrics.banned = counts.bans;
+        Some(HttpBody {
             content_type: crate::metrics::CONTENT_TYPE,
             body: metrics::render(self, ctx).into_bytes(),
         })

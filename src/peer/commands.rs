@@ -320,6 +320,21 @@ impl Commands {
                 });
                 None
             }
+            (
+                Some(_),
+                ResponseBody::RateLimited {
+                    retry_after_ms,
+                    banned,
+                },
+            ) => {
+                let secs = retry_after_ms as f64 / 1000.0;
+                out.error(if banned {
+                    format!("index: our address is banned for {secs:.1} s (too many requests over its rate limits)")
+                } else {
+                    format!("index: rate limited: try again in {secs:.1} s")
+                });
+                None
+            }
             (waiting, other) => {
                 // Not an answer to what runs (cannot happen with one command at a time).
                 log::warn!(target: "peer", "unexpected index answer: {other:?}");

@@ -497,7 +497,7 @@ impl PeerCore {
                     self.commands.finish();
                 }
             }
-            SessionEvent::Refused(status) => self.output.note(status),
+            SessionEvent::Refused(status) | SessionEvent::Note(status) => self.output.note(status),
             SessionEvent::Error(text) => self.output.error(text),
             SessionEvent::Answer { tag, body } => self.handle_answer(now, tag, body),
         }

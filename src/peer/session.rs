@@ -6,7 +6,8 @@
 //! ```text
 //!  start / retry due --> Resolving (a host name) --addresses--> Connecting --connected-->
 //!  AwaitingWelcome --Welcome--> Ready (Ping every PING_INTERVAL; requests by id)
-//!  any close, failed connect or lookup --> Down (retry after a jittered backoff)
+//!  any close, failed connect or lookup --> Down (retry after a jittered backoff, and not
+//!  before a ban the index announced has expired)
 //!  a connect that fails while the name has more addresses --> Connecting to the next one
 //!  Hello answered VersionMismatch --> Refused: closed, never retried; said once, in `status`
 //! ```
@@ -18,9 +19,14 @@
 //! - Soft state: the index forgets us when the connection ends, so [`SessionEvent::Up`] comes
 //!   after every Welcome and the peer registers everything again.
 //! - Reconnects back off exponentially from [`BACKOFF_MIN`] to [`BACKOFF_MAX`], each wait
-//!   drawn between half and all of its step (jitter, so peers that lost the same index do not
-//!   return in lockstep); the random source is seeded by the caller, so tests are repeatable.
-//!   A Welcome resets the backoff.
+//!   drawn uniformly between zero and its step ("full jitter": thousands of peers that lost
+//!   the same index come back spread over the whole step, not in a wave at its end); the
+//!   random source is seeded by the caller, so tests are repeatable. A Welcome resets the
+//!   backoff.
+//! - A register or unregister the index refuses with `RateLimited` is sent again, as it was,
+//!   once the wait it names has passed (if the session is still up; a new session registers
+//!   everything anyway). A `RateLimited` that says the address is banned holds every
+//!   reconnect off until the ban ends.
 //! - The person is told once that the index went away, and once that it is back.
 //! - A version mismatch cannot be fixed by retrying: the session stays down until the peer is
 //!   restarted, instead of hammering the index.
@@ -91,6 +97,8 @@ pub enum SessionEvent {
     Error(String),
     /// The index speaks another protocol version: the session stays down.
     Refused(String),
+    /// Something the person should know that needs no action (a rate limit waited out).
+    Note(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +140,12 @@ pub struct IndexSession {
     /// The person was told the index is down, and not yet that it is back.
     told_down: bool,
     events: VecDeque<SessionEvent>,
+    /// Registers and unregisters in flight, by id: sent again if refused over a rate limit.
+    automatic: HashMap<u32, RequestBody>,
+    /// Refused automatic requests and when to send them again.
+    deferred: Vec<(Instant, RequestBody, Tag)>,
+    /// The index banned our address until then: no reconnect before.
+    banned_until: Option<Instant>,
 }
 
 impl IndexSession {
@@ -149,6 +163,9 @@ impl IndexSession {
             addrs: VecDeque::new(),
             told_down: false,
             events: VecDeque::new(),
+            automatic: HashMap::new(),
+            deferred: Vec::new(),
+            banned_until: None,
         }
     }
 
@@ -218,13 +235,39 @@ impl IndexSession {
     /// A frame from the index.
     pub fn handle_response(&mut self, now: Instant, resp: Response, out: &mut VecDeque<Action>) {
         let Some(tag) = self.pending.remove(&resp.id) else {
-            if let ResponseBody::Error { code, message } = resp.body {
-                self.events
-                    .push_back(SessionEvent::Error(format!("index: {code}: {message}")));
+            match resp.body {
+                ResponseBody::Error { code, message } => self
+                    .events
+                    .push_back(SessionEvent::Error(format!("index: {code}: {message}"))),
+                // Refused at accept for a ban: the close that follows waits it out.
+                ResponseBody::RateLimited {
+                    retry_after_ms,
+                    banned,
+                } => self.rate_limited(now, retry_after_ms, banned, "connecting"),
+                _ => {}
             }
             return;
         };
+        let automatic = self.automatic.remove(&resp.id);
         match (tag, resp.body) {
+            (
+                tag,
+                ResponseBody::RateLimited {
+                    retry_after_ms,
+                    banned,
+                },
+            ) if tag != Tag::Command => {
+                let what = match tag {
+                    Tag::Register => "registering",
+                    Tag::Unregister => "withdrawing files",
+                    _ => "talking to it",
+                };
+                self.rate_limited(now, retry_after_ms, banned, what);
+                if let (Some(body), false) = (automatic, banned) {
+                    let at = now + Duration::from_millis(retry_after_ms);
+                    self.deferred.push((at, body, tag));
+                }
+            }
             (Tag::Hello, ResponseBody::Welcome { observed, .. }) => {
                 let State::AwaitingWelcome { conn } = self.state else {
                     return;
@@ -261,6 +304,22 @@ impl IndexSession {
         }
     }
 
+    /// The index refused a request over its rate limits: say so, and remember a ban.
+    fn rate_limited(&mut self, now: Instant, retry_after_ms: u64, banned: bool, what: &str) {
+        let wait = Duration::from_millis(retry_after_ms);
+        let secs = wait.as_secs_f64();
+        let text = if banned {
+            self.banned_until = Some(now + wait);
+            format!(
+                "index: our address is banned for {secs:.1} s (too many requests over its rate \
+                 limits); reconnecting after that"
+            )
+        } else {
+            format!("index: rate limited while {what}; trying again in {secs:.1} s")
+        };
+        self.events.push_back(SessionEvent::Note(text));
+    }
+
     /// The connection (or its connect) ended.
     pub fn handle_closed(
         &mut self,
@@ -285,9 +344,12 @@ impl IndexSession {
         let command_lost = self.pending.values().any(|t| *t == Tag::Command);
         self.pending.clear();
         self.addrs.clear();
+        self.automatic.clear();
+        self.deferred.clear();
         let delay = self.next_backoff();
+        let retry_at = (now + delay).max(self.banned_until.take().unwrap_or(now));
         self.state = State::Down {
-            retry_at: Some(now + delay),
+            retry_at: Some(retry_at),
         };
         let first = !self.told_down;
         self.told_down = true;
@@ -299,18 +361,27 @@ impl IndexSession {
     }
 
     /// The wait before the next attempt: the step doubles from [`BACKOFF_MIN`] up to
-    /// [`BACKOFF_MAX`], and the wait is drawn uniformly between half the step and all of it.
+    /// [`BACKOFF_MAX`], and the wait is drawn uniformly between zero and the step (full
+    /// jitter).
     fn next_backoff(&mut self) -> Duration {
         let step = BACKOFF_MIN
             .saturating_mul(1u32 << self.attempts.min(16))
             .min(BACKOFF_MAX);
         self.attempts = self.attempts.saturating_add(1);
-        let half = step.as_millis() as u64 / 2;
-        Duration::from_millis(half + self.rng.u64(0..=half))
+        Duration::from_millis(self.rng.u64(0..=step.as_millis() as u64))
     }
 
     /// Time passed: retry a connect or send a ping when due.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut VecDeque<Action>) {
+        if self.is_ready() && self.deferred.iter().any(|(at, ..)| *at <= now) {
+            let (due, later) = std::mem::take(&mut self.deferred)
+                .into_iter()
+                .partition(|(at, ..)| *at <= now);
+            self.deferred = later;
+            for (_, body, tag) in due {
+                self.request(body, tag, out);
+            }
+        }
         match self.state {
             State::Down { retry_at: Some(at) } if at <= now => self.connect(out),
             State::Ready {
@@ -329,7 +400,10 @@ impl IndexSession {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Down { retry_at } => retry_at,
-            State::Ready { next_ping, .. } => Some(next_ping),
+            State::Ready { next_ping, .. } => {
+                let retry = self.deferred.iter().map(|(at, ..)| *at).min();
+                Some(retry.map_or(next_ping, |r| r.min(next_ping)))
+            }
             _ => None,
         }
     }
@@ -354,9 +428,14 @@ impl IndexSession {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let mut frame = Vec::new();
-        wire::encode_frame(&Request { id, body }, &mut frame);
+        let request = Request { id, body };
+        wire::encode_frame(&request, &mut frame);
+        let body = request.body;
         out.push_back(Action::Send { conn, frame });
         self.pending.insert(id, tag);
+        if matches!(tag, Tag::Register | Tag::Unregister) {
+            self.automatic.insert(id, body);
+        }
     }
 
     /// Registers `entries` in bulk (several frames if they are many); nothing if not ready
@@ -521,16 +600,17 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_with_jitter_within_bounds_and_is_repeatable() {
+    fn backoff_doubles_with_full_jitter_within_bounds_and_is_repeatable() {
         let w = waits(7, 12);
         for (i, wait) in w.iter().enumerate() {
             let step = (BACKOFF_MIN * (1 << i)).min(BACKOFF_MAX);
-            assert!(
-                *wait >= step / 2 && *wait <= step,
-                "wait {i}: {wait:?} for step {step:?}"
-            );
+            assert!(*wait <= step, "wait {i}: {wait:?} for step {step:?}");
         }
-        assert!(w[11] >= BACKOFF_MAX / 2);
+        // Full jitter: waits spread over the whole step, not only its upper half.
+        assert!(w
+            .iter()
+            .enumerate()
+            .any(|(i, wait)| { *wait < (BACKOFF_MIN * (1 << i)).min(BACKOFF_MAX) / 2 }));
         assert_eq!(w, waits(7, 12), "same seed, same waits");
         assert_ne!(w, waits(8, 12), "jitter differs between peers");
     }
@@ -660,5 +740,91 @@ mod tests {
             })
         ));
         assert!(!s.request(RequestBody::Ping, Tag::Ping, &mut out));
+    }
+
+    /// The requests sent, decoded.
+    fn sent(out: &mut VecDeque<Action>) -> Vec<Request> {
+        out.drain(..)
+            .filter_map(|a| match a {
+                Action::Send { frame, .. } => {
+                    let (frames, _) =
+                        crate::codec::decode_all(&mut crate::codec::Decoder::default(), &frame)
+                            .unwrap();
+                    Some(wire::decode(&frames[0]).unwrap())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_register_refused_over_a_rate_limit_is_sent_again_after_the_wait() {
+        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1);
+        let mut out = VecDeque::new();
+        let now = Instant::now();
+        s.start(&mut out);
+        welcome(&mut s, now, &mut out);
+        while s.poll_event().is_some() {}
+        out.clear();
+        let files = vec![FileEntry {
+            hash: FileHash::of(b"x"),
+            size: 1,
+            name: "x".into(),
+        }];
+        s.register(files.clone(), &mut out);
+        let first = sent(&mut out);
+        assert_eq!(first.len(), 1);
+        let refusal = ResponseBody::RateLimited {
+            retry_after_ms: 1500,
+            banned: false,
+        };
+        s.handle_response(
+            now,
+            Response {
+                id: first[0].id,
+                body: refusal,
+            },
+            &mut out,
+        );
+        assert!(matches!(
+            s.poll_event(),
+            Some(SessionEvent::Note(t)) if t.contains("rate limited while registering")
+        ));
+        // Nothing before the wait; the same files then.
+        let due = now + Duration::from_millis(1500);
+        assert_eq!(s.poll_timeout(), Some(due));
+        s.handle_timeout(due - Duration::from_millis(1), &mut out);
+        assert!(sent(&mut out).is_empty());
+        s.handle_timeout(due, &mut out);
+        let again = sent(&mut out);
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].id, first[0].id);
+        assert_eq!(again[0].body, RequestBody::Register { files });
+        assert_eq!(s.poll_timeout(), Some(now + PING_INTERVAL));
+    }
+
+    #[test]
+    fn a_ban_holds_every_reconnect_off_until_it_ends() {
+        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1);
+        let mut out = VecDeque::new();
+        let now = Instant::now();
+        s.start(&mut out);
+        s.handle_connected(ConnId(1), &mut out);
+        // Refused at accept: request 0's answer, then the close.
+        let ban = ResponseBody::RateLimited {
+            retry_after_ms: 60_000,
+            banned: true,
+        };
+        s.handle_response(now, Response { id: 0, body: ban }, &mut out);
+        assert!(matches!(
+            s.poll_event(),
+            Some(SessionEvent::Note(t)) if t.contains("banned for 60.0 s")
+        ));
+        s.handle_closed(now, &CloseReason::Eof, &mut out);
+        assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(60)));
+        // Only that once: the next failure backs off as usual.
+        s.handle_timeout(now + Duration::from_secs(60), &mut out);
+        s.handle_closed(now + Duration::from_secs(60), &CloseReason::Eof, &mut out);
+        assert!(s.poll_timeout().unwrap() <= now + Duration::from_secs(60) + BACKOFF_MIN * 4);
     }
 }

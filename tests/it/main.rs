@@ -7,6 +7,7 @@
 mod common;
 mod hostile;
 mod indexd;
+mod limits;
 mod ops;
 mod peer;
 mod reactor;

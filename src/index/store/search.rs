@@ -73,6 +73,8 @@ pub struct SearchPage {
     pub next: Option<SearchCursor>,
     /// The work budget ran out before the best hits were known for sure.
     pub partial: bool,
+    /// Work units spent (what the rate limits charge), the hits' records not counted.
+    pub work: u64,
 }
 
 /// Why a search was refused.
@@ -147,6 +149,7 @@ impl Index {
             total_exact: true,
             next: None,
             partial: false,
+            work: 0,
         };
         if qwords.is_empty() || limit == 0 {
             page.total_exact = qwords.is_empty();
@@ -357,6 +360,7 @@ impl Index {
                 check,
             });
         }
+        page.work = work as u64;
         Ok(page)
     }
 

@@ -15,13 +15,18 @@
 //!   phase ends when its operations are done or its time limit has passed.
 //! - The abuser reads every answer (so the index never parks it for unread output) and is
 //!   stopped, its connection shut down, before the results are reported.
+//! - Against an index on IPv4 loopback the abuser connects from its own address,
+//!   [`ABUSER_LOOPBACK`], so that indexd's per-address budget and bans tell it from the
+//!   honest client (on 127.0.0.1), as they would two hosts. Its answers are counted by kind:
+//!   searched, looked up, rate limited, banned (indexd then closes its connection, and the
+//!   abuser stops: a ban ends the abuse), other errors.
 
 use super::client::Client;
 use super::corpus::NameStats;
 use super::report::PerClass;
 use super::stats::OpSummary;
 use p2pshare::codec::Decoder;
-use p2pshare::wire::{self, LookupKey, Request, RequestBody};
+use p2pshare::wire::{self, LookupKey, Request, RequestBody, Response, ResponseBody};
 use serde::Serialize;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -42,6 +47,53 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// The abuser's listening port (fake, as every bench session's).
 const ABUSER_PORT: u16 = 39999;
+
+/// The address the abuser connects from when the index is on IPv4 loopback.
+pub const ABUSER_LOOPBACK: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
+/// A connection to `addr`, from [`ABUSER_LOOPBACK`] if `addr` is IPv4 loopback.
+fn connect_from_own_address(addr: SocketAddr) -> io::Result<TcpStream> {
+    let ipv4_loopback = matches!(addr, SocketAddr::V4(a) if a.ip().is_loopback());
+    if !ipv4_loopback {
+        return TcpStream::connect(addr);
+    }
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((ABUSER_LOOPBACK, 0)).into())?;
+    socket.connect(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// The abuser's answers, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AbuserAnswers {
+    /// Search results.
+    pub searched: u64,
+    /// Lookup answers (holders).
+    pub looked_up: u64,
+    /// Refused over a rate limit (`RateLimited`, not banned).
+    pub rate_limited: u64,
+    /// Told its address is banned (the connection then closes).
+    pub banned: u64,
+    /// Error answers.
+    pub errors: u64,
+}
+
+impl AbuserAnswers {
+    fn count(&mut self, payload: &[u8]) {
+        match wire::decode::<Response>(payload).map(|r| r.body) {
+            Ok(ResponseBody::SearchResults { .. }) => self.searched += 1,
+            Ok(ResponseBody::Holders { .. }) => self.looked_up += 1,
+            Ok(ResponseBody::RateLimited { banned: false, .. }) => self.rate_limited += 1,
+            Ok(ResponseBody::RateLimited { banned: true, .. }) => self.banned += 1,
+            _ => self.errors += 1,
+        }
+    }
+
+    /// Every answer.
+    pub fn total(&self) -> u64 {
+        self.searched + self.looked_up + self.rate_limited + self.banned + self.errors
+    }
+}
 
 /// The abuser's requests: one-letter prefixes and common words to search, common names to
 /// look up.
@@ -94,7 +146,9 @@ pub struct Abuser {
     stop: Arc<AtomicBool>,
     stream: TcpStream,
     writer: thread::JoinHandle<io::Result<u64>>,
-    reader: thread::JoinHandle<io::Result<(u64, u64)>>,
+    reader: thread::JoinHandle<io::Result<(AbuserAnswers, u64)>>,
+    /// The address it connects from.
+    local: SocketAddr,
     began: Instant,
 }
 
@@ -105,6 +159,10 @@ pub struct AbuserResult {
     pub sent: u64,
     /// Answers read.
     pub answered: u64,
+    /// Answers read, by kind.
+    pub answers: AbuserAnswers,
+    /// The address it connected from.
+    pub local: SocketAddr,
     /// Bytes of answers read.
     pub bytes: u64,
     /// From its first write to its stop.
@@ -118,7 +176,10 @@ impl Abuser {
         if expensive.searches.is_empty() && expensive.lookups.is_empty() {
             return Err(io::Error::other("the abuser has no request to send"));
         }
-        let stream = Client::hello(addr, ABUSER_PORT, "p2pshare-bench abuser")?.into_stream()?;
+        let stream = connect_from_own_address(addr)?;
+        let local = stream.local_addr()?;
+        let stream =
+            Client::hello_on(stream, addr, ABUSER_PORT, "p2pshare-bench abuser")?.into_stream()?;
         stream.set_read_timeout(Some(POLL))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (credit, credits) = mpsc::channel::<u64>();
@@ -139,6 +200,7 @@ impl Abuser {
             stream,
             writer,
             reader,
+            local,
             began: Instant::now(),
         })
     }
@@ -159,10 +221,12 @@ impl Abuser {
             .map_err(|_| io::Error::other("the abuser's reader panicked"))?;
         // After the shutdown, a write or read may fail: what was counted still stands.
         let sent = sent.unwrap_or(0);
-        let (answered, bytes) = read.unwrap_or((0, 0));
+        let (answers, bytes) = read.unwrap_or_default();
         Ok(AbuserResult {
             sent,
-            answered,
+            answered: answers.total(),
+            answers,
+            local: self.local,
             bytes,
             elapsed,
         })
@@ -203,8 +267,9 @@ fn write_requests(
             sent += 1;
             allowed -= 1;
         }
-        if !batch.is_empty() {
-            stream.write_all(&batch)?;
+        if !batch.is_empty() && stream.write_all(&batch).is_err() {
+            // Closed by the index (a ban) or by the stop: what was written stands.
+            break;
         }
         match credits.recv_timeout(POLL) {
             Ok(n) => allowed += n,
@@ -216,17 +281,17 @@ fn write_requests(
     Ok(sent)
 }
 
-/// Reads and counts answer frames until stopped, crediting the writer with each read's
-/// answers. Returns (answers, bytes).
+/// Reads and counts answer frames until stopped or closed, crediting the writer with each
+/// read's answers. Returns (answers by kind, bytes).
 fn read_answers(
     stream: &mut TcpStream,
     stop: &AtomicBool,
     credit: &mpsc::Sender<u64>,
-) -> io::Result<(u64, u64)> {
+) -> io::Result<(AbuserAnswers, u64)> {
     let mut decoder = Decoder::new(ABUSER_MAX_FRAME_BYTES);
     let mut buf = Vec::with_capacity(1 << 20);
     let mut chunk = vec![0u8; 256 << 10];
-    let (mut answers, mut bytes) = (0u64, 0u64);
+    let (mut answers, mut bytes) = (AbuserAnswers::default(), 0u64);
     while !stop.load(Ordering::Relaxed) {
         let n = match stream.read(&mut chunk) {
             Ok(0) => break,
@@ -251,12 +316,12 @@ fn read_answers(
             .decode(&buf[at..])
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
         {
+            answers.count(&buf[at..][d.payload.clone()]);
             at += d.consumed;
             got += 1;
         }
         buf.drain(..at);
         if got > 0 {
-            answers += got;
             let _ = credit.send(got);
         }
     }
@@ -310,6 +375,10 @@ pub struct AbuseSummary {
     pub abuser_sent: u64,
     /// Answers it read.
     pub abuser_answered: u64,
+    /// Those answers by kind: how many the index ran, refused, banned.
+    pub abuser_answers: AbuserAnswers,
+    /// The address it connected from.
+    pub abuser_from: String,
     /// Answers per second.
     pub abuser_answers_per_s: f64,
     /// Bytes of answers it read.

@@ -30,7 +30,16 @@ impl Client {
     /// a connection limit answers `Busy` and closes: that error names the indexd flag that
     /// lifts the limit, as every session of the bench comes from one address.
     pub fn hello(addr: SocketAddr, listen_port: u16, agent: &str) -> io::Result<Client> {
-        let stream = TcpStream::connect(addr)?;
+        Client::hello_on(TcpStream::connect(addr)?, addr, listen_port, agent)
+    }
+
+    /// [`Client::hello`] on a stream already connected to `addr`.
+    pub fn hello_on(
+        stream: TcpStream,
+        addr: SocketAddr,
+        listen_port: u16,
+        agent: &str,
+    ) -> io::Result<Client> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
         let mut c = Client {

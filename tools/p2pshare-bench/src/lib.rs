@@ -34,6 +34,7 @@ pub mod load;
 pub mod report;
 pub mod saturate;
 pub mod stats;
+pub mod storm;
 pub mod transfer;
 pub mod workload;
 
@@ -430,6 +431,8 @@ fn run_abuse(
         abuser_requests: expensive,
         abuser_sent: done.sent,
         abuser_answered: done.answered,
+        abuser_answers: done.answers,
+        abuser_from: done.local.ip().to_string(),
         abuser_answers_per_s: (done.answered as f64 / done.elapsed.as_secs_f64().max(1e-9)).round(),
         abuser_bytes_read: done.bytes,
         phase_limit_s: duration.as_secs_f64(),

@@ -51,6 +51,16 @@ struct Flags {
     /// name lookups pipelined (default 128); each phase stops after --duration seconds.
     #[arg(long, value_name = "IN_FLIGHT", num_args = 0..=1, default_missing_value = "128")]
     abuse: Option<usize>,
+    /// Reconnect-storm mode: PEERS simulated peers of 100 files each (default 10,000)
+    /// register with an indexd the bench starts (--indexd); indexd is SIGKILLed, left down
+    /// --storm-outage seconds, restarted on the same address; reported: the time until the
+    /// index is whole again and an honest client's lookup latency meanwhile (storm.json in
+    /// --out). The initial load and the refill are each given at most 180 s.
+    #[arg(long, value_name = "PEERS", num_args = 0..=1, default_missing_value = "10000")]
+    storm: Option<usize>,
+    /// Reconnect-storm mode: seconds indexd stays down.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    storm_outage: f64,
     /// Saturation mode: requests in flight per connection.
     #[arg(long, value_name = "K")]
     pipeline: Option<usize>,
@@ -92,6 +102,62 @@ struct Flags {
     sendfile_server: Option<PathBuf>,
 }
 
+/// Longest the storm's initial load, and its refill, may take.
+const STORM_LIMIT: Duration = Duration::from_secs(180);
+
+/// The reconnect-storm mode, apart from the others (it starts and kills its own indexd).
+fn run_storm(flags: &Flags, peers: usize) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("bench --storm: {e}");
+        ExitCode::FAILURE
+    };
+    if !(1..=100_000).contains(&peers) {
+        return fail(format!("{peers} peers is outside 1..=100000"));
+    }
+    if !(0.0..=600.0).contains(&flags.storm_outage) {
+        return fail("--storm-outage is outside [0, 600] seconds".into());
+    }
+    let indexd = match &flags.indexd {
+        Some(p) => p.clone(),
+        None => match std::env::current_exe() {
+            Ok(exe) => exe.with_file_name("indexd"),
+            Err(e) => return fail(format!("cannot find this binary: {e}")),
+        },
+    };
+    let limit = STORM_LIMIT;
+    let outage = Duration::from_secs_f64(flags.storm_outage);
+    let r = match p2pshare_bench::storm::run(&indexd, peers, outage, limit, flags.seed) {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    let whole = match r.whole_after_s {
+        Some(s) => format!("{s:.2} s after the restart"),
+        None => format!(
+            "NOT within {limit:?} ({} of {} files back)",
+            r.files_back, r.files
+        ),
+    };
+    println!(
+        "storm: {} peers × {} files: loaded in {:.1} s; after SIGKILL and {:.1} s down, whole again {whole}",
+        r.peers,
+        p2pshare_bench::storm::FILES_PER_PEER,
+        r.initial_load_s,
+        r.outage_s
+    );
+    println!(
+        "storm: honest lookups meanwhile: p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs ({} lookups, {} not yet back); peers rate limited {}",
+        r.lookup.p50_us, r.lookup.p99_us, r.lookup.max_us, r.lookup.count, r.lookups_not_found, r.peers_rate_limited
+    );
+    let json = serde_json::to_string_pretty(&r).expect("serialisable");
+    if let Err(e) = std::fs::create_dir_all(&flags.out)
+        .and_then(|()| std::fs::write(flags.out.join("storm.json"), json))
+    {
+        return fail(format!("cannot write {}: {e}", flags.out.display()));
+    }
+    println!("wrote {}", flags.out.join("storm.json").display());
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let flags = Flags::parse();
     if flags.echo_server {
@@ -111,6 +177,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Some(peers) = flags.storm {
+        return run_storm(&flags, peers);
     }
     let config = match validate(flags) {
         Ok(c) => c,

@@ -741,6 +741,13 @@ fn abuse_markdown(md: &mut String, a: &AbuseSummary) {
         a.abuser_answers_per_s,
         a.abuser_bytes_read
     );
+    let k = &a.abuser_answers;
+    let _ = writeln!(
+        md,
+        "The abuser's answers (it connected from {}): {} searches and {} lookups answered, {} \
+         `RateLimited`, {} banned (indexd then closed its connection), {} errors.",
+        a.abuser_from, k.searched, k.looked_up, k.rate_limited, k.banned, k.errors
+    );
 }
 
 /// The abuse mode's console lines.
@@ -773,6 +780,12 @@ pub fn abuse_console(a: &AbuseSummary) -> String {
         a.in_flight,
         a.abuser_answered,
         a.abuser_answers_per_s
+    );
+    let k = &a.abuser_answers;
+    let _ = writeln!(
+        t,
+        "abuser (from {}): {} searches and {} lookups answered, {} rate limited, {} banned, {} errors",
+        a.abuser_from, k.searched, k.looked_up, k.rate_limited, k.banned, k.errors
     );
     t
 }

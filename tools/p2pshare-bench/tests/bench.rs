@@ -432,6 +432,15 @@ fn abuse_mode_times_the_honest_client_with_and_without_the_abuser() {
     assert_eq!(a["idle"]["search"]["errors"], 0);
     assert!(a["abused"]["search"]["count"].as_u64().unwrap() > 0);
     assert!(a["abuser_answered"].as_u64().unwrap() > 0);
+    // Its answers by kind add up, and it came from its own loopback address.
+    let k = &a["abuser_answers"];
+    let kinds: u64 = ["searched", "looked_up", "rate_limited", "banned", "errors"]
+        .iter()
+        .map(|f| k[f].as_u64().unwrap())
+        .sum();
+    assert_eq!(kinds, a["abuser_answered"].as_u64().unwrap());
+    assert_eq!(a["abuser_from"], "127.0.0.2");
+    assert!(stdout.contains("abuser (from 127.0.0.2)"), "{stdout}");
     // The expensive requests come from the names: one-letter prefixes, words, names.
     let searches = a["abuser_requests"]["searches"].as_array().unwrap();
     assert!(searches
@@ -447,6 +456,10 @@ fn abuse_mode_times_the_honest_client_with_and_without_the_abuser() {
     assert!(stdout.contains("abuse: honest lookup"), "{stdout}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## Under abuse"), "{md}");
+    assert!(
+        md.contains("The abuser's answers (it connected from 127.0.0.2)"),
+        "{md}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -459,5 +472,30 @@ fn abuse_refuses_other_modes_and_names_must_exist() {
     let r = bench(&out, &["--names", "/nonexistent/names.txt"]);
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("no such file"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn storm_mode_measures_the_refill_after_a_sigkill() {
+    let out = temp_dir("storm");
+    let (indexd, _) = servers();
+    let r = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .arg("--indexd")
+        .arg(indexd)
+        .arg("--out")
+        .arg(&out)
+        .args(["--storm", "40", "--storm-outage", "0"])
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(stdout.contains("whole again"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("storm.json")).unwrap()).unwrap();
+    assert_eq!(json["peers"], 40);
+    assert_eq!(json["files"], 4000);
+    assert_eq!(json["files_back"], 4000);
+    assert!(json["whole_after_s"].as_f64().unwrap() > 0.0);
+    assert!(json["lookup"]["count"].as_u64().unwrap() > 0);
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -1,0 +1,653 @@
+//! Rate limits and temporary bans of indexd: token buckets charged with the work requests
+//! actually cost, and a ban for an address that keeps running into them. Sans-IO: every
+//! method takes `now`, so tests run on virtual time.
+//!
+//! # Accounting
+//! Work is counted in *units*, the search's own (about a posting read, some nanoseconds; see
+//! `store/search.rs`); the first [`FREE_UNITS`] of every request are free. A request is admitted if its session's bucket for its kind
+//! ([`Kind`]) and, for searches and lookups, its address's shared bucket are not in debt;
+//! once answered, it is charged what it really cost ([`search_cost`], [`lookup_cost`], one
+//! unit per register or unregister entry), which may drive a bucket into debt. Buckets refill
+//! at their rate up to their burst. So a client pays for the work it caused, however
+//! expensive one request turned out, and a client in debt is refused until it has paid it
+//! off: the refusal ([`Refusal`]) says in how many milliseconds, and costs the server a
+//! decode and a small answer.
+//!
+//! # Addresses and bans
+//! An address is an IPv4 address (IPv4-mapped IPv6 included) or an IPv6 /64, as the reactor
+//! groups its per-source connection limits: one host opening 256 connections shares one
+//! address bucket. Each refusal takes a token from the address's *strike* bucket (capacity
+//! `ban_after`, refilled at `ban_after` per `ban_window`); an address that empties it is banned
+//! for `ban_for`: the refused request's connection is closed after its answer, every further
+//! request of that address is answered with a ban and closed, and its new connections are
+//! refused at accept, until the ban expires by itself. A client that waits as told between
+//! refusals is never banned.
+//!
+//! # Invariants
+//! - A setting of 0 switches that limit off (a bucket of rate 0 is never charged or checked;
+//!   `ban_after` 0 never bans).
+//! - Address records are kept while the address has a session, is banned or is in debt or
+//!   short of strikes; others are dropped by a periodic sweep, so the table is bounded by
+//!   the addresses recently seen.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Units counted for any search or lookup besides the work it reports: decoding, answering.
+pub const BASE_UNITS: u64 = 16;
+/// Units of every request that are not charged: a request that costs no more than this (a
+/// lookup by hash, a search of a rare word, a register of a few files) is as cheap as a
+/// ping, and a flood of those is kept fair by the reactor's per-turn shares, not here. So
+/// the limits weigh on expensive work only, and a benchmark of cheap requests never meets
+/// them.
+pub const FREE_UNITS: u64 = 32;
+/// Units per file of a lookup's answer (reading its record and name).
+pub const FILE_UNITS: u64 = 8;
+
+/// What a search cost: the work units it reports.
+pub fn search_cost(work: u64) -> u64 {
+    BASE_UNITS + work
+}
+
+/// What a lookup cost: its files and the holders it listed.
+pub fn lookup_cost(files: u64, holders: u64) -> u64 {
+    BASE_UNITS + files * FILE_UNITS + holders
+}
+
+/// The kinds of request that are charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Keyword searches.
+    Search,
+    /// Lookups by hash, prefix or name.
+    Lookup,
+    /// Registers and unregisters, charged per entry.
+    Register,
+}
+
+/// The limits; 0 anywhere switches that limit off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Search units per second per session (burst: [`RateLimits::BURST_SECONDS`] of it).
+    pub search_per_s: u64,
+    /// Lookup units per second per session.
+    pub lookup_per_s: u64,
+    /// Register and unregister entries per second per session.
+    pub register_per_s: u64,
+    /// Burst of the register bucket, in entries (a peer's whole share at once).
+    pub register_burst: u64,
+    /// Search and lookup units per second per address (IPv4 address, IPv6 /64), shared by
+    /// all its sessions.
+    pub address_per_s: u64,
+    /// Refusals an address may collect within `ban_window` before it is banned.
+    pub ban_after: u64,
+    /// See `ban_after`.
+    pub ban_window: Duration,
+    /// How long a ban lasts.
+    pub ban_for: Duration,
+}
+
+impl RateLimits {
+    /// A bucket's burst, in seconds of its rate (register: [`RateLimits::register_burst`]).
+    pub const BURST_SECONDS: u64 = 8;
+
+    /// No limit at all.
+    pub fn off() -> RateLimits {
+        RateLimits {
+            search_per_s: 0,
+            lookup_per_s: 0,
+            register_per_s: 0,
+            register_burst: 0,
+            address_per_s: 0,
+            ban_after: 0,
+            ban_window: Duration::ZERO,
+            ban_for: Duration::ZERO,
+        }
+    }
+}
+
+impl Default for RateLimits {
+    /// See README, "Limits and security", for why these numbers.
+    fn default() -> Self {
+        RateLimits {
+            search_per_s: 500_000,
+            lookup_per_s: 500_000,
+            register_per_s: 200_000,
+            register_burst: 2_000_000,
+            address_per_s: 2_000_000,
+            ban_after: 1_000,
+            ban_window: Duration::from_secs(10),
+            ban_for: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A token bucket that may go into debt. Tokens are kept in milli-units so that slow rates
+/// refill smoothly.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    /// Milli-units; negative: in debt.
+    level: i64,
+    /// Units per second; 0: off.
+    rate: u64,
+    /// Milli-units at most.
+    cap: i64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// A full bucket refilled at `rate` units a second up to `burst` units.
+    pub fn new(rate: u64, burst: u64, now: Instant) -> Bucket {
+        let cap = burst.saturating_mul(1000).min(i64::MAX as u64 / 2) as i64;
+        Bucket {
+            level: cap,
+            rate,
+            cap,
+            at: now,
+        }
+    }
+
+    /// Whether the bucket limits anything.
+    pub fn is_on(&self) -> bool {
+        self.rate > 0
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if now <= self.at {
+            return;
+        }
+        let gained = now.duration_since(self.at).as_micros() * u128::from(self.rate) / 1000;
+        if gained == 0 && self.level < self.cap {
+            // Less than a milli-unit so far: keep counting from `at`, or a slow bucket
+            // checked often would never refill.
+            return;
+        }
+        self.level = (self.level as i128 + gained as i128).min(self.cap as i128) as i64;
+        self.at = now;
+    }
+
+    /// None if the bucket is not in debt (or off); else how long until it is out of it.
+    pub fn wait(&mut self, now: Instant) -> Option<Duration> {
+        if !self.is_on() {
+            return None;
+        }
+        self.refill(now);
+        if self.level >= 0 {
+            return None;
+        }
+        // Milli-units owed over milli-units per ms, rounded up, one ms at least.
+        let owed = (-self.level) as u64;
+        Some(Duration::from_millis(owed.div_ceil(self.rate).max(1)))
+    }
+
+    /// Takes `units` (the bucket may go into debt, at most one burst deep).
+    pub fn charge(&mut self, units: u64, now: Instant) {
+        if !self.is_on() {
+            return;
+        }
+        self.refill(now);
+        let milli = units.saturating_mul(1000).min(i64::MAX as u64 / 4) as i64;
+        self.level = (self.level - milli).max(-self.cap.max(milli));
+    }
+
+    /// Whether the bucket is empty or in debt.
+    fn is_spent(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.level <= 0
+    }
+
+    /// Whether the bucket is full (nothing to remember about it).
+    fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.level >= self.cap
+    }
+}
+
+/// A session's own buckets, kept in its slot.
+#[derive(Debug, Clone)]
+pub struct SessionBuckets {
+    search: Bucket,
+    lookup: Bucket,
+    register: Bucket,
+}
+
+impl SessionBuckets {
+    fn of(&mut self, kind: Kind) -> &mut Bucket {
+        match kind {
+            Kind::Search => &mut self.search,
+            Kind::Lookup => &mut self.lookup,
+            Kind::Register => &mut self.register,
+        }
+    }
+}
+
+/// Where connections come from, for the per-address accounting: an IPv4 address or an IPv6
+/// /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Address {
+    /// An IPv4 address (IPv4-mapped IPv6 included).
+    V4(u32),
+    /// The first 64 bits of an IPv6 address.
+    V6(u64),
+}
+
+impl Address {
+    /// The address `ip` is counted under.
+    pub fn of(ip: IpAddr) -> Address {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => Address::V4(u32::from(a)),
+            IpAddr::V6(a) => Address::V6((u128::from(a) >> 64) as u64),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AddressRecord {
+    sessions: u32,
+    queries: Bucket,
+    strikes: Bucket,
+    banned_until: Option<Instant>,
+}
+
+/// A request refused over a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// When the client may try again.
+    pub retry_after: Duration,
+    /// The address is banned (this refusal banned it, or it was already): the connection
+    /// closes after the answer.
+    pub banned: bool,
+}
+
+/// Counters of what the limiter refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimiterCounts {
+    /// Requests refused over a rate limit (bans included).
+    pub rate_limited: u64,
+    /// Bans imposed.
+    pub bans: u64,
+    /// Connections refused at accept because their address was banned.
+    pub banned_connections: u64,
+}
+
+/// The limiter: the settings and one record per address recently seen.
+#[derive(Debug)]
+pub struct Limiter {
+    limits: RateLimits,
+    addresses: HashMap<Address, AddressRecord>,
+    /// Address records at the last sweep: the next sweep comes when the table has doubled.
+    swept_at: usize,
+    counts: LimiterCounts,
+}
+
+/// Fewest address records before a sweep is worth it.
+const SWEEP_MIN: usize = 1024;
+
+impl Limiter {
+    /// A limiter with these limits.
+    pub fn new(limits: RateLimits) -> Limiter {
+        Limiter {
+            limits,
+            addresses: HashMap::new(),
+            swept_at: 0,
+            counts: LimiterCounts::default(),
+        }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &RateLimits {
+        &self.limits
+    }
+
+    /// What was refused so far.
+    pub fn counts(&self) -> LimiterCounts {
+        self.counts
+    }
+
+    /// Whether `ip` is banned now: how long it still is.
+    pub fn banned(&mut self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let rec = self.addresses.get_mut(&Address::of(ip))?;
+        match rec.banned_until {
+            Some(t) if t > now => Some(t - now),
+            Some(_) => {
+                rec.banned_until = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// A connection from `ip` was refused at accept for its ban.
+    pub fn count_banned_connection(&mut self) {
+        self.counts.banned_connections += 1;
+    }
+
+    fn record(&mut self, address: Address, now: Instant) -> &mut AddressRecord {
+        let l = &self.limits;
+        self.addresses
+            .entry(address)
+            .or_insert_with(|| AddressRecord {
+                sessions: 0,
+                queries: Bucket::new(
+                    l.address_per_s,
+                    l.address_per_s * RateLimits::BURST_SECONDS,
+                    now,
+                ),
+                strikes: Bucket::new(
+                    (l.ban_after * 1000)
+                        .checked_div(l.ban_window.as_millis().max(1) as u64)
+                        .unwrap_or(0)
+                        .max(u64::from(l.ban_after > 0)),
+                    l.ban_after,
+                    now,
+                ),
+                banned_until: None,
+            })
+    }
+
+    /// A session from `ip` starts: its buckets.
+    pub fn open(&mut self, ip: IpAddr, now: Instant) -> SessionBuckets {
+        self.sweep(now);
+        self.record(Address::of(ip), now).sessions += 1;
+        let l = &self.limits;
+        let burst = |rate: u64| rate * RateLimits::BURST_SECONDS;
+        SessionBuckets {
+            search: Bucket::new(l.search_per_s, burst(l.search_per_s), now),
+            lookup: Bucket::new(l.lookup_per_s, burst(l.lookup_per_s), now),
+            register: Bucket::new(l.register_per_s, l.register_burst, now),
+        }
+    }
+
+    /// A session from `ip` ended.
+    pub fn close(&mut self, ip: IpAddr) {
+        if let Some(rec) = self.addresses.get_mut(&Address::of(ip)) {
+            rec.sessions = rec.sessions.saturating_sub(1);
+        }
+    }
+
+    /// Whether a request of `kind` from a session with `buckets` at `ip` may run now.
+    pub fn admit(
+        &mut self,
+        buckets: &mut SessionBuckets,
+        ip: IpAddr,
+        kind: Kind,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let own = buckets.of(kind).wait(now);
+        let shared = kind != Kind::Register && self.limits.address_per_s > 0;
+        let ban_after = self.limits.ban_after;
+        let ban_for = self.limits.ban_for;
+        let rec = self.record(Address::of(ip), now);
+        if let Some(t) = rec.banned_until {
+            if t > now {
+                return Err(Refusal {
+                    retry_after: t - now,
+                    banned: true,
+                });
+            }
+            rec.banned_until = None;
+        }
+        let address = if shared { rec.queries.wait(now) } else { None };
+        let Some(wait) = own.max(address) else {
+            return Ok(());
+        };
+        let mut refusal = Refusal {
+            retry_after: wait,
+            banned: false,
+        };
+        if ban_after > 0 {
+            rec.strikes.charge(1, now);
+            if rec.strikes.is_spent(now) {
+                rec.banned_until = Some(now + ban_for);
+                refusal = Refusal {
+                    retry_after: ban_for,
+                    banned: true,
+                };
+                self.counts.bans += 1;
+            }
+        }
+        self.counts.rate_limited += 1;
+        Err(refusal)
+    }
+
+    /// Charges an admitted request of `kind` from `ip` what it cost beyond [`FREE_UNITS`].
+    pub fn charge(
+        &mut self,
+        buckets: &mut SessionBuckets,
+        ip: IpAddr,
+        kind: Kind,
+        units: u64,
+        now: Instant,
+    ) {
+        let units = units.saturating_sub(FREE_UNITS);
+        if units == 0 {
+            return;
+        }
+        buckets.of(kind).charge(units, now);
+        if kind != Kind::Register && self.limits.address_per_s > 0 {
+            self.record(Address::of(ip), now).queries.charge(units, now);
+        }
+    }
+
+    /// Drops the records with nothing to remember, once the table has doubled since the last
+    /// sweep (amortised O(1) per session).
+    fn sweep(&mut self, now: Instant) {
+        if self.addresses.len() < SWEEP_MIN.max(self.swept_at * 2) {
+            return;
+        }
+        self.addresses.retain(|_, r| {
+            r.sessions > 0
+                || r.banned_until.is_some_and(|t| t > now)
+                || !r.queries.is_full(now)
+                || !r.strikes.is_full(now)
+        });
+        self.swept_at = self.addresses.len();
+    }
+
+    /// Address records kept (for tests).
+    pub fn address_count(&self) -> usize {
+        self.addresses.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_bucket_goes_into_debt_and_says_when_it_is_paid_off() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(1000, 100, t0);
+        assert_eq!(b.wait(t0), None);
+        b.charge(600, t0);
+        // 500 units owed at 1 unit per ms.
+        assert_eq!(b.wait(t0), Some(ms(500)));
+        assert_eq!(b.wait(t0 + ms(499)), Some(ms(1)));
+        assert_eq!(b.wait(t0 + ms(500)), None);
+        // Refills to its burst, no further.
+        assert!(b.is_full(t0 + ms(600)));
+        b.charge(100, t0 + Duration::from_secs(100));
+        assert_eq!(b.wait(t0 + Duration::from_secs(100)), None);
+        b.charge(1, t0 + Duration::from_secs(100));
+        assert_eq!(b.wait(t0 + Duration::from_secs(100)), Some(ms(1)));
+        // A slow bucket checked often still refills.
+        let mut slow = Bucket::new(1, 1, t0);
+        slow.charge(2, t0);
+        let mut t = t0;
+        while slow.wait(t).is_some() {
+            t += Duration::from_micros(100);
+            assert!(t < t0 + Duration::from_secs(3), "never refilled");
+        }
+        assert!(t >= t0 + Duration::from_secs(1));
+        // Off: never waits.
+        let mut off = Bucket::new(0, 0, t0);
+        off.charge(u64::MAX, t0);
+        assert_eq!(off.wait(t0), None);
+        // A huge charge is bounded: the debt is at most one charge or one burst deep.
+        let mut b = Bucket::new(1000, 100, t0);
+        b.charge(u64::MAX, t0);
+        assert!(b.wait(t0).is_some());
+    }
+
+    fn limits() -> RateLimits {
+        RateLimits {
+            search_per_s: 1000,
+            lookup_per_s: 1000,
+            register_per_s: 0,
+            register_burst: 0,
+            address_per_s: 3000,
+            ban_after: 0,
+            ban_window: Duration::ZERO,
+            ban_for: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_session_over_its_search_rate_is_refused_while_lookups_and_others_go_on() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(limits());
+        let mut s = l.open(A, t0);
+        let mut other = l.open(B, t0);
+        // The burst (8 s of rate) is spent by one expensive search, which runs whole: 8,532
+        // units of work, 16 to answer, 32 free.
+        assert_eq!(l.admit(&mut s, A, Kind::Search, t0), Ok(()));
+        l.charge(&mut s, A, Kind::Search, search_cost(8_532), t0);
+        let r = l.admit(&mut s, A, Kind::Search, t0).unwrap_err();
+        assert_eq!(r.retry_after, ms(516));
+        assert!(!r.banned);
+        // Its lookups have their own bucket; another session its own.
+        assert_eq!(l.admit(&mut s, A, Kind::Lookup, t0), Ok(()));
+        assert_eq!(l.admit(&mut other, B, Kind::Search, t0), Ok(()));
+        // Told when, and admitted then.
+        assert_eq!(l.admit(&mut s, A, Kind::Search, t0 + ms(516)), Ok(()));
+        assert_eq!(l.counts().rate_limited, 1);
+    }
+
+    #[test]
+    fn one_address_shares_one_budget_over_its_sessions() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(limits());
+        // Three sessions of A each within its own rate, together over A's 3,000/s.
+        let mut s: Vec<SessionBuckets> = (0..4).map(|_| l.open(A, t0)).collect();
+        for b in &mut s[..3] {
+            assert_eq!(l.admit(b, A, Kind::Search, t0), Ok(()));
+            l.charge(b, A, Kind::Search, 8_016 + FREE_UNITS, t0);
+        }
+        // 24,048 of a 24,000 burst: 48 units owed, at 3 a ms.
+        let r = l.admit(&mut s[3], A, Kind::Lookup, t0).unwrap_err();
+        assert_eq!(r.retry_after, ms(16));
+        // IPv6: one /64 is one address.
+        let x: IpAddr = "2001:db8::1".parse().unwrap();
+        let y: IpAddr = "2001:db8::ffff:1".parse().unwrap();
+        let z: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        assert_eq!(Address::of(x), Address::of(y));
+        assert_ne!(Address::of(x), Address::of(z));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(Address::of(mapped), Address::of(A));
+    }
+
+    #[test]
+    fn an_address_that_keeps_pushing_is_banned_and_the_ban_expires() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(RateLimits {
+            ban_after: 5,
+            ban_window: Duration::from_secs(10),
+            ban_for: Duration::from_secs(60),
+            ..limits()
+        });
+        let mut s = l.open(A, t0);
+        l.charge(&mut s, A, Kind::Search, 10_000, t0);
+        for _ in 0..4 {
+            let r = l.admit(&mut s, A, Kind::Search, t0).unwrap_err();
+            assert!(!r.banned);
+        }
+        let r = l.admit(&mut s, A, Kind::Search, t0).unwrap_err();
+        assert_eq!(
+            r,
+            Refusal {
+                retry_after: Duration::from_secs(60),
+                banned: true
+            }
+        );
+        assert_eq!(l.counts().bans, 1);
+        // Everything of that address is refused now, even what its buckets would allow.
+        assert!(
+            l.admit(&mut s, A, Kind::Lookup, t0 + ms(1))
+                .unwrap_err()
+                .banned
+        );
+        assert_eq!(l.banned(A, t0 + ms(1)), Some(ms(59_999)));
+        assert_eq!(l.banned(B, t0 + ms(1)), None);
+        // It expires by itself.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(l.banned(A, later), None);
+        assert_eq!(l.admit(&mut s, A, Kind::Lookup, later), Ok(()));
+    }
+
+    #[test]
+    fn a_client_that_waits_as_told_is_never_banned() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(RateLimits {
+            ban_after: 3,
+            ban_window: Duration::from_secs(10),
+            ban_for: Duration::from_secs(60),
+            ..limits()
+        });
+        let mut s = l.open(A, t0);
+        let mut now = t0;
+        let mut admitted = 0;
+        while admitted < 1000 {
+            match l.admit(&mut s, A, Kind::Search, now) {
+                Ok(()) => {
+                    admitted += 1;
+                    l.charge(&mut s, A, Kind::Search, 2_000 + FREE_UNITS, now);
+                }
+                Err(r) => {
+                    assert!(!r.banned);
+                    now += r.retry_after;
+                }
+            }
+        }
+        assert_eq!(l.counts().bans, 0);
+        assert_eq!(l.counts().rate_limited, 995);
+        // It got its rate: 1,000 searches of 2,000 units at 1,000 units a second, the first
+        // five from the burst.
+        assert_eq!(now.duration_since(t0), Duration::from_secs(1990));
+        // Cheap requests are free: a flood of them never meets the limit.
+        let mut s = l.open(B, now);
+        for _ in 0..100_000 {
+            assert_eq!(l.admit(&mut s, B, Kind::Lookup, now), Ok(()));
+            l.charge(&mut s, B, Kind::Lookup, lookup_cost(1, 3), now);
+        }
+    }
+
+    #[test]
+    fn off_limits_admit_everything_and_forgotten_addresses_are_swept() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(RateLimits::off());
+        let mut s = l.open(A, t0);
+        for _ in 0..100 {
+            assert_eq!(l.admit(&mut s, A, Kind::Search, t0), Ok(()));
+            l.charge(&mut s, A, Kind::Search, 1 << 40, t0);
+        }
+        l.close(A);
+        let mut l = Limiter::new(limits());
+        for i in 0..5000u32 {
+            let ip = IpAddr::V4(i.into());
+            let now = t0 + ms(u64::from(i));
+            let mut b = l.open(ip, now);
+            l.charge(&mut b, ip, Kind::Lookup, 1, now);
+            l.close(ip);
+        }
+        // Records of closed, refilled addresses go at a sweep; an open one stays.
+        assert!(l.address_count() <= SWEEP_MIN, "{}", l.address_count());
+    }
+}
