@@ -46,6 +46,10 @@ struct Flags {
     /// of memory each).
     #[arg(long, default_value_t = 20_000_000)]
     max_holdings: usize,
+    /// Most holdings of all the peers at one address (an IPv4 address or an IPv6 /64), so
+    /// that one host's many sessions cannot fill the index. 0: no limit.
+    #[arg(long, default_value_t = 2_000_000, value_name = "ENTRIES")]
+    max_holdings_per_ip: usize,
     /// Search work per second one session may spend, in work units (the first 32 units of
     /// each request are free; a search spends at most 32,768). A session may run 8 s of it
     /// at once; over it, requests get `RateLimited` with the time to wait. 0: no limit.
@@ -141,6 +145,10 @@ fn run(flags: Flags) -> std::io::Result<()> {
         max_results: flags.max_results,
         max_files_per_peer: flags.max_files_per_peer,
         max_holdings: flags.max_holdings,
+        max_holdings_per_address: match flags.max_holdings_per_ip {
+            0 => usize::MAX,
+            n => n,
+        },
         ..ServerLimits::default()
     });
     server.set_rate_limits(RateLimits {

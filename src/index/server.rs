@@ -23,6 +23,7 @@ use crate::wire::{
     ServerStats, PROTOCOL_VERSION,
 };
 use hdrhistogram::Histogram;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -52,6 +53,10 @@ pub struct ServerLimits {
     /// refused, so that peers together cannot grow the process without bound (at most about
     /// 150 bytes per holding, when none is shared).
     pub max_holdings: usize,
+    /// Most holdings of all the peers at one address (an IPv4 address or an IPv6 /64, as the
+    /// rate limits count them), so that one host cannot fill the index-wide cap with many
+    /// sessions. `usize::MAX`: no limit.
+    pub max_holdings_per_address: usize,
     /// Most files in one page of a lookup by name (at most [`LOOKUP_FILES_MAX`]).
     pub max_lookup_files: usize,
     /// Most holders listed per file of a lookup by name (at most [`LOOKUP_HOLDERS_MAX`]).
@@ -64,6 +69,7 @@ impl Default for ServerLimits {
             max_results: 100,
             max_files_per_peer: 1_000_000,
             max_holdings: 20_000_000,
+            max_holdings_per_address: 2_000_000,
             max_lookup_files: 100,
             max_lookup_holders: LOOKUP_HOLDERS_MAX,
         }
@@ -108,6 +114,9 @@ pub struct IndexServer {
     metrics: IndexMetrics,
     /// Rate limits and bans.
     limiter: Limiter,
+    /// Holdings of the live peers at each address, for
+    /// [`ServerLimits::max_holdings_per_address`] (addresses with none are not kept).
+    address_holdings: HashMap<limits::Address, usize>,
 }
 
 /// Longest server time the histograms tell apart (longer ones count as this), in ns.
@@ -133,6 +142,7 @@ impl IndexServer {
             lookup_ns: time_histogram(),
             metrics: IndexMetrics::default(),
             limiter: Limiter::new(RateLimits::default()),
+            address_holdings: HashMap::new(),
         }
     }
 
@@ -315,13 +325,32 @@ impl IndexServer {
                     );
                     return Verdict::Continue;
                 }
-                // New holdings are what cost memory: at most what both limits leave room for.
+                // New holdings are what cost memory: at most what the limits leave room for.
                 let held = self.index.entries_of(peer) as usize;
                 let peer_room = self.limits.max_files_per_peer.saturating_sub(held);
                 let holdings = self.index.holding_count();
                 let index_room = self.limits.max_holdings.saturating_sub(holdings);
-                let room = peer_room.min(index_room).min(u32::MAX as usize) as u32;
+                let address = limits::Address::of(addr.ip());
+                let at_address = self.address_holdings.get(&address).copied().unwrap_or(0);
+                let address_room = self
+                    .limits
+                    .max_holdings_per_address
+                    .saturating_sub(at_address);
+                let room = peer_room
+                    .min(index_room)
+                    .min(address_room)
+                    .min(u32::MAX as usize) as u32;
                 let outcome = self.index.register_at_most(peer, &files, room);
+                let added = self.index.entries_of(peer) as usize - held;
+                self.add_address_holdings(address, added as isize);
+                let cap = self.limits.max_holdings_per_address;
+                if at_address < cap && at_address + added >= cap {
+                    log::info!(
+                        "{}: its peers hold {cap} entries, the --max-holdings-per-ip limit; \
+                         new ones from it are refused until some leave",
+                        addr.ip()
+                    );
+                }
                 let limit = self.limits.max_holdings;
                 let holdings = self.index.holding_count();
                 if holdings >= limit && outcome.rejected > 0 && !self.full_logged {
@@ -342,6 +371,7 @@ impl IndexServer {
             RequestBody::Unregister { hashes } => {
                 self.stats.unregisters += 1;
                 let removed = self.index.unregister(peer, &hashes);
+                self.add_address_holdings(limits::Address::of(addr.ip()), -(removed as isize));
                 ResponseBody::Unregistered {
                     removed,
                     total: self.index.holdings_of(peer),
@@ -617,6 +647,20 @@ impl IndexServer {
         self.index.post_pending();
     }
 
+    /// The peers at `address` gained (or lost, negative) `delta` holdings.
+    fn add_address_holdings(&mut self, address: limits::Address, delta: isize) {
+        if delta == 0 {
+            return;
+        }
+        let n = self.address_holdings.entry(address).or_insert(0);
+        *n = n
+            .checked_add_signed(delta)
+            .expect("an address never holds fewer than 0");
+        if *n == 0 {
+            self.address_holdings.remove(&address);
+        }
+    }
+
     /// The connection is gone: its peer's entries leave the index.
     pub fn close(&mut self, session: Session, reason: &CloseReason) {
         self.connections -= 1;
@@ -624,6 +668,8 @@ impl IndexServer {
         let remote = session.remote;
         match session.state {
             SessionState::Ready { peer, addr } => {
+                let held = self.index.entries_of(peer) as isize;
+                self.add_address_holdings(limits::Address::of(addr.ip()), -held);
                 let files = self.index.remove_peer(peer).unwrap_or(0);
                 log::info!(
                     "peer {} at {addr} left ({reason}); {files} entries withdrawn",
@@ -761,6 +807,8 @@ pub fn fuzz_sessions(data: &[u8]) {
         max_results: 8,
         max_files_per_peer: 16,
         max_holdings: 40,
+        // Every fuzzed session is at one address.
+        max_holdings_per_address: 24,
         max_lookup_files: 3,
         max_lookup_holders: 2,
     });
@@ -837,6 +885,7 @@ pub fn fuzz_sessions(data: &[u8]) {
     assert_eq!((stats.connections, stats.peers), (0, 0));
     assert_eq!(server.index().file_count(), 0);
     assert_eq!(server.index().entry_count(), 0);
+    assert!(server.address_holdings.is_empty());
 }
 
 /// Turns fuzzer bytes into requests for [`fuzz_sessions`]: small hash and size spaces so that
@@ -981,7 +1030,11 @@ mod tests {
 
     /// A session that said hello from a peer serving on `port`.
     fn join(server: &mut IndexServer, port: u16) -> Session {
-        let mut session = server.accept(SocketAddr::from(([127, 0, 0, 1], port)));
+        join_from(server, [127, 0, 0, 1], port)
+    }
+
+    fn join_from(server: &mut IndexServer, ip: [u8; 4], port: u16) -> Session {
+        let mut session = server.accept(SocketAddr::from((ip, port)));
         let hello = RequestBody::Hello {
             version: PROTOCOL_VERSION,
             listen_port: port,
@@ -1002,6 +1055,54 @@ mod tests {
         call(server, session, 1, RequestBody::Register { files }).0[0]
             .body
             .clone()
+    }
+
+    #[test]
+    fn holdings_are_limited_per_address_whatever_the_sessions() {
+        let mut server = IndexServer::new(ServerLimits {
+            max_holdings_per_address: 30,
+            ..ServerLimits::default()
+        });
+        let files = |tag: &str, n: usize| -> Vec<FileEntry> {
+            (0..n)
+                .map(|i| FileEntry {
+                    hash: FileHash::of(format!("{tag} {i}").as_bytes()),
+                    size: 1,
+                    name: format!("{tag} {i}"),
+                })
+                .collect()
+        };
+        let added = |answer: ResponseBody| match answer {
+            ResponseBody::Registered { added, .. } => added,
+            other => panic!("{other:?}"),
+        };
+        let mut a = join_from(&mut server, [10, 0, 0, 1], 7001);
+        let mut b = join_from(&mut server, [10, 0, 0, 1], 7002);
+        let mut c = join_from(&mut server, [10, 0, 0, 2], 7003);
+        assert_eq!(added(register(&mut server, &mut a, files("a", 20))), 20);
+        // Another session of the same host gets what is left of the host's share.
+        assert_eq!(added(register(&mut server, &mut b, files("b", 20))), 10);
+        // Another host is not affected.
+        assert_eq!(added(register(&mut server, &mut c, files("c", 20))), 20);
+        // What a session withdraws, or takes away when it leaves, frees the host's room.
+        let (answer, _) = call(
+            &mut server,
+            &mut a,
+            9,
+            RequestBody::Unregister {
+                hashes: files("a", 5).iter().map(|f| f.hash).collect(),
+            },
+        );
+        assert!(matches!(
+            answer[0].body,
+            ResponseBody::Unregistered { removed: 5, .. }
+        ));
+        assert_eq!(added(register(&mut server, &mut b, files("b2", 20))), 5);
+        server.close(a, &CloseReason::Eof);
+        assert_eq!(added(register(&mut server, &mut b, files("b3", 20))), 15);
+        server.close(b, &CloseReason::Eof);
+        server.close(c, &CloseReason::Eof);
+        assert!(server.address_holdings.is_empty());
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub fn run(config: &Config) -> io::Result<Summary> {
                 "warn".into(),
                 "--max-connections-per-ip".into(),
                 "0".into(),
+                "--max-holdings-per-ip".into(),
+                "0".into(),
             ];
             // The fake peers stay connected: beyond indexd's default of 10,000 connections
             // (10M files), room for them and the runs' sessions.

@@ -120,7 +120,9 @@ impl Population {
                         ResponseBody::Registered { rejected: 0, .. } => {}
                         other => {
                             return Err(io::Error::other(format!(
-                                "pre-populating: register answered {other:?}"
+                                "pre-populating: register answered {other:?} (every fake peer \
+                                 connects from one address: an indexd of your own needs \
+                                 --max-holdings-per-ip 0 and --max-connections-per-ip 0)"
                             )))
                         }
                     }
