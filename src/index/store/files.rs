@@ -121,8 +121,13 @@ impl Files {
     }
 
     /// The one file whose hash's hex starts with `hex` (lowercase, at least 8 digits, the
-    /// first 8 being `p32`).
-    pub(super) fn find_prefix(&self, p32: u32, hex: &str) -> Result<u32, LookupError> {
+    /// first 8 being `p32`), among the files `counts` accepts (those with a live holder).
+    pub(super) fn find_prefix(
+        &self,
+        p32: u32,
+        hex: &str,
+        counts: impl Fn(u32) -> bool,
+    ) -> Result<u32, LookupError> {
         let start = self
             .by_hash
             .search(|&item| ((item >> 32) as u32).cmp(&p32).then(Ordering::Greater))
@@ -133,7 +138,7 @@ impl Files {
                 break;
             }
             let file = item as u32;
-            if self.recs[file].hash.has_hex_prefix(hex) {
+            if self.recs[file].hash.has_hex_prefix(hex) && counts(file) {
                 if found.is_some() {
                     return Err(LookupError::Ambiguous);
                 }

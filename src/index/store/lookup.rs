@@ -17,7 +17,7 @@ impl Index {
         match key {
             LookupKey::Hash(h) => {
                 let file = self.files.find(h).ok_or(LookupError::NotFound)?;
-                Ok(vec![self.held_file(file, None)])
+                self.live_held_file(file)
             }
             LookupKey::HashPrefix(p) => {
                 if !is_hex_prefix(p) {
@@ -26,8 +26,16 @@ impl Index {
                 let p = p.to_ascii_lowercase();
                 // `is_hex_prefix` guarantees at least 8 hex digits: the first 4 bytes.
                 let p32 = u32::from_str_radix(&p[..8], 16).map_err(|_| LookupError::BadPrefix)?;
-                let file = self.files.find_prefix(p32, &p)?;
-                Ok(vec![self.held_file(file, None)])
+                // A file only departing peers hold is not there (see `depart.rs`).
+                let departing = self.has_departures();
+                let file = self.files.find_prefix(p32, &p, |f| {
+                    !departing
+                        || self
+                            .file_holders(f)
+                            .iter()
+                            .any(|&p| !self.is_departing(p))
+                })?;
+                self.live_held_file(file)
             }
             LookupKey::Name(name) => self
                 .lookup_name(
@@ -109,12 +117,20 @@ impl Index {
             }
         };
         let mut ids = Vec::new();
-        let held = page
+        // A departing peer is no holder (see `depart.rs`): a file it alone held is left out.
+        let departing = self.has_departures();
+        let held: Vec<HeldFile> = page
             .entries
             .iter()
+            .filter(|&&(_, e)| !departing || self.live_entry_holders(e) > 0)
             .map(|&(_, e)| {
                 ids.clear();
-                ids.extend_from_slice(self.entries.holders(e));
+                ids.extend(
+                    self.entries
+                        .holders(e)
+                        .iter()
+                        .filter(|&&p| !departing || !self.is_departing(p)),
+                );
                 let holder_count = ids.len() as u32;
                 if ids.len() > max_holders {
                     ids.select_nth_unstable(max_holders);
@@ -134,6 +150,9 @@ impl Index {
                 }
             })
             .collect();
+        if held.is_empty() && page.next.is_none() && after.is_none() {
+            return Err(LookupError::NotFound);
+        }
         Ok(NamePage {
             files: held,
             total: page.total as u64,
@@ -142,7 +161,7 @@ impl Index {
     }
 
     /// Distinct holder ids of `file`, ascending.
-    fn file_holders(&self, file: u32) -> Vec<u32> {
+    pub(super) fn file_holders(&self, file: u32) -> Vec<u32> {
         let mut ids = Vec::new();
         let mut e = self.files[file].first_entry;
         while e != NONE {
@@ -152,6 +171,15 @@ impl Index {
         ids.sort_unstable();
         ids.dedup();
         ids
+    }
+
+    /// `file` as a lookup answer, unless every holder it has is departing.
+    fn live_held_file(&self, file: u32) -> Result<Vec<HeldFile>, LookupError> {
+        let held = self.held_file(file, None);
+        if held.holders.is_empty() {
+            return Err(LookupError::NotFound);
+        }
+        Ok(vec![held])
     }
 
     /// `file` as a lookup answer, named by `entry`, or by its most held name.
@@ -165,10 +193,8 @@ impl Index {
             let mut best = self.files[file].first_entry;
             let mut e = self.entries[best].next;
             while e != NONE {
-                let (n, bn) = (
-                    self.entries.holders(e).len(),
-                    self.entries.holders(best).len(),
-                );
+                // Departing holders do not count (see `depart.rs`).
+                let (n, bn) = (self.live_entry_holders(e), self.live_entry_holders(best));
                 if n > bn || (n == bn && name_of(e) < name_of(best)) {
                     best = e;
                 }

@@ -12,6 +12,7 @@
 //! | `mod.rs` | [`Index`], its parts, the public types, the peer table |
 //! | `register.rs` | register: staging new files, admitting names, [`Index::post_pending`] |
 //! | `removal.rs` | unregister and peer removal, deleting entries, words and files left without holders |
+//! | `depart.rs` | sliced peer removal: departing peers, hidden from answers, withdrawn in slices |
 //! | `search.rs` | keyword search: its ranking, filters, pages and work budget |
 //! | `lookup.rs` | lookup by hash, hash prefix or name (a page of a name's files) |
 //! | `byname.rs` | the name table: the entries of each exact name, ranked |
@@ -140,6 +141,7 @@
 mod blockset;
 mod byname;
 mod codec;
+mod depart;
 mod entries;
 mod files;
 mod filter;
@@ -311,6 +313,8 @@ struct PeerRec {
     /// Files this peer holds that are staged, not yet in the tables (each a distinct new
     /// file: see [`Index::register`]).
     staged: u32,
+    /// Its session ended: its holdings are being withdrawn (see `depart.rs`).
+    departing: bool,
 }
 
 /// The live peers, by [`PeerId`].
@@ -318,6 +322,8 @@ struct Peers {
     recs: Table<Option<PeerRec>>,
     /// Holdings (peer, entry), staged ones included: the sum of every peer's entries.
     holdings: usize,
+    /// Departures in progress, oldest first (see `depart.rs`).
+    departing: std::collections::VecDeque<self::depart::Departure>,
 }
 
 impl Peers {
@@ -355,6 +361,8 @@ struct Work {
     text: String,
     /// The word ids of the name being registered, one per word in order.
     name_words: Vec<u32>,
+    /// The entries of a departure's slice.
+    slice: Vec<u32>,
 }
 
 impl Default for Index {
@@ -385,6 +393,7 @@ impl Index {
             peers: Peers {
                 recs: Table::new(),
                 holdings: 0,
+                departing: Default::default(),
             },
             pending: Pending::default(),
             work: Work::default(),
@@ -392,9 +401,9 @@ impl Index {
         }
     }
 
-    /// Live peers.
+    /// Live peers, departing ones not counted.
     pub fn peer_count(&self) -> usize {
-        self.peers.recs.len()
+        self.peers.recs.len() - self.peers.departing.len()
     }
 
     /// Distinct hashes indexed.
@@ -432,9 +441,9 @@ impl Index {
             .map_or(0, |p| p.entries.len() as u32 + p.staged)
     }
 
-    /// The download address of `peer`, if it is live.
+    /// The download address of `peer`, if it is live and not departing.
     pub fn peer_addr(&self, peer: PeerId) -> Option<SocketAddr> {
-        self.peers.get(peer).map(|p| p.addr)
+        self.peers.get(peer).filter(|p| !p.departing).map(|p| p.addr)
     }
 
     /// Adds a peer that serves downloads at `addr` (the IP seen on its socket, the port it
@@ -445,6 +454,7 @@ impl Index {
             entries: PackedSet::new(),
             files: 0,
             staged: 0,
+            departing: false,
         })))
     }
 
