@@ -5,21 +5,31 @@
 //! `AwaitingHello` → (Hello with our version) → `Ready` → (Bye, EOF, error, idle timeout) →
 //! closed. A connection that sends anything but Hello first, a second Hello, or an
 //! undecodable frame gets an error response and is closed after it is sent; the rest of the
-//! server is untouched. When a `Ready` session's connection closes for any reason, all of its
-//! peer's entries leave the index at once (soft state).
+//! server is untouched. When a `Ready` session's connection closes for any reason, its peer
+//! leaves every answer at once, and its entries leave the index in slices over the next turns
+//! (soft state; see [`slices`]).
+//!
+//! # Bounded work per turn
+//! Big registers and unregisters, and departing peers, are done in slices across turns, the
+//! requesting session held meanwhile: see [`slices`].
 //!
 //! # Addresses
 //! The address given out for a peer is the IP seen on its socket with the port it announced in
 //! Hello, never an address the peer claims.
 
-use super::store::{Index, LookupError, PeerId};
+mod slices;
+
+pub use self::slices::{BACKGROUND_WORK_PER_TURN, SLICE_UNITS};
+
+use super::store::{Index, LookupError, PeerId, RegisterOutcome};
 use crate::codec::FrameError;
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, PauseSummary, Verdict};
 use crate::wire::{
-    self, ErrorCode, LookupKey, LookupToken, Request, RequestBody, Response, ResponseBody,
+    self, ErrorCode, FileEntry, LookupKey, LookupToken, Request, RequestBody, Response, ResponseBody,
     ServerStats, PROTOCOL_VERSION,
 };
 use hdrhistogram::Histogram;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -99,6 +109,12 @@ pub struct IndexServer {
     /// Server time of each search and lookup, in ns.
     search_ns: Histogram<u64>,
     lookup_ns: Histogram<u64>,
+    /// Requests being applied in slices, oldest first (see [`slices`]).
+    jobs: VecDeque<slices::Job>,
+    /// The connection whose frame is being handled, when it can be held (under a reactor).
+    current_conn: Option<ConnId>,
+    /// The request being handled became a job: hold its connection.
+    hold_current: bool,
 }
 
 /// Longest server time the histograms tell apart (longer ones count as this), in ns.
@@ -122,6 +138,9 @@ impl IndexServer {
             loop_pauses: PauseSummary::default(),
             search_ns: time_histogram(),
             lookup_ns: time_histogram(),
+            jobs: VecDeque::new(),
+            current_conn: None,
+            hold_current: false,
         }
     }
 
@@ -267,36 +286,17 @@ impl IndexServer {
                     );
                     return Verdict::Continue;
                 }
-                // New holdings are what cost memory: at most what both limits leave room for.
-                let held = self.index.entries_of(peer) as usize;
-                let peer_room = self.limits.max_files_per_peer.saturating_sub(held);
-                let holdings = self.index.holding_count();
-                let index_room = self.limits.max_holdings.saturating_sub(holdings);
-                let room = peer_room.min(index_room).min(u32::MAX as usize) as u32;
-                let outcome = self.index.register_at_most(peer, &files, room);
-                let limit = self.limits.max_holdings;
-                let holdings = self.index.holding_count();
-                if holdings >= limit && outcome.rejected > 0 && !self.full_logged {
-                    self.full_logged = true;
-                    log::warn!(
-                        "index full: {holdings} holdings, the --max-holdings limit; new ones are \
-                         refused until some leave"
-                    );
-                } else if self.full_logged && holdings < limit - limit / 10 {
-                    self.full_logged = false;
-                }
-                ResponseBody::Registered {
-                    added: outcome.added,
-                    rejected: outcome.rejected,
-                    total: outcome.total,
+                match self.start_register(peer, id, files) {
+                    Some(body) => body,
+                    // Answered when its last slice is done.
+                    None => return Verdict::Continue,
                 }
             }
             RequestBody::Unregister { hashes } => {
                 self.stats.unregisters += 1;
-                let removed = self.index.unregister(peer, &hashes);
-                ResponseBody::Unregistered {
-                    removed,
-                    total: self.index.holdings_of(peer),
+                match self.start_unregister(peer, id, hashes) {
+                    Some(body) => body,
+                    None => return Verdict::Continue,
                 }
             }
             RequestBody::Search {
@@ -401,6 +401,29 @@ impl IndexServer {
         Verdict::Continue
     }
 
+    /// Registers `files` for `peer` within the holding limits (one slice of a register).
+    fn register_slice(&mut self, peer: PeerId, files: &[FileEntry]) -> RegisterOutcome {
+        // New holdings are what cost memory: at most what both limits leave room for.
+        let held = self.index.entries_of(peer) as usize;
+        let peer_room = self.limits.max_files_per_peer.saturating_sub(held);
+        let holdings = self.index.holding_count();
+        let index_room = self.limits.max_holdings.saturating_sub(holdings);
+        let room = peer_room.min(index_room).min(u32::MAX as usize) as u32;
+        let outcome = self.index.register_at_most(peer, files, room);
+        let limit = self.limits.max_holdings;
+        let holdings = self.index.holding_count();
+        if holdings >= limit && outcome.rejected > 0 && !self.full_logged {
+            self.full_logged = true;
+            log::warn!(
+                "index full: {holdings} holdings, the --max-holdings limit; new ones are \
+                 refused until some leave"
+            );
+        } else if self.full_logged && holdings < limit - limit / 10 {
+            self.full_logged = false;
+        }
+        outcome
+    }
+
     /// The counters as `stats` reports them.
     pub fn current_stats(&self) -> ServerStats {
         ServerStats {
@@ -500,15 +523,17 @@ impl IndexServer {
         self.index.post_pending();
     }
 
-    /// The connection is gone: its peer's entries leave the index.
+    /// The connection is gone: its peer leaves every answer now, and its entries leave the
+    /// index in slices ([`IndexServer::poll_background`]); its unfinished jobs are dropped.
     pub fn close(&mut self, session: Session, reason: &CloseReason) {
         self.connections -= 1;
         let remote = session.remote;
         match session.state {
             SessionState::Ready { peer, addr } => {
-                let files = self.index.remove_peer(peer).unwrap_or(0);
+                self.cancel_jobs(peer);
+                let files = self.index.begin_departure(peer).unwrap_or(0);
                 log::info!(
-                    "peer {} at {addr} left ({reason}); {files} entries withdrawn",
+                    "peer {} at {addr} left ({reason}); {files} entries being withdrawn",
                     peer.0
                 );
             }
@@ -554,9 +579,11 @@ impl Handler for IndexServer {
             self.set_loop_pauses(ctx.loop_pauses().summary());
         }
         let mut verdict = Verdict::Continue;
+        self.current_conn = Some(conn);
         ctx.send(conn, |out| {
             verdict = self.handle_payload(session, payload, out)
         });
+        self.after_frame(ctx, conn, &verdict);
         verdict
     }
 
@@ -584,8 +611,9 @@ impl Handler for IndexServer {
         self.close(session, reason);
     }
 
-    fn handle_turn_end(&mut self, _ctx: &mut Ctx<Session>) {
+    fn handle_turn_end(&mut self, ctx: &mut Ctx<Session>) {
         self.settle();
+        self.turn_end(ctx);
     }
 }
 
@@ -693,6 +721,8 @@ pub fn fuzz_sessions(data: &[u8]) {
     for session in sessions.into_iter().flatten() {
         server.close(session, &CloseReason::Eof);
     }
+    // Departures are withdrawn in slices; finish them.
+    assert!(server.finish_background().is_empty());
     let stats = server.current_stats();
     assert_eq!((stats.connections, stats.peers), (0, 0));
     assert_eq!(server.index().file_count(), 0);
@@ -926,6 +956,7 @@ mod tests {
         assert_eq!(stats.names, 16);
         // Room again once a peer leaves.
         server.close(b, &CloseReason::Eof);
+        server.finish_background();
         assert_eq!(
             register(&mut server, &mut c, many("d", 1)),
             registered(1, 0, 2)
@@ -1005,6 +1036,7 @@ mod tests {
         assert_eq!(hits.len(), 1);
         assert_eq!(server.current_stats().connections, 1);
         server.close(session, &CloseReason::Eof);
+        server.finish_background();
         assert_eq!(server.index().file_count(), 0);
         assert_eq!(server.current_stats().connections, 0);
     }

@@ -552,3 +552,106 @@ fn peer_without_listening_port_cannot_register() {
     // It can still search.
     assert!(search(&mut c, "x").is_empty());
 }
+
+/// `n` distinct files named `f<i>.bin` (about 45 bytes each on the wire).
+fn many_files(tag: &str, n: usize) -> Vec<FileEntry> {
+    (0..n)
+        .map(|i| FileEntry {
+            hash: FileHash::of(format!("{tag} {i}").as_bytes()),
+            size: i as u64 + 1,
+            name: format!("{tag}{i}.bin"),
+        })
+        .collect()
+}
+
+fn stats(c: &mut Client) -> p2pshare::wire::ServerStats {
+    match c.call(RequestBody::Stats) {
+        ResponseBody::Stats(s) => s,
+        other => panic!("expected stats, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_huge_register_is_applied_in_slices_while_others_are_answered() {
+    const FILES: usize = 20_000;
+    let indexd = Indexd::start(&[]);
+    let (mut watcher, _) = Client::hello(indexd.addr, 1);
+    let (mut big, big_addr) = Client::hello(indexd.addr, 2);
+    let files = many_files("huge", FILES);
+    let last = files[FILES - 1].hash;
+    // The register and, right behind it, a lookup of its last file: the session is held until
+    // its register is done, so the lookup sees all of it.
+    let reg = big.send(RequestBody::Register { files });
+    let look = big.send(RequestBody::Lookup {
+        key: LookupKey::Hash(last),
+        after: None,
+    });
+    let registering = std::thread::spawn(move || {
+        let r = big.recv().expect("register answer");
+        let l = big.recv().expect("lookup answer");
+        (r, l, big)
+    });
+    // Meanwhile another client is answered, and sees the register part done (the index as if
+    // the peer had registered part of its list so far).
+    let mut partial = 0;
+    let mut answered = 0;
+    loop {
+        let s = stats(&mut watcher);
+        answered += 1;
+        if s.files > 0 && (s.files as usize) < FILES {
+            partial += 1;
+        }
+        if s.files as usize == FILES {
+            break;
+        }
+        assert!(answered < 1_000_000, "the register never completed");
+    }
+    let (r, l, big) = registering.join().expect("registering thread");
+    assert_eq!(r.id, reg);
+    assert_eq!(
+        r.body,
+        ResponseBody::Registered {
+            added: FILES as u32,
+            rejected: 0,
+            total: FILES as u32
+        }
+    );
+    assert_eq!(l.id, look);
+    let ResponseBody::Holders { files, .. } = l.body else {
+        panic!("{:?}", l.body)
+    };
+    assert_eq!(files[0].holders, vec![SocketAddr::new(big_addr.ip(), 2)]);
+    assert!(
+        partial > 0,
+        "{answered} stats answers, none saw the register half done"
+    );
+    drop(big);
+}
+
+#[test]
+fn a_departing_peer_of_many_files_is_never_listed_after_its_close() {
+    const FILES: usize = 20_000;
+    let indexd = Indexd::start(&[]);
+    let (mut watcher, _) = Client::hello(indexd.addr, 1);
+    let (mut big, _) = Client::hello(indexd.addr, 2);
+    let files = many_files("gone", FILES);
+    assert_eq!(register(&mut big, files.clone()), (FILES as u32, 0, FILES as u32));
+    // One file the watcher shares too: after the close it has one holder, the watcher.
+    let shared = files[FILES / 2].clone();
+    register(&mut watcher, vec![shared.clone()]);
+    // Once `leave` returns the server has closed the session (see `common::leave`).
+    big.leave();
+    assert_eq!(stats(&mut watcher).peers, 1);
+    for f in [&files[0], &files[1], &files[FILES - 1]] {
+        assert!(holders(&mut watcher, LookupKey::Hash(f.hash)).is_empty());
+    }
+    let held = holders(&mut watcher, LookupKey::Hash(shared.hash));
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].1.len(), 1, "only the watcher holds it: {held:?}");
+    assert_eq!(search(&mut watcher, "gone"), vec![(shared.name.clone(), 1)]);
+    // Its entries go in slices; all of them, soon.
+    let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
+    while stats(&mut watcher).files != 1 {
+        assert!(std::time::Instant::now() < deadline, "entries left behind");
+    }
+}
