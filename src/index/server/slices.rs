@@ -15,6 +15,9 @@
 //! When a `Ready` session closes its peer is marked departing at once (no answer lists it from
 //! then on) and its holdings are withdrawn in slices (see `store/depart.rs`).
 //!
+//! # The hash filter
+//! A due rebuild of the index's hash filter is done a step per turn (see `store/filter.rs`).
+//!
 //! # The budget
 //! All background work shares one budget per turn: slices of at most [`SLICE_UNITS`] holdings
 //! are done, requests first-come first-served in turn with departures, until
@@ -171,7 +174,7 @@ impl IndexServer {
 
     /// Whether background work is waiting.
     pub fn has_background_work(&self) -> bool {
-        !self.jobs.is_empty() || self.index.has_departures()
+        !self.jobs.is_empty() || self.index.has_departures() || self.index.is_rebuilding_filter()
     }
 
     /// Does all background work now, in one go (for sans-IO callers and tests); returns the
@@ -180,6 +183,7 @@ impl IndexServer {
         let mut answers = Vec::new();
         while self.has_background_work() {
             self.poll_background(usize::MAX, &mut answers);
+            self.index.continue_filter_rebuild();
         }
         answers
     }
@@ -195,6 +199,7 @@ impl IndexServer {
         if !self.has_background_work() {
             return;
         }
+        self.index.continue_filter_rebuild();
         let started = Instant::now();
         let mut answers = Vec::new();
         while self.poll_background(SLICE_UNITS, &mut answers) > 0 {

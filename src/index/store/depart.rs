@@ -94,6 +94,18 @@ impl Index {
         used
     }
 
+    /// One step of the hash filter's rebuild, if one is in progress (a bounded number of
+    /// files: see `filter.rs`). The owner calls it once a turn; until the rebuild is complete
+    /// the old filter answers, so it is about memory and false "maybe"s, never correctness.
+    pub fn continue_filter_rebuild(&mut self) {
+        self.files.rebuild_filter_step();
+    }
+
+    /// Whether the hash filter is being rebuilt.
+    pub fn is_rebuilding_filter(&self) -> bool {
+        self.files.is_rebuilding()
+    }
+
     /// Whether a departure is in progress.
     pub fn has_departures(&self) -> bool {
         !self.peers.departing.is_empty()

@@ -1761,3 +1761,51 @@ impl Index {
         self.peers.remove(peer);
     }
 }
+
+/// A filter rebuild done in small steps between registers and removals: the filter that
+/// answers never misses an indexed hash, and the rebuilt one replaces it.
+#[test]
+fn hash_filter_rebuilds_in_steps_without_losing_a_file() {
+    let mut ix = Index::new();
+    ix.files.rebuild_step = 97;
+    let peers: Vec<PeerId> = (0..4).map(|i| ix.add_peer(addr(i))).collect();
+    let mut registered = 0u32;
+    let mut steps_seen = 0;
+    let all_there = |ix: &Index, files: std::ops::Range<u32>| {
+        files
+            .into_iter()
+            .all(|i| ix.files.seen.may_contain(&spread_hash(i)))
+    };
+    for (k, &p) in peers.iter().enumerate() {
+        for chunk in 0..25u32 {
+            let base = (k as u32 * 25 + chunk) * 100;
+            let files: Vec<FileEntry> = (base..base + 100)
+                .map(|i| fe(spread_hash(i), 1, &format!("f{i}")))
+                .collect();
+            assert_eq!(ix.register(p, &files).added, 100);
+            registered = base + 100;
+            ix.post_pending();
+            assert!(all_there(&ix, 0..registered), "a hash missing mid-rebuild");
+            if ix.is_rebuilding_filter() {
+                steps_seen += 1;
+                if chunk % 2 == 0 {
+                    ix.continue_filter_rebuild();
+                    assert!(all_there(&ix, 0..registered), "a hash missing after a step");
+                }
+            }
+        }
+    }
+    assert!(steps_seen > 3, "{steps_seen} rebuild steps");
+    // Three of four peers leave; the shrinking rebuild, stepped to its end, keeps the rest.
+    for &p in &peers[1..] {
+        ix.remove_peer(p);
+    }
+    ix.post_pending();
+    while ix.is_rebuilding_filter() {
+        assert!(all_there(&ix, 0..2_500));
+        ix.continue_filter_rebuild();
+    }
+    assert!(all_there(&ix, 0..2_500));
+    assert!(ix.files.seen.words.len() * 64 <= 2 * HashFilter::BITS_PER_FILE * 2_500);
+    assert!(registered == 10_000);
+}
