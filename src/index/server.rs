@@ -7,11 +7,11 @@
 //! undecodable frame gets an error response and is closed after it is sent; the rest of the
 //! server is untouched. When a `Ready` session's connection closes for any reason, its peer
 //! leaves every answer at once, and its entries leave the index in slices over the next turns
-//! (soft state; see [`slices`]).
+//! (soft state; see `server/slices.rs`).
 //!
 //! # Bounded work per turn
 //! Big registers and unregisters, and departing peers, are done in slices across turns, the
-//! requesting session held meanwhile: see [`slices`].
+//! requesting session held meanwhile: see `server/slices.rs`.
 //!
 //! # Addresses
 //! The address given out for a peer is the IP seen on its socket with the port it announced in
@@ -25,8 +25,8 @@ use super::store::{Index, LookupError, PeerId, RegisterOutcome};
 use crate::codec::FrameError;
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, PauseSummary, Verdict};
 use crate::wire::{
-    self, ErrorCode, FileEntry, LookupKey, LookupToken, Request, RequestBody, Response, ResponseBody,
-    ServerStats, PROTOCOL_VERSION,
+    self, ErrorCode, FileEntry, LookupKey, LookupToken, Request, RequestBody, Response,
+    ResponseBody, ServerStats, PROTOCOL_VERSION,
 };
 use hdrhistogram::Histogram;
 use std::collections::VecDeque;

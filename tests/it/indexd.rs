@@ -635,7 +635,10 @@ fn a_departing_peer_of_many_files_is_never_listed_after_its_close() {
     let (mut watcher, _) = Client::hello(indexd.addr, 1);
     let (mut big, _) = Client::hello(indexd.addr, 2);
     let files = many_files("gone", FILES);
-    assert_eq!(register(&mut big, files.clone()), (FILES as u32, 0, FILES as u32));
+    assert_eq!(
+        register(&mut big, files.clone()),
+        (FILES as u32, 0, FILES as u32)
+    );
     // One file the watcher shares too: after the close it has one holder, the watcher.
     let shared = files[FILES / 2].clone();
     register(&mut watcher, vec![shared.clone()]);

@@ -128,12 +128,18 @@ impl IndexServer {
     /// Does up to about `budget` holdings of background work: one slice of the oldest request
     /// job, then departures. Appends the answers of finished jobs (their connection, the
     /// encoded frame) to `answers`. Returns the work done (0: nothing was waiting).
-    pub fn poll_background(&mut self, budget: usize, answers: &mut Vec<(ConnId, Vec<u8>)>) -> usize {
+    pub fn poll_background(
+        &mut self,
+        budget: usize,
+        answers: &mut Vec<(ConnId, Vec<u8>)>,
+    ) -> usize {
         let budget = budget.max(1);
         let mut used = 0;
         if let Some(mut job) = self.jobs.pop_front() {
             let (len, end) = match &job.work {
-                JobWork::Register { files, .. } => (files.len(), (job.at + budget).min(files.len())),
+                JobWork::Register { files, .. } => {
+                    (files.len(), (job.at + budget).min(files.len()))
+                }
                 JobWork::Unregister { hashes, .. } => {
                     (hashes.len(), (job.at + budget).min(hashes.len()))
                 }
@@ -239,5 +245,137 @@ fn registered(o: RegisterOutcome) -> ResponseBody {
         added: o.added,
         rejected: o.rejected,
         total: o.total,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::server::{ServerLimits, Session};
+    use crate::wire::{Request, RequestBody};
+    use std::net::SocketAddr;
+
+    fn join(server: &mut IndexServer, port: u16) -> Session {
+        let mut session = server.accept(SocketAddr::from(([127, 0, 0, 1], port)));
+        let hello = RequestBody::Hello {
+            version: wire::PROTOCOL_VERSION,
+            listen_port: port,
+            agent: String::new(),
+        };
+        let mut out = Vec::new();
+        let payload = wire::to_payload(&Request { id: 0, body: hello });
+        server.handle_payload(&mut session, &payload, &mut out);
+        session
+    }
+
+    fn files(tag: u16, n: usize) -> Vec<FileEntry> {
+        (0..n)
+            .map(|i| FileEntry {
+                hash: FileHash::of(format!("{tag}/{i}").as_bytes()),
+                size: 1,
+                name: format!("storm {tag} {i}"),
+            })
+            .collect()
+    }
+
+    /// Handles `body` as the frame of connection `conn` (as the reactor handler does);
+    /// returns what was written at once and whether the connection is to be held.
+    fn frame(
+        server: &mut IndexServer,
+        session: &mut Session,
+        conn: ConnId,
+        body: RequestBody,
+    ) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        server.current_conn = Some(conn);
+        let payload = wire::to_payload(&Request { id: 9, body });
+        assert_eq!(
+            server.handle_payload(session, &payload, &mut out),
+            Verdict::Continue
+        );
+        server.current_conn = None;
+        (out, std::mem::take(&mut server.hold_current))
+    }
+
+    #[test]
+    fn a_storm_of_big_registers_is_worked_on_in_bounded_slices_and_small_ones_at_once() {
+        const PEERS: u16 = 5;
+        const FILES: usize = 2_000;
+        let mut server = IndexServer::new(ServerLimits::default());
+        // A small register is answered at once, not held.
+        let mut small = join(&mut server, 100);
+        let (out, held) = frame(
+            &mut server,
+            &mut small,
+            ConnId(100),
+            RequestBody::Register {
+                files: files(100, 10),
+            },
+        );
+        assert!(!held && !out.is_empty());
+        let mut sessions: Vec<Session> = (1..=PEERS).map(|p| join(&mut server, p)).collect();
+        for (p, s) in sessions.iter_mut().enumerate() {
+            let (out, held) = frame(
+                &mut server,
+                s,
+                ConnId(p + 1),
+                RequestBody::Register {
+                    files: files(p as u16 + 1, FILES),
+                },
+            );
+            assert!(
+                held && out.is_empty(),
+                "a big register is held, not answered"
+            );
+        }
+        // The first slice of each is in at once.
+        assert_eq!(
+            server.index().entry_count(),
+            10 + PEERS as usize * SLICE_UNITS
+        );
+        let mut answers = Vec::new();
+        let mut polls = 0;
+        while server.has_background_work() {
+            let before = server.index().entry_count();
+            let used = server.poll_background(SLICE_UNITS, &mut answers);
+            // Each poll is one bounded slice, and other sessions see it whole.
+            assert!(used <= SLICE_UNITS, "{used}");
+            assert_eq!(server.index().entry_count(), before + used);
+            polls += 1;
+        }
+        let needed = PEERS as usize * (FILES - SLICE_UNITS);
+        assert!(polls >= needed / SLICE_UNITS, "{polls} polls");
+        // Each session is answered once, with the whole register.
+        let mut answered: Vec<usize> = answers.iter().map(|(c, _)| c.0).collect();
+        answered.sort_unstable();
+        assert_eq!(answered, (1..=PEERS as usize).collect::<Vec<_>>());
+        for (_, frame) in &answers {
+            let (frames, _) =
+                crate::codec::decode_all(&mut crate::codec::Decoder::default(), frame).unwrap();
+            let resp: wire::Response = wire::decode(&frames[0]).unwrap();
+            assert_eq!(resp.id, 9);
+            assert_eq!(
+                resp.body,
+                ResponseBody::Registered {
+                    added: FILES as u32,
+                    rejected: 0,
+                    total: FILES as u32
+                }
+            );
+        }
+        // A session that closes mid-register has the rest dropped, and departs in slices.
+        let mut quitter = join(&mut server, 77);
+        let (_, held) = frame(
+            &mut server,
+            &mut quitter,
+            ConnId(77),
+            RequestBody::Register {
+                files: files(77, FILES),
+            },
+        );
+        assert!(held);
+        server.close(quitter, &crate::reactor::CloseReason::Eof);
+        assert!(server.finish_background().is_empty());
+        assert_eq!(server.index().entry_count(), 10 + PEERS as usize * FILES);
     }
 }

@@ -73,7 +73,9 @@ impl Index {
             };
             let want = budget - used;
             ids.clear();
-            let rec = self.peers.recs[d.peer].as_ref().expect("a departing peer is live");
+            let rec = self.peers.recs[d.peer]
+                .as_ref()
+                .expect("a departing peer is live");
             ids.extend(rec.entries.iter_from(d.next).take(want));
             used += ids.len();
             self.withdraw(d.peer, &ids);

@@ -29,11 +29,7 @@ impl Index {
                 // A file only departing peers hold is not there (see `depart.rs`).
                 let departing = self.has_departures();
                 let file = self.files.find_prefix(p32, &p, |f| {
-                    !departing
-                        || self
-                            .file_holders(f)
-                            .iter()
-                            .any(|&p| !self.is_departing(p))
+                    !departing || self.file_holders(f).iter().any(|&p| !self.is_departing(p))
                 })?;
                 self.live_held_file(file)
             }

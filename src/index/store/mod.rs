@@ -46,7 +46,11 @@
 //! - A posted live entry whose words are all crowded is in the name table ([`ByName`]) once,
 //!   ranked among the entries of its name by its current holder count; no other entry is.
 //! - Every hash in the hash index or staged has its bits set in the [`HashFilter`]
-//!   `Files::seen`.
+//!   `Files::seen` (and, while it is being rebuilt, in the new filter once the rebuild has
+//!   passed it or it was added since).
+//! - A departing peer (`PeerRec::departing`) is in `Peers::departing` once; its record stays
+//!   (its id is not reused) until its last holding is withdrawn; it still counts as a holder
+//!   in the tables and tiers, but never in an answer (see `depart.rs`).
 //! - A file's size never changes while it is indexed: a register with another size is rejected.
 //! - An entry's `file` field carries the [`SOLE`] bit exactly while it is its file's only entry
 //!   (then the file's holders are the entry's holders).
@@ -124,6 +128,10 @@
 //!   bear), so that a page of them comes best first without ranking all of them.
 //!
 //! # Removal
+//! A peer leaves in two steps (`depart.rs`): [`Index::begin_departure`] marks it departing,
+//! which hides it from every answer at once, and [`Index::continue_departures`] withdraws its
+//! holdings a bounded slice at a time, each slice as below.
+//!
 //! Removing holdings first drops the peer from each entry's holders, collecting entries left
 //! without holders; those are then deleted in one batch: their `(word, entry)` postings are
 //! gathered (re-tokenising each name into a reused buffer), sorted, and removed word by word,
@@ -443,7 +451,10 @@ impl Index {
 
     /// The download address of `peer`, if it is live and not departing.
     pub fn peer_addr(&self, peer: PeerId) -> Option<SocketAddr> {
-        self.peers.get(peer).filter(|p| !p.departing).map(|p| p.addr)
+        self.peers
+            .get(peer)
+            .filter(|p| !p.departing)
+            .map(|p| p.addr)
     }
 
     /// Adds a peer that serves downloads at `addr` (the IP seen on its socket, the port it

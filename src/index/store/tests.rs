@@ -1715,8 +1715,7 @@ fn a_departure_in_slices_is_never_visible_half_done() {
                     .search_page(q, &SearchFilter::default(), None, limit)
                     .unwrap();
                 let all = model.ranked(&ix, q, &SearchFilter::default());
-                let want: Vec<SearchHit> =
-                    all.iter().take(limit).map(|(_, h)| h.clone()).collect();
+                let want: Vec<SearchHit> = all.iter().take(limit).map(|(_, h)| h.clone()).collect();
                 assert_eq!(page.hits, want, "{q} top {limit} after {slices} slices");
                 assert_eq!(page.next.is_some(), all.len() > limit);
             }
