@@ -658,3 +658,71 @@ fn a_departing_peer_of_many_files_is_never_listed_after_its_close() {
         assert!(std::time::Instant::now() < deadline, "entries left behind");
     }
 }
+
+/// A measurement, not a test: the reactor loop's longest pause while peers of `CHURN_FILES`
+/// files (default 100,000, registered in 1 MiB frames of 20,000) join and leave over an index
+/// pre-populated with `CHURN_BASE` entries (default 1,000,000), while a client searches and
+/// looks up. Prints the `Stats` loop pauses before and after the churn.
+/// `CHURN_BASE=10000000 cargo test --release --test it -- --ignored --nocapture indexd::measure_churn`
+#[test]
+#[ignore]
+fn measure_churn_loop_pause() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (base, files, rounds) = (
+        env("CHURN_BASE", 1_000_000),
+        env("CHURN_FILES", 100_000),
+        env("CHURN_ROUNDS", 4),
+    );
+    let indexd = Indexd::start(&["--max-files-per-peer", "100000000"]);
+    let mut holders = Vec::new();
+    for (i, chunk) in many_files("base", base).chunks(100_000).enumerate() {
+        let (mut c, _) = Client::hello(indexd.addr, 1000 + i as u16);
+        for part in chunk.chunks(20_000) {
+            register(&mut c, part.to_vec());
+        }
+        holders.push(c);
+    }
+    let (mut watcher, _) = Client::hello(indexd.addr, 1);
+    let before = stats(&mut watcher);
+    eprintln!(
+        "populated {} entries: loop max pause {} us, p99 {} us over {} turns",
+        before.names, before.loop_max_pause_us, before.loop_p99_pause_us, before.loop_turns
+    );
+    let peer_files = many_files("churn", files);
+    let t = std::time::Instant::now();
+    for round in 0..rounds {
+        let (mut p, _) = Client::hello(indexd.addr, 2);
+        for part in peer_files.chunks(20_000) {
+            // The register and a search and a lookup from another client, pipelined.
+            let id = p.send(RequestBody::Register {
+                files: part.to_vec(),
+            });
+            search(&mut watcher, "base1");
+            holders_of_first(&mut watcher, &peer_files);
+            assert_eq!(p.recv().expect("register answer").id, id);
+        }
+        p.leave();
+        assert!(holders_of_first(&mut watcher, &peer_files).is_empty());
+        eprintln!("round {round} done at {:?}", t.elapsed());
+    }
+    // Until the last departure is withdrawn.
+    while stats(&mut watcher).names as usize != base {}
+    let after = stats(&mut watcher);
+    eprintln!(
+        "after {rounds} peers of {files} files joined and left: loop max pause {} us, p99 {} us, \
+         p99.9 {} us over {} turns",
+        after.loop_max_pause_us,
+        after.loop_p99_pause_us,
+        after.loop_p999_pause_us,
+        after.loop_turns
+    );
+}
+
+fn holders_of_first(c: &mut Client, files: &[FileEntry]) -> Vec<(FileHash, Vec<SocketAddr>)> {
+    holders(c, LookupKey::Hash(files[0].hash))
+}

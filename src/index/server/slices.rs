@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 /// Holdings (files registered or withdrawn) in one slice of background work; also the largest
 /// register or unregister answered in the turn its frame arrives.
-pub const SLICE_UNITS: usize = 256;
+pub const SLICE_UNITS: usize = 64;
 
 /// Time the background work may take per turn (checked between slices).
 pub const BACKGROUND_WORK_PER_TURN: Duration = Duration::from_micros(800);
