@@ -5,25 +5,34 @@
 //! `AwaitingHello` → (Hello with our version) → `Ready` → (Bye, EOF, error, idle timeout) →
 //! closed. A connection that sends anything but Hello first, a second Hello, or an
 //! undecodable frame gets an error response and is closed after it is sent; the rest of the
-//! server is untouched. When a `Ready` session's connection closes for any reason, all of its
-//! peer's entries leave the index at once (soft state).
+//! server is untouched. When a `Ready` session's connection closes for any reason, its peer
+//! leaves every answer at once, and its entries leave the index in slices over the next turns
+//! (soft state; see `server/slices.rs`).
+//!
+//! # Bounded work per turn
+//! Big registers and unregisters, and departing peers, are done in slices across turns, the
+//! requesting session held meanwhile: see `server/slices.rs`.
 //!
 //! # Addresses
 //! The address given out for a peer is the IP seen on its socket with the port it announced in
 //! Hello, never an address the peer claims. An IPv4 peer on a dual-stack listener is seen as
 //! plain IPv4 (the reactor maps `::ffff:a.b.c.d` at accept), so it is handed out as such.
 
+mod slices;
+
+pub use self::slices::{BACKGROUND_WORK_PER_TURN, SLICE_UNITS};
+
 use super::limits::{self, Kind, Limiter, RateLimits, Refusal, SessionBuckets};
 use super::metrics::{self, IndexMetrics};
-use super::store::{Index, LookupError, PeerId};
+use super::store::{Index, LookupError, PeerId, RegisterOutcome};
 use crate::codec::FrameError;
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, HttpBody, PauseSummary, Verdict};
 use crate::wire::{
-    self, ErrorCode, LookupKey, LookupToken, Request, RequestBody, Response, ResponseBody,
-    ServerStats, PROTOCOL_VERSION,
+    self, ErrorCode, FileEntry, FileHash, LookupKey, LookupToken, Request, RequestBody, Response,
+    ResponseBody, ServerStats, PROTOCOL_VERSION,
 };
 use hdrhistogram::Histogram;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -117,6 +126,12 @@ pub struct IndexServer {
     /// Holdings of the live peers at each address, for
     /// [`ServerLimits::max_holdings_per_address`] (addresses with none are not kept).
     address_holdings: HashMap<limits::Address, usize>,
+    /// Requests being applied in slices, oldest first (see [`slices`]).
+    jobs: VecDeque<slices::Job>,
+    /// The connection whose frame is being handled, when it can be held (under a reactor).
+    current_conn: Option<ConnId>,
+    /// The request being handled became a job: hold its connection.
+    hold_current: bool,
 }
 
 /// Longest server time the histograms tell apart (longer ones count as this), in ns.
@@ -143,6 +158,9 @@ impl IndexServer {
             metrics: IndexMetrics::default(),
             limiter: Limiter::new(RateLimits::default()),
             address_holdings: HashMap::new(),
+            jobs: VecDeque::new(),
+            current_conn: None,
+            hold_current: false,
         }
     }
 
@@ -325,56 +343,17 @@ impl IndexServer {
                     );
                     return Verdict::Continue;
                 }
-                // New holdings are what cost memory: at most what the limits leave room for.
-                let held = self.index.entries_of(peer) as usize;
-                let peer_room = self.limits.max_files_per_peer.saturating_sub(held);
-                let holdings = self.index.holding_count();
-                let index_room = self.limits.max_holdings.saturating_sub(holdings);
-                let address = limits::Address::of(addr.ip());
-                let at_address = self.address_holdings.get(&address).copied().unwrap_or(0);
-                let address_room = self
-                    .limits
-                    .max_holdings_per_address
-                    .saturating_sub(at_address);
-                let room = peer_room
-                    .min(index_room)
-                    .min(address_room)
-                    .min(u32::MAX as usize) as u32;
-                let outcome = self.index.register_at_most(peer, &files, room);
-                let added = self.index.entries_of(peer) as usize - held;
-                self.add_address_holdings(address, added as isize);
-                let cap = self.limits.max_holdings_per_address;
-                if at_address < cap && at_address + added >= cap {
-                    log::info!(
-                        "{}: its peers hold {cap} entries, the --max-holdings-per-ip limit; \
-                         new ones from it are refused until some leave",
-                        addr.ip()
-                    );
-                }
-                let limit = self.limits.max_holdings;
-                let holdings = self.index.holding_count();
-                if holdings >= limit && outcome.rejected > 0 && !self.full_logged {
-                    self.full_logged = true;
-                    log::warn!(
-                        "index full: {holdings} holdings, the --max-holdings limit; new ones are \
-                         refused until some leave"
-                    );
-                } else if self.full_logged && holdings < limit - limit / 10 {
-                    self.full_logged = false;
-                }
-                ResponseBody::Registered {
-                    added: outcome.added,
-                    rejected: outcome.rejected,
-                    total: outcome.total,
+                match self.start_register(peer, id, files) {
+                    Some(body) => body,
+                    // Answered when its last slice is done.
+                    None => return Verdict::Continue,
                 }
             }
             RequestBody::Unregister { hashes } => {
                 self.stats.unregisters += 1;
-                let removed = self.index.unregister(peer, &hashes);
-                self.add_address_holdings(limits::Address::of(addr.ip()), -(removed as isize));
-                ResponseBody::Unregistered {
-                    removed,
-                    total: self.index.holdings_of(peer),
+                match self.start_unregister(peer, id, hashes) {
+                    Some(body) => body,
+                    None => return Verdict::Continue,
                 }
             }
             RequestBody::Search {
@@ -529,6 +508,60 @@ impl IndexServer {
         Verdict::CloseAfterFlush(CloseReason::Protocol("banned: rate limits".into()))
     }
 
+    /// Registers `files` for `peer` within the holding limits (one slice of a register).
+    fn register_slice(&mut self, peer: PeerId, files: &[FileEntry]) -> RegisterOutcome {
+        // New holdings are what cost memory: at most what the limits leave room for.
+        let held = self.index.entries_of(peer) as usize;
+        let peer_room = self.limits.max_files_per_peer.saturating_sub(held);
+        let holdings = self.index.holding_count();
+        let index_room = self.limits.max_holdings.saturating_sub(holdings);
+        let ip = self.index.peer_addr(peer).map(|a| a.ip());
+        let address = ip.map(limits::Address::of);
+        let at_address = address.map_or(0, |a| self.address_holdings.get(&a).copied().unwrap_or(0));
+        let address_room = self
+            .limits
+            .max_holdings_per_address
+            .saturating_sub(at_address);
+        let room = peer_room
+            .min(index_room)
+            .min(address_room)
+            .min(u32::MAX as usize) as u32;
+        let outcome = self.index.register_at_most(peer, files, room);
+        let added = self.index.entries_of(peer) as usize - held;
+        if let (Some(address), Some(ip)) = (address, ip) {
+            self.add_address_holdings(address, added as isize);
+            let cap = self.limits.max_holdings_per_address;
+            if at_address < cap && at_address + added >= cap {
+                log::info!(
+                    "{ip}: its peers hold {cap} entries, the --max-holdings-per-ip limit; new \
+                     ones from it are refused until some leave"
+                );
+            }
+        }
+        let limit = self.limits.max_holdings;
+        let holdings = self.index.holding_count();
+        if holdings >= limit && outcome.rejected > 0 && !self.full_logged {
+            self.full_logged = true;
+            log::warn!(
+                "index full: {holdings} holdings, the --max-holdings limit; new ones are \
+                 refused until some leave"
+            );
+        } else if self.full_logged && holdings < limit - limit / 10 {
+            self.full_logged = false;
+        }
+        outcome
+    }
+
+    /// Withdraws `peer`'s holdings of `hashes` (one slice of an unregister); returns how many
+    /// entries it lost.
+    fn unregister_slice(&mut self, peer: PeerId, hashes: &[FileHash]) -> u32 {
+        let removed = self.index.unregister(peer, hashes);
+        if let Some(addr) = self.index.peer_addr(peer) {
+            self.add_address_holdings(limits::Address::of(addr.ip()), -(removed as isize));
+        }
+        removed
+    }
+
     /// The counters as `stats` reports them.
     pub fn current_stats(&self) -> ServerStats {
         ServerStats {
@@ -661,18 +694,22 @@ impl IndexServer {
         }
     }
 
-    /// The connection is gone: its peer's entries leave the index.
+    /// The connection is gone: its peer leaves every answer now, and its entries leave the
+    /// index in slices ([`IndexServer::poll_background`]); its unfinished jobs are dropped.
     pub fn close(&mut self, session: Session, reason: &CloseReason) {
         self.connections -= 1;
         self.limiter.close(session.remote.ip());
         let remote = session.remote;
         match session.state {
             SessionState::Ready { peer, addr } => {
+                self.cancel_jobs(peer);
+                // The address's room comes back at once: the departing entries are never
+                // counted again, and no one can add to them.
                 let held = self.index.entries_of(peer) as isize;
                 self.add_address_holdings(limits::Address::of(addr.ip()), -held);
-                let files = self.index.remove_peer(peer).unwrap_or(0);
+                let files = self.index.begin_departure(peer).unwrap_or(0);
                 log::info!(
-                    "peer {} at {addr} left ({reason}); {files} entries withdrawn",
+                    "peer {} at {addr} left ({reason}); {files} entries being withdrawn",
                     peer.0
                 );
             }
@@ -727,9 +764,11 @@ impl Handler for IndexServer {
             self.set_loop_pauses(ctx.loop_pauses().summary());
         }
         let mut verdict = Verdict::Continue;
+        self.current_conn = Some(conn);
         ctx.send(conn, |out| {
             verdict = self.handle_payload(session, payload, out)
         });
+        self.after_frame(ctx, conn, &verdict);
         verdict
     }
 
@@ -757,8 +796,9 @@ impl Handler for IndexServer {
         self.close(session, reason);
     }
 
-    fn handle_turn_end(&mut self, _ctx: &mut Ctx<Session>) {
+    fn handle_turn_end(&mut self, ctx: &mut Ctx<Session>) {
         self.settle();
+        self.turn_end(ctx);
     }
 
     fn handle_http_get(&mut self, ctx: &mut Ctx<Session>, path: &str) -> Option<HttpBody> {
@@ -881,6 +921,8 @@ pub fn fuzz_sessions(data: &[u8]) {
     for session in sessions.into_iter().flatten() {
         server.close(session, &CloseReason::Eof);
     }
+    // Departures are withdrawn in slices; finish them.
+    assert!(server.finish_background().is_empty());
     let stats = server.current_stats();
     assert_eq!((stats.connections, stats.peers), (0, 0));
     assert_eq!(server.index().file_count(), 0);
@@ -1167,6 +1209,7 @@ mod tests {
         assert_eq!(stats.names, 16);
         // Room again once a peer leaves.
         server.close(b, &CloseReason::Eof);
+        server.finish_background();
         assert_eq!(
             register(&mut server, &mut c, many("d", 1)),
             registered(1, 0, 2)
@@ -1246,6 +1289,7 @@ mod tests {
         assert_eq!(hits.len(), 1);
         assert_eq!(server.current_stats().connections, 1);
         server.close(session, &CloseReason::Eof);
+        server.finish_background();
         assert_eq!(server.index().file_count(), 0);
         assert_eq!(server.current_stats().connections, 0);
     }
