@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use p2pshare::logging;
+use p2pshare::peer::download::{self, DownloadLimits};
 use p2pshare::peer::{self, Peer, PeerConfig};
 use p2pshare::reactor::{Config, Reactor};
 use p2pshare::sys::process;
@@ -11,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
+use std::time::Duration;
 
 /// A p2pshare peer: shares a directory, searches the index, downloads from other peers.
 #[derive(Parser, Debug)]
@@ -41,6 +43,24 @@ struct Flags {
     /// answered "busy"). 0: no limit.
     #[arg(long, default_value_t = 32)]
     max_uploads_per_ip: usize,
+    /// A holder sending fewer bytes per second than this, averaged over --rate-window-ms,
+    /// is dropped and the next holder tried. 0: no floor.
+    #[arg(long, default_value_t = download::MIN_RATE_BYTES_PER_SEC)]
+    min_rate: u64,
+    /// The sliding window the download rate floor (--min-rate) is averaged over, in ms.
+    #[arg(long, default_value_t = download::RATE_WINDOW.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    rate_window_ms: u64,
+    /// A holder silent this long (connecting, before its header, between bytes) is dropped,
+    /// in ms.
+    #[arg(long, default_value_t = download::STALL.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    stall_ms: u64,
+    /// A whole `get` (every holder tried) fails after this many seconds; the partial file is
+    /// kept for a resume.
+    #[arg(long, default_value_t = download::MAX_GET.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    get_timeout: u64,
     /// Log filter: a level (error, warn, info, debug, trace) or per-module directives such as
     /// `warn,p2pshare::peer=debug` (default: RUST_LOG, else warn).
     #[arg(long)]
@@ -119,6 +139,12 @@ fn run(flags: Flags) -> Result<(), String> {
             ^ std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
+        download_limits: DownloadLimits {
+            stall: Duration::from_millis(flags.stall_ms),
+            min_rate: flags.min_rate,
+            rate_window: Duration::from_millis(flags.rate_window_ms),
+            max_get: Duration::from_secs(flags.get_timeout),
+        },
     };
     let mut peer = Peer::new(cfg, (events_tx.clone(), events_rx), jobs, waker.clone());
     peer.stop_on(stop);

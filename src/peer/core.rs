@@ -14,7 +14,7 @@
 
 use super::commands::{self, Commands, Follow, Next, Waiting};
 use super::console::{self, Command, Target};
-use super::download::{Attempt, Download, DownloadEvent, DownloadId, HashDone};
+use super::download::{Attempt, Download, DownloadEvent, DownloadId, DownloadLimits, HashDone};
 use super::names::display_name;
 use super::output::Output;
 use super::session::{IndexSession, SessionEvent, Tag};
@@ -111,6 +111,8 @@ pub struct CoreConfig {
     pub progress_bar: bool,
     /// Seeds the reconnect jitter.
     pub seed: u64,
+    /// The bounds of every download (stall, rate floor, whole `get`).
+    pub download_limits: DownloadLimits,
 }
 
 /// The core; see the module docs.
@@ -854,6 +856,7 @@ impl PeerCore {
             &self.cfg.downloads_dir,
             &file,
             holders,
+            self.cfg.download_limits,
             self.hash_done.clone(),
         ) {
             Ok(mut dl) => {

@@ -25,11 +25,13 @@
 
 use super::core::{Action, Role};
 use super::names::{self, display_name, Landing};
+use super::rate::RateFloor;
 use super::share::PART_SUFFIX;
 use crate::reactor::{CloseReason, ConnId, Verdict};
 use crate::sys;
 use crate::wire::{self, FileHash, HeldFile, TransferRequest, TransferResponse, PROTOCOL_VERSION};
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -361,6 +363,37 @@ fn sync_dir(dir: &Path) {
 
 /// A holder silent this long (connecting, before its header, or between bytes) is given up.
 pub const STALL: Duration = Duration::from_secs(15);
+/// The default floor of a holder's rate once it sends ([`DownloadLimits::min_rate`]).
+pub const MIN_RATE_BYTES_PER_SEC: u64 = 1024;
+/// The default window the rate is averaged over ([`DownloadLimits::rate_window`]).
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// The default bound on a whole `get` ([`DownloadLimits::max_get`]).
+pub const MAX_GET: Duration = Duration::from_secs(24 * 3600);
+
+/// The bounds every download keeps to, so that a `get` always ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownloadLimits {
+    /// A holder silent this long (connecting, before its header, between bytes) is dropped.
+    pub stall: Duration,
+    /// A holder sending fewer bytes per second than this, averaged over `rate_window`, is
+    /// dropped and the next one tried (0: no floor).
+    pub min_rate: u64,
+    /// The window `min_rate` is averaged over (a sliding window; see [`RateFloor`]).
+    pub rate_window: Duration,
+    /// The whole download (every holder, connecting and waiting included) fails after this.
+    pub max_get: Duration,
+}
+
+impl Default for DownloadLimits {
+    fn default() -> Self {
+        DownloadLimits {
+            stall: STALL,
+            min_rate: MIN_RATE_BYTES_PER_SEC,
+            rate_window: RATE_WINDOW,
+            max_get: MAX_GET,
+        }
+    }
+}
 /// Progress is reported at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
@@ -440,6 +473,13 @@ pub struct Download {
     conn: Option<ConnId>,
     /// The live attempt is given up if nothing arrives by then.
     deadline: Option<Instant>,
+    limits: DownloadLimits,
+    /// The current holder's rate, once it sends bytes.
+    floor: Option<RateFloor>,
+    /// When the floor is next checked.
+    rate_check: Option<Instant>,
+    /// The whole download fails at this time ([`DownloadLimits::max_get`]).
+    give_up: Instant,
     started: Instant,
     /// Bytes received in this run (for the rate).
     received: u64,
@@ -455,6 +495,7 @@ impl Download {
         dir: &Path,
         file: &HeldFile,
         holders: Vec<SocketAddr>,
+        limits: DownloadLimits,
         done: HashDone,
     ) -> Result<Download, TransferError> {
         let part = PartFile::open(dir, file.hash, file.size, file.name.clone(), done)?;
@@ -473,6 +514,10 @@ impl Download {
             attempt: 0,
             conn: None,
             deadline: None,
+            limits,
+            floor: None,
+            rate_check: None,
+            give_up: now + limits.max_get,
             started: now,
             received: 0,
             next_progress: now,
@@ -498,6 +543,8 @@ impl Download {
     fn try_holder(&mut self, now: Instant, out: &mut VecDeque<Action>) {
         self.conn = None;
         self.deadline = None;
+        self.floor = None;
+        self.rate_check = None;
         if self.part.is_complete() {
             self.phase = Phase::Verifying;
             self.part.finish();
@@ -519,7 +566,7 @@ impl Download {
         self.phase = Phase::Connecting;
         self.received = 0;
         self.started = now;
-        self.deadline = Some(now + STALL);
+        self.deadline = Some(now + self.limits.stall);
         self.events.push_back(DownloadEvent::Trying(addr));
         out.push_back(Action::Connect {
             addr,
@@ -534,6 +581,8 @@ impl Download {
         self.phase = Phase::Done;
         self.conn = None;
         self.deadline = None;
+        self.floor = None;
+        self.rate_check = None;
         self.events.push_back(DownloadEvent::Failed(text));
     }
 
@@ -575,7 +624,7 @@ impl Download {
         }
         self.conn = Some(conn);
         self.phase = Phase::AwaitingHeader;
-        self.deadline = Some(now + STALL);
+        self.deadline = Some(now + self.limits.stall);
         let mut frame = Vec::new();
         wire::encode_frame(
             &TransferRequest::Get {
@@ -610,7 +659,11 @@ impl Download {
                     }
                     Ok(n) => {
                         self.phase = Phase::Receiving;
-                        self.deadline = Some(now + STALL);
+                        let floor =
+                            RateFloor::new(now, self.limits.min_rate, self.limits.rate_window);
+                        self.rate_check = floor.poll_check(now);
+                        self.floor = Some(floor);
+                        self.deadline = Some(now + self.limits.stall);
                         out.push_back(Action::ExpectRaw { conn, len: n });
                         return Verdict::Continue;
                     }
@@ -657,7 +710,10 @@ impl Download {
             }
         }
         self.received += data.len() as u64;
-        self.deadline = Some(now + STALL);
+        if let Some(floor) = &mut self.floor {
+            floor.handle_bytes(now, data.len() as u64);
+        }
+        self.deadline = Some(now + self.limits.stall);
         if now >= self.next_progress {
             self.next_progress = now + PROGRESS_EVERY;
             self.events.push_back(DownloadEvent::Progress {
@@ -676,6 +732,8 @@ impl Download {
     fn verify(&mut self) {
         self.conn = None;
         self.deadline = None;
+        self.floor = None;
+        self.rate_check = None;
         self.phase = Phase::Verifying;
         self.part.finish();
     }
@@ -699,17 +757,67 @@ impl Download {
         self.holder_failed(now, why, out);
     }
 
-    /// Time passed: a holder silent for [`STALL`] is given up.
+    /// Time passed: past [`DownloadLimits::max_get`] the download fails; a holder silent for
+    /// [`DownloadLimits::stall`], or below the rate floor over a whole window, is given up.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut VecDeque<Action>) {
+        if !matches!(
+            self.phase,
+            Phase::Connecting | Phase::AwaitingHeader | Phase::Receiving
+        ) {
+            return;
+        }
+        if now >= self.give_up {
+            if let Some(conn) = self.conn.take() {
+                out.push_back(Action::Close {
+                    conn,
+                    reason: CloseReason::Local,
+                    after_flush: false,
+                });
+            }
+            let mut text = format!(
+                "get {}: gave up after {} s (--get-timeout)",
+                display_name(&self.part.name),
+                self.limits.max_get.as_secs()
+            );
+            if self.part.have > 0 {
+                let _ = write!(text, " ({} bytes kept for resume)", self.part.have);
+            }
+            return self.fail(text);
+        }
+        if self.rate_check.is_some_and(|t| t <= now) {
+            if let Some(floor) = &mut self.floor {
+                if floor.is_below(now) {
+                    let why = format!(
+                        "slower than {} ({} bytes in the last window)",
+                        floor.describe(),
+                        floor.window_bytes(now)
+                    );
+                    return self.holder_failed(now, why, out);
+                }
+                self.rate_check = floor.poll_check(now);
+            }
+        }
         if self.deadline.is_some_and(|d| d <= now) {
-            let why = format!("nothing received for {} s", STALL.as_secs());
+            let why = format!(
+                "nothing received for {:.1} s",
+                self.limits.stall.as_secs_f64()
+            );
             self.holder_failed(now, why, out);
         }
     }
 
     /// When [`Download::handle_timeout`] next has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
+        if self.phase == Phase::Done {
+            return None;
+        }
+        [self.deadline, self.rate_check]
+            .into_iter()
+            .flatten()
+            .fold(None, |a: Option<Instant>, t| {
+                Some(a.map_or(t, |a| a.min(t)))
+            })
+            .map(|t| t.min(self.give_up))
     }
 
     /// The verifying thread's result for generation `generation`.

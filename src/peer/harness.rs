@@ -91,6 +91,7 @@ impl Harness {
                 console: true,
                 progress_bar: false,
                 seed: 42,
+                download_limits: Default::default(),
             },
             hash_done,
         );

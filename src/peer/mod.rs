@@ -22,6 +22,7 @@ pub mod core;
 pub mod download;
 pub mod names;
 pub mod output;
+pub mod rate;
 pub mod session;
 pub mod share;
 pub mod threads;
@@ -67,6 +68,8 @@ pub struct PeerConfig {
     pub progress_bar: bool,
     /// Seeds the reconnect jitter.
     pub seed: u64,
+    /// The bounds of every download (stall, rate floor, whole `get`).
+    pub download_limits: download::DownloadLimits,
 }
 
 /// The peer's reactor handler: the core, the channels to the helper threads, and the one
@@ -120,6 +123,7 @@ impl Peer {
                 console: cfg.console,
                 progress_bar: cfg.progress_bar,
                 seed: cfg.seed,
+                download_limits: cfg.download_limits,
             },
             hash_done,
         );
