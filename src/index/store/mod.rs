@@ -132,9 +132,10 @@
 //! go.
 //!
 //! # Words
-//! Words are maximal runs of `char::is_alphanumeric` characters, lowercased character by
-//! character (`char::to_lowercase`, no context rules, so the lowercase of a prefix is a prefix of
-//! the lowercase). Names without any word are indexed under the empty word so that an exact name
+//! Words are maximal runs of `char::is_alphanumeric` characters of the name's search fold
+//! ([`fold`]: NFKC-style compatibility normalisation, full case folding and generic diacritics
+//! dropped, character by character with no context rules, so the fold of a prefix is a prefix
+//! of the fold; `strasse` finds `straße`, `istanbul` `İstanbul`, `cafe` `café`). Names without any word are indexed under the empty word so that an exact name
 //! lookup still finds them; a query never produces the empty word.
 
 mod blockset;
@@ -155,6 +156,7 @@ mod tests;
 mod words;
 
 pub use self::search::{SearchError, SearchPage, MAX_QUERY_WORDS, SEARCH_WORK_BUDGET};
+pub use self::words::fold;
 
 use self::byname::ByName;
 use self::entries::Entries;
