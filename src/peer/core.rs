@@ -800,7 +800,7 @@ impl PeerCore {
             core.commands.finish();
         };
         let total = total.max(files.len() as u64);
-        let file = match files.len() {
+        let mut file = match files.len() {
             0 => return fail(self, format!("no peer shares {target}")),
             1 if total == 1 => files.into_iter().next().expect("one file"),
             _ => {
@@ -819,6 +819,12 @@ impl PeerCore {
                 return fail(self, text);
             }
         };
+        // The name saved is the one our own lookup chose: the name typed for `get NAME` (an
+        // index answer cannot rename it), else the name the index answer shows; never the one
+        // in a holder's header. It is sanitised when it lands.
+        if let Target::Name(typed) = target {
+            file.name.clone_from(typed);
+        }
         if let Some(mine) = self.share.by_hash(&file.hash) {
             let text = format!("already have {} ({} bytes)", mine.path.display(), mine.size);
             self.output.result(text);

@@ -248,3 +248,30 @@ fn a_lookup_of_a_crowded_name_shows_a_page_and_more_shows_the_rest() {
     said_once(&h, "`lookup copyright` then `more`");
     assert!(h.gets.is_empty(), "nothing downloaded");
 }
+
+#[test]
+fn a_download_is_saved_under_the_name_the_downloader_chose() {
+    // Issue 13, case 2: an attacker registers the holder's hash under `!! setup.exe`, and the
+    // holder's header names the file "x"; `get song.flac` saves `song.flac`.
+    let mut h = Harness::new("chosen-name");
+    h.scanned(&[]);
+    let content = b"a song, honestly".to_vec();
+    h.holder(
+        "10.0.0.1:1",
+        "song.flac",
+        &content,
+        Holder::Good(content.clone()),
+    );
+    h.holder(
+        "10.0.0.2:1",
+        "!! setup.exe",
+        &content,
+        Holder::Good(content.clone()),
+    );
+    h.type_lines(&["get song.flac"]);
+    h.wait_hash();
+    assert_eq!(std::fs::read(h.landed("song.flac")).unwrap(), content);
+    assert!(!h.landed("!! setup.exe").exists());
+    assert!(!h.landed("x").exists());
+    assert_eq!(has(&h, "saved "), 1, "{:?}", h.said());
+}

@@ -11,3 +11,4 @@ mod indexd;
 mod peer;
 mod reactor;
 mod trust;
+mod unicode;
