@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// A file's identity: the BLAKE3 hash of its bytes. Shown to people as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -540,6 +540,13 @@ pub enum TransferResponse {
         /// A sentence for a person.
         message: String,
     },
+    /// Every upload slot is busy: the request waits in the holder's upload queue, at this
+    /// 1-based position; the holder sends `Queued` again as the line moves, then `Sending`
+    /// (or `Error`) on the same connection once a slot frees. (Protocol 3.)
+    Queued {
+        /// Requests ahead of this one, plus one.
+        position: u32,
+    },
 }
 
 /// Why a payload is not a message.
@@ -901,6 +908,7 @@ mod tests {
                 code: ErrorCode::NotFound,
                 message: "no such file".into(),
             },
+            TransferResponse::Queued { position: 7 },
         ]);
     }
 

@@ -43,6 +43,19 @@ struct Flags {
     /// answered "busy"). 0: no limit.
     #[arg(long, default_value_t = 32)]
     max_uploads_per_ip: usize,
+    /// Uploads sent at once; further requests wait in the upload queue, told their position,
+    /// and are served in order as uploads finish.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    upload_slots: u64,
+    /// Requests waiting in the upload queue at once from one IPv4 address or IPv6 /64 (more
+    /// are answered "busy").
+    #[arg(long, default_value_t = 4)]
+    max_queued_per_ip: usize,
+    /// The longest a download waits in a holder's upload queue before trying the next
+    /// holder, in seconds.
+    #[arg(long, default_value_t = download::QUEUE_WAIT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    queue_wait: u64,
     /// A holder sending fewer bytes per second than this, averaged over --rate-window-ms,
     /// is dropped and the next holder tried. 0: no floor.
     #[arg(long, default_value_t = download::MIN_RATE_BYTES_PER_SEC)]
@@ -144,7 +157,10 @@ fn run(flags: Flags) -> Result<(), String> {
             min_rate: flags.min_rate,
             rate_window: Duration::from_millis(flags.rate_window_ms),
             max_get: Duration::from_secs(flags.get_timeout),
+            queue_wait: Duration::from_secs(flags.queue_wait),
         },
+        upload_slots: flags.upload_slots as usize,
+        max_queued_per_ip: flags.max_queued_per_ip,
     };
     let mut peer = Peer::new(cfg, (events_tx.clone(), events_rx), jobs, waker.clone());
     peer.stop_on(stop);

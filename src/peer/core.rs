@@ -20,7 +20,7 @@ use super::output::Output;
 use super::session::{IndexSession, SessionEvent, Tag};
 use super::share::{self, Share, SharedFile};
 use super::threads::{Event, Job};
-use super::upload::{self, Answer, Upload};
+use super::upload::{self, Answer, Joined, Upload, UploadQueue};
 use crate::reactor::{CloseReason, ConnId, Verdict};
 use crate::wire::{
     self, FileHash, HeldFile, LookupKey, RequestBody, Response, ResponseBody, SearchCursor,
@@ -29,7 +29,7 @@ use crate::wire::{
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -90,6 +90,13 @@ pub enum Action {
         /// Send the queued output first.
         after_flush: bool,
     },
+    /// Replace the slot state of another connection (an upload leaving the queue).
+    SetRole {
+        /// Which.
+        conn: ConnId,
+        /// Its new state.
+        role: Role,
+    },
     /// Give the hashing thread a job; answered with [`Event::Scanned`].
     Hash(Job),
     /// Stop the peer.
@@ -113,6 +120,10 @@ pub struct CoreConfig {
     pub seed: u64,
     /// The bounds of every download (stall, rate floor, whole `get`).
     pub download_limits: DownloadLimits,
+    /// Uploads sent at once; more requests wait in the upload queue.
+    pub upload_slots: usize,
+    /// Requests waiting in the upload queue at once from one address (IPv4, IPv6 /64).
+    pub max_queued_per_ip: usize,
 }
 
 /// The core; see the module docs.
@@ -129,6 +140,7 @@ pub struct PeerCore {
     actions: VecDeque<Action>,
     listen_port: u16,
     uploads: UploadStats,
+    queue: UploadQueue,
     stopped: bool,
 }
 
@@ -145,6 +157,7 @@ impl PeerCore {
         PeerCore {
             session: IndexSession::new(cfg.index.clone(), 0, cfg.seed),
             commands: Commands::new(cfg.console),
+            queue: UploadQueue::new(cfg.upload_slots, cfg.max_queued_per_ip),
             output: Output::new(cfg.progress_bar),
             cfg,
             share: Share::default(),
@@ -256,9 +269,9 @@ impl PeerCore {
 
     // ----- connections --------------------------------------------------------------------
 
-    /// A downloader connected to our file server.
-    pub fn handle_accept(&mut self) -> Role {
-        Role::Upload(Upload::AwaitingGet)
+    /// A downloader connected to our file server from `from`.
+    pub fn handle_accept(&mut self, from: IpAddr) -> Role {
+        Role::Upload(Upload::AwaitingGet { from })
     }
 
     /// An outgoing connection is established.
@@ -316,19 +329,65 @@ impl PeerCore {
         verdict
     }
 
-    /// A connection's output drained (an upload finished sending).
+    /// A connection's output drained (an upload finished sending): its slot goes to the
+    /// head of the upload queue.
     pub fn handle_drained(&mut self, role: &mut Role) {
-        if let Role::Upload(state @ Upload::Sending { .. }) = role {
-            if let Upload::Sending { bytes, .. } = std::mem::take(state) {
-                self.uploads.active -= 1;
-                self.uploads.done += 1;
-                self.uploads.bytes += bytes;
+        if let Role::Upload(Upload::Sending { bytes, from, .. }) = *role {
+            *role = Role::Upload(Upload::AwaitingGet { from });
+            self.uploads.active -= 1;
+            self.uploads.done += 1;
+            self.uploads.bytes += bytes;
+            self.serve_queue();
+        }
+    }
+
+    /// Gives free upload slots to the head of the queue, and tells those still waiting their
+    /// new places.
+    fn serve_queue(&mut self) {
+        let mut moved = false;
+        while (self.uploads.active as usize) < self.queue.slots {
+            let Some((conn, from, request)) = self.queue.pop() else {
+                break;
+            };
+            moved = true;
+            let mut state = Upload::Queued { from };
+            let verdict = self.handle_get(conn, &mut state, &request);
+            match verdict {
+                Verdict::Continue => self.actions.push_back(Action::SetRole {
+                    conn,
+                    role: Role::Upload(state),
+                }),
+                Verdict::Close(reason) => self.actions.push_back(Action::Close {
+                    conn,
+                    reason,
+                    after_flush: false,
+                }),
+                Verdict::CloseAfterFlush(reason) => self.actions.push_back(Action::Close {
+                    conn,
+                    reason,
+                    after_flush: true,
+                }),
+            }
+        }
+        if moved {
+            for (conn, position) in self.queue.positions() {
+                self.actions.push_back(Action::Send {
+                    conn,
+                    frame: upload::queued_frame(position),
+                });
             }
         }
     }
 
     /// A connection ended (or its connect failed).
-    pub fn handle_close(&mut self, now: Instant, role: Role, reason: &CloseReason) {
+    /// `conn` is `None` for a connect that failed before it had one.
+    pub fn handle_close(
+        &mut self,
+        now: Instant,
+        conn: Option<ConnId>,
+        role: Role,
+        reason: &CloseReason,
+    ) {
         match role {
             Role::Index => self.session.handle_closed(now, reason, &mut self.actions),
             Role::Download(attempt) => {
@@ -339,14 +398,64 @@ impl PeerCore {
             Role::Upload(Upload::Sending { hash, .. }) => {
                 self.uploads.active -= 1;
                 log::info!(target: "peer", "upload of {hash} ended: {reason}");
+                self.serve_queue();
             }
-            Role::Upload(Upload::AwaitingGet) => {}
+            Role::Upload(Upload::Queued { .. }) => {
+                if conn.is_some_and(|c| self.queue.leave(c)) {
+                    for (conn, position) in self.queue.positions() {
+                        self.actions.push_back(Action::Send {
+                            conn,
+                            frame: upload::queued_frame(position),
+                        });
+                    }
+                }
+            }
+            Role::Upload(Upload::AwaitingGet { .. }) => {}
         }
         self.pump(now);
     }
 
     fn handle_get(&mut self, conn: ConnId, state: &mut Upload, payload: &[u8]) -> Verdict {
+        let from = match *state {
+            Upload::AwaitingGet { from } | Upload::Sending { from, .. } => from,
+            Upload::Queued { from } => {
+                if self.queue.leave(conn) {
+                    // A second request while waiting: not ours to queue twice.
+                    return Verdict::Close(CloseReason::Protocol(
+                        "a request while one waits in the upload queue".into(),
+                    ));
+                }
+                from
+            }
+        };
+        let is_full = self.uploads.active as usize >= self.queue.slots || !self.queue.is_empty();
         match upload::answer(payload, &self.share) {
+            Answer::Serve { .. } if is_full && !matches!(state, Upload::Sending { .. }) => {
+                match self.queue.join(conn, from, payload) {
+                    Joined::At(position) => {
+                        self.actions.push_back(Action::Send {
+                            conn,
+                            frame: upload::queued_frame(position),
+                        });
+                        *state = Upload::Queued { from };
+                        // Lifts the idle timeout (the state itself is set above).
+                        self.actions.push_back(Action::SetRole {
+                            conn,
+                            role: Role::Upload(*state),
+                        });
+                        Verdict::Continue
+                    }
+                    Joined::AddressFull => {
+                        self.actions.push_back(Action::Send {
+                            conn,
+                            frame: upload::address_full_frame(self.queue.per_address),
+                        });
+                        Verdict::CloseAfterFlush(CloseReason::Protocol(
+                            "upload queue full for that address".into(),
+                        ))
+                    }
+                }
+            }
             Answer::Serve {
                 header,
                 file,
@@ -368,7 +477,11 @@ impl PeerCore {
                 if !matches!(state, Upload::Sending { .. }) {
                     self.uploads.active += 1;
                 }
-                *state = Upload::Sending { hash, bytes: len };
+                *state = Upload::Sending {
+                    hash,
+                    bytes: len,
+                    from,
+                };
                 log::info!(target: "peer", "upload of {} from {offset}", display_name(&name));
                 Verdict::Continue
             }
@@ -551,6 +664,9 @@ impl PeerCore {
                     ));
                 }
             }
+            DownloadEvent::Queued { holder, position } => self.output.note(format!(
+                "get: {name} queued at {holder}: position {position} in its upload queue"
+            )),
             DownloadEvent::Progress { have } => {
                 let raw = dl.progress().0.to_string();
                 self.output.progress(&raw, have, size);

@@ -367,6 +367,8 @@ pub const STALL: Duration = Duration::from_secs(15);
 pub const MIN_RATE_BYTES_PER_SEC: u64 = 1024;
 /// The default window the rate is averaged over ([`DownloadLimits::rate_window`]).
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// The default longest wait in one holder's upload queue ([`DownloadLimits::queue_wait`]).
+pub const QUEUE_WAIT: Duration = Duration::from_secs(600);
 /// The default bound on a whole `get` ([`DownloadLimits::max_get`]).
 pub const MAX_GET: Duration = Duration::from_secs(24 * 3600);
 
@@ -382,6 +384,8 @@ pub struct DownloadLimits {
     pub rate_window: Duration,
     /// The whole download (every holder, connecting and waiting included) fails after this.
     pub max_get: Duration,
+    /// The longest wait in one holder's upload queue; then the next holder is tried.
+    pub queue_wait: Duration,
 }
 
 impl Default for DownloadLimits {
@@ -391,6 +395,7 @@ impl Default for DownloadLimits {
             min_rate: MIN_RATE_BYTES_PER_SEC,
             rate_window: RATE_WINDOW,
             max_get: MAX_GET,
+            queue_wait: QUEUE_WAIT,
         }
     }
 }
@@ -421,6 +426,13 @@ pub enum DownloadEvent {
     },
     /// Connecting to a holder.
     Trying(SocketAddr),
+    /// Waiting in the holder's upload queue at this position.
+    Queued {
+        /// The holder.
+        holder: SocketAddr,
+        /// 1-based place in its line.
+        position: u32,
+    },
     /// Bytes arrived: the progress to show.
     Progress {
         /// Bytes on disk.
@@ -447,6 +459,8 @@ enum Phase {
     Connecting,
     /// Get sent; waiting for the header.
     AwaitingHeader,
+    /// Waiting in the holder's upload queue for the header.
+    Queued,
     /// Raw bytes arriving.
     Receiving,
     /// Every byte is on disk; waiting for the verifying thread's hash.
@@ -591,7 +605,7 @@ impl Download {
             && attempt.n == self.attempt
             && matches!(
                 self.phase,
-                Phase::Connecting | Phase::AwaitingHeader | Phase::Receiving
+                Phase::Connecting | Phase::AwaitingHeader | Phase::Queued | Phase::Receiving
             )
     }
 
@@ -647,10 +661,22 @@ impl Download {
         payload: &[u8],
         out: &mut VecDeque<Action>,
     ) -> Verdict {
-        if !self.is_live(attempt) || self.phase != Phase::AwaitingHeader {
+        if !self.is_live(attempt) || !matches!(self.phase, Phase::AwaitingHeader | Phase::Queued) {
             return Verdict::Close(CloseReason::Local);
         }
         let why = match wire::decode::<TransferResponse>(payload) {
+            Ok(TransferResponse::Queued { position }) => {
+                if self.phase == Phase::AwaitingHeader {
+                    // The wait in line is bounded by its own deadline, not the stall timer.
+                    self.phase = Phase::Queued;
+                    self.deadline = Some(now + self.limits.queue_wait);
+                }
+                if let Some(&holder) = self.holders.get(self.current) {
+                    self.events
+                        .push_back(DownloadEvent::Queued { holder, position });
+                }
+                return Verdict::Continue;
+            }
             Ok(TransferResponse::Sending { size, offset, .. }) => {
                 match self.part.accept_header(size, offset) {
                     Ok(0) => {
@@ -762,7 +788,7 @@ impl Download {
     pub fn handle_timeout(&mut self, now: Instant, out: &mut VecDeque<Action>) {
         if !matches!(
             self.phase,
-            Phase::Connecting | Phase::AwaitingHeader | Phase::Receiving
+            Phase::Connecting | Phase::AwaitingHeader | Phase::Queued | Phase::Receiving
         ) {
             return;
         }
@@ -798,10 +824,17 @@ impl Download {
             }
         }
         if self.deadline.is_some_and(|d| d <= now) {
-            let why = format!(
-                "nothing received for {:.1} s",
-                self.limits.stall.as_secs_f64()
-            );
+            let why = if self.phase == Phase::Queued {
+                format!(
+                    "still in its upload queue after {:.1} s",
+                    self.limits.queue_wait.as_secs_f64()
+                )
+            } else {
+                format!(
+                    "nothing received for {:.1} s",
+                    self.limits.stall.as_secs_f64()
+                )
+            };
             self.holder_failed(now, why, out);
         }
     }

@@ -275,3 +275,30 @@ fn a_download_is_saved_under_the_name_the_downloader_chose() {
     assert!(!h.landed("x").exists());
     assert_eq!(has(&h, "saved "), 1, "{:?}", h.said());
 }
+
+#[test]
+fn a_download_waits_in_a_holders_queue_for_a_bounded_time_then_tries_the_next() {
+    let mut h = Harness::new("queued");
+    h.scanned(&[]);
+    let content = b"wait for it".to_vec();
+    let busy = h.holder("10.0.0.1:1", "f.bin", &content, Holder::Queues);
+    let good = h.holder(
+        "10.0.0.2:1",
+        "f.bin",
+        &content,
+        Holder::Good(content.clone()),
+    );
+    h.type_lines(&[&format!("get {}", FileHash::of(&content))]);
+    said_once(&h, "position 3 in its upload queue");
+    // Well past the stall timer: a queued download is not stalled.
+    h.advance(Duration::from_secs(60));
+    assert_eq!(
+        h.gets.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+        vec![busy]
+    );
+    // The queue wait (10 min by default) ends it: the next holder serves.
+    h.advance(Duration::from_secs(600));
+    h.wait_hash();
+    assert_eq!(h.gets.last(), Some(&(good, 0)), "{:?}", h.said());
+    assert_eq!(std::fs::read(h.landed("f.bin")).unwrap(), content);
+}

@@ -9,6 +9,7 @@ mod downloader;
 mod hostile;
 mod indexd;
 mod peer;
+mod queue;
 mod reactor;
 mod trust;
 mod unicode;
