@@ -51,6 +51,10 @@ struct Flags {
     /// are answered "busy").
     #[arg(long, default_value_t = 4)]
     max_queued_per_ip: usize,
+    /// While requests wait in the upload queue, an upload sending fewer bytes per second than
+    /// this over a whole --rate-window-ms loses its slot to the head of the line. 0: never.
+    #[arg(long, default_value_t = 1024)]
+    upload_min_rate: u64,
     /// The longest a download waits in a holder's upload queue before trying the next
     /// holder, in seconds.
     #[arg(long, default_value_t = download::QUEUE_WAIT.as_secs(),
@@ -60,7 +64,8 @@ struct Flags {
     /// is dropped and the next holder tried. 0: no floor.
     #[arg(long, default_value_t = download::MIN_RATE_BYTES_PER_SEC)]
     min_rate: u64,
-    /// The sliding window the download rate floor (--min-rate) is averaged over, in ms.
+    /// The window the rate floors (--min-rate, sliding; --upload-min-rate) are measured over,
+    /// in ms.
     #[arg(long, default_value_t = download::RATE_WINDOW.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(10..))]
     rate_window_ms: u64,
@@ -160,6 +165,7 @@ fn run(flags: Flags) -> Result<(), String> {
             queue_wait: Duration::from_secs(flags.queue_wait),
         },
         upload_slots: flags.upload_slots as usize,
+        upload_min_rate: flags.upload_min_rate,
         max_queued_per_ip: flags.max_queued_per_ip,
     };
     let mut peer = Peer::new(cfg, (events_tx.clone(), events_rx), jobs, waker.clone());

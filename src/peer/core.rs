@@ -31,7 +31,7 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What a connection is for: the peer's per-connection state, kept in the reactor's slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +124,11 @@ pub struct CoreConfig {
     pub upload_slots: usize,
     /// Requests waiting in the upload queue at once from one address (IPv4, IPv6 /64).
     pub max_queued_per_ip: usize,
+    /// While requests wait in the queue, an upload sending fewer bytes per second than this
+    /// over a whole `upload_rate_window` loses its slot (0: never).
+    pub upload_min_rate: u64,
+    /// The window the upload floor is measured over.
+    pub upload_rate_window: Duration,
 }
 
 /// The core; see the module docs.
@@ -141,6 +146,8 @@ pub struct PeerCore {
     listen_port: u16,
     uploads: UploadStats,
     queue: UploadQueue,
+    /// When the uploads' rates are next checked (only while requests wait).
+    upload_check: Option<Instant>,
     stopped: bool,
 }
 
@@ -158,6 +165,7 @@ impl PeerCore {
             session: IndexSession::new(cfg.index.clone(), 0, cfg.seed),
             commands: Commands::new(cfg.console),
             queue: UploadQueue::new(cfg.upload_slots, cfg.max_queued_per_ip),
+            upload_check: None,
             output: Output::new(cfg.progress_bar),
             cfg,
             share: Share::default(),
@@ -193,10 +201,70 @@ impl PeerCore {
     /// The earliest time [`PeerCore::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let dl = self.download.as_ref().and_then(Download::poll_timeout);
-        match (self.session.poll_timeout(), dl) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [self.session.poll_timeout(), dl, self.upload_check]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether [`PeerCore::handle_upload_progress`] is due: requests wait in the upload queue
+    /// and a window has passed since the last check.
+    pub fn wants_upload_progress(&self, now: Instant) -> bool {
+        self.upload_check.is_some_and(|t| t <= now)
+    }
+
+    /// Every upload being sent, with the bytes it has not sent yet: while requests wait in the
+    /// queue, an upload below the floor over its whole window loses its slot to the head of
+    /// the line (a reader that takes 1 MiB every 15 s cannot keep a slot forever); the others
+    /// start a new window.
+    pub fn handle_upload_progress(&mut self, now: Instant, uploads: &[(ConnId, Upload, u64)]) {
+        let window = self.cfg.upload_rate_window;
+        let floor = (self.cfg.upload_min_rate as u128 * window.as_millis() / 1000) as u64;
+        for &(conn, upload, unsent) in uploads {
+            let Upload::Sending {
+                hash,
+                bytes,
+                from,
+                window: (since, unsent_then),
+            } = upload
+            else {
+                continue;
+            };
+            if since + window > now {
+                continue;
+            }
+            let sent = unsent_then.saturating_sub(unsent);
+            if !self.queue.is_empty() && self.cfg.upload_min_rate > 0 && sent < floor {
+                log::info!(
+                    target: "peer",
+                    "upload of {hash} to {from} taken back: {sent} bytes in {:.1} s while others wait",
+                    window.as_secs_f64()
+                );
+                self.actions.push_back(Action::Close {
+                    conn,
+                    reason: CloseReason::Protocol(format!(
+                        "slower than {} B/s while others wait",
+                        self.cfg.upload_min_rate
+                    )),
+                    after_flush: false,
+                });
+            } else {
+                self.actions.push_back(Action::SetRole {
+                    conn,
+                    role: Role::Upload(Upload::Sending {
+                        hash,
+                        bytes,
+                        from,
+                        window: (now, unsent),
+                    }),
+                });
+            }
         }
+        self.upload_check = if self.queue.is_empty() {
+            None
+        } else {
+            Some(now + window / 4)
+        };
     }
 
     /// Time passed.
@@ -307,7 +375,7 @@ impl PeerCore {
                 }
                 Err(e) => Verdict::Close(CloseReason::Protocol(format!("index sent {e}"))),
             },
-            Role::Upload(state) => self.handle_get(conn, state, payload),
+            Role::Upload(state) => self.handle_get(now, conn, state, payload),
             Role::Download(attempt) => match &mut self.download {
                 Some(dl) => dl.handle_frame(now, conn, *attempt, payload, &mut self.actions),
                 None => Verdict::Close(CloseReason::Local),
@@ -331,19 +399,19 @@ impl PeerCore {
 
     /// A connection's output drained (an upload finished sending): its slot goes to the
     /// head of the upload queue.
-    pub fn handle_drained(&mut self, role: &mut Role) {
+    pub fn handle_drained(&mut self, now: Instant, role: &mut Role) {
         if let Role::Upload(Upload::Sending { bytes, from, .. }) = *role {
             *role = Role::Upload(Upload::AwaitingGet { from });
             self.uploads.active -= 1;
             self.uploads.done += 1;
             self.uploads.bytes += bytes;
-            self.serve_queue();
+            self.serve_queue(now);
         }
     }
 
     /// Gives free upload slots to the head of the queue, and tells those still waiting their
     /// new places.
-    fn serve_queue(&mut self) {
+    fn serve_queue(&mut self, now: Instant) {
         let mut moved = false;
         while (self.uploads.active as usize) < self.queue.slots {
             let Some((conn, from, request)) = self.queue.pop() else {
@@ -351,7 +419,7 @@ impl PeerCore {
             };
             moved = true;
             let mut state = Upload::Queued { from };
-            let verdict = self.handle_get(conn, &mut state, &request);
+            let verdict = self.handle_get(now, conn, &mut state, &request);
             match verdict {
                 Verdict::Continue => self.actions.push_back(Action::SetRole {
                     conn,
@@ -398,7 +466,7 @@ impl PeerCore {
             Role::Upload(Upload::Sending { hash, .. }) => {
                 self.uploads.active -= 1;
                 log::info!(target: "peer", "upload of {hash} ended: {reason}");
-                self.serve_queue();
+                self.serve_queue(now);
             }
             Role::Upload(Upload::Queued { .. }) => {
                 if conn.is_some_and(|c| self.queue.leave(c)) {
@@ -415,7 +483,13 @@ impl PeerCore {
         self.pump(now);
     }
 
-    fn handle_get(&mut self, conn: ConnId, state: &mut Upload, payload: &[u8]) -> Verdict {
+    fn handle_get(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        state: &mut Upload,
+        payload: &[u8],
+    ) -> Verdict {
         let from = match *state {
             Upload::AwaitingGet { from } | Upload::Sending { from, .. } => from,
             Upload::Queued { from } => {
@@ -438,6 +512,8 @@ impl PeerCore {
                             frame: upload::queued_frame(position),
                         });
                         *state = Upload::Queued { from };
+                        self.upload_check
+                            .get_or_insert(now + self.cfg.upload_rate_window);
                         // Lifts the idle timeout (the state itself is set above).
                         self.actions.push_back(Action::SetRole {
                             conn,
@@ -481,6 +557,7 @@ impl PeerCore {
                     hash,
                     bytes: len,
                     from,
+                    window: (now, len),
                 };
                 log::info!(target: "peer", "upload of {} from {offset}", display_name(&name));
                 Verdict::Continue

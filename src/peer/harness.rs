@@ -96,6 +96,8 @@ impl Harness {
                 download_limits: Default::default(),
                 upload_slots: 4,
                 max_queued_per_ip: 4,
+                upload_min_rate: 1024,
+                upload_rate_window: Duration::from_secs(10),
             },
             hash_done,
         );

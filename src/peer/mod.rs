@@ -75,6 +75,9 @@ pub struct PeerConfig {
     pub upload_slots: usize,
     /// Requests waiting in the upload queue at once from one address.
     pub max_queued_per_ip: usize,
+    /// While requests wait, an upload slower than this (bytes/s over the download rate
+    /// window) loses its slot; 0: never.
+    pub upload_min_rate: u64,
 }
 
 /// The peer's reactor handler: the core, the channels to the helper threads, and the one
@@ -131,6 +134,8 @@ impl Peer {
                 download_limits: cfg.download_limits,
                 upload_slots: cfg.upload_slots,
                 max_queued_per_ip: cfg.max_queued_per_ip,
+                upload_min_rate: cfg.upload_min_rate,
+                upload_rate_window: cfg.download_limits.rate_window,
             },
             hash_done,
         );
@@ -296,7 +301,7 @@ impl Handler for Peer {
     }
 
     fn handle_drained(&mut self, ctx: &mut Ctx<Role>, _: ConnId, role: &mut Role) -> Verdict {
-        self.core.handle_drained(role);
+        self.core.handle_drained(ctx.now(), role);
         self.apply(ctx);
         Verdict::Continue
     }
@@ -333,6 +338,18 @@ impl Handler for Peer {
         }
         self.timer = None;
         self.core.handle_timeout(ctx.now());
+        if self.core.wants_upload_progress(ctx.now()) {
+            let uploads: Vec<(ConnId, Upload, u64)> = ctx
+                .states()
+                .filter_map(|(conn, role)| match role {
+                    Role::Upload(u @ Upload::Sending { .. }) => {
+                        Some((conn, *u, ctx.unsent_bytes(conn)))
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.core.handle_upload_progress(ctx.now(), &uploads);
+        }
         self.apply(ctx);
     }
 

@@ -23,6 +23,7 @@ use crate::wire::{self, ErrorCode, FileHash, TransferRequest, TransferResponse, 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::net::IpAddr;
+use std::time::Instant;
 
 /// An upload connection's state, kept in its slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,8 @@ pub enum Upload {
         bytes: u64,
         /// The downloader's address.
         from: IpAddr,
+        /// When the current rate window began, and the bytes still unsent then.
+        window: (Instant, u64),
     },
 }
 

@@ -152,3 +152,51 @@ fn a_full_holder_queues_downloaders_in_order_and_serves_them_as_slots_free() {
     assert!(stdout.contains("saved "), "{stdout} {said:?}");
     assert!(std::fs::read(b.join("big.bin")).unwrap() == bytes);
 }
+
+/// A reader that stops reading keeps its slot only while nobody waits: once a request is in
+/// line, an upload below `--upload-min-rate` over a whole window is closed and the head of the
+/// line served. Before the floor, a reader taking 1 MiB every 15 s kept its slot forever.
+#[test]
+fn a_slow_reader_loses_its_slot_to_the_one_waiting() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("slow-reader");
+    let a = tmp.sub("a");
+    let bytes = common::pseudo_random(24 << 20, 52);
+    std::fs::write(a.join("big.bin"), &bytes).unwrap();
+    let h = FileHash::of(&bytes);
+    let mut holder = ServingPeer::start_with(
+        &a,
+        indexd.addr,
+        &[
+            "--upload-slots",
+            "1",
+            "--upload-min-rate",
+            "1000000",
+            "--rate-window-ms",
+            "300",
+        ],
+    );
+    holder.wait_registered(1);
+    let addr = holder_of(indexd.addr, h);
+    let (mut hog, answer) = ask(addr, h);
+    assert!(
+        matches!(answer, TransferResponse::Sending { .. }),
+        "{answer:?}"
+    );
+    let (mut waiter, answer) = ask(addr, h);
+    assert_eq!(answer, TransferResponse::Queued { position: 1 });
+    // The hog stalls; the waiter is served next (its header, then the whole file).
+    let answer = next_answer(&mut waiter);
+    assert!(
+        matches!(answer, TransferResponse::Sending { offset: 0, .. }),
+        "{answer:?}"
+    );
+    let mut got = vec![0u8; bytes.len()];
+    waiter.read_exact(&mut got).unwrap();
+    assert!(got == bytes);
+    // The hog's connection was closed by the holder: reading on ends (after what the
+    // kernel buffered).
+    let mut sink = Vec::new();
+    let _ = hog.read_to_end(&mut sink);
+    assert!(sink.len() < bytes.len(), "the hog got the whole file");
+}
