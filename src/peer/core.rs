@@ -953,8 +953,12 @@ impl PeerCore {
         let _ = writeln!(s, "serving on port {}", self.listen_port);
         let _ = writeln!(
             s,
-            "uploads: {} in progress, {} done, {} bytes sent",
-            self.uploads.active, self.uploads.done, self.uploads.bytes
+            "uploads: {} in progress ({} slots), {} waiting in the queue, {} done, {} bytes sent",
+            self.uploads.active,
+            self.queue.slots,
+            self.queue.len(),
+            self.uploads.done,
+            self.uploads.bytes
         );
         match &self.download {
             Some(d) => {

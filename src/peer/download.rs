@@ -7,9 +7,12 @@
 //! # Invariants
 //! - One attempt is live at a time; events from any other attempt's connection are ignored,
 //!   so a late close never fails the next holder.
-//! - Any failure of the holder (error frame, close, wrong header, [`STALL`] without bytes,
-//!   bytes that do not verify) moves to the next holder; a local disk error fails the
-//!   download at once and keeps the partial file.
+//! - Any failure of the holder (error frame, close, wrong header, [`DownloadLimits::stall`]
+//!   without bytes, a rate under the floor over a whole window ([`RateFloor`]), a wait in its
+//!   upload queue past [`DownloadLimits::queue_wait`], bytes that do not verify) moves to the
+//!   next holder; a local disk error fails the download at once and keeps the partial file.
+//! - Every download ends: each holder is bounded by the deadlines above and the whole
+//!   download by [`DownloadLimits::max_get`].
 //! - Bytes go to `DOWNLOADS/.<hash>.p2pshare-part`, never to the final name. The final name
 //!   appears only by `rename` after the BLAKE3 of the whole file matched and the data was
 //!   fsynced, so nothing partial or unverified ever sits under a final name.
@@ -399,6 +402,8 @@ impl Default for DownloadLimits {
         }
     }
 }
+/// A holder's queue position is shown again at most this often.
+const QUEUE_NOTE_EVERY: Duration = Duration::from_secs(1);
 /// Progress is reported at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
@@ -494,6 +499,8 @@ pub struct Download {
     rate_check: Option<Instant>,
     /// The whole download fails at this time ([`DownloadLimits::max_get`]).
     give_up: Instant,
+    /// The last queue position shown for the current holder, and when.
+    queued_shown: Option<(u32, Instant)>,
     started: Instant,
     /// Bytes received in this run (for the rate).
     received: u64,
@@ -532,6 +539,7 @@ impl Download {
             floor: None,
             rate_check: None,
             give_up: now + limits.max_get,
+            queued_shown: None,
             started: now,
             received: 0,
             next_progress: now,
@@ -559,6 +567,7 @@ impl Download {
         self.deadline = None;
         self.floor = None;
         self.rate_check = None;
+        self.queued_shown = None;
         if self.part.is_complete() {
             self.phase = Phase::Verifying;
             self.part.finish();
@@ -666,12 +675,19 @@ impl Download {
         }
         let why = match wire::decode::<TransferResponse>(payload) {
             Ok(TransferResponse::Queued { position }) => {
+                // Shown when first queued, then when the line moves forward, at most once a
+                // second: a holder cannot flood the console with positions.
+                let show = match self.queued_shown {
+                    None => true,
+                    Some((shown, at)) => position < shown && now >= at + QUEUE_NOTE_EVERY,
+                };
                 if self.phase == Phase::AwaitingHeader {
                     // The wait in line is bounded by its own deadline, not the stall timer.
                     self.phase = Phase::Queued;
                     self.deadline = Some(now + self.limits.queue_wait);
                 }
-                if let Some(&holder) = self.holders.get(self.current) {
+                if let (true, Some(&holder)) = (show, self.holders.get(self.current)) {
+                    self.queued_shown = Some((position, now));
                     self.events
                         .push_back(DownloadEvent::Queued { holder, position });
                 }
