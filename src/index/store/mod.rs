@@ -100,7 +100,7 @@
 //!   - the word table of `WordRec` (12 B: the text's offset, then the postings: up to two entry
 //!     ids inline, or a key into `postings` for three or more), addressed by `u32` word ids
 //!     with a free list;
-//!   - `texts`: the lowercase texts in a byte arena like the names' ([`Names`]);
+//!   - `texts`: the folded texts ([`fold`]) in a byte arena like the names' ([`Names`]);
 //!   - `by_text`: a `hashbrown::HashTable<u32>` of word ids hashed by text (~5–10 B per
 //!     word), for the hot exact lookups (register, removal, name lookup);
 //!   - `order`: a [`BlockSet`] of `(first 4 text bytes << 32) | word id` in text order
