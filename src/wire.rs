@@ -559,6 +559,13 @@ pub enum TransferResponse {
         /// A sentence for a person.
         message: String,
     },
+    /// Every upload slot is busy: the request waits in the holder's upload queue, at this
+    /// 1-based position; the holder sends `Queued` again as the line moves, then `Sending`
+    /// (or `Error`) on the same connection once a slot frees. (Protocol 3.)
+    Queued {
+        /// Requests ahead of this one, plus one.
+        position: u32,
+    },
 }
 
 /// Why a payload is not a message.
@@ -932,6 +939,7 @@ mod tests {
                 code: ErrorCode::NotFound,
                 message: "no such file".into(),
             },
+            TransferResponse::Queued { position: 7 },
         ]);
     }
 

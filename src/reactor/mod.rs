@@ -761,6 +761,11 @@ impl<C> Ctx<C> {
         self.conn(conn).map_or(0, |c| c.out.buffered())
     }
 
+    /// Bytes of output not yet written to `conn`, file ranges included (an upload's progress).
+    pub fn unsent_bytes(&self, conn: ConnId) -> u64 {
+        self.conn(conn).map_or(0, |c| c.out.unsent())
+    }
+
     /// Queues whatever `encode` appends (whole frames) on `conn`, written in place at the tail
     /// of its output queue. Ignored if `conn` is closed or closing.
     pub fn send(&mut self, conn: ConnId, encode: impl FnOnce(&mut Vec<u8>)) {

@@ -523,6 +523,9 @@ pub enum Fake {
     Hangs,
     /// Serves the right bytes under a hostile name.
     HostileName(&'static str),
+    /// Sends a valid header, then the right bytes one at a time, one every 20 ms (a holder
+    /// that never stalls long enough for a "nothing received" timer and never finishes).
+    Trickles,
 }
 
 impl Fake {
@@ -563,7 +566,7 @@ impl Fake {
                 out.extend_from_slice(rest);
                 out.extend_from_slice(&[7u8; 100_000]);
             }
-            Fake::Garbage | Fake::Refuses | Fake::NotAResponse => {}
+            Fake::Garbage | Fake::Refuses | Fake::NotAResponse | Fake::Trickles => {}
         }
         let stalls = !matches!(
             self,
@@ -657,6 +660,16 @@ fn serve_fake(mut s: TcpStream, how: Fake, bytes: &[u8]) {
     let TransferRequest::Get { offset, .. } = req;
     let (out, stalls) = how.reply(bytes, offset);
     let _ = s.write_all(&out);
+    if let Fake::Trickles = how {
+        // Until the downloader closes (the write fails) or STALL passes.
+        let started = std::time::Instant::now();
+        for b in &bytes[offset as usize..] {
+            std::thread::sleep(Duration::from_millis(20));
+            if s.write_all(&[*b]).is_err() || started.elapsed() > STALL {
+                return;
+            }
+        }
+    }
     if stalls {
         // Say nothing more until the downloader gives up and closes (or STALL passes).
         while matches!(s.read(&mut [0u8; 4096]), Ok(n) if n > 0) {}

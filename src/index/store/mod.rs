@@ -107,7 +107,7 @@
 //!   - the word table of `WordRec` (12 B: the text's offset, then the postings: up to two entry
 //!     ids inline, or a key into `postings` for three or more), addressed by `u32` word ids
 //!     with a free list;
-//!   - `texts`: the lowercase texts in a byte arena like the names' ([`Names`]);
+//!   - `texts`: the folded texts ([`fold`]) in a byte arena like the names' ([`Names`]);
 //!   - `by_text`: a [`ShardedTable`] of word ids hashed by text (~8 B per
 //!     word), for the hot exact lookups (register, removal, name lookup);
 //!   - `order`: a [`BlockSet`] of `(first 4 text bytes << 32) | word id` in text order
@@ -143,9 +143,10 @@
 //! go.
 //!
 //! # Words
-//! Words are maximal runs of `char::is_alphanumeric` characters, lowercased character by
-//! character (`char::to_lowercase`, no context rules, so the lowercase of a prefix is a prefix of
-//! the lowercase). Names without any word are indexed under the empty word so that an exact name
+//! Words are maximal runs of `char::is_alphanumeric` characters of the name's search fold
+//! ([`fold`]: NFKC-style compatibility normalisation, full case folding and generic diacritics
+//! dropped, character by character with no context rules, so the fold of a prefix is a prefix
+//! of the fold; `strasse` finds `straße`, `istanbul` `İstanbul`, `cafe` `café`). Names without any word are indexed under the empty word so that an exact name
 //! lookup still finds them; a query never produces the empty word.
 
 mod blockset;
@@ -169,6 +170,7 @@ mod words;
 
 pub use self::files::MAX_FILE_SIZE;
 pub use self::search::{SearchError, SearchPage, MAX_QUERY_WORDS, SEARCH_WORK_BUDGET};
+pub use self::words::fold;
 
 use self::byname::ByName;
 use self::entries::Entries;

@@ -176,11 +176,40 @@ fn case_insensitive_beyond_ascii() {
     let p = ix.add_peer(addr(1));
     ix.register(p, &[fe(h(1), 1, "ÜBER Straße ΣΟΦΙΑ.txt")]);
     assert_eq!(ix.search("über", 10).0.len(), 1);
-    assert_eq!(ix.search("STRASSE", 10).0.len(), 0);
+    // Full case folding and accents folded away (issue 13, case 9).
+    assert_eq!(ix.search("STRASSE", 10).0.len(), 1);
+    assert_eq!(ix.search("strass", 10).0.len(), 1);
+    assert_eq!(ix.search("uber", 10).0.len(), 1);
     assert_eq!(ix.search("STRAßE", 10).0.len(), 1);
     assert_eq!(ix.search("σοφ", 10).0.len(), 1);
     assert_eq!(ix.search("Üb sO", 10).0.len(), 0);
     assert_eq!(ix.search("Üb σο", 10).0.len(), 1);
+}
+
+#[test]
+fn search_folds_what_people_type_as_the_names() {
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    ix.register(
+        p,
+        &[
+            fe(h(1), 1, "İstanbul.jpg"),
+            fe(h(2), 1, "cafe\u{301} del mar.mp3"),
+            fe(h(3), 1, "\u{FB01}le.txt"),
+            fe(h(4), 1, "ＷＩＤＥ ｔｅｘｔ.txt"),
+        ],
+    );
+    for (query, want) in [
+        ("istanbul", "İstanbul.jpg"),
+        ("ISTAN", "İstanbul.jpg"),
+        ("cafe", "cafe\u{301} del mar.mp3"),
+        ("café mar", "cafe\u{301} del mar.mp3"),
+        ("file", "\u{FB01}le.txt"),
+        ("\u{FB01}", "\u{FB01}le.txt"),
+        ("wide text", "ＷＩＤＥ ｔｅｘｔ.txt"),
+    ] {
+        assert_eq!(names(&ix.search(query, 10).0), [want], "{query}");
+    }
 }
 
 #[test]
@@ -766,9 +795,10 @@ struct Model {
 }
 
 fn model_words(s: &str) -> Vec<String> {
-    s.split(|c: char| !c.is_alphanumeric())
+    super::fold(s)
+        .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
-        .map(|w| w.chars().flat_map(char::to_lowercase).collect())
+        .map(str::to_string)
         .collect()
 }
 
