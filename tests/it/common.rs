@@ -92,9 +92,38 @@ impl Client {
         }
     }
 
+    /// Connects from the loopback address `from` (e.g. 127.0.0.2, to play another host).
+    pub fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> Client {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .unwrap();
+        socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
+        socket.connect(&addr.into()).expect("connect to indexd");
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+            decoder: Decoder::new(64 << 20),
+            next_id: 1,
+        }
+    }
+
     /// Connects and completes the handshake announcing `port`; returns the observed address.
     pub fn hello(addr: SocketAddr, port: u16) -> (Client, SocketAddr) {
-        let mut c = Client::connect(addr);
+        Self::handshake(Client::connect(addr), port)
+    }
+
+    /// [`Client::hello`] from the loopback address `from`.
+    pub fn hello_from(addr: SocketAddr, from: std::net::IpAddr, port: u16) -> (Client, SocketAddr) {
+        Self::handshake(Client::connect_from(addr, from), port)
+    }
+
+    fn handshake(mut c: Client, port: u16) -> (Client, SocketAddr) {
         match c.call(RequestBody::Hello {
             version: PROTOCOL_VERSION,
             listen_port: port,

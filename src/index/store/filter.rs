@@ -39,9 +39,9 @@ pub(super) struct Rebuild {
 }
 
 impl HashFilter {
-    /// Heap bytes held.
+    /// Heap bytes held (a rebuild in progress included).
     pub(super) fn heap_bytes(&self) -> usize {
-        self.words.capacity() * 8
+        (self.words.capacity() + self.next.as_ref().map_or(0, |n| n.words.capacity())) * 8
     }
 
     /// Bits per file a rebuild aims at.
