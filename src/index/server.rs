@@ -457,7 +457,7 @@ impl IndexServer {
                 return Verdict::CloseAfterFlush(CloseReason::Local);
             }
         };
-        if let Some(kind) = kind {
+        let kind_units = kind.map(|kind| {
             let units = match &body {
                 ResponseBody::SearchResults { .. } => limits::search_cost(search_work),
                 ResponseBody::Holders { files, .. } => limits::lookup_cost(
@@ -470,11 +470,18 @@ impl IndexServer {
                 ResponseBody::Unregistered { removed, .. } => u64::from(*removed),
                 _ => limits::BASE_UNITS,
             };
+            (kind, units)
+        });
+        wire::encode_frame(&Response { id, body }, out);
+        if let Some((kind, units)) = kind_units {
+            // Charged the larger of the work it reports and the server time it took (answer
+            // encoding included): a request whose work the units undercount (many names
+            // decoded for one answer) pays for its time.
+            let spent = limits::units_of_time(now.elapsed());
             let ip = session.remote.ip();
             self.limiter
-                .charge(&mut session.buckets, ip, kind, units, now);
+                .charge(&mut session.buckets, ip, kind, units.max(spent), now);
         }
-        wire::encode_frame(&Response { id, body }, out);
         Verdict::Continue
     }
 

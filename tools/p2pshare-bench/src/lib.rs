@@ -170,6 +170,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
                     peers: n,
                     ops: *ops,
                     limit: None,
+                    pace: None,
                 };
                 let r = load::run_closed_loop(addr, echo_addr, spec, &population, config.seed)?;
                 let run_floor = OpSummary::of(&r.floor, 0);
@@ -395,6 +396,7 @@ fn run_abuse(
         peers: 1,
         ops: honest,
         limit: Some(duration),
+        pace: Some(abuse::HONEST_PACE),
     };
     eprintln!("bench: abuse: the honest client on the idle index");
     let idle = load::run_closed_loop(addr, echo_addr, spec, population, config.seed)?;

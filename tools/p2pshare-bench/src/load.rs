@@ -197,6 +197,9 @@ pub struct RunSpec {
     /// request with no answer in [`super::client::REPLY_TIMEOUT`] ends its loop (counted as
     /// an error at that latency) instead of failing the run: the abuse mode's honest client.
     pub limit: Option<Duration>,
+    /// `None`: closed loop, each op right after the last. `Some(t)`: a peer starts an op at
+    /// most every `t` (the abuse mode's honest client, a busy user rather than a flood).
+    pub pace: Option<Duration>,
 }
 
 /// What one closed-loop run measured.
@@ -399,9 +402,17 @@ fn peer_loop(
     let mut unanswered = 0;
     let mut registers = 0;
     let started = Instant::now();
+    let mut next_op = started;
     for kind in order {
         if spec.limit.is_some_and(|t| started.elapsed() >= t) {
             break;
+        }
+        if let Some(pace) = spec.pace {
+            let now = Instant::now();
+            if next_op > now {
+                thread::sleep(next_op - now);
+            }
+            next_op = next_op.max(now) + pace;
         }
         // Build and encode the request before the clock starts, decode the answer after it
         // stops: only the round trip is timed, as for the bare ping-pong.
