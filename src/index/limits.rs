@@ -8,8 +8,8 @@
 //! ([`Kind`]) and, for searches and lookups, its address's shared bucket are not in debt;
 //! once answered, it is charged what it really cost: the larger of its counted work
 //! ([`search_cost`], [`lookup_cost`], one unit per register or unregister entry) and its
-//! server time at [`NS_PER_UNIT`] a unit ([`units_of_time`]; the server times each request,
-//! answer included), which may drive a bucket into debt. Buckets refill
+//! server time beyond [`FREE_TIME`] at [`NS_PER_UNIT`] a unit ([`units_of_time`]; the server
+//! times each request, answer included), which may drive a bucket into debt. Buckets refill
 //! at their rate up to their burst. So a client pays for the work it caused, however
 //! expensive one request turned out, and a client in debt is refused until it has paid it
 //! off: the refusal ([`Refusal`]) says in how many milliseconds, and costs the server a
@@ -51,10 +51,16 @@ pub const FILE_UNITS: u64 = 8;
 /// about half a millisecond).
 pub const NS_PER_UNIT: u64 = 16;
 
-/// The units `spent` of server time is worth: a request is charged the larger of its
-/// reported work and this.
+/// Server time of a request that is never charged: cheap requests (a lookup by hash takes a
+/// microsecond or two) stay free however many are sent (floods of them are the reactor's
+/// per-turn shares' business), and a stray delay (a page fault, a preemption) costs nothing.
+pub const FREE_TIME: Duration = Duration::from_micros(20);
+
+/// The units `spent` of server time is worth beyond [`FREE_TIME`]: a request is charged the
+/// larger of its reported work and this.
 pub fn units_of_time(spent: Duration) -> u64 {
-    (spent.as_nanos() / u128::from(NS_PER_UNIT)).min(u128::from(u64::MAX)) as u64
+    let charged = spent.saturating_sub(FREE_TIME).as_nanos() / u128::from(NS_PER_UNIT);
+    charged.min(u128::from(u64::MAX)) as u64
 }
 
 /// What a search cost: the work units it reports.
@@ -520,6 +526,20 @@ mod tests {
             ban_window: Duration::ZERO,
             ban_for: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn server_time_is_charged_beyond_the_free_time() {
+        assert_eq!(units_of_time(Duration::ZERO), 0);
+        assert_eq!(units_of_time(FREE_TIME), 0);
+        assert_eq!(
+            units_of_time(FREE_TIME + Duration::from_nanos(NS_PER_UNIT * 10)),
+            10
+        );
+        // Half a millisecond is about a search's whole budget.
+        let half_ms = units_of_time(Duration::from_micros(500));
+        assert!((30_000..=32_768).contains(&half_ms), "{half_ms}");
+        assert_eq!(units_of_time(Duration::MAX), u64::MAX);
     }
 
     #[test]
