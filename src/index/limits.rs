@@ -32,7 +32,6 @@
 //!   short of strikes; others are dropped by a periodic sweep, so the table is bounded by
 //!   the addresses recently seen.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -293,7 +292,7 @@ pub struct LimiterCounts {
 #[derive(Debug)]
 pub struct Limiter {
     limits: RateLimits,
-    addresses: HashMap<Address, AddressRecord>,
+    addresses: hashbrown::HashMap<Address, AddressRecord>,
     /// Address records at the last sweep: the next sweep comes when the table has doubled.
     swept_at: usize,
     counts: LimiterCounts,
@@ -307,7 +306,7 @@ impl Limiter {
     pub fn new(limits: RateLimits) -> Limiter {
         Limiter {
             limits,
-            addresses: HashMap::new(),
+            addresses: hashbrown::HashMap::new(),
             swept_at: 0,
             counts: LimiterCounts::default(),
         }

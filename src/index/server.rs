@@ -32,7 +32,7 @@ use crate::wire::{
     ResponseBody, ServerStats, PROTOCOL_VERSION,
 };
 use hdrhistogram::Histogram;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -125,7 +125,7 @@ pub struct IndexServer {
     limiter: Limiter,
     /// Holdings of the live peers at each address, for
     /// [`ServerLimits::max_holdings_per_address`] (addresses with none are not kept).
-    address_holdings: HashMap<limits::Address, usize>,
+    address_holdings: hashbrown::HashMap<limits::Address, usize>,
     /// Requests being applied in slices, oldest first (see [`slices`]).
     jobs: VecDeque<slices::Job>,
     /// The connection whose frame is being handled, when it can be held (under a reactor).
@@ -157,7 +157,7 @@ impl IndexServer {
             lookup_ns: time_histogram(),
             metrics: IndexMetrics::default(),
             limiter: Limiter::new(RateLimits::default()),
-            address_holdings: HashMap::new(),
+            address_holdings: hashbrown::HashMap::new(),
             jobs: VecDeque::new(),
             current_conn: None,
             hold_current: false,
@@ -293,6 +293,7 @@ impl IndexServer {
         out: &mut Vec<u8>,
         session: &mut Session,
         req: Request,
+        now: Instant,
     ) -> Verdict {
         let id = req.id;
         if let RequestBody::Hello {
@@ -321,7 +322,6 @@ impl IndexServer {
             RequestBody::Register { .. } | RequestBody::Unregister { .. } => Some(Kind::Register),
             _ => None,
         };
-        let now = Instant::now();
         if let Some(kind) = kind {
             let ip = session.remote.ip();
             if let Err(refusal) = self.limiter.admit(&mut session.buckets, ip, kind, now) {
@@ -637,7 +637,7 @@ impl IndexServer {
                 let is_lookup = matches!(req.body, RequestBody::Lookup { .. });
                 let started = Instant::now();
                 let refused = self.limiter.counts().rate_limited;
-                let verdict = self.handle_request(out, session, req);
+                let verdict = self.handle_request(out, session, req, started);
                 let ns = (started.elapsed().as_nanos() as u64).clamp(1, MAX_TRACKED_NS);
                 self.metrics.record_request(kind, ns);
                 // A request refused over a rate limit did no work: it is not timed as a
