@@ -233,6 +233,9 @@ pub enum ResponseBody {
         /// The search stopped at its work budget before it knew the best hits for sure: the
         /// hits are the best among the candidates it examined.
         partial: bool,
+        /// The server time the search took, from the decoded request to the answer built, in
+        /// µs (what benchmarks and operators compare across query classes).
+        server_us: u32,
     },
     /// Answer to Lookup. By name: one entry per file of that name; a name may be borne by
     /// many files: at most the server's page size of them come at once, most holders first
@@ -859,6 +862,7 @@ mod tests {
                     check: 9,
                 }),
                 partial: true,
+                server_us: 412,
             },
             ResponseBody::Holders {
                 files: vec![HeldFile {

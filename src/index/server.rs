@@ -388,6 +388,7 @@ impl IndexServer {
                             total_exact: page.total_exact,
                             next: page.next,
                             partial: page.partial,
+                            server_us: now.elapsed().as_micros().min(u128::from(u32::MAX)) as u32,
                         }
                     }
                     Err(e) => {

@@ -215,6 +215,9 @@ pub fn run(config: &Config) -> io::Result<Summary> {
                     run.search_classes = Some(PerClass::from_fn(|c| {
                         OpSummary::of(&r.classes[c.index()], 0)
                     }));
+                    run.search_class_server = Some(PerClass::from_fn(|c| {
+                        OpSummary::of(&r.class_server[c.index()], 0)
+                    }));
                 }
                 runs.push(run);
             }
@@ -505,6 +508,12 @@ pub fn console_table(s: &Summary) -> String {
                 row(&mut t, r.peers, class.label(), c.get(class), &ratio);
             }
         }
+        if let Some(c) = &r.search_class_server {
+            for class in QueryClass::ALL {
+                let label = format!("{}*", class.label());
+                row(&mut t, r.peers, &label, c.get(class), "");
+            }
+        }
         row(&mut t, r.peers, "floor", &r.floor, "");
         let _ = writeln!(t, "{:>5} all ops: {:.0} ops/s", r.peers, r.ops_per_s);
     }
@@ -512,7 +521,8 @@ pub fn console_table(s: &Summary) -> String {
         let _ = writeln!(
             t,
             "floor: a bare loopback round trip each simulated peer times after each of its ops; \
-             p50/floor divides by the floor's p50 in the same run"
+             p50/floor divides by the floor's p50 in the same run; a class marked * is its \
+             searches' server time as indexd reports it"
         );
     }
     for v in &s.targets {

@@ -213,6 +213,8 @@ pub struct RunResult {
     /// Search latencies (ns) per [`QueryClass`], in [`QueryClass::ALL`] order, when the
     /// searches are drawn by class (a corpus of real names); empty otherwise.
     pub classes: Vec<Histogram<u64>>,
+    /// The same searches' server time (ns; what indexd reports in each answer), per class.
+    pub class_server: Vec<Histogram<u64>>,
     /// Bare loopback round trips (ns) to the echo server, one after each op of each peer:
     /// the floor measured under exactly the run's conditions (same time, same concurrency).
     pub floor: Histogram<u64>,
@@ -234,6 +236,7 @@ struct PeerResult {
     hists: [Histogram<u64>; 3],
     errors: [u64; 3],
     classes: Vec<Histogram<u64>>,
+    class_server: Vec<Histogram<u64>>,
     floor: Histogram<u64>,
     unanswered: u64,
 }
@@ -295,6 +298,7 @@ pub fn run_closed_loop(
     let mut hists: [Histogram<u64>; 3] = std::array::from_fn(|_| stats::new_histogram());
     let mut errors = [0u64; 3];
     let mut classes = Vec::new();
+    let mut class_server: Vec<Histogram<u64>> = Vec::new();
     let mut floor = stats::new_histogram();
     let mut unanswered = 0;
     for h in handles {
@@ -307,8 +311,12 @@ pub fn run_closed_loop(
         }
         if classes.is_empty() {
             classes = r.classes;
+            class_server = r.class_server;
         } else {
             for (all, one) in classes.iter_mut().zip(&r.classes) {
+                all.add(one).expect("same histogram bounds");
+            }
+            for (all, one) in class_server.iter_mut().zip(&r.class_server) {
                 all.add(one).expect("same histogram bounds");
             }
         }
@@ -325,6 +333,7 @@ pub fn run_closed_loop(
         hists,
         errors,
         classes,
+        class_server,
         floor,
         elapsed,
         unanswered,
@@ -398,6 +407,8 @@ fn peer_loop(
         Some(_) => QueryClass::ALL.map(|_| stats::new_histogram()).into(),
         None => Vec::new(),
     };
+    let mut class_server: Vec<Histogram<u64>> =
+        classes.iter().map(|_| stats::new_histogram()).collect();
     let mut floor = stats::new_histogram();
     let mut unanswered = 0;
     let mut registers = 0;
@@ -454,6 +465,12 @@ fn peer_loop(
             stats::record(&mut classes[c.index()], took);
         }
         let answer = client.answer(id)?;
+        if let (Some(c), ResponseBody::SearchResults { server_us, .. }) = (class, &answer) {
+            stats::record(
+                &mut class_server[c.index()],
+                Duration::from_micros(u64::from(*server_us)),
+            );
+        }
         let ok = matches!(
             (kind, &answer),
             (OpKind::Search, ResponseBody::SearchResults { .. })
@@ -477,6 +494,7 @@ fn peer_loop(
         hists,
         errors,
         classes,
+        class_server,
         floor,
         unanswered,
     })
