@@ -108,6 +108,15 @@ pub fn run(config: &Config) -> io::Result<Summary> {
             ];
             // The fake peers stay connected: beyond indexd's default of 10,000 connections
             // (10M files), room for them and the runs' sessions.
+            // A simulated peer is a closed loop of thousands of requests a second, far beyond
+            // what the rate limits allow one session (they are there for abusers): they are
+            // off when measuring latency and throughput, and on in the abuse mode, which
+            // measures what they protect.
+            if !matches!(config.mode, Mode::Abuse { .. }) {
+                for flag in ["--rate-search", "--rate-lookup", "--rate-address"] {
+                    args.extend([flag.to_string(), "0".into()]);
+                }
+            }
             let sessions = config.files.div_ceil(workload::FILES_PER_FAKE_PEER) + 1_000;
             if sessions > DEFAULT_INDEXD_CONNECTIONS {
                 args.extend(["--max-connections".to_string(), sessions.to_string()]);
