@@ -23,6 +23,7 @@ pub mod core;
 pub mod download;
 pub mod metrics;
 pub mod names;
+pub mod outboard;
 pub mod output;
 pub mod session;
 pub mod share;
