@@ -27,6 +27,7 @@ pub mod outboard;
 pub mod output;
 pub mod session;
 pub mod share;
+pub mod swarm;
 pub mod threads;
 pub mod upload;
 
