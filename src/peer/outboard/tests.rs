@@ -386,3 +386,56 @@ fn verified_groups_land_at_their_offset_in_a_file() {
     assert_eq!(fs::read(dir.join("part")).unwrap(), d);
     fs::remove_dir_all(&dir).unwrap();
 }
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a holder sends (proof and data mangled, cut, lengthened, sliced anyhow),
+        /// the verifier never panics and only ever delivers the file's true bytes.
+        #[test]
+        fn nothing_but_true_bytes_reaches_the_sink(
+            size in 0u64..(9 * G),
+            a in 0u64..9,
+            len in 1u64..9,
+            flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 0..3),
+            in_proof in any::<bool>(),
+            cut in prop::option::of(any::<prop::sample::Index>()),
+            extra in prop::collection::vec(any::<u8>(), 0..3),
+            slice in 1usize..40_000,
+        ) {
+            let d = data(size, size ^ 0x55);
+            let (root, ob) = compute_in_memory(&d);
+            let n = group_count(size);
+            let start = a % n;
+            let groups = start..(start + len).min(n);
+            let mut proof = proof_of(&ob, groups.clone());
+            let b = group_bytes(size, groups.clone());
+            let mut body = d[b.start as usize..b.end as usize].to_vec();
+            let target = if in_proof { &mut proof } else { &mut body };
+            if !target.is_empty() {
+                for (i, x) in &flips {
+                    let at = i.index(target.len());
+                    target[at] ^= x;
+                }
+                if let Some(c) = cut {
+                    target.truncate(c.index(target.len()));
+                }
+            }
+            target.extend_from_slice(&extra);
+            let Ok(mut v) = RangeVerifier::new(root, size, groups, &proof) else {
+                return Ok(());
+            };
+            for part in body.chunks(slice) {
+                let r = v.handle_data(part, &mut |off, got| {
+                    assert_eq!(got, &d[off as usize..off as usize + got.len()]);
+                    Ok(())
+                });
+                if r.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
