@@ -548,3 +548,104 @@ fn a_damaged_or_foreign_record_is_never_trusted() {
         Loaded::Untrusted(_)
     ));
 }
+
+/// The scheduler and the verifier together, in memory: four holders answer with real proofs
+/// and bytes, one of them with a wrong byte in every piece from the middle of the file on.
+#[test]
+fn swarm_and_verifier_fetch_a_file_past_a_liar() {
+    use crate::peer::outboard::{self, RangeVerifier, VerifyError};
+    let size = 40 * GROUP_BYTES + 3;
+    let mut rng = fastrand::Rng::with_seed(42);
+    let file: Vec<u8> = (0..size).map(|_| rng.u8(..)).collect();
+    let (root, ob) = outboard::compute_in_memory(&file);
+    let now = Instant::now();
+    let config = Config {
+        piece_bytes: 4 * GROUP_BYTES,
+        ..Config::default()
+    };
+    let pieces = piece_count(size, config.piece_bytes);
+    let mut swarm = Swarm::new(size, config, None, now);
+    let liar = HolderId(3);
+    let lie_from = pieces / 2;
+    let mut queues: BTreeMap<HolderId, VecDeque<(usize, Range<u64>)>> = BTreeMap::new();
+    for h in 0..4 {
+        queues.insert(HolderId(h), VecDeque::new());
+        swarm.handle_holder_added(HolderId(h), now);
+    }
+    let mut out = vec![0u8; size as usize];
+    let mut written = vec![0u32; outboard::group_count(size) as usize];
+    let mut dropped = Vec::new();
+    let mut end = None;
+    for round in 0..10_000 {
+        while let Some(a) = swarm.poll_action() {
+            match a {
+                Action::Request {
+                    holder,
+                    piece,
+                    groups,
+                    ..
+                } => queues.get_mut(&holder).unwrap().push_back((piece, groups)),
+                Action::Cancel { holder, piece } => {
+                    queues.get_mut(&holder).unwrap().retain(|q| q.0 != piece)
+                }
+                Action::DropHolder { holder, reason } => {
+                    queues.remove(&holder);
+                    dropped.push((holder, reason));
+                }
+                a => end = Some(a),
+            }
+        }
+        if end.is_some() {
+            break;
+        }
+        let t = now + Duration::from_millis(round);
+        // Each holder answers its oldest request, the liar with one byte flipped.
+        let ids: Vec<HolderId> = queues.keys().copied().collect();
+        for id in ids {
+            let Some((piece, groups)) = queues.get_mut(&id).and_then(|q| q.pop_front()) else {
+                continue;
+            };
+            let mut proof = Vec::new();
+            outboard::encode_proof(&ob, groups.clone(), &mut proof).unwrap();
+            let bytes = outboard::group_bytes(size, groups.clone());
+            let mut body = file[bytes.start as usize..bytes.end as usize].to_vec();
+            let bad_at = (id == liar && piece >= lie_from).then(|| {
+                let at = GROUP_BYTES as usize + 100;
+                body[at] ^= 0xff;
+                bytes.start + at as u64
+            });
+            let mut v = RangeVerifier::new(root, size, groups, &proof).unwrap();
+            let mut failed = false;
+            for part in body.chunks(4096) {
+                let r = v.handle_data(part, &mut |off, b| {
+                    out[off as usize..off as usize + b.len()].copy_from_slice(b);
+                    written[(off / GROUP_BYTES) as usize] += 1;
+                    Ok(())
+                });
+                swarm.handle_bytes(id, piece, part.len() as u64, t);
+                if let Err(e) = r {
+                    let VerifyError::Range(outboard::RangeError::BadGroup { group }) = e else {
+                        panic!("{e}")
+                    };
+                    // Caught in the very group of the first bad byte.
+                    assert_eq!(Some(group), bad_at.map(|b| b / GROUP_BYTES));
+                    failed = true;
+                    break;
+                }
+            }
+            if failed {
+                swarm.handle_piece_failed(id, piece, t);
+            } else {
+                assert!(v.is_complete());
+                swarm.handle_piece_verified(id, piece, t);
+            }
+        }
+    }
+    assert_eq!(end, Some(Action::Done));
+    assert_eq!(out, file);
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(dropped[0].0, liar);
+    assert!(matches!(dropped[0].1, DropReason::BadBytes { piece } if piece >= lie_from));
+    // Racing copies may write a group twice, never an unverified one; every group was written.
+    assert!(written.iter().all(|&w| w >= 1));
+}
