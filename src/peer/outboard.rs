@@ -31,7 +31,8 @@
 //! # How the next step wires it
 //! The share scan calls [`OutboardStore::compute_file`] instead of `share::hash_file` (one
 //! pass gives the hash and the outboard), the file server answers a range request with
-//! [`OutboardStore::load`] + [`encode_proof`] then `sendfile` of [`group_bytes`], and the
+//! [`OutboardStore::load`] (once per file) + [`answer_range`]: the proof, then `sendfile` of its
+//! `data` range, and the
 //! downloader feeds what it reads into a [`RangeVerifier`] whose sink writes at the group's
 //! offset into the partial file, then reports the piece to `swarm::Swarm`.
 
@@ -203,6 +204,26 @@ pub fn encode_proof(
         true
     });
     result
+}
+
+/// What a holder sends for a range: the proof, then the file's bytes `data`, which leave
+/// untouched (by `sendfile`) right after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeAnswer {
+    /// The hash pairs, [`proof_len`] bytes.
+    pub proof: Vec<u8>,
+    /// The bytes of the file to send after the proof.
+    pub data: Range<u64>,
+}
+
+/// The holder's answer to a request for `groups` of the file whose outboard is `outboard`.
+pub fn answer_range(outboard: &impl Outboard, groups: Range<u64>) -> io::Result<RangeAnswer> {
+    let mut proof = Vec::new();
+    encode_proof(outboard, groups.clone(), &mut proof)?;
+    Ok(RangeAnswer {
+        proof,
+        data: group_bytes(outboard.tree().size(), groups),
+    })
 }
 
 fn parent_cv(l: &blake3::Hash, r: &blake3::Hash, is_root: bool) -> blake3::Hash {
@@ -546,7 +567,9 @@ impl OutboardStore {
 
     /// Loads the outboard of `hash` for a file of `size` bytes, checking the whole file
     /// (length, trailer, checksum). Missing gives `Ok(None)`; a file that fails any check is
-    /// deleted and also gives `Ok(None)`, so the caller recomputes it.
+    /// deleted and also gives `Ok(None)`, so the caller recomputes it. The check reads the
+    /// whole outboard (64 bytes per 16 KiB of file): load once per file and keep the handle
+    /// for the ranges that follow, rather than once per range.
     pub fn load(&self, hash: &FileHash, size: u64) -> io::Result<Option<FileOutboard>> {
         let path = self.path_of(hash);
         let file = match File::open(&path) {

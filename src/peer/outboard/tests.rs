@@ -306,7 +306,11 @@ fn the_store_computes_in_one_pass_and_serves_the_same_proofs() {
             .expect("fresh outboard loads");
         let (_, mem) = compute_in_memory(&d);
         for groups in ranges(group_count(size)) {
-            assert_eq!(proof_of(&ob, groups.clone()), proof_of(&mem, groups));
+            let answer = answer_range(&ob, groups.clone()).unwrap();
+            assert_eq!(answer.proof, proof_of(&mem, groups.clone()));
+            assert_eq!(answer.data, group_bytes(size, groups.clone()));
+            let body = &d[answer.data.start as usize..answer.data.end as usize];
+            fetch(hash, size, groups, &answer.proof, body, 4096).unwrap();
         }
     }
     assert!(share::walk(&dir, &mut |w| panic!("{w}"))

@@ -576,6 +576,7 @@ fn swarm_and_verifier_fetch_a_file_past_a_liar() {
     let mut written = vec![0u32; outboard::group_count(size) as usize];
     let mut dropped = Vec::new();
     let mut end = None;
+    let (mut requests, mut cancels, mut liar_in_flight) = (0, 0, 0);
     for round in 0..10_000 {
         while let Some(a) = swarm.poll_action() {
             match a {
@@ -584,12 +585,17 @@ fn swarm_and_verifier_fetch_a_file_past_a_liar() {
                     piece,
                     groups,
                     ..
-                } => queues.get_mut(&holder).unwrap().push_back((piece, groups)),
+                } => {
+                    requests += 1;
+                    queues.get_mut(&holder).unwrap().push_back((piece, groups))
+                }
                 Action::Cancel { holder, piece } => {
+                    cancels += 1;
                     queues.get_mut(&holder).unwrap().retain(|q| q.0 != piece)
                 }
                 Action::DropHolder { holder, reason } => {
-                    queues.remove(&holder);
+                    // Its queue plus the piece it just failed: all it had in flight.
+                    liar_in_flight = queues.remove(&holder).unwrap().len() + 1;
                     dropped.push((holder, reason));
                 }
                 a => end = Some(a),
@@ -646,6 +652,11 @@ fn swarm_and_verifier_fetch_a_file_past_a_liar() {
     assert_eq!(dropped.len(), 1);
     assert_eq!(dropped[0].0, liar);
     assert!(matches!(dropped[0].1, DropReason::BadBytes { piece } if piece >= lie_from));
+    // Refetched: only what the liar had in flight (plus endgame races, each one cancelled).
+    assert!(
+        requests <= pieces + liar_in_flight + cancels,
+        "{requests} requests for {pieces} pieces"
+    );
     // Racing copies may write a group twice, never an unverified one; every group was written.
     assert!(written.iter().all(|&w| w >= 1));
 }
