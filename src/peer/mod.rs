@@ -23,10 +23,12 @@ pub mod core;
 pub mod download;
 pub mod metrics;
 pub mod names;
+pub mod outboard;
 pub mod output;
 pub mod rate;
 pub mod session;
 pub mod share;
+pub mod swarm;
 pub mod threads;
 pub mod upload;
 
