@@ -24,7 +24,7 @@ pub use self::slices::{BACKGROUND_WORK_PER_TURN, SLICE_UNITS};
 
 use super::limits::{self, Kind, Limiter, RateLimits, Refusal, SessionBuckets};
 use super::metrics::{self, IndexMetrics};
-use super::store::{Index, LookupError, PeerId, RegisterOutcome};
+use super::store::{Index, LookupError, PeerId, RegisterOutcome, SEARCH_TIME_LIMIT};
 use crate::codec::FrameError;
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, HttpBody, PauseSummary, Verdict};
 use crate::wire::{
@@ -145,7 +145,11 @@ impl IndexServer {
     /// An empty index with these limits.
     pub fn new(limits: ServerLimits) -> Self {
         IndexServer {
-            index: Index::new(),
+            index: {
+                let mut index = Index::new();
+                index.set_search_time_limit(Some(SEARCH_TIME_LIMIT));
+                index
+            },
             limits,
             next_session: 1,
             connections: 0,

@@ -169,7 +169,9 @@ mod tests;
 mod words;
 
 pub use self::files::MAX_FILE_SIZE;
-pub use self::search::{SearchError, SearchPage, MAX_QUERY_WORDS, SEARCH_WORK_BUDGET};
+pub use self::search::{
+    SearchError, SearchPage, MAX_QUERY_WORDS, SEARCH_TIME_LIMIT, SEARCH_WORK_BUDGET,
+};
 pub use self::words::fold;
 
 use self::byname::ByName;
@@ -337,6 +339,8 @@ pub struct Index {
     work: Work,
     /// Work units one search may spend (see `search.rs`).
     search_budget: usize,
+    /// Time one search's walk may take (see `search.rs`; `None`: the budget alone).
+    search_time_limit: Option<std::time::Duration>,
 }
 
 /// One live peer.
@@ -384,6 +388,8 @@ impl Peers {
 #[derive(Default)]
 struct Work {
     words: Scratch,
+    /// Bitmaps over entry ids that searches reuse (cleared; see `search.rs`).
+    bitmaps: Vec<search::Bitmap>,
     /// Entries that lost their last holder, to delete in one batch.
     dead: Vec<u32>,
     /// `(word id << 32) | entry id` postings to remove, sorted so that each word's posting
@@ -434,6 +440,7 @@ impl Index {
             pending: Pending::default(),
             work: Work::default(),
             search_budget: SEARCH_WORK_BUDGET,
+            search_time_limit: None,
         }
     }
 

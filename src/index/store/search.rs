@@ -13,8 +13,9 @@
 //! stops as soon as its next candidate cannot beat the worst of the best `limit + 1` kept:
 //! the work is about `limit` candidates (plus those the other query words or the filter
 //! reject, plus one look per word in a prefix's range), not the number of matches. A budget of
-//! work units ([`SEARCH_WORK_BUDGET`]) bounds what rejections can cost; a search that hits it
-//! says so (`partial`).
+//! work units ([`SEARCH_WORK_BUDGET`]) bounds what rejections can cost, and under indexd a time
+//! limit ([`SEARCH_TIME_LIMIT`]) bounds the walk whatever the units' calibration; a search
+//! that hits either says so (`partial`).
 //!
 //! While a peer is departing (see `depart.rs`) its holdings are not counted: a candidate is
 //! ranked by its *true* key, the one its live holder count gives, which is never better than
@@ -32,6 +33,7 @@ use super::{key_tier, tier_of, Index, ID_MASK};
 use super::{posting_key, MAX_TIER};
 use crate::wire::{SearchCursor, SearchFilter, SearchHit};
 use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
 
 /// Work units one search may spend. A unit is about a posting read and checked against
 /// the other query words' bitmaps (some nanoseconds); a word of a prefix's range looked at
@@ -39,6 +41,11 @@ use std::collections::BinaryHeap;
 /// [`NAME_UNITS`], and listing another query word's postings one unit per
 /// [`POSTINGS_PER_UNIT`]. So a search holds the loop for well under a millisecond of work.
 pub const SEARCH_WORK_BUDGET: usize = 32_768;
+/// The time limit indexd gives a search's walk over its candidates (see
+/// [`Index::set_search_time_limit`]).
+pub const SEARCH_TIME_LIMIT: Duration = Duration::from_micros(400);
+/// Work units between two readings of the clock against the time limit (a few µs of work).
+const TIME_CHECK_UNITS: usize = 256;
 /// Units of a word of the driver's range looked at (a record and a posting block).
 const WORD_UNITS: usize = 2;
 /// Units of a file record read.
@@ -46,7 +53,11 @@ const SIZE_UNITS: usize = 4;
 /// Units of a name decoded and split into words.
 const NAME_UNITS: usize = 8;
 /// Postings of another query word listed per unit.
-const POSTINGS_PER_UNIT: usize = 8;
+const POSTINGS_PER_UNIT: usize = 4;
+/// Another query word's postings are listed only if that costs at most this share of the
+/// budget (listing cannot stop half way; a word with more goes by name, per candidate, where
+/// the budget and the time limit can stop the walk).
+const LIST_SHARE: usize = 8;
 
 /// Most distinct words in a query.
 pub const MAX_QUERY_WORDS: usize = 32;
@@ -54,6 +65,14 @@ pub const MAX_QUERY_WORDS: usize = 32;
 /// How many postings per candidate of the driver another query word may have and still be
 /// checked by its postings (a list or bitmap) rather than by reading each candidate's name.
 const BITS_POSTINGS_PER_CANDIDATE: usize = 8;
+
+/// Bitmaps kept for the next search (one per query word listed, one for the entries seen; more
+/// words than this allocate their own).
+const MAX_POOLED_BITMAPS: usize = 4;
+
+/// At most this many postings of a query word are kept as a sorted list (sorting more costs
+/// more than setting bits in a pooled bitmap).
+const SPARSE_MAX: usize = 4096;
 
 /// Below one posting per this many entries, a query word's postings are kept as a sorted list
 /// rather than a bitmap over all entry ids.
@@ -161,6 +180,16 @@ impl Index {
         }
         let mut work = 0usize;
         let budget = self.search_budget;
+        // The time limit, checked every `TIME_CHECK_UNITS` of work in the candidates' walk.
+        let deadline = self.search_time_limit.map(|t| Instant::now() + t);
+        let mut next_check = TIME_CHECK_UNITS;
+        let mut out_of_time = |work: usize| {
+            if work < next_check {
+                return false;
+            }
+            next_check = work + TIME_CHECK_UNITS;
+            deadline.is_some_and(|d| Instant::now() >= d)
+        };
 
         // The driver: the query word whose range has the fewest postings (a range too long
         // to count counts as enormous).
@@ -188,6 +217,9 @@ impl Index {
         };
         let most = picked.saturating_mul(BITS_POSTINGS_PER_CANDIDATE);
         let mut bits: Vec<WordBits> = Vec::new();
+        // Bitmaps over entry ids come from a pool kept between searches: a fresh one would
+        // be fresh pages, each faulted in on first touch (hundreds of them at 10M entries).
+        let mut pool = std::mem::take(&mut self.work.bitmaps);
         let mut by_name: Vec<String> = Vec::new();
         for (i, q) in qwords.iter().enumerate() {
             if i == pick {
@@ -199,11 +231,12 @@ impl Index {
             }
             let (count, visited) = self.count_postings(q, most.saturating_add(1));
             work += visited * WORD_UNITS;
-            // (A range too long to count, or postings that would cost half the budget to
-            // list, go by name: their cost is then per candidate, under the budget.)
-            if count <= most && count / POSTINGS_PER_UNIT <= budget / 2 {
+            // (A range too long to count, or postings that would cost more than a share of
+            // the budget to list, go by name: their cost is then per candidate, under the
+            // budget and the time limit.)
+            if count <= most && count / POSTINGS_PER_UNIT <= budget / LIST_SHARE {
                 work += count / POSTINGS_PER_UNIT;
-                bits.push(self.word_bits(q, count));
+                bits.push(self.word_bits(q, count, &mut pool));
             } else {
                 by_name.push(q.clone());
             }
@@ -229,13 +262,13 @@ impl Index {
         let cap = limit.saturating_add(1);
         let mut heap: BinaryHeap<u64> = BinaryHeap::new();
         // Entries seen through a longer word (a name may hold several words of the range),
-        // a bitmap by entry id: its zeroed pages cost nothing until touched.
-        let mut seen: Vec<u64> = Vec::new();
+        // a bitmap by entry id (from the pool).
+        let mut seen: Option<Bitmap> = None;
         let mut name_buf = Vec::new();
         let mut matched = 0u64;
         'sources: for src in sources {
             work += WORD_UNITS;
-            if work > budget {
+            if work > budget || out_of_time(work) {
                 page.partial = true;
                 break;
             }
@@ -280,7 +313,7 @@ impl Index {
                     break;
                 }
                 work += 1;
-                if work > budget {
+                if work > budget || out_of_time(work) {
                     page.partial = true;
                     break 'sources;
                 }
@@ -290,14 +323,11 @@ impl Index {
                     if exact.is_some_and(|w| self.words.contains(w, key)) {
                         continue;
                     }
-                    if seen.is_empty() {
-                        seen = vec![0u64; self.entries.id_bound().div_ceil(64)];
-                    }
-                    let (word, bit) = (e as usize / 64, 1u64 << (e % 64));
-                    if seen[word] & bit != 0 {
+                    let seen = seen
+                        .get_or_insert_with(|| Bitmap::take(&mut pool, self.entries.id_bound()));
+                    if !seen.insert(e) {
                         continue;
                     }
-                    seen[word] |= bit;
                 }
                 let mut whole = src.whole;
                 let mut all = true;
@@ -380,6 +410,19 @@ impl Index {
             });
         }
         page.work = work as u64;
+        // The bitmaps go back to the pool, cleared.
+        for b in bits {
+            if let WordBits::Dense { any, whole } = b {
+                pool.push(any);
+                pool.extend(whole);
+            }
+        }
+        pool.extend(seen);
+        for b in &mut pool {
+            b.clear();
+        }
+        pool.truncate(MAX_POOLED_BITMAPS);
+        self.work.bitmaps = pool;
         Ok(page)
     }
 
@@ -404,10 +447,11 @@ impl Index {
 
     /// The entries with a word starting with `prefix` (`postings` of them, counted by the
     /// caller), each marked whole if a word equals it.
-    fn word_bits(&self, prefix: &str, postings: usize) -> WordBits {
+    fn word_bits(&self, prefix: &str, postings: usize, pool: &mut Vec<Bitmap>) -> WordBits {
         let exact = self.words.find(prefix.as_bytes());
         let range = self.words.range(prefix).map(|w| (Some(w) == exact, w));
-        if postings.saturating_mul(SPARSE_BITS) < self.entries.id_bound() {
+        if postings <= SPARSE_MAX && postings.saturating_mul(SPARSE_BITS) < self.entries.id_bound()
+        {
             // Few: a sorted list, searched per candidate.
             let mut list: Vec<u32> = Vec::with_capacity(postings);
             for (whole, w) in range {
@@ -420,18 +464,17 @@ impl Index {
             list.sort_unstable();
             return WordBits::Sparse(list);
         }
-        let words = self.entries.id_bound().div_ceil(64);
-        let (mut any, mut whole) = (vec![0u64; words], Vec::new());
+        let ids = self.entries.id_bound();
+        let (mut any, mut whole) = (Bitmap::take(pool, ids), None);
         for (exact, w) in range {
             if exact {
-                whole = vec![0u64; words];
+                whole = Some(Bitmap::take(pool, ids));
             }
             for k in self.words.postings(w) {
                 let e = k & ID_MASK;
-                let (i, bit) = (e as usize / 64, 1u64 << (e % 64));
-                any[i] |= bit;
+                any.insert(e);
                 if exact {
-                    whole[i] |= bit;
+                    whole.as_mut().expect("taken above").insert(e);
                 }
             }
         }
@@ -474,6 +517,15 @@ impl Index {
     /// Sets the work budget of a search (tests make it small).
     pub fn set_search_budget(&mut self, units: usize) {
         self.search_budget = units;
+    }
+
+    /// Sets the time limit of a search's walk over its candidates (`None`, the default: only
+    /// the work budget). The server sets [`SEARCH_TIME_LIMIT`]: the budget's units are
+    /// calibrated by estimate, and a name decoded and folded, or a cold cache at 10M
+    /// entries, costs more than estimated; past the limit the search stops as at its budget
+    /// (`partial`), so no search holds the loop much longer whatever the index and machine.
+    pub fn set_search_time_limit(&mut self, limit: Option<Duration>) {
+        self.search_time_limit = limit;
     }
 }
 
@@ -552,8 +604,8 @@ enum WordBits {
     /// `entry << 1 | whole`, sorted (an entry may be listed twice, through the word equal to
     /// the query word and a longer one).
     Sparse(Vec<u32>),
-    /// Bitmaps by entry id; `whole` is empty when no word equals the query word.
-    Dense { any: Vec<u64>, whole: Vec<u64> },
+    /// Bitmaps by entry id; `whole` is `None` when no word equals the query word.
+    Dense { any: Bitmap, whole: Option<Bitmap> },
 }
 
 impl WordBits {
@@ -568,11 +620,64 @@ impl WordBits {
                 }
                 found
             }
-            WordBits::Dense { any, whole } => {
-                let (i, bit) = (e as usize / 64, 1u64 << (e % 64));
-                (any[i] & bit != 0).then(|| whole.get(i).is_some_and(|w| w & bit != 0))
+            WordBits::Dense { any, whole } => any
+                .contains(e)
+                .then(|| whole.as_ref().is_some_and(|w| w.contains(e))),
+        }
+    }
+}
+
+/// A set of entry ids as a bitmap, reused between searches: it remembers which of its words it
+/// set, so clearing it costs what was set, not its size.
+#[derive(Default)]
+pub(super) struct Bitmap {
+    words: Vec<u64>,
+    /// Indexes of the words set since the last clear (each once).
+    touched: Vec<u32>,
+}
+
+impl Bitmap {
+    /// A cleared bitmap for ids below `ids`, from `pool` if it has one.
+    fn take(pool: &mut Vec<Bitmap>, ids: usize) -> Bitmap {
+        let mut b = pool.pop().unwrap_or_default();
+        let words = ids.div_ceil(64);
+        if b.words.len() < words {
+            b.words.resize(words, 0);
+        }
+        b
+    }
+
+    /// Adds `e`; false if it was in already.
+    #[inline]
+    fn insert(&mut self, e: u32) -> bool {
+        let (i, bit) = (e as usize / 64, 1u64 << (e % 64));
+        let w = &mut self.words[i];
+        if *w & bit != 0 {
+            return false;
+        }
+        if *w == 0 {
+            self.touched.push(i as u32);
+        }
+        *w |= bit;
+        true
+    }
+
+    #[inline]
+    fn contains(&self, e: u32) -> bool {
+        let (i, bit) = (e as usize / 64, 1u64 << (e % 64));
+        self.words.get(i).is_some_and(|w| w & bit != 0)
+    }
+
+    /// Empties it, in time proportional to the words set.
+    fn clear(&mut self) {
+        if self.touched.len() > self.words.len() / 8 {
+            self.words.fill(0);
+        } else {
+            for &i in &self.touched {
+                self.words[i as usize] = 0;
             }
         }
+        self.touched.clear();
     }
 }
 

@@ -1819,6 +1819,36 @@ fn a_search_stops_at_its_budget_and_says_so() {
     );
 }
 
+#[test]
+fn a_search_stops_at_its_time_limit_and_says_so() {
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    let files: Vec<FileEntry> = (0..2000u32)
+        .map(|i| {
+            fe(
+                spread_hash(i),
+                u64::from(i % 100) + 1,
+                &format!("tune {i}.mp3"),
+            )
+        })
+        .collect();
+    ix.register(p, &files);
+    // One file in a hundred passes: the walk needs far more than one clock check's worth of
+    // units, and a limit of zero stops it at the first check, with what it found so far.
+    let filter = SearchFilter {
+        min_size: 100,
+        ..SearchFilter::default()
+    };
+    ix.set_search_time_limit(Some(std::time::Duration::ZERO));
+    let page = ix.search_page("tune", &filter, None, 10).unwrap();
+    assert!(page.partial && !page.total_exact);
+    assert!(page.hits.len() < 10, "{}", page.hits.len());
+    // Without the limit the same search is complete.
+    ix.set_search_time_limit(None);
+    let page = ix.search_page("tune", &filter, None, 10).unwrap();
+    assert!(!page.partial && page.hits.len() == 10);
+}
+
 /// A departing peer of many files is withdrawn in slices; at every slice boundary no answer
 /// lists it, search's best hits are exactly the naive model's without it, and the peer's id is
 /// not handed out again until its last slice.
