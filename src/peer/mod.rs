@@ -28,6 +28,8 @@ pub mod session;
 pub mod share;
 pub mod threads;
 pub mod upload;
+pub mod watch;
+pub mod withdrawn;
 
 #[cfg(test)]
 mod harness;
