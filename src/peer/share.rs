@@ -259,10 +259,8 @@ pub fn files_at(root: &Path, paths: &[PathBuf]) -> Vec<(PathBuf, fs::Metadata)> 
             continue;
         }
         match fs::symlink_metadata(p) {
-            Ok(m) if m.is_file() => {
-                if !p.file_name().is_some_and(is_own_file) {
-                    out.push((p.clone(), m));
-                }
+            Ok(m) if m.is_file() && !p.file_name().is_some_and(is_own_file) => {
+                out.push((p.clone(), m))
             }
             Ok(m) if m.is_dir() => out.extend(walk(p, &mut |w| log::debug!(target: "peer", "{w}"))),
             _ => {}
@@ -605,7 +603,9 @@ impl Share {
                 if !p.starts_with(root) {
                     break;
                 }
-                let same = keep.get(p).is_some_and(|f| f.hash == old.hash && f.name == old.name);
+                let same = keep
+                    .get(p)
+                    .is_some_and(|f| f.hash == old.hash && f.name == old.name);
                 if !same {
                     gone.push(p.clone());
                 }
@@ -621,8 +621,11 @@ impl Share {
             self.remove_path(p);
         }
         let mut diff = self.upsert(files);
-        let mut seen: HashSet<(FileHash, String)> =
-            diff.added.iter().map(|e| (e.hash, e.name.clone())).collect();
+        let mut seen: HashSet<(FileHash, String)> = diff
+            .added
+            .iter()
+            .map(|e| (e.hash, e.name.clone()))
+            .collect();
         let mut removed: Vec<FileHash> = lost.into_iter().collect();
         removed.sort();
         for h in &removed {
@@ -827,6 +830,97 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("kept changing"), "{err}");
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_moved_file_is_known_by_its_inode_and_not_read_again() {
+        let d = tmpdir("moved");
+        fs::create_dir_all(d.join("sub")).unwrap();
+        fs::write(d.join("a.bin"), b"moved bytes").unwrap();
+        let cache = HashCache::from_files(&scan(&d, &HashCache::default()));
+        fs::rename(d.join("a.bin"), d.join("sub/b.bin")).unwrap();
+        let meta = fs::symlink_metadata(d.join("sub/b.bin")).unwrap();
+        assert_eq!(cache.get(&d.join("sub/b.bin"), &meta), None);
+        let (hash, was) = cache.get_moved(&meta).unwrap();
+        assert_eq!(
+            (hash, was),
+            (FileHash::of(b"moved bytes"), d.join("a.bin").as_path())
+        );
+        // Proof that the scan takes it from the cache: a planted hash comes back.
+        let mut lying = HashCache::default();
+        let mut f = scan(&d, &HashCache::default()).remove(0);
+        f.path = d.join("a.bin");
+        f.hash = FileHash([9; 32]);
+        lying.insert_all([&f]);
+        assert_eq!(scan(&d, &lying)[0].hash, FileHash([9; 32]));
+        // Written to after the move: another size or mtime, so it is read.
+        fs::write(d.join("sub/b.bin"), b"other bytes").unwrap();
+        let meta = fs::symlink_metadata(d.join("sub/b.bin")).unwrap();
+        assert_eq!(cache.get_moved(&meta), None);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn files_at_touched_paths_walk_directories_and_skip_links_and_gone_paths() {
+        let d = tmpdir("files-at");
+        fs::create_dir_all(d.join("dir/deep")).unwrap();
+        fs::write(d.join("dir/deep/x"), b"x").unwrap();
+        fs::write(d.join("f"), b"f").unwrap();
+        fs::write(d.join(CACHE_FILE), b"").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.join("link")).unwrap();
+        std::os::unix::fs::symlink("/etc", d.join("dirlink")).unwrap();
+        let touched = [
+            d.join("dir"),
+            d.join("dir/deep/x"),
+            d.join("f"),
+            d.join("gone"),
+            d.join("link"),
+            d.join("dirlink"),
+            d.join("dirlink/passwd"),
+            d.join(CACHE_FILE),
+            PathBuf::from("/etc/passwd"),
+        ];
+        let found: Vec<PathBuf> = files_at(&d, &touched).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(found, vec![d.join("dir/deep/x"), d.join("f")]);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn watched_paths_replace_what_was_shared_there() {
+        let mut s = Share::default();
+        s.upsert(vec![
+            file("/s/old.txt", b"R"),
+            file("/s/dir/a", b"A"),
+            file("/s/dir/b", b"B"),
+            file("/s/dir.txt", b"T"),
+            file("/s/keep", b"K"),
+        ]);
+        // A rename: the hash is withdrawn (with its old name) and registered under the new.
+        let d = s.replace_paths(
+            &[PathBuf::from("/s/old.txt"), PathBuf::from("/s/new.txt")],
+            vec![file("/s/new.txt", b"R")],
+        );
+        assert_eq!(d.removed, vec![FileHash::of(b"R")]);
+        assert_eq!(d.added, vec![file("/s/new.txt", b"R").entry()]);
+        // A directory removed: everything under it goes, not `dir.txt` beside it.
+        let d = s.replace_paths(&[PathBuf::from("/s/dir")], vec![]);
+        let mut want = vec![FileHash::of(b"A"), FileHash::of(b"B")];
+        want.sort();
+        assert_eq!((d.removed, d.added), (want, vec![]));
+        assert_eq!(s.len(), 3);
+        // A touched file that did not change: nothing to tell.
+        let d = s.replace_paths(&[PathBuf::from("/s/keep")], vec![file("/s/keep", b"K")]);
+        assert_eq!(d, ShareDiff::default());
+        // A duplicate deleted: the hash stays, re-registered under the names left.
+        s.upsert(vec![file("/s/copy", b"K")]);
+        let d = s.replace_paths(&[PathBuf::from("/s/keep")], vec![]);
+        assert_eq!(d.removed, vec![FileHash::of(b"K")]);
+        assert_eq!(d.added, vec![file("/s/copy", b"K").entry()]);
+        // Changed content at the same path: the old hash out, the new in.
+        let d = s.replace_paths(&[PathBuf::from("/s/copy")], vec![file("/s/copy", b"K2")]);
+        assert_eq!(d.removed, vec![FileHash::of(b"K")]);
+        assert_eq!(d.added, vec![file("/s/copy", b"K2").entry()]);
+        assert!(s.by_hash(&FileHash::of(b"K")).is_none());
     }
 
     #[test]

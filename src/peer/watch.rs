@@ -288,8 +288,11 @@ impl<W: WatchDir> Watching<W> {
                 notify::EventKind::Create(_) | notify::EventKind::Modify(_)
             ) && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir())
             {
-                self.dirs
-                    .add_tree(&mut self.watcher, &path, &mut |m| log::warn!(target: "peer", "{m}"));
+                self.dirs.add_tree(
+                    &mut self.watcher,
+                    &path,
+                    &mut |m| log::warn!(target: "peer", "{m}"),
+                );
             }
             self.debouncer.handle_touched(now, path);
         }
@@ -330,8 +333,11 @@ pub fn spawn_watcher(
     };
     // Watching starts before the thread does, so nothing written after the peer's start-up
     // scan began is missed.
-    w.dirs
-        .add_tree(&mut w.watcher, &root, &mut |m| log::warn!(target: "peer", "{m}"));
+    w.dirs.add_tree(
+        &mut w.watcher,
+        &root,
+        &mut |m| log::warn!(target: "peer", "{m}"),
+    );
     log::debug!(target: "peer", "watching {} directories of the share", w.dirs.watched);
     std::thread::Builder::new()
         .name("watcher".into())

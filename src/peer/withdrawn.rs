@@ -138,7 +138,11 @@ mod tests {
         let odd = file("/s/new\nline \u{e9}", b"odd");
         w.withdraw(&[file("/s/a", b"A"), odd.clone()]).unwrap();
         // Only the list itself is left in the directory (the temporary file was renamed).
-        let names: Vec<_> = fs::read_dir(&d).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(names, [WITHDRAWN_FILE]);
 
         let w2 = Withdrawn::load(&d);

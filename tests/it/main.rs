@@ -12,3 +12,4 @@ mod ops;
 mod peer;
 mod reactor;
 mod trust;
+mod watch;
