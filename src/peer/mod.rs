@@ -296,8 +296,14 @@ impl Handler for Peer {
             self.core.handle_shutdown();
             return self.apply(ctx);
         }
+        let mut scanned = false;
         while let Ok(event) = self.events.try_recv() {
+            scanned |= matches!(event, Event::Scanned { .. });
             self.core.handle_event(ctx.now(), event);
+        }
+        if scanned {
+            // A scan's transient lists (and its registers, once written) are freed.
+            crate::sys::process::release_free_memory();
         }
         self.apply(ctx);
     }

@@ -121,6 +121,8 @@ pub fn spawn_hasher(
                     warnings,
                 });
                 let _ = waker.wake();
+                // The walk's and the cache's transient lists are freed: give the memory back.
+                crate::sys::process::release_free_memory();
             }
         })?;
     Ok(tx)
