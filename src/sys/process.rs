@@ -107,17 +107,6 @@ pub fn on_termination(notify: impl Fn() + Send + 'static) -> io::Result<Arc<Atom
     Ok(flag)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fd_limit_is_raised_to_hard() {
-        let n = raise_fd_limit().unwrap();
-        assert!(n >= 1024);
-    }
-}
-
 /// Hands memory freed inside the allocator back to the system (glibc's `malloc_trim`): after
 /// a scan of a large share, whose transient lists were freed, so the resident size reflects
 /// what is kept. A no-op elsewhere.
@@ -126,5 +115,16 @@ pub fn release_free_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointers.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_limit_is_raised_to_hard() {
+        let n = raise_fd_limit().unwrap();
+        assert!(n >= 1024);
     }
 }
