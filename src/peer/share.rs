@@ -453,20 +453,21 @@ impl HashCache {
 
     /// Writes the cache atomically (temporary file, then rename).
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let mut text = String::new();
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // Streamed: a cache of a large share is never built as one string in memory.
+        let mut out = io::BufWriter::new(File::create(&tmp)?);
         for (p, e) in &self.entries {
             let (dev, ino) = e.file_id;
-            text.push_str(&format!(
-                "{} {} {} {dev} {ino} {}\n",
+            writeln!(
+                out,
+                "{} {} {} {dev} {ino} {}",
                 e.hash,
                 e.size,
                 e.mtime_ns,
                 path_to_hex(p)
-            ));
+            )?;
         }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut f = File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
+        let f = out.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         fs::rename(&tmp, path)
     }
