@@ -233,6 +233,9 @@ pub enum ResponseBody {
         /// The search stopped at its work budget before it knew the best hits for sure: the
         /// hits are the best among the candidates it examined.
         partial: bool,
+        /// The server time the search took, from the decoded request to the answer built, in
+        /// µs (what benchmarks and operators compare across query classes).
+        server_us: u32,
     },
     /// Answer to Lookup. By name: one entry per file of that name; a name may be borne by
     /// many files: at most the server's page size of them come at once, most holders first
@@ -559,6 +562,13 @@ pub enum TransferResponse {
         /// A sentence for a person.
         message: String,
     },
+    /// Every upload slot is busy: the request waits in the holder's upload queue, at this
+    /// 1-based position; the holder sends `Queued` again as the line moves, then `Sending`
+    /// (or `Error`) on the same connection once a slot frees. (Protocol 3.)
+    Queued {
+        /// Requests ahead of this one, plus one.
+        position: u32,
+    },
 }
 
 /// Why a payload is not a message.
@@ -852,6 +862,7 @@ mod tests {
                     check: 9,
                 }),
                 partial: true,
+                server_us: 412,
             },
             ResponseBody::Holders {
                 files: vec![HeldFile {
@@ -932,6 +943,7 @@ mod tests {
                 code: ErrorCode::NotFound,
                 message: "no such file".into(),
             },
+            TransferResponse::Queued { position: 7 },
         ]);
     }
 

@@ -116,6 +116,7 @@ fn responses() -> Vec<ResponseBody> {
                 check: 7,
             }),
             partial: true,
+            server_us: 87,
         },
         ResponseBody::Holders {
             files: vec![HeldFile {

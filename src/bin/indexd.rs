@@ -46,8 +46,12 @@ struct Flags {
     /// of memory each).
     #[arg(long, default_value_t = 20_000_000)]
     max_holdings: usize,
+    /// Most holdings of all the peers at one address (an IPv4 address or an IPv6 /64), so
+    /// that one host's many sessions cannot fill the index. 0: no limit.
+    #[arg(long, default_value_t = 2_000_000, value_name = "ENTRIES")]
+    max_holdings_per_ip: usize,
     /// Search work per second one session may spend, in work units (the first 32 units of
-    /// each request are free; a search spends at most 32,768). A session may run 8 s of it
+    /// each request are free; a search spends at most 32,768). A session may run 2 s of it
     /// at once; over it, requests get `RateLimited` with the time to wait. 0: no limit.
     #[arg(long, default_value_t = RateLimits::default().search_per_s, value_name = "UNITS")]
     rate_search: u64,
@@ -63,7 +67,7 @@ struct Flags {
     #[arg(long, default_value_t = RateLimits::default().register_burst, value_name = "ENTRIES")]
     rate_register_burst: u64,
     /// Search and lookup work per second all sessions of one IPv4 address or IPv6 /64 may
-    /// spend together, in units (burst: 8 s of it). 0: no limit.
+    /// spend together, in units (burst: 2 s of it). 0: no limit.
     #[arg(long, default_value_t = RateLimits::default().address_per_s, value_name = "UNITS")]
     rate_address: u64,
     /// An address refused this many times within --ban-window seconds is banned: its
@@ -141,6 +145,10 @@ fn run(flags: Flags) -> std::io::Result<()> {
         max_results: flags.max_results,
         max_files_per_peer: flags.max_files_per_peer,
         max_holdings: flags.max_holdings,
+        max_holdings_per_address: match flags.max_holdings_per_ip {
+            0 => usize::MAX,
+            n => n,
+        },
         ..ServerLimits::default()
     });
     server.set_rate_limits(RateLimits {

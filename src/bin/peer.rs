@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use p2pshare::logging;
+use p2pshare::peer::download::{self, DownloadLimits};
 use p2pshare::peer::{self, Peer, PeerConfig};
 use p2pshare::reactor::{Config, HttpLimits, Reactor};
 use p2pshare::sys::process;
@@ -11,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
+use std::time::Duration;
 
 /// A p2pshare peer: shares a directory, searches the index, downloads from other peers.
 #[derive(Parser, Debug)]
@@ -54,6 +56,42 @@ struct Flags {
     /// registered, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = peer::watch::DEFAULT_QUIET.as_millis() as u64)]
     watch_quiet_ms: u64,
+    /// Uploads sent at once; further requests wait in the upload queue, told their position,
+    /// and are served in order as uploads finish.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    upload_slots: u64,
+    /// Requests waiting in the upload queue at once from one IPv4 address or IPv6 /64 (more
+    /// are answered "busy").
+    #[arg(long, default_value_t = 4)]
+    max_queued_per_ip: usize,
+    /// While requests wait in the upload queue, an upload sending fewer bytes per second than
+    /// this over a whole --rate-window-ms loses its slot to the head of the line. 0: never.
+    #[arg(long, default_value_t = 1024)]
+    upload_min_rate: u64,
+    /// The longest a download waits in a holder's upload queue before trying the next
+    /// holder, in seconds.
+    #[arg(long, default_value_t = download::QUEUE_WAIT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    queue_wait: u64,
+    /// A holder sending fewer bytes per second than this, averaged over --rate-window-ms,
+    /// is dropped and the next holder tried. 0: no floor.
+    #[arg(long, default_value_t = download::MIN_RATE_BYTES_PER_SEC)]
+    min_rate: u64,
+    /// The window the rate floors (--min-rate, sliding; --upload-min-rate) are measured over,
+    /// in ms.
+    #[arg(long, default_value_t = download::RATE_WINDOW.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    rate_window_ms: u64,
+    /// A holder silent this long (connecting, before its header, between bytes) is dropped,
+    /// in ms.
+    #[arg(long, default_value_t = download::STALL.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    stall_ms: u64,
+    /// A whole `get` (every holder tried) fails after this many seconds; the partial file is
+    /// kept for a resume.
+    #[arg(long, default_value_t = download::MAX_GET.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    get_timeout: u64,
     /// Log filter: a level (error, warn, info, debug, trace) or per-module directives such as
     /// `warn,p2pshare::peer=debug` (default: RUST_LOG, else warn).
     #[arg(long)]
@@ -138,6 +176,16 @@ fn run(flags: Flags) -> Result<(), String> {
             ^ std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
+        download_limits: DownloadLimits {
+            stall: Duration::from_millis(flags.stall_ms),
+            min_rate: flags.min_rate,
+            rate_window: Duration::from_millis(flags.rate_window_ms),
+            max_get: Duration::from_secs(flags.get_timeout),
+            queue_wait: Duration::from_secs(flags.queue_wait),
+        },
+        upload_slots: flags.upload_slots as usize,
+        upload_min_rate: flags.upload_min_rate,
+        max_queued_per_ip: flags.max_queued_per_ip,
     };
     let mut peer = Peer::new(cfg, (events_tx.clone(), events_rx), jobs, waker.clone());
     peer.stop_on(stop);

@@ -6,8 +6,10 @@
 //! Work is counted in *units*, the search's own (about a posting read, some nanoseconds; see
 //! `store/search.rs`); the first [`FREE_UNITS`] of every request are free. A request is admitted if its session's bucket for its kind
 //! ([`Kind`]) and, for searches and lookups, its address's shared bucket are not in debt;
-//! once answered, it is charged what it really cost ([`search_cost`], [`lookup_cost`], one
-//! unit per register or unregister entry), which may drive a bucket into debt. Buckets refill
+//! once answered, it is charged what it really cost: the larger of its counted work
+//! ([`search_cost`], [`lookup_cost`], one unit per register or unregister entry) and its
+//! server time beyond [`FREE_TIME`] at [`NS_PER_UNIT`] a unit ([`units_of_time`]; the server
+//! times each request, answer included), which may drive a bucket into debt. Buckets refill
 //! at their rate up to their burst. So a client pays for the work it caused, however
 //! expensive one request turned out, and a client in debt is refused until it has paid it
 //! off: the refusal ([`Refusal`]) says in how many milliseconds, and costs the server a
@@ -30,7 +32,6 @@
 //!   short of strikes; others are dropped by a periodic sweep, so the table is bounded by
 //!   the addresses recently seen.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,22 @@ pub const BASE_UNITS: u64 = 16;
 pub const FREE_UNITS: u64 = 32;
 /// Units per file of a lookup's answer (reading its record and name).
 pub const FILE_UNITS: u64 = 8;
+
+/// Nanoseconds of server time a work unit stands for (a search's budget of 32,768 units is
+/// about half a millisecond).
+pub const NS_PER_UNIT: u64 = 16;
+
+/// Server time of a request that is never charged: cheap requests (a lookup by hash takes a
+/// microsecond or two) stay free however many are sent (floods of them are the reactor's
+/// per-turn shares' business), and a stray delay (a page fault, a preemption) costs nothing.
+pub const FREE_TIME: Duration = Duration::from_micros(20);
+
+/// The units `spent` of server time is worth beyond [`FREE_TIME`]: a request is charged the
+/// larger of its reported work and this.
+pub fn units_of_time(spent: Duration) -> u64 {
+    let charged = spent.saturating_sub(FREE_TIME).as_nanos() / u128::from(NS_PER_UNIT);
+    charged.min(u128::from(u64::MAX)) as u64
+}
 
 /// What a search cost: the work units it reports.
 pub fn search_cost(work: u64) -> u64 {
@@ -90,7 +107,7 @@ pub struct RateLimits {
 
 impl RateLimits {
     /// A bucket's burst, in seconds of its rate (register: [`RateLimits::register_burst`]).
-    pub const BURST_SECONDS: u64 = 8;
+    pub const BURST_SECONDS: u64 = 2;
 
     /// No limit at all.
     pub fn off() -> RateLimits {
@@ -275,7 +292,7 @@ pub struct LimiterCounts {
 #[derive(Debug)]
 pub struct Limiter {
     limits: RateLimits,
-    addresses: HashMap<Address, AddressRecord>,
+    addresses: hashbrown::HashMap<Address, AddressRecord>,
     /// Address records at the last sweep: the next sweep comes when the table has doubled.
     swept_at: usize,
     counts: LimiterCounts,
@@ -289,7 +306,7 @@ impl Limiter {
     pub fn new(limits: RateLimits) -> Limiter {
         Limiter {
             limits,
-            addresses: HashMap::new(),
+            addresses: hashbrown::HashMap::new(),
             swept_at: 0,
             counts: LimiterCounts::default(),
         }
@@ -511,15 +528,30 @@ mod tests {
     }
 
     #[test]
+    fn server_time_is_charged_beyond_the_free_time() {
+        assert_eq!(units_of_time(Duration::ZERO), 0);
+        assert_eq!(units_of_time(FREE_TIME), 0);
+        assert_eq!(
+            units_of_time(FREE_TIME + Duration::from_nanos(NS_PER_UNIT * 10)),
+            10
+        );
+        // Half a millisecond is about a search's whole budget.
+        let half_ms = units_of_time(Duration::from_micros(500));
+        assert!((30_000..=32_768).contains(&half_ms), "{half_ms}");
+        assert_eq!(units_of_time(Duration::MAX), u64::MAX);
+    }
+
+    #[test]
     fn a_session_over_its_search_rate_is_refused_while_lookups_and_others_go_on() {
         let t0 = Instant::now();
         let mut l = Limiter::new(limits());
         let mut s = l.open(A, t0);
         let mut other = l.open(B, t0);
-        // The burst (8 s of rate) is spent by one expensive search, which runs whole: 8,532
-        // units of work, 16 to answer, 32 free.
+        // The burst (BURST_SECONDS of the 1,000 units a second) is spent by one expensive
+        // search, which runs whole: the burst and 532 units of work, 16 to answer, 32 free.
+        let burst = 1_000 * RateLimits::BURST_SECONDS;
         assert_eq!(l.admit(&mut s, A, Kind::Search, t0), Ok(()));
-        l.charge(&mut s, A, Kind::Search, search_cost(8_532), t0);
+        l.charge(&mut s, A, Kind::Search, search_cost(burst + 532), t0);
         let r = l.admit(&mut s, A, Kind::Search, t0).unwrap_err();
         assert_eq!(r.retry_after, ms(516));
         assert!(!r.banned);
@@ -539,9 +571,15 @@ mod tests {
         let mut s: Vec<SessionBuckets> = (0..4).map(|_| l.open(A, t0)).collect();
         for b in &mut s[..3] {
             assert_eq!(l.admit(b, A, Kind::Search, t0), Ok(()));
-            l.charge(b, A, Kind::Search, 8_016 + FREE_UNITS, t0);
+            l.charge(
+                b,
+                A,
+                Kind::Search,
+                1_000 * RateLimits::BURST_SECONDS + 16 + FREE_UNITS,
+                t0,
+            );
         }
-        // 24,048 of a 24,000 burst: 48 units owed, at 3 a ms.
+        // 48 units more than A's burst owed, at 3 a ms.
         let r = l.admit(&mut s[3], A, Kind::Lookup, t0).unwrap_err();
         assert_eq!(r.retry_after, ms(16));
         // IPv6: one /64 is one address.
@@ -617,10 +655,14 @@ mod tests {
             }
         }
         assert_eq!(l.counts().bans, 0);
-        assert_eq!(l.counts().rate_limited, 995);
         // It got its rate: 1,000 searches of 2,000 units at 1,000 units a second, the first
-        // five from the burst.
-        assert_eq!(now.duration_since(t0), Duration::from_secs(1990));
+        // from the burst (BURST_SECONDS of rate) and one charge of debt.
+        let from_burst = RateLimits::BURST_SECONDS / 2 + 1;
+        assert_eq!(l.counts().rate_limited, 1000 - from_burst);
+        assert_eq!(
+            now.duration_since(t0),
+            Duration::from_secs(2_000 - 2 * from_burst)
+        );
         // Cheap requests are free: a flood of them never meets the limit.
         let mut s = l.open(B, now);
         for _ in 0..100_000 {

@@ -5,24 +5,34 @@
 //! `AwaitingHello` → (Hello with our version) → `Ready` → (Bye, EOF, error, idle timeout) →
 //! closed. A connection that sends anything but Hello first, a second Hello, or an
 //! undecodable frame gets an error response and is closed after it is sent; the rest of the
-//! server is untouched. When a `Ready` session's connection closes for any reason, all of its
-//! peer's entries leave the index at once (soft state).
+//! server is untouched. When a `Ready` session's connection closes for any reason, its peer
+//! leaves every answer at once, and its entries leave the index in slices over the next turns
+//! (soft state; see `server/slices.rs`).
+//!
+//! # Bounded work per turn
+//! Big registers and unregisters, and departing peers, are done in slices across turns, the
+//! requesting session held meanwhile: see `server/slices.rs`.
 //!
 //! # Addresses
 //! The address given out for a peer is the IP seen on its socket with the port it announced in
 //! Hello, never an address the peer claims. An IPv4 peer on a dual-stack listener is seen as
 //! plain IPv4 (the reactor maps `::ffff:a.b.c.d` at accept), so it is handed out as such.
 
+mod slices;
+
+pub use self::slices::{BACKGROUND_WORK_PER_TURN, SLICE_UNITS};
+
 use super::limits::{self, Kind, Limiter, RateLimits, Refusal, SessionBuckets};
 use super::metrics::{self, IndexMetrics};
-use super::store::{Index, LookupError, PeerId};
+use super::store::{Index, LookupError, PeerId, RegisterOutcome};
 use crate::codec::FrameError;
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, HttpBody, PauseSummary, Verdict};
 use crate::wire::{
-    self, ErrorCode, LookupKey, LookupToken, Request, RequestBody, Response, ResponseBody,
-    ServerStats, PROTOCOL_VERSION,
+    self, ErrorCode, FileEntry, FileHash, LookupKey, LookupToken, Request, RequestBody, Response,
+    ResponseBody, ServerStats, PROTOCOL_VERSION,
 };
 use hdrhistogram::Histogram;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -52,6 +62,10 @@ pub struct ServerLimits {
     /// refused, so that peers together cannot grow the process without bound (at most about
     /// 150 bytes per holding, when none is shared).
     pub max_holdings: usize,
+    /// Most holdings of all the peers at one address (an IPv4 address or an IPv6 /64, as the
+    /// rate limits count them), so that one host cannot fill the index-wide cap with many
+    /// sessions. `usize::MAX`: no limit.
+    pub max_holdings_per_address: usize,
     /// Most files in one page of a lookup by name (at most [`LOOKUP_FILES_MAX`]).
     pub max_lookup_files: usize,
     /// Most holders listed per file of a lookup by name (at most [`LOOKUP_HOLDERS_MAX`]).
@@ -64,6 +78,7 @@ impl Default for ServerLimits {
             max_results: 100,
             max_files_per_peer: 1_000_000,
             max_holdings: 20_000_000,
+            max_holdings_per_address: 2_000_000,
             max_lookup_files: 100,
             max_lookup_holders: LOOKUP_HOLDERS_MAX,
         }
@@ -108,6 +123,15 @@ pub struct IndexServer {
     metrics: IndexMetrics,
     /// Rate limits and bans.
     limiter: Limiter,
+    /// Holdings of the live peers at each address, for
+    /// [`ServerLimits::max_holdings_per_address`] (addresses with none are not kept).
+    address_holdings: hashbrown::HashMap<limits::Address, usize>,
+    /// Requests being applied in slices, oldest first (see [`slices`]).
+    jobs: VecDeque<slices::Job>,
+    /// The connection whose frame is being handled, when it can be held (under a reactor).
+    current_conn: Option<ConnId>,
+    /// The request being handled became a job: hold its connection.
+    hold_current: bool,
 }
 
 /// Longest server time the histograms tell apart (longer ones count as this), in ns.
@@ -133,6 +157,10 @@ impl IndexServer {
             lookup_ns: time_histogram(),
             metrics: IndexMetrics::default(),
             limiter: Limiter::new(RateLimits::default()),
+            address_holdings: hashbrown::HashMap::new(),
+            jobs: VecDeque::new(),
+            current_conn: None,
+            hold_current: false,
         }
     }
 
@@ -265,6 +293,7 @@ impl IndexServer {
         out: &mut Vec<u8>,
         session: &mut Session,
         req: Request,
+        now: Instant,
     ) -> Verdict {
         let id = req.id;
         if let RequestBody::Hello {
@@ -293,7 +322,6 @@ impl IndexServer {
             RequestBody::Register { .. } | RequestBody::Unregister { .. } => Some(Kind::Register),
             _ => None,
         };
-        let now = Instant::now();
         if let Some(kind) = kind {
             let ip = session.remote.ip();
             if let Err(refusal) = self.limiter.admit(&mut session.buckets, ip, kind, now) {
@@ -315,36 +343,17 @@ impl IndexServer {
                     );
                     return Verdict::Continue;
                 }
-                // New holdings are what cost memory: at most what both limits leave room for.
-                let held = self.index.entries_of(peer) as usize;
-                let peer_room = self.limits.max_files_per_peer.saturating_sub(held);
-                let holdings = self.index.holding_count();
-                let index_room = self.limits.max_holdings.saturating_sub(holdings);
-                let room = peer_room.min(index_room).min(u32::MAX as usize) as u32;
-                let outcome = self.index.register_at_most(peer, &files, room);
-                let limit = self.limits.max_holdings;
-                let holdings = self.index.holding_count();
-                if holdings >= limit && outcome.rejected > 0 && !self.full_logged {
-                    self.full_logged = true;
-                    log::warn!(
-                        "index full: {holdings} holdings, the --max-holdings limit; new ones are \
-                         refused until some leave"
-                    );
-                } else if self.full_logged && holdings < limit - limit / 10 {
-                    self.full_logged = false;
-                }
-                ResponseBody::Registered {
-                    added: outcome.added,
-                    rejected: outcome.rejected,
-                    total: outcome.total,
+                match self.start_register(peer, id, files) {
+                    Some(body) => body,
+                    // Answered when its last slice is done.
+                    None => return Verdict::Continue,
                 }
             }
             RequestBody::Unregister { hashes } => {
                 self.stats.unregisters += 1;
-                let removed = self.index.unregister(peer, &hashes);
-                ResponseBody::Unregistered {
-                    removed,
-                    total: self.index.holdings_of(peer),
+                match self.start_unregister(peer, id, hashes) {
+                    Some(body) => body,
+                    None => return Verdict::Continue,
                 }
             }
             RequestBody::Search {
@@ -379,6 +388,7 @@ impl IndexServer {
                             total_exact: page.total_exact,
                             next: page.next,
                             partial: page.partial,
+                            server_us: now.elapsed().as_micros().min(u128::from(u32::MAX)) as u32,
                         }
                     }
                     Err(e) => {
@@ -448,7 +458,7 @@ impl IndexServer {
                 return Verdict::CloseAfterFlush(CloseReason::Local);
             }
         };
-        if let Some(kind) = kind {
+        let kind_units = kind.map(|kind| {
             let units = match &body {
                 ResponseBody::SearchResults { .. } => limits::search_cost(search_work),
                 ResponseBody::Holders { files, .. } => limits::lookup_cost(
@@ -461,11 +471,18 @@ impl IndexServer {
                 ResponseBody::Unregistered { removed, .. } => u64::from(*removed),
                 _ => limits::BASE_UNITS,
             };
+            (kind, units)
+        });
+        wire::encode_frame(&Response { id, body }, out);
+        if let Some((kind, units)) = kind_units {
+            // Charged the larger of the work it reports and the server time it took (answer
+            // encoding included): a request whose work the units undercount (many names
+            // decoded for one answer) pays for its time.
+            let spent = limits::units_of_time(now.elapsed());
             let ip = session.remote.ip();
             self.limiter
-                .charge(&mut session.buckets, ip, kind, units, now);
+                .charge(&mut session.buckets, ip, kind, units.max(spent), now);
         }
-        wire::encode_frame(&Response { id, body }, out);
         Verdict::Continue
     }
 
@@ -497,6 +514,60 @@ impl IndexServer {
             refusal.retry_after.as_secs()
         );
         Verdict::CloseAfterFlush(CloseReason::Protocol("banned: rate limits".into()))
+    }
+
+    /// Registers `files` for `peer` within the holding limits (one slice of a register).
+    fn register_slice(&mut self, peer: PeerId, files: &[FileEntry]) -> RegisterOutcome {
+        // New holdings are what cost memory: at most what the limits leave room for.
+        let held = self.index.entries_of(peer) as usize;
+        let peer_room = self.limits.max_files_per_peer.saturating_sub(held);
+        let holdings = self.index.holding_count();
+        let index_room = self.limits.max_holdings.saturating_sub(holdings);
+        let ip = self.index.peer_addr(peer).map(|a| a.ip());
+        let address = ip.map(limits::Address::of);
+        let at_address = address.map_or(0, |a| self.address_holdings.get(&a).copied().unwrap_or(0));
+        let address_room = self
+            .limits
+            .max_holdings_per_address
+            .saturating_sub(at_address);
+        let room = peer_room
+            .min(index_room)
+            .min(address_room)
+            .min(u32::MAX as usize) as u32;
+        let outcome = self.index.register_at_most(peer, files, room);
+        let added = self.index.entries_of(peer) as usize - held;
+        if let (Some(address), Some(ip)) = (address, ip) {
+            self.add_address_holdings(address, added as isize);
+            let cap = self.limits.max_holdings_per_address;
+            if at_address < cap && at_address + added >= cap {
+                log::info!(
+                    "{ip}: its peers hold {cap} entries, the --max-holdings-per-ip limit; new \
+                     ones from it are refused until some leave"
+                );
+            }
+        }
+        let limit = self.limits.max_holdings;
+        let holdings = self.index.holding_count();
+        if holdings >= limit && outcome.rejected > 0 && !self.full_logged {
+            self.full_logged = true;
+            log::warn!(
+                "index full: {holdings} holdings, the --max-holdings limit; new ones are \
+                 refused until some leave"
+            );
+        } else if self.full_logged && holdings < limit - limit / 10 {
+            self.full_logged = false;
+        }
+        outcome
+    }
+
+    /// Withdraws `peer`'s holdings of `hashes` (one slice of an unregister); returns how many
+    /// entries it lost.
+    fn unregister_slice(&mut self, peer: PeerId, hashes: &[FileHash]) -> u32 {
+        let removed = self.index.unregister(peer, hashes);
+        if let Some(addr) = self.index.peer_addr(peer) {
+            self.add_address_holdings(limits::Address::of(addr.ip()), -(removed as isize));
+        }
+        removed
     }
 
     /// The counters as `stats` reports them.
@@ -567,7 +638,7 @@ impl IndexServer {
                 let is_lookup = matches!(req.body, RequestBody::Lookup { .. });
                 let started = Instant::now();
                 let refused = self.limiter.counts().rate_limited;
-                let verdict = self.handle_request(out, session, req);
+                let verdict = self.handle_request(out, session, req, started);
                 let ns = (started.elapsed().as_nanos() as u64).clamp(1, MAX_TRACKED_NS);
                 self.metrics.record_request(kind, ns);
                 // A request refused over a rate limit did no work: it is not timed as a
@@ -617,16 +688,36 @@ impl IndexServer {
         self.index.post_pending();
     }
 
-    /// The connection is gone: its peer's entries leave the index.
+    /// The peers at `address` gained (or lost, negative) `delta` holdings.
+    fn add_address_holdings(&mut self, address: limits::Address, delta: isize) {
+        if delta == 0 {
+            return;
+        }
+        let n = self.address_holdings.entry(address).or_insert(0);
+        *n = n
+            .checked_add_signed(delta)
+            .expect("an address never holds fewer than 0");
+        if *n == 0 {
+            self.address_holdings.remove(&address);
+        }
+    }
+
+    /// The connection is gone: its peer leaves every answer now, and its entries leave the
+    /// index in slices ([`IndexServer::poll_background`]); its unfinished jobs are dropped.
     pub fn close(&mut self, session: Session, reason: &CloseReason) {
         self.connections -= 1;
         self.limiter.close(session.remote.ip());
         let remote = session.remote;
         match session.state {
             SessionState::Ready { peer, addr } => {
-                let files = self.index.remove_peer(peer).unwrap_or(0);
+                self.cancel_jobs(peer);
+                // The address's room comes back at once: the departing entries are never
+                // counted again, and no one can add to them.
+                let held = self.index.entries_of(peer) as isize;
+                self.add_address_holdings(limits::Address::of(addr.ip()), -held);
+                let files = self.index.begin_departure(peer).unwrap_or(0);
                 log::info!(
-                    "peer {} at {addr} left ({reason}); {files} entries withdrawn",
+                    "peer {} at {addr} left ({reason}); {files} entries being withdrawn",
                     peer.0
                 );
             }
@@ -681,9 +772,11 @@ impl Handler for IndexServer {
             self.set_loop_pauses(ctx.loop_pauses().summary());
         }
         let mut verdict = Verdict::Continue;
+        self.current_conn = Some(conn);
         ctx.send(conn, |out| {
             verdict = self.handle_payload(session, payload, out)
         });
+        self.after_frame(ctx, conn, &verdict);
         verdict
     }
 
@@ -711,8 +804,9 @@ impl Handler for IndexServer {
         self.close(session, reason);
     }
 
-    fn handle_turn_end(&mut self, _ctx: &mut Ctx<Session>) {
+    fn handle_turn_end(&mut self, ctx: &mut Ctx<Session>) {
         self.settle();
+        self.turn_end(ctx);
     }
 
     fn handle_http_get(&mut self, ctx: &mut Ctx<Session>, path: &str) -> Option<HttpBody> {
@@ -761,6 +855,8 @@ pub fn fuzz_sessions(data: &[u8]) {
         max_results: 8,
         max_files_per_peer: 16,
         max_holdings: 40,
+        // Every fuzzed session is at one address.
+        max_holdings_per_address: 24,
         max_lookup_files: 3,
         max_lookup_holders: 2,
     });
@@ -833,10 +929,13 @@ pub fn fuzz_sessions(data: &[u8]) {
     for session in sessions.into_iter().flatten() {
         server.close(session, &CloseReason::Eof);
     }
+    // Departures are withdrawn in slices; finish them.
+    assert!(server.finish_background().is_empty());
     let stats = server.current_stats();
     assert_eq!((stats.connections, stats.peers), (0, 0));
     assert_eq!(server.index().file_count(), 0);
     assert_eq!(server.index().entry_count(), 0);
+    assert!(server.address_holdings.is_empty());
 }
 
 /// Turns fuzzer bytes into requests for [`fuzz_sessions`]: small hash and size spaces so that
@@ -981,7 +1080,11 @@ mod tests {
 
     /// A session that said hello from a peer serving on `port`.
     fn join(server: &mut IndexServer, port: u16) -> Session {
-        let mut session = server.accept(SocketAddr::from(([127, 0, 0, 1], port)));
+        join_from(server, [127, 0, 0, 1], port)
+    }
+
+    fn join_from(server: &mut IndexServer, ip: [u8; 4], port: u16) -> Session {
+        let mut session = server.accept(SocketAddr::from((ip, port)));
         let hello = RequestBody::Hello {
             version: PROTOCOL_VERSION,
             listen_port: port,
@@ -1002,6 +1105,54 @@ mod tests {
         call(server, session, 1, RequestBody::Register { files }).0[0]
             .body
             .clone()
+    }
+
+    #[test]
+    fn holdings_are_limited_per_address_whatever_the_sessions() {
+        let mut server = IndexServer::new(ServerLimits {
+            max_holdings_per_address: 30,
+            ..ServerLimits::default()
+        });
+        let files = |tag: &str, n: usize| -> Vec<FileEntry> {
+            (0..n)
+                .map(|i| FileEntry {
+                    hash: FileHash::of(format!("{tag} {i}").as_bytes()),
+                    size: 1,
+                    name: format!("{tag} {i}"),
+                })
+                .collect()
+        };
+        let added = |answer: ResponseBody| match answer {
+            ResponseBody::Registered { added, .. } => added,
+            other => panic!("{other:?}"),
+        };
+        let mut a = join_from(&mut server, [10, 0, 0, 1], 7001);
+        let mut b = join_from(&mut server, [10, 0, 0, 1], 7002);
+        let mut c = join_from(&mut server, [10, 0, 0, 2], 7003);
+        assert_eq!(added(register(&mut server, &mut a, files("a", 20))), 20);
+        // Another session of the same host gets what is left of the host's share.
+        assert_eq!(added(register(&mut server, &mut b, files("b", 20))), 10);
+        // Another host is not affected.
+        assert_eq!(added(register(&mut server, &mut c, files("c", 20))), 20);
+        // What a session withdraws, or takes away when it leaves, frees the host's room.
+        let (answer, _) = call(
+            &mut server,
+            &mut a,
+            9,
+            RequestBody::Unregister {
+                hashes: files("a", 5).iter().map(|f| f.hash).collect(),
+            },
+        );
+        assert!(matches!(
+            answer[0].body,
+            ResponseBody::Unregistered { removed: 5, .. }
+        ));
+        assert_eq!(added(register(&mut server, &mut b, files("b2", 20))), 5);
+        server.close(a, &CloseReason::Eof);
+        assert_eq!(added(register(&mut server, &mut b, files("b3", 20))), 15);
+        server.close(b, &CloseReason::Eof);
+        server.close(c, &CloseReason::Eof);
+        assert!(server.address_holdings.is_empty());
     }
 
     #[test]
@@ -1066,6 +1217,7 @@ mod tests {
         assert_eq!(stats.names, 16);
         // Room again once a peer leaves.
         server.close(b, &CloseReason::Eof);
+        server.finish_background();
         assert_eq!(
             register(&mut server, &mut c, many("d", 1)),
             registered(1, 0, 2)
@@ -1145,6 +1297,7 @@ mod tests {
         assert_eq!(hits.len(), 1);
         assert_eq!(server.current_stats().connections, 1);
         server.close(session, &CloseReason::Eof);
+        server.finish_background();
         assert_eq!(server.index().file_count(), 0);
         assert_eq!(server.current_stats().connections, 0);
     }

@@ -203,6 +203,7 @@ impl Commands {
                     total_exact,
                     next,
                     partial,
+                    ..
                 },
             ) => {
                 let mut text = String::new();

@@ -14,14 +14,14 @@
 
 use super::commands::{self, Commands, Follow, Next, Waiting};
 use super::console::{self, Command, Target};
-use super::download::{Attempt, Download, DownloadEvent, DownloadId, HashDone};
+use super::download::{Attempt, Download, DownloadEvent, DownloadId, DownloadLimits, HashDone};
 use super::metrics::{CoreView, PeerCounters};
 use super::names::display_name;
 use super::output::Output;
 use super::session::{IndexSession, SessionEvent, Tag};
 use super::share::{self, Share, SharedFile};
 use super::threads::{Event, Job};
-use super::upload::{self, Answer, Upload};
+use super::upload::{self, Answer, Joined, Upload, UploadQueue};
 use super::withdrawn::Withdrawn;
 use crate::reactor::{CloseReason, ConnId, Verdict};
 use crate::wire::{
@@ -31,9 +31,9 @@ use crate::wire::{
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What a connection is for: the peer's per-connection state, kept in the reactor's slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +92,13 @@ pub enum Action {
         /// Send the queued output first.
         after_flush: bool,
     },
+    /// Replace the slot state of another connection (an upload leaving the queue).
+    SetRole {
+        /// Which.
+        conn: ConnId,
+        /// Its new state.
+        role: Role,
+    },
     /// Give the hashing thread a job; answered with [`Event::Scanned`].
     Hash(Job),
     /// Stop the peer.
@@ -113,6 +120,17 @@ pub struct CoreConfig {
     pub progress_bar: bool,
     /// Seeds the reconnect jitter.
     pub seed: u64,
+    /// The bounds of every download (stall, rate floor, whole `get`).
+    pub download_limits: DownloadLimits,
+    /// Uploads sent at once; more requests wait in the upload queue.
+    pub upload_slots: usize,
+    /// Requests waiting in the upload queue at once from one address (IPv4, IPv6 /64).
+    pub max_queued_per_ip: usize,
+    /// While requests wait in the queue, an upload sending fewer bytes per second than this
+    /// over a whole `upload_rate_window` loses its slot (0: never).
+    pub upload_min_rate: u64,
+    /// The window the upload floor is measured over.
+    pub upload_rate_window: Duration,
 }
 
 /// The core; see the module docs.
@@ -132,6 +150,9 @@ pub struct PeerCore {
     actions: VecDeque<Action>,
     listen_port: u16,
     uploads: UploadStats,
+    queue: UploadQueue,
+    /// When the uploads' rates are next checked (only while requests wait).
+    upload_check: Option<Instant>,
     stopped: bool,
     /// Totals for `--metrics`.
     counters: PeerCounters,
@@ -152,6 +173,8 @@ impl PeerCore {
         PeerCore {
             session: IndexSession::new(cfg.index.clone(), 0, cfg.seed),
             commands: Commands::new(cfg.console),
+            queue: UploadQueue::new(cfg.upload_slots, cfg.max_queued_per_ip),
+            upload_check: None,
             output: Output::new(cfg.progress_bar),
             share: Share::default(),
             download: None,
@@ -190,10 +213,70 @@ impl PeerCore {
     /// The earliest time [`PeerCore::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let dl = self.download.as_ref().and_then(Download::poll_timeout);
-        match (self.session.poll_timeout(), dl) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [self.session.poll_timeout(), dl, self.upload_check]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether [`PeerCore::handle_upload_progress`] is due: requests wait in the upload queue
+    /// and a window has passed since the last check.
+    pub fn wants_upload_progress(&self, now: Instant) -> bool {
+        self.upload_check.is_some_and(|t| t <= now)
+    }
+
+    /// Every upload being sent, with the bytes it has not sent yet: while requests wait in the
+    /// queue, an upload below the floor over its whole window loses its slot to the head of
+    /// the line (a reader that takes 1 MiB every 15 s cannot keep a slot forever); the others
+    /// start a new window.
+    pub fn handle_upload_progress(&mut self, now: Instant, uploads: &[(ConnId, Upload, u64)]) {
+        let window = self.cfg.upload_rate_window;
+        let floor = (self.cfg.upload_min_rate as u128 * window.as_millis() / 1000) as u64;
+        for &(conn, upload, unsent) in uploads {
+            let Upload::Sending {
+                hash,
+                bytes,
+                from,
+                window: (since, unsent_then),
+            } = upload
+            else {
+                continue;
+            };
+            if since + window > now {
+                continue;
+            }
+            let sent = unsent_then.saturating_sub(unsent);
+            if !self.queue.is_empty() && self.cfg.upload_min_rate > 0 && sent < floor {
+                log::info!(
+                    target: "peer",
+                    "upload of {hash} to {from} taken back: {sent} bytes in {:.1} s while others wait",
+                    window.as_secs_f64()
+                );
+                self.actions.push_back(Action::Close {
+                    conn,
+                    reason: CloseReason::Protocol(format!(
+                        "slower than {} B/s while others wait",
+                        self.cfg.upload_min_rate
+                    )),
+                    after_flush: false,
+                });
+            } else {
+                self.actions.push_back(Action::SetRole {
+                    conn,
+                    role: Role::Upload(Upload::Sending {
+                        hash,
+                        bytes,
+                        from,
+                        window: (now, unsent),
+                    }),
+                });
+            }
         }
+        self.upload_check = if self.queue.is_empty() {
+            None
+        } else {
+            Some(now + window / 4)
+        };
     }
 
     /// Time passed.
@@ -267,9 +350,9 @@ impl PeerCore {
 
     // ----- connections --------------------------------------------------------------------
 
-    /// A downloader connected to our file server.
-    pub fn handle_accept(&mut self) -> Role {
-        Role::Upload(Upload::AwaitingGet)
+    /// A downloader connected to our file server from `from`.
+    pub fn handle_accept(&mut self, from: IpAddr) -> Role {
+        Role::Upload(Upload::AwaitingGet { from })
     }
 
     /// An outgoing connection is established.
@@ -305,7 +388,7 @@ impl PeerCore {
                 }
                 Err(e) => Verdict::Close(CloseReason::Protocol(format!("index sent {e}"))),
             },
-            Role::Upload(state) => self.handle_get(conn, state, payload),
+            Role::Upload(state) => self.handle_get(now, conn, state, payload),
             Role::Download(attempt) => match &mut self.download {
                 Some(dl) => dl.handle_frame(now, conn, *attempt, payload, &mut self.actions),
                 None => Verdict::Close(CloseReason::Local),
@@ -327,19 +410,65 @@ impl PeerCore {
         verdict
     }
 
-    /// A connection's output drained (an upload finished sending).
-    pub fn handle_drained(&mut self, role: &mut Role) {
-        if let Role::Upload(state @ Upload::Sending { .. }) = role {
-            if let Upload::Sending { bytes, .. } = std::mem::take(state) {
-                self.uploads.active -= 1;
-                self.uploads.done += 1;
-                self.uploads.bytes += bytes;
+    /// A connection's output drained (an upload finished sending): its slot goes to the
+    /// head of the upload queue.
+    pub fn handle_drained(&mut self, now: Instant, role: &mut Role) {
+        if let Role::Upload(Upload::Sending { bytes, from, .. }) = *role {
+            *role = Role::Upload(Upload::AwaitingGet { from });
+            self.uploads.active -= 1;
+            self.uploads.done += 1;
+            self.uploads.bytes += bytes;
+            self.serve_queue(now);
+        }
+    }
+
+    /// Gives free upload slots to the head of the queue, and tells those still waiting their
+    /// new places.
+    fn serve_queue(&mut self, now: Instant) {
+        let mut moved = false;
+        while (self.uploads.active as usize) < self.queue.slots {
+            let Some((conn, from, request)) = self.queue.pop() else {
+                break;
+            };
+            moved = true;
+            let mut state = Upload::Queued { from };
+            let verdict = self.handle_get(now, conn, &mut state, &request);
+            match verdict {
+                Verdict::Continue => self.actions.push_back(Action::SetRole {
+                    conn,
+                    role: Role::Upload(state),
+                }),
+                Verdict::Close(reason) => self.actions.push_back(Action::Close {
+                    conn,
+                    reason,
+                    after_flush: false,
+                }),
+                Verdict::CloseAfterFlush(reason) => self.actions.push_back(Action::Close {
+                    conn,
+                    reason,
+                    after_flush: true,
+                }),
+            }
+        }
+        if moved {
+            for (conn, position) in self.queue.positions() {
+                self.actions.push_back(Action::Send {
+                    conn,
+                    frame: upload::queued_frame(position),
+                });
             }
         }
     }
 
     /// A connection ended (or its connect failed).
-    pub fn handle_close(&mut self, now: Instant, role: Role, reason: &CloseReason) {
+    /// `conn` is `None` for a connect that failed before it had one.
+    pub fn handle_close(
+        &mut self,
+        now: Instant,
+        conn: Option<ConnId>,
+        role: Role,
+        reason: &CloseReason,
+    ) {
         match role {
             Role::Index => self.session.handle_closed(now, reason, &mut self.actions),
             Role::Download(attempt) => {
@@ -350,14 +479,72 @@ impl PeerCore {
             Role::Upload(Upload::Sending { hash, .. }) => {
                 self.uploads.active -= 1;
                 log::info!(target: "peer", "upload of {hash} ended: {reason}");
+                self.serve_queue(now);
             }
-            Role::Upload(Upload::AwaitingGet) => {}
+            Role::Upload(Upload::Queued { .. }) => {
+                if conn.is_some_and(|c| self.queue.leave(c)) {
+                    for (conn, position) in self.queue.positions() {
+                        self.actions.push_back(Action::Send {
+                            conn,
+                            frame: upload::queued_frame(position),
+                        });
+                    }
+                }
+            }
+            Role::Upload(Upload::AwaitingGet { .. }) => {}
         }
         self.pump(now);
     }
 
-    fn handle_get(&mut self, conn: ConnId, state: &mut Upload, payload: &[u8]) -> Verdict {
+    fn handle_get(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        state: &mut Upload,
+        payload: &[u8],
+    ) -> Verdict {
+        let from = match *state {
+            Upload::AwaitingGet { from } | Upload::Sending { from, .. } => from,
+            Upload::Queued { from } => {
+                if self.queue.leave(conn) {
+                    // A second request while waiting: not ours to queue twice.
+                    return Verdict::Close(CloseReason::Protocol(
+                        "a request while one waits in the upload queue".into(),
+                    ));
+                }
+                from
+            }
+        };
+        let is_full = self.uploads.active as usize >= self.queue.slots || !self.queue.is_empty();
         match upload::answer(payload, &self.share) {
+            Answer::Serve { .. } if is_full && !matches!(state, Upload::Sending { .. }) => {
+                match self.queue.join(conn, from, payload) {
+                    Joined::At(position) => {
+                        self.actions.push_back(Action::Send {
+                            conn,
+                            frame: upload::queued_frame(position),
+                        });
+                        *state = Upload::Queued { from };
+                        self.upload_check
+                            .get_or_insert(now + self.cfg.upload_rate_window);
+                        // Lifts the idle timeout (the state itself is set above).
+                        self.actions.push_back(Action::SetRole {
+                            conn,
+                            role: Role::Upload(*state),
+                        });
+                        Verdict::Continue
+                    }
+                    Joined::AddressFull => {
+                        self.actions.push_back(Action::Send {
+                            conn,
+                            frame: upload::address_full_frame(self.queue.per_address),
+                        });
+                        Verdict::CloseAfterFlush(CloseReason::Protocol(
+                            "upload queue full for that address".into(),
+                        ))
+                    }
+                }
+            }
             Answer::Serve {
                 header,
                 file,
@@ -379,7 +566,12 @@ impl PeerCore {
                 if !matches!(state, Upload::Sending { .. }) {
                     self.uploads.active += 1;
                 }
-                *state = Upload::Sending { hash, bytes: len };
+                *state = Upload::Sending {
+                    hash,
+                    bytes: len,
+                    from,
+                    window: (now, len),
+                };
                 log::info!(target: "peer", "upload of {} from {offset}", display_name(&name));
                 Verdict::Continue
             }
@@ -580,6 +772,9 @@ impl PeerCore {
                     ));
                 }
             }
+            DownloadEvent::Queued { holder, position } => self.output.note(format!(
+                "get: {name} queued at {holder}: position {position} in its upload queue"
+            )),
             DownloadEvent::Progress { have } => {
                 let raw = dl.progress().0.to_string();
                 self.output.progress(&raw, have, size);
@@ -811,8 +1006,12 @@ impl PeerCore {
         let _ = writeln!(s, "serving on port {}", self.listen_port);
         let _ = writeln!(
             s,
-            "uploads: {} in progress, {} done, {} bytes sent",
-            self.uploads.active, self.uploads.done, self.uploads.bytes
+            "uploads: {} in progress ({} slots), {} waiting in the queue, {} done, {} bytes sent",
+            self.uploads.active,
+            self.queue.slots,
+            self.queue.len(),
+            self.uploads.done,
+            self.uploads.bytes
         );
         match &self.download {
             Some(d) => {
@@ -855,7 +1054,7 @@ impl PeerCore {
         // Several sizes claimed for one hash (see `ResponseBody::Holders`): one file, the
         // best claim first, the others tried if its holders fail.
         let claims = files.len() > 1 && files.iter().all(|f| f.hash == files[0].hash);
-        let file = match files.len() {
+        let mut file = match files.len() {
             0 => return fail(self, format!("no peer shares {target}")),
             _ if claims => {
                 let mut files: VecDeque<HeldFile> = files.into();
@@ -880,6 +1079,15 @@ impl PeerCore {
                 return fail(self, text);
             }
         };
+        // The name saved is the one our own lookup chose: the name typed for `get NAME` (an
+        // index answer cannot rename it), else the name the index answer shows; never the one
+        // in a holder's header. It is sanitised when it lands.
+        if let Target::Name(typed) = target {
+            file.name.clone_from(typed);
+            for claim in &mut self.claims_left {
+                claim.name.clone_from(typed);
+            }
+        }
         if let Some(mine) = self.share.by_hash(&file.hash) {
             let text = format!("already have {} ({} bytes)", mine.path.display(), mine.size);
             self.output.result(text);
@@ -946,6 +1154,7 @@ impl PeerCore {
             &self.cfg.downloads_dir,
             file,
             holders,
+            self.cfg.download_limits,
             self.hash_done.clone(),
         )
         .map_err(|e| format!("get: {e}"))?;

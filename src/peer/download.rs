@@ -7,9 +7,12 @@
 //! # Invariants
 //! - One attempt is live at a time; events from any other attempt's connection are ignored,
 //!   so a late close never fails the next holder.
-//! - Any failure of the holder (error frame, close, wrong header, [`STALL`] without bytes,
-//!   bytes that do not verify) moves to the next holder; a local disk error fails the
-//!   download at once and keeps the partial file.
+//! - Any failure of the holder (error frame, close, wrong header, [`DownloadLimits::stall`]
+//!   without bytes, a rate under the floor over a whole window ([`RateFloor`]), a wait in its
+//!   upload queue past [`DownloadLimits::queue_wait`], bytes that do not verify) moves to the
+//!   next holder; a local disk error fails the download at once and keeps the partial file.
+//! - Every download ends: each holder is bounded by the deadlines above and the whole
+//!   download by [`DownloadLimits::max_get`].
 //! - Bytes go to `DOWNLOADS/.<hash>.p2pshare-part`, never to the final name. The final name
 //!   appears only by `rename` after the BLAKE3 of the whole file matched and the data was
 //!   fsynced, so nothing partial or unverified ever sits under a final name.
@@ -25,11 +28,13 @@
 
 use super::core::{Action, Role};
 use super::names::{self, display_name, Landing};
+use super::rate::RateFloor;
 use super::share::PART_SUFFIX;
 use crate::reactor::{CloseReason, ConnId, Verdict};
 use crate::sys;
 use crate::wire::{self, FileHash, HeldFile, TransferRequest, TransferResponse, PROTOCOL_VERSION};
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -361,6 +366,44 @@ fn sync_dir(dir: &Path) {
 
 /// A holder silent this long (connecting, before its header, or between bytes) is given up.
 pub const STALL: Duration = Duration::from_secs(15);
+/// The default floor of a holder's rate once it sends ([`DownloadLimits::min_rate`]).
+pub const MIN_RATE_BYTES_PER_SEC: u64 = 1024;
+/// The default window the rate is averaged over ([`DownloadLimits::rate_window`]).
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// The default longest wait in one holder's upload queue ([`DownloadLimits::queue_wait`]).
+pub const QUEUE_WAIT: Duration = Duration::from_secs(600);
+/// The default bound on a whole `get` ([`DownloadLimits::max_get`]).
+pub const MAX_GET: Duration = Duration::from_secs(24 * 3600);
+
+/// The bounds every download keeps to, so that a `get` always ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownloadLimits {
+    /// A holder silent this long (connecting, before its header, between bytes) is dropped.
+    pub stall: Duration,
+    /// A holder sending fewer bytes per second than this, averaged over `rate_window`, is
+    /// dropped and the next one tried (0: no floor).
+    pub min_rate: u64,
+    /// The window `min_rate` is averaged over (a sliding window; see [`RateFloor`]).
+    pub rate_window: Duration,
+    /// The whole download (every holder, connecting and waiting included) fails after this.
+    pub max_get: Duration,
+    /// The longest wait in one holder's upload queue; then the next holder is tried.
+    pub queue_wait: Duration,
+}
+
+impl Default for DownloadLimits {
+    fn default() -> Self {
+        DownloadLimits {
+            stall: STALL,
+            min_rate: MIN_RATE_BYTES_PER_SEC,
+            rate_window: RATE_WINDOW,
+            max_get: MAX_GET,
+            queue_wait: QUEUE_WAIT,
+        }
+    }
+}
+/// A holder's queue position is shown again at most this often.
+const QUEUE_NOTE_EVERY: Duration = Duration::from_secs(1);
 /// Progress is reported at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
@@ -388,6 +431,13 @@ pub enum DownloadEvent {
     },
     /// Connecting to a holder.
     Trying(SocketAddr),
+    /// Waiting in the holder's upload queue at this position.
+    Queued {
+        /// The holder.
+        holder: SocketAddr,
+        /// 1-based place in its line.
+        position: u32,
+    },
     /// Bytes arrived: the progress to show.
     Progress {
         /// Bytes on disk.
@@ -414,6 +464,8 @@ enum Phase {
     Connecting,
     /// Get sent; waiting for the header.
     AwaitingHeader,
+    /// Waiting in the holder's upload queue for the header.
+    Queued,
     /// Raw bytes arriving.
     Receiving,
     /// Every byte is on disk; waiting for the verifying thread's hash.
@@ -440,6 +492,15 @@ pub struct Download {
     conn: Option<ConnId>,
     /// The live attempt is given up if nothing arrives by then.
     deadline: Option<Instant>,
+    limits: DownloadLimits,
+    /// The current holder's rate, once it sends bytes.
+    floor: Option<RateFloor>,
+    /// When the floor is next checked.
+    rate_check: Option<Instant>,
+    /// The whole download fails at this time ([`DownloadLimits::max_get`]).
+    give_up: Instant,
+    /// The last queue position shown for the current holder, and when.
+    queued_shown: Option<(u32, Instant)>,
     started: Instant,
     /// Bytes received in this run (for the rate).
     received: u64,
@@ -455,6 +516,7 @@ impl Download {
         dir: &Path,
         file: &HeldFile,
         holders: Vec<SocketAddr>,
+        limits: DownloadLimits,
         done: HashDone,
     ) -> Result<Download, TransferError> {
         let part = PartFile::open(dir, file.hash, file.size, file.name.clone(), done)?;
@@ -473,6 +535,11 @@ impl Download {
             attempt: 0,
             conn: None,
             deadline: None,
+            limits,
+            floor: None,
+            rate_check: None,
+            give_up: now + limits.max_get,
+            queued_shown: None,
             started: now,
             received: 0,
             next_progress: now,
@@ -498,6 +565,9 @@ impl Download {
     fn try_holder(&mut self, now: Instant, out: &mut VecDeque<Action>) {
         self.conn = None;
         self.deadline = None;
+        self.floor = None;
+        self.rate_check = None;
+        self.queued_shown = None;
         if self.part.is_complete() {
             self.phase = Phase::Verifying;
             self.part.finish();
@@ -519,7 +589,7 @@ impl Download {
         self.phase = Phase::Connecting;
         self.received = 0;
         self.started = now;
-        self.deadline = Some(now + STALL);
+        self.deadline = Some(now + self.limits.stall);
         self.events.push_back(DownloadEvent::Trying(addr));
         out.push_back(Action::Connect {
             addr,
@@ -534,6 +604,8 @@ impl Download {
         self.phase = Phase::Done;
         self.conn = None;
         self.deadline = None;
+        self.floor = None;
+        self.rate_check = None;
         self.events.push_back(DownloadEvent::Failed(text));
     }
 
@@ -542,7 +614,7 @@ impl Download {
             && attempt.n == self.attempt
             && matches!(
                 self.phase,
-                Phase::Connecting | Phase::AwaitingHeader | Phase::Receiving
+                Phase::Connecting | Phase::AwaitingHeader | Phase::Queued | Phase::Receiving
             )
     }
 
@@ -575,7 +647,7 @@ impl Download {
         }
         self.conn = Some(conn);
         self.phase = Phase::AwaitingHeader;
-        self.deadline = Some(now + STALL);
+        self.deadline = Some(now + self.limits.stall);
         let mut frame = Vec::new();
         wire::encode_frame(
             &TransferRequest::Get {
@@ -598,10 +670,29 @@ impl Download {
         payload: &[u8],
         out: &mut VecDeque<Action>,
     ) -> Verdict {
-        if !self.is_live(attempt) || self.phase != Phase::AwaitingHeader {
+        if !self.is_live(attempt) || !matches!(self.phase, Phase::AwaitingHeader | Phase::Queued) {
             return Verdict::Close(CloseReason::Local);
         }
         let why = match wire::decode::<TransferResponse>(payload) {
+            Ok(TransferResponse::Queued { position }) => {
+                // Shown when first queued, then when the line moves forward, at most once a
+                // second: a holder cannot flood the console with positions.
+                let show = match self.queued_shown {
+                    None => true,
+                    Some((shown, at)) => position < shown && now >= at + QUEUE_NOTE_EVERY,
+                };
+                if self.phase == Phase::AwaitingHeader {
+                    // The wait in line is bounded by its own deadline, not the stall timer.
+                    self.phase = Phase::Queued;
+                    self.deadline = Some(now + self.limits.queue_wait);
+                }
+                if let (true, Some(&holder)) = (show, self.holders.get(self.current)) {
+                    self.queued_shown = Some((position, now));
+                    self.events
+                        .push_back(DownloadEvent::Queued { holder, position });
+                }
+                return Verdict::Continue;
+            }
             Ok(TransferResponse::Sending { size, offset, .. }) => {
                 match self.part.accept_header(size, offset) {
                     Ok(0) => {
@@ -610,7 +701,11 @@ impl Download {
                     }
                     Ok(n) => {
                         self.phase = Phase::Receiving;
-                        self.deadline = Some(now + STALL);
+                        let floor =
+                            RateFloor::new(now, self.limits.min_rate, self.limits.rate_window);
+                        self.rate_check = floor.poll_check(now);
+                        self.floor = Some(floor);
+                        self.deadline = Some(now + self.limits.stall);
                         out.push_back(Action::ExpectRaw { conn, len: n });
                         return Verdict::Continue;
                     }
@@ -657,7 +752,10 @@ impl Download {
             }
         }
         self.received += data.len() as u64;
-        self.deadline = Some(now + STALL);
+        if let Some(floor) = &mut self.floor {
+            floor.handle_bytes(now, data.len() as u64);
+        }
+        self.deadline = Some(now + self.limits.stall);
         if now >= self.next_progress {
             self.next_progress = now + PROGRESS_EVERY;
             self.events.push_back(DownloadEvent::Progress {
@@ -676,6 +774,8 @@ impl Download {
     fn verify(&mut self) {
         self.conn = None;
         self.deadline = None;
+        self.floor = None;
+        self.rate_check = None;
         self.phase = Phase::Verifying;
         self.part.finish();
     }
@@ -699,17 +799,74 @@ impl Download {
         self.holder_failed(now, why, out);
     }
 
-    /// Time passed: a holder silent for [`STALL`] is given up.
+    /// Time passed: past [`DownloadLimits::max_get`] the download fails; a holder silent for
+    /// [`DownloadLimits::stall`], or below the rate floor over a whole window, is given up.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut VecDeque<Action>) {
+        if !matches!(
+            self.phase,
+            Phase::Connecting | Phase::AwaitingHeader | Phase::Queued | Phase::Receiving
+        ) {
+            return;
+        }
+        if now >= self.give_up {
+            if let Some(conn) = self.conn.take() {
+                out.push_back(Action::Close {
+                    conn,
+                    reason: CloseReason::Local,
+                    after_flush: false,
+                });
+            }
+            let mut text = format!(
+                "get {}: gave up after {} s (--get-timeout)",
+                display_name(&self.part.name),
+                self.limits.max_get.as_secs()
+            );
+            if self.part.have > 0 {
+                let _ = write!(text, " ({} bytes kept for resume)", self.part.have);
+            }
+            return self.fail(text);
+        }
+        if self.rate_check.is_some_and(|t| t <= now) {
+            if let Some(floor) = &mut self.floor {
+                if floor.is_below(now) {
+                    let why = format!(
+                        "slower than {} ({} bytes in the last window)",
+                        floor.describe(),
+                        floor.window_bytes(now)
+                    );
+                    return self.holder_failed(now, why, out);
+                }
+                self.rate_check = floor.poll_check(now);
+            }
+        }
         if self.deadline.is_some_and(|d| d <= now) {
-            let why = format!("nothing received for {} s", STALL.as_secs());
+            let why = if self.phase == Phase::Queued {
+                format!(
+                    "still in its upload queue after {:.1} s",
+                    self.limits.queue_wait.as_secs_f64()
+                )
+            } else {
+                format!(
+                    "nothing received for {:.1} s",
+                    self.limits.stall.as_secs_f64()
+                )
+            };
             self.holder_failed(now, why, out);
         }
     }
 
     /// When [`Download::handle_timeout`] next has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
+        if self.phase == Phase::Done {
+            return None;
+        }
+        [self.deadline, self.rate_check]
+            .into_iter()
+            .flatten()
+            .fold(None, |a: Option<Instant>, t| {
+                Some(a.map_or(t, |a| a.min(t)))
+            })
+            .map(|t| t.min(self.give_up))
     }
 
     /// The verifying thread's result for generation `generation`.

@@ -40,6 +40,8 @@ pub enum Holder {
     Silent,
     /// Sends these bytes instead (same length, wrong content).
     Wrong(Vec<u8>),
+    /// Answers that the request waits in its upload queue at position 3, then nothing.
+    Queues,
 }
 
 enum Conn {
@@ -91,6 +93,11 @@ impl Harness {
                 console: true,
                 progress_bar: false,
                 seed: 42,
+                download_limits: Default::default(),
+                upload_slots: 4,
+                max_queued_per_ip: 4,
+                upload_min_rate: 1024,
+                upload_rate_window: Duration::from_secs(10),
             },
             hash_done,
         );
@@ -263,6 +270,11 @@ impl Harness {
                     Action::Close { conn, reason, .. } => self.close(conn, reason),
                     Action::Hash(job) => self.jobs.push(job),
                     Action::Stop => self.stopped = true,
+                    Action::SetRole { conn, role } => {
+                        if let Some((_, r)) = self.conns.get_mut(&conn) {
+                            *r = role;
+                        }
+                    }
                     Action::Resolve(_) | Action::SendFile { .. } | Action::ExpectRaw { .. } => {}
                 }
             }
@@ -294,7 +306,7 @@ impl Harness {
         };
         let Some(conn) = conn else {
             let refused = CloseReason::ConnectFailed(io::ErrorKind::ConnectionRefused);
-            return self.core.handle_close(self.now, role, &refused);
+            return self.core.handle_close(self.now, None, role, &refused);
         };
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
@@ -315,7 +327,7 @@ impl Harness {
             if let Conn::Index(session) = conn {
                 self.index.close(session, &reason);
             }
-            self.core.handle_close(self.now, role, &reason);
+            self.core.handle_close(self.now, Some(id), role, &reason);
         }
     }
 
@@ -366,6 +378,12 @@ impl Harness {
         let bytes = match self.holders[&addr].clone() {
             Holder::Good(b) | Holder::Wrong(b) => b,
             Holder::Silent => return,
+            Holder::Queues => {
+                let mut out = Vec::new();
+                wire::encode_frame(&TransferResponse::Queued { position: 3 }, &mut out);
+                self.answer_peer(id, &frames(&out)[0]);
+                return;
+            }
             Holder::Refuses => {
                 let mut out = Vec::new();
                 wire::encode_frame(

@@ -26,6 +26,7 @@ pub mod download;
 pub mod metrics;
 pub mod names;
 pub mod output;
+pub mod rate;
 pub mod session;
 pub mod share;
 pub mod threads;
@@ -50,6 +51,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use upload::Upload;
 
 /// How long the output may take to drain at exit before the rest is dropped.
 const FINISH_PATIENCE: Duration = Duration::from_secs(5);
@@ -73,6 +75,15 @@ pub struct PeerConfig {
     pub progress_bar: bool,
     /// Seeds the reconnect jitter.
     pub seed: u64,
+    /// The bounds of every download (stall, rate floor, whole `get`).
+    pub download_limits: download::DownloadLimits,
+    /// Uploads sent at once; more requests wait in the upload queue.
+    pub upload_slots: usize,
+    /// Requests waiting in the upload queue at once from one address.
+    pub max_queued_per_ip: usize,
+    /// While requests wait, an upload slower than this (bytes/s over the download rate
+    /// window) loses its slot; 0: never.
+    pub upload_min_rate: u64,
 }
 
 /// The peer's reactor handler: the core, the channels to the helper threads, and the one
@@ -126,6 +137,11 @@ impl Peer {
                 console: cfg.console,
                 progress_bar: cfg.progress_bar,
                 seed: cfg.seed,
+                download_limits: cfg.download_limits,
+                upload_slots: cfg.upload_slots,
+                max_queued_per_ip: cfg.max_queued_per_ip,
+                upload_min_rate: cfg.upload_min_rate,
+                upload_rate_window: cfg.download_limits.rate_window,
             },
             hash_done,
         );
@@ -179,6 +195,7 @@ impl Peer {
                     Ok(conn) => ctx.set_idle_timeout(conn, None),
                     Err(e) => self.core.handle_close(
                         ctx.now(),
+                        None,
                         role,
                         &CloseReason::ConnectFailed(e.kind()),
                     ),
@@ -201,6 +218,16 @@ impl Peer {
                     after_flush: false,
                 } => ctx.close(conn, reason),
                 Action::Close { conn, reason, .. } => ctx.close_after_flush(conn, reason),
+                Action::SetRole { conn, role } => {
+                    // A request waiting in the upload queue has no deadline of its own (the
+                    // downloader bounds its wait); the queue is bounded per address.
+                    if matches!(role, Role::Upload(Upload::Queued { .. })) {
+                        ctx.set_idle_timeout(conn, None);
+                    }
+                    if let Some(state) = ctx.state_mut(conn) {
+                        *state = role;
+                    }
+                }
                 Action::Hash(job) => {
                     if let Err(e) = self.jobs.send(job) {
                         self.core.handle_hasher_gone(ctx.now(), e.0);
@@ -244,9 +271,9 @@ impl Peer {
 impl Handler for Peer {
     type Conn = Role;
 
-    fn handle_accept(&mut self, ctx: &mut Ctx<Role>, conn: ConnId, _: SocketAddr) -> Role {
+    fn handle_accept(&mut self, ctx: &mut Ctx<Role>, conn: ConnId, from: SocketAddr) -> Role {
         ctx.set_idle_timeout(conn, Some(UPLOAD_IDLE));
-        self.core.handle_accept()
+        self.core.handle_accept(from.ip())
     }
 
     fn handle_connected(&mut self, ctx: &mut Ctx<Role>, conn: ConnId, role: &mut Role) -> Verdict {
@@ -279,13 +306,20 @@ impl Handler for Peer {
         verdict
     }
 
-    fn handle_drained(&mut self, _: &mut Ctx<Role>, _: ConnId, role: &mut Role) -> Verdict {
-        self.core.handle_drained(role);
+    fn handle_drained(&mut self, ctx: &mut Ctx<Role>, _: ConnId, role: &mut Role) -> Verdict {
+        self.core.handle_drained(ctx.now(), role);
+        self.apply(ctx);
         Verdict::Continue
     }
 
-    fn handle_close(&mut self, ctx: &mut Ctx<Role>, _: ConnId, role: Role, reason: &CloseReason) {
-        self.core.handle_close(ctx.now(), role, reason);
+    fn handle_close(
+        &mut self,
+        ctx: &mut Ctx<Role>,
+        conn: ConnId,
+        role: Role,
+        reason: &CloseReason,
+    ) {
+        self.core.handle_close(ctx.now(), Some(conn), role, reason);
         self.apply(ctx);
     }
 
@@ -316,6 +350,18 @@ impl Handler for Peer {
         }
         self.timer = None;
         self.core.handle_timeout(ctx.now());
+        if self.core.wants_upload_progress(ctx.now()) {
+            let uploads: Vec<(ConnId, Upload, u64)> = ctx
+                .states()
+                .filter_map(|(conn, role)| match role {
+                    Role::Upload(u @ Upload::Sending { .. }) => {
+                        Some((conn, *u, ctx.unsent_bytes(conn)))
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.core.handle_upload_progress(ctx.now(), &uploads);
+        }
         self.apply(ctx);
     }
 

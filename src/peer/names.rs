@@ -2,11 +2,14 @@
 //! component, and picks a final name that never overwrites a different existing file.
 //!
 //! # Invariants
-//! - [`sanitize`] returns a non-empty single path component: no `/` or `\`, no control
-//!   characters, no leading dot (so no `.`/`..`, no hidden dotfiles like `.bashrc`), at most
+//! - [`sanitize`] returns a non-empty single path component: no `/` or `\`, no control or
+//!   invisible format characters ([`is_hidden_char`]: bidirectional overrides such as U+202E
+//!   would make `<U+202E>txt.exe` print as `exe.txt`), no leading dot (so no `.`/`..`, no hidden
+//!   dotfiles like `.bashrc`), at most
 //!   [`MAX_NAME_BYTES`] bytes. Joined to a directory it always names an entry *in* that
 //!   directory.
-//! - [`display_name`] makes any name printable on one line.
+//! - [`display_name`] makes any name printable on one line, with nothing invisible: control
+//!   and format characters are escaped (`\u{202e}`).
 
 use std::path::{Path, PathBuf};
 
@@ -15,12 +18,28 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// What an untrusted name that sanitises to nothing becomes.
 const FALLBACK_NAME: &str = "download";
 
+/// Whether `c` is removed from saved names and escaped when printed: control characters,
+/// invisible format characters (Unicode category Cf: bidirectional overrides and isolates,
+/// zero-width spaces and joiners, the byte order mark, tags) and the line and paragraph
+/// separators (Zl, Zp), which break a printed line.
+pub fn is_hidden_char(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    c.is_control()
+        || (!c.is_ascii()
+            && matches!(
+                c.general_category(),
+                GeneralCategory::Format
+                    | GeneralCategory::LineSeparator
+                    | GeneralCategory::ParagraphSeparator
+            ))
+}
+
 /// One safe path component from an untrusted name.
 pub fn sanitize(name: &str) -> String {
     let mut out: String = name
         .chars()
         .map(|c| if c == '/' || c == '\\' { '_' } else { c })
-        .filter(|c| !c.is_control())
+        .filter(|&c| !is_hidden_char(c))
         .collect();
     // Leading dots and spaces: hidden files, `.`, `..`, and names that look empty.
     let trimmed = out.trim_start_matches(['.', ' ']).trim_end();
@@ -104,12 +123,12 @@ pub fn landing(dir: &Path, name: &str, mut same_bytes: impl FnMut(&Path) -> bool
     unreachable!("u32 names exhausted")
 }
 
-/// A name made safe to print on one line: control characters are escaped (`\r`, `\n`,
-/// `\u{1b}`).
+/// A name made safe to print on one line: control and invisible format characters are
+/// escaped (`\r`, `\n`, `\u{1b}`, `\u{202e}`).
 pub fn display_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for c in name.chars() {
-        if c.is_control() {
+        if is_hidden_char(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -130,7 +149,7 @@ pub fn fuzz_sanitize(data: &[u8]) {
         assert!(!candidate.is_empty() && candidate.len() <= MAX_NAME_BYTES);
         assert!(!candidate.contains(['/', '\\', '\0']), "{candidate:?}");
         assert!(!candidate.starts_with('.'), "{candidate:?}");
-        assert!(!candidate.chars().any(char::is_control), "{candidate:?}");
+        assert!(!candidate.chars().any(is_hidden_char), "{candidate:?}");
         let joined = base.join(&candidate);
         assert_eq!(joined.parent(), Some(base), "{candidate:?}");
         assert_eq!(joined.components().count(), 3, "{candidate:?}");
@@ -142,7 +161,7 @@ pub fn fuzz_sanitize(data: &[u8]) {
     }
     // Sanitising is idempotent: a saved name read back and saved again stays the same.
     assert_eq!(sanitize(&s), s);
-    assert!(!display_name(&name).chars().any(char::is_control));
+    assert!(!display_name(&name).chars().any(is_hidden_char));
 }
 
 #[cfg(test)]
@@ -222,13 +241,52 @@ mod tests {
         assert_eq!(display_name("plain é"), "plain é");
     }
 
+    #[test]
+    fn bidi_overrides_and_invisible_characters_never_land_and_print_escaped() {
+        // Issue 13, case 9: U+202E makes `\u{202e}txt.exe` print as `exe.txt`.
+        assert_eq!(sanitize("\u{202E}txt.exe"), "txt.exe");
+        assert_eq!(sanitize("song\u{202E}3pm.exe"), "song3pm.exe");
+        for c in [
+            '\u{200B}',
+            '\u{200E}',
+            '\u{200F}',
+            '\u{202A}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{FEFF}',
+            '\u{00AD}',
+            '\u{E0041}',
+            '\u{2028}',
+            '\u{2029}',
+        ] {
+            assert!(is_hidden_char(c), "{c:?}");
+            assert_eq!(sanitize(&format!("a{c}b.txt")), "ab.txt", "{c:?}");
+            let shown = display_name(&format!("a{c}b"));
+            assert_eq!(shown, format!("a{}b", c.escape_default()), "{c:?}");
+        }
+        assert_eq!(display_name("\u{202E}txt.exe"), "\\u{202e}txt.exe");
+        // Visible letters, marks and spaces of every script stay.
+        for name in [
+            "straße",
+            "İstanbul",
+            "cafe\u{301}",
+            "한국어",
+            "हिन्दी",
+            "عربي",
+            "a b",
+        ] {
+            assert_eq!(sanitize(name), name);
+            assert_eq!(display_name(name), name);
+        }
+    }
+
     proptest! {
         #[test]
         fn sanitized_names_stay_inside(name in ".{0,300}") {
             let s = sanitize(&name);
             prop_assert!(!s.is_empty() && s.len() <= MAX_NAME_BYTES);
             prop_assert!(!s.contains('/') && !s.contains('\\') && !s.starts_with('.'));
-            prop_assert!(!s.chars().any(char::is_control));
+            prop_assert!(!s.chars().any(is_hidden_char));
             let base = Path::new("/downloads");
             let joined = base.join(&s);
             prop_assert_eq!(joined.parent(), Some(base));

@@ -246,3 +246,57 @@ fn a_lookup_of_a_crowded_name_shows_a_page_and_more_shows_the_rest() {
     said_once(&h, "`lookup copyright` then `more`");
     assert!(h.gets.is_empty(), "nothing downloaded");
 }
+
+#[test]
+fn a_download_is_saved_under_the_name_the_downloader_chose() {
+    // Issue 13, case 2: an attacker registers the holder's hash under `!! setup.exe`, and the
+    // holder's header names the file "x"; `get song.flac` saves `song.flac`.
+    let mut h = Harness::new("chosen-name");
+    h.scanned(&[]);
+    let content = b"a song, honestly".to_vec();
+    h.holder(
+        "10.0.0.1:1",
+        "song.flac",
+        &content,
+        Holder::Good(content.clone()),
+    );
+    h.holder(
+        "10.0.0.2:1",
+        "!! setup.exe",
+        &content,
+        Holder::Good(content.clone()),
+    );
+    h.type_lines(&["get song.flac"]);
+    h.wait_hash();
+    assert_eq!(std::fs::read(h.landed("song.flac")).unwrap(), content);
+    assert!(!h.landed("!! setup.exe").exists());
+    assert!(!h.landed("x").exists());
+    assert_eq!(has(&h, "saved "), 1, "{:?}", h.said());
+}
+
+#[test]
+fn a_download_waits_in_a_holders_queue_for_a_bounded_time_then_tries_the_next() {
+    let mut h = Harness::new("queued");
+    h.scanned(&[]);
+    let content = b"wait for it".to_vec();
+    let busy = h.holder("10.0.0.1:1", "f.bin", &content, Holder::Queues);
+    let good = h.holder(
+        "10.0.0.2:1",
+        "f.bin",
+        &content,
+        Holder::Good(content.clone()),
+    );
+    h.type_lines(&[&format!("get {}", FileHash::of(&content))]);
+    said_once(&h, "position 3 in its upload queue");
+    // Well past the stall timer: a queued download is not stalled.
+    h.advance(Duration::from_secs(60));
+    assert_eq!(
+        h.gets.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+        vec![busy]
+    );
+    // The queue wait (10 min by default) ends it: the next holder serves.
+    h.advance(Duration::from_secs(600));
+    h.wait_hash();
+    assert_eq!(h.gets.last(), Some(&(good, 0)), "{:?}", h.said());
+    assert_eq!(std::fs::read(h.landed("f.bin")).unwrap(), content);
+}

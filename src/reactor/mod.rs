@@ -19,6 +19,12 @@
 //!   unhandled input stays in its pending buffer, in order, and it goes to the back of the
 //!   ready list, so every other connection with input is served before it continues. A
 //!   pipelining client therefore delays another client by at most one budget per turn.
+//! - Held connections: a handler may *hold* a connection ([`Ctx::hold`]) while it works on
+//!   one of its requests across turns: its later frames stay in its pending buffer, in order,
+//!   undelivered, and the socket is not read (so its memory is bounded as when parked) until
+//!   [`Ctx::resume`] puts it back on the ready list. A handler with background work asks for
+//!   the next turn to come without waiting ([`Ctx::request_turn`]), so the work goes on in
+//!   slices between other connections' turns.
 //! - Interest is derived from state: READABLE always, WRITABLE only while output is queued (or a
 //!   connect is in progress). Registration changes only when that changes.
 //! - Back-pressure: a connection whose queued output is above the high-water mark, or which
@@ -356,6 +362,8 @@ struct Conn<C> {
     interest: Interest,
     /// Not reading because output is backed up.
     parked: bool,
+    /// Not reading or delivering frames because the handler holds it ([`Ctx::hold`]).
+    held: bool,
     /// Seen in the loop's to-do lists already (avoid duplicates).
     in_dirty: bool,
     in_ready: bool,
@@ -421,6 +429,8 @@ pub struct Ctx<C> {
     pauses: LoopPauses,
     /// Totals since the start, for metrics.
     io: IoTotals,
+    /// The handler has background work: the next wait does not block ([`Ctx::request_turn`]).
+    more_work: bool,
 }
 
 /// What the reactor has moved and refused since it started (for metrics).
@@ -486,6 +496,7 @@ impl<C> Reactor<C> {
                 budget: Budget::default(),
                 pauses: LoopPauses::new(),
                 io: IoTotals::default(),
+                more_work: false,
             },
         })
     }
@@ -512,7 +523,10 @@ impl<C> Reactor<C> {
             self.ctx.pauses.record(pause);
         }
         self.waited = true;
-        let timeout = if !self.ctx.ready.is_empty() || !self.ctx.dirty.is_empty() {
+        let timeout = if !self.ctx.ready.is_empty()
+            || !self.ctx.dirty.is_empty()
+            || std::mem::take(&mut self.ctx.more_work)
+        {
             Some(Duration::ZERO)
         } else {
             self.ctx
@@ -701,6 +715,7 @@ impl<C> Ctx<C> {
             out: OutQueue::default(),
             interest,
             parked: false,
+            held: false,
             in_dirty: false,
             in_ready: false,
             eof: false,
@@ -744,6 +759,11 @@ impl<C> Ctx<C> {
     /// Bytes of output queued in memory for `conn`.
     pub fn queued_bytes(&self, conn: ConnId) -> usize {
         self.conn(conn).map_or(0, |c| c.out.buffered())
+    }
+
+    /// Bytes of output not yet written to `conn`, file ranges included (an upload's progress).
+    pub fn unsent_bytes(&self, conn: ConnId) -> u64 {
+        self.conn(conn).map_or(0, |c| c.out.unsent())
     }
 
     /// Queues whatever `encode` appends (whole frames) on `conn`, written in place at the tail
@@ -828,6 +848,40 @@ impl<C> Ctx<C> {
             }
         }
         self.mark_dirty(conn.0);
+    }
+
+    /// Holds `conn`: from now on (the rest of the current frame's input included) its frames
+    /// are not delivered and its socket is not read; they wait, in order, in its pending
+    /// buffer until [`Ctx::resume`]. Output still flows. For a request the handler answers
+    /// over several turns, so that the connection's next request sees it done.
+    pub fn hold(&mut self, conn: ConnId) {
+        if let Some(c) = self.conn_mut(conn) {
+            c.held = true;
+        }
+    }
+
+    /// Ends a [`Ctx::hold`]: the connection's waiting input is handled from the next turn on.
+    pub fn resume(&mut self, conn: ConnId) {
+        let now = self.now;
+        if let Some(c) = self.conn_mut(conn) {
+            if c.held {
+                c.held = false;
+                c.last_active = now;
+                self.mark_ready(conn.0);
+            }
+        }
+    }
+
+    /// Whether `conn` is held ([`Ctx::hold`]).
+    pub fn is_held(&self, conn: ConnId) -> bool {
+        self.conn(conn).is_some_and(|c| c.held)
+    }
+
+    /// The handler has background work left: the loop's next wait only collects the events
+    /// already there (a zero timeout), and the turn after it comes at once. Asked again each
+    /// turn for as long as the work lasts (typically from [`Handler::handle_turn_end`]).
+    pub fn request_turn(&mut self) {
+        self.more_work = true;
     }
 
     /// Fires [`Handler::handle_timer`] with `timer` after `after`.
@@ -1168,7 +1222,7 @@ impl<C> Ctx<C> {
                 }
                 Phase::Open => {}
             }
-            if c.closing || c.parked {
+            if c.closing || c.parked || c.held {
                 return;
             }
             // Input left from before (a partial frame, or frames held while parked) goes first.
@@ -1183,7 +1237,7 @@ impl<C> Ctx<C> {
                     pending = Vec::new();
                 }
                 c.pending_in = pending;
-                if c.closing || c.parked {
+                if c.closing || c.parked || c.held {
                     return;
                 }
                 if self.budget.yielded {
@@ -1256,7 +1310,7 @@ impl<C> Ctx<C> {
             let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
                 return at;
             };
-            if c.closing || c.parked || c.phase != Phase::Open {
+            if c.closing || c.parked || c.held || c.phase != Phase::Open {
                 return at;
             }
             if at == data.len() {
@@ -1397,7 +1451,8 @@ impl<C> Ctx<C> {
                 Phase::Connecting if quiet >= CONNECT_TIMEOUT => {
                     CloseReason::ConnectFailed(io::ErrorKind::TimedOut)
                 }
-                Phase::Open if c.idle_timeout.is_some_and(|t| quiet >= t) => {
+                // A held connection waits for this side, not for the remote.
+                Phase::Open if !c.held && c.idle_timeout.is_some_and(|t| quiet >= t) => {
                     CloseReason::IdleTimeout
                 }
                 // Parked means not reading, so only write progress moves `last_active`.

@@ -61,6 +61,18 @@ impl OutQueue {
         self.files
     }
 
+    /// Bytes not yet written: those in memory and those left of every file range.
+    pub fn unsent(&self) -> u64 {
+        self.chunks
+            .iter()
+            .filter_map(|c| match c {
+                Chunk::File { left, .. } => Some(*left),
+                Chunk::Bytes { .. } => None,
+            })
+            .sum::<u64>()
+            + self.buffered as u64
+    }
+
     /// The buffer to append frame bytes to, at the back of the queue. Call
     /// [`OutQueue::commit`] with the length it had before appending.
     pub fn tail(&mut self) -> &mut Vec<u8> {

@@ -92,9 +92,38 @@ impl Client {
         }
     }
 
+    /// Connects from the loopback address `from` (e.g. 127.0.0.2, to play another host).
+    pub fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> Client {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .unwrap();
+        socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
+        socket.connect(&addr.into()).expect("connect to indexd");
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+            decoder: Decoder::new(64 << 20),
+            next_id: 1,
+        }
+    }
+
     /// Connects and completes the handshake announcing `port`; returns the observed address.
     pub fn hello(addr: SocketAddr, port: u16) -> (Client, SocketAddr) {
-        let mut c = Client::connect(addr);
+        Self::handshake(Client::connect(addr), port)
+    }
+
+    /// [`Client::hello`] from the loopback address `from`.
+    pub fn hello_from(addr: SocketAddr, from: std::net::IpAddr, port: u16) -> (Client, SocketAddr) {
+        Self::handshake(Client::connect_from(addr, from), port)
+    }
+
+    fn handshake(mut c: Client, port: u16) -> (Client, SocketAddr) {
         match c.call(RequestBody::Hello {
             version: PROTOCOL_VERSION,
             listen_port: port,
@@ -529,6 +558,9 @@ pub enum Fake {
     Hangs,
     /// Serves the right bytes under a hostile name.
     HostileName(&'static str),
+    /// Sends a valid header, then the right bytes one at a time, one every 20 ms (a holder
+    /// that never stalls long enough for a "nothing received" timer and never finishes).
+    Trickles,
 }
 
 impl Fake {
@@ -569,7 +601,7 @@ impl Fake {
                 out.extend_from_slice(rest);
                 out.extend_from_slice(&[7u8; 100_000]);
             }
-            Fake::Garbage | Fake::Refuses | Fake::NotAResponse => {}
+            Fake::Garbage | Fake::Refuses | Fake::NotAResponse | Fake::Trickles => {}
         }
         let stalls = !matches!(
             self,
@@ -663,6 +695,16 @@ fn serve_fake(mut s: TcpStream, how: Fake, bytes: &[u8]) {
     let TransferRequest::Get { offset, .. } = req;
     let (out, stalls) = how.reply(bytes, offset);
     let _ = s.write_all(&out);
+    if let Fake::Trickles = how {
+        // Until the downloader closes (the write fails) or STALL passes.
+        let started = std::time::Instant::now();
+        for b in &bytes[offset as usize..] {
+            std::thread::sleep(Duration::from_millis(20));
+            if s.write_all(&[*b]).is_err() || started.elapsed() > STALL {
+                return;
+            }
+        }
+    }
     if stalls {
         // Say nothing more until the downloader gives up and closes (or STALL passes).
         while matches!(s.read(&mut [0u8; 4096]), Ok(n) if n > 0) {}

@@ -554,3 +554,177 @@ fn peer_without_listening_port_cannot_register() {
     // It can still search.
     assert!(search(&mut c, "x").is_empty());
 }
+
+/// `n` distinct files named `f<i>.bin` (about 45 bytes each on the wire).
+fn many_files(tag: &str, n: usize) -> Vec<FileEntry> {
+    (0..n)
+        .map(|i| FileEntry {
+            hash: FileHash::of(format!("{tag} {i}").as_bytes()),
+            size: i as u64 + 1,
+            name: format!("{tag}{i}.bin"),
+        })
+        .collect()
+}
+
+fn stats(c: &mut Client) -> p2pshare::wire::ServerStats {
+    match c.call(RequestBody::Stats) {
+        ResponseBody::Stats(s) => s,
+        other => panic!("expected stats, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_huge_register_is_applied_in_slices_while_others_are_answered() {
+    const FILES: usize = 20_000;
+    let indexd = Indexd::start(&[]);
+    let (mut watcher, _) = Client::hello(indexd.addr, 1);
+    let (mut big, big_addr) = Client::hello(indexd.addr, 2);
+    let files = many_files("huge", FILES);
+    let last = files[FILES - 1].hash;
+    // The register and, right behind it, a lookup of its last file: the session is held until
+    // its register is done, so the lookup sees all of it.
+    let reg = big.send(RequestBody::Register { files });
+    let look = big.send(RequestBody::Lookup {
+        key: LookupKey::Hash(last),
+        after: None,
+    });
+    let registering = std::thread::spawn(move || {
+        let r = big.recv().expect("register answer");
+        let l = big.recv().expect("lookup answer");
+        (r, l, big)
+    });
+    // Meanwhile another client is answered, and sees the register part done (the index as if
+    // the peer had registered part of its list so far).
+    let mut partial = 0;
+    let mut answered = 0;
+    loop {
+        let s = stats(&mut watcher);
+        answered += 1;
+        if s.files > 0 && (s.files as usize) < FILES {
+            partial += 1;
+        }
+        if s.files as usize == FILES {
+            break;
+        }
+        assert!(answered < 1_000_000, "the register never completed");
+    }
+    let (r, l, big) = registering.join().expect("registering thread");
+    assert_eq!(r.id, reg);
+    assert_eq!(
+        r.body,
+        ResponseBody::Registered {
+            added: FILES as u32,
+            rejected: 0,
+            total: FILES as u32
+        }
+    );
+    assert_eq!(l.id, look);
+    let ResponseBody::Holders { files, .. } = l.body else {
+        panic!("{:?}", l.body)
+    };
+    assert_eq!(files[0].holders, vec![SocketAddr::new(big_addr.ip(), 2)]);
+    assert!(
+        partial > 0,
+        "{answered} stats answers, none saw the register half done"
+    );
+    drop(big);
+}
+
+#[test]
+fn a_departing_peer_of_many_files_is_never_listed_after_its_close() {
+    const FILES: usize = 20_000;
+    let indexd = Indexd::start(&[]);
+    let (mut watcher, _) = Client::hello(indexd.addr, 1);
+    let (mut big, _) = Client::hello(indexd.addr, 2);
+    let files = many_files("gone", FILES);
+    assert_eq!(
+        register(&mut big, files.clone()),
+        (FILES as u32, 0, FILES as u32)
+    );
+    // One file the watcher shares too: after the close it has one holder, the watcher.
+    let shared = files[FILES / 2].clone();
+    register(&mut watcher, vec![shared.clone()]);
+    // Once `leave` returns the server has closed the session (see `common::leave`).
+    big.leave();
+    assert_eq!(stats(&mut watcher).peers, 1);
+    for f in [&files[0], &files[1], &files[FILES - 1]] {
+        assert!(holders(&mut watcher, LookupKey::Hash(f.hash)).is_empty());
+    }
+    let held = holders(&mut watcher, LookupKey::Hash(shared.hash));
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].1.len(), 1, "only the watcher holds it: {held:?}");
+    assert_eq!(search(&mut watcher, "gone"), vec![(shared.name.clone(), 1)]);
+    // Its entries go in slices; all of them, soon.
+    let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
+    while stats(&mut watcher).files != 1 {
+        assert!(std::time::Instant::now() < deadline, "entries left behind");
+    }
+}
+
+/// A measurement, not a test: the reactor loop's longest pause while peers of `CHURN_FILES`
+/// files (default 100,000, registered in 1 MiB frames of 20,000) join and leave over an index
+/// pre-populated with `CHURN_BASE` entries (default 1,000,000), while a client searches and
+/// looks up. Prints the `Stats` loop pauses before and after the churn.
+/// `CHURN_BASE=10000000 cargo test --release --test it -- --ignored --nocapture indexd::measure_churn`
+#[test]
+#[ignore]
+fn measure_churn_loop_pause() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (base, files, rounds) = (
+        env("CHURN_BASE", 1_000_000),
+        env("CHURN_FILES", 100_000),
+        env("CHURN_ROUNDS", 4),
+    );
+    let indexd = Indexd::start(&["--max-files-per-peer", "100000000"]);
+    let mut holders = Vec::new();
+    for (i, chunk) in many_files("base", base).chunks(100_000).enumerate() {
+        let (mut c, _) = Client::hello(indexd.addr, 1000 + i as u16);
+        for part in chunk.chunks(20_000) {
+            register(&mut c, part.to_vec());
+        }
+        holders.push(c);
+    }
+    let (mut watcher, _) = Client::hello(indexd.addr, 1);
+    let before = stats(&mut watcher);
+    eprintln!(
+        "populated {} entries: loop max pause {} us, p99 {} us over {} turns",
+        before.names, before.loop_max_pause_us, before.loop_p99_pause_us, before.loop_turns
+    );
+    let peer_files = many_files("churn", files);
+    let t = std::time::Instant::now();
+    for round in 0..rounds {
+        let (mut p, _) = Client::hello(indexd.addr, 2);
+        for part in peer_files.chunks(20_000) {
+            // The register and a search and a lookup from another client, pipelined.
+            let id = p.send(RequestBody::Register {
+                files: part.to_vec(),
+            });
+            search(&mut watcher, "base1");
+            holders_of_first(&mut watcher, &peer_files);
+            assert_eq!(p.recv().expect("register answer").id, id);
+        }
+        p.leave();
+        assert!(holders_of_first(&mut watcher, &peer_files).is_empty());
+        eprintln!("round {round} done at {:?}", t.elapsed());
+    }
+    // Until the last departure is withdrawn.
+    while stats(&mut watcher).names as usize != base {}
+    let after = stats(&mut watcher);
+    eprintln!(
+        "after {rounds} peers of {files} files joined and left: loop max pause {} us, p99 {} us, \
+         p99.9 {} us over {} turns",
+        after.loop_max_pause_us,
+        after.loop_p99_pause_us,
+        after.loop_p999_pause_us,
+        after.loop_turns
+    );
+}
+
+fn holders_of_first(c: &mut Client, files: &[FileEntry]) -> Vec<(FileHash, Vec<SocketAddr>)> {
+    holders(c, LookupKey::Hash(files[0].hash))
+}

@@ -5,11 +5,14 @@
 //! Run one group with its module path: `cargo test --release --test it -- peer::`.
 
 mod common;
+mod downloader;
 mod hostile;
 mod indexd;
 mod limits;
 mod ops;
 mod peer;
+mod queue;
 mod reactor;
 mod trust;
+mod unicode;
 mod watch;

@@ -1581,3 +1581,88 @@ fn an_http_listener_answers_beside_frames_with_its_own_limits() {
     log.wait_for("the frame client's close", |l| l.closes.len() == 1);
     finish(server, &log);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Holding a connection while background work runs across turns
+
+/// Echoes frames; a `hold` frame holds its connection for [`HOLD_TURNS`] turns of background
+/// work (asked for with `request_turn`), then answers `resumed` and resumes it.
+struct HoldingEcho {
+    /// The held connection and the turns of work left.
+    held: Option<(ConnId, u32)>,
+    /// Turns ended while a connection was held.
+    turns: Watched<u32>,
+}
+
+/// Turns of background work per `hold`. Without `request_turn` each would wait for the idle
+/// sweep (250 ms), far longer than the test's wait.
+const HOLD_TURNS: u32 = 200;
+
+impl Handler for HoldingEcho {
+    type Conn = ();
+
+    fn handle_accept(&mut self, _: &mut Ctx<()>, _: ConnId, _: SocketAddr) {}
+
+    fn handle_frame(
+        &mut self,
+        ctx: &mut Ctx<()>,
+        conn: ConnId,
+        _: &mut (),
+        payload: &[u8],
+    ) -> Verdict {
+        ctx.send(conn, |buf| codec::encode(payload, buf));
+        if payload == b"hold" {
+            ctx.hold(conn);
+            assert!(ctx.is_held(conn));
+            self.held = Some((conn, HOLD_TURNS));
+        }
+        Verdict::Continue
+    }
+
+    fn handle_turn_end(&mut self, ctx: &mut Ctx<()>) {
+        let Some((conn, left)) = self.held.as_mut() else {
+            return;
+        };
+        *self.turns.record() += 1;
+        *left -= 1;
+        if *left == 0 {
+            let conn = *conn;
+            self.held = None;
+            ctx.send(conn, |buf| codec::encode(b"resumed", buf));
+            ctx.resume(conn);
+        } else {
+            ctx.request_turn();
+        }
+    }
+
+    fn handle_close(&mut self, _: &mut Ctx<()>, _: ConnId, _: (), _: &CloseReason) {}
+}
+
+#[test]
+fn a_held_connection_keeps_its_later_frames_until_resumed_and_background_turns_do_not_wait() {
+    let turns = Watched::<u32>::default();
+    let handler_turns = turns.clone();
+    let (server, addr) = Running::spawn(Config::default(), move |ctx| {
+        let addr = ctx.listen(localhost()).expect("listen");
+        let h = HoldingEcho {
+            held: None,
+            turns: handler_turns,
+        };
+        (h, addr)
+    });
+    let mut client = Client::connect(addr);
+    // One write: the frames after `hold` arrive with it, and must wait for the resume.
+    let mut burst = frame(b"hold");
+    for p in [&b"a"[..], b"b", b"hold", b"c"] {
+        burst.extend_from_slice(&frame(p));
+    }
+    client.stream().write_all(&burst).expect("write");
+    let want: [&[u8]; 7] = [b"hold", b"resumed", b"a", b"b", b"hold", b"resumed", b"c"];
+    for w in want {
+        assert_eq!(client.reader.expect_frame(), w);
+    }
+    assert_eq!(*turns.get(), 2 * HOLD_TURNS);
+    // A connection not held is served as before.
+    client.round_trip(b"after");
+    server.stop();
+}

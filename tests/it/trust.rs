@@ -203,3 +203,64 @@ fn other_sessions_cannot_rename_a_holders_file() {
         a.leave();
     }
 }
+
+/// Case 3 of issue 13: one host's sessions share one allowance of holdings
+/// (`--max-holdings-per-ip`), so many sessions of one address cannot fill the index, while
+/// another host registers as before.
+#[test]
+fn one_hosts_sessions_share_one_allowance_of_holdings() {
+    let indexd = Indexd::start(&["--max-holdings-per-ip", "50"]);
+    let files = |tag: &str, n: usize| -> Vec<p2pshare::wire::FileEntry> {
+        (0..n)
+            .map(|i| p2pshare::wire::FileEntry {
+                hash: FileHash::of(format!("{tag} {i}").as_bytes()),
+                size: 1,
+                name: format!("{tag} {i}.txt"),
+            })
+            .collect()
+    };
+    let register = |session: &mut common::Client, entries| match session
+        .call(RequestBody::Register { files: entries })
+    {
+        ResponseBody::Registered {
+            added, rejected, ..
+        } => (added, rejected),
+        other => panic!("{other:?}"),
+    };
+    let here: std::net::IpAddr = [127, 0, 0, 1].into();
+    let other: std::net::IpAddr = [127, 0, 0, 2].into();
+    let mut sessions: Vec<common::Client> = Vec::new();
+    for (n, tag) in ["a", "b", "c"].into_iter().enumerate() {
+        let (mut s, _) = common::Client::hello_from(indexd.addr, here, 9);
+        let want = if n == 0 {
+            (40, 0)
+        } else if n == 1 {
+            (10, 30)
+        } else {
+            (0, 40)
+        };
+        assert_eq!(register(&mut s, files(tag, 40)), want, "session {tag}");
+        sessions.push(s);
+    }
+    let (mut elsewhere, _) = common::Client::hello_from(indexd.addr, other, 9);
+    assert_eq!(register(&mut elsewhere, files("d", 40)), (40, 0));
+    // A session that leaves gives its room back to its host.
+    sessions.remove(0).leave();
+    let (mut again, _) = common::Client::hello_from(indexd.addr, here, 9);
+    // (The room comes back when indexd has read the close: a bounded retry waits for it.)
+    let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
+    loop {
+        let (added, _) = register(&mut again, files("e", 40));
+        if added == 40 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the room never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for s in sessions.into_iter().chain([elsewhere, again]) {
+        s.leave();
+    }
+}

@@ -94,6 +94,10 @@ impl Slot for FileRec {
     }
 }
 
+/// Files a filter rebuild puts in the new filter per step (per reactor turn): about 8 bytes
+/// read in order and a bit set in a random word each, well under a millisecond.
+pub(super) const FILTER_REBUILD_STEP_FILES: usize = 65_536;
+
 /// The files. See the module docs.
 pub(super) struct Files {
     recs: Table<FileRec>,
@@ -102,6 +106,8 @@ pub(super) struct Files {
     by_hash: BlockSet<u64>,
     /// Which hashes may be indexed or staged: no bit missing for any of them.
     pub(super) seen: HashFilter,
+    /// Files put in a filter being rebuilt per step (see [`Files::refresh_filter`]).
+    pub(super) rebuild_step: usize,
     /// Distinct holders of each file with two or more entries (a file with one entry has that
     /// entry's holders), kept as holdings come and go so that search ranks in `O(1)` per hit.
     /// Most files have one name, so this costs nothing per file.
@@ -143,6 +149,7 @@ impl Files {
             recs: Table::new(),
             by_hash: BlockSet::new(),
             seen: HashFilter::default(),
+            rebuild_step: FILTER_REBUILD_STEP_FILES,
             multi_holders: hashbrown::HashMap::new(),
         }
     }
@@ -231,8 +238,14 @@ impl Files {
     }
 
     /// The files of the one hash whose hex starts with `hex` (lowercase, at least 8 digits,
-    /// the first 8 being `p32`), ascending by size.
-    pub(super) fn find_prefix(&self, p32: u32, hex: &str) -> Result<Vec<u32>, LookupError> {
+    /// the first 8 being `p32`), ascending by size, among the files `counts` accepts (those
+    /// with a live holder).
+    pub(super) fn find_prefix(
+        &self,
+        p32: u32,
+        hex: &str,
+        counts: impl Fn(u32) -> bool,
+    ) -> Result<Vec<u32>, LookupError> {
         let start = self
             .by_hash
             .search(|&item| ((item >> 32) as u32).cmp(&p32).then(Ordering::Greater))
@@ -243,7 +256,7 @@ impl Files {
                 break;
             }
             let file = item as u32;
-            if self.recs[file].hash.has_hex_prefix(hex) {
+            if self.recs[file].hash.has_hex_prefix(hex) && counts(file) {
                 if found
                     .first()
                     .is_some_and(|&f| self.recs[f].hash != self.recs[file].hash)
@@ -279,7 +292,7 @@ impl Files {
             .position(&rec.hash, rec.size())
             .expect("a live file is indexed by hash");
         self.by_hash.remove_at(at);
-        self.seen.stale += 1;
+        self.seen.note_deleted();
         self.recs.remove(file);
     }
 
@@ -290,17 +303,62 @@ impl Files {
     }
 
     /// Rebuilds the hash filter if it is due, from the files in the table (the caller has
-    /// none staged): one pass over the hash index's items, which carry the bytes the filter
+    /// none staged): passes over the hash index's items, which carry the bytes the filter
     /// reads, so the time is in proportion to the live files and reads 8 bytes of each, in
-    /// order.
+    /// order. Up to [`Files::rebuild_step`] files it is done at once; a bigger one is started
+    /// here and done in steps of that many files by [`Files::rebuild_filter_step`], which the
+    /// owner calls once a reactor turn (see `filter.rs`).
     pub(super) fn refresh_filter(&mut self) {
-        if !self.seen.needs_rebuild(self.len()) {
+        if self.seen.next.is_none() {
+            if !self.seen.needs_rebuild(self.len()) {
+                return;
+            }
+            if self.by_hash.len() <= self.rebuild_step {
+                self.seen.reset(self.by_hash.len());
+                for item in self.by_hash.iter_from((0, 0)) {
+                    self.seen.insert_prefix((item >> 32) as u32);
+                }
+                return;
+            }
+            self.seen.start_rebuild(self.by_hash.len());
+            self.rebuild_filter_step();
+        }
+    }
+
+    /// Puts the next [`Files::rebuild_step`] files of the hash order in the filter being
+    /// rebuilt; swaps it in after the last.
+    pub(super) fn rebuild_filter_step(&mut self) {
+        let Some(next) = &self.seen.next else {
             return;
+        };
+        // Resume after the last hash put in, wherever it now is (files come and go between
+        // steps: a position would not do), past every size claimed for it (they share its
+        // filter bits).
+        let (from, skip) = match &next.after {
+            None => ((0, 0), 0),
+            Some(h) => (self.lower_bound(h), self.variants(h).count()),
+        };
+        let step = self.rebuild_step;
+        let Some(next) = &mut self.seen.next else {
+            return;
+        };
+        let mut last = None;
+        let mut n = 0;
+        for item in self.by_hash.iter_from(from).skip(skip).take(step) {
+            next.insert_prefix((item >> 32) as u32);
+            last = Some(item as u32);
+            n += 1;
         }
-        self.seen.reset(self.by_hash.len());
-        for item in self.by_hash.iter_from((0, 0)) {
-            self.seen.insert_prefix((item >> 32) as u32);
+        if n < step {
+            self.seen.finish_rebuild();
+        } else if let Some(file) = last {
+            next.after = Some(self.recs[file].hash);
         }
+    }
+
+    /// Whether a filter rebuild is in progress.
+    pub(super) fn is_rebuilding(&self) -> bool {
+        self.seen.next.is_some()
     }
 
     /// Whether every allocation went back (no file is left).

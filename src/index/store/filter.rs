@@ -1,5 +1,10 @@
 //! The hash filter: which hashes may be indexed or staged, so that a register tells a new file
 //! from a known one without searching the hash index.
+//!
+//! A rebuild is done in steps (see `Files::refresh_filter`): the new filter ([`Rebuild`]) is
+//! filled from the hash index a bounded number of files per reactor turn while the old one
+//! answers; every hash inserted meanwhile goes into both, so when the last step swaps them in
+//! no indexed or staged hash is missing from the one that answers.
 
 use crate::wire::FileHash;
 
@@ -17,15 +22,26 @@ pub(super) struct HashFilter {
     pub(super) words: Vec<u64>,
     /// Files deleted since the last rebuild (their bits may still be set).
     pub(super) stale: usize,
+    /// A rebuild in progress: the filter that replaces this one when complete.
+    pub(super) next: Option<Rebuild>,
     /// Tests: answer "maybe" for every hash.
     #[cfg(test)]
     pub(super) saturated: bool,
 }
 
+/// A filter being rebuilt from the hash index, in hash order.
+pub(super) struct Rebuild {
+    pub(super) words: Vec<u64>,
+    /// Files deleted since the rebuild began (their bits may be set in it).
+    pub(super) stale: usize,
+    /// The last hash of the hash index put in it (none yet: start from the first).
+    pub(super) after: Option<FileHash>,
+}
+
 impl HashFilter {
-    /// Heap bytes held.
+    /// Heap bytes held (a rebuild in progress included).
     pub(super) fn heap_bytes(&self) -> usize {
-        self.words.capacity() * 8
+        (self.words.capacity() + self.next.as_ref().map_or(0, |n| n.words.capacity())) * 8
     }
 
     /// Bits per file a rebuild aims at.
@@ -39,9 +55,7 @@ impl HashFilter {
     /// its low ones.
     #[inline]
     fn slot(&self, p32: u32) -> (usize, u64) {
-        let k = u64::from(p32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let word = ((u128::from(k) * self.words.len() as u128) >> 64) as usize;
-        (word, 1u64 << (k & 63) | 1u64 << ((k >> 6) & 63))
+        slot_in(self.words.len(), p32)
     }
 
     /// False only if `h` was never inserted since the last rebuild.
@@ -70,6 +84,34 @@ impl HashFilter {
         }
         let (w, bits) = self.slot(p32);
         self.words[w] |= bits;
+        if let Some(next) = &mut self.next {
+            next.insert_prefix(p32);
+        }
+    }
+
+    /// Starts a rebuild sized for `files` files (see the module docs).
+    pub(super) fn start_rebuild(&mut self, files: usize) {
+        self.next = Some(Rebuild {
+            words: vec![0; (files * Self::BITS_PER_FILE).div_ceil(64).max(64)],
+            stale: 0,
+            after: None,
+        });
+    }
+
+    /// A rebuild is complete: the new filter answers from now on.
+    pub(super) fn finish_rebuild(&mut self) {
+        if let Some(next) = self.next.take() {
+            self.words = next.words;
+            self.stale = next.stale;
+        }
+    }
+
+    /// A file was deleted: its bits may stay set.
+    pub(super) fn note_deleted(&mut self) {
+        self.stale += 1;
+        if let Some(next) = &mut self.next {
+            next.stale += 1;
+        }
     }
 
     /// Whether a rebuild is due, with `files` files in the tables: too few bits per file
@@ -86,7 +128,24 @@ impl HashFilter {
     pub(super) fn reset(&mut self, files: usize) {
         self.words = vec![0; (files * Self::BITS_PER_FILE).div_ceil(64).max(64)];
         self.stale = 0;
+        self.next = None;
     }
+}
+
+impl Rebuild {
+    #[inline]
+    pub(super) fn insert_prefix(&mut self, p32: u32) {
+        let (w, bits) = slot_in(self.words.len(), p32);
+        self.words[w] |= bits;
+    }
+}
+
+/// The word and bits of `p32` in a filter of `len` words (see [`HashFilter::slot`]).
+#[inline]
+fn slot_in(len: usize, p32: u32) -> (usize, u64) {
+    let k = u64::from(p32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let word = ((u128::from(k) * len as u128) >> 64) as usize;
+    (word, 1u64 << (k & 63) | 1u64 << ((k >> 6) & 63))
 }
 
 #[inline]

@@ -24,10 +24,7 @@ impl Index {
         match key {
             LookupKey::Hash(h) => {
                 let files: Vec<u32> = self.files.variants(h).collect();
-                if files.is_empty() {
-                    return Err(LookupError::NotFound);
-                }
-                Ok(self.claims(files))
+                self.claims(files)
             }
             LookupKey::HashPrefix(p) => {
                 if !is_hex_prefix(p) {
@@ -36,8 +33,12 @@ impl Index {
                 let p = p.to_ascii_lowercase();
                 // `is_hex_prefix` guarantees at least 8 hex digits: the first 4 bytes.
                 let p32 = u32::from_str_radix(&p[..8], 16).map_err(|_| LookupError::BadPrefix)?;
-                let files = self.files.find_prefix(p32, &p)?;
-                Ok(self.claims(files))
+                // A file only departing peers hold is not there (see `depart.rs`).
+                let departing = self.has_departures();
+                let files = self.files.find_prefix(p32, &p, |f| {
+                    !departing || self.file_holders(f).iter().any(|&p| !self.is_departing(p))
+                })?;
+                self.claims(files)
             }
             LookupKey::Name(name) => self
                 .lookup_name(
@@ -119,12 +120,20 @@ impl Index {
             }
         };
         let mut ids = Vec::new();
-        let held = page
+        // A departing peer is no holder (see `depart.rs`): a file it alone held is left out.
+        let departing = self.has_departures();
+        let held: Vec<HeldFile> = page
             .entries
             .iter()
+            .filter(|&&(_, e)| !departing || self.live_entry_holders(e) > 0)
             .map(|&(_, e)| {
                 ids.clear();
-                ids.extend_from_slice(self.entries.holders(e));
+                ids.extend(
+                    self.entries
+                        .holders(e)
+                        .iter()
+                        .filter(|&&p| !departing || !self.is_departing(p)),
+                );
                 let holder_count = ids.len() as u32;
                 if ids.len() > max_holders {
                     ids.select_nth_unstable(max_holders);
@@ -144,6 +153,9 @@ impl Index {
                 }
             })
             .collect();
+        if held.is_empty() && page.next.is_none() && after.is_none() {
+            return Err(LookupError::NotFound);
+        }
         Ok(NamePage {
             files: held,
             total: page.total as u64,
@@ -152,7 +164,7 @@ impl Index {
     }
 
     /// Distinct holder ids of `file`, ascending.
-    fn file_holders(&self, file: u32) -> Vec<u32> {
+    pub(super) fn file_holders(&self, file: u32) -> Vec<u32> {
         let mut ids = Vec::new();
         let mut e = self.files[file].first_entry();
         while e != NONE {
@@ -165,22 +177,29 @@ impl Index {
     }
 
     /// The files of one hash (`files`, one per size claimed) as a lookup answer, best claim
-    /// first (see [`Index::lookup`]).
-    fn claims(&self, mut files: Vec<u32>) -> Vec<HeldFile> {
-        if files.len() > 1 {
-            let mut weighed: Vec<(usize, u32)> = files
-                .iter()
-                .map(|&f| (self.sources(&self.file_holders(f)), f))
-                .collect();
-            // More addresses first; the sort is stable, so equal claims stay in size order.
-            weighed.sort_by_key(|w| std::cmp::Reverse(w.0));
-            files = weighed.into_iter().map(|(_, f)| f).collect();
-            files.truncate(MAX_CLAIMS);
+    /// first (see [`Index::lookup`]); claims only departing peers hold are left out (see
+    /// `depart.rs`), and with none left the hash is not found.
+    fn claims(&self, files: Vec<u32>) -> Result<Vec<HeldFile>, LookupError> {
+        // Departing peers have no address, so they count for no address.
+        let mut weighed: Vec<(usize, u32)> = files
+            .iter()
+            .map(|&f| (self.sources(&self.file_holders(f)), f))
+            .filter(|&(addresses, _)| addresses > 0)
+            .collect();
+        if weighed.is_empty() {
+            return Err(LookupError::NotFound);
         }
-        files.into_iter().map(|f| self.held_file(f, None)).collect()
+        // More addresses first; the sort is stable, so equal claims stay in size order.
+        weighed.sort_by_key(|w| std::cmp::Reverse(w.0));
+        weighed.truncate(MAX_CLAIMS);
+        Ok(weighed
+            .into_iter()
+            .map(|(_, f)| self.held_file(f, None))
+            .collect())
     }
 
-    /// How many distinct addresses (IPv4 addresses, IPv6 /64s) the peers `holders` are at.
+    /// How many distinct addresses (IPv4 addresses, IPv6 /64s) the live peers among
+    /// `holders` are at (a departing peer has none).
     fn sources(&self, holders: &[u32]) -> usize {
         let mut sources: Vec<(bool, u64)> = holders
             .iter()
@@ -193,7 +212,7 @@ impl Index {
     }
 
     /// `file` as a lookup answer, named by `entry`, or by the name held from the most distinct
-    /// addresses (ties: the name registered first).
+    /// addresses (ties: the name registered first; departing holders count for none).
     fn held_file(&self, file: u32, entry: Option<u32>) -> HeldFile {
         let name_of = |e: u32| {
             let mut name = Vec::new();

@@ -12,6 +12,7 @@
 //! | `mod.rs` | [`Index`], its parts, the public types, the peer table |
 //! | `register.rs` | register: staging new files, admitting names, [`Index::post_pending`] |
 //! | `removal.rs` | unregister and peer removal, deleting entries, words and files left without holders |
+//! | `depart.rs` | sliced peer removal: departing peers, hidden from answers, withdrawn in slices |
 //! | `search.rs` | keyword search: its ranking, filters, pages and work budget |
 //! | `lookup.rs` | lookup by hash, hash prefix or name (a page of a name's files) |
 //! | `byname.rs` | the name table: the entries of each exact name, ranked |
@@ -46,7 +47,11 @@
 //! - A posted live entry whose words are all crowded is in the name table ([`ByName`]) once,
 //!   ranked among the entries of its name by its current holder count; no other entry is.
 //! - Every hash in the hash index or staged has its bits set in the [`HashFilter`]
-//!   `Files::seen`.
+//!   `Files::seen` (and, while it is being rebuilt, in the new filter once the rebuild has
+//!   passed it or it was added since).
+//! - A departing peer (`PeerRec::departing`) is in `Peers::departing` once; its record stays
+//!   (its id is not reused) until its last holding is withdrawn; it still counts as a holder
+//!   in the tables and tiers, but never in an answer (see `depart.rs`).
 //! - A file's size never changes while it is indexed: a register with another size is rejected.
 //! - An entry's `file` field carries the [`SOLE`] bit exactly while it is its file's only entry
 //!   (then the file's holders are the entry's holders).
@@ -102,7 +107,7 @@
 //!   - the word table of `WordRec` (12 B: the text's offset, then the postings: up to two entry
 //!     ids inline, or a key into `postings` for three or more), addressed by `u32` word ids
 //!     with a free list;
-//!   - `texts`: the lowercase texts in a byte arena like the names' ([`Names`]);
+//!   - `texts`: the folded texts ([`fold`]) in a byte arena like the names' ([`Names`]);
 //!   - `by_text`: a [`ShardedTable`] of word ids hashed by text (~8 B per
 //!     word), for the hot exact lookups (register, removal, name lookup);
 //!   - `order`: a [`BlockSet`] of `(first 4 text bytes << 32) | word id` in text order
@@ -125,6 +130,10 @@
 //!   bear), so that a page of them comes best first without ranking all of them.
 //!
 //! # Removal
+//! A peer leaves in two steps (`depart.rs`): [`Index::begin_departure`] marks it departing,
+//! which hides it from every answer at once, and [`Index::continue_departures`] withdraws its
+//! holdings a bounded slice at a time, each slice as below.
+//!
 //! Removing holdings first drops the peer from each entry's holders, collecting entries left
 //! without holders; those are then deleted in one batch: their `(word, entry)` postings are
 //! gathered (re-tokenising each name into a reused buffer), sorted, and removed word by word,
@@ -134,14 +143,16 @@
 //! go.
 //!
 //! # Words
-//! Words are maximal runs of `char::is_alphanumeric` characters, lowercased character by
-//! character (`char::to_lowercase`, no context rules, so the lowercase of a prefix is a prefix of
-//! the lowercase). Names without any word are indexed under the empty word so that an exact name
+//! Words are maximal runs of `char::is_alphanumeric` characters of the name's search fold
+//! ([`fold`]: NFKC-style compatibility normalisation, full case folding and generic diacritics
+//! dropped, character by character with no context rules, so the fold of a prefix is a prefix
+//! of the fold; `strasse` finds `straße`, `istanbul` `İstanbul`, `cafe` `café`). Names without any word are indexed under the empty word so that an exact name
 //! lookup still finds them; a query never produces the empty word.
 
 mod blockset;
 mod byname;
 mod codec;
+mod depart;
 mod entries;
 mod files;
 mod filter;
@@ -159,6 +170,7 @@ mod words;
 
 pub use self::files::MAX_FILE_SIZE;
 pub use self::search::{SearchError, SearchPage, MAX_QUERY_WORDS, SEARCH_WORK_BUDGET};
+pub use self::words::fold;
 
 use self::byname::ByName;
 use self::entries::Entries;
@@ -337,6 +349,8 @@ struct PeerRec {
     /// Files this peer holds that are staged, not yet in the tables (each a distinct new
     /// file: see [`Index::register`]).
     staged: u32,
+    /// Its session ended: its holdings are being withdrawn (see `depart.rs`).
+    departing: bool,
 }
 
 /// The live peers, by [`PeerId`].
@@ -344,6 +358,8 @@ struct Peers {
     recs: Table<Option<PeerRec>>,
     /// Holdings (peer, entry), staged ones included: the sum of every peer's entries.
     holdings: usize,
+    /// Departures in progress, oldest first (see `depart.rs`).
+    departing: std::collections::VecDeque<self::depart::Departure>,
 }
 
 impl Peers {
@@ -381,6 +397,8 @@ struct Work {
     text: String,
     /// The word ids of the name being registered, one per word in order.
     name_words: Vec<u32>,
+    /// The entries of a departure's slice.
+    slice: Vec<u32>,
 }
 
 impl Default for Index {
@@ -411,6 +429,7 @@ impl Index {
             peers: Peers {
                 recs: Table::new(),
                 holdings: 0,
+                departing: Default::default(),
             },
             pending: Pending::default(),
             work: Work::default(),
@@ -418,9 +437,9 @@ impl Index {
         }
     }
 
-    /// Live peers.
+    /// Live peers, departing ones not counted.
     pub fn peer_count(&self) -> usize {
-        self.peers.recs.len()
+        self.peers.recs.len() - self.peers.departing.len()
     }
 
     /// Distinct hashes indexed.
@@ -458,9 +477,12 @@ impl Index {
             .map_or(0, |p| p.entries.len() as u32 + p.staged)
     }
 
-    /// The download address of `peer`, if it is live.
+    /// The download address of `peer`, if it is live and not departing.
     pub fn peer_addr(&self, peer: PeerId) -> Option<SocketAddr> {
-        self.peers.get(peer).map(|p| p.addr)
+        self.peers
+            .get(peer)
+            .filter(|p| !p.departing)
+            .map(|p| p.addr)
     }
 
     /// Adds a peer that serves downloads at `addr` (the IP seen on its socket, the port it
@@ -471,6 +493,7 @@ impl Index {
             entries: PackedSet::new(),
             files: 0,
             staged: 0,
+            departing: false,
         })))
     }
 

@@ -7,34 +7,14 @@ use super::{posting_key, Index, PeerId, NONE, SOLE};
 use crate::wire::FileHash;
 
 impl Index {
-    /// Removes `peer` and all its holdings, in time proportional to its holdings. Returns how
-    /// many entries it held, or `None` if it was not live.
+    /// Removes `peer` and all its holdings at once, in time proportional to its holdings
+    /// (and finishes every departure in progress: see `depart.rs` for the sliced way).
+    /// Returns how many entries it held, or `None` if it was not live.
     pub fn remove_peer(&mut self, peer: PeerId) -> Option<u32> {
-        self.post_pending();
-        let rec = self.peers.remove(peer)?;
-        let mut dead = std::mem::take(&mut self.work.dead);
-        dead.clear();
-        let mut held = 0;
-        for e in rec.entries.iter() {
-            held += 1;
-            let file = self.entries[e].file();
-            let before = self.file_holder_count(file);
-            let entry_before = self.entries.holder_count(&self.entries[e]);
-            self.entries.pop_holder(e, peer.0);
-            self.rerank(e, entry_before);
-            // Entries of this file still to be visited may hold the peer: a file of several
-            // names loses this holder only at the last of them.
-            if self.files.multi_holders.contains_key(&file) && !self.peer_holds_file(peer.0, file) {
-                self.lose_holder(file);
-            }
-            self.note_holders_changed(file, before);
-            if self.entries.holders(e).is_empty() {
-                dead.push(e);
-            }
+        let held = self.begin_departure(peer)?;
+        while self.has_departures() {
+            self.continue_departures(usize::MAX);
         }
-        self.delete_entries(&dead);
-        self.work.dead = dead;
-        self.peers.holdings -= held as usize;
         Some(held)
     }
 
@@ -92,7 +72,7 @@ impl Index {
     }
 
     /// `file` lost one of its distinct holders (counted only for a file of several names).
-    fn lose_holder(&mut self, file: u32) {
+    pub(super) fn lose_holder(&mut self, file: u32) {
         if let Some(n) = self.files.multi_holders.get_mut(&file) {
             *n -= 1;
         }
@@ -100,7 +80,7 @@ impl Index {
 
     /// Deletes the entries in `dead` (each without holders, listed once): their postings in
     /// one sorted batch, then their names and records, then files left without entries.
-    fn delete_entries(&mut self, dead: &[u32]) {
+    pub(super) fn delete_entries(&mut self, dead: &[u32]) {
         if dead.is_empty() {
             return;
         }

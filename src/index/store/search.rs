@@ -16,6 +16,10 @@
 //! work units ([`SEARCH_WORK_BUDGET`]) bounds what rejections can cost; a search that hits it
 //! says so (`partial`).
 //!
+//! While a peer is departing (see `depart.rs`) its holdings are not counted: a candidate is
+//! ranked by its *true* key, the one its live holder count gives, which is never better than
+//! the key it is posted under, so the walk's stopping rule (on posted keys) stays exact.
+//!
 //! # Pages
 //! A cursor is the rank of the last hit shown (whole words, posting key) with a fingerprint of
 //! the query and filter. The next page is the best hits ranked strictly after that position
@@ -23,7 +27,7 @@
 //! where it now ranks (it may show twice or not at all), and no position is invalid.
 
 use super::words::{lower_words, Scratch};
-use super::{key_tier, tier_of, Index, ID_MASK, SOLE};
+use super::{key_tier, tier_of, Index, ID_MASK};
 #[cfg(doc)]
 use super::{posting_key, MAX_TIER};
 use crate::wire::{SearchCursor, SearchFilter, SearchHit};
@@ -207,6 +211,8 @@ impl Index {
         let cond = Cond::new(filter);
         let min_tier = tier_of(filter.min_holders);
 
+        // Departing holders are not counted: candidates are ranked by their true key.
+        let departing = self.has_departures();
         let d = qwords[pick].as_str();
         let exact = self.words.find(d.as_bytes());
         let sources = exact
@@ -251,7 +257,12 @@ impl Index {
                     // Every candidate ranks before the cursor: shown already.
                     continue;
                 }
-                if best_whole == worst_whole && rank(nq, best_whole, 0) >> 32 == a >> 32 {
+                // (Not while a departure is in progress: an entry's true key may then be past
+                // its posted one, see `depart.rs`.)
+                if best_whole == worst_whole
+                    && rank(nq, best_whole, 0) >> 32 == a >> 32
+                    && !departing
+                {
                     // One class of whole words: continue right after the cursor's key.
                     match (a as u32).checked_add(1) {
                         Some(k) => from = k,
@@ -322,6 +333,14 @@ impl Index {
                         }
                     }
                 }
+                let key = if departing {
+                    match self.live_posting_key(e) {
+                        Some((k, _)) => k,
+                        None => continue,
+                    }
+                } else {
+                    key
+                };
                 let r = rank(nq, whole, key);
                 if after.is_some_and(|a| r <= a) {
                     continue;
@@ -344,7 +363,7 @@ impl Index {
             .collect();
         page.total = matched;
         page.total_exact &= !page.partial && after.is_none();
-        if nq == 1 && after.is_none() && filter.is_empty() && !page.total_exact {
+        if nq == 1 && after.is_none() && filter.is_empty() && !page.total_exact && !departing {
             // One word, no filter: its whole word's postings are matches, counted for free;
             // all of them if no longer word shares the prefix.
             if let Some(w) = exact {
@@ -434,14 +453,9 @@ impl Index {
         true
     }
 
-    /// The holders of entry `e`'s file.
+    /// The holders of entry `e`'s file, departing ones not counted.
     fn entry_holders(&self, e: u32) -> u32 {
-        let entry = &self.entries[e];
-        if entry.file & SOLE != 0 {
-            self.entries.holder_count(entry)
-        } else {
-            self.files.multi_holders[&entry.file()]
-        }
+        self.live_holder_count(e)
     }
 
     /// Entry `e` as a search hit.

@@ -22,8 +22,9 @@ use std::hash::BuildHasher;
 const WORD_SCAN: usize = if cfg!(test) { 2 } else { 1024 };
 
 /// The most text-arena bytes the words of a name of `name_len` bytes take: each word's
-/// record is at most twice its bytes plus one (lowercasing grows a character by half at most,
-/// and the record adds a byte or two), and words are separated, so `2 * name_len + 1`.
+/// record is at most twice its bytes plus one (folding grows a character by half at most, see
+/// [`fold_char`], and the record adds a byte or two), and words are separated, so
+/// `2 * name_len + 1`.
 fn texts_bound(name_len: usize) -> usize {
     2 * name_len + 1
 }
@@ -494,6 +495,8 @@ pub(super) fn pad4(text: &[u8]) -> u32 {
 pub(super) struct Scratch {
     pub(super) buf: String,
     pub(super) spans: Vec<(usize, usize)>,
+    /// One non-ASCII character's fold, before it is split into word characters.
+    folded: String,
 }
 
 impl Scratch {
@@ -502,10 +505,66 @@ impl Scratch {
     }
 }
 
-/// Splits `text` into maximal runs of alphanumeric characters, lowercased char by char, into
-/// `scratch` (replacing its contents).
+/// Whether `c` is an accent or other diacritic that search folds away: the generic combining
+/// diacritics blocks (Latin, Greek, Cyrillic accents: U+0300-036F, U+1AB0-1AFF,
+/// U+1DC0-1DFF, U+20D0-20FF, U+FE20-FE2F). Script-specific marks (Indic vowel signs and
+/// viramas, Hebrew and Arabic points) are kept: there they change the letter, not decorate it.
+fn is_diacritic(c: char) -> bool {
+    matches!(c,
+        '\u{0300}'..='\u{036F}'
+        | '\u{1AB0}'..='\u{1AFF}'
+        | '\u{1DC0}'..='\u{1DFF}'
+        | '\u{20D0}'..='\u{20FF}'
+        | '\u{FE20}'..='\u{FE2F}')
+}
+
+/// Appends the search fold of one character to `out`: compatibility decomposition (NFKD:
+/// full-width letters, ligatures such as `ﬁ`, superscripts), full Unicode case folding (`ß` →
+/// `ss`, `İ` → `i̇`), diacritics dropped ([`is_diacritic`]: `é` → `e`, however the accent was
+/// written), and what is left composed again (NFC, so Hangul syllables and letters whose
+/// marks are kept stay one character). A character whose fold would be more than half again
+/// as long as it (the rare compatibility characters that spell out words, such as `㌀` or
+/// `ﷺ`) is only lowercased, so a name's words never take more than 1.5 times its bytes.
+///
+/// Folding is character by character, without context: the fold of a string is the
+/// concatenation of its characters' folds, so the fold of a prefix is a prefix of the fold
+/// and prefix search keeps working on folded words. Names and queries go through this same
+/// function (the peer sends the query as typed; the index folds both).
+pub fn fold_char(c: char, out: &mut String) {
+    use caseless::Caseless;
+    use unicode_normalization::UnicodeNormalization;
+    if c.is_ascii() {
+        out.push(c.to_ascii_lowercase());
+        return;
+    }
+    let start = out.len();
+    out.extend(
+        std::iter::once(c)
+            .nfkd()
+            .default_case_fold()
+            .nfkd()
+            .filter(|&m| !is_diacritic(m))
+            .nfc(),
+    );
+    if out.len() - start > c.len_utf8() * 3 / 2 {
+        out.truncate(start);
+        out.extend(c.to_lowercase());
+    }
+}
+
+/// The search fold of a whole string ([`fold_char`] of each character).
+pub fn fold(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        fold_char(c, &mut out);
+    }
+    out
+}
+
+/// Splits `text` into words: maximal runs of alphanumeric characters of its fold
+/// ([`fold_char`], character by character), into `scratch` (replacing its contents).
 pub(super) fn lower_words(text: &str, scratch: &mut Scratch) {
-    let Scratch { buf, spans } = scratch;
+    let Scratch { buf, spans, folded } = scratch;
     buf.clear();
     buf.reserve(text.len());
     spans.clear();
@@ -535,17 +594,103 @@ pub(super) fn lower_words(text: &str, scratch: &mut Scratch) {
         } else {
             let c = text[i..].chars().next().expect("i is a char boundary");
             i += c.len_utf8();
-            if c.is_alphanumeric() {
-                if start.is_none() {
-                    start = Some(buf.len());
+            // Folded at the end of `buf`, then split: a folded character can be several
+            // (`ﬁ` → `fi`, `⑴` → `(1)`), or none (a lone accent, which joins the word around
+            // it: `cafe\u{301}` is the word `cafe`).
+            folded.clear();
+            fold_char(c, folded);
+            for f in folded.chars() {
+                if f.is_alphanumeric() {
+                    if start.is_none() {
+                        start = Some(buf.len());
+                    }
+                    buf.push(f);
+                } else if let Some(s) = start.take() {
+                    spans.push((s, buf.len()));
                 }
-                buf.extend(c.to_lowercase());
-            } else if let Some(s) = start.take() {
-                spans.push((s, buf.len()));
             }
         }
     }
     if let Some(s) = start {
         spans.push((s, buf.len()));
+    }
+}
+
+#[cfg(test)]
+mod fold_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn words(text: &str) -> Vec<String> {
+        let mut s = Scratch::default();
+        lower_words(text, &mut s);
+        s.words().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_cases_of_issue_13_fold_alike() {
+        // (what is typed, what the name says)
+        for (typed, name) in [
+            ("strasse", "straße"),
+            ("STRASSE", "STRAẞE"),
+            ("istanbul", "İstanbul"),
+            ("istanbul", "ISTANBUL"),
+            ("cafe", "cafe\u{301}"),
+            ("cafe", "café"),
+            ("café", "cafe\u{301}"),
+            ("file", "\u{FB01}le"),
+            ("file", "ＦＩＬＥ"),
+            ("σοφια", "ΣΟΦΊΑ"),
+            ("σοφιας", "ΣΟΦΊΑΣ"),
+        ] {
+            assert_eq!(words(typed), words(name), "{typed:?} vs {name:?}");
+        }
+        assert_eq!(
+            words("Straße – Café Ｎｏ.５"),
+            ["strasse", "cafe", "no", "5"]
+        );
+        // Non-Latin letters and their own marks survive: Hangul, Devanagari, Japanese.
+        assert_eq!(words("한국어 노래"), ["한국어", "노래"]);
+        assert_eq!(words("東京 ｶﾀｶﾅ"), ["東京", "カタカナ"]);
+    }
+
+    #[test]
+    fn invisible_format_characters_split_words() {
+        assert_eq!(words("song\u{202E}3pm.exe"), ["song", "3pm", "exe"]);
+        assert_eq!(words("a\u{200B}b"), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_character_that_spells_out_words_is_only_lowercased() {
+        // U+FDFA (3 bytes) decomposes to 33 bytes: kept, so words stay within 1.5x the name.
+        let mut out = String::new();
+        fold_char('\u{FDFA}', &mut out);
+        assert_eq!(out, "\u{FDFA}");
+        // U+3300 (3 bytes) would be four katakana (12 bytes).
+        assert_eq!(fold("\u{3300}"), "\u{3300}");
+    }
+
+    proptest! {
+        #[test]
+        fn the_fold_of_a_prefix_is_a_prefix_of_the_fold(name in "\\PC{0,40}", cut in 0usize..40) {
+            let cut = name.char_indices().nth(cut).map_or(name.len(), |(i, _)| i);
+            let (whole, prefix) = (fold(&name), fold(&name[..cut]));
+            prop_assert!(whole.starts_with(&prefix));
+        }
+
+        #[test]
+        fn words_take_at_most_half_again_the_name(name in "\\PC{0,60}") {
+            let mut s = Scratch::default();
+            lower_words(&name, &mut s);
+            let bytes: usize = s.words().map(str::len).sum();
+            prop_assert!(bytes <= name.len() * 3 / 2 + 1, "{} > {}", bytes, name.len());
+        }
+
+        #[test]
+        fn folding_twice_changes_nothing_for_words(name in "\\PC{0,40}") {
+            let once = words(&name);
+            let twice = words(&once.join(" "));
+            prop_assert_eq!(once, twice);
+        }
     }
 }

@@ -40,6 +40,8 @@ fn main() {
         for back in 0..holders.min(chunks.len()) {
             index.register(peer, chunks[(n + chunks.len() - back) % chunks.len()]);
             index.post_pending();
+            // What indexd does at the end of each reactor turn.
+            index.continue_filter_rebuild();
         }
     }
     let grown = resident().saturating_sub(before);

@@ -38,6 +38,11 @@ use std::time::{Duration, Instant};
 /// The target: the honest client's p99 under abuse at most this multiple of its idle p99.
 pub const TARGET_P99_RATIO: f64 = 2.0;
 
+/// The honest client starts an op at most this often (100 a second: a busy user or script,
+/// not a flood; a closed loop of its own would spend its session's rate limit and measure
+/// that instead of the abuser's effect).
+pub const HONEST_PACE: Duration = Duration::from_millis(10);
+
 /// Largest answer frame the abuser accepts: a lookup of a common name may be huge, and the
 /// abuser only counts answers.
 const ABUSER_MAX_FRAME_BYTES: usize = 1 << 30;

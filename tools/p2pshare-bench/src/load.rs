@@ -120,7 +120,9 @@ impl Population {
                         ResponseBody::Registered { rejected: 0, .. } => {}
                         other => {
                             return Err(io::Error::other(format!(
-                                "pre-populating: register answered {other:?}"
+                                "pre-populating: register answered {other:?} (every fake peer \
+                                 connects from one address: an indexd of your own needs \
+                                 --max-holdings-per-ip 0 and --max-connections-per-ip 0)"
                             )))
                         }
                     }
@@ -195,6 +197,9 @@ pub struct RunSpec {
     /// request with no answer in [`super::client::REPLY_TIMEOUT`] ends its loop (counted as
     /// an error at that latency) instead of failing the run: the abuse mode's honest client.
     pub limit: Option<Duration>,
+    /// `None`: closed loop, each op right after the last. `Some(t)`: a peer starts an op at
+    /// most every `t` (the abuse mode's honest client, a busy user rather than a flood).
+    pub pace: Option<Duration>,
 }
 
 /// What one closed-loop run measured.
@@ -208,6 +213,8 @@ pub struct RunResult {
     /// Search latencies (ns) per [`QueryClass`], in [`QueryClass::ALL`] order, when the
     /// searches are drawn by class (a corpus of real names); empty otherwise.
     pub classes: Vec<Histogram<u64>>,
+    /// The same searches' server time (ns; what indexd reports in each answer), per class.
+    pub class_server: Vec<Histogram<u64>>,
     /// Bare loopback round trips (ns) to the echo server, one after each op of each peer:
     /// the floor measured under exactly the run's conditions (same time, same concurrency).
     pub floor: Histogram<u64>,
@@ -229,6 +236,7 @@ struct PeerResult {
     hists: [Histogram<u64>; 3],
     errors: [u64; 3],
     classes: Vec<Histogram<u64>>,
+    class_server: Vec<Histogram<u64>>,
     floor: Histogram<u64>,
     unanswered: u64,
 }
@@ -290,6 +298,7 @@ pub fn run_closed_loop(
     let mut hists: [Histogram<u64>; 3] = std::array::from_fn(|_| stats::new_histogram());
     let mut errors = [0u64; 3];
     let mut classes = Vec::new();
+    let mut class_server: Vec<Histogram<u64>> = Vec::new();
     let mut floor = stats::new_histogram();
     let mut unanswered = 0;
     for h in handles {
@@ -302,8 +311,12 @@ pub fn run_closed_loop(
         }
         if classes.is_empty() {
             classes = r.classes;
+            class_server = r.class_server;
         } else {
             for (all, one) in classes.iter_mut().zip(&r.classes) {
+                all.add(one).expect("same histogram bounds");
+            }
+            for (all, one) in class_server.iter_mut().zip(&r.class_server) {
                 all.add(one).expect("same histogram bounds");
             }
         }
@@ -320,6 +333,7 @@ pub fn run_closed_loop(
         hists,
         errors,
         classes,
+        class_server,
         floor,
         elapsed,
         unanswered,
@@ -393,13 +407,23 @@ fn peer_loop(
         Some(_) => QueryClass::ALL.map(|_| stats::new_histogram()).into(),
         None => Vec::new(),
     };
+    let mut class_server: Vec<Histogram<u64>> =
+        classes.iter().map(|_| stats::new_histogram()).collect();
     let mut floor = stats::new_histogram();
     let mut unanswered = 0;
     let mut registers = 0;
     let started = Instant::now();
+    let mut next_op = started;
     for kind in order {
         if spec.limit.is_some_and(|t| started.elapsed() >= t) {
             break;
+        }
+        if let Some(pace) = spec.pace {
+            let now = Instant::now();
+            if next_op > now {
+                thread::sleep(next_op - now);
+            }
+            next_op = next_op.max(now) + pace;
         }
         // Build and encode the request before the clock starts, decode the answer after it
         // stops: only the round trip is timed, as for the bare ping-pong.
@@ -441,6 +465,12 @@ fn peer_loop(
             stats::record(&mut classes[c.index()], took);
         }
         let answer = client.answer(id)?;
+        if let (Some(c), ResponseBody::SearchResults { server_us, .. }) = (class, &answer) {
+            stats::record(
+                &mut class_server[c.index()],
+                Duration::from_micros(u64::from(*server_us)),
+            );
+        }
         let ok = matches!(
             (kind, &answer),
             (OpKind::Search, ResponseBody::SearchResults { .. })
@@ -464,6 +494,7 @@ fn peer_loop(
         hists,
         errors,
         classes,
+        class_server,
         floor,
         unanswered,
     })

@@ -197,6 +197,8 @@ fn start_indexd(indexd: &Path, listen: &str, peers: usize) -> io::Result<(ChildG
             &max,
             "--max-connections-per-ip",
             "0",
+            "--max-holdings-per-ip",
+            "0",
             "--log",
             "warn",
         ],

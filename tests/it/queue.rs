@@ -1,0 +1,202 @@
+//! The holder's upload queue (issue 13, case 7) against the real binaries: with every slot
+//! busy a downloader is not refused but told its place in line, waits, and is served when a
+//! slot frees; one address cannot fill the line.
+
+use crate::common::{self, Client, Indexd, KillOnDrop, ServingPeer, TempDir};
+use p2pshare::codec::Decoder;
+use p2pshare::wire::{
+    self, ErrorCode, FileHash, LookupKey, RequestBody, ResponseBody, TransferRequest,
+    TransferResponse, PROTOCOL_VERSION,
+};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The one holder the index lists for `hash`.
+fn holder_of(index: SocketAddr, hash: FileHash) -> SocketAddr {
+    let (mut c, _) = Client::hello(index, 0);
+    match c.call(RequestBody::Lookup {
+        key: LookupKey::Hash(hash),
+        after: None,
+    }) {
+        ResponseBody::Holders { files, .. } => files[0].holders[0],
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A raw downloader: connects to `holder`, asks for `hash` from 0, and returns the stream with
+/// the first answer.
+fn ask(holder: SocketAddr, hash: FileHash) -> (TcpStream, TransferResponse) {
+    let mut s = TcpStream::connect(holder).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut payload = Vec::new();
+    wire::encode_frame(
+        &TransferRequest::Get {
+            version: PROTOCOL_VERSION,
+            hash,
+            offset: 0,
+        },
+        &mut payload,
+    );
+    s.write_all(&payload).unwrap();
+    let answer = next_answer(&mut s);
+    (s, answer)
+}
+
+/// Reads exactly one frame (nothing after it) and decodes it.
+fn next_answer(s: &mut TcpStream) -> TransferResponse {
+    let mut buf = Vec::new();
+    let mut dec = Decoder::default();
+    loop {
+        let mut byte = [0u8; 1];
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "holder closed");
+        buf.push(byte[0]);
+        if let Ok(Some(d)) = dec.decode(&buf) {
+            return wire::decode(&buf[d.payload]).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_full_holder_queues_downloaders_in_order_and_serves_them_as_slots_free() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("queue");
+    let (a, b) = (tmp.sub("a"), tmp.sub("b"));
+    // Big enough that a reader that never reads keeps its upload in the kernel's buffers.
+    let bytes = common::pseudo_random(24 << 20, 51);
+    std::fs::write(a.join("big.bin"), &bytes).unwrap();
+    let h = FileHash::of(&bytes);
+    let mut holder = ServingPeer::start_with(
+        &a,
+        indexd.addr,
+        &["--upload-slots", "1", "--max-queued-per-ip", "1"],
+    );
+    holder.wait_registered(1);
+    let addr = holder_of(indexd.addr, h);
+
+    // The one slot: a downloader that reads the header and then nothing.
+    let (hog, answer) = ask(addr, h);
+    assert!(
+        matches!(answer, TransferResponse::Sending { .. }),
+        "{answer:?}"
+    );
+    // The next waits in line instead of being refused...
+    let (waiter, answer) = ask(addr, h);
+    assert_eq!(answer, TransferResponse::Queued { position: 1 });
+    // ...but one address has one place in line here.
+    let (_, answer) = ask(addr, h);
+    assert!(
+        matches!(
+            answer,
+            TransferResponse::Error {
+                code: ErrorCode::Busy,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    // The waiter gives up: its place is free again.
+    drop(waiter);
+
+    // A real downloader is queued, says so, and is served once the hog leaves.
+    let out_path = tmp.path().join("stdout");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_peer"))
+            .args(common::peer_args(&b, indexd.addr))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(std::fs::File::create(&out_path).unwrap()))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // A dropped stdin ends the console after this command.
+    child
+        .0
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("get {h}\n").as_bytes())
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut said = Vec::new();
+    // Waits (bounded) until the downloader reports its place in line.
+    while !said
+        .iter()
+        .any(|l: &String| l.contains("position 1 in its upload queue"))
+    {
+        match rx.recv_timeout(LIMIT) {
+            Ok(line) => said.push(line),
+            Err(e) => panic!("never queued ({e}): {said:?}"),
+        }
+    }
+    drop(hog);
+    // Until the downloader exits (its stderr closes).
+    while let Ok(line) = rx.recv_timeout(LIMIT) {
+        said.push(line);
+    }
+    let status = child.0.wait().unwrap();
+    let stdout = std::fs::read_to_string(&out_path).unwrap();
+    assert!(status.success(), "{stdout} {said:?}");
+    assert!(stdout.contains("saved "), "{stdout} {said:?}");
+    assert!(std::fs::read(b.join("big.bin")).unwrap() == bytes);
+}
+
+/// A reader that stops reading keeps its slot only while nobody waits: once a request is in
+/// line, an upload below `--upload-min-rate` over a whole window is closed and the head of the
+/// line served. Before the floor, a reader taking 1 MiB every 15 s kept its slot forever.
+#[test]
+fn a_slow_reader_loses_its_slot_to_the_one_waiting() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("slow-reader");
+    let a = tmp.sub("a");
+    let bytes = common::pseudo_random(24 << 20, 52);
+    std::fs::write(a.join("big.bin"), &bytes).unwrap();
+    let h = FileHash::of(&bytes);
+    let mut holder = ServingPeer::start_with(
+        &a,
+        indexd.addr,
+        &[
+            "--upload-slots",
+            "1",
+            "--upload-min-rate",
+            "1000000",
+            "--rate-window-ms",
+            "300",
+        ],
+    );
+    holder.wait_registered(1);
+    let addr = holder_of(indexd.addr, h);
+    let (mut hog, answer) = ask(addr, h);
+    assert!(
+        matches!(answer, TransferResponse::Sending { .. }),
+        "{answer:?}"
+    );
+    let (mut waiter, answer) = ask(addr, h);
+    assert_eq!(answer, TransferResponse::Queued { position: 1 });
+    // The hog stalls; the waiter is served next (its header, then the whole file).
+    let answer = next_answer(&mut waiter);
+    assert!(
+        matches!(answer, TransferResponse::Sending { offset: 0, .. }),
+        "{answer:?}"
+    );
+    let mut got = vec![0u8; bytes.len()];
+    waiter.read_exact(&mut got).unwrap();
+    assert!(got == bytes);
+    // The hog's connection was closed by the holder: reading on ends (after what the
+    // kernel buffered).
+    let mut sink = Vec::new();
+    let _ = hog.read_to_end(&mut sink);
+    assert!(sink.len() < bytes.len(), "the hog got the whole file");
+}
