@@ -48,6 +48,14 @@ struct Flags {
     /// answered "busy"). 0: no limit.
     #[arg(long, default_value_t = 32)]
     max_uploads_per_ip: usize,
+    /// Do not watch the share for changes (then the index learns of new, changed or deleted
+    /// files only at `register` or a restart).
+    #[arg(long)]
+    no_watch: bool,
+    /// How long a changed file must be quiet (no more writes) before it is hashed and
+    /// registered, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = peer::watch::DEFAULT_QUIET.as_millis() as u64)]
+    watch_quiet_ms: u64,
     /// Uploads sent at once; further requests wait in the upload queue, told their position,
     /// and are served in order as uploads finish.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
@@ -149,6 +157,12 @@ fn run(flags: Flags) -> Result<(), String> {
     let (events_tx, events_rx) = mpsc::channel();
     let jobs = peer::spawn_hasher(share.clone(), events_tx.clone(), waker.clone())
         .map_err(|e| e.to_string())?;
+    if !flags.no_watch {
+        // Before the start-up scan is asked for: nothing written after it began is missed.
+        let quiet = std::time::Duration::from_millis(flags.watch_quiet_ms);
+        peer::watch::spawn_watcher(share.clone(), quiet, events_tx.clone(), waker.clone())
+            .map_err(|e| format!("cannot start watching the share: {e}"))?;
+    }
     let console = !flags.serve;
     let cfg = PeerConfig {
         share_dir: share,

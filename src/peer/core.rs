@@ -22,6 +22,7 @@ use super::session::{IndexSession, SessionEvent, Tag};
 use super::share::{self, Share, SharedFile};
 use super::threads::{Event, Job};
 use super::upload::{self, Answer, Joined, Upload, UploadQueue};
+use super::withdrawn::Withdrawn;
 use crate::reactor::{CloseReason, ConnId, Verdict};
 use crate::wire::{
     self, FileHash, HeldFile, LookupKey, RequestBody, Response, ResponseBody, SearchCursor,
@@ -155,6 +156,8 @@ pub struct PeerCore {
     stopped: bool,
     /// Totals for `--metrics`.
     counters: PeerCounters,
+    /// What the person withdrew (`unregister`): not shared again until `register PATH`.
+    withdrawn: Withdrawn,
 }
 
 #[derive(Debug, Default)]
@@ -173,7 +176,6 @@ impl PeerCore {
             queue: UploadQueue::new(cfg.upload_slots, cfg.max_queued_per_ip),
             upload_check: None,
             output: Output::new(cfg.progress_bar),
-            cfg,
             share: Share::default(),
             download: None,
             claims_left: VecDeque::new(),
@@ -184,6 +186,8 @@ impl PeerCore {
             uploads: UploadStats::default(),
             stopped: false,
             counters: PeerCounters::default(),
+            withdrawn: Withdrawn::load(&cfg.share_dir),
+            cfg,
         }
     }
 
@@ -311,6 +315,7 @@ impl PeerCore {
                 }
             }
             Event::Resolved(result) => self.session.handle_resolved(now, result, &mut self.actions),
+            Event::Watched(paths) => self.actions.push_back(Action::Hash(Job::Watched { paths })),
         }
         self.pump(now);
     }
@@ -596,16 +601,27 @@ impl PeerCore {
         }));
     }
 
-    fn handle_scanned(&mut self, job: Job, files: Vec<SharedFile>, warnings: Vec<String>) {
+    fn handle_scanned(&mut self, job: Job, mut files: Vec<SharedFile>, warnings: Vec<String>) {
         for w in warnings {
             self.output.note(format!("warning: {w}"));
         }
+        if let Job::Paths { console: true, .. } = job {
+            // `register PATH` shares withdrawn files again.
+            if let Err(e) = self.withdrawn.restore(&files) {
+                self.output
+                    .note(format!("warning: cannot save the withdrawn list: {e}"));
+            }
+        } else if !self.withdrawn.is_empty() {
+            files.retain(|f| !self.withdrawn.contains(f));
+        }
+        let rescan = matches!(job, Job::Rescan { .. });
         let (diff, console) = match job {
             Job::Rescan { console } => (
                 self.share.replace_under(&self.cfg.share_dir, files),
                 console,
             ),
             Job::Paths { console, .. } => (self.share.upsert(files), console),
+            Job::Watched { paths } => (self.share.replace_paths(&paths, files), false),
         };
         let (added, removed) = (diff.added.len(), diff.removed.len());
         self.session.unregister(diff.removed, &mut self.actions);
@@ -615,8 +631,11 @@ impl PeerCore {
             self.share.len(),
             self.share.total_bytes()
         );
+        if !rescan && !console {
+            log::debug!(target: "peer", "share changed: {summary}");
+        }
         match self.commands.waiting() {
-            Some(Waiting::Startup { scanned: false }) => {
+            Some(Waiting::Startup { scanned: false }) if rescan => {
                 self.commands.handle_startup_scanned();
                 self.output.note(summary);
             }
@@ -707,6 +726,9 @@ impl PeerCore {
                     self.output
                         .note(format!("index: refused {rejected} entries"));
                 }
+                log::debug!(target: "peer", "index holds {total} of our files");
+            }
+            (Tag::Unregister, ResponseBody::Unregistered { total, .. }) => {
                 log::debug!(target: "peer", "index holds {total} of our files");
             }
             (Tag::Command, body) => match self.commands.handle_answer(body, &mut self.output) {
@@ -940,6 +962,13 @@ impl PeerCore {
             1 => {
                 let removed = self.share.remove_hash(&hashes[0]);
                 self.session.unregister(hashes.clone(), &mut self.actions);
+                // Remembered: a rescan, a change or a restart does not share it again.
+                if let Err(e) = self.withdrawn.withdraw(&removed) {
+                    self.output.note(format!(
+                        "warning: cannot save the withdrawn list (it is withdrawn until the \
+                         peer restarts): {e}"
+                    ));
+                }
                 let names: Vec<String> = removed.iter().map(|f| display_name(&f.name)).collect();
                 self.output
                     .result(format!("unregistered {} {}", hashes[0], names.join(", ")));

@@ -9,7 +9,9 @@
 //! - [`share`] (the share's hash → path table, scan and hash cache) and [`names`] (untrusted
 //!   names made safe).
 //! - [`metrics`]: what `--metrics` serves, rendered from the core at scrape time.
-//! - [`threads`]: the hasher, stdin and resolver threads, which report as [`Event`]s.
+//! - [`threads`]: the hasher, stdin and resolver threads, which report as [`Event`]s;
+//!   [`watch`]: the share watcher thread (inotify through `notify`) and its debouncer;
+//!   [`withdrawn`]: what `unregister` withdrew, kept across restarts.
 //! - this file: [`Peer`], the reactor [`Handler`], a thin router. It hands each reactor event
 //!   and helper-thread event to the core with the time, and carries out the core's
 //!   [`Action`]s on the reactor; per-connection state is the [`Role`] in the reactor's slot.
@@ -31,6 +33,8 @@ pub mod share;
 pub mod swarm;
 pub mod threads;
 pub mod upload;
+pub mod watch;
+pub mod withdrawn;
 
 #[cfg(test)]
 mod harness;
@@ -330,8 +334,14 @@ impl Handler for Peer {
             self.core.handle_shutdown();
             return self.apply(ctx);
         }
+        let mut scanned = false;
         while let Ok(event) = self.events.try_recv() {
+            scanned |= matches!(event, Event::Scanned { .. });
             self.core.handle_event(ctx.now(), event);
+        }
+        if scanned {
+            // A scan's transient lists (and its registers, once written) are freed.
+            crate::sys::process::release_free_memory();
         }
         self.apply(ctx);
     }

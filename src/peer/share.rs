@@ -12,8 +12,10 @@
 //! - A file that changes while it is hashed is hashed again ([`hash_file`]), so the size and
 //!   hash announced always belong together.
 //! - Hashing streams each file through a fixed buffer: memory does not grow with file size.
-//! - The cache maps (path, size, mtime) to a hash; a file whose size or mtime changed is
-//!   hashed again, so a restart costs a directory walk, not a re-read of every byte.
+//! - The cache maps (path, size, mtime, device and inode) to a hash; a file whose size or
+//!   mtime changed is hashed again, so a restart costs a directory walk, not a re-read of
+//!   every byte. A file found under a new path with the (device, inode), size and mtime of a
+//!   cached one was moved or renamed: its hash is taken from the cache, not read again.
 //! - The file server serves a hash only through this table (hash → path), and only while the
 //!   file's size and mtime still match what was hashed.
 
@@ -247,6 +249,28 @@ pub fn walk(root: &Path, warn: &mut dyn FnMut(String)) -> Vec<(PathBuf, fs::Meta
     out
 }
 
+/// The regular files now at or under `paths` (paths the watcher saw change), with their
+/// metadata: a regular file is itself, a directory is walked ([`walk`]); a link (or a path
+/// with a link in it), anything else and a path that is gone give nothing. Sorted, each once.
+pub fn files_at(root: &Path, paths: &[PathBuf]) -> Vec<(PathBuf, fs::Metadata)> {
+    let mut out = Vec::new();
+    for p in paths {
+        if !p.starts_with(root) || !is_link_free(root, p) {
+            continue;
+        }
+        match fs::symlink_metadata(p) {
+            Ok(m) if m.is_file() && !p.file_name().is_some_and(is_own_file) => {
+                out.push((p.clone(), m))
+            }
+            Ok(m) if m.is_dir() => out.extend(walk(p, &mut |w| log::debug!(target: "peer", "{w}"))),
+            _ => {}
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
+}
+
 /// Hashes `files` (using `cache` for unchanged ones), reporting progress as it goes.
 pub fn hash_all(
     files: Vec<(PathBuf, fs::Metadata)>,
@@ -262,7 +286,13 @@ pub fn hash_all(
     progress(p);
     let mut out = Vec::with_capacity(files.len());
     for (path, meta) in files {
-        let (hash, meta) = match cache.get(&path, &meta) {
+        let known = cache.get(&path, &meta).or_else(|| {
+            let (hash, was) = cache.get_moved(&meta)?;
+            log::debug!(target: "peer", "{} is {} moved: hash known, not read again",
+                path.display(), was.display());
+            Some(hash)
+        });
+        let (hash, meta) = match known {
             Some(h) => {
                 p.bytes_done += meta.len();
                 (h, meta)
@@ -277,7 +307,11 @@ pub fn hash_all(
                     }
                 });
                 match result {
-                    Ok(hashed) => hashed,
+                    Ok(hashed) => {
+                        log::debug!(target: "peer", "hashed {} ({} bytes read)",
+                            path.display(), hashed.1.len());
+                        hashed
+                    }
                     Err(e) => {
                         warn(format!("cannot hash {}: {e}", path.display()));
                         continue;
@@ -311,6 +345,8 @@ pub fn hash_all(
 #[derive(Debug, Default, Clone)]
 pub struct HashCache {
     entries: HashMap<PathBuf, CacheEntry>,
+    /// The path of each cached (device, inode), to know a moved file.
+    by_id: HashMap<(u64, u64), PathBuf>,
 }
 
 /// What a cached hash was computed for: the file's size, mtime and (device, inode).
@@ -320,6 +356,17 @@ struct CacheEntry {
     mtime_ns: i128,
     file_id: (u64, u64),
     hash: FileHash,
+}
+
+impl CacheEntry {
+    fn of(f: &SharedFile) -> CacheEntry {
+        CacheEntry {
+            size: f.size,
+            mtime_ns: f.mtime_ns,
+            file_id: f.file_id,
+            hash: f.hash,
+        }
+    }
 }
 
 impl HashCache {
@@ -351,9 +398,36 @@ impl HashCache {
                 file_id: (dev, ino),
                 hash,
             };
-            cache.entries.insert(path, entry);
+            cache.insert(path, entry);
         }
         cache
+    }
+
+    fn insert(&mut self, path: PathBuf, entry: CacheEntry) -> bool {
+        if self.entries.get(&path) == Some(&entry) {
+            return false;
+        }
+        self.by_id.insert(entry.file_id, path.clone());
+        self.entries.insert(path, entry);
+        true
+    }
+
+    /// Adds (or updates) these files; whether anything changed.
+    pub fn insert_all<'a>(&mut self, files: impl IntoIterator<Item = &'a SharedFile>) -> bool {
+        let mut changed = false;
+        for f in files {
+            changed |= self.insert(f.path.clone(), CacheEntry::of(f));
+        }
+        changed
+    }
+
+    /// The cached hash of a file with the (device, inode), size and mtime of `meta` under
+    /// another path: a moved or renamed file. Returns the hash and the path it was hashed at.
+    pub fn get_moved(&self, meta: &fs::Metadata) -> Option<(FileHash, &Path)> {
+        let path = self.by_id.get(&file_id(meta))?;
+        let e = self.entries.get(path)?;
+        (e.file_id == file_id(meta) && e.size == meta.len() && e.mtime_ns == mtime_ns(meta))
+            .then_some((e.hash, path.as_path()))
     }
 
     /// The cached hash of `path` if it is still the same file (size, mtime, device and inode).
@@ -372,38 +446,28 @@ impl HashCache {
 
     /// A cache holding exactly these files.
     pub fn from_files<'a>(files: impl IntoIterator<Item = &'a SharedFile>) -> HashCache {
-        HashCache {
-            entries: files
-                .into_iter()
-                .map(|f| {
-                    let entry = CacheEntry {
-                        size: f.size,
-                        mtime_ns: f.mtime_ns,
-                        file_id: f.file_id,
-                        hash: f.hash,
-                    };
-                    (f.path.clone(), entry)
-                })
-                .collect(),
-        }
+        let mut cache = HashCache::default();
+        cache.insert_all(files);
+        cache
     }
 
     /// Writes the cache atomically (temporary file, then rename).
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let mut text = String::new();
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // Streamed: a cache of a large share is never built as one string in memory.
+        let mut out = io::BufWriter::new(File::create(&tmp)?);
         for (p, e) in &self.entries {
             let (dev, ino) = e.file_id;
-            text.push_str(&format!(
-                "{} {} {} {dev} {ino} {}\n",
+            writeln!(
+                out,
+                "{} {} {} {dev} {ino} {}",
                 e.hash,
                 e.size,
                 e.mtime_ns,
                 path_to_hex(p)
-            ));
+            )?;
         }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut f = File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
+        let f = out.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         fs::rename(&tmp, path)
     }
@@ -520,6 +584,60 @@ impl Share {
         diff.removed.extend(removed);
         diff.removed.sort();
         diff.removed.dedup();
+        diff
+    }
+
+    /// The files at or under each of `roots` (paths the watcher saw change) are now exactly
+    /// those of `files` there: what was shared there and is not in `files` (deleted, moved
+    /// away, turned into a link) stops being shared, and `files` are added or updated.
+    ///
+    /// The index withdraws by hash, with all its names, so every hash that lost a path is
+    /// withdrawn and, if the peer still holds it (a renamed or moved file, a duplicate), its
+    /// entries are registered again after that: the index never keeps a name that is gone.
+    pub fn replace_paths(&mut self, roots: &[PathBuf], files: Vec<SharedFile>) -> ShareDiff {
+        use std::collections::HashSet;
+        let keep: HashMap<&PathBuf, &SharedFile> = files.iter().map(|f| (&f.path, f)).collect();
+        let mut gone = Vec::new();
+        for root in roots {
+            // Paths order by component, so everything under `root` follows it in one run.
+            for (p, old) in self.by_path.range(root.clone()..) {
+                if !p.starts_with(root) {
+                    break;
+                }
+                let same = keep
+                    .get(p)
+                    .is_some_and(|f| f.hash == old.hash && f.name == old.name);
+                if !same {
+                    gone.push(p.clone());
+                }
+            }
+        }
+        gone.sort();
+        gone.dedup();
+        let mut lost: HashSet<FileHash> = HashSet::new();
+        for p in &gone {
+            if let Some(f) = self.by_path.get(p) {
+                lost.insert(f.hash);
+            }
+            self.remove_path(p);
+        }
+        let mut diff = self.upsert(files);
+        let mut seen: HashSet<(FileHash, String)> = diff
+            .added
+            .iter()
+            .map(|e| (e.hash, e.name.clone()))
+            .collect();
+        let mut removed: Vec<FileHash> = lost.into_iter().collect();
+        removed.sort();
+        for h in &removed {
+            for p in self.by_hash.get(h).into_iter().flatten() {
+                let e = self.by_path[p].entry();
+                if seen.insert((e.hash, e.name.clone())) {
+                    diff.added.push(e);
+                }
+            }
+        }
+        diff.removed = removed;
         diff
     }
 
@@ -713,6 +831,97 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("kept changing"), "{err}");
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_moved_file_is_known_by_its_inode_and_not_read_again() {
+        let d = tmpdir("moved");
+        fs::create_dir_all(d.join("sub")).unwrap();
+        fs::write(d.join("a.bin"), b"moved bytes").unwrap();
+        let cache = HashCache::from_files(&scan(&d, &HashCache::default()));
+        fs::rename(d.join("a.bin"), d.join("sub/b.bin")).unwrap();
+        let meta = fs::symlink_metadata(d.join("sub/b.bin")).unwrap();
+        assert_eq!(cache.get(&d.join("sub/b.bin"), &meta), None);
+        let (hash, was) = cache.get_moved(&meta).unwrap();
+        assert_eq!(
+            (hash, was),
+            (FileHash::of(b"moved bytes"), d.join("a.bin").as_path())
+        );
+        // Proof that the scan takes it from the cache: a planted hash comes back.
+        let mut lying = HashCache::default();
+        let mut f = scan(&d, &HashCache::default()).remove(0);
+        f.path = d.join("a.bin");
+        f.hash = FileHash([9; 32]);
+        lying.insert_all([&f]);
+        assert_eq!(scan(&d, &lying)[0].hash, FileHash([9; 32]));
+        // Written to after the move: another size or mtime, so it is read.
+        fs::write(d.join("sub/b.bin"), b"other bytes").unwrap();
+        let meta = fs::symlink_metadata(d.join("sub/b.bin")).unwrap();
+        assert_eq!(cache.get_moved(&meta), None);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn files_at_touched_paths_walk_directories_and_skip_links_and_gone_paths() {
+        let d = tmpdir("files-at");
+        fs::create_dir_all(d.join("dir/deep")).unwrap();
+        fs::write(d.join("dir/deep/x"), b"x").unwrap();
+        fs::write(d.join("f"), b"f").unwrap();
+        fs::write(d.join(CACHE_FILE), b"").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.join("link")).unwrap();
+        std::os::unix::fs::symlink("/etc", d.join("dirlink")).unwrap();
+        let touched = [
+            d.join("dir"),
+            d.join("dir/deep/x"),
+            d.join("f"),
+            d.join("gone"),
+            d.join("link"),
+            d.join("dirlink"),
+            d.join("dirlink/passwd"),
+            d.join(CACHE_FILE),
+            PathBuf::from("/etc/passwd"),
+        ];
+        let found: Vec<PathBuf> = files_at(&d, &touched).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(found, vec![d.join("dir/deep/x"), d.join("f")]);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn watched_paths_replace_what_was_shared_there() {
+        let mut s = Share::default();
+        s.upsert(vec![
+            file("/s/old.txt", b"R"),
+            file("/s/dir/a", b"A"),
+            file("/s/dir/b", b"B"),
+            file("/s/dir.txt", b"T"),
+            file("/s/keep", b"K"),
+        ]);
+        // A rename: the hash is withdrawn (with its old name) and registered under the new.
+        let d = s.replace_paths(
+            &[PathBuf::from("/s/old.txt"), PathBuf::from("/s/new.txt")],
+            vec![file("/s/new.txt", b"R")],
+        );
+        assert_eq!(d.removed, vec![FileHash::of(b"R")]);
+        assert_eq!(d.added, vec![file("/s/new.txt", b"R").entry()]);
+        // A directory removed: everything under it goes, not `dir.txt` beside it.
+        let d = s.replace_paths(&[PathBuf::from("/s/dir")], vec![]);
+        let mut want = vec![FileHash::of(b"A"), FileHash::of(b"B")];
+        want.sort();
+        assert_eq!((d.removed, d.added), (want, vec![]));
+        assert_eq!(s.len(), 3);
+        // A touched file that did not change: nothing to tell.
+        let d = s.replace_paths(&[PathBuf::from("/s/keep")], vec![file("/s/keep", b"K")]);
+        assert_eq!(d, ShareDiff::default());
+        // A duplicate deleted: the hash stays, re-registered under the names left.
+        s.upsert(vec![file("/s/copy", b"K")]);
+        let d = s.replace_paths(&[PathBuf::from("/s/keep")], vec![]);
+        assert_eq!(d.removed, vec![FileHash::of(b"K")]);
+        assert_eq!(d.added, vec![file("/s/copy", b"K").entry()]);
+        // Changed content at the same path: the old hash out, the new in.
+        let d = s.replace_paths(&[PathBuf::from("/s/copy")], vec![file("/s/copy", b"K2")]);
+        assert_eq!(d.removed, vec![FileHash::of(b"K")]);
+        assert_eq!(d.added, vec![file("/s/copy", b"K2").entry()]);
+        assert!(s.by_hash(&FileHash::of(b"K")).is_none());
     }
 
     #[test]

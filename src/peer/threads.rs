@@ -1,5 +1,6 @@
 //! The peer's helper threads: the hasher (walks and hashes the share, so a large share never
-//! freezes the loop), the stdin reader (epoll cannot watch a regular file, and stdin may be
+//! freezes the loop; it also looks again at the paths the watcher saw change, see
+//! [`super::watch`]), the stdin reader (epoll cannot watch a regular file, and stdin may be
 //! one) and the resolver (a host-name lookup blocks). Each hands its results to the reactor as
 //! an [`Event`] through a channel and the reactor's waker; none touches the peer's state.
 
@@ -28,6 +29,9 @@ pub enum Event {
     /// The index's host name was looked up (on a thread of its own: the lookup blocks): its
     /// addresses, in the resolver's order.
     Resolved(Result<Vec<SocketAddr>, String>),
+    /// The watcher saw these paths change (created, written, renamed or removed, each quiet
+    /// for the debounce time); see [`super::watch`].
+    Watched(Vec<PathBuf>),
     /// A scan or hash job finished.
     Scanned {
         /// What was asked.
@@ -54,6 +58,13 @@ pub enum Job {
         /// Whether a console command waits for it.
         console: bool,
     },
+    /// Look again at paths the watcher saw change: the files now at or under each of them
+    /// (regular files hashed, directories walked, links and gone paths: nothing) replace
+    /// what was shared there.
+    Watched {
+        /// The touched paths.
+        paths: Vec<PathBuf>,
+    },
 }
 
 /// Starts the hashing thread; it runs jobs until the job channel closes.
@@ -75,6 +86,7 @@ pub fn spawn_hasher(
                     Job::Paths { paths, .. } => {
                         share::regular_files(&root, paths, &mut |w| warnings.push(w))
                     }
+                    Job::Watched { paths } => share::files_at(&root, paths),
                 };
                 let mut last = Instant::now();
                 let hashed = share::hash_all(
@@ -89,10 +101,19 @@ pub fn spawn_hasher(
                     },
                     &mut |w| warnings.push(w),
                 );
-                if let Job::Rescan { .. } = job {
-                    cache = HashCache::from_files(&hashed);
-                    // A read-only share just means re-hashing next time.
-                    let _ = cache.save(&cache_path);
+                match &job {
+                    Job::Rescan { .. } => {
+                        cache = HashCache::from_files(&hashed);
+                        // A read-only share just means re-hashing next time.
+                        let _ = cache.save(&cache_path);
+                    }
+                    // A moved file is found in the cache by its inode, so the cache keeps
+                    // what was hashed until the next full rescan prunes it.
+                    _ => {
+                        if cache.insert_all(&hashed) {
+                            let _ = cache.save(&cache_path);
+                        }
+                    }
                 }
                 let _ = events.send(Event::Scanned {
                     job,
@@ -100,6 +121,8 @@ pub fn spawn_hasher(
                     warnings,
                 });
                 let _ = waker.wake();
+                // The walk's and the cache's transient lists are freed: give the memory back.
+                crate::sys::process::release_free_memory();
             }
         })?;
     Ok(tx)

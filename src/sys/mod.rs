@@ -5,7 +5,8 @@
 //! - [`io`]: what moves bytes: `sendfile` for the reactor's file ranges, `sync_file_range` to
 //!   start a download's writeback early;
 //! - [`process`]: process-level setup the binaries and the bench do once: the open-files limit,
-//!   SIGXFSZ, SIGINT/SIGTERM through `sigwait`, CPU pinning.
+//!   SIGXFSZ, SIGINT/SIGTERM through `sigwait`, CPU pinning, and handing freed memory back
+//!   after a large scan (`malloc_trim`).
 #![allow(unsafe_code)]
 
 pub mod io;

@@ -364,6 +364,12 @@ impl ServingPeer {
         said.lines.iter().any(|l| l.contains(what))
     }
 
+    /// How many lines of stderr so far contain `what` (consumed or not).
+    pub fn lines_containing(&self, what: &str) -> usize {
+        let said = self.stderr.state.lock().unwrap_or_else(|e| e.into_inner());
+        said.lines.iter().filter(|l| l.contains(what)).count()
+    }
+
     /// Waits for the next line of stderr (after those consumed) that `is_it` accepts, and
     /// consumes the stderr up to it; fails the test at EOF or after `limit`.
     pub fn wait_line(

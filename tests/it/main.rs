@@ -15,3 +15,4 @@ mod queue;
 mod reactor;
 mod trust;
 mod unicode;
+mod watch;
