@@ -680,7 +680,21 @@ fn measure_churn_loop_pause() {
         env("CHURN_FILES", 100_000),
         env("CHURN_ROUNDS", 4),
     );
-    let indexd = Indexd::start(&["--max-files-per-peer", "100000000"]);
+    // One host registers everything: its per-address and rate limits are off.
+    let indexd = Indexd::start(&[
+        "--max-files-per-peer",
+        "100000000",
+        "--max-holdings-per-ip",
+        "0",
+        "--rate-register",
+        "0",
+        "--rate-search",
+        "0",
+        "--rate-lookup",
+        "0",
+        "--rate-address",
+        "0",
+    ]);
     let mut holders = Vec::new();
     for (i, chunk) in many_files("base", base).chunks(100_000).enumerate() {
         let (mut c, _) = Client::hello(indexd.addr, 1000 + i as u16);
