@@ -296,6 +296,9 @@ pub struct Limiter {
     /// Address records at the last sweep: the next sweep comes when the table has doubled.
     swept_at: usize,
     counts: LimiterCounts,
+    /// When the last ban imposed ends (bans at accept and per request need checking only
+    /// until then).
+    last_ban_ends: Option<Instant>,
 }
 
 /// Fewest address records before a sweep is worth it.
@@ -307,6 +310,7 @@ impl Limiter {
         Limiter {
             limits,
             addresses: hashbrown::HashMap::new(),
+            last_ban_ends: None,
             swept_at: 0,
             counts: LimiterCounts::default(),
         }
@@ -393,6 +397,10 @@ impl Limiter {
     ) -> Result<(), Refusal> {
         let own = buckets.of(kind).wait(now);
         let shared = kind != Kind::Register && self.limits.address_per_s > 0;
+        if own.is_none() && !shared && self.last_ban_ends.map_or(true, |t| t <= now) {
+            // Nothing to check at the address: no bucket there, and no ban in force anywhere.
+            return Ok(());
+        }
         let ban_after = self.limits.ban_after;
         let ban_for = self.limits.ban_for;
         let rec = self.record(Address::of(ip), now);
@@ -417,6 +425,7 @@ impl Limiter {
             rec.strikes.charge(1, now);
             if rec.strikes.is_spent(now) {
                 rec.banned_until = Some(now + ban_for);
+                self.last_ban_ends = self.last_ban_ends.max(Some(now + ban_for));
                 refusal = Refusal {
                     retry_after: ban_for,
                     banned: true,

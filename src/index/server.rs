@@ -123,6 +123,9 @@ pub struct IndexServer {
     metrics: IndexMetrics,
     /// Rate limits and bans.
     limiter: Limiter,
+    /// What the request being handled is to be charged (its kind and counted units), once
+    /// `handle_payload` has timed it.
+    charge: Option<(Kind, u64)>,
     /// Holdings of the live peers at each address, for
     /// [`ServerLimits::max_holdings_per_address`] (addresses with none are not kept).
     address_holdings: hashbrown::HashMap<limits::Address, usize>,
@@ -161,6 +164,7 @@ impl IndexServer {
             lookup_ns: time_histogram(),
             metrics: IndexMetrics::default(),
             limiter: Limiter::new(RateLimits::default()),
+            charge: None,
             address_holdings: hashbrown::HashMap::new(),
             jobs: VecDeque::new(),
             current_conn: None,
@@ -478,15 +482,8 @@ impl IndexServer {
             (kind, units)
         });
         wire::encode_frame(&Response { id, body }, out);
-        if let Some((kind, units)) = kind_units {
-            // Charged the larger of the work it reports and the server time it took (answer
-            // encoding included): a request whose work the units undercount (many names
-            // decoded for one answer) pays for its time.
-            let spent = limits::units_of_time(now.elapsed());
-            let ip = session.remote.ip();
-            self.limiter
-                .charge(&mut session.buckets, ip, kind, units.max(spent), now);
-        }
+        // Charged by `handle_payload` once it has timed the request.
+        self.charge = kind_units;
         Verdict::Continue
     }
 
@@ -642,8 +639,19 @@ impl IndexServer {
                 let is_lookup = matches!(req.body, RequestBody::Lookup { .. });
                 let started = Instant::now();
                 let refused = self.limiter.counts().rate_limited;
+                self.charge = None;
                 let verdict = self.handle_request(out, session, req, started);
-                let ns = (started.elapsed().as_nanos() as u64).clamp(1, MAX_TRACKED_NS);
+                let elapsed = started.elapsed();
+                let ns = (elapsed.as_nanos() as u64).clamp(1, MAX_TRACKED_NS);
+                if let Some((kind, units)) = self.charge.take() {
+                    // Charged the larger of the work it reports and the server time it took
+                    // (answer encoding included): a request whose work the units undercount
+                    // (many names decoded for one answer) pays for its time.
+                    let units = units.max(limits::units_of_time(elapsed));
+                    let ip = session.remote.ip();
+                    self.limiter
+                        .charge(&mut session.buckets, ip, kind, units, started);
+                }
                 self.metrics.record_request(kind, ns);
                 // A request refused over a rate limit did no work: it is not timed as a
                 // search or lookup.

@@ -180,6 +180,14 @@ impl Index {
     /// first (see [`Index::lookup`]); claims only departing peers hold are left out (see
     /// `depart.rs`), and with none left the hash is not found.
     fn claims(&self, files: Vec<u32>) -> Result<Vec<HeldFile>, LookupError> {
+        if let [file] = files[..] {
+            // One claim (nearly always): nothing to weigh; its holders are the live ones.
+            let held = self.held_file(file, None);
+            if held.holders.is_empty() {
+                return Err(LookupError::NotFound);
+            }
+            return Ok(vec![held]);
+        }
         // Departing peers have no address, so they count for no address.
         let mut weighed: Vec<(usize, u32)> = files
             .iter()
