@@ -1119,21 +1119,24 @@ mod tests {
             .clone()
     }
 
+    /// `n` files of one byte named `TAG i`, each of its own content.
+    fn distinct_files(tag: &str, n: usize) -> Vec<FileEntry> {
+        (0..n)
+            .map(|i| FileEntry {
+                hash: FileHash::of(format!("{tag} {i}").as_bytes()),
+                size: 1,
+                name: format!("{tag} {i}"),
+            })
+            .collect()
+    }
+
     #[test]
     fn holdings_are_limited_per_address_whatever_the_sessions() {
         let mut server = IndexServer::new(ServerLimits {
             max_holdings_per_address: 30,
             ..ServerLimits::default()
         });
-        let files = |tag: &str, n: usize| -> Vec<FileEntry> {
-            (0..n)
-                .map(|i| FileEntry {
-                    hash: FileHash::of(format!("{tag} {i}").as_bytes()),
-                    size: 1,
-                    name: format!("{tag} {i}"),
-                })
-                .collect()
-        };
+        let files = distinct_files;
         let added = |answer: ResponseBody| match answer {
             ResponseBody::Registered { added, .. } => added,
             other => panic!("{other:?}"),
@@ -1188,15 +1191,7 @@ mod tests {
                 })
                 .collect()
         };
-        let many = |tag: &str, n: usize| -> Vec<FileEntry> {
-            (0..n)
-                .map(|i| FileEntry {
-                    hash: FileHash::of(format!("{tag} {i}").as_bytes()),
-                    size: 1,
-                    name: format!("{tag} {i}"),
-                })
-                .collect()
-        };
+        let many = distinct_files;
         let registered = |added, rejected, total| ResponseBody::Registered {
             added,
             rejected,

@@ -665,7 +665,7 @@ impl Share {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn tmpdir(tag: &str) -> PathBuf {
@@ -739,7 +739,8 @@ mod tests {
         fs::remove_dir_all(&d).unwrap();
     }
 
-    fn file(path: &str, content: &[u8]) -> SharedFile {
+    /// A shared file record for tests (its name is the path's last component).
+    pub(in crate::peer) fn file(path: &str, content: &[u8]) -> SharedFile {
         SharedFile {
             path: PathBuf::from(path),
             name: path.rsplit('/').next().unwrap().into(),

@@ -117,16 +117,7 @@ impl Withdrawn {
 mod tests {
     use super::*;
 
-    fn file(path: &str, content: &[u8]) -> SharedFile {
-        SharedFile {
-            path: PathBuf::from(path),
-            name: path.rsplit('/').next().unwrap().into(),
-            size: content.len() as u64,
-            file_id: (0, 0),
-            mtime_ns: 1,
-            hash: FileHash::of(content),
-        }
-    }
+    use crate::peer::share::tests::file;
 
     #[test]
     fn withdrawn_files_stay_withdrawn_across_a_reload_until_registered_again() {

@@ -81,7 +81,11 @@ pub struct Client {
 impl Client {
     /// Connects (no hello).
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect to indexd");
+        Self::over(TcpStream::connect(addr).expect("connect to indexd"))
+    }
+
+    /// A client over a connected stream.
+    fn over(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
         Client {
@@ -102,15 +106,7 @@ impl Client {
         .unwrap();
         socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
         socket.connect(&addr.into()).expect("connect to indexd");
-        let stream: TcpStream = socket.into();
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
-            stream,
-            buf: Vec::new(),
-            decoder: Decoder::new(64 << 20),
-            next_id: 1,
-        }
+        Self::over(socket.into())
     }
 
     /// Connects and completes the handshake announcing `port`; returns the observed address.

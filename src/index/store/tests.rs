@@ -1753,18 +1753,7 @@ fn names_beyond_the_word_arena_cap_are_rejected() {
 /// same search is exact.
 #[test]
 fn a_search_stops_at_its_budget_and_says_so() {
-    let mut ix = Index::new();
-    let p = ix.add_peer(addr(1));
-    let files: Vec<FileEntry> = (0..2000u32)
-        .map(|i| {
-            fe(
-                spread_hash(i),
-                u64::from(i % 100) + 1,
-                &format!("tune {i}.mp3"),
-            )
-        })
-        .collect();
-    ix.register(p, &files);
+    let mut ix = tunes();
     // One file in a hundred is 100 bytes.
     let filter = SearchFilter {
         min_size: 100,
@@ -1819,8 +1808,8 @@ fn a_search_stops_at_its_budget_and_says_so() {
     );
 }
 
-#[test]
-fn a_search_stops_at_its_time_limit_and_says_so() {
+/// 2,000 files named `tune N.mp3`, of sizes 1 to 100 bytes (`N % 100 + 1`).
+fn tunes() -> Index {
     let mut ix = Index::new();
     let p = ix.add_peer(addr(1));
     let files: Vec<FileEntry> = (0..2000u32)
@@ -1833,6 +1822,12 @@ fn a_search_stops_at_its_time_limit_and_says_so() {
         })
         .collect();
     ix.register(p, &files);
+    ix
+}
+
+#[test]
+fn a_search_stops_at_its_time_limit_and_says_so() {
+    let mut ix = tunes();
     // One file in a hundred passes: the walk needs far more than one clock check's worth of
     // units, and a limit of zero stops it at the first check, with what it found so far.
     let filter = SearchFilter {
