@@ -137,6 +137,22 @@ impl Exposition {
         }
     }
 
+    /// The reactor loop's pauses (`pauses`, in µs, as [`crate::reactor::LoopPauses`] keeps
+    /// them) as the unlabelled histogram family `name`, in seconds.
+    pub fn loop_pauses(&mut self, name: &str, help: &str, pauses: &Histogram<u64>) {
+        self.histograms(
+            name,
+            help,
+            None,
+            PAUSE_BUCKETS_S,
+            &[HistogramSeries {
+                label: "",
+                histogram: pauses,
+                seconds_per_unit: 1e-6,
+            }],
+        );
+    }
+
     /// The standard process families: resident memory and start time.
     pub fn process(&mut self, started: SystemTime) {
         if let Some(rss) = resident_bytes() {

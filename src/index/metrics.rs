@@ -4,7 +4,7 @@
 //! [`crate::metrics`] for the format). Families are prefixed `p2pshare_index_`.
 
 use super::server::IndexServer;
-use crate::metrics::{Exposition, HistogramSeries, PAUSE_BUCKETS_S, REQUEST_BUCKETS_S};
+use crate::metrics::{Exposition, HistogramSeries, REQUEST_BUCKETS_S};
 use crate::reactor::Ctx;
 use crate::wire::{ErrorCode, RequestBody};
 use hdrhistogram::Histogram;
@@ -163,16 +163,10 @@ pub fn render<C>(server: &mut IndexServer, ctx: &Ctx<C>) -> String {
         REQUEST_BUCKETS_S,
         &series,
     );
-    e.histograms(
+    e.loop_pauses(
         "p2pshare_index_loop_pause_seconds",
         "Time the reactor loop worked between two waits (every connection waits meanwhile).",
-        None,
-        PAUSE_BUCKETS_S,
-        &[HistogramSeries {
-            label: "",
-            histogram: ctx.loop_pauses().histogram(),
-            seconds_per_unit: 1e-6,
-        }],
+        ctx.loop_pauses().histogram(),
     );
     let started = m.started;
     e.counter(

@@ -4,7 +4,7 @@
 //! prefixed `p2pshare_peer_`.
 
 use super::core::PeerCore;
-use crate::metrics::{Exposition, HistogramSeries, PAUSE_BUCKETS_S};
+use crate::metrics::Exposition;
 use crate::reactor::Ctx;
 use std::time::SystemTime;
 
@@ -146,16 +146,10 @@ pub fn render<C>(core: &PeerCore, ctx: &Ctx<C>) -> String {
         "Bytes of the files shared.",
         v.shared_bytes as f64,
     );
-    e.histograms(
+    e.loop_pauses(
         "p2pshare_peer_loop_pause_seconds",
         "Time the reactor loop worked between two waits.",
-        None,
-        PAUSE_BUCKETS_S,
-        &[HistogramSeries {
-            label: "",
-            histogram: ctx.loop_pauses().histogram(),
-            seconds_per_unit: 1e-6,
-        }],
+        ctx.loop_pauses().histogram(),
     );
     e.process(v.counters.started);
     e.finish()
