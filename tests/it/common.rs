@@ -810,3 +810,15 @@ pub fn visible_names(dir: &std::path::Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// The file-server address of the first holder the index lists for `hash`.
+pub fn holder_of(index: SocketAddr, hash: p2pshare::wire::FileHash) -> SocketAddr {
+    let (mut c, _) = Client::hello(index, 0);
+    match c.call(RequestBody::Lookup {
+        key: p2pshare::wire::LookupKey::Hash(hash),
+        after: None,
+    }) {
+        ResponseBody::Holders { files, .. } => files[0].holders[0],
+        other => panic!("{other:?}"),
+    }
+}

@@ -620,18 +620,6 @@ fn absurd_but_well_formed_requests_are_answered_and_harm_no_one() {
     assert!(honest.search() < Duration::from_secs(1));
 }
 
-/// The file-server address of the only holder of `hash`.
-fn holder_of(index: SocketAddr, hash: FileHash) -> SocketAddr {
-    let (mut c, _) = Client::hello(index, 0);
-    match c.call(RequestBody::Lookup {
-        key: LookupKey::Hash(hash),
-        after: None,
-    }) {
-        ResponseBody::Holders { files, .. } => files[0].holders[0],
-        other => panic!("{other:?}"),
-    }
-}
-
 /// Sends one Get to a holder; returns its answer and the raw bytes that followed until close.
 fn get(
     holder: SocketAddr,
@@ -692,7 +680,7 @@ fn a_holder_refuses_unknown_hashes_bad_offsets_and_garbage_and_still_serves() {
     std::fs::write(a.join("served.bin"), &bytes).unwrap();
     let mut holder = ServingPeer::start(&a, indexd.addr);
     holder.wait_registered(1);
-    let addr = holder_of(indexd.addr, h);
+    let addr = common::holder_of(indexd.addr, h);
 
     let refused = |resp: TransferResponse, want: ErrorCode| match resp {
         TransferResponse::Error { code, .. } => assert_eq!(code, want),

@@ -2,11 +2,10 @@
 //! busy a downloader is not refused but told its place in line, waits, and is served when a
 //! slot frees; one address cannot fill the line.
 
-use crate::common::{self, Client, Indexd, KillOnDrop, ServingPeer, TempDir};
+use crate::common::{self, Indexd, KillOnDrop, ServingPeer, TempDir};
 use p2pshare::codec::Decoder;
 use p2pshare::wire::{
-    self, ErrorCode, FileHash, LookupKey, RequestBody, ResponseBody, TransferRequest,
-    TransferResponse, PROTOCOL_VERSION,
+    self, ErrorCode, FileHash, TransferRequest, TransferResponse, PROTOCOL_VERSION,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,18 +13,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// The one holder the index lists for `hash`.
-fn holder_of(index: SocketAddr, hash: FileHash) -> SocketAddr {
-    let (mut c, _) = Client::hello(index, 0);
-    match c.call(RequestBody::Lookup {
-        key: LookupKey::Hash(hash),
-        after: None,
-    }) {
-        ResponseBody::Holders { files, .. } => files[0].holders[0],
-        other => panic!("{other:?}"),
-    }
-}
 
 /// A raw downloader: connects to `holder`, asks for `hash` from 0, and returns the stream with
 /// the first answer.
@@ -75,7 +62,7 @@ fn a_full_holder_queues_downloaders_in_order_and_serves_them_as_slots_free() {
         &["--upload-slots", "1", "--max-queued-per-ip", "1"],
     );
     holder.wait_registered(1);
-    let addr = holder_of(indexd.addr, h);
+    let addr = common::holder_of(indexd.addr, h);
 
     // The one slot: a downloader that reads the header and then nothing.
     let (hog, answer) = ask(addr, h);
@@ -177,7 +164,7 @@ fn a_slow_reader_loses_its_slot_to_the_one_waiting() {
         ],
     );
     holder.wait_registered(1);
-    let addr = holder_of(indexd.addr, h);
+    let addr = common::holder_of(indexd.addr, h);
     let (mut hog, answer) = ask(addr, h);
     assert!(
         matches!(answer, TransferResponse::Sending { .. }),
