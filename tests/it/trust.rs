@@ -1,7 +1,7 @@
 //! Holders that follow the protocol and still try to hand out what they should not: each case
 //! re-enacted against the real binaries.
 
-use crate::common::{self, Indexd, TempDir};
+use crate::common::{self, Indexd, ServingPeer, TempDir, REGISTER_LIMIT};
 use p2pshare::wire::{FileHash, LookupKey, RequestBody, ResponseBody};
 
 /// A file of the share swapped for a link to a file outside it, after it was registered: the
@@ -263,4 +263,56 @@ fn one_hosts_sessions_share_one_allowance_of_holdings() {
     for s in sessions.into_iter().chain([elsewhere, again]) {
         s.leave();
     }
+}
+
+/// Issue 13, case 8: when the index goes away, its peers must not all come back at the same
+/// instant. Twenty real peers hold sessions with a stand-in index (a bare listener: the peers
+/// only need to connect); all twenty connections are closed at once, as a crashing index
+/// does, and the times of their next connects are taken. With the old fixed backoff (250 ms,
+/// no jitter) they came back within a few milliseconds of each other; with full jitter each
+/// first retry is drawn from the whole first step, so they spread over it.
+#[test]
+fn peers_losing_the_index_together_come_back_spread_by_full_jitter() {
+    use p2pshare::peer::session::BACKOFF_MIN;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    const PEERS: usize = 20;
+    let index = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = index.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in index.incoming() {
+            let Ok(stream) = stream else { return };
+            if tx.send((Instant::now(), stream)).is_err() {
+                return;
+            }
+        }
+    });
+    let tmp = TempDir::new("storm");
+    let _peers: Vec<ServingPeer> = (0..PEERS)
+        .map(|i| ServingPeer::start(&tmp.sub(&format!("p{i}")), addr))
+        .collect();
+    let accept = || {
+        rx.recv_timeout(REGISTER_LIMIT)
+            .expect("a peer's connect to the index")
+    };
+    let first: Vec<_> = (0..PEERS).map(|_| accept()).collect();
+    drop(first);
+    let lost_at = Instant::now();
+    // Kept open, so that each peer comes back exactly once.
+    let again: Vec<_> = (0..PEERS).map(|_| accept()).collect();
+    let mut back: Vec<Duration> = again
+        .iter()
+        .map(|(at, _)| at.saturating_duration_since(lost_at))
+        .collect();
+    back.sort();
+    let spread = back[PEERS - 1] - back[0];
+    // Twenty draws from a uniform 250 ms all fall within 62.5 ms of each other with a
+    // chance of 20 * (1/4)^19, about 7e-11.
+    assert!(
+        spread >= BACKOFF_MIN / 4,
+        "the peers came back within {spread:?} of each other: {back:?}"
+    );
 }
