@@ -3,6 +3,7 @@
 use clap::Parser;
 use p2pshare::logging;
 use p2pshare::peer::download::{self, DownloadLimits};
+use p2pshare::peer::output::{Format, Line, Style};
 use p2pshare::peer::{self, Peer, PeerConfig};
 use p2pshare::reactor::{Config, HttpLimits, Reactor};
 use p2pshare::sys::process;
@@ -38,6 +39,10 @@ struct Flags {
     /// No console: share and serve until SIGINT/SIGTERM.
     #[arg(long)]
     serve: bool,
+    /// Write every result, progress event, note and error as one JSON object per line on
+    /// stdout (for scripts and programs; see README for the fields).
+    #[arg(long)]
+    json: bool,
     /// Largest frame accepted from the index or other peers, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     max_frame_bytes: usize,
@@ -164,13 +169,23 @@ fn run(flags: Flags) -> Result<(), String> {
             .map_err(|e| format!("cannot start watching the share: {e}"))?;
     }
     let console = !flags.serve;
+    let bar = console && !flags.json && std::io::stderr().is_terminal();
+    let format = if flags.json {
+        Format::Json
+    } else {
+        Format::Text(Style {
+            human: std::io::stdout().is_terminal(),
+            bar,
+        })
+    };
     let cfg = PeerConfig {
         share_dir: share,
         downloads_dir: downloads,
         index: flags.index,
         listen: flags.listen,
         console,
-        progress_bar: console && std::io::stderr().is_terminal(),
+        progress_bar: bar || (console && flags.json),
+        format,
         // Only spreads reconnects of different peers apart: any varying value will do.
         seed: std::process::id() as u64
             ^ std::time::SystemTime::now()
@@ -192,13 +207,13 @@ fn run(flags: Flags) -> Result<(), String> {
     let addr = peer
         .start(reactor.ctx())
         .map_err(|e| format!("--listen {}: {e}", flags.listen))?;
-    eprintln!("peer: serving files on {addr}");
+    peer.say(Line::Serving { addr });
     if let Some(m) = flags.metrics {
         let m = reactor
             .ctx()
             .listen_http(m, HttpLimits::default())
             .map_err(|e| format!("--metrics {m}: {e}"))?;
-        eprintln!("peer: metrics on http://{m}/metrics");
+        peer.say(Line::Metrics { addr: m });
     }
     if console {
         peer::spawn_stdin(events_tx, waker).map_err(|e| e.to_string())?;
