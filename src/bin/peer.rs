@@ -3,7 +3,8 @@
 use clap::Parser;
 use p2pshare::logging;
 use p2pshare::peer::download::{self, DownloadLimits};
-use p2pshare::peer::output::{Format, Line, Style};
+use p2pshare::peer::output::{Format, Line, Stream, Style};
+use p2pshare::peer::render;
 use p2pshare::peer::{self, Peer, PeerConfig};
 use p2pshare::reactor::{Config, HttpLimits, Reactor};
 use p2pshare::sys::process;
@@ -103,19 +104,56 @@ struct Flags {
     log: Option<String>,
 }
 
+/// Exit status: every command succeeded (or the console is a terminal, or `--serve`).
+const EXIT_OK: u8 = 0;
+/// Exit status: a console run from a pipe or a file met an error (a command failed).
+const EXIT_COMMAND_FAILED: u8 = 1;
+/// Exit status: a usage or start-up mistake (clap uses 2 for usage errors too), or the event
+/// loop failed.
+const EXIT_STARTUP: u8 = 2;
+
 fn main() -> ExitCode {
     let flags = Flags::parse();
     logging::init(flags.log.as_deref(), "warn");
+    let json = flags.json;
     match run(flags) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome { failed: false }) => ExitCode::from(EXIT_OK),
+        Ok(Outcome { failed: true }) => ExitCode::from(EXIT_COMMAND_FAILED),
         Err(e) => {
-            eprintln!("peer: {e}");
-            ExitCode::FAILURE
+            if json {
+                println!("{}", serde_json::json!({"type": "error", "message": e}));
+            } else {
+                eprintln!("peer: {e}");
+            }
+            ExitCode::from(EXIT_STARTUP)
         }
     }
 }
 
-fn run(flags: Flags) -> Result<(), String> {
+/// Says a start-up fact at once, before the loop runs (so before any log line of it: tests
+/// and scripts wait for `serving files on` first), in the output's format.
+fn announce(format: Format, line: &Line) {
+    match format {
+        Format::Json => {
+            if let Some(v) = render::json(line) {
+                println!("{v}");
+            }
+        }
+        Format::Text(style) => match render::text(line, style) {
+            Some((Stream::Stdout, text)) => println!("{text}"),
+            Some((Stream::Stderr, text)) => eprintln!("{text}"),
+            None => {}
+        },
+    }
+}
+
+/// How a run ended.
+struct Outcome {
+    /// A console run from a pipe or a file said an error: a script must be able to tell.
+    failed: bool,
+}
+
+fn run(flags: Flags) -> Result<Outcome, String> {
     let share = flags
         .share
         .canonicalize()
@@ -207,21 +245,24 @@ fn run(flags: Flags) -> Result<(), String> {
     let addr = peer
         .start(reactor.ctx())
         .map_err(|e| format!("--listen {}: {e}", flags.listen))?;
-    peer.say(Line::Serving { addr });
+    announce(format, &Line::Serving { addr });
     if let Some(m) = flags.metrics {
         let m = reactor
             .ctx()
             .listen_http(m, HttpLimits::default())
             .map_err(|e| format!("--metrics {m}: {e}"))?;
-        peer.say(Line::Metrics { addr: m });
+        announce(format, &Line::Metrics { addr: m });
     }
     if console {
         peer::spawn_stdin(events_tx, waker).map_err(|e| e.to_string())?;
     }
     let ran = reactor.run(&mut peer);
+    // A person at a terminal sees the errors; only a script needs the status to tell.
+    let failed = console && !std::io::stdin().is_terminal() && peer.errors() > 0;
     // The reactor has stopped: close every socket (downloaders move on at once), then write
     // out what is still queued for the person.
     drop(reactor);
     peer.finish();
-    ran.map_err(|e| e.to_string())
+    ran.map_err(|e| e.to_string())?;
+    Ok(Outcome { failed })
 }

@@ -176,11 +176,6 @@ impl Peer {
         Ok(addr)
     }
 
-    /// Tells the person `line` (start-up facts: where the peer listens).
-    pub fn say(&mut self, line: output::Line) {
-        self.core.output().say(line);
-    }
-
     /// How many errors the person was told (a piped console exits with status 1 if any).
     pub fn errors(&mut self) -> u64 {
         self.core.output().errors()

@@ -40,6 +40,7 @@ fn json_gives_every_result_event_and_error_as_one_object_per_line() {
                   status\nbogus\nunregister Zebra Crossing.flac\nhelp\n";
     let run = run_console(&b, indexd.addr, &["--json"], Input::Pipe(script), LIMIT);
     let all = objects(&run.stdout);
+    assert_eq!(run.code, Some(1), "the bogus command failed: {run:?}");
     // Nothing for people on stderr: notes and errors are objects on stdout too.
     assert_eq!(run.stderr, "", "{run:?}");
 
@@ -143,4 +144,45 @@ fn json_gives_every_result_event_and_error_as_one_object_per_line() {
             "help"
         ]
     );
+}
+
+#[test]
+fn a_piped_console_exits_1_when_a_command_failed_and_0_when_none_did() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("exit");
+    let a = tmp.sub("a");
+    std::fs::write(a.join("here.txt"), b"present").unwrap();
+    let mut holder = ServingPeer::start(&a, indexd.addr);
+    holder.wait_registered(1);
+    let b = tmp.sub("b");
+    let ok = run_console(
+        &b,
+        indexd.addr,
+        &[],
+        Input::Pipe("search here\nget here.txt\nstatus\n"),
+        LIMIT,
+    );
+    assert_eq!(ok.code, Some(0), "{ok:?}");
+    assert!(ok.stdout.contains("saved "), "{ok:?}");
+    // The issue's example: nobody shares it; later commands still run.
+    let failed = run_console(
+        &tmp.sub("c"),
+        indexd.addr,
+        &[],
+        Input::Pipe("get nobody-has-this.txt\nsearch here\n"),
+        LIMIT,
+    );
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    assert!(
+        failed
+            .stderr
+            .contains("error: no peer shares nobody-has-this.txt"),
+        "{failed:?}"
+    );
+    assert!(failed.stdout.contains("1 result"), "{failed:?}");
+    // From a file as stdin too.
+    let cmds = tmp.path().join("cmds.txt");
+    std::fs::write(&cmds, "unregister not-mine.txt\n").unwrap();
+    let failed = run_console(&tmp.sub("d"), indexd.addr, &[], Input::File(&cmds), LIMIT);
+    assert_eq!(failed.code, Some(1), "{failed:?}");
 }
