@@ -5,6 +5,7 @@ use p2pshare::logging;
 use p2pshare::peer::download::{self, DownloadLimits};
 use p2pshare::peer::output::{Format, Line, Stream, Style};
 use p2pshare::peer::render;
+use p2pshare::peer::startup;
 use p2pshare::peer::{self, Peer, PeerConfig};
 use p2pshare::reactor::{Config, HttpLimits, Reactor};
 use p2pshare::sys::process;
@@ -161,12 +162,23 @@ fn run(flags: Flags) -> Result<Outcome, String> {
     if !share.is_dir() {
         return Err(format!("--share {}: not a directory", share.display()));
     }
+    startup::check_index(&flags.index)?;
     let downloads = peer::downloads_dir(&share, flags.downloads.as_deref());
+    let what = if flags.downloads.is_some() {
+        "--downloads"
+    } else {
+        "the downloads directory (by default the share; --downloads DIR sets another)"
+    };
     std::fs::create_dir_all(&downloads)
-        .map_err(|e| format!("--downloads {}: {e}", downloads.display()))?;
+        .map_err(|e| format!("{what} {}: {e}", downloads.display()))?;
     let downloads = downloads
         .canonicalize()
-        .map_err(|e| format!("--downloads {}: {e}", downloads.display()))?;
+        .map_err(|e| format!("{what} {}: {e}", downloads.display()))?;
+    // A console downloads; a serving peer only if it was given somewhere to (a read-only
+    // share can still be served).
+    if !flags.serve || flags.downloads.is_some() {
+        startup::check_writable(&downloads, what)?;
+    }
     let _ = process::raise_fd_limit();
     // A full disk or a file-size limit must fail the download's write (the partial file is
     // kept for resume), not kill the peer with SIGXFSZ.
@@ -245,13 +257,19 @@ fn run(flags: Flags) -> Result<Outcome, String> {
     let addr = peer
         .start(reactor.ctx())
         .map_err(|e| format!("--listen {}: {e}", flags.listen))?;
+    // Every listener is bound before either is announced: a start-up error says only itself.
+    let metrics = match flags.metrics {
+        Some(m) => Some(
+            reactor
+                .ctx()
+                .listen_http(m, HttpLimits::default())
+                .map_err(|e| format!("--metrics {m}: {e}"))?,
+        ),
+        None => None,
+    };
     announce(format, &Line::Serving { addr });
-    if let Some(m) = flags.metrics {
-        let m = reactor
-            .ctx()
-            .listen_http(m, HttpLimits::default())
-            .map_err(|e| format!("--metrics {m}: {e}"))?;
-        announce(format, &Line::Metrics { addr: m });
+    if let Some(addr) = metrics {
+        announce(format, &Line::Metrics { addr });
     }
     if console {
         peer::spawn_stdin(events_tx, waker).map_err(|e| e.to_string())?;

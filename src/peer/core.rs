@@ -761,7 +761,9 @@ impl PeerCore {
     fn lookup_again(&mut self, key: LookupKey) {
         let body = RequestBody::Lookup { key, after: None };
         if !self.session.request(body, Tag::Command, &mut self.actions) {
-            self.output.error("not connected to the index");
+            let index = &self.cfg.index;
+            self.output
+                .error(format!("not connected to the index {index}"));
             self.commands.finish();
         }
     }
@@ -854,7 +856,9 @@ impl PeerCore {
         if self.session.request(body, Tag::Command, &mut self.actions) {
             self.commands.wait(Waiting::Search { query, filter });
         } else {
-            self.output.error("search: not connected to the index");
+            let index = &self.cfg.index;
+            self.output
+                .error(format!("search: not connected to the index {index}"));
         }
     }
 
@@ -921,7 +925,9 @@ impl PeerCore {
                 shown: 0,
             });
         } else {
-            self.output.error("not connected to the index");
+            let index = &self.cfg.index;
+            self.output
+                .error(format!("not connected to the index {index}"));
         }
     }
 
@@ -944,7 +950,9 @@ impl PeerCore {
                 shown: page.shown,
             });
         } else {
-            self.output.error("more: not connected to the index");
+            let index = &self.cfg.index;
+            self.output
+                .error(format!("more: not connected to the index {index}"));
         }
     }
 

@@ -31,6 +31,7 @@ pub mod rate;
 pub mod render;
 pub mod session;
 pub mod share;
+pub mod startup;
 pub mod swarm;
 pub mod threads;
 pub mod upload;

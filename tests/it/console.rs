@@ -186,3 +186,116 @@ fn a_piped_console_exits_1_when_a_command_failed_and_0_when_none_did() {
     let failed = run_console(&tmp.sub("d"), indexd.addr, &[], Input::File(&cmds), LIMIT);
     assert_eq!(failed.code, Some(1), "{failed:?}");
 }
+
+/// Runs `peer ARGS` with `input` on stdin until it exits; its exit code, stdout and stderr.
+fn run_peer(args: &[&str], input: &str) -> (Option<i32>, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_peer"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn peer");
+    // A peer that stops at start-up may be gone before it reads: a broken pipe is expected.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    let out = crate::common::output_within(child, LIMIT)
+        .unwrap_or_else(|out| panic!("the peer did not exit: {out:?}"));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn start_up_mistakes_stop_the_peer_with_status_2_and_say_what_is_wrong() {
+    let tmp = TempDir::new("mistakes");
+    let share = tmp.sub("s");
+    let share = share.to_str().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let not_a_dir = tmp.path().join("file");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    let under_a_file = not_a_dir.join("downloads");
+    let under_a_file = under_a_file.to_str().unwrap();
+    for (args, said) in [
+        (
+            vec!["--index", "localhost"],
+            "--index \"localhost\": no port".to_string(),
+        ),
+        (
+            vec!["--index", "localhost:nine"],
+            "\"nine\" is not a port".into(),
+        ),
+        (
+            vec!["--index", "no-such-index.invalid:9000"],
+            "cannot resolve no-such-index.invalid".into(),
+        ),
+        (
+            vec!["--index", "127.0.0.1:1", "--listen", &taken],
+            format!("--listen {taken}: Address already in use"),
+        ),
+        (
+            vec!["--index", "127.0.0.1:1", "--metrics", &taken],
+            format!("--metrics {taken}: Address already in use"),
+        ),
+        (
+            // Exists, and no file can be created in it (not even by root).
+            vec!["--index", "127.0.0.1:1", "--downloads", "/proc"],
+            "--downloads /proc: cannot create files there".into(),
+        ),
+        (
+            vec!["--index", "127.0.0.1:1", "--downloads", under_a_file],
+            format!("--downloads {under_a_file}: Not a directory"),
+        ),
+    ] {
+        let mut all = vec!["--share", share];
+        all.extend(&args);
+        let (code, stdout, stderr) = run_peer(&all, "status\n");
+        assert_eq!(code, Some(2), "{args:?}: {stdout} {stderr}");
+        assert!(stderr.starts_with("peer: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(&said), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "only the mistake: {stderr}");
+        assert_eq!(stdout, "", "{args:?}: nothing ran");
+        // With --json the mistake is an error object on stdout.
+        all.push("--json");
+        let (code, stdout, _) = run_peer(&all, "status\n");
+        assert_eq!(code, Some(2), "{args:?}");
+        let all = objects(&stdout);
+        assert_eq!(all.len(), 1, "{stdout}");
+        assert_eq!(all[0]["type"], "error");
+        assert!(
+            all[0]["message"].as_str().unwrap().contains(&said),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn an_index_not_up_yet_is_not_a_mistake_and_is_not_connected_yet() {
+    let tmp = TempDir::new("not-yet");
+    // A port nothing listens on.
+    let index = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let run = run_console(&tmp.sub("s"), index, &[], Input::Pipe("status\n"), LIMIT);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "index: not connected yet: {index} unreachable (connect failed: connection refused); \
+             retrying in the background"
+        )),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.starts_with(&format!(
+            "index: not connected yet: {index} unreachable (connect failed: connection refused), \
+             retrying\n"
+        )),
+        "{run:?}"
+    );
+    assert!(!run.stdout.contains("disconnected"), "{run:?}");
+}
