@@ -3,6 +3,9 @@
 use clap::Parser;
 use p2pshare::logging;
 use p2pshare::peer::download::{self, DownloadLimits};
+use p2pshare::peer::output::{Format, Line, Stream, Style};
+use p2pshare::peer::render;
+use p2pshare::peer::startup;
 use p2pshare::peer::{self, Peer, PeerConfig};
 use p2pshare::reactor::{Config, HttpLimits, Reactor};
 use p2pshare::sys::process;
@@ -38,6 +41,10 @@ struct Flags {
     /// No console: share and serve until SIGINT/SIGTERM.
     #[arg(long)]
     serve: bool,
+    /// Write every result, progress event, note and error as one JSON object per line on
+    /// stdout (for scripts and programs; see README for the fields).
+    #[arg(long)]
+    json: bool,
     /// Largest frame accepted from the index or other peers, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     max_frame_bytes: usize,
@@ -98,19 +105,56 @@ struct Flags {
     log: Option<String>,
 }
 
+/// Exit status: every command succeeded (or the console is a terminal, or `--serve`).
+const EXIT_OK: u8 = 0;
+/// Exit status: a console run from a pipe or a file met an error (a command failed).
+const EXIT_COMMAND_FAILED: u8 = 1;
+/// Exit status: a usage or start-up mistake (clap uses 2 for usage errors too), or the event
+/// loop failed.
+const EXIT_STARTUP: u8 = 2;
+
 fn main() -> ExitCode {
     let flags = Flags::parse();
     logging::init(flags.log.as_deref(), "warn");
+    let json = flags.json;
     match run(flags) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome { failed: false }) => ExitCode::from(EXIT_OK),
+        Ok(Outcome { failed: true }) => ExitCode::from(EXIT_COMMAND_FAILED),
         Err(e) => {
-            eprintln!("peer: {e}");
-            ExitCode::FAILURE
+            if json {
+                println!("{}", serde_json::json!({"type": "error", "message": e}));
+            } else {
+                eprintln!("peer: {e}");
+            }
+            ExitCode::from(EXIT_STARTUP)
         }
     }
 }
 
-fn run(flags: Flags) -> Result<(), String> {
+/// Says a start-up fact at once, before the loop runs (so before any log line of it: tests
+/// and scripts wait for `serving files on` first), in the output's format.
+fn announce(format: Format, line: &Line) {
+    match format {
+        Format::Json => {
+            if let Some(v) = render::json(line) {
+                println!("{v}");
+            }
+        }
+        Format::Text(style) => match render::text(line, style) {
+            Some((Stream::Stdout, text)) => println!("{text}"),
+            Some((Stream::Stderr, text)) => eprintln!("{text}"),
+            None => {}
+        },
+    }
+}
+
+/// How a run ended.
+struct Outcome {
+    /// A console run from a pipe or a file said an error: a script must be able to tell.
+    failed: bool,
+}
+
+fn run(flags: Flags) -> Result<Outcome, String> {
     let share = flags
         .share
         .canonicalize()
@@ -118,12 +162,23 @@ fn run(flags: Flags) -> Result<(), String> {
     if !share.is_dir() {
         return Err(format!("--share {}: not a directory", share.display()));
     }
+    startup::check_index(&flags.index)?;
     let downloads = peer::downloads_dir(&share, flags.downloads.as_deref());
+    let what = if flags.downloads.is_some() {
+        "--downloads"
+    } else {
+        "the downloads directory (by default the share; --downloads DIR sets another)"
+    };
     std::fs::create_dir_all(&downloads)
-        .map_err(|e| format!("--downloads {}: {e}", downloads.display()))?;
+        .map_err(|e| format!("{what} {}: {e}", downloads.display()))?;
     let downloads = downloads
         .canonicalize()
-        .map_err(|e| format!("--downloads {}: {e}", downloads.display()))?;
+        .map_err(|e| format!("{what} {}: {e}", downloads.display()))?;
+    // A console downloads; a serving peer only if it was given somewhere to (a read-only
+    // share can still be served).
+    if !flags.serve || flags.downloads.is_some() {
+        startup::check_writable(&downloads, what)?;
+    }
     let _ = process::raise_fd_limit();
     // A full disk or a file-size limit must fail the download's write (the partial file is
     // kept for resume), not kill the peer with SIGXFSZ.
@@ -164,13 +219,23 @@ fn run(flags: Flags) -> Result<(), String> {
             .map_err(|e| format!("cannot start watching the share: {e}"))?;
     }
     let console = !flags.serve;
+    let bar = console && !flags.json && std::io::stderr().is_terminal();
+    let format = if flags.json {
+        Format::Json
+    } else {
+        Format::Text(Style {
+            human: std::io::stdout().is_terminal(),
+            bar,
+        })
+    };
     let cfg = PeerConfig {
         share_dir: share,
         downloads_dir: downloads,
         index: flags.index,
         listen: flags.listen,
         console,
-        progress_bar: console && std::io::stderr().is_terminal(),
+        progress_bar: bar || (console && flags.json),
+        format,
         // Only spreads reconnects of different peers apart: any varying value will do.
         seed: std::process::id() as u64
             ^ std::time::SystemTime::now()
@@ -192,21 +257,30 @@ fn run(flags: Flags) -> Result<(), String> {
     let addr = peer
         .start(reactor.ctx())
         .map_err(|e| format!("--listen {}: {e}", flags.listen))?;
-    eprintln!("peer: serving files on {addr}");
-    if let Some(m) = flags.metrics {
-        let m = reactor
-            .ctx()
-            .listen_http(m, HttpLimits::default())
-            .map_err(|e| format!("--metrics {m}: {e}"))?;
-        eprintln!("peer: metrics on http://{m}/metrics");
+    // Every listener is bound before either is announced: a start-up error says only itself.
+    let metrics = match flags.metrics {
+        Some(m) => Some(
+            reactor
+                .ctx()
+                .listen_http(m, HttpLimits::default())
+                .map_err(|e| format!("--metrics {m}: {e}"))?,
+        ),
+        None => None,
+    };
+    announce(format, &Line::Serving { addr });
+    if let Some(addr) = metrics {
+        announce(format, &Line::Metrics { addr });
     }
     if console {
         peer::spawn_stdin(events_tx, waker).map_err(|e| e.to_string())?;
     }
     let ran = reactor.run(&mut peer);
+    // A person at a terminal sees the errors; only a script needs the status to tell.
+    let failed = console && !std::io::stdin().is_terminal() && peer.errors() > 0;
     // The reactor has stopped: close every socket (downloaders move on at once), then write
     // out what is still queued for the person.
     drop(reactor);
     peer.finish();
-    ran.map_err(|e| e.to_string())
+    ran.map_err(|e| e.to_string())?;
+    Ok(Outcome { failed })
 }

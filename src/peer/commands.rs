@@ -13,13 +13,12 @@
 //! - At the end of input (with a console) the peer quits once the running command finished.
 
 use super::console::{self, Command, Target};
-use super::names::display_name;
-use super::output::Output;
+use super::output::{Line, Output};
+use super::render::{LookupPage, SearchPage};
 use crate::wire::{
     ErrorCode, HeldFile, LookupKey, LookupToken, ResponseBody, SearchCursor, SearchFilter,
 };
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 
 /// What the running command waits for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,36 +205,17 @@ impl Commands {
                     ..
                 },
             ) => {
-                let mut text = String::new();
-                for h in &hits {
-                    let _ = writeln!(
-                        text,
-                        "{} {} {} {}",
-                        h.hash,
-                        h.size,
-                        h.holders,
-                        display_name(&h.name)
-                    );
-                }
-                let _ = write!(
-                    text,
-                    "{} result{}",
-                    hits.len(),
-                    if hits.len() == 1 { "" } else { "s" },
-                );
-                if next.is_some() {
-                    let _ = write!(
-                        text,
-                        " ({} {total} matches; type more for the next page)",
-                        if total_exact { "of" } else { "at least" }
-                    );
-                }
-                if partial {
-                    text.push_str("\n(search stopped early: narrow it)");
-                }
-                self.last_search = next.map(|c| (query, filter, c));
+                let more = next.is_some();
+                self.last_search = next.map(|c| (query.clone(), filter, c));
                 self.more = None;
-                out.result(text);
+                out.say(Line::Search(SearchPage {
+                    query,
+                    hits,
+                    total,
+                    total_exact,
+                    more,
+                    partial,
+                }));
                 None
             }
             (Some(Waiting::Search { .. }), ResponseBody::Error { message, .. }) => {
@@ -252,24 +232,14 @@ impl Commands {
                 ResponseBody::Holders { files, total, next },
             ) => match then_get {
                 None => {
-                    let mut text = format_lookup(&files);
                     let last = shown + files.len() as u64;
-                    if files.is_empty() {
-                        // The files left since the last page (the index changed meanwhile).
-                        text = format!("no more files ({total} in all now)");
-                    } else if shown > 0 || next.is_some() || total > last {
-                        // A name of many files: say which part this is and how to see more.
-                        let _ = write!(
-                            text,
-                            "{}files {}-{last} of {total}, most holders first",
-                            if text.is_empty() { "" } else { "\n" },
-                            (shown + 1).min(last),
-                        );
-                        if next.is_some() {
-                            text.push_str("; `more` shows the next");
-                        }
-                    }
-                    out.result(text);
+                    out.say(Line::Lookup(LookupPage {
+                        target: target.to_string(),
+                        files: files.clone(),
+                        shown_before: shown,
+                        total,
+                        more: next.is_some(),
+                    }));
                     self.last_search = None;
                     self.more = next.and_then(|token| {
                         let name = match &target {
@@ -346,23 +316,6 @@ impl Commands {
     }
 }
 
-/// The holders of each file, numbered as `get X N` uses them.
-pub fn format_lookup(files: &[HeldFile]) -> String {
-    let mut text = String::new();
-    for f in files {
-        let _ = writeln!(text, "{} {} {}", f.hash, f.size, display_name(&f.name));
-        for (i, h) in f.holders.iter().enumerate() {
-            let _ = writeln!(text, "  {} {h}", i + 1);
-        }
-        let unlisted = (f.holder_count as usize).saturating_sub(f.holders.len());
-        if unlisted > 0 {
-            let _ = writeln!(text, "  and {unlisted} more holders");
-        }
-    }
-    text.pop();
-    text
-}
-
 /// What `lookup` and `get` ask the index for.
 pub fn lookup_key(target: &Target) -> LookupKey {
     match target {
@@ -403,7 +356,7 @@ mod tests {
         let mut c = Commands::new(false);
         c.finish();
         for _ in 0..super::super::output::BACKLOG_HIGH_WATER {
-            out.result("x");
+            out.say(Line::Help);
         }
         c.handle_line("files".into());
         assert_eq!(c.poll_command(&mut out), None);

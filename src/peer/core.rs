@@ -13,11 +13,12 @@
 //! connections beside it.
 
 use super::commands::{self, Commands, Follow, Next, Waiting};
-use super::console::{self, Command, Target};
+use super::console::{Command, Target};
 use super::download::{Attempt, Download, DownloadEvent, DownloadId, DownloadLimits, HashDone};
 use super::metrics::{CoreView, PeerCounters};
 use super::names::display_name;
-use super::output::Output;
+use super::output::{Line, Output};
+use super::render::{self, DownloadStatus, FileRow, Saved, ShareSummary, StatusReport};
 use super::session::{IndexSession, SessionEvent, Tag};
 use super::share::{self, Share, SharedFile};
 use super::threads::{Event, Job};
@@ -295,13 +296,12 @@ impl PeerCore {
             Event::StdinEof => self.commands.handle_input_end(),
             Event::ScanProgress(p) => {
                 if p.files_done < p.files {
-                    self.output.note(format!(
-                        "hashing: {}/{} files, {}/{}",
-                        p.files_done,
-                        p.files,
-                        human_bytes(p.bytes_done),
-                        human_bytes(p.bytes)
-                    ));
+                    self.output.say(Line::Hashing {
+                        files_done: p.files_done,
+                        files: p.files,
+                        bytes_done: p.bytes_done,
+                        bytes: p.bytes,
+                    });
                 }
             }
             Event::Scanned {
@@ -603,13 +603,13 @@ impl PeerCore {
 
     fn handle_scanned(&mut self, job: Job, mut files: Vec<SharedFile>, warnings: Vec<String>) {
         for w in warnings {
-            self.output.note(format!("warning: {w}"));
+            self.output.warning(w);
         }
         if let Job::Paths { console: true, .. } = job {
             // `register PATH` shares withdrawn files again.
             if let Err(e) = self.withdrawn.restore(&files) {
                 self.output
-                    .note(format!("warning: cannot save the withdrawn list: {e}"));
+                    .warning(format!("cannot save the withdrawn list: {e}"));
             }
         } else if !self.withdrawn.is_empty() {
             files.retain(|f| !self.withdrawn.contains(f));
@@ -626,21 +626,28 @@ impl PeerCore {
         let (added, removed) = (diff.added.len(), diff.removed.len());
         self.session.unregister(diff.removed, &mut self.actions);
         self.session.register(diff.added, &mut self.actions);
-        let summary = format!(
-            "sharing {} files ({} bytes): {added} new, {removed} withdrawn",
-            self.share.len(),
-            self.share.total_bytes()
-        );
+        let summary = ShareSummary {
+            files: self.share.len(),
+            bytes: self.share.total_bytes(),
+            added,
+            withdrawn: removed,
+        };
         if !rescan && !console {
-            log::debug!(target: "peer", "share changed: {summary}");
+            log::debug!(target: "peer", "share changed: {summary:?}");
         }
         match self.commands.waiting() {
             Some(Waiting::Startup { scanned: false }) if rescan => {
                 self.commands.handle_startup_scanned();
-                self.output.note(summary);
+                self.output.say(Line::Sharing {
+                    summary,
+                    result: false,
+                });
             }
             Some(Waiting::Scan) if console => {
-                self.output.result(summary);
+                self.output.say(Line::Sharing {
+                    summary,
+                    result: true,
+                });
                 self.commands.finish();
             }
             _ => {}
@@ -683,8 +690,9 @@ impl PeerCore {
         match event {
             SessionEvent::Up { observed, again } => {
                 if again {
-                    self.output
-                        .note(format!("index: connected to {} again", self.cfg.index));
+                    self.output.say(Line::IndexUp {
+                        index: self.cfg.index.clone(),
+                    });
                 }
                 log::info!(target: "peer", "index session up; seen as {observed}");
                 // Soft state: the index knows nothing of us on a new session.
@@ -697,10 +705,11 @@ impl PeerCore {
                 command_lost,
             } => {
                 if first {
-                    self.output.note(format!(
-                        "index: {} unreachable ({why}); reconnecting in the background",
-                        self.cfg.index
-                    ));
+                    self.output.say(Line::IndexDown {
+                        index: self.cfg.index.clone(),
+                        reason: why,
+                        connected_before: self.session.has_been_up(),
+                    });
                 }
                 if command_lost {
                     self.output
@@ -752,7 +761,9 @@ impl PeerCore {
     fn lookup_again(&mut self, key: LookupKey) {
         let body = RequestBody::Lookup { key, after: None };
         if !self.session.request(body, Tag::Command, &mut self.actions) {
-            self.output.error("not connected to the index");
+            let index = &self.cfg.index;
+            self.output
+                .error(format!("not connected to the index {index}"));
             self.commands.finish();
         }
     }
@@ -760,24 +771,21 @@ impl PeerCore {
     fn handle_download_event(&mut self, now: Instant, event: DownloadEvent) {
         let Some(dl) = &self.download else { return };
         let (name, _, size) = dl.progress();
-        let name = display_name(name);
+        let name = name.to_string();
         match event {
-            DownloadEvent::Resuming { have } => self
-                .output
-                .note(format!("get: resuming {name} at {have} of {size} bytes")),
-            DownloadEvent::Trying(addr) => {
-                if !self.output.shows_progress() {
-                    self.output.note(format!(
-                        "get: downloading {name} ({size} bytes) from {addr}"
-                    ));
-                }
+            DownloadEvent::Resuming { have } => {
+                self.output.say(Line::Resuming { name, have, size });
             }
-            DownloadEvent::Queued { holder, position } => self.output.note(format!(
-                "get: {name} queued at {holder}: position {position} in its upload queue"
-            )),
+            DownloadEvent::Trying(holder) => {
+                self.output.say(Line::Trying { name, size, holder });
+            }
+            DownloadEvent::Queued { holder, position } => self.output.say(Line::Queued {
+                name,
+                holder,
+                position,
+            }),
             DownloadEvent::Progress { have } => {
-                let raw = dl.progress().0.to_string();
-                self.output.progress(&raw, have, size);
+                self.output.progress(&name, have, size);
             }
             DownloadEvent::Saved {
                 path,
@@ -788,14 +796,15 @@ impl PeerCore {
                 let hash = dl.hash();
                 self.output.progress_end();
                 if existed {
-                    self.output
-                        .result(format!("already have {} ({size} bytes)", path.display()));
+                    self.output.say(Line::AlreadyHave { path, hash, size });
                 } else {
-                    let rate = received as f64 / secs / (1 << 20) as f64;
-                    self.output.result(format!(
-                        "saved {} ({size} bytes in {secs:.3} s, {rate:.1} MiB/s)",
-                        path.display()
-                    ));
+                    self.output.say(Line::Saved(Saved {
+                        path: path.clone(),
+                        hash,
+                        size,
+                        received,
+                        secs,
+                    }));
                     self.share_download(&path, size, hash);
                 }
                 self.download = None;
@@ -847,13 +856,15 @@ impl PeerCore {
         if self.session.request(body, Tag::Command, &mut self.actions) {
             self.commands.wait(Waiting::Search { query, filter });
         } else {
-            self.output.error("search: not connected to the index");
+            let index = &self.cfg.index;
+            self.output
+                .error(format!("search: not connected to the index {index}"));
         }
     }
 
     fn execute(&mut self, now: Instant, cmd: Command) {
         match cmd {
-            Command::Help => self.output.result(console::HELP),
+            Command::Help => self.output.say(Line::Help),
             Command::Search { query, filter } => self.search(query, filter, None),
             Command::More => match self.commands.continuation() {
                 Some((query, filter, after)) => self.search(query, filter, Some(after)),
@@ -870,18 +881,17 @@ impl PeerCore {
                 self.lookup(target, Some(holder));
             }
             Command::Files => {
-                let mut text = String::new();
-                for f in self.share.files() {
-                    let _ = writeln!(text, "{} {} {}", f.hash, f.size, display_name(&f.name));
-                }
-                let _ = write!(
-                    text,
-                    "{} file{}, {} bytes",
-                    self.share.len(),
-                    if self.share.len() == 1 { "" } else { "s" },
-                    self.share.total_bytes()
-                );
-                self.output.result(text);
+                let files = self
+                    .share
+                    .files()
+                    .map(|f| FileRow {
+                        hash: f.hash,
+                        size: f.size,
+                        name: f.name.clone(),
+                    })
+                    .collect();
+                let bytes = self.share.total_bytes();
+                self.output.say(Line::Files { files, bytes });
             }
             Command::Register(paths) => {
                 let job = if paths.is_empty() {
@@ -897,8 +907,8 @@ impl PeerCore {
             }
             Command::Unregister(target) => self.unregister(&target),
             Command::Status => {
-                let text = self.status_text();
-                self.output.result(text);
+                let report = self.status_report();
+                self.output.say(Line::Status(Box::new(report)));
             }
             Command::Quit => self.quit(),
         }
@@ -915,7 +925,9 @@ impl PeerCore {
                 shown: 0,
             });
         } else {
-            self.output.error("not connected to the index");
+            let index = &self.cfg.index;
+            self.output
+                .error(format!("not connected to the index {index}"));
         }
     }
 
@@ -938,7 +950,9 @@ impl PeerCore {
                 shown: page.shown,
             });
         } else {
-            self.output.error("more: not connected to the index");
+            let index = &self.cfg.index;
+            self.output
+                .error(format!("more: not connected to the index {index}"));
         }
     }
 
@@ -969,9 +983,11 @@ impl PeerCore {
                          peer restarts): {e}"
                     ));
                 }
-                let names: Vec<String> = removed.iter().map(|f| display_name(&f.name)).collect();
-                self.output
-                    .result(format!("unregistered {} {}", hashes[0], names.join(", ")));
+                let names: Vec<String> = removed.iter().map(|f| f.name.clone()).collect();
+                self.output.say(Line::Unregistered {
+                    hash: hashes[0],
+                    names,
+                });
             }
             n => self.output.error(format!(
                 "unregister: {n} files match {target}; name one by hash"
@@ -993,36 +1009,31 @@ impl PeerCore {
         }
     }
 
-    fn status_text(&self) -> String {
-        let mut s = self.session.status_line();
-        s.push('\n');
-        let _ = writeln!(
-            s,
-            "sharing: {} files, {} bytes from {}",
-            self.share.len(),
-            self.share.total_bytes(),
-            self.cfg.share_dir.display()
-        );
-        let _ = writeln!(s, "serving on port {}", self.listen_port);
-        let _ = writeln!(
-            s,
-            "uploads: {} in progress ({} slots), {} waiting in the queue, {} done, {} bytes sent",
-            self.uploads.active,
-            self.queue.slots,
-            self.queue.len(),
-            self.uploads.done,
-            self.uploads.bytes
-        );
-        match &self.download {
-            Some(d) => {
-                let (name, have, size) = d.progress();
-                let _ = write!(s, "download: {} {have}/{size} bytes", display_name(name));
-            }
-            None => {
-                let _ = write!(s, "downloads: none in progress");
-            }
+    fn status_report(&self) -> StatusReport {
+        StatusReport {
+            index: self.session.status(),
+            share_dir: self.cfg.share_dir.clone(),
+            files: self.share.len(),
+            bytes: self.share.total_bytes(),
+            listen_port: self.listen_port,
+            uploads_active: self.uploads.active,
+            upload_slots: self.queue.slots,
+            uploads_queued: self.queue.len(),
+            uploads_done: self.uploads.done,
+            upload_bytes: self.uploads.bytes,
+            downloads: self
+                .download
+                .iter()
+                .map(|d| {
+                    let (name, done, total) = d.progress();
+                    DownloadStatus {
+                        name: name.to_string(),
+                        done,
+                        total,
+                    }
+                })
+                .collect(),
         }
-        s
     }
 
     fn quit(&mut self) {
@@ -1066,7 +1077,7 @@ impl PeerCore {
             _ => {
                 let mut text = format!(
                     "{total} different files are called {target}; get one by hash:\n{}",
-                    commands::format_lookup(&files)
+                    render::holders_text(&files, render::Style::default())
                 );
                 if total > files.len() as u64 {
                     let _ = write!(
@@ -1089,8 +1100,11 @@ impl PeerCore {
             }
         }
         if let Some(mine) = self.share.by_hash(&file.hash) {
-            let text = format!("already have {} ({} bytes)", mine.path.display(), mine.size);
-            self.output.result(text);
+            self.output.say(Line::AlreadyHave {
+                path: mine.path.clone(),
+                hash: file.hash,
+                size: mine.size,
+            });
             return self.commands.finish();
         }
         if let Err(why) = self.download_claim(now, &file, holder) {
@@ -1162,21 +1176,5 @@ impl PeerCore {
         self.download = Some(dl);
         self.counters.downloads_started += 1;
         Ok(())
-    }
-}
-
-/// `1.5 GiB`-style sizes.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }

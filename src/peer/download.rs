@@ -210,7 +210,7 @@ impl PartFile {
             have: 0,
             written_back: 0,
         };
-        d.open_part().map_err(TransferError::Local)?;
+        d.open_part().map_err(local(&d.part_path))?;
         Ok(d)
     }
 
@@ -264,7 +264,7 @@ impl PartFile {
             .part
             .as_mut()
             .ok_or_else(|| TransferError::Local(io::Error::other("partial file not open")))?;
-        part.write_all(data).map_err(TransferError::Local)?;
+        part.write_all(data).map_err(local(&self.part_path))?;
         self.have += data.len() as u64;
         let have = self.have;
         if let Some(f) = &self.follower {
@@ -294,7 +294,7 @@ impl PartFile {
                 self.follower = None;
                 let _ = fs::remove_file(&self.part_path);
                 self.generation = fresh_generation();
-                self.open_part().map_err(TransferError::Local)?;
+                self.open_part().map_err(local(&self.part_path))?;
                 Err(TransferError::Corrupt)
             }
             Err(e) => Err(TransferError::Local(e)),
@@ -308,7 +308,7 @@ impl PartFile {
             .part
             .take()
             .ok_or_else(|| TransferError::Local(io::Error::other("partial file not open")))?;
-        part.sync_all().map_err(TransferError::Local)?;
+        part.sync_all().map_err(local(&self.part_path))?;
         drop(part);
         let (size, hash) = (self.size, self.hash);
         let landing = names::landing(dir, &self.name, |p| same_file(p, size, &hash));
@@ -327,7 +327,7 @@ impl PartFile {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         return self.land_retry(dir);
                     }
-                    Err(_) => fs::rename(&self.part_path, &path).map_err(TransferError::Local)?,
+                    Err(_) => fs::rename(&self.part_path, &path).map_err(local(&path))?,
                 }
                 sync_dir(dir);
                 Ok((path, false))
@@ -341,10 +341,16 @@ impl PartFile {
                 .read(true)
                 .append(true)
                 .open(&self.part_path)
-                .map_err(TransferError::Local)?,
+                .map_err(local(&self.part_path))?,
         );
         self.land(dir)
     }
+}
+
+/// A local failure on `path`, its message naming the path (the person must know which
+/// file or directory could not be written).
+fn local(path: &Path) -> impl Fn(io::Error) -> TransferError + '_ {
+    move |e| TransferError::Local(io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 /// Whether the file at `path` has exactly this size and hash.

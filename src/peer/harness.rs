@@ -252,11 +252,8 @@ impl Harness {
     pub fn said(&self) -> Vec<String> {
         self.lines
             .iter()
-            .filter_map(|l| match l {
-                Line::Result(t) | Line::Note(t) => Some(t.clone()),
-                Line::Error(t) => Some(format!("error: {t}")),
-                _ => None,
-            })
+            .filter_map(|l| super::render::text(l, super::render::Style::default()))
+            .map(|(_, text)| text)
             .collect()
     }
 

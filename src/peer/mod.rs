@@ -28,8 +28,10 @@ pub mod names;
 pub mod outboard;
 pub mod output;
 pub mod rate;
+pub mod render;
 pub mod session;
 pub mod share;
+pub mod startup;
 pub mod swarm;
 pub mod threads;
 pub mod upload;
@@ -73,8 +75,10 @@ pub struct PeerConfig {
     pub listen: SocketAddr,
     /// Read commands from stdin (false: `--serve`).
     pub console: bool,
-    /// Draw a progress bar (stderr is a terminal).
+    /// Produce progress lines (a bar on a terminal, or `--json` events).
     pub progress_bar: bool,
+    /// How the output is written: text (and its style) or JSON.
+    pub format: output::Format,
     /// Seeds the reconnect jitter.
     pub seed: u64,
     /// The bounds of every download (stall, rate floor, whole `get`).
@@ -127,7 +131,7 @@ impl Peer {
         let hash_done: download::HashDone =
             Arc::new(move |generation, hashed| to_reactor(Event::Hashed(generation, hashed)));
         // Without a writer the peer still shares and serves; it cannot tell anyone anything.
-        let writer = Writer::spawn(cfg.progress_bar, move || {
+        let writer = Writer::spawn(cfg.format, move || {
             let _ = waker.wake();
         })
         .ok();
@@ -171,6 +175,11 @@ impl Peer {
         self.core.start(addr.port());
         self.apply(ctx);
         Ok(addr)
+    }
+
+    /// How many errors the person was told (a piped console exits with status 1 if any).
+    pub fn errors(&mut self) -> u64 {
+        self.core.output().errors()
     }
 
     /// After the reactor stopped: what is still queued for the person is written, waiting

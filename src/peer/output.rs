@@ -1,5 +1,7 @@
 //! The output to the person: results on stdout, notes and errors on stderr, and the progress
-//! bar (drawn by `indicatif` on stderr, only when stderr is a terminal).
+//! bar (drawn by `indicatif` on stderr, only when stderr is a terminal); or, with `--json`,
+//! every line as one JSON object on stdout. What is said is a [`Line`] (a result, an event, a
+//! note or an error, with its data, not its text); how it is written is [`render`]'s.
 //!
 //! Two halves. [`Output`] is the sans-IO queue the role machines write to: it holds
 //! [`Line`]s in the order they were produced and never blocks. [`Writer`] is its I/O side:
@@ -25,9 +27,16 @@
 //!   [`MAX_BACKLOG_LINES`] queued lines a note is counted and dropped, and the count is said
 //!   once there is room again.
 //! - Lines reach the person in the order they were produced.
+//! - Every error said is counted ([`Output::errors`]): a console run from a pipe or a file
+//!   exits with status 1 if there was any.
 
+use super::render::{self, FileRow, LookupPage, Saved, SearchPage, ShareSummary, StatusReport};
+pub use super::render::{Stream, Style};
+use crate::wire::FileHash;
 use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -44,16 +53,114 @@ const MAX_BACKLOG_LINES: usize = 1024;
 /// (nothing else can be waited on: the writer may be stuck in a write to a pipe).
 const FINISH_POLL: Duration = Duration::from_millis(10);
 
-/// One thing to tell the person.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One thing to tell the person: a command's result, a progress event, a note or an error.
+/// How each is written (text or JSON) is [`render`]'s; see the module docs there.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Line {
-    /// A command's result, on stdout (a newline is added).
-    Result(String),
-    /// A note on stderr, as is.
-    Note(String),
-    /// An error on stderr, as `error: TEXT`.
-    Error(String),
-    /// A download's progress: the bar is drawn (or moved) on stderr.
+    /// `help`: the command list (stdout).
+    Help,
+    /// A page of search results (stdout).
+    Search(SearchPage),
+    /// A page of a lookup's files and holders (stdout).
+    Lookup(LookupPage),
+    /// `files`: what this peer shares (stdout).
+    Files {
+        /// The files.
+        files: Vec<FileRow>,
+        /// Bytes in them.
+        bytes: u64,
+    },
+    /// What the peer shares after a scan: the result of `register` (stdout), or the start-up
+    /// scan's note (stderr).
+    Sharing {
+        /// The counts.
+        summary: ShareSummary,
+        /// A command's result (else a note).
+        result: bool,
+    },
+    /// `unregister`: the file withdrawn (stdout).
+    Unregistered {
+        /// Its hash.
+        hash: FileHash,
+        /// The names it was shared under.
+        names: Vec<String>,
+    },
+    /// `status` (stdout).
+    Status(Box<StatusReport>),
+    /// A download verified and landed (stdout).
+    Saved(Saved),
+    /// `get` of a file this peer already has (stdout).
+    AlreadyHave {
+        /// Where it is.
+        path: PathBuf,
+        /// Its hash.
+        hash: FileHash,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// The file server listens here (stderr).
+    Serving {
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// Metrics are served here (stderr).
+    Metrics {
+        /// The address of the HTTP listener.
+        addr: SocketAddr,
+    },
+    /// Hashing the share: how far (stderr).
+    Hashing {
+        /// Files whose hash is known.
+        files_done: u64,
+        /// Files found.
+        files: u64,
+        /// Bytes hashed or taken from the cache.
+        bytes_done: u64,
+        /// Bytes in the files found.
+        bytes: u64,
+    },
+    /// The index session is up again after being down (stderr).
+    IndexUp {
+        /// The index, as given.
+        index: String,
+    },
+    /// The index could not be reached, said once until it is up again (stderr).
+    IndexDown {
+        /// The index, as given.
+        index: String,
+        /// Why.
+        reason: String,
+        /// Whether a session had been up before (else: not connected yet).
+        connected_before: bool,
+    },
+    /// A download connects to a holder (stderr, unless a bar shows progress).
+    Trying {
+        /// The file's name.
+        name: String,
+        /// Its size in bytes.
+        size: u64,
+        /// The holder.
+        holder: SocketAddr,
+    },
+    /// A download resumes from its partial file (stderr).
+    Resuming {
+        /// The file's name.
+        name: String,
+        /// Bytes already there.
+        have: u64,
+        /// Bytes in the file.
+        size: u64,
+    },
+    /// A download waits in a holder's upload queue (stderr).
+    Queued {
+        /// The file's name.
+        name: String,
+        /// The holder.
+        holder: SocketAddr,
+        /// 1-based place in its line.
+        position: u32,
+    },
+    /// A download's progress: the bar is drawn (or moved) on stderr; in JSON, an event.
     Progress {
         /// What is downloading.
         name: String,
@@ -64,16 +171,49 @@ pub enum Line {
     },
     /// The download ended: the bar is cleared.
     ProgressEnd,
+    /// A note on stderr, as is.
+    Note(String),
+    /// A warning on stderr, as `warning: TEXT`.
+    Warning(String),
+    /// An error on stderr, as `error: TEXT`; it makes a piped console exit with status 1.
+    Error(String),
+}
+
+impl Line {
+    /// Whether the line is a background note that may be dropped (counted) when output is
+    /// slow; results, errors and a command's own events are never dropped.
+    fn is_note(&self) -> bool {
+        matches!(
+            self,
+            Line::Note(_)
+                | Line::Warning(_)
+                | Line::Hashing { .. }
+                | Line::IndexUp { .. }
+                | Line::IndexDown { .. }
+                | Line::Sharing { result: false, .. }
+        )
+    }
+}
+
+/// How the writer writes lines: text for people, or JSON for programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Text: results on stdout, the rest on stderr.
+    Text(Style),
+    /// One JSON object per line, everything on stdout.
+    Json,
 }
 
 /// The queue the machines write to; see the module docs.
 #[derive(Debug, Default)]
 pub struct Output {
     queue: VecDeque<Line>,
-    /// Whether progress lines are wanted at all (a bar on a terminal).
+    /// Whether progress lines are wanted at all (a bar on a terminal, or JSON).
     progress: bool,
     /// Notes dropped since the backlog overflowed; said once there is room.
     notes_dropped: u64,
+    /// Errors said so far (a piped console exits with status 1 if any).
+    errors: u64,
 }
 
 impl Output {
@@ -85,33 +225,49 @@ impl Output {
         }
     }
 
-    /// Whether progress lines are produced (else a download says where it downloads from).
+    /// Whether progress lines are produced.
     pub fn shows_progress(&self) -> bool {
         self.progress
     }
 
-    /// A result for stdout.
-    pub fn result(&mut self, text: impl Into<String>) {
-        self.queue.push_back(Line::Result(text.into()));
+    /// A line for the person. A note is dropped (and counted) while the backlog is over its
+    /// bound; anything else is always kept.
+    pub fn say(&mut self, line: Line) {
+        if line.is_note() {
+            if self.queue.len() >= MAX_BACKLOG_LINES {
+                self.notes_dropped += 1;
+                return;
+            }
+            if self.notes_dropped > 0 {
+                let n = std::mem::take(&mut self.notes_dropped);
+                self.queue
+                    .push_back(Line::Note(format!("({n} notes dropped: output was slow)")));
+            }
+        }
+        if let Line::Error(_) = line {
+            self.errors += 1;
+        }
+        self.queue.push_back(line);
     }
 
     /// An error for stderr (`error: ` is added).
     pub fn error(&mut self, text: impl Into<String>) {
-        self.queue.push_back(Line::Error(text.into()));
+        self.say(Line::Error(text.into()));
     }
 
     /// A note for stderr, dropped (and counted) while the backlog is over its bound.
     pub fn note(&mut self, text: impl Into<String>) {
-        if self.queue.len() >= MAX_BACKLOG_LINES {
-            self.notes_dropped += 1;
-            return;
-        }
-        if self.notes_dropped > 0 {
-            let n = std::mem::take(&mut self.notes_dropped);
-            self.queue
-                .push_back(Line::Note(format!("({n} notes dropped: output was slow)")));
-        }
-        self.queue.push_back(Line::Note(text.into()));
+        self.say(Line::Note(text.into()));
+    }
+
+    /// A warning for stderr (`warning: ` is added), dropped like a note.
+    pub fn warning(&mut self, text: impl Into<String>) {
+        self.say(Line::Warning(text.into()));
+    }
+
+    /// How many errors were said.
+    pub fn errors(&self) -> u64 {
+        self.errors
     }
 
     /// A download's position; replaces a progress line still queued.
@@ -173,15 +329,15 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer thread. `wake` is called (from that thread) when the channel has
-    /// room again after [`Writer::drain`] found it full. With `bar`, progress is drawn on
-    /// stderr.
-    pub fn spawn(bar: bool, wake: impl Fn() + Send + 'static) -> io::Result<Writer> {
+    /// room again after [`Writer::drain`] found it full. Lines are written in `format`; with
+    /// text whose style has `bar`, progress is drawn as a bar on stderr.
+    pub fn spawn(format: Format, wake: impl Fn() + Send + 'static) -> io::Result<Writer> {
         let (tx, rx) = mpsc::sync_channel(CHANNEL_LINES);
         let waiting = Arc::new(AtomicBool::new(false));
         let theirs = waiting.clone();
         let thread = std::thread::Builder::new()
             .name("output".into())
-            .spawn(move || write_lines(rx, bar, &theirs, &wake))?;
+            .spawn(move || write_lines(rx, format, &theirs, &wake))?;
         Ok(Writer {
             tx: Some(tx),
             waiting,
@@ -258,39 +414,55 @@ impl Writer {
 }
 
 /// The writer thread: writes each line as it comes, until the channel closes.
-fn write_lines(rx: Receiver<Line>, bar: bool, waiting: &AtomicBool, wake: &dyn Fn()) {
+fn write_lines(rx: Receiver<Line>, format: Format, waiting: &AtomicBool, wake: &dyn Fn()) {
     let mut progress: Option<indicatif::ProgressBar> = None;
     for line in rx {
         if waiting.swap(false, Ordering::SeqCst) {
             wake();
         }
         // Errors writing to the person (a closed pipe) cannot be reported anywhere better.
-        match line {
-            Line::Result(text) => print_over(&progress, || {
+        let style = match format {
+            Format::Json => {
+                if let Some(v) = render::json(&line) {
+                    let mut out = io::stdout().lock();
+                    let _ = serde_json::to_writer(&mut out, &v);
+                    let _ = out.write_all(b"\n");
+                    let _ = out.flush();
+                }
+                continue;
+            }
+            Format::Text(style) => style,
+        };
+        match &line {
+            Line::Progress { name, done, total } if style.bar => {
+                let pb = progress.get_or_insert_with(|| new_bar(name, *total));
+                pb.set_position(*done);
+                continue;
+            }
+            Line::ProgressEnd => {
+                if let Some(pb) = progress.take() {
+                    pb.finish_and_clear();
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let Some((stream, text)) = render::text(&line, style) else {
+            continue;
+        };
+        print_over(&progress, || match stream {
+            Stream::Stdout => {
                 let mut out = io::stdout().lock();
                 let _ = out.write_all(text.as_bytes());
                 if !text.ends_with('\n') {
                     let _ = out.write_all(b"\n");
                 }
                 let _ = out.flush();
-            }),
-            Line::Note(text) => print_over(&progress, || {
+            }
+            Stream::Stderr => {
                 let _ = writeln!(io::stderr().lock(), "{text}");
-            }),
-            Line::Error(text) => print_over(&progress, || {
-                let _ = writeln!(io::stderr().lock(), "error: {text}");
-            }),
-            Line::Progress { name, done, total } if bar => {
-                let pb = progress.get_or_insert_with(|| new_bar(&name, total));
-                pb.set_position(done);
             }
-            Line::Progress { .. } => {}
-            Line::ProgressEnd => {
-                if let Some(pb) = progress.take() {
-                    pb.finish_and_clear();
-                }
-            }
-        }
+        });
     }
     if let Some(pb) = progress.take() {
         pb.finish_and_clear();
@@ -332,7 +504,7 @@ mod tests {
     #[test]
     fn results_are_kept_in_order_and_progress_is_coalesced() {
         let mut out = Output::new(true);
-        out.result("a");
+        out.error("a");
         out.progress("f", 1, 10);
         out.progress("f", 2, 10);
         out.error("b");
@@ -340,7 +512,7 @@ mod tests {
         assert_eq!(
             lines,
             vec![
-                Line::Result("a".into()),
+                Line::Error("a".into()),
                 Line::Progress {
                     name: "f".into(),
                     done: 2,
@@ -377,10 +549,10 @@ mod tests {
             waiting: Arc::new(AtomicBool::new(false)),
             thread: None,
         };
-        out.result("first");
-        out.result("second");
+        out.error("first");
+        out.error("second");
         assert!(writer.drain(&mut out), "a line waits for room");
-        assert_eq!(out.poll_line(), Some(Line::Result("second".into())));
+        assert_eq!(out.poll_line(), Some(Line::Error("second".into())));
         assert!(writer.waiting.load(Ordering::SeqCst));
         out.progress("f", 1, 2);
         assert!(
@@ -407,7 +579,7 @@ mod tests {
             thread: Some(thread),
         };
         for i in 0..5 {
-            out.result(format!("line {i}"));
+            out.error(format!("line {i}"));
         }
         assert!(!writer.finish(&mut out, Duration::from_millis(50)));
         release_tx.send(()).unwrap();

@@ -32,6 +32,7 @@
 //!   restarted, instead of hammering the index.
 
 use super::core::{Action, Role};
+use super::render::{IndexState, IndexStatus};
 use crate::reactor::{CloseReason, ConnId};
 use crate::wire::{
     self, ErrorCode, FileEntry, FileHash, Request, RequestBody, Response, ResponseBody,
@@ -139,6 +140,11 @@ pub struct IndexSession {
     addrs: VecDeque<SocketAddr>,
     /// The person was told the index is down, and not yet that it is back.
     told_down: bool,
+    /// A session has been up (Welcome) since the peer started: before, the peer is "not
+    /// connected yet" rather than "disconnected".
+    been_up: bool,
+    /// Why the last connect or session ended, for `status`.
+    last_error: Option<String>,
     events: VecDeque<SessionEvent>,
     /// Registers and unregisters in flight, by id: sent again if refused over a rate limit.
     automatic: HashMap<u32, RequestBody>,
@@ -162,6 +168,8 @@ impl IndexSession {
             rng: fastrand::Rng::with_seed(seed),
             addrs: VecDeque::new(),
             told_down: false,
+            been_up: false,
+            last_error: None,
             events: VecDeque::new(),
             automatic: HashMap::new(),
             deferred: Vec::new(),
@@ -279,6 +287,8 @@ impl IndexSession {
                 };
                 self.attempts = 0;
                 let again = std::mem::take(&mut self.told_down);
+                self.been_up = true;
+                self.last_error = None;
                 self.events.push_back(SessionEvent::Up { observed, again });
             }
             (Tag::Hello, ResponseBody::Error { code, message }) => {
@@ -353,6 +363,7 @@ impl IndexSession {
         };
         let first = !self.told_down;
         self.told_down = true;
+        self.last_error = Some(why.clone());
         self.events.push_back(SessionEvent::Down {
             why,
             first,
@@ -524,22 +535,34 @@ impl IndexSession {
         }
     }
 
+    /// Whether a session has been up since the peer started.
+    pub fn has_been_up(&self) -> bool {
+        self.been_up
+    }
+
+    /// Where the session stands, for `status`.
+    pub fn status(&self) -> IndexStatus {
+        let (state, reason) = match &self.state {
+            State::Ready { .. } => (IndexState::Connected, None),
+            State::Refused { message } => (IndexState::Refused, Some(message.clone())),
+            State::Closed => (IndexState::Closed, None),
+            _ if !self.been_up => (IndexState::NotConnectedYet, self.last_error.clone()),
+            State::Down { retry_at: Some(_) } => {
+                (IndexState::Disconnected, self.last_error.clone())
+            }
+            _ => (IndexState::Connecting, None),
+        };
+        IndexStatus {
+            address: self.index.clone(),
+            state,
+            observed: self.observed(),
+            reason,
+        }
+    }
+
     /// One line for `status`.
     pub fn status_line(&self) -> String {
-        let index = &self.index;
-        match &self.state {
-            State::Ready { observed, .. } => {
-                format!("index: connected to {index} (seen as {observed})")
-            }
-            State::Down { retry_at: Some(_) } => {
-                format!("index: disconnected from {index}, retrying")
-            }
-            State::Refused { message } => format!(
-                "index: {index} refused this peer ({message}); not retrying until the peer is restarted"
-            ),
-            State::Closed => format!("index: closed the session with {index}"),
-            _ => format!("index: connecting to {index}"),
-        }
+        super::render::index_status_text(&self.status())
     }
 }
 

@@ -432,6 +432,8 @@ pub struct ConsoleRun {
     pub stdout: String,
     pub stderr: String,
     pub success: bool,
+    /// The exit status (`None`: killed by a signal).
+    pub code: Option<i32>,
 }
 
 /// How stdin reaches a console peer.
@@ -483,6 +485,7 @@ pub fn run_console_at(
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             success: out.status.success(),
+            code: out.status.code(),
         },
         Err(out) => panic!(
             "console peer did not finish in {limit:?}\nstdout:\n{}\nstderr:\n{}",

@@ -5,6 +5,7 @@
 //! Run one group with its module path: `cargo test --release --test it -- peer::`.
 
 mod common;
+mod console;
 mod downloader;
 mod hostile;
 mod indexd;

@@ -69,6 +69,7 @@ fn console_get(dir: &std::path::Path, index: &str, target: impl std::fmt::Displa
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             success: out.status.success(),
+            code: out.status.code(),
         },
         Err(out) => panic!("console peer did not finish: {out:?}"),
     }

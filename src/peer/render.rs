@@ -1,0 +1,930 @@
+//! How each [`Line`] for the person is written: as text for people, or as one JSON object
+//! per line for programs (`peer --json`). Pure functions of the line and a [`Style`]; the
+//! writer thread (`output`) calls them, so rendering costs the reactor nothing.
+//!
+//! # Invariants
+//! - Every kind of line has a text form and a JSON form: [`text`] and [`json`] each `match`
+//!   on [`Line`] with no wildcard arm, so a new kind of line does not compile until both say
+//!   how it is written.
+//! - The text written to a pipe or file (`Style::human` false) is the machine-stable format
+//!   README documents, byte for byte; human units, column headers and shortened hashes appear
+//!   only on a terminal.
+//! - JSON field names are stable (README lists them; the web page's API uses the same): every
+//!   object has a `type`; sizes are bytes (integers), hashes 64 lowercase hex digits, addresses
+//!   `IP:PORT` strings, names and paths as they are (not escaped for a terminal: JSON escapes
+//!   what needs it).
+
+use super::names::display_name;
+use super::output::Line;
+use crate::wire::{FileHash, HeldFile, SearchHit};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// How text is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Style {
+    /// stdout is a terminal: sizes in human units, search results under a header.
+    pub human: bool,
+    /// A progress bar is drawn on stderr (then each holder tried is not named as well).
+    pub bar: bool,
+}
+
+/// Where a text line goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Results.
+    Stdout,
+    /// Notes, progress and errors.
+    Stderr,
+}
+
+/// A page of search results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchPage {
+    /// The words searched for.
+    pub query: String,
+    /// The hits of this page, best first.
+    pub hits: Vec<SearchHit>,
+    /// How many files match in all (a lower bound unless `total_exact`).
+    pub total: u64,
+    /// Whether `total` is exact.
+    pub total_exact: bool,
+    /// Whether `more` shows a next page.
+    pub more: bool,
+    /// The search stopped at its work budget: there may be matches it did not look at.
+    pub partial: bool,
+}
+
+/// A page of a lookup's answer: files and their holders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupPage {
+    /// What was looked up, as typed (a name, a hash or a hash prefix).
+    pub target: String,
+    /// The files of this page, each with its holders numbered from 1 as `get X N` uses them.
+    pub files: Vec<HeldFile>,
+    /// Files shown by earlier pages of the same lookup.
+    pub shown_before: u64,
+    /// Files of that name (or hash) in all.
+    pub total: u64,
+    /// Whether `more` shows a next page.
+    pub more: bool,
+}
+
+/// One shared file, for `files`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRow {
+    /// Its hash.
+    pub hash: FileHash,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its name.
+    pub name: String,
+}
+
+/// What the peer shares after a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShareSummary {
+    /// Files shared.
+    pub files: usize,
+    /// Bytes in them.
+    pub bytes: u64,
+    /// Files the scan registered.
+    pub added: usize,
+    /// Files the scan withdrew.
+    pub withdrawn: usize,
+}
+
+/// The index session, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexStatus {
+    /// The index as given (`HOST:PORT`).
+    pub address: String,
+    /// Where the session stands.
+    pub state: IndexState,
+    /// Our file server's address as the index sees it (while connected).
+    pub observed: Option<SocketAddr>,
+    /// Why it is not connected (the last failure), or why the index refused us.
+    pub reason: Option<String>,
+}
+
+/// Where the index session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexState {
+    /// No session has been up yet (looking the name up, connecting, or retrying).
+    NotConnectedYet,
+    /// Looking up, connecting or saying hello again after a session ended.
+    Connecting,
+    /// Connected and registered.
+    Connected,
+    /// A session was up and ended: retrying with backoff.
+    Disconnected,
+    /// The index refused this peer (another protocol version): not retried.
+    Refused,
+    /// This peer said goodbye.
+    Closed,
+}
+
+impl IndexState {
+    /// The name in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexState::NotConnectedYet => "not_connected_yet",
+            IndexState::Connecting => "connecting",
+            IndexState::Connected => "connected",
+            IndexState::Disconnected => "disconnected",
+            IndexState::Refused => "refused",
+            IndexState::Closed => "closed",
+        }
+    }
+}
+
+/// A download in progress, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadStatus {
+    /// The file's name.
+    pub name: String,
+    /// Bytes on disk.
+    pub done: u64,
+    /// Bytes in the file.
+    pub total: u64,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusReport {
+    /// The index session.
+    pub index: IndexStatus,
+    /// The shared directory.
+    pub share_dir: PathBuf,
+    /// Files shared.
+    pub files: usize,
+    /// Bytes in them.
+    pub bytes: u64,
+    /// The file server's port.
+    pub listen_port: u16,
+    /// Uploads sending.
+    pub uploads_active: u64,
+    /// Uploads sent at once at most.
+    pub upload_slots: usize,
+    /// Requests waiting in the upload queue.
+    pub uploads_queued: usize,
+    /// Uploads finished.
+    pub uploads_done: u64,
+    /// Bytes uploaded.
+    pub upload_bytes: u64,
+    /// Downloads in progress.
+    pub downloads: Vec<DownloadStatus>,
+}
+
+/// A download that landed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saved {
+    /// Where.
+    pub path: PathBuf,
+    /// The file's hash.
+    pub hash: FileHash,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Bytes received in this run (less than `size` after a resume).
+    pub received: u64,
+    /// How long this run took, in seconds.
+    pub secs: f64,
+}
+
+/// A size: bytes in the pipe format, human units on a terminal.
+fn size(n: u64, style: Style) -> String {
+    if style.human {
+        human_bytes(n)
+    } else {
+        n.to_string()
+    }
+}
+
+/// `N bytes` in the pipe format, human units on a terminal.
+fn bytes(n: u64, style: Style) -> String {
+    if style.human {
+        human_bytes(n)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// A hash on a terminal: its first 16 hex digits (a prefix of 8 or more names it in commands).
+fn short_hash(h: &FileHash) -> String {
+    h.to_hex()[..16].to_string()
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// `1.5 GiB`-style sizes.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The text of a line and where it goes; `None` for what is not written as text (progress,
+/// drawn as a bar by the writer, and a holder tried while the bar shows it).
+pub fn text(line: &Line, style: Style) -> Option<(Stream, String)> {
+    use Stream::{Stderr, Stdout};
+    let out = match line {
+        Line::Help => (Stdout, super::console::HELP.to_string()),
+        Line::Search(page) => (Stdout, search_text(page, style)),
+        Line::Lookup(page) => (Stdout, lookup_text(page, style)),
+        Line::Files {
+            files,
+            bytes: total,
+        } => {
+            let mut text = String::new();
+            for f in files {
+                let hash = if style.human {
+                    short_hash(&f.hash)
+                } else {
+                    f.hash.to_hex()
+                };
+                let _ = writeln!(
+                    text,
+                    "{hash} {} {}",
+                    size(f.size, style),
+                    display_name(&f.name)
+                );
+            }
+            let _ = write!(
+                text,
+                "{} file{}, {}",
+                files.len(),
+                plural(files.len()),
+                bytes(*total, style)
+            );
+            (Stdout, text)
+        }
+        Line::Sharing { summary, result } => {
+            let s = summary;
+            let text = format!(
+                "sharing {} files ({}): {} new, {} withdrawn",
+                s.files,
+                bytes(s.bytes, style),
+                s.added,
+                s.withdrawn
+            );
+            (if *result { Stdout } else { Stderr }, text)
+        }
+        Line::Unregistered { hash, names } => {
+            let names: Vec<String> = names.iter().map(|n| display_name(n)).collect();
+            (Stdout, format!("unregistered {hash} {}", names.join(", ")))
+        }
+        Line::Status(report) => (Stdout, status_text(report, style)),
+        Line::Saved(s) => {
+            let rate = s.received as f64 / s.secs / (1 << 20) as f64;
+            let text = format!(
+                "saved {} ({} in {:.3} s, {rate:.1} MiB/s)",
+                s.path.display(),
+                bytes(s.size, style),
+                s.secs
+            );
+            (Stdout, text)
+        }
+        Line::AlreadyHave { path, size: n, .. } => (
+            Stdout,
+            format!("already have {} ({})", path.display(), bytes(*n, style)),
+        ),
+        Line::Serving { addr } => (Stderr, format!("peer: serving files on {addr}")),
+        Line::Metrics { addr } => (Stderr, format!("peer: metrics on http://{addr}/metrics")),
+        Line::Hashing {
+            files_done,
+            files,
+            bytes_done,
+            bytes: total,
+        } => (
+            Stderr,
+            format!(
+                "hashing: {files_done}/{files} files, {}/{}",
+                human_bytes(*bytes_done),
+                human_bytes(*total)
+            ),
+        ),
+        Line::IndexUp { index } => (Stderr, format!("index: connected to {index} again")),
+        Line::IndexDown {
+            index,
+            reason,
+            connected_before,
+        } => (
+            Stderr,
+            if *connected_before {
+                format!("index: {index} unreachable ({reason}); reconnecting in the background")
+            } else {
+                format!(
+                    "index: not connected yet: {index} unreachable ({reason}); retrying in the \
+                     background"
+                )
+            },
+        ),
+        Line::Trying { .. } if style.bar => return None,
+        Line::Trying {
+            name,
+            size: n,
+            holder,
+        } => (
+            Stderr,
+            format!(
+                "get: downloading {} ({}) from {holder}",
+                display_name(name),
+                bytes(*n, style)
+            ),
+        ),
+        Line::Resuming {
+            name,
+            have,
+            size: n,
+        } => (
+            Stderr,
+            format!(
+                "get: resuming {} at {} of {}",
+                display_name(name),
+                size(*have, style),
+                bytes(*n, style)
+            ),
+        ),
+        Line::Queued {
+            name,
+            holder,
+            position,
+        } => (
+            Stderr,
+            format!(
+                "get: {} queued at {holder}: position {position} in its upload queue",
+                display_name(name)
+            ),
+        ),
+        Line::Progress { .. } | Line::ProgressEnd => return None,
+        Line::Note(text) => (Stderr, text.clone()),
+        Line::Warning(text) => (Stderr, format!("warning: {text}")),
+        Line::Error(text) => (Stderr, format!("error: {text}")),
+    };
+    Some(out)
+}
+
+fn search_text(page: &SearchPage, style: Style) -> String {
+    let mut text = String::new();
+    if style.human && !page.hits.is_empty() {
+        let _ = writeln!(text, "{:<16} {:>10} {:>7}  NAME", "HASH", "SIZE", "HOLDERS");
+    }
+    for h in &page.hits {
+        if style.human {
+            let _ = writeln!(
+                text,
+                "{} {:>10} {:>7}  {}",
+                short_hash(&h.hash),
+                human_bytes(h.size),
+                h.holders,
+                display_name(&h.name)
+            );
+        } else {
+            let _ = writeln!(
+                text,
+                "{} {} {} {}",
+                h.hash,
+                h.size,
+                h.holders,
+                display_name(&h.name)
+            );
+        }
+    }
+    let n = page.hits.len();
+    let _ = write!(text, "{n} result{}", plural(n));
+    if page.more {
+        let _ = write!(
+            text,
+            " ({} {} matches; type more for the next page)",
+            if page.total_exact { "of" } else { "at least" },
+            page.total
+        );
+    }
+    if page.partial {
+        text.push_str("\n(search stopped early: narrow it)");
+    }
+    text
+}
+
+/// The holders of each file, numbered as `get X N` uses them (also in the error of a `get`
+/// whose name several files bear).
+pub fn holders_text(files: &[HeldFile], style: Style) -> String {
+    let mut text = String::new();
+    for f in files {
+        let _ = writeln!(
+            text,
+            "{} {} {}",
+            f.hash,
+            size(f.size, style),
+            display_name(&f.name)
+        );
+        for (i, h) in f.holders.iter().enumerate() {
+            let _ = writeln!(text, "  {} {h}", i + 1);
+        }
+        let unlisted = (f.holder_count as usize).saturating_sub(f.holders.len());
+        if unlisted > 0 {
+            let _ = writeln!(text, "  and {unlisted} more holders");
+        }
+    }
+    text.pop();
+    text
+}
+
+fn lookup_text(page: &LookupPage, style: Style) -> String {
+    if page.files.is_empty() {
+        // The files left since the last page (the index changed meanwhile).
+        return format!("no more files ({} in all now)", page.total);
+    }
+    let mut text = holders_text(&page.files, style);
+    let last = page.shown_before + page.files.len() as u64;
+    if page.shown_before > 0 || page.more || page.total > last {
+        // A name of many files: say which part this is and how to see more.
+        let _ = write!(
+            text,
+            "\nfiles {}-{last} of {}, most holders first",
+            (page.shown_before + 1).min(last),
+            page.total
+        );
+        if page.more {
+            text.push_str("; `more` shows the next");
+        }
+    }
+    text
+}
+
+/// The `index:` line of `status`.
+pub fn index_status_text(s: &IndexStatus) -> String {
+    let index = &s.address;
+    let reason = s.reason.as_deref().unwrap_or("unknown");
+    match (s.state, s.observed) {
+        (IndexState::Connected, Some(observed)) => {
+            format!("index: connected to {index} (seen as {observed})")
+        }
+        (IndexState::Connected, None) => format!("index: connected to {index}"),
+        (IndexState::NotConnectedYet, _) if s.reason.is_some() => {
+            format!("index: not connected yet: {index} unreachable ({reason}), retrying")
+        }
+        (IndexState::NotConnectedYet, _) => {
+            format!("index: not connected yet: connecting to {index}")
+        }
+        (IndexState::Connecting, _) => format!("index: connecting to {index}"),
+        (IndexState::Disconnected, _) => format!("index: disconnected from {index}, retrying"),
+        (IndexState::Refused, _) => format!(
+            "index: {index} refused this peer ({reason}); not retrying until the peer is restarted"
+        ),
+        (IndexState::Closed, _) => format!("index: closed the session with {index}"),
+    }
+}
+
+fn status_text(r: &StatusReport, style: Style) -> String {
+    let mut s = index_status_text(&r.index);
+    s.push('\n');
+    let _ = writeln!(
+        s,
+        "sharing: {} files, {} from {}",
+        r.files,
+        bytes(r.bytes, style),
+        r.share_dir.display()
+    );
+    let _ = writeln!(s, "serving on port {}", r.listen_port);
+    let _ = writeln!(
+        s,
+        "uploads: {} in progress ({} slots), {} waiting in the queue, {} done, {} sent",
+        r.uploads_active,
+        r.upload_slots,
+        r.uploads_queued,
+        r.uploads_done,
+        bytes(r.upload_bytes, style)
+    );
+    if r.downloads.is_empty() {
+        s.push_str("downloads: none in progress");
+    }
+    for (i, d) in r.downloads.iter().enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        let _ = write!(
+            s,
+            "download: {} {}/{}",
+            display_name(&d.name),
+            size(d.done, style),
+            bytes(d.total, style)
+        );
+    }
+    s
+}
+
+fn hit_json(h: &SearchHit) -> Value {
+    json!({"hash": h.hash.to_hex(), "size": h.size, "holders": h.holders, "name": h.name})
+}
+
+fn held_json(f: &HeldFile) -> Value {
+    let holders: Vec<String> = f.holders.iter().map(ToString::to_string).collect();
+    json!({
+        "hash": f.hash.to_hex(),
+        "size": f.size,
+        "name": f.name,
+        "holders": holders,
+        "holder_count": f.holder_count,
+    })
+}
+
+fn path_json(p: &std::path::Path) -> Value {
+    Value::String(p.to_string_lossy().into_owned())
+}
+
+/// The JSON object of a line; `None` for the end of a download's progress (the `saved` or
+/// `error` line that follows says how it ended).
+pub fn json(line: &Line) -> Option<Value> {
+    let v = match line {
+        Line::Help => json!({"type": "help", "text": super::console::HELP}),
+        Line::Search(p) => json!({
+            "type": "search",
+            "query": p.query,
+            "hits": p.hits.iter().map(hit_json).collect::<Vec<_>>(),
+            "total": p.total,
+            "total_exact": p.total_exact,
+            "more": p.more,
+            "partial": p.partial,
+        }),
+        Line::Lookup(p) => json!({
+            "type": "lookup",
+            "target": p.target,
+            "files": p.files.iter().map(held_json).collect::<Vec<_>>(),
+            "first": p.shown_before + 1,
+            "total": p.total,
+            "more": p.more,
+        }),
+        Line::Files { files, bytes } => json!({
+            "type": "files",
+            "files": files
+                .iter()
+                .map(|f| json!({"hash": f.hash.to_hex(), "size": f.size, "name": f.name}))
+                .collect::<Vec<_>>(),
+            "count": files.len(),
+            "bytes": bytes,
+        }),
+        Line::Sharing { summary: s, .. } => json!({
+            "type": "sharing",
+            "files": s.files,
+            "bytes": s.bytes,
+            "added": s.added,
+            "withdrawn": s.withdrawn,
+        }),
+        Line::Unregistered { hash, names } => json!({
+            "type": "unregistered",
+            "hash": hash.to_hex(),
+            "names": names,
+        }),
+        Line::Status(r) => {
+            let downloads: Vec<Value> = r
+                .downloads
+                .iter()
+                .map(|d| json!({"name": d.name, "done": d.done, "total": d.total}))
+                .collect();
+            json!({
+                "type": "status",
+                "index": {
+                    "address": r.index.address,
+                    "state": r.index.state.name(),
+                    "observed": r.index.observed.map(|a| a.to_string()),
+                    "reason": r.index.reason,
+                },
+                "share": {"dir": path_json(&r.share_dir), "files": r.files, "bytes": r.bytes},
+                "listen_port": r.listen_port,
+                "uploads": {
+                    "active": r.uploads_active,
+                    "slots": r.upload_slots,
+                    "queued": r.uploads_queued,
+                    "done": r.uploads_done,
+                    "bytes": r.upload_bytes,
+                },
+                "downloads": downloads,
+            })
+        }
+        Line::Saved(s) => json!({
+            "type": "saved",
+            "path": path_json(&s.path),
+            "hash": s.hash.to_hex(),
+            "size": s.size,
+            "received": s.received,
+            "seconds": s.secs,
+        }),
+        Line::AlreadyHave { path, hash, size } => json!({
+            "type": "already_have",
+            "path": path_json(path),
+            "hash": hash.to_hex(),
+            "size": size,
+        }),
+        Line::Serving { addr } => json!({"type": "serving", "address": addr.to_string()}),
+        Line::Metrics { addr } => json!({"type": "metrics", "address": addr.to_string()}),
+        Line::Hashing {
+            files_done,
+            files,
+            bytes_done,
+            bytes,
+        } => json!({
+            "type": "hashing",
+            "files_done": files_done,
+            "files": files,
+            "bytes_done": bytes_done,
+            "bytes": bytes,
+        }),
+        Line::IndexUp { index } => json!({"type": "index_up", "index": index}),
+        Line::IndexDown {
+            index,
+            reason,
+            connected_before,
+        } => json!({
+            "type": "index_down",
+            "index": index,
+            "reason": reason,
+            "connected_before": connected_before,
+        }),
+        Line::Trying { name, size, holder } => json!({
+            "type": "trying",
+            "name": name,
+            "size": size,
+            "holder": holder.to_string(),
+        }),
+        Line::Resuming { name, have, size } => json!({
+            "type": "resuming",
+            "name": name,
+            "done": have,
+            "size": size,
+        }),
+        Line::Queued {
+            name,
+            holder,
+            position,
+        } => json!({
+            "type": "queued",
+            "name": name,
+            "holder": holder.to_string(),
+            "position": position,
+        }),
+        Line::Progress { name, done, total } => json!({
+            "type": "progress",
+            "name": name,
+            "done": done,
+            "total": total,
+        }),
+        Line::ProgressEnd => return None,
+        Line::Note(text) => json!({"type": "note", "message": text}),
+        Line::Warning(text) => json!({"type": "warning", "message": text}),
+        Line::Error(text) => json!({"type": "error", "message": text}),
+    };
+    Some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIPE: Style = Style {
+        human: false,
+        bar: false,
+    };
+    const TERMINAL: Style = Style {
+        human: true,
+        bar: false,
+    };
+
+    fn hit(name: &str, size: u64) -> SearchHit {
+        SearchHit {
+            name: name.into(),
+            size,
+            hash: FileHash::of(name.as_bytes()),
+            holders: 2,
+        }
+    }
+
+    fn page() -> SearchPage {
+        SearchPage {
+            query: "zeb".into(),
+            hits: vec![hit("Zebra.flac", 3 << 20), hit("zebu\u{202e}.txt", 9)],
+            total: 40,
+            total_exact: true,
+            more: true,
+            partial: false,
+        }
+    }
+
+    #[test]
+    fn search_in_a_pipe_is_the_documented_format() {
+        let (stream, text) = text(&Line::Search(page()), PIPE).unwrap();
+        assert_eq!(stream, Stream::Stdout);
+        let a = FileHash::of(b"Zebra.flac");
+        let b = FileHash::of("zebu\u{202e}.txt".as_bytes());
+        assert_eq!(
+            text,
+            format!(
+                "{a} 3145728 2 Zebra.flac\n{b} 9 2 zebu\\u{{202e}}.txt\n\
+                 2 results (of 40 matches; type more for the next page)"
+            )
+        );
+    }
+
+    #[test]
+    fn search_on_a_terminal_has_a_header_and_human_sizes() {
+        let (_, text) = text(&Line::Search(page()), TERMINAL).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "HASH                   SIZE HOLDERS  NAME");
+        let a = FileHash::of(b"Zebra.flac").to_hex();
+        assert_eq!(
+            lines[1],
+            format!("{}    3.0 MiB       2  Zebra.flac", &a[..16])
+        );
+        assert!(
+            lines[2].contains("       9 B       2  zebu\\u{202e}.txt"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[3],
+            "2 results (of 40 matches; type more for the next page)"
+        );
+        // No results: no header.
+        let empty = SearchPage {
+            hits: vec![],
+            more: false,
+            ..page()
+        };
+        assert_eq!(
+            text_of(&Line::Search(empty), TERMINAL),
+            "0 results".to_string()
+        );
+    }
+
+    fn text_of(line: &Line, style: Style) -> String {
+        text(line, style).unwrap().1
+    }
+
+    #[test]
+    fn sizes_are_bytes_in_a_pipe_and_human_on_a_terminal() {
+        let saved = Line::Saved(Saved {
+            path: "/d/x.bin".into(),
+            hash: FileHash::of(b"x"),
+            size: 5 << 30,
+            received: 1 << 20,
+            secs: 0.5,
+        });
+        assert_eq!(
+            text_of(&saved, PIPE),
+            "saved /d/x.bin (5368709120 bytes in 0.500 s, 2.0 MiB/s)"
+        );
+        assert_eq!(
+            text_of(&saved, TERMINAL),
+            "saved /d/x.bin (5.0 GiB in 0.500 s, 2.0 MiB/s)"
+        );
+        let files = Line::Files {
+            files: vec![FileRow {
+                hash: FileHash::of(b"y"),
+                size: 1536,
+                name: "y".into(),
+            }],
+            bytes: 1536,
+        };
+        let h = FileHash::of(b"y").to_hex();
+        assert_eq!(
+            text_of(&files, PIPE),
+            format!("{h} 1536 y\n1 file, 1536 bytes")
+        );
+        assert_eq!(
+            text_of(&files, TERMINAL),
+            format!("{} 1.5 KiB y\n1 file, 1.5 KiB", &h[..16])
+        );
+        let sharing = Line::Sharing {
+            summary: ShareSummary {
+                files: 2,
+                bytes: 18,
+                added: 1,
+                withdrawn: 0,
+            },
+            result: true,
+        };
+        assert_eq!(
+            text(&sharing, PIPE),
+            Some((
+                Stream::Stdout,
+                "sharing 2 files (18 bytes): 1 new, 0 withdrawn".into()
+            ))
+        );
+        assert_eq!(
+            text_of(&sharing, TERMINAL),
+            "sharing 2 files (18 B): 1 new, 0 withdrawn"
+        );
+    }
+
+    #[test]
+    fn status_says_not_connected_yet_before_the_first_session() {
+        let mut report = StatusReport {
+            index: IndexStatus {
+                address: "idx:9000".into(),
+                state: IndexState::NotConnectedYet,
+                observed: None,
+                reason: Some("connection refused".into()),
+            },
+            share_dir: "/s".into(),
+            files: 0,
+            bytes: 0,
+            listen_port: 7,
+            uploads_active: 0,
+            upload_slots: 64,
+            uploads_queued: 0,
+            uploads_done: 0,
+            upload_bytes: 0,
+            downloads: vec![],
+        };
+        let text = text_of(&Line::Status(Box::new(report.clone())), PIPE);
+        assert_eq!(
+            text,
+            "index: not connected yet: idx:9000 unreachable (connection refused), retrying\n\
+             sharing: 0 files, 0 bytes from /s\n\
+             serving on port 7\n\
+             uploads: 0 in progress (64 slots), 0 waiting in the queue, 0 done, 0 bytes sent\n\
+             downloads: none in progress"
+        );
+        report.index.state = IndexState::Disconnected;
+        let text = text_of(&Line::Status(Box::new(report.clone())), PIPE);
+        assert!(
+            text.starts_with("index: disconnected from idx:9000, retrying\n"),
+            "{text}"
+        );
+        let v = json(&Line::Status(Box::new(report))).unwrap();
+        assert_eq!(v["index"]["state"], "disconnected");
+        assert_eq!(v["share"]["dir"], "/s");
+        assert_eq!(v["downloads"], json!([]));
+    }
+
+    #[test]
+    fn json_has_a_type_bytes_hex_hashes_and_address_strings() {
+        let v = json(&Line::Search(page())).unwrap();
+        assert_eq!(v["type"], "search");
+        assert_eq!(v["hits"][0]["size"], 3 << 20);
+        assert_eq!(v["hits"][0]["hash"], FileHash::of(b"Zebra.flac").to_hex());
+        // Names as they are: JSON escapes what needs it, nothing is rewritten.
+        assert_eq!(v["hits"][1]["name"], "zebu\u{202e}.txt");
+        let held = HeldFile {
+            hash: FileHash::of(b"z"),
+            size: 1,
+            name: "z".into(),
+            holders: vec!["[::1]:80".parse().unwrap(), "10.0.0.1:9".parse().unwrap()],
+            holder_count: 3,
+        };
+        let v = json(&Line::Lookup(LookupPage {
+            target: "z".into(),
+            files: vec![held],
+            shown_before: 0,
+            total: 1,
+            more: false,
+        }))
+        .unwrap();
+        assert_eq!(v["files"][0]["holders"], json!(["[::1]:80", "10.0.0.1:9"]));
+        assert_eq!(v["files"][0]["holder_count"], 3);
+        let v = json(&Line::Error("no peer shares x".into())).unwrap();
+        assert_eq!(v, json!({"type": "error", "message": "no peer shares x"}));
+        // One line each: no raw newline in the encoding, even for multi-line text.
+        let help = serde_json::to_string(&json(&Line::Help).unwrap()).unwrap();
+        assert!(!help.contains('\n'));
+        assert_eq!(json(&Line::ProgressEnd), None);
+    }
+
+    #[test]
+    fn a_holder_tried_is_named_only_without_a_bar() {
+        let line = Line::Trying {
+            name: "f".into(),
+            size: 9,
+            holder: "127.0.0.1:1".parse().unwrap(),
+        };
+        assert_eq!(
+            text(&line, PIPE),
+            Some((
+                Stream::Stderr,
+                "get: downloading f (9 bytes) from 127.0.0.1:1".into()
+            ))
+        );
+        let bar = Style {
+            human: true,
+            bar: true,
+        };
+        assert_eq!(text(&line, bar), None);
+        assert_eq!(json(&line).unwrap()["holder"], "127.0.0.1:1");
+    }
+}
