@@ -14,14 +14,15 @@
 
 use super::commands::{self, Commands, Follow, Next, Waiting};
 use super::console::{self, Command, Target};
-use super::download::{Attempt, Download, DownloadEvent, DownloadId, DownloadLimits, HashDone};
+use super::download::{Attempt, Download, DownloadEvent, DownloadId, DownloadLimits};
 use super::metrics::{CoreView, PeerCounters};
 use super::names::display_name;
 use super::output::Output;
 use super::session::{IndexSession, SessionEvent, Tag};
 use super::share::{self, Share, SharedFile};
 use super::threads::{Event, Job};
-use super::upload::{self, Answer, Joined, Upload, UploadQueue};
+use super::swarm;
+use super::upload::{self, Answer, Joined, Outboards, Upload, UploadQueue};
 use super::withdrawn::Withdrawn;
 use crate::reactor::{CloseReason, ConnId, Verdict};
 use crate::wire::{
@@ -101,6 +102,11 @@ pub enum Action {
     },
     /// Give the hashing thread a job; answered with [`Event::Scanned`].
     Hash(Job),
+    /// Leave a connection's further requests unread (it waits in the upload queue, and its
+    /// pipelined requests wait behind the one queued).
+    Hold(ConnId),
+    /// Read a held connection's requests again.
+    Resume(ConnId),
     /// Stop the peer.
     Stop,
 }
@@ -139,13 +145,11 @@ pub struct PeerCore {
     share: Share,
     session: IndexSession,
     commands: Commands,
-    download: Option<Download>,
-    /// The other sizes claimed for the hash being downloaded, best first: tried in turn when
-    /// no holder of the current claim delivers bytes that match the hash.
-    claims_left: VecDeque<HeldFile>,
+    /// The downloads running, oldest first.
+    downloads: Vec<Running>,
     next_download: DownloadId,
-    /// Hands the verifying thread's results back (as [`Event::Hashed`]).
-    hash_done: HashDone,
+    /// The file server's outboards (the proofs of the ranges it serves).
+    outboards: Outboards,
     output: Output,
     actions: VecDeque<Action>,
     listen_port: u16,
@@ -160,6 +164,16 @@ pub struct PeerCore {
     withdrawn: Withdrawn,
 }
 
+/// A download and what the core keeps beside it.
+struct Running {
+    dl: Download,
+    /// The other sizes claimed for the hash being downloaded, best first: tried in turn when
+    /// no holder of the current claim delivers bytes that match the hash.
+    claims_left: VecDeque<HeldFile>,
+    /// Started by `get -b`: the console does not wait for it.
+    background: bool,
+}
+
 #[derive(Debug, Default)]
 struct UploadStats {
     active: u64,
@@ -168,8 +182,8 @@ struct UploadStats {
 }
 
 impl PeerCore {
-    /// A core whose downloads report their hashes through `hash_done`.
-    pub fn new(cfg: CoreConfig, hash_done: HashDone) -> PeerCore {
+    /// A core.
+    pub fn new(cfg: CoreConfig) -> PeerCore {
         PeerCore {
             session: IndexSession::new(cfg.index.clone(), 0, cfg.seed),
             commands: Commands::new(cfg.console),
@@ -177,10 +191,9 @@ impl PeerCore {
             upload_check: None,
             output: Output::new(cfg.progress_bar),
             share: Share::default(),
-            download: None,
-            claims_left: VecDeque::new(),
+            downloads: Vec::new(),
             next_download: 1,
-            hash_done,
+            outboards: Outboards::new(&cfg.share_dir),
             actions: VecDeque::new(),
             listen_port: 0,
             uploads: UploadStats::default(),
@@ -212,10 +225,11 @@ impl PeerCore {
 
     /// The earliest time [`PeerCore::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let dl = self.download.as_ref().and_then(Download::poll_timeout);
-        [self.session.poll_timeout(), dl, self.upload_check]
+        let dl = self.downloads.iter().filter_map(|r| r.dl.poll_timeout());
+        [self.session.poll_timeout(), self.upload_check]
             .into_iter()
             .flatten()
+            .chain(dl)
             .min()
     }
 
@@ -282,8 +296,8 @@ impl PeerCore {
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.session.handle_timeout(now, &mut self.actions);
-        if let Some(dl) = &mut self.download {
-            dl.handle_timeout(now, &mut self.actions);
+        for r in &mut self.downloads {
+            r.dl.handle_timeout(now, &mut self.actions);
         }
         self.pump(now);
     }
@@ -309,9 +323,13 @@ impl PeerCore {
                 files,
                 warnings,
             } => self.handle_scanned(job, files, warnings),
-            Event::Hashed(generation, hashed) => {
-                if let Some(dl) = &mut self.download {
-                    dl.handle_hashed(now, generation, hashed, &mut self.actions);
+            Event::Outboard { file, result } => {
+                self.outboards.handle_computed(&file.hash);
+                match result {
+                    Ok(hash) if hash == file.hash => {}
+                    Ok(_) => self.file_changed(&file),
+                    Err(e) => log::warn!(target: "peer",
+                        "cannot compute the outboard of {}: {e}", file.path.display()),
                 }
             }
             Event::Resolved(result) => self.session.handle_resolved(now, result, &mut self.actions),
@@ -362,8 +380,8 @@ impl PeerCore {
                 self.session.handle_connected(conn, &mut self.actions);
                 Verdict::Continue
             }
-            Role::Download(attempt) => match &mut self.download {
-                Some(dl) => dl.handle_connected(now, conn, *attempt, &mut self.actions),
+            Role::Download(attempt) => match running(&mut self.downloads, attempt.download) {
+                Some(r) => r.dl.handle_connected(now, conn, *attempt, &mut self.actions),
                 None => Verdict::Close(CloseReason::Local),
             },
             Role::Upload(_) => Verdict::Continue,
@@ -389,8 +407,8 @@ impl PeerCore {
                 Err(e) => Verdict::Close(CloseReason::Protocol(format!("index sent {e}"))),
             },
             Role::Upload(state) => self.handle_get(now, conn, state, payload),
-            Role::Download(attempt) => match &mut self.download {
-                Some(dl) => dl.handle_frame(now, conn, *attempt, payload, &mut self.actions),
+            Role::Download(attempt) => match running(&mut self.downloads, attempt.download) {
+                Some(r) => r.dl.handle_frame(now, conn, *attempt, payload, &mut self.actions),
                 None => Verdict::Close(CloseReason::Local),
             },
         };
@@ -400,10 +418,11 @@ impl PeerCore {
 
     /// Raw file bytes arrived (downloads only).
     pub fn handle_raw(&mut self, now: Instant, role: &mut Role, data: &[u8]) -> Verdict {
-        let verdict = match (role, &mut self.download) {
-            (Role::Download(attempt), Some(dl)) => {
-                dl.handle_raw(now, *attempt, data, &mut self.actions)
-            }
+        let verdict = match role {
+            Role::Download(attempt) => match running(&mut self.downloads, attempt.download) {
+                Some(r) => r.dl.handle_raw(now, *attempt, data, &mut self.actions),
+                None => Verdict::Close(CloseReason::Local),
+            },
             _ => Verdict::Close(CloseReason::Local),
         };
         self.pump(now);
@@ -434,10 +453,13 @@ impl PeerCore {
             let mut state = Upload::Queued { from };
             let verdict = self.handle_get(now, conn, &mut state, &request);
             match verdict {
-                Verdict::Continue => self.actions.push_back(Action::SetRole {
-                    conn,
-                    role: Role::Upload(state),
-                }),
+                Verdict::Continue => {
+                    self.actions.push_back(Action::SetRole {
+                        conn,
+                        role: Role::Upload(state),
+                    });
+                    self.actions.push_back(Action::Resume(conn));
+                }
                 Verdict::Close(reason) => self.actions.push_back(Action::Close {
                     conn,
                     reason,
@@ -472,8 +494,8 @@ impl PeerCore {
         match role {
             Role::Index => self.session.handle_closed(now, reason, &mut self.actions),
             Role::Download(attempt) => {
-                if let Some(dl) = &mut self.download {
-                    dl.handle_close(now, attempt, reason, &mut self.actions);
+                if let Some(r) = running(&mut self.downloads, attempt.download) {
+                    r.dl.handle_close(now, attempt, reason, &mut self.actions);
                 }
             }
             Role::Upload(Upload::Sending { hash, .. }) => {
@@ -516,7 +538,7 @@ impl PeerCore {
             }
         };
         let is_full = self.uploads.active as usize >= self.queue.slots || !self.queue.is_empty();
-        match upload::answer(payload, &self.share) {
+        match upload::answer(payload, &self.share, &mut self.outboards) {
             Answer::Serve { .. } if is_full && !matches!(state, Upload::Sending { .. }) => {
                 match self.queue.join(conn, from, payload) {
                     Joined::At(position) => {
@@ -525,6 +547,8 @@ impl PeerCore {
                             frame: upload::queued_frame(position),
                         });
                         *state = Upload::Queued { from };
+                        // Its pipelined requests wait unread behind this one.
+                        self.actions.push_back(Action::Hold(conn));
                         self.upload_check
                             .get_or_insert(now + self.cfg.upload_rate_window);
                         // Lifts the idle timeout (the state itself is set above).
@@ -579,9 +603,13 @@ impl PeerCore {
                 frame,
                 message,
                 changed,
+                outboard,
             } => {
                 if let Some(file) = changed {
                     self.file_changed(&file);
+                }
+                if let Some(file) = outboard {
+                    self.actions.push_back(Action::Hash(Job::Outboard { file }));
                 }
                 self.counters.gets_refused += 1;
                 self.actions.push_back(Action::Send { conn, frame });
@@ -622,6 +650,7 @@ impl PeerCore {
             ),
             Job::Paths { console, .. } => (self.share.upsert(files), console),
             Job::Watched { paths } => (self.share.replace_paths(&paths, files), false),
+            Job::Outboard { .. } => return,
         };
         let (added, removed) = (diff.added.len(), diff.removed.len());
         self.session.unregister(diff.removed, &mut self.actions);
@@ -658,9 +687,17 @@ impl PeerCore {
                 progressed = true;
                 self.handle_session_event(now, event);
             }
-            while let Some(event) = self.download.as_mut().and_then(Download::poll_event) {
-                progressed = true;
-                self.handle_download_event(now, event);
+            let mut i = 0;
+            while i < self.downloads.len() {
+                match self.downloads[i].dl.poll_event() {
+                    Some(event) => {
+                        progressed = true;
+                        if self.handle_download_event(now, i, event) {
+                            self.downloads.remove(i);
+                        }
+                    }
+                    None => i += 1,
+                }
             }
             if let Some(Waiting::Startup { scanned: true }) = self.commands.waiting() {
                 if self.session.is_settled() {
@@ -731,6 +768,7 @@ impl PeerCore {
             (Tag::Unregister, ResponseBody::Unregistered { total, .. }) => {
                 log::debug!(target: "peer", "index holds {total} of our files");
             }
+            (Tag::Holders(id), body) => self.handle_holders_answer(now, id, body),
             (Tag::Command, body) => match self.commands.handle_answer(body, &mut self.output) {
                 None => {}
                 Some(Follow::Lookup(key)) => self.lookup_again(key),
@@ -739,7 +777,7 @@ impl PeerCore {
                     files,
                     holder,
                     total,
-                }) => self.start_get(now, &target, files, holder, total),
+                }) => self.start_get(now, &target, files, holder, total, false),
             },
             (_, ResponseBody::Error { code, message }) => {
                 self.output.error(format!("index: {code}: {message}"))
@@ -757,16 +795,20 @@ impl PeerCore {
         }
     }
 
-    fn handle_download_event(&mut self, now: Instant, event: DownloadEvent) {
-        let Some(dl) = &self.download else { return };
-        let (name, _, size) = dl.progress();
-        let name = display_name(name);
+    /// One event of download `i`; true when the download is over (and must be removed).
+    fn handle_download_event(&mut self, now: Instant, i: usize, event: DownloadEvent) -> bool {
+        let r = &self.downloads[i];
+        let (raw, _, size) = r.dl.progress();
+        let raw = raw.to_string();
+        let name = display_name(&raw);
+        let background = r.background;
+        let id = r.dl.id();
         match event {
             DownloadEvent::Resuming { have } => self
                 .output
                 .note(format!("get: resuming {name} at {have} of {size} bytes")),
             DownloadEvent::Trying(addr) => {
-                if !self.output.shows_progress() {
+                if !self.output.shows_progress() || background {
                     self.output.note(format!(
                         "get: downloading {name} ({size} bytes) from {addr}"
                     ));
@@ -775,40 +817,85 @@ impl PeerCore {
             DownloadEvent::Queued { holder, position } => self.output.note(format!(
                 "get: {name} queued at {holder}: position {position} in its upload queue"
             )),
+            DownloadEvent::Dropped { holder, why, liar } => {
+                let what = if liar { "dropped the lying holder" } else { "dropped holder" };
+                self.output.note(format!("get: {name}: {what} {holder}: {why}"));
+            }
+            DownloadEvent::NeedHolders => {
+                let hash = self.downloads[i].dl.hash();
+                let body = RequestBody::Lookup {
+                    key: LookupKey::Hash(hash),
+                    after: None,
+                };
+                if !self.session.request(body, Tag::Holders(id), &mut self.actions) {
+                    self.downloads[i].dl.handle_holders(now, None, &mut self.actions);
+                }
+            }
             DownloadEvent::Progress { have } => {
-                let raw = dl.progress().0.to_string();
-                self.output.progress(&raw, have, size);
+                if !background {
+                    self.output.progress(&raw, have, size);
+                }
             }
             DownloadEvent::Saved {
                 path,
                 existed,
                 received,
                 secs,
+                holders,
             } => {
-                let hash = dl.hash();
-                self.output.progress_end();
+                let hash = self.downloads[i].dl.hash();
+                if !background {
+                    self.output.progress_end();
+                }
                 if existed {
                     self.output
                         .result(format!("already have {} ({size} bytes)", path.display()));
                 } else {
                     let rate = received as f64 / secs / (1 << 20) as f64;
+                    self.output.note(format!(
+                        "get: {name}: {received} bytes fetched from {holders} holder{}",
+                        if holders == 1 { "" } else { "s" }
+                    ));
                     self.output.result(format!(
                         "saved {} ({size} bytes in {secs:.3} s, {rate:.1} MiB/s)",
                         path.display()
                     ));
                     self.share_download(&path, size, hash);
                 }
-                self.download = None;
                 self.counters.downloads_saved += 1;
-                self.commands.finish();
+                if !background {
+                    self.commands.finish();
+                }
+                return true;
             }
             DownloadEvent::Failed(text) => {
-                self.output.progress_end();
-                self.download = None;
+                if !background {
+                    self.output.progress_end();
+                }
                 self.counters.downloads_failed += 1;
-                self.next_claim(now, text);
+                let r = self.downloads.remove(i);
+                self.next_claim(now, text, r.claims_left, r.background);
+                return false;
             }
         }
+        false
+    }
+
+    /// The holders a download's lookup found.
+    fn handle_holders_answer(&mut self, now: Instant, id: DownloadId, body: ResponseBody) {
+        let me = self.session.observed();
+        let Some(r) = running(&mut self.downloads, id) else { return };
+        let (hash, size) = (r.dl.hash(), r.dl.progress().2);
+        let holders = match body {
+            ResponseBody::Holders { files, .. } => files
+                .into_iter()
+                .filter(|f| f.hash == hash && f.size == size)
+                .flat_map(|f| f.holders)
+                .filter(|h| Some(*h) != me)
+                .collect(),
+            _ => Vec::new(),
+        };
+        r.dl.handle_holders(now, Some(holders), &mut self.actions);
     }
 
     /// Downloads inside the share are shared once verified.
@@ -865,7 +952,7 @@ impl PeerCore {
                 if let (Some(n), Some(files)) = (holder, self.commands.remembered(&target)) {
                     self.commands.wait(Waiting::Get);
                     let total = files.len() as u64;
-                    return self.start_get(now, &target, files, Some(n), total);
+                    return self.start_get(now, &target, files, Some(n), total, false);
                 }
                 self.lookup(target, Some(holder));
             }
@@ -986,7 +1073,7 @@ impl PeerCore {
             uploads_active: self.uploads.active,
             uploads_done: self.uploads.done,
             upload_bytes: self.uploads.bytes,
-            download_active: self.download.is_some(),
+            download_active: !self.downloads.is_empty(),
             session_state: self.session.state_name(),
             shared_files: self.share.len() as u64,
             shared_bytes: self.share.total_bytes(),
@@ -1013,15 +1100,38 @@ impl PeerCore {
             self.uploads.done,
             self.uploads.bytes
         );
-        match &self.download {
-            Some(d) => {
-                let (name, have, size) = d.progress();
-                let _ = write!(s, "download: {} {have}/{size} bytes", display_name(name));
-            }
-            None => {
-                let _ = write!(s, "downloads: none in progress");
-            }
+        if self.downloads.is_empty() {
+            let _ = write!(s, "downloads: none in progress");
         }
+        for r in &self.downloads {
+            let (name, have, size) = r.dl.progress();
+            let _ = write!(s, "download: {} {have}/{size} bytes", display_name(name));
+        }
+        s
+    }
+
+    /// The `downloads` listing: one line per running download.
+    pub fn downloads_text(&self, now: Instant) -> String {
+        let mut s = String::new();
+        for r in &self.downloads {
+            let (name, have, size) = r.dl.progress();
+            let (received, secs) = r.dl.received(now);
+            let pct = if size == 0 { 100.0 } else { have as f64 * 100.0 / size as f64 };
+            let _ = writeln!(
+                s,
+                "{} {size} bytes {pct:.1}% {:.1} MiB/s {} sources{}",
+                display_name(name),
+                received as f64 / secs / (1 << 20) as f64,
+                r.dl.sources(),
+                if r.background { "" } else { " (get waits for it)" }
+            );
+        }
+        let _ = write!(
+            s,
+            "{} download{} running",
+            self.downloads.len(),
+            if self.downloads.len() == 1 { "" } else { "s" }
+        );
         s
     }
 
@@ -1030,12 +1140,15 @@ impl PeerCore {
             return;
         }
         self.stopped = true;
+        for r in &mut self.downloads {
+            r.dl.abandon(&mut self.actions);
+        }
         self.session.quit(&mut self.actions);
         self.actions.push_back(Action::Stop);
     }
 
-    /// Starts downloading the one file a lookup found (the runner waits for it), or says
-    /// why not.
+    /// Starts downloading the one file a lookup found (the runner waits for it unless
+    /// `background`), or says why not.
     fn start_get(
         &mut self,
         now: Instant,
@@ -1043,14 +1156,19 @@ impl PeerCore {
         files: Vec<HeldFile>,
         holder: Option<usize>,
         total: u64,
+        background: bool,
     ) {
-        self.commands.wait(Waiting::Get);
+        if !background {
+            self.commands.wait(Waiting::Get);
+        }
         let fail = |core: &mut PeerCore, text: String| {
             core.output.error(text);
-            core.commands.finish();
+            if !background {
+                core.commands.finish();
+            }
         };
         let total = total.max(files.len() as u64);
-        self.claims_left.clear();
+        let mut claims_left = VecDeque::new();
         // Several sizes claimed for one hash (see `ResponseBody::Holders`): one file, the
         // best claim first, the others tried if its holders fail.
         let claims = files.len() > 1 && files.iter().all(|f| f.hash == files[0].hash);
@@ -1059,7 +1177,7 @@ impl PeerCore {
             _ if claims => {
                 let mut files: VecDeque<HeldFile> = files.into();
                 let first = files.pop_front().expect("several claims");
-                self.claims_left = files;
+                claims_left = files;
                 first
             }
             1 if total == 1 => files.into_iter().next().expect("one file"),
@@ -1080,48 +1198,75 @@ impl PeerCore {
             }
         };
         // The name saved is the one our own lookup chose: the name typed for `get NAME` (an
-        // index answer cannot rename it), else the name the index answer shows; never the one
-        // in a holder's header. It is sanitised when it lands.
+        // index answer cannot rename it), else the name the index answer shows. It is
+        // sanitised when it lands.
         if let Target::Name(typed) = target {
             file.name.clone_from(typed);
-            for claim in &mut self.claims_left {
+            for claim in &mut claims_left {
                 claim.name.clone_from(typed);
             }
         }
         if let Some(mine) = self.share.by_hash(&file.hash) {
             let text = format!("already have {} ({} bytes)", mine.path.display(), mine.size);
             self.output.result(text);
-            return self.commands.finish();
+            if !background {
+                self.commands.finish();
+            }
+            return;
         }
-        if let Err(why) = self.download_claim(now, &file, holder) {
-            self.next_claim(now, why);
+        if self.downloads.iter().any(|r| r.dl.hash() == file.hash) {
+            return fail(
+                self,
+                format!("{} is already being downloaded", display_name(&file.name)),
+            );
+        }
+        if background {
+            self.output.result(format!(
+                "downloading {} ({} bytes) in the background; `downloads` shows it",
+                display_name(&file.name),
+                file.size
+            ));
+        }
+        if let Err(why) = self.download_claim(now, &file, holder, claims_left.clone(), background)
+        {
+            self.next_claim(now, why, claims_left, background);
         }
     }
 
     /// The download of one claim failed (`why`): tries the next size claimed for the same
     /// hash, whose holders may have the real file, or ends the `get` with `why`.
-    fn next_claim(&mut self, now: Instant, mut why: String) {
-        while let Some(next) = self.claims_left.pop_front() {
+    fn next_claim(
+        &mut self,
+        now: Instant,
+        mut why: String,
+        mut claims_left: VecDeque<HeldFile>,
+        background: bool,
+    ) {
+        while let Some(next) = claims_left.pop_front() {
             self.output.note(format!(
                 "get: {why}; trying the holders that claim {} bytes",
                 next.size
             ));
-            match self.download_claim(now, &next, None) {
+            match self.download_claim(now, &next, None, claims_left.clone(), background) {
                 Ok(()) => return,
                 Err(e) => why = e,
             }
         }
         self.output.error(why);
-        self.commands.finish();
+        if !background {
+            self.commands.finish();
+        }
     }
 
-    /// Starts downloading `file` from its holders (holder number `holder` first, when given),
-    /// or says why not.
+    /// Starts downloading `file` from all its holders (holder number `holder` first, when
+    /// given), or says why not.
     fn download_claim(
         &mut self,
         now: Instant,
         file: &HeldFile,
         holder: Option<usize>,
+        claims_left: VecDeque<HeldFile>,
+        background: bool,
     ) -> Result<(), String> {
         // Our own address may be listed if we shared it before; never download from self.
         let me = self.session.observed();
@@ -1138,7 +1283,7 @@ impl PeerCore {
                     file.holders.len()
                 ));
             }
-            // Holder N first, the others as fallbacks.
+            // Holder N first, the others beside it.
             let chosen = file.holders[n - 1];
             holders.retain(|h| *h != chosen);
             holders.insert(0, chosen);
@@ -1154,15 +1299,25 @@ impl PeerCore {
             &self.cfg.downloads_dir,
             file,
             holders,
+            me,
             self.cfg.download_limits,
-            self.hash_done.clone(),
+            swarm::Config::default(),
         )
         .map_err(|e| format!("get: {e}"))?;
         dl.start(now, &mut self.actions);
-        self.download = Some(dl);
+        self.downloads.push(Running {
+            dl,
+            claims_left,
+            background,
+        });
         self.counters.downloads_started += 1;
         Ok(())
     }
+}
+
+/// The running download `id`.
+fn running(downloads: &mut [Running], id: DownloadId) -> Option<&mut Running> {
+    downloads.iter_mut().find(|r| r.dl.id() == id)
 }
 
 /// `1.5 GiB`-style sizes.

@@ -123,9 +123,6 @@ impl Peer {
             }
             let _ = event_waker.wake();
         });
-        let to_reactor = notify.clone();
-        let hash_done: download::HashDone =
-            Arc::new(move |generation, hashed| to_reactor(Event::Hashed(generation, hashed)));
         // Without a writer the peer still shares and serves; it cannot tell anyone anything.
         let writer = Writer::spawn(cfg.progress_bar, move || {
             let _ = waker.wake();
@@ -145,7 +142,6 @@ impl Peer {
                 upload_min_rate: cfg.upload_min_rate,
                 upload_rate_window: cfg.download_limits.rate_window,
             },
-            hash_done,
         );
         Peer {
             core,
@@ -230,6 +226,8 @@ impl Peer {
                         *state = role;
                     }
                 }
+                Action::Hold(conn) => ctx.hold(conn),
+                Action::Resume(conn) => ctx.resume(conn),
                 Action::Hash(job) => {
                     if let Err(e) = self.jobs.send(job) {
                         self.core.handle_hasher_gone(ctx.now(), e.0);

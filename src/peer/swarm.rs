@@ -456,6 +456,19 @@ impl Swarm {
         }
     }
 
+    /// `holder` has requests in flight and is alive but not sending yet (its upload queue
+    /// moved): it is not judged stalled for another stall timeout.
+    pub fn handle_alive(&mut self, holder: HolderId, now: Instant) {
+        if let Some(h) = self.holders.get_mut(&holder) {
+            h.last_progress = now;
+        }
+    }
+
+    /// Whether `holder` is in use (added, not removed or dropped).
+    pub fn has_holder(&self, holder: HolderId) -> bool {
+        self.holders.contains_key(&holder)
+    }
+
     /// `holder`'s copy of `piece` was verified and written. A late answer to a cancelled
     /// request, or a second copy, changes nothing.
     pub fn handle_piece_verified(&mut self, holder: HolderId, piece: usize, now: Instant) {

@@ -1,5 +1,8 @@
-//! The upload machine: another peer's downloader asks for a file by hash; the answer is a
-//! header frame and a file range (sent with `sendfile` by the reactor), or an error frame.
+//! The upload machine: another peer's downloader asks for a range of 16 KiB groups of a file
+//! by (hash, size); the answer is a header frame, the range's proof (read from the file's
+//! outboard, [`Outboards`]) and the data bytes (sent with `sendfile` by the reactor), or an
+//! error frame. A connection may carry many requests, pipelined: the reactor reads the next
+//! one only once the previous answer's file range is sent, so they are answered in order.
 //!
 //! Each upload connection's state ([`Upload`]) lives in its reactor slot. The decision
 //! ([`answer`]) is pure apart from opening the file: it looks the hash up in the share's
@@ -14,15 +17,20 @@
 //! - Only registered hashes are served, and only while the file is unchanged; a changed or
 //!   unreadable file is reported ([`Answer::Refuse::changed`]) so the peer withdraws it and
 //!   hashes it again.
-//! - A served range is `offset..size` today; a request for a range with its proof (verified
-//!   streaming) would add a length and the outboard bytes to [`Answer::Serve`], nothing else.
+//! - Serving a range re-hashes nothing: the outboard (computed with the file's hash, kept in
+//!   the share's `OutboardStore`) is checked once when loaded and kept open. A missing or
+//!   damaged one is never trusted: the request is refused `Busy` and the outboard computed
+//!   on the hasher thread ([`Answer::Refuse::outboard`]). A file of one group has no outboard.
 
+use super::outboard::{self, FileOutboard, OutboardStore};
 use super::share::{self, Share, SharedFile};
 use crate::reactor::ConnId;
 use crate::wire::{self, ErrorCode, FileHash, TransferRequest, TransferResponse, PROTOCOL_VERSION};
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::net::IpAddr;
+use std::path::Path;
+use std::rc::Rc;
 use std::time::Instant;
 
 /// An upload connection's state, kept in its slot.
@@ -171,12 +179,82 @@ pub fn address_full_frame(per_address: usize) -> Vec<u8> {
     frame
 }
 
-/// How a Get is answered.
+/// Groups one range request may ask for (16 MiB): the proof of a range is held in memory
+/// while it is sent, about 64 bytes per group, so this bounds it to about 70 KiB.
+pub const MAX_RANGE_GROUPS: u64 = 1024;
+
+/// The outboards the file server has loaded (and checked) from the share's
+/// [`OutboardStore`], kept open so that serving a range costs a few `pread`s of hash pairs,
+/// never a re-hash or a re-check. Bounded: past [`Outboards::MAX_OPEN`] files the oldest
+/// half is let go (loaded again, and checked again, when asked for).
+#[derive(Debug)]
+pub struct Outboards {
+    store: OutboardStore,
+    open: HashMap<FileHash, (Rc<FileOutboard>, u64)>,
+    tick: u64,
+    /// Hashes whose outboard is being computed on the hasher thread.
+    pending: HashSet<FileHash>,
+}
+
+impl Outboards {
+    /// Outboards open at once at most.
+    pub const MAX_OPEN: usize = 256;
+
+    /// The outboards of the share rooted at `share_root`.
+    pub fn new(share_root: &Path) -> Outboards {
+        Outboards {
+            store: OutboardStore::new(share_root),
+            open: HashMap::new(),
+            tick: 0,
+            pending: HashSet::new(),
+        }
+    }
+
+    /// The store the outboards live in.
+    pub fn store(&self) -> &OutboardStore {
+        &self.store
+    }
+
+    /// The outboard of `file`, loaded once; `Ok(None)` when it is missing or failed its
+    /// check (it must be computed again, off the loop).
+    fn get(&mut self, file: &SharedFile) -> std::io::Result<Option<Rc<FileOutboard>>> {
+        self.tick += 1;
+        if let Some((ob, used)) = self.open.get_mut(&file.hash) {
+            *used = self.tick;
+            return Ok(Some(ob.clone()));
+        }
+        let Some(ob) = self.store.load(&file.hash, file.size)? else {
+            return Ok(None);
+        };
+        if self.open.len() >= Self::MAX_OPEN {
+            let mut ages: Vec<u64> = self.open.values().map(|(_, t)| *t).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            self.open.retain(|_, (_, t)| *t > cut);
+        }
+        let ob = Rc::new(ob);
+        self.open.insert(file.hash, (ob.clone(), self.tick));
+        Ok(Some(ob))
+    }
+
+    /// Whether the outboard of `hash` should be computed now (not already under way).
+    fn start_compute(&mut self, hash: FileHash) -> bool {
+        self.pending.insert(hash)
+    }
+
+    /// The hasher thread finished the outboard of `hash` (or failed to).
+    pub fn handle_computed(&mut self, hash: &FileHash) {
+        self.pending.remove(hash);
+    }
+}
+
+/// How a range request is answered.
 #[derive(Debug)]
 pub enum Answer {
-    /// Send `header`, then `len` bytes of `file` from `offset`.
+    /// Send `header` (the header frame, then the proof), then `len` bytes of `file` from
+    /// `offset`.
     Serve {
-        /// The encoded header frame.
+        /// The encoded header frame with the proof appended.
         header: Vec<u8>,
         /// The open file.
         file: File,
@@ -197,6 +275,8 @@ pub enum Answer {
         message: String,
         /// A shared file that no longer matches its hash.
         changed: Option<SharedFile>,
+        /// A shared file whose outboard must be computed (on the hasher thread).
+        outboard: Option<SharedFile>,
     },
 }
 
@@ -213,6 +293,7 @@ fn refuse(code: ErrorCode, message: String, changed: Option<SharedFile>) -> Answ
         frame,
         message,
         changed,
+        outboard: None,
     }
 }
 
@@ -224,8 +305,8 @@ fn version_refusal(v: u16) -> Answer {
     )
 }
 
-/// Answers one request frame from a downloader.
-pub fn answer(payload: &[u8], share: &Share) -> Answer {
+/// Answers one request frame from a downloader: a range of a shared file with its proof.
+pub fn answer(payload: &[u8], share: &Share, outboards: &mut Outboards) -> Answer {
     let req = match wire::decode::<TransferRequest>(payload) {
         Ok(r) => r,
         Err(e) => {
@@ -235,10 +316,12 @@ pub fn answer(payload: &[u8], share: &Share) -> Answer {
             }
         }
     };
-    let TransferRequest::Get {
+    let TransferRequest::Range {
         version,
         hash,
-        offset,
+        size,
+        first,
+        end,
     } = req;
     if version != PROTOCOL_VERSION {
         return version_refusal(version);
@@ -246,6 +329,31 @@ pub fn answer(payload: &[u8], share: &Share) -> Answer {
     let Some(file) = share.by_hash(&hash) else {
         return refuse(ErrorCode::NotFound, format!("not sharing {hash}"), None);
     };
+    if size != file.size {
+        return refuse(
+            ErrorCode::NotFound,
+            format!("not sharing {hash} at {size} bytes (this file has {})", file.size),
+            None,
+        );
+    }
+    let groups = first..end;
+    if first >= end || end > outboard::group_count(size) {
+        return refuse(
+            ErrorCode::Invalid,
+            format!(
+                "groups {first}..{end} are not a range of this file ({} groups)",
+                outboard::group_count(size)
+            ),
+            None,
+        );
+    }
+    if end - first > MAX_RANGE_GROUPS {
+        return refuse(
+            ErrorCode::Invalid,
+            format!("at most {MAX_RANGE_GROUPS} groups per request"),
+            None,
+        );
+    }
     let (handle, meta) = match share::open_regular(&file.path) {
         Ok(x) => x,
         Err(e) => {
@@ -263,27 +371,50 @@ pub fn answer(payload: &[u8], share: &Share) -> Answer {
             Some(file.clone()),
         );
     }
-    if offset > file.size {
-        return refuse(
-            ErrorCode::Invalid,
-            format!("offset {offset} is past the end ({} bytes)", file.size),
-            None,
-        );
-    }
+    let range = if size <= outboard::GROUP_BYTES {
+        // One group: its proof is empty, and no outboard file exists for it.
+        Ok(outboard::RangeAnswer {
+            proof: Vec::new(),
+            data: outboard::group_bytes(size, groups),
+        })
+    } else {
+        match outboards.get(file) {
+            Ok(Some(ob)) => outboard::answer_range(&*ob, groups),
+            Ok(None) => {
+                let message =
+                    "preparing this file's verification data; ask again shortly".to_string();
+                let mut answer = refuse(ErrorCode::Busy, message, None);
+                if outboards.start_compute(hash) {
+                    if let Answer::Refuse { outboard, .. } = &mut answer {
+                        *outboard = Some(file.clone());
+                    }
+                }
+                return answer;
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let range = match range {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                ErrorCode::Io,
+                format!("cannot read the verification data: {e}"),
+                None,
+            )
+        }
+    };
     let mut header = Vec::new();
     wire::encode_frame(
-        &TransferResponse::Sending {
-            name: file.name.clone(),
-            size: file.size,
-            offset,
-        },
+        &TransferResponse::Sending { size, first, end },
         &mut header,
     );
+    header.extend_from_slice(&range.proof);
     Answer::Serve {
         header,
         file: handle,
-        offset,
-        len: file.size - offset,
+        offset: range.data.start,
+        len: range.data.end - range.data.start,
         hash,
         name: file.name.clone(),
     }

@@ -26,6 +26,7 @@ use super::client::{Client, REPLY_TIMEOUT};
 use super::floor::{self, ChildGuard};
 use super::progress;
 use p2pshare::codec::Decoder;
+use p2pshare::peer::outboard;
 use p2pshare::peer::share::hash_file;
 use p2pshare::sys;
 use p2pshare::wire::{
@@ -806,7 +807,7 @@ fn concurrent_downloads(
             let start_together = Arc::clone(&start_together);
             let finished = Arc::clone(&finished);
             thread::spawn(move || {
-                let requested = request_download(holder, hash);
+                let requested = request_download(holder, hash, size, bytes_each);
                 // Every thread reaches the barrier, failed or not, so none waits forever.
                 start_together.wait();
                 let r = requested.and_then(|s| read_download(s, size, bytes_each));
@@ -840,49 +841,86 @@ fn concurrent_downloads(
     })
 }
 
-/// Connects to the holder and sends a `Get` from offset 0.
-fn request_download(holder: SocketAddr, hash: FileHash) -> io::Result<TcpStream> {
+/// Groups asked for in one range request of the memory mode (4 MiB).
+const RANGE_GROUPS: u64 = 256;
+
+/// The range requests covering the first `want` bytes of a file of `size` bytes.
+fn ranges(size: u64, want: u64) -> Vec<std::ops::Range<u64>> {
+    let groups = outboard::group_count(size).min(want.div_ceil(outboard::GROUP_BYTES).max(1));
+    (0..groups)
+        .step_by(RANGE_GROUPS as usize)
+        .map(|g| g..(g + RANGE_GROUPS).min(groups))
+        .collect()
+}
+
+/// Connects to the holder and sends, pipelined, the range requests for its first `want`
+/// bytes.
+fn request_download(
+    holder: SocketAddr,
+    hash: FileHash,
+    size: u64,
+    want: u64,
+) -> io::Result<TcpStream> {
     let mut s = TcpStream::connect(holder)?;
     s.set_read_timeout(Some(REPLY_TIMEOUT))?;
     let mut frame = Vec::new();
-    wire::encode_frame(
-        &TransferRequest::Get {
-            version: PROTOCOL_VERSION,
-            hash,
-            offset: 0,
-        },
-        &mut frame,
-    );
+    for r in ranges(size, want) {
+        wire::encode_frame(
+            &TransferRequest::Range {
+                version: PROTOCOL_VERSION,
+                hash,
+                size,
+                first: r.start,
+                end: r.end,
+            },
+            &mut frame,
+        );
+    }
     s.write_all(&frame)?;
     Ok(s)
 }
 
-/// Reads the `Sending` header, then `want` bytes of the file, and closes.
+/// Reads each range's `Sending` header, proof and data bytes (not verified: this measures the
+/// holder), and closes.
 fn read_download(mut s: TcpStream, size: u64, want: u64) -> io::Result<()> {
     let mut decoder = Decoder::new(64 << 10);
     let mut inbuf = Vec::new();
     let mut buf = vec![0u8; COPY_READ_BYTES];
-    let mut got = loop {
-        let n = read_some(&mut s, &mut buf)?;
-        inbuf.extend_from_slice(&buf[..n]);
-        let decoded = decoder
-            .decode(&inbuf)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let Some(d) = decoded else { continue };
-        match wire::decode::<TransferResponse>(&inbuf[d.payload.clone()]) {
-            Ok(TransferResponse::Sending {
-                size: s, offset: 0, ..
-            }) if s == size => {}
-            other => {
-                return Err(io::Error::other(format!(
-                    "unexpected answer from the holder: {other:?}"
-                )))
+    for r in ranges(size, want) {
+        let body = loop {
+            if let Some(d) = decoder
+                .decode(&inbuf)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
+            {
+                match wire::decode::<TransferResponse>(&inbuf[d.payload.clone()]) {
+                    Ok(TransferResponse::Sending {
+                        size: s,
+                        first,
+                        end,
+                    }) if s == size && first == r.start && end == r.end => {}
+                    other => {
+                        return Err(io::Error::other(format!(
+                            "unexpected answer from the holder: {other:?}"
+                        )))
+                    }
+                }
+                inbuf.drain(..d.consumed);
+                let data = outboard::group_bytes(size, r.clone());
+                let proof = outboard::proof_len(size, r.clone())
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                break proof as u64 + (data.end - data.start);
             }
+            let n = read_some(&mut s, &mut buf)?;
+            inbuf.extend_from_slice(&buf[..n]);
+        };
+        let mut got = (inbuf.len() as u64).min(body);
+        inbuf.drain(..got as usize);
+        while got < body {
+            let n = read_some(&mut s, &mut buf)?;
+            let take = (n as u64).min(body - got) as usize;
+            got += take as u64;
+            inbuf.extend_from_slice(&buf[take..n]);
         }
-        break (inbuf.len() - d.consumed) as u64;
-    };
-    while got < want {
-        got += read_some(&mut s, &mut buf)? as u64;
     }
     Ok(())
 }
