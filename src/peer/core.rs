@@ -20,8 +20,8 @@ use super::names::display_name;
 use super::output::Output;
 use super::session::{IndexSession, SessionEvent, Tag};
 use super::share::{self, Share, SharedFile};
-use super::threads::{Event, Job};
 use super::swarm;
+use super::threads::{Event, Job};
 use super::upload::{self, Answer, Joined, Outboards, Upload, UploadQueue};
 use super::withdrawn::Withdrawn;
 use crate::reactor::{CloseReason, ConnId, Verdict};
@@ -29,7 +29,7 @@ use crate::wire::{
     self, FileHash, HeldFile, LookupKey, RequestBody, Response, ResponseBody, SearchCursor,
     SearchFilter,
 };
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
@@ -102,11 +102,6 @@ pub enum Action {
     },
     /// Give the hashing thread a job; answered with [`Event::Scanned`].
     Hash(Job),
-    /// Leave a connection's further requests unread (it waits in the upload queue, and its
-    /// pipelined requests wait behind the one queued).
-    Hold(ConnId),
-    /// Read a held connection's requests again.
-    Resume(ConnId),
     /// Stop the peer.
     Stop,
 }
@@ -150,6 +145,9 @@ pub struct PeerCore {
     next_download: DownloadId,
     /// The file server's outboards (the proofs of the ranges it serves).
     outboards: Outboards,
+    /// Requests pipelined behind the one being sent, by upload connection, that waited in
+    /// the upload queue with it: each asks again once the one before is sent.
+    backlog: HashMap<ConnId, VecDeque<Vec<u8>>>,
     output: Output,
     actions: VecDeque<Action>,
     listen_port: u16,
@@ -194,6 +192,7 @@ impl PeerCore {
             downloads: Vec::new(),
             next_download: 1,
             outboards: Outboards::new(&cfg.share_dir),
+            backlog: HashMap::new(),
             actions: VecDeque::new(),
             listen_port: 0,
             uploads: UploadStats::default(),
@@ -381,7 +380,9 @@ impl PeerCore {
                 Verdict::Continue
             }
             Role::Download(attempt) => match running(&mut self.downloads, attempt.download) {
-                Some(r) => r.dl.handle_connected(now, conn, *attempt, &mut self.actions),
+                Some(r) => {
+                    r.dl.handle_connected(now, conn, *attempt, &mut self.actions)
+                }
                 None => Verdict::Close(CloseReason::Local),
             },
             Role::Upload(_) => Verdict::Continue,
@@ -406,9 +407,11 @@ impl PeerCore {
                 }
                 Err(e) => Verdict::Close(CloseReason::Protocol(format!("index sent {e}"))),
             },
-            Role::Upload(state) => self.handle_get(now, conn, state, payload),
+            Role::Upload(state) => self.handle_get(now, conn, state, payload, false),
             Role::Download(attempt) => match running(&mut self.downloads, attempt.download) {
-                Some(r) => r.dl.handle_frame(now, conn, *attempt, payload, &mut self.actions),
+                Some(r) => {
+                    r.dl.handle_frame(now, conn, *attempt, payload, &mut self.actions)
+                }
                 None => Verdict::Close(CloseReason::Local),
             },
         };
@@ -430,14 +433,37 @@ impl PeerCore {
     }
 
     /// A connection's output drained (an upload finished sending): its slot goes to the
-    /// head of the upload queue.
-    pub fn handle_drained(&mut self, now: Instant, role: &mut Role) {
+    /// head of the upload queue, then the connection's next pipelined request (if it was
+    /// held back while the line waited) asks again, behind the others.
+    pub fn handle_drained(&mut self, now: Instant, conn: ConnId, role: &mut Role) {
         if let Role::Upload(Upload::Sending { bytes, from, .. }) = *role {
-            *role = Role::Upload(Upload::AwaitingGet { from });
+            let mut state = Upload::AwaitingGet { from };
             self.uploads.active -= 1;
             self.uploads.done += 1;
             self.uploads.bytes += bytes;
             self.serve_queue(now);
+            if let Some(next) = self.backlog.get_mut(&conn).and_then(VecDeque::pop_front) {
+                let verdict = self.handle_get(now, conn, &mut state, &next, false);
+                self.apply_verdict(conn, verdict);
+            }
+            *role = Role::Upload(state);
+        }
+        self.pump(now);
+    }
+
+    fn apply_verdict(&mut self, conn: ConnId, verdict: Verdict) {
+        match verdict {
+            Verdict::Continue => {}
+            Verdict::Close(reason) => self.actions.push_back(Action::Close {
+                conn,
+                reason,
+                after_flush: false,
+            }),
+            Verdict::CloseAfterFlush(reason) => self.actions.push_back(Action::Close {
+                conn,
+                reason,
+                after_flush: true,
+            }),
         }
     }
 
@@ -446,19 +472,21 @@ impl PeerCore {
     fn serve_queue(&mut self, now: Instant) {
         let mut moved = false;
         while (self.uploads.active as usize) < self.queue.slots {
-            let Some((conn, from, request)) = self.queue.pop() else {
+            let Some((conn, from, request, extra)) = self.queue.pop() else {
                 break;
             };
             moved = true;
-            let mut state = Upload::Queued { from };
-            let verdict = self.handle_get(now, conn, &mut state, &request);
+            if !extra.is_empty() {
+                self.backlog.insert(conn, extra);
+            }
+            let mut state = Upload::AwaitingGet { from };
+            let verdict = self.handle_get(now, conn, &mut state, &request, true);
             match verdict {
                 Verdict::Continue => {
                     self.actions.push_back(Action::SetRole {
                         conn,
                         role: Role::Upload(state),
                     });
-                    self.actions.push_back(Action::Resume(conn));
                 }
                 Verdict::Close(reason) => self.actions.push_back(Action::Close {
                     conn,
@@ -499,11 +527,17 @@ impl PeerCore {
                 }
             }
             Role::Upload(Upload::Sending { hash, .. }) => {
+                if let Some(c) = conn {
+                    self.backlog.remove(&c);
+                }
                 self.uploads.active -= 1;
                 log::info!(target: "peer", "upload of {hash} ended: {reason}");
                 self.serve_queue(now);
             }
             Role::Upload(Upload::Queued { .. }) => {
+                if let Some(c) = conn {
+                    self.backlog.remove(&c);
+                }
                 if conn.is_some_and(|c| self.queue.leave(c)) {
                     for (conn, position) in self.queue.positions() {
                         self.actions.push_back(Action::Send {
@@ -513,42 +547,50 @@ impl PeerCore {
                     }
                 }
             }
-            Role::Upload(Upload::AwaitingGet { .. }) => {}
+            Role::Upload(Upload::AwaitingGet { .. }) => {
+                if let Some(c) = conn {
+                    self.backlog.remove(&c);
+                }
+            }
         }
         self.pump(now);
     }
 
+    /// Answers one range request of `conn`; `popped`: it comes from the head of the upload
+    /// queue, whose slot is free.
     fn handle_get(
         &mut self,
         now: Instant,
         conn: ConnId,
         state: &mut Upload,
         payload: &[u8],
+        popped: bool,
     ) -> Verdict {
         let from = match *state {
             Upload::AwaitingGet { from } | Upload::Sending { from, .. } => from,
-            Upload::Queued { from } => {
-                if self.queue.leave(conn) {
-                    // A second request while waiting: not ours to queue twice.
-                    return Verdict::Close(CloseReason::Protocol(
-                        "a request while one waits in the upload queue".into(),
-                    ));
+            Upload::Queued { .. } => {
+                // A request pipelined behind the one waiting: it waits behind it.
+                if self.queue.push_extra(conn, payload) {
+                    return Verdict::Continue;
                 }
-                from
+                return Verdict::Close(CloseReason::Protocol(format!(
+                    "more than {} requests pipelined in the upload queue",
+                    upload::MAX_PIPELINED
+                )));
             }
         };
-        let is_full = self.uploads.active as usize >= self.queue.slots || !self.queue.is_empty();
+        let is_full =
+            self.uploads.active as usize >= self.queue.slots || (!popped && !self.queue.is_empty());
         match upload::answer(payload, &self.share, &mut self.outboards) {
             Answer::Serve { .. } if is_full && !matches!(state, Upload::Sending { .. }) => {
-                match self.queue.join(conn, from, payload) {
+                let extra = self.backlog.remove(&conn).unwrap_or_default();
+                match self.queue.join(conn, from, payload, extra) {
                     Joined::At(position) => {
                         self.actions.push_back(Action::Send {
                             conn,
                             frame: upload::queued_frame(position),
                         });
                         *state = Upload::Queued { from };
-                        // Its pipelined requests wait unread behind this one.
-                        self.actions.push_back(Action::Hold(conn));
                         self.upload_check
                             .get_or_insert(now + self.cfg.upload_rate_window);
                         // Lifts the idle timeout (the state itself is set above).
@@ -609,7 +651,8 @@ impl PeerCore {
                     self.file_changed(&file);
                 }
                 if let Some(file) = outboard {
-                    self.actions.push_back(Action::Hash(Job::Outboard { file }));
+                    self.actions
+                        .push_back(Action::Hash(Job::Outboard { file: *file }));
                 }
                 self.counters.gets_refused += 1;
                 self.actions.push_back(Action::Send { conn, frame });
@@ -818,8 +861,13 @@ impl PeerCore {
                 "get: {name} queued at {holder}: position {position} in its upload queue"
             )),
             DownloadEvent::Dropped { holder, why, liar } => {
-                let what = if liar { "dropped the lying holder" } else { "dropped holder" };
-                self.output.note(format!("get: {name}: {what} {holder}: {why}"));
+                let what = if liar {
+                    "dropped the lying holder"
+                } else {
+                    "dropped holder"
+                };
+                self.output
+                    .note(format!("get: {name}: {what} {holder}: {why}"));
             }
             DownloadEvent::NeedHolders => {
                 let hash = self.downloads[i].dl.hash();
@@ -827,8 +875,13 @@ impl PeerCore {
                     key: LookupKey::Hash(hash),
                     after: None,
                 };
-                if !self.session.request(body, Tag::Holders(id), &mut self.actions) {
-                    self.downloads[i].dl.handle_holders(now, None, &mut self.actions);
+                if !self
+                    .session
+                    .request(body, Tag::Holders(id), &mut self.actions)
+                {
+                    self.downloads[i]
+                        .dl
+                        .handle_holders(now, None, &mut self.actions);
                 }
             }
             DownloadEvent::Progress { have } => {
@@ -884,7 +937,9 @@ impl PeerCore {
     /// The holders a download's lookup found.
     fn handle_holders_answer(&mut self, now: Instant, id: DownloadId, body: ResponseBody) {
         let me = self.session.observed();
-        let Some(r) = running(&mut self.downloads, id) else { return };
+        let Some(r) = running(&mut self.downloads, id) else {
+            return;
+        };
         let (hash, size) = (r.dl.hash(), r.dl.progress().2);
         let holders = match body {
             ResponseBody::Holders { files, .. } => files
@@ -1116,14 +1171,22 @@ impl PeerCore {
         for r in &self.downloads {
             let (name, have, size) = r.dl.progress();
             let (received, secs) = r.dl.received(now);
-            let pct = if size == 0 { 100.0 } else { have as f64 * 100.0 / size as f64 };
+            let pct = if size == 0 {
+                100.0
+            } else {
+                have as f64 * 100.0 / size as f64
+            };
             let _ = writeln!(
                 s,
                 "{} {size} bytes {pct:.1}% {:.1} MiB/s {} sources{}",
                 display_name(name),
                 received as f64 / secs / (1 << 20) as f64,
                 r.dl.sources(),
-                if r.background { "" } else { " (get waits for it)" }
+                if r.background {
+                    ""
+                } else {
+                    " (get waits for it)"
+                }
             );
         }
         let _ = write!(
@@ -1227,8 +1290,7 @@ impl PeerCore {
                 file.size
             ));
         }
-        if let Err(why) = self.download_claim(now, &file, holder, claims_left.clone(), background)
-        {
+        if let Err(why) = self.download_claim(now, &file, holder, claims_left.clone(), background) {
             self.next_claim(now, why, claims_left, background);
         }
     }

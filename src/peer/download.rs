@@ -433,6 +433,8 @@ pub struct Download {
     relookup_asked: Option<Instant>,
     next_relookup: Instant,
     next_record: Instant,
+    /// Pieces were verified since the record was last saved.
+    record_due: bool,
     started: Instant,
     /// Data bytes received in this run.
     received: u64,
@@ -461,8 +463,13 @@ impl Download {
             holderless_grace: limits.max_get,
             ..cfg
         };
-        let (part, verified) =
-            PartFile::open(dir, file.hash, file.size, file.name.clone(), cfg.piece_bytes)?;
+        let (part, verified) = PartFile::open(
+            dir,
+            file.hash,
+            file.size,
+            file.name.clone(),
+            cfg.piece_bytes,
+        )?;
         let swarm = Swarm::new(file.size, cfg, Some(verified), now);
         let mut events = VecDeque::new();
         let have = swarm.progress().verified_bytes;
@@ -489,6 +496,7 @@ impl Download {
             relookup_asked: None,
             next_relookup: now + RELOOKUP_EVERY,
             next_record: now + RECORD_EVERY,
+            record_due: false,
             started: now,
             received: 0,
             next_progress: now,
@@ -510,10 +518,7 @@ impl Download {
 
     /// Data bytes received in this run, and seconds since it started.
     pub fn received(&self, now: Instant) -> (u64, f64) {
-        (
-            self.received,
-            (now - self.started).as_secs_f64().max(1e-6),
-        )
+        (self.received, (now - self.started).as_secs_f64().max(1e-6))
     }
 
     /// Which download this is.
@@ -767,8 +772,7 @@ impl Download {
                 self.swarm.handle_alive(holder, now);
                 return Verdict::Continue;
             }
-            match RangeVerifier::new(self.part.hash, self.part.size, r.groups.clone(), &r.proof)
-            {
+            match RangeVerifier::new(self.part.hash, self.part.size, r.groups.clone(), &r.proof) {
                 Ok(v) => {
                     r.verifier = Some(v);
                     r.proof = Vec::new();
@@ -813,9 +817,9 @@ impl Download {
                 let have = self.swarm.progress().verified_bytes;
                 self.events.push_back(DownloadEvent::Progress { have });
             }
+            self.record_due = true;
             if now >= self.next_record && !self.swarm.is_finished() {
-                self.next_record = now + RECORD_EVERY;
-                self.save_record();
+                self.save_record_now(now);
             }
         }
         Verdict::Continue
@@ -842,7 +846,8 @@ impl Download {
             why,
             liar: true,
         });
-        self.swarm.handle_piece_failed(HolderId(i as u64), piece, now);
+        self.swarm
+            .handle_piece_failed(HolderId(i as u64), piece, now);
         Verdict::Close(CloseReason::Local)
     }
 
@@ -940,6 +945,9 @@ impl Download {
             self.relookup_asked = Some(now);
             self.events.push_back(DownloadEvent::NeedHolders);
         }
+        if self.record_due && now >= self.next_record {
+            self.save_record_now(now);
+        }
         // A holder that keeps us in its upload queue is bounded by the queue wait, not the
         // stall timer.
         for (i, s) in self.sources.iter().enumerate() {
@@ -957,15 +965,20 @@ impl Download {
             return None;
         }
         let per_source = self.sources.iter().flat_map(|s| {
-            [s.rate_check, s.queued_since.map(|t| t + self.limits.queue_wait)]
-                .into_iter()
-                .flatten()
+            [
+                s.rate_check,
+                s.queued_since.map(|t| t + self.limits.queue_wait),
+            ]
+            .into_iter()
+            .flatten()
         });
         let relookup = self
             .relookup_asked
             .map_or(self.next_relookup, |t| t + RELOOKUP_PATIENCE);
+        let record = self.record_due.then_some(self.next_record);
         per_source
             .chain(self.swarm.poll_deadline())
+            .chain(record)
             .chain([self.give_up, relookup])
             .min()
     }
@@ -1018,8 +1031,8 @@ impl Download {
                 }
             }
         }
-        if !self.done && self.swarm.progress().holders == 0 {
-            if self.relookup_asked.is_none() {
+        if !self.done && self.swarm.progress().holders == 0 && self.relookup_asked.is_none() {
+            {
                 // Ask once for holders; `handle_holders` with nothing usable ends it.
                 self.relookup_asked = Some(now);
                 self.events.push_back(DownloadEvent::NeedHolders);
@@ -1082,6 +1095,12 @@ impl Download {
         }
     }
 
+    fn save_record_now(&mut self, now: Instant) {
+        self.next_record = now + RECORD_EVERY;
+        self.record_due = false;
+        self.save_record();
+    }
+
     fn save_record(&mut self) {
         if let Err(e) = self.part.save_record(self.swarm.verified()) {
             log::warn!(target: "peer", "cannot save the resume record of {}: {e}", self.part.hash);
@@ -1113,7 +1132,8 @@ impl Download {
                 });
             }
             Err(e) => {
-                self.events.push_back(DownloadEvent::Failed(format!("get: {e}")));
+                self.events
+                    .push_back(DownloadEvent::Failed(format!("get: {e}")));
             }
         }
     }

@@ -78,21 +78,19 @@ impl Harness {
             std::env::temp_dir().join(format!("p2pshare-harness-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let core = PeerCore::new(
-            CoreConfig {
-                share_dir: dir.join("share"),
-                downloads_dir: dir.clone(),
-                index: INDEX.into(),
-                console: true,
-                progress_bar: false,
-                seed: 42,
-                download_limits: Default::default(),
-                upload_slots: 4,
-                max_queued_per_ip: 4,
-                upload_min_rate: 1024,
-                upload_rate_window: Duration::from_secs(10),
-            },
-        );
+        let core = PeerCore::new(CoreConfig {
+            share_dir: dir.join("share"),
+            downloads_dir: dir.clone(),
+            index: INDEX.into(),
+            console: true,
+            progress_bar: false,
+            seed: 42,
+            download_limits: Default::default(),
+            upload_slots: 4,
+            max_queued_per_ip: 4,
+            upload_min_rate: 1024,
+            upload_rate_window: Duration::from_secs(10),
+        });
         let mut h = Harness {
             core,
             now: Instant::now(),
@@ -256,11 +254,7 @@ impl Harness {
                             *r = role;
                         }
                     }
-                    Action::Resolve(_)
-                    | Action::SendFile { .. }
-                    | Action::ExpectRaw { .. }
-                    | Action::Hold(_)
-                    | Action::Resume(_) => {}
+                    Action::Resolve(_) | Action::SendFile { .. } | Action::ExpectRaw { .. } => {}
                 }
             }
             if self.core.output().is_empty() {
@@ -323,8 +317,7 @@ impl Harness {
                 None => return,
                 Some((Conn::Holder(addr), _)) => {
                     let addr = *addr;
-                    let TransferRequest::Range { first, end, .. } =
-                        wire::decode(&payload).unwrap();
+                    let TransferRequest::Range { first, end, .. } = wire::decode(&payload).unwrap();
                     self.gets.push((addr, first..end));
                     self.serve(id, addr, first..end);
                     continue;

@@ -128,21 +128,19 @@ impl Peer {
             let _ = waker.wake();
         })
         .ok();
-        let core = PeerCore::new(
-            CoreConfig {
-                share_dir: cfg.share_dir,
-                downloads_dir: cfg.downloads_dir,
-                index: cfg.index,
-                console: cfg.console,
-                progress_bar: cfg.progress_bar,
-                seed: cfg.seed,
-                download_limits: cfg.download_limits,
-                upload_slots: cfg.upload_slots,
-                max_queued_per_ip: cfg.max_queued_per_ip,
-                upload_min_rate: cfg.upload_min_rate,
-                upload_rate_window: cfg.download_limits.rate_window,
-            },
-        );
+        let core = PeerCore::new(CoreConfig {
+            share_dir: cfg.share_dir,
+            downloads_dir: cfg.downloads_dir,
+            index: cfg.index,
+            console: cfg.console,
+            progress_bar: cfg.progress_bar,
+            seed: cfg.seed,
+            download_limits: cfg.download_limits,
+            upload_slots: cfg.upload_slots,
+            max_queued_per_ip: cfg.max_queued_per_ip,
+            upload_min_rate: cfg.upload_min_rate,
+            upload_rate_window: cfg.download_limits.rate_window,
+        });
         Peer {
             core,
             listen: cfg.listen,
@@ -226,8 +224,6 @@ impl Peer {
                         *state = role;
                     }
                 }
-                Action::Hold(conn) => ctx.hold(conn),
-                Action::Resume(conn) => ctx.resume(conn),
                 Action::Hash(job) => {
                     if let Err(e) = self.jobs.send(job) {
                         self.core.handle_hasher_gone(ctx.now(), e.0);
@@ -306,8 +302,8 @@ impl Handler for Peer {
         verdict
     }
 
-    fn handle_drained(&mut self, ctx: &mut Ctx<Role>, _: ConnId, role: &mut Role) -> Verdict {
-        self.core.handle_drained(ctx.now(), role);
+    fn handle_drained(&mut self, ctx: &mut Ctx<Role>, conn: ConnId, role: &mut Role) -> Verdict {
+        self.core.handle_drained(ctx.now(), conn, role);
         self.apply(ctx);
         Verdict::Continue
     }

@@ -97,7 +97,11 @@ fn every_holder_is_asked_at_once_and_the_failing_ones_are_dropped_and_named() {
     assert_eq!(std::fs::read(h.landed("f.bin")).unwrap(), content);
     assert_eq!(has(&h, "saved "), 1, "{:?}", h.said());
     let liar_pieces = asked(&h, liar);
-    assert!(liar_pieces <= 2, "the liar was asked once per slot: {:?}", h.gets);
+    assert!(
+        liar_pieces <= 2,
+        "the liar was asked once per slot: {:?}",
+        h.gets
+    );
     assert!(!h.part_path(&content).exists());
 }
 
@@ -128,7 +132,12 @@ fn a_download_resumes_from_its_verified_pieces() {
     h.type_lines(&["get r.bin"]);
     assert_eq!(h.gets, vec![(holder, 16..19)], "{:?}", h.said());
     assert_eq!(has(&h, "resuming r.bin at 262144 of 300000 bytes"), 1);
-    assert_eq!(has(&h, "37856 bytes fetched from 1 holder"), 1, "{:?}", h.said());
+    assert_eq!(
+        has(&h, "37856 bytes fetched from 1 holder"),
+        1,
+        "{:?}",
+        h.said()
+    );
     assert_eq!(std::fs::read(h.landed("r.bin")).unwrap(), content);
 }
 

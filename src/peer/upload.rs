@@ -76,9 +76,18 @@ struct Waiting {
     conn: ConnId,
     from: IpAddr,
     key: u128,
-    /// The Get frame's payload, answered again when a slot frees (the file may have changed).
+    /// The request's payload, answered again when a slot frees (the file may have changed).
     request: Vec<u8>,
+    /// Requests pipelined behind it on the same connection, in order.
+    extra: VecDeque<Vec<u8>>,
 }
+
+/// The head of the upload queue: its connection, address, request and the requests
+/// pipelined behind it.
+pub type Popped = (ConnId, IpAddr, Vec<u8>, VecDeque<Vec<u8>>);
+
+/// Requests one connection may pipeline behind the one it waits with.
+pub const MAX_PIPELINED: usize = 64;
 
 /// The upload queue: requests waiting, in arrival order, for one of `slots` transfers.
 #[derive(Debug, Clone)]
@@ -119,8 +128,15 @@ impl UploadQueue {
         self.waiting.is_empty()
     }
 
-    /// Puts `conn`'s request from `from` at the end of the line.
-    pub fn join(&mut self, conn: ConnId, from: IpAddr, request: &[u8]) -> Joined {
+    /// Puts `conn`'s request from `from` at the end of the line, with the requests pipelined
+    /// behind it.
+    pub fn join(
+        &mut self,
+        conn: ConnId,
+        from: IpAddr,
+        request: &[u8],
+        extra: VecDeque<Vec<u8>>,
+    ) -> Joined {
         let key = address_key(from);
         if self.waiting.iter().filter(|w| w.key == key).count() >= self.per_address {
             return Joined::AddressFull;
@@ -130,8 +146,21 @@ impl UploadQueue {
             from,
             key,
             request: request.to_vec(),
+            extra,
         });
         Joined::At(self.waiting.len() as u32)
+    }
+
+    /// Another request pipelined by `conn` while it waits; false if it is not waiting or has
+    /// [`MAX_PIPELINED`] behind it already.
+    pub fn push_extra(&mut self, conn: ConnId, request: &[u8]) -> bool {
+        match self.waiting.iter_mut().find(|w| w.conn == conn) {
+            Some(w) if w.extra.len() < MAX_PIPELINED => {
+                w.extra.push_back(request.to_vec());
+                true
+            }
+            _ => false,
+        }
     }
 
     /// `conn` left the line (it closed); whether it was in it.
@@ -141,11 +170,12 @@ impl UploadQueue {
         self.waiting.len() != before
     }
 
-    /// The head of the line, to serve now: its connection, address and request.
-    pub fn pop(&mut self) -> Option<(ConnId, IpAddr, Vec<u8>)> {
+    /// The head of the line, to serve now: its connection, address, request and the
+    /// requests pipelined behind it.
+    pub fn pop(&mut self) -> Option<Popped> {
         self.waiting
             .pop_front()
-            .map(|w| (w.conn, w.from, w.request))
+            .map(|w| (w.conn, w.from, w.request, w.extra))
     }
 
     /// Every waiting connection with its 1-based position.
@@ -276,7 +306,7 @@ pub enum Answer {
         /// A shared file that no longer matches its hash.
         changed: Option<SharedFile>,
         /// A shared file whose outboard must be computed (on the hasher thread).
-        outboard: Option<SharedFile>,
+        outboard: Option<Box<SharedFile>>,
     },
 }
 
@@ -332,7 +362,10 @@ pub fn answer(payload: &[u8], share: &Share, outboards: &mut Outboards) -> Answe
     if size != file.size {
         return refuse(
             ErrorCode::NotFound,
-            format!("not sharing {hash} at {size} bytes (this file has {})", file.size),
+            format!(
+                "not sharing {hash} at {size} bytes (this file has {})",
+                file.size
+            ),
             None,
         );
     }
@@ -386,7 +419,7 @@ pub fn answer(payload: &[u8], share: &Share, outboards: &mut Outboards) -> Answe
                 let mut answer = refuse(ErrorCode::Busy, message, None);
                 if outboards.start_compute(hash) {
                     if let Answer::Refuse { outboard, .. } = &mut answer {
-                        *outboard = Some(file.clone());
+                        *outboard = Some(Box::new(file.clone()));
                     }
                 }
                 return answer;
@@ -405,10 +438,7 @@ pub fn answer(payload: &[u8], share: &Share, outboards: &mut Outboards) -> Answe
         }
     };
     let mut header = Vec::new();
-    wire::encode_frame(
-        &TransferResponse::Sending { size, first, end },
-        &mut header,
-    );
+    wire::encode_frame(&TransferResponse::Sending { size, first, end }, &mut header);
     header.extend_from_slice(&range.proof);
     Answer::Serve {
         header,
@@ -428,17 +458,26 @@ mod tests {
     fn the_queue_keeps_order_and_caps_each_address() {
         let mut q = UploadQueue::new(1, 2);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        assert_eq!(q.join(ConnId(1), a, b"r1"), Joined::At(1));
-        assert_eq!(q.join(ConnId(2), b, b"r2"), Joined::At(2));
-        assert_eq!(q.join(ConnId(3), a, b"r3"), Joined::At(3));
-        assert_eq!(q.join(ConnId(4), a, b"r4"), Joined::AddressFull);
+        let none = VecDeque::new;
+        assert_eq!(q.join(ConnId(1), a, b"r1", none()), Joined::At(1));
+        assert_eq!(q.join(ConnId(2), b, b"r2", none()), Joined::At(2));
+        assert_eq!(q.join(ConnId(3), a, b"r3", none()), Joined::At(3));
+        assert_eq!(q.join(ConnId(4), a, b"r4", none()), Joined::AddressFull);
+        // Pipelined requests wait behind their connection's first, bounded.
+        for _ in 0..MAX_PIPELINED {
+            assert!(q.push_extra(ConnId(1), b"more"));
+        }
+        assert!(!q.push_extra(ConnId(1), b"more"));
+        assert!(!q.push_extra(ConnId(9), b"more"));
         // Leaving moves everyone behind up.
         assert!(q.leave(ConnId(2)));
         assert!(!q.leave(ConnId(2)));
         let places: Vec<_> = q.positions().collect();
         assert_eq!(places, vec![(ConnId(1), 1), (ConnId(3), 2)]);
-        assert_eq!(q.pop(), Some((ConnId(1), a, b"r1".to_vec())));
-        assert_eq!(q.join(ConnId(5), a, b"r5"), Joined::At(2));
+        let (conn, from, request, extra) = q.pop().unwrap();
+        assert_eq!((conn, from, request), (ConnId(1), a, b"r1".to_vec()));
+        assert_eq!(extra.len(), MAX_PIPELINED);
+        assert_eq!(q.join(ConnId(5), a, b"r5", none()), Joined::At(2));
         assert_eq!(q.len(), 2);
     }
 
