@@ -22,6 +22,7 @@ use super::session::{IndexSession, SessionEvent, Tag};
 use super::share::{self, Share, SharedFile};
 use super::swarm;
 use super::threads::{Event, Job};
+use super::throttle::Throttle;
 use super::upload::{self, Answer, Joined, Outboards, Upload, UploadQueue};
 use super::withdrawn::Withdrawn;
 use crate::reactor::{CloseReason, ConnId, Verdict};
@@ -132,6 +133,19 @@ pub struct CoreConfig {
     pub upload_min_rate: u64,
     /// The window the upload floor is measured over.
     pub upload_rate_window: Duration,
+    /// All uploads together send at most this many bytes per second (0: no limit).
+    pub max_upload_rate: u64,
+}
+
+/// Where a range request being answered comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Just read from its connection.
+    Conn,
+    /// The head of the upload queue, whose slot is free.
+    UploadQueue,
+    /// Let through by the upload rate limit.
+    Throttle,
 }
 
 /// The core; see the module docs.
@@ -148,6 +162,8 @@ pub struct PeerCore {
     /// Requests pipelined behind the one being sent, by upload connection, that waited in
     /// the upload queue with it: each asks again once the one before is sent.
     backlog: HashMap<ConnId, VecDeque<Vec<u8>>>,
+    /// `--max-upload-rate`: the ranges waiting for it.
+    throttle: Throttle,
     output: Output,
     actions: VecDeque<Action>,
     listen_port: u16,
@@ -193,6 +209,7 @@ impl PeerCore {
             next_download: 1,
             outboards: Outboards::new(&cfg.share_dir),
             backlog: HashMap::new(),
+            throttle: Throttle::new(cfg.max_upload_rate),
             actions: VecDeque::new(),
             listen_port: 0,
             uploads: UploadStats::default(),
@@ -225,11 +242,15 @@ impl PeerCore {
     /// The earliest time [`PeerCore::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let dl = self.downloads.iter().filter_map(|r| r.dl.poll_timeout());
-        [self.session.poll_timeout(), self.upload_check]
-            .into_iter()
-            .flatten()
-            .chain(dl)
-            .min()
+        [
+            self.session.poll_timeout(),
+            self.upload_check,
+            self.throttle.poll_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(dl)
+        .min()
     }
 
     /// Whether [`PeerCore::handle_upload_progress`] is due: requests wait in the upload queue
@@ -298,6 +319,7 @@ impl PeerCore {
         for r in &mut self.downloads {
             r.dl.handle_timeout(now, &mut self.actions);
         }
+        self.release_throttled(now);
         self.pump(now);
     }
 
@@ -407,7 +429,7 @@ impl PeerCore {
                 }
                 Err(e) => Verdict::Close(CloseReason::Protocol(format!("index sent {e}"))),
             },
-            Role::Upload(state) => self.handle_get(now, conn, state, payload, false),
+            Role::Upload(state) => self.handle_get(now, conn, state, payload, Origin::Conn),
             Role::Download(attempt) => match running(&mut self.downloads, attempt.download) {
                 Some(r) => {
                     r.dl.handle_frame(now, conn, *attempt, payload, &mut self.actions)
@@ -437,18 +459,33 @@ impl PeerCore {
     /// held back while the line waited) asks again, behind the others.
     pub fn handle_drained(&mut self, now: Instant, conn: ConnId, role: &mut Role) {
         if let Role::Upload(Upload::Sending { bytes, from, .. }) = *role {
+            self.throttle.handle_sent(conn);
             let mut state = Upload::AwaitingGet { from };
             self.uploads.active -= 1;
             self.uploads.done += 1;
             self.uploads.bytes += bytes;
             self.serve_queue(now);
             if let Some(next) = self.backlog.get_mut(&conn).and_then(VecDeque::pop_front) {
-                let verdict = self.handle_get(now, conn, &mut state, &next, false);
+                let verdict = self.handle_get(now, conn, &mut state, &next, Origin::Conn);
                 self.apply_verdict(conn, verdict);
             }
             *role = Role::Upload(state);
+            self.release_throttled(now);
         }
         self.pump(now);
+    }
+
+    /// Lets the ranges waiting for the upload rate through as far as it allows.
+    fn release_throttled(&mut self, now: Instant) {
+        while let Some(w) = self.throttle.poll_ready(now) {
+            let mut state = Upload::AwaitingGet { from: w.from };
+            let verdict = self.handle_get(now, w.conn, &mut state, &w.request, Origin::Throttle);
+            self.actions.push_back(Action::SetRole {
+                conn: w.conn,
+                role: Role::Upload(state),
+            });
+            self.apply_verdict(w.conn, verdict);
+        }
     }
 
     fn apply_verdict(&mut self, conn: ConnId, verdict: Verdict) {
@@ -480,7 +517,7 @@ impl PeerCore {
                 self.backlog.insert(conn, extra);
             }
             let mut state = Upload::AwaitingGet { from };
-            let verdict = self.handle_get(now, conn, &mut state, &request, true);
+            let verdict = self.handle_get(now, conn, &mut state, &request, Origin::UploadQueue);
             match verdict {
                 Verdict::Continue => {
                     self.actions.push_back(Action::SetRole {
@@ -529,6 +566,7 @@ impl PeerCore {
             Role::Upload(Upload::Sending { hash, .. }) => {
                 if let Some(c) = conn {
                     self.backlog.remove(&c);
+                    self.throttle.forget(c);
                 }
                 self.uploads.active -= 1;
                 log::info!(target: "peer", "upload of {hash} ended: {reason}");
@@ -537,6 +575,7 @@ impl PeerCore {
             Role::Upload(Upload::Queued { .. }) => {
                 if let Some(c) = conn {
                     self.backlog.remove(&c);
+                    self.throttle.forget(c);
                 }
                 if conn.is_some_and(|c| self.queue.leave(c)) {
                     for (conn, position) in self.queue.positions() {
@@ -550,21 +589,21 @@ impl PeerCore {
             Role::Upload(Upload::AwaitingGet { .. }) => {
                 if let Some(c) = conn {
                     self.backlog.remove(&c);
+                    self.throttle.forget(c);
                 }
             }
         }
         self.pump(now);
     }
 
-    /// Answers one range request of `conn`; `popped`: it comes from the head of the upload
-    /// queue, whose slot is free.
+    /// Answers one range request of `conn`.
     fn handle_get(
         &mut self,
         now: Instant,
         conn: ConnId,
         state: &mut Upload,
         payload: &[u8],
-        popped: bool,
+        origin: Origin,
     ) -> Verdict {
         let from = match *state {
             Upload::AwaitingGet { from } | Upload::Sending { from, .. } => from,
@@ -579,8 +618,12 @@ impl PeerCore {
                 )));
             }
         };
-        let is_full =
-            self.uploads.active as usize >= self.queue.slots || (!popped && !self.queue.is_empty());
+        if origin == Origin::Conn && self.throttle.has_waiting(conn) {
+            // Behind its own requests waiting for the upload rate.
+            return self.wait_for_rate(conn, from, payload);
+        }
+        let is_full = self.uploads.active as usize >= self.queue.slots
+            || (origin != Origin::UploadQueue && !self.queue.is_empty());
         match upload::answer(payload, &self.share, &mut self.outboards) {
             Answer::Serve { .. } if is_full && !matches!(state, Upload::Sending { .. }) => {
                 let extra = self.backlog.remove(&conn).unwrap_or_default();
@@ -611,6 +654,11 @@ impl PeerCore {
                     }
                 }
             }
+            Answer::Serve { .. }
+                if origin != Origin::Throttle && !self.throttle.admits(now, conn) =>
+            {
+                self.wait_for_rate(conn, from, payload)
+            }
             Answer::Serve {
                 header,
                 file,
@@ -619,6 +667,7 @@ impl PeerCore {
                 hash,
                 name,
             } => {
+                self.throttle.charge(conn, len);
                 self.actions.push_back(Action::Send {
                     conn,
                     frame: header,
@@ -658,6 +707,18 @@ impl PeerCore {
                 self.actions.push_back(Action::Send { conn, frame });
                 Verdict::CloseAfterFlush(CloseReason::Protocol(message))
             }
+        }
+    }
+
+    /// A range request waits for the upload rate (`--max-upload-rate`), holding no slot.
+    fn wait_for_rate(&mut self, conn: ConnId, from: IpAddr, payload: &[u8]) -> Verdict {
+        if self.throttle.wait(conn, from, payload) {
+            Verdict::Continue
+        } else {
+            Verdict::Close(CloseReason::Protocol(format!(
+                "more than {} requests pipelined",
+                super::throttle::MAX_WAITING_PER_CONN
+            )))
         }
     }
 

@@ -90,6 +90,7 @@ impl Harness {
             max_queued_per_ip: 4,
             upload_min_rate: 1024,
             upload_rate_window: Duration::from_secs(10),
+            max_upload_rate: 0,
         });
         let mut h = Harness {
             core,

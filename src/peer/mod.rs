@@ -32,6 +32,7 @@ pub mod session;
 pub mod share;
 pub mod swarm;
 pub mod threads;
+pub mod throttle;
 pub mod upload;
 pub mod watch;
 pub mod withdrawn;
@@ -86,6 +87,8 @@ pub struct PeerConfig {
     /// While requests wait, an upload slower than this (bytes/s over the download rate
     /// window) loses its slot; 0: never.
     pub upload_min_rate: u64,
+    /// All uploads together send at most this many bytes per second; 0: no limit.
+    pub max_upload_rate: u64,
 }
 
 /// The peer's reactor handler: the core, the channels to the helper threads, and the one
@@ -140,6 +143,7 @@ impl Peer {
             max_queued_per_ip: cfg.max_queued_per_ip,
             upload_min_rate: cfg.upload_min_rate,
             upload_rate_window: cfg.download_limits.rate_window,
+            max_upload_rate: cfg.max_upload_rate,
         });
         Peer {
             core,
