@@ -164,6 +164,10 @@ pub struct PeerCore {
     backlog: HashMap<ConnId, VecDeque<Vec<u8>>>,
     /// `--max-upload-rate`: the ranges waiting for it.
     throttle: Throttle,
+    /// The `get` whose lookup is running was typed with `-b`.
+    get_background: bool,
+    /// The person was told that the end of input waits for the downloads.
+    said_waiting: bool,
     output: Output,
     actions: VecDeque<Action>,
     listen_port: u16,
@@ -210,6 +214,8 @@ impl PeerCore {
             outboards: Outboards::new(&cfg.share_dir),
             backlog: HashMap::new(),
             throttle: Throttle::new(cfg.max_upload_rate),
+            get_background: false,
+            said_waiting: false,
             actions: VecDeque::new(),
             listen_port: 0,
             uploads: UploadStats::default(),
@@ -813,6 +819,19 @@ impl PeerCore {
             }
             match self.commands.poll_command(&mut self.output) {
                 Some(Next::Run(cmd)) => self.execute(now, cmd),
+                // End of input: background downloads finish first (`quit` does not wait).
+                Some(Next::Quit) if !self.downloads.is_empty() => {
+                    if !std::mem::replace(&mut self.said_waiting, true) {
+                        self.output.note(format!(
+                            "end of input: waiting for {} download{} before quitting",
+                            self.downloads.len(),
+                            if self.downloads.len() == 1 { "" } else { "s" }
+                        ));
+                    }
+                    if !progressed {
+                        return;
+                    }
+                }
                 Some(Next::Quit) => self.quit(),
                 None if !progressed => return,
                 None => {}
@@ -881,7 +900,10 @@ impl PeerCore {
                     files,
                     holder,
                     total,
-                }) => self.start_get(now, &target, files, holder, total, false),
+                }) => {
+                    let background = std::mem::take(&mut self.get_background);
+                    self.start_get(now, &target, files, holder, total, background)
+                }
             },
             (_, ResponseBody::Error { code, message }) => {
                 self.output.error(format!("index: {code}: {message}"))
@@ -1063,14 +1085,24 @@ impl PeerCore {
                 None => self.more(),
             },
             Command::Lookup(target) => self.lookup(target, None),
-            Command::Get { target, holder } => {
+            Command::Get {
+                target,
+                holder,
+                background,
+            } => {
                 // "get X N" after "lookup X" uses that lookup's numbering.
                 if let (Some(n), Some(files)) = (holder, self.commands.remembered(&target)) {
-                    self.commands.wait(Waiting::Get);
                     let total = files.len() as u64;
-                    return self.start_get(now, &target, files, Some(n), total, false);
+                    return self.start_get(now, &target, files, Some(n), total, background);
                 }
+                // The lookup runs as a command; its answer starts the download (see
+                // `start_get`), waited for unless `-b`.
+                self.get_background = background;
                 self.lookup(target, Some(holder));
+            }
+            Command::Downloads => {
+                let text = self.downloads_text(now);
+                self.output.result(text);
             }
             Command::Files => {
                 let mut text = String::new();
@@ -1282,7 +1314,10 @@ impl PeerCore {
         total: u64,
         background: bool,
     ) {
-        if !background {
+        if background {
+            // The lookup that led here was the command; the console goes on.
+            self.commands.finish();
+        } else {
             self.commands.wait(Waiting::Get);
         }
         let fail = |core: &mut PeerCore, text: String| {

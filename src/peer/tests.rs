@@ -317,3 +317,31 @@ fn a_download_waits_in_a_holders_queue_and_a_later_lookup_brings_another_holder(
     assert_eq!(h.gets.last().map(|g| g.0), Some(good), "{:?}", h.said());
     assert_eq!(std::fs::read(h.landed("f.bin")).unwrap(), content);
 }
+
+#[test]
+fn downloads_run_side_by_side_in_the_background_and_are_listed() {
+    let mut h = Harness::new("background");
+    h.scanned(&[]);
+    let one: Vec<u8> = (0..100_000u32).map(|i| (i % 7) as u8).collect();
+    let two: Vec<u8> = (0..200_000u32).map(|i| (i % 11) as u8).collect();
+    // Holders that queue the downloads: both stay running.
+    h.holder("10.0.0.1:1", "one.bin", &one, Holder::Queues);
+    h.holder("10.0.0.2:1", "two.bin", &two, Holder::Queues);
+    h.type_lines(&["get -b one.bin", "get -b two.bin", "downloads", "files"]);
+    said_once(&h, "downloading one.bin (100000 bytes) in the background");
+    said_once(&h, "downloading two.bin (200000 bytes) in the background");
+    said_once(&h, "one.bin 100000 bytes 0.0% 0.0 MiB/s 1 sources");
+    said_once(&h, "two.bin 200000 bytes 0.0% 0.0 MiB/s 1 sources");
+    said_once(&h, "2 downloads running");
+    // The console went on: `files` ran.
+    said_once(&h, "0 files, 0 bytes");
+    // A holder that serves appears; the periodic lookups find it for both downloads.
+    h.holder("10.0.0.3:1", "one.bin", &one, Holder::Good(one.clone()));
+    h.holder("10.0.0.4:1", "two.bin", &two, Holder::Good(two.clone()));
+    h.advance(super::download::RELOOKUP_EVERY);
+    assert_eq!(std::fs::read(h.landed("one.bin")).unwrap(), one);
+    assert_eq!(std::fs::read(h.landed("two.bin")).unwrap(), two);
+    assert_eq!(has(&h, "saved "), 2, "{:?}", h.said());
+    h.type_lines(&["downloads"]);
+    said_once(&h, "0 downloads running");
+}

@@ -181,3 +181,44 @@ fn two_of_four_holders_killed_mid_download_it_completes_from_the_other_two() {
     }
     assert!(!run.stderr.contains("lying"), "{run:?}");
 }
+
+/// `get -b` starts downloads in the background and the console goes on (`downloads` lists
+/// them while they run); at the end of input the peer waits for them, then quits.
+#[test]
+fn background_downloads_run_at_once_and_the_end_of_input_waits_for_them() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("swarm-background");
+    let a = tmp.sub("a");
+    let one = common::pseudo_random(3 << 20, 71);
+    let two = common::pseudo_random(2 << 20, 72);
+    std::fs::write(a.join("one.bin"), &one).unwrap();
+    std::fs::write(a.join("two.bin"), &two).unwrap();
+    // Slow enough that both are still running when `downloads` runs.
+    let mut holder = ServingPeer::start_with(&a, indexd.addr, &["--max-upload-rate", "2M"]);
+    holder.wait_registered(2);
+    let b = tmp.sub("b");
+    let run = run_console(
+        &b,
+        indexd.addr,
+        &[],
+        Input::Pipe("get -b one.bin\nget -b two.bin\ndownloads\n"),
+        LIMIT,
+    );
+    assert!(run.success, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("downloading one.bin (3145728 bytes) in the background"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("2 downloads running"), "{run:?}");
+    assert!(run.stdout.contains("one.bin 3145728 bytes "), "{run:?}");
+    assert!(run.stdout.contains("two.bin 2097152 bytes "), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("end of input: waiting for 2 downloads before quitting"),
+        "{run:?}"
+    );
+    assert_eq!(run.stdout.matches("saved ").count(), 2, "{run:?}");
+    assert!(std::fs::read(b.join("one.bin")).unwrap() == one);
+    assert!(std::fs::read(b.join("two.bin")).unwrap() == two);
+}
