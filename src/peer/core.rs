@@ -1,7 +1,13 @@
-//! The peer's sans-IO core: the role machines (index session, uploads, the download, the
+//! The peer's sans-IO core: the role machines (index session, uploads, the downloads, the
 //! command runner, the output) and the few rules that join them (a Welcome registers the
-//! share; a lookup leads to a download; a changed file is withdrawn and re-hashed; startup
-//! ends once the share is hashed and registered).
+//! share; a lookup leads to a download, and a download's own lookups bring it new holders; a
+//! changed file is withdrawn and re-hashed; startup ends once the share is hashed and
+//! registered).
+//!
+//! Uploads: a range request takes an upload slot while its file range is sent; with every
+//! slot busy it waits in the [`UploadQueue`] (requests pipelined behind it wait with it, and
+//! ask again behind the others once it is sent); with `--max-upload-rate` it may wait for the
+//! rate ([`Throttle`]) holding no slot.
 //!
 //! Inputs are `handle_*` calls with `now` (reactor events, helper-thread [`Event`]s, time);
 //! outputs are [`Action`]s ([`PeerCore::poll_action`]) for the reactor handler to carry out,

@@ -85,7 +85,13 @@ pub struct PartFile {
     piece_bytes: u64,
     /// Verified bytes written since the last fdatasync.
     unsynced: bool,
+    /// Bytes written since the kernel's writeback was last started.
+    unflushed: u64,
 }
+
+/// Writeback of received data is started every this many bytes, so it overlaps the transfer
+/// and the final fsync has little left to do.
+const WRITEBACK_BYTES: u64 = 8 << 20;
 
 impl PartFile {
     /// Opens (or creates) the partial file of `hash` in `dir` and reads its resume record:
@@ -134,6 +140,7 @@ impl PartFile {
                 part: Some(file),
                 piece_bytes,
                 unsynced: false,
+                unflushed: 0,
             },
             verified,
         ))
@@ -147,6 +154,13 @@ impl PartFile {
             .ok_or_else(|| io::Error::other("partial file not open"))?;
         part.write_all_at(bytes, offset)?;
         self.unsynced = true;
+        self.unflushed += bytes.len() as u64;
+        if self.unflushed >= WRITEBACK_BYTES {
+            // Pieces land anywhere in the file: start writeback of all of it (only dirty
+            // pages are written).
+            crate::sys::io::start_writeback(part, 0, self.size);
+            self.unflushed = 0;
+        }
         Ok(())
     }
 

@@ -3,9 +3,11 @@
 //!
 //! Where things live:
 //! - [`core`]: the sans-IO core that joins the role machines: [`session`] (the index
-//!   session), [`upload`] (a Get answered with a file range), [`download`] (one file from its
-//!   holders, verified), [`commands`] (console commands in order; [`console`] parses them) and
-//!   [`output`] (what the person is told).
+//!   session), [`upload`] (a range request answered with its proof and a file range;
+//!   [`throttle`], the total upload rate), [`download`] (one file from all its holders at
+//!   once, every 16 KiB verified: [`swarm`] schedules the pieces, [`outboard`] verifies them;
+//!   several downloads run at once), [`commands`] (console commands in order; [`console`]
+//!   parses them) and [`output`] (what the person is told).
 //! - [`share`] (the share's hash → path table, scan and hash cache) and [`names`] (untrusted
 //!   names made safe).
 //! - [`metrics`]: what `--metrics` serves, rendered from the core at scrape time.
