@@ -83,6 +83,27 @@ pub struct Params<'a> {
     pub out: &'a Path,
     /// Seed of the file's bytes.
     pub seed: u64,
+    /// Also time a swarm download from [`SWARM_HOLDERS`] holders limited to this rate
+    /// against one of them.
+    pub swarm_rate: Option<u64>,
+}
+
+/// Holders of the swarm comparison.
+pub const SWARM_HOLDERS: usize = 4;
+
+/// The swarm comparison: one `get` from one rate-limited holder, then from all of them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SwarmSummary {
+    /// Each holder's `--max-upload-rate`, bytes/s.
+    pub holder_rate: u64,
+    /// Holders in the swarm.
+    pub holders: usize,
+    /// The `get` from one holder, MiB/s.
+    pub one_holder_mib_per_s: f64,
+    /// The `get` from every holder, MiB/s.
+    pub all_holders_mib_per_s: f64,
+    /// `all / one` (the target: at least 3.6 with 4 holders).
+    pub speedup: f64,
 }
 
 /// One contender's timed transfers.
@@ -158,6 +179,8 @@ pub struct TransferSummary {
     pub holder_vmhwm_kib: u64,
     /// The same in MB (10^6 bytes).
     pub holder_vmhwm_mb: f64,
+    /// The swarm comparison, when `--swarm-rate` was given.
+    pub swarm: Option<SwarmSummary>,
 }
 
 /// Removes the work directory when dropped.
@@ -291,6 +314,14 @@ pub fn run(p: &Params) -> io::Result<TransferSummary> {
         mem.hwm_kib
     ));
 
+    let swarm = match p.swarm_rate {
+        Some(rate) => {
+            // The unlimited holder leaves first: only the limited ones may serve.
+            drop(holder);
+            Some(swarm_comparison(p, hash, &src, &work.0, rate, limit)?)
+        }
+        None => None,
+    };
     let p2pshare = Series::new(p.size, &p2p_times);
     let bare_copy = Series::new(p.size, &copy_times);
     let bare_copy_without_fsync = Series::new(p.size, &copy_times_nofsync);
@@ -323,6 +354,114 @@ pub fn run(p: &Params) -> io::Result<TransferSummary> {
         holder_rss_max_mb_64_downloads: round(kib_to_mb(mem.rss_max_kib), 2),
         holder_vmhwm_kib: mem.hwm_kib,
         holder_vmhwm_mb: round(kib_to_mb(mem.hwm_kib), 2),
+        swarm,
+    })
+}
+
+/// Starts a holder of `src` (hard-linked into a directory of its own) limited to `rate`.
+fn start_limited_holder(
+    p: &Params,
+    src: &Path,
+    work: &Path,
+    i: usize,
+    rate: u64,
+) -> io::Result<ChildGuard> {
+    let dir = work.join(format!("swarm-holder-{i}"));
+    fs::create_dir_all(&dir)?;
+    let name = src.file_name().expect("a file name");
+    if fs::hard_link(src, dir.join(name)).is_err() {
+        fs::copy(src, dir.join(name))?;
+    }
+    let log = work.join(format!("swarm-holder-{i}.log"));
+    Ok(ChildGuard(
+        Command::new(p.peer)
+            .arg("--share")
+            .arg(&dir)
+            .args(["--index", &p.index.to_string()])
+            .args(["--listen", "127.0.0.1:0", "--serve"])
+            .args(["--max-uploads-per-ip", "0"])
+            .args(["--max-upload-rate", &rate.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?)
+            .spawn()
+            .map_err(|e| with_context(e, &format!("cannot start {}", p.peer.display())))?,
+    ))
+}
+
+/// Polls the index until exactly `n` holders of `hash` are listed.
+fn wait_for_holders(index: SocketAddr, hash: FileHash, n: usize) -> io::Result<()> {
+    let deadline = Instant::now() + REGISTER_TIMEOUT;
+    let mut client = Client::hello(index, 0, "p2pshare-bench-swarm")?;
+    loop {
+        let listed = match client.call(RequestBody::Lookup {
+            key: LookupKey::Hash(hash),
+            after: None,
+        })? {
+            ResponseBody::Holders { files, .. } => files
+                .iter()
+                .filter(|f| f.hash == hash)
+                .map(|f| f.holders.len())
+                .sum(),
+            _ => 0,
+        };
+        if listed == n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{listed} holders listed, not {n}, after {REGISTER_TIMEOUT:?}"),
+            ));
+        }
+        thread::sleep(RSS_SAMPLE_INTERVAL);
+    }
+}
+
+/// One `get` from one holder limited to `rate`, then from [`SWARM_HOLDERS`] of them.
+fn swarm_comparison(
+    p: &Params,
+    hash: FileHash,
+    src: &Path,
+    work: &Path,
+    holder_rate: u64,
+    limit: Duration,
+) -> io::Result<SwarmSummary> {
+    let slow_limit = limit.max(Duration::from_secs(p.size / holder_rate.max(1) * 3 + 60));
+    wait_for_holders(p.index, hash, 0)?;
+    let mut holders = vec![start_limited_holder(p, src, work, 0, holder_rate)?];
+    wait_for_holders(p.index, hash, 1)?;
+    progress(&format!(
+        "bench: transfer: swarm: get from 1 holder at {holder_rate} B/s"
+    ));
+    sync_disks();
+    let dst = work.join("dst");
+    let one = p2pshare_once(p, hash, &dst.join("swarm-1"), work, 1000, slow_limit)?;
+    progress_line(&format!(
+        "bench: transfer: swarm: 1 holder {:.1} MiB/s",
+        rate(p.size, one)
+    ));
+    for i in 1..SWARM_HOLDERS {
+        holders.push(start_limited_holder(p, src, work, i, holder_rate)?);
+    }
+    wait_for_holders(p.index, hash, SWARM_HOLDERS)?;
+    progress(&format!(
+        "bench: transfer: swarm: get from {SWARM_HOLDERS} holders at {holder_rate} B/s each"
+    ));
+    sync_disks();
+    let all = p2pshare_once(p, hash, &dst.join("swarm-all"), work, 1001, slow_limit)?;
+    let (one_rate, all_rate) = (rate(p.size, one), rate(p.size, all));
+    progress_line(&format!(
+        "bench: transfer: swarm: {SWARM_HOLDERS} holders {all_rate:.1} MiB/s ({:.2}x one)",
+        ratio(all_rate, one_rate)
+    ));
+    drop(holders);
+    Ok(SwarmSummary {
+        holder_rate,
+        holders: SWARM_HOLDERS,
+        one_holder_mib_per_s: round(one_rate, 1),
+        all_holders_mib_per_s: round(all_rate, 1),
+        speedup: ratio(all_rate, one_rate),
     })
 }
 
