@@ -6,11 +6,13 @@
 //!   be [`RequestBody::Hello`]; every request carries a client-chosen id that its response
 //!   echoes, so a client may pipeline many requests and match answers by id.
 //! - **peer ↔ peer** ([`TransferRequest`] / [`TransferResponse`]): a downloader asks a holder
-//!   for a file by hash and offset; the holder answers with a header frame followed by exactly
-//!   `len` raw bytes (no framing), after which the connection may carry another request.
+//!   for a run of 16 KiB groups of a file by (hash, size); the holder answers with a header
+//!   frame followed by exactly the range's proof and then its data bytes, raw (no framing;
+//!   both lengths follow from the request, see [`crate::peer::outboard`]). Requests may be
+//!   pipelined: the holder answers them in order on the same connection.
 //!
 //! # Compatibility
-//! [`RequestBody::Hello`] and [`TransferRequest::Get`] are variant 0 and start with the protocol
+//! [`RequestBody::Hello`] and [`TransferRequest::Range`] are variant 0 and start with the protocol
 //! version, so a server of any version can read a client's version with [`peek_version`] even
 //! when the rest of the message no longer decodes, and answer a mismatch with a clear error.
 //!
@@ -25,7 +27,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// A file's identity: the BLAKE3 hash of its bytes. Shown to people as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -531,29 +533,35 @@ impl fmt::Display for ErrorCode {
 /// A downloader's request to a holder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TransferRequest {
-    /// Send the file with this hash from `offset` to its end. Must stay variant 0 with
-    /// `version` first.
-    Get {
+    /// Send the 16 KiB groups `first..end` of the file with this hash and size, with their
+    /// proof (protocol 4). Must stay variant 0 with `version` first.
+    Range {
         /// [`PROTOCOL_VERSION`] of the downloader.
         version: u16,
         /// The file wanted.
         hash: FileHash,
-        /// First byte wanted (non-zero to resume).
-        offset: u64,
+        /// Its size as the downloader was told (a holder of another size refuses).
+        size: u64,
+        /// First group wanted.
+        first: u64,
+        /// One past the last group wanted.
+        end: u64,
     },
 }
 
-/// A holder's answer to [`TransferRequest::Get`].
+/// A holder's answer to one [`TransferRequest::Range`], in the order the requests came.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TransferResponse {
-    /// Exactly `size - offset` raw bytes of the file follow this frame.
+    /// The groups `first..end` of the file of `size` bytes follow this frame, raw: first
+    /// their proof (`outboard::proof_len(size, first..end)` bytes), then their data bytes
+    /// (`outboard::group_bytes(size, first..end)`).
     Sending {
-        /// The name the holder shares it under (untrusted: sanitise before use).
-        name: String,
         /// The whole file's size.
         size: u64,
-        /// Where the following bytes start.
-        offset: u64,
+        /// First group sent.
+        first: u64,
+        /// One past the last group sent.
+        end: u64,
     },
     /// The holder will not send it.
     Error {
@@ -668,7 +676,7 @@ impl postcard::ser_flavors::Flavor for AppendVec<'_> {
     }
 }
 
-/// Reads the protocol version from a Hello request or Get transfer request without decoding
+/// Reads the protocol version from a Hello request or Range transfer request without decoding
 /// the rest, so a version mismatch can be reported even when the layout changed. `None` when
 /// the payload does not start like either.
 pub fn peek_version(payload: &[u8], is_request: bool) -> Option<u16> {
@@ -922,22 +930,26 @@ mod tests {
         round_trip(&all_requests());
         round_trip(&all_responses());
         round_trip(&[
-            TransferRequest::Get {
+            TransferRequest::Range {
                 version: 1,
                 hash: h(7),
-                offset: 12345,
+                size: 12345,
+                first: 0,
+                end: 1,
             },
-            TransferRequest::Get {
+            TransferRequest::Range {
                 version: 1,
                 hash: h(8),
-                offset: 0,
+                size: u64::MAX,
+                first: 7,
+                end: u64::MAX,
             },
         ]);
         round_trip(&[
             TransferResponse::Sending {
-                name: "../../etc/passwd".into(),
                 size: 10,
-                offset: 3,
+                first: 0,
+                end: 1,
             },
             TransferResponse::Error {
                 code: ErrorCode::NotFound,
@@ -962,10 +974,12 @@ mod tests {
         assert_eq!(peek_request_id(&payload), Some(300));
         // A future Hello with a different tail still yields its version.
         assert_eq!(peek_version(&[5, 0, 2, 0xff, 0xff, 0xff], true), Some(2));
-        let get = to_payload(&TransferRequest::Get {
+        let get = to_payload(&TransferRequest::Range {
             version: 7,
             hash: h(1),
-            offset: 0,
+            size: 0,
+            first: 0,
+            end: 1,
         });
         assert_eq!(peek_version(&get, false), Some(7));
         let ping = to_payload(&Request {

@@ -147,22 +147,26 @@ fn responses() -> Vec<ResponseBody> {
 fn transfers() -> (Vec<TransferRequest>, Vec<TransferResponse>) {
     (
         vec![
-            TransferRequest::Get {
+            TransferRequest::Range {
                 version: PROTOCOL_VERSION,
                 hash: FileHash::of(b"x"),
-                offset: 0,
+                size: 1,
+                first: 0,
+                end: 1,
             },
-            TransferRequest::Get {
+            TransferRequest::Range {
                 version: PROTOCOL_VERSION,
                 hash: FileHash::of(b"y"),
-                offset: 1 << 20,
+                size: 3 << 20,
+                first: 16,
+                end: 32,
             },
         ],
         vec![
             TransferResponse::Sending {
-                name: "../../x".into(),
-                size: 10,
-                offset: 4,
+                size: 3 << 20,
+                first: 16,
+                end: 32,
             },
             TransferResponse::Error {
                 code: ErrorCode::NotFound,

@@ -75,6 +75,12 @@ struct Flags {
     /// this over a whole --rate-window-ms loses its slot to the head of the line. 0: never.
     #[arg(long, default_value_t = 1024)]
     upload_min_rate: u64,
+    /// All uploads together send at most this many bytes per second, shared fairly among
+    /// them (one range each in turn); K, M, G are powers of 1000 (50M = 50,000,000 B/s).
+    /// 0: no limit.
+    #[arg(long, value_name = "BYTES/s", default_value = "0",
+          value_parser = peer::throttle::parse_rate)]
+    max_upload_rate: u64,
     /// The longest a download waits in a holder's upload queue before trying the next
     /// holder, in seconds.
     #[arg(long, default_value_t = download::QUEUE_WAIT.as_secs(),
@@ -250,6 +256,7 @@ fn run(flags: Flags) -> Result<Outcome, String> {
         },
         upload_slots: flags.upload_slots as usize,
         upload_min_rate: flags.upload_min_rate,
+        max_upload_rate: flags.max_upload_rate,
         max_queued_per_ip: flags.max_queued_per_ip,
     };
     let mut peer = Peer::new(cfg, (events_tx.clone(), events_rx), jobs, waker.clone());

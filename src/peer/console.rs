@@ -60,13 +60,17 @@ pub enum Command {
     /// `more`: the next page of the last search, or of the last lookup of a name borne by
     /// more files than one answer holds, whichever came last.
     More,
-    /// `get NAME|HASH [N]`: from holder N of the lookup, else the first that answers.
+    /// `get [-b] NAME|HASH [N]`: from every holder of the lookup at once (holder N first).
     Get {
         /// What to download.
         target: Target,
         /// 1-based holder number from the lookup.
         holder: Option<usize>,
+        /// `-b`: in the background (the console goes on once the download started).
+        background: bool,
     },
+    /// `downloads`: the downloads running.
+    Downloads,
     /// `files`
     Files,
     /// `register [PATH...]`: rescan the share, or add these paths.
@@ -101,7 +105,10 @@ commands:
   lookup NAME|HASH       list the peers holding a file, numbered (a name many files bear:
                          the first 100, most holders first)
   more                   the next page of the last search or name lookup that had more
-  get NAME|HASH [N]      download a file (from holder N of the lookup, else the first that answers)
+  get NAME|HASH [N]      download a file from all its holders at once (holder N of the
+                         lookup first), waiting for it
+  get -b NAME|HASH [N]   the same in the background: the next command runs at once
+  downloads              the downloads running: name, size, done, rate, sources
   files                  list the files this peer shares
   register [PATH...]     rescan the shared directory, or share these files too
   unregister NAME|HASH   stop sharing a file
@@ -140,7 +147,12 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
         "more" => no_args(Command::More),
         "lookup" => Ok(Some(Command::Lookup(Target::parse(need("NAME|HASH")?)))),
         "get" | "obtain" => {
-            let arg = need("NAME|HASH [N]")?;
+            let arg = need("[-b] NAME|HASH [N]")?;
+            // `-b` first: in the background. (A file called "-b" is `get ./-b`... or its hash.)
+            let (background, arg) = match arg.split_once(char::is_whitespace) {
+                Some(("-b", rest)) if !rest.trim().is_empty() => (true, rest.trim()),
+                _ => (false, arg),
+            };
             // A trailing number is a holder choice, unless the whole argument is one token
             // (a file may well be called "42").
             let (target, holder) = match arg.rsplit_once(char::is_whitespace) {
@@ -158,8 +170,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             Ok(Some(Command::Get {
                 target: Target::parse(target),
                 holder,
+                background,
             }))
         }
+        "downloads" => no_args(Command::Downloads),
         "files" | "ls" => no_args(Command::Files),
         "register" => Ok(Some(Command::Register(
             rest.split_whitespace().map(str::to_string).collect(),
@@ -311,7 +325,7 @@ pub fn fuzz_parse(data: &[u8]) {
                         assert!(!query.is_empty() && filter.is_valid());
                         None
                     }
-                    Command::Get { target, holder } => {
+                    Command::Get { target, holder, .. } => {
                         assert_ne!(*holder, Some(0));
                         Some(target)
                     }
@@ -443,23 +457,44 @@ mod tests {
             ok("get my song.mp3 2"),
             Command::Get {
                 target: Target::Name("my song.mp3".into()),
-                holder: Some(2)
+                holder: Some(2),
+                background: false,
             }
         );
         assert_eq!(
             ok("get 42"),
             Command::Get {
                 target: Target::Name("42".into()),
-                holder: None
+                holder: None,
+                background: false,
             }
         );
         assert_eq!(
             ok("get deadbeef01 1"),
             Command::Get {
                 target: Target::HashPrefix("deadbeef01".into()),
-                holder: Some(1)
+                holder: Some(1),
+                background: false,
             }
         );
+        assert_eq!(
+            ok("get -b my song.mp3 2"),
+            Command::Get {
+                target: Target::Name("my song.mp3".into()),
+                holder: Some(2),
+                background: true,
+            }
+        );
+        // Alone, `-b` is a name.
+        assert_eq!(
+            ok("get -b"),
+            Command::Get {
+                target: Target::Name("-b".into()),
+                holder: None,
+                background: false,
+            }
+        );
+        assert_eq!(ok("downloads"), Command::Downloads);
         assert!(parse("get x 0").is_err());
         assert!(parse("get x 99999999999999999999999").is_err());
     }

@@ -1,7 +1,13 @@
-//! The peer's sans-IO core: the role machines (index session, uploads, the download, the
+//! The peer's sans-IO core: the role machines (index session, uploads, the downloads, the
 //! command runner, the output) and the few rules that join them (a Welcome registers the
-//! share; a lookup leads to a download; a changed file is withdrawn and re-hashed; startup
-//! ends once the share is hashed and registered).
+//! share; a lookup leads to a download, and a download's own lookups bring it new holders; a
+//! changed file is withdrawn and re-hashed; startup ends once the share is hashed and
+//! registered).
+//!
+//! Uploads: a range request takes an upload slot while its file range is sent; with every
+//! slot busy it waits in the [`UploadQueue`] (requests pipelined behind it wait with it, and
+//! ask again behind the others once it is sent); with `--max-upload-rate` it may wait for the
+//! rate ([`Throttle`]) holding no slot.
 //!
 //! Inputs are `handle_*` calls with `now` (reactor events, helper-thread [`Event`]s, time);
 //! outputs are [`Action`]s ([`PeerCore::poll_action`]) for the reactor handler to carry out,
@@ -14,22 +20,24 @@
 
 use super::commands::{self, Commands, Follow, Next, Waiting};
 use super::console::{Command, Target};
-use super::download::{Attempt, Download, DownloadEvent, DownloadId, DownloadLimits, HashDone};
+use super::download::{Attempt, Download, DownloadEvent, DownloadId, DownloadLimits};
 use super::metrics::{CoreView, PeerCounters};
 use super::names::display_name;
 use super::output::{Line, Output};
 use super::render::{self, DownloadStatus, FileRow, Saved, ShareSummary, StatusReport};
 use super::session::{IndexSession, SessionEvent, Tag};
 use super::share::{self, Share, SharedFile};
+use super::swarm;
 use super::threads::{Event, Job};
-use super::upload::{self, Answer, Joined, Upload, UploadQueue};
+use super::throttle::Throttle;
+use super::upload::{self, Answer, Joined, Outboards, Upload, UploadQueue};
 use super::withdrawn::Withdrawn;
 use crate::reactor::{CloseReason, ConnId, Verdict};
 use crate::wire::{
     self, FileHash, HeldFile, LookupKey, RequestBody, Response, ResponseBody, SearchCursor,
     SearchFilter,
 };
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
@@ -132,6 +140,19 @@ pub struct CoreConfig {
     pub upload_min_rate: u64,
     /// The window the upload floor is measured over.
     pub upload_rate_window: Duration,
+    /// All uploads together send at most this many bytes per second (0: no limit).
+    pub max_upload_rate: u64,
+}
+
+/// Where a range request being answered comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Just read from its connection.
+    Conn,
+    /// The head of the upload queue, whose slot is free.
+    UploadQueue,
+    /// Let through by the upload rate limit.
+    Throttle,
 }
 
 /// The core; see the module docs.
@@ -140,13 +161,20 @@ pub struct PeerCore {
     share: Share,
     session: IndexSession,
     commands: Commands,
-    download: Option<Download>,
-    /// The other sizes claimed for the hash being downloaded, best first: tried in turn when
-    /// no holder of the current claim delivers bytes that match the hash.
-    claims_left: VecDeque<HeldFile>,
+    /// The downloads running, oldest first.
+    downloads: Vec<Running>,
     next_download: DownloadId,
-    /// Hands the verifying thread's results back (as [`Event::Hashed`]).
-    hash_done: HashDone,
+    /// The file server's outboards (the proofs of the ranges it serves).
+    outboards: Outboards,
+    /// Requests pipelined behind the one being sent, by upload connection, that waited in
+    /// the upload queue with it: each asks again once the one before is sent.
+    backlog: HashMap<ConnId, VecDeque<Vec<u8>>>,
+    /// `--max-upload-rate`: the ranges waiting for it.
+    throttle: Throttle,
+    /// The `get` whose lookup is running was typed with `-b`.
+    get_background: bool,
+    /// The person was told that the end of input waits for the downloads.
+    said_waiting: bool,
     output: Output,
     actions: VecDeque<Action>,
     listen_port: u16,
@@ -161,6 +189,16 @@ pub struct PeerCore {
     withdrawn: Withdrawn,
 }
 
+/// A download and what the core keeps beside it.
+struct Running {
+    dl: Download,
+    /// The other sizes claimed for the hash being downloaded, best first: tried in turn when
+    /// no holder of the current claim delivers bytes that match the hash.
+    claims_left: VecDeque<HeldFile>,
+    /// Started by `get -b`: the console does not wait for it.
+    background: bool,
+}
+
 #[derive(Debug, Default)]
 struct UploadStats {
     active: u64,
@@ -169,8 +207,8 @@ struct UploadStats {
 }
 
 impl PeerCore {
-    /// A core whose downloads report their hashes through `hash_done`.
-    pub fn new(cfg: CoreConfig, hash_done: HashDone) -> PeerCore {
+    /// A core.
+    pub fn new(cfg: CoreConfig) -> PeerCore {
         PeerCore {
             session: IndexSession::new(cfg.index.clone(), 0, cfg.seed),
             commands: Commands::new(cfg.console),
@@ -178,10 +216,13 @@ impl PeerCore {
             upload_check: None,
             output: Output::new(cfg.progress_bar),
             share: Share::default(),
-            download: None,
-            claims_left: VecDeque::new(),
+            downloads: Vec::new(),
             next_download: 1,
-            hash_done,
+            outboards: Outboards::new(&cfg.share_dir),
+            backlog: HashMap::new(),
+            throttle: Throttle::new(cfg.max_upload_rate),
+            get_background: false,
+            said_waiting: false,
             actions: VecDeque::new(),
             listen_port: 0,
             uploads: UploadStats::default(),
@@ -213,11 +254,16 @@ impl PeerCore {
 
     /// The earliest time [`PeerCore::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let dl = self.download.as_ref().and_then(Download::poll_timeout);
-        [self.session.poll_timeout(), dl, self.upload_check]
-            .into_iter()
-            .flatten()
-            .min()
+        let dl = self.downloads.iter().filter_map(|r| r.dl.poll_timeout());
+        [
+            self.session.poll_timeout(),
+            self.upload_check,
+            self.throttle.poll_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(dl)
+        .min()
     }
 
     /// Whether [`PeerCore::handle_upload_progress`] is due: requests wait in the upload queue
@@ -283,9 +329,10 @@ impl PeerCore {
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.session.handle_timeout(now, &mut self.actions);
-        if let Some(dl) = &mut self.download {
-            dl.handle_timeout(now, &mut self.actions);
+        for r in &mut self.downloads {
+            r.dl.handle_timeout(now, &mut self.actions);
         }
+        self.release_throttled(now);
         self.pump(now);
     }
 
@@ -309,9 +356,13 @@ impl PeerCore {
                 files,
                 warnings,
             } => self.handle_scanned(job, files, warnings),
-            Event::Hashed(generation, hashed) => {
-                if let Some(dl) = &mut self.download {
-                    dl.handle_hashed(now, generation, hashed, &mut self.actions);
+            Event::Outboard { file, result } => {
+                self.outboards.handle_computed(&file.hash);
+                match result {
+                    Ok(hash) if hash == file.hash => {}
+                    Ok(_) => self.file_changed(&file),
+                    Err(e) => log::warn!(target: "peer",
+                        "cannot compute the outboard of {}: {e}", file.path.display()),
                 }
             }
             Event::Resolved(result) => self.session.handle_resolved(now, result, &mut self.actions),
@@ -362,8 +413,10 @@ impl PeerCore {
                 self.session.handle_connected(conn, &mut self.actions);
                 Verdict::Continue
             }
-            Role::Download(attempt) => match &mut self.download {
-                Some(dl) => dl.handle_connected(now, conn, *attempt, &mut self.actions),
+            Role::Download(attempt) => match running(&mut self.downloads, attempt.download) {
+                Some(r) => {
+                    r.dl.handle_connected(now, conn, *attempt, &mut self.actions)
+                }
                 None => Verdict::Close(CloseReason::Local),
             },
             Role::Upload(_) => Verdict::Continue,
@@ -388,9 +441,11 @@ impl PeerCore {
                 }
                 Err(e) => Verdict::Close(CloseReason::Protocol(format!("index sent {e}"))),
             },
-            Role::Upload(state) => self.handle_get(now, conn, state, payload),
-            Role::Download(attempt) => match &mut self.download {
-                Some(dl) => dl.handle_frame(now, conn, *attempt, payload, &mut self.actions),
+            Role::Upload(state) => self.handle_get(now, conn, state, payload, Origin::Conn),
+            Role::Download(attempt) => match running(&mut self.downloads, attempt.download) {
+                Some(r) => {
+                    r.dl.handle_frame(now, conn, *attempt, payload, &mut self.actions)
+                }
                 None => Verdict::Close(CloseReason::Local),
             },
         };
@@ -400,10 +455,11 @@ impl PeerCore {
 
     /// Raw file bytes arrived (downloads only).
     pub fn handle_raw(&mut self, now: Instant, role: &mut Role, data: &[u8]) -> Verdict {
-        let verdict = match (role, &mut self.download) {
-            (Role::Download(attempt), Some(dl)) => {
-                dl.handle_raw(now, *attempt, data, &mut self.actions)
-            }
+        let verdict = match role {
+            Role::Download(attempt) => match running(&mut self.downloads, attempt.download) {
+                Some(r) => r.dl.handle_raw(now, *attempt, data, &mut self.actions),
+                None => Verdict::Close(CloseReason::Local),
+            },
             _ => Verdict::Close(CloseReason::Local),
         };
         self.pump(now);
@@ -411,14 +467,52 @@ impl PeerCore {
     }
 
     /// A connection's output drained (an upload finished sending): its slot goes to the
-    /// head of the upload queue.
-    pub fn handle_drained(&mut self, now: Instant, role: &mut Role) {
+    /// head of the upload queue, then the connection's next pipelined request (if it was
+    /// held back while the line waited) asks again, behind the others.
+    pub fn handle_drained(&mut self, now: Instant, conn: ConnId, role: &mut Role) {
         if let Role::Upload(Upload::Sending { bytes, from, .. }) = *role {
-            *role = Role::Upload(Upload::AwaitingGet { from });
+            self.throttle.handle_sent(conn);
+            let mut state = Upload::AwaitingGet { from };
             self.uploads.active -= 1;
             self.uploads.done += 1;
             self.uploads.bytes += bytes;
             self.serve_queue(now);
+            if let Some(next) = self.backlog.get_mut(&conn).and_then(VecDeque::pop_front) {
+                let verdict = self.handle_get(now, conn, &mut state, &next, Origin::Conn);
+                self.apply_verdict(conn, verdict);
+            }
+            *role = Role::Upload(state);
+            self.release_throttled(now);
+        }
+        self.pump(now);
+    }
+
+    /// Lets the ranges waiting for the upload rate through as far as it allows.
+    fn release_throttled(&mut self, now: Instant) {
+        while let Some(w) = self.throttle.poll_ready(now) {
+            let mut state = Upload::AwaitingGet { from: w.from };
+            let verdict = self.handle_get(now, w.conn, &mut state, &w.request, Origin::Throttle);
+            self.actions.push_back(Action::SetRole {
+                conn: w.conn,
+                role: Role::Upload(state),
+            });
+            self.apply_verdict(w.conn, verdict);
+        }
+    }
+
+    fn apply_verdict(&mut self, conn: ConnId, verdict: Verdict) {
+        match verdict {
+            Verdict::Continue => {}
+            Verdict::Close(reason) => self.actions.push_back(Action::Close {
+                conn,
+                reason,
+                after_flush: false,
+            }),
+            Verdict::CloseAfterFlush(reason) => self.actions.push_back(Action::Close {
+                conn,
+                reason,
+                after_flush: true,
+            }),
         }
     }
 
@@ -427,17 +521,22 @@ impl PeerCore {
     fn serve_queue(&mut self, now: Instant) {
         let mut moved = false;
         while (self.uploads.active as usize) < self.queue.slots {
-            let Some((conn, from, request)) = self.queue.pop() else {
+            let Some((conn, from, request, extra)) = self.queue.pop() else {
                 break;
             };
             moved = true;
-            let mut state = Upload::Queued { from };
-            let verdict = self.handle_get(now, conn, &mut state, &request);
+            if !extra.is_empty() {
+                self.backlog.insert(conn, extra);
+            }
+            let mut state = Upload::AwaitingGet { from };
+            let verdict = self.handle_get(now, conn, &mut state, &request, Origin::UploadQueue);
             match verdict {
-                Verdict::Continue => self.actions.push_back(Action::SetRole {
-                    conn,
-                    role: Role::Upload(state),
-                }),
+                Verdict::Continue => {
+                    self.actions.push_back(Action::SetRole {
+                        conn,
+                        role: Role::Upload(state),
+                    });
+                }
                 Verdict::Close(reason) => self.actions.push_back(Action::Close {
                     conn,
                     reason,
@@ -472,16 +571,24 @@ impl PeerCore {
         match role {
             Role::Index => self.session.handle_closed(now, reason, &mut self.actions),
             Role::Download(attempt) => {
-                if let Some(dl) = &mut self.download {
-                    dl.handle_close(now, attempt, reason, &mut self.actions);
+                if let Some(r) = running(&mut self.downloads, attempt.download) {
+                    r.dl.handle_close(now, attempt, reason, &mut self.actions);
                 }
             }
             Role::Upload(Upload::Sending { hash, .. }) => {
+                if let Some(c) = conn {
+                    self.backlog.remove(&c);
+                    self.throttle.forget(c);
+                }
                 self.uploads.active -= 1;
                 log::info!(target: "peer", "upload of {hash} ended: {reason}");
                 self.serve_queue(now);
             }
             Role::Upload(Upload::Queued { .. }) => {
+                if let Some(c) = conn {
+                    self.backlog.remove(&c);
+                    self.throttle.forget(c);
+                }
                 if conn.is_some_and(|c| self.queue.leave(c)) {
                     for (conn, position) in self.queue.positions() {
                         self.actions.push_back(Action::Send {
@@ -491,34 +598,48 @@ impl PeerCore {
                     }
                 }
             }
-            Role::Upload(Upload::AwaitingGet { .. }) => {}
+            Role::Upload(Upload::AwaitingGet { .. }) => {
+                if let Some(c) = conn {
+                    self.backlog.remove(&c);
+                    self.throttle.forget(c);
+                }
+            }
         }
         self.pump(now);
     }
 
+    /// Answers one range request of `conn`.
     fn handle_get(
         &mut self,
         now: Instant,
         conn: ConnId,
         state: &mut Upload,
         payload: &[u8],
+        origin: Origin,
     ) -> Verdict {
         let from = match *state {
             Upload::AwaitingGet { from } | Upload::Sending { from, .. } => from,
-            Upload::Queued { from } => {
-                if self.queue.leave(conn) {
-                    // A second request while waiting: not ours to queue twice.
-                    return Verdict::Close(CloseReason::Protocol(
-                        "a request while one waits in the upload queue".into(),
-                    ));
+            Upload::Queued { .. } => {
+                // A request pipelined behind the one waiting: it waits behind it.
+                if self.queue.push_extra(conn, payload) {
+                    return Verdict::Continue;
                 }
-                from
+                return Verdict::Close(CloseReason::Protocol(format!(
+                    "more than {} requests pipelined in the upload queue",
+                    upload::MAX_PIPELINED
+                )));
             }
         };
-        let is_full = self.uploads.active as usize >= self.queue.slots || !self.queue.is_empty();
-        match upload::answer(payload, &self.share) {
+        if origin == Origin::Conn && self.throttle.has_waiting(conn) {
+            // Behind its own requests waiting for the upload rate.
+            return self.wait_for_rate(conn, from, payload);
+        }
+        let is_full = self.uploads.active as usize >= self.queue.slots
+            || (origin != Origin::UploadQueue && !self.queue.is_empty());
+        match upload::answer(payload, &self.share, &mut self.outboards) {
             Answer::Serve { .. } if is_full && !matches!(state, Upload::Sending { .. }) => {
-                match self.queue.join(conn, from, payload) {
+                let extra = self.backlog.remove(&conn).unwrap_or_default();
+                match self.queue.join(conn, from, payload, extra) {
                     Joined::At(position) => {
                         self.actions.push_back(Action::Send {
                             conn,
@@ -545,6 +666,11 @@ impl PeerCore {
                     }
                 }
             }
+            Answer::Serve { .. }
+                if origin != Origin::Throttle && !self.throttle.admits(now, conn) =>
+            {
+                self.wait_for_rate(conn, from, payload)
+            }
             Answer::Serve {
                 header,
                 file,
@@ -553,6 +679,7 @@ impl PeerCore {
                 hash,
                 name,
             } => {
+                self.throttle.charge(conn, len);
                 self.actions.push_back(Action::Send {
                     conn,
                     frame: header,
@@ -579,14 +706,31 @@ impl PeerCore {
                 frame,
                 message,
                 changed,
+                outboard,
             } => {
                 if let Some(file) = changed {
                     self.file_changed(&file);
+                }
+                if let Some(file) = outboard {
+                    self.actions
+                        .push_back(Action::Hash(Job::Outboard { file: *file }));
                 }
                 self.counters.gets_refused += 1;
                 self.actions.push_back(Action::Send { conn, frame });
                 Verdict::CloseAfterFlush(CloseReason::Protocol(message))
             }
+        }
+    }
+
+    /// A range request waits for the upload rate (`--max-upload-rate`), holding no slot.
+    fn wait_for_rate(&mut self, conn: ConnId, from: IpAddr, payload: &[u8]) -> Verdict {
+        if self.throttle.wait(conn, from, payload) {
+            Verdict::Continue
+        } else {
+            Verdict::Close(CloseReason::Protocol(format!(
+                "more than {} requests pipelined",
+                super::throttle::MAX_WAITING_PER_CONN
+            )))
         }
     }
 
@@ -622,6 +766,7 @@ impl PeerCore {
             ),
             Job::Paths { console, .. } => (self.share.upsert(files), console),
             Job::Watched { paths } => (self.share.replace_paths(&paths, files), false),
+            Job::Outboard { .. } => return,
         };
         let (added, removed) = (diff.added.len(), diff.removed.len());
         self.session.unregister(diff.removed, &mut self.actions);
@@ -665,9 +810,17 @@ impl PeerCore {
                 progressed = true;
                 self.handle_session_event(now, event);
             }
-            while let Some(event) = self.download.as_mut().and_then(Download::poll_event) {
-                progressed = true;
-                self.handle_download_event(now, event);
+            let mut i = 0;
+            while i < self.downloads.len() {
+                match self.downloads[i].dl.poll_event() {
+                    Some(event) => {
+                        progressed = true;
+                        if self.handle_download_event(now, i, event) {
+                            self.downloads.remove(i);
+                        }
+                    }
+                    None => i += 1,
+                }
             }
             if let Some(Waiting::Startup { scanned: true }) = self.commands.waiting() {
                 if self.session.is_settled() {
@@ -679,6 +832,19 @@ impl PeerCore {
             }
             match self.commands.poll_command(&mut self.output) {
                 Some(Next::Run(cmd)) => self.execute(now, cmd),
+                // End of input: background downloads finish first (`quit` does not wait).
+                Some(Next::Quit) if !self.downloads.is_empty() => {
+                    if !std::mem::replace(&mut self.said_waiting, true) {
+                        self.output.note(format!(
+                            "end of input: waiting for {} download{} before quitting",
+                            self.downloads.len(),
+                            if self.downloads.len() == 1 { "" } else { "s" }
+                        ));
+                    }
+                    if !progressed {
+                        return;
+                    }
+                }
                 Some(Next::Quit) => self.quit(),
                 None if !progressed => return,
                 None => {}
@@ -740,6 +906,7 @@ impl PeerCore {
             (Tag::Unregister, ResponseBody::Unregistered { total, .. }) => {
                 log::debug!(target: "peer", "index holds {total} of our files");
             }
+            (Tag::Holders(id), body) => self.handle_holders_answer(now, id, body),
             (Tag::Command, body) => match self.commands.handle_answer(body, &mut self.output) {
                 None => {}
                 Some(Follow::Lookup(key)) => self.lookup_again(key),
@@ -748,7 +915,10 @@ impl PeerCore {
                     files,
                     holder,
                     total,
-                }) => self.start_get(now, &target, files, holder, total),
+                }) => {
+                    let background = std::mem::take(&mut self.get_background);
+                    self.start_get(now, &target, files, holder, total, background)
+                }
             },
             (_, ResponseBody::Error { code, message }) => {
                 self.output.error(format!("index: {code}: {message}"))
@@ -768,56 +938,115 @@ impl PeerCore {
         }
     }
 
-    fn handle_download_event(&mut self, now: Instant, event: DownloadEvent) {
-        let Some(dl) = &self.download else { return };
-        let (name, _, size) = dl.progress();
-        let name = name.to_string();
+    /// One event of download `i`; true when the download is over (and must be removed).
+    fn handle_download_event(&mut self, now: Instant, i: usize, event: DownloadEvent) -> bool {
+        let r = &self.downloads[i];
+        let (raw, _, size) = r.dl.progress();
+        let name = raw.to_string();
+        let background = r.background;
+        let id = r.dl.id();
         match event {
             DownloadEvent::Resuming { have } => {
                 self.output.say(Line::Resuming { name, have, size });
             }
-            DownloadEvent::Trying(holder) => {
-                self.output.say(Line::Trying { name, size, holder });
-            }
+            // Not written as text while a bar shows progress (see `render`).
+            DownloadEvent::Trying(holder) => self.output.say(Line::Trying { name, size, holder }),
             DownloadEvent::Queued { holder, position } => self.output.say(Line::Queued {
                 name,
                 holder,
                 position,
             }),
+            DownloadEvent::Dropped { holder, why, liar } => self.output.say(Line::Dropped {
+                name,
+                holder,
+                why,
+                liar,
+            }),
+            DownloadEvent::NeedHolders => {
+                let hash = self.downloads[i].dl.hash();
+                let body = RequestBody::Lookup {
+                    key: LookupKey::Hash(hash),
+                    after: None,
+                };
+                if !self
+                    .session
+                    .request(body, Tag::Holders(id), &mut self.actions)
+                {
+                    self.downloads[i]
+                        .dl
+                        .handle_holders(now, None, &mut self.actions);
+                }
+            }
             DownloadEvent::Progress { have } => {
-                self.output.progress(&name, have, size);
+                if !background {
+                    self.output.progress(&name, have, size);
+                }
             }
             DownloadEvent::Saved {
                 path,
                 existed,
                 received,
                 secs,
+                holders,
             } => {
-                let hash = dl.hash();
-                self.output.progress_end();
+                let hash = self.downloads[i].dl.hash();
+                if !background {
+                    self.output.progress_end();
+                }
                 if existed {
                     self.output.say(Line::AlreadyHave { path, hash, size });
                 } else {
+                    self.output.note(format!(
+                        "get: {}: {received} bytes fetched from {holders} holder{}",
+                        display_name(&name),
+                        if holders == 1 { "" } else { "s" }
+                    ));
                     self.output.say(Line::Saved(Saved {
                         path: path.clone(),
                         hash,
                         size,
                         received,
                         secs,
+                        holders,
                     }));
                     self.share_download(&path, size, hash);
                 }
-                self.download = None;
                 self.counters.downloads_saved += 1;
-                self.commands.finish();
+                if !background {
+                    self.commands.finish();
+                }
+                return true;
             }
             DownloadEvent::Failed(text) => {
-                self.output.progress_end();
-                self.download = None;
+                if !background {
+                    self.output.progress_end();
+                }
                 self.counters.downloads_failed += 1;
-                self.next_claim(now, text);
+                let r = self.downloads.remove(i);
+                self.next_claim(now, text, r.claims_left, r.background);
+                return false;
             }
         }
+        false
+    }
+
+    /// The holders a download's lookup found.
+    fn handle_holders_answer(&mut self, now: Instant, id: DownloadId, body: ResponseBody) {
+        let me = self.session.observed();
+        let Some(r) = running(&mut self.downloads, id) else {
+            return;
+        };
+        let (hash, size) = (r.dl.hash(), r.dl.progress().2);
+        let holders = match body {
+            ResponseBody::Holders { files, .. } => files
+                .into_iter()
+                .filter(|f| f.hash == hash && f.size == size)
+                .flat_map(|f| f.holders)
+                .filter(|h| Some(*h) != me)
+                .collect(),
+            _ => Vec::new(),
+        };
+        r.dl.handle_holders(now, Some(holders), &mut self.actions);
     }
 
     /// Downloads inside the share are shared once verified.
@@ -871,14 +1100,24 @@ impl PeerCore {
                 None => self.more(),
             },
             Command::Lookup(target) => self.lookup(target, None),
-            Command::Get { target, holder } => {
+            Command::Get {
+                target,
+                holder,
+                background,
+            } => {
                 // "get X N" after "lookup X" uses that lookup's numbering.
                 if let (Some(n), Some(files)) = (holder, self.commands.remembered(&target)) {
-                    self.commands.wait(Waiting::Get);
                     let total = files.len() as u64;
-                    return self.start_get(now, &target, files, Some(n), total);
+                    return self.start_get(now, &target, files, Some(n), total, background);
                 }
+                // The lookup runs as a command; its answer starts the download (see
+                // `start_get`), waited for unless `-b`.
+                self.get_background = background;
                 self.lookup(target, Some(holder));
+            }
+            Command::Downloads => {
+                let list = self.download_list(now);
+                self.output.say(Line::Downloads(list));
             }
             Command::Files => {
                 let files = self
@@ -907,7 +1146,7 @@ impl PeerCore {
             }
             Command::Unregister(target) => self.unregister(&target),
             Command::Status => {
-                let report = self.status_report();
+                let report = self.status_report(now);
                 self.output.say(Line::Status(Box::new(report)));
             }
             Command::Quit => self.quit(),
@@ -1002,14 +1241,34 @@ impl PeerCore {
             uploads_active: self.uploads.active,
             uploads_done: self.uploads.done,
             upload_bytes: self.uploads.bytes,
-            download_active: self.download.is_some(),
+            download_active: !self.downloads.is_empty(),
             session_state: self.session.state_name(),
             shared_files: self.share.len() as u64,
             shared_bytes: self.share.total_bytes(),
         }
     }
 
-    fn status_report(&self) -> StatusReport {
+    /// The running downloads, for `status` and `downloads`.
+    fn download_list(&self, now: Instant) -> Vec<DownloadStatus> {
+        self.downloads
+            .iter()
+            .map(|r| {
+                let (name, done, total) = r.dl.progress();
+                let (received, secs) = r.dl.received(now);
+                DownloadStatus {
+                    name: name.to_string(),
+                    hash: r.dl.hash(),
+                    done,
+                    total,
+                    rate: received as f64 / secs.max(1e-9),
+                    sources: r.dl.sources(),
+                    background: r.background,
+                }
+            })
+            .collect()
+    }
+
+    fn status_report(&self, now: Instant) -> StatusReport {
         StatusReport {
             index: self.session.status(),
             share_dir: self.cfg.share_dir.clone(),
@@ -1021,18 +1280,7 @@ impl PeerCore {
             uploads_queued: self.queue.len(),
             uploads_done: self.uploads.done,
             upload_bytes: self.uploads.bytes,
-            downloads: self
-                .download
-                .iter()
-                .map(|d| {
-                    let (name, done, total) = d.progress();
-                    DownloadStatus {
-                        name: name.to_string(),
-                        done,
-                        total,
-                    }
-                })
-                .collect(),
+            downloads: self.download_list(now),
         }
     }
 
@@ -1041,12 +1289,15 @@ impl PeerCore {
             return;
         }
         self.stopped = true;
+        for r in &mut self.downloads {
+            r.dl.abandon(&mut self.actions);
+        }
         self.session.quit(&mut self.actions);
         self.actions.push_back(Action::Stop);
     }
 
-    /// Starts downloading the one file a lookup found (the runner waits for it), or says
-    /// why not.
+    /// Starts downloading the one file a lookup found (the runner waits for it unless
+    /// `background`), or says why not.
     fn start_get(
         &mut self,
         now: Instant,
@@ -1054,14 +1305,22 @@ impl PeerCore {
         files: Vec<HeldFile>,
         holder: Option<usize>,
         total: u64,
+        background: bool,
     ) {
-        self.commands.wait(Waiting::Get);
+        if background {
+            // The lookup that led here was the command; the console goes on.
+            self.commands.finish();
+        } else {
+            self.commands.wait(Waiting::Get);
+        }
         let fail = |core: &mut PeerCore, text: String| {
             core.output.error(text);
-            core.commands.finish();
+            if !background {
+                core.commands.finish();
+            }
         };
         let total = total.max(files.len() as u64);
-        self.claims_left.clear();
+        let mut claims_left = VecDeque::new();
         // Several sizes claimed for one hash (see `ResponseBody::Holders`): one file, the
         // best claim first, the others tried if its holders fail.
         let claims = files.len() > 1 && files.iter().all(|f| f.hash == files[0].hash);
@@ -1070,7 +1329,7 @@ impl PeerCore {
             _ if claims => {
                 let mut files: VecDeque<HeldFile> = files.into();
                 let first = files.pop_front().expect("several claims");
-                self.claims_left = files;
+                claims_left = files;
                 first
             }
             1 if total == 1 => files.into_iter().next().expect("one file"),
@@ -1091,11 +1350,11 @@ impl PeerCore {
             }
         };
         // The name saved is the one our own lookup chose: the name typed for `get NAME` (an
-        // index answer cannot rename it), else the name the index answer shows; never the one
-        // in a holder's header. It is sanitised when it lands.
+        // index answer cannot rename it), else the name the index answer shows. It is
+        // sanitised when it lands.
         if let Target::Name(typed) = target {
             file.name.clone_from(typed);
-            for claim in &mut self.claims_left {
+            for claim in &mut claims_left {
                 claim.name.clone_from(typed);
             }
         }
@@ -1105,37 +1364,63 @@ impl PeerCore {
                 hash: file.hash,
                 size: mine.size,
             });
-            return self.commands.finish();
+            if !background {
+                self.commands.finish();
+            }
+            return;
         }
-        if let Err(why) = self.download_claim(now, &file, holder) {
-            self.next_claim(now, why);
+        if self.downloads.iter().any(|r| r.dl.hash() == file.hash) {
+            return fail(
+                self,
+                format!("{} is already being downloaded", display_name(&file.name)),
+            );
+        }
+        if background {
+            self.output.say(Line::Started {
+                name: file.name.clone(),
+                hash: file.hash,
+                size: file.size,
+            });
+        }
+        if let Err(why) = self.download_claim(now, &file, holder, claims_left.clone(), background) {
+            self.next_claim(now, why, claims_left, background);
         }
     }
 
     /// The download of one claim failed (`why`): tries the next size claimed for the same
     /// hash, whose holders may have the real file, or ends the `get` with `why`.
-    fn next_claim(&mut self, now: Instant, mut why: String) {
-        while let Some(next) = self.claims_left.pop_front() {
+    fn next_claim(
+        &mut self,
+        now: Instant,
+        mut why: String,
+        mut claims_left: VecDeque<HeldFile>,
+        background: bool,
+    ) {
+        while let Some(next) = claims_left.pop_front() {
             self.output.note(format!(
                 "get: {why}; trying the holders that claim {} bytes",
                 next.size
             ));
-            match self.download_claim(now, &next, None) {
+            match self.download_claim(now, &next, None, claims_left.clone(), background) {
                 Ok(()) => return,
                 Err(e) => why = e,
             }
         }
         self.output.error(why);
-        self.commands.finish();
+        if !background {
+            self.commands.finish();
+        }
     }
 
-    /// Starts downloading `file` from its holders (holder number `holder` first, when given),
-    /// or says why not.
+    /// Starts downloading `file` from all its holders (holder number `holder` first, when
+    /// given), or says why not.
     fn download_claim(
         &mut self,
         now: Instant,
         file: &HeldFile,
         holder: Option<usize>,
+        claims_left: VecDeque<HeldFile>,
+        background: bool,
     ) -> Result<(), String> {
         // Our own address may be listed if we shared it before; never download from self.
         let me = self.session.observed();
@@ -1152,7 +1437,7 @@ impl PeerCore {
                     file.holders.len()
                 ));
             }
-            // Holder N first, the others as fallbacks.
+            // Holder N first, the others beside it.
             let chosen = file.holders[n - 1];
             holders.retain(|h| *h != chosen);
             holders.insert(0, chosen);
@@ -1168,13 +1453,23 @@ impl PeerCore {
             &self.cfg.downloads_dir,
             file,
             holders,
+            me,
             self.cfg.download_limits,
-            self.hash_done.clone(),
+            swarm::Config::default(),
         )
         .map_err(|e| format!("get: {e}"))?;
         dl.start(now, &mut self.actions);
-        self.download = Some(dl);
+        self.downloads.push(Running {
+            dl,
+            claims_left,
+            background,
+        });
         self.counters.downloads_started += 1;
         Ok(())
     }
+}
+
+/// The running download `id`.
+fn running(downloads: &mut [Running], id: DownloadId) -> Option<&mut Running> {
+    downloads.iter_mut().find(|r| r.dl.id() == id)
 }

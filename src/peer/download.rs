@@ -1,157 +1,63 @@
-//! One download: the [`Download`] machine (holders tried in order, resume offset, stall
-//! detection, the verifying thread's result as an input) over a [`PartFile`] (the partial file
-//! under a temporary name, verified against the requested hash, then renamed into place).
-//! The machine owns its holders; a download connection's slot names only the download and the
-//! attempt it serves ([`Attempt`]), so one download can later own many connections.
+//! One download: the [`Download`] machine fetches one file from every holder of its
+//! (hash, size) claim at once, driving a [`Swarm`] (the piece scheduler) and verifying every
+//! 16 KiB group against the file's hash as it arrives ([`RangeVerifier`]), over a
+//! [`PartFile`] (the partial file and its resume record).
+//!
+//! A holder is one connection ([`Attempt`] in its slot names the download and the
+//! connection), carrying the swarm's requests for it pipelined: each request is a range of
+//! groups, answered in order by a header, the range's proof and its data bytes
+//! (`wire::TransferRequest::Range`). One connection per holder, not several: the holder's
+//! reactor answers requests in order and reads the next one as soon as the previous file
+//! range is queued, so a few requests in flight keep its socket full, and the upload slots,
+//! the per-address places and the rate floors of the holder keep counting one downloader as
+//! one connection.
 //!
 //! # Invariants
-//! - One attempt is live at a time; events from any other attempt's connection are ignored,
-//!   so a late close never fails the next holder.
-//! - Any failure of the holder (error frame, close, wrong header, [`DownloadLimits::stall`]
-//!   without bytes, a rate under the floor over a whole window ([`RateFloor`]), a wait in its
-//!   upload queue past [`DownloadLimits::queue_wait`], bytes that do not verify) moves to the
-//!   next holder; a local disk error fails the download at once and keeps the partial file.
+//! - Nothing unverified is written: a group reaches the partial file only after its hash
+//!   matched a proof checked against the root (the requested hash). A holder whose proof or
+//!   bytes fail is dropped at once, named ([`DownloadEvent::Dropped`]), and never asked again
+//!   in this download; its pieces go to the others.
+//! - A holder that errs, closes, stalls ([`DownloadLimits::stall`]), stays under the rate
+//!   floor over a whole window ([`RateFloor`]) or waits in its upload queue past
+//!   [`DownloadLimits::queue_wait`] is dropped; it may come back from a later lookup, at most
+//!   [`MAX_HOLDER_FAILURES`] times. A local disk error fails the download at once.
+//! - When no holder is left, one lookup by hash is asked for ([`DownloadEvent::NeedHolders`]);
+//!   if it brings no usable holder the download fails with every holder's reason. A long
+//!   download asks again every [`RELOOKUP_EVERY`] to pick up new holders.
 //! - Every download ends: each holder is bounded by the deadlines above and the whole
 //!   download by [`DownloadLimits::max_get`].
-//! - Bytes go to `DOWNLOADS/.<hash>.p2pshare-part`, never to the final name. The final name
-//!   appears only by `rename` after the BLAKE3 of the whole file matched and the data was
-//!   fsynced, so nothing partial or unverified ever sits under a final name.
-//! - A partial file is resumable from any holder of the same hash: the hash is of the bytes,
-//!   not of who sent them. If the finished file does not verify, the partial is deleted (we
-//!   cannot tell which holder lied) and the next holder starts from zero.
-//! - The final name is sanitised ([`names::sanitize`]) and never overwrites a different file.
-//! - BLAKE3 runs on a verifying thread that follows the partial file as it grows, reading it
-//!   back from the page cache, so hashing overlaps the transfer instead of costing the reactor
-//!   thread; the reactor learns the result through a callback (the peer turns it into an
-//!   event). Each (re)opening of the partial file has its own generation, so a result from a
-//!   discarded attempt is recognised and ignored.
+//! - Bytes go to `DOWNLOADS/.<hash>.p2pshare-part`, written at their offsets; the verified
+//!   pieces are recorded beside it (`swarm::ResumeRecord`), saved at most every
+//!   [`RECORD_EVERY`] and when the download stops, always after the data is fdatasynced. A
+//!   restart fetches only the pieces the record names as missing, from any holders. The
+//!   final name appears only by a link/rename after every piece verified and the data was
+//!   fsynced; it is sanitised ([`names::sanitize`]) and never overwrites a different file.
 
 use super::core::{Action, Role};
 use super::names::{self, display_name, Landing};
+use super::outboard::{self, RangeVerifier, VerifyError};
 use super::rate::RateFloor;
 use super::share::PART_SUFFIX;
+use super::swarm::{self, DropReason, HolderId, Loaded, PieceSet, ResumeRecord, Swarm};
 use crate::reactor::{CloseReason, ConnId, Verdict};
-use crate::sys;
 use crate::wire::{self, FileHash, HeldFile, TransferRequest, TransferResponse, PROTOCOL_VERSION};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// A number no other attempt of this process has: tells a result of the current attempt from
-/// one of a discarded attempt.
-fn fresh_generation() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Receives the BLAKE3 of a complete partial file: `(generation, result)`. Called on the
-/// verifying thread.
-pub type HashDone = Arc<dyn Fn(u64, io::Result<FileHash>) + Send + Sync>;
-
-/// How far the verifying thread may read, and whether it should finish or stop.
-#[derive(Default)]
-struct Follow {
-    /// Bytes of the partial file written so far.
-    written: u64,
-    /// No more bytes will come: hash up to `written`, then report.
-    finished: bool,
-    /// The attempt was abandoned: stop without reporting.
-    cancelled: bool,
-}
-
-/// A thread hashing a partial file as it grows. Dropping it stops the thread.
-struct HashFollower {
-    shared: Arc<(Mutex<Follow>, Condvar)>,
-}
-
-impl HashFollower {
-    fn start(path: &Path, generation: u64, done: HashDone) -> io::Result<HashFollower> {
-        let file = File::open(path)?;
-        let shared = Arc::new((Mutex::new(Follow::default()), Condvar::new()));
-        let theirs = shared.clone();
-        std::thread::Builder::new()
-            .name("verify".into())
-            .spawn(move || {
-                if let Some(result) = follow(&file, &theirs) {
-                    done(generation, result);
-                }
-            })?;
-        Ok(HashFollower { shared })
-    }
-
-    fn update(&self, change: impl FnOnce(&mut Follow)) {
-        let (lock, wake) = &*self.shared;
-        let mut follow = lock.lock().unwrap_or_else(|e| e.into_inner());
-        change(&mut follow);
-        wake.notify_one();
-    }
-}
-
-impl Drop for HashFollower {
-    fn drop(&mut self) {
-        self.update(|f| f.cancelled = true);
-    }
-}
-
-/// The verifying thread: hashes `file` up to what has been written, waiting for more, until
-/// told the file is complete (`Some(hash)`) or abandoned (`None`).
-fn follow(file: &File, shared: &(Mutex<Follow>, Condvar)) -> Option<io::Result<FileHash>> {
-    let (lock, wake) = shared;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut hashed = 0u64;
-    loop {
-        let (target, finished) = {
-            let mut f = lock.lock().unwrap_or_else(|e| e.into_inner());
-            while !f.cancelled && !f.finished && hashed >= f.written {
-                f = wake.wait(f).unwrap_or_else(|e| e.into_inner());
-            }
-            if f.cancelled {
-                return None;
-            }
-            (f.written, f.finished)
-        };
-        if finished && hashed >= target {
-            return Some(Ok(FileHash(*hasher.finalize().as_bytes())));
-        }
-        while hashed < target {
-            let want = (target - hashed).min(buf.len() as u64) as usize;
-            match file.read_at(&mut buf[..want], hashed) {
-                Ok(0) => {
-                    return Some(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the partial file shrank while it was verified",
-                    )))
-                }
-                Ok(n) => {
-                    hasher.update(&buf[..n]);
-                    hashed += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Some(Err(e)),
-            }
-        }
-    }
-}
-
-/// Writeback of received data is started every this many bytes, so it overlaps the transfer.
-const WRITEBACK_BYTES: u64 = 8 << 20;
-
-/// Why a download (or an attempt at one holder) failed.
+/// Why a download (or a holder of it) failed.
 #[derive(Debug)]
 pub enum TransferError {
     /// Writing the partial file failed (disk full, permissions): not the holder's fault.
     Local(io::Error),
-    /// The holder misbehaved or went away; try the next one.
+    /// The holder misbehaved or went away.
     Holder(String),
-    /// The whole file arrived but its hash is wrong.
-    Corrupt,
 }
 
 impl std::fmt::Display for TransferError {
@@ -159,12 +65,11 @@ impl std::fmt::Display for TransferError {
         match self {
             TransferError::Local(e) => write!(f, "cannot write the download: {e}"),
             TransferError::Holder(m) => f.write_str(m),
-            TransferError::Corrupt => f.write_str("the bytes received do not match the hash"),
         }
     }
 }
 
-/// The file side of one download: the partial file, its verifying thread, landing.
+/// The file side of one download: the partial file, its resume record, landing.
 pub struct PartFile {
     /// What is wanted.
     pub hash: FileHash,
@@ -174,148 +79,123 @@ pub struct PartFile {
     pub name: String,
     /// Where the partial bytes go.
     pub part_path: PathBuf,
+    /// Where the verified pieces are recorded.
+    pub record_path: PathBuf,
     part: Option<File>,
-    /// Hashes the partial file as it grows.
-    follower: Option<HashFollower>,
-    /// Tells results of this attempt from those of a discarded one.
-    pub generation: u64,
-    done: HashDone,
-    /// Bytes in the partial file.
-    pub have: u64,
-    /// Bytes already handed to the kernel for writeback.
-    written_back: u64,
+    piece_bytes: u64,
+    /// Verified bytes written since the last fdatasync.
+    unsynced: bool,
+    /// Bytes written since the kernel's writeback was last started.
+    unflushed: u64,
 }
 
+/// Writeback of received data is started every this many bytes, so it overlaps the transfer
+/// and the final fsync has little left to do.
+const WRITEBACK_BYTES: u64 = 8 << 20;
+
 impl PartFile {
-    /// Prepares a download into `dir`, resuming from an existing partial file. `done` is
-    /// called (on another thread) with [`PartFile::generation`] and the file's hash once
-    /// [`PartFile::finish`] was called and every byte is hashed.
+    /// Opens (or creates) the partial file of `hash` in `dir` and reads its resume record:
+    /// the pieces (of `piece_bytes`) it proves verified. A record without its partial file,
+    /// or a damaged or foreign one, proves nothing.
     pub fn open(
         dir: &Path,
         hash: FileHash,
         size: u64,
         name: String,
-        done: HashDone,
-    ) -> Result<PartFile, TransferError> {
+        piece_bytes: u64,
+    ) -> Result<(PartFile, PieceSet), TransferError> {
         let part_path = dir.join(format!(".{hash}{PART_SUFFIX}"));
-        let mut d = PartFile {
-            hash,
-            size,
-            name,
-            part_path,
-            part: None,
-            follower: None,
-            generation: fresh_generation(),
-            done,
-            have: 0,
-            written_back: 0,
-        };
-        d.open_part().map_err(local(&d.part_path))?;
-        Ok(d)
-    }
-
-    /// Opens (or creates) the partial file and starts hashing what it already holds.
-    fn open_part(&mut self) -> io::Result<()> {
+        let record_path = swarm::record_path(dir, &hash);
+        let pieces = swarm::piece_count(size, piece_bytes);
+        let existed = part_path.exists();
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
-            .open(&self.part_path)?;
-        let mut len = file.metadata()?.len();
-        if len > self.size {
-            // Not a prefix of this file: start over.
-            file.set_len(0)?;
-            len = 0;
+            .truncate(false)
+            .open(&part_path)
+            .map_err(local(&part_path))?;
+        let verified = if existed {
+            match ResumeRecord::load(&record_path, &hash, size, piece_bytes) {
+                Ok(Loaded::Intact(set)) => set,
+                Ok(Loaded::Untrusted(why)) => {
+                    log::warn!(target: "peer", "resume record of {hash} ignored: {why}");
+                    PieceSet::new(pieces)
+                }
+                _ => PieceSet::new(pieces),
+            }
+        } else {
+            PieceSet::new(pieces)
+        };
+        if file.metadata().map_err(local(&part_path))?.len() > size {
+            file.set_len(size).map_err(local(&part_path))?;
         }
-        self.have = len;
-        self.written_back = len;
-        let follower = HashFollower::start(&self.part_path, self.generation, self.done.clone())?;
-        follower.update(|f| f.written = len);
-        self.follower = Some(follower);
-        self.part = Some(file);
-        Ok(())
+        Ok((
+            PartFile {
+                hash,
+                size,
+                name,
+                part_path,
+                record_path,
+                part: Some(file),
+                piece_bytes,
+                unsynced: false,
+                unflushed: 0,
+            },
+            verified,
+        ))
     }
 
-    /// Whether every byte is here.
-    pub fn is_complete(&self) -> bool {
-        self.have == self.size
-    }
-
-    /// Checks a holder's header against what we asked for.
-    pub fn accept_header(&mut self, size: u64, offset: u64) -> Result<u64, TransferError> {
-        if size != self.size {
-            return Err(TransferError::Holder(format!(
-                "holder says the file has {size} bytes, the index says {}",
-                self.size
-            )));
-        }
-        if offset != self.have {
-            return Err(TransferError::Holder(format!(
-                "holder sends from offset {offset}, we asked for {}",
-                self.have
-            )));
-        }
-        Ok(size - offset)
-    }
-
-    /// Appends received bytes to the partial file.
-    pub fn write(&mut self, data: &[u8]) -> Result<(), TransferError> {
+    /// Writes verified bytes at `offset`.
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
         let part = self
             .part
-            .as_mut()
-            .ok_or_else(|| TransferError::Local(io::Error::other("partial file not open")))?;
-        part.write_all(data).map_err(local(&self.part_path))?;
-        self.have += data.len() as u64;
-        let have = self.have;
-        if let Some(f) = &self.follower {
-            f.update(|f| f.written = have);
-        }
-        if self.have - self.written_back >= WRITEBACK_BYTES {
-            sys::io::start_writeback(part, self.written_back, self.have - self.written_back);
-            self.written_back = self.have;
+            .as_ref()
+            .ok_or_else(|| io::Error::other("partial file not open"))?;
+        part.write_all_at(bytes, offset)?;
+        self.unsynced = true;
+        self.unflushed += bytes.len() as u64;
+        if self.unflushed >= WRITEBACK_BYTES {
+            // Pieces land anywhere in the file: start writeback of all of it (only dirty
+            // pages are written).
+            crate::sys::io::start_writeback(part, 0, self.size);
+            self.unflushed = 0;
         }
         Ok(())
     }
 
-    /// Every byte is here: the verifying thread finishes and reports the hash.
-    pub fn finish(&mut self) {
-        if let Some(f) = &self.follower {
-            f.update(|f| f.finished = true);
+    /// Makes the verified bytes durable, then records `verified` beside them.
+    pub fn save_record(&mut self, verified: &PieceSet) -> io::Result<()> {
+        if let (true, Some(part)) = (self.unsynced, &self.part) {
+            part.sync_data()?;
+            self.unsynced = false;
         }
+        ResumeRecord {
+            hash: self.hash,
+            size: self.size,
+            piece_bytes: self.piece_bytes,
+            verified: verified.clone(),
+        }
+        .save(&self.record_path)
     }
 
-    /// Checks the hash the verifying thread reported. On a mismatch the partial is deleted
-    /// and reopened empty under a new generation, so the next holder starts from zero.
-    pub fn check(&mut self, hashed: io::Result<FileHash>) -> Result<(), TransferError> {
-        match hashed {
-            Ok(got) if got == self.hash => Ok(()),
-            Ok(_) => {
-                self.part = None;
-                self.follower = None;
-                let _ = fs::remove_file(&self.part_path);
-                self.generation = fresh_generation();
-                self.open_part().map_err(local(&self.part_path))?;
-                Err(TransferError::Corrupt)
-            }
-            Err(e) => Err(TransferError::Local(e)),
-        }
-    }
-
-    /// Moves the verified partial file to its final name in `dir`. Returns the final path and
-    /// whether an identical file was already there (then nothing new was written).
+    /// Moves the complete, verified partial file to its final name in `dir`. Returns the
+    /// final path and whether an identical file was already there (then nothing new was
+    /// written).
     pub fn land(&mut self, dir: &Path) -> Result<(PathBuf, bool), TransferError> {
         let part = self
             .part
             .take()
             .ok_or_else(|| TransferError::Local(io::Error::other("partial file not open")))?;
+        part.set_len(self.size).map_err(local(&self.part_path))?;
         part.sync_all().map_err(local(&self.part_path))?;
         drop(part);
         let (size, hash) = (self.size, self.hash);
         let landing = names::landing(dir, &self.name, |p| same_file(p, size, &hash));
-        match landing {
+        let landed = match landing {
             Landing::Identical(path) => {
                 let _ = fs::remove_file(&self.part_path);
-                Ok((path, true))
+                (path, true)
             }
             Landing::Free(path) => {
                 // rename(2) replaces silently; a file created at `path` since we looked would
@@ -325,25 +205,23 @@ impl PartFile {
                         let _ = fs::remove_file(&self.part_path);
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        return self.land_retry(dir);
+                        self.part = Some(
+                            OpenOptions::new()
+                                .read(true)
+                                .write(true)
+                                .open(&self.part_path)
+                                .map_err(local(&self.part_path))?,
+                        );
+                        return self.land(dir);
                     }
                     Err(_) => fs::rename(&self.part_path, &path).map_err(local(&path))?,
                 }
                 sync_dir(dir);
-                Ok((path, false))
+                (path, false)
             }
-        }
-    }
-
-    fn land_retry(&mut self, dir: &Path) -> Result<(PathBuf, bool), TransferError> {
-        self.part = Some(
-            OpenOptions::new()
-                .read(true)
-                .append(true)
-                .open(&self.part_path)
-                .map_err(local(&self.part_path))?,
-        );
-        self.land(dir)
+        };
+        let _ = fs::remove_file(&self.record_path);
+        Ok(landed)
     }
 }
 
@@ -380,6 +258,14 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 pub const QUEUE_WAIT: Duration = Duration::from_secs(600);
 /// The default bound on a whole `get` ([`DownloadLimits::max_get`]).
 pub const MAX_GET: Duration = Duration::from_secs(24 * 3600);
+/// A running download looks its file up again this often, for new holders.
+pub const RELOOKUP_EVERY: Duration = Duration::from_secs(10);
+/// A lookup not answered in this long counts as answered with no holder.
+const RELOOKUP_PATIENCE: Duration = Duration::from_secs(10);
+/// The resume record is saved at most this often while pieces arrive.
+pub const RECORD_EVERY: Duration = Duration::from_secs(1);
+/// A holder dropped this many times (errors, closes, stalls) is not taken back by lookups.
+pub const MAX_HOLDER_FAILURES: u32 = 2;
 
 /// The bounds every download keeps to, so that a `get` always ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,13 +273,13 @@ pub struct DownloadLimits {
     /// A holder silent this long (connecting, before its header, between bytes) is dropped.
     pub stall: Duration,
     /// A holder sending fewer bytes per second than this, averaged over `rate_window`, is
-    /// dropped and the next one tried (0: no floor).
+    /// dropped (0: no floor).
     pub min_rate: u64,
     /// The window `min_rate` is averaged over (a sliding window; see [`RateFloor`]).
     pub rate_window: Duration,
     /// The whole download (every holder, connecting and waiting included) fails after this.
     pub max_get: Duration,
-    /// The longest wait in one holder's upload queue; then the next holder is tried.
+    /// The longest wait in one holder's upload queue; then that holder is dropped.
     pub queue_wait: Duration,
 }
 
@@ -416,21 +302,21 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// Names a download within the peer.
 pub type DownloadId = u64;
 
-/// What a download connection serves, kept in its slot: which download, which attempt. The
-/// download owns its holders; a connection whose attempt is no longer the live one is stale
-/// and its events are ignored.
+/// What a download connection serves, kept in its slot: which download, which of its
+/// connections. A connection whose number is no longer its holder's live one is stale and
+/// its events are ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
     /// The download.
     pub download: DownloadId,
-    /// Which connection attempt of that download.
+    /// Which connection of that download.
     pub n: u32,
 }
 
 /// What a download tells the rest of the peer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DownloadEvent {
-    /// Resuming from bytes already in the partial file.
+    /// Resuming: a resume record proves these bytes verified.
     Resuming {
         /// Bytes kept.
         have: u64,
@@ -444,9 +330,20 @@ pub enum DownloadEvent {
         /// 1-based place in its line.
         position: u32,
     },
-    /// Bytes arrived: the progress to show.
+    /// A holder was dropped.
+    Dropped {
+        /// The holder.
+        holder: SocketAddr,
+        /// Why, for the person.
+        why: String,
+        /// It sent bytes that fail verification (never asked again in this download).
+        liar: bool,
+    },
+    /// Look the file up by hash and hand the holders to [`Download::handle_holders`].
+    NeedHolders,
+    /// Pieces were verified: the progress to show.
     Progress {
-        /// Bytes on disk.
+        /// Verified bytes on disk.
         have: u64,
     },
     /// Verified and landed.
@@ -455,107 +352,193 @@ pub enum DownloadEvent {
         path: PathBuf,
         /// An identical file was already there.
         existed: bool,
-        /// Bytes received in this run, and how long the run took (for the rate).
+        /// Data bytes received in this run (resumed pieces are not fetched again).
         received: u64,
         /// Seconds since the run started.
         secs: f64,
+        /// Holders that delivered verified pieces.
+        holders: usize,
     },
     /// Given up: the sentence for the person.
     Failed(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Connecting to the current holder (or about to).
-    Connecting,
-    /// Get sent; waiting for the header.
-    AwaitingHeader,
-    /// Waiting in the holder's upload queue for the header.
-    Queued,
-    /// Raw bytes arriving.
-    Receiving,
-    /// Every byte is on disk; waiting for the verifying thread's hash.
-    Verifying,
-    /// Saved or failed: nothing more happens.
-    Done,
+/// A request sent (or to send once connected) to a holder, answered in order.
+#[derive(Debug, Clone)]
+struct Asked {
+    piece: usize,
+    groups: Range<u64>,
 }
 
-/// The download machine: one file, its holders tried in order, each failure (error, close,
-/// stall, wrong header, bytes that do not verify) moving to the next. Inputs are `handle_*`
-/// with `now`; outputs are [`Action`]s and [`DownloadEvent`]s.
+/// The answer being read from a holder: proof first, then data.
+#[derive(Debug)]
+struct Receiving {
+    piece: usize,
+    groups: Range<u64>,
+    proof: Vec<u8>,
+    proof_len: usize,
+    verifier: Option<RangeVerifier>,
+    data_left: u64,
+}
+
+/// One holder of the file and the connection to it.
+struct Source {
+    addr: SocketAddr,
+    /// The live connection's number (0: none), and the connection once connected.
+    attempt: u32,
+    conn: Option<ConnId>,
+    asked: VecDeque<Asked>,
+    receiving: Option<Receiving>,
+    /// Waiting in its upload queue since, and the last position shown (and when).
+    queued_since: Option<Instant>,
+    queued_shown: Option<(u32, Instant)>,
+    floor: Option<RateFloor>,
+    rate_check: Option<Instant>,
+    /// Times dropped for errors, closes or stalls.
+    failures: u32,
+    /// Dropped for bad bytes.
+    liar: bool,
+    /// Delivered at least one verified piece.
+    delivered: bool,
+}
+
+impl Source {
+    fn new(addr: SocketAddr) -> Source {
+        Source {
+            addr,
+            attempt: 0,
+            conn: None,
+            asked: VecDeque::new(),
+            receiving: None,
+            queued_since: None,
+            queued_shown: None,
+            floor: None,
+            rate_check: None,
+            failures: 0,
+            liar: false,
+            delivered: false,
+        }
+    }
+
+    /// Forgets the connection and everything asked on it.
+    fn reset(&mut self) -> Option<ConnId> {
+        self.attempt = 0;
+        self.asked.clear();
+        self.receiving = None;
+        self.queued_since = None;
+        self.queued_shown = None;
+        self.floor = None;
+        self.rate_check = None;
+        self.conn.take()
+    }
+}
+
+/// The swarm download of one file (see the module docs). Inputs are `handle_*` with `now`;
+/// outputs are [`Action`]s and [`DownloadEvent`]s.
 pub struct Download {
     id: DownloadId,
     part: PartFile,
     dir: PathBuf,
-    holders: Vec<SocketAddr>,
-    /// Index into `holders` of the one being tried.
-    current: usize,
-    /// One line per failed holder, for the final error.
-    failures: Vec<String>,
-    phase: Phase,
-    /// The live attempt's number, and its connection once connected.
-    attempt: u32,
-    conn: Option<ConnId>,
-    /// The live attempt is given up if nothing arrives by then.
-    deadline: Option<Instant>,
+    swarm: Swarm,
+    sources: Vec<Source>,
+    /// Our own address as the index sees it (never a holder).
+    me: Option<SocketAddr>,
+    next_attempt: u32,
     limits: DownloadLimits,
-    /// The current holder's rate, once it sends bytes.
-    floor: Option<RateFloor>,
-    /// When the floor is next checked.
-    rate_check: Option<Instant>,
+    /// One line per dropped holder, for the final error.
+    failures: Vec<String>,
     /// The whole download fails at this time ([`DownloadLimits::max_get`]).
     give_up: Instant,
-    /// The last queue position shown for the current holder, and when.
-    queued_shown: Option<(u32, Instant)>,
+    /// A lookup for holders was asked for at this time and is not answered yet.
+    relookup_asked: Option<Instant>,
+    next_relookup: Instant,
+    next_record: Instant,
+    /// Pieces were verified since the record was last saved.
+    record_due: bool,
     started: Instant,
-    /// Bytes received in this run (for the rate).
+    /// Data bytes received in this run.
     received: u64,
     next_progress: Instant,
+    done: bool,
     events: VecDeque<DownloadEvent>,
 }
 
 impl Download {
-    /// A download of `file` into `dir` from `holders` (in order), resuming a partial file.
+    /// A download of `file` into `dir` from `holders` (the first ones first), resuming from
+    /// the verified pieces of an earlier run. `me` is left out of the holders.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: DownloadId,
         now: Instant,
         dir: &Path,
         file: &HeldFile,
         holders: Vec<SocketAddr>,
+        me: Option<SocketAddr>,
         limits: DownloadLimits,
-        done: HashDone,
+        cfg: swarm::Config,
     ) -> Result<Download, TransferError> {
-        let part = PartFile::open(dir, file.hash, file.size, file.name.clone(), done)?;
+        let cfg = swarm::Config {
+            stall_timeout: limits.stall,
+            // This machine decides when to give up on having no holder (after a lookup).
+            holderless_grace: limits.max_get,
+            ..cfg
+        };
+        let (part, verified) = PartFile::open(
+            dir,
+            file.hash,
+            file.size,
+            file.name.clone(),
+            cfg.piece_bytes,
+        )?;
+        let swarm = Swarm::new(file.size, cfg, Some(verified), now);
         let mut events = VecDeque::new();
-        if part.have > 0 {
-            events.push_back(DownloadEvent::Resuming { have: part.have });
+        let have = swarm.progress().verified_bytes;
+        if have > 0 {
+            events.push_back(DownloadEvent::Resuming { have });
+        }
+        let mut sources: Vec<Source> = Vec::new();
+        for h in holders {
+            if Some(h) != me && !sources.iter().any(|s| s.addr == h) {
+                sources.push(Source::new(h));
+            }
         }
         Ok(Download {
             id,
             part,
             dir: dir.to_path_buf(),
-            holders,
-            current: 0,
-            failures: Vec::new(),
-            phase: Phase::Connecting,
-            attempt: 0,
-            conn: None,
-            deadline: None,
+            swarm,
+            sources,
+            me,
+            next_attempt: 0,
             limits,
-            floor: None,
-            rate_check: None,
+            failures: Vec::new(),
             give_up: now + limits.max_get,
-            queued_shown: None,
+            relookup_asked: None,
+            next_relookup: now + RELOOKUP_EVERY,
+            next_record: now + RECORD_EVERY,
+            record_due: false,
             started: now,
             received: 0,
             next_progress: now,
+            done: false,
             events,
         })
     }
 
-    /// The file's name (untrusted, unsanitised) and size, and the bytes on disk.
+    /// The file's name (untrusted, unsanitised) and size, and the verified bytes on disk.
     pub fn progress(&self) -> (&str, u64, u64) {
-        (&self.part.name, self.part.have, self.part.size)
+        let p = self.swarm.progress();
+        (&self.part.name, p.verified_bytes, self.part.size)
+    }
+
+    /// Holders in use now.
+    pub fn sources(&self) -> usize {
+        self.swarm.progress().holders
+    }
+
+    /// Data bytes received in this run, and seconds since it started.
+    pub fn received(&self, now: Instant) -> (u64, f64) {
+        (self.received, (now - self.started).as_secs_f64().max(1e-6))
     }
 
     /// Which download this is.
@@ -563,84 +546,70 @@ impl Download {
         self.id
     }
 
-    /// Starts: the first holder, or verification if every byte is already here.
-    pub fn start(&mut self, now: Instant, out: &mut VecDeque<Action>) {
-        self.try_holder(now, out);
+    /// The file's hash.
+    pub fn hash(&self) -> FileHash {
+        self.part.hash
     }
 
-    fn try_holder(&mut self, now: Instant, out: &mut VecDeque<Action>) {
-        self.conn = None;
-        self.deadline = None;
-        self.floor = None;
-        self.rate_check = None;
-        self.queued_shown = None;
-        if self.part.is_complete() {
-            self.phase = Phase::Verifying;
-            self.part.finish();
+    /// Whether the download is over (saved or failed).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// What happened, for the rest of the peer.
+    pub fn poll_event(&mut self) -> Option<DownloadEvent> {
+        self.events.pop_front()
+    }
+
+    /// Starts: every holder is handed to the scheduler (a file already verified lands).
+    pub fn start(&mut self, now: Instant, out: &mut VecDeque<Action>) {
+        for i in 0..self.sources.len() {
+            self.swarm.handle_holder_added(HolderId(i as u64), now);
+        }
+        self.run(now, out);
+    }
+
+    /// The holders a lookup found (asked for by [`DownloadEvent::NeedHolders`]; `None`: the
+    /// lookup failed). New ones join; dropped ones come back unless they lied or failed
+    /// [`MAX_HOLDER_FAILURES`] times.
+    pub fn handle_holders(
+        &mut self,
+        now: Instant,
+        holders: Option<Vec<SocketAddr>>,
+        out: &mut VecDeque<Action>,
+    ) {
+        if self.done {
             return;
         }
-        let Some(&addr) = self.holders.get(self.current) else {
-            let kept = if self.part.have > 0 {
-                format!(" ({} bytes kept for resume)", self.part.have)
-            } else {
-                String::new()
+        self.relookup_asked = None;
+        for h in holders.unwrap_or_default() {
+            if Some(h) == self.me {
+                continue;
+            }
+            let i = match self.sources.iter().position(|s| s.addr == h) {
+                Some(i) => i,
+                None => {
+                    self.sources.push(Source::new(h));
+                    self.sources.len() - 1
+                }
             };
-            return self.fail(format!(
-                "get {}: every holder failed: {}{kept}",
-                display_name(&self.part.name),
-                self.failures.join("; ")
-            ));
-        };
-        self.attempt += 1;
-        self.phase = Phase::Connecting;
-        self.received = 0;
-        self.started = now;
-        self.deadline = Some(now + self.limits.stall);
-        self.events.push_back(DownloadEvent::Trying(addr));
-        out.push_back(Action::Connect {
-            addr,
-            role: Role::Download(Attempt {
-                download: self.id,
-                n: self.attempt,
-            }),
-        });
-    }
-
-    fn fail(&mut self, text: String) {
-        self.phase = Phase::Done;
-        self.conn = None;
-        self.deadline = None;
-        self.floor = None;
-        self.rate_check = None;
-        self.events.push_back(DownloadEvent::Failed(text));
-    }
-
-    fn is_live(&self, attempt: Attempt) -> bool {
-        attempt.download == self.id
-            && attempt.n == self.attempt
-            && matches!(
-                self.phase,
-                Phase::Connecting | Phase::AwaitingHeader | Phase::Queued | Phase::Receiving
-            )
-    }
-
-    /// The current holder failed: record why, close its connection, try the next.
-    fn holder_failed(&mut self, now: Instant, why: String, out: &mut VecDeque<Action>) {
-        if let Some(conn) = self.conn.take() {
-            out.push_back(Action::Close {
-                conn,
-                reason: CloseReason::Local,
-                after_flush: false,
-            });
+            let s = &self.sources[i];
+            if !s.liar && s.failures < MAX_HOLDER_FAILURES {
+                self.swarm.handle_holder_added(HolderId(i as u64), now);
+            }
         }
-        if let Some(h) = self.holders.get(self.current) {
-            self.failures.push(format!("{h}: {why}"));
-        }
-        self.current += 1;
-        self.try_holder(now, out);
+        self.check_holderless(out);
+        self.run(now, out);
     }
 
-    /// A connect completed: ask for the bytes we lack. A stale attempt is closed.
+    fn source_of(&self, attempt: Attempt) -> Option<usize> {
+        if attempt.download != self.id || self.done || attempt.n == 0 {
+            return None;
+        }
+        self.sources.iter().position(|s| s.attempt == attempt.n)
+    }
+
+    /// A connect completed: the requests waiting for it go out, pipelined.
     pub fn handle_connected(
         &mut self,
         now: Instant,
@@ -648,26 +617,38 @@ impl Download {
         attempt: Attempt,
         out: &mut VecDeque<Action>,
     ) -> Verdict {
-        if !self.is_live(attempt) {
+        let Some(i) = self.source_of(attempt) else {
             return Verdict::Close(CloseReason::Local);
+        };
+        self.sources[i].conn = Some(conn);
+        let asked: Vec<Range<u64>> = self.sources[i]
+            .asked
+            .iter()
+            .map(|a| a.groups.clone())
+            .collect();
+        for groups in asked {
+            out.push_back(self.request_frame(conn, groups));
         }
-        self.conn = Some(conn);
-        self.phase = Phase::AwaitingHeader;
-        self.deadline = Some(now + self.limits.stall);
-        let mut frame = Vec::new();
-        wire::encode_frame(
-            &TransferRequest::Get {
-                version: PROTOCOL_VERSION,
-                hash: self.part.hash,
-                offset: self.part.have,
-            },
-            &mut frame,
-        );
-        out.push_back(Action::Send { conn, frame });
+        self.run(now, out);
         Verdict::Continue
     }
 
-    /// A frame from the holder: the header (then raw bytes) or an error.
+    fn request_frame(&self, conn: ConnId, groups: Range<u64>) -> Action {
+        let mut frame = Vec::new();
+        wire::encode_frame(
+            &TransferRequest::Range {
+                version: PROTOCOL_VERSION,
+                hash: self.part.hash,
+                size: self.part.size,
+                first: groups.start,
+                end: groups.end,
+            },
+            &mut frame,
+        );
+        Action::Send { conn, frame }
+    }
+
+    /// A frame from a holder: a header (then raw bytes), a queue position or an error.
     pub fn handle_frame(
         &mut self,
         now: Instant,
@@ -676,59 +657,106 @@ impl Download {
         payload: &[u8],
         out: &mut VecDeque<Action>,
     ) -> Verdict {
-        if !self.is_live(attempt) || !matches!(self.phase, Phase::AwaitingHeader | Phase::Queued) {
+        let Some(i) = self.source_of(attempt) else {
+            return Verdict::Close(CloseReason::Local);
+        };
+        let verdict = self.frame_from(now, i, conn, payload, out);
+        self.run(now, out);
+        verdict
+    }
+
+    fn frame_from(
+        &mut self,
+        now: Instant,
+        i: usize,
+        conn: ConnId,
+        payload: &[u8],
+        out: &mut VecDeque<Action>,
+    ) -> Verdict {
+        let holder = HolderId(i as u64);
+        if self.sources[i].receiving.is_some() {
+            self.holder_failed(now, i, "sent a frame inside a range".into(), out);
             return Verdict::Close(CloseReason::Local);
         }
         let why = match wire::decode::<TransferResponse>(payload) {
             Ok(TransferResponse::Queued { position }) => {
+                let s = &mut self.sources[i];
                 // Shown when first queued, then when the line moves forward, at most once a
                 // second: a holder cannot flood the console with positions.
-                let show = match self.queued_shown {
+                let show = match s.queued_shown {
                     None => true,
                     Some((shown, at)) => position < shown && now >= at + QUEUE_NOTE_EVERY,
                 };
-                if self.phase == Phase::AwaitingHeader {
-                    // The wait in line is bounded by its own deadline, not the stall timer.
-                    self.phase = Phase::Queued;
-                    self.deadline = Some(now + self.limits.queue_wait);
+                s.queued_since.get_or_insert(now);
+                if show {
+                    s.queued_shown = Some((position, now));
+                    let addr = s.addr;
+                    self.events.push_back(DownloadEvent::Queued {
+                        holder: addr,
+                        position,
+                    });
                 }
-                if let (true, Some(&holder)) = (show, self.holders.get(self.current)) {
-                    self.queued_shown = Some((position, now));
-                    self.events
-                        .push_back(DownloadEvent::Queued { holder, position });
-                }
+                self.swarm.handle_alive(holder, now);
                 return Verdict::Continue;
             }
-            Ok(TransferResponse::Sending { size, offset, .. }) => {
-                match self.part.accept_header(size, offset) {
-                    Ok(0) => {
-                        self.verify();
-                        return Verdict::Close(CloseReason::Local);
+            Ok(TransferResponse::Sending { size, first, end }) => {
+                match self.sources[i].asked.front() {
+                    Some(a) if size == self.part.size && a.groups == (first..end) => {
+                        let a = self.sources[i].asked.pop_front().expect("front exists");
+                        return self.start_range(now, i, conn, a, out);
                     }
-                    Ok(n) => {
-                        self.phase = Phase::Receiving;
-                        let floor =
-                            RateFloor::new(now, self.limits.min_rate, self.limits.rate_window);
-                        self.rate_check = floor.poll_check(now);
-                        self.floor = Some(floor);
-                        self.deadline = Some(now + self.limits.stall);
-                        out.push_back(Action::ExpectRaw { conn, len: n });
-                        return Verdict::Continue;
-                    }
-                    Err(e) => e.to_string(),
+                    Some(a) => format!(
+                        "answered groups {first}..{end} of {size} bytes, asked for {}..{} of {}",
+                        a.groups.start, a.groups.end, self.part.size
+                    ),
+                    None => "sent a range nobody asked for".to_string(),
                 }
             }
-            Ok(TransferResponse::Error { code, message }) => {
-                format!("protocol error: {code}: {message}")
-            }
+            Ok(TransferResponse::Error { code, message }) => format!("{code}: {message}"),
             Err(e) => format!("protocol error: holder sent {e}"),
         };
-        self.conn = None;
-        self.holder_failed(now, why, out);
+        self.holder_failed(now, i, why, out);
         Verdict::Close(CloseReason::Local)
     }
 
-    /// File bytes from the holder.
+    /// A header matched the oldest request: its proof and data follow, raw.
+    fn start_range(
+        &mut self,
+        now: Instant,
+        i: usize,
+        conn: ConnId,
+        a: Asked,
+        out: &mut VecDeque<Action>,
+    ) -> Verdict {
+        let size = self.part.size;
+        let proof_len = outboard::proof_len(size, a.groups.clone()).unwrap_or(0);
+        let data = outboard::group_bytes(size, a.groups.clone());
+        let s = &mut self.sources[i];
+        s.queued_since = None;
+        s.queued_shown = None;
+        if s.floor.is_none() {
+            let floor = RateFloor::new(now, self.limits.min_rate, self.limits.rate_window);
+            s.rate_check = floor.poll_check(now);
+            s.floor = Some(floor);
+        }
+        s.receiving = Some(Receiving {
+            piece: a.piece,
+            groups: a.groups,
+            proof: Vec::with_capacity(proof_len),
+            proof_len,
+            verifier: None,
+            data_left: data.end - data.start,
+        });
+        let total = proof_len as u64 + (data.end - data.start);
+        if total == 0 {
+            // The empty file: its one empty group is checked with no bytes at all.
+            return self.feed(now, i, &[], out);
+        }
+        out.push_back(Action::ExpectRaw { conn, len: total });
+        Verdict::Continue
+    }
+
+    /// Proof and data bytes from a holder.
     pub fn handle_raw(
         &mut self,
         now: Instant,
@@ -736,54 +764,128 @@ impl Download {
         data: &[u8],
         out: &mut VecDeque<Action>,
     ) -> Verdict {
-        if !self.is_live(attempt) || self.phase != Phase::Receiving {
+        let Some(i) = self.source_of(attempt) else {
             return Verdict::Close(CloseReason::Local);
+        };
+        let verdict = self.feed(now, i, data, out);
+        self.run(now, out);
+        verdict
+    }
+
+    fn feed(
+        &mut self,
+        now: Instant,
+        i: usize,
+        mut data: &[u8],
+        out: &mut VecDeque<Action>,
+    ) -> Verdict {
+        let holder = HolderId(i as u64);
+        let Some(mut r) = self.sources[i].receiving.take() else {
+            return Verdict::Close(CloseReason::Local);
+        };
+        if r.verifier.is_none() {
+            let take = (r.proof_len - r.proof.len()).min(data.len());
+            r.proof.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if r.proof.len() < r.proof_len {
+                self.sources[i].receiving = Some(r);
+                self.swarm.handle_alive(holder, now);
+                return Verdict::Continue;
+            }
+            match RangeVerifier::new(self.part.hash, self.part.size, r.groups.clone(), &r.proof) {
+                Ok(v) => {
+                    r.verifier = Some(v);
+                    r.proof = Vec::new();
+                }
+                Err(e) => return self.liar(now, i, r.piece, e.to_string(), out),
+            }
         }
-        match self.part.write(data) {
+        let n = data.len() as u64;
+        let verifier = r.verifier.as_mut().expect("made above");
+        let part = &mut self.part;
+        let result = verifier.handle_data(data, &mut |offset, bytes| part.write_at(offset, bytes));
+        match result {
             Ok(()) => {}
-            Err(e @ TransferError::Local(_)) => {
-                // Our disk, not the holder: stop, keep the partial for a later resume.
+            Err(VerifyError::Range(e)) => return self.liar(now, i, r.piece, e.to_string(), out),
+            Err(VerifyError::Sink(e)) => {
                 let text = format!(
-                    "get {}: {e} ({} bytes kept for resume)",
+                    "get {}: {} ({} bytes kept for resume)",
                     display_name(&self.part.name),
-                    self.part.have
+                    local(&self.part.part_path)(e),
+                    self.swarm.progress().verified_bytes
                 );
-                self.fail(text);
-                return Verdict::Close(CloseReason::Local);
-            }
-            Err(e) => {
-                self.conn = None;
-                self.holder_failed(now, e.to_string(), out);
+                self.fail(text, out);
                 return Verdict::Close(CloseReason::Local);
             }
         }
-        self.received += data.len() as u64;
-        if let Some(floor) = &mut self.floor {
-            floor.handle_bytes(now, data.len() as u64);
+        r.data_left = r.data_left.saturating_sub(n);
+        self.received += n;
+        let s = &mut self.sources[i];
+        if let Some(floor) = &mut s.floor {
+            floor.handle_bytes(now, n);
         }
-        self.deadline = Some(now + self.limits.stall);
-        if now >= self.next_progress {
-            self.next_progress = now + PROGRESS_EVERY;
-            self.events.push_back(DownloadEvent::Progress {
-                have: self.part.have,
-            });
+        self.swarm.handle_bytes(holder, r.piece, n, now);
+        if r.data_left > 0 {
+            self.sources[i].receiving = Some(r);
+            return Verdict::Continue;
         }
-        if self.part.is_complete() {
-            // Extra bytes after the file are ignored: the connection closes here.
-            self.verify();
-            return Verdict::Close(CloseReason::Local);
+        if r.verifier.as_ref().is_some_and(RangeVerifier::is_complete) {
+            self.sources[i].delivered = true;
+            self.swarm.handle_piece_verified(holder, r.piece, now);
+            if now >= self.next_progress {
+                self.next_progress = now + PROGRESS_EVERY;
+                let have = self.swarm.progress().verified_bytes;
+                self.events.push_back(DownloadEvent::Progress { have });
+            }
+            self.record_due = true;
+            if now >= self.next_record && !self.swarm.is_finished() {
+                self.save_record_now(now);
+            }
         }
         Verdict::Continue
     }
 
-    /// Every byte is here: wait for the verifying thread.
-    fn verify(&mut self) {
-        self.conn = None;
-        self.deadline = None;
-        self.floor = None;
-        self.rate_check = None;
-        self.phase = Phase::Verifying;
-        self.part.finish();
+    /// `holder`'s proof or bytes for `piece` failed verification.
+    fn liar(
+        &mut self,
+        now: Instant,
+        i: usize,
+        piece: usize,
+        why: String,
+        out: &mut VecDeque<Action>,
+    ) -> Verdict {
+        let s = &mut self.sources[i];
+        s.liar = true;
+        let addr = s.addr;
+        if let Some(conn) = s.reset() {
+            out.push_back(close(conn));
+        }
+        self.failures.push(format!("{addr}: {why}"));
+        self.events.push_back(DownloadEvent::Dropped {
+            holder: addr,
+            why,
+            liar: true,
+        });
+        self.swarm
+            .handle_piece_failed(HolderId(i as u64), piece, now);
+        Verdict::Close(CloseReason::Local)
+    }
+
+    /// Holder `i` failed (error, close, stall, slow): dropped; its pieces go to the others.
+    fn holder_failed(&mut self, now: Instant, i: usize, why: String, out: &mut VecDeque<Action>) {
+        let s = &mut self.sources[i];
+        s.failures += 1;
+        let addr = s.addr;
+        if let Some(conn) = s.reset() {
+            out.push_back(close(conn));
+        }
+        self.failures.push(format!("{addr}: {why}"));
+        self.events.push_back(DownloadEvent::Dropped {
+            holder: addr,
+            why,
+            liar: false,
+        });
+        self.swarm.handle_holder_removed(HolderId(i as u64), now);
     }
 
     /// A connection of this download closed (or its connect failed).
@@ -794,143 +896,300 @@ impl Download {
         reason: &CloseReason,
         out: &mut VecDeque<Action>,
     ) {
-        if !self.is_live(attempt) {
+        let Some(i) = self.source_of(attempt) else {
             return;
-        }
-        self.conn = None;
+        };
+        self.sources[i].conn = None;
         let why = match reason {
             CloseReason::Eof => "the holder closed the connection early".to_string(),
             other => other.to_string(),
         };
-        self.holder_failed(now, why, out);
+        self.holder_failed(now, i, why, out);
+        self.run(now, out);
     }
 
-    /// Time passed: past [`DownloadLimits::max_get`] the download fails; a holder silent for
-    /// [`DownloadLimits::stall`], or below the rate floor over a whole window, is given up.
+    /// Time passed: the whole-download bound, rate floors, queue waits, the scheduler's
+    /// stall checks, the periodic lookup, an unanswered lookup.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut VecDeque<Action>) {
-        if !matches!(
-            self.phase,
-            Phase::Connecting | Phase::AwaitingHeader | Phase::Queued | Phase::Receiving
-        ) {
+        if self.done {
             return;
         }
         if now >= self.give_up {
-            if let Some(conn) = self.conn.take() {
-                out.push_back(Action::Close {
-                    conn,
-                    reason: CloseReason::Local,
-                    after_flush: false,
-                });
-            }
             let mut text = format!(
                 "get {}: gave up after {} s (--get-timeout)",
                 display_name(&self.part.name),
                 self.limits.max_get.as_secs()
             );
-            if self.part.have > 0 {
-                let _ = write!(text, " ({} bytes kept for resume)", self.part.have);
+            let have = self.swarm.progress().verified_bytes;
+            if have > 0 {
+                let _ = write!(text, " ({have} bytes kept for resume)");
             }
-            return self.fail(text);
+            return self.fail(text, out);
         }
-        if self.rate_check.is_some_and(|t| t <= now) {
-            if let Some(floor) = &mut self.floor {
-                if floor.is_below(now) {
-                    let why = format!(
-                        "slower than {} ({} bytes in the last window)",
-                        floor.describe(),
-                        floor.window_bytes(now)
-                    );
-                    return self.holder_failed(now, why, out);
-                }
-                self.rate_check = floor.poll_check(now);
-            }
-        }
-        if self.deadline.is_some_and(|d| d <= now) {
-            let why = if self.phase == Phase::Queued {
-                format!(
+        for i in 0..self.sources.len() {
+            let s = &mut self.sources[i];
+            if s.queued_since
+                .is_some_and(|t| now >= t + self.limits.queue_wait)
+            {
+                let why = format!(
                     "still in its upload queue after {:.1} s",
                     self.limits.queue_wait.as_secs_f64()
-                )
-            } else {
-                format!(
-                    "nothing received for {:.1} s",
-                    self.limits.stall.as_secs_f64()
-                )
-            };
-            self.holder_failed(now, why, out);
+                );
+                self.holder_failed(now, i, why, out);
+                continue;
+            }
+            if s.rate_check.is_some_and(|t| t <= now) {
+                if let Some(floor) = &mut s.floor {
+                    if floor.is_below(now) {
+                        let why = format!(
+                            "slower than {} ({} bytes in the last window)",
+                            floor.describe(),
+                            floor.window_bytes(now)
+                        );
+                        self.holder_failed(now, i, why, out);
+                        continue;
+                    }
+                    s.rate_check = floor.poll_check(now);
+                }
+            }
         }
+        if self
+            .relookup_asked
+            .is_some_and(|t| now >= t + RELOOKUP_PATIENCE)
+        {
+            self.relookup_asked = None;
+            self.handle_holders(now, None, out);
+        }
+        if now >= self.next_relookup && self.relookup_asked.is_none() {
+            self.next_relookup = now + RELOOKUP_EVERY;
+            self.relookup_asked = Some(now);
+            self.events.push_back(DownloadEvent::NeedHolders);
+        }
+        if self.record_due && now >= self.next_record {
+            self.save_record_now(now);
+        }
+        // A holder that keeps us in its upload queue is bounded by the queue wait, not the
+        // stall timer.
+        for (i, s) in self.sources.iter().enumerate() {
+            if s.queued_since.is_some() {
+                self.swarm.handle_alive(HolderId(i as u64), now);
+            }
+        }
+        self.swarm.handle_tick(now);
+        self.run(now, out);
     }
 
     /// When [`Download::handle_timeout`] next has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.phase == Phase::Done {
+        if self.done {
             return None;
         }
-        [self.deadline, self.rate_check]
+        let per_source = self.sources.iter().flat_map(|s| {
+            [
+                s.rate_check,
+                s.queued_since.map(|t| t + self.limits.queue_wait),
+            ]
             .into_iter()
             .flatten()
-            .fold(None, |a: Option<Instant>, t| {
-                Some(a.map_or(t, |a| a.min(t)))
-            })
-            .map(|t| t.min(self.give_up))
+        });
+        let relookup = self
+            .relookup_asked
+            .map_or(self.next_relookup, |t| t + RELOOKUP_PATIENCE);
+        let record = self.record_due.then_some(self.next_record);
+        per_source
+            .chain(self.swarm.poll_deadline())
+            .chain(record)
+            .chain([self.give_up, relookup])
+            .min()
     }
 
-    /// The verifying thread's result for generation `generation`.
-    pub fn handle_hashed(
-        &mut self,
-        now: Instant,
-        generation: u64,
-        hashed: io::Result<FileHash>,
-        out: &mut VecDeque<Action>,
-    ) {
-        if self.phase != Phase::Verifying || generation != self.part.generation {
-            // From an attempt that was discarded since.
+    /// Carries out what the scheduler decided, then checks whether holders are needed.
+    fn run(&mut self, now: Instant, out: &mut VecDeque<Action>) {
+        while let Some(action) = self.swarm.poll_action() {
+            if self.done {
+                return;
+            }
+            match action {
+                swarm::Action::Request {
+                    holder,
+                    piece,
+                    groups,
+                    ..
+                } => self.request(now, holder.0 as usize, piece, groups, out),
+                // A pipelined answer cannot be recalled; its bytes still arrive, verified
+                // and harmless, and the scheduler ignores the late copy.
+                swarm::Action::Cancel { .. } => {}
+                swarm::Action::DropHolder { holder, reason } => {
+                    let i = holder.0 as usize;
+                    match reason {
+                        // Already dropped and named by `liar`.
+                        DropReason::BadBytes { .. } => {}
+                        DropReason::Stalled => {
+                            let s = &mut self.sources[i];
+                            s.failures += 1;
+                            let addr = s.addr;
+                            if let Some(conn) = s.reset() {
+                                out.push_back(close(conn));
+                            }
+                            let why = format!(
+                                "nothing received for {:.1} s",
+                                self.limits.stall.as_secs_f64()
+                            );
+                            self.failures.push(format!("{addr}: {why}"));
+                            self.events.push_back(DownloadEvent::Dropped {
+                                holder: addr,
+                                why,
+                                liar: false,
+                            });
+                        }
+                    }
+                }
+                swarm::Action::Done => self.finish(now, out),
+                swarm::Action::Failed(reason) => {
+                    let text = format!("get {}: {reason}", display_name(&self.part.name));
+                    self.fail(text, out);
+                }
+            }
+        }
+        if !self.done && self.swarm.progress().holders == 0 && self.relookup_asked.is_none() {
+            {
+                // Ask once for holders; `handle_holders` with nothing usable ends it.
+                self.relookup_asked = Some(now);
+                self.events.push_back(DownloadEvent::NeedHolders);
+            }
+        }
+    }
+
+    /// Called when a lookup brought nothing: with no holder, the download fails.
+    fn check_holderless(&mut self, out: &mut VecDeque<Action>) {
+        if self.done || self.swarm.progress().holders > 0 || self.relookup_asked.is_some() {
             return;
         }
-        match self.part.check(hashed) {
-            Ok(()) => {}
-            Err(e @ TransferError::Corrupt) => {
-                // Bytes from somewhere were wrong: start over from the next holder.
-                return self.holder_failed(now, e.to_string(), out);
-            }
-            Err(e) => return self.fail(format!("get {}: {e}", display_name(&self.part.name))),
+        let have = self.swarm.progress().verified_bytes;
+        let kept = if have > 0 {
+            format!(" ({have} bytes kept for resume)")
+        } else {
+            String::new()
+        };
+        let why = if self.failures.is_empty() {
+            "no holder could be reached".to_string()
+        } else {
+            self.failures.join("; ")
+        };
+        let text = format!(
+            "get {}: every holder failed: {why}{kept}",
+            display_name(&self.part.name)
+        );
+        self.fail(text, out);
+    }
+
+    fn request(
+        &mut self,
+        now: Instant,
+        i: usize,
+        piece: usize,
+        groups: Range<u64>,
+        out: &mut VecDeque<Action>,
+    ) {
+        let s = &mut self.sources[i];
+        s.asked.push_back(Asked {
+            piece,
+            groups: groups.clone(),
+        });
+        if let Some(conn) = s.conn {
+            let action = self.request_frame(conn, groups);
+            out.push_back(action);
+        } else if s.attempt == 0 {
+            self.next_attempt += 1;
+            s.attempt = self.next_attempt;
+            let addr = s.addr;
+            self.events.push_back(DownloadEvent::Trying(addr));
+            let _ = now;
+            out.push_back(Action::Connect {
+                addr,
+                role: Role::Download(Attempt {
+                    download: self.id,
+                    n: self.next_attempt,
+                }),
+            });
         }
+    }
+
+    fn save_record_now(&mut self, now: Instant) {
+        self.next_record = now + RECORD_EVERY;
+        self.record_due = false;
+        self.save_record();
+    }
+
+    fn save_record(&mut self) {
+        if let Err(e) = self.part.save_record(self.swarm.verified()) {
+            log::warn!(target: "peer", "cannot save the resume record of {}: {e}", self.part.hash);
+        }
+    }
+
+    fn close_all(&mut self, out: &mut VecDeque<Action>) {
+        for s in &mut self.sources {
+            if let Some(conn) = s.reset() {
+                out.push_back(close(conn));
+            }
+        }
+    }
+
+    /// Every piece verified: land the file.
+    fn finish(&mut self, now: Instant, out: &mut VecDeque<Action>) {
+        self.done = true;
+        self.close_all(out);
         match self.part.land(&self.dir) {
             Ok((path, existed)) => {
-                self.phase = Phase::Done;
-                let secs = (now - self.started).as_secs_f64().max(1e-6);
+                let (received, secs) = self.received(now);
+                let holders = self.sources.iter().filter(|s| s.delivered).count();
                 self.events.push_back(DownloadEvent::Saved {
                     path,
                     existed,
-                    received: self.received,
+                    received,
                     secs,
+                    holders,
                 });
             }
-            Err(e) => self.fail(format!("get: {e}")),
+            Err(e) => {
+                self.events
+                    .push_back(DownloadEvent::Failed(format!("get: {e}")));
+            }
         }
     }
 
-    /// What happened, for the rest of the peer.
-    pub fn poll_event(&mut self) -> Option<DownloadEvent> {
-        self.events.pop_front()
+    fn fail(&mut self, text: String, out: &mut VecDeque<Action>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.close_all(out);
+        self.save_record();
+        self.events.push_back(DownloadEvent::Failed(text));
     }
 
-    /// Whether the download is over (saved or failed).
-    pub fn is_done(&self) -> bool {
-        self.phase == Phase::Done
+    /// The peer is stopping (or the download is abandoned): the verified pieces are recorded
+    /// for a later resume, the connections closed.
+    pub fn abandon(&mut self, out: &mut VecDeque<Action>) {
+        if !self.done {
+            self.done = true;
+            self.close_all(out);
+            self.save_record();
+        }
     }
+}
 
-    /// The file's hash.
-    pub fn hash(&self) -> FileHash {
-        self.part.hash
+fn close(conn: ConnId) -> Action {
+    Action::Close {
+        conn,
+        reason: CloseReason::Local,
+        after_flush: false,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc;
-    use std::time::Duration;
 
     fn tmpdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("p2pshare-dl-{tag}-{}", std::process::id()));
@@ -939,112 +1198,45 @@ mod tests {
         d
     }
 
-    /// A download whose verifying thread reports into a channel.
-    fn download(
-        dir: &Path,
-        content: &[u8],
-        name: &str,
-    ) -> (PartFile, mpsc::Receiver<(u64, io::Result<FileHash>)>) {
-        let (tx, rx) = mpsc::channel();
-        let tx = Mutex::new(tx);
-        let done: HashDone = Arc::new(move |g, r| {
-            let _ = tx.lock().unwrap().send((g, r));
-        });
-        let d = PartFile::open(
-            dir,
-            FileHash::of(content),
-            content.len() as u64,
-            name.into(),
-            done,
-        )
-        .unwrap();
-        (d, rx)
-    }
-
-    /// Finishes and checks, as the peer does when the hash arrives.
-    fn finish_and_check(
-        d: &mut PartFile,
-        rx: &mpsc::Receiver<(u64, io::Result<FileHash>)>,
-    ) -> Result<(), TransferError> {
-        d.finish();
-        let (generation, result) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(generation, d.generation);
-        d.check(result)
-    }
-
     #[test]
-    fn resume_verify_and_land() {
-        let dir = tmpdir("resume");
-        let content = b"hello, resumable world".to_vec();
-        let (mut d, _rx) = download(&dir, &content, "../x.txt");
-        d.write(&content[..5]).unwrap();
-        drop(d);
-        // A new run resumes from the 5 bytes on disk.
-        let (mut d, rx) = download(&dir, &content, "../x.txt");
-        assert_eq!(d.have, 5);
-        assert!(d.accept_header(content.len() as u64, 0).is_err());
-        assert_eq!(d.accept_header(content.len() as u64, 5).unwrap(), 17);
-        d.write(&content[5..]).unwrap();
-        assert!(d.is_complete());
-        finish_and_check(&mut d, &rx).unwrap();
-        let (path, existed) = d.land(&dir).unwrap();
-        assert_eq!(path, dir.join("_x.txt"));
+    fn a_record_without_its_partial_file_proves_nothing_and_landing_removes_both() {
+        let dir = tmpdir("record");
+        let content = common_bytes(100_000);
+        let hash = FileHash::of(&content);
+        let pb = swarm::Config::default().piece_bytes;
+        let (mut part, verified) =
+            PartFile::open(&dir, hash, content.len() as u64, "../x.bin".into(), pb).unwrap();
+        assert_eq!(verified.count(), 0);
+        part.write_at(0, &content).unwrap();
+        let mut all = PieceSet::new(verified.len());
+        all.insert(0);
+        part.save_record(&all).unwrap();
+        drop(part);
+        // Reopened: the record proves the piece.
+        let (mut part, verified) =
+            PartFile::open(&dir, hash, content.len() as u64, "../x.bin".into(), pb).unwrap();
+        assert_eq!(verified.count(), 1);
+        let (path, existed) = part.land(&dir).unwrap();
+        assert_eq!(path, dir.join("_x.bin"));
         assert!(!existed);
         assert_eq!(fs::read(&path).unwrap(), content);
-        assert!(!d.part_path.exists());
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn corrupt_bytes_never_land() {
-        let dir = tmpdir("corrupt");
-        let (mut d, rx) = download(&dir, b"good", "f");
-        d.write(b"evil").unwrap();
-        let before = d.generation;
-        assert!(matches!(
-            finish_and_check(&mut d, &rx),
-            Err(TransferError::Corrupt)
-        ));
-        assert_eq!(d.have, 0);
-        assert_ne!(d.generation, before, "a new attempt");
-        assert!(!dir.join("f").exists());
-        assert_eq!(fs::metadata(&d.part_path).unwrap().len(), 0);
-        d.write(b"good").unwrap();
-        finish_and_check(&mut d, &rx).unwrap();
-        let (path, _) = d.land(&dir).unwrap();
-        assert_eq!(fs::read(path).unwrap(), b"good");
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn identical_file_is_not_duplicated() {
-        let dir = tmpdir("ident");
-        fs::write(dir.join("f"), b"same").unwrap();
-        let (mut d, rx) = download(&dir, b"same", "f");
-        d.write(b"same").unwrap();
-        finish_and_check(&mut d, &rx).unwrap();
-        assert_eq!(d.land(&dir).unwrap(), (dir.join("f"), true));
-        let (mut d, rx) = download(&dir, b"diff", "f");
-        d.write(b"diff").unwrap();
-        finish_and_check(&mut d, &rx).unwrap();
-        assert_eq!(d.land(&dir).unwrap(), (dir.join("f (1)"), false));
-        assert_eq!(fs::read(dir.join("f")).unwrap(), b"same");
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_large_file_hashed_while_it_grows() {
-        let dir = tmpdir("grow");
-        let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let (mut d, rx) = download(&dir, &content, "big");
-        for chunk in content.chunks(65_536) {
-            d.write(chunk).unwrap();
+        assert!(!part.part_path.exists() && !part.record_path.exists());
+        // A record alone (its partial file gone) is not trusted.
+        ResumeRecord {
+            hash,
+            size: content.len() as u64,
+            piece_bytes: pb,
+            verified: all,
         }
-        finish_and_check(&mut d, &rx).unwrap();
-        // An abandoned download reports nothing.
-        let (d2, rx2) = download(&tmpdir("grow2"), &content, "big");
-        drop(d2);
-        assert!(rx2.recv_timeout(Duration::from_millis(200)).is_err());
+        .save(&part.record_path)
+        .unwrap();
+        let (_, verified) =
+            PartFile::open(&dir, hash, content.len() as u64, "y".into(), pb).unwrap();
+        assert_eq!(verified.count(), 0);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn common_bytes(n: usize) -> Vec<u8> {
+        (0..n as u32).map(|i| (i * 7 % 251) as u8).collect()
     }
 }

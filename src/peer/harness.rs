@@ -5,7 +5,6 @@
 //! deadlines. Output lines are collected instead of printed.
 
 use super::core::{Action, CoreConfig, PeerCore, Role};
-use super::download::HashDone;
 use super::output::Line;
 use super::share::SharedFile;
 use super::threads::{Event, Job};
@@ -19,9 +18,8 @@ use crate::wire::{
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The index's address, as the peer is told it.
@@ -38,7 +36,7 @@ pub enum Holder {
     Refuses,
     /// Accepts the connection and never answers.
     Silent,
-    /// Sends these bytes instead (same length, wrong content).
+    /// Sends the true proof with these bytes instead (same length, wrong content).
     Wrong(Vec<u8>),
     /// Answers that the request waits in its upload queue at position 3, then nothing.
     Queues,
@@ -58,9 +56,10 @@ pub struct Harness {
     pub index_up: bool,
     /// Whether the index answers Hello with a version mismatch.
     pub index_other_version: bool,
-    pub holders: HashMap<SocketAddr, Holder>,
-    /// The offset of every Get a holder received, by holder.
-    pub gets: Vec<(SocketAddr, u64)>,
+    /// Each holder's behaviour and the true content of its file.
+    pub holders: HashMap<SocketAddr, (Holder, Vec<u8>)>,
+    /// The groups of every range request a holder received, by holder.
+    pub gets: Vec<(SocketAddr, Range<u64>)>,
     /// When each connect to the index was attempted.
     pub index_connects: Vec<Instant>,
     /// Everything the person was told, in order.
@@ -69,7 +68,6 @@ pub struct Harness {
     pub stopped: bool,
     conns: HashMap<ConnId, (Conn, Role)>,
     next_conn: usize,
-    hashed: mpsc::Receiver<(u64, io::Result<FileHash>)>,
     pub dir: PathBuf,
 }
 
@@ -80,27 +78,20 @@ impl Harness {
             std::env::temp_dir().join(format!("p2pshare-harness-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (tx, hashed) = mpsc::channel();
-        let tx = Mutex::new(tx);
-        let hash_done: HashDone = Arc::new(move |g, r| {
-            let _ = tx.lock().unwrap().send((g, r));
+        let core = PeerCore::new(CoreConfig {
+            share_dir: dir.join("share"),
+            downloads_dir: dir.clone(),
+            index: INDEX.into(),
+            console: true,
+            progress_bar: false,
+            seed: 42,
+            download_limits: Default::default(),
+            upload_slots: 4,
+            max_queued_per_ip: 4,
+            upload_min_rate: 1024,
+            upload_rate_window: Duration::from_secs(10),
+            max_upload_rate: 0,
         });
-        let core = PeerCore::new(
-            CoreConfig {
-                share_dir: dir.join("share"),
-                downloads_dir: dir.clone(),
-                index: INDEX.into(),
-                console: true,
-                progress_bar: false,
-                seed: 42,
-                download_limits: Default::default(),
-                upload_slots: 4,
-                max_queued_per_ip: 4,
-                upload_min_rate: 1024,
-                upload_rate_window: Duration::from_secs(10),
-            },
-            hash_done,
-        );
         let mut h = Harness {
             core,
             now: Instant::now(),
@@ -115,7 +106,6 @@ impl Harness {
             stopped: false,
             conns: HashMap::new(),
             next_conn: 1,
-            hashed,
             dir,
         };
         h.core.start(5000);
@@ -178,7 +168,7 @@ impl Harness {
         self.index.settle();
         // The holder's session stays open for the rest of the test (never closed).
         let _ = session;
-        self.holders.insert(addr, how);
+        self.holders.insert(addr, (how, bytes.to_vec()));
         addr
     }
 
@@ -236,16 +226,6 @@ impl Harness {
             self.drive();
         }
         self.now = end;
-    }
-
-    /// Waits for the verifying thread (a real thread: the one thing not in virtual time).
-    pub fn wait_hash(&mut self) {
-        let (g, r) = self
-            .hashed
-            .recv_timeout(Duration::from_secs(10))
-            .expect("a hash result");
-        self.core.handle_event(self.now, Event::Hashed(g, r));
-        self.drive();
     }
 
     /// Stdout results and stderr errors and notes, as text lines in order.
@@ -335,9 +315,9 @@ impl Harness {
                 None => return,
                 Some((Conn::Holder(addr), _)) => {
                     let addr = *addr;
-                    let TransferRequest::Get { offset, .. } = wire::decode(&payload).unwrap();
-                    self.gets.push((addr, offset));
-                    self.serve(id, addr, offset);
+                    let TransferRequest::Range { first, end, .. } = wire::decode(&payload).unwrap();
+                    self.gets.push((addr, first..end));
+                    self.serve(id, addr, first..end);
                     continue;
                 }
                 Some((Conn::Index(session), _)) => {
@@ -371,8 +351,9 @@ impl Harness {
         }
     }
 
-    fn serve(&mut self, id: ConnId, addr: SocketAddr, offset: u64) {
-        let bytes = match self.holders[&addr].clone() {
+    fn serve(&mut self, id: ConnId, addr: SocketAddr, groups: Range<u64>) {
+        let (how, real) = self.holders[&addr].clone();
+        let sent = match how {
             Holder::Good(b) | Holder::Wrong(b) => b,
             Holder::Silent => return,
             Holder::Queues => {
@@ -394,19 +375,24 @@ impl Harness {
                 return self.close(id, CloseReason::Eof);
             }
         };
+        // The proof of the true file, the data of the bytes this holder sends.
+        let (_, ob) = super::outboard::compute_in_memory(&real);
+        let range = super::outboard::answer_range(&ob, groups.clone()).unwrap();
         let mut out = Vec::new();
         wire::encode_frame(
             &TransferResponse::Sending {
-                name: "x".into(),
-                size: bytes.len() as u64,
-                offset,
+                size: real.len() as u64,
+                first: groups.start,
+                end: groups.end,
             },
             &mut out,
         );
         if !self.answer_peer(id, &frames(&out)[0]) {
             return;
         }
-        for chunk in bytes[offset as usize..].chunks(4096) {
+        let mut raw = range.proof;
+        raw.extend_from_slice(&sent[range.data.start as usize..range.data.end as usize]);
+        for chunk in raw.chunks(4096) {
             let Some((_, role)) = self.conns.get_mut(&id) else {
                 return;
             };

@@ -3,9 +3,11 @@
 //!
 //! Where things live:
 //! - [`core`]: the sans-IO core that joins the role machines: [`session`] (the index
-//!   session), [`upload`] (a Get answered with a file range), [`download`] (one file from its
-//!   holders, verified), [`commands`] (console commands in order; [`console`] parses them) and
-//!   [`output`] (what the person is told).
+//!   session), [`upload`] (a range request answered with its proof and a file range;
+//!   [`throttle`], the total upload rate), [`download`] (one file from all its holders at
+//!   once, every 16 KiB verified: [`swarm`] schedules the pieces, [`outboard`] verifies them;
+//!   several downloads run at once), [`commands`] (console commands in order; [`console`]
+//!   parses them) and [`output`] (what the person is told).
 //! - [`share`] (the share's hash → path table, scan and hash cache) and [`names`] (untrusted
 //!   names made safe).
 //! - [`metrics`]: what `--metrics` serves, rendered from the core at scrape time.
@@ -34,6 +36,7 @@ pub mod share;
 pub mod startup;
 pub mod swarm;
 pub mod threads;
+pub mod throttle;
 pub mod upload;
 pub mod watch;
 pub mod withdrawn;
@@ -90,6 +93,8 @@ pub struct PeerConfig {
     /// While requests wait, an upload slower than this (bytes/s over the download rate
     /// window) loses its slot; 0: never.
     pub upload_min_rate: u64,
+    /// All uploads together send at most this many bytes per second; 0: no limit.
+    pub max_upload_rate: u64,
 }
 
 /// The peer's reactor handler: the core, the channels to the helper threads, and the one
@@ -127,30 +132,25 @@ impl Peer {
             }
             let _ = event_waker.wake();
         });
-        let to_reactor = notify.clone();
-        let hash_done: download::HashDone =
-            Arc::new(move |generation, hashed| to_reactor(Event::Hashed(generation, hashed)));
         // Without a writer the peer still shares and serves; it cannot tell anyone anything.
         let writer = Writer::spawn(cfg.format, move || {
             let _ = waker.wake();
         })
         .ok();
-        let core = PeerCore::new(
-            CoreConfig {
-                share_dir: cfg.share_dir,
-                downloads_dir: cfg.downloads_dir,
-                index: cfg.index,
-                console: cfg.console,
-                progress_bar: cfg.progress_bar,
-                seed: cfg.seed,
-                download_limits: cfg.download_limits,
-                upload_slots: cfg.upload_slots,
-                max_queued_per_ip: cfg.max_queued_per_ip,
-                upload_min_rate: cfg.upload_min_rate,
-                upload_rate_window: cfg.download_limits.rate_window,
-            },
-            hash_done,
-        );
+        let core = PeerCore::new(CoreConfig {
+            share_dir: cfg.share_dir,
+            downloads_dir: cfg.downloads_dir,
+            index: cfg.index,
+            console: cfg.console,
+            progress_bar: cfg.progress_bar,
+            seed: cfg.seed,
+            download_limits: cfg.download_limits,
+            upload_slots: cfg.upload_slots,
+            max_queued_per_ip: cfg.max_queued_per_ip,
+            upload_min_rate: cfg.upload_min_rate,
+            upload_rate_window: cfg.download_limits.rate_window,
+            max_upload_rate: cfg.max_upload_rate,
+        });
         Peer {
             core,
             listen: cfg.listen,
@@ -317,8 +317,8 @@ impl Handler for Peer {
         verdict
     }
 
-    fn handle_drained(&mut self, ctx: &mut Ctx<Role>, _: ConnId, role: &mut Role) -> Verdict {
-        self.core.handle_drained(ctx.now(), role);
+    fn handle_drained(&mut self, ctx: &mut Ctx<Role>, conn: ConnId, role: &mut Role) -> Verdict {
+        self.core.handle_drained(ctx.now(), conn, role);
         self.apply(ctx);
         Verdict::Continue
     }

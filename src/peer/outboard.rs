@@ -8,7 +8,7 @@
 //! plain BLAKE3 hash of the file, i.e. [`FileHash::of`], so the index's name for a file is the
 //! root every range is checked against: nothing else has to be trusted or exchanged.
 //!
-//! # What goes on the wire (not wired yet; see below)
+//! # What goes on the wire (protocol 4, `wire::TransferRequest::Range`)
 //! A range is a run of whole 16 KiB groups `[first, end)` of a file of `size` bytes. The holder
 //! answers with the **proof** ([`encode_proof`], [`proof_len`] bytes: 64-byte hash pairs in
 //! the order the verifier needs them) and then the **raw data bytes** of the range
@@ -28,13 +28,16 @@
 //!   sequentially to disk: memory does not grow with file size. A file that changes while it
 //!   is read is refused (the caller hashes it again when it settles), as in `share::hash_file`.
 //!
-//! # How the next step wires it
-//! The share scan calls [`OutboardStore::compute_file`] instead of `share::hash_file` (one
-//! pass gives the hash and the outboard), the file server answers a range request with
-//! [`OutboardStore::load`] (once per file) + [`answer_range`]: the proof, then `sendfile` of its
-//! `data` range, and the
-//! downloader feeds what it reads into a [`RangeVerifier`] whose sink writes at the group's
-//! offset into the partial file, then reports the piece to `swarm::Swarm`.
+//! # How the peer uses it
+//! The share scan (`share::hash_all`, on the hasher thread) calls
+//! [`OutboardStore::compute_file`] for a file of more than one group (one pass gives the hash
+//! and the outboard; a file of one group needs none: its proof is empty). The file server
+//! (`upload::Outboards`) answers a range request with [`OutboardStore::load`] (once per file,
+//! kept open; a missing or damaged outboard is computed again on the hasher thread, never
+//! trusted) and [`answer_range`]: the proof, then `sendfile` of its `data` range. The
+//! downloader (`download::Download`) feeds what it reads into a [`RangeVerifier`] whose sink
+//! writes at the group's offset into the partial file, then reports the piece to
+//! `swarm::Swarm`.
 
 use crate::peer::share;
 use crate::wire::FileHash;

@@ -30,7 +30,9 @@
 //! - Every error said is counted ([`Output::errors`]): a console run from a pipe or a file
 //!   exits with status 1 if there was any.
 
-use super::render::{self, FileRow, LookupPage, Saved, SearchPage, ShareSummary, StatusReport};
+use super::render::{
+    self, DownloadStatus, FileRow, LookupPage, Saved, SearchPage, ShareSummary, StatusReport,
+};
 pub use super::render::{Stream, Style};
 use crate::wire::FileHash;
 use std::collections::VecDeque;
@@ -160,6 +162,29 @@ pub enum Line {
         /// 1-based place in its line.
         position: u32,
     },
+    /// A holder was dropped from a download: it lied (bytes that failed verification), or
+    /// stalled, refused or went away; its pieces go to the other holders (stderr).
+    Dropped {
+        /// The file's name.
+        name: String,
+        /// The holder.
+        holder: SocketAddr,
+        /// Why.
+        why: String,
+        /// It sent bytes that failed verification (never asked again).
+        liar: bool,
+    },
+    /// `get -b`: the download runs in the background (stdout).
+    Started {
+        /// The file's name.
+        name: String,
+        /// Its hash.
+        hash: FileHash,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// `downloads`: what is running (stdout).
+    Downloads(Vec<DownloadStatus>),
     /// A download's progress: the bar is drawn (or moved) on stderr; in JSON, an event.
     Progress {
         /// What is downloading.

@@ -140,19 +140,41 @@ impl IndexState {
     }
 }
 
-/// A download in progress, for `status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A download in progress, for `status` and `downloads`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct DownloadStatus {
     /// The file's name.
     pub name: String,
-    /// Bytes on disk.
+    /// Its hash.
+    pub hash: FileHash,
+    /// Bytes verified and on disk.
     pub done: u64,
     /// Bytes in the file.
     pub total: u64,
+    /// Bytes per second received in this run so far.
+    pub rate: f64,
+    /// Holders it is fetching from now.
+    pub sources: usize,
+    /// Started with `get -b` (else a `get` waits for it).
+    pub background: bool,
+}
+
+impl DownloadStatus {
+    fn json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "hash": self.hash.to_hex(),
+            "done": self.done,
+            "total": self.total,
+            "rate": self.rate,
+            "sources": self.sources,
+            "background": self.background,
+        })
+    }
 }
 
 /// What `status` reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StatusReport {
     /// The index session.
     pub index: IndexStatus,
@@ -191,6 +213,36 @@ pub struct Saved {
     pub received: u64,
     /// How long this run took, in seconds.
     pub secs: f64,
+    /// How many holders sent verified bytes.
+    pub holders: usize,
+}
+
+/// The `downloads` listing: one line per running download, then the count.
+fn downloads_text(list: &[DownloadStatus], style: Style) -> String {
+    let mut s = String::new();
+    for d in list {
+        let pct = if d.total == 0 {
+            100.0
+        } else {
+            d.done as f64 * 100.0 / d.total as f64
+        };
+        let _ = writeln!(
+            s,
+            "{} {} {pct:.1}% {:.1} MiB/s {} sources{}",
+            display_name(&d.name),
+            bytes(d.total, style),
+            d.rate / (1 << 20) as f64,
+            d.sources,
+            if d.background {
+                ""
+            } else {
+                " (get waits for it)"
+            }
+        );
+    }
+    let n = list.len();
+    let _ = write!(s, "{n} download{} running", if n == 1 { "" } else { "s" });
+    s
 }
 
 /// A size: bytes in the pipe format, human units on a terminal.
@@ -373,6 +425,32 @@ pub fn text(line: &Line, style: Style) -> Option<(Stream, String)> {
                 display_name(name)
             ),
         ),
+        Line::Dropped {
+            name,
+            holder,
+            why,
+            liar,
+        } => (
+            Stderr,
+            format!(
+                "get: {}: dropped {}{holder}: {why}",
+                display_name(name),
+                if *liar {
+                    "the lying holder "
+                } else {
+                    "holder "
+                }
+            ),
+        ),
+        Line::Started { name, size: n, .. } => (
+            Stdout,
+            format!(
+                "downloading {} ({}) in the background; `downloads` shows it",
+                display_name(name),
+                bytes(*n, style)
+            ),
+        ),
+        Line::Downloads(list) => (Stdout, downloads_text(list, style)),
         Line::Progress { .. } | Line::ProgressEnd => return None,
         Line::Note(text) => (Stderr, text.clone()),
         Line::Warning(text) => (Stderr, format!("warning: {text}")),
@@ -594,11 +672,7 @@ pub fn json(line: &Line) -> Option<Value> {
             "names": names,
         }),
         Line::Status(r) => {
-            let downloads: Vec<Value> = r
-                .downloads
-                .iter()
-                .map(|d| json!({"name": d.name, "done": d.done, "total": d.total}))
-                .collect();
+            let downloads: Vec<Value> = r.downloads.iter().map(DownloadStatus::json).collect();
             json!({
                 "type": "status",
                 "index": {
@@ -626,6 +700,7 @@ pub fn json(line: &Line) -> Option<Value> {
             "size": s.size,
             "received": s.received,
             "seconds": s.secs,
+            "holders": s.holders,
         }),
         Line::AlreadyHave { path, hash, size } => json!({
             "type": "already_have",
@@ -679,6 +754,28 @@ pub fn json(line: &Line) -> Option<Value> {
             "name": name,
             "holder": holder.to_string(),
             "position": position,
+        }),
+        Line::Dropped {
+            name,
+            holder,
+            why,
+            liar,
+        } => json!({
+            "type": "dropped",
+            "name": name,
+            "holder": holder.to_string(),
+            "reason": why,
+            "liar": liar,
+        }),
+        Line::Started { name, hash, size } => json!({
+            "type": "started",
+            "name": name,
+            "hash": hash.to_hex(),
+            "size": size,
+        }),
+        Line::Downloads(list) => json!({
+            "type": "downloads",
+            "downloads": list.iter().map(DownloadStatus::json).collect::<Vec<_>>(),
         }),
         Line::Progress { name, done, total } => json!({
             "type": "progress",
@@ -777,6 +874,50 @@ mod tests {
     }
 
     #[test]
+    fn downloads_list_each_download_with_its_progress_rate_and_sources() {
+        let d = |name: &str, done, background| DownloadStatus {
+            name: name.into(),
+            hash: FileHash::of(name.as_bytes()),
+            done,
+            total: 4 << 20,
+            rate: (2 << 20) as f64,
+            sources: 3,
+            background,
+        };
+        let line = Line::Downloads(vec![d("a.iso", 1 << 20, false), d("b.iso", 0, true)]);
+        assert_eq!(
+            text_of(&line, PIPE),
+            "a.iso 4194304 bytes 25.0% 2.0 MiB/s 3 sources (get waits for it)\n\
+             b.iso 4194304 bytes 0.0% 2.0 MiB/s 3 sources\n\
+             2 downloads running"
+        );
+        assert_eq!(
+            text_of(&Line::Downloads(vec![]), PIPE),
+            "0 downloads running"
+        );
+        let v = json(&line).unwrap();
+        assert_eq!(v["type"], "downloads");
+        assert_eq!(v["downloads"][0]["done"], 1 << 20);
+        assert_eq!(v["downloads"][1]["background"], true);
+        assert_eq!(v["downloads"][1]["hash"], FileHash::of(b"b.iso").to_hex());
+        let dropped = Line::Dropped {
+            name: "a.iso".into(),
+            holder: "10.0.0.1:7".parse().unwrap(),
+            why: "bytes of group 3 do not verify".into(),
+            liar: true,
+        };
+        assert_eq!(
+            text_of(&dropped, PIPE),
+            "get: a.iso: dropped the lying holder 10.0.0.1:7: bytes of group 3 do not verify"
+        );
+        let v = json(&dropped).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["liar"].as_bool()),
+            (Some("dropped"), Some(true))
+        );
+    }
+
+    #[test]
     fn sizes_are_bytes_in_a_pipe_and_human_on_a_terminal() {
         let saved = Line::Saved(Saved {
             path: "/d/x.bin".into(),
@@ -784,7 +925,9 @@ mod tests {
             size: 5 << 30,
             received: 1 << 20,
             secs: 0.5,
+            holders: 2,
         });
+        assert_eq!(json(&saved).unwrap()["holders"], 2);
         assert_eq!(
             text_of(&saved, PIPE),
             "saved /d/x.bin (5368709120 bytes in 0.500 s, 2.0 MiB/s)"

@@ -66,6 +66,8 @@ pub enum Tag {
     Bye,
     /// The running console command (search, lookup): at most one at a time.
     Command,
+    /// A running download's lookup of its file's holders.
+    Holders(u64),
 }
 
 /// What the rest of the peer hears from the session.

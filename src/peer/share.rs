@@ -271,10 +271,13 @@ pub fn files_at(root: &Path, paths: &[PathBuf]) -> Vec<(PathBuf, fs::Metadata)> 
     out
 }
 
-/// Hashes `files` (using `cache` for unchanged ones), reporting progress as it goes.
+/// Hashes `files` (using `cache` for unchanged ones), reporting progress as it goes. With
+/// `outboards`, a file of more than one 16 KiB group read here gets its outboard stored in
+/// the same pass (a cached file's is computed when first served, if missing).
 pub fn hash_all(
     files: Vec<(PathBuf, fs::Metadata)>,
     cache: &HashCache,
+    outboards: Option<&super::outboard::OutboardStore>,
     progress: &mut dyn FnMut(ScanProgress),
     warn: &mut dyn FnMut(String),
 ) -> Vec<SharedFile> {
@@ -299,13 +302,19 @@ pub fn hash_all(
             }
             None => {
                 let mut last_report = p.bytes_done;
-                let result = hash_file(&path, |n| {
+                let mut count = |n| {
                     p.bytes_done += n;
                     if p.bytes_done - last_report >= 64 << 20 {
                         last_report = p.bytes_done;
                         progress(p);
                     }
-                });
+                };
+                let result = match outboards {
+                    Some(store) if meta.len() > super::outboard::GROUP_BYTES => {
+                        store.compute_file(&path, &mut count)
+                    }
+                    _ => hash_file(&path, count),
+                };
                 match result {
                     Ok(hashed) => {
                         log::debug!(target: "peer", "hashed {} ({} bytes read)",
@@ -677,7 +686,7 @@ pub(super) mod tests {
 
     fn scan(dir: &Path, cache: &HashCache) -> Vec<SharedFile> {
         let files = walk(dir, &mut |w| panic!("{w}"));
-        hash_all(files, cache, &mut |_| {}, &mut |w| panic!("{w}"))
+        hash_all(files, cache, None, &mut |_| {}, &mut |w| panic!("{w}"))
     }
 
     #[test]

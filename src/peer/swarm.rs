@@ -38,13 +38,15 @@
 //! itself. The downloader must make the partial file's bytes durable (`fdatasync`) before it
 //! saves a record naming them.
 //!
-//! # How the next step wires it
-//! download.rs keeps one `Swarm` per file: a periodic lookup feeds `handle_holder_added`,
-//! `Action::Request` opens (or reuses) a connection and sends a range request for the
-//! piece's groups, the reader feeds `handle_bytes` and an `outboard::RangeVerifier` whose
-//! completion gives `handle_piece_verified` (or `handle_piece_failed` with the verifier's
-//! error); `Cancel` and `DropHolder` close or reset connections; the record is saved every
-//! few verified pieces and at exit.
+//! # How the peer uses it
+//! `download::Download` keeps one `Swarm` per file: the lookup's holders and a periodic
+//! lookup feed `handle_holder_added`, `Action::Request` opens (or reuses) the holder's
+//! connection and sends a range request for the piece's groups, pipelined; the reader feeds
+//! `handle_bytes` and an `outboard::RangeVerifier` whose completion gives
+//! `handle_piece_verified` (or `handle_piece_failed` with the verifier's error); a holder's
+//! upload queue keeps it alive (`handle_alive`); `DropHolder` closes its connection (a
+//! `Cancel`led answer still arrives on the pipelined connection and is ignored); the record
+//! is saved at most every second while pieces arrive, and when the download stops.
 
 use crate::peer::outboard::{self, GROUP_BYTES};
 use crate::peer::share::PART_SUFFIX;
@@ -454,6 +456,19 @@ impl Swarm {
             h.delivered += n;
             h.last_progress = now;
         }
+    }
+
+    /// `holder` has requests in flight and is alive but not sending yet (its upload queue
+    /// moved): it is not judged stalled for another stall timeout.
+    pub fn handle_alive(&mut self, holder: HolderId, now: Instant) {
+        if let Some(h) = self.holders.get_mut(&holder) {
+            h.last_progress = now;
+        }
+    }
+
+    /// Whether `holder` is in use (added, not removed or dropped).
+    pub fn has_holder(&self, holder: HolderId) -> bool {
+        self.holders.contains_key(&holder)
     }
 
     /// `holder`'s copy of `piece` was verified and written. A late answer to a cancelled

@@ -4,6 +4,7 @@
 //! one) and the resolver (a host-name lookup blocks). Each hands its results to the reactor as
 //! an [`Event`] through a channel and the reactor's waker; none touches the peer's state.
 
+use super::outboard::OutboardStore;
 use super::share::{self, HashCache, SharedFile};
 use crate::wire::FileHash;
 use std::io::BufRead;
@@ -24,8 +25,14 @@ pub enum Event {
     StdinEof,
     /// Hashing progress.
     ScanProgress(share::ScanProgress),
-    /// The verifying thread hashed a complete download (generation, result).
-    Hashed(u64, std::io::Result<FileHash>),
+    /// The outboard of a shared file (`Job::Outboard`) was computed: the file's hash as read
+    /// now (another hash means the file changed), or why not.
+    Outboard {
+        /// The file as it was shared.
+        file: SharedFile,
+        /// The hash read while computing it.
+        result: Result<FileHash, String>,
+    },
     /// The index's host name was looked up (on a thread of its own: the lookup blocks): its
     /// addresses, in the resolver's order.
     Resolved(Result<Vec<SocketAddr>, String>),
@@ -65,6 +72,12 @@ pub enum Job {
         /// The touched paths.
         paths: Vec<PathBuf>,
     },
+    /// Compute and store the outboard of a shared file whose outboard is missing or damaged
+    /// (the file server refuses its ranges until then).
+    Outboard {
+        /// The file.
+        file: SharedFile,
+    },
 }
 
 /// Starts the hashing thread; it runs jobs until the job channel closes.
@@ -79,7 +92,17 @@ pub fn spawn_hasher(
         .spawn(move || {
             let cache_path = root.join(share::CACHE_FILE);
             let mut cache = HashCache::load(&cache_path);
+            let outboards = OutboardStore::new(&root);
             for job in rx {
+                if let Job::Outboard { file } = job {
+                    let result = outboards
+                        .compute_file(&file.path, &mut |_| {})
+                        .map(|(hash, _)| hash)
+                        .map_err(|e| e.to_string());
+                    let _ = events.send(Event::Outboard { file, result });
+                    let _ = waker.wake();
+                    continue;
+                }
                 let mut warnings = Vec::new();
                 let files = match &job {
                     Job::Rescan { .. } => share::walk(&root, &mut |w| warnings.push(w)),
@@ -87,11 +110,13 @@ pub fn spawn_hasher(
                         share::regular_files(&root, paths, &mut |w| warnings.push(w))
                     }
                     Job::Watched { paths } => share::files_at(&root, paths),
+                    Job::Outboard { .. } => Vec::new(),
                 };
                 let mut last = Instant::now();
                 let hashed = share::hash_all(
                     files,
                     &cache,
+                    Some(&outboards),
                     &mut |p| {
                         if last.elapsed() >= Duration::from_millis(500) || p.files_done == p.files {
                             last = Instant::now();

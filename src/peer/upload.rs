@@ -1,5 +1,8 @@
-//! The upload machine: another peer's downloader asks for a file by hash; the answer is a
-//! header frame and a file range (sent with `sendfile` by the reactor), or an error frame.
+//! The upload machine: another peer's downloader asks for a range of 16 KiB groups of a file
+//! by (hash, size); the answer is a header frame, the range's proof (read from the file's
+//! outboard, [`Outboards`]) and the data bytes (sent with `sendfile` by the reactor), or an
+//! error frame. A connection may carry many requests, pipelined: the reactor reads the next
+//! one only once the previous answer's file range is sent, so they are answered in order.
 //!
 //! Each upload connection's state ([`Upload`]) lives in its reactor slot. The decision
 //! ([`answer`]) is pure apart from opening the file: it looks the hash up in the share's
@@ -14,15 +17,20 @@
 //! - Only registered hashes are served, and only while the file is unchanged; a changed or
 //!   unreadable file is reported ([`Answer::Refuse::changed`]) so the peer withdraws it and
 //!   hashes it again.
-//! - A served range is `offset..size` today; a request for a range with its proof (verified
-//!   streaming) would add a length and the outboard bytes to [`Answer::Serve`], nothing else.
+//! - Serving a range re-hashes nothing: the outboard (computed with the file's hash, kept in
+//!   the share's `OutboardStore`) is checked once when loaded and kept open. A missing or
+//!   damaged one is never trusted: the request is refused `Busy` and the outboard computed
+//!   on the hasher thread ([`Answer::Refuse::outboard`]). A file of one group has no outboard.
 
+use super::outboard::{self, FileOutboard, OutboardStore};
 use super::share::{self, Share, SharedFile};
 use crate::reactor::ConnId;
 use crate::wire::{self, ErrorCode, FileHash, TransferRequest, TransferResponse, PROTOCOL_VERSION};
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::net::IpAddr;
+use std::path::Path;
+use std::rc::Rc;
 use std::time::Instant;
 
 /// An upload connection's state, kept in its slot.
@@ -68,9 +76,18 @@ struct Waiting {
     conn: ConnId,
     from: IpAddr,
     key: u128,
-    /// The Get frame's payload, answered again when a slot frees (the file may have changed).
+    /// The request's payload, answered again when a slot frees (the file may have changed).
     request: Vec<u8>,
+    /// Requests pipelined behind it on the same connection, in order.
+    extra: VecDeque<Vec<u8>>,
 }
+
+/// The head of the upload queue: its connection, address, request and the requests
+/// pipelined behind it.
+pub type Popped = (ConnId, IpAddr, Vec<u8>, VecDeque<Vec<u8>>);
+
+/// Requests one connection may pipeline behind the one it waits with.
+pub const MAX_PIPELINED: usize = 64;
 
 /// The upload queue: requests waiting, in arrival order, for one of `slots` transfers.
 #[derive(Debug, Clone)]
@@ -111,8 +128,15 @@ impl UploadQueue {
         self.waiting.is_empty()
     }
 
-    /// Puts `conn`'s request from `from` at the end of the line.
-    pub fn join(&mut self, conn: ConnId, from: IpAddr, request: &[u8]) -> Joined {
+    /// Puts `conn`'s request from `from` at the end of the line, with the requests pipelined
+    /// behind it.
+    pub fn join(
+        &mut self,
+        conn: ConnId,
+        from: IpAddr,
+        request: &[u8],
+        extra: VecDeque<Vec<u8>>,
+    ) -> Joined {
         let key = address_key(from);
         if self.waiting.iter().filter(|w| w.key == key).count() >= self.per_address {
             return Joined::AddressFull;
@@ -122,8 +146,21 @@ impl UploadQueue {
             from,
             key,
             request: request.to_vec(),
+            extra,
         });
         Joined::At(self.waiting.len() as u32)
+    }
+
+    /// Another request pipelined by `conn` while it waits; false if it is not waiting or has
+    /// [`MAX_PIPELINED`] behind it already.
+    pub fn push_extra(&mut self, conn: ConnId, request: &[u8]) -> bool {
+        match self.waiting.iter_mut().find(|w| w.conn == conn) {
+            Some(w) if w.extra.len() < MAX_PIPELINED => {
+                w.extra.push_back(request.to_vec());
+                true
+            }
+            _ => false,
+        }
     }
 
     /// `conn` left the line (it closed); whether it was in it.
@@ -133,11 +170,12 @@ impl UploadQueue {
         self.waiting.len() != before
     }
 
-    /// The head of the line, to serve now: its connection, address and request.
-    pub fn pop(&mut self) -> Option<(ConnId, IpAddr, Vec<u8>)> {
+    /// The head of the line, to serve now: its connection, address, request and the
+    /// requests pipelined behind it.
+    pub fn pop(&mut self) -> Option<Popped> {
         self.waiting
             .pop_front()
-            .map(|w| (w.conn, w.from, w.request))
+            .map(|w| (w.conn, w.from, w.request, w.extra))
     }
 
     /// Every waiting connection with its 1-based position.
@@ -171,12 +209,82 @@ pub fn address_full_frame(per_address: usize) -> Vec<u8> {
     frame
 }
 
-/// How a Get is answered.
+/// Groups one range request may ask for (16 MiB): the proof of a range is held in memory
+/// while it is sent, about 64 bytes per group, so this bounds it to about 70 KiB.
+pub const MAX_RANGE_GROUPS: u64 = 1024;
+
+/// The outboards the file server has loaded (and checked) from the share's
+/// [`OutboardStore`], kept open so that serving a range costs a few `pread`s of hash pairs,
+/// never a re-hash or a re-check. Bounded: past [`Outboards::MAX_OPEN`] files the oldest
+/// half is let go (loaded again, and checked again, when asked for).
+#[derive(Debug)]
+pub struct Outboards {
+    store: OutboardStore,
+    open: HashMap<FileHash, (Rc<FileOutboard>, u64)>,
+    tick: u64,
+    /// Hashes whose outboard is being computed on the hasher thread.
+    pending: HashSet<FileHash>,
+}
+
+impl Outboards {
+    /// Outboards open at once at most.
+    pub const MAX_OPEN: usize = 256;
+
+    /// The outboards of the share rooted at `share_root`.
+    pub fn new(share_root: &Path) -> Outboards {
+        Outboards {
+            store: OutboardStore::new(share_root),
+            open: HashMap::new(),
+            tick: 0,
+            pending: HashSet::new(),
+        }
+    }
+
+    /// The store the outboards live in.
+    pub fn store(&self) -> &OutboardStore {
+        &self.store
+    }
+
+    /// The outboard of `file`, loaded once; `Ok(None)` when it is missing or failed its
+    /// check (it must be computed again, off the loop).
+    fn get(&mut self, file: &SharedFile) -> std::io::Result<Option<Rc<FileOutboard>>> {
+        self.tick += 1;
+        if let Some((ob, used)) = self.open.get_mut(&file.hash) {
+            *used = self.tick;
+            return Ok(Some(ob.clone()));
+        }
+        let Some(ob) = self.store.load(&file.hash, file.size)? else {
+            return Ok(None);
+        };
+        if self.open.len() >= Self::MAX_OPEN {
+            let mut ages: Vec<u64> = self.open.values().map(|(_, t)| *t).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            self.open.retain(|_, (_, t)| *t > cut);
+        }
+        let ob = Rc::new(ob);
+        self.open.insert(file.hash, (ob.clone(), self.tick));
+        Ok(Some(ob))
+    }
+
+    /// Whether the outboard of `hash` should be computed now (not already under way).
+    fn start_compute(&mut self, hash: FileHash) -> bool {
+        self.pending.insert(hash)
+    }
+
+    /// The hasher thread finished the outboard of `hash` (or failed to).
+    pub fn handle_computed(&mut self, hash: &FileHash) {
+        self.pending.remove(hash);
+    }
+}
+
+/// How a range request is answered.
 #[derive(Debug)]
 pub enum Answer {
-    /// Send `header`, then `len` bytes of `file` from `offset`.
+    /// Send `header` (the header frame, then the proof), then `len` bytes of `file` from
+    /// `offset`.
     Serve {
-        /// The encoded header frame.
+        /// The encoded header frame with the proof appended.
         header: Vec<u8>,
         /// The open file.
         file: File,
@@ -197,6 +305,8 @@ pub enum Answer {
         message: String,
         /// A shared file that no longer matches its hash.
         changed: Option<SharedFile>,
+        /// A shared file whose outboard must be computed (on the hasher thread).
+        outboard: Option<Box<SharedFile>>,
     },
 }
 
@@ -213,6 +323,7 @@ fn refuse(code: ErrorCode, message: String, changed: Option<SharedFile>) -> Answ
         frame,
         message,
         changed,
+        outboard: None,
     }
 }
 
@@ -224,8 +335,8 @@ fn version_refusal(v: u16) -> Answer {
     )
 }
 
-/// Answers one request frame from a downloader.
-pub fn answer(payload: &[u8], share: &Share) -> Answer {
+/// Answers one request frame from a downloader: a range of a shared file with its proof.
+pub fn answer(payload: &[u8], share: &Share, outboards: &mut Outboards) -> Answer {
     let req = match wire::decode::<TransferRequest>(payload) {
         Ok(r) => r,
         Err(e) => {
@@ -235,10 +346,12 @@ pub fn answer(payload: &[u8], share: &Share) -> Answer {
             }
         }
     };
-    let TransferRequest::Get {
+    let TransferRequest::Range {
         version,
         hash,
-        offset,
+        size,
+        first,
+        end,
     } = req;
     if version != PROTOCOL_VERSION {
         return version_refusal(version);
@@ -246,6 +359,34 @@ pub fn answer(payload: &[u8], share: &Share) -> Answer {
     let Some(file) = share.by_hash(&hash) else {
         return refuse(ErrorCode::NotFound, format!("not sharing {hash}"), None);
     };
+    if size != file.size {
+        return refuse(
+            ErrorCode::NotFound,
+            format!(
+                "not sharing {hash} at {size} bytes (this file has {})",
+                file.size
+            ),
+            None,
+        );
+    }
+    let groups = first..end;
+    if first >= end || end > outboard::group_count(size) {
+        return refuse(
+            ErrorCode::Invalid,
+            format!(
+                "groups {first}..{end} are not a range of this file ({} groups)",
+                outboard::group_count(size)
+            ),
+            None,
+        );
+    }
+    if end - first > MAX_RANGE_GROUPS {
+        return refuse(
+            ErrorCode::Invalid,
+            format!("at most {MAX_RANGE_GROUPS} groups per request"),
+            None,
+        );
+    }
     let (handle, meta) = match share::open_regular(&file.path) {
         Ok(x) => x,
         Err(e) => {
@@ -263,27 +404,47 @@ pub fn answer(payload: &[u8], share: &Share) -> Answer {
             Some(file.clone()),
         );
     }
-    if offset > file.size {
-        return refuse(
-            ErrorCode::Invalid,
-            format!("offset {offset} is past the end ({} bytes)", file.size),
-            None,
-        );
-    }
+    let range = if size <= outboard::GROUP_BYTES {
+        // One group: its proof is empty, and no outboard file exists for it.
+        Ok(outboard::RangeAnswer {
+            proof: Vec::new(),
+            data: outboard::group_bytes(size, groups),
+        })
+    } else {
+        match outboards.get(file) {
+            Ok(Some(ob)) => outboard::answer_range(&*ob, groups),
+            Ok(None) => {
+                let message =
+                    "preparing this file's verification data; ask again shortly".to_string();
+                let mut answer = refuse(ErrorCode::Busy, message, None);
+                if outboards.start_compute(hash) {
+                    if let Answer::Refuse { outboard, .. } = &mut answer {
+                        *outboard = Some(Box::new(file.clone()));
+                    }
+                }
+                return answer;
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let range = match range {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                ErrorCode::Io,
+                format!("cannot read the verification data: {e}"),
+                None,
+            )
+        }
+    };
     let mut header = Vec::new();
-    wire::encode_frame(
-        &TransferResponse::Sending {
-            name: file.name.clone(),
-            size: file.size,
-            offset,
-        },
-        &mut header,
-    );
+    wire::encode_frame(&TransferResponse::Sending { size, first, end }, &mut header);
+    header.extend_from_slice(&range.proof);
     Answer::Serve {
         header,
         file: handle,
-        offset,
-        len: file.size - offset,
+        offset: range.data.start,
+        len: range.data.end - range.data.start,
         hash,
         name: file.name.clone(),
     }
@@ -297,17 +458,26 @@ mod tests {
     fn the_queue_keeps_order_and_caps_each_address() {
         let mut q = UploadQueue::new(1, 2);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        assert_eq!(q.join(ConnId(1), a, b"r1"), Joined::At(1));
-        assert_eq!(q.join(ConnId(2), b, b"r2"), Joined::At(2));
-        assert_eq!(q.join(ConnId(3), a, b"r3"), Joined::At(3));
-        assert_eq!(q.join(ConnId(4), a, b"r4"), Joined::AddressFull);
+        let none = VecDeque::new;
+        assert_eq!(q.join(ConnId(1), a, b"r1", none()), Joined::At(1));
+        assert_eq!(q.join(ConnId(2), b, b"r2", none()), Joined::At(2));
+        assert_eq!(q.join(ConnId(3), a, b"r3", none()), Joined::At(3));
+        assert_eq!(q.join(ConnId(4), a, b"r4", none()), Joined::AddressFull);
+        // Pipelined requests wait behind their connection's first, bounded.
+        for _ in 0..MAX_PIPELINED {
+            assert!(q.push_extra(ConnId(1), b"more"));
+        }
+        assert!(!q.push_extra(ConnId(1), b"more"));
+        assert!(!q.push_extra(ConnId(9), b"more"));
         // Leaving moves everyone behind up.
         assert!(q.leave(ConnId(2)));
         assert!(!q.leave(ConnId(2)));
         let places: Vec<_> = q.positions().collect();
         assert_eq!(places, vec![(ConnId(1), 1), (ConnId(3), 2)]);
-        assert_eq!(q.pop(), Some((ConnId(1), a, b"r1".to_vec())));
-        assert_eq!(q.join(ConnId(5), a, b"r5"), Joined::At(2));
+        let (conn, from, request, extra) = q.pop().unwrap();
+        assert_eq!((conn, from, request), (ConnId(1), a, b"r1".to_vec()));
+        assert_eq!(extra.len(), MAX_PIPELINED);
+        assert_eq!(q.join(ConnId(5), a, b"r5", none()), Joined::At(2));
         assert_eq!(q.len(), 2);
     }
 

@@ -534,12 +534,14 @@ pub fn output_within(mut child: Child, limit: Duration) -> Result<Output, Output
     }
 }
 
-/// How a fake holder misbehaves when asked for a file.
+/// How a fake holder misbehaves when asked for a range of a file.
 #[derive(Clone, Copy, Debug)]
 pub enum Fake {
+    /// Serves every range right (a test-only honest holder).
+    Honest,
     /// Claims twice the size in its header, then sends the bytes.
     WrongSize,
-    /// Sends from another offset than asked.
+    /// Sends other groups than asked.
     WrongOffset,
     /// Answers with garbage instead of a frame.
     Garbage,
@@ -547,34 +549,40 @@ pub enum Fake {
     Refuses,
     /// Sends a frame that is not a transfer response.
     NotAResponse,
-    /// Sends the header and half the bytes, then closes (a holder that dies).
+    /// Sends the header, the proof and half the bytes, then closes (a holder that dies).
     DiesHalfway,
-    /// Sends the right number of wrong bytes.
+    /// Sends the true proof with the right number of wrong bytes.
     WrongBytes,
-    /// Sends too many bytes: the right file followed by junk.
+    /// Serves right, except that every byte from this offset of the file on is wrong.
+    LiesFrom(u64),
+    /// Sends too many bytes: the right range followed by junk.
     TooMany,
-    /// Sends the header and half the bytes, then hangs with the connection open.
+    /// Sends the header, the proof and half the bytes, then hangs with the connection open.
     Hangs,
-    /// Serves the right bytes under a hostile name.
-    HostileName(&'static str),
-    /// Sends a valid header, then the right bytes one at a time, one every 20 ms (a holder
-    /// that never stalls long enough for a "nothing received" timer and never finishes).
+    /// Serves this many requests right, then says nothing more (the connection stays open).
+    ServesThenHangs(usize),
+    /// Sends a valid header and proof, then the right bytes one at a time, one every 20 ms
+    /// (a holder that never stalls long enough for a "nothing received" timer and never
+    /// finishes).
     Trickles,
 }
 
 impl Fake {
-    /// What this fake writes for a `Get` of `bytes` from `offset`, and whether it then keeps
-    /// the connection open without a word (the downloader must not wait on it forever).
-    fn reply(self, bytes: &[u8], offset: u64) -> (Vec<u8>, bool) {
+    /// What this fake writes for a request of `groups` of `bytes`, and whether it then
+    /// stops answering (keeping the connection open until the downloader gives up, or
+    /// closing it when `closes`).
+    fn reply(self, bytes: &[u8], groups: std::ops::Range<u64>) -> (Vec<u8>, bool) {
+        use p2pshare::peer::outboard;
         let size = bytes.len() as u64;
-        let rest = &bytes[offset as usize..];
-        let name = match self {
-            Fake::HostileName(n) => n,
-            _ => "fake.bin",
+        let (_, ob) = outboard::compute_in_memory(bytes);
+        let range = match outboard::answer_range(&ob, groups.clone()) {
+            Ok(r) => r,
+            Err(_) => return (Vec::new(), true),
         };
+        let data = &bytes[range.data.start as usize..range.data.end as usize];
         let mut out = match self {
-            Fake::WrongSize => sending_header(name, size * 2, offset),
-            Fake::WrongOffset => sending_header(name, size, offset + 1),
+            Fake::WrongSize => sending_header(size * 2, groups),
+            Fake::WrongOffset => sending_header(size, groups.start + 1..groups.end + 1),
             Fake::Garbage => pseudo_random(5000, 9),
             Fake::Refuses => {
                 let mut out = Vec::new();
@@ -588,36 +596,57 @@ impl Fake {
                 out
             }
             Fake::NotAResponse => frame(b"\x09\x09\x09"),
-            _ => sending_header(name, size, offset),
+            _ => sending_header(size, groups),
         };
+        let proof = &range.proof;
         match self {
-            Fake::WrongSize | Fake::WrongOffset | Fake::HostileName(_) => {
-                out.extend_from_slice(rest)
+            Fake::Honest | Fake::WrongSize | Fake::WrongOffset => {
+                out.extend_from_slice(proof);
+                out.extend_from_slice(data);
             }
-            Fake::DiesHalfway | Fake::Hangs => out.extend_from_slice(&rest[..rest.len() / 2]),
-            Fake::WrongBytes => out.extend(rest.iter().map(|b| b ^ 0x55)),
+            Fake::DiesHalfway | Fake::Hangs => {
+                out.extend_from_slice(proof);
+                out.extend_from_slice(&data[..data.len() / 2]);
+            }
+            Fake::WrongBytes => {
+                out.extend_from_slice(proof);
+                out.extend(data.iter().map(|b| b ^ 0x55));
+            }
+            Fake::LiesFrom(at) => {
+                out.extend_from_slice(proof);
+                out.extend(data.iter().enumerate().map(|(i, b)| {
+                    if range.data.start + i as u64 >= at {
+                        b ^ 0x55
+                    } else {
+                        *b
+                    }
+                }));
+            }
             Fake::TooMany => {
-                out.extend_from_slice(rest);
+                out.extend_from_slice(proof);
+                out.extend_from_slice(data);
                 out.extend_from_slice(&[7u8; 100_000]);
             }
-            Fake::Garbage | Fake::Refuses | Fake::NotAResponse | Fake::Trickles => {}
+            Fake::Trickles => out.extend_from_slice(proof),
+            Fake::Garbage | Fake::Refuses | Fake::NotAResponse | Fake::ServesThenHangs(_) => {}
         }
-        let stalls = !matches!(
-            self,
-            Fake::DiesHalfway | Fake::WrongBytes | Fake::TooMany | Fake::HostileName(_)
-        );
-        (out, stalls)
+        let goes_on = matches!(self, Fake::Honest | Fake::LiesFrom(_));
+        if let Fake::ServesThenHangs(_) = self {
+            out.extend_from_slice(proof);
+            out.extend_from_slice(data);
+        }
+        (out, !goes_on)
     }
 }
 
-/// A transfer header frame, as a holder sends it before the raw bytes.
-fn sending_header(name: &str, size: u64, offset: u64) -> Vec<u8> {
+/// A transfer header frame, as a holder sends it before the proof and the data.
+fn sending_header(size: u64, groups: std::ops::Range<u64>) -> Vec<u8> {
     let mut out = Vec::new();
     wire::encode_frame(
         &TransferResponse::Sending {
-            name: name.into(),
             size,
-            offset,
+            first: groups.start,
+            end: groups.end,
         },
         &mut out,
     );
@@ -625,12 +654,14 @@ fn sending_header(name: &str, size: u64, offset: u64) -> Vec<u8> {
 }
 
 /// A fake holder of one file, registered in the index through its own session (which keeps
-/// the entry alive until [`FakeHolder::leave`] or drop), misbehaving as told on every `Get`.
+/// the entry alive until [`FakeHolder::leave`] or drop), misbehaving as told on every request.
 pub struct FakeHolder {
     /// Its address as the index gives it out.
     pub addr: SocketAddr,
     session: Client,
     hash: FileHash,
+    /// Range requests answered, in all.
+    pub served: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeHolder {
@@ -645,17 +676,21 @@ impl FakeHolder {
             other => panic!("fake holder not registered: {other:?}"),
         }
         let bytes = std::sync::Arc::new(bytes);
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = served.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(s) = stream else { return };
                 let bytes = bytes.clone();
-                std::thread::spawn(move || serve_fake(s, how, &bytes));
+                let counter = counter.clone();
+                std::thread::spawn(move || serve_fake(s, how, &bytes, &counter));
             }
         });
         FakeHolder {
             addr,
             session,
             hash,
+            served,
         }
     }
 
@@ -673,40 +708,57 @@ impl FakeHolder {
     }
 }
 
-/// Answers one downloader's `Get` as `how` says.
-fn serve_fake(mut s: TcpStream, how: Fake, bytes: &[u8]) {
+/// Answers one downloader's range requests as `how` says, in order.
+fn serve_fake(mut s: TcpStream, how: Fake, bytes: &[u8], served: &std::sync::atomic::AtomicUsize) {
     /// How long a stalling fake keeps a connection open at most.
     const STALL: Duration = Duration::from_secs(30);
     s.set_read_timeout(Some(STALL)).unwrap();
     let mut buf = Vec::new();
     let mut dec = Decoder::default();
-    let req: TransferRequest = loop {
-        let mut chunk = [0u8; 4096];
-        let n = match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+    loop {
+        let req: TransferRequest = loop {
+            if let Ok(Some(d)) = dec.decode(&buf) {
+                let req = wire::decode(&buf[d.payload.clone()]).unwrap();
+                buf.drain(..d.consumed);
+                break req;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
         };
-        buf.extend_from_slice(&chunk[..n]);
-        if let Ok(Some(d)) = dec.decode(&buf) {
-            break wire::decode(&buf[d.payload]).unwrap();
+        let TransferRequest::Range { first, end, .. } = req;
+        let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let (out, stops) = match how {
+            Fake::ServesThenHangs(k) if n > k => (Vec::new(), true),
+            Fake::ServesThenHangs(_) => (how.reply(bytes, first..end).0, false),
+            _ => how.reply(bytes, first..end),
+        };
+        if s.write_all(&out).is_err() {
+            return;
         }
-    };
-    let TransferRequest::Get { offset, .. } = req;
-    let (out, stalls) = how.reply(bytes, offset);
-    let _ = s.write_all(&out);
-    if let Fake::Trickles = how {
-        // Until the downloader closes (the write fails) or STALL passes.
-        let started = std::time::Instant::now();
-        for b in &bytes[offset as usize..] {
-            std::thread::sleep(Duration::from_millis(20));
-            if s.write_all(&[*b]).is_err() || started.elapsed() > STALL {
-                return;
+        if !stops {
+            continue;
+        }
+        if let Fake::Trickles = how {
+            // Until the downloader closes (the write fails) or STALL passes.
+            let started = std::time::Instant::now();
+            let data = p2pshare::peer::outboard::group_bytes(bytes.len() as u64, first..end);
+            for b in &bytes[data.start as usize..data.end as usize] {
+                std::thread::sleep(Duration::from_millis(20));
+                if s.write_all(&[*b]).is_err() || started.elapsed() > STALL {
+                    return;
+                }
             }
         }
-    }
-    if stalls {
+        if matches!(how, Fake::DiesHalfway | Fake::WrongBytes | Fake::TooMany) {
+            return;
+        }
         // Say nothing more until the downloader gives up and closes (or STALL passes).
         while matches!(s.read(&mut [0u8; 4096]), Ok(n) if n > 0) {}
+        return;
     }
 }
 

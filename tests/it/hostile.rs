@@ -620,21 +620,25 @@ fn absurd_but_well_formed_requests_are_answered_and_harm_no_one() {
     assert!(honest.search() < Duration::from_secs(1));
 }
 
-/// Sends one Get to a holder; returns its answer and the raw bytes that followed until close.
+/// Sends one range request to a holder; returns its answer and the raw bytes (proof, then
+/// data) that followed.
 fn get(
     holder: SocketAddr,
     version: u16,
     hash: FileHash,
-    offset: u64,
+    size: u64,
+    groups: std::ops::Range<u64>,
 ) -> (TransferResponse, Vec<u8>) {
     let mut s = TcpStream::connect(holder).unwrap();
     s.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
     let mut out = Vec::new();
     wire::encode_frame(
-        &TransferRequest::Get {
+        &TransferRequest::Range {
             version,
             hash,
-            offset,
+            size,
+            first: groups.start,
+            end: groups.end,
         },
         &mut out,
     );
@@ -646,8 +650,10 @@ fn get(
         if let Some(d) = dec.decode(&buf).unwrap() {
             let resp: TransferResponse = wire::decode(&buf[d.payload.clone()]).unwrap();
             let mut rest = buf[d.consumed..].to_vec();
-            if let TransferResponse::Sending { size, offset, .. } = resp {
-                while (rest.len() as u64) < size - offset {
+            if let TransferResponse::Sending { size, first, end } = resp {
+                let data = p2pshare::peer::outboard::group_bytes(size, first..end);
+                let proof = p2pshare::peer::outboard::proof_len(size, first..end).unwrap();
+                while (rest.len() as u64) < proof as u64 + data.end - data.start {
                     match s.read(&mut chunk) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => rest.extend_from_slice(&chunk[..n]),
@@ -688,20 +694,28 @@ fn a_holder_refuses_unknown_hashes_bad_offsets_and_garbage_and_still_serves() {
     };
     // A hash it never registered (a path-like guess cannot be expressed at all).
     refused(
-        get(addr, PROTOCOL_VERSION, FileHash([7; 32]), 0).0,
+        get(addr, PROTOCOL_VERSION, FileHash([7; 32]), 100_000, 0..1).0,
         ErrorCode::NotFound,
     );
-    // Past the end.
+    // Another size than it shares (a claim of another file with the same hash).
     refused(
-        get(addr, PROTOCOL_VERSION, h, 100_001).0,
-        ErrorCode::Invalid,
+        get(addr, PROTOCOL_VERSION, h, 100_001, 0..1).0,
+        ErrorCode::NotFound,
     );
-    refused(
-        get(addr, PROTOCOL_VERSION, h, u64::MAX).0,
-        ErrorCode::Invalid,
-    );
+    // Past the end, empty, reversed, and absurd ranges.
+    #[allow(clippy::reversed_empty_ranges)]
+    let ranges = [7..8, 3..3, 5..2, 0..u64::MAX, u64::MAX - 1..u64::MAX];
+    for groups in ranges {
+        refused(
+            get(addr, PROTOCOL_VERSION, h, 100_000, groups).0,
+            ErrorCode::Invalid,
+        );
+    }
     // Another protocol version.
-    refused(get(addr, 999, h, 0).0, ErrorCode::VersionMismatch);
+    refused(
+        get(addr, 999, h, 100_000, 0..1).0,
+        ErrorCode::VersionMismatch,
+    );
     // Garbage and HTTP are closed.
     for bytes in [
         common::pseudo_random(10_000, 4),
@@ -717,28 +731,34 @@ fn a_holder_refuses_unknown_hashes_bad_offsets_and_garbage_and_still_serves() {
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
         }
     }
-    // Exactly at the end: an empty answer.
-    let (resp, rest) = get(addr, PROTOCOL_VERSION, h, 100_000);
+    // The last group (short), with its proof, verifies against the hash.
+    let (resp, rest) = get(addr, PROTOCOL_VERSION, h, 100_000, 6..7);
+    assert_eq!(
+        resp,
+        TransferResponse::Sending {
+            size: 100_000,
+            first: 6,
+            end: 7,
+        }
+    );
+    let proof = p2pshare::peer::outboard::proof_len(100_000, 6..7).unwrap();
+    let mut v =
+        p2pshare::peer::outboard::RangeVerifier::new(h, 100_000, 6..7, &rest[..proof]).unwrap();
+    v.handle_data(&rest[proof..], &mut |_, _| Ok(())).unwrap();
+    assert!(v.is_complete());
+    assert!(rest[proof..] == bytes[6 * 16384..]);
+    // And the whole file in one request.
+    let (resp, rest) = get(addr, PROTOCOL_VERSION, h, 100_000, 0..7);
     assert!(matches!(
         resp,
         TransferResponse::Sending {
             size: 100_000,
-            offset: 100_000,
-            ..
+            first: 0,
+            end: 7,
         }
     ));
-    assert!(rest.is_empty());
-    // And the honest request is served in full.
-    let (resp, rest) = get(addr, PROTOCOL_VERSION, h, 0);
-    assert!(matches!(
-        resp,
-        TransferResponse::Sending {
-            size: 100_000,
-            offset: 0,
-            ..
-        }
-    ));
-    assert!(rest == bytes);
+    let proof = p2pshare::peer::outboard::proof_len(100_000, 0..7).unwrap();
+    assert!(rest[proof..] == bytes);
 }
 
 /// Connects to a holder without asking anything; returns what it sends before closing.
@@ -785,12 +805,13 @@ fn a_holder_at_its_upload_limits_answers_busy_and_serves_again_when_one_leaves()
         // One slot freed (the holder has closed it once we see its close): an honest
         // download gets the whole file.
         common::leave(&mut idle.pop().unwrap());
-        let (resp, rest) = get(addr, PROTOCOL_VERSION, h, 0);
+        let (resp, rest) = get(addr, PROTOCOL_VERSION, h, 50_000, 0..4);
         assert!(
             matches!(resp, TransferResponse::Sending { .. }),
             "the slot did not come back: {resp:?}"
         );
-        assert!(rest == bytes);
+        let proof = p2pshare::peer::outboard::proof_len(50_000, 0..4).unwrap();
+        assert!(rest[proof..] == bytes);
     }
 }
 
@@ -840,20 +861,22 @@ fn part_path(dir: &Path, hash: FileHash) -> std::path::PathBuf {
 }
 
 #[test]
-fn a_downloader_killed_mid_transfer_resumes_from_its_partial_file() {
+fn a_downloader_killed_mid_transfer_fetches_only_the_missing_pieces_after_a_restart() {
     let indexd = Indexd::start(&[]);
     let tmp = TempDir::new("killed");
     let a = tmp.sub("a");
     let b = tmp.sub("b");
     let bytes = common::pseudo_random(2 << 20, 12);
     let h = FileHash::of(&bytes);
+    let size = bytes.len() as u64;
     let entry = FileEntry {
         hash: h,
-        size: bytes.len() as u64,
+        size,
         name: "resumed.bin".into(),
     };
-    // The only holder at first sends half, then stalls: the transfer is reliably "mid".
-    let fake = FakeHolder::start(indexd.addr, entry, bytes.clone(), Fake::Hangs);
+    // The only holder at first serves 4 pieces of 256 KiB, then stalls: the transfer is
+    // reliably "mid".
+    let fake = FakeHolder::start(indexd.addr, entry, bytes.clone(), Fake::ServesThenHangs(4));
     let mut downloader = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_peer"))
             .args(common::peer_args(&b, indexd.addr))
@@ -871,31 +894,46 @@ fn a_downloader_killed_mid_transfer_resumes_from_its_partial_file() {
         .unwrap()
         .write_all(format!("get {h}\n").as_bytes())
         .unwrap();
-    let part = part_path(&b, h);
-    // Polled: nothing announces that the file reached a size (the downloader prints no
-    // progress without a terminal, and inotify would be a lot of machinery for one wait).
-    // Bounded by LIMIT.
+    let record = p2pshare::peer::swarm::record_path(&b, &h);
+    let piece = p2pshare::peer::swarm::Config::default().piece_bytes;
+    // Polled: nothing announces that the record was written (the downloader prints no
+    // progress without a terminal). Bounded by LIMIT.
     let deadline = Instant::now() + LIMIT;
-    while std::fs::metadata(&part).map_or(0, |m| m.len()) < (1 << 20) {
-        assert!(Instant::now() < deadline, "no partial file appeared");
+    loop {
+        use p2pshare::peer::swarm::{Loaded, ResumeRecord};
+        if let Ok(Loaded::Intact(set)) = ResumeRecord::load(&record, &h, size, piece) {
+            if set.count() == 4 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no resume record of 4 pieces appeared"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    drop(downloader);
-    assert_eq!(std::fs::metadata(&part).unwrap().len(), 1 << 20);
+    downloader.0.kill().unwrap();
+    downloader.0.wait().unwrap();
     assert!(!b.join("resumed.bin").exists());
     // The fake leaves (for sure: the index answered its unregister); a real holder appears;
-    // the restarted downloader resumes.
+    // the restarted downloader fetches the 4 missing pieces only.
     fake.leave();
     std::fs::write(a.join("resumed.bin"), &bytes).unwrap();
     let mut real = ServingPeer::start(&a, indexd.addr);
     real.wait_registered(1);
     let run = common::get(&b, indexd.addr, h);
     assert!(
-        run.stderr.contains("resuming resumed.bin at 1048576"),
+        run.stderr
+            .contains("resuming resumed.bin at 1048576 of 2097152 bytes"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("resumed.bin: 1048576 bytes fetched from 1 holder"),
         "{run:?}"
     );
     assert!(std::fs::read(b.join("resumed.bin")).unwrap() == bytes);
-    assert!(!part.exists());
+    assert!(!part_path(&b, h).exists() && !record.exists());
 }
 
 #[test]

@@ -14,6 +14,7 @@ mod ops;
 mod peer;
 mod queue;
 mod reactor;
+mod swarm;
 mod trust;
 mod unicode;
 mod watch;

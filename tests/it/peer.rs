@@ -203,15 +203,16 @@ fn hostile_names_never_escape_the_downloads_dir() {
     let indexd = Indexd::start(&[]);
     let tmp = TempDir::new("hostile");
     let b = tmp.sub("b");
-    // (name in the index, name in the holder's header). The index refuses names with '/', so
-    // those arrive only in a holder's header; the downloader trusts neither.
+    // (name in the index, a name a holder might wish for). The index refuses names with '/';
+    // a holder's answer carries no name at all (protocol 4), so the index's name is the one
+    // to make safe.
     let cases = [
         ("escape1.txt", "../../escape.txt"),
         ("passwd", "/etc/passwd"),
         (".bashrc", ".bashrc"),
         ("..", ".."),
     ];
-    for (i, (index_name, header_name)) in cases.iter().enumerate() {
+    for (i, (index_name, _)) in cases.iter().enumerate() {
         let bytes = format!("payload {i}").into_bytes();
         let h = FileHash::of(&bytes);
         let entry = FileEntry {
@@ -219,12 +220,7 @@ fn hostile_names_never_escape_the_downloads_dir() {
             size: bytes.len() as u64,
             name: index_name.to_string(),
         };
-        let _fake = FakeHolder::start(
-            indexd.addr,
-            entry,
-            bytes.clone(),
-            Fake::HostileName(header_name),
-        );
+        let _fake = FakeHolder::start(indexd.addr, entry, bytes.clone(), Fake::Honest);
         let run = common::get(&b, indexd.addr, h);
         assert!(run.stdout.contains("saved "), "{index_name}: {run:?}");
     }
@@ -240,20 +236,25 @@ fn hostile_names_never_escape_the_downloads_dir() {
 }
 
 #[test]
-fn resume_from_a_partial_file() {
+fn a_partial_file_without_its_resume_record_is_never_trusted() {
     let indexd = Indexd::start(&[]);
     let tmp = TempDir::new("resume");
     let a = tmp.sub("a");
     let b = tmp.sub("b");
     let bytes = common::pseudo_random(2 << 20, 13);
     let h = write(&a, "resume.bin", &bytes);
-    // Half of it already downloaded by an earlier, interrupted run.
-    std::fs::write(b.join(format!(".{h}.p2pshare-part")), &bytes[..1 << 20]).unwrap();
+    // Half a file of wrong bytes from somewhere, with no record proving any of it.
+    std::fs::write(
+        b.join(format!(".{h}.p2pshare-part")),
+        common::pseudo_random(1 << 20, 14),
+    )
+    .unwrap();
     let mut holder = ServingPeer::start(&a, indexd.addr);
     holder.wait_registered(1);
     let run = common::get(&b, indexd.addr, h);
+    assert!(!run.stderr.contains("resuming"), "{run:?}");
     assert!(
-        run.stderr.contains("resuming resume.bin at 1048576"),
+        run.stderr.contains("2097152 bytes fetched from 1 holder"),
         "{run:?}"
     );
     assert!(std::fs::read(b.join("resume.bin")).unwrap() == bytes);

@@ -4,6 +4,7 @@
 
 use crate::common::{self, Indexd, KillOnDrop, ServingPeer, TempDir};
 use p2pshare::codec::Decoder;
+use p2pshare::peer::outboard;
 use p2pshare::wire::{
     self, ErrorCode, FileHash, TransferRequest, TransferResponse, PROTOCOL_VERSION,
 };
@@ -14,17 +15,22 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// A raw downloader: connects to `holder`, asks for `hash` from 0, and returns the stream with
-/// the first answer.
-fn ask(holder: SocketAddr, hash: FileHash) -> (TcpStream, TransferResponse) {
+/// Groups a raw downloader asks for at once: the most one request may (16 MiB).
+const GROUPS: u64 = 1024;
+
+/// A raw downloader: connects to `holder`, asks for the first 16 MiB of `hash` (of `size`
+/// bytes), and returns the stream with the first answer.
+fn ask(holder: SocketAddr, hash: FileHash, size: u64) -> (TcpStream, TransferResponse) {
     let mut s = TcpStream::connect(holder).unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
     let mut payload = Vec::new();
     wire::encode_frame(
-        &TransferRequest::Get {
+        &TransferRequest::Range {
             version: PROTOCOL_VERSION,
             hash,
-            offset: 0,
+            size,
+            first: 0,
+            end: GROUPS,
         },
         &mut payload,
     );
@@ -65,16 +71,16 @@ fn a_full_holder_queues_downloaders_in_order_and_serves_them_as_slots_free() {
     let addr = common::holder_of(indexd.addr, h);
 
     // The one slot: a downloader that reads the header and then nothing.
-    let (hog, answer) = ask(addr, h);
+    let (hog, answer) = ask(addr, h, bytes.len() as u64);
     assert!(
         matches!(answer, TransferResponse::Sending { .. }),
         "{answer:?}"
     );
     // The next waits in line instead of being refused...
-    let (waiter, answer) = ask(addr, h);
+    let (waiter, answer) = ask(addr, h, bytes.len() as u64);
     assert_eq!(answer, TransferResponse::Queued { position: 1 });
     // ...but one address has one place in line here.
-    let (_, answer) = ask(addr, h);
+    let (_, answer) = ask(addr, h, bytes.len() as u64);
     assert!(
         matches!(
             answer,
@@ -165,22 +171,32 @@ fn a_slow_reader_loses_its_slot_to_the_one_waiting() {
     );
     holder.wait_registered(1);
     let addr = common::holder_of(indexd.addr, h);
-    let (mut hog, answer) = ask(addr, h);
+    let (mut hog, answer) = ask(addr, h, bytes.len() as u64);
     assert!(
         matches!(answer, TransferResponse::Sending { .. }),
         "{answer:?}"
     );
-    let (mut waiter, answer) = ask(addr, h);
+    let (mut waiter, answer) = ask(addr, h, bytes.len() as u64);
     assert_eq!(answer, TransferResponse::Queued { position: 1 });
     // The hog stalls; the waiter is served next (its header, then the whole file).
     let answer = next_answer(&mut waiter);
     assert!(
-        matches!(answer, TransferResponse::Sending { offset: 0, .. }),
+        matches!(
+            answer,
+            TransferResponse::Sending {
+                first: 0,
+                end: GROUPS,
+                ..
+            }
+        ),
         "{answer:?}"
     );
-    let mut got = vec![0u8; bytes.len()];
+    let size = bytes.len() as u64;
+    let proof = outboard::proof_len(size, 0..GROUPS).unwrap();
+    let data = outboard::group_bytes(size, 0..GROUPS);
+    let mut got = vec![0u8; proof + data.end as usize];
     waiter.read_exact(&mut got).unwrap();
-    assert!(got == bytes);
+    assert!(got[proof..] == bytes[..data.end as usize]);
     // The hog's connection was closed by the holder: reading on ends (after what the
     // kernel buffered).
     let mut sink = Vec::new();

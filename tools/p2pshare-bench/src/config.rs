@@ -191,6 +191,8 @@ pub enum Mode {
         size: u64,
         /// Timed downloads per contender.
         repeats: usize,
+        /// Also time a swarm download from holders limited to this rate against one of them.
+        swarm_rate: Option<u64>,
     },
 }
 

@@ -277,7 +277,11 @@ pub fn run(config: &Config) -> io::Result<Summary> {
                 latency: OpSummary::of(&r.latency, r.errors),
             });
         }
-        Mode::Transfer { size, repeats } => {
+        Mode::Transfer {
+            size,
+            repeats,
+            swarm_rate,
+        } => {
             measure_prerun_floor()?;
             transfer = Some(transfer::run(&transfer::Params {
                 size: *size,
@@ -287,6 +291,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
                 self_exe: &config.self_exe,
                 out: &config.out,
                 seed: config.seed,
+                swarm_rate: *swarm_rate,
             })?);
         }
     }

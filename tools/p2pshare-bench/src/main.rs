@@ -76,6 +76,10 @@ struct Flags {
     /// under 64 simultaneous downloads.
     #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
     transfer: Option<u64>,
+    /// Transfer mode: also time one `get` from 4 holders each limited to this upload rate
+    /// (`peer --max-upload-rate`, e.g. 50M) against the same `get` from one of them.
+    #[arg(long, value_name = "BYTES/s", value_parser = p2pshare::peer::throttle::parse_rate)]
+    swarm_rate: Option<u64>,
     /// Transfer mode: timed downloads per contender.
     #[arg(long, value_name = "R", default_value_t = 3)]
     repeats: usize,
@@ -254,6 +258,7 @@ fn validate(flags: Flags) -> Result<Config, String> {
         Mode::Transfer {
             size,
             repeats: flags.repeats,
+            swarm_rate: flags.swarm_rate,
         }
     } else if saturation {
         if flags.files == 0 {

@@ -960,6 +960,17 @@ pub fn transfer_console(tr: &TransferSummary) -> String {
         tr.holder_vmhwm_kib,
         tr.holder_vmhwm_mb
     );
+    if let Some(sw) = &tr.swarm {
+        let _ = writeln!(
+            t,
+            "swarm: {} holders at {} B/s each {:.1} MiB/s | one of them {:.1} MiB/s | {:.2}x",
+            sw.holders,
+            sw.holder_rate,
+            sw.all_holders_mib_per_s,
+            sw.one_holder_mib_per_s,
+            sw.speedup
+        );
+    }
     t
 }
 

@@ -26,6 +26,7 @@ use super::client::{Client, REPLY_TIMEOUT};
 use super::floor::{self, ChildGuard};
 use super::progress;
 use p2pshare::codec::Decoder;
+use p2pshare::peer::outboard;
 use p2pshare::peer::share::hash_file;
 use p2pshare::sys;
 use p2pshare::wire::{
@@ -82,6 +83,27 @@ pub struct Params<'a> {
     pub out: &'a Path,
     /// Seed of the file's bytes.
     pub seed: u64,
+    /// Also time a swarm download from [`SWARM_HOLDERS`] holders limited to this rate
+    /// against one of them.
+    pub swarm_rate: Option<u64>,
+}
+
+/// Holders of the swarm comparison.
+pub const SWARM_HOLDERS: usize = 4;
+
+/// The swarm comparison: one `get` from one rate-limited holder, then from all of them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SwarmSummary {
+    /// Each holder's `--max-upload-rate`, bytes/s.
+    pub holder_rate: u64,
+    /// Holders in the swarm.
+    pub holders: usize,
+    /// The `get` from one holder, MiB/s.
+    pub one_holder_mib_per_s: f64,
+    /// The `get` from every holder, MiB/s.
+    pub all_holders_mib_per_s: f64,
+    /// `all / one` (the target: at least 3.6 with 4 holders).
+    pub speedup: f64,
 }
 
 /// One contender's timed transfers.
@@ -157,6 +179,8 @@ pub struct TransferSummary {
     pub holder_vmhwm_kib: u64,
     /// The same in MB (10^6 bytes).
     pub holder_vmhwm_mb: f64,
+    /// The swarm comparison, when `--swarm-rate` was given.
+    pub swarm: Option<SwarmSummary>,
 }
 
 /// Removes the work directory when dropped.
@@ -290,6 +314,14 @@ pub fn run(p: &Params) -> io::Result<TransferSummary> {
         mem.hwm_kib
     ));
 
+    let swarm = match p.swarm_rate {
+        Some(rate) => {
+            // The unlimited holder leaves first: only the limited ones may serve.
+            drop(holder);
+            Some(swarm_comparison(p, hash, &src, &work.0, rate, limit)?)
+        }
+        None => None,
+    };
     let p2pshare = Series::new(p.size, &p2p_times);
     let bare_copy = Series::new(p.size, &copy_times);
     let bare_copy_without_fsync = Series::new(p.size, &copy_times_nofsync);
@@ -322,6 +354,114 @@ pub fn run(p: &Params) -> io::Result<TransferSummary> {
         holder_rss_max_mb_64_downloads: round(kib_to_mb(mem.rss_max_kib), 2),
         holder_vmhwm_kib: mem.hwm_kib,
         holder_vmhwm_mb: round(kib_to_mb(mem.hwm_kib), 2),
+        swarm,
+    })
+}
+
+/// Starts a holder of `src` (hard-linked into a directory of its own) limited to `rate`.
+fn start_limited_holder(
+    p: &Params,
+    src: &Path,
+    work: &Path,
+    i: usize,
+    rate: u64,
+) -> io::Result<ChildGuard> {
+    let dir = work.join(format!("swarm-holder-{i}"));
+    fs::create_dir_all(&dir)?;
+    let name = src.file_name().expect("a file name");
+    if fs::hard_link(src, dir.join(name)).is_err() {
+        fs::copy(src, dir.join(name))?;
+    }
+    let log = work.join(format!("swarm-holder-{i}.log"));
+    Ok(ChildGuard(
+        Command::new(p.peer)
+            .arg("--share")
+            .arg(&dir)
+            .args(["--index", &p.index.to_string()])
+            .args(["--listen", "127.0.0.1:0", "--serve"])
+            .args(["--max-uploads-per-ip", "0"])
+            .args(["--max-upload-rate", &rate.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?)
+            .spawn()
+            .map_err(|e| with_context(e, &format!("cannot start {}", p.peer.display())))?,
+    ))
+}
+
+/// Polls the index until exactly `n` holders of `hash` are listed.
+fn wait_for_holders(index: SocketAddr, hash: FileHash, n: usize) -> io::Result<()> {
+    let deadline = Instant::now() + REGISTER_TIMEOUT;
+    let mut client = Client::hello(index, 0, "p2pshare-bench-swarm")?;
+    loop {
+        let listed = match client.call(RequestBody::Lookup {
+            key: LookupKey::Hash(hash),
+            after: None,
+        })? {
+            ResponseBody::Holders { files, .. } => files
+                .iter()
+                .filter(|f| f.hash == hash)
+                .map(|f| f.holders.len())
+                .sum(),
+            _ => 0,
+        };
+        if listed == n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{listed} holders listed, not {n}, after {REGISTER_TIMEOUT:?}"),
+            ));
+        }
+        thread::sleep(RSS_SAMPLE_INTERVAL);
+    }
+}
+
+/// One `get` from one holder limited to `rate`, then from [`SWARM_HOLDERS`] of them.
+fn swarm_comparison(
+    p: &Params,
+    hash: FileHash,
+    src: &Path,
+    work: &Path,
+    holder_rate: u64,
+    limit: Duration,
+) -> io::Result<SwarmSummary> {
+    let slow_limit = limit.max(Duration::from_secs(p.size / holder_rate.max(1) * 3 + 60));
+    wait_for_holders(p.index, hash, 0)?;
+    let mut holders = vec![start_limited_holder(p, src, work, 0, holder_rate)?];
+    wait_for_holders(p.index, hash, 1)?;
+    progress(&format!(
+        "bench: transfer: swarm: get from 1 holder at {holder_rate} B/s"
+    ));
+    sync_disks();
+    let dst = work.join("dst");
+    let one = p2pshare_once(p, hash, &dst.join("swarm-1"), work, 1000, slow_limit)?;
+    progress_line(&format!(
+        "bench: transfer: swarm: 1 holder {:.1} MiB/s",
+        rate(p.size, one)
+    ));
+    for i in 1..SWARM_HOLDERS {
+        holders.push(start_limited_holder(p, src, work, i, holder_rate)?);
+    }
+    wait_for_holders(p.index, hash, SWARM_HOLDERS)?;
+    progress(&format!(
+        "bench: transfer: swarm: get from {SWARM_HOLDERS} holders at {holder_rate} B/s each"
+    ));
+    sync_disks();
+    let all = p2pshare_once(p, hash, &dst.join("swarm-all"), work, 1001, slow_limit)?;
+    let (one_rate, all_rate) = (rate(p.size, one), rate(p.size, all));
+    progress_line(&format!(
+        "bench: transfer: swarm: {SWARM_HOLDERS} holders {all_rate:.1} MiB/s ({:.2}x one)",
+        ratio(all_rate, one_rate)
+    ));
+    drop(holders);
+    Ok(SwarmSummary {
+        holder_rate,
+        holders: SWARM_HOLDERS,
+        one_holder_mib_per_s: round(one_rate, 1),
+        all_holders_mib_per_s: round(all_rate, 1),
+        speedup: ratio(all_rate, one_rate),
     })
 }
 
@@ -806,7 +946,7 @@ fn concurrent_downloads(
             let start_together = Arc::clone(&start_together);
             let finished = Arc::clone(&finished);
             thread::spawn(move || {
-                let requested = request_download(holder, hash);
+                let requested = request_download(holder, hash, size, bytes_each);
                 // Every thread reaches the barrier, failed or not, so none waits forever.
                 start_together.wait();
                 let r = requested.and_then(|s| read_download(s, size, bytes_each));
@@ -840,49 +980,86 @@ fn concurrent_downloads(
     })
 }
 
-/// Connects to the holder and sends a `Get` from offset 0.
-fn request_download(holder: SocketAddr, hash: FileHash) -> io::Result<TcpStream> {
+/// Groups asked for in one range request of the memory mode (4 MiB).
+const RANGE_GROUPS: u64 = 256;
+
+/// The range requests covering the first `want` bytes of a file of `size` bytes.
+fn ranges(size: u64, want: u64) -> Vec<std::ops::Range<u64>> {
+    let groups = outboard::group_count(size).min(want.div_ceil(outboard::GROUP_BYTES).max(1));
+    (0..groups)
+        .step_by(RANGE_GROUPS as usize)
+        .map(|g| g..(g + RANGE_GROUPS).min(groups))
+        .collect()
+}
+
+/// Connects to the holder and sends, pipelined, the range requests for its first `want`
+/// bytes.
+fn request_download(
+    holder: SocketAddr,
+    hash: FileHash,
+    size: u64,
+    want: u64,
+) -> io::Result<TcpStream> {
     let mut s = TcpStream::connect(holder)?;
     s.set_read_timeout(Some(REPLY_TIMEOUT))?;
     let mut frame = Vec::new();
-    wire::encode_frame(
-        &TransferRequest::Get {
-            version: PROTOCOL_VERSION,
-            hash,
-            offset: 0,
-        },
-        &mut frame,
-    );
+    for r in ranges(size, want) {
+        wire::encode_frame(
+            &TransferRequest::Range {
+                version: PROTOCOL_VERSION,
+                hash,
+                size,
+                first: r.start,
+                end: r.end,
+            },
+            &mut frame,
+        );
+    }
     s.write_all(&frame)?;
     Ok(s)
 }
 
-/// Reads the `Sending` header, then `want` bytes of the file, and closes.
+/// Reads each range's `Sending` header, proof and data bytes (not verified: this measures the
+/// holder), and closes.
 fn read_download(mut s: TcpStream, size: u64, want: u64) -> io::Result<()> {
     let mut decoder = Decoder::new(64 << 10);
     let mut inbuf = Vec::new();
     let mut buf = vec![0u8; COPY_READ_BYTES];
-    let mut got = loop {
-        let n = read_some(&mut s, &mut buf)?;
-        inbuf.extend_from_slice(&buf[..n]);
-        let decoded = decoder
-            .decode(&inbuf)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let Some(d) = decoded else { continue };
-        match wire::decode::<TransferResponse>(&inbuf[d.payload.clone()]) {
-            Ok(TransferResponse::Sending {
-                size: s, offset: 0, ..
-            }) if s == size => {}
-            other => {
-                return Err(io::Error::other(format!(
-                    "unexpected answer from the holder: {other:?}"
-                )))
+    for r in ranges(size, want) {
+        let body = loop {
+            if let Some(d) = decoder
+                .decode(&inbuf)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
+            {
+                match wire::decode::<TransferResponse>(&inbuf[d.payload.clone()]) {
+                    Ok(TransferResponse::Sending {
+                        size: s,
+                        first,
+                        end,
+                    }) if s == size && first == r.start && end == r.end => {}
+                    other => {
+                        return Err(io::Error::other(format!(
+                            "unexpected answer from the holder: {other:?}"
+                        )))
+                    }
+                }
+                inbuf.drain(..d.consumed);
+                let data = outboard::group_bytes(size, r.clone());
+                let proof = outboard::proof_len(size, r.clone())
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                break proof as u64 + (data.end - data.start);
             }
+            let n = read_some(&mut s, &mut buf)?;
+            inbuf.extend_from_slice(&buf[..n]);
+        };
+        let mut got = (inbuf.len() as u64).min(body);
+        inbuf.drain(..got as usize);
+        while got < body {
+            let n = read_some(&mut s, &mut buf)?;
+            let take = (n as u64).min(body - got) as usize;
+            got += take as u64;
+            inbuf.extend_from_slice(&buf[take..n]);
         }
-        break (inbuf.len() - d.consumed) as u64;
-    };
-    while got < want {
-        got += read_some(&mut s, &mut buf)? as u64;
     }
     Ok(())
 }
