@@ -1068,6 +1068,11 @@ impl PeerCore {
             mtime_ns: share::mtime_ns(&meta),
             hash,
         };
+        if size > super::outboard::GROUP_BYTES && self.outboards.start_compute(hash) {
+            // Its ranges are served once its outboard is computed (off the loop).
+            self.actions
+                .push_back(Action::Hash(Job::Outboard { file: f.clone() }));
+        }
         let diff = self.share.upsert(vec![f]);
         self.session.register(diff.added, &mut self.actions);
     }

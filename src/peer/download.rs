@@ -40,7 +40,9 @@ use super::rate::RateFloor;
 use super::share::PART_SUFFIX;
 use super::swarm::{self, DropReason, HolderId, Loaded, PieceSet, ResumeRecord, Swarm};
 use crate::reactor::{CloseReason, ConnId, Verdict};
-use crate::wire::{self, FileHash, HeldFile, TransferRequest, TransferResponse, PROTOCOL_VERSION};
+use crate::wire::{
+    self, ErrorCode, FileHash, HeldFile, TransferRequest, TransferResponse, PROTOCOL_VERSION,
+};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -712,7 +714,15 @@ impl Download {
                     None => "sent a range nobody asked for".to_string(),
                 }
             }
-            Ok(TransferResponse::Error { code, message }) => format!("{code}: {message}"),
+            Ok(TransferResponse::Error { code, message }) => {
+                self.holder_failed(now, i, format!("{code}: {message}"), out);
+                if code == ErrorCode::Busy {
+                    // Busy for now (full, or preparing the file's outboard): a later lookup
+                    // may bring it back whatever its count.
+                    self.sources[i].failures -= 1;
+                }
+                return Verdict::Close(CloseReason::Local);
+            }
             Err(e) => format!("protocol error: holder sent {e}"),
         };
         self.holder_failed(now, i, why, out);

@@ -268,7 +268,7 @@ impl Outboards {
     }
 
     /// Whether the outboard of `hash` should be computed now (not already under way).
-    fn start_compute(&mut self, hash: FileHash) -> bool {
+    pub fn start_compute(&mut self, hash: FileHash) -> bool {
         self.pending.insert(hash)
     }
 

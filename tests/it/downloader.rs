@@ -8,11 +8,13 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// A holder that sends a valid header and then one byte every 20 ms is dropped by the rate
-/// floor (here 1000 B/s over 300 ms) and the honest holder listed after it serves the file.
-/// Before the floor, such a holder kept the downloader until the whole file had trickled in.
+/// A holder that sends a valid header and then one byte every 20 ms, listed first, cannot hold
+/// the download: both holders are asked at once, the honest one serves the file (the
+/// trickler's piece is raced in the endgame), and the rate floor (here 1000 B/s over 300 ms)
+/// would drop the trickler anyway. Before swarm downloads and the floor, such a holder kept
+/// the downloader until the whole file had trickled in.
 #[test]
-fn a_trickling_holder_is_dropped_for_the_next_one() {
+fn a_trickling_holder_cannot_hold_the_download() {
     let indexd = Indexd::start(&[]);
     let tmp = TempDir::new("trickle");
     let (a, b) = (tmp.sub("a"), tmp.sub("b"));
