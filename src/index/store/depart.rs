@@ -190,7 +190,7 @@ impl Index {
             self.rerank(e, entry_before);
             // Entries of this file still to be visited may hold the peer: a file of several
             // names loses this holder only at the last of them.
-            if self.files.multi_holders.contains_key(&file) && !self.peer_holds_file(peer, file) {
+            if self.files.multi_holders.contains_key(file) && !self.peer_holds_file(peer, file) {
                 self.lose_holder(file);
             }
             self.note_holders_changed(file, before);

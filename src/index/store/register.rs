@@ -294,7 +294,7 @@ impl Index {
         self.entries.push_holder(e, peer.0);
         self.rerank(e, entry_before);
         if new_file {
-            if let Some(n) = self.files.multi_holders.get_mut(&file) {
+            if let Some(n) = self.files.multi_holders.get_mut(file) {
                 *n += 1;
             }
         }
@@ -315,10 +315,11 @@ impl Index {
     /// entry without its words; an owner that answers a register before calling it (the
     /// server does, to answer sooner) defers the work, not its effect.
     pub fn post_pending(&mut self) {
-        self.unstage_all();
-        self.files.refresh_filter();
-        self.post_unposted();
-        self.apply_retiers();
+        use crate::index::worktrace::time;
+        time("staged files", || self.unstage_all());
+        time("filter refresh", || self.files.refresh_filter());
+        time("word posting", || self.post_unposted());
+        time("retiering", || self.apply_retiers());
     }
 
     /// Moves the postings of the entries of files in `Pending::retier` to their file's
@@ -432,7 +433,7 @@ impl Index {
         self.pending.unposted = unposted;
         self.pending.unposted.clear();
         if self.entries.names.needs_compaction() {
-            self.entries.compact_names();
+            crate::index::worktrace::time("name compaction", || self.entries.compact_names());
         }
     }
 

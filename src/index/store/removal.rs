@@ -73,7 +73,7 @@ impl Index {
 
     /// `file` lost one of its distinct holders (counted only for a file of several names).
     pub(super) fn lose_holder(&mut self, file: u32) {
-        if let Some(n) = self.files.multi_holders.get_mut(&file) {
+        if let Some(n) = self.files.multi_holders.get_mut(file) {
             *n -= 1;
         }
     }
@@ -136,7 +136,7 @@ impl Index {
             self.delete_entry_record(e);
         }
         if self.entries.names.needs_compaction() {
-            self.entries.compact_names();
+            crate::index::worktrace::time("name compaction", || self.entries.compact_names());
         }
     }
 
@@ -160,7 +160,7 @@ impl Index {
         };
         if new_head != NONE && self.entries[new_head].next == NONE {
             self.entries[new_head].file |= SOLE;
-            self.files.multi_holders.remove(&file);
+            self.files.multi_holders.remove(file);
         }
         self.entries.remove(e);
         if self.files[file].first_entry() == NONE {

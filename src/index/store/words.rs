@@ -58,7 +58,7 @@ pub(super) struct Words {
     /// The words' lowercase texts, an arena like the names'.
     texts: Names,
     /// Word ids hashed by their text, for exact lookups (register, removal, name lookup).
-    by_text: ShardedTable,
+    by_text: ShardedTable<u32>,
     hasher: hashbrown::DefaultHashBuilder,
     /// Word ids in text order, for prefix ranges: `(first 4 text bytes << 32) | word id`
     /// (see [`pad4`]), so most comparisons need not read the text.
@@ -144,7 +144,7 @@ impl Words {
 
     #[inline]
     fn find_hashed(&self, text: &[u8], hash: u64) -> Option<u32> {
-        self.by_text.find(hash, |&w| self.text(w) == text)
+        self.by_text.find(hash, |&w| self.text(w) == text).copied()
     }
 
     /// Where the word `text` is (or would go) in `order`.
@@ -387,7 +387,7 @@ impl Words {
             .unwrap_or_else(|| self.position(text).expect("a live word is ordered"));
         self.order.remove_at(at);
         let hashed = self.by_text.remove(hash, |&x| x == w);
-        assert!(hashed, "a live word is hashed");
+        assert!(hashed.is_some(), "a live word is hashed");
         let rec = self.recs.remove(w);
         self.texts.free(rec.text);
         if self.recs.is_empty() {
