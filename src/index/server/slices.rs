@@ -1,29 +1,35 @@
 //! Work the server does in slices across reactor turns, so that no request holds the loop for
-//! long: big registers (and unregisters) and departing peers' removal.
+//! long: big registers (and unregisters), departing peers' removal, the hash filter's rebuild
+//! and the arenas' compaction.
 //!
 //! # Sliced requests
 //! A `Register` of more than [`SLICE_UNITS`] files, or an `Unregister` of more than that many
-//! hashes, is applied a slice at a time: the first slice while its frame is handled, the rest
-//! as background work at the ends of turns. The session is *held* meanwhile (the reactor
-//! delivers none of its later frames, see [`Ctx::hold`]), and its answer, the sum of the
-//! slices' outcomes, is sent when the last slice is done; then it is resumed. So the session's
-//! next request sees its whole register, while other sessions see after every slice an index
-//! in which the peer has registered part of its list so far. Requests of at most
-//! [`SLICE_UNITS`] files are answered in the same turn, as before.
+//! hashes, is applied a slice at a time as background work at the ends of turns (none of it in
+//! the turn its frame arrives). A register frame over `LAZY_REGISTER_BYTES` is not even decoded
+//! whole: its job decodes each slice's entries from the frame's bytes (see
+//! `register_frame.rs`). The session is *held* meanwhile (the reactor delivers none of its
+//! later frames, see [`Ctx::hold`]), and its answer, the sum of the slices' outcomes, is sent
+//! when the last slice is done; then it is resumed. So the session's next request sees its
+//! whole register, while other sessions see after every slice an index in which the peer has
+//! registered part of its list so far. Requests of at most [`SLICE_UNITS`] files are answered
+//! in the same turn, as before.
 //!
 //! # Departures
 //! When a `Ready` session closes its peer is marked departing at once (no answer lists it from
 //! then on) and its holdings are withdrawn in slices (see `store/depart.rs`).
 //!
-//! # The hash filter
-//! A due rebuild of the index's hash filter is done a step per turn (see `store/filter.rs`).
+//! # The hash filter and the arenas
+//! A due rebuild of the index's hash filter, and a compaction of its name or word-text arena,
+//! are each done a step per turn (see `store/filter.rs`, `store/names.rs`).
 //!
 //! # The budget
 //! All background work shares one budget per turn: slices of at most [`SLICE_UNITS`] holdings
 //! are done, requests first-come first-served in turn with departures, until
-//! [`BACKGROUND_WORK_PER_TURN`] of time is used. However many big registers and departures
-//! are waiting (a reconnect storm), a turn spends about that on them, and lookups and searches
-//! keep being answered between turns: this is the admission control of a storm.
+//! [`BACKGROUND_WORK_PER_TURN`] of time is used, or until the turn as a whole (its frames
+//! included) has lasted [`TURN_WORK_TARGET`], after one slice at least. However many big
+//! registers and departures are waiting (a reconnect storm), a turn spends about that on them,
+//! and lookups and searches keep being answered between turns: this is the admission control
+//! of a storm.
 
 use super::register_frame::{EntryError, LazyEntries};
 use super::{IndexServer, Verdict};
@@ -277,7 +283,10 @@ impl IndexServer {
 
     /// Whether background work is waiting.
     pub fn has_background_work(&self) -> bool {
-        !self.jobs.is_empty() || self.index.has_departures() || self.index.is_rebuilding_filter()
+        !self.jobs.is_empty()
+            || self.index.has_departures()
+            || self.index.is_rebuilding_filter()
+            || self.index.is_compacting()
     }
 
     /// Does all background work now, in one go (for sans-IO callers and tests); returns the
@@ -287,6 +296,7 @@ impl IndexServer {
         while self.has_background_work() {
             self.poll_background(usize::MAX, &mut answers);
             self.index.continue_filter_rebuild();
+            self.index.continue_compaction();
         }
         answers
     }
@@ -305,6 +315,7 @@ impl IndexServer {
         trace::time("filter rebuild step", || {
             self.index.continue_filter_rebuild()
         });
+        trace::time("compaction step", || self.index.continue_compaction());
         let turn_started = ctx.now();
         let started = Instant::now();
         let mut answers = Vec::new();
@@ -438,7 +449,7 @@ mod tests {
         // Nothing of it is decoded or registered in the frame's own turn.
         assert_eq!(server.index().entry_count(), 0);
         let mut answers = Vec::new();
-        while server.has_background_work() {
+        while !server.jobs.is_empty() || server.index().has_departures() {
             let before = server.index().entry_count();
             let used = server.poll_background(SLICE_UNITS, &mut answers);
             assert!(used <= SLICE_UNITS);
@@ -548,7 +559,7 @@ mod tests {
         assert_eq!(server.index().entry_count(), 10);
         let mut answers = Vec::new();
         let mut polls = 0;
-        while server.has_background_work() {
+        while !server.jobs.is_empty() || server.index().has_departures() {
             let before = server.index().entry_count();
             let used = server.poll_background(SLICE_UNITS, &mut answers);
             // Each poll is one bounded slice, and other sessions see it whole.

@@ -274,9 +274,11 @@ impl Index {
         // are posted and it is compressed in `post_pending`, off the register's answer.
         let mut plain = std::mem::take(&mut self.work.name);
         NameCodec::plain(name, &mut plain);
-        let at = self.entries.names.push(&plain);
+        let owner = self.entries.next_id();
+        let at = self.entries.names.push(owner, &plain);
         self.work.name = plain;
         let id = self.entries.insert(at, file | sole, head);
+        debug_assert_eq!(id, owner);
         self.files[file].set_first_entry(id);
         self.pending.unposted.push(id);
         id
@@ -392,7 +394,7 @@ impl Index {
         for &id in &unposted {
             let at = self.entries[id].name;
             text.clear();
-            text.push_str(NameCodec::plain_str(self.entries.names.get(at)));
+            text.push_str(NameCodec::plain_str(self.entries.names.get(id, at)));
             lower_words(&text, &mut scratch);
             name_words.clear();
             let tier = tier_of(self.file_holder_count(self.entries[id].file()));
@@ -414,10 +416,10 @@ impl Index {
                     .get(i)
                     .is_some_and(|&w| words.has_packed(w, NameCodec::MIN_POSTINGS))
             });
-            if enc.as_slice() != entries.names.get(at) {
+            if enc.as_slice() != entries.names.get(id, at) {
                 // Without room for the encoding (at the arena's cap) the name stays plain,
                 // which is a valid encoding too.
-                if let Some(moved) = entries.names.replace(at, &enc) {
+                if let Some(moved) = entries.names.replace(id, at, &enc) {
                     entries[id].name = moved;
                 }
             }
@@ -432,9 +434,7 @@ impl Index {
         self.work.name = enc;
         self.pending.unposted = unposted;
         self.pending.unposted.clear();
-        if self.entries.names.needs_compaction() {
-            crate::index::worktrace::time("name compaction", || self.entries.compact_names());
-        }
+        self.entries.names.start_compaction_if_due();
     }
 
     /// Whether [`Index::register`] left work for [`Index::post_pending`].

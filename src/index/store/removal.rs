@@ -135,9 +135,7 @@ impl Index {
         for &e in dead {
             self.delete_entry_record(e);
         }
-        if self.entries.names.needs_compaction() {
-            crate::index::worktrace::time("name compaction", || self.entries.compact_names());
-        }
+        self.entries.names.start_compaction_if_due();
     }
 
     /// Frees entry `e`'s record and name (its postings are gone already), and its file if that
