@@ -18,13 +18,16 @@
 //! Hello, never an address the peer claims. An IPv4 peer on a dual-stack listener is seen as
 //! plain IPv4 (the reactor maps `::ffff:a.b.c.d` at accept), so it is handed out as such.
 
+mod register_frame;
 mod slices;
 
-pub use self::slices::{BACKGROUND_WORK_PER_TURN, SLICE_UNITS};
+pub use self::register_frame::LAZY_REGISTER_BYTES;
+pub use self::slices::{BACKGROUND_WORK_PER_TURN, SLICE_UNITS, TURN_WORK_TARGET};
 
 use super::limits::{self, Kind, Limiter, RateLimits, Refusal, SessionBuckets};
 use super::metrics::{self, IndexMetrics};
 use super::store::{Index, LookupError, PeerId, RegisterOutcome, SEARCH_TIME_LIMIT};
+use super::worktrace;
 use crate::codec::FrameError;
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, HttpBody, PauseSummary, Verdict};
 use crate::wire::{
@@ -135,6 +138,14 @@ pub struct IndexServer {
     current_conn: Option<ConnId>,
     /// The request being handled became a job: hold its connection.
     hold_current: bool,
+    /// The entries of the big register frame being handled, decoded in slices (see
+    /// `server/register_frame.rs`).
+    lazy_register: Option<register_frame::LazyEntries>,
+    /// Held connections whose job failed (a register entry that does not decode): closed
+    /// after their error answer, with this reason.
+    closing: Vec<(ConnId, String)>,
+    /// The buffer of the last big register frame's entries, for the next one.
+    spare_frame: Vec<u8>,
 }
 
 /// Longest server time the histograms tell apart (longer ones count as this), in ns.
@@ -169,6 +180,9 @@ impl IndexServer {
             jobs: VecDeque::new(),
             current_conn: None,
             hold_current: false,
+            lazy_register: None,
+            closing: Vec::new(),
+            spare_frame: Vec::new(),
         }
     }
 
@@ -352,9 +366,13 @@ impl IndexServer {
                     return Verdict::Continue;
                 }
                 match self.start_register(peer, id, files) {
-                    Some(body) => body,
+                    Ok(Some(body)) => body,
                     // Answered when its last slice is done.
-                    None => return Verdict::Continue,
+                    Ok(None) => return Verdict::Continue,
+                    Err(e) => {
+                        let message = format!("register entry: {}", e.0);
+                        return self.fatal(out, session, id, ErrorCode::Malformed, message);
+                    }
                 }
             }
             RequestBody::Unregister { hashes } => {
@@ -630,7 +648,17 @@ impl IndexServer {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Verdict {
-        match wire::decode::<Request>(payload) {
+        // A big register's entries are decoded in slices, by its job (see `register_frame.rs`).
+        let decoded = worktrace::time("decode", || {
+            match register_frame::split(payload, &mut self.spare_frame) {
+                Some((head, entries)) => {
+                    self.lazy_register = Some(entries);
+                    Ok(head)
+                }
+                None => wire::decode::<Request>(payload),
+            }
+        });
+        match decoded {
             Ok(req) => {
                 // Every request is timed (two clock reads, a few tens of ns) for the metrics;
                 // searches and lookups for `Stats` too.
@@ -640,7 +668,13 @@ impl IndexServer {
                 let started = Instant::now();
                 let refused = self.limiter.counts().rate_limited;
                 self.charge = None;
-                let verdict = self.handle_request(out, session, req, started);
+                let verdict = worktrace::time(metrics::REQUEST_KINDS[kind], || {
+                    self.handle_request(out, session, req, started)
+                });
+                // Not taken by the register (refused, or from a session not ready).
+                if let Some(entries) = self.lazy_register.take() {
+                    self.spare_frame = entries.into_buffer();
+                }
                 let elapsed = started.elapsed();
                 let ns = (elapsed.as_nanos() as u64).clamp(1, MAX_TRACKED_NS);
                 if let Some((kind, units)) = self.charge.take() {
@@ -819,6 +853,7 @@ impl Handler for IndexServer {
     fn handle_turn_end(&mut self, ctx: &mut Ctx<Session>) {
         self.settle();
         self.turn_end(ctx);
+        worktrace::end_turn();
     }
 
     fn handle_http_get(&mut self, ctx: &mut Ctx<Session>, path: &str) -> Option<HttpBody> {

@@ -664,7 +664,9 @@ fn a_departing_peer_of_many_files_is_never_listed_after_its_close() {
 /// A measurement, not a test: the reactor loop's longest pause while peers of `CHURN_FILES`
 /// files (default 100,000, registered in 1 MiB frames of 20,000) join and leave over an index
 /// pre-populated with `CHURN_BASE` entries (default 1,000,000), while a client searches and
-/// looks up. Prints the `Stats` loop pauses before and after the churn.
+/// looks up. Prints the `Stats` loop pauses before and after the churn. With
+/// `P2PSHARE_WORK_TRACE=FILE` indexd also writes its work trace there (see
+/// `src/index/worktrace.rs`).
 /// `CHURN_BASE=10000000 cargo test --release --test it -- --ignored --nocapture indexd::measure_churn`
 #[test]
 #[ignore]
@@ -737,6 +739,12 @@ fn measure_churn_loop_pause() {
         after.loop_p999_pause_us,
         after.loop_turns
     );
+    if std::env::var_os("P2PSHARE_WORK_TRACE").is_some() {
+        // indexd writes its work trace at most once a second: one more turn after that.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        stats(&mut watcher);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn holders_of_first(c: &mut Client, files: &[FileEntry]) -> Vec<(FileHash, Vec<SocketAddr>)> {

@@ -1,34 +1,42 @@
 //! Work the server does in slices across reactor turns, so that no request holds the loop for
-//! long: big registers (and unregisters) and departing peers' removal.
+//! long: big registers (and unregisters), departing peers' removal, the hash filter's rebuild
+//! and the arenas' compaction.
 //!
 //! # Sliced requests
 //! A `Register` of more than [`SLICE_UNITS`] files, or an `Unregister` of more than that many
-//! hashes, is applied a slice at a time: the first slice while its frame is handled, the rest
-//! as background work at the ends of turns. The session is *held* meanwhile (the reactor
-//! delivers none of its later frames, see [`Ctx::hold`]), and its answer, the sum of the
-//! slices' outcomes, is sent when the last slice is done; then it is resumed. So the session's
-//! next request sees its whole register, while other sessions see after every slice an index
-//! in which the peer has registered part of its list so far. Requests of at most
-//! [`SLICE_UNITS`] files are answered in the same turn, as before.
+//! hashes, is applied a slice at a time as background work at the ends of turns (none of it in
+//! the turn its frame arrives). A register frame over `LAZY_REGISTER_BYTES` is not even decoded
+//! whole: its job decodes each slice's entries from the frame's bytes (see
+//! `register_frame.rs`). The session is *held* meanwhile (the reactor delivers none of its
+//! later frames, see [`Ctx::hold`]), and its answer, the sum of the slices' outcomes, is sent
+//! when the last slice is done; then it is resumed. So the session's next request sees its
+//! whole register, while other sessions see after every slice an index in which the peer has
+//! registered part of its list so far. Requests of at most [`SLICE_UNITS`] files are answered
+//! in the same turn, as before.
 //!
 //! # Departures
 //! When a `Ready` session closes its peer is marked departing at once (no answer lists it from
 //! then on) and its holdings are withdrawn in slices (see `store/depart.rs`).
 //!
-//! # The hash filter
-//! A due rebuild of the index's hash filter is done a step per turn (see `store/filter.rs`).
+//! # The hash filter and the arenas
+//! A due rebuild of the index's hash filter, and a compaction of its name or word-text arena,
+//! are each done a step per turn (see `store/filter.rs`, `store/names.rs`).
 //!
 //! # The budget
 //! All background work shares one budget per turn: slices of at most [`SLICE_UNITS`] holdings
 //! are done, requests first-come first-served in turn with departures, until
-//! [`BACKGROUND_WORK_PER_TURN`] of time is used. However many big registers and departures
-//! are waiting (a reconnect storm), a turn spends about that on them, and lookups and searches
-//! keep being answered between turns: this is the admission control of a storm.
+//! [`BACKGROUND_WORK_PER_TURN`] of time is used, or until the turn as a whole (its frames
+//! included) has lasted [`TURN_WORK_TARGET`], after one slice at least. However many big
+//! registers and departures are waiting (a reconnect storm), a turn spends about that on them,
+//! and lookups and searches keep being answered between turns: this is the admission control
+//! of a storm.
 
+use super::register_frame::{EntryError, LazyEntries};
 use super::{IndexServer, Verdict};
 use crate::index::store::{PeerId, RegisterOutcome};
-use crate::reactor::{ConnId, Ctx};
-use crate::wire::{self, FileEntry, FileHash, Response, ResponseBody};
+use crate::index::worktrace as trace;
+use crate::reactor::{CloseReason, ConnId, Ctx};
+use crate::wire::{self, ErrorCode, FileEntry, FileHash, Response, ResponseBody};
 use std::time::{Duration, Instant};
 
 /// Holdings (files registered or withdrawn) in one slice of background work; also the largest
@@ -37,6 +45,11 @@ pub const SLICE_UNITS: usize = 64;
 
 /// Time the background work may take per turn (checked between slices).
 pub const BACKGROUND_WORK_PER_TURN: Duration = Duration::from_micros(800);
+
+/// Background work stops, once it has done a slice, when the turn as a whole (its frames,
+/// then the background work) has lasted this long: a turn whose frames took their time
+/// leaves the background less, so the loop's pause stays under the 2 ms of issue 12.
+pub const TURN_WORK_TARGET: Duration = Duration::from_micros(1200);
 
 /// A request being applied in slices, for a held session.
 #[derive(Debug)]
@@ -54,7 +67,7 @@ pub(super) struct Job {
 #[derive(Debug)]
 enum JobWork {
     Register {
-        files: Vec<FileEntry>,
+        files: RegisterFiles,
         outcome: RegisterOutcome,
     },
     Unregister {
@@ -63,32 +76,97 @@ enum JobWork {
     },
 }
 
+/// The files of a register: decoded with its frame, or decoded a slice at a time from the
+/// frame's bytes (a big frame: see `register_frame.rs`).
+#[derive(Debug)]
+pub(super) enum RegisterFiles {
+    Decoded(Vec<FileEntry>),
+    Lazy {
+        entries: LazyEntries,
+        /// The slice being registered.
+        slice: Vec<FileEntry>,
+    },
+}
+
+impl RegisterFiles {
+    /// The next slice of at most `n` files, from `*at` (which it advances).
+    fn next_slice(&mut self, at: &mut usize, n: usize) -> Result<&[FileEntry], EntryError> {
+        match self {
+            RegisterFiles::Decoded(files) => {
+                let end = (*at + n).min(files.len());
+                let slice = &files[*at..end];
+                *at = end;
+                Ok(slice)
+            }
+            RegisterFiles::Lazy { entries, slice } => {
+                entries.next_slice(n, slice)?;
+                *at += slice.len();
+                Ok(slice)
+            }
+        }
+    }
+
+    /// Whether every file has been taken.
+    fn is_done(&self, at: usize) -> bool {
+        match self {
+            RegisterFiles::Decoded(files) => at == files.len(),
+            RegisterFiles::Lazy { entries, .. } => entries.is_done(),
+        }
+    }
+}
+
 impl IndexServer {
     /// Registers `files` for `peer` (a `Register` request), in slices if it is big and the
-    /// connection can be held: then `None`, and the answer follows when the job is done.
+    /// connection can be held: then `Ok(None)`, and the answer follows when the job is done.
+    /// A big frame's files come from `self.lazy_register` (see `register_frame.rs`), and an
+    /// entry of it that does not decode is an `Err` (the session is to be closed).
     pub(super) fn start_register(
         &mut self,
         peer: PeerId,
         id: u32,
         files: Vec<FileEntry>,
-    ) -> Option<ResponseBody> {
-        let first = files.len().min(SLICE_UNITS);
-        let outcome = self.register_slice(peer, &files[..first]);
+    ) -> Result<Option<ResponseBody>, EntryError> {
+        let mut files = match self.lazy_register.take() {
+            Some(entries) => RegisterFiles::Lazy {
+                entries,
+                slice: Vec::with_capacity(SLICE_UNITS),
+            },
+            None => RegisterFiles::Decoded(files),
+        };
+        let big = match &files {
+            RegisterFiles::Decoded(f) => f.len() > SLICE_UNITS,
+            RegisterFiles::Lazy { .. } => true,
+        };
         match self.current_conn {
-            Some(conn) if first < files.len() => {
+            Some(conn) if big => {
+                // All of it as background work, none in this frame's turn: the turn that
+                // brought a 1 MiB frame has spent its share on reading it.
                 self.jobs.push_back(Job {
                     conn,
                     peer,
                     id,
-                    work: JobWork::Register { files, outcome },
-                    at: first,
+                    work: JobWork::Register {
+                        files,
+                        outcome: RegisterOutcome::default(),
+                    },
+                    at: 0,
                 });
                 self.hold_current = true;
-                None
+                Ok(None)
             }
             _ => {
-                let rest = self.register_slice(peer, &files[first..]);
-                Some(registered(add_outcomes(outcome, rest)))
+                let mut at = 0;
+                let mut outcome = RegisterOutcome::default();
+                while !files.is_done(at) {
+                    let slice = files.next_slice(&mut at, SLICE_UNITS)?;
+                    let more = self.register_slice(peer, slice);
+                    outcome = add_outcomes(outcome, more);
+                }
+                if let RegisterFiles::Lazy { entries, .. } = files {
+                    self.spare_frame = entries.into_buffer();
+                }
+                outcome.total = self.index.holdings_of(peer);
+                Ok(Some(registered(outcome)))
             }
         }
     }
@@ -101,22 +179,20 @@ impl IndexServer {
         id: u32,
         hashes: Vec<FileHash>,
     ) -> Option<ResponseBody> {
-        let first = hashes.len().min(SLICE_UNITS);
-        let removed = self.unregister_slice(peer, &hashes[..first]);
         match self.current_conn {
-            Some(conn) if first < hashes.len() => {
+            Some(conn) if hashes.len() > SLICE_UNITS => {
                 self.jobs.push_back(Job {
                     conn,
                     peer,
                     id,
-                    work: JobWork::Unregister { hashes, removed },
-                    at: first,
+                    work: JobWork::Unregister { hashes, removed: 0 },
+                    at: 0,
                 });
                 self.hold_current = true;
                 None
             }
             _ => {
-                let removed = removed + self.unregister_slice(peer, &hashes[first..]);
+                let removed = self.unregister_slice(peer, &hashes);
                 Some(ResponseBody::Unregistered {
                     removed,
                     total: self.index.holdings_of(peer),
@@ -136,51 +212,81 @@ impl IndexServer {
         let budget = budget.max(1);
         let mut used = 0;
         if let Some(mut job) = self.jobs.pop_front() {
-            let (len, end) = match &job.work {
-                JobWork::Register { files, .. } => {
-                    (files.len(), (job.at + budget).min(files.len()))
-                }
-                JobWork::Unregister { hashes, .. } => {
-                    (hashes.len(), (job.at + budget).min(hashes.len()))
-                }
-            };
-            used += end - job.at;
-            match &mut job.work {
+            let before = job.at;
+            let done = match &mut job.work {
                 JobWork::Register { files, outcome } => {
-                    let more = self.register_slice(job.peer, &files[job.at..end]);
-                    *outcome = add_outcomes(*outcome, more);
-                    // Its words and tables now, within this slice's budget.
-                    self.index.post_pending();
+                    match files.next_slice(&mut job.at, budget) {
+                        Ok(slice) => {
+                            let more = trace::time("register slice", || {
+                                self.register_slice(job.peer, slice)
+                            });
+                            *outcome = add_outcomes(*outcome, more);
+                            // Its words and tables now, within this slice's budget.
+                            self.index.post_pending();
+                            files.is_done(job.at).then(|| {
+                                outcome.total = self.index.holdings_of(job.peer);
+                                Ok(registered(*outcome))
+                            })
+                        }
+                        Err(e) => Some(Err(e)),
+                    }
                 }
                 JobWork::Unregister { hashes, removed } => {
-                    *removed += self.unregister_slice(job.peer, &hashes[job.at..end]);
+                    let end = (job.at + budget).min(hashes.len());
+                    *removed += trace::time("unregister slice", || {
+                        self.unregister_slice(job.peer, &hashes[job.at..end])
+                    });
+                    job.at = end;
+                    (end == hashes.len()).then(|| {
+                        Ok(ResponseBody::Unregistered {
+                            removed: *removed,
+                            total: self.index.holdings_of(job.peer),
+                        })
+                    })
+                }
+            };
+            used += (job.at - before).max(1);
+            if done.is_some() {
+                if let JobWork::Register {
+                    files: RegisterFiles::Lazy { entries, .. },
+                    ..
+                } = &mut job.work
+                {
+                    self.spare_frame =
+                        std::mem::replace(entries, LazyEntries::empty()).into_buffer();
                 }
             }
-            job.at = end;
-            if end == len {
-                let body = match job.work {
-                    JobWork::Register { outcome, .. } => registered(outcome),
-                    JobWork::Unregister { removed, .. } => ResponseBody::Unregistered {
-                        removed,
-                        total: self.index.holdings_of(job.peer),
-                    },
-                };
-                let mut out = Vec::new();
-                wire::encode_frame(&Response { id: job.id, body }, &mut out);
-                answers.push((job.conn, out));
-            } else {
-                self.jobs.push_back(job);
+            match done {
+                None => self.jobs.push_back(job),
+                Some(Ok(body)) => {
+                    let mut out = Vec::new();
+                    wire::encode_frame(&Response { id: job.id, body }, &mut out);
+                    answers.push((job.conn, out));
+                }
+                Some(Err(EntryError(message))) => {
+                    // As for a frame that does not decode at all: an error, then the close.
+                    let mut out = Vec::new();
+                    let message = format!("register entry: {message}");
+                    self.error(&mut out, job.id, ErrorCode::Malformed, message.clone());
+                    answers.push((job.conn, out));
+                    self.closing.push((job.conn, message));
+                }
             }
         }
         if used < budget {
-            used += self.index.continue_departures(budget - used);
+            used += trace::time("departure slice", || {
+                self.index.continue_departures(budget - used)
+            });
         }
         used
     }
 
     /// Whether background work is waiting.
     pub fn has_background_work(&self) -> bool {
-        !self.jobs.is_empty() || self.index.has_departures() || self.index.is_rebuilding_filter()
+        !self.jobs.is_empty()
+            || self.index.has_departures()
+            || self.index.is_rebuilding_filter()
+            || self.index.is_compacting()
     }
 
     /// Does all background work now, in one go (for sans-IO callers and tests); returns the
@@ -190,6 +296,7 @@ impl IndexServer {
         while self.has_background_work() {
             self.poll_background(usize::MAX, &mut answers);
             self.index.continue_filter_rebuild();
+            self.index.continue_compaction();
         }
         answers
     }
@@ -205,17 +312,27 @@ impl IndexServer {
         if !self.has_background_work() {
             return;
         }
-        self.index.continue_filter_rebuild();
+        trace::time("filter rebuild step", || {
+            self.index.continue_filter_rebuild()
+        });
+        trace::time("compaction step", || self.index.continue_compaction());
+        let turn_started = ctx.now();
         let started = Instant::now();
         let mut answers = Vec::new();
         while self.poll_background(SLICE_UNITS, &mut answers) > 0 {
-            if started.elapsed() >= BACKGROUND_WORK_PER_TURN {
+            let now = Instant::now();
+            if now.saturating_duration_since(started) >= BACKGROUND_WORK_PER_TURN
+                || now.saturating_duration_since(turn_started) >= TURN_WORK_TARGET
+            {
                 break;
             }
         }
         for (conn, frame) in answers {
             ctx.send(conn, |out| out.extend_from_slice(&frame));
             ctx.resume(conn);
+        }
+        for (conn, message) in self.closing.drain(..) {
+            ctx.close_after_flush(conn, CloseReason::Protocol(message));
         }
         if self.has_background_work() {
             ctx.request_turn();
@@ -286,15 +403,125 @@ mod tests {
         conn: ConnId,
         body: RequestBody,
     ) -> (Vec<u8>, bool) {
-        let mut out = Vec::new();
-        server.current_conn = Some(conn);
         let payload = wire::to_payload(&Request { id: 9, body });
-        assert_eq!(
-            server.handle_payload(session, &payload, &mut out),
-            Verdict::Continue
-        );
+        let (out, verdict, held) = raw_frame(server, session, Some(conn), &payload);
+        assert_eq!(verdict, Verdict::Continue);
+        (out, held)
+    }
+
+    /// Handles `payload` as a frame (of connection `conn`, if it can be held).
+    fn raw_frame(
+        server: &mut IndexServer,
+        session: &mut Session,
+        conn: Option<ConnId>,
+        payload: &[u8],
+    ) -> (Vec<u8>, Verdict, bool) {
+        let mut out = Vec::new();
+        server.current_conn = conn;
+        let verdict = server.handle_payload(session, payload, &mut out);
         server.current_conn = None;
-        (out, std::mem::take(&mut server.hold_current))
+        (out, verdict, std::mem::take(&mut server.hold_current))
+    }
+
+    fn responses(out: &[u8]) -> Vec<wire::Response> {
+        let (frames, used) =
+            crate::codec::decode_all(&mut crate::codec::Decoder::default(), out).unwrap();
+        assert_eq!(used, out.len());
+        frames.iter().map(|f| wire::decode(f).unwrap()).collect()
+    }
+
+    fn register_payload(files: Vec<FileEntry>) -> Vec<u8> {
+        wire::to_payload(&Request {
+            id: 9,
+            body: RequestBody::Register { files },
+        })
+    }
+
+    #[test]
+    fn a_big_register_frame_is_decoded_in_slices_and_registered_whole() {
+        let mut server = IndexServer::new(ServerLimits::default());
+        let mut s = join(&mut server, 1);
+        let all = files(1, 3_000);
+        let payload = register_payload(all.clone());
+        assert!(payload.len() > super::super::LAZY_REGISTER_BYTES);
+        let (out, verdict, held) = raw_frame(&mut server, &mut s, Some(ConnId(1)), &payload);
+        assert!(out.is_empty() && held && verdict == Verdict::Continue);
+        // Nothing of it is decoded or registered in the frame's own turn.
+        assert_eq!(server.index().entry_count(), 0);
+        let mut answers = Vec::new();
+        while !server.jobs.is_empty() || server.index().has_departures() {
+            let before = server.index().entry_count();
+            let used = server.poll_background(SLICE_UNITS, &mut answers);
+            assert!(used <= SLICE_UNITS);
+            assert_eq!(server.index().entry_count(), before + used);
+        }
+        assert_eq!(answers.len(), 1);
+        let resp = &responses(&answers[0].1)[0];
+        assert_eq!(
+            resp.body,
+            ResponseBody::Registered {
+                added: 3_000,
+                rejected: 0,
+                total: 3_000
+            }
+        );
+        for f in [&all[0], &all[1_500], &all[2_999]] {
+            let found = server.index_mut().lookup(&wire::LookupKey::Hash(f.hash));
+            assert_eq!(found.unwrap()[0].name, f.name);
+        }
+        // Its buffer is kept for the next big frame.
+        assert!(server.spare_frame.capacity() >= payload.len() - 8);
+        // Without a connection to hold (a sans-IO caller), it is done at once.
+        let mut t = join(&mut server, 2);
+        let (out, verdict, held) = raw_frame(&mut server, &mut t, None, &payload);
+        assert!(!held && verdict == Verdict::Continue);
+        assert_eq!(
+            responses(&out)[0].body,
+            ResponseBody::Registered {
+                added: 3_000,
+                rejected: 0,
+                total: 3_000
+            }
+        );
+    }
+
+    #[test]
+    fn a_big_register_frame_that_turns_out_malformed_gets_an_error_and_a_close() {
+        let mut server = IndexServer::new(ServerLimits::default());
+        let mut s = join(&mut server, 1);
+        let mut payload = register_payload(files(1, 3_000));
+        payload.extend_from_slice(b"trailing junk");
+        let (out, _, held) = raw_frame(&mut server, &mut s, Some(ConnId(1)), &payload);
+        assert!(out.is_empty() && held);
+        let answers = server.finish_background();
+        assert_eq!(answers.len(), 1);
+        let resp = &responses(&answers[0].1)[0];
+        assert_eq!(resp.id, 9);
+        assert!(
+            matches!(&resp.body, ResponseBody::Error { code: wire::ErrorCode::Malformed, message } if message.contains("trailing")),
+            "{resp:?}"
+        );
+        assert_eq!(server.closing.len(), 1);
+        assert_eq!(server.closing[0].0, ConnId(1));
+        // Its close withdraws what it registered before the bad part.
+        server.close(s, &crate::reactor::CloseReason::Eof);
+        server.finish_background();
+        assert_eq!(server.index().entry_count(), 0);
+
+        // Sans-IO: the same error at once, and the verdict closes.
+        let mut t = join(&mut server, 2);
+        let (out, verdict, _) = raw_frame(&mut server, &mut t, None, &payload);
+        assert!(
+            matches!(verdict, Verdict::CloseAfterFlush(_)),
+            "{verdict:?}"
+        );
+        assert!(matches!(
+            responses(&out)[0].body,
+            ResponseBody::Error {
+                code: wire::ErrorCode::Malformed,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -328,14 +555,11 @@ mod tests {
                 "a big register is held, not answered"
             );
         }
-        // The first slice of each is in at once.
-        assert_eq!(
-            server.index().entry_count(),
-            10 + PEERS as usize * SLICE_UNITS
-        );
+        // None of them is worked on in its frame's turn.
+        assert_eq!(server.index().entry_count(), 10);
         let mut answers = Vec::new();
         let mut polls = 0;
-        while server.has_background_work() {
+        while !server.jobs.is_empty() || server.index().has_departures() {
             let before = server.index().entry_count();
             let used = server.poll_background(SLICE_UNITS, &mut answers);
             // Each poll is one bounded slice, and other sessions see it whole.
@@ -343,7 +567,7 @@ mod tests {
             assert_eq!(server.index().entry_count(), before + used);
             polls += 1;
         }
-        let needed = PEERS as usize * (FILES - SLICE_UNITS);
+        let needed = PEERS as usize * FILES;
         assert!(polls >= needed / SLICE_UNITS, "{polls} polls");
         // Each session is answered once, with the whole register.
         let mut answered: Vec<usize> = answers.iter().map(|(c, _)| c.0).collect();

@@ -15,14 +15,15 @@
 //! memory only for names like `copyright`, `README.md` or `01 - Intro.mp3`.
 //!
 //! # Shape
-//! - `slots`: a `hashbrown::HashTable` with one slot per distinct name: 32 bits of the name's
-//!   keyed hash (peers choose names, so the hash is seeded per process) and either the one
-//!   entry bearing it or, with [`GROUP`] set, the group of a name borne by several. The hash
-//!   is kept in the slot so that growing the table never decodes a name (8 bytes a slot).
+//! - `slots`: a [`ShardedTable`] (no growth rehashes more than a small share of it) with one
+//!   slot per distinct name: 32 bits of the name's keyed hash (peers choose names, so the
+//!   hash is seeded per process) and either the one entry bearing it or, with [`GROUP`] set,
+//!   the group of a name borne by several. The hash is kept in the slot so that growing the
+//!   table never decodes a name (8 bytes a slot).
 //! - `groups`: for each name of two or more entries, its entries ranked: a `BTreeSet` of
 //!   [`rank_key`]s, most holders first, then by hash (its first 8 bytes, then the entry id).
-//! - `member`: entry → group, for grouped entries only, so that a holder change re-ranks its
-//!   entry in `O(log n)` without decoding its name.
+//! - `member`: entry → group ([`U32Map`], sharded too), for grouped entries only, so that a
+//!   holder change re-ranks its entry in `O(log n)` without decoding its name.
 //!
 //! # Invariants
 //! - A posted live entry is in the table exactly when every word of its name is crowded, and
@@ -34,6 +35,7 @@
 //!   holder counts (the index re-ranks an entry whenever its holders change).
 //! - With no entry left, every allocation is released.
 
+use super::shards::{ShardedTable, U32Map};
 use slab::Slab;
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;
@@ -82,9 +84,9 @@ struct Group {
 pub(super) struct ByName {
     hasher: hashbrown::DefaultHashBuilder,
     /// `(name hash, entry or GROUP | group)`.
-    slots: hashbrown::HashTable<(u32, u32)>,
+    slots: ShardedTable<(u32, u32)>,
     groups: Slab<Group>,
-    member: hashbrown::HashMap<u32, u32>,
+    member: U32Map,
     /// The crowded words.
     crowded: hashbrown::HashSet<u32>,
     /// [`CROWDED_POSTINGS`] and [`UNCROWDED_POSTINGS`] (tests lower them).
@@ -94,8 +96,9 @@ pub(super) struct ByName {
 
 #[inline]
 fn widen(h: u32) -> u64 {
-    // hashbrown takes the top 7 bits for its tags and the low bits for the bucket.
-    (u64::from(h) << 32) | u64::from(h)
+    // hashbrown takes the top 7 bits for its tags and the low bits for the bucket, the shards
+    // bits 24–55: a multiplication by an odd constant spreads the 32 bits over all of them.
+    u64::from(h).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl ByName {
@@ -106,19 +109,19 @@ impl ByName {
             .iter()
             .map(|(_, g)| 24 + g.ranked.len() * 20)
             .sum();
-        self.slots.capacity() * 9
+        self.slots.heap_bytes()
             + self.groups.capacity() * std::mem::size_of::<Group>()
             + groups
-            + self.member.capacity() * 9
+            + self.member.heap_bytes()
             + self.crowded.capacity() * 5
     }
 
     pub(super) fn new() -> Self {
         ByName {
             hasher: hashbrown::DefaultHashBuilder::default(),
-            slots: hashbrown::HashTable::new(),
+            slots: ShardedTable::new(),
             groups: Slab::new(),
-            member: hashbrown::HashMap::new(),
+            member: U32Map::default(),
             crowded: hashbrown::HashSet::new(),
             crowded_at: CROWDED_POSTINGS,
             uncrowded_at: UNCROWDED_POSTINGS,
@@ -204,12 +207,12 @@ impl ByName {
     /// Whether `e` shares its name with other entries (then its holder changes re-rank it).
     #[inline]
     pub(super) fn is_grouped(&self, e: u32) -> bool {
-        !self.member.is_empty() && self.member.contains_key(&e)
+        !self.member.is_empty() && self.member.contains_key(e)
     }
 
     /// Grouped entry `e`'s key changed from `old` to `new`.
     pub(super) fn rerank(&mut self, e: u32, old: u128, new: u128) {
-        if let Some(&g) = self.member.get(&e) {
+        if let Some(g) = self.member.get(e) {
             let ranked = &mut self.groups[g as usize].ranked;
             ranked.remove(&old);
             ranked.insert(new);
@@ -218,14 +221,14 @@ impl ByName {
 
     /// Removes entry `e`, named `name`, whose current key is `key`.
     pub(super) fn remove(&mut self, e: u32, name: &[u8], key: u128) {
-        if let Some(g) = self.member.remove(&e) {
+        if let Some(g) = self.member.remove(e) {
             let group = &mut self.groups[g as usize];
             group.ranked.remove(&key);
             if group.ranked.len() == 1 {
                 // Alone again: the slot holds the entry itself.
                 let last = key_entry(*group.ranked.first().expect("one left"));
                 let h = group.hash;
-                self.member.remove(&last);
+                self.member.remove(last);
                 self.groups.remove(g as usize);
                 if let Some(slot) = self
                     .slots
@@ -236,17 +239,10 @@ impl ByName {
             }
         } else {
             let h = self.hash(name);
-            if let Ok(slot) = self
-                .slots
-                .find_entry(widen(h), |&(sh, v)| sh == h && v == e)
-            {
-                slot.remove();
-            }
+            self.slots.remove(widen(h), |&(sh, v)| sh == h && v == e);
         }
-        if self.slots.is_empty() && self.slots.capacity() > 0 {
-            self.slots = hashbrown::HashTable::new();
+        if self.slots.len() == 0 && self.groups.capacity() > 0 {
             self.groups = Slab::new();
-            self.member = hashbrown::HashMap::new();
         }
     }
 
@@ -296,9 +292,9 @@ impl ByName {
     /// Whether every allocation went back.
     #[cfg(test)]
     pub(super) fn is_released(&self) -> bool {
-        self.slots.capacity() == 0
+        self.slots.is_released()
             && self.groups.capacity() == 0
-            && self.member.capacity() == 0
+            && self.member.is_released()
             && self.crowded.capacity() == 0
     }
 }

@@ -103,6 +103,19 @@ impl Index {
         self.files.rebuild_filter_step();
     }
 
+    /// One step of each arena compaction under way (the names', the word texts'): a bounded
+    /// number of records moved to a fresh arena (see `names.rs`). The owner calls it once a
+    /// turn; the index answers the same whatever the step.
+    pub fn continue_compaction(&mut self) {
+        self.entries.compact_names_step();
+        self.words.compact_texts_step();
+    }
+
+    /// Whether an arena compaction is under way.
+    pub fn is_compacting(&self) -> bool {
+        self.entries.names.is_compacting() || self.words.is_compacting()
+    }
+
     /// Whether the hash filter is being rebuilt.
     pub fn is_rebuilding_filter(&self) -> bool {
         self.files.is_rebuilding()
@@ -190,7 +203,7 @@ impl Index {
             self.rerank(e, entry_before);
             // Entries of this file still to be visited may hold the peer: a file of several
             // names loses this holder only at the last of them.
-            if self.files.multi_holders.contains_key(&file) && !self.peer_holds_file(peer, file) {
+            if self.files.multi_holders.contains_key(file) && !self.peer_holds_file(peer, file) {
                 self.lose_holder(file);
             }
             self.note_holders_changed(file, before);

@@ -2,7 +2,7 @@
 //! (compressed by the [`NameCodec`]), and its holders.
 
 use super::codec::NameCodec;
-use super::names::Names;
+use super::names::Arena;
 use super::table::{Slot, Table};
 #[cfg(doc)]
 use super::SOLE;
@@ -58,8 +58,8 @@ impl Slot for EntryRec {
 /// The entries. See the module docs.
 pub(super) struct Entries {
     recs: Table<EntryRec>,
-    /// The names, encoded by `codec`.
-    pub(super) names: Names,
+    /// The names, encoded by `codec`, each owned by its entry id.
+    pub(super) names: Arena,
     /// The symbols names are compressed with.
     pub(super) codec: NameCodec,
     /// The holders of entries with more than two.
@@ -101,7 +101,7 @@ impl Entries {
     pub(super) fn new() -> Self {
         Entries {
             recs: Table::new(),
-            names: Names::default(),
+            names: Arena::default(),
             codec: NameCodec::default(),
             spill: Slab::new(),
         }
@@ -117,6 +117,11 @@ impl Entries {
     #[inline]
     pub(super) fn id_bound(&self) -> usize {
         self.recs.id_bound()
+    }
+
+    /// The id the next [`Entries::insert`] will return (the owner of the name it stores).
+    pub(super) fn next_id(&self) -> u32 {
+        self.recs.next_id()
     }
 
     /// Adds an entry of `file` (with `SOLE` if it is the file's only one) without holders,
@@ -136,7 +141,7 @@ impl Entries {
     /// Frees entry `e`'s record and name.
     pub(super) fn remove(&mut self, e: u32) {
         let rec = self.recs.remove(e);
-        self.names.free(rec.name);
+        self.names.free(e, rec.name);
         if self.recs.is_empty() {
             self.spill = Slab::new();
             self.names.clear();
@@ -146,7 +151,7 @@ impl Entries {
     /// Entry `e`'s name, encoded.
     #[inline]
     pub(super) fn encoded_name(&self, e: u32) -> &[u8] {
-        self.names.get(self.recs[e].name)
+        self.names.get(e, self.recs[e].name)
     }
 
     /// Replaces `out` with entry `e`'s name.
@@ -219,17 +224,18 @@ impl Entries {
         }
     }
 
-    /// Rewrites the name arena without garbage, in offset order (so in place). Costs a sort of
-    /// the live entries; it runs only once garbage is a good share of the arena (see
-    /// [`Names::needs_compaction`]), so its cost per freed name is a constant.
-    pub(super) fn compact_names(&mut self) {
-        let live: Vec<u64> = self
-            .recs
-            .iter()
-            .map(|(e, r)| (u64::from(r.name) << 32) | u64::from(e))
-            .collect();
-        let recs = &mut self.recs;
-        self.names.compact(live, |e, at| recs[e as u32].name = at);
+    /// One step of the name arena's compaction, if one is under way (see [`Arena`]).
+    pub(super) fn compact_names_step(&mut self) {
+        let owners = self.recs.id_bound() as u32;
+        let step = self.names.step_owners(owners);
+        for e in step.clone() {
+            let rec = &self.recs[e];
+            if !rec.is_free() {
+                let to = self.names.move_record(rec.name);
+                self.recs[e].name = to;
+            }
+        }
+        self.names.end_step(step, owners);
     }
 
     /// The live entries with their ids.

@@ -4,6 +4,7 @@
 
 use super::blockset::{interpolate, BlockSet};
 use super::filter::{prefix32, HashFilter};
+use super::shards::U32Map;
 use super::table::{Slot, Table};
 use super::{LookupError, ID_BITS, ID_MASK, NONE};
 use crate::wire::FileHash;
@@ -95,8 +96,8 @@ impl Slot for FileRec {
 }
 
 /// Files a filter rebuild puts in the new filter per step (per reactor turn): about 8 bytes
-/// read in order and a bit set in a random word each, well under a millisecond.
-pub(super) const FILTER_REBUILD_STEP_FILES: usize = 65_536;
+/// read in order and a bit set in a random word each, about a tenth of a millisecond.
+pub(super) const FILTER_REBUILD_STEP_FILES: usize = 16_384;
 
 /// The files. See the module docs.
 pub(super) struct Files {
@@ -111,7 +112,7 @@ pub(super) struct Files {
     /// Distinct holders of each file with two or more entries (a file with one entry has that
     /// entry's holders), kept as holdings come and go so that search ranks in `O(1)` per hit.
     /// Most files have one name, so this costs nothing per file.
-    pub(super) multi_holders: hashbrown::HashMap<u32, u32>,
+    pub(super) multi_holders: U32Map,
 }
 
 impl std::ops::Index<u32> for Files {
@@ -137,10 +138,7 @@ impl Files {
             ("file records", self.recs.heap_bytes()),
             ("hash index", self.by_hash.heap_bytes()),
             ("hash filter", self.seen.heap_bytes()),
-            (
-                "multi-name holder counts",
-                self.multi_holders.capacity() * 9,
-            ),
+            ("multi-name holder counts", self.multi_holders.heap_bytes()),
         ]
     }
 
@@ -150,7 +148,7 @@ impl Files {
             by_hash: BlockSet::new(),
             seen: HashFilter::default(),
             rebuild_step: FILTER_REBUILD_STEP_FILES,
-            multi_holders: hashbrown::HashMap::new(),
+            multi_holders: U32Map::default(),
         }
     }
 

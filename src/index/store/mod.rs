@@ -20,8 +20,8 @@
 //! | `entries.rs` | the entry table, the entries' names and holders |
 //! | `words.rs` | the word index (texts, postings, prefix order) and how names split into words |
 //! | `table.rs` | `Table`, the record vector with a free list the four tables are |
-//! | `shards.rs` | `ShardedTable`, the words' hash table in shards of staggered sizes |
-//! | `names.rs` | the name arena (names and word texts), bounded by its cap |
+//! | `shards.rs` | `ShardedTable` and `U32Map`, hash tables in 4,096 shards of staggered sizes (the words', the multi-name holder counts, the name table's) |
+//! | `names.rs` | the name arena (names and word texts), bounded by its cap, compacted a step at a time |
 //! | `codec.rs` | the name codec (common words as one- or two-byte codes) |
 //! | `filter.rs` | the hash filter (is this hash certainly new?) |
 //! | `blockset.rs` | the block set (sorted `u64` items in blocks) the hash and word orders are |
@@ -55,8 +55,9 @@
 //! - A file's size never changes while it is indexed: a register with another size is rejected.
 //! - An entry's `file` field carries the [`SOLE`] bit exactly while it is its file's only entry
 //!   (then the file's holders are the entry's holders).
-//! - Every live entry's `name` is the offset of a live record in the name arena; freed records
-//!   are counted in `Names::garbage` and listed in its free lists.
+//! - Every live entry's `name` is the offset of a live record in the name arena (while a
+//!   compaction runs, in the new arena for an entry id below its cursor, else in the old
+//!   one); freed records are counted in `Names::garbage` and listed in its free lists.
 //! - Every name accepted and not yet in the arena (staged), and every word text of an entry
 //!   not yet posted, has room reserved in its arena: what a register accepts is never refused
 //!   later, and no arena passes its cap (see [`Names`]).
@@ -100,7 +101,9 @@
 //!   [`Index::post_pending`], once its words are posted (the encoding looks at their counts).
 //!   Search decodes the names it must match; ranking compares names while decoding. Freed
 //!   records are reused by names of the same length; once garbage is a third of
-//!   the arena it is compacted in place (amortised constant cost per freed name).
+//!   the arena its live records are moved to a fresh arena in entry-id order, a bounded step
+//!   per reactor turn ([`Index::continue_compaction`]; see `names.rs`), so no single pass
+//!   holds the loop; the word texts' arena the same way.
 //! - Words: real names are full of rare words (track and catalogue numbers, IDs, years), so a
 //!   word seen in one or two entries must cost little more than its text. Nothing is allocated
 //!   per word:

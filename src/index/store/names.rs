@@ -13,8 +13,8 @@ const COMPACT_MIN_BYTES: usize = if cfg!(test) { 16 } else { 1 << 20 };
 /// than a 16-byte pointer plus malloc's per-chunk overhead for a `Box<str>` per name.
 ///
 /// A freed record becomes garbage; a later name of the same length reuses it (exact-length
-/// free lists, so steady churn creates no new garbage), and the owner squeezes the garbage out
-/// with [`Names::compact`] once it is a third of the arena.
+/// free lists, so steady churn creates no new garbage), and once garbage is a third of the
+/// arena the [`Arena`] around it moves the live records to a fresh one, a step at a time.
 ///
 /// The arena spans at most `cap` bytes (the `u32` offsets' limit). What may not fit is refused
 /// before anything is stored: an owner [`Names::reserve`]s room when it accepts a name and
@@ -76,11 +76,6 @@ impl Names {
                 at + 2,
             )
         }
-    }
-
-    fn record_len_at(bytes: &[u8], at: usize) -> usize {
-        let (len, start) = Self::decode_header(bytes, at);
-        start - at + len
     }
 
     #[inline]
@@ -210,26 +205,194 @@ impl Names {
     pub(super) fn capacity(&self) -> usize {
         self.bytes.capacity()
     }
+}
 
-    /// Rewrites the arena without garbage, in offset order (so in place). `live` lists
-    /// `(offset << 32) | owner` for every live record; `moved(owner, offset)` is told each
-    /// record's new offset.
-    pub(super) fn compact(&mut self, mut live: Vec<u64>, mut moved: impl FnMut(usize, u32)) {
-        live.sort_unstable();
-        let bytes = &mut self.bytes;
-        let mut to = 0usize;
-        for item in live {
-            let (from, owner) = ((item >> 32) as usize, item as u32 as usize);
-            let len = Self::record_len_at(bytes, from);
-            bytes.copy_within(from..from + len, to);
-            moved(owner, to as u32);
-            to += len;
+/// Owners (entries or words) whose records a compaction step moves.
+pub(super) const COMPACT_STEP_OWNERS: usize = if cfg!(test) { 3 } else { 2_048 };
+
+/// A [`Names`] arena whose records each belong to one owner id (an entry, a word), compacted
+/// a step at a time rather than in one pass (one pass sorted and moved every live record: a
+/// pause of hundreds of milliseconds at ten million names).
+///
+/// A compaction starts a fresh arena and moves the records into it in owner-id order,
+/// [`COMPACT_STEP_OWNERS`] owners a step; meanwhile the record of an owner below the cursor
+/// is in the new arena, any other in the old one, which is dropped once the cursor has passed
+/// every owner. Records stored meanwhile go to the arena their owner's id says (an owner
+/// created past the cursor is moved when the cursor comes). The room an owner reserves is
+/// reserved in both arenas while a compaction runs, so a reserved record fits whichever it
+/// goes to: what was accepted is never refused later.
+#[derive(Default)]
+pub(super) struct Arena {
+    /// The records of owners below `cursor` while compacting; all of them otherwise.
+    cur: Names,
+    /// While compacting: the old arena, holding the records of owners from `cursor` on.
+    old: Option<Names>,
+    cursor: u32,
+}
+
+impl Arena {
+    /// The arena holding `owner`'s record.
+    #[inline]
+    fn of(&self, owner: u32) -> &Names {
+        match &self.old {
+            Some(old) if owner >= self.cursor => old,
+            _ => &self.cur,
         }
-        bytes.truncate(to);
-        if bytes.capacity() > to + to / 4 {
-            bytes.shrink_to(to + to / 8);
+    }
+
+    #[inline]
+    fn of_mut(&mut self, owner: u32) -> &mut Names {
+        match &mut self.old {
+            Some(old) if owner >= self.cursor => old,
+            _ => &mut self.cur,
         }
-        self.garbage = 0;
-        self.free = Vec::new();
+    }
+
+    /// Heap bytes held (both arenas while compacting).
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.cur.heap_bytes() + self.old.as_ref().map_or(0, Names::heap_bytes)
+    }
+
+    /// `owner`'s record at `at`.
+    #[inline]
+    pub(super) fn get(&self, owner: u32, at: u32) -> &[u8] {
+        self.of(owner).get(at)
+    }
+
+    /// Reserves room for `bytes` of records (see [`Names::reserve`]), in both arenas while
+    /// compacting.
+    pub(super) fn reserve(&mut self, bytes: usize) -> bool {
+        if !self.has_room(bytes) {
+            return false;
+        }
+        self.cur.reserve(bytes);
+        if let Some(old) = &mut self.old {
+            old.reserve(bytes);
+        }
+        true
+    }
+
+    /// Whether [`Arena::reserve`] would reserve `bytes`.
+    pub(super) fn has_room(&self, bytes: usize) -> bool {
+        self.cur.has_room(bytes) && self.old.as_ref().map_or(true, |o| o.has_room(bytes))
+    }
+
+    /// Gives back what is left of the reserved room.
+    pub(super) fn release(&mut self) {
+        self.cur.release();
+        if let Some(old) = &mut self.old {
+            old.release();
+        }
+    }
+
+    /// Bytes reserved and not pushed yet.
+    pub(super) fn reserved(&self) -> usize {
+        self.cur.reserved()
+    }
+
+    /// Stores `owner`'s record `name` in room reserved for it; returns its offset.
+    pub(super) fn push(&mut self, owner: u32, name: &[u8]) -> u32 {
+        let at = self.of_mut(owner).push(name);
+        // The same room was reserved in the other arena too.
+        let len = Names::record_len(name.len());
+        match &mut self.old {
+            Some(_) if owner >= self.cursor => {
+                self.cur.reserved = self.cur.reserved.saturating_sub(len);
+            }
+            Some(old) => old.reserved = old.reserved.saturating_sub(len),
+            None => {}
+        }
+        at
+    }
+
+    /// Moves `owner`'s record at `at` to one holding `name` (see [`Names::replace`]).
+    pub(super) fn replace(&mut self, owner: u32, at: u32, name: &[u8]) -> Option<u32> {
+        self.of_mut(owner).replace(at, name)
+    }
+
+    /// Frees `owner`'s record at `at`.
+    pub(super) fn free(&mut self, owner: u32, at: u32) {
+        self.of_mut(owner).free(at);
+    }
+
+    /// Releases every record and the memory (no owner is left), keeping the cap and the
+    /// reserved room.
+    pub(super) fn clear(&mut self) {
+        self.cur.clear();
+        self.old = None;
+        self.cursor = 0;
+    }
+
+    /// Whether a compaction is under way.
+    pub(super) fn is_compacting(&self) -> bool {
+        self.old.is_some()
+    }
+
+    /// Starts a compaction if none is under way and the garbage is due one (see
+    /// [`Names::needs_compaction`]); the owner then moves the records a step at a time:
+    /// [`Arena::step_owners`], [`Arena::move_record`] for each live one, [`Arena::end_step`].
+    pub(super) fn start_compaction_if_due(&mut self) {
+        if self.old.is_some() || !self.cur.needs_compaction() {
+            return;
+        }
+        let fresh = Names {
+            cap: self.cur.cap,
+            reserved: self.cur.reserved,
+            ..Names::default()
+        };
+        self.old = Some(std::mem::replace(&mut self.cur, fresh));
+        self.cursor = 0;
+    }
+
+    /// The owners whose records the next compaction step moves (none if no compaction is
+    /// under way): from the cursor on, at most [`COMPACT_STEP_OWNERS`], below `owners` (one
+    /// more than the largest owner id).
+    pub(super) fn step_owners(&self, owners: u32) -> std::ops::Range<u32> {
+        if self.old.is_none() {
+            return 0..0;
+        }
+        let end = owners.min(self.cursor.saturating_add(COMPACT_STEP_OWNERS as u32));
+        self.cursor..end.max(self.cursor)
+    }
+
+    /// Moves the record at `at` of an owner of the step from the old arena; returns its new
+    /// offset.
+    pub(super) fn move_record(&mut self, at: u32) -> u32 {
+        let old = self.old.as_ref().expect("a compaction is under way");
+        self.cur.store(old.get(at))
+    }
+
+    /// The step's owners are moved: the cursor passes them; after the last owner (below
+    /// `owners`) the old arena goes.
+    pub(super) fn end_step(&mut self, step: std::ops::Range<u32>, owners: u32) {
+        if self.old.is_none() {
+            return;
+        }
+        self.cursor = step.end;
+        if self.cursor >= owners {
+            self.old = None;
+            self.cursor = 0;
+        }
+    }
+
+    /// Sets the cap of both arenas (tests).
+    #[cfg(test)]
+    pub(super) fn set_cap(&mut self, bytes: usize) {
+        self.cur.cap = bytes;
+        if let Some(old) = &mut self.old {
+            old.cap = bytes;
+        }
+    }
+
+    /// Heap capacity of both arenas (tests).
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.cur.capacity() + self.old.as_ref().map_or(0, Names::capacity)
+    }
+
+    /// The arena new records of low owners go to (tests).
+    #[cfg(test)]
+    pub(super) fn current(&self) -> &Names {
+        &self.cur
     }
 }

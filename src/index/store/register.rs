@@ -274,9 +274,11 @@ impl Index {
         // are posted and it is compressed in `post_pending`, off the register's answer.
         let mut plain = std::mem::take(&mut self.work.name);
         NameCodec::plain(name, &mut plain);
-        let at = self.entries.names.push(&plain);
+        let owner = self.entries.next_id();
+        let at = self.entries.names.push(owner, &plain);
         self.work.name = plain;
         let id = self.entries.insert(at, file | sole, head);
+        debug_assert_eq!(id, owner);
         self.files[file].set_first_entry(id);
         self.pending.unposted.push(id);
         id
@@ -294,7 +296,7 @@ impl Index {
         self.entries.push_holder(e, peer.0);
         self.rerank(e, entry_before);
         if new_file {
-            if let Some(n) = self.files.multi_holders.get_mut(&file) {
+            if let Some(n) = self.files.multi_holders.get_mut(file) {
                 *n += 1;
             }
         }
@@ -315,10 +317,11 @@ impl Index {
     /// entry without its words; an owner that answers a register before calling it (the
     /// server does, to answer sooner) defers the work, not its effect.
     pub fn post_pending(&mut self) {
-        self.unstage_all();
-        self.files.refresh_filter();
-        self.post_unposted();
-        self.apply_retiers();
+        use crate::index::worktrace::time;
+        time("staged files", || self.unstage_all());
+        time("filter refresh", || self.files.refresh_filter());
+        time("word posting", || self.post_unposted());
+        time("retiering", || self.apply_retiers());
     }
 
     /// Moves the postings of the entries of files in `Pending::retier` to their file's
@@ -391,7 +394,7 @@ impl Index {
         for &id in &unposted {
             let at = self.entries[id].name;
             text.clear();
-            text.push_str(NameCodec::plain_str(self.entries.names.get(at)));
+            text.push_str(NameCodec::plain_str(self.entries.names.get(id, at)));
             lower_words(&text, &mut scratch);
             name_words.clear();
             let tier = tier_of(self.file_holder_count(self.entries[id].file()));
@@ -413,10 +416,10 @@ impl Index {
                     .get(i)
                     .is_some_and(|&w| words.has_packed(w, NameCodec::MIN_POSTINGS))
             });
-            if enc.as_slice() != entries.names.get(at) {
+            if enc.as_slice() != entries.names.get(id, at) {
                 // Without room for the encoding (at the arena's cap) the name stays plain,
                 // which is a valid encoding too.
-                if let Some(moved) = entries.names.replace(at, &enc) {
+                if let Some(moved) = entries.names.replace(id, at, &enc) {
                     entries[id].name = moved;
                 }
             }
@@ -431,9 +434,7 @@ impl Index {
         self.work.name = enc;
         self.pending.unposted = unposted;
         self.pending.unposted.clear();
-        if self.entries.names.needs_compaction() {
-            self.entries.compact_names();
-        }
+        self.entries.names.start_compaction_if_due();
     }
 
     /// Whether [`Index::register`] left work for [`Index::post_pending`].

@@ -73,7 +73,7 @@ impl Index {
 
     /// `file` lost one of its distinct holders (counted only for a file of several names).
     pub(super) fn lose_holder(&mut self, file: u32) {
-        if let Some(n) = self.files.multi_holders.get_mut(&file) {
+        if let Some(n) = self.files.multi_holders.get_mut(file) {
             *n -= 1;
         }
     }
@@ -135,9 +135,7 @@ impl Index {
         for &e in dead {
             self.delete_entry_record(e);
         }
-        if self.entries.names.needs_compaction() {
-            self.entries.compact_names();
-        }
+        self.entries.names.start_compaction_if_due();
     }
 
     /// Frees entry `e`'s record and name (its postings are gone already), and its file if that
@@ -160,7 +158,7 @@ impl Index {
         };
         if new_head != NONE && self.entries[new_head].next == NONE {
             self.entries[new_head].file |= SOLE;
-            self.files.multi_holders.remove(&file);
+            self.files.multi_holders.remove(file);
         }
         self.entries.remove(e);
         if self.files[file].first_entry() == NONE {

@@ -1,31 +1,62 @@
-//! [`ShardedTable`]: a hash table of `u32` ids split into shards of staggered sizes, so that
-//! its memory per item does not jump with each doubling and no single growth rehashes more
-//! than a small share of the items.
+//! [`ShardedTable`]: a hash table split into shards of staggered sizes, so that its memory
+//! per item does not jump with each doubling and no single growth rehashes more than a small
+//! share of the items; and [`U32Map`], a `u32 → u32` map on it.
 //!
 //! A `hashbrown` table doubles its buckets when it is 7/8 full, so its bytes per item swing
 //! between 1.14 and 2.29 buckets' worth depending on where the item count falls, and the
-//! doubling rehashes every item in one call (tens of milliseconds at millions of words, on
+//! doubling rehashes every item in one call (tens of milliseconds at millions of items, on
 //! the reactor thread). Splitting the items evenly over shards would not help: equal shards
 //! double together. Here shard `i` of [`SHARDS`] receives a share of the hashes proportional
 //! to `2^(i / SHARDS)`, so the shards reach their doubling points at counts spread evenly
 //! in log scale: at any item count, their fill levels are spread over the whole range, the
-//! expected buckets per item are `(8/7) / ln 2 ≈ 1.65` whatever the count (5 bytes each: a
-//! `u32` and a control byte), and one growth rehashes at most the largest shard, about
-//! `2 / SHARDS` of the items.
+//! expected buckets per item are `(8/7) / ln 2 ≈ 1.65` whatever the count, and one growth
+//! rehashes at most the largest shard, about `2 ln 2 / SHARDS` (0.03%) of the items: a few
+//! thousand at ten million, a fraction of a millisecond.
 //!
 //! The shard is chosen from hash bits 24–55, which `hashbrown` uses neither for the bucket
 //! index (the low bits, up to 16M buckets a shard) nor for the control tag (the top 7 bits),
-//! so the items of one shard stay spread over its buckets and tags.
+//! so the items of one shard stay spread over its buckets and tags. The shard bounds are
+//! computed once per process; a shard is found with a 4,096-slot table of the first shard
+//! of each slice of the key space, then a step or two.
+
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
 
 /// Number of shards.
-const SHARDS: usize = 64;
+const SHARDS: usize = 4096;
+/// Bits of the shard key that index [`Layout::first`].
+const LUT_BITS: u32 = 12;
 
-/// A hash table of `u32` ids (each hashed by the caller, like `hashbrown::HashTable`), in
-/// shards of staggered sizes. See the module docs.
-pub(super) struct ShardedTable {
-    shards: Vec<hashbrown::HashTable<u32>>,
+/// Where the shards' key ranges start, shared by every table.
+struct Layout {
     /// `bounds[i]`: the first 32-bit shard key of shard `i + 1` (ascending).
-    bounds: [u32; SHARDS - 1],
+    bounds: Vec<u32>,
+    /// `first[k]`: the shard of the smallest key whose top [`LUT_BITS`] bits are `k`.
+    first: Vec<u16>,
+}
+
+fn layout() -> &'static Layout {
+    static LAYOUT: OnceLock<Layout> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        // Cumulative shares of 2^(i / SHARDS), scaled to the 32-bit key space.
+        let weights: Vec<f64> = (0..SHARDS)
+            .map(|i| (i as f64 / SHARDS as f64).exp2())
+            .collect();
+        let total: f64 = weights.iter().sum();
+        let mut bounds = Vec::with_capacity(SHARDS - 1);
+        let mut acc = 0.0;
+        for w in &weights[..SHARDS - 1] {
+            acc += w;
+            bounds.push((acc / total * 4_294_967_296.0) as u32);
+        }
+        let first = (0..1u32 << LUT_BITS)
+            .map(|k| {
+                let key = k << (32 - LUT_BITS);
+                bounds.partition_point(|&b| b <= key) as u16
+            })
+            .collect();
+        Layout { bounds, first }
+    })
 }
 
 /// The 32-bit key that picks a hash's shard (see the module docs for the bits).
@@ -34,73 +65,207 @@ fn shard_key(hash: u64) -> u32 {
     (hash >> 24) as u32
 }
 
-impl ShardedTable {
+/// The shard of `hash`.
+#[inline]
+fn shard_of(layout: &Layout, hash: u64) -> usize {
+    let key = shard_key(hash);
+    let mut s = usize::from(layout.first[(key >> (32 - LUT_BITS)) as usize]);
+    // The smallest shard spans more keys than a slot of `first`: a step or two at most.
+    while s < SHARDS - 1 && layout.bounds[s] <= key {
+        s += 1;
+    }
+    s
+}
+
+/// A hash table of `T` (each hashed by the caller, like `hashbrown::HashTable`), in shards
+/// of staggered sizes. See the module docs.
+pub(super) struct ShardedTable<T> {
+    shards: Vec<hashbrown::HashTable<T>>,
+    layout: &'static Layout,
+    len: usize,
+}
+
+impl<T> ShardedTable<T> {
     pub(super) fn new() -> Self {
-        // Cumulative shares of 2^(i / SHARDS), scaled to the 32-bit key space.
-        let weights: Vec<f64> = (0..SHARDS)
-            .map(|i| (i as f64 / SHARDS as f64).exp2())
-            .collect();
-        let total: f64 = weights.iter().sum();
-        let mut bounds = [0u32; SHARDS - 1];
-        let mut acc = 0.0;
-        for (i, w) in weights[..SHARDS - 1].iter().enumerate() {
-            acc += w;
-            bounds[i] = (acc / total * 4_294_967_296.0) as u32;
-        }
         ShardedTable {
-            shards: (0..SHARDS).map(|_| hashbrown::HashTable::new()).collect(),
-            bounds,
+            shards: Vec::new(),
+            layout: layout(),
+            len: 0,
         }
     }
 
     #[inline]
     fn shard(&self, hash: u64) -> usize {
-        let key = shard_key(hash);
-        self.bounds.partition_point(|&b| b <= key)
+        shard_of(self.layout, hash)
     }
 
-    /// The id hashed `hash` for which `eq` holds, if any.
+    /// Items held.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The item hashed `hash` for which `eq` holds, if any.
     #[inline]
-    pub(super) fn find(&self, hash: u64, eq: impl FnMut(&u32) -> bool) -> Option<u32> {
-        self.shards[self.shard(hash)].find(hash, eq).copied()
+    pub(super) fn find(&self, hash: u64, eq: impl FnMut(&T) -> bool) -> Option<&T> {
+        self.shards.get(self.shard(hash))?.find(hash, eq)
     }
 
-    /// Inserts `id` hashed `hash` (not present yet); `rehash(id)` gives the hash of an id
-    /// already present, for when its shard grows.
+    /// [`ShardedTable::find`], mutable.
     #[inline]
-    pub(super) fn insert_unique(&mut self, hash: u64, id: u32, rehash: impl Fn(&u32) -> u64) {
+    pub(super) fn find_mut(&mut self, hash: u64, eq: impl FnMut(&T) -> bool) -> Option<&mut T> {
         let s = self.shard(hash);
-        self.shards[s].insert_unique(hash, id, rehash);
+        self.shards.get_mut(s)?.find_mut(hash, eq)
     }
 
-    /// Removes the id hashed `hash` for which `eq` holds; false if there is none.
-    pub(super) fn remove(&mut self, hash: u64, eq: impl FnMut(&u32) -> bool) -> bool {
-        let s = self.shard(hash);
-        match self.shards[s].find_entry(hash, eq) {
-            Ok(entry) => {
-                entry.remove();
-                true
-            }
-            Err(_) => false,
+    /// Inserts `item` hashed `hash` (not present yet); `rehash(item)` gives the hash of an
+    /// item already present, for when its shard grows.
+    #[inline]
+    pub(super) fn insert_unique(&mut self, hash: u64, item: T, rehash: impl Fn(&T) -> u64) {
+        if self.shards.is_empty() {
+            // Allocated with the first item, so an empty table costs nothing.
+            self.shards = (0..SHARDS).map(|_| hashbrown::HashTable::new()).collect();
         }
+        let s = self.shard(hash);
+        self.shards[s].insert_unique(hash, item, rehash);
+        self.len += 1;
     }
 
-    /// Gives every shard's memory back (all ids are gone).
+    /// Removes the item hashed `hash` for which `eq` holds, and returns it.
+    pub(super) fn remove(&mut self, hash: u64, eq: impl FnMut(&T) -> bool) -> Option<T> {
+        let s = self.shard(hash);
+        let (item, _) = self.shards.get_mut(s)?.find_entry(hash, eq).ok()?.remove();
+        self.len -= 1;
+        if self.len == 0 {
+            self.clear();
+        }
+        Some(item)
+    }
+
+    /// Gives every shard's memory back (all items are gone).
     pub(super) fn clear(&mut self) {
-        for s in &mut self.shards {
-            *s = hashbrown::HashTable::new();
-        }
+        self.shards = Vec::new();
+        self.len = 0;
     }
 
-    /// Heap bytes held: each shard's buckets (a `u32` and a control byte each).
+    /// Heap bytes held: each shard's buckets (an item and a control byte each).
     pub(super) fn heap_bytes(&self) -> usize {
-        self.shards.iter().map(|s| buckets(s.capacity()) * 5).sum()
+        self.shards.capacity() * std::mem::size_of::<hashbrown::HashTable<T>>()
+            + self
+                .shards
+                .iter()
+                .map(|s| buckets(s.capacity()) * (std::mem::size_of::<T>() + 1))
+                .sum::<usize>()
     }
 
-    /// The most ids one shard holds (what its next growth rehashes), for tests.
+    /// Whether every allocation went back.
+    #[cfg(test)]
+    pub(super) fn is_released(&self) -> bool {
+        self.shards.capacity() == 0
+    }
+
+    /// The most items one shard holds (what its next growth rehashes), for tests.
     #[cfg(test)]
     fn largest_shard(&self) -> usize {
         self.shards.iter().map(|s| s.len()).max().unwrap_or(0)
+    }
+}
+
+/// A map of `u32` keys to `u32` values (ids the index hands out, so not chosen by peers) on
+/// a [`ShardedTable`]: no growth rehashes more than a small share of it.
+pub(super) struct U32Map {
+    table: ShardedTable<(u32, u32)>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl Default for U32Map {
+    fn default() -> Self {
+        U32Map {
+            table: ShardedTable::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+        }
+    }
+}
+
+impl U32Map {
+    #[inline]
+    fn hash(&self, key: u32) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Items held.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether it holds nothing.
+    pub(super) fn is_empty(&self) -> bool {
+        self.table.len() == 0
+    }
+
+    /// The value of `key`.
+    #[inline]
+    pub(super) fn get(&self, key: u32) -> Option<u32> {
+        self.table
+            .find(self.hash(key), |&(k, _)| k == key)
+            .map(|&(_, v)| v)
+    }
+
+    /// The value of `key`, to change.
+    #[inline]
+    pub(super) fn get_mut(&mut self, key: u32) -> Option<&mut u32> {
+        let h = self.hash(key);
+        self.table.find_mut(h, |&(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Whether `key` has a value.
+    #[inline]
+    pub(super) fn contains_key(&self, key: u32) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Sets `key`'s value; returns the one it replaced.
+    pub(super) fn insert(&mut self, key: u32, value: u32) -> Option<u32> {
+        if let Some(v) = self.get_mut(key) {
+            return Some(std::mem::replace(v, value));
+        }
+        let h = self.hash(key);
+        let hasher = &self.hasher;
+        self.table
+            .insert_unique(h, (key, value), |&(k, _)| hasher.hash_one(k));
+        None
+    }
+
+    /// Removes `key`; returns its value.
+    pub(super) fn remove(&mut self, key: u32) -> Option<u32> {
+        let h = self.hash(key);
+        self.table.remove(h, |&(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Heap bytes held.
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.table.heap_bytes()
+    }
+
+    /// Whether every allocation went back.
+    #[cfg(test)]
+    pub(super) fn is_released(&self) -> bool {
+        self.table.is_released()
+    }
+}
+
+impl std::ops::Index<&u32> for U32Map {
+    type Output = u32;
+
+    /// The value of a key that has one (panics otherwise, like a map's index).
+    #[inline]
+    fn index(&self, key: &u32) -> &u32 {
+        let h = self.hash(*key);
+        &self
+            .table
+            .find(h, |&(k, _)| k == *key)
+            .expect("a key of the map")
+            .1
     }
 }
 
@@ -131,17 +296,57 @@ mod tests {
             t.insert_unique(h.hash_one(id), id, |x| h.hash_one(*x));
         }
         for id in 0..n {
-            assert_eq!(t.find(h.hash_one(id), |x| *x == id), Some(id));
+            assert_eq!(t.find(h.hash_one(id), |x| *x == id), Some(&id));
         }
         assert_eq!(t.find(h.hash_one(n), |x| *x == n), None);
         for id in (0..n).step_by(2) {
-            assert!(t.remove(h.hash_one(id), |x| *x == id));
-            assert!(!t.remove(h.hash_one(id), |x| *x == id));
+            assert_eq!(t.remove(h.hash_one(id), |x| *x == id), Some(id));
+            assert_eq!(t.remove(h.hash_one(id), |x| *x == id), None);
         }
         for id in 0..n {
-            let found = t.find(h.hash_one(id), |x| *x == id);
+            let found = t.find(h.hash_one(id), |x| *x == id).copied();
             assert_eq!(found, (id % 2 == 1).then_some(id));
         }
+        assert_eq!(t.len(), n as usize / 2);
+        for id in (1..n).step_by(2) {
+            t.remove(h.hash_one(id), |x| *x == id);
+        }
+        assert!(t.is_released(), "the last removal gives the memory back");
+    }
+
+    #[test]
+    fn a_u32_map_is_a_map() {
+        let mut m = U32Map::default();
+        let mut model = std::collections::HashMap::new();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..50_000 {
+            let k = rng.u32(..3_000);
+            match rng.u8(..4) {
+                0 | 1 => {
+                    let v = rng.u32(..);
+                    assert_eq!(m.insert(k, v), model.insert(k, v));
+                }
+                2 => assert_eq!(m.remove(k), model.remove(&k)),
+                _ => {
+                    if let Some(v) = m.get_mut(k) {
+                        *v += 1;
+                    }
+                    if let Some(v) = model.get_mut(&k) {
+                        *v += 1;
+                    }
+                }
+            }
+            assert_eq!(m.get(k), model.get(&k).copied());
+            assert_eq!(m.contains_key(k), model.contains_key(&k));
+            assert_eq!(m.len(), model.len());
+        }
+        for (&k, &v) in &model {
+            assert_eq!(m[&k], v);
+        }
+        for k in model.keys() {
+            m.remove(*k);
+        }
+        assert!(m.is_empty() && m.is_released());
     }
 
     #[test]
@@ -153,7 +358,7 @@ mod tests {
         // Past the point where the shards first fill, bytes per item stay within the band
         // the staggering promises, at every count: a single `hashbrown` table swings from
         // 5.7 to 11.4 bytes per item.
-        for target in [50_000u32, 70_000, 100_000, 140_000, 200_000, 280_000] {
+        for target in [300_000u32, 420_000, 600_000, 850_000, 1_200_000] {
             while id < target {
                 t.insert_unique(h.hash_one(id), id, |x| h.hash_one(*x));
                 id += 1;
@@ -164,10 +369,11 @@ mod tests {
                 (6.0..10.0).contains(&per_item),
                 "{per_item} bytes per item at {id}"
             );
-            // The largest shard's share: 2^(63/64) of the weights, about 3.1%.
+            // The largest shard's share: 2 ln 2 / 4096 of the items, about 0.034%.
             assert!(
-                t.largest_shard() * 25 < id as usize,
-                "largest shard at {id}"
+                t.largest_shard() * 2_000 < id as usize,
+                "largest shard {} at {id}",
+                t.largest_shard()
             );
         }
         assert!(worst < 10.0);
@@ -175,13 +381,25 @@ mod tests {
 
     #[test]
     fn shard_bounds_ascend_and_cover_the_keys() {
-        let t = ShardedTable::new();
-        assert!(t.bounds.windows(2).all(|w| w[0] < w[1]));
+        let t = ShardedTable::<u32>::new();
+        let bounds = &layout().bounds;
+        assert!(bounds.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(t.shard(0), 0);
         assert_eq!(t.shard(u64::MAX), SHARDS - 1);
+        // The table of first shards finds what a binary search over the bounds finds.
+        let mut rng = fastrand::Rng::with_seed(3);
+        let keys = bounds.iter().flat_map(|&b| [b - 1, b, b + 1]);
+        for key in keys.chain((0..100_000).map(|_| rng.u32(..))) {
+            let hash = u64::from(key) << 24;
+            assert_eq!(
+                t.shard(hash),
+                bounds.partition_point(|&b| b <= key),
+                "{key}"
+            );
+        }
         // The last shard's share is about twice the first's.
-        let first = f64::from(t.bounds[0]);
-        let last = 4_294_967_296.0 - f64::from(t.bounds[SHARDS - 2]);
+        let first = f64::from(bounds[0]);
+        let last = 4_294_967_296.0 - f64::from(bounds[SHARDS - 2]);
         assert!((1.9..2.1).contains(&(last / first)), "{}", last / first);
     }
 }

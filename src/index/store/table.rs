@@ -60,6 +60,11 @@ impl<T: Slot> Table<T> {
         self.slots.get(id as usize)
     }
 
+    /// The id the next [`Table::insert`] will return.
+    pub(super) fn next_id(&self) -> u32 {
+        self.free.last().copied().unwrap_or(self.slots.len() as u32)
+    }
+
     /// Stores `rec`; returns its id.
     pub(super) fn insert(&mut self, rec: T) -> u32 {
         self.live += 1;

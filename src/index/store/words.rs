@@ -6,7 +6,7 @@
 //! text through `by_text`, and words by prefix through `order`.
 
 use super::blockset::BlockSet;
-use super::names::Names;
+use super::names::Arena;
 use super::postings::{PackedSet, PostingIter};
 use super::shards::ShardedTable;
 use super::table::{Slot, Table};
@@ -56,9 +56,9 @@ pub(super) struct Words {
     /// Word records by word id.
     recs: Table<WordRec>,
     /// The words' lowercase texts, an arena like the names'.
-    texts: Names,
+    texts: Arena,
     /// Word ids hashed by their text, for exact lookups (register, removal, name lookup).
-    by_text: ShardedTable,
+    by_text: ShardedTable<u32>,
     hasher: hashbrown::DefaultHashBuilder,
     /// Word ids in text order, for prefix ranges: `(first 4 text bytes << 32) | word id`
     /// (see [`pad4`]), so most comparisons need not read the text.
@@ -89,7 +89,7 @@ impl Words {
     pub(super) fn new() -> Self {
         Words {
             recs: Table::new(),
-            texts: Names::default(),
+            texts: Arena::default(),
             by_text: ShardedTable::new(),
             hasher: hashbrown::DefaultHashBuilder::default(),
             order: BlockSet::new(),
@@ -122,13 +122,13 @@ impl Words {
     /// The text arena's cap (tests set it small).
     #[cfg(test)]
     pub(super) fn set_text_cap(&mut self, bytes: usize) {
-        self.texts.cap = bytes;
+        self.texts.set_cap(bytes);
     }
 
     /// The text of word `w`.
     #[inline]
     pub(super) fn text(&self, w: u32) -> &[u8] {
-        self.texts.get(self.recs[w].text)
+        self.texts.get(w, self.recs[w].text)
     }
 
     #[inline]
@@ -144,7 +144,7 @@ impl Words {
 
     #[inline]
     fn find_hashed(&self, text: &[u8], hash: u64) -> Option<u32> {
-        self.by_text.find(hash, |&w| self.text(w) == text)
+        self.by_text.find(hash, |&w| self.text(w) == text).copied()
     }
 
     /// Where the word `text` is (or would go) in `order`.
@@ -293,10 +293,12 @@ impl Words {
     /// Adds word `text` (hashed `hash`) without postings, in text room reserved for it;
     /// returns its id.
     fn create(&mut self, text: &[u8], hash: u64) -> u32 {
+        let owner = self.recs.next_id();
         let w = self.recs.insert(WordRec {
-            text: self.texts.push(text),
+            text: self.texts.push(owner, text),
             postings: [NONE, NONE],
         });
+        debug_assert_eq!(w, owner);
         let Words {
             recs,
             texts,
@@ -304,7 +306,7 @@ impl Words {
             by_text,
             ..
         } = self;
-        by_text.insert_unique(hash, w, |&x| hasher.hash_one(texts.get(recs[x].text)));
+        by_text.insert_unique(hash, w, |&x| hasher.hash_one(texts.get(x, recs[x].text)));
         let at = self
             .position(text)
             .expect_err("a new word is not indexed yet");
@@ -334,9 +336,7 @@ impl Words {
         for w in emptied {
             self.drop(w);
         }
-        if self.texts.needs_compaction() {
-            self.compact_texts();
-        }
+        self.texts.start_compaction_if_due();
     }
 
     /// Removes `items` (sorted, distinct, all posted) from word `w`'s postings; true if none
@@ -387,9 +387,9 @@ impl Words {
             .unwrap_or_else(|| self.position(text).expect("a live word is ordered"));
         self.order.remove_at(at);
         let hashed = self.by_text.remove(hash, |&x| x == w);
-        assert!(hashed, "a live word is hashed");
+        assert!(hashed.is_some(), "a live word is hashed");
         let rec = self.recs.remove(w);
-        self.texts.free(rec.text);
+        self.texts.free(w, rec.text);
         if self.recs.is_empty() {
             // Give the memory back once no word is left.
             self.texts.clear();
@@ -399,20 +399,27 @@ impl Words {
         }
     }
 
-    /// Rewrites the text arena without garbage (see [`Names::compact`]).
-    fn compact_texts(&mut self) {
-        let live: Vec<u64> = self
-            .recs
-            .iter()
-            .map(|(w, r)| (u64::from(r.text) << 32) | u64::from(w))
-            .collect();
-        let recs = &mut self.recs;
-        self.texts.compact(live, |w, at| recs[w as u32].text = at);
+    /// One step of the text arena's compaction, if one is under way (see [`Arena`]).
+    pub(super) fn compact_texts_step(&mut self) {
+        let owners = self.recs.id_bound() as u32;
+        let step = self.texts.step_owners(owners);
+        for w in step.clone() {
+            if let Some(rec) = self.recs.get(w).filter(|r| !r.is_free()) {
+                let to = self.texts.move_record(rec.text);
+                self.recs[w].text = to;
+            }
+        }
+        self.texts.end_step(step, owners);
+    }
+
+    /// Whether a compaction of the text arena is under way.
+    pub(super) fn is_compacting(&self) -> bool {
+        self.texts.is_compacting()
     }
 
     /// The text arena.
     #[cfg(test)]
-    pub(super) fn texts(&self) -> &Names {
+    pub(super) fn texts(&self) -> &Arena {
         &self.texts
     }
 

@@ -1,0 +1,176 @@
+//! The work trace, a debug aid for indexd's loop pauses: with `P2PSHARE_WORK_TRACE=FILE` in
+//! its environment, indexd times each piece of work on its thread by cause (decoding a frame,
+//! each kind of request, the deferred register work, each kind of background slice) in the
+//! thread's CPU time, and writes to FILE, at most once a second while something changes, the
+//! longest, count and mean of each cause and the twelve longest turns with what they were
+//! made of. CPU time, unlike the loop pauses `Stats` reports (wall-clock time), leaves out
+//! the time the thread waited for a CPU, so the trace says what to slice even on a busy
+//! machine (a virtual CPU's steal time may still count).
+//!
+//! Without the variable each timing point costs one thread-local flag read.
+
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
+
+/// What the trace holds.
+#[derive(Default)]
+struct State {
+    /// Per cause: the longest, how many, how many of 1 ms or more, and the sum.
+    causes: Vec<Cause>,
+    /// The pieces of the turn under way.
+    turn: Vec<(&'static str, Duration)>,
+    /// The longest turns, longest first, with their pieces summed by cause.
+    worst: Vec<(Duration, Vec<(&'static str, Duration)>)>,
+    /// The thread's CPU time at the end of the last turn.
+    turn_cpu: Duration,
+    last_write: Option<Instant>,
+    changed: bool,
+}
+
+#[derive(Clone)]
+struct Cause {
+    name: &'static str,
+    max: Duration,
+    count: u64,
+    over_1ms: u64,
+    total: Duration,
+}
+
+/// How many of the longest turns are kept.
+const WORST_TURNS: usize = 12;
+
+thread_local! {
+    /// Whether the trace is on (read from the environment once per thread).
+    static ENABLED: Cell<Option<bool>> = const { Cell::new(None) };
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+/// Whether `P2PSHARE_WORK_TRACE` is set.
+#[inline]
+pub fn enabled() -> bool {
+    ENABLED.with(|e| match e.get() {
+        Some(on) => on,
+        None => {
+            let on = std::env::var_os("P2PSHARE_WORK_TRACE").is_some();
+            e.set(Some(on));
+            on
+        }
+    })
+}
+
+fn cpu() -> Duration {
+    crate::sys::process::thread_cpu_time().unwrap_or_default()
+}
+
+/// Runs `f`, timed under `cause` when the trace is on.
+#[inline]
+pub fn time<R>(cause: &'static str, f: impl FnOnce() -> R) -> R {
+    if !enabled() {
+        return f();
+    }
+    let started = cpu();
+    let r = f();
+    record(cause, cpu().saturating_sub(started));
+    r
+}
+
+/// Counts `d` of work under `cause` (when the trace is on).
+pub fn record(cause: &'static str, d: Duration) {
+    if !enabled() {
+        return;
+    }
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let i = match s.causes.iter().position(|c| c.name == cause) {
+            Some(i) => i,
+            None => {
+                s.causes.push(Cause {
+                    name: cause,
+                    max: Duration::ZERO,
+                    count: 0,
+                    over_1ms: 0,
+                    total: Duration::ZERO,
+                });
+                s.causes.len() - 1
+            }
+        };
+        let c = &mut s.causes[i];
+        let longest = d > c.max;
+        c.max = c.max.max(d);
+        c.count += 1;
+        c.over_1ms += u64::from(d >= Duration::from_millis(1));
+        c.total += d;
+        s.changed |= longest;
+        s.turn.push((cause, d));
+    })
+}
+
+/// The reactor turn ends (when the trace is on): its CPU time since the last call is a turn.
+pub fn end_turn() {
+    if !enabled() {
+        return;
+    }
+    let now = cpu();
+    let report = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let d = now.saturating_sub(std::mem::replace(&mut s.turn_cpu, now));
+        let pieces = std::mem::take(&mut s.turn);
+        if s.worst.len() < WORST_TURNS || s.worst.last().is_some_and(|w| d > w.0) {
+            let mut merged: Vec<(&'static str, Duration)> = Vec::new();
+            for (c, x) in pieces {
+                match merged.iter_mut().find(|m| m.0 == c) {
+                    Some(m) => m.1 += x,
+                    None => merged.push((c, x)),
+                }
+            }
+            s.worst.push((d, merged));
+            s.worst.sort_by_key(|w| std::cmp::Reverse(w.0));
+            s.worst.truncate(WORST_TURNS);
+            s.changed = true;
+        }
+        let due = s
+            .last_write
+            .map_or(true, |t| t.elapsed() >= Duration::from_secs(1));
+        if !(s.changed && due) {
+            return None;
+        }
+        s.changed = false;
+        s.last_write = Some(Instant::now());
+        Some(render(&s))
+    });
+    if let (Some(report), Some(path)) = (report, std::env::var_os("P2PSHARE_WORK_TRACE")) {
+        if let Err(e) = std::fs::write(&path, report) {
+            log::warn!("work trace: cannot write {}: {e}", path.to_string_lossy());
+        }
+    }
+}
+
+fn render(s: &State) -> String {
+    let us = |d: Duration| d.as_micros();
+    let mut out = String::from(
+        "# indexd work trace (thread CPU time, µs)\n\
+         # cause                     longest      count  >=1ms       mean\n",
+    );
+    let mut causes = s.causes.clone();
+    causes.sort_by_key(|c| std::cmp::Reverse(c.max));
+    for c in causes {
+        let mean = c.total.as_secs_f64() * 1e6 / c.count.max(1) as f64;
+        out += &format!(
+            "{:<28} {:>8} {:>10} {:>6} {:>10.1}\n",
+            c.name,
+            us(c.max),
+            c.count,
+            c.over_1ms,
+            mean
+        );
+    }
+    out += "# longest turns: the turn, then its pieces by cause\n";
+    for (d, pieces) in &s.worst {
+        out += &format!("{:>8}:", us(*d));
+        for (c, x) in pieces {
+            out += &format!(" {c}={}", us(*x));
+        }
+        out += "\n";
+    }
+    out
+}
