@@ -187,6 +187,8 @@ pub struct PeerCore {
     counters: PeerCounters,
     /// What the person withdrew (`unregister`): not shared again until `register PATH`.
     withdrawn: Withdrawn,
+    /// Every register sent was answered since [`PeerCore::take_registers_done`] was asked.
+    registers_done: bool,
 }
 
 /// A download and what the core keeps beside it.
@@ -229,6 +231,7 @@ impl PeerCore {
             stopped: false,
             counters: PeerCounters::default(),
             withdrawn: Withdrawn::load(&cfg.share_dir),
+            registers_done: false,
             cfg,
         }
     }
@@ -392,6 +395,12 @@ impl PeerCore {
     pub fn handle_shutdown(&mut self) {
         self.output.note("peer: shutting down");
         self.quit();
+    }
+
+    /// Whether every register sent was answered since the last call (the memory they took can
+    /// be handed back to the system).
+    pub fn take_registers_done(&mut self) -> bool {
+        std::mem::take(&mut self.registers_done)
     }
 
     /// Whether the peer has stopped.
@@ -902,6 +911,9 @@ impl PeerCore {
                         .note(format!("index: refused {rejected} entries"));
                 }
                 log::debug!(target: "peer", "index holds {total} of our files");
+                // The last register of a batch is answered: its frames and the copies kept
+                // for a resend are freed.
+                self.registers_done |= self.session.is_settled();
             }
             (Tag::Unregister, ResponseBody::Unregistered { total, .. }) => {
                 log::debug!(target: "peer", "index holds {total} of our files");

@@ -8,8 +8,10 @@
 //!   once, every 16 KiB verified: [`swarm`] schedules the pieces, [`outboard`] verifies them;
 //!   several downloads run at once), [`commands`] (console commands in order; [`console`]
 //!   parses them) and [`output`] (what the person is told).
-//! - [`share`] (the share's hash → path table, scan and hash cache) and [`names`] (untrusted
-//!   names made safe).
+//! - [`share`] (the share's hash → path table, scan and hash cache, both on [`paths`], a
+//!   table storing each path once) and [`names`] (untrusted names made safe).
+//! - [`render`]: how each output line is written, as text (for a pipe or a terminal) or JSON
+//!   (`--json`); [`startup`]: the checks of the flags that stop the peer with status 2.
 //! - [`metrics`]: what `--metrics` serves, rendered from the core at scrape time.
 //! - [`threads`]: the hasher, stdin and resolver threads, which report as [`Event`]s;
 //!   [`watch`]: the share watcher thread (inotify through `notify`) and its debouncer;
@@ -29,6 +31,7 @@ pub mod metrics;
 pub mod names;
 pub mod outboard;
 pub mod output;
+pub mod paths;
 pub mod rate;
 pub mod render;
 pub mod session;
@@ -302,6 +305,10 @@ impl Handler for Peer {
     ) -> Verdict {
         let verdict = self.core.handle_frame(ctx.now(), conn, role, payload);
         self.apply(ctx);
+        if self.core.take_registers_done() {
+            // A share's worth of registers (and their copies kept for a resend) was freed.
+            crate::sys::process::release_free_memory();
+        }
         verdict
     }
 

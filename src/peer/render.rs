@@ -3,7 +3,7 @@
 //! writer thread (`output`) calls them, so rendering costs the reactor nothing.
 //!
 //! # Invariants
-//! - Every kind of line has a text form and a JSON form: [`text`] and [`json`] each `match`
+//! - Every kind of line has a text form and a JSON form: [`text()`] and [`json()`] each `match`
 //!   on [`Line`] with no wildcard arm, so a new kind of line does not compile until both say
 //!   how it is written.
 //! - The text written to a pipe or file (`Style::human` false) is the machine-stable format

@@ -18,9 +18,13 @@
 //!   cached one was moved or renamed: its hash is taken from the cache, not read again.
 //! - The file server serves a hash only through this table (hash → path), and only while the
 //!   file's size and mtime still match what was hashed.
+//! - The share's table and the cache each store a file's path once ([`PathTable`]: interned
+//!   directories and an arena of names); their indexes by hash and by inode hold file ids.
+//!   A [`SharedFile`] handed out is built from the table, not borrowed from it.
 
+use super::paths::{self, FileId, PathTable};
 use crate::wire::{FileEntry, FileHash};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -346,23 +350,40 @@ pub fn hash_all(
     out
 }
 
+/// A modification time in nanoseconds, stored as bytes: an `i128` field would align its
+/// whole record to 16 bytes, and the share and the cache hold one record per file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PackedNs([u8; 16]);
+
+impl PackedNs {
+    fn new(ns: i128) -> PackedNs {
+        PackedNs(ns.to_le_bytes())
+    }
+
+    fn get(self) -> i128 {
+        i128::from_le_bytes(self.0)
+    }
+}
+
 /// (path, size, mtime) → hash, persisted as a small text file.
 ///
 /// Format, one file per line: `HASH SIZE MTIME_NS DEV INO PATH_HEX` (the path as hex bytes, so
 /// any name, newlines included, survives). Unparseable lines are ignored: a damaged cache only
 /// costs re-hashing.
+///
+/// Each path is stored once ([`PathTable`]); the index by inode holds the file's id.
 #[derive(Debug, Default, Clone)]
 pub struct HashCache {
-    entries: HashMap<PathBuf, CacheEntry>,
-    /// The path of each cached (device, inode), to know a moved file.
-    by_id: HashMap<(u64, u64), PathBuf>,
+    entries: PathTable<CacheEntry>,
+    /// The file of each cached (device, inode), to know a moved file.
+    by_id: HashMap<(u64, u64), FileId>,
 }
 
 /// What a cached hash was computed for: the file's size, mtime and (device, inode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct CacheEntry {
     size: u64,
-    mtime_ns: i128,
+    mtime_ns: PackedNs,
     file_id: (u64, u64),
     hash: FileHash,
 }
@@ -371,7 +392,7 @@ impl CacheEntry {
     fn of(f: &SharedFile) -> CacheEntry {
         CacheEntry {
             size: f.size,
-            mtime_ns: f.mtime_ns,
+            mtime_ns: PackedNs::new(f.mtime_ns),
             file_id: f.file_id,
             hash: f.hash,
         }
@@ -403,21 +424,22 @@ impl HashCache {
             };
             let entry = CacheEntry {
                 size,
-                mtime_ns,
+                mtime_ns: PackedNs::new(mtime_ns),
                 file_id: (dev, ino),
                 hash,
             };
-            cache.insert(path, entry);
+            cache.insert(&path, entry);
         }
         cache
     }
 
-    fn insert(&mut self, path: PathBuf, entry: CacheEntry) -> bool {
-        if self.entries.get(&path) == Some(&entry) {
+    fn insert(&mut self, path: &Path, entry: CacheEntry) -> bool {
+        if self.entries.get(path).map(|(_, e)| e) == Some(&entry) {
             return false;
         }
-        self.by_id.insert(entry.file_id, path.clone());
-        self.entries.insert(path, entry);
+        let file_id = entry.file_id;
+        let (id, _) = self.entries.insert(path, entry);
+        self.by_id.insert(file_id, id);
         true
     }
 
@@ -425,26 +447,27 @@ impl HashCache {
     pub fn insert_all<'a>(&mut self, files: impl IntoIterator<Item = &'a SharedFile>) -> bool {
         let mut changed = false;
         for f in files {
-            changed |= self.insert(f.path.clone(), CacheEntry::of(f));
+            changed |= self.insert(&f.path, CacheEntry::of(f));
         }
         changed
     }
 
     /// The cached hash of a file with the (device, inode), size and mtime of `meta` under
     /// another path: a moved or renamed file. Returns the hash and the path it was hashed at.
-    pub fn get_moved(&self, meta: &fs::Metadata) -> Option<(FileHash, &Path)> {
-        let path = self.by_id.get(&file_id(meta))?;
-        let e = self.entries.get(path)?;
-        (e.file_id == file_id(meta) && e.size == meta.len() && e.mtime_ns == mtime_ns(meta))
-            .then_some((e.hash, path.as_path()))
+    pub fn get_moved(&self, meta: &fs::Metadata) -> Option<(FileHash, PathBuf)> {
+        let id = *self.by_id.get(&file_id(meta))?;
+        let e = self.entries.value(id)?;
+        (e.file_id == file_id(meta) && e.size == meta.len() && e.mtime_ns.get() == mtime_ns(meta))
+            .then(|| self.entries.path(id).map(|p| (e.hash, p)))
+            .flatten()
     }
 
     /// The cached hash of `path` if it is still the same file (size, mtime, device and inode).
     pub fn get(&self, path: &Path, meta: &fs::Metadata) -> Option<FileHash> {
         match self.entries.get(path) {
-            Some(e)
+            Some((_, e))
                 if e.size == meta.len()
-                    && e.mtime_ns == mtime_ns(meta)
+                    && e.mtime_ns.get() == mtime_ns(meta)
                     && e.file_id == file_id(meta) =>
             {
                 Some(e.hash)
@@ -465,15 +488,18 @@ impl HashCache {
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         // Streamed: a cache of a large share is never built as one string in memory.
         let mut out = io::BufWriter::new(File::create(&tmp)?);
-        for (p, e) in &self.entries {
+        for (id, e) in self.entries.iter() {
+            let Some(p) = self.entries.path(id) else {
+                continue;
+            };
             let (dev, ino) = e.file_id;
             writeln!(
                 out,
                 "{} {} {} {dev} {ino} {}",
                 e.hash,
                 e.size,
-                e.mtime_ns,
-                path_to_hex(p)
+                e.mtime_ns.get(),
+                path_to_hex(&p)
             )?;
         }
         let f = out.into_inner().map_err(|e| e.into_error())?;
@@ -493,12 +519,25 @@ fn path_from_hex(s: &str) -> Option<PathBuf> {
     Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
 }
 
-/// The shared files, by path and by hash.
+/// The shared files, by path and by hash. Each path is stored once, in pieces
+/// ([`PathTable`]: interned directories and file names); the index by hash holds file ids.
 #[derive(Debug, Default)]
 pub struct Share {
-    by_path: BTreeMap<PathBuf, SharedFile>,
-    /// Paths holding each hash (usually one).
-    by_hash: HashMap<FileHash, Vec<PathBuf>>,
+    table: PathTable<Stored>,
+    /// The files holding each hash (usually one).
+    by_hash: HashMap<FileHash, Vec<FileId>>,
+    /// The name a file is shared under, where it is not its path's file name (it almost
+    /// always is: kept aside, so the common record has no name of its own).
+    renamed: HashMap<FileId, Box<str>>,
+}
+
+/// A shared file as the table keeps it: its path is the table's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stored {
+    size: u64,
+    file_id: (u64, u64),
+    mtime_ns: PackedNs,
+    hash: FileHash,
 }
 
 /// What changed when the share was replaced or extended: what to tell the index.
@@ -513,63 +552,105 @@ pub struct ShareDiff {
 impl Share {
     /// Number of shared files (paths).
     pub fn len(&self) -> usize {
-        self.by_path.len()
+        self.table.len()
     }
 
     /// Whether nothing is shared.
     pub fn is_empty(&self) -> bool {
-        self.by_path.is_empty()
+        self.table.is_empty()
     }
 
-    /// Every shared file, ordered by path.
-    pub fn files(&self) -> impl Iterator<Item = &SharedFile> {
-        self.by_path.values()
+    /// The name file `id` is shared under.
+    fn name(&self, id: FileId) -> String {
+        match self.renamed.get(&id) {
+            Some(n) => n.to_string(),
+            None => self.table.name_lossy(id),
+        }
+    }
+
+    /// File `id`, whole.
+    fn file(&self, id: FileId) -> Option<SharedFile> {
+        let s = self.table.value(id)?;
+        Some(SharedFile {
+            path: self.table.path(id)?,
+            name: self.name(id),
+            size: s.size,
+            file_id: s.file_id,
+            mtime_ns: s.mtime_ns.get(),
+            hash: s.hash,
+        })
+    }
+
+    /// Every shared file, ordered by path (built: for listing, not for the hot path).
+    pub fn files(&self) -> impl Iterator<Item = SharedFile> {
+        let mut files: Vec<SharedFile> = self
+            .table
+            .iter()
+            .filter_map(|(id, _)| self.file(id))
+            .collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files.into_iter()
     }
 
     /// Total bytes shared.
     pub fn total_bytes(&self) -> u64 {
-        self.by_path.values().map(|f| f.size).sum()
+        self.table.iter().map(|(_, s)| s.size).sum()
     }
 
     /// A shared file with this hash (the first path holding it).
-    pub fn by_hash(&self, hash: &FileHash) -> Option<&SharedFile> {
-        self.by_hash
-            .get(hash)
-            .and_then(|paths| paths.first())
-            .and_then(|p| self.by_path.get(p))
+    pub fn by_hash(&self, hash: &FileHash) -> Option<SharedFile> {
+        let id = *self.by_hash.get(hash)?.first()?;
+        self.file(id)
     }
 
     /// Every index entry for the current files (one per distinct hash and name).
     pub fn entries(&self) -> Vec<FileEntry> {
         let mut seen = std::collections::HashSet::new();
-        self.by_path
-            .values()
-            .filter(|f| seen.insert((f.hash, f.name.clone())))
-            .map(SharedFile::entry)
+        self.table
+            .iter()
+            .map(|(id, s)| FileEntry {
+                hash: s.hash,
+                size: s.size,
+                name: self.name(id),
+            })
+            .filter(|e| seen.insert((e.hash, e.name.clone())))
             .collect()
     }
 
     /// Files matching a person's target: a hash, a unique hash prefix, or a name.
-    pub fn find(&self, pred: impl Fn(&SharedFile) -> bool) -> Vec<&SharedFile> {
-        self.by_path.values().filter(|f| pred(f)).collect()
+    pub fn find(&self, pred: impl Fn(&SharedFile) -> bool) -> Vec<SharedFile> {
+        self.table
+            .iter()
+            .filter_map(|(id, _)| self.file(id))
+            .filter(|f| pred(f))
+            .collect()
     }
 
     /// Adds or replaces files (by path). Returns what the index must learn.
     pub fn upsert(&mut self, files: Vec<SharedFile>) -> ShareDiff {
         let mut diff = ShareDiff::default();
         for f in files {
-            if let Some(old) = self.by_path.get(&f.path) {
-                if old.hash == f.hash && old.name == f.name {
-                    self.by_path.insert(f.path.clone(), f);
+            let renamed = f.name != paths::file_name(&f.path).to_string_lossy();
+            let stored = Stored {
+                size: f.size,
+                file_id: f.file_id,
+                mtime_ns: PackedNs::new(f.mtime_ns),
+                hash: f.hash,
+            };
+            if let Some((id, old)) = self.table.get(&f.path) {
+                if old.hash == f.hash && self.name(id) == f.name {
+                    self.table.insert(&f.path, stored);
                     continue;
                 }
-                let path = f.path.clone();
-                diff.removed.extend(self.remove_path(&path));
+                diff.removed.extend(self.remove_path(&f.path));
             }
             diff.added.push(f.entry());
             diff.removed.retain(|h| *h != f.hash);
-            self.by_hash.entry(f.hash).or_default().push(f.path.clone());
-            self.by_path.insert(f.path.clone(), f);
+            let (id, _) = self.table.insert(&f.path, stored);
+            if renamed {
+                self.renamed.insert(id, f.name.into());
+            }
+            self.by_hash.entry(f.hash).or_default().push(id);
         }
         diff
     }
@@ -579,10 +660,11 @@ impl Share {
     pub fn replace_under(&mut self, root: &Path, files: Vec<SharedFile>) -> ShareDiff {
         let keep: std::collections::HashSet<&PathBuf> = files.iter().map(|f| &f.path).collect();
         let gone: Vec<PathBuf> = self
-            .by_path
-            .keys()
-            .filter(|p| p.starts_with(root) && !keep.contains(p))
-            .cloned()
+            .table
+            .ids_under(root)
+            .into_iter()
+            .filter_map(|id| self.table.path(id))
+            .filter(|p| !keep.contains(p))
             .collect();
         let mut removed = Vec::new();
         for p in gone {
@@ -608,16 +690,15 @@ impl Share {
         let keep: HashMap<&PathBuf, &SharedFile> = files.iter().map(|f| (&f.path, f)).collect();
         let mut gone = Vec::new();
         for root in roots {
-            // Paths order by component, so everything under `root` follows it in one run.
-            for (p, old) in self.by_path.range(root.clone()..) {
-                if !p.starts_with(root) {
-                    break;
-                }
+            for id in self.table.ids_under(root) {
+                let (Some(p), Some(old)) = (self.table.path(id), self.table.value(id)) else {
+                    continue;
+                };
                 let same = keep
-                    .get(p)
-                    .is_some_and(|f| f.hash == old.hash && f.name == old.name);
+                    .get(&p)
+                    .is_some_and(|f| f.hash == old.hash && f.name == self.name(id));
                 if !same {
-                    gone.push(p.clone());
+                    gone.push(p);
                 }
             }
         }
@@ -625,7 +706,7 @@ impl Share {
         gone.dedup();
         let mut lost: HashSet<FileHash> = HashSet::new();
         for p in &gone {
-            if let Some(f) = self.by_path.get(p) {
+            if let Some((_, f)) = self.table.get(p) {
                 lost.insert(f.hash);
             }
             self.remove_path(p);
@@ -639,8 +720,10 @@ impl Share {
         let mut removed: Vec<FileHash> = lost.into_iter().collect();
         removed.sort();
         for h in &removed {
-            for p in self.by_hash.get(h).into_iter().flatten() {
-                let e = self.by_path[p].entry();
+            for &id in self.by_hash.get(h).into_iter().flatten() {
+                let Some(e) = self.file(id).map(|f| f.entry()) else {
+                    continue;
+                };
                 if seen.insert((e.hash, e.name.clone())) {
                     diff.added.push(e);
                 }
@@ -652,10 +735,11 @@ impl Share {
 
     /// Stops sharing one path; returns its hash if no other path still holds it.
     pub fn remove_path(&mut self, path: &Path) -> Option<FileHash> {
-        let f = self.by_path.remove(path)?;
-        let paths = self.by_hash.get_mut(&f.hash)?;
-        paths.retain(|p| p != path);
-        if paths.is_empty() {
+        let (id, f) = self.table.remove(path)?;
+        self.renamed.remove(&id);
+        let ids = self.by_hash.get_mut(&f.hash)?;
+        ids.retain(|&i| i != id);
+        if ids.is_empty() {
             self.by_hash.remove(&f.hash);
             Some(f.hash)
         } else {
@@ -665,11 +749,13 @@ impl Share {
 
     /// Stops sharing every path holding `hash`.
     pub fn remove_hash(&mut self, hash: &FileHash) -> Vec<SharedFile> {
-        let paths = self.by_hash.remove(hash).unwrap_or_default();
-        paths
-            .iter()
-            .filter_map(|p| self.by_path.remove(p))
-            .collect()
+        let ids = self.by_hash.remove(hash).unwrap_or_default();
+        let files: Vec<SharedFile> = ids.iter().filter_map(|&id| self.file(id)).collect();
+        for id in ids {
+            self.table.remove_id(id);
+            self.renamed.remove(&id);
+        }
+        files
     }
 }
 
@@ -726,17 +812,17 @@ pub(super) mod tests {
         let f = &files[0];
         let entry = CacheEntry {
             hash: FileHash([1; 32]),
-            ..cache.entries[&f.path]
+            ..*cache.entries.get(&f.path).unwrap().1
         };
-        lying.entries.insert(f.path.clone(), entry);
+        lying.entries.insert(&f.path, entry);
         let again = scan(&d, &lying);
         assert_eq!(again[0].hash, FileHash([1; 32]));
         let mut other_file = entry;
         other_file.file_id.1 += 1;
-        lying.entries.insert(f.path.clone(), other_file);
+        lying.entries.insert(&f.path, other_file);
         let true_hash = FileHash::of(&fs::read(&f.path).unwrap());
         assert_eq!(scan(&d, &lying)[0].hash, true_hash);
-        lying.entries.insert(f.path.clone(), entry);
+        lying.entries.insert(&f.path, entry);
         fs::write(&f.path, b"changed").unwrap();
         let again = scan(&d, &lying);
         assert_eq!(again[0].hash, FileHash::of(b"changed"));
@@ -853,10 +939,7 @@ pub(super) mod tests {
         let meta = fs::symlink_metadata(d.join("sub/b.bin")).unwrap();
         assert_eq!(cache.get(&d.join("sub/b.bin"), &meta), None);
         let (hash, was) = cache.get_moved(&meta).unwrap();
-        assert_eq!(
-            (hash, was),
-            (FileHash::of(b"moved bytes"), d.join("a.bin").as_path())
-        );
+        assert_eq!((hash, was), (FileHash::of(b"moved bytes"), d.join("a.bin")));
         // Proof that the scan takes it from the cache: a planted hash comes back.
         let mut lying = HashCache::default();
         let mut f = scan(&d, &HashCache::default()).remove(0);

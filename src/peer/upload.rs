@@ -411,7 +411,7 @@ pub fn answer(payload: &[u8], share: &Share, outboards: &mut Outboards) -> Answe
             data: outboard::group_bytes(size, groups),
         })
     } else {
-        match outboards.get(file) {
+        match outboards.get(&file) {
             Ok(Some(ob)) => outboard::answer_range(&*ob, groups),
             Ok(None) => {
                 let message =
