@@ -88,7 +88,9 @@ impl IndexServer {
             }
             _ => {
                 let rest = self.register_slice(peer, &files[first..]);
-                Some(registered(add_outcomes(outcome, rest)))
+                let outcome = add_outcomes(outcome, rest);
+                self.cluster_registered(peer, files, outcome);
+                Some(registered(outcome))
             }
         }
     }
@@ -117,6 +119,7 @@ impl IndexServer {
             }
             _ => {
                 let removed = removed + self.unregister_slice(peer, &hashes[first..]);
+                self.cluster_unregistered(peer, hashes, removed);
                 Some(ResponseBody::Unregistered {
                     removed,
                     total: self.index.holdings_of(peer),
@@ -159,11 +162,17 @@ impl IndexServer {
             job.at = end;
             if end == len {
                 let body = match job.work {
-                    JobWork::Register { outcome, .. } => registered(outcome),
-                    JobWork::Unregister { removed, .. } => ResponseBody::Unregistered {
-                        removed,
-                        total: self.index.holdings_of(job.peer),
-                    },
+                    JobWork::Register { outcome, files } => {
+                        self.cluster_registered(job.peer, files, outcome);
+                        registered(outcome)
+                    }
+                    JobWork::Unregister { removed, hashes } => {
+                        self.cluster_unregistered(job.peer, hashes, removed);
+                        ResponseBody::Unregistered {
+                            removed,
+                            total: self.index.holdings_of(job.peer),
+                        }
+                    }
                 };
                 let mut out = Vec::new();
                 wire::encode_frame(&Response { id: job.id, body }, &mut out);
