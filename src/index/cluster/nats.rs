@@ -184,17 +184,32 @@ async fn run(
         .map_err(|e| format!("stream {}: {e}", config.stream_name()))?;
     let kv = match js.get_key_value(config.bucket_name()).await {
         Ok(kv) => kv,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: config.bucket_name(),
-                history: 1,
-                max_age: config.ttl,
-                num_replicas: config.replicas,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("bucket {}: {e}", config.bucket_name()))?,
+        Err(_) => {
+            // The bucket's stream as `create_key_value` would make it (that call first reads
+            // the account's info, which this client version cannot parse from a 2.9 server).
+            let created = js
+                .create_stream(stream::Config {
+                    name: format!("KV_{}", config.bucket_name()),
+                    subjects: vec![format!("$KV.{}.>", config.bucket_name())],
+                    max_messages_per_subject: 1,
+                    max_age: config.ttl,
+                    storage: stream::StorageType::File,
+                    num_replicas: config.replicas,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: stream::DiscardPolicy::New,
+                    ..Default::default()
+                })
+                .await;
+            if let Err(e) = created {
+                // Another node may have created it meanwhile: then the get below works.
+                log::debug!("cluster: creating bucket {}: {e}", config.bucket_name());
+            }
+            js.get_key_value(config.bucket_name())
+                .await
+                .map_err(|e| format!("bucket {}: {e}", config.bucket_name()))?
+        }
     };
     // The bucket's TTL rules, whoever created it.
     let ttl = match kv.status().await {
