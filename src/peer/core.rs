@@ -683,8 +683,10 @@ impl PeerCore {
         match event {
             SessionEvent::Up { observed, again } => {
                 if again {
-                    self.output
-                        .note(format!("index: connected to {} again", self.cfg.index));
+                    self.output.note(format!(
+                        "index: connected to {} again",
+                        self.session.index()
+                    ));
                 }
                 log::info!(target: "peer", "index session up; seen as {observed}");
                 // Soft state: the index knows nothing of us on a new session.
