@@ -91,7 +91,9 @@ struct Flags {
     node_id: Option<String>,
     /// A node whose liveness key has not been refreshed for this long is dead: the others
     /// drop its peers' entries (the bucket's TTL, set by the first node that creates it).
-    #[arg(long, value_name = "SECS", default_value_t = 5, requires = "cluster")]
+    /// Keep it longer than the NATS cluster's failover, or a NATS server's death makes every
+    /// node fence itself (its peers then register again).
+    #[arg(long, value_name = "SECS", default_value_t = nats_ttl_default(), requires = "cluster")]
     cluster_ttl: u64,
     /// Replicas of the stream and the liveness bucket when this node creates them (default:
     /// the number of --cluster URLs, at most 3).
@@ -110,6 +112,10 @@ struct Flags {
     /// `info,p2pshare::index=debug` (default: RUST_LOG, else info).
     #[arg(long)]
     log: Option<String>,
+}
+
+const fn nats_ttl_default() -> u64 {
+    p2pshare::index::cluster::nats::DEFAULT_TTL.as_secs()
 }
 
 fn main() -> ExitCode {

@@ -44,8 +44,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an ended session's `End` record stays on the stream before it is purged: a node
 /// reading less than this behind still sees every session it saw begin end.
 pub const TOMBSTONE_LINGER: Duration = Duration::from_secs(60);
-/// The default liveness TTL.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
+/// How long a start may take to set up the stream, the bucket and the liveness key.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many times a lost consumer is created again at once (then: at its next error).
+const RESUME_TRIES: usize = 5;
+/// The default liveness TTL: longer than a NATS cluster's failover (a stream leader election
+/// after a server died takes seconds), so that an engine fault does not look like every node
+/// dying.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
 
 /// How a node joins the cluster.
 #[derive(Debug, Clone)]
@@ -128,7 +134,37 @@ impl ToReactor {
     }
 }
 
-type Ack = BoxFuture<'static, (u64, bool, Result<(), String>)>;
+/// A record's publish, retried until stored or [`PUBLISH_RETRY_LIMIT`]: its session, its
+/// subject, whether it is an `End`, and the outcome.
+type Ack = BoxFuture<'static, (u64, String, bool, Result<(), String>)>;
+
+/// How long a record's publish is retried (a stream without a leader for a moment, while
+/// the NATS cluster elects one after a server died) before its session is ended.
+pub const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(20);
+
+/// Publishes `payload` on `subject` and waits for the stream's acknowledgement, trying again
+/// every 250 ms until [`PUBLISH_RETRY_LIMIT`]. (A try whose acknowledgement was lost may have
+/// been stored: a record applied twice in a row changes nothing.)
+fn publish(js: jetstream::Context, session: u64, subject: String, record: &Record) -> Ack {
+    let payload = record.encode();
+    let end = *record == Record::End;
+    Box::pin(async move {
+        let deadline = Instant::now() + PUBLISH_RETRY_LIMIT;
+        loop {
+            let result = match js.publish(subject.clone(), payload.clone().into()).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Err(e) if Instant::now() < deadline => {
+                    log::debug!("cluster: publish on {subject}: {e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                result => return (session, subject, end, result),
+            }
+        }
+    })
+}
 
 /// The thread's state once connected.
 struct Node {
@@ -162,7 +198,10 @@ async fn run(
         .name(format!("indexd {}", config.node))
         .connection_timeout(CONNECT_TIMEOUT)
         .event_callback(|event| async move {
-            log::warn!("cluster: nats: {event}");
+            match event {
+                async_nats::Event::Connected => log::info!("cluster: nats: {event}"),
+                _ => log::warn!("cluster: nats: {event}"),
+            }
         });
     let client = tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -171,6 +210,24 @@ async fn run(
     .await
     .map_err(|_| format!("no NATS server answered within {CONNECT_TIMEOUT:?}"))?
     .map_err(|e| format!("cannot connect to NATS: {e}"))?;
+    // A JetStream request may time out while the NATS cluster elects a leader (a server just
+    // died): the setup is tried again until START_TIMEOUT.
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut node = loop {
+        match setup(&config, &client).await {
+            Ok(node) => break node,
+            Err(e) if Instant::now() < deadline => {
+                log::warn!("cluster: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    node.serve(client, &mut outbound, to_reactor).await
+}
+
+/// Creates (or finds) the stream and the bucket, and our liveness key.
+async fn setup(config: &NatsConfig, client: &async_nats::Client) -> Result<Node, String> {
     let js = jetstream::new(client.clone());
     let stream = js
         .get_or_create_stream(stream::Config {
@@ -223,7 +280,7 @@ async fn run(
         );
     }
     let revision = kv
-        .create(&config.node, "alive".into())
+        .put(&config.node, "alive".into())
         .await
         .map_err(|e| format!("liveness key {}: {e}", config.node))?;
     log::info!(
@@ -231,8 +288,8 @@ async fn run(
         config.node,
         config.stream_name()
     );
-    let mut node = Node {
-        config,
+    Ok(Node {
+        config: config.clone(),
         js,
         stream,
         kv,
@@ -241,8 +298,7 @@ async fn run(
         alive: HashMap::new(),
         dead: HashSet::new(),
         tombstones: VecDeque::new(),
-    };
-    node.serve(client, &mut outbound, to_reactor).await
+    })
 }
 
 impl Node {
@@ -268,16 +324,19 @@ impl Node {
         outbound: &mut UnboundedReceiver<Outbound>,
         to_reactor: &ToReactor,
     ) -> Result<(), String> {
-        let consumer = self
-            .stream
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: client.new_inbox(),
-                filter_subject: format!("{}.>", self.config.prefix),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("consumer: {e}"))?;
+        // Tried again until START_TIMEOUT, like the setup: the bucket's or the stream's
+        // leader may still be in election.
+        let deadline = Instant::now() + START_TIMEOUT;
+        let (consumer, mut watch) = loop {
+            match self.subscribe(&client).await {
+                Ok(both) => break both,
+                Err(e) if Instant::now() < deadline => {
+                    log::warn!("cluster: {e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let mut rebuilding = consumer.cached_info().num_pending > 0;
         // Nodes met in the stream while rebuilding, checked alive before serving.
         let mut met: HashSet<String> = HashSet::new();
@@ -285,33 +344,27 @@ impl Node {
             .messages()
             .await
             .map_err(|e| format!("consumer: {e}"))?;
-        let mut watch = self
-            .kv
-            .watch_all()
-            .await
-            .map_err(|e| format!("watch {}: {e}", self.config.bucket_name()))?;
         if !rebuilding {
             to_reactor.send(Inbound::Rebuilt);
         }
         let mut acks: FuturesUnordered<Ack> = FuturesUnordered::new();
+        // Each session's records not yet stored, the first one in flight: one at a time per
+        // session keeps its records in order whatever is retried.
+        let mut queues: HashMap<u64, VecDeque<Record>> = HashMap::new();
         let mut tick = tokio::time::interval(self.ttl / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut applied: u64 = 0;
+        // The stream sequence of the last record read, to resume after it.
+        let mut last_seq: u64 = 0;
         loop {
             tokio::select! {
                 out = outbound.recv() => match out {
                     Some(Outbound::Publish { session, record }) => {
-                        let end = record == Record::End;
-                        let subject = self.subject(session);
-                        match self.js.publish(subject, record.encode().into()).await {
-                            Ok(ack) => acks.push(Box::pin(async move {
-                                (session, end, ack.await.map(|_| ()).map_err(|e| e.to_string()))
-                            })),
-                            Err(e) => {
-                                log::warn!("cluster: publish of session {session}: {e}");
-                                to_reactor.send(Inbound::Lost { session });
-                            }
+                        let queue = queues.entry(session).or_default();
+                        if queue.is_empty() {
+                            acks.push(publish(self.js.clone(), session, self.subject(session), &record));
                         }
+                        queue.push_back(record);
                     }
                     Some(Outbound::Stop) | None => {
                         // Best effort: the others drop our sessions now rather than after the TTL.
@@ -323,23 +376,37 @@ impl Node {
                         return Ok(());
                     }
                 },
-                Some((session, end, result)) = acks.next() => match result {
-                    Ok(()) if end => {
-                        let subject = self.subject(session);
-                        if let Err(e) = self.stream.purge().filter(&subject).keep(1).await {
-                            log::warn!("cluster: purging {subject}: {e}");
+                Some((session, subject, end, result)) = acks.next() => {
+                    match result {
+                        Ok(()) if end => {
+                            if let Err(e) = self.stream.purge().filter(&subject).keep(1).await {
+                                log::warn!("cluster: purging {subject}: {e}");
+                            }
+                            self.tombstones.push_back((Instant::now() + TOMBSTONE_LINGER, subject));
                         }
-                        self.tombstones.push_back((Instant::now() + TOMBSTONE_LINGER, subject));
+                        Ok(()) => {}
+                        Err(e) => {
+                            log::warn!("cluster: a record of session {session} was not stored: {e}");
+                            to_reactor.send(Inbound::Lost { session });
+                        }
                     }
-                    Ok(()) => {}
-                    Err(e) => {
-                        log::warn!("cluster: a record of session {session} was not stored: {e}");
-                        to_reactor.send(Inbound::Lost { session });
+                    if let Some(queue) = queues.get_mut(&session) {
+                        queue.pop_front();
+                        match queue.front() {
+                            Some(next) => acks.push(publish(self.js.clone(), session, self.subject(session), next)),
+                            None => {
+                                queues.remove(&session);
+                            }
+                        }
                     }
                 },
                 msg = messages.next() => match msg {
                     Some(Ok(msg)) => {
-                        let pending = msg.info().map(|i| i.pending).unwrap_or(1);
+                        let (pending, seq) = msg
+                            .info()
+                            .map(|i| (i.pending, i.stream_sequence))
+                            .unwrap_or((1, last_seq));
+                        last_seq = last_seq.max(seq);
                         if let Some((node, session)) = self.parse_subject(&msg.subject) {
                             if node != self.config.node && !self.dead.contains(node) {
                                 match Record::decode(&msg.payload) {
@@ -371,7 +438,22 @@ impl Node {
                             log::info!("cluster: rebuilt from {applied} records");
                         }
                     }
-                    Some(Err(e)) => log::warn!("cluster: consumer: {e}"),
+                    Some(Err(e)) => {
+                        log::warn!("cluster: consumer: {e}; resuming after record {last_seq}");
+                        // This client version's ordered consumer does not recover from missed
+                        // heartbeats (its server may have died): a new one resumes the stream.
+                        if e.kind() == consumer::push::OrderedErrorKind::MissingHeartbeat {
+                            for _ in 0..RESUME_TRIES {
+                                match self.resume(&client, last_seq + 1).await {
+                                    Ok(m) => {
+                                        messages = m;
+                                        break;
+                                    }
+                                    Err(e) => log::warn!("cluster: {e}"),
+                                }
+                            }
+                        }
+                    }
                     None => return Err("the stream's consumer ended".into()),
                 },
                 entry = watch.next() => match entry {
@@ -386,7 +468,13 @@ impl Node {
                         }
                     },
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => log::warn!("cluster: watching {}: {e}", self.config.bucket_name()),
+                    Some(Err(e)) => {
+                        log::warn!("cluster: watching {}: {e}", self.config.bucket_name());
+                        match self.kv.watch_all().await {
+                            Ok(w) => watch = w,
+                            Err(e) => log::warn!("cluster: watching again: {e}"),
+                        }
+                    }
                     None => return Err("the liveness watch ended".into()),
                 },
                 _ = tick.tick() => {
@@ -396,6 +484,51 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// The stream's ordered consumer (from its start) and the bucket's watch.
+    async fn subscribe(
+        &self,
+        client: &async_nats::Client,
+    ) -> Result<(consumer::Consumer<consumer::push::OrderedConfig>, kv::Watch), String> {
+        let consumer = self
+            .stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                filter_subject: format!("{}.>", self.config.prefix),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("consumer: {e}"))?;
+        let watch = self
+            .kv
+            .watch_all()
+            .await
+            .map_err(|e| format!("watch {}: {e}", self.config.bucket_name()))?;
+        Ok((consumer, watch))
+    }
+
+    /// A new ordered consumer of the stream from record `seq` on.
+    async fn resume(
+        &self,
+        client: &async_nats::Client,
+        seq: u64,
+    ) -> Result<consumer::push::Ordered, String> {
+        self.stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                filter_subject: format!("{}.>", self.config.prefix),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: seq,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("consumer: {e}"))?
+            .messages()
+            .await
+            .map_err(|e| format!("consumer: {e}"))
     }
 
     /// The stream was read to its end: every node met in it must be alive.
