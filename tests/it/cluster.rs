@@ -157,16 +157,21 @@ fn node(urls: &str, id: &str) -> Indexd {
 
 /// An indexd node with liveness TTL `ttl` (seconds; the first node sets the bucket's).
 fn node_with_ttl(urls: &str, id: &str, ttl: &str) -> Indexd {
-    Indexd::start(&[
-        "--cluster",
-        urls,
-        "--node-id",
-        id,
-        "--cluster-ttl",
-        ttl,
-        "--cluster-prefix",
-        "t",
-    ])
+    // A start retries its setup for up to 30 s while NATS elects leaders.
+    Indexd::start_within(
+        "127.0.0.1:0",
+        &[
+            "--cluster",
+            urls,
+            "--node-id",
+            id,
+            "--cluster-ttl",
+            ttl,
+            "--cluster-prefix",
+            "t",
+        ],
+        Duration::from_secs(40),
+    )
 }
 
 fn file(name: &str) -> FileEntry {

@@ -356,6 +356,8 @@ impl Node {
         let mut applied: u64 = 0;
         // The stream sequence of the last record read, to resume after it.
         let mut last_seq: u64 = 0;
+        // A record was read since the last tick.
+        let mut read_since_tick = false;
         loop {
             tokio::select! {
                 out = outbound.recv() => match out {
@@ -407,6 +409,7 @@ impl Node {
                             .map(|i| (i.pending, i.stream_sequence))
                             .unwrap_or((1, last_seq));
                         last_seq = last_seq.max(seq);
+                        read_since_tick = true;
                         if let Some((node, session)) = self.parse_subject(&msg.subject) {
                             if node != self.config.node && !self.dead.contains(node) {
                                 match Record::decode(&msg.payload) {
@@ -478,6 +481,15 @@ impl Node {
                     None => return Err("the liveness watch ended".into()),
                 },
                 _ = tick.tick() => {
+                    // The records still pending may have been purged since the consumer
+                    // counted them: then no record says "0 pending", and a consumer from
+                    // after the last one read tells whether anything is left.
+                    if rebuilding && !read_since_tick && self.is_read_to_end(&client, last_seq + 1).await {
+                        rebuilding = false;
+                        self.finish_rebuild(&met, to_reactor).await;
+                        log::info!("cluster: rebuilt from {applied} records");
+                    }
+                    read_since_tick = false;
                     self.refresh(to_reactor).await;
                     self.check_others(to_reactor).await;
                     self.purge_tombstones().await;
@@ -507,6 +519,23 @@ impl Node {
             .await
             .map_err(|e| format!("watch {}: {e}", self.config.bucket_name()))?;
         Ok((consumer, watch))
+    }
+
+    /// Whether the stream holds nothing from record `seq` on (false if it cannot tell).
+    async fn is_read_to_end(&self, client: &async_nats::Client, seq: u64) -> bool {
+        let probe = self
+            .stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                filter_subject: format!("{}.>", self.config.prefix),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: seq,
+                },
+                ..Default::default()
+            })
+            .await;
+        // The probe is ephemeral: the server drops it once it has no subscriber.
+        probe.is_ok_and(|c| c.cached_info().num_pending == 0)
     }
 
     /// A new ordered consumer of the stream from record `seq` on.
