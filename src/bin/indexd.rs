@@ -80,10 +80,42 @@ struct Flags {
     /// See --ban-after.
     #[arg(long, default_value_t = RateLimits::default().ban_for.as_secs(), value_name = "SECS")]
     ban_for: u64,
+    /// Cluster mode: share one index with the other indexd nodes through these NATS JetStream
+    /// servers (`nats://HOST:PORT`, comma-separated, any of the NATS cluster's). Without it,
+    /// indexd is a single process.
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// This node's id in the cluster (letters, digits, `_`; at most 32); each start adds a
+    /// new incarnation to it (default: a random id).
+    #[arg(long, value_name = "ID", requires = "cluster")]
+    node_id: Option<String>,
+    /// A node whose liveness key has not been refreshed for this long is dead: the others
+    /// drop its peers' entries (the bucket's TTL, set by the first node that creates it).
+    /// Keep it longer than the NATS cluster's failover, or a NATS server's death makes every
+    /// node fence itself (its peers then register again).
+    #[arg(long, value_name = "SECS", default_value_t = nats_ttl_default(), requires = "cluster")]
+    cluster_ttl: u64,
+    /// Replicas of the stream and the liveness bucket when this node creates them (default:
+    /// the number of --cluster URLs, at most 3).
+    #[arg(long, value_name = "N", requires = "cluster")]
+    cluster_replicas: Option<usize>,
+    /// Subject prefix of the cluster's stream (`PREFIX.NODE.SESSION`); the stream is
+    /// `PREFIX_INDEX` (upper case) and the liveness bucket `PREFIX_nodes`.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "p2pshare",
+        requires = "cluster"
+    )]
+    cluster_prefix: String,
     /// Log filter: a level (error, warn, info, debug, trace) or per-module directives such as
     /// `info,p2pshare::index=debug` (default: RUST_LOG, else info).
     #[arg(long)]
     log: Option<String>,
+}
+
+const fn nats_ttl_default() -> u64 {
+    p2pshare::index::cluster::nats::DEFAULT_TTL.as_secs()
 }
 
 fn main() -> ExitCode {
@@ -131,16 +163,6 @@ fn run(flags: Flags) -> std::io::Result<()> {
     let stop = process::on_termination(move || {
         let _ = waker.wake();
     })?;
-    let addr = reactor.ctx().listen(flags.listen)?;
-    let metrics = match flags.metrics {
-        Some(m) => Some(
-            reactor
-                .ctx()
-                .listen_http(m, HttpLimits::default())
-                .map_err(|e| std::io::Error::new(e.kind(), format!("--metrics {m}: {e}")))?,
-        ),
-        None => None,
-    };
     let mut server = IndexServer::new(ServerLimits {
         max_results: flags.max_results,
         max_files_per_peer: flags.max_files_per_peer,
@@ -162,6 +184,21 @@ fn run(flags: Flags) -> std::io::Result<()> {
         ban_for: Duration::from_secs(flags.ban_for),
     });
     server.stop_on(stop);
+    // In cluster mode the listeners open once the stream has been read and applied.
+    let nats = match flags.cluster.is_empty() {
+        true => None,
+        false => Some(join_cluster(&flags, &mut reactor, &mut server)?),
+    };
+    let addr = reactor.ctx().listen(flags.listen)?;
+    let metrics = match flags.metrics {
+        Some(m) => Some(
+            reactor
+                .ctx()
+                .listen_http(m, HttpLimits::default())
+                .map_err(|e| std::io::Error::new(e.kind(), format!("--metrics {m}: {e}")))?,
+        ),
+        None => None,
+    };
     // The first stdout line tells scripts and tests the bound port (useful with port 0).
     println!("indexd listening on {addr}");
     if let Some(m) = metrics {
@@ -171,5 +208,80 @@ fn run(flags: Flags) -> std::io::Result<()> {
     }
     std::io::stdout().flush()?;
     log::info!("listening on {addr}");
-    reactor.run(&mut server)
+    reactor.run(&mut server)?;
+    if let Some(nats) = nats {
+        // The NATS thread deletes our liveness key; give it a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !nats.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    match server.cluster_failure() {
+        Some(why) => Err(std::io::Error::other(format!("cluster: {why}"))),
+        None => Ok(()),
+    }
+}
+
+/// Starts the NATS thread, links it to `server` and rebuilds the index from the stream.
+fn join_cluster(
+    flags: &Flags,
+    reactor: &mut Reactor<p2pshare::index::server::Session>,
+    server: &mut IndexServer,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    use p2pshare::index::cluster::{self, link::Link, nats};
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let id = match &flags.node_id {
+        Some(id) => id.clone(),
+        None => format!("n{:06x}", fastrand::u32(..1 << 24)),
+    };
+    if !cluster::is_valid_node_id(&id) {
+        return Err(invalid(format!(
+            "--node-id {id}: 1 to 32 letters, digits or _"
+        )));
+    }
+    if !cluster::is_valid_node_id(&flags.cluster_prefix) {
+        return Err(invalid(format!(
+            "--cluster-prefix {}: 1 to 32 letters, digits or _",
+            flags.cluster_prefix
+        )));
+    }
+    if flags.cluster_ttl == 0 {
+        return Err(invalid("--cluster-ttl must be at least 1".into()));
+    }
+    let config = nats::NatsConfig {
+        servers: flags.cluster.clone(),
+        node: nats::incarnation(&id),
+        node_id: id,
+        prefix: flags.cluster_prefix.clone(),
+        ttl: Duration::from_secs(flags.cluster_ttl),
+        replicas: flags
+            .cluster_replicas
+            .unwrap_or(flags.cluster.len().min(3))
+            .clamp(1, 5),
+    };
+    log::info!(
+        "cluster: joining as {} through {}",
+        config.node,
+        config.servers.join(",")
+    );
+    let (to_nats, outbound) = tokio::sync::mpsc::unbounded_channel();
+    let (inbound, from_nats) = std::sync::mpsc::channel();
+    let waker = reactor.ctx().waker();
+    let wake: std::sync::Arc<dyn Fn() + Send + Sync> = std::sync::Arc::new(move || {
+        let _ = waker.wake();
+    });
+    let thread = nats::spawn(config, outbound, inbound, wake)?;
+    server.join_cluster(Link::new(to_nats, from_nats));
+    let started = std::time::Instant::now();
+    server
+        .rebuild_from_cluster()
+        .map_err(|e| std::io::Error::other(format!("cluster: {e}")))?;
+    let stats = server.current_stats();
+    log::info!(
+        "cluster: rebuilt in {:.3} s: {} peers, {} entries",
+        started.elapsed().as_secs_f64(),
+        stats.peers,
+        stats.names
+    );
+    Ok(thread)
 }

@@ -24,7 +24,9 @@ struct Flags {
     /// Directory to share (scanned recursively; links are not followed).
     #[arg(long)]
     share: PathBuf,
-    /// The index server, `HOST:PORT` (an IPv6 address in brackets: `[::1]:9000`).
+    /// The index server, `HOST:PORT` (an IPv6 address in brackets: `[::1]:9000`); several,
+    /// separated by commas, are the nodes of one index cluster: after a failure the next one
+    /// is tried, and the peer registers there.
     #[arg(long, default_value = "127.0.0.1:9000")]
     index: String,
     /// Where this peer's file server listens (port 0: any free port, announced to the index).

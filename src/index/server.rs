@@ -18,6 +18,7 @@
 //! Hello, never an address the peer claims. An IPv4 peer on a dual-stack listener is seen as
 //! plain IPv4 (the reactor maps `::ffff:a.b.c.d` at accept), so it is handed out as such.
 
+mod cluster;
 mod register_frame;
 mod slices;
 
@@ -146,6 +147,10 @@ pub struct IndexServer {
     closing: Vec<(ConnId, String)>,
     /// The buffer of the last big register frame's entries, for the next one.
     spare_frame: Vec<u8>,
+    /// Cluster mode's link to the NATS thread (see `server/cluster.rs`).
+    cluster: Option<Box<crate::index::cluster::link::Link>>,
+    /// Why the cluster link failed, if it did.
+    cluster_failed: Option<String>,
 }
 
 /// Longest server time the histograms tell apart (longer ones count as this), in ns.
@@ -183,6 +188,8 @@ impl IndexServer {
             lazy_register: None,
             closing: Vec::new(),
             spare_frame: Vec::new(),
+            cluster: None,
+            cluster_failed: None,
         }
     }
 
@@ -278,6 +285,7 @@ impl IndexServer {
         let session_id = self.next_session;
         self.next_session += 1;
         session.state = SessionState::Ready { peer, addr };
+        self.cluster_opened(peer, addr);
         log::info!(
             "peer {} joined from {remote} serving on port {listen_port} ({})",
             peer.0,
@@ -762,6 +770,7 @@ impl IndexServer {
                 let held = self.index.entries_of(peer) as isize;
                 self.add_address_holdings(limits::Address::of(addr.ip()), -held);
                 let files = self.index.begin_departure(peer).unwrap_or(0);
+                self.cluster_closed(peer);
                 log::info!(
                     "peer {} at {addr} left ({reason}); {files} entries being withdrawn",
                     peer.0
@@ -790,8 +799,11 @@ impl Handler for IndexServer {
                 ctx.connection_count(),
                 self.index.file_count()
             );
+            self.leave_cluster();
             ctx.stop();
+            return;
         }
+        self.cluster_turn(ctx);
     }
 
     fn handle_accept(
@@ -851,6 +863,7 @@ impl Handler for IndexServer {
     }
 
     fn handle_turn_end(&mut self, ctx: &mut Ctx<Session>) {
+        self.cluster_turn(ctx);
         self.settle();
         self.turn_end(ctx);
         worktrace::end_turn();

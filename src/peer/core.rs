@@ -866,7 +866,7 @@ impl PeerCore {
             SessionEvent::Up { observed, again } => {
                 if again {
                     self.output.say(Line::IndexUp {
-                        index: self.cfg.index.clone(),
+                        index: self.session.index().to_string(),
                     });
                 }
                 log::info!(target: "peer", "index session up; seen as {observed}");

@@ -128,8 +128,13 @@ enum State {
 
 /// The index session; see the module docs.
 pub struct IndexSession {
-    /// The index as given (`HOST:PORT`).
+    /// The index being tried or used (`HOST:PORT`): one of `indexes`.
     index: String,
+    /// Every index given (`--index A,B,C`: the nodes of one cluster); after a failure the
+    /// session moves to the next one.
+    indexes: Vec<String>,
+    /// Which of `indexes` is `index`.
+    current: usize,
     /// The file server's port, announced in Hello.
     listen_port: u16,
     state: State,
@@ -157,11 +162,23 @@ pub struct IndexSession {
 }
 
 impl IndexSession {
-    /// A session with the index at `index` (`HOST:PORT`), announcing `listen_port`. `seed`
-    /// seeds the backoff's jitter.
+    /// A session with the index at `index` (`HOST:PORT`, or several separated by commas:
+    /// the nodes of one cluster, tried in turn), announcing `listen_port`. `seed` seeds the
+    /// backoff's jitter.
     pub fn new(index: String, listen_port: u16, seed: u64) -> IndexSession {
+        let mut indexes: Vec<String> = index
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(String::from)
+            .collect();
+        if indexes.is_empty() {
+            indexes.push(index);
+        }
         IndexSession {
-            index,
+            index: indexes[0].clone(),
+            indexes,
+            current: 0,
             listen_port,
             state: State::Down { retry_at: None },
             pending: HashMap::new(),
@@ -352,7 +369,19 @@ impl IndexSession {
         }
     }
 
-    fn down(&mut self, now: Instant, why: String) {
+    /// The index being tried or used.
+    pub fn index(&self) -> &str {
+        &self.index
+    }
+
+    fn down(&mut self, now: Instant, mut why: String) {
+        if self.indexes.len() > 1 {
+            // The next node of the cluster is tried next; it has our entries back once we
+            // register there.
+            why = format!("{}: {why}", self.index);
+            self.current = (self.current + 1) % self.indexes.len();
+            self.index = self.indexes[self.current].clone();
+        }
         let command_lost = self.pending.values().any(|t| *t == Tag::Command);
         self.pending.clear();
         self.addrs.clear();
@@ -665,6 +694,40 @@ mod tests {
         assert!(s.is_ready() && s.is_settled());
         s.handle_closed(now, &CloseReason::Eof, &mut out);
         assert!(s.poll_timeout().unwrap() - now <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn several_indexes_are_tried_in_turn_and_the_next_one_gets_our_entries() {
+        let mut s = IndexSession::new("127.0.0.1:1, 127.0.0.1:2,127.0.0.1:3".into(), 1, 1);
+        let mut out = VecDeque::new();
+        let now = Instant::now();
+        s.start(&mut out);
+        assert_eq!(connects(&mut out), vec![addr("127.0.0.1:1")]);
+        welcome(&mut s, now, &mut out);
+        assert!(matches!(s.poll_event(), Some(SessionEvent::Up { .. })));
+        assert_eq!(s.index(), "127.0.0.1:1");
+        // The node dies: the next one, soon (the backoff was reset by the welcome).
+        s.handle_closed(now, &CloseReason::Eof, &mut out);
+        let Some(SessionEvent::Down { why, .. }) = s.poll_event() else {
+            panic!()
+        };
+        assert!(why.starts_with("127.0.0.1:1: "), "{why}");
+        assert!(s.poll_timeout().unwrap() - now <= BACKOFF_MIN);
+        s.handle_timeout(s.poll_timeout().unwrap(), &mut out);
+        assert_eq!(connects(&mut out), vec![addr("127.0.0.1:2")]);
+        // That one refuses: the third, then round to the first.
+        let refused = CloseReason::ConnectFailed(std::io::ErrorKind::ConnectionRefused);
+        s.handle_closed(now, &refused, &mut out);
+        s.handle_timeout(s.poll_timeout().unwrap(), &mut out);
+        assert_eq!(connects(&mut out), vec![addr("127.0.0.1:3")]);
+        s.handle_closed(now, &refused, &mut out);
+        s.handle_timeout(s.poll_timeout().unwrap(), &mut out);
+        assert_eq!(connects(&mut out), vec![addr("127.0.0.1:1")]);
+        // Welcomed there: Up, and the peer registers everything again.
+        welcome(&mut s, now, &mut out);
+        assert!(std::iter::from_fn(|| s.poll_event())
+            .any(|e| matches!(e, SessionEvent::Up { again: true, .. })));
+        assert_eq!(s.index(), "127.0.0.1:1");
     }
 
     #[test]

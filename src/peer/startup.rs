@@ -57,9 +57,21 @@ pub fn parse_index(index: &str) -> Result<IndexAddr, String> {
     }
 }
 
+/// Each address of `--index` (one, or the comma-separated nodes of a cluster) checked by
+/// [`check_one_index`].
+pub fn check_index(index: &str) -> Result<(), String> {
+    let mut addresses = index.split(',').map(str::trim).filter(|a| !a.is_empty());
+    let first = addresses
+        .next()
+        .ok_or_else(|| format!("--index {index:?}: no address"))?;
+    std::iter::once(first)
+        .chain(addresses)
+        .try_for_each(check_one_index)
+}
+
 /// [`parse_index`], then a host name is looked up once: a name that does not resolve is a
 /// mistake, not an index that is down.
-pub fn check_index(index: &str) -> Result<(), String> {
+fn check_one_index(index: &str) -> Result<(), String> {
     let IndexAddr::Name { host, port } = parse_index(index)? else {
         return Ok(());
     };
@@ -93,6 +105,14 @@ pub fn check_writable(dir: &Path, what: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_node_of_a_cluster_list_is_checked() {
+        assert_eq!(check_index("127.0.0.1:9000, [::1]:9001,"), Ok(()));
+        let err = check_index("127.0.0.1:9000,localhost").unwrap_err();
+        assert!(err.contains("\"localhost\""), "{err}");
+        assert!(check_index(" , ").unwrap_err().contains("no address"));
+    }
 
     #[test]
     fn an_index_needs_a_host_and_a_port() {

@@ -30,6 +30,12 @@ impl Indexd {
 
     /// Starts `indexd` on a given address.
     pub fn start_on(listen: &str, extra: &[&str]) -> Indexd {
+        Self::start_within(listen, extra, IO_TIMEOUT)
+    }
+
+    /// [`Indexd::start_on`], waiting up to `limit` for its address line (a cluster node
+    /// prints it once it has read the stream).
+    pub fn start_within(listen: &str, extra: &[&str], limit: Duration) -> Indexd {
         let child = Command::new(env!("CARGO_BIN_EXE_indexd"))
             .args(["--listen", listen, "--log", "warn"])
             .args(extra)
@@ -51,7 +57,7 @@ impl Indexd {
             let _ = tx.send(line);
         });
         let line = rx
-            .recv_timeout(IO_TIMEOUT)
+            .recv_timeout(limit)
             .expect("indexd's address line in time");
         indexd.addr = line
             .trim()

@@ -4,6 +4,7 @@
 //!
 //! Run one group with its module path: `cargo test --release --test it -- peer::`.
 
+mod cluster;
 mod common;
 mod console;
 mod downloader;

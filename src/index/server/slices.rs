@@ -85,6 +85,9 @@ pub(super) enum RegisterFiles {
         entries: LazyEntries,
         /// The slice being registered.
         slice: Vec<FileEntry>,
+        /// Every entry decoded so far, kept in cluster mode only (the other nodes are sent
+        /// the whole register once it is done).
+        kept: Option<Vec<FileEntry>>,
     },
 }
 
@@ -98,11 +101,27 @@ impl RegisterFiles {
                 *at = end;
                 Ok(slice)
             }
-            RegisterFiles::Lazy { entries, slice } => {
+            RegisterFiles::Lazy {
+                entries,
+                slice,
+                kept,
+            } => {
                 entries.next_slice(n, slice)?;
                 *at += slice.len();
+                if let Some(kept) = kept {
+                    kept.extend_from_slice(slice);
+                }
                 Ok(slice)
             }
+        }
+    }
+
+    /// The files registered, for the cluster: all of a decoded request; of a big frame, what
+    /// was kept (nothing outside cluster mode).
+    fn into_registered(self) -> Vec<FileEntry> {
+        match self {
+            RegisterFiles::Decoded(files) => files,
+            RegisterFiles::Lazy { kept, .. } => kept.unwrap_or_default(),
         }
     }
 
@@ -130,6 +149,7 @@ impl IndexServer {
             Some(entries) => RegisterFiles::Lazy {
                 entries,
                 slice: Vec::with_capacity(SLICE_UNITS),
+                kept: self.cluster.is_some().then(Vec::new),
             },
             None => RegisterFiles::Decoded(files),
         };
@@ -162,10 +182,12 @@ impl IndexServer {
                     let more = self.register_slice(peer, slice);
                     outcome = add_outcomes(outcome, more);
                 }
-                if let RegisterFiles::Lazy { entries, .. } = files {
-                    self.spare_frame = entries.into_buffer();
+                if let RegisterFiles::Lazy { entries, .. } = &mut files {
+                    self.spare_frame =
+                        std::mem::replace(entries, LazyEntries::empty()).into_buffer();
                 }
                 outcome.total = self.index.holdings_of(peer);
+                self.cluster_registered(peer, files.into_registered(), outcome);
                 Ok(Some(registered(outcome)))
             }
         }
@@ -193,6 +215,7 @@ impl IndexServer {
             }
             _ => {
                 let removed = self.unregister_slice(peer, &hashes);
+                self.cluster_unregistered(peer, hashes, removed);
                 Some(ResponseBody::Unregistered {
                     removed,
                     total: self.index.holdings_of(peer),
@@ -259,6 +282,14 @@ impl IndexServer {
             match done {
                 None => self.jobs.push_back(job),
                 Some(Ok(body)) => {
+                    match job.work {
+                        JobWork::Register { files, outcome } => {
+                            self.cluster_registered(job.peer, files.into_registered(), outcome)
+                        }
+                        JobWork::Unregister { hashes, removed } => {
+                            self.cluster_unregistered(job.peer, hashes, removed)
+                        }
+                    }
                     let mut out = Vec::new();
                     wire::encode_frame(&Response { id: job.id, body }, &mut out);
                     answers.push((job.conn, out));

@@ -1,0 +1,547 @@
+//! The apply path (sans-IO): other nodes' records and deaths applied to the local index.
+//!
+//! A [`Replica`] queues what the NATS thread received ([`Inbound`]) and applies it in order,
+//! a bounded amount of work per [`Replica::poll`] call (a big register record is applied in
+//! slices of the caller's budget), so that a burst of replication never holds the reactor
+//! loop for long.
+//!
+//! # Remote sessions
+//! Another node's session becomes an index peer at its `Open` record, with the address its
+//! home node saw; its registers and unregisters are applied to that peer; its `End` makes the
+//! peer depart (the index's sliced departure: no answer lists it from then on, its holdings
+//! go over the next turns). Records of a session never opened here (its `Open` was purged
+//! before this node read it) are dropped: the session has ended already.
+//!
+//! # Node deaths
+//! Remote sessions are kept per home node. When a node dies, every one of its sessions
+//! departs at once (work in proportion to its sessions; the holdings go in slices), and the
+//! node is remembered as dead: a record of it read late (a node a little behind the stream)
+//! is dropped instead of bringing a dead peer back.
+
+use super::{Cap, Record};
+use crate::index::store::{Index, PeerId};
+use hashbrown::{HashMap, HashSet};
+use std::collections::VecDeque;
+
+/// What the NATS thread hands to the reactor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// Another node's record, from subject `<prefix>.<node>.<session>`.
+    Record {
+        /// The home node's name.
+        node: String,
+        /// The session, as its home node numbers them.
+        session: u64,
+        /// The change.
+        record: Record,
+    },
+    /// A node's liveness key expired or was deleted: its sessions end.
+    NodeDead {
+        /// The node's name.
+        node: String,
+    },
+    /// The stream was read to its end at start: the index holds the whole cluster's.
+    Rebuilt,
+    /// A publish of this local session was not acknowledged: the other nodes may miss a
+    /// change of it, so it is ended (its peer reconnects and registers again).
+    Lost {
+        /// The local session.
+        session: u64,
+    },
+    /// Our own liveness key was lost (NATS unreachable longer than the TTL): the other nodes
+    /// have dropped our sessions; every local session is ended so its peer registers again.
+    Fenced,
+    /// The NATS thread stopped for good, with why.
+    Failed(String),
+}
+
+/// One remote session.
+#[derive(Debug, Clone, Copy)]
+struct RemoteSession {
+    peer: PeerId,
+    /// What the cap of a capped register left for its later parts.
+    cap_left: u32,
+}
+
+/// What [`Replica::poll`] saw that the caller acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// [`Inbound::Rebuilt`] was reached: everything before it is applied.
+    Rebuilt,
+    /// End this local session ([`Inbound::Lost`]).
+    Lost(u64),
+    /// End every local session ([`Inbound::Fenced`]).
+    Fenced,
+    /// The NATS thread failed.
+    Failed(String),
+}
+
+/// Counts of what was applied, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyCounts {
+    /// Records applied.
+    pub records: u64,
+    /// Records dropped: of a session never opened here, of a dead node, or a second `Open`.
+    pub dropped: u64,
+    /// Nodes found dead.
+    pub deaths: u64,
+}
+
+/// Other nodes' sessions in the local index; see the module docs.
+#[derive(Debug, Default)]
+pub struct Replica {
+    /// Remote sessions by home node, then by session: the per-home-node index.
+    nodes: HashMap<String, HashMap<u64, RemoteSession>>,
+    /// Nodes found dead (their late records are dropped).
+    dead: HashSet<String>,
+    /// Received, not applied yet, oldest first.
+    queue: VecDeque<Inbound>,
+    /// Files of the register at the head of `queue` applied so far.
+    at: usize,
+    counts: ApplyCounts,
+}
+
+impl Replica {
+    /// No remote session.
+    pub fn new() -> Replica {
+        Replica::default()
+    }
+
+    /// Queues what the NATS thread received.
+    pub fn handle_inbound(&mut self, inbound: Inbound) {
+        self.queue.push_back(inbound);
+    }
+
+    /// Whether received changes wait to be applied.
+    pub fn has_work(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// What was applied so far.
+    pub fn counts(&self) -> ApplyCounts {
+        self.counts
+    }
+
+    /// Remote sessions in the index (departing ones not counted).
+    pub fn session_count(&self) -> usize {
+        self.nodes.values().map(HashMap::len).sum()
+    }
+
+    /// Nodes with remote sessions here.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.nodes.keys().map(String::as_str)
+    }
+
+    /// Applies queued changes to `index`, about `budget` units of work (a file registered or
+    /// withdrawn, a session opened or ended, each one unit; at least one step), stopping
+    /// early at an [`Event`], which it returns. Returns the units used.
+    pub fn poll(&mut self, index: &mut Index, budget: usize, events: &mut Vec<Event>) -> usize {
+        let budget = budget.max(1);
+        let mut used = 0;
+        while used < budget {
+            let Some(head) = self.queue.front_mut() else {
+                break;
+            };
+            match head {
+                Inbound::Record {
+                    node,
+                    session,
+                    record: Record::Register { files, cap },
+                } => {
+                    let (node, session, cap) = (node.clone(), *session, *cap);
+                    let end = (self.at + budget - used).min(files.len());
+                    let slice = std::mem::take(files);
+                    let done =
+                        self.register(index, &node, session, &slice[self.at..end], cap, self.at);
+                    used += (end - self.at).max(1);
+                    if !done || end == slice.len() {
+                        self.queue.pop_front();
+                        self.at = 0;
+                        self.counts.records += u64::from(done);
+                    } else {
+                        self.at = end;
+                        if let Some(Inbound::Record {
+                            record: Record::Register { files, .. },
+                            ..
+                        }) = self.queue.front_mut()
+                        {
+                            *files = slice;
+                        }
+                    }
+                }
+                _ => {
+                    let inbound = self.queue.pop_front().expect("a head");
+                    used += 1;
+                    if let Some(event) = self.apply(index, inbound, &mut used) {
+                        events.push(event);
+                        return used;
+                    }
+                }
+            }
+        }
+        used
+    }
+
+    /// Applies everything queued at once (for a rebuild before serving, and tests).
+    pub fn poll_all(&mut self, index: &mut Index, events: &mut Vec<Event>) {
+        while self.has_work() {
+            self.poll(index, usize::MAX, events);
+        }
+    }
+
+    /// The session `session` of `node`, if it is live here.
+    fn session(&mut self, node: &str, session: u64) -> Option<&mut RemoteSession> {
+        self.nodes.get_mut(node)?.get_mut(&session)
+    }
+
+    /// Applies one part of a register record (files from `offset` on). False if the record
+    /// is dropped.
+    fn register(
+        &mut self,
+        index: &mut Index,
+        node: &str,
+        session: u64,
+        files: &[crate::wire::FileEntry],
+        cap: Cap,
+        offset: usize,
+    ) -> bool {
+        let Some(s) = self.session(node, session) else {
+            self.counts.dropped += 1;
+            return false;
+        };
+        if offset == 0 {
+            match cap {
+                Cap::All => s.cap_left = u32::MAX,
+                Cap::AtMost(n) => s.cap_left = n,
+                Cap::Rest => {}
+            }
+        }
+        let (peer, room) = (s.peer, s.cap_left);
+        let outcome = index.register_at_most(peer, files, room);
+        if room != u32::MAX {
+            if let Some(s) = self.session(node, session) {
+                s.cap_left = room - outcome.added.min(room);
+            }
+        }
+        true
+    }
+
+    /// Applies one change other than a register; returns an event for the caller.
+    fn apply(&mut self, index: &mut Index, inbound: Inbound, used: &mut usize) -> Option<Event> {
+        match inbound {
+            Inbound::Record {
+                node,
+                session,
+                record,
+            } => {
+                if self.dead.contains(&node) {
+                    self.counts.dropped += 1;
+                    return None;
+                }
+                match record {
+                    Record::Open { addr } => {
+                        let sessions = self.nodes.entry(node).or_default();
+                        if sessions.contains_key(&session) {
+                            self.counts.dropped += 1;
+                            return None;
+                        }
+                        let peer = index.add_peer(addr);
+                        sessions.insert(
+                            session,
+                            RemoteSession {
+                                peer,
+                                cap_left: u32::MAX,
+                            },
+                        );
+                    }
+                    Record::Unregister { hashes } => {
+                        let Some(s) = self.session(&node, session) else {
+                            self.counts.dropped += 1;
+                            return None;
+                        };
+                        *used += hashes.len();
+                        index.unregister(s.peer, &hashes);
+                    }
+                    Record::End => {
+                        let sessions = self.nodes.get_mut(&node);
+                        let Some(s) = sessions.and_then(|s| s.remove(&session)) else {
+                            self.counts.dropped += 1;
+                            return None;
+                        };
+                        if self.nodes.get(&node).is_some_and(HashMap::is_empty) {
+                            self.nodes.remove(&node);
+                        }
+                        index.begin_departure(s.peer);
+                    }
+                    Record::Register { .. } => unreachable!("applied in slices by poll"),
+                }
+                self.counts.records += 1;
+                None
+            }
+            Inbound::NodeDead { node } => {
+                let sessions = self.nodes.remove(&node).unwrap_or_default();
+                *used += sessions.len();
+                for s in sessions.values() {
+                    index.begin_departure(s.peer);
+                }
+                if self.dead.insert(node.clone()) {
+                    self.counts.deaths += 1;
+                    log::info!(
+                        "cluster: node {node} is dead; its {} sessions' entries are being withdrawn",
+                        sessions.len()
+                    );
+                }
+                None
+            }
+            Inbound::Rebuilt => Some(Event::Rebuilt),
+            Inbound::Lost { session } => Some(Event::Lost(session)),
+            Inbound::Fenced => Some(Event::Fenced),
+            Inbound::Failed(why) => Some(Event::Failed(why)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{FileEntry, FileHash, LookupKey};
+    use std::net::SocketAddr;
+
+    fn file(name: &str) -> FileEntry {
+        FileEntry {
+            hash: FileHash::of(name.as_bytes()),
+            size: name.len() as u64,
+            name: name.into(),
+        }
+    }
+
+    fn rec(node: &str, session: u64, record: Record) -> Inbound {
+        Inbound::Record {
+            node: node.into(),
+            session,
+            record,
+        }
+    }
+
+    fn open(node: &str, session: u64, addr: &str) -> Inbound {
+        rec(
+            node,
+            session,
+            Record::Open {
+                addr: addr.parse().unwrap(),
+            },
+        )
+    }
+
+    fn register(node: &str, session: u64, files: Vec<FileEntry>) -> Inbound {
+        rec(
+            node,
+            session,
+            Record::Register {
+                files,
+                cap: Cap::All,
+            },
+        )
+    }
+
+    fn apply_all(replica: &mut Replica, index: &mut Index) -> Vec<Event> {
+        let mut events = Vec::new();
+        replica.poll_all(index, &mut events);
+        while index.has_departures() {
+            index.continue_departures(usize::MAX);
+        }
+        events
+    }
+
+    fn holders(index: &mut Index, name: &str) -> Vec<SocketAddr> {
+        match index.lookup(&LookupKey::Hash(FileHash::of(name.as_bytes()))) {
+            Ok(files) => files.into_iter().flat_map(|f| f.holders).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_remote_register_answers_lookups_and_searches_like_a_local_one() {
+        let mut index = Index::new();
+        let local = index.add_peer("10.0.0.1:7000".parse().unwrap());
+        index.register(local, &[file("zebra crossing.flac")]);
+        let mut replica = Replica::new();
+        replica.handle_inbound(open("b-1", 4, "10.0.0.2:7001"));
+        replica.handle_inbound(register(
+            "b-1",
+            4,
+            vec![file("zebra crossing.flac"), file("zebra stripes.ogg")],
+        ));
+        assert!(apply_all(&mut replica, &mut index).is_empty());
+        let mut both = holders(&mut index, "zebra crossing.flac");
+        both.sort();
+        assert_eq!(
+            both,
+            [
+                "10.0.0.1:7000".parse().unwrap(),
+                "10.0.0.2:7001".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            holders(&mut index, "zebra stripes.ogg"),
+            ["10.0.0.2:7001".parse::<SocketAddr>().unwrap()]
+        );
+        let (hits, _) = index.search("zebra", 10);
+        assert_eq!(hits.len(), 2);
+        let crossing = hits
+            .iter()
+            .find(|h| h.name == "zebra crossing.flac")
+            .unwrap();
+        assert_eq!(crossing.holders, 2);
+        assert_eq!(replica.session_count(), 1);
+        assert_eq!(replica.counts().records, 2);
+    }
+
+    #[test]
+    fn a_remote_unregister_and_session_end_withdraw_only_that_peer() {
+        let mut index = Index::new();
+        let local = index.add_peer("10.0.0.1:7000".parse().unwrap());
+        index.register(local, &[file("shared")]);
+        let mut replica = Replica::new();
+        replica.handle_inbound(open("b-1", 1, "10.0.0.2:7001"));
+        replica.handle_inbound(register(
+            "b-1",
+            1,
+            vec![file("shared"), file("a"), file("b")],
+        ));
+        replica.handle_inbound(rec(
+            "b-1",
+            1,
+            Record::Unregister {
+                hashes: vec![file("a").hash],
+            },
+        ));
+        apply_all(&mut replica, &mut index);
+        assert!(holders(&mut index, "a").is_empty());
+        assert_eq!(holders(&mut index, "b").len(), 1);
+        assert_eq!(holders(&mut index, "shared").len(), 2);
+        replica.handle_inbound(rec("b-1", 1, Record::End));
+        // The peer leaves every answer at once, before its holdings are withdrawn.
+        let mut events = Vec::new();
+        replica.poll_all(&mut index, &mut events);
+        assert!(holders(&mut index, "b").is_empty());
+        apply_all(&mut replica, &mut index);
+        assert_eq!(
+            holders(&mut index, "shared"),
+            ["10.0.0.1:7000".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(index.entry_count(), 1);
+        assert_eq!(index.peer_count(), 1);
+        assert_eq!(replica.session_count(), 0);
+    }
+
+    #[test]
+    fn a_node_death_drops_all_its_sessions_and_later_records_of_it() {
+        let mut index = Index::new();
+        let mut replica = Replica::new();
+        for s in 0..5 {
+            replica.handle_inbound(open("a-1", s, &format!("10.0.1.{s}:7000")));
+            let files = (0..100).map(|i| file(&format!("a{s} {i}"))).collect();
+            replica.handle_inbound(register("a-1", s, files));
+        }
+        replica.handle_inbound(open("c-1", 0, "10.0.2.1:7000"));
+        replica.handle_inbound(register("c-1", 0, vec![file("c only")]));
+        apply_all(&mut replica, &mut index);
+        assert_eq!(index.entry_count(), 501);
+        replica.handle_inbound(Inbound::NodeDead { node: "a-1".into() });
+        // A record of the dead node read late does not bring it back.
+        replica.handle_inbound(open("a-1", 9, "10.0.1.9:7000"));
+        replica.handle_inbound(register("a-1", 9, vec![file("late")]));
+        let mut events = Vec::new();
+        replica.poll_all(&mut index, &mut events);
+        // Gone from every answer at once; withdrawn in slices.
+        assert_eq!(index.peer_count(), 1);
+        assert!(holders(&mut index, "a0 1").is_empty());
+        assert!(index.has_departures());
+        let mut slices = 0;
+        while index.has_departures() {
+            assert!(index.continue_departures(64) <= 64 + 1);
+            slices += 1;
+        }
+        assert!(slices >= 500 / 65, "{slices}");
+        assert_eq!(index.entry_count(), 1);
+        assert_eq!(holders(&mut index, "c only").len(), 1);
+        assert!(holders(&mut index, "late").is_empty());
+        assert_eq!(replica.counts().deaths, 1);
+        assert_eq!(replica.counts().dropped, 2);
+        assert_eq!(replica.nodes().collect::<Vec<_>>(), ["c-1"]);
+    }
+
+    #[test]
+    fn records_of_a_session_never_opened_here_are_dropped() {
+        let mut index = Index::new();
+        let mut replica = Replica::new();
+        replica.handle_inbound(register("b-1", 3, vec![file("x")]));
+        replica.handle_inbound(rec("b-1", 3, Record::End));
+        replica.handle_inbound(rec("b-1", 3, Record::Unregister { hashes: vec![] }));
+        apply_all(&mut replica, &mut index);
+        assert_eq!(index.entry_count(), 0);
+        assert_eq!(replica.counts().dropped, 3);
+        // A second Open of a live session is dropped too (the peer is not added twice).
+        replica.handle_inbound(open("b-1", 4, "10.0.0.2:1"));
+        replica.handle_inbound(open("b-1", 4, "10.0.0.2:2"));
+        apply_all(&mut replica, &mut index);
+        assert_eq!(index.peer_count(), 1);
+    }
+
+    #[test]
+    fn a_big_remote_register_is_applied_in_bounded_slices_and_the_cap_holds() {
+        let mut index = Index::new();
+        let mut replica = Replica::new();
+        replica.handle_inbound(open("b-1", 1, "10.0.0.2:7001"));
+        let files: Vec<FileEntry> = (0..1000).map(|i| file(&format!("f {i}"))).collect();
+        // The home node accepted 700 of these 1000 and 200 of the next part.
+        replica.handle_inbound(rec(
+            "b-1",
+            1,
+            Record::Register {
+                files: files[..600].to_vec(),
+                cap: Cap::AtMost(700),
+            },
+        ));
+        replica.handle_inbound(rec(
+            "b-1",
+            1,
+            Record::Register {
+                files: files[600..].to_vec(),
+                cap: Cap::Rest,
+            },
+        ));
+        let mut events = Vec::new();
+        let mut polls = 0;
+        while replica.has_work() {
+            let before = index.entry_count();
+            let used = replica.poll(&mut index, 64, &mut events);
+            assert!(used <= 64, "{used}");
+            assert!(index.entry_count() - before <= 64);
+            polls += 1;
+        }
+        assert!(polls >= 1000 / 64, "{polls}");
+        assert_eq!(index.entry_count(), 700);
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn control_messages_stop_the_poll_in_order() {
+        let mut index = Index::new();
+        let mut replica = Replica::new();
+        replica.handle_inbound(open("b-1", 1, "10.0.0.2:7001"));
+        replica.handle_inbound(Inbound::Rebuilt);
+        replica.handle_inbound(register("b-1", 1, vec![file("after")]));
+        replica.handle_inbound(Inbound::Lost { session: 7 });
+        let mut events = Vec::new();
+        replica.poll(&mut index, usize::MAX, &mut events);
+        // Everything before the rebuild mark is in; nothing after it.
+        assert_eq!(events, [Event::Rebuilt]);
+        assert_eq!(index.peer_count(), 1);
+        assert_eq!(index.entry_count(), 0);
+        replica.poll(&mut index, usize::MAX, &mut events);
+        assert_eq!(events, [Event::Rebuilt, Event::Lost(7)]);
+        assert_eq!(index.entry_count(), 1);
+    }
+}

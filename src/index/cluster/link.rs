@@ -1,0 +1,194 @@
+//! The reactor's side of the NATS thread: the two channels, the local sessions' numbers,
+//! and the [`Replica`] that applies what arrives.
+//!
+//! Local changes become [`Outbound`] records sent to the NATS thread without waiting (an
+//! unbounded channel: the reactor never blocks on NATS). What the NATS thread receives
+//! arrives on a std channel, and the thread wakes the reactor; [`Link::receive`] moves it into
+//! the replica, which applies it in bounded slices. The reactor stays the only thread that
+//! touches the index.
+
+use super::apply::{Event, Inbound, Replica};
+use super::Record;
+use crate::index::store::{Index, PeerId, RegisterOutcome};
+use crate::reactor::ConnId;
+use crate::wire::{FileEntry, FileHash};
+use hashbrown::HashMap;
+use std::net::SocketAddr;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// What the reactor hands to the NATS thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// Publish a local session's record on its subject (an `End` also purges the subject).
+    Publish {
+        /// The local session's number.
+        session: u64,
+        /// The change.
+        record: Record,
+    },
+    /// indexd is stopping: delete our liveness key (the others drop our sessions at once)
+    /// and end the thread.
+    Stop,
+}
+
+/// A local session, as the cluster knows it.
+#[derive(Debug, Clone, Copy)]
+struct Local {
+    session: u64,
+    conn: Option<ConnId>,
+}
+
+/// The reactor's side of the cluster; see the module docs.
+pub struct Link {
+    replica: Replica,
+    to_nats: UnboundedSender<Outbound>,
+    from_nats: Receiver<Inbound>,
+    /// Local sessions by their index peer.
+    local: HashMap<PeerId, Local>,
+    next_session: u64,
+    /// The NATS thread is gone (its channel closed).
+    gone: bool,
+}
+
+impl Link {
+    /// A link over these channels (the NATS thread holds their other ends).
+    pub fn new(to_nats: UnboundedSender<Outbound>, from_nats: Receiver<Inbound>) -> Link {
+        Link {
+            replica: Replica::new(),
+            to_nats,
+            from_nats,
+            local: HashMap::new(),
+            next_session: 1,
+            gone: false,
+        }
+    }
+
+    /// The apply path's state (for stats and tests).
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    fn publish(&mut self, session: u64, record: Record) {
+        // A closed channel means the thread failed; that arrives as `Failed` (or already did).
+        let _ = self.to_nats.send(Outbound::Publish { session, record });
+    }
+
+    /// A local session said hello: its peer is `peer`, serving at `addr`, on `conn` (when
+    /// under a reactor).
+    pub fn handle_opened(&mut self, peer: PeerId, addr: SocketAddr, conn: Option<ConnId>) {
+        let session = self.next_session;
+        self.next_session += 1;
+        self.local.insert(peer, Local { session, conn });
+        self.publish(session, Record::Open { addr });
+    }
+
+    /// A local peer's register request is done: `files` as it sent them, with its outcome.
+    pub fn handle_registered(&mut self, peer: PeerId, files: Vec<FileEntry>, o: RegisterOutcome) {
+        let Some(session) = self.local.get(&peer).map(|l| l.session) else {
+            return;
+        };
+        if o.added == 0 {
+            return;
+        }
+        for record in Record::registers(files, o.added, o.rejected) {
+            self.publish(session, record);
+        }
+    }
+
+    /// A local peer's unregister request is done (`removed` entries went).
+    pub fn handle_unregistered(&mut self, peer: PeerId, hashes: Vec<FileHash>, removed: u32) {
+        let Some(session) = self.local.get(&peer).map(|l| l.session) else {
+            return;
+        };
+        if removed == 0 {
+            return;
+        }
+        for record in Record::unregisters(hashes) {
+            self.publish(session, record);
+        }
+    }
+
+    /// A local session ended.
+    pub fn handle_closed(&mut self, peer: PeerId) {
+        if let Some(l) = self.local.remove(&peer) {
+            self.publish(l.session, Record::End);
+        }
+    }
+
+    /// The connection of local session `session`, if it is open.
+    pub fn conn_of(&self, session: u64) -> Option<ConnId> {
+        self.local
+            .values()
+            .find(|l| l.session == session)
+            .and_then(|l| l.conn)
+    }
+
+    /// The connections of every local session.
+    pub fn local_conns(&self) -> Vec<ConnId> {
+        self.local.values().filter_map(|l| l.conn).collect()
+    }
+
+    /// Moves what the NATS thread sent into the replica; true if anything came.
+    pub fn receive(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            match self.from_nats.try_recv() {
+                Ok(inbound) => {
+                    self.replica.handle_inbound(inbound);
+                    any = true;
+                }
+                Err(TryRecvError::Empty) => return any,
+                Err(TryRecvError::Disconnected) => {
+                    if !self.gone {
+                        self.gone = true;
+                        self.replica
+                            .handle_inbound(Inbound::Failed("the NATS thread ended".into()));
+                    }
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Waits for what the NATS thread sends and applies it, until the stream has been read to
+    /// its end ([`Inbound::Rebuilt`]); before serving anyone, so without slices. Returns the
+    /// events met on the way, or why the rebuild failed.
+    pub fn rebuild(&mut self, index: &mut Index) -> Result<Vec<Event>, String> {
+        let mut events = Vec::new();
+        loop {
+            match self.from_nats.recv() {
+                Ok(inbound) => self.replica.handle_inbound(inbound),
+                Err(_) => return Err("the NATS thread ended".into()),
+            }
+            self.receive();
+            self.replica.poll_all(index, &mut events);
+            if let Some(i) = events.iter().position(|e| *e == Event::Rebuilt) {
+                events.remove(i);
+                if let Some(Event::Failed(why)) = events.first() {
+                    return Err(why.clone());
+                }
+                return Ok(events);
+            }
+            if let Some(Event::Failed(why)) = events.iter().find(|e| matches!(e, Event::Failed(_)))
+            {
+                return Err(why.clone());
+            }
+        }
+    }
+
+    /// Applies received changes, about `budget` units of work; see [`Replica::poll`].
+    pub fn poll(&mut self, index: &mut Index, budget: usize, events: &mut Vec<Event>) -> usize {
+        self.replica.poll(index, budget, events)
+    }
+
+    /// Whether received changes wait to be applied.
+    pub fn has_work(&self) -> bool {
+        self.replica.has_work()
+    }
+
+    /// indexd is stopping: tell the NATS thread.
+    pub fn stop(&mut self) {
+        let _ = self.to_nats.send(Outbound::Stop);
+    }
+}

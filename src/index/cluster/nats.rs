@@ -1,0 +1,671 @@
+//! The NATS thread: the official `async-nats` client on a current-thread tokio runtime of its
+//! own. It talks to the reactor only through [`Outbound`] (a tokio channel the reactor sends
+//! on without blocking) and [`Inbound`] (a std channel, followed by a wake of the reactor's
+//! waker); it never touches the index.
+//!
+//! # What it does
+//! - At start: connects (refusing to start if no server answers within
+//!   [`CONNECT_TIMEOUT`]: a node that cannot read the stream cannot serve the whole index),
+//!   creates the stream `<PREFIX>_INDEX` (subjects `<prefix>.>`) and the liveness bucket
+//!   `<prefix>_nodes` (`max_age` = the TTL) if they do not exist, creates its liveness key,
+//!   and reads the stream from its start with an ordered consumer; once it has read what the
+//!   stream held (the consumer's pending count reaches 0), it checks that every node met in
+//!   it is alive (else: [`Inbound::NodeDead`]) and sends [`Inbound::Rebuilt`].
+//! - Publishes each [`Outbound::Publish`] on `<prefix>.<node>.<session>`; acknowledgements are
+//!   awaited concurrently, and one that fails (the stream did not take the record) becomes
+//!   [`Inbound::Lost`] for that session. After an `End` is acknowledged, the subject is purged
+//!   but for that tombstone, and the tombstone is purged [`TOMBSTONE_LINGER`] later.
+//! - Consumes every other node's subjects and forwards their records in stream order.
+//! - Refreshes its liveness key every TTL/4 with a revision check; if the check fails (the key
+//!   expired while NATS was unreachable, so the others dropped this node) it takes a new
+//!   incarnation and sends [`Inbound::Fenced`].
+//! - Watches the bucket: a node whose key is deleted, or has not been refreshed for a TTL and
+//!   is gone from the bucket (expired), is dead: [`Inbound::NodeDead`], and the lowest-named
+//!   node alive purges the dead node's subjects.
+//! - At [`Outbound::Stop`], deletes its key (the others drop its sessions at once).
+
+use super::apply::Inbound;
+use super::link::Outbound;
+use super::Record;
+use async_nats::jetstream::{self, consumer, kv, stream};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use hashbrown::{HashMap, HashSet};
+use std::collections::VecDeque;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::Instant;
+
+/// How long a start waits for a NATS server to answer before giving up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an ended session's `End` record stays on the stream before it is purged: a node
+/// reading less than this behind still sees every session it saw begin end.
+pub const TOMBSTONE_LINGER: Duration = Duration::from_secs(60);
+/// How long a start may take to set up the stream, the bucket and the liveness key.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many times a lost consumer is created again at once (then: at its next error).
+const RESUME_TRIES: usize = 5;
+/// The default liveness TTL: longer than a NATS cluster's failover (a stream leader election
+/// after a server died takes seconds), so that an engine fault does not look like every node
+/// dying.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
+
+/// How a node joins the cluster.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// NATS server URLs (`nats://HOST:PORT`), any of the cluster's.
+    pub servers: Vec<String>,
+    /// This node's name: `ID-INCARNATION`.
+    pub node: String,
+    /// The node's id, for new incarnations.
+    pub node_id: String,
+    /// Subject prefix, stream and bucket names are derived from it.
+    pub prefix: String,
+    /// Liveness TTL (the bucket's `max_age`, when this node creates it).
+    pub ttl: Duration,
+    /// Replicas of the stream and the bucket, when this node creates them.
+    pub replicas: usize,
+}
+
+impl NatsConfig {
+    /// The stream's name.
+    pub fn stream_name(&self) -> String {
+        format!("{}_INDEX", self.prefix.to_ascii_uppercase())
+    }
+
+    /// The liveness bucket's name.
+    pub fn bucket_name(&self) -> String {
+        format!("{}_nodes", self.prefix)
+    }
+}
+
+/// A new incarnation name for node `id`.
+pub fn incarnation(id: &str) -> String {
+    format!("{id}-{:08x}", fastrand::u32(..))
+}
+
+/// Starts the NATS thread. It sends what it receives on `inbound`, waking the reactor with
+/// `wake` after each batch.
+pub fn spawn(
+    config: NatsConfig,
+    outbound: UnboundedReceiver<Outbound>,
+    inbound: Sender<Inbound>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("nats".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = inbound.send(Inbound::Failed(format!("tokio runtime: {e}")));
+                    wake();
+                    return;
+                }
+            };
+            let to_reactor = ToReactor {
+                tx: inbound,
+                wake: wake.clone(),
+            };
+            let result = runtime.block_on(run(config, outbound, &to_reactor));
+            if let Err(why) = result {
+                log::error!("cluster: {why}");
+                to_reactor.send(Inbound::Failed(why));
+            }
+        })
+}
+
+/// The reactor's channel and waker.
+struct ToReactor {
+    tx: Sender<Inbound>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl ToReactor {
+    fn send(&self, inbound: Inbound) {
+        let _ = self.tx.send(inbound);
+        (self.wake)();
+    }
+}
+
+/// A record's publish, retried until stored or [`PUBLISH_RETRY_LIMIT`]: its session, its
+/// subject, whether it is an `End`, and the outcome.
+type Ack = BoxFuture<'static, (u64, String, bool, Result<(), String>)>;
+
+/// How long a record's publish is retried (a stream without a leader for a moment, while
+/// the NATS cluster elects one after a server died) before its session is ended.
+pub const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(20);
+
+/// Publishes `payload` on `subject` and waits for the stream's acknowledgement, trying again
+/// every 250 ms until [`PUBLISH_RETRY_LIMIT`]. (A try whose acknowledgement was lost may have
+/// been stored: a record applied twice in a row changes nothing.)
+fn publish(js: jetstream::Context, session: u64, subject: String, record: &Record) -> Ack {
+    let payload = record.encode();
+    let end = *record == Record::End;
+    Box::pin(async move {
+        let deadline = Instant::now() + PUBLISH_RETRY_LIMIT;
+        loop {
+            let result = match js.publish(subject.clone(), payload.clone().into()).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Err(e) if Instant::now() < deadline => {
+                    log::debug!("cluster: publish on {subject}: {e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                result => return (session, subject, end, result),
+            }
+        }
+    })
+}
+
+/// The thread's state once connected.
+struct Node {
+    config: NatsConfig,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    kv: kv::Store,
+    /// Our key's last revision.
+    revision: u64,
+    ttl: Duration,
+    /// Other nodes believed alive, with when they were last seen so.
+    alive: HashMap<String, Instant>,
+    dead: HashSet<String>,
+    /// Tombstones to purge, and when.
+    tombstones: VecDeque<(Instant, String)>,
+}
+
+async fn run(
+    config: NatsConfig,
+    mut outbound: UnboundedReceiver<Outbound>,
+    to_reactor: &ToReactor,
+) -> Result<(), String> {
+    let mut servers = Vec::new();
+    for s in &config.servers {
+        servers.push(
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("--cluster {s}: {e}"))?,
+        );
+    }
+    let options = async_nats::ConnectOptions::new()
+        .name(format!("indexd {}", config.node))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => log::info!("cluster: nats: {event}"),
+                _ => log::warn!("cluster: nats: {event}"),
+            }
+        });
+    let client = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        async_nats::connect_with_options(servers.as_slice(), options),
+    )
+    .await
+    .map_err(|_| format!("no NATS server answered within {CONNECT_TIMEOUT:?}"))?
+    .map_err(|e| format!("cannot connect to NATS: {e}"))?;
+    // A JetStream request may time out while the NATS cluster elects a leader (a server just
+    // died): the setup is tried again until START_TIMEOUT.
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut node = loop {
+        match setup(&config, &client).await {
+            Ok(node) => break node,
+            Err(e) if Instant::now() < deadline => {
+                log::warn!("cluster: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    node.serve(client, &mut outbound, to_reactor).await
+}
+
+/// Creates (or finds) the stream and the bucket, and our liveness key.
+async fn setup(config: &NatsConfig, client: &async_nats::Client) -> Result<Node, String> {
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: config.stream_name(),
+            subjects: vec![format!("{}.>", config.prefix)],
+            num_replicas: config.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("stream {}: {e}", config.stream_name()))?;
+    let kv = match js.get_key_value(config.bucket_name()).await {
+        Ok(kv) => kv,
+        Err(_) => {
+            // The bucket's stream as `create_key_value` would make it (that call first reads
+            // the account's info, which this client version cannot parse from a 2.9 server).
+            let created = js
+                .create_stream(stream::Config {
+                    name: format!("KV_{}", config.bucket_name()),
+                    subjects: vec![format!("$KV.{}.>", config.bucket_name())],
+                    max_messages_per_subject: 1,
+                    max_age: config.ttl,
+                    storage: stream::StorageType::File,
+                    num_replicas: config.replicas,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: stream::DiscardPolicy::New,
+                    ..Default::default()
+                })
+                .await;
+            if let Err(e) = created {
+                // Another node may have created it meanwhile: then the get below works.
+                log::debug!("cluster: creating bucket {}: {e}", config.bucket_name());
+            }
+            js.get_key_value(config.bucket_name())
+                .await
+                .map_err(|e| format!("bucket {}: {e}", config.bucket_name()))?
+        }
+    };
+    // The bucket's TTL rules, whoever created it.
+    let ttl = match kv.status().await {
+        Ok(status) if status.max_age() > Duration::ZERO => status.max_age(),
+        _ => config.ttl,
+    };
+    if ttl != config.ttl {
+        log::warn!(
+            "cluster: the liveness bucket's TTL is {ttl:?} (--cluster-ttl {:?} applies only to a new bucket)",
+            config.ttl
+        );
+    }
+    let revision = kv
+        .put(&config.node, "alive".into())
+        .await
+        .map_err(|e| format!("liveness key {}: {e}", config.node))?;
+    log::info!(
+        "cluster: node {} joined (stream {}, TTL {ttl:?})",
+        config.node,
+        config.stream_name()
+    );
+    Ok(Node {
+        config: config.clone(),
+        js,
+        stream,
+        kv,
+        revision,
+        ttl,
+        alive: HashMap::new(),
+        dead: HashSet::new(),
+        tombstones: VecDeque::new(),
+    })
+}
+
+impl Node {
+    /// `<prefix>.<node>.<session>`.
+    fn subject(&self, session: u64) -> String {
+        format!("{}.{}.{session}", self.config.prefix, self.config.node)
+    }
+
+    /// The node and session of a consumed subject, if it is one of ours to apply.
+    fn parse_subject<'a>(&self, subject: &'a str) -> Option<(&'a str, u64)> {
+        let rest = subject.strip_prefix(self.config.prefix.as_str())?;
+        let rest = rest.strip_prefix('.')?;
+        let (node, session) = rest.split_once('.')?;
+        if !super::is_valid_node_name(node) {
+            return None;
+        }
+        Some((node, session.parse().ok()?))
+    }
+
+    async fn serve(
+        &mut self,
+        client: async_nats::Client,
+        outbound: &mut UnboundedReceiver<Outbound>,
+        to_reactor: &ToReactor,
+    ) -> Result<(), String> {
+        // Tried again until START_TIMEOUT, like the setup: the bucket's or the stream's
+        // leader may still be in election.
+        let deadline = Instant::now() + START_TIMEOUT;
+        let (consumer, mut watch) = loop {
+            match self.subscribe(&client).await {
+                Ok(both) => break both,
+                Err(e) if Instant::now() < deadline => {
+                    log::warn!("cluster: {e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let mut rebuilding = consumer.cached_info().num_pending > 0;
+        // Nodes met in the stream while rebuilding, checked alive before serving.
+        let mut met: HashSet<String> = HashSet::new();
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| format!("consumer: {e}"))?;
+        if !rebuilding {
+            to_reactor.send(Inbound::Rebuilt);
+        }
+        let mut acks: FuturesUnordered<Ack> = FuturesUnordered::new();
+        // Each session's records not yet stored, the first one in flight: one at a time per
+        // session keeps its records in order whatever is retried.
+        let mut queues: HashMap<u64, VecDeque<Record>> = HashMap::new();
+        let mut tick = tokio::time::interval(self.ttl / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut applied: u64 = 0;
+        // The stream sequence of the last record read, to resume after it.
+        let mut last_seq: u64 = 0;
+        // A record was read since the last tick.
+        let mut read_since_tick = false;
+        loop {
+            tokio::select! {
+                out = outbound.recv() => match out {
+                    Some(Outbound::Publish { session, record }) => {
+                        let queue = queues.entry(session).or_default();
+                        if queue.is_empty() {
+                            acks.push(publish(self.js.clone(), session, self.subject(session), &record));
+                        }
+                        queue.push_back(record);
+                    }
+                    Some(Outbound::Stop) | None => {
+                        // Best effort: the others drop our sessions now rather than after the TTL.
+                        self.js.wait_for_acks().await;
+                        if let Err(e) = self.kv.delete(&self.config.node).await {
+                            log::warn!("cluster: deleting our liveness key: {e}");
+                        }
+                        log::info!("cluster: node {} left", self.config.node);
+                        return Ok(());
+                    }
+                },
+                Some((session, subject, end, result)) = acks.next() => {
+                    match result {
+                        Ok(()) if end => {
+                            if let Err(e) = self.stream.purge().filter(&subject).keep(1).await {
+                                log::warn!("cluster: purging {subject}: {e}");
+                            }
+                            self.tombstones.push_back((Instant::now() + TOMBSTONE_LINGER, subject));
+                        }
+                        Ok(()) => {}
+                        Err(e) => {
+                            log::warn!("cluster: a record of session {session} was not stored: {e}");
+                            to_reactor.send(Inbound::Lost { session });
+                        }
+                    }
+                    if let Some(queue) = queues.get_mut(&session) {
+                        queue.pop_front();
+                        match queue.front() {
+                            Some(next) => acks.push(publish(self.js.clone(), session, self.subject(session), next)),
+                            None => {
+                                queues.remove(&session);
+                            }
+                        }
+                    }
+                },
+                msg = messages.next() => match msg {
+                    Some(Ok(msg)) => {
+                        let (pending, seq) = msg
+                            .info()
+                            .map(|i| (i.pending, i.stream_sequence))
+                            .unwrap_or((1, last_seq));
+                        last_seq = last_seq.max(seq);
+                        read_since_tick = true;
+                        if let Some((node, session)) = self.parse_subject(&msg.subject) {
+                            if node != self.config.node && !self.dead.contains(node) {
+                                match Record::decode(&msg.payload) {
+                                    Some(record) => {
+                                        if !self.alive.contains_key(node) {
+                                            // Known from now: checked alive within a TTL.
+                                            self.alive.insert(node.to_string(), Instant::now());
+                                        }
+                                        if rebuilding {
+                                            met.insert(node.to_string());
+                                        }
+                                        applied += 1;
+                                        let node = node.to_string();
+                                        to_reactor.send(Inbound::Record { node, session, record });
+                                    }
+                                    None => log::warn!(
+                                        "cluster: {}: undecodable record ({} bytes) skipped",
+                                        msg.subject,
+                                        msg.payload.len()
+                                    ),
+                                }
+                            }
+                        } else {
+                            log::warn!("cluster: unexpected subject {} skipped", msg.subject);
+                        }
+                        if rebuilding && pending == 0 {
+                            rebuilding = false;
+                            self.finish_rebuild(&met, to_reactor).await;
+                            log::info!("cluster: rebuilt from {applied} records");
+                        }
+                    }
+                    Some(Err(e)) => {
+                        log::warn!("cluster: consumer: {e}; resuming after record {last_seq}");
+                        // This client version's ordered consumer does not recover from missed
+                        // heartbeats (its server may have died): a new one resumes the stream.
+                        if e.kind() == consumer::push::OrderedErrorKind::MissingHeartbeat {
+                            for _ in 0..RESUME_TRIES {
+                                match self.resume(&client, last_seq + 1).await {
+                                    Ok(m) => {
+                                        messages = m;
+                                        break;
+                                    }
+                                    Err(e) => log::warn!("cluster: {e}"),
+                                }
+                            }
+                        }
+                    }
+                    None => return Err("the stream's consumer ended".into()),
+                },
+                entry = watch.next() => match entry {
+                    Some(Ok(entry)) if entry.key != self.config.node => match entry.operation {
+                        kv::Operation::Put => {
+                            if !self.dead.contains(&entry.key) {
+                                self.alive.insert(entry.key, Instant::now());
+                            }
+                        }
+                        kv::Operation::Delete | kv::Operation::Purge => {
+                            self.declare_dead(&entry.key, to_reactor).await;
+                        }
+                    },
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        log::warn!("cluster: watching {}: {e}", self.config.bucket_name());
+                        match self.kv.watch_all().await {
+                            Ok(w) => watch = w,
+                            Err(e) => log::warn!("cluster: watching again: {e}"),
+                        }
+                    }
+                    None => return Err("the liveness watch ended".into()),
+                },
+                _ = tick.tick() => {
+                    // The records still pending may have been purged since the consumer
+                    // counted them: then no record says "0 pending", and a consumer from
+                    // after the last one read tells whether anything is left.
+                    if rebuilding && !read_since_tick && self.is_read_to_end(&client, last_seq + 1).await {
+                        rebuilding = false;
+                        self.finish_rebuild(&met, to_reactor).await;
+                        log::info!("cluster: rebuilt from {applied} records");
+                    }
+                    read_since_tick = false;
+                    self.refresh(to_reactor).await;
+                    self.check_others(to_reactor).await;
+                    self.purge_tombstones().await;
+                }
+            }
+        }
+    }
+
+    /// The stream's ordered consumer (from its start) and the bucket's watch.
+    async fn subscribe(
+        &self,
+        client: &async_nats::Client,
+    ) -> Result<(consumer::Consumer<consumer::push::OrderedConfig>, kv::Watch), String> {
+        let consumer = self
+            .stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                filter_subject: format!("{}.>", self.config.prefix),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("consumer: {e}"))?;
+        let watch = self
+            .kv
+            .watch_all()
+            .await
+            .map_err(|e| format!("watch {}: {e}", self.config.bucket_name()))?;
+        Ok((consumer, watch))
+    }
+
+    /// Whether the stream holds nothing from record `seq` on (false if it cannot tell).
+    async fn is_read_to_end(&self, client: &async_nats::Client, seq: u64) -> bool {
+        let probe = self
+            .stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                filter_subject: format!("{}.>", self.config.prefix),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: seq,
+                },
+                ..Default::default()
+            })
+            .await;
+        // The probe is ephemeral: the server drops it once it has no subscriber.
+        probe.is_ok_and(|c| c.cached_info().num_pending == 0)
+    }
+
+    /// A new ordered consumer of the stream from record `seq` on.
+    async fn resume(
+        &self,
+        client: &async_nats::Client,
+        seq: u64,
+    ) -> Result<consumer::push::Ordered, String> {
+        self.stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                filter_subject: format!("{}.>", self.config.prefix),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: seq,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("consumer: {e}"))?
+            .messages()
+            .await
+            .map_err(|e| format!("consumer: {e}"))
+    }
+
+    /// The stream was read to its end: every node met in it must be alive.
+    async fn finish_rebuild(&mut self, met: &HashSet<String>, to_reactor: &ToReactor) {
+        for node in met {
+            if !self.is_alive_in_bucket(node).await {
+                self.declare_dead(node, to_reactor).await;
+            }
+        }
+        to_reactor.send(Inbound::Rebuilt);
+    }
+
+    /// Whether `node`'s liveness key is in the bucket (an unreachable bucket counts as
+    /// alive: no one is declared dead on our own failure).
+    async fn is_alive_in_bucket(&self, node: &str) -> bool {
+        match self.kv.entry(node).await {
+            Ok(Some(entry)) => entry.operation == kv::Operation::Put,
+            Ok(None) => false,
+            Err(e) => {
+                log::warn!("cluster: reading {node}'s liveness key: {e}");
+                true
+            }
+        }
+    }
+
+    /// Refreshes our liveness key; a lost key fences this node.
+    async fn refresh(&mut self, to_reactor: &ToReactor) {
+        match self
+            .kv
+            .update(&self.config.node, "alive".into(), self.revision)
+            .await
+        {
+            Ok(revision) => self.revision = revision,
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                let old =
+                    std::mem::replace(&mut self.config.node, incarnation(&self.config.node_id));
+                log::error!(
+                    "cluster: our liveness key {old} expired (NATS unreachable for longer than \
+                     {:?}): the other nodes dropped our sessions; ending them all and going on \
+                     as {}",
+                    self.ttl,
+                    self.config.node
+                );
+                match self.kv.create(&self.config.node, "alive".into()).await {
+                    Ok(revision) => self.revision = revision,
+                    Err(e) => log::warn!("cluster: creating {}: {e}", self.config.node),
+                }
+                to_reactor.send(Inbound::Fenced);
+            }
+            Err(e) => log::warn!("cluster: refreshing our liveness key: {e}"),
+        }
+    }
+
+    /// Nodes not seen alive for a TTL whose key is gone are dead.
+    async fn check_others(&mut self, to_reactor: &ToReactor) {
+        let now = Instant::now();
+        let stale: Vec<String> = self
+            .alive
+            .iter()
+            .filter(|(_, seen)| now.duration_since(**seen) > self.ttl)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in stale {
+            if self.is_alive_in_bucket(&node).await {
+                self.alive.insert(node, now);
+            } else {
+                self.declare_dead(&node, to_reactor).await;
+            }
+        }
+    }
+
+    /// `node` is dead: the reactor drops its sessions, and the lowest-named node alive purges
+    /// its subjects.
+    async fn declare_dead(&mut self, node: &str, to_reactor: &ToReactor) {
+        if !self.dead.insert(node.to_string()) {
+            return;
+        }
+        self.alive.remove(node);
+        to_reactor.send(Inbound::NodeDead {
+            node: node.to_string(),
+        });
+        let lowest = self
+            .alive
+            .keys()
+            .map(String::as_str)
+            .chain([self.config.node.as_str()])
+            .min()
+            .expect("we are alive");
+        if lowest == self.config.node {
+            let subjects = format!("{}.{node}.>", self.config.prefix);
+            match self.stream.purge().filter(&subjects).await {
+                Ok(r) => log::info!(
+                    "cluster: node {node} is dead; purged its {} records",
+                    r.purged
+                ),
+                Err(e) => log::warn!("cluster: purging {subjects}: {e}"),
+            }
+        }
+    }
+
+    /// Purges the tombstones whose linger is over.
+    async fn purge_tombstones(&mut self) {
+        let now = Instant::now();
+        while self.tombstones.front().is_some_and(|(at, _)| *at <= now) {
+            let (_, subject) = self.tombstones.pop_front().expect("a front");
+            if let Err(e) = self.stream.purge().filter(&subject).await {
+                log::warn!("cluster: purging {subject}: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Cluster mode end to end: real `nats-server` processes (a JetStream cluster of 3 on loopback
+//! ports, never the default 4222) and real indexd nodes. Skipped, saying so, where
+//! `nats-server` is not installed (`.ci/run` installs it).
+//!
+//! Waits are bounded: readiness of a nats-server is its `/healthz` answering ok; a change
+//! reaching another node is polled for with lookups until a deadline.
+
+use crate::common::{Client, Indexd, ServingPeer, TempDir};
+use p2pshare::wire::{FileEntry, FileHash, LookupKey, RequestBody, ResponseBody};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The liveness TTL the tests run with (seconds).
+const TTL: &str = "2";
+/// Longest a change may take to reach another node in these tests (only reached on failure).
+const REPLICATION_LIMIT: Duration = Duration::from_secs(10);
+/// Longest replication may pause after a nats-server died (only reached on failure).
+const ENGINE_FAULT_LIMIT: Duration = Duration::from_secs(45);
+/// Longest a dead node's entries may stay: TTL + 5 s.
+const DEATH_LIMIT: Duration = Duration::from_secs(2 + 5);
+
+fn nats_server_present() -> bool {
+    let present = Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        eprintln!("skipped: nats-server is not installed (apt-get install nats-server)");
+    }
+    present
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One nats-server of a test's JetStream cluster, killed when dropped.
+struct NatsServer {
+    child: Option<Child>,
+    client_port: u16,
+    monitor_port: u16,
+}
+
+impl NatsServer {
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client_port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The monitoring endpoint's answer to `GET path` (empty if it does not answer).
+    fn monitor(&self, path: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.monitor_port)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        if s.write_all(req.as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    }
+
+    /// Whether `/healthz` says ok (JetStream included).
+    fn is_healthy(&self) -> bool {
+        let answer = self.monitor("/healthz");
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A JetStream cluster of `n` nats-servers on loopback, ready (each one's `/healthz` ok).
+struct Nats {
+    servers: Vec<NatsServer>,
+    _dir: TempDir,
+}
+
+impl Nats {
+    fn start(n: usize) -> Nats {
+        let dir = TempDir::new("nats");
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_urls: Vec<String> = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let mut servers = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let (client_port, monitor_port) = (free_port(), free_port());
+            let child = Command::new("nats-server")
+                .args(["-js", "-a", "127.0.0.1"])
+                .args(["-p", &client_port.to_string()])
+                .args(["-m", &monitor_port.to_string()])
+                .arg("-sd")
+                .arg(dir.sub(&format!("s{i}")))
+                .args(["--server_name", &format!("s{i}")])
+                .args(["--cluster_name", "p2pshare_test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{route}")])
+                .args(["--routes", &route_urls.join(",")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nats-server");
+            servers.push(NatsServer {
+                child: Some(child),
+                client_port,
+                monitor_port,
+            });
+        }
+        let nats = Nats { servers, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !nats.servers.iter().all(NatsServer::is_healthy) {
+            assert!(Instant::now() < deadline, "nats-servers not ready in 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nats
+    }
+
+    /// The `--cluster` value naming every server.
+    fn urls(&self) -> String {
+        let urls: Vec<String> = self.servers.iter().map(NatsServer::url).collect();
+        urls.join(",")
+    }
+}
+
+/// An indexd node of the cluster at `urls`.
+fn node(urls: &str, id: &str) -> Indexd {
+    node_with_ttl(urls, id, TTL)
+}
+
+/// An indexd node with liveness TTL `ttl` (seconds; the first node sets the bucket's).
+fn node_with_ttl(urls: &str, id: &str, ttl: &str) -> Indexd {
+    // A start retries its setup for up to 30 s while NATS elects leaders.
+    Indexd::start_within(
+        "127.0.0.1:0",
+        &[
+            "--cluster",
+            urls,
+            "--node-id",
+            id,
+            "--cluster-ttl",
+            ttl,
+            "--cluster-prefix",
+            "t",
+        ],
+        Duration::from_secs(40),
+    )
+}
+
+fn file(name: &str) -> FileEntry {
+    FileEntry {
+        hash: FileHash::of(name.as_bytes()),
+        size: name.len() as u64,
+        name: name.into(),
+    }
+}
+
+/// The holders `index` lists for `name`'s hash.
+fn holders(index: SocketAddr, name: &str) -> Vec<SocketAddr> {
+    let (mut c, _) = Client::hello(index, 0);
+    let key = LookupKey::Hash(FileHash::of(name.as_bytes()));
+    match c.call(RequestBody::Lookup { key, after: None }) {
+        ResponseBody::Holders { files, .. } => files.into_iter().flat_map(|f| f.holders).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Waits until `index` lists exactly `want` as `name`'s holders; fails after `limit`.
+fn wait_holders(index: SocketAddr, name: &str, want: &[SocketAddr], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = holders(index, name);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{index} lists {got:?} for {name:?}, not {want:?}, after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn register(c: &mut Client, names: &[&str]) {
+    let files = names.iter().map(|n| file(n)).collect();
+    assert!(matches!(
+        c.call(RequestBody::Register { files }),
+        ResponseBody::Registered { .. }
+    ));
+}
+
+#[test]
+fn a_register_at_one_node_is_answered_at_another_until_withdrawn_or_its_session_ends() {
+    if !nats_server_present() {
+        return;
+    }
+    let nats = Nats::start(3);
+    let a = node(&nats.urls(), "a");
+    let b = node(&nats.urls(), "b");
+    let (mut peer, seen) = Client::hello(a.addr, 7101);
+    register(&mut peer, &["one.flac", "two.flac"]);
+    wait_holders(b.addr, "one.flac", &[seen], REPLICATION_LIMIT);
+    wait_holders(b.addr, "two.flac", &[seen], REPLICATION_LIMIT);
+    // Searches at B count the remote holder like a local one.
+    let (mut c, _) = Client::hello(b.addr, 0);
+    let search = RequestBody::Search {
+        query: "flac".into(),
+        limit: 0,
+        filter: Default::default(),
+        after: None,
+    };
+    let ResponseBody::SearchResults { hits, .. } = c.call(search) else {
+        panic!()
+    };
+    assert_eq!(hits.len(), 2);
+    assert!(hits.iter().all(|h| h.holders == 1));
+    // Unregister propagates.
+    let hashes = vec![FileHash::of(b"one.flac")];
+    assert!(matches!(
+        peer.call(RequestBody::Unregister { hashes }),
+        ResponseBody::Unregistered { removed: 1, .. }
+    ));
+    wait_holders(b.addr, "one.flac", &[], REPLICATION_LIMIT);
+    assert_eq!(holders(b.addr, "two.flac"), [seen]);
+    // A peer at B holding the same file: B lists both, A too.
+    let (mut other, other_seen) = Client::hello(b.addr, 7102);
+    register(&mut other, &["two.flac"]);
+    let mut both = vec![seen, other_seen];
+    both.sort();
+    wait_holders(a.addr, "two.flac", &both, REPLICATION_LIMIT);
+    // The session's end propagates.
+    peer.leave();
+    wait_holders(b.addr, "two.flac", &[other_seen], REPLICATION_LIMIT);
+    wait_holders(a.addr, "two.flac", &[other_seen], REPLICATION_LIMIT);
+}
+
+#[test]
+fn a_killed_node_s_entries_vanish_and_its_peers_register_again_through_another() {
+    if !nats_server_present() {
+        return;
+    }
+    let nats = Nats::start(3);
+    let mut a = node(&nats.urls(), "a");
+    let b = node(&nats.urls(), "b");
+    // A client only ever at A, and a real peer given both nodes.
+    let (mut only_a, only_a_seen) = Client::hello(a.addr, 7201);
+    register(&mut only_a, &["only at a.txt"]);
+    let dir = TempDir::new("cluster-peer");
+    std::fs::write(dir.path().join("moving.txt"), b"moves from a to b").unwrap();
+    let indexes = format!("{},{}", a.addr, b.addr);
+    let mut peer = ServingPeer::start_args(crate::common::peer_args_to(dir.path(), &indexes));
+    peer.wait_registered(1);
+    let moving = FileHash::of(b"moves from a to b");
+    let at_b = |hash: FileHash| {
+        let (mut c, _) = Client::hello(b.addr, 0);
+        match c.call(RequestBody::Lookup {
+            key: LookupKey::Hash(hash),
+            after: None,
+        }) {
+            ResponseBody::Holders { files, .. } => {
+                files.into_iter().flat_map(|f| f.holders).collect()
+            }
+            _ => Vec::new(),
+        }
+    };
+    let deadline = Instant::now() + REPLICATION_LIMIT;
+    while at_b(moving) != [peer.addr] {
+        assert!(Instant::now() < deadline, "the peer never reached B");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_holders(b.addr, "only at a.txt", &[only_a_seen], REPLICATION_LIMIT);
+    // SIGKILL: no goodbye, no End records; only the liveness key's expiry tells B.
+    let killed = Instant::now();
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    wait_holders(b.addr, "only at a.txt", &[], DEATH_LIMIT);
+    assert!(killed.elapsed() <= DEATH_LIMIT);
+    // The peer came back through B by itself, and B lists it once.
+    peer.wait_registered(1);
+    let deadline = Instant::now() + DEATH_LIMIT;
+    while at_b(moving) != [peer.addr] {
+        assert!(
+            Instant::now() < deadline,
+            "the peer is not listed once at B"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_new_node_rebuilds_the_live_index_from_the_stream_before_serving() {
+    if !nats_server_present() {
+        return;
+    }
+    let nats = Nats::start(3);
+    let a = node(&nats.urls(), "a");
+    let (mut stays, stays_seen) = Client::hello(a.addr, 7301);
+    register(&mut stays, &["kept.ogg"]);
+    let (mut goes, _) = Client::hello(a.addr, 7302);
+    register(&mut goes, &["gone.ogg"]);
+    // Let a first other node see both, then the second session end.
+    let b = node(&nats.urls(), "b");
+    wait_holders(
+        b.addr,
+        "gone.ogg",
+        &[SocketAddr::new(stays_seen.ip(), 7302)],
+        REPLICATION_LIMIT,
+    );
+    goes.leave();
+    wait_holders(b.addr, "gone.ogg", &[], REPLICATION_LIMIT);
+    // A node started now answers at once, from what it read before listening.
+    let c = node(&nats.urls(), "c");
+    assert_eq!(holders(c.addr, "kept.ogg"), [stays_seen]);
+    assert!(holders(c.addr, "gone.ogg").is_empty());
+    // And it is a full member: what it is told reaches the others.
+    let (mut at_c, at_c_seen) = Client::hello(c.addr, 7303);
+    register(&mut at_c, &["new at c.ogg"]);
+    wait_holders(a.addr, "new at c.ogg", &[at_c_seen], REPLICATION_LIMIT);
+}
+
+#[test]
+fn the_cluster_keeps_serving_and_replicating_when_one_nats_server_dies() {
+    if !nats_server_present() {
+        return;
+    }
+    let mut nats = Nats::start(3);
+    // The TTL outlasts the NATS cluster's failover (a stream leader election takes seconds):
+    // with a shorter one, every node would find its key expired and fence itself.
+    let a = node_with_ttl(&nats.urls(), "a", "15");
+    let b = node(&nats.urls(), "b");
+    let (mut before, before_seen) = Client::hello(a.addr, 7401);
+    register(&mut before, &["before.mkv"]);
+    wait_holders(b.addr, "before.mkv", &[before_seen], REPLICATION_LIMIT);
+    nats.servers[0].kill();
+    // Nothing lost; new changes still flow, both ways, once the NATS cluster has new leaders
+    // and each node's consumer its new server (a consumer cut off silently is noticed after
+    // two missed idle heartbeats, 10 s; more on a loaded machine).
+    let (mut after, after_seen) = Client::hello(a.addr, 7402);
+    register(&mut after, &["after.mkv"]);
+    wait_holders(b.addr, "after.mkv", &[after_seen], ENGINE_FAULT_LIMIT);
+    let (mut at_b, at_b_seen) = Client::hello(b.addr, 7403);
+    register(&mut at_b, &["at b.mkv"]);
+    wait_holders(a.addr, "at b.mkv", &[at_b_seen], ENGINE_FAULT_LIMIT);
+    assert_eq!(holders(b.addr, "before.mkv"), [before_seen]);
+}
+
+#[test]
+fn indexd_refuses_to_start_when_no_nats_server_answers() {
+    let port = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_indexd"))
+        .args(["--listen", "127.0.0.1:0", "--log", "error"])
+        .args(["--cluster", &format!("nats://127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn indexd");
+    let out = crate::common::output_within(out, Duration::from_secs(30))
+        .unwrap_or_else(|o| panic!("indexd still running: {o:?}"));
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "it never listened");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NATS"), "{err}");
+}
