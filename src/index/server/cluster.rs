@@ -285,4 +285,21 @@ mod tests {
         assert_eq!(b.server.index.entry_count(), 0);
         assert_eq!(b.server.index.peer_count(), 0);
     }
+
+    #[test]
+    fn a_register_frame_decoded_in_slices_is_published_whole() {
+        let (mut a, mut b) = (node(), node());
+        let mut peer = join(&mut a.server, [10, 0, 0, 9], 7009);
+        let files = files(&"long name ".repeat(4), 1_000);
+        let payload = wire::to_payload(&Request {
+            id: 1,
+            body: RequestBody::Register {
+                files: files.clone(),
+            },
+        });
+        assert!(payload.len() > crate::index::server::LAZY_REGISTER_BYTES);
+        call(&mut a.server, &mut peer, RequestBody::Register { files });
+        replicate(&mut a, "a-1", &mut b);
+        assert_eq!(b.server.index.entry_count(), 1_000);
+    }
 }
