@@ -158,6 +158,9 @@ pub struct PeerCore {
     counters: PeerCounters,
     /// What the person withdrew (`unregister`): not shared again until `register PATH`.
     withdrawn: Withdrawn,
+    /// The web page's index requests: the next number, and the answers not yet taken.
+    next_web_request: u64,
+    web_answers: VecDeque<(u64, ResponseBody)>,
 }
 
 #[derive(Debug, Default)]
@@ -187,6 +190,8 @@ impl PeerCore {
             stopped: false,
             counters: PeerCounters::default(),
             withdrawn: Withdrawn::load(&cfg.share_dir),
+            next_web_request: 1,
+            web_answers: VecDeque::new(),
             cfg,
         }
     }
@@ -741,6 +746,7 @@ impl PeerCore {
                     total,
                 }) => self.start_get(now, &target, files, holder, total),
             },
+            (Tag::Web(id), body) => self.web_answers.push_back((id, body)),
             (_, ResponseBody::Error { code, message }) => {
                 self.output.error(format!("index: {code}: {message}"))
             }
@@ -991,6 +997,54 @@ impl PeerCore {
             shared_files: self.share.len() as u64,
             shared_bytes: self.share.total_bytes(),
         }
+    }
+
+    // ----- the web page (see `web`) ---------------------------------------------------------
+
+    /// Sends a request of the web page to the index, beside the console's; its answer comes
+    /// from [`PeerCore::poll_web_answer`] with the number returned. `None`: not connected.
+    pub fn handle_web_request(&mut self, body: RequestBody) -> Option<u64> {
+        let id = self.next_web_request;
+        if !self.session.request(body, Tag::Web(id), &mut self.actions) {
+            return None;
+        }
+        self.next_web_request += 1;
+        Some(id)
+    }
+
+    /// The index's answer to a web request.
+    pub fn poll_web_answer(&mut self) -> Option<(u64, ResponseBody)> {
+        self.web_answers.pop_front()
+    }
+
+    /// A command line from the web page: it runs in turn with the console's, and its output
+    /// is the console's.
+    pub fn handle_web_command(&mut self, now: Instant, line: String) {
+        self.commands.handle_line(line);
+        self.pump(now);
+    }
+
+    /// The download in progress: its hash, name, bytes on disk and size.
+    pub fn download_view(&self) -> Option<(FileHash, &str, u64, u64)> {
+        self.download.as_ref().map(|d| {
+            let (name, have, size) = d.progress();
+            (d.hash(), name, have, size)
+        })
+    }
+
+    /// The files shared.
+    pub fn shared_files(&self) -> impl Iterator<Item = &SharedFile> {
+        self.share.files()
+    }
+
+    /// The index session's state in words, and the file server's port.
+    pub fn session_view(&self) -> (String, u16) {
+        (self.session.status_line(), self.listen_port)
+    }
+
+    /// The upload slots and the requests waiting for one.
+    pub fn upload_queue_view(&self) -> (usize, usize) {
+        (self.queue.slots, self.queue.len())
     }
 
     fn status_text(&self) -> String {

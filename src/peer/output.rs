@@ -74,7 +74,14 @@ pub struct Output {
     progress: bool,
     /// Notes dropped since the backlog overflowed; said once there is room.
     notes_dropped: u64,
+    /// With the web page on: a copy of each result, note and error for its event stream,
+    /// at most [`MAX_TAPPED_LINES`] (the oldest go first; the page is told lines, not owed
+    /// them).
+    tap: Option<VecDeque<Line>>,
 }
+
+/// Lines the web page's copy holds between two turns at most.
+const MAX_TAPPED_LINES: usize = 256;
 
 impl Output {
     /// An empty queue; progress lines are kept only with `progress`.
@@ -90,14 +97,34 @@ impl Output {
         self.progress
     }
 
+    /// Keeps a copy of every result, note and error from now on ([`Output::poll_tapped`]).
+    pub fn set_tap(&mut self) {
+        self.tap.get_or_insert_with(VecDeque::new);
+    }
+
+    /// The next copied line, oldest first.
+    pub fn poll_tapped(&mut self) -> Option<Line> {
+        self.tap.as_mut()?.pop_front()
+    }
+
+    fn push(&mut self, line: Line) {
+        if let Some(tap) = &mut self.tap {
+            if tap.len() >= MAX_TAPPED_LINES {
+                tap.pop_front();
+            }
+            tap.push_back(line.clone());
+        }
+        self.queue.push_back(line);
+    }
+
     /// A result for stdout.
     pub fn result(&mut self, text: impl Into<String>) {
-        self.queue.push_back(Line::Result(text.into()));
+        self.push(Line::Result(text.into()));
     }
 
     /// An error for stderr (`error: ` is added).
     pub fn error(&mut self, text: impl Into<String>) {
-        self.queue.push_back(Line::Error(text.into()));
+        self.push(Line::Error(text.into()));
     }
 
     /// A note for stderr, dropped (and counted) while the backlog is over its bound.
@@ -111,7 +138,7 @@ impl Output {
             self.queue
                 .push_back(Line::Note(format!("({n} notes dropped: output was slow)")));
         }
-        self.queue.push_back(Line::Note(text.into()));
+        self.push(Line::Note(text.into()));
     }
 
     /// A download's position; replaces a progress line still queued.

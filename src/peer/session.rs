@@ -65,6 +65,8 @@ pub enum Tag {
     Bye,
     /// The running console command (search, lookup): at most one at a time.
     Command,
+    /// A request of the web page (search, lookup), numbered by the core; several at once.
+    Web(u64),
 }
 
 /// What the rest of the peer hears from the session.
@@ -256,7 +258,7 @@ impl IndexSession {
                     retry_after_ms,
                     banned,
                 },
-            ) if tag != Tag::Command => {
+            ) if !matches!(tag, Tag::Command | Tag::Web(_)) => {
                 let what = match tag {
                     Tag::Register => "registering",
                     Tag::Unregister => "withdrawing files",
