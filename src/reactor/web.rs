@@ -314,7 +314,9 @@ fn parse_head(head: &[u8], limits: &WebLimits) -> Result<(WebRequest, usize), St
     }
     let connection = find("connection").map(|v| v.to_ascii_lowercase());
     let close = match req.version {
-        Some(0) => !connection.as_deref().is_some_and(|v| v.contains("keep-alive")),
+        Some(0) => !connection
+            .as_deref()
+            .is_some_and(|v| v.contains("keep-alive")),
         _ => connection.as_deref().is_some_and(|v| v.contains("close")),
     };
     let request = WebRequest {
@@ -422,7 +424,10 @@ mod tests {
             let Parsed::Request(second) = &got[1] else {
                 panic!("{got:?}")
             };
-            assert_eq!((second.path.as_str(), second.query_param("token")), ("/", Some("ff")));
+            assert_eq!(
+                (second.path.as_str(), second.query_param("token")),
+                ("/", Some("ff"))
+            );
             assert!(second.close);
         }
     }
@@ -436,7 +441,10 @@ mod tests {
         };
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 1000));
-        assert_eq!(parse_all(&[&big], &l), vec![Parsed::Reject(Status::HeaderTooLarge)]);
+        assert_eq!(
+            parse_all(&[&big], &l),
+            vec![Parsed::Reject(Status::HeaderTooLarge)]
+        );
         // Byte by byte too, and never more than the limits held.
         let mut p = RequestParser::default();
         let mut got = None;
@@ -454,7 +462,10 @@ mod tests {
             vec![Parsed::Reject(Status::PayloadTooLarge)]
         );
         assert_eq!(
-            parse_all(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"], &l),
+            parse_all(
+                &[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"],
+                &l
+            ),
             vec![Parsed::Reject(Status::LengthRequired)]
         );
         assert_eq!(

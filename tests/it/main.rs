@@ -16,3 +16,4 @@ mod reactor;
 mod trust;
 mod unicode;
 mod watch;
+mod web;

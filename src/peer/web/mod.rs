@@ -164,12 +164,7 @@ fn json<T: Serialize>(status: Status, value: &T) -> WebResponse {
 }
 
 fn error(status: Status, text: impl Into<String>) -> WebResponse {
-    json(
-        status,
-        &ErrorAnswer {
-            error: text.into(),
-        },
-    )
+    json(status, &ErrorAnswer { error: text.into() })
 }
 
 /// Whether `host` (a `Host` header) names the listener whose local address is `local`.
@@ -406,13 +401,22 @@ impl Web {
     }
 
     /// `get` and `unregister`: a file named by hash, run as a console line.
-    fn command(&mut self, core: &mut PeerCore, now: Instant, body: &[u8], verb: &str) -> WebResponse {
+    fn command(
+        &mut self,
+        core: &mut PeerCore,
+        now: Instant,
+        body: &[u8],
+        verb: &str,
+    ) -> WebResponse {
         let hash = match serde_json::from_slice::<HashBody>(body) {
             Ok(b) => b.hash,
             Err(e) => return error(Status::BadRequest, format!("bad JSON: {e}")),
         };
         let Ok(hash) = hash.trim().parse::<FileHash>() else {
-            return error(Status::BadRequest, "a file is named by its hash: 64 hex digits");
+            return error(
+                Status::BadRequest,
+                "a file is named by its hash: 64 hex digits",
+            );
         };
         let line = format!("{verb} {hash}");
         core.handle_web_command(now, line.clone());
@@ -567,8 +571,8 @@ impl Web {
                 t.answer.rate = (done.saturating_sub(then) as f64 / dt.as_secs_f64()) as u64;
                 t.since = (now, done);
             }
-            t.answer.eta_secs = (t.answer.rate > 0)
-                .then(|| total.saturating_sub(done).div_ceil(t.answer.rate));
+            t.answer.eta_secs =
+                (t.answer.rate > 0).then(|| total.saturating_sub(done).div_ceil(t.answer.rate));
         }
         ended
     }
