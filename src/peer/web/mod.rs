@@ -673,9 +673,13 @@ fn answer(ask: Ask, body: ResponseBody) -> WebResponse {
                 total,
             },
         ),
-        (Ask::Lookup, ResponseBody::Error { code, .. }) if code == ErrorCode::NotFound => {
-            error(Status::NotFound, "no peer shares that file")
-        }
+        (
+            Ask::Lookup,
+            ResponseBody::Error {
+                code: ErrorCode::NotFound,
+                ..
+            },
+        ) => error(Status::NotFound, "no peer shares that file"),
         (_, ResponseBody::Error { code, message }) => {
             error(Status::BadRequest, format!("index: {code}: {message}"))
         }
@@ -700,5 +704,393 @@ fn answer(ask: Ask, body: ResponseBody) -> WebResponse {
             Status::BadRequest,
             format!("unexpected index answer: {other:?}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::harness::{Harness, Holder};
+    use crate::reactor::web::Method;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    const LOCAL: &str = "127.0.0.1:8080";
+
+    fn request(method: Method, target: &str, headers: &[(&str, &str)], body: &str) -> WebRequest {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        WebRequest {
+            method,
+            path: path.into(),
+            query: query.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: body.as_bytes().to_vec(),
+            close: false,
+        }
+    }
+
+    /// A request from the page: the right Host and token (and JSON for a POST).
+    fn from_page(method: Method, target: &str, body: &str) -> WebRequest {
+        let auth = format!("Bearer {TOKEN}");
+        let mut headers = vec![("host", LOCAL), ("authorization", auth.as_str())];
+        if method == Method::Post {
+            headers.push(("content-type", "application/json"));
+        }
+        request(method, target, &headers, body)
+    }
+
+    fn status_of(reply: &WebReply) -> u16 {
+        match reply {
+            WebReply::Respond(r) => r.status.code(),
+            other => panic!("not a response: {other:?}"),
+        }
+    }
+
+    fn body_of(r: &WebResponse) -> serde_json::Value {
+        serde_json::from_slice(&r.body).expect("JSON")
+    }
+
+    fn setup(tag: &str) -> (Harness, Web) {
+        let mut h = Harness::new(tag);
+        h.scanned(&[("mine.txt", b"my own file")]);
+        let web = Web::new(Token::from_text(TOKEN), &mut h.core);
+        (h, web)
+    }
+
+    fn call(h: &mut Harness, web: &mut Web, conn: usize, req: WebRequest) -> WebReply {
+        let local = LOCAL.parse().unwrap();
+        let reply = web.handle_request(&mut h.core, h.now, local, ConnId(conn), req);
+        h.drive();
+        reply
+    }
+
+    #[test]
+    fn only_this_peers_host_names_pass() {
+        let lo: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        for host in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST:8080",
+            "[::1]:8080",
+        ] {
+            assert!(is_own_host(host, lo), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "localhost:8081",
+            "127.0.0.1",
+            "localhost",
+            "",
+        ] {
+            assert!(!is_own_host(host, lo), "{host}");
+        }
+        // A listener on a public address answers to that address only.
+        let public: SocketAddr = "192.0.2.7:8080".parse().unwrap();
+        assert!(is_own_host("192.0.2.7:8080", public));
+        assert!(!is_own_host("localhost:8080", public));
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        assert!(is_own_host("[::1]:9", v6) && is_own_host("localhost:9", v6));
+    }
+
+    #[test]
+    fn the_token_the_host_and_json_posts_are_required() {
+        let (mut h, mut web) = setup("web-auth");
+        let auth = format!("Bearer {TOKEN}");
+        let cookie = format!("other=1; {}={TOKEN}", cookie_name(8080));
+        let cases: Vec<(WebRequest, u16)> = vec![
+            (
+                request(Method::Get, "/api/status", &[("host", LOCAL)], ""),
+                401,
+            ),
+            (request(Method::Get, "/", &[("host", LOCAL)], ""), 401),
+            (
+                request(
+                    Method::Get,
+                    "/api/status",
+                    &[("host", LOCAL), ("authorization", "Bearer 0123")],
+                    "",
+                ),
+                401,
+            ),
+            (
+                request(Method::Get, "/api/status", &[("authorization", &auth)], ""),
+                403,
+            ),
+            (
+                request(
+                    Method::Get,
+                    "/api/status",
+                    &[("host", "rebound.example:8080"), ("authorization", &auth)],
+                    "",
+                ),
+                403,
+            ),
+            (
+                request(
+                    Method::Get,
+                    "/api/status",
+                    &[("host", LOCAL), ("authorization", &auth)],
+                    "",
+                ),
+                200,
+            ),
+            (
+                request(
+                    Method::Get,
+                    "/api/status",
+                    &[("host", LOCAL), ("cookie", &cookie)],
+                    "",
+                ),
+                200,
+            ),
+            // A cookie for another port's peer is not ours.
+            (
+                request(
+                    Method::Get,
+                    "/api/status",
+                    &[
+                        ("host", LOCAL),
+                        ("cookie", &format!("{}={TOKEN}", cookie_name(8081))),
+                    ],
+                    "",
+                ),
+                401,
+            ),
+            (
+                request(
+                    Method::Get,
+                    &format!("/?token={TOKEN}"),
+                    &[("host", LOCAL)],
+                    "",
+                ),
+                303,
+            ),
+            (
+                request(Method::Get, "/?token=0123", &[("host", LOCAL)], ""),
+                401,
+            ),
+            (
+                request(
+                    Method::Post,
+                    "/api/register",
+                    &[
+                        ("host", LOCAL),
+                        ("authorization", &auth),
+                        ("content-type", "text/plain"),
+                    ],
+                    "{}",
+                ),
+                415,
+            ),
+            (
+                request(
+                    Method::Post,
+                    "/api/register",
+                    &[
+                        ("host", LOCAL),
+                        ("authorization", &auth),
+                        ("content-type", "application/json"),
+                        ("origin", "http://evil.example"),
+                    ],
+                    "{}",
+                ),
+                403,
+            ),
+            (
+                request(
+                    Method::Get,
+                    "/api/status",
+                    &[
+                        ("host", LOCAL),
+                        ("authorization", &auth),
+                        ("sec-fetch-site", "cross-site"),
+                    ],
+                    "",
+                ),
+                403,
+            ),
+            (from_page(Method::Get, "/nowhere", ""), 404),
+            (from_page(Method::Post, "/api/status", "{}"), 405),
+            (
+                from_page(Method::Post, "/api/get", r#"{"hash":"/etc/passwd"}"#),
+                400,
+            ),
+            (from_page(Method::Post, "/api/get", "not json"), 400),
+            (
+                from_page(Method::Post, "/api/search", r#"{"query":""}"#),
+                400,
+            ),
+            (
+                from_page(Method::Post, "/api/search", r#"{"query":"a\nquit"}"#),
+                400,
+            ),
+            (from_page(Method::Get, "/app.js", ""), 200),
+        ];
+        for (i, (req, want)) in cases.into_iter().enumerate() {
+            let reply = call(&mut h, &mut web, 1, req);
+            assert_eq!(status_of(&reply), want, "case {i}: {reply:?}");
+            if want == 303 {
+                let WebReply::Respond(r) = reply else {
+                    unreachable!()
+                };
+                let cookie = r.headers.iter().find(|(n, _)| *n == "Set-Cookie").unwrap();
+                assert!(cookie
+                    .1
+                    .starts_with(&format!("{}={TOKEN};", cookie_name(8080))));
+                assert!(cookie.1.contains("HttpOnly") && cookie.1.contains("SameSite=Strict"));
+            }
+        }
+        // Nothing that was refused ran: no command reached the console.
+        assert!(
+            h.said().iter().all(|l| !l.contains("passwd")),
+            "{:?}",
+            h.said()
+        );
+    }
+
+    #[test]
+    fn a_search_is_answered_when_the_index_answers_and_504_when_it_does_not() {
+        let (mut h, mut web) = setup("web-search");
+        h.holder(
+            "10.0.0.5:1",
+            "blue-moon.mp3",
+            b"moon",
+            Holder::Good(b"moon".to_vec()),
+        );
+        h.holder(
+            "10.0.0.6:1",
+            "blue-sky.avi",
+            b"sky",
+            Holder::Good(b"sky".to_vec()),
+        );
+        let reply = call(
+            &mut h,
+            &mut web,
+            3,
+            from_page(
+                Method::Post,
+                "/api/search",
+                r#"{"query":"blue type:audio"}"#,
+            ),
+        );
+        assert!(matches!(reply, WebReply::Defer), "{reply:?}");
+        let out = web.poll(&mut h.core, h.now);
+        let [Out::Respond(ConnId(3), r)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(r.status, Status::Ok);
+        let v = body_of(r);
+        assert_eq!(v["results"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["results"][0]["name"], "blue-moon.mp3");
+        assert_eq!(v["results"][0]["kind"], "audio");
+        assert_eq!(v["results"][0]["hash"], FileHash::of(b"moon").to_string());
+
+        // Asked, but the index's answer never comes: 504 after the patience, not before.
+        let local = LOCAL.parse().unwrap();
+        let req = from_page(Method::Post, "/api/lookup", r#"{"target":"blue-sky.avi"}"#);
+        let reply = web.handle_request(&mut h.core, h.now, local, ConnId(4), req);
+        assert!(matches!(reply, WebReply::Defer));
+        assert_eq!(web.poll_timeout(), Some(h.now + INDEX_PATIENCE));
+        assert!(web.poll(&mut h.core, h.now + INDEX_PATIENCE / 2).is_empty());
+        let out = web.poll(&mut h.core, h.now + INDEX_PATIENCE);
+        let [Out::Respond(ConnId(4), r)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(r.status, Status::GatewayTimeout);
+        // The late answer finds nobody waiting, and a closed connection is forgotten.
+        h.drive();
+        assert!(web.poll(&mut h.core, h.now).is_empty());
+        let req = from_page(Method::Post, "/api/lookup", r#"{"target":"blue-sky.avi"}"#);
+        assert!(matches!(
+            web.handle_request(&mut h.core, h.now, local, ConnId(5), req),
+            WebReply::Defer
+        ));
+        web.handle_close(ConnId(5));
+        h.drive();
+        assert!(web.poll(&mut h.core, h.now).is_empty());
+        // Without the index: 503 at once.
+        h.restart_index(false);
+        let reply = call(
+            &mut h,
+            &mut web,
+            6,
+            from_page(Method::Post, "/api/search", r#"{"query":"blue"}"#),
+        );
+        assert_eq!(status_of(&reply), 503);
+    }
+
+    #[test]
+    fn a_download_from_the_page_is_followed_on_the_stream_to_its_end() {
+        let (mut h, mut web) = setup("web-get");
+        let content: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        h.holder(
+            "10.0.0.5:1",
+            "tune.flac",
+            &content,
+            Holder::Good(content.clone()),
+        );
+        let reply = call(
+            &mut h,
+            &mut web,
+            7,
+            from_page(Method::Get, "/api/events", ""),
+        );
+        assert!(matches!(reply, WebReply::Stream));
+        let first = web.poll(&mut h.core, h.now);
+        let text = |out: &[Out]| -> String {
+            out.iter()
+                .filter_map(|o| match o {
+                    Out::Push(ConnId(7), b) => Some(String::from_utf8_lossy(b).into_owned()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(
+            text(&first).starts_with("event: status\ndata: {"),
+            "{}",
+            text(&first)
+        );
+        let hash = FileHash::of(&content).to_string();
+        let reply = call(
+            &mut h,
+            &mut web,
+            8,
+            from_page(Method::Post, "/api/get", &format!(r#"{{"hash":"{hash}"}}"#)),
+        );
+        assert_eq!(status_of(&reply), 202);
+        // The bytes are in; the verifying thread has not answered yet.
+        let running = text(&web.poll(&mut h.core, h.now));
+        assert!(
+            running.contains("event: download\ndata: {")
+                && running.contains("\"state\":\"running\""),
+            "{running}"
+        );
+        h.wait_hash();
+        let ended = text(&web.poll(&mut h.core, h.now));
+        assert!(ended.contains("\"state\":\"saved\""), "{ended}");
+        assert!(ended.contains("\"done\":70000"), "{ended}");
+        assert!(
+            ended.contains("event: line\ndata: {\"kind\":\"result\",\"text\":\"saved "),
+            "{ended}"
+        );
+        assert!(ended.contains("\"downloads_saved\":1"), "{ended}");
+        assert_eq!(std::fs::read(h.landed("tune.flac")).unwrap(), content);
+        // A closed stream gets nothing more.
+        web.handle_close(ConnId(7));
+        h.type_lines(&["status"]);
+        assert!(text(&web.poll(&mut h.core, h.now + TICK)).is_empty());
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        let t = Token::from_text("abcd");
+        assert!(t.matches("abcd"));
+        assert!(!t.matches("abc") && !t.matches("abcde") && !t.matches("abce") && !t.matches(""));
+        let a = Token::generate().unwrap();
+        let b = Token::generate().unwrap();
+        assert_eq!(a.as_str().len(), 32);
+        assert_ne!(a.as_str(), b.as_str());
     }
 }
