@@ -285,7 +285,10 @@ fn the_api_searches_downloads_and_streams_progress_to_the_end() {
     let share = TempDir::new("web-api");
     let downloads = TempDir::new("web-api-downloads");
     let dl = downloads.path().to_str().unwrap().to_string();
-    let (_b, web, token) = web_peer(share.path(), index.addr, &["--downloads", &dl]);
+    std::fs::write(share.path().join("own.txt"), b"of its own").unwrap();
+    let (mut b, web, token) = web_peer(share.path(), index.addr, &["--downloads", &dl]);
+    // Its index session is up (a search before it would be 503).
+    b.wait_registered(1);
 
     let s = TcpStream::connect(web).unwrap();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();

@@ -129,10 +129,13 @@ async function download(r, btn) {
   showError('');
   btn.disabled = true;
   try {
+    const clicked = Date.now();
     await api('/api/get', { hash: r.hash });
-    const d = state.downloads.get(r.hash) || { hash: r.hash, name: r.name, done: 0, total: r.size, rate: 0, eta_secs: null };
-    d.state = 'queued';
-    state.downloads.set(r.hash, d);
+    // The stream may have told this download's progress, even its end, before this answer.
+    const known = state.downloads.get(r.hash);
+    if (!known || !(known.seen >= clicked)) {
+      state.downloads.set(r.hash, { hash: r.hash, name: r.name, done: 0, total: r.size, rate: 0, eta_secs: null, state: 'queued' });
+    }
     renderDownloads();
   } catch (e) {
     showError(`Download of ${r.name} failed: ${e.message}`);
@@ -162,7 +165,7 @@ function renderDownloads() {
 
 function onDownload(d) {
   const old = state.downloads.get(d.hash) || {};
-  state.downloads.set(d.hash, { ...old, ...d });
+  state.downloads.set(d.hash, { ...old, ...d, seen: Date.now() });
   renderDownloads();
   if (d.state === 'failed') showError(`Download of ${d.name} failed: ${d.message || 'no holder delivered it'}`);
   if (d.state === 'saved') loadFiles();
