@@ -7,7 +7,7 @@ use p2pshare::peer::output::{Format, Line, Stream, Style};
 use p2pshare::peer::render;
 use p2pshare::peer::startup;
 use p2pshare::peer::{self, Peer, PeerConfig};
-use p2pshare::reactor::{Config, HttpLimits, Reactor};
+use p2pshare::reactor::{Config, HttpLimits, Reactor, WebLimits};
 use p2pshare::sys::process;
 use p2pshare::wire;
 use std::io::IsTerminal;
@@ -37,6 +37,16 @@ struct Flags {
     /// Serve Prometheus metrics on `http://ADDR/metrics` (off by default).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Serve the web page on `http://ADDR/` (off by default; `--web` alone: 127.0.0.1:8080).
+    /// Stderr then says `peer: web page on http://ADDR/?token=TOKEN`: open that link (the
+    /// token is new at every start and every request must carry it).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
+    web: Option<SocketAddr>,
+    /// A web connection that neither completes a request nor reads its answer for this long
+    /// is closed, in ms (idle keep-alive connections, slow senders).
+    #[arg(long, value_name = "MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    web_idle_ms: u64,
     /// Where downloads land (default: the shared directory, so downloads are shared too).
     #[arg(long)]
     downloads: Option<PathBuf>,
@@ -279,6 +289,16 @@ fn run(flags: Flags) -> Result<Outcome, String> {
     announce(format, &Line::Serving { addr });
     if let Some(addr) = metrics {
         announce(format, &Line::Metrics { addr });
+    }
+    if let Some(w) = flags.web {
+        let limits = WebLimits {
+            idle_timeout: Duration::from_millis(flags.web_idle_ms),
+            ..WebLimits::default()
+        };
+        let url = peer
+            .start_web(reactor.ctx(), w, limits)
+            .map_err(|e| format!("--web {w}: {e}"))?;
+        eprintln!("peer: web page on {url}");
     }
     if console {
         peer::spawn_stdin(events_tx, waker).map_err(|e| e.to_string())?;

@@ -189,6 +189,9 @@ pub struct PeerCore {
     withdrawn: Withdrawn,
     /// Every register sent was answered since [`PeerCore::take_registers_done`] was asked.
     registers_done: bool,
+    /// The web page's index requests: the next number, and the answers not yet taken.
+    next_web_request: u64,
+    web_answers: VecDeque<(u64, ResponseBody)>,
 }
 
 /// A download and what the core keeps beside it.
@@ -232,6 +235,8 @@ impl PeerCore {
             counters: PeerCounters::default(),
             withdrawn: Withdrawn::load(&cfg.share_dir),
             registers_done: false,
+            next_web_request: 1,
+            web_answers: VecDeque::new(),
             cfg,
         }
     }
@@ -932,6 +937,7 @@ impl PeerCore {
                     self.start_get(now, &target, files, holder, total, background)
                 }
             },
+            (Tag::Web(id), body) => self.web_answers.push_back((id, body)),
             (_, ResponseBody::Error { code, message }) => {
                 self.output.error(format!("index: {code}: {message}"))
             }
@@ -1263,6 +1269,51 @@ impl PeerCore {
             shared_files: self.share.len() as u64,
             shared_bytes: self.share.total_bytes(),
         }
+    }
+
+    // ----- the web page (see `web`) ---------------------------------------------------------
+
+    /// Sends a request of the web page to the index, beside the console's; its answer comes
+    /// from [`PeerCore::poll_web_answer`] with the number returned. `None`: not connected.
+    pub fn handle_web_request(&mut self, body: RequestBody) -> Option<u64> {
+        let id = self.next_web_request;
+        if !self.session.request(body, Tag::Web(id), &mut self.actions) {
+            return None;
+        }
+        self.next_web_request += 1;
+        Some(id)
+    }
+
+    /// The index's answer to a web request.
+    pub fn poll_web_answer(&mut self) -> Option<(u64, ResponseBody)> {
+        self.web_answers.pop_front()
+    }
+
+    /// A command line from the web page: it runs in turn with the console's, and its output
+    /// is the console's.
+    pub fn handle_web_command(&mut self, now: Instant, line: String) {
+        self.commands.handle_line(line);
+        self.pump(now);
+    }
+
+    /// The downloads running now.
+    pub fn downloads_view(&self, now: Instant) -> Vec<DownloadStatus> {
+        self.download_list(now)
+    }
+
+    /// The files shared.
+    pub fn shared_files(&self) -> impl Iterator<Item = SharedFile> + '_ {
+        self.share.files()
+    }
+
+    /// What `status` reports.
+    pub fn status_view(&self, now: Instant) -> StatusReport {
+        self.status_report(now)
+    }
+
+    /// The upload slots and the requests waiting for one.
+    pub fn upload_queue_view(&self) -> (usize, usize) {
+        (self.queue.slots, self.queue.len())
     }
 
     /// The running downloads, for `status` and `downloads`.

@@ -13,6 +13,8 @@
 //! - [`render`]: how each output line is written, as text (for a pipe or a terminal) or JSON
 //!   (`--json`); [`startup`]: the checks of the flags that stop the peer with status 2.
 //! - [`metrics`]: what `--metrics` serves, rendered from the core at scrape time.
+//! - [`web`]: the web page of `--web` (routes, token and `Host` checks, the JSON API and its
+//!   event stream), beside the core; the reactor speaks its HTTP.
 //! - [`threads`]: the hasher, stdin and resolver threads, which report as [`Event`]s;
 //!   [`watch`]: the share watcher thread (inotify through `notify`) and its debouncer;
 //!   [`withdrawn`]: what `unregister` withdrew, kept across restarts.
@@ -42,6 +44,7 @@ pub mod threads;
 pub mod throttle;
 pub mod upload;
 pub mod watch;
+pub mod web;
 pub mod withdrawn;
 
 #[cfg(test)]
@@ -53,7 +56,9 @@ pub use self::core::{Action, CoreConfig, PeerCore, Role};
 pub use names::display_name;
 pub use threads::{spawn_hasher, spawn_stdin, Event, Job};
 
-use crate::reactor::{CloseReason, ConnId, Ctx, Handler, HttpBody, Verdict};
+use crate::reactor::{
+    CloseReason, ConnId, Ctx, Handler, HttpBody, Verdict, WebLimits, WebReply, WebRequest,
+};
 use output::Writer;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -116,6 +121,8 @@ pub struct Peer {
     /// (the reactor cannot cancel timers), so superseded timers never pile up.
     timer: Option<(Instant, u64)>,
     next_timer_id: u64,
+    /// The web page, with `--web`.
+    web: Option<web::Web>,
 }
 
 impl Peer {
@@ -164,6 +171,7 @@ impl Peer {
             shutdown: None,
             timer: None,
             next_timer_id: 0,
+            web: None,
         }
     }
 
@@ -183,6 +191,39 @@ impl Peer {
     /// How many errors the person was told (a piped console exits with status 1 if any).
     pub fn errors(&mut self) -> u64 {
         self.core.output().errors()
+    }
+
+    /// Serves the web page on `addr` (see [`web`]) with a fresh token. Returns the URL to
+    /// open (the bound address and the token).
+    pub fn start_web(
+        &mut self,
+        ctx: &mut Ctx<Role>,
+        addr: SocketAddr,
+        limits: WebLimits,
+    ) -> std::io::Result<String> {
+        let token = web::Token::generate()?;
+        let bound = ctx.listen_web(addr, limits)?;
+        let web = web::Web::new(token, &mut self.core);
+        let url = web.url(bound);
+        self.web = Some(web);
+        Ok(url)
+    }
+
+    /// Hands the page what it is owed (index answers, events), then keeps the timer right.
+    fn poll_web(&mut self, ctx: &mut Ctx<Role>) {
+        if let Some(w) = &mut self.web {
+            for out in w.poll(&mut self.core, ctx.now()) {
+                match out {
+                    web::Out::Respond(conn, response) => ctx.web_respond(conn, response),
+                    web::Out::Push(conn, events) => {
+                        if !ctx.web_push(conn, &events) {
+                            w.handle_close(conn);
+                        }
+                    }
+                }
+            }
+        }
+        self.apply(ctx);
     }
 
     /// After the reactor stopped: what is still queued for the person is written, waiting
@@ -250,7 +291,8 @@ impl Peer {
                 Action::Stop => ctx.stop(),
             }
         }
-        if let Some(at) = self.core.poll_timeout() {
+        let web = self.web.as_ref().and_then(web::Web::poll_timeout);
+        if let Some(at) = [self.core.poll_timeout(), web].into_iter().flatten().min() {
             if self.timer.map_or(true, |(armed, _)| at < armed) {
                 self.next_timer_id += 1;
                 self.timer = Some((at, self.next_timer_id));
@@ -380,11 +422,45 @@ impl Handler for Peer {
                 .collect();
             self.core.handle_upload_progress(ctx.now(), &uploads);
         }
-        self.apply(ctx);
+        // The page's deadlines share this timer: they are met (and moved on) here, or the
+        // timer would be re-armed at a deadline already past.
+        self.poll_web(ctx);
     }
 
     fn handle_turn_end(&mut self, ctx: &mut Ctx<Role>) {
         self.flush_output(ctx);
+        // After the console commands that the output's room let run: the page hears their
+        // lines in this turn.
+        self.poll_web(ctx);
+    }
+
+    fn handle_web_request(
+        &mut self,
+        ctx: &mut Ctx<Role>,
+        conn: ConnId,
+        request: WebRequest,
+    ) -> WebReply {
+        let Some(w) = &mut self.web else {
+            return WebReply::Respond(crate::reactor::WebResponse::text(
+                crate::reactor::web::Status::NotFound,
+                "404 Not Found",
+            ));
+        };
+        let Some(local) = ctx.local_addr(conn) else {
+            return WebReply::Respond(crate::reactor::WebResponse::text(
+                crate::reactor::web::Status::BadRequest,
+                "no local address",
+            ));
+        };
+        let reply = w.handle_request(&mut self.core, ctx.now(), local, conn, request);
+        self.apply(ctx);
+        reply
+    }
+
+    fn handle_web_close(&mut self, _: &mut Ctx<Role>, conn: ConnId) {
+        if let Some(w) = &mut self.web {
+            w.handle_close(conn);
+        }
     }
 
     fn handle_http_get(&mut self, ctx: &mut Ctx<Role>, path: &str) -> Option<HttpBody> {

@@ -239,7 +239,14 @@ pub struct Output {
     notes_dropped: u64,
     /// Errors said so far (a piped console exits with status 1 if any).
     errors: u64,
+    /// With the web page on: a copy of each result, note and error for its event stream,
+    /// at most [`MAX_TAPPED_LINES`] (the oldest go first; the page is told lines, not owed
+    /// them).
+    tap: Option<VecDeque<Line>>,
 }
+
+/// Lines the web page's copy holds between two turns at most.
+const MAX_TAPPED_LINES: usize = 256;
 
 impl Output {
     /// An empty queue; progress lines are kept only with `progress`.
@@ -271,6 +278,26 @@ impl Output {
         }
         if let Line::Error(_) = line {
             self.errors += 1;
+        }
+        self.push(line);
+    }
+
+    /// Keeps a copy of every line said from now on ([`Output::poll_tapped`]).
+    pub fn set_tap(&mut self) {
+        self.tap.get_or_insert_with(VecDeque::new);
+    }
+
+    /// The next copied line, oldest first.
+    pub fn poll_tapped(&mut self) -> Option<Line> {
+        self.tap.as_mut()?.pop_front()
+    }
+
+    fn push(&mut self, line: Line) {
+        if let Some(tap) = &mut self.tap {
+            if tap.len() >= MAX_TAPPED_LINES {
+                tap.pop_front();
+            }
+            tap.push_back(line.clone());
         }
         self.queue.push_back(line);
     }

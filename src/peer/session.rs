@@ -68,6 +68,8 @@ pub enum Tag {
     Command,
     /// A running download's lookup of its file's holders.
     Holders(u64),
+    /// A request of the web page (search, lookup), numbered by the core; several at once.
+    Web(u64),
 }
 
 /// What the rest of the peer hears from the session.
@@ -283,7 +285,7 @@ impl IndexSession {
                     retry_after_ms,
                     banned,
                 },
-            ) if tag != Tag::Command => {
+            ) if !matches!(tag, Tag::Command | Tag::Web(_)) => {
                 let what = match tag {
                     Tag::Register => "registering",
                     Tag::Unregister => "withdrawing files",

@@ -52,13 +52,23 @@
 //!   same loop: their connections have no handler state, count against their listener's own
 //!   limit only (never the peers' connection limits), read one request head (bounded, see
 //!   [`http`]), get one answer from [`Handler::handle_http_get`] and close.
+//! - Web listeners ([`Ctx::listen_web`], the peer's web page) are a third kind: keep-alive
+//!   HTTP/1.1 connections, counted against their listener's own limit only, whose requests
+//!   (bounded, see [`web`]) go to [`Handler::handle_web_request`] one at a time. An answer
+//!   may be given later ([`WebReply::Defer`], then [`Ctx::web_respond`]; the connection is
+//!   held meanwhile), or the connection may become an event stream ([`WebReply::Stream`],
+//!   then [`Ctx::web_push`]; a stream whose unsent output would pass its limit is closed).
+//!   [`Handler::handle_web_close`] tells the handler each one's end, so it never pushes to
+//!   a reused [`ConnId`].
 
 pub mod http;
 pub mod outq;
 mod pauses;
+pub mod web;
 
 pub use http::{HttpBody, HttpLimits};
 pub use pauses::{LoopPauses, PauseSummary};
+pub use web::{WebLimits, WebRequest, WebResponse};
 
 use crate::codec::{Decoder, FrameError};
 use mio::net::{TcpListener, TcpStream};
@@ -303,6 +313,23 @@ pub trait Handler {
         None
     }
 
+    /// A request arrived on a web listener ([`Ctx::listen_web`]). Runs on the loop like every
+    /// callback: answer at once, or defer the answer, or turn the connection into a stream.
+    fn handle_web_request(
+        &mut self,
+        ctx: &mut Ctx<Self::Conn>,
+        conn: ConnId,
+        request: WebRequest,
+    ) -> WebReply {
+        let _ = (ctx, conn, request);
+        WebReply::Respond(WebResponse::text(web::Status::NotFound, "404 Not Found"))
+    }
+
+    /// A web listener's connection `conn` is gone (for any reason); its id may be reused.
+    fn handle_web_close(&mut self, ctx: &mut Ctx<Self::Conn>, conn: ConnId) {
+        let _ = (ctx, conn);
+    }
+
     /// The end of a loop iteration: this iteration's output has been written to the sockets
     /// (as far as they took it) and the loop is about to wait again. Work that no answer
     /// waits for can be done here, after the answers left; output queued here is written in
@@ -323,6 +350,41 @@ struct Listener {
     resting_until: Option<Instant>,
     /// An HTTP listener ([`Ctx::listen_http`]): its limits and open connections.
     http: Option<(HttpLimits, usize)>,
+    /// A web listener ([`Ctx::listen_web`]): its limits and open connections.
+    web: Option<(WebLimits, usize)>,
+}
+
+/// What a handler does with a web request.
+#[derive(Debug)]
+pub enum WebReply {
+    /// Answer with this now.
+    Respond(WebResponse),
+    /// The answer comes later through [`Ctx::web_respond`]; the connection reads nothing
+    /// meanwhile.
+    Defer,
+    /// The connection becomes an event stream (`text/event-stream`): the handler pushes
+    /// events with [`Ctx::web_push`] until either side closes it; its later input is ignored.
+    Stream,
+}
+
+/// Where a web connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WebState {
+    /// Reading the next request.
+    Reading,
+    /// The handler deferred its answer (`head_only`: a HEAD; `close`: close after it).
+    Awaiting { head_only: bool, close: bool },
+    /// An event stream.
+    Streaming,
+}
+
+/// The part of a connection from a web listener that frame connections do not have.
+struct WebConn {
+    /// The listener's slab key, whose open count this connection holds.
+    listener: usize,
+    limits: WebLimits,
+    parser: web::RequestParser,
+    state: WebState,
 }
 
 /// The part of a connection from an HTTP listener that frame connections do not have.
@@ -382,6 +444,8 @@ struct Conn<C> {
     accepted: bool,
     /// Accepted by an HTTP listener (then `state` stays `None` and `accepted` false).
     http: Option<Box<HttpConn>>,
+    /// Accepted by a web listener (then `state` stays `None` and `accepted` false).
+    web: Option<Box<WebConn>>,
 }
 
 /// Where accepted connections come from, for [`Config::max_connections_per_source`]: an IPv4
@@ -619,19 +683,66 @@ impl<C> Ctx<C> {
     /// Starts listening on `addr`; returns the bound address (useful with port 0). `[::]`
     /// listens dual-stack, or on `0.0.0.0` where the host has no IPv6 (see the module doc).
     pub fn listen(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
-        self.add_listener(addr, None)
+        self.add_listener(addr, None, None)
     }
 
     /// Starts an HTTP listener on `addr` (a metrics endpoint) with these limits; returns the
     /// bound address. Its GETs go to [`Handler::handle_http_get`].
     pub fn listen_http(&mut self, addr: SocketAddr, limits: HttpLimits) -> io::Result<SocketAddr> {
-        self.add_listener(addr, Some((limits, 0)))
+        self.add_listener(addr, Some((limits, 0)), None)
+    }
+
+    /// Starts a web listener on `addr` with these limits; returns the bound address. Its
+    /// requests go to [`Handler::handle_web_request`].
+    pub fn listen_web(&mut self, addr: SocketAddr, limits: WebLimits) -> io::Result<SocketAddr> {
+        self.add_listener(addr, None, Some((limits, 0)))
+    }
+
+    /// Answers the request of `conn` deferred with [`WebReply::Defer`], and reads its next
+    /// requests again. Ignored unless `conn` is a web connection awaiting an answer.
+    pub fn web_respond(&mut self, conn: ConnId, mut response: WebResponse) {
+        let Some(c) = self.conn_mut(conn) else { return };
+        let Some(w) = c.web.as_mut() else { return };
+        let WebState::Awaiting { head_only, close } = w.state else {
+            return;
+        };
+        w.state = WebState::Reading;
+        response.close |= close;
+        self.send(conn, |out| web::write_response(out, &response, head_only));
+        if response.close {
+            self.close_after_flush(conn, CloseReason::Local);
+        } else {
+            self.resume(conn);
+        }
+    }
+
+    /// Queues `event` (whole Server-Sent Events) on the event stream `conn`. Returns false,
+    /// queueing nothing, if `conn` is not an open event stream; if its unsent output would
+    /// pass [`WebLimits::max_stream_bytes`] (the browser does not read), the stream is
+    /// closed instead.
+    pub fn web_push(&mut self, conn: ConnId, event: &[u8]) -> bool {
+        let Some(c) = self.conn_mut(conn) else {
+            return false;
+        };
+        let Some(w) = c.web.as_ref() else {
+            return false;
+        };
+        if w.state != WebState::Streaming || !c.accepts_output() {
+            return false;
+        }
+        if c.out.buffered() + event.len() > w.limits.max_stream_bytes {
+            self.close(conn, CloseReason::Stalled);
+            return false;
+        }
+        self.send(conn, |out| out.extend_from_slice(event));
+        true
     }
 
     fn add_listener(
         &mut self,
         addr: SocketAddr,
         http: Option<(HttpLimits, usize)>,
+        web: Option<(WebLimits, usize)>,
     ) -> io::Result<SocketAddr> {
         let mut socket = bind_listener(addr)?;
         let local = socket.local_addr()?;
@@ -642,6 +753,7 @@ impl<C> Ctx<C> {
             socket,
             resting_until: None,
             http,
+            web,
         }));
         Ok(local)
     }
@@ -727,6 +839,7 @@ impl<C> Ctx<C> {
             lingered_bytes: 0,
             accepted: false,
             http: None,
+            web: None,
         })));
         self.connections += 1;
         Ok(ConnId(key))
@@ -951,6 +1064,16 @@ impl<C> Ctx<C> {
                         self.add_http_conn(key, stream, remote, limits);
                         continue;
                     }
+                    if let Some((limits, open)) = &mut l.web {
+                        if *open >= limits.max_connections {
+                            let _ = stream.shutdown(Shutdown::Both);
+                            continue;
+                        }
+                        *open += 1;
+                        let limits = limits.clone();
+                        self.add_web_conn(key, stream, remote, limits);
+                        continue;
+                    }
                     if self.accepted >= self.config.max_connections {
                         self.refuse(stream, false);
                         continue;
@@ -1029,6 +1152,127 @@ impl<C> Ctx<C> {
                     if let Some((_, open)) = &mut l.http {
                         *open -= 1;
                     }
+                }
+            }
+        }
+    }
+
+    /// A connection accepted by the web listener `listener`.
+    fn add_web_conn(
+        &mut self,
+        listener: usize,
+        stream: TcpStream,
+        remote: SocketAddr,
+        limits: WebLimits,
+    ) {
+        let timeout = limits.idle_timeout;
+        match self.add_conn(stream, remote, Phase::Open, None) {
+            Ok(conn) => {
+                if let Some(c) = self.conn_mut(conn) {
+                    c.idle_timeout = Some(timeout);
+                    c.web = Some(Box::new(WebConn {
+                        listener,
+                        limits,
+                        parser: web::RequestParser::default(),
+                        state: WebState::Reading,
+                    }));
+                }
+            }
+            Err(e) => {
+                log::warn!("cannot register an accepted socket: {e}");
+                if let Some(Slot::Listener(l)) = self.slots.get_mut(listener) {
+                    if let Some((_, open)) = &mut l.web {
+                        *open -= 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds `data` to the web connection `key`, handing each whole request to the handler
+    /// and queueing its answer; returns how many bytes were used. Stops (the rest waits in
+    /// the pending buffer) when an answer is deferred, the output backs up, or the
+    /// connection closes; an event stream's input is dropped.
+    fn process_web(
+        &mut self,
+        key: usize,
+        data: &[u8],
+        handler: &mut impl Handler<Conn = C>,
+    ) -> usize {
+        let conn = ConnId(key);
+        let high = self.config.out_high_water;
+        let mut at = 0;
+        loop {
+            let now = self.now;
+            let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
+                return data.len();
+            };
+            if c.closing || c.parked || c.held || c.phase != Phase::Open {
+                return at;
+            }
+            let Some(w) = c.web.as_mut() else {
+                return data.len();
+            };
+            match w.state {
+                WebState::Reading => {}
+                WebState::Streaming => return data.len(),
+                WebState::Awaiting { .. } => return at,
+            }
+            let n = w.parser.handle_bytes(&data[at..], &w.limits);
+            at += n;
+            let request = match w.parser.poll_request(&w.limits) {
+                None if n == 0 || at == data.len() => return at,
+                None => continue,
+                Some(web::Parsed::Reject(status)) => {
+                    let r = WebResponse {
+                        close: true,
+                        ..WebResponse::text(status, status.line())
+                    };
+                    self.send(conn, |out| web::write_response(out, &r, false));
+                    self.close_after_flush(conn, CloseReason::Protocol(status.line().into()));
+                    return data.len();
+                }
+                Some(web::Parsed::Request(request)) => request,
+            };
+            c.last_active = now;
+            let head_only = request.method == web::Method::Head;
+            let close = request.close;
+            match handler.handle_web_request(self, conn, request) {
+                WebReply::Respond(mut r) => {
+                    r.close |= close;
+                    self.send(conn, |out| web::write_response(out, &r, head_only));
+                    if r.close {
+                        self.close_after_flush(conn, CloseReason::Local);
+                        return data.len();
+                    }
+                    if let Some(c) = self.conn_mut(conn) {
+                        if c.out.buffered() > high {
+                            // A client that sends requests without reading the answers waits
+                            // here, its input unread, like a parked frame connection.
+                            c.parked = true;
+                        }
+                    }
+                }
+                WebReply::Defer => {
+                    if let Some(c) = self.conn_mut(conn) {
+                        if let Some(w) = c.web.as_mut() {
+                            w.state = WebState::Awaiting { head_only, close };
+                        }
+                        c.held = true;
+                    }
+                    return at;
+                }
+                WebReply::Stream => {
+                    self.send(conn, web::write_stream_head);
+                    if let Some(c) = self.conn_mut(conn) {
+                        if let Some(w) = c.web.as_mut() {
+                            w.state = WebState::Streaming;
+                        }
+                        // A stream waits for events, not for the remote: bounded by its
+                        // output limit instead.
+                        c.idle_timeout = None;
+                    }
+                    return data.len();
                 }
             }
         }
@@ -1301,6 +1545,9 @@ impl<C> Ctx<C> {
     /// bytes were used. Stops early when the connection parks or closes.
     fn process(&mut self, key: usize, data: &[u8], handler: &mut impl Handler<Conn = C>) -> usize {
         let conn = ConnId(key);
+        if matches!(self.slots.get(key), Some(Slot::Conn(c)) if c.web.is_some()) {
+            return self.process_web(key, data, handler);
+        }
         if matches!(self.slots.get(key), Some(Slot::Conn(c)) if c.http.is_some()) {
             self.process_http(key, data, handler);
             return data.len();
@@ -1502,8 +1749,19 @@ impl<C> Ctx<C> {
                         }
                     }
                 }
+                let web = c.web.as_ref().map(|w| w.listener);
+                if let Some(listener) = web {
+                    if let Some(Slot::Listener(l)) = self.slots.get_mut(listener) {
+                        if let Some((_, open)) = &mut l.web {
+                            *open -= 1;
+                        }
+                    }
+                }
                 let state = c.state.take();
                 drop(c);
+                if web.is_some() {
+                    handler.handle_web_close(self, ConnId(key));
+                }
                 // Always there: callbacks, which borrow it, never run inside `reap`.
                 if let Some(state) = state {
                     handler.handle_close(self, ConnId(key), state, &reason);

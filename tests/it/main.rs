@@ -19,3 +19,4 @@ mod swarm;
 mod trust;
 mod unicode;
 mod watch;
+mod web;

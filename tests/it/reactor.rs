@@ -8,7 +8,9 @@
 //! 127.0.0.1–4 play four hosts); outgoing connects (including to a closed port and a close
 //! requested before the connect completes), `sendfile` ranges streamed as raw bytes with
 //! keep-alive framing after them; a half-closing client that still gets every echo; an HTTP
-//! listener beside the frame listener (answers, its own connection limit, its timeout).
+//! listener beside the frame listener (answers, its own connection limit, its timeout); a web
+//! listener (a deferred answer holding pipelined requests in order, an event stream whose
+//! reader stalls closed at its output bound while others are served).
 //!
 //! Every test is bounded in time: sockets have read/write timeouts, what a handler records is
 //! waited for on a condition variable it notifies, with a deadline ([`Watched::wait_for`]), and
@@ -18,8 +20,10 @@
 
 use mio::Waker;
 use p2pshare::codec::{self, Decoder, FrameError};
+use p2pshare::reactor::web::{write_event, Status};
 use p2pshare::reactor::{
-    CloseReason, Config, ConnId, Ctx, Handler, HttpBody, HttpLimits, Reactor, Verdict,
+    CloseReason, Config, ConnId, Ctx, Handler, HttpBody, HttpLimits, Reactor, Verdict, WebLimits,
+    WebReply, WebRequest, WebResponse,
 };
 use std::collections::HashMap;
 use std::fs::File;
@@ -237,6 +241,17 @@ impl<H: Handler> Handler for Stoppable<H> {
     }
     fn handle_http_get(&mut self, ctx: &mut Ctx<H::Conn>, path: &str) -> Option<HttpBody> {
         self.inner.handle_http_get(ctx, path)
+    }
+    fn handle_web_request(
+        &mut self,
+        ctx: &mut Ctx<H::Conn>,
+        conn: ConnId,
+        request: WebRequest,
+    ) -> WebReply {
+        self.inner.handle_web_request(ctx, conn, request)
+    }
+    fn handle_web_close(&mut self, ctx: &mut Ctx<H::Conn>, conn: ConnId) {
+        self.inner.handle_web_close(ctx, conn)
     }
 }
 
@@ -1664,5 +1679,129 @@ fn a_held_connection_keeps_its_later_frames_until_resumed_and_background_turns_d
     assert_eq!(*turns.get(), 2 * HOLD_TURNS);
     // A connection not held is served as before.
     client.round_trip(b"after");
+    server.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Web listeners
+
+/// A web handler: `/now` is answered at once, `/later` at the end of the turn (deferred),
+/// `/events` becomes a stream that gets a 16 KiB event every turn for as long as it is open.
+#[derive(Default)]
+struct WebTest {
+    deferred: Vec<ConnId>,
+    streams: Vec<ConnId>,
+    /// Web connections closed (as `handle_web_close` said).
+    closed: Watched<Vec<ConnId>>,
+}
+
+impl Handler for WebTest {
+    type Conn = ();
+
+    fn handle_accept(&mut self, _: &mut Ctx<()>, _: ConnId, _: SocketAddr) {}
+
+    fn handle_frame(&mut self, _: &mut Ctx<()>, _: ConnId, _: &mut (), _: &[u8]) -> Verdict {
+        Verdict::Continue
+    }
+
+    fn handle_close(&mut self, _: &mut Ctx<()>, _: ConnId, _: (), _: &CloseReason) {}
+
+    fn handle_web_request(&mut self, _: &mut Ctx<()>, conn: ConnId, r: WebRequest) -> WebReply {
+        match r.path.as_str() {
+            "/now" => WebReply::Respond(WebResponse::text(Status::Ok, "now")),
+            "/later" => {
+                self.deferred.push(conn);
+                WebReply::Defer
+            }
+            "/events" => {
+                self.streams.push(conn);
+                WebReply::Stream
+            }
+            _ => WebReply::Respond(WebResponse::text(Status::NotFound, "no")),
+        }
+    }
+
+    fn handle_web_close(&mut self, _: &mut Ctx<()>, conn: ConnId) {
+        self.streams.retain(|c| *c != conn);
+        self.closed.record().push(conn);
+    }
+
+    fn handle_turn_end(&mut self, ctx: &mut Ctx<()>) {
+        for conn in std::mem::take(&mut self.deferred) {
+            ctx.web_respond(conn, WebResponse::text(Status::Ok, "later"));
+        }
+        let mut event = Vec::new();
+        write_event(&mut event, "big", &"x".repeat(16 * 1024));
+        self.streams.retain(|&conn| ctx.web_push(conn, &event));
+        if !self.streams.is_empty() {
+            ctx.request_turn();
+        }
+    }
+}
+
+fn web_server() -> (Running, SocketAddr, Watched<Vec<ConnId>>) {
+    let closed = Watched::default();
+    let theirs = closed.clone();
+    let (server, addr) = Running::spawn(Config::default(), move |ctx| {
+        let addr = ctx
+            .listen_web(localhost(), WebLimits::default())
+            .expect("listen_web");
+        let handler = WebTest {
+            closed: theirs,
+            ..WebTest::default()
+        };
+        (handler, addr)
+    });
+    (server, addr, closed)
+}
+
+#[test]
+fn a_deferred_web_answer_keeps_pipelined_requests_in_order() {
+    let (server, addr, _) = web_server();
+    let mut s = connect(addr);
+    // Three requests in one write: the first is answered later, the others wait behind it.
+    s.write_all(b"GET /later HTTP/1.1\r\n\r\nGET /now HTTP/1.1\r\n\r\nGET /later HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8(answer).unwrap();
+    let bodies: Vec<&str> = text
+        .split("HTTP/1.1 200 OK\r\n")
+        .skip(1)
+        .map(|a| a.rsplit("\r\n\r\n").next().unwrap().trim_end())
+        .collect();
+    assert_eq!(bodies, ["later", "now", "later"], "{text}");
+    assert!(text.matches("Connection: close").count() == 1, "{text}");
+    server.stop();
+}
+
+#[test]
+fn a_stalled_event_stream_is_closed_at_its_bound_while_others_are_served() {
+    let (server, addr, closed) = web_server();
+    let mut stalled = connect(addr);
+    stalled.write_all(b"GET /events HTTP/1.1\r\n\r\n").unwrap();
+    // It never reads: the kernel's buffers fill, then 256 KiB of events queue, then it closes.
+    closed.wait_for("the stalled stream's close", |c| c.len() == 1);
+    let mut s = connect(addr);
+    s.write_all(b"GET /now HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("now\n"),
+        "{answer}"
+    );
+    // What the stalled client can still read is bounded by that close: the head and events,
+    // then the end (or a reset, since its unread data was dropped).
+    stalled.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stalled.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got < 64 << 20, "{got} bytes");
     server.stop();
 }
