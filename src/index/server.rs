@@ -1168,7 +1168,7 @@ mod tests {
     }
 
     /// `n` files of one byte named `TAG i`, each of its own content.
-    fn distinct_files(tag: &str, n: usize) -> Vec<FileEntry> {
+    pub(super) fn distinct_files(tag: &str, n: usize) -> Vec<FileEntry> {
         (0..n)
             .map(|i| FileEntry {
                 hash: FileHash::of(format!("{tag} {i}").as_bytes()),

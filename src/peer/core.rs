@@ -551,16 +551,7 @@ impl PeerCore {
                         role: Role::Upload(state),
                     });
                 }
-                Verdict::Close(reason) => self.actions.push_back(Action::Close {
-                    conn,
-                    reason,
-                    after_flush: false,
-                }),
-                Verdict::CloseAfterFlush(reason) => self.actions.push_back(Action::Close {
-                    conn,
-                    reason,
-                    after_flush: true,
-                }),
+                other => self.apply_verdict(conn, other),
             }
         }
         if moved {

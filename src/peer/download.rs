@@ -864,18 +864,8 @@ impl Download {
         why: String,
         out: &mut VecDeque<Action>,
     ) -> Verdict {
-        let s = &mut self.sources[i];
-        s.liar = true;
-        let addr = s.addr;
-        if let Some(conn) = s.reset() {
-            out.push_back(close(conn));
-        }
-        self.failures.push(format!("{addr}: {why}"));
-        self.events.push_back(DownloadEvent::Dropped {
-            holder: addr,
-            why,
-            liar: true,
-        });
+        self.sources[i].liar = true;
+        self.drop_source(i, why, true, out);
         self.swarm
             .handle_piece_failed(HolderId(i as u64), piece, now);
         Verdict::Close(CloseReason::Local)
@@ -883,8 +873,14 @@ impl Download {
 
     /// Holder `i` failed (error, close, stall, slow): dropped; its pieces go to the others.
     fn holder_failed(&mut self, now: Instant, i: usize, why: String, out: &mut VecDeque<Action>) {
+        self.sources[i].failures += 1;
+        self.drop_source(i, why, false, out);
+        self.swarm.handle_holder_removed(HolderId(i as u64), now);
+    }
+
+    /// Closes holder `i`'s connection, and records and tells why it was dropped.
+    fn drop_source(&mut self, i: usize, why: String, liar: bool, out: &mut VecDeque<Action>) {
         let s = &mut self.sources[i];
-        s.failures += 1;
         let addr = s.addr;
         if let Some(conn) = s.reset() {
             out.push_back(close(conn));
@@ -893,9 +889,8 @@ impl Download {
         self.events.push_back(DownloadEvent::Dropped {
             holder: addr,
             why,
-            liar: false,
+            liar,
         });
-        self.swarm.handle_holder_removed(HolderId(i as u64), now);
     }
 
     /// A connection of this download closed (or its connect failed).

@@ -201,15 +201,7 @@ mod tests {
         }
     }
 
-    fn files(tag: &str, n: usize) -> Vec<FileEntry> {
-        (0..n)
-            .map(|i| FileEntry {
-                hash: FileHash::of(format!("{tag} {i}").as_bytes()),
-                size: 1,
-                name: format!("{tag} {i}"),
-            })
-            .collect()
-    }
+    use super::super::tests::distinct_files as files;
 
     #[test]
     fn a_peer_registered_at_one_node_is_answered_by_another_then_leaves_it() {
