@@ -5,10 +5,10 @@
 //! Waits are bounded: readiness of a nats-server is its `/healthz` answering ok; a change
 //! reaching another node is polled for with lookups until a deadline.
 
-use crate::common::{Client, Indexd, ServingPeer, TempDir};
+use crate::common::{self, Client, Indexd, ServingPeer, TempDir};
 use p2pshare::wire::{FileEntry, FileHash, LookupKey, RequestBody, ResponseBody};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,14 +32,6 @@ fn nats_server_present() -> bool {
         eprintln!("skipped: nats-server is not installed (apt-get install nats-server)");
     }
     present
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One nats-server of a test's JetStream cluster, killed when dropped.
@@ -98,14 +90,14 @@ struct Nats {
 impl Nats {
     fn start(n: usize) -> Nats {
         let dir = TempDir::new("nats");
-        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..n).map(|_| common::free_port()).collect();
         let route_urls: Vec<String> = routes
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect();
         let mut servers = Vec::new();
         for (i, route) in routes.iter().enumerate() {
-            let (client_port, monitor_port) = (free_port(), free_port());
+            let (client_port, monitor_port) = (common::free_port(), common::free_port());
             let child = Command::new("nats-server")
                 .args(["-js", "-a", "127.0.0.1"])
                 .args(["-p", &client_port.to_string()])
@@ -365,7 +357,7 @@ fn the_cluster_keeps_serving_and_replicating_when_one_nats_server_dies() {
 
 #[test]
 fn indexd_refuses_to_start_when_no_nats_server_answers() {
-    let port = free_port();
+    let port = common::free_port();
     let out = Command::new(env!("CARGO_BIN_EXE_indexd"))
         .args(["--listen", "127.0.0.1:0", "--log", "error"])
         .args(["--cluster", &format!("nats://127.0.0.1:{port}")])

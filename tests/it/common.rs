@@ -883,3 +883,13 @@ pub fn holder_of(index: SocketAddr, hash: p2pshare::wire::FileHash) -> SocketAdd
         other => panic!("{other:?}"),
     }
 }
+
+/// A free loopback port, for servers that cannot listen on port 0 and report it (Prometheus,
+/// nats-server).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -326,15 +326,6 @@ fn peer_metrics_count_shares_and_uploads_and_pass_promtool() {
     assert!(sample(&after, "p2pshare_peer_sent_bytes_total") >= bytes.len() as f64);
 }
 
-/// A free loopback port (Prometheus cannot listen on port 0 and report it).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn a_real_prometheus_scrapes_indexd() {
     if Command::new("prometheus")

@@ -521,18 +521,23 @@ impl Node {
         Ok((consumer, watch))
     }
 
+    /// An ordered consumer's settings: every node's records, from record `seq` on.
+    fn ordered_from(&self, client: &async_nats::Client, seq: u64) -> consumer::push::OrderedConfig {
+        consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: format!("{}.>", self.config.prefix),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: seq,
+            },
+            ..Default::default()
+        }
+    }
+
     /// Whether the stream holds nothing from record `seq` on (false if it cannot tell).
     async fn is_read_to_end(&self, client: &async_nats::Client, seq: u64) -> bool {
         let probe = self
             .stream
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: client.new_inbox(),
-                filter_subject: format!("{}.>", self.config.prefix),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: seq,
-                },
-                ..Default::default()
-            })
+            .create_consumer(self.ordered_from(client, seq))
             .await;
         // The probe is ephemeral: the server drops it once it has no subscriber.
         probe.is_ok_and(|c| c.cached_info().num_pending == 0)
@@ -545,14 +550,7 @@ impl Node {
         seq: u64,
     ) -> Result<consumer::push::Ordered, String> {
         self.stream
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: client.new_inbox(),
-                filter_subject: format!("{}.>", self.config.prefix),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: seq,
-                },
-                ..Default::default()
-            })
+            .create_consumer(self.ordered_from(client, seq))
             .await
             .map_err(|e| format!("consumer: {e}"))?
             .messages()
