@@ -123,6 +123,9 @@ pub struct Peer {
     next_timer_id: u64,
     /// The web page, with `--web`.
     web: Option<web::Web>,
+    /// The connection whose role is lent to the running callback, and the role the core
+    /// set for it meanwhile (see [`Peer::apply_lent`]).
+    lent: Option<(ConnId, Option<Role>)>,
 }
 
 impl Peer {
@@ -172,6 +175,7 @@ impl Peer {
             timer: None,
             next_timer_id: 0,
             web: None,
+            lent: None,
         }
     }
 
@@ -237,6 +241,19 @@ impl Peer {
     }
 
     /// Carries out the core's actions, then keeps the reactor timer at its next deadline.
+    /// [`Peer::apply`] from inside a callback of `conn`, to which the reactor lent its role
+    /// (the slab holds no state for `conn` until the callback returns): a new role the core
+    /// sets for `conn` goes to `role`, the last one set winning. Without this, a range that
+    /// the upload rate let through while its own connection drained was sent with the role
+    /// left `AwaitingGet`, its end never seen, and the connection stalled for good.
+    fn apply_lent(&mut self, ctx: &mut Ctx<Role>, conn: ConnId, role: &mut Role) {
+        self.lent = Some((conn, None));
+        self.apply(ctx);
+        if let Some((_, Some(new))) = self.lent.take() {
+            *role = new;
+        }
+    }
+
     fn apply(&mut self, ctx: &mut Ctx<Role>) {
         while let Some(action) = self.core.poll_action() {
             match action {
@@ -279,7 +296,10 @@ impl Peer {
                     if matches!(role, Role::Upload(Upload::Queued { .. })) {
                         ctx.set_idle_timeout(conn, None);
                     }
-                    if let Some(state) = ctx.state_mut(conn) {
+                    if matches!(self.lent, Some((lent, _)) if lent == conn) {
+                        // Lent to the running callback: the slab holds no state for it now.
+                        self.lent = Some((conn, Some(role)));
+                    } else if let Some(state) = ctx.state_mut(conn) {
                         *state = role;
                     }
                 }
@@ -334,7 +354,7 @@ impl Handler for Peer {
 
     fn handle_connected(&mut self, ctx: &mut Ctx<Role>, conn: ConnId, role: &mut Role) -> Verdict {
         let verdict = self.core.handle_connected(ctx.now(), conn, role);
-        self.apply(ctx);
+        self.apply_lent(ctx, conn, role);
         verdict
     }
 
@@ -346,7 +366,7 @@ impl Handler for Peer {
         payload: &[u8],
     ) -> Verdict {
         let verdict = self.core.handle_frame(ctx.now(), conn, role, payload);
-        self.apply(ctx);
+        self.apply_lent(ctx, conn, role);
         if self.core.take_registers_done() {
             // A share's worth of registers (and their copies kept for a resend) was freed.
             crate::sys::process::release_free_memory();
@@ -357,18 +377,18 @@ impl Handler for Peer {
     fn handle_raw(
         &mut self,
         ctx: &mut Ctx<Role>,
-        _: ConnId,
+        conn: ConnId,
         role: &mut Role,
         data: &[u8],
     ) -> Verdict {
         let verdict = self.core.handle_raw(ctx.now(), role, data);
-        self.apply(ctx);
+        self.apply_lent(ctx, conn, role);
         verdict
     }
 
     fn handle_drained(&mut self, ctx: &mut Ctx<Role>, conn: ConnId, role: &mut Role) -> Verdict {
         self.core.handle_drained(ctx.now(), conn, role);
-        self.apply(ctx);
+        self.apply_lent(ctx, conn, role);
         Verdict::Continue
     }
 

@@ -137,7 +137,9 @@ impl Throttle {
 
     /// When [`Throttle::poll_ready`] may next give something (while requests wait).
     pub fn poll_deadline(&self) -> Option<Instant> {
-        if self.waiting.is_empty() || !self.is_on() {
+        // A connection's range waits for its previous one to be sent (`handle_sent`), not
+        // for time: with only those waiting, no time will let anything through.
+        if !self.is_on() || !self.waiting.iter().any(|w| !self.sending.contains(&w.conn)) {
             return None;
         }
         let debt = (-self.tokens).max(0.0);
@@ -217,6 +219,34 @@ mod tests {
         assert_eq!((next.conn, next.request.as_slice()), (a, &b"a2"[..]));
         t.forget(b);
         assert!(t.is_empty());
+    }
+
+    /// With only the sending connection's next ranges waiting, nothing is due at any time
+    /// (they go when its range is sent): a deadline then made the peer's timer fire for
+    /// "now" again and again, and the holder spun without serving anyone.
+    #[test]
+    fn ranges_waiting_behind_their_own_connection_set_no_deadline() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(1_000_000);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let (a, b) = (ConnId(1), ConnId(2));
+        assert!(t.admits(t0, a));
+        t.charge(a, 1_000);
+        assert!(t.wait(a, ip, b"a2"));
+        // The debt (1 ms) is paid long before a's range is sent.
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(t.poll_ready(later), None);
+        assert_eq!(t.poll_deadline(), None);
+        // Another connection waiting is due as soon as the debt allows.
+        assert!(t.wait(b, ip, b"b1"));
+        assert_eq!(t.poll_deadline(), Some(later));
+        assert_eq!(t.poll_ready(later).map(|w| w.conn), Some(b));
+        // a's range sent: its next one goes.
+        t.handle_sent(a);
+        assert_eq!(
+            t.poll_ready(later + Duration::from_secs(1)).map(|w| w.conn),
+            Some(a)
+        );
     }
 
     #[test]

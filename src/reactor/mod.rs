@@ -1663,9 +1663,13 @@ impl<C> Ctx<C> {
         }
     }
 
+    /// Fires the timers due, those set before this call only: a timer set while they fire
+    /// (even one due at once) waits for the next turn, so a handler that keeps re-arming a
+    /// timer it finds due cannot keep the loop from polling its sockets.
     fn fire_timers(&mut self, handler: &mut impl Handler<Conn = C>) {
-        while let Some(Reverse((at, _, timer))) = self.timers.peek().copied() {
-            if at > self.now {
+        let set_before = self.timer_seq;
+        while let Some(Reverse((at, seq, timer))) = self.timers.peek().copied() {
+            if at > self.now || seq > set_before {
                 break;
             }
             self.timers.pop();
@@ -1851,6 +1855,40 @@ mod tests {
             Source::of(ip("2001:db8:1:2::1")),
             Source::of(ip("2001:db8:1:3::1"))
         );
+    }
+
+    /// Re-arms a timer due at once every time it fires (a thousand times at most).
+    struct Rearm {
+        fired: u32,
+    }
+
+    impl Handler for Rearm {
+        type Conn = ();
+        fn handle_accept(&mut self, _: &mut Ctx<()>, _: ConnId, _: SocketAddr) {}
+        fn handle_frame(&mut self, _: &mut Ctx<()>, _: ConnId, _: &mut (), _: &[u8]) -> Verdict {
+            Verdict::Continue
+        }
+        fn handle_close(&mut self, _: &mut Ctx<()>, _: ConnId, _: (), _: &CloseReason) {}
+        fn handle_timer(&mut self, ctx: &mut Ctx<()>, timer: u64) {
+            self.fired += 1;
+            // Bounded, so that the old behaviour fails the test instead of hanging it.
+            if self.fired < 1_000 {
+                ctx.set_timer(Duration::ZERO, timer);
+            }
+        }
+    }
+
+    /// A timer set while timers fire waits for the next turn, even when it is due at once:
+    /// before, the upload rate's timer re-armed for "now" kept one turn firing it forever.
+    #[test]
+    fn a_timer_rearmed_for_now_fires_once_a_turn() {
+        let mut reactor = Reactor::<()>::new(Config::default()).unwrap();
+        let mut handler = Rearm { fired: 0 };
+        reactor.ctx().set_timer(Duration::ZERO, 1);
+        for turn in 1..=3 {
+            reactor.turn(&mut handler).unwrap();
+            assert_eq!(handler.fired, turn);
+        }
     }
 
     #[test]

@@ -203,3 +203,61 @@ fn a_slow_reader_loses_its_slot_to_the_one_waiting() {
     let _ = hog.read_to_end(&mut sink);
     assert!(sink.len() < bytes.len(), "the hog got the whole file");
 }
+
+/// Under `--max-upload-rate`, a connection whose next ranges wait behind the one it is being
+/// sent keeps being served when the rate's debt is paid before that range is sent. Before the
+/// fix, the holder's upload-rate timer then came due "now" again and again within one turn,
+/// and the holder spun at 100% CPU without serving anyone: a `get` from a rate-limited holder
+/// stalled at random (about one 1 GiB download in two at 50 MB/s).
+#[test]
+fn a_rate_limited_holder_keeps_serving_a_pipelining_connection() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("throttle-drain");
+    let a = tmp.sub("a");
+    // Ranges of 512 KiB, under the 1 MiB of queued output above which the holder stops
+    // reading requests: the next ones are read, and wait for the rate, while one is sent.
+    let (ranges, groups) = (32u64, 32u64);
+    let bytes = common::pseudo_random((ranges * groups * outboard::GROUP_BYTES) as usize, 77);
+    std::fs::write(a.join("big.bin"), &bytes).unwrap();
+    let h = FileHash::of(&bytes);
+    let size = bytes.len() as u64;
+    // 1 GB/s: each range's debt is paid within a millisecond.
+    let mut holder = ServingPeer::start_with(&a, indexd.addr, &["--max-upload-rate", "1G"]);
+    holder.wait_registered(1);
+    let addr = common::holder_of(indexd.addr, h);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut payload = Vec::new();
+    for r in 0..ranges {
+        wire::encode_frame(
+            &TransferRequest::Range {
+                version: PROTOCOL_VERSION,
+                hash: h,
+                size,
+                first: r * groups,
+                end: (r + 1) * groups,
+            },
+            &mut payload,
+        );
+    }
+    s.write_all(&payload).unwrap();
+    // Not reading for a while: the socket buffers fill, the range being sent cannot finish,
+    // and the debt of the ones before it is paid meanwhile (the case that spun).
+    std::thread::sleep(Duration::from_millis(300));
+    for r in 0..ranges {
+        let want = r * groups..(r + 1) * groups;
+        let answer = next_answer(&mut s);
+        assert!(
+            matches!(answer, TransferResponse::Sending { first, end, .. } if (first..end) == want),
+            "range {r}: {answer:?}"
+        );
+        let proof = outboard::proof_len(size, want.clone()).unwrap();
+        let data = outboard::group_bytes(size, want);
+        let mut got = vec![0u8; proof + (data.end - data.start) as usize];
+        s.read_exact(&mut got).unwrap();
+        assert!(
+            got[proof..] == bytes[data.start as usize..data.end as usize],
+            "range {r}"
+        );
+    }
+}
