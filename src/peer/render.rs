@@ -228,11 +228,12 @@ fn downloads_text(list: &[DownloadStatus], style: Style) -> String {
         };
         let _ = writeln!(
             s,
-            "{} {} {pct:.1}% {:.1} MiB/s {} sources{}",
+            "{} {} {pct:.1}% {:.1} MiB/s {} source{}{}",
             display_name(&d.name),
             bytes(d.total, style),
             d.rate / (1 << 20) as f64,
             d.sources,
+            if d.sources == 1 { "" } else { "s" },
             if d.background {
                 ""
             } else {

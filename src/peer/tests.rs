@@ -330,8 +330,8 @@ fn downloads_run_side_by_side_in_the_background_and_are_listed() {
     h.type_lines(&["get -b one.bin", "get -b two.bin", "downloads", "files"]);
     said_once(&h, "downloading one.bin (100000 bytes) in the background");
     said_once(&h, "downloading two.bin (200000 bytes) in the background");
-    said_once(&h, "one.bin 100000 bytes 0.0% 0.0 MiB/s 1 sources");
-    said_once(&h, "two.bin 200000 bytes 0.0% 0.0 MiB/s 1 sources");
+    said_once(&h, "one.bin 100000 bytes 0.0% 0.0 MiB/s 1 source");
+    said_once(&h, "two.bin 200000 bytes 0.0% 0.0 MiB/s 1 source");
     said_once(&h, "2 downloads running");
     // The console went on: `files` ran.
     said_once(&h, "0 files, 0 bytes");
