@@ -239,6 +239,13 @@ fn parse_search(args: &str) -> Result<Command, ParseError> {
     if filter.max_size.is_some_and(|m| m < filter.min_size) {
         return Err(ParseError("search: the size range is empty".into()));
     }
+    if words.is_empty() && filter != SearchFilter::default() {
+        return Err(ParseError(
+            "search: filters narrow a search by words; give at least one word too \
+             (e.g. `search live ext:flac`)"
+                .into(),
+        ));
+    }
     if words.is_empty() {
         return Err(ParseError("usage: search WORDS... [FILTERS]".into()));
     }
@@ -426,6 +433,13 @@ mod tests {
             assert!(parse(line).is_err(), "{line}");
         }
         assert_eq!(search("search size holders sizes").0, "size holders sizes");
+        // Filters alone: told to add a word, not just shown the usage.
+        let why = parse("search ext:md type:document").unwrap_err().0;
+        assert!(why.contains("at least one word"), "{why}");
+        assert_eq!(
+            parse("search").unwrap_err().0,
+            "usage: search WORDS... [FILTERS]"
+        );
     }
 
     #[test]
