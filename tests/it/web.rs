@@ -539,12 +539,21 @@ impl Browser {
             .unwrap_or(false)
     }
 
+    /// The rendered text of the element `css` selects, waiting for it to appear. Read in
+    /// the page in one step: the page re-renders its lists as events come, so an element
+    /// found by one WebDriver call may be gone (stale) by the next.
     fn text(&self, css: &str) -> String {
-        let id = self.find(css);
-        self.call("GET", &format!("element/{id}/text"), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.find(css);
+        let script =
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;";
+        self.call(
+            "POST",
+            "execute/sync",
+            Some(serde_json::json!({"script": script, "args": [css]})),
+        )
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
     }
 }
 
