@@ -285,10 +285,18 @@ impl Commands {
                         return Some(Follow::Lookup(key));
                     }
                 }
-                out.error(match code {
+                let message = match code {
                     ErrorCode::NotFound => format!("no peer shares {target}"),
                     _ => format!("lookup {target}: {message}"),
-                });
+                };
+                match (&target, then_get) {
+                    // A `get` by hash: the failure names the download it ends.
+                    (Target::Hash(hash), Some(_)) => out.say(Line::Failed {
+                        hash: *hash,
+                        message,
+                    }),
+                    _ => out.error(message),
+                }
                 None
             }
             (

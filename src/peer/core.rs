@@ -1032,7 +1032,8 @@ impl PeerCore {
                 }
                 self.counters.downloads_failed += 1;
                 let r = self.downloads.remove(i);
-                self.next_claim(now, text, r.claims_left, r.background);
+                let hash = r.dl.hash();
+                self.next_claim(now, hash, text, r.claims_left, r.background);
                 return false;
             }
         }
@@ -1302,11 +1303,6 @@ impl PeerCore {
         self.status_report(now)
     }
 
-    /// The upload slots and the requests waiting for one.
-    pub fn upload_queue_view(&self) -> (usize, usize) {
-        (self.queue.slots, self.queue.len())
-    }
-
     /// The running downloads, for `status` and `downloads`.
     fn download_list(&self, now: Instant) -> Vec<DownloadStatus> {
         self.downloads
@@ -1372,8 +1368,19 @@ impl PeerCore {
         } else {
             self.commands.wait(Waiting::Get);
         }
+        // A `get` by hash (as the web page asks) names the download its failure ends.
+        let failed_hash = match target {
+            Target::Hash(h) => Some(*h),
+            _ => None,
+        };
         let fail = |core: &mut PeerCore, text: String| {
-            core.output.error(text);
+            match failed_hash {
+                Some(hash) => core.output.say(Line::Failed {
+                    hash,
+                    message: text,
+                }),
+                None => core.output.error(text),
+            }
             if !background {
                 core.commands.finish();
             }
@@ -1442,7 +1449,7 @@ impl PeerCore {
             });
         }
         if let Err(why) = self.download_claim(now, &file, holder, claims_left.clone(), background) {
-            self.next_claim(now, why, claims_left, background);
+            self.next_claim(now, file.hash, why, claims_left, background);
         }
     }
 
@@ -1451,6 +1458,7 @@ impl PeerCore {
     fn next_claim(
         &mut self,
         now: Instant,
+        hash: FileHash,
         mut why: String,
         mut claims_left: VecDeque<HeldFile>,
         background: bool,
@@ -1465,7 +1473,7 @@ impl PeerCore {
                 Err(e) => why = e,
             }
         }
-        self.output.error(why);
+        self.output.say(Line::Failed { hash, message: why });
         if !background {
             self.commands.finish();
         }

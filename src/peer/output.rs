@@ -202,6 +202,14 @@ pub enum Line {
     Warning(String),
     /// An error on stderr, as `error: TEXT`; it makes a piped console exit with status 1.
     Error(String),
+    /// A `get` of this hash failed: written as an [`Line::Error`] (with the hash in JSON,
+    /// so that a program or the web page knows which download it ends).
+    Failed {
+        /// The file's hash.
+        hash: FileHash,
+        /// Why, as the error says it.
+        message: String,
+    },
 }
 
 impl Line {
@@ -276,7 +284,7 @@ impl Output {
                     .push_back(Line::Note(format!("({n} notes dropped: output was slow)")));
             }
         }
-        if let Line::Error(_) = line {
+        if let Line::Error(_) | Line::Failed { .. } = line {
             self.errors += 1;
         }
         self.push(line);

@@ -16,7 +16,7 @@
 
 use super::names::display_name;
 use super::output::Line;
-use crate::wire::{FileHash, HeldFile, SearchHit};
+use crate::wire::{FileHash, FileKind, HeldFile, SearchHit};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -293,6 +293,17 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// The `kind` of a name in JSON: the type class of its extension (`audio`, `video`, ...), as
+/// the search filter `type:` classes it, or `None` (null).
+pub fn kind_of(name: &str) -> Option<&'static str> {
+    let (_, ext) = name.rsplit_once('.')?;
+    let ext = ext.to_ascii_lowercase();
+    FileKind::ALL
+        .into_iter()
+        .find(|k| k.extensions().contains(&ext.as_str()))
+        .map(FileKind::name)
+}
+
 /// The text of a line and where it goes; `None` for what is not written as text (progress,
 /// drawn as a bar by the writer, and a holder tried while the bar shows it).
 pub fn text(line: &Line, style: Style) -> Option<(Stream, String)> {
@@ -455,7 +466,9 @@ pub fn text(line: &Line, style: Style) -> Option<(Stream, String)> {
         Line::Progress { .. } | Line::ProgressEnd => return None,
         Line::Note(text) => (Stderr, text.clone()),
         Line::Warning(text) => (Stderr, format!("warning: {text}")),
-        Line::Error(text) => (Stderr, format!("error: {text}")),
+        Line::Error(text) | Line::Failed { message: text, .. } => {
+            (Stderr, format!("error: {text}"))
+        }
     };
     Some(out)
 }
@@ -611,7 +624,13 @@ fn status_text(r: &StatusReport, style: Style) -> String {
 }
 
 fn hit_json(h: &SearchHit) -> Value {
-    json!({"hash": h.hash.to_hex(), "size": h.size, "holders": h.holders, "name": h.name})
+    json!({
+        "hash": h.hash.to_hex(),
+        "size": h.size,
+        "holders": h.holders,
+        "name": h.name,
+        "kind": kind_of(&h.name),
+    })
 }
 
 fn held_json(f: &HeldFile) -> Value {
@@ -622,6 +641,7 @@ fn held_json(f: &HeldFile) -> Value {
         "name": f.name,
         "holders": holders,
         "holder_count": f.holder_count,
+        "kind": kind_of(&f.name),
     })
 }
 
@@ -655,7 +675,14 @@ pub fn json(line: &Line) -> Option<Value> {
             "type": "files",
             "files": files
                 .iter()
-                .map(|f| json!({"hash": f.hash.to_hex(), "size": f.size, "name": f.name}))
+                .map(|f| {
+                    json!({
+                        "hash": f.hash.to_hex(),
+                        "size": f.size,
+                        "name": f.name,
+                        "kind": kind_of(&f.name),
+                    })
+                })
                 .collect::<Vec<_>>(),
             "count": files.len(),
             "bytes": bytes,
@@ -788,6 +815,9 @@ pub fn json(line: &Line) -> Option<Value> {
         Line::Note(text) => json!({"type": "note", "message": text}),
         Line::Warning(text) => json!({"type": "warning", "message": text}),
         Line::Error(text) => json!({"type": "error", "message": text}),
+        Line::Failed { hash, message } => {
+            json!({"type": "error", "message": message, "hash": hash.to_hex()})
+        }
     };
     Some(v)
 }
@@ -1048,6 +1078,31 @@ mod tests {
         let help = serde_json::to_string(&json(&Line::Help).unwrap()).unwrap();
         assert!(!help.contains('\n'));
         assert_eq!(json(&Line::ProgressEnd), None);
+    }
+
+    #[test]
+    fn a_failed_get_is_an_error_that_names_its_hash_and_names_have_kinds() {
+        let h = FileHash::of(b"f");
+        let failed = Line::Failed {
+            hash: h,
+            message: "no peer shares f".into(),
+        };
+        // Written as any error, with the hash in JSON.
+        assert_eq!(
+            text(&failed, PIPE),
+            text(&Line::Error("no peer shares f".into()), PIPE)
+        );
+        assert_eq!(
+            json(&failed).unwrap(),
+            json!({"type": "error", "message": "no peer shares f", "hash": h.to_hex()})
+        );
+        assert_eq!(kind_of("a.MP3"), Some("audio"));
+        assert_eq!(kind_of("movie.mkv"), Some("video"));
+        assert_eq!(kind_of("noext"), None);
+        assert_eq!(kind_of("x.unknownext"), None);
+        let v = json(&Line::Search(page())).unwrap();
+        assert_eq!(v["hits"][0]["kind"], "audio");
+        assert_eq!(v["hits"][1]["kind"], "document");
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub enum Status {
     NotFound,
     /// 405.
     MethodNotAllowed,
+    /// 409: it is being done already (a download of that file runs).
+    Conflict,
     /// 411: a body without `Content-Length`.
     LengthRequired,
     /// 413: a body over the limit.
@@ -143,6 +145,7 @@ impl Status {
             Status::Forbidden => "403 Forbidden",
             Status::NotFound => "404 Not Found",
             Status::MethodNotAllowed => "405 Method Not Allowed",
+            Status::Conflict => "409 Conflict",
             Status::LengthRequired => "411 Length Required",
             Status::PayloadTooLarge => "413 Payload Too Large",
             Status::UnsupportedMediaType => "415 Unsupported Media Type",

@@ -140,8 +140,10 @@ fn requests_without_the_token_from_a_foreign_host_or_not_json_are_refused() {
     let (status, _, body) = get(web, "/api/status", &format!("Cookie: {pair}\r\n"));
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(v["session"], "ready");
-    assert_eq!(v["shared_files"], 1);
+    // `peer --json`'s status object.
+    assert_eq!(v["type"], "status");
+    assert_eq!(v["index"]["state"], "connected");
+    assert_eq!(v["share"]["files"], 1);
     // A POST that a form or a simple request could send (not JSON): 415.
     let (status, _, _) = http(
         web,
@@ -163,13 +165,10 @@ fn requests_without_the_token_from_a_foreign_host_or_not_json_are_refused() {
     // And the real thing works, with the console's filters.
     let (status, v) = post(web, "/api/search", &token, r#"{"query":"raga type:audio"}"#);
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["results"][0]["name"], "morning-raga.flac");
-    assert_eq!(v["results"][0]["kind"], "audio");
+    assert_eq!(v["hits"][0]["name"], "morning-raga.flac");
+    assert_eq!(v["hits"][0]["kind"], "audio");
     let (status, v) = post(web, "/api/search", &token, r#"{"query":"raga type:video"}"#);
-    assert_eq!(
-        (status, v["results"].as_array().map(Vec::len)),
-        (200, Some(0))
-    );
+    assert_eq!((status, v["hits"].as_array().map(Vec::len)), (200, Some(0)));
     let (status, v) = post(web, "/api/search", &token, r#"{"query":"raga size>>1"}"#);
     assert_eq!(status, 400, "{v}");
     // A file is named by hash, never by path.
@@ -236,6 +235,58 @@ fn a_huge_header_is_431_and_a_slowloris_is_closed_while_others_are_served() {
     assert_eq!(get(web, "/api/status", &bearer).0, 200);
 }
 
+#[test]
+fn a_slow_body_and_a_flood_of_idle_connections_are_closed_and_the_page_serves_on() {
+    let index = Indexd::start(&[]);
+    let share = TempDir::new("web-flood");
+    // Long enough that all the connections below are in before the first one times out,
+    // even on a busy machine.
+    let (_peer, web, token) = web_peer(share.path(), index.addr, &["--web-idle-ms", "2000"]);
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    // Until it can read: EOF or a reset, without an answer.
+    let closed_unanswered = |s: &mut TcpStream, what: &str| {
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!(
+                "{what} got an answer: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+        }
+    };
+
+    // A whole head announcing a body that never comes whole: closed by the idle timeout.
+    let mut slow = TcpStream::connect(web).unwrap();
+    slow.write_all(
+        format!(
+            "POST /api/search HTTP/1.1\r\nHost: {web}\r\n{bearer}Content-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n{{\"query\""
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    closed_unanswered(&mut slow, "a body that never ends");
+
+    // The page's connection cap (32) filled by idle connections: one more is closed at
+    // accept; the idle ones are closed by the timeout; then the page serves again.
+    let mut idle: Vec<TcpStream> = (0..32)
+        .map(|_| {
+            let mut s = TcpStream::connect(web).unwrap();
+            s.write_all(b"GET /api/status HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    let mut extra = TcpStream::connect(web).unwrap();
+    let _ = extra
+        .write_all(format!("GET /api/status HTTP/1.1\r\nHost: {web}\r\n{bearer}\r\n").as_bytes());
+    closed_unanswered(&mut extra, "the connection past the cap");
+    for s in &mut idle {
+        closed_unanswered(s, "an idle connection");
+    }
+    assert_eq!(get(web, "/api/status", &bearer).0, 200);
+}
+
 /// The events of a stream, read until `done` accepts one (name, JSON data).
 fn read_events(
     r: &mut impl BufRead,
@@ -264,11 +315,21 @@ fn read_events(
 
 /// A holder sharing `files` (name, bytes), registered with `index`.
 fn holder(index: SocketAddr, tag: &str, files: &[(&str, Vec<u8>)]) -> (ServingPeer, TempDir) {
+    holder_with(index, tag, files, &[])
+}
+
+/// [`holder`] with more flags.
+fn holder_with(
+    index: SocketAddr,
+    tag: &str,
+    files: &[(&str, Vec<u8>)],
+    extra: &[&str],
+) -> (ServingPeer, TempDir) {
     let share = TempDir::new(tag);
     for (name, bytes) in files {
         std::fs::write(share.path().join(name), bytes).unwrap();
     }
-    let mut peer = ServingPeer::start(share.path(), index);
+    let mut peer = ServingPeer::start_with(share.path(), index, extra);
     peer.wait_registered(files.len());
     (peer, share)
 }
@@ -310,7 +371,7 @@ fn the_api_searches_downloads_and_streams_progress_to_the_end() {
 
     let (status, v) = post(web, "/api/search", &token, r#"{"query":"harbour"}"#);
     assert_eq!(status, 200, "{v}");
-    let hit = &v["results"][0];
+    let hit = &v["hits"][0];
     assert_eq!(
         (hit["name"].as_str(), hit["size"].as_u64()),
         (Some("harbour-lights.ogg"), Some(3 << 20))
@@ -326,19 +387,21 @@ fn the_api_searches_downloads_and_streams_progress_to_the_end() {
     assert_eq!(v["files"][0]["holder_count"], 1);
     let (status, v) = post(web, "/api/get", &token, &format!(r#"{{"hash":"{hash}"}}"#));
     assert_eq!(status, 202, "{v}");
-    assert_eq!(v["queued"], format!("get {hash}"));
+    assert_eq!(v["queued"], format!("get -b {hash}"));
 
+    // The download's end is the console's `saved` line, as `--json` writes it, with the
+    // console's words.
     let seen = read_events(&mut events, |name, v| {
-        name == "download" && v["hash"] == hash.as_str() && v["state"] != "running"
+        name == "line"
+            && v["hash"] == hash.as_str()
+            && ["saved", "error"].contains(&v["type"].as_str().unwrap_or(""))
     });
     let (_, last) = seen.last().unwrap();
-    assert_eq!(last["state"], "saved", "{seen:?}");
-    assert_eq!(last["done"], 3 << 20);
+    assert_eq!(last["type"], "saved", "{seen:?}");
+    assert_eq!(last["size"], 3 << 20);
     assert!(
-        seen.iter().any(|(n, v)| n == "line"
-            && v["kind"] == "result"
-            && v["text"].as_str().unwrap_or("").starts_with("saved ")),
-        "the console's words come on the stream too: {seen:?}"
+        last["text"].as_str().unwrap_or("").starts_with("saved "),
+        "{seen:?}"
     );
     let saved = std::fs::read(downloads.path().join("harbour-lights.ogg")).expect("the download");
     assert_eq!(blake3::hash(&saved).to_hex().as_str(), hash);
@@ -460,12 +523,37 @@ impl Browser {
             .to_string()
     }
 
-    fn text(&self, css: &str) -> String {
+    fn click(&self, css: &str) {
         let id = self.find(css);
-        self.call("GET", &format!("element/{id}/text"), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.call(
+            "POST",
+            &format!("element/{id}/click"),
+            Some(serde_json::json!({})),
+        );
+    }
+
+    fn displayed(&self, css: &str) -> bool {
+        let id = self.find(css);
+        self.call("GET", &format!("element/{id}/displayed"), None)
+            .as_bool()
+            .unwrap_or(false)
+    }
+
+    /// The rendered text of the element `css` selects, waiting for it to appear. Read in
+    /// the page in one step: the page re-renders its lists as events come, so an element
+    /// found by one WebDriver call may be gone (stale) by the next.
+    fn text(&self, css: &str) -> String {
+        self.find(css);
+        let script =
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;";
+        self.call(
+            "POST",
+            "execute/sync",
+            Some(serde_json::json!({"script": script, "args": [css]})),
+        )
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
     }
 }
 
@@ -502,7 +590,7 @@ fn base64_decode(text: &str) -> Vec<u8> {
 }
 
 #[test]
-fn a_browser_searches_downloads_and_sees_the_download_finish() {
+fn a_browser_searches_pages_downloads_two_at_once_and_sees_them_finish() {
     let browser = match Browser::start() {
         Ok(b) => b,
         Err(why) => {
@@ -510,16 +598,21 @@ fn a_browser_searches_downloads_and_sees_the_download_finish() {
             return;
         }
     };
-    let index = Indexd::start(&[]);
-    let bytes = pseudo_random(8 << 20, 41);
-    let (_a, _a_share) = holder(
+    // Two results a page, so that the page has a next page to ask for.
+    let index = Indexd::start(&["--max-results", "2"]);
+    let concert = pseudo_random(8 << 20, 41);
+    let encore = pseudo_random(6 << 20, 43);
+    // The holder sends 4 MB/s in all: the two downloads take seconds, side by side.
+    let (_a, _a_share) = holder_with(
         index.addr,
         "web-browser-holder",
         &[
-            ("Night Concert - Live at the Harbour.flac", bytes.clone()),
+            ("Night Concert - Live at the Harbour.flac", concert.clone()),
+            ("Night Concert - Encore.flac", encore.clone()),
             ("concert-poster.png", pseudo_random(200_000, 3)),
             ("concert programme.pdf", pseudo_random(90_000, 5)),
         ],
+        &["--max-upload-rate", "4M"],
     );
     let share = TempDir::new("web-browser");
     std::fs::write(share.path().join("holiday-notes.txt"), b"sunscreen, hat").unwrap();
@@ -534,50 +627,73 @@ fn a_browser_searches_downloads_and_sees_the_download_finish() {
         Some(serde_json::json!({"url": format!("http://{web}/?token={token}")})),
     );
     browser.find("#conn.ok");
+    let status = browser.text("#status");
+    assert!(
+        status.contains(&format!("connected to {}", index.addr)),
+        "{status}"
+    );
+    assert!(status.contains("1 file, 14 B"), "{status}");
     let q = browser.find("#q");
     browser.call(
         "POST",
         &format!("element/{q}/value"),
         Some(serde_json::json!({"text": "concert"})),
     );
-    let go = browser.find("#go");
-    browser.call(
-        "POST",
-        &format!("element/{go}/click"),
-        Some(serde_json::json!({})),
+    browser.click("#go");
+    // The first page: two of the four, and a button for the next.
+    browser.find("#results tbody tr:nth-child(2)");
+    assert_eq!(
+        browser.text("#summary"),
+        "2 of 4 matches: more shows the next page"
     );
-    browser.find("#results tbody tr:nth-child(3)");
-    // Sorted by size, largest first: the recording leads.
-    let size = browser.find("#results th[data-key=size]");
-    browser.call(
-        "POST",
-        &format!("element/{size}/click"),
-        Some(serde_json::json!({})),
-    );
+    browser.click("#more");
+    browser.find("#results tbody tr:nth-child(4)");
+    assert_eq!(browser.text("#summary"), "4 results");
+    assert!(!browser.displayed("#more"), "no page after the last");
+    // Sorted by size, largest first: the recording leads; the type column says what it is.
+    browser.click("#results th[data-key=size]");
     let first = browser.text("#results tbody tr:first-child td.name");
     assert_eq!(first, "Night Concert - Live at the Harbour.flac");
     assert_eq!(
         browser.text("#results tbody tr:first-child td:nth-child(2)"),
         "8.0 MiB"
     );
-    let hash = blake3::hash(&bytes).to_hex().to_string();
-    let button = browser.find(&format!("#results button.get[data-hash=\"{hash}\"]"));
-    browser.call(
-        "POST",
-        &format!("element/{button}/click"),
-        Some(serde_json::json!({})),
+    assert_eq!(
+        browser.text("#results tbody tr:first-child td.kind"),
+        "audio"
     );
-    // The row turns `saved` when the download event says so.
-    browser.find(&format!("#downloads li.saved[id=\"dl-{hash}\"]"));
-    let row = browser.text(&format!("#dl-{hash}"));
-    assert!(row.contains("8.0 MiB of 8.0 MiB (100%)"), "{row}");
-    let saved = std::fs::read(
-        downloads
-            .path()
-            .join("Night Concert - Live at the Harbour.flac"),
-    )
-    .expect("the download in the downloads directory");
-    assert_eq!(blake3::hash(&saved).to_hex().to_string(), hash);
+    // Both recordings at once.
+    let hashes: Vec<String> = [&concert, &encore]
+        .iter()
+        .map(|b| blake3::hash(b).to_hex().to_string())
+        .collect();
+    for hash in &hashes {
+        browser.click(&format!("#results button.get[data-hash=\"{hash}\"]"));
+    }
+    browser.find("#downloads[data-running=\"2\"]");
+    for hash in &hashes {
+        let row = browser.text(&format!("#dl-{hash}"));
+        assert!(
+            row.starts_with("Night Concert") && row.contains("running"),
+            "{row}"
+        );
+        // (0 sources for an instant, while it connects.)
+        assert!(row.contains(" source"), "{row}");
+    }
+    // Each row turns `saved` when its end comes.
+    for (hash, size) in hashes.iter().zip(["8.0 MiB", "6.0 MiB"]) {
+        browser.find(&format!("#downloads li.saved[id=\"dl-{hash}\"]"));
+        let row = browser.text(&format!("#dl-{hash}"));
+        assert!(row.contains(&format!("{size} of {size} (100%)")), "{row}");
+    }
+    for (name, bytes) in [
+        ("Night Concert - Live at the Harbour.flac", &concert),
+        ("Night Concert - Encore.flac", &encore),
+    ] {
+        let saved = std::fs::read(downloads.path().join(name))
+            .expect("the download in the downloads directory");
+        assert!(saved == *bytes, "{name} landed with other bytes");
+    }
     // The status and the messages have caught up too: a screenshot for the README.
     browser.find("#log li.result");
     let png = base64_decode(
@@ -595,4 +711,39 @@ fn a_browser_searches_downloads_and_sees_the_download_finish() {
         None => shots.path().join("web.png"),
     };
     std::fs::write(&out, png).unwrap_or_else(|e| panic!("write {}: {e}", out.display()));
+
+    // A bad filter is said in words, on the page.
+    browser.call(
+        "POST",
+        &format!("element/{q}/clear"),
+        Some(serde_json::json!({})),
+    );
+    browser.call(
+        "POST",
+        &format!("element/{q}/value"),
+        Some(serde_json::json!({"text": "concert size>>1"})),
+    );
+    browser.click("#go");
+    browser.find("#error:not([hidden])");
+    let error = browser.text("#error");
+    assert!(error.starts_with("Search failed: "), "{error}");
+    // At a phone's width, nothing is wider than the screen.
+    browser.call(
+        "POST",
+        "window/rect",
+        Some(serde_json::json!({"width": 400, "height": 900})),
+    );
+    let fits = browser.call(
+        "POST",
+        "execute/sync",
+        Some(serde_json::json!({
+            "script": "return [document.documentElement.scrollWidth, window.innerWidth];",
+            "args": [],
+        })),
+    );
+    let (page, screen) = (fits[0].as_u64().unwrap(), fits[1].as_u64().unwrap());
+    assert!(
+        screen <= 420 && page <= screen,
+        "page {page} px wide on a {screen} px screen"
+    );
 }

@@ -1,19 +1,46 @@
-//! The JSON the web API answers and its event stream carries: one serde type per answer or
-//! event, built from the core's state and the index's answers (never from a remote's claim
-//! beyond what the console shows: names go through [`display_name`]).
+//! The JSON of the web API. An answer is the object `peer --json` prints for the same
+//! command, built by [`render::json`] (one definition of every field, so the API and
+//! `--json` cannot drift apart); what only the page needs is added here: `next`, the opaque
+//! token of a search's or lookup's next page ([`PageToken`]), and the bodies of the page's
+//! requests. Names are as they are (as in `--json`): the page shows hidden characters
+//! escaped, and sets every text as text, never as HTML.
 
-use crate::peer::names::display_name;
-use crate::wire::{FileKind, HeldFile, SearchHit};
-use serde::Serialize;
+use crate::peer::output::Line;
+use crate::peer::render::{self, LookupPage, SearchPage};
+use crate::wire::{LookupToken, SearchCursor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-/// The `kind` of a name: the type class of its extension (`audio`, `video`, ...), if any.
-pub fn kind_of(name: &str) -> Option<&'static str> {
-    let (_, ext) = name.rsplit_once('.')?;
-    let ext = ext.to_ascii_lowercase();
-    FileKind::ALL
-        .into_iter()
-        .find(|k| k.extensions().contains(&ext.as_str()))
-        .map(FileKind::name)
+/// `POST /api/search`: the console's search syntax (words and filters); with `next`, the
+/// page after the answer that gave that token (to the same query).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchBody {
+    /// What the console's `search` takes.
+    pub query: String,
+    /// The `next` of the previous page's answer.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// `POST /api/lookup`: a name, a hash or a hash prefix; with `next`, the page after the
+/// answer that gave that token (to the same name).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetBody {
+    /// What the console's `lookup` takes.
+    pub target: String,
+    /// The `next` of the previous page's answer.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// `POST /api/get` and `/api/unregister`: a file, by hash.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashBody {
+    /// 64 hex digits.
+    pub hash: String,
 }
 
 /// An error: what went wrong, in words for a person.
@@ -21,82 +48,6 @@ pub fn kind_of(name: &str) -> Option<&'static str> {
 pub struct ErrorAnswer {
     /// The text.
     pub error: String,
-}
-
-/// One search result.
-#[derive(Debug, Serialize)]
-pub struct Hit {
-    /// The name (hidden characters shown escaped).
-    pub name: String,
-    /// Bytes.
-    pub size: u64,
-    /// The content hash, 64 hex digits.
-    pub hash: String,
-    /// Live peers holding it.
-    pub holders: u32,
-    /// The type class of its extension, if any.
-    pub kind: Option<&'static str>,
-}
-
-impl From<&SearchHit> for Hit {
-    fn from(h: &SearchHit) -> Hit {
-        Hit {
-            name: display_name(&h.name),
-            size: h.size,
-            hash: h.hash.to_string(),
-            holders: h.holders,
-            kind: kind_of(&h.name),
-        }
-    }
-}
-
-/// `POST /api/search`.
-#[derive(Debug, Serialize)]
-pub struct SearchAnswer {
-    /// The hits, best first.
-    pub results: Vec<Hit>,
-    /// Matches in all: exact if `total_exact`, else a lower bound.
-    pub total: u64,
-    /// See `total`.
-    pub total_exact: bool,
-    /// The index stopped early (the hits are the best it examined): narrow the search.
-    pub partial: bool,
-}
-
-/// One file of a lookup.
-#[derive(Debug, Serialize)]
-pub struct HeldAnswer {
-    /// The name.
-    pub name: String,
-    /// Bytes (as its holders claim).
-    pub size: u64,
-    /// The content hash.
-    pub hash: String,
-    /// Holders listed (file-server addresses).
-    pub holders: Vec<String>,
-    /// Holders in all.
-    pub holder_count: u32,
-}
-
-impl From<&HeldFile> for HeldAnswer {
-    fn from(f: &HeldFile) -> HeldAnswer {
-        HeldAnswer {
-            name: display_name(&f.name),
-            size: f.size,
-            hash: f.hash.to_string(),
-            holders: f.holders.iter().map(ToString::to_string).collect(),
-            holder_count: f.holder_count,
-        }
-    }
-}
-
-/// `POST /api/lookup`.
-#[derive(Debug, Serialize)]
-pub struct LookupAnswer {
-    /// The files found (by name: the first page; by hash: one per size claimed).
-    pub files: Vec<HeldAnswer>,
-    /// Files in all.
-    pub total: u64,
 }
 
 /// `POST /api/get`, `/api/register`, `/api/unregister`: the command queued; its outcome
@@ -107,100 +58,150 @@ pub struct QueuedAnswer {
     pub queued: String,
 }
 
-/// One shared file.
-#[derive(Debug, Serialize)]
-pub struct SharedAnswer {
-    /// The name.
-    pub name: String,
-    /// Bytes.
-    pub size: u64,
-    /// The content hash.
-    pub hash: String,
-    /// The type class of its extension, if any.
-    pub kind: Option<&'static str>,
+/// Where the next page of a search or lookup starts, as the page holds it: an opaque
+/// string it hands back (`s-` and the index's search cursor; `l-`, the index's lookup
+/// token and the files shown so far). Whatever a client makes of it, the index checks the
+/// cursor against the query it continues; a malformed one is a 400 here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageToken {
+    /// The next page of a search.
+    Search(SearchCursor),
+    /// The next page of a lookup by name, and how many files the pages before showed.
+    Lookup(LookupToken, u64),
 }
 
-/// `GET /api/files`.
-#[derive(Debug, Serialize)]
-pub struct FilesAnswer {
-    /// The first [`super::MAX_FILES_LISTED`] files.
-    pub files: Vec<SharedAnswer>,
-    /// Files shared in all.
-    pub total: u64,
-    /// Their bytes.
-    pub total_bytes: u64,
+impl PageToken {
+    /// The token's text.
+    pub fn encode(&self) -> String {
+        match self {
+            PageToken::Search(c) => format!("s-{:02x}-{:08x}-{:08x}", c.whole, c.key, c.check),
+            PageToken::Lookup(t, shown) => format!("l-{:032x}-{shown:x}", t.0),
+        }
+    }
+
+    /// A token's text back, or `None` if it is not one.
+    pub fn decode(text: &str) -> Option<PageToken> {
+        let mut parts = text.split('-');
+        let kind = parts.next()?;
+        let hex: Vec<&str> = parts.collect();
+        let ok = |s: &str, max: usize| {
+            !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_hexdigit())
+        };
+        match (kind, hex.as_slice()) {
+            ("s", [w, k, c]) if ok(w, 2) && ok(k, 8) && ok(c, 8) => {
+                Some(PageToken::Search(SearchCursor {
+                    whole: u8::from_str_radix(w, 16).ok()?,
+                    key: u32::from_str_radix(k, 16).ok()?,
+                    check: u32::from_str_radix(c, 16).ok()?,
+                }))
+            }
+            ("l", [t, s]) if ok(t, 32) && ok(s, 16) => Some(PageToken::Lookup(
+                LookupToken(u128::from_str_radix(t, 16).ok()?),
+                u64::from_str_radix(s, 16).ok()?,
+            )),
+            _ => None,
+        }
+    }
 }
 
-/// A download, as `GET /api/status` and the `download` event show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DownloadAnswer {
-    /// The content hash.
-    pub hash: String,
-    /// The name it is saved under.
-    pub name: String,
-    /// Bytes on disk.
-    pub done: u64,
-    /// Bytes in the file.
-    pub total: u64,
-    /// Bytes per second lately (0 until measured).
-    pub rate: u64,
-    /// Seconds left at that rate, once there is one.
-    pub eta_secs: Option<u64>,
-    /// `running`, `saved` or `failed`.
-    pub state: &'static str,
-    /// How it ended, in the console's words (with `saved` and `failed`).
-    pub message: Option<String>,
+/// `POST /api/search`'s answer: `--json`'s `search` object and `next`.
+pub fn search_answer(page: SearchPage, next: Option<SearchCursor>) -> Value {
+    let mut v = render::json(&Line::Search(page)).unwrap_or_default();
+    v["next"] = next.map(|c| PageToken::Search(c).encode()).into();
+    v
 }
 
-/// `GET /api/status` and the `status` event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StatusAnswer {
-    /// The index connection in words (the console's `status` line).
-    pub index: String,
-    /// The session's state: `ready`, `down`, `connecting`, ...
-    pub session: &'static str,
-    /// The file server's port.
-    pub listen_port: u16,
-    /// Files shared.
-    pub shared_files: u64,
-    /// Their bytes.
-    pub shared_bytes: u64,
-    /// Uploads sending now.
-    pub uploads_active: u64,
-    /// Upload slots.
-    pub upload_slots: usize,
-    /// Requests waiting for a slot.
-    pub uploads_queued: usize,
-    /// Uploads finished.
-    pub uploads_done: u64,
-    /// Bytes sent by finished uploads.
-    pub upload_bytes: u64,
-    /// Downloads saved since the start.
-    pub downloads_saved: u64,
-    /// Downloads failed since the start.
-    pub downloads_failed: u64,
-    /// The download in progress.
-    pub download: Option<DownloadAnswer>,
+/// `POST /api/lookup`'s answer: `--json`'s `lookup` object and `next`.
+pub fn lookup_answer(page: LookupPage, next: Option<LookupToken>) -> Value {
+    let shown = page.shown_before + page.files.len() as u64;
+    let mut v = render::json(&Line::Lookup(page)).unwrap_or_default();
+    v["next"] = next.map(|t| PageToken::Lookup(t, shown).encode()).into();
+    v
 }
 
-/// The `line` event: what the peer told the person (the console's stdout and stderr).
-#[derive(Debug, Serialize)]
-pub struct LineEvent<'a> {
-    /// `result`, `note` or `error`.
-    pub kind: &'static str,
-    /// The text.
-    pub text: &'a str,
+/// The `line` event of a line the person is told: its `--json` object, with `text`, the
+/// console's words for it (as a pipe gets them). `None` for what has neither (the end of
+/// a progress bar).
+pub fn line_event(line: &Line) -> Option<Value> {
+    let mut v = render::json(line)?;
+    let text = render::text(line, render::Style::default())
+        .map(|(_, t)| t)
+        .unwrap_or_default();
+    v["text"] = text.into();
+    Some(v)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{FileHash, SearchHit};
 
     #[test]
-    fn kinds_come_from_extensions() {
-        assert_eq!(kind_of("a.MP3"), Some("audio"));
-        assert_eq!(kind_of("movie.mkv"), Some("video"));
-        assert_eq!(kind_of("noext"), None);
-        assert_eq!(kind_of("x.unknownext"), None);
+    fn page_tokens_round_trip_and_junk_is_refused() {
+        for t in [
+            PageToken::Search(SearchCursor {
+                whole: 0,
+                key: 0,
+                check: 0,
+            }),
+            PageToken::Search(SearchCursor {
+                whole: u8::MAX,
+                key: u32::MAX,
+                check: 0x1234_5678,
+            }),
+            PageToken::Lookup(LookupToken(u128::MAX), u64::MAX),
+            PageToken::Lookup(LookupToken(7), 100),
+        ] {
+            assert_eq!(PageToken::decode(&t.encode()), Some(t), "{}", t.encode());
+        }
+        for junk in [
+            "",
+            "s",
+            "s-1-2",
+            "s-1-2-3-4",
+            "s-100-2-3",
+            "s-1-123456789-3",
+            "s-1-+2-3",
+            "s--2-3",
+            "l-1",
+            "l-123456789012345678901234567890123-1",
+            "x-1-2-3",
+            "s-1-2-zz",
+        ] {
+            assert_eq!(PageToken::decode(junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn answers_are_the_json_lines_with_next() {
+        let page = SearchPage {
+            query: "zeb".into(),
+            hits: vec![SearchHit {
+                name: "Zebra.flac".into(),
+                size: 9,
+                hash: FileHash::of(b"z"),
+                holders: 2,
+            }],
+            total: 40,
+            total_exact: true,
+            more: true,
+            partial: false,
+        };
+        let cursor = SearchCursor {
+            whole: 1,
+            key: 2,
+            check: 3,
+        };
+        let v = search_answer(page.clone(), Some(cursor));
+        let mut line = render::json(&Line::Search(page)).unwrap();
+        line["next"] = "s-01-00000002-00000003".into();
+        assert_eq!(v, line);
+        assert_eq!(v["hits"][0]["kind"], "audio");
+        let v = line_event(&Line::Error("no".into())).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "error", "message": "no", "text": "error: no"})
+        );
+        assert_eq!(line_event(&Line::ProgressEnd), None);
     }
 }

@@ -16,42 +16,48 @@
 //!   console's `get` does; `register` rescans the share; files are named by hash.
 //!
 //! # What the page is told
-//! Index requests of the page (search, lookup) go beside the console's (several at once)
-//! and are answered when the index answers, or 504 after [`INDEX_PATIENCE`]. Commands that
-//! change things (get, register, unregister) run as console lines, in turn with the
-//! console's: the answer is 202 and the outcome comes on the event stream, which carries
-//! every line the console prints (`line`), the status when it changes (`status`) and the
-//! download's progress and end (`download`).
+//! The answers are the objects `peer --json` prints for the same commands ([`api`]: one
+//! definition of every field, in [`render`]). Index requests of the page (search, lookup,
+//! and their next pages) go beside the console's (several at once) and are answered when
+//! the index answers, or 504 after [`INDEX_PATIENCE`]. Commands that change things (get,
+//! register, unregister) run as console lines, in turn with the console's (a `get` as
+//! `get -b`, so that the page's downloads run at once): the answer is 202 and the outcome
+//! comes on the event stream. The stream carries every line the console says (`line`: its
+//! `--json` object and its text; a download's end is one, `saved`, `already_have`, or an
+//! `error` with its `hash`) and the `status` (`--json`'s, with every running download's
+//! progress) whenever it changes, looked at every 250 ms and after every line. A page
+//! that opens the stream gets the status and the download ends of the last
+//! [`RECENT_ENDS_FOR`] first.
 
 pub mod api;
 
-use self::api::{
-    DownloadAnswer, ErrorAnswer, FilesAnswer, HeldAnswer, Hit, LineEvent, LookupAnswer,
-    QueuedAnswer, SearchAnswer, SharedAnswer, StatusAnswer,
-};
+use self::api::{ErrorAnswer, HashBody, PageToken, QueuedAnswer, SearchBody, TargetBody};
 use super::commands::lookup_key;
 use super::console::{self, Command, Target};
 use super::core::PeerCore;
-use super::names::display_name;
 use super::output::Line;
-use super::render;
+use super::render::{self, FileRow, LookupPage, SearchPage};
 use crate::reactor::web::{write_event, Method, Status};
 use crate::reactor::{ConnId, WebReply, WebRequest, WebResponse};
-use crate::wire::{ErrorCode, FileHash, RequestBody, ResponseBody};
-use serde::{Deserialize, Serialize};
+use crate::wire::{ErrorCode, FileHash, LookupKey, RequestBody, ResponseBody};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Most shared files `GET /api/files` lists (the totals count them all).
+/// Most shared files `GET /api/files` lists (its `count` and `bytes` count them all).
 pub const MAX_FILES_LISTED: usize = 1000;
 /// How long a search or lookup of the page waits for the index before it is answered 504.
 pub const INDEX_PATIENCE: Duration = Duration::from_secs(15);
-/// How often the status and the download's progress are looked at while the page listens.
+/// How often the status (and so the downloads' progress) is looked at while a page listens.
 const TICK: Duration = Duration::from_millis(250);
 /// A comment on every event stream this often, so that a dead browser is found out.
 const KEEPALIVE: Duration = Duration::from_secs(15);
-/// The window a download's rate is measured over.
-const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// How long a download's end is told again to a page that opens the event stream.
+pub const RECENT_ENDS_FOR: Duration = Duration::from_secs(600);
+/// Most download ends kept for that.
+const MAX_RECENT_ENDS: usize = 32;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -103,10 +109,12 @@ pub enum Out {
     Push(ConnId, Vec<u8>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Ask {
-    Search,
-    Lookup,
+    /// A search: its words (the filters are the index's business).
+    Search { query: String },
+    /// A lookup: what was looked up, and the files its pages before showed.
+    Lookup { target: String, shown: u64 },
 }
 
 #[derive(Debug)]
@@ -115,14 +123,6 @@ struct Pending {
     conn: ConnId,
     deadline: Instant,
     ask: Ask,
-}
-
-/// The download being watched, for its rate.
-#[derive(Debug)]
-struct Tracked {
-    answer: DownloadAnswer,
-    /// When and at what count the rate window started.
-    since: (Instant, u64),
 }
 
 /// The page's state; see the module docs.
@@ -134,29 +134,11 @@ pub struct Web {
     /// Streams that have not had the first status.
     fresh: Vec<ConnId>,
     /// The status last sent on the streams.
-    sent: Option<StatusAnswer>,
-    tracked: Option<Tracked>,
-    /// The downloads saved and failed when last looked.
-    seen: (u64, u64),
-    /// The last result or error said (how a download ended, in the console's words).
-    last_words: Option<String>,
+    sent: Option<Value>,
+    /// The `line` events of the latest download ends, with when they were said.
+    recent: VecDeque<(Instant, Vec<u8>)>,
     next_tick: Option<Instant>,
     next_keepalive: Option<Instant>,
-}
-
-#[derive(Deserialize)]
-struct SearchBody {
-    query: String,
-}
-
-#[derive(Deserialize)]
-struct TargetBody {
-    target: String,
-}
-
-#[derive(Deserialize)]
-struct HashBody {
-    hash: String,
 }
 
 fn json<T: Serialize>(status: Status, value: &T) -> WebResponse {
@@ -212,16 +194,13 @@ impl Web {
     /// The page's state, with this token; the core's output is copied for the page.
     pub fn new(token: Token, core: &mut PeerCore) -> Web {
         core.output().set_tap();
-        let v = core.metrics_view();
         Web {
             token,
             pending: Vec::new(),
             streams: Vec::new(),
             fresh: Vec::new(),
             sent: None,
-            tracked: None,
-            seen: (v.counters.downloads_saved, v.counters.downloads_failed),
-            last_words: None,
+            recent: VecDeque::new(),
             next_tick: None,
             next_keepalive: None,
         }
@@ -308,7 +287,7 @@ impl Web {
             "/" | "/index.html" if get => asset("text/html; charset=utf-8", INDEX_HTML),
             "/app.js" if get => asset("text/javascript; charset=utf-8", APP_JS),
             "/style.css" if get => asset("text/css; charset=utf-8", STYLE_CSS),
-            "/api/status" if get => json(Status::Ok, &self.status(core, now)),
+            "/api/status" if get => json(Status::Ok, &status(core, now)),
             "/api/files" if get => json(Status::Ok, &files(core)),
             "/api/events" if get && req.method == Method::Get => {
                 self.streams.push(conn);
@@ -319,17 +298,12 @@ impl Web {
             }
             "/api/search" if post => return self.search(core, now, conn, &req.body),
             "/api/lookup" if post => return self.lookup(core, now, conn, &req.body),
-            "/api/get" if post => self.command(core, now, &req.body, "get"),
-            "/api/unregister" if post => self.command(core, now, &req.body, "unregister"),
-            "/api/register" if post => {
-                core.handle_web_command(now, "register".into());
-                json(
-                    Status::Accepted,
-                    &QueuedAnswer {
-                        queued: "register".into(),
-                    },
-                )
-            }
+            "/api/get" if post => get_file(core, now, &req.body),
+            "/api/unregister" if post => match parse_hash(&req.body) {
+                Ok(hash) => queue(core, now, format!("unregister {hash}")),
+                Err(r) => r,
+            },
+            "/api/register" if post => queue(core, now, "register".into()),
             "/" | "/index.html" | "/app.js" | "/style.css" | "/api/status" | "/api/files"
             | "/api/events" | "/api/search" | "/api/lookup" | "/api/get" | "/api/unregister"
             | "/api/register" => error(Status::MethodNotAllowed, "wrong method"),
@@ -338,42 +312,59 @@ impl Web {
         WebReply::Respond(reply)
     }
 
+    /// `POST /api/search`: the console's syntax, filters included, parsed by the console's
+    /// parser; with `next`, the following page.
     fn search(&mut self, core: &mut PeerCore, now: Instant, conn: ConnId, body: &[u8]) -> WebReply {
-        let query = match serde_json::from_slice::<SearchBody>(body) {
-            Ok(b) => b.query,
+        let SearchBody { query, next } = match serde_json::from_slice::<SearchBody>(body) {
+            Ok(b) => b,
             Err(e) => return respond(error(Status::BadRequest, format!("bad JSON: {e}"))),
         };
         if query.contains(['\n', '\r']) {
             return respond(error(Status::BadRequest, "a search is one line"));
         }
-        // The console's syntax, filters included, parsed by the console's parser.
         let (query, filter) = match console::parse(&format!("search {query}")) {
             Ok(Some(Command::Search { query, filter })) => (query, filter),
             Ok(_) => return respond(error(Status::BadRequest, "type words to search for")),
             Err(e) => return respond(error(Status::BadRequest, e.0)),
         };
+        let after = match next.as_deref().map(PageToken::decode) {
+            None => None,
+            Some(Some(PageToken::Search(cursor))) => Some(cursor),
+            Some(_) => return respond(error(Status::BadRequest, "not a search's next page")),
+        };
         let body = RequestBody::Search {
-            query,
+            query: query.clone(),
             limit: 0,
             filter,
-            after: None,
+            after,
         };
-        self.ask(core, now, conn, body, Ask::Search)
+        self.ask(core, now, conn, body, Ask::Search { query })
     }
 
+    /// `POST /api/lookup`: a name, a hash or a hash prefix, as the console's `lookup` takes
+    /// it; with `next`, the following page of the files of that name.
     fn lookup(&mut self, core: &mut PeerCore, now: Instant, conn: ConnId, body: &[u8]) -> WebReply {
-        let target = match serde_json::from_slice::<TargetBody>(body) {
-            Ok(b) => b.target,
+        let TargetBody { target, next } = match serde_json::from_slice::<TargetBody>(body) {
+            Ok(b) => b,
             Err(e) => return respond(error(Status::BadRequest, format!("bad JSON: {e}"))),
         };
-        if target.trim().is_empty() {
+        let target = target.trim().to_string();
+        if target.is_empty() {
             return respond(error(Status::BadRequest, "name a file or a hash"));
         }
-        let body = RequestBody::Lookup {
-            key: lookup_key(&Target::parse(target.trim())),
-            after: None,
+        if target.contains(['\n', '\r']) {
+            return respond(error(Status::BadRequest, "a name is one line"));
+        }
+        let (key, after, shown) = match next.as_deref().map(PageToken::decode) {
+            None => (lookup_key(&Target::parse(&target)), None, 0),
+            // Next pages are of a name (as the console's `more` asks them).
+            Some(Some(PageToken::Lookup(token, shown))) => {
+                (LookupKey::Name(target.clone()), Some(token), shown)
+            }
+            Some(_) => return respond(error(Status::BadRequest, "not a lookup's next page")),
         };
-        self.ask(core, now, conn, body, Ask::Lookup)
+        let body = RequestBody::Lookup { key, after };
+        self.ask(core, now, conn, body, Ask::Lookup { target, shown })
     }
 
     fn ask(
@@ -394,34 +385,8 @@ impl Web {
                 });
                 WebReply::Defer
             }
-            None => respond(error(
-                Status::Unavailable,
-                "not connected to the index (the status says why)",
-            )),
+            None => respond(not_connected()),
         }
-    }
-
-    /// `get` and `unregister`: a file named by hash, run as a console line.
-    fn command(
-        &mut self,
-        core: &mut PeerCore,
-        now: Instant,
-        body: &[u8],
-        verb: &str,
-    ) -> WebResponse {
-        let hash = match serde_json::from_slice::<HashBody>(body) {
-            Ok(b) => b.hash,
-            Err(e) => return error(Status::BadRequest, format!("bad JSON: {e}")),
-        };
-        let Ok(hash) = hash.trim().parse::<FileHash>() else {
-            return error(
-                Status::BadRequest,
-                "a file is named by its hash: 64 hex digits",
-            );
-        };
-        let line = format!("{verb} {hash}");
-        core.handle_web_command(now, line.clone());
-        json(Status::Accepted, &QueuedAnswer { queued: line })
     }
 
     /// A web connection is gone.
@@ -462,69 +427,49 @@ impl Web {
                 i += 1;
             }
         }
-        let mut events = Vec::new();
-        let mut saved = Vec::new();
-        while let Some(line) = core.output().poll_tapped() {
-            if let Line::Saved(s) = &line {
-                saved.push(s.clone());
-            }
-            // As a pipe would get it: results (stdout), errors, and notes (the rest of
-            // stderr); progress is the download events' business.
-            let kind = match (&line, render::text(&line, render::Style::default())) {
-                (Line::Progress { .. } | Line::ProgressEnd, _) | (_, None) => continue,
-                (Line::Error(_), Some((_, t))) => ("error", t),
-                (_, Some((render::Stream::Stdout, t))) => ("result", t),
-                (_, Some((render::Stream::Stderr, t))) => ("note", t),
-            };
-            let (kind, text) = (kind.0, &kind.1);
-            if kind != "note" {
-                self.last_words = Some(text.clone());
-            }
-            if !self.streams.is_empty() {
-                event(&mut events, "line", &LineEvent { kind, text });
-            }
-        }
+        // A page that just opened the stream: the status, and the downloads that ended
+        // lately (this turn's lines come after, with everyone's).
+        self.recent
+            .retain(|(at, _)| now.saturating_duration_since(*at) < RECENT_ENDS_FOR);
         if !self.fresh.is_empty() {
+            let status = status(core, now);
             let mut first = Vec::new();
-            let status = self.status(core, now);
             event(&mut first, "status", &status);
+            for (_, end) in &self.recent {
+                first.extend_from_slice(end);
+            }
             self.sent.get_or_insert(status);
             for conn in std::mem::take(&mut self.fresh) {
                 out.push(Out::Push(conn, first.clone()));
             }
         }
-        // A download's start and end are seen at every turn (a small file may come and go
-        // between two ticks); its progress and the status, at ticks.
-        let followed = self.tracked.as_ref().map(|t| t.answer.hash.clone());
-        let mut ended = self.track(core, now, &mut events);
-        // Downloads that started and landed between two polls, never seen running.
-        for s in saved {
-            let hash = s.hash.to_string();
-            if ended && followed.as_deref() == Some(hash.as_str()) {
+        let mut events = Vec::new();
+        let mut said = false;
+        while let Some(line) = core.output().poll_tapped() {
+            let Some(data) = api::line_event(&line) else {
                 continue;
-            }
-            let name = s.path.file_name().map(|n| n.to_string_lossy().into_owned());
-            let answer = DownloadAnswer {
-                hash,
-                name: display_name(&name.unwrap_or_default()),
-                done: s.size,
-                total: s.size,
-                rate: 0,
-                eta_secs: None,
-                state: "saved",
-                message: self.last_words.clone(),
             };
-            event(&mut events, "download", &answer);
-            ended = true;
-        }
-        let tick = self.next_tick.is_some_and(|t| t <= now);
-        if tick || ended {
-            if let Some(t) = &self.tracked {
-                if tick {
-                    event(&mut events, "download", &t.answer);
+            said = true;
+            let mut one = Vec::new();
+            event(&mut one, "line", &data);
+            if matches!(
+                line,
+                Line::Saved(_) | Line::AlreadyHave { .. } | Line::Failed { .. }
+            ) {
+                if self.recent.len() >= MAX_RECENT_ENDS {
+                    self.recent.pop_front();
                 }
+                self.recent.push_back((now, one.clone()));
             }
-            let status = self.status(core, now);
+            if !self.streams.is_empty() {
+                events.extend_from_slice(&one);
+            }
+        }
+        // The status (with every download's progress) at ticks, and after anything said
+        // (a download started or ended, a scan registered files).
+        let tick = self.next_tick.is_some_and(|t| t <= now);
+        if !self.streams.is_empty() && (tick || said) {
+            let status = status(core, now);
             if self.sent.as_ref() != Some(&status) {
                 event(&mut events, "status", &status);
                 self.sent = Some(status);
@@ -544,98 +489,54 @@ impl Web {
         }
         out
     }
+}
 
-    /// Follows the core's download: its rate, and its end (said as a `download` event with
-    /// the outcome). Returns whether one ended.
-    fn track(&mut self, core: &PeerCore, now: Instant, events: &mut Vec<u8>) -> bool {
-        // The page follows one download at a time: the oldest running.
-        let view = core
-            .downloads_view(now)
-            .into_iter()
-            .next()
-            .map(|d| (d.hash, d.name, d.done, d.total));
-        let same = match (&self.tracked, &view) {
-            (Some(t), Some((hash, ..))) => t.answer.hash == hash.to_string(),
-            (None, None) => true,
-            _ => false,
-        };
-        let mut ended = false;
-        if !same {
-            if let Some(mut t) = self.tracked.take() {
-                let v = core.metrics_view();
-                let saved = v.counters.downloads_saved > self.seen.0;
-                self.seen = (v.counters.downloads_saved, v.counters.downloads_failed);
-                t.answer.state = if saved { "saved" } else { "failed" };
-                if saved {
-                    t.answer.done = t.answer.total;
-                }
-                t.answer.eta_secs = None;
-                t.answer.message = self.last_words.clone();
-                event(events, "download", &t.answer);
-                ended = true;
-            }
-            if let Some((hash, name, done, total)) = view {
-                self.tracked = Some(Tracked {
-                    answer: DownloadAnswer {
-                        hash: hash.to_string(),
-                        name: display_name(&name),
-                        done,
-                        total,
-                        rate: 0,
-                        eta_secs: None,
-                        state: "running",
-                        message: None,
-                    },
-                    since: (now, done),
-                });
-                let t = self.tracked.as_ref().map(|t| &t.answer);
-                if let Some(a) = t {
-                    event(events, "download", a);
-                }
-                self.next_tick.get_or_insert(now + TICK);
-            }
-            return ended;
-        }
-        if let (Some(t), Some((_, _, done, total))) = (&mut self.tracked, view) {
-            t.answer.done = done;
-            t.answer.total = total;
-            let (since, then) = t.since;
-            let dt = now.saturating_duration_since(since);
-            if dt >= RATE_WINDOW {
-                t.answer.rate = (done.saturating_sub(then) as f64 / dt.as_secs_f64()) as u64;
-                t.since = (now, done);
-            }
-            t.answer.eta_secs =
-                (t.answer.rate > 0).then(|| total.saturating_sub(done).div_ceil(t.answer.rate));
-        }
-        ended
-    }
+/// `--json`'s `status` object: the index connection, the share, the uploads, and every
+/// running download (console's and page's, foreground and background) with its progress.
+fn status(core: &PeerCore, now: Instant) -> Value {
+    render::json(&Line::Status(Box::new(core.status_view(now)))).unwrap_or_default()
+}
 
-    fn status(&self, core: &mut PeerCore, _now: Instant) -> StatusAnswer {
-        let v = core.metrics_view();
-        let report = core.status_view(_now);
-        let status = render::text(&Line::Status(Box::new(report.clone())), Default::default());
-        let index = status
-            .and_then(|(_, t)| t.lines().next().map(str::to_string))
-            .unwrap_or_default();
-        let listen_port = report.listen_port;
-        let (upload_slots, uploads_queued) = core.upload_queue_view();
-        StatusAnswer {
-            index,
-            session: v.session_state,
-            listen_port,
-            shared_files: v.shared_files,
-            shared_bytes: v.shared_bytes,
-            uploads_active: v.uploads_active,
-            upload_slots,
-            uploads_queued,
-            uploads_done: v.uploads_done,
-            upload_bytes: v.upload_bytes,
-            downloads_saved: v.counters.downloads_saved,
-            downloads_failed: v.counters.downloads_failed,
-            download: self.tracked.as_ref().map(|t| t.answer.clone()),
-        }
+/// `POST /api/get`: `get -b HASH` in turn with the console's commands (so that several
+/// downloads of the page run at once). Refused at once when it could only fail: without
+/// the index (503) or while that file downloads already (409).
+fn get_file(core: &mut PeerCore, now: Instant, body: &[u8]) -> WebResponse {
+    let hash = match parse_hash(body) {
+        Ok(hash) => hash,
+        Err(r) => return r,
+    };
+    if core.metrics_view().session_state != "ready" {
+        return not_connected();
     }
+    if core.downloads_view(now).iter().any(|d| d.hash == hash) {
+        return error(Status::Conflict, "that file is being downloaded already");
+    }
+    queue(core, now, format!("get -b {hash}"))
+}
+
+/// The hash a `get` or `unregister` names, or the answer to a body that names none.
+fn parse_hash(body: &[u8]) -> Result<FileHash, WebResponse> {
+    let HashBody { hash } = serde_json::from_slice(body)
+        .map_err(|e| error(Status::BadRequest, format!("bad JSON: {e}")))?;
+    hash.trim().parse::<FileHash>().map_err(|_| {
+        error(
+            Status::BadRequest,
+            "a file is named by its hash: 64 hex digits",
+        )
+    })
+}
+
+/// Runs `line` as a console command; 202.
+fn queue(core: &mut PeerCore, now: Instant, line: String) -> WebResponse {
+    core.handle_web_command(now, line.clone());
+    json(Status::Accepted, &QueuedAnswer { queued: line })
+}
+
+fn not_connected() -> WebResponse {
+    error(
+        Status::Unavailable,
+        "not connected to the index (the status says why)",
+    )
 }
 
 fn respond(r: WebResponse) -> WebReply {
@@ -661,64 +562,69 @@ fn event<T: Serialize>(out: &mut Vec<u8>, name: &str, value: &T) {
     }
 }
 
-fn files(core: &PeerCore) -> FilesAnswer {
-    let mut total = 0u64;
-    let mut total_bytes = 0u64;
-    let mut files = Vec::new();
-    for f in core.shared_files() {
-        total += 1;
-        total_bytes += f.size;
-        if files.len() < MAX_FILES_LISTED {
-            files.push(SharedAnswer {
-                name: display_name(&f.name),
-                size: f.size,
-                hash: f.hash.to_string(),
-                kind: api::kind_of(&f.name),
-            });
-        }
-    }
-    FilesAnswer {
+/// `GET /api/files`: `--json`'s `files` object of the first [`MAX_FILES_LISTED`] files;
+/// its `count` and `bytes` are those of all the files shared.
+fn files(core: &PeerCore) -> Value {
+    let files: Vec<FileRow> = core
+        .shared_files()
+        .take(MAX_FILES_LISTED)
+        .map(|f| FileRow {
+            hash: f.hash,
+            size: f.size,
+            name: f.name,
+        })
+        .collect();
+    let v = core.metrics_view();
+    let mut answer = render::json(&Line::Files {
         files,
-        total,
-        total_bytes,
-    }
+        bytes: v.shared_bytes,
+    })
+    .unwrap_or_default();
+    answer["count"] = v.shared_files.into();
+    answer
 }
 
 /// The index's answer to a search or lookup of the page.
 fn answer(ask: Ask, body: ResponseBody) -> WebResponse {
     match (ask, body) {
         (
-            Ask::Search,
+            Ask::Search { query },
             ResponseBody::SearchResults {
                 hits,
                 total,
                 total_exact,
+                next,
                 partial,
                 ..
             },
-        ) => json(
-            Status::Ok,
-            &SearchAnswer {
-                results: hits.iter().map(Hit::from).collect(),
+        ) => {
+            let page = SearchPage {
+                query,
+                hits,
                 total,
                 total_exact,
+                more: next.is_some(),
                 partial,
-            },
-        ),
-        (Ask::Lookup, ResponseBody::Holders { files, total, .. }) => json(
-            Status::Ok,
-            &LookupAnswer {
-                files: files.iter().map(HeldAnswer::from).collect(),
+            };
+            json(Status::Ok, &api::search_answer(page, next))
+        }
+        (Ask::Lookup { target, shown }, ResponseBody::Holders { files, total, next }) => {
+            let page = LookupPage {
+                target,
+                files,
+                shown_before: shown,
                 total,
-            },
-        ),
+                more: next.is_some(),
+            };
+            json(Status::Ok, &api::lookup_answer(page, next))
+        }
         (
-            Ask::Lookup,
+            Ask::Lookup { target, .. },
             ResponseBody::Error {
                 code: ErrorCode::NotFound,
                 ..
             },
-        ) => error(Status::NotFound, "no peer shares that file"),
+        ) => error(Status::NotFound, format!("no peer shares {target}")),
         (_, ResponseBody::Error { code, message }) => {
             error(Status::BadRequest, format!("index: {code}: {message}"))
         }
@@ -989,6 +895,49 @@ mod tests {
         );
     }
 
+    /// The events pushed to stream `conn`: (name, data).
+    fn events_of(out: &[Out], conn: usize) -> Vec<(String, serde_json::Value)> {
+        let mut events = Vec::new();
+        for o in out {
+            let Out::Push(ConnId(c), bytes) = o else {
+                continue;
+            };
+            if *c != conn {
+                continue;
+            }
+            let text = String::from_utf8_lossy(bytes);
+            for block in text.split("\n\n") {
+                let name = block.lines().find_map(|l| l.strip_prefix("event: "));
+                let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+                if let (Some(name), Some(data)) = (name, data) {
+                    events.push((name.to_string(), serde_json::from_str(data).expect("JSON")));
+                }
+            }
+        }
+        events
+    }
+
+    /// The answer to the deferred request of `conn`, after the index answered.
+    fn answered(h: &mut Harness, web: &mut Web, conn: usize) -> WebResponse {
+        let out = web.poll(&mut h.core, h.now);
+        out.into_iter()
+            .find_map(|o| match o {
+                Out::Respond(ConnId(c), r) if c == conn => Some(r),
+                _ => None,
+            })
+            .expect("an answer")
+    }
+
+    fn open_stream(
+        h: &mut Harness,
+        web: &mut Web,
+        conn: usize,
+    ) -> Vec<(String, serde_json::Value)> {
+        let reply = call(h, web, conn, from_page(Method::Get, "/api/events", ""));
+        assert!(matches!(reply, WebReply::Stream));
+        events_of(&web.poll(&mut h.core, h.now), conn)
+    }
+
     #[test]
     fn a_search_is_answered_when_the_index_answers_and_504_when_it_does_not() {
         let (mut h, mut web) = setup("web-search");
@@ -1015,16 +964,24 @@ mod tests {
             ),
         );
         assert!(matches!(reply, WebReply::Defer), "{reply:?}");
-        let out = web.poll(&mut h.core, h.now);
-        let [Out::Respond(ConnId(3), r)] = &out[..] else {
-            panic!("{out:?}")
-        };
+        let r = answered(&mut h, &mut web, 3);
         assert_eq!(r.status, Status::Ok);
-        let v = body_of(r);
-        assert_eq!(v["results"].as_array().unwrap().len(), 1, "{v}");
-        assert_eq!(v["results"][0]["name"], "blue-moon.mp3");
-        assert_eq!(v["results"][0]["kind"], "audio");
-        assert_eq!(v["results"][0]["hash"], FileHash::of(b"moon").to_string());
+        // `peer --json`'s search object, field for field.
+        let v = body_of(&r);
+        assert_eq!(v["type"], "search");
+        assert_eq!(v["query"], "blue");
+        assert_eq!(v["hits"].as_array().unwrap().len(), 1, "{v}");
+        let hit = &v["hits"][0];
+        assert_eq!(hit["name"], "blue-moon.mp3");
+        assert_eq!(hit["kind"], "audio");
+        assert_eq!(hit["holders"], 1);
+        assert_eq!(hit["size"], 4);
+        assert_eq!(hit["hash"], FileHash::of(b"moon").to_string());
+        assert_eq!(
+            (&v["total"], &v["total_exact"], &v["more"], &v["partial"]),
+            (&1.into(), &true.into(), &false.into(), &false.into())
+        );
+        assert_eq!(v["next"], serde_json::Value::Null);
 
         // Asked, but the index's answer never comes: 504 after the patience, not before.
         let local = LOCAL.parse().unwrap();
@@ -1049,15 +1006,147 @@ mod tests {
         web.handle_close(ConnId(5));
         h.drive();
         assert!(web.poll(&mut h.core, h.now).is_empty());
-        // Without the index: 503 at once.
+        // A lookup is `--json`'s lookup object; an unknown name is 404 in words.
+        call(
+            &mut h,
+            &mut web,
+            6,
+            from_page(Method::Post, "/api/lookup", r#"{"target":"blue-sky.avi"}"#),
+        );
+        let v = body_of(&answered(&mut h, &mut web, 6));
+        assert_eq!(v["type"], "lookup");
+        assert_eq!(v["target"], "blue-sky.avi");
+        assert_eq!(v["files"][0]["holders"], serde_json::json!(["10.0.0.6:1"]));
+        assert_eq!(v["files"][0]["holder_count"], 1);
+        assert_eq!(v["files"][0]["kind"], "video");
+        assert_eq!(
+            (&v["first"], &v["total"], &v["more"]),
+            (&1.into(), &1.into(), &false.into())
+        );
+        call(
+            &mut h,
+            &mut web,
+            7,
+            from_page(Method::Post, "/api/lookup", r#"{"target":"green.avi"}"#),
+        );
+        let r = answered(&mut h, &mut web, 7);
+        assert_eq!(r.status, Status::NotFound);
+        assert_eq!(body_of(&r)["error"], "no peer shares green.avi");
+        // Without the index: 503 at once, for a download too.
         h.restart_index(false);
         let reply = call(
             &mut h,
             &mut web,
-            6,
+            8,
             from_page(Method::Post, "/api/search", r#"{"query":"blue"}"#),
         );
         assert_eq!(status_of(&reply), 503);
+        let hash = FileHash::of(b"sky");
+        let reply = call(
+            &mut h,
+            &mut web,
+            9,
+            from_page(Method::Post, "/api/get", &format!(r#"{{"hash":"{hash}"}}"#)),
+        );
+        assert_eq!(status_of(&reply), 503);
+    }
+
+    #[test]
+    fn next_pages_of_a_search_and_of_a_lookup_come_with_the_next_token() {
+        let (mut h, mut web) = setup("web-pages");
+        // More matches than the index's page (100), and more files of one name than its
+        // lookup page (100).
+        for i in 0..103u32 {
+            let bytes = format!("song {i}").into_bytes();
+            h.holder(
+                &format!("10.0.{}.{}:1", i / 200, i % 200 + 1),
+                &format!("river-song-{i}.ogg"),
+                &bytes,
+                Holder::Good(bytes.clone()),
+            );
+            let same = format!("same name {i}").into_bytes();
+            h.holder(
+                &format!("10.1.{}.{}:1", i / 200, i % 200 + 1),
+                "same.txt",
+                &same,
+                Holder::Good(same.clone()),
+            );
+        }
+        let search = |h: &mut Harness, web: &mut Web, conn, body: &str| {
+            let reply = call(h, web, conn, from_page(Method::Post, "/api/search", body));
+            assert!(matches!(reply, WebReply::Defer), "{reply:?}");
+            body_of(&answered(h, web, conn))
+        };
+        let first = search(&mut h, &mut web, 1, r#"{"query":"river"}"#);
+        assert_eq!(first["hits"].as_array().unwrap().len(), 100);
+        assert_eq!(
+            (&first["total"], &first["more"]),
+            (&103.into(), &true.into())
+        );
+        let next = first["next"].as_str().expect("a next token").to_string();
+        let body = serde_json::json!({"query": "river", "next": next}).to_string();
+        let second = search(&mut h, &mut web, 2, &body);
+        let hits = second["hits"].as_array().unwrap();
+        assert_eq!(hits.len(), 3, "{second}");
+        assert_eq!(
+            (&second["more"], &second["next"]),
+            (&false.into(), &serde_json::Value::Null)
+        );
+        // The two pages together are the 103 files, each once.
+        let mut names: Vec<&str> = first["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(hits)
+            .map(|h| h["name"].as_str().unwrap())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), 103);
+        // A token that is no search's is refused before the index is asked.
+        for bad in [
+            r#"{"query":"river","next":"l-1-2"}"#,
+            r#"{"query":"river","next":"zz"}"#,
+        ] {
+            let reply = call(
+                &mut h,
+                &mut web,
+                3,
+                from_page(Method::Post, "/api/search", bad),
+            );
+            assert_eq!(status_of(&reply), 400, "{bad}");
+        }
+
+        let lookup = |h: &mut Harness, web: &mut Web, conn, body: &str| {
+            let reply = call(h, web, conn, from_page(Method::Post, "/api/lookup", body));
+            assert!(matches!(reply, WebReply::Defer), "{reply:?}");
+            body_of(&answered(h, web, conn))
+        };
+        let first = lookup(&mut h, &mut web, 4, r#"{"target":"same.txt"}"#);
+        assert_eq!(first["files"].as_array().unwrap().len(), 100);
+        assert_eq!(
+            (&first["first"], &first["total"], &first["more"]),
+            (&1.into(), &103.into(), &true.into())
+        );
+        let next = first["next"].as_str().unwrap().to_string();
+        let body = serde_json::json!({"target": "same.txt", "next": next}).to_string();
+        let second = lookup(&mut h, &mut web, 5, &body);
+        assert_eq!(second["files"].as_array().unwrap().len(), 3, "{second}");
+        assert_eq!(
+            (&second["first"], &second["more"]),
+            (&101.into(), &false.into())
+        );
+        let reply = call(
+            &mut h,
+            &mut web,
+            6,
+            from_page(
+                Method::Post,
+                "/api/lookup",
+                r#"{"target":"same.txt","next":"s-1-2-3"}"#,
+            ),
+        );
+        assert_eq!(status_of(&reply), 400);
     }
 
     #[test]
@@ -1070,27 +1159,16 @@ mod tests {
             &content,
             Holder::Good(content.clone()),
         );
-        let reply = call(
-            &mut h,
-            &mut web,
-            7,
-            from_page(Method::Get, "/api/events", ""),
-        );
-        assert!(matches!(reply, WebReply::Stream));
-        let first = web.poll(&mut h.core, h.now);
-        let text = |out: &[Out]| -> String {
-            out.iter()
-                .filter_map(|o| match o {
-                    Out::Push(ConnId(7), b) => Some(String::from_utf8_lossy(b).into_owned()),
-                    _ => None,
-                })
-                .collect()
-        };
-        assert!(
-            text(&first).starts_with("event: status\ndata: {"),
-            "{}",
-            text(&first)
-        );
+        let first = open_stream(&mut h, &mut web, 7);
+        assert_eq!(first.len(), 1, "{first:?}");
+        let (name, status) = &first[0];
+        assert_eq!(name, "status");
+        // `peer --json`'s status object.
+        assert_eq!(status["type"], "status");
+        assert_eq!(status["index"]["state"], "connected");
+        assert_eq!(status["share"]["files"], 1);
+        assert_eq!(status["uploads"]["slots"], 4);
+        assert_eq!(status["downloads"], serde_json::json!([]));
         let hash = FileHash::of(&content).to_string();
         let reply = call(
             &mut h,
@@ -1099,21 +1177,147 @@ mod tests {
             from_page(Method::Post, "/api/get", &format!(r#"{{"hash":"{hash}"}}"#)),
         );
         assert_eq!(status_of(&reply), 202);
+        let WebReply::Respond(r) = &reply else {
+            unreachable!()
+        };
+        assert_eq!(body_of(r)["queued"], format!("get -b {hash}"));
         // The in-memory holders answer at once: the download started and landed within the
         // call, between two polls, and the page is still told it was saved.
-        let ended = text(&web.poll(&mut h.core, h.now));
-        assert!(ended.contains("\"state\":\"saved\""), "{ended}");
-        assert!(ended.contains("\"done\":70000"), "{ended}");
+        let ended = events_of(&web.poll(&mut h.core, h.now), 7);
+        let saved = ended
+            .iter()
+            .find(|(n, v)| n == "line" && v["type"] == "saved")
+            .unwrap_or_else(|| panic!("{ended:?}"));
+        assert_eq!(saved.1["hash"], hash.as_str());
+        assert_eq!(saved.1["size"], 70_000);
         assert!(
-            ended.contains("event: line\ndata: {\"kind\":\"result\",\"text\":\"saved "),
-            "{ended}"
+            saved.1["text"].as_str().unwrap().starts_with("saved "),
+            "{saved:?}"
         );
-        assert!(ended.contains("\"downloads_saved\":1"), "{ended}");
+        assert!(
+            ended
+                .iter()
+                .any(|(n, v)| n == "line" && v["type"] == "started" && v["hash"] == hash.as_str()),
+            "{ended:?}"
+        );
         assert_eq!(std::fs::read(h.landed("tune.flac")).unwrap(), content);
+        // A page opened later is told the download's end with the status.
+        let later = open_stream(&mut h, &mut web, 9);
+        assert!(
+            later
+                .iter()
+                .any(|(n, v)| n == "line" && v["type"] == "saved"),
+            "{later:?}"
+        );
+        // But not once it is old.
+        h.advance(RECENT_ENDS_FOR);
+        let much_later = open_stream(&mut h, &mut web, 10);
+        assert_eq!(much_later.len(), 1, "{much_later:?}");
         // A closed stream gets nothing more.
         web.handle_close(ConnId(7));
         h.type_lines(&["status"]);
-        assert!(text(&web.poll(&mut h.core, h.now + TICK)).is_empty());
+        assert!(events_of(&web.poll(&mut h.core, h.now + TICK), 7).is_empty());
+    }
+
+    #[test]
+    fn every_running_download_shows_in_the_status_and_a_failure_names_its_hash() {
+        let (mut h, mut web) = setup("web-two");
+        let a: Vec<u8> = (0..50_000u32).map(|i| (i % 13) as u8).collect();
+        let b: Vec<u8> = (0..60_000u32).map(|i| (i % 17) as u8).collect();
+        // Holders that accept and never send: the downloads stay running.
+        h.holder("10.0.0.5:1", "a.iso", &a, Holder::Silent);
+        h.holder("10.0.0.6:1", "b.iso", &b, Holder::Silent);
+        open_stream(&mut h, &mut web, 1);
+        // One from the page (in the background, so the console goes on), and one started
+        // on the console in the foreground.
+        let hb = FileHash::of(&b);
+        let reply = call(
+            &mut h,
+            &mut web,
+            2,
+            from_page(Method::Post, "/api/get", &format!(r#"{{"hash":"{hb}"}}"#)),
+        );
+        assert_eq!(status_of(&reply), 202);
+        // A get by hash that fails says which download it ends.
+        let nobody = FileHash::of(b"nobody has this");
+        let reply = call(
+            &mut h,
+            &mut web,
+            4,
+            from_page(
+                Method::Post,
+                "/api/get",
+                &format!(r#"{{"hash":"{nobody}"}}"#),
+            ),
+        );
+        assert_eq!(status_of(&reply), 202);
+        let events = events_of(&web.poll(&mut h.core, h.now), 1);
+        let failed = events
+            .iter()
+            .find(|(n, v)| n == "line" && v["type"] == "error")
+            .unwrap_or_else(|| panic!("{events:?}"));
+        assert_eq!(failed.1["hash"], nobody.to_string());
+        assert_eq!(failed.1["text"], format!("error: no peer shares {nobody}"));
+        h.type_lines(&["get a.iso"]);
+        h.advance(TICK);
+        let events = events_of(&web.poll(&mut h.core, h.now), 1);
+        let (_, status) = events
+            .iter()
+            .rev()
+            .find(|(n, _)| n == "status")
+            .expect("a status");
+        let downloads = status["downloads"].as_array().expect("downloads");
+        assert_eq!(downloads.len(), 2, "{status}");
+        let by_name = |n: &str| downloads.iter().find(|d| d["name"] == n).expect(n);
+        assert_eq!(by_name("a.iso")["background"], false);
+        assert_eq!(by_name("b.iso")["background"], true);
+        assert_eq!(by_name("b.iso")["hash"], hb.to_string());
+        assert_eq!(by_name("b.iso")["total"], 60_000);
+        assert_eq!(by_name("b.iso")["sources"], 1);
+        // The same file again while it runs: 409, nothing queued.
+        let reply = call(
+            &mut h,
+            &mut web,
+            3,
+            from_page(Method::Post, "/api/get", &format!(r#"{{"hash":"{hb}"}}"#)),
+        );
+        assert_eq!(status_of(&reply), 409);
+        // Between ticks, with nothing said, nothing is sent.
+        let quiet = events_of(&web.poll(&mut h.core, h.now), 1);
+        assert!(quiet.is_empty(), "{quiet:?}");
+    }
+
+    #[test]
+    fn the_files_are_the_json_files_with_counts_of_all() {
+        let (mut h, mut web) = setup("web-files");
+        let reply = call(
+            &mut h,
+            &mut web,
+            1,
+            from_page(Method::Get, "/api/files", ""),
+        );
+        let WebReply::Respond(r) = reply else {
+            panic!("{reply:?}")
+        };
+        let v = body_of(&r);
+        assert_eq!(v["type"], "files");
+        assert_eq!((&v["count"], &v["bytes"]), (&1.into(), &11.into()));
+        assert_eq!(v["files"][0]["name"], "mine.txt");
+        assert_eq!(v["files"][0]["kind"], "document");
+        assert_eq!(
+            v["files"][0]["hash"],
+            FileHash::of(b"my own file").to_string()
+        );
+        let reply = call(
+            &mut h,
+            &mut web,
+            2,
+            from_page(Method::Get, "/api/status", ""),
+        );
+        let WebReply::Respond(r) = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(body_of(&r), status(&h.core, h.now));
     }
 
     #[test]

@@ -1,10 +1,30 @@
 // The p2pshare peer's page: the JSON API for what the person asks, the event stream
-// (/api/events) for what happens. No build step, no dependencies. Text from the peer is
-// always set with textContent, never parsed as HTML.
+// (/api/events) for what happens. The objects are those `peer --json` prints (README lists
+// their fields). No build step, no dependencies. Text from the peer is always set with
+// textContent, never parsed as HTML, and names show hidden characters escaped.
 'use strict';
 
 const $ = (sel) => document.querySelector(sel);
-const state = { results: [], sort: { key: null, dir: 1 }, downloads: new Map(), savedSeen: null };
+// How long, and how many, ended downloads stay listed.
+const KEEP_ENDED_MS = 10 * 60 * 1000;
+const MAX_ENDED = 20;
+
+const state = {
+  // The results table: what asked for it (the API path and body, for its next pages), its
+  // rows, and the totals of the last page.
+  ask: null,
+  rows: [],
+  next: null,
+  total: null,
+  totalExact: true,
+  partial: false,
+  sort: { key: null, dir: 1 },
+  // Downloads by hash: the running ones as the status lists them, and the ended ones.
+  downloads: new Map(),
+  sharedSeen: null,
+};
+
+// ----- words for people --------------------------------------------------------------------
 
 function human(n) {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -14,10 +34,25 @@ function human(n) {
 }
 
 function duration(secs) {
-  if (secs == null) return '';
+  if (secs == null || !isFinite(secs)) return '';
+  secs = Math.ceil(secs);
   if (secs < 60) return `${secs} s`;
   if (secs < 3600) return `${Math.floor(secs / 60)} min ${secs % 60} s`;
   return `${Math.floor(secs / 3600)} h ${Math.floor((secs % 3600) / 60)} min`;
+}
+
+const count = (n) => Number(n).toLocaleString('en');
+const plural = (n, word) => `${count(n)} ${word}${n === 1 ? '' : 's'}`;
+
+// A name as the console prints it: control and invisible characters escaped (a right-to-left
+// override would make `<U+202E>txt.exe` read as `exe.txt`).
+function visible(name) {
+  return String(name).replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, (c) => {
+    if (c === '\t') return '\\t';
+    if (c === '\n') return '\\n';
+    if (c === '\r') return '\\r';
+    return `\\u{${c.codePointAt(0).toString(16)}}`;
+  });
 }
 
 function el(tag, props = {}, ...children) {
@@ -53,10 +88,11 @@ async function api(path, body) {
   return data;
 }
 
-// ----- search ------------------------------------------------------------------------------
+// ----- search, lookup and their next pages -------------------------------------------------
 
 function searchQuery() {
   const parts = [$('#q').value.trim()];
+  if ($('#mode').value === 'lookup') return parts[0];
   const kind = $('#kind').value;
   if (kind) parts.push(`type:${kind}`);
   const ext = $('#ext').value.replace(/[\s.]/g, '');
@@ -69,26 +105,47 @@ function searchQuery() {
   return parts.filter(Boolean).join(' ');
 }
 
-async function search(ev) {
-  ev.preventDefault();
+// The rows of an answer: a search's hits, or a lookup's files (holders counted, listed in
+// the row's tooltip).
+function rowsOf(ans) {
+  if (ans.type === 'search') return ans.hits;
+  return ans.files.map((f) => ({
+    hash: f.hash, size: f.size, name: f.name, kind: f.kind, holders: f.holder_count,
+    holderList: f.holders,
+  }));
+}
+
+// Asks `path` with `body`; `more`: the next page, added below the rows shown.
+async function ask(path, body, more) {
   showError('');
-  const query = searchQuery();
-  $('#go').disabled = true;
-  $('#summary').textContent = 'searching…';
+  for (const b of [$('#go'), $('#more')]) b.disabled = true;
+  $('#summary').textContent = more ? 'asking for the next page…' : 'asking the index…';
   try {
-    const ans = await api('/api/search', { query });
-    state.results = ans.results;
-    let text = `${ans.results.length} result${ans.results.length === 1 ? '' : 's'}`;
-    if (ans.total > ans.results.length) text += ` (${ans.total_exact ? 'of' : 'at least'} ${ans.total} matches: narrow the search to see others)`;
-    if (ans.partial) text += ' — the index stopped early: narrow the search';
-    $('#summary').textContent = text;
+    const ans = await api(path, more ? { ...body, next: state.next } : body);
+    if (!more) { state.rows = []; state.ask = { path, body }; }
+    const known = new Set(state.rows.map((r) => r.hash));
+    const shownBefore = state.rows.length;
+    for (const r of rowsOf(ans)) if (!known.has(r.hash)) state.rows.push(r);
+    state.next = ans.next;
+    // A search's total counts from the page's cursor on; a lookup's counts all the files.
+    state.total = ans.type === 'search' ? shownBefore + ans.total : ans.total;
+    state.totalExact = ans.type === 'search' ? ans.total_exact : true;
+    state.partial = ans.type === 'search' && ans.partial;
     renderResults();
   } catch (e) {
+    if (!more) { state.rows = []; state.next = null; state.total = null; renderResults(); }
     $('#summary').textContent = '';
-    showError(`Search failed: ${e.message}`);
+    showError(`${path.endsWith('search') ? 'Search' : 'Lookup'} failed: ${e.message}`);
   } finally {
-    $('#go').disabled = false;
+    for (const b of [$('#go'), $('#more')]) b.disabled = false;
   }
+}
+
+function submit(ev) {
+  ev.preventDefault();
+  const text = searchQuery();
+  if ($('#mode').value === 'lookup') ask('/api/lookup', { target: text }, false);
+  else ask('/api/search', { query: text }, false);
 }
 
 function sortBy(key) {
@@ -98,8 +155,22 @@ function sortBy(key) {
   renderResults();
 }
 
+function summary() {
+  const n = state.rows.length;
+  if (state.total == null) return '';
+  let text;
+  if (state.next || state.total > n) {
+    const of = `${state.totalExact ? '' : 'at least '}${count(state.total)}`;
+    text = `${count(n)} of ${of} ${state.total === 1 ? 'match' : 'matches'}: more shows the next page`;
+  } else {
+    text = plural(n, 'result');
+  }
+  if (state.partial) text += ' — the index stopped early (its work budget): there may be matches it did not look at; narrow the search';
+  return text;
+}
+
 function renderResults() {
-  const rows = state.results.slice();
+  const rows = state.rows.slice();
   const { key, dir } = state.sort;
   if (key) {
     rows.sort((a, b) => {
@@ -111,19 +182,24 @@ function renderResults() {
     th.classList.toggle('sorted-asc', th.dataset.key === key && dir === 1);
     th.classList.toggle('sorted-desc', th.dataset.key === key && dir === -1);
   }
-  const body = $('#results tbody');
-  body.replaceChildren(...rows.map((r) => {
+  $('#results tbody').replaceChildren(...rows.map((r) => {
     const btn = el('button', { class: 'get small', type: 'button', text: 'Download', title: r.hash });
     btn.dataset.hash = r.hash;
     btn.addEventListener('click', () => download(r, btn));
+    const holders = el('td', { class: 'num', text: count(r.holders) });
+    if (r.holderList) holders.title = r.holderList.join('\n');
     return el('tr', {},
-      el('td', { class: 'name', text: r.name, title: r.hash }),
-      el('td', { class: 'num', text: human(r.size), title: `${r.size} bytes` }),
-      el('td', { class: 'num', text: String(r.holders) }),
-      el('td', { text: r.kind || '' }),
+      el('td', { class: 'name', text: visible(r.name), title: r.hash }),
+      el('td', { class: 'num', text: human(r.size), title: `${count(r.size)} bytes` }),
+      holders,
+      el('td', { class: 'kind', text: r.kind || '' }),
       el('td', {}, btn));
   }));
+  $('#summary').textContent = summary();
+  $('#more').hidden = !state.next;
 }
+
+// ----- downloads ---------------------------------------------------------------------------
 
 async function download(r, btn) {
   showError('');
@@ -131,31 +207,59 @@ async function download(r, btn) {
   try {
     const clicked = Date.now();
     await api('/api/get', { hash: r.hash });
-    // The stream may have told this download's progress, even its end, before this answer.
-    const known = state.downloads.get(r.hash);
-    if (!known || !(known.seen >= clicked)) {
-      state.downloads.set(r.hash, { hash: r.hash, name: r.name, done: 0, total: r.size, rate: 0, eta_secs: null, state: 'queued' });
+    // Until the status lists it (or its end comes): asked. The stream may have told its
+    // start, even its end, before this answer came.
+    const d = state.downloads.get(r.hash);
+    if (!d || (d.endedAt && d.endedAt < clicked)) {
+      state.downloads.set(r.hash, { hash: r.hash, name: r.name, done: 0, total: r.size, state: 'asked' });
     }
     renderDownloads();
   } catch (e) {
-    showError(`Download of ${r.name} failed: ${e.message}`);
+    showError(`Download of ${visible(r.name)} failed: ${e.message}`);
   } finally {
     btn.disabled = false;
   }
 }
 
-// ----- downloads, status, files, messages --------------------------------------------------
+function ended(hash, fields) {
+  const d = state.downloads.get(hash) || { hash, name: fields.name || hash, done: 0, total: 0 };
+  Object.assign(d, fields, { endedAt: Date.now() });
+  state.downloads.set(hash, d);
+}
+
+function pruneEnded() {
+  const now = Date.now();
+  const done = [...state.downloads.values()].filter((d) => d.endedAt);
+  done.sort((a, b) => b.endedAt - a.endedAt);
+  done.forEach((d, i) => {
+    if (i >= MAX_ENDED || now - d.endedAt > KEEP_ENDED_MS) state.downloads.delete(d.hash);
+  });
+}
 
 function renderDownloads() {
+  pruneEnded();
   const list = $('#downloads');
-  if (state.downloads.size === 0) return;
-  list.replaceChildren(...[...state.downloads.values()].reverse().map((d) => {
+  const all = [...state.downloads.values()];
+  const running = all.filter((d) => d.state === 'running').length;
+  list.dataset.running = String(running);
+  $('#downloads-count').textContent = running ? `${running} running` : '';
+  if (all.length === 0) {
+    list.replaceChildren(el('li', { class: 'muted empty', text: 'none yet' }));
+    return;
+  }
+  // Running first, then asked, then the ended ones, newest first.
+  const rank = { running: 0, asked: 1 };
+  all.sort((a, b) => (rank[a.state] ?? 2) - (rank[b.state] ?? 2) || (b.endedAt || 0) - (a.endedAt || 0));
+  list.replaceChildren(...all.map((d) => {
     const pct = d.total ? Math.floor((d.done / d.total) * 100) : 100;
     let what = `${human(d.done)} of ${human(d.total)} (${pct}%)`;
-    if (d.state === 'running' && d.rate) what += ` — ${human(d.rate)}/s, ${duration(d.eta_secs)} left`;
-    if (d.state === 'running' && d.sources) what += `, ${d.sources} source${d.sources === 1 ? '' : 's'}`;
+    if (d.state === 'running') {
+      if (d.rate >= 1) what += ` — ${human(Math.round(d.rate))}/s, ${duration((d.total - d.done) / d.rate)} left`;
+      what += `, ${plural(d.sources, 'source')}`;
+      if (!d.background) what += ' (the console waits for it)';
+    }
     const li = el('li', { class: d.state, id: `dl-${d.hash}` },
-      el('div', { class: 'dl-name', text: d.name }),
+      el('div', { class: 'dl-name', text: visible(d.name), title: d.hash }),
       el('progress', { max: d.total || 1, value: d.done }),
       el('div', {}, el('span', { class: 'dl-state', text: d.state }), ` · ${what}`));
     if (d.message) li.append(el('div', { class: 'muted', text: d.message }));
@@ -163,49 +267,126 @@ function renderDownloads() {
   }));
 }
 
-function onDownload(d) {
-  const old = state.downloads.get(d.hash) || {};
-  state.downloads.set(d.hash, { ...old, ...d, seen: Date.now() });
-  renderDownloads();
-  if (d.state === 'failed') showError(`Download of ${d.name} failed: ${d.message || 'no holder delivered it'}`);
-  if (d.state === 'saved') loadFiles();
+// ----- status ------------------------------------------------------------------------------
+
+const LABELS = { index: 'Index', share: 'Sharing', listen_port: 'File server', uploads: 'Uploads' };
+
+function label(key) {
+  return LABELS[key] || key.charAt(0).toUpperCase() + key.slice(1).replace(/_/g, ' ');
+}
+
+// Any value in words: sizes (fields named bytes or size) in human units.
+function words(key, v) {
+  if (v === null || v === undefined) return '—';
+  if (typeof v === 'boolean') return v ? 'yes' : 'no';
+  if (typeof v === 'number') return /bytes|size/.test(key) ? human(v) : count(v);
+  if (Array.isArray(v)) return v.length ? v.map((x) => words(key, x)).join(', ') : 'none';
+  if (typeof v === 'object') {
+    return Object.entries(v).map(([k, x]) => `${k.replace(/_/g, ' ')} ${words(k, x)}`).join(', ');
+  }
+  return String(v);
+}
+
+// The known fields in sentences; any other field (a newer peer's) as its name and value.
+function statusText(key, s) {
+  const v = s[key];
+  switch (key) {
+    case 'index': {
+      const where = v.address;
+      switch (v.state) {
+        case 'connected': return `connected to ${where}${v.observed ? ` (it sees us as ${v.observed})` : ''}`;
+        case 'not_connected_yet': return `not connected yet to ${where}${v.reason ? `: ${v.reason}` : ''}; retrying`;
+        case 'disconnected': return `disconnected from ${where}${v.reason ? ` (${v.reason})` : ''}; retrying`;
+        case 'refused': return `${where} refused this peer (${v.reason}); restart the peer to retry`;
+        default: return `${v.state.replace(/_/g, ' ')} ${where}`;
+      }
+    }
+    case 'share': return `${plural(v.files, 'file')}, ${human(v.bytes)}, from ${v.dir}`;
+    case 'listen_port': return `port ${v}`;
+    case 'uploads': return `${v.active} of ${v.slots} slots sending, ${v.queued} waiting, ${count(v.done)} done (${human(v.bytes)} sent)`;
+    default: return words(key, v);
+  }
 }
 
 function onStatus(s) {
+  const connected = s.index && s.index.state === 'connected';
   const pill = $('#conn');
-  pill.textContent = s.session === 'ready' ? 'index connected' : `index ${s.session}`;
-  pill.className = `pill ${s.session === 'ready' ? 'ok' : 'bad'}`;
-  const rows = [
-    ['Index', s.index],
-    ['Sharing', `${s.shared_files} files, ${human(s.shared_bytes)}`],
-    ['File server', `port ${s.listen_port}`],
-    ['Uploads', `${s.uploads_active} of ${s.upload_slots} slots, ${s.uploads_queued} waiting, ${s.uploads_done} done (${human(s.upload_bytes)})`],
-    ['Downloads', `${s.downloads_saved} saved, ${s.downloads_failed} failed`],
-  ];
-  $('#status').replaceChildren(...rows.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { text: v })]));
-  if (s.download) onDownload(s.download);
-  if (state.savedSeen !== null && s.shared_files !== state.savedSeen) loadFiles();
-  state.savedSeen = s.shared_files;
+  pill.textContent = connected ? 'index connected' : `index ${s.index ? s.index.state.replace(/_/g, ' ') : 'unknown'}`;
+  pill.className = `pill ${connected ? 'ok' : 'bad'}`;
+  const keys = Object.keys(s).filter((k) => k !== 'type' && k !== 'downloads' && k !== 'text');
+  $('#status').replaceChildren(...keys.flatMap((k) => [el('dt', { text: label(k) }), el('dd', { text: statusText(k, s) })]));
+  // Every running download, as the status lists it; one no longer listed has ended (its
+  // end comes as a line, usually before).
+  const running = new Set();
+  for (const d of s.downloads || []) {
+    running.add(d.hash);
+    const old = state.downloads.get(d.hash) || {};
+    state.downloads.set(d.hash, { ...old, ...d, state: 'running', message: null, endedAt: null });
+  }
+  for (const d of state.downloads.values()) {
+    if (d.state === 'running' && !running.has(d.hash)) {
+      ended(d.hash, { state: 'ended', message: 'no longer running' });
+    }
+  }
+  renderDownloads();
+  const shared = s.share ? s.share.files : null;
+  if (state.sharedSeen !== null && shared !== state.sharedSeen) loadFiles();
+  state.sharedSeen = shared;
 }
 
+// ----- what the console says ---------------------------------------------------------------
+
+// Lines that are notes (said on stderr, besides errors and warnings).
+const NOTES = new Set(['note', 'hashing', 'index_up', 'index_down', 'trying', 'resuming', 'queued', 'dropped', 'serving', 'metrics']);
+
 function onLine(line) {
+  const kind = line.type === 'error' || line.type === 'warning' ? line.type : NOTES.has(line.type) ? 'note' : 'result';
   const log = $('#log');
-  log.append(el('li', { class: line.kind, text: line.text }));
+  log.append(el('li', { class: kind, text: line.text }));
   while (log.children.length > 200) log.firstElementChild.remove();
   log.scrollTop = log.scrollHeight;
-  if (line.kind === 'error') showError(line.text);
+  switch (line.type) {
+    case 'started':
+      if ((state.downloads.get(line.hash) || {}).state !== 'running') {
+        state.downloads.set(line.hash, { hash: line.hash, name: line.name, done: 0, total: line.size, state: 'asked' });
+        renderDownloads();
+      }
+      break;
+    case 'saved':
+      ended(line.hash, { state: 'saved', name: line.path.split('/').pop(), done: line.size, total: line.size, message: `saved as ${line.path}` });
+      renderDownloads();
+      break;
+    case 'already_have':
+      ended(line.hash, { state: 'saved', name: line.path.split('/').pop(), done: line.size, total: line.size, message: `already here: ${line.path}` });
+      renderDownloads();
+      break;
+    case 'error':
+      if (line.hash) {
+        const d = state.downloads.get(line.hash);
+        const name = d ? visible(d.name) : line.hash;
+        ended(line.hash, { state: 'failed', message: line.message });
+        renderDownloads();
+        showError(`Download of ${name} failed: ${line.message}`);
+      } else {
+        showError(line.message);
+      }
+      break;
+    default:
+  }
 }
+
+// ----- shared files ------------------------------------------------------------------------
 
 async function loadFiles() {
   try {
     const ans = await api('/api/files');
-    let text = `${ans.total} file${ans.total === 1 ? '' : 's'}, ${human(ans.total_bytes)}`;
-    if (ans.total > ans.files.length) text += ` (the first ${ans.files.length} listed)`;
+    let text = `${plural(ans.count, 'file')}, ${human(ans.bytes)}`;
+    if (ans.count > ans.files.length) text += ` (the first ${count(ans.files.length)} listed)`;
     $('#files-summary').textContent = text;
     $('#files tbody').replaceChildren(...ans.files.map((f) => el('tr', {},
-      el('td', { class: 'name', text: f.name, title: f.hash }),
-      el('td', { class: 'num', text: human(f.size), title: `${f.size} bytes` }),
-      el('td', { text: f.kind || '' }))));
+      el('td', { class: 'name', text: visible(f.name), title: f.hash }),
+      el('td', { class: 'num', text: human(f.size), title: `${count(f.size)} bytes` }),
+      el('td', { class: 'kind', text: f.kind || '' }))));
   } catch (e) {
     showError(`Cannot list the shared files: ${e.message}`);
   }
@@ -217,9 +398,7 @@ function listen() {
     try { f(JSON.parse(m.data)); } catch (e) { console.error(name, e); }
   });
   on('status', onStatus);
-  on('download', onDownload);
   on('line', onLine);
-  es.onopen = () => { if ($('#conn').textContent.startsWith('peer')) $('#conn').textContent = 'reconnected'; };
   es.onerror = () => {
     const pill = $('#conn');
     pill.textContent = 'peer unreachable, retrying…';
@@ -228,13 +407,23 @@ function listen() {
 }
 
 document.addEventListener('DOMContentLoaded', () => {
-  $('#search').addEventListener('submit', search);
+  $('#search').addEventListener('submit', submit);
+  $('#mode').addEventListener('change', () => {
+    const lookup = $('#mode').value === 'lookup';
+    $('#filters').hidden = lookup;
+    $('#q').placeholder = lookup ? 'a whole file name, or a hash' : 'words of the name';
+  });
+  $('#more').addEventListener('click', () => {
+    if (state.ask && state.next) ask(state.ask.path, state.ask.body, true);
+  });
   for (const th of document.querySelectorAll('#results th.sortable')) {
     th.addEventListener('click', () => sortBy(th.dataset.key));
   }
   $('#rescan').addEventListener('click', async () => {
     try { await api('/api/register', {}); } catch (e) { showError(`Rescan failed: ${e.message}`); }
   });
+  // Ended downloads leave the list after a while even when nothing else happens.
+  setInterval(renderDownloads, 60 * 1000);
   listen();
   loadFiles();
 });
