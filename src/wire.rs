@@ -10,6 +10,15 @@
 //!   frame followed by exactly the range's proof and then its data bytes, raw (no framing;
 //!   both lengths follow from the request, see [`crate::peer::outboard`]). Requests may be
 //!   pipelined: the holder answers them in order on the same connection.
+//! - **push** (protocol 5): a holder whose file server cannot be reached (behind a NAT or a
+//!   firewall) serves by connecting out. The downloader asks the index
+//!   ([`RequestBody::Push`]); the index relays it over the holder's session
+//!   ([`ResponseBody::PushRequest`], a notice with id 0) with the downloader's *observed*
+//!   address; the holder connects there, names the push in its first frame
+//!   ([`TransferRequest::Pushed`]), and from then on the connection is an ordinary transfer
+//!   connection with the roles as usual (the downloader asks ranges, the holder answers).
+//!   Whether a peer's file server can be reached is tested by the index with a connect-back
+//!   ([`RequestBody::Reachability`], [`TransferRequest::Probe`]).
 //!
 //! # Compatibility
 //! [`RequestBody::Hello`] and [`TransferRequest::Range`] are variant 0 and start with the protocol
@@ -27,7 +36,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// A file's identity: the BLAKE3 hash of its bytes. Shown to people as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -162,6 +171,26 @@ pub enum RequestBody {
     Stats,
     /// End the session; the server answers and closes.
     Bye,
+    /// Test whether this peer's file server can be reached: the index connects back to the
+    /// observed IP at the announced port and sends [`TransferRequest::Probe`]. Answered with
+    /// [`ResponseBody::Reachability`] once the test is over (other answers may come first).
+    /// Also says that this session takes push requests ([`ResponseBody::PushRequest`]) from
+    /// now on: a session that never asked is not pushed to. (Protocol 5.)
+    Reachability,
+    /// Ask the holder at `holder` (an address a lookup gave, which the index found
+    /// unreachable or we could not connect to) to connect to *our* file server and serve
+    /// `hash` there. The index relays it to that holder's session with our observed address
+    /// and announced port; we name no address. Answered [`ResponseBody::PushRelayed`], or an
+    /// error, or `RateLimited`. (Protocol 5.)
+    Push {
+        /// The file wanted.
+        hash: FileHash,
+        /// The holder, as a lookup listed it.
+        holder: SocketAddr,
+        /// Chosen by us; the holder names it in its first frame
+        /// ([`TransferRequest::Pushed`]), so we know which push it answers.
+        nonce: u64,
+    },
 }
 
 /// How a lookup names a file.
@@ -252,6 +281,10 @@ pub enum ResponseBody {
         total: u64,
         /// More files follow this page: ask again with this token.
         next: Option<LookupToken>,
+        /// The holders of this answer the index found unreachable (the connect-back failed,
+        /// or they serve no port): a downloader asks them for a push at once instead of
+        /// connecting. (Protocol 5.)
+        firewalled: Vec<SocketAddr>,
     },
     /// Answer to Ping.
     Pong,
@@ -275,6 +308,26 @@ pub enum ResponseBody {
         retry_after_ms: u64,
         /// The address is banned for that long.
         banned: bool,
+    },
+    /// Answer to [`RequestBody::Reachability`]: whether the index reached this peer's file
+    /// server (false also for a peer announcing port 0).
+    Reachability {
+        /// The connect-back reached our file server and it answered the probe.
+        reachable: bool,
+    },
+    /// Answer to [`RequestBody::Push`]: the push was relayed to the holder's session.
+    PushRelayed,
+    /// A notice (id 0, it answers nothing): a downloader asks this peer to connect to `to`
+    /// and serve `hash` there, naming `nonce` in its first frame. `to` is the downloader's
+    /// address as the index sees it, with its announced port. Sent only to sessions that
+    /// asked [`RequestBody::Reachability`].
+    PushRequest {
+        /// The file wanted.
+        hash: FileHash,
+        /// Where to connect.
+        to: SocketAddr,
+        /// To name in [`TransferRequest::Pushed`].
+        nonce: u64,
     },
 }
 
@@ -547,6 +600,25 @@ pub enum TransferRequest {
         /// One past the last group wanted.
         end: u64,
     },
+    /// From the index's connect-back: answer [`TransferResponse::Probed`] with the same
+    /// nonce, then the index closes. (Protocol 5.)
+    Probe {
+        /// [`PROTOCOL_VERSION`] of the index.
+        version: u16,
+        /// To echo.
+        nonce: u64,
+    },
+    /// The first frame of a holder that connected to us because we asked for a push: it
+    /// serves `hash` on this connection, and we send range requests as on any transfer
+    /// connection. (Protocol 5.)
+    Pushed {
+        /// [`PROTOCOL_VERSION`] of the holder.
+        version: u16,
+        /// The file it serves.
+        hash: FileHash,
+        /// The nonce of our [`RequestBody::Push`].
+        nonce: u64,
+    },
 }
 
 /// A holder's answer to one [`TransferRequest::Range`], in the order the requests came.
@@ -576,6 +648,11 @@ pub enum TransferResponse {
     Queued {
         /// Requests ahead of this one, plus one.
         position: u32,
+    },
+    /// The answer to [`TransferRequest::Probe`]: this is a p2pshare file server. (Protocol 5.)
+    Probed {
+        /// The probe's nonce.
+        nonce: u64,
     },
 }
 
@@ -826,6 +903,12 @@ mod tests {
             RequestBody::Ping,
             RequestBody::Stats,
             RequestBody::Bye,
+            RequestBody::Reachability,
+            RequestBody::Push {
+                hash: h(6),
+                holder: "[::1]:7".parse().unwrap(),
+                nonce: u64::MAX,
+            },
         ];
         bodies
             .into_iter()
@@ -882,6 +965,7 @@ mod tests {
                 }],
                 total: 12,
                 next: Some(LookupToken(1 << 100)),
+                firewalled: vec![v6],
             },
             ResponseBody::Pong,
             ResponseBody::Stats(ServerStats {
@@ -893,6 +977,13 @@ mod tests {
             ResponseBody::Error {
                 code: ErrorCode::VersionMismatch,
                 message: "speak 1".into(),
+            },
+            ResponseBody::Reachability { reachable: true },
+            ResponseBody::PushRelayed,
+            ResponseBody::PushRequest {
+                hash: h(3),
+                to: addr,
+                nonce: 9,
             },
         ];
         bodies
@@ -944,6 +1035,15 @@ mod tests {
                 first: 7,
                 end: u64::MAX,
             },
+            TransferRequest::Probe {
+                version: 5,
+                nonce: 1 << 60,
+            },
+            TransferRequest::Pushed {
+                version: 5,
+                hash: h(2),
+                nonce: 3,
+            },
         ]);
         round_trip(&[
             TransferResponse::Sending {
@@ -956,6 +1056,7 @@ mod tests {
                 message: "no such file".into(),
             },
             TransferResponse::Queued { position: 7 },
+            TransferResponse::Probed { nonce: 77 },
         ]);
     }
 

@@ -31,9 +31,10 @@ struct Flags {
     index: String,
     /// Where this peer's file server listens (port 0: any free port, announced to the index).
     /// The default `[::]:0` takes IPv4 and IPv6 downloaders (dual-stack), or IPv4 only where
-    /// the host has no IPv6; `0.0.0.0:PORT` or `[::1]:PORT` narrow it.
-    #[arg(long, default_value = "[::]:0")]
-    listen: SocketAddr,
+    /// the host has no IPv6; `0.0.0.0:PORT` or `[::1]:PORT` narrow it. `none`: no file
+    /// server (the peer announces port 0 and serves only through pushes).
+    #[arg(long, default_value = "[::]:0", value_parser = parse_listen)]
+    listen: Listen,
     /// Serve Prometheus metrics on `http://ADDR/metrics` (off by default).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -151,6 +152,28 @@ fn main() -> ExitCode {
 
 /// Says a start-up fact at once, before the loop runs (so before any log line of it: tests
 /// and scripts wait for `serving files on` first), in the output's format.
+/// `--listen`: an address, or `none`.
+#[derive(Debug, Clone, Copy)]
+struct Listen(Option<SocketAddr>);
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "none" {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|e| format!("{e} (give IP:PORT, or none for no file server)"))
+}
+
 fn announce(format: Format, line: &Line) {
     match format {
         Format::Json => {
@@ -250,7 +273,7 @@ fn run(flags: Flags) -> Result<Outcome, String> {
         share_dir: share,
         downloads_dir: downloads,
         index: flags.index,
-        listen: flags.listen,
+        listen: flags.listen.0,
         console,
         progress_bar: bar || (console && flags.json),
         format,

@@ -230,6 +230,15 @@ pub struct SessionBuckets {
 }
 
 impl SessionBuckets {
+    /// Buckets that limit nothing (a connection indexd opened itself: a reachability probe).
+    pub fn unlimited(now: Instant) -> SessionBuckets {
+        SessionBuckets {
+            search: Bucket::new(0, 0, now),
+            lookup: Bucket::new(0, 0, now),
+            register: Bucket::new(0, 0, now),
+        }
+    }
+
     fn of(&mut self, kind: Kind) -> &mut Bucket {
         match kind {
             Kind::Search => &mut self.search,

@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use std::time::SystemTime;
 
 /// Request kinds, as the `kind` label says them; `malformed` is a frame that did not decode.
-pub const REQUEST_KINDS: [&str; 9] = [
+pub const REQUEST_KINDS: [&str; 11] = [
     "hello",
     "register",
     "unregister",
@@ -20,6 +20,8 @@ pub const REQUEST_KINDS: [&str; 9] = [
     "ping",
     "stats",
     "bye",
+    "reachability",
+    "push",
     "malformed",
 ];
 
@@ -34,7 +36,9 @@ pub fn request_kind(body: Option<&RequestBody>) -> usize {
         Some(RequestBody::Ping) => 5,
         Some(RequestBody::Stats) => 6,
         Some(RequestBody::Bye) => 7,
-        None => 8,
+        Some(RequestBody::Reachability) => 8,
+        Some(RequestBody::Push { .. }) => 9,
+        None => 10,
     }
 }
 

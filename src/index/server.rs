@@ -13,12 +13,17 @@
 //! Big registers and unregisters, and departing peers, are done in slices across turns, the
 //! requesting session held meanwhile: see `server/slices.rs`.
 //!
+//! # Firewalled peers
+//! A session may ask whether its file server can be reached (a connect-back probe) and then
+//! takes push requests; lookups flag the holders found unreachable. See `server/push.rs`.
+//!
 //! # Addresses
 //! The address given out for a peer is the IP seen on its socket with the port it announced in
 //! Hello, never an address the peer claims. An IPv4 peer on a dual-stack listener is seen as
 //! plain IPv4 (the reactor maps `::ffff:a.b.c.d` at accept), so it is handed out as such.
 
 mod cluster;
+pub mod push;
 mod register_frame;
 mod slices;
 
@@ -44,7 +49,7 @@ use std::time::{Duration, Instant};
 
 /// Most files one page of a name lookup may hold, whatever [`ServerLimits`] says, and most
 /// holders listed per file: with names of at most 1,024 bytes and IPv6 holders the largest
-/// page encodes to under 0.5 MB (a test checks), far under the 16 MiB a peer accepts and under
+/// page encodes to under 0.75 MB (a test checks; its `firewalled` list included), far under the 16 MiB a peer accepts and under
 /// the reactor's 1 MiB output mark.
 pub const LOOKUP_FILES_MAX: usize = 200;
 /// See [`LOOKUP_FILES_MAX`].
@@ -98,12 +103,19 @@ pub struct Session {
     state: SessionState,
     /// Its rate-limit buckets (see [`super::limits`]).
     buckets: SessionBuckets,
+    /// The session's id (from its Welcome; 0 before).
+    id: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 enum SessionState {
     AwaitingHello,
-    Ready { peer: PeerId, addr: SocketAddr },
+    Ready {
+        peer: PeerId,
+        addr: SocketAddr,
+    },
+    /// Not a peer's session: indexd's own connect-back to a peer's file server.
+    Probe(push::Probe),
 }
 
 /// The index server: an [`Index`] plus one session per connection.
@@ -151,6 +163,8 @@ pub struct IndexServer {
     cluster: Option<Box<crate::index::cluster::link::Link>>,
     /// Why the cluster link failed, if it did.
     cluster_failed: Option<String>,
+    /// Reachability probes and the push relay (see `server/push.rs`).
+    pushes: push::Pushes,
 }
 
 /// Longest server time the histograms tell apart (longer ones count as this), in ns.
@@ -190,6 +204,7 @@ impl IndexServer {
             spare_frame: Vec::new(),
             cluster: None,
             cluster_failed: None,
+            pushes: push::Pushes::new(Instant::now()),
         }
     }
 
@@ -266,7 +281,7 @@ impl IndexServer {
         let remote = session.remote;
         match session.state {
             SessionState::AwaitingHello => {}
-            SessionState::Ready { .. } => {
+            SessionState::Ready { .. } | SessionState::Probe(_) => {
                 return self.fatal(
                     out,
                     session,
@@ -285,6 +300,8 @@ impl IndexServer {
         let session_id = self.next_session;
         self.next_session += 1;
         session.state = SessionState::Ready { peer, addr };
+        session.id = session_id;
+        self.push_joined(session_id, addr);
         self.cluster_opened(peer, addr);
         log::info!(
             "peer {} joined from {remote} serving on port {listen_port} ({})",
@@ -336,7 +353,7 @@ impl IndexServer {
         }
         let (peer, addr) = match session.state {
             SessionState::Ready { peer, addr } => (peer, addr),
-            SessionState::AwaitingHello => {
+            SessionState::AwaitingHello | SessionState::Probe(_) => {
                 return self.fatal(
                     out,
                     session,
@@ -346,6 +363,21 @@ impl IndexServer {
                 )
             }
         };
+        match req.body {
+            RequestBody::Reachability => {
+                self.handle_reachability(out, session, id);
+                return Verdict::Continue;
+            }
+            RequestBody::Push {
+                hash,
+                holder,
+                nonce,
+            } => {
+                self.handle_push(out, session, id, (hash, holder, nonce), now);
+                return Verdict::Continue;
+            }
+            _ => {}
+        }
         let kind = match &req.body {
             RequestBody::Search { .. } => Some(Kind::Search),
             RequestBody::Lookup { .. } => Some(Kind::Lookup),
@@ -361,15 +393,19 @@ impl IndexServer {
         // What a search reports it spent, for its charge.
         let mut search_work = 0;
         let body = match req.body {
-            RequestBody::Hello { .. } => unreachable!("handled above"),
+            RequestBody::Hello { .. } | RequestBody::Reachability | RequestBody::Push { .. } => {
+                unreachable!("handled above")
+            }
             RequestBody::Register { files } => {
                 self.stats.registers += 1;
-                if addr.port() == 0 && !files.is_empty() {
+                // A peer serving no port can only serve through pushes: it must take them.
+                if addr.port() == 0 && !files.is_empty() && !self.pushes.takes_pushes(session.id) {
                     self.error(
                         out,
                         id,
                         ErrorCode::Invalid,
-                        "announce a listening port in hello to register files",
+                        "announce a listening port in hello (or ask reachability, to serve \
+                         through pushes) to register files",
                     );
                     return Verdict::Continue;
                 }
@@ -446,6 +482,7 @@ impl IndexServer {
                             files: page.files,
                             total: page.total,
                             next: page.next.map(LookupToken),
+                            firewalled: Vec::new(),
                         }),
                     (_, Some(_)) => {
                         let msg = "a continuation token goes with a lookup by name";
@@ -456,10 +493,21 @@ impl IndexServer {
                         total: files.len() as u64,
                         files,
                         next: None,
+                        firewalled: Vec::new(),
                     }),
                 };
                 match answer {
-                    Ok(body) => body,
+                    Ok(mut body) => {
+                        if let ResponseBody::Holders {
+                            files, firewalled, ..
+                        } = &mut body
+                        {
+                            *firewalled = self
+                                .pushes
+                                .firewalled(files.iter().flat_map(|f| f.holders.iter()));
+                        }
+                        body
+                    }
                     Err(e) => {
                         let code = match e {
                             LookupError::NotFound => ErrorCode::NotFound,
@@ -634,6 +682,7 @@ impl IndexServer {
             remote,
             state: SessionState::AwaitingHello,
             buckets: self.limiter.open(remote.ip(), Instant::now()),
+            id: 0,
         }
     }
 
@@ -759,6 +808,10 @@ impl IndexServer {
     /// The connection is gone: its peer leaves every answer now, and its entries leave the
     /// index in slices ([`IndexServer::poll_background`]); its unfinished jobs are dropped.
     pub fn close(&mut self, session: Session, reason: &CloseReason) {
+        if let SessionState::Probe(_) = session.state {
+            // Not an accepted connection: `probe_closed` (server/push.rs) ends it.
+            return;
+        }
         self.connections -= 1;
         self.limiter.close(session.remote.ip());
         let remote = session.remote;
@@ -770,6 +823,7 @@ impl IndexServer {
                 let held = self.index.entries_of(peer) as isize;
                 self.add_address_holdings(limits::Address::of(addr.ip()), -held);
                 let files = self.index.begin_departure(peer).unwrap_or(0);
+                self.pushes.handle_left(session.id);
                 self.cluster_closed(peer);
                 log::info!(
                     "peer {} at {addr} left ({reason}); {files} entries being withdrawn",
@@ -779,6 +833,7 @@ impl IndexServer {
             SessionState::AwaitingHello => {
                 log::debug!("connection from {remote} closed before hello ({reason})");
             }
+            SessionState::Probe(_) => {}
         }
     }
 }
@@ -819,6 +874,16 @@ impl Handler for IndexServer {
         self.accept(remote)
     }
 
+    fn handle_connected(
+        &mut self,
+        ctx: &mut Ctx<Session>,
+        conn: ConnId,
+        session: &mut Session,
+    ) -> Verdict {
+        self.probe_connected(ctx, conn, session);
+        Verdict::Continue
+    }
+
     fn handle_frame(
         &mut self,
         ctx: &mut Ctx<Session>,
@@ -826,6 +891,9 @@ impl Handler for IndexServer {
         session: &mut Session,
         payload: &[u8],
     ) -> Verdict {
+        if let SessionState::Probe(_) = session.state {
+            return self.probe_frame(session, payload);
+        }
         if wire::is_stats_request(payload) {
             self.set_loop_pauses(ctx.loop_pauses().summary());
         }
@@ -835,6 +903,7 @@ impl Handler for IndexServer {
             verdict = self.handle_payload(session, payload, out)
         });
         self.after_frame(ctx, conn, &verdict);
+        self.push_turn(ctx);
         verdict
     }
 
@@ -846,6 +915,9 @@ impl Handler for IndexServer {
         error: FrameError,
     ) -> Verdict {
         let mut verdict = Verdict::Close(CloseReason::Frame(error.clone()));
+        if let SessionState::Probe(_) = session.state {
+            return verdict;
+        }
         ctx.send(conn, |out| {
             verdict = self.handle_framing_error(session, error, out)
         });
@@ -854,12 +926,21 @@ impl Handler for IndexServer {
 
     fn handle_close(
         &mut self,
-        _: &mut Ctx<Session>,
-        _: ConnId,
+        ctx: &mut Ctx<Session>,
+        conn: ConnId,
         session: Session,
         reason: &CloseReason,
     ) {
+        if let SessionState::Probe(_) = session.state {
+            return self.probe_closed(ctx, conn, session);
+        }
         self.close(session, reason);
+    }
+
+    fn handle_timer(&mut self, ctx: &mut Ctx<Session>, timer: u64) {
+        if timer == push::PUSH_TIMER {
+            self.push_timer(ctx);
+        }
     }
 
     fn handle_turn_end(&mut self, ctx: &mut Ctx<Session>) {
@@ -1330,7 +1411,7 @@ mod tests {
             },
         );
         assert!(
-            matches!(&r[0].body, ResponseBody::Holders { files, total: 1, next: None } if files.len() == 1)
+            matches!(&r[0].body, ResponseBody::Holders { files, total: 1, next: None, .. } if files.len() == 1)
         );
         assert!(!server.index().has_pending());
         server.settle();
@@ -1369,7 +1450,10 @@ mod tests {
             let key = LookupKey::Name(name.into());
             let (r, v) = call(server, session, 9, RequestBody::Lookup { key, after });
             assert_eq!(v, Verdict::Continue);
-            let ResponseBody::Holders { files, total, next } = r[0].body.clone() else {
+            let ResponseBody::Holders {
+                files, total, next, ..
+            } = r[0].body.clone()
+            else {
                 panic!("{r:?}")
             };
             pages.push((files, total));
@@ -1447,7 +1531,7 @@ mod tests {
         );
         assert!(matches!(
             &r[0].body,
-            ResponseBody::Holders { files, total: 10, next: None } if files.is_empty()
+            ResponseBody::Holders { files, total: 10, next: None, .. } if files.is_empty()
         ));
     }
 
@@ -1473,11 +1557,20 @@ mod tests {
                 files: vec![file; LOOKUP_FILES_MAX],
                 total: u64::MAX,
                 next: Some(LookupToken(u128::MAX)),
+                // Every holder listed, each another address, and every one firewalled.
+                firewalled: (0..LOOKUP_FILES_MAX * LOOKUP_HOLDERS_MAX)
+                    .map(|i| {
+                        SocketAddr::new(
+                            std::net::Ipv6Addr::from(u128::MAX - i as u128).into(),
+                            65535,
+                        )
+                    })
+                    .collect(),
             },
         };
         let mut out = Vec::new();
         wire::encode_frame(&page, &mut out);
-        assert!(out.len() < 512 * 1024, "{} bytes", out.len());
+        assert!(out.len() < 768 * 1024, "{} bytes", out.len());
         assert!(out.len() < crate::reactor::Config::default().out_high_water);
     }
 

@@ -229,7 +229,9 @@ impl Commands {
                     shown,
                     ..
                 }),
-                ResponseBody::Holders { files, total, next },
+                ResponseBody::Holders {
+                    files, total, next, ..
+                },
             ) => match then_get {
                 None => {
                     let last = shown + files.len() as u64;

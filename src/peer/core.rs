@@ -15,8 +15,13 @@
 //! socket, thread or clock, so the test harness drives it with an in-memory index and
 //! holders and virtual time.
 //!
+//! Pushes (see `peer/push.rs`): a firewalled holder a download meets is asked through the
+//! index to connect to us; its connection arrives at our file server and, named by its first
+//! frame, becomes that download's connection. A push relayed to us makes us connect out
+//! ([`Role::Push`]) and serve the file there as an ordinary upload.
+//!
 //! Per-connection state is the [`Role`] in the reactor's slot; the core keeps no map of
-//! connections beside it.
+//! connections beside it (but the few outgoing push connections, counted for their cap).
 
 use super::commands::{self, Commands, Follow, Next, Waiting};
 use super::console::{Command, Target};
@@ -24,6 +29,7 @@ use super::download::{Attempt, Download, DownloadEvent, DownloadId, DownloadLimi
 use super::metrics::{CoreView, PeerCounters};
 use super::names::display_name;
 use super::output::{Line, Output};
+use super::push::{self as pushes, FirstFrame, PushOut, PushState};
 use super::render::{self, DownloadStatus, FileRow, Saved, ShareSummary, StatusReport};
 use super::session::{IndexSession, SessionEvent, Tag};
 use super::share::{self, Share, SharedFile};
@@ -53,6 +59,8 @@ pub enum Role {
     Upload(Upload),
     /// One attempt of one of our downloads.
     Download(Attempt),
+    /// Connecting to a downloader that asked us for a push; an upload once connected.
+    Push(PushOut),
 }
 
 /// Something for the reactor handler to do.
@@ -192,7 +200,15 @@ pub struct PeerCore {
     /// The web page's index requests: the next number, and the answers not yet taken.
     next_web_request: u64,
     web_answers: VecDeque<(u64, ResponseBody)>,
+    /// Pushes asked and served, and what the index found of our reachability.
+    push: PushState,
+    /// Holders the index's lookups flagged unreachable (bounded: cleared when it grows past
+    /// [`FIREWALLED_KEPT`]).
+    firewalled: std::collections::HashSet<SocketAddr>,
 }
+
+/// Most firewalled holders remembered from lookups.
+const FIREWALLED_KEPT: usize = 4096;
 
 /// A download and what the core keeps beside it.
 struct Running {
@@ -237,6 +253,8 @@ impl PeerCore {
             registers_done: false,
             next_web_request: 1,
             web_answers: VecDeque::new(),
+            push: PushState::new(cfg.seed),
+            firewalled: std::collections::HashSet::new(),
             cfg,
         }
     }
@@ -244,6 +262,10 @@ impl PeerCore {
     /// The file server listens on `listen_port`: scan the share and connect to the index.
     pub fn start(&mut self, listen_port: u16) {
         self.listen_port = listen_port;
+        if listen_port == 0 {
+            // `--listen none`: nobody can connect to us.
+            self.push.reachable = Some(false);
+        }
         self.session = IndexSession::new(self.cfg.index.clone(), listen_port, self.cfg.seed);
         self.actions
             .push_back(Action::Hash(Job::Rescan { console: false }));
@@ -434,6 +456,18 @@ impl PeerCore {
                 None => Verdict::Close(CloseReason::Local),
             },
             Role::Upload(_) => Verdict::Continue,
+            Role::Push(p) => {
+                // Say which push this is, then serve like any upload.
+                let p = *p;
+                self.push.handle_connected(conn, p.to);
+                self.actions.push_back(Action::Send {
+                    conn,
+                    frame: p.hello_frame(),
+                });
+                log::info!(target: "peer", "pushing {} to {}", p.hash, p.to);
+                *role = Role::Upload(Upload::AwaitingGet { from: p.to.ip() });
+                Verdict::Continue
+            }
         };
         self.pump(now);
         verdict
@@ -455,7 +489,11 @@ impl PeerCore {
                 }
                 Err(e) => Verdict::Close(CloseReason::Protocol(format!("index sent {e}"))),
             },
+            Role::Upload(Upload::AwaitingGet { .. }) if pushes::is_not_range(payload) => {
+                self.handle_first_frame(now, conn, role, payload)
+            }
             Role::Upload(state) => self.handle_get(now, conn, state, payload, Origin::Conn),
+            Role::Push(_) => Verdict::Close(CloseReason::Local),
             Role::Download(attempt) => match running(&mut self.downloads, attempt.download) {
                 Some(r) => {
                     r.dl.handle_frame(now, conn, *attempt, payload, &mut self.actions)
@@ -573,7 +611,14 @@ impl PeerCore {
         role: Role,
         reason: &CloseReason,
     ) {
+        if let Some(c) = conn {
+            self.push.handle_closed(c);
+        }
         match role {
+            Role::Push(p) => {
+                self.push.handle_connect_failed(p.to);
+                log::info!(target: "peer", "push of {} to {} failed: {reason}", p.hash, p.to);
+            }
             Role::Index => self.session.handle_closed(now, reason, &mut self.actions),
             Role::Download(attempt) => {
                 if let Some(r) = running(&mut self.downloads, attempt.download) {
@@ -611,6 +656,142 @@ impl PeerCore {
             }
         }
         self.pump(now);
+    }
+
+    /// A first frame on our file server that is no range request: the index's probe, or a
+    /// holder answering our push (the connection becomes that download's).
+    fn handle_first_frame(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        role: &mut Role,
+        payload: &[u8],
+    ) -> Verdict {
+        match self.push.identify(payload, now) {
+            // Not ours after all: the upload machine answers it.
+            None => {
+                let Role::Upload(state) = role else {
+                    return Verdict::Close(CloseReason::Local);
+                };
+                self.handle_get(now, conn, state, payload, Origin::Conn)
+            }
+            Some(FirstFrame::Probe(answer)) => {
+                self.actions.push_back(Action::Send {
+                    conn,
+                    frame: answer,
+                });
+                Verdict::CloseAfterFlush(CloseReason::Local)
+            }
+            Some(FirstFrame::Unexpected(why)) => {
+                log::info!(target: "peer", "refused a connection: {why}");
+                Verdict::Close(CloseReason::Protocol(why))
+            }
+            Some(FirstFrame::Pushed { download, attempt }) => {
+                let attempt = Attempt {
+                    download,
+                    n: attempt,
+                };
+                let Some(r) = running(&mut self.downloads, download) else {
+                    return Verdict::Close(CloseReason::Local);
+                };
+                *role = Role::Download(attempt);
+                // A download connection has no idle timeout (its own timers bound it).
+                self.actions.push_back(Action::SetRole {
+                    conn,
+                    role: role.clone(),
+                });
+                r.dl.handle_connected(now, conn, attempt, &mut self.actions)
+            }
+        }
+    }
+
+    /// A downloader asks us, through the index, to connect to it and serve `hash`.
+    fn handle_push_request(&mut self, hash: FileHash, to: SocketAddr, nonce: u64) {
+        let shared = self.share.by_hash(&hash).is_some();
+        match self.push.admit(shared, to) {
+            Ok(()) => self.actions.push_back(Action::Connect {
+                addr: to,
+                role: Role::Push(PushOut { hash, to, nonce }),
+            }),
+            Err(why) => log::info!(target: "peer", "push of {hash} to {to} not served: {why:?}"),
+        }
+    }
+
+    /// Download `i` wants holder `holder` to connect to us for `attempt`.
+    fn ask_push(&mut self, now: Instant, i: usize, holder: SocketAddr, attempt: u32) {
+        let r = &mut self.downloads[i];
+        if self.listen_port == 0 || self.push.reachable == Some(false) {
+            r.dl.handle_push_failed(now, attempt, String::new(), true, &mut self.actions);
+            return;
+        }
+        let (id, hash) = (r.dl.id(), r.dl.hash());
+        self.output.note(format!(
+            "get: {}: {holder} is firewalled: asking it to connect to us",
+            display_name(r.dl.progress().0)
+        ));
+        let nonce = self.push.expect(id, attempt, hash, now);
+        let body = RequestBody::Push {
+            hash,
+            holder,
+            nonce,
+        };
+        if !self
+            .session
+            .request(body, Tag::Push(id, attempt), &mut self.actions)
+        {
+            let why = "not connected to the index".to_string();
+            self.downloads[i]
+                .dl
+                .handle_push_failed(now, attempt, why, false, &mut self.actions);
+        }
+    }
+
+    /// The index's answer to a push we asked.
+    fn handle_push_answer(
+        &mut self,
+        now: Instant,
+        id: DownloadId,
+        attempt: u32,
+        body: ResponseBody,
+    ) {
+        let why = match body {
+            ResponseBody::PushRelayed => return,
+            ResponseBody::Error { message, .. } => message,
+            ResponseBody::RateLimited { retry_after_ms, .. } => {
+                format!("the index's push rate limit (try again in {retry_after_ms} ms)")
+            }
+            other => format!("unexpected answer {other:?}"),
+        };
+        // The index knows better than us: it refused because we are not reachable either.
+        let we_too = self.push.reachable == Some(false);
+        if let Some(r) = running(&mut self.downloads, id) {
+            r.dl.handle_push_failed(now, attempt, why, we_too, &mut self.actions);
+        }
+    }
+
+    /// Our file server's address as the index gives it out, never a holder of ours to
+    /// download from. None without a file server: `IP:0` is every `--listen none` peer
+    /// behind our address, not us.
+    fn me(&self) -> Option<SocketAddr> {
+        self.session.observed().filter(|a| a.port() != 0)
+    }
+
+    /// Remembers which holders a lookup answer flagged firewalled.
+    fn note_firewalled(&mut self, body: &ResponseBody) {
+        if let ResponseBody::Holders {
+            files, firewalled, ..
+        } = body
+        {
+            for f in files {
+                for h in &f.holders {
+                    self.firewalled.remove(h);
+                }
+            }
+            if self.firewalled.len() + firewalled.len() > FIREWALLED_KEPT {
+                self.firewalled.clear();
+            }
+            self.firewalled.extend(firewalled.iter().copied());
+        }
     }
 
     /// Answers one range request of `conn`.
@@ -866,6 +1047,10 @@ impl PeerCore {
                     });
                 }
                 log::info!(target: "peer", "index session up; seen as {observed}");
+                if self.listen_port != 0 {
+                    // A new session tests our file server again.
+                    self.push.reachable = None;
+                }
                 // Soft state: the index knows nothing of us on a new session.
                 let entries = self.share.entries();
                 self.session.register(entries, &mut self.actions);
@@ -889,13 +1074,28 @@ impl PeerCore {
                 }
             }
             SessionEvent::Refused(status) | SessionEvent::Note(status) => self.output.note(status),
+            SessionEvent::Reachability(reachable) => {
+                self.push.reachable = Some(reachable);
+                log::info!(
+                    target: "peer",
+                    "the index {} our file server{}",
+                    if reachable { "reached" } else { "could not reach" },
+                    if reachable { "" } else { ": firewalled; other peers download from us through pushes" }
+                );
+            }
+            SessionEvent::PushRequest { hash, to, nonce } => {
+                self.handle_push_request(hash, to, nonce)
+            }
             SessionEvent::Error(text) => self.output.error(text),
             SessionEvent::Answer { tag, body } => self.handle_answer(now, tag, body),
         }
     }
 
     fn handle_answer(&mut self, now: Instant, tag: Tag, body: ResponseBody) {
+        self.note_firewalled(&body);
         match (tag, body) {
+            (Tag::Push(id, attempt), body) => self.handle_push_answer(now, id, attempt, body),
+            (Tag::Reachability, _) => {}
             (
                 Tag::Register,
                 ResponseBody::Registered {
@@ -971,6 +1171,7 @@ impl PeerCore {
                 why,
                 liar,
             }),
+            DownloadEvent::Push { holder, attempt } => self.ask_push(now, i, holder, attempt),
             DownloadEvent::NeedHolders => {
                 let hash = self.downloads[i].dl.hash();
                 let body = RequestBody::Lookup {
@@ -1042,7 +1243,7 @@ impl PeerCore {
 
     /// The holders a download's lookup found.
     fn handle_holders_answer(&mut self, now: Instant, id: DownloadId, body: ResponseBody) {
-        let me = self.session.observed();
+        let me = self.me();
         let Some(r) = running(&mut self.downloads, id) else {
             return;
         };
@@ -1056,6 +1257,7 @@ impl PeerCore {
                 .collect(),
             _ => Vec::new(),
         };
+        r.dl.note_firewalled(self.firewalled.iter().copied());
         r.dl.handle_holders(now, Some(holders), &mut self.actions);
     }
 
@@ -1330,6 +1532,7 @@ impl PeerCore {
             files: self.share.len(),
             bytes: self.share.total_bytes(),
             listen_port: self.listen_port,
+            reachable: self.push.reachable,
             uploads_active: self.uploads.active,
             upload_slots: self.queue.slots,
             uploads_queued: self.queue.len(),
@@ -1490,7 +1693,7 @@ impl PeerCore {
         background: bool,
     ) -> Result<(), String> {
         // Our own address may be listed if we shared it before; never download from self.
-        let me = self.session.observed();
+        let me = self.me();
         let mut holders: Vec<SocketAddr> = file
             .holders
             .iter()
@@ -1525,6 +1728,7 @@ impl PeerCore {
             swarm::Config::default(),
         )
         .map_err(|e| format!("get: {e}"))?;
+        dl.note_firewalled(self.firewalled.iter().copied());
         dl.start(now, &mut self.actions);
         self.downloads.push(Running {
             dl,

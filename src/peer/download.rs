@@ -32,6 +32,13 @@
 //!   restart fetches only the pieces the record names as missing, from any holders. The
 //!   final name appears only by a link/rename after every piece verified and the data was
 //!   fsynced; it is sanitised ([`names::sanitize`]) and never overwrites a different file.
+//! - Firewalled holders (issue 15): a holder the index flags unreachable
+//!   ([`Download::note_firewalled`]), or one we could not connect to, is asked for a push
+//!   instead ([`DownloadEvent::Push`], once per holder after a failed connect): the core asks
+//!   the index, and the holder's connection, when it comes to our file server, is handed to
+//!   [`Download::handle_connected`] like an outgoing one. A push that cannot happen
+//!   ([`Download::handle_push_failed`]) drops the holder; when we are firewalled too it is
+//!   never taken back.
 
 use super::core::{Action, Role};
 use super::names::{self, display_name, Landing};
@@ -43,7 +50,7 @@ use crate::reactor::{CloseReason, ConnId, Verdict};
 use crate::wire::{
     self, ErrorCode, FileHash, HeldFile, TransferRequest, TransferResponse, PROTOCOL_VERSION,
 };
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -343,6 +350,14 @@ pub enum DownloadEvent {
     },
     /// Look the file up by hash and hand the holders to [`Download::handle_holders`].
     NeedHolders,
+    /// Ask the index to have `holder` connect to us (a push) for `attempt`; the connection
+    /// comes to our file server, or [`Download::handle_push_failed`] says why not.
+    Push {
+        /// The holder, as the lookup listed it.
+        holder: SocketAddr,
+        /// The attempt the connection will serve.
+        attempt: u32,
+    },
     /// Pieces were verified: the progress to show.
     Progress {
         /// Verified bytes on disk.
@@ -402,6 +417,10 @@ struct Source {
     liar: bool,
     /// Delivered at least one verified piece.
     delivered: bool,
+    /// The live attempt is a push (the holder connects to us).
+    pushed: bool,
+    /// Why connecting to it failed, before it was asked for a push.
+    connect_failed: Option<String>,
 }
 
 impl Source {
@@ -419,12 +438,15 @@ impl Source {
             failures: 0,
             liar: false,
             delivered: false,
+            pushed: false,
+            connect_failed: None,
         }
     }
 
     /// Forgets the connection and everything asked on it.
     fn reset(&mut self) -> Option<ConnId> {
         self.attempt = 0;
+        self.pushed = false;
         self.asked.clear();
         self.receiving = None;
         self.queued_since = None;
@@ -463,6 +485,9 @@ pub struct Download {
     next_progress: Instant,
     done: bool,
     events: VecDeque<DownloadEvent>,
+    /// Holders asked for a push rather than connected to (the index flagged them, or a
+    /// connect to them failed).
+    firewalled: HashSet<SocketAddr>,
 }
 
 impl Download {
@@ -524,6 +549,7 @@ impl Download {
             next_progress: now,
             done: false,
             events,
+            firewalled: HashSet::new(),
         })
     }
 
@@ -601,6 +627,51 @@ impl Download {
             }
         }
         self.check_holderless(out);
+        self.run(now, out);
+    }
+
+    /// These holders cannot be connected to (the index found them unreachable): they are
+    /// asked for pushes.
+    pub fn note_firewalled(&mut self, holders: impl IntoIterator<Item = SocketAddr>) {
+        self.firewalled.extend(holders);
+    }
+
+    /// The push for `attempt` will not come: the index refused it (`why`), or we cannot be
+    /// reached either (`we_too`: the holder is never taken back, and the person is told so
+    /// plainly).
+    pub fn handle_push_failed(
+        &mut self,
+        now: Instant,
+        attempt: u32,
+        why: String,
+        we_too: bool,
+        out: &mut VecDeque<Action>,
+    ) {
+        let Some(i) = self.source_of(Attempt {
+            download: self.id,
+            n: attempt,
+        }) else {
+            return;
+        };
+        if we_too {
+            let s = &mut self.sources[i];
+            s.failures = MAX_HOLDER_FAILURES;
+            let addr = s.addr;
+            s.reset();
+            self.failures.push(super::push::both_firewalled(addr));
+            self.events.push_back(DownloadEvent::Dropped {
+                holder: addr,
+                why: "it is firewalled and so are we: cannot download from it".into(),
+                liar: false,
+            });
+            self.swarm.handle_holder_removed(HolderId(i as u64), now);
+        } else {
+            let why = match self.sources[i].connect_failed.take() {
+                Some(before) => format!("{before}, and the push was refused: {why}"),
+                None => format!("push refused: {why}"),
+            };
+            self.holder_failed(now, i, why, out);
+        }
         self.run(now, out);
     }
 
@@ -723,6 +794,7 @@ impl Download {
                 }
                 return Verdict::Close(CloseReason::Local);
             }
+            Ok(TransferResponse::Probed { .. }) => "sent a probe answer".to_string(),
             Err(e) => format!("protocol error: holder sent {e}"),
         };
         self.holder_failed(now, i, why, out);
@@ -905,6 +977,18 @@ impl Download {
             return;
         };
         self.sources[i].conn = None;
+        let s = &self.sources[i];
+        if matches!(reason, CloseReason::ConnectFailed(_))
+            && !s.pushed
+            && self.firewalled.insert(s.addr)
+        {
+            // It may be firewalled: ask it to connect to us instead, its requests kept.
+            self.sources[i].connect_failed = Some(reason.to_string());
+            self.swarm.handle_alive(HolderId(i as u64), now);
+            self.push(i);
+            self.run(now, out);
+            return;
+        }
         let why = match reason {
             CloseReason::Eof => "the holder closed the connection early".to_string(),
             other => other.to_string(),
@@ -1104,6 +1188,8 @@ impl Download {
         if let Some(conn) = s.conn {
             let action = self.request_frame(conn, groups);
             out.push_back(action);
+        } else if s.attempt == 0 && self.firewalled.contains(&s.addr) {
+            self.push(i);
         } else if s.attempt == 0 {
             self.next_attempt += 1;
             s.attempt = self.next_attempt;
@@ -1118,6 +1204,19 @@ impl Download {
                 }),
             });
         }
+    }
+
+    /// Holder `i` is asked for a push on a new attempt (its requests wait for the
+    /// connection).
+    fn push(&mut self, i: usize) {
+        self.next_attempt += 1;
+        let s = &mut self.sources[i];
+        s.attempt = self.next_attempt;
+        s.pushed = true;
+        self.events.push_back(DownloadEvent::Push {
+            holder: s.addr,
+            attempt: s.attempt,
+        });
     }
 
     fn save_record_now(&mut self, now: Instant) {

@@ -315,7 +315,10 @@ impl Harness {
                 None => return,
                 Some((Conn::Holder(addr), _)) => {
                     let addr = *addr;
-                    let TransferRequest::Range { first, end, .. } = wire::decode(&payload).unwrap();
+                    let Ok(TransferRequest::Range { first, end, .. }) = wire::decode(&payload)
+                    else {
+                        panic!("a range request")
+                    };
                     self.gets.push((addr, first..end));
                     self.serve(id, addr, first..end);
                     continue;

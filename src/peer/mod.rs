@@ -34,6 +34,7 @@ pub mod names;
 pub mod outboard;
 pub mod output;
 pub mod paths;
+pub mod push;
 pub mod rate;
 pub mod render;
 pub mod session;
@@ -82,8 +83,9 @@ pub struct PeerConfig {
     pub downloads_dir: PathBuf,
     /// The index server, `HOST:PORT`.
     pub index: String,
-    /// Where the file server listens.
-    pub listen: SocketAddr,
+    /// Where the file server listens (`None`: `--listen none`, no file server: the peer
+    /// serves only through pushes).
+    pub listen: Option<SocketAddr>,
     /// Read commands from stdin (false: `--serve`).
     pub console: bool,
     /// Produce progress lines (a bar on a terminal, or `--json` events).
@@ -109,7 +111,7 @@ pub struct PeerConfig {
 /// reactor timer it keeps armed at the core's next deadline.
 pub struct Peer {
     core: PeerCore,
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
     events: Receiver<Event>,
     jobs: Sender<Job>,
     /// Hands an event from a helper thread to the reactor and wakes it.
@@ -184,10 +186,14 @@ impl Peer {
         self.shutdown = Some(flag);
     }
 
-    /// Starts listening, scanning and connecting. Returns the file server's address.
-    pub fn start(&mut self, ctx: &mut Ctx<Role>) -> std::io::Result<SocketAddr> {
-        let addr = ctx.listen(self.listen)?;
-        self.core.start(addr.port());
+    /// Starts listening, scanning and connecting. Returns the file server's address (none
+    /// with `--listen none`).
+    pub fn start(&mut self, ctx: &mut Ctx<Role>) -> std::io::Result<Option<SocketAddr>> {
+        let addr = match self.listen {
+            Some(listen) => Some(ctx.listen(listen)?),
+            None => None,
+        };
+        self.core.start(addr.map_or(0, |a| a.port()));
         self.apply(ctx);
         Ok(addr)
     }
@@ -264,6 +270,10 @@ impl Peer {
                     }
                 }
                 Action::Connect { addr, role } => match ctx.connect(addr, role.clone()) {
+                    // A push connection is an upload: it times out like one.
+                    Ok(conn) if matches!(role, Role::Push(_)) => {
+                        ctx.set_idle_timeout(conn, Some(UPLOAD_IDLE))
+                    }
                     Ok(conn) => ctx.set_idle_timeout(conn, None),
                     Err(e) => self.core.handle_close(
                         ctx.now(),
@@ -293,7 +303,11 @@ impl Peer {
                 Action::SetRole { conn, role } => {
                     // A request waiting in the upload queue has no deadline of its own (the
                     // downloader bounds its wait); the queue is bounded per address.
-                    if matches!(role, Role::Upload(Upload::Queued { .. })) {
+                    // Nor has a download on a connection a holder pushed to us.
+                    if matches!(
+                        role,
+                        Role::Upload(Upload::Queued { .. }) | Role::Download(_)
+                    ) {
                         ctx.set_idle_timeout(conn, None);
                     }
                     if matches!(self.lent, Some((lent, _)) if lent == conn) {

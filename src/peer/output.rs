@@ -102,8 +102,8 @@ pub enum Line {
     },
     /// The file server listens here (stderr).
     Serving {
-        /// Its address.
-        addr: SocketAddr,
+        /// Its address (none: `--listen none`, the peer serves only through pushes).
+        addr: Option<SocketAddr>,
     },
     /// Metrics are served here (stderr).
     Metrics {

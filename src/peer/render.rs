@@ -184,8 +184,10 @@ pub struct StatusReport {
     pub files: usize,
     /// Bytes in them.
     pub bytes: u64,
-    /// The file server's port.
+    /// The file server's port (0: none, `--listen none`).
     pub listen_port: u16,
+    /// Whether the index reached our file server (`None`: not known yet).
+    pub reachable: Option<bool>,
     /// Uploads sending.
     pub uploads_active: u64,
     /// Uploads sent at once at most.
@@ -369,7 +371,12 @@ pub fn text(line: &Line, style: Style) -> Option<(Stream, String)> {
             Stdout,
             format!("already have {} ({})", path.display(), bytes(*n, style)),
         ),
-        Line::Serving { addr } => (Stderr, format!("peer: serving files on {addr}")),
+        Line::Serving { addr: Some(addr) } => (Stderr, format!("peer: serving files on {addr}")),
+        Line::Serving { addr: None } => (
+            Stderr,
+            "peer: no file server (--listen none): other peers get our files through pushes"
+                .to_string(),
+        ),
         Line::Metrics { addr } => (Stderr, format!("peer: metrics on http://{addr}/metrics")),
         Line::Hashing {
             files_done,
@@ -595,7 +602,19 @@ fn status_text(r: &StatusReport, style: Style) -> String {
         bytes(r.bytes, style),
         r.share_dir.display()
     );
-    let _ = writeln!(s, "serving on port {}", r.listen_port);
+    if r.listen_port == 0 {
+        s.push_str("no file server (--listen none): other peers get our files through pushes\n");
+    } else {
+        let reach = match r.reachable {
+            Some(true) => "reachable from the index",
+            Some(false) => {
+                "not reachable from the index (firewalled): other peers get our files through \
+                 pushes"
+            }
+            None => "reachability not known yet",
+        };
+        let _ = writeln!(s, "serving on port {} ({reach})", r.listen_port);
+    }
     let _ = writeln!(
         s,
         "uploads: {} in progress ({} slots), {} waiting in the queue, {} done, {} sent",
@@ -711,6 +730,7 @@ pub fn json(line: &Line) -> Option<Value> {
                 },
                 "share": {"dir": path_json(&r.share_dir), "files": r.files, "bytes": r.bytes},
                 "listen_port": r.listen_port,
+                "reachable": r.reachable,
                 "uploads": {
                     "active": r.uploads_active,
                     "slots": r.upload_slots,
@@ -736,7 +756,9 @@ pub fn json(line: &Line) -> Option<Value> {
             "hash": hash.to_hex(),
             "size": size,
         }),
-        Line::Serving { addr } => json!({"type": "serving", "address": addr.to_string()}),
+        Line::Serving { addr } => {
+            json!({"type": "serving", "address": addr.map(|a| a.to_string())})
+        }
         Line::Metrics { addr } => json!({"type": "metrics", "address": addr.to_string()}),
         Line::Hashing {
             files_done,
@@ -1019,6 +1041,7 @@ mod tests {
             files: 0,
             bytes: 0,
             listen_port: 7,
+            reachable: None,
             uploads_active: 0,
             upload_slots: 64,
             uploads_queued: 0,
@@ -1031,7 +1054,7 @@ mod tests {
             text,
             "index: not connected yet: idx:9000 unreachable (connection refused), retrying\n\
              sharing: 0 files, 0 bytes from /s\n\
-             serving on port 7\n\
+             serving on port 7 (reachability not known yet)\n\
              uploads: 0 in progress (64 slots), 0 waiting in the queue, 0 done, 0 bytes sent\n\
              downloads: none in progress"
         );

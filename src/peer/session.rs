@@ -30,6 +30,10 @@
 //! - The person is told once that the index went away, and once that it is back.
 //! - A version mismatch cannot be fixed by retrying: the session stays down until the peer is
 //!   restarted, instead of hammering the index.
+//! - Every Welcome is followed by a `Reachability` request: the index tests our file server
+//!   with a connect-back, and from then on relays push requests to us (notices with id 0,
+//!   [`SessionEvent::PushRequest`]; see `peer/push.rs`). What it found is
+//!   [`SessionEvent::Reachability`]; it is forgotten with the session.
 
 use super::core::{Action, Role};
 use super::render::{IndexState, IndexStatus};
@@ -70,6 +74,10 @@ pub enum Tag {
     Holders(u64),
     /// A request of the web page (search, lookup), numbered by the core; several at once.
     Web(u64),
+    /// The test of our file server's reachability (after every Welcome).
+    Reachability,
+    /// A push asked of a holder for a download: the download and its attempt number.
+    Push(u64, u32),
 }
 
 /// What the rest of the peer hears from the session.
@@ -104,6 +112,17 @@ pub enum SessionEvent {
     Refused(String),
     /// Something the person should know that needs no action (a rate limit waited out).
     Note(String),
+    /// The index tested our file server: reachable or not (firewalled).
+    Reachability(bool),
+    /// A downloader asks us, through the index, to connect to it and serve `hash`.
+    PushRequest {
+        /// The file.
+        hash: FileHash,
+        /// The downloader's file server, as the index sees it.
+        to: SocketAddr,
+        /// To name in our first frame there.
+        nonce: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,6 +292,10 @@ impl IndexSession {
                     retry_after_ms,
                     banned,
                 } => self.rate_limited(now, retry_after_ms, banned, "connecting"),
+                // Relayed to us because we asked `Reachability` on this session.
+                ResponseBody::PushRequest { hash, to, nonce } if self.is_ready() => self
+                    .events
+                    .push_back(SessionEvent::PushRequest { hash, to, nonce }),
                 _ => {}
             }
             return;
@@ -285,7 +308,7 @@ impl IndexSession {
                     retry_after_ms,
                     banned,
                 },
-            ) if !matches!(tag, Tag::Command | Tag::Web(_)) => {
+            ) if !matches!(tag, Tag::Command | Tag::Web(_) | Tag::Push(..)) => {
                 let what = match tag {
                     Tag::Register => "registering",
                     Tag::Unregister => "withdrawing files",
@@ -311,6 +334,10 @@ impl IndexSession {
                 self.been_up = true;
                 self.last_error = None;
                 self.events.push_back(SessionEvent::Up { observed, again });
+                self.send(conn, RequestBody::Reachability, Tag::Reachability, out);
+            }
+            (Tag::Reachability, ResponseBody::Reachability { reachable }) => {
+                self.events.push_back(SessionEvent::Reachability(reachable));
             }
             (Tag::Hello, ResponseBody::Error { code, message }) => {
                 let conn = self.conn();

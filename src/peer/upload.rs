@@ -352,7 +352,11 @@ pub fn answer(payload: &[u8], share: &Share, outboards: &mut Outboards) -> Answe
         size,
         first,
         end,
-    } = req;
+    } = req
+    else {
+        // A probe or a push answer is a first frame only (see `peer::push`).
+        return refuse(ErrorCode::Invalid, "expected a range request".into(), None);
+    };
     if version != PROTOCOL_VERSION {
         return version_refusal(version);
     }

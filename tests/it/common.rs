@@ -339,8 +339,12 @@ impl ServingPeer {
             seen: 0,
         };
         let line = peer.wait_line("its address", IO_TIMEOUT, |l| {
-            l.starts_with("peer: serving files on ")
+            l.starts_with("peer: serving files on ") || l.starts_with("peer: no file server")
         });
+        if line.starts_with("peer: no file server") {
+            // `--listen none`: it serves through pushes only; its address stays 0.0.0.0:0.
+            return peer;
+        }
         peer.addr = line
             .rsplit(' ')
             .next()
@@ -735,7 +739,9 @@ fn serve_fake(mut s: TcpStream, how: Fake, bytes: &[u8], served: &std::sync::ato
             };
             buf.extend_from_slice(&chunk[..n]);
         };
-        let TransferRequest::Range { first, end, .. } = req;
+        let TransferRequest::Range { first, end, .. } = req else {
+            return;
+        };
         let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         let (out, stops) = match how {
             Fake::ServesThenHangs(k) if n > k => (Vec::new(), true),

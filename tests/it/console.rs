@@ -98,6 +98,13 @@ fn json_gives_every_result_event_and_error_as_one_object_per_line() {
     );
     assert_eq!(status[0]["share"]["files"], 1);
     assert_eq!(status[0]["uploads"]["slots"], 64);
+    // Whether the index reached our file server: true, false, or null while not known.
+    let reachable = &status[0]["reachable"];
+    assert!(
+        status[0].as_object().unwrap().contains_key("reachable")
+            && (reachable.is_boolean() || reachable.is_null()),
+        "{all:?}"
+    );
 
     let errors = of_type(&all, "error");
     assert_eq!(errors.len(), 1, "{all:?}");

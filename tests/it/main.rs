@@ -13,6 +13,7 @@ mod indexd;
 mod limits;
 mod ops;
 mod peer;
+mod push;
 mod queue;
 mod reactor;
 mod swarm;

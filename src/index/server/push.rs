@@ -1,0 +1,786 @@
+//! Firewalled holders at the index (issue 15 part 2): the connect-back that tests whether a
+//! peer's file server can be reached, and the relay of push requests.
+//!
+//! # Reachability
+//! A session that asks [`RequestBody::Reachability`](crate::wire::RequestBody::Reachability)
+//! is probed: indexd connects (non-blocking, on its own reactor) to the IP it sees on the
+//! session with the port the peer announced, sends a
+//! [`TransferRequest::Probe`](crate::wire::TransferRequest::Probe) with a random nonce, and
+//! counts the peer reachable only if the answer is
+//! [`TransferResponse::Probed`](crate::wire::TransferResponse::Probed) with that nonce: a
+//! p2pshare file server, not merely an open port. A peer announcing port 0 (`--listen none`)
+//! is unreachable at once, without a probe. Probes are bounded: at most
+//! [`PROBES_IN_FLIGHT_MAX`] at once, started at most [`PROBES_PER_SECOND`], each given
+//! [`PROBE_TIMEOUT`] in all; sessions wait in a queue of at most [`PROBE_QUEUE_MAX`] (beyond
+//! it the answer is "unknown": no `Reachability` answer, and the peer is not flagged).
+//! Unreachable holders are listed in every lookup answer's `firewalled`.
+//!
+//! # Push relay
+//! A session that asked `Reachability` also takes pushes. A `Push { hash, holder, nonce }` is
+//! relayed to one such session whose address (IP seen, port announced) is `holder`, as a
+//! notice `PushRequest { hash, to, nonce }` where `to` is always the *requester's* own
+//! address as the index sees it: the request names no target, so the index cannot be used to
+//! make holders connect anywhere else. Refused: a requester that announced port 0 or that the
+//! probe found unreachable (the holder could not connect to it either), a holder not
+//! connected to this node (in a cluster, pushes to another node's holders are not relayed
+//! yet), and pushes over the budgets: [`PUSH_SESSION_BURST`] then [`PUSH_SESSION_PER_SECOND`]
+//! per session, [`PUSHES_PER_SECOND`] for all sessions together (answered `RateLimited`).
+//!
+//! Sans-IO: [`Pushes`] takes sessions, requests and probe outcomes with `now` and returns
+//! frames; the `IndexServer` methods at the end connect probes and deliver notices on the
+//! reactor.
+
+use super::{IndexServer, Session, SessionState};
+use crate::index::limits::{Bucket, SessionBuckets};
+use crate::reactor::{CloseReason, ConnId, Ctx, Verdict};
+use crate::wire::{
+    self, ErrorCode, FileHash, Response, ResponseBody, TransferRequest, TransferResponse,
+    PROTOCOL_VERSION,
+};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A probe (connect, probe frame, answer) that has not ended in this long counts as
+/// unreachable.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most probes in flight at once.
+pub const PROBES_IN_FLIGHT_MAX: usize = 64;
+/// Most probes started per second (and the burst).
+pub const PROBES_PER_SECOND: u64 = 100;
+/// Most sessions waiting for a probe; later ones get no answer (reachability unknown).
+pub const PROBE_QUEUE_MAX: usize = 10_000;
+/// Pushes one session may send at once before its rate applies.
+pub const PUSH_SESSION_BURST: u64 = 16;
+/// Pushes per second one session may send after its burst.
+pub const PUSH_SESSION_PER_SECOND: u64 = 2;
+/// Pushes per second of all sessions together (and the burst).
+pub const PUSHES_PER_SECOND: u64 = 200;
+
+/// The reactor timer id of the probes' deadlines and rate waits.
+pub(super) const PUSH_TIMER: u64 = 0x7075_7368;
+
+/// A probe connection's state, in its reactor slot.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Probe {
+    /// The session probed.
+    of: u64,
+    nonce: u64,
+    /// The right answer came.
+    reached: bool,
+}
+
+/// A ready local session, as the push machinery sees it.
+#[derive(Debug)]
+struct Local {
+    conn: Option<ConnId>,
+    addr: SocketAddr,
+    /// The probe's outcome (`None`: not probed, or not over).
+    reachable: Option<bool>,
+    /// It asked `Reachability` (so it takes pushes); the id to answer, while not answered.
+    asked: bool,
+    awaiting: Option<u32>,
+    pushes: Bucket,
+}
+
+/// Why a push was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushRefusal {
+    /// Over a budget: try again after this long.
+    RateLimited(Duration),
+    /// Refused for good; the sentence says why.
+    Error(ErrorCode, String),
+}
+
+/// The sans-IO state of reachability and pushes; see the module docs.
+pub struct Pushes {
+    locals: HashMap<u64, Local>,
+    /// Sessions that take pushes, by their address (IP seen, port announced).
+    by_addr: HashMap<SocketAddr, Vec<u64>>,
+    /// Sessions found unreachable, by address.
+    unreachable: HashMap<SocketAddr, u32>,
+    queue: VecDeque<u64>,
+    in_flight: usize,
+    /// Probe connections and when each gives up.
+    probing: HashMap<ConnId, Instant>,
+    probe_rate: Bucket,
+    all_pushes: Bucket,
+    rng: fastrand::Rng,
+    /// Frames for other sessions than the one whose request is handled.
+    deliveries: Vec<(u64, Vec<u8>)>,
+    /// Pushes relayed and refused, for logs and tests.
+    pub relayed: u64,
+    /// Pushes refused over a budget.
+    pub rate_limited: u64,
+}
+
+impl Pushes {
+    /// Empty.
+    pub fn new(now: Instant) -> Pushes {
+        Pushes {
+            locals: HashMap::new(),
+            by_addr: HashMap::new(),
+            unreachable: HashMap::new(),
+            queue: VecDeque::new(),
+            in_flight: 0,
+            probing: HashMap::new(),
+            probe_rate: Bucket::new(PROBES_PER_SECOND, PROBES_PER_SECOND, now),
+            all_pushes: Bucket::new(PUSHES_PER_SECOND, PUSHES_PER_SECOND, now),
+            rng: fastrand::Rng::new(),
+            deliveries: Vec::new(),
+            relayed: 0,
+            rate_limited: 0,
+        }
+    }
+
+    /// Session `session` (on `conn`, under a reactor) said hello from `addr`.
+    pub fn handle_joined(
+        &mut self,
+        session: u64,
+        conn: Option<ConnId>,
+        addr: SocketAddr,
+        now: Instant,
+    ) {
+        self.locals.insert(
+            session,
+            Local {
+                conn,
+                addr,
+                reachable: None,
+                asked: false,
+                awaiting: None,
+                pushes: Bucket::new(PUSH_SESSION_PER_SECOND, PUSH_SESSION_BURST, now),
+            },
+        );
+    }
+
+    /// Session `session` ended.
+    pub fn handle_left(&mut self, session: u64) {
+        let Some(local) = self.locals.remove(&session) else {
+            return;
+        };
+        if local.asked {
+            if let Some(v) = self.by_addr.get_mut(&local.addr) {
+                v.retain(|s| *s != session);
+                if v.is_empty() {
+                    self.by_addr.remove(&local.addr);
+                }
+            }
+        }
+        if local.reachable == Some(false) {
+            self.forget_unreachable(local.addr);
+        }
+        // A queued probe of it is skipped when its turn comes.
+    }
+
+    fn forget_unreachable(&mut self, addr: SocketAddr) {
+        if let Some(n) = self.unreachable.get_mut(&addr) {
+            *n -= 1;
+            if *n == 0 {
+                self.unreachable.remove(&addr);
+            }
+        }
+    }
+
+    /// `Reachability` (request `id`) from `session`: the answer now if it is known (port 0,
+    /// or probed already), else `None` (it comes from [`Pushes::handle_probe_done`]).
+    pub fn handle_ask(&mut self, session: u64, id: u32) -> Option<bool> {
+        let local = self.locals.get_mut(&session)?;
+        if !local.asked {
+            local.asked = true;
+            self.by_addr.entry(local.addr).or_default().push(session);
+        }
+        if local.addr.port() == 0 && local.reachable.is_none() {
+            local.reachable = Some(false);
+            *self.unreachable.entry(local.addr).or_insert(0) += 1;
+        }
+        if let Some(known) = local.reachable {
+            return Some(known);
+        }
+        if local.awaiting.is_none() {
+            if self.queue.len() >= PROBE_QUEUE_MAX {
+                log::warn!(
+                    "{}: not probed: {PROBE_QUEUE_MAX} sessions wait for a probe already",
+                    local.addr
+                );
+                return None;
+            }
+            self.queue.push_back(session);
+        }
+        local.awaiting = Some(id);
+        None
+    }
+
+    /// The next probe to start now, if the bounds allow: (session, address, nonce).
+    pub fn poll_probe(&mut self, now: Instant) -> Option<(u64, SocketAddr, u64)> {
+        while self.in_flight < PROBES_IN_FLIGHT_MAX && self.probe_rate.wait(now).is_none() {
+            let session = self.queue.pop_front()?;
+            let Some(local) = self.locals.get(&session) else {
+                continue;
+            };
+            self.probe_rate.charge(1, now);
+            self.in_flight += 1;
+            return Some((session, local.addr, self.rng.u64(..)));
+        }
+        None
+    }
+
+    /// When a probe start held back by the rate may go, if any waits.
+    fn probe_wait(&mut self, now: Instant) -> Option<Duration> {
+        if self.queue.is_empty() || self.in_flight >= PROBES_IN_FLIGHT_MAX {
+            return None;
+        }
+        self.probe_rate.wait(now)
+    }
+
+    /// The probe of `session` ended: the `Reachability` answer to send it (its connection,
+    /// when known, and the frame), if it asked and is still there.
+    pub fn handle_probe_done(&mut self, session: u64, reachable: bool) -> Option<(u64, Vec<u8>)> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let local = self.locals.get_mut(&session)?;
+        if local.reachable.is_none() {
+            local.reachable = Some(reachable);
+            if !reachable {
+                *self.unreachable.entry(local.addr).or_insert(0) += 1;
+            }
+        }
+        log::info!(
+            "{}: {}",
+            local.addr,
+            if reachable {
+                "reachable: its file server answered the probe"
+            } else {
+                "not reachable: firewalled; downloads from it go through pushes"
+            }
+        );
+        let id = local.awaiting.take()?;
+        Some((
+            session,
+            answer_frame(id, ResponseBody::Reachability { reachable }),
+        ))
+    }
+
+    /// The addresses among `holders` found unreachable (or serving no port).
+    pub fn firewalled<'a>(&self, holders: impl Iterator<Item = &'a SocketAddr>) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = holders
+            .filter(|a| a.port() == 0 || self.unreachable.contains_key(a))
+            .copied()
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Whether `session` asked `Reachability` (so it takes pushes).
+    pub fn takes_pushes(&self, session: u64) -> bool {
+        self.locals.get(&session).is_some_and(|l| l.asked)
+    }
+
+    /// `Push` from `session`: relayed (the notice queued for the holder's session, see
+    /// [`Pushes::take_deliveries`]) or refused.
+    pub fn handle_push(
+        &mut self,
+        session: u64,
+        hash: FileHash,
+        holder: SocketAddr,
+        nonce: u64,
+        clustered: bool,
+        now: Instant,
+    ) -> Result<(), PushRefusal> {
+        let Some(me) = self.locals.get_mut(&session) else {
+            return Err(PushRefusal::Error(
+                ErrorCode::NotReady,
+                "push: say hello first".into(),
+            ));
+        };
+        if let Some(wait) = me.pushes.wait(now) {
+            self.rate_limited += 1;
+            return Err(PushRefusal::RateLimited(wait));
+        }
+        me.pushes.charge(1, now);
+        let to = me.addr;
+        if to.port() == 0 {
+            return Err(PushRefusal::Error(
+                ErrorCode::Invalid,
+                "push: you serve no port (--listen none), so a holder has nowhere to connect \
+                 to"
+                .into(),
+            ));
+        }
+        if me.reachable == Some(false) {
+            return Err(PushRefusal::Error(
+                ErrorCode::Invalid,
+                format!(
+                    "push: your file server {to} is not reachable from the index, so the \
+                     holder could not connect to it either"
+                ),
+            ));
+        }
+        let Some(targets) = self.by_addr.get_mut(&holder).filter(|v| !v.is_empty()) else {
+            let why = if clustered {
+                format!(
+                    "push: no peer at {holder} takes pushes on this index node (a push to a \
+                     holder connected to another node of the cluster cannot be relayed yet)"
+                )
+            } else {
+                format!("push: no peer at {holder} takes pushes")
+            };
+            return Err(PushRefusal::Error(ErrorCode::NotFound, why));
+        };
+        // Several sessions at one address (behind one NAT, all `--listen none`): each push
+        // goes to the next, so they share the work.
+        targets.rotate_left(1);
+        let target = *targets.last().expect("not empty");
+        if target == session {
+            return Err(PushRefusal::Error(
+                ErrorCode::Invalid,
+                "push: that holder is you".into(),
+            ));
+        }
+        if let Some(wait) = self.all_pushes.wait(now) {
+            self.rate_limited += 1;
+            return Err(PushRefusal::RateLimited(wait));
+        }
+        self.all_pushes.charge(1, now);
+        let notice = ResponseBody::PushRequest { hash, to, nonce };
+        self.deliveries.push((target, answer_frame(0, notice)));
+        self.relayed += 1;
+        log::debug!("push of {hash} relayed to {holder}: connect to {to}");
+        Ok(())
+    }
+
+    /// Frames for other sessions than the requester, with the session each goes to.
+    pub fn take_deliveries(&mut self) -> Vec<(u64, Vec<u8>)> {
+        std::mem::take(&mut self.deliveries)
+    }
+
+    fn conn_of(&self, session: u64) -> Option<ConnId> {
+        self.locals.get(&session).and_then(|l| l.conn)
+    }
+}
+
+fn answer_frame(id: u32, body: ResponseBody) -> Vec<u8> {
+    let mut frame = Vec::new();
+    wire::encode_frame(&Response { id, body }, &mut frame);
+    frame
+}
+
+/// The server's side: requests, probe connections on the reactor, deliveries.
+impl IndexServer {
+    /// A session said hello (its id assigned): known to the push machinery.
+    pub(super) fn push_joined(&mut self, session: u64, addr: SocketAddr) {
+        let conn = self.current_conn;
+        self.pushes
+            .handle_joined(session, conn, addr, Instant::now());
+    }
+
+    /// Answers `Reachability` now if it is known; else the probe's end answers it.
+    pub(super) fn handle_reachability(&mut self, out: &mut Vec<u8>, session: &Session, id: u32) {
+        if let Some(reachable) = self.pushes.handle_ask(session.id, id) {
+            wire::encode_frame(
+                &Response {
+                    id,
+                    body: ResponseBody::Reachability { reachable },
+                },
+                out,
+            );
+        }
+    }
+
+    /// Relays a push, or answers why not.
+    pub(super) fn handle_push(
+        &mut self,
+        out: &mut Vec<u8>,
+        session: &Session,
+        id: u32,
+        (hash, holder, nonce): (FileHash, SocketAddr, u64),
+        now: Instant,
+    ) {
+        let clustered = self.cluster.is_some();
+        let body = match self
+            .pushes
+            .handle_push(session.id, hash, holder, nonce, clustered, now)
+        {
+            Ok(()) => ResponseBody::PushRelayed,
+            Err(PushRefusal::RateLimited(wait)) => ResponseBody::RateLimited {
+                retry_after_ms: wait.as_millis().max(1) as u64,
+                banned: false,
+            },
+            Err(PushRefusal::Error(code, message)) => {
+                self.error(out, id, code, message);
+                return;
+            }
+        };
+        wire::encode_frame(&Response { id, body }, out);
+    }
+
+    /// Delivers the notices for other sessions and starts the probes the bounds allow (after
+    /// every frame: two emptiness checks when there is nothing to do).
+    pub(super) fn push_turn(&mut self, ctx: &mut Ctx<Session>) {
+        if !self.pushes.deliveries.is_empty() {
+            for (session, frame) in self.pushes.take_deliveries() {
+                if let Some(conn) = self.pushes.conn_of(session) {
+                    ctx.send(conn, |out| out.extend_from_slice(&frame));
+                }
+            }
+        }
+        if self.pushes.queue.is_empty() {
+            return;
+        }
+        let now = ctx.now();
+        let mut started = false;
+        while let Some((of, addr, nonce)) = self.pushes.poll_probe(now) {
+            let probe = Session {
+                remote: addr,
+                state: SessionState::Probe(Probe {
+                    of,
+                    nonce,
+                    reached: false,
+                }),
+                buckets: SessionBuckets::unlimited(now),
+                id: 0,
+            };
+            match ctx.connect(addr, probe) {
+                Ok(conn) => {
+                    self.pushes.probing.insert(conn, now + PROBE_TIMEOUT);
+                    started = true;
+                }
+                Err(e) => {
+                    log::debug!("probe of {addr}: {e}");
+                    self.probe_over(ctx, of, false);
+                }
+            }
+        }
+        if started {
+            ctx.set_timer(PROBE_TIMEOUT, PUSH_TIMER);
+        }
+        if let Some(wait) = self.pushes.probe_wait(now) {
+            ctx.set_timer(wait, PUSH_TIMER);
+        }
+    }
+
+    /// The push timer fired: probes past [`PROBE_TIMEOUT`] end (unreachable), and queued
+    /// ones start if the rate allows now.
+    pub(super) fn push_timer(&mut self, ctx: &mut Ctx<Session>) {
+        let now = ctx.now();
+        let expired: Vec<ConnId> = self
+            .pushes
+            .probing
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in expired {
+            self.pushes.probing.remove(&conn);
+            ctx.close(conn, CloseReason::IdleTimeout);
+        }
+        self.push_turn(ctx);
+    }
+
+    fn probe_over(&mut self, ctx: &mut Ctx<Session>, of: u64, reached: bool) {
+        if let Some((session, frame)) = self.pushes.handle_probe_done(of, reached) {
+            if let Some(conn) = self.pushes.conn_of(session) {
+                ctx.send(conn, |out| out.extend_from_slice(&frame));
+            }
+        }
+    }
+
+    /// A probe's connect completed: send the probe.
+    pub(super) fn probe_connected(&mut self, ctx: &mut Ctx<Session>, conn: ConnId, s: &Session) {
+        if let SessionState::Probe(p) = s.state {
+            let probe = TransferRequest::Probe {
+                version: PROTOCOL_VERSION,
+                nonce: p.nonce,
+            };
+            ctx.send(conn, wire::framed(&probe));
+        }
+    }
+
+    /// The probed file server answered: reachable if it echoed the nonce. Either way the
+    /// probe is over.
+    pub(super) fn probe_frame(&mut self, s: &mut Session, payload: &[u8]) -> Verdict {
+        if let SessionState::Probe(p) = &mut s.state {
+            p.reached = matches!(
+                wire::decode::<TransferResponse>(payload),
+                Ok(TransferResponse::Probed { nonce }) if nonce == p.nonce
+            );
+        }
+        Verdict::Close(CloseReason::Local)
+    }
+
+    /// A probe connection closed (answered, refused, timed out).
+    pub(super) fn probe_closed(&mut self, ctx: &mut Ctx<Session>, conn: ConnId, s: Session) {
+        self.pushes.probing.remove(&conn);
+        if let SessionState::Probe(p) = s.state {
+            self.probe_over(ctx, p.of, p.reached);
+        }
+        self.push_turn(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn notice(frame: &[u8]) -> Response {
+        let (frames, _) =
+            crate::codec::decode_all(&mut crate::codec::Decoder::default(), frame).unwrap();
+        wire::decode(&frames[0]).unwrap()
+    }
+
+    #[test]
+    fn a_push_goes_to_the_holder_with_the_requesters_own_address() {
+        let now = Instant::now();
+        let mut p = Pushes::new(now);
+        p.handle_joined(1, None, addr("10.0.0.1:0"), now);
+        p.handle_joined(2, None, addr("10.0.0.2:7000"), now);
+        // The holder serves no port: unreachable at once, no probe.
+        assert_eq!(p.handle_ask(1, 5), Some(false));
+        assert_eq!(p.poll_probe(now), None);
+        let h = FileHash::of(b"x");
+        // The requester is not probed yet: a push is let through.
+        assert_eq!(
+            p.handle_push(2, h, addr("10.0.0.1:0"), 42, false, now),
+            Ok(())
+        );
+        let d = p.take_deliveries();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].0, 1);
+        let n = notice(&d[0].1);
+        assert_eq!(n.id, 0);
+        assert_eq!(
+            n.body,
+            ResponseBody::PushRequest {
+                hash: h,
+                to: addr("10.0.0.2:7000"),
+                nonce: 42
+            }
+        );
+        // Lookups flag the holder.
+        let listed = [addr("10.0.0.1:0"), addr("10.0.0.2:7000")];
+        assert_eq!(p.firewalled(listed.iter()), vec![addr("10.0.0.1:0")]);
+    }
+
+    #[test]
+    fn pushes_are_refused_to_unknown_holders_from_firewalled_requesters_and_over_budget() {
+        let now = Instant::now();
+        let mut p = Pushes::new(now);
+        p.handle_joined(1, None, addr("10.0.0.1:0"), now);
+        p.handle_ask(1, 1);
+        p.handle_joined(2, None, addr("10.0.0.2:0"), now);
+        let h = FileHash::of(b"x");
+        // A requester serving no port: nowhere to connect to.
+        assert!(matches!(
+            p.handle_push(2, h, addr("10.0.0.1:0"), 1, false, now),
+            Err(PushRefusal::Error(ErrorCode::Invalid, m)) if m.contains("--listen none")
+        ));
+        // A requester the probe found unreachable.
+        p.handle_joined(3, None, addr("10.0.0.3:7000"), now);
+        assert_eq!(p.handle_ask(3, 9), None);
+        let (s, a, _) = p.poll_probe(now).unwrap();
+        assert_eq!((s, a), (3, addr("10.0.0.3:7000")));
+        let (to, frame) = p.handle_probe_done(3, false).unwrap();
+        assert_eq!(to, 3);
+        let answer = notice(&frame);
+        assert_eq!(answer.id, 9);
+        assert_eq!(answer.body, ResponseBody::Reachability { reachable: false });
+        assert!(matches!(
+            p.handle_push(3, h, addr("10.0.0.1:0"), 1, false, now),
+            Err(PushRefusal::Error(ErrorCode::Invalid, m)) if m.contains("not reachable")
+        ));
+        // A reachable requester: an unknown holder, in a cluster or not.
+        p.handle_joined(4, None, addr("10.0.0.4:7000"), now);
+        p.handle_ask(4, 1);
+        let (s, ..) = p.poll_probe(now).unwrap();
+        p.handle_probe_done(s, true);
+        assert!(matches!(
+            p.handle_push(4, h, addr("10.9.9.9:1"), 1, true, now),
+            Err(PushRefusal::Error(ErrorCode::NotFound, m)) if m.contains("another node")
+        ));
+        // The session's budget: a burst, then its rate.
+        let mut relayed = 0;
+        let mut limited = 0;
+        for _ in 0..PUSH_SESSION_BURST + 10 {
+            match p.handle_push(4, h, addr("10.0.0.1:0"), 1, false, now) {
+                Ok(()) => relayed += 1,
+                Err(PushRefusal::RateLimited(_)) => limited += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        // The refusal to the unknown holder was charged too.
+        assert_eq!(relayed, PUSH_SESSION_BURST);
+        assert_eq!(limited, 10);
+        assert!(p
+            .handle_push(
+                4,
+                h,
+                addr("10.0.0.1:0"),
+                1,
+                false,
+                now + Duration::from_secs(1)
+            )
+            .is_ok());
+        // A holder that leaves takes no more pushes.
+        p.handle_left(1);
+        assert!(p.firewalled([addr("10.0.0.3:7000")].iter()).len() == 1);
+        assert!(matches!(
+            p.handle_push(
+                4,
+                h,
+                addr("10.0.0.1:0"),
+                1,
+                false,
+                now + Duration::from_secs(9)
+            ),
+            Err(PushRefusal::Error(ErrorCode::NotFound, _))
+        ));
+        p.handle_left(3);
+        assert!(p.firewalled([addr("10.0.0.3:7000")].iter()).is_empty());
+    }
+
+    /// One request through the whole sans-IO server: its answers.
+    fn call(
+        server: &mut IndexServer,
+        session: &mut Session,
+        body: wire::RequestBody,
+    ) -> Vec<Response> {
+        let mut out = Vec::new();
+        let payload = wire::to_payload(&wire::Request { id: 3, body });
+        server.handle_payload(session, &payload, &mut out);
+        let (frames, _) =
+            crate::codec::decode_all(&mut crate::codec::Decoder::default(), &out).unwrap();
+        frames.iter().map(|f| wire::decode(f).unwrap()).collect()
+    }
+
+    fn join(server: &mut IndexServer, remote: &str, port: u16) -> Session {
+        let mut s = server.accept(addr(remote));
+        let hello = wire::RequestBody::Hello {
+            version: PROTOCOL_VERSION,
+            listen_port: port,
+            agent: "t".into(),
+        };
+        assert!(matches!(
+            call(server, &mut s, hello)[0].body,
+            ResponseBody::Welcome { .. }
+        ));
+        s
+    }
+
+    #[test]
+    fn the_server_flags_firewalled_holders_and_relays_pushes_to_their_sessions() {
+        let mut server = IndexServer::new(super::super::ServerLimits::default());
+        let file = wire::FileEntry {
+            hash: FileHash::of(b"z"),
+            size: 1,
+            name: "z".into(),
+        };
+        let register = || wire::RequestBody::Register {
+            files: vec![file.clone()],
+        };
+        // Serving no port, a session registers only once it takes pushes.
+        let mut holder = join(&mut server, "10.0.0.1:999", 0);
+        assert!(matches!(
+            call(&mut server, &mut holder, register())[0].body,
+            ResponseBody::Error {
+                code: ErrorCode::Invalid,
+                ..
+            }
+        ));
+        assert_eq!(
+            call(&mut server, &mut holder, wire::RequestBody::Reachability)[0].body,
+            ResponseBody::Reachability { reachable: false }
+        );
+        assert!(matches!(
+            call(&mut server, &mut holder, register())[0].body,
+            ResponseBody::Registered { added: 1, .. }
+        ));
+        // A reachable holder of the same file beside it (probed: its answer comes later).
+        let mut open = join(&mut server, "10.0.0.2:999", 7000);
+        assert!(call(&mut server, &mut open, wire::RequestBody::Reachability).is_empty());
+        let (s, at, _) = server.pushes.poll_probe(Instant::now()).unwrap();
+        assert_eq!((s, at), (open.id, addr("10.0.0.2:7000")));
+        let (to, _) = server.pushes.handle_probe_done(s, true).unwrap();
+        assert_eq!(to, open.id);
+        call(&mut server, &mut open, register());
+        let lookup = wire::RequestBody::Lookup {
+            key: wire::LookupKey::Hash(file.hash),
+            after: None,
+        };
+        let mut asker = join(&mut server, "10.0.0.3:999", 7001);
+        let ResponseBody::Holders {
+            files, firewalled, ..
+        } = call(&mut server, &mut asker, lookup)[0].body.clone()
+        else {
+            panic!()
+        };
+        assert_eq!(files[0].holders.len(), 2);
+        assert_eq!(firewalled, vec![addr("10.0.0.1:0")]);
+        // The push goes to the holder's session, naming the asker's own address.
+        let push = wire::RequestBody::Push {
+            hash: file.hash,
+            holder: addr("10.0.0.1:0"),
+            nonce: 5,
+        };
+        assert_eq!(
+            call(&mut server, &mut asker, push)[0].body,
+            ResponseBody::PushRelayed
+        );
+        let d = server.pushes.take_deliveries();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].0, holder.id);
+        assert_eq!(
+            notice(&d[0].1).body,
+            ResponseBody::PushRequest {
+                hash: file.hash,
+                to: addr("10.0.0.3:7001"),
+                nonce: 5
+            }
+        );
+        // Once the holder has left, nobody takes its pushes.
+        server.close(holder, &CloseReason::Eof);
+        let push = wire::RequestBody::Push {
+            hash: file.hash,
+            holder: addr("10.0.0.1:0"),
+            nonce: 6,
+        };
+        assert!(matches!(
+            call(&mut server, &mut asker, push)[0].body,
+            ResponseBody::Error {
+                code: ErrorCode::NotFound,
+                ..
+            }
+        ));
+        assert!(server.pushes.take_deliveries().is_empty());
+    }
+
+    #[test]
+    fn probes_are_bounded_in_flight_and_skip_sessions_that_left() {
+        let now = Instant::now();
+        let mut p = Pushes::new(now);
+        for s in 0..PROBES_IN_FLIGHT_MAX as u64 + 5 {
+            p.handle_joined(
+                s,
+                None,
+                SocketAddr::from(([10, 0, 0, 1], 1000 + s as u16)),
+                now,
+            );
+            assert_eq!(p.handle_ask(s, 1), None);
+        }
+        p.handle_left(0);
+        let mut started = Vec::new();
+        while let Some((s, ..)) = p.poll_probe(now) {
+            started.push(s);
+        }
+        assert_eq!(started.len(), PROBES_IN_FLIGHT_MAX);
+        assert_eq!(started[0], 1, "the session that left is not probed");
+        // One ends: the next starts.
+        p.handle_probe_done(1, true);
+        assert!(p.poll_probe(now).is_some());
+        // A second ask does not probe again; a known answer comes at once.
+        assert_eq!(p.handle_ask(1, 2), Some(true));
+    }
+}
