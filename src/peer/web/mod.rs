@@ -608,7 +608,12 @@ fn answer(ask: Ask, body: ResponseBody) -> WebResponse {
             };
             json(Status::Ok, &api::search_answer(page, next))
         }
-        (Ask::Lookup { target, shown }, ResponseBody::Holders { files, total, next }) => {
+        (
+            Ask::Lookup { target, shown },
+            ResponseBody::Holders {
+                files, total, next, ..
+            },
+        ) => {
             let page = LookupPage {
                 target,
                 files,
