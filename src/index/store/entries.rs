@@ -196,7 +196,13 @@ impl Entries {
             [NONE, _] => h[0] = peer,
             [_, NONE] => h[1] = peer,
             [a, b] => {
-                let key = self.spill.insert(vec![a, b, peer]);
+                let key = if self.spill.len() == self.spill.capacity() {
+                    crate::index::worktrace::time("grow spill slab", || {
+                        self.spill.insert(vec![a, b, peer])
+                    })
+                } else {
+                    self.spill.insert(vec![a, b, peer])
+                };
                 *h = [SPILLED, key as u32];
             }
         }

@@ -91,8 +91,11 @@ impl HashFilter {
 
     /// Starts a rebuild sized for `files` files (see the module docs).
     pub(super) fn start_rebuild(&mut self, files: usize) {
+        let words = crate::index::worktrace::time("filter alloc", || {
+            vec![0; (files * Self::BITS_PER_FILE).div_ceil(64).max(64)]
+        });
         self.next = Some(Rebuild {
-            words: vec![0; (files * Self::BITS_PER_FILE).div_ceil(64).max(64)],
+            words,
             stale: 0,
             after: None,
         });
@@ -101,7 +104,8 @@ impl HashFilter {
     /// A rebuild is complete: the new filter answers from now on.
     pub(super) fn finish_rebuild(&mut self) {
         if let Some(next) = self.next.take() {
-            self.words = next.words;
+            let old = std::mem::replace(&mut self.words, next.words);
+            crate::index::worktrace::time("filter drop", || drop(old));
             self.stale = next.stale;
         }
     }

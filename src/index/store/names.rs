@@ -155,7 +155,11 @@ impl Names {
             "a record within its reserved room"
         );
         let at32 = u32::try_from(at).expect("records start below the cap");
-        reserve_gently(&mut self.bytes, rec_len);
+        if self.bytes.capacity() - self.bytes.len() < rec_len {
+            crate::index::worktrace::time("grow arena", || {
+                reserve_gently(&mut self.bytes, rec_len)
+            });
+        }
         self.bytes.resize(at + rec_len, 0);
         self.write(at, name);
         at32

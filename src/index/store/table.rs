@@ -72,7 +72,11 @@ impl<T: Slot> Table<T> {
             self.slots[id as usize] = rec;
             return id;
         }
-        reserve_gently(&mut self.slots, 1);
+        if self.slots.len() == self.slots.capacity() {
+            crate::index::worktrace::time(std::any::type_name::<T>(), || {
+                reserve_gently(&mut self.slots, 1)
+            });
+        }
         self.slots.push(rec);
         (self.slots.len() - 1) as u32
     }

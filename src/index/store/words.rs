@@ -282,7 +282,11 @@ impl Words {
                 for x in [a, b, entry] {
                     set.insert(x);
                 }
-                let key = self.postings.insert(set);
+                let key = if self.postings.len() == self.postings.capacity() {
+                    crate::index::worktrace::time("grow postings slab", || self.postings.insert(set))
+                } else {
+                    self.postings.insert(set)
+                };
                 *p = [SPILLED, key as u32];
             }
             _ => {}
