@@ -334,8 +334,8 @@ impl PackedSet {
         let mut i = 0;
         let mut emptied = false;
         let mut touched_small = false;
-        // The blocks changed: `items` is sorted, so they are a range.
-        let mut touched = usize::MAX..0;
+        // The blocks changed, `lo..hi` (`items` is sorted, so they are a range).
+        let (mut lo, mut hi) = (usize::MAX, 0);
         while i < items.len() && !self.blocks.is_empty() {
             let b = self.block_of(items[i]);
             let blk = &mut self.blocks[b];
@@ -350,8 +350,8 @@ impl PackedSet {
                 i += 1;
                 continue;
             }
-            touched.start = touched.start.min(b);
-            touched.end = b + 1;
+            lo = lo.min(b);
+            hi = b + 1;
             decoded.clear();
             blk.decode_into(decoded);
             let before = decoded.len();
@@ -381,7 +381,7 @@ impl PackedSet {
             // Only the blocks changed and their two neighbours can be emptied or newly small:
             // the rest of a big set (a common word's tens of thousands of blocks) is left
             // alone, not rebuilt.
-            let window = touched.start.saturating_sub(1)..(touched.end + 1).min(self.blocks.len());
+            let window = lo.saturating_sub(1)..(hi + 1).min(self.blocks.len());
             self.merge_small_in(window);
             if self.blocks.is_empty() {
                 *self = Self::new();
