@@ -120,8 +120,10 @@ impl<T: Copy> BlockSet<T> {
             // (a shrinking `realloc` stays in place), or every split block would carry
             // `BLOCK_ITEMS / 2` empty slots.
             self.blocks[b].shrink_to(BLOCK_ITEMS / 2 + BLOCK_ITEMS / 16);
-            self.firsts.insert(b + 1, tail[0]);
-            self.blocks.insert(b + 1, tail);
+            crate::index::worktrace::time("blockset split", || {
+                self.firsts.insert(b + 1, tail[0]);
+                self.blocks.insert(b + 1, tail);
+            });
             if i > BLOCK_ITEMS / 2 {
                 b += 1;
                 i -= BLOCK_ITEMS / 2;

@@ -1,13 +1,13 @@
 //! The entry table: one record per distinct (hash, name) pair, its name in the name arena
 //! (compressed by the [`NameCodec`]), and its holders.
 
+use super::chunked::ChunkSlab;
 use super::codec::NameCodec;
 use super::names::Arena;
 use super::table::{Slot, Table};
 #[cfg(doc)]
 use super::SOLE;
 use super::{ID_BITS, ID_MASK, NONE, SPILLED, UNPOSTED};
-use slab::Slab;
 use std::cmp::Ordering;
 
 /// One (hash, name) pair, 20 bytes. `file == NONE` marks a free slot.
@@ -63,7 +63,7 @@ pub(super) struct Entries {
     /// The symbols names are compressed with.
     pub(super) codec: NameCodec,
     /// The holders of entries with more than two.
-    spill: Slab<Vec<u32>>,
+    spill: ChunkSlab<Vec<u32>>,
 }
 
 impl std::ops::Index<u32> for Entries {
@@ -103,7 +103,7 @@ impl Entries {
             recs: Table::new(),
             names: Arena::default(),
             codec: NameCodec::default(),
-            spill: Slab::new(),
+            spill: ChunkSlab::new(),
         }
     }
 
@@ -143,7 +143,7 @@ impl Entries {
         let rec = self.recs.remove(e);
         self.names.free(e, rec.name);
         if self.recs.is_empty() {
-            self.spill = Slab::new();
+            self.spill = ChunkSlab::new();
             self.names.clear();
         }
     }

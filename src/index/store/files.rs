@@ -323,9 +323,21 @@ impl Files {
         }
     }
 
-    /// Puts the next [`Files::rebuild_step`] files of the hash order in the filter being
-    /// rebuilt; swaps it in after the last.
+    /// One step of a filter rebuild: allocates a few chunks of the new filter while it is not
+    /// whole, else puts the next [`Files::rebuild_step`] files of the hash order in it, and
+    /// swaps it in after the last. The steps after that free the replaced filter's chunks, a
+    /// few a step.
     pub(super) fn rebuild_filter_step(&mut self) {
+        if self.seen.has_retired() {
+            self.seen.free_retired();
+            return;
+        }
+        let Some(next) = &mut self.seen.next else {
+            return;
+        };
+        if !next.allocate_step() {
+            return;
+        }
         let Some(next) = &self.seen.next else {
             return;
         };
@@ -354,9 +366,9 @@ impl Files {
         }
     }
 
-    /// Whether a filter rebuild is in progress.
+    /// Whether a filter rebuild is in progress (or the old filter is still being freed).
     pub(super) fn is_rebuilding(&self) -> bool {
-        self.seen.next.is_some()
+        self.seen.next.is_some() || self.seen.has_retired()
     }
 
     /// Whether every allocation went back (no file is left).

@@ -2,9 +2,13 @@
 //! from a known one without searching the hash index.
 //!
 //! A rebuild is done in steps (see `Files::refresh_filter`): the new filter ([`Rebuild`]) is
+//! first allocated, [`ALLOC_CHUNKS_PER_STEP`] chunks a step, each written once so that its
+//! pages are in memory before it is used (a 12 MB filter allocated zeroed in one piece was a
+//! memset, or thousands of page faults on its first step, of several milliseconds); then
 //! filled from the hash index a bounded number of files per reactor turn while the old one
-//! answers; every hash inserted meanwhile goes into both, so when the last step swaps them in
-//! no indexed or staged hash is missing from the one that answers.
+//! answers. Every hash inserted meanwhile goes into both (into a short list while the new one
+//! is being allocated), so when the last step swaps them in no indexed or staged hash is
+//! missing from the one that answers. The old filter's chunks are then freed a few a step.
 
 use crate::wire::FileHash;
 
@@ -19,11 +23,13 @@ use crate::wire::FileHash;
 /// its bits per file; that only raises the rate of "maybe".
 #[derive(Default)]
 pub(super) struct HashFilter {
-    pub(super) words: Vec<u64>,
+    words: Bits,
     /// Files deleted since the last rebuild (their bits may still be set).
     pub(super) stale: usize,
     /// A rebuild in progress: the filter that replaces this one when complete.
     pub(super) next: Option<Rebuild>,
+    /// The chunks of the filter a rebuild replaced, freed a few a step.
+    retired: Vec<Vec<u64>>,
     /// Tests: answer "maybe" for every hash.
     #[cfg(test)]
     pub(super) saturated: bool,
@@ -31,7 +37,9 @@ pub(super) struct HashFilter {
 
 /// A filter being rebuilt from the hash index, in hash order.
 pub(super) struct Rebuild {
-    pub(super) words: Vec<u64>,
+    words: Bits,
+    /// The prefixes of the hashes inserted while `words` is being allocated, put in after.
+    early: Vec<u32>,
     /// Files deleted since the rebuild began (their bits may be set in it).
     pub(super) stale: usize,
     /// The last hash of the hash index put in it (none yet: start from the first).
@@ -41,22 +49,24 @@ pub(super) struct Rebuild {
 impl HashFilter {
     /// Heap bytes held (a rebuild in progress included).
     pub(super) fn heap_bytes(&self) -> usize {
-        (self.words.capacity() + self.next.as_ref().map_or(0, |n| n.words.capacity())) * 8
+        self.words.heap_bytes()
+            + self
+                .next
+                .as_ref()
+                .map_or(0, |n| n.words.heap_bytes() + n.early.capacity() * 4)
+            + self.retired.iter().map(|c| c.capacity() * 8).sum::<usize>()
+    }
+
+    /// Words in the filter that answers.
+    #[cfg(test)]
+    pub(super) fn word_count(&self) -> usize {
+        self.words.len
     }
 
     /// Bits per file a rebuild aims at.
     pub(super) const BITS_PER_FILE: usize = 10;
     /// Fewer bits per file than this (counting deleted files' stale bits) and it is rebuilt.
     pub(super) const MIN_BITS_PER_FILE: usize = 8;
-
-    /// The word and the two bits of a hash, from its first 4 bytes (`p32`, uniform for an
-    /// honest hash), which the hash index's items carry: a rebuild reads only those items.
-    /// The multiply spreads them: the word comes from the product's high bits, the bits from
-    /// its low ones.
-    #[inline]
-    fn slot(&self, p32: u32) -> (usize, u64) {
-        slot_in(self.words.len(), p32)
-    }
 
     /// False only if `h` was never inserted since the last rebuild.
     #[inline]
@@ -65,11 +75,11 @@ impl HashFilter {
         if self.saturated {
             return true;
         }
-        if self.words.is_empty() {
+        if self.words.len == 0 {
             return false;
         }
-        let (w, bits) = self.slot(prefix32(h));
-        self.words[w] & bits == bits
+        let (w, bits) = slot_in(self.words.len, prefix32(h));
+        self.words.get(w) & bits == bits
     }
 
     #[inline]
@@ -79,31 +89,53 @@ impl HashFilter {
 
     #[inline]
     pub(super) fn insert_prefix(&mut self, p32: u32) {
-        if self.words.is_empty() {
-            self.words = vec![0; 64];
+        if self.words.len == 0 {
+            self.words = Bits::zeroed(64);
         }
-        let (w, bits) = self.slot(p32);
-        self.words[w] |= bits;
+        self.words.set(p32);
         if let Some(next) = &mut self.next {
             next.insert_prefix(p32);
         }
     }
 
-    /// Starts a rebuild sized for `files` files (see the module docs).
+    /// Starts a rebuild sized for `files` files (see the module docs); nothing is allocated
+    /// yet.
     pub(super) fn start_rebuild(&mut self, files: usize) {
         self.next = Some(Rebuild {
-            words: vec![0; (files * Self::BITS_PER_FILE).div_ceil(64).max(64)],
+            words: Bits::unallocated(Self::words_for(files)),
+            early: Vec::new(),
             stale: 0,
             after: None,
         });
     }
 
-    /// A rebuild is complete: the new filter answers from now on.
+    /// Words of a filter of [`HashFilter::BITS_PER_FILE`] for `files` files.
+    fn words_for(files: usize) -> usize {
+        (files * Self::BITS_PER_FILE).div_ceil(64).max(64)
+    }
+
+    /// A rebuild is complete: the new filter answers from now on; the old one's chunks are
+    /// freed by the next steps ([`HashFilter::free_retired`]).
     pub(super) fn finish_rebuild(&mut self) {
         if let Some(next) = self.next.take() {
-            self.words = next.words;
+            debug_assert!(next.early.is_empty());
+            let old = std::mem::replace(&mut self.words, next.words);
+            self.retired.extend(old.chunks);
             self.stale = next.stale;
         }
+    }
+
+    /// Frees up to [`ALLOC_CHUNKS_PER_STEP`] chunks of a replaced filter; whether some are
+    /// left.
+    pub(super) fn free_retired(&mut self) -> bool {
+        let keep = self.retired.len().saturating_sub(ALLOC_CHUNKS_PER_STEP);
+        self.retired.truncate(keep);
+        !self.retired.is_empty()
+    }
+
+    /// Whether chunks of a replaced filter wait to be freed.
+    pub(super) fn has_retired(&self) -> bool {
+        !self.retired.is_empty()
     }
 
     /// A file was deleted: its bits may stay set.
@@ -120,13 +152,13 @@ impl HashFilter {
     /// the live files, and follows at least a quarter as many new files (512 for the smallest
     /// filter) or as many deletions, so its cost per register or deletion is constant.
     pub(super) fn needs_rebuild(&self, files: usize) -> bool {
-        (files + self.stale) * Self::MIN_BITS_PER_FILE > self.words.len() * 64
-            || (self.stale > files && self.words.len() > 64)
+        (files + self.stale) * Self::MIN_BITS_PER_FILE > self.words.len * 64
+            || (self.stale > files && self.words.len > 64)
     }
 
     /// Empties the filter, sized for `files` files.
     pub(super) fn reset(&mut self, files: usize) {
-        self.words = vec![0; (files * Self::BITS_PER_FILE).div_ceil(64).max(64)];
+        self.words = Bits::zeroed(Self::words_for(files));
         self.stale = 0;
         self.next = None;
     }
@@ -135,12 +167,105 @@ impl HashFilter {
 impl Rebuild {
     #[inline]
     pub(super) fn insert_prefix(&mut self, p32: u32) {
-        let (w, bits) = slot_in(self.words.len(), p32);
-        self.words[w] |= bits;
+        if self.words.is_allocated() {
+            self.words.set(p32);
+        } else {
+            self.early.push(p32);
+        }
+    }
+
+    /// Allocates the next [`ALLOC_CHUNKS_PER_STEP`] chunks of the new filter; after the last,
+    /// puts in the hashes inserted meanwhile. Whether it is allocated whole.
+    pub(super) fn allocate_step(&mut self) -> bool {
+        if self.words.is_allocated() {
+            return true;
+        }
+        self.words.allocate(ALLOC_CHUNKS_PER_STEP);
+        if !self.words.is_allocated() {
+            return false;
+        }
+        for p32 in std::mem::take(&mut self.early) {
+            self.words.set(p32);
+        }
+        true
     }
 }
 
-/// The word and bits of `p32` in a filter of `len` words (see [`HashFilter::slot`]).
+/// Words per chunk of a filter, as a power of two: 32,768 (256 KiB; 64 words in tests).
+const FILTER_CHUNK_SHIFT: u32 = if cfg!(test) { 6 } else { 15 };
+const FILTER_CHUNK_WORDS: usize = 1 << FILTER_CHUNK_SHIFT;
+
+/// Chunks a rebuild step allocates, or frees of the replaced filter: 1 MiB, a few tenths of
+/// a millisecond of writing.
+pub(super) const ALLOC_CHUNKS_PER_STEP: usize = 4;
+
+/// A filter's words, `len` of them, in chunks of [`FILTER_CHUNK_WORDS`] (the last one shorter),
+/// allocated a few at a time. Every word of a filter that answers or is filled is allocated.
+#[derive(Default)]
+struct Bits {
+    chunks: Vec<Vec<u64>>,
+    len: usize,
+}
+
+impl Bits {
+    /// `len` zero words, allocated now (a small filter).
+    fn zeroed(len: usize) -> Self {
+        let mut bits = Self::unallocated(len);
+        bits.allocate(usize::MAX);
+        bits
+    }
+
+    /// `len` words, none allocated yet.
+    fn unallocated(len: usize) -> Self {
+        Bits {
+            chunks: Vec::with_capacity(len.div_ceil(FILTER_CHUNK_WORDS)),
+            len,
+        }
+    }
+
+    fn is_allocated(&self) -> bool {
+        self.chunks.len() == self.len.div_ceil(FILTER_CHUNK_WORDS)
+    }
+
+    /// Allocates up to `n` more chunks, each zeroed by writing it (so that its pages are
+    /// mapped now, not on the first inserts).
+    fn allocate(&mut self, n: usize) {
+        let end = self
+            .len
+            .div_ceil(FILTER_CHUNK_WORDS)
+            .min(self.chunks.len().saturating_add(n));
+        while self.chunks.len() < end {
+            let words = (self.len - self.chunks.len() * FILTER_CHUNK_WORDS).min(FILTER_CHUNK_WORDS);
+            // `black_box` hides where the vector comes from, so that the zeroing below is not
+            // turned into a `calloc` whose pages would be mapped (and zeroed) on first use.
+            let mut chunk: Vec<u64> = std::hint::black_box(Vec::with_capacity(words));
+            chunk.resize(words, 0);
+            self.chunks.push(chunk);
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.capacity() * 8).sum::<usize>()
+            + self.chunks.capacity() * std::mem::size_of::<Vec<u64>>()
+    }
+
+    #[inline]
+    fn get(&self, w: usize) -> u64 {
+        self.chunks[w >> FILTER_CHUNK_SHIFT][w & (FILTER_CHUNK_WORDS - 1)]
+    }
+
+    /// Sets the two bits of `p32`.
+    #[inline]
+    fn set(&mut self, p32: u32) {
+        let (w, bits) = slot_in(self.len, p32);
+        self.chunks[w >> FILTER_CHUNK_SHIFT][w & (FILTER_CHUNK_WORDS - 1)] |= bits;
+    }
+}
+
+/// The word and the two bits of a hash in a filter of `len` words, from the hash's first 4
+/// bytes (`p32`, uniform for an honest hash), which the hash index's items carry: a rebuild
+/// reads only those items. The multiply spreads them: the word comes from the product's high
+/// bits, the bits from its low ones.
 #[inline]
 fn slot_in(len: usize, p32: u32) -> (usize, u64) {
     let k = u64::from(p32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -151,4 +276,69 @@ fn slot_in(len: usize, p32: u32) -> (usize, u64) {
 #[inline]
 pub(super) fn prefix32(h: &FileHash) -> u32 {
     u32::from_be_bytes([h.0[0], h.0[1], h.0[2], h.0[3]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(p32: u32) -> FileHash {
+        let mut h = [7u8; 32];
+        h[..4].copy_from_slice(&p32.to_be_bytes());
+        FileHash(h)
+    }
+
+    /// Spread prefixes, like honest hashes'.
+    fn prefix(i: u32) -> u32 {
+        i.wrapping_mul(0x9E37_79B1)
+    }
+
+    /// Starting a rebuild allocates nothing; each step allocates a few chunks; hashes
+    /// inserted while it allocates are kept aside and put in once it is whole; the old
+    /// filter's chunks are freed a few a step after the swap.
+    #[test]
+    fn a_rebuild_allocates_in_steps_and_keeps_what_is_inserted_meanwhile() {
+        let mut f = HashFilter::default();
+        for i in 0..1_000 {
+            f.insert(&hash(prefix(i)));
+        }
+        let old_chunks = f.words.chunks.len();
+        // 10,000 files: 1,563 words, 25 chunks of 64 in tests.
+        f.start_rebuild(10_000);
+        let chunks = 1_563usize.div_ceil(FILTER_CHUNK_WORDS);
+        assert_eq!(f.next.as_ref().unwrap().words.chunks.len(), 0);
+        let mut inserted = 1_000;
+        let mut steps = 0;
+        while !f.next.as_mut().unwrap().allocate_step() {
+            steps += 1;
+            let allocated = f.next.as_ref().unwrap().words.chunks.len();
+            assert_eq!(allocated, steps * ALLOC_CHUNKS_PER_STEP);
+            // The old filter answers meanwhile, for the old hashes and the new.
+            f.insert(&hash(prefix(inserted)));
+            inserted += 1;
+            assert!((0..inserted).all(|i| f.may_contain(&hash(prefix(i)))));
+        }
+        assert_eq!(steps, chunks.div_ceil(ALLOC_CHUNKS_PER_STEP) - 1);
+        let next = f.next.as_ref().unwrap();
+        assert!(next.early.is_empty());
+        assert_eq!(next.words.chunks.iter().map(Vec::len).sum::<usize>(), 1_563);
+        // The fill: the hashes the index held when the rebuild began.
+        for i in 0..1_000 {
+            f.next.as_mut().unwrap().insert_prefix(prefix(i));
+        }
+        f.finish_rebuild();
+        assert_eq!(f.word_count(), 1_563);
+        assert!((0..inserted).all(|i| f.may_contain(&hash(prefix(i)))));
+        let false_maybes = (100_000..110_000)
+            .filter(|&i| f.may_contain(&hash(prefix(i))))
+            .count();
+        assert!(false_maybes < 100, "{false_maybes} false maybes");
+        assert_eq!(f.retired.len(), old_chunks);
+        let mut frees = 0;
+        while f.free_retired() {
+            frees += 1;
+        }
+        assert_eq!(frees, old_chunks.div_ceil(ALLOC_CHUNKS_PER_STEP) - 1);
+        assert!(!f.has_retired());
+    }
 }

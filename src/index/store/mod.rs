@@ -20,6 +20,7 @@
 //! | `entries.rs` | the entry table, the entries' names and holders |
 //! | `words.rs` | the word index (texts, postings, prefix order) and how names split into words |
 //! | `table.rs` | `Table`, the record vector with a free list the four tables are |
+//! | `chunked.rs` | `ChunkVec` and `ChunkSlab`, vectors in fixed-size chunks that growth never copies (the tables', the slabs of posting sets and spilled holders) |
 //! | `shards.rs` | `ShardedTable` and `U32Map`, hash tables in 4,096 shards of staggered sizes (the words', the multi-name holder counts, the name table's) |
 //! | `names.rs` | the name arena (names and word texts), bounded by its cap, compacted a step at a time |
 //! | `codec.rs` | the name codec (common words as one- or two-byte codes) |
@@ -123,8 +124,12 @@
 //! - Each peer keeps a [`PackedSet`] of the entries it holds (~1 B per holding: ids a peer
 //!   registers together are close), so removing a peer costs time proportional to its own
 //!   holdings.
-//! - Big vectors grow by a sixteenth at a time (glibc moves `mmap`ed blocks with `mremap`, so
-//!   growth does not copy) rather than doubling, so that little capacity sits unused.
+//! - The big vectors (the four record tables, the slabs of posting sets and spilled holders,
+//!   the two arenas, the hash filter) are stored in fixed-size chunks (`chunked.rs`,
+//!   `names.rs`, `filter.rs`): growth appends a chunk and never copies or moves what is
+//!   stored, so no growth pauses the reactor (a vector of hundreds of megabytes grown by a
+//!   sixteenth was a copy of megabytes once glibc carved it from its heap), and at most one
+//!   chunk of each sits unused.
 //! - Exact-name lookup goes through the postings of the name's rarest word and compares
 //!   names, which saves a hash table slot per entry, as long as that word has fewer than
 //!   [`byname::CROWDED_POSTINGS`] postings. Names whose words are all that common (a lookup of
@@ -154,6 +159,7 @@
 
 mod blockset;
 mod byname;
+mod chunked;
 mod codec;
 mod depart;
 mod entries;

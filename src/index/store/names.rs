@@ -1,31 +1,60 @@
-//! The name arena: length-prefixed byte strings back to back, addressed by `u32` offsets. It
-//! holds the entries' (encoded) names and the words' texts.
-
-use super::table::reserve_gently;
+//! The name arena: length-prefixed byte strings back to back in chunks of 1 MiB, addressed by
+//! `u32` offsets. It holds the entries' (encoded) names and the words' texts.
 
 /// An arena is compacted only once its garbage is at least this big (tiny in tests, so that
 /// the property test exercises compaction).
 const COMPACT_MIN_BYTES: usize = if cfg!(test) { 16 } else { 1 << 20 };
 
-/// Every indexed name, back to back in one byte vector: a record is the name's length as a
-/// one- or two-byte varint (names are at most [`MAX_NAME_BYTES`](super::MAX_NAME_BYTES)), then its bytes. Entries
-/// refer to a record by its `u32` offset. This costs one byte per name over its text, rather
-/// than a 16-byte pointer plus malloc's per-chunk overhead for a `Box<str>` per name.
+/// Bytes per chunk of a [`Names`] arena, as a power of two: 1 MiB (32 KiB in tests, so that
+/// they cross chunks with fewer names).
+const ARENA_CHUNK_SHIFT: u32 = if cfg!(test) { 15 } else { 20 };
+const ARENA_CHUNK_BYTES: usize = 1 << ARENA_CHUNK_SHIFT;
+const ARENA_CHUNK_MASK: usize = ARENA_CHUNK_BYTES - 1;
+/// The first chunk's first allocation (it doubles from there).
+const FIRST_CHUNK_BYTES: usize = 4096;
+/// The longest record: a header and a name of under 2^14 bytes (names are at most
+/// [`MAX_NAME_BYTES`](super::MAX_NAME_BYTES), a word's text is shorter than its name's
+/// fold).
+const MAX_RECORD_BYTES: usize = 2 + (1 << 14) - 1;
+const _: () = assert!(MAX_RECORD_BYTES <= ARENA_CHUNK_BYTES);
+/// The default cap: the `u32` offsets' limit, less the most padding the chunks can hold (a
+/// record's worth each), so that every record it lets in has a `u32` offset.
+const DEFAULT_CAP: usize =
+    u32::MAX as usize - ((u32::MAX as usize >> ARENA_CHUNK_SHIFT) + 1) * MAX_RECORD_BYTES;
+
+/// Every indexed name, back to back in chunks of [`ARENA_CHUNK_BYTES`]: a record is the name's
+/// length as a one- or two-byte varint (names are at most [`MAX_NAME_BYTES`](super::MAX_NAME_BYTES)), then its bytes. Entries
+/// refer to a record by its `u32` offset (chunk and place in it). This costs one byte per name
+/// over its text, rather than a 16-byte pointer plus malloc's per-chunk overhead for a
+/// `Box<str>` per name.
+///
+/// A record never spans two chunks: one that does not fit the rest of the last chunk starts
+/// the next, and the bytes skipped are *padding* (under one record per chunk of a megabyte).
+/// A full chunk never moves, so the arena grows without copying what it holds (one vector of
+/// hundreds of megabytes, grown by a sixteenth, was a copy of megabytes on the reactor
+/// thread once glibc carved it from its heap). The first chunk grows by doubling, so a small
+/// arena stays small.
 ///
 /// A freed record becomes garbage; a later name of the same length reuses it (exact-length
 /// free lists, so steady churn creates no new garbage), and once garbage is a third of the
 /// arena the [`Arena`] around it moves the live records to a fresh one, a step at a time.
 ///
-/// The arena spans at most `cap` bytes (the `u32` offsets' limit). What may not fit is refused
-/// before anything is stored: an owner [`Names::reserve`]s room when it accepts a name and
+/// The arena's records (padding left out) take at most `cap` bytes (by default the `u32`
+/// offsets' limit, less the most the padding can take). What may not fit is refused before
+/// anything is stored: an owner [`Names::reserve`]s room when it accepts a name and
 /// [`Names::push`]es it later, maybe in another call, into room nothing else can take.
 pub(super) struct Names {
-    bytes: Vec<u8>,
+    /// Every chunk but the last is full (up to its padding).
+    chunks: Vec<Vec<u8>>,
+    /// The offset the next record goes to: the bytes the arena spans, padding included.
+    len: usize,
+    /// Bytes skipped at the ends of chunks.
+    padding: usize,
     /// Bytes in freed records.
     garbage: usize,
     /// `free[len]`: offsets of freed records of names of `len` bytes.
     free: Vec<Vec<u32>>,
-    /// Most bytes the arena may span.
+    /// Most bytes the records may take (padding left out).
     pub(super) cap: usize,
     /// Bytes reserved for records not pushed yet.
     reserved: usize,
@@ -34,10 +63,12 @@ pub(super) struct Names {
 impl Default for Names {
     fn default() -> Self {
         Names {
-            bytes: Vec::new(),
+            chunks: Vec::new(),
+            len: 0,
+            padding: 0,
             garbage: 0,
             free: Vec::new(),
-            cap: u32::MAX as usize,
+            cap: DEFAULT_CAP,
             reserved: 0,
         }
     }
@@ -46,7 +77,9 @@ impl Default for Names {
 impl Names {
     /// Heap bytes held (the arena's capacity and the free lists).
     pub(super) fn heap_bytes(&self) -> usize {
-        self.bytes.capacity() + self.free.iter().map(|f| f.capacity() * 4).sum::<usize>()
+        self.chunks.iter().map(Vec::capacity).sum::<usize>()
+            + self.chunks.capacity() * std::mem::size_of::<Vec<u8>>()
+            + self.free.iter().map(|f| f.capacity() * 4).sum::<usize>()
     }
 
     /// Bytes of the record of a name of `name_len` bytes.
@@ -80,22 +113,29 @@ impl Names {
 
     #[inline]
     pub(super) fn get(&self, at: u32) -> &[u8] {
-        let (len, start) = Self::decode_header(&self.bytes, at as usize);
-        &self.bytes[start..start + len]
+        let chunk = &self.chunks[(at >> ARENA_CHUNK_SHIFT) as usize];
+        let (len, start) = Self::decode_header(chunk, at as usize & ARENA_CHUNK_MASK);
+        &chunk[start..start + len]
     }
 
+    /// Writes the record of `name` over the record of a name of the same length at `at`.
     fn write(&mut self, at: usize, name: &[u8]) {
-        let n = name.len();
-        let mut i = at;
+        let chunk = &mut self.chunks[at >> ARENA_CHUNK_SHIFT];
+        let i = at & ARENA_CHUNK_MASK;
+        let head = Self::header_len(name.len());
+        Self::header(name.len(), &mut chunk[i..i + head]);
+        chunk[i + head..i + head + name.len()].copy_from_slice(name);
+    }
+
+    /// Writes the header of a name of `n` bytes to `out` (its [`Names::header_len`] bytes).
+    #[inline]
+    fn header(n: usize, out: &mut [u8]) {
         if n < 0x80 {
-            self.bytes[i] = n as u8;
-            i += 1;
+            out[0] = n as u8;
         } else {
-            self.bytes[i] = (n as u8 & 0x7f) | 0x80;
-            self.bytes[i + 1] = (n >> 7) as u8;
-            i += 2;
+            out[0] = (n as u8 & 0x7f) | 0x80;
+            out[1] = (n >> 7) as u8;
         }
-        self.bytes[i..i + n].copy_from_slice(name);
     }
 
     /// Reserves room for `bytes` more bytes of records, beside what the arena spans and what
@@ -111,7 +151,7 @@ impl Names {
     /// Whether [`Names::reserve`] would reserve `bytes`.
     #[inline]
     pub(super) fn has_room(&self, bytes: usize) -> bool {
-        self.bytes.len() + self.reserved + bytes <= self.cap
+        self.len - self.padding + self.reserved + bytes <= self.cap
     }
 
     /// Gives back what is left of the reserved room (a reservation may be an upper bound).
@@ -142,22 +182,46 @@ impl Names {
     }
 
     fn store(&mut self, name: &[u8]) -> u32 {
-        debug_assert!(name.len() < 1 << 14, "the length fits the two-byte header");
+        assert!(name.len() < 1 << 14, "the length fits the two-byte header");
         let rec_len = Self::record_len(name.len());
         if let Some(at) = self.free.get_mut(name.len()).and_then(Vec::pop) {
             self.garbage -= rec_len;
             self.write(at as usize, name);
             return at;
         }
-        let at = self.bytes.len();
         debug_assert!(
-            at + rec_len <= self.cap,
+            self.len - self.padding + rec_len <= self.cap,
             "a record within its reserved room"
         );
+        let mut at = self.len;
+        let off = at & ARENA_CHUNK_MASK;
+        if off != 0 && off + rec_len > ARENA_CHUNK_BYTES {
+            // The record would span two chunks: it starts the next.
+            self.padding += ARENA_CHUNK_BYTES - off;
+            at += ARENA_CHUNK_BYTES - off;
+        }
         let at32 = u32::try_from(at).expect("records start below the cap");
-        reserve_gently(&mut self.bytes, rec_len);
-        self.bytes.resize(at + rec_len, 0);
-        self.write(at, name);
+        if at >> ARENA_CHUNK_SHIFT == self.chunks.len() {
+            let size = if self.chunks.is_empty() {
+                FIRST_CHUNK_BYTES
+            } else {
+                ARENA_CHUNK_BYTES
+            };
+            self.chunks.push(Vec::with_capacity(size));
+        }
+        let chunk = self.chunks.last_mut().expect("a chunk for the record");
+        if chunk.capacity() - chunk.len() < rec_len {
+            // The first chunk, growing: double it, up to the chunk size.
+            let want = (2 * chunk.capacity())
+                .max(chunk.len() + rec_len)
+                .min(ARENA_CHUNK_BYTES);
+            chunk.reserve_exact(want - chunk.len());
+        }
+        let mut head = [0; 2];
+        Self::header(name.len(), &mut head);
+        chunk.extend_from_slice(&head[..Self::header_len(name.len())]);
+        chunk.extend_from_slice(name);
+        self.len = at + rec_len;
         at32
     }
 
@@ -173,12 +237,13 @@ impl Names {
     /// Whether garbage is a third of the arena (an eighth once it spans most of its cap, where
     /// garbage is room that names are refused for), and at least [`COMPACT_MIN_BYTES`].
     pub(super) fn needs_compaction(&self) -> bool {
-        let share = if self.bytes.len() > self.cap - self.cap / 8 {
+        let records = self.len - self.padding;
+        let share = if records > self.cap - self.cap / 8 {
             8
         } else {
             3
         };
-        self.garbage >= COMPACT_MIN_BYTES && self.garbage * share > self.bytes.len()
+        self.garbage >= COMPACT_MIN_BYTES && self.garbage * share > records
     }
 
     /// Releases every record and the memory, keeping the cap and the reserved room.
@@ -193,7 +258,7 @@ impl Names {
     /// Bytes the arena spans, garbage included.
     #[cfg(test)]
     pub(super) fn spanned(&self) -> usize {
-        self.bytes.len()
+        self.len
     }
 
     #[cfg(test)]
@@ -203,7 +268,7 @@ impl Names {
 
     #[cfg(test)]
     pub(super) fn capacity(&self) -> usize {
-        self.bytes.capacity()
+        self.chunks.iter().map(Vec::capacity).sum()
     }
 }
 
@@ -216,8 +281,9 @@ pub(super) const COMPACT_STEP_OWNERS: usize = if cfg!(test) { 3 } else { 2_048 }
 ///
 /// A compaction starts a fresh arena and moves the records into it in owner-id order,
 /// [`COMPACT_STEP_OWNERS`] owners a step; meanwhile the record of an owner below the cursor
-/// is in the new arena, any other in the old one, which is dropped once the cursor has passed
-/// every owner. Records stored meanwhile go to the arena their owner's id says (an owner
+/// is in the new arena, any other in the old one, which goes once the cursor has passed
+/// every owner (its chunks and free lists freed a few a step, as freeing hundreds of
+/// megabytes at once would take milliseconds). Records stored meanwhile go to the arena their owner's id says (an owner
 /// created past the cursor is moved when the cursor comes). The room an owner reserves is
 /// reserved in both arenas while a compaction runs, so a reserved record fits whichever it
 /// goes to: what was accepted is never refused later.
@@ -228,7 +294,12 @@ pub(super) struct Arena {
     /// While compacting: the old arena, holding the records of owners from `cursor` on.
     old: Option<Names>,
     cursor: u32,
+    /// The chunks and free lists of the last compaction's old arena, not freed yet.
+    retired: (Vec<Vec<u8>>, Vec<Vec<u32>>),
 }
+
+/// Chunks (or free lists) of a compacted arena freed per step.
+const FREE_PER_STEP: usize = 4;
 
 impl Arena {
     /// The arena holding `owner`'s record.
@@ -250,7 +321,15 @@ impl Arena {
 
     /// Heap bytes held (both arenas while compacting).
     pub(super) fn heap_bytes(&self) -> usize {
-        self.cur.heap_bytes() + self.old.as_ref().map_or(0, Names::heap_bytes)
+        self.cur.heap_bytes()
+            + self.old.as_ref().map_or(0, Names::heap_bytes)
+            + self.retired.0.iter().map(Vec::capacity).sum::<usize>()
+            + self
+                .retired
+                .1
+                .iter()
+                .map(|l| l.capacity() * 4)
+                .sum::<usize>()
     }
 
     /// `owner`'s record at `at`.
@@ -321,11 +400,12 @@ impl Arena {
         self.cur.clear();
         self.old = None;
         self.cursor = 0;
+        self.retired = Default::default();
     }
 
-    /// Whether a compaction is under way.
+    /// Whether a compaction is under way (or the old arena is still being freed).
     pub(super) fn is_compacting(&self) -> bool {
-        self.old.is_some()
+        self.old.is_some() || !self.retired.0.is_empty() || !self.retired.1.is_empty()
     }
 
     /// Starts a compaction if none is under way and the garbage is due one (see
@@ -363,14 +443,22 @@ impl Arena {
     }
 
     /// The step's owners are moved: the cursor passes them; after the last owner (below
-    /// `owners`) the old arena goes.
+    /// `owners`) the old arena is retired. Each step frees a few retired chunks and lists.
     pub(super) fn end_step(&mut self, step: std::ops::Range<u32>, owners: u32) {
+        let (chunks, lists) = &mut self.retired;
+        chunks.truncate(chunks.len().saturating_sub(FREE_PER_STEP));
+        lists.truncate(lists.len().saturating_sub(FREE_PER_STEP));
         if self.old.is_none() {
             return;
         }
         self.cursor = step.end;
         if self.cursor >= owners {
-            self.old = None;
+            if let Some(old) = self.old.take() {
+                self.retired.0.extend(old.chunks);
+                self.retired
+                    .1
+                    .extend(old.free.into_iter().filter(|l| l.capacity() > 0));
+            }
             self.cursor = 0;
         }
     }
@@ -394,5 +482,107 @@ impl Arena {
     #[cfg(test)]
     pub(super) fn current(&self) -> &Names {
         &self.cur
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Store a name of this length (a long one now and then, so that records cross the
+        /// end of a chunk).
+        Push(usize, u8),
+        /// Free the `i % live`th live record.
+        Free(usize),
+        /// Replace the `i % live`th live record with a name of this length.
+        Replace(usize, usize, u8),
+    }
+
+    fn name(len: usize, b: u8) -> Vec<u8> {
+        (0..len).map(|i| b.wrapping_add(i as u8)).collect()
+    }
+
+    proptest! {
+        /// The chunked arena reads back what was stored at every offset it gave, through
+        /// frees, reuse and replacements; no record spans two chunks; what it reserves is
+        /// counted without its padding.
+        #[test]
+        fn the_arena_reads_back_every_record(ops in prop::collection::vec(
+            prop_oneof![
+                6 => (prop_oneof![9 => 0usize..200, 1 => 1_000usize..16_000], any::<u8>())
+                    .prop_map(|(l, b)| Op::Push(l, b)),
+                2 => any::<usize>().prop_map(Op::Free),
+                1 => (any::<usize>(), 0usize..300, any::<u8>())
+                    .prop_map(|(i, l, b)| Op::Replace(i, l, b)),
+            ],
+            0..300,
+        )) {
+            let mut a = Names::default();
+            let mut live: Vec<(u32, Vec<u8>)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Push(len, b) => {
+                        let n = name(len, b);
+                        prop_assert!(a.reserve(Names::record_len(len)));
+                        let at = a.push(&n);
+                        live.push((at, n));
+                    }
+                    Op::Free(i) if !live.is_empty() => {
+                        let (at, _) = live.swap_remove(i % live.len());
+                        a.free(at);
+                    }
+                    Op::Replace(i, len, b) if !live.is_empty() => {
+                        let i = i % live.len();
+                        let n = name(len, b);
+                        let at = a.replace(live[i].0, &n).expect("room below the cap");
+                        live[i] = (at, n);
+                    }
+                    _ => {}
+                }
+                for (at, n) in &live {
+                    prop_assert_eq!(a.get(*at), &n[..]);
+                    let start = *at as usize & ARENA_CHUNK_MASK;
+                    prop_assert!(start + Names::record_len(n.len()) <= ARENA_CHUNK_BYTES);
+                }
+                let records = live.iter().map(|(_, n)| Names::record_len(n.len())).sum::<usize>();
+                prop_assert_eq!(a.spanned() - a.padding - a.garbage(), records);
+                prop_assert!(a.padding <= a.chunks.len().saturating_sub(1) * MAX_RECORD_BYTES);
+            }
+            // Room is counted without the padding: exactly what is left below the cap.
+            let used = a.spanned() - a.padding;
+            a.cap = used + 100;
+            prop_assert!(!a.has_room(101));
+            prop_assert!(a.reserve(100));
+            prop_assert!(!a.reserve(1));
+        }
+    }
+
+    /// Many small names fill several chunks, each but the last allocated at its full size and
+    /// never moved: a record's bytes stay where they were stored.
+    #[test]
+    fn full_chunks_never_move() {
+        let mut a = Names::default();
+        let mut offsets = Vec::new();
+        for i in 0..10_000u32 {
+            let n = format!("name number {i}");
+            assert!(a.reserve(Names::record_len(n.len())));
+            offsets.push(a.push(n.as_bytes()));
+        }
+        assert!(a.chunks.len() > 4);
+        let first: *const u8 = a.get(offsets[0]).as_ptr();
+        for i in 10_000..20_000u32 {
+            let n = format!("name number {i}");
+            assert!(a.reserve(Names::record_len(n.len())));
+            offsets.push(a.push(n.as_bytes()));
+        }
+        assert_eq!(a.get(offsets[0]).as_ptr(), first);
+        for (i, &at) in offsets.iter().enumerate() {
+            assert_eq!(a.get(at), format!("name number {i}").as_bytes());
+        }
+        // Slack: the last chunk's unused room at most.
+        assert!(a.capacity() < a.spanned() + ARENA_CHUNK_BYTES);
     }
 }

@@ -334,6 +334,8 @@ impl PackedSet {
         let mut i = 0;
         let mut emptied = false;
         let mut touched_small = false;
+        // The blocks changed, `lo..hi` (`items` is sorted, so they are a range).
+        let (mut lo, mut hi) = (usize::MAX, 0);
         while i < items.len() && !self.blocks.is_empty() {
             let b = self.block_of(items[i]);
             let blk = &mut self.blocks[b];
@@ -348,6 +350,8 @@ impl PackedSet {
                 i += 1;
                 continue;
             }
+            lo = lo.min(b);
+            hi = b + 1;
             decoded.clear();
             blk.decode_into(decoded);
             let before = decoded.len();
@@ -373,23 +377,30 @@ impl PackedSet {
             }
             i = end;
         }
-        if emptied {
-            self.blocks.retain(|b| b.last != NONE);
+        if touched_small || emptied {
+            // Only the blocks changed and their two neighbours can be emptied or newly small:
+            // the rest of a big set (a common word's tens of thousands of blocks) is left
+            // alone, not rebuilt.
+            let window = lo.saturating_sub(1)..(hi + 1).min(self.blocks.len());
+            self.merge_small_in(window);
             if self.blocks.is_empty() {
                 *self = Self::new();
-                return;
             }
-        }
-        if touched_small || emptied {
-            self.merge_small();
         }
     }
 
-    /// Merges each run of adjacent small blocks.
-    fn merge_small(&mut self) {
-        let mut out: Vec<PackedBlock> = Vec::with_capacity(self.blocks.len());
-        for blk in self.blocks.drain(..) {
-            if let Some(left) = out.last_mut() {
+    /// Drops the emptied blocks of `window` and merges each run of adjacent small blocks in
+    /// it, in place: the blocks after it move once.
+    fn merge_small_in(&mut self, window: std::ops::Range<usize>) {
+        // Blocks `window.start..w` are the result so far; those from `w` to `r` are spent.
+        let mut w = window.start;
+        for r in window.clone() {
+            if self.blocks[r].last == NONE {
+                continue;
+            }
+            if w > window.start {
+                let (head, tail) = self.blocks.split_at_mut(r);
+                let (left, blk) = (&mut head[w - 1], &tail[0]);
                 if left.deltas.len() + blk.deltas.len() + 5 <= PACKED_BLOCK_BYTES / 2 {
                     let mut buf = [0u8; 10];
                     let n = put_varint(&mut buf, 0, blk.first - left.last);
@@ -399,9 +410,10 @@ impl PackedSet {
                     continue;
                 }
             }
-            out.push(blk);
+            self.blocks.swap(w, r);
+            w += 1;
         }
-        self.blocks = out;
+        self.blocks.drain(w..window.end);
     }
 
     /// Whether `item` is in the set: one block decoded at most.
@@ -542,5 +554,36 @@ mod tests {
             assert!(set.remove(*v));
         }
         assert!(set.is_empty() && set.blocks.capacity() == 0);
+    }
+
+    /// A departing peer's entries leave a common word's big set 64 at a time: each removal
+    /// empties or shrinks a few blocks, which merge with their neighbours there, and the set
+    /// still holds the rest, with no two adjacent blocks small enough to merge.
+    #[test]
+    fn removing_runs_from_a_big_set_merges_around_them() {
+        let mut set = PackedSet::new();
+        let mut model = BTreeSet::new();
+        for v in (0..200_000u32).filter(|v| v % 7 != 3) {
+            set.insert(v);
+            model.insert(v);
+        }
+        let mut decoded = Vec::new();
+        for run in 0..400u32 {
+            let from = (run * 7_919) % 190_000;
+            let gone: Vec<u32> = model.range(from..).copied().take(64).collect();
+            set.remove_sorted(&gone, &mut decoded);
+            for v in &gone {
+                model.remove(v);
+            }
+            assert_eq!(set.len(), model.len());
+        }
+        assert!(set.iter().eq(model.iter().copied()));
+        for pair in set.blocks.windows(2) {
+            assert!(pair[0].last < pair[1].first && pair[0].last != NONE);
+            assert!(
+                pair[0].deltas.len() + pair[1].deltas.len() + 5 > PACKED_BLOCK_BYTES / 2,
+                "two small neighbours left unmerged"
+            );
+        }
     }
 }

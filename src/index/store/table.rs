@@ -1,7 +1,9 @@
-//! [`Table`]: records in one vector, addressed by `u32` ids, with a free list of ids to reuse.
-//! The files, entries, words and peers are each one.
+//! [`Table`]: records in a chunked vector ([`ChunkVec`]), addressed by `u32` ids, with a free
+//! list of ids to reuse. The files, entries, words and peers are each one.
 
 use std::ops::{Index, IndexMut};
+
+use super::chunked::ChunkVec;
 
 /// A record kind a [`Table`] can hold: one value of it marks a free slot.
 pub(super) trait Slot {
@@ -19,10 +21,11 @@ impl<T> Slot for Option<T> {
 }
 
 /// Records by `u32` id. A removed record's slot is marked [`Slot::FREE`] and its id reused by
-/// the next insert, so ids stay dense and nothing is allocated per record. The vector grows a
-/// sixteenth at a time ([`reserve_gently`]), and is released once the table is empty.
+/// the next insert, so ids stay dense and nothing is allocated per record. The records are in
+/// fixed-size chunks (see `chunked.rs`), so growth never copies them; they are released once
+/// the table is empty.
 pub(super) struct Table<T> {
-    slots: Vec<T>,
+    slots: ChunkVec<T>,
     free: Vec<u32>,
     live: usize,
 }
@@ -30,12 +33,12 @@ pub(super) struct Table<T> {
 impl<T: Slot> Table<T> {
     /// Heap bytes held (capacity, not length).
     pub(super) fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<T>() + self.free.capacity() * 4
+        self.slots.heap_bytes() + self.free.capacity() * 4
     }
 
     pub(super) const fn new() -> Self {
         Table {
-            slots: Vec::new(),
+            slots: ChunkVec::new(),
             free: Vec::new(),
             live: 0,
         }
@@ -72,7 +75,6 @@ impl<T: Slot> Table<T> {
             self.slots[id as usize] = rec;
             return id;
         }
-        reserve_gently(&mut self.slots, 1);
         self.slots.push(rec);
         (self.slots.len() - 1) as u32
     }
@@ -115,16 +117,6 @@ impl<T> Index<u32> for Table<T> {
 impl<T> IndexMut<u32> for Table<T> {
     fn index_mut(&mut self, id: u32) -> &mut T {
         &mut self.slots[id as usize]
-    }
-}
-
-/// Grows `v` so it has room for `extra` more items, by a sixteenth at a time rather than by
-/// doubling: the record vectors are most of the index, and doubling would leave up to half of
-/// them allocated and unused. (Large vectors are `mmap`ed, so the growth moves pages rather
-/// than copying them.)
-pub(super) fn reserve_gently<T>(v: &mut Vec<T>, extra: usize) {
-    if v.capacity() - v.len() < extra {
-        v.reserve_exact(extra.max(v.len() / 16).max(16));
     }
 }
 

@@ -115,7 +115,7 @@ fn hash_filter_grows_and_shrinks_without_losing_a_file() {
             ix.post_pending();
         }
     }
-    let bits = ix.files.seen.words.len() * 64;
+    let bits = ix.files.seen.word_count() * 64;
     assert!(
         bits >= HashFilter::MIN_BITS_PER_FILE * 10_000,
         "{bits} bits"
@@ -140,7 +140,7 @@ fn hash_filter_grows_and_shrinks_without_losing_a_file() {
     }
     ix.post_pending();
     assert_eq!(ix.file_count(), 2_500);
-    assert!(ix.files.seen.words.len() * 64 <= 2 * HashFilter::BITS_PER_FILE * 2_500);
+    assert!(ix.files.seen.word_count() * 64 <= 2 * HashFilter::BITS_PER_FILE * 2_500);
     for i in 0..2_500 {
         assert!(
             ix.files.seen.may_contain(&spread_hash(i)),
@@ -149,7 +149,7 @@ fn hash_filter_grows_and_shrinks_without_losing_a_file() {
     }
     ix.remove_peer(peers[0]);
     ix.post_pending();
-    assert_eq!(ix.files.seen.words.len(), 64);
+    assert_eq!(ix.files.seen.word_count(), 64);
 }
 
 #[test]
@@ -2000,7 +2000,7 @@ fn hash_filter_rebuilds_in_steps_without_losing_a_file() {
         ix.continue_filter_rebuild();
     }
     assert!(all_there(&ix, 0..2_500));
-    assert!(ix.files.seen.words.len() * 64 <= 2 * HashFilter::BITS_PER_FILE * 2_500);
+    assert!(ix.files.seen.word_count() * 64 <= 2 * HashFilter::BITS_PER_FILE * 2_500);
     assert!(registered == 10_000);
 }
 

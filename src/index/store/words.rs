@@ -6,12 +6,12 @@
 //! text through `by_text`, and words by prefix through `order`.
 
 use super::blockset::BlockSet;
+use super::chunked::ChunkSlab;
 use super::names::Arena;
 use super::postings::{PackedSet, PostingIter};
 use super::shards::ShardedTable;
 use super::table::{Slot, Table};
 use super::{NONE, SPILLED};
-use slab::Slab;
 use std::cmp::Ordering;
 use std::hash::BuildHasher;
 
@@ -64,7 +64,7 @@ pub(super) struct Words {
     /// (see [`pad4`]), so most comparisons need not read the text.
     order: BlockSet<u64>,
     /// Posting sets of the words with more than two entries.
-    postings: Slab<PackedSet>,
+    postings: ChunkSlab<PackedSet>,
 }
 
 impl Words {
@@ -93,7 +93,7 @@ impl Words {
             by_text: ShardedTable::new(),
             hasher: hashbrown::DefaultHashBuilder::default(),
             order: BlockSet::new(),
-            postings: Slab::new(),
+            postings: ChunkSlab::new(),
         }
     }
 
@@ -395,7 +395,7 @@ impl Words {
             self.texts.clear();
             self.by_text.clear();
             self.order = BlockSet::new();
-            self.postings = Slab::new();
+            self.postings = ChunkSlab::new();
         }
     }
 
