@@ -416,21 +416,6 @@ impl PackedSet {
         self.blocks.drain(w..window.end);
     }
 
-    /// Whether `item` is in the set: one block decoded at most.
-    pub(super) fn contains(&self, item: u32) -> bool {
-        let Some(blk) = self.blocks.get(self.block_of(item)) else {
-            return false;
-        };
-        if item < blk.first || item > blk.last {
-            return false;
-        }
-        let (mut pos, mut cur) = (0, blk.first);
-        while cur < item && pos < blk.deltas.len() {
-            cur += get_varint(&blk.deltas, &mut pos);
-        }
-        cur == item
-    }
-
     /// The items from the first one at least `from` on, ascending: blocks before it are
     /// skipped without decoding.
     pub(super) fn iter_from(&self, from: u32) -> impl Iterator<Item = u32> + '_ {
@@ -456,6 +441,73 @@ impl PackedSet {
             pos: 0,
             cur: 0,
         }
+    }
+}
+
+/// A cursor over a [`PackedSet`] that seeks forward: [`PackedCursor::seek`] gives the first
+/// item at least a target, for targets that never decrease. Blocks wholly before a target are
+/// skipped without decoding (galloping over their `last` items, then a binary search), so
+/// intersecting a short list with a long one costs about the short one's length times a
+/// logarithm and a part of a block, not the long one's length.
+pub(super) struct PackedCursor<'a> {
+    blocks: &'a [PackedBlock],
+    /// The block of `cur` (`blocks.len()` once past the end).
+    b: usize,
+    /// Where the delta after `cur` starts in block `b`.
+    pos: usize,
+    /// The item the cursor is on.
+    cur: u32,
+}
+
+impl<'a> PackedCursor<'a> {
+    /// On the set's first item.
+    pub(super) fn new(set: &'a PackedSet) -> Self {
+        PackedCursor {
+            blocks: &set.blocks,
+            b: 0,
+            pos: 0,
+            cur: set.blocks.first().map_or(0, |b| b.first),
+        }
+    }
+
+    /// The first item at least `target` (`None` if there is none), moving the cursor to it.
+    /// `target` must be at least the previous call's.
+    #[inline]
+    pub(super) fn seek(&mut self, target: u32) -> Option<u32> {
+        let n = self.blocks.len();
+        if self.b >= n {
+            return None;
+        }
+        if self.cur >= target {
+            return Some(self.cur);
+        }
+        if self.blocks[self.b].last < target {
+            // Gallop over the blocks after this one by their last items, then search the
+            // stretch found.
+            let b = self.b;
+            let mut step = 1;
+            while b + step < n && self.blocks[b + step].last < target {
+                step *= 2;
+            }
+            let lo = b + step / 2 + 1;
+            let hi = (b + step + 1).min(n);
+            self.b = lo + self.blocks[lo..hi].partition_point(|x| x.last < target);
+            if self.b >= n {
+                return None;
+            }
+            let blk = &self.blocks[self.b];
+            self.cur = blk.first;
+            self.pos = 0;
+            if self.cur >= target {
+                return Some(self.cur);
+            }
+        }
+        // The block's last item is at least `target`: it is in this block.
+        let deltas = &self.blocks[self.b].deltas;
+        while self.cur < target {
+            self.cur += get_varint(deltas, &mut self.pos);
+        }
+        Some(self.cur)
     }
 }
 
@@ -506,6 +558,40 @@ impl Iterator for PackedIter<'_> {
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+
+    #[test]
+    fn a_cursor_seeks_the_first_item_at_least_each_target() {
+        let mut set = PackedSet::new();
+        let mut model = BTreeSet::new();
+        let mut x = 99u32;
+        for _ in 0..20_000 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            // Runs of close ids and far jumps, so that blocks and gaps vary.
+            let v = if x % 3 == 0 {
+                (x >> 6) % 2_000_000
+            } else {
+                (x >> 8) % 40_000
+            };
+            set.insert(v);
+            model.insert(v);
+        }
+        for stride in [1u32, 7, 150, 4_000, 90_000, 700_000] {
+            let mut c = PackedCursor::new(&set);
+            let mut t = 0u32;
+            loop {
+                let want = model.range(t..).next().copied();
+                assert_eq!(c.seek(t), want, "target {t} stride {stride}");
+                // The same target again stays put.
+                assert_eq!(c.seek(t), want);
+                if want.is_none() {
+                    break;
+                }
+                t += 1 + (t.wrapping_mul(2_654_435_761) % stride);
+            }
+        }
+        let empty = PackedSet::new();
+        assert_eq!(PackedCursor::new(&empty).seek(0), None);
+    }
 
     #[test]
     fn packed_set_agrees_with_btree_set() {

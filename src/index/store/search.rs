@@ -14,8 +14,21 @@
 //! the work is about `limit` candidates (plus those the other query words or the filter
 //! reject, plus one look per word in a prefix's range), not the number of matches. A budget of
 //! work units ([`SEARCH_WORK_BUDGET`]) bounds what rejections can cost, and under indexd a time
-//! limit ([`SEARCH_TIME_LIMIT`]) bounds the walk whatever the units' calibration; a search
-//! that hits either says so (`partial`).
+//! limit ([`SEARCH_TIME_LIMIT`]) bounds the walk and the set-up's scans of long ranges
+//! whatever the units' calibration; a search that hits either says so (`partial`).
+//!
+//! # Several query words
+//! An entry is posted under each of its words with the same key, so the query words' postings
+//! can be intersected in rank order:
+//! - With no filter, the names holding *every* query word whole rank first; if there are at
+//!   least `limit + 1` of them, they are the page: the whole words' postings are intersected
+//!   by leapfrogging cursors ([`PostingCursor::seek`]: each list skips, block by block, to the
+//!   key the last one stopped at), with no look at the ranges of longer words.
+//! - Otherwise the driver (the query word whose range has the fewest postings) is walked, and
+//!   each other query word is checked by seeking through its range's postings in step (when
+//!   the range has few long lists; a candidate that misses moves the driver to the next key
+//!   that word holds), else against a list or bitmap of its postings (when they are few per
+//!   candidate), else against the candidate's name.
 //!
 //! While a peer is departing (see `depart.rs`) its holdings are not counted: a candidate is
 //! ranked by its *true* key, the one its live holder count gives, which is never better than
@@ -27,7 +40,7 @@
 //! in the index as it is then: a file that changed tier or was removed in between is simply
 //! where it now ranks (it may show twice or not at all), and no position is invalid.
 
-use super::words::{lower_words, Scratch};
+use super::words::{lower_words, PostingCursor, Scratch, Words};
 use super::{key_tier, tier_of, Index, ID_MASK};
 #[cfg(doc)]
 use super::{posting_key, MAX_TIER};
@@ -59,6 +72,13 @@ const POSTINGS_PER_UNIT: usize = 4;
 /// the budget and the time limit can stop the walk).
 const LIST_SHARE: usize = 8;
 
+/// The search of names that hold every query word whole (see `Index::all_whole`) may spend
+/// at most this share of the budget before the full search takes over.
+const WHOLE_SHARE: usize = 8;
+
+/// Words of a range looked at between two readings of the clock in a search's set-up.
+const WORDS_PER_CLOCK: usize = 64;
+
 /// Most distinct words in a query.
 pub const MAX_QUERY_WORDS: usize = 32;
 
@@ -81,6 +101,24 @@ const SPARSE_BITS: usize = 64;
 /// Words of a query word's range counted when choosing the driver; a longer range counts as
 /// enormous.
 const PICK_MAX_WORDS: usize = 1024;
+
+/// Another query word is checked by seeking through its range's postings alongside the
+/// driver's ([`SeekWord`]) when at most this many words of its range have more than
+/// [`SEEK_SMALL_POSTINGS`] postings (each gets a cursor), and the others at most
+/// [`SEEK_MAX_SMALL`] in all (merged into one sorted list). (All three are tiny in tests, so
+/// that the property tests exercise the other checks too.)
+const SEEK_MAX_CURSORS: usize = if cfg!(test) { 1 } else { 8 };
+/// See [`SEEK_MAX_CURSORS`].
+const SEEK_MAX_SMALL: usize = if cfg!(test) { 2 } else { 1024 };
+/// Most words of a range looked at for a check by seeking (a longer range goes the other
+/// ways, which count its postings).
+const SEEK_MAX_WORDS: usize = if cfg!(test) { 3 } else { 64 };
+/// When the driver has fewer candidates than this, the other query words are checked against
+/// their names, without a look at their ranges. (Only none in tests, so that they exercise
+/// the other checks.)
+const NAME_CHECK_BELOW: usize = if cfg!(test) { 1 } else { 9 };
+/// See [`SEEK_MAX_CURSORS`].
+const SEEK_SMALL_POSTINGS: usize = if cfg!(test) { 1 } else { 32 };
 
 /// One page of search results.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,36 +229,82 @@ impl Index {
             deadline.is_some_and(|d| Instant::now() >= d)
         };
 
+        // Several words, no filter: if at least `limit + 1` names hold every query word whole,
+        // those are the page (they rank before any with a prefix match), found by
+        // intersecting the whole words' postings alone, without the ranges' set-up.
+        let whole_from = match after {
+            None => Some(0),
+            Some(a) if a >> 32 == 0 => (a as u32).checked_add(1),
+            Some(_) => None,
+        };
+        if let (true, Some(from)) = (
+            nq > 1 && filter.is_empty() && !self.has_departures(),
+            whole_from,
+        ) {
+            let cap = limit.saturating_add(1);
+            let share = budget / WHOLE_SHARE;
+            if let Some((keys, partial)) =
+                self.all_whole(&qwords, from, cap, &mut work, share, deadline)
+            {
+                let shown = &keys[..limit.min(keys.len())];
+                page.hits = self.hits(shown.iter().map(|&k| k & ID_MASK));
+                page.total = keys.len() as u64;
+                page.total_exact = false;
+                page.partial = partial;
+                page.next =
+                    (keys.len() > limit || (partial && !shown.is_empty())).then(|| SearchCursor {
+                        whole: nq as u8,
+                        key: shown[shown.len() - 1],
+                        check,
+                    });
+                page.work = work as u64;
+                return Ok(page);
+            }
+        }
+
         // The driver: the query word whose range has the fewest postings (a range too long
-        // to count counts as enormous).
+        // to count counts as enormous; those are compared by their whole word's postings,
+        // which a search walks first).
+        // The ranges are counted in the order of their whole words' postings, so that a
+        // long range after a short one stops counting early.
         let mut pick = 0;
+        let mut best = (usize::MAX, usize::MAX);
         if qwords.len() > 1 {
-            let mut best = usize::MAX;
-            for (i, q) in qwords.iter().enumerate() {
+            let mut order: Vec<(usize, usize)> = qwords
+                .iter()
+                .enumerate()
+                .map(|(i, q)| {
+                    let whole = self.words.find(q.as_bytes());
+                    (whole.map_or(0, |w| self.words.posting_count(w)), i)
+                })
+                .collect();
+            work += order.len() * WORD_UNITS;
+            order.sort_unstable();
+            for (whole, i) in order {
                 if work > budget {
                     // Out of budget already: the sources loop below stops at once.
                     break;
                 }
-                let (count, visited) = self.count_postings(q, best);
+                let (count, visited) = self.count_postings(&qwords[i], best.0, deadline);
                 work += visited * WORD_UNITS;
-                if count < best {
-                    (best, pick) = (count, i);
+                let tie = if count == usize::MAX { whole } else { 0 };
+                if (count, tie) < best {
+                    (best, pick) = ((count, tie), i);
                 }
             }
         }
-        // The other words: by their postings (a sorted list or a bitmap) when they are at
-        // most a few per candidate of the driver, else by the candidate's name.
-        let picked = if qwords.len() > 1 {
-            self.count_postings(&qwords[pick], usize::MAX).0
-        } else {
-            0
-        };
+        // The other words: by seeking through their postings beside the driver's when their
+        // ranges have few long lists; else by their postings (a sorted list or a bitmap) when
+        // they are at most a few per candidate of the driver, else by the candidate's name.
+        // (The driver's count was complete: it stopped below the best before it.)
+        let picked = best.0;
         let most = picked.saturating_mul(BITS_POSTINGS_PER_CANDIDATE);
         let mut bits: Vec<WordBits> = Vec::new();
         // Bitmaps over entry ids come from a pool kept between searches: a fresh one would
         // be fresh pages, each faulted in on first touch (hundreds of them at 10M entries).
         let mut pool = std::mem::take(&mut self.work.bitmaps);
         let mut by_name: Vec<String> = Vec::new();
+        let mut seeks: Vec<SeekWord> = Vec::new();
         for (i, q) in qwords.iter().enumerate() {
             if i == pick {
                 continue;
@@ -229,7 +313,23 @@ impl Index {
                 // No candidate will be examined (the sources loop stops at once).
                 break;
             }
-            let (count, visited) = self.count_postings(q, most.saturating_add(1));
+            if picked < NAME_CHECK_BELOW {
+                // So few candidates that reading their names costs less than looking at
+                // this word's range.
+                by_name.push(q.clone());
+                continue;
+            }
+            // Best by seeking through its postings with the driver's, when its range has few
+            // long lists: no set-up in proportion to its postings, and the driver skips
+            // whatever lies between this word's postings.
+            let (seek, visited) = SeekWord::new(&self.words, q, deadline);
+            work += visited * WORD_UNITS;
+            if let Some(seek) = seek {
+                work += seek.small.len() / POSTINGS_PER_UNIT;
+                seeks.push(seek);
+                continue;
+            }
+            let (count, visited) = self.count_postings(q, most.saturating_add(1), deadline);
             work += visited * WORD_UNITS;
             // (A range too long to count, or postings that would cost more than a share of
             // the budget to list, go by name: their cost is then per candidate, under the
@@ -268,7 +368,9 @@ impl Index {
         let mut matched = 0u64;
         'sources: for src in sources {
             work += WORD_UNITS;
-            if work > budget || out_of_time(work) {
+            // (The clock is read at every source, not every `TIME_CHECK_UNITS`: a source is a
+            // few reads in cold memory, and a prefix's range can hold thousands.)
+            if work > budget || deadline.is_some_and(|d| Instant::now() >= d) {
                 page.partial = true;
                 break;
             }
@@ -303,7 +405,20 @@ impl Index {
                     }
                 }
             }
-            for key in self.words.postings_from(src.word, from) {
+            // Cursors over the driver's source, its whole word (for a longer word's source),
+            // and the words checked by seeking, all moving forward with the candidate's key.
+            let mut driver = self.words.cursor(src.word);
+            let mut whole_cursor = match src.whole {
+                0 => exact.map(|w| self.words.cursor(w)),
+                _ => None,
+            };
+            let mut cursors: Vec<SeekCursors> = seeks
+                .iter()
+                .map(|s| SeekCursors::new(&self.words, s))
+                .collect();
+            let mut target = from;
+            'walk: while let Some(key) = driver.seek(target) {
+                target = key.saturating_add(1);
                 if key_tier(key) < min_tier {
                     // Postings are in tier order: the rest hold too few.
                     break;
@@ -320,8 +435,10 @@ impl Index {
                 let e = key & ID_MASK;
                 if src.whole == 0 {
                     // Whole matches were all examined in the first source.
-                    if exact.is_some_and(|w| self.words.contains(w, key)) {
-                        continue;
+                    if let Some(c) = whole_cursor.as_mut() {
+                        if c.seek(key) == Some(key) {
+                            continue;
+                        }
                     }
                     let seen = seen
                         .get_or_insert_with(|| Bitmap::take(&mut pool, self.entries.id_bound()));
@@ -330,6 +447,22 @@ impl Index {
                     }
                 }
                 let mut whole = src.whole;
+                // The words checked by seeking: where the next candidate could be, if this
+                // one misses any.
+                let mut skip_to: Option<u32> = None;
+                for (s, c) in seeks.iter().zip(cursors.iter_mut()) {
+                    work += 1;
+                    match c.check(s, key) {
+                        Seek::Match(w) => whole += u32::from(w),
+                        Seek::Next(next) => skip_to = Some(skip_to.map_or(next, |t| t.max(next))),
+                        // No later candidate of this source has that word.
+                        Seek::End => break 'walk,
+                    }
+                }
+                if let Some(next) = skip_to {
+                    target = next;
+                    continue;
+                }
                 let mut all = true;
                 for b in &bits {
                     match b.matches(e) {
@@ -386,11 +519,7 @@ impl Index {
         }
         let ranks = heap.into_sorted_vec();
         let more = ranks.len() > limit;
-        page.hits = ranks
-            .iter()
-            .take(limit)
-            .map(|&r| self.hit((r as u32) & ID_MASK))
-            .collect();
+        page.hits = self.hits(ranks.iter().take(limit).map(|&r| (r as u32) & ID_MASK));
         page.total = matched;
         page.total_exact &= !page.partial && after.is_none();
         if nq == 1 && after.is_none() && filter.is_empty() && !page.total_exact && !departing {
@@ -427,14 +556,19 @@ impl Index {
     }
 
     /// Postings over `prefix`'s range, counted up to `stop` (and over at most
-    /// [`PICK_MAX_WORDS`] words, beyond which the count is `usize::MAX`), and the words
-    /// looked at.
-    fn count_postings(&self, prefix: &str, stop: usize) -> (usize, usize) {
+    /// [`PICK_MAX_WORDS`] words, or until `deadline`, beyond which the count is
+    /// `usize::MAX`), and the words looked at.
+    fn count_postings(
+        &self,
+        prefix: &str,
+        stop: usize,
+        deadline: Option<Instant>,
+    ) -> (usize, usize) {
         let mut total = 0usize;
         let mut visited = 0;
         for w in self.words.range(prefix) {
             visited += 1;
-            if visited > PICK_MAX_WORDS {
+            if visited > PICK_MAX_WORDS || past(deadline, visited) {
                 return (usize::MAX, visited);
             }
             total += self.words.posting_count(w);
@@ -501,17 +635,91 @@ impl Index {
         self.live_holder_count(e)
     }
 
-    /// Entry `e` as a search hit.
-    fn hit(&self, e: u32) -> SearchHit {
-        let file = &self.files[self.entries[e].file()];
-        let mut name = Vec::new();
-        self.entries.decode_name(e, &mut name);
-        SearchHit {
-            name: String::from_utf8(name).expect("names are stored from str"),
-            size: file.size(),
-            hash: file.hash,
-            holders: self.entry_holders(e),
+    /// The first `cap` keys, from `from` on, of the entries whose names hold every one of
+    /// `qwords` as a whole word (the best class of the ranking, in key order), if there are
+    /// that many: the shortest whole word's postings are walked, the others' sought in step
+    /// (each list skipping to where the last one stopped). `None` if fewer, if a query word
+    /// is no whole word of any name, or once `share` work units are spent on it (the full
+    /// search then ranks every class). At `deadline`, the keys found so far, marked partial:
+    /// they are the best matches, though fewer than `cap`.
+    fn all_whole(
+        &self,
+        qwords: &[String],
+        from: u32,
+        cap: usize,
+        work: &mut usize,
+        share: usize,
+        deadline: Option<Instant>,
+    ) -> Option<(Vec<u32>, bool)> {
+        let mut lists: Vec<u32> = Vec::with_capacity(qwords.len());
+        for q in qwords {
+            *work += WORD_UNITS;
+            lists.push(self.words.find(q.as_bytes())?);
         }
+        lists.sort_by_key(|&w| self.words.posting_count(w));
+        if self.words.posting_count(lists[0]) < cap {
+            return None;
+        }
+        let mut cursors: Vec<PostingCursor> = lists.iter().map(|&w| self.words.cursor(w)).collect();
+        let stop = work.saturating_add(share);
+        let mut keys = Vec::with_capacity(cap);
+        let mut target = from;
+        while keys.len() < cap {
+            // Leapfrog: each list in turn moves to the first key at least the candidate; a
+            // key every list reaches in a row is in all.
+            let mut key = cursors[0].seek(target)?;
+            let (mut agree, mut i) = (1, 1);
+            while agree < cursors.len() {
+                *work += 1;
+                if *work > stop {
+                    return None;
+                }
+                if *work % TIME_CHECK_UNITS == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Some((keys, true));
+                }
+                let k = cursors[i].seek(key)?;
+                if k == key {
+                    agree += 1;
+                } else {
+                    (key, agree) = (k, 1);
+                }
+                i = (i + 1) % cursors.len();
+            }
+            keys.push(key);
+            target = key + 1;
+        }
+        Some((keys, false))
+    }
+
+    /// The hits of entries `ids`, in order. Each part is read for every hit before the next
+    /// part (entry records, file records, names, holder counts), so that the cache misses of
+    /// one part overlap across the hits instead of queueing one behind the other: at 10M
+    /// entries each record a hit reads is a miss.
+    fn hits(&self, ids: impl Iterator<Item = u32>) -> Vec<SearchHit> {
+        let ids: Vec<(u32, u32)> = ids.map(|e| (e, self.entries[e].file())).collect();
+        let files: Vec<(u64, crate::wire::FileHash)> = ids
+            .iter()
+            .map(|&(_, f)| (self.files[f].size(), self.files[f].hash))
+            .collect();
+        let holders: Vec<u32> = ids.iter().map(|&(e, _)| self.entry_holders(e)).collect();
+        for &(e, _) in &ids {
+            // Only the load matters: the name's bytes are in cache for the decoding below.
+            std::hint::black_box(self.entries.encoded_name(e).first());
+        }
+        let mut name = Vec::new();
+        ids.iter()
+            .zip(files)
+            .zip(holders)
+            .map(|((&(e, _), (size, hash)), holders)| {
+                self.entries.decode_name(e, &mut name);
+                SearchHit {
+                    name: String::from_utf8(name.clone()).expect("names are stored from str"),
+                    size,
+                    hash,
+                    holders,
+                }
+            })
+            .collect()
     }
 
     /// Sets the work budget of a search (tests make it small).
@@ -527,6 +735,14 @@ impl Index {
     pub fn set_search_time_limit(&mut self, limit: Option<Duration>) {
         self.search_time_limit = limit;
     }
+}
+
+/// Whether `deadline` has passed, read every [`WORDS_PER_CLOCK`] words of a range: a set-up
+/// that looks at long ranges (thousands of words in cold memory) stops at the time limit
+/// too.
+#[inline]
+fn past(deadline: Option<Instant>, visited: usize) -> bool {
+    visited % WORDS_PER_CLOCK == 0 && deadline.is_some_and(|d| Instant::now() >= d)
 }
 
 /// A rank, smaller is better: fewer query words not whole, then the posting key.
@@ -678,6 +894,115 @@ impl Bitmap {
             }
         }
         self.touched.clear();
+    }
+}
+
+/// A query word other than the driver, checked by seeking through the postings of its range
+/// (the words it equals or prefixes) in step with the driver's candidates, which are in the
+/// same key order: a candidate matches if its key is posted under one of them.
+struct SeekWord {
+    /// The words of the range with more than [`SEEK_SMALL_POSTINGS`] postings, and whether
+    /// each equals the query word.
+    long: Vec<(u32, bool)>,
+    /// The other words' postings as `key << 1 | equals the query word`, sorted (a key may be
+    /// there twice, through the word equal to the query word and a longer one).
+    small: Vec<u32>,
+}
+
+impl SeekWord {
+    /// The check of `prefix` by seeking, unless its range has more than [`SEEK_MAX_WORDS`]
+    /// words, too many long lists or too many postings in short ones; and the words of the
+    /// range looked at.
+    fn new(words: &Words, prefix: &str, deadline: Option<Instant>) -> (Option<SeekWord>, usize) {
+        let exact = words.find(prefix.as_bytes());
+        let mut seek = SeekWord {
+            long: Vec::new(),
+            small: Vec::new(),
+        };
+        let mut visited = 0;
+        for w in words.range(prefix) {
+            visited += 1;
+            if visited > SEEK_MAX_WORDS || past(deadline, visited) {
+                return (None, visited);
+            }
+            let whole = Some(w) == exact;
+            if words.posting_count(w) > SEEK_SMALL_POSTINGS {
+                if seek.long.len() == SEEK_MAX_CURSORS {
+                    return (None, visited);
+                }
+                seek.long.push((w, whole));
+            } else {
+                if seek.small.len() + words.posting_count(w) > SEEK_MAX_SMALL {
+                    return (None, visited);
+                }
+                seek.small
+                    .extend(words.postings(w).map(|k| k << 1 | u32::from(whole)));
+            }
+        }
+        seek.small.sort_unstable();
+        (Some(seek), visited)
+    }
+}
+
+/// The cursors of one [`SeekWord`] over one source's walk.
+struct SeekCursors<'a> {
+    long: Vec<(PostingCursor<'a>, bool)>,
+    /// Where the next key at least the candidate's is in `SeekWord::small`.
+    at: usize,
+}
+
+/// What a [`SeekWord`] says of a candidate.
+enum Seek {
+    /// Posted under a word of its range; whether one equal to the query word.
+    Match(bool),
+    /// Not posted: the first key after it that is.
+    Next(u32),
+    /// Not posted, nor any key after it.
+    End,
+}
+
+impl<'a> SeekCursors<'a> {
+    fn new(words: &'a Words, seek: &SeekWord) -> Self {
+        SeekCursors {
+            long: seek
+                .long
+                .iter()
+                .map(|&(w, whole)| (words.cursor(w), whole))
+                .collect(),
+            at: 0,
+        }
+    }
+
+    /// Whether `key` is posted under `seek`'s words; keys must not decrease from call to
+    /// call.
+    #[inline]
+    fn check(&mut self, seek: &SeekWord, key: u32) -> Seek {
+        let mut found = None;
+        let mut next = u32::MAX;
+        for (c, whole) in &mut self.long {
+            match c.seek(key) {
+                Some(k) if k == key => found = Some(found.unwrap_or(false) | *whole),
+                Some(k) => next = next.min(k),
+                None => {}
+            }
+        }
+        let small = &seek.small;
+        // (Postings are below `1 << 31`, so `key << 1` does not overflow.)
+        let from = key << 1;
+        self.at += small[self.at..].partition_point(|&x| x < from);
+        let mut i = self.at;
+        while i < small.len() && small[i] >> 1 == key {
+            found = Some(found.unwrap_or(false) | (small[i] & 1 == 1));
+            i += 1;
+        }
+        if let Some(&x) = small.get(i) {
+            next = next.min(x >> 1);
+        }
+        match found {
+            Some(whole) => Seek::Match(whole),
+            None if next == u32::MAX => Seek::End,
+            None => Seek::Next(next),
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 use super::blockset::BlockSet;
 use super::chunked::ChunkSlab;
 use super::names::Arena;
-use super::postings::{PackedSet, PostingIter};
+use super::postings::{PackedCursor, PackedSet, PostingIter};
 use super::shards::ShardedTable;
 use super::table::{Slot, Table};
 use super::{NONE, SPILLED};
@@ -216,25 +216,14 @@ impl Words {
         }
     }
 
-    /// The postings of word `w` from the first key at least `from` on, ascending (blocks
-    /// before it are skipped undecoded).
-    pub(super) fn postings_from(&self, w: u32, from: u32) -> impl Iterator<Item = u32> + '_ {
-        let (inline, packed) = match self.recs[w].postings {
-            [SPILLED, key] => (None, Some(self.postings[key as usize].iter_from(from))),
-            _ => (Some(self.postings(w).filter(move |&k| k >= from)), None),
-        };
-        inline
-            .into_iter()
-            .flatten()
-            .chain(packed.into_iter().flatten())
-    }
-
-    /// Whether `key` is posted under word `w`.
+    /// A cursor over word `w`'s postings that seeks forward (see [`PostingCursor::seek`]).
     #[inline]
-    pub(super) fn contains(&self, w: u32, key: u32) -> bool {
+    pub(super) fn cursor(&self, w: u32) -> PostingCursor<'_> {
         match self.recs[w].postings {
-            [SPILLED, k] => self.postings[k as usize].contains(key),
-            p => p.contains(&key),
+            [SPILLED, key] => {
+                PostingCursor::Packed(PackedCursor::new(&self.postings[key as usize]))
+            }
+            p => PostingCursor::Inline(p),
         }
     }
 
@@ -484,6 +473,25 @@ impl Words {
         assert_eq!(self.postings.len(), spilled);
         assert_eq!(self.recs.iter().count(), self.len());
         (inline, spilled)
+    }
+}
+
+/// A cursor over one word's postings (see [`Words::cursor`]).
+pub(super) enum PostingCursor<'a> {
+    /// Up to two keys, ascending, `NONE` for an unused slot (`NONE` is above every key).
+    Inline([u32; 2]),
+    Packed(PackedCursor<'a>),
+}
+
+impl PostingCursor<'_> {
+    /// The first posting at least `target`, or `None`; `target` must be at least the previous
+    /// call's.
+    #[inline]
+    pub(super) fn seek(&mut self, target: u32) -> Option<u32> {
+        match self {
+            PostingCursor::Inline(p) => p.iter().copied().find(|&k| k >= target && k != NONE),
+            PostingCursor::Packed(c) => c.seek(target),
+        }
     }
 }
 
