@@ -10,7 +10,11 @@
 //!   `<prefix>_nodes` (`max_age` = the TTL) if they do not exist, creates its liveness key,
 //!   and reads the stream from its start with an ordered consumer; once it has read what the
 //!   stream held (the consumer's pending count reaches 0), it checks that every node met in
-//!   it is alive (else: [`Inbound::NodeDead`]) and sends [`Inbound::Rebuilt`].
+//!   it is alive (else: [`Inbound::NodeDead`]) and sends [`Inbound::Rebuilt`]. The join
+//!   (stream, bucket, key, consumer, watch) is tried again as a whole, each try bounded by
+//!   [`JOIN_TRY_TIMEOUT`], while the NATS cluster cannot answer (a server just died and its
+//!   leaders are being elected), with a warning per try, for up to [`JOIN_TIMEOUT`]; then the
+//!   thread fails and indexd exits (status 2).
 //! - Publishes each [`Outbound::Publish`] on `<prefix>.<node>.<session>`; acknowledgements are
 //!   awaited concurrently, and one that fails (the stream did not take the record) becomes
 //!   [`Inbound::Lost`] for that session. After an `End` is acknowledged, the subject is purged
@@ -25,6 +29,7 @@
 //! - At [`Outbound::Stop`], deletes its key (the others drop its sessions at once).
 
 use super::apply::Inbound;
+use super::counters::Counters;
 use super::link::Outbound;
 use super::Record;
 use async_nats::jetstream::{self, consumer, kv, stream};
@@ -44,8 +49,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an ended session's `End` record stays on the stream before it is purged: a node
 /// reading less than this behind still sees every session it saw begin end.
 pub const TOMBSTONE_LINGER: Duration = Duration::from_secs(60);
-/// How long a start may take to set up the stream, the bucket and the liveness key.
-pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a start may take to join once connected: set up the stream, the bucket and the
+/// liveness key, and subscribe, all tried again while the NATS cluster cannot answer (a
+/// server just died and leaders are being elected), then given up.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one try of the join may take.
+pub const JOIN_TRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times a lost consumer is created again at once (then: at its next error).
 const RESUME_TRIES: usize = 5;
 /// The default liveness TTL: longer than a NATS cluster's failover (a stream leader election
@@ -94,6 +103,7 @@ pub fn spawn(
     outbound: UnboundedReceiver<Outbound>,
     inbound: Sender<Inbound>,
     wake: Arc<dyn Fn() + Send + Sync>,
+    counters: Arc<Counters>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("nats".into())
@@ -113,7 +123,7 @@ pub fn spawn(
                 tx: inbound,
                 wake: wake.clone(),
             };
-            let result = runtime.block_on(run(config, outbound, &to_reactor));
+            let result = runtime.block_on(run(config, outbound, &to_reactor, counters));
             if let Err(why) = result {
                 log::error!("cluster: {why}");
                 to_reactor.send(Inbound::Failed(why));
@@ -145,16 +155,28 @@ pub const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(20);
 /// Publishes `payload` on `subject` and waits for the stream's acknowledgement, trying again
 /// every 250 ms until [`PUBLISH_RETRY_LIMIT`]. (A try whose acknowledgement was lost may have
 /// been stored: a record applied twice in a row changes nothing.)
-fn publish(js: jetstream::Context, session: u64, subject: String, record: &Record) -> Ack {
+fn publish(
+    js: jetstream::Context,
+    session: u64,
+    subject: String,
+    record: &Record,
+    counters: Arc<Counters>,
+) -> Ack {
     let payload = record.encode();
     let end = *record == Record::End;
     Box::pin(async move {
         let deadline = Instant::now() + PUBLISH_RETRY_LIMIT;
         loop {
             let result = match js.publish(subject.clone(), payload.clone().into()).await {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Ok(ack) => ack
+                    .await
+                    .map(|ack| counters.handle_stored(ack.sequence))
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
+            if result.is_err() {
+                counters.handle_publish_error();
+            }
             match result {
                 Err(e) if Instant::now() < deadline => {
                     log::debug!("cluster: publish on {subject}: {e}; trying again");
@@ -180,12 +202,15 @@ struct Node {
     dead: HashSet<String>,
     /// Tombstones to purge, and when.
     tombstones: VecDeque<(Instant, String)>,
+    /// What the metrics show.
+    counters: Arc<Counters>,
 }
 
 async fn run(
     config: NatsConfig,
     mut outbound: UnboundedReceiver<Outbound>,
     to_reactor: &ToReactor,
+    counters: Arc<Counters>,
 ) -> Result<(), String> {
     let mut servers = Vec::new();
     for s in &config.servers {
@@ -210,24 +235,54 @@ async fn run(
     .await
     .map_err(|_| format!("no NATS server answered within {CONNECT_TIMEOUT:?}"))?
     .map_err(|e| format!("cannot connect to NATS: {e}"))?;
-    // A JetStream request may time out while the NATS cluster elects a leader (a server just
-    // died): the setup is tried again until START_TIMEOUT.
-    let deadline = Instant::now() + START_TIMEOUT;
-    let mut node = loop {
-        match setup(&config, &client).await {
-            Ok(node) => break node,
-            Err(e) if Instant::now() < deadline => {
-                log::warn!("cluster: {e}; trying again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e),
+    // A JetStream request may go unanswered while the NATS cluster elects leaders (a server
+    // just died): the whole join is tried again, each try bounded, until JOIN_TIMEOUT.
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    let mut tries = 0;
+    let (mut node, joined) = loop {
+        tries += 1;
+        let attempt = async {
+            let node = setup(&config, &client, counters.clone()).await?;
+            let joined = node.subscribe(&client).await?;
+            Ok::<_, String>((node, joined))
+        };
+        let e = match tokio::time::timeout(JOIN_TRY_TIMEOUT, attempt).await {
+            Ok(Ok(both)) => break both,
+            Ok(Err(e)) => e,
+            Err(_) => format!("no answer within {JOIN_TRY_TIMEOUT:?}"),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "NATS JetStream did not let this node join within {JOIN_TIMEOUT:?} ({tries} \
+                 tries; is a majority of the NATS cluster up?): {e}"
+            ));
         }
+        log::warn!(
+            "cluster: NATS JetStream not ready (try {tries}: {e}); trying again, for up to \
+             {JOIN_TIMEOUT:?} in all"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    node.serve(client, &mut outbound, to_reactor).await
+    if tries > 1 {
+        log::warn!("cluster: joined after {tries} tries");
+    }
+    node.serve(client, joined, &mut outbound, to_reactor).await
+}
+
+/// What a join subscribed to: the stream's ordered consumer from its start (whether it had
+/// records pending, and its messages) and the liveness bucket's watch.
+struct Joined {
+    pending: bool,
+    messages: consumer::push::Ordered,
+    watch: kv::Watch,
 }
 
 /// Creates (or finds) the stream and the bucket, and our liveness key.
-async fn setup(config: &NatsConfig, client: &async_nats::Client) -> Result<Node, String> {
+async fn setup(
+    config: &NatsConfig,
+    client: &async_nats::Client,
+    counters: Arc<Counters>,
+) -> Result<Node, String> {
     let js = jetstream::new(client.clone());
     let stream = js
         .get_or_create_stream(stream::Config {
@@ -298,6 +353,7 @@ async fn setup(config: &NatsConfig, client: &async_nats::Client) -> Result<Node,
         alive: HashMap::new(),
         dead: HashSet::new(),
         tombstones: VecDeque::new(),
+        counters,
     })
 }
 
@@ -321,29 +377,17 @@ impl Node {
     async fn serve(
         &mut self,
         client: async_nats::Client,
+        joined: Joined,
         outbound: &mut UnboundedReceiver<Outbound>,
         to_reactor: &ToReactor,
     ) -> Result<(), String> {
-        // Tried again until START_TIMEOUT, like the setup: the bucket's or the stream's
-        // leader may still be in election.
-        let deadline = Instant::now() + START_TIMEOUT;
-        let (consumer, mut watch) = loop {
-            match self.subscribe(&client).await {
-                Ok(both) => break both,
-                Err(e) if Instant::now() < deadline => {
-                    log::warn!("cluster: {e}; trying again");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        let mut rebuilding = consumer.cached_info().num_pending > 0;
+        let Joined {
+            pending: mut rebuilding,
+            mut messages,
+            mut watch,
+        } = joined;
         // Nodes met in the stream while rebuilding, checked alive before serving.
         let mut met: HashSet<String> = HashSet::new();
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| format!("consumer: {e}"))?;
         if !rebuilding {
             to_reactor.send(Inbound::Rebuilt);
         }
@@ -364,7 +408,7 @@ impl Node {
                     Some(Outbound::Publish { session, record }) => {
                         let queue = queues.entry(session).or_default();
                         if queue.is_empty() {
-                            acks.push(publish(self.js.clone(), session, self.subject(session), &record));
+                            acks.push(publish(self.js.clone(), session, self.subject(session), &record, self.counters.clone()));
                         }
                         queue.push_back(record);
                     }
@@ -389,13 +433,14 @@ impl Node {
                         Ok(()) => {}
                         Err(e) => {
                             log::warn!("cluster: a record of session {session} was not stored: {e}");
+                            self.counters.handle_lost();
                             to_reactor.send(Inbound::Lost { session });
                         }
                     }
                     if let Some(queue) = queues.get_mut(&session) {
                         queue.pop_front();
                         match queue.front() {
-                            Some(next) => acks.push(publish(self.js.clone(), session, self.subject(session), next)),
+                            Some(next) => acks.push(publish(self.js.clone(), session, self.subject(session), next, self.counters.clone())),
                             None => {
                                 queues.remove(&session);
                             }
@@ -409,6 +454,7 @@ impl Node {
                             .map(|i| (i.pending, i.stream_sequence))
                             .unwrap_or((1, last_seq));
                         last_seq = last_seq.max(seq);
+                        self.counters.handle_read(seq, pending);
                         read_since_tick = true;
                         if let Some((node, session)) = self.parse_subject(&msg.subject) {
                             if node != self.config.node && !self.dead.contains(node) {
@@ -495,14 +541,12 @@ impl Node {
                     self.purge_tombstones().await;
                 }
             }
+            self.counters.set_nodes_alive(self.alive.len());
         }
     }
 
     /// The stream's ordered consumer (from its start) and the bucket's watch.
-    async fn subscribe(
-        &self,
-        client: &async_nats::Client,
-    ) -> Result<(consumer::Consumer<consumer::push::OrderedConfig>, kv::Watch), String> {
+    async fn subscribe(&self, client: &async_nats::Client) -> Result<Joined, String> {
         let consumer = self
             .stream
             .create_consumer(consumer::push::OrderedConfig {
@@ -518,7 +562,16 @@ impl Node {
             .watch_all()
             .await
             .map_err(|e| format!("watch {}: {e}", self.config.bucket_name()))?;
-        Ok((consumer, watch))
+        let pending = consumer.cached_info().num_pending > 0;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| format!("consumer: {e}"))?;
+        Ok(Joined {
+            pending,
+            messages,
+            watch,
+        })
     }
 
     /// An ordered consumer's settings: every node's records, from record `seq` on.
