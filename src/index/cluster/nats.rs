@@ -55,6 +55,23 @@ pub const TOMBSTONE_LINGER: Duration = Duration::from_secs(60);
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one try of the join may take.
 pub const JOIN_TRY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one JetStream request of the join waits for its answer. Short: a request sent
+/// to a stream whose leader died is never answered, even once a new leader is elected, so
+/// the sooner it is given up, the sooner the next try reaches the new leader (the client's
+/// usual 10 s would make each such request cost 10 s; it still applies once joined).
+const JOIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `request` (one step of the join, named `what`), given up after [`JOIN_REQUEST_TIMEOUT`].
+async fn quick<T, E: std::fmt::Display>(
+    what: impl std::fmt::Display,
+    request: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(JOIN_REQUEST_TIMEOUT, request).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {JOIN_REQUEST_TIMEOUT:?}")),
+    }
+}
 /// How many times a lost consumer is created again at once (then: at its next error).
 const RESUME_TRIES: usize = 5;
 /// The default liveness TTL: longer than a NATS cluster's failover (a stream leader election
@@ -284,23 +301,26 @@ async fn setup(
     counters: Arc<Counters>,
 ) -> Result<Node, String> {
     let js = jetstream::new(client.clone());
-    let stream = js
-        .get_or_create_stream(stream::Config {
+    let stream = quick(
+        format_args!("stream {}", config.stream_name()),
+        js.get_or_create_stream(stream::Config {
             name: config.stream_name(),
             subjects: vec![format!("{}.>", config.prefix)],
             num_replicas: config.replicas,
             storage: stream::StorageType::File,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("stream {}: {e}", config.stream_name()))?;
-    let kv = match js.get_key_value(config.bucket_name()).await {
+        }),
+    )
+    .await?;
+    let bucket = format!("bucket {}", config.bucket_name());
+    let kv = match quick(&bucket, js.get_key_value(config.bucket_name())).await {
         Ok(kv) => kv,
         Err(_) => {
             // The bucket's stream as `create_key_value` would make it (that call first reads
             // the account's info, which this client version cannot parse from a 2.9 server).
-            let created = js
-                .create_stream(stream::Config {
+            let created = quick(
+                &bucket,
+                js.create_stream(stream::Config {
                     name: format!("KV_{}", config.bucket_name()),
                     subjects: vec![format!("$KV.{}.>", config.bucket_name())],
                     max_messages_per_subject: 1,
@@ -312,20 +332,20 @@ async fn setup(
                     allow_direct: true,
                     discard: stream::DiscardPolicy::New,
                     ..Default::default()
-                })
-                .await;
+                }),
+            )
+            .await;
             if let Err(e) = created {
                 // Another node may have created it meanwhile: then the get below works.
-                log::debug!("cluster: creating bucket {}: {e}", config.bucket_name());
+                log::debug!("cluster: creating {e}");
             }
-            js.get_key_value(config.bucket_name())
-                .await
-                .map_err(|e| format!("bucket {}: {e}", config.bucket_name()))?
+            quick(&bucket, js.get_key_value(config.bucket_name())).await?
         }
     };
-    // The bucket's TTL rules, whoever created it.
-    let ttl = match kv.status().await {
-        Ok(status) if status.max_age() > Duration::ZERO => status.max_age(),
+    // The bucket's TTL rules, whoever created it (unread, the key could outlive it unseen).
+    let status = quick(&bucket, kv.status()).await?;
+    let ttl = match status.max_age() {
+        age if age > Duration::ZERO => age,
         _ => config.ttl,
     };
     if ttl != config.ttl {
@@ -334,10 +354,11 @@ async fn setup(
             config.ttl
         );
     }
-    let revision = kv
-        .put(&config.node, "alive".into())
-        .await
-        .map_err(|e| format!("liveness key {}: {e}", config.node))?;
+    let revision = quick(
+        format_args!("liveness key {}", config.node),
+        kv.put(&config.node, "alive".into()),
+    )
+    .await?;
     log::info!(
         "cluster: node {} joined (stream {}, TTL {ttl:?})",
         config.node,
@@ -547,26 +568,23 @@ impl Node {
 
     /// The stream's ordered consumer (from its start) and the bucket's watch.
     async fn subscribe(&self, client: &async_nats::Client) -> Result<Joined, String> {
-        let consumer = self
-            .stream
-            .create_consumer(consumer::push::OrderedConfig {
+        let consumer = quick(
+            "consumer",
+            self.stream.create_consumer(consumer::push::OrderedConfig {
                 deliver_subject: client.new_inbox(),
                 filter_subject: format!("{}.>", self.config.prefix),
                 deliver_policy: consumer::DeliverPolicy::All,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("consumer: {e}"))?;
-        let watch = self
-            .kv
-            .watch_all()
-            .await
-            .map_err(|e| format!("watch {}: {e}", self.config.bucket_name()))?;
+            }),
+        )
+        .await?;
+        let watch = quick(
+            format_args!("watch {}", self.config.bucket_name()),
+            self.kv.watch_all(),
+        )
+        .await?;
         let pending = consumer.cached_info().num_pending > 0;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| format!("consumer: {e}"))?;
+        let messages = quick("consumer", consumer.messages()).await?;
         Ok(Joined {
             pending,
             messages,
