@@ -73,7 +73,7 @@ async fn quick<T, E: std::fmt::Display>(
     }
 }
 /// How many times a lost consumer is created again at once (then: at its next error).
-const RESUME_TRIES: usize = 5;
+const RESUME_TRIES: usize = 15;
 /// The default liveness TTL: longer than a NATS cluster's failover (a stream leader election
 /// after a server died takes seconds), so that an engine fault does not look like every node
 /// dying.
@@ -620,13 +620,14 @@ impl Node {
         client: &async_nats::Client,
         seq: u64,
     ) -> Result<consumer::push::Ordered, String> {
-        self.stream
-            .create_consumer(self.ordered_from(client, seq))
-            .await
-            .map_err(|e| format!("consumer: {e}"))?
-            .messages()
-            .await
-            .map_err(|e| format!("consumer: {e}"))
+        // Each request given up soon, as in the join: the stream's leader may have died, and
+        // a request to it is never answered.
+        let consumer = quick(
+            "consumer",
+            self.stream.create_consumer(self.ordered_from(client, seq)),
+        )
+        .await?;
+        quick("consumer", consumer.messages()).await
     }
 
     /// The stream was read to its end: every node met in it must be alive.

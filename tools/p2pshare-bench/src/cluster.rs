@@ -16,7 +16,8 @@
 //! 5. **reads**: at each of A, B, C, the main job's closed loop (`--ops S,R,L`, one simulated
 //!    peer) with the loopback floor pinged after each op, as in the latency mode;
 //! 6. **engine fault**: a writer registers one new file every 10 ms at B while a client at C
-//!    looks up the oldest file it has not seen yet; one nats-server is SIGKILLed: the longest
+//!    looks up the oldest file it has not seen yet; the nats-server leading the stream is
+//!    SIGKILLed and writes go on for at least 15 s after: the longest
 //!    gap of replication, C's lookup latencies meanwhile, the files written but missing at any
 //!    node once replication is back (lost: must be 0); then the server is restarted on its
 //!    store and the time until its `/healthz` is ok;
@@ -76,6 +77,9 @@ const LOAD_LIMIT: Duration = Duration::from_secs(600);
 const FAULT_LIMIT: Duration = Duration::from_secs(90);
 /// Writes before the kill, and how often the writer registers.
 const FAULT_LEAD: Duration = Duration::from_secs(1);
+/// Writes go on at least this long after the kill (a consumer cut off silently is noticed
+/// after two missed idle heartbeats, 10 s).
+const FAULT_MIN: Duration = Duration::from_secs(15);
 const FAULT_WRITE_EVERY: Duration = Duration::from_millis(10);
 /// How often the entry counts are polled.
 const POLL: Duration = Duration::from_millis(50);
@@ -297,6 +301,35 @@ struct NatsServer {
 impl NatsServer {
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The monitoring endpoint's body for `GET path` (empty if it does not answer).
+    fn monitor(&self, path: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.monitor_port)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        if s.write_all(req.as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, body)| body.to_string())
+    }
+
+    /// The server leading `stream`'s Raft group, as this server's `/jsz` tells.
+    fn stream_leader(&self, stream: &str) -> Option<String> {
+        let jsz: serde_json::Value =
+            serde_json::from_str(&self.monitor("/jsz?accounts=true&streams=true")).ok()?;
+        jsz["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+            .find(|s| s["name"] == stream)
+            .and_then(|s| s["cluster"]["leader"].as_str().map(str::to_string))
     }
 
     fn start(&mut self, program: &Path) -> io::Result<()> {
@@ -820,16 +853,28 @@ fn engine_fault(p: &Params, nats: &mut [NatsServer], nodes: &[Node]) -> io::Resu
     let mut first_after_kill = None;
     let mut resumed_after = None;
     let mut next_write = Instant::now();
+    // The stream's leader is the one whose death matters most.
+    let victim = nats
+        .iter()
+        .find_map(|s| s.stream_leader("P2PSHARE_INDEX"))
+        .and_then(|leader| nats.iter().position(|s| s.name == leader))
+        .unwrap_or(0);
     eprintln!(
-        "bench: cluster: engine fault: writing at b, reading at c; SIGKILL s0 in {FAULT_LEAD:?}"
+        "bench: cluster: engine fault: writing at b, reading at c; SIGKILL {} (the stream's leader) in {FAULT_LEAD:?}",
+        nats[victim].name
     );
+    let writing = |killed_at: Option<Instant>, resumed: Option<Duration>| match killed_at {
+        None => true,
+        Some(k) => resumed.is_none() || k.elapsed() < FAULT_MIN,
+    };
     while began.elapsed() < FAULT_LIMIT {
         if killed_at.is_none() && began.elapsed() >= FAULT_LEAD {
-            nats[0].kill();
+            nats[victim].kill();
             killed_at = Some(Instant::now());
         }
-        // Writes stop once a file written after the kill has been listed at C.
-        if resumed_after.is_none() && Instant::now() >= next_write {
+        // Writes stop once a file written after the kill has been listed at C, and at least
+        // FAULT_MIN after the kill.
+        if writing(killed_at, resumed_after) && Instant::now() >= next_write {
             next_write = Instant::now() + FAULT_WRITE_EVERY;
             let file = one_file("fault", written.len());
             if register(&mut writer, vec![file.clone()]).is_err() {
@@ -866,7 +911,7 @@ fn engine_fault(p: &Params, nats: &mut [NatsServer], nodes: &[Node]) -> io::Resu
                     reader = Client::hello(c, 0, "p2pshare-bench cluster reader")?;
                 }
             }
-        } else if resumed_after.is_some() {
+        } else if !writing(killed_at, resumed_after) {
             break;
         } else {
             thread::sleep(Duration::from_millis(1));
@@ -894,10 +939,10 @@ fn engine_fault(p: &Params, nats: &mut [NatsServer], nodes: &[Node]) -> io::Resu
         lost = lost.max(missing.len() as u64);
     }
     // The killed server comes back on its store.
-    nats[0].start(p.nats_server)?;
-    let rejoined = wait_healthy(&[&nats[0]], NATS_READY_LIMIT);
+    nats[victim].start(p.nats_server)?;
+    let rejoined = wait_healthy(&[&nats[victim]], NATS_READY_LIMIT);
     let r = EngineFault {
-        killed: nats[0].name.clone(),
+        killed: nats[victim].name.clone(),
         written: written.len() as u64,
         lost,
         longest_gap_s: secs(longest),
