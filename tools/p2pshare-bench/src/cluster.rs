@@ -965,6 +965,9 @@ struct FakePeer {
     welcomed: bool,
 }
 
+/// Each simulated peer's last registration: the index of its node, and when.
+type Registrations = Arc<Mutex<Vec<Option<(usize, Instant)>>>>;
+
 /// Simulated peers given `--index A,B,C`, on one reactor thread.
 struct FailoverPeers {
     nodes: Vec<SocketAddr>,
@@ -973,7 +976,7 @@ struct FailoverPeers {
     attempts: Vec<u32>,
     rng: Rng,
     /// Each peer's last registration: its node, and when.
-    registered: Arc<Mutex<Vec<Option<(usize, Instant)>>>>,
+    registered: Registrations,
     stop: Arc<AtomicBool>,
 }
 
