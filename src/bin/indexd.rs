@@ -125,10 +125,25 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("indexd: {e}");
-            ExitCode::FAILURE
+            // Exit status 2: the cluster could not be joined (a supervisor may try again
+            // later); 1: any other failure.
+            let joining = e.get_ref().is_some_and(|i| i.is::<JoinFailed>());
+            ExitCode::from(if joining { 2 } else { 1 })
         }
     }
 }
+
+/// Why the cluster could not be joined at start (exit status 2).
+#[derive(Debug)]
+struct JoinFailed(String);
+
+impl std::fmt::Display for JoinFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cluster: {}", self.0)
+    }
+}
+
+impl std::error::Error for JoinFailed {}
 
 fn run(flags: Flags) -> std::io::Result<()> {
     match process::raise_fd_limit() {
@@ -270,12 +285,13 @@ fn join_cluster(
     let wake: std::sync::Arc<dyn Fn() + Send + Sync> = std::sync::Arc::new(move || {
         let _ = waker.wake();
     });
-    let thread = nats::spawn(config, outbound, inbound, wake)?;
-    server.join_cluster(Link::new(to_nats, from_nats));
+    let link = Link::new(to_nats, from_nats);
+    let thread = nats::spawn(config, outbound, inbound, wake, link.counters())?;
+    server.join_cluster(link);
     let started = std::time::Instant::now();
     server
         .rebuild_from_cluster()
-        .map_err(|e| std::io::Error::other(format!("cluster: {e}")))?;
+        .map_err(|e| std::io::Error::other(JoinFailed(e)))?;
     let stats = server.current_stats();
     log::info!(
         "cluster: rebuilt in {:.3} s: {} peers, {} entries",

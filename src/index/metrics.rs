@@ -3,6 +3,7 @@
 //! every family from the server's and the reactor's state at scrape time (see
 //! [`crate::metrics`] for the format). Families are prefixed `p2pshare_index_`.
 
+use super::cluster::link::ClusterStatus;
 use super::server::IndexServer;
 use crate::metrics::{Exposition, HistogramSeries, REQUEST_BUCKETS_S};
 use crate::reactor::Ctx;
@@ -203,6 +204,9 @@ pub fn render<C>(server: &mut IndexServer, ctx: &Ctx<C>) -> String {
         "Peer sessions past the handshake.",
         sessions as f64,
     );
+    if let Some(c) = server.cluster_status() {
+        cluster_families(&mut e, &c);
+    }
     let index = server.index_mut();
     e.gauge(
         "p2pshare_index_peers",
@@ -231,6 +235,70 @@ pub fn render<C>(server: &mut IndexServer, ctx: &Ctx<C>) -> String {
     );
     e.process(started);
     e.finish()
+}
+
+/// The `p2pshare_index_cluster_` families (cluster mode only).
+fn cluster_families(e: &mut Exposition, c: &ClusterStatus) {
+    e.counter(
+        "p2pshare_index_cluster_records_published_total",
+        "This node's records the stream stored.",
+        c.nats.published,
+    );
+    e.counter(
+        "p2pshare_index_cluster_publish_errors_total",
+        "Publish tries that failed (tried again for up to 20 s).",
+        c.nats.publish_errors,
+    );
+    e.counter(
+        "p2pshare_index_cluster_records_lost_total",
+        "Records not stored within the retry limit (their sessions were ended).",
+        c.nats.lost,
+    );
+    e.counter(
+        "p2pshare_index_cluster_records_applied_total",
+        "Other nodes' records applied to this node's index.",
+        c.applied,
+    );
+    e.counter(
+        "p2pshare_index_cluster_records_dropped_total",
+        "Other nodes' records dropped (of an ended session or a dead node).",
+        c.dropped,
+    );
+    e.gauge(
+        "p2pshare_index_cluster_stream_sequence",
+        "The stream's last sequence as this node last saw it.",
+        c.nats.stream_sequence as f64,
+    );
+    e.gauge(
+        "p2pshare_index_cluster_read_sequence",
+        "The stream sequence of the last record this node read.",
+        c.nats.read_sequence as f64,
+    );
+    e.gauge(
+        "p2pshare_index_cluster_apply_lag_records",
+        "Records of the stream not applied here yet (not read, or read and queued).",
+        c.apply_lag() as f64,
+    );
+    e.gauge(
+        "p2pshare_index_cluster_nodes_alive",
+        "Nodes alive, this one included.",
+        (c.nats.nodes_alive + 1) as f64,
+    );
+    e.counter(
+        "p2pshare_index_cluster_node_deaths_total",
+        "Other nodes found dead (their peers' entries withdrawn).",
+        c.deaths,
+    );
+    e.gauge(
+        "p2pshare_index_cluster_remote_sessions",
+        "Other nodes' peer sessions in this node's index.",
+        c.remote_sessions as f64,
+    );
+    e.gauge(
+        "p2pshare_index_cluster_remote_holdings",
+        "Holdings of other nodes' peers in this node's index.",
+        c.remote_holdings as f64,
+    );
 }
 
 #[cfg(test)]

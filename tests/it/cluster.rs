@@ -20,6 +20,10 @@ const REPLICATION_LIMIT: Duration = Duration::from_secs(10);
 const ENGINE_FAULT_LIMIT: Duration = Duration::from_secs(45);
 /// Longest a dead node's entries may stay: TTL + 5 s.
 const DEATH_LIMIT: Duration = Duration::from_secs(2 + 5);
+/// Longest a node's start may take while the NATS cluster elects leaders: indexd gives up
+/// joining after `JOIN_TIMEOUT` (then exits), plus the time to connect and rebuild.
+const START_LIMIT: Duration =
+    Duration::from_secs(p2pshare::index::cluster::nats::JOIN_TIMEOUT.as_secs() + 20);
 
 fn nats_server_present() -> bool {
     let present = Command::new("nats-server")
@@ -141,21 +145,21 @@ fn node(urls: &str, id: &str) -> Indexd {
 
 /// An indexd node with liveness TTL `ttl` (seconds; the first node sets the bucket's).
 fn node_with_ttl(urls: &str, id: &str, ttl: &str) -> Indexd {
-    // A start retries its setup for up to 30 s while NATS elects leaders.
-    Indexd::start_within(
-        "127.0.0.1:0",
-        &[
-            "--cluster",
-            urls,
-            "--node-id",
-            id,
-            "--cluster-ttl",
-            ttl,
-            "--cluster-prefix",
-            "t",
-        ],
-        Duration::from_secs(40),
-    )
+    Indexd::start_within("127.0.0.1:0", &node_args(urls, id, ttl), START_LIMIT)
+}
+
+/// The flags of a test node.
+fn node_args<'a>(urls: &'a str, id: &'a str, ttl: &'a str) -> [&'a str; 8] {
+    [
+        "--cluster",
+        urls,
+        "--node-id",
+        id,
+        "--cluster-ttl",
+        ttl,
+        "--cluster-prefix",
+        "t",
+    ]
 }
 
 fn file(name: &str) -> FileEntry {
@@ -343,6 +347,10 @@ fn the_cluster_keeps_serving_and_replicating_when_one_nats_server_dies() {
     register(&mut before, &["before.mkv"]);
     wait_holders(b.addr, "before.mkv", &[before_seen], REPLICATION_LIMIT);
     nats.servers[0].kill();
+    // A node started right after the fault joins once the two servers left have elected
+    // new leaders, and rebuilds what the stream held.
+    let c = node_with_ttl(&nats.urls(), "c", "15");
+    assert_eq!(holders(c.addr, "before.mkv"), [before_seen]);
     // Nothing lost; new changes still flow, both ways, once the NATS cluster has new leaders
     // and each node's consumer its new server (a consumer cut off silently is noticed after
     // two missed idle heartbeats, 10 s; more on a loaded machine).
@@ -353,6 +361,66 @@ fn the_cluster_keeps_serving_and_replicating_when_one_nats_server_dies() {
     register(&mut at_b, &["at b.mkv"]);
     wait_holders(a.addr, "at b.mkv", &[at_b_seen], ENGINE_FAULT_LIMIT);
     assert_eq!(holders(b.addr, "before.mkv"), [before_seen]);
+    // The node started after the fault is a full member.
+    wait_holders(c.addr, "after.mkv", &[after_seen], ENGINE_FAULT_LIMIT);
+    let (mut at_c, at_c_seen) = Client::hello(c.addr, 7404);
+    register(&mut at_c, &["at c.mkv"]);
+    wait_holders(a.addr, "at c.mkv", &[at_c_seen], ENGINE_FAULT_LIMIT);
+}
+
+#[test]
+fn cluster_metrics_show_records_lag_nodes_and_remote_entries() {
+    if !nats_server_present() {
+        return;
+    }
+    let nats = Nats::start(3);
+    let urls = nats.urls();
+    let (_a, a_addr, metrics) =
+        crate::ops::indexd_with_metrics_and(&node_args(&urls, "a", TTL), START_LIMIT);
+    let b = node(&urls, "b");
+    let text = crate::ops::scrape(metrics);
+    crate::ops::promtool_accepts(&text);
+    let at = |text: &str, name: &str| {
+        crate::ops::sample(text, &format!("p2pshare_index_cluster_{name}"))
+    };
+    assert_eq!(at(&text, "remote_holdings"), 0.0);
+    assert_eq!(at(&text, "records_lost_total"), 0.0);
+    // Two files registered at B: its Open and Register records are applied at A.
+    let (mut peer, seen) = Client::hello(b.addr, 7501);
+    register(&mut peer, &["m1.flac", "m2.flac"]);
+    wait_holders(a_addr, "m2.flac", &[seen], REPLICATION_LIMIT);
+    // A's own peer: one Open record and one Register published.
+    let (mut local, _) = Client::hello(a_addr, 7502);
+    register(&mut local, &["m3.flac"]);
+    let deadline = Instant::now() + REPLICATION_LIMIT;
+    let text = loop {
+        let text = crate::ops::scrape(metrics);
+        // The observers' own sessions are published too (their Open records).
+        if at(&text, "records_published_total") >= 2.0 && at(&text, "apply_lag_records") == 0.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    crate::ops::promtool_accepts(&text);
+    assert!(at(&text, "records_applied_total") >= 2.0, "{text}");
+    assert_eq!(at(&text, "remote_holdings"), 2.0, "{text}");
+    assert!(at(&text, "remote_sessions") >= 1.0, "{text}");
+    assert_eq!(at(&text, "nodes_alive"), 2.0, "{text}");
+    assert_eq!(at(&text, "publish_errors_total"), 0.0, "{text}");
+    assert!(at(&text, "stream_sequence") >= at(&text, "read_sequence"));
+    assert!(at(&text, "read_sequence") >= 2.0, "{text}");
+    // B is killed: A finds it dead once its key expires, and withdraws its entries.
+    drop(b);
+    let deadline = Instant::now() + DEATH_LIMIT;
+    loop {
+        let text = crate::ops::scrape(metrics);
+        if at(&text, "remote_holdings") == 0.0 && at(&text, "nodes_alive") == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -367,7 +435,8 @@ fn indexd_refuses_to_start_when_no_nats_server_answers() {
         .expect("spawn indexd");
     let out = crate::common::output_within(out, Duration::from_secs(30))
         .unwrap_or_else(|o| panic!("indexd still running: {o:?}"));
-    assert!(!out.status.success());
+    // Status 2: the cluster could not be joined.
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(out.stdout.is_empty(), "it never listened");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("NATS"), "{err}");

@@ -151,9 +151,19 @@ fn a_dual_stack_index_lets_ipv4_and_ipv6_peers_download_from_each_other() {
 
 /// An `indexd --metrics 127.0.0.1:0` child, and its metrics address (its second stdout line).
 fn indexd_with_metrics() -> (KillOnDrop, SocketAddr, SocketAddr) {
+    indexd_with_metrics_and(&[], IO_TIMEOUT)
+}
+
+/// indexd with `--metrics` and `extra` flags, its first line awaited for up to `limit`:
+/// the guard, the peers' address, the metrics address.
+pub(crate) fn indexd_with_metrics_and(
+    extra: &[&str],
+    limit: Duration,
+) -> (KillOnDrop, SocketAddr, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_indexd"))
         .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
         .args(["--log", "warn"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -170,7 +180,7 @@ fn indexd_with_metrics() -> (KillOnDrop, SocketAddr, SocketAddr) {
         }
     });
     let addr = |prefix: &str| -> SocketAddr {
-        let line = rx.recv_timeout(IO_TIMEOUT).expect("indexd's lines in time");
+        let line = rx.recv_timeout(limit).expect("indexd's lines in time");
         line.trim()
             .strip_prefix(prefix)
             .map(|a| a.trim_end_matches("/metrics"))
@@ -202,14 +212,14 @@ fn http_exchange(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     (status, body)
 }
 
-fn scrape(addr: SocketAddr) -> String {
+pub(crate) fn scrape(addr: SocketAddr) -> String {
     let (status, body) = http_exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(status, 200, "{body}");
     body
 }
 
 /// The value of the sample `series` (name with labels, exactly as printed) in `text`.
-fn sample(text: &str, series: &str) -> f64 {
+pub(crate) fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.parse().ok())
@@ -217,7 +227,7 @@ fn sample(text: &str, series: &str) -> f64 {
 }
 
 /// Pipes `text` to `promtool check metrics` when promtool is installed.
-fn promtool_accepts(text: &str) {
+pub(crate) fn promtool_accepts(text: &str) {
     let child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

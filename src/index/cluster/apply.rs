@@ -127,6 +127,23 @@ impl Replica {
         self.nodes.values().map(HashMap::len).sum()
     }
 
+    /// Records received and not applied yet.
+    pub fn queued_records(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|i| matches!(i, Inbound::Record { .. }))
+            .count()
+    }
+
+    /// Holdings of remote sessions in `index` (one walk of the remote sessions).
+    pub fn remote_holdings(&self, index: &Index) -> u64 {
+        self.nodes
+            .values()
+            .flat_map(HashMap::values)
+            .map(|s| u64::from(index.holdings_of(s.peer)))
+            .sum()
+    }
+
     /// Nodes with remote sessions here.
     pub fn nodes(&self) -> impl Iterator<Item = &str> {
         self.nodes.keys().map(String::as_str)

@@ -8,6 +8,7 @@
 //! touches the index.
 
 use super::apply::{Event, Inbound, Replica};
+use super::counters::{Counters, CountersSnapshot};
 use super::Record;
 use crate::index::store::{Index, PeerId, RegisterOutcome};
 use crate::reactor::ConnId;
@@ -15,6 +16,7 @@ use crate::wire::{FileEntry, FileHash};
 use hashbrown::HashMap;
 use std::net::SocketAddr;
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// What the reactor hands to the NATS thread.
@@ -49,6 +51,41 @@ pub struct Link {
     next_session: u64,
     /// The NATS thread is gone (its channel closed).
     gone: bool,
+    /// What the NATS thread counts (it holds a clone).
+    counters: Arc<Counters>,
+}
+
+/// The cluster as the metrics show it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The NATS thread's counts.
+    pub nats: CountersSnapshot,
+    /// Other nodes' records applied here.
+    pub applied: u64,
+    /// Other nodes' records dropped (of an ended session or a dead node).
+    pub dropped: u64,
+    /// Nodes found dead.
+    pub deaths: u64,
+    /// Records received and not applied yet.
+    pub queued: u64,
+    /// Local sessions.
+    pub local_sessions: u64,
+    /// Other nodes' sessions in the index.
+    pub remote_sessions: u64,
+    /// Other nodes' peers' holdings in the index.
+    pub remote_holdings: u64,
+}
+
+impl ClusterStatus {
+    /// Records of the stream not applied here yet: those not read (the stream's last
+    /// sequence past the last read; this node's own records count too, as the stream cannot
+    /// tell them apart) and those read but not applied.
+    pub fn apply_lag(&self) -> u64 {
+        self.nats
+            .stream_sequence
+            .saturating_sub(self.nats.read_sequence)
+            + self.queued
+    }
 }
 
 impl Link {
@@ -61,6 +98,27 @@ impl Link {
             local: HashMap::new(),
             next_session: 1,
             gone: false,
+            counters: Arc::default(),
+        }
+    }
+
+    /// What the NATS thread counts: it updates the counters given to it here.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// The cluster's figures for the metrics (walks the remote sessions).
+    pub fn status(&self, index: &Index) -> ClusterStatus {
+        let counts = self.replica.counts();
+        ClusterStatus {
+            nats: self.counters.snapshot(),
+            applied: counts.records,
+            dropped: counts.dropped,
+            deaths: counts.deaths,
+            queued: self.replica.queued_records() as u64,
+            local_sessions: self.local.len() as u64,
+            remote_sessions: self.replica.session_count() as u64,
+            remote_holdings: self.replica.remote_holdings(index),
         }
     }
 

@@ -15,6 +15,8 @@
 //!   through the index's sliced departures).
 //! - [`link`]: the reactor's side of the NATS thread ([`link::Link`]): the channels, the
 //!   local sessions' ids, records built from local changes.
+//! - [`counters`]: what the NATS thread counts for the metrics (records stored, publish
+//!   errors, the stream's sequence and what was read of it, nodes alive).
 //! - [`nats`]: the NATS thread (the official `async-nats` client on a current-thread tokio
 //!   runtime): publishes, consumes, purges, keeps the node's liveness key, watches the
 //!   others'. It never touches the index; it hands what it receives to the reactor through a
@@ -32,6 +34,7 @@
 //!   locally, and consumed in stream order, so every node applies them in that order.
 
 pub mod apply;
+pub mod counters;
 pub mod link;
 pub mod nats;
 

@@ -10,7 +10,11 @@
 //!   `<prefix>_nodes` (`max_age` = the TTL) if they do not exist, creates its liveness key,
 //!   and reads the stream from its start with an ordered consumer; once it has read what the
 //!   stream held (the consumer's pending count reaches 0), it checks that every node met in
-//!   it is alive (else: [`Inbound::NodeDead`]) and sends [`Inbound::Rebuilt`].
+//!   it is alive (else: [`Inbound::NodeDead`]) and sends [`Inbound::Rebuilt`]. The join
+//!   (stream, bucket, key, consumer, watch) is tried again as a whole, each try bounded by
+//!   [`JOIN_TRY_TIMEOUT`], while the NATS cluster cannot answer (a server just died and its
+//!   leaders are being elected), with a warning per try, for up to [`JOIN_TIMEOUT`]; then the
+//!   thread fails and indexd exits (status 2).
 //! - Publishes each [`Outbound::Publish`] on `<prefix>.<node>.<session>`; acknowledgements are
 //!   awaited concurrently, and one that fails (the stream did not take the record) becomes
 //!   [`Inbound::Lost`] for that session. After an `End` is acknowledged, the subject is purged
@@ -25,6 +29,7 @@
 //! - At [`Outbound::Stop`], deletes its key (the others drop its sessions at once).
 
 use super::apply::Inbound;
+use super::counters::Counters;
 use super::link::Outbound;
 use super::Record;
 use async_nats::jetstream::{self, consumer, kv, stream};
@@ -44,10 +49,31 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an ended session's `End` record stays on the stream before it is purged: a node
 /// reading less than this behind still sees every session it saw begin end.
 pub const TOMBSTONE_LINGER: Duration = Duration::from_secs(60);
-/// How long a start may take to set up the stream, the bucket and the liveness key.
-pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a start may take to join once connected: set up the stream, the bucket and the
+/// liveness key, and subscribe, all tried again while the NATS cluster cannot answer (a
+/// server just died and leaders are being elected), then given up.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one try of the join may take.
+pub const JOIN_TRY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one JetStream request of the join waits for its answer. Short: a request sent
+/// to a stream whose leader died is never answered, even once a new leader is elected, so
+/// the sooner it is given up, the sooner the next try reaches the new leader (the client's
+/// usual 10 s would make each such request cost 10 s; it still applies once joined).
+const JOIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `request` (one step of the join, named `what`), given up after [`JOIN_REQUEST_TIMEOUT`].
+async fn quick<T, E: std::fmt::Display>(
+    what: impl std::fmt::Display,
+    request: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(JOIN_REQUEST_TIMEOUT, request).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {JOIN_REQUEST_TIMEOUT:?}")),
+    }
+}
 /// How many times a lost consumer is created again at once (then: at its next error).
-const RESUME_TRIES: usize = 5;
+const RESUME_TRIES: usize = 15;
 /// The default liveness TTL: longer than a NATS cluster's failover (a stream leader election
 /// after a server died takes seconds), so that an engine fault does not look like every node
 /// dying.
@@ -94,6 +120,7 @@ pub fn spawn(
     outbound: UnboundedReceiver<Outbound>,
     inbound: Sender<Inbound>,
     wake: Arc<dyn Fn() + Send + Sync>,
+    counters: Arc<Counters>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("nats".into())
@@ -113,7 +140,7 @@ pub fn spawn(
                 tx: inbound,
                 wake: wake.clone(),
             };
-            let result = runtime.block_on(run(config, outbound, &to_reactor));
+            let result = runtime.block_on(run(config, outbound, &to_reactor, counters));
             if let Err(why) = result {
                 log::error!("cluster: {why}");
                 to_reactor.send(Inbound::Failed(why));
@@ -145,16 +172,28 @@ pub const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(20);
 /// Publishes `payload` on `subject` and waits for the stream's acknowledgement, trying again
 /// every 250 ms until [`PUBLISH_RETRY_LIMIT`]. (A try whose acknowledgement was lost may have
 /// been stored: a record applied twice in a row changes nothing.)
-fn publish(js: jetstream::Context, session: u64, subject: String, record: &Record) -> Ack {
+fn publish(
+    js: jetstream::Context,
+    session: u64,
+    subject: String,
+    record: &Record,
+    counters: Arc<Counters>,
+) -> Ack {
     let payload = record.encode();
     let end = *record == Record::End;
     Box::pin(async move {
         let deadline = Instant::now() + PUBLISH_RETRY_LIMIT;
         loop {
             let result = match js.publish(subject.clone(), payload.clone().into()).await {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Ok(ack) => ack
+                    .await
+                    .map(|ack| counters.handle_stored(ack.sequence))
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
+            if result.is_err() {
+                counters.handle_publish_error();
+            }
             match result {
                 Err(e) if Instant::now() < deadline => {
                     log::debug!("cluster: publish on {subject}: {e}; trying again");
@@ -180,12 +219,15 @@ struct Node {
     dead: HashSet<String>,
     /// Tombstones to purge, and when.
     tombstones: VecDeque<(Instant, String)>,
+    /// What the metrics show.
+    counters: Arc<Counters>,
 }
 
 async fn run(
     config: NatsConfig,
     mut outbound: UnboundedReceiver<Outbound>,
     to_reactor: &ToReactor,
+    counters: Arc<Counters>,
 ) -> Result<(), String> {
     let mut servers = Vec::new();
     for s in &config.servers {
@@ -210,42 +252,75 @@ async fn run(
     .await
     .map_err(|_| format!("no NATS server answered within {CONNECT_TIMEOUT:?}"))?
     .map_err(|e| format!("cannot connect to NATS: {e}"))?;
-    // A JetStream request may time out while the NATS cluster elects a leader (a server just
-    // died): the setup is tried again until START_TIMEOUT.
-    let deadline = Instant::now() + START_TIMEOUT;
-    let mut node = loop {
-        match setup(&config, &client).await {
-            Ok(node) => break node,
-            Err(e) if Instant::now() < deadline => {
-                log::warn!("cluster: {e}; trying again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e),
+    // A JetStream request may go unanswered while the NATS cluster elects leaders (a server
+    // just died): the whole join is tried again, each try bounded, until JOIN_TIMEOUT.
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    let mut tries = 0;
+    let (mut node, joined) = loop {
+        tries += 1;
+        let attempt = async {
+            let node = setup(&config, &client, counters.clone()).await?;
+            let joined = node.subscribe(&client).await?;
+            Ok::<_, String>((node, joined))
+        };
+        let e = match tokio::time::timeout(JOIN_TRY_TIMEOUT, attempt).await {
+            Ok(Ok(both)) => break both,
+            Ok(Err(e)) => e,
+            Err(_) => format!("no answer within {JOIN_TRY_TIMEOUT:?}"),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "NATS JetStream did not let this node join within {JOIN_TIMEOUT:?} ({tries} \
+                 tries; is a majority of the NATS cluster up?): {e}"
+            ));
         }
+        log::warn!(
+            "cluster: NATS JetStream not ready (try {tries}: {e}); trying again, for up to \
+             {JOIN_TIMEOUT:?} in all"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    node.serve(client, &mut outbound, to_reactor).await
+    if tries > 1 {
+        log::warn!("cluster: joined after {tries} tries");
+    }
+    node.serve(client, joined, &mut outbound, to_reactor).await
+}
+
+/// What a join subscribed to: the stream's ordered consumer from its start (whether it had
+/// records pending, and its messages) and the liveness bucket's watch.
+struct Joined {
+    pending: bool,
+    messages: consumer::push::Ordered,
+    watch: kv::Watch,
 }
 
 /// Creates (or finds) the stream and the bucket, and our liveness key.
-async fn setup(config: &NatsConfig, client: &async_nats::Client) -> Result<Node, String> {
+async fn setup(
+    config: &NatsConfig,
+    client: &async_nats::Client,
+    counters: Arc<Counters>,
+) -> Result<Node, String> {
     let js = jetstream::new(client.clone());
-    let stream = js
-        .get_or_create_stream(stream::Config {
+    let stream = quick(
+        format_args!("stream {}", config.stream_name()),
+        js.get_or_create_stream(stream::Config {
             name: config.stream_name(),
             subjects: vec![format!("{}.>", config.prefix)],
             num_replicas: config.replicas,
             storage: stream::StorageType::File,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("stream {}: {e}", config.stream_name()))?;
-    let kv = match js.get_key_value(config.bucket_name()).await {
+        }),
+    )
+    .await?;
+    let bucket = format!("bucket {}", config.bucket_name());
+    let kv = match quick(&bucket, js.get_key_value(config.bucket_name())).await {
         Ok(kv) => kv,
         Err(_) => {
             // The bucket's stream as `create_key_value` would make it (that call first reads
             // the account's info, which this client version cannot parse from a 2.9 server).
-            let created = js
-                .create_stream(stream::Config {
+            let created = quick(
+                &bucket,
+                js.create_stream(stream::Config {
                     name: format!("KV_{}", config.bucket_name()),
                     subjects: vec![format!("$KV.{}.>", config.bucket_name())],
                     max_messages_per_subject: 1,
@@ -257,20 +332,20 @@ async fn setup(config: &NatsConfig, client: &async_nats::Client) -> Result<Node,
                     allow_direct: true,
                     discard: stream::DiscardPolicy::New,
                     ..Default::default()
-                })
-                .await;
+                }),
+            )
+            .await;
             if let Err(e) = created {
                 // Another node may have created it meanwhile: then the get below works.
-                log::debug!("cluster: creating bucket {}: {e}", config.bucket_name());
+                log::debug!("cluster: creating {e}");
             }
-            js.get_key_value(config.bucket_name())
-                .await
-                .map_err(|e| format!("bucket {}: {e}", config.bucket_name()))?
+            quick(&bucket, js.get_key_value(config.bucket_name())).await?
         }
     };
-    // The bucket's TTL rules, whoever created it.
-    let ttl = match kv.status().await {
-        Ok(status) if status.max_age() > Duration::ZERO => status.max_age(),
+    // The bucket's TTL rules, whoever created it (unread, the key could outlive it unseen).
+    let status = quick(&bucket, kv.status()).await?;
+    let ttl = match status.max_age() {
+        age if age > Duration::ZERO => age,
         _ => config.ttl,
     };
     if ttl != config.ttl {
@@ -279,10 +354,11 @@ async fn setup(config: &NatsConfig, client: &async_nats::Client) -> Result<Node,
             config.ttl
         );
     }
-    let revision = kv
-        .put(&config.node, "alive".into())
-        .await
-        .map_err(|e| format!("liveness key {}: {e}", config.node))?;
+    let revision = quick(
+        format_args!("liveness key {}", config.node),
+        kv.put(&config.node, "alive".into()),
+    )
+    .await?;
     log::info!(
         "cluster: node {} joined (stream {}, TTL {ttl:?})",
         config.node,
@@ -298,6 +374,7 @@ async fn setup(config: &NatsConfig, client: &async_nats::Client) -> Result<Node,
         alive: HashMap::new(),
         dead: HashSet::new(),
         tombstones: VecDeque::new(),
+        counters,
     })
 }
 
@@ -321,29 +398,17 @@ impl Node {
     async fn serve(
         &mut self,
         client: async_nats::Client,
+        joined: Joined,
         outbound: &mut UnboundedReceiver<Outbound>,
         to_reactor: &ToReactor,
     ) -> Result<(), String> {
-        // Tried again until START_TIMEOUT, like the setup: the bucket's or the stream's
-        // leader may still be in election.
-        let deadline = Instant::now() + START_TIMEOUT;
-        let (consumer, mut watch) = loop {
-            match self.subscribe(&client).await {
-                Ok(both) => break both,
-                Err(e) if Instant::now() < deadline => {
-                    log::warn!("cluster: {e}; trying again");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        let mut rebuilding = consumer.cached_info().num_pending > 0;
+        let Joined {
+            pending: mut rebuilding,
+            mut messages,
+            mut watch,
+        } = joined;
         // Nodes met in the stream while rebuilding, checked alive before serving.
         let mut met: HashSet<String> = HashSet::new();
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| format!("consumer: {e}"))?;
         if !rebuilding {
             to_reactor.send(Inbound::Rebuilt);
         }
@@ -364,7 +429,7 @@ impl Node {
                     Some(Outbound::Publish { session, record }) => {
                         let queue = queues.entry(session).or_default();
                         if queue.is_empty() {
-                            acks.push(publish(self.js.clone(), session, self.subject(session), &record));
+                            acks.push(publish(self.js.clone(), session, self.subject(session), &record, self.counters.clone()));
                         }
                         queue.push_back(record);
                     }
@@ -389,13 +454,14 @@ impl Node {
                         Ok(()) => {}
                         Err(e) => {
                             log::warn!("cluster: a record of session {session} was not stored: {e}");
+                            self.counters.handle_lost();
                             to_reactor.send(Inbound::Lost { session });
                         }
                     }
                     if let Some(queue) = queues.get_mut(&session) {
                         queue.pop_front();
                         match queue.front() {
-                            Some(next) => acks.push(publish(self.js.clone(), session, self.subject(session), next)),
+                            Some(next) => acks.push(publish(self.js.clone(), session, self.subject(session), next, self.counters.clone())),
                             None => {
                                 queues.remove(&session);
                             }
@@ -409,6 +475,7 @@ impl Node {
                             .map(|i| (i.pending, i.stream_sequence))
                             .unwrap_or((1, last_seq));
                         last_seq = last_seq.max(seq);
+                        self.counters.handle_read(seq, pending);
                         read_since_tick = true;
                         if let Some((node, session)) = self.parse_subject(&msg.subject) {
                             if node != self.config.node && !self.dead.contains(node) {
@@ -495,30 +562,34 @@ impl Node {
                     self.purge_tombstones().await;
                 }
             }
+            self.counters.set_nodes_alive(self.alive.len());
         }
     }
 
     /// The stream's ordered consumer (from its start) and the bucket's watch.
-    async fn subscribe(
-        &self,
-        client: &async_nats::Client,
-    ) -> Result<(consumer::Consumer<consumer::push::OrderedConfig>, kv::Watch), String> {
-        let consumer = self
-            .stream
-            .create_consumer(consumer::push::OrderedConfig {
+    async fn subscribe(&self, client: &async_nats::Client) -> Result<Joined, String> {
+        let consumer = quick(
+            "consumer",
+            self.stream.create_consumer(consumer::push::OrderedConfig {
                 deliver_subject: client.new_inbox(),
                 filter_subject: format!("{}.>", self.config.prefix),
                 deliver_policy: consumer::DeliverPolicy::All,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("consumer: {e}"))?;
-        let watch = self
-            .kv
-            .watch_all()
-            .await
-            .map_err(|e| format!("watch {}: {e}", self.config.bucket_name()))?;
-        Ok((consumer, watch))
+            }),
+        )
+        .await?;
+        let watch = quick(
+            format_args!("watch {}", self.config.bucket_name()),
+            self.kv.watch_all(),
+        )
+        .await?;
+        let pending = consumer.cached_info().num_pending > 0;
+        let messages = quick("consumer", consumer.messages()).await?;
+        Ok(Joined {
+            pending,
+            messages,
+            watch,
+        })
     }
 
     /// An ordered consumer's settings: every node's records, from record `seq` on.
@@ -549,13 +620,14 @@ impl Node {
         client: &async_nats::Client,
         seq: u64,
     ) -> Result<consumer::push::Ordered, String> {
-        self.stream
-            .create_consumer(self.ordered_from(client, seq))
-            .await
-            .map_err(|e| format!("consumer: {e}"))?
-            .messages()
-            .await
-            .map_err(|e| format!("consumer: {e}"))
+        // Each request given up soon, as in the join: the stream's leader may have died, and
+        // a request to it is never answered.
+        let consumer = quick(
+            "consumer",
+            self.stream.create_consumer(self.ordered_from(client, seq)),
+        )
+        .await?;
+        quick("consumer", consumer.messages()).await
     }
 
     /// The stream was read to its end: every node met in it must be alive.

@@ -5,7 +5,7 @@
 
 use super::{IndexServer, Session};
 use crate::index::cluster::apply::Event;
-use crate::index::cluster::link::Link;
+use crate::index::cluster::link::{ClusterStatus, Link};
 use crate::index::store::{PeerId, RegisterOutcome};
 use crate::reactor::{CloseReason, Ctx};
 use crate::wire::{FileEntry, FileHash};
@@ -20,6 +20,11 @@ impl IndexServer {
     /// The cluster link, if clustered.
     pub fn cluster(&self) -> Option<&Link> {
         self.cluster.as_deref()
+    }
+
+    /// The cluster's figures for the metrics, if clustered.
+    pub fn cluster_status(&self) -> Option<ClusterStatus> {
+        self.cluster.as_deref().map(|link| link.status(&self.index))
     }
 
     /// Reads the stream to its end and applies it (before serving anyone). Err: why the

@@ -65,11 +65,20 @@ impl Drop for ChildGuard {
 /// Starts `program args...` with piped stdin/stdout and reads the address at the end of its
 /// first stdout line (`... listening on ADDR`).
 pub fn spawn_listening(program: &Path, args: &[&str]) -> io::Result<(ChildGuard, SocketAddr)> {
+    spawn_listening_logged(program, args, Stdio::inherit())
+}
+
+/// [`spawn_listening`] with the child's stderr going to `stderr` (a log file).
+pub fn spawn_listening_logged(
+    program: &Path,
+    args: &[&str],
+    stderr: Stdio,
+) -> io::Result<(ChildGuard, SocketAddr)> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .map_err(|e| {
             io::Error::new(e.kind(), format!("cannot start {}: {e}", program.display()))

@@ -12,7 +12,8 @@
 //! closed-loop runs), [`saturate`] (the pipelined throughput mode on the reactor), [`abuse`]
 //! (an honest client next to one that pipelines the most expensive requests), [`floor`]
 //! (the echo server and the ping-pong), [`transfer`] (downloads between real peers next to a
-//! bare copy and curl + nginx), [`stats`], [`report`] and [`charts`] (outputs).
+//! bare copy and curl + nginx), [`cluster`] (three nats-servers and indexd nodes: lag, reads,
+//! rebuild, memory, engine fault, node death), [`stats`], [`report`] and [`charts`] (outputs).
 //!
 //! # Invariants
 //! - Every process the bench starts (indexd, the echo server, the transfer mode's peers,
@@ -27,6 +28,7 @@
 pub mod abuse;
 pub mod charts;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod corpus;
 pub mod floor;

@@ -58,6 +58,24 @@ struct Flags {
     /// --out). The initial load and the refill are each given at most 180 s.
     #[arg(long, value_name = "PEERS", num_args = 0..=1, default_missing_value = "10000")]
     storm: Option<usize>,
+    /// Cluster mode (issue 16): 3 nats-servers in one JetStream cluster and 3 indexd nodes
+    /// on loopback; --files entries pre-populated at node a; reported: bulk replication,
+    /// a fourth node's rebuild, memory and disk per entry, replication lag over --ops _,R,_
+    /// registers, reads (--ops S,R,L) at each node against the floor, one nats-server
+    /// SIGKILLed under load, node a SIGKILLed with --cluster-peers simulated peers on it
+    /// (cluster.json in --out, the processes' logs in cluster-logs/).
+    #[arg(long)]
+    cluster: bool,
+    /// Cluster mode: simulated peers of 10 files on node a when it is killed (each moves to
+    /// the next node as `peer --index A,B,C` does).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    cluster_peers: usize,
+    /// Cluster mode: the nodes' liveness TTL (indexd --cluster-ttl).
+    #[arg(long, value_name = "SECS", default_value_t = 15)]
+    cluster_ttl: u64,
+    /// Cluster mode: the nats-server binary.
+    #[arg(long, value_name = "PATH", default_value = "nats-server")]
+    nats_server: PathBuf,
     /// Reconnect-storm mode: seconds indexd stays down.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     storm_outage: f64,
@@ -108,6 +126,84 @@ struct Flags {
 
 /// Longest the storm's initial load, and its refill, may take.
 const STORM_LIMIT: Duration = Duration::from_secs(180);
+
+/// The cluster mode, apart from the others (it starts and kills its own processes).
+fn run_cluster(flags: &Flags) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("bench --cluster: {e}");
+        ExitCode::FAILURE
+    };
+    if !(1..=10_000).contains(&flags.cluster_peers) {
+        return fail(format!(
+            "--cluster-peers {} is outside 1..=10000",
+            flags.cluster_peers
+        ));
+    }
+    if !(1..=3600).contains(&flags.cluster_ttl) {
+        return fail(format!(
+            "--cluster-ttl {} is outside 1..=3600",
+            flags.cluster_ttl
+        ));
+    }
+    if flags.files == 0 {
+        return fail("--files must be at least 1".into());
+    }
+    let present = std::process::Command::new(&flags.nats_server)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        return fail(format!(
+            "{} not found: apt-get install nats-server, or pass --nats-server PATH",
+            flags.nats_server.display()
+        ));
+    }
+    let self_exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return fail(format!("cannot find this binary: {e}")),
+    };
+    let indexd = flags
+        .indexd
+        .clone()
+        .unwrap_or_else(|| self_exe.with_file_name("indexd"));
+    if !indexd.exists() {
+        return fail(format!(
+            "{} not found: build it (cargo build --release --bins)",
+            indexd.display()
+        ));
+    }
+    if let Err(e) = std::fs::create_dir_all(&flags.out) {
+        return fail(format!("cannot create {}: {e}", flags.out.display()));
+    }
+    let command = std::iter::once("tools/bench".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let params = p2pshare_bench::cluster::Params {
+        indexd: &indexd,
+        nats_server: &flags.nats_server,
+        self_exe: &self_exe,
+        out: &flags.out,
+        files: flags.files,
+        ops: flags.ops,
+        peers: flags.cluster_peers,
+        ttl: Duration::from_secs(flags.cluster_ttl),
+        seed: flags.seed,
+    };
+    let r = match p2pshare_bench::cluster::run(&params, command) {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    print!("{}", p2pshare_bench::cluster::console(&r));
+    let json = serde_json::to_string_pretty(&r).expect("serialisable");
+    if let Err(e) = std::fs::write(flags.out.join("cluster.json"), json + "\n") {
+        return fail(format!("cannot write {}: {e}", flags.out.display()));
+    }
+    println!("wrote {}", flags.out.join("cluster.json").display());
+    ExitCode::SUCCESS
+}
 
 /// The reconnect-storm mode, apart from the others (it starts and kills its own indexd).
 fn run_storm(flags: &Flags, peers: usize) -> ExitCode {
@@ -184,6 +280,9 @@ fn main() -> ExitCode {
     }
     if let Some(peers) = flags.storm {
         return run_storm(&flags, peers);
+    }
+    if flags.cluster {
+        return run_cluster(&flags);
     }
     let config = match validate(flags) {
         Ok(c) => c,

@@ -4,7 +4,8 @@
 //! cleans up after itself, with or without nginx installed; files can be pre-populated with
 //! several holders each; an indexd that refuses the bench's sessions is reported as such;
 //! a names file populates the index and its searches are reported per query class; the abuse
-//! mode times an honest client with and without an abuser.
+//! mode times an honest client with and without an abuser; the cluster mode runs its phases
+//! on 3 nats-servers and 4 indexd nodes (skipped without `nats-server`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -497,5 +498,55 @@ fn storm_mode_measures_the_refill_after_a_sigkill() {
     assert_eq!(json["files_back"], 4000);
     assert!(json["whole_after_s"].as_f64().unwrap() > 0.0);
     assert!(json["lookup"]["count"].as_u64().unwrap() > 0);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn cluster_mode_reports_lag_reads_rebuild_memory_and_both_faults() {
+    let present = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        eprintln!("skipped: nats-server is not installed (apt-get install nats-server)");
+        return;
+    }
+    let out = temp_dir("cluster");
+    let r = bench(
+        &out,
+        &["--cluster", "--cluster-peers", "10", "--ops", "20,10,20"],
+    );
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for line in [
+        "rebuild:",
+        "lag:",
+        "reads at b:",
+        "engine fault",
+        "node death",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("cluster.json")).unwrap()).unwrap();
+    assert_eq!(json["files"], 2000);
+    assert!(json["bulk"]["replicated_after_s"].is_number(), "{json}");
+    assert_eq!(json["rebuild"]["entries_served"], 2000);
+    assert_eq!(json["lag"]["samples"], 10);
+    assert_eq!(json["lag"]["not_seen"], 0);
+    assert_eq!(json["reads"].as_array().unwrap().len(), 3);
+    assert_eq!(json["reads"][1]["lookup"]["count"], 20);
+    assert_eq!(json["memory"].as_array().unwrap().len(), 4);
+    assert!(json["memory"][3]["vm_hwm_kb"].as_u64().unwrap() > 0);
+    assert!(json["disk"][1]["stream_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(json["engine_fault"]["lost"], 0, "{json}");
+    assert!(json["engine_fault"]["written"].as_u64().unwrap() > 0);
+    assert!(
+        json["engine_fault"]["rejoined_after_s"].is_number(),
+        "{json}"
+    );
+    assert_eq!(json["node_death"]["peers"], 10);
+    assert!(json["node_death"]["whole_s"].is_number(), "{json}");
+    assert!(out.join("cluster-logs").join("s0.log").exists());
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -1,0 +1,1297 @@
+//! The cluster mode (`--cluster`, issue 16): three `nats-server` processes in one JetStream
+//! cluster and three indexd nodes on loopback, then, in this order:
+//!
+//! 1. **bulk load**: `--files N` pre-populated at node A (the bench's fast pre-population, one
+//!    bulk register per 1,000 files), and the time until nodes B and C hold them all;
+//! 2. **rebuild**: a fourth node D started against the stream holding the N entries: the time
+//!    from its start to its listening line (a node opens its listeners only once it has read
+//!    and applied the stream), its entry count checked by `Stats`;
+//! 3. **memory and disk**: each node's `VmHWM` over its entries; each nats-server's store of
+//!    the stream over the entries;
+//! 4. **replication lag**: `--ops _,R,_` registers of one new file each, at node i mod 3; from
+//!    the arrival of its `Registered` answer, a client at node i+1 looks the hash up, one
+//!    lookup in flight, back to back, until the first answer listing it: lag = that answer's
+//!    arrival − the `Registered` answer's arrival. The resolution is one lookup round trip
+//!    (its latencies are reported with the lag);
+//! 5. **reads**: at each of A, B, C, the main job's closed loop (`--ops S,R,L`, one simulated
+//!    peer) with the loopback floor pinged after each op, as in the latency mode;
+//! 6. **engine fault**: a writer registers one new file every 10 ms at B while a client at C
+//!    looks up the oldest file it has not seen yet; the nats-server leading the stream is
+//!    SIGKILLed and writes go on for at least 15 s after: the longest
+//!    gap of replication, C's lookup latencies meanwhile, the files written but missing at any
+//!    node once replication is back (lost: must be 0); then the server is restarted on its
+//!    store and the time until its `/healthz` is ok;
+//! 7. **node death**: `--cluster-peers P` simulated peers of 10 files each, on one reactor
+//!    thread, register at A with the peer's failover behaviour (`--index A,B,C`: after a
+//!    failure the next address, after the peer's backoff: 250 ms doubling, full jitter); A is
+//!    SIGKILLed: the time until the survivors' entry counts are exactly the peers' files (A's
+//!    pre-populated entries gone, every peer registered once through B or C) and sampled
+//!    lookups agree.
+//!
+//! # Invariants
+//! - Every process it starts (nats-servers, indexd nodes, the echo server) is a
+//!   [`ChildGuard`]: killed and reaped when the run ends, on error paths and panics too; the
+//!   nats-servers' store lives in a temporary directory removed at the end. Their stderr goes
+//!   to `cluster-logs/` in `--out`.
+//! - Every wait is bounded; a phase that does not finish in time is reported as such (`null`
+//!   in `cluster.json`) and the run goes on.
+
+use super::client::Client;
+use super::config::OpCounts;
+use super::floor::{self, ChildGuard};
+use super::load::{self, Population, RunSpec};
+use super::stats::{self, OpSummary};
+use super::workload::{OpKind, Rng};
+use p2pshare::peer::session::{BACKOFF_MAX, BACKOFF_MIN};
+use p2pshare::reactor::{
+    CloseReason, Config as ReactorConfig, ConnId, Ctx, Handler, Reactor, Verdict,
+};
+use p2pshare::wire::{
+    self, FileEntry, FileHash, LookupKey, Request, RequestBody, Response, ResponseBody,
+    ServerStats, PROTOCOL_VERSION,
+};
+use serde::Serialize;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Files each simulated peer of the node-death phase shares.
+pub const FILES_PER_PEER: usize = 10;
+/// The replication-lag target: p99 at most this.
+pub const TARGET_LAG_P99_MS: f64 = 50.0;
+/// The reads target: lookup p50 at most this many floors.
+pub const TARGET_READ_RATIO: f64 = 1.15;
+/// The memory target: bytes of peak resident memory per entry.
+pub const TARGET_BYTES_PER_ENTRY: f64 = 160.0;
+/// Longest one replication-lag sample is waited for (then: not seen).
+const LAG_LIMIT: Duration = Duration::from_secs(10);
+/// Longest the bulk load may take to reach the other nodes, and a rebuild to finish.
+const LOAD_LIMIT: Duration = Duration::from_secs(600);
+/// Longest the engine-fault phase writes.
+const FAULT_LIMIT: Duration = Duration::from_secs(90);
+/// Writes before the kill, and how often the writer registers.
+const FAULT_LEAD: Duration = Duration::from_secs(1);
+/// Writes go on at least this long after the kill (a consumer cut off silently is noticed
+/// after two missed idle heartbeats, 10 s).
+const FAULT_MIN: Duration = Duration::from_secs(15);
+const FAULT_WRITE_EVERY: Duration = Duration::from_millis(10);
+/// How often the entry counts are polled.
+const POLL: Duration = Duration::from_millis(50);
+/// Longest a nats-server may take to say it is healthy.
+const NATS_READY_LIMIT: Duration = Duration::from_secs(60);
+/// Population hashes looked up at each survivor after a node death.
+const DEATH_SAMPLE: usize = 32;
+
+/// What the cluster mode needs.
+pub struct Params<'a> {
+    /// The indexd binary.
+    pub indexd: &'a Path,
+    /// The nats-server binary.
+    pub nats_server: &'a Path,
+    /// This binary (the echo server).
+    pub self_exe: &'a Path,
+    /// Output directory.
+    pub out: &'a Path,
+    /// Entries pre-populated at node A.
+    pub files: usize,
+    /// The reads' closed loop; `register` is also the number of replication-lag samples.
+    pub ops: OpCounts,
+    /// Simulated peers of the node-death phase.
+    pub peers: usize,
+    /// The liveness TTL (`--cluster-ttl`).
+    pub ttl: Duration,
+    /// Seed of the workload.
+    pub seed: u64,
+}
+
+/// The figures (`cluster.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterResult {
+    /// Entries pre-populated at node A.
+    pub files: usize,
+    /// The bulk load.
+    pub bulk: Bulk,
+    /// The rebuild of a fourth node.
+    pub rebuild: Rebuild,
+    /// Memory of each node.
+    pub memory: Vec<NodeMemory>,
+    /// The stream's store on each nats-server.
+    pub disk: Vec<ServerDisk>,
+    /// Replication lag.
+    pub lag: Lag,
+    /// Reads at each node against the floor.
+    pub reads: Vec<NodeReads>,
+    /// One nats-server SIGKILLed under load.
+    pub engine_fault: EngineFault,
+    /// Node A SIGKILLed with peers on it.
+    pub node_death: NodeDeath,
+    /// How the run was made.
+    pub command: String,
+}
+
+/// The bulk load at A and its replication.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bulk {
+    /// Seconds to register every file at A.
+    pub registered_s: f64,
+    /// Seconds from the last register's answer until B and C hold every file; `None`: not
+    /// within the limit.
+    pub replicated_after_s: Option<f64>,
+}
+
+/// A new node reading the stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rebuild {
+    /// Entries the stream held.
+    pub entries: u64,
+    /// Seconds from the node's start to its listening line (rebuild done).
+    pub seconds: f64,
+    /// Entries the new node holds once listening (`Stats`).
+    pub entries_served: u64,
+    /// Entries rebuilt per second.
+    pub entries_per_s: f64,
+    /// What that rate means for 100M entries, in seconds (linear).
+    pub projected_100m_s: f64,
+}
+
+/// One node's memory.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeMemory {
+    /// The node (a, b, c, d).
+    pub node: String,
+    /// Entries it holds.
+    pub entries: u64,
+    /// Peak resident memory (`VmHWM`), kB.
+    pub vm_hwm_kb: u64,
+    /// Resident memory right after it started listening, before the load (`VmRSS`), kB.
+    pub idle_rss_kb: u64,
+    /// `VmHWM` / entries.
+    pub bytes_per_entry: f64,
+    /// (`VmHWM` − idle) / entries.
+    pub bytes_per_entry_over_idle: f64,
+}
+
+/// One nats-server's disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerDisk {
+    /// The server (s0, s1, s2).
+    pub server: String,
+    /// Bytes of the stream's store directory (its replica).
+    pub stream_bytes: u64,
+    /// Per entry.
+    pub bytes_per_entry: f64,
+}
+
+/// Replication lag.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lag {
+    /// Samples (registers).
+    pub samples: u64,
+    /// Samples not seen within 10 s.
+    pub not_seen: u64,
+    /// Lag, ms.
+    pub p50_ms: f64,
+    /// Lag, ms.
+    pub p99_ms: f64,
+    /// Lag, ms.
+    pub max_ms: f64,
+    /// The polling lookups' round trips (the resolution of a sample).
+    pub poll_lookup: OpSummary,
+    /// p99 ≤ 50 ms.
+    pub met: bool,
+}
+
+/// Reads at one node.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReads {
+    /// The node.
+    pub node: String,
+    /// Searches.
+    pub search: OpSummary,
+    /// Registers.
+    pub register: OpSummary,
+    /// Lookups.
+    pub lookup: OpSummary,
+    /// The floor pinged after each op.
+    pub floor: OpSummary,
+    /// Lookup p50 / floor p50.
+    pub lookup_over_floor: f64,
+    /// Search p50 / floor p50.
+    pub search_over_floor: f64,
+    /// Lookup p50 ≤ 1.15× the floor.
+    pub met: bool,
+}
+
+/// One nats-server SIGKILLed under load.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineFault {
+    /// The server killed.
+    pub killed: String,
+    /// Files registered at B during the phase.
+    pub written: u64,
+    /// Of those, missing at some node once replication was back (must be 0).
+    pub lost: u64,
+    /// Longest time a written file took to be listed at C, s (the replication pause).
+    pub longest_gap_s: f64,
+    /// Seconds from the kill until a file written after it was listed at C; `None`: not
+    /// within the phase.
+    pub resumed_after_s: Option<f64>,
+    /// C's lookups during the phase (answered, listed or not yet).
+    pub reads: OpSummary,
+    /// Lookups at C that failed (connection lost).
+    pub read_errors: u64,
+    /// Times B ended the writer's session (a record not stored in 20 s); the writer then
+    /// registers everything again, as a peer does.
+    pub writer_sessions_ended: u64,
+    /// Seconds from the restart of the killed server until its `/healthz` said ok.
+    pub rejoined_after_s: Option<f64>,
+}
+
+/// Node A SIGKILLed with peers on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeDeath {
+    /// Simulated peers on A (the peer's failover behaviour, not `peer` processes).
+    pub peers: usize,
+    /// Files each.
+    pub files_per_peer: usize,
+    /// The liveness TTL, s.
+    pub ttl_s: f64,
+    /// Seconds from the kill until no survivor answers a sample of A's pre-populated hashes.
+    pub a_entries_gone_s: Option<f64>,
+    /// Seconds from the kill until the last peer was registered again through B or C.
+    pub peers_back_s: Option<f64>,
+    /// Seconds from the kill until every survivor holds exactly the peers' entries (A's all
+    /// gone, each peer's listed once).
+    pub whole_s: Option<f64>,
+    /// whole ≤ TTL + 5 s.
+    pub met: bool,
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback port free a moment ago.
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One nats-server of the cluster.
+struct NatsServer {
+    name: String,
+    args: Vec<String>,
+    client_port: u16,
+    monitor_port: u16,
+    store: PathBuf,
+    log: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl NatsServer {
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The monitoring endpoint's body for `GET path` (empty if it does not answer).
+    fn monitor(&self, path: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.monitor_port)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        if s.write_all(req.as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, body)| body.to_string())
+    }
+
+    /// The server leading `stream`'s Raft group, as this server's `/jsz` tells.
+    fn stream_leader(&self, stream: &str) -> Option<String> {
+        let jsz: serde_json::Value =
+            serde_json::from_str(&self.monitor("/jsz?accounts=true&streams=true")).ok()?;
+        jsz["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+            .find(|s| s["name"] == stream)
+            .and_then(|s| s["cluster"]["leader"].as_str().map(str::to_string))
+    }
+
+    fn start(&mut self, program: &Path) -> io::Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot start {}: {e}", program.display()))
+            })?;
+        self.child = Some(ChildGuard(child));
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        drop(self.child.take());
+    }
+
+    /// Whether `/healthz` answers 200 (JetStream current).
+    fn is_healthy(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.monitor_port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+    }
+
+    /// Bytes of the stream's store directory on this server.
+    fn stream_bytes(&self, stream: &str) -> u64 {
+        dir_bytes(
+            &self
+                .store
+                .join("jetstream")
+                .join("$G")
+                .join("streams")
+                .join(stream),
+        )
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Waits until every server in `servers` is healthy; the time it took.
+fn wait_healthy(servers: &[&NatsServer], limit: Duration) -> Option<Duration> {
+    let began = Instant::now();
+    while began.elapsed() < limit {
+        if servers.iter().all(|s| s.is_healthy()) {
+            return Some(began.elapsed());
+        }
+        thread::sleep(POLL);
+    }
+    None
+}
+
+/// The nats-servers and their store: the servers are killed before the store is removed
+/// (fields drop in order).
+struct NatsCluster {
+    servers: Vec<NatsServer>,
+    _store: TempDir,
+}
+
+/// The three nats-servers, their store removed at the end.
+fn start_nats(program: &Path, logs: &Path) -> io::Result<NatsCluster> {
+    let dir = std::env::temp_dir().join(format!("p2pshare-bench-nats-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let dir = TempDir(dir);
+    let routes = [free_port()?, free_port()?, free_port()?];
+    let route_urls: Vec<String> = routes
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect();
+    let mut servers = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        let (client_port, monitor_port) = (free_port()?, free_port()?);
+        let name = format!("s{i}");
+        let store = dir.0.join(&name);
+        let args = vec![
+            "-js".to_string(),
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            client_port.to_string(),
+            "-m".into(),
+            monitor_port.to_string(),
+            "-sd".into(),
+            store.display().to_string(),
+            "--server_name".into(),
+            name.clone(),
+            "--cluster_name".into(),
+            "p2pshare_bench".into(),
+            "--cluster".into(),
+            format!("nats://127.0.0.1:{route}"),
+            "--routes".into(),
+            route_urls.join(","),
+        ];
+        let s = NatsServer {
+            log: logs.join(format!("{name}.log")),
+            name,
+            args,
+            client_port,
+            monitor_port,
+            store,
+            child: None,
+        };
+        // Pushed first: killed with the others if a later one fails to start.
+        servers.push(s);
+        let last = servers.len() - 1;
+        servers[last].start(program)?;
+    }
+    let cluster = NatsCluster {
+        servers,
+        _store: dir,
+    };
+    let all: Vec<&NatsServer> = cluster.servers.iter().collect();
+    if wait_healthy(&all, NATS_READY_LIMIT).is_none() {
+        return Err(io::Error::other(format!(
+            "the nats-servers were not healthy within {NATS_READY_LIMIT:?} (logs in {})",
+            logs.display()
+        )));
+    }
+    Ok(cluster)
+}
+
+/// One indexd node.
+struct Node {
+    name: String,
+    addr: SocketAddr,
+    guard: Option<ChildGuard>,
+    idle_rss_kb: u64,
+}
+
+impl Node {
+    fn start(p: &Params, urls: &str, name: &str, logs: &Path) -> io::Result<Node> {
+        let sessions = (p.files.div_ceil(1000) + p.peers + 1000).max(10_000);
+        let ttl = p.ttl.as_secs().max(1).to_string();
+        let max = sessions.to_string();
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--max-connections",
+            &max,
+            "--max-connections-per-ip",
+            "0",
+            "--max-holdings-per-ip",
+            "0",
+            "--rate-search",
+            "0",
+            "--rate-lookup",
+            "0",
+            "--rate-address",
+            "0",
+            "--rate-register",
+            "0",
+            "--cluster",
+            urls,
+            "--node-id",
+            name,
+            "--cluster-ttl",
+            &ttl,
+        ];
+        let log = fs::File::create(logs.join(format!("{name}.log")))?;
+        let (guard, addr) = floor::spawn_listening_logged(p.indexd, &args, log.into())?;
+        let idle_rss_kb = proc_status_kb(guard.0.id(), "VmRSS").unwrap_or(0);
+        Ok(Node {
+            name: name.to_string(),
+            addr,
+            guard: Some(guard),
+            idle_rss_kb,
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.guard.as_ref().map(|g| g.0.id())
+    }
+
+    fn kill(&mut self) {
+        drop(self.guard.take());
+    }
+}
+
+/// A field of `/proc/PID/status` in kB.
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn stats_of(c: &mut Client) -> io::Result<ServerStats> {
+    match c.call(RequestBody::Stats)? {
+        ResponseBody::Stats(s) => Ok(s),
+        other => Err(io::Error::other(format!("Stats answered {other:?}"))),
+    }
+}
+
+/// Waits until every observer's index holds `want` entries; the time it took.
+fn wait_entries(observers: &mut [&mut Client], want: u64, limit: Duration) -> Option<Duration> {
+    let began = Instant::now();
+    while began.elapsed() < limit {
+        let mut all = true;
+        for c in observers.iter_mut() {
+            match stats_of(c) {
+                Ok(s) if s.names == want => {}
+                _ => {
+                    all = false;
+                    break;
+                }
+            }
+        }
+        if all {
+            return Some(began.elapsed());
+        }
+        thread::sleep(POLL);
+    }
+    None
+}
+
+/// The holders a lookup of `hash` lists (empty: not found).
+fn holders(c: &mut Client, hash: FileHash) -> io::Result<Vec<SocketAddr>> {
+    let key = LookupKey::Hash(hash);
+    Ok(match c.call(RequestBody::Lookup { key, after: None })? {
+        ResponseBody::Holders { files, .. } => files.into_iter().flat_map(|f| f.holders).collect(),
+        _ => Vec::new(),
+    })
+}
+
+fn one_file(label: &str, i: usize) -> FileEntry {
+    FileEntry {
+        hash: FileHash::of(format!("p2pshare-bench cluster {label} {i}").as_bytes()),
+        size: 1,
+        name: format!("cluster {label} {i}.dat"),
+    }
+}
+
+fn register(c: &mut Client, files: Vec<FileEntry>) -> io::Result<()> {
+    match c.call(RequestBody::Register { files })? {
+        ResponseBody::Registered { rejected: 0, .. } => Ok(()),
+        other => Err(io::Error::other(format!("register answered {other:?}"))),
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e3).round() / 1e3
+}
+
+/// Runs the cluster mode; see the module docs.
+pub fn run(p: &Params, command: String) -> io::Result<ClusterResult> {
+    if let Err(e) = p2pshare::sys::process::raise_fd_limit() {
+        eprintln!("bench: cluster: cannot raise the open-files limit: {e}");
+    }
+    let logs = p.out.join("cluster-logs");
+    fs::create_dir_all(&logs)?;
+    let mut cluster = start_nats(p.nats_server, &logs)?;
+    let nats = &mut cluster.servers;
+    let urls: Vec<String> = nats.iter().map(NatsServer::url).collect();
+    let urls = urls.join(",");
+    eprintln!(
+        "bench: cluster: 3 nats-servers healthy ({urls}); logs in {}",
+        logs.display()
+    );
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        nodes.push(Node::start(p, &urls, name, &logs)?);
+    }
+    eprintln!(
+        "bench: cluster: nodes {}",
+        nodes
+            .iter()
+            .map(|n| format!("{} on {}", n.name, n.addr))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let (_echo, echo_addr) = floor::spawn_listening(p.self_exe, &["--echo-server"])?;
+    // One observer session per node for Stats: no new session per poll (each would be
+    // published and replicated).
+    let mut observers: Vec<Client> = nodes
+        .iter()
+        .map(|n| Client::hello(n.addr, 0, "p2pshare-bench cluster observer"))
+        .collect::<io::Result<_>>()?;
+
+    // 1. The bulk load at A.
+    let began = Instant::now();
+    let population = Population::create(nodes[0].addr, p.files, 1, p.seed, None)?;
+    let registered = began.elapsed();
+    let entries = p.files as u64;
+    let replicated = {
+        let mut others: Vec<&mut Client> = observers.iter_mut().skip(1).collect();
+        wait_entries(&mut others, entries, LOAD_LIMIT)
+    };
+    eprintln!(
+        "bench: cluster: {} entries registered at a in {:.1} s; at b and c {}",
+        p.files,
+        registered.as_secs_f64(),
+        replicated.map_or("NOT within the limit".into(), |d| format!(
+            "{:.2} s later",
+            d.as_secs_f64()
+        ))
+    );
+
+    // 2. The rebuild of a new node.
+    let began = Instant::now();
+    let d = Node::start(p, &urls, "d", &logs)?;
+    let rebuild_time = began.elapsed();
+    nodes.push(d);
+    observers.push(Client::hello(
+        nodes[3].addr,
+        0,
+        "p2pshare-bench cluster observer",
+    )?);
+    let served = stats_of(&mut observers[3])?.names;
+    let rate = entries as f64 / rebuild_time.as_secs_f64().max(1e-9);
+    let rebuild = Rebuild {
+        entries,
+        seconds: secs(rebuild_time),
+        entries_served: served,
+        entries_per_s: rate.round(),
+        projected_100m_s: (1e8 / rate.max(1e-9)).round(),
+    };
+    eprintln!(
+        "bench: cluster: node d rebuilt {served} of {entries} entries in {:.2} s ({:.0} entries/s)",
+        rebuild_time.as_secs_f64(),
+        rate
+    );
+
+    // 3. Memory and disk. Node d listened only once rebuilt: the idle figure of the first
+    // three stands for its own.
+    let idle = nodes
+        .iter()
+        .take(3)
+        .map(|n| n.idle_rss_kb)
+        .min()
+        .unwrap_or(0);
+    nodes[3].idle_rss_kb = idle;
+    let mut memory = Vec::new();
+    for (n, o) in nodes.iter().zip(observers.iter_mut()) {
+        let entries = stats_of(o)?.names;
+        let hwm = n
+            .pid()
+            .and_then(|pid| proc_status_kb(pid, "VmHWM"))
+            .unwrap_or(0);
+        let per = |kb: u64| (kb as f64 * 1024.0 / entries.max(1) as f64 * 10.0).round() / 10.0;
+        memory.push(NodeMemory {
+            node: n.name.clone(),
+            entries,
+            vm_hwm_kb: hwm,
+            idle_rss_kb: n.idle_rss_kb,
+            bytes_per_entry: per(hwm),
+            bytes_per_entry_over_idle: per(hwm.saturating_sub(n.idle_rss_kb)),
+        });
+    }
+    let disk: Vec<ServerDisk> = nats
+        .iter()
+        .map(|s| {
+            let bytes = s.stream_bytes("P2PSHARE_INDEX");
+            ServerDisk {
+                server: s.name.clone(),
+                stream_bytes: bytes,
+                bytes_per_entry: (bytes as f64 / entries.max(1) as f64 * 10.0).round() / 10.0,
+            }
+        })
+        .collect();
+
+    // 4. Replication lag.
+    let addrs: Vec<SocketAddr> = nodes.iter().take(3).map(|n| n.addr).collect();
+    let lag = measure_lag(&addrs, p.ops.register.max(1))?;
+    eprintln!(
+        "bench: cluster: replication lag over {} registers: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} not seen)",
+        lag.samples, lag.p50_ms, lag.p99_ms, lag.max_ms, lag.not_seen
+    );
+
+    // 5. Reads at each node.
+    let mut reads = Vec::new();
+    for (i, n) in nodes.iter().take(3).enumerate() {
+        let spec = RunSpec {
+            run: 100 + i,
+            peers: 1,
+            ops: p.ops,
+            limit: None,
+            pace: None,
+        };
+        let r = load::run_closed_loop(n.addr, echo_addr, spec, &population, p.seed)?;
+        let s = |k: OpKind| OpSummary::of(&r.hists[k.index()], r.errors[k.index()]);
+        let floor = OpSummary::of(&r.floor, 0);
+        let ratio = |o: &OpSummary| (o.p50_us / floor.p50_us.max(1e-9) * 100.0).round() / 100.0;
+        let (search, register, lookup) =
+            (s(OpKind::Search), s(OpKind::Register), s(OpKind::Lookup));
+        let lookup_over_floor = ratio(&lookup);
+        reads.push(NodeReads {
+            node: n.name.clone(),
+            search_over_floor: ratio(&search),
+            lookup_over_floor,
+            met: lookup.count > 0 && lookup_over_floor <= TARGET_READ_RATIO,
+            search,
+            register,
+            lookup,
+            floor,
+        });
+    }
+
+    // 6. One nats-server killed under load.
+    let engine_fault = engine_fault(p, nats, &nodes)?;
+
+    // 7. Node A killed with peers on it.
+    let node_death = node_death(p, &mut nodes, &mut observers, population)?;
+
+    Ok(ClusterResult {
+        files: p.files,
+        bulk: Bulk {
+            registered_s: secs(registered),
+            replicated_after_s: replicated.map(secs),
+        },
+        rebuild,
+        memory,
+        disk,
+        lag,
+        reads,
+        engine_fault,
+        node_death,
+        command,
+    })
+}
+
+/// Replication-lag samples: see the module docs (4).
+fn measure_lag(nodes: &[SocketAddr], samples: usize) -> io::Result<Lag> {
+    let mut writers: Vec<Client> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Client::hello(*a, 30_000 + i as u16, "p2pshare-bench cluster lag"))
+        .collect::<io::Result<_>>()?;
+    let mut pollers: Vec<Client> = nodes
+        .iter()
+        .map(|a| Client::hello(*a, 0, "p2pshare-bench cluster lag poller"))
+        .collect::<io::Result<_>>()?;
+    let mut lag = stats::new_histogram();
+    let mut rtt = stats::new_histogram();
+    let mut not_seen = 0;
+    for i in 0..samples {
+        let (w, r) = (i % nodes.len(), (i + 1) % nodes.len());
+        let file = one_file("lag", i);
+        let hash = file.hash;
+        register(&mut writers[w], vec![file])?;
+        let registered = Instant::now();
+        let poller = &mut pollers[r];
+        loop {
+            let id = poller.prepare(RequestBody::Lookup {
+                key: LookupKey::Hash(hash),
+                after: None,
+            });
+            let sent = Instant::now();
+            poller.exchange()?;
+            let arrived = Instant::now();
+            stats::record(&mut rtt, arrived - sent);
+            match poller.answer(id)? {
+                ResponseBody::Holders { files, .. } if !files.is_empty() => {
+                    stats::record(&mut lag, arrived - registered);
+                    break;
+                }
+                _ if registered.elapsed() > LAG_LIMIT => {
+                    not_seen += 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    // The writers' sessions end here: their files go from every node.
+    let o = OpSummary::of(&lag, 0);
+    Ok(Lag {
+        samples: samples as u64,
+        not_seen,
+        p50_ms: o.p50_us / 1e3,
+        p99_ms: o.p99_us / 1e3,
+        max_ms: o.max_us / 1e3,
+        poll_lookup: OpSummary::of(&rtt, 0),
+        met: not_seen == 0 && o.p99_us / 1e3 <= TARGET_LAG_P99_MS,
+    })
+}
+
+/// One nats-server killed while B takes registers and C answers lookups: see the module
+/// docs (6).
+fn engine_fault(p: &Params, nats: &mut [NatsServer], nodes: &[Node]) -> io::Result<EngineFault> {
+    let (b, c) = (nodes[1].addr, nodes[2].addr);
+    let port = 31_000;
+    let mut writer = Client::hello(b, port, "p2pshare-bench cluster writer")?;
+    let mut reader = Client::hello(c, 0, "p2pshare-bench cluster reader")?;
+    let mut written: Vec<(FileEntry, Instant)> = Vec::new();
+    let mut seen = 0; // files[..seen] are listed at C
+    let mut longest = Duration::ZERO;
+    let mut reads = stats::new_histogram();
+    let (mut read_errors, mut sessions_ended) = (0, 0);
+    let began = Instant::now();
+    let mut killed_at = None;
+    let mut first_after_kill = None;
+    let mut resumed_after = None;
+    let mut next_write = Instant::now();
+    // The stream's leader is the one whose death matters most.
+    let victim = nats
+        .iter()
+        .find_map(|s| s.stream_leader("P2PSHARE_INDEX"))
+        .and_then(|leader| nats.iter().position(|s| s.name == leader))
+        .unwrap_or(0);
+    eprintln!(
+        "bench: cluster: engine fault: writing at b, reading at c; SIGKILL {} (the stream's leader) in {FAULT_LEAD:?}",
+        nats[victim].name
+    );
+    let writing = |killed_at: Option<Instant>, resumed: Option<Duration>| match killed_at {
+        None => true,
+        Some(k) => resumed.is_none() || k.elapsed() < FAULT_MIN,
+    };
+    while began.elapsed() < FAULT_LIMIT {
+        if killed_at.is_none() && began.elapsed() >= FAULT_LEAD {
+            nats[victim].kill();
+            killed_at = Some(Instant::now());
+        }
+        // Writes stop once a file written after the kill has been listed at C, and at least
+        // FAULT_MIN after the kill.
+        if writing(killed_at, resumed_after) && Instant::now() >= next_write {
+            next_write = Instant::now() + FAULT_WRITE_EVERY;
+            let file = one_file("fault", written.len());
+            if register(&mut writer, vec![file.clone()]).is_err() {
+                // B ended the session (a record not stored in time): a peer registers
+                // everything again on a new one.
+                sessions_ended += 1;
+                writer = Client::hello(b, port, "p2pshare-bench cluster writer")?;
+                let again: Vec<FileEntry> = written.iter().map(|(f, _)| f.clone()).collect();
+                if !again.is_empty() {
+                    register(&mut writer, again)?;
+                }
+                register(&mut writer, vec![file.clone()])?;
+            }
+            if killed_at.is_some() && first_after_kill.is_none() {
+                first_after_kill = Some(written.len());
+            }
+            written.push((file, Instant::now()));
+        }
+        if seen < written.len() {
+            let sent = Instant::now();
+            match holders(&mut reader, written[seen].0.hash) {
+                Ok(h) => {
+                    stats::record(&mut reads, sent.elapsed());
+                    if !h.is_empty() {
+                        longest = longest.max(written[seen].1.elapsed());
+                        if first_after_kill == Some(seen) {
+                            resumed_after = killed_at.map(|k| k.elapsed());
+                        }
+                        seen += 1;
+                    }
+                }
+                Err(_) => {
+                    read_errors += 1;
+                    reader = Client::hello(c, 0, "p2pshare-bench cluster reader")?;
+                }
+            }
+        } else if !writing(killed_at, resumed_after) {
+            break;
+        } else {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+    // Every file written must reach every node (a node may be a little behind C).
+    let mut lost = 0;
+    for n in nodes {
+        let mut c = Client::hello(n.addr, 0, "p2pshare-bench cluster check")?;
+        let mut missing: Vec<FileHash> = written.iter().map(|(f, _)| f.hash).collect();
+        let deadline = Instant::now() + LAG_LIMIT;
+        loop {
+            let mut still = Vec::new();
+            for h in missing {
+                if holders(&mut c, h)?.is_empty() {
+                    still.push(h);
+                }
+            }
+            missing = still;
+            if missing.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            thread::sleep(POLL);
+        }
+        lost = lost.max(missing.len() as u64);
+    }
+    // The killed server comes back on its store.
+    nats[victim].start(p.nats_server)?;
+    let rejoined = wait_healthy(&[&nats[victim]], NATS_READY_LIMIT);
+    let r = EngineFault {
+        killed: nats[victim].name.clone(),
+        written: written.len() as u64,
+        lost,
+        longest_gap_s: secs(longest),
+        resumed_after_s: resumed_after.map(secs),
+        reads: OpSummary::of(&reads, 0),
+        read_errors,
+        writer_sessions_ended: sessions_ended,
+        rejoined_after_s: rejoined.map(secs),
+    };
+    eprintln!(
+        "bench: cluster: engine fault: {} written, {} lost, longest gap {:.2} s, rejoined {:?}",
+        r.written, r.lost, r.longest_gap_s, r.rejoined_after_s
+    );
+    Ok(r)
+}
+
+/// One simulated peer of the node-death phase.
+struct FakePeer {
+    n: usize,
+    welcomed: bool,
+}
+
+/// Each simulated peer's last registration: the index of its node, and when.
+type Registrations = Arc<Mutex<Vec<Option<(usize, Instant)>>>>;
+
+/// Simulated peers given `--index A,B,C`, on one reactor thread.
+struct FailoverPeers {
+    nodes: Vec<SocketAddr>,
+    /// Each peer's current node.
+    current: Vec<usize>,
+    attempts: Vec<u32>,
+    rng: Rng,
+    /// Each peer's last registration: its node, and when.
+    registered: Registrations,
+    stop: Arc<AtomicBool>,
+}
+
+impl FailoverPeers {
+    fn connect(&mut self, ctx: &mut Ctx<FakePeer>, n: usize) {
+        let addr = self.nodes[self.current[n]];
+        match ctx.connect(addr, FakePeer { n, welcomed: false }) {
+            Ok(conn) => ctx.send(
+                conn,
+                wire::framed(&Request {
+                    id: 0,
+                    body: RequestBody::Hello {
+                        version: PROTOCOL_VERSION,
+                        listen_port: 32_000 + n as u16,
+                        agent: "p2pshare-bench cluster peer".into(),
+                    },
+                }),
+            ),
+            Err(_) => self.down(ctx, n),
+        }
+    }
+
+    /// The peer's failover: the next node, after its backoff.
+    fn down(&mut self, ctx: &mut Ctx<FakePeer>, n: usize) {
+        if self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        self.current[n] = (self.current[n] + 1) % self.nodes.len();
+        let step = BACKOFF_MIN
+            .saturating_mul(1u32 << self.attempts[n].min(16))
+            .min(BACKOFF_MAX);
+        self.attempts[n] = self.attempts[n].saturating_add(1);
+        let wait = self.rng.below(step.as_millis() as usize + 1);
+        ctx.set_timer(Duration::from_millis(wait as u64), n as u64);
+    }
+}
+
+fn peer_files(n: usize) -> Vec<FileEntry> {
+    (0..FILES_PER_PEER)
+        .map(|i| one_file(&format!("peer {n}"), i))
+        .collect()
+}
+
+impl Handler for FailoverPeers {
+    type Conn = FakePeer;
+
+    fn handle_accept(&mut self, ctx: &mut Ctx<FakePeer>, conn: ConnId, _: SocketAddr) -> FakePeer {
+        ctx.close(conn, CloseReason::Local);
+        FakePeer {
+            n: usize::MAX,
+            welcomed: false,
+        }
+    }
+
+    fn handle_frame(
+        &mut self,
+        ctx: &mut Ctx<FakePeer>,
+        conn: ConnId,
+        st: &mut FakePeer,
+        payload: &[u8],
+    ) -> Verdict {
+        let Ok(resp) = wire::decode::<Response>(payload) else {
+            return Verdict::Close(CloseReason::Protocol("undecodable answer".into()));
+        };
+        match resp.body {
+            ResponseBody::Welcome { .. } if !st.welcomed => {
+                st.welcomed = true;
+                self.attempts[st.n] = 0;
+                let files = peer_files(st.n);
+                ctx.send(
+                    conn,
+                    wire::framed(&Request {
+                        id: 1,
+                        body: RequestBody::Register { files },
+                    }),
+                );
+            }
+            ResponseBody::Registered { .. } => {
+                self.registered.lock().expect("registered lock")[st.n] =
+                    Some((self.current[st.n], Instant::now()));
+            }
+            _ if !st.welcomed => return Verdict::Close(CloseReason::Local),
+            _ => {}
+        }
+        Verdict::Continue
+    }
+
+    fn handle_close(&mut self, ctx: &mut Ctx<FakePeer>, _: ConnId, st: FakePeer, _: &CloseReason) {
+        if st.n != usize::MAX {
+            self.down(ctx, st.n);
+        }
+    }
+
+    fn handle_timer(&mut self, ctx: &mut Ctx<FakePeer>, timer: u64) {
+        if !self.stop.load(Ordering::Relaxed) {
+            self.connect(ctx, timer as usize);
+        }
+    }
+
+    fn handle_wake(&mut self, ctx: &mut Ctx<FakePeer>) {
+        if self.stop.load(Ordering::Relaxed) {
+            ctx.stop();
+        }
+    }
+}
+
+/// Node A killed with `p.peers` simulated peers on it: see the module docs (7).
+fn node_death(
+    p: &Params,
+    nodes: &mut [Node],
+    observers: &mut Vec<Client>,
+    population: Population,
+) -> io::Result<NodeDeath> {
+    let peers = p.peers;
+    let registered = Arc::new(Mutex::new(vec![None; peers]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut reactor = Reactor::<FakePeer>::new(ReactorConfig::default())?;
+    let waker = reactor.ctx().waker();
+    let mut handler = FailoverPeers {
+        nodes: nodes.iter().take(3).map(|n| n.addr).collect(),
+        current: vec![0; peers],
+        attempts: vec![0; peers],
+        rng: Rng::for_stream(p.seed, 0xDEAD),
+        registered: registered.clone(),
+        stop: stop.clone(),
+    };
+    for n in 0..peers {
+        handler.connect(reactor.ctx(), n);
+    }
+    let thread = thread::spawn(move || reactor.run(&mut handler));
+    // Stops the peers' thread on every path out of here.
+    struct OnDrop<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for OnDrop<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let stopper = OnDrop(move || {
+        stop.store(true, Ordering::Relaxed);
+        let _ = waker.wake();
+    });
+    let peer_entries = (peers * FILES_PER_PEER) as u64;
+    let files = population.files.clone();
+    let before = p.files as u64 + peer_entries;
+    {
+        let mut all: Vec<&mut Client> = observers.iter_mut().collect();
+        if wait_entries(&mut all, before, LOAD_LIMIT).is_none() {
+            return Err(io::Error::other(format!(
+                "node death: the nodes did not reach {before} entries with the peers at a"
+            )));
+        }
+    }
+    eprintln!(
+        "bench: cluster: node death: {peers} peers of {FILES_PER_PEER} files at a, replicated; SIGKILL a"
+    );
+    nodes[0].kill();
+    let killed = Instant::now();
+    drop(population);
+    observers.remove(0);
+    let sample: Vec<FileHash> = (0..DEATH_SAMPLE)
+        .map(|i| files[i * files.len() / DEATH_SAMPLE].hash)
+        .collect();
+    let limit = p.ttl + Duration::from_secs(60);
+    let (mut gone, mut back, mut whole) = (None, None, None);
+    while killed.elapsed() < limit && whole.is_none() {
+        if back.is_none() {
+            let r = registered.lock().expect("registered lock");
+            if r.iter()
+                .all(|x| x.is_some_and(|(node, at)| node != 0 && at > killed))
+            {
+                back = r.iter().flatten().map(|(_, at)| *at - killed).max();
+            }
+        }
+        if gone.is_none() {
+            let mut all_gone = true;
+            'nodes: for o in observers.iter_mut() {
+                for h in &sample {
+                    if !holders(o, *h)?.is_empty() {
+                        all_gone = false;
+                        break 'nodes;
+                    }
+                }
+            }
+            if all_gone {
+                gone = Some(killed.elapsed());
+            }
+        }
+        if gone.is_some() && back.is_some() {
+            let mut exact = true;
+            for o in observers.iter_mut() {
+                if stats_of(o)?.names != peer_entries {
+                    exact = false;
+                    break;
+                }
+                for n in 0..peers {
+                    if holders(o, peer_files(n)[0].hash)?.len() != 1 {
+                        exact = false;
+                        break;
+                    }
+                }
+            }
+            if exact {
+                whole = Some(killed.elapsed());
+            }
+        }
+        thread::sleep(POLL);
+    }
+    drop(stopper);
+    let _ = thread.join();
+    let limit = p.ttl + Duration::from_secs(5);
+    Ok(NodeDeath {
+        peers,
+        files_per_peer: FILES_PER_PEER,
+        ttl_s: p.ttl.as_secs_f64(),
+        a_entries_gone_s: gone.map(secs),
+        peers_back_s: back.map(secs),
+        whole_s: whole.map(secs),
+        met: whole.is_some_and(|w| w <= limit),
+    })
+}
+
+/// The console lines of a result.
+pub fn console(r: &ClusterResult) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let opt =
+        |v: Option<f64>| v.map_or("NOT within the limit".to_string(), |s| format!("{s:.2} s"));
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    let _ = writeln!(
+        t,
+        "cluster: 3 nats-servers (JetStream, R3), nodes a b c (+ d), {} entries pre-populated at a",
+        r.files
+    );
+    let _ = writeln!(
+        t,
+        "bulk: registered at a in {:.2} s; held by b and c {} later",
+        r.bulk.registered_s,
+        opt(r.bulk.replicated_after_s)
+    );
+    let _ = writeln!(
+        t,
+        "rebuild: node d served {} of {} entries after {:.2} s: {:.0} entries/s (100M: {:.0} s, linear)",
+        r.rebuild.entries_served,
+        r.rebuild.entries,
+        r.rebuild.seconds,
+        r.rebuild.entries_per_s,
+        r.rebuild.projected_100m_s
+    );
+    for m in &r.memory {
+        let _ = writeln!(
+            t,
+            "memory {}: {} entries, VmHWM {} kB: {:.1} B/entry ({:.1} over its idle {} kB) (target ≤ {TARGET_BYTES_PER_ENTRY})",
+            m.node, m.entries, m.vm_hwm_kb, m.bytes_per_entry, m.bytes_per_entry_over_idle, m.idle_rss_kb
+        );
+    }
+    for d in &r.disk {
+        let _ = writeln!(
+            t,
+            "disk {}: stream store {} bytes, {:.1} B/entry",
+            d.server, d.stream_bytes, d.bytes_per_entry
+        );
+    }
+    let _ = writeln!(
+        t,
+        "lag: {} registers, a register at one node listed at the next: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} not seen in 10 s; resolution one lookup (p50 {:.1} µs, max {:.1} µs); target p99 ≤ {TARGET_LAG_P99_MS} ms: {}",
+        r.lag.samples,
+        r.lag.p50_ms,
+        r.lag.p99_ms,
+        r.lag.max_ms,
+        r.lag.not_seen,
+        r.lag.poll_lookup.p50_us,
+        r.lag.poll_lookup.max_us,
+        verdict(r.lag.met)
+    );
+    for n in &r.reads {
+        let _ = writeln!(
+            t,
+            "reads at {}: lookup p50 {:.1} µs ({:.2}x floor), search p50 {:.1} µs ({:.2}x), register p50 {:.1} µs, floor p50 {:.1} µs; target lookup ≤ {TARGET_READ_RATIO}x: {}",
+            n.node,
+            n.lookup.p50_us,
+            n.lookup_over_floor,
+            n.search.p50_us,
+            n.search_over_floor,
+            n.register.p50_us,
+            n.floor.p50_us,
+            verdict(n.met)
+        );
+    }
+    let e = &r.engine_fault;
+    let _ = writeln!(
+        t,
+        "engine fault ({} SIGKILLed): {} files written at b, {} lost; replication resumed {} after the kill (longest gap {:.2} s); lookups at c meanwhile p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs, {} failed; writer sessions ended {}; restarted server healthy {}",
+        e.killed,
+        e.written,
+        e.lost,
+        opt(e.resumed_after_s),
+        e.longest_gap_s,
+        e.reads.p50_us,
+        e.reads.p99_us,
+        e.reads.max_us,
+        e.read_errors,
+        e.writer_sessions_ended,
+        opt(e.rejoined_after_s)
+    );
+    let d = &r.node_death;
+    let _ = writeln!(
+        t,
+        "node death (a SIGKILLed, {} simulated failover peers of {} files, TTL {:.0} s): a's entries gone {}; peers back through b/c {}; survivors exact {}; target ≤ TTL + 5 s: {}",
+        d.peers,
+        d.files_per_peer,
+        d.ttl_s,
+        opt(d.a_entries_gone_s),
+        opt(d.peers_back_s),
+        opt(d.whole_s),
+        verdict(d.met)
+    );
+    t
+}
