@@ -42,8 +42,8 @@
 //! `download::Download` keeps one `Swarm` per file: the lookup's holders and a periodic
 //! lookup feed `handle_holder_added`, `Action::Request` opens (or reuses) the holder's
 //! connection and sends a range request for the piece's groups, pipelined; the reader feeds
-//! `handle_bytes` and an `outboard::RangeVerifier` whose completion gives
-//! `handle_piece_verified` (or `handle_piece_failed` with the verifier's error); a holder's
+//! `handle_bytes`, and the verifying thread's answers (`verify`: every group of the range
+//! verified) give `handle_piece_verified` (or `handle_piece_failed` on a bad group); a holder's
 //! upload queue keeps it alive (`handle_alive`); `DropHolder` closes its connection (a
 //! `Cancel`led answer still arrives on the pipelined connection and is ignored); the record
 //! is saved at most every second while pieces arrive, and when the download stops.
