@@ -540,6 +540,8 @@ pub struct Download {
     unverified_caps: (u64, u64),
     /// Receive buffers handed back by the verifying thread.
     spare: Vec<Vec<u8>>,
+    /// Every piece is verified; the file lands once no job is out.
+    finish_pending: bool,
 }
 
 impl Download {
@@ -606,6 +608,7 @@ impl Download {
             unverified: 0,
             unverified_caps: (SOURCE_UNVERIFIED_BYTES, DOWNLOAD_UNVERIFIED_BYTES),
             spare: Vec::new(),
+            finish_pending: false,
         })
     }
 
@@ -1075,6 +1078,9 @@ impl Download {
         }
         self.resume_held(out);
         self.run(now, out);
+        if self.finish_pending && !self.done && self.checks.iter().all(|c| c.jobs == 0) {
+            self.finish(now, out);
+        }
     }
 
     /// Reads again the holders held for their unverified bytes, once under the bounds.
@@ -1098,6 +1104,11 @@ impl Download {
         self.sources[i].delivered = true;
         self.swarm
             .handle_piece_verified(HolderId(i as u64), piece, now);
+        if !self.swarm.verified().contains(piece) {
+            // Its holder was dropped after the bytes arrived (a bad frame after them, a
+            // close): they are verified and written all the same.
+            self.swarm.handle_piece_verified_after_drop(piece, now);
+        }
         if now >= self.next_progress {
             self.next_progress = now + PROGRESS_EVERY;
             let have = self.swarm.progress().verified_bytes;
@@ -1300,6 +1311,11 @@ impl Download {
                             });
                         }
                     }
+                }
+                // Every piece verified: landed once the verifying thread has answered every
+                // job still out, so a holder whose bytes there fail is still named.
+                swarm::Action::Done if self.checks.iter().any(|c| c.jobs > 0) => {
+                    self.finish_pending = true;
                 }
                 swarm::Action::Done => self.finish(now, out),
                 swarm::Action::Failed(reason) => {

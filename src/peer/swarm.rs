@@ -505,6 +505,30 @@ impl Swarm {
         self.fill(now);
     }
 
+    /// `piece` was verified and written from a holder that was dropped (or whose request was
+    /// settled) after its bytes arrived and before their verification was answered: the
+    /// downloader vouches that it asked for them, so the piece is not fetched again and
+    /// whoever races it is cancelled. (An answer nobody asked for goes to
+    /// [`Swarm::handle_piece_verified`], which ignores it.)
+    pub fn handle_piece_verified_after_drop(&mut self, piece: usize, now: Instant) {
+        if self.finished || piece >= self.verified.len() || self.verified.contains(piece) {
+            return;
+        }
+        self.verified.insert(piece);
+        for other in std::mem::take(&mut self.racers[piece]) {
+            self.settle(other, piece, now);
+            self.actions.push_back(Action::Cancel {
+                holder: other,
+                piece,
+            });
+        }
+        if self.verified.is_full() {
+            self.finish(Action::Done);
+            return;
+        }
+        self.fill(now);
+    }
+
     /// `holder`'s bytes of `piece` failed verification: it is dropped for good.
     pub fn handle_piece_failed(&mut self, holder: HolderId, piece: usize, now: Instant) {
         if self.finished || !self.holders.contains_key(&holder) {
