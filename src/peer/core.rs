@@ -5,8 +5,9 @@
 //! registered).
 //!
 //! Uploads: a range request takes an upload slot while its file range is sent; with every
-//! slot busy it waits in the [`UploadQueue`] (requests pipelined behind it wait with it, and
-//! ask again behind the others once it is sent); with `--max-upload-rate` it may wait for the
+//! slot busy it waits in the [`UploadQueue`] (fair per address: a freed slot goes to the
+//! address holding the fewest; requests pipelined behind it wait with it, and ask again
+//! behind the others once it is sent); with `--max-upload-rate` it may wait for the
 //! rate ([`Throttle`]) holding no slot.
 //!
 //! Inputs are `handle_*` calls with `now` (reactor events, helper-thread [`Event`]s, time);
@@ -37,6 +38,7 @@ use super::swarm;
 use super::threads::{Event, Job};
 use super::throttle::Throttle;
 use super::upload::{self, Answer, Joined, Outboards, Upload, UploadQueue};
+use super::verify::{VerifyDone, VerifyJob};
 use super::withdrawn::Withdrawn;
 use crate::reactor::{CloseReason, ConnId, Verdict};
 use crate::wire::{
@@ -118,6 +120,14 @@ pub enum Action {
     },
     /// Give the hashing thread a job; answered with [`Event::Scanned`].
     Hash(Job),
+    /// Verify and write received groups of a download on the verifying thread (see
+    /// [`super::verify`]); answered with [`PeerCore::handle_verified`].
+    Verify(VerifyJob),
+    /// Stop reading a connection (a download's unverified bytes wait for the verifying
+    /// thread); its input waits, in order.
+    Hold(ConnId),
+    /// Read a held connection again.
+    Resume(ConnId),
     /// Stop the peer.
     Stop,
 }
@@ -304,11 +314,17 @@ impl PeerCore {
 
     /// Every upload being sent, with the bytes it has not sent yet: while requests wait in the
     /// queue, an upload below the floor over its whole window loses its slot to the head of
-    /// the line (a reader that takes 1 MiB every 15 s cannot keep a slot forever); the others
-    /// start a new window.
+    /// the line, and so does, while requests of addresses holding less than their share of
+    /// the slots wait, an upload of an address holding more than its share (one per slot
+    /// those wait for; see [`UploadQueue::shortfall`]): one address cannot keep many slots
+    /// by reading just above the floor. The others start a new window.
     pub fn handle_upload_progress(&mut self, now: Instant, uploads: &[(ConnId, Upload, u64)]) {
         let window = self.cfg.upload_rate_window;
         let floor = (self.cfg.upload_min_rate as u128 * window.as_millis() / 1000) as u64;
+        let (share, mut short) = self.queue.shortfall();
+        // Slots taken back here, by address, so an address is brought down to its share and
+        // no further.
+        let mut taken: HashMap<u128, usize> = HashMap::new();
         for &(conn, upload, unsent) in uploads {
             let Upload::Sending {
                 hash,
@@ -323,18 +339,37 @@ impl PeerCore {
                 continue;
             }
             let sent = unsent_then.saturating_sub(unsent);
-            if !self.queue.is_empty() && self.cfg.upload_min_rate > 0 && sent < floor {
-                log::info!(
-                    target: "peer",
-                    "upload of {hash} to {from} taken back: {sent} bytes in {:.1} s while others wait",
-                    window.as_secs_f64()
-                );
-                self.actions.push_back(Action::Close {
-                    conn,
-                    reason: CloseReason::Protocol(format!(
+            let key = upload::address_key(from);
+            let holds = self
+                .queue
+                .slots_held(from)
+                .saturating_sub(taken.get(&key).copied().unwrap_or(0));
+            let slow = !self.queue.is_empty() && self.cfg.upload_min_rate > 0 && sent < floor;
+            let over = short > 0 && holds > share;
+            if slow || over {
+                let why = if slow {
+                    log::info!(
+                        target: "peer",
+                        "upload of {hash} to {from} taken back: {sent} bytes in {:.1} s while others wait",
+                        window.as_secs_f64()
+                    );
+                    format!(
                         "slower than {} B/s while others wait",
                         self.cfg.upload_min_rate
-                    )),
+                    )
+                } else {
+                    log::info!(
+                        target: "peer",
+                        "upload of {hash} to {from} taken back: its address holds {holds} slots, \
+                         more than its share of {share}, while others wait"
+                    );
+                    format!("your address holds more than its share of {share} upload slots while others wait")
+                };
+                short = short.saturating_sub(1);
+                *taken.entry(key).or_insert(0) += 1;
+                self.actions.push_back(Action::Close {
+                    conn,
+                    reason: CloseReason::Protocol(why),
                     after_flush: false,
                 });
             } else {
@@ -397,6 +432,14 @@ impl PeerCore {
             }
             Event::Resolved(result) => self.session.handle_resolved(now, result, &mut self.actions),
             Event::Watched(paths) => self.actions.push_back(Action::Hash(Job::Watched { paths })),
+        }
+        self.pump(now);
+    }
+
+    /// The verifying thread answered a job (see [`Action::Verify`]).
+    pub fn handle_verified(&mut self, now: Instant, done: VerifyDone) {
+        if let Some(r) = running(&mut self.downloads, done.download) {
+            r.dl.handle_verified(now, done, &mut self.actions);
         }
         self.pump(now);
     }
@@ -526,6 +569,7 @@ impl PeerCore {
             self.throttle.handle_sent(conn);
             let mut state = Upload::AwaitingGet { from };
             self.uploads.active -= 1;
+            self.queue.handle_slot_freed(from);
             self.uploads.done += 1;
             self.uploads.bytes += bytes;
             self.serve_queue(now);
@@ -625,12 +669,13 @@ impl PeerCore {
                     r.dl.handle_close(now, attempt, reason, &mut self.actions);
                 }
             }
-            Role::Upload(Upload::Sending { hash, .. }) => {
+            Role::Upload(Upload::Sending { hash, from, .. }) => {
                 if let Some(c) = conn {
                     self.backlog.remove(&c);
                     self.throttle.forget(c);
                 }
                 self.uploads.active -= 1;
+                self.queue.handle_slot_freed(from);
                 log::info!(target: "peer", "upload of {hash} ended: {reason}");
                 self.serve_queue(now);
             }
@@ -831,6 +876,16 @@ impl PeerCore {
                             conn,
                             frame: upload::queued_frame(position),
                         });
+                        // Served fairly, it may come ahead of others: they are told their
+                        // new places.
+                        for (other, place) in self.queue.positions() {
+                            if place > position {
+                                self.actions.push_back(Action::Send {
+                                    conn: other,
+                                    frame: upload::queued_frame(place),
+                                });
+                            }
+                        }
                         *state = Upload::Queued { from };
                         self.upload_check
                             .get_or_insert(now + self.cfg.upload_rate_window);
@@ -878,6 +933,7 @@ impl PeerCore {
                 });
                 if !matches!(state, Upload::Sending { .. }) {
                     self.uploads.active += 1;
+                    self.queue.handle_slot_taken(from);
                 }
                 *state = Upload::Sending {
                     hash,
@@ -920,10 +976,29 @@ impl PeerCore {
         }
     }
 
+    /// The files of `hashes` left the share: the outboards of those no longer shared under
+    /// another path are let go and deleted (on the hasher thread).
+    fn forget_outboards(&mut self, hashes: &[FileHash]) {
+        let gone: Vec<FileHash> = hashes
+            .iter()
+            .filter(|h| self.share.by_hash(h).is_none())
+            .copied()
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for h in &gone {
+            self.outboards.forget(h);
+        }
+        self.actions
+            .push_back(Action::Hash(Job::ForgetOutboards { hashes: gone }));
+    }
+
     /// A shared file no longer matches its hash: stop announcing it and hash it again.
     fn file_changed(&mut self, file: &SharedFile) {
         if self.share.remove_path(&file.path).is_some() {
             self.session.unregister(vec![file.hash], &mut self.actions);
+            self.forget_outboards(&[file.hash]);
         }
         self.actions.push_back(Action::Hash(Job::Paths {
             paths: vec![file.path.clone()],
@@ -952,8 +1027,18 @@ impl PeerCore {
             ),
             Job::Paths { console, .. } => (self.share.upsert(files), console),
             Job::Watched { paths } => (self.share.replace_paths(&paths, files), false),
-            Job::Outboard { .. } => return,
+            Job::Outboard { .. } | Job::ForgetOutboards { .. } | Job::PruneOutboards { .. } => {
+                return
+            }
         };
+        self.forget_outboards(&diff.removed);
+        if rescan {
+            // Outboards of files that left the share while the peer was down (or of any hash
+            // no longer shared) are swept.
+            let keep = self.share.files().map(|f| f.hash).collect();
+            self.actions
+                .push_back(Action::Hash(Job::PruneOutboards { keep }));
+        }
         let (added, removed) = (diff.added.len(), diff.removed.len());
         self.session.unregister(diff.removed, &mut self.actions);
         self.session.register(diff.added, &mut self.actions);
@@ -1432,6 +1517,7 @@ impl PeerCore {
             1 => {
                 let removed = self.share.remove_hash(&hashes[0]);
                 self.session.unregister(hashes.clone(), &mut self.actions);
+                self.forget_outboards(&hashes);
                 // Remembered: a rescan, a change or a restart does not share it again.
                 if let Err(e) = self.withdrawn.withdraw(&removed) {
                     self.output.note(format!(

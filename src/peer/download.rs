@@ -1,7 +1,14 @@
 //! One download: the [`Download`] machine fetches one file from every holder of its
 //! (hash, size) claim at once, driving a [`Swarm`] (the piece scheduler) and verifying every
-//! 16 KiB group against the file's hash as it arrives ([`RangeVerifier`]), over a
-//! [`PartFile`] (the partial file and its resume record).
+//! 16 KiB group against the file's hash as it arrives, over a [`PartFile`] (the partial file
+//! and its resume record).
+//!
+//! Verification is split: each answer's proof is checked against the root on the loop as soon
+//! as it is in (`outboard::check_proof`, a few dozen parent hashes), then the data bytes are
+//! gathered into whole groups and handed, with the hashes the proof promises, to the
+//! verifying thread ([`Action::Verify`], [`super::verify`]), which hashes them and writes the
+//! verified ones; its answers come back through [`Download::handle_verified`]. A range is a
+//! verified piece once every one of its groups has been answered verified.
 //!
 //! A holder is one connection ([`Attempt`] in its slot names the download and the
 //! connection), carrying the swarm's requests for it pipelined: each request is a range of
@@ -16,7 +23,12 @@
 //! - Nothing unverified is written: a group reaches the partial file only after its hash
 //!   matched a proof checked against the root (the requested hash). A holder whose proof or
 //!   bytes fail is dropped at once, named ([`DownloadEvent::Dropped`]), and never asked again
-//!   in this download; its pieces go to the others.
+//!   in this download; its pieces go to the others. (A bad group is found when the verifying
+//!   thread answers, at most the bounds below behind the bytes that arrive.)
+//! - Bounded memory in flight: a holder whose unverified bytes with the verifying thread
+//!   reach [`SOURCE_UNVERIFIED_BYTES`], or any holder once the download's reach
+//!   [`DOWNLOAD_UNVERIFIED_BYTES`], is no longer read ([`Action::Hold`]) until answers bring
+//!   them back under ([`Action::Resume`]); its input waits in the kernel's socket buffer.
 //! - A holder that errs, closes, stalls ([`DownloadLimits::stall`]), stays under the rate
 //!   floor over a whole window ([`RateFloor`]) or waits in its upload queue past
 //!   [`DownloadLimits::queue_wait`] is dropped; it may come back from a later lookup, at most
@@ -42,10 +54,11 @@
 
 use super::core::{Action, Role};
 use super::names::{self, display_name, Landing};
-use super::outboard::{self, RangeVerifier, VerifyError};
+use super::outboard::{self, ExpectedGroup};
 use super::rate::RateFloor;
 use super::share::PART_SUFFIX;
 use super::swarm::{self, DropReason, HolderId, Loaded, PieceSet, ResumeRecord, Swarm};
+use super::verify::{PartWriter, VerifyDone, VerifyFailure, VerifyJob};
 use crate::reactor::{CloseReason, ConnId, Verdict};
 use crate::wire::{
     self, ErrorCode, FileHash, HeldFile, TransferRequest, TransferResponse, PROTOCOL_VERSION,
@@ -56,8 +69,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Why a download (or a holder of it) failed.
@@ -91,16 +104,12 @@ pub struct PartFile {
     /// Where the verified pieces are recorded.
     pub record_path: PathBuf,
     part: Option<File>,
+    /// The same file, as the verifying thread writes it (closed when the download ends).
+    writer: Arc<PartWriter>,
     piece_bytes: u64,
     /// Verified bytes written since the last fdatasync.
     unsynced: bool,
-    /// Bytes written since the kernel's writeback was last started.
-    unflushed: u64,
 }
-
-/// Writeback of received data is started every this many bytes, so it overlaps the transfer
-/// and the final fsync has little left to do.
-const WRITEBACK_BYTES: u64 = 8 << 20;
 
 impl PartFile {
     /// Opens (or creates) the partial file of `hash` in `dir` and reads its resume record:
@@ -139,6 +148,10 @@ impl PartFile {
         if file.metadata().map_err(local(&part_path))?.len() > size {
             file.set_len(size).map_err(local(&part_path))?;
         }
+        let writer = Arc::new(PartWriter::new(
+            file.try_clone().map_err(local(&part_path))?,
+            size,
+        ));
         Ok((
             PartFile {
                 hash,
@@ -147,30 +160,36 @@ impl PartFile {
                 part_path,
                 record_path,
                 part: Some(file),
+                writer,
                 piece_bytes,
                 unsynced: false,
-                unflushed: 0,
             },
             verified,
         ))
     }
 
-    /// Writes verified bytes at `offset`.
+    /// Writes verified bytes at `offset` (as the verifying thread does).
+    #[cfg(test)]
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        let part = self
-            .part
-            .as_ref()
-            .ok_or_else(|| io::Error::other("partial file not open"))?;
-        part.write_all_at(bytes, offset)?;
+        self.writer.write_at(offset, bytes)?;
         self.unsynced = true;
-        self.unflushed += bytes.len() as u64;
-        if self.unflushed >= WRITEBACK_BYTES {
-            // Pieces land anywhere in the file: start writeback of all of it (only dirty
-            // pages are written).
-            crate::sys::io::start_writeback(part, 0, self.size);
-            self.unflushed = 0;
-        }
         Ok(())
+    }
+
+    /// The writer the verifying thread writes verified groups with.
+    pub fn writer(&self) -> Arc<PartWriter> {
+        self.writer.clone()
+    }
+
+    /// The verifying thread wrote verified bytes (they are fdatasynced before the next record
+    /// is saved).
+    fn handle_written(&mut self) {
+        self.unsynced = true;
+    }
+
+    /// No more bytes are written (the download ended): a late job writes nothing.
+    fn close_writer(&self) {
+        self.writer.close();
     }
 
     /// Makes the verified bytes durable, then records `verified` beside them.
@@ -192,6 +211,7 @@ impl PartFile {
     /// final path and whether an identical file was already there (then nothing new was
     /// written).
     pub fn land(&mut self, dir: &Path) -> Result<(PathBuf, bool), TransferError> {
+        self.close_writer();
         let part = self
             .part
             .take()
@@ -387,16 +407,56 @@ struct Asked {
     groups: Range<u64>,
 }
 
-/// The answer being read from a holder: proof first, then data.
+/// The answer being read from a holder: proof first, then data, whose whole groups go to
+/// the verifying thread as they complete.
 #[derive(Debug)]
 struct Receiving {
     piece: usize,
     groups: Range<u64>,
     proof: Vec<u8>,
     proof_len: usize,
-    verifier: Option<RangeVerifier>,
+    /// The range's groups and their hashes, once its proof checked out.
+    expected: Option<Vec<ExpectedGroup>>,
+    /// The first group not yet handed over.
+    next_group: usize,
+    /// Data bytes of groups not yet handed over (at most one read and one group).
+    buf: Vec<u8>,
+    /// The range's number among the download's [`Check`]s.
+    check: u64,
     data_left: u64,
 }
+
+/// One range whose groups are being verified on the verifying thread.
+#[derive(Debug)]
+struct Check {
+    id: u64,
+    source: usize,
+    piece: usize,
+    /// Jobs handed over and not yet answered.
+    jobs: u32,
+    state: CheckState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckState {
+    /// Bytes still arrive.
+    Receiving,
+    /// Every byte was handed over: verified once the last job answers.
+    Complete,
+    /// Its holder was dropped (or lied): its answers are only counted out.
+    Dead,
+}
+
+/// Unverified bytes one holder may have with the verifying thread before its socket is no
+/// longer read ([`Download`] holds the connection until answers come back).
+pub const SOURCE_UNVERIFIED_BYTES: u64 = 1 << 20;
+/// Unverified bytes one download may have with the verifying thread (all holders together)
+/// before its holders' sockets are no longer read.
+pub const DOWNLOAD_UNVERIFIED_BYTES: u64 = 4 << 20;
+/// A receive buffer: one read of the reactor (256 KiB) after a partial group.
+const RECEIVE_BUF_BYTES: usize = (256 << 10) + outboard::GROUP_BYTES as usize;
+/// Receive buffers kept for reuse per download.
+const SPARE_BUFFERS: usize = 8;
 
 /// One holder of the file and the connection to it.
 struct Source {
@@ -421,6 +481,10 @@ struct Source {
     pushed: bool,
     /// Why connecting to it failed, before it was asked for a push.
     connect_failed: Option<String>,
+    /// Its bytes with the verifying thread, not yet answered.
+    unverified: u64,
+    /// Its connection is held (not read) until those answers come back.
+    held: bool,
 }
 
 impl Source {
@@ -440,13 +504,17 @@ impl Source {
             delivered: false,
             pushed: false,
             connect_failed: None,
+            unverified: 0,
+            held: false,
         }
     }
 
-    /// Forgets the connection and everything asked on it.
+    /// Forgets the connection and everything asked on it (its bytes with the verifying
+    /// thread are still counted until they are answered).
     fn reset(&mut self) -> Option<ConnId> {
         self.attempt = 0;
         self.pushed = false;
+        self.held = false;
         self.asked.clear();
         self.receiving = None;
         self.queued_since = None;
@@ -488,6 +556,17 @@ pub struct Download {
     /// Holders asked for a push rather than connected to (the index flagged them, or a
     /// connect to them failed).
     firewalled: HashSet<SocketAddr>,
+    /// Ranges being verified, and the next range's number.
+    checks: Vec<Check>,
+    next_check: u64,
+    /// Bytes with the verifying thread, not yet answered.
+    unverified: u64,
+    /// The bounds on those: per holder, per download.
+    unverified_caps: (u64, u64),
+    /// Receive buffers handed back by the verifying thread.
+    spare: Vec<Vec<u8>>,
+    /// Every piece is verified; the file lands once no job is out.
+    finish_pending: bool,
 }
 
 impl Download {
@@ -550,7 +629,18 @@ impl Download {
             done: false,
             events,
             firewalled: HashSet::new(),
+            checks: Vec::new(),
+            next_check: 0,
+            unverified: 0,
+            unverified_caps: (SOURCE_UNVERIFIED_BYTES, DOWNLOAD_UNVERIFIED_BYTES),
+            spare: Vec::new(),
+            finish_pending: false,
         })
+    }
+
+    /// Sets the bounds on unverified bytes in flight (per holder, per download).
+    pub fn set_unverified_caps(&mut self, per_holder: u64, per_download: u64) {
+        self.unverified_caps = (per_holder, per_download);
     }
 
     /// The file's name (untrusted, unsanitised) and size, and the verified bytes on disk.
@@ -821,13 +911,25 @@ impl Download {
             s.rate_check = floor.poll_check(now);
             s.floor = Some(floor);
         }
+        self.next_check += 1;
+        let check = self.next_check;
         s.receiving = Some(Receiving {
             piece: a.piece,
             groups: a.groups,
             proof: Vec::with_capacity(proof_len),
             proof_len,
-            verifier: None,
+            expected: None,
+            next_group: 0,
+            buf: Vec::new(),
+            check,
             data_left: data.end - data.start,
+        });
+        self.checks.push(Check {
+            id: check,
+            source: i,
+            piece: a.piece,
+            jobs: 0,
+            state: CheckState::Receiving,
         });
         let total = proof_len as u64 + (data.end - data.start);
         if total == 0 {
@@ -854,6 +956,9 @@ impl Download {
         verdict
     }
 
+    /// Proof and data bytes of the range `i` is answering: the proof is checked against the
+    /// root at once; data bytes are kept until whole groups are there, which go to the
+    /// verifying thread ([`Action::Verify`]), answered in [`Download::handle_verified`].
     fn feed(
         &mut self,
         now: Instant,
@@ -865,7 +970,7 @@ impl Download {
         let Some(mut r) = self.sources[i].receiving.take() else {
             return Verdict::Close(CloseReason::Local);
         };
-        if r.verifier.is_none() {
+        if r.expected.is_none() {
             let take = (r.proof_len - r.proof.len()).min(data.len());
             r.proof.extend_from_slice(&data[..take]);
             data = &data[take..];
@@ -874,32 +979,23 @@ impl Download {
                 self.swarm.handle_alive(holder, now);
                 return Verdict::Continue;
             }
-            match RangeVerifier::new(self.part.hash, self.part.size, r.groups.clone(), &r.proof) {
-                Ok(v) => {
-                    r.verifier = Some(v);
+            match outboard::check_proof(self.part.hash, self.part.size, r.groups.clone(), &r.proof)
+            {
+                Ok(expected) => {
+                    r.expected = Some(expected);
                     r.proof = Vec::new();
                 }
-                Err(e) => return self.liar(now, i, r.piece, e.to_string(), out),
+                Err(e) => {
+                    self.end_check(r.check);
+                    return self.liar(now, i, r.piece, e.to_string(), out);
+                }
             }
         }
         let n = data.len() as u64;
-        let verifier = r.verifier.as_mut().expect("made above");
-        let part = &mut self.part;
-        let result = verifier.handle_data(data, &mut |offset, bytes| part.write_at(offset, bytes));
-        match result {
-            Ok(()) => {}
-            Err(VerifyError::Range(e)) => return self.liar(now, i, r.piece, e.to_string(), out),
-            Err(VerifyError::Sink(e)) => {
-                let text = format!(
-                    "get {}: {} ({} bytes kept for resume)",
-                    display_name(&self.part.name),
-                    local(&self.part.part_path)(e),
-                    self.swarm.progress().verified_bytes
-                );
-                self.fail(text, out);
-                return Verdict::Close(CloseReason::Local);
-            }
+        if r.buf.capacity() == 0 {
+            r.buf = self.take_buffer();
         }
+        r.buf.extend_from_slice(data);
         r.data_left = r.data_left.saturating_sub(n);
         self.received += n;
         let s = &mut self.sources[i];
@@ -907,24 +1003,193 @@ impl Download {
             floor.handle_bytes(now, n);
         }
         self.swarm.handle_bytes(holder, r.piece, n, now);
+        // Every whole group goes to the verifying thread; a partial one waits for its rest.
+        let expected = r.expected.as_deref().expect("set above");
+        let (mut ready, mut end) = (0, r.next_group);
+        while let Some(g) = expected.get(end) {
+            if ready + g.len() > r.buf.len() {
+                break;
+            }
+            ready += g.len();
+            end += 1;
+        }
+        if end > r.next_group {
+            let groups = expected[r.next_group..end].to_vec();
+            r.next_group = end;
+            let mut job = std::mem::take(&mut r.buf);
+            if ready < job.len() {
+                let mut rest = self.take_buffer();
+                rest.extend_from_slice(&job[ready..]);
+                job.truncate(ready);
+                r.buf = rest;
+            }
+            self.hand_over(i, r.check, groups, job, out);
+        }
         if r.data_left > 0 {
             self.sources[i].receiving = Some(r);
-            return Verdict::Continue;
-        }
-        if r.verifier.as_ref().is_some_and(RangeVerifier::is_complete) {
-            self.sources[i].delivered = true;
-            self.swarm.handle_piece_verified(holder, r.piece, now);
-            if now >= self.next_progress {
-                self.next_progress = now + PROGRESS_EVERY;
-                let have = self.swarm.progress().verified_bytes;
-                self.events.push_back(DownloadEvent::Progress { have });
-            }
-            self.record_due = true;
-            if now >= self.next_record && !self.swarm.is_finished() {
-                self.save_record_now(now);
-            }
+        } else if let Some(c) = self.checks.iter_mut().find(|c| c.id == r.check) {
+            // Every byte of the range is with the verifying thread; `buf` is empty, since
+            // the range's length is the sum of its groups'.
+            c.state = CheckState::Complete;
+            self.spare_buffer(r.buf);
         }
         Verdict::Continue
+    }
+
+    /// Hands `groups` of `check` (holder `i`'s bytes, in `data`) to the verifying thread,
+    /// and stops reading holder `i` if too much waits there.
+    fn hand_over(
+        &mut self,
+        i: usize,
+        check: u64,
+        groups: Vec<ExpectedGroup>,
+        data: Vec<u8>,
+        out: &mut VecDeque<Action>,
+    ) {
+        let len = data.len() as u64;
+        self.unverified += len;
+        if let Some(c) = self.checks.iter_mut().find(|c| c.id == check) {
+            c.jobs += 1;
+        }
+        let (per_holder, per_download) = self.unverified_caps;
+        let s = &mut self.sources[i];
+        s.unverified += len;
+        out.push_back(Action::Verify(VerifyJob {
+            download: self.id,
+            check,
+            groups,
+            data,
+            writer: self.part.writer(),
+        }));
+        if !s.held && (s.unverified >= per_holder || self.unverified >= per_download) {
+            if let Some(conn) = s.conn {
+                s.held = true;
+                out.push_back(Action::Hold(conn));
+            }
+        }
+    }
+
+    fn take_buffer(&mut self) -> Vec<u8> {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(RECEIVE_BUF_BYTES))
+    }
+
+    fn spare_buffer(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && buf.capacity() >= RECEIVE_BUF_BYTES {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    /// The range `check` will get no more bytes (its holder was dropped): its jobs still in
+    /// flight are only counted out when they answer.
+    fn end_check(&mut self, check: u64) {
+        if let Some(k) = self.checks.iter().position(|c| c.id == check) {
+            if self.checks[k].jobs == 0 {
+                self.checks.swap_remove(k);
+            } else {
+                self.checks[k].state = CheckState::Dead;
+            }
+        }
+    }
+
+    /// The verifying thread answered a job of this download: its buffer comes back, its
+    /// bytes leave the count in flight (held holders are read again when under the bounds),
+    /// and a range whose every group verified is a verified piece. A group that failed makes
+    /// its holder a liar: dropped at once and named (even if it was dropped already for
+    /// another reason); a write that failed fails the download.
+    pub fn handle_verified(&mut self, now: Instant, done: VerifyDone, out: &mut VecDeque<Action>) {
+        let len = done.len as u64;
+        self.unverified = self.unverified.saturating_sub(len);
+        let k = self.checks.iter().position(|c| c.id == done.check);
+        if let Some(k) = k {
+            let s = &mut self.sources[self.checks[k].source];
+            s.unverified = s.unverified.saturating_sub(len);
+        }
+        self.spare_buffer(done.buf);
+        if done.written > 0 {
+            self.part.handle_written();
+        }
+        if self.done {
+            return;
+        }
+        let Some(k) = k else {
+            self.resume_held(out);
+            return;
+        };
+        let c = &mut self.checks[k];
+        c.jobs = c.jobs.saturating_sub(1);
+        let (i, piece, state, jobs) = (c.source, c.piece, c.state, c.jobs);
+        match done.result {
+            Ok(()) => {
+                self.swarm.handle_alive(HolderId(i as u64), now);
+                if jobs == 0 && state != CheckState::Receiving {
+                    self.checks.swap_remove(k);
+                    if state == CheckState::Complete {
+                        self.piece_verified(now, i, piece);
+                    }
+                }
+            }
+            Err(VerifyFailure::Range(e)) => {
+                self.end_check(done.check);
+                if !self.sources[i].liar {
+                    let _ = self.liar(now, i, piece, e.to_string(), out);
+                }
+            }
+            Err(VerifyFailure::Write(e)) => {
+                let text = format!(
+                    "get {}: {} ({} bytes kept for resume)",
+                    display_name(&self.part.name),
+                    local(&self.part.part_path)(e),
+                    self.swarm.progress().verified_bytes
+                );
+                self.fail(text, out);
+                return;
+            }
+        }
+        self.resume_held(out);
+        self.run(now, out);
+        if self.finish_pending && !self.done && self.checks.iter().all(|c| c.jobs == 0) {
+            self.finish(now, out);
+        }
+    }
+
+    /// Reads again the holders held for their unverified bytes, once under the bounds.
+    fn resume_held(&mut self, out: &mut VecDeque<Action>) {
+        let (per_holder, per_download) = self.unverified_caps;
+        if self.unverified >= per_download {
+            return;
+        }
+        for s in &mut self.sources {
+            if s.held && s.unverified < per_holder {
+                s.held = false;
+                if let Some(conn) = s.conn {
+                    out.push_back(Action::Resume(conn));
+                }
+            }
+        }
+    }
+
+    /// Every group of `piece` from holder `i` verified and was written.
+    fn piece_verified(&mut self, now: Instant, i: usize, piece: usize) {
+        self.sources[i].delivered = true;
+        self.swarm
+            .handle_piece_verified(HolderId(i as u64), piece, now);
+        if !self.swarm.verified().contains(piece) {
+            // Its holder was dropped after the bytes arrived (a bad frame after them, a
+            // close): they are verified and written all the same.
+            self.swarm.handle_piece_verified_after_drop(piece, now);
+        }
+        if now >= self.next_progress {
+            self.next_progress = now + PROGRESS_EVERY;
+            let have = self.swarm.progress().verified_bytes;
+            self.events.push_back(DownloadEvent::Progress { have });
+        }
+        self.record_due = true;
+        if now >= self.next_record && !self.swarm.is_finished() {
+            self.save_record_now(now);
+        }
     }
 
     /// `holder`'s proof or bytes for `piece` failed verification.
@@ -952,9 +1217,8 @@ impl Download {
 
     /// Closes holder `i`'s connection, and records and tells why it was dropped.
     fn drop_source(&mut self, i: usize, why: String, liar: bool, out: &mut VecDeque<Action>) {
-        let s = &mut self.sources[i];
-        let addr = s.addr;
-        if let Some(conn) = s.reset() {
+        let addr = self.sources[i].addr;
+        if let Some(conn) = self.reset_source(i) {
             out.push_back(close(conn));
         }
         self.failures.push(format!("{addr}: {why}"));
@@ -1114,10 +1378,9 @@ impl Download {
                         // Already dropped and named by `liar`.
                         DropReason::BadBytes { .. } => {}
                         DropReason::Stalled => {
-                            let s = &mut self.sources[i];
-                            s.failures += 1;
-                            let addr = s.addr;
-                            if let Some(conn) = s.reset() {
+                            self.sources[i].failures += 1;
+                            let addr = self.sources[i].addr;
+                            if let Some(conn) = self.reset_source(i) {
                                 out.push_back(close(conn));
                             }
                             let why = format!(
@@ -1132,6 +1395,11 @@ impl Download {
                             });
                         }
                     }
+                }
+                // Every piece verified: landed once the verifying thread has answered every
+                // job still out, so a holder whose bytes there fail is still named.
+                swarm::Action::Done if self.checks.iter().any(|c| c.jobs > 0) => {
+                    self.finish_pending = true;
                 }
                 swarm::Action::Done => self.finish(now, out),
                 swarm::Action::Failed(reason) => {
@@ -1232,11 +1500,19 @@ impl Download {
     }
 
     fn close_all(&mut self, out: &mut VecDeque<Action>) {
-        for s in &mut self.sources {
-            if let Some(conn) = s.reset() {
+        for i in 0..self.sources.len() {
+            if let Some(conn) = self.reset_source(i) {
                 out.push_back(close(conn));
             }
         }
+    }
+
+    /// Forgets holder `i`'s connection, and the range it was sending.
+    fn reset_source(&mut self, i: usize) -> Option<ConnId> {
+        if let Some(check) = self.sources[i].receiving.as_ref().map(|r| r.check) {
+            self.end_check(check);
+        }
+        self.sources[i].reset()
     }
 
     /// Every piece verified: land the file.
@@ -1269,6 +1545,7 @@ impl Download {
         self.done = true;
         self.close_all(out);
         self.save_record();
+        self.part.close_writer();
         self.events.push_back(DownloadEvent::Failed(text));
     }
 
@@ -1279,6 +1556,7 @@ impl Download {
             self.done = true;
             self.close_all(out);
             self.save_record();
+            self.part.close_writer();
         }
     }
 }
@@ -1294,6 +1572,7 @@ fn close(conn: ConnId) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::verify;
 
     fn tmpdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("p2pshare-dl-{tag}-{}", std::process::id()));
@@ -1339,6 +1618,244 @@ mod tests {
         assert_eq!(verified.count(), 0);
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// The ranges asked for in `out`'s frames, and the verifying jobs it holds, in order;
+    /// whether it holds or resumes `conn`.
+    struct Seen {
+        asked: Vec<Range<u64>>,
+        jobs: Vec<VerifyJob>,
+        held: bool,
+        resumed: bool,
+    }
+
+    fn take(out: &mut VecDeque<Action>, conn: ConnId) -> Seen {
+        let mut seen = Seen {
+            asked: Vec::new(),
+            jobs: Vec::new(),
+            held: false,
+            resumed: false,
+        };
+        for action in out.drain(..) {
+            match action {
+                Action::Send { frame, .. } => {
+                    let mut decoder = crate::codec::Decoder::new(1 << 20);
+                    for payload in crate::codec::decode_all(&mut decoder, &frame).unwrap().0 {
+                        let TransferRequest::Range { first, end, .. } =
+                            wire::decode(&payload).unwrap();
+                        seen.asked.push(first..end);
+                    }
+                }
+                Action::Verify(job) => seen.jobs.push(job),
+                Action::Hold(c) => seen.held |= c == conn,
+                Action::Resume(c) => seen.resumed |= c == conn,
+                _ => {}
+            }
+        }
+        seen
+    }
+
+    /// The holder's answer to `groups`: the header frame's payload, then proof and data.
+    fn answer(content: &[u8], groups: Range<u64>) -> (Vec<u8>, Vec<u8>) {
+        let (_, ob) = outboard::compute_in_memory(content);
+        let range = outboard::answer_range(&ob, groups.clone()).unwrap();
+        let mut frame = Vec::new();
+        wire::encode_frame(
+            &TransferResponse::Sending {
+                size: content.len() as u64,
+                first: groups.start,
+                end: groups.end,
+            },
+            &mut frame,
+        );
+        let mut decoder = crate::codec::Decoder::new(1 << 20);
+        let header = crate::codec::decode_all(&mut decoder, &frame)
+            .unwrap()
+            .0
+            .remove(0);
+        let mut raw = range.proof;
+        raw.extend_from_slice(&content[range.data.start as usize..range.data.end as usize]);
+        (header, raw)
+    }
+
+    #[test]
+    fn unverified_bytes_stop_the_reading_and_nothing_is_written_before_it_verifies() {
+        let dir = tmpdir("inflight");
+        let content = common_bytes(1 << 20);
+        let holder: SocketAddr = "10.0.0.1:7000".parse().unwrap();
+        let file = HeldFile {
+            hash: FileHash::of(&content),
+            size: content.len() as u64,
+            name: "f.bin".into(),
+            holders: vec![holder],
+            holder_count: 1,
+        };
+        let now = Instant::now();
+        let cfg = swarm::Config::default();
+        let piece_bytes = cfg.piece_bytes;
+        let mut dl = Download::new(
+            1,
+            now,
+            &dir,
+            &file,
+            vec![holder],
+            None,
+            Default::default(),
+            cfg,
+        )
+        .unwrap();
+        dl.set_unverified_caps(300 << 10, 4 << 20);
+        let mut out = VecDeque::new();
+        dl.start(now, &mut out);
+        let attempt = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Connect {
+                    role: Role::Download(attempt),
+                    ..
+                } => Some(*attempt),
+                _ => None,
+            })
+            .expect("a connect");
+        out.clear();
+        let conn = ConnId(5);
+        assert_eq!(
+            dl.handle_connected(now, conn, attempt, &mut out),
+            Verdict::Continue
+        );
+        let seen = take(&mut out, conn);
+        assert!(seen.asked.len() >= 2, "{:?}", seen.asked);
+        let part = dir.join(format!(".{}{PART_SUFFIX}", file.hash));
+        let mut jobs = Vec::new();
+        let mut held_after = None;
+        // The first two ranges arrive, 64 KiB at a time; nothing is verified meanwhile.
+        let asked = seen.asked[..2].to_vec();
+        for groups in asked.clone() {
+            let (header, raw) = answer(&content, groups);
+            assert_eq!(
+                dl.handle_frame(now, conn, attempt, &header, &mut out),
+                Verdict::Continue
+            );
+            for chunk in raw.chunks(64 << 10) {
+                assert_eq!(
+                    dl.handle_raw(now, attempt, chunk, &mut out),
+                    Verdict::Continue
+                );
+                let seen = take(&mut out, conn);
+                jobs.extend(seen.jobs);
+                if seen.held && held_after.is_none() {
+                    held_after = Some(jobs.iter().map(|j| j.data.len()).sum::<usize>());
+                }
+            }
+        }
+        // Held as soon as 300 KiB waited (whole groups, handed over a read at a time).
+        let held_after = held_after.expect("held");
+        assert!(
+            (300 << 10..(300 + 64 + 16) << 10).contains(&held_after),
+            "{held_after}"
+        );
+        assert!(jobs.iter().all(|j| j.data.len() % GROUP as usize == 0));
+        assert_eq!(
+            fs::metadata(&part).unwrap().len(),
+            0,
+            "nothing written unverified"
+        );
+        assert_eq!(dl.progress().1, 0);
+        // The verifying thread answers: the holder is read again, both pieces verified and
+        // written.
+        let mut resumed = false;
+        for job in jobs {
+            dl.handle_verified(now, verify::run(job), &mut out);
+            resumed |= take(&mut out, conn).resumed;
+        }
+        assert!(resumed);
+        assert_eq!(dl.progress().1, 2 * piece_bytes);
+        let on_disk = fs::read(&part).unwrap();
+        for groups in asked {
+            let b = outboard::group_bytes(file.size, groups);
+            let b = b.start as usize..b.end as usize;
+            assert_eq!(on_disk[b.clone()], content[b]);
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_bad_group_found_by_the_verifying_thread_drops_and_names_its_holder() {
+        let dir = tmpdir("liar");
+        let content = common_bytes(600 << 10);
+        let holder: SocketAddr = "10.0.0.2:7000".parse().unwrap();
+        let file = HeldFile {
+            hash: FileHash::of(&content),
+            size: content.len() as u64,
+            name: "g.bin".into(),
+            holders: vec![holder],
+            holder_count: 1,
+        };
+        let now = Instant::now();
+        let cfg = swarm::Config::default();
+        let mut dl = Download::new(
+            2,
+            now,
+            &dir,
+            &file,
+            vec![holder],
+            None,
+            Default::default(),
+            cfg,
+        )
+        .unwrap();
+        let mut out = VecDeque::new();
+        dl.start(now, &mut out);
+        let attempt = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Connect {
+                    role: Role::Download(attempt),
+                    ..
+                } => Some(*attempt),
+                _ => None,
+            })
+            .unwrap();
+        out.clear();
+        let conn = ConnId(6);
+        dl.handle_connected(now, conn, attempt, &mut out);
+        let groups = take(&mut out, conn).asked[0].clone();
+        let (header, mut raw) = answer(&content, groups.clone());
+        // One byte wrong in the range's third group.
+        let proof = outboard::proof_len(file.size, groups.clone()).unwrap();
+        raw[proof + 2 * GROUP as usize + 100] ^= 1;
+        let bad = groups.start + 2;
+        dl.handle_frame(now, conn, attempt, &header, &mut out);
+        dl.handle_raw(now, attempt, &raw, &mut out);
+        let jobs = take(&mut out, conn).jobs;
+        for job in jobs {
+            dl.handle_verified(now, verify::run(job), &mut out);
+        }
+        let closed = out
+            .iter()
+            .any(|a| matches!(a, Action::Close { conn: c, .. } if *c == conn));
+        assert!(closed, "the liar's connection is closed");
+        let mut named = false;
+        while let Some(e) = dl.poll_event() {
+            if let DownloadEvent::Dropped {
+                holder: h,
+                why,
+                liar,
+            } = e
+            {
+                named |= h == holder && liar && why.contains(&format!("(group {bad})"));
+            }
+        }
+        assert!(named);
+        // Only the two verified groups before the bad one were written.
+        let part = dir.join(format!(".{}{PART_SUFFIX}", file.hash));
+        let on_disk = fs::read(&part).unwrap();
+        let (start, end) = ((groups.start * GROUP) as usize, (bad * GROUP) as usize);
+        assert_eq!(on_disk.len(), end);
+        assert_eq!(on_disk[start..end], content[start..end]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const GROUP: u64 = outboard::GROUP_BYTES;
 
     fn common_bytes(n: usize) -> Vec<u8> {
         (0..n as u32).map(|i| (i * 7 % 251) as u8).collect()

@@ -5,9 +5,10 @@
 //! - [`core`]: the sans-IO core that joins the role machines: [`session`] (the index
 //!   session), [`upload`] (a range request answered with its proof and a file range;
 //!   [`throttle`], the total upload rate), [`download`] (one file from all its holders at
-//!   once, every 16 KiB verified: [`swarm`] schedules the pieces, [`outboard`] verifies them;
-//!   several downloads run at once), [`commands`] (console commands in order; [`console`]
-//!   parses them) and [`output`] (what the person is told).
+//!   once, every 16 KiB verified: [`swarm`] schedules the pieces, [`outboard`] verifies them,
+//!   on the verifying thread of [`verify`]; several downloads run at once), [`commands`]
+//!   (console commands in order; [`console`] parses them) and [`output`] (what the person is
+//!   told).
 //! - [`share`] (the share's hash → path table, scan and hash cache, both on [`paths`], a
 //!   table storing each path once) and [`names`] (untrusted names made safe).
 //! - [`render`]: how each output line is written, as text (for a pipe or a terminal) or JSON
@@ -44,6 +45,7 @@ pub mod swarm;
 pub mod threads;
 pub mod throttle;
 pub mod upload;
+pub mod verify;
 pub mod watch;
 pub mod web;
 pub mod withdrawn;
@@ -128,6 +130,10 @@ pub struct Peer {
     /// The connection whose role is lent to the running callback, and the role the core
     /// set for it meanwhile (see [`Peer::apply_lent`]).
     lent: Option<(ConnId, Option<Role>)>,
+    /// Wakes the reactor (for the verifying thread).
+    waker: Arc<mio::Waker>,
+    /// The verifying thread, started by the first download's first bytes.
+    verifier: Option<verify::Verifier>,
 }
 
 impl Peer {
@@ -141,6 +147,7 @@ impl Peer {
         let (events_tx, events) = events;
         let events_tx = std::sync::Mutex::new(events_tx);
         let event_waker = waker.clone();
+        let own_waker = waker.clone();
         let notify: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |event: Event| {
             if let Ok(tx) = events_tx.lock() {
                 let _ = tx.send(event);
@@ -178,6 +185,8 @@ impl Peer {
             next_timer_id: 0,
             web: None,
             lent: None,
+            waker: own_waker,
+            verifier: None,
         }
     }
 
@@ -322,6 +331,9 @@ impl Peer {
                         self.core.handle_hasher_gone(ctx.now(), e.0);
                     }
                 }
+                Action::Verify(job) => self.verify(ctx, job),
+                Action::Hold(conn) => ctx.hold(conn),
+                Action::Resume(conn) => ctx.resume(conn),
                 Action::Stop => ctx.stop(),
             }
         }
@@ -333,6 +345,30 @@ impl Peer {
                 ctx.set_timer(at.saturating_duration_since(ctx.now()), self.next_timer_id);
             }
         }
+    }
+
+    /// Hands a job to the verifying thread (started on first use); if it cannot be started
+    /// or is gone, the job is done here, on the loop, as before it existed.
+    fn verify(&mut self, ctx: &mut Ctx<Role>, job: verify::VerifyJob) {
+        if self.verifier.is_none() {
+            let waker = self.waker.clone();
+            match verify::Verifier::spawn(Arc::new(move || {
+                let _ = waker.wake();
+            })) {
+                Ok(v) => self.verifier = Some(v),
+                Err(e) => {
+                    log::warn!("cannot start the verifying thread ({e}): verifying on the loop")
+                }
+            }
+        }
+        let job = match &self.verifier {
+            Some(v) => match v.submit(job) {
+                Ok(()) => return,
+                Err(job) => job,
+            },
+            None => job,
+        };
+        self.core.handle_verified(ctx.now(), verify::run(job));
     }
 
     /// Moves output to the writer (never blocking) and runs the console commands that were
@@ -425,6 +461,11 @@ impl Handler for Peer {
         {
             self.core.handle_shutdown();
             return self.apply(ctx);
+        }
+        if let Some(v) = &self.verifier {
+            for done in v.drain() {
+                self.core.handle_verified(ctx.now(), done);
+            }
         }
         let mut scanned = false;
         while let Ok(event) = self.events.try_recv() {

@@ -16,14 +16,19 @@
 //! from `(size, first, end)` alone, so no framing is needed between them.
 //!
 //! # Invariants
-//! - [`RangeVerifier`] checks every parent pair of the proof against the root before it
-//!   accepts one data byte, and hands out a group's bytes only after that group's hash
-//!   matched: nothing unverified ever reaches the sink. The first mismatch is reported with the
+//! - [`check_proof`] (and [`RangeVerifier`]) checks every parent pair of the proof against
+//!   the root before one data byte is accepted; [`check_groups`] vouches only for the leading
+//!   groups whose hash matched, and [`RangeVerifier`] hands out a group's bytes only after its
+//!   hash matched: nothing unverified ever reaches the sink. The first mismatch is reported with the
 //!   group (or proof pair) it belongs to, and the verifier accepts nothing after it.
 //! - Outboard cache files ([`OutboardStore`]) carry a trailer (magic, root, size, group size)
 //!   and a BLAKE3 checksum of everything before it; a truncated, corrupt, foreign or stale
 //!   file is detected on load, deleted and reported as missing, never used. Files are written
 //!   to a temporary name, fsynced and renamed, so a crash leaves the old file or none.
+//! - The store holds the outboards of shared files only: one whose file left the share
+//!   (deleted, changed, withdrawn) is deleted ([`OutboardStore::remove`]), and after a full
+//!   scan every outboard of a hash no longer shared, and any temporary file left by a crash,
+//!   is swept ([`OutboardStore::prune`]), so the directory does not grow forever.
 //! - Computing an outboard streams the file through a fixed buffer and writes the hash pairs
 //!   sequentially to disk: memory does not grow with file size. A file that changes while it
 //!   is read is refused (the caller hashes it again when it settles), as in `share::hash_file`.
@@ -35,9 +40,11 @@
 //! (`upload::Outboards`) answers a range request with [`OutboardStore::load`] (once per file,
 //! kept open; a missing or damaged outboard is computed again on the hasher thread, never
 //! trusted) and [`answer_range`]: the proof, then `sendfile` of its `data` range. The
-//! downloader (`download::Download`) feeds what it reads into a [`RangeVerifier`] whose sink
-//! writes at the group's offset into the partial file, then reports the piece to
-//! `swarm::Swarm`.
+//! downloader (`download::Download`) checks each answer's proof with [`check_proof`] on the
+//! loop, then hands whole groups with their expected hashes to its verifying thread
+//! (`verify`), which checks them with [`check_groups`] and writes the verified ones at their
+//! offsets into the partial file; the downloader then reports the piece to `swarm::Swarm`.
+//! [`RangeVerifier`] does both steps incrementally, in one place (tests, tools).
 
 use crate::peer::share;
 use crate::wire::FileHash;
@@ -252,18 +259,149 @@ fn leaf_cv(start_chunk: u64, data: &[u8], is_root: bool) -> blake3::Hash {
     }
 }
 
-/// One group the verifier still waits for.
-#[derive(Debug, Clone, Copy)]
-struct ExpectedGroup {
+/// One group of a range, with the hash its bytes must have: what a checked proof promises
+/// ([`check_proof`]), and what [`check_groups`] holds received bytes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectedGroup {
     group: u64,
     len: usize,
     is_root: bool,
     hash: blake3::Hash,
 }
 
+impl ExpectedGroup {
+    /// The group's number (its bytes start at `group * GROUP_BYTES`).
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// Its length in bytes (16 KiB, or less for the last group of the file).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty (only the one group of the 0-byte file).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether `bytes` are this group's bytes.
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        bytes.len() == self.len
+            && leaf_cv(self.group << GROUP_CHUNK_LOG, bytes, self.is_root) == self.hash
+    }
+}
+
+/// Checks `proof` for `groups` of the file `root` of `size` bytes against the root, and
+/// returns the groups of the range with the hash each must have. An error names the first
+/// wrong pair; nothing of the range can be trusted then. Pure: parent hashes only (a few
+/// dozen per range), no data.
+pub fn check_proof(
+    root: FileHash,
+    size: u64,
+    groups: Range<u64>,
+    proof: &[u8],
+) -> Result<Vec<ExpectedGroup>, RangeError> {
+    if proof.len() != proof_len(size, groups.clone())? {
+        return Err(RangeError::ProofLength);
+    }
+    let mut stack = vec![blake3::Hash::from(root.0)];
+    let mut expected = Vec::new();
+    let mut pairs = proof.chunks_exact(PAIR_BYTES).enumerate();
+    let mut err = None;
+    walk(size, &groups, |item| match item {
+        BaoChunk::Parent {
+            node,
+            is_root,
+            left,
+            right,
+            ..
+        } => {
+            let (i, pair) = pairs.next().expect("proof length checked");
+            let l = blake3::Hash::from(<[u8; 32]>::try_from(&pair[..32]).unwrap());
+            let r = blake3::Hash::from(<[u8; 32]>::try_from(&pair[32..]).unwrap());
+            let want = stack.pop().expect("the walk pushes before it pops");
+            if parent_cv(&l, &r, is_root) != want {
+                let first_chunk = node.chunk_range().start.0;
+                let group = (first_chunk >> GROUP_CHUNK_LOG).max(groups.start);
+                err = Some(RangeError::BadProof { pair: i, group });
+                return false;
+            }
+            if right {
+                stack.push(r);
+            }
+            if left {
+                stack.push(l);
+            }
+            true
+        }
+        BaoChunk::Leaf {
+            start_chunk,
+            size,
+            is_root,
+            ..
+        } => {
+            let hash = stack.pop().expect("the walk pushes before it pops");
+            expected.push(ExpectedGroup {
+                group: start_chunk.0 >> GROUP_CHUNK_LOG,
+                len: size,
+                is_root,
+                hash,
+            });
+            true
+        }
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok(expected),
+    }
+}
+
+/// What [`check_groups`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    /// The leading bytes that verified (whole groups), safe to write.
+    pub ok_bytes: usize,
+    /// The first group that failed (or too much or too little data), if any.
+    pub error: Option<RangeError>,
+}
+
+/// Checks `data`, the bytes of the consecutive groups `expected` (each group's bytes after
+/// the one before), group by group, stopping at the first that fails. Pure: the downloader's
+/// verifying thread calls it and writes only the `ok_bytes` it vouches for.
+pub fn check_groups(expected: &[ExpectedGroup], data: &[u8]) -> Checked {
+    let mut at = 0;
+    for exp in expected {
+        let Some(bytes) = data.get(at..at + exp.len) else {
+            // Short data cannot happen from the downloader (it hands over whole groups);
+            // reported as a failed group, never as verified.
+            let error = Some(RangeError::BadGroup { group: exp.group });
+            return Checked {
+                ok_bytes: at,
+                error,
+            };
+        };
+        if !exp.matches(bytes) {
+            let error = Some(RangeError::BadGroup { group: exp.group });
+            return Checked {
+                ok_bytes: at,
+                error,
+            };
+        }
+        at += exp.len;
+    }
+    let error = (at != data.len()).then_some(RangeError::TooMuchData);
+    Checked {
+        ok_bytes: at,
+        error,
+    }
+}
+
 /// The downloader's side of a range: built from the root and the proof (checked at once),
 /// then fed the data bytes as they arrive, in any slicing; each 16 KiB group is hashed when
-/// complete and handed to the sink at its byte offset only if it matches.
+/// complete and handed to the sink at its byte offset only if it matches. (The downloader
+/// itself hands whole groups to [`check_groups`] on its verifying thread; this incremental
+/// form serves tests and tools.)
 #[derive(Debug)]
 pub struct RangeVerifier {
     expected: Vec<ExpectedGroup>,
@@ -281,58 +419,7 @@ impl RangeVerifier {
         groups: Range<u64>,
         proof: &[u8],
     ) -> Result<RangeVerifier, RangeError> {
-        if proof.len() != proof_len(size, groups.clone())? {
-            return Err(RangeError::ProofLength);
-        }
-        let mut stack = vec![blake3::Hash::from(root.0)];
-        let mut expected = Vec::new();
-        let mut pairs = proof.chunks_exact(PAIR_BYTES).enumerate();
-        let mut err = None;
-        walk(size, &groups, |item| match item {
-            BaoChunk::Parent {
-                node,
-                is_root,
-                left,
-                right,
-                ..
-            } => {
-                let (i, pair) = pairs.next().expect("proof length checked");
-                let l = blake3::Hash::from(<[u8; 32]>::try_from(&pair[..32]).unwrap());
-                let r = blake3::Hash::from(<[u8; 32]>::try_from(&pair[32..]).unwrap());
-                let want = stack.pop().expect("the walk pushes before it pops");
-                if parent_cv(&l, &r, is_root) != want {
-                    let first_chunk = node.chunk_range().start.0;
-                    let group = (first_chunk >> GROUP_CHUNK_LOG).max(groups.start);
-                    err = Some(RangeError::BadProof { pair: i, group });
-                    return false;
-                }
-                if right {
-                    stack.push(r);
-                }
-                if left {
-                    stack.push(l);
-                }
-                true
-            }
-            BaoChunk::Leaf {
-                start_chunk,
-                size,
-                is_root,
-                ..
-            } => {
-                let hash = stack.pop().expect("the walk pushes before it pops");
-                expected.push(ExpectedGroup {
-                    group: start_chunk.0 >> GROUP_CHUNK_LOG,
-                    len: size,
-                    is_root,
-                    hash,
-                });
-                true
-            }
-        });
-        if let Some(e) = err {
-            return Err(e);
-        }
+        let expected = check_proof(root, size, groups, proof)?;
         Ok(RangeVerifier {
             expected,
             next: 0,
@@ -375,8 +462,7 @@ impl RangeVerifier {
             if self.buf.len() < exp.len {
                 break;
             }
-            let start_chunk = exp.group << GROUP_CHUNK_LOG;
-            if leaf_cv(start_chunk, &self.buf, exp.is_root) != exp.hash {
+            if !exp.matches(&self.buf) {
                 let e = RangeError::BadGroup { group: exp.group };
                 self.failed = Some(e);
                 return Err(VerifyError::Range(e));
@@ -595,6 +681,36 @@ impl OutboardStore {
     /// Forgets the outboard of `hash` (its file left the share).
     pub fn remove(&self, hash: &FileHash) {
         let _ = fs::remove_file(self.path_of(hash));
+    }
+
+    /// Deletes every stored outboard whose hash `keep` rejects, and every temporary file
+    /// left by a computation that did not finish (call it where no computation runs: the
+    /// hasher thread, between jobs). Files it does not recognise are left alone. Returns how
+    /// many files were deleted.
+    pub fn prune(&self, keep: &dyn Fn(&FileHash) -> bool) -> io::Result<usize> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let prefix = format!("{}.", share::CACHE_FILE);
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let stale = if name.starts_with(".tmp") {
+                true
+            } else if let Some(hex) = name.strip_prefix(&prefix) {
+                hex.parse::<FileHash>().is_ok_and(|h| !keep(&h))
+            } else {
+                false
+            };
+            if stale && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }
 

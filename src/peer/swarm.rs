@@ -42,8 +42,8 @@
 //! `download::Download` keeps one `Swarm` per file: the lookup's holders and a periodic
 //! lookup feed `handle_holder_added`, `Action::Request` opens (or reuses) the holder's
 //! connection and sends a range request for the piece's groups, pipelined; the reader feeds
-//! `handle_bytes` and an `outboard::RangeVerifier` whose completion gives
-//! `handle_piece_verified` (or `handle_piece_failed` with the verifier's error); a holder's
+//! `handle_bytes`, and the verifying thread's answers (`verify`: every group of the range
+//! verified) give `handle_piece_verified` (or `handle_piece_failed` on a bad group); a holder's
 //! upload queue keeps it alive (`handle_alive`); `DropHolder` closes its connection (a
 //! `Cancel`led answer still arrives on the pipelined connection and is ignored); the record
 //! is saved at most every second while pieces arrive, and when the download stops.
@@ -497,6 +497,30 @@ impl Swarm {
                     piece,
                 });
             }
+        }
+        if self.verified.is_full() {
+            self.finish(Action::Done);
+            return;
+        }
+        self.fill(now);
+    }
+
+    /// `piece` was verified and written from a holder that was dropped (or whose request was
+    /// settled) after its bytes arrived and before their verification was answered: the
+    /// downloader vouches that it asked for them, so the piece is not fetched again and
+    /// whoever races it is cancelled. (An answer nobody asked for goes to
+    /// [`Swarm::handle_piece_verified`], which ignores it.)
+    pub fn handle_piece_verified_after_drop(&mut self, piece: usize, now: Instant) {
+        if self.finished || piece >= self.verified.len() || self.verified.contains(piece) {
+            return;
+        }
+        self.verified.insert(piece);
+        for other in std::mem::take(&mut self.racers[piece]) {
+            self.settle(other, piece, now);
+            self.actions.push_back(Action::Cancel {
+                holder: other,
+                piece,
+            });
         }
         if self.verified.is_full() {
             self.finish(Action::Done);

@@ -3,10 +3,12 @@
 //! [`super::watch`]), the stdin reader (epoll cannot watch a regular file, and stdin may be
 //! one) and the resolver (a host-name lookup blocks). Each hands its results to the reactor as
 //! an [`Event`] through a channel and the reactor's waker; none touches the peer's state.
+//! (The downloads' verifying thread has its own channel, in [`super::verify`].)
 
 use super::outboard::OutboardStore;
 use super::share::{self, HashCache, SharedFile};
 use crate::wire::FileHash;
+use std::collections::HashSet;
 use std::io::BufRead;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -78,6 +80,17 @@ pub enum Job {
         /// The file.
         file: SharedFile,
     },
+    /// Delete the stored outboards of these hashes (their files left the share).
+    ForgetOutboards {
+        /// The hashes no longer shared.
+        hashes: Vec<FileHash>,
+    },
+    /// Delete every stored outboard of a hash that is neither in `keep` (the share after a
+    /// full scan) nor hashed by a job since that scan, and leftover temporary files.
+    PruneOutboards {
+        /// The hashes shared.
+        keep: Vec<FileHash>,
+    },
 }
 
 /// Starts the hashing thread; it runs jobs until the job channel closes.
@@ -93,15 +106,42 @@ pub fn spawn_hasher(
             let cache_path = root.join(share::CACHE_FILE);
             let mut cache = HashCache::load(&cache_path);
             let outboards = OutboardStore::new(&root);
+            // Hashes whose outboard may have been written since the last full scan: a prune
+            // keeps them (the core's list of what it shares may not include them yet).
+            let mut since_rescan: HashSet<FileHash> = HashSet::new();
             for job in rx {
-                if let Job::Outboard { file } = job {
-                    let result = outboards
-                        .compute_file(&file.path, &mut |_| {})
-                        .map(|(hash, _)| hash)
-                        .map_err(|e| e.to_string());
-                    let _ = events.send(Event::Outboard { file, result });
-                    let _ = waker.wake();
-                    continue;
+                match job {
+                    Job::Outboard { file } => {
+                        since_rescan.insert(file.hash);
+                        let result = outboards
+                            .compute_file(&file.path, &mut |_| {})
+                            .map(|(hash, _)| hash)
+                            .map_err(|e| e.to_string());
+                        if let Ok(h) = &result {
+                            since_rescan.insert(*h);
+                        }
+                        let _ = events.send(Event::Outboard { file, result });
+                        let _ = waker.wake();
+                        continue;
+                    }
+                    Job::ForgetOutboards { hashes } => {
+                        for h in &hashes {
+                            outboards.remove(h);
+                        }
+                        continue;
+                    }
+                    Job::PruneOutboards { keep } => {
+                        let keep: HashSet<FileHash> = keep.into_iter().collect();
+                        match outboards.prune(&|h| keep.contains(h) || since_rescan.contains(h)) {
+                            Ok(n) if n > 0 => {
+                                log::info!(target: "peer", "{n} outboards of files no longer shared deleted");
+                            }
+                            Ok(_) => {}
+                            Err(e) => log::warn!(target: "peer", "cannot sweep the outboards: {e}"),
+                        }
+                        continue;
+                    }
+                    _ => {}
                 }
                 let mut warnings = Vec::new();
                 let files = match &job {
@@ -110,7 +150,9 @@ pub fn spawn_hasher(
                         share::regular_files(&root, paths, &mut |w| warnings.push(w))
                     }
                     Job::Watched { paths } => share::files_at(&root, paths),
-                    Job::Outboard { .. } => Vec::new(),
+                    Job::Outboard { .. }
+                    | Job::ForgetOutboards { .. }
+                    | Job::PruneOutboards { .. } => Vec::new(),
                 };
                 let mut last = Instant::now();
                 let hashed = share::hash_all(
@@ -126,6 +168,11 @@ pub fn spawn_hasher(
                     },
                     &mut |w| warnings.push(w),
                 );
+                if matches!(job, Job::Rescan { .. }) {
+                    since_rescan.clear();
+                } else {
+                    since_rescan.extend(hashed.iter().map(|f| f.hash));
+                }
                 match &job {
                     Job::Rescan { .. } => {
                         cache = HashCache::from_files(&hashed);

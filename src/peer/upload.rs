@@ -9,9 +9,15 @@
 //! hash → path table (never a path named by the remote) and checks that the file on disk is
 //! still the one that was hashed (size and mtime).
 //!
-//! When every upload slot is busy, a valid request waits in the core's [`UploadQueue`] (in
-//! order, a few per address) and the downloader is told its position; a slot that frees is
-//! given to the head of the line.
+//! When every upload slot is busy, a valid request waits in the core's [`UploadQueue`] (a few
+//! per address) and the downloader is told its position; a slot that frees is given to the
+//! head of the line. The line is fair per address (IPv4 address, IPv6 /64), not first come
+//! first served: the head is the request whose address holds the fewest slots, counting the
+//! requests of that address ahead of it in line (arrival order breaks ties). One address with
+//! many connections or pipelined ranges therefore gets a slot only after every address
+//! holding fewer got one, and as its ranges finish its slots go to the others: a downloader
+//! from an address holding nothing waits for the next slot that frees, not for every range
+//! queued before it. The positions told are those of this order.
 //!
 //! # Invariants
 //! - Only registered hashes are served, and only while the file is unchanged; a changed or
@@ -76,6 +82,8 @@ struct Waiting {
     conn: ConnId,
     from: IpAddr,
     key: u128,
+    /// Its arrival number (ties in the fair order go to the earliest).
+    seq: u64,
     /// The request's payload, answered again when a slot frees (the file may have changed).
     request: Vec<u8>,
     /// Requests pipelined behind it on the same connection, in order.
@@ -89,14 +97,19 @@ pub type Popped = (ConnId, IpAddr, Vec<u8>, VecDeque<Vec<u8>>);
 /// Requests one connection may pipeline behind the one it waits with.
 pub const MAX_PIPELINED: usize = 64;
 
-/// The upload queue: requests waiting, in arrival order, for one of `slots` transfers.
+/// The upload queue: requests waiting for one of `slots` transfers, served fairly per
+/// address (see the module docs).
 #[derive(Debug, Clone)]
 pub struct UploadQueue {
     /// Transfers at once.
     pub slots: usize,
     /// Requests waiting at once from one address (IPv4, or IPv6 /64).
     pub per_address: usize,
+    /// In arrival order.
     waiting: VecDeque<Waiting>,
+    next_seq: u64,
+    /// Slots held now, by address key (addresses holding none are absent).
+    held: HashMap<u128, usize>,
 }
 
 /// What [`UploadQueue::join`] decided.
@@ -115,7 +128,77 @@ impl UploadQueue {
             slots,
             per_address,
             waiting: VecDeque::new(),
+            next_seq: 0,
+            held: HashMap::new(),
         }
+    }
+
+    /// A transfer to `from` took a slot.
+    pub fn handle_slot_taken(&mut self, from: IpAddr) {
+        *self.held.entry(address_key(from)).or_insert(0) += 1;
+    }
+
+    /// A transfer to `from` gave its slot back.
+    pub fn handle_slot_freed(&mut self, from: IpAddr) {
+        let key = address_key(from);
+        if let Some(n) = self.held.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&key);
+            }
+        }
+    }
+
+    /// While requests wait: each address's share of the slots (the slots divided equally
+    /// among the addresses holding or waiting for one, at least 1), and how many slots the
+    /// waiting addresses holding less than that share would take to reach it (each at most
+    /// as many as it has waiting). `(share, 0)` when nobody is short.
+    pub fn shortfall(&self) -> (usize, usize) {
+        let mut waiting: HashMap<u128, usize> = HashMap::new();
+        for w in &self.waiting {
+            *waiting.entry(w.key).or_insert(0) += 1;
+        }
+        let addresses = self.held.len()
+            + waiting
+                .keys()
+                .filter(|k| !self.held.contains_key(k))
+                .count();
+        let share = (self.slots / addresses.max(1)).max(1);
+        let short = waiting
+            .iter()
+            .map(|(k, n)| {
+                let held = self.held.get(k).copied().unwrap_or(0);
+                share.saturating_sub(held).min(*n)
+            })
+            .sum();
+        (share, short)
+    }
+
+    /// Slots held by `from`'s address now.
+    pub fn slots_held(&self, from: IpAddr) -> usize {
+        self.held.get(&address_key(from)).copied().unwrap_or(0)
+    }
+
+    /// The waiting requests (indices into `waiting`) in the order they will be served: by
+    /// the slots their address would hold when served (those it holds plus its requests
+    /// ahead in line), then by arrival. Greedily giving each free slot to the address holding
+    /// the fewest serves exactly this order, so the positions told are honest as long as no
+    /// slot is given back out of turn (then they are told again).
+    fn order(&self) -> Vec<usize> {
+        let mut ahead: HashMap<u128, usize> = HashMap::new();
+        let mut ranked: Vec<(usize, u64, usize)> = self
+            .waiting
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let k = ahead.entry(w.key).or_insert(0);
+                let level = self.held.get(&w.key).copied().unwrap_or(0) + *k;
+                *k += 1;
+                (level, w.seq, i)
+            })
+            .collect();
+        ranked.sort_unstable();
+        ranked.into_iter().map(|(_, _, i)| i).collect()
     }
 
     /// Requests waiting.
@@ -141,14 +224,18 @@ impl UploadQueue {
         if self.waiting.iter().filter(|w| w.key == key).count() >= self.per_address {
             return Joined::AddressFull;
         }
+        self.next_seq += 1;
         self.waiting.push_back(Waiting {
             conn,
             from,
             key,
+            seq: self.next_seq,
             request: request.to_vec(),
             extra,
         });
-        Joined::At(self.waiting.len() as u32)
+        let last = self.waiting.len() - 1;
+        let place = self.order().iter().position(|&i| i == last).unwrap_or(last);
+        Joined::At(place as u32 + 1)
     }
 
     /// Another request pipelined by `conn` while it waits; false if it is not waiting or has
@@ -170,20 +257,22 @@ impl UploadQueue {
         self.waiting.len() != before
     }
 
-    /// The head of the line, to serve now: its connection, address, request and the
-    /// requests pipelined behind it.
+    /// The head of the line (the fair order's first), to serve now: its connection,
+    /// address, request and the requests pipelined behind it.
     pub fn pop(&mut self) -> Option<Popped> {
+        let head = *self.order().first()?;
         self.waiting
-            .pop_front()
+            .remove(head)
             .map(|w| (w.conn, w.from, w.request, w.extra))
     }
 
-    /// Every waiting connection with its 1-based position.
-    pub fn positions(&self) -> impl Iterator<Item = (ConnId, u32)> + '_ {
-        self.waiting
-            .iter()
+    /// Every waiting connection with its 1-based position, in the order they will be served.
+    pub fn positions(&self) -> Vec<(ConnId, u32)> {
+        self.order()
+            .into_iter()
             .enumerate()
-            .map(|(i, w)| (w.conn, i as u32 + 1))
+            .map(|(place, i)| (self.waiting[i].conn, place as u32 + 1))
+            .collect()
     }
 }
 
@@ -270,6 +359,12 @@ impl Outboards {
     /// Whether the outboard of `hash` should be computed now (not already under way).
     pub fn start_compute(&mut self, hash: FileHash) -> bool {
         self.pending.insert(hash)
+    }
+
+    /// The file of `hash` left the share: its outboard is let go (the caller has the stored
+    /// file deleted).
+    pub fn forget(&mut self, hash: &FileHash) {
+        self.open.remove(hash);
     }
 
     /// The hasher thread finished the outboard of `hash` (or failed to).
@@ -476,13 +571,100 @@ mod tests {
         // Leaving moves everyone behind up.
         assert!(q.leave(ConnId(2)));
         assert!(!q.leave(ConnId(2)));
-        let places: Vec<_> = q.positions().collect();
+        let places = q.positions();
         assert_eq!(places, vec![(ConnId(1), 1), (ConnId(3), 2)]);
         let (conn, from, request, extra) = q.pop().unwrap();
         assert_eq!((conn, from, request), (ConnId(1), a, b"r1".to_vec()));
         assert_eq!(extra.len(), MAX_PIPELINED);
         assert_eq!(q.join(ConnId(5), a, b"r5", none()), Joined::At(2));
         assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn a_slot_that_frees_goes_to_the_address_holding_the_fewest() {
+        let mut q = UploadQueue::new(4, 4);
+        let hog: IpAddr = "10.0.0.2".parse().unwrap();
+        let hog6: IpAddr = "2001:db8::2".parse().unwrap();
+        let other6: IpAddr = "2001:db8::99".parse().unwrap();
+        let honest: IpAddr = "10.0.0.3".parse().unwrap();
+        let none = VecDeque::new;
+        // The hog holds every slot and has 4 requests in line.
+        for _ in 0..4 {
+            q.handle_slot_taken(hog);
+        }
+        for c in 1..=4 {
+            assert_eq!(q.join(ConnId(c), hog, b"h", none()), Joined::At(c as u32));
+        }
+        // A downloader from an address holding nothing goes to the head of the line.
+        assert_eq!(q.join(ConnId(10), honest, b"o", none()), Joined::At(1));
+        let places = q.positions();
+        assert_eq!(places[0], (ConnId(10), 1));
+        assert_eq!(
+            places[1..].to_vec(),
+            vec![
+                (ConnId(1), 2),
+                (ConnId(2), 3),
+                (ConnId(3), 4),
+                (ConnId(4), 5)
+            ]
+        );
+        // One of the hog's ranges finishes: its slot goes to the honest one, not to the
+        // hog's next request that waited longer.
+        q.handle_slot_freed(hog);
+        let (conn, from, ..) = q.pop().unwrap();
+        assert_eq!((conn, from), (ConnId(10), honest));
+        q.handle_slot_taken(honest);
+        // Between two addresses that each hold slots, round robin by slots held: an IPv6
+        // /64 is one address.
+        q.handle_slot_freed(hog);
+        q.handle_slot_freed(hog);
+        q.handle_slot_freed(hog);
+        assert_eq!(q.join(ConnId(20), hog6, b"x", none()), Joined::At(2));
+        assert_eq!(q.join(ConnId(21), other6, b"y", none()), Joined::At(4));
+        let order: Vec<ConnId> = q.positions().into_iter().map(|(c, _)| c).collect();
+        // hog holds 0 (its 4 waiting are levels 0..3), the /64 holds 0 (levels 0, 1).
+        assert_eq!(
+            order,
+            vec![
+                ConnId(1),
+                ConnId(20),
+                ConnId(2),
+                ConnId(21),
+                ConnId(3),
+                ConnId(4)
+            ]
+        );
+        assert_eq!(q.slots_held(honest), 1);
+        assert_eq!(q.slots_held(hog), 0);
+    }
+
+    #[test]
+    fn the_shortfall_counts_the_slots_waiting_addresses_lack_of_their_share() {
+        let mut q = UploadQueue::new(8, 4);
+        let ip = |i: u8| -> IpAddr { format!("10.0.0.{i}").parse().unwrap() };
+        // Nobody waits: nobody is short.
+        for _ in 0..8 {
+            q.handle_slot_taken(ip(1));
+        }
+        assert_eq!(q.shortfall(), (8, 0));
+        // Two addresses waiting with 1 and 3 requests: a share of 8 / 3 = 2 each, so they
+        // lack 1 and 2 slots; the one holding all 8 is 6 over.
+        q.join(ConnId(1), ip(2), b"r", VecDeque::new());
+        for c in 2..5 {
+            q.join(ConnId(c), ip(3), b"r", VecDeque::new());
+        }
+        assert_eq!(q.shortfall(), (2, 3));
+        // The hog waiting too changes nothing: it is over its share.
+        q.join(ConnId(9), ip(1), b"r", VecDeque::new());
+        assert_eq!(q.shortfall(), (2, 3));
+        // More addresses than slots: a share of at least 1.
+        let mut q = UploadQueue::new(2, 4);
+        q.handle_slot_taken(ip(1));
+        q.handle_slot_taken(ip(1));
+        for i in 2..6 {
+            q.join(ConnId(i as usize), ip(i), b"r", VecDeque::new());
+        }
+        assert_eq!(q.shortfall(), (1, 4));
     }
 
     #[test]

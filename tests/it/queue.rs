@@ -39,6 +39,34 @@ fn ask(holder: SocketAddr, hash: FileHash, size: u64) -> (TcpStream, TransferRes
     (s, answer)
 }
 
+/// [`ask`] from the loopback address `from` (another host, as the holder counts addresses).
+fn ask_from(
+    holder: SocketAddr,
+    from: std::net::IpAddr,
+    hash: FileHash,
+    size: u64,
+) -> (TcpStream, TransferResponse) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
+    socket.connect(&holder.into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut payload = Vec::new();
+    wire::encode_frame(
+        &TransferRequest::Range {
+            version: PROTOCOL_VERSION,
+            hash,
+            size,
+            first: 0,
+            end: GROUPS,
+        },
+        &mut payload,
+    );
+    s.write_all(&payload).unwrap();
+    let answer = next_answer(&mut s);
+    (s, answer)
+}
+
 /// Reads exactly one frame (nothing after it) and decodes it.
 fn next_answer(s: &mut TcpStream) -> TransferResponse {
     let mut buf = Vec::new();
@@ -260,4 +288,286 @@ fn a_rate_limited_holder_keeps_serving_a_pipelining_connection() {
             "range {r}"
         );
     }
+}
+
+/// Issue 13 case 7: slots are fair per address. One address (127.0.0.2) holds every slot and
+/// has more ranges in line; a downloader from another address (127.0.0.3) arriving last is
+/// told it is first in line and gets the next slot that frees, before the hog's ranges that
+/// waited longer. (First come, first served, it was fifth, and waited for all of them.)
+#[test]
+fn a_slot_freed_by_a_hog_goes_to_the_address_holding_none() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("fair-slots");
+    let a = tmp.sub("a");
+    let bytes = common::pseudo_random(24 << 20, 53);
+    std::fs::write(a.join("big.bin"), &bytes).unwrap();
+    let h = FileHash::of(&bytes);
+    let size = bytes.len() as u64;
+    let mut holder = ServingPeer::start_with(
+        &a,
+        indexd.addr,
+        &["--upload-slots", "2", "--max-queued-per-ip", "4"],
+    );
+    holder.wait_registered(1);
+    let addr = common::holder_of(indexd.addr, h);
+    let hog_ip = "127.0.0.2".parse().unwrap();
+    // The hog: two ranges being sent (neither read), four more in line.
+    let mut sending = Vec::new();
+    for _ in 0..2 {
+        let (s, answer) = ask_from(addr, hog_ip, h, size);
+        assert!(
+            matches!(answer, TransferResponse::Sending { .. }),
+            "{answer:?}"
+        );
+        sending.push(s);
+    }
+    let mut waiting = Vec::new();
+    for place in 1..=4 {
+        let (s, answer) = ask_from(addr, hog_ip, h, size);
+        assert_eq!(answer, TransferResponse::Queued { position: place });
+        waiting.push(s);
+    }
+    // The honest downloader comes last and is first in line.
+    let (mut honest, answer) = ask_from(addr, "127.0.0.3".parse().unwrap(), h, size);
+    assert_eq!(answer, TransferResponse::Queued { position: 1 });
+    // One of the hog's ranges is read to its end: its slot frees...
+    let proof = outboard::proof_len(size, 0..GROUPS).unwrap();
+    let data = outboard::group_bytes(size, 0..GROUPS);
+    let mut got = vec![0u8; proof + data.end as usize];
+    sending[0].read_exact(&mut got).unwrap();
+    // ...and goes to the honest downloader, which gets its whole range.
+    let answer = next_answer(&mut honest);
+    assert!(
+        matches!(
+            answer,
+            TransferResponse::Sending {
+                first: 0,
+                end: GROUPS,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    honest.read_exact(&mut got).unwrap();
+    assert!(got[proof..] == bytes[..data.end as usize]);
+    // The hog's first one in line was told the truth: second once the honest one came
+    // ahead of it, first once the honest one was served (its own turn comes after).
+    assert_eq!(
+        next_answer(&mut waiting[0]),
+        TransferResponse::Queued { position: 2 }
+    );
+    assert_eq!(
+        next_answer(&mut waiting[0]),
+        TransferResponse::Queued { position: 1 }
+    );
+}
+
+/// Issue 13 case 7: an address holding more than its share of the slots gives one back while
+/// an address holding less waits. The hog takes both slots and reads nothing; the rate floor
+/// is off, so only the fair share can free a slot: the downloader from another address is
+/// served within a window. (Before, it waited as long as the hog pleased.)
+#[test]
+fn an_address_over_its_share_gives_a_slot_back_to_one_holding_none() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("share-back");
+    let a = tmp.sub("a");
+    let bytes = common::pseudo_random(24 << 20, 54);
+    std::fs::write(a.join("big.bin"), &bytes).unwrap();
+    let h = FileHash::of(&bytes);
+    let size = bytes.len() as u64;
+    let mut holder = ServingPeer::start_with(
+        &a,
+        indexd.addr,
+        &[
+            "--upload-slots",
+            "2",
+            "--upload-min-rate",
+            "0",
+            "--rate-window-ms",
+            "300",
+        ],
+    );
+    holder.wait_registered(1);
+    let addr = common::holder_of(indexd.addr, h);
+    let hog_ip = "127.0.0.2".parse().unwrap();
+    let mut hog = Vec::new();
+    for _ in 0..2 {
+        let (s, answer) = ask_from(addr, hog_ip, h, size);
+        assert!(
+            matches!(answer, TransferResponse::Sending { .. }),
+            "{answer:?}"
+        );
+        hog.push(s);
+    }
+    let (mut honest, answer) = ask_from(addr, "127.0.0.3".parse().unwrap(), h, size);
+    assert_eq!(answer, TransferResponse::Queued { position: 1 });
+    let answer = next_answer(&mut honest);
+    assert!(
+        matches!(
+            answer,
+            TransferResponse::Sending {
+                first: 0,
+                end: GROUPS,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    let proof = outboard::proof_len(size, 0..GROUPS).unwrap();
+    let data = outboard::group_bytes(size, 0..GROUPS);
+    let mut got = vec![0u8; proof + data.end as usize];
+    honest.read_exact(&mut got).unwrap();
+    assert!(got[proof..] == bytes[..data.end as usize]);
+}
+
+/// Like [`next_answer`], but `None` when the holder closed or nothing came in time.
+fn try_next_answer(s: &mut TcpStream) -> Option<TransferResponse> {
+    let mut buf = Vec::new();
+    let mut dec = Decoder::default();
+    loop {
+        let mut byte = [0u8; 1];
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return None,
+        }
+        if let Ok(Some(d)) = dec.decode(&buf) {
+            return wire::decode(&buf[d.payload]).ok();
+        }
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Issue 13 case 7's fairness figures: a measurement, not a test (it prints, asserts little,
+/// and takes tens of seconds). Run it with
+/// `cargo test --release --test it queue::case_7_fairness_figures -- --ignored --nocapture`.
+/// ADDRS addresses (127.0.0.2 on; `P2PSHARE_CASE7_ADDRS`, 33) each open CONNS connections
+/// (`P2PSHARE_CASE7_CONNS`, 32) to a holder at its default limits; each asks for a 16 MiB range
+/// and then reads 64 KiB of it a second (above the 1 KiB/s rate floor, as the issue's hog
+/// reading 1 MiB every 15 s). Then a downloader from 127.0.0.200 asks for a range: its place in
+/// line, its time to the first data byte and its rate are printed, with what the hog's
+/// connections got.
+#[test]
+#[ignore]
+fn case_7_fairness_figures() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let addrs: u8 = env_or("P2PSHARE_CASE7_ADDRS", 33);
+    let conns: usize = env_or("P2PSHARE_CASE7_CONNS", 32);
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("case7");
+    let a = tmp.sub("a");
+    let bytes = common::pseudo_random(32 << 20, 57);
+    std::fs::write(a.join("big.bin"), &bytes).unwrap();
+    let h = FileHash::of(&bytes);
+    let size = bytes.len() as u64;
+    let mut holder = ServingPeer::start(&a, indexd.addr);
+    holder.wait_registered(1);
+    let addr = common::holder_of(indexd.addr, h);
+    let (mut sending, mut queued, mut busy, mut refused) = (0, 0, 0, 0);
+    let mut hog = Vec::new();
+    let started = Instant::now();
+    for i in 0..addrs {
+        let ip = std::net::IpAddr::from([127, 0, 0, 2 + i]);
+        for _ in 0..conns {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+            if socket.connect(&addr.into()).is_err() {
+                refused += 1;
+                continue;
+            }
+            let mut s: TcpStream = socket.into();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut payload = Vec::new();
+            wire::encode_frame(
+                &TransferRequest::Range {
+                    version: PROTOCOL_VERSION,
+                    hash: h,
+                    size,
+                    first: 0,
+                    end: GROUPS,
+                },
+                &mut payload,
+            );
+            if s.write_all(&payload).is_err() {
+                refused += 1;
+                continue;
+            }
+            match try_next_answer(&mut s) {
+                Some(TransferResponse::Sending { .. }) => sending += 1,
+                Some(TransferResponse::Queued { .. }) => queued += 1,
+                Some(TransferResponse::Error { .. }) => {
+                    busy += 1;
+                    continue;
+                }
+                None => {
+                    refused += 1;
+                    continue;
+                }
+            }
+            hog.push(s);
+        }
+    }
+    println!(
+        "case 7: {addrs} addresses x {conns} connections in {:.1} s: {sending} sending, {queued} \
+         queued, {busy} answered Busy, {refused} closed or refused",
+        started.elapsed().as_secs_f64()
+    );
+    // The hog reads 64 KiB a second on each connection it kept.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader_stop = stop.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        for s in &hog {
+            s.set_nonblocking(true).unwrap();
+        }
+        while !reader_stop.load(Ordering::SeqCst) {
+            let sweep = Instant::now();
+            for s in &mut hog {
+                let _ = s.read(&mut buf);
+            }
+            let rest = Duration::from_secs(1).saturating_sub(sweep.elapsed());
+            std::thread::park_timeout(rest);
+        }
+    });
+    let t0 = Instant::now();
+    let honest_ip = "127.0.0.200".parse().unwrap();
+    let (mut honest, first) = ask_from(addr, honest_ip, h, size);
+    let told = match &first {
+        TransferResponse::Queued { position } => format!("told position {position}"),
+        other => format!("answered {other:?}"),
+    };
+    let mut answer = first;
+    while let TransferResponse::Queued { .. } = answer {
+        answer = next_answer(&mut honest);
+    }
+    assert!(
+        matches!(answer, TransferResponse::Sending { .. }),
+        "{answer:?}"
+    );
+    let proof = outboard::proof_len(size, 0..GROUPS).unwrap();
+    let data = outboard::group_bytes(size, 0..GROUPS);
+    let mut got = vec![0u8; proof + data.end as usize];
+    honest.read_exact(&mut got[..proof + 1]).unwrap();
+    let first_byte = t0.elapsed();
+    honest.read_exact(&mut got[proof + 1..]).unwrap();
+    let all = t0.elapsed();
+    assert!(got[proof..] == bytes[..data.end as usize]);
+    let rate = data.end as f64 / (1 << 20) as f64 / (all - first_byte).as_secs_f64().max(1e-9);
+    println!(
+        "honest downloader from {honest_ip}: {told}; first data byte after {:.2} s; {} MiB at \
+         {rate:.1} MiB/s",
+        first_byte.as_secs_f64(),
+        data.end >> 20
+    );
+    stop.store(true, Ordering::SeqCst);
+    reader.thread().unpark();
+    reader.join().unwrap();
 }

@@ -443,3 +443,37 @@ mod hostile {
         }
     }
 }
+
+#[test]
+fn prune_deletes_outboards_of_hashes_not_kept_and_leftover_temporaries_only() {
+    let dir = std::env::temp_dir().join(format!("p2pshare-ob-prune-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let store = OutboardStore::new(&dir);
+    // Nothing stored yet: nothing to do.
+    assert_eq!(store.prune(&|_| false).unwrap(), 0);
+    let mut hashes = Vec::new();
+    for i in 0..3u8 {
+        let data = vec![i; 3 * GROUP_BYTES as usize];
+        let path = dir.join(format!("f{i}"));
+        fs::write(&path, &data).unwrap();
+        let (h, _) = store.compute_file(&path, &mut |_| {}).unwrap();
+        assert!(store.path_of(&h).exists());
+        hashes.push(h);
+    }
+    let obdir = dir.join(OUTBOARD_DIR);
+    fs::write(obdir.join(".tmp1.2"), b"half a computation").unwrap();
+    fs::write(obdir.join("notes.txt"), b"not ours").unwrap();
+    let keep = hashes[1];
+    assert_eq!(store.prune(&|h| *h == keep).unwrap(), 3);
+    assert!(!store.path_of(&hashes[0]).exists());
+    assert!(store.path_of(&hashes[1]).exists());
+    assert!(!store.path_of(&hashes[2]).exists());
+    assert!(!obdir.join(".tmp1.2").exists());
+    assert!(obdir.join("notes.txt").exists());
+    // The kept one still loads.
+    assert!(store.load(&keep, 3 * GROUP_BYTES).unwrap().is_some());
+    store.remove(&keep);
+    assert!(store.load(&keep, 3 * GROUP_BYTES).unwrap().is_none());
+    fs::remove_dir_all(&dir).unwrap();
+}
