@@ -507,6 +507,9 @@ fn case_7_fairness_figures() {
                     busy += 1;
                     continue;
                 }
+                Some(other @ TransferResponse::Probed { .. }) => {
+                    panic!("a range request answered {other:?}")
+                }
                 None => {
                     refused += 1;
                     continue;
