@@ -74,7 +74,11 @@ fn a_holder_lying_from_the_middle_is_named_and_dropped_and_the_file_completes() 
     for i in 0..3 {
         let dir = tmp.sub(&format!("h{i}"));
         std::fs::write(dir.join("big.bin"), &bytes).unwrap();
-        let mut peer = ServingPeer::start(&dir, indexd.addr);
+        // Limited (2 MB/s each: the 4 MiB take the three of them about 0.7 s), so that the
+        // unlimited liar's wrong bytes arrive before the others could have sent the whole
+        // file: unlimited, on a loaded machine, they sometimes finished it before the liar's
+        // second piece came, and nobody had lied.
+        let mut peer = ServingPeer::start_with(&dir, indexd.addr, &["--max-upload-rate", "2M"]);
         peer.wait_registered(1);
         honest.push(peer);
     }
