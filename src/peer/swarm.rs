@@ -489,8 +489,14 @@ impl Swarm {
         if let Some(h) = self.holders.get_mut(&holder) {
             h.last_progress = now;
         }
+        self.piece_verified(piece, Some(holder), now);
+    }
+
+    /// `piece` was just recorded verified (`by` that holder, whose request is settled): the
+    /// others racing it are cancelled, and the download ends or goes on.
+    fn piece_verified(&mut self, piece: usize, by: Option<HolderId>, now: Instant) {
         for other in std::mem::take(&mut self.racers[piece]) {
-            if other != holder {
+            if Some(other) != by {
                 self.settle(other, piece, now);
                 self.actions.push_back(Action::Cancel {
                     holder: other,
@@ -515,18 +521,7 @@ impl Swarm {
             return;
         }
         self.verified.insert(piece);
-        for other in std::mem::take(&mut self.racers[piece]) {
-            self.settle(other, piece, now);
-            self.actions.push_back(Action::Cancel {
-                holder: other,
-                piece,
-            });
-        }
-        if self.verified.is_full() {
-            self.finish(Action::Done);
-            return;
-        }
-        self.fill(now);
+        self.piece_verified(piece, None, now);
     }
 
     /// `holder`'s bytes of `piece` failed verification: it is dropped for good.

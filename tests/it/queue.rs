@@ -21,22 +21,7 @@ const GROUPS: u64 = 1024;
 /// A raw downloader: connects to `holder`, asks for the first 16 MiB of `hash` (of `size`
 /// bytes), and returns the stream with the first answer.
 fn ask(holder: SocketAddr, hash: FileHash, size: u64) -> (TcpStream, TransferResponse) {
-    let mut s = TcpStream::connect(holder).unwrap();
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    let mut payload = Vec::new();
-    wire::encode_frame(
-        &TransferRequest::Range {
-            version: PROTOCOL_VERSION,
-            hash,
-            size,
-            first: 0,
-            end: GROUPS,
-        },
-        &mut payload,
-    );
-    s.write_all(&payload).unwrap();
-    let answer = next_answer(&mut s);
-    (s, answer)
+    ask_on(TcpStream::connect(holder).unwrap(), hash, size)
 }
 
 /// [`ask`] from the loopback address `from` (another host, as the holder counts addresses).
@@ -49,7 +34,11 @@ fn ask_from(
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
     socket.connect(&holder.into()).unwrap();
-    let mut s: TcpStream = socket.into();
+    ask_on(socket.into(), hash, size)
+}
+
+/// Asks on `s` for the first 16 MiB of `hash`; returns the stream with the first answer.
+fn ask_on(mut s: TcpStream, hash: FileHash, size: u64) -> (TcpStream, TransferResponse) {
     s.set_read_timeout(Some(LIMIT)).unwrap();
     let mut payload = Vec::new();
     wire::encode_frame(
