@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 /// The liveness TTL the tests run with (seconds).
 const TTL: &str = "2";
 /// Longest a change may take to reach another node in these tests (only reached on failure).
-const REPLICATION_LIMIT: Duration = Duration::from_secs(10);
+/// Generous: on a starved 2-core machine the NATS servers' Raft can miss heartbeats and elect
+/// a new stream leader, which pauses replication for about 12 s (`bench --cluster` measured
+/// it after a leader's death); at 10 s a CI run with other jobs beside it failed once.
+const REPLICATION_LIMIT: Duration = Duration::from_secs(30);
 /// Longest replication may pause after a nats-server died (only reached on failure).
 const ENGINE_FAULT_LIMIT: Duration = Duration::from_secs(45);
 /// Longest a dead node's entries may stay: TTL + 5 s.
