@@ -41,19 +41,24 @@ fn ask_from(
 fn ask_on(mut s: TcpStream, hash: FileHash, size: u64) -> (TcpStream, TransferResponse) {
     s.set_read_timeout(Some(LIMIT)).unwrap();
     let mut payload = Vec::new();
+    range_frame(hash, size, 0..GROUPS, &mut payload);
+    s.write_all(&payload).unwrap();
+    let answer = next_answer(&mut s);
+    (s, answer)
+}
+
+/// Appends the frame of a request for the groups `groups` of `hash` (of `size` bytes).
+fn range_frame(hash: FileHash, size: u64, groups: std::ops::Range<u64>, out: &mut Vec<u8>) {
     wire::encode_frame(
         &TransferRequest::Range {
             version: PROTOCOL_VERSION,
             hash,
             size,
-            first: 0,
-            end: GROUPS,
+            first: groups.start,
+            end: groups.end,
         },
-        &mut payload,
+        out,
     );
-    s.write_all(&payload).unwrap();
-    let answer = next_answer(&mut s);
-    (s, answer)
 }
 
 /// Reads exactly one frame (nothing after it) and decodes it.
@@ -246,16 +251,7 @@ fn a_rate_limited_holder_keeps_serving_a_pipelining_connection() {
     s.set_read_timeout(Some(LIMIT)).unwrap();
     let mut payload = Vec::new();
     for r in 0..ranges {
-        wire::encode_frame(
-            &TransferRequest::Range {
-                version: PROTOCOL_VERSION,
-                hash: h,
-                size,
-                first: r * groups,
-                end: (r + 1) * groups,
-            },
-            &mut payload,
-        );
+        range_frame(h, size, r * groups..(r + 1) * groups, &mut payload);
     }
     s.write_all(&payload).unwrap();
     // Not reading for a while: the socket buffers fill, the range being sent cannot finish,
@@ -475,16 +471,7 @@ fn case_7_fairness_figures() {
             let mut s: TcpStream = socket.into();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut payload = Vec::new();
-            wire::encode_frame(
-                &TransferRequest::Range {
-                    version: PROTOCOL_VERSION,
-                    hash: h,
-                    size,
-                    first: 0,
-                    end: GROUPS,
-                },
-                &mut payload,
-            );
+            range_frame(h, size, 0..GROUPS, &mut payload);
             if s.write_all(&payload).is_err() {
                 refused += 1;
                 continue;
