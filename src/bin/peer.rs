@@ -68,6 +68,11 @@ struct Flags {
     /// answered "busy"). 0: no limit.
     #[arg(long, default_value_t = 32)]
     max_uploads_per_ip: usize,
+    /// At the --max-uploads limit, a newcomer takes the place of a connection that has asked
+    /// for nothing for this long (in ms), from the address holding the most connections and
+    /// at least two more than the newcomer's. 0: never; the newcomer is answered "busy".
+    #[arg(long, value_name = "MS", default_value_t = peer::UPLOAD_EVICT_IDLE.as_millis() as u64)]
+    upload_evict_idle_ms: u64,
     /// Do not watch the share for changes (then the index learns of new, changed or deleted
     /// files only at `register` or a restart).
     #[arg(long)]
@@ -237,6 +242,8 @@ fn run(flags: Flags) -> Result<Outcome, String> {
             flags.max_uploads
         )),
         max_connections_per_source: per_ip,
+        evict_idle_after: (flags.upload_evict_idle_ms > 0)
+            .then(|| Duration::from_millis(flags.upload_evict_idle_ms)),
         source_busy_reply: wire::transfer_busy_frame(format!(
             "too many downloads from your address ({per_ip})"
         )),

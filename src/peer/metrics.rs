@@ -78,6 +78,12 @@ pub fn render<C>(core: &PeerCore, ctx: &Ctx<C>) -> String {
         v.uploads_active as f64,
     );
     e.counter(
+        "p2pshare_peer_upload_connections_evicted_total",
+        "File-server connections idle without asking, closed at the connection limit to make \
+         room for a downloader from an address holding fewer.",
+        io.evicted,
+    );
+    e.counter(
         "p2pshare_peer_uploads_total",
         "Uploads sent to the end.",
         v.uploads_done,

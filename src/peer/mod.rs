@@ -75,6 +75,10 @@ use upload::Upload;
 const FINISH_PATIENCE: Duration = Duration::from_secs(5);
 /// An upload connection waiting this long for a request (or for write progress) is closed.
 const UPLOAD_IDLE: Duration = Duration::from_secs(60);
+/// At the file server's connection limit, a downloader's connection that has asked for nothing
+/// for this long may be closed to make room for one from an address holding fewer
+/// (`reactor::Config::evict_idle_after`); an honest downloader asks at once.
+pub const UPLOAD_EVICT_IDLE: Duration = Duration::from_secs(5);
 
 /// How a peer is set up.
 #[derive(Debug, Clone)]
@@ -400,6 +404,12 @@ impl Handler for Peer {
     fn handle_accept(&mut self, ctx: &mut Ctx<Role>, conn: ConnId, from: SocketAddr) -> Role {
         ctx.set_idle_timeout(conn, Some(UPLOAD_IDLE));
         self.core.handle_accept(from.ip())
+    }
+
+    fn evictable(&self, role: &Role) -> bool {
+        // Only a downloader's connection that has asked for nothing it is still owed: one in
+        // line or being sent to keeps its place.
+        matches!(role, Role::Upload(Upload::AwaitingGet { .. }))
     }
 
     fn handle_connected(&mut self, ctx: &mut Ctx<Role>, conn: ConnId, role: &mut Role) -> Verdict {

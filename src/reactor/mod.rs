@@ -142,6 +142,13 @@ pub struct Config {
     /// Close a connection whose output has been over the high-water mark (parked) without
     /// any write progress for this long (none: only the idle timeout applies).
     pub out_stall_timeout: Option<Duration>,
+    /// At the connection limit, a newcomer takes the place of an accepted connection that has
+    /// handled no frame for at least this long, that the handler calls
+    /// [`Handler::evictable`], and that has nothing queued to send, from the source holding
+    /// the most accepted connections and at least two more than the newcomer's source (so a
+    /// source is never pushed below the newcomer's share). The longest idle of that source
+    /// goes. None: the newcomer is refused, as it is when no such connection exists.
+    pub evict_idle_after: Option<Duration>,
 }
 
 impl Default for Config {
@@ -158,6 +165,7 @@ impl Default for Config {
             frames_per_turn: 32,
             work_per_turn: Duration::from_millis(1),
             out_stall_timeout: None,
+            evict_idle_after: None,
         }
     }
 }
@@ -175,6 +183,9 @@ pub enum CloseReason {
     Protocol(String),
     /// Nothing happened for the idle timeout.
     IdleTimeout,
+    /// At the connection limit, a newcomer took the place of this idle connection
+    /// ([`Config::evict_idle_after`]).
+    Evicted,
     /// Output stayed over the high-water mark without write progress for
     /// [`Config::out_stall_timeout`]: the remote does not read.
     Stalled,
@@ -192,6 +203,9 @@ impl fmt::Display for CloseReason {
             CloseReason::Frame(e) => write!(f, "bad frame: {e}"),
             CloseReason::Protocol(m) => write!(f, "protocol error: {m}"),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::Evicted => {
+                f.write_str("evicted: idle while others waited for a connection")
+            }
             CloseReason::Stalled => f.write_str("output stalled: the remote does not read"),
             CloseReason::ConnectFailed(k) => write!(f, "connect failed: {k}"),
             CloseReason::Local => f.write_str("closed locally"),
@@ -273,6 +287,14 @@ pub trait Handler {
     ) -> Verdict {
         let _ = (ctx, conn, state, data);
         Verdict::Close(CloseReason::Protocol("unexpected raw bytes".into()))
+    }
+
+    /// At the connection limit (with [`Config::evict_idle_after`] set): may this accepted
+    /// connection, idle for that long, be closed to make room for a newcomer? Yes only for a
+    /// connection that waits for its remote and holds nothing the remote is owed. Default: no.
+    fn evictable(&self, state: &Self::Conn) -> bool {
+        let _ = state;
+        false
     }
 
     /// The connection's output queue emptied, after [`Ctx::notify_drained`] asked for it.
@@ -433,6 +455,8 @@ struct Conn<C> {
     eof: bool,
     notify_drained: bool,
     last_active: Instant,
+    /// When it was accepted or last delivered a frame or raw bytes (for eviction).
+    last_frame: Instant,
     idle_timeout: Option<Duration>,
     /// A close was requested and is queued in `Ctx::closing`.
     closing: bool,
@@ -508,6 +532,8 @@ pub struct IoTotals {
     pub accepted: u64,
     /// Connections refused at a frame listener's connection or per-source limit.
     pub refused: u64,
+    /// Idle connections closed at the connection limit to make room for a newcomer.
+    pub evicted: u64,
 }
 
 /// What one connection has used of its share of a turn.
@@ -833,6 +859,7 @@ impl<C> Ctx<C> {
             eof: false,
             notify_drained: false,
             last_active: self.now,
+            last_frame: self.now,
             idle_timeout: self.config.idle_timeout,
             closing: false,
             final_reason: None,
@@ -1074,15 +1101,23 @@ impl<C> Ctx<C> {
                         self.add_web_conn(key, stream, remote, limits);
                         continue;
                     }
-                    if self.accepted >= self.config.max_connections {
-                        self.refuse(stream, false);
-                        continue;
-                    }
-                    let limited = self.config.max_connections_per_source != usize::MAX;
+                    let limited = self.config.max_connections_per_source != usize::MAX
+                        || self.config.evict_idle_after.is_some();
                     let source = Source::of(remote.ip());
-                    if limited
-                        && self.per_source.get(&source).copied().unwrap_or(0) as usize
-                            >= self.config.max_connections_per_source
+                    if self.accepted >= self.config.max_connections {
+                        match self.idle_victim(source, &*handler) {
+                            Some(victim) => {
+                                self.io.evicted += 1;
+                                self.close(ConnId(victim), CloseReason::Evicted);
+                            }
+                            None => {
+                                self.refuse(stream, false);
+                                continue;
+                            }
+                        }
+                    }
+                    if self.per_source.get(&source).copied().unwrap_or(0) as usize
+                        >= self.config.max_connections_per_source
                     {
                         self.refuse(stream, true);
                         continue;
@@ -1310,6 +1345,43 @@ impl<C> Ctx<C> {
 
     /// A connection over a limit (the connection limit, or the per-source one if
     /// `per_source`) gets that limit's busy reply, best effort, and is closed.
+    /// The accepted connection a newcomer from `newcomer` may take the place of at the
+    /// connection limit ([`Config::evict_idle_after`]): from the source holding the most
+    /// accepted connections, and at least two more than `newcomer`, the one idle longest
+    /// among those idle long enough, evictable by the handler and with no output queued. One
+    /// pass over the connections, only at the limit.
+    fn idle_victim(&self, newcomer: Source, handler: &impl Handler<Conn = C>) -> Option<usize> {
+        let min_idle = self.config.evict_idle_after?;
+        let theirs = self.per_source.get(&newcomer).copied().unwrap_or(0);
+        let mut best: Option<(u32, Instant, usize)> = None;
+        for (key, slot) in self.slots.iter() {
+            let Slot::Conn(c) = slot else { continue };
+            if !c.accepted || c.closing || c.phase != Phase::Open || !c.out.is_empty() {
+                continue;
+            }
+            if self.now.saturating_duration_since(c.last_frame) < min_idle {
+                continue;
+            }
+            let held = self
+                .per_source
+                .get(&Source::of(c.remote.ip()))
+                .copied()
+                .unwrap_or(0);
+            if held < theirs + 2 || !c.state.as_ref().is_some_and(|st| handler.evictable(st)) {
+                continue;
+            }
+            // The fullest source first, then the longest idle.
+            let better = match best {
+                None => true,
+                Some((h, since, _)) => held > h || (held == h && c.last_frame < since),
+            };
+            if better {
+                best = Some((held, c.last_frame, key));
+            }
+        }
+        best.map(|(_, _, key)| key)
+    }
+
     fn refuse(&mut self, stream: TcpStream, per_source: bool) {
         use std::io::Write;
         self.io.refused += 1;
@@ -1567,6 +1639,7 @@ impl<C> Ctx<C> {
                 let take = (data.len() - at).min(usize::try_from(c.raw_left).unwrap_or(usize::MAX));
                 c.raw_left -= take as u64;
                 c.last_active = self.now;
+                c.last_frame = self.now;
                 let raw = &data[at..at + take];
                 let v = self
                     .with_state(key, |ctx, st| handler.handle_raw(ctx, conn, st, raw))
@@ -1586,6 +1659,7 @@ impl<C> Ctx<C> {
                 Ok(Some(d)) => {
                     self.budget.frames += 1;
                     c.last_active = self.now;
+                    c.last_frame = self.now;
                     let payload = &data[at + d.payload.start..at + d.payload.end];
                     at += d.consumed;
                     let v = self

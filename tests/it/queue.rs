@@ -31,10 +31,15 @@ fn ask_from(
     hash: FileHash,
     size: u64,
 ) -> (TcpStream, TransferResponse) {
+    ask_on(connect_from(holder, from), hash, size)
+}
+
+/// A connection to `holder` from the loopback address `from`.
+fn connect_from(holder: SocketAddr, from: std::net::IpAddr) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
     socket.connect(&holder.into()).unwrap();
-    ask_on(socket.into(), hash, size)
+    socket.into()
 }
 
 /// Asks on `s` for the first 16 MiB of `hash`; returns the stream with the first answer.
@@ -403,6 +408,91 @@ fn an_address_over_its_share_gives_a_slot_back_to_one_holding_none() {
     let mut got = vec![0u8; proof + data.end as usize];
     honest.read_exact(&mut got).unwrap();
     assert!(got[proof..] == bytes[..data.end as usize]);
+}
+
+/// Issue 13 case 7, the connection cap: connections that never ask fill the file server's
+/// connections (here 4). A newcomer from an address holding fewer takes the place of one of
+/// them once they have been idle for the eviction time, never of a connection being sent to,
+/// and never below the newcomer's own count; at an even split it is refused as before.
+#[test]
+fn idle_connections_at_the_cap_make_room_for_an_address_holding_fewer() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("evict-idle");
+    let a = tmp.sub("a");
+    let bytes = common::pseudo_random(24 << 20, 55);
+    std::fs::write(a.join("big.bin"), &bytes).unwrap();
+    let h = FileHash::of(&bytes);
+    let size = bytes.len() as u64;
+    let mut holder = ServingPeer::start_with(
+        &a,
+        indexd.addr,
+        &["--max-uploads", "4", "--upload-evict-idle-ms", "300"],
+    );
+    holder.wait_registered(1);
+    let addr = holder.addr;
+    let hog_ip = "127.0.0.2".parse().unwrap();
+    let honest_ip = "127.0.0.3".parse().unwrap();
+    // The hog: one range being sent (not read), three connections that never ask.
+    let (mut sending, answer) = ask_from(addr, hog_ip, h, size);
+    assert!(
+        matches!(answer, TransferResponse::Sending { .. }),
+        "{answer:?}"
+    );
+    let mut idle: Vec<TcpStream> = (0..3).map(|_| connect_from(addr, hog_ip)).collect();
+    // Well over the eviction time, counted from the holder's accept (a lower bound: the
+    // margin covers a holder slow to accept on a loaded machine).
+    std::thread::sleep(Duration::from_millis(1500));
+    // Two honest connections each take an idle one's place (the hog then holds 2, as many as
+    // the honest address): both are served.
+    let mut honest = Vec::new();
+    for _ in 0..2 {
+        let (s, answer) = ask_from(addr, honest_ip, h, size);
+        assert!(
+            matches!(answer, TransferResponse::Sending { .. }),
+            "{answer:?}"
+        );
+        honest.push(s);
+    }
+    // A third would leave the hog fewer than the honest address: refused, busy.
+    let mut third = connect_from(addr, honest_ip);
+    third.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut buf = Vec::new();
+    third.read_to_end(&mut buf).unwrap();
+    let d = Decoder::default()
+        .decode(&buf)
+        .unwrap()
+        .expect("a busy answer");
+    match wire::decode::<TransferResponse>(&buf[d.payload]).unwrap() {
+        TransferResponse::Error {
+            code: ErrorCode::Busy,
+            message,
+        } => assert!(message.contains("holder busy"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    // Exactly two of the three idle connections were closed; the third is still open.
+    let mut closed = 0;
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        match s.read(&mut [0u8; 1]) {
+            Ok(0) => closed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("an idle connection got {other:?}"),
+        }
+    }
+    assert_eq!(closed, 2, "idle connections evicted");
+    // The hog's range being sent was kept, and so were the honest ones: all arrive whole.
+    let proof = outboard::proof_len(size, 0..GROUPS).unwrap();
+    let data = outboard::group_bytes(size, 0..GROUPS);
+    let mut got = vec![0u8; proof + data.end as usize];
+    for s in honest.iter_mut().chain(std::iter::once(&mut sending)) {
+        s.read_exact(&mut got).unwrap();
+        assert!(got[proof..] == bytes[..data.end as usize]);
+    }
 }
 
 /// Like [`next_answer`], but `None` when the holder closed or nothing came in time.
