@@ -526,7 +526,9 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// and then reads 64 KiB of it a second (above the 1 KiB/s rate floor, as the issue's hog
 /// reading 1 MiB every 15 s). Then a downloader from 127.0.0.200 asks for a range: its place in
 /// line, its time to the first data byte and its rate are printed, with what the hog's
-/// connections got.
+/// connections got. With `P2PSHARE_CASE7_IDLE=1` the hog's connections ask for nothing (the
+/// connection cap filled with idle connections) and the downloader comes 6 s later, once they
+/// are evictable.
 #[test]
 #[ignore]
 fn case_7_fairness_figures() {
@@ -535,6 +537,9 @@ fn case_7_fairness_figures() {
     use std::time::Instant;
     let addrs: u8 = env_or("P2PSHARE_CASE7_ADDRS", 33);
     let conns: usize = env_or("P2PSHARE_CASE7_CONNS", 32);
+    if env_or("P2PSHARE_CASE7_IDLE", 0u8) == 1 {
+        return case_7_idle_figures(addrs, conns);
+    }
     let indexd = Indexd::start(&[]);
     let tmp = TempDir::new("case7");
     let a = tmp.sub("a");
@@ -639,4 +644,61 @@ fn case_7_fairness_figures() {
     stop.store(true, Ordering::SeqCst);
     reader.thread().unpark();
     reader.join().unwrap();
+}
+
+/// [`case_7_fairness_figures`] with a hog whose connections never ask.
+fn case_7_idle_figures(addrs: u8, conns: usize) {
+    use std::time::Instant;
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("case7-idle");
+    let a = tmp.sub("a");
+    let bytes = common::pseudo_random(32 << 20, 58);
+    std::fs::write(a.join("big.bin"), &bytes).unwrap();
+    let h = FileHash::of(&bytes);
+    let size = bytes.len() as u64;
+    let mut holder = ServingPeer::start(&a, indexd.addr);
+    holder.wait_registered(1);
+    let addr = common::holder_of(indexd.addr, h);
+    let mut hog = Vec::new();
+    let started = Instant::now();
+    for i in 0..addrs {
+        let ip = std::net::IpAddr::from([127, 0, 0, 2 + i]);
+        for _ in 0..conns {
+            hog.push(connect_from(addr, ip));
+        }
+    }
+    println!(
+        "case 7, idle: {addrs} addresses x {conns} connections opened in {:.1} s, none asks",
+        started.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let t0 = Instant::now();
+    let honest_ip = "127.0.0.200".parse().unwrap();
+    let (mut honest, answer) = ask_from(addr, honest_ip, h, size);
+    assert!(
+        matches!(answer, TransferResponse::Sending { .. }),
+        "{answer:?}"
+    );
+    let proof = outboard::proof_len(size, 0..GROUPS).unwrap();
+    let data = outboard::group_bytes(size, 0..GROUPS);
+    let mut got = vec![0u8; proof + data.end as usize];
+    honest.read_exact(&mut got[..proof + 1]).unwrap();
+    let first_byte = t0.elapsed();
+    honest.read_exact(&mut got[proof + 1..]).unwrap();
+    assert!(got[proof..] == bytes[..data.end as usize]);
+    // What the hog's connections got: closed (refused at the cap or evicted) or still open.
+    let (mut closed, mut open) = (0, 0);
+    for s in &mut hog {
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open += 1,
+            _ => closed += 1,
+        }
+    }
+    println!(
+        "honest downloader from {honest_ip}: served at once; first data byte after {:.3} s; the \
+         hog's connections: {open} open, {closed} closed (busy at the cap or evicted)",
+        first_byte.as_secs_f64()
+    );
 }
