@@ -221,7 +221,7 @@ impl Web {
         req: WebRequest,
     ) -> WebReply {
         let Some(host) = req.header("host").filter(|h| is_own_host(h, local)) else {
-            return WebReply::Respond(error(
+            return refuse(error(
                 Status::Forbidden,
                 "this Host is not the peer's address (open the link the peer printed)",
             ));
@@ -231,7 +231,7 @@ impl Web {
         if req.method == Method::Get && req.path == "/" {
             if let Some(given) = req.query_param("token") {
                 if !self.token.matches(given) {
-                    return WebReply::Respond(unauthorized());
+                    return refuse(unauthorized());
                 }
                 // The token goes into a cookie and out of the address bar (and history).
                 let mut r = WebResponse::text(Status::SeeOther, "see /");
@@ -248,13 +248,13 @@ impl Web {
             }
         }
         if !token_of(&req, port).is_some_and(|t| self.token.matches(t)) {
-            return WebReply::Respond(unauthorized());
+            return refuse(unauthorized());
         }
         if req.method == Method::Post {
             let content_type = req.header("content-type").unwrap_or("");
             let mime = content_type.split(';').next().unwrap_or("").trim();
             if !mime.eq_ignore_ascii_case(JSON) {
-                return WebReply::Respond(error(
+                return refuse(error(
                     Status::UnsupportedMediaType,
                     "a POST must be application/json",
                 ));
@@ -263,11 +263,11 @@ impl Web {
                 .header("origin")
                 .is_some_and(|o| !o.eq_ignore_ascii_case(&format!("http://{host}")))
             {
-                return WebReply::Respond(error(Status::Forbidden, "foreign Origin"));
+                return refuse(error(Status::Forbidden, "foreign Origin"));
             }
         }
         if req.header("sec-fetch-site") == Some("cross-site") {
-            return WebReply::Respond(error(Status::Forbidden, "cross-site request"));
+            return refuse(error(Status::Forbidden, "cross-site request"));
         }
         self.route(core, now, conn, &req)
     }
@@ -540,6 +540,14 @@ fn not_connected() -> WebResponse {
 }
 
 fn respond(r: WebResponse) -> WebReply {
+    WebReply::Respond(r)
+}
+
+/// A request refused before it is routed (wrong Host, no token, a foreign or cross-site
+/// request): answered, and the connection closed, so that a client without the token cannot
+/// keep the page's few connections for itself by asking again and again.
+fn refuse(mut r: WebResponse) -> WebReply {
+    r.close = true;
     WebReply::Respond(r)
 }
 
@@ -881,6 +889,10 @@ mod tests {
         for (i, (req, want)) in cases.into_iter().enumerate() {
             let reply = call(&mut h, &mut web, 1, req);
             assert_eq!(status_of(&reply), want, "case {i}: {reply:?}");
+            // A refusal before routing also ends the connection; a routed answer keeps it.
+            if let WebReply::Respond(r) = &reply {
+                assert_eq!(r.close, matches!(want, 401 | 403 | 415), "case {i}: {r:?}");
+            }
             if want == 303 {
                 let WebReply::Respond(r) = reply else {
                     unreachable!()
