@@ -177,6 +177,7 @@ mod table;
 mod tests;
 mod words;
 
+pub use self::depart::DEPARTURE_GROUP_HOLDINGS;
 pub use self::files::MAX_FILE_SIZE;
 pub use self::search::{
     SearchError, SearchPage, MAX_QUERY_WORDS, SEARCH_TIME_LIMIT, SEARCH_WORK_BUDGET,
