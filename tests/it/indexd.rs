@@ -738,7 +738,10 @@ fn measure_churn_loop_pause() {
     // seconds at most).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while stats(&mut watcher).names as usize != base {
-        assert!(std::time::Instant::now() < deadline, "departures never ended");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "departures never ended"
+        );
     }
     let after = stats(&mut watcher);
     eprintln!(

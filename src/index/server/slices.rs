@@ -326,8 +326,7 @@ impl IndexServer {
         }
         if used < budget && !late {
             used += trace::time("departure slice", || {
-                self.index
-                    .continue_departures_until(budget - used, is_late)
+                self.index.continue_departures_until(budget - used, is_late)
             });
         }
         used

@@ -1,12 +1,13 @@
-//! The background work of churn, timed slice by slice without indexd or sockets: the bench's
+//! The background work of churn, timed group by group without indexd or sockets: the bench's
 //! pre-populated files (`--names FILE --files N`, one holder each, fake peers of 1,000 files)
-//! put straight into an `Index`, then peers of `CHURN_FILES` files register in slices and
-//! depart in slices as indexd does them (`GROUP_UNITS` holdings, each register group followed
-//! by its word posting, a filter rebuild and a compaction step at the end of each). Prints,
+//! put straight into an `Index`, then peers of `CHURN_FILES` files register and depart in
+//! the groups indexd's background slices are made of (`GROUP_UNITS` holdings between two
+//! looks at the clock; each register group followed by its word posting), with a filter
+//! rebuild step and a compaction step after each (indexd does those once a turn). Prints,
 //! for each kind of step, how many, p50, p99, the longest and how many took 1 ms or more, in
-//! the thread's CPU time. For
-//! profiling (`perf record` on it) and for comparing two builds; the loop pauses README
-//! quotes come from indexd itself (`measure_churn` in tests/it/indexd.rs).
+//! the thread's CPU time. For profiling (`perf record` on it) and for comparing two builds;
+//! the loop pauses README quotes come from indexd itself (`measure_churn` in
+//! tests/it/indexd.rs).
 //!
 //! `cargo run --release -p p2pshare-bench --example churn_profile -- NAMES FILES [ROUNDS]`:
 //! ROUNDS peers (default 2) of `CHURN_FILES` files (default 100,000) named by the corpus
