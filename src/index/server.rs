@@ -28,7 +28,7 @@ mod register_frame;
 mod slices;
 
 pub use self::register_frame::LAZY_REGISTER_BYTES;
-pub use self::slices::{BACKGROUND_WORK_PER_TURN, SLICE_UNITS, TURN_WORK_TARGET};
+pub use self::slices::{BACKGROUND_WORK_PER_TURN, GROUP_UNITS, SLICE_UNITS, TURN_WORK_TARGET};
 
 use super::limits::{self, Kind, Limiter, RateLimits, Refusal, SessionBuckets};
 use super::metrics::{self, IndexMetrics};

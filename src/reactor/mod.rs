@@ -1595,6 +1595,13 @@ impl<C> Ctx<C> {
             };
             if !c.pending_in.is_empty() {
                 c.pending_in.extend_from_slice(&scratch[..n]);
+                if c.pending_in.len() >= SCRATCH_BYTES {
+                    // A big frame (a 1 MiB register) arrives over several turns, about a
+                    // scratch buffer of it a turn: copying all of it in one turn, with its
+                    // buffer's growth, held the loop for milliseconds at 10M entries.
+                    self.mark_ready(key);
+                    return;
+                }
                 continue;
             }
             // The common case: frames handled straight from the scratch buffer, no copy.

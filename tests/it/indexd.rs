@@ -682,8 +682,13 @@ fn measure_churn_loop_pause() {
         env("CHURN_FILES", 100_000),
         env("CHURN_ROUNDS", 4),
     );
-    // One host registers everything: its per-address and rate limits are off.
+    // One host registers everything: its per-address and rate limits are off. The holders
+    // of the base entries stay silent for minutes at 10M (populating takes that long), so the
+    // idle timeout is off too: with it, the first holders were closed during the run and their
+    // entries withdrawn, and the count the end waits for was never reached.
     let indexd = Indexd::start(&[
+        "--idle-timeout",
+        "0",
         "--max-files-per-peer",
         "100000000",
         "--max-holdings-per-ip",
@@ -711,6 +716,7 @@ fn measure_churn_loop_pause() {
         "populated {} entries: loop max pause {} us, p99 {} us over {} turns",
         before.names, before.loop_max_pause_us, before.loop_p99_pause_us, before.loop_turns
     );
+    assert_eq!(before.names as usize, base, "every base entry is indexed");
     let peer_files = many_files("churn", files);
     let t = std::time::Instant::now();
     for round in 0..rounds {
@@ -728,8 +734,15 @@ fn measure_churn_loop_pause() {
         assert!(holders_of_first(&mut watcher, &peer_files).is_empty());
         eprintln!("round {round} done at {:?}", t.elapsed());
     }
-    // Until the last departure is withdrawn.
-    while stats(&mut watcher).names as usize != base {}
+    // Until the last departure is withdrawn (a departure of `files` entries takes some
+    // seconds at most).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while stats(&mut watcher).names as usize != base {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "departures never ended"
+        );
+    }
     let after = stats(&mut watcher);
     eprintln!(
         "after {rounds} peers of {files} files joined and left: loop max pause {} us, p99 {} us, \

@@ -43,7 +43,12 @@ use std::time::{Duration, Instant};
 /// register or unregister answered in the turn its frame arrives.
 pub const SLICE_UNITS: usize = 64;
 
-/// Time the background work may take per turn (checked between slices).
+/// Holdings registered, withdrawn or departed between two looks at the clock: a slice stops
+/// after the group during which its deadline passed.
+pub const GROUP_UNITS: usize = crate::index::store::DEPARTURE_GROUP_HOLDINGS;
+
+/// Time the background work may take per turn (checked after each group of [`GROUP_UNITS`]
+/// holdings).
 pub const BACKGROUND_WORK_PER_TURN: Duration = Duration::from_micros(800);
 
 /// Background work stops, once it has done a slice, when the turn as a whole (its frames,
@@ -225,20 +230,26 @@ impl IndexServer {
     }
 
     /// Does up to about `budget` holdings of background work: one slice of the oldest request
-    /// job, then departures. Appends the answers of finished jobs (their connection, the
-    /// encoded frame) to `answers`. Returns the work done (0: nothing was waiting).
+    /// job, then departures, in groups of [`GROUP_UNITS`] holdings, stopping after a group once
+    /// `deadline` has passed (the first group is always done). Appends the answers of finished
+    /// jobs (their connection, the encoded frame) to `answers`. Returns the work done (0:
+    /// nothing was waiting).
     pub fn poll_background(
         &mut self,
         budget: usize,
+        deadline: Option<Instant>,
         answers: &mut Vec<(ConnId, Vec<u8>)>,
     ) -> usize {
         let budget = budget.max(1);
+        let is_late = || deadline.is_some_and(|d| Instant::now() >= d);
         let mut used = 0;
+        let mut late = false;
         if let Some(mut job) = self.jobs.pop_front() {
             let before = job.at;
             let done = match &mut job.work {
-                JobWork::Register { files, outcome } => {
-                    match files.next_slice(&mut job.at, budget) {
+                JobWork::Register { files, outcome } => loop {
+                    let group = (budget - (job.at - before)).min(GROUP_UNITS);
+                    match files.next_slice(&mut job.at, group) {
                         Ok(slice) => {
                             let more = trace::time("register slice", || {
                                 self.register_slice(job.peer, slice)
@@ -246,27 +257,36 @@ impl IndexServer {
                             *outcome = add_outcomes(*outcome, more);
                             // Its words and tables now, within this slice's budget.
                             self.index.post_pending();
-                            files.is_done(job.at).then(|| {
+                            if files.is_done(job.at) {
                                 outcome.total = self.index.holdings_of(job.peer);
-                                Ok(registered(*outcome))
-                            })
+                                break Some(Ok(registered(*outcome)));
+                            }
                         }
-                        Err(e) => Some(Err(e)),
+                        Err(e) => break Some(Err(e)),
                     }
-                }
-                JobWork::Unregister { hashes, removed } => {
-                    let end = (job.at + budget).min(hashes.len());
+                    late = is_late();
+                    if job.at - before >= budget || late {
+                        break None;
+                    }
+                },
+                JobWork::Unregister { hashes, removed } => loop {
+                    let group = (budget - (job.at - before)).min(GROUP_UNITS);
+                    let end = (job.at + group).min(hashes.len());
                     *removed += trace::time("unregister slice", || {
                         self.unregister_slice(job.peer, &hashes[job.at..end])
                     });
                     job.at = end;
-                    (end == hashes.len()).then(|| {
-                        Ok(ResponseBody::Unregistered {
+                    if end == hashes.len() {
+                        break Some(Ok(ResponseBody::Unregistered {
                             removed: *removed,
                             total: self.index.holdings_of(job.peer),
-                        })
-                    })
-                }
+                        }));
+                    }
+                    late = is_late();
+                    if job.at - before >= budget || late {
+                        break None;
+                    }
+                },
             };
             used += (job.at - before).max(1);
             if done.is_some() {
@@ -304,9 +324,9 @@ impl IndexServer {
                 }
             }
         }
-        if used < budget {
+        if used < budget && !late {
             used += trace::time("departure slice", || {
-                self.index.continue_departures(budget - used)
+                self.index.continue_departures_until(budget - used, is_late)
             });
         }
         used
@@ -325,7 +345,7 @@ impl IndexServer {
     pub fn finish_background(&mut self) -> Vec<(ConnId, Vec<u8>)> {
         let mut answers = Vec::new();
         while self.has_background_work() {
-            self.poll_background(usize::MAX, &mut answers);
+            self.poll_background(usize::MAX, None, &mut answers);
             self.index.continue_filter_rebuild();
             self.index.continue_compaction();
         }
@@ -347,14 +367,11 @@ impl IndexServer {
             self.index.continue_filter_rebuild()
         });
         trace::time("compaction step", || self.index.continue_compaction());
-        let turn_started = ctx.now();
-        let started = Instant::now();
+        let deadline =
+            (Instant::now() + BACKGROUND_WORK_PER_TURN).min(ctx.now() + TURN_WORK_TARGET);
         let mut answers = Vec::new();
-        while self.poll_background(SLICE_UNITS, &mut answers) > 0 {
-            let now = Instant::now();
-            if now.saturating_duration_since(started) >= BACKGROUND_WORK_PER_TURN
-                || now.saturating_duration_since(turn_started) >= TURN_WORK_TARGET
-            {
+        while self.poll_background(SLICE_UNITS, Some(deadline), &mut answers) > 0 {
+            if Instant::now() >= deadline {
                 break;
             }
         }
@@ -482,7 +499,7 @@ mod tests {
         let mut answers = Vec::new();
         while !server.jobs.is_empty() || server.index().has_departures() {
             let before = server.index().entry_count();
-            let used = server.poll_background(SLICE_UNITS, &mut answers);
+            let used = server.poll_background(SLICE_UNITS, None, &mut answers);
             assert!(used <= SLICE_UNITS);
             assert_eq!(server.index().entry_count(), before + used);
         }
@@ -592,7 +609,7 @@ mod tests {
         let mut polls = 0;
         while !server.jobs.is_empty() || server.index().has_departures() {
             let before = server.index().entry_count();
-            let used = server.poll_background(SLICE_UNITS, &mut answers);
+            let used = server.poll_background(SLICE_UNITS, None, &mut answers);
             // Each poll is one bounded slice, and other sessions see it whole.
             assert!(used <= SLICE_UNITS, "{used}");
             assert_eq!(server.index().entry_count(), before + used);

@@ -27,6 +27,13 @@
 
 use super::{tier_of, Index, PeerId, SOLE};
 
+/// Holdings a departure withdraws between two questions to the caller's clock (see
+/// [`Index::continue_departures_until`]): few enough that a group takes well under the
+/// loop's pause target even in cold memory, enough that the postings of a common word are
+/// still removed many at a time. (A few in tests, so that the property tests stop slices
+/// between groups.)
+pub const DEPARTURE_GROUP_HOLDINGS: usize = if cfg!(test) { 3 } else { 16 };
+
 /// A departure in progress: the peer, and the smallest of its entry ids not withdrawn yet
 /// (its entries are withdrawn in id order; an entry it holds cannot be freed, so its id
 /// cannot be reused, before its turn comes).
@@ -60,6 +67,20 @@ impl Index {
     /// Returns the work done, in holdings (a finished departure counts one more), so that a
     /// caller can share one budget between several kinds of work.
     pub fn continue_departures(&mut self, budget: usize) -> usize {
+        self.continue_departures_until(budget, || false)
+    }
+
+    /// [`Index::continue_departures`], stopping early once `is_late()` says time is up. It is
+    /// asked after each group of [`DEPARTURE_GROUP_HOLDINGS`] holdings (the first group is
+    /// always done), so a slice ends within one group's work of its deadline, however slow
+    /// each holding turns out to be (cold memory at ten million entries, a busy machine). A
+    /// group is withdrawn whole, as an unregister of those holdings would be, so the index is
+    /// consistent whenever the slice stops. (Time is the caller's: `is_late` reads its clock.)
+    pub fn continue_departures_until(
+        &mut self,
+        budget: usize,
+        mut is_late: impl FnMut() -> bool,
+    ) -> usize {
         if self.peers.departing.is_empty() {
             return 0;
         }
@@ -71,7 +92,7 @@ impl Index {
             let Some(d) = self.peers.departing.front().copied() else {
                 break;
             };
-            let want = budget - used;
+            let want = (budget - used).min(DEPARTURE_GROUP_HOLDINGS);
             ids.clear();
             let rec = self.peers.recs[d.peer]
                 .as_ref()
@@ -90,6 +111,9 @@ impl Index {
                     self.peers.remove(PeerId(d.peer));
                     used += 1;
                 }
+            }
+            if used < budget && is_late() {
+                break;
             }
         }
         self.work.slice = ids;

@@ -4,13 +4,16 @@
 use super::chunked::ChunkSlab;
 use super::codec::NameCodec;
 use super::names::Arena;
+use super::shards::U32Map;
 use super::table::{Slot, Table};
 #[cfg(doc)]
 use super::SOLE;
 use super::{ID_BITS, ID_MASK, NONE, SPILLED, UNPOSTED};
 use std::cmp::Ordering;
 
-/// One (hash, name) pair, 20 bytes. `file == NONE` marks a free slot.
+/// One (hash, name) pair, 16 bytes. `file == NONE` marks a free slot. (The next entry of
+/// the same file is not a field: most files have one entry, so the few links live in
+/// `Entries::links`, which saves 4 bytes a file.)
 pub(super) struct EntryRec {
     /// Offset of the name's record in `Entries::names`.
     pub(super) name: u32,
@@ -18,8 +21,6 @@ pub(super) struct EntryRec {
     /// [`UNPOSTED`] until its words are posted), and [`SOLE`] while this is the file's only
     /// entry.
     pub(super) file: u32,
-    /// Next entry of the same file, or `NONE`.
-    pub(super) next: u32,
     /// Up to two peer ids inline (unused slots are `NONE`), or `[SPILLED, spill key]`.
     holders: [u32; 2],
 }
@@ -46,7 +47,6 @@ impl Slot for EntryRec {
     const FREE: Self = EntryRec {
         name: NONE,
         file: NONE,
-        next: NONE,
         holders: [NONE, NONE],
     };
 
@@ -64,6 +64,9 @@ pub(super) struct Entries {
     pub(super) codec: NameCodec,
     /// The holders of entries with more than two.
     spill: ChunkSlab<Vec<u32>>,
+    /// Entry → the next entry of the same file, for each entry that has one (files of
+    /// several names): each file's entries form a list from its `first_entry`.
+    links: U32Map,
 }
 
 impl std::ops::Index<u32> for Entries {
@@ -84,7 +87,7 @@ impl std::ops::IndexMut<u32> for Entries {
 
 impl Entries {
     /// Heap bytes held by part: records, names, spilled holder lists.
-    pub(super) fn heap_bytes(&self) -> [(&'static str, usize); 3] {
+    pub(super) fn heap_bytes(&self) -> [(&'static str, usize); 4] {
         let spill: usize = self
             .spill
             .iter()
@@ -95,6 +98,7 @@ impl Entries {
             ("entry records", self.recs.heap_bytes()),
             ("names", self.names.heap_bytes()),
             ("spilled holders", spill),
+            ("entry links", self.links.heap_bytes()),
         ]
     }
 
@@ -104,6 +108,7 @@ impl Entries {
             names: Arena::default(),
             codec: NameCodec::default(),
             spill: ChunkSlab::new(),
+            links: U32Map::default(),
         }
     }
 
@@ -130,20 +135,42 @@ impl Entries {
         let id = self.recs.insert(EntryRec {
             name,
             file: file | (UNPOSTED << ID_BITS),
-            next,
             holders: [NONE, NONE],
         });
         // Register refuses entries beyond `MAX_ENTRIES`, so ids fit their bits.
         assert!(id < ID_MASK, "entry ids exhausted");
+        self.set_next(id, next);
         id
+    }
+
+    /// The entry after `e` in its file's list, or `NONE`.
+    #[inline]
+    pub(super) fn next(&self, e: u32) -> u32 {
+        if self.links.is_empty() {
+            return NONE;
+        }
+        self.links.get(e).unwrap_or(NONE)
+    }
+
+    /// Makes `next` the entry after `e` in its file's list (`NONE`: `e` is the last).
+    pub(super) fn set_next(&mut self, e: u32, next: u32) {
+        if next == NONE {
+            if !self.links.is_empty() {
+                self.links.remove(e);
+            }
+        } else {
+            self.links.insert(e, next);
+        }
     }
 
     /// Frees entry `e`'s record and name.
     pub(super) fn remove(&mut self, e: u32) {
         let rec = self.recs.remove(e);
         self.names.free(e, rec.name);
+        self.set_next(e, NONE);
         if self.recs.is_empty() {
             self.spill = ChunkSlab::new();
+            self.links = U32Map::default();
             self.names.clear();
         }
     }

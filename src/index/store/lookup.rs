@@ -169,7 +169,7 @@ impl Index {
         let mut e = self.files[file].first_entry();
         while e != NONE {
             ids.extend_from_slice(self.entries.holders(e));
-            e = self.entries[e].next;
+            e = self.entries.next(e);
         }
         ids.sort_unstable();
         ids.dedup();
@@ -230,18 +230,18 @@ impl Index {
         let entry = entry.unwrap_or_else(|| {
             // A file's entries are listed newest first, so on a tie the later one wins.
             let first = self.files[file].first_entry();
-            if self.entries[first].next == NONE {
+            if self.entries.next(first) == NONE {
                 return first;
             }
             let weight = |e: u32| self.sources(self.entries.holders(e));
             let (mut best, mut best_weight) = (first, weight(first));
-            let mut e = self.entries[first].next;
+            let mut e = self.entries.next(first);
             while e != NONE {
                 let w = weight(e);
                 if w >= best_weight {
                     (best, best_weight) = (e, w);
                 }
-                e = self.entries[e].next;
+                e = self.entries.next(e);
             }
             best
         });

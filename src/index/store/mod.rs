@@ -90,9 +90,10 @@
 //!   collisions.
 //! - `seen`: a [`HashFilter`] (a Bloom filter of 8–10 bits per file after each reactor turn,
 //!   ~1.2 B) that tells a register which hashes are certainly new without a hash-index search.
-//! - The entry table of `EntryRec` (20 B: name offset, file id + posted tier + [`SOLE`] bit,
-//!   next entry of the same file, two inline holder slots). Entries with more than two
-//!   holders spill to a slab of `Vec<u32>`. The tier costs no byte: it lives in the top bits
+//! - The entry table of `EntryRec` (16 B: name offset, file id + posted tier + [`SOLE`] bit,
+//!   two inline holder slots). Entries with more than two holders spill to a slab of
+//!   `Vec<u32>`. The link to the next entry of the same file is kept only for files of
+//!   several names, in a map beside the table (most files have one name: 4 bytes a file). The tier costs no byte: it lives in the top bits
 //!   of the ids, as it does in the posting keys (a word's postings stay ascending runs of
 //!   close ids within a tier, so their varint deltas are as small as before).
 //! - `names`: one byte arena ([`Names`]) of length-prefixed names, one byte of overhead per
@@ -177,6 +178,7 @@ mod table;
 mod tests;
 mod words;
 
+pub use self::depart::DEPARTURE_GROUP_HOLDINGS;
 pub use self::files::MAX_FILE_SIZE;
 pub use self::search::{
     SearchError, SearchPage, MAX_QUERY_WORDS, SEARCH_TIME_LIMIT, SEARCH_WORK_BUDGET,
@@ -540,7 +542,7 @@ impl Index {
             if self.entries.cmp_name(e, name.as_bytes()) == std::cmp::Ordering::Equal {
                 return Some(e);
             }
-            e = self.entries[e].next;
+            e = self.entries.next(e);
         }
         None
     }
@@ -573,7 +575,7 @@ impl Index {
             if self.entries.holders(e).contains(&peer) {
                 return true;
             }
-            e = self.entries[e].next;
+            e = self.entries.next(e);
         }
         false
     }

@@ -249,7 +249,7 @@ impl Index {
                 if self.entries.holders(e).contains(&peer.0) {
                     held += 1;
                 }
-                e = self.entries[e].next;
+                e = self.entries.next(e);
             }
         }
         held
@@ -263,7 +263,7 @@ impl Index {
         } else {
             // The file gains a second entry: the first is no longer its sole one, and the
             // file's holders (so far that entry's) are counted on their own from now on.
-            if self.entries[head].next == NONE {
+            if self.entries.next(head) == NONE {
                 self.entries[head].file &= !SOLE;
                 let n = self.entries.holders(head).len() as u32;
                 self.files.multi_holders.insert(file, n);
@@ -370,7 +370,7 @@ impl Index {
                     }
                     self.entries[e].set_posted_tier(tier);
                 }
-                e = self.entries[e].next;
+                e = self.entries.next(e);
             }
         }
         self.work.words = scratch;

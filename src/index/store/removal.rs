@@ -42,7 +42,7 @@ impl Index {
                     if self.entries.holders(e).contains(&peer.0) {
                         held.push(e);
                     }
-                    e = self.entries[e].next;
+                    e = self.entries.next(e);
                 }
                 for &e in &held {
                     let before = self.file_holder_count(file);
@@ -143,20 +143,20 @@ impl Index {
     fn delete_entry_record(&mut self, e: u32) {
         let file = self.entries[e].file();
         // Unlink from the file's entry list.
-        let next = self.entries[e].next;
+        let next = self.entries.next(e);
         let head = self.files[file].first_entry();
         let new_head = if head == e {
             self.files[file].set_first_entry(next);
             next
         } else {
             let mut prev = head;
-            while self.entries[prev].next != e {
-                prev = self.entries[prev].next;
+            while self.entries.next(prev) != e {
+                prev = self.entries.next(prev);
             }
-            self.entries[prev].next = next;
+            self.entries.set_next(prev, next);
             head
         };
-        if new_head != NONE && self.entries[new_head].next == NONE {
+        if new_head != NONE && self.entries.next(new_head) == NONE {
             self.entries[new_head].file |= SOLE;
             self.files.multi_holders.remove(file);
         }

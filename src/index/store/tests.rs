@@ -115,6 +115,8 @@ fn hash_filter_grows_and_shrinks_without_losing_a_file() {
             ix.post_pending();
         }
     }
+    // A rebuild of more than a step's files goes on in steps (once a reactor turn).
+    finish_filter_rebuild(&mut ix);
     let bits = ix.files.seen.word_count() * 64;
     assert!(
         bits >= HashFilter::MIN_BITS_PER_FILE * 10_000,
@@ -139,6 +141,7 @@ fn hash_filter_grows_and_shrinks_without_losing_a_file() {
         ix.remove_peer(p);
     }
     ix.post_pending();
+    finish_filter_rebuild(&mut ix);
     assert_eq!(ix.file_count(), 2_500);
     assert!(ix.files.seen.word_count() * 64 <= 2 * HashFilter::BITS_PER_FILE * 2_500);
     for i in 0..2_500 {
@@ -1173,8 +1176,9 @@ enum Op {
     RemovePeer(usize),
     /// A peer's session ends: it departs, its holdings withdrawn by later slices.
     Depart(usize),
-    /// One slice of the departures in progress, of this many holdings.
-    Slice(usize),
+    /// One slice of the departures in progress, of this many holdings, whose clock says it is
+    /// late from its (n+1)th look on.
+    Slice(usize, usize),
     Search(String, SearchFilter, usize),
     /// The next page of the last search (through whatever changed since).
     More(usize),
@@ -1215,12 +1219,24 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), prop::collection::vec(0..7usize, 0..4)).prop_map(|(p, h)| Op::Unregister(p, h)),
         1 => any::<usize>().prop_map(Op::RemovePeer),
         2 => any::<usize>().prop_map(Op::Depart),
-        3 => (1..4usize).prop_map(Op::Slice),
+        3 => (1..8usize, 0..3usize).prop_map(|(n, late)| Op::Slice(n, late)),
         4 => (query_strategy(), filter_strategy(), 0..5usize).prop_map(|(q, f, l)| Op::Search(q, f, l)),
         3 => (1..4usize).prop_map(Op::More),
         3 => key_strategy().prop_map(Op::Lookup),
         3 => Just(Op::Compact),
     ]
+}
+
+/// Finishes the hash filter's rebuilds: the one under way, and the next one it leaves due
+/// (a rebuild sized when it started may be too small by its end).
+fn finish_filter_rebuild(ix: &mut Index) {
+    ix.post_pending();
+    while ix.is_rebuilding_filter() {
+        while ix.is_rebuilding_filter() {
+            ix.continue_filter_rebuild();
+        }
+        ix.post_pending();
+    }
 }
 
 /// Finishes the arena compactions under way.
@@ -1358,8 +1374,15 @@ proptest! {
                     prop_assert_eq!(ix.peer_addr(p), None);
                     departing.push(p);
                 }
-                Op::Slice(n) => {
-                    ix.continue_departures(n);
+                Op::Slice(n, late) => {
+                    let mut looks = 0;
+                    let used = ix.continue_departures_until(n, || {
+                        looks += 1;
+                        looks > late
+                    });
+                    // Stopped at the first look that found it late: at most `late + 1`
+                    // groups, each of which may also finish a departure.
+                    prop_assert!(used <= (late + 1) * (DEPARTURE_GROUP_HOLDINGS + 1));
                 }
                 Op::Compact => ix.continue_compaction(),
                 Op::Search(q, filter, limit) => {
@@ -1951,7 +1974,17 @@ fn a_departure_in_slices_is_never_visible_half_done() {
         let newcomer = ix.add_peer(addr(999));
         assert_ne!(newcomer, gone);
         ix.remove_peer_for_test_without_departures(newcomer);
-        ix.continue_departures(37);
+        // Count-bounded slices and slices whose clock is late at once (one group each) in
+        // turn.
+        if slices % 2 == 0 {
+            ix.continue_departures(37);
+        } else {
+            let before = ix.holding_count();
+            let used = ix.continue_departures_until(usize::MAX, || true);
+            assert!(used <= DEPARTURE_GROUP_HOLDINGS + 1, "one group: {used}");
+            assert!(before - ix.holding_count() <= DEPARTURE_GROUP_HOLDINGS);
+        }
+        check_words(&mut ix);
         slices += 1;
     }
     assert!(slices >= 10, "{slices} slices");

@@ -53,6 +53,17 @@ fn main() {
     }
     println!("{:28} {:7.1} B/file", "heap in all", per_file(total));
     println!("{:28} {:7.1} B/file", "resident growth", per_file(grown));
+    // What the allocator holds free (fragmentation), handed back.
+    let t = std::time::Instant::now();
+    p2pshare::sys::process::release_free_memory();
+    let trim = t.elapsed();
+    let trimmed = resident().saturating_sub(before);
+    println!(
+        "{:28} {:7.1} B/file (malloc_trim took {} µs)",
+        "resident after malloc_trim",
+        per_file(trimmed),
+        trim.as_micros()
+    );
     println!(
         "{} files, {} entries, {} words, {} holdings",
         index.file_count(),
