@@ -4,6 +4,11 @@
 //! function) and writes the verified ones into the partial file ([`PartWriter`]), then hands
 //! the buffer back with the outcome ([`VerifyDone`]) and wakes the reactor.
 //!
+//! The resume record is saved off the reactor thread too ([`RecordJob`], on the recording
+//! thread, [`Recorder`]): saving it means an fdatasync of the partial file, which waits for
+//! the disk (hundreds of milliseconds on a busy one) and would stop every transfer of the
+//! peer meanwhile.
+//!
 //! # Invariants
 //! - Nothing unverified is written: a job's bytes reach the file only up to the end of the
 //!   last group that matched its hash; the first group that fails ends the job, and the
@@ -15,15 +20,24 @@
 //! - A [`PartWriter`] that was closed (the download landed, failed or was abandoned) writes
 //!   nothing more: a late job's bytes (verified, but no longer wanted) never touch a file
 //!   that was renamed or is being resumed by another download.
+//! - A record names only pieces whose bytes were written before it was made (their jobs
+//!   answered), and is saved only after an fdatasync that follows those writes. Saves of one
+//!   download are serialised, at most one waits for the recording thread at a time
+//!   ([`PartWriter::start_saving`]), and none is saved once the download's records are closed
+//!   ([`PartWriter::close_records`], which waits for a save under way): a late save never
+//!   brings back the record of a file that landed, nor overwrites a final record with an
+//!   older one.
 //! - Wakes are coalesced: the thread wakes the reactor only when the reactor has taken every
 //!   earlier answer ([`Verifier::drain`]), so a fast transfer costs one wake per turn, not one
 //!   per job.
 
 use super::download::DownloadId;
 use super::outboard::{self, ExpectedGroup, RangeError, GROUP_BYTES};
+use super::swarm::ResumeRecord;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -32,11 +46,25 @@ use std::sync::{Arc, Mutex};
 /// and the final fsync has little left to do.
 const WRITEBACK_BYTES: u64 = 8 << 20;
 
-/// The partial file as the verifying thread writes it: shared with the download, closed
-/// once (see the module invariants).
+/// The partial file as the verifying thread writes it and the recording thread records it:
+/// shared with the download, closed once (see the module invariants).
 #[derive(Debug)]
 pub struct PartWriter {
     state: Mutex<WriterState>,
+    /// Held while a record is saved, so saves and closing are serialised.
+    record: Mutex<RecordState>,
+    /// A save was handed to the recording thread and is not done.
+    saving: AtomicBool,
+}
+
+#[derive(Debug)]
+struct RecordState {
+    /// The partial file, to fdatasync before a record names its bytes.
+    file: File,
+    /// Where the record goes.
+    path: PathBuf,
+    /// No record is saved any more.
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -48,15 +76,23 @@ struct WriterState {
 }
 
 impl PartWriter {
-    /// A writer of `file`, a partial file of `size` bytes.
-    pub fn new(file: File, size: u64) -> PartWriter {
-        PartWriter {
+    /// A writer of `file`, a partial file of `size` bytes whose resume record is saved at
+    /// `record_path`.
+    pub fn new(file: File, size: u64, record_path: PathBuf) -> io::Result<PartWriter> {
+        let sync = file.try_clone()?;
+        Ok(PartWriter {
             state: Mutex::new(WriterState {
                 file: Some(file),
                 size,
                 unflushed: 0,
             }),
-        }
+            record: Mutex::new(RecordState {
+                file: sync,
+                path: record_path,
+                closed: false,
+            }),
+            saving: AtomicBool::new(false),
+        })
     }
 
     /// Writes verified bytes at `offset`; `Ok(false)` if the writer was closed (nothing is
@@ -83,6 +119,81 @@ impl PartWriter {
     /// Writes nothing more (waits for a write under way to end).
     pub fn close(&self) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).file = None;
+    }
+
+    /// Claims the one save of this download that may wait for the recording thread; `false`
+    /// while an earlier one is not done (the caller tries again later).
+    pub fn start_saving(&self) -> bool {
+        !self.saving.swap(true, Ordering::AcqRel)
+    }
+
+    /// Makes the bytes written so far durable, then saves `record` (which names only pieces
+    /// written before this call). `Ok(false)`: the records are closed, nothing was saved.
+    pub fn save_record(&self, record: &ResumeRecord) -> io::Result<bool> {
+        let st = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        if st.closed {
+            return Ok(false);
+        }
+        st.file.sync_data()?;
+        record.save(&st.path)?;
+        Ok(true)
+    }
+
+    /// Saves no record after this (waits for a save under way); `last`, if given, is saved
+    /// first, as the final one.
+    pub fn close_records(&self, last: Option<&ResumeRecord>) -> io::Result<()> {
+        let mut st = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        if st.closed {
+            return Ok(());
+        }
+        st.closed = true;
+        match last {
+            Some(record) => {
+                st.file.sync_data()?;
+                record.save(&st.path)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// A resume record to save on the recording thread (claimed with
+/// [`PartWriter::start_saving`]).
+#[derive(Debug)]
+pub struct RecordJob {
+    /// The download's partial file.
+    pub writer: Arc<PartWriter>,
+    /// The verified pieces, as the download knew them when it asked.
+    pub record: ResumeRecord,
+}
+
+/// Saves one record: the step the recording thread runs (and the reactor, when the thread
+/// cannot be started). A failure only costs a resume some pieces; it is logged.
+pub fn save(job: RecordJob) {
+    if let Err(e) = job.writer.save_record(&job.record) {
+        log::warn!(target: "peer", "cannot save the resume record of {}: {e}", job.record.hash);
+    }
+    job.writer.saving.store(false, Ordering::Release);
+}
+
+/// The recording thread, seen from the reactor: jobs go in, nothing comes back.
+pub struct Recorder {
+    jobs: Sender<RecordJob>,
+}
+
+impl Recorder {
+    /// Starts the thread.
+    pub fn spawn() -> io::Result<Recorder> {
+        let (jobs, job_rx) = mpsc::channel::<RecordJob>();
+        std::thread::Builder::new()
+            .name("recorder".into())
+            .spawn(move || job_rx.into_iter().for_each(save))?;
+        Ok(Recorder { jobs })
+    }
+
+    /// Hands a job to the thread; gives it back if the thread is gone.
+    pub fn submit(&self, job: RecordJob) -> Result<(), RecordJob> {
+        self.jobs.send(job).map_err(|e| e.0)
     }
 }
 
@@ -234,7 +345,9 @@ mod tests {
         let g = GROUP_BYTES as usize;
         let exp = expected(&content, 1..6);
         let (path, file) = tmpfile("prefix");
-        let writer = Arc::new(PartWriter::new(file, content.len() as u64));
+        let writer = Arc::new(
+            PartWriter::new(file, content.len() as u64, path.with_extension("rec")).unwrap(),
+        );
         // Group 3 (the third of the job) has one byte flipped.
         let mut data = content[g..].to_vec();
         data[2 * g + 7] ^= 1;
@@ -313,6 +426,63 @@ mod tests {
     }
 
     #[test]
+    fn records_are_saved_one_at_a_time_and_never_after_they_are_closed() {
+        use crate::peer::swarm::{Loaded, PieceSet};
+        use crate::wire::FileHash;
+        let content = bytes(3 * GROUP_BYTES as usize);
+        let (path, file) = tmpfile("record");
+        let rec_path = path.with_extension("rec");
+        let writer =
+            Arc::new(PartWriter::new(file, content.len() as u64, rec_path.clone()).unwrap());
+        let hash = FileHash::of(&content);
+        let record = |pieces: &[usize]| {
+            let mut verified = PieceSet::new(3);
+            for &p in pieces {
+                verified.insert(p);
+            }
+            ResumeRecord {
+                hash,
+                size: content.len() as u64,
+                piece_bytes: GROUP_BYTES,
+                verified,
+            }
+        };
+        let load = || ResumeRecord::load(&rec_path, &hash, content.len() as u64, GROUP_BYTES);
+        // One save at a time waits for the recording thread.
+        assert!(writer.start_saving());
+        assert!(!writer.start_saving());
+        save(RecordJob {
+            writer: writer.clone(),
+            record: record(&[0]),
+        });
+        assert_eq!(load().unwrap(), Loaded::Intact(record(&[0]).verified));
+        assert!(writer.start_saving(), "the save is done: the next may go");
+        // The last record is saved when closing; a save handed over earlier and run later
+        // changes nothing.
+        let late = RecordJob {
+            writer: writer.clone(),
+            record: record(&[0]),
+        };
+        writer.close_records(Some(&record(&[0, 1]))).unwrap();
+        save(late);
+        assert_eq!(load().unwrap(), Loaded::Intact(record(&[0, 1]).verified));
+        assert!(!writer.save_record(&record(&[0, 1, 2])).unwrap());
+        assert_eq!(load().unwrap(), Loaded::Intact(record(&[0, 1]).verified));
+        // Closed for a landed file (no last record): none comes back once removed.
+        let (path2, file2) = tmpfile("record-landed");
+        let rec2 = path2.with_extension("rec");
+        let w2 = PartWriter::new(file2, content.len() as u64, rec2.clone()).unwrap();
+        w2.save_record(&record(&[0])).unwrap();
+        w2.close_records(None).unwrap();
+        std::fs::remove_file(&rec2).unwrap();
+        assert!(!w2.save_record(&record(&[0])).unwrap());
+        assert!(!rec2.exists());
+        for p in [path, rec_path, path2] {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+
+    #[test]
     fn the_thread_answers_every_job_and_wakes_once_per_drain() {
         let wakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let w = wakes.clone();
@@ -322,7 +492,9 @@ mod tests {
         .unwrap();
         let content = bytes(4 * GROUP_BYTES as usize);
         let (path, file) = tmpfile("thread");
-        let writer = Arc::new(PartWriter::new(file, content.len() as u64));
+        let writer = Arc::new(
+            PartWriter::new(file, content.len() as u64, path.with_extension("rec")).unwrap(),
+        );
         for i in 0..4u64 {
             let g = GROUP_BYTES as usize;
             let job = VerifyJob {
