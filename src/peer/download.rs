@@ -58,7 +58,7 @@ use super::outboard::{self, ExpectedGroup};
 use super::rate::RateFloor;
 use super::share::PART_SUFFIX;
 use super::swarm::{self, DropReason, HolderId, Loaded, PieceSet, ResumeRecord, Swarm};
-use super::verify::{PartWriter, RecordJob, VerifyDone, VerifyFailure, VerifyJob};
+use super::verify::{PartWriter, SyncJob, SyncWork, VerifyDone, VerifyFailure, VerifyJob};
 use crate::reactor::{CloseReason, ConnId, Verdict};
 use crate::wire::{
     self, ErrorCode, FileHash, HeldFile, TransferRequest, TransferResponse, PROTOCOL_VERSION,
@@ -196,12 +196,12 @@ impl PartFile {
         }
     }
 
-    /// The job that saves the record of `verified` on the recording thread, unless an
+    /// The job that saves the record of `verified` on the syncing thread, unless an
     /// earlier one is not done yet (`None`: ask again later).
-    fn record_job(&self, verified: &PieceSet) -> Option<RecordJob> {
-        self.writer.start_saving().then(|| RecordJob {
+    fn record_job(&self, verified: &PieceSet) -> Option<SyncJob> {
+        self.writer.start_saving().then(|| SyncJob {
             writer: self.writer.clone(),
-            record: self.record(verified),
+            work: SyncWork::Record(self.record(verified)),
         })
     }
 
@@ -1135,6 +1135,12 @@ impl Download {
         if self.done {
             return;
         }
+        if done.writeback {
+            out.push_back(Action::Sync(SyncJob {
+                writer: self.part.writer(),
+                work: SyncWork::Writeback,
+            }));
+        }
         let Some(k) = k else {
             self.resume_held(out);
             return;
@@ -1520,14 +1526,14 @@ impl Download {
         });
     }
 
-    /// Hands the record of the pieces verified so far to the recording thread; if the last
+    /// Hands the record of the pieces verified so far to the syncing thread; if the last
     /// one is still being saved, it stays due and is tried again at the next turn of
     /// [`RECORD_EVERY`].
     fn save_record_now(&mut self, now: Instant, out: &mut VecDeque<Action>) {
         self.next_record = now + RECORD_EVERY;
         if let Some(job) = self.part.record_job(self.swarm.verified()) {
             self.record_due = false;
-            out.push_back(Action::SaveRecord(job));
+            out.push_back(Action::Sync(job));
         }
     }
 

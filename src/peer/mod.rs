@@ -134,8 +134,8 @@ pub struct Peer {
     waker: Arc<mio::Waker>,
     /// The verifying thread, started by the first download's first bytes.
     verifier: Option<verify::Verifier>,
-    /// The recording thread, started by the first resume record to save.
-    recorder: Option<verify::Recorder>,
+    /// The syncing thread, started by a download's first writeback or resume record.
+    syncer: Option<verify::Syncer>,
 }
 
 impl Peer {
@@ -189,7 +189,7 @@ impl Peer {
             lent: None,
             waker: own_waker,
             verifier: None,
-            recorder: None,
+            syncer: None,
         }
     }
 
@@ -335,7 +335,7 @@ impl Peer {
                     }
                 }
                 Action::Verify(job) => self.verify(ctx, job),
-                Action::SaveRecord(job) => self.save_record(job),
+                Action::Sync(job) => self.sync(job),
                 Action::Hold(conn) => ctx.hold(conn),
                 Action::Resume(conn) => ctx.resume(conn),
                 Action::Stop => ctx.stop(),
@@ -375,23 +375,23 @@ impl Peer {
         self.core.handle_verified(ctx.now(), verify::run(job));
     }
 
-    /// Hands a resume record to the recording thread (started on first use); if it cannot be
-    /// started or is gone, the record is saved here, on the loop.
-    fn save_record(&mut self, job: verify::RecordJob) {
-        if self.recorder.is_none() {
-            match verify::Recorder::spawn() {
-                Ok(r) => self.recorder = Some(r),
-                Err(e) => log::warn!("cannot start the recording thread ({e}): saving on the loop"),
+    /// Hands a job to the syncing thread (started on first use); if it cannot be started or
+    /// is gone, the job is done here, on the loop.
+    fn sync(&mut self, job: verify::SyncJob) {
+        if self.syncer.is_none() {
+            match verify::Syncer::spawn() {
+                Ok(s) => self.syncer = Some(s),
+                Err(e) => log::warn!("cannot start the syncing thread ({e}): syncing on the loop"),
             }
         }
-        let job = match &self.recorder {
-            Some(r) => match r.submit(job) {
+        let job = match &self.syncer {
+            Some(s) => match s.submit(job) {
                 Ok(()) => return,
                 Err(job) => job,
             },
             None => job,
         };
-        verify::save(job);
+        verify::sync(job);
     }
 
     /// Moves output to the writer (never blocking) and runs the console commands that were

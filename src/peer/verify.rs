@@ -4,10 +4,13 @@
 //! function) and writes the verified ones into the partial file ([`PartWriter`]), then hands
 //! the buffer back with the outcome ([`VerifyDone`]) and wakes the reactor.
 //!
-//! The resume record is saved off the reactor thread too ([`RecordJob`], on the recording
-//! thread, [`Recorder`]): saving it means an fdatasync of the partial file, which waits for
-//! the disk (hundreds of milliseconds on a busy one) and would stop every transfer of the
-//! peer meanwhile.
+//! What waits for the disk runs on a third thread, the syncing thread ([`Syncer`], jobs
+//! [`SyncJob`]): starting the kernel's writeback of what was written (every
+//! `WRITEBACK_BYTES`, so it overlaps the transfer and the final fsync has little left) and
+//! saving the resume record (an fdatasync of the partial file first). Either can block for
+//! hundreds of milliseconds on a busy disk, and one blocks the other: on the reactor thread
+//! they would stop every transfer of the peer, on the verifying thread every download's
+//! verification. In sequence on their own thread they never run at once.
 //!
 //! # Invariants
 //! - Nothing unverified is written: a job's bytes reach the file only up to the end of the
@@ -22,7 +25,7 @@
 //!   that was renamed or is being resumed by another download.
 //! - A record names only pieces whose bytes were written before it was made (their jobs
 //!   answered), and is saved only after an fdatasync that follows those writes. Saves of one
-//!   download are serialised, at most one waits for the recording thread at a time
+//!   download are serialised, at most one waits for the syncing thread at a time
 //!   ([`PartWriter::start_saving`]), and none is saved once the download's records are closed
 //!   ([`PartWriter::close_records`], which waits for a save under way): a late save never
 //!   brings back the record of a file that landed, nor overwrites a final record with an
@@ -46,31 +49,34 @@ use std::sync::{Arc, Mutex};
 /// and the final fsync has little left to do.
 const WRITEBACK_BYTES: u64 = 8 << 20;
 
-/// The partial file as the verifying thread writes it and the recording thread records it:
-/// shared with the download, closed once (see the module invariants).
+/// The partial file as the verifying thread writes it and the syncing thread syncs and
+/// records it: shared with the download, closed once (see the module invariants).
 #[derive(Debug)]
 pub struct PartWriter {
     state: Mutex<WriterState>,
     /// Held while a record is saved, so saves and closing are serialised.
     record: Mutex<RecordState>,
-    /// A save was handed to the recording thread and is not done.
+    /// A save was handed to the syncing thread and is not done.
     saving: AtomicBool,
+    /// A writeback start was asked of the syncing thread and is not done.
+    writeback: AtomicBool,
 }
 
 #[derive(Debug)]
 struct RecordState {
-    /// The partial file, to fdatasync before a record names its bytes.
+    /// The partial file, to start writeback of and to fdatasync before a record names its
+    /// bytes.
     file: File,
+    size: u64,
     /// Where the record goes.
     path: PathBuf,
-    /// No record is saved any more.
+    /// No record is saved any more (nor writeback started).
     closed: bool,
 }
 
 #[derive(Debug)]
 struct WriterState {
     file: Option<File>,
-    size: u64,
     /// Bytes written since the kernel's writeback was last started.
     unflushed: u64,
 }
@@ -83,15 +89,16 @@ impl PartWriter {
         Ok(PartWriter {
             state: Mutex::new(WriterState {
                 file: Some(file),
-                size,
                 unflushed: 0,
             }),
             record: Mutex::new(RecordState {
                 file: sync,
+                size,
                 path: record_path,
                 closed: false,
             }),
             saving: AtomicBool::new(false),
+            writeback: AtomicBool::new(false),
         })
     }
 
@@ -100,20 +107,32 @@ impl PartWriter {
     pub fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<bool> {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut *guard;
-        let size = st.size;
         let Some(file) = &st.file else {
             return Ok(false);
         };
         file.write_all_at(bytes, offset)?;
-        if st.unflushed + bytes.len() as u64 >= WRITEBACK_BYTES {
-            // Pieces land anywhere in the file: start writeback of all of it (only dirty
-            // pages are written).
-            crate::sys::io::start_writeback(file, 0, size);
-            st.unflushed = 0;
-        } else {
-            st.unflushed += bytes.len() as u64;
-        }
+        st.unflushed += bytes.len() as u64;
         Ok(true)
+    }
+
+    /// Whether the kernel's writeback should be started now ([`SyncWork::Writeback`]):
+    /// `WRITEBACK_BYTES` were written since it was last asked for, and no start is pending.
+    pub fn claim_writeback(&self) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.unflushed < WRITEBACK_BYTES || self.writeback.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        st.unflushed = 0;
+        true
+    }
+
+    /// Starts the kernel's writeback of the whole file (pieces land anywhere; only dirty
+    /// pages are written), unless the writer's records are closed.
+    fn start_writeback(&self) {
+        let st = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.closed {
+            crate::sys::io::start_writeback(&st.file, 0, st.size);
+        }
     }
 
     /// Writes nothing more (waits for a write under way to end).
@@ -121,7 +140,7 @@ impl PartWriter {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).file = None;
     }
 
-    /// Claims the one save of this download that may wait for the recording thread; `false`
+    /// Claims the one save of this download that may wait for the syncing thread; `false`
     /// while an earlier one is not done (the caller tries again later).
     pub fn start_saving(&self) -> bool {
         !self.saving.swap(true, Ordering::AcqRel)
@@ -157,42 +176,59 @@ impl PartWriter {
     }
 }
 
-/// A resume record to save on the recording thread (claimed with
-/// [`PartWriter::start_saving`]).
+/// Work for the syncing thread on one download's partial file.
 #[derive(Debug)]
-pub struct RecordJob {
+pub struct SyncJob {
     /// The download's partial file.
     pub writer: Arc<PartWriter>,
-    /// The verified pieces, as the download knew them when it asked.
-    pub record: ResumeRecord,
+    /// What to do.
+    pub work: SyncWork,
 }
 
-/// Saves one record: the step the recording thread runs (and the reactor, when the thread
-/// cannot be started). A failure only costs a resume some pieces; it is logged.
-pub fn save(job: RecordJob) {
-    if let Err(e) = job.writer.save_record(&job.record) {
-        log::warn!(target: "peer", "cannot save the resume record of {}: {e}", job.record.hash);
+/// What a [`SyncJob`] does.
+#[derive(Debug)]
+pub enum SyncWork {
+    /// Start the kernel's writeback (claimed with [`PartWriter::claim_writeback`]).
+    Writeback,
+    /// Save this resume record, the verified pieces as the download knew them when it asked
+    /// (claimed with [`PartWriter::start_saving`]).
+    Record(ResumeRecord),
+}
+
+/// Does one job: the step the syncing thread runs (and the reactor, when the thread cannot
+/// be started). A record that cannot be saved only costs a resume some pieces; it is logged.
+pub fn sync(job: SyncJob) {
+    match job.work {
+        SyncWork::Writeback => {
+            job.writer.start_writeback();
+            job.writer.writeback.store(false, Ordering::Release);
+        }
+        SyncWork::Record(record) => {
+            if let Err(e) = job.writer.save_record(&record) {
+                log::warn!(target: "peer", "cannot save the resume record of {}: {e}", record.hash);
+            }
+            job.writer.saving.store(false, Ordering::Release);
+        }
     }
-    job.writer.saving.store(false, Ordering::Release);
 }
 
-/// The recording thread, seen from the reactor: jobs go in, nothing comes back.
-pub struct Recorder {
-    jobs: Sender<RecordJob>,
+/// The syncing thread, seen from the reactor: jobs go in, nothing comes back.
+pub struct Syncer {
+    jobs: Sender<SyncJob>,
 }
 
-impl Recorder {
+impl Syncer {
     /// Starts the thread.
-    pub fn spawn() -> io::Result<Recorder> {
-        let (jobs, job_rx) = mpsc::channel::<RecordJob>();
+    pub fn spawn() -> io::Result<Syncer> {
+        let (jobs, job_rx) = mpsc::channel::<SyncJob>();
         std::thread::Builder::new()
-            .name("recorder".into())
-            .spawn(move || job_rx.into_iter().for_each(save))?;
-        Ok(Recorder { jobs })
+            .name("syncer".into())
+            .spawn(move || job_rx.into_iter().for_each(sync))?;
+        Ok(Syncer { jobs })
     }
 
     /// Hands a job to the thread; gives it back if the thread is gone.
-    pub fn submit(&self, job: RecordJob) -> Result<(), RecordJob> {
+    pub fn submit(&self, job: SyncJob) -> Result<(), SyncJob> {
         self.jobs.send(job).map_err(|e| e.0)
     }
 }
@@ -225,6 +261,8 @@ pub struct VerifyDone {
     pub len: usize,
     /// Verified bytes written.
     pub written: usize,
+    /// The kernel's writeback should be started ([`PartWriter::claim_writeback`]).
+    pub writeback: bool,
     /// The outcome: every group verified and written, a group that failed (the holder lied),
     /// or a write that failed (a local error).
     pub result: Result<(), VerifyFailure>,
@@ -256,6 +294,7 @@ pub fn run(job: VerifyJob) -> VerifyDone {
             Err(e) => result = Err(VerifyFailure::Write(e)),
         }
     }
+    let writeback = written > 0 && job.writer.claim_writeback();
     let mut buf = job.data;
     let len = buf.len();
     buf.clear();
@@ -265,6 +304,7 @@ pub fn run(job: VerifyJob) -> VerifyDone {
         buf,
         len,
         written,
+        writeback,
         result,
     }
 }
@@ -448,23 +488,23 @@ mod tests {
             }
         };
         let load = || ResumeRecord::load(&rec_path, &hash, content.len() as u64, GROUP_BYTES);
-        // One save at a time waits for the recording thread.
+        // One save at a time waits for the syncing thread.
         assert!(writer.start_saving());
         assert!(!writer.start_saving());
-        save(RecordJob {
+        sync(SyncJob {
             writer: writer.clone(),
-            record: record(&[0]),
+            work: SyncWork::Record(record(&[0])),
         });
         assert_eq!(load().unwrap(), Loaded::Intact(record(&[0]).verified));
         assert!(writer.start_saving(), "the save is done: the next may go");
         // The last record is saved when closing; a save handed over earlier and run later
         // changes nothing.
-        let late = RecordJob {
+        let late = SyncJob {
             writer: writer.clone(),
-            record: record(&[0]),
+            work: SyncWork::Record(record(&[0])),
         };
         writer.close_records(Some(&record(&[0, 1]))).unwrap();
-        save(late);
+        sync(late);
         assert_eq!(load().unwrap(), Loaded::Intact(record(&[0, 1]).verified));
         assert!(!writer.save_record(&record(&[0, 1, 2])).unwrap());
         assert_eq!(load().unwrap(), Loaded::Intact(record(&[0, 1]).verified));
