@@ -7,8 +7,9 @@
 //! as it is in (`outboard::check_proof`, a few dozen parent hashes), then the data bytes are
 //! gathered into whole groups and handed, with the hashes the proof promises, to the
 //! verifying thread ([`Action::Verify`], [`super::verify`]), which hashes them and writes the
-//! verified ones; its answers come back through [`Download::handle_verified`]. A range is a
-//! verified piece once every one of its groups has been answered verified.
+//! verified ones; its answers come back through [`Download::handle_verified`]. A range covers
+//! one piece, or a run of consecutive pieces for a fast holder; each of its pieces is
+//! verified once every one of its groups has been answered verified and written.
 //!
 //! A holder is one connection ([`Attempt`] in its slot names the download and the
 //! connection), carrying the swarm's requests for it pipelined: each request is a range of
@@ -173,7 +174,10 @@ impl PartFile {
     /// Writes verified bytes at `offset` (as the verifying thread does).
     #[cfg(test)]
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        self.writer.write_at(offset, bytes).map(|_| ())
+        match self.writer.write_at(offset, bytes) {
+            (_, Some(e)) => Err(e),
+            (_, None) => Ok(()),
+        }
     }
 
     /// The writer the verifying thread writes verified groups with.
@@ -1120,7 +1124,8 @@ impl Download {
 
     /// The verifying thread answered a job of this download: its buffer comes back, its
     /// bytes leave the count in flight (held holders are read again when under the bounds),
-    /// and a range whose every group verified is a verified piece. A group that failed makes
+    /// and each piece of its range is verified once the range's verified and written prefix
+    /// covers it (see [`Check`]). A group that failed makes
     /// its holder a liar: dropped at once and named (even if it was dropped already for
     /// another reason); a write that failed fails the download.
     pub fn handle_verified(&mut self, now: Instant, done: VerifyDone, out: &mut VecDeque<Action>) {
@@ -1148,32 +1153,30 @@ impl Download {
         let c = &mut self.checks[k];
         c.jobs = c.jobs.saturating_sub(1);
         let (i, state, jobs) = (c.source, c.state, c.jobs);
+        // The pieces the verified prefix now covers: the bytes written were verified, even
+        // those before a bad group or a failed write (none of a dead range's: its pieces went
+        // back to the others).
+        c.verified_to += done.written as u64;
+        let first = c.pieces.start;
+        while state != CheckState::Dead
+            && !c.pieces.is_empty()
+            && self.swarm.piece_range(c.pieces.start).1.end <= c.verified_to
+        {
+            c.pieces.start += 1;
+        }
+        let (verified, next) = (first..c.pieces.start, c.pieces.start);
+        if done.result.is_ok() && jobs == 0 && state != CheckState::Receiving {
+            self.checks.swap_remove(k);
+        }
+        for piece in verified {
+            self.piece_verified(now, i, piece, out);
+        }
         match done.result {
-            Ok(()) => {
-                self.swarm.handle_alive(HolderId(i as u64), now);
-                // The pieces the verified prefix now covers (none of a dead range's: its
-                // pieces went back to the others).
-                c.verified_to += len;
-                let first = c.pieces.start;
-                while state != CheckState::Dead
-                    && !c.pieces.is_empty()
-                    && self.swarm.piece_range(c.pieces.start).1.end <= c.verified_to
-                {
-                    c.pieces.start += 1;
-                }
-                let verified = first..c.pieces.start;
-                if jobs == 0 && state != CheckState::Receiving {
-                    self.checks.swap_remove(k);
-                }
-                for piece in verified {
-                    self.piece_verified(now, i, piece, out);
-                }
-            }
+            Ok(()) => self.swarm.handle_alive(HolderId(i as u64), now),
             Err(VerifyFailure::Range(e)) => {
-                let piece = c.pieces.start;
                 self.end_check(done.check);
                 if !self.sources[i].liar {
-                    let _ = self.liar(now, i, piece, e.to_string(), out);
+                    let _ = self.liar(now, i, next, e.to_string(), out);
                 }
             }
             Err(VerifyFailure::Write(e)) => {

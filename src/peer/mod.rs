@@ -6,7 +6,8 @@
 //!   session), [`upload`] (a range request answered with its proof and a file range;
 //!   [`throttle`], the total upload rate), [`download`] (one file from all its holders at
 //!   once, every 16 KiB verified: [`swarm`] schedules the pieces, [`outboard`] verifies them,
-//!   on the verifying thread of [`verify`]; several downloads run at once), [`commands`]
+//!   on the verifying thread of [`verify`], which also has the syncing thread for writeback
+//!   and resume records; several downloads run at once), [`commands`]
 //!   (console commands in order; [`console`] parses them) and [`output`] (what the person is
 //!   told).
 //! - [`share`] (the share's hash → path table, scan and hash cache, both on [`paths`], a

@@ -102,17 +102,31 @@ impl PartWriter {
         })
     }
 
-    /// Writes verified bytes at `offset`; `Ok(false)` if the writer was closed (nothing is
-    /// written).
-    pub fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<bool> {
+    /// Writes verified bytes at `offset`. Returns how many were written: all of them, none
+    /// if the writer was closed, or those before an error (a full disk), with the error.
+    pub fn write_at(&self, offset: u64, mut bytes: &[u8]) -> (usize, Option<io::Error>) {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut *guard;
         let Some(file) = &st.file else {
-            return Ok(false);
+            return (0, None);
         };
-        file.write_all_at(bytes, offset)?;
-        st.unflushed += bytes.len() as u64;
-        Ok(true)
+        let mut written = 0;
+        let error = loop {
+            if bytes.is_empty() {
+                break None;
+            }
+            match file.write_at(bytes, offset + written as u64) {
+                Ok(0) => break Some(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => {
+                    written += n;
+                    bytes = &bytes[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e),
+            }
+        };
+        st.unflushed += written as u64;
+        (written, error)
     }
 
     /// Whether the kernel's writeback should be started now ([`SyncWork::Writeback`]):
@@ -259,7 +273,7 @@ pub struct VerifyDone {
     pub buf: Vec<u8>,
     /// The job's bytes (to count them out of flight).
     pub len: usize,
-    /// Verified bytes written.
+    /// Verified bytes written (those before a failed write too: they stay on disk).
     pub written: usize,
     /// The kernel's writeback should be started ([`PartWriter::claim_writeback`]).
     pub writeback: bool,
@@ -288,10 +302,10 @@ pub fn run(job: VerifyJob) -> VerifyDone {
         None => Ok(()),
     };
     if checked.ok_bytes > 0 {
-        match job.writer.write_at(offset, &job.data[..checked.ok_bytes]) {
-            Ok(true) => written = checked.ok_bytes,
-            Ok(false) => {}
-            Err(e) => result = Err(VerifyFailure::Write(e)),
+        let (n, error) = job.writer.write_at(offset, &job.data[..checked.ok_bytes]);
+        written = n;
+        if let Some(e) = error {
+            result = Err(VerifyFailure::Write(e));
         }
     }
     let writeback = written > 0 && job.writer.claim_writeback();
