@@ -77,7 +77,7 @@ struct RecordState {
 #[derive(Debug)]
 struct WriterState {
     file: Option<File>,
-    /// Bytes written since the kernel's writeback was last started.
+    /// Bytes written since a writeback start was last asked for.
     unflushed: u64,
 }
 
