@@ -38,7 +38,7 @@ use super::swarm;
 use super::threads::{Event, Job};
 use super::throttle::Throttle;
 use super::upload::{self, Answer, Joined, Outboards, Upload, UploadQueue};
-use super::verify::{VerifyDone, VerifyJob};
+use super::verify::{SyncJob, VerifyDone, VerifyJob};
 use super::withdrawn::Withdrawn;
 use crate::reactor::{CloseReason, ConnId, Verdict};
 use crate::wire::{
@@ -123,6 +123,9 @@ pub enum Action {
     /// Verify and write received groups of a download on the verifying thread (see
     /// [`super::verify`]); answered with [`PeerCore::handle_verified`].
     Verify(VerifyJob),
+    /// Start a download's writeback or save its resume record on the syncing thread (see
+    /// [`super::verify::Syncer`]).
+    Sync(SyncJob),
     /// Stop reading a connection (a download's unverified bytes wait for the verifying
     /// thread); its input waits, in order.
     Hold(ConnId),

@@ -7,8 +7,9 @@
 //! as it is in (`outboard::check_proof`, a few dozen parent hashes), then the data bytes are
 //! gathered into whole groups and handed, with the hashes the proof promises, to the
 //! verifying thread ([`Action::Verify`], [`super::verify`]), which hashes them and writes the
-//! verified ones; its answers come back through [`Download::handle_verified`]. A range is a
-//! verified piece once every one of its groups has been answered verified.
+//! verified ones; its answers come back through [`Download::handle_verified`]. A range covers
+//! one piece, or a run of consecutive pieces for a fast holder; each of its pieces is
+//! verified once every one of its groups has been answered verified and written.
 //!
 //! A holder is one connection ([`Attempt`] in its slot names the download and the
 //! connection), carrying the swarm's requests for it pipelined: each request is a range of
@@ -58,7 +59,7 @@ use super::outboard::{self, ExpectedGroup};
 use super::rate::RateFloor;
 use super::share::PART_SUFFIX;
 use super::swarm::{self, DropReason, HolderId, Loaded, PieceSet, ResumeRecord, Swarm};
-use super::verify::{PartWriter, VerifyDone, VerifyFailure, VerifyJob};
+use super::verify::{PartWriter, SyncJob, SyncWork, VerifyDone, VerifyFailure, VerifyJob};
 use crate::reactor::{CloseReason, ConnId, Verdict};
 use crate::wire::{
     self, ErrorCode, FileHash, HeldFile, TransferRequest, TransferResponse, PROTOCOL_VERSION,
@@ -104,11 +105,10 @@ pub struct PartFile {
     /// Where the verified pieces are recorded.
     pub record_path: PathBuf,
     part: Option<File>,
-    /// The same file, as the verifying thread writes it (closed when the download ends).
+    /// The same file, as the verifying thread writes it and the recording thread records
+    /// it (closed when the download ends).
     writer: Arc<PartWriter>,
     piece_bytes: u64,
-    /// Verified bytes written since the last fdatasync.
-    unsynced: bool,
 }
 
 impl PartFile {
@@ -148,10 +148,14 @@ impl PartFile {
         if file.metadata().map_err(local(&part_path))?.len() > size {
             file.set_len(size).map_err(local(&part_path))?;
         }
-        let writer = Arc::new(PartWriter::new(
-            file.try_clone().map_err(local(&part_path))?,
-            size,
-        ));
+        let writer = Arc::new(
+            PartWriter::new(
+                file.try_clone().map_err(local(&part_path))?,
+                size,
+                record_path.clone(),
+            )
+            .map_err(local(&part_path))?,
+        );
         Ok((
             PartFile {
                 hash,
@@ -162,7 +166,6 @@ impl PartFile {
                 part: Some(file),
                 writer,
                 piece_bytes,
-                unsynced: false,
             },
             verified,
         ))
@@ -171,9 +174,10 @@ impl PartFile {
     /// Writes verified bytes at `offset` (as the verifying thread does).
     #[cfg(test)]
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        self.writer.write_at(offset, bytes)?;
-        self.unsynced = true;
-        Ok(())
+        match self.writer.write_at(offset, bytes) {
+            (_, Some(e)) => Err(e),
+            (_, None) => Ok(()),
+        }
     }
 
     /// The writer the verifying thread writes verified groups with.
@@ -181,30 +185,40 @@ impl PartFile {
         self.writer.clone()
     }
 
-    /// The verifying thread wrote verified bytes (they are fdatasynced before the next record
-    /// is saved).
-    fn handle_written(&mut self) {
-        self.unsynced = true;
-    }
-
     /// No more bytes are written (the download ended): a late job writes nothing.
     fn close_writer(&self) {
         self.writer.close();
     }
 
-    /// Makes the verified bytes durable, then records `verified` beside them.
-    pub fn save_record(&mut self, verified: &PieceSet) -> io::Result<()> {
-        if let (true, Some(part)) = (self.unsynced, &self.part) {
-            part.sync_data()?;
-            self.unsynced = false;
-        }
+    /// The record of `verified`, these pieces of this file.
+    fn record(&self, verified: &PieceSet) -> ResumeRecord {
         ResumeRecord {
             hash: self.hash,
             size: self.size,
             piece_bytes: self.piece_bytes,
             verified: verified.clone(),
         }
-        .save(&self.record_path)
+    }
+
+    /// The job that saves the record of `verified` on the syncing thread, unless an
+    /// earlier one is not done yet (`None`: ask again later).
+    fn record_job(&self, verified: &PieceSet) -> Option<SyncJob> {
+        self.writer.start_saving().then(|| SyncJob {
+            writer: self.writer.clone(),
+            work: SyncWork::Record(self.record(verified)),
+        })
+    }
+
+    /// Makes the verified bytes durable, then records `verified` beside them, here and now.
+    pub fn save_record(&self, verified: &PieceSet) -> io::Result<()> {
+        self.writer.save_record(&self.record(verified)).map(|_| ())
+    }
+
+    /// Saves the last record, of `verified` (`None`: none, the file landed): no other is
+    /// saved after it.
+    fn close_records(&self, verified: Option<&PieceSet>) -> io::Result<()> {
+        let last = verified.map(|v| self.record(v));
+        self.writer.close_records(last.as_ref())
     }
 
     /// Moves the complete, verified partial file to its final name in `dir`. Returns the
@@ -212,6 +226,7 @@ impl PartFile {
     /// written).
     pub fn land(&mut self, dir: &Path) -> Result<(PathBuf, bool), TransferError> {
         self.close_writer();
+        self.close_records(None).map_err(local(&self.record_path))?;
         let part = self
             .part
             .take()
@@ -403,7 +418,8 @@ pub enum DownloadEvent {
 /// A request sent (or to send once connected) to a holder, answered in order.
 #[derive(Debug, Clone)]
 struct Asked {
-    piece: usize,
+    /// The pieces asked for (a run of one or more).
+    pieces: Range<usize>,
     groups: Range<u64>,
 }
 
@@ -411,7 +427,7 @@ struct Asked {
 /// the verifying thread as they complete.
 #[derive(Debug)]
 struct Receiving {
-    piece: usize,
+    pieces: Range<usize>,
     groups: Range<u64>,
     proof: Vec<u8>,
     proof_len: usize,
@@ -423,15 +439,22 @@ struct Receiving {
     buf: Vec<u8>,
     /// The range's number among the download's [`Check`]s.
     check: u64,
+    /// Where the next data byte goes in the file, and how many are still to come.
+    data_at: u64,
     data_left: u64,
 }
 
-/// One range whose groups are being verified on the verifying thread.
+/// One range whose groups are being verified on the verifying thread. Its jobs are answered
+/// in order (one verifying thread, one queue), so the bytes verified so far are a prefix of
+/// the range, and each of its pieces is verified once that prefix covers it.
 #[derive(Debug)]
 struct Check {
     id: u64,
     source: usize,
-    piece: usize,
+    /// The pieces of the range not verified yet (the first is the one being verified).
+    pieces: Range<usize>,
+    /// The end, in the file, of the bytes verified so far.
+    verified_to: u64,
     /// Jobs handed over and not yet answered.
     jobs: u32,
     state: CheckState,
@@ -441,9 +464,10 @@ struct Check {
 enum CheckState {
     /// Bytes still arrive.
     Receiving,
-    /// Every byte was handed over: verified once the last job answers.
+    /// Every byte was handed over: done once the last job answers.
     Complete,
-    /// Its holder was dropped (or lied): its answers are only counted out.
+    /// Its holder was dropped before every byte came (or lied): its answers are only
+    /// counted out.
     Dead,
 }
 
@@ -914,7 +938,7 @@ impl Download {
         self.next_check += 1;
         let check = self.next_check;
         s.receiving = Some(Receiving {
-            piece: a.piece,
+            pieces: a.pieces.clone(),
             groups: a.groups,
             proof: Vec::with_capacity(proof_len),
             proof_len,
@@ -922,12 +946,14 @@ impl Download {
             next_group: 0,
             buf: Vec::new(),
             check,
+            data_at: data.start,
             data_left: data.end - data.start,
         });
         self.checks.push(Check {
             id: check,
             source: i,
-            piece: a.piece,
+            pieces: a.pieces,
+            verified_to: data.start,
             jobs: 0,
             state: CheckState::Receiving,
         });
@@ -987,7 +1013,7 @@ impl Download {
                 }
                 Err(e) => {
                     self.end_check(r.check);
-                    return self.liar(now, i, r.piece, e.to_string(), out);
+                    return self.liar(now, i, r.pieces.start, e.to_string(), out);
                 }
             }
         }
@@ -1002,7 +1028,9 @@ impl Download {
         if let Some(floor) = &mut s.floor {
             floor.handle_bytes(now, n);
         }
-        self.swarm.handle_bytes(holder, r.piece, n, now);
+        let piece = (r.data_at / self.part.piece_bytes) as usize;
+        r.data_at += n;
+        self.swarm.handle_bytes(holder, piece, n, now);
         // Every whole group goes to the verifying thread; a partial one waits for its rest.
         let expected = r.expected.as_deref().expect("set above");
         let (mut ready, mut end) = (0, r.next_group);
@@ -1096,7 +1124,8 @@ impl Download {
 
     /// The verifying thread answered a job of this download: its buffer comes back, its
     /// bytes leave the count in flight (held holders are read again when under the bounds),
-    /// and a range whose every group verified is a verified piece. A group that failed makes
+    /// and each piece of its range is verified once the range's verified and written prefix
+    /// covers it (see [`Check`]). A group that failed makes
     /// its holder a liar: dropped at once and named (even if it was dropped already for
     /// another reason); a write that failed fails the download.
     pub fn handle_verified(&mut self, now: Instant, done: VerifyDone, out: &mut VecDeque<Action>) {
@@ -1108,11 +1137,14 @@ impl Download {
             s.unverified = s.unverified.saturating_sub(len);
         }
         self.spare_buffer(done.buf);
-        if done.written > 0 {
-            self.part.handle_written();
-        }
         if self.done {
             return;
+        }
+        if done.writeback {
+            out.push_back(Action::Sync(SyncJob {
+                writer: self.part.writer(),
+                work: SyncWork::Writeback,
+            }));
         }
         let Some(k) = k else {
             self.resume_held(out);
@@ -1120,21 +1152,31 @@ impl Download {
         };
         let c = &mut self.checks[k];
         c.jobs = c.jobs.saturating_sub(1);
-        let (i, piece, state, jobs) = (c.source, c.piece, c.state, c.jobs);
+        let (i, state, jobs) = (c.source, c.state, c.jobs);
+        // The pieces the verified prefix now covers: the bytes written were verified, even
+        // those before a bad group or a failed write (none of a dead range's: its pieces went
+        // back to the others).
+        c.verified_to += done.written as u64;
+        let first = c.pieces.start;
+        while state != CheckState::Dead
+            && !c.pieces.is_empty()
+            && self.swarm.piece_range(c.pieces.start).1.end <= c.verified_to
+        {
+            c.pieces.start += 1;
+        }
+        let (verified, next) = (first..c.pieces.start, c.pieces.start);
+        if done.result.is_ok() && jobs == 0 && state != CheckState::Receiving {
+            self.checks.swap_remove(k);
+        }
+        for piece in verified {
+            self.piece_verified(now, i, piece, out);
+        }
         match done.result {
-            Ok(()) => {
-                self.swarm.handle_alive(HolderId(i as u64), now);
-                if jobs == 0 && state != CheckState::Receiving {
-                    self.checks.swap_remove(k);
-                    if state == CheckState::Complete {
-                        self.piece_verified(now, i, piece);
-                    }
-                }
-            }
+            Ok(()) => self.swarm.handle_alive(HolderId(i as u64), now),
             Err(VerifyFailure::Range(e)) => {
                 self.end_check(done.check);
                 if !self.sources[i].liar {
-                    let _ = self.liar(now, i, piece, e.to_string(), out);
+                    let _ = self.liar(now, i, next, e.to_string(), out);
                 }
             }
             Err(VerifyFailure::Write(e)) => {
@@ -1172,7 +1214,7 @@ impl Download {
     }
 
     /// Every group of `piece` from holder `i` verified and was written.
-    fn piece_verified(&mut self, now: Instant, i: usize, piece: usize) {
+    fn piece_verified(&mut self, now: Instant, i: usize, piece: usize, out: &mut VecDeque<Action>) {
         self.sources[i].delivered = true;
         self.swarm
             .handle_piece_verified(HolderId(i as u64), piece, now);
@@ -1188,7 +1230,7 @@ impl Download {
         }
         self.record_due = true;
         if now >= self.next_record && !self.swarm.is_finished() {
-            self.save_record_now(now);
+            self.save_record_now(now, out);
         }
     }
 
@@ -1319,7 +1361,7 @@ impl Download {
             self.events.push_back(DownloadEvent::NeedHolders);
         }
         if self.record_due && now >= self.next_record {
-            self.save_record_now(now);
+            self.save_record_now(now, out);
         }
         // A holder that keeps us in its upload queue is bounded by the queue wait, not the
         // stall timer.
@@ -1365,10 +1407,10 @@ impl Download {
             match action {
                 swarm::Action::Request {
                     holder,
-                    piece,
+                    pieces,
                     groups,
                     ..
-                } => self.request(now, holder.0 as usize, piece, groups, out),
+                } => self.request(now, holder.0 as usize, pieces, groups, out),
                 // A pipelined answer cannot be recalled; its bytes still arrive, verified
                 // and harmless, and the scheduler ignores the late copy.
                 swarm::Action::Cancel { .. } => {}
@@ -1444,13 +1486,13 @@ impl Download {
         &mut self,
         now: Instant,
         i: usize,
-        piece: usize,
+        pieces: Range<usize>,
         groups: Range<u64>,
         out: &mut VecDeque<Action>,
     ) {
         let s = &mut self.sources[i];
         s.asked.push_back(Asked {
-            piece,
+            pieces,
             groups: groups.clone(),
         });
         if let Some(conn) = s.conn {
@@ -1487,14 +1529,21 @@ impl Download {
         });
     }
 
-    fn save_record_now(&mut self, now: Instant) {
+    /// Hands the record of the pieces verified so far to the syncing thread; if the last
+    /// one is still being saved, it stays due and is tried again at the next turn of
+    /// [`RECORD_EVERY`].
+    fn save_record_now(&mut self, now: Instant, out: &mut VecDeque<Action>) {
         self.next_record = now + RECORD_EVERY;
-        self.record_due = false;
-        self.save_record();
+        if let Some(job) = self.part.record_job(self.swarm.verified()) {
+            self.record_due = false;
+            out.push_back(Action::Sync(job));
+        }
     }
 
-    fn save_record(&mut self) {
-        if let Err(e) = self.part.save_record(self.swarm.verified()) {
+    /// The download stopped short: the verified pieces are recorded, here and now, and no
+    /// record is saved after this one.
+    fn save_last_record(&mut self) {
+        if let Err(e) = self.part.close_records(Some(self.swarm.verified())) {
             log::warn!(target: "peer", "cannot save the resume record of {}: {e}", self.part.hash);
         }
     }
@@ -1544,7 +1593,7 @@ impl Download {
         }
         self.done = true;
         self.close_all(out);
-        self.save_record();
+        self.save_last_record();
         self.part.close_writer();
         self.events.push_back(DownloadEvent::Failed(text));
     }
@@ -1555,7 +1604,7 @@ impl Download {
         if !self.done {
             self.done = true;
             self.close_all(out);
-            self.save_record();
+            self.save_last_record();
             self.part.close_writer();
         }
     }

@@ -252,6 +252,8 @@ impl Harness {
                         let done = super::verify::run(job);
                         self.core.handle_verified(self.now, done);
                     }
+                    // Done at once, as if the syncing thread ran before the next input.
+                    Action::Sync(job) => super::verify::sync(job),
                     Action::Hold(_) | Action::Resume(_) => {}
                     Action::Stop => self.stopped = true,
                     Action::SetRole { conn, role } => {

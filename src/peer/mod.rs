@@ -6,7 +6,8 @@
 //!   session), [`upload`] (a range request answered with its proof and a file range;
 //!   [`throttle`], the total upload rate), [`download`] (one file from all its holders at
 //!   once, every 16 KiB verified: [`swarm`] schedules the pieces, [`outboard`] verifies them,
-//!   on the verifying thread of [`verify`]; several downloads run at once), [`commands`]
+//!   on the verifying thread of [`verify`], which also has the syncing thread for writeback
+//!   and resume records; several downloads run at once), [`commands`]
 //!   (console commands in order; [`console`] parses them) and [`output`] (what the person is
 //!   told).
 //! - [`share`] (the share's hash → path table, scan and hash cache, both on [`paths`], a
@@ -138,6 +139,8 @@ pub struct Peer {
     waker: Arc<mio::Waker>,
     /// The verifying thread, started by the first download's first bytes.
     verifier: Option<verify::Verifier>,
+    /// The syncing thread, started by a download's first writeback or resume record.
+    syncer: Option<verify::Syncer>,
 }
 
 impl Peer {
@@ -191,6 +194,7 @@ impl Peer {
             lent: None,
             waker: own_waker,
             verifier: None,
+            syncer: None,
         }
     }
 
@@ -336,6 +340,7 @@ impl Peer {
                     }
                 }
                 Action::Verify(job) => self.verify(ctx, job),
+                Action::Sync(job) => self.sync(job),
                 Action::Hold(conn) => ctx.hold(conn),
                 Action::Resume(conn) => ctx.resume(conn),
                 Action::Stop => ctx.stop(),
@@ -373,6 +378,25 @@ impl Peer {
             None => job,
         };
         self.core.handle_verified(ctx.now(), verify::run(job));
+    }
+
+    /// Hands a job to the syncing thread (started on first use); if it cannot be started or
+    /// is gone, the job is done here, on the loop.
+    fn sync(&mut self, job: verify::SyncJob) {
+        if self.syncer.is_none() {
+            match verify::Syncer::spawn() {
+                Ok(s) => self.syncer = Some(s),
+                Err(e) => log::warn!("cannot start the syncing thread ({e}): syncing on the loop"),
+            }
+        }
+        let job = match &self.syncer {
+            Some(s) => match s.submit(job) {
+                Ok(()) => return,
+                Err(job) => job,
+            },
+            None => job,
+        };
+        verify::sync(job);
     }
 
     /// Moves output to the writer (never blocking) and runs the console commands that were

@@ -12,6 +12,11 @@
 //!   second of being busy) from [`Config::min_in_flight`] to [`Config::max_in_flight`], so a
 //!   slow holder has fewer requests in flight and, as slots free up only when it delivers,
 //!   gets fewer pieces.
+//! - A holder fast enough to want more pieces ahead than [`Config::max_in_flight`] requests
+//!   hold is asked for runs of consecutive pieces in one request ([`Swarm::run_len`], up to
+//!   [`Config::max_run`]): fewer, larger ranges, so its per-request work (a proof, a header,
+//!   opening the file, a turn of both loops) is paid less often. The pieces of a run are
+//!   still settled one by one, as each is verified.
 //! - Endgame: when no piece is left unasked and a holder is idle, it is asked for the
 //!   unverified piece in flight longest (at most [`Config::racers`] holders per piece); the
 //!   first verified copy wins and the other requests for it are cancelled.
@@ -86,6 +91,9 @@ pub struct Config {
     pub holderless_grace: Duration,
     /// Holders racing one piece in the endgame, at most.
     pub racers: usize,
+    /// Consecutive pieces one request may cover, at most (a fast holder's; see
+    /// [`Swarm::run_len`]).
+    pub max_run: usize,
 }
 
 impl Default for Config {
@@ -98,6 +106,7 @@ impl Default for Config {
             stall_timeout: Duration::from_secs(10),
             holderless_grace: Duration::from_secs(30),
             racers: 2,
+            max_run: 8,
         }
     }
 }
@@ -105,12 +114,13 @@ impl Default for Config {
 /// What the caller must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Ask `holder` for `piece`: the groups `groups` (bytes `bytes`) of the file.
+    /// Ask `holder` for `pieces` (consecutive, one or more): the groups `groups` (bytes
+    /// `bytes`) of the file. Each piece is answered on its own, as it verifies.
     Request {
         /// Who to ask.
         holder: HolderId,
-        /// The piece's index.
-        piece: usize,
+        /// The pieces' indexes.
+        pieces: Range<usize>,
         /// The 16 KiB groups to ask for (the range request's unit).
         groups: Range<u64>,
         /// The bytes those groups cover (the last piece may be short).
@@ -250,10 +260,11 @@ pub fn piece_count(size: u64, piece_bytes: u64) -> usize {
     size.div_ceil(piece_bytes).max(1) as usize
 }
 
-/// A request in flight.
+/// A piece in flight, and the request (the run) that asked for it.
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     piece: usize,
+    request: u64,
     asked: Instant,
 }
 
@@ -267,6 +278,14 @@ struct Holder {
 }
 
 impl Holder {
+    /// Requests in flight: a run's pieces are pushed together and keep their order.
+    fn requests(&self) -> usize {
+        let f = &self.in_flight;
+        (0..f.len())
+            .filter(|&i| i == 0 || f[i].request != f[i - 1].request)
+            .count()
+    }
+
     /// Bytes per second while busy, once it has delivered something.
     fn rate(&self, now: Instant) -> Option<f64> {
         let busy = self.busy + self.busy_since.map_or(Duration::ZERO, |t| now - t);
@@ -287,7 +306,7 @@ pub struct Progress {
     pub pieces: usize,
     /// Holders in use.
     pub holders: usize,
-    /// Requests in flight.
+    /// Pieces asked for and not verified yet.
     pub in_flight: usize,
 }
 
@@ -297,6 +316,9 @@ pub struct Swarm {
     cfg: Config,
     size: u64,
     verified: PieceSet,
+    /// Bytes of the pieces in `verified` (kept as they are added: progress is asked for on
+    /// every read of a download).
+    verified_bytes: u64,
     /// Holders with each piece in flight.
     racers: Vec<Vec<HolderId>>,
     holders: BTreeMap<HolderId, Holder>,
@@ -306,6 +328,8 @@ pub struct Swarm {
     holderless_since: Option<Instant>,
     actions: VecDeque<Action>,
     finished: bool,
+    /// The number of the next request.
+    next_request: u64,
 }
 
 impl Swarm {
@@ -317,6 +341,7 @@ impl Swarm {
             "pieces are whole 16 KiB groups"
         );
         assert!(cfg.min_in_flight >= 1 && cfg.max_in_flight >= cfg.min_in_flight);
+        assert!(cfg.max_run >= 1);
         let n = piece_count(size, cfg.piece_bytes);
         let verified = match verified {
             Some(v) if v.len() == n => v,
@@ -326,6 +351,7 @@ impl Swarm {
             cfg,
             size,
             verified,
+            verified_bytes: 0,
             racers: vec![Vec::new(); n],
             holders: BTreeMap::new(),
             banned: HashSet::new(),
@@ -334,7 +360,12 @@ impl Swarm {
             holderless_since: Some(now),
             actions: VecDeque::new(),
             finished: false,
+            next_request: 0,
         };
+        s.verified_bytes = (0..n)
+            .filter(|&i| s.verified.contains(i))
+            .map(|i| s.piece_len(i))
+            .sum();
         if s.verified.is_full() {
             s.finish(Action::Done);
         }
@@ -351,6 +382,12 @@ impl Swarm {
         (g0..g1, start.min(self.size)..end.max(start.min(self.size)))
     }
 
+    /// The bytes of piece `i` (the last piece may be short; the empty file's is empty).
+    fn piece_len(&self, i: usize) -> u64 {
+        let b = self.piece_range(i).1;
+        b.end - b.start
+    }
+
     /// The pieces verified so far (for the resume record).
     pub fn verified(&self) -> &PieceSet {
         &self.verified
@@ -363,36 +400,44 @@ impl Swarm {
 
     /// Where the download stands.
     pub fn progress(&self) -> Progress {
-        let n = self.verified.len();
-        let verified_bytes = (0..n)
-            .filter(|&i| self.verified.contains(i))
-            .map(|i| {
-                let b = self.piece_range(i).1;
-                b.end - b.start
-            })
-            .sum();
         Progress {
-            verified_bytes,
+            verified_bytes: self.verified_bytes,
             total_bytes: self.size,
             verified_pieces: self.verified.count(),
-            pieces: n,
+            pieces: self.verified.len(),
             holders: self.holders.len(),
             in_flight: self.holders.values().map(|h| h.in_flight.len()).sum(),
         }
     }
 
+    /// Pieces `holder` should have ahead at its measured rate ([`Config::pipeline`]'s
+    /// worth), unless not measured yet.
+    fn ahead(&self, holder: HolderId, now: Instant) -> Option<usize> {
+        let rate = self.holders.get(&holder)?.rate(now)?;
+        let ahead = rate * self.cfg.pipeline.as_secs_f64() / self.cfg.piece_bytes as f64;
+        Some(ahead.ceil() as usize)
+    }
+
     /// Requests `holder` may have in flight now.
     pub fn depth(&self, holder: HolderId, now: Instant) -> usize {
-        let Some(h) = self.holders.get(&holder) else {
+        if !self.holders.contains_key(&holder) {
             return 0;
-        };
-        match h.rate(now) {
-            None => self.cfg.min_in_flight,
-            Some(rate) => {
-                let ahead = rate * self.cfg.pipeline.as_secs_f64() / self.cfg.piece_bytes as f64;
-                (ahead.ceil() as usize).clamp(self.cfg.min_in_flight, self.cfg.max_in_flight)
-            }
         }
+        self.ahead(holder, now)
+            .map_or(self.cfg.min_in_flight, |ahead| {
+                ahead.clamp(self.cfg.min_in_flight, self.cfg.max_in_flight)
+            })
+    }
+
+    /// Pieces one request to `holder` covers: one, until it wants more pieces ahead than
+    /// [`Config::max_in_flight`] requests of one piece hold; then enough for its
+    /// [`Config::pipeline`] in that many requests, at most [`Config::max_run`].
+    pub fn run_len(&self, holder: HolderId, now: Instant) -> usize {
+        self.ahead(holder, now).map_or(1, |ahead| {
+            ahead
+                .div_ceil(self.cfg.max_in_flight)
+                .clamp(1, self.cfg.max_run)
+        })
     }
 
     /// The next thing to do, if any.
@@ -484,12 +529,18 @@ impl Swarm {
         if !asked || self.verified.contains(piece) {
             return;
         }
-        self.verified.insert(piece);
+        self.mark_verified(piece);
         self.settle(holder, piece, now);
         if let Some(h) = self.holders.get_mut(&holder) {
             h.last_progress = now;
         }
         self.piece_verified(piece, Some(holder), now);
+    }
+
+    /// Adds `piece` (not verified before) to the verified set and its bytes to the count.
+    fn mark_verified(&mut self, piece: usize) {
+        self.verified.insert(piece);
+        self.verified_bytes += self.piece_len(piece);
     }
 
     /// `piece` was just recorded verified (`by` that holder, whose request is settled): the
@@ -520,7 +571,7 @@ impl Swarm {
         if self.finished || piece >= self.verified.len() || self.verified.contains(piece) {
             return;
         }
-        self.verified.insert(piece);
+        self.mark_verified(piece);
         self.piece_verified(piece, None, now);
     }
 
@@ -592,21 +643,38 @@ impl Swarm {
         }
     }
 
-    fn ask(&mut self, holder: HolderId, piece: usize, now: Instant) {
+    /// Asks `holder` for `pieces` in one request.
+    fn ask(&mut self, holder: HolderId, pieces: Range<usize>, now: Instant) {
+        let request = self.next_request;
+        self.next_request += 1;
         let h = self.holders.get_mut(&holder).expect("asked holder exists");
         if h.in_flight.is_empty() {
             h.busy_since = Some(now);
             h.last_progress = now;
         }
-        h.in_flight.push(InFlight { piece, asked: now });
-        self.racers[piece].push(holder);
-        let (groups, bytes) = self.piece_range(piece);
+        for piece in pieces.clone() {
+            h.in_flight.push(InFlight {
+                piece,
+                request,
+                asked: now,
+            });
+            self.racers[piece].push(holder);
+        }
+        let (first, last) = (
+            self.piece_range(pieces.start),
+            self.piece_range(pieces.end - 1),
+        );
         self.actions.push_back(Action::Request {
             holder,
-            piece,
-            groups,
-            bytes,
+            pieces,
+            groups: first.0.start..last.0.end,
+            bytes: first.1.start..last.1.end,
         });
+    }
+
+    /// Whether nobody has `piece` and nobody is asked for it.
+    fn is_unasked(&self, piece: usize) -> bool {
+        !self.verified.contains(piece) && self.racers[piece].is_empty()
     }
 
     /// Hands out pieces to holders with free slots, then races the endgame.
@@ -634,18 +702,23 @@ impl Swarm {
             .map(|(&id, h)| (id, h.rate(now).unwrap_or(f64::INFINITY)))
             .collect();
         order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let n = self.racers.len();
         let mut next = 0usize;
         for &(id, _) in &order {
-            while self.holders[&id].in_flight.len() < self.depth(id, now) {
-                while next < self.racers.len()
-                    && (self.verified.contains(next) || !self.racers[next].is_empty())
-                {
+            let run = self.run_len(id, now);
+            while self.holders[&id].requests() < self.depth(id, now) {
+                while next < n && !self.is_unasked(next) {
                     next += 1;
                 }
-                if next == self.racers.len() {
+                if next == n {
                     break;
                 }
-                self.ask(id, next, now);
+                let mut end = next + 1;
+                while end < n && end - next < run && self.is_unasked(end) {
+                    end += 1;
+                }
+                self.ask(id, next..end, now);
+                next = end;
             }
         }
         // Endgame: every missing piece is in flight; idle holders race the oldest ones.
@@ -664,7 +737,7 @@ impl Swarm {
                 .min_by_key(|r| (r.asked, r.piece))
                 .map(|r| r.piece);
             if let Some(piece) = oldest {
-                self.ask(id, piece, now);
+                self.ask(id, piece..piece + 1, now);
             }
         }
     }

@@ -4,6 +4,14 @@
 //! function) and writes the verified ones into the partial file ([`PartWriter`]), then hands
 //! the buffer back with the outcome ([`VerifyDone`]) and wakes the reactor.
 //!
+//! What waits for the disk runs on a third thread, the syncing thread ([`Syncer`], jobs
+//! [`SyncJob`]): starting the kernel's writeback of what was written (every
+//! `WRITEBACK_BYTES`, so it overlaps the transfer and the final fsync has little left) and
+//! saving the resume record (an fdatasync of the partial file first). Either can block for
+//! hundreds of milliseconds on a busy disk, and one blocks the other: on the reactor thread
+//! they would stop every transfer of the peer, on the verifying thread every download's
+//! verification. In sequence on their own thread they never run at once.
+//!
 //! # Invariants
 //! - Nothing unverified is written: a job's bytes reach the file only up to the end of the
 //!   last group that matched its hash; the first group that fails ends the job, and the
@@ -15,15 +23,24 @@
 //! - A [`PartWriter`] that was closed (the download landed, failed or was abandoned) writes
 //!   nothing more: a late job's bytes (verified, but no longer wanted) never touch a file
 //!   that was renamed or is being resumed by another download.
+//! - A record names only pieces whose bytes were written before it was made (their jobs
+//!   answered), and is saved only after an fdatasync that follows those writes. Saves of one
+//!   download are serialised, at most one waits for the syncing thread at a time
+//!   ([`PartWriter::start_saving`]), and none is saved once the download's records are closed
+//!   ([`PartWriter::close_records`], which waits for a save under way): a late save never
+//!   brings back the record of a file that landed, nor overwrites a final record with an
+//!   older one.
 //! - Wakes are coalesced: the thread wakes the reactor only when the reactor has taken every
 //!   earlier answer ([`Verifier::drain`]), so a fast transfer costs one wake per turn, not one
 //!   per job.
 
 use super::download::DownloadId;
 use super::outboard::{self, ExpectedGroup, RangeError, GROUP_BYTES};
+use super::swarm::ResumeRecord;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -32,57 +49,201 @@ use std::sync::{Arc, Mutex};
 /// and the final fsync has little left to do.
 const WRITEBACK_BYTES: u64 = 8 << 20;
 
-/// The partial file as the verifying thread writes it: shared with the download, closed
-/// once (see the module invariants).
+/// The partial file as the verifying thread writes it and the syncing thread syncs and
+/// records it: shared with the download, closed once (see the module invariants).
 #[derive(Debug)]
 pub struct PartWriter {
     state: Mutex<WriterState>,
+    /// Held while a record is saved, so saves and closing are serialised.
+    record: Mutex<RecordState>,
+    /// A save was handed to the syncing thread and is not done.
+    saving: AtomicBool,
+    /// A writeback start was asked of the syncing thread and is not done.
+    writeback: AtomicBool,
+}
+
+#[derive(Debug)]
+struct RecordState {
+    /// The partial file, to start writeback of and to fdatasync before a record names its
+    /// bytes.
+    file: File,
+    size: u64,
+    /// Where the record goes.
+    path: PathBuf,
+    /// No record is saved any more (nor writeback started).
+    closed: bool,
 }
 
 #[derive(Debug)]
 struct WriterState {
     file: Option<File>,
-    size: u64,
-    /// Bytes written since the kernel's writeback was last started.
+    /// Bytes written since a writeback start was last asked for.
     unflushed: u64,
 }
 
 impl PartWriter {
-    /// A writer of `file`, a partial file of `size` bytes.
-    pub fn new(file: File, size: u64) -> PartWriter {
-        PartWriter {
+    /// A writer of `file`, a partial file of `size` bytes whose resume record is saved at
+    /// `record_path`.
+    pub fn new(file: File, size: u64, record_path: PathBuf) -> io::Result<PartWriter> {
+        let sync = file.try_clone()?;
+        Ok(PartWriter {
             state: Mutex::new(WriterState {
                 file: Some(file),
-                size,
                 unflushed: 0,
             }),
-        }
+            record: Mutex::new(RecordState {
+                file: sync,
+                size,
+                path: record_path,
+                closed: false,
+            }),
+            saving: AtomicBool::new(false),
+            writeback: AtomicBool::new(false),
+        })
     }
 
-    /// Writes verified bytes at `offset`; `Ok(false)` if the writer was closed (nothing is
-    /// written).
-    pub fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<bool> {
+    /// Writes verified bytes at `offset`. Returns how many were written: all of them, none
+    /// if the writer was closed, or those before an error (a full disk), with the error.
+    pub fn write_at(&self, offset: u64, mut bytes: &[u8]) -> (usize, Option<io::Error>) {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut *guard;
-        let size = st.size;
         let Some(file) = &st.file else {
-            return Ok(false);
+            return (0, None);
         };
-        file.write_all_at(bytes, offset)?;
-        if st.unflushed + bytes.len() as u64 >= WRITEBACK_BYTES {
-            // Pieces land anywhere in the file: start writeback of all of it (only dirty
-            // pages are written).
-            crate::sys::io::start_writeback(file, 0, size);
-            st.unflushed = 0;
-        } else {
-            st.unflushed += bytes.len() as u64;
+        let mut written = 0;
+        let error = loop {
+            if bytes.is_empty() {
+                break None;
+            }
+            match file.write_at(bytes, offset + written as u64) {
+                Ok(0) => break Some(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => {
+                    written += n;
+                    bytes = &bytes[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e),
+            }
+        };
+        st.unflushed += written as u64;
+        (written, error)
+    }
+
+    /// Whether the kernel's writeback should be started now ([`SyncWork::Writeback`]):
+    /// `WRITEBACK_BYTES` were written since it was last asked for, and no start is pending.
+    pub fn claim_writeback(&self) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.unflushed < WRITEBACK_BYTES || self.writeback.swap(true, Ordering::AcqRel) {
+            return false;
         }
-        Ok(true)
+        st.unflushed = 0;
+        true
+    }
+
+    /// Starts the kernel's writeback of the whole file (pieces land anywhere; only dirty
+    /// pages are written), unless the writer's records are closed.
+    fn start_writeback(&self) {
+        let st = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.closed {
+            crate::sys::io::start_writeback(&st.file, 0, st.size);
+        }
     }
 
     /// Writes nothing more (waits for a write under way to end).
     pub fn close(&self) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).file = None;
+    }
+
+    /// Claims the one save of this download that may wait for the syncing thread; `false`
+    /// while an earlier one is not done (the caller tries again later).
+    pub fn start_saving(&self) -> bool {
+        !self.saving.swap(true, Ordering::AcqRel)
+    }
+
+    /// Makes the bytes written so far durable, then saves `record` (which names only pieces
+    /// written before this call). `Ok(false)`: the records are closed, nothing was saved.
+    pub fn save_record(&self, record: &ResumeRecord) -> io::Result<bool> {
+        let st = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        if st.closed {
+            return Ok(false);
+        }
+        st.file.sync_data()?;
+        record.save(&st.path)?;
+        Ok(true)
+    }
+
+    /// Saves no record after this (waits for a save under way); `last`, if given, is saved
+    /// first, as the final one.
+    pub fn close_records(&self, last: Option<&ResumeRecord>) -> io::Result<()> {
+        let mut st = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        if st.closed {
+            return Ok(());
+        }
+        st.closed = true;
+        match last {
+            Some(record) => {
+                st.file.sync_data()?;
+                record.save(&st.path)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// Work for the syncing thread on one download's partial file.
+#[derive(Debug)]
+pub struct SyncJob {
+    /// The download's partial file.
+    pub writer: Arc<PartWriter>,
+    /// What to do.
+    pub work: SyncWork,
+}
+
+/// What a [`SyncJob`] does.
+#[derive(Debug)]
+pub enum SyncWork {
+    /// Start the kernel's writeback (claimed with [`PartWriter::claim_writeback`]).
+    Writeback,
+    /// Save this resume record, the verified pieces as the download knew them when it asked
+    /// (claimed with [`PartWriter::start_saving`]).
+    Record(ResumeRecord),
+}
+
+/// Does one job: the step the syncing thread runs (and the reactor, when the thread cannot
+/// be started). A record that cannot be saved only costs a resume some pieces; it is logged.
+pub fn sync(job: SyncJob) {
+    match job.work {
+        SyncWork::Writeback => {
+            job.writer.start_writeback();
+            job.writer.writeback.store(false, Ordering::Release);
+        }
+        SyncWork::Record(record) => {
+            if let Err(e) = job.writer.save_record(&record) {
+                log::warn!(target: "peer", "cannot save the resume record of {}: {e}", record.hash);
+            }
+            job.writer.saving.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// The syncing thread, seen from the reactor: jobs go in, nothing comes back.
+pub struct Syncer {
+    jobs: Sender<SyncJob>,
+}
+
+impl Syncer {
+    /// Starts the thread.
+    pub fn spawn() -> io::Result<Syncer> {
+        let (jobs, job_rx) = mpsc::channel::<SyncJob>();
+        std::thread::Builder::new()
+            .name("syncer".into())
+            .spawn(move || job_rx.into_iter().for_each(sync))?;
+        Ok(Syncer { jobs })
+    }
+
+    /// Hands a job to the thread; gives it back if the thread is gone.
+    pub fn submit(&self, job: SyncJob) -> Result<(), SyncJob> {
+        self.jobs.send(job).map_err(|e| e.0)
     }
 }
 
@@ -112,8 +273,10 @@ pub struct VerifyDone {
     pub buf: Vec<u8>,
     /// The job's bytes (to count them out of flight).
     pub len: usize,
-    /// Verified bytes written.
+    /// Verified bytes written (those before a failed write too: they stay on disk).
     pub written: usize,
+    /// The kernel's writeback should be started ([`PartWriter::claim_writeback`]).
+    pub writeback: bool,
     /// The outcome: every group verified and written, a group that failed (the holder lied),
     /// or a write that failed (a local error).
     pub result: Result<(), VerifyFailure>,
@@ -139,12 +302,13 @@ pub fn run(job: VerifyJob) -> VerifyDone {
         None => Ok(()),
     };
     if checked.ok_bytes > 0 {
-        match job.writer.write_at(offset, &job.data[..checked.ok_bytes]) {
-            Ok(true) => written = checked.ok_bytes,
-            Ok(false) => {}
-            Err(e) => result = Err(VerifyFailure::Write(e)),
+        let (n, error) = job.writer.write_at(offset, &job.data[..checked.ok_bytes]);
+        written = n;
+        if let Some(e) = error {
+            result = Err(VerifyFailure::Write(e));
         }
     }
+    let writeback = written > 0 && job.writer.claim_writeback();
     let mut buf = job.data;
     let len = buf.len();
     buf.clear();
@@ -154,6 +318,7 @@ pub fn run(job: VerifyJob) -> VerifyDone {
         buf,
         len,
         written,
+        writeback,
         result,
     }
 }
@@ -234,7 +399,9 @@ mod tests {
         let g = GROUP_BYTES as usize;
         let exp = expected(&content, 1..6);
         let (path, file) = tmpfile("prefix");
-        let writer = Arc::new(PartWriter::new(file, content.len() as u64));
+        let writer = Arc::new(
+            PartWriter::new(file, content.len() as u64, path.with_extension("rec")).unwrap(),
+        );
         // Group 3 (the third of the job) has one byte flipped.
         let mut data = content[g..].to_vec();
         data[2 * g + 7] ^= 1;
@@ -313,6 +480,63 @@ mod tests {
     }
 
     #[test]
+    fn records_are_saved_one_at_a_time_and_never_after_they_are_closed() {
+        use crate::peer::swarm::{Loaded, PieceSet};
+        use crate::wire::FileHash;
+        let content = bytes(3 * GROUP_BYTES as usize);
+        let (path, file) = tmpfile("record");
+        let rec_path = path.with_extension("rec");
+        let writer =
+            Arc::new(PartWriter::new(file, content.len() as u64, rec_path.clone()).unwrap());
+        let hash = FileHash::of(&content);
+        let record = |pieces: &[usize]| {
+            let mut verified = PieceSet::new(3);
+            for &p in pieces {
+                verified.insert(p);
+            }
+            ResumeRecord {
+                hash,
+                size: content.len() as u64,
+                piece_bytes: GROUP_BYTES,
+                verified,
+            }
+        };
+        let load = || ResumeRecord::load(&rec_path, &hash, content.len() as u64, GROUP_BYTES);
+        // One save at a time waits for the syncing thread.
+        assert!(writer.start_saving());
+        assert!(!writer.start_saving());
+        sync(SyncJob {
+            writer: writer.clone(),
+            work: SyncWork::Record(record(&[0])),
+        });
+        assert_eq!(load().unwrap(), Loaded::Intact(record(&[0]).verified));
+        assert!(writer.start_saving(), "the save is done: the next may go");
+        // The last record is saved when closing; a save handed over earlier and run later
+        // changes nothing.
+        let late = SyncJob {
+            writer: writer.clone(),
+            work: SyncWork::Record(record(&[0])),
+        };
+        writer.close_records(Some(&record(&[0, 1]))).unwrap();
+        sync(late);
+        assert_eq!(load().unwrap(), Loaded::Intact(record(&[0, 1]).verified));
+        assert!(!writer.save_record(&record(&[0, 1, 2])).unwrap());
+        assert_eq!(load().unwrap(), Loaded::Intact(record(&[0, 1]).verified));
+        // Closed for a landed file (no last record): none comes back once removed.
+        let (path2, file2) = tmpfile("record-landed");
+        let rec2 = path2.with_extension("rec");
+        let w2 = PartWriter::new(file2, content.len() as u64, rec2.clone()).unwrap();
+        w2.save_record(&record(&[0])).unwrap();
+        w2.close_records(None).unwrap();
+        std::fs::remove_file(&rec2).unwrap();
+        assert!(!w2.save_record(&record(&[0])).unwrap());
+        assert!(!rec2.exists());
+        for p in [path, rec_path, path2] {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+
+    #[test]
     fn the_thread_answers_every_job_and_wakes_once_per_drain() {
         let wakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let w = wakes.clone();
@@ -322,7 +546,9 @@ mod tests {
         .unwrap();
         let content = bytes(4 * GROUP_BYTES as usize);
         let (path, file) = tmpfile("thread");
-        let writer = Arc::new(PartWriter::new(file, content.len() as u64));
+        let writer = Arc::new(
+            PartWriter::new(file, content.len() as u64, path.with_extension("rec")).unwrap(),
+        );
         for i in 0..4u64 {
             let g = GROUP_BYTES as usize;
             let job = VerifyJob {

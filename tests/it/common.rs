@@ -569,8 +569,11 @@ pub enum Fake {
     TooMany,
     /// Sends the header, the proof and half the bytes, then hangs with the connection open.
     Hangs,
-    /// Serves this many requests right, then says nothing more (the connection stays open).
-    ServesThenHangs(usize),
+    /// Serves the file's first this many 16 KiB groups right, then says nothing more (the
+    /// connection stays open): a request reaching past them gets its header, its proof and
+    /// the bytes up to there (a fast holder is asked for runs of pieces, so whole requests
+    /// would not stop at a given piece).
+    ServesThenHangs(u64),
     /// Sends a valid header and proof, then the right bytes one at a time, one every 20 ms
     /// (a holder that never stalls long enough for a "nothing received" timer and never
     /// finishes).
@@ -742,10 +745,17 @@ fn serve_fake(mut s: TcpStream, how: Fake, bytes: &[u8], served: &std::sync::ato
         let TransferRequest::Range { first, end, .. } = req else {
             return;
         };
-        let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let (out, stops) = match how {
-            Fake::ServesThenHangs(k) if n > k => (Vec::new(), true),
-            Fake::ServesThenHangs(_) => (how.reply(bytes, first..end).0, false),
+            Fake::ServesThenHangs(k) if first >= k => (Vec::new(), true),
+            Fake::ServesThenHangs(k) => {
+                let (mut out, _) = how.reply(bytes, first..end);
+                let size = bytes.len() as u64;
+                let data = p2pshare::peer::outboard::group_bytes(size, first..end);
+                let kept = p2pshare::peer::outboard::group_bytes(size, first..end.min(k));
+                out.truncate(out.len() - (data.end - kept.end) as usize);
+                (out, end > k)
+            }
             _ => how.reply(bytes, first..end),
         };
         if s.write_all(&out).is_err() {

@@ -874,9 +874,9 @@ fn a_downloader_killed_mid_transfer_fetches_only_the_missing_pieces_after_a_rest
         size,
         name: "resumed.bin".into(),
     };
-    // The only holder at first serves 4 pieces of 256 KiB, then stalls: the transfer is
-    // reliably "mid".
-    let fake = FakeHolder::start(indexd.addr, entry, bytes.clone(), Fake::ServesThenHangs(4));
+    // The only holder at first serves 4 pieces of 256 KiB (64 groups), then stalls: the
+    // transfer is reliably "mid".
+    let fake = FakeHolder::start(indexd.addr, entry, bytes.clone(), Fake::ServesThenHangs(64));
     let mut downloader = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_peer"))
             .args(common::peer_args(&b, indexd.addr))

@@ -25,6 +25,8 @@ struct Sim {
     /// Who delivered each verified piece (the model's own count).
     verified_by: Vec<Vec<HolderId>>,
     requests: Vec<(HolderId, usize)>,
+    /// The pieces of each request, in order.
+    runs: Vec<usize>,
     cancels: Vec<(HolderId, usize)>,
     drops: Vec<(HolderId, DropReason)>,
     dropped_for_lies: HashSet<HolderId>,
@@ -41,6 +43,7 @@ impl Sim {
             world: BTreeMap::new(),
             verified_by: vec![Vec::new(); n],
             requests: Vec::new(),
+            runs: Vec::new(),
             cancels: Vec::new(),
             drops: Vec::new(),
             dropped_for_lies: HashSet::new(),
@@ -73,30 +76,40 @@ impl Sim {
             match a {
                 Action::Request {
                     holder,
-                    piece,
+                    pieces,
                     groups,
                     bytes,
                 } => {
-                    assert!(
-                        self.verified_by[piece].is_empty(),
-                        "verified piece {piece} requested again"
-                    );
+                    assert!(!pieces.is_empty() && pieces.len() <= self.swarm.cfg.max_run);
                     assert!(
                         !self.dropped_for_lies.contains(&holder),
                         "a liar asked again"
                     );
-                    let h = self
-                        .world
-                        .get_mut(&holder)
-                        .expect("asked a holder that exists");
-                    assert!(
-                        h.queue.iter().all(|&(p, _)| p != piece),
-                        "asked twice at once"
+                    let (first, last) = (
+                        self.swarm.piece_range(pieces.start),
+                        self.swarm.piece_range(pieces.end - 1),
                     );
-                    let (g, b) = self.swarm.piece_range(piece);
-                    assert_eq!((g, b.clone()), (groups, bytes));
-                    h.queue.push_back((piece, (b.end - b.start) as f64));
-                    self.requests.push((holder, piece));
+                    assert_eq!(groups, first.0.start..last.0.end);
+                    assert_eq!(bytes, first.1.start..last.1.end);
+                    self.runs.push(pieces.len());
+                    for piece in pieces {
+                        assert!(
+                            self.verified_by[piece].is_empty(),
+                            "verified piece {piece} requested again"
+                        );
+                        let (_, b) = self.swarm.piece_range(piece);
+                        let h = self
+                            .world
+                            .get_mut(&holder)
+                            .expect("asked a holder that exists");
+                        assert!(
+                            h.queue.iter().all(|&(p, _)| p != piece),
+                            "asked twice at once"
+                        );
+                        // A run is sent in order, each piece verified as it completes.
+                        h.queue.push_back((piece, (b.end - b.start) as f64));
+                        self.requests.push((holder, piece));
+                    }
                 }
                 Action::Cancel { holder, piece } => {
                     if let Some(h) = self.world.get_mut(&holder) {
@@ -268,6 +281,43 @@ fn the_endgame_races_the_last_piece_and_cancels_the_loser() {
     // Nothing is raced while unasked pieces remain: each piece is asked at most twice.
     for p in 0..s.verified_by.len() {
         assert!(s.requests.iter().filter(|r| r.1 == p).count() <= 2);
+    }
+}
+
+#[test]
+fn a_fast_holder_is_asked_for_runs_of_pieces_a_slow_one_for_single_pieces() {
+    // Alone and fast (1 GB/s): single pieces until its rate is known, then runs of the
+    // longest length, each piece still verified once.
+    let mut s = Sim::new(64 << 20, cfg(256), None);
+    s.add(1, 1000.0 * MB, None);
+    assert_eq!(s.runs[..2], [1, 1]);
+    assert_eq!(s.run(100_000), &Action::Done);
+    s.assert_all_verified_once();
+    let max_run = Config::default().max_run;
+    assert_eq!(s.swarm.run_len(HolderId(1), s.now), max_run);
+    assert!(s.runs.iter().filter(|&&r| r == max_run).count() * 2 > s.runs.len());
+    assert!(
+        s.runs.len() * 3 < piece_count(64 << 20, 256 * KIB),
+        "{} requests",
+        s.runs.len()
+    );
+    // Holders that fill their pipeline with single pieces are asked for single pieces.
+    let mut s = Sim::new(16 << 20, cfg(256), None);
+    s.add(1, 4.0 * MB, None);
+    s.add(2, 2.0 * MB, None);
+    assert_eq!(s.run(100_000), &Action::Done);
+    s.assert_all_verified_once();
+    assert!(s.runs.iter().all(|&r| r == 1), "{:?}", s.runs);
+    // Four at 50 MB/s: runs, and every holder still does its share.
+    let mut s = Sim::new(64 << 20, cfg(256), None);
+    for h in 1..=4 {
+        s.add(h, 50.0 * MB, None);
+    }
+    assert_eq!(s.run(100_000), &Action::Done);
+    s.assert_all_verified_once();
+    assert!(s.runs.iter().any(|&r| r > 1), "{:?}", s.runs);
+    for h in 1..=4 {
+        assert!(s.pieces_by(h) * 5 > 256, "holder {h}: {}", s.pieces_by(h));
     }
 }
 
@@ -580,14 +630,13 @@ fn swarm_and_verifier_fetch_a_file_past_a_liar() {
     for round in 0..10_000 {
         while let Some(a) = swarm.poll_action() {
             match a {
-                Action::Request {
-                    holder,
-                    piece,
-                    groups,
-                    ..
-                } => {
-                    requests += 1;
-                    queues.get_mut(&holder).unwrap().push_back((piece, groups))
+                Action::Request { holder, pieces, .. } => {
+                    // A run is answered piece by piece, each verified on its own.
+                    for piece in pieces {
+                        requests += 1;
+                        let groups = swarm.piece_range(piece).0;
+                        queues.get_mut(&holder).unwrap().push_back((piece, groups))
+                    }
                 }
                 Action::Cancel { holder, piece } => {
                     cancels += 1;
