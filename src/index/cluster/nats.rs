@@ -23,9 +23,15 @@
 //! - Refreshes its liveness key every TTL/4 with a revision check; if the check fails (the key
 //!   expired while NATS was unreachable, so the others dropped this node) it takes a new
 //!   incarnation and sends [`Inbound::Fenced`].
-//! - Watches the bucket: a node whose key is deleted, or has not been refreshed for a TTL and
-//!   is gone from the bucket (expired), is dead: [`Inbound::NodeDead`], and the lowest-named
-//!   node alive purges the dead node's subjects.
+//! - Watches the bucket, and checks the other nodes' keys every [`check_interval`]: a node
+//!   whose key is deleted or gone is dead, and so is one whose key this node has not seen
+//!   take a new revision for a TTL (by its own clock, from the watch, or read when in doubt):
+//!   that key is deleted at the revision seen, so that every other node learns the death at
+//!   once from the watch and a node merely cut off from NATS finds itself fenced at its next
+//!   refresh. The bucket's `max_age` expiry is only the backstop: nats-server 2.9 removes an
+//!   expired key without telling the watchers, and when it does so depends on its own expiry
+//!   timer, so waiting for it made a death take up to two TTLs to be noticed. A dead node is
+//!   [`Inbound::NodeDead`], and the lowest-named node alive purges its subjects.
 //! - At [`Outbound::Stop`], deletes its key (the others drop its sessions at once).
 
 use super::apply::Inbound;
@@ -74,6 +80,12 @@ async fn quick<T, E: std::fmt::Display>(
 }
 /// How many times a lost consumer is created again at once (then: at its next error).
 const RESUME_TRIES: usize = 15;
+/// How often the other nodes' keys are checked: a quarter of the TTL, at most a second, so
+/// that a death is noticed within about the TTL plus this after the node's last refresh.
+pub fn check_interval(ttl: Duration) -> Duration {
+    (ttl / 4).min(Duration::from_secs(1))
+}
+
 /// The default liveness TTL: longer than a NATS cluster's failover (a stream leader election
 /// after a server died takes seconds), so that an engine fault does not look like every node
 /// dying.
@@ -205,6 +217,15 @@ fn publish(
     })
 }
 
+/// When another node's liveness key was last seen take a new revision (this node's clock:
+/// the nodes' clocks are never compared), and that revision (0: known only from its records
+/// on the stream).
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    at: Instant,
+    revision: u64,
+}
+
 /// The thread's state once connected.
 struct Node {
     config: NatsConfig,
@@ -214,8 +235,8 @@ struct Node {
     /// Our key's last revision.
     revision: u64,
     ttl: Duration,
-    /// Other nodes believed alive, with when they were last seen so.
-    alive: HashMap<String, Instant>,
+    /// Other nodes believed alive, with when their key was last seen take a new revision.
+    alive: HashMap<String, Seen>,
     dead: HashSet<String>,
     /// Tombstones to purge, and when.
     tombstones: VecDeque<(Instant, String)>,
@@ -418,6 +439,8 @@ impl Node {
         let mut queues: HashMap<u64, VecDeque<Record>> = HashMap::new();
         let mut tick = tokio::time::interval(self.ttl / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval(check_interval(self.ttl));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut applied: u64 = 0;
         // The stream sequence of the last record read, to resume after it.
         let mut last_seq: u64 = 0;
@@ -483,7 +506,8 @@ impl Node {
                                     Some(record) => {
                                         if !self.alive.contains_key(node) {
                                             // Known from now: checked alive within a TTL.
-                                            self.alive.insert(node.to_string(), Instant::now());
+                                            let seen = Seen { at: Instant::now(), revision: 0 };
+                                            self.alive.insert(node.to_string(), seen);
                                         }
                                         if rebuilding {
                                             met.insert(node.to_string());
@@ -528,11 +552,7 @@ impl Node {
                 },
                 entry = watch.next() => match entry {
                     Some(Ok(entry)) if entry.key != self.config.node => match entry.operation {
-                        kv::Operation::Put => {
-                            if !self.dead.contains(&entry.key) {
-                                self.alive.insert(entry.key, Instant::now());
-                            }
-                        }
+                        kv::Operation::Put => self.handle_put(entry.key, entry.revision),
                         kv::Operation::Delete | kv::Operation::Purge => {
                             self.declare_dead(&entry.key, to_reactor).await;
                         }
@@ -558,9 +578,9 @@ impl Node {
                     }
                     read_since_tick = false;
                     self.refresh(to_reactor).await;
-                    self.check_others(to_reactor).await;
                     self.purge_tombstones().await;
                 }
+                _ = check.tick() => self.check_others(to_reactor).await,
             }
             self.counters.set_nodes_alive(self.alive.len());
         }
@@ -681,20 +701,67 @@ impl Node {
         }
     }
 
-    /// Nodes not seen alive for a TTL whose key is gone are dead.
+    /// The watch saw `node`'s key at `revision`: alive, unless that revision was seen
+    /// already (a watch made again delivers the keys' last values again: an old one proves
+    /// nothing).
+    fn handle_put(&mut self, node: String, revision: u64) {
+        if self.dead.contains(&node) {
+            return;
+        }
+        let seen = self.alive.get(&node).map(|s| s.revision);
+        if seen != Some(revision) {
+            let at = Instant::now();
+            self.alive.insert(node, Seen { at, revision });
+        }
+    }
+
+    /// A node whose key has not been seen take a new revision for a TTL is dead, once the
+    /// stream's leader confirms it: the key is deleted at the revision seen (or at none, if
+    /// it is gone), which only the leader can do, and only if the node did not refresh it
+    /// meanwhile; see the module docs. A node that cannot read the bucket declares no one
+    /// dead: the failure may be its own.
     async fn check_others(&mut self, to_reactor: &ToReactor) {
         let now = Instant::now();
-        let stale: Vec<String> = self
+        let stale: Vec<(String, u64)> = self
             .alive
             .iter()
-            .filter(|(_, seen)| now.duration_since(**seen) > self.ttl)
-            .map(|(n, _)| n.clone())
+            .filter(|(_, seen)| now.duration_since(seen.at) > self.ttl)
+            .map(|(n, seen)| (n.clone(), seen.revision))
             .collect();
-        for node in stale {
-            if self.is_alive_in_bucket(&node).await {
-                self.alive.insert(node, now);
-            } else {
-                self.declare_dead(&node, to_reactor).await;
+        for (node, seen) in stale {
+            // A read may be answered by any of the bucket's replicas, one of them behind.
+            let expect = match self.kv.entry(node.as_str()).await {
+                Ok(Some(e)) if e.operation != kv::Operation::Put => {
+                    self.declare_dead(&node, to_reactor).await;
+                    continue;
+                }
+                Ok(Some(e)) if e.revision > seen => {
+                    // Refreshed, and the watch has not told us yet.
+                    let at = Instant::now();
+                    let revision = e.revision;
+                    self.alive.insert(node, Seen { at, revision });
+                    continue;
+                }
+                // A replica behind the one the watch reads answered: asked again next time.
+                Ok(Some(e)) if e.revision < seen => continue,
+                Ok(Some(_)) => seen,
+                Ok(None) => 0,
+                Err(e) => {
+                    log::warn!("cluster: reading {node}'s liveness key: {e}");
+                    continue;
+                }
+            };
+            match self.kv.delete_expect_revision(&node, Some(expect)).await {
+                Ok(()) => {
+                    log::info!(
+                        "cluster: node {node} did not refresh its liveness key for {:?}; deleted it",
+                        self.ttl
+                    );
+                    self.declare_dead(&node, to_reactor).await;
+                }
+                // Refreshed meanwhile (the watch brings the new revision), deleted by another
+                // node (the watch brings that), or NATS unreachable: checked again next time.
+                Err(e) => log::debug!("cluster: deleting {node}'s stale liveness key: {e}"),
             }
         }
     }
