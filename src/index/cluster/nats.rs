@@ -20,9 +20,12 @@
 //!   [`Inbound::Lost`] for that session. After an `End` is acknowledged, the subject is purged
 //!   but for that tombstone, and the tombstone is purged [`TOMBSTONE_LINGER`] later.
 //! - Consumes every other node's subjects and forwards their records in stream order.
-//! - Refreshes its liveness key every TTL/4 with a revision check; if the check fails (the key
-//!   expired while NATS was unreachable, so the others dropped this node) it takes a new
-//!   incarnation and sends [`Inbound::Fenced`].
+//! - Refreshes its liveness key every TTL/4 with a revision check, in a task of its own
+//!   ([`Keeper`]): nothing the main loop waits for (a consumer or a watch made again after a
+//!   NATS server died, each request up to seconds while leaders are elected) may hold a
+//!   refresh back past the TTL, or the others would drop a node that is well. If the check
+//!   fails (the key was deleted or expired while NATS was unreachable, so the others dropped
+//!   this node) it takes a new incarnation and sends [`Inbound::Fenced`].
 //! - Watches the bucket, and checks the other nodes' keys every [`check_interval`]: a node
 //!   whose key is deleted or gone is dead, and so is one whose key this node has not seen
 //!   take a new revision for a TTL (by its own clock, from the watch, or read when in doubt):
@@ -226,14 +229,68 @@ struct Seen {
     revision: u64,
 }
 
+/// Keeps this node's liveness key: a task of its own; see the module docs.
+struct Keeper {
+    kv: kv::Store,
+    node_id: String,
+    /// Our name (`ID-INCARNATION`), the key's.
+    node: String,
+    /// The key's last revision.
+    revision: u64,
+    ttl: Duration,
+}
+
+impl Keeper {
+    /// Refreshes the key every TTL/4; a new name taken after a fence goes to `renamed`.
+    async fn run(mut self, renamed: tokio::sync::watch::Sender<String>) {
+        let mut tick = tokio::time::interval(self.ttl / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self
+                .kv
+                .update(&self.node, "alive".into(), self.revision)
+                .await
+            {
+                Ok(revision) => self.revision = revision,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    let old = std::mem::replace(&mut self.node, incarnation(&self.node_id));
+                    log::error!(
+                        "cluster: our liveness key {old} is gone (NATS unreachable, or this node \
+                         too slow to refresh it, for longer than {:?}): the other nodes dropped \
+                         our sessions; ending them all and going on as {}",
+                        self.ttl,
+                        self.node
+                    );
+                    match self.kv.create(&self.node, "alive".into()).await {
+                        Ok(revision) => self.revision = revision,
+                        Err(e) => log::warn!("cluster: creating {}: {e}", self.node),
+                    }
+                    renamed.send_replace(self.node.clone());
+                }
+                Err(e) => log::warn!("cluster: refreshing our liveness key: {e}"),
+            }
+        }
+    }
+}
+
+/// A spawned task, aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The thread's state once connected.
 struct Node {
     config: NatsConfig,
     js: jetstream::Context,
     stream: stream::Stream,
     kv: kv::Store,
-    /// Our key's last revision.
-    revision: u64,
+    /// Our key's revision at the join (the [`Keeper`] goes on from it).
+    joined_revision: u64,
     ttl: Duration,
     /// Other nodes believed alive, with when their key was last seen take a new revision.
     alive: HashMap<String, Seen>,
@@ -390,7 +447,7 @@ async fn setup(
         js,
         stream,
         kv,
-        revision,
+        joined_revision: revision,
         ttl,
         alive: HashMap::new(),
         dead: HashSet::new(),
@@ -437,6 +494,16 @@ impl Node {
         // Each session's records not yet stored, the first one in flight: one at a time per
         // session keeps its records in order whatever is retried.
         let mut queues: HashMap<u64, VecDeque<Record>> = HashMap::new();
+        let (renamed, mut names) = tokio::sync::watch::channel(self.config.node.clone());
+        let keeper = Keeper {
+            kv: self.kv.clone(),
+            node_id: self.config.node_id.clone(),
+            node: self.config.node.clone(),
+            revision: self.joined_revision,
+            ttl: self.ttl,
+        };
+        // Dropped (and so aborted) when this loop ends, however it ends.
+        let keeper = AbortOnDrop(tokio::spawn(keeper.run(renamed)));
         let mut tick = tokio::time::interval(self.ttl / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(check_interval(self.ttl));
@@ -458,6 +525,8 @@ impl Node {
                     }
                     Some(Outbound::Stop) | None => {
                         // Best effort: the others drop our sessions now rather than after the TTL.
+                        drop(keeper);
+                        self.config.node = names.borrow().clone();
                         self.js.wait_for_acks().await;
                         if let Err(e) = self.kv.delete(&self.config.node).await {
                             log::warn!("cluster: deleting our liveness key: {e}");
@@ -560,9 +629,10 @@ impl Node {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         log::warn!("cluster: watching {}: {e}", self.config.bucket_name());
-                        match self.kv.watch_all().await {
+                        // Given up soon, as a consumer's re-creation is: its server may be dead.
+                        match quick("watching again", self.kv.watch_all()).await {
                             Ok(w) => watch = w,
-                            Err(e) => log::warn!("cluster: watching again: {e}"),
+                            Err(e) => log::warn!("cluster: {e}"),
                         }
                     }
                     None => return Err("the liveness watch ended".into()),
@@ -577,8 +647,12 @@ impl Node {
                         log::info!("cluster: rebuilt from {applied} records");
                     }
                     read_since_tick = false;
-                    self.refresh(to_reactor).await;
                     self.purge_tombstones().await;
+                }
+                Ok(()) = names.changed() => {
+                    // The keeper found our key gone and took a new incarnation.
+                    self.config.node = names.borrow_and_update().clone();
+                    to_reactor.send(Inbound::Fenced);
                 }
                 _ = check.tick() => self.check_others(to_reactor).await,
             }
@@ -670,34 +744,6 @@ impl Node {
                 log::warn!("cluster: reading {node}'s liveness key: {e}");
                 true
             }
-        }
-    }
-
-    /// Refreshes our liveness key; a lost key fences this node.
-    async fn refresh(&mut self, to_reactor: &ToReactor) {
-        match self
-            .kv
-            .update(&self.config.node, "alive".into(), self.revision)
-            .await
-        {
-            Ok(revision) => self.revision = revision,
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                let old =
-                    std::mem::replace(&mut self.config.node, incarnation(&self.config.node_id));
-                log::error!(
-                    "cluster: our liveness key {old} expired (NATS unreachable for longer than \
-                     {:?}): the other nodes dropped our sessions; ending them all and going on \
-                     as {}",
-                    self.ttl,
-                    self.config.node
-                );
-                match self.kv.create(&self.config.node, "alive".into()).await {
-                    Ok(revision) => self.revision = revision,
-                    Err(e) => log::warn!("cluster: creating {}: {e}", self.config.node),
-                }
-                to_reactor.send(Inbound::Fenced);
-            }
-            Err(e) => log::warn!("cluster: refreshing our liveness key: {e}"),
         }
     }
 

@@ -1027,8 +1027,14 @@ fn node_death(
     {
         let mut all: Vec<&mut Client> = observers.iter_mut().collect();
         if wait_entries(&mut all, before, LOAD_LIMIT).is_none() {
+            let counts: Vec<String> = all
+                .iter_mut()
+                .map(|c| stats_of(c).map_or_else(|e| e.to_string(), |s| s.names.to_string()))
+                .collect();
             return Err(io::Error::other(format!(
-                "node death: the nodes did not reach {before} entries with the peers at a"
+                "node death: the nodes did not reach {before} entries with the peers at a \
+                 (they hold {})",
+                counts.join(", ")
             )));
         }
     }
