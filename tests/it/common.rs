@@ -37,7 +37,7 @@ impl Indexd {
     /// prints it once it has read the stream).
     pub fn start_within(listen: &str, extra: &[&str], limit: Duration) -> Indexd {
         let child = Command::new(env!("CARGO_BIN_EXE_indexd"))
-            .args(["--listen", listen, "--log", "warn"])
+            .args(["--listen", listen, "--log", "warn,p2pshare::index::cluster=info"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -19,7 +19,11 @@
 //!   awaited concurrently, and one that fails (the stream did not take the record) becomes
 //!   [`Inbound::Lost`] for that session. After an `End` is acknowledged, the subject is purged
 //!   but for that tombstone, and the tombstone is purged [`TOMBSTONE_LINGER`] later.
-//! - Consumes every other node's subjects and forwards their records in stream order.
+//! - Consumes every other node's subjects and forwards their records in stream order. A
+//!   consumer that misses its heartbeats, or reads nothing for [`STALL_CHECK`] twice while
+//!   the stream holds records it has not read (the client's own re-creation after a
+//!   reconnect can retry for minutes without a word), is replaced by a new one resuming
+//!   after the last record read.
 //! - Refreshes its liveness key every TTL/4 with a revision check, in a task of its own
 //!   ([`Keeper`]): nothing the main loop waits for (a consumer or a watch made again after a
 //!   NATS server died, each request up to seconds while leaders are elected) may hold a
@@ -81,6 +85,8 @@ async fn quick<T, E: std::fmt::Display>(
         Err(_) => Err(format!("{what}: no answer within {JOIN_REQUEST_TIMEOUT:?}")),
     }
 }
+/// How often the consumer is checked for a stall ([`Node::is_stuck`]).
+const STALL_CHECK: Duration = Duration::from_secs(5);
 /// How many times a lost consumer is created again at once (then: at its next error).
 const RESUME_TRIES: usize = 15;
 /// How often the other nodes' keys are checked: a quarter of the TTL, at most a second, so
@@ -227,6 +233,16 @@ fn publish(
 struct Seen {
     at: Instant,
     revision: u64,
+}
+
+/// What [`Node::is_stuck`] remembers between ticks.
+#[derive(Debug, Default)]
+struct Stall {
+    /// The last record read at the previous check, if the stream held records after it.
+    behind_at: Option<u64>,
+    /// The stream's last sequence when a probe found nothing left to read before it (its
+    /// records were purged unread): not a stall.
+    read_to_end: u64,
 }
 
 /// Keeps this node's liveness key: a task of its own; see the module docs.
@@ -513,6 +529,9 @@ impl Node {
         let mut last_seq: u64 = 0;
         // A record was read since the last tick.
         let mut read_since_tick = false;
+        let mut stall = Stall::default();
+        let mut stall_check = tokio::time::interval(STALL_CHECK);
+        stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 out = outbound.recv() => match out {
@@ -606,15 +625,7 @@ impl Node {
                         // This client version's ordered consumer does not recover from missed
                         // heartbeats (its server may have died): a new one resumes the stream.
                         if e.kind() == consumer::push::OrderedErrorKind::MissingHeartbeat {
-                            for _ in 0..RESUME_TRIES {
-                                match self.resume(&client, last_seq + 1).await {
-                                    Ok(m) => {
-                                        messages = m;
-                                        break;
-                                    }
-                                    Err(e) => log::warn!("cluster: {e}"),
-                                }
-                            }
+                            self.replace_consumer(&client, last_seq + 1, &mut messages).await;
                         }
                     }
                     None => return Err("the stream's consumer ended".into()),
@@ -648,6 +659,15 @@ impl Node {
                     }
                     read_since_tick = false;
                     self.purge_tombstones().await;
+                }
+                _ = stall_check.tick() => {
+                    if self.is_stuck(&client, last_seq, &mut stall).await {
+                        log::warn!(
+                            "cluster: consumer: nothing read for {STALL_CHECK:?} while the stream \
+                             holds records after {last_seq}; resuming after it"
+                        );
+                        self.replace_consumer(&client, last_seq + 1, &mut messages).await;
+                    }
                 }
                 Ok(()) = names.changed() => {
                     // The keeper found our key gone and took a new incarnation.
@@ -706,6 +726,58 @@ impl Node {
             .await;
         // The probe is ephemeral: the server drops it once it has no subscriber.
         probe.is_ok_and(|c| c.cached_info().num_pending == 0)
+    }
+
+    /// Whether the consumer is stuck: the stream held records after `last_seq` (the last
+    /// read) at this check and at the one before ([`STALL_CHECK`] apart), nothing was read
+    /// between them, and a probe
+    /// finds records still to read. The client re-creates an ordered consumer by itself after
+    /// a reconnect (its server died), retrying without end, 10 s apart once five tries
+    /// failed, and checks no heartbeat meanwhile: without this, a node whose re-creation kept
+    /// failing while the NATS cluster elected leaders replicated nothing for minutes, and
+    /// said nothing.
+    async fn is_stuck(&self, client: &async_nats::Client, last_seq: u64, stall: &mut Stall) -> bool {
+        let last = match quick("stream info", self.stream.get_info()).await {
+            Ok(info) => info.state.last_sequence,
+            Err(e) => {
+                log::debug!("cluster: {e}");
+                return false;
+            }
+        };
+        if last <= last_seq || last == stall.read_to_end {
+            stall.behind_at = None;
+            return false;
+        }
+        if stall.behind_at != Some(last_seq) {
+            stall.behind_at = Some(last_seq);
+            return false;
+        }
+        stall.behind_at = None;
+        if self.is_read_to_end(client, last_seq + 1).await {
+            // What is left was purged before it was read: nothing to wait for.
+            stall.read_to_end = last;
+            return false;
+        }
+        true
+    }
+
+    /// Replaces `messages` by a new ordered consumer from record `seq` on, tried
+    /// [`RESUME_TRIES`] times (then: kept, and tried again at its next error or stall).
+    async fn replace_consumer(
+        &self,
+        client: &async_nats::Client,
+        seq: u64,
+        messages: &mut consumer::push::Ordered,
+    ) {
+        for _ in 0..RESUME_TRIES {
+            match self.resume(client, seq).await {
+                Ok(m) => {
+                    *messages = m;
+                    return;
+                }
+                Err(e) => log::warn!("cluster: {e}"),
+            }
+        }
     }
 
     /// A new ordered consumer of the stream from record `seq` on.
