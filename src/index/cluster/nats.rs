@@ -1,7 +1,8 @@
 //! The NATS thread: the official `async-nats` client on a current-thread tokio runtime of its
 //! own. It talks to the reactor only through [`Outbound`] (a tokio channel the reactor sends
 //! on without blocking) and [`Inbound`] (a std channel, followed by a wake of the reactor's
-//! waker); it never touches the index.
+//! waker; a record waits for room in the reactor's [`Backlog`] first); it never touches the
+//! index.
 //!
 //! # What it does
 //! - At start: connects (refusing to start if no server answers within
@@ -43,7 +44,7 @@
 
 use super::apply::Inbound;
 use super::counters::Counters;
-use super::link::Outbound;
+use super::link::{Backlog, Outbound};
 use super::Record;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use futures_util::future::BoxFuture;
@@ -142,6 +143,7 @@ pub fn spawn(
     inbound: Sender<Inbound>,
     wake: Arc<dyn Fn() + Send + Sync>,
     counters: Arc<Counters>,
+    backlog: Arc<Backlog>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("nats".into())
@@ -160,6 +162,7 @@ pub fn spawn(
             let to_reactor = ToReactor {
                 tx: inbound,
                 wake: wake.clone(),
+                backlog,
             };
             let result = runtime.block_on(run(config, outbound, &to_reactor, counters));
             if let Err(why) = result {
@@ -169,16 +172,23 @@ pub fn spawn(
         })
 }
 
-/// The reactor's channel and waker.
+/// The reactor's channel and waker, and the bound on the records it has not applied.
 struct ToReactor {
     tx: Sender<Inbound>,
     wake: Arc<dyn Fn() + Send + Sync>,
+    backlog: Arc<Backlog>,
 }
 
 impl ToReactor {
     fn send(&self, inbound: Inbound) {
         let _ = self.tx.send(inbound);
         (self.wake)();
+    }
+
+    /// Hands a record over once the reactor's backlog has room for it.
+    async fn send_record(&self, record: Inbound) {
+        self.backlog.reserve().await;
+        self.send(record);
     }
 }
 
@@ -602,7 +612,7 @@ impl Node {
                                         }
                                         applied += 1;
                                         let node = node.to_string();
-                                        to_reactor.send(Inbound::Record { node, session, record });
+                                        to_reactor.send_record(Inbound::Record { node, session, record }).await;
                                     }
                                     None => log::warn!(
                                         "cluster: {}: undecodable record ({} bytes) skipped",

@@ -547,6 +547,7 @@ fn cluster_mode_reports_lag_reads_rebuild_memory_and_both_faults() {
         "{json}"
     );
     assert_eq!(json["node_death"]["peers"], 10);
+    assert!(json["node_death"]["listed_right_s"].is_number(), "{json}");
     assert!(json["node_death"]["whole_s"].is_number(), "{json}");
     assert!(out.join("cluster-logs").join("s0.log").exists());
     let _ = std::fs::remove_dir_all(&out);
