@@ -21,10 +21,10 @@
 //!   [`Inbound::Lost`] for that session. After an `End` is acknowledged, the subject is purged
 //!   but for that tombstone, and the tombstone is purged [`TOMBSTONE_LINGER`] later.
 //! - Consumes every other node's subjects and forwards their records in stream order. A
-//!   consumer that misses its heartbeats, or reads nothing for [`STALL_CHECK`] twice while
-//!   the stream holds records it has not read (the client's own re-creation after a
-//!   reconnect can retry for minutes without a word), is replaced by a new one resuming
-//!   after the last record read.
+//!   consumer that misses its heartbeats, or reads nothing between two checks
+//!   [`STALL_CHECK`] apart while the stream holds records it has not read (the client's own
+//!   re-creation after a reconnect can retry for minutes without a word), is replaced by a
+//!   new one resuming after the last record read.
 //! - Refreshes its liveness key every TTL/4 with a revision check, in a task of its own
 //!   ([`Keeper`]): nothing the main loop waits for (a consumer or a watch made again after a
 //!   NATS server died, each request up to seconds while leaders are elected) may hold a
@@ -730,10 +730,11 @@ impl Node {
 
     /// Whether the stream holds nothing from record `seq` on (false if it cannot tell).
     async fn is_read_to_end(&self, client: &async_nats::Client, seq: u64) -> bool {
-        let probe = self
-            .stream
-            .create_consumer(self.ordered_from(client, seq))
-            .await;
+        let probe = quick(
+            "probe",
+            self.stream.create_consumer(self.ordered_from(client, seq)),
+        )
+        .await;
         // The probe is ephemeral: the server drops it once it has no subscriber.
         probe.is_ok_and(|c| c.cached_info().num_pending == 0)
     }
@@ -746,7 +747,12 @@ impl Node {
     /// failed, and checks no heartbeat meanwhile: without this, a node whose re-creation kept
     /// failing while the NATS cluster elected leaders replicated nothing for minutes, and
     /// said nothing.
-    async fn is_stuck(&self, client: &async_nats::Client, last_seq: u64, stall: &mut Stall) -> bool {
+    async fn is_stuck(
+        &self,
+        client: &async_nats::Client,
+        last_seq: u64,
+        stall: &mut Stall,
+    ) -> bool {
         let last = match quick("stream info", self.stream.get_info()).await {
             Ok(info) => info.state.last_sequence,
             Err(e) => {

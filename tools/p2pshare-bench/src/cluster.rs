@@ -732,7 +732,14 @@ pub fn run(p: &Params, command: String) -> io::Result<ClusterResult> {
     // 5. Reads at each node, then at a single indexd holding the same entries.
     let mut reads = Vec::new();
     for (i, n) in nodes.iter().take(3).enumerate() {
-        reads.push(reads_at(p, &n.name, n.addr, echo_addr, 100 + i, &population)?);
+        reads.push(reads_at(
+            p,
+            &n.name,
+            n.addr,
+            echo_addr,
+            100 + i,
+            &population,
+        )?);
     }
     let single_reads = {
         let single = Node::start(p, None, "single", &logs)?;
@@ -1054,9 +1061,8 @@ fn node_death(
             }
         }
     }
-    let registered_lines = |log: &Path| {
-        fs::read_to_string(log).map_or(0, |t| t.matches(REGISTERED_LINE).count())
-    };
+    let registered_lines =
+        |log: &Path| fs::read_to_string(log).map_or(0, |t| t.matches(REGISTERED_LINE).count());
     if let Some((_, log)) = children.iter().find(|(_, log)| registered_lines(log) != 1) {
         return Err(io::Error::other(format!(
             "node death: {} does not say it registered once at a",
