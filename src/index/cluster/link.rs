@@ -313,3 +313,45 @@ impl Link {
         let _ = self.to_nats.send(Outbound::Stop);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[test]
+    fn the_backlog_holds_the_nats_thread_back_until_the_reactor_applies_records() {
+        let (to_nats, _published) = tokio::sync::mpsc::unbounded_channel();
+        let (inbox, from_nats) = std::sync::mpsc::channel();
+        let mut link = Link::new(to_nats, from_nats);
+        let backlog = link.backlog();
+        // The NATS thread hands over as many records as the bound allows, then waits.
+        for session in 0..MAX_QUEUED_RECORDS as u64 {
+            assert!(backlog.reserve().now_or_never().is_some());
+            inbox
+                .send(Inbound::Record {
+                    node: "b-1".into(),
+                    session,
+                    record: Record::Open {
+                        addr: "10.0.0.2:7001".parse().unwrap(),
+                    },
+                })
+                .unwrap();
+        }
+        assert!(backlog.reserve().now_or_never().is_none());
+        // Received is not applied: still full.
+        assert!(link.receive());
+        assert!(backlog.reserve().now_or_never().is_none());
+        // Applying some makes room for as many.
+        let mut index = Index::new();
+        let mut events = Vec::new();
+        link.poll(&mut index, 10, &mut events);
+        assert_eq!(backlog.queued(), MAX_QUEUED_RECORDS - 10);
+        assert!(backlog.reserve().now_or_never().is_some());
+        while link.has_work() {
+            link.poll(&mut index, 10, &mut events);
+        }
+        assert_eq!(backlog.queued(), 1);
+        assert_eq!(index.peer_count(), MAX_QUEUED_RECORDS);
+    }
+}
