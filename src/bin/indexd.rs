@@ -286,7 +286,14 @@ fn join_cluster(
         let _ = waker.wake();
     });
     let link = Link::new(to_nats, from_nats);
-    let thread = nats::spawn(config, outbound, inbound, wake, link.counters())?;
+    let thread = nats::spawn(
+        config,
+        outbound,
+        inbound,
+        wake,
+        link.counters(),
+        link.backlog(),
+    )?;
     server.join_cluster(link);
     let started = std::time::Instant::now();
     server

@@ -21,6 +21,10 @@ const TTL: &str = "2";
 const REPLICATION_LIMIT: Duration = Duration::from_secs(30);
 /// Longest replication may pause after a nats-server died (only reached on failure).
 const ENGINE_FAULT_LIMIT: Duration = Duration::from_secs(45);
+/// Longest a JetStream cluster of 3 may take to be ready (only reached on failure): its
+/// servers elect a meta leader, which a starved machine's missed heartbeats can delay by tens
+/// of seconds.
+const NATS_READY_LIMIT: Duration = Duration::from_secs(60);
 /// Longest a dead node's entries may stay: TTL + 5 s.
 const DEATH_LIMIT: Duration = Duration::from_secs(2 + 5);
 /// Longest a node's start may take while the NATS cluster elects leaders: indexd gives up
@@ -95,7 +99,21 @@ struct Nats {
 }
 
 impl Nats {
+    /// Started, and each ready within [`NATS_READY_LIMIT`]. A server that exits at once lost
+    /// one of its ports (picked free a moment before, then taken by another process: the
+    /// other tests' servers connect their routes from the same range of ports): the cluster
+    /// is started again on new ones, up to 3 times.
     fn start(n: usize) -> Nats {
+        for _ in 0..3 {
+            match Nats::try_start(n) {
+                Ok(nats) => return nats,
+                Err(why) => eprintln!("nats-servers started again: {why}"),
+            }
+        }
+        panic!("nats-servers did not start in 3 tries");
+    }
+
+    fn try_start(n: usize) -> Result<Nats, String> {
         let dir = TempDir::new("nats");
         let routes: Vec<u16> = (0..n).map(|_| common::free_port()).collect();
         let route_urls: Vec<String> = routes
@@ -125,13 +143,22 @@ impl Nats {
                 monitor_port,
             });
         }
-        let nats = Nats { servers, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut nats = Nats { servers, _dir: dir };
+        let deadline = Instant::now() + NATS_READY_LIMIT;
         while !nats.servers.iter().all(NatsServer::is_healthy) {
-            assert!(Instant::now() < deadline, "nats-servers not ready in 30 s");
+            for (i, s) in nats.servers.iter_mut().enumerate() {
+                let child = s.child.as_mut().expect("started");
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("s{i} exited ({status})"));
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-servers not ready in {NATS_READY_LIMIT:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        nats
+        Ok(nats)
     }
 
     /// The `--cluster` value naming every server.

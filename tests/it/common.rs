@@ -36,8 +36,15 @@ impl Indexd {
     /// [`Indexd::start_on`], waiting up to `limit` for its address line (a cluster node
     /// prints it once it has read the stream).
     pub fn start_within(listen: &str, extra: &[&str], limit: Duration) -> Indexd {
+        // A cluster node's info lines (joins, deaths, purges) say what a failed cluster test
+        // went through; nothing else logs below warn.
         let child = Command::new(env!("CARGO_BIN_EXE_indexd"))
-            .args(["--listen", listen, "--log", "warn"])
+            .args([
+                "--listen",
+                listen,
+                "--log",
+                "warn,p2pshare::index::cluster=info",
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -6,6 +6,11 @@
 //! arrives on a std channel, and the thread wakes the reactor; [`Link::receive`] moves it into
 //! the replica, which applies it in bounded slices. The reactor stays the only thread that
 //! touches the index.
+//!
+//! Records received and not applied yet are bounded by a [`Backlog`]: the NATS thread waits
+//! (asynchronously) while [`MAX_QUEUED_RECORDS`] of them are queued, so a fast stream (a
+//! rebuild reads a million entries in seconds) waits in NATS, not decoded in this process's
+//! memory.
 
 use super::apply::{Event, Inbound, Replica};
 use super::counters::{Counters, CountersSnapshot};
@@ -15,6 +20,7 @@ use crate::reactor::ConnId;
 use crate::wire::{FileEntry, FileHash};
 use hashbrown::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
@@ -32,6 +38,46 @@ pub enum Outbound {
     /// indexd is stopping: delete our liveness key (the others drop our sessions at once)
     /// and end the thread.
     Stop,
+}
+
+/// Most records received from the NATS thread and not applied yet (each at most
+/// [`MAX_RECORD_BYTES`](super::MAX_RECORD_BYTES) on the stream: 16 MiB of payloads at most).
+pub const MAX_QUEUED_RECORDS: usize = 64;
+
+/// Records handed to the reactor and not applied yet; see the module docs.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    queued: AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl Backlog {
+    /// Waits until fewer than [`MAX_QUEUED_RECORDS`] are queued, then counts one more (the
+    /// NATS thread, before it hands a record over).
+    pub async fn reserve(&self) {
+        while self.queued.load(Ordering::Acquire) >= MAX_QUEUED_RECORDS {
+            // A release between the load and this wait leaves a permit: no wake is lost.
+            self.drained.notified().await;
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `n` records were applied (or dropped).
+    fn release(&self, n: usize) {
+        if n > 0 {
+            let _ = self
+                .queued
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                    Some(q.saturating_sub(n))
+                });
+            self.drained.notify_one();
+        }
+    }
+
+    /// Records queued now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
 }
 
 /// A local session, as the cluster knows it.
@@ -53,6 +99,8 @@ pub struct Link {
     gone: bool,
     /// What the NATS thread counts (it holds a clone).
     counters: Arc<Counters>,
+    /// Records received and not applied (the NATS thread holds a clone).
+    backlog: Arc<Backlog>,
 }
 
 /// The cluster as the metrics show it.
@@ -99,7 +147,22 @@ impl Link {
             next_session: 1,
             gone: false,
             counters: Arc::default(),
+            backlog: Arc::default(),
         }
+    }
+
+    /// The bound on records received and not applied: the NATS thread reserves room in it.
+    pub fn backlog(&self) -> Arc<Backlog> {
+        self.backlog.clone()
+    }
+
+    /// Applies queued changes with `apply`, releasing the backlog of the records it used up.
+    fn applying<T>(&mut self, apply: impl FnOnce(&mut Replica) -> T) -> T {
+        let before = self.replica.queued_records();
+        let out = apply(&mut self.replica);
+        self.backlog
+            .release(before.saturating_sub(self.replica.queued_records()));
+        out
     }
 
     /// What the NATS thread counts: it updates the counters given to it here.
@@ -220,7 +283,7 @@ impl Link {
                 Err(_) => return Err("the NATS thread ended".into()),
             }
             self.receive();
-            self.replica.poll_all(index, &mut events);
+            self.applying(|r| r.poll_all(index, &mut events));
             if let Some(i) = events.iter().position(|e| *e == Event::Rebuilt) {
                 events.remove(i);
                 if let Some(Event::Failed(why)) = events.first() {
@@ -237,7 +300,7 @@ impl Link {
 
     /// Applies received changes, about `budget` units of work; see [`Replica::poll`].
     pub fn poll(&mut self, index: &mut Index, budget: usize, events: &mut Vec<Event>) -> usize {
-        self.replica.poll(index, budget, events)
+        self.applying(|r| r.poll(index, budget, events))
     }
 
     /// Whether received changes wait to be applied.
@@ -248,5 +311,47 @@ impl Link {
     /// indexd is stopping: tell the NATS thread.
     pub fn stop(&mut self) {
         let _ = self.to_nats.send(Outbound::Stop);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[test]
+    fn the_backlog_holds_the_nats_thread_back_until_the_reactor_applies_records() {
+        let (to_nats, _published) = tokio::sync::mpsc::unbounded_channel();
+        let (inbox, from_nats) = std::sync::mpsc::channel();
+        let mut link = Link::new(to_nats, from_nats);
+        let backlog = link.backlog();
+        // The NATS thread hands over as many records as the bound allows, then waits.
+        for session in 0..MAX_QUEUED_RECORDS as u64 {
+            assert!(backlog.reserve().now_or_never().is_some());
+            inbox
+                .send(Inbound::Record {
+                    node: "b-1".into(),
+                    session,
+                    record: Record::Open {
+                        addr: "10.0.0.2:7001".parse().unwrap(),
+                    },
+                })
+                .unwrap();
+        }
+        assert!(backlog.reserve().now_or_never().is_none());
+        // Received is not applied: still full.
+        assert!(link.receive());
+        assert!(backlog.reserve().now_or_never().is_none());
+        // Applying some makes room for as many.
+        let mut index = Index::new();
+        let mut events = Vec::new();
+        link.poll(&mut index, 10, &mut events);
+        assert_eq!(backlog.queued(), MAX_QUEUED_RECORDS - 10);
+        assert!(backlog.reserve().now_or_never().is_some());
+        while link.has_work() {
+            link.poll(&mut index, 10, &mut events);
+        }
+        assert_eq!(backlog.queued(), 1);
+        assert_eq!(index.peer_count(), MAX_QUEUED_RECORDS);
     }
 }

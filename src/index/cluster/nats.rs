@@ -1,7 +1,8 @@
 //! The NATS thread: the official `async-nats` client on a current-thread tokio runtime of its
 //! own. It talks to the reactor only through [`Outbound`] (a tokio channel the reactor sends
 //! on without blocking) and [`Inbound`] (a std channel, followed by a wake of the reactor's
-//! waker); it never touches the index.
+//! waker; a record waits for room in the reactor's [`Backlog`] first); it never touches the
+//! index.
 //!
 //! # What it does
 //! - At start: connects (refusing to start if no server answers within
@@ -19,18 +20,31 @@
 //!   awaited concurrently, and one that fails (the stream did not take the record) becomes
 //!   [`Inbound::Lost`] for that session. After an `End` is acknowledged, the subject is purged
 //!   but for that tombstone, and the tombstone is purged [`TOMBSTONE_LINGER`] later.
-//! - Consumes every other node's subjects and forwards their records in stream order.
-//! - Refreshes its liveness key every TTL/4 with a revision check; if the check fails (the key
-//!   expired while NATS was unreachable, so the others dropped this node) it takes a new
-//!   incarnation and sends [`Inbound::Fenced`].
-//! - Watches the bucket: a node whose key is deleted, or has not been refreshed for a TTL and
-//!   is gone from the bucket (expired), is dead: [`Inbound::NodeDead`], and the lowest-named
-//!   node alive purges the dead node's subjects.
+//! - Consumes every other node's subjects and forwards their records in stream order. A
+//!   consumer that misses its heartbeats, or reads nothing between two checks
+//!   [`STALL_CHECK`] apart while the stream holds records it has not read (the client's own
+//!   re-creation after a reconnect can retry for minutes without a word), is replaced by a
+//!   new one resuming after the last record read.
+//! - Refreshes its liveness key every TTL/4 with a revision check, in a task of its own
+//!   ([`Keeper`]): nothing the main loop waits for (a consumer or a watch made again after a
+//!   NATS server died, each request up to seconds while leaders are elected) may hold a
+//!   refresh back past the TTL, or the others would drop a node that is well. If the check
+//!   fails (the key was deleted or expired while NATS was unreachable, so the others dropped
+//!   this node) it takes a new incarnation and sends [`Inbound::Fenced`].
+//! - Watches the bucket, and checks the other nodes' keys every [`check_interval`]: a node
+//!   whose key is deleted or gone is dead, and so is one whose key this node has not seen
+//!   take a new revision for a TTL (by its own clock, from the watch, or read when in doubt):
+//!   that key is deleted at the revision seen, so that every other node learns the death at
+//!   once from the watch and a node merely cut off from NATS finds itself fenced at its next
+//!   refresh. The bucket's `max_age` expiry is only the backstop: nats-server 2.9 removes an
+//!   expired key without telling the watchers, and when it does so depends on its own expiry
+//!   timer, so waiting for it made a death take up to two TTLs to be noticed. A dead node is
+//!   [`Inbound::NodeDead`], and the lowest-named node alive purges its subjects.
 //! - At [`Outbound::Stop`], deletes its key (the others drop its sessions at once).
 
 use super::apply::Inbound;
 use super::counters::Counters;
-use super::link::Outbound;
+use super::link::{Backlog, Outbound};
 use super::Record;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use futures_util::future::BoxFuture;
@@ -72,8 +86,16 @@ async fn quick<T, E: std::fmt::Display>(
         Err(_) => Err(format!("{what}: no answer within {JOIN_REQUEST_TIMEOUT:?}")),
     }
 }
+/// How often the consumer is checked for a stall ([`Node::is_stuck`]).
+const STALL_CHECK: Duration = Duration::from_secs(5);
 /// How many times a lost consumer is created again at once (then: at its next error).
 const RESUME_TRIES: usize = 15;
+/// How often the other nodes' keys are checked: a quarter of the TTL, at most a second, so
+/// that a death is noticed within about the TTL plus this after the node's last refresh.
+pub fn check_interval(ttl: Duration) -> Duration {
+    (ttl / 4).min(Duration::from_secs(1))
+}
+
 /// The default liveness TTL: longer than a NATS cluster's failover (a stream leader election
 /// after a server died takes seconds), so that an engine fault does not look like every node
 /// dying.
@@ -121,6 +143,7 @@ pub fn spawn(
     inbound: Sender<Inbound>,
     wake: Arc<dyn Fn() + Send + Sync>,
     counters: Arc<Counters>,
+    backlog: Arc<Backlog>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("nats".into())
@@ -139,6 +162,7 @@ pub fn spawn(
             let to_reactor = ToReactor {
                 tx: inbound,
                 wake: wake.clone(),
+                backlog,
             };
             let result = runtime.block_on(run(config, outbound, &to_reactor, counters));
             if let Err(why) = result {
@@ -148,16 +172,23 @@ pub fn spawn(
         })
 }
 
-/// The reactor's channel and waker.
+/// The reactor's channel and waker, and the bound on the records it has not applied.
 struct ToReactor {
     tx: Sender<Inbound>,
     wake: Arc<dyn Fn() + Send + Sync>,
+    backlog: Arc<Backlog>,
 }
 
 impl ToReactor {
     fn send(&self, inbound: Inbound) {
         let _ = self.tx.send(inbound);
         (self.wake)();
+    }
+
+    /// Hands a record over once the reactor's backlog has room for it.
+    async fn send_record(&self, record: Inbound) {
+        self.backlog.reserve().await;
+        self.send(record);
     }
 }
 
@@ -205,17 +236,90 @@ fn publish(
     })
 }
 
+/// When another node's liveness key was last seen take a new revision (this node's clock:
+/// the nodes' clocks are never compared), and that revision (0: known only from its records
+/// on the stream).
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    at: Instant,
+    revision: u64,
+}
+
+/// What [`Node::is_stuck`] remembers between ticks.
+#[derive(Debug, Default)]
+struct Stall {
+    /// The last record read at the previous check, if the stream held records after it.
+    behind_at: Option<u64>,
+    /// The stream's last sequence when a probe found nothing left to read before it (its
+    /// records were purged unread): not a stall.
+    read_to_end: u64,
+}
+
+/// Keeps this node's liveness key: a task of its own; see the module docs.
+struct Keeper {
+    kv: kv::Store,
+    node_id: String,
+    /// Our name (`ID-INCARNATION`), the key's.
+    node: String,
+    /// The key's last revision.
+    revision: u64,
+    ttl: Duration,
+}
+
+impl Keeper {
+    /// Refreshes the key every TTL/4; a new name taken after a fence goes to `renamed`.
+    async fn run(mut self, renamed: tokio::sync::watch::Sender<String>) {
+        let mut tick = tokio::time::interval(self.ttl / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self
+                .kv
+                .update(&self.node, "alive".into(), self.revision)
+                .await
+            {
+                Ok(revision) => self.revision = revision,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    let old = std::mem::replace(&mut self.node, incarnation(&self.node_id));
+                    log::error!(
+                        "cluster: our liveness key {old} is gone (NATS unreachable, or this node \
+                         too slow to refresh it, for longer than {:?}): the other nodes dropped \
+                         our sessions; ending them all and going on as {}",
+                        self.ttl,
+                        self.node
+                    );
+                    match self.kv.create(&self.node, "alive".into()).await {
+                        Ok(revision) => self.revision = revision,
+                        Err(e) => log::warn!("cluster: creating {}: {e}", self.node),
+                    }
+                    renamed.send_replace(self.node.clone());
+                }
+                Err(e) => log::warn!("cluster: refreshing our liveness key: {e}"),
+            }
+        }
+    }
+}
+
+/// A spawned task, aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The thread's state once connected.
 struct Node {
     config: NatsConfig,
     js: jetstream::Context,
     stream: stream::Stream,
     kv: kv::Store,
-    /// Our key's last revision.
-    revision: u64,
+    /// Our key's revision at the join (the [`Keeper`] goes on from it).
+    joined_revision: u64,
     ttl: Duration,
-    /// Other nodes believed alive, with when they were last seen so.
-    alive: HashMap<String, Instant>,
+    /// Other nodes believed alive, with when their key was last seen take a new revision.
+    alive: HashMap<String, Seen>,
     dead: HashSet<String>,
     /// Tombstones to purge, and when.
     tombstones: VecDeque<(Instant, String)>,
@@ -369,7 +473,7 @@ async fn setup(
         js,
         stream,
         kv,
-        revision,
+        joined_revision: revision,
         ttl,
         alive: HashMap::new(),
         dead: HashSet::new(),
@@ -416,13 +520,28 @@ impl Node {
         // Each session's records not yet stored, the first one in flight: one at a time per
         // session keeps its records in order whatever is retried.
         let mut queues: HashMap<u64, VecDeque<Record>> = HashMap::new();
+        let (renamed, mut names) = tokio::sync::watch::channel(self.config.node.clone());
+        let keeper = Keeper {
+            kv: self.kv.clone(),
+            node_id: self.config.node_id.clone(),
+            node: self.config.node.clone(),
+            revision: self.joined_revision,
+            ttl: self.ttl,
+        };
+        // Dropped (and so aborted) when this loop ends, however it ends.
+        let keeper = AbortOnDrop(tokio::spawn(keeper.run(renamed)));
         let mut tick = tokio::time::interval(self.ttl / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval(check_interval(self.ttl));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut applied: u64 = 0;
         // The stream sequence of the last record read, to resume after it.
         let mut last_seq: u64 = 0;
         // A record was read since the last tick.
         let mut read_since_tick = false;
+        let mut stall = Stall::default();
+        let mut stall_check = tokio::time::interval(STALL_CHECK);
+        stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 out = outbound.recv() => match out {
@@ -435,6 +554,8 @@ impl Node {
                     }
                     Some(Outbound::Stop) | None => {
                         // Best effort: the others drop our sessions now rather than after the TTL.
+                        drop(keeper);
+                        self.config.node = names.borrow().clone();
                         self.js.wait_for_acks().await;
                         if let Err(e) = self.kv.delete(&self.config.node).await {
                             log::warn!("cluster: deleting our liveness key: {e}");
@@ -483,14 +604,15 @@ impl Node {
                                     Some(record) => {
                                         if !self.alive.contains_key(node) {
                                             // Known from now: checked alive within a TTL.
-                                            self.alive.insert(node.to_string(), Instant::now());
+                                            let seen = Seen { at: Instant::now(), revision: 0 };
+                                            self.alive.insert(node.to_string(), seen);
                                         }
                                         if rebuilding {
                                             met.insert(node.to_string());
                                         }
                                         applied += 1;
                                         let node = node.to_string();
-                                        to_reactor.send(Inbound::Record { node, session, record });
+                                        to_reactor.send_record(Inbound::Record { node, session, record }).await;
                                     }
                                     None => log::warn!(
                                         "cluster: {}: undecodable record ({} bytes) skipped",
@@ -513,26 +635,14 @@ impl Node {
                         // This client version's ordered consumer does not recover from missed
                         // heartbeats (its server may have died): a new one resumes the stream.
                         if e.kind() == consumer::push::OrderedErrorKind::MissingHeartbeat {
-                            for _ in 0..RESUME_TRIES {
-                                match self.resume(&client, last_seq + 1).await {
-                                    Ok(m) => {
-                                        messages = m;
-                                        break;
-                                    }
-                                    Err(e) => log::warn!("cluster: {e}"),
-                                }
-                            }
+                            self.replace_consumer(&client, last_seq + 1, &mut messages).await;
                         }
                     }
                     None => return Err("the stream's consumer ended".into()),
                 },
                 entry = watch.next() => match entry {
                     Some(Ok(entry)) if entry.key != self.config.node => match entry.operation {
-                        kv::Operation::Put => {
-                            if !self.dead.contains(&entry.key) {
-                                self.alive.insert(entry.key, Instant::now());
-                            }
-                        }
+                        kv::Operation::Put => self.handle_put(entry.key, entry.revision),
                         kv::Operation::Delete | kv::Operation::Purge => {
                             self.declare_dead(&entry.key, to_reactor).await;
                         }
@@ -540,9 +650,10 @@ impl Node {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         log::warn!("cluster: watching {}: {e}", self.config.bucket_name());
-                        match self.kv.watch_all().await {
+                        // Given up soon, as a consumer's re-creation is: its server may be dead.
+                        match quick("watching again", self.kv.watch_all()).await {
                             Ok(w) => watch = w,
-                            Err(e) => log::warn!("cluster: watching again: {e}"),
+                            Err(e) => log::warn!("cluster: {e}"),
                         }
                     }
                     None => return Err("the liveness watch ended".into()),
@@ -557,10 +668,23 @@ impl Node {
                         log::info!("cluster: rebuilt from {applied} records");
                     }
                     read_since_tick = false;
-                    self.refresh(to_reactor).await;
-                    self.check_others(to_reactor).await;
                     self.purge_tombstones().await;
                 }
+                _ = stall_check.tick() => {
+                    if self.is_stuck(&client, last_seq, &mut stall).await {
+                        log::warn!(
+                            "cluster: consumer: nothing read for {STALL_CHECK:?} while the stream \
+                             holds records after {last_seq}; resuming after it"
+                        );
+                        self.replace_consumer(&client, last_seq + 1, &mut messages).await;
+                    }
+                }
+                Ok(()) = names.changed() => {
+                    // The keeper found our key gone and took a new incarnation.
+                    self.config.node = names.borrow_and_update().clone();
+                    to_reactor.send(Inbound::Fenced);
+                }
+                _ = check.tick() => self.check_others(to_reactor).await,
             }
             self.counters.set_nodes_alive(self.alive.len());
         }
@@ -606,12 +730,70 @@ impl Node {
 
     /// Whether the stream holds nothing from record `seq` on (false if it cannot tell).
     async fn is_read_to_end(&self, client: &async_nats::Client, seq: u64) -> bool {
-        let probe = self
-            .stream
-            .create_consumer(self.ordered_from(client, seq))
-            .await;
+        let probe = quick(
+            "probe",
+            self.stream.create_consumer(self.ordered_from(client, seq)),
+        )
+        .await;
         // The probe is ephemeral: the server drops it once it has no subscriber.
         probe.is_ok_and(|c| c.cached_info().num_pending == 0)
+    }
+
+    /// Whether the consumer is stuck: the stream held records after `last_seq` (the last
+    /// read) at this check and at the one before ([`STALL_CHECK`] apart), nothing was read
+    /// between them, and a probe
+    /// finds records still to read. The client re-creates an ordered consumer by itself after
+    /// a reconnect (its server died), retrying without end, 10 s apart once five tries
+    /// failed, and checks no heartbeat meanwhile: without this, a node whose re-creation kept
+    /// failing while the NATS cluster elected leaders replicated nothing for minutes, and
+    /// said nothing.
+    async fn is_stuck(
+        &self,
+        client: &async_nats::Client,
+        last_seq: u64,
+        stall: &mut Stall,
+    ) -> bool {
+        let last = match quick("stream info", self.stream.get_info()).await {
+            Ok(info) => info.state.last_sequence,
+            Err(e) => {
+                log::debug!("cluster: {e}");
+                return false;
+            }
+        };
+        if last <= last_seq || last == stall.read_to_end {
+            stall.behind_at = None;
+            return false;
+        }
+        if stall.behind_at != Some(last_seq) {
+            stall.behind_at = Some(last_seq);
+            return false;
+        }
+        stall.behind_at = None;
+        if self.is_read_to_end(client, last_seq + 1).await {
+            // What is left was purged before it was read: nothing to wait for.
+            stall.read_to_end = last;
+            return false;
+        }
+        true
+    }
+
+    /// Replaces `messages` by a new ordered consumer from record `seq` on, tried
+    /// [`RESUME_TRIES`] times (then: kept, and tried again at its next error or stall).
+    async fn replace_consumer(
+        &self,
+        client: &async_nats::Client,
+        seq: u64,
+        messages: &mut consumer::push::Ordered,
+    ) {
+        for _ in 0..RESUME_TRIES {
+            match self.resume(client, seq).await {
+                Ok(m) => {
+                    *messages = m;
+                    return;
+                }
+                Err(e) => log::warn!("cluster: {e}"),
+            }
+        }
     }
 
     /// A new ordered consumer of the stream from record `seq` on.
@@ -653,48 +835,67 @@ impl Node {
         }
     }
 
-    /// Refreshes our liveness key; a lost key fences this node.
-    async fn refresh(&mut self, to_reactor: &ToReactor) {
-        match self
-            .kv
-            .update(&self.config.node, "alive".into(), self.revision)
-            .await
-        {
-            Ok(revision) => self.revision = revision,
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                let old =
-                    std::mem::replace(&mut self.config.node, incarnation(&self.config.node_id));
-                log::error!(
-                    "cluster: our liveness key {old} expired (NATS unreachable for longer than \
-                     {:?}): the other nodes dropped our sessions; ending them all and going on \
-                     as {}",
-                    self.ttl,
-                    self.config.node
-                );
-                match self.kv.create(&self.config.node, "alive".into()).await {
-                    Ok(revision) => self.revision = revision,
-                    Err(e) => log::warn!("cluster: creating {}: {e}", self.config.node),
-                }
-                to_reactor.send(Inbound::Fenced);
-            }
-            Err(e) => log::warn!("cluster: refreshing our liveness key: {e}"),
+    /// The watch saw `node`'s key at `revision`: alive, unless that revision was seen
+    /// already (a watch made again delivers the keys' last values again: an old one proves
+    /// nothing).
+    fn handle_put(&mut self, node: String, revision: u64) {
+        if self.dead.contains(&node) {
+            return;
+        }
+        let seen = self.alive.get(&node).map(|s| s.revision);
+        if seen != Some(revision) {
+            let at = Instant::now();
+            self.alive.insert(node, Seen { at, revision });
         }
     }
 
-    /// Nodes not seen alive for a TTL whose key is gone are dead.
+    /// A node whose key has not been seen take a new revision for a TTL is dead, once the
+    /// stream's leader confirms it: the key is deleted at the revision seen (or at none, if
+    /// it is gone), which only the leader can do, and only if the node did not refresh it
+    /// meanwhile; see the module docs. A node that cannot read the bucket declares no one
+    /// dead: the failure may be its own.
     async fn check_others(&mut self, to_reactor: &ToReactor) {
         let now = Instant::now();
-        let stale: Vec<String> = self
+        let stale: Vec<(String, u64)> = self
             .alive
             .iter()
-            .filter(|(_, seen)| now.duration_since(**seen) > self.ttl)
-            .map(|(n, _)| n.clone())
+            .filter(|(_, seen)| now.duration_since(seen.at) > self.ttl)
+            .map(|(n, seen)| (n.clone(), seen.revision))
             .collect();
-        for node in stale {
-            if self.is_alive_in_bucket(&node).await {
-                self.alive.insert(node, now);
-            } else {
-                self.declare_dead(&node, to_reactor).await;
+        for (node, seen) in stale {
+            // A read may be answered by any of the bucket's replicas, one of them behind.
+            let expect = match self.kv.entry(node.as_str()).await {
+                Ok(Some(e)) if e.operation != kv::Operation::Put => {
+                    self.declare_dead(&node, to_reactor).await;
+                    continue;
+                }
+                Ok(Some(e)) if e.revision > seen => {
+                    // Refreshed, and the watch has not told us yet.
+                    let at = Instant::now();
+                    let revision = e.revision;
+                    self.alive.insert(node, Seen { at, revision });
+                    continue;
+                }
+                // A replica behind the one the watch reads answered: asked again next time.
+                Ok(Some(e)) if e.revision < seen => continue,
+                Ok(Some(_)) => seen,
+                Ok(None) => 0,
+                Err(e) => {
+                    log::warn!("cluster: reading {node}'s liveness key: {e}");
+                    continue;
+                }
+            };
+            match self.kv.delete_expect_revision(&node, Some(expect)).await {
+                Ok(()) => {
+                    log::info!(
+                        "cluster: node {node} did not refresh its liveness key for {:?}; deleted it",
+                        self.ttl
+                    );
+                    self.declare_dead(&node, to_reactor).await;
+                }
+                // Refreshed meanwhile (the watch brings the new revision), deleted by another
+                // node (the watch brings that), or NATS unreachable: checked again next time.
+                Err(e) => log::debug!("cluster: deleting {node}'s stale liveness key: {e}"),
             }
         }
     }

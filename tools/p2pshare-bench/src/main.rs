@@ -62,12 +62,12 @@ struct Flags {
     /// on loopback; --files entries pre-populated at node a; reported: bulk replication,
     /// a fourth node's rebuild, memory and disk per entry, replication lag over --ops _,R,_
     /// registers, reads (--ops S,R,L) at each node against the floor, one nats-server
-    /// SIGKILLed under load, node a SIGKILLed with --cluster-peers simulated peers on it
+    /// SIGKILLed under load, node a SIGKILLed with --cluster-peers peer processes on it
     /// (cluster.json in --out, the processes' logs in cluster-logs/).
     #[arg(long)]
     cluster: bool,
-    /// Cluster mode: simulated peers of 10 files on node a when it is killed (each moves to
-    /// the next node as `peer --index A,B,C` does).
+    /// Cluster mode: `peer` processes of 10 files on node a when it is killed (`peer --serve
+    /// --index A,B,C`: each moves to the next node).
     #[arg(long, value_name = "N", default_value_t = 100)]
     cluster_peers: usize,
     /// Cluster mode: the nodes' liveness TTL (indexd --cluster-ttl).
@@ -113,7 +113,8 @@ struct Flags {
     /// The indexd binary to start (default: the one next to this binary).
     #[arg(long, value_name = "PATH")]
     indexd: Option<PathBuf>,
-    /// The peer binary the transfer mode starts (default: the one next to this binary).
+    /// The peer binary the transfer and cluster modes start (default: the one next to this
+    /// binary).
     #[arg(long, value_name = "PATH")]
     peer: Option<PathBuf>,
     /// Internal: run the echo server the floor is measured against.
@@ -133,9 +134,9 @@ fn run_cluster(flags: &Flags) -> ExitCode {
         eprintln!("bench --cluster: {e}");
         ExitCode::FAILURE
     };
-    if !(1..=10_000).contains(&flags.cluster_peers) {
+    if !(1..=1_000).contains(&flags.cluster_peers) {
         return fail(format!(
-            "--cluster-peers {} is outside 1..=10000",
+            "--cluster-peers {} is outside 1..=1000 (each is a process)",
             flags.cluster_peers
         ));
     }
@@ -174,6 +175,16 @@ fn run_cluster(flags: &Flags) -> ExitCode {
             indexd.display()
         ));
     }
+    let peer = flags
+        .peer
+        .clone()
+        .unwrap_or_else(|| self_exe.with_file_name("peer"));
+    if !peer.exists() {
+        return fail(format!(
+            "{} not found: build it (cargo build --release --bins)",
+            peer.display()
+        ));
+    }
     if let Err(e) = std::fs::create_dir_all(&flags.out) {
         return fail(format!("cannot create {}: {e}", flags.out.display()));
     }
@@ -185,6 +196,7 @@ fn run_cluster(flags: &Flags) -> ExitCode {
         indexd: &indexd,
         nats_server: &flags.nats_server,
         self_exe: &self_exe,
+        peer: &peer,
         out: &flags.out,
         files: flags.files,
         ops: flags.ops,

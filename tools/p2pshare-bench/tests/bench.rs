@@ -536,6 +536,7 @@ fn cluster_mode_reports_lag_reads_rebuild_memory_and_both_faults() {
     assert_eq!(json["lag"]["not_seen"], 0);
     assert_eq!(json["reads"].as_array().unwrap().len(), 3);
     assert_eq!(json["reads"][1]["lookup"]["count"], 20);
+    assert_eq!(json["single_reads"]["search"]["count"], 20);
     assert_eq!(json["memory"].as_array().unwrap().len(), 4);
     assert!(json["memory"][3]["vm_hwm_kb"].as_u64().unwrap() > 0);
     assert!(json["disk"][1]["stream_bytes"].as_u64().unwrap() > 0);
@@ -546,6 +547,7 @@ fn cluster_mode_reports_lag_reads_rebuild_memory_and_both_faults() {
         "{json}"
     );
     assert_eq!(json["node_death"]["peers"], 10);
+    assert!(json["node_death"]["listed_right_s"].is_number(), "{json}");
     assert!(json["node_death"]["whole_s"].is_number(), "{json}");
     assert!(out.join("cluster-logs").join("s0.log").exists());
     let _ = std::fs::remove_dir_all(&out);
