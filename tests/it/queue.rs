@@ -66,6 +66,44 @@ fn range_frame(hash: FileHash, size: u64, groups: std::ops::Range<u64>, out: &mu
     );
 }
 
+/// A holder sharing one pseudo-random file as `big.bin`, registered with an index of its own;
+/// the processes and the directory live as long as this.
+struct BigFile {
+    /// The holder's file-server address, as the index lists it.
+    addr: SocketAddr,
+    bytes: Vec<u8>,
+    h: FileHash,
+    size: u64,
+    // Dropped in this order: the holder first, then its directory, then the index.
+    _holder: ServingPeer,
+    _tmp: TempDir,
+    _indexd: Indexd,
+}
+
+impl BigFile {
+    /// A holder started with `flags`, sharing `len` bytes of seed `seed`, in a directory named
+    /// after `test`.
+    fn share(test: &str, len: usize, seed: u64, flags: &[&str]) -> BigFile {
+        let indexd = Indexd::start(&[]);
+        let tmp = TempDir::new(test);
+        let a = tmp.sub("a");
+        let bytes = common::pseudo_random(len, seed);
+        std::fs::write(a.join("big.bin"), &bytes).unwrap();
+        let h = FileHash::of(&bytes);
+        let mut holder = ServingPeer::start_with(&a, indexd.addr, flags);
+        holder.wait_registered(1);
+        BigFile {
+            addr: common::holder_of(indexd.addr, h),
+            size: bytes.len() as u64,
+            bytes,
+            h,
+            _holder: holder,
+            _tmp: tmp,
+            _indexd: indexd,
+        }
+    }
+}
+
 /// Reads exactly one frame (nothing after it) and decodes it.
 fn next_answer(s: &mut TcpStream) -> TransferResponse {
     let mut buf = Vec::new();
@@ -286,20 +324,13 @@ fn a_rate_limited_holder_keeps_serving_a_pipelining_connection() {
 /// waited longer. (First come, first served, it was fifth, and waited for all of them.)
 #[test]
 fn a_slot_freed_by_a_hog_goes_to_the_address_holding_none() {
-    let indexd = Indexd::start(&[]);
-    let tmp = TempDir::new("fair-slots");
-    let a = tmp.sub("a");
-    let bytes = common::pseudo_random(24 << 20, 53);
-    std::fs::write(a.join("big.bin"), &bytes).unwrap();
-    let h = FileHash::of(&bytes);
-    let size = bytes.len() as u64;
-    let mut holder = ServingPeer::start_with(
-        &a,
-        indexd.addr,
+    let big = BigFile::share(
+        "fair-slots",
+        24 << 20,
+        53,
         &["--upload-slots", "2", "--max-queued-per-ip", "4"],
     );
-    holder.wait_registered(1);
-    let addr = common::holder_of(indexd.addr, h);
+    let (addr, h, size, bytes) = (big.addr, big.h, big.size, &big.bytes);
     let hog_ip = "127.0.0.2".parse().unwrap();
     // The hog: two ranges being sent (neither read), four more in line.
     let mut sending = Vec::new();
@@ -358,16 +389,10 @@ fn a_slot_freed_by_a_hog_goes_to_the_address_holding_none() {
 /// served within a window. (Before, it waited as long as the hog pleased.)
 #[test]
 fn an_address_over_its_share_gives_a_slot_back_to_one_holding_none() {
-    let indexd = Indexd::start(&[]);
-    let tmp = TempDir::new("share-back");
-    let a = tmp.sub("a");
-    let bytes = common::pseudo_random(24 << 20, 54);
-    std::fs::write(a.join("big.bin"), &bytes).unwrap();
-    let h = FileHash::of(&bytes);
-    let size = bytes.len() as u64;
-    let mut holder = ServingPeer::start_with(
-        &a,
-        indexd.addr,
+    let big = BigFile::share(
+        "share-back",
+        24 << 20,
+        54,
         &[
             "--upload-slots",
             "2",
@@ -377,8 +402,7 @@ fn an_address_over_its_share_gives_a_slot_back_to_one_holding_none() {
             "300",
         ],
     );
-    holder.wait_registered(1);
-    let addr = common::holder_of(indexd.addr, h);
+    let (addr, h, size, bytes) = (big.addr, big.h, big.size, &big.bytes);
     let hog_ip = "127.0.0.2".parse().unwrap();
     let mut hog = Vec::new();
     for _ in 0..2 {
@@ -416,20 +440,13 @@ fn an_address_over_its_share_gives_a_slot_back_to_one_holding_none() {
 /// and never below the newcomer's own count; at an even split it is refused as before.
 #[test]
 fn idle_connections_at_the_cap_make_room_for_an_address_holding_fewer() {
-    let indexd = Indexd::start(&[]);
-    let tmp = TempDir::new("evict-idle");
-    let a = tmp.sub("a");
-    let bytes = common::pseudo_random(24 << 20, 55);
-    std::fs::write(a.join("big.bin"), &bytes).unwrap();
-    let h = FileHash::of(&bytes);
-    let size = bytes.len() as u64;
-    let mut holder = ServingPeer::start_with(
-        &a,
-        indexd.addr,
+    let big = BigFile::share(
+        "evict-idle",
+        24 << 20,
+        55,
         &["--max-uploads", "4", "--upload-evict-idle-ms", "300"],
     );
-    holder.wait_registered(1);
-    let addr = holder.addr;
+    let (addr, h, size, bytes) = (big.addr, big.h, big.size, &big.bytes);
     let hog_ip = "127.0.0.2".parse().unwrap();
     let honest_ip = "127.0.0.3".parse().unwrap();
     // The hog: one range being sent (not read), three connections that never ask.
@@ -540,16 +557,8 @@ fn case_7_fairness_figures() {
     if env_or("P2PSHARE_CASE7_IDLE", 0u8) == 1 {
         return case_7_idle_figures(addrs, conns);
     }
-    let indexd = Indexd::start(&[]);
-    let tmp = TempDir::new("case7");
-    let a = tmp.sub("a");
-    let bytes = common::pseudo_random(32 << 20, 57);
-    std::fs::write(a.join("big.bin"), &bytes).unwrap();
-    let h = FileHash::of(&bytes);
-    let size = bytes.len() as u64;
-    let mut holder = ServingPeer::start(&a, indexd.addr);
-    holder.wait_registered(1);
-    let addr = common::holder_of(indexd.addr, h);
+    let big = BigFile::share("case7", 32 << 20, 57, &[]);
+    let (addr, h, size, bytes) = (big.addr, big.h, big.size, &big.bytes);
     let (mut sending, mut queued, mut busy, mut refused) = (0, 0, 0, 0);
     let mut hog = Vec::new();
     let started = Instant::now();
@@ -649,16 +658,8 @@ fn case_7_fairness_figures() {
 /// [`case_7_fairness_figures`] with a hog whose connections never ask.
 fn case_7_idle_figures(addrs: u8, conns: usize) {
     use std::time::Instant;
-    let indexd = Indexd::start(&[]);
-    let tmp = TempDir::new("case7-idle");
-    let a = tmp.sub("a");
-    let bytes = common::pseudo_random(32 << 20, 58);
-    std::fs::write(a.join("big.bin"), &bytes).unwrap();
-    let h = FileHash::of(&bytes);
-    let size = bytes.len() as u64;
-    let mut holder = ServingPeer::start(&a, indexd.addr);
-    holder.wait_registered(1);
-    let addr = common::holder_of(indexd.addr, h);
+    let big = BigFile::share("case7-idle", 32 << 20, 58, &[]);
+    let (addr, h, size, bytes) = (big.addr, big.h, big.size, &big.bytes);
     let mut hog = Vec::new();
     let started = Instant::now();
     for i in 0..addrs {
