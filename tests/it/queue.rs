@@ -104,6 +104,20 @@ impl BigFile {
     }
 }
 
+/// Reads what follows a `Sending` answer to a request for the first 16 MiB ([`GROUPS`]) of a
+/// file of `size` bytes: the proof, then the data, which must be the first 16 MiB of `bytes`.
+/// Returns when the first data byte arrived.
+fn read_range(s: &mut TcpStream, size: u64, bytes: &[u8]) -> std::time::Instant {
+    let proof = outboard::proof_len(size, 0..GROUPS).unwrap();
+    let data = outboard::group_bytes(size, 0..GROUPS);
+    let mut got = vec![0u8; proof + data.end as usize];
+    s.read_exact(&mut got[..proof + 1]).unwrap();
+    let first_byte = std::time::Instant::now();
+    s.read_exact(&mut got[proof + 1..]).unwrap();
+    assert!(got[proof..] == bytes[..data.end as usize]);
+    first_byte
+}
+
 /// Reads exactly one frame (nothing after it) and decodes it.
 fn next_answer(s: &mut TcpStream) -> TransferResponse {
     let mut buf = Vec::new();
@@ -257,11 +271,7 @@ fn a_slow_reader_loses_its_slot_to_the_one_waiting() {
         "{answer:?}"
     );
     let size = bytes.len() as u64;
-    let proof = outboard::proof_len(size, 0..GROUPS).unwrap();
-    let data = outboard::group_bytes(size, 0..GROUPS);
-    let mut got = vec![0u8; proof + data.end as usize];
-    waiter.read_exact(&mut got).unwrap();
-    assert!(got[proof..] == bytes[..data.end as usize]);
+    read_range(&mut waiter, size, &bytes);
     // The hog's connection was closed by the holder: reading on ends (after what the
     // kernel buffered).
     let mut sink = Vec::new();
@@ -352,10 +362,7 @@ fn a_slot_freed_by_a_hog_goes_to_the_address_holding_none() {
     let (mut honest, answer) = ask_from(addr, "127.0.0.3".parse().unwrap(), h, size);
     assert_eq!(answer, TransferResponse::Queued { position: 1 });
     // One of the hog's ranges is read to its end: its slot frees...
-    let proof = outboard::proof_len(size, 0..GROUPS).unwrap();
-    let data = outboard::group_bytes(size, 0..GROUPS);
-    let mut got = vec![0u8; proof + data.end as usize];
-    sending[0].read_exact(&mut got).unwrap();
+    read_range(&mut sending[0], size, bytes);
     // ...and goes to the honest downloader, which gets its whole range.
     let answer = next_answer(&mut honest);
     assert!(
@@ -369,8 +376,7 @@ fn a_slot_freed_by_a_hog_goes_to_the_address_holding_none() {
         ),
         "{answer:?}"
     );
-    honest.read_exact(&mut got).unwrap();
-    assert!(got[proof..] == bytes[..data.end as usize]);
+    read_range(&mut honest, size, bytes);
     // The hog's first one in line was told the truth: second once the honest one came
     // ahead of it, first once the honest one was served (its own turn comes after).
     assert_eq!(
@@ -427,11 +433,7 @@ fn an_address_over_its_share_gives_a_slot_back_to_one_holding_none() {
         ),
         "{answer:?}"
     );
-    let proof = outboard::proof_len(size, 0..GROUPS).unwrap();
-    let data = outboard::group_bytes(size, 0..GROUPS);
-    let mut got = vec![0u8; proof + data.end as usize];
-    honest.read_exact(&mut got).unwrap();
-    assert!(got[proof..] == bytes[..data.end as usize]);
+    read_range(&mut honest, size, bytes);
 }
 
 /// Issue 13 case 7, the connection cap: connections that never ask fill the file server's
@@ -503,12 +505,8 @@ fn idle_connections_at_the_cap_make_room_for_an_address_holding_fewer() {
     }
     assert_eq!(closed, 2, "idle connections evicted");
     // The hog's range being sent was kept, and so were the honest ones: all arrive whole.
-    let proof = outboard::proof_len(size, 0..GROUPS).unwrap();
-    let data = outboard::group_bytes(size, 0..GROUPS);
-    let mut got = vec![0u8; proof + data.end as usize];
     for s in honest.iter_mut().chain(std::iter::once(&mut sending)) {
-        s.read_exact(&mut got).unwrap();
-        assert!(got[proof..] == bytes[..data.end as usize]);
+        read_range(s, size, bytes);
     }
 }
 
@@ -635,14 +633,9 @@ fn case_7_fairness_figures() {
         matches!(answer, TransferResponse::Sending { .. }),
         "{answer:?}"
     );
-    let proof = outboard::proof_len(size, 0..GROUPS).unwrap();
-    let data = outboard::group_bytes(size, 0..GROUPS);
-    let mut got = vec![0u8; proof + data.end as usize];
-    honest.read_exact(&mut got[..proof + 1]).unwrap();
-    let first_byte = t0.elapsed();
-    honest.read_exact(&mut got[proof + 1..]).unwrap();
+    let first_byte = read_range(&mut honest, size, bytes) - t0;
     let all = t0.elapsed();
-    assert!(got[proof..] == bytes[..data.end as usize]);
+    let data = outboard::group_bytes(size, 0..GROUPS);
     let rate = data.end as f64 / (1 << 20) as f64 / (all - first_byte).as_secs_f64().max(1e-9);
     println!(
         "honest downloader from {honest_ip}: {told}; first data byte after {:.2} s; {} MiB at \
@@ -680,13 +673,7 @@ fn case_7_idle_figures(addrs: u8, conns: usize) {
         matches!(answer, TransferResponse::Sending { .. }),
         "{answer:?}"
     );
-    let proof = outboard::proof_len(size, 0..GROUPS).unwrap();
-    let data = outboard::group_bytes(size, 0..GROUPS);
-    let mut got = vec![0u8; proof + data.end as usize];
-    honest.read_exact(&mut got[..proof + 1]).unwrap();
-    let first_byte = t0.elapsed();
-    honest.read_exact(&mut got[proof + 1..]).unwrap();
-    assert!(got[proof..] == bytes[..data.end as usize]);
+    let first_byte = read_range(&mut honest, size, bytes) - t0;
     // What the hog's connections got: closed (refused at the cap or evicted) or still open.
     let (mut closed, mut open) = (0, 0);
     for s in &mut hog {
