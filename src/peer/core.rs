@@ -805,9 +805,22 @@ impl PeerCore {
         let why = match body {
             ResponseBody::PushRelayed => return,
             ResponseBody::Error { message, .. } => message,
-            ResponseBody::RateLimited { retry_after_ms, .. } => {
-                format!("the index's push rate limit (try again in {retry_after_ms} ms)")
+            ResponseBody::RateLimited {
+                retry_after_ms,
+                banned: false,
+            } => {
+                if let Some(r) = running(&mut self.downloads, id) {
+                    self.output.note(format!(
+                        "get: {}: the index's push budget is spent for now: asking again in \
+                         {retry_after_ms} ms",
+                        display_name(r.dl.progress().0)
+                    ));
+                    let wait = Duration::from_millis(retry_after_ms);
+                    r.dl.handle_push_deferred(now, attempt, wait, &mut self.actions);
+                }
+                return;
             }
+            ResponseBody::RateLimited { .. } => "the index banned our address for now".into(),
             other => format!("unexpected answer {other:?}"),
         };
         // The index knows better than us: it refused because we are not reachable either.

@@ -241,3 +241,56 @@ fn the_probe_needs_a_p2pshare_file_server_not_just_an_open_port() {
         ResponseBody::Reachability { reachable: false }
     );
 }
+
+#[test]
+fn a_download_refused_over_the_push_budget_asks_again_after_the_wait() {
+    // One push a second per address: another session of the downloader's address keeps it
+    // spent, so the downloader's push is refused `RateLimited` and must be asked again.
+    let indexd = Indexd::start(&["--rate-push-address", "1"]);
+    let tmp = TempDir::new("push-budget");
+    let bytes = common::pseudo_random(40_000, 17);
+    let hash = FileHash::of(&bytes);
+    let _h = holder(&tmp.sub("h"), &indexd, "budget.bin", &bytes, "none");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drainer = {
+        let (stop, index) = (stop.clone(), indexd.addr);
+        std::thread::spawn(move || {
+            let (mut c, _) = Client::hello(index, 4321);
+            let mut refused = 0;
+            // Pushes to nobody cost the budget all the same.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let push = RequestBody::Push {
+                    hash,
+                    holder: "127.0.0.1:9".parse().unwrap(),
+                    nonce: 1,
+                };
+                if let ResponseBody::RateLimited { .. } = c.call(push) {
+                    refused += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            refused
+        })
+    };
+    // The drainer has met the limit before the download starts.
+    let (mut probe, _) = Client::hello(indexd.addr, 4322);
+    while !matches!(
+        probe.call(RequestBody::Push {
+            hash,
+            holder: "127.0.0.1:9".parse().unwrap(),
+            nonce: 2,
+        }),
+        ResponseBody::RateLimited { .. }
+    ) {}
+    let b = tmp.sub("b");
+    let (stdout, stderr, code) = get(&b, &indexd, "127.0.0.1:0", hash);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(drainer.join().unwrap() > 0);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("the index's push budget is spent for now: asking again in"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("push refused"), "{stderr}");
+    assert_eq!(std::fs::read(b.join("budget.bin")).unwrap(), bytes);
+}

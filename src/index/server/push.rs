@@ -23,15 +23,18 @@
 //! make holders connect anywhere else. Refused: a requester that announced port 0 or that the
 //! probe found unreachable (the holder could not connect to it either), a holder not
 //! connected to this node (in a cluster, pushes to another node's holders are not relayed
-//! yet), and pushes over the budgets: [`PUSH_SESSION_BURST`] then [`PUSH_SESSION_PER_SECOND`]
-//! per session, [`PUSHES_PER_SECOND`] for all sessions together (answered `RateLimited`).
+//! yet), and pushes over the budgets (answered `RateLimited`): per session and per address
+//! (IPv4, IPv6 /64), checked by the limiter before anything here (`RateLimits::push_per_s`,
+//! `push_address_per_s`; their refusals are strikes toward a ban, like every rate limit's),
+//! and [`PUSHES_PER_SECOND`] for all sessions together. The per-address budget is well under
+//! the index-wide one, so a few hosts cannot spend it all.
 //!
 //! Sans-IO: [`Pushes`] takes sessions, requests and probe outcomes with `now` and returns
 //! frames; the `IndexServer` methods at the end connect probes and deliver notices on the
 //! reactor.
 
 use super::{IndexServer, Session, SessionState};
-use crate::index::limits::{Bucket, SessionBuckets};
+use crate::index::limits::{Bucket, Counted, SessionBuckets};
 use crate::reactor::{CloseReason, ConnId, Ctx, Verdict};
 use crate::wire::{
     self, ErrorCode, FileHash, Response, ResponseBody, TransferRequest, TransferResponse,
@@ -50,10 +53,6 @@ pub const PROBES_IN_FLIGHT_MAX: usize = 64;
 pub const PROBES_PER_SECOND: u64 = 100;
 /// Most sessions waiting for a probe; later ones get no answer (reachability unknown).
 pub const PROBE_QUEUE_MAX: usize = 10_000;
-/// Pushes one session may send at once before its rate applies.
-pub const PUSH_SESSION_BURST: u64 = 16;
-/// Pushes per second one session may send after its burst.
-pub const PUSH_SESSION_PER_SECOND: u64 = 2;
 /// Pushes per second of all sessions together (and the burst).
 pub const PUSHES_PER_SECOND: u64 = 200;
 
@@ -80,7 +79,6 @@ struct Local {
     /// It asked `Reachability` (so it takes pushes); the id to answer, while not answered.
     asked: bool,
     awaiting: Option<u32>,
-    pushes: Bucket,
 }
 
 /// Why a push was refused.
@@ -134,13 +132,7 @@ impl Pushes {
     }
 
     /// Session `session` (on `conn`, under a reactor) said hello from `addr`.
-    pub fn handle_joined(
-        &mut self,
-        session: u64,
-        conn: Option<ConnId>,
-        addr: SocketAddr,
-        now: Instant,
-    ) {
+    pub fn handle_joined(&mut self, session: u64, conn: Option<ConnId>, addr: SocketAddr) {
         self.locals.insert(
             session,
             Local {
@@ -149,7 +141,6 @@ impl Pushes {
                 reachable: None,
                 asked: false,
                 awaiting: None,
-                pushes: Bucket::new(PUSH_SESSION_PER_SECOND, PUSH_SESSION_BURST, now),
             },
         );
     }
@@ -287,17 +278,12 @@ impl Pushes {
         clustered: bool,
         now: Instant,
     ) -> Result<(), PushRefusal> {
-        let Some(me) = self.locals.get_mut(&session) else {
+        let Some(me) = self.locals.get(&session) else {
             return Err(PushRefusal::Error(
                 ErrorCode::NotReady,
                 "push: say hello first".into(),
             ));
         };
-        if let Some(wait) = me.pushes.wait(now) {
-            self.rate_limited += 1;
-            return Err(PushRefusal::RateLimited(wait));
-        }
-        me.pushes.charge(1, now);
         let to = me.addr;
         if to.port() == 0 {
             return Err(PushRefusal::Error(
@@ -370,12 +356,25 @@ impl IndexServer {
     /// A session said hello (its id assigned): known to the push machinery.
     pub(super) fn push_joined(&mut self, session: u64, addr: SocketAddr) {
         let conn = self.current_conn;
-        self.pushes
-            .handle_joined(session, conn, addr, Instant::now());
+        self.pushes.handle_joined(session, conn, addr);
     }
 
-    /// Answers `Reachability` now if it is known; else the probe's end answers it.
-    pub(super) fn handle_reachability(&mut self, out: &mut Vec<u8>, session: &Session, id: u32) {
+    /// Answers `Reachability` now if it is known; else the probe's end answers it. Over
+    /// the session's or the address's ask rate: `RateLimited`.
+    pub(super) fn handle_reachability(
+        &mut self,
+        out: &mut Vec<u8>,
+        session: &mut Session,
+        id: u32,
+        now: Instant,
+    ) -> Verdict {
+        let ip = session.remote.ip();
+        if let Err(refusal) =
+            self.limiter
+                .admit_counted(&mut session.buckets, ip, Counted::Reachability, now)
+        {
+            return self.refuse(out, session, id, refusal);
+        }
         if let Some(reachable) = self.pushes.handle_ask(session.id, id) {
             wire::encode_frame(
                 &Response {
@@ -385,17 +384,26 @@ impl IndexServer {
                 out,
             );
         }
+        Verdict::Continue
     }
 
     /// Relays a push, or answers why not.
     pub(super) fn handle_push(
         &mut self,
         out: &mut Vec<u8>,
-        session: &Session,
+        session: &mut Session,
         id: u32,
         (hash, holder, nonce): (FileHash, SocketAddr, u64),
         now: Instant,
-    ) {
+    ) -> Verdict {
+        let ip = session.remote.ip();
+        if let Err(refusal) =
+            self.limiter
+                .admit_counted(&mut session.buckets, ip, Counted::Push, now)
+        {
+            self.pushes.rate_limited += 1;
+            return self.refuse(out, session, id, refusal);
+        }
         let clustered = self.cluster.is_some();
         let body = match self
             .pushes
@@ -408,10 +416,11 @@ impl IndexServer {
             },
             Err(PushRefusal::Error(code, message)) => {
                 self.error(out, id, code, message);
-                return;
+                return Verdict::Continue;
             }
         };
         wire::encode_frame(&Response { id, body }, out);
+        Verdict::Continue
     }
 
     /// Delivers the notices for other sessions and starts the probes the bounds allow (after
@@ -536,8 +545,8 @@ mod tests {
     fn a_push_goes_to_the_holder_with_the_requesters_own_address() {
         let now = Instant::now();
         let mut p = Pushes::new(now);
-        p.handle_joined(1, None, addr("10.0.0.1:0"), now);
-        p.handle_joined(2, None, addr("10.0.0.2:7000"), now);
+        p.handle_joined(1, None, addr("10.0.0.1:0"));
+        p.handle_joined(2, None, addr("10.0.0.2:7000"));
         // The holder serves no port: unreachable at once, no probe.
         assert_eq!(p.handle_ask(1, 5), Some(false));
         assert_eq!(p.poll_probe(now), None);
@@ -566,12 +575,12 @@ mod tests {
     }
 
     #[test]
-    fn pushes_are_refused_to_unknown_holders_from_firewalled_requesters_and_over_budget() {
+    fn pushes_are_refused_to_unknown_holders_and_from_firewalled_requesters() {
         let now = Instant::now();
         let mut p = Pushes::new(now);
-        p.handle_joined(1, None, addr("10.0.0.1:0"), now);
+        p.handle_joined(1, None, addr("10.0.0.1:0"));
         p.handle_ask(1, 1);
-        p.handle_joined(2, None, addr("10.0.0.2:0"), now);
+        p.handle_joined(2, None, addr("10.0.0.2:0"));
         let h = FileHash::of(b"x");
         // A requester serving no port: nowhere to connect to.
         assert!(matches!(
@@ -579,7 +588,7 @@ mod tests {
             Err(PushRefusal::Error(ErrorCode::Invalid, m)) if m.contains("--listen none")
         ));
         // A requester the probe found unreachable.
-        p.handle_joined(3, None, addr("10.0.0.3:7000"), now);
+        p.handle_joined(3, None, addr("10.0.0.3:7000"));
         assert_eq!(p.handle_ask(3, 9), None);
         let (s, a, _) = p.poll_probe(now).unwrap();
         assert_eq!((s, a), (3, addr("10.0.0.3:7000")));
@@ -593,7 +602,7 @@ mod tests {
             Err(PushRefusal::Error(ErrorCode::Invalid, m)) if m.contains("not reachable")
         ));
         // A reachable requester: an unknown holder, in a cluster or not.
-        p.handle_joined(4, None, addr("10.0.0.4:7000"), now);
+        p.handle_joined(4, None, addr("10.0.0.4:7000"));
         p.handle_ask(4, 1);
         let (s, ..) = p.poll_probe(now).unwrap();
         p.handle_probe_done(s, true);
@@ -601,29 +610,6 @@ mod tests {
             p.handle_push(4, h, addr("10.9.9.9:1"), 1, true, now),
             Err(PushRefusal::Error(ErrorCode::NotFound, m)) if m.contains("another node")
         ));
-        // The session's budget: a burst, then its rate.
-        let mut relayed = 0;
-        let mut limited = 0;
-        for _ in 0..PUSH_SESSION_BURST + 10 {
-            match p.handle_push(4, h, addr("10.0.0.1:0"), 1, false, now) {
-                Ok(()) => relayed += 1,
-                Err(PushRefusal::RateLimited(_)) => limited += 1,
-                Err(e) => panic!("{e:?}"),
-            }
-        }
-        // The refusal to the unknown holder was charged too.
-        assert_eq!(relayed, PUSH_SESSION_BURST);
-        assert_eq!(limited, 10);
-        assert!(p
-            .handle_push(
-                4,
-                h,
-                addr("10.0.0.1:0"),
-                1,
-                false,
-                now + Duration::from_secs(1)
-            )
-            .is_ok());
         // A holder that leaves takes no more pushes.
         p.handle_left(1);
         assert!(p.firewalled([addr("10.0.0.3:7000")].iter()).len() == 1);
@@ -758,16 +744,66 @@ mod tests {
     }
 
     #[test]
+    fn push_budgets_are_per_session_and_per_address_and_their_refusals_are_strikes() {
+        use crate::index::limits::RateLimits;
+        let mut server = IndexServer::new(super::super::ServerLimits::default());
+        // Slow refills, so the test's own time adds no token.
+        server.set_rate_limits(RateLimits {
+            push_per_s: 1,
+            push_burst: 4,
+            push_address_per_s: 3,
+            ban_after: 30,
+            ban_window: Duration::from_secs(60),
+            ban_for: Duration::from_secs(60),
+            ..RateLimits::default()
+        });
+        let mut holder = join(&mut server, "10.0.0.1:999", 0);
+        call(&mut server, &mut holder, wire::RequestBody::Reachability);
+        let push = || wire::RequestBody::Push {
+            hash: FileHash::of(b"z"),
+            holder: addr("10.0.0.1:0"),
+            nonce: 1,
+        };
+        let relay = |server: &mut IndexServer, s: &mut Session, times: usize| {
+            let mut answers = (0, 0, 0);
+            for _ in 0..times {
+                match call(server, s, push())[0].body {
+                    ResponseBody::PushRelayed => answers.0 += 1,
+                    ResponseBody::RateLimited { banned: false, .. } => answers.1 += 1,
+                    ResponseBody::RateLimited { banned: true, .. } => answers.2 += 1,
+                    ref other => panic!("{other:?}"),
+                }
+            }
+            answers
+        };
+        // One session: its burst (and the token it may go into debt for), then refused.
+        let mut one = join(&mut server, "10.0.0.2:999", 7000);
+        assert_eq!(relay(&mut server, &mut one, 8), (5, 3, 0));
+        // Many sessions of one address, each within its own budget: together the address's
+        // (2 s of 3 a second, and one in debt).
+        let mut many: Vec<Session> = (0..4)
+            .map(|_| join(&mut server, "10.0.0.3:999", 7000))
+            .collect();
+        let mut relayed = 0;
+        for s in &mut many {
+            relayed += relay(&mut server, s, 2).0;
+        }
+        assert_eq!(relayed, 7);
+        // Another address is served all the same.
+        let mut other = join(&mut server, "10.0.0.4:999", 7000);
+        assert_eq!(relay(&mut server, &mut other, 1), (1, 0, 0));
+        // The refusals were strikes: an address that keeps asking is banned.
+        let (_, refused, banned) = relay(&mut server, &mut many[0], 40);
+        assert!(banned > 0 && refused + banned == 40, "{refused} {banned}");
+        assert_eq!(server.pushes.take_deliveries().len(), 5 + 7 + 1);
+    }
+
+    #[test]
     fn probes_are_bounded_in_flight_and_skip_sessions_that_left() {
         let now = Instant::now();
         let mut p = Pushes::new(now);
         for s in 0..PROBES_IN_FLIGHT_MAX as u64 + 5 {
-            p.handle_joined(
-                s,
-                None,
-                SocketAddr::from(([10, 0, 0, 1], 1000 + s as u16)),
-                now,
-            );
+            p.handle_joined(s, None, SocketAddr::from(([10, 0, 0, 1], 1000 + s as u16)));
             assert_eq!(p.handle_ask(s, 1), None);
         }
         p.handle_left(0);
