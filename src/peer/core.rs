@@ -757,10 +757,20 @@ impl PeerCore {
     fn handle_push_request(&mut self, hash: FileHash, to: SocketAddr, nonce: u64) {
         let shared = self.share.by_hash(&hash).is_some();
         match self.push.admit(shared, to) {
-            Ok(()) => self.actions.push_back(Action::Connect {
-                addr: to,
-                role: Role::Push(PushOut { hash, to, nonce }),
-            }),
+            Ok(evicted) => {
+                if let Some(conn) = evicted {
+                    log::info!(target: "peer", "an idle push connection gives way to a push to {to}");
+                    self.actions.push_back(Action::Close {
+                        conn,
+                        reason: CloseReason::Local,
+                        after_flush: false,
+                    });
+                }
+                self.actions.push_back(Action::Connect {
+                    addr: to,
+                    role: Role::Push(PushOut { hash, to, nonce }),
+                })
+            }
             Err(why) => log::info!(target: "peer", "push of {hash} to {to} not served: {why:?}"),
         }
     }
@@ -864,6 +874,7 @@ impl PeerCore {
         payload: &[u8],
         origin: Origin,
     ) -> Verdict {
+        self.push.handle_asked(conn);
         let from = match *state {
             Upload::AwaitingGet { from } | Upload::Sending { from, .. } => from,
             Upload::Queued { .. } => {
