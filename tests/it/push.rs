@@ -294,3 +294,57 @@ fn a_download_refused_over_the_push_budget_asks_again_after_the_wait() {
     assert!(!stderr.contains("push refused"), "{stderr}");
     assert_eq!(std::fs::read(b.join("budget.bin")).unwrap(), bytes);
 }
+
+#[test]
+fn requesters_that_hold_every_push_connection_idle_give_way_to_an_honest_one() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("push-hog");
+    let bytes = common::pseudo_random(60_000, 18);
+    let hash = FileHash::of(&bytes);
+    let mut h = holder(&tmp.sub("h"), &indexd, "hogged.bin", &bytes, "none");
+    let (holders, _) = lookup(&indexd, hash);
+    // Four requesters each take their four push connections and never ask for a range.
+    let mut hogs = Vec::new();
+    for k in 0..4u8 {
+        let ip = std::net::IpAddr::from([127, 0, 0, 20 + k]);
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (mut c, _) = Client::hello_from(indexd.addr, ip, port);
+        for nonce in 0..4 {
+            let push = RequestBody::Push {
+                hash,
+                holder: holders[0],
+                nonce,
+            };
+            assert_eq!(c.call(push), ResponseBody::PushRelayed);
+        }
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        let mut accepted = 0;
+        while accepted < 4 {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    hogs.push(conn);
+                    accepted += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "the holder's pushes");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        hogs.push(c.stream);
+    }
+    // Every push connection is taken and idle: the honest push takes an idle one's place,
+    // and the download completes.
+    let b = tmp.sub("b");
+    let (stdout, stderr, code) = get(&b, &indexd, "127.0.0.1:0", hash);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(std::fs::read(b.join("hogged.bin")).unwrap(), bytes);
+    let gave_way = "an idle push connection gives way";
+    if !h.has_said(gave_way) {
+        h.wait_line("the eviction", IO_TIMEOUT, |l| l.contains(gave_way));
+    }
+    drop(hogs);
+}
