@@ -209,7 +209,10 @@ impl PushState {
             return Err(NotServed::NotShared);
         }
         let mut held: HashMap<u128, usize> = HashMap::new();
-        let ips = self.connecting.iter().chain(self.connected.values().map(|(ip, _)| ip));
+        let ips = self
+            .connecting
+            .iter()
+            .chain(self.connected.values().map(|(ip, _)| ip));
         for ip in ips {
             *held.entry(address_key(*ip)).or_insert(0) += 1;
         }
@@ -517,7 +520,10 @@ mod tests {
         let mut n = p.outgoing();
         let mut i = 2u8;
         while n < PUSH_UPLOADS_MAX {
-            assert_eq!(p.admit(true, SocketAddr::from(([10, 0, 1, i], 1))), Ok(None));
+            assert_eq!(
+                p.admit(true, SocketAddr::from(([10, 0, 1, i], 1))),
+                Ok(None)
+            );
             i += 1;
             n += 1;
         }
