@@ -70,6 +70,14 @@ struct Flags {
     /// spend together, in units (burst: 2 s of it). 0: no limit.
     #[arg(long, default_value_t = RateLimits::default().address_per_s, value_name = "UNITS")]
     rate_address: u64,
+    /// Push requests per second all sessions of one IPv4 address or IPv6 /64 may make
+    /// together (burst: 2 s of it), under the index-wide 200 a second. 0: no limit.
+    #[arg(long, default_value_t = RateLimits::default().push_address_per_s, value_name = "PUSHES")]
+    rate_push_address: u64,
+    /// Reachability asks (each may start a probe) per second all sessions of one IPv4
+    /// address or IPv6 /64 may make together (burst: 2 s of it). 0: no limit.
+    #[arg(long, default_value_t = RateLimits::default().reachability_address_per_s, value_name = "ASKS")]
+    rate_reachability_address: u64,
     /// An address refused this many times within --ban-window seconds is banned: its
     /// connections are closed and refused for --ban-for seconds. 0: never ban.
     #[arg(long, default_value_t = RateLimits::default().ban_after, value_name = "REFUSALS")]
@@ -194,9 +202,12 @@ fn run(flags: Flags) -> std::io::Result<()> {
         register_per_s: flags.rate_register,
         register_burst: flags.rate_register_burst,
         address_per_s: flags.rate_address,
+        push_address_per_s: flags.rate_push_address,
+        reachability_address_per_s: flags.rate_reachability_address,
         ban_after: flags.ban_after,
         ban_window: Duration::from_secs(flags.ban_window),
         ban_for: Duration::from_secs(flags.ban_for),
+        ..RateLimits::default()
     });
     server.stop_on(stop);
     // In cluster mode the listeners open once the stream has been read and applied.

@@ -15,6 +15,14 @@
 //! off: the refusal ([`Refusal`]) says in how many milliseconds, and costs the server a
 //! decode and a small answer.
 //!
+//! # Counted requests
+//! Pushes and reachability asks ([`Counted`]) cost the server little to decode but make it
+//! do something for others (relay a notice to a holder, probe a port), so they are limited
+//! by number, not work: each admitted one takes a token from its session's bucket and from
+//! its address's, checked and charged at once by [`Limiter::admit_counted`]. The address
+//! bucket is what keeps a few hosts' many sessions from spending the index-wide push budget
+//! (`server/push.rs`) or filling the probe queue.
+//!
 //! # Addresses and bans
 //! An address is an IPv4 address (IPv4-mapped IPv6 included) or an IPv6 /64, as the reactor
 //! groups its per-source connection limits: one host opening 256 connections shares one
@@ -83,6 +91,15 @@ pub enum Kind {
     Register,
 }
 
+/// Requests limited by number (see "Counted requests" in the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Push requests.
+    Push,
+    /// Reachability asks.
+    Reachability,
+}
+
 /// The limits; 0 anywhere switches that limit off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimits {
@@ -97,6 +114,17 @@ pub struct RateLimits {
     /// Search and lookup units per second per address (IPv4 address, IPv6 /64), shared by
     /// all its sessions.
     pub address_per_s: u64,
+    /// Pushes per second one session may ask (burst: `push_burst`).
+    pub push_per_s: u64,
+    /// See `push_per_s`.
+    pub push_burst: u64,
+    /// Pushes per second per address, shared by all its sessions (burst:
+    /// [`RateLimits::BURST_SECONDS`] of it).
+    pub push_address_per_s: u64,
+    /// Reachability asks per second per address, shared by all its sessions (burst:
+    /// [`RateLimits::BURST_SECONDS`] of it). A session is probed once however often it
+    /// asks; its own asks are bounded by [`REACHABILITY_SESSION_BURST`].
+    pub reachability_address_per_s: u64,
     /// Refusals an address may collect within `ban_window` before it is banned.
     pub ban_after: u64,
     /// See `ban_after`.
@@ -117,6 +145,10 @@ impl RateLimits {
             register_per_s: 0,
             register_burst: 0,
             address_per_s: 0,
+            push_per_s: 0,
+            push_burst: 0,
+            push_address_per_s: 0,
+            reachability_address_per_s: 0,
             ban_after: 0,
             ban_window: Duration::ZERO,
             ban_for: Duration::ZERO,
@@ -133,12 +165,21 @@ impl Default for RateLimits {
             register_per_s: 200_000,
             register_burst: 2_000_000,
             address_per_s: 2_000_000,
+            push_per_s: 2,
+            push_burst: 16,
+            push_address_per_s: 20,
+            reachability_address_per_s: 10,
             ban_after: 1_000,
             ban_window: Duration::from_secs(10),
             ban_for: Duration::from_secs(60),
         }
     }
 }
+
+/// Reachability asks one session may make at once, then one a second: a peer asks once
+/// per index session (again after a reconnect, which is a new session), so more is a client
+/// that misbehaves.
+pub const REACHABILITY_SESSION_BURST: u64 = 4;
 
 /// A token bucket that may go into debt. Tokens are kept in milli-units so that slow rates
 /// refill smoothly.
@@ -227,6 +268,8 @@ pub struct SessionBuckets {
     search: Bucket,
     lookup: Bucket,
     register: Bucket,
+    push: Bucket,
+    reachability: Bucket,
 }
 
 impl SessionBuckets {
@@ -236,6 +279,15 @@ impl SessionBuckets {
             search: Bucket::new(0, 0, now),
             lookup: Bucket::new(0, 0, now),
             register: Bucket::new(0, 0, now),
+            push: Bucket::new(0, 0, now),
+            reachability: Bucket::new(0, 0, now),
+        }
+    }
+
+    fn counted(&mut self, what: Counted) -> &mut Bucket {
+        match what {
+            Counted::Push => &mut self.push,
+            Counted::Reachability => &mut self.reachability,
         }
     }
 
@@ -272,8 +324,28 @@ impl Address {
 struct AddressRecord {
     sessions: u32,
     queries: Bucket,
+    pushes: Bucket,
+    reachability: Bucket,
     strikes: Bucket,
     banned_until: Option<Instant>,
+}
+
+impl AddressRecord {
+    /// The refusal of every request while the address is banned (a ban that has expired is
+    /// forgotten).
+    fn ban(&mut self, now: Instant) -> Option<Refusal> {
+        match self.banned_until {
+            Some(t) if t > now => Some(Refusal {
+                retry_after: t - now,
+                banned: true,
+            }),
+            Some(_) => {
+                self.banned_until = None;
+                None
+            }
+            None => None,
+        }
+    }
 }
 
 /// A request refused over a limit.
@@ -338,14 +410,7 @@ impl Limiter {
     /// Whether `ip` is banned now: how long it still is.
     pub fn banned(&mut self, ip: IpAddr, now: Instant) -> Option<Duration> {
         let rec = self.addresses.get_mut(&Address::of(ip))?;
-        match rec.banned_until {
-            Some(t) if t > now => Some(t - now),
-            Some(_) => {
-                rec.banned_until = None;
-                None
-            }
-            None => None,
-        }
+        rec.ban(now).map(|r| r.retry_after)
     }
 
     /// A connection from `ip` was refused at accept for its ban.
@@ -362,6 +427,16 @@ impl Limiter {
                 queries: Bucket::new(
                     l.address_per_s,
                     l.address_per_s * RateLimits::BURST_SECONDS,
+                    now,
+                ),
+                pushes: Bucket::new(
+                    l.push_address_per_s,
+                    l.push_address_per_s * RateLimits::BURST_SECONDS,
+                    now,
+                ),
+                reachability: Bucket::new(
+                    l.reachability_address_per_s,
+                    l.reachability_address_per_s * RateLimits::BURST_SECONDS,
                     now,
                 ),
                 strikes: Bucket::new(
@@ -386,6 +461,12 @@ impl Limiter {
             search: Bucket::new(l.search_per_s, burst(l.search_per_s), now),
             lookup: Bucket::new(l.lookup_per_s, burst(l.lookup_per_s), now),
             register: Bucket::new(l.register_per_s, l.register_burst, now),
+            push: Bucket::new(l.push_per_s, l.push_burst, now),
+            reachability: Bucket::new(
+                u64::from(l.reachability_address_per_s > 0),
+                REACHABILITY_SESSION_BURST,
+                now,
+            ),
         }
     }
 
@@ -410,40 +491,69 @@ impl Limiter {
             // Nothing to check at the address: no bucket there, and no ban in force anywhere.
             return Ok(());
         }
-        let ban_after = self.limits.ban_after;
-        let ban_for = self.limits.ban_for;
         let rec = self.record(Address::of(ip), now);
-        if let Some(t) = rec.banned_until {
-            if t > now {
-                return Err(Refusal {
-                    retry_after: t - now,
-                    banned: true,
-                });
-            }
-            rec.banned_until = None;
+        if let Some(ban) = rec.ban(now) {
+            return Err(ban);
         }
         let address = if shared { rec.queries.wait(now) } else { None };
         let Some(wait) = own.max(address) else {
             return Ok(());
         };
-        let mut refusal = Refusal {
-            retry_after: wait,
-            banned: false,
+        Err(self.strike(ip, wait, now))
+    }
+
+    /// Whether a counted request (a push, a reachability ask) from a session with
+    /// `buckets` at `ip` may run now; if so, one is taken from both buckets at once.
+    pub fn admit_counted(
+        &mut self,
+        buckets: &mut SessionBuckets,
+        ip: IpAddr,
+        what: Counted,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let own = buckets.counted(what);
+        let own_wait = own.wait(now);
+        let rec = self.record(Address::of(ip), now);
+        if let Some(ban) = rec.ban(now) {
+            return Err(ban);
+        }
+        let shared = match what {
+            Counted::Push => &mut rec.pushes,
+            Counted::Reachability => &mut rec.reachability,
         };
+        match own_wait.max(shared.wait(now)) {
+            None => {
+                shared.charge(1, now);
+                buckets.counted(what).charge(1, now);
+                Ok(())
+            }
+            Some(wait) => Err(self.strike(ip, wait, now)),
+        }
+    }
+
+    /// A request from `ip` refused for `wait`: a strike against its address, which bans it
+    /// once it has run out of them.
+    fn strike(&mut self, ip: IpAddr, wait: Duration, now: Instant) -> Refusal {
+        let ban_after = self.limits.ban_after;
+        let ban_for = self.limits.ban_for;
+        self.counts.rate_limited += 1;
+        let rec = self.record(Address::of(ip), now);
         if ban_after > 0 {
             rec.strikes.charge(1, now);
             if rec.strikes.is_spent(now) {
                 rec.banned_until = Some(now + ban_for);
                 self.last_ban_ends = self.last_ban_ends.max(Some(now + ban_for));
-                refusal = Refusal {
+                self.counts.bans += 1;
+                return Refusal {
                     retry_after: ban_for,
                     banned: true,
                 };
-                self.counts.bans += 1;
             }
         }
-        self.counts.rate_limited += 1;
-        Err(refusal)
+        Refusal {
+            retry_after: wait,
+            banned: false,
+        }
     }
 
     /// Charges an admitted request of `kind` from `ip` what it cost beyond [`FREE_UNITS`].
@@ -475,6 +585,8 @@ impl Limiter {
             r.sessions > 0
                 || r.banned_until.is_some_and(|t| t > now)
                 || !r.queries.is_full(now)
+                || !r.pushes.is_full(now)
+                || !r.reachability.is_full(now)
                 || !r.strikes.is_full(now)
         });
         self.swept_at = self.addresses.len();
@@ -539,10 +651,49 @@ mod tests {
             register_per_s: 0,
             register_burst: 0,
             address_per_s: 3000,
-            ban_after: 0,
-            ban_window: Duration::ZERO,
-            ban_for: Duration::ZERO,
+            ..RateLimits::off()
         }
+    }
+
+    #[test]
+    fn counted_requests_share_their_address_budget_over_an_ipv6_64() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(RateLimits {
+            push_per_s: 100,
+            push_burst: 100,
+            push_address_per_s: 2,
+            reachability_address_per_s: 100,
+            ..limits()
+        });
+        let x: IpAddr = "2001:db8::1".parse().unwrap();
+        let y: IpAddr = "2001:db8::2".parse().unwrap();
+        let z: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let (mut a, mut b, mut c) = (l.open(x, t0), l.open(y, t0), l.open(z, t0));
+        // The /64's burst (2 s of 2 a second, one in debt) over two hosts' sessions.
+        let mut admitted = 0;
+        for _ in 0..4 {
+            admitted += u32::from(l.admit_counted(&mut a, x, Counted::Push, t0).is_ok());
+            admitted += u32::from(l.admit_counted(&mut b, y, Counted::Push, t0).is_ok());
+        }
+        assert_eq!(admitted, 5);
+        let r = l.admit_counted(&mut a, x, Counted::Push, t0).unwrap_err();
+        assert_eq!(r.retry_after, ms(500));
+        assert_eq!(l.counts().rate_limited, 4);
+        // Another /64, and the other kind, are not touched; a session's asks have their
+        // own small burst.
+        assert!(l.admit_counted(&mut c, z, Counted::Push, t0).is_ok());
+        for _ in 0..=REACHABILITY_SESSION_BURST {
+            assert!(l
+                .admit_counted(&mut a, x, Counted::Reachability, t0)
+                .is_ok());
+        }
+        assert!(l
+            .admit_counted(&mut a, x, Counted::Reachability, t0)
+            .is_err());
+        // Waiting as told is enough.
+        assert!(l
+            .admit_counted(&mut b, y, Counted::Push, t0 + ms(500))
+            .is_ok());
     }
 
     #[test]

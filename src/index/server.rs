@@ -365,16 +365,14 @@ impl IndexServer {
         };
         match req.body {
             RequestBody::Reachability => {
-                self.handle_reachability(out, session, id);
-                return Verdict::Continue;
+                return self.handle_reachability(out, session, id, now);
             }
             RequestBody::Push {
                 hash,
                 holder,
                 nonce,
             } => {
-                self.handle_push(out, session, id, (hash, holder, nonce), now);
-                return Verdict::Continue;
+                return self.handle_push(out, session, id, (hash, holder, nonce), now);
             }
             _ => {}
         }

@@ -757,10 +757,20 @@ impl PeerCore {
     fn handle_push_request(&mut self, hash: FileHash, to: SocketAddr, nonce: u64) {
         let shared = self.share.by_hash(&hash).is_some();
         match self.push.admit(shared, to) {
-            Ok(()) => self.actions.push_back(Action::Connect {
-                addr: to,
-                role: Role::Push(PushOut { hash, to, nonce }),
-            }),
+            Ok(evicted) => {
+                if let Some(conn) = evicted {
+                    log::info!(target: "peer", "an idle push connection gives way to a push to {to}");
+                    self.actions.push_back(Action::Close {
+                        conn,
+                        reason: CloseReason::Local,
+                        after_flush: false,
+                    });
+                }
+                self.actions.push_back(Action::Connect {
+                    addr: to,
+                    role: Role::Push(PushOut { hash, to, nonce }),
+                })
+            }
             Err(why) => log::info!(target: "peer", "push of {hash} to {to} not served: {why:?}"),
         }
     }
@@ -805,9 +815,22 @@ impl PeerCore {
         let why = match body {
             ResponseBody::PushRelayed => return,
             ResponseBody::Error { message, .. } => message,
-            ResponseBody::RateLimited { retry_after_ms, .. } => {
-                format!("the index's push rate limit (try again in {retry_after_ms} ms)")
+            ResponseBody::RateLimited {
+                retry_after_ms,
+                banned: false,
+            } => {
+                if let Some(r) = running(&mut self.downloads, id) {
+                    self.output.note(format!(
+                        "get: {}: the index's push budget is spent for now: asking again in \
+                         {retry_after_ms} ms",
+                        display_name(r.dl.progress().0)
+                    ));
+                    let wait = Duration::from_millis(retry_after_ms);
+                    r.dl.handle_push_deferred(now, attempt, wait, &mut self.actions);
+                }
+                return;
             }
+            ResponseBody::RateLimited { .. } => "the index banned our address for now".into(),
             other => format!("unexpected answer {other:?}"),
         };
         // The index knows better than us: it refused because we are not reachable either.
@@ -851,6 +874,7 @@ impl PeerCore {
         payload: &[u8],
         origin: Origin,
     ) -> Verdict {
+        self.push.handle_asked(conn);
         let from = match *state {
             Upload::AwaitingGet { from } | Upload::Sending { from, .. } => from,
             Upload::Queued { .. } => {

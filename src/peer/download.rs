@@ -51,7 +51,9 @@
 //!   the index, and the holder's connection, when it comes to our file server, is handed to
 //!   [`Download::handle_connected`] like an outgoing one. A push that cannot happen
 //!   ([`Download::handle_push_failed`]) drops the holder; when we are firewalled too it is
-//!   never taken back.
+//!   never taken back. A push the index refused only over its budget
+//!   ([`Download::handle_push_deferred`]) is asked again after the wait it named, within
+//!   the whole download's deadline, the holder kept meanwhile.
 
 use super::core::{Action, Role};
 use super::names::{self, display_name, Landing};
@@ -505,6 +507,8 @@ struct Source {
     pushed: bool,
     /// Why connecting to it failed, before it was asked for a push.
     connect_failed: Option<String>,
+    /// The index refused its push over a budget: ask again at this time.
+    push_again_at: Option<Instant>,
     /// Its bytes with the verifying thread, not yet answered.
     unverified: u64,
     /// Its connection is held (not read) until those answers come back.
@@ -528,6 +532,7 @@ impl Source {
             delivered: false,
             pushed: false,
             connect_failed: None,
+            push_again_at: None,
             unverified: 0,
             held: false,
         }
@@ -538,6 +543,7 @@ impl Source {
     fn reset(&mut self) -> Option<ConnId> {
         self.attempt = 0;
         self.pushed = false;
+        self.push_again_at = None;
         self.held = false;
         self.asked.clear();
         self.receiving = None;
@@ -787,6 +793,37 @@ impl Download {
             self.holder_failed(now, i, why, out);
         }
         self.run(now, out);
+    }
+
+    /// The index refused the push for `attempt` over its budget: it is asked again after
+    /// `retry_after` (the holder is kept, its pieces waiting), unless that is past the
+    /// whole download's deadline, which drops it as any refusal does.
+    pub fn handle_push_deferred(
+        &mut self,
+        now: Instant,
+        attempt: u32,
+        retry_after: Duration,
+        out: &mut VecDeque<Action>,
+    ) {
+        let Some(i) = self.source_of(Attempt {
+            download: self.id,
+            n: attempt,
+        }) else {
+            return;
+        };
+        let at = now + retry_after;
+        if at >= self.give_up {
+            let why = format!(
+                "push refused: the index's push rate limit (try again in {} ms, past the \
+                 --get-timeout)",
+                retry_after.as_millis()
+            );
+            self.holder_failed(now, i, why, out);
+            self.run(now, out);
+            return;
+        }
+        self.sources[i].push_again_at = Some(at);
+        self.swarm.handle_alive(HolderId(i as u64), now);
     }
 
     fn source_of(&self, attempt: Attempt) -> Option<usize> {
@@ -1364,9 +1401,17 @@ impl Download {
             self.save_record_now(now, out);
         }
         // A holder that keeps us in its upload queue is bounded by the queue wait, not the
-        // stall timer.
-        for (i, s) in self.sources.iter().enumerate() {
-            if s.queued_since.is_some() {
+        // stall timer; one whose push waits for the index's budget, by the whole download's
+        // deadline.
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            if s.push_again_at.is_some_and(|t| t <= now) {
+                s.push_again_at = None;
+                self.events.push_back(DownloadEvent::Push {
+                    holder: s.addr,
+                    attempt: s.attempt,
+                });
+            }
+            if s.queued_since.is_some() || s.push_again_at.is_some() {
                 self.swarm.handle_alive(HolderId(i as u64), now);
             }
         }
@@ -1383,6 +1428,7 @@ impl Download {
             [
                 s.rate_check,
                 s.queued_since.map(|t| t + self.limits.queue_wait),
+                s.push_again_at,
             ]
             .into_iter()
             .flatten()

@@ -43,7 +43,8 @@ pub enum Holder {
 }
 
 enum Conn {
-    Index(Session),
+    /// Boxed: an index session is large beside a holder's address.
+    Index(Box<Session>),
     Holder(SocketAddr),
 }
 
@@ -282,7 +283,9 @@ impl Harness {
                 if !self.index_up || addr != INDEX.parse().unwrap() {
                     None
                 } else {
-                    Some(Conn::Index(self.index.accept(ME.parse().unwrap())))
+                    Some(Conn::Index(Box::new(
+                        self.index.accept(ME.parse().unwrap()),
+                    )))
                 }
             }
             _ => self
@@ -311,7 +314,7 @@ impl Harness {
     fn close(&mut self, id: ConnId, reason: CloseReason) {
         if let Some((conn, role)) = self.conns.remove(&id) {
             if let Conn::Index(session) = conn {
-                self.index.close(session, &reason);
+                self.index.close(*session, &reason);
             }
             self.core.handle_close(self.now, Some(id), role, &reason);
         }

@@ -287,9 +287,10 @@ impl Peer {
                     }
                 }
                 Action::Connect { addr, role } => match ctx.connect(addr, role.clone()) {
-                    // A push connection is an upload: it times out like one.
+                    // A push connection is an upload, but one that must ask for a range
+                    // soon (its first file range sets the upload's idle timeout).
                     Ok(conn) if matches!(role, Role::Push(_)) => {
-                        ctx.set_idle_timeout(conn, Some(UPLOAD_IDLE))
+                        ctx.set_idle_timeout(conn, Some(push::PUSH_FIRST_RANGE_WAIT))
                     }
                     Ok(conn) => ctx.set_idle_timeout(conn, None),
                     Err(e) => self.core.handle_close(

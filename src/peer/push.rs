@@ -23,7 +23,12 @@
 //!   within [`PUSH_UPLOADS_MAX`] outgoing push connections at once and
 //!   [`PUSH_UPLOADS_PER_ADDRESS`] to one address (IPv4, IPv6 /64); it connects only to the
 //!   address the index gives, which is the requester's own. The connection is then an
-//!   upload like any other: slots, queue, rate limits and floors apply to each range.
+//!   upload like any other: slots, queue, rate limits and floors apply to each range. Until
+//!   it asks for its first range it is *idle*: it is closed after [`PUSH_FIRST_RANGE_WAIT`]
+//!   (an honest downloader asks at once), and when all the push connections are taken, a
+//!   push from an address holding at least two fewer than the address holding the most
+//!   takes the place of one of that address's idle ones (as the file server's eviction at
+//!   its connection limit does), so a few requesters cannot keep the others out.
 //! - **The index's probe** ([`probe_answer`]): `Probe{nonce}` on the file server is answered
 //!   `Probed{nonce}`, proving the port is a p2pshare file server.
 
@@ -44,6 +49,9 @@ pub const WAITING_MAX: usize = 256;
 pub const PUSH_UPLOADS_MAX: usize = 16;
 /// Most outgoing push connections a holder has at once to one address.
 pub const PUSH_UPLOADS_PER_ADDRESS: usize = 4;
+/// A push connection that has not asked for a range this long after it was opened is
+/// closed.
+pub const PUSH_FIRST_RANGE_WAIT: Duration = Duration::from_secs(5);
 
 /// An outgoing push connection while it connects, kept in its slot ([`super::Role::Push`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,9 +119,10 @@ pub struct PushState {
     /// What the index found of our file server (`None`: not known yet).
     pub reachable: Option<bool>,
     waiting: HashMap<u64, Waiting>,
-    /// Outgoing push connections: those connecting, and those connected (by connection).
+    /// Outgoing push connections: those connecting, and those connected (by connection,
+    /// with whether they asked for a range yet).
     connecting: Vec<IpAddr>,
-    connected: HashMap<ConnId, IpAddr>,
+    connected: HashMap<ConnId, (IpAddr, bool)>,
     rng: fastrand::Rng,
 }
 
@@ -191,27 +200,53 @@ impl PushState {
     }
 
     /// A push request came for `hash`, to connect to `to`: whether to serve it (`shared`:
-    /// we share that file). On `Ok` the caller connects, and the connection counts until
+    /// we share that file). On `Ok` the caller connects (after closing the idle connection
+    /// it names, which gives way; see the module docs), and the connection counts until
     /// [`PushState::handle_connected`] and [`PushState::handle_closed`] (or
     /// [`PushState::handle_connect_failed`]).
-    pub fn admit(&mut self, shared: bool, to: SocketAddr) -> Result<(), NotServed> {
+    pub fn admit(&mut self, shared: bool, to: SocketAddr) -> Result<Option<ConnId>, NotServed> {
         if !shared {
             return Err(NotServed::NotShared);
         }
-        let address = address_key(to.ip());
-        let at_address = self
+        let mut held: HashMap<u128, usize> = HashMap::new();
+        let ips = self
             .connecting
             .iter()
-            .chain(self.connected.values())
-            .filter(|ip| address_key(**ip) == address)
-            .count();
-        if self.connecting.len() + self.connected.len() >= PUSH_UPLOADS_MAX
-            || at_address >= PUSH_UPLOADS_PER_ADDRESS
-        {
+            .chain(self.connected.values().map(|(ip, _)| ip));
+        for ip in ips {
+            *held.entry(address_key(*ip)).or_insert(0) += 1;
+        }
+        let address = address_key(to.ip());
+        let ours = held.get(&address).copied().unwrap_or(0);
+        if ours >= PUSH_UPLOADS_PER_ADDRESS {
             return Err(NotServed::Full);
         }
+        let mut evicted = None;
+        if self.outgoing() >= PUSH_UPLOADS_MAX {
+            // The idle connection of the address holding the most, if it holds two more.
+            evicted = self
+                .connected
+                .iter()
+                .filter(|(_, (_, asked))| !asked)
+                .map(|(c, (ip, _))| (held[&address_key(*ip)], *c))
+                .max()
+                .filter(|(most, _)| *most >= ours + 2)
+                .map(|(_, c)| c);
+            let Some(c) = evicted else {
+                return Err(NotServed::Full);
+            };
+            self.connected.remove(&c);
+        }
         self.connecting.push(to.ip());
-        Ok(())
+        Ok(evicted)
+    }
+
+    /// Connection `conn` asked for a range (any connection: only push ones count): it is
+    /// no longer idle.
+    pub fn handle_asked(&mut self, conn: ConnId) {
+        if let Some((_, asked)) = self.connected.get_mut(&conn) {
+            *asked = true;
+        }
     }
 
     fn stop_connecting(&mut self, ip: IpAddr) {
@@ -223,7 +258,7 @@ impl PushState {
     /// An outgoing push connection to `to` is up, as `conn`.
     pub fn handle_connected(&mut self, conn: ConnId, to: SocketAddr) {
         self.stop_connecting(to.ip());
-        self.connected.insert(conn, to.ip());
+        self.connected.insert(conn, (to.ip(), false));
     }
 
     /// An outgoing push connection to `to` failed before it was up.
@@ -474,16 +509,21 @@ mod tests {
         let a = addr("10.0.0.1:7000");
         assert_eq!(p.admit(false, a), Err(NotServed::NotShared));
         for _ in 0..PUSH_UPLOADS_PER_ADDRESS {
-            assert_eq!(p.admit(true, a), Ok(()));
+            assert_eq!(p.admit(true, a), Ok(None));
         }
         assert_eq!(p.admit(true, addr("10.0.0.1:7001")), Err(NotServed::Full));
         p.handle_connected(ConnId(1), a);
+        // Serving a range: it does not give way.
+        p.handle_asked(ConnId(1));
         p.handle_connect_failed(a);
-        assert_eq!(p.admit(true, a), Ok(()));
+        assert_eq!(p.admit(true, a), Ok(None));
         let mut n = p.outgoing();
         let mut i = 2u8;
         while n < PUSH_UPLOADS_MAX {
-            assert_eq!(p.admit(true, SocketAddr::from(([10, 0, 1, i], 1))), Ok(()));
+            assert_eq!(
+                p.admit(true, SocketAddr::from(([10, 0, 1, i], 1))),
+                Ok(None)
+            );
             i += 1;
             n += 1;
         }
@@ -493,6 +533,48 @@ mod tests {
             "{PUSH_UPLOADS_MAX} at once in all"
         );
         p.handle_closed(ConnId(1));
-        assert_eq!(p.admit(true, addr("10.0.9.9:1")), Ok(()));
+        assert_eq!(p.admit(true, addr("10.0.9.9:1")), Ok(None));
+    }
+
+    #[test]
+    fn when_full_an_idle_push_connection_of_the_address_holding_most_gives_way() {
+        let mut p = PushState::new(1);
+        // Four addresses hold four connections each, all up and idle but one address's.
+        let mut conn = 0;
+        for a in 1..=4u8 {
+            for _ in 0..PUSH_UPLOADS_PER_ADDRESS {
+                let to = SocketAddr::from(([10, 0, 0, a], 7000));
+                assert_eq!(p.admit(true, to), Ok(None));
+                conn += 1;
+                p.handle_connected(ConnId(conn), to);
+                if a == 1 {
+                    p.handle_asked(ConnId(conn));
+                }
+            }
+        }
+        assert_eq!(p.outgoing(), PUSH_UPLOADS_MAX);
+        // A fifth address takes an idle one's place (never one that asked for a range).
+        let Ok(Some(ConnId(gone))) = p.admit(true, addr("10.0.0.5:7000")) else {
+            panic!()
+        };
+        assert!(gone > PUSH_UPLOADS_PER_ADDRESS);
+        assert_eq!(p.outgoing(), PUSH_UPLOADS_MAX);
+        p.handle_connected(ConnId(99), addr("10.0.0.5:7000"));
+        // It may take a second place (it holds 1, they 4 or 3); not a third from one that
+        // holds only one more.
+        assert!(matches!(p.admit(true, addr("10.0.0.5:7000")), Ok(Some(_))));
+        p.handle_connected(ConnId(100), addr("10.0.0.5:7000"));
+        p.handle_asked(ConnId(99));
+        p.handle_asked(ConnId(100));
+        let mut taken = 0;
+        while let Ok(Some(_)) = p.admit(true, addr("10.0.0.6:7000")) {
+            taken += 1;
+            p.handle_connected(ConnId(200 + taken), addr("10.0.0.6:7000"));
+            p.handle_asked(ConnId(200 + taken));
+        }
+        // 10.0.0.6 took places until every address holding two more than it had no idle
+        // connection left or held no more than one more.
+        assert!(taken >= 2, "{taken}");
+        assert_eq!(p.outgoing(), PUSH_UPLOADS_MAX);
     }
 }

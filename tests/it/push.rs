@@ -241,3 +241,110 @@ fn the_probe_needs_a_p2pshare_file_server_not_just_an_open_port() {
         ResponseBody::Reachability { reachable: false }
     );
 }
+
+#[test]
+fn a_download_refused_over_the_push_budget_asks_again_after_the_wait() {
+    // One push a second per address: another session of the downloader's address keeps it
+    // spent, so the downloader's push is refused `RateLimited` and must be asked again.
+    let indexd = Indexd::start(&["--rate-push-address", "1"]);
+    let tmp = TempDir::new("push-budget");
+    let bytes = common::pseudo_random(40_000, 17);
+    let hash = FileHash::of(&bytes);
+    let _h = holder(&tmp.sub("h"), &indexd, "budget.bin", &bytes, "none");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drainer = {
+        let (stop, index) = (stop.clone(), indexd.addr);
+        std::thread::spawn(move || {
+            let (mut c, _) = Client::hello(index, 4321);
+            let mut refused = 0;
+            // Pushes to nobody cost the budget all the same.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let push = RequestBody::Push {
+                    hash,
+                    holder: "127.0.0.1:9".parse().unwrap(),
+                    nonce: 1,
+                };
+                if let ResponseBody::RateLimited { .. } = c.call(push) {
+                    refused += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            refused
+        })
+    };
+    // The drainer has met the limit before the download starts.
+    let (mut probe, _) = Client::hello(indexd.addr, 4322);
+    while !matches!(
+        probe.call(RequestBody::Push {
+            hash,
+            holder: "127.0.0.1:9".parse().unwrap(),
+            nonce: 2,
+        }),
+        ResponseBody::RateLimited { .. }
+    ) {}
+    let b = tmp.sub("b");
+    let (stdout, stderr, code) = get(&b, &indexd, "127.0.0.1:0", hash);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(drainer.join().unwrap() > 0);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("the index's push budget is spent for now: asking again in"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("push refused"), "{stderr}");
+    assert_eq!(std::fs::read(b.join("budget.bin")).unwrap(), bytes);
+}
+
+#[test]
+fn requesters_that_hold_every_push_connection_idle_give_way_to_an_honest_one() {
+    let indexd = Indexd::start(&[]);
+    let tmp = TempDir::new("push-hog");
+    let bytes = common::pseudo_random(60_000, 18);
+    let hash = FileHash::of(&bytes);
+    let mut h = holder(&tmp.sub("h"), &indexd, "hogged.bin", &bytes, "none");
+    let (holders, _) = lookup(&indexd, hash);
+    // Four requesters each take their four push connections and never ask for a range.
+    let mut hogs = Vec::new();
+    for k in 0..4u8 {
+        let ip = std::net::IpAddr::from([127, 0, 0, 20 + k]);
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (mut c, _) = Client::hello_from(indexd.addr, ip, port);
+        for nonce in 0..4 {
+            let push = RequestBody::Push {
+                hash,
+                holder: holders[0],
+                nonce,
+            };
+            assert_eq!(c.call(push), ResponseBody::PushRelayed);
+        }
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        let mut accepted = 0;
+        while accepted < 4 {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    hogs.push(conn);
+                    accepted += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "the holder's pushes");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        hogs.push(c.stream);
+    }
+    // Every push connection is taken and idle: the honest push takes an idle one's place,
+    // and the download completes.
+    let b = tmp.sub("b");
+    let (stdout, stderr, code) = get(&b, &indexd, "127.0.0.1:0", hash);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(std::fs::read(b.join("hogged.bin")).unwrap(), bytes);
+    let gave_way = "an idle push connection gives way";
+    if !h.has_said(gave_way) {
+        h.wait_line("the eviction", IO_TIMEOUT, |l| l.contains(gave_way));
+    }
+    drop(hogs);
+}

@@ -10,9 +10,15 @@
 //! [`TransferResponse::Probed`](crate::wire::TransferResponse::Probed) with that nonce: a
 //! p2pshare file server, not merely an open port. A peer announcing port 0 (`--listen none`)
 //! is unreachable at once, without a probe. Probes are bounded: at most
-//! [`PROBES_IN_FLIGHT_MAX`] at once, started at most [`PROBES_PER_SECOND`], each given
-//! [`PROBE_TIMEOUT`] in all; sessions wait in a queue of at most [`PROBE_QUEUE_MAX`] (beyond
-//! it the answer is "unknown": no `Reachability` answer, and the peer is not flagged).
+//! [`PROBES_IN_FLIGHT_MAX`] at once and [`PROBES_IN_FLIGHT_PER_ADDRESS`] of one address
+//! (IPv4, IPv6 /64), started at most [`PROBES_PER_SECOND`], each given [`PROBE_TIMEOUT`] in
+//! all; sessions wait in a queue of at most [`PROBE_QUEUE_MAX`] (beyond it the answer is
+//! "unknown": no `Reachability` answer, and the peer is not flagged; logged at most once per
+//! [`NOT_PROBED_LOG_EVERY`]). The queue is fair between addresses: it holds one line per
+//! address and the next probe is taken from each in turn, so an address whose many sessions
+//! announce ports that never answer delays another's probe by at most a turn, not by its
+//! whole line. How often an address may ask is the limiter's business (`RateLimits::
+//! reachability_address_per_s`).
 //! Unreachable holders are listed in every lookup answer's `firewalled`.
 //!
 //! # Push relay
@@ -23,15 +29,19 @@
 //! make holders connect anywhere else. Refused: a requester that announced port 0 or that the
 //! probe found unreachable (the holder could not connect to it either), a holder not
 //! connected to this node (in a cluster, pushes to another node's holders are not relayed
-//! yet), and pushes over the budgets: [`PUSH_SESSION_BURST`] then [`PUSH_SESSION_PER_SECOND`]
-//! per session, [`PUSHES_PER_SECOND`] for all sessions together (answered `RateLimited`).
+//! yet), and pushes over the budgets (answered `RateLimited`): per session and per address
+//! (IPv4, IPv6 /64), checked by the limiter before anything here (`RateLimits::push_per_s`,
+//! `push_address_per_s`; their refusals are strikes toward a ban, like every rate limit's),
+//! and [`PUSHES_PER_SECOND`] for all sessions together. The per-address budget is well under
+//! the index-wide one, so a few hosts cannot spend it all.
 //!
 //! Sans-IO: [`Pushes`] takes sessions, requests and probe outcomes with `now` and returns
 //! frames; the `IndexServer` methods at the end connect probes and deliver notices on the
 //! reactor.
 
 use super::{IndexServer, Session, SessionState};
-use crate::index::limits::{Bucket, SessionBuckets};
+use crate::index::limits::{Address, Bucket, Counted, SessionBuckets};
+use crate::logging::{self, Throttled};
 use crate::reactor::{CloseReason, ConnId, Ctx, Verdict};
 use crate::wire::{
     self, ErrorCode, FileHash, Response, ResponseBody, TransferRequest, TransferResponse,
@@ -48,12 +58,12 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const PROBES_IN_FLIGHT_MAX: usize = 64;
 /// Most probes started per second (and the burst).
 pub const PROBES_PER_SECOND: u64 = 100;
+/// Most probes in flight at once of one address (IPv4, IPv6 /64).
+pub const PROBES_IN_FLIGHT_PER_ADDRESS: usize = 8;
 /// Most sessions waiting for a probe; later ones get no answer (reachability unknown).
 pub const PROBE_QUEUE_MAX: usize = 10_000;
-/// Pushes one session may send at once before its rate applies.
-pub const PUSH_SESSION_BURST: u64 = 16;
-/// Pushes per second one session may send after its burst.
-pub const PUSH_SESSION_PER_SECOND: u64 = 2;
+/// At most one log line this often about sessions not probed for a full queue.
+pub const NOT_PROBED_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Pushes per second of all sessions together (and the burst).
 pub const PUSHES_PER_SECOND: u64 = 200;
 
@@ -80,7 +90,6 @@ struct Local {
     /// It asked `Reachability` (so it takes pushes); the id to answer, while not answered.
     asked: bool,
     awaiting: Option<u32>,
-    pushes: Bucket,
 }
 
 /// Why a push was refused.
@@ -99,8 +108,16 @@ pub struct Pushes {
     by_addr: HashMap<SocketAddr, Vec<u64>>,
     /// Sessions found unreachable, by address.
     unreachable: HashMap<SocketAddr, u32>,
-    queue: VecDeque<u64>,
+    /// Sessions waiting for a probe, one line per address.
+    queues: HashMap<Address, VecDeque<u64>>,
+    /// The addresses with a line, in turn.
+    turns: VecDeque<Address>,
+    /// Sessions in all lines (those that left included, until their turn).
+    queued: usize,
     in_flight: usize,
+    /// Probes in flight by address (no entry: none).
+    in_flight_at: HashMap<Address, usize>,
+    not_probed_log: Throttled,
     /// Probe connections and when each gives up.
     probing: HashMap<ConnId, Instant>,
     probe_rate: Bucket,
@@ -121,8 +138,12 @@ impl Pushes {
             locals: HashMap::new(),
             by_addr: HashMap::new(),
             unreachable: HashMap::new(),
-            queue: VecDeque::new(),
+            queues: HashMap::new(),
+            turns: VecDeque::new(),
+            queued: 0,
             in_flight: 0,
+            in_flight_at: HashMap::new(),
+            not_probed_log: Throttled::new(NOT_PROBED_LOG_EVERY),
             probing: HashMap::new(),
             probe_rate: Bucket::new(PROBES_PER_SECOND, PROBES_PER_SECOND, now),
             all_pushes: Bucket::new(PUSHES_PER_SECOND, PUSHES_PER_SECOND, now),
@@ -134,13 +155,7 @@ impl Pushes {
     }
 
     /// Session `session` (on `conn`, under a reactor) said hello from `addr`.
-    pub fn handle_joined(
-        &mut self,
-        session: u64,
-        conn: Option<ConnId>,
-        addr: SocketAddr,
-        now: Instant,
-    ) {
+    pub fn handle_joined(&mut self, session: u64, conn: Option<ConnId>, addr: SocketAddr) {
         self.locals.insert(
             session,
             Local {
@@ -149,7 +164,6 @@ impl Pushes {
                 reachable: None,
                 asked: false,
                 awaiting: None,
-                pushes: Bucket::new(PUSH_SESSION_PER_SECOND, PUSH_SESSION_BURST, now),
             },
         );
     }
@@ -184,7 +198,7 @@ impl Pushes {
 
     /// `Reachability` (request `id`) from `session`: the answer now if it is known (port 0,
     /// or probed already), else `None` (it comes from [`Pushes::handle_probe_done`]).
-    pub fn handle_ask(&mut self, session: u64, id: u32) -> Option<bool> {
+    pub fn handle_ask(&mut self, session: u64, id: u32, now: Instant) -> Option<bool> {
         let local = self.locals.get_mut(&session)?;
         if !local.asked {
             local.asked = true;
@@ -198,45 +212,90 @@ impl Pushes {
             return Some(known);
         }
         if local.awaiting.is_none() {
-            if self.queue.len() >= PROBE_QUEUE_MAX {
-                log::warn!(
-                    "{}: not probed: {PROBE_QUEUE_MAX} sessions wait for a probe already",
-                    local.addr
-                );
+            if self.queued >= PROBE_QUEUE_MAX {
+                if let Some(n) = self.not_probed_log.admit(now) {
+                    log::warn!(
+                        "{}: not probed: {PROBE_QUEUE_MAX} sessions wait for a probe already{}",
+                        local.addr,
+                        logging::left_out(n, self.not_probed_log.every())
+                    );
+                }
                 return None;
             }
-            self.queue.push_back(session);
+            let address = Address::of(local.addr.ip());
+            let line = self.queues.entry(address).or_default();
+            if line.is_empty() {
+                self.turns.push_back(address);
+            }
+            line.push_back(session);
+            self.queued += 1;
         }
         local.awaiting = Some(id);
         None
     }
 
-    /// The next probe to start now, if the bounds allow: (session, address, nonce).
+    /// The next probe to start now, if the bounds allow: (session, address, nonce). Each
+    /// address's line in turn; one at its in-flight bound waits for its next turn.
     pub fn poll_probe(&mut self, now: Instant) -> Option<(u64, SocketAddr, u64)> {
-        while self.in_flight < PROBES_IN_FLIGHT_MAX && self.probe_rate.wait(now).is_none() {
-            let session = self.queue.pop_front()?;
-            let Some(local) = self.locals.get(&session) else {
+        if self.in_flight >= PROBES_IN_FLIGHT_MAX || self.probe_rate.wait(now).is_some() {
+            return None;
+        }
+        for _ in 0..self.turns.len() {
+            let address = self.turns.pop_front()?;
+            if self.in_flight_at.get(&address).copied().unwrap_or(0) >= PROBES_IN_FLIGHT_PER_ADDRESS
+            {
+                self.turns.push_back(address);
                 continue;
-            };
-            self.probe_rate.charge(1, now);
-            self.in_flight += 1;
-            return Some((session, local.addr, self.rng.u64(..)));
+            }
+            let line = self.queues.get_mut(&address).expect("a turn has a line");
+            let mut next = None;
+            while let Some(session) = line.pop_front() {
+                self.queued -= 1;
+                // A session that left is skipped.
+                if let Some(local) = self.locals.get(&session) {
+                    next = Some((session, local.addr));
+                    break;
+                }
+            }
+            if line.is_empty() {
+                self.queues.remove(&address);
+            } else {
+                self.turns.push_back(address);
+            }
+            if let Some((session, addr)) = next {
+                self.probe_rate.charge(1, now);
+                self.in_flight += 1;
+                *self.in_flight_at.entry(address).or_insert(0) += 1;
+                return Some((session, addr, self.rng.u64(..)));
+            }
         }
         None
     }
 
     /// When a probe start held back by the rate may go, if any waits.
     fn probe_wait(&mut self, now: Instant) -> Option<Duration> {
-        if self.queue.is_empty() || self.in_flight >= PROBES_IN_FLIGHT_MAX {
+        if self.queued == 0 || self.in_flight >= PROBES_IN_FLIGHT_MAX {
             return None;
         }
         self.probe_rate.wait(now)
     }
 
-    /// The probe of `session` ended: the `Reachability` answer to send it (its connection,
-    /// when known, and the frame), if it asked and is still there.
-    pub fn handle_probe_done(&mut self, session: u64, reachable: bool) -> Option<(u64, Vec<u8>)> {
+    /// The probe of `session` at `probed` ended: the `Reachability` answer to send it (its
+    /// connection, when known, and the frame), if it asked and is still there.
+    pub fn handle_probe_done(
+        &mut self,
+        session: u64,
+        probed: SocketAddr,
+        reachable: bool,
+    ) -> Option<(u64, Vec<u8>)> {
         self.in_flight = self.in_flight.saturating_sub(1);
+        let address = Address::of(probed.ip());
+        if let Some(n) = self.in_flight_at.get_mut(&address) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight_at.remove(&address);
+            }
+        }
         let local = self.locals.get_mut(&session)?;
         if local.reachable.is_none() {
             local.reachable = Some(reachable);
@@ -287,17 +346,12 @@ impl Pushes {
         clustered: bool,
         now: Instant,
     ) -> Result<(), PushRefusal> {
-        let Some(me) = self.locals.get_mut(&session) else {
+        let Some(me) = self.locals.get(&session) else {
             return Err(PushRefusal::Error(
                 ErrorCode::NotReady,
                 "push: say hello first".into(),
             ));
         };
-        if let Some(wait) = me.pushes.wait(now) {
-            self.rate_limited += 1;
-            return Err(PushRefusal::RateLimited(wait));
-        }
-        me.pushes.charge(1, now);
         let to = me.addr;
         if to.port() == 0 {
             return Err(PushRefusal::Error(
@@ -370,13 +424,26 @@ impl IndexServer {
     /// A session said hello (its id assigned): known to the push machinery.
     pub(super) fn push_joined(&mut self, session: u64, addr: SocketAddr) {
         let conn = self.current_conn;
-        self.pushes
-            .handle_joined(session, conn, addr, Instant::now());
+        self.pushes.handle_joined(session, conn, addr);
     }
 
-    /// Answers `Reachability` now if it is known; else the probe's end answers it.
-    pub(super) fn handle_reachability(&mut self, out: &mut Vec<u8>, session: &Session, id: u32) {
-        if let Some(reachable) = self.pushes.handle_ask(session.id, id) {
+    /// Answers `Reachability` now if it is known; else the probe's end answers it. Over
+    /// the session's or the address's ask rate: `RateLimited`.
+    pub(super) fn handle_reachability(
+        &mut self,
+        out: &mut Vec<u8>,
+        session: &mut Session,
+        id: u32,
+        now: Instant,
+    ) -> Verdict {
+        let ip = session.remote.ip();
+        if let Err(refusal) =
+            self.limiter
+                .admit_counted(&mut session.buckets, ip, Counted::Reachability, now)
+        {
+            return self.refuse(out, session, id, refusal);
+        }
+        if let Some(reachable) = self.pushes.handle_ask(session.id, id, now) {
             wire::encode_frame(
                 &Response {
                     id,
@@ -385,17 +452,26 @@ impl IndexServer {
                 out,
             );
         }
+        Verdict::Continue
     }
 
     /// Relays a push, or answers why not.
     pub(super) fn handle_push(
         &mut self,
         out: &mut Vec<u8>,
-        session: &Session,
+        session: &mut Session,
         id: u32,
         (hash, holder, nonce): (FileHash, SocketAddr, u64),
         now: Instant,
-    ) {
+    ) -> Verdict {
+        let ip = session.remote.ip();
+        if let Err(refusal) =
+            self.limiter
+                .admit_counted(&mut session.buckets, ip, Counted::Push, now)
+        {
+            self.pushes.rate_limited += 1;
+            return self.refuse(out, session, id, refusal);
+        }
         let clustered = self.cluster.is_some();
         let body = match self
             .pushes
@@ -408,10 +484,11 @@ impl IndexServer {
             },
             Err(PushRefusal::Error(code, message)) => {
                 self.error(out, id, code, message);
-                return;
+                return Verdict::Continue;
             }
         };
         wire::encode_frame(&Response { id, body }, out);
+        Verdict::Continue
     }
 
     /// Delivers the notices for other sessions and starts the probes the bounds allow (after
@@ -424,7 +501,7 @@ impl IndexServer {
                 }
             }
         }
-        if self.pushes.queue.is_empty() {
+        if self.pushes.queued == 0 {
             return;
         }
         let now = ctx.now();
@@ -447,7 +524,7 @@ impl IndexServer {
                 }
                 Err(e) => {
                     log::debug!("probe of {addr}: {e}");
-                    self.probe_over(ctx, of, false);
+                    self.probe_over(ctx, of, addr, false);
                 }
             }
         }
@@ -477,8 +554,8 @@ impl IndexServer {
         self.push_turn(ctx);
     }
 
-    fn probe_over(&mut self, ctx: &mut Ctx<Session>, of: u64, reached: bool) {
-        if let Some((session, frame)) = self.pushes.handle_probe_done(of, reached) {
+    fn probe_over(&mut self, ctx: &mut Ctx<Session>, of: u64, probed: SocketAddr, reached: bool) {
+        if let Some((session, frame)) = self.pushes.handle_probe_done(of, probed, reached) {
             if let Some(conn) = self.pushes.conn_of(session) {
                 ctx.send(conn, |out| out.extend_from_slice(&frame));
             }
@@ -512,7 +589,7 @@ impl IndexServer {
     pub(super) fn probe_closed(&mut self, ctx: &mut Ctx<Session>, conn: ConnId, s: Session) {
         self.pushes.probing.remove(&conn);
         if let SessionState::Probe(p) = s.state {
-            self.probe_over(ctx, p.of, p.reached);
+            self.probe_over(ctx, p.of, s.remote, p.reached);
         }
         self.push_turn(ctx);
     }
@@ -536,10 +613,10 @@ mod tests {
     fn a_push_goes_to_the_holder_with_the_requesters_own_address() {
         let now = Instant::now();
         let mut p = Pushes::new(now);
-        p.handle_joined(1, None, addr("10.0.0.1:0"), now);
-        p.handle_joined(2, None, addr("10.0.0.2:7000"), now);
+        p.handle_joined(1, None, addr("10.0.0.1:0"));
+        p.handle_joined(2, None, addr("10.0.0.2:7000"));
         // The holder serves no port: unreachable at once, no probe.
-        assert_eq!(p.handle_ask(1, 5), Some(false));
+        assert_eq!(p.handle_ask(1, 5, now), Some(false));
         assert_eq!(p.poll_probe(now), None);
         let h = FileHash::of(b"x");
         // The requester is not probed yet: a push is let through.
@@ -566,12 +643,12 @@ mod tests {
     }
 
     #[test]
-    fn pushes_are_refused_to_unknown_holders_from_firewalled_requesters_and_over_budget() {
+    fn pushes_are_refused_to_unknown_holders_and_from_firewalled_requesters() {
         let now = Instant::now();
         let mut p = Pushes::new(now);
-        p.handle_joined(1, None, addr("10.0.0.1:0"), now);
-        p.handle_ask(1, 1);
-        p.handle_joined(2, None, addr("10.0.0.2:0"), now);
+        p.handle_joined(1, None, addr("10.0.0.1:0"));
+        p.handle_ask(1, 1, now);
+        p.handle_joined(2, None, addr("10.0.0.2:0"));
         let h = FileHash::of(b"x");
         // A requester serving no port: nowhere to connect to.
         assert!(matches!(
@@ -579,11 +656,13 @@ mod tests {
             Err(PushRefusal::Error(ErrorCode::Invalid, m)) if m.contains("--listen none")
         ));
         // A requester the probe found unreachable.
-        p.handle_joined(3, None, addr("10.0.0.3:7000"), now);
-        assert_eq!(p.handle_ask(3, 9), None);
+        p.handle_joined(3, None, addr("10.0.0.3:7000"));
+        assert_eq!(p.handle_ask(3, 9, now), None);
         let (s, a, _) = p.poll_probe(now).unwrap();
         assert_eq!((s, a), (3, addr("10.0.0.3:7000")));
-        let (to, frame) = p.handle_probe_done(3, false).unwrap();
+        let (to, frame) = p
+            .handle_probe_done(3, addr("10.0.0.3:7000"), false)
+            .unwrap();
         assert_eq!(to, 3);
         let answer = notice(&frame);
         assert_eq!(answer.id, 9);
@@ -593,37 +672,14 @@ mod tests {
             Err(PushRefusal::Error(ErrorCode::Invalid, m)) if m.contains("not reachable")
         ));
         // A reachable requester: an unknown holder, in a cluster or not.
-        p.handle_joined(4, None, addr("10.0.0.4:7000"), now);
-        p.handle_ask(4, 1);
+        p.handle_joined(4, None, addr("10.0.0.4:7000"));
+        p.handle_ask(4, 1, now);
         let (s, ..) = p.poll_probe(now).unwrap();
-        p.handle_probe_done(s, true);
+        p.handle_probe_done(s, addr("10.0.0.4:7000"), true);
         assert!(matches!(
             p.handle_push(4, h, addr("10.9.9.9:1"), 1, true, now),
             Err(PushRefusal::Error(ErrorCode::NotFound, m)) if m.contains("another node")
         ));
-        // The session's budget: a burst, then its rate.
-        let mut relayed = 0;
-        let mut limited = 0;
-        for _ in 0..PUSH_SESSION_BURST + 10 {
-            match p.handle_push(4, h, addr("10.0.0.1:0"), 1, false, now) {
-                Ok(()) => relayed += 1,
-                Err(PushRefusal::RateLimited(_)) => limited += 1,
-                Err(e) => panic!("{e:?}"),
-            }
-        }
-        // The refusal to the unknown holder was charged too.
-        assert_eq!(relayed, PUSH_SESSION_BURST);
-        assert_eq!(limited, 10);
-        assert!(p
-            .handle_push(
-                4,
-                h,
-                addr("10.0.0.1:0"),
-                1,
-                false,
-                now + Duration::from_secs(1)
-            )
-            .is_ok());
         // A holder that leaves takes no more pushes.
         p.handle_left(1);
         assert!(p.firewalled([addr("10.0.0.3:7000")].iter()).len() == 1);
@@ -703,7 +759,7 @@ mod tests {
         assert!(call(&mut server, &mut open, wire::RequestBody::Reachability).is_empty());
         let (s, at, _) = server.pushes.poll_probe(Instant::now()).unwrap();
         assert_eq!((s, at), (open.id, addr("10.0.0.2:7000")));
-        let (to, _) = server.pushes.handle_probe_done(s, true).unwrap();
+        let (to, _) = server.pushes.handle_probe_done(s, at, true).unwrap();
         assert_eq!(to, open.id);
         call(&mut server, &mut open, register());
         let lookup = wire::RequestBody::Lookup {
@@ -758,17 +814,68 @@ mod tests {
     }
 
     #[test]
+    fn push_budgets_are_per_session_and_per_address_and_their_refusals_are_strikes() {
+        use crate::index::limits::RateLimits;
+        let mut server = IndexServer::new(super::super::ServerLimits::default());
+        // Slow refills, so the test's own time adds no token.
+        server.set_rate_limits(RateLimits {
+            push_per_s: 1,
+            push_burst: 4,
+            push_address_per_s: 3,
+            ban_after: 30,
+            ban_window: Duration::from_secs(60),
+            ban_for: Duration::from_secs(60),
+            ..RateLimits::default()
+        });
+        let mut holder = join(&mut server, "10.0.0.1:999", 0);
+        call(&mut server, &mut holder, wire::RequestBody::Reachability);
+        let push = || wire::RequestBody::Push {
+            hash: FileHash::of(b"z"),
+            holder: addr("10.0.0.1:0"),
+            nonce: 1,
+        };
+        let relay = |server: &mut IndexServer, s: &mut Session, times: usize| {
+            let mut answers = (0, 0, 0);
+            for _ in 0..times {
+                match call(server, s, push())[0].body {
+                    ResponseBody::PushRelayed => answers.0 += 1,
+                    ResponseBody::RateLimited { banned: false, .. } => answers.1 += 1,
+                    ResponseBody::RateLimited { banned: true, .. } => answers.2 += 1,
+                    ref other => panic!("{other:?}"),
+                }
+            }
+            answers
+        };
+        // One session: its burst (and the token it may go into debt for), then refused.
+        let mut one = join(&mut server, "10.0.0.2:999", 7000);
+        assert_eq!(relay(&mut server, &mut one, 8), (5, 3, 0));
+        // Many sessions of one address, each within its own budget: together the address's
+        // (2 s of 3 a second, and one in debt).
+        let mut many: Vec<Session> = (0..4)
+            .map(|_| join(&mut server, "10.0.0.3:999", 7000))
+            .collect();
+        let mut relayed = 0;
+        for s in &mut many {
+            relayed += relay(&mut server, s, 2).0;
+        }
+        assert_eq!(relayed, 7);
+        // Another address is served all the same.
+        let mut other = join(&mut server, "10.0.0.4:999", 7000);
+        assert_eq!(relay(&mut server, &mut other, 1), (1, 0, 0));
+        // The refusals were strikes: an address that keeps asking is banned.
+        let (_, refused, banned) = relay(&mut server, &mut many[0], 40);
+        assert!(banned > 0 && refused + banned == 40, "{refused} {banned}");
+        assert_eq!(server.pushes.take_deliveries().len(), 5 + 7 + 1);
+    }
+
+    #[test]
     fn probes_are_bounded_in_flight_and_skip_sessions_that_left() {
         let now = Instant::now();
         let mut p = Pushes::new(now);
         for s in 0..PROBES_IN_FLIGHT_MAX as u64 + 5 {
-            p.handle_joined(
-                s,
-                None,
-                SocketAddr::from(([10, 0, 0, 1], 1000 + s as u16)),
-                now,
-            );
-            assert_eq!(p.handle_ask(s, 1), None);
+            let at = SocketAddr::from(([10, 0, (s >> 8) as u8, s as u8], 1000));
+            p.handle_joined(s, None, at);
+            assert_eq!(p.handle_ask(s, 1, now), None);
         }
         p.handle_left(0);
         let mut started = Vec::new();
@@ -778,9 +885,34 @@ mod tests {
         assert_eq!(started.len(), PROBES_IN_FLIGHT_MAX);
         assert_eq!(started[0], 1, "the session that left is not probed");
         // One ends: the next starts.
-        p.handle_probe_done(1, true);
+        p.handle_probe_done(1, addr("10.0.0.1:1000"), true);
         assert!(p.poll_probe(now).is_some());
         // A second ask does not probe again; a known answer comes at once.
-        assert_eq!(p.handle_ask(1, 2), Some(true));
+        assert_eq!(p.handle_ask(1, 2, now), Some(true));
+    }
+
+    #[test]
+    fn probes_take_each_address_in_turn_and_bound_one_addresss_in_flight() {
+        let now = Instant::now();
+        let mut p = Pushes::new(now);
+        // 100 sessions of one address announcing ports that never answer, then one of
+        // another address.
+        for s in 0..100u64 {
+            p.handle_joined(s, None, SocketAddr::from(([10, 0, 0, 1], 1000 + s as u16)));
+            assert_eq!(p.handle_ask(s, 1, now), None);
+        }
+        p.handle_joined(100, None, addr("10.0.0.2:7000"));
+        assert_eq!(p.handle_ask(100, 1, now), None);
+        let mut started = Vec::new();
+        while let Some((s, ..)) = p.poll_probe(now) {
+            started.push(s);
+        }
+        // The other address's probe comes second, and the first address has its bound.
+        assert_eq!(started[..2], [0, 100]);
+        assert_eq!(started.len(), PROBES_IN_FLIGHT_PER_ADDRESS + 1);
+        // One of the first address's probes ends: its next starts.
+        p.handle_probe_done(0, SocketAddr::from(([10, 0, 0, 1], 1000)), false);
+        assert_eq!(p.poll_probe(now).map(|(s, ..)| s), Some(8));
+        assert_eq!(p.poll_probe(now), None);
     }
 }
