@@ -18,9 +18,10 @@
 //! When a `Ready` session closes its peer is marked departing at once (no answer lists it from
 //! then on) and its holdings are withdrawn in slices (see `store/depart.rs`).
 //!
-//! # The hash filter and the arenas
-//! A due rebuild of the index's hash filter, and a compaction of its name or word-text arena,
-//! are each done a step per turn (see `store/filter.rs`, `store/names.rs`).
+//! # The hash filter, the arenas and the name table
+//! A due rebuild of the index's hash filter, a compaction of its name or word-text arena, and
+//! the name table's walks after a word crossed a crowded mark, are each done a step per turn
+//! (see `store/filter.rs`, `store/names.rs`, `store/byname.rs`).
 //!
 //! # The budget
 //! All background work shares one budget per turn: slices of at most [`SLICE_UNITS`] holdings
@@ -338,6 +339,7 @@ impl IndexServer {
             || self.index.has_departures()
             || self.index.is_rebuilding_filter()
             || self.index.is_compacting()
+            || self.index.has_name_walks()
     }
 
     /// Does all background work now, in one go (for sans-IO callers and tests); returns the
@@ -348,6 +350,7 @@ impl IndexServer {
             self.poll_background(usize::MAX, None, &mut answers);
             self.index.continue_filter_rebuild();
             self.index.continue_compaction();
+            self.index.continue_name_walks();
         }
         answers
     }
@@ -367,6 +370,7 @@ impl IndexServer {
             self.index.continue_filter_rebuild()
         });
         trace::time("compaction step", || self.index.continue_compaction());
+        trace::time("name walk step", || self.index.continue_name_walks());
         let deadline =
             (Instant::now() + BACKGROUND_WORK_PER_TURN).min(ctx.now() + TURN_WORK_TARGET);
         let mut answers = Vec::new();
