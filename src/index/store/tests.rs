@@ -637,6 +637,39 @@ fn removing_every_peer_leaves_nothing() {
     assert!(ix.search("song", 10).0.is_empty());
 }
 
+/// Word posting bounded in time posts one entry at least per call and leaves the rest
+/// pending, and no answer sees that: a search finishes it first.
+#[test]
+fn word_posting_in_steps_is_never_seen_half_done() {
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    let files: Vec<FileEntry> = (0..40u32)
+        .map(|i| fe(spread_hash(i), 1, &format!("tune {i}.ogg")))
+        .collect();
+    ix.register(p, &files);
+    // One entry a call when always late.
+    let mut calls = 0;
+    while !ix.post_pending_until(|| true) {
+        calls += 1;
+    }
+    assert_eq!(calls, 39);
+    // Half posted, then searched: every file found.
+    let more: Vec<FileEntry> = (40..80u32)
+        .map(|i| fe(spread_hash(i), 1, &format!("tune {i}.ogg")))
+        .collect();
+    ix.register(p, &more);
+    for _ in 0..20 {
+        ix.post_pending_until(|| true);
+    }
+    assert!(ix.has_pending());
+    let (hits, more_pages) = ix.search("tune ogg", 100);
+    assert!(!ix.has_pending());
+    assert_eq!((hits.len(), more_pages), (80, false));
+    // Not late: everything at once.
+    ix.register(p, &[fe(spread_hash(99), 1, "tune 99.ogg")]);
+    assert!(ix.post_pending_until(|| false));
+}
+
 #[test]
 fn a_crowded_name_pages_best_first_through_holder_changes() -> Result<(), TestCaseError> {
     // 60 files called "copyright" are looked up by a scan of the word's postings at the
@@ -1427,6 +1460,8 @@ proptest! {
                 Op::Compact => {
                     ix.continue_compaction();
                     ix.continue_name_walks();
+                    // Word posting in a bounded step (one entry), the rest left pending.
+                    ix.post_pending_until(|| true);
                 }
                 Op::Search(q, filter, limit) => {
                     let page = ix.search_page(&q, &filter, None, limit).unwrap();
