@@ -18,9 +18,16 @@
 //! When a `Ready` session closes its peer is marked departing at once (no answer lists it from
 //! then on) and its holdings are withdrawn in slices (see `store/depart.rs`).
 //!
-//! # The hash filter and the arenas
-//! A due rebuild of the index's hash filter, and a compaction of its name or word-text arena,
-//! are each done a step per turn (see `store/filter.rs`, `store/names.rs`).
+//! # Word posting
+//! A register's words are posted after its answer is decided (see `Index::post_pending`):
+//! at the end of the turn for a small one, after each group for a big one, in both cases
+//! only until the turn's deadline; the rest waits for the next turn (a big register's answer
+//! waits for all of it, and any request that reads the index finishes it first).
+//!
+//! # The hash filter, the arenas and the name table
+//! A due rebuild of the index's hash filter, a compaction of its name or word-text arena, and
+//! the name table's walks after a word crossed a crowded mark, are each done a step per turn
+//! (see `store/filter.rs`, `store/names.rs`, `store/byname.rs`).
 //!
 //! # The budget
 //! All background work shares one budget per turn: slices of at most [`SLICE_UNITS`] holdings
@@ -248,6 +255,19 @@ impl IndexServer {
             let before = job.at;
             let done = match &mut job.work {
                 JobWork::Register { files, outcome } => loop {
+                    // The words of the last group, if its turn ended before they were all
+                    // posted; then this group's. The answer waits for all of them.
+                    if !self.index.post_pending_until(is_late) {
+                        late = true;
+                        break None;
+                    }
+                    if files.is_done(job.at) {
+                        outcome.total = self.index.holdings_of(job.peer);
+                        break Some(Ok(registered(*outcome)));
+                    }
+                    if job.at - before >= budget || late {
+                        break None;
+                    }
                     let group = (budget - (job.at - before)).min(GROUP_UNITS);
                     match files.next_slice(&mut job.at, group) {
                         Ok(slice) => {
@@ -255,19 +275,10 @@ impl IndexServer {
                                 self.register_slice(job.peer, slice)
                             });
                             *outcome = add_outcomes(*outcome, more);
-                            // Its words and tables now, within this slice's budget.
-                            self.index.post_pending();
-                            if files.is_done(job.at) {
-                                outcome.total = self.index.holdings_of(job.peer);
-                                break Some(Ok(registered(*outcome)));
-                            }
                         }
                         Err(e) => break Some(Err(e)),
                     }
                     late = is_late();
-                    if job.at - before >= budget || late {
-                        break None;
-                    }
                 },
                 JobWork::Unregister { hashes, removed } => loop {
                     let group = (budget - (job.at - before)).min(GROUP_UNITS);
@@ -338,6 +349,8 @@ impl IndexServer {
             || self.index.has_departures()
             || self.index.is_rebuilding_filter()
             || self.index.is_compacting()
+            || self.index.has_name_walks()
+            || self.index.has_pending()
     }
 
     /// Does all background work now, in one go (for sans-IO callers and tests); returns the
@@ -348,6 +361,7 @@ impl IndexServer {
             self.poll_background(usize::MAX, None, &mut answers);
             self.index.continue_filter_rebuild();
             self.index.continue_compaction();
+            self.index.continue_name_walks();
         }
         answers
     }
@@ -367,6 +381,7 @@ impl IndexServer {
             self.index.continue_filter_rebuild()
         });
         trace::time("compaction step", || self.index.continue_compaction());
+        trace::time("name walk step", || self.index.continue_name_walks());
         let deadline =
             (Instant::now() + BACKGROUND_WORK_PER_TURN).min(ctx.now() + TURN_WORK_TARGET);
         let mut answers = Vec::new();

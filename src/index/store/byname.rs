@@ -14,6 +14,18 @@
 //! per crossing. Most real names hold some rare word (a number, a title), so the table costs
 //! memory only for names like `copyright`, `README.md` or `01 - Intro.mp3`.
 //!
+//! # Walks
+//! That walk decodes a name and looks up its words for each of about a thousand entries,
+//! 2–8 ms in cold memory at 10M entries: too long for one reactor turn. So a crossing only
+//! flips the word's mark and queues a [`Walk`] of the entries posted under it then, which
+//! `Index::continue_name_walks` does [`WALK_STEP`] entries at a time. Each step *settles* an
+//! entry: puts it in the table if every word of its name is crowded, takes it out otherwise
+//! (both no-ops when it is already so), from the index as it is at that step, so a stale
+//! walk, or an entry id freed and reused since, is harmless. A word that became crowded serves
+//! lookups through the table only once its walks are done ([`ByName::serves`]); until then a
+//! lookup scans its postings (a few more than [`CROWDED_POSTINGS`]). A word that stops being
+//! crowded serves no lookup at once, and its entries leave the table as its walk reaches them.
+//!
 //! # Shape
 //! - `slots`: a [`ShardedTable`] (no growth rehashes more than a small share of it) with one
 //!   slot per distinct name: 32 bits of the name's keyed hash (peers choose names, so the
@@ -28,7 +40,10 @@
 //! # Invariants
 //! - A posted live entry is in the table exactly when every word of its name is crowded, and
 //!   then in exactly one slot: alone, or in its name's group; an entry not yet posted (see
-//!   `Index::post_pending`) is in none.
+//!   `Index::post_pending`) is in none. This holds for every name whose words all serve
+//!   lookups ([`ByName::serves`]), and for every name once the walks are done: since the last
+//!   change of a mark of one of its words, every entry bearing it has been settled (by the
+//!   walk that change queued, walks being done in order, or when it was posted).
 //! - A crowded word has more than [`UNCROWDED_POSTINGS`] postings; a word that is not has
 //!   fewer than [`CROWDED_POSTINGS`].
 //! - A group has at least two entries, each in `member`; its keys carry the entries' current
@@ -37,7 +52,7 @@
 
 use super::shards::{ShardedTable, U32Map};
 use slab::Slab;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::hash::BuildHasher;
 use std::ops::Bound;
 
@@ -49,6 +64,20 @@ const GROUP: u32 = 1 << 31;
 pub(super) const CROWDED_POSTINGS: usize = 1024;
 /// A crowded word that falls to this many postings is not crowded any more.
 pub(super) const UNCROWDED_POSTINGS: usize = 512;
+
+/// Entries a walk settles per [`Index::continue_name_walks`](super::Index::continue_name_walks)
+/// call (about 4 µs each in cold memory at 10M entries).
+pub(super) const WALK_STEP: usize = 64;
+
+/// The entries under a word when it crossed a mark, to be settled (see the module docs).
+pub(super) struct Walk {
+    /// The word, and whether it became crowded (else it stopped being).
+    pub(super) word: u32,
+    pub(super) crowded: bool,
+    pub(super) entries: Vec<u32>,
+    /// The entries before it are settled.
+    pub(super) at: usize,
+}
 
 /// The position of an entry with `holders` holders, hash prefix `hash8` and id `entry` in its
 /// name's order: ascending keys are most holders first, then the hash, then the id.
@@ -89,6 +118,10 @@ pub(super) struct ByName {
     member: U32Map,
     /// The crowded words.
     crowded: hashbrown::HashSet<u32>,
+    /// Walks to do, oldest first.
+    pub(super) walks: VecDeque<Walk>,
+    /// Crowded words with walks to do since they became crowded, and how many.
+    settling: hashbrown::HashMap<u32, u32>,
     /// [`CROWDED_POSTINGS`] and [`UNCROWDED_POSTINGS`] (tests lower them).
     pub(super) crowded_at: usize,
     pub(super) uncrowded_at: usize,
@@ -123,6 +156,8 @@ impl ByName {
             groups: Slab::new(),
             member: U32Map::default(),
             crowded: hashbrown::HashSet::new(),
+            walks: VecDeque::new(),
+            settling: hashbrown::HashMap::new(),
             crowded_at: CROWDED_POSTINGS,
             uncrowded_at: UNCROWDED_POSTINGS,
         }
@@ -134,15 +169,48 @@ impl ByName {
         !self.crowded.is_empty() && self.crowded.contains(&w)
     }
 
-    /// Marks word `w` crowded or not.
-    pub(super) fn set_crowded(&mut self, w: u32, crowded: bool) {
+    /// Whether word `w` is crowded and its walks are done: a name whose words all serve is
+    /// looked up through the table.
+    #[inline]
+    pub(super) fn serves(&self, w: u32) -> bool {
+        self.is_crowded(w) && (self.settling.is_empty() || !self.settling.contains_key(&w))
+    }
+
+    /// Marks word `w` crowded or not, and queues the walk of `under`, the entries posted
+    /// under it (see the module docs).
+    pub(super) fn set_crowded(&mut self, w: u32, crowded: bool, under: Vec<u32>) {
         if crowded {
             self.crowded.insert(w);
+            *self.settling.entry(w).or_insert(0) += 1;
         } else {
             self.crowded.remove(&w);
             if self.crowded.is_empty() {
                 self.crowded = hashbrown::HashSet::new();
             }
+        }
+        if crowded || !under.is_empty() {
+            self.walks.push_back(Walk {
+                word: w,
+                crowded,
+                entries: under,
+                at: 0,
+            });
+        }
+    }
+
+    /// The oldest walk is done.
+    pub(super) fn end_walk(&mut self) {
+        let walk = self.walks.pop_front().expect("a walk under way");
+        if walk.crowded {
+            let n = self.settling.get_mut(&walk.word).expect("counted");
+            *n -= 1;
+            if *n == 0 {
+                self.settling.remove(&walk.word);
+            }
+        }
+        if self.walks.is_empty() {
+            self.walks = VecDeque::new();
+            self.settling = hashbrown::HashMap::new();
         }
     }
 
@@ -283,6 +351,17 @@ impl ByName {
         Some(page)
     }
 
+    /// Whether entry `e`, named `name`, is in the table (for tests).
+    #[cfg(test)]
+    pub(super) fn contains(&self, e: u32, name: &[u8]) -> bool {
+        let h = self.hash(name);
+        self.member.contains_key(e)
+            || self
+                .slots
+                .find(widen(h), |&(sh, v)| sh == h && v == e)
+                .is_some()
+    }
+
     /// Distinct names in the table and entries in groups (for tests).
     #[cfg(test)]
     pub(super) fn counts(&self) -> (usize, usize) {
@@ -296,5 +375,7 @@ impl ByName {
             && self.groups.capacity() == 0
             && self.member.is_released()
             && self.crowded.capacity() == 0
+            && self.walks.capacity() == 0
+            && self.settling.capacity() == 0
     }
 }

@@ -143,6 +143,13 @@ impl Entries {
         id
     }
 
+    /// Whether `e` is a live entry whose words are posted.
+    pub(super) fn is_posted(&self, e: u32) -> bool {
+        self.recs
+            .get(e)
+            .is_some_and(|r| !r.is_free() && r.posted_tier() != UNPOSTED)
+    }
+
     /// The entry after `e` in its file's list, or `NONE`.
     #[inline]
     pub(super) fn next(&self, e: u32) -> u32 {

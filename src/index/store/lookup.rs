@@ -1,7 +1,7 @@
 //! [`Index::lookup`]: who holds a file, by hash or hash prefix; [`Index::lookup_name`]: the
 //! files of one exact name, a page at a time, best first.
 
-use super::byname::{key_entry, rank_key, Page};
+use super::byname::{key_entry, rank_key, Page, WALK_STEP};
 use super::words::{lower_words, Scratch};
 use super::{
     source_of, Entries, Files, Index, LookupError, NamePage, PeerId, ID_MASK, MAX_CLAIMS, NONE,
@@ -77,7 +77,7 @@ impl Index {
         let mut rare: Option<(usize, u32)> = None;
         for w in words {
             let id = self.words.find(w.as_bytes()).ok_or(LookupError::NotFound)?;
-            if !self.by_name.is_crowded(id) {
+            if !self.by_name.serves(id) {
                 let n = self.words.posting_count(id);
                 if rare.map_or(true, |(b, _)| n < b) {
                     rare = Some((n, id));
@@ -260,14 +260,14 @@ impl Index {
         }
     }
 
-    /// Whether every word of `text` is crowded, but maybe `except` (then the entries of that
-    /// name belong in the name table).
-    fn words_crowded(&self, text: &str, except: Option<u32>, scratch: &mut Scratch) -> bool {
+    /// Whether every word of `text` is crowded (then the entries of that name belong in the
+    /// name table).
+    pub(super) fn words_crowded(&self, text: &str, scratch: &mut Scratch) -> bool {
         lower_words(text, scratch);
         let crowded = |w: &str| {
             self.words
                 .find(w.as_bytes())
-                .is_some_and(|id| Some(id) == except || self.by_name.is_crowded(id))
+                .is_some_and(|id| self.by_name.is_crowded(id))
         };
         if scratch.spans.is_empty() {
             crowded("")
@@ -309,38 +309,69 @@ impl Index {
         );
     }
 
-    /// Word `w` becomes crowded: the entries under it whose words are now all crowded join
-    /// the name table.
+    /// Word `w` becomes crowded: the entries under it whose words are now all crowded are to
+    /// join the name table, walked later (see `byname.rs`).
     fn crowd_word(&mut self, w: u32) {
-        self.by_name.set_crowded(w, true);
         let under: Vec<u32> = self.words.postings(w).map(|key| key & ID_MASK).collect();
+        self.by_name.set_crowded(w, true, under);
+    }
+
+    /// Word `w` stops being crowded (it has fallen to the uncrowded mark; `left` postings
+    /// remain): the entries under it are to leave the name table, walked later.
+    pub(super) fn uncrowd_word(&mut self, w: u32, left: usize) {
+        // With none left the word is gone (its id free for another): nothing to walk.
+        let under: Vec<u32> = if left == 0 {
+            Vec::new()
+        } else {
+            self.words.postings(w).map(|key| key & ID_MASK).collect()
+        };
+        self.by_name.set_crowded(w, false, under);
+    }
+
+    /// Settles up to [`WALK_STEP`] entries of the name table's walks (see `byname.rs`): each
+    /// joins the table if every word of its name is crowded, else leaves it. The owner calls
+    /// it once a turn while [`Index::has_name_walks`]; answers are the same whatever the step
+    /// (only how a lookup by name finds its entries changes).
+    pub fn continue_name_walks(&mut self) {
         let (mut scratch, mut name) = (Scratch::default(), Vec::new());
-        for e in under {
-            self.entries.decode_name(e, &mut name);
-            let text = std::str::from_utf8(&name).expect("names are stored from str");
-            if self.words_crowded(text, None, &mut scratch) {
-                self.table_insert(e, &name);
+        let mut left = WALK_STEP;
+        while left > 0 {
+            let Some(walk) = self.by_name.walks.front_mut() else {
+                break;
+            };
+            let (from, ids) = (walk.at, std::mem::take(&mut walk.entries));
+            let end = (from + left).min(ids.len());
+            for &e in &ids[from..end] {
+                self.settle_entry(e, &mut scratch, &mut name);
+            }
+            left -= end - from;
+            let walk = self.by_name.walks.front_mut().expect("the walk under way");
+            walk.entries = ids;
+            walk.at = end;
+            if end == walk.entries.len() {
+                self.by_name.end_walk();
             }
         }
     }
 
-    /// Word `w` stops being crowded (it has fallen to the uncrowded mark; `left` postings
-    /// remain): the entries under it leave the name table.
-    pub(super) fn uncrowd_word(&mut self, w: u32, left: usize) {
-        self.by_name.set_crowded(w, false);
-        if left == 0 {
-            // The word is gone, and its id free for another.
+    /// Whether the name table has walks to do.
+    pub fn has_name_walks(&self) -> bool {
+        !self.by_name.walks.is_empty()
+    }
+
+    /// Puts entry `e` in the name table or takes it out, as the marks of its words now say; a
+    /// free or unposted id is left alone.
+    fn settle_entry(&mut self, e: u32, scratch: &mut Scratch, name: &mut Vec<u8>) {
+        if !self.entries.is_posted(e) {
             return;
         }
-        let under: Vec<u32> = self.words.postings(w).map(|key| key & ID_MASK).collect();
-        let (mut scratch, mut name) = (Scratch::default(), Vec::new());
-        for e in under {
-            self.entries.decode_name(e, &mut name);
-            let text = std::str::from_utf8(&name).expect("names are stored from str");
-            if self.words_crowded(text, Some(w), &mut scratch) {
-                let key = entry_key(&self.entries, &self.files, e);
-                self.by_name.remove(e, &name, key);
-            }
+        self.entries.decode_name(e, name);
+        let text = std::str::from_utf8(name).expect("names are stored from str");
+        if self.words_crowded(text, scratch) {
+            self.table_insert(e, name);
+        } else {
+            let key = entry_key(&self.entries, &self.files, e);
+            self.by_name.remove(e, name, key);
         }
     }
 

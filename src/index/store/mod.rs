@@ -47,6 +47,8 @@
 //!   [`Index::post_pending`] puts them in the tables first.
 //! - A posted live entry whose words are all crowded is in the name table ([`ByName`]) once,
 //!   ranked among the entries of its name by its current holder count; no other entry is.
+//!   This holds for the names a lookup reads from the table, and for all once the table's
+//!   walks are done ([`Index::continue_name_walks`]; see `byname.rs`).
 //! - Every hash in the hash index or staged has its bits set in the [`HashFilter`]
 //!   `Files::seen` (and, while it is being rebuilt, in the new filter once the rebuild has
 //!   passed it or it was added since).

@@ -317,11 +317,20 @@ impl Index {
     /// entry without its words; an owner that answers a register before calling it (the
     /// server does, to answer sooner) defers the work, not its effect.
     pub fn post_pending(&mut self) {
+        self.post_pending_until(|| false);
+    }
+
+    /// [`Index::post_pending`], but the word posting stops after the entry during which
+    /// `is_late()` turned true (one entry at least is posted), the rest left pending for the
+    /// next call; returns whether nothing is left. For an owner that bounds its turns: what
+    /// is left is finished by the next call of any other method, so no answer ever sees less.
+    pub fn post_pending_until(&mut self, is_late: impl Fn() -> bool) -> bool {
         use crate::index::worktrace::time;
         time("staged files", || self.unstage_all());
         time("filter refresh", || self.files.refresh_filter());
-        time("word posting", || self.post_unposted());
+        time("word posting", || self.post_unposted(&is_late));
         time("retiering", || self.apply_retiers());
+        !self.has_pending()
     }
 
     /// Moves the postings of the entries of files in `Pending::retier` to their file's
@@ -381,17 +390,19 @@ impl Index {
     }
 
     /// Posts the words of the entries registered since the last call, and compresses their
-    /// names.
-    fn post_unposted(&mut self) {
+    /// names, oldest first, until `is_late()` after one of them.
+    fn post_unposted(&mut self, is_late: &impl Fn() -> bool) {
         if self.pending.unposted.is_empty() {
             return;
         }
-        let unposted = std::mem::take(&mut self.pending.unposted);
+        let mut unposted = std::mem::take(&mut self.pending.unposted);
+        let mut done = 0;
         let mut scratch = std::mem::take(&mut self.work.words);
         let mut name_words = std::mem::take(&mut self.work.name_words);
         let mut text = std::mem::take(&mut self.work.text);
         let mut enc = std::mem::take(&mut self.work.name);
         for &id in &unposted {
+            done += 1;
             let at = self.entries[id].name;
             text.clear();
             text.push_str(NameCodec::plain_str(self.entries.names.get(id, at)));
@@ -423,18 +434,23 @@ impl Index {
                     entries[id].name = moved;
                 }
             }
+            if is_late() {
+                break;
+            }
         }
-        // Every reserved word text is in: what is left was an upper bound. (Names were
-        // reserved exactly, and are all in since `unstage_all`.)
-        self.words.release_texts();
-        debug_assert_eq!(self.entries.names.reserved(), 0);
         self.work.words = scratch;
         self.work.name_words = name_words;
         self.work.text = text;
         self.work.name = enc;
+        unposted.drain(..done);
         self.pending.unposted = unposted;
-        self.pending.unposted.clear();
-        self.entries.names.start_compaction_if_due();
+        if self.pending.unposted.is_empty() {
+            // Every reserved word text is in: what is left was an upper bound. (Names were
+            // reserved exactly, and are all in since `unstage_all`.)
+            self.words.release_texts();
+            debug_assert_eq!(self.entries.names.reserved(), 0);
+            self.entries.names.start_compaction_if_due();
+        }
     }
 
     /// Whether [`Index::register`] left work for [`Index::post_pending`].

@@ -631,9 +631,43 @@ fn removing_every_peer_leaves_nothing() {
         (0, 0, 0, 0)
     );
     assert!(ix.files.is_released() && ix.entries.is_released() && ix.words.is_released());
+    finish_name_walks(&mut ix);
     assert!(ix.by_name.is_released());
     assert_eq!(ix.peers.recs.capacity(), 0);
     assert!(ix.search("song", 10).0.is_empty());
+}
+
+/// Word posting bounded in time posts one entry at least per call and leaves the rest
+/// pending, and no answer sees that: a search finishes it first.
+#[test]
+fn word_posting_in_steps_is_never_seen_half_done() {
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    let files: Vec<FileEntry> = (0..40u32)
+        .map(|i| fe(spread_hash(i), 1, &format!("tune {i}.ogg")))
+        .collect();
+    ix.register(p, &files);
+    // One entry a call when always late.
+    let mut calls = 0;
+    while !ix.post_pending_until(|| true) {
+        calls += 1;
+    }
+    assert_eq!(calls, 39);
+    // Half posted, then searched: every file found.
+    let more: Vec<FileEntry> = (40..80u32)
+        .map(|i| fe(spread_hash(i), 1, &format!("tune {i}.ogg")))
+        .collect();
+    ix.register(p, &more);
+    for _ in 0..20 {
+        ix.post_pending_until(|| true);
+    }
+    assert!(ix.has_pending());
+    let (hits, more_pages) = ix.search("tune ogg", 100);
+    assert!(!ix.has_pending());
+    assert_eq!((hits.len(), more_pages), (80, false));
+    // Not late: everything at once.
+    ix.register(p, &[fe(spread_hash(99), 1, "tune 99.ogg")]);
+    assert!(ix.post_pending_until(|| false));
 }
 
 #[test]
@@ -674,6 +708,13 @@ fn crowded_name_pages(at: usize, until: usize) -> Result<(), TestCaseError> {
     }
     // In the table: one group of 60 ("copyright i" holds a rare word: not in it).
     ix.post_pending();
+    // Not before the walks are done: until then a lookup scans the word's postings.
+    if in_table {
+        prop_assert!(ix.has_name_walks());
+        pages_agree(&mut ix, &model, "copyright", 7, 2)?;
+    }
+    finish_name_walks(&mut ix);
+    name_table_agrees(&ix)?;
     let grouped = if in_table { 60 } else { 0 };
     assert_eq!(ix.by_name.counts(), (usize::from(in_table), grouped));
     pages_agree(&mut ix, &model, "copyright", 7, 2)?;
@@ -702,12 +743,15 @@ fn crowded_name_pages(at: usize, until: usize) -> Result<(), TestCaseError> {
     for p in [peers[0], peers[2], peers[3]] {
         assert_eq!(ix.unregister(p, &drop), model.unregister(p.0, &drop));
     }
+    finish_name_walks(&mut ix);
+    name_table_agrees(&ix)?;
     assert_eq!(ix.by_name.counts().1, 0, "no group left");
     pages_agree(&mut ix, &model, "copyright", 5, 3)?;
     assert_eq!(ix.lookup_name("copyright", None, 5, 3).unwrap().total, 1);
     for p in [peers[0], peers[2], peers[3]] {
         ix.remove_peer(p);
     }
+    finish_name_walks(&mut ix);
     assert!(ix.by_name.is_released());
     Ok(())
 }
@@ -1239,6 +1283,35 @@ fn finish_filter_rebuild(ix: &mut Index) {
     }
 }
 
+/// Finishes the name table's walks.
+fn finish_name_walks(ix: &mut Index) {
+    while ix.has_name_walks() {
+        ix.continue_name_walks();
+    }
+}
+
+/// Every posted entry is in the name table exactly when every word of its name is crowded
+/// (what the walks restore: call it when they are done).
+fn name_table_agrees(ix: &Index) -> Result<(), TestCaseError> {
+    let (mut scratch, mut name) = (Scratch::default(), Vec::new());
+    for (e, _) in ix.entries.iter() {
+        if !ix.entries.is_posted(e) {
+            continue;
+        }
+        ix.entries.decode_name(e, &mut name);
+        let text = std::str::from_utf8(&name).expect("names are stored from str");
+        let want = ix.words_crowded(text, &mut scratch);
+        prop_assert_eq!(
+            ix.by_name.contains(e, &name),
+            want,
+            "entry {} {:?}",
+            e,
+            text
+        );
+    }
+    Ok(())
+}
+
 /// Finishes the arena compactions under way.
 fn finish_compaction(ix: &mut Index) {
     while ix.is_compacting() {
@@ -1384,7 +1457,12 @@ proptest! {
                     // groups, each of which may also finish a departure.
                     prop_assert!(used <= (late + 1) * (DEPARTURE_GROUP_HOLDINGS + 1));
                 }
-                Op::Compact => ix.continue_compaction(),
+                Op::Compact => {
+                    ix.continue_compaction();
+                    ix.continue_name_walks();
+                    // Word posting in a bounded step (one entry), the rest left pending.
+                    ix.post_pending_until(|| true);
+                }
                 Op::Search(q, filter, limit) => {
                     let page = ix.search_page(&q, &filter, None, limit).unwrap();
                     let all = model.ranked(&ix, &q, &filter);
@@ -1437,6 +1515,9 @@ proptest! {
             ix.continue_departures(1);
         }
         counts_agree(&ix, &model, &live)?;
+        ix.post_pending();
+        finish_name_walks(&mut ix);
+        name_table_agrees(&ix)?;
         for p in live {
             ix.remove_peer(p);
         }

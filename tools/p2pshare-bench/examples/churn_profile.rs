@@ -3,9 +3,12 @@
 //! put straight into an `Index`, then peers of `CHURN_FILES` files register and depart in
 //! the groups indexd's background slices are made of (`GROUP_UNITS` holdings between two
 //! looks at the clock; each register group followed by its word posting), with a filter
-//! rebuild step and a compaction step after each (indexd does those once a turn). Prints,
-//! for each kind of step, how many, p50, p99, the longest and how many took 1 ms or more, in
-//! the thread's CPU time. For profiling (`perf record` on it) and for comparing two builds;
+//! rebuild step, a compaction step and a name-table walk step after each (indexd does those
+//! once a turn). Prints, for each kind of step, how many, p50, p99, the longest and how many
+//! took 1 ms or more, in the thread's CPU time; with `P2PSHARE_WORK_TRACE=FILE`, the work
+//! trace (see `p2pshare::index::worktrace`) of the steps after the population, each group
+//! with its steps a turn, says what the longest were made of. For profiling (`perf record` on
+//! it) and for comparing two builds;
 //! the loop pauses README quotes come from indexd itself (`measure_churn` in
 //! tests/it/indexd.rs).
 //!
@@ -18,6 +21,7 @@
 
 use p2pshare::index::server::GROUP_UNITS;
 use p2pshare::index::store::Index;
+use p2pshare::index::worktrace;
 use p2pshare::sys::process::thread_cpu_time;
 use p2pshare::wire::FileEntry;
 use p2pshare_bench::corpus::Corpus;
@@ -97,9 +101,10 @@ fn main() {
         index.post_pending();
         index.continue_filter_rebuild();
     }
-    while index.is_compacting() || index.is_rebuilding_filter() {
+    while index.is_compacting() || index.is_rebuilding_filter() || index.has_name_walks() {
         index.continue_compaction();
         index.continue_filter_rebuild();
+        index.continue_name_walks();
     }
     eprintln!(
         "{} files indexed in {:.1} s",
@@ -107,9 +112,22 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let (mut register, mut depart, mut filter, mut compact) = Default::default();
-    let (register, depart, filter, compact): (&mut Steps, &mut Steps, &mut Steps, &mut Steps) =
-        (&mut register, &mut depart, &mut filter, &mut compact);
+    // The population is not a turn.
+    worktrace::end_turn();
+    let (mut register, mut depart, mut filter, mut compact, mut walk) = Default::default();
+    let (register, depart, filter, compact, walk): (
+        &mut Steps,
+        &mut Steps,
+        &mut Steps,
+        &mut Steps,
+        &mut Steps,
+    ) = (
+        &mut register,
+        &mut depart,
+        &mut filter,
+        &mut compact,
+        &mut walk,
+    );
     let files: Vec<FileEntry> = (0..churn)
         .map(|k| {
             let i = count + k;
@@ -119,22 +137,25 @@ fn main() {
         })
         .collect();
     let mut end_of_turn = |index: &mut Index| {
-        filter.time(|| index.continue_filter_rebuild());
-        compact.time(|| index.continue_compaction());
+        filter.time(|| worktrace::time("filter", || index.continue_filter_rebuild()));
+        compact.time(|| worktrace::time("compact", || index.continue_compaction()));
+        walk.time(|| worktrace::time("name walk", || index.continue_name_walks()));
     };
     for round in 0..rounds {
         let peer = index.add_peer(SocketAddr::from((Ipv4Addr::LOCALHOST, 60_000)));
         for slice in files.chunks(GROUP_UNITS) {
             register.time(|| {
-                index.register(peer, slice);
+                worktrace::time("register", || index.register(peer, slice));
                 index.post_pending();
             });
             end_of_turn(&mut index);
+            worktrace::end_turn();
         }
         index.begin_departure(peer);
         while index.has_departures() {
-            depart.time(|| index.continue_departures(GROUP_UNITS));
+            depart.time(|| worktrace::time("depart", || index.continue_departures(GROUP_UNITS)));
             end_of_turn(&mut index);
+            worktrace::end_turn();
         }
         eprintln!(
             "round {round}: {} entries at {:.1} s",
@@ -147,8 +168,9 @@ fn main() {
     for &peer in base_peers.iter().take(base_departures) {
         index.begin_departure(peer);
         while index.has_departures() {
-            depart.time(|| index.continue_departures(GROUP_UNITS));
+            depart.time(|| worktrace::time("depart", || index.continue_departures(GROUP_UNITS)));
             end_of_turn(&mut index);
+            worktrace::end_turn();
         }
     }
     println!("step                   count   p50 µs   p99 µs   max µs  >=1ms");
@@ -156,4 +178,5 @@ fn main() {
     depart.report("departure group");
     filter.report("filter step");
     compact.report("compaction step");
+    walk.report("name walk step");
 }

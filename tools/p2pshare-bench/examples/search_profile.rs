@@ -51,8 +51,9 @@ fn main() {
         index.post_pending();
         index.continue_filter_rebuild();
     }
-    while index.is_compacting() {
+    while index.is_compacting() || index.has_name_walks() {
         index.continue_compaction();
+        index.continue_name_walks();
     }
     eprintln!(
         "{} files indexed in {:.1} s, {} words",
