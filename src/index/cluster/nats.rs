@@ -200,9 +200,28 @@ type Ack = BoxFuture<'static, (u64, String, bool, Result<(), String>)>;
 /// the NATS cluster elects one after a server died) before its session is ended.
 pub const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(20);
 
-/// Publishes `payload` on `subject` and waits for the stream's acknowledgement, trying again
-/// every 250 ms until [`PUBLISH_RETRY_LIMIT`]. (A try whose acknowledgement was lost may have
-/// been stored: a record applied twice in a row changes nothing.)
+/// How long one JetStream request or publish try may wait once joined (the client's own
+/// waits are unbounded in places: a publish waits for room among the acknowledgements in
+/// flight without end).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `request` (named `what`), given up after [`REQUEST_TIMEOUT`].
+async fn bounded<T, E: std::fmt::Display>(
+    what: impl std::fmt::Display,
+    request: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {REQUEST_TIMEOUT:?}")),
+    }
+}
+
+/// Publishes `payload` on `subject` and waits for the stream's acknowledgement, each try
+/// bounded by [`REQUEST_TIMEOUT`], trying again every 250 ms until [`PUBLISH_RETRY_LIMIT`].
+/// (A try whose acknowledgement was lost may have been stored: a record applied twice in a
+/// row changes nothing.) An `End` rolls its subject up: the stream keeps it alone, as the
+/// session's tombstone.
 fn publish(
     js: jetstream::Context,
     session: u64,
@@ -215,13 +234,19 @@ fn publish(
     Box::pin(async move {
         let deadline = Instant::now() + PUBLISH_RETRY_LIMIT;
         loop {
-            let result = match js.publish(subject.clone(), payload.clone().into()).await {
-                Ok(ack) => ack
-                    .await
-                    .map(|ack| counters.handle_stored(ack.sequence))
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+            let mut headers = async_nats::HeaderMap::new();
+            if end {
+                headers.insert("Nats-Rollup", "sub");
+            }
+            let attempt = async {
+                let ack = js
+                    .publish_with_headers(subject.clone(), headers, payload.clone().into())
+                    .await?;
+                ack.await
             };
+            let result = bounded("publish", attempt)
+                .await
+                .map(|ack| counters.handle_stored(ack.sequence));
             if result.is_err() {
                 counters.handle_publish_error();
             }
@@ -255,46 +280,71 @@ struct Stall {
     read_to_end: u64,
 }
 
-/// Keeps this node's liveness key: a task of its own; see the module docs.
+/// Keeps this node's liveness key: a task of its own, on a JetStream context of its own (a
+/// publish waits for room among the context's acknowledgements in flight: sharing the
+/// records' context, a burst of them held the refreshes back past the TTL); see the module
+/// docs.
 struct Keeper {
     kv: kv::Store,
-    node_id: String,
     /// Our name (`ID-INCARNATION`), the key's.
     node: String,
-    /// The key's last revision.
-    revision: u64,
+    /// The key's last revision (none: the key is to be created).
+    revision: Option<u64>,
     ttl: Duration,
+    counters: Arc<Counters>,
+    wake: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl Keeper {
-    /// Refreshes the key every TTL/4; a new name taken after a fence goes to `renamed`.
-    async fn run(mut self, renamed: tokio::sync::watch::Sender<String>) {
+    /// Refreshes the key every TTL/4, each try bounded by TTL/4, renewing the lease from
+    /// when the refresh was sent. If the key is gone (deleted or expired: the others dropped
+    /// us), the lease is revoked and the reactor woken: it fences the node, and the node
+    /// rejoins under a new name.
+    async fn run(mut self) {
         let mut tick = tokio::time::interval(self.ttl / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let length = super::counters::lease_length(self.ttl);
         loop {
             tick.tick().await;
-            match self
-                .kv
-                .update(&self.node, "alive".into(), self.revision)
-                .await
-            {
-                Ok(revision) => self.revision = revision,
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    let old = std::mem::replace(&mut self.node, incarnation(&self.node_id));
-                    log::error!(
-                        "cluster: our liveness key {old} is gone (NATS unreachable, or this node \
-                         too slow to refresh it, for longer than {:?}): the other nodes dropped \
-                         our sessions; ending them all and going on as {}",
-                        self.ttl,
-                        self.node
-                    );
-                    match self.kv.create(&self.node, "alive".into()).await {
-                        Ok(revision) => self.revision = revision,
-                        Err(e) => log::warn!("cluster: creating {}: {e}", self.node),
-                    }
-                    renamed.send_replace(self.node.clone());
+            let sent = std::time::Instant::now();
+            let refresh = async {
+                match self.revision {
+                    Some(r) => self.kv.update(&self.node, "alive".into(), r).await.map_err(|e| {
+                        let gone = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                        (e.to_string(), gone)
+                    }),
+                    None => self
+                        .kv
+                        .create(&self.node, "alive".into())
+                        .await
+                        .map_err(|e| (e.to_string(), false)),
                 }
-                Err(e) => log::warn!("cluster: refreshing our liveness key: {e}"),
+            };
+            match tokio::time::timeout(self.ttl / 4, refresh).await {
+                Ok(Ok(revision)) => {
+                    self.revision = Some(revision);
+                    self.counters.lease.renew(sent, length);
+                }
+                Ok(Err((_, true))) => {
+                    log::error!(
+                        "cluster: {}: our liveness key is gone (NATS unreachable, or this node too \
+                         slow to refresh it, for longer than {:?}): the other nodes dropped our \
+                         sessions; fencing",
+                        self.node,
+                        self.ttl
+                    );
+                    self.counters.lease.revoke();
+                    (self.wake)();
+                    return;
+                }
+                Ok(Err((e, false))) => {
+                    log::warn!("cluster: {}: refreshing our liveness key: {e}", self.node)
+                }
+                Err(_) => log::warn!(
+                    "cluster: {}: refreshing our liveness key: no answer within {:?}",
+                    self.node,
+                    self.ttl / 4
+                ),
             }
         }
     }
@@ -315,15 +365,15 @@ struct Node {
     js: jetstream::Context,
     stream: stream::Stream,
     kv: kv::Store,
+    /// The bucket on the [`Keeper`]'s own JetStream context.
+    keeper_kv: kv::Store,
     /// Our key's revision at the join (the [`Keeper`] goes on from it).
     joined_revision: u64,
     ttl: Duration,
     /// Other nodes believed alive, with when their key was last seen take a new revision.
     alive: HashMap<String, Seen>,
     dead: HashSet<String>,
-    /// Tombstones to purge, and when.
-    tombstones: VecDeque<(Instant, String)>,
-    /// What the metrics show.
+    /// What the metrics show, and our lease.
     counters: Arc<Counters>,
 }
 
@@ -412,10 +462,20 @@ async fn setup(
             subjects: vec![format!("{}.>", config.prefix)],
             num_replicas: config.replicas,
             storage: stream::StorageType::File,
+            allow_rollup: true,
             ..Default::default()
         }),
     )
     .await?;
+    let info = quick("stream info", stream.get_info()).await?.config;
+    if !info.allow_rollup {
+        // A stream made by an earlier version: an `End` rolls its subject up.
+        let config = stream::Config {
+            allow_rollup: true,
+            ..info
+        };
+        quick("stream update", js.update_stream(config)).await?;
+    }
     let bucket = format!("bucket {}", config.bucket_name());
     let kv = match quick(&bucket, js.get_key_value(config.bucket_name())).await {
         Ok(kv) => kv,
@@ -458,11 +518,20 @@ async fn setup(
             config.ttl
         );
     }
+    let keeper_kv = quick(
+        &bucket,
+        jetstream::new(client.clone()).get_key_value(config.bucket_name()),
+    )
+    .await?;
+    let sent = std::time::Instant::now();
     let revision = quick(
         format_args!("liveness key {}", config.node),
         kv.put(&config.node, "alive".into()),
     )
     .await?;
+    counters
+        .lease
+        .renew(sent, super::counters::lease_length(ttl));
     log::info!(
         "cluster: node {} joined (stream {}, TTL {ttl:?})",
         config.node,
@@ -473,11 +542,11 @@ async fn setup(
         js,
         stream,
         kv,
+        keeper_kv,
         joined_revision: revision,
         ttl,
         alive: HashMap::new(),
         dead: HashSet::new(),
-        tombstones: VecDeque::new(),
         counters,
     })
 }
@@ -520,16 +589,11 @@ impl Node {
         // Each session's records not yet stored, the first one in flight: one at a time per
         // session keeps its records in order whatever is retried.
         let mut queues: HashMap<u64, VecDeque<Record>> = HashMap::new();
-        let (renamed, mut names) = tokio::sync::watch::channel(self.config.node.clone());
-        let keeper = Keeper {
-            kv: self.kv.clone(),
-            node_id: self.config.node_id.clone(),
-            node: self.config.node.clone(),
-            revision: self.joined_revision,
-            ttl: self.ttl,
-        };
         // Dropped (and so aborted) when this loop ends, however it ends.
-        let keeper = AbortOnDrop(tokio::spawn(keeper.run(renamed)));
+        let mut keeper = self.keeper(Some(self.joined_revision), to_reactor);
+        // Ended sessions' tombstones, purged after their linger by a task of its own.
+        let (tombstones, linger) = tokio::sync::mpsc::unbounded_channel();
+        let _purger = AbortOnDrop(tokio::spawn(purge_tombstones(self.stream.clone(), linger)));
         let mut tick = tokio::time::interval(self.ttl / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(check_interval(self.ttl));
@@ -545,6 +609,28 @@ impl Node {
         loop {
             tokio::select! {
                 out = outbound.recv() => match out {
+                    Some(Outbound::Fence) if rebuilding => {
+                        // Rejoining already: the reactor serves again at its end.
+                    }
+                    Some(Outbound::Fence) => {
+                        // Records not published yet are of sessions the reactor ended.
+                        for queue in queues.values() {
+                            for _ in 1..queue.len() {
+                                self.counters.handle_done();
+                            }
+                        }
+                        queues.clear();
+                        let new = incarnation(&self.config.node_id);
+                        let old = std::mem::replace(&mut self.config.node, new);
+                        keeper = self.keeper(None, to_reactor);
+                        self.rejoin(&old, to_reactor).await;
+                        met.clear();
+                        applied = 0;
+                        last_seq = 0;
+                        stall = Stall::default();
+                        rebuilding = true;
+                        self.replace_consumer(&client, 1, &mut messages).await;
+                    }
                     Some(Outbound::Publish { session, record }) => {
                         let queue = queues.entry(session).or_default();
                         if queue.is_empty() {
@@ -555,22 +641,20 @@ impl Node {
                     Some(Outbound::Stop) | None => {
                         // Best effort: the others drop our sessions now rather than after the TTL.
                         drop(keeper);
-                        self.config.node = names.borrow().clone();
-                        self.js.wait_for_acks().await;
-                        if let Err(e) = self.kv.delete(&self.config.node).await {
-                            log::warn!("cluster: deleting our liveness key: {e}");
+                        let _ = tokio::time::timeout(REQUEST_TIMEOUT, self.js.wait_for_acks()).await;
+                        if let Err(e) = bounded("deleting our liveness key", self.kv.delete(&self.config.node)).await {
+                            log::warn!("cluster: {e}");
                         }
                         log::info!("cluster: node {} left", self.config.node);
                         return Ok(());
                     }
                 },
                 Some((session, subject, end, result)) = acks.next() => {
+                    self.counters.handle_done();
                     match result {
                         Ok(()) if end => {
-                            if let Err(e) = self.stream.purge().filter(&subject).keep(1).await {
-                                log::warn!("cluster: purging {subject}: {e}");
-                            }
-                            self.tombstones.push_back((Instant::now() + TOMBSTONE_LINGER, subject));
+                            // The End rolled the subject up: it is left alone, as a tombstone.
+                            let _ = tombstones.send((Instant::now() + TOMBSTONE_LINGER, subject));
                         }
                         Ok(()) => {}
                         Err(e) => {
@@ -668,7 +752,6 @@ impl Node {
                         log::info!("cluster: rebuilt from {applied} records");
                     }
                     read_since_tick = false;
-                    self.purge_tombstones().await;
                 }
                 _ = stall_check.tick() => {
                     if self.is_stuck(&client, last_seq, &mut stall).await {
@@ -678,11 +761,6 @@ impl Node {
                         );
                         self.replace_consumer(&client, last_seq + 1, &mut messages).await;
                     }
-                }
-                Ok(()) = names.changed() => {
-                    // The keeper found our key gone and took a new incarnation.
-                    self.config.node = names.borrow_and_update().clone();
-                    to_reactor.send(Inbound::Fenced);
                 }
                 _ = check.tick() => self.check_others(to_reactor).await,
             }
@@ -825,11 +903,11 @@ impl Node {
     /// Whether `node`'s liveness key is in the bucket (an unreachable bucket counts as
     /// alive: no one is declared dead on our own failure).
     async fn is_alive_in_bucket(&self, node: &str) -> bool {
-        match self.kv.entry(node).await {
+        match bounded(format_args!("reading {node}'s liveness key"), self.kv.entry(node)).await {
             Ok(Some(entry)) => entry.operation == kv::Operation::Put,
             Ok(None) => false,
             Err(e) => {
-                log::warn!("cluster: reading {node}'s liveness key: {e}");
+                log::warn!("cluster: {e}");
                 true
             }
         }
@@ -864,7 +942,8 @@ impl Node {
             .collect();
         for (node, seen) in stale {
             // A read may be answered by any of the bucket's replicas, one of them behind.
-            let expect = match self.kv.entry(node.as_str()).await {
+            let read = self.kv.entry(node.as_str());
+            let expect = match bounded(format_args!("reading {node}'s liveness key"), read).await {
                 Ok(Some(e)) if e.operation != kv::Operation::Put => {
                     self.declare_dead(&node, to_reactor).await;
                     continue;
@@ -881,11 +960,12 @@ impl Node {
                 Ok(Some(_)) => seen,
                 Ok(None) => 0,
                 Err(e) => {
-                    log::warn!("cluster: reading {node}'s liveness key: {e}");
+                    log::warn!("cluster: {e}");
                     continue;
                 }
             };
-            match self.kv.delete_expect_revision(&node, Some(expect)).await {
+            let delete = self.kv.delete_expect_revision(&node, Some(expect));
+            match bounded("deleting a stale liveness key", delete).await {
                 Ok(()) => {
                     log::info!(
                         "cluster: node {node} did not refresh its liveness key for {:?}; deleted it",
@@ -919,24 +999,77 @@ impl Node {
             .expect("we are alive");
         if lowest == self.config.node {
             let subjects = format!("{}.{node}.>", self.config.prefix);
-            match self.stream.purge().filter(&subjects).await {
+            let purge = async { self.stream.purge().filter(&subjects).await };
+            match bounded(format_args!("purging {subjects}"), purge).await {
                 Ok(r) => log::info!(
                     "cluster: node {node} is dead; purged its {} records",
                     r.purged
                 ),
-                Err(e) => log::warn!("cluster: purging {subjects}: {e}"),
+                Err(e) => log::warn!("cluster: {e}"),
             }
         }
     }
 
-    /// Purges the tombstones whose linger is over.
-    async fn purge_tombstones(&mut self) {
-        let now = Instant::now();
-        while self.tombstones.front().is_some_and(|(at, _)| *at <= now) {
-            let (_, subject) = self.tombstones.pop_front().expect("a front");
-            if let Err(e) = self.stream.purge().filter(&subject).await {
-                log::warn!("cluster: purging {subject}: {e}");
+    /// A keeper of our key (from `revision`, or creating it), as a task.
+    fn keeper(&self, revision: Option<u64>, to_reactor: &ToReactor) -> AbortOnDrop {
+        let keeper = Keeper {
+            kv: self.keeper_kv.clone(),
+            node: self.config.node.clone(),
+            revision,
+            ttl: self.ttl,
+            counters: self.counters.clone(),
+            wake: to_reactor.wake.clone(),
+        };
+        AbortOnDrop(tokio::spawn(keeper.run()))
+    }
+
+    /// The reactor fenced the node, which is now `self.config.node` instead of `old`: `old`'s
+    /// key is deleted (the others drop its sessions at once) and its subjects purged (each
+    /// bounded, best effort: a dead node's subjects are purged by the others too), and the
+    /// reactor is told to drop every remote session, before the stream is read again.
+    async fn rejoin(&mut self, old: &str, to_reactor: &ToReactor) {
+        log::warn!(
+            "cluster: {old}: fenced; rejoining as {} and reading the stream again",
+            self.config.node
+        );
+        self.dead.insert(old.to_string());
+        if let Err(e) = bounded(format_args!("deleting {old}'s key"), self.kv.delete(old)).await {
+            log::warn!("cluster: {e}");
+        }
+        let subjects = format!("{}.{old}.>", self.config.prefix);
+        if let Err(e) = bounded(
+            format_args!("purging {subjects}"),
+            async { self.stream.purge().filter(&subjects).await },
+        )
+        .await
+        {
+            log::warn!("cluster: {e}");
+        }
+        to_reactor.send(Inbound::Fenced);
+    }
+}
+
+/// Most tombstone purges in flight at once.
+const TOMBSTONE_PURGES: usize = 32;
+
+/// Purges each tombstone that comes on `linger` once its linger is over (they come in that
+/// order), each purge bounded.
+async fn purge_tombstones(
+    stream: stream::Stream,
+    linger: tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
+) {
+    let due = futures_util::stream::unfold(linger, |mut rx| async move {
+        rx.recv().await.map(|next| (next, rx))
+    });
+    due.for_each_concurrent(TOMBSTONE_PURGES, |(at, subject)| {
+        let stream = &stream;
+        async move {
+            tokio::time::sleep_until(at).await;
+            let purge = async { stream.purge().filter(&subject).await };
+            if let Err(e) = bounded(format!("purging {subject}"), purge).await {
+                log::warn!("cluster: {e}");
             }
         }
-    }
+    })
+    .await;
 }
