@@ -49,7 +49,7 @@ impl Lease {
     /// thread; a later `sent` only).
     pub fn renew(&self, sent: Instant, length: Duration) {
         let mut granted = self.granted.lock().expect("never poisoned");
-        if granted.is_none_or(|(at, _)| at < sent) {
+        if !granted.is_some_and(|(at, _)| at >= sent) {
             *granted = Some((sent, length));
         }
     }

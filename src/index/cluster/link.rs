@@ -121,8 +121,11 @@ pub struct Link {
     counters: Arc<Counters>,
     /// Records received and not applied (the NATS thread holds a clone).
     backlog: Arc<Backlog>,
-    /// Fenced: serving no one until the stream is read again ([`Event::Rebuilt`]).
+    /// Fenced: serving no one until the stream is read again ([`Event::Rebuilt`]) and the
+    /// new incarnation's lease holds.
     fenced: bool,
+    /// The stream was read again since the fence.
+    reread: bool,
 }
 
 /// The cluster as the metrics show it.
@@ -171,6 +174,7 @@ impl Link {
             counters: Arc::default(),
             backlog: Arc::default(),
             fenced: false,
+            reread: false,
         }
     }
 
@@ -233,7 +237,14 @@ impl Link {
     /// Whether the node is fenced (serving no one), fencing it first if its lease ran out
     /// at `now`; the connections to end then go to `close`.
     pub fn check_fence(&mut self, now: std::time::Instant, close: &mut Vec<ConnId>) -> bool {
-        if !self.fenced && self.counters.lease.is_expired(now) {
+        let expired = self.counters.lease.is_expired(now);
+        if self.fenced && self.reread && !expired {
+            log::info!(
+                "cluster: the stream was read again and our new key is alive; serving again"
+            );
+            self.fenced = false;
+        }
+        if !self.fenced && expired {
             log::error!(
                 "cluster: our liveness key was not refreshed in time (NATS unreachable or this \
                  node's NATS thread stalled): the other nodes may drop our sessions; fencing \
@@ -251,6 +262,7 @@ impl Link {
     /// `close`; see the module docs.
     fn fence(&mut self, close: &mut Vec<ConnId>) {
         self.fenced = true;
+        self.reread = false;
         close.extend(self.local.drain().filter_map(|(_, l)| l.conn));
     }
 
@@ -364,7 +376,7 @@ impl Link {
 
     /// Applies received changes, about `budget` units of work; see [`Replica::poll`]. A
     /// [`Event::Fenced`] fences the node (its connections go to `close`), a
-    /// [`Event::Rebuilt`] ends the fence.
+    /// [`Event::Rebuilt`] ends it once the lease holds again ([`Link::check_fence`]).
     pub fn poll(
         &mut self,
         index: &mut Index,
@@ -377,10 +389,7 @@ impl Link {
         for event in &events[first..] {
             match event {
                 Event::Fenced => self.fence(close),
-                Event::Rebuilt if self.fenced => {
-                    log::info!("cluster: the stream was read again; serving again");
-                    self.fenced = false;
-                }
+                Event::Rebuilt => self.reread = true,
                 _ => {}
             }
         }
@@ -473,7 +482,10 @@ mod tests {
         assert_eq!(close, [ConnId(5)]);
         link.handle_closed(local);
         let sent: Vec<Outbound> = std::iter::from_fn(|| published.try_recv().ok()).collect();
-        assert!(matches!(sent[..], [Outbound::Publish { .. }, Outbound::Fence]));
+        assert!(matches!(
+            sent[..],
+            [Outbound::Publish { .. }, Outbound::Fence]
+        ));
         // The NATS thread rejoins: the remote sessions go, the stream is read again.
         inbox.send(Inbound::Fenced).unwrap();
         link.receive();
@@ -481,10 +493,16 @@ mod tests {
         assert_eq!(link.replica().session_count(), 0);
         assert!(link.is_fenced());
         inbox.send(Inbound::Rebuilt).unwrap();
-        link.counters().lease.renew(t0 + Duration::from_secs(4), Duration::from_secs(3));
         link.receive();
         link.poll(&mut index, 100, &mut events, &mut close);
+        // Read again, but the new incarnation's key is not written yet: still fenced, and
+        // not fenced again.
+        assert!(link.check_fence(t0 + Duration::from_secs(4), &mut close));
+        let lease = &link.counters().lease;
+        lease.renew(t0 + Duration::from_secs(4), Duration::from_secs(3));
         assert!(!link.check_fence(t0 + Duration::from_secs(5), &mut close));
+        let sent: Vec<Outbound> = std::iter::from_fn(|| published.try_recv().ok()).collect();
+        assert!(sent.is_empty());
         assert_eq!(events, [Event::Fenced, Event::Rebuilt]);
     }
 }

@@ -18,19 +18,30 @@
 //!   thread fails and indexd exits (status 2).
 //! - Publishes each [`Outbound::Publish`] on `<prefix>.<node>.<session>`; acknowledgements are
 //!   awaited concurrently, and one that fails (the stream did not take the record) becomes
-//!   [`Inbound::Lost`] for that session. After an `End` is acknowledged, the subject is purged
-//!   but for that tombstone, and the tombstone is purged [`TOMBSTONE_LINGER`] later.
+//!   [`Inbound::Lost`] for that session. An `End` rolls its subject up (`Nats-Rollup: sub`:
+//!   the stream keeps it alone, as the tombstone, with no request of ours), and a task of its
+//!   own purges the tombstone [`TOMBSTONE_LINGER`] later.
+//! - Every request it awaits once joined is bounded ([`REQUEST_TIMEOUT`]): the client's own
+//!   waits are not always (a publish waits without end for room among the acknowledgements in
+//!   flight), and one unbounded wait in this loop once left a node's thread parked, its key
+//!   unrefreshed, while its reactor went on serving.
 //! - Consumes every other node's subjects and forwards their records in stream order. A
 //!   consumer that misses its heartbeats, or reads nothing between two checks
 //!   [`STALL_CHECK`] apart while the stream holds records it has not read (the client's own
 //!   re-creation after a reconnect can retry for minutes without a word), is replaced by a
 //!   new one resuming after the last record read.
 //! - Refreshes its liveness key every TTL/4 with a revision check, in a task of its own
-//!   ([`Keeper`]): nothing the main loop waits for (a consumer or a watch made again after a
-//!   NATS server died, each request up to seconds while leaders are elected) may hold a
-//!   refresh back past the TTL, or the others would drop a node that is well. If the check
-//!   fails (the key was deleted or expired while NATS was unreachable, so the others dropped
-//!   this node) it takes a new incarnation and sends [`Inbound::Fenced`].
+//!   ([`Keeper`]) on a JetStream context of its own: nothing the main loop waits for (a
+//!   consumer or a watch made again after a NATS server died, each request up to seconds
+//!   while leaders are elected; a burst of publishes) may hold a refresh back past the TTL,
+//!   or the others would drop a node that is well. Each refresh that succeeds renews the
+//!   node's lease ([`Lease`](super::counters::Lease)), which the reactor checks before it
+//!   answers anyone. If the check fails (the key was deleted or expired while NATS was
+//!   unreachable, so the others dropped this node) the lease is revoked at once.
+//! - At [`Outbound::Fence`] (the reactor found the lease run out and fenced itself), takes a
+//!   new incarnation, deletes the old one's key and purges its subjects, sends
+//!   [`Inbound::Fenced`] (the reactor drops every remote session) and reads the stream again
+//!   from its start, up to a new [`Inbound::Rebuilt`], as at a join.
 //! - Watches the bucket, and checks the other nodes' keys every [`check_interval`]: a node
 //!   whose key is deleted or gone is dead, and so is one whose key this node has not seen
 //!   take a new revision for a TTL (by its own clock, from the watch, or read when in doubt):
@@ -116,6 +127,8 @@ pub struct NatsConfig {
     pub ttl: Duration,
     /// Replicas of the stream and the bucket, when this node creates them.
     pub replicas: usize,
+    /// The stream's size limit, when this node creates it or finds it without one.
+    pub max_bytes: u64,
 }
 
 impl NatsConfig {
@@ -288,7 +301,7 @@ struct Keeper {
     kv: kv::Store,
     /// Our name (`ID-INCARNATION`), the key's.
     node: String,
-    /// The key's last revision (none: the key is to be created).
+    /// The key's last revision (none: the key is to be written, for a new incarnation).
     revision: Option<u64>,
     ttl: Duration,
     counters: Arc<Counters>,
@@ -309,13 +322,19 @@ impl Keeper {
             let sent = std::time::Instant::now();
             let refresh = async {
                 match self.revision {
-                    Some(r) => self.kv.update(&self.node, "alive".into(), r).await.map_err(|e| {
-                        let gone = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
-                        (e.to_string(), gone)
-                    }),
+                    Some(r) => self
+                        .kv
+                        .update(&self.node, "alive".into(), r)
+                        .await
+                        .map_err(|e| {
+                            let gone = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                            (e.to_string(), gone)
+                        }),
+                    // A new incarnation's key: no one else writes it, and a put that timed out
+                    // may have been stored (a create would then fail for ever).
                     None => self
                         .kv
-                        .create(&self.node, "alive".into())
+                        .put(&self.node, "alive".into())
                         .await
                         .map_err(|e| (e.to_string(), false)),
                 }
@@ -463,18 +482,31 @@ async fn setup(
             num_replicas: config.replicas,
             storage: stream::StorageType::File,
             allow_rollup: true,
+            max_bytes: config.max_bytes as i64,
+            // At the limit a new record is refused (its session ends, its peer registers
+            // again), never an old one dropped: that would lose live entries silently.
+            discard: stream::DiscardPolicy::New,
             ..Default::default()
         }),
     )
     .await?;
     let info = quick("stream info", stream.get_info()).await?.config;
-    if !info.allow_rollup {
-        // A stream made by an earlier version: an `End` rolls its subject up.
-        let config = stream::Config {
+    let unlimited = info.max_bytes <= 0;
+    if !info.allow_rollup || info.discard != stream::DiscardPolicy::New || unlimited {
+        // A stream made by an earlier version: an `End` rolls its subject up, and the
+        // stream is bounded, refusing new records at its limit.
+        let max_bytes = if unlimited {
+            config.max_bytes as i64
+        } else {
+            info.max_bytes
+        };
+        let update = stream::Config {
             allow_rollup: true,
+            discard: stream::DiscardPolicy::New,
+            max_bytes,
             ..info
         };
-        quick("stream update", js.update_stream(config)).await?;
+        quick("stream update", js.update_stream(update)).await?;
     }
     let bucket = format!("bucket {}", config.bucket_name());
     let kv = match quick(&bucket, js.get_key_value(config.bucket_name())).await {
@@ -903,7 +935,12 @@ impl Node {
     /// Whether `node`'s liveness key is in the bucket (an unreachable bucket counts as
     /// alive: no one is declared dead on our own failure).
     async fn is_alive_in_bucket(&self, node: &str) -> bool {
-        match bounded(format_args!("reading {node}'s liveness key"), self.kv.entry(node)).await {
+        match bounded(
+            format_args!("reading {node}'s liveness key"),
+            self.kv.entry(node),
+        )
+        .await
+        {
             Ok(Some(entry)) => entry.operation == kv::Operation::Put,
             Ok(None) => false,
             Err(e) => {
@@ -1037,10 +1074,9 @@ impl Node {
             log::warn!("cluster: {e}");
         }
         let subjects = format!("{}.{old}.>", self.config.prefix);
-        if let Err(e) = bounded(
-            format_args!("purging {subjects}"),
-            async { self.stream.purge().filter(&subjects).await },
-        )
+        if let Err(e) = bounded(format_args!("purging {subjects}"), async {
+            self.stream.purge().filter(&subjects).await
+        })
         .await
         {
             log::warn!("cluster: {e}");

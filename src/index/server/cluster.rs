@@ -66,7 +66,10 @@ impl IndexServer {
     /// Whether the cluster refuses `body` now: the node is fenced (its lease ran out: then
     /// the connection closes) or too many changes wait for the stream (a hello or a
     /// register). Sets the connections to end at the turn's end.
-    pub(super) fn cluster_refusal(&mut self, body: &RequestBody) -> Option<(ErrorCode, bool, &'static str)> {
+    pub(super) fn cluster_refusal(
+        &mut self,
+        body: &RequestBody,
+    ) -> Option<(ErrorCode, bool, &'static str)> {
         let link = self.cluster.as_mut()?;
         if link.check_fence(Instant::now(), &mut self.cluster_to_close) {
             return Some((
@@ -75,7 +78,10 @@ impl IndexServer {
                 "cluster: this index node is fenced (rejoining the cluster); use another",
             ));
         }
-        let grows = matches!(body, RequestBody::Hello { .. } | RequestBody::Register { .. });
+        let grows = matches!(
+            body,
+            RequestBody::Hello { .. } | RequestBody::Register { .. }
+        );
         if grows && link.is_congested() {
             let hello = matches!(body, RequestBody::Hello { .. });
             return Some((
