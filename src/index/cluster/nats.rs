@@ -18,9 +18,11 @@
 //!   thread fails and indexd exits (status 2).
 //! - Publishes each [`Outbound::Publish`] on `<prefix>.<node>.<session>`; acknowledgements are
 //!   awaited concurrently, and one that fails (the stream did not take the record) becomes
-//!   [`Inbound::Lost`] for that session. An `End` rolls its subject up (`Nats-Rollup: sub`:
-//!   the stream keeps it alone, as the tombstone, with no request of ours), and a task of its
-//!   own purges the tombstone [`TOMBSTONE_LINGER`] later.
+//!   [`Inbound::Lost`] for that session. After an `End` is acknowledged, a task of their own
+//!   ([`purge_subjects`]) purges the subject but for that tombstone, and another purges the
+//!   tombstone [`TOMBSTONE_LINGER`] later: the main loop never waits for a purge. (Not a
+//!   `Nats-Rollup` header on the `End`: on nats-server 2.9 a rollup moved every consumer of
+//!   the stream past the records it had not read yet, of every subject, and they were lost.)
 //! - Every request it awaits once joined is bounded ([`REQUEST_TIMEOUT`]): the client's own
 //!   waits are not always (a publish waits without end for room among the acknowledgements in
 //!   flight), and one unbounded wait in this loop once left a node's thread parked, its key
@@ -233,8 +235,7 @@ async fn bounded<T, E: std::fmt::Display>(
 /// Publishes `payload` on `subject` and waits for the stream's acknowledgement, each try
 /// bounded by [`REQUEST_TIMEOUT`], trying again every 250 ms until [`PUBLISH_RETRY_LIMIT`].
 /// (A try whose acknowledgement was lost may have been stored: a record applied twice in a
-/// row changes nothing.) An `End` rolls its subject up: the stream keeps it alone, as the
-/// session's tombstone.
+/// row changes nothing.)
 fn publish(
     js: jetstream::Context,
     session: u64,
@@ -247,14 +248,8 @@ fn publish(
     Box::pin(async move {
         let deadline = Instant::now() + PUBLISH_RETRY_LIMIT;
         loop {
-            let mut headers = async_nats::HeaderMap::new();
-            if end {
-                headers.insert("Nats-Rollup", "sub");
-            }
             let attempt = async {
-                let ack = js
-                    .publish_with_headers(subject.clone(), headers, payload.clone().into())
-                    .await?;
+                let ack = js.publish(subject.clone(), payload.clone().into()).await?;
                 ack.await
             };
             let result = bounded("publish", attempt)
@@ -481,7 +476,6 @@ async fn setup(
             subjects: vec![format!("{}.>", config.prefix)],
             num_replicas: config.replicas,
             storage: stream::StorageType::File,
-            allow_rollup: true,
             max_bytes: config.max_bytes as i64,
             // At the limit a new record is refused (its session ends, its peer registers
             // again), never an old one dropped: that would lose live entries silently.
@@ -492,16 +486,15 @@ async fn setup(
     .await?;
     let info = quick("stream info", stream.get_info()).await?.config;
     let unlimited = info.max_bytes <= 0;
-    if !info.allow_rollup || info.discard != stream::DiscardPolicy::New || unlimited {
-        // A stream made by an earlier version: an `End` rolls its subject up, and the
-        // stream is bounded, refusing new records at its limit.
+    if info.discard != stream::DiscardPolicy::New || unlimited {
+        // A stream made by an earlier version: bounded now, refusing new records at its
+        // limit.
         let max_bytes = if unlimited {
             config.max_bytes as i64
         } else {
             info.max_bytes
         };
         let update = stream::Config {
-            allow_rollup: true,
             discard: stream::DiscardPolicy::New,
             max_bytes,
             ..info
@@ -623,9 +616,16 @@ impl Node {
         let mut queues: HashMap<u64, VecDeque<Record>> = HashMap::new();
         // Dropped (and so aborted) when this loop ends, however it ends.
         let mut keeper = self.keeper(Some(self.joined_revision), to_reactor);
-        // Ended sessions' tombstones, purged after their linger by a task of its own.
+        // Ended sessions' subjects, purged but for their tombstone, and their tombstones,
+        // purged after their linger, by tasks of their own.
+        let (ended, to_trim) = tokio::sync::mpsc::unbounded_channel();
+        let _trimmer = AbortOnDrop(tokio::spawn(purge_subjects(
+            self.stream.clone(),
+            to_trim,
+            1,
+        )));
         let (tombstones, linger) = tokio::sync::mpsc::unbounded_channel();
-        let _purger = AbortOnDrop(tokio::spawn(purge_tombstones(self.stream.clone(), linger)));
+        let _purger = AbortOnDrop(tokio::spawn(purge_subjects(self.stream.clone(), linger, 0)));
         let mut tick = tokio::time::interval(self.ttl / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(check_interval(self.ttl));
@@ -685,7 +685,7 @@ impl Node {
                     self.counters.handle_done();
                     match result {
                         Ok(()) if end => {
-                            // The End rolled the subject up: it is left alone, as a tombstone.
+                            let _ = ended.send((Instant::now(), subject.clone()));
                             let _ = tombstones.send((Instant::now() + TOMBSTONE_LINGER, subject));
                         }
                         Ok(()) => {}
@@ -1085,23 +1085,29 @@ impl Node {
     }
 }
 
-/// Most tombstone purges in flight at once.
-const TOMBSTONE_PURGES: usize = 32;
+/// Most purges in flight at once, per [`purge_subjects`] task.
+const PURGES_IN_FLIGHT: usize = 32;
 
-/// Purges each tombstone that comes on `linger` once its linger is over (they come in that
-/// order), each purge bounded.
-async fn purge_tombstones(
+/// Purges each subject that comes on `due` once its time has come (they come in that order),
+/// keeping its last `keep` records (0: all go), each purge bounded.
+async fn purge_subjects(
     stream: stream::Stream,
-    linger: tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
+    due: tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
+    keep: u64,
 ) {
-    let due = futures_util::stream::unfold(linger, |mut rx| async move {
+    let due = futures_util::stream::unfold(due, |mut rx| async move {
         rx.recv().await.map(|next| (next, rx))
     });
-    due.for_each_concurrent(TOMBSTONE_PURGES, |(at, subject)| {
+    due.for_each_concurrent(PURGES_IN_FLIGHT, |(at, subject)| {
         let stream = &stream;
         async move {
             tokio::time::sleep_until(at).await;
-            let purge = async { stream.purge().filter(&subject).await };
+            let purge = async {
+                match keep {
+                    0 => stream.purge().filter(&subject).await,
+                    n => stream.purge().filter(&subject).keep(n).await,
+                }
+            };
             if let Err(e) = bounded(format!("purging {subject}"), purge).await {
                 log::warn!("cluster: {e}");
             }
