@@ -321,11 +321,6 @@ impl Link {
             .and_then(|l| l.conn)
     }
 
-    /// The connections of every local session.
-    pub fn local_conns(&self) -> Vec<ConnId> {
-        self.local.values().filter_map(|l| l.conn).collect()
-    }
-
     /// Moves what the NATS thread sent into the replica; true if anything came.
     pub fn receive(&mut self) -> bool {
         let mut any = false;
