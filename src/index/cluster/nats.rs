@@ -93,10 +93,19 @@ async fn quick<T, E: std::fmt::Display>(
     what: impl std::fmt::Display,
     request: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(JOIN_REQUEST_TIMEOUT, request).await {
+    within(JOIN_REQUEST_TIMEOUT, what, request).await
+}
+
+/// `request` (named `what`), given up after `limit`.
+async fn within<T, E: std::fmt::Display>(
+    limit: Duration,
+    what: impl std::fmt::Display,
+    request: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, request).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {JOIN_REQUEST_TIMEOUT:?}")),
+        Err(_) => Err(format!("{what}: no answer within {limit:?}")),
     }
 }
 /// How often the consumer is checked for a stall ([`Node::is_stuck`]).
@@ -225,11 +234,7 @@ async fn bounded<T, E: std::fmt::Display>(
     what: impl std::fmt::Display,
     request: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {REQUEST_TIMEOUT:?}")),
-    }
+    within(REQUEST_TIMEOUT, what, request).await
 }
 
 /// Publishes `payload` on `subject` and waits for the stream's acknowledgement, each try
