@@ -107,6 +107,11 @@ struct Flags {
     /// the number of --cluster URLs, at most 3).
     #[arg(long, value_name = "N", requires = "cluster")]
     cluster_replicas: Option<usize>,
+    /// Largest size of the cluster's stream (MiB) when this node creates it (or finds it
+    /// without a limit). At the limit the stream refuses new records (never drops old ones):
+    /// the session whose change was refused is ended, and its peer registers again.
+    #[arg(long, value_name = "MIB", default_value_t = 1024, requires = "cluster")]
+    cluster_max_mib: u64,
     /// Subject prefix of the cluster's stream (`PREFIX.NODE.SESSION`); the stream is
     /// `PREFIX_INDEX` (upper case) and the liveness bucket `PREFIX_nodes`.
     #[arg(
@@ -284,6 +289,7 @@ fn join_cluster(
             .cluster_replicas
             .unwrap_or(flags.cluster.len().min(3))
             .clamp(1, 5),
+        max_bytes: flags.cluster_max_mib.max(1).saturating_mul(1 << 20),
     };
     log::info!(
         "cluster: joining as {} through {}",

@@ -163,6 +163,10 @@ pub struct IndexServer {
     cluster: Option<Box<crate::index::cluster::link::Link>>,
     /// Why the cluster link failed, if it did.
     cluster_failed: Option<String>,
+    /// Connections a fence ends at the turn's end.
+    cluster_to_close: Vec<ConnId>,
+    /// The cluster's lease timer is set.
+    cluster_timer_armed: bool,
     /// Reachability probes and the push relay (see `server/push.rs`).
     pushes: push::Pushes,
 }
@@ -204,6 +208,8 @@ impl IndexServer {
             spare_frame: Vec::new(),
             cluster: None,
             cluster_failed: None,
+            cluster_to_close: Vec::new(),
+            cluster_timer_armed: false,
             pushes: push::Pushes::new(Instant::now()),
         }
     }
@@ -343,6 +349,13 @@ impl IndexServer {
         now: Instant,
     ) -> Verdict {
         let id = req.id;
+        if let Some((code, fatal, why)) = self.cluster_refusal(&req.body) {
+            if fatal {
+                return self.fatal(out, session, id, code, why.into());
+            }
+            self.error(out, id, code, why);
+            return Verdict::Continue;
+        }
         if let RequestBody::Hello {
             version,
             listen_port,
@@ -938,6 +951,8 @@ impl Handler for IndexServer {
     fn handle_timer(&mut self, ctx: &mut Ctx<Session>, timer: u64) {
         if timer == push::PUSH_TIMER {
             self.push_timer(ctx);
+        } else if timer == cluster::CLUSTER_TIMER {
+            self.cluster_timer(ctx);
         }
     }
 

@@ -471,3 +471,67 @@ fn indexd_refuses_to_start_when_no_nats_server_answers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("NATS"), "{err}");
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to every server of `nats`.
+fn signal_all(nats: &Nats, signal: &str) {
+    for s in &nats.servers {
+        let pid = s.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+}
+
+/// A hello's answer at `index`: welcomed, or the error code it was refused with.
+fn try_hello(index: SocketAddr) -> Result<(), p2pshare::wire::ErrorCode> {
+    let mut c = Client::connect(index);
+    let hello = RequestBody::Hello {
+        version: p2pshare::wire::PROTOCOL_VERSION,
+        listen_port: 0,
+        agent: "test".into(),
+    };
+    match c.call(hello) {
+        ResponseBody::Welcome { .. } => Ok(()),
+        ResponseBody::Error { code, .. } => Err(code),
+        other => panic!("expected welcome or error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_node_whose_lease_runs_out_stops_serving_then_serves_again_once_it_read_the_stream() {
+    if !nats_server_present() {
+        return;
+    }
+    let nats = Nats::start(3);
+    let a = node(&nats.urls(), "a");
+    let b = node(&nats.urls(), "b");
+    let (mut peer, seen) = Client::hello(a.addr, 7301);
+    register(&mut peer, &["fenced.txt"]);
+    wait_holders(b.addr, "fenced.txt", &[seen], REPLICATION_LIMIT);
+    // No server answers: no node can refresh its key, so each fences itself before the
+    // others could drop it (its lease is 3/4 of the TTL), idle or not.
+    signal_all(&nats, "STOP");
+    assert!(
+        peer.is_closed_by_server(),
+        "the fenced node kept the session"
+    );
+    assert_eq!(try_hello(a.addr), Err(p2pshare::wire::ErrorCode::Busy));
+    signal_all(&nats, "CONT");
+    // Rejoined under a new name and read the stream again: welcomed, and the ended session's
+    // entry is gone everywhere.
+    let deadline = Instant::now() + ENGINE_FAULT_LIMIT;
+    while try_hello(a.addr).is_err() || try_hello(b.addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "still fenced after {ENGINE_FAULT_LIMIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_holders(a.addr, "fenced.txt", &[], REPLICATION_LIMIT);
+    wait_holders(b.addr, "fenced.txt", &[], REPLICATION_LIMIT);
+    let (mut again, seen) = Client::hello(a.addr, 7302);
+    register(&mut again, &["after.txt"]);
+    wait_holders(b.addr, "after.txt", &[seen], REPLICATION_LIMIT);
+}

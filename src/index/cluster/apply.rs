@@ -48,8 +48,10 @@ pub enum Inbound {
         /// The local session.
         session: u64,
     },
-    /// Our own liveness key was lost (NATS unreachable longer than the TTL): the other nodes
-    /// have dropped our sessions; every local session is ended so its peer registers again.
+    /// This node was fenced (its liveness key lost or not refreshed in time: the other nodes
+    /// have dropped, or are about to drop, our sessions) and rejoins as a new incarnation:
+    /// every remote session is dropped here too, and the stream is read again from its start,
+    /// up to a new [`Inbound::Rebuilt`]. Meanwhile the node serves no one.
     Fenced,
     /// The NATS thread stopped for good, with why.
     Failed(String),
@@ -70,7 +72,8 @@ pub enum Event {
     Rebuilt,
     /// End this local session ([`Inbound::Lost`]).
     Lost(u64),
-    /// End every local session ([`Inbound::Fenced`]).
+    /// End every local session and serve no one until the next [`Event::Rebuilt`]
+    /// ([`Inbound::Fenced`]; the remote sessions are dropped already).
     Fenced,
     /// The NATS thread failed.
     Failed(String),
@@ -312,7 +315,16 @@ impl Replica {
             }
             Inbound::Rebuilt => Some(Event::Rebuilt),
             Inbound::Lost { session } => Some(Event::Lost(session)),
-            Inbound::Fenced => Some(Event::Fenced),
+            Inbound::Fenced => {
+                // Our view may miss changes (we read nothing while stalled): the stream is
+                // read again from its start, so every remote session goes now.
+                let nodes = std::mem::take(&mut self.nodes);
+                for s in nodes.values().flat_map(HashMap::values) {
+                    *used += 1;
+                    index.begin_departure(s.peer);
+                }
+                Some(Event::Fenced)
+            }
             Inbound::Failed(why) => Some(Event::Failed(why)),
         }
     }

@@ -1,8 +1,11 @@
 //! The reactor's side of the NATS thread: the two channels, the local sessions' numbers,
 //! and the [`Replica`] that applies what arrives.
 //!
-//! Local changes become [`Outbound`] records sent to the NATS thread without waiting (an
-//! unbounded channel: the reactor never blocks on NATS). What the NATS thread receives
+//! Local changes become [`Outbound`] records sent to the NATS thread without waiting (the
+//! reactor never blocks on NATS). The records handed over and not stored yet are bounded by
+//! [`MAX_OUTBOUND_RECORDS`]: past it the reactor refuses new sessions and registers
+//! ([`Link::is_congested`]), so session churn waits in its peers, never in this process's
+//! memory. What the NATS thread receives
 //! arrives on a std channel, and the thread wakes the reactor; [`Link::receive`] moves it into
 //! the replica, which applies it in bounded slices. The reactor stays the only thread that
 //! touches the index.
@@ -11,6 +14,16 @@
 //! (asynchronously) while [`MAX_QUEUED_RECORDS`] of them are queued, so a fast stream (a
 //! rebuild reads a million entries in seconds) waits in NATS, not decoded in this process's
 //! memory.
+//!
+//! # Fencing
+//! Before it answers anyone, the reactor checks the node's liveness lease
+//! ([`Lease`](super::counters::Lease)): once it runs out, the other nodes may drop this
+//! node's sessions at any moment, and its own view may lag (a stalled NATS thread reads
+//! nothing). The node then fences itself ([`Link::fence`]): it ends every local session (each
+//! peer goes on at another `--index` node), refuses everyone, and asks the NATS thread to
+//! rejoin as a new incarnation and read the stream again; it serves again at the
+//! [`Event::Rebuilt`] that ends that read. A node the others consider dead never answers as
+//! if its view were whole.
 
 use super::apply::{Event, Inbound, Replica};
 use super::counters::{Counters, CountersSnapshot};
@@ -35,10 +48,17 @@ pub enum Outbound {
         /// The change.
         record: Record,
     },
+    /// The reactor fenced itself (its lease ran out): rejoin as a new incarnation, and read
+    /// the stream again from its start ([`Inbound::Fenced`], then [`Inbound::Rebuilt`]).
+    Fence,
     /// indexd is stopping: delete our liveness key (the others drop our sessions at once)
     /// and end the thread.
     Stop,
 }
+
+/// Most records handed to the NATS thread and not stored yet before the reactor refuses new
+/// sessions and registers (ends and unregisters are always taken: they shrink the index).
+pub const MAX_OUTBOUND_RECORDS: u64 = 4096;
 
 /// Most records received from the NATS thread and not applied yet (each at most
 /// [`MAX_RECORD_BYTES`](super::MAX_RECORD_BYTES) on the stream: 16 MiB of payloads at most).
@@ -101,6 +121,11 @@ pub struct Link {
     counters: Arc<Counters>,
     /// Records received and not applied (the NATS thread holds a clone).
     backlog: Arc<Backlog>,
+    /// Fenced: serving no one until the stream is read again ([`Event::Rebuilt`]) and the
+    /// new incarnation's lease holds.
+    fenced: bool,
+    /// The stream was read again since the fence.
+    reread: bool,
 }
 
 /// The cluster as the metrics show it.
@@ -148,6 +173,8 @@ impl Link {
             gone: false,
             counters: Arc::default(),
             backlog: Arc::default(),
+            fenced: false,
+            reread: false,
         }
     }
 
@@ -192,7 +219,56 @@ impl Link {
 
     fn publish(&mut self, session: u64, record: Record) {
         // A closed channel means the thread failed; that arrives as `Failed` (or already did).
-        let _ = self.to_nats.send(Outbound::Publish { session, record });
+        if self
+            .to_nats
+            .send(Outbound::Publish { session, record })
+            .is_ok()
+        {
+            self.counters.handle_queued();
+        }
+    }
+
+    /// Whether new sessions and registers are refused: [`MAX_OUTBOUND_RECORDS`] wait for the
+    /// stream.
+    pub fn is_congested(&self) -> bool {
+        self.counters.outbound() >= MAX_OUTBOUND_RECORDS
+    }
+
+    /// Whether the node is fenced (serving no one), fencing it first if its lease ran out
+    /// at `now`; the connections to end then go to `close`.
+    pub fn check_fence(&mut self, now: std::time::Instant, close: &mut Vec<ConnId>) -> bool {
+        let expired = self.counters.lease.is_expired(now);
+        if self.fenced && self.reread && !expired {
+            log::info!(
+                "cluster: the stream was read again and our new key is alive; serving again"
+            );
+            self.fenced = false;
+        }
+        if !self.fenced && expired {
+            log::error!(
+                "cluster: our liveness key was not refreshed in time (NATS unreachable or this \
+                 node's NATS thread stalled): the other nodes may drop our sessions; fencing \
+                 ({} local sessions end), rejoining and reading the stream again",
+                self.local.len()
+            );
+            let _ = self.to_nats.send(Outbound::Fence);
+            self.fence(close);
+        }
+        self.fenced
+    }
+
+    /// Fences the node: every local session is forgotten (its end is not published: the old
+    /// incarnation's subjects are purged as a dead node's) and its connection goes to
+    /// `close`; see the module docs.
+    fn fence(&mut self, close: &mut Vec<ConnId>) {
+        self.fenced = true;
+        self.reread = false;
+        close.extend(self.local.drain().filter_map(|(_, l)| l.conn));
+    }
+
+    /// Whether the node is fenced.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
     }
 
     /// A local session said hello: its peer is `peer`, serving at `addr`, on `conn` (when
@@ -245,11 +321,6 @@ impl Link {
             .and_then(|l| l.conn)
     }
 
-    /// The connections of every local session.
-    pub fn local_conns(&self) -> Vec<ConnId> {
-        self.local.values().filter_map(|l| l.conn).collect()
-    }
-
     /// Moves what the NATS thread sent into the replica; true if anything came.
     pub fn receive(&mut self) -> bool {
         let mut any = false;
@@ -298,9 +369,26 @@ impl Link {
         }
     }
 
-    /// Applies received changes, about `budget` units of work; see [`Replica::poll`].
-    pub fn poll(&mut self, index: &mut Index, budget: usize, events: &mut Vec<Event>) -> usize {
-        self.applying(|r| r.poll(index, budget, events))
+    /// Applies received changes, about `budget` units of work; see [`Replica::poll`]. A
+    /// [`Event::Fenced`] fences the node (its connections go to `close`), a
+    /// [`Event::Rebuilt`] ends it once the lease holds again ([`Link::check_fence`]).
+    pub fn poll(
+        &mut self,
+        index: &mut Index,
+        budget: usize,
+        events: &mut Vec<Event>,
+        close: &mut Vec<ConnId>,
+    ) -> usize {
+        let first = events.len();
+        let used = self.applying(|r| r.poll(index, budget, events));
+        for event in &events[first..] {
+            match event {
+                Event::Fenced => self.fence(close),
+                Event::Rebuilt => self.reread = true,
+                _ => {}
+            }
+        }
+        used
     }
 
     /// Whether received changes wait to be applied.
@@ -345,13 +433,71 @@ mod tests {
         // Applying some makes room for as many.
         let mut index = Index::new();
         let mut events = Vec::new();
-        link.poll(&mut index, 10, &mut events);
+        let mut close = Vec::new();
+        link.poll(&mut index, 10, &mut events, &mut close);
         assert_eq!(backlog.queued(), MAX_QUEUED_RECORDS - 10);
         assert!(backlog.reserve().now_or_never().is_some());
         while link.has_work() {
-            link.poll(&mut index, 10, &mut events);
+            link.poll(&mut index, 10, &mut events, &mut close);
         }
         assert_eq!(backlog.queued(), 1);
         assert_eq!(index.peer_count(), MAX_QUEUED_RECORDS);
+    }
+
+    #[test]
+    fn a_run_out_lease_fences_the_node_until_the_stream_is_read_again() {
+        use std::time::{Duration, Instant};
+        let (to_nats, mut published) = tokio::sync::mpsc::unbounded_channel();
+        let (inbox, from_nats) = std::sync::mpsc::channel();
+        let mut link = Link::new(to_nats, from_nats);
+        let mut index = Index::new();
+        let local = index.add_peer("10.0.0.1:7000".parse().unwrap());
+        link.handle_opened(local, "10.0.0.1:7000".parse().unwrap(), Some(ConnId(5)));
+        inbox
+            .send(Inbound::Record {
+                node: "b-1".into(),
+                session: 1,
+                record: Record::Open {
+                    addr: "10.0.0.2:7001".parse().unwrap(),
+                },
+            })
+            .unwrap();
+        let mut events = Vec::new();
+        let mut close = Vec::new();
+        link.receive();
+        link.poll(&mut index, 100, &mut events, &mut close);
+        assert_eq!(link.replica().session_count(), 1);
+        let t0 = Instant::now();
+        link.counters().lease.renew(t0, Duration::from_secs(3));
+        assert!(!link.check_fence(t0 + Duration::from_secs(2), &mut close));
+        assert!(close.is_empty());
+        // Run out: the local session's connection ends, the NATS thread is told, and its
+        // end is not published (the old incarnation is dead to the others).
+        assert!(link.check_fence(t0 + Duration::from_secs(3), &mut close));
+        assert_eq!(close, [ConnId(5)]);
+        link.handle_closed(local);
+        let sent: Vec<Outbound> = std::iter::from_fn(|| published.try_recv().ok()).collect();
+        assert!(matches!(
+            sent[..],
+            [Outbound::Publish { .. }, Outbound::Fence]
+        ));
+        // The NATS thread rejoins: the remote sessions go, the stream is read again.
+        inbox.send(Inbound::Fenced).unwrap();
+        link.receive();
+        link.poll(&mut index, 100, &mut events, &mut close);
+        assert_eq!(link.replica().session_count(), 0);
+        assert!(link.is_fenced());
+        inbox.send(Inbound::Rebuilt).unwrap();
+        link.receive();
+        link.poll(&mut index, 100, &mut events, &mut close);
+        // Read again, but the new incarnation's key is not written yet: still fenced, and
+        // not fenced again.
+        assert!(link.check_fence(t0 + Duration::from_secs(4), &mut close));
+        let lease = &link.counters().lease;
+        lease.renew(t0 + Duration::from_secs(4), Duration::from_secs(3));
+        assert!(!link.check_fence(t0 + Duration::from_secs(5), &mut close));
+        let sent: Vec<Outbound> = std::iter::from_fn(|| published.try_recv().ok()).collect();
+        assert!(sent.is_empty());
+        assert_eq!(events, [Event::Fenced, Event::Rebuilt]);
     }
 }

@@ -18,19 +18,32 @@
 //!   thread fails and indexd exits (status 2).
 //! - Publishes each [`Outbound::Publish`] on `<prefix>.<node>.<session>`; acknowledgements are
 //!   awaited concurrently, and one that fails (the stream did not take the record) becomes
-//!   [`Inbound::Lost`] for that session. After an `End` is acknowledged, the subject is purged
-//!   but for that tombstone, and the tombstone is purged [`TOMBSTONE_LINGER`] later.
+//!   [`Inbound::Lost`] for that session. After an `End` is acknowledged, a task of their own
+//!   ([`purge_subjects`]) purges the subject but for that tombstone, and another purges the
+//!   tombstone [`TOMBSTONE_LINGER`] later: the main loop never waits for a purge. (Not a
+//!   `Nats-Rollup` header on the `End`: on nats-server 2.9 a rollup moved every consumer of
+//!   the stream past the records it had not read yet, of every subject, and they were lost.)
+//! - Every request it awaits once joined is bounded ([`REQUEST_TIMEOUT`]): the client's own
+//!   waits are not always (a publish waits without end for room among the acknowledgements in
+//!   flight), and one unbounded wait in this loop once left a node's thread parked, its key
+//!   unrefreshed, while its reactor went on serving.
 //! - Consumes every other node's subjects and forwards their records in stream order. A
 //!   consumer that misses its heartbeats, or reads nothing between two checks
 //!   [`STALL_CHECK`] apart while the stream holds records it has not read (the client's own
 //!   re-creation after a reconnect can retry for minutes without a word), is replaced by a
 //!   new one resuming after the last record read.
 //! - Refreshes its liveness key every TTL/4 with a revision check, in a task of its own
-//!   ([`Keeper`]): nothing the main loop waits for (a consumer or a watch made again after a
-//!   NATS server died, each request up to seconds while leaders are elected) may hold a
-//!   refresh back past the TTL, or the others would drop a node that is well. If the check
-//!   fails (the key was deleted or expired while NATS was unreachable, so the others dropped
-//!   this node) it takes a new incarnation and sends [`Inbound::Fenced`].
+//!   ([`Keeper`]) on a JetStream context of its own: nothing the main loop waits for (a
+//!   consumer or a watch made again after a NATS server died, each request up to seconds
+//!   while leaders are elected; a burst of publishes) may hold a refresh back past the TTL,
+//!   or the others would drop a node that is well. Each refresh that succeeds renews the
+//!   node's lease ([`Lease`](super::counters::Lease)), which the reactor checks before it
+//!   answers anyone. If the check fails (the key was deleted or expired while NATS was
+//!   unreachable, so the others dropped this node) the lease is revoked at once.
+//! - At [`Outbound::Fence`] (the reactor found the lease run out and fenced itself), takes a
+//!   new incarnation, deletes the old one's key and purges its subjects, sends
+//!   [`Inbound::Fenced`] (the reactor drops every remote session) and reads the stream again
+//!   from its start, up to a new [`Inbound::Rebuilt`], as at a join.
 //! - Watches the bucket, and checks the other nodes' keys every [`check_interval`]: a node
 //!   whose key is deleted or gone is dead, and so is one whose key this node has not seen
 //!   take a new revision for a TTL (by its own clock, from the watch, or read when in doubt):
@@ -80,10 +93,19 @@ async fn quick<T, E: std::fmt::Display>(
     what: impl std::fmt::Display,
     request: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(JOIN_REQUEST_TIMEOUT, request).await {
+    within(JOIN_REQUEST_TIMEOUT, what, request).await
+}
+
+/// `request` (named `what`), given up after `limit`.
+async fn within<T, E: std::fmt::Display>(
+    limit: Duration,
+    what: impl std::fmt::Display,
+    request: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, request).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {JOIN_REQUEST_TIMEOUT:?}")),
+        Err(_) => Err(format!("{what}: no answer within {limit:?}")),
     }
 }
 /// How often the consumer is checked for a stall ([`Node::is_stuck`]).
@@ -116,6 +138,8 @@ pub struct NatsConfig {
     pub ttl: Duration,
     /// Replicas of the stream and the bucket, when this node creates them.
     pub replicas: usize,
+    /// The stream's size limit, when this node creates it or finds it without one.
+    pub max_bytes: u64,
 }
 
 impl NatsConfig {
@@ -200,9 +224,23 @@ type Ack = BoxFuture<'static, (u64, String, bool, Result<(), String>)>;
 /// the NATS cluster elects one after a server died) before its session is ended.
 pub const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(20);
 
-/// Publishes `payload` on `subject` and waits for the stream's acknowledgement, trying again
-/// every 250 ms until [`PUBLISH_RETRY_LIMIT`]. (A try whose acknowledgement was lost may have
-/// been stored: a record applied twice in a row changes nothing.)
+/// How long one JetStream request or publish try may wait once joined (the client's own
+/// waits are unbounded in places: a publish waits for room among the acknowledgements in
+/// flight without end).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `request` (named `what`), given up after [`REQUEST_TIMEOUT`].
+async fn bounded<T, E: std::fmt::Display>(
+    what: impl std::fmt::Display,
+    request: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    within(REQUEST_TIMEOUT, what, request).await
+}
+
+/// Publishes `payload` on `subject` and waits for the stream's acknowledgement, each try
+/// bounded by [`REQUEST_TIMEOUT`], trying again every 250 ms until [`PUBLISH_RETRY_LIMIT`].
+/// (A try whose acknowledgement was lost may have been stored: a record applied twice in a
+/// row changes nothing.)
 fn publish(
     js: jetstream::Context,
     session: u64,
@@ -215,13 +253,13 @@ fn publish(
     Box::pin(async move {
         let deadline = Instant::now() + PUBLISH_RETRY_LIMIT;
         loop {
-            let result = match js.publish(subject.clone(), payload.clone().into()).await {
-                Ok(ack) => ack
-                    .await
-                    .map(|ack| counters.handle_stored(ack.sequence))
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+            let attempt = async {
+                let ack = js.publish(subject.clone(), payload.clone().into()).await?;
+                ack.await
             };
+            let result = bounded("publish", attempt)
+                .await
+                .map(|ack| counters.handle_stored(ack.sequence));
             if result.is_err() {
                 counters.handle_publish_error();
             }
@@ -255,46 +293,77 @@ struct Stall {
     read_to_end: u64,
 }
 
-/// Keeps this node's liveness key: a task of its own; see the module docs.
+/// Keeps this node's liveness key: a task of its own, on a JetStream context of its own (a
+/// publish waits for room among the context's acknowledgements in flight: sharing the
+/// records' context, a burst of them held the refreshes back past the TTL); see the module
+/// docs.
 struct Keeper {
     kv: kv::Store,
-    node_id: String,
     /// Our name (`ID-INCARNATION`), the key's.
     node: String,
-    /// The key's last revision.
-    revision: u64,
+    /// The key's last revision (none: the key is to be written, for a new incarnation).
+    revision: Option<u64>,
     ttl: Duration,
+    counters: Arc<Counters>,
+    wake: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl Keeper {
-    /// Refreshes the key every TTL/4; a new name taken after a fence goes to `renamed`.
-    async fn run(mut self, renamed: tokio::sync::watch::Sender<String>) {
+    /// Refreshes the key every TTL/4, each try bounded by TTL/4, renewing the lease from
+    /// when the refresh was sent. If the key is gone (deleted or expired: the others dropped
+    /// us), the lease is revoked and the reactor woken: it fences the node, and the node
+    /// rejoins under a new name.
+    async fn run(mut self) {
         let mut tick = tokio::time::interval(self.ttl / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let length = super::counters::lease_length(self.ttl);
         loop {
             tick.tick().await;
-            match self
-                .kv
-                .update(&self.node, "alive".into(), self.revision)
-                .await
-            {
-                Ok(revision) => self.revision = revision,
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    let old = std::mem::replace(&mut self.node, incarnation(&self.node_id));
-                    log::error!(
-                        "cluster: our liveness key {old} is gone (NATS unreachable, or this node \
-                         too slow to refresh it, for longer than {:?}): the other nodes dropped \
-                         our sessions; ending them all and going on as {}",
-                        self.ttl,
-                        self.node
-                    );
-                    match self.kv.create(&self.node, "alive".into()).await {
-                        Ok(revision) => self.revision = revision,
-                        Err(e) => log::warn!("cluster: creating {}: {e}", self.node),
-                    }
-                    renamed.send_replace(self.node.clone());
+            let sent = std::time::Instant::now();
+            let refresh = async {
+                match self.revision {
+                    Some(r) => self
+                        .kv
+                        .update(&self.node, "alive".into(), r)
+                        .await
+                        .map_err(|e| {
+                            let gone = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                            (e.to_string(), gone)
+                        }),
+                    // A new incarnation's key: no one else writes it, and a put that timed out
+                    // may have been stored (a create would then fail for ever).
+                    None => self
+                        .kv
+                        .put(&self.node, "alive".into())
+                        .await
+                        .map_err(|e| (e.to_string(), false)),
                 }
-                Err(e) => log::warn!("cluster: refreshing our liveness key: {e}"),
+            };
+            match tokio::time::timeout(self.ttl / 4, refresh).await {
+                Ok(Ok(revision)) => {
+                    self.revision = Some(revision);
+                    self.counters.lease.renew(sent, length);
+                }
+                Ok(Err((_, true))) => {
+                    log::error!(
+                        "cluster: {}: our liveness key is gone (NATS unreachable, or this node too \
+                         slow to refresh it, for longer than {:?}): the other nodes dropped our \
+                         sessions; fencing",
+                        self.node,
+                        self.ttl
+                    );
+                    self.counters.lease.revoke();
+                    (self.wake)();
+                    return;
+                }
+                Ok(Err((e, false))) => {
+                    log::warn!("cluster: {}: refreshing our liveness key: {e}", self.node)
+                }
+                Err(_) => log::warn!(
+                    "cluster: {}: refreshing our liveness key: no answer within {:?}",
+                    self.node,
+                    self.ttl / 4
+                ),
             }
         }
     }
@@ -315,15 +384,15 @@ struct Node {
     js: jetstream::Context,
     stream: stream::Stream,
     kv: kv::Store,
+    /// The bucket on the [`Keeper`]'s own JetStream context.
+    keeper_kv: kv::Store,
     /// Our key's revision at the join (the [`Keeper`] goes on from it).
     joined_revision: u64,
     ttl: Duration,
     /// Other nodes believed alive, with when their key was last seen take a new revision.
     alive: HashMap<String, Seen>,
     dead: HashSet<String>,
-    /// Tombstones to purge, and when.
-    tombstones: VecDeque<(Instant, String)>,
-    /// What the metrics show.
+    /// What the metrics show, and our lease.
     counters: Arc<Counters>,
 }
 
@@ -412,10 +481,31 @@ async fn setup(
             subjects: vec![format!("{}.>", config.prefix)],
             num_replicas: config.replicas,
             storage: stream::StorageType::File,
+            max_bytes: config.max_bytes as i64,
+            // At the limit a new record is refused (its session ends, its peer registers
+            // again), never an old one dropped: that would lose live entries silently.
+            discard: stream::DiscardPolicy::New,
             ..Default::default()
         }),
     )
     .await?;
+    let info = quick("stream info", stream.get_info()).await?.config;
+    let unlimited = info.max_bytes <= 0;
+    if info.discard != stream::DiscardPolicy::New || unlimited {
+        // A stream made by an earlier version: bounded now, refusing new records at its
+        // limit.
+        let max_bytes = if unlimited {
+            config.max_bytes as i64
+        } else {
+            info.max_bytes
+        };
+        let update = stream::Config {
+            discard: stream::DiscardPolicy::New,
+            max_bytes,
+            ..info
+        };
+        quick("stream update", js.update_stream(update)).await?;
+    }
     let bucket = format!("bucket {}", config.bucket_name());
     let kv = match quick(&bucket, js.get_key_value(config.bucket_name())).await {
         Ok(kv) => kv,
@@ -458,11 +548,20 @@ async fn setup(
             config.ttl
         );
     }
+    let keeper_kv = quick(
+        &bucket,
+        jetstream::new(client.clone()).get_key_value(config.bucket_name()),
+    )
+    .await?;
+    let sent = std::time::Instant::now();
     let revision = quick(
         format_args!("liveness key {}", config.node),
         kv.put(&config.node, "alive".into()),
     )
     .await?;
+    counters
+        .lease
+        .renew(sent, super::counters::lease_length(ttl));
     log::info!(
         "cluster: node {} joined (stream {}, TTL {ttl:?})",
         config.node,
@@ -473,11 +572,11 @@ async fn setup(
         js,
         stream,
         kv,
+        keeper_kv,
         joined_revision: revision,
         ttl,
         alive: HashMap::new(),
         dead: HashSet::new(),
-        tombstones: VecDeque::new(),
         counters,
     })
 }
@@ -520,16 +619,18 @@ impl Node {
         // Each session's records not yet stored, the first one in flight: one at a time per
         // session keeps its records in order whatever is retried.
         let mut queues: HashMap<u64, VecDeque<Record>> = HashMap::new();
-        let (renamed, mut names) = tokio::sync::watch::channel(self.config.node.clone());
-        let keeper = Keeper {
-            kv: self.kv.clone(),
-            node_id: self.config.node_id.clone(),
-            node: self.config.node.clone(),
-            revision: self.joined_revision,
-            ttl: self.ttl,
-        };
         // Dropped (and so aborted) when this loop ends, however it ends.
-        let keeper = AbortOnDrop(tokio::spawn(keeper.run(renamed)));
+        let mut keeper = self.keeper(Some(self.joined_revision), to_reactor);
+        // Ended sessions' subjects, purged but for their tombstone, and their tombstones,
+        // purged after their linger, by tasks of their own.
+        let (ended, to_trim) = tokio::sync::mpsc::unbounded_channel();
+        let _trimmer = AbortOnDrop(tokio::spawn(purge_subjects(
+            self.stream.clone(),
+            to_trim,
+            1,
+        )));
+        let (tombstones, linger) = tokio::sync::mpsc::unbounded_channel();
+        let _purger = AbortOnDrop(tokio::spawn(purge_subjects(self.stream.clone(), linger, 0)));
         let mut tick = tokio::time::interval(self.ttl / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(check_interval(self.ttl));
@@ -545,6 +646,28 @@ impl Node {
         loop {
             tokio::select! {
                 out = outbound.recv() => match out {
+                    Some(Outbound::Fence) if rebuilding => {
+                        // Rejoining already: the reactor serves again at its end.
+                    }
+                    Some(Outbound::Fence) => {
+                        // Records not published yet are of sessions the reactor ended.
+                        for queue in queues.values() {
+                            for _ in 1..queue.len() {
+                                self.counters.handle_done();
+                            }
+                        }
+                        queues.clear();
+                        let new = incarnation(&self.config.node_id);
+                        let old = std::mem::replace(&mut self.config.node, new);
+                        keeper = self.keeper(None, to_reactor);
+                        self.rejoin(&old, to_reactor).await;
+                        met.clear();
+                        applied = 0;
+                        last_seq = 0;
+                        stall = Stall::default();
+                        rebuilding = true;
+                        self.replace_consumer(&client, 1, &mut messages).await;
+                    }
                     Some(Outbound::Publish { session, record }) => {
                         let queue = queues.entry(session).or_default();
                         if queue.is_empty() {
@@ -555,22 +678,20 @@ impl Node {
                     Some(Outbound::Stop) | None => {
                         // Best effort: the others drop our sessions now rather than after the TTL.
                         drop(keeper);
-                        self.config.node = names.borrow().clone();
-                        self.js.wait_for_acks().await;
-                        if let Err(e) = self.kv.delete(&self.config.node).await {
-                            log::warn!("cluster: deleting our liveness key: {e}");
+                        let _ = tokio::time::timeout(REQUEST_TIMEOUT, self.js.wait_for_acks()).await;
+                        if let Err(e) = bounded("deleting our liveness key", self.kv.delete(&self.config.node)).await {
+                            log::warn!("cluster: {e}");
                         }
                         log::info!("cluster: node {} left", self.config.node);
                         return Ok(());
                     }
                 },
                 Some((session, subject, end, result)) = acks.next() => {
+                    self.counters.handle_done();
                     match result {
                         Ok(()) if end => {
-                            if let Err(e) = self.stream.purge().filter(&subject).keep(1).await {
-                                log::warn!("cluster: purging {subject}: {e}");
-                            }
-                            self.tombstones.push_back((Instant::now() + TOMBSTONE_LINGER, subject));
+                            let _ = ended.send((Instant::now(), subject.clone()));
+                            let _ = tombstones.send((Instant::now() + TOMBSTONE_LINGER, subject));
                         }
                         Ok(()) => {}
                         Err(e) => {
@@ -668,7 +789,6 @@ impl Node {
                         log::info!("cluster: rebuilt from {applied} records");
                     }
                     read_since_tick = false;
-                    self.purge_tombstones().await;
                 }
                 _ = stall_check.tick() => {
                     if self.is_stuck(&client, last_seq, &mut stall).await {
@@ -678,11 +798,6 @@ impl Node {
                         );
                         self.replace_consumer(&client, last_seq + 1, &mut messages).await;
                     }
-                }
-                Ok(()) = names.changed() => {
-                    // The keeper found our key gone and took a new incarnation.
-                    self.config.node = names.borrow_and_update().clone();
-                    to_reactor.send(Inbound::Fenced);
                 }
                 _ = check.tick() => self.check_others(to_reactor).await,
             }
@@ -825,11 +940,16 @@ impl Node {
     /// Whether `node`'s liveness key is in the bucket (an unreachable bucket counts as
     /// alive: no one is declared dead on our own failure).
     async fn is_alive_in_bucket(&self, node: &str) -> bool {
-        match self.kv.entry(node).await {
+        match bounded(
+            format_args!("reading {node}'s liveness key"),
+            self.kv.entry(node),
+        )
+        .await
+        {
             Ok(Some(entry)) => entry.operation == kv::Operation::Put,
             Ok(None) => false,
             Err(e) => {
-                log::warn!("cluster: reading {node}'s liveness key: {e}");
+                log::warn!("cluster: {e}");
                 true
             }
         }
@@ -864,7 +984,8 @@ impl Node {
             .collect();
         for (node, seen) in stale {
             // A read may be answered by any of the bucket's replicas, one of them behind.
-            let expect = match self.kv.entry(node.as_str()).await {
+            let read = self.kv.entry(node.as_str());
+            let expect = match bounded(format_args!("reading {node}'s liveness key"), read).await {
                 Ok(Some(e)) if e.operation != kv::Operation::Put => {
                     self.declare_dead(&node, to_reactor).await;
                     continue;
@@ -881,11 +1002,12 @@ impl Node {
                 Ok(Some(_)) => seen,
                 Ok(None) => 0,
                 Err(e) => {
-                    log::warn!("cluster: reading {node}'s liveness key: {e}");
+                    log::warn!("cluster: {e}");
                     continue;
                 }
             };
-            match self.kv.delete_expect_revision(&node, Some(expect)).await {
+            let delete = self.kv.delete_expect_revision(&node, Some(expect));
+            match bounded("deleting a stale liveness key", delete).await {
                 Ok(()) => {
                     log::info!(
                         "cluster: node {node} did not refresh its liveness key for {:?}; deleted it",
@@ -919,24 +1041,82 @@ impl Node {
             .expect("we are alive");
         if lowest == self.config.node {
             let subjects = format!("{}.{node}.>", self.config.prefix);
-            match self.stream.purge().filter(&subjects).await {
+            let purge = async { self.stream.purge().filter(&subjects).await };
+            match bounded(format_args!("purging {subjects}"), purge).await {
                 Ok(r) => log::info!(
                     "cluster: node {node} is dead; purged its {} records",
                     r.purged
                 ),
-                Err(e) => log::warn!("cluster: purging {subjects}: {e}"),
+                Err(e) => log::warn!("cluster: {e}"),
             }
         }
     }
 
-    /// Purges the tombstones whose linger is over.
-    async fn purge_tombstones(&mut self) {
-        let now = Instant::now();
-        while self.tombstones.front().is_some_and(|(at, _)| *at <= now) {
-            let (_, subject) = self.tombstones.pop_front().expect("a front");
-            if let Err(e) = self.stream.purge().filter(&subject).await {
-                log::warn!("cluster: purging {subject}: {e}");
+    /// A keeper of our key (from `revision`, or creating it), as a task.
+    fn keeper(&self, revision: Option<u64>, to_reactor: &ToReactor) -> AbortOnDrop {
+        let keeper = Keeper {
+            kv: self.keeper_kv.clone(),
+            node: self.config.node.clone(),
+            revision,
+            ttl: self.ttl,
+            counters: self.counters.clone(),
+            wake: to_reactor.wake.clone(),
+        };
+        AbortOnDrop(tokio::spawn(keeper.run()))
+    }
+
+    /// The reactor fenced the node, which is now `self.config.node` instead of `old`: `old`'s
+    /// key is deleted (the others drop its sessions at once) and its subjects purged (each
+    /// bounded, best effort: a dead node's subjects are purged by the others too), and the
+    /// reactor is told to drop every remote session, before the stream is read again.
+    async fn rejoin(&mut self, old: &str, to_reactor: &ToReactor) {
+        log::warn!(
+            "cluster: {old}: fenced; rejoining as {} and reading the stream again",
+            self.config.node
+        );
+        self.dead.insert(old.to_string());
+        if let Err(e) = bounded(format_args!("deleting {old}'s key"), self.kv.delete(old)).await {
+            log::warn!("cluster: {e}");
+        }
+        let subjects = format!("{}.{old}.>", self.config.prefix);
+        if let Err(e) = bounded(format_args!("purging {subjects}"), async {
+            self.stream.purge().filter(&subjects).await
+        })
+        .await
+        {
+            log::warn!("cluster: {e}");
+        }
+        to_reactor.send(Inbound::Fenced);
+    }
+}
+
+/// Most purges in flight at once, per [`purge_subjects`] task.
+const PURGES_IN_FLIGHT: usize = 32;
+
+/// Purges each subject that comes on `due` once its time has come (they come in that order),
+/// keeping its last `keep` records (0: all go), each purge bounded.
+async fn purge_subjects(
+    stream: stream::Stream,
+    due: tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
+    keep: u64,
+) {
+    let due = futures_util::stream::unfold(due, |mut rx| async move {
+        rx.recv().await.map(|next| (next, rx))
+    });
+    due.for_each_concurrent(PURGES_IN_FLIGHT, |(at, subject)| {
+        let stream = &stream;
+        async move {
+            tokio::time::sleep_until(at).await;
+            let purge = async {
+                match keep {
+                    0 => stream.purge().filter(&subject).await,
+                    n => stream.purge().filter(&subject).keep(n).await,
+                }
+            };
+            if let Err(e) = bounded(format!("purging {subject}"), purge).await {
+                log::warn!("cluster: {e}");
             }
         }
-    }
+    })
+    .await;
 }

@@ -2,14 +2,24 @@
 //! handed to the [`Link`], and other nodes' changes applied between requests, within the same
 //! per-turn budget as the other background work. Without `--cluster` none of this runs: the
 //! hooks are one `Option` test each.
+//!
+//! Every request is first checked against the node's liveness lease (see
+//! [`link`](crate::index::cluster::link)'s fencing): a fenced node answers `Busy` and closes,
+//! so the peer goes on at another `--index` node. A timer checks the lease while no request
+//! comes, so local sessions end soon after it runs out even on an idle node.
 
 use super::{IndexServer, Session};
 use crate::index::cluster::apply::Event;
 use crate::index::cluster::link::{ClusterStatus, Link};
 use crate::index::store::{PeerId, RegisterOutcome};
 use crate::reactor::{CloseReason, Ctx};
-use crate::wire::{FileEntry, FileHash};
-use std::time::Instant;
+use crate::wire::{ErrorCode, FileEntry, FileHash, RequestBody};
+use std::time::{Duration, Instant};
+
+/// The timer that checks the lease while no request comes.
+pub(super) const CLUSTER_TIMER: u64 = 0x636c_7573;
+/// How often it does.
+const LEASE_CHECK: Duration = Duration::from_millis(250);
 
 impl IndexServer {
     /// Makes this server a cluster node: local changes go to `link`, other nodes' come from it.
@@ -53,6 +63,36 @@ impl IndexServer {
         }
     }
 
+    /// Whether the cluster refuses `body` now: the node is fenced (its lease ran out: then
+    /// the connection closes) or too many changes wait for the stream (a hello or a
+    /// register). Sets the connections to end at the turn's end.
+    pub(super) fn cluster_refusal(
+        &mut self,
+        body: &RequestBody,
+    ) -> Option<(ErrorCode, bool, &'static str)> {
+        let link = self.cluster.as_mut()?;
+        if link.check_fence(Instant::now(), &mut self.cluster_to_close) {
+            return Some((
+                ErrorCode::Busy,
+                true,
+                "cluster: this index node is fenced (rejoining the cluster); use another",
+            ));
+        }
+        let grows = matches!(
+            body,
+            RequestBody::Hello { .. } | RequestBody::Register { .. }
+        );
+        if grows && link.is_congested() {
+            let hello = matches!(body, RequestBody::Hello { .. });
+            return Some((
+                ErrorCode::Busy,
+                hello,
+                "cluster: too many changes wait for the cluster's stream; try again later",
+            ));
+        }
+        None
+    }
+
     pub(super) fn cluster_opened(&mut self, peer: PeerId, addr: std::net::SocketAddr) {
         if let Some(link) = self.cluster.as_mut() {
             link.handle_opened(peer, addr, self.current_conn);
@@ -88,29 +128,31 @@ impl IndexServer {
         let Some(link) = self.cluster.as_mut() else {
             return;
         };
-        link.receive();
-        if !link.has_work() {
-            return;
+        if !self.cluster_timer_armed {
+            self.cluster_timer_armed = true;
+            ctx.set_timer(LEASE_CHECK, CLUSTER_TIMER);
         }
+        let mut close = std::mem::take(&mut self.cluster_to_close);
+        link.check_fence(Instant::now(), &mut close);
+        link.receive();
+        let had_work = link.has_work();
         let started = Instant::now();
         let mut events = Vec::new();
         while link.has_work() && started.elapsed() < super::BACKGROUND_WORK_PER_TURN {
-            link.poll(&mut self.index, super::SLICE_UNITS, &mut events);
+            link.poll(&mut self.index, super::SLICE_UNITS, &mut events, &mut close);
+        }
+        for conn in close {
+            ctx.close(conn, CloseReason::Protocol("cluster: node fenced".into()));
         }
         for event in events {
             match event {
-                Event::Rebuilt => {}
+                Event::Rebuilt | Event::Fenced => {}
                 Event::Lost(session) => {
                     if let Some(conn) = link.conn_of(session) {
                         ctx.close(
                             conn,
                             CloseReason::Protocol("cluster: a change was not stored".into()),
                         );
-                    }
-                }
-                Event::Fenced => {
-                    for conn in link.local_conns() {
-                        ctx.close(conn, CloseReason::Protocol("cluster: node fenced".into()));
                     }
                 }
                 Event::Failed(why) => {
@@ -120,8 +162,16 @@ impl IndexServer {
                 }
             }
         }
-        // Departures and new words are background work too.
-        ctx.request_turn();
+        if had_work {
+            // Departures and new words are background work too.
+            ctx.request_turn();
+        }
+    }
+
+    /// The lease timer: checks the lease (in the turn) and sets itself again.
+    pub(super) fn cluster_timer(&mut self, ctx: &mut Ctx<Session>) {
+        self.cluster_timer_armed = false;
+        self.cluster_turn(ctx);
     }
 }
 
