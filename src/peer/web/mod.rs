@@ -375,7 +375,7 @@ impl Web {
         body: RequestBody,
         ask: Ask,
     ) -> WebReply {
-        match core.handle_web_request(body) {
+        match core.handle_web_request(now, body) {
             Some(id) => {
                 self.pending.push(Pending {
                     id,
