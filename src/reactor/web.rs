@@ -105,8 +105,6 @@ pub enum Status {
     Ok,
     /// 202: accepted, runs in the background.
     Accepted,
-    /// 303: see other (after the token is moved into a cookie).
-    SeeOther,
     /// 400.
     BadRequest,
     /// 401: no (or a wrong) token.
@@ -139,7 +137,6 @@ impl Status {
         match self {
             Status::Ok => "200 OK",
             Status::Accepted => "202 Accepted",
-            Status::SeeOther => "303 See Other",
             Status::BadRequest => "400 Bad Request",
             Status::Unauthorized => "401 Unauthorized",
             Status::Forbidden => "403 Forbidden",
@@ -168,7 +165,7 @@ pub struct WebResponse {
     pub status: Status,
     /// `Content-Type`.
     pub content_type: &'static str,
-    /// Further headers (`Set-Cookie`, `Location`, ...).
+    /// Further headers (`WWW-Authenticate`, ...).
     pub headers: Vec<(&'static str, String)>,
     /// The body.
     pub body: Vec<u8>,
@@ -523,12 +520,12 @@ mod tests {
     #[test]
     fn responses_and_events_are_framed() {
         let mut r = WebResponse::new(Status::Ok, "application/json", b"{}".to_vec());
-        r.headers.push(("Set-Cookie", "a=b".into()));
+        r.headers.push(("WWW-Authenticate", "Bearer".into()));
         let mut out = Vec::new();
         write_response(&mut out, &r, false);
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("HTTP/1.1 200 OK\r\n"), "{s}");
-        assert!(s.contains("Content-Length: 2\r\n") && s.contains("Set-Cookie: a=b\r\n"));
+        assert!(s.contains("Content-Length: 2\r\n") && s.contains("WWW-Authenticate: Bearer\r\n"));
         assert!(!s.contains("Connection: close") && s.ends_with("\r\n\r\n{}"));
         let mut out = Vec::new();
         write_event(&mut out, "line", "a\nb");
