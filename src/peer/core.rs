@@ -1008,7 +1008,8 @@ impl PeerCore {
     /// A shared file no longer matches its hash: stop announcing it and hash it again.
     fn file_changed(&mut self, now: Instant, file: &SharedFile) {
         if self.share.remove_path(&file.path).is_some() {
-            self.session.unregister(now, vec![file.hash], &mut self.actions);
+            self.session
+                .unregister(now, vec![file.hash], &mut self.actions);
             self.forget_outboards(&[file.hash]);
         }
         self.actions.push_back(Action::Hash(Job::Paths {
@@ -1017,7 +1018,13 @@ impl PeerCore {
         }));
     }
 
-    fn handle_scanned(&mut self, now: Instant, job: Job, mut files: Vec<SharedFile>, warnings: Vec<String>) {
+    fn handle_scanned(
+        &mut self,
+        now: Instant,
+        job: Job,
+        mut files: Vec<SharedFile>,
+        warnings: Vec<String>,
+    ) {
         for w in warnings {
             self.output.warning(w);
         }
@@ -1051,7 +1058,8 @@ impl PeerCore {
                 .push_back(Action::Hash(Job::PruneOutboards { keep }));
         }
         let (added, removed) = (diff.added.len(), diff.removed.len());
-        self.session.unregister(now, diff.removed, &mut self.actions);
+        self.session
+            .unregister(now, diff.removed, &mut self.actions);
         self.session.register(now, diff.added, &mut self.actions);
         let summary = ShareSummary {
             files: self.share.len(),
@@ -1236,7 +1244,10 @@ impl PeerCore {
     /// The running lookup asks again (hex tried as a name).
     fn lookup_again(&mut self, now: Instant, key: LookupKey) {
         let body = RequestBody::Lookup { key, after: None };
-        if !self.session.request(now, body, Tag::Command, &mut self.actions) {
+        if !self
+            .session
+            .request(now, body, Tag::Command, &mut self.actions)
+        {
             let index = &self.cfg.index;
             self.output
                 .error(format!("not connected to the index {index}"));
@@ -1389,14 +1400,23 @@ impl PeerCore {
     // ----- console commands ---------------------------------------------------------------
 
     /// Asks the index for a page of search results.
-    fn search(&mut self, now: Instant, query: String, filter: SearchFilter, after: Option<SearchCursor>) {
+    fn search(
+        &mut self,
+        now: Instant,
+        query: String,
+        filter: SearchFilter,
+        after: Option<SearchCursor>,
+    ) {
         let body = RequestBody::Search {
             query: query.clone(),
             limit: 0,
             filter: filter.clone(),
             after,
         };
-        if self.session.request(now, body, Tag::Command, &mut self.actions) {
+        if self
+            .session
+            .request(now, body, Tag::Command, &mut self.actions)
+        {
             self.commands.wait(Waiting::Search { query, filter });
         } else {
             let index = &self.cfg.index;
@@ -1470,7 +1490,10 @@ impl PeerCore {
     fn lookup(&mut self, now: Instant, target: Target, then_get: Option<Option<usize>>) {
         let key = commands::lookup_key(&target);
         let body = RequestBody::Lookup { key, after: None };
-        if self.session.request(now, body, Tag::Command, &mut self.actions) {
+        if self
+            .session
+            .request(now, body, Tag::Command, &mut self.actions)
+        {
             self.commands.wait(Waiting::Lookup {
                 target,
                 then_get,
@@ -1495,7 +1518,10 @@ impl PeerCore {
             key: LookupKey::Name(page.name),
             after: Some(page.token),
         };
-        if self.session.request(now, body, Tag::Command, &mut self.actions) {
+        if self
+            .session
+            .request(now, body, Tag::Command, &mut self.actions)
+        {
             self.commands.wait(Waiting::Lookup {
                 target: page.target,
                 then_get: None,
@@ -1528,7 +1554,8 @@ impl PeerCore {
                 .error(format!("unregister: this peer does not share {target}")),
             1 => {
                 let removed = self.share.remove_hash(&hashes[0]);
-                self.session.unregister(now, hashes.clone(), &mut self.actions);
+                self.session
+                    .unregister(now, hashes.clone(), &mut self.actions);
                 self.forget_outboards(&hashes);
                 // Remembered: a rescan, a change or a restart does not share it again.
                 if let Err(e) = self.withdrawn.withdraw(&removed) {
@@ -1569,7 +1596,10 @@ impl PeerCore {
     /// from [`PeerCore::poll_web_answer`] with the number returned. `None`: not connected.
     pub fn handle_web_request(&mut self, now: Instant, body: RequestBody) -> Option<u64> {
         let id = self.next_web_request;
-        if !self.session.request(now, body, Tag::Web(id), &mut self.actions) {
+        if !self
+            .session
+            .request(now, body, Tag::Web(id), &mut self.actions)
+        {
             return None;
         }
         self.next_web_request += 1;

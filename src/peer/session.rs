@@ -576,7 +576,13 @@ impl IndexSession {
     }
 
     /// Sends a request, owed promptly or not (see [`IndexSession::send`]).
-    fn send_frame(&mut self, conn: ConnId, body: RequestBody, tag: Tag, out: &mut VecDeque<Action>) {
+    fn send_frame(
+        &mut self,
+        conn: ConnId,
+        body: RequestBody,
+        tag: Tag,
+        out: &mut VecDeque<Action>,
+    ) {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let mut frame = Vec::new();
@@ -605,19 +611,24 @@ impl IndexSession {
             }
         }
         if !batch.is_empty() {
-            self.request(now, RequestBody::Register { files: batch }, Tag::Register, out);
+            self.request(
+                now,
+                RequestBody::Register { files: batch },
+                Tag::Register,
+                out,
+            );
         }
     }
 
     /// Withdraws files (nothing if not ready: the index forgot them with the session).
-    pub fn unregister(
-        &mut self,
-        now: Instant,
-        hashes: Vec<FileHash>,
-        out: &mut VecDeque<Action>,
-    ) {
+    pub fn unregister(&mut self, now: Instant, hashes: Vec<FileHash>, out: &mut VecDeque<Action>) {
         if !hashes.is_empty() {
-            self.request(now, RequestBody::Unregister { hashes }, Tag::Unregister, out);
+            self.request(
+                now,
+                RequestBody::Unregister { hashes },
+                Tag::Unregister,
+                out,
+            );
         }
     }
 
@@ -814,7 +825,12 @@ mod tests {
 
     #[test]
     fn several_indexes_are_tried_in_turn_and_the_next_one_gets_our_entries() {
-        let mut s = IndexSession::new("127.0.0.1:1, 127.0.0.1:2,127.0.0.1:3".into(), 1, 1, DEFAULT_REPLY_TIMEOUT);
+        let mut s = IndexSession::new(
+            "127.0.0.1:1, 127.0.0.1:2,127.0.0.1:3".into(),
+            1,
+            1,
+            DEFAULT_REPLY_TIMEOUT,
+        );
         let mut out = VecDeque::new();
         let now = Instant::now();
         s.start(&mut out);

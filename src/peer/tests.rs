@@ -76,7 +76,11 @@ fn a_hung_index_fails_the_command_and_the_session_moves_on_and_registers_again()
     h.index_hung = true;
     let connects = h.index_connects.len();
     h.advance(PING_INTERVAL + DEFAULT_REPLY_TIMEOUT - Duration::from_millis(1));
-    assert_eq!(h.index_connects.len(), connects, "still waiting for the ping's answer");
+    assert_eq!(
+        h.index_connects.len(),
+        connects,
+        "still waiting for the ping's answer"
+    );
     h.index_hung = false;
     h.advance(Duration::from_millis(1) + BACKOFF_MIN);
     assert_eq!(h.index_connects.len(), connects + 1);

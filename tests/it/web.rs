@@ -755,3 +755,28 @@ fn a_browser_searches_pages_downloads_two_at_once_and_sees_them_finish() {
         "page {page} px wide on a {screen} px screen"
     );
 }
+
+#[test]
+fn a_bare_lf_head_and_two_content_lengths_are_refused_at_once() {
+    let index = Indexd::start(&[]);
+    let share = TempDir::new("web-parse");
+    let (_peer, web, token) = web_peer(share.path(), index.addr, &["--web-idle-ms", "60000"]);
+    // Bare line ends: 400 and closed without waiting for a blank line that would never come
+    // (the read would time out first, long before the 60 s idle timeout).
+    let (status, head, _) = http(web, &format!("GET /api/status HTTP/1.1\nHost: {web}\n"));
+    assert_eq!(status, 400, "{head}");
+    // Two lengths (the smuggling shape): 400 and closed, the body not taken for a request.
+    let mut s = TcpStream::connect(web).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(
+        s,
+        "POST /api/register HTTP/1.1\r\nHost: {web}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{{}}"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let (status, _, _) = read_response(&mut r);
+    assert_eq!(status, 400);
+    let mut rest = Vec::new();
+    assert_eq!(r.read_to_end(&mut rest).unwrap(), 0, "closed after the 400");
+}

@@ -743,7 +743,10 @@ mod tests {
             // The page itself holds no secret: its script reads the token from the link.
             (request(Method::Get, "/", &[("host", LOCAL)], ""), 200),
             (request(Method::Get, "/app.js", &[("host", LOCAL)], ""), 200),
-            (request(Method::Get, "/", &[("host", "evil.example:8080")], ""), 403),
+            (
+                request(Method::Get, "/", &[("host", "evil.example:8080")], ""),
+                403,
+            ),
             (
                 request(
                     Method::Get,
