@@ -29,7 +29,7 @@ struct Flags {
     /// is tried, and the peer registers there.
     #[arg(long, default_value = "127.0.0.1:9000")]
     index: String,
-    /// An index that owes an answer (to a request, to the keep-alive ping sent every 30 s)
+    /// An index that owes an answer (to a request, to the keep-alive ping sent every 5 s)
     /// and stays silent this long, in ms, is taken for hung: the request fails, and the peer
     /// moves to the next `--index` and registers its share there.
     #[arg(long, value_name = "MS",

@@ -55,13 +55,16 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// How often a ready session is pinged (indexd's default idle timeout is 120 s).
-pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a ready session is pinged (indexd's default idle timeout is 120 s). Short, so
+/// that an idle peer finds a hung index out (a ping unanswered for the reply timeout) within
+/// the sum of the two, 15 s by default: about when a cluster's other nodes drop a silent
+/// node's peers (`indexd --cluster-ttl`, 15 s), so its holders reappear through another node.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// How long the index may stay silent while it owes us an answer before the session is
-/// taken for lost (`peer --index-timeout`). indexd answers at once (big registers slice by
-/// slice), so this only has to outlast a busy machine; a ping is owed every
+/// taken for lost (`peer --index-timeout-ms`). indexd answers at once (big registers frame
+/// by frame), so this only has to outlast a busy machine; a ping is owed every
 /// [`PING_INTERVAL`], so a hung index is found within the sum of the two when idle.
-pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first reconnect step; it doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// The longest reconnect step.

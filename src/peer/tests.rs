@@ -64,9 +64,9 @@ fn a_hung_index_fails_the_command_and_the_session_moves_on_and_registers_again()
     h.advance(Duration::from_millis(1));
     said_once(
         &h,
-        "the index connection was lost during the command (no answer from the index in 15.0 s)",
+        "the index connection was lost during the command (no answer from the index in 10.0 s)",
     );
-    said_once(&h, "unreachable (no answer from the index in 15.0 s)");
+    said_once(&h, "unreachable (no answer from the index in 10.0 s)");
     // The next node (here the same address, come back empty) gets everything registered.
     h.index_hung = false;
     h.restart_index(true);
