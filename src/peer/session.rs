@@ -918,7 +918,8 @@ mod tests {
 
     #[test]
     fn every_frame_of_the_index_restarts_the_wait_for_the_next() {
-        let timeout = Duration::from_secs(5);
+        // Shorter than the ping interval, so that no ping is owed meanwhile.
+        let timeout = PING_INTERVAL * 2 / 5;
         let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1, timeout);
         let mut out = VecDeque::new();
         let now = Instant::now();
@@ -940,6 +941,7 @@ mod tests {
             total: 1,
         };
         let later = now + timeout - Duration::from_millis(1);
+        assert!(later + timeout < now + PING_INTERVAL);
         let answer = |id| Response {
             id,
             body: registered.clone(),

@@ -75,7 +75,10 @@ fn a_hung_index_fails_the_command_and_the_session_moves_on_and_registers_again()
     // Idle and hung again: the keep-alive ping finds it out.
     h.index_hung = true;
     let connects = h.index_connects.len();
-    h.advance(PING_INTERVAL + DEFAULT_REPLY_TIMEOUT - Duration::from_millis(1));
+    // Pings go every interval from the Welcome (the harness welcomes at the connect).
+    let up = h.index_connects[connects - 1];
+    let found_out = up + PING_INTERVAL + DEFAULT_REPLY_TIMEOUT;
+    h.advance(found_out - Duration::from_millis(1) - h.now);
     assert_eq!(
         h.index_connects.len(),
         connects,
