@@ -29,6 +29,13 @@ struct Flags {
     /// is tried, and the peer registers there.
     #[arg(long, default_value = "127.0.0.1:9000")]
     index: String,
+    /// An index that owes an answer (to a request, to the keep-alive ping sent every 5 s)
+    /// and stays silent this long, in ms, is taken for hung: the request fails, and the peer
+    /// moves to the next `--index` and registers its share there.
+    #[arg(long, value_name = "MS",
+          default_value_t = peer::session::DEFAULT_REPLY_TIMEOUT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    index_timeout_ms: u64,
     /// Where this peer's file server listens (port 0: any free port, announced to the index).
     /// The default `[::]:0` takes IPv4 and IPv6 downloaders (dual-stack), or IPv4 only where
     /// the host has no IPv6; `0.0.0.0:PORT` or `[::1]:PORT` narrow it. `none`: no file
@@ -289,6 +296,7 @@ fn run(flags: Flags) -> Result<Outcome, String> {
             ^ std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
+        index_timeout: Duration::from_millis(flags.index_timeout_ms),
         download_limits: DownloadLimits {
             stall: Duration::from_millis(flags.stall_ms),
             min_rate: flags.min_rate,

@@ -150,6 +150,9 @@ pub struct CoreConfig {
     pub progress_bar: bool,
     /// Seeds the reconnect jitter.
     pub seed: u64,
+    /// How long the index may stay silent while it owes an answer before the session is
+    /// taken for lost (see `session`).
+    pub index_timeout: Duration,
     /// The bounds of every download (stall, rate floor, whole `get`).
     pub download_limits: DownloadLimits,
     /// Uploads sent at once; more requests wait in the upload queue.
@@ -244,7 +247,7 @@ impl PeerCore {
     /// A core.
     pub fn new(cfg: CoreConfig) -> PeerCore {
         PeerCore {
-            session: IndexSession::new(cfg.index.clone(), 0, cfg.seed),
+            session: IndexSession::new(cfg.index.clone(), 0, cfg.seed, cfg.index_timeout),
             commands: Commands::new(cfg.console),
             queue: UploadQueue::new(cfg.upload_slots, cfg.max_queued_per_ip),
             upload_check: None,
@@ -279,7 +282,12 @@ impl PeerCore {
             // `--listen none`: nobody can connect to us.
             self.push.reachable = Some(false);
         }
-        self.session = IndexSession::new(self.cfg.index.clone(), listen_port, self.cfg.seed);
+        self.session = IndexSession::new(
+            self.cfg.index.clone(),
+            listen_port,
+            self.cfg.seed,
+            self.cfg.index_timeout,
+        );
         self.actions
             .push_back(Action::Hash(Job::Rescan { console: false }));
         self.session.start(&mut self.actions);
@@ -423,12 +431,12 @@ impl PeerCore {
                 job,
                 files,
                 warnings,
-            } => self.handle_scanned(job, files, warnings),
+            } => self.handle_scanned(now, job, files, warnings),
             Event::Outboard { file, result } => {
                 self.outboards.handle_computed(&file.hash);
                 match result {
                     Ok(hash) if hash == file.hash => {}
-                    Ok(_) => self.file_changed(&file),
+                    Ok(_) => self.file_changed(now, &file),
                     Err(e) => log::warn!(target: "peer",
                         "cannot compute the outboard of {}: {e}", file.path.display()),
                 }
@@ -492,7 +500,7 @@ impl PeerCore {
     pub fn handle_connected(&mut self, now: Instant, conn: ConnId, role: &mut Role) -> Verdict {
         let verdict = match role {
             Role::Index => {
-                self.session.handle_connected(conn, &mut self.actions);
+                self.session.handle_connected(now, conn, &mut self.actions);
                 Verdict::Continue
             }
             Role::Download(attempt) => match running(&mut self.downloads, attempt.download) {
@@ -795,7 +803,7 @@ impl PeerCore {
         };
         if !self
             .session
-            .request(body, Tag::Push(id, attempt), &mut self.actions)
+            .request(now, body, Tag::Push(id, attempt), &mut self.actions)
         {
             let why = "not connected to the index".to_string();
             self.downloads[i]
@@ -978,7 +986,7 @@ impl PeerCore {
                 outboard,
             } => {
                 if let Some(file) = changed {
-                    self.file_changed(&file);
+                    self.file_changed(now, &file);
                 }
                 if let Some(file) = outboard {
                     self.actions
@@ -1022,9 +1030,10 @@ impl PeerCore {
     }
 
     /// A shared file no longer matches its hash: stop announcing it and hash it again.
-    fn file_changed(&mut self, file: &SharedFile) {
+    fn file_changed(&mut self, now: Instant, file: &SharedFile) {
         if self.share.remove_path(&file.path).is_some() {
-            self.session.unregister(vec![file.hash], &mut self.actions);
+            self.session
+                .unregister(now, vec![file.hash], &mut self.actions);
             self.forget_outboards(&[file.hash]);
         }
         self.actions.push_back(Action::Hash(Job::Paths {
@@ -1033,7 +1042,13 @@ impl PeerCore {
         }));
     }
 
-    fn handle_scanned(&mut self, job: Job, mut files: Vec<SharedFile>, warnings: Vec<String>) {
+    fn handle_scanned(
+        &mut self,
+        now: Instant,
+        job: Job,
+        mut files: Vec<SharedFile>,
+        warnings: Vec<String>,
+    ) {
         for w in warnings {
             self.output.warning(w);
         }
@@ -1067,8 +1082,9 @@ impl PeerCore {
                 .push_back(Action::Hash(Job::PruneOutboards { keep }));
         }
         let (added, removed) = (diff.added.len(), diff.removed.len());
-        self.session.unregister(diff.removed, &mut self.actions);
-        self.session.register(diff.added, &mut self.actions);
+        self.session
+            .unregister(now, diff.removed, &mut self.actions);
+        self.session.register(now, diff.added, &mut self.actions);
         let summary = ShareSummary {
             files: self.share.len(),
             bytes: self.share.total_bytes(),
@@ -1165,24 +1181,25 @@ impl PeerCore {
                 }
                 // Soft state: the index knows nothing of us on a new session.
                 let entries = self.share.entries();
-                self.session.register(entries, &mut self.actions);
+                self.session.register(now, entries, &mut self.actions);
             }
             SessionEvent::Down {
                 why,
                 first,
                 command_lost,
             } => {
+                if command_lost {
+                    self.output.error(format!(
+                        "the index connection was lost during the command ({why})"
+                    ));
+                    self.commands.finish();
+                }
                 if first {
                     self.output.say(Line::IndexDown {
                         index: self.cfg.index.clone(),
                         reason: why,
                         connected_before: self.session.has_been_up(),
                     });
-                }
-                if command_lost {
-                    self.output
-                        .error("the index connection was lost during the command");
-                    self.commands.finish();
                 }
             }
             SessionEvent::Refused(status) | SessionEvent::Note(status) => self.output.note(status),
@@ -1229,7 +1246,7 @@ impl PeerCore {
             (Tag::Holders(id), body) => self.handle_holders_answer(now, id, body),
             (Tag::Command, body) => match self.commands.handle_answer(body, &mut self.output) {
                 None => {}
-                Some(Follow::Lookup(key)) => self.lookup_again(key),
+                Some(Follow::Lookup(key)) => self.lookup_again(now, key),
                 Some(Follow::Get {
                     target,
                     files,
@@ -1249,9 +1266,12 @@ impl PeerCore {
     }
 
     /// The running lookup asks again (hex tried as a name).
-    fn lookup_again(&mut self, key: LookupKey) {
+    fn lookup_again(&mut self, now: Instant, key: LookupKey) {
         let body = RequestBody::Lookup { key, after: None };
-        if !self.session.request(body, Tag::Command, &mut self.actions) {
+        if !self
+            .session
+            .request(now, body, Tag::Command, &mut self.actions)
+        {
             let index = &self.cfg.index;
             self.output
                 .error(format!("not connected to the index {index}"));
@@ -1292,7 +1312,7 @@ impl PeerCore {
                 };
                 if !self
                     .session
-                    .request(body, Tag::Holders(id), &mut self.actions)
+                    .request(now, body, Tag::Holders(id), &mut self.actions)
                 {
                     self.downloads[i]
                         .dl
@@ -1331,7 +1351,7 @@ impl PeerCore {
                         secs,
                         holders,
                     }));
-                    self.share_download(&path, size, hash);
+                    self.share_download(now, &path, size, hash);
                 }
                 self.counters.downloads_saved += 1;
                 if !background {
@@ -1374,7 +1394,7 @@ impl PeerCore {
     }
 
     /// Downloads inside the share are shared once verified.
-    fn share_download(&mut self, path: &Path, size: u64, hash: FileHash) {
+    fn share_download(&mut self, now: Instant, path: &Path, size: u64, hash: FileHash) {
         if !path.starts_with(&self.cfg.share_dir) {
             return;
         }
@@ -1398,20 +1418,29 @@ impl PeerCore {
                 .push_back(Action::Hash(Job::Outboard { file: f.clone() }));
         }
         let diff = self.share.upsert(vec![f]);
-        self.session.register(diff.added, &mut self.actions);
+        self.session.register(now, diff.added, &mut self.actions);
     }
 
     // ----- console commands ---------------------------------------------------------------
 
     /// Asks the index for a page of search results.
-    fn search(&mut self, query: String, filter: SearchFilter, after: Option<SearchCursor>) {
+    fn search(
+        &mut self,
+        now: Instant,
+        query: String,
+        filter: SearchFilter,
+        after: Option<SearchCursor>,
+    ) {
         let body = RequestBody::Search {
             query: query.clone(),
             limit: 0,
             filter: filter.clone(),
             after,
         };
-        if self.session.request(body, Tag::Command, &mut self.actions) {
+        if self
+            .session
+            .request(now, body, Tag::Command, &mut self.actions)
+        {
             self.commands.wait(Waiting::Search { query, filter });
         } else {
             let index = &self.cfg.index;
@@ -1423,12 +1452,12 @@ impl PeerCore {
     fn execute(&mut self, now: Instant, cmd: Command) {
         match cmd {
             Command::Help => self.output.say(Line::Help),
-            Command::Search { query, filter } => self.search(query, filter, None),
+            Command::Search { query, filter } => self.search(now, query, filter, None),
             Command::More => match self.commands.continuation() {
-                Some((query, filter, after)) => self.search(query, filter, Some(after)),
-                None => self.more(),
+                Some((query, filter, after)) => self.search(now, query, filter, Some(after)),
+                None => self.more(now),
             },
-            Command::Lookup(target) => self.lookup(target, None),
+            Command::Lookup(target) => self.lookup(now, target, None),
             Command::Get {
                 target,
                 holder,
@@ -1442,7 +1471,7 @@ impl PeerCore {
                 // The lookup runs as a command; its answer starts the download (see
                 // `start_get`), waited for unless `-b`.
                 self.get_background = background;
-                self.lookup(target, Some(holder));
+                self.lookup(now, target, Some(holder));
             }
             Command::Downloads => {
                 let list = self.download_list(now);
@@ -1473,7 +1502,7 @@ impl PeerCore {
                 self.actions.push_back(Action::Hash(job));
                 self.commands.wait(Waiting::Scan);
             }
-            Command::Unregister(target) => self.unregister(&target),
+            Command::Unregister(target) => self.unregister(now, &target),
             Command::Status => {
                 let report = self.status_report(now);
                 self.output.say(Line::Status(Box::new(report)));
@@ -1482,10 +1511,13 @@ impl PeerCore {
         }
     }
 
-    fn lookup(&mut self, target: Target, then_get: Option<Option<usize>>) {
+    fn lookup(&mut self, now: Instant, target: Target, then_get: Option<Option<usize>>) {
         let key = commands::lookup_key(&target);
         let body = RequestBody::Lookup { key, after: None };
-        if self.session.request(body, Tag::Command, &mut self.actions) {
+        if self
+            .session
+            .request(now, body, Tag::Command, &mut self.actions)
+        {
             self.commands.wait(Waiting::Lookup {
                 target,
                 then_get,
@@ -1500,7 +1532,7 @@ impl PeerCore {
     }
 
     /// `more` after a lookup: the next page of the last lookup that had more files.
-    fn more(&mut self) {
+    fn more(&mut self, now: Instant) {
         let Some(page) = self.commands.more().cloned() else {
             self.output
                 .error("more: nothing more to show (it continues a search or lookup that says so)");
@@ -1510,7 +1542,10 @@ impl PeerCore {
             key: LookupKey::Name(page.name),
             after: Some(page.token),
         };
-        if self.session.request(body, Tag::Command, &mut self.actions) {
+        if self
+            .session
+            .request(now, body, Tag::Command, &mut self.actions)
+        {
             self.commands.wait(Waiting::Lookup {
                 target: page.target,
                 then_get: None,
@@ -1524,7 +1559,7 @@ impl PeerCore {
         }
     }
 
-    fn unregister(&mut self, target: &Target) {
+    fn unregister(&mut self, now: Instant, target: &Target) {
         let mut hashes: Vec<FileHash> = self
             .share
             .find(|f| match target {
@@ -1543,7 +1578,8 @@ impl PeerCore {
                 .error(format!("unregister: this peer does not share {target}")),
             1 => {
                 let removed = self.share.remove_hash(&hashes[0]);
-                self.session.unregister(hashes.clone(), &mut self.actions);
+                self.session
+                    .unregister(now, hashes.clone(), &mut self.actions);
                 self.forget_outboards(&hashes);
                 // Remembered: a rescan, a change or a restart does not share it again.
                 if let Err(e) = self.withdrawn.withdraw(&removed) {
@@ -1582,9 +1618,12 @@ impl PeerCore {
 
     /// Sends a request of the web page to the index, beside the console's; its answer comes
     /// from [`PeerCore::poll_web_answer`] with the number returned. `None`: not connected.
-    pub fn handle_web_request(&mut self, body: RequestBody) -> Option<u64> {
+    pub fn handle_web_request(&mut self, now: Instant, body: RequestBody) -> Option<u64> {
         let id = self.next_web_request;
-        if !self.session.request(body, Tag::Web(id), &mut self.actions) {
+        if !self
+            .session
+            .request(now, body, Tag::Web(id), &mut self.actions)
+        {
             return None;
         }
         self.next_web_request += 1;

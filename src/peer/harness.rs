@@ -57,6 +57,8 @@ pub struct Harness {
     pub index_up: bool,
     /// Whether the index answers Hello with a version mismatch.
     pub index_other_version: bool,
+    /// Whether the index is hung (SIGSTOPped): it accepts connections and reads nothing.
+    pub index_hung: bool,
     /// Each holder's behaviour and the true content of its file.
     pub holders: HashMap<SocketAddr, (Holder, Vec<u8>)>,
     /// The groups of every range request a holder received, by holder.
@@ -86,6 +88,7 @@ impl Harness {
             console: true,
             progress_bar: false,
             seed: 42,
+            index_timeout: super::session::DEFAULT_REPLY_TIMEOUT,
             download_limits: Default::default(),
             upload_slots: 4,
             max_queued_per_ip: 4,
@@ -99,6 +102,7 @@ impl Harness {
             index: IndexServer::new(ServerLimits::default()),
             index_up: true,
             index_other_version: false,
+            index_hung: false,
             holders: HashMap::new(),
             gets: Vec::new(),
             index_connects: Vec::new(),
@@ -335,6 +339,8 @@ impl Harness {
                     self.serve(id, addr, first..end);
                     continue;
                 }
+                // The kernel takes the bytes; the stopped process never reads them.
+                Some((Conn::Index(_), _)) if self.index_hung => return,
                 Some((Conn::Index(session), _)) => {
                     let mut out = Vec::new();
                     let verdict = if self.index_other_version {

@@ -101,6 +101,9 @@ pub struct PeerConfig {
     pub format: output::Format,
     /// Seeds the reconnect jitter.
     pub seed: u64,
+    /// How long the index may stay silent while it owes an answer before the session is
+    /// taken for lost and the next `--index` tried ([`session::DEFAULT_REPLY_TIMEOUT`]).
+    pub index_timeout: Duration,
     /// The bounds of every download (stall, rate floor, whole `get`).
     pub download_limits: download::DownloadLimits,
     /// Uploads sent at once; more requests wait in the upload queue.
@@ -173,6 +176,7 @@ impl Peer {
             console: cfg.console,
             progress_bar: cfg.progress_bar,
             seed: cfg.seed,
+            index_timeout: cfg.index_timeout,
             download_limits: cfg.download_limits,
             upload_slots: cfg.upload_slots,
             max_queued_per_ip: cfg.max_queued_per_ip,

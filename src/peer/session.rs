@@ -6,7 +6,8 @@
 //! ```text
 //!  start / retry due --> Resolving (a host name) --addresses--> Connecting --connected-->
 //!  AwaitingWelcome --Welcome--> Ready (Ping every PING_INTERVAL; requests by id)
-//!  any close, failed connect or lookup --> Down (retry after a jittered backoff, and not
+//!  any close, failed connect or lookup, or the index silent for the reply timeout while it
+//!  owes an answer (AwaitingWelcome, Ready) --> Down (retry after a jittered backoff, and not
 //!  before a ban the index announced has expired)
 //!  a connect that fails while the name has more addresses --> Connecting to the next one
 //!  Hello answered VersionMismatch --> Refused: closed, never retried; said once, in `status`
@@ -27,6 +28,14 @@
 //!   once the wait it names has passed (if the session is still up; a new session registers
 //!   everything anyway). A `RateLimited` that says the address is banned holds every
 //!   reconnect off until the ban ends.
+//! - An index that owes us an answer (the Hello, a Ping, a register, a search...) and says
+//!   nothing for the reply timeout ([`DEFAULT_REPLY_TIMEOUT`], `peer --index-timeout`) is
+//!   taken for hung (stopped, its loop wedged, a network that swallows packets): the
+//!   connection is closed and the session is down as if the index had closed it, so the
+//!   next `--index` node is tried and everything registered there. Any frame from the index
+//!   restarts the wait, so a long bulk register answered slice by slice is not mistaken for
+//!   a hang. `Reachability` and `Push` wait on a connect-back the index makes (its own
+//!   timeouts bound them) and `Bye` on nothing: they owe no prompt answer.
 //! - The person is told once that the index went away, and once that it is back.
 //! - A version mismatch cannot be fixed by retrying: the session stays down until the peer is
 //!   restarted, instead of hammering the index.
@@ -46,8 +55,16 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// How often a ready session is pinged (indexd's default idle timeout is 120 s).
-pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a ready session is pinged (indexd's default idle timeout is 120 s). Short, so
+/// that an idle peer finds a hung index out (a ping unanswered for the reply timeout) within
+/// the sum of the two, 15 s by default: about when a cluster's other nodes drop a silent
+/// node's peers (`indexd --cluster-ttl`, 15 s), so its holders reappear through another node.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the index may stay silent while it owes us an answer before the session is
+/// taken for lost (`peer --index-timeout-ms`). indexd answers at once (big registers frame
+/// by frame), so this only has to outlast a busy machine; a ping is owed every
+/// [`PING_INTERVAL`], so a hung index is found within the sum of the two when idle.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first reconnect step; it doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// The longest reconnect step.
@@ -78,6 +95,14 @@ pub enum Tag {
     Reachability,
     /// A push asked of a holder for a download: the download and its attempt number.
     Push(u64, u32),
+}
+
+impl Tag {
+    /// Whether the index answers this at once: false for requests that wait on a
+    /// connect-back the index makes (bounded by its own timeouts) and for `Bye`.
+    fn is_owed_promptly(self) -> bool {
+        !matches!(self, Tag::Reachability | Tag::Push(..) | Tag::Bye)
+    }
 }
 
 /// What the rest of the peer hears from the session.
@@ -180,13 +205,24 @@ pub struct IndexSession {
     deferred: Vec<(Instant, RequestBody, Tag)>,
     /// The index banned our address until then: no reconnect before.
     banned_until: Option<Instant>,
+    /// How long the index may stay silent while it owes an answer.
+    reply_timeout: Duration,
+    /// While the index owes an answer (see [`Tag::is_owed_promptly`]): when it must have
+    /// said something by.
+    answer_due: Option<Instant>,
 }
 
 impl IndexSession {
     /// A session with the index at `index` (`HOST:PORT`, or several separated by commas:
     /// the nodes of one cluster, tried in turn), announcing `listen_port`. `seed` seeds the
-    /// backoff's jitter.
-    pub fn new(index: String, listen_port: u16, seed: u64) -> IndexSession {
+    /// backoff's jitter; `reply_timeout` is how long the index may stay silent while it owes
+    /// an answer.
+    pub fn new(
+        index: String,
+        listen_port: u16,
+        seed: u64,
+        reply_timeout: Duration,
+    ) -> IndexSession {
         let mut indexes: Vec<String> = index
             .split(',')
             .map(str::trim)
@@ -214,6 +250,8 @@ impl IndexSession {
             automatic: HashMap::new(),
             deferred: Vec::new(),
             banned_until: None,
+            reply_timeout,
+            answer_due: None,
         }
     }
 
@@ -266,7 +304,7 @@ impl IndexSession {
     }
 
     /// The connect completed: say Hello.
-    pub fn handle_connected(&mut self, conn: ConnId, out: &mut VecDeque<Action>) {
+    pub fn handle_connected(&mut self, now: Instant, conn: ConnId, out: &mut VecDeque<Action>) {
         if self.state != State::Connecting {
             return;
         }
@@ -277,12 +315,15 @@ impl IndexSession {
             listen_port: self.listen_port,
             agent: format!("p2pshare-peer/{}", env!("CARGO_PKG_VERSION")),
         };
-        self.send(conn, body, Tag::Hello, out);
+        self.send(now, conn, body, Tag::Hello, out);
     }
 
     /// A frame from the index.
     pub fn handle_response(&mut self, now: Instant, resp: Response, out: &mut VecDeque<Action>) {
-        let Some(tag) = self.pending.remove(&resp.id) else {
+        let tag = self.pending.remove(&resp.id);
+        // The index is alive: the wait for the next answer owed starts again.
+        self.answer_due = self.owes_answer().then_some(now + self.reply_timeout);
+        let Some(tag) = tag else {
             match resp.body {
                 ResponseBody::Error { code, message } => self
                     .events
@@ -334,7 +375,7 @@ impl IndexSession {
                 self.been_up = true;
                 self.last_error = None;
                 self.events.push_back(SessionEvent::Up { observed, again });
-                self.send(conn, RequestBody::Reachability, Tag::Reachability, out);
+                self.send(now, conn, RequestBody::Reachability, Tag::Reachability, out);
             }
             (Tag::Reachability, ResponseBody::Reachability { reachable }) => {
                 self.events.push_back(SessionEvent::Reachability(reachable));
@@ -413,6 +454,7 @@ impl IndexSession {
         }
         let command_lost = self.pending.values().any(|t| *t == Tag::Command);
         self.pending.clear();
+        self.answer_due = None;
         self.addrs.clear();
         self.automatic.clear();
         self.deferred.clear();
@@ -442,15 +484,29 @@ impl IndexSession {
         Duration::from_millis(self.rng.u64(0..=step.as_millis() as u64))
     }
 
-    /// Time passed: retry a connect or send a ping when due.
+    /// Time passed: give up on a silent index, retry a connect or send a ping when due.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut VecDeque<Action>) {
+        if let (Some(due), Some(conn)) = (self.answer_due, self.conn()) {
+            if due <= now {
+                let secs = self.reply_timeout.as_secs_f64();
+                let why = format!("no answer from the index in {secs:.1} s");
+                log::warn!(target: "peer", "index {}: {why}; closing the session", self.index);
+                out.push_back(Action::Close {
+                    conn,
+                    reason: CloseReason::Protocol(why.clone()),
+                    after_flush: false,
+                });
+                self.down(now, why);
+                return;
+            }
+        }
         if self.is_ready() && self.deferred.iter().any(|(at, ..)| *at <= now) {
             let (due, later) = std::mem::take(&mut self.deferred)
                 .into_iter()
                 .partition(|(at, ..)| *at <= now);
             self.deferred = later;
             for (_, body, tag) in due {
-                self.request(body, tag, out);
+                self.request(now, body, tag, out);
             }
         }
         match self.state {
@@ -458,7 +514,7 @@ impl IndexSession {
             State::Ready {
                 conn, next_ping, ..
             } if next_ping <= now => {
-                self.send(conn, RequestBody::Ping, Tag::Ping, out);
+                self.send(now, conn, RequestBody::Ping, Tag::Ping, out);
                 if let State::Ready { next_ping, .. } = &mut self.state {
                     *next_ping = now + PING_INTERVAL;
                 }
@@ -469,14 +525,21 @@ impl IndexSession {
 
     /// When [`IndexSession::handle_timeout`] next has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let due = self.answer_due;
         match self.state {
             State::Down { retry_at } => retry_at,
+            State::AwaitingWelcome { .. } => due,
             State::Ready { next_ping, .. } => {
                 let retry = self.deferred.iter().map(|(at, ..)| *at).min();
-                Some(retry.map_or(next_ping, |r| r.min(next_ping)))
+                [Some(next_ping), retry, due].into_iter().flatten().min()
             }
             _ => None,
         }
+    }
+
+    /// Whether a request the index answers at once is unanswered.
+    fn owes_answer(&self) -> bool {
+        self.pending.values().any(|t| t.is_owed_promptly())
     }
 
     /// What happened, for the rest of the peer.
@@ -485,17 +548,44 @@ impl IndexSession {
     }
 
     /// Sends a request if the session is ready; false if it is not.
-    pub fn request(&mut self, body: RequestBody, tag: Tag, out: &mut VecDeque<Action>) -> bool {
+    pub fn request(
+        &mut self,
+        now: Instant,
+        body: RequestBody,
+        tag: Tag,
+        out: &mut VecDeque<Action>,
+    ) -> bool {
         match self.state {
             State::Ready { conn, .. } => {
-                self.send(conn, body, tag, out);
+                self.send(now, conn, body, tag, out);
                 true
             }
             _ => false,
         }
     }
 
-    fn send(&mut self, conn: ConnId, body: RequestBody, tag: Tag, out: &mut VecDeque<Action>) {
+    fn send(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        body: RequestBody,
+        tag: Tag,
+        out: &mut VecDeque<Action>,
+    ) {
+        if tag.is_owed_promptly() && self.answer_due.is_none() {
+            self.answer_due = Some(now + self.reply_timeout);
+        }
+        self.send_frame(conn, body, tag, out);
+    }
+
+    /// Sends a request, owed promptly or not (see [`IndexSession::send`]).
+    fn send_frame(
+        &mut self,
+        conn: ConnId,
+        body: RequestBody,
+        tag: Tag,
+        out: &mut VecDeque<Action>,
+    ) {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let mut frame = Vec::new();
@@ -511,7 +601,7 @@ impl IndexSession {
 
     /// Registers `entries` in bulk (several frames if they are many); nothing if not ready
     /// (the next Welcome registers everything anyway).
-    pub fn register(&mut self, entries: Vec<FileEntry>, out: &mut VecDeque<Action>) {
+    pub fn register(&mut self, now: Instant, entries: Vec<FileEntry>, out: &mut VecDeque<Action>) {
         let mut batch = Vec::new();
         let mut bytes = 0;
         for e in entries {
@@ -519,26 +609,37 @@ impl IndexSession {
             batch.push(e);
             if bytes >= REGISTER_BATCH_BYTES {
                 let files = std::mem::take(&mut batch);
-                self.request(RequestBody::Register { files }, Tag::Register, out);
+                self.request(now, RequestBody::Register { files }, Tag::Register, out);
                 bytes = 0;
             }
         }
         if !batch.is_empty() {
-            self.request(RequestBody::Register { files: batch }, Tag::Register, out);
+            self.request(
+                now,
+                RequestBody::Register { files: batch },
+                Tag::Register,
+                out,
+            );
         }
     }
 
     /// Withdraws files (nothing if not ready: the index forgot them with the session).
-    pub fn unregister(&mut self, hashes: Vec<FileHash>, out: &mut VecDeque<Action>) {
+    pub fn unregister(&mut self, now: Instant, hashes: Vec<FileHash>, out: &mut VecDeque<Action>) {
         if !hashes.is_empty() {
-            self.request(RequestBody::Unregister { hashes }, Tag::Unregister, out);
+            self.request(
+                now,
+                RequestBody::Unregister { hashes },
+                Tag::Unregister,
+                out,
+            );
         }
     }
 
     /// Says goodbye (when ready) and closes; nothing is retried after this.
     pub fn quit(&mut self, out: &mut VecDeque<Action>) {
         if let State::Ready { conn, .. } = self.state {
-            self.send(conn, RequestBody::Bye, Tag::Bye, out);
+            // Owed no answer: the peer is leaving.
+            self.send_frame(conn, RequestBody::Bye, Tag::Bye, out);
         }
         if let Some(conn) = self.conn() {
             out.push_back(Action::Close {
@@ -644,7 +745,7 @@ mod tests {
     }
 
     fn welcome(s: &mut IndexSession, now: Instant, out: &mut VecDeque<Action>) {
-        s.handle_connected(ConnId(1), out);
+        s.handle_connected(now, ConnId(1), out);
         s.handle_response(
             now,
             Response {
@@ -661,7 +762,7 @@ mod tests {
 
     /// The waits between attempts while the index stays away.
     fn waits(seed: u64, n: usize) -> Vec<Duration> {
-        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, seed);
+        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, seed, DEFAULT_REPLY_TIMEOUT);
         let mut out = VecDeque::new();
         let mut now = Instant::now();
         s.start(&mut out);
@@ -700,7 +801,7 @@ mod tests {
 
     #[test]
     fn a_welcome_resets_the_backoff_and_the_person_is_told_once_each_way() {
-        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1);
+        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1, DEFAULT_REPLY_TIMEOUT);
         let mut out = VecDeque::new();
         let now = Instant::now();
         s.start(&mut out);
@@ -727,7 +828,12 @@ mod tests {
 
     #[test]
     fn several_indexes_are_tried_in_turn_and_the_next_one_gets_our_entries() {
-        let mut s = IndexSession::new("127.0.0.1:1, 127.0.0.1:2,127.0.0.1:3".into(), 1, 1);
+        let mut s = IndexSession::new(
+            "127.0.0.1:1, 127.0.0.1:2,127.0.0.1:3".into(),
+            1,
+            1,
+            DEFAULT_REPLY_TIMEOUT,
+        );
         let mut out = VecDeque::new();
         let now = Instant::now();
         s.start(&mut out);
@@ -759,9 +865,99 @@ mod tests {
         assert_eq!(s.index(), "127.0.0.1:1");
     }
 
+    /// The close the session asked for, if any.
+    fn closes(out: &mut VecDeque<Action>) -> Vec<ConnId> {
+        out.drain(..)
+            .filter_map(|a| match a {
+                Action::Close { conn, .. } => Some(conn),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_index_silent_past_the_reply_timeout_is_left_for_the_next_one() {
+        let timeout = Duration::from_secs(5);
+        let mut s = IndexSession::new("127.0.0.1:1,127.0.0.1:2".into(), 1, 1, timeout);
+        let mut out = VecDeque::new();
+        let now = Instant::now();
+        s.start(&mut out);
+        welcome(&mut s, now, &mut out);
+        while s.poll_event().is_some() {}
+        out.clear();
+        // Only Reachability is unanswered: it waits on the index's connect-back, not a hang.
+        assert_eq!(s.poll_timeout(), Some(now + PING_INTERVAL));
+        // The ping goes unanswered (the index was SIGSTOPped).
+        let ping_at = now + PING_INTERVAL;
+        s.handle_timeout(ping_at, &mut out);
+        out.clear();
+        assert_eq!(s.poll_timeout(), Some(ping_at + timeout));
+        s.handle_timeout(ping_at + timeout - Duration::from_millis(1), &mut out);
+        assert!(out.is_empty() && s.is_ready());
+        s.handle_timeout(ping_at + timeout, &mut out);
+        assert_eq!(closes(&mut out), vec![ConnId(1)]);
+        let Some(SessionEvent::Down { why, .. }) = s.poll_event() else {
+            panic!()
+        };
+        assert_eq!(why, "127.0.0.1:1: no answer from the index in 5.0 s");
+        // Its close, when the reactor reports it, changes nothing.
+        s.handle_closed(ping_at + timeout, &CloseReason::Local, &mut out);
+        assert!(s.poll_event().is_none());
+        let retry = s.poll_timeout().unwrap();
+        assert!(retry <= ping_at + timeout + BACKOFF_MIN);
+        s.handle_timeout(retry, &mut out);
+        assert_eq!(connects(&mut out), vec![addr("127.0.0.1:2")]);
+        // A Hello that is never answered is a hang too.
+        s.handle_connected(retry, ConnId(2), &mut out);
+        out.clear();
+        assert_eq!(s.poll_timeout(), Some(retry + timeout));
+        s.handle_timeout(retry + timeout, &mut out);
+        assert_eq!(closes(&mut out), vec![ConnId(2)]);
+        assert!(matches!(s.poll_event(), Some(SessionEvent::Down { .. })));
+    }
+
+    #[test]
+    fn every_frame_of_the_index_restarts_the_wait_for_the_next() {
+        // Shorter than the ping interval, so that no ping is owed meanwhile.
+        let timeout = PING_INTERVAL * 2 / 5;
+        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1, timeout);
+        let mut out = VecDeque::new();
+        let now = Instant::now();
+        s.start(&mut out);
+        welcome(&mut s, now, &mut out);
+        out.clear();
+        // A big share goes in two frames, answered one after the other, slowly.
+        let entry = |i: u32| FileEntry {
+            hash: FileHash::of(&i.to_le_bytes()),
+            size: 1,
+            name: format!("{i:0>600}"),
+        };
+        s.register(now, (0..1000).map(entry).collect(), &mut out);
+        let sent = sent(&mut out);
+        assert_eq!(sent.len(), 2);
+        let registered = ResponseBody::Registered {
+            added: 1,
+            rejected: 0,
+            total: 1,
+        };
+        let later = now + timeout - Duration::from_millis(1);
+        assert!(later + timeout < now + PING_INTERVAL);
+        let answer = |id| Response {
+            id,
+            body: registered.clone(),
+        };
+        s.handle_response(later, answer(sent[0].id), &mut out);
+        assert_eq!(s.poll_timeout(), Some(later + timeout));
+        s.handle_timeout(now + timeout, &mut out);
+        assert!(s.is_ready(), "the index spoke within the timeout");
+        s.handle_response(later + timeout / 2, answer(sent[1].id), &mut out);
+        // Nothing owed: only the ping is due.
+        assert_eq!(s.poll_timeout(), Some(now + PING_INTERVAL));
+    }
+
     #[test]
     fn a_failed_connect_tries_the_next_address_of_the_name() {
-        let mut s = IndexSession::new("index.example:9".into(), 1, 1);
+        let mut s = IndexSession::new("index.example:9".into(), 1, 1, DEFAULT_REPLY_TIMEOUT);
         let mut out = VecDeque::new();
         let now = Instant::now();
         s.start(&mut out);
@@ -788,11 +984,11 @@ mod tests {
 
     #[test]
     fn a_version_mismatch_stays_down() {
-        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1);
+        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1, DEFAULT_REPLY_TIMEOUT);
         let mut out = VecDeque::new();
         let now = Instant::now();
         s.start(&mut out);
-        s.handle_connected(ConnId(3), &mut out);
+        s.handle_connected(now, ConnId(3), &mut out);
         out.clear();
         s.handle_response(
             now,
@@ -827,7 +1023,7 @@ mod tests {
 
     #[test]
     fn pings_every_interval_and_a_lost_command_is_reported() {
-        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1);
+        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1, DEFAULT_REPLY_TIMEOUT);
         let mut out = VecDeque::new();
         let now = Instant::now();
         s.start(&mut out);
@@ -835,9 +1031,20 @@ mod tests {
         out.clear();
         assert_eq!(s.poll_timeout(), Some(now + PING_INTERVAL));
         s.handle_timeout(now + PING_INTERVAL, &mut out);
-        assert_eq!(out.len(), 1);
+        let ping = sent(&mut out);
+        assert_eq!(ping.len(), 1);
+        // The pong is owed first; once it came, the next ping.
+        let pinged = now + PING_INTERVAL;
+        let owed = pinged + DEFAULT_REPLY_TIMEOUT;
+        assert_eq!(s.poll_timeout(), Some(owed.min(pinged + PING_INTERVAL)));
+        let pong = Response {
+            id: ping[0].id,
+            body: ResponseBody::Pong,
+        };
+        s.handle_response(pinged, pong, &mut out);
         assert_eq!(s.poll_timeout(), Some(now + 2 * PING_INTERVAL));
         assert!(s.request(
+            now,
             RequestBody::Search {
                 query: "x".into(),
                 limit: 0,
@@ -847,7 +1054,7 @@ mod tests {
             Tag::Command,
             &mut out
         ));
-        s.poll_event();
+        while s.poll_event().is_some() {}
         s.handle_closed(now, &CloseReason::Eof, &mut out);
         assert!(matches!(
             s.poll_event(),
@@ -856,7 +1063,7 @@ mod tests {
                 ..
             })
         ));
-        assert!(!s.request(RequestBody::Ping, Tag::Ping, &mut out));
+        assert!(!s.request(now, RequestBody::Ping, Tag::Ping, &mut out));
     }
 
     /// The requests sent, decoded.
@@ -876,7 +1083,7 @@ mod tests {
 
     #[test]
     fn a_register_refused_over_a_rate_limit_is_sent_again_after_the_wait() {
-        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1);
+        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1, DEFAULT_REPLY_TIMEOUT);
         let mut out = VecDeque::new();
         let now = Instant::now();
         s.start(&mut out);
@@ -888,7 +1095,7 @@ mod tests {
             size: 1,
             name: "x".into(),
         }];
-        s.register(files.clone(), &mut out);
+        s.register(now, files.clone(), &mut out);
         let first = sent(&mut out);
         assert_eq!(first.len(), 1);
         let refusal = ResponseBody::RateLimited {
@@ -917,16 +1124,18 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_ne!(again[0].id, first[0].id);
         assert_eq!(again[0].body, RequestBody::Register { files });
-        assert_eq!(s.poll_timeout(), Some(now + PING_INTERVAL));
+        // Its answer is owed now (the next ping may come first).
+        let owed = due + DEFAULT_REPLY_TIMEOUT;
+        assert_eq!(s.poll_timeout(), Some(owed.min(now + PING_INTERVAL)));
     }
 
     #[test]
     fn a_ban_holds_every_reconnect_off_until_it_ends() {
-        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1);
+        let mut s = IndexSession::new("127.0.0.1:9".into(), 1, 1, DEFAULT_REPLY_TIMEOUT);
         let mut out = VecDeque::new();
         let now = Instant::now();
         s.start(&mut out);
-        s.handle_connected(ConnId(1), &mut out);
+        s.handle_connected(now, ConnId(1), &mut out);
         // Refused at accept: request 0's answer, then the close.
         let ban = ResponseBody::RateLimited {
             retry_after_ms: 60_000,

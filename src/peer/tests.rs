@@ -2,7 +2,7 @@
 //! sans-IO index, scripted holders).
 
 use super::harness::{Harness, Holder};
-use super::session::{BACKOFF_MAX, BACKOFF_MIN};
+use super::session::{BACKOFF_MAX, BACKOFF_MIN, DEFAULT_REPLY_TIMEOUT, PING_INTERVAL};
 use crate::wire::FileHash;
 use std::time::Duration;
 
@@ -49,6 +49,45 @@ fn reconnects_with_bounded_fully_jittered_backoff_and_re_registers_after_an_inde
     );
     assert_eq!(h.index_holders(FileHash::of(b"beta")), 1);
     assert_eq!(has(&h, "connected to 127.0.0.1:9000 again"), 1);
+}
+
+#[test]
+fn a_hung_index_fails_the_command_and_the_session_moves_on_and_registers_again() {
+    let mut h = Harness::new("hung");
+    h.scanned(&[("a.txt", b"alpha")]);
+    assert_eq!(h.index_holders(FileHash::of(b"alpha")), 1);
+    // Stopped: the search is never answered; the person hears so once the timeout passes.
+    h.index_hung = true;
+    h.type_lines(&["search alpha"]);
+    h.advance(DEFAULT_REPLY_TIMEOUT - Duration::from_millis(1));
+    assert_eq!(has(&h, "lost during the command"), 0, "{:?}", h.said());
+    h.advance(Duration::from_millis(1));
+    said_once(
+        &h,
+        "the index connection was lost during the command (no answer from the index in 10.0 s)",
+    );
+    said_once(&h, "unreachable (no answer from the index in 10.0 s)");
+    // The next node (here the same address, come back empty) gets everything registered.
+    h.index_hung = false;
+    h.restart_index(true);
+    h.advance(BACKOFF_MIN);
+    assert_eq!(h.index_holders(FileHash::of(b"alpha")), 1);
+    // Idle and hung again: the keep-alive ping finds it out.
+    h.index_hung = true;
+    let connects = h.index_connects.len();
+    // Pings go every interval from the Welcome (the harness welcomes at the connect).
+    let up = h.index_connects[connects - 1];
+    let found_out = up + PING_INTERVAL + DEFAULT_REPLY_TIMEOUT;
+    h.advance(found_out - Duration::from_millis(1) - h.now);
+    assert_eq!(
+        h.index_connects.len(),
+        connects,
+        "still waiting for the ping's answer"
+    );
+    h.index_hung = false;
+    h.advance(Duration::from_millis(1) + BACKOFF_MIN);
+    assert_eq!(h.index_connects.len(), connects + 1);
+    assert_eq!(h.index_holders(FileHash::of(b"alpha")), 1);
 }
 
 #[test]

@@ -13,8 +13,11 @@
 //! - The parser never holds more than one request (head + body limits); input past it waits
 //!   in the reactor until that request is answered (requests are answered in order, one at
 //!   a time: pipelining works, but no request is parsed while an answer is pending). A head
-//!   ends at its blank line, `\r\n\r\n` (a head with bare `\n` line ends never completes).
-//! - Anything `httparse` rejects is 400 and the connection closes after the answer.
+//!   ends at its blank line, `\r\n\r\n`.
+//! - Anything `httparse` rejects is 400 and the connection closes after the answer. So is,
+//!   the moment it arrives, a bare `\n` in a head (no browser sends one; servers and proxies
+//!   disagree on where such a line ends, the shape of request smuggling), and a request with
+//!   more than one `Content-Length` (whose values two parsers could pick apart).
 //! - A response always carries `Content-Length`; `Connection: close` when the request asked
 //!   for it (or was HTTP/1.0 without keep-alive) or the connection closes after it.
 
@@ -105,8 +108,6 @@ pub enum Status {
     Ok,
     /// 202: accepted, runs in the background.
     Accepted,
-    /// 303: see other (after the token is moved into a cookie).
-    SeeOther,
     /// 400.
     BadRequest,
     /// 401: no (or a wrong) token.
@@ -139,7 +140,6 @@ impl Status {
         match self {
             Status::Ok => "200 OK",
             Status::Accepted => "202 Accepted",
-            Status::SeeOther => "303 See Other",
             Status::BadRequest => "400 Bad Request",
             Status::Unauthorized => "401 Unauthorized",
             Status::Forbidden => "403 Forbidden",
@@ -168,7 +168,7 @@ pub struct WebResponse {
     pub status: Status,
     /// `Content-Type`.
     pub content_type: &'static str,
-    /// Further headers (`Set-Cookie`, `Location`, ...).
+    /// Further headers (`WWW-Authenticate`, ...).
     pub headers: Vec<(&'static str, String)>,
     /// The body.
     pub body: Vec<u8>,
@@ -219,6 +219,8 @@ pub struct RequestParser {
     head_end: Option<usize>,
     /// The head is parsed: the request, waiting for this many bytes of `buf` in all.
     head: Option<(WebRequest, usize)>,
+    /// The head holds a `\n` that ends no `\r\n`: answered 400 without waiting for more.
+    bare_lf: bool,
 }
 
 impl RequestParser {
@@ -243,19 +245,27 @@ impl RequestParser {
         self.buf.extend_from_slice(&data[..take]);
         // The blank line may straddle the previous bytes: look from three bytes back.
         let from = start.saturating_sub(3);
+        let mut taken = take;
         if let Some(pos) = self.buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
             let end = from + pos + 4;
             let extra = self.buf.len() - end;
             self.buf.truncate(end);
             self.head_end = Some(end);
-            return take - extra;
+            taken -= extra;
         }
-        take
+        // Each new byte of the head against the one before it (held, even from an earlier
+        // read): a `\n` must end a `\r\n`.
+        self.bare_lf |= (start..self.buf.len())
+            .any(|i| self.buf[i] == b'\n' && (i == 0 || self.buf[i - 1] != b'\r'));
+        taken
     }
 
     /// The next whole request, if the bytes held make one (or why they never will).
     pub fn poll_request(&mut self, limits: &WebLimits) -> Option<Parsed> {
         if self.head.is_none() {
+            if self.bare_lf {
+                return Some(Parsed::Reject(Status::BadRequest));
+            }
             let Some(head_len) = self.head_end else {
                 return (self.buf.len() >= limits.max_head_bytes)
                     .then_some(Parsed::Reject(Status::HeaderTooLarge));
@@ -308,9 +318,11 @@ fn parse_head(head: &[u8], limits: &WebLimits) -> Result<(WebRequest, usize), St
     if find("transfer-encoding").is_some() {
         return Err(Status::LengthRequired);
     }
-    let body_len = match find("content-length") {
-        None => 0,
-        Some(v) => v.trim().parse::<usize>().map_err(|_| Status::BadRequest)?,
+    let mut lengths = headers.iter().filter(|(k, _)| k == "content-length");
+    let body_len = match (lengths.next(), lengths.next()) {
+        (None, _) => 0,
+        (Some((_, v)), None) => v.trim().parse::<usize>().map_err(|_| Status::BadRequest)?,
+        (Some(_), Some(_)) => return Err(Status::BadRequest),
     };
     if body_len > limits.max_body_bytes {
         return Err(Status::PayloadTooLarge);
@@ -486,6 +498,46 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_lf_is_refused_at_once_and_two_lengths_are_refused() {
+        let l = WebLimits::default();
+        // The whole head with bare line ends, or one in the middle: 400 without the blank
+        // line, even byte by byte.
+        for head in [
+            &b"GET / HTTP/1.1\nHost: a\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n",
+            b"\n",
+        ] {
+            assert_eq!(
+                parse_all(&[head], &l),
+                vec![Parsed::Reject(Status::BadRequest)],
+                "{head:?}"
+            );
+            let chunks: Vec<&[u8]> = head.chunks(1).collect();
+            assert_eq!(
+                parse_all(&chunks, &l),
+                vec![Parsed::Reject(Status::BadRequest)],
+                "{head:?}, byte by byte"
+            );
+        }
+        // A \r\n split across reads is no bare \n.
+        let ok = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for split in 0..ok.len() {
+            let (a, b) = ok.split_at(split);
+            assert!(matches!(&parse_all(&[a, b], &l)[..], [Parsed::Request(_)]));
+        }
+        // Two lengths, equal or not, in any case: 400.
+        for two in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nab"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nab",
+        ] {
+            assert_eq!(
+                parse_all(&[two], &l),
+                vec![Parsed::Reject(Status::BadRequest)]
+            );
+        }
+    }
+
+    #[test]
     fn http10_closes_unless_keep_alive() {
         let got = parse_all(&[b"GET / HTTP/1.0\r\n\r\n"], &WebLimits::default());
         assert!(matches!(&got[0], Parsed::Request(r) if r.close));
@@ -523,12 +575,12 @@ mod tests {
     #[test]
     fn responses_and_events_are_framed() {
         let mut r = WebResponse::new(Status::Ok, "application/json", b"{}".to_vec());
-        r.headers.push(("Set-Cookie", "a=b".into()));
+        r.headers.push(("WWW-Authenticate", "Bearer".into()));
         let mut out = Vec::new();
         write_response(&mut out, &r, false);
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("HTTP/1.1 200 OK\r\n"), "{s}");
-        assert!(s.contains("Content-Length: 2\r\n") && s.contains("Set-Cookie: a=b\r\n"));
+        assert!(s.contains("Content-Length: 2\r\n") && s.contains("WWW-Authenticate: Bearer\r\n"));
         assert!(!s.contains("Connection: close") && s.ends_with("\r\n\r\n{}"));
         let mut out = Vec::new();
         write_event(&mut out, "line", "a\nb");

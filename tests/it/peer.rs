@@ -4,6 +4,7 @@ use crate::common::{
     self, run_console, run_console_at, Fake, FakeHolder, Indexd, Input, ServingPeer, TempDir,
 };
 use p2pshare::wire::{FileEntry, FileHash};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
@@ -343,4 +344,77 @@ fn an_index_given_by_host_name_is_looked_up_and_used() {
         run.stdout.contains(&format!("index: connected to {index}")),
         "{run:?}"
     );
+}
+
+/// An index stopped with SIGSTOP (it accepts connections, reads nothing, never closes), and
+/// continued when dropped, before the `Indexd` guard kills it.
+struct Stopped<'a>(&'a Indexd);
+
+impl<'a> Stopped<'a> {
+    fn stop(indexd: &'a Indexd) -> Stopped<'a> {
+        // SAFETY: kill(2) on our own child's pid, which is not reaped while `indexd` lives.
+        assert_eq!(
+            unsafe { libc::kill(indexd.child.id() as i32, libc::SIGSTOP) },
+            0
+        );
+        Stopped(indexd)
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as in `stop`.
+        unsafe { libc::kill(self.0.child.id() as i32, libc::SIGCONT) };
+    }
+}
+
+#[test]
+fn a_stopped_index_is_left_for_the_next_one_which_gets_the_share() {
+    let (a, b) = (Indexd::start(&[]), Indexd::start(&[]));
+    let tmp = TempDir::new("stopped-index");
+    let share = tmp.sub("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let hash = write(&share, "song.bin", b"la la la");
+    let both = format!("{},{}", a.addr, b.addr);
+    let mut args = common::peer_args_to(&share, &both);
+    args.extend(["--index-timeout-ms", "500", "--web", "127.0.0.1:0"].map(Into::into));
+    let mut peer = ServingPeer::start_args(args);
+    let line = peer.wait_line("its web page", LIMIT, |l| l.contains("web page on"));
+    let url = line
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .strip_prefix("http://")
+        .unwrap();
+    let (web, token) = url.split_once("/#token=").unwrap();
+    peer.wait_registered(1);
+    assert_eq!(common::holder_of(a.addr, hash), peer.addr);
+
+    // A stopped: the page's search is never answered, and the session moves on to B.
+    let stopped = Stopped::stop(&a);
+    let body = r#"{"query":"song"}"#;
+    let mut page = std::net::TcpStream::connect(web).unwrap();
+    write!(
+        page,
+        "POST /api/search HTTP/1.1\r\nHost: {web}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    peer.wait_line("the session given up", LIMIT, |l| {
+        l.contains("no answer from the index in 0.5 s")
+    });
+    peer.wait_registered(1);
+    assert_eq!(common::holder_of(b.addr, hash), peer.addr);
+
+    // A peer that starts while A is stopped: its Hello is never answered; B gets it too.
+    let other = tmp.sub("other");
+    std::fs::create_dir_all(&other).unwrap();
+    write(&other, "song.bin", b"la la la");
+    let mut args = common::peer_args_to(&other, &both);
+    args.extend(["--index-timeout-ms", "500"].map(Into::into));
+    let mut late = ServingPeer::start_args(args);
+    late.wait_registered(1);
+    assert!(late.has_said("no answer from the index in 0.5 s"));
+    drop(stopped);
 }

@@ -7,9 +7,14 @@
 //! - Every request must name this peer in `Host`: the listening address, or, on a loopback
 //!   listener, `localhost:PORT`, `127.0.0.1:PORT` or `[::1]:PORT` (else 403), so a web site
 //!   whose name a DNS rebinding points at 127.0.0.1 cannot read or drive the peer.
-//! - Every request must carry the secret [`Token`] printed at start (else 401): as
-//!   `Authorization: Bearer TOKEN`, or in the cookie `p2pshare_token_PORT` that
-//!   `GET /?token=TOKEN` sets (`HttpOnly`, `SameSite=Strict`) before redirecting to `/`.
+//! - Every API request must carry the secret [`Token`] printed at start, as
+//!   `Authorization: Bearer TOKEN` (else 401). Never in a cookie: browsers send a host's
+//!   cookies to every port of it, so any other local web server the owner's browser visits
+//!   would receive it. The printed link carries the token in its fragment
+//!   (`/#token=TOKEN`), which browsers never send; the page (`/`, its script and style, no
+//!   secret in them and served without the token) reads it once, keeps it in
+//!   `sessionStorage` (kept apart by port) and sends the header on every `fetch`, the
+//!   event stream included (read with `fetch`, since an `EventSource` cannot send headers).
 //! - A POST must be `Content-Type: application/json` (415), which no cross-site form or
 //!   simple request can send, and a present `Origin` must be this page's (403).
 //! - No request names a filesystem path: downloads go to the downloads directory as the
@@ -166,28 +171,18 @@ pub fn is_own_host(host: &str, local: SocketAddr) -> bool {
         .contains(&host)
 }
 
-/// The cookie that carries the token: named for the port, since cookies are not kept apart
-/// by port and two peers may run on one host.
-pub fn cookie_name(port: u16) -> String {
-    format!("p2pshare_token_{port}")
+/// The token a request carries (`Authorization: Bearer`), if any.
+fn token_of(req: &WebRequest) -> Option<&str> {
+    req.header("authorization")
+        .and_then(|v| v.trim().strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
-/// The token a request carries, if any.
-fn token_of(req: &WebRequest, port: u16) -> Option<&str> {
-    if let Some(bearer) = req
-        .header("authorization")
-        .and_then(|v| v.trim().strip_prefix("Bearer "))
-    {
-        return Some(bearer.trim());
-    }
-    let name = cookie_name(port);
-    req.headers
-        .iter()
-        .filter(|(n, _)| n == "cookie")
-        .flat_map(|(_, v)| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim())
+/// Whether `path` is the page itself (its HTML, script or style): the same for everyone,
+/// holding no secret, so served without the token (the token comes in the link's fragment,
+/// which only the page's script can read).
+fn is_page_asset(path: &str) -> bool {
+    matches!(path, "/" | "/index.html" | "/app.js" | "/style.css")
 }
 
 impl Web {
@@ -206,9 +201,10 @@ impl Web {
         }
     }
 
-    /// The URL to print: the page at `addr`, with the token.
+    /// The URL to print: the page at `addr`, with the token in the fragment (never sent to
+    /// a server, never in a cookie).
     pub fn url(&self, addr: SocketAddr) -> String {
-        format!("http://{addr}/?token={}", self.token.as_str())
+        format!("http://{addr}/#token={}", self.token.as_str())
     }
 
     /// A request on connection `conn`, which arrived at `local` (its local address).
@@ -227,27 +223,8 @@ impl Web {
             ));
         };
         let host = host.to_string();
-        let port = local.port();
-        if req.method == Method::Get && req.path == "/" {
-            if let Some(given) = req.query_param("token") {
-                if !self.token.matches(given) {
-                    return refuse(unauthorized());
-                }
-                // The token goes into a cookie and out of the address bar (and history).
-                let mut r = WebResponse::text(Status::SeeOther, "see /");
-                r.headers.push(("Location", "/".into()));
-                r.headers.push((
-                    "Set-Cookie",
-                    format!(
-                        "{}={}; Path=/; HttpOnly; SameSite=Strict",
-                        cookie_name(port),
-                        self.token.as_str()
-                    ),
-                ));
-                return WebReply::Respond(r);
-            }
-        }
-        if !token_of(&req, port).is_some_and(|t| self.token.matches(t)) {
+        let asset = matches!(req.method, Method::Get | Method::Head) && is_page_asset(&req.path);
+        if !asset && !token_of(&req).is_some_and(|t| self.token.matches(t)) {
             return refuse(unauthorized());
         }
         if req.method == Method::Post {
@@ -375,7 +352,7 @@ impl Web {
         body: RequestBody,
         ask: Ask,
     ) -> WebReply {
-        match core.handle_web_request(body) {
+        match core.handle_web_request(now, body) {
             Some(id) => {
                 self.pending.push(Pending {
                     id,
@@ -556,7 +533,7 @@ fn unauthorized() -> WebResponse {
         Status::Unauthorized,
         "text/html; charset=utf-8",
         "<!doctype html><title>p2pshare</title><p>This page needs the secret link the peer \
-         printed when it started (<code>http://ADDR/?token=...</code>): open that one.</p>"
+         printed when it started (<code>http://ADDR/#token=...</code>): open that one.</p>"
             .as_bytes()
             .to_vec(),
     );
@@ -756,13 +733,20 @@ mod tests {
     fn the_token_the_host_and_json_posts_are_required() {
         let (mut h, mut web) = setup("web-auth");
         let auth = format!("Bearer {TOKEN}");
-        let cookie = format!("other=1; {}={TOKEN}", cookie_name(8080));
+        // What the old page's cookie carried: no longer a way in.
+        let cookie = format!("other=1; p2pshare_token_8080={TOKEN}");
         let cases: Vec<(WebRequest, u16)> = vec![
             (
                 request(Method::Get, "/api/status", &[("host", LOCAL)], ""),
                 401,
             ),
-            (request(Method::Get, "/", &[("host", LOCAL)], ""), 401),
+            // The page itself holds no secret: its script reads the token from the link.
+            (request(Method::Get, "/", &[("host", LOCAL)], ""), 200),
+            (request(Method::Get, "/app.js", &[("host", LOCAL)], ""), 200),
+            (
+                request(Method::Get, "/", &[("host", "evil.example:8080")], ""),
+                403,
+            ),
             (
                 request(
                     Method::Get,
@@ -801,17 +785,14 @@ mod tests {
                     &[("host", LOCAL), ("cookie", &cookie)],
                     "",
                 ),
-                200,
+                401,
             ),
-            // A cookie for another port's peer is not ours.
+            // The old link's query is no token either, and sets nothing.
             (
                 request(
                     Method::Get,
-                    "/api/status",
-                    &[
-                        ("host", LOCAL),
-                        ("cookie", &format!("{}={TOKEN}", cookie_name(8081))),
-                    ],
+                    &format!("/api/status?token={TOKEN}"),
+                    &[("host", LOCAL)],
                     "",
                 ),
                 401,
@@ -823,11 +804,7 @@ mod tests {
                     &[("host", LOCAL)],
                     "",
                 ),
-                303,
-            ),
-            (
-                request(Method::Get, "/?token=0123", &[("host", LOCAL)], ""),
-                401,
+                200,
             ),
             (
                 request(
@@ -893,15 +870,11 @@ mod tests {
             if let WebReply::Respond(r) = &reply {
                 assert_eq!(r.close, matches!(want, 401 | 403 | 415), "case {i}: {r:?}");
             }
-            if want == 303 {
-                let WebReply::Respond(r) = reply else {
-                    unreachable!()
-                };
-                let cookie = r.headers.iter().find(|(n, _)| *n == "Set-Cookie").unwrap();
-                assert!(cookie
-                    .1
-                    .starts_with(&format!("{}={TOKEN};", cookie_name(8080))));
-                assert!(cookie.1.contains("HttpOnly") && cookie.1.contains("SameSite=Strict"));
+            if let WebReply::Respond(r) = &reply {
+                assert!(
+                    r.headers.iter().all(|(n, _)| *n != "Set-Cookie"),
+                    "case {i}: no cookie, ever: {r:?}"
+                );
             }
         }
         // Nothing that was refused ran: no command reached the console.

@@ -1,5 +1,5 @@
 // The p2pshare peer's page: the JSON API for what the person asks, the event stream
-// (/api/events) for what happens. The objects are those `peer --json` prints (README lists
+// (/api/events) for what happens; every request carries the token of the printed link. The objects are those `peer --json` prints (README lists
 // their fields). No build step, no dependencies. Text from the peer is always set with
 // textContent, never parsed as HTML, and names show hidden characters escaped.
 'use strict';
@@ -71,9 +71,35 @@ function showError(text) {
   box.hidden = false;
 }
 
+// ----- the token -----------------------------------------------------------------------------
+
+// The secret every API request carries. The printed link holds it in its fragment
+// (`#token=...`), which the browser never sends anywhere; it is kept in sessionStorage (this
+// origin's, port included, for this tab) and taken out of the address bar. Never a cookie:
+// browsers send a host's cookies to all its ports, so another local server would get it.
+const TOKEN_KEY = 'p2pshare_token';
+
+function takeToken() {
+  const m = /(?:^|&)token=([0-9a-fA-F]+)/.exec(location.hash.slice(1));
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, m[1]);
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+const token = takeToken();
+const NO_TOKEN = 'not allowed: open the link the peer printed when it started (it carries the token)';
+
+function authorized(headers = {}) {
+  return { ...headers, Authorization: `Bearer ${token}` };
+}
+
 async function api(path, body) {
-  const opts = body === undefined ? {} : {
-    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+  const opts = body === undefined ? { headers: authorized() } : {
+    method: 'POST',
+    headers: authorized({ 'Content-Type': 'application/json' }),
+    body: JSON.stringify(body),
   };
   let res;
   try {
@@ -83,7 +109,7 @@ async function api(path, body) {
   }
   let data = null;
   try { data = await res.json(); } catch (e) { /* not JSON: said below */ }
-  if (res.status === 401) throw new Error('not allowed: open the link the peer printed when it started (it carries the token)');
+  if (res.status === 401) throw new Error(NO_TOKEN);
   if (!res.ok) throw new Error((data && data.error) || `${res.status} ${res.statusText}`);
   return data;
 }
@@ -392,18 +418,51 @@ async function loadFiles() {
   }
 }
 
-function listen() {
-  const es = new EventSource('/api/events');
-  const on = (name, f) => es.addEventListener(name, (m) => {
-    try { f(JSON.parse(m.data)); } catch (e) { console.error(name, e); }
-  });
-  on('status', onStatus);
-  on('line', onLine);
-  es.onerror = () => {
-    const pill = $('#conn');
-    pill.textContent = 'peer unreachable, retrying…';
-    pill.className = 'pill bad';
-  };
+// The event stream (Server-Sent Events), read with fetch so that it carries the token in a
+// header, which an EventSource cannot send; when it ends or fails it is opened again.
+const RECONNECT_MS = 2000;
+
+function unreachable(text) {
+  const pill = $('#conn');
+  pill.textContent = text;
+  pill.className = 'pill bad';
+}
+
+function dispatch(block) {
+  let name = 'message';
+  const data = [];
+  for (const line of block.split('\n')) {
+    if (line.startsWith('event:')) name = line.slice(6).trim();
+    else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
+  }
+  if (data.length === 0) return;
+  const handler = { status: onStatus, line: onLine }[name];
+  if (!handler) return;
+  try { handler(JSON.parse(data.join('\n'))); } catch (e) { console.error(name, e); }
+}
+
+async function listen() {
+  for (;;) {
+    try {
+      const res = await fetch('/api/events', { headers: authorized(), cache: 'no-store' });
+      if (res.status === 401) { unreachable('no token'); showError(NO_TOKEN); return; }
+      if (!res.ok || !res.body) throw new Error(`${res.status}`);
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value.replace(/\r\n?/g, '\n');
+        let end;
+        while ((end = buf.indexOf('\n\n')) >= 0) {
+          dispatch(buf.slice(0, end));
+          buf = buf.slice(end + 2);
+        }
+      }
+    } catch (e) { /* said below */ }
+    unreachable('peer unreachable, retrying…');
+    await new Promise((r) => setTimeout(r, RECONNECT_MS));
+  }
 }
 
 document.addEventListener('DOMContentLoaded', () => {
@@ -424,6 +483,11 @@ document.addEventListener('DOMContentLoaded', () => {
   });
   // Ended downloads leave the list after a while even when nothing else happens.
   setInterval(renderDownloads, 60 * 1000);
+  if (!token) {
+    unreachable('no token');
+    showError(NO_TOKEN);
+    return;
+  }
   listen();
   loadFiles();
 });
