@@ -359,6 +359,7 @@ impl IndexServer {
         let mut answers = Vec::new();
         while self.has_background_work() {
             self.poll_background(usize::MAX, None, &mut answers);
+            self.index.post_pending();
             self.index.continue_filter_rebuild();
             self.index.continue_compaction();
             self.index.continue_name_walks();
