@@ -46,8 +46,9 @@ struct Flags {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// Serve the web page on `http://ADDR/` (off by default; `--web` alone: 127.0.0.1:8080).
-    /// Stderr then says `peer: web page on http://ADDR/?token=TOKEN`: open that link (the
-    /// token is new at every start and every request must carry it).
+    /// Stderr then says `peer: web page on http://ADDR/#token=TOKEN`: open that link (the
+    /// token is new at every start, travels in the fragment, which browsers never send, and
+    /// every API request must carry it).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
     web: Option<SocketAddr>,
     /// A web connection that neither completes a request nor reads its answer for this long

@@ -767,10 +767,7 @@ impl Download {
         we_too: bool,
         out: &mut VecDeque<Action>,
     ) {
-        let Some(i) = self.source_of(Attempt {
-            download: self.id,
-            n: attempt,
-        }) else {
+        let Some(i) = self.source_of_push(attempt) else {
             return;
         };
         if we_too {
@@ -805,10 +802,7 @@ impl Download {
         retry_after: Duration,
         out: &mut VecDeque<Action>,
     ) {
-        let Some(i) = self.source_of(Attempt {
-            download: self.id,
-            n: attempt,
-        }) else {
+        let Some(i) = self.source_of_push(attempt) else {
             return;
         };
         let at = now + retry_after;
@@ -824,6 +818,14 @@ impl Download {
         }
         self.sources[i].push_again_at = Some(at);
         self.swarm.handle_alive(HolderId(i as u64), now);
+    }
+
+    /// The source whose push `attempt` (numbered in this download) an answer is about.
+    fn source_of_push(&self, attempt: u32) -> Option<usize> {
+        self.source_of(Attempt {
+            download: self.id,
+            n: attempt,
+        })
     }
 
     fn source_of(&self, attempt: Attempt) -> Option<usize> {
