@@ -733,6 +733,18 @@ impl IndexServer {
                 let kind = metrics::request_kind(Some(&req.body));
                 let is_search = matches!(req.body, RequestBody::Search { .. });
                 let is_lookup = matches!(req.body, RequestBody::Lookup { .. });
+                if is_search
+                    || is_lookup
+                    || matches!(
+                        req.body,
+                        RequestBody::Register { .. } | RequestBody::Unregister { .. }
+                    )
+                {
+                    // Words other sessions' registers left to post are posted before this
+                    // request reads the index, and before its clock starts: its session is
+                    // charged its own work's time, never theirs.
+                    self.index.post_pending();
+                }
                 let started = Instant::now();
                 let refused = self.limiter.counts().rate_limited;
                 self.charge = None;

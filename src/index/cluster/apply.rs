@@ -189,6 +189,39 @@ impl Replica {
                         }
                     }
                 }
+                Inbound::Record {
+                    node,
+                    session,
+                    record: Record::Unregister { hashes },
+                } => {
+                    // As a register: a big unregister (one record of a peer's frame) is
+                    // withdrawn a slice a poll, so applying it never holds the loop long.
+                    let (node, session) = (node.clone(), *session);
+                    let hashes = std::mem::take(hashes);
+                    let end = (self.at + budget - used).min(hashes.len());
+                    let peer = self.session(&node, session).map(|s| s.peer);
+                    if let Some(peer) = peer {
+                        index.unregister(peer, &hashes[self.at..end]);
+                    }
+                    used += (end - self.at).max(1);
+                    if peer.is_none() || end == hashes.len() {
+                        self.queue.pop_front();
+                        self.at = 0;
+                        match peer {
+                            Some(_) => self.counts.records += 1,
+                            None => self.counts.dropped += 1,
+                        }
+                    } else {
+                        self.at = end;
+                        if let Some(Inbound::Record {
+                            record: Record::Unregister { hashes: head },
+                            ..
+                        }) = self.queue.front_mut()
+                        {
+                            *head = hashes;
+                        }
+                    }
+                }
                 _ => {
                     let inbound = self.queue.pop_front().expect("a head");
                     used += 1;
@@ -274,14 +307,6 @@ impl Replica {
                             },
                         );
                     }
-                    Record::Unregister { hashes } => {
-                        let Some(s) = self.session(&node, session) else {
-                            self.counts.dropped += 1;
-                            return None;
-                        };
-                        *used += hashes.len();
-                        index.unregister(s.peer, &hashes);
-                    }
                     Record::End => {
                         let sessions = self.nodes.get_mut(&node);
                         let Some(s) = sessions.and_then(|s| s.remove(&session)) else {
@@ -293,7 +318,9 @@ impl Replica {
                         }
                         index.begin_departure(s.peer);
                     }
-                    Record::Register { .. } => unreachable!("applied in slices by poll"),
+                    Record::Register { .. } | Record::Unregister { .. } => {
+                        unreachable!("applied in slices by poll")
+                    }
                 }
                 self.counts.records += 1;
                 None
@@ -552,6 +579,33 @@ mod tests {
         }
         assert!(polls >= 1000 / 64, "{polls}");
         assert_eq!(index.entry_count(), 700);
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn a_big_remote_unregister_is_withdrawn_in_bounded_slices() {
+        let mut index = Index::new();
+        let mut replica = Replica::new();
+        replica.handle_inbound(open("b-1", 1, "10.0.0.2:7001"));
+        let files: Vec<FileEntry> = (0..1000).map(|i| file(&format!("f {i}"))).collect();
+        replica.handle_inbound(register("b-1", 1, files.clone()));
+        apply_all(&mut replica, &mut index);
+        assert_eq!(index.entry_count(), 1000);
+        let gone: Vec<FileHash> = files[..900].iter().map(|f| f.hash).collect();
+        replica.handle_inbound(rec("b-1", 1, Record::Unregister { hashes: gone }));
+        let mut events = Vec::new();
+        let mut polls = 0;
+        while replica.has_work() {
+            let before = index.entry_count();
+            let used = replica.poll(&mut index, 64, &mut events);
+            assert!(used <= 64, "{used}");
+            assert!(before - index.entry_count() <= 64);
+            polls += 1;
+        }
+        assert!(polls >= 900 / 64, "{polls}");
+        assert_eq!(index.entry_count(), 100);
+        assert!(holders(&mut index, "f 0").is_empty());
+        assert_eq!(holders(&mut index, "f 950").len(), 1);
         assert!(events.is_empty());
     }
 
