@@ -545,6 +545,22 @@ mod tests {
         assert_eq!(index.peer_count(), 1);
     }
 
+    /// Polls `replica` with a budget of 64 until it is idle, checking that no poll uses more
+    /// or changes more than 64 entries, and that none raises an event; returns the polls.
+    fn poll_in_slices_of_64(replica: &mut Replica, index: &mut Index) -> usize {
+        let mut events = Vec::new();
+        let mut polls = 0;
+        while replica.has_work() {
+            let before = index.entry_count();
+            let used = replica.poll(index, 64, &mut events);
+            assert!(used <= 64, "{used}");
+            assert!(index.entry_count().abs_diff(before) <= 64);
+            polls += 1;
+        }
+        assert!(events.is_empty());
+        polls
+    }
+
     #[test]
     fn a_big_remote_register_is_applied_in_bounded_slices_and_the_cap_holds() {
         let mut index = Index::new();
@@ -568,18 +584,9 @@ mod tests {
                 cap: Cap::Rest,
             },
         ));
-        let mut events = Vec::new();
-        let mut polls = 0;
-        while replica.has_work() {
-            let before = index.entry_count();
-            let used = replica.poll(&mut index, 64, &mut events);
-            assert!(used <= 64, "{used}");
-            assert!(index.entry_count() - before <= 64);
-            polls += 1;
-        }
+        let polls = poll_in_slices_of_64(&mut replica, &mut index);
         assert!(polls >= 1000 / 64, "{polls}");
         assert_eq!(index.entry_count(), 700);
-        assert!(events.is_empty());
     }
 
     #[test]
@@ -593,20 +600,11 @@ mod tests {
         assert_eq!(index.entry_count(), 1000);
         let gone: Vec<FileHash> = files[..900].iter().map(|f| f.hash).collect();
         replica.handle_inbound(rec("b-1", 1, Record::Unregister { hashes: gone }));
-        let mut events = Vec::new();
-        let mut polls = 0;
-        while replica.has_work() {
-            let before = index.entry_count();
-            let used = replica.poll(&mut index, 64, &mut events);
-            assert!(used <= 64, "{used}");
-            assert!(before - index.entry_count() <= 64);
-            polls += 1;
-        }
+        let polls = poll_in_slices_of_64(&mut replica, &mut index);
         assert!(polls >= 900 / 64, "{polls}");
         assert_eq!(index.entry_count(), 100);
         assert!(holders(&mut index, "f 0").is_empty());
         assert_eq!(holders(&mut index, "f 950").len(), 1);
-        assert!(events.is_empty());
     }
 
     #[test]
