@@ -597,6 +597,9 @@ pub struct Download {
     spare: Vec<Vec<u8>>,
     /// Every piece is verified; the file lands once no job is out.
     finish_pending: bool,
+    /// A lookup found no holder while bytes were still with the verifying thread: the
+    /// download fails once they are answered, unless they finished the file.
+    holderless_pending: bool,
 }
 
 impl Download {
@@ -665,6 +668,7 @@ impl Download {
             unverified_caps: (SOURCE_UNVERIFIED_BYTES, DOWNLOAD_UNVERIFIED_BYTES),
             spare: Vec::new(),
             finish_pending: false,
+            holderless_pending: false,
         })
     }
 
@@ -730,6 +734,7 @@ impl Download {
             return;
         }
         self.relookup_asked = None;
+        self.holderless_pending = false;
         for h in holders.unwrap_or_default() {
             if Some(h) == self.me {
                 continue;
@@ -1231,8 +1236,13 @@ impl Download {
         }
         self.resume_held(out);
         self.run(now, out);
-        if self.finish_pending && !self.done && self.checks.iter().all(|c| c.jobs == 0) {
-            self.finish(now, out);
+        if self.checks.iter().all(|c| c.jobs == 0) {
+            if self.finish_pending && !self.done {
+                self.finish(now, out);
+            }
+            if std::mem::take(&mut self.holderless_pending) {
+                self.check_holderless(out);
+            }
         }
     }
 
@@ -1498,7 +1508,11 @@ impl Download {
                 }
             }
         }
-        if !self.done && self.swarm.progress().holders == 0 && self.relookup_asked.is_none() {
+        if !self.done
+            && self.swarm.progress().holders == 0
+            && self.relookup_asked.is_none()
+            && !self.holderless_pending
+        {
             {
                 // Ask once for holders; `handle_holders` with nothing usable ends it.
                 self.relookup_asked = Some(now);
@@ -1507,9 +1521,16 @@ impl Download {
         }
     }
 
-    /// Called when a lookup brought nothing: with no holder, the download fails.
+    /// Called when a lookup brought nothing: with no holder, the download fails, unless
+    /// bytes it received are still with the verifying thread. Those may finish the file (a
+    /// holder that sent all of it and then junk was dropped for the junk): it waits for
+    /// them (asking no more lookups meanwhile), and is checked again when the last answers.
     fn check_holderless(&mut self, out: &mut VecDeque<Action>) {
         if self.done || self.swarm.progress().holders > 0 || self.relookup_asked.is_some() {
+            return;
+        }
+        if self.finish_pending || self.checks.iter().any(|c| c.jobs > 0) {
+            self.holderless_pending = true;
             return;
         }
         let have = self.swarm.progress().verified_bytes;
@@ -1952,6 +1973,161 @@ mod tests {
         let (start, end) = ((groups.start * GROUP) as usize, (bad * GROUP) as usize);
         assert_eq!(on_disk.len(), end);
         assert_eq!(on_disk[start..end], content[start..end]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A holder that sent the whole file and was then dropped (junk after it) leaves every
+    /// byte with the verifying thread; a lookup that finds no other holder meanwhile must
+    /// not fail the download: it lands once the bytes verify.
+    #[test]
+    fn a_holder_dropped_while_its_bytes_verify_does_not_fail_the_download() {
+        let dir = tmpdir("dropped-verifying");
+        let content = common_bytes(100_000);
+        let holder: SocketAddr = "10.0.0.3:7000".parse().unwrap();
+        let file = HeldFile {
+            hash: FileHash::of(&content),
+            size: content.len() as u64,
+            name: "h.bin".into(),
+            holders: vec![holder],
+            holder_count: 1,
+        };
+        let now = Instant::now();
+        let mut dl = Download::new(
+            3,
+            now,
+            &dir,
+            &file,
+            vec![holder],
+            None,
+            Default::default(),
+            swarm::Config::default(),
+        )
+        .unwrap();
+        let mut out = VecDeque::new();
+        dl.start(now, &mut out);
+        let attempt = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Connect {
+                    role: Role::Download(attempt),
+                    ..
+                } => Some(*attempt),
+                _ => None,
+            })
+            .unwrap();
+        out.clear();
+        let conn = ConnId(7);
+        dl.handle_connected(now, conn, attempt, &mut out);
+        let asked = take(&mut out, conn).asked;
+        let mut jobs = Vec::new();
+        for groups in asked {
+            let (header, raw) = answer(&content, groups);
+            dl.handle_frame(now, conn, attempt, &header, &mut out);
+            dl.handle_raw(now, attempt, &raw, &mut out);
+            jobs.extend(take(&mut out, conn).jobs);
+        }
+        assert_eq!(
+            jobs.iter().map(|j| j.data.len()).sum::<usize>(),
+            content.len()
+        );
+        // The junk after the file: the holder's connection ends, nothing verified yet.
+        let junk = CloseReason::Protocol("frame not terminated by \\r\\r\\n".into());
+        dl.handle_close(now, attempt, &junk, &mut out);
+        let mut asked_holders = false;
+        while let Some(e) = dl.poll_event() {
+            asked_holders |= matches!(e, DownloadEvent::NeedHolders);
+        }
+        assert!(asked_holders);
+        // The lookup finds nobody: the download waits for its bytes.
+        dl.handle_holders(now, Some(Vec::new()), &mut out);
+        assert!(!dl.is_done());
+        for job in jobs {
+            dl.handle_verified(now, verify::run(job), &mut out);
+        }
+        assert!(dl.is_done());
+        let mut saved = None;
+        while let Some(e) = dl.poll_event() {
+            match e {
+                DownloadEvent::Saved { path, .. } => saved = Some(path),
+                DownloadEvent::Failed(why) => panic!("failed: {why}"),
+                _ => {}
+            }
+        }
+        assert_eq!(fs::read(saved.expect("saved")).unwrap(), content);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A holder dropped with only part of the file verified: once its bytes are answered
+    /// and a lookup finds nobody, the download fails (it does not wait forever).
+    #[test]
+    fn a_holderless_download_fails_once_its_bytes_are_verified() {
+        let dir = tmpdir("holderless");
+        let content = common_bytes(2 << 20);
+        let holder: SocketAddr = "10.0.0.4:7000".parse().unwrap();
+        let file = HeldFile {
+            hash: FileHash::of(&content),
+            size: content.len() as u64,
+            name: "i.bin".into(),
+            holders: vec![holder],
+            holder_count: 1,
+        };
+        let now = Instant::now();
+        let mut dl = Download::new(
+            4,
+            now,
+            &dir,
+            &file,
+            vec![holder],
+            None,
+            Default::default(),
+            swarm::Config::default(),
+        )
+        .unwrap();
+        let mut out = VecDeque::new();
+        dl.start(now, &mut out);
+        let attempt = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Connect {
+                    role: Role::Download(attempt),
+                    ..
+                } => Some(*attempt),
+                _ => None,
+            })
+            .unwrap();
+        out.clear();
+        let conn = ConnId(8);
+        dl.handle_connected(now, conn, attempt, &mut out);
+        let groups = take(&mut out, conn).asked[0].clone();
+        let (header, raw) = answer(&content, groups);
+        dl.handle_frame(now, conn, attempt, &header, &mut out);
+        dl.handle_raw(now, attempt, &raw, &mut out);
+        let jobs = take(&mut out, conn).jobs;
+        assert!(!jobs.is_empty());
+        dl.handle_close(now, attempt, &CloseReason::Eof, &mut out);
+        while dl.poll_event().is_some() {}
+        dl.handle_holders(now, Some(Vec::new()), &mut out);
+        assert!(!dl.is_done(), "its bytes are still being verified");
+        // It waits for them without asking the index again.
+        let mut jobs = jobs;
+        let last = jobs.pop().unwrap();
+        for job in jobs {
+            dl.handle_verified(now, verify::run(job), &mut out);
+        }
+        assert!(!dl.is_done());
+        assert!(std::iter::from_fn(|| dl.poll_event())
+            .all(|e| !matches!(e, DownloadEvent::NeedHolders)));
+        // The last answer leaves the file unfinished and no holder: it fails.
+        dl.handle_verified(now, verify::run(last), &mut out);
+        assert!(dl.is_done());
+        let failed = std::iter::from_fn(|| dl.poll_event())
+            .find_map(|e| match e {
+                DownloadEvent::Failed(why) => Some(why),
+                _ => None,
+            })
+            .expect("failed");
+        assert!(failed.contains("every holder failed"), "{failed}");
+        assert!(failed.contains("bytes kept for resume"), "{failed}");
         fs::remove_dir_all(&dir).unwrap();
     }
 
