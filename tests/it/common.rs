@@ -181,6 +181,9 @@ impl Client {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                // `read` does not retry EINTR (seen once, a cluster test's read right after
+                // it SIGSTOPped its NATS servers): read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => panic!("read from server: {e}"),
             }
         }
@@ -222,6 +225,7 @@ pub fn leave(s: &mut TcpStream) {
             Ok(0) => return,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => panic!("the server did not close after our EOF: {e}"),
         }
     }
