@@ -4,6 +4,7 @@
 //! [`crate::metrics`] for the format). Families are prefixed `p2pshare_index_`.
 
 use super::cluster::link::ClusterStatus;
+use super::server::push::PushCounts;
 use super::server::IndexServer;
 use crate::metrics::{Exposition, HistogramSeries, REQUEST_BUCKETS_S};
 use crate::reactor::Ctx;
@@ -204,6 +205,7 @@ pub fn render<C>(server: &mut IndexServer, ctx: &Ctx<C>) -> String {
         "Peer sessions past the handshake.",
         sessions as f64,
     );
+    push_families(&mut e, &server.push_counts());
     if let Some(c) = server.cluster_status() {
         cluster_families(&mut e, &c);
     }
@@ -235,6 +237,44 @@ pub fn render<C>(server: &mut IndexServer, ctx: &Ctx<C>) -> String {
     );
     e.process(started);
     e.finish()
+}
+
+/// The families of reachability probes and pushes.
+fn push_families(e: &mut Exposition, p: &PushCounts) {
+    e.counter(
+        "p2pshare_index_pushes_relayed_total",
+        "Pushes relayed to a firewalled holder's session.",
+        p.relayed,
+    );
+    e.counter(
+        "p2pshare_index_pushes_rate_limited_total",
+        "Pushes refused over a budget (the session's, the address's or the index's).",
+        p.rate_limited,
+    );
+    e.counters(
+        "p2pshare_index_probes_total",
+        "Reachability probes that ended, by what they found.",
+        "result",
+        &[
+            ("reachable", p.probes_reachable),
+            ("unreachable", p.probes_unreachable),
+        ],
+    );
+    e.gauge(
+        "p2pshare_index_push_sessions",
+        "Sessions that take pushes (they asked whether they are reachable).",
+        p.taking as f64,
+    );
+    e.gauge(
+        "p2pshare_index_probes_waiting",
+        "Sessions waiting in the probe lines.",
+        p.waiting as f64,
+    );
+    e.gauge(
+        "p2pshare_index_probes_in_flight",
+        "Reachability probes in flight.",
+        p.in_flight as f64,
+    );
 }
 
 /// The `p2pshare_index_cluster_` families (cluster mode only).
@@ -388,6 +428,10 @@ mod tests {
         assert_eq!(sample(&text, "p2pshare_index_words"), 3.0);
         assert_eq!(sample(&text, "p2pshare_index_rate_limited_total"), 0.0);
         assert_eq!(sample(&text, "p2pshare_index_banned_total"), 0.0);
+        assert_eq!(sample(&text, "p2pshare_index_pushes_relayed_total"), 0.0);
+        let probes = "p2pshare_index_probes_total{result=\"unreachable\"}";
+        assert_eq!(sample(&text, probes), 0.0);
+        assert_eq!(sample(&text, "p2pshare_index_push_sessions"), 0.0);
     }
 
     #[test]

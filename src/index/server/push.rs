@@ -129,6 +129,29 @@ pub struct Pushes {
     pub relayed: u64,
     /// Pushes refused over a budget.
     pub rate_limited: u64,
+    /// Probes that ended, by what they found: reachable, not reachable.
+    probes_ended: (u64, u64),
+    /// Sessions that take pushes (the lengths of `by_addr`'s lists, summed).
+    taking: usize,
+}
+
+/// What [`Pushes`] counts, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushCounts {
+    /// Pushes relayed to a holder's session.
+    pub relayed: u64,
+    /// Pushes refused over a budget (the session's, the address's or the index's).
+    pub rate_limited: u64,
+    /// Probes that ended with the peer's file server answering.
+    pub probes_reachable: u64,
+    /// Probes that ended without an answer (firewalled, or nothing listening).
+    pub probes_unreachable: u64,
+    /// Sessions that take pushes (asked `Reachability`).
+    pub taking: usize,
+    /// Sessions waiting in the probe lines.
+    pub waiting: usize,
+    /// Probes in flight.
+    pub in_flight: usize,
 }
 
 impl Pushes {
@@ -151,6 +174,21 @@ impl Pushes {
             deliveries: Vec::new(),
             relayed: 0,
             rate_limited: 0,
+            probes_ended: (0, 0),
+            taking: 0,
+        }
+    }
+
+    /// The counts the metrics show.
+    pub fn counts(&self) -> PushCounts {
+        PushCounts {
+            relayed: self.relayed,
+            rate_limited: self.rate_limited,
+            probes_reachable: self.probes_ended.0,
+            probes_unreachable: self.probes_ended.1,
+            taking: self.taking,
+            waiting: self.queued,
+            in_flight: self.in_flight,
         }
     }
 
@@ -174,6 +212,7 @@ impl Pushes {
             return;
         };
         if local.asked {
+            self.taking -= 1;
             if let Some(v) = self.by_addr.get_mut(&local.addr) {
                 v.retain(|s| *s != session);
                 if v.is_empty() {
@@ -202,6 +241,7 @@ impl Pushes {
         let local = self.locals.get_mut(&session)?;
         if !local.asked {
             local.asked = true;
+            self.taking += 1;
             self.by_addr.entry(local.addr).or_default().push(session);
         }
         if local.addr.port() == 0 && local.reachable.is_none() {
@@ -289,6 +329,11 @@ impl Pushes {
         reachable: bool,
     ) -> Option<(u64, Vec<u8>)> {
         self.in_flight = self.in_flight.saturating_sub(1);
+        if reachable {
+            self.probes_ended.0 += 1;
+        } else {
+            self.probes_ended.1 += 1;
+        }
         let address = Address::of(probed.ip());
         if let Some(n) = self.in_flight_at.get_mut(&address) {
             *n -= 1;
@@ -421,6 +466,11 @@ fn answer_frame(id: u32, body: ResponseBody) -> Vec<u8> {
 
 /// The server's side: requests, probe connections on the reactor, deliveries.
 impl IndexServer {
+    /// What the push machinery counts, for the metrics.
+    pub(crate) fn push_counts(&self) -> PushCounts {
+        self.pushes.counts()
+    }
+
     /// A session said hello (its id assigned): known to the push machinery.
     pub(super) fn push_joined(&mut self, session: u64, addr: SocketAddr) {
         let conn = self.current_conn;
@@ -788,6 +838,18 @@ mod tests {
         let d = server.pushes.take_deliveries();
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].0, holder.id);
+        // What the metrics show: one relay, one probe (a session serving no port is not
+        // probed), both sessions that asked take pushes.
+        let counts = PushCounts {
+            relayed: 1,
+            rate_limited: 0,
+            probes_reachable: 1,
+            probes_unreachable: 0,
+            taking: 2,
+            waiting: 0,
+            in_flight: 0,
+        };
+        assert_eq!(server.push_counts(), counts);
         assert_eq!(
             notice(&d[0].1).body,
             ResponseBody::PushRequest {
@@ -811,6 +873,13 @@ mod tests {
             }
         ));
         assert!(server.pushes.take_deliveries().is_empty());
+        assert_eq!(
+            server.push_counts(),
+            PushCounts {
+                taking: 1,
+                ..counts
+            }
+        );
     }
 
     #[test]
@@ -866,6 +935,9 @@ mod tests {
         let (_, refused, banned) = relay(&mut server, &mut many[0], 40);
         assert!(banned > 0 && refused + banned == 40, "{refused} {banned}");
         assert_eq!(server.pushes.take_deliveries().len(), 5 + 7 + 1);
+        let counts = server.push_counts();
+        assert_eq!(counts.relayed, 5 + 7 + 1);
+        assert_eq!(counts.rate_limited, 3 + 1 + 40);
     }
 
     #[test]
