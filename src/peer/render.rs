@@ -617,7 +617,7 @@ fn status_text(r: &StatusReport, style: Style) -> String {
     }
     let _ = writeln!(
         s,
-        "uploads: {} in progress ({} slots), {} waiting in the queue, {} done, {} sent",
+        "uploads: {} in progress ({} slots), {} waiting in the queue, {} range requests answered, {} sent",
         r.uploads_active,
         r.upload_slots,
         r.uploads_queued,
@@ -1055,7 +1055,7 @@ mod tests {
             "index: not connected yet: idx:9000 unreachable (connection refused), retrying\n\
              sharing: 0 files, 0 bytes from /s\n\
              serving on port 7 (reachability not known yet)\n\
-             uploads: 0 in progress (64 slots), 0 waiting in the queue, 0 done, 0 bytes sent\n\
+             uploads: 0 in progress (64 slots), 0 waiting in the queue, 0 range requests answered, 0 bytes sent\n\
              downloads: none in progress"
         );
         report.index.state = IndexState::Disconnected;

@@ -329,7 +329,7 @@ function statusText(key, s) {
     }
     case 'share': return `${plural(v.files, 'file')}, ${human(v.bytes)}, from ${v.dir}`;
     case 'listen_port': return `port ${v}`;
-    case 'uploads': return `${v.active} of ${v.slots} slots sending, ${v.queued} waiting, ${count(v.done)} done (${human(v.bytes)} sent)`;
+    case 'uploads': return `${v.active} of ${v.slots} slots sending, ${v.queued} waiting, ${count(v.done)} range requests answered (${human(v.bytes)} sent)`;
     default: return words(key, v);
   }
 }
