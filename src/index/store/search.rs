@@ -105,20 +105,25 @@ const PICK_MAX_WORDS: usize = 1024;
 /// Another query word is checked by seeking through its range's postings alongside the
 /// driver's ([`SeekWord`]) when at most this many words of its range have more than
 /// [`SEEK_SMALL_POSTINGS`] postings (each gets a cursor), and the others at most
-/// [`SEEK_MAX_SMALL`] in all (merged into one sorted list). (All three are tiny in tests, so
-/// that the property tests exercise the other checks too.)
-const SEEK_MAX_CURSORS: usize = if cfg!(test) { 1 } else { 8 };
+/// [`SEEK_MAX_SMALL`] in all (merged into one sorted list). A check costs a comparison per
+/// cursor only when the candidate has passed the nearest of them, so many cursors cost less
+/// than reading the candidate's name (about a microsecond in cold memory at 10M entries),
+/// the check that takes the words seeking cannot. (All three are tiny in tests, so that the
+/// property tests exercise the other checks too.)
+const SEEK_MAX_CURSORS: usize = if cfg!(test) { 2 } else { 128 };
 /// See [`SEEK_MAX_CURSORS`].
-const SEEK_MAX_SMALL: usize = if cfg!(test) { 2 } else { 1024 };
+const SEEK_MAX_SMALL: usize = if cfg!(test) { 2 } else { 4096 };
 /// Most words of a range looked at for a check by seeking (a longer range goes the other
 /// ways, which count its postings).
-const SEEK_MAX_WORDS: usize = if cfg!(test) { 3 } else { 64 };
+const SEEK_MAX_WORDS: usize = if cfg!(test) { 3 } else { 256 };
 /// When the driver has fewer candidates than this, the other query words are checked against
 /// their names, without a look at their ranges. (Only none in tests, so that they exercise
 /// the other checks.)
 const NAME_CHECK_BELOW: usize = if cfg!(test) { 1 } else { 9 };
 /// See [`SEEK_MAX_CURSORS`].
 const SEEK_SMALL_POSTINGS: usize = if cfg!(test) { 1 } else { 32 };
+/// Cursors of a check by seeking moved per work unit.
+const CURSORS_PER_UNIT: usize = 8;
 
 /// One page of search results.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -451,8 +456,9 @@ impl Index {
                 // one misses any.
                 let mut skip_to: Option<u32> = None;
                 for (s, c) in seeks.iter().zip(cursors.iter_mut()) {
-                    work += 1;
-                    match c.check(s, key) {
+                    let (seek, moved) = c.check(s, key);
+                    work += 1 + moved / CURSORS_PER_UNIT;
+                    match seek {
                         Seek::Match(w) => whole += u32::from(w),
                         Seek::Next(next) => skip_to = Some(skip_to.map_or(next, |t| t.max(next))),
                         // No later candidate of this source has that word.
@@ -947,6 +953,11 @@ impl SeekWord {
 /// The cursors of one [`SeekWord`] over one source's walk.
 struct SeekCursors<'a> {
     long: Vec<(PostingCursor<'a>, bool)>,
+    /// The key each of `long` is on (`u32::MAX` past its end: keys are below `1 << 31`).
+    on: Vec<u32>,
+    /// The least of `on`: a candidate before it is in none of the long lists, and the
+    /// cursors need not be looked at one by one.
+    least: u32,
     /// Where the next key at least the candidate's is in `SeekWord::small`.
     at: usize,
 }
@@ -963,28 +974,48 @@ enum Seek {
 
 impl<'a> SeekCursors<'a> {
     fn new(words: &'a Words, seek: &SeekWord) -> Self {
+        let mut long: Vec<(PostingCursor<'a>, bool)> = seek
+            .long
+            .iter()
+            .map(|&(w, whole)| (words.cursor(w), whole))
+            .collect();
+        let on: Vec<u32> = long
+            .iter_mut()
+            .map(|(c, _)| c.seek(0).unwrap_or(u32::MAX))
+            .collect();
         SeekCursors {
-            long: seek
-                .long
-                .iter()
-                .map(|&(w, whole)| (words.cursor(w), whole))
-                .collect(),
+            least: on.iter().copied().min().unwrap_or(u32::MAX),
+            long,
+            on,
             at: 0,
         }
     }
 
-    /// Whether `key` is posted under `seek`'s words; keys must not decrease from call to
-    /// call.
+    /// Whether `key` is posted under `seek`'s words, and how many long lists' cursors moved;
+    /// keys must not decrease from call to call.
     #[inline]
-    fn check(&mut self, seek: &SeekWord, key: u32) -> Seek {
+    fn check(&mut self, seek: &SeekWord, key: u32) -> (Seek, usize) {
         let mut found = None;
-        let mut next = u32::MAX;
-        for (c, whole) in &mut self.long {
-            match c.seek(key) {
-                Some(k) if k == key => found = Some(found.unwrap_or(false) | *whole),
-                Some(k) => next = next.min(k),
-                None => {}
+        let mut next = self.least;
+        let mut moved = 0;
+        if self.least <= key {
+            // Some cursor is on the candidate or behind it: those behind move up to it.
+            let SeekCursors { long, on, .. } = self;
+            let mut least = u32::MAX;
+            next = u32::MAX;
+            for ((c, whole), k) in long.iter_mut().zip(on.iter_mut()) {
+                if *k < key {
+                    *k = c.seek(key).unwrap_or(u32::MAX);
+                    moved += 1;
+                }
+                if *k == key {
+                    found = Some(found.unwrap_or(false) | *whole);
+                } else {
+                    next = next.min(*k);
+                }
+                least = least.min(*k);
             }
+            self.least = least;
         }
         let small = &seek.small;
         // (Postings are below `1 << 31`, so `key << 1` does not overflow.)
@@ -998,11 +1029,12 @@ impl<'a> SeekCursors<'a> {
         if let Some(&x) = small.get(i) {
             next = next.min(x >> 1);
         }
-        match found {
+        let seek = match found {
             Some(whole) => Seek::Match(whole),
             None if next == u32::MAX => Seek::End,
             None => Seek::Next(next),
-        }
+        };
+        (seek, moved)
     }
 }
 

@@ -10,7 +10,10 @@
 //! `prefix_1`, `prefix_3`, `common_word` (default all). Environment: `ANSWERS=FILE` writes
 //! each query and its hits' hashes (to check two builds give the same answers);
 //! `NO_TIME_LIMIT=1` leaves the time limit off (so answers do not depend on the machine's
-//! speed); `REPEAT=N` runs each class's queries N times (for a profiler).
+//! speed); `REPEAT=N` runs each class's queries N times (for a profiler); `TIMES=FILE` writes
+//! each query with its time in µs, hits, total, whether partial and the work units spent
+//! (to find which queries make a class's tail); `QUERIES=FILE` takes the queries from FILE,
+//! one a line, as one class `file`, instead of drawing them.
 
 use p2pshare::index::store::{Index, SEARCH_TIME_LIMIT};
 use p2pshare::wire::{encode_frame, Response, ResponseBody, SearchFilter};
@@ -67,18 +70,41 @@ fn main() {
     let stats = NameStats::of(count, name_of);
     let mut answers = std::env::var_os("ANSWERS")
         .map(|p| std::io::BufWriter::new(std::fs::File::create(p).expect("ANSWERS file")));
+    let mut times_out = std::env::var_os("TIMES")
+        .map(|p| std::io::BufWriter::new(std::fs::File::create(p).expect("TIMES file")));
+    let given: Option<Vec<String>> = std::env::var_os("QUERIES").map(|p| {
+        std::fs::read_to_string(p)
+            .expect("QUERIES file")
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    });
 
     println!(
         "class        queries   p50 µs   p90 µs   p99 µs   max µs  partial | p50 µs of full pages, others | encode µs, bytes (mean) | slowest"
     );
-    for class in QueryClass::ALL {
-        if only.as_deref().is_some_and(|o| o != class.key()) {
+    let classes: Vec<Option<QueryClass>> = match given {
+        Some(_) => vec![None],
+        None => QueryClass::ALL.into_iter().map(Some).collect(),
+    };
+    for class in classes {
+        let key = class.map_or("file", |c| c.key());
+        if class.is_some() && only.as_deref().is_some_and(|o| o != key) {
             continue;
         }
-        let mut rng = Rng::for_stream(SEED, 0x5EA_0000 + class.index() as u64);
-        let qs: Vec<String> = (0..queries)
-            .filter_map(|_| corpus::query(class, count, name_of, &stats.top_words, &mut rng))
-            .collect();
+        let qs: Vec<String> = match (class, &given) {
+            (Some(class), _) => {
+                let mut rng = Rng::for_stream(SEED, 0x5EA_0000 + class.index() as u64);
+                (0..queries)
+                    .filter_map(|_| {
+                        corpus::query(class, count, name_of, &stats.top_words, &mut rng)
+                    })
+                    .collect()
+            }
+            (None, Some(given)) => given.clone(),
+            (None, None) => unreachable!("a class or a file"),
+        };
         let mut times: Vec<(u64, usize)> = Vec::with_capacity(qs.len() * repeat);
         // Times of the searches that filled a page of `LIMIT` hits, and of the others.
         let (mut full, mut short) = (Vec::new(), Vec::new());
@@ -99,6 +125,18 @@ fn main() {
                     short.push(ns);
                 }
                 partial += usize::from(page.partial);
+                if let Some(out) = times_out.as_mut() {
+                    writeln!(
+                        out,
+                        "{key}\t{q}\t{}\t{}\t{}\t{}\t{}",
+                        ns / 1000,
+                        page.hits.len(),
+                        page.total,
+                        page.partial,
+                        page.work
+                    )
+                    .expect("write");
+                }
                 // What indexd does next: the answer encoded as a frame.
                 let answer = Response {
                     id: 1,
@@ -125,7 +163,7 @@ fn main() {
                     writeln!(
                         out,
                         "{}\t{q}\t{}\t{}\t{}",
-                        class.key(),
+                        key,
                         page.partial,
                         page.total,
                         hashes.join(",")
@@ -149,7 +187,7 @@ fn main() {
         let n = times.len().max(1) as u64;
         println!(
             "{:12} {:7} {:8} {:8} {:8} {:8} {:8} | {} ({}) {} ({}) | {:.1} {} | {}",
-            class.key(),
+            key,
             times.len(),
             at(0.5),
             at(0.9),
