@@ -41,7 +41,8 @@ use tokio::sync::mpsc::UnboundedSender;
 /// What the reactor hands to the NATS thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outbound {
-    /// Publish a local session's record on its subject (an `End` also purges the subject).
+    /// Publish a local session's record on its subject (an `End` also deletes the session's
+    /// records, a [`Record::SnapshotEnd`] those before its snapshot).
     Publish {
         /// The local session's number.
         session: u64,

@@ -23,10 +23,13 @@
 //!   channel and the reactor's waker.
 //!
 //! # Invariants
-//! - The stream holds the live index: a session's subject is purged when it ends (its `End`
-//!   record is kept as a tombstone for [`nats::TOMBSTONE_LINGER`], then purged too, so that a
-//!   node reading a little behind still sees the end), and a dead node's subjects are purged
-//!   by one survivor (the lowest node name alive).
+//! - The stream holds the live index: a session's records are deleted when it ends (its
+//!   `End` record is kept as a tombstone for [`nats::TOMBSTONE_LINGER`], then deleted too, so
+//!   that a node reading a little behind still sees the end), and a dead node's by one
+//!   survivor (the lowest node name alive). A live session's subject is compacted once it
+//!   holds much more than its live set ([`link::Link::wants_snapshot`]): a snapshot
+//!   ([`Record::Snapshot`]) restates it, then the older records are deleted. Records are
+//!   deleted by sequence, never by a subject purge (see [`nats`]).
 //! - A node's name carries an incarnation (`ID-INCARNATION`, new at every start), so a
 //!   restarted node never mixes with what its previous run left: that run is a dead node
 //!   like any other.

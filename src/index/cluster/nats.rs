@@ -1132,6 +1132,28 @@ impl Node {
     }
 }
 
+/// Deletes the record at `seq` of `stream` (without overwriting its bytes: they are not
+/// secret); one already gone counts as deleted. Never moves a consumer (see [`Removals`]).
+pub async fn delete_record(js: &jetstream::Context, stream: &str, seq: u64) -> Result<(), String> {
+    let subject = format!("STREAM.MSG.DELETE.{stream}");
+    let request = serde_json::json!({ "seq": seq, "no_erase": true });
+    let answer: serde_json::Value = js
+        .request(subject, &request)
+        .await
+        .map_err(|e| e.to_string())?;
+    match answer.get("error") {
+        None => Ok(()),
+        Some(e) => {
+            let why = e.to_string();
+            if why.to_ascii_lowercase().contains("not found") {
+                Ok(())
+            } else {
+                Err(why)
+            }
+        }
+    }
+}
+
 /// A local session's records on the stream (their sequences, ascending), and where its
 /// snapshot in progress began.
 #[derive(Debug, Default)]
@@ -1241,30 +1263,8 @@ impl Remover {
             .await;
     }
 
-    /// Deletes the record at `seq` (without overwriting its bytes: they are not secret); one
-    /// already gone counts as deleted.
     async fn delete_one(&self, seq: u64) -> Result<(), String> {
-        let subject = format!(
-            "STREAM.MSG.DELETE.{}",
-            self.stream.cached_info().config.name
-        );
-        let request = serde_json::json!({ "seq": seq, "no_erase": true });
-        let answer: serde_json::Value = self
-            .js
-            .request(subject, &request)
-            .await
-            .map_err(|e| e.to_string())?;
-        match answer.get("error") {
-            None => Ok(()),
-            Some(e) => {
-                let why = e.to_string();
-                if why.to_ascii_lowercase().contains("not found") {
-                    Ok(())
-                } else {
-                    Err(why)
-                }
-            }
-        }
+        delete_record(&self.js, &self.stream.cached_info().config.name, seq).await
     }
 
     /// The sequences of every record on `subjects`, read by a consumer of their own (headers
