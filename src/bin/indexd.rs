@@ -66,6 +66,12 @@ struct Flags {
     /// See --rate-register.
     #[arg(long, default_value_t = RateLimits::default().register_burst, value_name = "ENTRIES")]
     rate_register_burst: u64,
+    /// Register and unregister entries per second all sessions of one IPv4 address or IPv6
+    /// /64 may send together, after a burst of --rate-register-burst; in cluster mode, stream
+    /// units (64 bytes of the cluster's stream; an entry of a short name is about one). 0: no
+    /// limit.
+    #[arg(long, default_value_t = RateLimits::default().register_address_per_s, value_name = "ENTRIES")]
+    rate_register_address: u64,
     /// Search and lookup work per second all sessions of one IPv4 address or IPv6 /64 may
     /// spend together, in units (burst: 2 s of it). 0: no limit.
     #[arg(long, default_value_t = RateLimits::default().address_per_s, value_name = "UNITS")]
@@ -206,6 +212,7 @@ fn run(flags: Flags) -> std::io::Result<()> {
         lookup_per_s: flags.rate_lookup,
         register_per_s: flags.rate_register,
         register_burst: flags.rate_register_burst,
+        register_address_per_s: flags.rate_register_address,
         address_per_s: flags.rate_address,
         push_address_per_s: flags.rate_push_address,
         reachability_address_per_s: flags.rate_reachability_address,

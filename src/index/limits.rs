@@ -15,6 +15,16 @@
 //! off: the refusal ([`Refusal`]) says in how many milliseconds, and costs the server a
 //! decode and a small answer.
 //!
+//! # Registers, and the cluster's stream
+//! Registers and unregisters are charged per entry sent, big ones (answered by a job, in
+//! slices) included, to their session's bucket and to their address's (shared by all its
+//! sessions: [`RateLimits::register_address_per_s`]). In cluster mode each one is also a
+//! record on the cluster's stream, durable until its session ends or is compacted, so none
+//! of it is free and it is charged the larger of its entries and its stream units: its
+//! frame's bytes plus a record's overhead, [`STREAM_BYTES_PER_UNIT`] bytes a unit
+//! ([`stream_units`]). One session or address churning registers and unregisters thus
+//! writes the stream at most at its register rate times that many bytes a second.
+//!
 //! # Counted requests
 //! Pushes and reachability asks ([`Counted`]) cost the server little to decode but make it
 //! do something for others (relay a notice to a holder, probe a port), so they are limited
@@ -70,6 +80,19 @@ pub fn units_of_time(spent: Duration) -> u64 {
     charged.min(u128::from(u64::MAX)) as u64
 }
 
+/// Bytes of the cluster's stream a register unit stands for (an entry of a short name
+/// takes about that: its hash, size and name, and its share of the record).
+pub const STREAM_BYTES_PER_UNIT: u64 = 64;
+
+/// The stream units of a register or unregister frame of `payload_bytes` (cluster mode):
+/// about the bytes its records take on the stream (the entries as the frame carries them,
+/// plus [`RECORD_OVERHEAD_BYTES`](crate::index::cluster::RECORD_OVERHEAD_BYTES) for its
+/// record), over [`STREAM_BYTES_PER_UNIT`].
+pub fn stream_units(payload_bytes: usize) -> u64 {
+    let bytes = payload_bytes + crate::index::cluster::RECORD_OVERHEAD_BYTES;
+    (bytes as u64).div_ceil(STREAM_BYTES_PER_UNIT)
+}
+
 /// What a search cost: the work units it reports.
 pub fn search_cost(work: u64) -> u64 {
     BASE_UNITS + work
@@ -109,8 +132,12 @@ pub struct RateLimits {
     pub lookup_per_s: u64,
     /// Register and unregister entries per second per session.
     pub register_per_s: u64,
-    /// Burst of the register bucket, in entries (a peer's whole share at once).
+    /// Burst of the register bucket, in entries (a peer's whole share at once); also the
+    /// address's.
     pub register_burst: u64,
+    /// Register and unregister entries (in cluster mode: stream units, see the module docs)
+    /// per second per address, shared by all its sessions.
+    pub register_address_per_s: u64,
     /// Search and lookup units per second per address (IPv4 address, IPv6 /64), shared by
     /// all its sessions.
     pub address_per_s: u64,
@@ -144,6 +171,7 @@ impl RateLimits {
             lookup_per_s: 0,
             register_per_s: 0,
             register_burst: 0,
+            register_address_per_s: 0,
             address_per_s: 0,
             push_per_s: 0,
             push_burst: 0,
@@ -164,6 +192,7 @@ impl Default for RateLimits {
             lookup_per_s: 500_000,
             register_per_s: 200_000,
             register_burst: 2_000_000,
+            register_address_per_s: 200_000,
             address_per_s: 2_000_000,
             push_per_s: 2,
             push_burst: 16,
@@ -324,6 +353,7 @@ impl Address {
 struct AddressRecord {
     sessions: u32,
     queries: Bucket,
+    registers: Bucket,
     pushes: Bucket,
     reachability: Bucket,
     strikes: Bucket,
@@ -429,6 +459,7 @@ impl Limiter {
                     l.address_per_s * RateLimits::BURST_SECONDS,
                     now,
                 ),
+                registers: Bucket::new(l.register_address_per_s, l.register_burst, now),
                 pushes: Bucket::new(
                     l.push_address_per_s,
                     l.push_address_per_s * RateLimits::BURST_SECONDS,
@@ -486,7 +517,10 @@ impl Limiter {
         now: Instant,
     ) -> Result<(), Refusal> {
         let own = buckets.of(kind).wait(now);
-        let shared = kind != Kind::Register && self.limits.address_per_s > 0;
+        let shared = match kind {
+            Kind::Register => self.limits.register_address_per_s > 0,
+            _ => self.limits.address_per_s > 0,
+        };
         if own.is_none() && !shared && self.last_ban_ends.map_or(true, |t| t <= now) {
             // Nothing to check at the address: no bucket there, and no ban in force anywhere.
             return Ok(());
@@ -495,7 +529,11 @@ impl Limiter {
         if let Some(ban) = rec.ban(now) {
             return Err(ban);
         }
-        let address = if shared { rec.queries.wait(now) } else { None };
+        let address = match kind {
+            _ if !shared => None,
+            Kind::Register => rec.registers.wait(now),
+            _ => rec.queries.wait(now),
+        };
         let Some(wait) = own.max(address) else {
             return Ok(());
         };
@@ -570,8 +608,32 @@ impl Limiter {
             return;
         }
         buckets.of(kind).charge(units, now);
-        if kind != Kind::Register && self.limits.address_per_s > 0 {
+        if kind == Kind::Register {
+            self.charge_registers(ip, units, now);
+        } else if self.limits.address_per_s > 0 {
             self.record(Address::of(ip), now).queries.charge(units, now);
+        }
+    }
+
+    /// Charges an admitted register or unregister from `ip` in cluster mode: `units`, the
+    /// larger of its entries and its [`stream_units`], none of them free (see the module
+    /// docs).
+    pub fn charge_stream(
+        &mut self,
+        buckets: &mut SessionBuckets,
+        ip: IpAddr,
+        units: u64,
+        now: Instant,
+    ) {
+        buckets.of(Kind::Register).charge(units, now);
+        self.charge_registers(ip, units, now);
+    }
+
+    fn charge_registers(&mut self, ip: IpAddr, units: u64, now: Instant) {
+        if self.limits.register_address_per_s > 0 {
+            self.record(Address::of(ip), now)
+                .registers
+                .charge(units, now);
         }
     }
 
@@ -585,6 +647,7 @@ impl Limiter {
             r.sessions > 0
                 || r.banned_until.is_some_and(|t| t > now)
                 || !r.queries.is_full(now)
+                || !r.registers.is_full(now)
                 || !r.pushes.is_full(now)
                 || !r.reachability.is_full(now)
                 || !r.strikes.is_full(now)
@@ -653,6 +716,40 @@ mod tests {
             address_per_s: 3000,
             ..RateLimits::off()
         }
+    }
+
+    #[test]
+    fn an_address_s_sessions_share_one_register_budget_and_stream_units_are_never_free() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(RateLimits {
+            register_per_s: 1000,
+            register_burst: 1000,
+            register_address_per_s: 1000,
+            ..RateLimits::off()
+        });
+        let mut one = l.open(A, t0);
+        let mut two = l.open(A, t0);
+        let mut other = l.open(B, t0);
+        // Each session is within its own budget, but together they spend the address's.
+        assert!(l.admit(&mut one, A, Kind::Register, t0).is_ok());
+        l.charge(&mut one, A, Kind::Register, 600 + FREE_UNITS, t0);
+        assert!(l.admit(&mut two, A, Kind::Register, t0).is_ok());
+        l.charge(&mut two, A, Kind::Register, 600 + FREE_UNITS, t0);
+        assert_eq!(
+            l.admit(&mut two, A, Kind::Register, t0)
+                .map_err(|r| r.retry_after),
+            Err(ms(200))
+        );
+        assert!(l.admit(&mut other, B, Kind::Register, t0).is_ok());
+        // Stream units: a one-entry register costs its record, with nothing free.
+        assert_eq!(stream_units(100), 4);
+        l.charge_stream(&mut other, B, 1001, t0);
+        assert_eq!(
+            l.admit(&mut other, B, Kind::Register, t0)
+                .map_err(|r| r.retry_after),
+            Err(ms(1))
+        );
+        assert!(l.admit(&mut other, B, Kind::Register, t0 + ms(1)).is_ok());
     }
 
     #[test]

@@ -295,6 +295,16 @@ fn cluster_families(e: &mut Exposition, c: &ClusterStatus) {
         c.nats.lost,
     );
     e.counter(
+        "p2pshare_index_cluster_snapshots_total",
+        "Snapshots of this node's sessions published (their subjects compacted).",
+        c.nats.snapshots,
+    );
+    e.counter(
+        "p2pshare_index_cluster_records_deleted_total",
+        "Records this node deleted from the stream (ended, compacted, of dead nodes).",
+        c.nats.deleted,
+    );
+    e.counter(
         "p2pshare_index_cluster_records_applied_total",
         "Other nodes' records applied to this node's index.",
         c.applied,

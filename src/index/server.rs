@@ -420,10 +420,17 @@ impl IndexServer {
                     );
                     return Verdict::Continue;
                 }
+                let entries = match &self.lazy_register {
+                    Some(lazy) => lazy.left(),
+                    None => files.len() as u64,
+                };
                 match self.start_register(peer, id, files) {
                     Ok(Some(body)) => body,
-                    // Answered when its last slice is done.
-                    Ok(None) => return Verdict::Continue,
+                    // Answered when its last slice is done; charged now, per entry sent.
+                    Ok(None) => {
+                        self.charge = Some((Kind::Register, entries));
+                        return Verdict::Continue;
+                    }
                     Err(e) => {
                         let message = format!("register entry: {}", e.0);
                         return self.fatal(out, session, id, ErrorCode::Malformed, message);
@@ -432,9 +439,14 @@ impl IndexServer {
             }
             RequestBody::Unregister { hashes } => {
                 self.stats.unregisters += 1;
+                let entries = hashes.len() as u64;
                 match self.start_unregister(peer, id, hashes) {
                     Some(body) => body,
-                    None => return Verdict::Continue,
+                    // As a big register.
+                    None => {
+                        self.charge = Some((Kind::Register, entries));
+                        return Verdict::Continue;
+                    }
                 }
             }
             RequestBody::Search {
@@ -763,8 +775,15 @@ impl IndexServer {
                     // (many names decoded for one answer) pays for its time.
                     let units = units.max(limits::units_of_time(elapsed));
                     let ip = session.remote.ip();
-                    self.limiter
-                        .charge(&mut session.buckets, ip, kind, units, started);
+                    if kind == Kind::Register && self.cluster.is_some() {
+                        // A record on the cluster's stream: its bytes count, none free.
+                        let units = units.max(limits::stream_units(payload.len()));
+                        self.limiter
+                            .charge_stream(&mut session.buckets, ip, units, started);
+                    } else {
+                        self.limiter
+                            .charge(&mut session.buckets, ip, kind, units, started);
+                    }
                 }
                 self.metrics.record_request(kind, ns);
                 // A request refused over a rate limit did no work: it is not timed as a

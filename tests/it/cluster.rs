@@ -535,3 +535,209 @@ fn a_node_whose_lease_runs_out_stops_serving_then_serves_again_once_it_read_the_
     register(&mut again, &["after.txt"]);
     wait_holders(b.addr, "after.txt", &[seen], REPLICATION_LIMIT);
 }
+
+/// Bytes and records of stream `name` as the first server of `nats` holds it (its replica),
+/// from its monitoring endpoint (0 if it does not answer).
+fn stream_state(nats: &Nats, name: &str) -> (u64, u64) {
+    let answer = nats.servers[0].monitor("/jsz?accounts=true&streams=true");
+    let Some((_, body)) = answer.split_once("\r\n\r\n") else {
+        return (0, 0);
+    };
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(body) else {
+        return (0, 0);
+    };
+    let streams = json["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten());
+    for s in streams {
+        if s["name"] == name {
+            let state = &s["state"];
+            return (
+                state["bytes"].as_u64().unwrap_or(0),
+                state["messages"].as_u64().unwrap_or(0),
+            );
+        }
+    }
+    (0, 0)
+}
+
+#[test]
+fn a_session_churning_registers_keeps_the_stream_small_and_the_other_nodes_exact() {
+    if !nats_server_present() {
+        return;
+    }
+    let nats = Nats::start(3);
+    let a = node(&nats.urls(), "a");
+    let b = node(&nats.urls(), "b");
+    let (mut peer, seen) = Client::hello(a.addr, 7601);
+    let kept: Vec<String> = (0..20).map(|i| format!("kept {i}.flac")).collect();
+    let kept_refs: Vec<&str> = kept.iter().map(String::as_str).collect();
+    register(&mut peer, &kept_refs);
+    // One session registers 2,000 files of long names and withdraws them, again and again:
+    // about 230 KB of register records and 66 KB of unregister records a round.
+    const ROUNDS: usize = 60;
+    let long = "x".repeat(60);
+    let mut written = 0;
+    let mut most = 0;
+    let mut series = Vec::new();
+    let started = Instant::now();
+    let mut last = Vec::new();
+    for round in 0..ROUNDS {
+        let names: Vec<String> = (0..2000)
+            .map(|i| format!("churn {round} {i} {long}"))
+            .collect();
+        let files: Vec<FileEntry> = names.iter().map(|n| file(n)).collect();
+        written += files.iter().map(|f| f.name.len() + 48).sum::<usize>();
+        let hashes: Vec<FileHash> = files.iter().map(|f| f.hash).collect();
+        written += hashes.len() * 33;
+        assert!(matches!(
+            peer.call(RequestBody::Register { files }),
+            ResponseBody::Registered { added: 2000, .. }
+        ));
+        assert!(matches!(
+            peer.call(RequestBody::Unregister { hashes }),
+            ResponseBody::Unregistered { removed: 2000, .. }
+        ));
+        let bytes = stream_state(&nats, "T_INDEX").0;
+        most = most.max(bytes);
+        if round % 10 == 9 {
+            series.push(format!(
+                "{:.1}s {written}:{bytes}",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        if round % 20 == 19 {
+            // B follows: the round's files gone, the kept ones still listed.
+            wait_holders(b.addr, &names[0], &[], REPLICATION_LIMIT);
+            wait_holders(b.addr, &kept[0], &[seen], REPLICATION_LIMIT);
+        }
+        last = names;
+    }
+    // Once the deletes of the last compaction are done, the stream holds about the live set
+    // (a snapshot of the 20 kept files) and the last round's records, not all of them.
+    const SETTLED: u64 = 1 << 20;
+    let deadline = Instant::now() + REPLICATION_LIMIT;
+    let settled = loop {
+        let (bytes, records) = stream_state(&nats, "T_INDEX");
+        if bytes <= SETTLED {
+            break (bytes, records);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream holds {bytes} bytes ({records} records) after {written} written \
+             (time, written:held: {series:?})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "churn: {written} bytes written in {ROUNDS} rounds; the stream held at most {most} \
+         bytes, {} bytes in {} records once settled (time, written:held: {series:?})",
+        settled.0, settled.1
+    );
+    assert!(written as u64 > 10 * SETTLED);
+    assert!(most < 4 * SETTLED, "the stream held {most} bytes");
+    // B's view is exact, and so is that of a node that reads the compacted stream from its
+    // start (it never sees the session's Open: the snapshot opens it).
+    let c = node(&nats.urls(), "c");
+    for at in [b.addr, c.addr] {
+        for name in &kept {
+            wait_holders(at, name, &[seen], REPLICATION_LIMIT);
+        }
+        assert!(holders(at, &last[0]).is_empty());
+        assert!(holders(at, &last[1999]).is_empty());
+    }
+    // What the session holds now reaches both.
+    register(&mut peer, &["after the churn.flac"]);
+    wait_holders(c.addr, "after the churn.flac", &[seen], REPLICATION_LIMIT);
+    wait_holders(b.addr, "after the churn.flac", &[seen], REPLICATION_LIMIT);
+}
+
+/// How many of `RECORDS` records of one subject a reader of every subject receives when it
+/// lags behind them (an ordered push consumer, as each node's, that has read none of them:
+/// the server holds most back, under its flow control) and another subject's record is
+/// removed meanwhile: by a purge of that subject if `purge`, else by a delete of its
+/// sequence, as indexd does ([`p2pshare::index::cluster::nats::delete_record`]).
+fn records_a_lagging_reader_gets(url: &str, name: &str, purge: bool) -> (usize, String) {
+    use async_nats::jetstream::{self, consumer, stream};
+    use futures_util::StreamExt;
+    const RECORDS: usize = 100;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect");
+        let version = client.server_info().version;
+        let js = jetstream::new(client.clone());
+        let stream = js
+            .create_stream(stream::Config {
+                name: name.to_string(),
+                subjects: vec![format!("{name}.>")],
+                num_replicas: 3,
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        let reader = stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                filter_subject: format!("{name}.>"),
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut messages = reader.messages().await.expect("messages");
+        // 6.4 MB: far more than the server sends ahead of a reader that reads nothing
+        // (about 2 MiB in flight under flow control).
+        let payload = vec![7u8; 64 * 1024];
+        for _ in 0..RECORDS {
+            let ack = js.publish(format!("{name}.kept.1"), payload.clone().into());
+            ack.await.expect("publish").await.expect("stored");
+        }
+        let ack = js.publish(format!("{name}.gone.1"), "gone".into());
+        let gone = ack.await.expect("publish").await.expect("stored").sequence;
+        if purge {
+            let subject = format!("{name}.gone.1");
+            stream.purge().filter(subject).await.expect("purge");
+        } else {
+            p2pshare::index::cluster::nats::delete_record(&js, name, gone)
+                .await
+                .expect("delete");
+        }
+        let mut got = 0;
+        // Until every record came, or none for 3 s (under the consumer's 5 s heartbeat, whose
+        // miss would make the client create it again from the last record read).
+        while got < RECORDS {
+            match tokio::time::timeout(Duration::from_secs(3), messages.next()).await {
+                Ok(Some(Ok(m))) => {
+                    assert_eq!(m.subject.as_str(), format!("{name}.kept.1"));
+                    got += 1;
+                }
+                Ok(Some(Err(e))) => panic!("reader: {e}"),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        (got, version)
+    })
+}
+
+#[test]
+fn removing_one_subject_s_records_never_moves_a_lagging_reader_past_others() {
+    if !nats_server_present() {
+        return;
+    }
+    let nats = Nats::start(3);
+    let url = nats.servers[0].url();
+    let (deleted, version) = records_a_lagging_reader_gets(&url, "DELETED", false);
+    let (purged, _) = records_a_lagging_reader_gets(&url, "PURGED", true);
+    eprintln!("nats-server {version}: after a delete by sequence the reader got {deleted} of 100 records; after a purge of another subject, {purged}");
+    assert_eq!(deleted, 100);
+    // nats-server before 2.9.12 (PR 3838) moves every consumer whose filter covers the
+    // purged subject past the stream's end: what indexd must never do (see `Removals`).
+    let parts: Vec<u32> = version.split('.').filter_map(|p| p.parse().ok()).collect();
+    if parts.len() == 3 && parts.as_slice() < [2, 9, 12].as_slice() {
+        assert!(purged < 100, "nats-server {version} did not skip: {purged}");
+    }
+}

@@ -695,6 +695,8 @@ fn measure_churn_loop_pause() {
         "0",
         "--rate-register",
         "0",
+        "--rate-register-address",
+        "0",
         "--rate-search",
         "0",
         "--rate-lookup",

@@ -61,6 +61,9 @@ pub enum Inbound {
 #[derive(Debug, Clone, Copy)]
 struct RemoteSession {
     peer: PeerId,
+    /// While a [`Record::Snapshot`] of the session is read: the peer its restated holdings
+    /// go to, which replaces `peer` at the snapshot's end.
+    shadow: Option<PeerId>,
     /// What the cap of a capped register left for its later parts.
     cap_left: u32,
 }
@@ -199,9 +202,13 @@ impl Replica {
                     let (node, session) = (node.clone(), *session);
                     let hashes = std::mem::take(hashes);
                     let end = (self.at + budget - used).min(hashes.len());
-                    let peer = self.session(&node, session).map(|s| s.peer);
-                    if let Some(peer) = peer {
+                    let s = self.session(&node, session).map(|s| (s.peer, s.shadow));
+                    let peer = s.map(|(peer, _)| peer);
+                    if let Some((peer, shadow)) = s {
                         index.unregister(peer, &hashes[self.at..end]);
+                        if let Some(shadow) = shadow {
+                            index.unregister(shadow, &hashes[self.at..end]);
+                        }
                     }
                     used += (end - self.at).max(1);
                     if peer.is_none() || end == hashes.len() {
@@ -269,7 +276,7 @@ impl Replica {
                 Cap::Rest => {}
             }
         }
-        let (peer, room) = (s.peer, s.cap_left);
+        let (peer, room) = (s.shadow.unwrap_or(s.peer), s.cap_left);
         let outcome = index.register_at_most(peer, files, room);
         if room != u32::MAX {
             if let Some(s) = self.session(node, session) {
@@ -303,9 +310,41 @@ impl Replica {
                             session,
                             RemoteSession {
                                 peer,
+                                shadow: None,
                                 cap_left: u32::MAX,
                             },
                         );
+                    }
+                    Record::Snapshot { addr } => {
+                        let sessions = self.nodes.entry(node).or_default();
+                        match sessions.get_mut(&session) {
+                            Some(s) => {
+                                // A snapshot read in part (its end deleted by the next one's
+                                // compaction) is replaced by this one.
+                                if let Some(old) = s.shadow.replace(index.add_peer(addr)) {
+                                    index.begin_departure(old);
+                                }
+                            }
+                            None => {
+                                let peer = index.add_peer(addr);
+                                let s = RemoteSession {
+                                    peer,
+                                    shadow: None,
+                                    cap_left: u32::MAX,
+                                };
+                                sessions.insert(session, s);
+                            }
+                        }
+                    }
+                    Record::SnapshotEnd => {
+                        let Some(s) = self.session(&node, session) else {
+                            self.counts.dropped += 1;
+                            return None;
+                        };
+                        if let Some(shadow) = s.shadow.take() {
+                            let old = std::mem::replace(&mut s.peer, shadow);
+                            index.begin_departure(old);
+                        }
                     }
                     Record::End => {
                         let sessions = self.nodes.get_mut(&node);
@@ -316,7 +355,7 @@ impl Replica {
                         if self.nodes.get(&node).is_some_and(HashMap::is_empty) {
                             self.nodes.remove(&node);
                         }
-                        index.begin_departure(s.peer);
+                        depart(index, &s);
                     }
                     Record::Register { .. } | Record::Unregister { .. } => {
                         unreachable!("applied in slices by poll")
@@ -329,7 +368,7 @@ impl Replica {
                 let sessions = self.nodes.remove(&node).unwrap_or_default();
                 *used += sessions.len();
                 for s in sessions.values() {
-                    index.begin_departure(s.peer);
+                    depart(index, s);
                 }
                 if self.dead.insert(node.clone()) {
                     self.counts.deaths += 1;
@@ -348,12 +387,20 @@ impl Replica {
                 let nodes = std::mem::take(&mut self.nodes);
                 for s in nodes.values().flat_map(HashMap::values) {
                     *used += 1;
-                    index.begin_departure(s.peer);
+                    depart(index, s);
                 }
                 Some(Event::Fenced)
             }
             Inbound::Failed(why) => Some(Event::Failed(why)),
         }
+    }
+}
+
+/// Remote session `s` ends: its peer departs, and its snapshot's, if one was being read.
+fn depart(index: &mut Index, s: &RemoteSession) {
+    index.begin_departure(s.peer);
+    if let Some(shadow) = s.shadow {
+        index.begin_departure(shadow);
     }
 }
 
@@ -414,6 +461,72 @@ mod tests {
             Ok(files) => files.into_iter().flat_map(|f| f.holders).collect(),
             Err(_) => Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_snapshot_replaces_a_session_s_holdings_without_a_gap_and_opens_it_for_a_late_reader() {
+        let at: SocketAddr = "10.0.0.2:7001".parse().unwrap();
+        let snapshot = || rec("b-1", 4, Record::Snapshot { addr: at });
+        let end = || rec("b-1", 4, Record::SnapshotEnd);
+        // A reader that read the session from its start, but missed an unregister of
+        // "gone" (deleted by the compaction before it read it).
+        let mut index = Index::new();
+        let mut replica = Replica::new();
+        replica.handle_inbound(open("b-1", 4, "10.0.0.2:7001"));
+        replica.handle_inbound(register("b-1", 4, vec![file("kept"), file("gone")]));
+        apply_all(&mut replica, &mut index);
+        replica.handle_inbound(snapshot());
+        replica.handle_inbound(register("b-1", 4, vec![file("kept"), file("new")]));
+        let mut events = Vec::new();
+        while replica.has_work() {
+            replica.poll(&mut index, 1, &mut events);
+            // Between the snapshot's records, every entry is still listed (twice once its
+            // restatement is applied: the old peer and its replacement, until the end).
+            let mut listed = holders(&mut index, "kept");
+            listed.dedup();
+            assert_eq!(listed, [at]);
+        }
+        assert_eq!(holders(&mut index, "gone"), [at]);
+        replica.handle_inbound(end());
+        assert!(apply_all(&mut replica, &mut index).is_empty());
+        assert_eq!(holders(&mut index, "kept"), [at]);
+        assert_eq!(holders(&mut index, "new"), [at]);
+        assert!(holders(&mut index, "gone").is_empty());
+        assert_eq!((index.peer_count(), index.entry_count()), (1, 2));
+        assert_eq!(replica.session_count(), 1);
+        // Its later changes and its end apply to the restated peer.
+        replica.handle_inbound(rec(
+            "b-1",
+            4,
+            Record::Unregister {
+                hashes: vec![file("new").hash],
+            },
+        ));
+        apply_all(&mut replica, &mut index);
+        assert!(holders(&mut index, "new").is_empty());
+        replica.handle_inbound(rec("b-1", 4, Record::End));
+        apply_all(&mut replica, &mut index);
+        assert_eq!((index.peer_count(), index.entry_count()), (0, 0));
+
+        // A reader that comes after the older records were deleted: the snapshot opens the
+        // session. A second snapshot read before the first one's end replaces it.
+        let mut index = Index::new();
+        let mut replica = Replica::new();
+        replica.handle_inbound(snapshot());
+        replica.handle_inbound(register("b-1", 4, vec![file("old")]));
+        replica.handle_inbound(snapshot());
+        replica.handle_inbound(register("b-1", 4, vec![file("kept")]));
+        replica.handle_inbound(end());
+        assert!(apply_all(&mut replica, &mut index).is_empty());
+        assert_eq!(holders(&mut index, "kept"), [at]);
+        assert!(holders(&mut index, "old").is_empty());
+        assert_eq!((index.peer_count(), index.entry_count()), (1, 1));
+        // A node death in the middle of a snapshot drops both peers.
+        replica.handle_inbound(snapshot());
+        replica.handle_inbound(register("b-1", 4, vec![file("kept")]));
+        replica.handle_inbound(Inbound::NodeDead { node: "b-1".into() });
+        apply_all(&mut replica, &mut index);
+        assert_eq!((index.peer_count(), index.entry_count()), (0, 0));
     }
 
     #[test]

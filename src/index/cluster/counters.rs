@@ -24,6 +24,10 @@ pub struct Counters {
     read_sequence: AtomicU64,
     /// Other nodes believed alive.
     nodes_alive: AtomicU64,
+    /// Snapshots of local sessions published (their subjects compacted).
+    snapshots: AtomicU64,
+    /// Records deleted from the stream (ended sessions', compacted ones', dead nodes').
+    deleted: AtomicU64,
     /// Our liveness key's lease.
     pub lease: Lease,
     /// Records the reactor handed over and the stream has not stored (or given up) yet: the
@@ -90,6 +94,10 @@ pub struct CountersSnapshot {
     pub read_sequence: u64,
     /// See [`Counters`].
     pub nodes_alive: u64,
+    /// See [`Counters`].
+    pub snapshots: u64,
+    /// See [`Counters`].
+    pub deleted: u64,
 }
 
 impl Counters {
@@ -135,6 +143,16 @@ impl Counters {
             .fetch_max(sequence.saturating_add(pending), Ordering::Relaxed);
     }
 
+    /// A snapshot of a local session was handed over.
+    pub fn handle_snapshot(&self) {
+        self.snapshots.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A record was deleted from the stream.
+    pub fn handle_deleted(&self) {
+        self.deleted.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// `n` other nodes are believed alive.
     pub fn set_nodes_alive(&self, n: usize) {
         self.nodes_alive.store(n as u64, Ordering::Relaxed);
@@ -150,6 +168,8 @@ impl Counters {
             stream_sequence: get(&self.stream_sequence),
             read_sequence: get(&self.read_sequence),
             nodes_alive: get(&self.nodes_alive),
+            snapshots: get(&self.snapshots),
+            deleted: get(&self.deleted),
         }
     }
 }

@@ -41,7 +41,8 @@ use tokio::sync::mpsc::UnboundedSender;
 /// What the reactor hands to the NATS thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outbound {
-    /// Publish a local session's record on its subject (an `End` also purges the subject).
+    /// Publish a local session's record on its subject (an `End` also deletes the session's
+    /// records, a [`Record::SnapshotEnd`] those before its snapshot).
     Publish {
         /// The local session's number.
         session: u64,
@@ -105,7 +106,26 @@ impl Backlog {
 struct Local {
     session: u64,
     conn: Option<ConnId>,
+    /// Its peer's download address (for its snapshots).
+    addr: SocketAddr,
+    /// Bytes its records take on the stream since its last snapshot began (that snapshot
+    /// included): what its subject holds ([`Record::stream_bytes`]).
+    written: u64,
+    /// Payload bytes and files of every register it published: the average entry's size,
+    /// to size its live set from its entry count.
+    register_bytes: u64,
+    register_files: u64,
 }
+
+/// A local session's subject is compacted once it holds more than this many bytes and
+/// [`SNAPSHOT_GROWTH`] times its live set's (see [`Link::wants_snapshot`]).
+pub const SNAPSHOT_FLOOR_BYTES: u64 = 256 * 1024;
+/// See [`SNAPSHOT_FLOOR_BYTES`].
+pub const SNAPSHOT_GROWTH: u64 = 2;
+/// Most entries a snapshot restates: it is built in one turn (a walk of the peer's entries in
+/// the index), so a session holding more is not compacted (its churn is bounded by the rate
+/// limits and the stream's limit only).
+pub const MAX_SNAPSHOT_ENTRIES: u32 = 100_000;
 
 /// The reactor's side of the cluster; see the module docs.
 pub struct Link {
@@ -276,32 +296,89 @@ impl Link {
     pub fn handle_opened(&mut self, peer: PeerId, addr: SocketAddr, conn: Option<ConnId>) {
         let session = self.next_session;
         self.next_session += 1;
-        self.local.insert(peer, Local { session, conn });
-        self.publish(session, Record::Open { addr });
+        let open = Record::Open { addr };
+        let local = Local {
+            session,
+            conn,
+            addr,
+            written: open.stream_bytes(),
+            register_bytes: 0,
+            register_files: 0,
+        };
+        self.local.insert(peer, local);
+        self.publish(session, open);
     }
 
     /// A local peer's register request is done: `files` as it sent them, with its outcome.
     pub fn handle_registered(&mut self, peer: PeerId, files: Vec<FileEntry>, o: RegisterOutcome) {
-        let Some(session) = self.local.get(&peer).map(|l| l.session) else {
+        let Some(local) = self.local.get_mut(&peer) else {
             return;
         };
         if o.added == 0 {
             return;
         }
-        for record in Record::registers(files, o.added, o.rejected) {
+        let session = local.session;
+        let records = Record::registers(files, o.added, o.rejected);
+        for record in &records {
+            local.written += record.stream_bytes();
+            if let Record::Register { files, .. } = record {
+                local.register_files += files.len() as u64;
+                local.register_bytes += record.stream_bytes();
+            }
+        }
+        for record in records {
             self.publish(session, record);
         }
     }
 
     /// A local peer's unregister request is done (`removed` entries went).
     pub fn handle_unregistered(&mut self, peer: PeerId, hashes: Vec<FileHash>, removed: u32) {
-        let Some(session) = self.local.get(&peer).map(|l| l.session) else {
+        let Some(local) = self.local.get_mut(&peer) else {
             return;
         };
         if removed == 0 {
             return;
         }
-        for record in Record::unregisters(hashes) {
+        let session = local.session;
+        let records = Record::unregisters(hashes);
+        local.written += records.iter().map(Record::stream_bytes).sum::<u64>();
+        for record in records {
+            self.publish(session, record);
+        }
+    }
+
+    /// Whether local `peer`'s subject should be compacted now that its peer holds `entries`:
+    /// it holds more than [`SNAPSHOT_FLOOR_BYTES`] and [`SNAPSHOT_GROWTH`] times what a
+    /// snapshot of those entries would take (and they are at most
+    /// [`MAX_SNAPSHOT_ENTRIES`]).
+    pub fn wants_snapshot(&self, peer: PeerId, entries: u32) -> bool {
+        let Some(l) = self.local.get(&peer) else {
+            return false;
+        };
+        let per_entry = l.register_bytes.checked_div(l.register_files).unwrap_or(0);
+        let live = u64::from(entries) * per_entry;
+        entries <= MAX_SNAPSHOT_ENTRIES
+            && l.written > SNAPSHOT_FLOOR_BYTES
+            && l.written > SNAPSHOT_GROWTH * live
+    }
+
+    /// Publishes a snapshot of local `peer`'s session: `files` (every entry it holds, from
+    /// the index) between a [`Record::Snapshot`] and a [`Record::SnapshotEnd`]; once the end
+    /// is stored, the NATS thread deletes the subject's older records.
+    pub fn publish_snapshot(&mut self, peer: PeerId, files: Vec<FileEntry>) {
+        let Some(local) = self.local.get_mut(&peer) else {
+            return;
+        };
+        let session = local.session;
+        let mut records = vec![Record::Snapshot { addr: local.addr }];
+        if !files.is_empty() {
+            let n = files.len() as u32;
+            records.extend(Record::registers(files, n, 0));
+        }
+        records.push(Record::SnapshotEnd);
+        local.written = records.iter().map(Record::stream_bytes).sum();
+        self.counters.handle_snapshot();
+        for record in records {
             self.publish(session, record);
         }
     }

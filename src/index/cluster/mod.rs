@@ -23,10 +23,13 @@
 //!   channel and the reactor's waker.
 //!
 //! # Invariants
-//! - The stream holds the live index: a session's subject is purged when it ends (its `End`
-//!   record is kept as a tombstone for [`nats::TOMBSTONE_LINGER`], then purged too, so that a
-//!   node reading a little behind still sees the end), and a dead node's subjects are purged
-//!   by one survivor (the lowest node name alive).
+//! - The stream holds the live index: a session's records are deleted when it ends (its
+//!   `End` record is kept as a tombstone for [`nats::TOMBSTONE_LINGER`], then deleted too, so
+//!   that a node reading a little behind still sees the end), and a dead node's by one
+//!   survivor (the lowest node name alive). A live session's subject is compacted once it
+//!   holds much more than its live set ([`link::Link::wants_snapshot`]): a snapshot
+//!   ([`Record::Snapshot`]) restates it, then the older records are deleted. Records are
+//!   deleted by sequence, never by a subject purge (see [`nats`]).
 //! - A node's name carries an incarnation (`ID-INCARNATION`, new at every start), so a
 //!   restarted node never mixes with what its previous run left: that run is a dead node
 //!   like any other.
@@ -48,6 +51,11 @@ pub const RECORD_FORMAT: u8 = 1;
 /// Largest record payload published (NATS's default `max_payload` is 1 MiB): a bigger
 /// register or unregister goes out as several records.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+
+/// What a stored record costs the stream beside its payload: the subject
+/// (`<prefix>.<node>-<incarnation>.<session>`), the publish's headers and the store's own
+/// framing, about.
+pub const RECORD_OVERHEAD_BYTES: usize = 96;
 
 /// One change of one local session, as every other node applies it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +80,19 @@ pub enum Record {
     },
     /// The session ended: its peer's entries go.
     End,
+    /// A snapshot of the session begins (its compaction, see [`nats`]): the records up to
+    /// its [`Record::SnapshotEnd`] are `Register`s restating every entry the session holds,
+    /// nothing else between them; once the end is stored, the session's older records are
+    /// deleted from the stream. A node that knows the session builds the restated holdings
+    /// beside the ones it has and swaps them at the end, so no entry disappears meanwhile;
+    /// a node that does not (it read on after the older records, its `Open` among them, were
+    /// deleted) opens the session here.
+    Snapshot {
+        /// The peer's download address, as in [`Record::Open`].
+        addr: SocketAddr,
+    },
+    /// The snapshot begun by the last [`Record::Snapshot`] is complete.
+    SnapshotEnd,
 }
 
 /// How many new holdings a [`Record::Register`] adds. The home node's limits (per peer, per
@@ -121,6 +142,18 @@ impl Record {
                 record
             })
             .collect()
+    }
+
+    /// About how many bytes the record takes on the stream: its payload (as [`chunks`]
+    /// counts it) and the message's overhead ([`RECORD_OVERHEAD_BYTES`]).
+    pub fn stream_bytes(&self) -> u64 {
+        let payload = match self {
+            Record::Register { files, .. } => files.iter().map(|f| f.name.len() + 48).sum(),
+            Record::Unregister { hashes } => hashes.len() * 33,
+            Record::Open { .. } | Record::Snapshot { .. } => 24,
+            Record::End | Record::SnapshotEnd => 2,
+        };
+        (payload + RECORD_OVERHEAD_BYTES) as u64
     }
 
     /// Splits an unregister of `hashes` into records of at most [`MAX_RECORD_BYTES`].
@@ -198,6 +231,10 @@ mod tests {
                 hashes: vec![FileHash([7; 32])],
             },
             Record::End,
+            Record::Snapshot {
+                addr: "10.0.0.1:7000".parse().unwrap(),
+            },
+            Record::SnapshotEnd,
         ];
         for r in records {
             let bytes = r.encode();

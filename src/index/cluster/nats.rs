@@ -18,11 +18,14 @@
 //!   thread fails and indexd exits (status 2).
 //! - Publishes each [`Outbound::Publish`] on `<prefix>.<node>.<session>`; acknowledgements are
 //!   awaited concurrently, and one that fails (the stream did not take the record) becomes
-//!   [`Inbound::Lost`] for that session. After an `End` is acknowledged, a task of their own
-//!   ([`purge_subjects`]) purges the subject but for that tombstone, and another purges the
-//!   tombstone [`TOMBSTONE_LINGER`] later: the main loop never waits for a purge. (Not a
-//!   `Nats-Rollup` header on the `End`: on nats-server 2.9 a rollup moved every consumer of
-//!   the stream past the records it had not read yet, of every subject, and they were lost.)
+//!   [`Inbound::Lost`] for that session. It keeps the stream sequence of each local session's
+//!   records: after an `End` is acknowledged, a task of its own ([`Removals`]) deletes them
+//!   but for that tombstone, and another deletes the tombstone [`TOMBSTONE_LINGER`] later;
+//!   after a snapshot's end ([`Record::SnapshotEnd`]) is acknowledged, the records before the
+//!   snapshot go (the session's compaction). The main loop never waits for a delete. Records
+//!   are deleted one by one by sequence, never by a subject purge nor a `Nats-Rollup`
+//!   header: on nats-server 2.9.10 both move every consumer of the stream past records it had
+//!   not read yet, of every subject, and those were lost (see [`Removals`]).
 //! - Every request it awaits once joined is bounded ([`REQUEST_TIMEOUT`]): the client's own
 //!   waits are not always (a publish waits without end for room among the acknowledgements in
 //!   flight), and one unbounded wait in this loop once left a node's thread parked, its key
@@ -41,7 +44,7 @@
 //!   answers anyone. If the check fails (the key was deleted or expired while NATS was
 //!   unreachable, so the others dropped this node) the lease is revoked at once.
 //! - At [`Outbound::Fence`] (the reactor found the lease run out and fenced itself), takes a
-//!   new incarnation, deletes the old one's key and purges its subjects, sends
+//!   new incarnation, deletes the old one's key and its subjects' records, sends
 //!   [`Inbound::Fenced`] (the reactor drops every remote session) and reads the stream again
 //!   from its start, up to a new [`Inbound::Rebuilt`], as at a join.
 //! - Watches the bucket, and checks the other nodes' keys every [`check_interval`]: a node
@@ -52,7 +55,8 @@
 //!   refresh. The bucket's `max_age` expiry is only the backstop: nats-server 2.9 removes an
 //!   expired key without telling the watchers, and when it does so depends on its own expiry
 //!   timer, so waiting for it made a death take up to two TTLs to be noticed. A dead node is
-//!   [`Inbound::NodeDead`], and the lowest-named node alive purges its subjects.
+//!   [`Inbound::NodeDead`], and the lowest-named node alive deletes its subjects' records
+//!   (found by a walk of them).
 //! - At [`Outbound::Stop`], deletes its key (the others drop its sessions at once).
 
 use super::apply::Inbound;
@@ -73,7 +77,7 @@ use tokio::time::Instant;
 
 /// How long a start waits for a NATS server to answer before giving up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an ended session's `End` record stays on the stream before it is purged: a node
+/// How long an ended session's `End` record stays on the stream before it is deleted: a node
 /// reading less than this behind still sees every session it saw begin end.
 pub const TOMBSTONE_LINGER: Duration = Duration::from_secs(60);
 /// How long a start may take to join once connected: set up the stream, the bucket and the
@@ -216,9 +220,34 @@ impl ToReactor {
     }
 }
 
+/// What the thread does once a record is stored, by the record's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Its sequence is kept, to delete it when its session ends or is compacted.
+    Change,
+    /// The session's records are deleted, this tombstone [`TOMBSTONE_LINGER`] later.
+    End,
+    /// A snapshot begins here: the records before it go at its end.
+    Snapshot,
+    /// The snapshot is stored whole: the session's records before its beginning are
+    /// deleted.
+    SnapshotEnd,
+}
+
+impl Kind {
+    fn of(record: &Record) -> Kind {
+        match record {
+            Record::End => Kind::End,
+            Record::Snapshot { .. } => Kind::Snapshot,
+            Record::SnapshotEnd => Kind::SnapshotEnd,
+            _ => Kind::Change,
+        }
+    }
+}
+
 /// A record's publish, retried until stored or [`PUBLISH_RETRY_LIMIT`]: its session, its
-/// subject, whether it is an `End`, and the outcome.
-type Ack = BoxFuture<'static, (u64, String, bool, Result<(), String>)>;
+/// kind, and the outcome (the stream sequence it was stored at).
+type Ack = BoxFuture<'static, (u64, Kind, Result<u64, String>)>;
 
 /// How long a record's publish is retried (a stream without a leader for a moment, while
 /// the NATS cluster elects one after a server died) before its session is ended.
@@ -249,7 +278,7 @@ fn publish(
     counters: Arc<Counters>,
 ) -> Ack {
     let payload = record.encode();
-    let end = *record == Record::End;
+    let kind = Kind::of(record);
     Box::pin(async move {
         let deadline = Instant::now() + PUBLISH_RETRY_LIMIT;
         loop {
@@ -257,9 +286,10 @@ fn publish(
                 let ack = js.publish(subject.clone(), payload.clone().into()).await?;
                 ack.await
             };
-            let result = bounded("publish", attempt)
-                .await
-                .map(|ack| counters.handle_stored(ack.sequence));
+            let result = bounded("publish", attempt).await.map(|ack| {
+                counters.handle_stored(ack.sequence);
+                ack.sequence
+            });
             if result.is_err() {
                 counters.handle_publish_error();
             }
@@ -268,7 +298,7 @@ fn publish(
                     log::debug!("cluster: publish on {subject}: {e}; trying again");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                result => return (session, subject, end, result),
+                result => return (session, kind, result),
             }
         }
     })
@@ -394,6 +424,8 @@ struct Node {
     dead: HashSet<String>,
     /// What the metrics show, and our lease.
     counters: Arc<Counters>,
+    /// Deletes records now (ended sessions', compacted ones', dead nodes').
+    removals: Removals,
 }
 
 async fn run(
@@ -567,6 +599,7 @@ async fn setup(
         config.node,
         config.stream_name()
     );
+    let removals = Removals::spawn(js.clone(), &stream, client.clone(), counters.clone());
     Ok(Node {
         config: config.clone(),
         js,
@@ -578,6 +611,7 @@ async fn setup(
         alive: HashMap::new(),
         dead: HashSet::new(),
         counters,
+        removals,
     })
 }
 
@@ -621,16 +655,16 @@ impl Node {
         let mut queues: HashMap<u64, VecDeque<Record>> = HashMap::new();
         // Dropped (and so aborted) when this loop ends, however it ends.
         let mut keeper = self.keeper(Some(self.joined_revision), to_reactor);
-        // Ended sessions' subjects, purged but for their tombstone, and their tombstones,
-        // purged after their linger, by tasks of their own.
-        let (ended, to_trim) = tokio::sync::mpsc::unbounded_channel();
-        let _trimmer = AbortOnDrop(tokio::spawn(purge_subjects(
-            self.stream.clone(),
-            to_trim,
-            1,
-        )));
-        let (tombstones, linger) = tokio::sync::mpsc::unbounded_channel();
-        let _purger = AbortOnDrop(tokio::spawn(purge_subjects(self.stream.clone(), linger, 0)));
+        // Each local session's records on the stream, to delete them by sequence when it
+        // ends or is compacted (never by a subject purge: see `Removals`).
+        let mut stored: HashMap<u64, Stored> = HashMap::new();
+        // Ended sessions' tombstones, deleted after their linger by a task of their own.
+        let tombstones = Removals::spawn(
+            self.js.clone(),
+            &self.stream,
+            client.clone(),
+            self.counters.clone(),
+        );
         let mut tick = tokio::time::interval(self.ttl / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(check_interval(self.ttl));
@@ -657,6 +691,8 @@ impl Node {
                             }
                         }
                         queues.clear();
+                        // The old incarnation's records go with its subjects (`rejoin`).
+                        stored.clear();
                         let new = incarnation(&self.config.node_id);
                         let old = std::mem::replace(&mut self.config.node, new);
                         keeper = self.keeper(None, to_reactor);
@@ -686,14 +722,32 @@ impl Node {
                         return Ok(());
                     }
                 },
-                Some((session, subject, end, result)) = acks.next() => {
+                Some((session, kind, result)) = acks.next() => {
                     self.counters.handle_done();
                     match result {
-                        Ok(()) if end => {
-                            let _ = ended.send((Instant::now(), subject.clone()));
-                            let _ = tombstones.send((Instant::now() + TOMBSTONE_LINGER, subject));
+                        Ok(seq) => {
+                            let s = stored.entry(session).or_default();
+                            match kind {
+                                Kind::Change => s.seqs.push(seq),
+                                Kind::Snapshot => {
+                                    s.seqs.push(seq);
+                                    s.snapshot = Some(seq);
+                                }
+                                Kind::SnapshotEnd => {
+                                    s.seqs.push(seq);
+                                    if let Some(from) = s.snapshot.take() {
+                                        let older = s.seqs.partition_point(|&q| q < from);
+                                        let older: Vec<u64> = s.seqs.drain(..older).collect();
+                                        self.removals.delete(Instant::now(), older);
+                                    }
+                                }
+                                Kind::End => {
+                                    let s = stored.remove(&session).unwrap_or_default();
+                                    self.removals.delete(Instant::now(), s.seqs);
+                                    tombstones.delete(Instant::now() + TOMBSTONE_LINGER, vec![seq]);
+                                }
+                            }
                         }
-                        Ok(()) => {}
                         Err(e) => {
                             log::warn!("cluster: a record of session {session} was not stored: {e}");
                             self.counters.handle_lost();
@@ -1022,8 +1076,8 @@ impl Node {
         }
     }
 
-    /// `node` is dead: the reactor drops its sessions, and the lowest-named node alive purges
-    /// its subjects.
+    /// `node` is dead: the reactor drops its sessions, and the lowest-named node alive deletes
+    /// its subjects' records.
     async fn declare_dead(&mut self, node: &str, to_reactor: &ToReactor) {
         if !self.dead.insert(node.to_string()) {
             return;
@@ -1040,15 +1094,9 @@ impl Node {
             .min()
             .expect("we are alive");
         if lowest == self.config.node {
+            log::info!("cluster: node {node} is dead; deleting its records");
             let subjects = format!("{}.{node}.>", self.config.prefix);
-            let purge = async { self.stream.purge().filter(&subjects).await };
-            match bounded(format_args!("purging {subjects}"), purge).await {
-                Ok(r) => log::info!(
-                    "cluster: node {node} is dead; purged its {} records",
-                    r.purged
-                ),
-                Err(e) => log::warn!("cluster: {e}"),
-            }
+            self.removals.delete_subjects(subjects);
         }
     }
 
@@ -1066,8 +1114,8 @@ impl Node {
     }
 
     /// The reactor fenced the node, which is now `self.config.node` instead of `old`: `old`'s
-    /// key is deleted (the others drop its sessions at once) and its subjects purged (each
-    /// bounded, best effort: a dead node's subjects are purged by the others too), and the
+    /// key is deleted (the others drop its sessions at once) and its subjects' records (each
+    /// bounded, best effort: a dead node's records are deleted by the others too), and the
     /// reactor is told to drop every remote session, before the stream is read again.
     async fn rejoin(&mut self, old: &str, to_reactor: &ToReactor) {
         log::warn!(
@@ -1079,44 +1127,177 @@ impl Node {
             log::warn!("cluster: {e}");
         }
         let subjects = format!("{}.{old}.>", self.config.prefix);
-        if let Err(e) = bounded(format_args!("purging {subjects}"), async {
-            self.stream.purge().filter(&subjects).await
-        })
-        .await
-        {
-            log::warn!("cluster: {e}");
-        }
+        self.removals.delete_subjects(subjects);
         to_reactor.send(Inbound::Fenced);
     }
 }
 
-/// Most purges in flight at once, per [`purge_subjects`] task.
-const PURGES_IN_FLIGHT: usize = 32;
-
-/// Purges each subject that comes on `due` once its time has come (they come in that order),
-/// keeping its last `keep` records (0: all go), each purge bounded.
-async fn purge_subjects(
-    stream: stream::Stream,
-    due: tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
-    keep: u64,
-) {
-    let due = futures_util::stream::unfold(due, |mut rx| async move {
-        rx.recv().await.map(|next| (next, rx))
-    });
-    due.for_each_concurrent(PURGES_IN_FLIGHT, |(at, subject)| {
-        let stream = &stream;
-        async move {
-            tokio::time::sleep_until(at).await;
-            let purge = async {
-                match keep {
-                    0 => stream.purge().filter(&subject).await,
-                    n => stream.purge().filter(&subject).keep(n).await,
-                }
-            };
-            if let Err(e) = bounded(format!("purging {subject}"), purge).await {
-                log::warn!("cluster: {e}");
+/// Deletes the record at `seq` of `stream` (without overwriting its bytes: they are not
+/// secret); one already gone counts as deleted. Never moves a consumer (see [`Removals`]).
+pub async fn delete_record(js: &jetstream::Context, stream: &str, seq: u64) -> Result<(), String> {
+    let subject = format!("STREAM.MSG.DELETE.{stream}");
+    let request = serde_json::json!({ "seq": seq, "no_erase": true });
+    let answer: serde_json::Value = js
+        .request(subject, &request)
+        .await
+        .map_err(|e| e.to_string())?;
+    match answer.get("error") {
+        None => Ok(()),
+        Some(e) => {
+            let why = e.to_string();
+            if why.to_ascii_lowercase().contains("not found") {
+                Ok(())
+            } else {
+                Err(why)
             }
         }
-    })
-    .await;
+    }
+}
+
+/// A local session's records on the stream (their sequences, ascending), and where its
+/// snapshot in progress began.
+#[derive(Debug, Default)]
+struct Stored {
+    seqs: Vec<u64>,
+    snapshot: Option<u64>,
+}
+
+/// Most deletes in flight at once, per [`Removals`] task.
+const DELETES_IN_FLIGHT: usize = 32;
+
+/// What a [`Removals`] task deletes.
+#[derive(Debug)]
+enum Removal {
+    /// These records.
+    Sequences(Vec<u64>),
+    /// Every record on these subjects (a dead node's, `<prefix>.<node>.>`): found by a walk
+    /// of them with a consumer of their own.
+    Subjects(String),
+}
+
+/// Deletes records from the stream, one by one by sequence, in a task of its own (the main
+/// loop never waits for it), each request bounded, in the order they come once their time
+/// has come.
+///
+/// Never a purge with a subject filter: nats-server 2.9.10 (bookworm's) moves *every*
+/// consumer whose filter covers the purged subject to the purged subject's first record
+/// left, or past the stream's last record if none is left (`stream.purge` then
+/// `consumer.purge` in its source; fixed in 2.9.12 by nats-server PR 3838, and for wider
+/// filters by PR 5075). Our consumers read `<prefix>.>`, so a purge of one session's subject made a
+/// node reading behind skip every unread record of every other session: records were lost,
+/// as they were with a `Nats-Rollup` header, which is a purge too. A deleted record is
+/// simply not delivered; no consumer moves (`tests/it/cluster.rs` shows both).
+struct Removals {
+    tx: tokio::sync::mpsc::UnboundedSender<(Instant, Removal)>,
+    _task: AbortOnDrop,
+}
+
+impl Removals {
+    fn spawn(
+        js: jetstream::Context,
+        stream: &stream::Stream,
+        client: async_nats::Client,
+        counters: Arc<Counters>,
+    ) -> Removals {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let remover = Remover {
+            js,
+            stream: stream.clone(),
+            client,
+            counters,
+        };
+        Removals {
+            tx,
+            _task: AbortOnDrop(tokio::spawn(remover.run(rx))),
+        }
+    }
+
+    /// Deletes the records at `seqs` at `at` (not before anything handed over earlier).
+    fn delete(&self, at: Instant, seqs: Vec<u64>) {
+        if !seqs.is_empty() {
+            let _ = self.tx.send((at, Removal::Sequences(seqs)));
+        }
+    }
+
+    /// Deletes every record on `subjects` now.
+    fn delete_subjects(&self, subjects: String) {
+        let _ = self.tx.send((Instant::now(), Removal::Subjects(subjects)));
+    }
+}
+
+/// The task of a [`Removals`].
+struct Remover {
+    js: jetstream::Context,
+    stream: stream::Stream,
+    client: async_nats::Client,
+    counters: Arc<Counters>,
+}
+
+impl Remover {
+    async fn run(self, mut rx: tokio::sync::mpsc::UnboundedReceiver<(Instant, Removal)>) {
+        while let Some((at, removal)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            match removal {
+                Removal::Sequences(seqs) => self.delete(seqs).await,
+                Removal::Subjects(subjects) => match self.walk(&subjects).await {
+                    Ok(seqs) => {
+                        let n = seqs.len();
+                        self.delete(seqs).await;
+                        log::info!("cluster: deleted the {n} records of {subjects}");
+                    }
+                    Err(e) => log::warn!("cluster: deleting the records of {subjects}: {e}"),
+                },
+            }
+        }
+    }
+
+    /// Deletes the records at `seqs`, [`DELETES_IN_FLIGHT`] at a time.
+    async fn delete(&self, seqs: Vec<u64>) {
+        futures_util::stream::iter(seqs)
+            .for_each_concurrent(DELETES_IN_FLIGHT, |seq| async move {
+                match bounded(format!("deleting record {seq}"), self.delete_one(seq)).await {
+                    Ok(()) => self.counters.handle_deleted(),
+                    Err(e) => log::debug!("cluster: {e}"),
+                }
+            })
+            .await;
+    }
+
+    async fn delete_one(&self, seq: u64) -> Result<(), String> {
+        delete_record(&self.js, &self.stream.cached_info().config.name, seq).await
+    }
+
+    /// The sequences of every record on `subjects`, read by a consumer of their own (headers
+    /// only), each step bounded.
+    async fn walk(&self, subjects: &str) -> Result<Vec<u64>, String> {
+        let consumer = bounded(
+            "walk consumer",
+            self.stream.create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: subjects.to_string(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                headers_only: true,
+                ..Default::default()
+            }),
+        )
+        .await?;
+        let mut seqs = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(seqs);
+        }
+        let mut messages = bounded("walk consumer", consumer.messages()).await?;
+        loop {
+            let msg = match tokio::time::timeout(REQUEST_TIMEOUT, messages.next()).await {
+                Ok(Some(Ok(msg))) => msg,
+                Ok(Some(Err(e))) => return Err(format!("walk: {e}")),
+                Ok(None) => return Ok(seqs),
+                Err(_) => return Err(format!("walk: nothing read within {REQUEST_TIMEOUT:?}")),
+            };
+            let info = msg.info().map_err(|e| format!("walk: {e}"))?;
+            seqs.push(info.stream_sequence);
+            if info.pending == 0 {
+                return Ok(seqs);
+            }
+        }
+    }
 }

@@ -107,12 +107,25 @@ impl IndexServer {
     ) {
         if let Some(link) = self.cluster.as_mut() {
             link.handle_registered(peer, files, outcome);
+            self.cluster_compact(peer);
+        }
+    }
+
+    /// Compacts local `peer`'s subject on the stream if it asks for it (a snapshot of its
+    /// entries, see [`Link::wants_snapshot`]).
+    fn cluster_compact(&mut self, peer: PeerId) {
+        if let Some(link) = self.cluster.as_mut() {
+            if link.wants_snapshot(peer, self.index.entries_of(peer)) {
+                let files = self.index.files_of(peer);
+                link.publish_snapshot(peer, files);
+            }
         }
     }
 
     pub(super) fn cluster_unregistered(&mut self, peer: PeerId, hashes: Vec<FileHash>, n: u32) {
         if let Some(link) = self.cluster.as_mut() {
             link.handle_unregistered(peer, hashes, n);
+            self.cluster_compact(peer);
         }
     }
 
@@ -180,6 +193,7 @@ mod tests {
     use super::*;
     use crate::index::cluster::apply::Inbound;
     use crate::index::cluster::link::Outbound;
+    use crate::index::cluster::Record;
     use crate::index::server::ServerLimits;
     use crate::wire::{self, LookupKey, Request, RequestBody, ResponseBody};
     use std::net::SocketAddr;
@@ -298,6 +312,71 @@ mod tests {
         assert_eq!(b.server.index.entry_count(), 0);
         // B's own peers are published by B, not echoed back.
         assert!(b.published.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_churning_session_is_compacted_by_a_snapshot_and_another_node_stays_exact() {
+        let (mut a, mut b) = (node(), node());
+        // Outside a reactor a big register is charged its time, which the rate limits would
+        // refuse here (a reactor makes it a job, charged its entries).
+        a.server
+            .set_rate_limits(crate::index::limits::RateLimits::off());
+        let mut peer = join(&mut a.server, [10, 0, 0, 6], 7006);
+        let at: SocketAddr = "10.0.0.6:7006".parse().unwrap();
+        let kept = files("kept", 10);
+        call(
+            &mut a.server,
+            &mut peer,
+            RequestBody::Register {
+                files: kept.clone(),
+            },
+        );
+        let mut snapshots = 0;
+        for round in 0..40 {
+            let churn = files(&format!("churn {round} {}", "x".repeat(40)), 1_000);
+            let hashes = churn.iter().map(|f| f.hash).collect();
+            let answer = call(
+                &mut a.server,
+                &mut peer,
+                RequestBody::Register { files: churn },
+            );
+            assert!(
+                matches!(answer, ResponseBody::Registered { added: 1_000, .. }),
+                "{answer:?}"
+            );
+            let answer = call(&mut a.server, &mut peer, RequestBody::Unregister { hashes });
+            assert!(
+                matches!(answer, ResponseBody::Unregistered { removed: 1_000, .. }),
+                "{answer:?}"
+            );
+            // What A published, as B reads it.
+            while let Ok(out) = a.published.try_recv() {
+                let Outbound::Publish { session, record } = out else {
+                    continue;
+                };
+                if let Record::Snapshot { addr } = &record {
+                    assert_eq!(*addr, at);
+                    snapshots += 1;
+                }
+                let node = "a-1".to_string();
+                b.inbox
+                    .send(Inbound::Record {
+                        node,
+                        session,
+                        record,
+                    })
+                    .unwrap();
+            }
+        }
+        // About 90 KB registered and 33 KB withdrawn a round: a snapshot every few rounds
+        // (past the floor and twice the live set), each restating the 10 kept files.
+        assert!((10..=25).contains(&snapshots), "{snapshots} snapshots");
+        b.inbox.send(Inbound::Rebuilt).unwrap();
+        b.server.rebuild_from_cluster().unwrap();
+        assert_eq!(holders(&mut b.server, "kept 3"), [at]);
+        assert!(holders(&mut b.server, "churn 39 3").is_empty());
+        assert_eq!(b.server.index.entry_count(), 10);
+        assert_eq!(b.server.index.peer_count(), 1);
     }
 
     #[test]

@@ -83,8 +83,8 @@ pub(super) fn split(payload: &[u8], spare: &mut Vec<u8>) -> Option<(Request, Laz
 }
 
 impl LazyEntries {
-    /// Entries not decoded yet (as the frame announced them).
-    #[cfg(test)]
+    /// Entries not decoded yet (as the frame announced them; more or fewer make the frame
+    /// malformed at its end).
     pub(super) fn left(&self) -> u64 {
         self.left
     }

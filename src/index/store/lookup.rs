@@ -6,7 +6,7 @@ use super::words::{lower_words, Scratch};
 use super::{
     source_of, Entries, Files, Index, LookupError, NamePage, PeerId, ID_MASK, MAX_CLAIMS, NONE,
 };
-use crate::wire::{is_hex_prefix, HeldFile, LookupKey};
+use crate::wire::{is_hex_prefix, FileEntry, HeldFile, LookupKey};
 use std::cmp::Ordering;
 
 impl Index {
@@ -357,6 +357,29 @@ impl Index {
     /// Whether the name table has walks to do.
     pub fn has_name_walks(&self) -> bool {
         !self.by_name.walks.is_empty()
+    }
+
+    /// Every entry `peer` holds, as a register restating it would carry it (hash, size,
+    /// name), in entry-id order; empty for an unknown peer. Posts pending words first (so its
+    /// staged holdings are in the tables). Work in proportion to the peer's entries: the
+    /// cluster's snapshot of a local session (`cluster/link.rs`) bounds it.
+    pub fn files_of(&mut self, peer: PeerId) -> Vec<FileEntry> {
+        self.post_pending();
+        let Some(rec) = self.peers.get(peer) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(rec.entries.len());
+        let mut name = Vec::new();
+        for e in rec.entries.iter() {
+            let file = &self.files[self.entries[e].file()];
+            self.entries.decode_name(e, &mut name);
+            out.push(FileEntry {
+                hash: file.hash,
+                size: file.size(),
+                name: String::from_utf8(name.clone()).expect("names are stored from str"),
+            });
+        }
+        out
     }
 
     /// Puts entry `e` in the name table or takes it out, as the marks of its words now say; a

@@ -515,6 +515,8 @@ impl Node {
             "0",
             "--rate-register",
             "0",
+            "--rate-register-address",
+            "0",
         ];
         if let Some(urls) = urls {
             args.extend(["--cluster", urls, "--node-id", name, "--cluster-ttl", &ttl]);

@@ -115,7 +115,12 @@ pub fn run(config: &Config) -> io::Result<Summary> {
             // off when measuring latency and throughput, and on in the abuse mode, which
             // measures what they protect.
             if !matches!(config.mode, Mode::Abuse { .. }) {
-                for flag in ["--rate-search", "--rate-lookup", "--rate-address"] {
+                for flag in [
+                    "--rate-search",
+                    "--rate-lookup",
+                    "--rate-address",
+                    "--rate-register-address",
+                ] {
                     args.extend([flag.to_string(), "0".into()]);
                 }
             }
