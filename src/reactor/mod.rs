@@ -71,6 +71,9 @@ pub use pauses::{LoopPauses, PauseSummary};
 pub use web::{WebLimits, WebRequest, WebResponse};
 
 use crate::codec::{Decoder, FrameError};
+// The work trace, a debug aid, times the reactor's own pieces of a turn (reads, copies,
+// writes, closes) beside the index's: without it, a turn's time it cannot place is unknown.
+use crate::index::worktrace as trace;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use outq::OutQueue;
@@ -1446,7 +1449,7 @@ impl<C> Ctx<C> {
             return;
         }
         if !c.out.is_empty() {
-            match c.out.write_to(&mut c.stream) {
+            match trace::time("socket write", || c.out.write_to(&mut c.stream)) {
                 Ok(p) => {
                     if p.written > 0 {
                         c.last_active = self.now;
@@ -1545,13 +1548,15 @@ impl<C> Ctx<C> {
             if !c.pending_in.is_empty() {
                 let mut pending = std::mem::take(&mut c.pending_in);
                 let used = self.process(key, &pending, handler);
-                pending.drain(..used);
                 let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
                     return;
                 };
-                if pending.is_empty() && pending.capacity() > KEEP_PENDING_BYTES {
-                    pending = Vec::new();
-                }
+                trace::time("input drain", || {
+                    pending.drain(..used);
+                    if pending.is_empty() && pending.capacity() > KEEP_PENDING_BYTES {
+                        pending = Vec::new();
+                    }
+                });
                 c.pending_in = pending;
                 if c.closing || c.parked || c.held {
                     return;
@@ -1573,7 +1578,7 @@ impl<C> Ctx<C> {
             if drained {
                 return;
             }
-            let n = match c.stream.read(scratch) {
+            let n = match trace::time("socket read", || c.stream.read(scratch)) {
                 Ok(0) => {
                     c.eof = true;
                     continue;
@@ -1594,7 +1599,9 @@ impl<C> Ctx<C> {
                 }
             };
             if !c.pending_in.is_empty() {
-                c.pending_in.extend_from_slice(&scratch[..n]);
+                trace::time("input copy", || {
+                    c.pending_in.extend_from_slice(&scratch[..n])
+                });
                 if c.pending_in.len() >= SCRATCH_BYTES {
                     // A big frame (a 1 MiB register) arrives over several turns, about a
                     // scratch buffer of it a turn: copying all of it in one turn, with its
@@ -1608,7 +1615,9 @@ impl<C> Ctx<C> {
             let used = self.process(key, &scratch[..n], handler);
             if used < n {
                 if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
-                    c.pending_in.extend_from_slice(&scratch[used..n]);
+                    trace::time("input copy", || {
+                        c.pending_in.extend_from_slice(&scratch[used..n])
+                    });
                 }
             }
             if self.budget.yielded {
@@ -1662,7 +1671,7 @@ impl<C> Ctx<C> {
             let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
                 return at;
             };
-            match c.decoder.decode(&data[at..]) {
+            match trace::time("frame codec", || c.decoder.decode(&data[at..])) {
                 Ok(Some(d)) => {
                     self.budget.frames += 1;
                     c.last_active = self.now;
@@ -1810,6 +1819,12 @@ impl<C> Ctx<C> {
 
     /// Frees every connection asked to close and tells the handler, once each.
     fn reap(&mut self, handler: &mut impl Handler<Conn = C>) {
+        if !self.closing.is_empty() {
+            trace::time("close", || self.reap_closing(handler));
+        }
+    }
+
+    fn reap_closing(&mut self, handler: &mut impl Handler<Conn = C>) {
         while let Some((key, reason)) = self.closing.pop() {
             if !matches!(self.slots.get(key), Some(Slot::Conn(_))) {
                 continue;
