@@ -1556,6 +1556,10 @@ impl<C> Ctx<C> {
                     if pending.is_empty() && pending.capacity() > KEEP_PENDING_BYTES {
                         pending = Vec::new();
                     }
+                    // The start of the next frame: room for all of it (see below).
+                    if let Some(whole) = c.decoder.frame_len(&pending) {
+                        pending.reserve(whole.saturating_sub(pending.len()));
+                    }
                 });
                 c.pending_in = pending;
                 if c.closing || c.parked || c.held {
@@ -1616,7 +1620,14 @@ impl<C> Ctx<C> {
             if used < n {
                 if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
                     trace::time("input copy", || {
-                        c.pending_in.extend_from_slice(&scratch[used..n])
+                        // A partial frame: room for all of it at once, so that the buffer never
+                        // grows while the rest arrives (a 1 MiB register over four turns grew
+                        // it three times, each a copy of up to 1 MiB into fresh pages).
+                        let rest = &scratch[used..n];
+                        if let Some(whole) = c.decoder.frame_len(rest) {
+                            c.pending_in.reserve_exact(whole);
+                        }
+                        c.pending_in.extend_from_slice(rest)
                     });
                 }
             }
