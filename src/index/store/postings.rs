@@ -33,6 +33,9 @@ const GROUP_BLOCKS: usize = if cfg!(test) { 4 } else { 1024 };
 /// vector (most sets have one block). A block's address is its group and its place in it.
 enum Blocks {
     One(Vec<PackedBlock>),
+    // Boxed on purpose: the enum is then the size of one vector (the box fits beside the
+    // vector's niche), which a second unboxed vector would not be.
+    #[allow(clippy::box_collection)]
     Many(Box<Vec<Vec<PackedBlock>>>),
 }
 
@@ -309,9 +312,7 @@ impl PackedSet {
     pub(super) fn insert(&mut self, item: u32) -> bool {
         if self.blocks.is_empty() {
             // Most words have a single block: no room for more until needed.
-            let mut v = Vec::with_capacity(1);
-            v.push(PackedBlock::single(item));
-            self.blocks = Blocks::One(v);
+            self.blocks = Blocks::One(vec![PackedBlock::single(item)]);
             self.len = 1;
             return true;
         }
@@ -870,6 +871,15 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_set_costs_one_vector_and_a_count() {
+        assert_eq!(
+            std::mem::size_of::<Blocks>(),
+            std::mem::size_of::<Vec<PackedBlock>>()
+        );
+        assert_eq!(std::mem::size_of::<Option<PackedSet>>(), 32);
     }
 
     /// Checks a set's shape: its blocks ordered, none emptied, within their size; its groups
