@@ -138,6 +138,17 @@ impl Decoder {
     }
 }
 
+impl Decoder {
+    /// The whole length (header, payload and terminator) of the frame at the start of `buf`,
+    /// once its header has arrived, if its payload is within the maximum: a reader that
+    /// buffers a partial frame makes room for all of it at once, so that its arrival over
+    /// many reads never grows (reallocates and copies) the buffer.
+    pub fn frame_len(&self, buf: &[u8]) -> Option<usize> {
+        let (len, header) = read_varint(buf).ok()??;
+        (len <= self.max_payload as u64).then(|| header + len as usize + TERMINATOR.len())
+    }
+}
+
 /// Reads a canonical LEB128 `u32` from the front of `buf`: `(value, bytes used)`.
 fn read_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
     let mut value: u64 = 0;
@@ -439,6 +450,28 @@ mod tests {
         // A flood of bare terminators: '\r' = 13-byte length, then no terminator.
         let flood = TERMINATOR.repeat(10);
         assert!(decode_all(&mut dec, &flood).is_err());
+    }
+
+    #[test]
+    fn frame_len_is_the_whole_frame_once_its_header_is_in() {
+        let dec = Decoder::new(100_000);
+        for len in [0usize, 1, 127, 128, 16383, 16384, 70000] {
+            let f = frame(&vec![7u8; len]);
+            let header = header_len(len);
+            for n in 0..header {
+                assert_eq!(dec.frame_len(&f[..n]), None, "len {len}, prefix {n}");
+            }
+            for n in [header, header + 1, f.len() - 1, f.len()] {
+                assert_eq!(
+                    dec.frame_len(&f[..n]),
+                    Some(f.len()),
+                    "len {len}, prefix {n}"
+                );
+            }
+        }
+        // Over the maximum, or a broken header: no room asked for.
+        assert_eq!(dec.frame_len(&frame(&vec![0u8; 100_001])), None);
+        assert_eq!(dec.frame_len(&[0x81, 0x00]), None);
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub use pauses::{LoopPauses, PauseSummary};
 pub use web::{WebLimits, WebRequest, WebResponse};
 
 use crate::codec::{Decoder, FrameError};
+// The work trace, a debug aid, times the reactor's own pieces of a turn (reads, copies,
+// writes, closes) beside the index's: without it, a turn's time it cannot place is unknown.
+use crate::index::worktrace as trace;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use outq::OutQueue;
@@ -513,6 +516,10 @@ pub struct Ctx<C> {
     stopped: bool,
     /// The share of the turn of the connection being read (see [`Config::frames_per_turn`]).
     budget: Budget,
+    /// The largest input buffer a big partial frame used, kept empty for the next one: a
+    /// fresh buffer's pages are faulted in as the frame is copied in, which took up to 4 ms
+    /// a 1 MiB frame at 10M entries, so one buffer (at most a frame's size) is reused.
+    spare_in: Vec<u8>,
     /// How long each turn's work took (see [`LoopPauses`]).
     pauses: LoopPauses,
     /// Totals since the start, for metrics.
@@ -584,6 +591,7 @@ impl<C> Reactor<C> {
                 waker,
                 stopped: false,
                 budget: Budget::default(),
+                spare_in: Vec::new(),
                 pauses: LoopPauses::new(),
                 io: IoTotals::default(),
                 more_work: false,
@@ -1446,7 +1454,7 @@ impl<C> Ctx<C> {
             return;
         }
         if !c.out.is_empty() {
-            match c.out.write_to(&mut c.stream) {
+            match trace::time("socket write", || c.out.write_to(&mut c.stream)) {
                 Ok(p) => {
                     if p.written > 0 {
                         c.last_active = self.now;
@@ -1545,13 +1553,22 @@ impl<C> Ctx<C> {
             if !c.pending_in.is_empty() {
                 let mut pending = std::mem::take(&mut c.pending_in);
                 let used = self.process(key, &pending, handler);
-                pending.drain(..used);
                 let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
                     return;
                 };
-                if pending.is_empty() && pending.capacity() > KEEP_PENDING_BYTES {
-                    pending = Vec::new();
-                }
+                trace::time("input drain", || {
+                    pending.drain(..used);
+                    if pending.is_empty() && pending.capacity() > KEEP_PENDING_BYTES {
+                        let spent = std::mem::take(&mut pending);
+                        if spent.capacity() > self.spare_in.capacity() {
+                            self.spare_in = spent;
+                        }
+                    }
+                    // The start of the next frame: room for all of it (see below).
+                    if let Some(whole) = c.decoder.frame_len(&pending) {
+                        pending.reserve(whole.saturating_sub(pending.len()));
+                    }
+                });
                 c.pending_in = pending;
                 if c.closing || c.parked || c.held {
                     return;
@@ -1573,7 +1590,7 @@ impl<C> Ctx<C> {
             if drained {
                 return;
             }
-            let n = match c.stream.read(scratch) {
+            let n = match trace::time("socket read", || c.stream.read(scratch)) {
                 Ok(0) => {
                     c.eof = true;
                     continue;
@@ -1594,7 +1611,9 @@ impl<C> Ctx<C> {
                 }
             };
             if !c.pending_in.is_empty() {
-                c.pending_in.extend_from_slice(&scratch[..n]);
+                trace::time("input copy", || {
+                    c.pending_in.extend_from_slice(&scratch[..n])
+                });
                 if c.pending_in.len() >= SCRATCH_BYTES {
                     // A big frame (a 1 MiB register) arrives over several turns, about a
                     // scratch buffer of it a turn: copying all of it in one turn, with its
@@ -1608,7 +1627,19 @@ impl<C> Ctx<C> {
             let used = self.process(key, &scratch[..n], handler);
             if used < n {
                 if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
-                    c.pending_in.extend_from_slice(&scratch[used..n]);
+                    trace::time("input copy", || {
+                        // A partial frame: room for all of it at once, so that the buffer never
+                        // grows while the rest arrives (a 1 MiB register over four turns grew
+                        // it three times, each a copy of up to 1 MiB into fresh pages).
+                        let rest = &scratch[used..n];
+                        if let Some(whole) = c.decoder.frame_len(rest) {
+                            if whole > KEEP_PENDING_BYTES && self.spare_in.capacity() >= whole {
+                                c.pending_in = std::mem::take(&mut self.spare_in);
+                            }
+                            c.pending_in.reserve_exact(whole);
+                        }
+                        c.pending_in.extend_from_slice(rest)
+                    });
                 }
             }
             if self.budget.yielded {
@@ -1662,7 +1693,7 @@ impl<C> Ctx<C> {
             let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
                 return at;
             };
-            match c.decoder.decode(&data[at..]) {
+            match trace::time("frame codec", || c.decoder.decode(&data[at..])) {
                 Ok(Some(d)) => {
                     self.budget.frames += 1;
                     c.last_active = self.now;
@@ -1810,6 +1841,12 @@ impl<C> Ctx<C> {
 
     /// Frees every connection asked to close and tells the handler, once each.
     fn reap(&mut self, handler: &mut impl Handler<Conn = C>) {
+        if !self.closing.is_empty() {
+            trace::time("close", || self.reap_closing(handler));
+        }
+    }
+
+    fn reap_closing(&mut self, handler: &mut impl Handler<Conn = C>) {
         while let Some((key, reason)) = self.closing.pop() {
             if !matches!(self.slots.get(key), Some(Slot::Conn(_))) {
                 continue;

@@ -97,9 +97,9 @@ impl Slot for FileRec {
 
 /// Files a filter rebuild puts in the new filter per step (per reactor turn): about 8 bytes
 /// read in order and a bit set in a random word each. A random word of a 12 MB filter is a
-/// cache miss, so a step costs up to about a tenth of a millisecond (16,384 a step took up to
-/// 1.4 ms at ten million files).
-pub(super) const FILTER_REBUILD_STEP_FILES: usize = 4_096;
+/// cache miss, so a step costs up to a few tenths of a millisecond (16,384 a step took up to
+/// 1.4 ms at ten million files, and 4,096 up to 1.3 ms in cold memory).
+pub(super) const FILTER_REBUILD_STEP_FILES: usize = 1_024;
 
 /// The files. See the module docs.
 pub(super) struct Files {

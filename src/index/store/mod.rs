@@ -25,8 +25,8 @@
 //! | `names.rs` | the name arena (names and word texts), bounded by its cap, compacted a step at a time |
 //! | `codec.rs` | the name codec (common words as one- or two-byte codes) |
 //! | `filter.rs` | the hash filter (is this hash certainly new?) |
-//! | `blockset.rs` | the block set (sorted `u64` items in blocks) the hash and word orders are |
-//! | `postings.rs` | packed posting sets (varint deltas in blocks) |
+//! | `blockset.rs` | the block set (sorted `u64` items in blocks, the blocks in groups) the hash and word orders are |
+//! | `postings.rs` | packed posting sets (varint deltas in blocks, a long set's blocks in groups) |
 //! | `tests.rs` | the index against a naive model, and tests across the parts |
 //!
 //! # Invariants
@@ -132,7 +132,9 @@
 //!   `names.rs`, `filter.rs`): growth appends a chunk and never copies or moves what is
 //!   stored, so no growth pauses the reactor (a vector of hundreds of megabytes grown by a
 //!   sixteenth was a copy of megabytes once glibc carved it from its heap), and at most one
-//!   chunk of each sits unused.
+//!   chunk of each sits unused. The block lists of the sorted orders (a [`BlockSet`]'s, a long
+//!   [`PackedSet`]'s) are in groups of blocks for the same reason: a block split or removal
+//!   moves one group's block headers, never a list of all the blocks.
 //! - Exact-name lookup goes through the postings of the name's rarest word and compares
 //!   names, which saves a hash table slot per entry, as long as that word has fewer than
 //!   [`byname::CROWDED_POSTINGS`] postings. Names whose words are all that common (a lookup of

@@ -14,11 +14,171 @@ const PACKED_BLOCK_BYTES: usize = 256;
 /// words; a peer's entries, created together) cost about one byte per item, sparse ones two or
 /// three. Blocks split above [`PACKED_BLOCK_BYTES`] and merge with a neighbour below a
 /// quarter of it, so an insert or remove decodes one small block; appending past the last
-/// item (new ids) needs no decoding at all.
+/// item (new ids) needs no decoding at all. The list of blocks is one vector up to
+/// [`GROUP_BLOCKS`] blocks (most sets: one block), else in groups of at most that many
+/// ([`Blocks`]), so that no insert or remove of a block shifts or grows the whole list (a word
+/// in every one of ten million names has about 60,000 blocks, 2 MB of block headers).
 pub(super) struct PackedSet {
-    /// Non-empty, sorted, each block entirely before the next.
-    blocks: Vec<PackedBlock>,
+    blocks: Blocks,
     len: usize,
+}
+
+/// Largest group of blocks of a [`PackedSet`] (32 bytes a block: 32 KiB moved at most by an
+/// insert or remove of a block). (A small one in tests, so that the store's property tests
+/// cross groups.)
+const GROUP_BLOCKS: usize = if cfg!(test) { 4 } else { 1024 };
+
+/// The blocks of a [`PackedSet`]: one vector while they are at most [`GROUP_BLOCKS`], else
+/// groups of at most that many (each non-empty), boxed so that a set costs no more than one
+/// vector (most sets have one block). A block's address is its group and its place in it.
+enum Blocks {
+    One(Vec<PackedBlock>),
+    // Boxed on purpose: the enum is then the size of one vector (the box fits beside the
+    // vector's niche), which a second unboxed vector would not be.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Vec<PackedBlock>>>),
+}
+
+/// A block's address in [`Blocks`]: (group, block in the group).
+type Addr = (usize, usize);
+
+impl Blocks {
+    /// The groups, each non-empty (none for an empty set).
+    #[inline]
+    fn groups(&self) -> &[Vec<PackedBlock>] {
+        match self {
+            Blocks::One(v) if v.is_empty() => &[],
+            Blocks::One(v) => std::slice::from_ref(v),
+            Blocks::Many(groups) => groups,
+        }
+    }
+
+    #[inline]
+    fn group_mut(&mut self, g: usize) -> &mut Vec<PackedBlock> {
+        match self {
+            Blocks::One(v) => {
+                debug_assert_eq!(g, 0);
+                v
+            }
+            Blocks::Many(groups) => &mut groups[g],
+        }
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        matches!(self, Blocks::One(v) if v.is_empty())
+    }
+
+    #[inline]
+    fn get(&self, (g, j): Addr) -> &PackedBlock {
+        &self.groups()[g][j]
+    }
+
+    #[inline]
+    fn get_mut(&mut self, (g, j): Addr) -> &mut PackedBlock {
+        &mut self.group_mut(g)[j]
+    }
+
+    /// The last block's address (the set is not empty).
+    fn last_addr(&self) -> Addr {
+        let groups = self.groups();
+        let g = groups.len() - 1;
+        (g, groups[g].len() - 1)
+    }
+
+    /// The block that holds or would hold `item`: the last whose first item is ≤ it (or the
+    /// first). The set is not empty.
+    fn locate(&self, item: u32) -> Addr {
+        let groups = self.groups();
+        let g = groups
+            .partition_point(|grp| grp[0].first <= item)
+            .saturating_sub(1);
+        let j = groups[g]
+            .partition_point(|b| b.first <= item)
+            .saturating_sub(1);
+        (g, j)
+    }
+
+    /// Inserts `block` at place `j` of group `g` (up to its length), splitting the group in
+    /// two halves first if it is full.
+    fn insert(&mut self, g: usize, j: usize, block: PackedBlock) {
+        let full = self.groups()[g].len() >= GROUP_BLOCKS;
+        let half = GROUP_BLOCKS / 2;
+        match self {
+            Blocks::One(v) if full => {
+                let mut right = v.split_off(half);
+                let mut left = std::mem::take(v);
+                if j > half {
+                    right.insert(j - half, block);
+                } else {
+                    left.insert(j, block);
+                }
+                *self = Blocks::Many(Box::new(vec![left, right]));
+            }
+            Blocks::One(v) => {
+                // Grow by a quarter at a time (a `Vec` would start at four blocks and double,
+                // most of it unused for the many one- and two-block sets).
+                if v.len() == v.capacity() {
+                    v.reserve_exact((v.len() / 4).max(1));
+                }
+                v.insert(j, block);
+            }
+            Blocks::Many(groups) => {
+                if full {
+                    let right = groups[g].split_off(half);
+                    groups.insert(g + 1, right);
+                    if j > half {
+                        groups[g + 1].insert(j - half, block);
+                        return;
+                    }
+                }
+                groups[g].insert(j, block);
+            }
+        }
+    }
+
+    /// Group `g` lost blocks: drops it if it is empty, merges it with a neighbour if both are
+    /// small, and goes back to one vector when one group is left.
+    fn after_group_shrink(&mut self, g: usize) {
+        let Blocks::Many(groups) = self else {
+            if self.is_empty() {
+                *self = Blocks::One(Vec::new());
+            }
+            return;
+        };
+        if groups[g].is_empty() {
+            groups.remove(g);
+        } else if groups[g].len() < GROUP_BLOCKS / 4 {
+            let pair = if g + 1 < groups.len() {
+                Some(g)
+            } else {
+                g.checked_sub(1)
+            };
+            if let Some(l) = pair {
+                if groups[l].len() + groups[l + 1].len() <= GROUP_BLOCKS / 2 {
+                    let right = groups.remove(l + 1);
+                    groups[l].extend(right);
+                }
+            }
+        }
+        if groups.len() <= 1 {
+            let last = groups.pop().unwrap_or_default();
+            *self = Blocks::One(last);
+        }
+    }
+
+    /// Heap bytes of the block lists (not of the blocks' deltas).
+    fn heap_bytes(&self) -> usize {
+        let block = std::mem::size_of::<PackedBlock>();
+        match self {
+            Blocks::One(v) => v.capacity() * block,
+            Blocks::Many(groups) => {
+                groups.iter().map(|g| g.capacity() * block).sum::<usize>()
+                    + groups.capacity() * std::mem::size_of::<Vec<PackedBlock>>()
+                    + std::mem::size_of::<Vec<Vec<PackedBlock>>>()
+            }
+        }
+    }
 }
 
 struct PackedBlock {
@@ -123,15 +283,17 @@ impl PackedSet {
     /// Heap bytes held (capacities, not lengths).
     pub(super) fn heap_bytes(&self) -> usize {
         self.blocks
+            .groups()
             .iter()
+            .flatten()
             .map(|b| b.deltas.capacity())
             .sum::<usize>()
-            + self.blocks.capacity() * std::mem::size_of::<PackedBlock>()
+            + self.blocks.heap_bytes()
     }
 
     pub(super) fn new() -> Self {
         PackedSet {
-            blocks: Vec::new(),
+            blocks: Blocks::One(Vec::new()),
             len: 0,
         }
     }
@@ -146,28 +308,22 @@ impl PackedSet {
         self.len == 0
     }
 
-    /// The block that holds or would hold `item`: the last whose first item is ≤ it (or 0).
-    fn block_of(&self, item: u32) -> usize {
-        self.blocks
-            .partition_point(|b| b.first <= item)
-            .saturating_sub(1)
-    }
-
     /// Inserts `item`; false if it was there.
     pub(super) fn insert(&mut self, item: u32) -> bool {
         if self.blocks.is_empty() {
             // Most words have a single block: no room for more until needed.
-            self.blocks.reserve_exact(1);
-            self.blocks.push(PackedBlock::single(item));
+            self.blocks = Blocks::One(vec![PackedBlock::single(item)]);
             self.len = 1;
             return true;
         }
         // New ids are the largest yet, so most inserts append: no search for those.
-        let b = match self.blocks.last() {
-            Some(last) if item > last.last => self.blocks.len() - 1,
-            _ => self.block_of(item),
+        let last = self.blocks.last_addr();
+        let at = if item > self.blocks.get(last).last {
+            last
+        } else {
+            self.blocks.locate(item)
         };
-        let blk = &mut self.blocks[b];
+        let blk = self.blocks.get_mut(at);
         let mut buf = [0u8; 10];
         if item < blk.first {
             // Only the first block: the new item becomes its first.
@@ -181,8 +337,8 @@ impl PackedSet {
                 // Appending to a full block starts a new one after it, so that ascending
                 // runs of inserts (new ids at the end; entries moving into a tier's run in
                 // the middle) end up in full blocks rather than half ones.
-                self.grow_blocks();
-                self.blocks.insert(b + 1, PackedBlock::single(item));
+                self.blocks
+                    .insert(at.0, at.1 + 1, PackedBlock::single(item));
                 self.len += 1;
                 return true;
             }
@@ -205,15 +361,15 @@ impl PackedSet {
             }
         }
         self.len += 1;
-        if self.blocks[b].deltas.len() > PACKED_BLOCK_BYTES {
-            self.split(b);
+        if self.blocks.get(at).deltas.len() > PACKED_BLOCK_BYTES {
+            self.split(at);
         }
         true
     }
 
-    /// Splits block `b` in two halves of about equal encoded size.
-    fn split(&mut self, b: usize) {
-        let blk = &mut self.blocks[b];
+    /// Splits block `at` in two halves of about equal encoded size.
+    fn split(&mut self, at: Addr) {
+        let blk = self.blocks.get_mut(at);
         let half = blk.deltas.len() / 2;
         let (mut pos, mut prev) = (0, blk.first);
         let (start, cur) = loop {
@@ -232,16 +388,7 @@ impl PackedSet {
         blk.deltas.truncate(start);
         blk.deltas.shrink_to(start + start / 4);
         blk.last = prev;
-        self.grow_blocks();
-        self.blocks.insert(b + 1, right);
-    }
-
-    /// Makes room for one more block, by a quarter at a time (a `Vec` would start at four
-    /// blocks and double, most of it unused for the many one- and two-block sets).
-    fn grow_blocks(&mut self) {
-        if self.blocks.len() == self.blocks.capacity() {
-            self.blocks.reserve_exact((self.blocks.len() / 4).max(1));
-        }
+        self.blocks.insert(at.0, at.1 + 1, right);
     }
 
     /// Removes `item`; false if it was not there.
@@ -249,15 +396,16 @@ impl PackedSet {
         if self.blocks.is_empty() {
             return false;
         }
-        let b = self.block_of(item);
-        let blk = &mut self.blocks[b];
+        let at = self.blocks.locate(item);
+        let blk = self.blocks.get_mut(at);
         if item < blk.first || item > blk.last {
             return false;
         }
         if item == blk.first {
             if blk.deltas.is_empty() {
-                self.blocks.remove(b);
+                self.blocks.group_mut(at.0).remove(at.1);
                 self.len -= 1;
+                self.blocks.after_group_shrink(at.0);
                 if self.blocks.is_empty() {
                     *self = Self::new();
                 }
@@ -291,35 +439,42 @@ impl PackedSet {
             }
         }
         self.len -= 1;
-        self.after_shrink(b);
+        self.after_shrink(at);
         true
     }
 
-    /// Merges block `b` into a neighbour if both are small, and trims its spare capacity.
-    fn after_shrink(&mut self, b: usize) {
-        if self.blocks[b].deltas.len() < PACKED_BLOCK_BYTES / 4 {
-            let pair = if b + 1 < self.blocks.len() {
+    /// Merges block `at` into a neighbour in its group if both are small, and trims its spare
+    /// capacity.
+    fn after_shrink(&mut self, (g, b): Addr) {
+        let group = self.blocks.group_mut(g);
+        let mut merged = false;
+        if group[b].deltas.len() < PACKED_BLOCK_BYTES / 4 {
+            let pair = if b + 1 < group.len() {
                 Some(b)
             } else {
                 b.checked_sub(1)
             };
             if let Some(l) = pair {
-                let (left, right) = (&self.blocks[l], &self.blocks[l + 1]);
+                let (left, right) = (&group[l], &group[l + 1]);
                 if left.deltas.len() + right.deltas.len() + 5 <= PACKED_BLOCK_BYTES / 2 {
-                    let right = self.blocks.remove(l + 1);
-                    let left = &mut self.blocks[l];
+                    let right = group.remove(l + 1);
+                    let left = &mut group[l];
                     let mut buf = [0u8; 10];
                     let n = put_varint(&mut buf, 0, right.first - left.last);
                     left.deltas.extend_from_slice(&buf[..n]);
                     left.deltas.extend_from_slice(&right.deltas);
                     left.last = right.last;
+                    merged = true;
                 }
             }
         }
-        let last = self.blocks.len() - 1;
-        let deltas = &mut self.blocks[b.min(last)].deltas;
+        let last = group.len() - 1;
+        let deltas = &mut group[b.min(last)].deltas;
         if deltas.capacity() >= 32 && deltas.len() * 4 <= deltas.capacity() {
             deltas.shrink_to(deltas.len() * 2);
+        }
+        if merged {
+            self.blocks.after_group_shrink(g);
         }
     }
 
@@ -334,11 +489,11 @@ impl PackedSet {
         let mut i = 0;
         let mut emptied = false;
         let mut touched_small = false;
-        // The blocks changed, `lo..hi` (`items` is sorted, so they are a range).
-        let (mut lo, mut hi) = (usize::MAX, 0);
+        // The blocks changed, from `lo` to `hi` (`items` is sorted, so they are a range).
+        let (mut lo, mut hi) = ((usize::MAX, usize::MAX), (0, 0));
         while i < items.len() && !self.blocks.is_empty() {
-            let b = self.block_of(items[i]);
-            let blk = &mut self.blocks[b];
+            let at = self.blocks.locate(items[i]);
+            let blk = self.blocks.get_mut(at);
             if blk.last == NONE {
                 // Emptied by this call: the item is absent.
                 i += 1;
@@ -350,8 +505,8 @@ impl PackedSet {
                 i += 1;
                 continue;
             }
-            lo = lo.min(b);
-            hi = b + 1;
+            lo = lo.min(at);
+            hi = hi.max(at);
             decoded.clear();
             blk.decode_into(decoded);
             let before = decoded.len();
@@ -366,7 +521,7 @@ impl PackedSet {
             self.len -= before - decoded.len();
             if decoded.is_empty() {
                 // Marked empty by `last == NONE` (no item is `NONE`); `first` stays, so that
-                // the blocks stay ordered by it for `block_of`.
+                // the blocks stay ordered by it for `locate`.
                 blk.deltas = Vec::new();
                 blk.last = NONE;
                 emptied = true;
@@ -378,54 +533,39 @@ impl PackedSet {
             i = end;
         }
         if touched_small || emptied {
-            // Only the blocks changed and their two neighbours can be emptied or newly small:
-            // the rest of a big set (a common word's tens of thousands of blocks) is left
-            // alone, not rebuilt.
-            let window = lo.saturating_sub(1)..(hi + 1).min(self.blocks.len());
-            self.merge_small_in(window);
+            // Only the blocks changed and their two neighbours (in their groups) can be
+            // emptied or newly small: the rest of a big set (a common word's tens of
+            // thousands of blocks) is left alone, not rebuilt. Groups from the last, so that
+            // the addresses of those before stay.
+            for g in (lo.0..=hi.0).rev() {
+                let group = self.blocks.group_mut(g);
+                let start = if g == lo.0 { lo.1.saturating_sub(1) } else { 0 };
+                let end = if g == hi.0 {
+                    (hi.1 + 2).min(group.len())
+                } else {
+                    group.len()
+                };
+                merge_small_in(group, start..end);
+                self.blocks.after_group_shrink(g);
+            }
             if self.blocks.is_empty() {
                 *self = Self::new();
             }
         }
     }
 
-    /// Drops the emptied blocks of `window` and merges each run of adjacent small blocks in
-    /// it, in place: the blocks after it move once.
-    fn merge_small_in(&mut self, window: std::ops::Range<usize>) {
-        // Blocks `window.start..w` are the result so far; those from `w` to `r` are spent.
-        let mut w = window.start;
-        for r in window.clone() {
-            if self.blocks[r].last == NONE {
-                continue;
-            }
-            if w > window.start {
-                let (head, tail) = self.blocks.split_at_mut(r);
-                let (left, blk) = (&mut head[w - 1], &tail[0]);
-                if left.deltas.len() + blk.deltas.len() + 5 <= PACKED_BLOCK_BYTES / 2 {
-                    let mut buf = [0u8; 10];
-                    let n = put_varint(&mut buf, 0, blk.first - left.last);
-                    left.deltas.extend_from_slice(&buf[..n]);
-                    left.deltas.extend_from_slice(&blk.deltas);
-                    left.last = blk.last;
-                    continue;
-                }
-            }
-            self.blocks.swap(w, r);
-            w += 1;
-        }
-        self.blocks.drain(w..window.end);
-    }
-
     /// The items from the first one at least `from` on, ascending: blocks before it are
     /// skipped without decoding.
     pub(super) fn iter_from(&self, from: u32) -> impl Iterator<Item = u32> + '_ {
+        let groups = self.blocks.groups();
         // From the start (most searches) without a search over the blocks.
-        let b = match self.blocks.first() {
-            Some(first) if from > first.last => self.block_of(from),
-            _ => 0,
+        let (g, b) = match groups.first() {
+            Some(first) if from > first[0].last => self.blocks.locate(from),
+            _ => (0, 0),
         };
         PackedIter {
-            blocks: self.blocks[b.min(self.blocks.len())..].iter(),
+            groups: groups.get(g + 1..).unwrap_or(&[]).iter(),
+            blocks: groups.get(g).map_or(&[][..], |grp| &grp[b..]).iter(),
             deltas: &[],
             pos: 0,
             cur: 0,
@@ -436,7 +576,8 @@ impl PackedSet {
     #[inline]
     pub(super) fn iter(&self) -> PackedIter<'_> {
         PackedIter {
-            blocks: self.blocks.iter(),
+            groups: self.blocks.groups().iter(),
+            blocks: [].iter(),
             deltas: &[],
             pos: 0,
             cur: 0,
@@ -444,14 +585,45 @@ impl PackedSet {
     }
 }
 
+/// Drops the emptied blocks of `window` in `blocks` and merges each run of adjacent small
+/// blocks in it, in place: the blocks after it move once.
+fn merge_small_in(blocks: &mut Vec<PackedBlock>, window: std::ops::Range<usize>) {
+    // Blocks `window.start..w` are the result so far; those from `w` to `r` are spent.
+    let mut w = window.start;
+    for r in window.clone() {
+        if blocks[r].last == NONE {
+            continue;
+        }
+        if w > window.start {
+            let (head, tail) = blocks.split_at_mut(r);
+            let (left, blk) = (&mut head[w - 1], &tail[0]);
+            if left.deltas.len() + blk.deltas.len() + 5 <= PACKED_BLOCK_BYTES / 2 {
+                let mut buf = [0u8; 10];
+                let n = put_varint(&mut buf, 0, blk.first - left.last);
+                left.deltas.extend_from_slice(&buf[..n]);
+                left.deltas.extend_from_slice(&blk.deltas);
+                left.last = blk.last;
+                continue;
+            }
+        }
+        blocks.swap(w, r);
+        w += 1;
+    }
+    blocks.drain(w..window.end);
+}
+
 /// A cursor over a [`PackedSet`] that seeks forward: [`PackedCursor::seek`] gives the first
 /// item at least a target, for targets that never decrease. Blocks wholly before a target are
-/// skipped without decoding (galloping over their `last` items, then a binary search), so
-/// intersecting a short list with a long one costs about the short one's length times a
-/// logarithm and a part of a block, not the long one's length.
+/// skipped without decoding (galloping over the groups' and then the blocks' `last` items,
+/// then a binary search), so intersecting a short list with a long one costs about the short
+/// one's length times a logarithm and a part of a block, not the long one's length.
 pub(super) struct PackedCursor<'a> {
+    groups: &'a [Vec<PackedBlock>],
+    /// The group of `cur` (`groups.len()` once past the end).
+    g: usize,
+    /// The blocks of group `g`.
     blocks: &'a [PackedBlock],
-    /// The block of `cur` (`blocks.len()` once past the end).
+    /// The block of `cur` in its group.
     b: usize,
     /// Where the delta after `cur` starts in block `b`.
     pos: usize,
@@ -459,14 +631,32 @@ pub(super) struct PackedCursor<'a> {
     cur: u32,
 }
 
+/// The first of `items[from..]` for which `is_before` is false, given that it is false for
+/// the last item and true for `items[from]`: galloping from `from`, then a binary search.
+#[inline]
+fn gallop<T>(items: &[T], from: usize, is_before: impl Fn(&T) -> bool) -> usize {
+    let n = items.len();
+    let mut step = 1;
+    while from + step < n && is_before(&items[from + step]) {
+        step *= 2;
+    }
+    let lo = from + step / 2 + 1;
+    let hi = (from + step + 1).min(n);
+    lo + items[lo..hi].partition_point(is_before)
+}
+
 impl<'a> PackedCursor<'a> {
     /// On the set's first item.
     pub(super) fn new(set: &'a PackedSet) -> Self {
+        let groups = set.blocks.groups();
+        let blocks = groups.first().map_or(&[][..], |g| &g[..]);
         PackedCursor {
-            blocks: &set.blocks,
+            groups,
+            g: 0,
+            blocks,
             b: 0,
             pos: 0,
-            cur: set.blocks.first().map_or(0, |b| b.first),
+            cur: blocks.first().map_or(0, |b| b.first),
         }
     }
 
@@ -474,26 +664,26 @@ impl<'a> PackedCursor<'a> {
     /// `target` must be at least the previous call's.
     #[inline]
     pub(super) fn seek(&mut self, target: u32) -> Option<u32> {
-        let n = self.blocks.len();
-        if self.b >= n {
+        if self.g >= self.groups.len() {
             return None;
         }
         if self.cur >= target {
             return Some(self.cur);
         }
         if self.blocks[self.b].last < target {
-            // Gallop over the blocks after this one by their last items, then search the
-            // stretch found.
-            let b = self.b;
-            let mut step = 1;
-            while b + step < n && self.blocks[b + step].last < target {
-                step *= 2;
+            if self.blocks[self.blocks.len() - 1].last < target {
+                // Past this group: gallop over the groups after it by their last items.
+                self.g = gallop(self.groups, self.g, |grp| grp[grp.len() - 1].last < target);
+                if self.g >= self.groups.len() {
+                    return None;
+                }
+                self.blocks = &self.groups[self.g];
+                self.b = 0;
             }
-            let lo = b + step / 2 + 1;
-            let hi = (b + step + 1).min(n);
-            self.b = lo + self.blocks[lo..hi].partition_point(|x| x.last < target);
-            if self.b >= n {
-                return None;
+            // The group's last item is at least `target`: gallop over its blocks after this
+            // one by their last items.
+            if self.blocks[self.b].last < target {
+                self.b = gallop(self.blocks, self.b, |x| x.last < target);
             }
             let blk = &self.blocks[self.b];
             self.cur = blk.first;
@@ -531,6 +721,9 @@ impl Iterator for PostingIter<'_> {
 
 /// The items of a [`PackedSet`], ascending.
 pub(super) struct PackedIter<'a> {
+    /// The groups after the one of `blocks`.
+    groups: std::slice::Iter<'a, Vec<PackedBlock>>,
+    /// The blocks after the one of `deltas`, in its group.
     blocks: std::slice::Iter<'a, PackedBlock>,
     deltas: &'a [u8],
     pos: usize,
@@ -546,7 +739,12 @@ impl Iterator for PackedIter<'_> {
             self.cur += get_varint(self.deltas, &mut self.pos);
             return Some(self.cur);
         }
-        let b = self.blocks.next()?;
+        let b = loop {
+            match self.blocks.next() {
+                Some(b) => break b,
+                None => self.blocks = self.groups.next()?.iter(),
+            }
+        };
         self.deltas = &b.deltas;
         self.pos = 0;
         self.cur = b.first;
@@ -631,7 +829,7 @@ mod tests {
             set.iter().collect::<Vec<_>>(),
             model.iter().copied().collect::<Vec<_>>()
         );
-        for b in &set.blocks {
+        for b in set.blocks.groups().iter().flatten() {
             assert!(b.first <= b.last && b.deltas.len() <= PACKED_BLOCK_BYTES);
         }
         let all: Vec<u32> = model.iter().copied().collect();
@@ -639,7 +837,7 @@ mod tests {
         for v in &all[all.len() / 2..] {
             assert!(set.remove(*v));
         }
-        assert!(set.is_empty() && set.blocks.capacity() == 0);
+        assert!(set.is_empty() && matches!(&set.blocks, Blocks::One(v) if v.capacity() == 0));
     }
 
     /// A departing peer's entries leave a common word's big set 64 at a time: each removal
@@ -664,12 +862,103 @@ mod tests {
             assert_eq!(set.len(), model.len());
         }
         assert!(set.iter().eq(model.iter().copied()));
-        for pair in set.blocks.windows(2) {
-            assert!(pair[0].last < pair[1].first && pair[0].last != NONE);
-            assert!(
-                pair[0].deltas.len() + pair[1].deltas.len() + 5 > PACKED_BLOCK_BYTES / 2,
-                "two small neighbours left unmerged"
-            );
+        check_shape(&set);
+        for group in set.blocks.groups() {
+            for pair in group.windows(2) {
+                assert!(
+                    pair[0].deltas.len() + pair[1].deltas.len() + 5 > PACKED_BLOCK_BYTES / 2,
+                    "two small neighbours left unmerged"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_set_costs_one_vector_and_a_count() {
+        assert_eq!(
+            std::mem::size_of::<Blocks>(),
+            std::mem::size_of::<Vec<PackedBlock>>()
+        );
+        assert_eq!(std::mem::size_of::<Option<PackedSet>>(), 32);
+    }
+
+    /// Checks a set's shape: its blocks ordered, none emptied, within their size; its groups
+    /// non-empty and within theirs, and more than one unless it is one vector.
+    fn check_shape(set: &PackedSet) {
+        let groups = set.blocks.groups();
+        if let Blocks::Many(_) = &set.blocks {
+            assert!(groups.len() >= 2, "one group is one vector");
+        }
+        for group in groups {
+            assert!(!group.is_empty() && group.len() <= GROUP_BLOCKS);
+        }
+        let blocks: Vec<&PackedBlock> = groups.iter().flatten().collect();
+        for b in &blocks {
+            assert!(b.first <= b.last && b.last != NONE);
+            assert!(b.deltas.len() <= PACKED_BLOCK_BYTES);
+        }
+        for pair in blocks.windows(2) {
+            assert!(pair[0].last < pair[1].first);
+        }
+        assert_eq!(set.iter().count(), set.len());
+    }
+
+    /// Reads from any item on (`iter_from`, a cursor's seek) agree with a model while a set
+    /// grows past one group of blocks, shrinks back to one vector and grows again, with
+    /// inserts in the middle (a tier's run) and runs removed.
+    #[test]
+    fn a_set_in_groups_reads_like_a_sorted_set() {
+        let mut set = PackedSet::new();
+        let mut model = BTreeSet::new();
+        let mut decoded = Vec::new();
+        let mut x = 4242u32;
+        for phase in 0..3u32 {
+            // Grow: appends, and inserts into a run in the middle.
+            for i in 0..6_000u32 {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let v = if i % 4 == 0 {
+                    (x >> 8) % 1_000_000
+                } else {
+                    1_000_000 + phase * 100_000 + i * 3
+                };
+                assert_eq!(set.insert(v), model.insert(v));
+            }
+            check_shape(&set);
+            assert!(matches!(set.blocks, Blocks::Many(_)), "grown past a group");
+            for probe in 0..200u32 {
+                let from = probe.wrapping_mul(7_919) % 1_400_000;
+                let want: Vec<u32> = model.range(from..).copied().take(30).collect();
+                assert_eq!(set.iter_from(from).take(30).collect::<Vec<_>>(), want);
+            }
+            let mut c = PackedCursor::new(&set);
+            let mut t = 0u32;
+            while let Some(got) = c.seek(t) {
+                assert_eq!(Some(got), model.range(t..).next().copied());
+                t = got + 1 + (t % 5_000);
+            }
+            assert_eq!(model.range(t..).next(), None);
+            // Shrink: runs removed, and single items, until few are left.
+            while model.len() > 40 {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let from = (x >> 8) % 1_400_000;
+                let mut gone: Vec<u32> = model.range(from..).copied().take(500).collect();
+                if gone.is_empty() {
+                    gone = model.iter().copied().take(500).collect();
+                }
+                if x % 3 == 0 {
+                    assert!(set.remove(gone[0]));
+                    model.remove(&gone[0]);
+                } else {
+                    set.remove_sorted(&gone, &mut decoded);
+                    for v in &gone {
+                        model.remove(v);
+                    }
+                }
+                assert_eq!(set.len(), model.len());
+            }
+            check_shape(&set);
+            assert!(matches!(set.blocks, Blocks::One(_)), "back to one vector");
+            assert!(set.iter().eq(model.iter().copied()));
         }
     }
 }

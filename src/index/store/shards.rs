@@ -126,7 +126,15 @@ impl<T> ShardedTable<T> {
             self.shards = (0..SHARDS).map(|_| hashbrown::HashTable::new()).collect();
         }
         let s = self.shard(hash);
-        self.shards[s].insert_unique(hash, item, rehash);
+        let shard = &mut self.shards[s];
+        if shard.len() == shard.capacity() {
+            // The shard doubles: every item of it rehashed (traced, to see what it costs).
+            crate::index::worktrace::time("shard growth", || {
+                shard.insert_unique(hash, item, rehash)
+            });
+        } else {
+            shard.insert_unique(hash, item, rehash);
+        }
         self.len += 1;
     }
 
