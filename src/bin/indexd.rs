@@ -139,6 +139,11 @@ const fn nats_ttl_default() -> u64 {
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
+    if !flags.cluster.is_empty() {
+        // Before any thread starts: the NATS thread's buffers, once freed, are reused by the
+        // index (see the function's docs).
+        process::share_one_malloc_arena();
+    }
     logging::init(flags.log.as_deref(), "info");
     match run(flags) {
         Ok(()) => ExitCode::SUCCESS,

@@ -421,7 +421,7 @@ impl Link {
     }
 
     /// Waits for what the NATS thread sends and applies it, until the stream has been read to
-    /// its end ([`Inbound::Rebuilt`]); before serving anyone, so without slices. Returns the
+    /// its end ([`Inbound::Rebuilt`]); before serving anyone, so without a time budget. Returns the
     /// events met on the way, or why the rebuild failed.
     pub fn rebuild(&mut self, index: &mut Index) -> Result<Vec<Event>, String> {
         let mut events = Vec::new();
@@ -431,7 +431,9 @@ impl Link {
                 Err(_) => return Err("the NATS thread ended".into()),
             }
             self.receive();
-            self.applying(|r| r.poll_all(index, &mut events));
+            while self.replica.has_work() {
+                self.applying(|r| r.poll_rebuilding(index, &mut events));
+            }
             if let Some(i) = events.iter().position(|e| *e == Event::Rebuilt) {
                 events.remove(i);
                 if let Some(Event::Failed(why)) = events.first() {

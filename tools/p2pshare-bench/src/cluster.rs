@@ -104,6 +104,8 @@ pub struct Params<'a> {
     pub ttl: Duration,
     /// Seed of the workload.
     pub seed: u64,
+    /// Stop after the memory and disk figures (phases 1 to 3).
+    pub rebuild_only: bool,
 }
 
 /// The figures (`cluster.json`).
@@ -120,15 +122,20 @@ pub struct ClusterResult {
     /// The stream's store on each nats-server.
     pub disk: Vec<ServerDisk>,
     /// Replication lag.
-    pub lag: Lag,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<Lag>,
     /// Reads at each node against the floor.
-    pub reads: Vec<NodeReads>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reads: Option<Vec<NodeReads>>,
     /// The same reads at a single indexd (no `--cluster`) holding the same entries.
-    pub single_reads: NodeReads,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub single_reads: Option<NodeReads>,
     /// One nats-server SIGKILLed under load.
-    pub engine_fault: EngineFault,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_fault: Option<EngineFault>,
     /// Node A SIGKILLed with peers on it.
-    pub node_death: NodeDeath,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_death: Option<NodeDeath>,
     /// How the run was made.
     pub command: String,
 }
@@ -723,6 +730,25 @@ pub fn run(p: &Params, command: String) -> io::Result<ClusterResult> {
         })
         .collect();
 
+    if p.rebuild_only {
+        return Ok(ClusterResult {
+            files: p.files,
+            bulk: Bulk {
+                registered_s: secs(registered),
+                replicated_after_s: replicated.map(secs),
+            },
+            rebuild,
+            memory,
+            disk,
+            lag: None,
+            reads: None,
+            single_reads: None,
+            engine_fault: None,
+            node_death: None,
+            command,
+        });
+    }
+
     // 4. Replication lag.
     let addrs: Vec<SocketAddr> = nodes.iter().take(3).map(|n| n.addr).collect();
     let lag = measure_lag(&addrs, p.ops.register.max(1))?;
@@ -764,11 +790,11 @@ pub fn run(p: &Params, command: String) -> io::Result<ClusterResult> {
         rebuild,
         memory,
         disk,
-        lag,
-        reads,
-        single_reads,
-        engine_fault,
-        node_death,
+        lag: Some(lag),
+        reads: Some(reads),
+        single_reads: Some(single_reads),
+        engine_fault: Some(engine_fault),
+        node_death: Some(node_death),
         command,
     })
 }
@@ -1151,7 +1177,6 @@ pub fn console(r: &ClusterResult) -> String {
     let mut t = String::new();
     let opt =
         |v: Option<f64>| v.map_or("NOT within the limit".to_string(), |s| format!("{s:.2} s"));
-    let verdict = |met: bool| if met { "met" } else { "NOT met" };
     let _ = writeln!(
         t,
         "cluster: 3 nats-servers (JetStream, R3), nodes a b c (+ d), {} entries pre-populated at a",
@@ -1186,21 +1211,45 @@ pub fn console(r: &ClusterResult) -> String {
             d.server, d.stream_bytes, d.bytes_per_entry
         );
     }
+    if let (Some(lag), Some(reads), Some(single), Some(e), Some(d)) = (
+        &r.lag,
+        &r.reads,
+        &r.single_reads,
+        &r.engine_fault,
+        &r.node_death,
+    ) {
+        serving(&mut t, lag, reads, single, e, d);
+    }
+    t
+}
+
+/// The console lines of phases 4 to 7.
+fn serving(
+    t: &mut String,
+    lag: &Lag,
+    reads: &[NodeReads],
+    single: &NodeReads,
+    e: &EngineFault,
+    d: &NodeDeath,
+) {
+    use std::fmt::Write as _;
+    let opt =
+        |v: Option<f64>| v.map_or("NOT within the limit".to_string(), |s| format!("{s:.2} s"));
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
     let _ = writeln!(
         t,
         "lag: {} registers, a register at one node listed at the next: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} not seen in 10 s; resolution one lookup (p50 {:.1} µs, max {:.1} µs); target p99 ≤ {TARGET_LAG_P99_MS} ms: {}",
-        r.lag.samples,
-        r.lag.p50_ms,
-        r.lag.p99_ms,
-        r.lag.max_ms,
-        r.lag.not_seen,
-        r.lag.poll_lookup.p50_us,
-        r.lag.poll_lookup.max_us,
-        verdict(r.lag.met)
+        lag.samples,
+        lag.p50_ms,
+        lag.p99_ms,
+        lag.max_ms,
+        lag.not_seen,
+        lag.poll_lookup.p50_us,
+        lag.poll_lookup.max_us,
+        verdict(lag.met)
     );
-    let single = &r.single_reads;
     let of_single = |a: f64, b: f64| a / b.max(1e-9);
-    for n in &r.reads {
+    for n in reads {
         let _ = writeln!(
             t,
             "reads at {}: lookup p50 {:.1} µs ({:.2}x floor, {:.2}x the single indexd's), search p50 {:.1} µs ({:.2}x floor, {:.2}x the single's), register p50 {:.1} µs, floor p50 {:.1} µs; target lookup ≤ {TARGET_READ_RATIO}x: {}",
@@ -1227,7 +1276,6 @@ pub fn console(r: &ClusterResult) -> String {
         n.register.p50_us,
         n.floor.p50_us
     );
-    let e = &r.engine_fault;
     let _ = writeln!(
         t,
         "engine fault ({} SIGKILLed): {} files written at b, {} lost; replication resumed {} after the kill (longest gap {:.2} s); lookups at c meanwhile p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs, {} failed; writer sessions ended {}; restarted server healthy {}",
@@ -1243,7 +1291,6 @@ pub fn console(r: &ClusterResult) -> String {
         e.writer_sessions_ended,
         opt(e.rejoined_after_s)
     );
-    let d = &r.node_death;
     let _ = writeln!(
         t,
         "node death (a SIGKILLed, {} peer processes of {} files, TTL {:.0} s): a's entries gone {}; peers back through b/c {}; each peer listed once at every survivor {} (target ≤ TTL + 5 s: {}); survivors' entry counts exact {}",
@@ -1256,5 +1303,4 @@ pub fn console(r: &ClusterResult) -> String {
         verdict(d.met),
         opt(d.whole_s)
     );
-    t
 }

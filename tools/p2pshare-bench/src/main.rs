@@ -70,6 +70,10 @@ struct Flags {
     /// --index A,B,C`: each moves to the next node).
     #[arg(long, value_name = "N", default_value_t = 100)]
     cluster_peers: usize,
+    /// Cluster mode: stop after the bulk load, the rebuild and the memory and disk figures
+    /// (phases 1 to 3 of the --cluster run).
+    #[arg(long)]
+    cluster_rebuild_only: bool,
     /// Cluster mode: the nodes' liveness TTL (indexd --cluster-ttl).
     #[arg(long, value_name = "SECS", default_value_t = 15)]
     cluster_ttl: u64,
@@ -203,6 +207,7 @@ fn run_cluster(flags: &Flags) -> ExitCode {
         peers: flags.cluster_peers,
         ttl: Duration::from_secs(flags.cluster_ttl),
         seed: flags.seed,
+        rebuild_only: flags.cluster_rebuild_only,
     };
     let r = match p2pshare_bench::cluster::run(&params, command) {
         Ok(r) => r,
