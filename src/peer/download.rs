@@ -1775,6 +1775,57 @@ mod tests {
         seen
     }
 
+    /// A download of `content` (one holder, `holder`) started and connected on `conn`: the
+    /// download, its attempt, and what it asked for first.
+    fn connected(
+        id: DownloadId,
+        dir: &Path,
+        content: &[u8],
+        holder: &str,
+        conn: ConnId,
+    ) -> (Download, Attempt, Seen) {
+        let holder: SocketAddr = holder.parse().unwrap();
+        let file = HeldFile {
+            hash: FileHash::of(content),
+            size: content.len() as u64,
+            name: format!("{id}.bin"),
+            holders: vec![holder],
+            holder_count: 1,
+        };
+        let now = Instant::now();
+        let cfg = swarm::Config::default();
+        let mut dl = Download::new(
+            id,
+            now,
+            dir,
+            &file,
+            vec![holder],
+            None,
+            Default::default(),
+            cfg,
+        )
+        .unwrap();
+        let mut out = VecDeque::new();
+        dl.start(now, &mut out);
+        let attempt = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Connect {
+                    role: Role::Download(attempt),
+                    ..
+                } => Some(*attempt),
+                _ => None,
+            })
+            .expect("a connect");
+        out.clear();
+        assert_eq!(
+            dl.handle_connected(now, conn, attempt, &mut out),
+            Verdict::Continue
+        );
+        let seen = take(&mut out, conn);
+        (dl, attempt, seen)
+    }
+
     /// The holder's answer to `groups`: the header frame's payload, then proof and data.
     fn answer(content: &[u8], groups: Range<u64>) -> (Vec<u8>, Vec<u8>) {
         let (_, ob) = outboard::compute_in_memory(content);
@@ -1983,44 +2034,12 @@ mod tests {
     fn a_holder_dropped_while_its_bytes_verify_does_not_fail_the_download() {
         let dir = tmpdir("dropped-verifying");
         let content = common_bytes(100_000);
-        let holder: SocketAddr = "10.0.0.3:7000".parse().unwrap();
-        let file = HeldFile {
-            hash: FileHash::of(&content),
-            size: content.len() as u64,
-            name: "h.bin".into(),
-            holders: vec![holder],
-            holder_count: 1,
-        };
         let now = Instant::now();
-        let mut dl = Download::new(
-            3,
-            now,
-            &dir,
-            &file,
-            vec![holder],
-            None,
-            Default::default(),
-            swarm::Config::default(),
-        )
-        .unwrap();
-        let mut out = VecDeque::new();
-        dl.start(now, &mut out);
-        let attempt = out
-            .iter()
-            .find_map(|a| match a {
-                Action::Connect {
-                    role: Role::Download(attempt),
-                    ..
-                } => Some(*attempt),
-                _ => None,
-            })
-            .unwrap();
-        out.clear();
         let conn = ConnId(7);
-        dl.handle_connected(now, conn, attempt, &mut out);
-        let asked = take(&mut out, conn).asked;
+        let (mut dl, attempt, seen) = connected(3, &dir, &content, "10.0.0.3:7000", conn);
+        let mut out = VecDeque::new();
         let mut jobs = Vec::new();
-        for groups in asked {
+        for groups in seen.asked {
             let (header, raw) = answer(&content, groups);
             dl.handle_frame(now, conn, attempt, &header, &mut out);
             dl.handle_raw(now, attempt, &raw, &mut out);
@@ -2063,43 +2082,11 @@ mod tests {
     fn a_holderless_download_fails_once_its_bytes_are_verified() {
         let dir = tmpdir("holderless");
         let content = common_bytes(2 << 20);
-        let holder: SocketAddr = "10.0.0.4:7000".parse().unwrap();
-        let file = HeldFile {
-            hash: FileHash::of(&content),
-            size: content.len() as u64,
-            name: "i.bin".into(),
-            holders: vec![holder],
-            holder_count: 1,
-        };
         let now = Instant::now();
-        let mut dl = Download::new(
-            4,
-            now,
-            &dir,
-            &file,
-            vec![holder],
-            None,
-            Default::default(),
-            swarm::Config::default(),
-        )
-        .unwrap();
-        let mut out = VecDeque::new();
-        dl.start(now, &mut out);
-        let attempt = out
-            .iter()
-            .find_map(|a| match a {
-                Action::Connect {
-                    role: Role::Download(attempt),
-                    ..
-                } => Some(*attempt),
-                _ => None,
-            })
-            .unwrap();
-        out.clear();
         let conn = ConnId(8);
-        dl.handle_connected(now, conn, attempt, &mut out);
-        let groups = take(&mut out, conn).asked[0].clone();
-        let (header, raw) = answer(&content, groups);
+        let (mut dl, attempt, seen) = connected(4, &dir, &content, "10.0.0.4:7000", conn);
+        let mut out = VecDeque::new();
+        let (header, raw) = answer(&content, seen.asked[0].clone());
         dl.handle_frame(now, conn, attempt, &header, &mut out);
         dl.handle_raw(now, attempt, &raw, &mut out);
         let jobs = take(&mut out, conn).jobs;

@@ -730,23 +730,24 @@ pub fn run(p: &Params, command: String) -> io::Result<ClusterResult> {
         })
         .collect();
 
+    let mut result = ClusterResult {
+        files: p.files,
+        bulk: Bulk {
+            registered_s: secs(registered),
+            replicated_after_s: replicated.map(secs),
+        },
+        rebuild,
+        memory,
+        disk,
+        lag: None,
+        reads: None,
+        single_reads: None,
+        engine_fault: None,
+        node_death: None,
+        command,
+    };
     if p.rebuild_only {
-        return Ok(ClusterResult {
-            files: p.files,
-            bulk: Bulk {
-                registered_s: secs(registered),
-                replicated_after_s: replicated.map(secs),
-            },
-            rebuild,
-            memory,
-            disk,
-            lag: None,
-            reads: None,
-            single_reads: None,
-            engine_fault: None,
-            node_death: None,
-            command,
-        });
+        return Ok(result);
     }
 
     // 4. Replication lag.
@@ -781,22 +782,12 @@ pub fn run(p: &Params, command: String) -> io::Result<ClusterResult> {
     // 7. Node A killed with peers on it.
     let node_death = node_death(p, &mut nodes, &mut observers, population)?;
 
-    Ok(ClusterResult {
-        files: p.files,
-        bulk: Bulk {
-            registered_s: secs(registered),
-            replicated_after_s: replicated.map(secs),
-        },
-        rebuild,
-        memory,
-        disk,
-        lag: Some(lag),
-        reads: Some(reads),
-        single_reads: Some(single_reads),
-        engine_fault: Some(engine_fault),
-        node_death: Some(node_death),
-        command,
-    })
+    result.lag = Some(lag);
+    result.reads = Some(reads);
+    result.single_reads = Some(single_reads);
+    result.engine_fault = Some(engine_fault);
+    result.node_death = Some(node_death);
+    Ok(result)
 }
 
 /// The closed loop of the reads phase at `addr` (one simulated peer): see the module docs (5).
