@@ -1955,45 +1955,15 @@ mod tests {
         let dir = tmpdir("liar");
         let content = common_bytes(600 << 10);
         let holder: SocketAddr = "10.0.0.2:7000".parse().unwrap();
-        let file = HeldFile {
-            hash: FileHash::of(&content),
-            size: content.len() as u64,
-            name: "g.bin".into(),
-            holders: vec![holder],
-            holder_count: 1,
-        };
+        let (hash, size) = (FileHash::of(&content), content.len() as u64);
         let now = Instant::now();
-        let cfg = swarm::Config::default();
-        let mut dl = Download::new(
-            2,
-            now,
-            &dir,
-            &file,
-            vec![holder],
-            None,
-            Default::default(),
-            cfg,
-        )
-        .unwrap();
-        let mut out = VecDeque::new();
-        dl.start(now, &mut out);
-        let attempt = out
-            .iter()
-            .find_map(|a| match a {
-                Action::Connect {
-                    role: Role::Download(attempt),
-                    ..
-                } => Some(*attempt),
-                _ => None,
-            })
-            .unwrap();
-        out.clear();
         let conn = ConnId(6);
-        dl.handle_connected(now, conn, attempt, &mut out);
-        let groups = take(&mut out, conn).asked[0].clone();
+        let (mut dl, attempt, seen) = connected(2, &dir, &content, "10.0.0.2:7000", conn);
+        let mut out = VecDeque::new();
+        let groups = seen.asked[0].clone();
         let (header, mut raw) = answer(&content, groups.clone());
         // One byte wrong in the range's third group.
-        let proof = outboard::proof_len(file.size, groups.clone()).unwrap();
+        let proof = outboard::proof_len(size, groups.clone()).unwrap();
         raw[proof + 2 * GROUP as usize + 100] ^= 1;
         let bad = groups.start + 2;
         dl.handle_frame(now, conn, attempt, &header, &mut out);
@@ -2019,7 +1989,7 @@ mod tests {
         }
         assert!(named);
         // Only the two verified groups before the bad one were written.
-        let part = dir.join(format!(".{}{PART_SUFFIX}", file.hash));
+        let part = dir.join(format!(".{}{PART_SUFFIX}", hash));
         let on_disk = fs::read(&part).unwrap();
         let (start, end) = ((groups.start * GROUP) as usize, (bad * GROUP) as usize);
         assert_eq!(on_disk.len(), end);
