@@ -527,10 +527,14 @@ fn search_text(page: &SearchPage, style: Style) -> String {
 pub fn holders_text(files: &[HeldFile], style: Style) -> String {
     let mut text = String::new();
     for f in files {
+        let hash = if style.human {
+            short_hash(&f.hash)
+        } else {
+            f.hash.to_hex()
+        };
         let _ = writeln!(
             text,
-            "{} {} {}",
-            f.hash,
+            "{hash} {} {}",
             size(f.size, style),
             display_name(&f.name)
         );
@@ -1068,6 +1072,38 @@ mod tests {
         assert_eq!(v["index"]["state"], "disconnected");
         assert_eq!(v["share"]["dir"], "/s");
         assert_eq!(v["downloads"], json!([]));
+    }
+
+    #[test]
+    fn a_lookup_shows_the_hash_as_search_does_short_on_a_terminal_whole_in_a_pipe() {
+        let hash = FileHash::of(b"z");
+        let page = LookupPage {
+            target: "z".into(),
+            files: vec![HeldFile {
+                hash,
+                size: 2048,
+                name: "z".into(),
+                holders: vec!["10.0.0.1:9".parse().unwrap()],
+                holder_count: 3,
+            }],
+            shown_before: 0,
+            total: 1,
+            more: false,
+        };
+        let hex = hash.to_hex();
+        let (_, terminal) = text(&Line::Lookup(page.clone()), TERMINAL).unwrap();
+        assert_eq!(
+            terminal,
+            format!(
+                "{} 2.0 KiB z\n  1 10.0.0.1:9\n  and 2 more holders",
+                &hex[..16]
+            )
+        );
+        let (_, pipe) = text(&Line::Lookup(page), PIPE).unwrap();
+        assert_eq!(
+            pipe,
+            format!("{hex} 2048 z\n  1 10.0.0.1:9\n  and 2 more holders")
+        );
     }
 
     #[test]
