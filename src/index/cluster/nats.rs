@@ -1107,7 +1107,10 @@ impl Node {
         stall: &mut Stall,
     ) -> bool {
         let last = match quick("stream info", self.stream.get_info()).await {
-            Ok(info) => info.state.last_sequence,
+            Ok(info) => {
+                self.counters.handle_last_sequence(info.state.last_sequence);
+                info.state.last_sequence
+            }
             Err(e) => {
                 log::debug!("cluster: {e}");
                 return false;
