@@ -143,6 +143,13 @@ impl Counters {
             .fetch_max(sequence.saturating_add(pending), Ordering::Relaxed);
     }
 
+    /// The stream's info gives `sequence` as its last: what was read off records (each
+    /// one's sequence plus its pending count) is replaced, as that count can stay too high
+    /// after deletes (nats-server 2.9.10), which showed an apply lag of 1 for good.
+    pub fn handle_last_sequence(&self, sequence: u64) {
+        self.stream_sequence.store(sequence, Ordering::Relaxed);
+    }
+
     /// A snapshot of a local session was handed over.
     pub fn handle_snapshot(&self) {
         self.snapshots.fetch_add(1, Ordering::Relaxed);
@@ -190,6 +197,11 @@ mod tests {
         let s = c.snapshot();
         assert_eq!((s.published, s.publish_errors, s.lost), (1, 1, 1));
         assert_eq!((s.stream_sequence, s.read_sequence), (13, 5));
+        // Read off a record whose pending count stays 1 too high: the stream's info corrects it.
+        c.handle_read(14, 1);
+        assert_eq!(c.snapshot().stream_sequence, 15);
+        c.handle_last_sequence(14);
+        assert_eq!(c.snapshot().stream_sequence, 14);
         assert_eq!(s.nodes_alive, 2);
     }
 

@@ -10,7 +10,8 @@
 //!   creates the stream `<PREFIX>_INDEX` (subjects `<prefix>.>`) and the liveness bucket
 //!   `<prefix>_nodes` (`max_age` = the TTL) if they do not exist, creates its liveness key,
 //!   and reads the stream from its start with an ordered consumer; once it has read what the
-//!   stream held (the consumer's pending count reaches 0), it checks that every node met in
+//!   stream held (see [`Reread`]: the consumer's pending count reaches 0, a record at or past
+//!   the stream's last sequence is read, or nothing is left), it checks that every node met in
 //!   it is alive (else: [`Inbound::NodeDead`]) and sends [`Inbound::Rebuilt`]. The join
 //!   (stream, bucket, key, consumer, watch) is tried again as a whole, each try bounded by
 //!   [`JOIN_TRY_TIMEOUT`], while the NATS cluster cannot answer (a server just died and its
@@ -43,8 +44,8 @@
 //!   node's lease ([`Lease`](super::counters::Lease)), which the reactor checks before it
 //!   answers anyone. If the check fails (the key was deleted or expired while NATS was
 //!   unreachable, so the others dropped this node) the lease is revoked at once.
-//! - At [`Outbound::Fence`] (the reactor found the lease run out and fenced itself), takes a
-//!   new incarnation, deletes the old one's key and its subjects' records, sends
+//! - At [`Outbound::Fence`] (the reactor found the lease run out and fenced itself), or when
+//!   the [`Keeper`] finds our key gone (even during such a rejoin), takes a new incarnation, deletes the old one's key and its subjects' records, sends
 //!   [`Inbound::Fenced`] (the reactor drops every remote session) and reads the stream again
 //!   from its start, up to a new [`Inbound::Rebuilt`], as at a join.
 //! - Watches the bucket, and checks the other nodes' keys every [`check_interval`]: a node
@@ -245,9 +246,10 @@ impl Kind {
     }
 }
 
-/// A record's publish, retried until stored or [`PUBLISH_RETRY_LIMIT`]: its session, its
-/// kind, and the outcome (the stream sequence it was stored at).
-type Ack = BoxFuture<'static, (u64, Kind, Result<u64, String>)>;
+/// A record's publish, retried until stored or [`PUBLISH_RETRY_LIMIT`]: the incarnation it
+/// was published under (see [`Ledger`]), its session, its kind, and the outcome (the stream
+/// sequence it was stored at).
+type Ack = BoxFuture<'static, (u64, u64, Kind, Result<u64, String>)>;
 
 /// How long a record's publish is retried (a stream without a leader for a moment, while
 /// the NATS cluster elects one after a server died) before its session is ended.
@@ -272,6 +274,7 @@ async fn bounded<T, E: std::fmt::Display>(
 /// row changes nothing.)
 fn publish(
     js: jetstream::Context,
+    incarnation: u64,
     session: u64,
     subject: String,
     record: &Record,
@@ -298,7 +301,7 @@ fn publish(
                     log::debug!("cluster: publish on {subject}: {e}; trying again");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                result => return (session, kind, result),
+                result => return (incarnation, session, kind, result),
             }
         }
     })
@@ -323,6 +326,132 @@ struct Stall {
     read_to_end: u64,
 }
 
+/// Whether a read of the stream from its start (a join's, or a rejoin's after a fence) has
+/// reached the stream's end, from what the NATS thread sees: each record read with the
+/// consumer's count of records pending after it, and at each tick (TTL/4) the stream's last
+/// sequence or a probe of what is left.
+///
+/// A count of 0 may never come: nats-server 2.9.10 does not always take a record deleted
+/// after the consumer counted it off the count (in session 11 a node re-reading after a fence
+/// read with 2 pending, then 4, for 45 s, while the old incarnation's records it had counted
+/// were deleted). And a probe only while nothing is read (the one other rule, before) never
+/// ran while another node published a record every tick (the fence test's hellos at the node
+/// that rejoined first did): that node stayed fenced. So the read is also done once it read a
+/// record at or past the stream's last sequence as known at its first tick (asked again each
+/// tick until known): every record stored before was read by then.
+#[derive(Debug, Default)]
+struct Reread {
+    /// The stream's last sequence when the read began (or first known since).
+    target: Option<u64>,
+    /// The last record read.
+    last: u64,
+    /// A record was read since the last tick.
+    read_since_tick: bool,
+}
+
+impl Reread {
+    /// A record at `seq` was read, with `pending` more after it by the consumer's count:
+    /// whether the read is done.
+    fn handle_read(&mut self, seq: u64, pending: u64) -> bool {
+        self.last = self.last.max(seq);
+        self.read_since_tick = true;
+        pending == 0 || self.is_past_target()
+    }
+
+    /// Whether the stream's last sequence is still to be asked (at the next tick).
+    fn wants_target(&self) -> bool {
+        self.target.is_none()
+    }
+
+    /// The stream's last sequence is `last`: whether the read is done (it is if the stream
+    /// never held a record, or every one was read).
+    fn handle_target(&mut self, last: u64) -> bool {
+        self.target.get_or_insert(last);
+        self.is_past_target()
+    }
+
+    fn is_past_target(&self) -> bool {
+        self.target.is_some_and(|t| self.last >= t)
+    }
+
+    /// A tick: the record to probe from, if nothing was read since the last tick (the
+    /// records left may all have been deleted: then no record read ever reaches the target).
+    fn poll_probe(&mut self) -> Option<u64> {
+        let quiet = !std::mem::take(&mut self.read_since_tick);
+        quiet.then_some(self.last + 1)
+    }
+}
+
+/// Each local session's records on the stream (by sequence), to delete them when it ends or
+/// is compacted (never by a subject purge: see [`Removals`]).
+///
+/// At a fence the node takes a new incarnation, and the old one's subjects are walked and
+/// their records deleted; a record acknowledged after that (its publish was in flight at the
+/// fence) belongs to a session the reactor dropped, which will never end: it is deleted at
+/// once, and not kept (before session 11 its sequence was kept for ever, and the record
+/// stayed on the stream if the walk had passed).
+#[derive(Debug, Default)]
+struct Ledger {
+    sessions: HashMap<u64, Stored>,
+    /// The node's incarnation, counted from 0 at the join: bumped at each fence.
+    incarnation: u64,
+}
+
+/// What to delete once a record is stored: these records now, and a tombstone after
+/// [`TOMBSTONE_LINGER`].
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Deletes {
+    now: Vec<u64>,
+    tombstone: Option<u64>,
+}
+
+impl Ledger {
+    /// The node fenced itself: what is kept is of the old incarnation, whose records go with
+    /// its subjects.
+    fn handle_fence(&mut self) {
+        self.sessions.clear();
+        self.incarnation += 1;
+    }
+
+    /// A record of `kind` of local session `session`, published under `incarnation`, was
+    /// stored at `seq`: what to delete now.
+    fn handle_stored(&mut self, incarnation: u64, session: u64, kind: Kind, seq: u64) -> Deletes {
+        if incarnation != self.incarnation {
+            return Deletes {
+                now: vec![seq],
+                tombstone: None,
+            };
+        }
+        let mut deletes = Deletes::default();
+        let s = self.sessions.entry(session).or_default();
+        match kind {
+            Kind::Change => s.seqs.push(seq),
+            Kind::Snapshot => {
+                s.seqs.push(seq);
+                s.snapshot = Some(seq);
+            }
+            Kind::SnapshotEnd => {
+                s.seqs.push(seq);
+                if let Some(from) = s.snapshot.take() {
+                    let older = s.seqs.partition_point(|&q| q < from);
+                    deletes.now = s.seqs.drain(..older).collect();
+                }
+            }
+            Kind::End => {
+                deletes.now = self.sessions.remove(&session).unwrap_or_default().seqs;
+                deletes.tombstone = Some(seq);
+            }
+        }
+        deletes
+    }
+
+    /// Sequences kept, of every session.
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        self.sessions.values().map(|s| s.seqs.len()).sum()
+    }
+}
+
 /// Keeps this node's liveness key: a task of its own, on a JetStream context of its own (a
 /// publish waits for room among the context's acknowledgements in flight: sharing the
 /// records' context, a burst of them held the refreshes back past the TTL); see the module
@@ -339,10 +468,35 @@ struct Keeper {
 }
 
 impl Keeper {
+    /// A refresh found the key at another revision than the last one we know: whether it is
+    /// still ours, at a revision written by a refresh whose answer came too late (the try was
+    /// given up, but the server stored it: under load, in session 11), which is then the one
+    /// refreshed next. Only we write our key; the others only delete it. Read within TTL/4;
+    /// a key that cannot be read counts as gone.
+    async fn is_ours_still(&mut self) -> bool {
+        let entry = tokio::time::timeout(self.ttl / 4, self.kv.entry(&self.node)).await;
+        match entry {
+            // (A revision not past ours may come from a replica behind: counted as gone.)
+            Ok(Ok(Some(e)))
+                if e.operation == kv::Operation::Put && Some(e.revision) > self.revision =>
+            {
+                log::warn!(
+                    "cluster: {}: our liveness key is at revision {}, written by a refresh \
+                     answered too late; refreshing from it",
+                    self.node,
+                    e.revision
+                );
+                self.revision = Some(e.revision);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Refreshes the key every TTL/4, each try bounded by TTL/4, renewing the lease from
     /// when the refresh was sent. If the key is gone (deleted or expired: the others dropped
-    /// us), the lease is revoked and the reactor woken: it fences the node, and the node
-    /// rejoins under a new name.
+    /// us), the lease is revoked, the reactor woken (it fences the node) and the task ends
+    /// (the NATS thread then rejoins under a new name).
     async fn run(mut self) {
         let mut tick = tokio::time::interval(self.ttl / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -374,6 +528,7 @@ impl Keeper {
                     self.revision = Some(revision);
                     self.counters.lease.renew(sent, length);
                 }
+                Ok(Err((_, true))) if self.is_ours_still().await => {}
                 Ok(Err((_, true))) => {
                     log::error!(
                         "cluster: {}: our liveness key is gone (NATS unreachable, or this node too \
@@ -657,7 +812,7 @@ impl Node {
         let mut keeper = self.keeper(Some(self.joined_revision), to_reactor);
         // Each local session's records on the stream, to delete them by sequence when it
         // ends or is compacted (never by a subject purge: see `Removals`).
-        let mut stored: HashMap<u64, Stored> = HashMap::new();
+        let mut ledger = Ledger::default();
         // Ended sessions' tombstones, deleted after their linger by a task of their own.
         let tombstones = Removals::spawn(
             self.js.clone(),
@@ -672,42 +827,24 @@ impl Node {
         let mut applied: u64 = 0;
         // The stream sequence of the last record read, to resume after it.
         let mut last_seq: u64 = 0;
-        // A record was read since the last tick.
-        let mut read_since_tick = false;
+        // Whether a read from the stream's start is done (while `rebuilding`).
+        let mut reread = Reread::default();
         let mut stall = Stall::default();
         let mut stall_check = tokio::time::interval(STALL_CHECK);
         stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The reactor fenced the node, or our key is gone: rejoin as a new incarnation.
+        let mut rejoin = false;
         loop {
             tokio::select! {
                 out = outbound.recv() => match out {
                     Some(Outbound::Fence) if rebuilding => {
                         // Rejoining already: the reactor serves again at its end.
                     }
-                    Some(Outbound::Fence) => {
-                        // Records not published yet are of sessions the reactor ended.
-                        for queue in queues.values() {
-                            for _ in 1..queue.len() {
-                                self.counters.handle_done();
-                            }
-                        }
-                        queues.clear();
-                        // The old incarnation's records go with its subjects (`rejoin`).
-                        stored.clear();
-                        let new = incarnation(&self.config.node_id);
-                        let old = std::mem::replace(&mut self.config.node, new);
-                        keeper = self.keeper(None, to_reactor);
-                        self.rejoin(&old, to_reactor).await;
-                        met.clear();
-                        applied = 0;
-                        last_seq = 0;
-                        stall = Stall::default();
-                        rebuilding = true;
-                        self.replace_consumer(&client, 1, &mut messages).await;
-                    }
+                    Some(Outbound::Fence) => rejoin = true,
                     Some(Outbound::Publish { session, record }) => {
                         let queue = queues.entry(session).or_default();
                         if queue.is_empty() {
-                            acks.push(publish(self.js.clone(), session, self.subject(session), &record, self.counters.clone()));
+                            acks.push(publish(self.js.clone(), ledger.incarnation, session, self.subject(session), &record, self.counters.clone()));
                         }
                         queue.push_back(record);
                     }
@@ -722,32 +859,18 @@ impl Node {
                         return Ok(());
                     }
                 },
-                Some((session, kind, result)) = acks.next() => {
+                Some((incarnation, session, kind, result)) = acks.next() => {
                     self.counters.handle_done();
                     match result {
                         Ok(seq) => {
-                            let s = stored.entry(session).or_default();
-                            match kind {
-                                Kind::Change => s.seqs.push(seq),
-                                Kind::Snapshot => {
-                                    s.seqs.push(seq);
-                                    s.snapshot = Some(seq);
-                                }
-                                Kind::SnapshotEnd => {
-                                    s.seqs.push(seq);
-                                    if let Some(from) = s.snapshot.take() {
-                                        let older = s.seqs.partition_point(|&q| q < from);
-                                        let older: Vec<u64> = s.seqs.drain(..older).collect();
-                                        self.removals.delete(Instant::now(), older);
-                                    }
-                                }
-                                Kind::End => {
-                                    let s = stored.remove(&session).unwrap_or_default();
-                                    self.removals.delete(Instant::now(), s.seqs);
-                                    tombstones.delete(Instant::now() + TOMBSTONE_LINGER, vec![seq]);
-                                }
+                            let deletes = ledger.handle_stored(incarnation, session, kind, seq);
+                            self.removals.delete(Instant::now(), deletes.now);
+                            if let Some(tombstone) = deletes.tombstone {
+                                tombstones.delete(Instant::now() + TOMBSTONE_LINGER, vec![tombstone]);
                             }
                         }
+                        // Of a session the fence ended (and its queue went then): no one to tell.
+                        Err(_) if incarnation != ledger.incarnation => {}
                         Err(e) => {
                             log::warn!("cluster: a record of session {session} was not stored: {e}");
                             self.counters.handle_lost();
@@ -757,7 +880,7 @@ impl Node {
                     if let Some(queue) = queues.get_mut(&session) {
                         queue.pop_front();
                         match queue.front() {
-                            Some(next) => acks.push(publish(self.js.clone(), session, self.subject(session), next, self.counters.clone())),
+                            Some(next) => acks.push(publish(self.js.clone(), ledger.incarnation, session, self.subject(session), next, self.counters.clone())),
                             None => {
                                 queues.remove(&session);
                             }
@@ -772,7 +895,7 @@ impl Node {
                             .unwrap_or((1, last_seq));
                         last_seq = last_seq.max(seq);
                         self.counters.handle_read(seq, pending);
-                        read_since_tick = true;
+                        let read_to_end = reread.handle_read(seq, pending);
                         if let Some((node, session)) = self.parse_subject(&msg.subject) {
                             if node != self.config.node && !self.dead.contains(node) {
                                 match Record::decode(&msg.payload) {
@@ -799,7 +922,7 @@ impl Node {
                         } else {
                             log::warn!("cluster: unexpected subject {} skipped", msg.subject);
                         }
-                        if rebuilding && pending == 0 {
+                        if rebuilding && read_to_end {
                             rebuilding = false;
                             self.finish_rebuild(&met, to_reactor).await;
                             log::info!("cluster: rebuilt from {applied} records");
@@ -834,15 +957,14 @@ impl Node {
                     None => return Err("the liveness watch ended".into()),
                 },
                 _ = tick.tick() => {
-                    // The records still pending may have been purged since the consumer
-                    // counted them: then no record says "0 pending", and a consumer from
-                    // after the last one read tells whether anything is left.
-                    if rebuilding && !read_since_tick && self.is_read_to_end(&client, last_seq + 1).await {
+                    // No record may ever say "0 pending" (see `Reread`): the read is also
+                    // done once it reaches the stream's last record as of its first ticks,
+                    // or, when nothing comes, once a probe finds nothing after the last read.
+                    if rebuilding && self.is_reread(&client, &mut reread).await {
                         rebuilding = false;
                         self.finish_rebuild(&met, to_reactor).await;
                         log::info!("cluster: rebuilt from {applied} records");
                     }
-                    read_since_tick = false;
                 }
                 _ = stall_check.tick() => {
                     if self.is_stuck(&client, last_seq, &mut stall).await {
@@ -854,6 +976,35 @@ impl Node {
                     }
                 }
                 _ = check.tick() => self.check_others(to_reactor).await,
+                _ = &mut keeper.0 => {
+                    // Our key is gone (see `Keeper::run`): the others dropped this incarnation.
+                    // Rejoin now, even while reading the stream again after a fence: the
+                    // reactor, fenced already, would wait for ever for a lease no one renews.
+                    rejoin = true;
+                }
+            }
+            if std::mem::take(&mut rejoin) {
+                // Records not published yet are of sessions the reactor ended.
+                for queue in queues.values() {
+                    for _ in 1..queue.len() {
+                        self.counters.handle_done();
+                    }
+                }
+                queues.clear();
+                // The old incarnation's records go with its subjects (`rejoin`), and
+                // those stored after the walk of them one by one (`Ledger`).
+                ledger.handle_fence();
+                let new = incarnation(&self.config.node_id);
+                let old = std::mem::replace(&mut self.config.node, new);
+                keeper = self.keeper(None, to_reactor);
+                self.rejoin(&old, to_reactor).await;
+                met.clear();
+                applied = 0;
+                last_seq = 0;
+                reread = Reread::default();
+                stall = Stall::default();
+                rebuilding = true;
+                self.replace_consumer(&client, 1, &mut messages).await;
             }
             self.counters.set_nodes_alive(self.alive.len());
         }
@@ -897,6 +1048,31 @@ impl Node {
         }
     }
 
+    /// At a tick of a read from the stream's start: whether it is done, asking the stream's
+    /// last sequence if it is not known yet (again at the next tick if it cannot be had), and
+    /// probing what is left if nothing was read since the last tick.
+    async fn is_reread(&self, client: &async_nats::Client, reread: &mut Reread) -> bool {
+        if reread.wants_target() {
+            match quick("stream info", self.stream.get_info()).await {
+                Ok(info) => {
+                    log::debug!(
+                        "cluster: {}: reading the stream up to record {} at least",
+                        self.config.node,
+                        info.state.last_sequence
+                    );
+                    if reread.handle_target(info.state.last_sequence) {
+                        return true;
+                    }
+                }
+                Err(e) => log::debug!("cluster: {}: {e}; asked again", self.config.node),
+            }
+        }
+        match reread.poll_probe() {
+            Some(from) => self.is_read_to_end(client, from).await,
+            None => false,
+        }
+    }
+
     /// Whether the stream holds nothing from record `seq` on (false if it cannot tell).
     async fn is_read_to_end(&self, client: &async_nats::Client, seq: u64) -> bool {
         let probe = quick(
@@ -905,6 +1081,14 @@ impl Node {
         )
         .await;
         // The probe is ephemeral: the server drops it once it has no subscriber.
+        match &probe {
+            Ok(c) => log::debug!(
+                "cluster: {}: probe from {seq}: {} pending",
+                self.config.node,
+                c.cached_info().num_pending
+            ),
+            Err(e) => log::debug!("cluster: {}: probe from {seq}: {e}", self.config.node),
+        }
         probe.is_ok_and(|c| c.cached_info().num_pending == 0)
     }
 
@@ -923,7 +1107,10 @@ impl Node {
         stall: &mut Stall,
     ) -> bool {
         let last = match quick("stream info", self.stream.get_info()).await {
-            Ok(info) => info.state.last_sequence,
+            Ok(info) => {
+                self.counters.handle_last_sequence(info.state.last_sequence);
+                info.state.last_sequence
+            }
             Err(e) => {
                 log::debug!("cluster: {e}");
                 return false;
@@ -957,6 +1144,7 @@ impl Node {
         for _ in 0..RESUME_TRIES {
             match self.resume(client, seq).await {
                 Ok(m) => {
+                    log::debug!("cluster: {}: consumer from {seq}", self.config.node);
                     *messages = m;
                     return;
                 }
@@ -1299,5 +1487,112 @@ impl Remover {
                 return Ok(seqs);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `seqs` one per tick, each counted with `pending` more after it, and ticks after
+    /// each; true once the read says it is done (it never probes: a record came every tick).
+    fn read_each_tick(
+        reread: &mut Reread,
+        seqs: std::ops::RangeInclusive<u64>,
+        pending: u64,
+    ) -> bool {
+        for seq in seqs {
+            if reread.handle_read(seq, pending) {
+                return true;
+            }
+            assert_eq!(
+                reread.poll_probe(),
+                None,
+                "a record came since the last tick"
+            );
+        }
+        false
+    }
+
+    #[test]
+    fn a_reread_ends_at_the_stream_s_last_record_when_the_pending_count_stays_above_0() {
+        // The fence test under load: the server counted 2 records pending that it deleted
+        // before they were read, and another node published a record every tick.
+        let mut reread = Reread::default();
+        assert!(!reread.handle_read(1, 2));
+        // The stream's last sequence could not be had at the first tick: asked again.
+        assert!(reread.wants_target());
+        assert_eq!(reread.poll_probe(), None);
+        assert!(reread.wants_target());
+        assert!(!reread.handle_target(6));
+        assert!(!reread.wants_target());
+        assert!(read_each_tick(&mut reread, 2..=10, 2));
+        // It ended at the first record at or past 6 (the 2 deleted ones never came).
+        assert_eq!(reread.last, 6);
+        // Only the first last sequence counts: a later, higher one does not move the end.
+        let mut reread = Reread::default();
+        assert!(!reread.handle_target(6));
+        assert!(!reread.handle_target(1_000));
+        assert!(read_each_tick(&mut reread, 1..=6, 2));
+    }
+
+    #[test]
+    fn a_reread_ends_at_a_count_of_0_or_a_probe_once_nothing_comes() {
+        let mut reread = Reread::default();
+        assert!(!reread.handle_read(1, 1));
+        assert!(reread.handle_read(2, 0));
+        // The records left were deleted before they were read: nothing comes, and a probe
+        // asks from the one after the last read.
+        let mut reread = Reread::default();
+        assert!(!reread.handle_target(9));
+        assert!(!reread.handle_read(4, 5));
+        assert_eq!(reread.poll_probe(), None);
+        assert_eq!(reread.poll_probe(), Some(5));
+        assert_eq!(reread.poll_probe(), Some(5));
+        // A stream that never held a record.
+        assert!(Reread::default().handle_target(0));
+    }
+
+    #[test]
+    fn a_record_stored_after_a_fence_is_deleted_at_once_and_not_kept() {
+        let mut ledger = Ledger::default();
+        let none = Deletes::default();
+        assert_eq!(ledger.handle_stored(0, 1, Kind::Change, 10), none);
+        assert_eq!(ledger.handle_stored(0, 2, Kind::Change, 11), none);
+        let inflight = ledger.incarnation;
+        ledger.handle_fence();
+        assert_eq!(ledger.kept(), 0);
+        // Session 1's register was in flight at the fence: stored after the old subjects
+        // were walked, of a session that will never end.
+        let deletes = ledger.handle_stored(inflight, 1, Kind::Change, 12);
+        assert_eq!(deletes.now, [12]);
+        assert_eq!(ledger.kept(), 0);
+        // The new incarnation's sessions are kept and deleted as ever.
+        let now = ledger.incarnation;
+        assert_eq!(ledger.handle_stored(now, 3, Kind::Change, 13), none);
+        assert_eq!(ledger.kept(), 1);
+        let end = ledger.handle_stored(now, 3, Kind::End, 14);
+        assert_eq!(
+            end,
+            Deletes {
+                now: vec![13],
+                tombstone: Some(14)
+            }
+        );
+        assert_eq!(ledger.kept(), 0);
+    }
+
+    #[test]
+    fn a_snapshot_s_end_deletes_the_session_s_records_before_it() {
+        let mut ledger = Ledger::default();
+        for (seq, kind) in [(1, Kind::Change), (2, Kind::Change), (5, Kind::Snapshot)] {
+            assert_eq!(ledger.handle_stored(0, 7, kind, seq), Deletes::default());
+        }
+        // Another session's record between them is not this one's.
+        ledger.handle_stored(0, 8, Kind::Change, 6);
+        ledger.handle_stored(0, 7, Kind::Change, 7);
+        let end = ledger.handle_stored(0, 7, Kind::SnapshotEnd, 9);
+        assert_eq!(end.now, [1, 2]);
+        assert_eq!(ledger.kept(), 4);
     }
 }
