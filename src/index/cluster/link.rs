@@ -156,9 +156,12 @@ struct Snapshotting {
 pub const SNAPSHOT_FLOOR_BYTES: u64 = 256 * 1024;
 /// See [`SNAPSHOT_FLOOR_BYTES`].
 pub const SNAPSHOT_GROWTH: u64 = 2;
-/// Records handed to the NATS thread and not stored yet past which snapshots wait (half of
-/// [`MAX_OUTBOUND_RECORDS`]: a snapshot never makes the node refuse its peers' registers).
-pub const SNAPSHOT_OUTBOUND_RECORDS: u64 = MAX_OUTBOUND_RECORDS / 2;
+/// Records handed to the NATS thread and not stored yet past which snapshots wait: a walk
+/// fills records of up to [`MAX_RECORD_BYTES`] faster than the stream stores them (one at a
+/// time per session), so this bounds what a big session's snapshot queues in this process
+/// (64 MiB at worst), and a snapshot never brings the node near [`MAX_OUTBOUND_RECORDS`],
+/// where it refuses its peers' registers.
+pub const SNAPSHOT_OUTBOUND_RECORDS: u64 = MAX_OUTBOUND_RECORDS / 16;
 
 /// The reactor's side of the cluster; see the module docs.
 pub struct Link {

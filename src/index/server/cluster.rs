@@ -624,11 +624,12 @@ mod tests {
                 "{answer:?}"
             );
             drive_snapshots(&mut a.server);
-            // What A published, as B reads it.
+            // What A published, as B reads it (each stored, as the NATS thread tells).
             while let Ok(out) = a.published.try_recv() {
                 let Outbound::Publish { session, record } = out else {
                     continue;
                 };
+                a.server.cluster().unwrap().counters().handle_done();
                 if let Record::Snapshot { addr } = &record {
                     assert_eq!(*addr, at);
                     snapshots += 1;
