@@ -146,8 +146,11 @@ impl IndexServer {
     }
 
     /// Applies what other nodes sent, within [`super::BACKGROUND_WORK_PER_TURN`], and acts on
-    /// the NATS thread's news; asks for another turn while work is left.
-    pub(super) fn cluster_turn(&mut self, ctx: &mut Ctx<Session>) {
+    /// the NATS thread's news; at a turn's end (`turn_end`: the one call of a reactor turn
+    /// that does, so a turn woken by the NATS thread does not get two shares), takes slices
+    /// of the local sessions' snapshots within the same budget; asks for another turn while
+    /// work is left.
+    pub(super) fn cluster_turn(&mut self, ctx: &mut Ctx<Session>, turn_end: bool) {
         let Some(link) = self.cluster.as_mut() else {
             return;
         };
@@ -166,13 +169,15 @@ impl IndexServer {
         }
         // Snapshots of local sessions: a slice at least, however busy the apply was.
         let mut snapshot_progress = false;
-        loop {
-            let walked = worktrace::time("cluster snapshot slice", || {
-                link.poll_snapshots(&self.index, super::SLICE_UNITS)
-            });
-            snapshot_progress |= walked > 0;
-            if walked == 0 || started.elapsed() >= super::BACKGROUND_WORK_PER_TURN {
-                break;
+        if turn_end {
+            loop {
+                let walked = worktrace::time("cluster snapshot slice", || {
+                    link.poll_snapshots(&self.index, super::SLICE_UNITS)
+                });
+                snapshot_progress |= walked > 0;
+                if walked == 0 || started.elapsed() >= super::BACKGROUND_WORK_PER_TURN {
+                    break;
+                }
             }
         }
         for conn in close {
@@ -207,7 +212,7 @@ impl IndexServer {
     /// The lease timer: checks the lease (in the turn) and sets itself again.
     pub(super) fn cluster_timer(&mut self, ctx: &mut Ctx<Session>) {
         self.cluster_timer_armed = false;
-        self.cluster_turn(ctx);
+        self.cluster_turn(ctx, false);
     }
 }
 

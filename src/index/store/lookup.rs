@@ -376,15 +376,13 @@ impl Index {
     ) -> Option<u32> {
         let rec = self.peers.get(peer)?;
         let mut name = Vec::new();
-        let mut seen = 0;
-        for e in rec.entries.iter_from(from) {
+        for (seen, e) in rec.entries.iter_from(from).enumerate() {
             if seen == max {
                 return Some(e);
             }
             let file = &self.files[self.entries[e].file()];
             self.entries.decode_name(e, &mut name);
             visit(e, &file.hash, file.size(), &name);
-            seen += 1;
         }
         None
     }
