@@ -23,7 +23,8 @@
 //! this node never read its unregister (deleted from the stream by the compaction before it
 //! was read). The sweep is work at the head of the queue, so nothing after the end applies
 //! before it is done. Memory: 8 bytes and a control byte of a hash set per marked holding,
-//! while the snapshot is read. (A restated name of a hash of which the peer holds
+//! while the snapshot is read (the set is sized for the peer's holdings at the snapshot's
+//! start). (A restated name of a hash of which the peer holds
 //! [`MAX_NAMES_PER_HASH`](crate::index::store::MAX_NAMES_PER_HASH) stale names here is
 //! refused, and missing until the session's next snapshot: only for a node that missed
 //! records.)
@@ -222,7 +223,9 @@ impl Replica {
                 continue;
             }
             if let Some(mut sweep) = self.sweep.take() {
-                used += self.sweep_step(index, &mut sweep, budget - used);
+                used += crate::index::worktrace::time("snapshot sweep", || {
+                    self.sweep_step(index, &mut sweep, budget - used)
+                });
                 if sweep.next != u32::MAX {
                     self.sweep = Some(sweep);
                 }
@@ -378,7 +381,9 @@ impl Replica {
         let outcome = index.register_at_most(peer, files, room);
         if let Some(marks) = &mut s.marks {
             let keys = &self.keys;
-            marks.extend(files.iter().map(|f| mark(keys, f)));
+            crate::index::worktrace::time("snapshot marks", || {
+                marks.extend(files.iter().map(|f| mark(keys, f)));
+            });
         }
         if room != u32::MAX {
             if let Some(s) = self.session(node, session) {
@@ -423,7 +428,10 @@ impl Replica {
                             Some(s) => {
                                 // Marking starts again: a snapshot read in part (its end
                                 // deleted by the next one's compaction) is replaced by this one.
-                                s.marks = Some(HashSet::new());
+                                // Sized for what the peer holds: growing a set of hundreds of
+                                // thousands of keys rehashes them all in one go.
+                                let held = index.entries_of(s.peer) as usize;
+                                s.marks = Some(HashSet::with_capacity(held));
                             }
                             None => {
                                 let peer = index.add_peer(addr);
