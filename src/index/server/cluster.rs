@@ -545,6 +545,30 @@ mod tests {
         assert_eq!(holdings_at(&a.server, at).len(), 120);
     }
 
+    #[test]
+    fn a_snapshot_waits_for_files_staged_by_a_register_published_before_it() {
+        let (mut a, mut b) = (node(), node());
+        let mut session = join(&mut a.server, [10, 0, 0, 3], 7003);
+        let at: SocketAddr = "10.0.0.3:7003".parse().unwrap();
+        let SessionState::Ready { peer, .. } = session.state else {
+            unreachable!()
+        };
+        let body = RequestBody::Register {
+            files: files("s", 40),
+        };
+        call(&mut a.server, &mut session, body);
+        // Published, answered, not in the tables yet: they would get entry ids later, maybe
+        // behind the walk, and no later record would carry them.
+        assert!(a.server.index.has_staged(peer));
+        a.server.cluster.as_mut().unwrap().begin_snapshot(peer);
+        assert_eq!(a.server.poll_cluster_snapshots(64), 0);
+        assert!(a.server.cluster().unwrap().has_snapshots());
+        drive_snapshots(&mut a.server);
+        replicate_in_slices(&mut a, "a-1", &mut b, 5);
+        assert_same_holdings(&b.server, &a.server, at, 0);
+        assert_eq!(holdings_at(&b.server, at).len(), 40);
+    }
+
     /// One slice of the snapshots under way (of 64 holdings), the staged files posted first.
     fn drive_one(server: &mut IndexServer) -> usize {
         server.index.post_pending();
