@@ -900,7 +900,7 @@ impl Handler for IndexServer {
             ctx.stop();
             return;
         }
-        self.cluster_turn(ctx);
+        self.cluster_turn(ctx, false);
     }
 
     fn handle_accept(
@@ -988,7 +988,7 @@ impl Handler for IndexServer {
     }
 
     fn handle_turn_end(&mut self, ctx: &mut Ctx<Session>) {
-        worktrace::time("cluster turn", || self.cluster_turn(ctx));
+        worktrace::time("cluster turn", || self.cluster_turn(ctx, true));
         // What `settle` does, within the turn's work target: what is left of it is background
         // work for the next turns (and any request that reads the index finishes it first).
         let deadline = ctx.now() + TURN_WORK_TARGET;

@@ -626,7 +626,9 @@ fn a_session_churning_registers_keeps_the_stream_small_and_the_other_nodes_exact
     let a = node_with_ttl(&nats.urls(), "a", "15");
     let b = node(&nats.urls(), "b");
     let (mut peer, seen) = Client::hello(a.addr, 7601);
-    let kept: Vec<String> = (0..20).map(|i| format!("kept {i}.flac")).collect();
+    // Enough kept files that each snapshot is walked over many turns (64 a slice) while
+    // the session goes on registering and withdrawing.
+    let kept: Vec<String> = (0..2000).map(|i| format!("kept {i}.flac")).collect();
     let kept_refs: Vec<&str> = kept.iter().map(String::as_str).collect();
     register(&mut peer, &kept_refs);
     // One session registers 2,000 files of long names and withdraws them, again and again:
@@ -670,7 +672,7 @@ fn a_session_churning_registers_keeps_the_stream_small_and_the_other_nodes_exact
         last = names;
     }
     // Once the deletes of the last compaction are done, the stream holds about the live set
-    // (a snapshot of the 20 kept files) and the last round's records, not all of them.
+    // (a snapshot of the 2,000 kept files) and the last round's records, not all of them.
     const SETTLED: u64 = 1 << 20;
     let deadline = Instant::now() + REPLICATION_LIMIT;
     let settled = loop {
@@ -696,7 +698,7 @@ fn a_session_churning_registers_keeps_the_stream_small_and_the_other_nodes_exact
     // start (it never sees the session's Open: the snapshot opens it).
     let c = node(&nats.urls(), "c");
     for at in [b.addr, c.addr] {
-        for name in &kept {
+        for name in kept.iter().step_by(50) {
             wait_holders(at, name, &[seen], REPLICATION_LIMIT);
         }
         // The last round's unregister is the newest record: b may not have applied it yet.
@@ -707,6 +709,30 @@ fn a_session_churning_registers_keeps_the_stream_small_and_the_other_nodes_exact
     register(&mut peer, &["after the churn.flac"]);
     wait_holders(c.addr, "after the churn.flac", &[seen], REPLICATION_LIMIT);
     wait_holders(b.addr, "after the churn.flac", &[seen], REPLICATION_LIMIT);
+    // Nothing else: no churned file left behind by a snapshot.
+    for at in [b.addr, c.addr] {
+        wait_entries(at, kept.len() + 1, REPLICATION_LIMIT);
+    }
+}
+
+/// Waits until `index` holds exactly `want` entries; fails after `limit`.
+fn wait_entries(index: SocketAddr, want: usize, limit: Duration) {
+    let (mut c, _) = Client::hello(index, 0);
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = match c.call(RequestBody::Stats) {
+            ResponseBody::Stats(s) => s.names,
+            other => panic!("stats answered {other:?}"),
+        };
+        if got == want as u64 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{index} holds {got} entries, not {want}, after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// How many of `RECORDS` records of one subject a reader of every subject receives when it

@@ -12,6 +12,23 @@
 //! go over the next turns). Records of a session never opened here (its `Open` was purged
 //! before this node read it) are dropped: the session has ended already.
 //!
+//! # Snapshots
+//! A [`Record::Snapshot`] of a session known here starts *marking*: every holding its
+//! `Register`s restate, or register anew, up to its [`Record::SnapshotEnd`] is noted by a
+//! 64-bit key of (hash, size, name) (keyed by a random key of this process, so a peer cannot
+//! choose collisions). Restated holdings the peer has already are left as they are (no
+//! change, and no second holder: a lookup or search never lists the peer twice), missing ones
+//! are added, unregisters apply as usual. At the end, a *sweep* walks the peer's holdings a
+//! slice at a time and withdraws those not marked: what the session no longer holds although
+//! this node never read its unregister (deleted from the stream by the compaction before it
+//! was read). The sweep is work at the head of the queue, so nothing after the end applies
+//! before it is done. Memory: 8 bytes and a control byte of a hash set per marked holding,
+//! while the snapshot is read (the set is sized for the peer's holdings at the snapshot's
+//! start). (A restated name of a hash of which the peer holds
+//! [`MAX_NAMES_PER_HASH`](crate::index::store::MAX_NAMES_PER_HASH) stale names here is
+//! refused, and missing until the session's next snapshot: only for a node that missed
+//! records.)
+//!
 //! # Node deaths
 //! Remote sessions are kept per home node. When a node dies, every one of its sessions
 //! departs at once (work in proportion to its sessions; the holdings go in slices), and the
@@ -20,8 +37,10 @@
 
 use super::{Cap, Record};
 use crate::index::store::{Index, PeerId};
+use crate::wire::{FileEntry, FileHash};
 use hashbrown::{HashMap, HashSet};
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
 
 /// Units of work ([`Replica::poll`]'s) applied between two postings of the index's pending
 /// words while a node reads the stream before it serves ([`Replica::poll_rebuilding`]).
@@ -62,12 +81,12 @@ pub enum Inbound {
 }
 
 /// One remote session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct RemoteSession {
     peer: PeerId,
-    /// While a [`Record::Snapshot`] of the session is read: the peer its restated holdings
-    /// go to, which replaces `peer` at the snapshot's end.
-    shadow: Option<PeerId>,
+    /// While a [`Record::Snapshot`] of the session is read: the keys of the holdings it
+    /// restated or registered since (see the module docs).
+    marks: Option<HashSet<u64>>,
     /// What the cap of a capped register left for its later parts.
     cap_left: u32,
 }
@@ -97,6 +116,15 @@ pub struct ApplyCounts {
     pub deaths: u64,
 }
 
+/// The sweep after a snapshot's end: `peer`'s holdings from entry id `next` on not in
+/// `marks` are withdrawn, a slice a poll.
+#[derive(Debug)]
+struct Sweep {
+    peer: PeerId,
+    marks: HashSet<u64>,
+    next: u32,
+}
+
 /// Other nodes' sessions in the local index; see the module docs.
 #[derive(Debug, Default)]
 pub struct Replica {
@@ -108,6 +136,10 @@ pub struct Replica {
     queue: VecDeque<Inbound>,
     /// Files of the register at the head of `queue` applied so far.
     at: usize,
+    /// A snapshot's sweep under way: it goes before `queue`.
+    sweep: Option<Sweep>,
+    /// The key of the holdings' marks.
+    keys: RandomState,
     counts: ApplyCounts,
 }
 
@@ -124,7 +156,7 @@ impl Replica {
 
     /// Whether received changes wait to be applied.
     pub fn has_work(&self) -> bool {
-        !self.queue.is_empty()
+        !self.queue.is_empty() || self.sweep.is_some()
     }
 
     /// What was applied so far.
@@ -170,16 +202,17 @@ impl Replica {
             // a churn of 10,000-file registers and unregisters at another node, that was the
             // words of a whole register in one turn (22 ms of CPU). They are posted here
             // within the budget first, a slice a poll.
-            let settles = matches!(
-                self.queue.front(),
-                Some(
-                    Inbound::Record {
-                        record: Record::Unregister { .. } | Record::End,
-                        ..
-                    } | Inbound::NodeDead { .. }
-                        | Inbound::Fenced
-                )
-            );
+            let settles = self.sweep.is_some()
+                || matches!(
+                    self.queue.front(),
+                    Some(
+                        Inbound::Record {
+                            record: Record::Unregister { .. } | Record::End,
+                            ..
+                        } | Inbound::NodeDead { .. }
+                            | Inbound::Fenced
+                    )
+                );
             if settles && index.has_pending() {
                 let (room, posted) = (budget - used, std::cell::Cell::new(0));
                 index.post_pending_until(|| {
@@ -187,6 +220,15 @@ impl Replica {
                     posted.get() >= room
                 });
                 used += posted.get().max(1);
+                continue;
+            }
+            if let Some(mut sweep) = self.sweep.take() {
+                used += crate::index::worktrace::time("snapshot sweep", || {
+                    self.sweep_step(index, &mut sweep, budget - used)
+                });
+                if sweep.next != u32::MAX {
+                    self.sweep = Some(sweep);
+                }
                 continue;
             }
             let Some(head) = self.queue.front_mut() else {
@@ -229,13 +271,9 @@ impl Replica {
                     let (node, session) = (node.clone(), *session);
                     let hashes = std::mem::take(hashes);
                     let end = (self.at + budget - used).min(hashes.len());
-                    let s = self.session(&node, session).map(|s| (s.peer, s.shadow));
-                    let peer = s.map(|(peer, _)| peer);
-                    if let Some((peer, shadow)) = s {
+                    let peer = self.session(&node, session).map(|s| s.peer);
+                    if let Some(peer) = peer {
                         index.unregister(peer, &hashes[self.at..end]);
-                        if let Some(shadow) = shadow {
-                            index.unregister(shadow, &hashes[self.at..end]);
-                        }
                     }
                     used += (end - self.at).max(1);
                     if peer.is_none() || end == hashes.len() {
@@ -294,6 +332,24 @@ impl Replica {
         used
     }
 
+    /// Withdraws what `sweep`'s peer holds and the snapshot did not mark, about `budget`
+    /// holdings of it; sets `sweep.next` to `u32::MAX` once done. Returns the units used.
+    fn sweep_step(&mut self, index: &mut Index, sweep: &mut Sweep, budget: usize) -> usize {
+        let (keys, marks) = (&self.keys, &sweep.marks);
+        let mut gone = Vec::new();
+        let mut visited = 0;
+        let next =
+            index.holdings_from(sweep.peer, sweep.next, budget.max(1), |e, h, size, name| {
+                visited += 1;
+                if !marks.contains(&keys.hash_one((&h.0, size, name))) {
+                    gone.push(e);
+                }
+            });
+        index.unregister_entries(sweep.peer, &gone);
+        sweep.next = next.unwrap_or(u32::MAX);
+        visited.max(1)
+    }
+
     /// The session `session` of `node`, if it is live here.
     fn session(&mut self, node: &str, session: u64) -> Option<&mut RemoteSession> {
         self.nodes.get_mut(node)?.get_mut(&session)
@@ -310,7 +366,7 @@ impl Replica {
         cap: Cap,
         offset: usize,
     ) -> bool {
-        let Some(s) = self.session(node, session) else {
+        let Some(s) = self.nodes.get_mut(node).and_then(|n| n.get_mut(&session)) else {
             self.counts.dropped += 1;
             return false;
         };
@@ -321,8 +377,14 @@ impl Replica {
                 Cap::Rest => {}
             }
         }
-        let (peer, room) = (s.shadow.unwrap_or(s.peer), s.cap_left);
+        let (peer, room) = (s.peer, s.cap_left);
         let outcome = index.register_at_most(peer, files, room);
+        if let Some(marks) = &mut s.marks {
+            let keys = &self.keys;
+            crate::index::worktrace::time("snapshot marks", || {
+                marks.extend(files.iter().map(|f| mark(keys, f)));
+            });
+        }
         if room != u32::MAX {
             if let Some(s) = self.session(node, session) {
                 s.cap_left = room - outcome.added.min(room);
@@ -355,7 +417,7 @@ impl Replica {
                             session,
                             RemoteSession {
                                 peer,
-                                shadow: None,
+                                marks: None,
                                 cap_left: u32::MAX,
                             },
                         );
@@ -364,17 +426,18 @@ impl Replica {
                         let sessions = self.nodes.entry(node).or_default();
                         match sessions.get_mut(&session) {
                             Some(s) => {
-                                // A snapshot read in part (its end deleted by the next one's
-                                // compaction) is replaced by this one.
-                                if let Some(old) = s.shadow.replace(index.add_peer(addr)) {
-                                    index.begin_departure(old);
-                                }
+                                // Marking starts again: a snapshot read in part (its end
+                                // deleted by the next one's compaction) is replaced by this one.
+                                // Sized for what the peer holds: growing a set of hundreds of
+                                // thousands of keys rehashes them all in one go.
+                                let held = index.entries_of(s.peer) as usize;
+                                s.marks = Some(HashSet::with_capacity(held));
                             }
                             None => {
                                 let peer = index.add_peer(addr);
                                 let s = RemoteSession {
                                     peer,
-                                    shadow: None,
+                                    marks: None,
                                     cap_left: u32::MAX,
                                 };
                                 sessions.insert(session, s);
@@ -386,9 +449,13 @@ impl Replica {
                             self.counts.dropped += 1;
                             return None;
                         };
-                        if let Some(shadow) = s.shadow.take() {
-                            let old = std::mem::replace(&mut s.peer, shadow);
-                            index.begin_departure(old);
+                        if let Some(marks) = s.marks.take() {
+                            let peer = s.peer;
+                            self.sweep = Some(Sweep {
+                                peer,
+                                marks,
+                                next: 0,
+                            });
                         }
                     }
                     Record::End => {
@@ -441,12 +508,16 @@ impl Replica {
     }
 }
 
-/// Remote session `s` ends: its peer departs, and its snapshot's, if one was being read.
+/// Remote session `s` ends: its peer departs.
 fn depart(index: &mut Index, s: &RemoteSession) {
     index.begin_departure(s.peer);
-    if let Some(shadow) = s.shadow {
-        index.begin_departure(shadow);
-    }
+}
+
+/// The key a snapshot marks `f` with (see the module docs); [`Replica::sweep_step`] computes
+/// the same from the index's entry.
+fn mark(keys: &RandomState, f: &FileEntry) -> u64 {
+    let hash: &FileHash = &f.hash;
+    keys.hash_one((&hash.0, f.size, f.name.as_bytes()))
 }
 
 #[cfg(test)]
@@ -509,7 +580,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_replaces_a_session_s_holdings_without_a_gap_and_opens_it_for_a_late_reader() {
+    fn a_snapshot_replaces_a_session_s_holdings_without_a_gap_or_a_second_holder() {
         let at: SocketAddr = "10.0.0.2:7001".parse().unwrap();
         let snapshot = || rec("b-1", 4, Record::Snapshot { addr: at });
         let end = || rec("b-1", 4, Record::SnapshotEnd);
@@ -518,35 +589,56 @@ mod tests {
         let mut index = Index::new();
         let mut replica = Replica::new();
         replica.handle_inbound(open("b-1", 4, "10.0.0.2:7001"));
-        replica.handle_inbound(register("b-1", 4, vec![file("kept"), file("gone")]));
+        let old: Vec<FileEntry> = (0..50).map(|i| file(&format!("old {i}"))).collect();
+        let mut first = vec![file("kept"), file("gone")];
+        first.extend(old.iter().cloned());
+        replica.handle_inbound(register("b-1", 4, first));
         apply_all(&mut replica, &mut index);
         replica.handle_inbound(snapshot());
+        // The restatement, in parts, with the session's own changes between them: "old 3"
+        // withdrawn after its restatement, "old 40" before it (so it is not restated).
         replica.handle_inbound(register("b-1", 4, vec![file("kept"), file("new")]));
+        replica.handle_inbound(register("b-1", 4, old[..20].to_vec()));
+        let withdraw = |names: &[&str]| {
+            let hashes = names.iter().map(|n| file(n).hash).collect();
+            rec("b-1", 4, Record::Unregister { hashes })
+        };
+        replica.handle_inbound(withdraw(&["old 3", "old 40"]));
+        replica.handle_inbound(register("b-1", 4, old[20..40].to_vec()));
+        replica.handle_inbound(register("b-1", 4, old[41..].to_vec()));
+        replica.handle_inbound(end());
+        // Changes after the end wait for its sweep.
+        replica.handle_inbound(register("b-1", 4, vec![file("after")]));
         let mut events = Vec::new();
+        let mut polls = 0;
         while replica.has_work() {
             replica.poll(&mut index, 1, &mut events);
-            // Between the snapshot's records, every entry is still listed (twice once its
-            // restatement is applied: the old peer and its replacement, until the end).
-            let mut listed = holders(&mut index, "kept");
-            listed.dedup();
-            assert_eq!(listed, [at]);
+            polls += 1;
+            // Every entry is listed all along, once (never twice), until its withdrawal or
+            // the sweep; nothing after the end is applied before the sweep is done.
+            assert_eq!(holders(&mut index, "kept"), [at]);
+            if !holders(&mut index, "after").is_empty() {
+                assert!(holders(&mut index, "gone").is_empty());
+            }
+            for f in &old {
+                assert!(holders(&mut index, &f.name).len() <= 1);
+            }
         }
-        assert_eq!(holders(&mut index, "gone"), [at]);
-        replica.handle_inbound(end());
-        assert!(apply_all(&mut replica, &mut index).is_empty());
-        assert_eq!(holders(&mut index, "kept"), [at]);
-        assert_eq!(holders(&mut index, "new"), [at]);
-        assert!(holders(&mut index, "gone").is_empty());
-        assert_eq!((index.peer_count(), index.entry_count()), (1, 2));
+        assert!(polls > 50, "{polls}");
+        assert!(events.is_empty());
+        while index.has_departures() {
+            index.continue_departures(usize::MAX);
+        }
+        for name in ["kept", "new", "old 0", "old 39", "old 41", "after"] {
+            assert_eq!(holders(&mut index, name), [at], "{name}");
+        }
+        for name in ["gone", "old 3", "old 40"] {
+            assert!(holders(&mut index, name).is_empty(), "{name}");
+        }
+        assert_eq!((index.peer_count(), index.entry_count()), (1, 51));
         assert_eq!(replica.session_count(), 1);
-        // Its later changes and its end apply to the restated peer.
-        replica.handle_inbound(rec(
-            "b-1",
-            4,
-            Record::Unregister {
-                hashes: vec![file("new").hash],
-            },
-        ));
+        // Its later changes and its end apply to the same peer.
+        replica.handle_inbound(withdraw(&["new"]));
         apply_all(&mut replica, &mut index);
         assert!(holders(&mut index, "new").is_empty());
         replica.handle_inbound(rec("b-1", 4, Record::End));
@@ -566,12 +658,40 @@ mod tests {
         assert_eq!(holders(&mut index, "kept"), [at]);
         assert!(holders(&mut index, "old").is_empty());
         assert_eq!((index.peer_count(), index.entry_count()), (1, 1));
-        // A node death in the middle of a snapshot drops both peers.
+        // A node death in the middle of a snapshot drops the session.
         replica.handle_inbound(snapshot());
         replica.handle_inbound(register("b-1", 4, vec![file("kept")]));
         replica.handle_inbound(Inbound::NodeDead { node: "b-1".into() });
         apply_all(&mut replica, &mut index);
         assert_eq!((index.peer_count(), index.entry_count()), (0, 0));
+    }
+
+    #[test]
+    fn a_snapshot_sweep_withdraws_one_name_of_a_file_and_keeps_the_other() {
+        let at: SocketAddr = "10.0.0.2:7001".parse().unwrap();
+        let mut index = Index::new();
+        let mut replica = Replica::new();
+        let renamed = FileEntry {
+            name: "one name".into(),
+            ..file("a file")
+        };
+        let other = FileEntry {
+            name: "other name".into(),
+            ..renamed.clone()
+        };
+        replica.handle_inbound(open("b-1", 1, "10.0.0.2:7001"));
+        replica.handle_inbound(register("b-1", 1, vec![renamed.clone(), other.clone()]));
+        apply_all(&mut replica, &mut index);
+        replica.handle_inbound(rec("b-1", 1, Record::Snapshot { addr: at }));
+        replica.handle_inbound(register("b-1", 1, vec![other.clone()]));
+        replica.handle_inbound(rec("b-1", 1, Record::SnapshotEnd));
+        apply_all(&mut replica, &mut index);
+        let files = index.lookup(&LookupKey::Hash(renamed.hash)).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].name, "other name");
+        assert_eq!(files[0].holders, [at]);
+        assert_eq!(index.entry_count(), 1);
+        assert_eq!(index.holdings_of(PeerId(0)), 1);
     }
 
     #[test]

@@ -15,6 +15,24 @@
 //! rebuild reads a million entries in seconds) waits in NATS, not decoded in this process's
 //! memory.
 //!
+//! # Snapshots
+//! A local session whose subject holds much more than its live set is compacted by a
+//! snapshot ([`Record::Snapshot`], see [`Link::wants_snapshot`]), built a slice at a time
+//! across turns ([`Link::poll_snapshots`]): a walk of the peer's holdings in entry-id order,
+//! published as `Register` records, then a [`Record::SnapshotEnd`]. The session's own changes
+//! go on meanwhile and are published as they happen, each after what the walk restated so
+//! far, so the stream holds the changes in the order the index saw them. Why that is exact at
+//! the other nodes (`apply.rs` marks what a snapshot restates and withdraws the rest at its
+//! end): a holding the peer has at the end was either there when the walk passed its entry
+//! id (restated then, and not withdrawn since) or came after the walk passed it, from a
+//! register published after the `Snapshot` record; a holding it no longer has was withdrawn
+//! by an unregister published after its restatement, or is not restated at all. Two things
+//! would break that, and are kept out: files staged by a register published *before* the
+//! `Snapshot` (they get entry ids later, possibly behind the walk), so the snapshot begins
+//! only once the peer has none staged; and a register the home node's limits capped while
+//! the snapshot runs (another node applies the cap to what it holds, which differs from the
+//! home node's holdings until the snapshot ends), which starts the snapshot again.
+//!
 //! # Fencing
 //! Before it answers anyone, the reactor checks the node's liveness lease
 //! ([`Lease`](super::counters::Lease)): once it runs out, the other nodes may drop this
@@ -27,11 +45,12 @@
 
 use super::apply::{Event, Inbound, Replica};
 use super::counters::{Counters, CountersSnapshot};
-use super::Record;
+use super::{Record, MAX_RECORD_BYTES};
 use crate::index::store::{Index, PeerId, RegisterOutcome};
 use crate::reactor::ConnId;
 use crate::wire::{FileEntry, FileHash};
 use hashbrown::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -102,7 +121,7 @@ impl Backlog {
 }
 
 /// A local session, as the cluster knows it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Local {
     session: u64,
     conn: Option<ConnId>,
@@ -115,6 +134,21 @@ struct Local {
     /// to size its live set from its entry count.
     register_bytes: u64,
     register_files: u64,
+    /// Its snapshot under way, if one is.
+    snapshot: Option<Box<Snapshotting>>,
+}
+
+/// A local session's snapshot under way; see the module docs.
+#[derive(Debug, Default)]
+struct Snapshotting {
+    /// `None` until its [`Record::Snapshot`] is published; then the entry id the walk goes on
+    /// from.
+    next: Option<u32>,
+    /// Holdings walked and not published yet, and their bytes as [`Record::registers`]
+    /// counts them: published at [`MAX_RECORD_BYTES`], at the walk's end, and before any
+    /// other record of the session.
+    walked: Vec<FileEntry>,
+    walked_bytes: usize,
 }
 
 /// A local session's subject is compacted once it holds more than this many bytes and
@@ -122,10 +156,12 @@ struct Local {
 pub const SNAPSHOT_FLOOR_BYTES: u64 = 256 * 1024;
 /// See [`SNAPSHOT_FLOOR_BYTES`].
 pub const SNAPSHOT_GROWTH: u64 = 2;
-/// Most entries a snapshot restates: it is built in one turn (a walk of the peer's entries in
-/// the index), so a session holding more is not compacted (its churn is bounded by the rate
-/// limits and the stream's limit only).
-pub const MAX_SNAPSHOT_ENTRIES: u32 = 100_000;
+/// Records handed to the NATS thread and not stored yet past which snapshots wait: a walk
+/// fills records of up to [`MAX_RECORD_BYTES`] faster than the stream stores them (one at a
+/// time per session), so this bounds what a big session's snapshot queues in this process
+/// (64 MiB at worst), and a snapshot never brings the node near [`MAX_OUTBOUND_RECORDS`],
+/// where it refuses its peers' registers.
+pub const SNAPSHOT_OUTBOUND_RECORDS: u64 = MAX_OUTBOUND_RECORDS / 16;
 
 /// The reactor's side of the cluster; see the module docs.
 pub struct Link {
@@ -134,6 +170,9 @@ pub struct Link {
     from_nats: Receiver<Inbound>,
     /// Local sessions by their index peer.
     local: HashMap<PeerId, Local>,
+    /// Local sessions with a snapshot under way, oldest first (a session ended since is
+    /// skipped).
+    snapshots: VecDeque<PeerId>,
     next_session: u64,
     /// The NATS thread is gone (its channel closed).
     gone: bool,
@@ -189,6 +228,7 @@ impl Link {
             to_nats,
             from_nats,
             local: HashMap::new(),
+            snapshots: VecDeque::new(),
             next_session: 1,
             gone: false,
             counters: Arc::default(),
@@ -304,6 +344,7 @@ impl Link {
             written: open.stream_bytes(),
             register_bytes: 0,
             register_files: 0,
+            snapshot: None,
         };
         self.local.insert(peer, local);
         self.publish(session, open);
@@ -311,11 +352,18 @@ impl Link {
 
     /// A local peer's register request is done: `files` as it sent them, with its outcome.
     pub fn handle_registered(&mut self, peer: PeerId, files: Vec<FileEntry>, o: RegisterOutcome) {
+        if o.added == 0 || !self.local.contains_key(&peer) {
+            return;
+        }
+        self.flush_snapshot(peer);
         let Some(local) = self.local.get_mut(&peer) else {
             return;
         };
-        if o.added == 0 {
-            return;
+        if o.rejected > 0 {
+            // Capped: start again (see the module docs).
+            if let Some(snapshot) = local.snapshot.as_mut() {
+                snapshot.next = None;
+            }
         }
         let session = local.session;
         let records = Record::registers(files, o.added, o.rejected);
@@ -333,12 +381,13 @@ impl Link {
 
     /// A local peer's unregister request is done (`removed` entries went).
     pub fn handle_unregistered(&mut self, peer: PeerId, hashes: Vec<FileHash>, removed: u32) {
+        if removed == 0 || !self.local.contains_key(&peer) {
+            return;
+        }
+        self.flush_snapshot(peer);
         let Some(local) = self.local.get_mut(&peer) else {
             return;
         };
-        if removed == 0 {
-            return;
-        }
         let session = local.session;
         let records = Record::unregisters(hashes);
         local.written += records.iter().map(Record::stream_bytes).sum::<u64>();
@@ -348,36 +397,121 @@ impl Link {
     }
 
     /// Whether local `peer`'s subject should be compacted now that its peer holds `entries`:
-    /// it holds more than [`SNAPSHOT_FLOOR_BYTES`] and [`SNAPSHOT_GROWTH`] times what a
-    /// snapshot of those entries would take (and they are at most
-    /// [`MAX_SNAPSHOT_ENTRIES`]).
+    /// no snapshot of it is under way, and it holds more than [`SNAPSHOT_FLOOR_BYTES`] and
+    /// [`SNAPSHOT_GROWTH`] times what a snapshot of those entries would take.
     pub fn wants_snapshot(&self, peer: PeerId, entries: u32) -> bool {
         let Some(l) = self.local.get(&peer) else {
             return false;
         };
         let per_entry = l.register_bytes.checked_div(l.register_files).unwrap_or(0);
         let live = u64::from(entries) * per_entry;
-        entries <= MAX_SNAPSHOT_ENTRIES
+        l.snapshot.is_none()
             && l.written > SNAPSHOT_FLOOR_BYTES
             && l.written > SNAPSHOT_GROWTH * live
     }
 
-    /// Publishes a snapshot of local `peer`'s session: `files` (every entry it holds, from
-    /// the index) between a [`Record::Snapshot`] and a [`Record::SnapshotEnd`]; once the end
-    /// is stored, the NATS thread deletes the subject's older records.
-    pub fn publish_snapshot(&mut self, peer: PeerId, files: Vec<FileEntry>) {
+    /// Starts a snapshot of local `peer`'s session (see the module docs): its records are
+    /// published by [`Link::poll_snapshots`]; once its end is stored, the NATS thread deletes
+    /// the subject's older records.
+    pub fn begin_snapshot(&mut self, peer: PeerId) {
+        if let Some(local) = self.local.get_mut(&peer) {
+            if local.snapshot.is_none() {
+                local.snapshot = Some(Box::default());
+                self.snapshots.push_back(peer);
+            }
+        }
+    }
+
+    /// Whether a snapshot is under way.
+    pub fn has_snapshots(&self) -> bool {
+        !self.snapshots.is_empty()
+    }
+
+    /// Takes a step of the oldest snapshot under way: publishes its [`Record::Snapshot`], or
+    /// walks about `budget` of its peer's holdings in `index` (publishing them once they fill
+    /// a record, and the [`Record::SnapshotEnd`] after the last). Returns the holdings walked
+    /// (at least 1 for a step taken), or 0 if no snapshot can go on now: none is under way,
+    /// [`SNAPSHOT_OUTBOUND_RECORDS`] wait for the stream, or the oldest one's peer has files
+    /// staged (they are posted at the turn's end).
+    pub fn poll_snapshots(&mut self, index: &Index, budget: usize) -> usize {
+        let peer = loop {
+            let Some(&peer) = self.snapshots.front() else {
+                return 0;
+            };
+            if self.local.get(&peer).is_some_and(|l| l.snapshot.is_some()) {
+                break peer;
+            }
+            self.snapshots.pop_front();
+        };
+        if self.counters.outbound() >= SNAPSHOT_OUTBOUND_RECORDS {
+            return 0;
+        }
+        let local = self.local.get_mut(&peer).expect("checked above");
+        let snapshot = local.snapshot.as_mut().expect("checked above");
+        let mut records = Vec::new();
+        let mut walked = 0;
+        match snapshot.next {
+            None if index.has_staged(peer) => return 0,
+            None => {
+                // (Begun again after a capped register: what was walked went before it.)
+                snapshot.walked.clear();
+                snapshot.walked_bytes = 0;
+                snapshot.next = Some(0);
+                records.push(Record::Snapshot { addr: local.addr });
+                local.written = 0;
+                self.counters.handle_snapshot();
+            }
+            Some(from) => {
+                let (files, bytes) = (&mut snapshot.walked, &mut snapshot.walked_bytes);
+                let next = index.holdings_from(peer, from, budget.max(1), |_, hash, size, name| {
+                    let name = String::from_utf8(name.to_vec()).expect("names are stored from str");
+                    *bytes += name.len() + 48;
+                    files.push(FileEntry {
+                        hash: *hash,
+                        size,
+                        name,
+                    });
+                    walked += 1;
+                });
+                if (next.is_none() || *bytes >= MAX_RECORD_BYTES) && !files.is_empty() {
+                    let n = files.len() as u32;
+                    records.extend(Record::registers(std::mem::take(files), n, 0));
+                    *bytes = 0;
+                }
+                snapshot.next = next;
+                if next.is_none() {
+                    records.push(Record::SnapshotEnd);
+                    local.snapshot = None;
+                    self.snapshots.pop_front();
+                }
+            }
+        }
+        local.written += records.iter().map(Record::stream_bytes).sum::<u64>();
+        let session = local.session;
+        for record in records {
+            self.publish(session, record);
+        }
+        walked.max(1)
+    }
+
+    /// Publishes what local `peer`'s snapshot walked and has not published yet: before any
+    /// other record of the session (see the module docs).
+    fn flush_snapshot(&mut self, peer: PeerId) {
         let Some(local) = self.local.get_mut(&peer) else {
             return;
         };
-        let session = local.session;
-        let mut records = vec![Record::Snapshot { addr: local.addr }];
-        if !files.is_empty() {
-            let n = files.len() as u32;
-            records.extend(Record::registers(files, n, 0));
+        let Some(snapshot) = local.snapshot.as_mut() else {
+            return;
+        };
+        if snapshot.walked.is_empty() {
+            return;
         }
-        records.push(Record::SnapshotEnd);
-        local.written = records.iter().map(Record::stream_bytes).sum();
-        self.counters.handle_snapshot();
+        let files = std::mem::take(&mut snapshot.walked);
+        snapshot.walked_bytes = 0;
+        let n = files.len() as u32;
+        let records = Record::registers(files, n, 0);
+        local.written += records.iter().map(Record::stream_bytes).sum::<u64>();
+        let session = local.session;
         for record in records {
             self.publish(session, record);
         }

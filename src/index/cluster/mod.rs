@@ -80,13 +80,14 @@ pub enum Record {
     },
     /// The session ended: its peer's entries go.
     End,
-    /// A snapshot of the session begins (its compaction, see [`nats`]): the records up to
-    /// its [`Record::SnapshotEnd`] are `Register`s restating every entry the session holds,
-    /// nothing else between them; once the end is stored, the session's older records are
-    /// deleted from the stream. A node that knows the session builds the restated holdings
-    /// beside the ones it has and swaps them at the end, so no entry disappears meanwhile;
-    /// a node that does not (it read on after the older records, its `Open` among them, were
-    /// deleted) opens the session here.
+    /// A snapshot of the session begins (its compaction, see [`nats`]): up to its
+    /// [`Record::SnapshotEnd`], `Register`s restate every entry the session holds, between
+    /// the session's own changes as they happened (see [`link`]); once the end is stored,
+    /// the session's older records are deleted from the stream. A node that knows the
+    /// session marks what is restated and withdraws the rest at the end (see [`apply`]), so
+    /// no entry disappears meanwhile and none is listed twice; a node that does not (it read
+    /// on after the older records, its `Open` among them, were deleted) opens the session
+    /// here.
     Snapshot {
         /// The peer's download address, as in [`Record::Open`].
         addr: SocketAddr,

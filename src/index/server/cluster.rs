@@ -12,6 +12,7 @@ use super::{IndexServer, Session};
 use crate::index::cluster::apply::Event;
 use crate::index::cluster::link::{ClusterStatus, Link};
 use crate::index::store::{PeerId, RegisterOutcome};
+use crate::index::worktrace;
 use crate::reactor::{CloseReason, Ctx};
 use crate::wire::{ErrorCode, FileEntry, FileHash, RequestBody};
 use std::time::{Duration, Instant};
@@ -111,14 +112,23 @@ impl IndexServer {
         }
     }
 
-    /// Compacts local `peer`'s subject on the stream if it asks for it (a snapshot of its
-    /// entries, see [`Link::wants_snapshot`]).
+    /// Compacts local `peer`'s subject on the stream if it asks for it: a snapshot of its
+    /// entries (see [`Link::wants_snapshot`]), built in slices by
+    /// [`IndexServer::poll_cluster_snapshots`].
     fn cluster_compact(&mut self, peer: PeerId) {
         if let Some(link) = self.cluster.as_mut() {
             if link.wants_snapshot(peer, self.index.entries_of(peer)) {
-                let files = self.index.files_of(peer);
-                link.publish_snapshot(peer, files);
+                link.begin_snapshot(peer);
             }
+        }
+    }
+
+    /// Takes a step of the snapshots of local sessions under way, about `budget` holdings
+    /// (see [`Link::poll_snapshots`]); returns the holdings walked (0: none can go on now).
+    pub fn poll_cluster_snapshots(&mut self, budget: usize) -> usize {
+        match self.cluster.as_mut() {
+            Some(link) => link.poll_snapshots(&self.index, budget),
+            None => 0,
         }
     }
 
@@ -136,8 +146,11 @@ impl IndexServer {
     }
 
     /// Applies what other nodes sent, within [`super::BACKGROUND_WORK_PER_TURN`], and acts on
-    /// the NATS thread's news; asks for another turn while work is left.
-    pub(super) fn cluster_turn(&mut self, ctx: &mut Ctx<Session>) {
+    /// the NATS thread's news; at a turn's end (`turn_end`: the one call of a reactor turn
+    /// that does, so a turn woken by the NATS thread does not get two shares), takes slices
+    /// of the local sessions' snapshots within the same budget; asks for another turn while
+    /// work is left.
+    pub(super) fn cluster_turn(&mut self, ctx: &mut Ctx<Session>, turn_end: bool) {
         let Some(link) = self.cluster.as_mut() else {
             return;
         };
@@ -153,6 +166,19 @@ impl IndexServer {
         let mut events = Vec::new();
         while link.has_work() && started.elapsed() < super::BACKGROUND_WORK_PER_TURN {
             link.poll(&mut self.index, super::SLICE_UNITS, &mut events, &mut close);
+        }
+        // Snapshots of local sessions: a slice at least, however busy the apply was.
+        let mut snapshot_progress = false;
+        if turn_end {
+            loop {
+                let walked = worktrace::time("cluster snapshot slice", || {
+                    link.poll_snapshots(&self.index, super::SLICE_UNITS)
+                });
+                snapshot_progress |= walked > 0;
+                if walked == 0 || started.elapsed() >= super::BACKGROUND_WORK_PER_TURN {
+                    break;
+                }
+            }
         }
         for conn in close {
             ctx.close(conn, CloseReason::Protocol("cluster: node fenced".into()));
@@ -175,8 +201,10 @@ impl IndexServer {
                 }
             }
         }
-        if had_work {
-            // Departures and new words are background work too.
+        if had_work || (snapshot_progress && link.has_snapshots()) {
+            // Departures and new words are background work too. (A snapshot that cannot go
+            // on waits for the stream's acknowledgements or the turn's posting of its staged
+            // files, and the lease timer comes back every 250 ms.)
             ctx.request_turn();
         }
     }
@@ -184,7 +212,7 @@ impl IndexServer {
     /// The lease timer: checks the lease (in the turn) and sets itself again.
     pub(super) fn cluster_timer(&mut self, ctx: &mut Ctx<Session>) {
         self.cluster_timer_armed = false;
-        self.cluster_turn(ctx);
+        self.cluster_turn(ctx, false);
     }
 }
 
@@ -194,7 +222,7 @@ mod tests {
     use crate::index::cluster::apply::Inbound;
     use crate::index::cluster::link::Outbound;
     use crate::index::cluster::Record;
-    use crate::index::server::ServerLimits;
+    use crate::index::server::{ServerLimits, SessionState};
     use crate::wire::{self, LookupKey, Request, RequestBody, ResponseBody};
     use std::net::SocketAddr;
     use std::sync::mpsc;
@@ -271,6 +299,281 @@ mod tests {
     }
 
     use super::super::tests::distinct_files as files;
+
+    /// Builds the snapshots under way to their end, a slice of 64 holdings at a time,
+    /// as the reactor's turns would (the staged files posted first, as at a turn's end).
+    fn drive_snapshots(server: &mut IndexServer) {
+        server.index.post_pending();
+        while server.poll_cluster_snapshots(crate::index::server::SLICE_UNITS) > 0 {
+            server.index.post_pending();
+        }
+    }
+
+    /// Carries what `from` published to `to` as node `name`'s records (each acknowledged, as
+    /// the NATS thread would once stored) and applies them `budget` units a poll, checking
+    /// after each poll that no file lists a holder twice; returns the records carried.
+    fn replicate_in_slices(from: &mut Node, name: &str, to: &mut Node, budget: usize) -> usize {
+        let mut n = 0;
+        let counters = from.server.cluster().unwrap().counters();
+        while let Ok(out) = from.published.try_recv() {
+            if let Outbound::Publish { session, record } = out {
+                counters.handle_done();
+                let node = name.to_string();
+                to.inbox
+                    .send(Inbound::Record {
+                        node,
+                        session,
+                        record,
+                    })
+                    .unwrap();
+                n += 1;
+            }
+        }
+        to.server.cluster.as_mut().unwrap().receive();
+        let (mut events, mut close) = (Vec::new(), Vec::new());
+        while let Some(link) = to.server.cluster.as_mut().filter(|l| l.has_work()) {
+            link.poll(&mut to.server.index, budget, &mut events, &mut close);
+            assert_no_holder_twice(&mut to.server);
+        }
+        while to.server.index.has_departures() {
+            to.server.index.continue_departures(usize::MAX);
+        }
+        assert!(events.is_empty(), "{events:?}");
+        n
+    }
+
+    /// Every holding of the index peer at `at` in `server`: (hash, size, name).
+    fn holdings_at(server: &IndexServer, at: SocketAddr) -> Vec<(FileHash, u64, String)> {
+        let peer = (0..16)
+            .map(PeerId)
+            .find(|&p| server.index.peer_addr(p) == Some(at))
+            .expect("a live peer at that address");
+        let mut out = Vec::new();
+        server
+            .index
+            .holdings_from(peer, 0, usize::MAX, |_, hash, size, name| {
+                out.push((*hash, size, String::from_utf8(name.to_vec()).unwrap()));
+            });
+        out.sort();
+        out
+    }
+
+    /// `b`'s peer at `at` holds what `a`'s does (the difference if not).
+    fn assert_same_holdings(b: &IndexServer, a: &IndexServer, at: SocketAddr, seed: u64) {
+        let (at_b, at_a) = (holdings_at(b, at), holdings_at(a, at));
+        let extra: Vec<_> = at_b.iter().filter(|h| !at_a.contains(h)).collect();
+        let missing: Vec<_> = at_a.iter().filter(|h| !at_b.contains(h)).collect();
+        assert!(
+            extra.is_empty() && missing.is_empty(),
+            "seed {seed}: b holds {extra:?} beyond a, misses {missing:?}"
+        );
+    }
+
+    /// No lookup by hash lists a holder twice.
+    fn assert_no_holder_twice(server: &mut IndexServer) {
+        server.index.post_pending();
+        let mut hashes = Vec::new();
+        for p in 0..16 {
+            server
+                .index
+                .holdings_from(PeerId(p), 0, usize::MAX, |_, h, _, _| {
+                    hashes.push(*h);
+                });
+        }
+        for hash in hashes {
+            for file in server.index.lookup(&LookupKey::Hash(hash)).unwrap() {
+                let mut listed = file.holders.clone();
+                listed.sort();
+                listed.dedup();
+                assert_eq!(listed.len(), file.holders.len(), "{file:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_built_in_slices_stays_exact_under_the_session_s_own_changes() {
+        // A small deterministic generator: every seed another interleaving.
+        for seed in 1..=12u64 {
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let mut rand = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let (mut a, mut b) = (node(), node());
+            a.server
+                .set_rate_limits(crate::index::limits::RateLimits::off());
+            let mut session = join(&mut a.server, [10, 0, 0, 5], 7005);
+            let at: SocketAddr = "10.0.0.5:7005".parse().unwrap();
+            let SessionState::Ready { peer, .. } = session.state else {
+                unreachable!()
+            };
+            // A universe of 300 files; one hash also under a second name.
+            let mut universe = files("u", 300);
+            universe.push(FileEntry {
+                name: "u 7 again".into(),
+                ..universe[7].clone()
+            });
+            call(
+                &mut a.server,
+                &mut session,
+                RequestBody::Register {
+                    files: universe[..200].to_vec(),
+                },
+            );
+            replicate_in_slices(&mut a, "a-1", &mut b, 64);
+            // b missed an unregister (deleted by a compaction before b read it): it holds
+            // "u 150" still, which a withdrew.
+            call(
+                &mut a.server,
+                &mut session,
+                RequestBody::Unregister {
+                    hashes: vec![universe[150].hash],
+                },
+            );
+            while a.published.try_recv().is_ok() {}
+            a.server.cluster.as_mut().unwrap().begin_snapshot(peer);
+            let mut steps = 0;
+            loop {
+                a.server.index.post_pending();
+                // Between slices, the session registers and withdraws (small requests,
+                // answered at once), sometimes a file just restated, sometimes one the walk
+                // has not reached, sometimes one withdrawn before.
+                for _ in 0..rand(3) {
+                    let mut pick: Vec<FileEntry> = (0..1 + rand(4))
+                        .map(|_| universe[rand(universe.len() as u64) as usize].clone())
+                        .collect();
+                    pick.dedup_by(|x, y| x.hash == y.hash);
+                    let body = if rand(2) == 0 {
+                        RequestBody::Register { files: pick }
+                    } else {
+                        let hashes = pick.iter().map(|f| f.hash).collect();
+                        RequestBody::Unregister { hashes }
+                    };
+                    call(&mut a.server, &mut session, body);
+                }
+                a.server.index.post_pending();
+                let walked = a.server.poll_cluster_snapshots(1 + rand(40) as usize);
+                replicate_in_slices(&mut a, "a-1", &mut b, 1 + rand(50) as usize);
+                if walked == 0 {
+                    break;
+                }
+                steps += 1;
+            }
+            assert!(steps > 5, "{steps} steps");
+            assert!(!a.server.cluster().unwrap().has_snapshots());
+            // At the snapshot's end b holds exactly what a does, the missed withdrawal
+            // included.
+            assert_same_holdings(&b.server, &a.server, at, seed);
+            // And it stays so after more changes.
+            call(
+                &mut a.server,
+                &mut session,
+                RequestBody::Unregister {
+                    hashes: vec![universe[7].hash, universe[8].hash],
+                },
+            );
+            replicate_in_slices(&mut a, "a-1", &mut b, 3);
+            assert_same_holdings(&b.server, &a.server, at, seed);
+        }
+    }
+
+    #[test]
+    fn a_register_capped_while_a_snapshot_runs_starts_it_again() {
+        let (mut a, mut b) = (node(), node());
+        a.server
+            .set_rate_limits(crate::index::limits::RateLimits::off());
+        a.server.limits.max_files_per_peer = 120;
+        let mut session = join(&mut a.server, [10, 0, 0, 4], 7004);
+        let at: SocketAddr = "10.0.0.4:7004".parse().unwrap();
+        let SessionState::Ready { peer, .. } = session.state else {
+            unreachable!()
+        };
+        let body = RequestBody::Register {
+            files: files("c", 100),
+        };
+        call(&mut a.server, &mut session, body);
+        replicate_in_slices(&mut a, "a-1", &mut b, 64);
+        a.server.cluster.as_mut().unwrap().begin_snapshot(peer);
+        let mut snapshots = 0;
+        // The Snapshot record, then a slice walked.
+        assert_eq!(drive_one(&mut a.server), 1);
+        assert_eq!(drive_one(&mut a.server), 64);
+        // 30 new files offered, 20 let in.
+        let answer = call(
+            &mut a.server,
+            &mut session,
+            RequestBody::Register {
+                files: files("d", 30),
+            },
+        );
+        assert!(matches!(
+            answer,
+            ResponseBody::Registered {
+                added: 20,
+                rejected: 10,
+                ..
+            }
+        ));
+        drive_snapshots(&mut a.server);
+        // What a published: a second Snapshot after the capped register.
+        let mut kinds = Vec::new();
+        while let Ok(Outbound::Publish { record, session }) = a.published.try_recv() {
+            kinds.push(match &record {
+                Record::Snapshot { .. } => "snapshot",
+                Record::SnapshotEnd => "end",
+                Record::Register { .. } => "register",
+                _ => "other",
+            });
+            if matches!(record, Record::Snapshot { .. }) {
+                snapshots += 1;
+            }
+            b.inbox
+                .send(Inbound::Record {
+                    node: "a-1".into(),
+                    session,
+                    record,
+                })
+                .unwrap();
+        }
+        assert_eq!(snapshots, 2, "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&"end"));
+        b.inbox.send(Inbound::Rebuilt).unwrap();
+        b.server.rebuild_from_cluster().unwrap();
+        assert_eq!(holdings_at(&b.server, at), holdings_at(&a.server, at));
+        assert_eq!(holdings_at(&a.server, at).len(), 120);
+    }
+
+    #[test]
+    fn a_snapshot_waits_for_files_staged_by_a_register_published_before_it() {
+        let (mut a, mut b) = (node(), node());
+        let mut session = join(&mut a.server, [10, 0, 0, 3], 7003);
+        let at: SocketAddr = "10.0.0.3:7003".parse().unwrap();
+        let SessionState::Ready { peer, .. } = session.state else {
+            unreachable!()
+        };
+        let body = RequestBody::Register {
+            files: files("s", 40),
+        };
+        call(&mut a.server, &mut session, body);
+        // Published, answered, not in the tables yet: they would get entry ids later, maybe
+        // behind the walk, and no later record would carry them.
+        assert!(a.server.index.has_staged(peer));
+        a.server.cluster.as_mut().unwrap().begin_snapshot(peer);
+        assert_eq!(a.server.poll_cluster_snapshots(64), 0);
+        assert!(a.server.cluster().unwrap().has_snapshots());
+        drive_snapshots(&mut a.server);
+        replicate_in_slices(&mut a, "a-1", &mut b, 5);
+        assert_same_holdings(&b.server, &a.server, at, 0);
+        assert_eq!(holdings_at(&b.server, at).len(), 40);
+    }
+
+    /// One slice of the snapshots under way (of 64 holdings), the staged files posted first.
+    fn drive_one(server: &mut IndexServer) -> usize {
+        server.index.post_pending();
+        server.poll_cluster_snapshots(64)
+    }
 
     #[test]
     fn a_peer_registered_at_one_node_is_answered_by_another_then_leaves_it() {
@@ -349,11 +652,13 @@ mod tests {
                 matches!(answer, ResponseBody::Unregistered { removed: 1_000, .. }),
                 "{answer:?}"
             );
-            // What A published, as B reads it.
+            drive_snapshots(&mut a.server);
+            // What A published, as B reads it (each stored, as the NATS thread tells).
             while let Ok(out) = a.published.try_recv() {
                 let Outbound::Publish { session, record } = out else {
                     continue;
                 };
+                a.server.cluster().unwrap().counters().handle_done();
                 if let Record::Snapshot { addr } = &record {
                     assert_eq!(*addr, at);
                     snapshots += 1;

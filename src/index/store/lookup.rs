@@ -6,7 +6,7 @@ use super::words::{lower_words, Scratch};
 use super::{
     source_of, Entries, Files, Index, LookupError, NamePage, PeerId, ID_MASK, MAX_CLAIMS, NONE,
 };
-use crate::wire::{is_hex_prefix, FileEntry, HeldFile, LookupKey};
+use crate::wire::{is_hex_prefix, FileHash, HeldFile, LookupKey};
 use std::cmp::Ordering;
 
 impl Index {
@@ -359,27 +359,38 @@ impl Index {
         !self.by_name.walks.is_empty()
     }
 
-    /// Every entry `peer` holds, as a register restating it would carry it (hash, size,
-    /// name), in entry-id order; empty for an unknown peer. Posts pending words first (so its
-    /// staged holdings are in the tables). Work in proportion to the peer's entries: the
-    /// cluster's snapshot of a local session (`cluster/link.rs`) bounds it.
-    pub fn files_of(&mut self, peer: PeerId) -> Vec<FileEntry> {
-        self.post_pending();
-        let Some(rec) = self.peers.get(peer) else {
-            return Vec::new();
-        };
-        let mut out = Vec::with_capacity(rec.entries.len());
+    /// Visits `peer`'s holdings from entry id `from` on, in entry-id order, at most `max` of
+    /// them: `visit(entry id, hash, size, name)`. Returns the entry id to go on from, or
+    /// `None` once the last was visited (or for an unknown peer). Work in proportion to `max`,
+    /// so a caller walks a big peer a slice a turn (the cluster's snapshot of a local session,
+    /// `cluster/link.rs`, and the sweep after another node's, `cluster/apply.rs`). Staged
+    /// holdings (files new to the index, not in the tables yet: [`Index::has_staged`]) are not
+    /// visited. An entry the peer holds keeps its id, so a walk resumed after other changes
+    /// visits every holding the peer had throughout.
+    pub fn holdings_from(
+        &self,
+        peer: PeerId,
+        from: u32,
+        max: usize,
+        mut visit: impl FnMut(u32, &FileHash, u64, &[u8]),
+    ) -> Option<u32> {
+        let rec = self.peers.get(peer)?;
         let mut name = Vec::new();
-        for e in rec.entries.iter() {
+        for (seen, e) in rec.entries.iter_from(from).enumerate() {
+            if seen == max {
+                return Some(e);
+            }
             let file = &self.files[self.entries[e].file()];
             self.entries.decode_name(e, &mut name);
-            out.push(FileEntry {
-                hash: file.hash,
-                size: file.size(),
-                name: String::from_utf8(name.clone()).expect("names are stored from str"),
-            });
+            visit(e, &file.hash, file.size(), &name);
         }
-        out
+        None
+    }
+
+    /// Whether `peer` holds files that are staged (answered for by a register, not in the
+    /// tables yet: [`Index::post_pending`] puts them in, under entry ids not known before).
+    pub fn has_staged(&self, peer: PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.staged > 0)
     }
 
     /// Puts entry `e` in the name table or takes it out, as the marks of its words now say; a

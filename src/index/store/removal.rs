@@ -71,6 +71,45 @@ impl Index {
         removed
     }
 
+    /// Withdraws `peer`'s holdings of the entries `ids`: distinct ids of entries it holds, as
+    /// [`Index::holdings_from`] gave them with no change of the peer since. One name of a
+    /// file goes, where [`Index::unregister`] withdraws every name of a hash. Returns how
+    /// many holdings went.
+    pub fn unregister_entries(&mut self, peer: PeerId, ids: &[u32]) -> u32 {
+        self.post_pending();
+        if self.peers.get(peer).is_none() {
+            return 0;
+        }
+        let mut removed = 0;
+        let mut dead = std::mem::take(&mut self.work.dead);
+        dead.clear();
+        for &e in ids {
+            if !self.entries.holders(e).contains(&peer.0) {
+                debug_assert!(false, "entry {e} is not held by {peer:?}");
+                continue;
+            }
+            let file = self.entries[e].file();
+            let before = self.file_holder_count(file);
+            let entry_before = self.entries.holder_count(&self.entries[e]);
+            self.entries.pop_holder(e, peer.0);
+            self.rerank(e, entry_before);
+            if !self.peer_holds_file(peer.0, file) {
+                self.peers.get_mut(peer).files -= 1;
+                self.lose_holder(file);
+            }
+            self.note_holders_changed(file, before);
+            self.peers.get_mut(peer).entries.remove(e);
+            if self.entries.holders(e).is_empty() {
+                dead.push(e);
+            }
+            removed += 1;
+        }
+        self.delete_entries(&dead);
+        self.work.dead = dead;
+        self.peers.holdings -= removed as usize;
+        removed
+    }
+
     /// `file` lost one of its distinct holders (counted only for a file of several names).
     pub(super) fn lose_holder(&mut self, file: u32) {
         if let Some(n) = self.files.multi_holders.get_mut(file) {

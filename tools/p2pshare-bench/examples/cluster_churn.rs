@@ -8,6 +8,9 @@
 //! and withdrawn per second at A), B's loop pauses (its `loop_max_pause_us`, p99 and p99.9
 //! since it started, read before and after, and every second), and how long after the
 //! churn B's entry count was back to what it was before (its apply caught up).
+//! An optional sixth argument KEPT: each client first registers KEPT files it keeps (in
+//! requests of 10,000) and churns beside them, so that A compacts a session of KEPT entries
+//! by snapshots; A's loop pauses are printed too.
 //! Start the nodes with their rate limits off (`--rate-register 0 --rate-address 0
 //! --max-holdings-per-ip 0`), as the bench's cluster mode does.
 
@@ -27,9 +30,13 @@ fn stats(c: &mut Client) -> ServerStats {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [a, b, clients, files, secs] = &args[..] else {
-        eprintln!("usage: cluster_churn A B CLIENTS FILES SECS");
-        std::process::exit(2);
+    let (a, b, clients, files, secs, kept) = match &args[..] {
+        [a, b, c, f, s] => (a, b, c, f, s, 0),
+        [a, b, c, f, s, k] => (a, b, c, f, s, k.parse().expect("KEPT")),
+        _ => {
+            eprintln!("usage: cluster_churn A B CLIENTS FILES SECS [KEPT]");
+            std::process::exit(2);
+        }
     };
     let a: SocketAddr = a.parse().expect("A: HOST:PORT");
     let b: SocketAddr = b.parse().expect("B: HOST:PORT");
@@ -37,6 +44,7 @@ fn main() {
     let files: usize = files.parse().expect("FILES");
     let run = Duration::from_secs(secs.parse().expect("SECS"));
     let mut observer = Client::hello(b, 0, "cluster_churn observer").expect("B");
+    let mut at_a = Client::hello(a, 0, "cluster_churn observer").expect("A");
     let before = stats(&mut observer);
     println!(
         "b before: {} entries, loop max {} µs, p99 {} µs, p99.9 {} µs, {} turns",
@@ -53,6 +61,21 @@ fn main() {
         let (stop, churned) = (stop.clone(), churned.clone());
         threads.push(std::thread::spawn(move || {
             let mut client = Client::hello(a, 7000 + c as u16, "cluster_churn").expect("A");
+            let kept_list: Vec<FileEntry> = (0..kept)
+                .map(|i| FileEntry {
+                    hash: FileHash::of(format!("kept {c} {i}").as_bytes()),
+                    size: 1000 + i as u64,
+                    name: format!("kept {c} file {i} of a long shared folder.flac"),
+                })
+                .collect();
+            for part in kept_list.chunks(10_000) {
+                match client.call(RequestBody::Register {
+                    files: part.to_vec(),
+                }) {
+                    Ok(ResponseBody::Registered { .. }) => {}
+                    other => panic!("client {c}: the kept register answered {other:?}"),
+                }
+            }
             let list: Vec<FileEntry> = (0..files)
                 .map(|i| FileEntry {
                     hash: FileHash::of(format!("churn {c} {i}").as_bytes()),
@@ -110,6 +133,11 @@ fn main() {
     }
     let took = began.elapsed();
     let total = churned.load(Ordering::Relaxed);
+    let sa = stats(&mut at_a);
+    println!(
+        "a: loop max {} µs, p99 {} µs, p99.9 {} µs, {} turns",
+        sa.loop_max_pause_us, sa.loop_p99_pause_us, sa.loop_p999_pause_us, sa.loop_turns
+    );
     let ended = Instant::now();
     let mut s = stats(&mut observer);
     while s.names != before.names && ended.elapsed() < Duration::from_secs(120) {
