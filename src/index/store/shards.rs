@@ -87,7 +87,7 @@ fn shard_of(layout: &Layout, hash: u64) -> usize {
 /// How many items a growing shard moves to its new table at each insertion or removal it
 /// takes (each move calls the caller's rehash once: for the words' table, a text read in cold
 /// memory, about a microsecond at 10M words).
-const MOVE_STEP: usize = 16;
+const MOVE_STEP: usize = 32;
 
 /// One shard: its table, and while it grows, the old table whose items have not moved yet.
 struct Shard<T> {
@@ -428,9 +428,9 @@ mod tests {
             let insert = rng.u32(..10) < if round < 250_000 { 8 } else { 5 };
             rehashes.set(0);
             if insert {
-                if !model.contains_key(&k) {
+                if let std::collections::hash_map::Entry::Vacant(v) = model.entry(k) {
                     t.insert_unique(h.hash_one(k), (k, round), rehash);
-                    model.insert(k, round);
+                    v.insert(round);
                 }
             } else {
                 let got = t.remove(h.hash_one(k), |x| x.0 == k, rehash);
