@@ -87,7 +87,7 @@ fn shard_of(layout: &Layout, hash: u64) -> usize {
 /// How many items a growing shard moves to its new table at each insertion or removal it
 /// takes (each move calls the caller's rehash once: for the words' table, a text read in cold
 /// memory, about a microsecond at 10M words).
-const MOVE_STEP: usize = 32;
+const MOVE_STEP: usize = 16;
 
 /// One shard: its table, and while it grows, the old table whose items have not moved yet.
 struct Shard<T> {
