@@ -201,6 +201,11 @@ pub fn render<C>(server: &mut IndexServer, ctx: &Ctx<C>) -> String {
         connections as f64,
     );
     e.gauge(
+        "p2pshare_index_input_buffer_bytes",
+        "Bytes held by the connections' buffers of unhandled input (partial frames) and the spare one.",
+        ctx.input_buffer_bytes() as f64,
+    );
+    e.gauge(
         "p2pshare_index_sessions",
         "Peer sessions past the handshake.",
         sessions as f64,

@@ -994,7 +994,7 @@ impl Handler for IndexServer {
         let deadline = ctx.now() + TURN_WORK_TARGET;
         self.index
             .post_pending_until(|| std::time::Instant::now() >= deadline);
-        self.turn_end(ctx);
+        worktrace::time("turn end", || self.turn_end(ctx));
         worktrace::end_turn();
     }
 

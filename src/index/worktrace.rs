@@ -23,6 +23,8 @@ struct State {
     worst: Vec<(Duration, Vec<(&'static str, Duration)>)>,
     /// The thread's CPU time at the end of the last turn.
     turn_cpu: Duration,
+    /// The CPU time of the turn's outermost timed pieces (those not inside another).
+    traced: Duration,
     last_write: Option<Instant>,
     changed: bool,
 }
@@ -43,6 +45,9 @@ thread_local! {
     /// Whether the trace is on (read from the environment once per thread).
     static ENABLED: Cell<Option<bool>> = const { Cell::new(None) };
     static STATE: RefCell<State> = RefCell::new(State::default());
+    /// How many timed pieces are under way (a piece inside another is not counted twice in
+    /// the turn's traced time).
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Whether `P2PSHARE_WORK_TRACE` is set.
@@ -68,9 +73,18 @@ pub fn time<R>(cause: &'static str, f: impl FnOnce() -> R) -> R {
     if !enabled() {
         return f();
     }
+    let outermost = DEPTH.with(|d| {
+        d.set(d.get() + 1);
+        d.get() == 1
+    });
     let started = cpu();
     let r = f();
-    record(cause, cpu().saturating_sub(started));
+    let took = cpu().saturating_sub(started);
+    DEPTH.with(|d| d.set(d.get() - 1));
+    record(cause, took);
+    if outermost {
+        STATE.with(|s| s.borrow_mut().traced += took);
+    }
     r
 }
 
@@ -111,9 +125,15 @@ pub fn end_turn() {
         return;
     }
     let now = cpu();
-    let report = STATE.with(|s| {
+    let (d, traced) = STATE.with(|s| {
         let mut s = s.borrow_mut();
         let d = now.saturating_sub(std::mem::replace(&mut s.turn_cpu, now));
+        (d, std::mem::take(&mut s.traced))
+    });
+    // What no timed piece covered: the loop's own steps, or work not traced yet.
+    record("untraced", d.saturating_sub(traced));
+    let report = STATE.with(|s| {
+        let mut s = s.borrow_mut();
         let pieces = std::mem::take(&mut s.turn);
         if s.worst.len() < WORST_TURNS || s.worst.last().is_some_and(|w| d > w.0) {
             let mut merged: Vec<(&'static str, Duration)> = Vec::new();
@@ -142,6 +162,10 @@ pub fn end_turn() {
         if let Err(e) = std::fs::write(&path, report) {
             log::warn!("work trace: cannot write {}: {e}", path.to_string_lossy());
         }
+        // The trace's own writing is no turn's work (it still counts in the loop's
+        // wall-clock pauses, so figures for pauses are taken without the trace).
+        let written = cpu();
+        STATE.with(|s| s.borrow_mut().turn_cpu = written);
     }
 }
 

@@ -36,7 +36,8 @@
 //!   longer than that either.
 //! - Read buffers: bytes are read into one shared scratch buffer (`SCRATCH_BYTES`) and frames are handled
 //!   straight from it; only the incomplete tail of a frame is copied into the connection, so an
-//!   idle connection holds no buffer at all.
+//!   idle connection holds no buffer at all, and the room it reserves for the rest of the
+//!   frame grows with the bytes that arrived (`frame_room`), never to what a header claims.
 //! - Close in one place: handlers ask for a close (`Verdict::Close`, [`Ctx::close`]); the
 //!   reactor deregisters, frees the slot and calls [`Handler::handle_close`] exactly once.
 //! - Idle connections: a connection that neither completes a frame, receives raw bytes, nor
@@ -98,6 +99,22 @@ const SCRATCH_BYTES: usize = 256 * 1024;
 /// bigger one (a bulk register arrives in pieces) is given back once its frame is handled,
 /// or a thousand idle peers would each hold their largest request's worth of memory.
 const KEEP_PENDING_BYTES: usize = 4 * 1024;
+/// How far ahead of the bytes received a partial frame's buffer may reserve room for it,
+/// besides as much again as has arrived: a header alone that claims 1 MiB reserves 64 KiB,
+/// not the whole frame, so connections that never finish a frame hold buffers in proportion
+/// to what they sent (see [`frame_room`]).
+const RESERVE_AHEAD: usize = 64 * 1024;
+
+/// The room to keep for a partial frame of `whole` bytes of which `have` have arrived: the
+/// whole frame once half of it is in, else twice what is in, or that plus
+/// [`RESERVE_AHEAD`] while it is small. An honest 1 MiB frame arriving a scratch buffer
+/// (256 KiB) at a time takes its room in two steps (or at once in the spare buffer).
+fn frame_room(whole: usize, have: usize) -> usize {
+    whole.min(
+        have.saturating_mul(2)
+            .max(have.saturating_add(RESERVE_AHEAD)),
+    )
+}
 /// Reads per readiness event before a busy connection yields to the others.
 const READS_PER_TURN: usize = 16;
 /// How long an accept loop rests after running out of descriptors.
@@ -645,7 +662,9 @@ impl<C> Reactor<C> {
             }
             let key = token.0;
             match self.ctx.slots.get(key) {
-                Some(Slot::Listener(_)) => self.ctx.accept_all(key, handler),
+                Some(Slot::Listener(_)) => {
+                    trace::time("accept", || self.ctx.accept_all(key, handler))
+                }
                 Some(Slot::Conn(_)) => {
                     if event.is_writable() || event.is_write_closed() || event.is_error() {
                         self.ctx.handle_writable(key, handler);
@@ -670,8 +689,8 @@ impl<C> Reactor<C> {
             }
         }
         self.ctx.reap(handler);
-        self.ctx.fire_timers(handler);
-        self.ctx.flush_dirty(handler);
+        trace::time("timers", || self.ctx.fire_timers(handler));
+        trace::time("flush", || self.ctx.flush_dirty(handler));
         self.ctx.reap(handler);
         handler.handle_turn_end(&mut self.ctx);
         Ok(())
@@ -712,6 +731,20 @@ impl<C> Ctx<C> {
     /// Bytes moved and connections accepted and refused since the start.
     pub fn io_totals(&self) -> IoTotals {
         self.io
+    }
+
+    /// Bytes held by input buffers: every connection's buffer of unhandled input (a partial
+    /// frame, or frames held while it is parked) and the spare one (their capacities).
+    pub fn input_buffer_bytes(&self) -> usize {
+        let held: usize = self
+            .slots
+            .iter()
+            .map(|(_, slot)| match slot {
+                Slot::Conn(c) => c.pending_in.capacity(),
+                Slot::Listener(_) => 0,
+            })
+            .sum();
+        held + self.spare_in.capacity()
     }
 
     /// Starts listening on `addr`; returns the bound address (useful with port 0). `[::]`
@@ -1564,9 +1597,10 @@ impl<C> Ctx<C> {
                             self.spare_in = spent;
                         }
                     }
-                    // The start of the next frame: room for all of it (see below).
+                    // The start of the next frame: room for it (see below).
                     if let Some(whole) = c.decoder.frame_len(&pending) {
-                        pending.reserve(whole.saturating_sub(pending.len()));
+                        let room = frame_room(whole, pending.len());
+                        pending.reserve_exact(room.saturating_sub(pending.len()));
                     }
                 });
                 c.pending_in = pending;
@@ -1612,7 +1646,22 @@ impl<C> Ctx<C> {
             };
             if !c.pending_in.is_empty() {
                 trace::time("input copy", || {
-                    c.pending_in.extend_from_slice(&scratch[..n])
+                    let pending = &mut c.pending_in;
+                    let need = pending.len() + n;
+                    if need > pending.capacity() {
+                        // More room for the partial frame as its bytes arrive (see below): in
+                        // the spare buffer if it is free and big enough for the whole frame.
+                        let whole = c.decoder.frame_len(pending);
+                        if whole.is_some_and(|w| self.spare_in.capacity() >= w.max(need)) {
+                            let spare = std::mem::take(&mut self.spare_in);
+                            let grown = std::mem::replace(pending, spare);
+                            pending.extend_from_slice(&grown);
+                        } else {
+                            let room = whole.map_or(need, |w| frame_room(w, need).max(need));
+                            pending.reserve_exact(room - pending.len());
+                        }
+                    }
+                    pending.extend_from_slice(&scratch[..n])
                 });
                 if c.pending_in.len() >= SCRATCH_BYTES {
                     // A big frame (a 1 MiB register) arrives over several turns, about a
@@ -1628,15 +1677,20 @@ impl<C> Ctx<C> {
             if used < n {
                 if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
                     trace::time("input copy", || {
-                        // A partial frame: room for all of it at once, so that the buffer never
-                        // grows while the rest arrives (a 1 MiB register over four turns grew
-                        // it three times, each a copy of up to 1 MiB into fresh pages).
+                        // A partial frame: room for it ahead of its bytes, so that the buffer
+                        // grows at most twice while the rest arrives (a 1 MiB register over four
+                        // turns grew it three times, each a copy of up to 1 MiB into fresh
+                        // pages), and not more than `frame_room` allows: a header that claims
+                        // 1 MiB and nothing after it gets 64 KiB, not 1 MiB. A big frame takes
+                        // the one spare buffer if it is free and big enough for the whole
+                        // frame (warm pages, no growth); a connection holds it at most until
+                        // its frame is handled or it is closed.
                         let rest = &scratch[used..n];
                         if let Some(whole) = c.decoder.frame_len(rest) {
                             if whole > KEEP_PENDING_BYTES && self.spare_in.capacity() >= whole {
                                 c.pending_in = std::mem::take(&mut self.spare_in);
                             }
-                            c.pending_in.reserve_exact(whole);
+                            c.pending_in.reserve_exact(frame_room(whole, rest.len()));
                         }
                         c.pending_in.extend_from_slice(rest)
                     });

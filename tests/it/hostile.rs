@@ -277,6 +277,74 @@ fn never_ending_frames_are_cut_off_and_memory_stays_bounded() {
 }
 
 #[test]
+fn frames_that_never_finish_hold_buffers_in_proportion_to_what_was_sent() {
+    use crate::ops::{indexd_with_metrics_and, sample, scrape};
+    raise_fds();
+    let (indexd, addr, metrics) =
+        indexd_with_metrics_and(&["--max-connections-per-ip", "0"], common::IO_TIMEOUT);
+    let mut honest = Honest::join(addr);
+    let pid = indexd.0.id();
+    // Every scrape's request is read (and counted in the received bytes) before its answer.
+    const SCRAPE_BYTES: f64 = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".len() as f64;
+    let received = |text: &str| sample(text, "p2pshare_index_received_bytes_total");
+    let buffers = |text: &str| sample(text, "p2pshare_index_input_buffer_bytes");
+    let first = scrape(metrics);
+    let (bytes_before, buffers_before, rss_before) =
+        (received(&first), buffers(&first), vm_rss_kib(pid));
+    let mut scrapes = 0.0;
+    // A thousand connections each send a header that claims the largest payload (1 MiB, the
+    // default limit: LEB128 0x80 0x80 0x40) and 1,000 bytes of it, then nothing more.
+    const N: usize = 1000;
+    let mut frame = vec![0x80, 0x80, 0x40];
+    frame.resize(3 + 1000, b'A');
+    let mut stalled = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&frame).unwrap();
+        stalled.push(s);
+        if i % 100 == 99 {
+            // A round trip through the loop, which also lets it drain its accept queue.
+            scrape(metrics);
+            scrapes += 1.0;
+        }
+    }
+    // Until indexd has read every byte they sent (its counter of received bytes), bounded.
+    let sent = (N * frame.len()) as f64;
+    let deadline = Instant::now() + LIMIT;
+    let text = loop {
+        let text = scrape(metrics);
+        scrapes += 1.0;
+        if received(&text) >= bytes_before + sent + scrapes * SCRAPE_BYTES {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "indexd did not read what was sent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let held = buffers(&text) - buffers_before;
+    let rss_after = vm_rss_kib(pid);
+    eprintln!(
+        "{N} connections each stalled 1,003 bytes into a 1 MiB frame: input buffers \
+         {buffers_before} -> {} bytes, indexd VmRSS {rss_before} -> {rss_after} KiB",
+        buffers(&text)
+    );
+    // Each holds room for what it sent and 64 KiB more, not for the 1 MiB it claims.
+    let per_conn = frame.len() + (64 << 10);
+    assert!(
+        held <= (N * per_conn) as f64,
+        "{held} bytes of input buffers for {N} stalled frames"
+    );
+    assert!(
+        rss_after < rss_before + (N * per_conn / 1024) as u64,
+        "VmRSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    assert!(honest.search() < Duration::from_secs(1));
+    drop(stalled);
+}
+
+#[test]
 fn idle_connections_and_slowloris_writers_are_reclaimed_while_honest_peers_are_served() {
     raise_fds();
     // Every attacker connects from 127.0.0.1: lift the per-address limit to reach the

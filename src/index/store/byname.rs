@@ -307,7 +307,8 @@ impl ByName {
             }
         } else {
             let h = self.hash(name);
-            self.slots.remove(widen(h), |&(sh, v)| sh == h && v == e);
+            self.slots
+                .remove(widen(h), |&(sh, v)| sh == h && v == e, |&(sh, _)| widen(sh));
         }
         if self.slots.len() == 0 && self.groups.capacity() > 0 {
             self.groups = Slab::new();

@@ -1,6 +1,6 @@
 //! [`ShardedTable`]: a hash table split into shards of staggered sizes, so that its memory
-//! per item does not jump with each doubling and no single growth rehashes more than a small
-//! share of the items; and [`U32Map`], a `u32 → u32` map on it.
+//! per item does not jump with each doubling, each shard growing a few items at a time; and
+//! [`U32Map`], a `u32 → u32` map on it.
 //!
 //! A `hashbrown` table doubles its buckets when it is 7/8 full, so its bytes per item swing
 //! between 1.14 and 2.29 buckets' worth depending on where the item count falls, and the
@@ -10,8 +10,15 @@
 //! to `2^(i / SHARDS)`, so the shards reach their doubling points at counts spread evenly
 //! in log scale: at any item count, their fill levels are spread over the whole range, the
 //! expected buckets per item are `(8/7) / ln 2 ≈ 1.65` whatever the count, and one growth
-//! rehashes at most the largest shard, about `2 ln 2 / SHARDS` (0.03%) of the items: a few
-//! thousand at ten million, a fraction of a millisecond.
+//! concerns at most the largest shard, about `2 ln 2 / SHARDS` (0.03%) of the items: a few
+//! thousand at ten million.
+//!
+//! Even those few thousand took up to 2.2 ms in one call for the words' table at 10M words,
+//! whose rehash reads each word's text in cold memory. So a full shard gets a new table of
+//! twice the buckets and keeps the old one beside it; each later insertion or removal in
+//! that shard moves [`MOVE_STEP`] items across (looking up in both tables meanwhile), and
+//! the old table is freed once empty, long before the new one fills. No call rehashes more
+//! than [`MOVE_STEP`] items; the old tables cost memory only while their shards grow.
 //!
 //! The shard is chosen from hash bits 24–55, which `hashbrown` uses neither for the bucket
 //! index (the low bits, up to 16M buckets a shard) nor for the control tag (the top 7 bits),
@@ -77,10 +84,48 @@ fn shard_of(layout: &Layout, hash: u64) -> usize {
     s
 }
 
+/// How many items a growing shard moves to its new table at each insertion or removal it
+/// takes (each move calls the caller's rehash once: for the words' table, a text read in cold
+/// memory, about a microsecond at 10M words).
+const MOVE_STEP: usize = 16;
+
+/// One shard: its table, and while it grows, the old table whose items have not moved yet.
+struct Shard<T> {
+    table: hashbrown::HashTable<T>,
+    /// While the shard grows: the items still to move to `table` (`None` otherwise).
+    old: Option<Box<hashbrown::HashTable<T>>>,
+}
+
+impl<T> Shard<T> {
+    fn new() -> Self {
+        Shard {
+            table: hashbrown::HashTable::new(),
+            old: None,
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table.len() + self.old.as_ref().map_or(0, |o| o.len())
+    }
+
+    /// Moves up to [`MOVE_STEP`] items of the old table to the new one; drops the old table
+    /// once it is empty.
+    fn move_some(&mut self, rehash: &impl Fn(&T) -> u64) {
+        let Some(old) = &mut self.old else { return };
+        for item in old.extract_if(|_| true).take(MOVE_STEP) {
+            self.table.insert_unique(rehash(&item), item, rehash);
+        }
+        if old.is_empty() {
+            self.old = None;
+        }
+    }
+}
+
 /// A hash table of `T` (each hashed by the caller, like `hashbrown::HashTable`), in shards
-/// of staggered sizes. See the module docs.
+/// of staggered sizes, each of which grows a few items at a time. See the module docs.
 pub(super) struct ShardedTable<T> {
-    shards: Vec<hashbrown::HashTable<T>>,
+    shards: Vec<Shard<T>>,
     layout: &'static Layout,
     len: usize,
 }
@@ -106,42 +151,75 @@ impl<T> ShardedTable<T> {
 
     /// The item hashed `hash` for which `eq` holds, if any.
     #[inline]
-    pub(super) fn find(&self, hash: u64, eq: impl FnMut(&T) -> bool) -> Option<&T> {
-        self.shards.get(self.shard(hash))?.find(hash, eq)
+    pub(super) fn find(&self, hash: u64, mut eq: impl FnMut(&T) -> bool) -> Option<&T> {
+        let shard = self.shards.get(self.shard(hash))?;
+        match &shard.old {
+            None => shard.table.find(hash, eq),
+            Some(old) => shard
+                .table
+                .find(hash, &mut eq)
+                .or_else(|| old.find(hash, eq)),
+        }
     }
 
     /// [`ShardedTable::find`], mutable.
     #[inline]
-    pub(super) fn find_mut(&mut self, hash: u64, eq: impl FnMut(&T) -> bool) -> Option<&mut T> {
+    pub(super) fn find_mut(&mut self, hash: u64, mut eq: impl FnMut(&T) -> bool) -> Option<&mut T> {
         let s = self.shard(hash);
-        self.shards.get_mut(s)?.find_mut(hash, eq)
+        let shard = self.shards.get_mut(s)?;
+        match &mut shard.old {
+            Some(old) if shard.table.find(hash, &mut eq).is_none() => old.find_mut(hash, eq),
+            _ => shard.table.find_mut(hash, eq),
+        }
     }
 
     /// Inserts `item` hashed `hash` (not present yet); `rehash(item)` gives the hash of an
-    /// item already present, for when its shard grows.
+    /// item already present, for when its shard grows. A shard that is full gets a table of
+    /// twice the buckets, and its items move there [`MOVE_STEP`] at a time, at this and each
+    /// later insertion or removal in that shard, so no call rehashes more than that many.
     #[inline]
     pub(super) fn insert_unique(&mut self, hash: u64, item: T, rehash: impl Fn(&T) -> u64) {
         if self.shards.is_empty() {
             // Allocated with the first item, so an empty table costs nothing.
-            self.shards = (0..SHARDS).map(|_| hashbrown::HashTable::new()).collect();
+            self.shards = (0..SHARDS).map(|_| Shard::new()).collect();
         }
         let s = self.shard(hash);
         let shard = &mut self.shards[s];
-        if shard.len() == shard.capacity() {
-            // The shard doubles: every item of it rehashed (traced, to see what it costs).
-            crate::index::worktrace::time("shard growth", || {
-                shard.insert_unique(hash, item, rehash)
-            });
-        } else {
-            shard.insert_unique(hash, item, rehash);
+        if shard.old.is_none() && shard.table.len() == shard.table.capacity() {
+            // Full: a new table with room for these items, an eighth more (the moves end
+            // long before that is used up: one per `MOVE_STEP` items) and the new one; for a
+            // table without removed slots that is twice the buckets, as `hashbrown` grows.
+            let len = shard.table.len();
+            let bigger = hashbrown::HashTable::with_capacity(len + len / 8 + 2);
+            let old = std::mem::replace(&mut shard.table, bigger);
+            if !old.is_empty() {
+                shard.old = Some(Box::new(old));
+            }
+        }
+        shard.table.insert_unique(hash, item, &rehash);
+        if shard.old.is_some() {
+            crate::index::worktrace::time("shard growth", || shard.move_some(&rehash));
         }
         self.len += 1;
     }
 
-    /// Removes the item hashed `hash` for which `eq` holds, and returns it.
-    pub(super) fn remove(&mut self, hash: u64, eq: impl FnMut(&T) -> bool) -> Option<T> {
+    /// Removes the item hashed `hash` for which `eq` holds, and returns it; `rehash` as for
+    /// [`ShardedTable::insert_unique`] (a growing shard moves items at removals too).
+    pub(super) fn remove(
+        &mut self,
+        hash: u64,
+        mut eq: impl FnMut(&T) -> bool,
+        rehash: impl Fn(&T) -> u64,
+    ) -> Option<T> {
         let s = self.shard(hash);
-        let (item, _) = self.shards.get_mut(s)?.find_entry(hash, eq).ok()?.remove();
+        let shard = self.shards.get_mut(s)?;
+        let item = match shard.table.find_entry(hash, &mut eq) {
+            Ok(found) => found.remove().0,
+            Err(_) => shard.old.as_mut()?.find_entry(hash, eq).ok()?.remove().0,
+        };
+        if shard.old.is_some() {
+            crate::index::worktrace::time("shard growth", || shard.move_some(&rehash));
+        }
         self.len -= 1;
         if self.len == 0 {
             self.clear();
@@ -155,13 +233,19 @@ impl<T> ShardedTable<T> {
         self.len = 0;
     }
 
-    /// Heap bytes held: each shard's buckets (an item and a control byte each).
+    /// Heap bytes held: each shard's buckets (an item and a control byte each), and a
+    /// growing shard's old table.
     pub(super) fn heap_bytes(&self) -> usize {
-        self.shards.capacity() * std::mem::size_of::<hashbrown::HashTable<T>>()
+        self.shards.capacity() * std::mem::size_of::<Shard<T>>()
             + self
                 .shards
                 .iter()
-                .map(|s| buckets(s.capacity()) * (std::mem::size_of::<T>() + 1))
+                .map(|s| {
+                    s.table.allocation_size()
+                        + s.old.as_ref().map_or(0, |o| {
+                            std::mem::size_of::<hashbrown::HashTable<T>>() + o.allocation_size()
+                        })
+                })
                 .sum::<usize>()
     }
 
@@ -171,10 +255,16 @@ impl<T> ShardedTable<T> {
         self.shards.capacity() == 0
     }
 
-    /// The most items one shard holds (what its next growth rehashes), for tests.
+    /// The most items one shard holds (what its next growth moves), for tests.
     #[cfg(test)]
     fn largest_shard(&self) -> usize {
-        self.shards.iter().map(|s| s.len()).max().unwrap_or(0)
+        self.shards.iter().map(Shard::len).max().unwrap_or(0)
+    }
+
+    /// How many shards are growing (their old tables not yet emptied), for tests.
+    #[cfg(test)]
+    fn growing_shards(&self) -> usize {
+        self.shards.iter().filter(|s| s.old.is_some()).count()
     }
 }
 
@@ -247,7 +337,10 @@ impl U32Map {
     /// Removes `key`; returns its value.
     pub(super) fn remove(&mut self, key: u32) -> Option<u32> {
         let h = self.hash(key);
-        self.table.remove(h, |&(k, _)| k == key).map(|(_, v)| v)
+        let hasher = &self.hasher;
+        self.table
+            .remove(h, |&(k, _)| k == key, |&(k, _)| hasher.hash_one(k))
+            .map(|(_, v)| v)
     }
 
     /// Heap bytes held.
@@ -277,15 +370,6 @@ impl std::ops::Index<&u32> for U32Map {
     }
 }
 
-/// Buckets of a `hashbrown` table of `capacity` (it fills buckets to 7/8 beyond 8 of them).
-fn buckets(capacity: usize) -> usize {
-    match capacity {
-        0 => 0,
-        c if c < 8 => (c + 1).next_power_of_two(),
-        c => (c * 8 / 7).next_power_of_two(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +382,7 @@ mod tests {
     #[test]
     fn finds_what_it_holds_and_nothing_else() {
         let h = hasher();
+        let rh = |x: &u32| h.hash_one(*x);
         let mut t = ShardedTable::new();
         let n = 20_000u32;
         for id in 0..n {
@@ -308,8 +393,8 @@ mod tests {
         }
         assert_eq!(t.find(h.hash_one(n), |x| *x == n), None);
         for id in (0..n).step_by(2) {
-            assert_eq!(t.remove(h.hash_one(id), |x| *x == id), Some(id));
-            assert_eq!(t.remove(h.hash_one(id), |x| *x == id), None);
+            assert_eq!(t.remove(h.hash_one(id), |x| *x == id, rh), Some(id));
+            assert_eq!(t.remove(h.hash_one(id), |x| *x == id, rh), None);
         }
         for id in 0..n {
             let found = t.find(h.hash_one(id), |x| *x == id).copied();
@@ -317,7 +402,67 @@ mod tests {
         }
         assert_eq!(t.len(), n as usize / 2);
         for id in (1..n).step_by(2) {
-            t.remove(h.hash_one(id), |x| *x == id);
+            t.remove(h.hash_one(id), |x| *x == id, rh);
+        }
+        assert!(t.is_released(), "the last removal gives the memory back");
+    }
+
+    #[test]
+    fn growing_shards_answer_like_a_model_and_no_call_rehashes_more_than_a_step() {
+        // Keys hashed by a table that counts the rehash calls of each operation: growth is
+        // spread over calls, while finds, finds to change, and removals answer like a model
+        // throughout (in both tables of a growing shard).
+        let h = hasher();
+        let rehashes = std::cell::Cell::new(0usize);
+        let rehash = |x: &(u32, u32)| {
+            rehashes.set(rehashes.get() + 1);
+            h.hash_one(x.0)
+        };
+        let mut t = ShardedTable::new();
+        let mut model = std::collections::HashMap::new();
+        let mut rng = fastrand::Rng::with_seed(11);
+        let (mut most, mut saw_growing) = (0, 0);
+        for round in 0..400_000u32 {
+            // Mostly inserts at first, then as many removals as inserts.
+            let k = rng.u32(..200_000);
+            let insert = rng.u32(..10) < if round < 250_000 { 8 } else { 5 };
+            rehashes.set(0);
+            if insert {
+                if let std::collections::hash_map::Entry::Vacant(v) = model.entry(k) {
+                    t.insert_unique(h.hash_one(k), (k, round), rehash);
+                    v.insert(round);
+                }
+            } else {
+                let got = t.remove(h.hash_one(k), |x| x.0 == k, rehash);
+                assert_eq!(got.map(|x| x.1), model.remove(&k));
+            }
+            most = most.max(rehashes.get());
+            if rng.u32(..4) == 0 {
+                if let Some(x) = t.find_mut(h.hash_one(k), |x| x.0 == k) {
+                    x.1 += 1;
+                }
+                if let Some(v) = model.get_mut(&k) {
+                    *v += 1;
+                }
+            }
+            let q = rng.u32(..200_000);
+            assert_eq!(
+                t.find(h.hash_one(q), |x| x.0 == q).map(|x| x.1),
+                model.get(&q).copied()
+            );
+            assert_eq!(t.len(), model.len());
+            if round % 1_000 == 0 {
+                saw_growing = saw_growing.max(t.growing_shards());
+            }
+        }
+        assert!(most <= MOVE_STEP, "{most} rehashes in one call");
+        assert!(saw_growing > 0, "shards grew while checked");
+        for (&k, &v) in &model {
+            assert_eq!(t.find(h.hash_one(k), |x| x.0 == k), Some(&(k, v)));
+        }
+        let keys: Vec<u32> = model.keys().copied().collect();
+        for k in keys {
+            assert!(t.remove(h.hash_one(k), |x| x.0 == k, rehash).is_some());
         }
         assert!(t.is_released(), "the last removal gives the memory back");
     }

@@ -375,7 +375,18 @@ impl Words {
             .scan_for(group, (u64::from(p4) << 32) | u64::from(w), WORD_SCAN)
             .unwrap_or_else(|| self.position(text).expect("a live word is ordered"));
         self.order.remove_at(at);
-        let hashed = self.by_text.remove(hash, |&x| x == w);
+        let Words {
+            recs,
+            texts,
+            hasher,
+            by_text,
+            ..
+        } = self;
+        let hashed = by_text.remove(
+            hash,
+            |&x| x == w,
+            |&x| hasher.hash_one(texts.get(x, recs[x].text)),
+        );
         assert!(hashed.is_some(), "a live word is hashed");
         let rec = self.recs.remove(w);
         self.texts.free(w, rec.text);
