@@ -25,6 +25,64 @@ struct State {
     turn_cpu: Duration,
     last_write: Option<Instant>,
     changed: bool,
+    /// The slowest searches by wall-clock time, slowest first.
+    slow: Vec<SlowSearch>,
+}
+
+/// A search as [`Searching`] measured it.
+struct SlowSearch {
+    wall: Duration,
+    cpu: Duration,
+    faults: u64,
+    preempted: u64,
+    query: String,
+}
+
+/// A search being measured for the trace's slowest searches: its wall-clock and CPU time,
+/// the minor page faults it took and the times the thread was preempted during it (so a slow
+/// search's cause can be told: its work, memory touched for the first time, or a wait for a
+/// CPU).
+pub struct Searching {
+    wall: Instant,
+    cpu: Duration,
+    faults: (u64, u64),
+}
+
+/// Starts measuring a search (`None` when the trace is off).
+pub fn start_search() -> Option<Searching> {
+    if !enabled() {
+        return None;
+    }
+    Some(Searching {
+        wall: Instant::now(),
+        cpu: cpu(),
+        faults: crate::sys::process::thread_faults_and_preemptions().unwrap_or_default(),
+    })
+}
+
+impl Searching {
+    /// The search of `query` is done: kept if among the slowest.
+    pub fn end(self, query: &str) {
+        let wall = self.wall.elapsed();
+        let cpu = cpu().saturating_sub(self.cpu);
+        let (f, p) = crate::sys::process::thread_faults_and_preemptions().unwrap_or_default();
+        STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.slow.len() == WORST_TURNS && s.slow.last().is_some_and(|w| w.wall >= wall) {
+                return;
+            }
+            s.slow.push(SlowSearch {
+                wall,
+                cpu,
+                faults: f.saturating_sub(self.faults.0),
+                preempted: p.saturating_sub(self.faults.1),
+                query: query.to_owned(),
+            });
+            s.slow.sort_by_key(|w| std::cmp::Reverse(w.wall));
+            s.slow.truncate(WORST_TURNS);
+            s.changed = true;
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -171,6 +229,17 @@ fn render(s: &State) -> String {
             out += &format!(" {c}={}", us(*x));
         }
         out += "\n";
+    }
+    out += "# slowest searches: wall-clock µs, CPU µs, minor page faults, preemptions, query\n";
+    for w in &s.slow {
+        out += &format!(
+            "{:>8} {:>8} {:>6} {:>3} {:?}\n",
+            us(w.wall),
+            us(w.cpu),
+            w.faults,
+            w.preempted,
+            w.query
+        );
     }
     out
 }
