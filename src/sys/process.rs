@@ -157,7 +157,7 @@ pub fn thread_faults_and_preemptions() -> Option<(u64, u64)> {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    (rc == 0).then(|| (ru.ru_minflt as u64, ru.ru_nivcsw as u64))
+    (rc == 0).then_some((ru.ru_minflt as u64, ru.ru_nivcsw as u64))
 }
 
 #[cfg(test)]

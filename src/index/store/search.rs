@@ -90,6 +90,10 @@ const BITS_POSTINGS_PER_CANDIDATE: usize = 8;
 /// words than this allocate their own).
 const MAX_POOLED_BITMAPS: usize = 4;
 
+/// Bitmaps the pool holds ready between searches (more are kept once searches have taken
+/// them, up to [`MAX_POOLED_BITMAPS`]): the one a prefix's walk takes for the entries seen.
+const READY_BITMAPS: usize = 1;
+
 /// Words of bitmap memory one [`Index::continue_search_memory`] step makes ready (32 KiB:
 /// eight pages, each faulted in for some µs).
 const MEMORY_STEP_WORDS: usize = 4096;
@@ -772,15 +776,16 @@ impl Index {
     /// index's size (see [`Index::continue_search_memory`]).
     pub fn is_search_memory_short(&self) -> bool {
         let want = pooled_bitmap_words(self.entries.id_bound());
-        self.work.bitmaps.len() < MAX_POOLED_BITMAPS
+        self.work.bitmaps.len() < READY_BITMAPS
             || self.work.bitmaps.iter().any(|b| b.words.len() < want)
     }
 
     /// One step of readying the pool of bitmaps that searches take, between requests: a
     /// bitmap over every entry id is 1.25 MB at 10M entries, and its pages, written for the
     /// first time, fault in for about 1.7 ms, which a search would pay (and make its
-    /// answer wait). So the pool holds its [`MAX_POOLED_BITMAPS`], grown ahead of the
-    /// entry ids (by an eighth), [`MEMORY_STEP_WORDS`] a step. (About 0.5 B per entry.)
+    /// answer wait). So the pool holds [`READY_BITMAPS`] at least, and every bitmap in it
+    /// is grown ahead of the entry ids (by a sixteenth), [`MEMORY_STEP_WORDS`] a step.
+    /// (About 0.13 B per entry a bitmap.)
     pub fn continue_search_memory(&mut self) {
         let want = pooled_bitmap_words(self.entries.id_bound());
         let pool = &mut self.work.bitmaps;
@@ -793,7 +798,7 @@ impl Index {
                 let len = (b.words.len() + MEMORY_STEP_WORDS).min(want);
                 b.words.resize(len, 0);
             }
-            None if pool.len() < MAX_POOLED_BITMAPS => pool.push(Bitmap::default()),
+            None if pool.len() < READY_BITMAPS => pool.push(Bitmap::default()),
             None => {}
         }
     }
@@ -982,10 +987,10 @@ impl Bitmap {
     }
 }
 
-/// The words a pooled bitmap is readied to for `ids` entry ids: an eighth more, so that it is
-/// grown again, a step at a time, well before a search would have to.
+/// The words a pooled bitmap is readied to for `ids` entry ids: a sixteenth more, so that it
+/// is grown again, a step at a time, well before a search would have to.
 fn pooled_bitmap_words(ids: usize) -> usize {
-    (ids + ids / 8).div_ceil(64).max(1)
+    (ids + ids / 16).div_ceil(64).max(1)
 }
 
 /// A query word other than the driver, checked by seeking through the postings of its range
