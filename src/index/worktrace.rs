@@ -4,9 +4,10 @@
 //! thread's CPU time, and writes to FILE, at most once a second while something changes, the
 //! longest, count and mean of each cause, the twelve longest turns with what they were
 //! made of, and the twelve slowest searches (wall-clock and CPU time, page faults and
-//! preemptions: a few system calls more per search while the trace is on). CPU time, unlike the loop pauses `Stats` reports (wall-clock time), leaves out
-//! the time the thread waited for a CPU, so the trace says what to slice even on a busy
-//! machine (a virtual CPU's steal time may still count).
+//! preemptions: a few system calls more per search while the trace is on). CPU time, unlike
+//! the loop pauses `Stats` reports (wall-clock time), leaves out the time the thread waited
+//! for a CPU, so the trace says what to slice even on a busy machine (a virtual CPU's steal
+//! time may still count).
 //!
 //! Without the variable each timing point costs one thread-local flag read.
 
