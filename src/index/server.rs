@@ -469,11 +469,15 @@ impl IndexServer {
                     );
                     return Verdict::Continue;
                 }
+                let traced = worktrace::start_search();
                 match self
                     .index
                     .search_page(&query, &filter, after.as_ref(), limit)
                 {
                     Ok(page) => {
+                        if let Some(t) = traced {
+                            t.end(&query);
+                        }
                         search_work = page.work;
                         ResponseBody::SearchResults {
                             hits: page.hits,

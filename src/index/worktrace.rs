@@ -2,10 +2,12 @@
 //! its environment, indexd times each piece of work on its thread by cause (decoding a frame,
 //! each kind of request, the deferred register work, each kind of background slice) in the
 //! thread's CPU time, and writes to FILE, at most once a second while something changes, the
-//! longest, count and mean of each cause and the twelve longest turns with what they were
-//! made of. CPU time, unlike the loop pauses `Stats` reports (wall-clock time), leaves out
-//! the time the thread waited for a CPU, so the trace says what to slice even on a busy
-//! machine (a virtual CPU's steal time may still count).
+//! longest, count and mean of each cause, the twelve longest turns with what they were
+//! made of, and the twelve slowest searches (wall-clock and CPU time, page faults and
+//! preemptions: a few system calls more per search while the trace is on). CPU time, unlike
+//! the loop pauses `Stats` reports (wall-clock time), leaves out the time the thread waited
+//! for a CPU, so the trace says what to slice even on a busy machine (a virtual CPU's steal
+//! time may still count).
 //!
 //! Without the variable each timing point costs one thread-local flag read.
 
@@ -27,6 +29,64 @@ struct State {
     traced: Duration,
     last_write: Option<Instant>,
     changed: bool,
+    /// The slowest searches by wall-clock time, slowest first.
+    slow: Vec<SlowSearch>,
+}
+
+/// A search as [`Searching`] measured it.
+struct SlowSearch {
+    wall: Duration,
+    cpu: Duration,
+    faults: u64,
+    preempted: u64,
+    query: String,
+}
+
+/// A search being measured for the trace's slowest searches: its wall-clock and CPU time,
+/// the minor page faults it took and the times the thread was preempted during it (so a slow
+/// search's cause can be told: its work, memory touched for the first time, or a wait for a
+/// CPU).
+pub struct Searching {
+    wall: Instant,
+    cpu: Duration,
+    faults: (u64, u64),
+}
+
+/// Starts measuring a search (`None` when the trace is off).
+pub fn start_search() -> Option<Searching> {
+    if !enabled() {
+        return None;
+    }
+    Some(Searching {
+        wall: Instant::now(),
+        cpu: cpu(),
+        faults: crate::sys::process::thread_faults_and_preemptions().unwrap_or_default(),
+    })
+}
+
+impl Searching {
+    /// The search of `query` is done: kept if among the slowest.
+    pub fn end(self, query: &str) {
+        let wall = self.wall.elapsed();
+        let cpu = cpu().saturating_sub(self.cpu);
+        let (f, p) = crate::sys::process::thread_faults_and_preemptions().unwrap_or_default();
+        STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.slow.len() == WORST_TURNS && s.slow.last().is_some_and(|w| w.wall >= wall) {
+                return;
+            }
+            s.slow.push(SlowSearch {
+                wall,
+                cpu,
+                faults: f.saturating_sub(self.faults.0),
+                preempted: p.saturating_sub(self.faults.1),
+                query: query.to_owned(),
+            });
+            s.slow.sort_by_key(|w| std::cmp::Reverse(w.wall));
+            s.slow.truncate(WORST_TURNS);
+            s.changed = true;
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -195,6 +255,17 @@ fn render(s: &State) -> String {
             out += &format!(" {c}={}", us(*x));
         }
         out += "\n";
+    }
+    out += "# slowest searches: wall-clock µs, CPU µs, minor page faults, preemptions, query\n";
+    for w in &s.slow {
+        out += &format!(
+            "{:>8} {:>8} {:>6} {:>3} {:?}\n",
+            us(w.wall),
+            us(w.cpu),
+            w.faults,
+            w.preempted,
+            w.query
+        );
     }
     out
 }

@@ -150,6 +150,16 @@ pub fn thread_cpu_time() -> Option<std::time::Duration> {
     (rc == 0).then(|| std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
+/// This thread's minor page faults and involuntary context switches so far (`None` where
+/// `getrusage(RUSAGE_THREAD)` fails): what a slow piece of work waited on, for the work trace.
+pub fn thread_faults_and_preemptions() -> Option<(u64, u64)> {
+    // SAFETY: getrusage writes one rusage, which lives for the call; all-zero is a valid one.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    (rc == 0).then_some((ru.ru_minflt as u64, ru.ru_nivcsw as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -351,6 +351,7 @@ impl IndexServer {
             || self.index.is_compacting()
             || self.index.has_name_walks()
             || self.index.has_pending()
+            || self.index.is_search_memory_short()
     }
 
     /// Does all background work now, in one go (for sans-IO callers and tests); returns the
@@ -363,6 +364,7 @@ impl IndexServer {
             self.index.continue_filter_rebuild();
             self.index.continue_compaction();
             self.index.continue_name_walks();
+            self.index.continue_search_memory();
         }
         answers
     }
@@ -383,6 +385,7 @@ impl IndexServer {
         });
         trace::time("compaction step", || self.index.continue_compaction());
         trace::time("name walk step", || self.index.continue_name_walks());
+        trace::time("search memory step", || self.index.continue_search_memory());
         let deadline =
             (Instant::now() + BACKGROUND_WORK_PER_TURN).min(ctx.now() + TURN_WORK_TARGET);
         let mut answers = Vec::new();

@@ -534,6 +534,7 @@ impl Index {
             .map(|(_, p)| p.as_ref().map_or(0, |p| p.entries.heap_bytes()))
             .sum();
         parts.push(("peers", self.peers.recs.heap_bytes() + peers));
+        parts.push(("search bitmaps", self.search_memory_bytes()));
         parts
     }
 

@@ -90,6 +90,14 @@ const BITS_POSTINGS_PER_CANDIDATE: usize = 8;
 /// words than this allocate their own).
 const MAX_POOLED_BITMAPS: usize = 4;
 
+/// Bitmaps the pool holds ready between searches (more are kept once searches have taken
+/// them, up to [`MAX_POOLED_BITMAPS`]): the one a prefix's walk takes for the entries seen.
+const READY_BITMAPS: usize = 1;
+
+/// Words of bitmap memory one [`Index::continue_search_memory`] step makes ready (32 KiB:
+/// eight pages, each faulted in for some µs).
+const MEMORY_STEP_WORDS: usize = 4096;
+
 /// At most this many postings of a query word are kept as a sorted list (sorting more costs
 /// more than setting bits in a pooled bitmap).
 const SPARSE_MAX: usize = 4096;
@@ -162,6 +170,16 @@ impl std::fmt::Display for SearchError {
 }
 
 impl std::error::Error for SearchError {}
+
+/// What [`Index::all_whole`] found of the names holding every query word whole.
+enum Whole {
+    /// The page: as many as asked for (or, if partial, those found by the deadline).
+    Page(Vec<u32>, bool),
+    /// All of them, fewer than asked for.
+    Fewer(Vec<u32>),
+    /// Not known: the intersection ran out of its share of the budget.
+    Unknown,
+}
 
 /// A source of candidates: the driver's whole word, or one word it prefixes.
 struct Source {
@@ -242,15 +260,22 @@ impl Index {
             Some(a) if a >> 32 == 0 => (a as u32).checked_add(1),
             Some(_) => None,
         };
+        // Fewer than that: all of them (ranked after the cursor), when the intersection ran
+        // to its end within its share: the full search below starts from them and ranks only
+        // the other classes, so its walks stop as soon as those are known (not at the end of
+        // each whole word's postings, where one more name holding every word might be).
+        // (After a cursor past them, there are none.)
+        let mut all_whole: Option<Vec<u32>> = whole_from.is_none().then(Vec::new);
         if let (true, Some(from)) = (
             nq > 1 && filter.is_empty() && !self.has_departures(),
             whole_from,
         ) {
             let cap = limit.saturating_add(1);
             let share = budget / WHOLE_SHARE;
-            if let Some((keys, partial)) =
-                self.all_whole(&qwords, from, cap, &mut work, share, deadline)
-            {
+            let found = self.all_whole(&qwords, from, cap, &mut work, share, deadline);
+            if let Whole::Fewer(keys) = found {
+                all_whole = Some(keys);
+            } else if let Whole::Page(keys, partial) = found {
                 let shown = &keys[..limit.min(keys.len())];
                 page.hits = self.hits(shown.iter().map(|&k| k & ID_MASK));
                 page.total = keys.len() as u64;
@@ -371,6 +396,16 @@ impl Index {
         let mut seen: Option<Bitmap> = None;
         let mut name_buf = Vec::new();
         let mut matched = 0u64;
+        // The names holding every query word whole, when known: in the heap from the start,
+        // and skipped by the walks, whose candidates then rank at best one class lower.
+        let top_whole = match &all_whole {
+            Some(keys) => {
+                matched = keys.len() as u64;
+                heap.extend(keys.iter().map(|&k| rank(nq, nq, k)));
+                nq - 1
+            }
+            None => nq,
+        };
         'sources: for src in sources {
             work += WORD_UNITS;
             // (The clock is read at every source, not every `TIME_CHECK_UNITS`: a source is a
@@ -380,8 +415,8 @@ impl Index {
                 break;
             }
             // The best rank a candidate of this source can have is with every other query word
-            // whole; the worst, with none.
-            let (best_whole, worst_whole) = (src.whole + nq - 1, src.whole);
+            // whole (but for those known already); the worst, with none.
+            let (best_whole, worst_whole) = ((src.whole + nq - 1).min(top_whole), src.whole);
             if heap.len() == cap && rank(nq, best_whole, 0) > *heap.peek().expect("cap > 0") {
                 // Its best candidate would not make the cut, nor would any later source's
                 // (the longer words all share this bound).
@@ -479,7 +514,8 @@ impl Index {
                         }
                     }
                 }
-                if !all {
+                if !all || whole > top_whole {
+                    // (Holding every word whole: in the heap already.)
                     continue;
                 }
                 if cond.by_size {
@@ -499,6 +535,9 @@ impl Index {
                         match match_words(&by_name, name, &mut scratch) {
                             Some(n) => whole += n,
                             None => continue,
+                        }
+                        if whole > top_whole {
+                            continue;
                         }
                     }
                 }
@@ -642,12 +681,13 @@ impl Index {
     }
 
     /// The first `cap` keys, from `from` on, of the entries whose names hold every one of
-    /// `qwords` as a whole word (the best class of the ranking, in key order), if there are
-    /// that many: the shortest whole word's postings are walked, the others' sought in step
-    /// (each list skipping to where the last one stopped). `None` if fewer, if a query word
-    /// is no whole word of any name, or once `share` work units are spent on it (the full
-    /// search then ranks every class). At `deadline`, the keys found so far, marked partial:
-    /// they are the best matches, though fewer than `cap`.
+    /// `qwords` as a whole word (the best class of the ranking, in key order): the shortest
+    /// whole word's postings are walked, the others' sought in step (each list skipping to
+    /// where the last one stopped). [`Whole::Fewer`] with all of them if there are fewer
+    /// (none if a query word is no whole word of any name); [`Whole::Unknown`] once `share`
+    /// work units are spent on it (the full search then ranks every class). At `deadline`,
+    /// the keys found so far, marked partial: they are the best matches, though fewer than
+    /// `cap`.
     fn all_whole(
         &self,
         qwords: &[String],
@@ -656,16 +696,16 @@ impl Index {
         work: &mut usize,
         share: usize,
         deadline: Option<Instant>,
-    ) -> Option<(Vec<u32>, bool)> {
+    ) -> Whole {
         let mut lists: Vec<u32> = Vec::with_capacity(qwords.len());
         for q in qwords {
             *work += WORD_UNITS;
-            lists.push(self.words.find(q.as_bytes())?);
+            match self.words.find(q.as_bytes()) {
+                Some(w) => lists.push(w),
+                None => return Whole::Fewer(Vec::new()),
+            }
         }
         lists.sort_by_key(|&w| self.words.posting_count(w));
-        if self.words.posting_count(lists[0]) < cap {
-            return None;
-        }
         let mut cursors: Vec<PostingCursor> = lists.iter().map(|&w| self.words.cursor(w)).collect();
         let stop = work.saturating_add(share);
         let mut keys = Vec::with_capacity(cap);
@@ -673,17 +713,21 @@ impl Index {
         while keys.len() < cap {
             // Leapfrog: each list in turn moves to the first key at least the candidate; a
             // key every list reaches in a row is in all.
-            let mut key = cursors[0].seek(target)?;
+            let Some(mut key) = cursors[0].seek(target) else {
+                return Whole::Fewer(keys);
+            };
             let (mut agree, mut i) = (1, 1);
             while agree < cursors.len() {
                 *work += 1;
                 if *work > stop {
-                    return None;
+                    return Whole::Unknown;
                 }
                 if *work % TIME_CHECK_UNITS == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Some((keys, true));
+                    return Whole::Page(keys, true);
                 }
-                let k = cursors[i].seek(key)?;
+                let Some(k) = cursors[i].seek(key) else {
+                    return Whole::Fewer(keys);
+                };
                 if k == key {
                     agree += 1;
                 } else {
@@ -694,7 +738,7 @@ impl Index {
             keys.push(key);
             target = key + 1;
         }
-        Some((keys, false))
+        Whole::Page(keys, false)
     }
 
     /// The hits of entries `ids`, in order. Each part is read for every hit before the next
@@ -726,6 +770,46 @@ impl Index {
                 }
             })
             .collect()
+    }
+
+    /// Whether the pool of bitmaps that searches take is short of what they may need at this
+    /// index's size (see [`Index::continue_search_memory`]).
+    pub fn is_search_memory_short(&self) -> bool {
+        let want = pooled_bitmap_words(self.entries.id_bound());
+        self.work.bitmaps.len() < READY_BITMAPS
+            || self.work.bitmaps.iter().any(|b| b.words.len() < want)
+    }
+
+    /// One step of readying the pool of bitmaps that searches take, between requests: a
+    /// bitmap over every entry id is 1.25 MB at 10M entries, and its pages, written for the
+    /// first time, fault in for about 1.7 ms, which a search would pay (and make its
+    /// answer wait). So the pool holds [`READY_BITMAPS`] at least, and every bitmap in it
+    /// is grown ahead of the entry ids (by a sixteenth), [`MEMORY_STEP_WORDS`] a step.
+    /// (About 0.13 B per entry a bitmap.)
+    pub fn continue_search_memory(&mut self) {
+        let want = pooled_bitmap_words(self.entries.id_bound());
+        let pool = &mut self.work.bitmaps;
+        match pool.iter().position(|b| b.words.len() < want) {
+            Some(i) => {
+                let b = &mut pool[i];
+                if b.words.capacity() < want {
+                    b.words.reserve_exact(want - b.words.len());
+                }
+                let len = (b.words.len() + MEMORY_STEP_WORDS).min(want);
+                b.words.resize(len, 0);
+            }
+            None if pool.len() < READY_BITMAPS => pool.push(Bitmap::default()),
+            None => {}
+        }
+    }
+
+    /// Heap bytes of the pooled search bitmaps (their capacities).
+    pub(super) fn search_memory_bytes(&self) -> usize {
+        let b = &self.work.bitmaps;
+        b.capacity() * std::mem::size_of::<Bitmap>()
+            + b.iter()
+                .map(|b| b.words.capacity() * 8 + b.touched.capacity() * 4)
+                .sum::<usize>()
     }
 
     /// Sets the work budget of a search (tests make it small).
@@ -901,6 +985,12 @@ impl Bitmap {
         }
         self.touched.clear();
     }
+}
+
+/// The words a pooled bitmap is readied to for `ids` entry ids: a sixteenth more, so that it
+/// is grown again, a step at a time, well before a search would have to.
+fn pooled_bitmap_words(ids: usize) -> usize {
+    (ids + ids / 16).div_ceil(64).max(1)
 }
 
 /// A query word other than the driver, checked by seeking through the postings of its range

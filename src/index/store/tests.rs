@@ -1984,6 +1984,52 @@ fn a_search_stops_at_its_time_limit_and_says_so() {
     assert!(!page.partial && page.hits.len() == 10);
 }
 
+/// When fewer than a page of names hold every query word whole, the search finds them first
+/// and then ranks only the classes below: its walk stops once it has a page of those, instead
+/// of walking all of a whole word's postings for one more name holding every word whole.
+#[test]
+fn names_holding_every_word_whole_seed_the_search_so_its_walk_stops_early() {
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    // `aa` is a whole word of 2,000 names: the first 20 hold `bbx` too, the last two `bb`.
+    // `bb`'s range (4 words, 2,024 postings) is checked against names.
+    let mut listed: Vec<String> = (0..2000)
+        .map(|i| match i {
+            0..20 => format!("aa bbx {i}"),
+            1998.. => format!("aa bb {i}"),
+            _ => format!("aa cc {i}"),
+        })
+        .collect();
+    listed.extend((0..2000).map(|i| format!("bbx zz {i}")));
+    listed.extend(["bby zz", "bbz zz"].map(str::to_owned));
+    let files: Vec<FileEntry> = listed
+        .iter()
+        .enumerate()
+        .map(|(i, n)| fe(spread_hash(i as u32), 1, n))
+        .collect();
+    ix.register(p, &files);
+    let want = ["aa bb 1998", "aa bb 1999"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain((0..8).map(|i| format!("aa bbx {i}")))
+        .collect::<Vec<_>>();
+    // A name read costs 8 units: the 2,000 names of `aa` would cost 16,000.
+    ix.set_search_budget(2000);
+    let page = ix
+        .search_page("aa bb", &SearchFilter::default(), None, 10)
+        .unwrap();
+    assert!(!page.partial, "work {}", page.work);
+    assert_eq!(names(&page.hits), want);
+    assert!(page.next.is_some() && !page.total_exact);
+    // The next page continues in the class below, as exactly.
+    let next = ix
+        .search_page("aa bb", &SearchFilter::default(), page.next.as_ref(), 10)
+        .unwrap();
+    assert!(!next.partial, "work {}", next.work);
+    let want: Vec<String> = (8..18).map(|i| format!("aa bbx {i}")).collect();
+    assert_eq!(names(&next.hits), want);
+}
+
 /// A departing peer of many files is withdrawn in slices; at every slice boundary no answer
 /// lists it, search's best hits are exactly the naive model's without it, and the peer's id is
 /// not handed out again until its last slice.

@@ -9,7 +9,7 @@ use super::stats;
 use super::workload::{self, OpKind, Rng, FILES_PER_FAKE_PEER};
 use hdrhistogram::Histogram;
 use p2pshare::wire::{FileEntry, LookupKey, RequestBody, ResponseBody};
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -410,6 +410,16 @@ fn peer_loop(
     let mut class_server: Vec<Histogram<u64>> =
         classes.iter().map(|_| stats::new_histogram()).collect();
     let mut floor = stats::new_histogram();
+    // `SEARCH_LOG=FILE`: each search's query, class and times, one a line (which queries make
+    // a class's tail); the file name gets the run and peer.
+    let mut search_log = match std::env::var_os("SEARCH_LOG") {
+        Some(p) => {
+            let mut p = std::path::PathBuf::from(p).into_os_string();
+            p.push(format!(".run{run}.peer{peer}"));
+            Some(io::BufWriter::new(std::fs::File::create(p)?))
+        }
+        None => None,
+    };
     let mut unanswered = 0;
     let mut registers = 0;
     let started = Instant::now();
@@ -428,10 +438,16 @@ fn peer_loop(
         // Build and encode the request before the clock starts, decode the answer after it
         // stops: only the round trip is timed, as for the bare ping-pong.
         let mut class = None;
+        let mut query = None;
         let body = match kind {
             OpKind::Search => {
                 let (body, c) = search_request(files, common, &mut rng);
                 class = c;
+                if search_log.is_some() {
+                    if let RequestBody::Search { query: q, .. } = &body {
+                        query = Some(q.clone());
+                    }
+                }
                 body
             }
             OpKind::Register => {
@@ -470,6 +486,26 @@ fn peer_loop(
                 &mut class_server[c.index()],
                 Duration::from_micros(u64::from(*server_us)),
             );
+        }
+        if let (
+            Some(log),
+            Some(q),
+            ResponseBody::SearchResults {
+                server_us,
+                partial,
+                hits,
+                ..
+            },
+        ) = (search_log.as_mut(), &query, &answer)
+        {
+            writeln!(
+                log,
+                "{}\t{}\t{server_us}\t{}\t{partial}\t{}\t{q}",
+                started.elapsed().as_micros(),
+                class.map_or("-", |c| c.key()),
+                took.as_micros(),
+                hits.len(),
+            )?;
         }
         let ok = matches!(
             (kind, &answer),
