@@ -45,19 +45,9 @@ impl Index {
                     e = self.entries.next(e);
                 }
                 for &e in &held {
-                    let before = self.file_holder_count(file);
-                    let entry_before = self.entries.holder_count(&self.entries[e]);
-                    self.entries.pop_holder(e, peer.0);
-                    self.rerank(e, entry_before);
-                    if !self.peer_holds_file(peer.0, file) {
-                        self.peers.get_mut(peer).files -= 1;
-                        self.lose_holder(file);
-                    }
-                    self.note_holders_changed(file, before);
-                    self.peers.get_mut(peer).entries.remove(e);
                     // Deleted after the loop: a later hash of the same call may name this file
                     // again, and must still find it (now without this peer).
-                    if self.entries.holders(e).is_empty() {
+                    if self.withdraw_holding(peer, e) {
                         dead.push(e);
                     }
                     removed += 1;
@@ -88,18 +78,7 @@ impl Index {
                 debug_assert!(false, "entry {e} is not held by {peer:?}");
                 continue;
             }
-            let file = self.entries[e].file();
-            let before = self.file_holder_count(file);
-            let entry_before = self.entries.holder_count(&self.entries[e]);
-            self.entries.pop_holder(e, peer.0);
-            self.rerank(e, entry_before);
-            if !self.peer_holds_file(peer.0, file) {
-                self.peers.get_mut(peer).files -= 1;
-                self.lose_holder(file);
-            }
-            self.note_holders_changed(file, before);
-            self.peers.get_mut(peer).entries.remove(e);
-            if self.entries.holders(e).is_empty() {
+            if self.withdraw_holding(peer, e) {
                 dead.push(e);
             }
             removed += 1;
@@ -108,6 +87,24 @@ impl Index {
         self.work.dead = dead;
         self.peers.holdings -= removed as usize;
         removed
+    }
+
+    /// Takes `peer`'s holding of entry `e` (which it holds) off the entry, its file's counts
+    /// and the peer's record, re-ranking the entry; whether the entry is left with no holder
+    /// (the caller deletes it, with the peer's other holdings counted).
+    fn withdraw_holding(&mut self, peer: PeerId, e: u32) -> bool {
+        let file = self.entries[e].file();
+        let before = self.file_holder_count(file);
+        let entry_before = self.entries.holder_count(&self.entries[e]);
+        self.entries.pop_holder(e, peer.0);
+        self.rerank(e, entry_before);
+        if !self.peer_holds_file(peer.0, file) {
+            self.peers.get_mut(peer).files -= 1;
+            self.lose_holder(file);
+        }
+        self.note_holders_changed(file, before);
+        self.peers.get_mut(peer).entries.remove(e);
+        self.entries.holders(e).is_empty()
     }
 
     /// `file` lost one of its distinct holders (counted only for a file of several names).
