@@ -344,8 +344,9 @@ pub fn text(line: &Line, style: Style) -> Option<(Stream, String)> {
         Line::Sharing { summary, result } => {
             let s = summary;
             let text = format!(
-                "sharing {} files ({}): {} new, {} withdrawn",
+                "sharing {} file{} ({}): {} new, {} withdrawn",
                 s.files,
+                plural(s.files),
                 bytes(s.bytes, style),
                 s.added,
                 s.withdrawn
@@ -601,8 +602,9 @@ fn status_text(r: &StatusReport, style: Style) -> String {
     s.push('\n');
     let _ = writeln!(
         s,
-        "sharing: {} files, {} from {}",
+        "sharing: {} file{}, {} from {}",
         r.files,
+        plural(r.files),
         bytes(r.bytes, style),
         r.share_dir.display()
     );
@@ -1029,6 +1031,19 @@ mod tests {
         assert_eq!(
             text_of(&sharing, TERMINAL),
             "sharing 2 files (18 B): 1 new, 0 withdrawn"
+        );
+        let one = Line::Sharing {
+            summary: ShareSummary {
+                files: 1,
+                bytes: 9,
+                added: 1,
+                withdrawn: 0,
+            },
+            result: true,
+        };
+        assert_eq!(
+            text_of(&one, PIPE),
+            "sharing 1 file (9 bytes): 1 new, 0 withdrawn"
         );
     }
 
