@@ -1805,6 +1805,13 @@ mod tests {
             cfg,
         )
         .unwrap();
+        let (attempt, seen) = start_and_connect(&mut dl, now, conn);
+        (dl, attempt, seen)
+    }
+
+    /// Starts `dl` and connects its first attempt on `conn`: the attempt, and what it asked
+    /// for first.
+    fn start_and_connect(dl: &mut Download, now: Instant, conn: ConnId) -> (Attempt, Seen) {
         let mut out = VecDeque::new();
         dl.start(now, &mut out);
         let attempt = out
@@ -1822,8 +1829,7 @@ mod tests {
             dl.handle_connected(now, conn, attempt, &mut out),
             Verdict::Continue
         );
-        let seen = take(&mut out, conn);
-        (dl, attempt, seen)
+        (attempt, take(&mut out, conn))
     }
 
     /// The holder's answer to `groups`: the header frame's payload, then proof and data.
@@ -1876,25 +1882,9 @@ mod tests {
         )
         .unwrap();
         dl.set_unverified_caps(300 << 10, 4 << 20);
-        let mut out = VecDeque::new();
-        dl.start(now, &mut out);
-        let attempt = out
-            .iter()
-            .find_map(|a| match a {
-                Action::Connect {
-                    role: Role::Download(attempt),
-                    ..
-                } => Some(*attempt),
-                _ => None,
-            })
-            .expect("a connect");
-        out.clear();
         let conn = ConnId(5);
-        assert_eq!(
-            dl.handle_connected(now, conn, attempt, &mut out),
-            Verdict::Continue
-        );
-        let seen = take(&mut out, conn);
+        let (attempt, seen) = start_and_connect(&mut dl, now, conn);
+        let mut out = VecDeque::new();
         assert!(seen.asked.len() >= 2, "{:?}", seen.asked);
         let part = dir.join(format!(".{}{PART_SUFFIX}", file.hash));
         let mut jobs = Vec::new();

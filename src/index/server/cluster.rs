@@ -249,9 +249,19 @@ mod tests {
 
     /// Carries what `from` published to `to` as node `name`'s records, and applies them.
     fn replicate(from: &mut Node, name: &str, to: &mut Node) -> usize {
+        let n = carry(from, name, to, || {});
+        to.inbox.send(Inbound::Rebuilt).unwrap();
+        to.server.rebuild_from_cluster().unwrap();
+        n
+    }
+
+    /// Hands what `from` published to `to`'s inbox as node `name`'s records, calling `each`
+    /// for every record; returns how many.
+    fn carry(from: &mut Node, name: &str, to: &Node, mut each: impl FnMut()) -> usize {
         let mut n = 0;
         while let Ok(out) = from.published.try_recv() {
             if let Outbound::Publish { session, record } = out {
+                each();
                 let node = name.to_string();
                 to.inbox
                     .send(Inbound::Record {
@@ -263,8 +273,6 @@ mod tests {
                 n += 1;
             }
         }
-        to.inbox.send(Inbound::Rebuilt).unwrap();
-        to.server.rebuild_from_cluster().unwrap();
         n
     }
 
@@ -313,22 +321,8 @@ mod tests {
     /// the NATS thread would once stored) and applies them `budget` units a poll, checking
     /// after each poll that no file lists a holder twice; returns the records carried.
     fn replicate_in_slices(from: &mut Node, name: &str, to: &mut Node, budget: usize) -> usize {
-        let mut n = 0;
         let counters = from.server.cluster().unwrap().counters();
-        while let Ok(out) = from.published.try_recv() {
-            if let Outbound::Publish { session, record } = out {
-                counters.handle_done();
-                let node = name.to_string();
-                to.inbox
-                    .send(Inbound::Record {
-                        node,
-                        session,
-                        record,
-                    })
-                    .unwrap();
-                n += 1;
-            }
-        }
+        let n = carry(from, name, to, || counters.handle_done());
         to.server.cluster.as_mut().unwrap().receive();
         let (mut events, mut close) = (Vec::new(), Vec::new());
         while let Some(link) = to.server.cluster.as_mut().filter(|l| l.has_work()) {
