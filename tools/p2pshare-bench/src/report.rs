@@ -189,7 +189,10 @@ pub struct Verdict {
 impl Verdict {
     /// `target` judged against `runs`.
     pub fn judge(target: &Target, runs: &[RunSummary]) -> Verdict {
-        let run = runs.iter().find(|r| r.peers == target.peers);
+        // A run that did none of the op (`--ops 0,0,800`) measured nothing to judge.
+        let run = runs
+            .iter()
+            .find(|r| r.peers == target.peers && r.op(target.op).count > 0);
         let ratio = run.map(|r| r.p50_ratio(target.op));
         Verdict {
             op: target.op.name(),
@@ -218,7 +221,7 @@ impl Verdict {
             (Some(r), Some(p50), Some(floor)) => {
                 format!("{r:.2}× (p50 {p50:.1} µs, floor {floor:.1} µs)")
             }
-            _ => format!("no run with {}", peers_text(self.peers)),
+            _ => format!("no {} in a run with {}", self.op, peers_text(self.peers)),
         }
     }
 
@@ -1119,7 +1122,18 @@ mod tests {
         let v = Verdict::judge(&TARGETS[0], later);
         assert_eq!(v.met, None);
         assert_eq!(v.verdict_text(), "not measured");
-        assert_eq!(v.measured_text(), "no run with 1 peer");
+        assert_eq!(v.measured_text(), "no lookup in a run with 1 peer");
+        // A run of 1 peer that did no register (`--ops 0,0,800`) judges none either.
+        let mut no_registers = s.runs.clone();
+        no_registers[0].ops.register = OpSummary::default();
+        let v = Verdict::judge(&TARGETS[1], &no_registers);
+        assert_eq!((v.op, v.met), ("register", None));
+        assert_eq!(v.measured_text(), "no register in a run with 1 peer");
+        assert_eq!(
+            Verdict::judge(&TARGETS[0], &no_registers).met,
+            Some(true),
+            "the lookups of that run are still judged"
+        );
     }
 
     #[test]
