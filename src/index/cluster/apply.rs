@@ -29,6 +29,12 @@
 //! refused, and missing until the session's next snapshot: only for a node that missed
 //! records.)
 //!
+//! # Reachability
+//! A session's [`Record::Reachability`] (its home node's probe ended) enters it in the
+//! [`RemotePushes`] by its address: lookups here flag it as its home node does, and pushes to
+//! it are relayed to that node. It leaves with the session (its end, its node's death, a
+//! fence). A snapshot restates it; a restatement of what is known changes nothing.
+//!
 //! # Node deaths
 //! Remote sessions are kept per home node. When a node dies, every one of its sessions
 //! departs at once (work in proportion to its sessions; the holdings go in slices), and the

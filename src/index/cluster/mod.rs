@@ -15,6 +15,9 @@
 //!   through the index's sliced departures).
 //! - [`link`]: the reactor's side of the NATS thread ([`link::Link`]): the channels, the
 //!   local sessions' ids, records built from local changes.
+//! - [`reach`]: other nodes' sessions that take pushes, by address (from their
+//!   [`Record::Reachability`]): what lookups flag, and where pushes are relayed.
+//! - [`relay`]: the push relay between nodes (core NATS request and reply, not the stream).
 //! - [`counters`]: what the NATS thread counts for the metrics (records stored, publish
 //!   errors, the stream's sequence and what was read of it, nodes alive).
 //! - [`nats`]: the NATS thread (the official `async-nats` client on a current-thread tokio

@@ -19,7 +19,9 @@
 //! announce ports that never answer delays another's probe by at most a turn, not by its
 //! whole line. How often an address may ask is the limiter's business (`RateLimits::
 //! reachability_address_per_s`).
-//! Unreachable holders are listed in every lookup answer's `firewalled`.
+//! Unreachable holders are listed in every lookup answer's `firewalled`. In a cluster, the
+//! outcome is also published on the session's subject (see [`Pushes::take_known`]), so other
+//! nodes flag it too and know where to relay pushes to it.
 //!
 //! # Push relay
 //! A session that asked `Reachability` also takes pushes. A `Push { hash, holder, nonce }` is
@@ -28,8 +30,8 @@
 //! address as the index sees it: the request names no target, so the index cannot be used to
 //! make holders connect anywhere else. Refused: a requester that announced port 0 or that the
 //! probe found unreachable (the holder could not connect to it either), a holder not
-//! connected to this node (in a cluster, pushes to another node's holders are not relayed
-//! yet), and pushes over the budgets (answered `RateLimited`): per session and per address
+//! connected to this node (in a cluster: on no node; one on another node is relayed there,
+//! see `server/relay.rs`), and pushes over the budgets (answered `RateLimited`): per session and per address
 //! (IPv4, IPv6 /64), checked by the limiter before anything here (`RateLimits::push_per_s`,
 //! `push_address_per_s`; their refusals are strikes toward a ban, like every rate limit's),
 //! and [`PUSHES_PER_SECOND`] for all sessions together. The per-address budget is well under

@@ -92,6 +92,9 @@ impl IndexServer {
     pub(super) fn handle_relayed_in(&mut self, push: &RelayedPush, now: Instant) -> RelayAnswer {
         let mut unmetered = SessionBuckets::unlimited(now);
         let ip = push.to.ip();
+        // The requester's address has no session here: its record is swept as those of
+        // sessions that left are.
+        self.limiter.sweep(now);
         let answer = match self
             .limiter
             .admit_counted(&mut unmetered, ip, Counted::Push, now)
