@@ -965,3 +965,70 @@ fn a_push_relayed_between_nodes_names_the_requester_and_a_dead_node_s_holder_is_
         other => panic!("{other:?}"),
     }
 }
+
+/// Figures, not a check: the time from a `Push` sent to node A until A answers and until
+/// the holder's session at B gets the notice, for a holder at B (relayed through NATS) and,
+/// beside it, a requester at B itself (a local push). Run alone:
+/// `cargo test --release --test it -- --ignored cluster::push_relay_figures --nocapture`.
+#[test]
+#[ignore]
+fn push_relay_figures() {
+    if !nats_server_present() {
+        return;
+    }
+    let nats = Nats::start(3);
+    // Address budgets off: one host asks every push (the index-wide 200 a second stays,
+    // so pushes are paced under it).
+    let urls = nats.urls();
+    let mut args: Vec<&str> = node_args(&urls, "a", TTL).to_vec();
+    args.extend(["--rate-push-address", "0"]);
+    let a = Indexd::start_within("127.0.0.1:0", &args, START_LIMIT);
+    args[3] = "b";
+    let b = Indexd::start_within("127.0.0.1:0", &args, START_LIMIT);
+    let hash = FileHash::of(b"figures");
+    let (mut taker, taker_at) = Client::hello(b.addr, 0);
+    taker.call(RequestBody::Reachability);
+    let files = vec![FileEntry {
+        hash,
+        size: 7,
+        name: "figures".into(),
+    }];
+    taker.call(RequestBody::Register { files });
+    wait_firewalled(a.addr, hash, &[taker_at], REPLICATION_LIMIT);
+    const N: usize = 400;
+    for (what, index) in [
+        ("relayed (asked at A)", a.addr),
+        ("local (asked at B)", b.addr),
+    ] {
+        let (mut answered, mut noticed) = (Vec::new(), Vec::new());
+        let mut asker = Client::hello(index, 4321).0;
+        for i in 0..N {
+            // A session's push budget is a burst of 16: a new session every 15 pushes.
+            if i % 15 == 14 {
+                asker = Client::hello(index, 4321).0;
+            }
+            let sent = Instant::now();
+            let push = RequestBody::Push {
+                hash,
+                holder: taker_at,
+                nonce: i as u64,
+            };
+            assert_eq!(asker.call(push), ResponseBody::PushRelayed);
+            answered.push(sent.elapsed());
+            taker.recv().expect("the notice");
+            noticed.push(sent.elapsed());
+            // Under the holder's node's 200 pushes a second.
+            std::thread::sleep(Duration::from_millis(8));
+        }
+        answered.sort();
+        noticed.sort();
+        let at = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+        eprintln!(
+            "push {what}, {N} pushes: answered p50 {:?} p99 {:?}; holder notified p50 {:?} p99 {:?}",
+            at(&answered, 0.5),
+            at(&answered, 0.99),
+            at(&noticed, 0.5),
+            at(&noticed, 0.99)
+        );
+    }
+}
