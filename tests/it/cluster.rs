@@ -917,6 +917,26 @@ fn a_push_relayed_between_nodes_names_the_requester_and_a_dead_node_s_holder_is_
         ResponseBody::Registered { added: 1, .. }
     ));
     wait_firewalled(a.addr, hash, &[taker_at], REPLICATION_LIMIT);
+    // A session at B announcing a port nothing of ours listens on: B's probe finds it
+    // unreachable, and A flags it too (a port-0 holder is flagged anywhere by its port; this
+    // one only through the replicated probe outcome).
+    let closed = common::free_port();
+    let (mut natted, natted_at) = Client::hello(b.addr, closed);
+    assert_eq!(
+        natted.call(RequestBody::Reachability),
+        ResponseBody::Reachability { reachable: false }
+    );
+    let other = FileHash::of(b"behind a nat");
+    let files = vec![FileEntry {
+        hash: other,
+        size: 12,
+        name: "behind a nat".into(),
+    }];
+    assert!(matches!(
+        natted.call(RequestBody::Register { files }),
+        ResponseBody::Registered { added: 1, .. }
+    ));
+    wait_firewalled(a.addr, other, &[natted_at], REPLICATION_LIMIT);
     // A requester at A (never probed, announcing a port): its push reaches the taker at B,
     // naming the requester's address as A saw it, and the nonce it gave.
     let (mut asker, asker_at) = Client::hello(a.addr, 4321);
