@@ -639,7 +639,7 @@ impl Limiter {
 
     /// Drops the records with nothing to remember, once the table has doubled since the last
     /// sweep (amortised O(1) per session).
-    fn sweep(&mut self, now: Instant) {
+    pub(crate) fn sweep(&mut self, now: Instant) {
         if self.addresses.len() < SWEEP_MIN.max(self.swept_at * 2) {
             return;
         }

@@ -280,6 +280,20 @@ fn push_families(e: &mut Exposition, p: &PushCounts) {
         "Reachability probes in flight.",
         p.in_flight as f64,
     );
+    e.counters(
+        "p2pshare_index_pushes_relayed_between_nodes_total",
+        "Cluster: pushes sent to the holder's node (out), and pushes from other nodes \
+         delivered to a holder here (in).",
+        "direction",
+        &[("out", p.relay.out), ("in", p.relay.in_delivered)],
+    );
+    e.counters(
+        "p2pshare_index_pushes_relay_refused_total",
+        "Cluster: pushes to another node's holder refused (out: by that node, not answered \
+         in time, or over the relays in flight), and pushes from other nodes refused here (in).",
+        "direction",
+        &[("out", p.relay.out_refused), ("in", p.relay.in_refused)],
+    );
 }
 
 /// The `p2pshare_index_cluster_` families (cluster mode only).

@@ -25,6 +25,7 @@
 mod cluster;
 pub mod push;
 mod register_frame;
+mod relay;
 mod slices;
 
 pub use self::register_frame::LAZY_REGISTER_BYTES;
@@ -307,7 +308,7 @@ impl IndexServer {
         self.next_session += 1;
         session.state = SessionState::Ready { peer, addr };
         session.id = session_id;
-        self.push_joined(session_id, addr);
+        self.push_joined(session_id, peer, addr);
         self.cluster_opened(peer, addr);
         log::info!(
             "peer {} joined from {remote} serving on port {listen_port} ({})",
@@ -529,9 +530,8 @@ impl IndexServer {
                             files, firewalled, ..
                         } = &mut body
                         {
-                            *firewalled = self
-                                .pushes
-                                .firewalled(files.iter().flat_map(|f| f.holders.iter()));
+                            *firewalled =
+                                self.firewalled(files.iter().flat_map(|f| f.holders.iter()));
                         }
                         body
                     }

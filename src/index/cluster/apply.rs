@@ -29,12 +29,19 @@
 //! refused, and missing until the session's next snapshot: only for a node that missed
 //! records.)
 //!
+//! # Reachability
+//! A session's [`Record::Reachability`] (its home node's probe ended) enters it in the
+//! [`RemotePushes`] by its address: lookups here flag it as its home node does, and pushes to
+//! it are relayed to that node. It leaves with the session (its end, its node's death, a
+//! fence). A snapshot restates it; a restatement of what is known changes nothing.
+//!
 //! # Node deaths
 //! Remote sessions are kept per home node. When a node dies, every one of its sessions
 //! departs at once (work in proportion to its sessions; the holdings go in slices), and the
 //! node is remembered as dead: a record of it read late (a node a little behind the stream)
 //! is dropped instead of bringing a dead peer back.
 
+use super::reach::RemotePushes;
 use super::{Cap, Record};
 use crate::index::store::{Index, PeerId};
 use crate::wire::{FileEntry, FileHash};
@@ -78,6 +85,25 @@ pub enum Inbound {
     Fenced,
     /// The NATS thread stopped for good, with why.
     Failed(String),
+    /// Another node relays a push to a holder here (see [`relay`](super::relay)); the answer
+    /// goes back as [`Outbound::PushAnswer`](super::link::Outbound::PushAnswer) with `token`.
+    /// Handled by the link, never queued in the replica.
+    PushIn {
+        /// The NATS thread's handle on the request's reply.
+        token: u64,
+        /// The push.
+        push: super::relay::RelayedPush,
+    },
+    /// The answer to push relay `id` this node sent
+    /// ([`Outbound::Push`](super::link::Outbound::Push)): the holder's node's, or the NATS
+    /// thread's refusal when it could not be asked or did not answer in time. Handled by the
+    /// link, never queued in the replica.
+    PushAnswer {
+        /// The relay.
+        id: u64,
+        /// The answer.
+        answer: super::relay::RelayAnswer,
+    },
 }
 
 /// One remote session.
@@ -89,6 +115,8 @@ struct RemoteSession {
     marks: Option<HashSet<u64>>,
     /// What the cap of a capped register left for its later parts.
     cap_left: u32,
+    /// Its [`Record::Reachability`]: it takes pushes, reachable or not (`None`: not known).
+    reachable: Option<bool>,
 }
 
 /// What [`Replica::poll`] saw that the caller acts on.
@@ -141,6 +169,8 @@ pub struct Replica {
     /// The key of the holdings' marks.
     keys: RandomState,
     counts: ApplyCounts,
+    /// Remote sessions that take pushes, by address.
+    pushes: RemotePushes,
 }
 
 impl Replica {
@@ -419,6 +449,7 @@ impl Replica {
                                 peer,
                                 marks: None,
                                 cap_left: u32::MAX,
+                                reachable: None,
                             },
                         );
                     }
@@ -439,6 +470,7 @@ impl Replica {
                                     peer,
                                     marks: None,
                                     cap_left: u32::MAX,
+                                    reachable: None,
                                 };
                                 sessions.insert(session, s);
                             }
@@ -467,7 +499,14 @@ impl Replica {
                         if self.nodes.get(&node).is_some_and(HashMap::is_empty) {
                             self.nodes.remove(&node);
                         }
+                        self.forget_pushes(index, &node, &s);
                         depart(index, &s);
+                    }
+                    Record::Reachability { reachable } => {
+                        if !self.handle_reachability(index, &node, session, reachable) {
+                            self.counts.dropped += 1;
+                            return None;
+                        }
                     }
                     Record::Register { .. } | Record::Unregister { .. } => {
                         unreachable!("applied in slices by poll")
@@ -480,6 +519,7 @@ impl Replica {
                 let sessions = self.nodes.remove(&node).unwrap_or_default();
                 *used += sessions.len();
                 for s in sessions.values() {
+                    self.forget_pushes(index, &node, s);
                     depart(index, s);
                 }
                 if self.dead.insert(node.clone()) {
@@ -497,6 +537,7 @@ impl Replica {
                 // Our view may miss changes (we read nothing while stalled): the stream is
                 // read again from its start, so every remote session goes now.
                 let nodes = std::mem::take(&mut self.nodes);
+                self.pushes.clear();
                 for s in nodes.values().flat_map(HashMap::values) {
                     *used += 1;
                     depart(index, s);
@@ -504,6 +545,53 @@ impl Replica {
                 Some(Event::Fenced)
             }
             Inbound::Failed(why) => Some(Event::Failed(why)),
+            // The link keeps these out of the queue.
+            Inbound::PushIn { .. } | Inbound::PushAnswer { .. } => None,
+        }
+    }
+}
+
+impl Replica {
+    /// Other nodes' sessions that take pushes.
+    pub fn pushes(&self) -> &RemotePushes {
+        &self.pushes
+    }
+
+    /// See [`Replica::pushes`]: to take a node in turn.
+    pub fn pushes_mut(&mut self) -> &mut RemotePushes {
+        &mut self.pushes
+    }
+
+    /// Applies `session` of `node`'s [`Record::Reachability`]; false if the session is not
+    /// live here. A restatement (after a snapshot) of what is known changes nothing.
+    fn handle_reachability(
+        &mut self,
+        index: &Index,
+        node: &str,
+        session: u64,
+        reachable: bool,
+    ) -> bool {
+        let Some(s) = self.nodes.get_mut(node).and_then(|n| n.get_mut(&session)) else {
+            return false;
+        };
+        let Some(addr) = index.peer_addr(s.peer) else {
+            return false;
+        };
+        if s.reachable == Some(reachable) {
+            return true;
+        }
+        if let Some(was) = s.reachable.replace(reachable) {
+            self.pushes.handle_gone(node, addr, was);
+        }
+        self.pushes.handle_known(node, addr, reachable);
+        true
+    }
+
+    /// Remote session `s` of `node` ends: it takes no more pushes (before its peer departs,
+    /// while its address is known).
+    fn forget_pushes(&mut self, index: &Index, node: &str, s: &RemoteSession) {
+        if let (Some(reachable), Some(addr)) = (s.reachable, index.peer_addr(s.peer)) {
+            self.pushes.handle_gone(node, addr, reachable);
         }
     }
 }
@@ -664,6 +752,73 @@ mod tests {
         replica.handle_inbound(Inbound::NodeDead { node: "b-1".into() });
         apply_all(&mut replica, &mut index);
         assert_eq!((index.peer_count(), index.entry_count()), (0, 0));
+    }
+
+    #[test]
+    fn a_remote_session_s_reachability_is_known_until_it_ends_and_a_snapshot_restates_it() {
+        let reach =
+            |node: &str, session, reachable| rec(node, session, Record::Reachability { reachable });
+        let (fw, open_port): (SocketAddr, SocketAddr) = (
+            "10.0.0.2:0".parse().unwrap(),
+            "10.0.0.3:7000".parse().unwrap(),
+        );
+        let mut index = Index::new();
+        let mut replica = Replica::new();
+        // Of a session never opened here: dropped.
+        replica.handle_inbound(reach("b-1", 9, false));
+        apply_all(&mut replica, &mut index);
+        assert_eq!(replica.counts().dropped, 1);
+        // Two sessions of b-1: one firewalled, one reachable; both take pushes.
+        replica.handle_inbound(open("b-1", 1, "10.0.0.2:0"));
+        replica.handle_inbound(open("b-1", 2, "10.0.0.3:7000"));
+        // Not known yet: neither flagged nor a push target.
+        apply_all(&mut replica, &mut index);
+        assert!(!replica.pushes().is_unreachable(&fw));
+        assert_eq!(replica.pushes_mut().node_for(&fw), None);
+        replica.handle_inbound(reach("b-1", 1, false));
+        replica.handle_inbound(reach("b-1", 2, true));
+        // c-1 has a session at the same firewalled address (one NAT).
+        replica.handle_inbound(open("c-1", 1, "10.0.0.2:0"));
+        replica.handle_inbound(reach("c-1", 1, false));
+        apply_all(&mut replica, &mut index);
+        assert!(replica.pushes().is_unreachable(&fw));
+        assert!(!replica.pushes().is_unreachable(&open_port));
+        assert_eq!(replica.pushes().count(), 3);
+        assert_eq!(replica.pushes_mut().node_for(&open_port), Some("b-1"));
+        // Each node in turn.
+        let turns: Vec<String> = (0..2)
+            .map(|_| replica.pushes_mut().node_for(&fw).unwrap().to_string())
+            .collect();
+        assert!(turns.contains(&"b-1".to_string()) && turns.contains(&"c-1".to_string()));
+        // A snapshot restating it changes nothing; one opening the session here (its Open
+        // deleted by the compaction) brings it.
+        replica.handle_inbound(rec("b-1", 1, Record::Snapshot { addr: fw }));
+        replica.handle_inbound(reach("b-1", 1, false));
+        replica.handle_inbound(rec("b-1", 1, Record::SnapshotEnd));
+        let late: SocketAddr = "10.0.0.4:0".parse().unwrap();
+        replica.handle_inbound(rec("b-1", 7, Record::Snapshot { addr: late }));
+        replica.handle_inbound(reach("b-1", 7, false));
+        replica.handle_inbound(rec("b-1", 7, Record::SnapshotEnd));
+        apply_all(&mut replica, &mut index);
+        assert_eq!(replica.pushes().count(), 4);
+        assert!(replica.pushes().is_unreachable(&late));
+        // b-1's session 1 ends: the address is still flagged for c-1's.
+        replica.handle_inbound(rec("b-1", 1, Record::End));
+        apply_all(&mut replica, &mut index);
+        assert!(replica.pushes().is_unreachable(&fw));
+        assert_eq!(replica.pushes_mut().node_for(&fw), Some("c-1"));
+        assert_eq!(replica.pushes_mut().node_for(&fw), Some("c-1"));
+        // b-1 dies: its sessions go, c-1's stays.
+        replica.handle_inbound(Inbound::NodeDead { node: "b-1".into() });
+        apply_all(&mut replica, &mut index);
+        assert!(!replica.pushes().is_unreachable(&late));
+        assert_eq!(replica.pushes_mut().node_for(&open_port), None);
+        assert_eq!(replica.pushes().count(), 1);
+        // A fence drops everything.
+        replica.handle_inbound(Inbound::Fenced);
+        apply_all(&mut replica, &mut index);
+        assert_eq!(replica.pushes().count(), 0);
+        assert!(!replica.pushes().is_unreachable(&fw));
     }
 
     #[test]

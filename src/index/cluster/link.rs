@@ -45,6 +45,7 @@
 
 use super::apply::{Event, Inbound, Replica};
 use super::counters::{Counters, CountersSnapshot};
+use super::relay::{RelayAnswer, RelayedPush};
 use super::{Record, MAX_RECORD_BYTES};
 use crate::index::store::{Index, PeerId, RegisterOutcome};
 use crate::reactor::ConnId;
@@ -74,6 +75,23 @@ pub enum Outbound {
     /// indexd is stopping: delete our liveness key (the others drop our sessions at once)
     /// and end the thread.
     Stop,
+    /// Relay a push to node `node`'s holder (see [`relay`](super::relay)); the answer comes
+    /// back as [`Inbound::PushAnswer`] with `id`, within [`RELAY_TIMEOUT`](super::relay::RELAY_TIMEOUT).
+    Push {
+        /// The relay's number here.
+        id: u64,
+        /// The holder's node (its name with its incarnation).
+        node: String,
+        /// The push.
+        push: RelayedPush,
+    },
+    /// The answer to [`Inbound::PushIn`] `token`.
+    PushAnswer {
+        /// The request's handle.
+        token: u64,
+        /// The answer.
+        answer: RelayAnswer,
+    },
 }
 
 /// Most records handed to the NATS thread and not stored yet before the reactor refuses new
@@ -136,6 +154,8 @@ struct Local {
     register_files: u64,
     /// Its snapshot under way, if one is.
     snapshot: Option<Box<Snapshotting>>,
+    /// Its [`Record::Reachability`], once published (restated after each snapshot's start).
+    reachable: Option<bool>,
 }
 
 /// A local session's snapshot under way; see the module docs.
@@ -185,6 +205,8 @@ pub struct Link {
     fenced: bool,
     /// The stream was read again since the fence.
     reread: bool,
+    /// Relay messages received ([`Inbound::PushIn`], [`Inbound::PushAnswer`]), for the server.
+    relays: Vec<Inbound>,
 }
 
 /// The cluster as the metrics show it.
@@ -235,6 +257,7 @@ impl Link {
             backlog: Arc::default(),
             fenced: false,
             reread: false,
+            relays: Vec::new(),
         }
     }
 
@@ -345,6 +368,7 @@ impl Link {
             register_bytes: 0,
             register_files: 0,
             snapshot: None,
+            reachable: None,
         };
         self.local.insert(peer, local);
         self.publish(session, open);
@@ -458,6 +482,9 @@ impl Link {
                 snapshot.walked_bytes = 0;
                 snapshot.next = Some(0);
                 records.push(Record::Snapshot { addr: local.addr });
+                if let Some(reachable) = local.reachable {
+                    records.push(Record::Reachability { reachable });
+                }
                 local.written = 0;
                 self.counters.handle_snapshot();
             }
@@ -517,6 +544,27 @@ impl Link {
         }
     }
 
+    /// Local `peer`'s reachability is known (its probe ended, or it serves no port): it takes
+    /// pushes. Published once; restated by its snapshots.
+    pub fn handle_reachability(&mut self, peer: PeerId, reachable: bool) {
+        if self
+            .local
+            .get(&peer)
+            .map_or(true, |l| l.reachable.is_some())
+        {
+            return;
+        }
+        self.flush_snapshot(peer);
+        let Some(local) = self.local.get_mut(&peer) else {
+            return;
+        };
+        local.reachable = Some(reachable);
+        let record = Record::Reachability { reachable };
+        local.written += record.stream_bytes();
+        let session = local.session;
+        self.publish(session, record);
+    }
+
     /// A local session ended.
     pub fn handle_closed(&mut self, peer: PeerId) {
         if let Some(l) = self.local.remove(&peer) {
@@ -537,6 +585,10 @@ impl Link {
         let mut any = false;
         loop {
             match self.from_nats.try_recv() {
+                Ok(inbound @ (Inbound::PushIn { .. } | Inbound::PushAnswer { .. })) => {
+                    self.relays.push(inbound);
+                    any = true;
+                }
                 Ok(inbound) => {
                     self.replica.handle_inbound(inbound);
                     any = true;
@@ -561,6 +613,9 @@ impl Link {
         let mut events = Vec::new();
         loop {
             match self.from_nats.recv() {
+                Ok(inbound @ (Inbound::PushIn { .. } | Inbound::PushAnswer { .. })) => {
+                    self.relays.push(inbound);
+                }
                 Ok(inbound) => self.replica.handle_inbound(inbound),
                 Err(_) => return Err("the NATS thread ended".into()),
             }
@@ -607,6 +662,28 @@ impl Link {
     /// Whether received changes wait to be applied.
     pub fn has_work(&self) -> bool {
         self.replica.has_work()
+    }
+
+    /// Relay messages received since the last call.
+    pub fn take_relays(&mut self) -> Vec<Inbound> {
+        std::mem::take(&mut self.relays)
+    }
+
+    /// Relays push `id` to node `node` (its answer comes as an [`Inbound::PushAnswer`]);
+    /// false if the NATS thread is gone.
+    pub fn relay_push(&mut self, id: u64, node: &str, push: RelayedPush) -> bool {
+        let node = node.to_string();
+        self.to_nats.send(Outbound::Push { id, node, push }).is_ok()
+    }
+
+    /// Answers another node's relayed push `token`.
+    pub fn answer_push(&mut self, token: u64, answer: RelayAnswer) {
+        let _ = self.to_nats.send(Outbound::PushAnswer { token, answer });
+    }
+
+    /// Other nodes' sessions that take pushes (to relay one to).
+    pub fn remote_pushes(&mut self) -> &mut super::reach::RemotePushes {
+        self.replica.pushes_mut()
     }
 
     /// indexd is stopping: tell the NATS thread.

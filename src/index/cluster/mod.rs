@@ -15,6 +15,9 @@
 //!   through the index's sliced departures).
 //! - [`link`]: the reactor's side of the NATS thread ([`link::Link`]): the channels, the
 //!   local sessions' ids, records built from local changes.
+//! - [`reach`]: other nodes' sessions that take pushes, by address (from their
+//!   [`Record::Reachability`]): what lookups flag, and where pushes are relayed.
+//! - [`relay`]: the push relay between nodes (core NATS request and reply, not the stream).
 //! - [`counters`]: what the NATS thread counts for the metrics (records stored, publish
 //!   errors, the stream's sequence and what was read of it, nodes alive).
 //! - [`nats`]: the NATS thread (the official `async-nats` client on a current-thread tokio
@@ -40,6 +43,8 @@ pub mod apply;
 pub mod counters;
 pub mod link;
 pub mod nats;
+pub mod reach;
+pub mod relay;
 
 use crate::wire::{FileEntry, FileHash};
 use serde::{Deserialize, Serialize};
@@ -94,6 +99,15 @@ pub enum Record {
     },
     /// The snapshot begun by the last [`Record::Snapshot`] is complete.
     SnapshotEnd,
+    /// The session's reachability is known (its probe ended, or its peer serves no port): it
+    /// takes pushes (its peer asked `Reachability`), and lookups list it in `firewalled`
+    /// unless `reachable`, at every node as at its home node. Published once per session, and
+    /// restated right after each [`Record::Snapshot`] of it (the compaction deletes the first).
+    /// (The last variant: records written before it existed decode as they did.)
+    Reachability {
+        /// Its file server answered the home node's probe.
+        reachable: bool,
+    },
 }
 
 /// How many new holdings a [`Record::Register`] adds. The home node's limits (per peer, per
@@ -152,7 +166,7 @@ impl Record {
             Record::Register { files, .. } => files.iter().map(|f| f.name.len() + 48).sum(),
             Record::Unregister { hashes } => hashes.len() * 33,
             Record::Open { .. } | Record::Snapshot { .. } => 24,
-            Record::End | Record::SnapshotEnd => 2,
+            Record::End | Record::SnapshotEnd | Record::Reachability { .. } => 2,
         };
         (payload + RECORD_OVERHEAD_BYTES) as u64
     }
@@ -236,6 +250,7 @@ mod tests {
                 addr: "10.0.0.1:7000".parse().unwrap(),
             },
             Record::SnapshotEnd,
+            Record::Reachability { reachable: false },
         ];
         for r in records {
             let bytes = r.encode();

@@ -63,7 +63,9 @@
 use super::apply::Inbound;
 use super::counters::Counters;
 use super::link::{Backlog, Outbound};
+use super::relay::{self, RelayAnswer, RelayedPush, RELAYS_IN_MAX, RELAY_TIMEOUT};
 use super::Record;
+use crate::wire::ErrorCode;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -646,6 +648,120 @@ async fn run(
     node.serve(client, joined, &mut outbound, to_reactor).await
 }
 
+/// A push relayed to another node: its number and the answer (that node's, or why not).
+type RelayRequest = BoxFuture<'static, (u64, RelayAnswer)>;
+
+/// Relays push `id` to `node` on `subject` and waits for the answer, up to
+/// [`RELAY_TIMEOUT`]; a node with no subscriber there (dead, or fenced and rejoining as a new
+/// incarnation) is refused at once.
+fn relay_request(
+    client: async_nats::Client,
+    subject: String,
+    node: String,
+    id: u64,
+    push: RelayedPush,
+) -> RelayRequest {
+    Box::pin(async move {
+        let request = client.request(subject, relay::encode(&push).into());
+        let answer = match tokio::time::timeout(RELAY_TIMEOUT, request).await {
+            Ok(Ok(msg)) => relay::decode(&msg.payload).unwrap_or_else(|| {
+                RelayAnswer::refused(
+                    ErrorCode::Busy,
+                    format!("push: node {node} answered the relay with a malformed message"),
+                )
+            }),
+            Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                RelayAnswer::refused(
+                    ErrorCode::NotFound,
+                    format!(
+                        "push: the holder's index node {node} is gone (dead, or fenced and \
+                         rejoining); look the file up again"
+                    ),
+                )
+            }
+            Ok(Err(e)) => RelayAnswer::refused(
+                ErrorCode::Busy,
+                format!("push: relaying to the holder's index node {node}: {e}"),
+            ),
+            Err(_) => RelayAnswer::refused(
+                ErrorCode::Busy,
+                format!(
+                    "push: the holder's index node {node} did not answer within \
+                     {RELAY_TIMEOUT:?}; try again"
+                ),
+            ),
+        };
+        (id, answer)
+    })
+}
+
+/// The next message of `sub`, or never if there is none.
+async fn next_message(sub: Option<&mut async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match sub {
+        Some(sub) => sub.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Pushes other nodes relayed here, waiting for the reactor's answer: their reply subjects
+/// by token, at most [`RELAYS_IN_MAX`] (beyond, a relay is answered `Busy` at once).
+#[derive(Default)]
+struct RelaysIn {
+    waiting: HashMap<u64, (async_nats::Subject, Instant)>,
+    next: u64,
+}
+
+impl RelaysIn {
+    /// A relayed push came: handed to the reactor, or refused now.
+    async fn handle_request(
+        &mut self,
+        client: &async_nats::Client,
+        msg: async_nats::Message,
+        to_reactor: &ToReactor,
+    ) {
+        let Some(reply) = msg.reply else {
+            return;
+        };
+        let refusal = match relay::decode::<RelayedPush>(&msg.payload) {
+            None => RelayAnswer::refused(ErrorCode::Malformed, "push: malformed relay"),
+            Some(_) if self.waiting.len() >= RELAYS_IN_MAX => RelayAnswer::refused(
+                ErrorCode::Busy,
+                "push: the holder's index node has too many relayed pushes waiting; try again",
+            ),
+            Some(push) => {
+                let token = self.next;
+                self.next += 1;
+                self.waiting.insert(token, (reply, Instant::now()));
+                to_reactor.send(Inbound::PushIn { token, push });
+                return;
+            }
+        };
+        let answer = relay::encode(&refusal);
+        if let Err(e) = bounded("answering a relay", client.publish(reply, answer.into())).await {
+            log::debug!("cluster: {e}");
+        }
+    }
+
+    /// The reactor's answer to relayed push `token`.
+    async fn answer(&mut self, client: &async_nats::Client, token: u64, answer: &RelayAnswer) {
+        let Some((reply, _)) = self.waiting.remove(&token) else {
+            return;
+        };
+        let payload = relay::encode(answer);
+        if let Err(e) = bounded("answering a relay", client.publish(reply, payload.into())).await {
+            log::debug!("cluster: {e}");
+        }
+    }
+
+    /// Forgets relays the requesting node has given up on (it waits [`RELAY_TIMEOUT`]): the
+    /// reactor answers every one, so this only matters if it could not.
+    fn forget_stale(&mut self) {
+        let now = Instant::now();
+        self.waiting
+            .retain(|_, (_, at)| now.duration_since(*at) < 2 * RELAY_TIMEOUT);
+    }
+}
+
 /// What a join subscribed to: the stream's ordered consumer from its start (whether it had
 /// records pending, and its messages) and the liveness bucket's watch.
 struct Joined {
@@ -834,9 +950,21 @@ impl Node {
         stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The reactor fenced the node, or our key is gone: rejoin as a new incarnation.
         let mut rejoin = false;
+        // The push relay (see `relay`): pushes sent to other nodes, and those other nodes
+        // sent here waiting for the reactor's answer.
+        let mut relay_sub = self.relay_subscribe(&client).await;
+        let mut relays_out: FuturesUnordered<RelayRequest> = FuturesUnordered::new();
+        let mut relays_in = RelaysIn::default();
         loop {
             tokio::select! {
                 out = outbound.recv() => match out {
+                    Some(Outbound::Push { id, node, push }) => {
+                        let subject = relay::subject(&self.config.prefix, &node);
+                        relays_out.push(relay_request(client.clone(), subject, node, id, push));
+                    }
+                    Some(Outbound::PushAnswer { token, answer }) => {
+                        relays_in.answer(&client, token, &answer).await;
+                    }
                     Some(Outbound::Fence) if rebuilding => {
                         // Rejoining already: the reactor serves again at its end.
                     }
@@ -956,7 +1084,14 @@ impl Node {
                     }
                     None => return Err("the liveness watch ended".into()),
                 },
+                Some((id, answer)) = relays_out.next() => {
+                    to_reactor.send(Inbound::PushAnswer { id, answer });
+                }
+                Some(msg) = next_message(relay_sub.as_mut()) => {
+                    relays_in.handle_request(&client, msg, to_reactor).await;
+                }
                 _ = tick.tick() => {
+                    relays_in.forget_stale();
                     // No record may ever say "0 pending" (see `Reread`): the read is also
                     // done once it reaches the stream's last record as of its first ticks,
                     // or, when nothing comes, once a probe finds nothing after the last read.
@@ -1005,8 +1140,28 @@ impl Node {
                 stall = Stall::default();
                 rebuilding = true;
                 self.replace_consumer(&client, 1, &mut messages).await;
+                // Relays to the old incarnation find no one from now on.
+                relay_sub = self.relay_subscribe(&client).await;
             }
             self.counters.set_nodes_alive(self.alive.len());
+        }
+    }
+
+    /// Subscribes to the pushes other nodes relay to this incarnation (`None`, logged, if
+    /// it cannot: then relays to this node are refused as to a dead one).
+    async fn relay_subscribe(&self, client: &async_nats::Client) -> Option<async_nats::Subscriber> {
+        let subject = relay::subject(&self.config.prefix, &self.config.node);
+        match bounded(
+            format_args!("subscribing to {subject}"),
+            client.subscribe(subject.clone()),
+        )
+        .await
+        {
+            Ok(sub) => Some(sub),
+            Err(e) => {
+                log::warn!("cluster: {e}: pushes relayed to this node are refused");
+                None
+            }
         }
     }
 

@@ -207,6 +207,7 @@ impl IndexServer {
             // files, and the lease timer comes back every 250 ms.)
             ctx.request_turn();
         }
+        self.relay_turn(ctx);
     }
 
     /// The lease timer: checks the lease (in the turn) and sets itself again.

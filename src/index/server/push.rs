@@ -19,7 +19,9 @@
 //! announce ports that never answer delays another's probe by at most a turn, not by its
 //! whole line. How often an address may ask is the limiter's business (`RateLimits::
 //! reachability_address_per_s`).
-//! Unreachable holders are listed in every lookup answer's `firewalled`.
+//! Unreachable holders are listed in every lookup answer's `firewalled`. In a cluster, the
+//! outcome is also published on the session's subject (see [`Pushes::take_known`]), so other
+//! nodes flag it too and know where to relay pushes to it.
 //!
 //! # Push relay
 //! A session that asked `Reachability` also takes pushes. A `Push { hash, holder, nonce }` is
@@ -28,8 +30,8 @@
 //! address as the index sees it: the request names no target, so the index cannot be used to
 //! make holders connect anywhere else. Refused: a requester that announced port 0 or that the
 //! probe found unreachable (the holder could not connect to it either), a holder not
-//! connected to this node (in a cluster, pushes to another node's holders are not relayed
-//! yet), and pushes over the budgets (answered `RateLimited`): per session and per address
+//! connected to this node (in a cluster: on no node; one on another node is relayed there,
+//! see `server/relay.rs`), and pushes over the budgets (answered `RateLimited`): per session and per address
 //! (IPv4, IPv6 /64), checked by the limiter before anything here (`RateLimits::push_per_s`,
 //! `push_address_per_s`; their refusals are strikes toward a ban, like every rate limit's),
 //! and [`PUSHES_PER_SECOND`] for all sessions together. The per-address budget is well under
@@ -40,7 +42,9 @@
 //! reactor.
 
 use super::{IndexServer, Session, SessionState};
+use crate::index::cluster::relay::{RELAYS_IN_FLIGHT_MAX, RELAY_TIMEOUT};
 use crate::index::limits::{Address, Bucket, Counted, SessionBuckets};
+use crate::index::store::PeerId;
 use crate::logging::{self, Throttled};
 use crate::reactor::{CloseReason, ConnId, Ctx, Verdict};
 use crate::wire::{
@@ -90,7 +94,36 @@ struct Local {
     /// It asked `Reachability` (so it takes pushes); the id to answer, while not answered.
     asked: bool,
     awaiting: Option<u32>,
+    /// Its index peer (under a server), for the cluster's record of its reachability.
+    peer: Option<PeerId>,
 }
+
+/// Where an accepted push goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushRoute {
+    /// To a holder's session here (its notice queued).
+    Delivered,
+    /// No holder at that address takes pushes here: to another node's, if one does.
+    Elsewhere {
+        /// The requester's address, as this node sees it: where the holder is to connect.
+        to: SocketAddr,
+    },
+}
+
+/// A push relayed to another node, waiting for its answer.
+#[derive(Debug, Clone, Copy)]
+struct Relaying {
+    session: u64,
+    /// The request to answer.
+    id: u32,
+    /// When it is given up.
+    until: Instant,
+}
+
+/// How long a relayed push waits for its answer before the reactor gives it up: the NATS
+/// thread's own wait ([`RELAY_TIMEOUT`]) and a margin, so the reactor answers even when that
+/// thread is stalled.
+pub const RELAY_DEADLINE: Duration = Duration::from_millis(RELAY_TIMEOUT.as_millis() as u64 + 1000);
 
 /// Why a push was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +166,30 @@ pub struct Pushes {
     probes_ended: (u64, u64),
     /// Sessions that take pushes (the lengths of `by_addr`'s lists, summed).
     taking: usize,
+    /// Peers whose reachability became known, for the cluster's stream (see
+    /// [`Pushes::take_known`]).
+    known: Vec<(PeerId, bool)>,
+    /// Pushes relayed to other nodes, by their number, waiting for an answer.
+    relays: HashMap<u64, Relaying>,
+    next_relay: u64,
+    /// A relay began since the reactor last set the timer that gives relays up.
+    relay_timer: bool,
+    /// What the cluster's relay counts.
+    pub relay_counts: RelayCounts,
+}
+
+/// What the push relay between nodes counts, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayCounts {
+    /// Pushes sent to the holder's node.
+    pub out: u64,
+    /// Pushes sent to the holder's node (or meant to be) and refused: by it, not answered in
+    /// time, or over [`RELAYS_IN_FLIGHT_MAX`].
+    pub out_refused: u64,
+    /// Pushes from other nodes delivered to a holder's session here.
+    pub in_delivered: u64,
+    /// Pushes from other nodes refused here.
+    pub in_refused: u64,
 }
 
 /// What [`Pushes`] counts, for the metrics.
@@ -152,6 +209,8 @@ pub struct PushCounts {
     pub waiting: usize,
     /// Probes in flight.
     pub in_flight: usize,
+    /// The push relay between cluster nodes.
+    pub relay: RelayCounts,
 }
 
 impl Pushes {
@@ -176,6 +235,11 @@ impl Pushes {
             rate_limited: 0,
             probes_ended: (0, 0),
             taking: 0,
+            known: Vec::new(),
+            relays: HashMap::new(),
+            next_relay: 1,
+            relay_timer: false,
+            relay_counts: RelayCounts::default(),
         }
     }
 
@@ -189,6 +253,7 @@ impl Pushes {
             taking: self.taking,
             waiting: self.queued,
             in_flight: self.in_flight,
+            relay: self.relay_counts,
         }
     }
 
@@ -202,6 +267,7 @@ impl Pushes {
                 reachable: None,
                 asked: false,
                 awaiting: None,
+                peer: None,
             },
         );
     }
@@ -247,6 +313,7 @@ impl Pushes {
         if local.addr.port() == 0 && local.reachable.is_none() {
             local.reachable = Some(false);
             *self.unreachable.entry(local.addr).or_insert(0) += 1;
+            self.known.extend(local.peer.map(|p| (p, false)));
         }
         if let Some(known) = local.reachable {
             return Some(known);
@@ -347,6 +414,7 @@ impl Pushes {
             if !reachable {
                 *self.unreachable.entry(local.addr).or_insert(0) += 1;
             }
+            self.known.extend(local.peer.map(|p| (p, reachable)));
         }
         log::info!(
             "{}: {}",
@@ -364,10 +432,21 @@ impl Pushes {
         ))
     }
 
-    /// The addresses among `holders` found unreachable (or serving no port).
-    pub fn firewalled<'a>(&self, holders: impl Iterator<Item = &'a SocketAddr>) -> Vec<SocketAddr> {
+    /// Peers whose reachability became known since the last call (a session that asked
+    /// `Reachability` and whose probe ended, or that serves no port), for the cluster.
+    pub fn take_known(&mut self) -> Vec<(PeerId, bool)> {
+        std::mem::take(&mut self.known)
+    }
+
+    /// The addresses among `holders` found unreachable (or serving no port), here or
+    /// (`elsewhere`) at another node of the cluster.
+    pub fn firewalled<'a>(
+        &self,
+        holders: impl Iterator<Item = &'a SocketAddr>,
+        elsewhere: impl Fn(&SocketAddr) -> bool,
+    ) -> Vec<SocketAddr> {
         let mut out: Vec<SocketAddr> = holders
-            .filter(|a| a.port() == 0 || self.unreachable.contains_key(a))
+            .filter(|a| a.port() == 0 || self.unreachable.contains_key(a) || elsewhere(a))
             .copied()
             .collect();
         out.sort_unstable();
@@ -390,7 +469,7 @@ impl Pushes {
         nonce: u64,
         clustered: bool,
         now: Instant,
-    ) -> Result<(), PushRefusal> {
+    ) -> Result<PushRoute, PushRefusal> {
         let Some(me) = self.locals.get(&session) else {
             return Err(PushRefusal::Error(
                 ErrorCode::NotReady,
@@ -416,15 +495,13 @@ impl Pushes {
             ));
         }
         let Some(targets) = self.by_addr.get_mut(&holder).filter(|v| !v.is_empty()) else {
-            let why = if clustered {
-                format!(
-                    "push: no peer at {holder} takes pushes on this index node (a push to a \
-                     holder connected to another node of the cluster cannot be relayed yet)"
-                )
-            } else {
-                format!("push: no peer at {holder} takes pushes")
-            };
-            return Err(PushRefusal::Error(ErrorCode::NotFound, why));
+            if clustered {
+                return Ok(PushRoute::Elsewhere { to });
+            }
+            return Err(PushRefusal::Error(
+                ErrorCode::NotFound,
+                format!("push: no peer at {holder} takes pushes"),
+            ));
         };
         // Several sessions at one address (behind one NAT, all `--listen none`): each push
         // goes to the next, so they share the work.
@@ -436,6 +513,20 @@ impl Pushes {
                 "push: that holder is you".into(),
             ));
         }
+        self.deliver(target, hash, holder, to, nonce, now)?;
+        Ok(PushRoute::Delivered)
+    }
+
+    /// Queues the notice of a push for `target` (at `holder`), within the index-wide budget.
+    fn deliver(
+        &mut self,
+        target: u64,
+        hash: FileHash,
+        holder: SocketAddr,
+        to: SocketAddr,
+        nonce: u64,
+        now: Instant,
+    ) -> Result<(), PushRefusal> {
         if let Some(wait) = self.all_pushes.wait(now) {
             self.rate_limited += 1;
             return Err(PushRefusal::RateLimited(wait));
@@ -448,9 +539,83 @@ impl Pushes {
         Ok(())
     }
 
-    /// Frames for other sessions than the requester, with the session each goes to.
+    /// A push another node relays to a holder at `holder` here, for a requester at `to` (as
+    /// that node saw it): delivered as a local push is, under the same index-wide budget (the
+    /// requester's address's budget is the server's, before this).
+    pub fn handle_relayed_in(
+        &mut self,
+        hash: FileHash,
+        holder: SocketAddr,
+        to: SocketAddr,
+        nonce: u64,
+        now: Instant,
+    ) -> Result<(), PushRefusal> {
+        if to.port() == 0 {
+            return Err(PushRefusal::Error(
+                ErrorCode::Invalid,
+                "push: the requester serves no port".into(),
+            ));
+        }
+        let Some(targets) = self.by_addr.get_mut(&holder).filter(|v| !v.is_empty()) else {
+            return Err(PushRefusal::Error(
+                ErrorCode::NotFound,
+                format!("push: no peer at {holder} takes pushes at its index node (it left)"),
+            ));
+        };
+        targets.rotate_left(1);
+        let target = *targets.last().expect("not empty");
+        self.deliver(target, hash, holder, to, nonce, now)
+    }
+
+    /// Local `session`'s push request `id` is relayed to another node: its number, or `None`
+    /// if [`RELAYS_IN_FLIGHT_MAX`] are in flight already. Answered by
+    /// [`Pushes::handle_relay_answer`], or given up at [`RELAY_DEADLINE`].
+    pub fn begin_relay(&mut self, session: u64, id: u32, now: Instant) -> Option<u64> {
+        if self.relays.len() >= RELAYS_IN_FLIGHT_MAX {
+            return None;
+        }
+        let relay = self.next_relay;
+        self.next_relay += 1;
+        self.relays.insert(
+            relay,
+            Relaying {
+                session,
+                id,
+                until: now + RELAY_DEADLINE,
+            },
+        );
+        self.relay_timer = true;
+        Some(relay)
+    }
+
+    /// Relay `relay` is over (answered, or could not be sent): the session and request id to
+    /// answer, if it is still in flight.
+    pub fn handle_relay_answer(&mut self, relay: u64) -> Option<(u64, u32)> {
+        self.relays.remove(&relay).map(|r| (r.session, r.id))
+    }
+
+    /// Relays past their deadline at `now`, given up: the sessions and request ids to answer.
+    pub fn expired_relays(&mut self, now: Instant) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        self.relays.retain(|_, r| {
+            let live = r.until > now;
+            if !live {
+                out.push((r.session, r.id));
+            }
+            live
+        });
+        out
+    }
+
+    /// Frames for other sessions than the requester, with the session each goes to; a
+    /// request's answer that came later (a relayed push's) goes this way too.
     pub fn take_deliveries(&mut self) -> Vec<(u64, Vec<u8>)> {
         std::mem::take(&mut self.deliveries)
+    }
+
+    /// Queues `frame` for local `session` (delivered with the notices).
+    pub(super) fn send_to(&mut self, session: u64, frame: Vec<u8>) {
+        self.deliveries.push((session, frame));
     }
 
     fn conn_of(&self, session: u64) -> Option<ConnId> {
@@ -471,10 +636,40 @@ impl IndexServer {
         self.pushes.counts()
     }
 
-    /// A session said hello (its id assigned): known to the push machinery.
-    pub(super) fn push_joined(&mut self, session: u64, addr: SocketAddr) {
+    /// A session said hello (its id assigned, its index peer `peer`): known to the push
+    /// machinery.
+    pub(super) fn push_joined(&mut self, session: u64, peer: PeerId, addr: SocketAddr) {
         let conn = self.current_conn;
         self.pushes.handle_joined(session, conn, addr);
+        if let Some(local) = self.pushes.locals.get_mut(&session) {
+            local.peer = Some(peer);
+        }
+    }
+
+    /// The addresses among `holders` that lookups list in `firewalled`: unreachable here or
+    /// at another node of the cluster.
+    pub(super) fn firewalled<'a>(
+        &self,
+        holders: impl Iterator<Item = &'a SocketAddr>,
+    ) -> Vec<SocketAddr> {
+        match self.cluster.as_deref() {
+            Some(link) => {
+                let remote = link.replica().pushes();
+                self.pushes
+                    .firewalled(holders, |a| remote.is_unreachable(a))
+            }
+            None => self.pushes.firewalled(holders, |_| false),
+        }
+    }
+
+    /// Hands the reachability found since the last call to the cluster's stream.
+    pub(super) fn publish_reachability(&mut self) {
+        let known = self.pushes.take_known();
+        if let Some(link) = self.cluster.as_mut() {
+            for (peer, reachable) in known {
+                link.handle_reachability(peer, reachable);
+            }
+        }
     }
 
     /// Answers `Reachability` now if it is known; else the probe's end answers it. Over
@@ -502,6 +697,7 @@ impl IndexServer {
                 out,
             );
         }
+        self.publish_reachability();
         Verdict::Continue
     }
 
@@ -527,7 +723,10 @@ impl IndexServer {
             .pushes
             .handle_push(session.id, hash, holder, nonce, clustered, now)
         {
-            Ok(()) => ResponseBody::PushRelayed,
+            Ok(PushRoute::Delivered) => ResponseBody::PushRelayed,
+            Ok(PushRoute::Elsewhere { to }) => {
+                return self.relay_push(out, session.id, id, (hash, holder, to, nonce), now);
+            }
             Err(PushRefusal::RateLimited(wait)) => ResponseBody::RateLimited {
                 retry_after_ms: wait.as_millis().max(1) as u64,
                 banned: false,
@@ -544,6 +743,9 @@ impl IndexServer {
     /// Delivers the notices for other sessions and starts the probes the bounds allow (after
     /// every frame: two emptiness checks when there is nothing to do).
     pub(super) fn push_turn(&mut self, ctx: &mut Ctx<Session>) {
+        if std::mem::take(&mut self.pushes.relay_timer) {
+            ctx.set_timer(RELAY_DEADLINE, PUSH_TIMER);
+        }
         if !self.pushes.deliveries.is_empty() {
             for (session, frame) in self.pushes.take_deliveries() {
                 if let Some(conn) = self.pushes.conn_of(session) {
@@ -601,6 +803,7 @@ impl IndexServer {
             self.pushes.probing.remove(&conn);
             ctx.close(conn, CloseReason::IdleTimeout);
         }
+        self.relays_expired(ctx);
         self.push_turn(ctx);
     }
 
@@ -610,6 +813,7 @@ impl IndexServer {
                 ctx.send(conn, |out| out.extend_from_slice(&frame));
             }
         }
+        self.publish_reachability();
     }
 
     /// A probe's connect completed: send the probe.
@@ -672,7 +876,7 @@ mod tests {
         // The requester is not probed yet: a push is let through.
         assert_eq!(
             p.handle_push(2, h, addr("10.0.0.1:0"), 42, false, now),
-            Ok(())
+            Ok(PushRoute::Delivered)
         );
         let d = p.take_deliveries();
         assert_eq!(d.len(), 1);
@@ -689,7 +893,10 @@ mod tests {
         );
         // Lookups flag the holder.
         let listed = [addr("10.0.0.1:0"), addr("10.0.0.2:7000")];
-        assert_eq!(p.firewalled(listed.iter()), vec![addr("10.0.0.1:0")]);
+        assert_eq!(
+            p.firewalled(listed.iter(), |_| false),
+            vec![addr("10.0.0.1:0")]
+        );
     }
 
     #[test]
@@ -721,18 +928,29 @@ mod tests {
             p.handle_push(3, h, addr("10.0.0.1:0"), 1, false, now),
             Err(PushRefusal::Error(ErrorCode::Invalid, m)) if m.contains("not reachable")
         ));
-        // A reachable requester: an unknown holder, in a cluster or not.
+        // A reachable requester: an unknown holder is not found, or in a cluster, left to
+        // the other nodes (with where to connect: the requester's own address).
         p.handle_joined(4, None, addr("10.0.0.4:7000"));
         p.handle_ask(4, 1, now);
         let (s, ..) = p.poll_probe(now).unwrap();
         p.handle_probe_done(s, addr("10.0.0.4:7000"), true);
         assert!(matches!(
-            p.handle_push(4, h, addr("10.9.9.9:1"), 1, true, now),
-            Err(PushRefusal::Error(ErrorCode::NotFound, m)) if m.contains("another node")
+            p.handle_push(4, h, addr("10.9.9.9:1"), 1, false, now),
+            Err(PushRefusal::Error(ErrorCode::NotFound, _))
         ));
+        assert_eq!(
+            p.handle_push(4, h, addr("10.9.9.9:1"), 1, true, now),
+            Ok(PushRoute::Elsewhere {
+                to: addr("10.0.0.4:7000")
+            })
+        );
         // A holder that leaves takes no more pushes.
         p.handle_left(1);
-        assert!(p.firewalled([addr("10.0.0.3:7000")].iter()).len() == 1);
+        assert!(
+            p.firewalled([addr("10.0.0.3:7000")].iter(), |_| false)
+                .len()
+                == 1
+        );
         assert!(matches!(
             p.handle_push(
                 4,
@@ -745,7 +963,9 @@ mod tests {
             Err(PushRefusal::Error(ErrorCode::NotFound, _))
         ));
         p.handle_left(3);
-        assert!(p.firewalled([addr("10.0.0.3:7000")].iter()).is_empty());
+        assert!(p
+            .firewalled([addr("10.0.0.3:7000")].iter(), |_| false)
+            .is_empty());
     }
 
     /// One request through the whole sans-IO server: its answers.
@@ -848,6 +1068,7 @@ mod tests {
             taking: 2,
             waiting: 0,
             in_flight: 0,
+            relay: RelayCounts::default(),
         };
         assert_eq!(server.push_counts(), counts);
         assert_eq!(

@@ -1,0 +1,132 @@
+//! The push relay between nodes: what one node sends another over core NATS (request and
+//! reply, not the stream) when a peer asks a push to a holder whose session lives there.
+//!
+//! Node A (the requester's) sends a [`RelayedPush`] on `<prefix>-push.<node>` ([`subject`])
+//! to the holder's node B, as the NATS thread's request (the reactor never waits on it). B
+//! runs the same checks and budgets as for a push of its own peer (the holder's session takes
+//! pushes; its index-wide budget; the requester's address's push budget at B) and answers
+//! [`RelayAnswer`]. The subject carries B's incarnation, so a request to a node that died or
+//! was fenced (it rejoined as a new incarnation) finds no subscriber: NATS answers "no
+//! responders" at once, and A refuses the push. Every relay is bounded: A has at most
+//! [`RELAYS_IN_FLIGHT_MAX`] in flight, each answered within [`RELAY_TIMEOUT`]; B's NATS
+//! thread holds at most [`RELAYS_IN_MAX`] waiting for its reactor and answers any beyond at
+//! once ([`RelayAnswer::Refused`], `Busy`).
+//!
+//! What A sends is what it checked: `to` is the requester's address as A sees it (the IP on
+//! its socket, the port it announced), never a peer's claim; `holder` and `hash` are the
+//! requester's, as in a local push. So a requester can make B's holders connect only to
+//! itself, and no faster than B's budgets allow pushes from its address, however many nodes
+//! it asks through.
+//!
+//! The subject's `-` never appears in a prefix (letters, digits, `_`), so no cluster's
+//! stream (`<prefix>.>`) stores these requests.
+
+use crate::wire::{ErrorCode, FileHash};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The first byte of every relay message's payload: its format.
+pub const RELAY_FORMAT: u8 = 1;
+
+/// How long node A waits for the holder's node to answer a relayed push.
+pub const RELAY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most pushes a node has relayed to other nodes and not had answered yet; beyond, a push to
+/// another node's holder is answered `RateLimited`.
+pub const RELAYS_IN_FLIGHT_MAX: usize = 64;
+
+/// Most pushes from other nodes a node's NATS thread holds for its reactor; beyond, it
+/// answers `Busy` at once.
+pub const RELAYS_IN_MAX: usize = 256;
+
+/// The subject node `node` takes relayed pushes on.
+pub fn subject(prefix: &str, node: &str) -> String {
+    format!("{prefix}-push.{node}")
+}
+
+/// A push relayed to the holder's node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayedPush {
+    /// The file.
+    pub hash: FileHash,
+    /// The holder's address, as the requester named it (from a lookup).
+    pub holder: SocketAddr,
+    /// The requester's address as its node sees it: where the holder is to connect.
+    pub to: SocketAddr,
+    /// The requester's nonce.
+    pub nonce: u64,
+}
+
+/// The holder's node's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayAnswer {
+    /// The push went to the holder's session.
+    Relayed,
+    /// Over a budget at the holder's node: ask again after this long.
+    RateLimited {
+        /// How long, in ms.
+        retry_after_ms: u64,
+    },
+    /// Refused for good (or not answered); the sentence says why.
+    Refused {
+        /// The error the requester gets.
+        code: ErrorCode,
+        /// Why.
+        message: String,
+    },
+}
+
+impl RelayAnswer {
+    /// A refusal with `code`, saying `message`.
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> RelayAnswer {
+        RelayAnswer::Refused {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// `value` as a relay message's payload.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![RELAY_FORMAT];
+    postcard::to_io(value, &mut out).expect("a relay message always encodes");
+    out
+}
+
+/// A relay message's payload decoded; `None` for another format or a malformed payload.
+pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Option<T> {
+    match payload.split_first() {
+        Some((&RELAY_FORMAT, rest)) => postcard::from_bytes(rest).ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_messages_round_trip_and_other_formats_are_refused() {
+        let push = RelayedPush {
+            hash: FileHash::of(b"x"),
+            holder: "10.0.0.1:0".parse().unwrap(),
+            to: "[::1]:7000".parse().unwrap(),
+            nonce: 42,
+        };
+        let bytes = encode(&push);
+        assert_eq!(decode::<RelayedPush>(&bytes), Some(push));
+        assert_eq!(decode::<RelayedPush>(&bytes[..bytes.len() - 1]), None);
+        let mut other = bytes.clone();
+        other[0] = RELAY_FORMAT + 1;
+        assert_eq!(decode::<RelayedPush>(&other), None);
+        for answer in [
+            RelayAnswer::Relayed,
+            RelayAnswer::RateLimited { retry_after_ms: 5 },
+            RelayAnswer::refused(ErrorCode::NotFound, "gone"),
+        ] {
+            assert_eq!(decode::<RelayAnswer>(&encode(&answer)), Some(answer));
+        }
+        assert_eq!(subject("p2p", "b-1f"), "p2p-push.b-1f");
+    }
+}
