@@ -15,9 +15,9 @@
 //! reject, plus one look per word in a prefix's range), not the number of matches. A budget of
 //! work units ([`SEARCH_WORK_BUDGET`]) bounds what rejections can cost, and under indexd a time
 //! limit ([`SEARCH_TIME_LIMIT`]) bounds the search with its answer whatever the units'
-//! calibration: the walk and the set-up's scans of long ranges stop earlier by twice what
-//! building the answer has cost lately (a moving average per hit, measured on each answer);
-//! a search that hits either says so (`partial`).
+//! calibration: the walk and the set-up's scans of long ranges stop earlier by 1.5 times
+//! what building the answer has cost lately (a moving average per hit, measured on each
+//! answer); a search that hits either says so (`partial`).
 //!
 //! # Several query words
 //! An entry is posted under each of its words with the same key, so the query words' postings
@@ -31,12 +31,6 @@
 //!   the range has few long lists; a candidate that misses moves the driver to the next key
 //!   that word holds), else against a list or bitmap of its postings (when they are few per
 //!   candidate), else against the candidate's name.
-//! - Two words, the names holding both whole known (fewer than a page): the names with one
-//!   word whole and the other a longer word rank next. Those with the other word whole are
-//!   found either through the driver's longer words (each walked to the page's worst key) or,
-//!   when the other word's whole postings are fewer than those, by walking those alone and
-//!   checking the driver's range the same ways; after that class the longer words' walks
-//!   look only for names with neither word whole, and stop at once if the page is full.
 //!
 //! While a peer is departing (see `depart.rs`) its holdings are not counted: a candidate is
 //! ranked by its *true* key, the one its live holder count gives, which is never better than
@@ -68,9 +62,9 @@ pub const SEARCH_TIME_LIMIT: Duration = Duration::from_micros(400);
 /// What building one hit of an answer is taken to cost (ns) until searches have measured it
 /// (see [`Index::set_search_time_limit`]).
 pub(super) const INITIAL_HIT_NS: u32 = 500;
-/// The walk stops this many times the answer's expected building cost before the time limit
-/// (a margin for the answer's cache misses, which vary more than their mean).
-const HIT_RESERVE_FACTOR: u32 = 2;
+/// The walk stops this many halves of the answer's expected building cost before the time
+/// limit (a margin for the answer's cache misses, which vary more than their mean).
+const HIT_RESERVE_HALVES: u32 = 3;
 /// At most this share of the time limit is reserved for building the answer.
 const HIT_RESERVE_MAX_SHARE: u32 = 2;
 /// Answers of fewer hits do not update the cost per hit (their fixed costs would weigh).
@@ -200,25 +194,11 @@ enum Whole {
     Unknown,
 }
 
-/// A source of candidates: the driver's whole word, or one word it prefixes, or (two query
-/// words) the other word's whole word.
+/// A source of candidates: the driver's whole word, or one word it prefixes.
 struct Source {
     word: u32,
-    /// 1 for a whole word, 0 for a longer one.
+    /// 1 for the whole word, 0 for a longer one.
     whole: u32,
-    /// The other query word's whole word, its candidates checked against the driver's range.
-    other: bool,
-}
-
-/// How the query words other than a walk's own are checked for each candidate (see
-/// [`Index::checks`]).
-struct Checks {
-    /// Words checked by seeking through their postings beside the walk's.
-    seeks: Vec<SeekWord>,
-    /// Words checked against a list or bitmap of their postings.
-    bits: Vec<WordBits>,
-    /// Words checked against the candidate's name.
-    by_name: Vec<String>,
 }
 
 impl Index {
@@ -282,8 +262,9 @@ impl Index {
             let hits = limit.min(u32::MAX as usize) as u32;
             let reserve = Duration::from_nanos(u64::from(
                 self.search_hit_ns
-                    .saturating_mul(HIT_RESERVE_FACTOR)
-                    .saturating_mul(hits),
+                    .saturating_mul(hits)
+                    .saturating_mul(HIT_RESERVE_HALVES)
+                    / 2,
             ))
             .min(t / HIT_RESERVE_MAX_SHARE);
             started + (t - reserve)
@@ -373,14 +354,49 @@ impl Index {
         // they are at most a few per candidate of the driver, else by the candidate's name.
         // (The driver's count was complete: it stopped below the best before it.)
         let picked = best.0;
+        let most = picked.saturating_mul(BITS_POSTINGS_PER_CANDIDATE);
+        let mut bits: Vec<WordBits> = Vec::new();
         // Bitmaps over entry ids come from a pool kept between searches: a fresh one would
         // be fresh pages, each faulted in on first touch (hundreds of them at 10M entries).
         let mut pool = std::mem::take(&mut self.work.bitmaps);
-        let others: Vec<&str> = (0..qwords.len())
-            .filter(|&i| i != pick)
-            .map(|i| qwords[i].as_str())
-            .collect();
-        let checks = self.checks(&others, picked, &mut work, deadline, &mut pool, true);
+        let mut by_name: Vec<String> = Vec::new();
+        let mut seeks: Vec<SeekWord> = Vec::new();
+        for (i, q) in qwords.iter().enumerate() {
+            if i == pick {
+                continue;
+            }
+            if work > budget {
+                // No candidate will be examined (the sources loop stops at once).
+                break;
+            }
+            if picked < NAME_CHECK_BELOW {
+                // So few candidates that reading their names costs less than looking at
+                // this word's range.
+                by_name.push(q.clone());
+                continue;
+            }
+            // Best by seeking through its postings with the driver's, when its range has few
+            // long lists: no set-up in proportion to its postings, and the driver skips
+            // whatever lies between this word's postings.
+            let (seek, visited) = SeekWord::new(&self.words, q, deadline);
+            work += visited * WORD_UNITS;
+            if let Some(seek) = seek {
+                work += seek.small.len() / POSTINGS_PER_UNIT;
+                seeks.push(seek);
+                continue;
+            }
+            let (count, visited) = self.count_postings(q, most.saturating_add(1), deadline);
+            work += visited * WORD_UNITS;
+            // (A range too long to count, or postings that would cost more than a share of
+            // the budget to list, go by name: their cost is then per candidate, under the
+            // budget and the time limit.)
+            if count <= most && count / POSTINGS_PER_UNIT <= budget / LIST_SHARE {
+                work += count / POSTINGS_PER_UNIT;
+                bits.push(self.word_bits(q, count, &mut pool));
+            } else {
+                by_name.push(q.clone());
+            }
+        }
         let cond = Cond::new(filter);
         let min_tier = tier_of(filter.min_holders);
 
@@ -388,55 +404,14 @@ impl Index {
         let departing = self.has_departures();
         let d = qwords[pick].as_str();
         let exact = self.words.find(d.as_bytes());
-        // Two words, the names holding both whole known: the next class holds one whole and
-        // the other a longer word. Those with the driver whole come from its whole word's
-        // walk; those with the other word whole, from the driver's longer words (each walked
-        // up to the page's worst key, all checked against the other word), or, when the
-        // other word's whole postings are fewer, from a walk of those alone, checked against
-        // the driver's range (`swap`). After both walks that class is known to the page's
-        // worst: the longer words' walks then look only for names with neither word whole.
-        let other_whole = match (nq, &all_whole) {
-            (2, Some(_)) => self.words.find(qwords[1 - pick].as_bytes()),
-            _ => None,
-        };
-        let swap = other_whole.is_some_and(|w| {
-            let whole = self.words.posting_count(w);
-            let longer = picked.saturating_sub(exact.map_or(0, |e| self.words.posting_count(e)));
-            // (Tests take either way at random, so that both are checked against the model.)
-            if cfg!(test) {
-                whole.wrapping_add(picked) % 2 == 0
-            } else {
-                whole < longer
-            }
-        });
-        let driver_checks = match (swap, other_whole) {
-            (true, Some(w)) => {
-                let whole = self.words.posting_count(w);
-                Some(self.checks(&[d], whole, &mut work, deadline, &mut pool, false))
-            }
-            _ => None,
-        };
         let sources = exact
-            .map(|w| Source {
-                word: w,
-                whole: 1,
-                other: false,
-            })
+            .map(|w| Source { word: w, whole: 1 })
             .into_iter()
-            .chain(other_whole.filter(|_| swap).map(|w| Source {
-                word: w,
-                whole: 1,
-                other: true,
-            }))
             .chain(
                 self.words
                     .range(d)
                     .filter(|&w| Some(w) != exact)
-                    .map(|w| Source {
-                        word: w,
-                        whole: 0,
-                        other: false,
-                    }),
+                    .map(|w| Source { word: w, whole: 0 }),
             );
         // The best `limit + 1` ranks (one more than shown, to know whether a next page
         // exists), worst on top.
@@ -449,7 +424,7 @@ impl Index {
         let mut matched = 0u64;
         // The names holding every query word whole, when known: in the heap from the start,
         // and skipped by the walks, whose candidates then rank at best one class lower.
-        let mut top_whole = match &all_whole {
+        let top_whole = match &all_whole {
             Some(keys) => {
                 matched = keys.len() as u64;
                 heap.extend(keys.iter().map(|&k| rank(nq, nq, k)));
@@ -459,14 +434,6 @@ impl Index {
         };
         'sources: for src in sources {
             work += WORD_UNITS;
-            if swap && src.whole == 0 {
-                // Both walks of the class with one word whole are done (see `swap`).
-                top_whole = 0;
-            }
-            let chk = match &driver_checks {
-                Some(c) if src.other => c,
-                _ => &checks,
-            };
             // (The clock is read at every source, not every `TIME_CHECK_UNITS`: a source is a
             // few reads in cold memory, and a prefix's range can hold thousands.)
             if work > budget || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -511,8 +478,7 @@ impl Index {
                 0 => exact.map(|w| self.words.cursor(w)),
                 _ => None,
             };
-            let mut cursors: Vec<SeekCursors> = chk
-                .seeks
+            let mut cursors: Vec<SeekCursors> = seeks
                 .iter()
                 .map(|s| SeekCursors::new(&self.words, s))
                 .collect();
@@ -550,7 +516,7 @@ impl Index {
                 // The words checked by seeking: where the next candidate could be, if this
                 // one misses any.
                 let mut skip_to: Option<u32> = None;
-                for (s, c) in chk.seeks.iter().zip(cursors.iter_mut()) {
+                for (s, c) in seeks.iter().zip(cursors.iter_mut()) {
                     let (seek, moved) = c.check(s, key);
                     work += 1 + moved / CURSORS_PER_UNIT;
                     match seek {
@@ -565,7 +531,7 @@ impl Index {
                     continue;
                 }
                 let mut all = true;
-                for b in &chk.bits {
+                for b in &bits {
                     match b.matches(e) {
                         Some(w) => whole += u32::from(w),
                         None => {
@@ -584,15 +550,15 @@ impl Index {
                 if !self.meets(e, &cond, filter) {
                     continue;
                 }
-                if !chk.by_name.is_empty() || cond.by_ext() {
+                if !by_name.is_empty() || cond.by_ext() {
                     work += NAME_UNITS;
                     self.entries.decode_name(e, &mut name_buf);
                     let name = std::str::from_utf8(&name_buf).expect("names are stored from str");
                     if !cond.ext_ok(name) {
                         continue;
                     }
-                    if !chk.by_name.is_empty() {
-                        match match_words(&chk.by_name, name, &mut scratch) {
+                    if !by_name.is_empty() {
+                        match match_words(&by_name, name, &mut scratch) {
                             Some(n) => whole += n,
                             None => continue,
                         }
@@ -645,11 +611,7 @@ impl Index {
         }
         page.work = work as u64;
         // The bitmaps go back to the pool, cleared.
-        for b in checks
-            .bits
-            .into_iter()
-            .chain(driver_checks.into_iter().flat_map(|c| c.bits))
-        {
+        for b in bits {
             if let WordBits::Dense { any, whole } = b {
                 pool.push(any);
                 pool.extend(whole);
@@ -662,71 +624,6 @@ impl Index {
         pool.truncate(MAX_POOLED_BITMAPS);
         self.work.bitmaps = pool;
         Ok(page)
-    }
-
-    /// How to check query words `others` for each candidate of a walk of `picked` postings:
-    /// by seeking through their postings beside the walk's when their ranges have few long
-    /// lists; else by their postings (a sorted list, or a bitmap if `dense`) when they are at
-    /// most a few per candidate, else by the candidate's name. Charges the looks to `work`.
-    fn checks(
-        &self,
-        others: &[&str],
-        picked: usize,
-        work: &mut usize,
-        deadline: Option<Instant>,
-        pool: &mut Vec<Bitmap>,
-        dense: bool,
-    ) -> Checks {
-        let budget = self.search_budget;
-        let most = picked.saturating_mul(BITS_POSTINGS_PER_CANDIDATE);
-        let mut checks = Checks {
-            seeks: Vec::new(),
-            bits: Vec::new(),
-            by_name: Vec::new(),
-        };
-        for &q in others {
-            if *work > budget {
-                // No candidate will be examined (the sources loop stops at once).
-                break;
-            }
-            if picked < NAME_CHECK_BELOW {
-                // So few candidates that reading their names costs less than looking at
-                // this word's range.
-                checks.by_name.push(q.to_owned());
-                continue;
-            }
-            // Best by seeking through its postings with the walk's, when its range has few
-            // long lists: no set-up in proportion to its postings, and the walk skips
-            // whatever lies between this word's postings.
-            let (seek, visited) = SeekWord::new(&self.words, q, deadline);
-            *work += visited * WORD_UNITS;
-            if let Some(seek) = seek {
-                *work += seek.small.len() / POSTINGS_PER_UNIT;
-                checks.seeks.push(seek);
-                continue;
-            }
-            let (count, visited) = self.count_postings(q, most.saturating_add(1), deadline);
-            *work += visited * WORD_UNITS;
-            // (A range too long to count, or postings that would cost more than a share of
-            // the budget to list, go by name: their cost is then per candidate, under the
-            // budget and the time limit.)
-            if count <= most
-                && count / POSTINGS_PER_UNIT <= budget / LIST_SHARE
-                && (dense || self.is_sparse(count))
-            {
-                *work += count / POSTINGS_PER_UNIT;
-                checks.bits.push(self.word_bits(q, count, pool));
-            } else {
-                checks.by_name.push(q.to_owned());
-            }
-        }
-        checks
-    }
-
-    /// Whether `postings` of a query word are few enough to be kept as a sorted list rather
-    /// than a bitmap over all entry ids.
-    fn is_sparse(&self, postings: usize) -> bool {
-        postings <= SPARSE_MAX && postings.saturating_mul(SPARSE_BITS) < self.entries.id_bound()
     }
 
     /// The hits of entries `ids` (see [`Index::hits`]), the time they took per hit averaged
@@ -772,7 +669,8 @@ impl Index {
     fn word_bits(&self, prefix: &str, postings: usize, pool: &mut Vec<Bitmap>) -> WordBits {
         let exact = self.words.find(prefix.as_bytes());
         let range = self.words.range(prefix).map(|w| (Some(w) == exact, w));
-        if self.is_sparse(postings) {
+        if postings <= SPARSE_MAX && postings.saturating_mul(SPARSE_BITS) < self.entries.id_bound()
+        {
             // Few: a sorted list, searched per candidate.
             let mut list: Vec<u32> = Vec::with_capacity(postings);
             for (whole, w) in range {
@@ -968,10 +866,10 @@ impl Index {
     /// Sets the time limit of a search, its answer built (`None`, the default: only the work
     /// budget). The server sets [`SEARCH_TIME_LIMIT`]: the budget's units are calibrated by
     /// estimate, and a name decoded and folded, or a cold cache at 10M entries, costs more
-    /// than estimated; the walk stops before the limit by twice the
-    /// answer's expected cost (the hits asked for, at the recent cost per hit; at most half
-    /// the limit), then stops as at its budget (`partial`), so no search holds the loop much
-    /// longer whatever the index and machine.
+    /// than estimated; the walk stops before the limit by 1.5 times the answer's expected
+    /// cost (the hits asked for, at the recent cost per hit; at most half the limit), then
+    /// stops as at its budget (`partial`), so no search holds the loop much longer whatever
+    /// the index and machine.
     pub fn set_search_time_limit(&mut self, limit: Option<Duration>) {
         self.search_time_limit = limit;
     }
