@@ -354,8 +354,12 @@ pub struct Index {
     work: Work,
     /// Work units one search may spend (see `search.rs`).
     search_budget: usize,
-    /// Time one search's walk may take (see `search.rs`; `None`: the budget alone).
+    /// Time one search may take, its answer built (see `search.rs`; `None`: the budget
+    /// alone).
     search_time_limit: Option<std::time::Duration>,
+    /// What building a search's answer has cost per hit lately, in ns (a moving average):
+    /// the walk stops that much before the time limit (see `search.rs`).
+    search_hit_ns: u32,
 }
 
 /// One live peer.
@@ -456,6 +460,7 @@ impl Index {
             work: Work::default(),
             search_budget: SEARCH_WORK_BUDGET,
             search_time_limit: None,
+            search_hit_ns: search::INITIAL_HIT_NS,
         }
     }
 

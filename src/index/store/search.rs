@@ -14,8 +14,10 @@
 //! the work is about `limit` candidates (plus those the other query words or the filter
 //! reject, plus one look per word in a prefix's range), not the number of matches. A budget of
 //! work units ([`SEARCH_WORK_BUDGET`]) bounds what rejections can cost, and under indexd a time
-//! limit ([`SEARCH_TIME_LIMIT`]) bounds the walk and the set-up's scans of long ranges
-//! whatever the units' calibration; a search that hits either says so (`partial`).
+//! limit ([`SEARCH_TIME_LIMIT`]) bounds the search with its answer whatever the units'
+//! calibration: the walk and the set-up's scans of long ranges stop earlier by 1.5 times
+//! what building the answer has cost lately (a moving average per hit, measured on each
+//! answer); a search that hits either says so (`partial`).
 //!
 //! # Several query words
 //! An entry is posted under each of its words with the same key, so the query words' postings
@@ -54,9 +56,20 @@ use std::time::{Duration, Instant};
 /// [`NAME_UNITS`], and listing another query word's postings one unit per
 /// [`POSTINGS_PER_UNIT`]. So a search holds the loop for well under a millisecond of work.
 pub const SEARCH_WORK_BUDGET: usize = 32_768;
-/// The time limit indexd gives a search's walk over its candidates (see
+/// The time limit indexd gives a search, its answer built (see
 /// [`Index::set_search_time_limit`]).
 pub const SEARCH_TIME_LIMIT: Duration = Duration::from_micros(400);
+/// What building one hit of an answer is taken to cost (ns) until searches have measured it
+/// (see [`Index::set_search_time_limit`]).
+pub(super) const INITIAL_HIT_NS: u32 = 500;
+/// The walk stops this many halves of the answer's expected building cost before the time
+/// limit (a margin for the answer's cache misses, which vary more than their mean).
+const HIT_RESERVE_HALVES: u32 = 3;
+/// At most this share of the time limit is reserved for building the answer.
+const HIT_RESERVE_MAX_SHARE: u32 = 2;
+/// Answers of fewer hits do not update the cost per hit (their fixed costs would weigh).
+const HIT_SAMPLE_MIN: usize = 16;
+
 /// Work units between two readings of the clock against the time limit (a few µs of work).
 const TIME_CHECK_UNITS: usize = 256;
 /// Units of a word of the driver's range looked at (a record and a posting block).
@@ -241,8 +254,21 @@ impl Index {
         }
         let mut work = 0usize;
         let budget = self.search_budget;
-        // The time limit, checked every `TIME_CHECK_UNITS` of work in the candidates' walk.
-        let deadline = self.search_time_limit.map(|t| Instant::now() + t);
+        // The time limit, checked every `TIME_CHECK_UNITS` of work in the candidates' walk,
+        // less what building the answer is expected to take: the limit bounds the server's
+        // time for the search, its answer included.
+        let started = Instant::now();
+        let deadline = self.search_time_limit.map(|t| {
+            let hits = limit.min(u32::MAX as usize) as u32;
+            let reserve = Duration::from_nanos(u64::from(
+                self.search_hit_ns
+                    .saturating_mul(hits)
+                    .saturating_mul(HIT_RESERVE_HALVES)
+                    / 2,
+            ))
+            .min(t / HIT_RESERVE_MAX_SHARE);
+            started + (t - reserve)
+        });
         let mut next_check = TIME_CHECK_UNITS;
         let mut out_of_time = |work: usize| {
             if work < next_check {
@@ -277,7 +303,7 @@ impl Index {
                 all_whole = Some(keys);
             } else if let Whole::Page(keys, partial) = found {
                 let shown = &keys[..limit.min(keys.len())];
-                page.hits = self.hits(shown.iter().map(|&k| k & ID_MASK));
+                page.hits = self.timed_hits(shown.iter().map(|&k| k & ID_MASK));
                 page.total = keys.len() as u64;
                 page.total_exact = false;
                 page.partial = partial;
@@ -564,7 +590,7 @@ impl Index {
         }
         let ranks = heap.into_sorted_vec();
         let more = ranks.len() > limit;
-        page.hits = self.hits(ranks.iter().take(limit).map(|&r| (r as u32) & ID_MASK));
+        page.hits = self.timed_hits(ranks.iter().take(limit).map(|&r| (r as u32) & ID_MASK));
         page.total = matched;
         page.total_exact &= !page.partial && after.is_none();
         if nq == 1 && after.is_none() && filter.is_empty() && !page.total_exact && !departing {
@@ -598,6 +624,20 @@ impl Index {
         pool.truncate(MAX_POOLED_BITMAPS);
         self.work.bitmaps = pool;
         Ok(page)
+    }
+
+    /// The hits of entries `ids` (see [`Index::hits`]), the time they took per hit averaged
+    /// into `search_hit_ns` for the next search's time limit.
+    fn timed_hits(&mut self, ids: impl Iterator<Item = u32>) -> Vec<SearchHit> {
+        let t = Instant::now();
+        let hits = self.hits(ids);
+        if hits.len() >= HIT_SAMPLE_MIN {
+            let per = t.elapsed().as_nanos() / hits.len() as u128;
+            let per = per.min(u128::from(u32::MAX / 2)) as u32;
+            // A moving average over about eight answers.
+            self.search_hit_ns = self.search_hit_ns - self.search_hit_ns / 8 + per / 8;
+        }
+        hits
     }
 
     /// Postings over `prefix`'s range, counted up to `stop` (and over at most
@@ -803,6 +843,12 @@ impl Index {
         }
     }
 
+    /// What building a search's answer has cost per hit lately (ns, a moving average over
+    /// answers of at least 16 hits; see [`Index::set_search_time_limit`]).
+    pub fn search_hit_ns(&self) -> u32 {
+        self.search_hit_ns
+    }
+
     /// Heap bytes of the pooled search bitmaps (their capacities).
     pub(super) fn search_memory_bytes(&self) -> usize {
         let b = &self.work.bitmaps;
@@ -817,11 +863,13 @@ impl Index {
         self.search_budget = units;
     }
 
-    /// Sets the time limit of a search's walk over its candidates (`None`, the default: only
-    /// the work budget). The server sets [`SEARCH_TIME_LIMIT`]: the budget's units are
-    /// calibrated by estimate, and a name decoded and folded, or a cold cache at 10M
-    /// entries, costs more than estimated; past the limit the search stops as at its budget
-    /// (`partial`), so no search holds the loop much longer whatever the index and machine.
+    /// Sets the time limit of a search, its answer built (`None`, the default: only the work
+    /// budget). The server sets [`SEARCH_TIME_LIMIT`]: the budget's units are calibrated by
+    /// estimate, and a name decoded and folded, or a cold cache at 10M entries, costs more
+    /// than estimated; the walk stops before the limit by 1.5 times the answer's expected
+    /// cost (the hits asked for, at the recent cost per hit; at most half the limit), then
+    /// stops as at its budget (`partial`), so no search holds the loop much longer whatever
+    /// the index and machine.
     pub fn set_search_time_limit(&mut self, limit: Option<Duration>) {
         self.search_time_limit = limit;
     }
@@ -1043,7 +1091,8 @@ impl SeekWord {
 /// The cursors of one [`SeekWord`] over one source's walk.
 struct SeekCursors<'a> {
     long: Vec<(PostingCursor<'a>, bool)>,
-    /// The key each of `long` is on (`u32::MAX` past its end: keys are below `1 << 31`).
+    /// The key each of `long` is on (`u32::MAX` past its end: keys are below `1 << 31`; 0
+    /// before its first read).
     on: Vec<u32>,
     /// The least of `on`: a candidate before it is in none of the long lists, and the
     /// cursors need not be looked at one by one.
@@ -1063,20 +1112,18 @@ enum Seek {
 }
 
 impl<'a> SeekCursors<'a> {
+    /// The cursors, not yet on their lists' first keys: each reads its list's first block
+    /// at the first candidate (a source whose walk stops at once reads none of them).
     fn new(words: &'a Words, seek: &SeekWord) -> Self {
-        let mut long: Vec<(PostingCursor<'a>, bool)> = seek
+        let long: Vec<(PostingCursor<'a>, bool)> = seek
             .long
             .iter()
             .map(|&(w, whole)| (words.cursor(w), whole))
             .collect();
-        let on: Vec<u32> = long
-            .iter_mut()
-            .map(|(c, _)| c.seek(0).unwrap_or(u32::MAX))
-            .collect();
         SeekCursors {
-            least: on.iter().copied().min().unwrap_or(u32::MAX),
+            least: if long.is_empty() { u32::MAX } else { 0 },
+            on: vec![0; long.len()],
             long,
-            on,
             at: 0,
         }
     }
@@ -1094,9 +1141,12 @@ impl<'a> SeekCursors<'a> {
             let mut least = u32::MAX;
             next = u32::MAX;
             for ((c, whole), k) in long.iter_mut().zip(on.iter_mut()) {
-                if *k < key {
+                // (`<=`: a cursor not yet read is on 0, which may be a key.)
+                if *k <= key {
+                    if *k < key {
+                        moved += 1;
+                    }
                     *k = c.seek(key).unwrap_or(u32::MAX);
-                    moved += 1;
                 }
                 if *k == key {
                     found = Some(found.unwrap_or(false) | *whole);
