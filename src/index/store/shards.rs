@@ -26,7 +26,6 @@
 //! computed once per process; a shard is found with a 4,096-slot table of the first shard
 //! of each slice of the key space, then a step or two.
 
-use std::hash::BuildHasher;
 use std::sync::OnceLock;
 
 /// Number of shards.
@@ -272,22 +271,33 @@ impl<T> ShardedTable<T> {
 /// a [`ShardedTable`]: no growth rehashes more than a small share of it.
 pub(super) struct U32Map {
     table: ShardedTable<(u32, u32)>,
-    hasher: hashbrown::DefaultHashBuilder,
 }
 
 impl Default for U32Map {
     fn default() -> Self {
         U32Map {
             table: ShardedTable::new(),
-            hasher: hashbrown::DefaultHashBuilder::default(),
         }
     }
+}
+
+/// The hash of an id: SplitMix64's finaliser, a bijection each of whose output bits depends
+/// on every input bit. The index hands its ids out (peers do not choose them), so no secret
+/// seed is needed, and a fixed mix spreads them evenly over the shards in every process:
+/// `hashbrown`'s default hasher, seeded at random per process, left the largest shard of
+/// 300,000 sequential ids 1.5–1.8 times its expected size in about 3% of processes.
+#[inline]
+fn mix_id(key: u32) -> u64 {
+    let mut z = u64::from(key).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 impl U32Map {
     #[inline]
     fn hash(&self, key: u32) -> u64 {
-        self.hasher.hash_one(key)
+        mix_id(key)
     }
 
     /// Items held.
@@ -328,18 +338,16 @@ impl U32Map {
             return Some(std::mem::replace(v, value));
         }
         let h = self.hash(key);
-        let hasher = &self.hasher;
         self.table
-            .insert_unique(h, (key, value), |&(k, _)| hasher.hash_one(k));
+            .insert_unique(h, (key, value), |&(k, _)| mix_id(k));
         None
     }
 
     /// Removes `key`; returns its value.
     pub(super) fn remove(&mut self, key: u32) -> Option<u32> {
         let h = self.hash(key);
-        let hasher = &self.hasher;
         self.table
-            .remove(h, |&(k, _)| k == key, |&(k, _)| hasher.hash_one(k))
+            .remove(h, |&(k, _)| k == key, |&(k, _)| mix_id(k))
             .map(|(_, v)| v)
     }
 
@@ -373,10 +381,19 @@ impl std::ops::Index<&u32> for U32Map {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::hash::BuildHasher;
 
-    fn hasher() -> hashbrown::DefaultHashBuilder {
-        hashbrown::DefaultHashBuilder::default()
+    /// The tests' hash of their `u32` keys: the map's own, so that their figures are the same
+    /// in every run (a randomly seeded hasher made the shard-size test fail about once in 30).
+    struct Ids;
+
+    impl Ids {
+        fn hash_one(&self, key: u32) -> u64 {
+            mix_id(key)
+        }
+    }
+
+    fn hasher() -> Ids {
+        Ids
     }
 
     #[test]
