@@ -904,7 +904,7 @@ impl Handler for IndexServer {
             ctx.stop();
             return;
         }
-        self.cluster_turn(ctx, false);
+        worktrace::time("cluster wake", || self.cluster_turn(ctx, false));
     }
 
     fn handle_accept(

@@ -647,8 +647,21 @@ impl Link {
         events: &mut Vec<Event>,
         close: &mut Vec<ConnId>,
     ) -> usize {
+        self.poll_until(index, budget, || false, events, close)
+    }
+
+    /// [`Link::poll`], stopping early once `is_late()` says time is up (see
+    /// [`Replica::poll_until`]).
+    pub fn poll_until(
+        &mut self,
+        index: &mut Index,
+        budget: usize,
+        is_late: impl Fn() -> bool,
+        events: &mut Vec<Event>,
+        close: &mut Vec<ConnId>,
+    ) -> usize {
         let first = events.len();
-        let used = self.applying(|r| r.poll(index, budget, events));
+        let used = self.applying(|r| r.poll_until(index, budget, is_late, events));
         for event in &events[first..] {
             match event {
                 Event::Fenced => self.fence(close),

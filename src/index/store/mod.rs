@@ -187,6 +187,7 @@ pub use self::files::MAX_FILE_SIZE;
 pub use self::search::{
     SearchError, SearchPage, MAX_QUERY_WORDS, SEARCH_TIME_LIMIT, SEARCH_WORK_BUDGET,
 };
+pub use self::shards::KeySet;
 pub use self::words::fold;
 
 use self::byname::ByName;

@@ -320,6 +320,22 @@ impl Index {
         self.post_pending_until(|| false);
     }
 
+    /// Puts the staged files in the tables now (the first step of [`Index::post_pending`],
+    /// words left pending). For an owner that applies registers in slices and counts its
+    /// work per file: staging is cheap and putting in the tables is not, so a slice that
+    /// leaves its files staged does the next slice's or the turn's end's work for it, and
+    /// staged files piled up over a turn (thousands) came out at once, in milliseconds, when
+    /// one more register met one of their hashes.
+    pub fn unstage_pending(&mut self) {
+        crate::index::worktrace::time("staged files", || self.unstage_all());
+    }
+
+    /// Files registered and not yet in the tables (staged), for tests.
+    #[cfg(test)]
+    pub(crate) fn staged_count(&self) -> usize {
+        self.pending.staged.len()
+    }
+
     /// [`Index::post_pending`], but the word posting stops after the entry during which
     /// `is_late()` turned true (one entry at least is posted), the rest left pending for the
     /// next call; returns whether nothing is left. For an owner that bounds its turns: what
