@@ -204,6 +204,27 @@ pub fn time<R>(cause: &'static str, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Runs `f` and, when the trace is on and it took [`OUTLIER`] or more of wall-clock time,
+/// counts that under `cause`: for small pieces done millions of times, where reading the
+/// thread's CPU clock (a system call) each time would cost more than the piece, but whose
+/// rare long runs are to be found (the cause counts only those).
+#[inline]
+pub fn time_outlier<R>(cause: &'static str, f: impl FnOnce() -> R) -> R {
+    if !enabled() {
+        return f();
+    }
+    let started = Instant::now();
+    let r = f();
+    let took = started.elapsed();
+    if took >= OUTLIER {
+        record(cause, took);
+    }
+    r
+}
+
+/// What [`time_outlier`] counts.
+pub const OUTLIER: Duration = Duration::from_micros(100);
+
 /// Counts `d` of work under `cause` (when the trace is on).
 pub fn record(cause: &'static str, d: Duration) {
     if !enabled() {
