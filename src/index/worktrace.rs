@@ -323,7 +323,16 @@ pub fn turn_woke() {
         cpu(),
         crate::sys::process::thread_counts().unwrap_or_default(),
     );
-    STATE.with(|s| s.borrow_mut().woke = Some((now, cpu, counts)));
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.started.is_none() {
+            // The first turn's CPU time counts from here, not from the thread's start (the
+            // process's set-up, which was the first turn's "untraced" 2–5 ms).
+            s.started = Some(now);
+            s.turn_cpu = cpu;
+        }
+        s.woke = Some((now, cpu, counts));
+    });
 }
 
 /// The loop is about to wait again after working `wall` since [`turn_woke`] (when the trace
@@ -342,7 +351,7 @@ pub fn turn_paused(wall: Duration) {
         let Some((woke, cpu0, c0)) = s.woke.take() else {
             return;
         };
-        let started = *s.started.get_or_insert(woke);
+        let started = s.started.unwrap_or(woke);
         let t = WallTurn {
             at: woke.saturating_duration_since(started),
             wall,

@@ -103,8 +103,9 @@ fn staged_files_answer_like_indexed_ones() {
 
 #[test]
 fn search_memory_grows_beside_the_ready_bitmap_a_step_at_a_time() {
-    // Each round outgrows the ready bitmap's room: its successor is zeroed beside it a step
-    // at a time (no copy of the bitmap in one step) and replaces it only when complete.
+    // Each round outgrows the ready bitmap's room: once it is large, its successor is zeroed
+    // beside it a step at a time (no copy of the bitmap in one step) and replaces it only
+    // when complete.
     let mut ix = Index::new();
     let p = ix.add_peer(addr(1));
     let mut swaps = 0;
