@@ -815,8 +815,7 @@ impl Index {
                     // 10M entries into pages faulted in then: up to 2.4 ms in one step).
                     // Between searches it is all zeros, so its successor, with room for
                     // another eighth, is zeroed beside it a step at a time and then
-                    // replaces it. (Small ones grow in place: the copy is short, and
-                    // successors left more of the heap resident, 0.5 B per entry at 1M.)
+                    // replaces it. (Small ones grow in place: their copy is short.)
                     if b.next.capacity() < want {
                         b.next = Vec::with_capacity(want + want / 8);
                     }
