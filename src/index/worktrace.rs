@@ -11,6 +11,7 @@
 //!
 //! Without the variable each timing point costs one thread-local flag read.
 
+use crate::sys::process::ThreadCounts;
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,61 @@ struct State {
     changed: bool,
     /// The slowest searches by wall-clock time, slowest first.
     slow: Vec<SlowSearch>,
+    /// When the loop's wait last returned, and the thread's counts then.
+    woke: Option<(Instant, Duration, ThreadCounts)>,
+    /// The pieces of the last turn [`end_turn`] closed, for [`turn_paused`].
+    last_pieces: Vec<(&'static str, Duration)>,
+    /// Whether the last turn wrote the trace file (its wall-clock time then counts the write).
+    last_wrote: bool,
+    /// The longest turns by wall-clock time, longest first.
+    worst_wall: Vec<WallTurn>,
+    /// Wall-clock turns of 1 ms or more, and their sums.
+    over_1ms: WallSums,
+    /// Wall-clock turns of 2 ms or more, and their sums.
+    over_2ms: WallSums,
+    started: Option<Instant>,
+}
+
+/// A turn's wall-clock time, from the wait's return to the next wait, and what the thread did
+/// meanwhile: its own CPU time, its wait for a CPU while runnable, what is left (not running
+/// and not queued: blocked, or a virtual CPU's steal time, which the guest's clocks leave out
+/// of both), its page faults and context switches.
+#[derive(Clone)]
+struct WallTurn {
+    /// Since the trace started.
+    at: Duration,
+    wall: Duration,
+    cpu: Duration,
+    run_delay: Duration,
+    counts: ThreadCounts,
+    wrote_trace: bool,
+    pieces: Vec<(&'static str, Duration)>,
+}
+
+/// Sums over a class of wall-clock turns.
+#[derive(Default, Clone, Copy)]
+struct WallSums {
+    turns: u64,
+    wall: Duration,
+    cpu: Duration,
+    run_delay: Duration,
+    minor_faults: u64,
+    major_faults: u64,
+    voluntary: u64,
+    preempted: u64,
+}
+
+impl WallSums {
+    fn add(&mut self, t: &WallTurn) {
+        self.turns += 1;
+        self.wall += t.wall;
+        self.cpu += t.cpu;
+        self.run_delay += t.run_delay;
+        self.minor_faults += t.counts.minor_faults;
+        self.major_faults += t.counts.major_faults;
+        self.voluntary += t.counts.voluntary_switches;
+        self.preempted += t.counts.preemptions;
+    }
 }
 
 /// A search as [`Searching`] measured it.
@@ -148,6 +204,27 @@ pub fn time<R>(cause: &'static str, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Runs `f` and, when the trace is on and it took [`OUTLIER`] or more of wall-clock time,
+/// counts that under `cause`: for small pieces done millions of times, where reading the
+/// thread's CPU clock (a system call) each time would cost more than the piece, but whose
+/// rare long runs are to be found (the cause counts only those).
+#[inline]
+pub fn time_outlier<R>(cause: &'static str, f: impl FnOnce() -> R) -> R {
+    if !enabled() {
+        return f();
+    }
+    let started = Instant::now();
+    let r = f();
+    let took = started.elapsed();
+    if took >= OUTLIER {
+        record(cause, took);
+    }
+    r
+}
+
+/// What [`time_outlier`] counts.
+pub const OUTLIER: Duration = Duration::from_micros(100);
+
 /// Counts `d` of work under `cause` (when the trace is on).
 pub fn record(cause: &'static str, d: Duration) {
     if !enabled() {
@@ -195,14 +272,16 @@ pub fn end_turn() {
     let report = STATE.with(|s| {
         let mut s = s.borrow_mut();
         let pieces = std::mem::take(&mut s.turn);
-        if s.worst.len() < WORST_TURNS || s.worst.last().is_some_and(|w| d > w.0) {
-            let mut merged: Vec<(&'static str, Duration)> = Vec::new();
-            for (c, x) in pieces {
-                match merged.iter_mut().find(|m| m.0 == c) {
-                    Some(m) => m.1 += x,
-                    None => merged.push((c, x)),
-                }
+        let mut merged: Vec<(&'static str, Duration)> = Vec::new();
+        for (c, x) in pieces {
+            match merged.iter_mut().find(|m| m.0 == c) {
+                Some(m) => m.1 += x,
+                None => merged.push((c, x)),
             }
+        }
+        s.last_pieces.clone_from(&merged);
+        s.last_wrote = false;
+        if s.worst.len() < WORST_TURNS || s.worst.last().is_some_and(|w| d > w.0) {
             s.worst.push((d, merged));
             s.worst.sort_by_key(|w| std::cmp::Reverse(w.0));
             s.worst.truncate(WORST_TURNS);
@@ -225,8 +304,84 @@ pub fn end_turn() {
         // The trace's own writing is no turn's work (it still counts in the loop's
         // wall-clock pauses, so figures for pauses are taken without the trace).
         let written = cpu();
-        STATE.with(|s| s.borrow_mut().turn_cpu = written);
+        STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            s.turn_cpu = written;
+            s.last_wrote = true;
+        });
     }
+}
+
+/// The loop's wait has returned (when the trace is on): the thread's clocks and counts now,
+/// for [`turn_paused`].
+pub fn turn_woke() {
+    if !enabled() {
+        return;
+    }
+    let (now, cpu, counts) = (
+        Instant::now(),
+        cpu(),
+        crate::sys::process::thread_counts().unwrap_or_default(),
+    );
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.started.is_none() {
+            // The first turn's CPU time counts from here, not from the thread's start (the
+            // process's set-up, which was the first turn's "untraced" 2–5 ms).
+            s.started = Some(now);
+            s.turn_cpu = cpu;
+        }
+        s.woke = Some((now, cpu, counts));
+    });
+}
+
+/// The loop is about to wait again after working `wall` since [`turn_woke`] (when the trace
+/// is on): the turn's wall-clock time is split into the thread's CPU time, its wait for a
+/// CPU, and the rest, with its page faults and context switches.
+pub fn turn_paused(wall: Duration) {
+    if !enabled() {
+        return;
+    }
+    let (cpu_now, counts) = (
+        cpu(),
+        crate::sys::process::thread_counts().unwrap_or_default(),
+    );
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let Some((woke, cpu0, c0)) = s.woke.take() else {
+            return;
+        };
+        let started = s.started.unwrap_or(woke);
+        let t = WallTurn {
+            at: woke.saturating_duration_since(started),
+            wall,
+            cpu: cpu_now.saturating_sub(cpu0),
+            run_delay: counts.run_delay.saturating_sub(c0.run_delay),
+            counts: ThreadCounts {
+                minor_faults: counts.minor_faults.saturating_sub(c0.minor_faults),
+                major_faults: counts.major_faults.saturating_sub(c0.major_faults),
+                voluntary_switches: counts
+                    .voluntary_switches
+                    .saturating_sub(c0.voluntary_switches),
+                preemptions: counts.preemptions.saturating_sub(c0.preemptions),
+                run_delay: Duration::ZERO,
+            },
+            wrote_trace: s.last_wrote,
+            pieces: std::mem::take(&mut s.last_pieces),
+        };
+        if wall >= Duration::from_millis(1) {
+            s.over_1ms.add(&t);
+        }
+        if wall >= Duration::from_millis(2) {
+            s.over_2ms.add(&t);
+        }
+        if s.worst_wall.len() < WORST_TURNS || s.worst_wall.last().is_some_and(|w| wall > w.wall) {
+            s.worst_wall.push(t);
+            s.worst_wall.sort_by_key(|w| std::cmp::Reverse(w.wall));
+            s.worst_wall.truncate(WORST_TURNS);
+            s.changed = true;
+        }
+    })
 }
 
 fn render(s: &State) -> String {
@@ -252,6 +407,49 @@ fn render(s: &State) -> String {
     for (d, pieces) in &s.worst {
         out += &format!("{:>8}:", us(*d));
         for (c, x) in pieces {
+            out += &format!(" {c}={}", us(*x));
+        }
+        out += "\n";
+    }
+    out += "# wall-clock turns: turns, then sums in µs of wall, thread CPU, wait for a CPU, \
+            the rest; minor, major faults; voluntary, involuntary switches\n";
+    for (class, w) in [(">=1ms", &s.over_1ms), (">=2ms", &s.over_2ms)] {
+        let rest = w.wall.saturating_sub(w.cpu + w.run_delay);
+        out += &format!(
+            "{class} {} wall={} cpu={} runq={} rest={} minflt={} majflt={} vcsw={} ivcsw={}\n",
+            w.turns,
+            us(w.wall),
+            us(w.cpu),
+            us(w.run_delay),
+            us(rest),
+            w.minor_faults,
+            w.major_faults,
+            w.voluntary,
+            w.preempted
+        );
+    }
+    out += "# longest turns by wall clock: at (ms since the first turn), wall, cpu, runq, rest \
+            (µs), minflt majflt vcsw ivcsw, then its pieces (thread CPU µs)\n";
+    for t in &s.worst_wall {
+        let rest = t.wall.saturating_sub(t.cpu + t.run_delay);
+        out += &format!(
+            "{:>9} {:>6} {:>6} {:>6} {:>6} {:>5} {} {} {}{}:",
+            t.at.as_millis(),
+            us(t.wall),
+            us(t.cpu),
+            us(t.run_delay),
+            us(rest),
+            t.counts.minor_faults,
+            t.counts.major_faults,
+            t.counts.voluntary_switches,
+            t.counts.preemptions,
+            if t.wrote_trace {
+                " (wrote the trace)"
+            } else {
+                ""
+            }
+        );
+        for (c, x) in &t.pieces {
             out += &format!(" {c}={}", us(*x));
         }
         out += "\n";

@@ -636,6 +636,7 @@ impl<C> Reactor<C> {
         if self.waited {
             let pause = before_wait.saturating_duration_since(self.ctx.now);
             self.ctx.pauses.record(pause);
+            trace::turn_paused(pause);
         }
         self.waited = true;
         let timeout = if !self.ctx.ready.is_empty()
@@ -654,6 +655,7 @@ impl<C> Reactor<C> {
             Err(e) => return Err(e),
         }
         self.ctx.now = Instant::now();
+        trace::turn_woke();
         for event in self.events.iter() {
             let token = event.token();
             if token == WAKER_TOKEN {

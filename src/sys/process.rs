@@ -160,6 +160,68 @@ pub fn thread_faults_and_preemptions() -> Option<(u64, u64)> {
     (rc == 0).then_some((ru.ru_minflt as u64, ru.ru_nivcsw as u64))
 }
 
+/// What the kernel counts for the calling thread, for the work trace's account of a turn's
+/// wall-clock time: the page faults it took, the times it gave up the CPU (waiting for
+/// something) or had it taken (preempted), and how long it waited, runnable, for a CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadCounts {
+    /// Minor page faults (a page mapped without I/O: first touch of fresh memory).
+    pub minor_faults: u64,
+    /// Major page faults (a page read from disk).
+    pub major_faults: u64,
+    /// Voluntary context switches (the thread blocked).
+    pub voluntary_switches: u64,
+    /// Involuntary context switches (the thread was preempted).
+    pub preemptions: u64,
+    /// Time spent runnable on a run queue, waiting for a CPU (`/proc/thread-self/schedstat`'s
+    /// second field; zero where it cannot be read).
+    pub run_delay: std::time::Duration,
+}
+
+/// This thread's [`ThreadCounts`] so far (`None` where `getrusage(RUSAGE_THREAD)` fails).
+/// Two system calls: for a debug trace, not for every turn.
+pub fn thread_counts() -> Option<ThreadCounts> {
+    // SAFETY: getrusage writes one rusage, which lives for the call; all-zero is a valid one.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return None;
+    }
+    Some(ThreadCounts {
+        minor_faults: ru.ru_minflt as u64,
+        major_faults: ru.ru_majflt as u64,
+        voluntary_switches: ru.ru_nvcsw as u64,
+        preemptions: ru.ru_nivcsw as u64,
+        run_delay: thread_run_delay().unwrap_or_default(),
+    })
+}
+
+/// How long the calling thread has waited for a CPU while runnable, from
+/// `/proc/thread-self/schedstat` (kept open per thread and re-read from its start).
+fn thread_run_delay() -> Option<std::time::Duration> {
+    use std::io::Read as _;
+    use std::os::unix::fs::FileExt as _;
+    thread_local! {
+        static SCHEDSTAT: std::cell::RefCell<Option<std::fs::File>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    SCHEDSTAT.with(|f| {
+        let mut f = f.borrow_mut();
+        if f.is_none() {
+            *f = std::fs::File::open("/proc/thread-self/schedstat").ok();
+        }
+        let file = f.as_mut()?;
+        let mut buf = [0u8; 96];
+        let n = file
+            .read_at(&mut buf, 0)
+            .ok()
+            .or_else(|| file.read(&mut buf).ok())?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        let ns: u64 = text.split_ascii_whitespace().nth(1)?.parse().ok()?;
+        Some(std::time::Duration::from_nanos(ns))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +230,22 @@ mod tests {
     fn fd_limit_is_raised_to_hard() {
         let n = raise_fd_limit().unwrap();
         assert!(n >= 1024);
+    }
+
+    #[test]
+    fn thread_counts_grow_with_faults() {
+        let before = thread_counts().unwrap();
+        // Touch fresh pages: each is a minor fault.
+        let mut v = vec![0u8; 64 << 20];
+        for i in (0..v.len()).step_by(4096) {
+            v[i] = 1;
+        }
+        std::hint::black_box(&v);
+        let after = thread_counts().unwrap();
+        assert!(
+            after.minor_faults > before.minor_faults,
+            "{before:?} {after:?}"
+        );
+        assert!(after.run_delay >= before.run_delay);
     }
 }

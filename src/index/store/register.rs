@@ -408,6 +408,7 @@ impl Index {
     /// Posts the words of the entries registered since the last call, and compresses their
     /// names, oldest first, until `is_late()` after one of them.
     fn post_unposted(&mut self, is_late: &impl Fn() -> bool) {
+        use crate::index::worktrace::time_outlier;
         if self.pending.unposted.is_empty() {
             return;
         }
@@ -427,29 +428,37 @@ impl Index {
             let tier = tier_of(self.file_holder_count(self.entries[id].file()));
             self.entries[id].set_posted_tier(tier);
             let key = posting_key(tier, id);
-            let wordless = scratch.spans.is_empty().then(|| self.words.post(key, ""));
-            for i in 0..scratch.spans.len() {
-                let (a, b) = scratch.spans[i];
-                name_words.push(self.words.post(key, &scratch.buf[a..b]));
-            }
+            // (The pieces' rare long runs, in wall-clock time, go to the work trace.)
+            let wordless = time_outlier("post: words (outliers)", || {
+                let wordless = scratch.spans.is_empty().then(|| self.words.post(key, ""));
+                for i in 0..scratch.spans.len() {
+                    let (a, b) = scratch.spans[i];
+                    name_words.push(self.words.post(key, &scratch.buf[a..b]));
+                }
+                wordless
+            });
             let ids = match &wordless {
                 Some(w) => std::slice::from_ref(w),
                 None => &name_words[..],
             };
-            self.track_posted(id, &text, ids);
-            let Index { entries, words, .. } = self;
-            entries.codec.encode(&text, &mut enc, |i| {
-                name_words
-                    .get(i)
-                    .is_some_and(|&w| words.has_packed(w, NameCodec::MIN_POSTINGS))
+            time_outlier("post: name table (outliers)", || {
+                self.track_posted(id, &text, ids)
             });
-            if enc.as_slice() != entries.names.get(id, at) {
-                // Without room for the encoding (at the arena's cap) the name stays plain,
-                // which is a valid encoding too.
-                if let Some(moved) = entries.names.replace(id, at, &enc) {
-                    entries[id].name = moved;
+            let Index { entries, words, .. } = self;
+            time_outlier("post: name encoding (outliers)", || {
+                entries.codec.encode(&text, &mut enc, |i| {
+                    name_words
+                        .get(i)
+                        .is_some_and(|&w| words.has_packed(w, NameCodec::MIN_POSTINGS))
+                });
+                if enc.as_slice() != entries.names.get(id, at) {
+                    // Without room for the encoding (at the arena's cap) the name stays
+                    // plain, which is a valid encoding too.
+                    if let Some(moved) = entries.names.replace(id, at, &enc) {
+                        entries[id].name = moved;
+                    }
                 }
-            }
+            });
             if is_late() {
                 break;
             }
@@ -458,15 +467,17 @@ impl Index {
         self.work.name_words = name_words;
         self.work.text = text;
         self.work.name = enc;
-        unposted.drain(..done);
-        self.pending.unposted = unposted;
-        if self.pending.unposted.is_empty() {
-            // Every reserved word text is in: what is left was an upper bound. (Names were
-            // reserved exactly, and are all in since `unstage_all`.)
-            self.words.release_texts();
-            debug_assert_eq!(self.entries.names.reserved(), 0);
-            self.entries.names.start_compaction_if_due();
-        }
+        time_outlier("post: end (outliers)", || {
+            unposted.drain(..done);
+            self.pending.unposted = unposted;
+            if self.pending.unposted.is_empty() {
+                // Every reserved word text is in: what is left was an upper bound. (Names
+                // were reserved exactly, and are all in since `unstage_all`.)
+                self.words.release_texts();
+                debug_assert_eq!(self.entries.names.reserved(), 0);
+                self.entries.names.start_compaction_if_due();
+            }
+        });
     }
 
     /// Whether [`Index::register`] left work for [`Index::post_pending`].

@@ -102,6 +102,45 @@ fn staged_files_answer_like_indexed_ones() {
 }
 
 #[test]
+fn search_memory_grows_beside_the_ready_bitmap_a_step_at_a_time() {
+    // Each round outgrows the ready bitmap's room: once it is large, its successor is zeroed
+    // beside it a step at a time (no copy of the bitmap in one step) and replaces it only
+    // when complete.
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    let mut swaps = 0;
+    for round in 0..4u32 {
+        let batch: Vec<FileEntry> = (round * 3_000..(round + 1) * 3_000)
+            .map(|i| fe(spread_hash(i), 1, &format!("f{i}")))
+            .collect();
+        ix.register(p, &batch);
+        ix.post_pending();
+        let mut last = ix.pooled_bitmaps();
+        let mut steps = 0;
+        while ix.is_search_memory_short() {
+            ix.continue_search_memory();
+            let now = ix.pooled_bitmaps();
+            for (&(w0, n0, _), &(w1, n1, zero)) in last.iter().zip(&now) {
+                assert!(zero, "a pooled bitmap is all zeros between searches");
+                assert!(w1 >= w0, "the ready words never shrink: {w0} -> {w1}");
+                if w1 != w0 && n0 > 0 {
+                    swaps += 1;
+                    assert_eq!(n1, 0, "the successor replaced it");
+                    assert!(w1 - n0 <= 4, "only a last step was left: {n0} of {w1}");
+                } else {
+                    assert!(w1 - w0 <= 4 && n1.saturating_sub(n0) <= 4, "a step at most");
+                }
+            }
+            last = now;
+            steps += 1;
+            assert!(steps < 10_000, "the pool is never ready");
+        }
+        assert!(steps > 1, "round {round}: the bitmap grew in {steps} step");
+    }
+    assert!(swaps >= 2, "{swaps} successors replaced a bitmap");
+}
+
+#[test]
 fn hash_filter_grows_and_shrinks_without_losing_a_file() {
     let mut ix = Index::new();
     let peers: Vec<PeerId> = (0..4).map(|i| ix.add_peer(addr(i))).collect();
