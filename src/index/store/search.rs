@@ -71,6 +71,9 @@ const HIT_RESERVE_MAX_SHARE: u32 = 2;
 const HIT_SAMPLE_MIN: usize = 16;
 
 /// Work units between two readings of the clock against the time limit (a few µs of work).
+/// The clock is first read after that much work, so a search that needs less is never cut
+/// short, however long the thread waited for a CPU meanwhile: its answer depends on the
+/// index, not on the machine's load.
 const TIME_CHECK_UNITS: usize = 256;
 /// Units of a word of the driver's range looked at (a record and a posting block).
 const WORD_UNITS: usize = 2;
@@ -448,7 +451,9 @@ impl Index {
             work += WORD_UNITS;
             // (The clock is read at every source, not every `TIME_CHECK_UNITS`: a source is a
             // few reads in cold memory, and a prefix's range can hold thousands.)
-            if work > budget || deadline.is_some_and(|d| Instant::now() >= d) {
+            if work > budget
+                || (work >= TIME_CHECK_UNITS && deadline.is_some_and(|d| Instant::now() >= d))
+            {
                 page.partial = true;
                 break;
             }

@@ -2023,6 +2023,30 @@ fn a_search_stops_at_its_time_limit_and_says_so() {
     assert!(!page.partial && page.hits.len() == 10);
 }
 
+/// A search that needs less work than one clock check's worth is answered whole even when its
+/// time is up before it starts (a thread that waited for a CPU): its answer depends on the
+/// index, not on the machine's load.
+#[test]
+fn a_small_search_is_never_cut_by_the_clock() {
+    let mut ix = tunes();
+    let p = ix.add_peer(addr(2));
+    ix.register(
+        p,
+        &[
+            fe(spread_hash(9_000), 1, "Zebra_Crossing-Live 1999.flac"),
+            fe(spread_hash(9_001), 1, "zebu crossroads.ogg"),
+        ],
+    );
+    ix.set_search_time_limit(Some(std::time::Duration::ZERO));
+    for (query, hits) in [("zeb cross", 2), ("zebra", 1), ("tune 1999", 1), ("z", 2)] {
+        let page = ix
+            .search_page(query, &SearchFilter::default(), None, 10)
+            .unwrap();
+        assert!(!page.partial, "{query}: cut short");
+        assert_eq!(page.hits.len(), hits, "{query}");
+    }
+}
+
 /// When fewer than a page of names hold every query word whole, the search finds them first
 /// and then ranks only the classes below: its walk stops once it has a page of those, instead
 /// of walking all of a whole word's postings for one more name holding every word whole.
