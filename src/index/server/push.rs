@@ -607,6 +607,11 @@ impl Pushes {
         out
     }
 
+    /// When the earliest relay still in flight is given up, if any is.
+    pub fn next_relay_deadline(&self) -> Option<Instant> {
+        self.relays.values().map(|r| r.until).min()
+    }
+
     /// Frames for other sessions than the requester, with the session each goes to; a
     /// request's answer that came later (a relayed push's) goes this way too.
     pub fn take_deliveries(&mut self) -> Vec<(u64, Vec<u8>)> {

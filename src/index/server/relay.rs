@@ -169,6 +169,15 @@ impl IndexServer {
             wire::encode_frame(&Response { id, body }, &mut frame);
             self.pushes.send_to(session, frame);
         }
+        // The timer set when a relay began can fire a little before its deadline (the timer
+        // counts from the turn's start, the deadline from the moment the push was handled):
+        // it is set again for the earliest relay left, so none waits on a later push's timer.
+        if let Some(next) = self.pushes.next_relay_deadline() {
+            ctx.set_timer(
+                next.saturating_duration_since(ctx.now()),
+                super::push::PUSH_TIMER,
+            );
+        }
     }
 }
 
@@ -180,6 +189,7 @@ mod tests {
     use crate::index::server::ServerLimits;
     use crate::wire::{FileEntry, LookupKey, Request, RequestBody, PROTOCOL_VERSION};
     use std::sync::mpsc;
+    use std::time::Duration;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
     /// A clustered server without NATS: what it sends the NATS thread, and its inbox.
@@ -349,10 +359,22 @@ mod tests {
             answer.body,
             ResponseBody::Error { code: ErrorCode::NotFound, ref message } if message.contains("it left")
         ));
+        assert_eq!(a.server.pushes.next_relay_deadline(), None);
+        let before = Instant::now();
         call(&mut a.server, &mut asker, push(7));
         assert_eq!(relays(&mut a).len(), 1);
+        // The deadline the timer is set again for, while the relay is in flight.
+        let deadline = a.server.pushes.next_relay_deadline().expect("in flight");
+        assert!(deadline >= before + crate::index::server::push::RELAY_DEADLINE);
+        assert_eq!(
+            a.server
+                .pushes
+                .expired_relays(deadline - Duration::from_millis(1)),
+            []
+        );
         let later = Instant::now() + crate::index::server::push::RELAY_DEADLINE;
         assert_eq!(a.server.pushes.expired_relays(later), [(asker.id, 7)]);
+        assert_eq!(a.server.pushes.next_relay_deadline(), None);
         let counts = a.server.push_counts().relay;
         assert_eq!((counts.out, counts.out_refused), (3, 1));
         assert_eq!(b.server.push_counts().relay.in_delivered, 1);
