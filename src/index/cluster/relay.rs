@@ -36,6 +36,11 @@ pub const RELAY_TIMEOUT: Duration = Duration::from_secs(2);
 /// another node's holder is answered `RateLimited`.
 pub const RELAYS_IN_FLIGHT_MAX: usize = 64;
 
+/// Most of those to one node, or for one requester's address (IPv4, IPv6 /64): a slow node
+/// or a few busy hosts take a quarter of the room at most, and pushes to the other nodes'
+/// holders go on.
+pub const RELAYS_IN_FLIGHT_PER_KEY: usize = RELAYS_IN_FLIGHT_MAX / 4;
+
 /// Most pushes from other nodes a node's NATS thread holds for its reactor; beyond, it
 /// answers `Busy` at once.
 pub const RELAYS_IN_MAX: usize = 256;

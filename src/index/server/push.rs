@@ -42,7 +42,7 @@
 //! reactor.
 
 use super::{IndexServer, Session, SessionState};
-use crate::index::cluster::relay::{RELAYS_IN_FLIGHT_MAX, RELAY_TIMEOUT};
+use crate::index::cluster::relay::{RELAYS_IN_FLIGHT_MAX, RELAYS_IN_FLIGHT_PER_KEY, RELAY_TIMEOUT};
 use crate::index::limits::{Address, Bucket, Counted, SessionBuckets};
 use crate::index::store::PeerId;
 use crate::logging::{self, Throttled};
@@ -111,11 +111,15 @@ pub enum PushRoute {
 }
 
 /// A push relayed to another node, waiting for its answer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Relaying {
     session: u64,
     /// The request to answer.
     id: u32,
+    /// The holder's node.
+    node: String,
+    /// The requester's address.
+    from: Address,
     /// When it is given up.
     until: Instant,
 }
@@ -567,11 +571,28 @@ impl Pushes {
         self.deliver(target, hash, holder, to, nonce, now)
     }
 
-    /// Local `session`'s push request `id` is relayed to another node: its number, or `None`
-    /// if [`RELAYS_IN_FLIGHT_MAX`] are in flight already. Answered by
+    /// Local `session`'s push request `id`, from a requester at `from`, is relayed to node
+    /// `node`: its number, or `None` if [`RELAYS_IN_FLIGHT_MAX`] are in flight already, or
+    /// [`RELAYS_IN_FLIGHT_PER_KEY`] to that node or from that address. Answered by
     /// [`Pushes::handle_relay_answer`], or given up at [`RELAY_DEADLINE`].
-    pub fn begin_relay(&mut self, session: u64, id: u32, now: Instant) -> Option<u64> {
-        if self.relays.len() >= RELAYS_IN_FLIGHT_MAX {
+    pub fn begin_relay(
+        &mut self,
+        session: u64,
+        id: u32,
+        (node, from): (&str, SocketAddr),
+        now: Instant,
+    ) -> Option<u64> {
+        let from = Address::of(from.ip());
+        let (to_node, by_address) = self.relays.values().fold((0, 0), |(n, a), r| {
+            (
+                n + usize::from(r.node == node),
+                a + usize::from(r.from == from),
+            )
+        });
+        if self.relays.len() >= RELAYS_IN_FLIGHT_MAX
+            || to_node >= RELAYS_IN_FLIGHT_PER_KEY
+            || by_address >= RELAYS_IN_FLIGHT_PER_KEY
+        {
             return None;
         }
         let relay = self.next_relay;
@@ -581,6 +602,8 @@ impl Pushes {
             Relaying {
                 session,
                 id,
+                node: node.to_string(),
+                from,
                 until: now + RELAY_DEADLINE,
             },
         );
@@ -866,6 +889,40 @@ mod tests {
         let (frames, _) =
             crate::codec::decode_all(&mut crate::codec::Decoder::default(), frame).unwrap();
         wire::decode(&frames[0]).unwrap()
+    }
+
+    #[test]
+    fn relays_in_flight_are_bounded_per_node_and_per_requester_address_and_in_all() {
+        let now = Instant::now();
+        let mut p = Pushes::new(now);
+        let per = RELAYS_IN_FLIGHT_PER_KEY;
+        let from = |host: usize| addr(&format!("10.0.{}.{}:7000", host / 200, host % 200 + 1));
+        // One slow node takes a quarter of the room; the next push to it is refused.
+        let first: Vec<u64> = (0..per)
+            .map(|i| p.begin_relay(1, i as u32, ("b-1", from(i)), now).unwrap())
+            .collect();
+        assert_eq!(p.begin_relay(1, 99, ("b-1", from(99)), now), None);
+        // One address takes a quarter too, whatever the nodes.
+        for i in 0..per {
+            let node = format!("c-{i}");
+            assert!(p
+                .begin_relay(2, i as u32, (&node, from(500)), now)
+                .is_some());
+        }
+        assert_eq!(p.begin_relay(2, 99, ("d-1", from(500)), now), None);
+        // Other nodes and addresses go on, up to the whole room.
+        let mut n = 2 * per;
+        while n < RELAYS_IN_FLIGHT_MAX {
+            let node = format!("e-{n}");
+            assert!(p
+                .begin_relay(3, n as u32, (&node, from(1000 + n)), now)
+                .is_some());
+            n += 1;
+        }
+        assert_eq!(p.begin_relay(3, 0, ("f-1", from(2000)), now), None);
+        // An answered relay frees its node's room.
+        assert_eq!(p.handle_relay_answer(first[0]), Some((1, 0)));
+        assert!(p.begin_relay(1, 100, ("b-1", from(3000)), now).is_some());
     }
 
     #[test]

@@ -35,7 +35,7 @@ impl IndexServer {
             self.error(out, id, ErrorCode::NotFound, why);
             return Verdict::Continue;
         };
-        let Some(relay) = self.pushes.begin_relay(session, id, now) else {
+        let Some(relay) = self.pushes.begin_relay(session, id, (&node, to), now) else {
             self.pushes.relay_counts.out_refused += 1;
             let body = ResponseBody::RateLimited {
                 retry_after_ms: (RELAY_TIMEOUT / 4).as_millis() as u64,
@@ -403,7 +403,7 @@ mod tests {
 
     #[test]
     fn relays_in_flight_are_bounded_and_a_relayed_requester_shares_its_address_budget() {
-        use crate::index::cluster::relay::RELAYS_IN_FLIGHT_MAX;
+        use crate::index::cluster::relay::RELAYS_IN_FLIGHT_PER_KEY;
         use crate::index::limits::RateLimits;
         let (mut a, mut b) = (node(), node());
         a.server.set_rate_limits(RateLimits::off());
@@ -417,14 +417,16 @@ mod tests {
             holder: at,
             nonce: 1,
         };
-        for _ in 0..RELAYS_IN_FLIGHT_MAX {
+        // One requester's address to one node: a quarter of the room (the whole room's
+        // bound is `Pushes`' own test's).
+        for _ in 0..RELAYS_IN_FLIGHT_PER_KEY {
             assert!(call(&mut a.server, &mut asker, push.clone()).is_empty());
         }
         assert!(matches!(
             call(&mut a.server, &mut asker, push.clone())[0],
             ResponseBody::RateLimited { banned: false, .. }
         ));
-        assert_eq!(relays(&mut a).len(), RELAYS_IN_FLIGHT_MAX);
+        assert_eq!(relays(&mut a).len(), RELAYS_IN_FLIGHT_PER_KEY);
         // At B, the requester's address has the push budget it would have there itself
         // (its burst, one in debt), whatever node it asks through.
         let limits = RateLimits::default();
