@@ -2052,7 +2052,7 @@ fn a_small_search_is_never_cut_by_the_clock() {
 
 /// Answers built in the memory of earlier answers given back (`Index::recycle_hits`) are
 /// those a fresh index gives: no byte of an earlier name survives in a later one, whatever
-/// the lengths, and buffers over the kept bounds are dropped.
+/// the lengths, buffers over the kept bounds given back included.
 #[test]
 fn answers_built_in_recycled_hits_are_those_of_fresh_memory() {
     let mut fresh = tunes();
