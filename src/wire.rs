@@ -738,11 +738,15 @@ struct AppendVec<'a>(&'a mut Vec<u8>);
 impl postcard::ser_flavors::Flavor for AppendVec<'_> {
     type Output = ();
 
+    // Inlined: a search's answer pushes its hashes byte by byte (a hash is a tuple of 32
+    // `u8`s to serde), 3,200 calls for a page of 100 hits.
+    #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
         self.0.push(data);
         Ok(())
     }
 
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         self.0.extend_from_slice(data);
         Ok(())

@@ -582,7 +582,12 @@ impl IndexServer {
             };
             (kind, units)
         });
-        wire::encode_frame(&Response { id, body }, out);
+        let answer = Response { id, body };
+        wire::encode_frame(&answer, out);
+        if let ResponseBody::SearchResults { hits, .. } = answer.body {
+            // Their memory builds the next answer's hits.
+            self.index.recycle_hits(hits);
+        }
         // Charged by `handle_payload` once it has timed the request.
         self.charge = kind_units;
         Verdict::Continue

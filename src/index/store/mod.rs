@@ -203,7 +203,7 @@ use self::words::{Scratch, Words};
 use self::{blockset::BlockSet, codec::NameCodec, filter::HashFilter, names::Names};
 #[cfg(doc)]
 use crate::wire::FileHash;
-use crate::wire::HeldFile;
+use crate::wire::{HeldFile, SearchHit};
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -425,6 +425,16 @@ struct Work {
     name_words: Vec<u32>,
     /// The entries of a departure's slice.
     slice: Vec<u32>,
+    /// Name buffers of answers given back ([`Index::recycle_hits`]), for the next answer's
+    /// names: glibc's malloc on the heap a large index leaves costs hundreds of ns per small
+    /// allocation (see `search.rs`).
+    hit_names: Vec<String>,
+    /// An answer's vector given back, empty, for the next answer.
+    hit_vec: Vec<SearchHit>,
+    /// The (entry, file) ids of an answer's hits while it is built.
+    hit_ids: Vec<(u32, u32)>,
+    /// A search's best ranks (its heap), empty between searches.
+    ranks: Vec<u64>,
 }
 
 impl Default for Index {

@@ -69,6 +69,11 @@ const HIT_RESERVE_HALVES: u32 = 3;
 const HIT_RESERVE_MAX_SHARE: u32 = 2;
 /// Answers of fewer hits do not update the cost per hit (their fixed costs would weigh).
 const HIT_SAMPLE_MIN: usize = 16;
+/// Most names of answers given back that are kept for the next answers
+/// ([`Index::recycle_hits`]; indexd's pages hold at most 100 hits by default).
+pub(super) const SPARE_HITS: usize = 1024;
+/// A name buffer given back of more capacity than this is dropped, not kept.
+pub(super) const SPARE_NAME_BYTES: usize = 1024;
 
 /// Work units between two readings of the clock against the time limit (a few µs of work).
 /// The clock is first read after that much work, so a search that needs less is never cut
@@ -431,7 +436,8 @@ impl Index {
         // The best `limit + 1` ranks (one more than shown, to know whether a next page
         // exists), worst on top.
         let cap = limit.saturating_add(1);
-        let mut heap: BinaryHeap<u64> = BinaryHeap::new();
+        // (Its vector is the last search's: see `timed_hits` on allocating here.)
+        let mut heap: BinaryHeap<u64> = BinaryHeap::from(std::mem::take(&mut self.work.ranks));
         // Entries seen through a longer word (a name may hold several words of the range),
         // a bitmap by entry id (from the pool).
         let mut seen: Option<Bitmap> = None;
@@ -605,7 +611,7 @@ impl Index {
                 }
             }
         }
-        let ranks = heap.into_sorted_vec();
+        let mut ranks = heap.into_sorted_vec();
         let more = ranks.len() > limit;
         page.hits = self.timed_hits(ranks.iter().take(limit).map(|&r| (r as u32) & ID_MASK));
         page.total = matched;
@@ -627,6 +633,10 @@ impl Index {
             });
         }
         page.work = work as u64;
+        if ranks.capacity() <= SPARE_HITS + 1 {
+            ranks.clear();
+            self.work.ranks = ranks;
+        }
         // The bitmaps go back to the pool, cleared.
         for b in bits {
             if let WordBits::Dense { any, whole } = b {
@@ -643,11 +653,43 @@ impl Index {
         Ok(page)
     }
 
-    /// The hits of entries `ids` (see [`Index::hits`]), the time they took per hit averaged
-    /// into `search_hit_ns` for the next search's time limit.
+    /// The hits of entries `ids`, in order, the time they took per hit averaged into
+    /// `search_hit_ns` for the next search's time limit.
+    ///
+    /// Each part is read for every hit before the next part (entry records, file records,
+    /// holder counts, names), so that the cache misses of one part overlap across the hits
+    /// instead of queueing one behind the other: at 10M entries each record a hit reads is a
+    /// miss. The answer's vector and its names' buffers are those of earlier answers given
+    /// back by [`Index::recycle_hits`]: on the heap a large index leaves, glibc's malloc took
+    /// most of the time an answer was built in (a fresh `String` per name, and vectors large
+    /// enough to make it consolidate its fast bins and sort its free chunks again).
     fn timed_hits(&mut self, ids: impl Iterator<Item = u32>) -> Vec<SearchHit> {
         let t = Instant::now();
-        let hits = self.hits(ids);
+        let mut hits = std::mem::take(&mut self.work.hit_vec);
+        let mut staged = std::mem::take(&mut self.work.hit_ids);
+        hits.clear();
+        staged.clear();
+        staged.extend(ids.map(|e| (e, self.entries[e].file())));
+        let spare = &mut self.work.hit_names;
+        hits.extend(staged.iter().map(|&(_, f)| SearchHit {
+            name: spare.pop().unwrap_or_default(),
+            size: self.files[f].size(),
+            hash: self.files[f].hash,
+            holders: 0,
+        }));
+        for (hit, &(e, _)) in hits.iter_mut().zip(&staged) {
+            hit.holders = self.entry_holders(e);
+        }
+        for &(e, _) in &staged {
+            // Only the load matters: the name's bytes are in cache for the decoding below.
+            std::hint::black_box(self.entries.encoded_name(e).first());
+        }
+        for (hit, &(e, _)) in hits.iter_mut().zip(&staged) {
+            let mut name = std::mem::take(&mut hit.name).into_bytes();
+            self.entries.decode_name(e, &mut name);
+            hit.name = String::from_utf8(name).expect("names are stored from str");
+        }
+        self.work.hit_ids = staged;
         if hits.len() >= HIT_SAMPLE_MIN {
             let per = t.elapsed().as_nanos() / hits.len() as u128;
             let per = per.min(u128::from(u32::MAX / 2)) as u32;
@@ -655,6 +697,23 @@ impl Index {
             self.search_hit_ns = self.search_hit_ns - self.search_hit_ns / 8 + per / 8;
         }
         hits
+    }
+
+    /// Takes back the hits of an answer once they are encoded, so that the next answers
+    /// build theirs in the same memory rather than in fresh allocations (which cost hundreds
+    /// of ns each on a large index's heap): at most [`SPARE_HITS`] names are kept, none of
+    /// more than [`SPARE_NAME_BYTES`] bytes. Answers are the same whether or not hits are
+    /// given back.
+    pub fn recycle_hits(&mut self, mut hits: Vec<SearchHit>) {
+        let spare = &mut self.work.hit_names;
+        for hit in hits.drain(..) {
+            if spare.len() < SPARE_HITS && hit.name.capacity() <= SPARE_NAME_BYTES {
+                spare.push(hit.name);
+            }
+        }
+        if hits.capacity() <= SPARE_HITS && hits.capacity() > self.work.hit_vec.capacity() {
+            self.work.hit_vec = hits;
+        }
     }
 
     /// Postings over `prefix`'s range, counted up to `stop` (and over at most
@@ -796,37 +855,6 @@ impl Index {
             target = key + 1;
         }
         Whole::Page(keys, false)
-    }
-
-    /// The hits of entries `ids`, in order. Each part is read for every hit before the next
-    /// part (entry records, file records, names, holder counts), so that the cache misses of
-    /// one part overlap across the hits instead of queueing one behind the other: at 10M
-    /// entries each record a hit reads is a miss.
-    fn hits(&self, ids: impl Iterator<Item = u32>) -> Vec<SearchHit> {
-        let ids: Vec<(u32, u32)> = ids.map(|e| (e, self.entries[e].file())).collect();
-        let files: Vec<(u64, crate::wire::FileHash)> = ids
-            .iter()
-            .map(|&(_, f)| (self.files[f].size(), self.files[f].hash))
-            .collect();
-        let holders: Vec<u32> = ids.iter().map(|&(e, _)| self.entry_holders(e)).collect();
-        for &(e, _) in &ids {
-            // Only the load matters: the name's bytes are in cache for the decoding below.
-            std::hint::black_box(self.entries.encoded_name(e).first());
-        }
-        let mut name = Vec::new();
-        ids.iter()
-            .zip(files)
-            .zip(holders)
-            .map(|((&(e, _), (size, hash)), holders)| {
-                self.entries.decode_name(e, &mut name);
-                SearchHit {
-                    name: String::from_utf8(name.clone()).expect("names are stored from str"),
-                    size,
-                    hash,
-                    holders,
-                }
-            })
-            .collect()
     }
 
     /// Whether the pool of bitmaps that searches take is short of what they may need at this

@@ -1506,6 +1506,8 @@ proptest! {
                     let page = ix.search_page(&q, &filter, None, limit).unwrap();
                     let all = model.ranked(&ix, &q, &filter);
                     page_agrees(&page, &all, query_words(&q), None, limit)?;
+                    // Given back as indexd does: later answers are built in their memory.
+                    ix.recycle_hits(page.hits);
                     if filter.is_empty() {
                         prop_assert_eq!(ix.search(&q, limit), model.search(&ix, &q, limit));
                     }
@@ -1518,6 +1520,7 @@ proptest! {
                         let page = ix.search_page(&q, &filter, Some(&c), limit).unwrap();
                         let all = model.ranked(&ix, &q, &filter);
                         page_agrees(&page, &all, query_words(&q), Some(&c), limit)?;
+                        ix.recycle_hits(page.hits);
                         // A cursor of another query is refused.
                         prop_assert!(ix.search_page("zz9", &filter, Some(&c), limit).is_err());
                         last = page.next.map(|c| (q, filter, c));
@@ -2044,6 +2047,73 @@ fn a_small_search_is_never_cut_by_the_clock() {
             .unwrap();
         assert!(!page.partial, "{query}: cut short");
         assert_eq!(page.hits.len(), hits, "{query}");
+    }
+}
+
+/// Answers built in the memory of earlier answers given back (`Index::recycle_hits`) are
+/// those a fresh index gives: no byte of an earlier name survives in a later one, whatever
+/// the lengths, buffers over the kept bounds given back included.
+#[test]
+fn answers_built_in_recycled_hits_are_those_of_fresh_memory() {
+    let mut fresh = tunes();
+    let mut reused = tunes();
+    for ix in [&mut fresh, &mut reused] {
+        let p = ix.add_peer(addr(2));
+        ix.register(
+            p,
+            &[
+                fe(spread_hash(9_000), 1, "t"),
+                fe(
+                    spread_hash(9_001),
+                    1,
+                    &format!("tune {}.flac", "x".repeat(300)),
+                ),
+                fe(spread_hash(9_002), 1, "Tune-Ünïcödé 7.ogg"),
+            ],
+        );
+    }
+    // Junk to start from: long and short names, one over the kept capacity, more hits than
+    // are kept.
+    let junk = |n: usize| SearchHit {
+        name: "#".repeat(n % 700),
+        size: 7,
+        hash: h(7),
+        holders: 9,
+    };
+    let mut big = junk(5);
+    big.name.reserve(search::SPARE_NAME_BYTES * 2);
+    reused.recycle_hits(
+        std::iter::once(big)
+            .chain((0..search::SPARE_HITS + 50).map(junk))
+            .collect(),
+    );
+    let filter = SearchFilter::default();
+    for (n, query) in [
+        "tune",
+        "t",
+        "tune 1",
+        "tune x",
+        "tune 19",
+        "ünï",
+        "tune flac",
+        "tune 7",
+    ]
+    .iter()
+    .cycle()
+    .take(40)
+    .enumerate()
+    {
+        let limit = [1, 10, 100, 3][n % 4];
+        let want = fresh.search_page(query, &filter, None, limit).unwrap();
+        let got = reused.search_page(query, &filter, None, limit).unwrap();
+        assert!(!got.hits.is_empty(), "{query}");
+        assert_eq!(got, want, "{query}, limit {limit}");
+        // The hits go back in another order than built, some answers not at all.
+        if n % 5 != 4 {
+            let mut hits = got.hits;
+            hits.reverse();
+            reused.recycle_hits(hits);
+        }
     }
 }
 

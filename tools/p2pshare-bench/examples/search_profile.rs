@@ -137,11 +137,11 @@ fn main() {
                     )
                     .expect("write");
                 }
-                // What indexd does next: the answer encoded as a frame.
+                // What indexd does next: the answer encoded as a frame, its hits given back.
                 let answer = Response {
                     id: 1,
                     body: ResponseBody::SearchResults {
-                        hits: page.hits.clone(),
+                        hits: page.hits,
                         total: page.total,
                         total_exact: page.total_exact,
                         next: page.next,
@@ -154,9 +154,11 @@ fn main() {
                 encode_frame(&answer, &mut frame);
                 encode_ns += t.elapsed().as_nanos() as u64;
                 bytes += frame.len();
+                let ResponseBody::SearchResults { hits, .. } = answer.body else {
+                    unreachable!("built above")
+                };
                 if let Some(out) = answers.as_mut() {
-                    let hashes: Vec<String> = page
-                        .hits
+                    let hashes: Vec<String> = hits
                         .iter()
                         .map(|h| h.hash.to_hex()[..12].to_string())
                         .collect();
@@ -170,6 +172,7 @@ fn main() {
                     )
                     .expect("write");
                 }
+                index.recycle_hits(hits);
             }
         }
         times.sort_unstable();
