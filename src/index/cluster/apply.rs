@@ -97,6 +97,9 @@ pub enum Inbound {
         token: u64,
         /// The push.
         push: super::relay::RelayedPush,
+        /// Past it, the requester's node no longer waits: not delivered (see
+        /// [`relay`](super::relay)'s deadlines).
+        deadline: std::time::Instant,
     },
     /// The answer to push relay `id` this node sent
     /// ([`Outbound::Push`](super::link::Outbound::Push)): the holder's node's, or the NATS

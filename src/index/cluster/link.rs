@@ -84,6 +84,9 @@ pub enum Outbound {
         node: String,
         /// The push.
         push: RelayedPush,
+        /// When the reactor gives it up: past it, the NATS thread drops it unsent (see
+        /// [`relay`](super::relay)'s deadlines).
+        deadline: std::time::Instant,
     },
     /// The answer to [`Inbound::PushIn`] `token`.
     PushAnswer {
@@ -682,11 +685,23 @@ impl Link {
         std::mem::take(&mut self.relays)
     }
 
-    /// Relays push `id` to node `node` (its answer comes as an [`Inbound::PushAnswer`]);
-    /// false if the NATS thread is gone.
-    pub fn relay_push(&mut self, id: u64, node: &str, push: RelayedPush) -> bool {
+    /// Relays push `id` to node `node`, given up at `deadline` (its answer comes as an
+    /// [`Inbound::PushAnswer`]); false if the NATS thread is gone.
+    pub fn relay_push(
+        &mut self,
+        id: u64,
+        node: &str,
+        push: RelayedPush,
+        deadline: std::time::Instant,
+    ) -> bool {
         let node = node.to_string();
-        self.to_nats.send(Outbound::Push { id, node, push }).is_ok()
+        let push = Outbound::Push {
+            id,
+            node,
+            push,
+            deadline,
+        };
+        self.to_nats.send(push).is_ok()
     }
 
     /// Answers another node's relayed push `token`.
