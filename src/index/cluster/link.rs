@@ -547,13 +547,14 @@ impl Link {
         }
     }
 
-    /// Local `peer`'s reachability is known (its probe ended, or it serves no port): it takes
-    /// pushes. Published once; restated by its snapshots.
+    /// Local `peer`'s reachability is known (its probe ended, or it serves no port; or it
+    /// will not be probed, `reachable`): it takes pushes. Published when new or changed;
+    /// restated by its snapshots.
     pub fn handle_reachability(&mut self, peer: PeerId, reachable: bool) {
         if self
             .local
             .get(&peer)
-            .map_or(true, |l| l.reachable.is_some())
+            .map_or(true, |l| l.reachable == Some(reachable))
         {
             return;
         }

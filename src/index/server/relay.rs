@@ -524,6 +524,31 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_session_left_unprobed_takes_pushes_relayed_from_other_nodes_too() {
+        let (mut a, mut b) = (node(), node());
+        let at: SocketAddr = "10.0.0.1:7001".parse().unwrap();
+        let mut holder = join(&mut b.server, "10.0.0.1:999", 7001);
+        // B's probe queue is full: no answer, no probe; B takes pushes for it, unflagged.
+        b.server.pushes.set_probe_queue_full(true);
+        assert!(call(&mut b.server, &mut holder, RequestBody::Reachability).is_empty());
+        assert_eq!(b.server.pushes.poll_probe(Instant::now()), None);
+        b.server.publish_reachability();
+        replicate(&mut b, "b-1", &mut a);
+        // So does A: a push for it there is relayed to B, and lookups do not flag it.
+        assert_eq!(a.server.firewalled([at].iter()), []);
+        let remote = a.server.cluster.as_mut().unwrap().remote_pushes();
+        assert_eq!(remote.node_for(&at), Some("b-1"));
+        // A later ask is probed, and finds it unreachable: A learns that too.
+        b.server.pushes.set_probe_queue_full(false);
+        probed_unreachable(&mut b.server, &mut holder, at);
+        replicate(&mut b, "b-1", &mut a);
+        assert_eq!(a.server.firewalled([at].iter()), [at]);
+        let remote = a.server.cluster.as_mut().unwrap().remote_pushes();
+        assert_eq!(remote.node_for(&at), Some("b-1"));
+        assert_eq!(remote.count(), 1);
+    }
+
     /// A relay's deadline well after `now` (the NATS thread's longest).
     fn far(now: Instant) -> Instant {
         now + RELAY_TIMEOUT
