@@ -298,6 +298,12 @@ impl Link {
         }
     }
 
+    /// Live nodes of the cluster, this one included, as the NATS thread last saw the
+    /// liveness bucket.
+    pub fn nodes_alive(&self) -> u64 {
+        self.counters.nodes_alive() + 1
+    }
+
     /// The apply path's state (for stats and tests).
     pub fn replica(&self) -> &Replica {
         &self.replica
