@@ -47,7 +47,8 @@ struct Flags {
     #[arg(long, default_value_t = 20_000_000)]
     max_holdings: usize,
     /// Most holdings of all the peers at one address (an IPv4 address or an IPv6 /64), so
-    /// that one host's many sessions cannot fill the index. 0: no limit.
+    /// that one host's many sessions cannot fill the index; in cluster mode, its sessions at
+    /// every node counted. 0: no limit.
     #[arg(long, default_value_t = 2_000_000, value_name = "ENTRIES")]
     max_holdings_per_ip: usize,
     /// Search work per second one session may spend, in work units (the first 32 units of
@@ -68,8 +69,8 @@ struct Flags {
     rate_register_burst: u64,
     /// Register and unregister entries per second all sessions of one IPv4 address or IPv6
     /// /64 may send together, after a burst of --rate-register-burst; in cluster mode, stream
-    /// units (64 bytes of the cluster's stream; an entry of a short name is about one). 0: no
-    /// limit.
+    /// units (64 bytes of the cluster's stream; an entry of a short name is about one), the
+    /// budget of the whole cluster, each of N live nodes taking 1/N. 0: no limit.
     #[arg(long, default_value_t = RateLimits::default().register_address_per_s, value_name = "ENTRIES")]
     rate_register_address: u64,
     /// Search and lookup work per second all sessions of one IPv4 address or IPv6 /64 may
@@ -77,11 +78,13 @@ struct Flags {
     #[arg(long, default_value_t = RateLimits::default().address_per_s, value_name = "UNITS")]
     rate_address: u64,
     /// Push requests per second all sessions of one IPv4 address or IPv6 /64 may make
-    /// together (burst: 2 s of it), under the index-wide 200 a second. 0: no limit.
+    /// together (burst: 2 s of it), under the index-wide 200 a second; in cluster mode, over
+    /// every node (each of N live nodes takes 1/N). 0: no limit.
     #[arg(long, default_value_t = RateLimits::default().push_address_per_s, value_name = "PUSHES")]
     rate_push_address: u64,
     /// Reachability asks (each may start a probe) per second all sessions of one IPv4
-    /// address or IPv6 /64 may make together (burst: 2 s of it). 0: no limit.
+    /// address or IPv6 /64 may make together (burst: 2 s of it); in cluster mode, over every
+    /// node (each of N live nodes takes 1/N). 0: no limit.
     #[arg(long, default_value_t = RateLimits::default().reachability_address_per_s, value_name = "ASKS")]
     rate_reachability_address: u64,
     /// An address refused this many times within --ban-window seconds is banned: its

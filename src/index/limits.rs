@@ -43,6 +43,17 @@
 //! refused at accept, until the ban expires by itself. A client that waits as told between
 //! refusals is never banned.
 //!
+//! # In a cluster
+//! An address may have sessions at every node, so a budget per address kept per node would
+//! give it N times the budget over N nodes. The per-address budgets of what reaches the
+//! whole cluster (registers and unregisters, written to the shared stream; pushes, which
+//! make other nodes' holders act; reachability asks) are split: each node takes 1/N of the
+//! rate and of the burst ([`Limiter::set_nodes`], N the live nodes of the liveness bucket,
+//! at least 1; at least 1 a second when the budget is on), so an address spread over every
+//! node gets the budget in all, and one that uses one node gets 1/N of it. The search and
+//! lookup budget per address stays whole at each node: each node answers its own reads with
+//! its own CPU, which is what that budget protects.
+//!
 //! # Invariants
 //! - A setting of 0 switches that limit off (a bucket of rate 0 is never charged or checked;
 //!   `ban_after` 0 never bans).
@@ -223,6 +234,15 @@ pub struct Bucket {
     at: Instant,
 }
 
+/// `per_s` split over `nodes` nodes: 0 stays 0 (off); else at least 1.
+fn share(per_s: u64, nodes: u64) -> u64 {
+    if per_s == 0 {
+        0
+    } else {
+        (per_s / nodes.max(1)).max(1)
+    }
+}
+
 impl Bucket {
     /// A full bucket refilled at `rate` units a second up to `burst` units.
     pub fn new(rate: u64, burst: u64, now: Instant) -> Bucket {
@@ -233,6 +253,18 @@ impl Bucket {
             cap,
             at: now,
         }
+    }
+
+    /// Refills at `rate` a second up to `burst` from `now` on (what it held is kept, up to
+    /// the new burst).
+    fn set_rate(&mut self, rate: u64, burst: u64, now: Instant) {
+        if self.is_on() {
+            self.refill(now);
+        }
+        self.rate = rate;
+        self.cap = burst.saturating_mul(1000).min(i64::MAX as u64 / 2) as i64;
+        self.level = self.level.min(self.cap);
+        self.at = now;
     }
 
     /// Whether the bucket limits anything.
@@ -288,6 +320,34 @@ impl Bucket {
     fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.level >= self.cap
+    }
+}
+
+/// The rate and burst of an address's split budgets at one of `nodes` nodes (see the module
+/// docs).
+struct AddressRates {
+    registers: (u64, u64),
+    pushes: (u64, u64),
+    reachability: (u64, u64),
+}
+
+impl AddressRates {
+    fn of(l: &RateLimits, nodes: u64) -> AddressRates {
+        let burst = |per_s: u64| share(per_s, nodes) * RateLimits::BURST_SECONDS;
+        AddressRates {
+            registers: (
+                share(l.register_address_per_s, nodes),
+                share(l.register_burst, nodes),
+            ),
+            pushes: (
+                share(l.push_address_per_s, nodes),
+                burst(l.push_address_per_s),
+            ),
+            reachability: (
+                share(l.reachability_address_per_s, nodes),
+                burst(l.reachability_address_per_s),
+            ),
+        }
     }
 }
 
@@ -410,6 +470,9 @@ pub struct Limiter {
     /// When the last ban imposed ends (bans at accept and per request need checking only
     /// until then).
     last_ban_ends: Option<Instant>,
+    /// Live nodes of the cluster (1 alone): the per-address write budgets' divisor (see the
+    /// module docs).
+    nodes: u64,
 }
 
 /// Fewest address records before a sweep is worth it.
@@ -424,7 +487,33 @@ impl Limiter {
             last_ban_ends: None,
             swept_at: 0,
             counts: LimiterCounts::default(),
+            nodes: 1,
         }
+    }
+
+    /// The cluster has `nodes` live nodes (at least 1): each address's register, push and
+    /// reachability budgets here become 1/`nodes` of the settings (see the module docs),
+    /// those of the addresses known already included, from `now` on.
+    pub fn set_nodes(&mut self, nodes: u64, now: Instant) {
+        let nodes = nodes.max(1);
+        if nodes == self.nodes {
+            return;
+        }
+        self.nodes = nodes;
+        let rates = AddressRates::of(&self.limits, nodes);
+        for rec in self.addresses.values_mut() {
+            let (rate, burst) = rates.registers;
+            rec.registers.set_rate(rate, burst, now);
+            let (rate, burst) = rates.pushes;
+            rec.pushes.set_rate(rate, burst, now);
+            let (rate, burst) = rates.reachability;
+            rec.reachability.set_rate(rate, burst, now);
+        }
+    }
+
+    /// The live nodes the per-address budgets are split over.
+    pub fn nodes(&self) -> u64 {
+        self.nodes
     }
 
     /// The limits.
@@ -450,6 +539,8 @@ impl Limiter {
 
     fn record(&mut self, address: Address, now: Instant) -> &mut AddressRecord {
         let l = &self.limits;
+        let rates = AddressRates::of(l, self.nodes);
+        let bucket = |(rate, burst): (u64, u64)| Bucket::new(rate, burst, now);
         self.addresses
             .entry(address)
             .or_insert_with(|| AddressRecord {
@@ -459,17 +550,9 @@ impl Limiter {
                     l.address_per_s * RateLimits::BURST_SECONDS,
                     now,
                 ),
-                registers: Bucket::new(l.register_address_per_s, l.register_burst, now),
-                pushes: Bucket::new(
-                    l.push_address_per_s,
-                    l.push_address_per_s * RateLimits::BURST_SECONDS,
-                    now,
-                ),
-                reachability: Bucket::new(
-                    l.reachability_address_per_s,
-                    l.reachability_address_per_s * RateLimits::BURST_SECONDS,
-                    now,
-                ),
+                registers: bucket(rates.registers),
+                pushes: bucket(rates.pushes),
+                reachability: bucket(rates.reachability),
                 strikes: Bucket::new(
                     (l.ban_after * 1000)
                         .checked_div(l.ban_window.as_millis().max(1) as u64)
@@ -750,6 +833,39 @@ mod tests {
             Err(ms(1))
         );
         assert!(l.admit(&mut other, B, Kind::Register, t0 + ms(1)).is_ok());
+    }
+
+    #[test]
+    fn a_cluster_s_live_nodes_split_an_address_s_register_budget_and_a_death_gives_it_back() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(RateLimits {
+            register_per_s: 1000,
+            register_burst: 1000,
+            register_address_per_s: 1000,
+            address_per_s: 1000,
+            ..RateLimits::off()
+        });
+        // 4 live nodes: 250 units a second here, 250 of burst; the session's own stays.
+        l.set_nodes(4, t0);
+        let mut one = l.open(A, t0);
+        l.charge_stream(&mut one, A, 251, t0);
+        assert_eq!(
+            l.admit(&mut one, A, Kind::Register, t0)
+                .map_err(|r| r.retry_after),
+            Err(ms(4))
+        );
+        // Reads keep the whole per-address budget at each node.
+        assert!(l.admit(&mut one, A, Kind::Search, t0).is_ok());
+        l.charge(&mut one, A, Kind::Search, 900 + FREE_UNITS, t0);
+        assert!(l.admit(&mut one, A, Kind::Search, t0).is_ok());
+        // Two die: the address known already refills at 500 a second from then on.
+        l.set_nodes(2, t0);
+        assert_eq!(l.nodes(), 2);
+        assert!(l.admit(&mut one, A, Kind::Register, t0 + ms(2)).is_ok());
+        // A budget split over more nodes than its rate is 1 a second, never off; 0 stays off.
+        assert_eq!(share(3, 8), 1);
+        assert_eq!(share(0, 8), 0);
+        assert_eq!(share(1000, 0), 1000);
     }
 
     #[test]

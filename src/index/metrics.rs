@@ -290,7 +290,8 @@ fn push_families(e: &mut Exposition, p: &PushCounts) {
     e.counters(
         "p2pshare_index_pushes_relay_refused_total",
         "Cluster: pushes to another node's holder refused (out: by that node, not answered \
-         in time, or over the relays in flight), and pushes from other nodes refused here (in).",
+         in time, dropped unsent past their deadline, or over the relays in flight), and \
+         pushes from other nodes refused here (in; past their deadline included).",
         "direction",
         &[("out", p.relay.out_refused), ("in", p.relay.in_refused)],
     );

@@ -23,6 +23,7 @@
 //! plain IPv4 (the reactor maps `::ffff:a.b.c.d` at accept), so it is handed out as such.
 
 mod cluster;
+mod cluster_limits;
 pub mod push;
 mod register_frame;
 mod relay;
@@ -632,7 +633,7 @@ impl IndexServer {
         let index_room = self.limits.max_holdings.saturating_sub(holdings);
         let ip = self.index.peer_addr(peer).map(|a| a.ip());
         let address = ip.map(limits::Address::of);
-        let at_address = address.map_or(0, |a| self.address_holdings.get(&a).copied().unwrap_or(0));
+        let at_address = address.map_or(0, |a| self.holdings_at(a));
         let address_room = self
             .limits
             .max_holdings_per_address
@@ -840,6 +841,21 @@ impl IndexServer {
     /// latency, never correctness.
     pub fn settle(&mut self) {
         self.index.post_pending();
+    }
+
+    /// Entries held at `address`: by this node's sessions, and in a cluster by every other
+    /// node's sessions there as far as this node has applied their records (exact up to the
+    /// replication lag; see `--max-holdings-per-ip` in README).
+    fn holdings_at(&self, address: limits::Address) -> usize {
+        let local = self.address_holdings.get(&address).copied().unwrap_or(0);
+        if self.limits.max_holdings_per_address == usize::MAX {
+            // No limit: nothing to walk for.
+            return local;
+        }
+        let remote = self.cluster.as_deref().map_or(0, |link| {
+            link.replica().remote_holdings_at(&self.index, address)
+        });
+        local + remote
     }
 
     /// The peers at `address` gained (or lost, negative) `delta` holdings.

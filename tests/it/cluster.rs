@@ -302,6 +302,47 @@ fn a_register_at_one_node_is_answered_at_another_until_withdrawn_or_its_session_
 }
 
 #[test]
+fn a_client_cannot_hold_more_than_its_address_s_cap_by_registering_through_two_nodes() {
+    if !nats_server_present() {
+        return;
+    }
+    let nats = Nats::start(3);
+    let urls = nats.urls();
+    let start = |id| {
+        let mut args = node_args(&urls, id, TTL).to_vec();
+        args.extend(["--max-holdings-per-ip", "10"]);
+        Indexd::start_within("127.0.0.1:0", &args, START_LIMIT)
+    };
+    let (a, b) = (start("a"), start("b"));
+    let added = |c: &mut Client, tag: &str, n: usize| {
+        let files = (0..n).map(|i| file(&format!("{tag} {i}.txt"))).collect();
+        match c.call(RequestBody::Register { files }) {
+            ResponseBody::Registered { added, .. } => added,
+            other => panic!("expected Registered, got {other:?}"),
+        }
+    };
+    // One host (127.0.0.1), a session at each node. 8 entries through A...
+    let (mut at_a, seen_a) = Client::hello(a.addr, 7301);
+    assert_eq!(added(&mut at_a, "a", 8), 8);
+    wait_holders(b.addr, "a 7.txt", &[seen_a], REPLICATION_LIMIT);
+    // ...leave 2 at B, once B has them (the check is exact up to the replication lag).
+    let (mut at_b, seen_b) = Client::hello(b.addr, 7302);
+    assert_eq!(added(&mut at_b, "b", 8), 2);
+    wait_holders(a.addr, "b 1.txt", &[seen_b], REPLICATION_LIMIT);
+    assert_eq!(holders(a.addr, "b 2.txt"), []);
+    // Nothing more at either node, until some leave.
+    assert_eq!(added(&mut at_a, "a more", 4), 0);
+    assert_eq!(added(&mut at_b, "b more", 4), 0);
+    at_b.leave();
+    wait_holders(a.addr, "b 0.txt", &[], REPLICATION_LIMIT);
+    assert_eq!(added(&mut at_a, "a last", 4), 2);
+    // Another host is not held by it.
+    let other: std::net::IpAddr = [127, 0, 0, 2].into();
+    let (mut elsewhere, _) = Client::hello_from(b.addr, other, 7303);
+    assert_eq!(added(&mut elsewhere, "o", 8), 8);
+}
+
+#[test]
 fn a_killed_node_s_entries_vanish_and_its_peers_register_again_through_another() {
     if !nats_server_present() {
         return;

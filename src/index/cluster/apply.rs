@@ -36,6 +36,13 @@
 //! it are relayed to that node. It leaves with the session (its end, its node's death, a
 //! fence). A snapshot restates it; a restatement of what is known changes nothing.
 //!
+//! # Holdings per address
+//! Each remote session is also kept by its address (IPv4, IPv6 /64: [`Address`]), so the
+//! server checks `--max-holdings-per-ip` against every node's sessions at an address, not
+//! only its own ([`Replica::remote_holdings_at`]): a peer per session, not per entry. A
+//! session leaves that count when it ends (its end, its node's death, a fence), before its
+//! holdings are withdrawn, as a local session's do.
+//!
 //! # Node deaths
 //! Remote sessions are kept per home node. When a node dies, every one of its sessions
 //! departs at once (work in proportion to its sessions; the holdings go in slices), and the
@@ -44,6 +51,7 @@
 
 use super::reach::RemotePushes;
 use super::{Cap, Record};
+use crate::index::limits::Address;
 use crate::index::store::{Index, KeySet, PeerId};
 use crate::wire::{FileEntry, FileHash};
 use hashbrown::{HashMap, HashSet};
@@ -97,6 +105,9 @@ pub enum Inbound {
         token: u64,
         /// The push.
         push: super::relay::RelayedPush,
+        /// Past it, the requester's node no longer waits: not delivered (see
+        /// [`relay`](super::relay)'s deadlines).
+        deadline: std::time::Instant,
     },
     /// The answer to push relay `id` this node sent
     /// ([`Outbound::Push`](super::link::Outbound::Push)): the holder's node's, or the NATS
@@ -175,6 +186,8 @@ pub struct Replica {
     counts: ApplyCounts,
     /// Remote sessions that take pushes, by address.
     pushes: RemotePushes,
+    /// Remote sessions' peers by address (see the module docs).
+    by_address: HashMap<Address, Vec<PeerId>>,
 }
 
 impl Replica {
@@ -218,6 +231,20 @@ impl Replica {
             .flat_map(HashMap::values)
             .map(|s| u64::from(index.holdings_of(s.peer)))
             .sum()
+    }
+
+    /// Entries held by remote sessions at `address` (the sum over its sessions here: a few,
+    /// bounded by the nodes' per-address connection limits).
+    pub fn remote_holdings_at(&self, index: &Index, address: Address) -> usize {
+        self.by_address.get(&address).map_or(0, |peers| {
+            peers.iter().map(|&p| index.entries_of(p) as usize).sum()
+        })
+    }
+
+    /// A remote session's `peer` at `addr` is live here.
+    fn add_to_address(&mut self, peer: PeerId, addr: std::net::SocketAddr) {
+        let address = Address::of(addr.ip());
+        self.by_address.entry(address).or_default().push(peer);
     }
 
     /// Nodes with remote sessions here.
@@ -489,6 +516,7 @@ impl Replica {
                                 reachable: None,
                             },
                         );
+                        self.add_to_address(peer, addr);
                     }
                     Record::Snapshot { addr } => {
                         let sessions = self.nodes.entry(node).or_default();
@@ -509,6 +537,7 @@ impl Replica {
                                     reachable: None,
                                 };
                                 sessions.insert(session, s);
+                                self.add_to_address(peer, addr);
                             }
                         }
                     }
@@ -535,7 +564,7 @@ impl Replica {
                         if self.nodes.get(&node).is_some_and(HashMap::is_empty) {
                             self.nodes.remove(&node);
                         }
-                        self.forget_pushes(index, &node, &s);
+                        self.forget(index, &node, &s);
                         depart(index, &s);
                     }
                     Record::Reachability { reachable } => {
@@ -555,7 +584,7 @@ impl Replica {
                 let sessions = self.nodes.remove(&node).unwrap_or_default();
                 *used += sessions.len();
                 for s in sessions.values() {
-                    self.forget_pushes(index, &node, s);
+                    self.forget(index, &node, s);
                     depart(index, s);
                 }
                 if self.dead.insert(node.clone()) {
@@ -574,6 +603,7 @@ impl Replica {
                 // read again from its start, so every remote session goes now.
                 let nodes = std::mem::take(&mut self.nodes);
                 self.pushes.clear();
+                self.by_address.clear();
                 for s in nodes.values().flat_map(HashMap::values) {
                     *used += 1;
                     depart(index, s);
@@ -623,11 +653,23 @@ impl Replica {
         true
     }
 
-    /// Remote session `s` of `node` ends: it takes no more pushes (before its peer departs,
-    /// while its address is known).
-    fn forget_pushes(&mut self, index: &Index, node: &str, s: &RemoteSession) {
-        if let (Some(reachable), Some(addr)) = (s.reachable, index.peer_addr(s.peer)) {
+    /// Remote session `s` of `node` ends: it takes no more pushes, and its holdings no longer
+    /// count at its address (before its peer departs, while its address is known).
+    fn forget(&mut self, index: &Index, node: &str, s: &RemoteSession) {
+        let Some(addr) = index.peer_addr(s.peer) else {
+            return;
+        };
+        if let Some(reachable) = s.reachable {
             self.pushes.handle_gone(node, addr, reachable);
+        }
+        let address = Address::of(addr.ip());
+        if let Some(peers) = self.by_address.get_mut(&address) {
+            if let Some(i) = peers.iter().position(|&p| p == s.peer) {
+                peers.swap_remove(i);
+            }
+            if peers.is_empty() {
+                self.by_address.remove(&address);
+            }
         }
     }
 }

@@ -165,6 +165,11 @@ impl Counters {
         self.nodes_alive.store(n as u64, Ordering::Relaxed);
     }
 
+    /// Other nodes believed alive now.
+    pub fn nodes_alive(&self) -> u64 {
+        self.nodes_alive.load(Ordering::Relaxed)
+    }
+
     /// The values now.
     pub fn snapshot(&self) -> CountersSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -84,6 +84,9 @@ pub enum Outbound {
         node: String,
         /// The push.
         push: RelayedPush,
+        /// When the reactor gives it up: past it, the NATS thread drops it unsent (see
+        /// [`relay`](super::relay)'s deadlines).
+        deadline: std::time::Instant,
     },
     /// The answer to [`Inbound::PushIn`] `token`.
     PushAnswer {
@@ -293,6 +296,12 @@ impl Link {
             remote_sessions: self.replica.session_count() as u64,
             remote_holdings: self.replica.remote_holdings(index),
         }
+    }
+
+    /// Live nodes of the cluster, this one included, as the NATS thread last saw the
+    /// liveness bucket.
+    pub fn nodes_alive(&self) -> u64 {
+        self.counters.nodes_alive() + 1
     }
 
     /// The apply path's state (for stats and tests).
@@ -544,13 +553,14 @@ impl Link {
         }
     }
 
-    /// Local `peer`'s reachability is known (its probe ended, or it serves no port): it takes
-    /// pushes. Published once; restated by its snapshots.
+    /// Local `peer`'s reachability is known (its probe ended, or it serves no port; or it
+    /// will not be probed, `reachable`): it takes pushes. Published when new or changed;
+    /// restated by its snapshots.
     pub fn handle_reachability(&mut self, peer: PeerId, reachable: bool) {
         if self
             .local
             .get(&peer)
-            .map_or(true, |l| l.reachable.is_some())
+            .map_or(true, |l| l.reachable == Some(reachable))
         {
             return;
         }
@@ -682,11 +692,23 @@ impl Link {
         std::mem::take(&mut self.relays)
     }
 
-    /// Relays push `id` to node `node` (its answer comes as an [`Inbound::PushAnswer`]);
-    /// false if the NATS thread is gone.
-    pub fn relay_push(&mut self, id: u64, node: &str, push: RelayedPush) -> bool {
+    /// Relays push `id` to node `node`, given up at `deadline` (its answer comes as an
+    /// [`Inbound::PushAnswer`]); false if the NATS thread is gone.
+    pub fn relay_push(
+        &mut self,
+        id: u64,
+        node: &str,
+        push: RelayedPush,
+        deadline: std::time::Instant,
+    ) -> bool {
         let node = node.to_string();
-        self.to_nats.send(Outbound::Push { id, node, push }).is_ok()
+        let push = Outbound::Push {
+            id,
+            node,
+            push,
+            deadline,
+        };
+        self.to_nats.send(push).is_ok()
     }
 
     /// Answers another node's relayed push `token`.

@@ -99,9 +99,11 @@ pub enum Record {
     },
     /// The snapshot begun by the last [`Record::Snapshot`] is complete.
     SnapshotEnd,
-    /// The session's reachability is known (its probe ended, or its peer serves no port): it
-    /// takes pushes (its peer asked `Reachability`), and lookups list it in `firewalled`
-    /// unless `reachable`, at every node as at its home node. Published once per session, and
+    /// The session's reachability is known (its probe ended, or its peer serves no port), or
+    /// it asked and will not be probed (the probe queue was full: `reachable`, as its home
+    /// node treats it): it takes pushes (its peer asked `Reachability`), and lookups list it
+    /// in `firewalled` unless `reachable`, at every node as at its home node. Published when
+    /// it becomes known or changes (a session left unprobed, probed at a later ask), and
     /// restated right after each [`Record::Snapshot`] of it (the compaction deletes the first).
     /// (The last variant: records written before it existed decode as they did.)
     Reachability {

@@ -651,19 +651,30 @@ async fn run(
 /// A push relayed to another node: its number and the answer (that node's, or why not).
 type RelayRequest = BoxFuture<'static, (u64, RelayAnswer)>;
 
-/// Relays push `id` to `node` on `subject` and waits for the answer, up to
-/// [`RELAY_TIMEOUT`]; a node with no subscriber there (dead, or fenced and rejoining as a new
-/// incarnation) is refused at once.
+/// Relays push `id` to `node` on `subject` and waits for the answer, up to [`RELAY_TIMEOUT`]
+/// and no later than `deadline` (when the reactor gives it up); one that comes here past
+/// it (this thread stalled) is dropped unsent; the time left goes with it
+/// ([`relay::WITHIN_HEADER`]), so the holder's node does not deliver it later either. A node
+/// with no subscriber there (dead, or fenced and rejoining as a new incarnation) is refused
+/// at once.
 fn relay_request(
     client: async_nats::Client,
     subject: String,
     node: String,
-    id: u64,
-    push: RelayedPush,
+    (id, push, deadline): (u64, RelayedPush, std::time::Instant),
 ) -> RelayRequest {
     Box::pin(async move {
-        let request = client.request(subject, relay::encode(&push).into());
-        let answer = match tokio::time::timeout(RELAY_TIMEOUT, request).await {
+        let Some(left) = relay::remaining(deadline, std::time::Instant::now()) else {
+            log::debug!("cluster: push relay {id} to {node} past its deadline: not sent");
+            let why = "push: the relay to the holder's index node was not sent before its \
+                       deadline (this node's cluster link was slow); try again";
+            return (id, RelayAnswer::refused(ErrorCode::Busy, why));
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(relay::WITHIN_HEADER, left.as_millis().to_string());
+        let payload = relay::encode(&push).into();
+        let request = client.request_with_headers(subject, headers, payload);
+        let answer = match tokio::time::timeout(left, request).await {
             Ok(Ok(msg)) => relay::decode(&msg.payload).unwrap_or_else(|| {
                 RelayAnswer::refused(
                     ErrorCode::Busy,
@@ -686,8 +697,8 @@ fn relay_request(
             Err(_) => RelayAnswer::refused(
                 ErrorCode::Busy,
                 format!(
-                    "push: the holder's index node {node} did not answer within \
-                     {RELAY_TIMEOUT:?}; try again"
+                    "push: the holder's index node {node} did not answer within {left:?}; \
+                     try again"
                 ),
             ),
         };
@@ -703,22 +714,68 @@ async fn next_message(sub: Option<&mut async_nats::Subscriber>) -> Option<async_
     }
 }
 
+/// Most answers to relayed pushes being sent at once, each a task of its own.
+const RELAY_ANSWERS_MAX: usize = 64;
+
+/// Tasks of their own on the NATS thread's runtime, at most a fixed number at once: the
+/// answers to relayed pushes, so that one publish waiting on a connection that is down (up
+/// to [`REQUEST_TIMEOUT`]) holds up neither the others nor the thread's loop.
+#[derive(Clone)]
+struct Answers {
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Answers {
+    /// Room for `max` tasks at once.
+    fn new(max: usize) -> Answers {
+        Answers {
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+        }
+    }
+
+    /// Runs `task` as a task of its own (on the runtime this is called on); false, and
+    /// `task` dropped, if the room is taken.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) -> bool {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return false;
+        };
+        tokio::spawn(async move {
+            task.await;
+            drop(permit);
+        });
+        true
+    }
+}
+
 /// Pushes other nodes relayed here, waiting for the reactor's answer: their reply subjects
-/// by token, at most [`RELAYS_IN_MAX`] (beyond, a relay is answered `Busy` at once).
-#[derive(Default)]
+/// by token, at most [`RELAYS_IN_MAX`] (beyond, a relay is answered `Busy` at once). Each
+/// answer is sent by a task of its own ([`Answers`]): at most [`RELAY_ANSWERS_MAX`] at once;
+/// beyond (every one of them waiting on a connection that is down), an answer is dropped and
+/// the requesting node gives the relay up after its own wait.
 struct RelaysIn {
     waiting: HashMap<u64, (async_nats::Subject, Instant)>,
     next: u64,
+    answers: Answers,
 }
 
 impl RelaysIn {
-    /// A relayed push came: handed to the reactor, or refused now.
-    async fn handle_request(
+    fn new() -> RelaysIn {
+        RelaysIn {
+            waiting: HashMap::new(),
+            next: 0,
+            answers: Answers::new(RELAY_ANSWERS_MAX),
+        }
+    }
+
+    /// A relayed push came: handed to the reactor with its deadline (see
+    /// [`relay::deadline_from`]), or refused now.
+    fn handle_request(
         &mut self,
         client: &async_nats::Client,
         msg: async_nats::Message,
         to_reactor: &ToReactor,
     ) {
+        let received = std::time::Instant::now();
         let Some(reply) = msg.reply else {
             return;
         };
@@ -729,27 +786,48 @@ impl RelaysIn {
                 "push: the holder's index node has too many relayed pushes waiting; try again",
             ),
             Some(push) => {
+                let within = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(relay::WITHIN_HEADER));
+                let deadline = relay::deadline_from(received, within.map(|v| v.as_str()));
                 let token = self.next;
                 self.next += 1;
                 self.waiting.insert(token, (reply, Instant::now()));
-                to_reactor.send(Inbound::PushIn { token, push });
+                let push = Inbound::PushIn {
+                    token,
+                    push,
+                    deadline,
+                };
+                to_reactor.send(push);
                 return;
             }
         };
-        let answer = relay::encode(&refusal);
-        if let Err(e) = bounded("answering a relay", client.publish(reply, answer.into())).await {
-            log::debug!("cluster: {e}");
-        }
+        self.send(client, reply, &refusal);
     }
 
     /// The reactor's answer to relayed push `token`.
-    async fn answer(&mut self, client: &async_nats::Client, token: u64, answer: &RelayAnswer) {
+    fn answer(&mut self, client: &async_nats::Client, token: u64, answer: &RelayAnswer) {
         let Some((reply, _)) = self.waiting.remove(&token) else {
             return;
         };
-        let payload = relay::encode(answer);
-        if let Err(e) = bounded("answering a relay", client.publish(reply, payload.into())).await {
-            log::debug!("cluster: {e}");
+        self.send(client, reply, answer);
+    }
+
+    /// Sends `answer` on `reply`, by a task of its own.
+    fn send(&self, client: &async_nats::Client, reply: async_nats::Subject, answer: &RelayAnswer) {
+        let (client, payload) = (client.clone(), relay::encode(answer));
+        let sent = self.answers.spawn(async move {
+            let publish = client.publish(reply, payload.into());
+            if let Err(e) = bounded("answering a relay", publish).await {
+                log::debug!("cluster: {e}");
+            }
+        });
+        if !sent {
+            log::debug!(
+                "cluster: {RELAY_ANSWERS_MAX} answers to relayed pushes are being sent already; \
+                 one dropped (its node gives the relay up)"
+            );
         }
     }
 
@@ -954,16 +1032,16 @@ impl Node {
         // sent here waiting for the reactor's answer.
         let mut relay_sub = self.relay_subscribe(&client).await;
         let mut relays_out: FuturesUnordered<RelayRequest> = FuturesUnordered::new();
-        let mut relays_in = RelaysIn::default();
+        let mut relays_in = RelaysIn::new();
         loop {
             tokio::select! {
                 out = outbound.recv() => match out {
-                    Some(Outbound::Push { id, node, push }) => {
+                    Some(Outbound::Push { id, node, push, deadline }) => {
                         let subject = relay::subject(&self.config.prefix, &node);
-                        relays_out.push(relay_request(client.clone(), subject, node, id, push));
+                        relays_out.push(relay_request(client.clone(), subject, node, (id, push, deadline)));
                     }
                     Some(Outbound::PushAnswer { token, answer }) => {
-                        relays_in.answer(&client, token, &answer).await;
+                        relays_in.answer(&client, token, &answer);
                     }
                     Some(Outbound::Fence) if rebuilding => {
                         // Rejoining already: the reactor serves again at its end.
@@ -1088,7 +1166,7 @@ impl Node {
                     to_reactor.send(Inbound::PushAnswer { id, answer });
                 }
                 Some(msg) = next_message(relay_sub.as_mut()) => {
-                    relays_in.handle_request(&client, msg, to_reactor).await;
+                    relays_in.handle_request(&client, msg, to_reactor);
                 }
                 _ = tick.tick() => {
                     relays_in.forget_stale();
@@ -1749,5 +1827,57 @@ mod tests {
         let end = ledger.handle_stored(0, 7, Kind::SnapshotEnd, 9);
         assert_eq!(end.now, [1, 2]);
         assert_eq!(ledger.kept(), 4);
+    }
+
+    #[test]
+    fn answers_to_relayed_pushes_go_out_side_by_side_and_are_bounded_in_number() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let answers = Answers::new(2);
+            // An answer whose publish waits (a connection that is down)...
+            let (release, stuck) = tokio::sync::oneshot::channel::<()>();
+            assert!(answers.spawn(async move {
+                let _ = stuck.await;
+            }));
+            // ...does not hold up the next: it goes out while the first still waits. (Sent
+            // one after the other, as the thread did until now, it would wait for ever.)
+            let (tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
+            assert!(answers.spawn(async move {
+                tx.send("second").unwrap();
+            }));
+            let second = tokio::time::timeout(Duration::from_secs(10), sent.recv()).await;
+            assert_eq!(second.unwrap(), Some("second"));
+            // Its room came back once it ended; the room in all is bounded: with two waiting,
+            // a third is refused (dropped) rather than queued without end.
+            let (release_too, stuck_too) = tokio::sync::oneshot::channel::<()>();
+            let mut room_back = false;
+            for _ in 0..100 {
+                if answers.permits.available_permits() == 1 {
+                    room_back = true;
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            assert!(room_back, "an ended answer's room never came back");
+            assert!(answers.spawn(async move {
+                let _ = stuck_too.await;
+            }));
+            assert!(!answers.spawn(async {}));
+            // Once one ends, there is room again.
+            release.send(()).unwrap();
+            let mut spawned = false;
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+                if answers.spawn(async {}) {
+                    spawned = true;
+                    break;
+                }
+            }
+            assert!(spawned, "no room after an answer ended");
+            drop(release_too);
+        });
     }
 }

@@ -12,6 +12,22 @@
 //! thread holds at most [`RELAYS_IN_MAX`] waiting for its reactor and answers any beyond at
 //! once ([`RelayAnswer::Refused`], `Busy`).
 //!
+//! # Deadlines
+//! A relay is worth delivering only while its requester's node still waits for the answer:
+//! a notice delivered after A answered its requester `Busy` is a duplicate (the requester
+//! asks again) that a holder would act on. So a relay carries its deadline on either side.
+//! A's reactor hands its NATS thread the moment it gives the relay up; the NATS thread drops
+//! a relay that reaches it past that moment unsent ([`remaining`]: one queued while the
+//! thread stalled), and sends the others with the time left, at most [`RELAY_TIMEOUT`] (its
+//! own wait), in a header ([`WITHIN_HEADER`], milliseconds; a header, not a field, so nodes
+//! of the previous version still read the payload and theirs is still read). B's NATS
+//! thread turns it into a deadline of its own clock from the moment it reads the request
+//! ([`deadline_from`]: never later than [`RELAY_TIMEOUT`] from then, whatever the header
+//! claims; missing, as from an older node, it is that), and B's reactor refuses a relay it
+//! reaches past it, undelivered. Both count as refused relays. What neither side sees is
+//! the time the request spent in NATS between the two threads (the clocks of two machines
+//! are not compared): B's deadline starts when its NATS thread reads the request.
+//!
 //! What A sends is what it checked: `to` is the requester's address as A sees it (the IP on
 //! its socket, the port it announced), never a peer's claim; `holder` and `hash` are the
 //! requester's, as in a local push. So a requester can make B's holders connect only to
@@ -24,7 +40,7 @@
 use crate::wire::{ErrorCode, FileHash};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The first byte of every relay message's payload: its format.
 pub const RELAY_FORMAT: u8 = 1;
@@ -44,6 +60,25 @@ pub const RELAYS_IN_FLIGHT_PER_KEY: usize = RELAYS_IN_FLIGHT_MAX / 4;
 /// Most pushes from other nodes a node's NATS thread holds for its reactor; beyond, it
 /// answers `Busy` at once.
 pub const RELAYS_IN_MAX: usize = 256;
+
+/// The header a relay's time left travels in, in milliseconds (see the module docs).
+pub const WITHIN_HEADER: &str = "P2p-Relay-Within-Ms";
+
+/// How long a relay given up at `deadline` may still wait for its answer at `now`, at most
+/// [`RELAY_TIMEOUT`]; `None` once the deadline has passed (the relay is dropped unsent).
+pub fn remaining(deadline: Instant, now: Instant) -> Option<Duration> {
+    let left = deadline.checked_duration_since(now)?;
+    (!left.is_zero()).then(|| left.min(RELAY_TIMEOUT))
+}
+
+/// The deadline of a relay read at `received` whose [`WITHIN_HEADER`] says `within` (if it
+/// has one): never later than [`RELAY_TIMEOUT`] from `received`, the longest any node waits.
+pub fn deadline_from(received: Instant, within: Option<&str>) -> Instant {
+    let claimed = within
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(RELAY_TIMEOUT, Duration::from_millis);
+    received + claimed.min(RELAY_TIMEOUT)
+}
 
 /// The subject node `node` takes relayed pushes on.
 pub fn subject(prefix: &str, node: &str) -> String {
@@ -133,5 +168,27 @@ mod tests {
             assert_eq!(decode::<RelayAnswer>(&encode(&answer)), Some(answer));
         }
         assert_eq!(subject("p2p", "b-1f"), "p2p-push.b-1f");
+    }
+
+    #[test]
+    fn a_relay_past_its_deadline_is_not_sent_and_the_time_left_is_bounded_on_both_sides() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        // A's side: the time left, at most the NATS thread's own wait; none once past.
+        assert_eq!(remaining(now + ms(700), now), Some(ms(700)));
+        assert_eq!(remaining(now + ms(2900), now), Some(RELAY_TIMEOUT));
+        assert_eq!(remaining(now, now), None);
+        assert_eq!(remaining(now, now + ms(1)), None);
+        // B's side: the header's time from the moment it is read, never more than the
+        // longest wait, whatever it claims; an older node's relay (no header) gets that.
+        assert_eq!(deadline_from(now, Some("700")), now + ms(700));
+        assert_eq!(deadline_from(now, Some("0")), now);
+        assert_eq!(deadline_from(now, Some("99999999")), now + RELAY_TIMEOUT);
+        assert_eq!(deadline_from(now, Some("soon")), now + RELAY_TIMEOUT);
+        assert_eq!(deadline_from(now, None), now + RELAY_TIMEOUT);
+        // What A sends is what B reads back.
+        let left = remaining(now + ms(1234), now).unwrap();
+        let sent = left.as_millis().to_string();
+        assert_eq!(deadline_from(now, Some(&sent)), now + ms(1234));
     }
 }

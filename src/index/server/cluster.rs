@@ -154,6 +154,7 @@ impl IndexServer {
     /// before its end, so they apply nothing: until session 12 each took a share of its own,
     /// and a woken turn whose timer fired spent up to three (2.4 ms and more of CPU).
     pub(super) fn cluster_turn(&mut self, ctx: &mut Ctx<Session>, turn_end: bool) {
+        self.share_address_limits(ctx.now());
         let Some(link) = self.cluster.as_mut() else {
             return;
         };

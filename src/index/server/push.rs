@@ -13,8 +13,8 @@
 //! [`PROBES_IN_FLIGHT_MAX`] at once and [`PROBES_IN_FLIGHT_PER_ADDRESS`] of one address
 //! (IPv4, IPv6 /64), started at most [`PROBES_PER_SECOND`], each given [`PROBE_TIMEOUT`] in
 //! all; sessions wait in a queue of at most [`PROBE_QUEUE_MAX`] (beyond it the answer is
-//! "unknown": no `Reachability` answer, and the peer is not flagged; logged at most once per
-//! [`NOT_PROBED_LOG_EVERY`]). The queue is fair between addresses: it holds one line per
+//! "unknown": no `Reachability` answer, and the peer is not flagged but takes pushes, at
+//! every node of a cluster too; logged at most once per [`NOT_PROBED_LOG_EVERY`]). The queue is fair between addresses: it holds one line per
 //! address and the next probe is taken from each in turn, so an address whose many sessions
 //! announce ports that never answer delays another's probe by at most a turn, not by its
 //! whole line. How often an address may ask is the limiter's business (`RateLimits::
@@ -324,6 +324,9 @@ impl Pushes {
         }
         if local.awaiting.is_none() {
             if self.queued >= PROBE_QUEUE_MAX {
+                // It takes pushes here all the same, unflagged: so it does at every node of
+                // a cluster (its probe at a later ask, if any, says what it really is).
+                self.known.extend(local.peer.map(|p| (p, true)));
                 if let Some(n) = self.not_probed_log.admit(now) {
                     log::warn!(
                         "{}: not probed: {PROBE_QUEUE_MAX} sessions wait for a probe already{}",
@@ -434,6 +437,12 @@ impl Pushes {
             session,
             answer_frame(id, ResponseBody::Reachability { reachable }),
         ))
+    }
+
+    /// Makes the probe queue look full (or empty again), for tests of what happens then.
+    #[cfg(test)]
+    pub(super) fn set_probe_queue_full(&mut self, full: bool) {
+        self.queued = if full { PROBE_QUEUE_MAX } else { 0 };
     }
 
     /// Peers whose reachability became known since the last call (a session that asked

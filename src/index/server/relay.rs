@@ -50,7 +50,9 @@ impl IndexServer {
             to,
             nonce,
         };
-        if !link.relay_push(relay, &node, push) {
+        // The moment `begin_relay` gives it up.
+        let deadline = now + super::push::RELAY_DEADLINE;
+        if !link.relay_push(relay, &node, push, deadline) {
             self.pushes.handle_relay_answer(relay);
             self.pushes.relay_counts.out_refused += 1;
             let why = "push: the cluster link is down; try again later";
@@ -73,8 +75,12 @@ impl IndexServer {
         let now = ctx.now();
         for inbound in relays {
             match inbound {
-                Inbound::PushIn { token, push } => {
-                    let answer = self.handle_relayed_in(&push, now);
+                Inbound::PushIn {
+                    token,
+                    push,
+                    deadline,
+                } => {
+                    let answer = self.handle_relayed_in(&push, deadline, now);
                     if let Some(link) = self.cluster.as_mut() {
                         link.answer_push(token, answer);
                     }
@@ -86,10 +92,29 @@ impl IndexServer {
         self.push_turn(ctx);
     }
 
-    /// Another node's relayed push: the requester's address's push budget here (shared with
-    /// its own pushes here, so asking through other nodes gains it nothing), then the checks
-    /// and budget of a local push.
-    pub(super) fn handle_relayed_in(&mut self, push: &RelayedPush, now: Instant) -> RelayAnswer {
+    /// Another node's relayed push: refused undelivered past its `deadline` (the requester's
+    /// node no longer waits for it: a notice now would be a duplicate of the push asked
+    /// again); else the requester's address's push budget here (shared with its own pushes
+    /// here, so asking through other nodes gains it nothing), then the checks and budget of
+    /// a local push.
+    pub(super) fn handle_relayed_in(
+        &mut self,
+        push: &RelayedPush,
+        deadline: Instant,
+        now: Instant,
+    ) -> RelayAnswer {
+        if now >= deadline {
+            self.pushes.relay_counts.in_refused += 1;
+            log::debug!(
+                "push of {} to {} relayed here too late: not delivered",
+                push.hash,
+                push.holder
+            );
+            return RelayAnswer::refused(
+                ErrorCode::Busy,
+                "push: the relay reached the holder's index node after its deadline; try again",
+            );
+        }
         let mut unmetered = SessionBuckets::unlimited(now);
         let ip = push.to.ip();
         // The requester's address has no session here: its record is swept as those of
@@ -264,7 +289,7 @@ mod tests {
     fn relays(node: &mut Node) -> Vec<(u64, String, RelayedPush)> {
         let mut out = Vec::new();
         while let Ok(o) = node.sent.try_recv() {
-            if let Outbound::Push { id, node, push } = o {
+            if let Outbound::Push { id, node, push, .. } = o {
                 out.push((id, node, push));
             }
         }
@@ -325,7 +350,7 @@ mod tests {
         // B delivers it to the holder's session as a local push, and says so.
         let now = Instant::now();
         assert_eq!(
-            b.server.handle_relayed_in(&relayed, now),
+            b.server.handle_relayed_in(&relayed, far(now), now),
             RelayAnswer::Relayed
         );
         let d = b.server.pushes.take_deliveries();
@@ -393,7 +418,7 @@ mod tests {
         assert!(relays(&mut a).is_empty());
         // What B still gets relayed (a late relay) is refused.
         assert!(matches!(
-            b.server.handle_relayed_in(&want, now),
+            b.server.handle_relayed_in(&want, far(now), now),
             RelayAnswer::Refused {
                 code: ErrorCode::NotFound,
                 ..
@@ -438,7 +463,7 @@ mod tests {
         };
         let now = Instant::now();
         let delivered = (0..1000)
-            .filter(|_| b.server.handle_relayed_in(&relayed, now) == RelayAnswer::Relayed)
+            .filter(|_| b.server.handle_relayed_in(&relayed, far(now), now) == RelayAnswer::Relayed)
             .count() as u64;
         assert!(delivered <= limits.push_address_per_s * RateLimits::BURST_SECONDS + 1);
         assert!(delivered > 0);
@@ -497,6 +522,117 @@ mod tests {
                 .node_for(&at),
             Some("b-1")
         );
+    }
+
+    #[test]
+    fn a_session_left_unprobed_takes_pushes_relayed_from_other_nodes_too() {
+        let (mut a, mut b) = (node(), node());
+        let at: SocketAddr = "10.0.0.1:7001".parse().unwrap();
+        let mut holder = join(&mut b.server, "10.0.0.1:999", 7001);
+        // B's probe queue is full: no answer, no probe; B takes pushes for it, unflagged.
+        b.server.pushes.set_probe_queue_full(true);
+        assert!(call(&mut b.server, &mut holder, RequestBody::Reachability).is_empty());
+        assert_eq!(b.server.pushes.poll_probe(Instant::now()), None);
+        b.server.publish_reachability();
+        replicate(&mut b, "b-1", &mut a);
+        // So does A: a push for it there is relayed to B, and lookups do not flag it.
+        assert_eq!(a.server.firewalled([at].iter()), []);
+        let remote = a.server.cluster.as_mut().unwrap().remote_pushes();
+        assert_eq!(remote.node_for(&at), Some("b-1"));
+        // A later ask is probed, and finds it unreachable: A learns that too.
+        b.server.pushes.set_probe_queue_full(false);
+        probed_unreachable(&mut b.server, &mut holder, at);
+        replicate(&mut b, "b-1", &mut a);
+        assert_eq!(a.server.firewalled([at].iter()), [at]);
+        let remote = a.server.cluster.as_mut().unwrap().remote_pushes();
+        assert_eq!(remote.node_for(&at), Some("b-1"));
+        assert_eq!(remote.count(), 1);
+    }
+
+    /// A relay's deadline well after `now` (the NATS thread's longest).
+    fn far(now: Instant) -> Instant {
+        now + RELAY_TIMEOUT
+    }
+
+    #[test]
+    fn a_relay_carries_its_deadline_and_is_not_delivered_past_it() {
+        let (mut a, mut b) = (node(), node());
+        let mut holder = join(&mut b.server, "10.0.0.1:999", 0);
+        call(&mut b.server, &mut holder, RequestBody::Reachability);
+        replicate(&mut b, "b-1", &mut a);
+        let at: SocketAddr = "10.0.0.1:0".parse().unwrap();
+        let mut asker = join(&mut a.server, "10.0.0.2:999", 7000);
+        // A hands its NATS thread the moment its reactor gives the relay up.
+        let before = Instant::now();
+        let push = RequestBody::Push {
+            hash: FileHash::of(b"f"),
+            holder: at,
+            nonce: 1,
+        };
+        assert!(call(&mut a.server, &mut asker, push).is_empty());
+        let mut deadlines = Vec::new();
+        while let Ok(out) = a.sent.try_recv() {
+            if let Outbound::Push { deadline, .. } = out {
+                deadlines.push(deadline);
+            }
+        }
+        let [deadline] = deadlines[..] else {
+            panic!("relays sent: {deadlines:?}");
+        };
+        let given_up = a.server.pushes.next_relay_deadline().unwrap();
+        assert_eq!(deadline, given_up);
+        assert!(deadline >= before + crate::index::server::push::RELAY_DEADLINE);
+        // B: a relay reached past its deadline is refused, not delivered, and counted; one
+        // in time is delivered.
+        let relayed = RelayedPush {
+            hash: FileHash::of(b"f"),
+            holder: at,
+            to: "10.0.0.2:7000".parse().unwrap(),
+            nonce: 1,
+        };
+        let now = Instant::now();
+        for late in [now, now - Duration::from_millis(1)] {
+            assert!(matches!(
+                b.server.handle_relayed_in(&relayed, late, now),
+                RelayAnswer::Refused { code: ErrorCode::Busy, ref message } if message.contains("deadline")
+            ));
+        }
+        assert!(b.server.pushes.take_deliveries().is_empty());
+        let counts = b.server.push_counts().relay;
+        assert_eq!((counts.in_delivered, counts.in_refused), (0, 2));
+        // Not charged to the requester's budget either: the next one in time goes.
+        let in_time = now + Duration::from_millis(1);
+        assert_eq!(
+            b.server.handle_relayed_in(&relayed, in_time, now),
+            RelayAnswer::Relayed
+        );
+        assert_eq!(b.server.pushes.take_deliveries().len(), 1);
+        // Through the reactor's inbox as the NATS thread hands it over: a late one is
+        // answered refused (the NATS thread answers A with it), not delivered.
+        b.inbox
+            .send(Inbound::PushIn {
+                token: 9,
+                push: relayed,
+                deadline: now,
+            })
+            .unwrap();
+        let link = b.server.cluster.as_mut().unwrap();
+        link.receive();
+        for inbound in link.take_relays() {
+            let Inbound::PushIn {
+                token,
+                push,
+                deadline,
+            } = inbound
+            else {
+                panic!("not a relay")
+            };
+            let answer = b.server.handle_relayed_in(&push, deadline, Instant::now());
+            assert_eq!(token, 9);
+            assert!(matches!(answer, RelayAnswer::Refused { .. }));
+        }
+        assert!(b.server.pushes.take_deliveries().is_empty());
+        assert_eq!(b.server.push_counts().relay.in_refused, 3);
     }
 
     /// `s` (serving at `at`) asks whether it is reachable; its probe finds it is not.
