@@ -1,7 +1,7 @@
 //! The machine's own noise in a thread's CPU time: is a 2–5 ms outlier of thread CPU time in
 //! indexd's work trace (`P2PSHARE_WORK_TRACE`) indexd's work, or the machine's accounting?
 //!
-//! Pinned to one CPU, this repeats two fixed pieces of work of about 30 µs each, alternately,
+//! Pinned to one CPU, this repeats two fixed pieces of work of PIECE_US each, alternately,
 //! for SECS seconds: one of pure CPU (integer mixing in registers) and one memory-bound (random
 //! dependent reads over a MEM_MB array, touched in full beforehand, as the index's tables
 //! are read at 10M entries). Around each piece it reads the thread's CPU clock
@@ -17,15 +17,13 @@
 //! `/proc/stat` times (steal included), `/proc/softirqs` and `/proc/interrupts` counts over the
 //! run.
 //!
-//! `cargo run --release -p p2pshare-bench --example cpu_noise -- [SECS] [CPU] [MEM_MB]`
-//! (defaults: 70 s, CPU 1, 1024 MB).
+//! `cargo run --release -p p2pshare-bench --example cpu_noise -- [SECS] [CPU] [MEM_MB] [PIECE_US]`
+//! (defaults: 70 s, CPU 1, 1024 MB, 30 µs).
 
 use p2pshare::sys::process::{pin_current_thread, thread_counts, thread_cpu_time, ThreadCounts};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-/// What each piece is calibrated to take (its median CPU time, about).
-const TARGET: Duration = Duration::from_micros(30);
 
 fn cpu() -> Duration {
     thread_cpu_time().expect("a thread CPU clock")
@@ -135,9 +133,9 @@ impl Kind {
     }
 }
 
-/// Calibrates `n` so that `work(seed, n)` takes about [`TARGET`] of CPU (its median of 31
+/// Calibrates `n` so that `work(seed, n)` takes about `target` of CPU (its median of 31
 /// tries, each with a new seed, so that the memory piece reads addresses not read before).
-fn calibrate(mut work: impl FnMut(u64, u32) -> u64) -> u32 {
+fn calibrate(target: Duration, mut work: impl FnMut(u64, u32) -> u64) -> u32 {
     let mut n = 64u32;
     let mut seed = 1u64 << 40;
     for _ in 0..20 {
@@ -151,7 +149,7 @@ fn calibrate(mut work: impl FnMut(u64, u32) -> u64) -> u32 {
             .collect();
         times.sort_unstable();
         let median = times[15].max(Duration::from_nanos(1));
-        let ratio = TARGET.as_secs_f64() / median.as_secs_f64();
+        let ratio = target.as_secs_f64() / median.as_secs_f64();
         if (0.95..1.05).contains(&ratio) {
             break;
         }
@@ -208,15 +206,17 @@ fn main() {
     let secs: u64 = args.next().map_or(70, |a| a.parse().expect("SECS"));
     let cpu_index: usize = args.next().map_or(1, |a| a.parse().expect("CPU"));
     let mem_mb: usize = args.next().map_or(1024, |a| a.parse().expect("MEM_MB"));
+    let piece = Duration::from_micros(args.next().map_or(30, |a| a.parse().expect("PIECE_US")));
     pin_current_thread(cpu_index).expect("pinning to the CPU");
 
     // Touched in full (every page faulted in) before any piece is timed.
     let table: Vec<u64> = (0..(mem_mb << 20) / 8).map(|i| mix(i as u64)).collect();
-    let cpu_n = calibrate(cpu_work);
-    let mem_n = calibrate(|seed, n| memory_work(&table, seed, n));
+    let cpu_n = calibrate(piece, cpu_work);
+    let mem_n = calibrate(piece, |seed, n| memory_work(&table, seed, n));
     println!(
-        "pinned to CPU {cpu_index}; {secs} s; CPU piece {cpu_n} rounds, memory piece {mem_n} \
-         reads of a {mem_mb} MB array"
+        "pinned to CPU {cpu_index}; {secs} s; pieces of about {} µs: CPU piece {cpu_n} rounds, \
+         memory piece {mem_n} reads of a {mem_mb} MB array",
+        piece.as_micros()
     );
 
     let files = ["/proc/stat", "/proc/softirqs", "/proc/interrupts"];
