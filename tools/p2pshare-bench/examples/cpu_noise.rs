@@ -24,7 +24,6 @@ use p2pshare::sys::process::{pin_current_thread, thread_counts, thread_cpu_time,
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-
 fn cpu() -> Duration {
     thread_cpu_time().expect("a thread CPU clock")
 }
@@ -94,11 +93,7 @@ impl Kind {
             let mut v: Vec<Duration> = self.pieces.iter().map(get).collect();
             v.sort_unstable();
             let q = |f: f64| v[((n as f64 * f) as usize).min(n - 1)];
-            let over = |ms: f64| {
-                v.iter()
-                    .filter(|d| d.as_secs_f64() * 1e3 >= ms)
-                    .count()
-            };
+            let over = |ms: f64| v.iter().filter(|d| d.as_secs_f64() * 1e3 >= ms).count();
             let (o05, o1, o2) = (over(0.5), over(1.0), over(2.0));
             println!(
                 "{what} {label}: {n} pieces, p50 {:.1} p99 {:.1} p99.9 {:.1} p99.99 {:.1} max {:.1} µs; \
@@ -113,7 +108,8 @@ impl Kind {
             );
         }
         println!("{what}: {secs:.1} s of CPU in the pieces");
-        self.pieces.sort_unstable_by_key(|p| std::cmp::Reverse(p.cpu));
+        self.pieces
+            .sort_unstable_by_key(|p| std::cmp::Reverse(p.cpu));
         println!(
             "{what}: the longest by CPU: at (s), CPU, wall, run-queue wait (µs), minor faults, \
              voluntary, involuntary switches"
@@ -180,7 +176,9 @@ fn per_cpu_counts(file: &str, cpu: usize) -> Vec<(String, u64)> {
             .unwrap_or_default();
     }
     let mut lines = text.lines();
-    let cpus = lines.next().map_or(0, |l| l.split_ascii_whitespace().count());
+    let cpus = lines
+        .next()
+        .map_or(0, |l| l.split_ascii_whitespace().count());
     lines
         .filter_map(|l| {
             let mut fields = l.split_ascii_whitespace();
