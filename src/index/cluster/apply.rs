@@ -54,6 +54,15 @@ use std::hash::{BuildHasher, RandomState};
 /// words while a node reads the stream before it serves ([`Replica::poll_rebuilding`]).
 pub const REBUILD_SLICE_UNITS: usize = 16_384;
 
+/// Most entries applied whose words wait to be posted before a poll posts them first, within
+/// its budget. A node applying behind the stream (a burst, a stall) applied registers in its
+/// share of each turn and left the posting to the turn's end, which got what was left of the
+/// turn: the entries waiting piled up (500,000 after a 4 s stall in a 1M bulk load), each
+/// name stored plain, then compressed and its plain record freed, and the name arena's
+/// compaction that followed held two arenas at once: b peaked at 184 B per entry, against
+/// 148 B once it settled.
+pub const MAX_UNPOSTED_ENTRIES: usize = REBUILD_SLICE_UNITS;
+
 /// Units of work [`Replica::poll_until`] does between two looks at the clock.
 pub const GROUP_UNITS: usize = crate::index::store::DEPARTURE_GROUP_HOLDINGS;
 
@@ -276,7 +285,7 @@ impl Replica {
                             | Inbound::Fenced
                     )
                 );
-            if settles && index.has_pending() {
+            if (settles && index.has_pending()) || index.unposted_count() >= MAX_UNPOSTED_ENTRIES {
                 let posted = std::cell::Cell::new(0);
                 index.post_pending_until(|| {
                     posted.set(posted.get() + 1);
@@ -1203,6 +1212,33 @@ mod tests {
         poll_in_slices_of_64(&mut replica, &mut index);
         assert_eq!(index.entry_count(), 100);
         assert_eq!(holders(&mut index, "f 950").len(), 1);
+    }
+
+    #[test]
+    fn a_node_applying_behind_posts_words_as_it_goes() {
+        let mut index = Index::new();
+        let mut replica = Replica::new();
+        replica.handle_inbound(open("b-1", 1, "10.0.0.2:7001"));
+        let n = 3 * MAX_UNPOSTED_ENTRIES;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+            let files = chunk.iter().map(|i| file(&format!("song {i}"))).collect();
+            replica.handle_inbound(register("b-1", 1, files));
+        }
+        let mut events = Vec::new();
+        // Polls as a turn's share takes them, the turn's end posting nothing (it had no
+        // time left): the entries waiting for their words stay bounded.
+        let mut most = 0;
+        while replica.has_work() {
+            replica.poll_until(&mut index, 800, || false, &mut events);
+            most = most.max(index.unposted_count());
+        }
+        assert!(most <= MAX_UNPOSTED_ENTRIES + GROUP_UNITS, "{most}");
+        assert!(
+            most >= MAX_UNPOSTED_ENTRIES,
+            "the bound was never reached: {most}"
+        );
+        assert_eq!(index.entry_count(), n);
+        assert_eq!(holders(&mut index, "song 7").len(), 1);
     }
 
     #[test]
