@@ -286,8 +286,8 @@ impl RssSampler {
         // A's entries at each moment, for how far behind the others were.
         let a_entries = |t: f64| {
             rows.iter()
-                .filter(|r| r.1 == 0 && r.0 <= t + 0.5 * RSS_EVERY.as_secs_f64())
-                .last()
+                .rev()
+                .find(|r| r.1 == 0 && r.0 <= t + 0.5 * RSS_EVERY.as_secs_f64())
                 .map_or(0, |r| r.3)
         };
         names
