@@ -55,12 +55,11 @@ use std::hash::{BuildHasher, RandomState};
 pub const REBUILD_SLICE_UNITS: usize = 16_384;
 
 /// Most entries applied whose words wait to be posted before a poll posts them first, within
-/// its budget. A node applying behind the stream (a burst, a stall) applied registers in its
-/// share of each turn and left the posting to the turn's end, which got what was left of the
-/// turn: the entries waiting piled up (500,000 after a 4 s stall in a 1M bulk load), each
-/// name stored plain, then compressed and its plain record freed, and the name arena's
-/// compaction that followed held two arenas at once: b peaked at 184 B per entry, against
-/// 148 B once it settled.
+/// its budget. A node applying behind the stream (a burst, a stall) spent each turn's share
+/// applying registers and left the posting to the turn's end, which got only what was left of
+/// the turn: the entries waiting piled up, each name stored plain, then were compressed (their
+/// plain records freed) after the catch-up, and the name arena's compaction that followed held
+/// two arenas at once, a peak far over the settled index (README: "That outlier").
 pub const MAX_UNPOSTED_ENTRIES: usize = REBUILD_SLICE_UNITS;
 
 /// Units of work [`Replica::poll_until`] does between two looks at the clock.
