@@ -62,11 +62,9 @@ pub const REBUILD_SLICE_UNITS: usize = 16_384;
 /// two arenas at once, a peak far over the settled index (README: "That outlier").
 pub const MAX_UNPOSTED_ENTRIES: usize = REBUILD_SLICE_UNITS;
 
-/// Units of work [`Replica::poll_until`] does between two looks at the clock. Four, not the
-/// departures' 16: one unit of another node's churn in cold memory (a file put in the tables,
-/// an entry's words posted) cost up to tens of microseconds, and a step of 16 of them took
-/// about a millisecond past the turn's deadline (README: "b's cluster turns").
-pub const GROUP_UNITS: usize = 4;
+/// Units of work [`Replica::poll_until`] does between two looks at the clock. (Groups of 4
+/// were tried in session 13 and did not lower b's longest cluster turn: README.)
+pub const GROUP_UNITS: usize = crate::index::store::DEPARTURE_GROUP_HOLDINGS;
 
 /// What the NATS thread hands to the reactor.
 #[derive(Debug, Clone, PartialEq, Eq)]
