@@ -62,7 +62,16 @@ use std::hash::{BuildHasher, RandomState};
 /// words while a node reads the stream before it serves ([`Replica::poll_rebuilding`]).
 pub const REBUILD_SLICE_UNITS: usize = 16_384;
 
-/// Units of work [`Replica::poll_until`] does between two looks at the clock.
+/// Most entries applied whose words wait to be posted before a poll posts them first, within
+/// its budget. A node applying behind the stream (a burst, a stall) spent each turn's share
+/// applying registers and left the posting to the turn's end, which got only what was left of
+/// the turn: the entries waiting piled up, each name stored plain, then were compressed (their
+/// plain records freed) after the catch-up, and the name arena's compaction that followed held
+/// two arenas at once, a peak far over the settled index (README: "That outlier").
+pub const MAX_UNPOSTED_ENTRIES: usize = REBUILD_SLICE_UNITS;
+
+/// Units of work [`Replica::poll_until`] does between two looks at the clock. (Groups of 4
+/// were tried in session 13 and did not lower b's longest cluster turn: README.)
 pub const GROUP_UNITS: usize = crate::index::store::DEPARTURE_GROUP_HOLDINGS;
 
 /// What the NATS thread hands to the reactor.
@@ -303,11 +312,13 @@ impl Replica {
                             | Inbound::Fenced
                     )
                 );
-            if settles && index.has_pending() {
+            if (settles && index.has_pending()) || index.unposted_count() >= MAX_UNPOSTED_ENTRIES {
                 let posted = std::cell::Cell::new(0);
-                index.post_pending_until(|| {
-                    posted.set(posted.get() + 1);
-                    posted.get() >= room
+                crate::index::worktrace::time("apply: posting", || {
+                    index.post_pending_until(|| {
+                        posted.set(posted.get() + 1);
+                        posted.get() >= room
+                    })
                 });
                 used += posted.get().max(1);
                 continue;
@@ -333,8 +344,9 @@ impl Replica {
                     let (node, session, cap) = (node.clone(), *session, *cap);
                     let end = (self.at + room).min(files.len());
                     let slice = std::mem::take(files);
-                    let done =
-                        self.register(index, &node, session, &slice[self.at..end], cap, self.at);
+                    let done = crate::index::worktrace::time("apply: register", || {
+                        self.register(index, &node, session, &slice[self.at..end], cap, self.at)
+                    });
                     used += (end - self.at).max(1);
                     if !done || end == slice.len() {
                         self.queue.pop_front();
@@ -363,7 +375,9 @@ impl Replica {
                     let end = (self.at + room).min(hashes.len());
                     let peer = self.session(&node, session).map(|s| s.peer);
                     if let Some(peer) = peer {
-                        index.unregister(peer, &hashes[self.at..end]);
+                        crate::index::worktrace::time("apply: unregister", || {
+                            index.unregister(peer, &hashes[self.at..end])
+                        });
                     }
                     used += (end - self.at).max(1);
                     if peer.is_none() || end == hashes.len() {
@@ -387,7 +401,10 @@ impl Replica {
                 _ => {
                     let inbound = self.queue.pop_front().expect("a head");
                     used += 1;
-                    if let Some(event) = self.apply(index, inbound, &mut used) {
+                    let event = crate::index::worktrace::time("apply: other", || {
+                        self.apply(index, inbound, &mut used)
+                    });
+                    if let Some(event) = event {
                         events.push(event);
                         return used;
                     }
@@ -1245,6 +1262,34 @@ mod tests {
         poll_in_slices_of_64(&mut replica, &mut index);
         assert_eq!(index.entry_count(), 100);
         assert_eq!(holders(&mut index, "f 950").len(), 1);
+    }
+
+    #[test]
+    fn a_node_applying_behind_posts_words_as_it_goes() {
+        let mut index = Index::new();
+        let mut replica = Replica::new();
+        replica.handle_inbound(open("b-1", 1, "10.0.0.2:7001"));
+        let n = 3 * MAX_UNPOSTED_ENTRIES;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+            let files = chunk.iter().map(|i| file(&format!("song {i}"))).collect();
+            replica.handle_inbound(register("b-1", 1, files));
+        }
+        let mut events = Vec::new();
+        // Polls as a turn's share takes them, the turn's end posting nothing (it had no
+        // time left): the entries waiting for their words stay bounded.
+        let mut most = 0;
+        while replica.has_work() {
+            replica.poll_until(&mut index, 800, || false, &mut events);
+            most = most.max(index.unposted_count());
+        }
+        assert!(most <= MAX_UNPOSTED_ENTRIES + GROUP_UNITS, "{most}");
+        // (Sampled after each poll, not each step: within a group of the bound.)
+        assert!(
+            most + GROUP_UNITS >= MAX_UNPOSTED_ENTRIES,
+            "the bound was never reached: {most}"
+        );
+        assert_eq!(index.entry_count(), n);
+        assert_eq!(holders(&mut index, "song 7").len(), 1);
     }
 
     #[test]

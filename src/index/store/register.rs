@@ -480,6 +480,11 @@ impl Index {
         });
     }
 
+    /// Entries whose words wait for [`Index::post_pending`] (their names stored plain).
+    pub fn unposted_count(&self) -> usize {
+        self.pending.unposted.len()
+    }
+
     /// Whether [`Index::register`] left work for [`Index::post_pending`].
     pub fn has_pending(&self) -> bool {
         !self.pending.unposted.is_empty()

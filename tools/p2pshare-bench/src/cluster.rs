@@ -7,7 +7,9 @@
 //!    from its start to its listening line (a node opens its listeners only once it has read
 //!    and applied the stream), its entry count checked by `Stats`;
 //! 3. **memory and disk**: each node's `VmHWM` over its entries; each nats-server's store of
-//!    the stream over the entries;
+//!    the stream over the entries. From the bulk load's start to here, each of A, B, C's
+//!    `VmRSS` and entry count are sampled every 20 ms ([`RssSampler`]): each node's peak, when
+//!    it came and how far the node was behind A then (the timeline in `cluster-rss.csv`);
 //! 4. **replication lag**: `--ops _,R,_` registers of one new file each, at node i mod 3; from
 //!    the arrival of its `Registered` answer, a client at node i+1 looks the hash up, one
 //!    lookup in flight, back to back, until the first answer listing it: lag = that answer's
@@ -16,7 +18,12 @@
 //! 5. **reads**: at each of A, B, C, the main job's closed loop (`--ops S,R,L`, one simulated
 //!    peer) with the loopback floor pinged after each op, as in the latency mode; then the
 //!    same at a single indexd (no `--cluster`) pre-populated with the same N entries, to set
-//!    each node's search and lookup p50 beside one process's;
+//!    each node's search and lookup p50 beside one process's; then, with the single indexd
+//!    still up, **interleaved lookups**: [`INTERLEAVED_ROUNDS`] rounds, each a floor ping
+//!    followed by one lookup at A, B, C and the single indexd in turn (the rotation's start
+//!    moves each round), so each target's lookups are set against the floor pinged just
+//!    before them, at the same moments as the others' (the floor moves between phases on
+//!    this VM, 8.5–22 µs in one run);
 //! 6. **engine fault**: a writer registers one new file every 10 ms at B while a client at C
 //!    looks up the oldest file it has not seen yet; the nats-server leading the stream is
 //!    SIGKILLed and writes go on for at least 15 s after: the longest
@@ -79,6 +86,10 @@ const FAULT_WRITE_EVERY: Duration = Duration::from_millis(10);
 const POLL: Duration = Duration::from_millis(50);
 /// Longest a nats-server may take to say it is healthy.
 const NATS_READY_LIMIT: Duration = Duration::from_secs(60);
+/// Rounds of the interleaved lookups (each: one floor ping and one lookup at every target).
+pub const INTERLEAVED_ROUNDS: usize = 5_000;
+/// How often the memory sampler reads each node's `VmRSS` and entry count.
+const RSS_EVERY: Duration = Duration::from_millis(20);
 /// Population hashes looked up at each survivor after a node death.
 const DEATH_SAMPLE: usize = 32;
 
@@ -119,6 +130,9 @@ pub struct ClusterResult {
     pub rebuild: Rebuild,
     /// Memory of each node.
     pub memory: Vec<NodeMemory>,
+    /// The peak `VmRSS` of A, B and C sampled from the bulk load's start to the memory
+    /// figures, and how far behind A each node was at its peak.
+    pub rss_peaks: Vec<RssPeak>,
     /// The stream's store on each nats-server.
     pub disk: Vec<ServerDisk>,
     /// Replication lag.
@@ -130,6 +144,9 @@ pub struct ClusterResult {
     /// The same reads at a single indexd (no `--cluster`) holding the same entries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub single_reads: Option<NodeReads>,
+    /// Lookups at A, B, C and the single indexd interleaved with floor pings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interleaved: Option<Vec<Interleaved>>,
     /// One nats-server SIGKILLed under load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine_fault: Option<EngineFault>,
@@ -180,6 +197,118 @@ pub struct NodeMemory {
     pub bytes_per_entry: f64,
     /// (`VmHWM` − idle) / entries.
     pub bytes_per_entry_over_idle: f64,
+}
+
+/// One node's peak `VmRSS` while it took the bulk load (sampled every 20 ms).
+#[derive(Debug, Clone, Serialize)]
+pub struct RssPeak {
+    /// The node (a, b, c).
+    pub node: String,
+    /// The highest `VmRSS` sampled, kB.
+    pub peak_rss_kb: u64,
+    /// Seconds from the bulk load's start to that sample.
+    pub at_s: f64,
+    /// Entries the node held at that sample (its last `Stats` answer).
+    pub entries_then: u64,
+    /// Entries A held then, less the node's: how far it was behind.
+    pub behind_a_then: u64,
+    /// The last `VmRSS` sampled (after the rebuild), kB.
+    pub last_rss_kb: u64,
+    /// Samples taken.
+    pub samples: u64,
+}
+
+/// Lookups at one target interleaved with the others' and with floor pings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Interleaved {
+    /// The target (a, b, c, single).
+    pub node: String,
+    /// Its lookups.
+    pub lookup: OpSummary,
+    /// The floor ping taken just before each of them.
+    pub floor: OpSummary,
+    /// Lookup p50 / that floor's p50.
+    pub lookup_over_floor: f64,
+    /// The median over its lookups of (lookup / the floor ping just before it).
+    pub median_pair_ratio: f64,
+    /// Lookup p50 / the single indexd's lookup p50 in the same rounds.
+    pub over_single: f64,
+}
+
+/// Samples A, B and C's `VmRSS` and entry counts on a thread of its own until stopped.
+struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: thread::JoinHandle<Vec<RssRow>>,
+}
+
+/// One sample: seconds since the start, node index, `VmRSS` kB, entries.
+type RssRow = (f64, usize, u64, u64);
+
+impl RssSampler {
+    fn start(nodes: &[(u32, SocketAddr)]) -> io::Result<RssSampler> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let mut clients: Vec<(u32, Client)> = nodes
+            .iter()
+            .map(|(pid, a)| Ok((*pid, Client::hello(*a, 0, "p2pshare-bench cluster rss")?)))
+            .collect::<io::Result<_>>()?;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let handle = thread::spawn(move || {
+            let began = Instant::now();
+            let mut rows = Vec::new();
+            let mut entries = vec![0; clients.len()];
+            while !stopped.load(Ordering::Relaxed) {
+                for (i, (pid, c)) in clients.iter_mut().enumerate() {
+                    let rss = proc_status_kb(*pid, "VmRSS").unwrap_or(0);
+                    if let Ok(s) = stats_of(c) {
+                        entries[i] = s.names;
+                    }
+                    rows.push((began.elapsed().as_secs_f64(), i, rss, entries[i]));
+                }
+                thread::sleep(RSS_EVERY);
+            }
+            rows
+        });
+        Ok(RssSampler { stop, handle })
+    }
+
+    /// Stops; each node's peak (`names` in the order given), the timeline in `csv`.
+    fn finish(self, names: &[&str], csv: &Path) -> Vec<RssPeak> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rows = self.handle.join().unwrap_or_default();
+        let mut text = String::from("seconds,node,vm_rss_kb,entries\n");
+        for (t, i, rss, e) in &rows {
+            text.push_str(&format!("{t:.3},{},{rss},{e}\n", names[*i]));
+        }
+        if let Err(e) = fs::write(csv, text) {
+            eprintln!("bench: cluster: cannot write {}: {e}", csv.display());
+        }
+        // A's entries at each moment, for how far behind the others were.
+        let a_entries = |t: f64| {
+            rows.iter()
+                .rev()
+                .find(|r| r.1 == 0 && r.0 <= t + 0.5 * RSS_EVERY.as_secs_f64())
+                .map_or(0, |r| r.3)
+        };
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mine: Vec<&RssRow> = rows.iter().filter(|r| r.1 == i).collect();
+                let peak = mine.iter().max_by_key(|r| r.2).copied().copied();
+                let (at, rss, entries) = peak.map_or((0.0, 0, 0), |r| (r.0, r.2, r.3));
+                RssPeak {
+                    node: name.to_string(),
+                    peak_rss_kb: rss,
+                    at_s: (at * 1e3).round() / 1e3,
+                    entries_then: entries,
+                    behind_a_then: a_entries(at).saturating_sub(entries),
+                    last_rss_kb: mine.last().map_or(0, |r| r.2),
+                    samples: mine.len() as u64,
+                }
+            })
+            .collect()
+    }
 }
 
 /// One nats-server's disk.
@@ -656,6 +785,12 @@ pub fn run(p: &Params, command: String) -> io::Result<ClusterResult> {
         .map(|n| Client::hello(n.addr, 0, "p2pshare-bench cluster observer"))
         .collect::<io::Result<_>>()?;
 
+    let sampled: Vec<(u32, SocketAddr)> = nodes
+        .iter()
+        .filter_map(|n| Some((n.pid()?, n.addr)))
+        .collect();
+    let sampler = RssSampler::start(&sampled)?;
+
     // 1. The bulk load at A.
     let began = Instant::now();
     let population = Population::create(nodes[0].addr, p.files, 1, p.seed, None)?;
@@ -709,6 +844,13 @@ pub fn run(p: &Params, command: String) -> io::Result<ClusterResult> {
         .min()
         .unwrap_or(0);
     nodes[3].idle_rss_kb = idle;
+    let rss_peaks = sampler.finish(&["a", "b", "c"], &p.out.join("cluster-rss.csv"));
+    for r in &rss_peaks {
+        eprintln!(
+            "bench: cluster: {}'s peak VmRSS {} kB at {:.2} s, {} entries then ({} behind a); last {} kB",
+            r.node, r.peak_rss_kb, r.at_s, r.entries_then, r.behind_a_then, r.last_rss_kb
+        );
+    }
     let mut memory = Vec::new();
     for (n, o) in nodes.iter().zip(observers.iter_mut()) {
         let entries = stats_of(o)?.names;
@@ -746,10 +888,12 @@ pub fn run(p: &Params, command: String) -> io::Result<ClusterResult> {
         },
         rebuild,
         memory,
+        rss_peaks,
         disk,
         lag: None,
         reads: None,
         single_reads: None,
+        interleaved: None,
         engine_fault: None,
         node_death: None,
         command,
@@ -778,10 +922,24 @@ pub fn run(p: &Params, command: String) -> io::Result<ClusterResult> {
             &population,
         )?);
     }
-    let single_reads = {
+    let (single_reads, interleaved) = {
         let single = Node::start(p, None, "single", &logs)?;
-        let population = Population::create(single.addr, p.files, 1, p.seed, None)?;
-        reads_at(p, "single", single.addr, echo_addr, 103, &population)?
+        let single_population = Population::create(single.addr, p.files, 1, p.seed, None)?;
+        let single_reads = reads_at(p, "single", single.addr, echo_addr, 103, &single_population)?;
+        let targets: Vec<(&str, SocketAddr)> = nodes
+            .iter()
+            .take(3)
+            .map(|n| (n.name.as_str(), n.addr))
+            .chain([("single", single.addr)])
+            .collect();
+        let interleaved = interleaved_lookups(&targets, echo_addr, &population, p.seed)?;
+        for i in &interleaved {
+            eprintln!(
+                "bench: cluster: interleaved lookups at {}: p50 {:.1} µs, floor p50 {:.1} µs: {:.2}x floor (median pair {:.2}x), {:.2}x the single's",
+                i.node, i.lookup.p50_us, i.floor.p50_us, i.lookup_over_floor, i.median_pair_ratio, i.over_single
+            );
+        }
+        (single_reads, interleaved)
     };
 
     // 6. One nats-server killed under load.
@@ -793,6 +951,7 @@ pub fn run(p: &Params, command: String) -> io::Result<ClusterResult> {
     result.lag = Some(lag);
     result.reads = Some(reads);
     result.single_reads = Some(single_reads);
+    result.interleaved = Some(interleaved);
     result.engine_fault = Some(engine_fault);
     result.node_death = Some(node_death);
     Ok(result)
@@ -839,6 +998,65 @@ fn reads_at(
         lookup,
         floor,
     })
+}
+
+/// The interleaved lookups: see the module docs (5). The last target is the single indexd.
+fn interleaved_lookups(
+    targets: &[(&str, SocketAddr)],
+    echo: SocketAddr,
+    population: &Population,
+    seed: u64,
+) -> io::Result<Vec<Interleaved>> {
+    let mut clients: Vec<Client> = targets
+        .iter()
+        .map(|(_, a)| Client::hello(*a, 0, "p2pshare-bench cluster interleaved"))
+        .collect::<io::Result<_>>()?;
+    let mut pinger = floor::Pinger::connect(echo)?;
+    let files = &population.files;
+    let mut rng = super::workload::Rng::for_stream(seed, 0x1e4e_0000);
+    let n = targets.len();
+    let mut lookups: Vec<_> = (0..n).map(|_| stats::new_histogram()).collect();
+    let mut floors: Vec<_> = (0..n).map(|_| stats::new_histogram()).collect();
+    let mut pairs: Vec<Vec<f64>> = vec![Vec::with_capacity(INTERLEAVED_ROUNDS); n];
+    let mut errors = vec![0u64; n];
+    for round in 0..INTERLEAVED_ROUNDS {
+        for k in 0..n {
+            let t = (round + k) % n;
+            // Built before the clock starts, decoded after it stops, as in the main job.
+            let id = clients[t].prepare(RequestBody::Lookup {
+                key: LookupKey::Hash(files[rng.below(files.len())].hash),
+                after: None,
+            });
+            let ping = pinger.round_trip()?;
+            let began = Instant::now();
+            clients[t].exchange()?;
+            let took = began.elapsed();
+            if !matches!(clients[t].answer(id)?, ResponseBody::Holders { .. }) {
+                errors[t] += 1;
+            }
+            stats::record(&mut floors[t], ping);
+            stats::record(&mut lookups[t], took);
+            pairs[t].push(took.as_secs_f64() / ping.as_secs_f64().max(1e-9));
+        }
+    }
+    let round2 = |v: f64| (v * 100.0).round() / 100.0;
+    let single = OpSummary::of(&lookups[n - 1], errors[n - 1]);
+    Ok((0..n)
+        .map(|t| {
+            let lookup = OpSummary::of(&lookups[t], errors[t]);
+            let floor = OpSummary::of(&floors[t], 0);
+            let ratios = &mut pairs[t];
+            ratios.sort_by(f64::total_cmp);
+            Interleaved {
+                node: targets[t].0.to_string(),
+                lookup_over_floor: round2(lookup.p50_us / floor.p50_us.max(1e-9)),
+                median_pair_ratio: round2(ratios.get(ratios.len() / 2).copied().unwrap_or(0.0)),
+                over_single: round2(lookup.p50_us / single.p50_us.max(1e-9)),
+                lookup,
+                floor,
+            }
+        })
+        .collect())
 }
 
 /// Replication-lag samples: see the module docs (4).
@@ -1212,6 +1430,13 @@ pub fn console(r: &ClusterResult) -> String {
             m.node, m.entries, m.vm_hwm_kb, m.bytes_per_entry, m.bytes_per_entry_over_idle, m.idle_rss_kb
         );
     }
+    for m in &r.rss_peaks {
+        let _ = writeln!(
+            t,
+            "rss {}: peak VmRSS {} kB at {:.2} s into the bulk load, holding {} entries ({} behind a); {} kB at the end",
+            m.node, m.peak_rss_kb, m.at_s, m.entries_then, m.behind_a_then, m.last_rss_kb
+        );
+    }
     for d in &r.disk {
         let _ = writeln!(
             t,
@@ -1227,6 +1452,13 @@ pub fn console(r: &ClusterResult) -> String {
         &r.node_death,
     ) {
         serving(&mut t, lag, reads, single, e, d);
+    }
+    for i in r.interleaved.iter().flatten() {
+        let _ = writeln!(
+            t,
+            "interleaved lookups at {} ({INTERLEAVED_ROUNDS} rounds, a floor ping before each): p50 {:.1} µs, floor p50 {:.1} µs: {:.2}x floor (median of pairs {:.2}x), {:.2}x the single indexd's; target ≤ {TARGET_READ_RATIO}x",
+            i.node, i.lookup.p50_us, i.floor.p50_us, i.lookup_over_floor, i.median_pair_ratio, i.over_single
+        );
     }
     t
 }
