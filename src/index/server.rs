@@ -848,13 +848,11 @@ impl IndexServer {
     /// replication lag; see `--max-holdings-per-ip` in README).
     fn holdings_at(&self, address: limits::Address) -> usize {
         let local = self.address_holdings.get(&address).copied().unwrap_or(0);
-        if self.limits.max_holdings_per_address == usize::MAX {
-            // No limit: nothing to walk for.
-            return local;
-        }
-        let remote = self.cluster.as_deref().map_or(0, |link| {
-            link.replica().remote_holdings_at(&self.index, address)
-        });
+        // One map look: the replica keeps a running total per address.
+        let remote = self
+            .cluster
+            .as_deref()
+            .map_or(0, |link| link.replica().remote_holdings_at(address));
         local + remote
     }
 

@@ -39,9 +39,14 @@
 //! # Holdings per address
 //! Each remote session is also kept by its address (IPv4, IPv6 /64: [`Address`]), so the
 //! server checks `--max-holdings-per-ip` against every node's sessions at an address, not
-//! only its own ([`Replica::remote_holdings_at`]): a peer per session, not per entry. A
-//! session leaves that count when it ends (its end, its node's death, a fence), before its
-//! holdings are withdrawn, as a local session's do.
+//! only its own ([`Replica::remote_holdings_at`]). The replica keeps a running total of
+//! entries per address, adjusted wherever a remote session's entries change (a register or
+//! unregister slice, a snapshot's sweep: the index's count after the call less before, an
+//! O(1) look) and by the session's whole count when it ends (its end, its node's death, a
+//! fence), before its holdings are withdrawn, as a local session's do. So the check costs
+//! one map look whatever the sessions at the address: walking them on each register slice
+//! let a host with many Hello-only sessions at other nodes make every small register here
+//! walk them all, uncharged. Memory: a map entry per address with remote sessions.
 //!
 //! # Node deaths
 //! Remote sessions are kept per home node. When a node dies, every one of its sessions
@@ -134,6 +139,10 @@ pub enum Inbound {
 #[derive(Debug)]
 struct RemoteSession {
     peer: PeerId,
+    /// The address its home node saw: where its entries count.
+    address: Address,
+    /// Its entries as last counted in its address's [`AddressTotal`].
+    entries: u32,
     /// While a [`Record::Snapshot`] of the session is read: the keys of the holdings it
     /// restated or registered since (see the module docs).
     marks: Option<KeySet>,
@@ -141,6 +150,13 @@ struct RemoteSession {
     cap_left: u32,
     /// Its [`Record::Reachability`]: it takes pushes, reachable or not (`None`: not known).
     reachable: Option<bool>,
+}
+
+/// The remote sessions at one address and their entries (see the module docs).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct AddressTotal {
+    sessions: u32,
+    entries: u64,
 }
 
 /// What [`Replica::poll`] saw that the caller acts on.
@@ -172,6 +188,8 @@ pub struct ApplyCounts {
 /// `marks` are withdrawn, a slice a poll.
 #[derive(Debug)]
 struct Sweep {
+    node: String,
+    session: u64,
     peer: PeerId,
     marks: KeySet,
     next: u32,
@@ -195,8 +213,8 @@ pub struct Replica {
     counts: ApplyCounts,
     /// Remote sessions that take pushes, by address.
     pushes: RemotePushes,
-    /// Remote sessions' peers by address (see the module docs).
-    by_address: HashMap<Address, Vec<PeerId>>,
+    /// Remote sessions' entries by address (see the module docs).
+    by_address: HashMap<Address, AddressTotal>,
 }
 
 impl Replica {
@@ -242,18 +260,45 @@ impl Replica {
             .sum()
     }
 
-    /// Entries held by remote sessions at `address` (the sum over its sessions here: a few,
-    /// bounded by the nodes' per-address connection limits).
-    pub fn remote_holdings_at(&self, index: &Index, address: Address) -> usize {
-        self.by_address.get(&address).map_or(0, |peers| {
-            peers.iter().map(|&p| index.entries_of(p) as usize).sum()
-        })
+    /// Entries held by remote sessions at `address`: the running total (one map look; see
+    /// the module docs).
+    pub fn remote_holdings_at(&self, address: Address) -> usize {
+        self.by_address
+            .get(&address)
+            .map_or(0, |t| usize::try_from(t.entries).unwrap_or(usize::MAX))
     }
 
-    /// A remote session's `peer` at `addr` is live here.
-    fn add_to_address(&mut self, peer: PeerId, addr: std::net::SocketAddr) {
+    /// A new remote session's `peer` at `addr` (no entries yet): counted at its address.
+    fn new_session(&mut self, peer: PeerId, addr: std::net::SocketAddr) -> RemoteSession {
         let address = Address::of(addr.ip());
-        self.by_address.entry(address).or_default().push(peer);
+        self.by_address.entry(address).or_default().sessions += 1;
+        RemoteSession {
+            peer,
+            address,
+            entries: 0,
+            marks: None,
+            cap_left: u32::MAX,
+            reachable: None,
+        }
+    }
+
+    /// The remote sessions' entries by address, walked: what the running totals must be
+    /// (for checks and tests).
+    fn walked_totals(&self, index: &Index) -> HashMap<Address, AddressTotal> {
+        let mut totals: HashMap<Address, AddressTotal> = HashMap::new();
+        for s in self.nodes.values().flat_map(HashMap::values) {
+            let t = totals.entry(s.address).or_default();
+            t.sessions += 1;
+            t.entries += u64::from(index.entries_of(s.peer));
+        }
+        totals
+    }
+
+    /// Checks (in debug builds) that the running totals by address are what a walk finds.
+    fn debug_check_totals(&self, index: &Index) {
+        if cfg!(debug_assertions) {
+            debug_assert_eq!(self.by_address, self.walked_totals(index));
+        }
     }
 
     /// Nodes with remote sessions here.
@@ -378,6 +423,7 @@ impl Replica {
                         crate::index::worktrace::time("apply: unregister", || {
                             index.unregister(peer, &hashes[self.at..end])
                         });
+                        self.recount(index, &node, session);
                     }
                     used += (end - self.at).max(1);
                     if peer.is_none() || end == hashes.len() {
@@ -406,11 +452,13 @@ impl Replica {
                     });
                     if let Some(event) = event {
                         events.push(event);
+                        self.debug_check_totals(index);
                         return used;
                     }
                 }
             }
         }
+        self.debug_check_totals(index);
         used
     }
 
@@ -453,8 +501,18 @@ impl Replica {
                 }
             });
         index.unregister_entries(sweep.peer, &gone);
+        // The sweep goes before anything queued, so its session is live still.
+        self.recount(index, &sweep.node, sweep.session);
         sweep.next = next.unwrap_or(u32::MAX);
         visited.max(1)
+    }
+
+    /// The entries of `node`'s session `session` (if live here) changed in `index`: counts
+    /// the change at its address.
+    fn recount(&mut self, index: &Index, node: &str, session: u64) {
+        if let Some(s) = self.nodes.get_mut(node).and_then(|n| n.get_mut(&session)) {
+            recount(&mut self.by_address, index, s);
+        }
     }
 
     /// The session `session` of `node`, if it is live here.
@@ -488,6 +546,7 @@ impl Replica {
         let outcome = index.register_at_most(peer, files, room);
         // This slice's files go in the tables now, within its units (see the method's docs).
         index.unstage_pending();
+        recount(&mut self.by_address, index, s);
         if let Some(marks) = &mut s.marks {
             let keys = &self.keys;
             crate::index::worktrace::time("snapshot marks", || {
@@ -518,26 +577,16 @@ impl Replica {
                 }
                 match record {
                     Record::Open { addr } => {
-                        let sessions = self.nodes.entry(node).or_default();
-                        if sessions.contains_key(&session) {
+                        if self.session(&node, session).is_some() {
                             self.counts.dropped += 1;
                             return None;
                         }
                         let peer = index.add_peer(addr);
-                        sessions.insert(
-                            session,
-                            RemoteSession {
-                                peer,
-                                marks: None,
-                                cap_left: u32::MAX,
-                                reachable: None,
-                            },
-                        );
-                        self.add_to_address(peer, addr);
+                        let s = self.new_session(peer, addr);
+                        self.nodes.entry(node).or_default().insert(session, s);
                     }
                     Record::Snapshot { addr } => {
-                        let sessions = self.nodes.entry(node).or_default();
-                        match sessions.get_mut(&session) {
+                        match self.session(&node, session) {
                             Some(s) => {
                                 // Marking starts again: a snapshot read in part (its end
                                 // deleted by the next one's compaction) is replaced by this one.
@@ -547,14 +596,8 @@ impl Replica {
                             }
                             None => {
                                 let peer = index.add_peer(addr);
-                                let s = RemoteSession {
-                                    peer,
-                                    marks: None,
-                                    cap_left: u32::MAX,
-                                    reachable: None,
-                                };
-                                sessions.insert(session, s);
-                                self.add_to_address(peer, addr);
+                                let s = self.new_session(peer, addr);
+                                self.nodes.entry(node).or_default().insert(session, s);
                             }
                         }
                     }
@@ -566,6 +609,8 @@ impl Replica {
                         if let Some(marks) = s.marks.take() {
                             let peer = s.peer;
                             self.sweep = Some(Sweep {
+                                node,
+                                session,
                                 peer,
                                 marks,
                                 next: 0,
@@ -673,22 +718,39 @@ impl Replica {
     /// Remote session `s` of `node` ends: it takes no more pushes, and its holdings no longer
     /// count at its address (before its peer departs, while its address is known).
     fn forget(&mut self, index: &Index, node: &str, s: &RemoteSession) {
+        if let Some(t) = self.by_address.get_mut(&s.address) {
+            t.sessions -= 1;
+            t.entries -= u64::from(s.entries);
+            if t.sessions == 0 {
+                debug_assert_eq!(
+                    t.entries, 0,
+                    "an address's last session took all its entries"
+                );
+                self.by_address.remove(&s.address);
+            }
+        } else {
+            debug_assert!(false, "a live session's address is counted");
+        }
         let Some(addr) = index.peer_addr(s.peer) else {
             return;
         };
         if let Some(reachable) = s.reachable {
             self.pushes.handle_gone(node, addr, reachable);
         }
-        let address = Address::of(addr.ip());
-        if let Some(peers) = self.by_address.get_mut(&address) {
-            if let Some(i) = peers.iter().position(|&p| p == s.peer) {
-                peers.swap_remove(i);
-            }
-            if peers.is_empty() {
-                self.by_address.remove(&address);
-            }
-        }
     }
+}
+
+/// Remote session `s`'s entries changed in `index`: its address's total takes the change.
+fn recount(totals: &mut HashMap<Address, AddressTotal>, index: &Index, s: &mut RemoteSession) {
+    let now = index.entries_of(s.peer);
+    if now == s.entries {
+        return;
+    }
+    let t = totals
+        .get_mut(&s.address)
+        .expect("a live session's address is counted");
+    t.entries = t.entries - u64::from(s.entries) + u64::from(now);
+    s.entries = now;
 }
 
 /// Remote session `s` ends: its peer departs.
@@ -1309,5 +1371,244 @@ mod tests {
         replica.poll(&mut index, usize::MAX, &mut events);
         assert_eq!(events, [Event::Rebuilt, Event::Lost(7)]);
         assert_eq!(index.entry_count(), 1);
+    }
+
+    /// The running totals by address are what a walk of the sessions finds.
+    fn assert_totals(replica: &Replica, index: &Index) {
+        assert_eq!(replica.by_address, replica.walked_totals(index));
+    }
+
+    fn at(replica: &Replica, ip: &str) -> usize {
+        replica.remote_holdings_at(Address::of(ip.parse().unwrap()))
+    }
+
+    fn files_named(prefix: &str, n: usize) -> Vec<FileEntry> {
+        (0..n).map(|i| file(&format!("{prefix} {i}"))).collect()
+    }
+
+    /// Applies what is queued, departures left undone (a departing peer's entries are still
+    /// in the index: the totals must not count them).
+    fn poll_only(replica: &mut Replica, index: &mut Index) -> Vec<Event> {
+        let mut events = Vec::new();
+        replica.poll_all(index, &mut events);
+        events
+    }
+
+    #[test]
+    fn an_address_s_remote_entries_follow_every_change_and_leave_with_a_session_at_once() {
+        let mut index = Index::new();
+        let mut replica = Replica::new();
+        replica.handle_inbound(open("b-1", 1, "10.0.0.9:7001"));
+        replica.handle_inbound(open("b-1", 2, "10.0.0.9:7002"));
+        replica.handle_inbound(open("c-1", 1, "10.0.0.9:7003"));
+        replica.handle_inbound(open("b-1", 3, "10.0.0.8:7001"));
+        replica.handle_inbound(register("b-1", 1, files_named("one", 10)));
+        replica.handle_inbound(register("b-1", 2, files_named("two", 5)));
+        replica.handle_inbound(register("c-1", 1, files_named("three", 7)));
+        replica.handle_inbound(register("b-1", 3, files_named("four", 3)));
+        poll_only(&mut replica, &mut index);
+        assert_totals(&replica, &index);
+        assert_eq!(
+            (at(&replica, "10.0.0.9"), at(&replica, "10.0.0.8")),
+            (22, 3)
+        );
+        // A capped register counts what it took, not what it asked.
+        replica.handle_inbound(rec(
+            "b-1",
+            3,
+            Record::Register {
+                files: files_named("capped", 5),
+                cap: Cap::AtMost(2),
+            },
+        ));
+        // An unregister: 4 of session 1's.
+        let hashes = files_named("one", 4).into_iter().map(|f| f.hash).collect();
+        replica.handle_inbound(rec("b-1", 1, Record::Unregister { hashes }));
+        poll_only(&mut replica, &mut index);
+        assert_totals(&replica, &index);
+        assert_eq!(
+            (at(&replica, "10.0.0.9"), at(&replica, "10.0.0.8")),
+            (18, 5)
+        );
+        // An end: gone from the count before its departure has withdrawn anything.
+        replica.handle_inbound(rec("b-1", 2, Record::End));
+        poll_only(&mut replica, &mut index);
+        assert!(index.has_departures());
+        assert_totals(&replica, &index);
+        assert_eq!(at(&replica, "10.0.0.9"), 13);
+        // A restating snapshot of session 1 (6 entries): 2 restated, 1 new; its sweep
+        // withdraws the other 4, a slice a poll, the total right after each.
+        replica.handle_inbound(rec(
+            "b-1",
+            1,
+            Record::Snapshot {
+                addr: "10.0.0.9:7001".parse().unwrap(),
+            },
+        ));
+        let mut restated = files_named("one", 6)[4..].to_vec();
+        restated.push(file("one new"));
+        replica.handle_inbound(register("b-1", 1, restated));
+        replica.handle_inbound(rec("b-1", 1, Record::SnapshotEnd));
+        let mut events = Vec::new();
+        let mut sweeps = 0;
+        while replica.has_work() {
+            replica.poll(&mut index, 2, &mut events);
+            assert_totals(&replica, &index);
+            sweeps += usize::from(replica.sweep.is_some());
+        }
+        assert!(sweeps >= 2, "the sweep went in slices");
+        assert_eq!(at(&replica, "10.0.0.9"), 3 + 7);
+        // A node's death: its sessions leave the count at once.
+        replica.handle_inbound(Inbound::NodeDead { node: "c-1".into() });
+        poll_only(&mut replica, &mut index);
+        assert_totals(&replica, &index);
+        assert_eq!(at(&replica, "10.0.0.9"), 3);
+        // A fence: every remote session at once.
+        replica.handle_inbound(Inbound::Fenced);
+        assert_eq!(poll_only(&mut replica, &mut index), [Event::Fenced]);
+        assert!(index.has_departures());
+        assert_totals(&replica, &index);
+        assert!(replica.by_address.is_empty());
+        assert_eq!((at(&replica, "10.0.0.9"), at(&replica, "10.0.0.8")), (0, 0));
+    }
+
+    #[test]
+    fn a_freed_peer_slot_taken_by_a_new_session_starts_from_nothing() {
+        let mut index = Index::new();
+        let mut replica = Replica::new();
+        replica.handle_inbound(open("b-1", 1, "10.0.0.9:7001"));
+        replica.handle_inbound(register("b-1", 1, files_named("old", 10)));
+        poll_only(&mut replica, &mut index);
+        let old = replica.nodes["b-1"][&1].peer;
+        replica.handle_inbound(rec("b-1", 1, Record::End));
+        apply_all(&mut replica, &mut index);
+        assert_eq!(at(&replica, "10.0.0.9"), 0);
+        // A new session at the same address and one at another take the freed slot in turn.
+        replica.handle_inbound(open("c-1", 5, "10.0.0.9:7002"));
+        poll_only(&mut replica, &mut index);
+        assert_eq!(replica.nodes["c-1"][&5].peer, old, "the slot is reused");
+        assert_totals(&replica, &index);
+        assert_eq!(at(&replica, "10.0.0.9"), 0);
+        replica.handle_inbound(register("c-1", 5, files_named("new", 2)));
+        poll_only(&mut replica, &mut index);
+        assert_totals(&replica, &index);
+        assert_eq!(at(&replica, "10.0.0.9"), 2);
+        replica.handle_inbound(rec("c-1", 5, Record::End));
+        apply_all(&mut replica, &mut index);
+        replica.handle_inbound(open("b-1", 2, "10.0.0.7:7001"));
+        poll_only(&mut replica, &mut index);
+        assert_eq!(replica.nodes["b-1"][&2].peer, old, "the slot is reused");
+        assert_totals(&replica, &index);
+        assert_eq!((at(&replica, "10.0.0.9"), at(&replica, "10.0.0.7")), (0, 0));
+    }
+
+    /// A change of the property test below.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Open {
+            node: u8,
+            session: u8,
+            ip: u8,
+        },
+        Register {
+            node: u8,
+            session: u8,
+            from: u8,
+            n: u8,
+            cap: Option<u8>,
+        },
+        Unregister {
+            node: u8,
+            session: u8,
+            from: u8,
+            n: u8,
+        },
+        Snapshot {
+            node: u8,
+            session: u8,
+            from: u8,
+            n: u8,
+        },
+        End {
+            node: u8,
+            session: u8,
+        },
+        Dead {
+            node: u8,
+        },
+        Fenced,
+        Depart,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let (node, session, name) = (0..3u8, 0..4u8, 0..40u8);
+        prop_oneof![
+            3 => (node.clone(), session.clone(), 0..3u8)
+                .prop_map(|(node, session, ip)| Op::Open { node, session, ip }),
+            4 => (node.clone(), session.clone(), name.clone(), 0..20u8, proptest::option::of(0..10u8))
+                .prop_map(|(node, session, from, n, cap)| Op::Register { node, session, from, n, cap }),
+            2 => (node.clone(), session.clone(), name.clone(), 0..20u8)
+                .prop_map(|(node, session, from, n)| Op::Unregister { node, session, from, n }),
+            1 => (node.clone(), session.clone(), name, 0..20u8)
+                .prop_map(|(node, session, from, n)| Op::Snapshot { node, session, from, n }),
+            1 => (node.clone(), session).prop_map(|(node, session)| Op::End { node, session }),
+            1 => node.prop_map(|node| Op::Dead { node }),
+            1 => Just(Op::Fenced),
+            1 => Just(Op::Depart),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the changes, and however the polls slice them, the running totals by
+        /// address are what a walk of the live sessions finds after every poll.
+        #[test]
+        fn the_totals_by_address_match_a_walk_after_every_poll(
+            ops in proptest::collection::vec(op(), 1..60),
+            budget in 1..8usize,
+        ) {
+            let mut index = Index::new();
+            let mut replica = Replica::new();
+            let names = |from: u8, n: u8| -> Vec<FileEntry> {
+                (from..from.saturating_add(n)).map(|i| file(&format!("f{}", i % 40))).collect()
+            };
+            let n = |node: u8| format!("n-{node}");
+            for op in ops {
+                match op {
+                    Op::Open { node, session, ip } => replica.handle_inbound(open(
+                        &n(node), session.into(), &format!("10.0.0.{ip}:700{session}"),
+                    )),
+                    Op::Register { node, session, from, n: k, cap } => {
+                        let cap = cap.map_or(Cap::All, |c| Cap::AtMost(c.into()));
+                        let files = names(from, k);
+                        replica.handle_inbound(rec(&n(node), session.into(), Record::Register { files, cap }));
+                    }
+                    Op::Unregister { node, session, from, n: k } => {
+                        let hashes = names(from, k).into_iter().map(|f| f.hash).collect();
+                        replica.handle_inbound(rec(&n(node), session.into(), Record::Unregister { hashes }));
+                    }
+                    Op::Snapshot { node, session, from, n: k } => {
+                        let addr = format!("10.0.0.{}:7000", session % 3).parse().unwrap();
+                        replica.handle_inbound(rec(&n(node), session.into(), Record::Snapshot { addr }));
+                        replica.handle_inbound(register(&n(node), session.into(), names(from, k)));
+                        replica.handle_inbound(rec(&n(node), session.into(), Record::SnapshotEnd));
+                    }
+                    Op::End { node, session } => replica.handle_inbound(rec(&n(node), session.into(), Record::End)),
+                    Op::Dead { node } => replica.handle_inbound(Inbound::NodeDead { node: n(node) }),
+                    Op::Fenced => replica.handle_inbound(Inbound::Fenced),
+                    Op::Depart => {
+                        index.continue_departures(usize::MAX);
+                    }
+                }
+                let mut events = Vec::new();
+                replica.poll(&mut index, budget, &mut events);
+                proptest::prop_assert_eq!(&replica.by_address, &replica.walked_totals(&index));
+            }
+            let mut events = Vec::new();
+            while replica.has_work() {
+                replica.poll(&mut index, budget, &mut events);
+                proptest::prop_assert_eq!(&replica.by_address, &replica.walked_totals(&index));
+            }
+        }
     }
 }

@@ -706,10 +706,60 @@ fn relay_request(
     })
 }
 
-/// The next message of `sub`, or never if there is none.
-async fn next_message(sub: Option<&mut async_nats::Subscriber>) -> Option<async_nats::Message> {
-    match sub {
-        Some(sub) => sub.next().await,
+/// The pushes other nodes relay to this incarnation, read by a task of their own that stamps
+/// each with the moment it came and hands it on (at most [`RELAYS_IN_MAX`] waiting; beyond,
+/// answered `Busy` at once): so a relay's deadline runs from its arrival, not from when the
+/// thread's loop gets to it (a loop awaiting a publish's room, a check of the other nodes or
+/// a rejoin would otherwise give the relays piled up meanwhile a fresh [`RELAY_TIMEOUT`]).
+/// Dropped, the reader stops and the subscription with it.
+struct RelayInbox {
+    rx: tokio::sync::mpsc::Receiver<(std::time::Instant, async_nats::Message)>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RelayInbox {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl RelayInbox {
+    /// Reads `sub` (on the runtime this is called on); refusals are sent by `answers`.
+    fn new(
+        mut sub: async_nats::Subscriber,
+        client: async_nats::Client,
+        answers: Answers,
+    ) -> RelayInbox {
+        let (tx, rx) = tokio::sync::mpsc::channel(RELAYS_IN_MAX);
+        let reader = tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                match tx.try_send((std::time::Instant::now(), msg)) {
+                    Ok(()) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Full((_, msg))) => {
+                        let Some(reply) = msg.reply else {
+                            continue;
+                        };
+                        let busy = RelayAnswer::refused(
+                            ErrorCode::Busy,
+                            "push: the holder's index node has too many relayed pushes \
+                             waiting; try again",
+                        );
+                        send_answer(&answers, &client, reply, &busy);
+                    }
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+        });
+        RelayInbox { rx, reader }
+    }
+}
+
+/// The next relay of `inbox` with the moment it came, or never if there is none.
+async fn next_relay(
+    inbox: Option<&mut RelayInbox>,
+) -> Option<(std::time::Instant, async_nats::Message)> {
+    match inbox {
+        Some(inbox) => inbox.rx.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -747,6 +797,28 @@ impl Answers {
     }
 }
 
+/// Sends `answer` on `reply`, by a task of `answers`.
+fn send_answer(
+    answers: &Answers,
+    client: &async_nats::Client,
+    reply: async_nats::Subject,
+    answer: &RelayAnswer,
+) {
+    let (client, payload) = (client.clone(), relay::encode(answer));
+    let sent = answers.spawn(async move {
+        let publish = client.publish(reply, payload.into());
+        if let Err(e) = bounded("answering a relay", publish).await {
+            log::debug!("cluster: {e}");
+        }
+    });
+    if !sent {
+        log::debug!(
+            "cluster: {RELAY_ANSWERS_MAX} answers to relayed pushes are being sent already; \
+             one dropped (its node gives the relay up)"
+        );
+    }
+}
+
 /// Pushes other nodes relayed here, waiting for the reactor's answer: their reply subjects
 /// by token, at most [`RELAYS_IN_MAX`] (beyond, a relay is answered `Busy` at once). Each
 /// answer is sent by a task of its own ([`Answers`]): at most [`RELAY_ANSWERS_MAX`] at once;
@@ -767,15 +839,14 @@ impl RelaysIn {
         }
     }
 
-    /// A relayed push came: handed to the reactor with its deadline (see
-    /// [`relay::deadline_from`]), or refused now.
+    /// A relayed push came at `received` (see [`RelayInbox`]): handed to the reactor with its
+    /// deadline (see [`relay::deadline_from`]), or refused now.
     fn handle_request(
         &mut self,
         client: &async_nats::Client,
-        msg: async_nats::Message,
+        (received, msg): (std::time::Instant, async_nats::Message),
         to_reactor: &ToReactor,
     ) {
-        let received = std::time::Instant::now();
         let Some(reply) = msg.reply else {
             return;
         };
@@ -816,19 +887,7 @@ impl RelaysIn {
 
     /// Sends `answer` on `reply`, by a task of its own.
     fn send(&self, client: &async_nats::Client, reply: async_nats::Subject, answer: &RelayAnswer) {
-        let (client, payload) = (client.clone(), relay::encode(answer));
-        let sent = self.answers.spawn(async move {
-            let publish = client.publish(reply, payload.into());
-            if let Err(e) = bounded("answering a relay", publish).await {
-                log::debug!("cluster: {e}");
-            }
-        });
-        if !sent {
-            log::debug!(
-                "cluster: {RELAY_ANSWERS_MAX} answers to relayed pushes are being sent already; \
-                 one dropped (its node gives the relay up)"
-            );
-        }
+        send_answer(&self.answers, client, reply, answer);
     }
 
     /// Forgets relays the requesting node has given up on (it waits [`RELAY_TIMEOUT`]): the
@@ -1030,9 +1089,9 @@ impl Node {
         let mut rejoin = false;
         // The push relay (see `relay`): pushes sent to other nodes, and those other nodes
         // sent here waiting for the reactor's answer.
-        let mut relay_sub = self.relay_subscribe(&client).await;
         let mut relays_out: FuturesUnordered<RelayRequest> = FuturesUnordered::new();
         let mut relays_in = RelaysIn::new();
+        let mut relay_sub = self.relay_subscribe(&client, &relays_in).await;
         loop {
             tokio::select! {
                 out = outbound.recv() => match out {
@@ -1165,8 +1224,8 @@ impl Node {
                 Some((id, answer)) = relays_out.next() => {
                     to_reactor.send(Inbound::PushAnswer { id, answer });
                 }
-                Some(msg) = next_message(relay_sub.as_mut()) => {
-                    relays_in.handle_request(&client, msg, to_reactor);
+                Some(relay) = next_relay(relay_sub.as_mut()) => {
+                    relays_in.handle_request(&client, relay, to_reactor);
                 }
                 _ = tick.tick() => {
                     relays_in.forget_stale();
@@ -1219,7 +1278,8 @@ impl Node {
                 rebuilding = true;
                 self.replace_consumer(&client, 1, &mut messages).await;
                 // Relays to the old incarnation find no one from now on.
-                relay_sub = self.relay_subscribe(&client).await;
+                drop(relay_sub.take());
+                relay_sub = self.relay_subscribe(&client, &relays_in).await;
             }
             self.counters.set_nodes_alive(self.alive.len());
         }
@@ -1227,7 +1287,11 @@ impl Node {
 
     /// Subscribes to the pushes other nodes relay to this incarnation (`None`, logged, if
     /// it cannot: then relays to this node are refused as to a dead one).
-    async fn relay_subscribe(&self, client: &async_nats::Client) -> Option<async_nats::Subscriber> {
+    async fn relay_subscribe(
+        &self,
+        client: &async_nats::Client,
+        relays_in: &RelaysIn,
+    ) -> Option<RelayInbox> {
         let subject = relay::subject(&self.config.prefix, &self.config.node);
         match bounded(
             format_args!("subscribing to {subject}"),
@@ -1235,7 +1299,11 @@ impl Node {
         )
         .await
         {
-            Ok(sub) => Some(sub),
+            Ok(sub) => Some(RelayInbox::new(
+                sub,
+                client.clone(),
+                relays_in.answers.clone(),
+            )),
             Err(e) => {
                 log::warn!("cluster: {e}: pushes relayed to this node are refused");
                 None

@@ -21,12 +21,14 @@
 //! thread stalled), and sends the others with the time left, at most [`RELAY_TIMEOUT`] (its
 //! own wait), in a header ([`WITHIN_HEADER`], milliseconds; a header, not a field, so nodes
 //! of the previous version still read the payload and theirs is still read). B's NATS
-//! thread turns it into a deadline of its own clock from the moment it reads the request
-//! ([`deadline_from`]: never later than [`RELAY_TIMEOUT`] from then, whatever the header
+//! thread turns it into a deadline of its own clock from the moment the request came (a
+//! task of its own reads the subscription and stamps each, so relays piled up while the
+//! thread's loop awaited something else get no fresh wait; [`deadline_from`]: never later
+//! than [`RELAY_TIMEOUT`] from then, whatever the header
 //! claims; missing, as from an older node, it is that), and B's reactor refuses a relay it
 //! reaches past it, undelivered. Both count as refused relays. What neither side sees is
 //! the time the request spent in NATS between the two threads (the clocks of two machines
-//! are not compared): B's deadline starts when its NATS thread reads the request.
+//! are not compared): B's deadline starts when its NATS client hands the request over.
 //!
 //! What A sends is what it checked: `to` is the requester's address as A sees it (the IP on
 //! its socket, the port it announced), never a peer's claim; `holder` and `hash` are the
