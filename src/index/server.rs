@@ -28,6 +28,8 @@ pub mod push;
 mod register_frame;
 mod relay;
 mod slices;
+#[cfg(test)]
+mod test_node;
 
 pub use self::register_frame::LAZY_REGISTER_BYTES;
 pub use self::slices::{BACKGROUND_WORK_PER_TURN, GROUP_UNITS, SLICE_UNITS, TURN_WORK_TARGET};

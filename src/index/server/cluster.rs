@@ -241,81 +241,17 @@ mod tests {
     use crate::index::cluster::apply::Inbound;
     use crate::index::cluster::link::Outbound;
     use crate::index::cluster::Record;
+    use crate::index::server::test_node::{self, call, carry, replicate, Node};
     use crate::index::server::{ServerLimits, SessionState};
     use crate::wire::{self, LookupKey, Request, RequestBody, ResponseBody};
     use std::net::SocketAddr;
-    use std::sync::mpsc;
-    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-
-    /// A clustered server without NATS: what it publishes, and where to hand it records.
-    struct Node {
-        server: IndexServer,
-        published: UnboundedReceiver<Outbound>,
-        inbox: mpsc::Sender<Inbound>,
-    }
 
     fn node() -> Node {
-        let (to_nats, published) = unbounded_channel();
-        let (inbox, from_nats) = mpsc::channel();
-        let mut server = IndexServer::new(ServerLimits::default());
-        server.join_cluster(Link::new(to_nats, from_nats));
-        Node {
-            server,
-            published,
-            inbox,
-        }
-    }
-
-    /// Carries what `from` published to `to` as node `name`'s records, and applies them.
-    fn replicate(from: &mut Node, name: &str, to: &mut Node) -> usize {
-        let n = carry(from, name, to, || {});
-        to.inbox.send(Inbound::Rebuilt).unwrap();
-        to.server.rebuild_from_cluster().unwrap();
-        n
-    }
-
-    /// Hands what `from` published to `to`'s inbox as node `name`'s records, calling `each`
-    /// for every record; returns how many.
-    fn carry(from: &mut Node, name: &str, to: &Node, mut each: impl FnMut()) -> usize {
-        let mut n = 0;
-        while let Ok(out) = from.published.try_recv() {
-            if let Outbound::Publish { session, record } = out {
-                each();
-                let node = name.to_string();
-                to.inbox
-                    .send(Inbound::Record {
-                        node,
-                        session,
-                        record,
-                    })
-                    .unwrap();
-                n += 1;
-            }
-        }
-        n
-    }
-
-    fn call(server: &mut IndexServer, session: &mut Session, body: RequestBody) -> ResponseBody {
-        let mut out = Vec::new();
-        let payload = wire::to_payload(&Request { id: 1, body });
-        server.handle_payload(session, &payload, &mut out);
-        let (frames, _) =
-            crate::codec::decode_all(&mut crate::codec::Decoder::default(), &out).unwrap();
-        wire::decode::<wire::Response>(&frames[0]).unwrap().body
+        test_node::node(ServerLimits::default())
     }
 
     fn join(server: &mut IndexServer, ip: [u8; 4], port: u16) -> Session {
-        let mut s = server.accept(SocketAddr::from((ip, 40000)));
-        let hello = RequestBody::Hello {
-            version: wire::PROTOCOL_VERSION,
-            listen_port: port,
-            agent: "t".into(),
-        };
-        assert!(matches!(
-            call(server, &mut s, hello),
-            ResponseBody::Welcome { .. }
-        ));
-        s
+        test_node::join(server, &SocketAddr::from((ip, 40000)).to_string(), port)
     }
 
     fn holders(server: &mut IndexServer, name: &str) -> Vec<SocketAddr> {
@@ -445,7 +381,7 @@ mod tests {
                     hashes: vec![universe[150].hash],
                 },
             );
-            while a.published.try_recv().is_ok() {}
+            while a.sent.try_recv().is_ok() {}
             a.server.cluster.as_mut().unwrap().begin_snapshot(peer);
             let mut steps = 0;
             loop {
@@ -532,7 +468,7 @@ mod tests {
         drive_snapshots(&mut a.server);
         // What a published: a second Snapshot after the capped register.
         let mut kinds = Vec::new();
-        while let Ok(Outbound::Publish { record, session }) = a.published.try_recv() {
+        while let Ok(Outbound::Publish { record, session }) = a.sent.try_recv() {
             kinds.push(match &record {
                 Record::Snapshot { .. } => "snapshot",
                 Record::SnapshotEnd => "end",
@@ -627,7 +563,7 @@ mod tests {
         assert!(holders(&mut b.server, "song 2").is_empty());
         assert_eq!(b.server.index.entry_count(), 0);
         // B's own peers are published by B, not echoed back.
-        assert!(b.published.try_recv().is_err());
+        assert!(b.sent.try_recv().is_err());
     }
 
     #[test]
@@ -667,7 +603,7 @@ mod tests {
             );
             drive_snapshots(&mut a.server);
             // What A published, as B reads it (each stored, as the NATS thread tells).
-            while let Ok(out) = a.published.try_recv() {
+            while let Ok(out) = a.sent.try_recv() {
                 let Outbound::Publish { session, record } = out else {
                     continue;
                 };

@@ -26,80 +26,14 @@ impl IndexServer {
 #[cfg(test)]
 mod tests {
     use crate::index::cluster::apply::Inbound;
-    use crate::index::cluster::link::{Link, Outbound};
     use crate::index::cluster::relay::{RelayAnswer, RelayedPush, RELAY_TIMEOUT};
     use crate::index::limits::RateLimits;
+    use crate::index::server::test_node::{apply, call, join, node, replicate};
     use crate::index::server::tests::distinct_files as files;
     use crate::index::server::{IndexServer, ServerLimits, Session};
-    use crate::wire::{self, FileHash, Request, RequestBody, Response, ResponseBody};
+    use crate::wire::{self, FileHash, RequestBody, ResponseBody};
     use std::net::SocketAddr;
-    use std::sync::mpsc;
     use std::time::{Duration, Instant};
-    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-
-    /// A clustered server without NATS: what it publishes, and its inbox.
-    struct Node {
-        server: IndexServer,
-        sent: UnboundedReceiver<Outbound>,
-        inbox: mpsc::Sender<Inbound>,
-    }
-
-    fn node(limits: ServerLimits) -> Node {
-        let (to_nats, sent) = unbounded_channel();
-        let (inbox, from_nats) = mpsc::channel();
-        let mut server = IndexServer::new(limits);
-        server.join_cluster(Link::new(to_nats, from_nats));
-        Node {
-            server,
-            sent,
-            inbox,
-        }
-    }
-
-    /// Hands `from`'s records to `to` as node `name`'s, and applies them.
-    fn replicate(from: &mut Node, name: &str, to: &mut Node) {
-        while let Ok(out) = from.sent.try_recv() {
-            if let Outbound::Publish { session, record } = out {
-                let node = name.to_string();
-                let record = Inbound::Record {
-                    node,
-                    session,
-                    record,
-                };
-                to.inbox.send(record).unwrap();
-            }
-        }
-        apply(to);
-    }
-
-    /// Applies what `to`'s inbox holds (its departures included).
-    fn apply(to: &mut Node) {
-        to.inbox.send(Inbound::Rebuilt).unwrap();
-        to.server.rebuild_from_cluster().unwrap();
-    }
-
-    fn call(server: &mut IndexServer, s: &mut Session, body: RequestBody) -> ResponseBody {
-        let mut out = Vec::new();
-        let payload = wire::to_payload(&Request { id: 3, body });
-        server.handle_payload(s, &payload, &mut out);
-        let (frames, _) =
-            crate::codec::decode_all(&mut crate::codec::Decoder::default(), &out).unwrap();
-        wire::decode::<Response>(&frames[0]).unwrap().body
-    }
-
-    fn join(server: &mut IndexServer, remote: &str, port: u16) -> Session {
-        let mut s = server.accept(remote.parse().unwrap());
-        let hello = RequestBody::Hello {
-            version: wire::PROTOCOL_VERSION,
-            listen_port: port,
-            agent: "t".into(),
-        };
-        assert!(matches!(
-            call(server, &mut s, hello),
-            ResponseBody::Welcome { .. }
-        ));
-        s
-    }
 
     /// How many of `files` a register of `s` added.
     fn added(server: &mut IndexServer, s: &mut Session, files: Vec<wire::FileEntry>) -> u32 {

@@ -209,74 +209,17 @@ impl IndexServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::cluster::link::{Link, Outbound};
+    use crate::index::cluster::link::Outbound;
     use crate::index::cluster::Record;
+    use crate::index::server::test_node::{
+        calls as call, join, node as node_with, replicate, Node,
+    };
     use crate::index::server::ServerLimits;
-    use crate::wire::{FileEntry, LookupKey, Request, RequestBody, PROTOCOL_VERSION};
-    use std::sync::mpsc;
+    use crate::wire::{FileEntry, LookupKey, RequestBody};
     use std::time::Duration;
-    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-
-    /// A clustered server without NATS: what it sends the NATS thread, and its inbox.
-    struct Node {
-        server: IndexServer,
-        sent: UnboundedReceiver<Outbound>,
-        inbox: mpsc::Sender<Inbound>,
-    }
 
     fn node() -> Node {
-        let (to_nats, sent) = unbounded_channel();
-        let (inbox, from_nats) = mpsc::channel();
-        let mut server = IndexServer::new(ServerLimits::default());
-        server.join_cluster(Link::new(to_nats, from_nats));
-        Node {
-            server,
-            sent,
-            inbox,
-        }
-    }
-
-    /// Hands `from`'s records to `to` as node `name`'s, and applies them.
-    fn replicate(from: &mut Node, name: &str, to: &mut Node) {
-        while let Ok(out) = from.sent.try_recv() {
-            if let Outbound::Publish { session, record } = out {
-                let node = name.to_string();
-                let record = Inbound::Record {
-                    node,
-                    session,
-                    record,
-                };
-                to.inbox.send(record).unwrap();
-            }
-        }
-        to.inbox.send(Inbound::Rebuilt).unwrap();
-        to.server.rebuild_from_cluster().unwrap();
-    }
-
-    fn call(server: &mut IndexServer, s: &mut Session, body: RequestBody) -> Vec<ResponseBody> {
-        let mut out = Vec::new();
-        let payload = wire::to_payload(&Request { id: 7, body });
-        server.handle_payload(s, &payload, &mut out);
-        let (frames, _) =
-            crate::codec::decode_all(&mut crate::codec::Decoder::default(), &out).unwrap();
-        frames
-            .iter()
-            .map(|f| wire::decode::<Response>(f).unwrap().body)
-            .collect()
-    }
-
-    fn join(server: &mut IndexServer, remote: &str, port: u16) -> Session {
-        let mut s = server.accept(remote.parse().unwrap());
-        let hello = RequestBody::Hello {
-            version: PROTOCOL_VERSION,
-            listen_port: port,
-            agent: "t".into(),
-        };
-        assert!(matches!(
-            call(server, &mut s, hello)[0],
-            ResponseBody::Welcome { .. }
-        ));
-        s
+        node_with(ServerLimits::default())
     }
 
     fn decode(frame: &[u8]) -> Response {
