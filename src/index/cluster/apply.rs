@@ -72,11 +72,12 @@ pub const REBUILD_SLICE_UNITS: usize = 16_384;
 /// applying registers and left the posting to the turn's end, which got only what was left of
 /// the turn: the entries waiting piled up, each name stored plain, then were compressed (their
 /// plain records freed) after the catch-up, and the name arena's compaction that followed held
-/// two arenas at once, a peak far over the settled index (README: "That outlier").
+/// two arenas at once, a peak far over the settled index (docs/MEASUREMENTS.md, "Cluster mode":
+/// "That outlier").
 pub const MAX_UNPOSTED_ENTRIES: usize = REBUILD_SLICE_UNITS;
 
 /// Units of work [`Replica::poll_until`] does between two looks at the clock. (Groups of 4
-/// were tried in session 13 and did not lower b's longest cluster turn: README.)
+/// were tried in session 13 and did not lower b's longest cluster turn: docs/MEASUREMENTS.md.)
 pub const GROUP_UNITS: usize = crate::index::store::DEPARTURE_GROUP_HOLDINGS;
 
 /// What the NATS thread hands to the reactor.
