@@ -1733,8 +1733,9 @@ fn measure_issue12_attacks() {
         let payload = looker.recv_payload().expect("answer");
         us.push(t.elapsed().as_micros() as u64);
         bytes = payload.len();
-        if let ResponseBody::Holders { files, total: t, .. } =
-            wire::decode::<wire::Response>(&payload).unwrap().body
+        if let ResponseBody::Holders {
+            files, total: t, ..
+        } = wire::decode::<wire::Response>(&payload).unwrap().body
         {
             total = t;
             assert!(files.len() <= 100);
@@ -1838,7 +1839,11 @@ fn measure_issue12_attacks() {
         vm_rss_kib(pid)
     );
     let dir = TempDir::new("attack-copyright");
-    std::fs::write(dir.path().join("honest_zebrafinch_song.txt"), b"an honest file").unwrap();
+    std::fs::write(
+        dir.path().join("honest_zebrafinch_song.txt"),
+        b"an honest file",
+    )
+    .unwrap();
     let started = Instant::now();
     let run = common::run_console(
         dir.path(),
