@@ -483,6 +483,8 @@ struct Conn<C> {
     /// Seen in the loop's to-do lists already (avoid duplicates).
     in_dirty: bool,
     in_ready: bool,
+    /// The turn (`Ctx::turn_no`) it was last read in.
+    read_turn: u64,
     /// The remote closed its side; close once pending input is handled and output sent.
     eof: bool,
     notify_drained: bool,
@@ -547,6 +549,8 @@ pub struct Ctx<C> {
     budget: Budget,
     /// Connections read in this turn (see [`Config::turn_work`]).
     turn_reads: usize,
+    /// Turns begun (see `Conn::read_turn`).
+    turn_no: u64,
     /// The largest input buffer a big partial frame used, kept empty for the next one: a
     /// fresh buffer's pages are faulted in as the frame is copied in, which took up to 4 ms
     /// a 1 MiB frame at 10M entries, so one buffer (at most a frame's size) is reused.
@@ -623,6 +627,7 @@ impl<C> Reactor<C> {
                 stopped: false,
                 budget: Budget::default(),
                 turn_reads: 0,
+                turn_no: 0,
                 spare_in: Vec::new(),
                 pauses: LoopPauses::new(),
                 io: IoTotals::default(),
@@ -671,6 +676,7 @@ impl<C> Reactor<C> {
         }
         self.ctx.now = Instant::now();
         self.ctx.turn_reads = 0;
+        self.ctx.turn_no += 1;
         trace::turn_woke();
         for event in self.events.iter() {
             let token = event.token();
@@ -704,7 +710,20 @@ impl<C> Reactor<C> {
         }
         // Connections that yielded or were unparked: keep reading without an event, the first
         // one in any case, the others while the turn has time left.
-        let ready = std::mem::take(&mut self.ctx.ready);
+        let mut ready = std::mem::take(&mut self.ctx.ready);
+        if ready.len() > 1 {
+            // Those not read in this turn's events (unparked, or whose event found the turn
+            // spent) before those that had a share already, so that an abuser read first
+            // cannot take the ready list's guaranteed read from a newcomer.
+            let slots = &self.ctx.slots;
+            let turn = self.ctx.turn_no;
+            let read_now =
+                |k: &usize| matches!(slots.get(*k), Some(Slot::Conn(c)) if c.read_turn == turn);
+            let (mut first, later): (Vec<usize>, Vec<usize>) =
+                ready.into_iter().partition(|k| !read_now(k));
+            first.extend(later);
+            ready = first;
+        }
         let mut served = ready.len();
         for (i, &key) in ready.iter().enumerate() {
             if i > 0 && self.ctx.is_turn_spent() {
@@ -931,6 +950,7 @@ impl<C> Ctx<C> {
             held: false,
             in_dirty: false,
             in_ready: false,
+            read_turn: 0,
             eof: false,
             notify_drained: false,
             last_active: self.now,
@@ -1602,6 +1622,9 @@ impl<C> Ctx<C> {
         let mut drained = false;
         self.budget = Budget::default();
         self.turn_reads += 1;
+        if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
+            c.read_turn = self.turn_no;
+        }
         for _ in 0..READS_PER_TURN {
             let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
                 return;

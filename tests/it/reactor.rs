@@ -1510,12 +1510,12 @@ impl Handler for TurnLog {
 fn many_pipelining_connections_share_one_turn_budget_and_all_progress() {
     const CLIENTS: usize = 10;
     const FRAMES: usize = 50;
-    // A turn's budget spent by its first connection: each turn then reads that one (whole:
-    // its own share is large) and the ready list's first, of which only one frame.
+    // A turn's budget spent by its first connection: each turn then reads that one (a share
+    // of 10 frames) and at most the ready list's first, of which only one frame.
     let config = Config {
         turn_work: Duration::ZERO,
         work_per_turn: IO_TIMEOUT,
-        frames_per_turn: 1_000,
+        frames_per_turn: 10,
         ..Config::default()
     };
     let (release, released) = mpsc::channel();
