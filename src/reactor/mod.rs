@@ -19,6 +19,12 @@
 //!   unhandled input stays in its pending buffer, in order, and it goes to the back of the
 //!   ready list, so every other connection with input is served before it continues. A
 //!   pipelining client therefore delays another client by at most one budget per turn.
+//!   Many pipelining clients together get [`Config::turn_work`] of handler time a turn:
+//!   once it is spent, a connection being read yields after its current frame, and those
+//!   with input left (readiness events included) wait, in order, for the next turn, which
+//!   comes without waiting; the first connection of the ready list is read every turn, so
+//!   each one progresses. (Shares alone bound one connection, not a turn: a turn read every
+//!   connection with input, and one that yielded came again from the ready list.)
 //! - Held connections: a handler may *hold* a connection ([`Ctx::hold`]) while it works on
 //!   one of its requests across turns: its later frames stay in its pending buffer, in order,
 //!   undelivered, and the socket is not read (so its memory is bounded as when parked) until
@@ -159,6 +165,11 @@ pub struct Config {
     /// Handler time one connection may use in one turn, counted after its first frame, before
     /// it yields to the others.
     pub work_per_turn: Duration,
+    /// Time from a wait's return after which no further connection's input is handled in
+    /// that turn (see the module doc): what many pipelining connections together may hold
+    /// one turn for, beside one frame each of the last one read and of the ready list's
+    /// first.
+    pub turn_work: Duration,
     /// Close a connection whose output has been over the high-water mark (parked) without
     /// any write progress for this long (none: only the idle timeout applies).
     pub out_stall_timeout: Option<Duration>,
@@ -184,6 +195,7 @@ impl Default for Config {
             source_busy_reply: Vec::new(),
             frames_per_turn: 32,
             work_per_turn: Duration::from_millis(1),
+            turn_work: Duration::from_millis(1),
             out_stall_timeout: None,
             evict_idle_after: None,
         }
@@ -471,6 +483,8 @@ struct Conn<C> {
     /// Seen in the loop's to-do lists already (avoid duplicates).
     in_dirty: bool,
     in_ready: bool,
+    /// The turn (`Ctx::turn_no`) it was last read in.
+    read_turn: u64,
     /// The remote closed its side; close once pending input is handled and output sent.
     eof: bool,
     notify_drained: bool,
@@ -533,6 +547,10 @@ pub struct Ctx<C> {
     stopped: bool,
     /// The share of the turn of the connection being read (see [`Config::frames_per_turn`]).
     budget: Budget,
+    /// Connections read in this turn (see [`Config::turn_work`]).
+    turn_reads: usize,
+    /// Turns begun (see `Conn::read_turn`).
+    turn_no: u64,
     /// The largest input buffer a big partial frame used, kept empty for the next one: a
     /// fresh buffer's pages are faulted in as the frame is copied in, which took up to 4 ms
     /// a 1 MiB frame at 10M entries, so one buffer (at most a frame's size) is reused.
@@ -608,6 +626,8 @@ impl<C> Reactor<C> {
                 waker,
                 stopped: false,
                 budget: Budget::default(),
+                turn_reads: 0,
+                turn_no: 0,
                 spare_in: Vec::new(),
                 pauses: LoopPauses::new(),
                 io: IoTotals::default(),
@@ -655,6 +675,8 @@ impl<C> Reactor<C> {
             Err(e) => return Err(e),
         }
         self.ctx.now = Instant::now();
+        self.ctx.turn_reads = 0;
+        self.ctx.turn_no += 1;
         trace::turn_woke();
         for event in self.events.iter() {
             let token = event.token();
@@ -671,7 +693,11 @@ impl<C> Reactor<C> {
                     if event.is_writable() || event.is_write_closed() || event.is_error() {
                         self.ctx.handle_writable(key, handler);
                     }
-                    if event.is_readable() || event.is_read_closed() {
+                    if (event.is_readable() || event.is_read_closed()) && self.ctx.is_turn_spent() {
+                        // Its input waits for the next turn (read until `WouldBlock` then, so
+                        // no edge is missed), behind those already waiting.
+                        self.ctx.mark_ready(key);
+                    } else if event.is_readable() || event.is_read_closed() {
                         // With the remote's FIN already signalled, keep reading to EOF.
                         let fresh_edges = !event.is_read_closed() && !event.is_error();
                         self.ctx
@@ -682,13 +708,38 @@ impl<C> Reactor<C> {
             }
             self.ctx.reap(handler);
         }
-        // Connections that yielded or were unparked: keep reading without an event.
-        let ready = std::mem::take(&mut self.ctx.ready);
-        for key in ready {
+        // Connections that yielded or were unparked: keep reading without an event, the first
+        // one in any case, the others while the turn has time left.
+        let mut ready = std::mem::take(&mut self.ctx.ready);
+        if ready.len() > 1 {
+            // Those not read in this turn's events (unparked, or whose event found the turn
+            // spent) before those that had a share already, so that an abuser read first
+            // cannot take the ready list's guaranteed read from a newcomer.
+            let slots = &self.ctx.slots;
+            let turn = self.ctx.turn_no;
+            let read_now =
+                |k: &usize| matches!(slots.get(*k), Some(Slot::Conn(c)) if c.read_turn == turn);
+            let (mut first, later): (Vec<usize>, Vec<usize>) =
+                ready.into_iter().partition(|k| !read_now(k));
+            first.extend(later);
+            ready = first;
+        }
+        let mut served = ready.len();
+        for (i, &key) in ready.iter().enumerate() {
+            if i > 0 && self.ctx.is_turn_spent() {
+                served = i;
+                break;
+            }
             if let Some(Slot::Conn(c)) = self.ctx.slots.get_mut(key) {
                 c.in_ready = false;
                 self.ctx.read_conn(key, &mut self.scratch, false, handler);
             }
+        }
+        if served < ready.len() {
+            // Those not read wait for the next turn (still marked), ahead of those that were
+            // read in this one and yielded again.
+            let again = std::mem::replace(&mut self.ctx.ready, ready[served..].to_vec());
+            self.ctx.ready.extend(again);
         }
         self.ctx.reap(handler);
         trace::time("timers", || self.ctx.fire_timers(handler));
@@ -899,6 +950,7 @@ impl<C> Ctx<C> {
             held: false,
             in_dirty: false,
             in_ready: false,
+            read_turn: 0,
             eof: false,
             notify_drained: false,
             last_active: self.now,
@@ -1569,6 +1621,10 @@ impl<C> Ctx<C> {
     ) {
         let mut drained = false;
         self.budget = Budget::default();
+        self.turn_reads += 1;
+        if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
+            c.read_turn = self.turn_no;
+        }
         for _ in 0..READS_PER_TURN {
             let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
                 return;
@@ -1795,6 +1851,16 @@ impl<C> Ctx<C> {
         let now = Instant::now();
         let since = *self.budget.since.get_or_insert(now);
         now.saturating_duration_since(since) >= self.config.work_per_turn
+            || (self.turn_reads > 1
+                && now.saturating_duration_since(self.now) >= self.config.turn_work)
+    }
+
+    /// Whether this turn has used its [`Config::turn_work`]: no further connection is read
+    /// in it. The clock is read only once a connection has been read, so a turn of one
+    /// event costs no clock read.
+    fn is_turn_spent(&self) -> bool {
+        self.turn_reads > 0
+            && Instant::now().saturating_duration_since(self.now) >= self.config.turn_work
     }
 
     /// While closing, input is read and thrown away so the kernel does not reset the

@@ -1351,3 +1351,531 @@ fn measure_crowded_name_lookup() {
         vm_rss_kib(pid)
     );
 }
+
+/// Names of a corpus file (one a line), as the bench reads them: decoded as the peer decodes
+/// its own (lossy UTF-8), and the lines the index would refuse (empty, over 1,024 bytes, with
+/// `/` or NUL) skipped; at most `n`.
+fn corpus_names(path: &Path, n: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let file = std::io::BufReader::new(std::fs::File::open(path).expect("the names file"));
+    let mut names = Vec::with_capacity(n);
+    for line in file.split(b'\n') {
+        if names.len() == n {
+            break;
+        }
+        let line = line.expect("read the names file");
+        let name = String::from_utf8_lossy(&line);
+        if name.is_empty() || name.len() > 1_024 || name.contains(['/', '\0']) {
+            continue;
+        }
+        names.push(name.into_owned());
+    }
+    names
+}
+
+/// p50, p99 and max of `us`, in µs, as text (`-` for none).
+fn spread(us: &mut [u64]) -> String {
+    if us.is_empty() {
+        return "-".into();
+    }
+    us.sort_unstable();
+    format!(
+        "n {} p50 {} µs, p99 {} µs, max {} µs",
+        us.len(),
+        us[us.len() / 2],
+        us[(us.len() * 99 / 100).min(us.len() - 1)],
+        us[us.len() - 1]
+    )
+}
+
+/// The loop's pauses and refusals from `Stats`, as text.
+fn pauses(s: &wire::ServerStats) -> String {
+    format!(
+        "loop max {} µs, p99 {} µs, p99.9 {} µs over {} turns; rate_limited {}, bans {}, \
+         banned_connections {}",
+        s.loop_max_pause_us,
+        s.loop_p99_pause_us,
+        s.loop_p999_pause_us,
+        s.loop_turns,
+        s.rate_limited,
+        s.bans,
+        s.banned_connections
+    )
+}
+
+fn stats_of(c: &mut Client) -> wire::ServerStats {
+    match c.call(RequestBody::Stats) {
+        ResponseBody::Stats(s) => s,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Copies indexd's work trace (when `P2PSHARE_WORK_TRACE` is set) to `TRACE.STEP`, once it
+/// has been written after `since` (it is written at most once a second, at a turn's end:
+/// the Stats calls make turns).
+fn keep_trace(c: &mut Client, step: &str) {
+    let Some(path) = std::env::var_os("P2PSHARE_WORK_TRACE") else {
+        return;
+    };
+    // Past the trace's once-a-second write, then a turn that writes it.
+    std::thread::sleep(Duration::from_millis(1_100));
+    stats_of(c);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut to = path.clone();
+    to.push(format!(".{step}"));
+    if std::fs::copy(&path, &to).is_ok() {
+        println!("work trace after {step}: {}", to.to_string_lossy());
+    }
+}
+
+/// How often [`honest_loop`] searches.
+const HONEST_SEARCH_EVERY: Duration = Duration::from_millis(20);
+
+/// An honest client's closed loop (one request at a time) until `stop`: lookups by hash of
+/// `hashes` back to back (free under indexd's limits), and a search of `queries` every
+/// [`HONEST_SEARCH_EVERY`] (a closed loop of searches of real names would spend its session's
+/// search budget: this one stays well within it). Told to wait (`RateLimited`), it waits as
+/// told. Returns each op's start (since `t0`), kind and round trip in µs, and how many were
+/// refused.
+fn honest_loop(
+    addr: SocketAddr,
+    hashes: Vec<FileHash>,
+    queries: Vec<String>,
+    t0: Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<(u64, bool, u64)>, u64) {
+    let (mut c, _) = Client::hello(addr, 0);
+    let (mut ops, mut refused) = (Vec::new(), 0);
+    let (mut k, mut next_search) = (0usize, Duration::ZERO);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let search = t0.elapsed() >= next_search;
+        if search {
+            next_search = t0.elapsed() + HONEST_SEARCH_EVERY;
+        }
+        let body = if search {
+            RequestBody::Search {
+                query: queries[k % queries.len()].clone(),
+                limit: 0,
+                filter: Default::default(),
+                after: None,
+            }
+        } else {
+            RequestBody::Lookup {
+                key: LookupKey::Hash(hashes[k % hashes.len()]),
+                after: None,
+            }
+        };
+        let at = t0.elapsed();
+        let answer = c.call(body);
+        let took = t0.elapsed() - at;
+        match answer {
+            ResponseBody::SearchResults { .. } | ResponseBody::Holders { .. } => {}
+            ResponseBody::RateLimited { retry_after_ms, .. } => {
+                refused += 1;
+                std::thread::sleep(Duration::from_millis(retry_after_ms.min(1_000)));
+            }
+            other => panic!("honest: {other:?}"),
+        }
+        ops.push((at.as_micros() as u64, search, took.as_micros() as u64));
+        k += 1;
+    }
+    c.leave();
+    (ops, refused)
+}
+
+/// Issue 12's "tried as an attacker would", re-run as the issue wrote them, against an
+/// indexd holding `ATTACK_NAMES` (default 1,050,000) real names of `P2PSHARE_NAMES` (default
+/// /work/corpus/names.txt), registered over the wire by 105 sessions from 127.0.0.1. indexd
+/// runs with its defaults (flags from `ATTACK_INDEXD_FLAGS`, space-separated, added); with
+/// `P2PSHARE_WORK_TRACE=FILE` it writes its work trace, copied after each attack.
+/// (i) from 127.0.0.2, one write of 550 pipelined zero-hit searches (14 one-letter prefixes,
+///     each with a second word nothing matches) while an honest client on 127.0.0.1 looks up
+///     and searches back to back: its latencies before and during, the abuser's answers by
+///     kind, the loop's pauses;
+/// (ii) from 127.0.0.3, one session registers 100,000 entries under one 1,000-byte name; 1 KB
+///     lookups of it (answer size, round trip); then 20 connections from 127.0.0.3 that each
+///     pipeline 1,000 such lookups and never read: indexd's RSS, and when they are closed;
+/// (iii) from 127.0.0.4, 400,000 entries named `copyright`; a real `peer` sharing one file
+///     types `lookup copyright`, `get copyright`, then searches its own file: its session
+///     survives (asserted: its own file found after both, no lost session).
+///
+/// `cargo test --release --test it -- --ignored --nocapture hostile::measure_issue12_attacks`
+#[test]
+#[ignore]
+fn measure_issue12_attacks() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let path = std::env::var("P2PSHARE_NAMES").unwrap_or("/work/corpus/names.txt".into());
+    let count: usize = std::env::var("ATTACK_NAMES").map_or(1_050_000, |n| n.parse().unwrap());
+    let flags = std::env::var("ATTACK_INDEXD_FLAGS").unwrap_or_default();
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    let indexd = Indexd::start(&flags);
+    let pid = indexd.child.id();
+    println!("indexd flags: defaults {flags:?}");
+    let hosts: Vec<std::net::IpAddr> = (1..=4).map(|i| [127, 0, 0, i].into()).collect();
+
+    // The index: `count` real names, 10,000 a session (105 sessions at 1.05M), in frames of
+    // 1,000, ten frames in flight.
+    let names = corpus_names(Path::new(&path), count);
+    let hash_of = |i: usize| FileHash::of(format!("corpus file {i}").as_bytes());
+    let started = Instant::now();
+    let mut owners = Vec::new();
+    for (s, session) in names.chunks(10_000).enumerate() {
+        let (mut owner, _) = Client::hello(indexd.addr, 1_000 + s as u16);
+        let mut ids = Vec::new();
+        for (f, frame) in session.chunks(1_000).enumerate() {
+            let files = frame
+                .iter()
+                .enumerate()
+                .map(|(j, name)| {
+                    let i = s * 10_000 + f * 1_000 + j;
+                    FileEntry {
+                        hash: hash_of(i),
+                        size: 1_000 + (i as u64 * 7_919) % 50_000_000,
+                        name: name.clone(),
+                    }
+                })
+                .collect();
+            ids.push(owner.send(RequestBody::Register { files }));
+        }
+        for id in ids {
+            let r = owner.recv().expect("register answer");
+            assert_eq!(r.id, id);
+            assert!(
+                matches!(r.body, ResponseBody::Registered { .. }),
+                "{:?}",
+                r.body
+            );
+        }
+        owners.push(owner);
+    }
+    let mut watch = Client::hello(indexd.addr, 0).0;
+    let before = stats_of(&mut watch);
+    println!(
+        "{} names of {path} registered in {:.1} s by {} sessions: {} files; indexd VmRSS {} KiB",
+        names.len(),
+        started.elapsed().as_secs_f64(),
+        owners.len(),
+        before.files,
+        vm_rss_kib(pid)
+    );
+    println!("after loading: {}", pauses(&before));
+    keep_trace(&mut watch, "loaded");
+
+    // (i) The honest client's queries: the first two words (of 3+ letters) of real names.
+    let mut queries = Vec::new();
+    for name in names.iter().step_by(997) {
+        let words: Vec<&str> = name
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.chars().count() >= 3)
+            .take(2)
+            .collect();
+        if words.len() == 2 {
+            queries.push(words.join(" "));
+        }
+    }
+    let hashes: Vec<FileHash> = (0..names.len()).step_by(1_009).map(hash_of).collect();
+    let mut burst = Vec::new();
+    let letters = [
+        "s", "m", "p", "r", "c", "t", "h", "a", "d", "1", "e", "b", "g", "i",
+    ];
+    for k in 0..550u32 {
+        let req = wire::Request {
+            id: k + 1,
+            body: RequestBody::Search {
+                query: format!("{} zqxvjwkqpfzv{k:04}", letters[k as usize % letters.len()]),
+                limit: 0,
+                filter: Default::default(),
+                after: None,
+            },
+        };
+        wire::encode_frame(&req, &mut burst);
+    }
+    let t0 = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let honest = {
+        let (addr, stop) = (indexd.addr, stop.clone());
+        std::thread::spawn(move || honest_loop(addr, hashes, queries, t0, stop))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let (mut abuser, _) = Client::hello_from(indexd.addr, hosts[1], 0);
+    let wrote_at = t0.elapsed();
+    abuser.send_raw(&burst).unwrap();
+    let mut answers = [0u32; 4]; // searched (with hits), searched (none), rate limited, banned
+    for _ in 0..550 {
+        match abuser.recv().map(|r| r.body) {
+            Some(ResponseBody::SearchResults { hits, .. }) => {
+                answers[usize::from(hits.is_empty())] += 1;
+            }
+            Some(ResponseBody::RateLimited { banned: false, .. }) => answers[2] += 1,
+            Some(ResponseBody::RateLimited { banned: true, .. }) => {
+                answers[3] += 1;
+                break;
+            }
+            Some(other) => panic!("abuser: {other:?}"),
+            None => break,
+        }
+    }
+    let done_at = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (ops, refused) = honest.join().unwrap();
+    let after = stats_of(&mut watch);
+    println!(
+        "(i) one write of {} bytes, 550 zero-hit searches, from {}: answered {} (with hits {}), \
+         rate limited {}, banned {}; all answered {:.1} ms after the write",
+        burst.len(),
+        hosts[1],
+        answers[0] + answers[1],
+        answers[0],
+        answers[2],
+        answers[3],
+        (done_at - wrote_at).as_secs_f64() * 1e3
+    );
+    let (w, d) = (wrote_at.as_micros() as u64, done_at.as_micros() as u64);
+    for (phase, during) in [("before the write", false), ("while it was served", true)] {
+        for (kind, search) in [("lookup", false), ("search", true)] {
+            let mut us: Vec<u64> = ops
+                .iter()
+                .filter(|(at, s, took)| {
+                    *s == search
+                        && if during {
+                            at + took >= w && *at <= d
+                        } else {
+                            at + took < w
+                        }
+                })
+                .map(|o| o.2)
+                .collect();
+            println!("    honest {kind} {phase}: {}", spread(&mut us));
+        }
+    }
+    println!("    honest requests refused: {refused}");
+    println!("    indexd after (i): {}", pauses(&after));
+    drop(abuser);
+    keep_trace(&mut watch, "attack-i");
+
+    // (ii) 100,000 entries under one 1,000-byte name, from one session.
+    let long_name = format!("{}.bin", "w".repeat(996));
+    let (mut squatter, _) = Client::hello_from(indexd.addr, hosts[2], 2_000);
+    let started = Instant::now();
+    let (mut added, mut rejected, mut refused) = (0u64, 0u64, 0u64);
+    let mut ids = Vec::new();
+    for chunk in (0..100_000u32).collect::<Vec<_>>().chunks(900) {
+        let files = chunk
+            .iter()
+            .map(|i| FileEntry {
+                hash: FileHash::of(format!("long name {i}").as_bytes()),
+                size: u64::from(*i) + 1,
+                name: long_name.clone(),
+            })
+            .collect();
+        ids.push(squatter.send(RequestBody::Register { files }));
+        if ids.len() == 8 {
+            for id in ids.drain(..) {
+                let r = squatter.recv().expect("register answer");
+                assert_eq!(r.id, id);
+                match r.body {
+                    ResponseBody::Registered {
+                        added: a,
+                        rejected: r,
+                        ..
+                    } => (added, rejected) = (added + u64::from(a), rejected + u64::from(r)),
+                    ResponseBody::RateLimited { .. } => refused += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+    for id in ids.drain(..) {
+        let r = squatter.recv().expect("register answer");
+        assert_eq!(r.id, id);
+        match r.body {
+            ResponseBody::Registered {
+                added: a,
+                rejected: r,
+                ..
+            } => (added, rejected) = (added + u64::from(a), rejected + u64::from(r)),
+            ResponseBody::RateLimited { .. } => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    let s = stats_of(&mut watch);
+    println!(
+        "(ii) 100,000 entries named {} bytes, one session from {}: added {added}, rejected \
+         {rejected}, register frames refused {refused}, in {:.2} s; index {} files; indexd \
+         VmRSS {} KiB",
+        long_name.len(),
+        hosts[2],
+        started.elapsed().as_secs_f64(),
+        s.files,
+        vm_rss_kib(pid)
+    );
+    println!("    indexd after the register: {}", pauses(&s));
+    keep_trace(&mut watch, "attack-ii-register");
+    let lookup = |after| RequestBody::Lookup {
+        key: LookupKey::Name(long_name.clone()),
+        after,
+    };
+    let mut one = Vec::new();
+    wire::encode_frame(
+        &wire::Request {
+            id: 1,
+            body: lookup(None),
+        },
+        &mut one,
+    );
+    let (mut looker, _) = Client::hello(indexd.addr, 0);
+    let (mut us, mut bytes, mut total) = (Vec::new(), 0, 0);
+    for _ in 0..50 {
+        let t = Instant::now();
+        looker.send(lookup(None));
+        let payload = looker.recv_payload().expect("answer");
+        us.push(t.elapsed().as_micros() as u64);
+        bytes = payload.len();
+        if let ResponseBody::Holders {
+            files, total: t, ..
+        } = wire::decode::<wire::Response>(&payload).unwrap().body
+        {
+            total = t;
+            assert!(files.len() <= 100);
+        }
+    }
+    println!(
+        "    a lookup of that name ({} bytes a request): answer {bytes} bytes (total {total}); \
+         round trip {}",
+        one.len(),
+        spread(&mut us)
+    );
+    println!(
+        "    indexd after the lookups: {}",
+        pauses(&stats_of(&mut watch))
+    );
+    keep_trace(&mut watch, "attack-ii-lookups");
+    let rss = vm_rss_kib(pid);
+    let mut burst = Vec::new();
+    for i in 0..1_000u32 {
+        let req = wire::Request {
+            id: i + 1,
+            body: lookup(None),
+        };
+        wire::encode_frame(&req, &mut burst);
+    }
+    let mut lazy: Vec<Client> = (0..20)
+        .map(|_| Client::hello_from(indexd.addr, hosts[2], 0).0)
+        .collect();
+    let mut written = 0usize;
+    for l in &mut lazy {
+        // indexd stops reading a parked connection: write what the socket takes in 1 s.
+        l.stream
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let mut at = 0;
+        while at < burst.len() {
+            match l.stream.write(&burst[at..]) {
+                Ok(n) => at += n,
+                Err(_) => break,
+            }
+        }
+        written += at;
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let peak = vm_rss_kib(pid);
+    let s = stats_of(&mut watch);
+    println!(
+        "    20 connections pipelining 1,000 such lookups each, never reading ({} KB written \
+         in all): indexd VmRSS {rss} → {peak} KiB (+{} KiB, {} KiB a connection); {}",
+        written / 1_000,
+        peak.saturating_sub(rss),
+        peak.saturating_sub(rss) / 20,
+        pauses(&s)
+    );
+    let t = Instant::now();
+    loop {
+        let open = stats_of(&mut watch).connections;
+        if open <= owners.len() as u64 + 3 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(150), "{open} still open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "    the 20 closed by indexd {:.1} s later (measured from 2 s after the writes); \
+         indexd VmRSS {} KiB",
+        t.elapsed().as_secs_f64(),
+        vm_rss_kib(pid)
+    );
+    drop(lazy);
+    keep_trace(&mut watch, "attack-ii");
+
+    // (iii) 400,000 entries named `copyright`; a real peer looks the name up and gets it.
+    let (mut crowd, _) = Client::hello_from(indexd.addr, hosts[3], 3_000);
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for chunk in (0..400_000u32).collect::<Vec<_>>().chunks(8_000) {
+        let files = chunk
+            .iter()
+            .map(|i| FileEntry {
+                hash: FileHash::of(format!("copyright {i}").as_bytes()),
+                size: u64::from(*i) + 1,
+                name: "copyright".into(),
+            })
+            .collect();
+        ids.push(crowd.send(RequestBody::Register { files }));
+    }
+    for id in ids {
+        let r = crowd.recv().expect("register answer");
+        assert_eq!(r.id, id);
+        assert!(
+            matches!(r.body, ResponseBody::Registered { rejected: 0, .. }),
+            "{:?}",
+            r.body
+        );
+    }
+    println!(
+        "(iii) 400,000 entries named copyright from {} in {:.1} s; indexd VmRSS {} KiB",
+        hosts[3],
+        started.elapsed().as_secs_f64(),
+        vm_rss_kib(pid)
+    );
+    let dir = TempDir::new("attack-copyright");
+    std::fs::write(
+        dir.path().join("honest_zebrafinch_song.txt"),
+        b"an honest file",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let run = common::run_console(
+        dir.path(),
+        indexd.addr,
+        &[],
+        common::Input::Pipe("lookup copyright\nget copyright\nsearch zebrafinch\n"),
+        Duration::from_secs(60),
+    );
+    println!(
+        "    a real peer typed `lookup copyright`, `get copyright`, `search zebrafinch` \
+         ({:.2} s in all, exit {:?}); it printed {} lines, {} bytes",
+        started.elapsed().as_secs_f64(),
+        run.code,
+        run.stdout.lines().count(),
+        run.stdout.len()
+    );
+    for l in run
+        .stdout
+        .lines()
+        .chain(run.stderr.lines())
+        .filter(|l| !l.ends_with(" copyright") && !l.starts_with("  "))
+    {
+        println!("      | {l}");
+    }
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(!all.contains("exceeds the limit"), "{all}");
+    assert!(!all.contains("connection was lost"), "{all}");
+    assert!(!all.contains("unreachable"), "{all}");
+    assert!(
+        run.stdout.contains("honest_zebrafinch_song.txt"),
+        "its own file, found after the lookups: {all}"
+    );
+    println!("    indexd at the end: {}", pauses(&stats_of(&mut watch)));
+    keep_trace(&mut watch, "attack-iii");
+}

@@ -1452,6 +1452,113 @@ fn a_pipelined_burst_is_handled_in_shares_of_turns_whole_and_in_order() {
     finish(server, &log);
 }
 
+/// Echoes frames and records, per turn, the connections whose frames it handled; a `block`
+/// frame holds the loop until the test says its clients have all written (so that their
+/// input is waiting at once when the loop goes on).
+struct TurnLog {
+    release: Mutex<mpsc::Receiver<()>>,
+    /// Per turn (by number), the connections that had frames handled, in order.
+    turns: Watched<Vec<Vec<ConnId>>>,
+    /// Frames handled in all.
+    frames: Watched<usize>,
+}
+
+impl Handler for TurnLog {
+    type Conn = ();
+
+    fn handle_accept(&mut self, _: &mut Ctx<()>, _: ConnId, _: SocketAddr) {}
+
+    fn handle_frame(
+        &mut self,
+        ctx: &mut Ctx<()>,
+        conn: ConnId,
+        _: &mut (),
+        payload: &[u8],
+    ) -> Verdict {
+        if payload == b"block" {
+            self.release
+                .lock()
+                .unwrap()
+                .recv_timeout(IO_TIMEOUT)
+                .expect("the test's release");
+        } else {
+            let mut turns = self.turns.record();
+            if turns.is_empty() {
+                turns.push(Vec::new());
+            }
+            let now = turns.last_mut().unwrap();
+            if !now.contains(&conn) {
+                now.push(conn);
+            }
+            *self.frames.record() += 1;
+        }
+        ctx.send(conn, |buf| codec::encode(payload, buf));
+        Verdict::Continue
+    }
+
+    fn handle_turn_end(&mut self, _ctx: &mut Ctx<()>) {
+        let mut turns = self.turns.get();
+        if turns.last().is_some_and(|t| !t.is_empty()) {
+            turns.push(Vec::new());
+        }
+    }
+
+    fn handle_close(&mut self, _: &mut Ctx<()>, _: ConnId, _: (), _: &CloseReason) {}
+}
+
+#[test]
+fn many_pipelining_connections_share_one_turn_budget_and_all_progress() {
+    const CLIENTS: usize = 10;
+    const FRAMES: usize = 50;
+    // A turn's budget spent by its first connection: each turn then reads that one (a share
+    // of 10 frames) and at most the ready list's first, of which only one frame.
+    let config = Config {
+        turn_work: Duration::ZERO,
+        work_per_turn: IO_TIMEOUT,
+        frames_per_turn: 10,
+        ..Config::default()
+    };
+    let (release, released) = mpsc::channel();
+    let turns = Watched::<Vec<Vec<ConnId>>>::default();
+    let frames = Watched::<usize>::default();
+    let handler = TurnLog {
+        release: Mutex::new(released),
+        turns: turns.clone(),
+        frames: frames.clone(),
+    };
+    let (server, addr) = Running::spawn(config, move |ctx| {
+        (handler, ctx.listen(localhost()).expect("listen"))
+    });
+    let mut blocker = Client::connect(addr);
+    blocker.stream().write_all(&frame(b"block")).unwrap();
+    let mut clients: Vec<Client> = (0..CLIENTS).map(|_| Client::connect(addr)).collect();
+    for (c, client) in clients.iter_mut().enumerate() {
+        let mut burst = Vec::new();
+        for n in 0..FRAMES {
+            burst.extend_from_slice(&frame(format!("{c} {n}").as_bytes()));
+        }
+        client.stream().write_all(&burst).unwrap();
+    }
+    // Every burst is in the server's socket buffers before the loop goes on: all ten are
+    // readable at its next poll.
+    release.send(()).unwrap();
+    assert_eq!(blocker.reader.expect_frame(), b"block");
+    for (c, client) in clients.iter_mut().enumerate() {
+        for n in 0..FRAMES {
+            assert_eq!(client.reader.expect_frame(), format!("{c} {n}").as_bytes());
+        }
+    }
+    frames.wait_for("every frame handled", |f| *f == CLIENTS * FRAMES);
+    let turns = turns.get();
+    let busiest = turns.iter().map(Vec::len).max().unwrap_or(0);
+    assert!(
+        busiest <= 2,
+        "a turn handled frames of {busiest} connections: {turns:?}"
+    );
+    drop(turns);
+    server.stop();
+}
+
 #[test]
 fn a_client_that_never_reads_is_closed_once_its_output_stalls() {
     const HIGH: usize = 64 * 1024;
