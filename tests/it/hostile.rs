@@ -4,8 +4,9 @@
 //! downloader killed mid-transfer, a full disk. Each offender is closed, memory stays bounded
 //! and honest clients keep being served.
 //!
-//! `measure_connection_capacity` (ignored) is the measurement quoted in README's "Limits and
-//! security": `cargo test --release --test it -- --ignored --nocapture hostile::measure`.
+//! The `measure_*` tests (ignored) are measurements: README's "Figures" quotes their newest
+//! figures and docs/MEASUREMENTS.md the earlier ones:
+//! `cargo test --release --test it -- --ignored --nocapture hostile::measure_...`.
 
 use crate::common::{self, Client, Fake, FakeHolder, Indexd, KillOnDrop, ServingPeer, TempDir};
 use p2pshare::codec::Decoder;
@@ -1150,7 +1151,7 @@ fn fuzz_seed_corpora_replay_cleanly() {
 
 /// Measures how many idle connections one indexd holds while an honest client's lookups stay
 /// fast: opens hello'd connections in steps and times 2,000 lookups at each step. Quoted in
-/// README ("Limits and security"). Run with
+/// README ("Figures"; earlier runs in docs/MEASUREMENTS.md). Run with
 /// `cargo test --release --test it -- --ignored --nocapture hostile::measure`.
 #[test]
 #[ignore]
@@ -1210,7 +1211,7 @@ fn measure_connection_capacity() {
     }
 }
 
-/// The measurement of README's "Lookups of a crowded name": 400,000 files called `copyright`,
+/// The measurement of README's crowded-name figure ("Figures": 400,000 files called `copyright`,
 /// the first page of its lookup timed from another client, every page walked, then 20
 /// connections that pipeline lookups of it and never read.
 /// `cargo test --release --test it -- --ignored --nocapture hostile::measure_crowded`.
