@@ -1211,7 +1211,7 @@ fn measure_connection_capacity() {
     }
 }
 
-/// The measurement of README's crowded-name figure ("Figures": 400,000 files called `copyright`,
+/// The measurement of README's crowded-name figure (in "Figures"): 400,000 files called `copyright`,
 /// the first page of its lookup timed from another client, every page walked, then 20
 /// connections that pipeline lookups of it and never read.
 /// `cargo test --release --test it -- --ignored --nocapture hostile::measure_crowded`.
