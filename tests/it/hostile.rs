@@ -1211,9 +1211,9 @@ fn measure_connection_capacity() {
     }
 }
 
-/// The measurement of README's crowded-name figure (in "Figures"): 400,000 files called `copyright`,
-/// the first page of its lookup timed from another client, every page walked, then 20
-/// connections that pipeline lookups of it and never read.
+/// The measurement of README's crowded-name figure (in "Figures"): 400,000 files called
+/// `copyright`, the first page of its lookup timed from another client, every page walked,
+/// then 20 connections that pipeline lookups of it and never read.
 /// `cargo test --release --test it -- --ignored --nocapture hostile::measure_crowded`.
 #[test]
 #[ignore]
