@@ -118,6 +118,56 @@ pub fn release_free_memory() {
     }
 }
 
+/// What the allocator holds, for memory reports (glibc's `mallinfo2`): bytes in use in its
+/// heaps (chunk headers and rounding included), bytes in blocks it `mmap`ed (in use, whole
+/// pages), and bytes free inside its heaps. `None` elsewhere.
+pub fn malloc_usage() -> Option<MallocUsage> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters; it takes no pointers.
+        let m = unsafe { libc::mallinfo2() };
+        Some(MallocUsage {
+            in_use: m.uordblks,
+            mmapped: m.hblkhd,
+            free: m.fordblks,
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
+/// Writes glibc's `malloc_info` report (XML: free chunks by size, per arena) to standard
+/// error, for memory investigations. A no-op elsewhere.
+pub fn print_malloc_info() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `fdopen` of a duplicate of fd 2 gives a FILE that malloc_info writes to and
+    // fclose closes; no Rust-owned memory is passed.
+    unsafe {
+        let fd = libc::dup(2);
+        if fd < 0 {
+            return;
+        }
+        let f = libc::fdopen(fd, c"w".as_ptr());
+        if f.is_null() {
+            libc::close(fd);
+            return;
+        }
+        libc::malloc_info(0, f);
+        libc::fclose(f);
+    }
+}
+
+/// See [`malloc_usage`].
+#[derive(Clone, Copy, Debug)]
+pub struct MallocUsage {
+    /// Bytes of the chunks in use in the heaps (each with its header and rounding).
+    pub in_use: usize,
+    /// Bytes of the blocks `mmap`ed on their own (in use).
+    pub mmapped: usize,
+    /// Bytes free inside the heaps (resident or not).
+    pub free: usize,
+}
+
 /// Makes every thread of the process allocate from one malloc arena (glibc's
 /// `M_ARENA_MAX` = 1), for a process whose threads hand memory to each other. Call it before
 /// any other thread starts: a thread keeps the arena of its first allocation. A no-op
