@@ -276,6 +276,23 @@ fn thread_run_delay() -> Option<std::time::Duration> {
 mod tests {
     use super::*;
 
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn malloc_usage_counts_a_live_block() {
+        // The counters are the whole process's: another test thread may free a big block
+        // between the two readings, so a few tries are allowed; a broken reading fails all.
+        let seen: Vec<i64> = (0..5)
+            .map(|_| {
+                let before = malloc_usage().expect("glibc");
+                let block = std::hint::black_box(vec![1u8; 64 << 20]);
+                let during = malloc_usage().expect("glibc");
+                drop(block);
+                (during.in_use + during.mmapped) as i64 - (before.in_use + before.mmapped) as i64
+            })
+            .collect();
+        assert!(seen.iter().any(|&g| g >= 64 << 20), "{seen:?}");
+    }
+
     #[test]
     fn fd_limit_is_raised_to_hard() {
         let n = raise_fd_limit().unwrap();
