@@ -118,6 +118,56 @@ pub fn release_free_memory() {
     }
 }
 
+/// What the allocator holds, for memory reports (glibc's `mallinfo2`): bytes in use in its
+/// heaps (chunk headers and rounding included), bytes in blocks it `mmap`ed (in use, whole
+/// pages), and bytes free inside its heaps. `None` elsewhere.
+pub fn malloc_usage() -> Option<MallocUsage> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters; it takes no pointers.
+        let m = unsafe { libc::mallinfo2() };
+        Some(MallocUsage {
+            in_use: m.uordblks,
+            mmapped: m.hblkhd,
+            free: m.fordblks,
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
+/// Writes glibc's `malloc_info` report (XML: free chunks by size, per arena) to standard
+/// error, for memory investigations. A no-op elsewhere.
+pub fn print_malloc_info() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `fdopen` of a duplicate of fd 2 gives a FILE that malloc_info writes to and
+    // fclose closes; no Rust-owned memory is passed.
+    unsafe {
+        let fd = libc::dup(2);
+        if fd < 0 {
+            return;
+        }
+        let f = libc::fdopen(fd, c"w".as_ptr());
+        if f.is_null() {
+            libc::close(fd);
+            return;
+        }
+        libc::malloc_info(0, f);
+        libc::fclose(f);
+    }
+}
+
+/// See [`malloc_usage`].
+#[derive(Clone, Copy, Debug)]
+pub struct MallocUsage {
+    /// Bytes of the chunks in use in the heaps (each with its header and rounding).
+    pub in_use: usize,
+    /// Bytes of the blocks `mmap`ed on their own (in use).
+    pub mmapped: usize,
+    /// Bytes free inside the heaps (resident or not).
+    pub free: usize,
+}
+
 /// Makes every thread of the process allocate from one malloc arena (glibc's
 /// `M_ARENA_MAX` = 1), for a process whose threads hand memory to each other. Call it before
 /// any other thread starts: a thread keeps the arena of its first allocation. A no-op
@@ -225,6 +275,23 @@ fn thread_run_delay() -> Option<std::time::Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn malloc_usage_counts_a_live_block() {
+        // The counters are the whole process's: another test thread may free a big block
+        // between the two readings, so a few tries are allowed; a broken reading fails all.
+        let seen: Vec<i64> = (0..5)
+            .map(|_| {
+                let before = malloc_usage().expect("glibc");
+                let block = std::hint::black_box(vec![1u8; 64 << 20]);
+                let during = malloc_usage().expect("glibc");
+                drop(block);
+                (during.in_use + during.mmapped) as i64 - (before.in_use + before.mmapped) as i64
+            })
+            .collect();
+        assert!(seen.iter().any(|&g| g >= 64 << 20), "{seen:?}");
+    }
 
     #[test]
     fn fd_limit_is_raised_to_hard() {

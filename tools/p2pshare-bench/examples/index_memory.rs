@@ -2,9 +2,13 @@
 //! (`--files N --holders 2`: fake peer n registers its own 1,000 files and those of the peer
 //! before it) put straight into an `Index`, without indexd or sockets, then the heap bytes of
 //! each part per file (`Index::heap_bytes`: capacities, so slack counts) and the process's
-//! resident growth. `cargo run --release -p p2pshare-bench --example index_memory [FILES]`
-//! (default 1,000,000). The real indexd's figure, which adds malloc's overhead and the
-//! connections, is measured as README says.
+//! resident growth, against what malloc gave out (headers and rounding included) and what it
+//! holds free inside its heap (holes left by blocks that grew and moved: resident, and not
+//! given back by `malloc_trim` unless whole pages are free). `cargo run --release -p
+//! p2pshare-bench --example index_memory [FILES]` (default 1,000,000); with `MALLOC_INFO=1`
+//! it also writes glibc's `malloc_info` report (free chunks by size) to standard error. The
+//! real indexd's figure, which adds the connections and the binary's resident code, is
+//! measured as README says.
 
 use p2pshare::index::store::Index;
 use p2pshare_bench::workload::{self, FILES_PER_FAKE_PEER};
@@ -33,6 +37,7 @@ fn main() {
         .map(|i| workload::populated_file(seed, i))
         .collect();
     let before = resident();
+    let malloc_before = p2pshare::sys::process::malloc_usage();
     let mut index = Index::new();
     let chunks: Vec<_> = files.chunks(FILES_PER_FAKE_PEER).collect();
     for n in 0..chunks.len() {
@@ -53,6 +58,27 @@ fn main() {
     }
     println!("{:28} {:7.1} B/file", "heap in all", per_file(total));
     println!("{:28} {:7.1} B/file", "resident growth", per_file(grown));
+    if let (Some(a), Some(b)) = (malloc_before, p2pshare::sys::process::malloc_usage()) {
+        // What malloc gave the index, its headers and rounding included, against the heap
+        // bytes above: the difference is malloc's overhead per block.
+        let given = (b.in_use + b.mmapped).saturating_sub(a.in_use + a.mmapped);
+        println!(
+            "{:28} {:7.1} B/file",
+            "malloc's blocks (grown)",
+            per_file(given)
+        );
+        // Free chunks inside malloc's heap: resident where they were used before (holes
+        // left by blocks that grew and moved), which `malloc_trim` cannot give back unless
+        // whole pages are free.
+        println!(
+            "{:28} {:7.1} B/file",
+            "malloc's free (grown)",
+            per_file(b.free.saturating_sub(a.free))
+        );
+    }
+    if std::env::var_os("MALLOC_INFO").is_some() {
+        p2pshare::sys::process::print_malloc_info();
+    }
     // What the allocator holds free (fragmentation), handed back.
     let t = std::time::Instant::now();
     p2pshare::sys::process::release_free_memory();
