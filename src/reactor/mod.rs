@@ -43,7 +43,9 @@
 //! - Read buffers: bytes are read into one shared scratch buffer (`SCRATCH_BYTES`) and frames are handled
 //!   straight from it; only the incomplete tail of a frame is copied into the connection, so an
 //!   idle connection holds no buffer at all, and the room it reserves for the rest of the
-//!   frame grows with the bytes that arrived (`frame_room`), never to what a header claims.
+//!   frame grows with the bytes that arrived, never to what a header claims. A connection
+//!   writes at most 64 KiB of memory it had not written before a turn (it reads no more than
+//!   that allows; big frames reuse one warm spare buffer): see [`inbuf`].
 //! - Close in one place: handlers ask for a close (`Verdict::Close`, [`Ctx::close`]); the
 //!   reactor deregisters, frees the slot and calls [`Handler::handle_close`] exactly once.
 //! - Idle connections: a connection that neither completes a frame, receives raw bytes, nor
@@ -69,6 +71,7 @@
 //!   a reused [`ConnId`].
 
 pub mod http;
+mod inbuf;
 pub mod outq;
 mod pauses;
 pub mod web;
@@ -81,6 +84,7 @@ use crate::codec::{Decoder, FrameError};
 // The work trace, a debug aid, times the reactor's own pieces of a turn (reads, copies,
 // writes, closes) beside the index's: without it, a turn's time it cannot place is unknown.
 use crate::index::worktrace as trace;
+use inbuf::{InputBuffers, PendingIn, FRESH_BYTES_PER_TURN};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use outq::OutQueue;
@@ -101,26 +105,6 @@ pub struct ConnId(pub usize);
 const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Size of the shared read buffer.
 const SCRATCH_BYTES: usize = 256 * 1024;
-/// Largest partial-frame buffer an idle connection keeps for its next partial frame; a
-/// bigger one (a bulk register arrives in pieces) is given back once its frame is handled,
-/// or a thousand idle peers would each hold their largest request's worth of memory.
-const KEEP_PENDING_BYTES: usize = 4 * 1024;
-/// How far ahead of the bytes received a partial frame's buffer may reserve room for it,
-/// besides as much again as has arrived: a header alone that claims 1 MiB reserves 64 KiB,
-/// not the whole frame, so connections that never finish a frame hold buffers in proportion
-/// to what they sent (see [`frame_room`]).
-const RESERVE_AHEAD: usize = 64 * 1024;
-
-/// The room to keep for a partial frame of `whole` bytes of which `have` have arrived: the
-/// whole frame once half of it is in, else twice what is in, or that plus
-/// [`RESERVE_AHEAD`] while it is small. An honest 1 MiB frame arriving a scratch buffer
-/// (256 KiB) at a time takes its room in two steps (or at once in the spare buffer).
-fn frame_room(whole: usize, have: usize) -> usize {
-    whole.min(
-        have.saturating_mul(2)
-            .max(have.saturating_add(RESERVE_AHEAD)),
-    )
-}
 /// Reads per readiness event before a busy connection yields to the others.
 const READS_PER_TURN: usize = 16;
 /// How long an accept loop rests after running out of descriptors.
@@ -470,7 +454,11 @@ struct Conn<C> {
     remote: SocketAddr,
     phase: Phase,
     /// Incomplete input carried between reads (empty for an idle connection).
-    pending_in: Vec<u8>,
+    pending_in: PendingIn,
+    /// The turn (`Ctx::turns`) whose budget of fresh input memory `fresh_left` is.
+    fresh_turn: u64,
+    /// What is left of this turn's [`FRESH_BYTES_PER_TURN`].
+    fresh_left: usize,
     decoder: Decoder,
     /// Bytes still to deliver through `handle_raw` before frames resume.
     raw_left: u64,
@@ -483,7 +471,7 @@ struct Conn<C> {
     /// Seen in the loop's to-do lists already (avoid duplicates).
     in_dirty: bool,
     in_ready: bool,
-    /// The turn (`Ctx::turn_no`) it was last read in.
+    /// The turn (`Ctx::turns`) it was last read in.
     read_turn: u64,
     /// The remote closed its side; close once pending input is handled and output sent.
     eof: bool,
@@ -549,12 +537,13 @@ pub struct Ctx<C> {
     budget: Budget,
     /// Connections read in this turn (see [`Config::turn_work`]).
     turn_reads: usize,
-    /// Turns begun (see `Conn::read_turn`).
-    turn_no: u64,
-    /// The largest input buffer a big partial frame used, kept empty for the next one: a
-    /// fresh buffer's pages are faulted in as the frame is copied in, which took up to 4 ms
-    /// a 1 MiB frame at 10M entries, so one buffer (at most a frame's size) is reused.
-    spare_in: Vec<u8>,
+    /// The spare buffer for big frames and the buffers being given back (see [`inbuf`]): a
+    /// fresh buffer's pages are faulted in as a frame is copied in, which took up to 4 ms a
+    /// 1 MiB frame at 10M entries.
+    inbufs: InputBuffers,
+    /// Turns since the start (a connection's budget of fresh input memory is per turn; see
+    /// also `Conn::read_turn`).
+    turns: u64,
     /// How long each turn's work took (see [`LoopPauses`]).
     pauses: LoopPauses,
     /// Totals since the start, for metrics.
@@ -604,6 +593,7 @@ impl<C> Reactor<C> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
         let registry = poll.registry().try_clone()?;
+        let inbufs = InputBuffers::new(config.max_frame_bytes);
         Ok(Reactor {
             poll,
             events: Events::with_capacity(1024),
@@ -627,8 +617,8 @@ impl<C> Reactor<C> {
                 stopped: false,
                 budget: Budget::default(),
                 turn_reads: 0,
-                turn_no: 0,
-                spare_in: Vec::new(),
+                inbufs,
+                turns: 0,
                 pauses: LoopPauses::new(),
                 io: IoTotals::default(),
                 more_work: false,
@@ -676,7 +666,7 @@ impl<C> Reactor<C> {
         }
         self.ctx.now = Instant::now();
         self.ctx.turn_reads = 0;
-        self.ctx.turn_no += 1;
+        self.ctx.turns += 1;
         trace::turn_woke();
         for event in self.events.iter() {
             let token = event.token();
@@ -716,7 +706,7 @@ impl<C> Reactor<C> {
             // spent) before those that had a share already, so that an abuser read first
             // cannot take the ready list's guaranteed read from a newcomer.
             let slots = &self.ctx.slots;
-            let turn = self.ctx.turn_no;
+            let turn = self.ctx.turns;
             let read_now =
                 |k: &usize| matches!(slots.get(*k), Some(Slot::Conn(c)) if c.read_turn == turn);
             let (mut first, later): (Vec<usize>, Vec<usize>) =
@@ -745,6 +735,11 @@ impl<C> Reactor<C> {
         trace::time("timers", || self.ctx.fire_timers(handler));
         trace::time("flush", || self.ctx.flush_dirty(handler));
         self.ctx.reap(handler);
+        if self.ctx.inbufs.is_retiring()
+            && trace::time("input retire", || self.ctx.inbufs.retire_step())
+        {
+            self.ctx.more_work = true;
+        }
         handler.handle_turn_end(&mut self.ctx);
         Ok(())
     }
@@ -797,7 +792,7 @@ impl<C> Ctx<C> {
                 Slot::Listener(_) => 0,
             })
             .sum();
-        held + self.spare_in.capacity()
+        held + self.inbufs.capacity()
     }
 
     /// Starts listening on `addr`; returns the bound address (useful with port 0). `[::]`
@@ -941,7 +936,9 @@ impl<C> Ctx<C> {
             stream,
             remote,
             phase,
-            pending_in: Vec::new(),
+            pending_in: PendingIn::default(),
+            fresh_turn: 0,
+            fresh_left: 0,
             decoder: Decoder::new(self.config.max_frame_bytes),
             raw_left: 0,
             out: OutQueue::default(),
@@ -1623,7 +1620,7 @@ impl<C> Ctx<C> {
         self.budget = Budget::default();
         self.turn_reads += 1;
         if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
-            c.read_turn = self.turn_no;
+            c.read_turn = self.turns;
         }
         for _ in 0..READS_PER_TURN {
             let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
@@ -1643,24 +1640,14 @@ impl<C> Ctx<C> {
             // Input left from before (a partial frame, or frames held while parked) goes first.
             if !c.pending_in.is_empty() {
                 let mut pending = std::mem::take(&mut c.pending_in);
-                let used = self.process(key, &pending, handler);
+                let used = self.process(key, pending.as_slice(), handler);
                 let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
+                    self.inbufs.release(pending);
                     return;
                 };
-                trace::time("input drain", || {
-                    pending.drain(..used);
-                    if pending.is_empty() && pending.capacity() > KEEP_PENDING_BYTES {
-                        let spent = std::mem::take(&mut pending);
-                        if spent.capacity() > self.spare_in.capacity() {
-                            self.spare_in = spent;
-                        }
-                    }
-                    // The start of the next frame: room for it (see below).
-                    if let Some(whole) = c.decoder.frame_len(&pending) {
-                        let room = frame_room(whole, pending.len());
-                        pending.reserve_exact(room.saturating_sub(pending.len()));
-                    }
-                });
+                // Handled frames dropped; an emptied big buffer given back (room for the
+                // next frame is made as its bytes are read).
+                trace::time("input drain", || self.inbufs.consumed(&mut pending, used));
                 c.pending_in = pending;
                 if c.closing || c.parked || c.held {
                     return;
@@ -1682,7 +1669,22 @@ impl<C> Ctx<C> {
             if drained {
                 return;
             }
-            let n = match trace::time("socket read", || c.stream.read(scratch)) {
+            // No more than this connection can store within its budget of fresh memory
+            // this turn (see `inbuf`): the rest waits in the socket for the next turn.
+            if c.fresh_turn != self.turns {
+                c.fresh_turn = self.turns;
+                c.fresh_left = FRESH_BYTES_PER_TURN;
+            }
+            let limit = trace::time("input room", || {
+                self.inbufs
+                    .read_limit(&mut c.pending_in, &c.decoder, &mut c.fresh_left)
+            })
+            .min(scratch.len());
+            if limit == 0 {
+                self.mark_ready(key);
+                return;
+            }
+            let n = match trace::time("socket read", || c.stream.read(&mut scratch[..limit])) {
                 Ok(0) => {
                     c.eof = true;
                     continue;
@@ -1692,7 +1694,7 @@ impl<C> Ctx<C> {
                     // A short read emptied the socket's receive queue. On Linux any later
                     // arrival raises a fresh edge-triggered event, so the read that would only
                     // say WouldBlock can be skipped: one syscall less per request.
-                    drained = fresh_edges && cfg!(target_os = "linux") && n < scratch.len();
+                    drained = fresh_edges && cfg!(target_os = "linux") && n < limit;
                     n
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -1704,27 +1706,17 @@ impl<C> Ctx<C> {
             };
             if !c.pending_in.is_empty() {
                 trace::time("input copy", || {
-                    let pending = &mut c.pending_in;
-                    let need = pending.len() + n;
-                    if need > pending.capacity() {
-                        // More room for the partial frame as its bytes arrive (see below): in
-                        // the spare buffer if it is free and big enough for the whole frame.
-                        let whole = c.decoder.frame_len(pending);
-                        if whole.is_some_and(|w| self.spare_in.capacity() >= w.max(need)) {
-                            let spare = std::mem::take(&mut self.spare_in);
-                            let grown = std::mem::replace(pending, spare);
-                            pending.extend_from_slice(&grown);
-                        } else {
-                            let room = whole.map_or(need, |w| frame_room(w, need).max(need));
-                            pending.reserve_exact(room - pending.len());
-                        }
-                    }
-                    pending.extend_from_slice(&scratch[..n])
+                    self.inbufs.store(
+                        &mut c.pending_in,
+                        &c.decoder,
+                        &scratch[..n],
+                        &mut c.fresh_left,
+                    )
                 });
                 if c.pending_in.len() >= SCRATCH_BYTES {
                     // A big frame (a 1 MiB register) arrives over several turns, about a
-                    // scratch buffer of it a turn: copying all of it in one turn, with its
-                    // buffer's growth, held the loop for milliseconds at 10M entries.
+                    // scratch buffer of it a turn: copying all of it in one turn held the
+                    // loop for milliseconds at 10M entries.
                     self.mark_ready(key);
                     return;
                 }
@@ -1734,23 +1726,16 @@ impl<C> Ctx<C> {
             let used = self.process(key, &scratch[..n], handler);
             if used < n {
                 if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
+                    // A partial frame (or frames held while parked): into the spare buffer
+                    // if it is big, else a buffer of its own with room as the bytes that
+                    // arrived allow, never what a header claims (see `inbuf`).
                     trace::time("input copy", || {
-                        // A partial frame: room for it ahead of its bytes, so that the buffer
-                        // grows at most twice while the rest arrives (a 1 MiB register over four
-                        // turns grew it three times, each a copy of up to 1 MiB into fresh
-                        // pages), and not more than `frame_room` allows: a header that claims
-                        // 1 MiB and nothing after it gets 64 KiB, not 1 MiB. A big frame takes
-                        // the one spare buffer if it is free and big enough for the whole
-                        // frame (warm pages, no growth); a connection holds it at most until
-                        // its frame is handled or it is closed.
-                        let rest = &scratch[used..n];
-                        if let Some(whole) = c.decoder.frame_len(rest) {
-                            if whole > KEEP_PENDING_BYTES && self.spare_in.capacity() >= whole {
-                                c.pending_in = std::mem::take(&mut self.spare_in);
-                            }
-                            c.pending_in.reserve_exact(frame_room(whole, rest.len()));
-                        }
-                        c.pending_in.extend_from_slice(rest)
+                        self.inbufs.store(
+                            &mut c.pending_in,
+                            &c.decoder,
+                            &scratch[used..n],
+                            &mut c.fresh_left,
+                        )
                     });
                 }
             }
@@ -1869,7 +1854,8 @@ impl<C> Ctx<C> {
         let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
             return;
         };
-        c.pending_in = Vec::new();
+        let pending = std::mem::take(&mut c.pending_in);
+        self.inbufs.release(pending);
         loop {
             match c.stream.read(scratch) {
                 Ok(0) => {
@@ -1975,6 +1961,7 @@ impl<C> Ctx<C> {
             }
             if let Slot::Conn(mut c) = self.slots.remove(key) {
                 let _ = self.registry.deregister(&mut c.stream);
+                self.inbufs.release(std::mem::take(&mut c.pending_in));
                 self.connections -= 1;
                 if c.accepted {
                     self.accepted -= 1;

@@ -863,6 +863,7 @@ impl Index {
         let want = pooled_bitmap_words(self.entries.id_bound());
         self.work.bitmaps.len() < READY_BITMAPS
             || self.work.bitmaps.iter().any(|b| b.words.len() < want)
+            || self.work.bitmaps.iter().any(|b| b.old.capacity() > 0)
     }
 
     /// One step of readying the pool of bitmaps that searches take, between requests: a
@@ -870,10 +871,24 @@ impl Index {
     /// first time, fault in for about 1.7 ms, which a search would pay (and make its
     /// answer wait). So the pool holds [`READY_BITMAPS`] at least, and every bitmap in it
     /// is grown ahead of the entry ids (by a sixteenth), [`MEMORY_STEP_WORDS`] a step.
-    /// (About 0.13 B per entry a bitmap.)
+    /// (About 0.13 B per entry a bitmap.) No step allocates and writes, or frees, more than
+    /// that: a large bitmap's successor is allocated in a step of its own, and the bitmap it
+    /// replaces is given back [`MEMORY_STEP_WORDS`] a step (freeing 1.3 MB at once unmapped
+    /// all its pages in one step).
     pub fn continue_search_memory(&mut self) {
         let want = pooled_bitmap_words(self.entries.id_bound());
         let pool = &mut self.work.bitmaps;
+        if let Some(b) = pool.iter_mut().find(|b| b.old.capacity() > 0) {
+            let keep = b.old.capacity().saturating_sub(MEMORY_STEP_WORDS);
+            if keep < MEMORY_STEP_WORDS {
+                b.old = Vec::new();
+            } else {
+                // Shrinks where it lies (glibc's `realloc` to less neither moves nor copies).
+                b.old.clear();
+                b.old.shrink_to(keep);
+            }
+            return;
+        }
         match pool.iter().position(|b| b.words.len() < want) {
             Some(i) => {
                 let b = &mut pool[i];
@@ -890,12 +905,15 @@ impl Index {
                     // another eighth, is zeroed beside it a step at a time and then
                     // replaces it. (Small ones grow in place: their copy is short.)
                     if b.next.capacity() < want {
-                        b.next = Vec::with_capacity(want + want / 8);
+                        let stale =
+                            std::mem::replace(&mut b.next, Vec::with_capacity(want + want / 8));
+                        b.old = stale;
+                        return;
                     }
                     let len = (b.next.len() + MEMORY_STEP_WORDS).min(want);
                     b.next.resize(len, 0);
                     if len == want {
-                        b.words = std::mem::take(&mut b.next);
+                        b.old = std::mem::replace(&mut b.words, std::mem::take(&mut b.next));
                     }
                 }
             }
@@ -910,13 +928,16 @@ impl Index {
         self.search_hit_ns
     }
 
-    /// Each pooled bitmap's words ready, its successor's words zeroed so far, and whether
-    /// the ready words are all zero.
+    /// Each pooled bitmap's words ready, its successor's words zeroed so far, whether the
+    /// ready words are all zero, and the words of its predecessor not yet given back.
     #[cfg(test)]
-    pub(super) fn pooled_bitmaps(&self) -> Vec<(usize, usize, bool)> {
+    pub(super) fn pooled_bitmaps(&self) -> Vec<(usize, usize, bool, usize)> {
         let b = &self.work.bitmaps;
         b.iter()
-            .map(|b| (b.words.len(), b.next.len(), b.words.iter().all(|&w| w == 0)))
+            .map(|b| {
+                let zero = b.words.iter().all(|&w| w == 0);
+                (b.words.len(), b.next.len(), zero, b.old.capacity())
+            })
             .collect()
     }
 
@@ -925,7 +946,10 @@ impl Index {
         let b = &self.work.bitmaps;
         b.capacity() * std::mem::size_of::<Bitmap>()
             + b.iter()
-                .map(|b| (b.words.capacity() + b.next.capacity()) * 8 + b.touched.capacity() * 4)
+                .map(|b| {
+                    (b.words.capacity() + b.next.capacity() + b.old.capacity()) * 8
+                        + b.touched.capacity() * 4
+                })
                 .sum::<usize>()
     }
 
@@ -1062,6 +1086,8 @@ pub(super) struct Bitmap {
     /// A larger successor of `words` being zeroed, a step at a time, while the pool waits
     /// between searches (see [`Index::continue_search_memory`]).
     next: Vec<u64>,
+    /// The words a successor replaced, given back to the allocator a step at a time.
+    old: Vec<u64>,
 }
 
 impl Bitmap {

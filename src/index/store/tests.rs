@@ -120,20 +120,24 @@ fn search_memory_grows_beside_the_ready_bitmap_a_step_at_a_time() {
         while ix.is_search_memory_short() {
             ix.continue_search_memory();
             let now = ix.pooled_bitmaps();
-            for (&(w0, n0, _), &(w1, n1, zero)) in last.iter().zip(&now) {
+            for (&(w0, n0, _, o0), &(w1, n1, zero, o1)) in last.iter().zip(&now) {
                 assert!(zero, "a pooled bitmap is all zeros between searches");
                 assert!(w1 >= w0, "the ready words never shrink: {w0} -> {w1}");
                 if w1 != w0 && n0 > 0 {
                     swaps += 1;
                     assert_eq!(n1, 0, "the successor replaced it");
                     assert!(w1 - n0 <= 4, "only a last step was left: {n0} of {w1}");
+                    assert_eq!(o0, 0, "the one before was given back first");
+                    assert!(o1 >= w0, "the replaced words are given back in steps");
                 } else {
                     assert!(w1 - w0 <= 4 && n1.saturating_sub(n0) <= 4, "a step at most");
+                    assert!(o1 <= o0 || o0 == 0, "given back, never taken again");
+                    assert!(o0 - o1.min(o0) <= 4 || o1 == 0, "a step given back at most");
                 }
             }
             last = now;
             steps += 1;
-            assert!(steps < 10_000, "the pool is never ready");
+            assert!(steps < 10_000, "the pool is never ready: {last:?}");
         }
         assert!(steps > 1, "round {round}: the bitmap grew in {steps} step");
     }
