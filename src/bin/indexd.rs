@@ -35,7 +35,7 @@ struct Flags {
     max_frame_bytes: usize,
     /// Bytes all connections together may write in one turn of the loop (beyond answers of
     /// at most 64 KiB, written whole); the rest waits for the next turn. 0: no bound.
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    #[arg(long, default_value_t = 128 << 10, value_name = "BYTES")]
     write_per_turn: usize,
     /// Close a connection silent for this many seconds (peers ping well within it); 0: never.
     #[arg(long, default_value_t = 120)]
