@@ -33,6 +33,10 @@ struct Flags {
     /// Largest request frame in bytes (a bulk register must fit in one).
     #[arg(long, default_value_t = codec::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
+    /// Bytes all connections together may write in one turn of the loop (beyond answers of
+    /// at most 64 KiB, written whole); the rest waits for the next turn. 0: no bound.
+    #[arg(long, default_value_t = 128 << 10, value_name = "BYTES")]
+    write_per_turn: usize,
     /// Close a connection silent for this many seconds (peers ping well within it); 0: never.
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
@@ -198,6 +202,7 @@ fn run(flags: Flags) -> std::io::Result<()> {
             "too many connections from your address ({per_ip})"
         )),
         out_stall_timeout: Some(OUTPUT_STALL_TIMEOUT),
+        write_per_turn: (flags.write_per_turn > 0).then_some(flags.write_per_turn),
         ..Config::default()
     };
     let mut reactor = Reactor::new(config)?;

@@ -112,6 +112,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a closing connection keeps draining input after its last output, so the peer
 /// reads our final (error) frame instead of a reset.
 const LINGER: Duration = Duration::from_secs(2);
+/// Output this small is written whole even once the turn's [`Config::write_per_turn`] is spent.
+pub const SMALL_OUTPUT_BYTES: u64 = 64 * 1024;
+
 /// At most this much input is discarded while lingering.
 const LINGER_MAX_BYTES: usize = 1 << 20;
 /// A connection flushing its last output is closed after this long without write progress.
@@ -154,6 +157,14 @@ pub struct Config {
     /// one turn for, beside one frame each of the last one read and of the ready list's
     /// first.
     pub turn_work: Duration,
+    /// Bytes all connections together may write in one turn (none: no bound). Once spent,
+    /// the connections not yet flushed wait in order for the next turn, which comes without
+    /// waiting, and so does the one cut off at the bound, behind them. A connection whose
+    /// whole output is at most [`SMALL_OUTPUT_BYTES`] is written even then (an answer to an
+    /// honest request waits behind no big writer); its bytes count all the same. On
+    /// loopback a write also runs the receiver's TCP input, so its cost grows with the bytes
+    /// it moves: unbounded, 20 connections that never read held turns for 8–10 ms of writes.
+    pub write_per_turn: Option<usize>,
     /// Close a connection whose output has been over the high-water mark (parked) without
     /// any write progress for this long (none: only the idle timeout applies).
     pub out_stall_timeout: Option<Duration>,
@@ -180,6 +191,7 @@ impl Default for Config {
             frames_per_turn: 32,
             work_per_turn: Duration::from_millis(1),
             turn_work: Duration::from_millis(1),
+            write_per_turn: None,
             out_stall_timeout: None,
             evict_idle_after: None,
         }
@@ -548,8 +560,21 @@ pub struct Ctx<C> {
     pauses: LoopPauses,
     /// Totals since the start, for metrics.
     io: IoTotals,
+    /// What this turn may still write (see [`Config::write_per_turn`]).
+    write_left: u64,
     /// The handler has background work: the next wait does not block ([`Ctx::request_turn`]).
     more_work: bool,
+}
+
+/// What one [`Ctx::flush`] did with the turn's write budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flushed {
+    /// Wrote what the socket took (or nothing was queued, or it is gone).
+    Done,
+    /// Not written: the budget was spent.
+    Waits,
+    /// Wrote until the budget was spent, with output left.
+    Cut,
 }
 
 /// What the reactor has moved and refused since it started (for metrics).
@@ -621,6 +646,7 @@ impl<C> Reactor<C> {
                 turns: 0,
                 pauses: LoopPauses::new(),
                 io: IoTotals::default(),
+                write_left: u64::MAX,
                 more_work: false,
             },
         })
@@ -667,6 +693,11 @@ impl<C> Reactor<C> {
         self.ctx.now = Instant::now();
         self.ctx.turn_reads = 0;
         self.ctx.turns += 1;
+        self.ctx.write_left = self
+            .ctx
+            .config
+            .write_per_turn
+            .map_or(u64::MAX, |b| b as u64);
         trace::turn_woke();
         for event in self.events.iter() {
             let token = event.token();
@@ -1524,30 +1555,57 @@ impl<C> Ctx<C> {
                 self.apply(ConnId(key), v);
             }
         }
-        self.flush(key, handler);
+        if self.config.write_per_turn.is_some() {
+            // Written with the others at the turn's end, behind those the last turn's write
+            // budget left waiting.
+            self.mark_dirty(key);
+        } else {
+            self.flush(key, handler);
+        }
     }
 
-    /// Writes queued output; updates interest, parking and drain notifications.
-    fn flush(&mut self, key: usize, handler: &mut impl Handler<Conn = C>) {
+    /// Writes queued output, as much as the turn's write budget leaves; updates interest,
+    /// parking and drain notifications. What it did with the budget: [`Flushed::Waits`] and
+    /// [`Flushed::Cut`] leave the connection marked dirty, for the next turn.
+    fn flush(&mut self, key: usize, handler: &mut impl Handler<Conn = C>) -> Flushed {
         let (low, high) = (self.config.out_low_water, self.config.out_high_water);
         let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
-            return;
+            return Flushed::Done;
         };
         c.in_dirty = false;
         if c.phase == Phase::Connecting || c.closing {
-            return;
+            return Flushed::Done;
         }
+        let mut flushed = Flushed::Done;
         if !c.out.is_empty() {
-            match trace::time("socket write", || c.out.write_to(&mut c.stream)) {
+            let limit = if self.write_left == u64::MAX || c.out.unsent() <= SMALL_OUTPUT_BYTES {
+                u64::MAX
+            } else {
+                self.write_left
+            };
+            if limit == 0 {
+                c.in_dirty = true;
+                return Flushed::Waits;
+            }
+            match trace::time("socket write", || c.out.write_at_most(&mut c.stream, limit)) {
                 Ok(p) => {
                     if p.written > 0 {
                         c.last_active = self.now;
                         self.io.bytes_out += p.written;
+                        if self.write_left != u64::MAX {
+                            self.write_left = self.write_left.saturating_sub(p.written);
+                        }
+                    }
+                    if p.written == limit && !c.out.is_empty() {
+                        // Stopped by the budget, not by the socket: no writable edge will
+                        // come, so it is flushed again next turn.
+                        c.in_dirty = true;
+                        flushed = Flushed::Cut;
                     }
                 }
                 Err(e) => {
                     self.close(ConnId(key), CloseReason::Io(e.kind()));
-                    return;
+                    return Flushed::Done;
                 }
             }
         }
@@ -1561,7 +1619,7 @@ impl<C> Ctx<C> {
             self.mark_ready(key);
         }
         let Some(Slot::Conn(c)) = self.slots.get_mut(key) else {
-            return;
+            return Flushed::Done;
         };
         if empty && c.phase == Phase::Flushing {
             let _ = c.stream.shutdown(Shutdown::Write);
@@ -1571,7 +1629,7 @@ impl<C> Ctx<C> {
             if c.eof {
                 let reason = c.final_reason.take().unwrap_or(CloseReason::Local);
                 self.close(ConnId(key), reason);
-                return;
+                return Flushed::Done;
             }
         }
         let want = if empty {
@@ -1583,7 +1641,7 @@ impl<C> Ctx<C> {
             c.interest = want;
             if let Err(e) = self.registry.reregister(&mut c.stream, Token(key), want) {
                 self.close(ConnId(key), CloseReason::Io(e.kind()));
-                return;
+                return Flushed::Done;
             }
         }
         if empty && c.notify_drained && c.phase == Phase::Open {
@@ -1593,16 +1651,27 @@ impl<C> Ctx<C> {
                 .unwrap_or(Verdict::Continue);
             self.apply(ConnId(key), v);
         }
+        flushed
     }
 
     fn flush_dirty(&mut self, handler: &mut impl Handler<Conn = C>) {
+        // Those the write budget leaves for the next turn: the ones not reached in order,
+        // then the one cut off at the bound (so each gets its turn at the budget's start).
+        let mut waiting = Vec::new();
+        let mut cut = Vec::new();
         // Flushing can make handlers queue more output (drain notifications): loop until quiet.
         while !self.dirty.is_empty() {
             let dirty = std::mem::take(&mut self.dirty);
             for key in dirty {
-                self.flush(key, handler);
+                match self.flush(key, handler) {
+                    Flushed::Done => {}
+                    Flushed::Waits => waiting.push(key),
+                    Flushed::Cut => cut.push(key),
+                }
             }
         }
+        waiting.extend(cut);
+        self.dirty = waiting;
     }
 
     /// Reads what the socket has, handling frames as they complete.

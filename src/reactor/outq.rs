@@ -134,12 +134,26 @@ impl OutQueue {
     where
         S: Write + std::os::fd::AsRawFd,
     {
+        self.write_at_most(sock, u64::MAX)
+    }
+
+    /// [`OutQueue::write_to`], stopping once `limit` bytes are written (what a turn's write
+    /// budget leaves): then the socket may still accept more, and no writable edge will come.
+    pub fn write_at_most<S>(&mut self, sock: &mut S, limit: u64) -> io::Result<Progress>
+    where
+        S: Write + std::os::fd::AsRawFd,
+    {
         let mut progress = Progress::default();
         while let Some(front) = self.chunks.front_mut() {
             match front {
                 Chunk::Bytes { buf, pos } => {
                     while *pos < buf.len() {
-                        match sock.write(&buf[*pos..]) {
+                        let left = limit - progress.written;
+                        if left == 0 {
+                            return Ok(progress);
+                        }
+                        let end = *pos + ((buf.len() - *pos) as u64).min(left) as usize;
+                        match sock.write(&buf[*pos..end]) {
                             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                             Ok(n) => {
                                 *pos += n;
@@ -161,7 +175,11 @@ impl OutQueue {
                 }
                 Chunk::File { file, offset, left } => {
                     while *left > 0 {
-                        let want = (*left).min(SENDFILE_CHUNK_BYTES as u64) as usize;
+                        let budget = limit - progress.written;
+                        if budget == 0 {
+                            return Ok(progress);
+                        }
+                        let want = (*left).min(SENDFILE_CHUNK_BYTES as u64).min(budget) as usize;
                         match sys::io::sendfile(sock, file, offset, want) {
                             Ok(0) => {
                                 return Err(io::Error::new(
@@ -245,6 +263,26 @@ mod tests {
         }
         assert_eq!(sock.got, expect);
         assert_eq!(q.buffered(), 0);
+    }
+
+    #[test]
+    fn a_limited_write_stops_at_the_limit_and_the_rest_follows() {
+        let mut q = OutQueue::default();
+        q.push_bytes(&[1u8; 100]);
+        q.push_bytes(&[2u8; 50]);
+        let mut sock = ShortWriter {
+            got: Vec::new(),
+            budget: vec![1000; 10],
+            calls: 0,
+        };
+        assert_eq!(q.write_at_most(&mut sock, 0).unwrap().written, 0);
+        assert_eq!(q.write_at_most(&mut sock, 120).unwrap().written, 120);
+        assert_eq!((sock.got.len(), q.buffered()), (120, 30));
+        assert_eq!(q.write_at_most(&mut sock, 1000).unwrap().written, 30);
+        assert!(q.is_empty());
+        let mut expect = vec![1u8; 100];
+        expect.extend_from_slice(&[2u8; 50]);
+        assert_eq!(sock.got, expect);
     }
 
     #[test]

@@ -1559,6 +1559,122 @@ fn many_pipelining_connections_share_one_turn_budget_and_all_progress() {
     server.stop();
 }
 
+/// What [`BigWriter`] saw: bytes written per turn, and the output left of its connections.
+#[derive(Default)]
+struct WriteLog {
+    /// Bytes the reactor wrote in each turn (its `IoTotals`).
+    per_turn: Vec<u64>,
+    bytes_out: u64,
+    /// Connections that asked for a big answer, with the least output they had left at a
+    /// turn's end.
+    big: Vec<(ConnId, u64)>,
+    /// The small echo: its connection, the turn its frame was handled in, and the turn at
+    /// whose end nothing of it was left.
+    small: Option<(ConnId, usize, Option<usize>)>,
+}
+
+/// Answers `big` with [`BIG_ANSWER_FRAMES`] frames of 64 KiB, anything else with its echo.
+struct BigWriter {
+    log: Watched<WriteLog>,
+}
+
+const BIG_ANSWER_FRAMES: usize = 128;
+
+impl Handler for BigWriter {
+    type Conn = ();
+
+    fn handle_accept(&mut self, _: &mut Ctx<()>, _: ConnId, _: SocketAddr) {}
+
+    fn handle_frame(
+        &mut self,
+        ctx: &mut Ctx<()>,
+        conn: ConnId,
+        _: &mut (),
+        payload: &[u8],
+    ) -> Verdict {
+        if payload == b"big" {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..BIG_ANSWER_FRAMES {
+                ctx.send(conn, |buf| codec::encode(&chunk, buf));
+            }
+            let left = ctx.unsent_bytes(conn);
+            self.log.record().big.push((conn, left));
+        } else {
+            ctx.send(conn, |buf| codec::encode(payload, buf));
+            let mut log = self.log.record();
+            let turn = log.per_turn.len();
+            log.small = Some((conn, turn, None));
+        }
+        Verdict::Continue
+    }
+
+    fn handle_turn_end(&mut self, ctx: &mut Ctx<()>) {
+        let mut log = self.log.record();
+        let out = ctx.io_totals().bytes_out;
+        let delta = out - log.bytes_out;
+        log.bytes_out = out;
+        log.per_turn.push(delta);
+        let turn = log.per_turn.len() - 1;
+        for (conn, least) in log.big.iter_mut() {
+            *least = (*least).min(ctx.unsent_bytes(*conn));
+        }
+        if let Some((conn, _, done @ None)) = log.small.as_mut() {
+            if ctx.unsent_bytes(*conn) == 0 {
+                *done = Some(turn);
+            }
+        }
+    }
+
+    fn handle_close(&mut self, _: &mut Ctx<()>, _: ConnId, _: (), _: &CloseReason) {}
+}
+
+#[test]
+fn a_turn_writes_at_most_its_budget_and_every_writer_progresses() {
+    const LAZY: usize = 4;
+    const BUDGET: usize = 32 * 1024;
+    // 8 MiB queued for each client that never reads: more than its socket buffers take, so
+    // only the budget stops a turn's writes.
+    let config = Config {
+        write_per_turn: Some(BUDGET),
+        ..Config::default()
+    };
+    let log = Watched::<WriteLog>::default();
+    let handler = BigWriter { log: log.clone() };
+    let (server, addr) = Running::spawn(config, move |ctx| {
+        (handler, ctx.listen(localhost()).expect("listen"))
+    });
+    let mut lazy: Vec<Client> = (0..LAZY).map(|_| Client::connect(addr)).collect();
+    for client in lazy.iter_mut() {
+        client.send(b"big");
+    }
+    log.wait_for("every big answer queued", |l| l.big.len() == LAZY);
+    let full = (BIG_ANSWER_FRAMES * frame(&[b'x'; 64 * 1024]).len()) as u64;
+    // A small answer to another client goes out in the turn its request was handled in.
+    let mut honest = Client::connect(addr);
+    honest.round_trip(b"small");
+    // Every lazy connection gets written to.
+    let l = log.once("every lazy connection written to", |l| {
+        l.big.iter().all(|&(_, least)| least < full) && l.small.is_some_and(|s| s.2.is_some())
+    });
+    let (_, asked, done) = l.small.unwrap();
+    assert_eq!(
+        done,
+        Some(asked),
+        "the small echo waited behind the big writers"
+    );
+    let busiest = l.per_turn.iter().max().copied().unwrap_or(0);
+    // The echo (a 5-byte frame) is written beside the budget.
+    assert!(
+        busiest <= (BUDGET + 64) as u64,
+        "a turn wrote {busiest} bytes (budget {BUDGET}); per turn: {:?}",
+        &l.per_turn[..l.per_turn.len().min(200)]
+    );
+    assert!(l.per_turn.iter().filter(|&&b| b > 0).count() >= LAZY);
+    drop(l);
+    drop(lazy);
+    server.stop();
+}
+
 #[test]
 fn a_client_that_never_reads_is_closed_once_its_output_stalls() {
     const HIGH: usize = 64 * 1024;
