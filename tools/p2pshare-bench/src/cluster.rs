@@ -82,6 +82,23 @@ const FAULT_LEAD: Duration = Duration::from_secs(1);
 /// after two missed idle heartbeats, 10 s).
 const FAULT_MIN: Duration = Duration::from_secs(15);
 const FAULT_WRITE_EVERY: Duration = Duration::from_millis(10);
+/// How long a client of the engine fault keeps asking a node that refuses its handshake: a
+/// node whose NATS link broke is fenced (it answers `Busy`, "rejoining the cluster") until it
+/// has caught up again, and a peer then retries (or moves to another node) as this does.
+const FAULT_REJOIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// A session with `addr`, asked again every 50 ms while the node refuses it (fenced while
+/// it rejoins) or cannot be reached, for at most [`FAULT_REJOIN_LIMIT`].
+fn hello_while_rejoining(addr: SocketAddr, port: u16, name: &str) -> io::Result<Client> {
+    let deadline = Instant::now() + FAULT_REJOIN_LIMIT;
+    loop {
+        match Client::hello(addr, port, name) {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
 /// How often the entry counts are polled.
 const POLL: Duration = Duration::from_millis(50);
 /// Longest a nats-server may take to say it is healthy.
@@ -1160,7 +1177,7 @@ fn engine_fault(p: &Params, nats: &mut [NatsServer], nodes: &[Node]) -> io::Resu
                 // B ended the session (a record not stored in time): a peer registers
                 // everything again on a new one.
                 sessions_ended += 1;
-                writer = Client::hello(b, port, "p2pshare-bench cluster writer")?;
+                writer = hello_while_rejoining(b, port, "p2pshare-bench cluster writer")?;
                 let again: Vec<FileEntry> = written.iter().map(|(f, _)| f.clone()).collect();
                 if !again.is_empty() {
                     register(&mut writer, again)?;
@@ -1187,7 +1204,7 @@ fn engine_fault(p: &Params, nats: &mut [NatsServer], nodes: &[Node]) -> io::Resu
                 }
                 Err(_) => {
                     read_errors += 1;
-                    reader = Client::hello(c, 0, "p2pshare-bench cluster reader")?;
+                    reader = hello_while_rejoining(c, 0, "p2pshare-bench cluster reader")?;
                 }
             }
         } else if !writing(killed_at, resumed_after) {
@@ -1199,7 +1216,7 @@ fn engine_fault(p: &Params, nats: &mut [NatsServer], nodes: &[Node]) -> io::Resu
     // Every file written must reach every node (a node may be a little behind C).
     let mut lost = 0;
     for n in nodes {
-        let mut c = Client::hello(n.addr, 0, "p2pshare-bench cluster check")?;
+        let mut c = hello_while_rejoining(n.addr, 0, "p2pshare-bench cluster check")?;
         let mut missing: Vec<FileHash> = written.iter().map(|(f, _)| f.hash).collect();
         let deadline = Instant::now() + LAG_LIMIT;
         loop {
