@@ -1749,6 +1749,15 @@ impl<C> Ctx<C> {
                     .read_limit(&mut c.pending_in, &c.decoder, &mut c.fresh_left)
             })
             .min(scratch.len());
+            // Raw bytes (a download's body) go to the handler, not into a buffer: as many of
+            // them as the scratch buffer holds are read at once, and only what follows them
+            // is bounded as above.
+            let limit = if c.raw_left > 0 && c.pending_in.is_empty() {
+                let raw = usize::try_from(c.raw_left).unwrap_or(usize::MAX);
+                limit.max(raw.min(scratch.len()))
+            } else {
+                limit
+            };
             if limit == 0 {
                 self.mark_ready(key);
                 return;
