@@ -361,6 +361,11 @@ mod tests {
 
     impl Sender {
         fn new(payloads: &[usize]) -> Sender {
+            Sender::with_limit(payloads, DEFAULT_MAX_FRAME_BYTES)
+        }
+
+        /// A sender to a connection that accepts frames of up to `max_payload` bytes.
+        fn with_limit(payloads: &[usize], max_payload: usize) -> Sender {
             let mut wire = Vec::new();
             for (i, &len) in payloads.iter().enumerate() {
                 encode(&vec![i as u8; len], &mut wire);
@@ -370,7 +375,7 @@ mod tests {
                 read: 0,
                 arrived: 0,
                 pending: PendingIn::default(),
-                decoder: Decoder::new(DEFAULT_MAX_FRAME_BYTES),
+                decoder: Decoder::new(max_payload),
                 frames: Vec::new(),
             }
         }
@@ -398,6 +403,10 @@ mod tests {
     #[derive(Default)]
     struct Watch {
         high: HashMap<usize, usize>,
+        /// Each buffer's length when last seen.
+        len: HashMap<usize, usize>,
+        /// Bytes appended to any buffer so far (read into it or copied into it).
+        written: usize,
     }
 
     impl Watch {
@@ -409,7 +418,12 @@ mod tests {
             // A freed buffer's address may be handed out again, as fresh memory.
             self.high
                 .retain(|at, _| live.iter().any(|&(a, _)| a == *at));
+            self.len.retain(|at, _| live.iter().any(|&(a, _)| a == *at));
             let mut fresh = 0;
+            for &(at, len) in &live {
+                let was = self.len.insert(at, len).unwrap_or(0);
+                self.written += len.saturating_sub(was);
+            }
             for (at, len) in live {
                 let high = self.high.entry(at).or_insert(0);
                 fresh += len.saturating_sub(*high);
@@ -638,6 +652,39 @@ mod tests {
         assert_eq!(bufs.capacity(), 0);
         // Nine steps of 64 KiB, then the last 64 KiB freed.
         assert_eq!(steps, 9);
+    }
+
+    #[test]
+    fn a_16_mib_frame_is_copied_at_most_once_over_in_linear_turns() {
+        // A peer accepts frames of 16 MiB: no spare, the frame grows through successors.
+        const PEER_MAX: usize = 16 << 20;
+        let payloads = [PEER_MAX - 100, 10];
+        let mut s = [Sender::with_limit(&payloads, PEER_MAX)];
+        s[0].arrived = s[0].wire.len();
+        let mut bufs = InputBuffers::new(PEER_MAX);
+        let mut watch = Watch::default();
+        let (mut turns, mut most) = (0, 0);
+        while !s[0].done() {
+            most = most.max(turn(&mut s, 0, &mut bufs, &mut watch));
+            bufs.retire_step();
+            turns += 1;
+            assert!(turns < 100_000, "no progress");
+        }
+        check_frames(&s[0], &payloads);
+        assert!(most <= BOUND, "{most} fresh bytes in a turn");
+        let wire = s[0].wire.len();
+        let copied = watch.written - wire;
+        // Each successor at least doubles, so the copies add up to at most the frame.
+        assert!(
+            copied <= wire,
+            "{copied} bytes copied for a {wire}-byte frame"
+        );
+        // Every byte read or copied is written into fresh memory once, a budget a turn: about
+        // 512 turns.
+        assert!(
+            turns <= (wire + copied) / FRESH_BYTES_PER_TURN + 4,
+            "{turns} turns for {copied} bytes copied"
+        );
     }
 
     #[test]
