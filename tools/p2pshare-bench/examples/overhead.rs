@@ -1,4 +1,4 @@
-//! Where a request's time over the bench's floor goes, at one closed-loop client: six kinds
+//! Where a request's time over the bench's floor goes, at one closed-loop client: seven kinds
 //! of round trip taken in turn, round after round, so that all of them share the same
 //! moments, each after a floor ping as in the bench:
 //!
@@ -6,17 +6,19 @@
 //!    connection: `read`, `write`, nothing else);
 //! 2. `mio`: the same 32 bytes to an echo on a bare `mio::Poll` (wait, read, write: what
 //!    any readiness loop pays over a blocking thread);
-//! 3. `reactor`: 32 bytes in one `\r\r\n` frame to an echo on p2pshare's own reactor (mio's
+//! 3. `mio+timer`: the same echo with every wait bounded by 250 ms, as the reactor's waits
+//!    are by its idle sweep (what arming a timer for each wait costs);
+//! 4. `reactor`: 32 bytes in one `\r\r\n` frame to an echo on p2pshare's own reactor (mio's
 //!    `epoll_wait`, the slab, the frame codec, the output queue, the turn's bookkeeping) and
 //!    nothing of the protocol;
-//! 4. `ping`: indexd's `Ping` (the protocol's decoding and encoding, the session, the rate
+//! 5. `ping`: indexd's `Ping` (the protocol's decoding and encoding, the session, the rate
 //!    limiter, the turn's end work), no index work;
-//! 5. `lookup`: a `Lookup` by hash of one of the indexed files (the main job's lookup);
-//! 6. `register`: a `Register` of 10 new files (the main job's register).
+//! 6. `lookup`: a `Lookup` by hash of one of the indexed files (the main job's lookup);
+//! 7. `register`: a `Register` of 10 new files (the main job's register).
 //!
 //! Each is reported as p50 and as µs over the floor's p50, and the differences between
 //! neighbours name the cost of each layer. indexd (with `FILES` pre-populated files, as the
-//! main job's 10,000) and both echo servers run pinned to the last CPU, the client to CPU 0,
+//! main job's 10,000) and the echo servers run pinned to the last CPU, the client to CPU 0,
 //! as in the bench.
 //!
 //! `cargo build --release && target/release/examples/overhead [ROUNDS] [FILES]` (defaults
