@@ -533,6 +533,8 @@ pub struct Ctx<C> {
     timer_seq: u64,
     /// Connections with output queued since their last flush.
     dirty: Vec<usize>,
+    /// An empty list with room, traded with `dirty` in [`Ctx::flush_dirty`].
+    dirty_spare: Vec<usize>,
     /// Connections with input to process without waiting for an event.
     ready: Vec<usize>,
     closing: Vec<(usize, CloseReason)>,
@@ -632,6 +634,7 @@ impl<C> Reactor<C> {
                 timers: BinaryHeap::new(),
                 timer_seq: 0,
                 dirty: Vec::new(),
+                dirty_spare: Vec::new(),
                 ready: Vec::new(),
                 closing: Vec::new(),
                 connections: 0,
@@ -1659,10 +1662,13 @@ impl<C> Ctx<C> {
         // then the one cut off at the bound (so each gets its turn at the budget's start).
         let mut waiting = Vec::new();
         let mut cut = Vec::new();
+        // The list being flushed and the one filling meanwhile trade places, both kept with
+        // their capacity: no allocation a turn.
+        let mut batch = std::mem::take(&mut self.dirty_spare);
         // Flushing can make handlers queue more output (drain notifications): loop until quiet.
         while !self.dirty.is_empty() {
-            let dirty = std::mem::take(&mut self.dirty);
-            for key in dirty {
+            std::mem::swap(&mut batch, &mut self.dirty);
+            for key in batch.drain(..) {
                 match self.flush(key, handler) {
                     Flushed::Done => {}
                     Flushed::Waits => waiting.push(key),
@@ -1670,8 +1676,9 @@ impl<C> Ctx<C> {
                 }
             }
         }
-        waiting.extend(cut);
-        self.dirty = waiting;
+        self.dirty_spare = batch;
+        self.dirty.append(&mut waiting);
+        self.dirty.append(&mut cut);
     }
 
     /// Reads what the socket has, handling frames as they complete.

@@ -1,4 +1,4 @@
-//! Where a request's time over the bench's floor goes, at one closed-loop client: six kinds
+//! Where a request's time over the bench's floor goes, at one closed-loop client: seven kinds
 //! of round trip taken in turn, round after round, so that all of them share the same
 //! moments, each after a floor ping as in the bench:
 //!
@@ -6,17 +6,19 @@
 //!    connection: `read`, `write`, nothing else);
 //! 2. `mio`: the same 32 bytes to an echo on a bare `mio::Poll` (wait, read, write: what
 //!    any readiness loop pays over a blocking thread);
-//! 3. `reactor`: 32 bytes in one `\r\r\n` frame to an echo on p2pshare's own reactor (mio's
+//! 3. `mio+timer`: the same echo with every wait bounded by 250 ms, as the reactor's waits
+//!    are by its idle sweep (what arming a timer for each wait costs);
+//! 4. `reactor`: 32 bytes in one `\r\r\n` frame to an echo on p2pshare's own reactor (mio's
 //!    `epoll_wait`, the slab, the frame codec, the output queue, the turn's bookkeeping) and
 //!    nothing of the protocol;
-//! 4. `ping`: indexd's `Ping` (the protocol's decoding and encoding, the session, the rate
+//! 5. `ping`: indexd's `Ping` (the protocol's decoding and encoding, the session, the rate
 //!    limiter, the turn's end work), no index work;
-//! 5. `lookup`: a `Lookup` by hash of one of the indexed files (the main job's lookup);
-//! 6. `register`: a `Register` of 10 new files (the main job's register).
+//! 6. `lookup`: a `Lookup` by hash of one of the indexed files (the main job's lookup);
+//! 7. `register`: a `Register` of 10 new files (the main job's register).
 //!
 //! Each is reported as p50 and as µs over the floor's p50, and the differences between
 //! neighbours name the cost of each layer. indexd (with `FILES` pre-populated files, as the
-//! main job's 10,000) and both echo servers run pinned to the last CPU, the client to CPU 0,
+//! main job's 10,000) and the echo servers run pinned to the last CPU, the client to CPU 0,
 //! as in the bench.
 //!
 //! `cargo build --release && target/release/examples/overhead [ROUNDS] [FILES]` (defaults
@@ -69,8 +71,10 @@ fn reactor_echo() -> io::Result<()> {
     reactor.run(&mut Echo)
 }
 
-/// `--mio-echo`: an echo on a bare `mio::Poll`, one read and one write per wake-up.
-fn mio_echo() -> io::Result<()> {
+/// `--mio-echo`: an echo on a bare `mio::Poll`, one read and one write per wake-up; with
+/// `timeout`, every wait is bounded by it (as a loop with timers waits: the reactor waits
+/// at most until its next idle sweep, 250 ms away), else it waits without a bound.
+fn mio_echo(timeout: Option<std::time::Duration>) -> io::Result<()> {
     use mio::{Events, Interest, Poll, Token};
     let mut listener = mio::net::TcpListener::bind("127.0.0.1:0".parse().expect("address"))?;
     println!("echo listening on {}", listener.local_addr()?);
@@ -86,7 +90,11 @@ fn mio_echo() -> io::Result<()> {
     let mut conns: Vec<Option<mio::net::TcpStream>> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        poll.poll(&mut events, None)?;
+        match poll.poll(&mut events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
         for event in events.iter() {
             if event.token() == Token(0) {
                 while let Ok((mut s, _)) = listener.accept() {
@@ -185,7 +193,8 @@ fn main() -> io::Result<()> {
     let mut args = std::env::args().skip(1).peekable();
     match args.peek().map(String::as_str) {
         Some("--reactor-echo") => return reactor_echo(),
-        Some("--mio-echo") => return mio_echo(),
+        Some("--mio-echo") => return mio_echo(None),
+        Some("--mio-echo-timer") => return mio_echo(Some(std::time::Duration::from_millis(250))),
         _ => {}
     }
     let rounds: usize = args.next().map_or(20_000, |s| s.parse().expect("ROUNDS"));
@@ -223,6 +232,7 @@ fn main() -> io::Result<()> {
         floor::spawn_listening(&dir.join("indexd"), &indexd_args)?;
     let (_echo, echo_addr) = floor::spawn_listening(&dir.join("bench"), &["--echo-server"])?;
     let (_mio, mio_addr) = floor::spawn_listening(&me, &["--mio-echo"])?;
+    let (_mio_timer, mio_timer_addr) = floor::spawn_listening(&me, &["--mio-echo-timer"])?;
     let (_reactor, reactor_addr) = floor::spawn_listening(&me, &["--reactor-echo"])?;
     if cpus >= 2 {
         p2pshare::sys::process::pin_current_thread(0)?;
@@ -249,19 +259,28 @@ fn main() -> io::Result<()> {
 
     let mut floor = Pinger::new(echo_addr, vec![0x5a; PING_BYTES])?;
     let mut bare = Pinger::new(mio_addr, vec![0x5a; PING_BYTES])?;
+    let mut bare_timer = Pinger::new(mio_timer_addr, vec![0x5a; PING_BYTES])?;
     let mut frame = Vec::new();
     codec::encode(&[0x5a; PING_BYTES], &mut frame);
     let mut reactor = Pinger::new(reactor_addr, frame)?;
     let mut client = Client::hello(index_addr, 9, "overhead")?;
     let mut rng = Rng::new(7);
-    let names = ["floor", "mio", "reactor", "ping", "lookup", "register"];
+    let names = [
+        "floor",
+        "mio",
+        "mio+timer",
+        "reactor",
+        "ping",
+        "lookup",
+        "register",
+    ];
     let mut samples: Vec<Vec<u64>> = vec![Vec::with_capacity(rounds); names.len()];
     let warmup = rounds / 20 + 100;
     for round in 0..warmup + rounds {
         // Each measured round trip comes after a floor ping, as every op in the bench does:
         // a server's work after its answer (its turn's end) overlaps the client's next
         // ping, not the next request to the same server. The floor counts all its pings.
-        let mut ns = [0u64; 6];
+        let mut ns = [0u64; 7];
         for (k, slot) in ns.iter_mut().enumerate().skip(1) {
             let floor_ns = timed(|| floor.ping())?;
             if round >= warmup {
@@ -269,11 +288,12 @@ fn main() -> io::Result<()> {
             }
             *slot = match k {
                 1 => timed(|| bare.ping())?,
-                2 => timed(|| reactor.ping())?,
-                3 => timed_call(&mut client, RequestBody::Ping, |a| {
+                2 => timed(|| bare_timer.ping())?,
+                3 => timed(|| reactor.ping())?,
+                4 => timed_call(&mut client, RequestBody::Ping, |a| {
                     matches!(a, ResponseBody::Pong)
                 })?,
-                4 => timed_call(
+                5 => timed_call(
                     &mut client,
                     RequestBody::Lookup {
                         key: LookupKey::Hash(population[rng.below(population.len())].hash),
@@ -319,8 +339,8 @@ fn main() -> io::Result<()> {
     }
     println!(
         "lookup {:.2}x and register {:.2}x the floor; 1.15x leaves {:.2} µs",
-        p50[4] / p50[0],
         p50[5] / p50[0],
+        p50[6] / p50[0],
         0.15 * p50[0]
     );
     Ok(())

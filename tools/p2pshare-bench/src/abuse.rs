@@ -20,6 +20,10 @@
 //!   honest client (on 127.0.0.1), as they would two hosts. Its answers are counted by kind:
 //!   searched, looked up, rate limited, banned (indexd then closes its connection, and the
 //!   abuser stops: a ban ends the abuse), other errors.
+//! - When the abuser's first refusal, its ban and indexd's close of its connection came is
+//!   kept (from its start), and so are its answers when the measured phase starts: a run in
+//!   which it was banned before that phase measured an index without abuse, and says so
+//!   ([`AbuseSummary::banned_before_phase`]).
 
 use super::client::Client;
 use super::corpus::NameStats;
@@ -31,7 +35,7 @@ use serde::Serialize;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -104,6 +108,38 @@ impl AbuserAnswers {
     pub fn total(&self) -> u64 {
         self.searched + self.looked_up + self.rate_limited + self.banned + self.errors
     }
+
+    fn add(&mut self, o: &AbuserAnswers) {
+        self.searched += o.searched;
+        self.looked_up += o.looked_up;
+        self.rate_limited += o.rate_limited;
+        self.banned += o.banned;
+        self.errors += o.errors;
+    }
+
+    /// These answers less those of `earlier`, a snapshot of the same counts.
+    pub fn since(&self, earlier: &AbuserAnswers) -> AbuserAnswers {
+        AbuserAnswers {
+            searched: self.searched - earlier.searched,
+            looked_up: self.looked_up - earlier.looked_up,
+            rate_limited: self.rate_limited - earlier.rate_limited,
+            banned: self.banned - earlier.banned,
+            errors: self.errors - earlier.errors,
+        }
+    }
+}
+
+/// What the abuser's reader has seen so far, shared with [`Abuser::answers_so_far`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    answers: AbuserAnswers,
+    bytes: u64,
+    /// When the first `RateLimited` answer (banned or not) was read.
+    first_refusal: Option<Instant>,
+    /// When the `banned` answer was read.
+    banned: Option<Instant>,
+    /// When indexd closed the connection (end of stream or a reset before the stop).
+    closed: Option<Instant>,
 }
 
 /// The abuser's requests: one-letter prefixes and common words to search, common names to
@@ -157,7 +193,8 @@ pub struct Abuser {
     stop: Arc<AtomicBool>,
     stream: TcpStream,
     writer: thread::JoinHandle<io::Result<u64>>,
-    reader: thread::JoinHandle<io::Result<(AbuserAnswers, u64)>>,
+    reader: thread::JoinHandle<io::Result<()>>,
+    progress: Arc<Mutex<Progress>>,
     /// The address it connects from.
     local: SocketAddr,
     began: Instant,
@@ -178,6 +215,12 @@ pub struct AbuserResult {
     pub bytes: u64,
     /// From its first write to its stop.
     pub elapsed: Duration,
+    /// From its start to its first refusal (`RateLimited`), if any.
+    pub first_refusal: Option<Duration>,
+    /// From its start to the answer saying its address is banned, if any.
+    pub banned: Option<Duration>,
+    /// From its start to indexd closing its connection, if that came before the stop.
+    pub closed: Option<Duration>,
 }
 
 impl Abuser {
@@ -194,10 +237,12 @@ impl Abuser {
         stream.set_read_timeout(Some(POLL))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (credit, credits) = mpsc::channel::<u64>();
+        let progress = Arc::new(Mutex::new(Progress::default()));
         let reader = {
             let mut stream = stream.try_clone()?;
             let stop = stop.clone();
-            thread::spawn(move || read_answers(&mut stream, &stop, &credit))
+            let progress = progress.clone();
+            thread::spawn(move || read_answers(&mut stream, &stop, &credit, &progress))
         };
         let writer = {
             let mut stream = stream.try_clone()?;
@@ -211,9 +256,20 @@ impl Abuser {
             stream,
             writer,
             reader,
+            progress,
             local,
             began: Instant::now(),
         })
+    }
+
+    /// The answers read so far, by kind.
+    pub fn answers_so_far(&self) -> AbuserAnswers {
+        self.progress.lock().map(|p| p.answers).unwrap_or_default()
+    }
+
+    /// When it started.
+    pub fn began(&self) -> Instant {
+        self.began
     }
 
     /// Stops both threads, shuts the connection down, and says what the abuser did.
@@ -226,20 +282,27 @@ impl Abuser {
             .writer
             .join()
             .map_err(|_| io::Error::other("the abuser's writer panicked"))?;
-        let read = self
+        // After the shutdown, a write or read may fail: what was counted still stands.
+        let _ = self
             .reader
             .join()
             .map_err(|_| io::Error::other("the abuser's reader panicked"))?;
-        // After the shutdown, a write or read may fail: what was counted still stands.
         let sent = sent.unwrap_or(0);
-        let (answers, bytes) = read.unwrap_or_default();
+        let p = *self
+            .progress
+            .lock()
+            .map_err(|_| io::Error::other("the abuser's reader panicked"))?;
+        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(self.began));
         Ok(AbuserResult {
             sent,
-            answered: answers.total(),
-            answers,
+            answered: p.answers.total(),
+            answers: p.answers,
             local: self.local,
-            bytes,
+            bytes: p.bytes,
             elapsed,
+            first_refusal: since(p.first_refusal),
+            banned: since(p.banned),
+            closed: since(p.closed),
         })
     }
 }
@@ -292,20 +355,36 @@ fn write_requests(
     Ok(sent)
 }
 
-/// Reads and counts answer frames until stopped or closed, crediting the writer with each
-/// read's answers. Returns (answers by kind, bytes).
+/// Reads and counts answer frames into `progress` until stopped or closed, crediting the
+/// writer with each read's answers.
 fn read_answers(
     stream: &mut TcpStream,
     stop: &AtomicBool,
     credit: &mpsc::Sender<u64>,
-) -> io::Result<(AbuserAnswers, u64)> {
+    progress: &Mutex<Progress>,
+) -> io::Result<()> {
     let mut decoder = Decoder::new(ABUSER_MAX_FRAME_BYTES);
     let mut buf = Vec::with_capacity(1 << 20);
     let mut chunk = vec![0u8; 256 << 10];
-    let (mut answers, mut bytes) = (AbuserAnswers::default(), 0u64);
+    let update = |f: &mut dyn FnMut(&mut Progress)| {
+        if let Ok(mut p) = progress.lock() {
+            f(&mut p);
+        }
+    };
+    // Closed by indexd, not by our stop (which shuts the socket down after setting it).
+    let closed = |progress: &Mutex<Progress>| {
+        if !stop.load(Ordering::Relaxed) {
+            if let Ok(mut p) = progress.lock() {
+                p.closed.get_or_insert_with(Instant::now);
+            }
+        }
+    };
     while !stop.load(Ordering::Relaxed) {
         let n = match stream.read(&mut chunk) {
-            Ok(0) => break,
+            Ok(0) => {
+                closed(progress);
+                break;
+            }
             Ok(n) => n,
             Err(e)
                 if matches!(
@@ -317,12 +396,15 @@ fn read_answers(
             {
                 continue
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                closed(progress);
+                return Err(e);
+            }
         };
-        bytes += n as u64;
         buf.extend_from_slice(&chunk[..n]);
         let mut at = 0;
         let mut got = 0;
+        let mut answers = AbuserAnswers::default();
         while let Some(d) = decoder
             .decode(&buf[at..])
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
@@ -332,11 +414,22 @@ fn read_answers(
             got += 1;
         }
         buf.drain(..at);
+        update(&mut |p| {
+            let now = Instant::now();
+            if answers.rate_limited + answers.banned > 0 {
+                p.first_refusal.get_or_insert(now);
+            }
+            if answers.banned > 0 {
+                p.banned.get_or_insert(now);
+            }
+            p.answers.add(&answers);
+            p.bytes += n as u64;
+        });
         if got > 0 {
             let _ = credit.send(got);
         }
     }
-    Ok((answers, bytes))
+    Ok(())
 }
 
 /// The honest client's figures in one phase.
@@ -375,6 +468,24 @@ pub struct SearchLookup {
     pub lookup: f64,
 }
 
+/// Seconds, rounded to the ms.
+pub fn seconds(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// Whether the abuser was gone (banned, or its connection closed by indexd) before the
+/// abused phase started, `phase_start` after the abuser's start.
+pub fn gone_before(
+    banned: Option<Duration>,
+    closed: Option<Duration>,
+    phase_start: Duration,
+) -> bool {
+    [banned, closed]
+        .into_iter()
+        .flatten()
+        .any(|t| t < phase_start)
+}
+
 /// The abuse mode's result (`abuse` in summary.json).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AbuseSummary {
@@ -410,6 +521,20 @@ pub struct AbuseSummary {
     pub target_p99_ratio: f64,
     /// Whether both p99 ratios meet it (false when a phase measured nothing).
     pub met: bool,
+    /// Seconds from the abuser's start to its first refusal (`RateLimited`), if any.
+    pub abuser_first_refusal_s: Option<f64>,
+    /// Seconds from the abuser's start to the answer saying its address is banned, if any.
+    pub abuser_banned_s: Option<f64>,
+    /// Seconds from the abuser's start to indexd closing its connection, if it did.
+    pub abuser_closed_s: Option<f64>,
+    /// Seconds from the abuser's start to the start and the end of the abused phase.
+    pub abused_phase_s: [f64; 2],
+    /// The abuser's answers read during the abused phase (the others came before it, in the
+    /// warm-up, or after it).
+    pub abuser_answers_in_phase: AbuserAnswers,
+    /// The abuser was banned, or its connection closed by indexd, before the abused phase
+    /// started: that phase measured an index without abuse, and the verdict says little.
+    pub banned_before_phase: bool,
 }
 
 impl AbuseSummary {
@@ -467,6 +592,34 @@ mod tests {
         let mut stalled = phase(100.0, 50.0);
         stalled.unanswered = 1;
         assert!(!AbuseSummary::judge(&idle, &stalled).2);
+    }
+
+    #[test]
+    fn a_ban_or_close_before_the_phase_flags_the_run() {
+        let s = Duration::from_secs;
+        assert!(gone_before(Some(s(1)), Some(s(1)), s(3)));
+        assert!(gone_before(None, Some(s(2)), s(3)));
+        assert!(!gone_before(Some(s(4)), Some(s(4)), s(3)));
+        assert!(!gone_before(None, None, s(3)));
+        let a = AbuserAnswers {
+            searched: 5,
+            rate_limited: 7,
+            banned: 1,
+            ..AbuserAnswers::default()
+        };
+        let earlier = AbuserAnswers {
+            searched: 2,
+            rate_limited: 7,
+            ..AbuserAnswers::default()
+        };
+        assert_eq!(
+            a.since(&earlier),
+            AbuserAnswers {
+                searched: 3,
+                banned: 1,
+                ..AbuserAnswers::default()
+            }
+        );
     }
 
     #[test]

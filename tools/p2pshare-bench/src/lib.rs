@@ -433,9 +433,23 @@ fn run_abuse(
     // The abuser first spends the burst its rate limits allow at once; the honest client is
     // measured against what it can keep up after that (see `abuse::WARMUP`).
     std::thread::sleep(abuse::WARMUP);
+    let before = abuser.answers_so_far();
+    let phase_start = abuser.began().elapsed();
     let abused = load::run_closed_loop(addr, echo_addr, spec, population, config.seed);
+    let phase_end = abuser.began().elapsed();
+    let in_phase = abuser.answers_so_far().since(&before);
     let done = abuser.stop()?;
     let abused = abused?;
+    let banned_before_phase = abuse::gone_before(done.banned, done.closed, phase_start);
+    if banned_before_phase {
+        eprintln!(
+            "bench: abuse: the abuser was banned {:.3} s before the abused phase started: that \
+             phase measured an index without abuse",
+            abuse::seconds(
+                phase_start.saturating_sub(done.banned.or(done.closed).unwrap_or_default())
+            )
+        );
+    }
     let phase = |name: &str, r: &load::RunResult| -> io::Result<abuse::AbusePhase> {
         for kind in [OpKind::Search, OpKind::Lookup] {
             write_file(
@@ -477,6 +491,12 @@ fn run_abuse(
         p99_ratio,
         target_p99_ratio: abuse::TARGET_P99_RATIO,
         met,
+        abuser_first_refusal_s: done.first_refusal.map(abuse::seconds),
+        abuser_banned_s: done.banned.map(abuse::seconds),
+        abuser_closed_s: done.closed.map(abuse::seconds),
+        abused_phase_s: [abuse::seconds(phase_start), abuse::seconds(phase_end)],
+        abuser_answers_in_phase: in_phase,
+        banned_before_phase,
     })
 }
 

@@ -766,6 +766,38 @@ fn abuse_markdown(md: &mut String, a: &AbuseSummary) {
          `RateLimited`, {} banned (indexd then closed its connection), {} errors.",
         a.abuser_from, k.searched, k.looked_up, k.rate_limited, k.banned, k.errors
     );
+    let _ = writeln!(md, "\n{}", abuse_timeline(a));
+}
+
+/// When the abuser was refused, banned and closed, against the abused phase; with a
+/// warning when it was gone before that phase started.
+fn abuse_timeline(a: &AbuseSummary) -> String {
+    let at = |t: Option<f64>| t.map_or("never".to_string(), |t| format!("at {t:.3} s"));
+    let k = &a.abuser_answers_in_phase;
+    let mut t = format!(
+        "Abuser timeline (seconds from its start): first refusal {}, banned {}, connection \
+         closed by indexd {}; the abused phase ran from {:.3} to {:.3} s, during which the \
+         abuser got {} searches and {} lookups answered, {} refusals and {} bans.",
+        at(a.abuser_first_refusal_s),
+        at(a.abuser_banned_s),
+        at(a.abuser_closed_s),
+        a.abused_phase_s[0],
+        a.abused_phase_s[1],
+        k.searched,
+        k.looked_up,
+        k.rate_limited,
+        k.banned,
+    );
+    if a.banned_before_phase {
+        let gone = a.abuser_banned_s.or(a.abuser_closed_s).unwrap_or(0.0);
+        let _ = write!(
+            t,
+            " WARNING: the abuser was banned {:.3} s before the abused phase started: that \
+             phase measured an index without abuse, and its verdict says little.",
+            a.abused_phase_s[0] - gone
+        );
+    }
+    t
 }
 
 /// The abuse mode's console lines.
@@ -805,6 +837,7 @@ pub fn abuse_console(a: &AbuseSummary) -> String {
         "abuser (from {}): {} searches and {} lookups answered, {} rate limited, {} banned, {} errors",
         a.abuser_from, k.searched, k.looked_up, k.rate_limited, k.banned, k.errors
     );
+    let _ = writeln!(t, "abuse: {}", abuse_timeline(a));
     t
 }
 

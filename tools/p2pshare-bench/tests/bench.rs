@@ -453,6 +453,9 @@ fn abuse_mode_times_the_honest_client_with_and_without_the_abuser() {
         .contains(&serde_json::json!("README.md")));
     assert!(a["p99_ratio"]["search"].as_f64().unwrap() > 0.0);
     assert!(a["met"].is_boolean());
+    assert!(a["banned_before_phase"].is_boolean());
+    // The abused phase starts after the abuser's 3 s warm-up.
+    assert!(a["abused_phase_s"][0].as_f64().unwrap() >= 3.0, "{a}");
     assert!(a["idle"]["search_classes"]["prefix_1"]["count"].is_number());
     assert!(stdout.contains("abuse: honest lookup"), "{stdout}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
@@ -461,6 +464,79 @@ fn abuse_mode_times_the_honest_client_with_and_without_the_abuser() {
         md.contains("The abuser's answers (it connected from 127.0.0.2)"),
         "{md}"
     );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// An abuser banned in the warm-up leaves the abused phase without abuse: the run says when
+/// the ban came, against the phase, and flags itself, in summary.json, report.md and stdout.
+/// indexd runs here with a small budget per address and a quick ban, so the abuser (from
+/// 127.0.0.2, its lookups of `README.md` worth about 900 units each) spends the burst in a
+/// few hundred requests and is banned at its 50th refusal, long before the phase starts
+/// after the 3 s warm-up; the honest client (127.0.0.1: lookups by hash, within the free
+/// units, and searches of a 2,000-name index) stays far within its own address's budget.
+#[test]
+fn abuse_mode_flags_an_abuser_banned_before_the_phase() {
+    let out = temp_dir("abuse-banned");
+    let names = names_file(&out.join("in"));
+    let (indexd, _) = servers();
+    let (_indexd, addr) = p2pshare_bench::floor::spawn_listening(
+        indexd,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--rate-address",
+            "100000",
+            "--ban-after",
+            "50",
+        ],
+    )
+    .expect("start indexd");
+    let r = bench(
+        &out,
+        &[
+            "--index",
+            &addr.to_string(),
+            "--names",
+            names.to_str().unwrap(),
+            "--abuse",
+            "8",
+            "--ops",
+            "10,0,10",
+            "--duration",
+            "5",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let a = &json["abuse"];
+    assert_eq!(a["banned_before_phase"], true, "{a}");
+    let banned = a["abuser_banned_s"].as_f64().expect("a ban time");
+    let phase_start = a["abused_phase_s"][0].as_f64().unwrap();
+    assert!(banned < phase_start, "{a}");
+    assert!(
+        a["abuser_first_refusal_s"].as_f64().unwrap() <= banned,
+        "{a}"
+    );
+    assert!(a["abuser_answers"]["banned"].as_u64().unwrap() >= 1, "{a}");
+    assert!(
+        a["abuser_answers"]["rate_limited"].as_u64().unwrap() >= 1,
+        "{a}"
+    );
+    // Nothing of the abuser's during the phase it was meant to load.
+    let k = &a["abuser_answers_in_phase"];
+    for kind in ["searched", "looked_up", "rate_limited", "banned"] {
+        assert_eq!(k[kind], 0, "{a}");
+    }
+    assert!(
+        stdout.contains("WARNING: the abuser was banned"),
+        "{stdout}"
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("WARNING: the abuser was banned"), "{md}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
