@@ -184,66 +184,8 @@ impl Blocks {
 struct PackedBlock {
     first: u32,
     last: u32,
-    /// The block's checkpoints (see [`MARK_BYTES`]): mark `k` is the item, less `first`, that
-    /// the first varint ending at or after byte `(k + 1) * MARK_BYTES` of `deltas` ends on, if
-    /// another delta follows it and the difference fits; else 0 (no item is `first` + 0 but
-    /// `first`, which is never a mark). So a seek into a block starts at the last mark below
-    /// its target rather than at `first`: it adds at most [`MARK_BYTES`] and a varint of
-    /// deltas, not half a block. (The marks fill padding: a block is 40 bytes with them, 32
-    /// without, and one block's allocation is the same size class with or without them.)
-    marks: [u16; MARKS],
     /// Varint deltas (each ≥ 1) from `first` to the next item, and so on up to `last`.
     deltas: Vec<u8>,
-}
-
-/// Checkpoints per [`PackedBlock`] (see its `marks`).
-const MARKS: usize = 4;
-
-/// Bytes of deltas between two checkpoints of a [`PackedBlock`]: a full block (about
-/// [`PACKED_BLOCK_BYTES`]) gets four, one every fifth of it.
-const MARK_BYTES: usize = 52;
-
-/// The checkpoints of a block of `first` and `deltas` (see [`PackedBlock`]'s `marks`),
-/// computed from `from` on: marks before `from` (their values less `first`) are taken as
-/// given and only those after are decoded, from the last given one's position.
-fn marks_of(first: u32, deltas: &[u8], mut marks: [u16; MARKS], from: usize) -> [u16; MARKS] {
-    let (mut pos, mut cur) = (0, first);
-    if from > 0 && marks[from - 1] != 0 {
-        pos = mark_pos(deltas, from - 1);
-        cur = first + u32::from(marks[from - 1]);
-    }
-    for k in from..MARKS {
-        let at = (k + 1) * MARK_BYTES;
-        while pos + 8 <= at {
-            match sum_of_8(&deltas[pos..(pos + 8).min(deltas.len())]) {
-                Some(sum) => {
-                    cur += sum;
-                    pos += 8;
-                }
-                None => break,
-            }
-        }
-        while pos < at && pos < deltas.len() {
-            cur += get_varint(deltas, &mut pos);
-        }
-        marks[k] = if pos < deltas.len() {
-            u16::try_from(cur - first).unwrap_or(0)
-        } else {
-            0
-        };
-    }
-    marks
-}
-
-/// Where in `deltas` the item of mark `k` ends (mark `k` is set): the first varint boundary
-/// at or after byte `(k + 1) * MARK_BYTES` (a byte below 128 ends a varint).
-#[inline]
-fn mark_pos(deltas: &[u8], k: usize) -> usize {
-    let mut p = (k + 1) * MARK_BYTES;
-    while deltas[p - 1] >= 0x80 {
-        p += 1;
-    }
-    p
 }
 
 #[inline]
@@ -309,26 +251,8 @@ impl PackedBlock {
         PackedBlock {
             first: item,
             last: item,
-            marks: [0; MARKS],
             deltas: Vec::new(),
         }
-    }
-
-    /// Recomputes the marks after the deltas changed from byte `start` on (or `first`
-    /// changed: `start` 0). Marks whose varint ends before `start` stay.
-    fn remark(&mut self, start: usize) {
-        // Mark k ends at most a varint (5 bytes) past its threshold, and it stays if its
-        // delta and every one before it do.
-        // (A change starts at a varint boundary, so the search for a kept mark's end stops
-        // at `start` at the latest.)
-        let keep = (0..MARKS)
-            .take_while(|&k| {
-                self.marks[k] != 0
-                    && (k + 1) * MARK_BYTES <= start
-                    && mark_pos(&self.deltas, k) < start
-            })
-            .count();
-        self.marks = marks_of(self.first, &self.deltas, self.marks, keep);
     }
 
     /// Appends `item` (> `last`).
@@ -336,16 +260,7 @@ impl PackedBlock {
         let mut buf = [0u8; 10];
         let n = put_varint(&mut buf, 0, item - self.last);
         reserve_block_bytes(&mut self.deltas, n);
-        let old = self.deltas.len();
         self.deltas.extend_from_slice(&buf[..n]);
-        // A mark whose threshold the old deltas reached but whose item had no delta after
-        // it (the old last item, within a varint of the threshold) gets one now.
-        if (0..MARKS).any(|k| {
-            let at = (k + 1) * MARK_BYTES;
-            at <= old && old < at + 5 && self.marks[k] == 0
-        }) {
-            self.remark(old);
-        }
         self.last = item;
     }
 
@@ -372,7 +287,6 @@ impl PackedBlock {
         PackedBlock {
             first: items[0],
             last: items[items.len() - 1],
-            marks: marks_of(items[0], &deltas, [0; MARKS], 0),
             deltas,
         }
     }
@@ -429,7 +343,6 @@ impl PackedSet {
             let n = put_varint(&mut buf, 0, blk.first - item);
             splice_bytes(&mut blk.deltas, 0..0, &buf[..n]);
             blk.first = item;
-            blk.remark(0);
         } else if item == blk.first || item == blk.last {
             return false;
         } else if item > blk.last {
@@ -454,7 +367,6 @@ impl PackedSet {
                         let n = put_varint(&mut buf, 0, item - prev);
                         let n = put_varint(&mut buf, n, cur - item);
                         splice_bytes(&mut blk.deltas, start..pos, &buf[..n]);
-                        blk.remark(start);
                         break;
                     }
                     Ordering::Less => prev = cur,
@@ -481,17 +393,14 @@ impl PackedSet {
             }
             prev = cur;
         };
-        let deltas = blk.deltas[pos..].to_vec();
         let right = PackedBlock {
             first: cur,
             last: blk.last,
-            marks: marks_of(cur, &deltas, [0; MARKS], 0),
-            deltas,
+            deltas: blk.deltas[pos..].to_vec(),
         };
         blk.deltas.truncate(start);
         blk.deltas.shrink_to(start + start / 4);
         blk.last = prev;
-        blk.remark(start);
         self.blocks.insert(at.0, at.1 + 1, right);
     }
 
@@ -518,7 +427,6 @@ impl PackedSet {
             let mut pos = 0;
             blk.first += get_varint(&blk.deltas, &mut pos);
             blk.deltas.drain(..pos);
-            blk.remark(0);
         } else {
             let (mut pos, mut prev) = (0, blk.first);
             loop {
@@ -530,7 +438,6 @@ impl PackedSet {
                     Ordering::Equal if pos == blk.deltas.len() => {
                         blk.deltas.truncate(start);
                         blk.last = prev;
-                        blk.remark(start);
                         break;
                     }
                     Ordering::Equal => {
@@ -539,7 +446,6 @@ impl PackedSet {
                         let mut buf = [0u8; 10];
                         let n = put_varint(&mut buf, 0, next - prev);
                         blk.deltas.splice(start..end, buf[..n].iter().copied());
-                        blk.remark(start);
                         break;
                     }
                 }
@@ -568,11 +474,9 @@ impl PackedSet {
                     let left = &mut group[l];
                     let mut buf = [0u8; 10];
                     let n = put_varint(&mut buf, 0, right.first - left.last);
-                    let start = left.deltas.len();
                     left.deltas.extend_from_slice(&buf[..n]);
                     left.deltas.extend_from_slice(&right.deltas);
                     left.last = right.last;
-                    left.remark(start);
                     merged = true;
                 }
             }
@@ -633,7 +537,6 @@ impl PackedSet {
                 // the blocks stay ordered by it for `locate`.
                 blk.deltas = Vec::new();
                 blk.last = NONE;
-                blk.marks = [0; MARKS];
                 emptied = true;
             } else if decoded.len() < before {
                 let deltas = std::mem::take(&mut blk.deltas);
@@ -710,11 +613,9 @@ fn merge_small_in(blocks: &mut Vec<PackedBlock>, window: std::ops::Range<usize>)
             if left.deltas.len() + blk.deltas.len() + 5 <= PACKED_BLOCK_BYTES / 2 {
                 let mut buf = [0u8; 10];
                 let n = put_varint(&mut buf, 0, blk.first - left.last);
-                let start = left.deltas.len();
                 left.deltas.extend_from_slice(&buf[..n]);
                 left.deltas.extend_from_slice(&blk.deltas);
                 left.last = blk.last;
-                left.remark(start);
                 continue;
             }
         }
@@ -798,28 +699,20 @@ impl<'a> PackedCursor<'a> {
                 self.b = gallop(self.blocks, self.b, |x| x.last < target);
             }
             let blk = &self.blocks[self.b];
+            // The next block's deltas are a separate allocation, cold at 10M entries: start
+            // loading their first line now, so that its miss overlaps this block's work
+            // (an intersection's seeks walk a long list's blocks nearly one after another).
+            if let Some(next) = self.blocks.get(self.b + 1) {
+                crate::sys::cache::prefetch(&next.deltas);
+            }
             self.cur = blk.first;
             self.pos = 0;
             if self.cur >= target {
                 return Some(self.cur);
             }
         }
-        // The block's last item is at least `target`: it is in this block. Start from its last
-        // mark below `target`, if that is past the cursor.
-        let blk = &self.blocks[self.b];
-        let deltas = &blk.deltas;
-        let below = target - blk.first;
-        if let Some(k) = blk
-            .marks
-            .iter()
-            .rposition(|&m| m != 0 && u32::from(m) < below)
-        {
-            let item = blk.first + u32::from(blk.marks[k]);
-            if item > self.cur {
-                self.cur = item;
-                self.pos = mark_pos(deltas, k);
-            }
-        }
+        // The block's last item is at least `target`: it is in this block.
+        let deltas = &self.blocks[self.b].deltas;
         while self.cur < target {
             // Eight one-byte deltas at a time while they all stay below `target` (a dense
             // list's deltas are nearly all one byte): a seek into a block of a common word
@@ -966,44 +859,17 @@ mod tests {
         }
     }
 
-    /// A block's marks as their definition says, by decoding every item and where it ends.
-    fn naive_marks(b: &PackedBlock) -> [u16; MARKS] {
-        let mut ends = Vec::new();
-        let (mut pos, mut cur) = (0, b.first);
-        while pos < b.deltas.len() {
-            cur += get_varint(&b.deltas, &mut pos);
-            ends.push((pos, cur));
-        }
-        let mut marks = [0; MARKS];
-        for (k, m) in marks.iter_mut().enumerate() {
-            let at = (k + 1) * MARK_BYTES;
-            if let Some(&(p, item)) = ends.iter().find(|&&(p, _)| p >= at) {
-                if p < b.deltas.len() {
-                    *m = u16::try_from(item - b.first).unwrap_or(0);
-                }
-            }
-        }
-        marks
-    }
-
     /// The first of `items` (sorted) at least `target`.
     fn naive_seek(items: &[u32], target: u32) -> Option<u32> {
         items.get(items.partition_point(|&x| x < target)).copied()
     }
 
-    /// Every target worth trying on `set`: around each block's first and last items and
-    /// around each mark's item, past the last item, and 0.
+    /// Every target worth trying on `set`: around each block's first and last items, past
+    /// the last item, and 0.
     fn edge_targets(set: &PackedSet) -> Vec<u32> {
         let mut t = vec![0, u32::MAX - 1];
         for b in set.blocks.groups().iter().flatten() {
-            let mut edges = vec![b.first, b.last];
-            edges.extend(
-                b.marks
-                    .iter()
-                    .filter(|&&m| m != 0)
-                    .map(|&m| b.first + u32::from(m)),
-            );
-            for e in edges {
+            for e in [b.first, b.last] {
                 t.extend([e.saturating_sub(1), e, e.saturating_add(1)]);
             }
         }
@@ -1014,13 +880,12 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
 
-        /// A cursor's checkpointed seek against a naive one over the sorted items, on sets
-        /// of every shape (empty, one item, one block, many blocks and groups; dense runs,
-        /// longer deltas, marks that do not fit in 16 bits), some items removed, for
-        /// increasing targets at the blocks' and marks' edges and at random strides; and
-        /// the marks against their definition after every change.
+        /// A cursor's seek against a naive one over the sorted items, on sets of every shape
+        /// (empty, one item, one block, many blocks and groups; dense runs of one-byte deltas
+        /// and longer ones), some items removed, for increasing targets at the blocks' edges
+        /// (the last block's included) and at random strides.
         #[test]
-        fn a_checkpointed_seek_agrees_with_a_naive_seek(
+        fn a_seek_agrees_with_a_naive_seek(
             gaps in proptest::collection::vec(
                 proptest::prop_oneof![
                     8 => 1u32..4,
@@ -1097,34 +962,15 @@ mod tests {
         }
     }
 
-    /// Marks are set where the definition puts them on a dense block, kept through appends,
-    /// and cleared or moved by a removal before them; a set of one item has none.
+    /// A set of one item: a seek finds it or nothing.
     #[test]
-    fn marks_follow_the_deltas() {
+    fn a_cursor_over_one_item() {
         let mut set = PackedSet::new();
         set.insert(10);
         check_shape(&set);
+        assert_eq!(PackedCursor::new(&set).seek(0), Some(10));
         assert_eq!(PackedCursor::new(&set).seek(10), Some(10));
         assert_eq!(PackedCursor::new(&set).seek(11), None);
-        for v in 11..250 {
-            set.insert(v);
-        }
-        check_shape(&set);
-        let b = &set.blocks.groups()[0][0];
-        // One-byte deltas: mark k ends at byte 52 (k + 1), on item 10 + 52 (k + 1).
-        assert_eq!(b.marks, [52, 104, 156, 208]);
-        assert!(set.remove(30));
-        check_shape(&set);
-        assert_eq!(set.blocks.groups()[0][0].marks, [53, 105, 157, 209]);
-        // Items far from the block's first: no mark fits in 16 bits, and seeks decode.
-        let mut far = PackedSet::new();
-        far.insert(5);
-        for v in 100_000..100_300 {
-            far.insert(v);
-        }
-        check_shape(&far);
-        assert_eq!(far.blocks.groups()[0][0].marks, [0; MARKS]);
-        assert_eq!(PackedCursor::new(&far).seek(100_250), Some(100_250));
     }
 
     #[test]
@@ -1160,9 +1006,6 @@ mod tests {
                 _ => assert_eq!(set.insert(v), model.insert(v)),
             }
             assert_eq!(set.len(), model.len());
-            if round % 5_000 == 0 {
-                check_shape(&set);
-            }
         }
         assert_eq!(
             set.iter().collect::<Vec<_>>(),
@@ -1235,7 +1078,6 @@ mod tests {
         for b in &blocks {
             assert!(b.first <= b.last && b.last != NONE);
             assert!(b.deltas.len() <= PACKED_BLOCK_BYTES);
-            assert_eq!(b.marks, naive_marks(b), "marks of block from {}", b.first);
         }
         for pair in blocks.windows(2) {
             assert!(pair[0].last < pair[1].first);
