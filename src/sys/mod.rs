@@ -2,6 +2,7 @@
 //! Each `unsafe` block says why it is sound; each call has a safe fallback or a harmless
 //! failure mode. `unsafe_code` is denied everywhere else in the crate.
 //!
+//! - [`cache`]: a prefetch hint (a posting cursor loads the next block's deltas ahead);
 //! - [`io`]: what moves bytes: `sendfile` for the reactor's file ranges, `sync_file_range` to
 //!   start a download's writeback early;
 //! - [`process`]: process-level setup the binaries and the bench do once: the open-files limit,
@@ -9,5 +10,6 @@
 //!   after a large scan (`malloc_trim`).
 #![allow(unsafe_code)]
 
+pub mod cache;
 pub mod io;
 pub mod process;

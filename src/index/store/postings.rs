@@ -699,6 +699,12 @@ impl<'a> PackedCursor<'a> {
                 self.b = gallop(self.blocks, self.b, |x| x.last < target);
             }
             let blk = &self.blocks[self.b];
+            // The next block's deltas are a separate allocation, cold at 10M entries: start
+            // loading their first line now, so that its miss overlaps this block's work
+            // (an intersection's seeks walk a long list's blocks nearly one after another).
+            if let Some(next) = self.blocks.get(self.b + 1) {
+                crate::sys::cache::prefetch(&next.deltas);
+            }
             self.cur = blk.first;
             self.pos = 0;
             if self.cur >= target {
@@ -851,6 +857,120 @@ mod tests {
                 t = if stride == 1 { got + 1 } else { t + stride };
             }
         }
+    }
+
+    /// The first of `items` (sorted) at least `target`.
+    fn naive_seek(items: &[u32], target: u32) -> Option<u32> {
+        items.get(items.partition_point(|&x| x < target)).copied()
+    }
+
+    /// Every target worth trying on `set`: around each block's first and last items, past
+    /// the last item, and 0.
+    fn edge_targets(set: &PackedSet) -> Vec<u32> {
+        let mut t = vec![0, u32::MAX - 1];
+        for b in set.blocks.groups().iter().flatten() {
+            for e in [b.first, b.last] {
+                t.extend([e.saturating_sub(1), e, e.saturating_add(1)]);
+            }
+        }
+        t.sort_unstable();
+        t
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// A cursor's seek against a naive one over the sorted items, on sets of every shape
+        /// (empty, one item, one block, many blocks and groups; dense runs of one-byte deltas
+        /// and longer ones), some items removed, for increasing targets at the blocks' edges
+        /// (the last block's included) and at random strides.
+        #[test]
+        fn a_seek_agrees_with_a_naive_seek(
+            gaps in proptest::collection::vec(
+                proptest::prop_oneof![
+                    8 => 1u32..4,
+                    4 => 1u32..128,
+                    2 => 128u32..20_000,
+                    1 => 20_000u32..3_000_000,
+                ],
+                0..3_000,
+            ),
+            removals in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..200),
+            strides in proptest::collection::vec(1u32..5_000, 1..40),
+            shuffled in proptest::prelude::any::<bool>(),
+        ) {
+            let mut items: Vec<u32> = gaps
+                .iter()
+                .scan(0u32, |v, g| {
+                    *v = v.saturating_add(*g);
+                    Some(*v)
+                })
+                .collect();
+            items.dedup();
+            let mut set = PackedSet::new();
+            if shuffled {
+                // Inserts in the middle of blocks and before their first items, not only
+                // appends.
+                let n = items.len();
+                for i in (0..n).step_by(2).chain((1..n).step_by(2).rev()) {
+                    set.insert(items[i]);
+                }
+            } else {
+                for &v in &items {
+                    set.insert(v);
+                }
+            }
+            check_shape(&set);
+            let mut decoded = Vec::new();
+            for (i, r) in removals.iter().enumerate() {
+                if items.is_empty() {
+                    break;
+                }
+                let at = r % items.len();
+                if i % 4 == 0 {
+                    let run: Vec<u32> = items[at..].iter().copied().take(1 + r % 300).collect();
+                    set.remove_sorted(&run, &mut decoded);
+                    items.drain(at..at + run.len());
+                } else {
+                    proptest::prop_assert!(set.remove(items.remove(at)));
+                }
+            }
+            check_shape(&set);
+            proptest::prop_assert_eq!(set.len(), items.len());
+            // Each edge target, in order, from one cursor.
+            let mut c = PackedCursor::new(&set);
+            for t in edge_targets(&set) {
+                proptest::prop_assert_eq!(c.seek(t), naive_seek(&items, t), "edge target {}", t);
+            }
+            // Targets at random strides (a seek that stays in its block, moves on to a
+            // later one, or runs off the end).
+            let mut c = PackedCursor::new(&set);
+            let mut t = 0u32;
+            for (i, s) in strides.iter().cycle().take(2_000).enumerate() {
+                let want = naive_seek(&items, t);
+                proptest::prop_assert_eq!(c.seek(t), want, "target {}", t);
+                let Some(got) = want else { break };
+                t = if i % 3 == 0 { got.saturating_add(1) } else { t.saturating_add(*s) };
+            }
+            // A fresh cursor on each edge target alone.
+            for t in edge_targets(&set) {
+                proptest::prop_assert_eq!(
+                    PackedCursor::new(&set).seek(t),
+                    naive_seek(&items, t)
+                );
+            }
+        }
+    }
+
+    /// A set of one item: a seek finds it or nothing.
+    #[test]
+    fn a_cursor_over_one_item() {
+        let mut set = PackedSet::new();
+        set.insert(10);
+        check_shape(&set);
+        assert_eq!(PackedCursor::new(&set).seek(0), Some(10));
+        assert_eq!(PackedCursor::new(&set).seek(10), Some(10));
+        assert_eq!(PackedCursor::new(&set).seek(11), None);
     }
 
     #[test]
