@@ -120,7 +120,7 @@ const LINGER: Duration = Duration::from_secs(2);
 const BURY_BYTES_PER_TURN: usize = 256 * 1024;
 /// Sockets of closed connections with output left closed a turn, at most: the kernel frees
 /// what their queues hold (megabytes, for a remote that never read) as they close.
-const BURY_SOCKETS_PER_TURN: usize = 2;
+const BURY_SOCKETS_PER_TURN: usize = 1;
 /// Output this small is written whole even once the turn's [`Config::write_per_turn`] is spent.
 pub const SMALL_OUTPUT_BYTES: u64 = 64 * 1024;
 
