@@ -205,6 +205,34 @@ pub fn render<C>(server: &mut IndexServer, ctx: &Ctx<C>) -> String {
         "Bytes held by the connections' buffers of unhandled input (partial frames) and the spare one.",
         ctx.input_buffer_bytes() as f64,
     );
+    let buffers = ctx.buffer_usage();
+    e.gauge(
+        "p2pshare_index_input_retiring_bytes",
+        "Bytes of input buffers no longer needed, being given back to the allocator (in input_buffer_bytes too).",
+        buffers.input_retiring as f64,
+    );
+    e.gauge(
+        "p2pshare_index_output_queued_bytes",
+        "Bytes of answers queued and not yet written, every connection's.",
+        buffers.output_queued as f64,
+    );
+    e.gauge(
+        "p2pshare_index_output_buffer_bytes",
+        "Bytes held by the connections' output queues (their buffers' capacities).",
+        buffers.output_held as f64,
+    );
+    if let Some(m) = crate::sys::process::malloc_usage() {
+        e.gauge(
+            "p2pshare_index_malloc_in_use_bytes",
+            "Bytes the allocator has handed out and not got back (its heaps and its mmapped blocks).",
+            (m.in_use + m.mmapped) as f64,
+        );
+        e.gauge(
+            "p2pshare_index_malloc_free_bytes",
+            "Bytes free inside the allocator's heaps, resident or not.",
+            m.free as f64,
+        );
+    }
     e.gauge(
         "p2pshare_index_sessions",
         "Peer sessions past the handshake.",

@@ -134,6 +134,8 @@ pub(crate) struct InputBuffers {
     spare_made: bool,
     /// Buffers no longer needed, shrunk a step a turn.
     retiring: Vec<Vec<u8>>,
+    /// Their capacities, summed.
+    retiring_bytes: usize,
 }
 
 impl InputBuffers {
@@ -148,8 +150,17 @@ impl InputBuffers {
 
     /// Bytes held by the spare (idle) and the buffers being given back.
     pub(crate) fn capacity(&self) -> usize {
+        self.spare.as_ref().map_or(0, |s| s.bytes.capacity()) + self.retiring_bytes
+    }
+
+    /// Bytes held by the spare while no connection holds it.
+    pub(crate) fn spare_bytes(&self) -> usize {
         self.spare.as_ref().map_or(0, |s| s.bytes.capacity())
-            + self.retiring.iter().map(Vec::capacity).sum::<usize>()
+    }
+
+    /// Bytes held by the buffers being given back.
+    pub(crate) fn retiring_bytes(&self) -> usize {
+        self.retiring_bytes
     }
 
     /// How many bytes a connection with `pending` input may read now, `fresh` being what is
@@ -275,13 +286,16 @@ impl InputBuffers {
     /// Gives a step of the retired buffers back to the allocator; true while some are left.
     pub(crate) fn retire_step(&mut self) -> bool {
         if let Some(b) = self.retiring.last_mut() {
-            let keep = b.capacity().saturating_sub(RETIRE_STEP_BYTES);
+            let had = b.capacity();
+            let keep = had.saturating_sub(RETIRE_STEP_BYTES);
             if keep < RETIRE_STEP_BYTES {
                 self.retiring.pop();
+                self.retiring_bytes -= had;
             } else {
                 // Shrinks where it lies (glibc's `realloc` to less neither moves nor
                 // copies), unmapping or freeing one step of pages.
                 b.shrink_to(keep);
+                self.retiring_bytes -= had - b.capacity();
             }
         }
         !self.retiring.is_empty()
@@ -332,6 +346,7 @@ impl InputBuffers {
             self.spare_made = true;
         } else if cap > 2 * RETIRE_STEP_BYTES {
             buf.bytes.clear();
+            self.retiring_bytes += cap;
             self.retiring.push(buf.bytes);
         }
     }
@@ -640,8 +655,7 @@ mod tests {
     #[test]
     fn retired_buffers_shrink_a_step_a_turn() {
         let mut bufs = InputBuffers::new(DEFAULT_MAX_FRAME_BYTES);
-        bufs.retiring
-            .push(Vec::with_capacity(10 * RETIRE_STEP_BYTES));
+        bufs.give_back(Buf::with_room(10 * RETIRE_STEP_BYTES));
         let mut steps = 0;
         let mut last = bufs.capacity();
         while bufs.retire_step() {

@@ -1,10 +1,22 @@
 //! A connection's output queue: byte chunks and file ranges, written in order, never dropping
 //! a partial write.
 //!
-//! Frames are appended to the last byte chunk (one growing buffer in the steady state, reused
+//! Frames are appended to the last byte chunk (one small buffer in the steady state, reused
 //! once drained: no allocation per frame). A file range ([`OutQueue::push_file`]) is a cursor
 //! (open file, offset, bytes left) that [`sys::io::sendfile`] advances, so a file is never held in
 //! memory. Bytes appended after a file range go into a new chunk behind it.
+//!
+//! # Memory
+//! A chunk's written bytes are freed only with the chunk, once all of it is written. So a
+//! chunk takes no more frames once it holds [`CHUNK_BYTES`] or once its writing has begun:
+//! later frames go into a new chunk. (One growing buffer, appended to while its front was
+//! being written to a socket that never drained it, kept every byte ever written: a client
+//! that read nothing made indexd hold the whole of what its kernel buffers had taken, 4.8 MB
+//! a connection.) A chunk that takes no more frames is shrunk to its bytes, so the memory
+//! held ([`OutQueue::held`], which the reactor parks on) is at most the unsent bytes, plus
+//! the written part of the front chunk (under [`CHUNK_BYTES`] plus one append), plus the
+//! room of the one chunk still open (under [`CHUNK_BYTES`]) and the spare's (at most
+//! [`KEEP_BUF_BYTES`]).
 
 use crate::sys;
 use std::collections::VecDeque;
@@ -16,7 +28,10 @@ use std::io::{self, Write};
 pub const SENDFILE_CHUNK_BYTES: usize = 1 << 20;
 
 /// Buffers that grew past this are freed when drained rather than kept for reuse.
-const KEEP_BUF_BYTES: usize = 64 * 1024;
+pub const KEEP_BUF_BYTES: usize = 64 * 1024;
+
+/// A byte chunk holding this much takes no more frames (see the module doc).
+pub const CHUNK_BYTES: usize = 64 * 1024;
 
 enum Chunk {
     Bytes { buf: Vec<u8>, pos: usize },
@@ -56,6 +71,25 @@ impl OutQueue {
         self.buffered
     }
 
+    /// Bytes of memory the queued chunks hold: their capacities, what is written of the
+    /// front one included (the reactor parks a connection on this, not on
+    /// [`buffered`](Self::buffered) alone). 0 when empty.
+    pub fn queued_memory(&self) -> usize {
+        self.chunks
+            .iter()
+            .map(|c| match c {
+                Chunk::Bytes { buf, .. } => buf.capacity(),
+                Chunk::File { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// Bytes of memory held: [`queued_memory`](Self::queued_memory) and the spare buffer kept
+    /// for the next frames (at most [`KEEP_BUF_BYTES`]).
+    pub fn held(&self) -> usize {
+        self.queued_memory() + self.spare.capacity()
+    }
+
     /// File ranges waiting (or being sent).
     pub fn files(&self) -> usize {
         self.files
@@ -76,7 +110,15 @@ impl OutQueue {
     /// The buffer to append frame bytes to, at the back of the queue. Call
     /// [`OutQueue::commit`] with the length it had before appending.
     pub fn tail(&mut self) -> &mut Vec<u8> {
-        if !matches!(self.chunks.back(), Some(Chunk::Bytes { .. })) {
+        let open = matches!(
+            self.chunks.back(),
+            Some(Chunk::Bytes { buf, pos }) if *pos == 0 && buf.len() < CHUNK_BYTES
+        );
+        if !open {
+            if let Some(Chunk::Bytes { buf, .. }) = self.chunks.back_mut() {
+                // Takes no more frames: its room goes back (glibc shrinks in place).
+                buf.shrink_to_fit();
+            }
             self.chunks.push_back(Chunk::Bytes {
                 buf: std::mem::take(&mut self.spare),
                 pos: 0,
@@ -99,6 +141,12 @@ impl OutQueue {
         if now == 0 {
             if let Some(Chunk::Bytes { buf, .. }) = self.chunks.pop_back() {
                 self.spare = buf;
+            }
+        } else if now >= CHUNK_BYTES {
+            // Full: it takes no more frames, so the room beyond its bytes goes back now
+            // (a big answer grew it by doubling).
+            if let Some(Chunk::Bytes { buf, .. }) = self.chunks.back_mut() {
+                buf.shrink_to_fit();
             }
         }
     }
@@ -125,6 +173,29 @@ impl OutQueue {
             left: len,
         });
         self.files += 1;
+    }
+
+    /// Whether it holds no memory at all (no chunk, no spare).
+    pub fn is_freed(&self) -> bool {
+        self.chunks.is_empty() && self.spare.capacity() == 0
+    }
+
+    /// Frees the front chunk of a queue nobody will write any more (its connection closed);
+    /// returns the bytes of memory it held, or `None` once the queue is empty (the spare is
+    /// freed last).
+    pub fn free_front(&mut self) -> Option<usize> {
+        match self.chunks.pop_front() {
+            Some(Chunk::Bytes { buf, pos }) => {
+                self.buffered -= buf.len() - pos;
+                Some(buf.capacity())
+            }
+            Some(Chunk::File { .. }) => {
+                self.files -= 1;
+                Some(0)
+            }
+            None if self.spare.capacity() > 0 => Some(std::mem::take(&mut self.spare).capacity()),
+            None => None,
+        }
     }
 
     /// Writes as much as `sock` accepts, until the queue is empty or the socket would block.
@@ -240,6 +311,33 @@ mod tests {
         }
     }
 
+    /// A socket that takes `left` bytes in all, then says WouldBlock.
+    struct Allowance {
+        got: Vec<u8>,
+        left: usize,
+    }
+
+    impl Write for Allowance {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = self.left.min(buf.len());
+            self.left -= n;
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl AsRawFd for Allowance {
+        fn as_raw_fd(&self) -> RawFd {
+            -1
+        }
+    }
+
     #[test]
     fn short_writes_never_lose_bytes() {
         let mut q = OutQueue::default();
@@ -263,6 +361,52 @@ mod tests {
         }
         assert_eq!(sock.got, expect);
         assert_eq!(q.buffered(), 0);
+    }
+
+    #[test]
+    fn written_bytes_are_freed_a_chunk_at_a_time_while_frames_keep_coming() {
+        // A socket that takes a little less than each frame: the queue never empties, and
+        // frames keep arriving behind the part being written (a client that reads slowly,
+        // or whose kernel buffers take what it does not read). The memory held beyond the
+        // unsent bytes stays under the front chunk's written part (a chunk plus one frame),
+        // the open chunk's room and the spare: it does not grow with what was written.
+        let sizes = [105_000usize, 40, 3_000, 700_000, CHUNK_BYTES, 1, 90_000];
+        let largest = *sizes.iter().max().unwrap();
+        let bound = largest + 3 * CHUNK_BYTES + KEEP_BUF_BYTES;
+        let mut q = OutQueue::default();
+        let mut sock = Allowance {
+            got: Vec::new(),
+            left: 0,
+        };
+        let mut expect = Vec::new();
+        let mut most = 0;
+        for round in 0..140 {
+            let len = sizes[round % sizes.len()];
+            let frame = vec![round as u8; len];
+            let tail = q.tail();
+            let before = tail.len();
+            tail.extend_from_slice(&frame);
+            q.commit(before);
+            expect.extend_from_slice(&frame);
+            sock.left = len * 9 / 10;
+            q.write_to(&mut sock).unwrap();
+            assert!(!q.is_empty());
+            let over = q.held() - q.buffered();
+            most = most.max(over);
+            assert!(
+                over <= bound,
+                "round {round}: {} bytes held for {} unsent",
+                q.held(),
+                q.buffered()
+            );
+        }
+        assert!(sock.got.len() > 10 * bound, "the test wrote enough to tell");
+        sock.left = usize::MAX;
+        q.write_to(&mut sock).unwrap();
+        assert_eq!(sock.got, expect);
+        assert_eq!(q.queued_memory(), 0);
+        assert!(q.held() <= KEEP_BUF_BYTES);
+        println!("most held beyond the unsent bytes: {most} (bound {bound})");
     }
 
     #[test]

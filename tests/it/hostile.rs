@@ -33,6 +33,44 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
+/// indexd's peak resident size since [`reset_peak_rss`] (`VmHWM`).
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// Resets a process's peak resident size (`VmHWM`) to its current one (`5` to
+/// `/proc/PID/clear_refs`); false where that is not allowed.
+fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), b"5").is_ok()
+}
+
+/// What indexd says its buffers and its allocator hold (its metrics), in KiB.
+fn buffer_report(metrics: SocketAddr) -> String {
+    let text = crate::ops::scrape(metrics);
+    let kib = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or("?".to_string(), |v| format!("{:.0}", v / 1024.0))
+    };
+    format!(
+        "input buffers {} KiB (retiring {}), output queued {} KiB in buffers of {} KiB; \
+         malloc in use {} KiB, free in its heaps {} KiB, VmRSS {} KiB",
+        kib("p2pshare_index_input_buffer_bytes"),
+        kib("p2pshare_index_input_retiring_bytes"),
+        kib("p2pshare_index_output_queued_bytes"),
+        kib("p2pshare_index_output_buffer_bytes"),
+        kib("p2pshare_index_malloc_in_use_bytes"),
+        kib("p2pshare_index_malloc_free_bytes"),
+        kib("process_resident_memory_bytes"),
+    )
+}
+
 /// Raises this test process's open-files limit so it can hold thousands of sockets.
 fn raise_fds() -> u64 {
     p2pshare::sys::process::raise_fd_limit().unwrap()
@@ -1510,8 +1548,9 @@ fn measure_issue12_attacks() {
     let count: usize = std::env::var("ATTACK_NAMES").map_or(1_050_000, |n| n.parse().unwrap());
     let flags = std::env::var("ATTACK_INDEXD_FLAGS").unwrap_or_default();
     let flags: Vec<&str> = flags.split_whitespace().collect();
-    let indexd = Indexd::start(&flags);
-    let pid = indexd.child.id();
+    let (indexd, index_addr, metrics) =
+        crate::ops::indexd_with_metrics_and(&flags, common::IO_TIMEOUT);
+    let pid = indexd.0.id();
     println!("indexd flags: defaults {flags:?}");
     let hosts: Vec<std::net::IpAddr> = (1..=4).map(|i| [127, 0, 0, i].into()).collect();
 
@@ -1522,7 +1561,7 @@ fn measure_issue12_attacks() {
     let started = Instant::now();
     let mut owners = Vec::new();
     for (s, session) in names.chunks(10_000).enumerate() {
-        let (mut owner, _) = Client::hello(indexd.addr, 1_000 + s as u16);
+        let (mut owner, _) = Client::hello(index_addr, 1_000 + s as u16);
         let mut ids = Vec::new();
         for (f, frame) in session.chunks(1_000).enumerate() {
             let files = frame
@@ -1550,7 +1589,7 @@ fn measure_issue12_attacks() {
         }
         owners.push(owner);
     }
-    let mut watch = Client::hello(indexd.addr, 0).0;
+    let mut watch = Client::hello(index_addr, 0).0;
     let before = stats_of(&mut watch);
     println!(
         "{} names of {path} registered in {:.1} s by {} sessions: {} files; indexd VmRSS {} KiB",
@@ -1595,11 +1634,11 @@ fn measure_issue12_attacks() {
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let honest = {
-        let (addr, stop) = (indexd.addr, stop.clone());
+        let (addr, stop) = (index_addr, stop.clone());
         std::thread::spawn(move || honest_loop(addr, hashes, queries, t0, stop))
     };
     std::thread::sleep(Duration::from_secs(2));
-    let (mut abuser, _) = Client::hello_from(indexd.addr, hosts[1], 0);
+    let (mut abuser, _) = Client::hello_from(index_addr, hosts[1], 0);
     let wrote_at = t0.elapsed();
     abuser.send_raw(&burst).unwrap();
     let mut answers = [0u32; 4]; // searched (with hits), searched (none), rate limited, banned
@@ -1658,7 +1697,7 @@ fn measure_issue12_attacks() {
 
     // (ii) 100,000 entries under one 1,000-byte name, from one session.
     let long_name = format!("{}.bin", "w".repeat(996));
-    let (mut squatter, _) = Client::hello_from(indexd.addr, hosts[2], 2_000);
+    let (mut squatter, _) = Client::hello_from(index_addr, hosts[2], 2_000);
     let started = Instant::now();
     let (mut added, mut rejected, mut refused) = (0u64, 0u64, 0u64);
     let mut ids = Vec::new();
@@ -1716,7 +1755,7 @@ fn measure_issue12_attacks() {
         },
         &mut one,
     );
-    let (mut looker, _) = Client::hello(indexd.addr, 0);
+    let (mut looker, _) = Client::hello(index_addr, 0);
     let (mut us, mut bytes, mut total) = (Vec::new(), 0, 0);
     for _ in 0..50 {
         let t = Instant::now();
@@ -1744,6 +1783,8 @@ fn measure_issue12_attacks() {
     );
     keep_trace(&mut watch, "attack-ii-lookups");
     let rss = vm_rss_kib(pid);
+    let hwm_reset = reset_peak_rss(pid);
+    println!("    before the 20: {}", buffer_report(metrics));
     let mut burst = Vec::new();
     for i in 0..1_000u32 {
         let req = wire::Request {
@@ -1753,7 +1794,7 @@ fn measure_issue12_attacks() {
         wire::encode_frame(&req, &mut burst);
     }
     let mut lazy: Vec<Client> = (0..20)
-        .map(|_| Client::hello_from(indexd.addr, hosts[2], 0).0)
+        .map(|_| Client::hello_from(index_addr, hosts[2], 0).0)
         .collect();
     let mut written = 0usize;
     for l in &mut lazy {
@@ -1772,6 +1813,15 @@ fn measure_issue12_attacks() {
     }
     std::thread::sleep(Duration::from_secs(2));
     let peak = vm_rss_kib(pid);
+    println!(
+        "    2 s after the writes: {}; VmHWM since before the 20 {}",
+        buffer_report(metrics),
+        if hwm_reset {
+            format!("{} KiB", vm_hwm_kib(pid))
+        } else {
+            "unknown (clear_refs refused)".into()
+        }
+    );
     let s = stats_of(&mut watch);
     println!(
         "    20 connections pipelining 1,000 such lookups each, never reading ({} KB written \
@@ -1792,15 +1842,21 @@ fn measure_issue12_attacks() {
     }
     println!(
         "    the 20 closed by indexd {:.1} s later (measured from 2 s after the writes); \
-         indexd VmRSS {} KiB",
+         indexd VmRSS {} KiB, VmHWM {}; {}",
         t.elapsed().as_secs_f64(),
-        vm_rss_kib(pid)
+        vm_rss_kib(pid),
+        if hwm_reset {
+            format!("{} KiB", vm_hwm_kib(pid))
+        } else {
+            "unknown".into()
+        },
+        buffer_report(metrics)
     );
     drop(lazy);
     keep_trace(&mut watch, "attack-ii");
 
     // (iii) 400,000 entries named `copyright`; a real peer looks the name up and gets it.
-    let (mut crowd, _) = Client::hello_from(indexd.addr, hosts[3], 3_000);
+    let (mut crowd, _) = Client::hello_from(index_addr, hosts[3], 3_000);
     let started = Instant::now();
     let mut ids = Vec::new();
     for chunk in (0..400_000u32).collect::<Vec<_>>().chunks(8_000) {
@@ -1838,7 +1894,7 @@ fn measure_issue12_attacks() {
     let started = Instant::now();
     let run = common::run_console(
         dir.path(),
-        indexd.addr,
+        index_addr,
         &[],
         common::Input::Pipe("lookup copyright\nget copyright\nsearch zebrafinch\n"),
         Duration::from_secs(60),

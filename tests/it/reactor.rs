@@ -369,6 +369,8 @@ struct Log {
     frames: HashMap<SocketAddr, usize>,
     /// The most output ever queued for one connection, right after queueing an echo.
     max_queued: usize,
+    /// The most memory one connection's output queue held after a frame was answered.
+    max_output_memory: usize,
     /// Contract violations seen by the handler (e.g. a second close for one connection).
     errors: Vec<String>,
     /// Loop turns ended.
@@ -450,6 +452,7 @@ impl Handler for Echo {
         let queued = ctx.queued_bytes(conn);
         let mut log = self.log.record();
         log.max_queued = log.max_queued.max(queued);
+        log.max_output_memory = log.max_output_memory.max(ctx.output_memory(conn));
         match log.open.get(&conn).copied() {
             Some(open) if open == *remote => *log.frames.entry(open).or_default() += 1,
             other => log.errors.push(format!(
@@ -805,6 +808,14 @@ fn a_client_that_does_not_read_is_parked_and_bounded() {
     assert!(
         max <= HIGH + frame_bytes,
         "queued output reached {max} bytes, over high water {HIGH} + one frame {frame_bytes}"
+    );
+    // The memory behind it too: written bytes are freed a chunk at a time, not kept while
+    // more frames queue behind them (the kernel took megabytes the client did not read).
+    let held = log.get().max_output_memory;
+    assert!(
+        held <= HIGH + frame_bytes + 2 * p2pshare::reactor::outq::CHUNK_BYTES,
+        "the output queue held {held} bytes, over high water {HIGH} + one frame \
+         {frame_bytes} + the open chunk's room and the spare"
     );
     busy.round_trip(b"still there");
     finish(server, &log);
