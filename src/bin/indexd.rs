@@ -178,10 +178,12 @@ impl std::error::Error for JoinFailed {}
 
 fn run(flags: Flags) -> std::io::Result<()> {
     match process::raise_fd_limit() {
-        Ok(n) if (n as usize) < flags.max_connections + 64 => log::warn!(
-            "open-files limit {n} is below --max-connections {}",
-            flags.max_connections
-        ),
+        Ok(n) if (n as usize) < flags.max_connections + 64 + p2pshare::reactor::MAX_BURIED => {
+            log::warn!(
+                "open-files limit {n} is below --max-connections {}",
+                flags.max_connections
+            )
+        }
         Ok(_) => {}
         Err(e) => log::warn!("cannot raise open-files limit: {e}"),
     }

@@ -92,7 +92,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use outq::OutQueue;
 use slab::Slab;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
@@ -121,6 +121,11 @@ const BURY_BYTES_PER_TURN: usize = 256 * 1024;
 /// Sockets of closed connections with output left closed a turn, at most: the kernel frees
 /// what their queues hold (megabytes, for a remote that never read) as they close.
 const BURY_SOCKETS_PER_TURN: usize = 1;
+/// Most closed connections whose remains wait to be freed; a connection closed beyond that,
+/// or holding no more output than one step frees, is freed at once. Their descriptors stay
+/// open meanwhile, outside [`Config::max_connections`]: a server sizes its open-files limit
+/// with this much room.
+pub const MAX_BURIED: usize = 32;
 /// Output this small is written whole even once the turn's [`Config::write_per_turn`] is spent.
 pub const SMALL_OUTPUT_BYTES: u64 = 64 * 1024;
 
@@ -579,7 +584,7 @@ pub struct Ctx<C> {
     /// Closed connections whose output queue was not empty: their queues and sockets, freed
     /// a bounded amount a turn ([`Ctx::bury_step`]). The connection is gone otherwise (its
     /// slot freed, the handler told): only memory and the descriptor wait.
-    buried: Vec<Remains>,
+    buried: VecDeque<Remains>,
 }
 
 /// What a closed connection leaves to free: its socket (deregistered) and its output.
@@ -689,7 +694,7 @@ impl<C> Reactor<C> {
                 io: IoTotals::default(),
                 write_left: u64::MAX,
                 more_work: false,
-                buried: Vec::new(),
+                buried: VecDeque::new(),
             },
         })
     }
@@ -1476,7 +1481,7 @@ impl<C> Ctx<C> {
                         return data.len();
                     }
                     if let Some(c) = self.conn_mut(conn) {
-                        if c.out.buffered() > high {
+                        if c.out.queued_memory() > high {
                             // A client that sends requests without reading the answers waits
                             // here, its input unread, like a parked frame connection.
                             c.parked = true;
@@ -2084,7 +2089,7 @@ impl<C> Ctx<C> {
                 // Parked means not reading, so only write progress moves `last_active`.
                 Phase::Open
                     if c.parked
-                        && c.out.buffered() > stall_mark
+                        && c.out.queued_memory() > stall_mark
                         && stall.is_some_and(|t| quiet >= t) =>
                 {
                     CloseReason::Stalled
@@ -2115,7 +2120,9 @@ impl<C> Ctx<C> {
                 continue;
             }
             if let Slot::Conn(mut c) = self.slots.remove(key) {
-                let _ = self.registry.deregister(&mut c.stream);
+                // A socket still registered must not outlive its slot (its key may be a
+                // new connection's): it is then closed at once, not buried.
+                let registered = self.registry.deregister(&mut c.stream).is_err();
                 self.inbufs.release(std::mem::take(&mut c.pending_in));
                 self.connections -= 1;
                 if c.accepted {
@@ -2144,12 +2151,15 @@ impl<C> Ctx<C> {
                     }
                 }
                 let state = c.state.take();
-                if c.out.is_empty() {
+                if registered
+                    || c.out.queued_memory() <= BURY_BYTES_PER_TURN
+                    || self.buried.len() >= MAX_BURIED
+                {
                     drop(c);
                 } else {
                     // Output nobody will read: freed in steps, socket last (see `bury_step`).
                     let Conn { stream, out, .. } = *c;
-                    self.buried.push(Remains { stream, out });
+                    self.buried.push_back(Remains { stream, out });
                 }
                 if web.is_some() {
                     handler.handle_web_close(self, ConnId(key));
@@ -2164,19 +2174,19 @@ impl<C> Ctx<C> {
 }
 
 impl<C> Ctx<C> {
-    /// Frees a step of closed connections' remains: their output, up to
+    /// Frees a step of closed connections' remains, oldest first: their output, up to
     /// [`BURY_BYTES_PER_TURN`] (one chunk at least), then their sockets, up to
     /// [`BURY_SOCKETS_PER_TURN`]. True while some are left.
     fn bury_step(&mut self) -> bool {
         let (mut freed, mut closed) = (0, 0);
-        while let Some(r) = self.buried.last_mut() {
+        while let Some(r) = self.buried.front_mut() {
             while !r.out.is_freed() && freed < BURY_BYTES_PER_TURN {
                 freed += r.out.free_front().unwrap_or(0).max(1);
             }
             if !r.out.is_freed() || closed == BURY_SOCKETS_PER_TURN {
                 break;
             }
-            if let Some(r) = self.buried.pop() {
+            if let Some(r) = self.buried.pop_front() {
                 // The kernel frees what its queues hold.
                 drop(r.stream);
             }
@@ -2268,7 +2278,7 @@ mod tests {
             for i in 0..11u8 {
                 out.push_bytes(&vec![i; CHUNK]);
             }
-            reactor.ctx.buried.push(Remains {
+            reactor.ctx.buried.push_back(Remains {
                 stream: TcpStream::from_std(server),
                 out,
             });
