@@ -1719,6 +1719,57 @@ fn a_client_that_never_reads_is_closed_once_its_output_stalls() {
     finish(server, &log);
 }
 
+/// A connection closed with more output queued than one step frees leaves its queue and socket
+/// to be freed over the next turns: the socket is closed all the same, so the client, reading
+/// at last, gets what the kernel held and then the end of the stream, and others are served.
+#[test]
+fn a_stalled_client_with_much_output_queued_still_sees_its_socket_closed() {
+    const HIGH: usize = 1 << 20;
+    let config = Config {
+        out_high_water: HIGH,
+        out_low_water: HIGH / 4,
+        out_stall_timeout: Some(Duration::from_millis(300)),
+        ..Config::default()
+    };
+    let (server, addr, log) = echo_server(config);
+    let mut lazy = Client::connect(addr);
+    let lazy_addr = lazy.local_addr();
+    let mut writer = lazy.stream().try_clone().unwrap();
+    let w = thread::spawn(move || {
+        let payload = vec![7u8; 100_000];
+        for _ in 0..400 {
+            if writer.write_all(&frame(&payload)).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(log.wait_closed(lazy_addr), CloseReason::Stalled);
+    let memory = log.get().max_output_memory;
+    assert!(
+        memory > 256 * 1024,
+        "only {memory} bytes of output were held: nothing was left to free in steps"
+    );
+    let mut busy = Client::connect(addr);
+    busy.round_trip(b"served while the remains are freed");
+    // Read what the kernel held, then the end: a reset or an EOF, not a wait.
+    let stream = lazy.stream();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the closed connection's socket was not closed: {e}"),
+        }
+    }
+    drop(lazy);
+    w.join().expect("writer");
+    finish(server, &log);
+}
+
 #[test]
 fn a_half_closed_client_still_gets_every_pipelined_echo() {
     const FRAMES: usize = 100;
