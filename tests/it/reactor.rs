@@ -1686,12 +1686,16 @@ fn a_turn_writes_at_most_its_budget_and_every_writer_progresses() {
     server.stop();
 }
 
-#[test]
-fn a_client_that_never_reads_is_closed_once_its_output_stalls() {
-    const HIGH: usize = 64 * 1024;
+/// An echo server that closes a connection parked 300 ms without write progress, and a
+/// client that writes `frames` frames of 100 KB and never reads, once the server has closed it
+/// as stalled: the server, its address and log, the client and its writer thread.
+fn a_stalled_client(
+    high: usize,
+    frames: usize,
+) -> (Running, SocketAddr, Shared, Client, thread::JoinHandle<()>) {
     let config = Config {
-        out_high_water: HIGH,
-        out_low_water: HIGH / 4,
+        out_high_water: high,
+        out_low_water: high / 4,
         out_stall_timeout: Some(Duration::from_millis(300)),
         ..Config::default()
     };
@@ -1702,13 +1706,20 @@ fn a_client_that_never_reads_is_closed_once_its_output_stalls() {
     let w = thread::spawn(move || {
         // Far more than the socket buffers hold: the server parks, then gives up.
         let payload = vec![7u8; 100_000];
-        for _ in 0..200 {
+        for _ in 0..frames {
             if writer.write_all(&frame(&payload)).is_err() {
                 break;
             }
         }
     });
     assert_eq!(log.wait_closed(lazy_addr), CloseReason::Stalled);
+    (server, addr, log, lazy, w)
+}
+
+#[test]
+fn a_client_that_never_reads_is_closed_once_its_output_stalls() {
+    const HIGH: usize = 64 * 1024;
+    let (server, addr, log, lazy, w) = a_stalled_client(HIGH, 200);
     let max = log.get().max_queued;
     assert!(max <= HIGH + 100_100, "queued {max} bytes");
     // A reading client is not affected.
@@ -1724,26 +1735,7 @@ fn a_client_that_never_reads_is_closed_once_its_output_stalls() {
 /// at last, gets what the kernel held and then the end of the stream, and others are served.
 #[test]
 fn a_stalled_client_with_much_output_queued_still_sees_its_socket_closed() {
-    const HIGH: usize = 1 << 20;
-    let config = Config {
-        out_high_water: HIGH,
-        out_low_water: HIGH / 4,
-        out_stall_timeout: Some(Duration::from_millis(300)),
-        ..Config::default()
-    };
-    let (server, addr, log) = echo_server(config);
-    let mut lazy = Client::connect(addr);
-    let lazy_addr = lazy.local_addr();
-    let mut writer = lazy.stream().try_clone().unwrap();
-    let w = thread::spawn(move || {
-        let payload = vec![7u8; 100_000];
-        for _ in 0..400 {
-            if writer.write_all(&frame(&payload)).is_err() {
-                break;
-            }
-        }
-    });
-    assert_eq!(log.wait_closed(lazy_addr), CloseReason::Stalled);
+    let (server, addr, log, mut lazy, w) = a_stalled_client(1 << 20, 400);
     let memory = log.get().max_output_memory;
     assert!(
         memory > 256 * 1024,
