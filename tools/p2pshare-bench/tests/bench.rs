@@ -92,6 +92,12 @@ fn bench(out: &Path, args: &[&str]) -> std::process::Output {
         .expect("run bench")
 }
 
+/// The JSON file `name` the bench wrote into `out`.
+fn read_json(out: &Path, name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir =
         std::env::temp_dir().join(format!("p2pshare-bench-test-{name}-{}", std::process::id()));
@@ -119,8 +125,7 @@ fn closed_loop_writes_every_output() {
         let meta = std::fs::metadata(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert!(meta.len() > 0, "{f} is empty");
     }
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let json = read_json(&out, "summary.json");
     assert!(json["prerun_floor_us"]["p50"].as_f64().unwrap() > 0.0);
     let runs = json["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
@@ -181,8 +186,7 @@ fn saturation_mode_counts_answers() {
         ],
     );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let json = read_json(&out, "summary.json");
     assert!(json["saturation"]["ops"].as_u64().unwrap() > 0);
     assert_eq!(json["saturation"]["errors"], 0);
     assert_eq!(json["holders_per_prepopulated_file"], 2);
@@ -195,8 +199,7 @@ fn transfer_times_real_downloads_and_cleans_up() {
     let r = bench(&out, &["--transfer", "8M", "--repeats", "1"]);
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{stderr}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let json = read_json(&out, "summary.json");
     // The stable schema stays valid: the pre-run floor is measured, runs is empty.
     assert!(json["prerun_floor_us"]["p50"].as_f64().unwrap() > 0.0);
     assert_eq!(json["runs"], serde_json::json!([]));
@@ -366,8 +369,7 @@ fn names_file_populates_and_reports_query_classes() {
     );
     let stdout = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let json = read_json(&out, "summary.json");
     let c = &json["corpus"];
     assert_eq!(c["lines_read"], 453);
     assert_eq!(c["names_read"], 451);
@@ -424,8 +426,7 @@ fn abuse_mode_times_the_honest_client_with_and_without_the_abuser() {
     );
     let stdout = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let json = read_json(&out, "summary.json");
     let a = &json["abuse"];
     assert_eq!(a["in_flight"], 8);
     assert_eq!(a["idle"]["search"]["count"], 30);
@@ -510,8 +511,7 @@ fn abuse_mode_flags_an_abuser_banned_before_the_phase() {
     );
     let stdout = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let json = read_json(&out, "summary.json");
     let a = &json["abuse"];
     assert_eq!(a["banned_before_phase"], true, "{a}");
     let banned = a["abuser_banned_s"].as_f64().expect("a ban time");
@@ -567,8 +567,7 @@ fn storm_mode_measures_the_refill_after_a_sigkill() {
     let stdout = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(stdout.contains("whole again"), "{stdout}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("storm.json")).unwrap()).unwrap();
+    let json = read_json(&out, "storm.json");
     assert_eq!(json["peers"], 40);
     assert_eq!(json["files"], 4000);
     assert_eq!(json["files_back"], 4000);
@@ -603,8 +602,7 @@ fn cluster_mode_reports_lag_reads_rebuild_memory_and_both_faults() {
     ] {
         assert!(stdout.contains(line), "{line}: {stdout}");
     }
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("cluster.json")).unwrap()).unwrap();
+    let json = read_json(&out, "cluster.json");
     assert_eq!(json["files"], 2000);
     assert!(json["bulk"]["replicated_after_s"].is_number(), "{json}");
     assert_eq!(json["rebuild"]["entries_served"], 2000);
