@@ -200,12 +200,12 @@ pub fn render<C>(server: &mut IndexServer, ctx: &Ctx<C>) -> String {
         "Open peer connections (handshaken or not).",
         connections as f64,
     );
+    let buffers = ctx.buffer_usage();
     e.gauge(
         "p2pshare_index_input_buffer_bytes",
         "Bytes held by the connections' buffers of unhandled input (partial frames) and the spare one.",
-        ctx.input_buffer_bytes() as f64,
+        buffers.input() as f64,
     );
-    let buffers = ctx.buffer_usage();
     e.gauge(
         "p2pshare_index_input_retiring_bytes",
         "Bytes of input buffers no longer needed, being given back to the allocator (in input_buffer_bytes too).",

@@ -148,7 +148,9 @@ impl InputBuffers {
         }
     }
 
-    /// Bytes held by the spare (idle) and the buffers being given back.
+    /// Bytes held by the spare (idle) and the buffers being given back (the reactor reports
+    /// them apart: [`spare_bytes`](Self::spare_bytes), [`retiring_bytes`](Self::retiring_bytes)).
+    #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
         self.spare.as_ref().map_or(0, |s| s.bytes.capacity()) + self.retiring_bytes
     }

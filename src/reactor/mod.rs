@@ -637,6 +637,13 @@ pub struct BufferUsage {
     pub output_held: usize,
 }
 
+impl BufferUsage {
+    /// Bytes held by input buffers: every connection's, the spare and those being given back.
+    pub fn input(&self) -> usize {
+        self.input_pending + self.input_spare + self.input_retiring
+    }
+}
+
 /// What one connection has used of its share of a turn.
 #[derive(Debug, Default, Clone, Copy)]
 struct Budget {
@@ -860,20 +867,6 @@ impl<C> Ctx<C> {
     /// Bytes moved and connections accepted and refused since the start.
     pub fn io_totals(&self) -> IoTotals {
         self.io
-    }
-
-    /// Bytes held by input buffers: every connection's buffer of unhandled input (a partial
-    /// frame, or frames held while it is parked) and the spare one (their capacities).
-    pub fn input_buffer_bytes(&self) -> usize {
-        let held: usize = self
-            .slots
-            .iter()
-            .map(|(_, slot)| match slot {
-                Slot::Conn(c) => c.pending_in.capacity(),
-                Slot::Listener(_) => 0,
-            })
-            .sum();
-        held + self.inbufs.capacity()
     }
 
     /// Bytes held by every connection's buffers, by kind (see [`BufferUsage`]).
