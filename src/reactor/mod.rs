@@ -2115,7 +2115,7 @@ impl<C> Ctx<C> {
             if let Slot::Conn(mut c) = self.slots.remove(key) {
                 // A socket still registered must not outlive its slot (its key may be a
                 // new connection's): it is then closed at once, not buried.
-                let registered = self.registry.deregister(&mut c.stream).is_err();
+                let still_registered = self.registry.deregister(&mut c.stream).is_err();
                 self.inbufs.release(std::mem::take(&mut c.pending_in));
                 self.connections -= 1;
                 if c.accepted {
@@ -2144,7 +2144,7 @@ impl<C> Ctx<C> {
                     }
                 }
                 let state = c.state.take();
-                if registered
+                if still_registered
                     || c.out.queued_memory() <= BURY_BYTES_PER_TURN
                     || self.buried.len() >= MAX_BURIED
                 {
