@@ -473,17 +473,47 @@ pub fn seconds(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
-/// Whether the abuser was gone (banned, or its connection closed by indexd) before the
-/// abused phase started, `phase_start` after the abuser's start.
-pub fn gone_before(
-    banned: Option<Duration>,
-    closed: Option<Duration>,
-    phase_start: Duration,
-) -> bool {
-    [banned, closed]
-        .into_iter()
-        .flatten()
-        .any(|t| t < phase_start)
+/// What happened to the abuser before the abused phase started at `phase_start`, as
+/// measured (seconds from the abuser's start), when it was gone by then (banned, or its
+/// connection closed by indexd): `refused (first at 0.004 s), banned (at 0.010 s) and closed
+/// by indexd (at 0.011 s), 2.990 s before the abused phase started`. A close without a ban
+/// answer says so. `None` while the abuser was still there when the phase started.
+pub fn gone_text(
+    first_refusal: Option<f64>,
+    banned: Option<f64>,
+    closed: Option<f64>,
+    phase_start: f64,
+) -> Option<String> {
+    let before = |t: Option<f64>| t.filter(|t| *t < phase_start);
+    let (refused, banned, closed) = (before(first_refusal), before(banned), before(closed));
+    let gone = match (banned, closed) {
+        (Some(b), Some(c)) => b.min(c),
+        (Some(t), None) | (None, Some(t)) => t,
+        (None, None) => return None,
+    };
+    let mut events = Vec::new();
+    if let Some(t) = refused {
+        events.push(format!("refused (first at {t:.3} s)"));
+    }
+    if let Some(t) = banned {
+        events.push(format!("banned (at {t:.3} s)"));
+    }
+    if let Some(t) = closed {
+        events.push(format!("closed by indexd (at {t:.3} s)"));
+    }
+    let last = events.pop().expect("banned or closed");
+    let mut text = if events.is_empty() {
+        last
+    } else {
+        format!("{} and {last}", events.join(", "))
+    };
+    if banned.is_none() {
+        text.push_str(" without a ban");
+    }
+    Some(format!(
+        "{text}, {:.3} s before the abused phase started",
+        phase_start - gone
+    ))
 }
 
 /// The abuse mode's result (`abuse` in summary.json).
@@ -532,8 +562,10 @@ pub struct AbuseSummary {
     /// The abuser's answers read during the abused phase (the others came before it, in the
     /// warm-up, or after it).
     pub abuser_answers_in_phase: AbuserAnswers,
-    /// The abuser was banned, or its connection closed by indexd, before the abused phase
-    /// started: that phase measured an index without abuse, and the verdict says little.
+    /// The abuser was banned, or its connection closed by indexd (with or without a ban),
+    /// before the abused phase started: that phase measured an index without abuse, and the
+    /// verdict says little. Which of the two happened, and when: [`gone_text`] of the
+    /// timeline's fields.
     pub banned_before_phase: bool,
 }
 
@@ -596,11 +628,34 @@ mod tests {
 
     #[test]
     fn a_ban_or_close_before_the_phase_flags_the_run() {
-        let s = Duration::from_secs;
-        assert!(gone_before(Some(s(1)), Some(s(1)), s(3)));
-        assert!(gone_before(None, Some(s(2)), s(3)));
-        assert!(!gone_before(Some(s(4)), Some(s(4)), s(3)));
-        assert!(!gone_before(None, None, s(3)));
+        let gone = |b, c| gone_text(None, b, c, 3.0).is_some();
+        assert!(gone(Some(1.0), Some(1.0)));
+        assert!(gone(None, Some(2.0)));
+        assert!(!gone(Some(4.0), Some(4.0)));
+        assert!(!gone(None, None));
+        // The words say what was measured before the phase, nothing more.
+        assert_eq!(
+            gone_text(Some(0.004), Some(0.01), Some(0.011), 3.0).as_deref(),
+            Some(
+                "refused (first at 0.004 s), banned (at 0.010 s) and closed by indexd \
+                 (at 0.011 s), 2.990 s before the abused phase started"
+            )
+        );
+        let closed_only = gone_text(Some(0.5), None, Some(1.0), 3.0).unwrap();
+        assert_eq!(
+            closed_only,
+            "refused (first at 0.500 s) and closed by indexd (at 1.000 s) without a ban, \
+             2.000 s before the abused phase started"
+        );
+        assert!(!closed_only.contains("banned"), "{closed_only}");
+        // Closed, never refused; a ban that came only after the phase started is not named.
+        assert_eq!(
+            gone_text(None, Some(4.0), Some(2.0), 3.0).as_deref(),
+            Some("closed by indexd (at 2.000 s) without a ban, 1.000 s before the abused phase started")
+        );
+        // Refused but still there: not gone.
+        assert_eq!(gone_text(Some(0.5), None, None, 3.0), None);
+        assert_eq!(gone_text(Some(0.5), Some(3.5), Some(3.6), 3.0), None);
         let a = AbuserAnswers {
             searched: 5,
             rate_limited: 7,

@@ -25,6 +25,8 @@ pub struct ChartRun {
     pub curves: [Vec<(f64, f64)>; 3],
     /// The run's floor p50 (the pings interleaved with its ops), µs.
     pub floor_p50_us: f64,
+    /// The run's indexd `Ping` p50 (timed beside the floor), µs; 0 when not timed.
+    pub ping_p50_us: f64,
 }
 
 /// Size of the means chart, pixels.
@@ -128,7 +130,8 @@ pub fn latency_label(v: f64) -> String {
 }
 
 /// Chart (1), the original report's figure: mean time per operation against concurrent
-/// peers, p99 dashed, each run's floor (p50) as a grey line. Writes `means.svg` and
+/// peers, p99 dashed, each run's floor (p50) as a grey line and its indexd `Ping` (p50) as a
+/// black dotted one. Writes `means.svg` and
 /// `means.png`.
 pub fn means_chart(dir: &Path, runs: &[ChartRun]) -> io::Result<()> {
     register_fonts();
@@ -158,7 +161,7 @@ fn draw_means<DB: DrawingBackend>(
                 r.ops
                     .iter()
                     .flat_map(|o| [o.mean_us, o.p99_us])
-                    .chain([r.floor_p50_us])
+                    .chain([r.floor_p50_us, r.ping_p50_us])
             })
             .filter(|v| *v > 0.0)
     };
@@ -260,6 +263,32 @@ fn draw_means<DB: DrawingBackend>(
     chart
         .draw_series(floors.iter().map(|&p| Circle::new(p, 4, grey.filled())))
         .map_err(err)?;
+    let pings: Vec<(f64, f64)> = runs
+        .iter()
+        .filter(|r| r.ping_p50_us > 0.0)
+        .map(|r| (r.peers as f64, r.ping_p50_us))
+        .collect();
+    if !pings.is_empty() {
+        chart
+            .draw_series(DashedLineSeries::new(
+                pings.clone(),
+                2,
+                4,
+                BLACK.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label("indexd Ping p50 (after each op's floor ping)")
+            .legend(move |(x, y)| {
+                DashedPathElement::new(vec![(x, y), (x + 24, y)], 2, 4, BLACK.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                pings
+                    .iter()
+                    .map(|&p| Cross::new(p, 4, BLACK.stroke_width(2))),
+            )
+            .map_err(err)?;
+    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)

@@ -188,15 +188,27 @@ pub fn run(config: &Config) -> io::Result<Summary> {
                     limit: None,
                     pace: None,
                 };
-                let r = load::run_closed_loop(addr, echo_addr, spec, &population, config.seed)?;
+                let r = load::run_closed_loop_with(
+                    addr,
+                    echo_addr,
+                    spec,
+                    &population,
+                    config.seed,
+                    load::Pings::Timed,
+                )?;
                 let run_floor = OpSummary::of(&r.floor, 0);
+                let run_ping = OpSummary::of(&r.ping, 0);
                 eprintln!(
-                    "bench: floor of the run (pings after each op of {n} peer(s)): p50 {:.1} µs, p99 {:.1} µs",
-                    run_floor.p50_us, run_floor.p99_us
+                    "bench: floor of the run (pings after each op of {n} peer(s)): p50 {:.1} µs, p99 {:.1} µs; indexd Ping: p50 {:.1} µs, p99 {:.1} µs",
+                    run_floor.p50_us, run_floor.p99_us, run_ping.p50_us, run_ping.p99_us
                 );
                 write_file(
                     &config.out.join(format!("peers{n}-floor.hgrm")),
                     &stats::to_hgrm(&r.floor),
+                )?;
+                write_file(
+                    &config.out.join(format!("peers{n}-ping.hgrm")),
+                    &stats::to_hgrm(&r.ping),
                 )?;
                 let summaries = [0, 1, 2].map(|k| OpSummary::of(&r.hists[k], r.errors[k]));
                 for kind in OpKind::ALL {
@@ -210,6 +222,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
                     ops: summaries.clone(),
                     curves: [0, 1, 2].map(|k| stats::percentile_curve(&r.hists[k])),
                     floor_p50_us: run_floor.p50_us,
+                    ping_p50_us: run_ping.p50_us,
                 });
                 let mut run = RunSummary::new(
                     n,
@@ -217,6 +230,7 @@ pub fn run(config: &Config) -> io::Result<Summary> {
                     r.ops_per_s(),
                     r.elapsed.as_secs_f64(),
                     run_floor,
+                    run_ping,
                     prerun.p50,
                 );
                 if !r.classes.is_empty() {
@@ -440,14 +454,19 @@ fn run_abuse(
     let in_phase = abuser.answers_so_far().since(&before);
     let done = abuser.stop()?;
     let abused = abused?;
-    let banned_before_phase = abuse::gone_before(done.banned, done.closed, phase_start);
-    if banned_before_phase {
+    // From the same rounded times summary.json keeps, so the flag, stderr and the report
+    // agree.
+    let gone = abuse::gone_text(
+        done.first_refusal.map(abuse::seconds),
+        done.banned.map(abuse::seconds),
+        done.closed.map(abuse::seconds),
+        abuse::seconds(phase_start),
+    );
+    let banned_before_phase = gone.is_some();
+    if let Some(gone) = gone {
         eprintln!(
-            "bench: abuse: the abuser was banned {:.3} s before the abused phase started: that \
-             phase measured an index without abuse",
-            abuse::seconds(
-                phase_start.saturating_sub(done.banned.or(done.closed).unwrap_or_default())
-            )
+            "bench: abuse: WARNING: the abuser was {gone}: that phase measured an index \
+             without abuse"
         );
     }
     let phase = |name: &str, r: &load::RunResult| -> io::Result<abuse::AbusePhase> {
@@ -530,25 +549,38 @@ pub fn console_table(s: &Summary) -> String {
     } else {
         let _ = writeln!(
             t,
-            "{:>5} {:<8} {:>7} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "peers", "op", "count", "errors", "mean µs", "p50 µs", "p99 µs", "max µs", "p50/floor"
+            "{:>5} {:<8} {:>7} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "peers",
+            "op",
+            "count",
+            "errors",
+            "mean µs",
+            "p50 µs",
+            "p99 µs",
+            "max µs",
+            "p50/floor",
+            "p50/ping"
         );
     }
     let row = |t: &mut String, peers: usize, name: &str, o: &OpSummary, ratio: &str| {
         let line = format!(
-            "{peers:>5} {name:<8} {:>7} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {ratio:>9}",
+            "{peers:>5} {name:<8} {:>7} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {ratio}",
             o.count, o.errors, o.mean_us, o.p50_us, o.p99_us, o.max_us,
         );
         let _ = writeln!(t, "{}", line.trim_end());
     };
     for r in &s.runs {
         for kind in OpKind::ALL {
-            let ratio = format!("{:.2}x", r.p50_ratio(kind));
+            let ratio = format!(
+                "{:>9} {:>9}",
+                format!("{:.2}x", r.p50_ratio(kind)),
+                format!("{:.2}x", r.p50_over_ping_of(kind))
+            );
             row(&mut t, r.peers, kind.name(), r.op(kind), &ratio);
         }
         if let Some(c) = &r.search_classes {
             for class in QueryClass::ALL {
-                let ratio = format!("{:.2}x", r.class_ratio(class));
+                let ratio = format!("{:>9}", format!("{:.2}x", r.class_ratio(class)));
                 row(&mut t, r.peers, class.label(), c.get(class), &ratio);
             }
         }
@@ -558,24 +590,38 @@ pub fn console_table(s: &Summary) -> String {
                 row(&mut t, r.peers, &label, c.get(class), "");
             }
         }
+        let ping_ratio = format!("{:>9}", format!("{:.2}x", r.ping_over_floor));
+        row(&mut t, r.peers, "ping", &r.ping, &ping_ratio);
         row(&mut t, r.peers, "floor", &r.floor, "");
         let _ = writeln!(t, "{:>5} all ops: {:.0} ops/s", r.peers, r.ops_per_s);
     }
     if !s.runs.is_empty() {
         let _ = writeln!(
             t,
-            "floor: a bare loopback round trip each simulated peer times after each of its ops; \
-             p50/floor divides by the floor's p50 in the same run; a class marked * is its \
-             searches' server time as indexd reports it"
+            "floor: a bare loopback round trip each simulated peer times after each of its ops \
+             and pings; ping: indexd's own Ping, timed after each op's floor ping; p50/floor and \
+             p50/ping divide by their p50 in the same run; a class marked * is its searches' \
+             server time as indexd reports it"
         );
     }
     for v in &s.targets {
         let _ = writeln!(
             t,
-            "target {}: {}, {}",
+            "target {} ({}): {}, {}",
             v.target_text(),
+            v.origin,
             v.verdict_text(),
             v.measured_text()
+        );
+    }
+    if s.targets
+        .iter()
+        .any(|v| v.origin != report::Origin::Issue.key())
+    {
+        let _ = writeln!(
+            t,
+            "(proposed: the nearest honest targets, in place of issue 12's two on the floor, \
+             relative to indexd's own Ping timed in the same run; see report.md)"
         );
     }
     if let Some(sat) = &s.saturation {

@@ -215,9 +215,13 @@ pub struct RunResult {
     pub classes: Vec<Histogram<u64>>,
     /// The same searches' server time (ns; what indexd reports in each answer), per class.
     pub class_server: Vec<Histogram<u64>>,
-    /// Bare loopback round trips (ns) to the echo server, one after each op of each peer:
-    /// the floor measured under exactly the run's conditions (same time, same concurrency).
+    /// Bare loopback round trips (ns) to the echo server, one after each op of each peer
+    /// (and one after each of its `Ping`s, with [`Pings::Timed`]): the floor measured under
+    /// exactly the run's conditions (same time, same concurrency).
     pub floor: Histogram<u64>,
+    /// indexd's `Ping` (ns), one after each op's floor ping, with [`Pings::Timed`]; empty
+    /// otherwise.
+    pub ping: Histogram<u64>,
     /// From the start signal to the last peer's last answer.
     pub elapsed: Duration,
     /// Requests that got no answer in time (only with [`RunSpec::limit`]).
@@ -238,17 +242,42 @@ struct PeerResult {
     classes: Vec<Histogram<u64>>,
     class_server: Vec<Histogram<u64>>,
     floor: Histogram<u64>,
+    ping: Histogram<u64>,
     unanswered: u64,
 }
 
+/// Whether a closed-loop run also times indexd's own `Ping`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pings {
+    /// Each op is followed by a floor ping only.
+    Untimed,
+    /// Each op is followed by a floor ping, indexd's `Ping` on the peer's index session, and
+    /// another floor ping: the `Ping` shares the ops' moments and CPU contention as the
+    /// floor does, and every index request (op or `Ping`) comes right after a floor ping,
+    /// so indexd's work after one answer overlaps a floor ping, never the next request.
+    Timed,
+}
+
 /// Runs `spec.peers` simulated peers against `addr`, each doing `spec.ops` in its own seeded
-/// order, all starting together.
+/// order, all starting together, each op followed by a floor ping.
 pub fn run_closed_loop(
     addr: SocketAddr,
     echo: SocketAddr,
     spec: RunSpec,
     population: &Population,
     seed: u64,
+) -> io::Result<RunResult> {
+    run_closed_loop_with(addr, echo, spec, population, seed, Pings::Untimed)
+}
+
+/// [`run_closed_loop`], timing indexd's `Ping` too as `pings` says (the main job's runs).
+pub fn run_closed_loop_with(
+    addr: SocketAddr,
+    echo: SocketAddr,
+    spec: RunSpec,
+    population: &Population,
+    seed: u64,
+    pings: Pings,
 ) -> io::Result<RunResult> {
     let RunSpec {
         run, peers, ops, ..
@@ -276,6 +305,7 @@ pub fn run_closed_loop(
                 files: &files,
                 common: common.as_deref().map(Vec::as_slice),
                 seed,
+                pings,
             };
             peer_loop(&mut client, &mut pinger, &work, &done_ops)
         }));
@@ -300,6 +330,7 @@ pub fn run_closed_loop(
     let mut classes = Vec::new();
     let mut class_server: Vec<Histogram<u64>> = Vec::new();
     let mut floor = stats::new_histogram();
+    let mut ping = stats::new_histogram();
     let mut unanswered = 0;
     for h in handles {
         let r = h
@@ -321,6 +352,7 @@ pub fn run_closed_loop(
             }
         }
         floor.add(&r.floor).expect("same histogram bounds");
+        ping.add(&r.ping).expect("same histogram bounds");
         unanswered += r.unanswered;
     }
     let done: u64 = hists.iter().map(Histogram::len).sum();
@@ -335,6 +367,7 @@ pub fn run_closed_loop(
         classes,
         class_server,
         floor,
+        ping,
         elapsed,
         unanswered,
     })
@@ -348,6 +381,7 @@ struct PeerWork<'a> {
     /// The commonest words, when searches are drawn by class.
     common: Option<&'a [Share]>,
     seed: u64,
+    pings: Pings,
 }
 
 /// A search request for `files`: by a random [`QueryClass`] when `common` is given (the
@@ -397,6 +431,7 @@ fn peer_loop(
         files,
         common,
         seed,
+        pings,
     } = *work;
     let run = spec.run;
     let mut rng = Rng::for_stream(seed, (run as u64) << 32 | peer as u64);
@@ -410,6 +445,7 @@ fn peer_loop(
     let mut class_server: Vec<Histogram<u64>> =
         classes.iter().map(|_| stats::new_histogram()).collect();
     let mut floor = stats::new_histogram();
+    let mut ping = stats::new_histogram();
     // `SEARCH_LOG=FILE`: each search's query, class and times, one a line (which queries make
     // a class's tail); the file name gets the run and peer.
     let mut search_log = match std::env::var_os("SEARCH_LOG") {
@@ -521,6 +557,10 @@ fn peer_loop(
         }
         // The floor sample right after the op: same moment, same load on the machine.
         stats::record(&mut floor, pinger.round_trip()?);
+        if pings == Pings::Timed {
+            stats::record(&mut ping, timed_ping(client)?);
+            stats::record(&mut floor, pinger.round_trip()?);
+        }
         done_ops.fetch_add(1, Ordering::Relaxed);
     }
     if unanswered == 0 {
@@ -532,8 +572,24 @@ fn peer_loop(
         classes,
         class_server,
         floor,
+        ping,
         unanswered,
     })
+}
+
+/// Times one `Ping` on the index session, its encoding and decoding outside the clock as
+/// for the ops; anything but `Pong` is an error.
+fn timed_ping(client: &mut Client) -> io::Result<Duration> {
+    let id = client.prepare(RequestBody::Ping);
+    let began = Instant::now();
+    client.exchange()?;
+    let took = began.elapsed();
+    match client.answer(id)? {
+        ResponseBody::Pong => Ok(took),
+        other => Err(io::Error::other(format!(
+            "indexd answered a Ping with {other:?}"
+        ))),
+    }
 }
 
 /// Whether `e` is a read that timed out.

@@ -92,6 +92,17 @@ fn bench(out: &Path, args: &[&str]) -> std::process::Output {
         .expect("run bench")
 }
 
+/// Runs the bench with `args`, which must succeed, and returns its stdout and the
+/// summary.json it wrote into `out`.
+fn bench_summary(out: &Path, args: &[&str]) -> (String, serde_json::Value) {
+    let r = bench(out, args);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    (
+        String::from_utf8_lossy(&r.stdout).into_owned(),
+        read_json(out, "summary.json"),
+    )
+}
+
 /// The JSON file `name` the bench wrote into `out`.
 fn read_json(out: &Path, name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -109,8 +120,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 fn closed_loop_writes_every_output() {
     let out = temp_dir("closed");
     // A lone count is the sweep 1..=N: runs of 1 and 2 peers.
-    let r = bench(&out, &["--ops", "20,5,20", "--peers", "2"]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (stdout, json) = bench_summary(&out, &["--ops", "20,5,20", "--peers", "2"]);
     for f in [
         "summary.json",
         "report.md",
@@ -121,11 +131,12 @@ fn closed_loop_writes_every_output() {
         "peers1-search.hgrm",
         "peers2-register.hgrm",
         "peers2-lookup.hgrm",
+        "peers1-ping.hgrm",
+        "peers2-floor.hgrm",
     ] {
         let meta = std::fs::metadata(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert!(meta.len() > 0, "{f} is empty");
     }
-    let json = read_json(&out, "summary.json");
     assert!(json["prerun_floor_us"]["p50"].as_f64().unwrap() > 0.0);
     let runs = json["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
@@ -135,36 +146,94 @@ fn closed_loop_writes_every_output() {
     assert_eq!(runs[1]["ops"]["register"]["count"], 10);
     assert_eq!(runs[1]["ops"]["lookup"]["errors"], 0);
     assert!(runs[1]["ops_per_s"].as_f64().unwrap() > 0.0);
-    // One floor: the ratios divide by the run's own floor, the pings interleaved with its ops.
+    // Within 0.006 of `a / b`: a reported ratio is rounded to 2 decimals.
+    let close = |ratio: f64, a: f64, b: f64| {
+        assert!(
+            b > 0.0 && (ratio - a / b).abs() < 0.006,
+            "{ratio} vs {a} / {b}"
+        );
+    };
+    // One floor: the ratios divide by the run's own floor, the pings interleaved with its
+    // ops; and indexd's Ping, timed beside it, divides the p50_over_ping ratios.
     for run in runs {
         let floor = run["floor_p50_us"].as_f64().unwrap();
         assert!(floor > 0.0);
         assert_eq!(run["floor"]["p50_us"].as_f64().unwrap(), floor);
-        // One ping after each op of each peer.
+        let ping = run["ping_p50_us"].as_f64().unwrap();
+        assert!(ping > 0.0);
+        assert_eq!(run["ping"]["p50_us"].as_f64().unwrap(), ping);
+        assert_eq!(run["ping"]["errors"], 0);
+        close(run["ping_over_floor"].as_f64().unwrap(), ping, floor);
+        // After each op of each peer: a floor ping, a Ping, a floor ping.
         let ops: u64 = ["search", "register", "lookup"]
             .iter()
             .map(|op| run["ops"][*op]["count"].as_u64().unwrap())
             .sum();
-        assert_eq!(run["floor"]["count"].as_u64().unwrap(), ops);
-        let p50 = run["ops"]["lookup"]["p50_us"].as_f64().unwrap();
-        let ratio = run["p50_over_floor"]["lookup"].as_f64().unwrap();
-        assert!(
-            (ratio - p50 / floor).abs() < 0.006,
-            "{ratio} vs {p50} / {floor}"
-        );
+        assert_eq!(run["ping"]["count"].as_u64().unwrap(), ops);
+        assert_eq!(run["floor"]["count"].as_u64().unwrap(), 2 * ops);
+        for op in ["search", "register", "lookup"] {
+            let p50 = run["ops"][op]["p50_us"].as_f64().unwrap();
+            close(run["p50_over_floor"][op].as_f64().unwrap(), p50, floor);
+            close(run["p50_over_ping"][op].as_f64().unwrap(), p50, ping);
+        }
     }
-    // The targets are judged at 1 peer.
+    // The targets are judged at 1 peer: the issue's two on the floor, the proposed two on
+    // the Ping, each on the ratio of the run of 1 peer.
     let targets = json["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 2);
+    let kinds: Vec<(&str, &str, f64, &str)> = targets
+        .iter()
+        .map(|t| {
+            (
+                t["op"].as_str().unwrap(),
+                t["over"].as_str().unwrap(),
+                t["bound"].as_f64().unwrap(),
+                t["origin"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("lookup", "floor", 1.15, "issue 12"),
+            ("register", "floor", 1.15, "issue 12"),
+            ("lookup", "ping", 1.15, "proposed"),
+            ("register", "ping", 1.2, "proposed"),
+        ]
+    );
     for t in targets {
         assert_eq!(t["peers"], 1);
-        assert_eq!(t["max_p50_over_floor"], 1.15);
-        assert!(t["met"].is_boolean(), "{t}");
+        let (op, over) = (t["op"].as_str().unwrap(), t["over"].as_str().unwrap());
+        let run = &runs[0];
+        assert_eq!(t["p50_us"], run["ops"][op]["p50_us"], "{t}");
+        assert_eq!(t["over_p50_us"], run[format!("{over}_p50_us")], "{t}");
+        let ratio = t["p50_over"].as_f64().unwrap();
+        assert_eq!(ratio, run[format!("p50_over_{over}")][op].as_f64().unwrap());
+        assert_eq!(t["met"], ratio <= t["bound"].as_f64().unwrap(), "{t}");
+        let line = format!(
+            "target {op} p50 ≤ {:.2} × {} at 1 peer ({}): {}",
+            t["bound"].as_f64().unwrap(),
+            if over == "ping" {
+                "indexd Ping"
+            } else {
+                "floor"
+            },
+            t["origin"].as_str().unwrap(),
+            if t["met"] == true { "met" } else { "NOT MET" }
+        );
+        assert!(stdout.contains(&line), "{line}\n{stdout}");
     }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## Targets"), "{md}");
-    assert!(md.contains("lookup p50 ≤ 1.15 × floor at 1 peer"), "{md}");
-    assert!(md.contains("| 2 | *floor* | 90 |"), "{md}");
+    assert!(
+        md.contains("| lookup p50 ≤ 1.15 × floor at 1 peer | issue 12 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| register p50 ≤ 1.20 × indexd Ping at 1 peer | proposed |"),
+        "{md}"
+    );
+    assert!(md.contains("| 2 | *floor* | 180 |"), "{md}");
+    assert!(md.contains("| 2 | *Ping* | 90 | 0 |"), "{md}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -172,7 +241,7 @@ fn closed_loop_writes_every_output() {
 fn saturation_mode_counts_answers() {
     let out = temp_dir("sat");
     // With two holders per pre-populated file: 2 fake peers registering 2,000 files each.
-    let r = bench(
+    let (_, json) = bench_summary(
         &out,
         &[
             "--connections",
@@ -185,8 +254,6 @@ fn saturation_mode_counts_answers() {
             "2",
         ],
     );
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let json = read_json(&out, "summary.json");
     assert!(json["saturation"]["ops"].as_u64().unwrap() > 0);
     assert_eq!(json["saturation"]["errors"], 0);
     assert_eq!(json["holders_per_prepopulated_file"], 2);
@@ -196,10 +263,7 @@ fn saturation_mode_counts_answers() {
 #[test]
 fn transfer_times_real_downloads_and_cleans_up() {
     let out = temp_dir("transfer");
-    let r = bench(&out, &["--transfer", "8M", "--repeats", "1"]);
-    let stderr = String::from_utf8_lossy(&r.stderr);
-    assert!(r.status.success(), "{stderr}");
-    let json = read_json(&out, "summary.json");
+    let (_, json) = bench_summary(&out, &["--transfer", "8M", "--repeats", "1"]);
     // The stable schema stays valid: the pre-run floor is measured, runs is empty.
     assert!(json["prerun_floor_us"]["p50"].as_f64().unwrap() > 0.0);
     assert_eq!(json["runs"], serde_json::json!([]));
@@ -356,7 +420,7 @@ fn names_file_populates_and_reports_query_classes() {
     let out = temp_dir("names");
     let names = names_file(&out.join("in"));
     // 453 lines, 451 names, grown to the 2,000 files the helper asks for.
-    let r = bench(
+    let (stdout, json) = bench_summary(
         &out,
         &[
             "--names",
@@ -367,9 +431,6 @@ fn names_file_populates_and_reports_query_classes() {
             "1",
         ],
     );
-    let stdout = String::from_utf8_lossy(&r.stdout);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let json = read_json(&out, "summary.json");
     let c = &json["corpus"];
     assert_eq!(c["lines_read"], 453);
     assert_eq!(c["names_read"], 451);
@@ -411,7 +472,7 @@ fn names_file_populates_and_reports_query_classes() {
 fn abuse_mode_times_the_honest_client_with_and_without_the_abuser() {
     let out = temp_dir("abuse");
     let names = names_file(&out.join("in"));
-    let r = bench(
+    let (stdout, json) = bench_summary(
         &out,
         &[
             "--names",
@@ -424,9 +485,6 @@ fn abuse_mode_times_the_honest_client_with_and_without_the_abuser() {
             "5",
         ],
     );
-    let stdout = String::from_utf8_lossy(&r.stdout);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let json = read_json(&out, "summary.json");
     let a = &json["abuse"];
     assert_eq!(a["in_flight"], 8);
     assert_eq!(a["idle"]["search"]["count"], 30);
@@ -494,7 +552,7 @@ fn abuse_mode_flags_an_abuser_banned_before_the_phase() {
         ],
     )
     .expect("start indexd");
-    let r = bench(
+    let (stdout, json) = bench_summary(
         &out,
         &[
             "--index",
@@ -509,9 +567,6 @@ fn abuse_mode_flags_an_abuser_banned_before_the_phase() {
             "5",
         ],
     );
-    let stdout = String::from_utf8_lossy(&r.stdout);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let json = read_json(&out, "summary.json");
     let a = &json["abuse"];
     assert_eq!(a["banned_before_phase"], true, "{a}");
     let banned = a["abuser_banned_s"].as_f64().expect("a ban time");
@@ -531,12 +586,26 @@ fn abuse_mode_flags_an_abuser_banned_before_the_phase() {
     for kind in ["searched", "looked_up", "rate_limited", "banned"] {
         assert_eq!(k[kind], 0, "{a}");
     }
-    assert!(
-        stdout.contains("WARNING: the abuser was banned"),
-        "{stdout}"
+    // The warning says what happened before the phase, as measured: refused, then banned,
+    // and closed by indexd if that close was seen before the phase too.
+    let at = |key: &str| a[key].as_f64().unwrap();
+    let mut words = format!(
+        "WARNING: the abuser was refused (first at {:.3} s), banned (at {banned:.3} s)",
+        at("abuser_first_refusal_s")
     );
+    let mut gone = banned;
+    if let Some(closed) = a["abuser_closed_s"].as_f64().filter(|c| *c < phase_start) {
+        words.push_str(&format!(" and closed by indexd (at {closed:.3} s)"));
+        gone = gone.min(closed);
+    }
+    words.push_str(&format!(
+        ", {:.3} s before the abused phase started",
+        phase_start - gone
+    ));
+    assert!(stdout.contains(&words), "{words}\n{stdout}");
+    assert!(!stdout.contains("without a ban"), "{stdout}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("WARNING: the abuser was banned"), "{md}");
+    assert!(md.contains(&words), "{words}\n{md}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
