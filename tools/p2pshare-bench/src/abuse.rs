@@ -22,8 +22,9 @@
 //!   abuser stops: a ban ends the abuse), other errors.
 //! - When the abuser's first refusal, its ban and indexd's close of its connection came is
 //!   kept (from its start), and so are its answers when the measured phase starts: a run in
-//!   which it was banned before that phase measured an index without abuse, and says so
-//!   ([`AbuseSummary::banned_before_phase`]).
+//!   which it was banned, or closed by indexd, before that phase measured an index without
+//!   abuse, and says which happened and when ([`gone_text`],
+//!   [`AbuseSummary::banned_before_phase`]).
 
 use super::client::Client;
 use super::corpus::NameStats;
