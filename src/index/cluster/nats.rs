@@ -115,10 +115,75 @@ async fn within<T, E: std::fmt::Display>(
         Err(_) => Err(format!("{what}: no answer within {limit:?}")),
     }
 }
+/// How often another try of an ephemeral consumer's creation is sent while none has answered
+/// ([`hedged`]).
+const HEDGE_EVERY: Duration = Duration::from_millis(500);
+/// Most tries of one creation in flight at once ([`hedged`]).
+const HEDGE_IN_FLIGHT: usize = 8;
+
+/// Creates an ephemeral consumer (an ordered consumer, a bucket's watch, a probe) by tries
+/// sent side by side: `try_once` is sent at once, then again every [`HEDGE_EVERY`] while no try
+/// has answered (at most [`HEDGE_IN_FLIGHT`] in flight, each given up after
+/// [`JOIN_REQUEST_TIMEOUT`]); the first answer wins, and the whole (named `what`) is given up
+/// after `limit`.
+///
+/// Why: nats-server before 2.9.12 places an ephemeral consumer (R1, as ordered consumers and
+/// watches are) on a peer of its stream's group drawn at random, up or down
+/// (`createGroupForConsumer` and `setPreferred` in 2.9.10; fixed by nats-server commit e15eb22,
+/// issue 3791). A creation placed on a dead server is never answered (the server creates it
+/// when it comes back). With one server of 3 dead, each try is lost with a chance of 1 in 3:
+/// tries sent one after another, each waited for 2 s, made a node resume its replication
+/// 2 s later per lost try, and 4 lost in a row (1 in 81) kept a node's consumer down past
+/// the end of `bench --cluster`'s engine fault (1,456 of 1,552 files "lost" at node a,
+/// session 15). A try that lost the race, answered or not, leaves a consumer no one
+/// subscribes to, which the server deletes after its inactive threshold (30 s).
+pub async fn hedged<T, E, F>(
+    what: &str,
+    limit: Duration,
+    mut try_once: impl FnMut() -> F,
+) -> Result<T, String>
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + limit;
+    let mut tries = FuturesUnordered::new();
+    let (mut sent, mut next) = (0usize, Instant::now());
+    let mut last = String::from("none sent");
+    loop {
+        let now = Instant::now();
+        if now >= next && now < deadline && tries.len() < HEDGE_IN_FLIGHT {
+            sent += 1;
+            let n = sent;
+            let answer = tokio::time::timeout(JOIN_REQUEST_TIMEOUT, try_once());
+            tries.push(async move { (n, answer.await) });
+            next = Instant::now() + HEDGE_EVERY;
+        }
+        tokio::select! {
+            // An answer at the deadline still wins; a try due at the deadline is not sent.
+            biased;
+            Some((n, done)) = tries.next() => match done {
+                Ok(Ok(v)) => {
+                    if n > 1 {
+                        log::warn!("cluster: {what}: answered to try {n} ({sent} sent)");
+                    }
+                    return Ok(v);
+                }
+                Ok(Err(e)) => last = format!("try {n}: {e}"),
+                Err(_) => last = format!("try {n}: no answer within {JOIN_REQUEST_TIMEOUT:?}"),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(format!("{what}: none of {sent} tries answered within {limit:?} (last: {last})"));
+            }
+            _ = tokio::time::sleep_until(next), if tries.len() < HEDGE_IN_FLIGHT => {}
+        }
+    }
+}
+
 /// How often the consumer is checked for a stall ([`Node::is_stuck`]).
 const STALL_CHECK: Duration = Duration::from_secs(5);
-/// How many times a lost consumer is created again at once (then: at its next error).
-const RESUME_TRIES: usize = 15;
+/// How long a lost consumer's re-creation is tried at once (then: at its next error or stall).
+const RESUME_LIMIT: Duration = Duration::from_secs(30);
 /// How often the other nodes' keys are checked: a quarter of the TTL, at most a second, so
 /// that a death is noticed within about the TTL plus this after the node's last refresh.
 pub fn check_interval(ttl: Duration) -> Duration {
@@ -1214,7 +1279,7 @@ impl Node {
                     Some(Err(e)) => {
                         log::warn!("cluster: watching {}: {e}", self.config.bucket_name());
                         // Given up soon, as a consumer's re-creation is: its server may be dead.
-                        match quick("watching again", self.kv.watch_all()).await {
+                        match hedged("watching again", JOIN_REQUEST_TIMEOUT, || self.kv.watch_all()).await {
                             Ok(w) => watch = w,
                             Err(e) => log::warn!("cluster: {e}"),
                         }
@@ -1313,19 +1378,19 @@ impl Node {
 
     /// The stream's ordered consumer (from its start) and the bucket's watch.
     async fn subscribe(&self, client: &async_nats::Client) -> Result<Joined, String> {
-        let consumer = quick(
-            "consumer",
+        let consumer = hedged("consumer", JOIN_REQUEST_TIMEOUT, || {
             self.stream.create_consumer(consumer::push::OrderedConfig {
                 deliver_subject: client.new_inbox(),
                 filter_subject: format!("{}.>", self.config.prefix),
                 deliver_policy: consumer::DeliverPolicy::All,
                 ..Default::default()
-            }),
-        )
+            })
+        })
         .await?;
-        let watch = quick(
-            format_args!("watch {}", self.config.bucket_name()),
-            self.kv.watch_all(),
+        let watch = hedged(
+            &format!("watch {}", self.config.bucket_name()),
+            JOIN_REQUEST_TIMEOUT,
+            || self.kv.watch_all(),
         )
         .await?;
         let pending = consumer.cached_info().num_pending > 0;
@@ -1376,10 +1441,9 @@ impl Node {
 
     /// Whether the stream holds nothing from record `seq` on (false if it cannot tell).
     async fn is_read_to_end(&self, client: &async_nats::Client, seq: u64) -> bool {
-        let probe = quick(
-            "probe",
-            self.stream.create_consumer(self.ordered_from(client, seq)),
-        )
+        let probe = hedged("probe", JOIN_REQUEST_TIMEOUT, || {
+            self.stream.create_consumer(self.ordered_from(client, seq))
+        })
         .await;
         // The probe is ephemeral: the server drops it once it has no subscriber.
         match &probe {
@@ -1434,23 +1498,20 @@ impl Node {
         true
     }
 
-    /// Replaces `messages` by a new ordered consumer from record `seq` on, tried
-    /// [`RESUME_TRIES`] times (then: kept, and tried again at its next error or stall).
+    /// Replaces `messages` by a new ordered consumer from record `seq` on, tried for
+    /// [`RESUME_LIMIT`] (then: kept, and tried again at its next error or stall).
     async fn replace_consumer(
         &self,
         client: &async_nats::Client,
         seq: u64,
         messages: &mut consumer::push::Ordered,
     ) {
-        for _ in 0..RESUME_TRIES {
-            match self.resume(client, seq).await {
-                Ok(m) => {
-                    log::debug!("cluster: {}: consumer from {seq}", self.config.node);
-                    *messages = m;
-                    return;
-                }
-                Err(e) => log::warn!("cluster: {e}"),
+        match self.resume(client, seq).await {
+            Ok(m) => {
+                log::debug!("cluster: {}: consumer from {seq}", self.config.node);
+                *messages = m;
             }
+            Err(e) => log::warn!("cluster: {e}"),
         }
     }
 
@@ -1460,12 +1521,12 @@ impl Node {
         client: &async_nats::Client,
         seq: u64,
     ) -> Result<consumer::push::Ordered, String> {
-        // Each request given up soon, as in the join: the stream's leader may have died, and
-        // a request to it is never answered.
-        let consumer = quick(
-            "consumer",
-            self.stream.create_consumer(self.ordered_from(client, seq)),
-        )
+        // Tries side by side, each given up soon, as in the join: a try may be placed on a
+        // dead server (see `hedged`), or sent to a meta leader that just died, and then it is
+        // never answered.
+        let consumer = hedged("consumer", RESUME_LIMIT, || {
+            self.stream.create_consumer(self.ordered_from(client, seq))
+        })
         .await?;
         quick("consumer", consumer.messages()).await
     }
@@ -1759,16 +1820,15 @@ impl Remover {
     /// The sequences of every record on `subjects`, read by a consumer of their own (headers
     /// only), each step bounded.
     async fn walk(&self, subjects: &str) -> Result<Vec<u64>, String> {
-        let consumer = bounded(
-            "walk consumer",
+        let consumer = hedged("walk consumer", REQUEST_TIMEOUT, || {
             self.stream.create_consumer(consumer::push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
                 filter_subject: subjects.to_string(),
                 deliver_policy: consumer::DeliverPolicy::All,
                 headers_only: true,
                 ..Default::default()
-            }),
-        )
+            })
+        })
         .await?;
         let mut seqs = Vec::new();
         if consumer.cached_info().num_pending == 0 {
@@ -1947,5 +2007,66 @@ mod tests {
             assert!(spawned, "no room after an answer ended");
             drop(release_too);
         });
+    }
+
+    /// Runs `hedged` on a paused clock against tries that answer after `latency`, or never
+    /// (those whose number, from 1, is in `lost`: placed on a dead server); what it returned,
+    /// the virtual time it took, and how many tries it sent.
+    fn hedge_against(
+        lost: &[usize],
+        latency: Duration,
+        limit: Duration,
+    ) -> (Result<usize, String>, Duration, usize) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let began = Instant::now();
+            let sent = std::cell::Cell::new(0);
+            let got = hedged("consumer", limit, || {
+                sent.set(sent.get() + 1);
+                let n = sent.get();
+                let is_lost = lost.contains(&n);
+                async move {
+                    if is_lost {
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(latency).await;
+                    Ok::<usize, String>(n)
+                }
+            })
+            .await;
+            (got, began.elapsed(), sent.get())
+        })
+    }
+
+    #[test]
+    fn a_consumer_creation_placed_on_a_dead_server_is_outrun_by_another_try() {
+        let ms = Duration::from_millis;
+        // Nothing lost: one try, answered as fast as the server answers.
+        assert_eq!(hedge_against(&[], ms(3), ms(2000)), (Ok(1), ms(3), 1));
+        // The first 4 tries placed on the dead server (1 in 81 with one server of 3 dead):
+        // the 5th, sent 4 × HEDGE_EVERY after the first, answers. Sent one after another and
+        // each waited for 2 s, as before, this took 8 s.
+        let (got, took, sent) = hedge_against(&[1, 2, 3, 4], ms(3), Duration::from_secs(30));
+        assert_eq!(got, Ok(5));
+        assert_eq!(took, HEDGE_EVERY * 4 + ms(3));
+        assert_eq!(sent, 5);
+        // A slow server (a starved machine): the first try answers after 1.2 s and wins, the
+        // tries sent meanwhile are dropped.
+        let (got, took, sent) = hedge_against(&[], ms(1200), Duration::from_secs(30));
+        assert_eq!((got, took, sent), (Ok(1), ms(1200), 3));
+        // Nothing answers: given up at the limit, with at most HEDGE_IN_FLIGHT in flight and
+        // each try given up after JOIN_REQUEST_TIMEOUT (so tries go on being sent).
+        let every: Vec<usize> = (1..=1000).collect();
+        let (got, took, sent) = hedge_against(&every, ms(3), Duration::from_secs(10));
+        assert!(
+            got.unwrap_err().contains("none of 20 tries answered"),
+            "{sent}"
+        );
+        assert_eq!(took, Duration::from_secs(10));
+        assert_eq!(sent, 20);
     }
 }

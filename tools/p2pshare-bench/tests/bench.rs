@@ -684,6 +684,9 @@ fn cluster_mode_reports_lag_reads_rebuild_memory_and_both_faults() {
     assert!(json["memory"][3]["vm_hwm_kb"].as_u64().unwrap() > 0);
     assert!(json["disk"][1]["stream_bytes"].as_u64().unwrap() > 0);
     assert_eq!(json["engine_fault"]["lost"], 0, "{json}");
+    let caught_up = json["engine_fault"]["caught_up_s"].as_array().unwrap();
+    assert_eq!(caught_up.len(), 4, "{json}");
+    assert!(caught_up.iter().all(|n| n[1].is_number()), "{json}");
     assert!(json["engine_fault"]["written"].as_u64().unwrap() > 0);
     assert!(
         json["engine_fault"]["rejoined_after_s"].is_number(),
