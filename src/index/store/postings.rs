@@ -20,9 +20,9 @@ const PACKED_BLOCK_BYTES: usize = 256;
 /// headers (12 bytes each) in one vector and their deltas one after another in one byte
 /// arena. So a cursor that walks a long list's blocks (an intersection's seeks) reads one
 /// stretch of memory, each block's deltas right after the one before, not an allocation per
-/// block somewhere in the heap (at 10M entries every block entered was a cold miss of its
-/// own); and a block costs its 12-byte header, not a 32-byte one and an allocation. A change
-/// inside a block moves the rest of its group's bytes (a few KiB at most). A set of up to
+/// block somewhere in the heap; and a block costs its 12-byte header and no allocation of
+/// its own. A change inside a block moves the rest of its group's bytes (a few KiB at most).
+/// A set of up to
 /// [`GROUP_BLOCKS`] blocks is one group (most sets: one block), else a list of groups
 /// ([`Blocks`]), so that no insert or remove of a block moves the whole list (a word in every
 /// one of ten million names has about 130,000 blocks).
@@ -1186,7 +1186,7 @@ mod tests {
     fn check_shape(set: &PackedSet) {
         let groups = set.blocks.groups();
         if let Blocks::Many(_) = &set.blocks {
-            assert!(groups.len() >= 2, "one group is one group");
+            assert!(groups.len() >= 2, "a single group is kept as `One`");
         }
         for group in groups {
             assert!(!group.heads.is_empty() && group.heads.len() <= GROUP_BLOCKS);
@@ -1217,7 +1217,7 @@ mod tests {
     }
 
     /// Reads from any item on (`iter_from`, a cursor's seek) agree with a model while a set
-    /// grows past one group of blocks, shrinks back to one vector and grows again, with
+    /// grows past one group of blocks, shrinks back to one group and grows again, with
     /// inserts in the middle (a tier's run) and runs removed.
     #[test]
     fn a_set_in_groups_reads_like_a_sorted_set() {
@@ -1270,7 +1270,7 @@ mod tests {
                 assert_eq!(set.len(), model.len());
             }
             check_shape(&set);
-            assert!(matches!(set.blocks, Blocks::One(_)), "back to one vector");
+            assert!(matches!(set.blocks, Blocks::One(_)), "back to one group");
             assert!(set.iter().eq(model.iter().copied()));
         }
     }
