@@ -121,9 +121,11 @@
 //!     (~11 B per word), so a prefix is a range; most comparisons settle on the 4 bytes without
 //!     reading the text, and a prefix of up to 4 bytes is matched on the items alone;
 //!   - `postings`: a slab of [`PackedSet`]s of entry ids, one per word with three or more
-//!     entries: sorted blocks of varint deltas, ~1.5 B per posting plus block headers, insert
-//!     and remove decode one block of at most ~256 bytes. A set goes back inline when it
-//!     shrinks to two.
+//!     entries: sorted blocks of varint deltas, ~1.5 B per posting plus 12-byte block
+//!     headers, insert and remove decode one block of at most ~256 bytes. The blocks are in
+//!     groups of up to 32, each group's deltas one after another in one byte arena, so that
+//!     a search walking a long list's blocks reads one stretch of memory, not an allocation
+//!     per block. A set goes back inline when it shrinks to two.
 //! - Each peer keeps a [`PackedSet`] of the entries it holds (~1 B per holding: ids a peer
 //!   registers together are close), so removing a peer costs time proportional to its own
 //!   holdings.
@@ -134,7 +136,8 @@
 //!   sixteenth was a copy of megabytes once glibc carved it from its heap), and at most one
 //!   chunk of each sits unused. The block lists of the sorted orders (a [`BlockSet`]'s, a long
 //!   [`PackedSet`]'s) are in groups of blocks for the same reason: a block split or removal
-//!   moves one group's block headers, never a list of all the blocks.
+//!   moves one group's block headers (and a [`PackedSet`] group's few KiB of deltas), never a
+//!   list of all the blocks.
 //! - Exact-name lookup goes through the postings of the name's rarest word and compares
 //!   names, which saves a hash table slot per entry, as long as that word has fewer than
 //!   [`byname::CROWDED_POSTINGS`] postings. Names whose words are all that common (a lookup of

@@ -5,8 +5,8 @@ use super::NONE;
 use std::cmp::Ordering;
 
 /// A [`PackedSet`] block splits when its deltas exceed this many bytes: about 75 items of a
-/// common word. Block headers then cost under half a byte per item, and an insert or remove
-/// into the middle of a block decodes at most this many bytes.
+/// common word. Block headers then cost under a fifth of a byte per item, and an insert or
+/// remove into the middle of a block decodes at most this many bytes.
 const PACKED_BLOCK_BYTES: usize = 256;
 
 /// A sorted set of `u32` (entry ids), compressed: sorted blocks, each holding its first and
@@ -14,29 +14,166 @@ const PACKED_BLOCK_BYTES: usize = 256;
 /// words; a peer's entries, created together) cost about one byte per item, sparse ones two or
 /// three. Blocks split above [`PACKED_BLOCK_BYTES`] and merge with a neighbour below a
 /// quarter of it, so an insert or remove decodes one small block; appending past the last
-/// item (new ids) needs no decoding at all. The list of blocks is one vector up to
-/// [`GROUP_BLOCKS`] blocks (most sets: one block), else in groups of at most that many
-/// ([`Blocks`]), so that no insert or remove of a block shifts or grows the whole list (a word
-/// in every one of ten million names has about 60,000 blocks, 2 MB of block headers).
+/// item (new ids) needs no decoding at all.
+///
+/// The blocks are kept in [`Group`]s of at most [`GROUP_BLOCKS`]: a group holds its blocks'
+/// headers (12 bytes each) in one vector and their deltas one after another in one byte
+/// arena. So a cursor that walks a long list's blocks (an intersection's seeks) reads one
+/// stretch of memory, each block's deltas right after the one before, not an allocation per
+/// block somewhere in the heap; and a block costs its 12-byte header and no allocation of
+/// its own. A change inside a block moves the rest of its group's bytes (a few KiB at most).
+/// A set of up to
+/// [`GROUP_BLOCKS`] blocks is one group (most sets: one block), else a list of groups
+/// ([`Blocks`]), so that no insert or remove of a block moves the whole list (a word in every
+/// one of ten million names has about 130,000 blocks).
 pub(super) struct PackedSet {
     blocks: Blocks,
     len: usize,
 }
 
-/// Largest group of blocks of a [`PackedSet`] (32 bytes a block: 32 KiB moved at most by an
-/// insert or remove of a block). (A small one in tests, so that the store's property tests
-/// cross groups.)
-const GROUP_BLOCKS: usize = if cfg!(test) { 4 } else { 1024 };
+/// Most blocks in a [`Group`] of a [`PackedSet`] (about 6 KiB of deltas: what an insert into
+/// the group's first block moves at most). (A small one in tests, so that the store's
+/// property tests cross groups.)
+const GROUP_BLOCKS: usize = if cfg!(test) { 4 } else { 32 };
 
-/// The blocks of a [`PackedSet`]: one vector while they are at most [`GROUP_BLOCKS`], else
+/// A block's header in its [`Group`]: its first and last items, and where its deltas end in
+/// the group's bytes (they start where the block before it ends, or at 0).
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    first: u32,
+    last: u32,
+    end: u32,
+}
+
+/// A run of consecutive blocks of a [`PackedSet`]: their headers, and their deltas one after
+/// another in one arena (block `j`'s are `bytes[start(j)..heads[j].end]`).
+#[derive(Default)]
+struct Group {
+    heads: Vec<Head>,
+    bytes: Vec<u8>,
+}
+
+impl Group {
+    /// Where block `j`'s deltas start.
+    #[inline]
+    fn start(&self, j: usize) -> usize {
+        if j == 0 {
+            0
+        } else {
+            self.heads[j - 1].end as usize
+        }
+    }
+
+    /// Block `j`'s deltas.
+    #[inline]
+    fn deltas(&self, j: usize) -> &[u8] {
+        &self.bytes[self.start(j)..self.heads[j].end as usize]
+    }
+
+    /// The byte length of block `j`'s deltas.
+    #[inline]
+    fn block_len(&self, j: usize) -> usize {
+        self.heads[j].end as usize - self.start(j)
+    }
+
+    /// Replaces `range` of block `j`'s deltas (offsets in them) by `with`, moving the bytes
+    /// of the blocks after it.
+    fn splice(&mut self, j: usize, range: std::ops::Range<usize>, with: &[u8]) {
+        let s = self.start(j);
+        if with.len() > range.len() {
+            reserve_arena(&mut self.bytes, with.len() - range.len());
+        }
+        self.bytes
+            .splice(s + range.start..s + range.end, with.iter().copied());
+        if with.len() != range.len() {
+            let (grow, shrink) = (with.len() as u32, range.len() as u32);
+            for h in &mut self.heads[j..] {
+                h.end = h.end + grow - shrink;
+            }
+        }
+    }
+
+    /// Inserts header `head` at place `j`, its deltas (if any) already in place before
+    /// `head.end`.
+    fn insert_head(&mut self, j: usize, head: Head) {
+        // Grow by a quarter at a time (a `Vec` would start at four and double, most of it
+        // unused for the many one- and two-block sets).
+        if self.heads.len() == self.heads.capacity() {
+            self.heads.reserve_exact((self.heads.len() / 4).max(1));
+        }
+        self.heads.insert(j, head);
+    }
+
+    /// Merges block `l + 1` into block `l` (its deltas follow, after the delta between them).
+    fn merge_next(&mut self, l: usize) {
+        let right = self.heads[l + 1];
+        let mut buf = [0u8; 10];
+        let n = put_varint(&mut buf, 0, right.first - self.heads[l].last);
+        let at = self.block_len(l);
+        self.splice(l, at..at, &buf[..n]);
+        let right_end = self.heads[l + 1].end;
+        let left = &mut self.heads[l];
+        left.last = right.last;
+        left.end = right_end;
+        self.heads.remove(l + 1);
+    }
+
+    /// Splits off the blocks from `at` on into a group of their own.
+    fn split_off(&mut self, at: usize) -> Group {
+        let cut = self.start(at);
+        let mut heads = self.heads.split_off(at);
+        for h in &mut heads {
+            h.end -= cut as u32;
+        }
+        let bytes = self.bytes[cut..].to_vec();
+        self.bytes.truncate(cut);
+        self.bytes.shrink_to(cut + cut / 8);
+        self.heads.shrink_to_fit();
+        Group { heads, bytes }
+    }
+
+    /// Appends the blocks of `right` (all after this group's).
+    fn append(&mut self, right: Group) {
+        let base = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(&right.bytes);
+        self.heads.extend(right.heads.iter().map(|h| Head {
+            end: h.end + base,
+            ..*h
+        }));
+    }
+
+    /// Gives back most spare room once the bytes held are a quarter of the capacity or less.
+    fn trim(&mut self) {
+        let (len, cap) = (self.bytes.len(), self.bytes.capacity());
+        if cap >= 32 && len * 4 <= cap {
+            self.bytes.shrink_to(len * 2);
+        }
+    }
+}
+
+/// Makes room for `grow` more bytes in a group's arena: by half at a time up to a full block
+/// (small sets, the many), then an eighth (a long list's groups, a few KiB each), so that
+/// appends reallocate rarely and the slack stays small.
+fn reserve_arena(v: &mut Vec<u8>, grow: usize) {
+    if v.capacity() - v.len() < grow {
+        let len = v.len();
+        let step = if len < PACKED_BLOCK_BYTES {
+            (len / 2).max(8)
+        } else {
+            len / 8
+        };
+        v.reserve_exact(grow.max(step));
+    }
+}
+
+/// The blocks of a [`PackedSet`]: one group while they are at most [`GROUP_BLOCKS`], else
 /// groups of at most that many (each non-empty), boxed so that a set costs no more than one
-/// vector (most sets have one block). A block's address is its group and its place in it.
+/// group. A block's address is its group and its place in it.
 enum Blocks {
-    One(Vec<PackedBlock>),
-    // Boxed on purpose: the enum is then the size of one vector (the box fits beside the
-    // vector's niche), which a second unboxed vector would not be.
+    One(Group),
+    // Boxed on purpose: the enum is then the size of one group.
     #[allow(clippy::box_collection)]
-    Many(Box<Vec<Vec<PackedBlock>>>),
+    Many(Box<Vec<Group>>),
 }
 
 /// A block's address in [`Blocks`]: (group, block in the group).
@@ -45,16 +182,16 @@ type Addr = (usize, usize);
 impl Blocks {
     /// The groups, each non-empty (none for an empty set).
     #[inline]
-    fn groups(&self) -> &[Vec<PackedBlock>] {
+    fn groups(&self) -> &[Group] {
         match self {
-            Blocks::One(v) if v.is_empty() => &[],
+            Blocks::One(v) if v.heads.is_empty() => &[],
             Blocks::One(v) => std::slice::from_ref(v),
             Blocks::Many(groups) => groups,
         }
     }
 
     #[inline]
-    fn group_mut(&mut self, g: usize) -> &mut Vec<PackedBlock> {
+    fn group_mut(&mut self, g: usize) -> &mut Group {
         match self {
             Blocks::One(v) => {
                 debug_assert_eq!(g, 0);
@@ -66,24 +203,19 @@ impl Blocks {
 
     #[inline]
     fn is_empty(&self) -> bool {
-        matches!(self, Blocks::One(v) if v.is_empty())
+        matches!(self, Blocks::One(v) if v.heads.is_empty())
     }
 
     #[inline]
-    fn get(&self, (g, j): Addr) -> &PackedBlock {
-        &self.groups()[g][j]
-    }
-
-    #[inline]
-    fn get_mut(&mut self, (g, j): Addr) -> &mut PackedBlock {
-        &mut self.group_mut(g)[j]
+    fn head(&self, (g, j): Addr) -> Head {
+        self.groups()[g].heads[j]
     }
 
     /// The last block's address (the set is not empty).
     fn last_addr(&self) -> Addr {
         let groups = self.groups();
         let g = groups.len() - 1;
-        (g, groups[g].len() - 1)
+        (g, groups[g].heads.len() - 1)
     }
 
     /// The block that holds or would hold `item`: the last whose first item is ≤ it (or the
@@ -91,73 +223,55 @@ impl Blocks {
     fn locate(&self, item: u32) -> Addr {
         let groups = self.groups();
         let g = groups
-            .partition_point(|grp| grp[0].first <= item)
+            .partition_point(|grp| grp.heads[0].first <= item)
             .saturating_sub(1);
         let j = groups[g]
-            .partition_point(|b| b.first <= item)
+            .heads
+            .partition_point(|h| h.first <= item)
             .saturating_sub(1);
         (g, j)
     }
 
-    /// Inserts `block` at place `j` of group `g` (up to its length), splitting the group in
-    /// two halves first if it is full.
-    fn insert(&mut self, g: usize, j: usize, block: PackedBlock) {
-        let full = self.groups()[g].len() >= GROUP_BLOCKS;
-        let half = GROUP_BLOCKS / 2;
+    /// Group `g` gained a block: splits it in two halves if it is over [`GROUP_BLOCKS`].
+    fn after_group_grow(&mut self, g: usize) {
+        if self.groups()[g].heads.len() <= GROUP_BLOCKS {
+            return;
+        }
+        let half = self.groups()[g].heads.len() / 2;
         match self {
-            Blocks::One(v) if full => {
-                let mut right = v.split_off(half);
-                let mut left = std::mem::take(v);
-                if j > half {
-                    right.insert(j - half, block);
-                } else {
-                    left.insert(j, block);
-                }
+            Blocks::One(v) => {
+                let right = v.split_off(half);
+                let left = std::mem::take(v);
                 *self = Blocks::Many(Box::new(vec![left, right]));
             }
-            Blocks::One(v) => {
-                // Grow by a quarter at a time (a `Vec` would start at four blocks and double,
-                // most of it unused for the many one- and two-block sets).
-                if v.len() == v.capacity() {
-                    v.reserve_exact((v.len() / 4).max(1));
-                }
-                v.insert(j, block);
-            }
             Blocks::Many(groups) => {
-                if full {
-                    let right = groups[g].split_off(half);
-                    groups.insert(g + 1, right);
-                    if j > half {
-                        groups[g + 1].insert(j - half, block);
-                        return;
-                    }
-                }
-                groups[g].insert(j, block);
+                let right = groups[g].split_off(half);
+                groups.insert(g + 1, right);
             }
         }
     }
 
     /// Group `g` lost blocks: drops it if it is empty, merges it with a neighbour if both are
-    /// small, and goes back to one vector when one group is left.
+    /// small, and goes back to one group when one is left.
     fn after_group_shrink(&mut self, g: usize) {
         let Blocks::Many(groups) = self else {
             if self.is_empty() {
-                *self = Blocks::One(Vec::new());
+                *self = Blocks::One(Group::default());
             }
             return;
         };
-        if groups[g].is_empty() {
+        if groups[g].heads.is_empty() {
             groups.remove(g);
-        } else if groups[g].len() < GROUP_BLOCKS / 4 {
+        } else if groups[g].heads.len() < GROUP_BLOCKS / 4 {
             let pair = if g + 1 < groups.len() {
                 Some(g)
             } else {
                 g.checked_sub(1)
             };
             if let Some(l) = pair {
-                if groups[l].len() + groups[l + 1].len() <= GROUP_BLOCKS / 2 {
+                if groups[l].heads.len() + groups[l + 1].heads.len() <= GROUP_BLOCKS / 2 {
                     let right = groups.remove(l + 1);
-                    groups[l].extend(right);
+                    groups[l].append(right);
                 }
             }
         }
@@ -167,25 +281,19 @@ impl Blocks {
         }
     }
 
-    /// Heap bytes of the block lists (not of the blocks' deltas).
+    /// Heap bytes of the groups: headers, deltas and the list of groups.
     fn heap_bytes(&self) -> usize {
-        let block = std::mem::size_of::<PackedBlock>();
+        let group =
+            |g: &Group| g.heads.capacity() * std::mem::size_of::<Head>() + g.bytes.capacity();
         match self {
-            Blocks::One(v) => v.capacity() * block,
+            Blocks::One(g) => group(g),
             Blocks::Many(groups) => {
-                groups.iter().map(|g| g.capacity() * block).sum::<usize>()
-                    + groups.capacity() * std::mem::size_of::<Vec<PackedBlock>>()
-                    + std::mem::size_of::<Vec<Vec<PackedBlock>>>()
+                groups.iter().map(group).sum::<usize>()
+                    + groups.capacity() * std::mem::size_of::<Group>()
+                    + std::mem::size_of::<Vec<Group>>()
             }
         }
     }
-}
-
-struct PackedBlock {
-    first: u32,
-    last: u32,
-    /// Varint deltas (each ≥ 1) from `first` to the next item, and so on up to `last`.
-    deltas: Vec<u8>,
 }
 
 #[inline]
@@ -228,85 +336,27 @@ fn sum_of_8(chunk: &[u8]) -> Option<u32> {
     Some((pairs.wrapping_mul(0x0001_0001_0001_0001) >> 48) as u32)
 }
 
-/// Replaces `v[range]` by `with`, growing `v` by half at a time and never far past a full
-/// block. Postings are a few bytes per file, so the slack costs about a byte per file, while
-/// growing by less would make appends reallocate every few items.
-fn splice_bytes(v: &mut Vec<u8>, range: std::ops::Range<usize>, with: &[u8]) {
-    reserve_block_bytes(v, with.len().saturating_sub(range.len()));
-    v.splice(range, with.iter().copied());
-}
-
-/// Makes room for `grow` more bytes in a block's deltas, as [`splice_bytes`] describes.
-fn reserve_block_bytes(v: &mut Vec<u8>, grow: usize) {
-    if v.capacity() - v.len() < grow {
-        let step = (v.len() / 2)
-            .max(8)
-            .min((PACKED_BLOCK_BYTES + 10).saturating_sub(v.len()));
-        v.reserve_exact(grow.max(step));
-    }
-}
-
-impl PackedBlock {
-    fn single(item: u32) -> Self {
-        PackedBlock {
-            first: item,
-            last: item,
-            deltas: Vec::new(),
-        }
-    }
-
-    /// Appends `item` (> `last`).
-    fn push(&mut self, item: u32) {
-        let mut buf = [0u8; 10];
-        let n = put_varint(&mut buf, 0, item - self.last);
-        reserve_block_bytes(&mut self.deltas, n);
-        self.deltas.extend_from_slice(&buf[..n]);
-        self.last = item;
-    }
-
-    fn decode_into(&self, out: &mut Vec<u32>) {
-        out.push(self.first);
-        let (mut pos, mut cur) = (0, self.first);
-        while pos < self.deltas.len() {
-            cur += get_varint(&self.deltas, &mut pos);
-            out.push(cur);
-        }
-    }
-
-    /// A block of `items` (sorted, non-empty), reusing `deltas`' allocation.
-    fn encode(items: &[u32], mut deltas: Vec<u8>) -> Self {
-        deltas.clear();
-        let mut buf = [0u8; 10];
-        for pair in items.windows(2) {
-            let n = put_varint(&mut buf, 0, pair[1] - pair[0]);
-            deltas.extend_from_slice(&buf[..n]);
-        }
-        if deltas.capacity() > 2 * deltas.len() + 16 {
-            deltas.shrink_to(deltas.len() + deltas.len() / 4);
-        }
-        PackedBlock {
-            first: items[0],
-            last: items[items.len() - 1],
-            deltas,
-        }
+/// Decodes block `j` of `grp` (its first item, then its deltas) onto `out`.
+fn decode_block_into(grp: &Group, j: usize, out: &mut Vec<u32>) {
+    let h = grp.heads[j];
+    let deltas = grp.deltas(j);
+    out.push(h.first);
+    let (mut pos, mut cur) = (0, h.first);
+    while pos < deltas.len() {
+        cur += get_varint(deltas, &mut pos);
+        out.push(cur);
     }
 }
 
 impl PackedSet {
     /// Heap bytes held (capacities, not lengths).
     pub(super) fn heap_bytes(&self) -> usize {
-        self.blocks
-            .groups()
-            .iter()
-            .flatten()
-            .map(|b| b.deltas.capacity())
-            .sum::<usize>()
-            + self.blocks.heap_bytes()
+        self.blocks.heap_bytes()
     }
 
     pub(super) fn new() -> Self {
         PackedSet {
-            blocks: Blocks::One(Vec::new()),
+            blocks: Blocks::One(Group::default()),
             len: 0,
         }
     }
@@ -325,83 +375,111 @@ impl PackedSet {
     pub(super) fn insert(&mut self, item: u32) -> bool {
         if self.blocks.is_empty() {
             // Most words have a single block: no room for more until needed.
-            self.blocks = Blocks::One(vec![PackedBlock::single(item)]);
+            self.blocks = Blocks::One(Group {
+                heads: vec![Head {
+                    first: item,
+                    last: item,
+                    end: 0,
+                }],
+                bytes: Vec::new(),
+            });
             self.len = 1;
             return true;
         }
         // New ids are the largest yet, so most inserts append: no search for those.
         let last = self.blocks.last_addr();
-        let at = if item > self.blocks.get(last).last {
+        let at = if item > self.blocks.head(last).last {
             last
         } else {
             self.blocks.locate(item)
         };
-        let blk = self.blocks.get_mut(at);
+        let (g, j) = at;
+        let grp = self.blocks.group_mut(g);
+        let h = grp.heads[j];
         let mut buf = [0u8; 10];
-        if item < blk.first {
+        if item < h.first {
             // Only the first block: the new item becomes its first.
-            let n = put_varint(&mut buf, 0, blk.first - item);
-            splice_bytes(&mut blk.deltas, 0..0, &buf[..n]);
-            blk.first = item;
-        } else if item == blk.first || item == blk.last {
+            let n = put_varint(&mut buf, 0, h.first - item);
+            grp.splice(j, 0..0, &buf[..n]);
+            grp.heads[j].first = item;
+        } else if item == h.first || item == h.last {
             return false;
-        } else if item > blk.last {
-            if blk.deltas.len() >= PACKED_BLOCK_BYTES {
+        } else if item > h.last {
+            let len = grp.block_len(j);
+            if len >= PACKED_BLOCK_BYTES {
                 // Appending to a full block starts a new one after it, so that ascending
                 // runs of inserts (new ids at the end; entries moving into a tier's run in
                 // the middle) end up in full blocks rather than half ones.
-                self.blocks
-                    .insert(at.0, at.1 + 1, PackedBlock::single(item));
+                grp.insert_head(
+                    j + 1,
+                    Head {
+                        first: item,
+                        last: item,
+                        end: h.end,
+                    },
+                );
+                self.blocks.after_group_grow(g);
                 self.len += 1;
                 return true;
             }
-            blk.push(item);
+            let n = put_varint(&mut buf, 0, item - h.last);
+            grp.splice(j, len..len, &buf[..n]);
+            grp.heads[j].last = item;
         } else {
-            let (mut pos, mut prev) = (0, blk.first);
-            loop {
+            let deltas = grp.deltas(j);
+            let (mut pos, mut prev) = (0, h.first);
+            let (start, pos, n) = loop {
                 let start = pos;
-                let cur = prev + get_varint(&blk.deltas, &mut pos);
+                let cur = prev + get_varint(deltas, &mut pos);
                 match cur.cmp(&item) {
                     Ordering::Equal => return false,
                     Ordering::Greater => {
                         let n = put_varint(&mut buf, 0, item - prev);
-                        let n = put_varint(&mut buf, n, cur - item);
-                        splice_bytes(&mut blk.deltas, start..pos, &buf[..n]);
-                        break;
+                        break (start, pos, put_varint(&mut buf, n, cur - item));
                     }
                     Ordering::Less => prev = cur,
                 }
-            }
+            };
+            grp.splice(j, start..pos, &buf[..n]);
         }
         self.len += 1;
-        if self.blocks.get(at).deltas.len() > PACKED_BLOCK_BYTES {
+        if self.blocks.groups()[g].block_len(j) > PACKED_BLOCK_BYTES {
             self.split(at);
         }
         true
     }
 
     /// Splits block `at` in two halves of about equal encoded size.
-    fn split(&mut self, at: Addr) {
-        let blk = self.blocks.get_mut(at);
-        let half = blk.deltas.len() / 2;
-        let (mut pos, mut prev) = (0, blk.first);
-        let (start, cur) = loop {
+    fn split(&mut self, (g, j): Addr) {
+        let grp = self.blocks.group_mut(g);
+        let h = grp.heads[j];
+        let deltas = grp.deltas(j);
+        let half = deltas.len() / 2;
+        let (mut pos, mut prev) = (0, h.first);
+        let (start, pos, cur) = loop {
             let start = pos;
-            let cur = prev + get_varint(&blk.deltas, &mut pos);
+            let cur = prev + get_varint(deltas, &mut pos);
             if pos > half {
-                break (start, cur);
+                break (start, pos, cur);
             }
             prev = cur;
         };
-        let right = PackedBlock {
-            first: cur,
-            last: blk.last,
-            deltas: blk.deltas[pos..].to_vec(),
-        };
-        blk.deltas.truncate(start);
-        blk.deltas.shrink_to(start + start / 4);
-        blk.last = prev;
-        self.blocks.insert(at.0, at.1 + 1, right);
+        // The delta that led to `cur` goes: `cur` becomes the right block's first item, its
+        // deltas the rest, already in place after the left block's.
+        grp.splice(j, start..pos, &[]);
+        let end = grp.heads[j].end;
+        let left_end = (grp.start(j) + start) as u32;
+        grp.heads[j].last = prev;
+        grp.heads[j].end = left_end;
+        grp.insert_head(
+            j + 1,
+            Head {
+                first: cur,
+                last: h.last,
+                end,
+            },
+        );
+        self.blocks.after_group_grow(g);
     }
 
     /// Removes `item`; false if it was not there.
@@ -410,42 +488,46 @@ impl PackedSet {
             return false;
         }
         let at = self.blocks.locate(item);
-        let blk = self.blocks.get_mut(at);
-        if item < blk.first || item > blk.last {
+        let (g, j) = at;
+        let grp = self.blocks.group_mut(g);
+        let h = grp.heads[j];
+        if item < h.first || item > h.last {
             return false;
         }
-        if item == blk.first {
-            if blk.deltas.is_empty() {
-                self.blocks.group_mut(at.0).remove(at.1);
+        if item == h.first {
+            if grp.block_len(j) == 0 {
+                grp.heads.remove(j);
                 self.len -= 1;
-                self.blocks.after_group_shrink(at.0);
+                self.blocks.after_group_shrink(g);
                 if self.blocks.is_empty() {
                     *self = Self::new();
                 }
                 return true;
             }
             let mut pos = 0;
-            blk.first += get_varint(&blk.deltas, &mut pos);
-            blk.deltas.drain(..pos);
+            let d = get_varint(grp.deltas(j), &mut pos);
+            grp.splice(j, 0..pos, &[]);
+            grp.heads[j].first += d;
         } else {
-            let (mut pos, mut prev) = (0, blk.first);
+            let deltas = grp.deltas(j);
+            let (mut pos, mut prev) = (0, h.first);
             loop {
                 let start = pos;
-                let cur = prev + get_varint(&blk.deltas, &mut pos);
+                let cur = prev + get_varint(deltas, &mut pos);
                 match cur.cmp(&item) {
                     Ordering::Less => prev = cur,
                     Ordering::Greater => return false,
-                    Ordering::Equal if pos == blk.deltas.len() => {
-                        blk.deltas.truncate(start);
-                        blk.last = prev;
+                    Ordering::Equal if pos == deltas.len() => {
+                        grp.splice(j, start..pos, &[]);
+                        grp.heads[j].last = prev;
                         break;
                     }
                     Ordering::Equal => {
                         let mut end = pos;
-                        let next = cur + get_varint(&blk.deltas, &mut end);
+                        let next = cur + get_varint(deltas, &mut end);
                         let mut buf = [0u8; 10];
                         let n = put_varint(&mut buf, 0, next - prev);
-                        blk.deltas.splice(start..end, buf[..n].iter().copied());
+                        grp.splice(j, start..end, &buf[..n]);
                         break;
                     }
                 }
@@ -456,36 +538,25 @@ impl PackedSet {
         true
     }
 
-    /// Merges block `at` into a neighbour in its group if both are small, and trims its spare
-    /// capacity.
+    /// Merges block `at` into a neighbour in its group if both are small, and trims its
+    /// group's spare capacity.
     fn after_shrink(&mut self, (g, b): Addr) {
-        let group = self.blocks.group_mut(g);
+        let grp = self.blocks.group_mut(g);
         let mut merged = false;
-        if group[b].deltas.len() < PACKED_BLOCK_BYTES / 4 {
-            let pair = if b + 1 < group.len() {
+        if grp.block_len(b) < PACKED_BLOCK_BYTES / 4 {
+            let pair = if b + 1 < grp.heads.len() {
                 Some(b)
             } else {
                 b.checked_sub(1)
             };
             if let Some(l) = pair {
-                let (left, right) = (&group[l], &group[l + 1]);
-                if left.deltas.len() + right.deltas.len() + 5 <= PACKED_BLOCK_BYTES / 2 {
-                    let right = group.remove(l + 1);
-                    let left = &mut group[l];
-                    let mut buf = [0u8; 10];
-                    let n = put_varint(&mut buf, 0, right.first - left.last);
-                    left.deltas.extend_from_slice(&buf[..n]);
-                    left.deltas.extend_from_slice(&right.deltas);
-                    left.last = right.last;
+                if grp.block_len(l) + grp.block_len(l + 1) + 5 <= PACKED_BLOCK_BYTES / 2 {
+                    grp.merge_next(l);
                     merged = true;
                 }
             }
         }
-        let last = group.len() - 1;
-        let deltas = &mut group[b.min(last)].deltas;
-        if deltas.capacity() >= 32 && deltas.len() * 4 <= deltas.capacity() {
-            deltas.shrink_to(deltas.len() * 2);
-        }
+        grp.trim();
         if merged {
             self.blocks.after_group_shrink(g);
         }
@@ -506,22 +577,24 @@ impl PackedSet {
         let (mut lo, mut hi) = ((usize::MAX, usize::MAX), (0, 0));
         while i < items.len() && !self.blocks.is_empty() {
             let at = self.blocks.locate(items[i]);
-            let blk = self.blocks.get_mut(at);
-            if blk.last == NONE {
+            let h = self.blocks.head(at);
+            if h.last == NONE {
                 // Emptied by this call: the item is absent.
                 i += 1;
                 continue;
             }
             // Items up to this block's last belong here (or nowhere).
-            let end = i + items[i..].partition_point(|&x| x <= blk.last);
+            let end = i + items[i..].partition_point(|&x| x <= h.last);
             if end == i {
                 i += 1;
                 continue;
             }
             lo = lo.min(at);
             hi = hi.max(at);
+            let grp = self.blocks.group_mut(at.0);
+            let j = at.1;
             decoded.clear();
-            blk.decode_into(decoded);
+            decode_block_into(grp, j, decoded);
             let before = decoded.len();
             let gone = &items[i..end];
             let mut g = 0;
@@ -532,16 +605,29 @@ impl PackedSet {
                 !(g < gone.len() && gone[g] == x)
             });
             self.len -= before - decoded.len();
+            let len = grp.block_len(j);
             if decoded.is_empty() {
                 // Marked empty by `last == NONE` (no item is `NONE`); `first` stays, so that
                 // the blocks stay ordered by it for `locate`.
-                blk.deltas = Vec::new();
-                blk.last = NONE;
+                grp.splice(j, 0..len, &[]);
+                grp.heads[j].last = NONE;
                 emptied = true;
             } else if decoded.len() < before {
-                let deltas = std::mem::take(&mut blk.deltas);
-                *blk = PackedBlock::encode(decoded, deltas);
-                touched_small |= blk.deltas.len() < PACKED_BLOCK_BYTES / 4;
+                // The fewer items' deltas take no more bytes than before (a delta over a
+                // removed item is at most the two it replaces): written over the old ones
+                // in place, the rest of the block's bytes then dropped.
+                let s = grp.start(j);
+                let mut at = s;
+                let mut buf = [0u8; 10];
+                for pair in decoded.windows(2) {
+                    let n = put_varint(&mut buf, 0, pair[1] - pair[0]);
+                    grp.bytes[at..at + n].copy_from_slice(&buf[..n]);
+                    at += n;
+                }
+                grp.splice(j, at - s..len, &[]);
+                grp.heads[j].first = decoded[0];
+                grp.heads[j].last = decoded[decoded.len() - 1];
+                touched_small |= grp.block_len(j) < PACKED_BLOCK_BYTES / 4;
             }
             i = end;
         }
@@ -554,15 +640,20 @@ impl PackedSet {
                 let group = self.blocks.group_mut(g);
                 let start = if g == lo.0 { lo.1.saturating_sub(1) } else { 0 };
                 let end = if g == hi.0 {
-                    (hi.1 + 2).min(group.len())
+                    (hi.1 + 2).min(group.heads.len())
                 } else {
-                    group.len()
+                    group.heads.len()
                 };
                 merge_small_in(group, start..end);
+                group.trim();
                 self.blocks.after_group_shrink(g);
             }
             if self.blocks.is_empty() {
                 *self = Self::new();
+            }
+        } else if lo.0 != usize::MAX {
+            for g in lo.0..=hi.0 {
+                self.blocks.group_mut(g).trim();
             }
         }
     }
@@ -573,14 +664,19 @@ impl PackedSet {
         let groups = self.blocks.groups();
         // From the start (most searches) without a search over the blocks.
         let (g, b) = match groups.first() {
-            Some(first) if from > first[0].last => self.blocks.locate(from),
+            Some(first) if from > first.heads[0].last => self.blocks.locate(from),
             _ => (0, 0),
+        };
+        let (heads, bytes, pos): (&[Head], &[u8], usize) = match groups.get(g) {
+            Some(grp) => (&grp.heads[b..], &grp.bytes, grp.start(b)),
+            None => (&[], &[], 0),
         };
         PackedIter {
             groups: groups.get(g + 1..).unwrap_or(&[]).iter(),
-            blocks: groups.get(g).map_or(&[][..], |grp| &grp[b..]).iter(),
-            deltas: &[],
-            pos: 0,
+            heads: heads.iter(),
+            bytes,
+            end: pos,
+            pos,
             cur: 0,
         }
         .skip_while(move |&x| x < from)
@@ -590,55 +686,53 @@ impl PackedSet {
     pub(super) fn iter(&self) -> PackedIter<'_> {
         PackedIter {
             groups: self.blocks.groups().iter(),
-            blocks: [].iter(),
-            deltas: &[],
+            heads: [].iter(),
+            bytes: &[],
+            end: 0,
             pos: 0,
             cur: 0,
         }
     }
 }
 
-/// Drops the emptied blocks of `window` in `blocks` and merges each run of adjacent small
-/// blocks in it, in place: the blocks after it move once.
-fn merge_small_in(blocks: &mut Vec<PackedBlock>, window: std::ops::Range<usize>) {
-    // Blocks `window.start..w` are the result so far; those from `w` to `r` are spent.
-    let mut w = window.start;
-    for r in window.clone() {
-        if blocks[r].last == NONE {
+/// Drops the emptied blocks of `window` in `grp` and merges each run of adjacent small
+/// blocks in it.
+fn merge_small_in(grp: &mut Group, window: std::ops::Range<usize>) {
+    let (mut r, mut end) = (window.start, window.end);
+    while r < end {
+        if grp.heads[r].last == NONE {
+            // No deltas left: its header alone goes.
+            grp.heads.remove(r);
+            end -= 1;
             continue;
         }
-        if w > window.start {
-            let (head, tail) = blocks.split_at_mut(r);
-            let (left, blk) = (&mut head[w - 1], &tail[0]);
-            if left.deltas.len() + blk.deltas.len() + 5 <= PACKED_BLOCK_BYTES / 2 {
-                let mut buf = [0u8; 10];
-                let n = put_varint(&mut buf, 0, blk.first - left.last);
-                left.deltas.extend_from_slice(&buf[..n]);
-                left.deltas.extend_from_slice(&blk.deltas);
-                left.last = blk.last;
-                continue;
-            }
+        if r > window.start && grp.block_len(r - 1) + grp.block_len(r) + 5 <= PACKED_BLOCK_BYTES / 2
+        {
+            grp.merge_next(r - 1);
+            end -= 1;
+            continue;
         }
-        blocks.swap(w, r);
-        w += 1;
+        r += 1;
     }
-    blocks.drain(w..window.end);
 }
 
 /// A cursor over a [`PackedSet`] that seeks forward: [`PackedCursor::seek`] gives the first
 /// item at least a target, for targets that never decrease. Blocks wholly before a target are
-/// skipped without decoding (galloping over the groups' and then the blocks' `last` items,
-/// then a binary search), so intersecting a short list with a long one costs about the short
-/// one's length times a logarithm and a part of a block, not the long one's length.
+/// skipped by their headers without touching their deltas (galloping over the groups' and
+/// then the blocks' `last` items, then a binary search), so intersecting a short list with a
+/// long one costs about the short one's length times a logarithm and a part of a block, not
+/// the long one's length.
 pub(super) struct PackedCursor<'a> {
-    groups: &'a [Vec<PackedBlock>],
+    groups: &'a [Group],
     /// The group of `cur` (`groups.len()` once past the end).
     g: usize,
-    /// The blocks of group `g`.
-    blocks: &'a [PackedBlock],
+    /// The block headers of group `g`.
+    heads: &'a [Head],
+    /// The deltas of group `g`.
+    bytes: &'a [u8],
     /// The block of `cur` in its group.
     b: usize,
-    /// Where the delta after `cur` starts in block `b`.
+    /// Where the delta after `cur` starts in `bytes`.
     pos: usize,
     /// The item the cursor is on.
     cur: u32,
@@ -662,14 +756,16 @@ impl<'a> PackedCursor<'a> {
     /// On the set's first item.
     pub(super) fn new(set: &'a PackedSet) -> Self {
         let groups = set.blocks.groups();
-        let blocks = groups.first().map_or(&[][..], |g| &g[..]);
+        let (heads, bytes): (&[Head], &[u8]) =
+            groups.first().map_or((&[], &[]), |g| (&g.heads, &g.bytes));
         PackedCursor {
             groups,
             g: 0,
-            blocks,
+            heads,
+            bytes,
             b: 0,
             pos: 0,
-            cur: blocks.first().map_or(0, |b| b.first),
+            cur: heads.first().map_or(0, |h| h.first),
         }
     }
 
@@ -683,36 +779,41 @@ impl<'a> PackedCursor<'a> {
         if self.cur >= target {
             return Some(self.cur);
         }
-        if self.blocks[self.b].last < target {
-            if self.blocks[self.blocks.len() - 1].last < target {
+        if self.heads[self.b].last < target {
+            if self.heads[self.heads.len() - 1].last < target {
                 // Past this group: gallop over the groups after it by their last items.
-                self.g = gallop(self.groups, self.g, |grp| grp[grp.len() - 1].last < target);
+                self.g = gallop(self.groups, self.g, |grp| {
+                    grp.heads[grp.heads.len() - 1].last < target
+                });
                 if self.g >= self.groups.len() {
                     return None;
                 }
-                self.blocks = &self.groups[self.g];
+                self.heads = &self.groups[self.g].heads;
+                self.bytes = &self.groups[self.g].bytes;
                 self.b = 0;
             }
             // The group's last item is at least `target`: gallop over its blocks after this
             // one by their last items.
-            if self.blocks[self.b].last < target {
-                self.b = gallop(self.blocks, self.b, |x| x.last < target);
+            if self.heads[self.b].last < target {
+                self.b = gallop(self.heads, self.b, |h| h.last < target);
             }
-            let blk = &self.blocks[self.b];
-            // The next block's deltas are a separate allocation, cold at 10M entries: start
-            // loading their first line now, so that its miss overlaps this block's work
-            // (an intersection's seeks walk a long list's blocks nearly one after another).
-            if let Some(next) = self.blocks.get(self.b + 1) {
-                crate::sys::cache::prefetch(&next.deltas);
-            }
-            self.cur = blk.first;
-            self.pos = 0;
+            let h = self.heads[self.b];
+            self.pos = if self.b == 0 {
+                0
+            } else {
+                self.heads[self.b - 1].end as usize
+            };
+            // The next block's deltas follow this one's: start loading their first line
+            // now, so that its miss overlaps this block's work (an intersection's seeks
+            // walk a long list's blocks nearly one after another).
+            crate::sys::cache::prefetch(self.bytes.get(h.end as usize..).unwrap_or(&[]));
+            self.cur = h.first;
             if self.cur >= target {
                 return Some(self.cur);
             }
         }
         // The block's last item is at least `target`: it is in this block.
-        let deltas = &self.blocks[self.b].deltas;
+        let deltas = &self.bytes[..self.heads[self.b].end as usize];
         while self.cur < target {
             // Eight one-byte deltas at a time while they all stay below `target` (a dense
             // list's deltas are nearly all one byte): a seek into a block of a common word
@@ -750,11 +851,14 @@ impl Iterator for PostingIter<'_> {
 
 /// The items of a [`PackedSet`], ascending.
 pub(super) struct PackedIter<'a> {
-    /// The groups after the one of `blocks`.
-    groups: std::slice::Iter<'a, Vec<PackedBlock>>,
-    /// The blocks after the one of `deltas`, in its group.
-    blocks: std::slice::Iter<'a, PackedBlock>,
-    deltas: &'a [u8],
+    /// The groups after the one of `bytes`.
+    groups: std::slice::Iter<'a, Group>,
+    /// The block headers after the current block's, in its group.
+    heads: std::slice::Iter<'a, Head>,
+    /// The current group's deltas.
+    bytes: &'a [u8],
+    /// Where the current block's deltas end in `bytes` (the next block's start).
+    end: usize,
     pos: usize,
     cur: u32,
 }
@@ -764,20 +868,24 @@ impl Iterator for PackedIter<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<u32> {
-        if self.pos < self.deltas.len() {
-            self.cur += get_varint(self.deltas, &mut self.pos);
+        if self.pos < self.end {
+            self.cur += get_varint(self.bytes, &mut self.pos);
             return Some(self.cur);
         }
-        let b = loop {
-            match self.blocks.next() {
-                Some(b) => break b,
-                None => self.blocks = self.groups.next()?.iter(),
+        let h = loop {
+            match self.heads.next() {
+                Some(h) => break h,
+                None => {
+                    let grp = self.groups.next()?;
+                    self.heads = grp.heads.iter();
+                    self.bytes = &grp.bytes;
+                    self.pos = 0;
+                }
             }
         };
-        self.deltas = &b.deltas;
-        self.pos = 0;
-        self.cur = b.first;
-        Some(b.first)
+        self.end = h.end as usize;
+        self.cur = h.first;
+        Some(h.first)
     }
 }
 
@@ -868,7 +976,7 @@ mod tests {
     /// the last item, and 0.
     fn edge_targets(set: &PackedSet) -> Vec<u32> {
         let mut t = vec![0, u32::MAX - 1];
-        for b in set.blocks.groups().iter().flatten() {
+        for (b, _) in blocks_of(set) {
             for e in [b.first, b.last] {
                 t.extend([e.saturating_sub(1), e, e.saturating_add(1)]);
             }
@@ -1011,15 +1119,16 @@ mod tests {
             set.iter().collect::<Vec<_>>(),
             model.iter().copied().collect::<Vec<_>>()
         );
-        for b in set.blocks.groups().iter().flatten() {
-            assert!(b.first <= b.last && b.deltas.len() <= PACKED_BLOCK_BYTES);
-        }
+        check_shape(&set);
         let all: Vec<u32> = model.iter().copied().collect();
         set.remove_sorted(&all[..all.len() / 2], &mut decoded);
         for v in &all[all.len() / 2..] {
             assert!(set.remove(*v));
         }
-        assert!(set.is_empty() && matches!(&set.blocks, Blocks::One(v) if v.capacity() == 0));
+        assert!(
+            set.is_empty()
+                && matches!(&set.blocks, Blocks::One(v) if v.heads.capacity() == 0 && v.bytes.capacity() == 0)
+        );
     }
 
     /// A departing peer's entries leave a common word's big set 64 at a time: each removal
@@ -1046,9 +1155,9 @@ mod tests {
         assert!(set.iter().eq(model.iter().copied()));
         check_shape(&set);
         for group in set.blocks.groups() {
-            for pair in group.windows(2) {
+            for j in 1..group.heads.len() {
                 assert!(
-                    pair[0].deltas.len() + pair[1].deltas.len() + 5 > PACKED_BLOCK_BYTES / 2,
+                    group.block_len(j - 1) + group.block_len(j) + 5 > PACKED_BLOCK_BYTES / 2,
                     "two small neighbours left unmerged"
                 );
             }
@@ -1056,37 +1165,59 @@ mod tests {
     }
 
     #[test]
-    fn a_set_costs_one_vector_and_a_count() {
-        assert_eq!(
-            std::mem::size_of::<Blocks>(),
-            std::mem::size_of::<Vec<PackedBlock>>()
-        );
-        assert_eq!(std::mem::size_of::<Option<PackedSet>>(), 32);
+    fn a_set_costs_one_group_and_a_count() {
+        assert_eq!(std::mem::size_of::<Blocks>(), std::mem::size_of::<Group>());
+        assert_eq!(std::mem::size_of::<Head>(), 12);
+        assert_eq!(std::mem::size_of::<Option<PackedSet>>(), 56);
     }
 
-    /// Checks a set's shape: its blocks ordered, none emptied, within their size; its groups
-    /// non-empty and within theirs, and more than one unless it is one vector.
+    /// Every block of `set` in order: its header and its deltas.
+    fn blocks_of(set: &PackedSet) -> Vec<(Head, &[u8])> {
+        set.blocks
+            .groups()
+            .iter()
+            .flat_map(|g| (0..g.heads.len()).map(move |j| (g.heads[j], g.deltas(j))))
+            .collect()
+    }
+
+    /// Checks a set's shape: its blocks ordered, none emptied, within their size, each one's
+    /// deltas ending on its last item; each group's headers covering its bytes exactly; its
+    /// groups non-empty and within their size, and more than one unless it is one group.
     fn check_shape(set: &PackedSet) {
         let groups = set.blocks.groups();
         if let Blocks::Many(_) = &set.blocks {
-            assert!(groups.len() >= 2, "one group is one vector");
+            assert!(groups.len() >= 2, "a single group is kept as `One`");
         }
         for group in groups {
-            assert!(!group.is_empty() && group.len() <= GROUP_BLOCKS);
+            assert!(!group.heads.is_empty() && group.heads.len() <= GROUP_BLOCKS);
+            assert_eq!(
+                group.heads[group.heads.len() - 1].end as usize,
+                group.bytes.len()
+            );
+            for pair in group.heads.windows(2) {
+                assert!(pair[0].end <= pair[1].end);
+            }
         }
-        let blocks: Vec<&PackedBlock> = groups.iter().flatten().collect();
-        for b in &blocks {
+        let blocks = blocks_of(set);
+        for (b, deltas) in &blocks {
             assert!(b.first <= b.last && b.last != NONE);
-            assert!(b.deltas.len() <= PACKED_BLOCK_BYTES);
+            assert!(deltas.len() <= PACKED_BLOCK_BYTES);
+            let (mut pos, mut cur) = (0, b.first);
+            while pos < deltas.len() {
+                let d = get_varint(deltas, &mut pos);
+                assert!(d >= 1);
+                cur += d;
+            }
+            assert_eq!(cur, b.last, "a block's deltas end on its last item");
         }
         for pair in blocks.windows(2) {
-            assert!(pair[0].last < pair[1].first);
+            assert!(pair[0].0.last < pair[1].0.first);
         }
         assert_eq!(set.iter().count(), set.len());
     }
 
     /// Reads from any item on (`iter_from`, a cursor's seek) agree with a model while a set
-    /// grows past one group of blocks, shrinks back to one vector and grows again, with
+    /// grows past one group of blocks, shrinks back to one group and grows again, with
     /// inserts in the middle (a tier's run) and runs removed.
     #[test]
     fn a_set_in_groups_reads_like_a_sorted_set() {
@@ -1139,7 +1270,7 @@ mod tests {
                 assert_eq!(set.len(), model.len());
             }
             check_shape(&set);
-            assert!(matches!(set.blocks, Blocks::One(_)), "back to one vector");
+            assert!(matches!(set.blocks, Blocks::One(_)), "back to one group");
             assert!(set.iter().eq(model.iter().copied()));
         }
     }
