@@ -34,8 +34,10 @@ struct Flags {
     #[arg(long, default_value_t = codec::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
     /// Bytes all connections together may write in one turn of the loop (beyond answers of
-    /// at most 64 KiB, written whole); the rest waits for the next turn. 0: no bound.
-    #[arg(long, default_value_t = 128 << 10, value_name = "BYTES")]
+    /// at most 64 KiB, written whole); the rest waits for the next turn, and so does output
+    /// over 64 KiB once the turn's 1 ms of work is spent. Handlers stop for the turn once
+    /// they queued this much. 0: no bound.
+    #[arg(long, default_value_t = 64 << 10, value_name = "BYTES")]
     write_per_turn: usize,
     /// Close a connection silent for this many seconds (peers ping well within it); 0: never.
     #[arg(long, default_value_t = 120)]

@@ -15,16 +15,27 @@
 //!   retried; events for tokens no longer in the slab are ignored.
 //! - Fair turns: one connection's frames are handled for at most
 //!   [`Config::frames_per_turn`] frames, or, after its first frame, for at most
-//!   [`Config::work_per_turn`] of handler time, whichever ends first; then it yields: its
+//!   [`Config::work_per_turn`] of handler time, or (with a write bound) until its frames
+//!   queued [`SMALL_OUTPUT_BYTES`] of output, whichever ends first; then it yields: its
 //!   unhandled input stays in its pending buffer, in order, and it goes to the back of the
 //!   ready list, so every other connection with input is served before it continues. A
 //!   pipelining client therefore delays another client by at most one budget per turn.
-//!   Many pipelining clients together get [`Config::turn_work`] of handler time a turn:
-//!   once it is spent, a connection being read yields after its current frame, and those
-//!   with input left (readiness events included) wait, in order, for the next turn, which
-//!   comes without waiting; the first connection of the ready list is read every turn, so
-//!   each one progresses. (Shares alone bound one connection, not a turn: a turn read every
-//!   connection with input, and one that yielded came again from the ready list.)
+//! - One budget a turn: a turn's work, from its wait's return, is bounded by
+//!   [`Config::turn_work`], whatever it is spent on: the remains of closed connections and
+//!   the writes the last turn left go first, then input, then new output. Once it is spent
+//!   (or, with a write bound, once handlers queued [`Config::write_per_turn`] of output),
+//!   a connection being read yields after its current frame, and those with input left
+//!   (readiness events included) wait, in order, for the next turn, which comes without
+//!   waiting; the first connection of the ready list and of the events is read every
+//!   turn (one frame at least), so each one progresses. With a write bound, output bigger
+//!   than [`SMALL_OUTPUT_BYTES`] is written only while the turn has work left and at most
+//!   [`Config::write_per_turn`] of it a turn; what waits is written first in the next
+//!   turn. A turn's work is therefore at most `turn_work`, plus one frame each of the
+//!   connection being read when it ran out and of the ready list's first, one write begun
+//!   before it ran out (at most `write_per_turn` bytes), the small answers, and the step of
+//!   closed connections' remains it began with (see `BURY_BYTES_PER_TURN`). (Shares alone
+//!   bound one connection, not a turn: a turn read every connection with input, and one
+//!   that yielded came again from the ready list.)
 //! - Held connections: a handler may *hold* a connection ([`Ctx::hold`]) while it works on
 //!   one of its requests across turns: its later frames stay in its pending buffer, in order,
 //!   undelivered, and the socket is not read (so its memory is bounded as when parked) until
@@ -126,7 +137,9 @@ const BURY_SOCKETS_PER_TURN: usize = 1;
 /// open meanwhile, outside [`Config::max_connections`]: a server sizes its open-files limit
 /// with this much room.
 pub const MAX_BURIED: usize = 32;
-/// Output this small is written whole even once the turn's [`Config::write_per_turn`] is spent.
+/// Output this small is written whole even once the turn's [`Config::write_per_turn`] or
+/// [`Config::turn_work`] is spent; with a write bound, a connection's share of a turn ends
+/// once its frames queued this much output.
 pub const SMALL_OUTPUT_BYTES: u64 = 64 * 1024;
 
 /// At most this much input is discarded while lingering.
@@ -167,16 +180,21 @@ pub struct Config {
     /// Handler time one connection may use in one turn, counted after its first frame, before
     /// it yields to the others.
     pub work_per_turn: Duration,
-    /// Time from a wait's return after which no further connection's input is handled in
-    /// that turn (see the module doc): what many pipelining connections together may hold
+    /// The turn's budget of work, from its wait's return, after which no further
+    /// connection's input is handled in that turn (see the module doc) and, with a write
+    /// bound ([`Config::write_per_turn`]), no further output bigger than
+    /// [`SMALL_OUTPUT_BYTES`] is written in it: what handling and writing together may hold
     /// one turn for, beside one frame each of the last one read and of the ready list's
-    /// first.
+    /// first, and one write begun before it was spent.
     pub turn_work: Duration,
     /// Bytes all connections together may write in one turn (none: no bound). Once spent,
-    /// the connections not yet flushed wait in order for the next turn, which comes without
-    /// waiting, and so does the one cut off at the bound, behind them. A connection whose
-    /// whole output is at most [`SMALL_OUTPUT_BYTES`] is written even then (an answer to an
-    /// honest request waits behind no big writer); its bytes count all the same. On
+    /// or once the turn's [`Config::turn_work`] is, the connections not yet flushed wait in
+    /// order for the next turn, which comes without waiting and writes them first, and so
+    /// does the one cut off at the bound, behind them. A connection whose whole output is at
+    /// most [`SMALL_OUTPUT_BYTES`] is written even then (an answer to an honest request
+    /// waits behind no big writer); its bytes count all the same. With a bound, output also
+    /// counts as work: a connection's share of a turn ends once its frames queued
+    /// [`SMALL_OUTPUT_BYTES`], and the turn's handling once handlers queued this bound. On
     /// loopback a write also runs the receiver's TCP input, so its cost grows with the bytes
     /// it moves: unbounded, 20 connections that never read held turns for 8–10 ms of writes.
     pub write_per_turn: Option<usize>,
@@ -579,6 +597,13 @@ pub struct Ctx<C> {
     io: IoTotals,
     /// What this turn may still write (see [`Config::write_per_turn`]).
     write_left: u64,
+    /// Bytes handlers queued in this turn (with a write bound, output counts as work: see
+    /// [`Config::write_per_turn`]).
+    turn_out: u64,
+    /// The turn's first flush, of what the last ones left, has not yet written output bigger
+    /// than [`SMALL_OUTPUT_BYTES`]: the first such write goes whatever the turn's work, so
+    /// that waiting output progresses every turn (see [`Ctx::flush`]).
+    write_first: bool,
     /// The handler has background work: the next wait does not block ([`Ctx::request_turn`]).
     more_work: bool,
     /// Closed connections whose output queue was not empty: their queues and sockets, freed
@@ -650,6 +675,8 @@ struct Budget {
     frames: usize,
     /// When its second frame started (the first one is always handled).
     since: Option<Instant>,
+    /// Bytes its frames queued (to any connection) in this share.
+    out: u64,
     /// The share ran out: unhandled input waits for the connection's next share.
     yielded: bool,
 }
@@ -700,6 +727,8 @@ impl<C> Reactor<C> {
                 pauses: LoopPauses::new(),
                 io: IoTotals::default(),
                 write_left: u64::MAX,
+                turn_out: 0,
+                write_first: false,
                 more_work: false,
                 buried: VecDeque::new(),
             },
@@ -752,7 +781,21 @@ impl<C> Reactor<C> {
             .config
             .write_per_turn
             .map_or(u64::MAX, |b| b as u64);
+        self.ctx.turn_out = 0;
         trace::turn_woke();
+        // What the last turns left goes first, while this one is fresh (its time counts
+        // against [`Config::turn_work`] like any other work): a step of closed connections'
+        // remains, then the output the write budget left waiting, so that neither waits
+        // forever behind input that spends every turn.
+        if !self.ctx.buried.is_empty() && trace::time("close remains", || self.ctx.bury_step()) {
+            self.ctx.more_work = true;
+        }
+        if !self.ctx.dirty.is_empty() {
+            self.ctx.write_first = true;
+            trace::time("flush", || self.ctx.flush_dirty(handler));
+            self.ctx.write_first = false;
+            self.ctx.reap(handler);
+        }
         for event in self.events.iter() {
             let token = event.token();
             if token == WAKER_TOKEN {
@@ -823,9 +866,6 @@ impl<C> Reactor<C> {
         if self.ctx.inbufs.is_retiring()
             && trace::time("input retire", || self.ctx.inbufs.retire_step())
         {
-            self.ctx.more_work = true;
-        }
-        if !self.ctx.buried.is_empty() && trace::time("close remains", || self.ctx.bury_step()) {
             self.ctx.more_work = true;
         }
         handler.handle_turn_end(&mut self.ctx);
@@ -1109,7 +1149,9 @@ impl<C> Ctx<C> {
         let tail = c.out.tail();
         let before = tail.len();
         encode(tail);
+        let added = tail.len() - before;
         c.out.commit(before);
+        self.turn_out += added as u64;
         self.mark_dirty(conn.0);
     }
 
@@ -1626,16 +1668,18 @@ impl<C> Ctx<C> {
             }
         }
         if self.config.write_per_turn.is_some() {
-            // Written with the others at the turn's end, behind those the last turn's write
-            // budget left waiting.
+            // Written with the others at the turn's end (if the turn has work left, else first
+            // in the next), behind those the last turn's budget left waiting.
             self.mark_dirty(key);
         } else {
             self.flush(key, handler);
         }
     }
 
-    /// Writes queued output, as much as the turn's write budget leaves; updates interest,
-    /// parking and drain notifications. What it did with the budget: [`Flushed::Waits`] and
+    /// Writes queued output, as much as the turn's write budget leaves (output bigger than
+    /// [`SMALL_OUTPUT_BYTES`] only while the turn's [`Config::turn_work`] is not spent, or
+    /// as the first such write of the turn's first flush); updates interest, parking and
+    /// drain notifications. What it did with the budget: [`Flushed::Waits`] and
     /// [`Flushed::Cut`] leave the connection marked dirty, for the next turn.
     fn flush(&mut self, key: usize, handler: &mut impl Handler<Conn = C>) -> Flushed {
         let (low, high) = (self.config.out_low_water, self.config.out_high_water);
@@ -1650,8 +1694,13 @@ impl<C> Ctx<C> {
         if !c.out.is_empty() {
             let limit = if self.write_left == u64::MAX || c.out.unsent() <= SMALL_OUTPUT_BYTES {
                 u64::MAX
-            } else {
+            } else if std::mem::take(&mut self.write_first)
+                || Instant::now().saturating_duration_since(self.now) < self.config.turn_work
+            {
                 self.write_left
+            } else {
+                // The turn's work (handling and writing) is spent: bigger output waits.
+                0
             };
             if limit == 0 {
                 c.in_dirty = true;
@@ -1950,9 +1999,11 @@ impl<C> Ctx<C> {
                     c.last_frame = self.now;
                     let payload = &data[at + d.payload.start..at + d.payload.end];
                     at += d.consumed;
+                    let out_before = self.turn_out;
                     let v = self
                         .with_state(key, |ctx, st| handler.handle_frame(ctx, conn, st, payload))
                         .unwrap_or(Verdict::Close(CloseReason::Local));
+                    self.budget.out += self.turn_out - out_before;
                     self.apply(conn, v);
                     // Output queued by the handler may have crossed the high-water mark.
                     if let Some(Slot::Conn(c)) = self.slots.get_mut(key) {
@@ -1980,25 +2031,37 @@ impl<C> Ctx<C> {
     }
 
     /// Whether the connection being read has used its share of this turn (it has handled at
-    /// least one frame). The clock is read from its second frame on only, so a connection
-    /// with one request per read costs no clock read.
+    /// least one frame), or the turn its [`Config::turn_work`]. The clock is read from its
+    /// second frame on only, so a connection with one request per read costs no clock read.
     fn is_share_used(&mut self) -> bool {
-        if self.budget.frames >= self.config.frames_per_turn {
+        if self.budget.frames >= self.config.frames_per_turn || self.is_output_spent(true) {
             return true;
         }
         let now = Instant::now();
         let since = *self.budget.since.get_or_insert(now);
         now.saturating_duration_since(since) >= self.config.work_per_turn
-            || (self.turn_reads > 1
-                && now.saturating_duration_since(self.now) >= self.config.turn_work)
+            || now.saturating_duration_since(self.now) >= self.config.turn_work
     }
 
-    /// Whether this turn has used its [`Config::turn_work`]: no further connection is read
-    /// in it. The clock is read only once a connection has been read, so a turn of one
-    /// event costs no clock read.
+    /// Whether this turn has used its [`Config::turn_work`], or queued the output it may
+    /// write: no further connection is read in it. The clock is read only once a connection
+    /// has been read, so a turn of one event costs no clock read.
     fn is_turn_spent(&self) -> bool {
         self.turn_reads > 0
-            && Instant::now().saturating_duration_since(self.now) >= self.config.turn_work
+            && (self.is_output_spent(false)
+                || Instant::now().saturating_duration_since(self.now) >= self.config.turn_work)
+    }
+
+    /// With a write bound ([`Config::write_per_turn`]), output counts as work: building an
+    /// answer costs about what writing it does, and output beyond what the turn may write
+    /// only waits in memory. The share of the connection being read (`share`) is used once
+    /// its frames queued [`SMALL_OUTPUT_BYTES`], the turn once its handlers queued the
+    /// write bound.
+    fn is_output_spent(&self, share: bool) -> bool {
+        let Some(bound) = self.config.write_per_turn else {
+            return false;
+        };
+        self.turn_out >= bound as u64 || (share && self.budget.out >= SMALL_OUTPUT_BYTES)
     }
 
     /// While closing, input is read and thrown away so the kernel does not reset the
@@ -2360,6 +2423,238 @@ mod tests {
             reactor.turn(&mut handler).unwrap();
             assert_eq!(handler.fired, turn);
         }
+    }
+
+    /// The size of [`BigAnswers`]' big answer: a page of issue 12's lookup of a 1,000-byte name.
+    const BIG_ANSWER_BYTES: usize = 105_000;
+
+    /// Answers `big` with a frame of [`BIG_ANSWER_BYTES`], anything else with its echo, and
+    /// records what each turn handled and wrote.
+    #[derive(Default)]
+    struct BigAnswers {
+        /// Big frames handled per connection, in all.
+        big: HashMap<ConnId, usize>,
+        /// Per turn (in order): big frames handled, bytes written.
+        turns: Vec<(usize, u64)>,
+        handled: usize,
+        bytes_out: u64,
+        /// The small echo's connection and the turn its frame was handled in.
+        small: Option<(ConnId, usize)>,
+        /// Whether the echo was all written at the end of the turn it was handled in.
+        small_written_at_once: Option<bool>,
+        /// Fairness: the most big frames one connection was ahead of another at a turn's end,
+        /// while none had finished.
+        widest_gap: usize,
+        per_conn: usize,
+        /// Each connection's unsent bytes at the last turn's end.
+        unsent: HashMap<ConnId, u64>,
+        /// The most connections with more than [`SMALL_OUTPUT_BYTES`] unsent at a turn's
+        /// start that one turn wrote to, once every big frame was handled.
+        most_big_writers: usize,
+        frames_wanted: usize,
+    }
+
+    impl Handler for BigAnswers {
+        type Conn = ();
+        fn handle_accept(&mut self, _: &mut Ctx<()>, conn: ConnId, _: SocketAddr) {
+            self.big.insert(conn, 0);
+        }
+        fn handle_frame(
+            &mut self,
+            ctx: &mut Ctx<()>,
+            conn: ConnId,
+            _: &mut (),
+            p: &[u8],
+        ) -> Verdict {
+            if p == b"big" {
+                let page = vec![b'x'; BIG_ANSWER_BYTES];
+                ctx.send(conn, |buf| crate::codec::encode(&page, buf));
+                *self.big.entry(conn).or_default() += 1;
+                self.handled += 1;
+            } else {
+                ctx.send(conn, |buf| crate::codec::encode(p, buf));
+                self.small = Some((conn, self.turns.len()));
+            }
+            Verdict::Continue
+        }
+        fn handle_close(&mut self, _: &mut Ctx<()>, _: ConnId, _: (), _: &CloseReason) {}
+        fn handle_turn_end(&mut self, ctx: &mut Ctx<()>) {
+            let out = ctx.io_totals().bytes_out;
+            let handled: usize = self.big.values().sum();
+            let before: usize = self.turns.iter().map(|t| t.0).sum();
+            self.turns.push((handled - before, out - self.bytes_out));
+            self.bytes_out = out;
+            if let Some((conn, turn)) = self.small {
+                if turn + 1 == self.turns.len() {
+                    self.small_written_at_once = Some(ctx.unsent_bytes(conn) == 0);
+                }
+            }
+            let mut big_writers = 0;
+            for (&conn, last) in self.unsent.iter_mut() {
+                let now = ctx.unsent_bytes(conn);
+                if *last > SMALL_OUTPUT_BYTES && now < *last {
+                    big_writers += 1;
+                }
+                *last = now;
+            }
+            for &conn in self.big.keys() {
+                self.unsent.entry(conn).or_insert(0);
+            }
+            if self.handled == self.frames_wanted {
+                self.most_big_writers = self.most_big_writers.max(big_writers);
+            }
+            let (most, least) = (self.big.values().max(), self.big.values().min());
+            if let (Some(&most), Some(&least)) = (most, least) {
+                if most < self.per_conn {
+                    self.widest_gap = self.widest_gap.max(most - least);
+                }
+            }
+        }
+    }
+
+    /// A reactor listening on loopback, `n` clients connected to it and accepted.
+    fn accepted_clients(
+        config: Config,
+        handler: &mut BigAnswers,
+        n: usize,
+    ) -> (Reactor<()>, Vec<std::net::TcpStream>) {
+        let mut reactor = Reactor::<()>::new(config).unwrap();
+        let addr = reactor
+            .ctx()
+            .listen("127.0.0.1:0".parse().unwrap())
+            .unwrap();
+        let clients: Vec<_> = (0..n)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        for _ in 0..1_000 {
+            if reactor.ctx.connection_count() == n {
+                break;
+            }
+            reactor.turn(handler).unwrap();
+        }
+        assert_eq!(reactor.ctx.connection_count(), n);
+        (reactor, clients)
+    }
+
+    fn frames(payload: &[u8], n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            crate::codec::encode(payload, &mut out);
+        }
+        out
+    }
+
+    /// Turns until `done`, at most `limit` of them.
+    fn turn_until(
+        reactor: &mut Reactor<()>,
+        handler: &mut BigAnswers,
+        limit: usize,
+        done: impl Fn(&BigAnswers) -> bool,
+    ) {
+        for _ in 0..limit {
+            if done(handler) {
+                return;
+            }
+            reactor.turn(handler).unwrap();
+        }
+        assert!(done(handler), "not done in {limit} turns");
+    }
+
+    /// Frames whose answers are big end their connection's share, and the turn's handling,
+    /// by the output they queued, whatever the clock says: with time budgets nobody reaches,
+    /// a turn handles one big frame of the connection read first and one of the ready list's
+    /// first, and the pipelining connections take turns.
+    #[test]
+    fn frames_that_queue_big_answers_end_the_share_and_the_turn_by_their_output() {
+        const CLIENTS: usize = 3;
+        const FRAMES: usize = 20;
+        let config = Config {
+            write_per_turn: Some(64 * 1024),
+            turn_work: Duration::from_secs(60),
+            work_per_turn: Duration::from_secs(60),
+            // Not parked: only the output budgets stop a share.
+            out_high_water: 1 << 30,
+            ..Config::default()
+        };
+        let mut handler = BigAnswers {
+            per_conn: FRAMES,
+            ..BigAnswers::default()
+        };
+        let (mut reactor, mut clients) = accepted_clients(config, &mut handler, CLIENTS);
+        // Every request is in the server's sockets before the loop reads any.
+        for c in &mut clients {
+            std::io::Write::write_all(c, &frames(b"big", FRAMES)).unwrap();
+        }
+        turn_until(&mut reactor, &mut handler, 10_000, |h| {
+            h.handled == CLIENTS * FRAMES
+        });
+        let busiest = handler.turns.iter().map(|t| t.0).max().unwrap();
+        assert!(busiest <= 2, "a turn handled {busiest} big frames");
+        assert!(
+            handler.widest_gap <= 2,
+            "one connection got {} frames ahead of another",
+            handler.widest_gap
+        );
+    }
+
+    /// Once a turn's work is spent, big output waits, but for one write a turn (of at most
+    /// the write budget, written first, so it progresses whatever spends the turns), while a
+    /// small answer is written in the turn its request was handled in.
+    #[test]
+    fn big_output_waits_for_the_turn_budget_but_progresses_and_small_answers_do_not_wait() {
+        // Room for both writers' output in one turn, were it not for the turn's work.
+        const BUDGET: usize = 1 << 20;
+        let config = Config {
+            write_per_turn: Some(BUDGET),
+            // Every turn's work is spent at once.
+            turn_work: Duration::ZERO,
+            out_high_water: 1 << 30,
+            ..Config::default()
+        };
+        let mut handler = BigAnswers {
+            per_conn: usize::MAX,
+            frames_wanted: 80,
+            ..BigAnswers::default()
+        };
+        let (mut reactor, mut clients) = accepted_clients(config, &mut handler, 3);
+        // Two clients that never read ask for 40 big answers each: more than their sockets
+        // take, so only the budgets stop a turn's writes.
+        for c in &mut clients[..2] {
+            std::io::Write::write_all(c, &frames(b"big", 40)).unwrap();
+        }
+        turn_until(&mut reactor, &mut handler, 10_000, |h| h.handled == 80);
+        std::io::Write::write_all(&mut clients[2], &frames(b"small", 1)).unwrap();
+        turn_until(&mut reactor, &mut handler, 10_000, |h| {
+            h.small_written_at_once.is_some()
+        });
+        assert_eq!(handler.small_written_at_once, Some(true));
+        // Big output still progresses, though every turn's work is spent: the two clients,
+        // reading at last, get every byte of their answers.
+        let answers = 40 * frames(&[b'x'; BIG_ANSWER_BYTES], 1).len();
+        let readers: Vec<_> = clients
+            .drain(..2)
+            .map(|mut c| {
+                std::thread::spawn(move || {
+                    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                    let mut got = vec![0u8; answers];
+                    c.read_exact(&mut got).is_ok()
+                })
+            })
+            .collect();
+        turn_until(&mut reactor, &mut handler, 100_000, |_| {
+            readers.iter().all(|r| r.is_finished())
+        });
+        for r in readers {
+            assert!(r.join().unwrap(), "a client did not get its answers");
+        }
+        assert_eq!(
+            handler.most_big_writers, 1,
+            "a spent turn wrote to more than one connection's big output"
+        );
+        // Beside the budget: the echo, and each writer's last 64 KiB (small output).
+        let most = BUDGET as u64 + 2 * SMALL_OUTPUT_BYTES + frames(b"small", 1).len() as u64;
+        let busiest = handler.turns.iter().map(|t| t.1).max().unwrap();
+        assert!(busiest <= most, "a turn wrote {busiest} bytes");
     }
 
     #[test]

@@ -1521,8 +1521,8 @@ impl Handler for TurnLog {
 fn many_pipelining_connections_share_one_turn_budget_and_all_progress() {
     const CLIENTS: usize = 10;
     const FRAMES: usize = 50;
-    // A turn's budget spent by its first connection: each turn then reads that one (a share
-    // of 10 frames) and at most the ready list's first, of which only one frame.
+    // A turn's budget spent at once: each turn then reads one frame of its first connection
+    // and at most one of the ready list's first.
     let config = Config {
         turn_work: Duration::ZERO,
         work_per_turn: IO_TIMEOUT,
