@@ -6,6 +6,7 @@
 use super::cluster::link::ClusterStatus;
 use super::server::push::PushCounts;
 use super::server::IndexServer;
+use super::worktrace;
 use crate::metrics::{Exposition, HistogramSeries, REQUEST_BUCKETS_S};
 use crate::reactor::Ctx;
 use crate::wire::{ErrorCode, RequestBody};
@@ -221,7 +222,7 @@ pub fn render<C>(server: &mut IndexServer, ctx: &Ctx<C>) -> String {
         "Bytes held by the connections' output queues (their buffers' capacities).",
         buffers.output_held as f64,
     );
-    if let Some(m) = crate::sys::process::malloc_usage() {
+    if let Some(m) = worktrace::time("metrics: malloc", crate::sys::process::malloc_usage) {
         e.gauge(
             "p2pshare_index_malloc_in_use_bytes",
             "Bytes the allocator has handed out and not got back (its heaps and its mmapped blocks).",

@@ -1032,7 +1032,7 @@ impl Handler for IndexServer {
         self.metrics.banned = counts.bans;
         Some(HttpBody {
             content_type: crate::metrics::CONTENT_TYPE,
-            body: metrics::render(self, ctx).into_bytes(),
+            body: worktrace::time("metrics", || metrics::render(self, ctx)).into_bytes(),
         })
     }
 }
