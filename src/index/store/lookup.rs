@@ -10,10 +10,12 @@ use super::{
 use crate::wire::{is_hex_prefix, FileHash, HeldFile, LookupKey};
 use std::cmp::Ordering;
 
-/// Files of lookup answers given back ([`Index::recycle_held`]) kept for the next answers.
-const SPARE_HELD: usize = 64;
+/// Files of lookup answers given back ([`Index::recycle_held`]) kept for the next answers: a
+/// lookup by hash answers at most this many. With [`SPARE_NAME_BYTES`] and [`SPARE_HOLDERS`]
+/// the spares hold at most 8 × (1 KiB + 8 KiB) whatever the answers were.
+const SPARE_HELD: usize = MAX_CLAIMS;
 /// A file given back with room for more holders than this is dropped, not kept.
-const SPARE_HOLDERS: usize = 1024;
+const SPARE_HOLDERS: usize = 256;
 
 impl Index {
     /// Who holds a file. `Hash` and a unique `HashPrefix` give the files of that hash: one per
