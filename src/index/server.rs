@@ -587,9 +587,11 @@ impl IndexServer {
         });
         let answer = Response { id, body };
         wire::encode_frame(&answer, out);
-        if let ResponseBody::SearchResults { hits, .. } = answer.body {
-            // Their memory builds the next answer's hits.
-            self.index.recycle_hits(hits);
+        // Their memory builds the next answers.
+        match answer.body {
+            ResponseBody::SearchResults { hits, .. } => self.index.recycle_hits(hits),
+            ResponseBody::Holders { files, .. } => self.index.recycle_held(files),
+            _ => {}
         }
         // Charged by `handle_payload` once it has timed the request.
         self.charge = kind_units;

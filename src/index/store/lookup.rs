@@ -2,12 +2,20 @@
 //! files of one exact name, a page at a time, best first.
 
 use super::byname::{key_entry, rank_key, Page, WALK_STEP};
+use super::search::SPARE_NAME_BYTES;
 use super::words::{lower_words, Scratch};
 use super::{
     source_of, Entries, Files, Index, LookupError, NamePage, PeerId, ID_MASK, MAX_CLAIMS, NONE,
 };
 use crate::wire::{is_hex_prefix, FileHash, HeldFile, LookupKey};
 use std::cmp::Ordering;
+
+/// Files of lookup answers given back ([`Index::recycle_held`]) kept for the next answers: a
+/// lookup by hash answers at most this many. With [`SPARE_NAME_BYTES`] and [`SPARE_HOLDERS`]
+/// the spares hold at most 8 × (1 KiB + 8 KiB) whatever the answers were.
+const SPARE_HELD: usize = MAX_CLAIMS;
+/// A file given back with room for more holders than this is dropped, not kept.
+const SPARE_HOLDERS: usize = 256;
 
 impl Index {
     /// Who holds a file. `Hash` and a unique `HashPrefix` give the files of that hash: one per
@@ -23,8 +31,19 @@ impl Index {
         self.post_pending();
         match key {
             LookupKey::Hash(h) => {
-                let files: Vec<u32> = self.files.variants(h).collect();
-                self.claims(files)
+                // Nearly every hash has one claim: answered without a vector of them.
+                let (first, second) = {
+                    let mut variants = self.files.variants(h);
+                    (variants.next(), variants.next())
+                };
+                match (first, second) {
+                    (None, _) => Err(LookupError::NotFound),
+                    (Some(file), None) => self.claims(&[file]),
+                    (Some(_), Some(_)) => {
+                        let files: Vec<u32> = self.files.variants(h).collect();
+                        self.claims(&files)
+                    }
+                }
             }
             LookupKey::HashPrefix(p) => {
                 if !is_hex_prefix(p) {
@@ -38,7 +57,7 @@ impl Index {
                 let files = self.files.find_prefix(p32, &p, |f| {
                     !departing || self.file_holders(f).iter().any(|&p| !self.is_departing(p))
                 })?;
-                self.claims(files)
+                self.claims(&files)
             }
             LookupKey::Name(name) => self
                 .lookup_name(
@@ -166,6 +185,13 @@ impl Index {
     /// Distinct holder ids of `file`, ascending.
     pub(super) fn file_holders(&self, file: u32) -> Vec<u32> {
         let mut ids = Vec::new();
+        self.file_holders_into(file, &mut ids);
+        ids
+    }
+
+    /// [`Index::file_holders`] into `ids` (cleared first).
+    fn file_holders_into(&self, file: u32, ids: &mut Vec<u32>) {
+        ids.clear();
         let mut e = self.files[file].first_entry();
         while e != NONE {
             ids.extend_from_slice(self.entries.holders(e));
@@ -173,20 +199,24 @@ impl Index {
         }
         ids.sort_unstable();
         ids.dedup();
-        ids
     }
 
     /// The files of one hash (`files`, one per size claimed) as a lookup answer, best claim
     /// first (see [`Index::lookup`]); claims only departing peers hold are left out (see
     /// `depart.rs`), and with none left the hash is not found.
-    fn claims(&self, files: Vec<u32>) -> Result<Vec<HeldFile>, LookupError> {
+    fn claims(&mut self, files: &[u32]) -> Result<Vec<HeldFile>, LookupError> {
+        let mut answer = std::mem::take(&mut self.work.held_vec);
+        answer.clear();
         if let [file] = files[..] {
             // One claim (nearly always): nothing to weigh; its holders are the live ones.
             let held = self.held_file(file, None);
             if held.holders.is_empty() {
+                answer.push(held);
+                self.recycle_held(answer);
                 return Err(LookupError::NotFound);
             }
-            return Ok(vec![held]);
+            answer.push(held);
+            return Ok(answer);
         }
         // Departing peers have no address, so they count for no address.
         let mut weighed: Vec<(usize, u32)> = files
@@ -195,15 +225,17 @@ impl Index {
             .filter(|&(addresses, _)| addresses > 0)
             .collect();
         if weighed.is_empty() {
+            self.work.held_vec = answer;
             return Err(LookupError::NotFound);
         }
         // More addresses first; the sort is stable, so equal claims stay in size order.
         weighed.sort_by_key(|w| std::cmp::Reverse(w.0));
         weighed.truncate(MAX_CLAIMS);
-        Ok(weighed
-            .into_iter()
-            .map(|(_, f)| self.held_file(f, None))
-            .collect())
+        for (_, f) in weighed {
+            let held = self.held_file(f, None);
+            answer.push(held);
+        }
+        Ok(answer)
     }
 
     /// How many distinct addresses (IPv4 addresses, IPv6 /64s) the live peers among
@@ -221,42 +253,73 @@ impl Index {
 
     /// `file` as a lookup answer, named by `entry`, or by the name held from the most distinct
     /// addresses (ties: the name registered first; departing holders count for none).
-    fn held_file(&self, file: u32, entry: Option<u32>) -> HeldFile {
-        let name_of = |e: u32| {
-            let mut name = Vec::new();
-            self.entries.decode_name(e, &mut name);
-            name
-        };
-        let entry = entry.unwrap_or_else(|| {
-            // A file's entries are listed newest first, so on a tie the later one wins.
-            let first = self.files[file].first_entry();
-            if self.entries.next(first) == NONE {
-                return first;
-            }
-            let weight = |e: u32| self.sources(self.entries.holders(e));
-            let (mut best, mut best_weight) = (first, weight(first));
-            let mut e = self.entries.next(first);
-            while e != NONE {
-                let w = weight(e);
-                if w >= best_weight {
-                    (best, best_weight) = (e, w);
-                }
-                e = self.entries.next(e);
-            }
-            best
+    /// The answer is built in the buffers of an earlier answer given back
+    /// ([`Index::recycle_held`]) when there is one.
+    fn held_file(&mut self, file: u32, entry: Option<u32>) -> HeldFile {
+        let entry = entry.unwrap_or_else(|| self.naming_entry(file));
+        let mut ids = std::mem::take(&mut self.work.holder_ids);
+        self.file_holders_into(file, &mut ids);
+        let mut held = self.work.held_spare.pop().unwrap_or_else(|| HeldFile {
+            hash: FileHash([0; 32]),
+            size: 0,
+            name: String::new(),
+            holders: Vec::new(),
+            holder_count: 0,
         });
         let rec = &self.files[file];
-        let holders: Vec<_> = self
-            .file_holders(file)
-            .into_iter()
-            .filter_map(|p| self.peer_addr(PeerId(p)))
-            .collect();
-        HeldFile {
-            hash: rec.hash,
-            size: rec.size(),
-            name: String::from_utf8(name_of(entry)).expect("names are stored from str"),
-            holder_count: holders.len() as u32,
-            holders,
+        held.hash = rec.hash;
+        held.size = rec.size();
+        held.holders.clear();
+        held.holders
+            .extend(ids.iter().filter_map(|&p| self.peer_addr(PeerId(p))));
+        held.holder_count = held.holders.len() as u32;
+        let mut name = std::mem::take(&mut held.name).into_bytes();
+        self.entries.decode_name(entry, &mut name);
+        held.name = String::from_utf8(name).expect("names are stored from str");
+        self.work.holder_ids = ids;
+        held
+    }
+
+    /// The entry whose name a lookup by hash gives `file`: the name held from the most
+    /// distinct addresses (ties: the name registered first; departing holders count for
+    /// none).
+    fn naming_entry(&self, file: u32) -> u32 {
+        // A file's entries are listed newest first, so on a tie the later one wins.
+        let first = self.files[file].first_entry();
+        if self.entries.next(first) == NONE {
+            return first;
+        }
+        let weight = |e: u32| self.sources(self.entries.holders(e));
+        let (mut best, mut best_weight) = (first, weight(first));
+        let mut e = self.entries.next(first);
+        while e != NONE {
+            let w = weight(e);
+            if w >= best_weight {
+                (best, best_weight) = (e, w);
+            }
+            e = self.entries.next(e);
+        }
+        best
+    }
+
+    /// Takes back the files of a lookup answer once it is encoded, so that the next answers
+    /// build theirs in the same memory rather than in fresh allocations (each costs hundreds
+    /// of ns on the heap a large index leaves; see `search.rs`): at most [`SPARE_HELD`]
+    /// files are kept, none with a name of more than [`SPARE_NAME_BYTES`] bytes or room for
+    /// more than [`SPARE_HOLDERS`] holders. Answers are the same whether or not files are
+    /// given back.
+    pub fn recycle_held(&mut self, mut files: Vec<HeldFile>) {
+        let spare = &mut self.work.held_spare;
+        for held in files.drain(..) {
+            if spare.len() < SPARE_HELD
+                && held.name.capacity() <= SPARE_NAME_BYTES
+                && held.holders.capacity() <= SPARE_HOLDERS
+            {
+                spare.push(held);
+            }
+        }
+        if files.capacity() <= SPARE_HELD && files.capacity() > self.work.held_vec.capacity() {
+            self.work.held_vec = files;
         }
     }
 

@@ -438,6 +438,13 @@ struct Work {
     hit_ids: Vec<(u32, u32)>,
     /// A search's best ranks (its heap), empty between searches.
     ranks: Vec<u64>,
+    /// Files of lookup answers given back ([`Index::recycle_held`]), for the next answer's
+    /// files (their names' and holders' buffers).
+    held_spare: Vec<HeldFile>,
+    /// A lookup answer's vector given back, empty, for the next answer.
+    held_vec: Vec<HeldFile>,
+    /// A file's holder ids while a lookup answer is built.
+    holder_ids: Vec<u32>,
 }
 
 impl Default for Index {

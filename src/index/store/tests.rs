@@ -380,6 +380,35 @@ fn control_characters_in_names_are_legal_and_bad_names_rejected() {
 }
 
 #[test]
+fn a_lookup_built_in_a_given_back_answer_is_the_answer_built_fresh() {
+    let mut ix = Index::new();
+    let peers: Vec<PeerId> = (1..=3).map(|p| ix.add_peer(addr(p))).collect();
+    let long = "a rather long name, longer than the other one by far.flac";
+    for &p in &peers {
+        ix.register(p, &[fe(h(1), 5, long)]);
+    }
+    ix.register(peers[0], &[fe(h(2), 7, "b.txt")]);
+    ix.register(peers[1], &[fe(h(3), 9, "c.txt")]);
+    ix.post_pending();
+    let fresh: Vec<_> = (1..=3)
+        .map(|n| ix.lookup(&LookupKey::Hash(h(n))).unwrap())
+        .collect();
+    // The three-holder, long-named answer given back first, then each in turn: every later
+    // answer reuses a buffer that held more (or other) holders and a longer name.
+    for _ in 0..2 {
+        for (n, want) in (1..=3).zip(&fresh) {
+            let got = ix.lookup(&LookupKey::Hash(h(n))).unwrap();
+            assert_eq!(&got, want, "file {n}");
+            ix.recycle_held(got);
+        }
+    }
+    assert_eq!(fresh[0][0].holders.len(), 3);
+    assert_eq!(fresh[1][0].holders, vec![addr(1)]);
+    // A hash nobody holds is not found, with answers given back or not.
+    assert!(ix.lookup(&LookupKey::Hash(h(4))).is_err());
+}
+
+#[test]
 fn each_size_claimed_for_a_hash_is_a_file_and_the_most_widely_held_claim_comes_first() {
     let at = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
     let sizes = |ix: &mut Index| -> Vec<(u64, u32)> {
@@ -1544,7 +1573,12 @@ proptest! {
                             }
                         }
                     } else {
-                        prop_assert_eq!(ix.lookup(&key), model.lookup(&ix, &key), "key {:?}", key);
+                        let got = ix.lookup(&key);
+                        prop_assert_eq!(&got, &model.lookup(&ix, &key), "key {:?}", key);
+                        // Later answers are built in this one's buffers.
+                        if let Ok(files) = got {
+                            ix.recycle_held(files);
+                        }
                     }
                     if let LookupKey::Name(n) = &key {
                         if !ix.has_departures() {
@@ -1669,7 +1703,11 @@ proptest! {
                 _ => {
                     for h in hashes.iter().take(20) {
                         let key = LookupKey::Hash(*h);
-                        prop_assert_eq!(ix.lookup(&key), model.lookup(&ix, &key));
+                        let got = ix.lookup(&key);
+                        prop_assert_eq!(&got, &model.lookup(&ix, &key));
+                        if let Ok(files) = got {
+                            ix.recycle_held(files);
+                        }
                     }
                 }
             }
@@ -1869,7 +1907,12 @@ fn agrees_on_spread_files(ix: &mut Index, model: &Model, live: &[PeerId], n: u32
     assert_eq!(got, model.search(ix, "x", 100));
     for i in 0..n {
         let key = LookupKey::Hash(spread_hash(i));
-        assert_eq!(ix.lookup(&key), model.lookup(ix, &key), "file {i}");
+        let got = ix.lookup(&key);
+        assert_eq!(got, model.lookup(ix, &key), "file {i}");
+        // Later answers are built in this one's buffers.
+        if let Ok(files) = got {
+            ix.recycle_held(files);
+        }
     }
     check_words(ix);
 }
