@@ -32,10 +32,11 @@
 //!   [`Config::write_per_turn`] of it a turn; what waits is written first in the next
 //!   turn. A turn's work is therefore at most `turn_work`, plus one frame each of the
 //!   connection being read when it ran out and of the ready list's first, one write begun
-//!   before it ran out (at most `write_per_turn` bytes), the small answers, and the step of
-//!   closed connections' remains it began with (see `BURY_BYTES_PER_TURN`). (Shares alone
-//!   bound one connection, not a turn: a turn read every connection with input, and one
-//!   that yielded came again from the ready list.)
+//!   before it ran out (at most `write_per_turn` bytes; the turn's first write of waiting
+//!   output goes whatever the turn's time, so that it progresses), the small answers, and
+//!   the step of closed connections' remains it began with (see `BURY_BYTES_PER_TURN`).
+//!   (Shares alone bound one connection, not a turn: a turn read every connection with
+//!   input, and one that yielded came again from the ready list.)
 //! - Held connections: a handler may *hold* a connection ([`Ctx::hold`]) while it works on
 //!   one of its requests across turns: its later frames stay in its pending buffer, in order,
 //!   undelivered, and the socket is not read (so its memory is bounded as when parked) until

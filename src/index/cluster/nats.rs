@@ -140,6 +140,21 @@ const HEDGE_IN_FLIGHT: usize = 8;
 pub async fn hedged<T, E, F>(
     what: &str,
     limit: Duration,
+    try_once: impl FnMut() -> F,
+) -> Result<T, String>
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    hedged_each(what, limit, JOIN_REQUEST_TIMEOUT, try_once).await
+}
+
+/// [`hedged`] with each try given up after `per_try` (for a step whose server may be slow
+/// rather than dead: one slow answer within it still wins).
+pub async fn hedged_each<T, E, F>(
+    what: &str,
+    limit: Duration,
+    per_try: Duration,
     mut try_once: impl FnMut() -> F,
 ) -> Result<T, String>
 where
@@ -155,7 +170,7 @@ where
         if now >= next && now < deadline && tries.len() < HEDGE_IN_FLIGHT {
             sent += 1;
             let n = sent;
-            let answer = tokio::time::timeout(JOIN_REQUEST_TIMEOUT, try_once());
+            let answer = tokio::time::timeout(per_try, try_once());
             tries.push(async move { (n, answer.await) });
             next = Instant::now() + HEDGE_EVERY;
         }
@@ -170,7 +185,7 @@ where
                     return Ok(v);
                 }
                 Ok(Err(e)) => last = format!("try {n}: {e}"),
-                Err(_) => last = format!("try {n}: no answer within {JOIN_REQUEST_TIMEOUT:?}"),
+                Err(_) => last = format!("try {n}: no answer within {per_try:?}"),
             },
             _ = tokio::time::sleep_until(deadline) => {
                 return Err(format!("{what}: none of {sent} tries answered within {limit:?} (last: {last})"));
@@ -1820,7 +1835,8 @@ impl Remover {
     /// The sequences of every record on `subjects`, read by a consumer of their own (headers
     /// only), each step bounded.
     async fn walk(&self, subjects: &str) -> Result<Vec<u64>, String> {
-        let consumer = hedged("walk consumer", REQUEST_TIMEOUT, || {
+        // One try may take as long as the walk's step did before tries were hedged.
+        let consumer = hedged_each("walk consumer", REQUEST_TIMEOUT, REQUEST_TIMEOUT, || {
             self.stream.create_consumer(consumer::push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
                 filter_subject: subjects.to_string(),

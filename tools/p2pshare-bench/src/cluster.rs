@@ -1267,6 +1267,7 @@ fn catch_up(
 ) -> io::Result<(u64, CaughtUp)> {
     struct Check {
         name: String,
+        addr: SocketAddr,
         client: Client,
         missing: Vec<FileHash>,
         last_progress: Instant,
@@ -1276,6 +1277,7 @@ fn catch_up(
     for n in nodes {
         checks.push(Check {
             name: n.name.clone(),
+            addr: n.addr,
             client: hello_while_rejoining(n.addr, 0, "p2pshare-bench cluster check")?,
             missing: written.iter().map(|(f, _)| f.hash).collect(),
             last_progress: Instant::now(),
@@ -1288,10 +1290,28 @@ fn catch_up(
         for c in checks.iter_mut().filter(|c| c.done_after.is_none()) {
             let before = c.missing.len();
             let mut still = Vec::new();
+            let mut ended = None;
             for &h in &c.missing {
-                if holders(&mut c.client, h)?.is_empty() {
-                    still.push(h);
+                match holders(&mut c.client, h) {
+                    Ok(found) if found.is_empty() => still.push(h),
+                    Ok(_) => {}
+                    Err(e) => {
+                        ended = Some(e);
+                        break;
+                    }
                 }
+            }
+            if let Some(e) = ended {
+                // A node that fences itself while the cluster settles ends its sessions: a
+                // fresh one (waiting while the node rejoins, for a bounded time), and this
+                // node's pass again.
+                eprintln!(
+                    "bench: cluster: engine fault: {}'s check session ended ({e}); opening another",
+                    c.name
+                );
+                c.client = hello_while_rejoining(c.addr, 0, "p2pshare-bench cluster check")?;
+                waiting = true;
+                continue;
             }
             c.missing = still;
             if c.missing.is_empty() {
