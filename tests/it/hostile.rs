@@ -23,24 +23,24 @@ use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Resident memory of a process, in KiB.
-fn vm_rss_kib(pid: u32) -> u64 {
+/// A size in KiB from a process's `/proc/PID/status` (`field`: `VmRSS`, `VmHWM`, ...).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS in /proc/PID/status")
+        .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+}
+
+/// Resident memory of a process, in KiB.
+fn vm_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
 }
 
 /// indexd's peak resident size since [`reset_peak_rss`] (`VmHWM`).
 fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmHWM in /proc/PID/status")
+    status_kib(pid, "VmHWM")
 }
 
 /// Resets a process's peak resident size (`VmHWM`) to its current one (`5` to
