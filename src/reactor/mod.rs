@@ -2440,7 +2440,6 @@ mod tests {
         big: HashMap<ConnId, usize>,
         /// Per turn (in order): big frames handled, bytes written.
         turns: Vec<(usize, u64)>,
-        handled: usize,
         bytes_out: u64,
         /// The small echo's connection and the turn its frame was handled in.
         small: Option<(ConnId, usize)>,
@@ -2456,6 +2455,13 @@ mod tests {
         /// start that one turn wrote to, once every big frame was handled.
         most_big_writers: usize,
         frames_wanted: usize,
+    }
+
+    impl BigAnswers {
+        /// Big frames handled so far, over every connection.
+        fn handled(&self) -> usize {
+            self.big.values().sum()
+        }
     }
 
     impl Handler for BigAnswers {
@@ -2474,7 +2480,6 @@ mod tests {
                 let page = vec![b'x'; BIG_ANSWER_BYTES];
                 ctx.send(conn, |buf| crate::codec::encode(&page, buf));
                 *self.big.entry(conn).or_default() += 1;
-                self.handled += 1;
             } else {
                 ctx.send(conn, |buf| crate::codec::encode(p, buf));
                 self.small = Some((conn, self.turns.len()));
@@ -2484,7 +2489,7 @@ mod tests {
         fn handle_close(&mut self, _: &mut Ctx<()>, _: ConnId, _: (), _: &CloseReason) {}
         fn handle_turn_end(&mut self, ctx: &mut Ctx<()>) {
             let out = ctx.io_totals().bytes_out;
-            let handled: usize = self.big.values().sum();
+            let handled = self.handled();
             let before: usize = self.turns.iter().map(|t| t.0).sum();
             self.turns.push((handled - before, out - self.bytes_out));
             self.bytes_out = out;
@@ -2504,7 +2509,7 @@ mod tests {
             for &conn in self.big.keys() {
                 self.unsent.entry(conn).or_insert(0);
             }
-            if self.handled == self.frames_wanted {
+            if handled == self.frames_wanted {
                 self.most_big_writers = self.most_big_writers.max(big_writers);
             }
             let (most, least) = (self.big.values().max(), self.big.values().min());
@@ -2590,7 +2595,7 @@ mod tests {
             std::io::Write::write_all(c, &frames(b"big", FRAMES)).unwrap();
         }
         turn_until(&mut reactor, &mut handler, 10_000, |h| {
-            h.handled == CLIENTS * FRAMES
+            h.handled() == CLIENTS * FRAMES
         });
         let busiest = handler.turns.iter().map(|t| t.0).max().unwrap();
         assert!(busiest <= 2, "a turn handled {busiest} big frames");
@@ -2626,7 +2631,7 @@ mod tests {
         for c in &mut clients[..2] {
             std::io::Write::write_all(c, &frames(b"big", 40)).unwrap();
         }
-        turn_until(&mut reactor, &mut handler, 10_000, |h| h.handled == 80);
+        turn_until(&mut reactor, &mut handler, 10_000, |h| h.handled() == 80);
         std::io::Write::write_all(&mut clients[2], &frames(b"small", 1)).unwrap();
         turn_until(&mut reactor, &mut handler, 10_000, |h| {
             h.small_written_at_once.is_some()
