@@ -147,6 +147,9 @@ const fn nats_ttl_default() -> u64 {
 }
 
 fn main() -> ExitCode {
+    // The one loop thread pays for every `free`: none may give the heap back to the system
+    // at a cost that grows with what others freed before it (see the function's docs).
+    process::keep_freed_memory();
     let flags = Flags::parse();
     if !flags.cluster.is_empty() {
         // Before any thread starts: the NATS thread's buffers, once freed, are reused by the

@@ -7,10 +7,9 @@ use super::cluster::link::ClusterStatus;
 use super::server::push::PushCounts;
 use super::server::IndexServer;
 use super::worktrace;
-use crate::metrics::{Exposition, HistogramSeries, REQUEST_BUCKETS_S};
+use crate::metrics::{BucketCounts, Exposition, REQUEST_BUCKETS_S};
 use crate::reactor::Ctx;
 use crate::wire::{ErrorCode, RequestBody};
-use hdrhistogram::Histogram;
 use std::time::SystemTime;
 
 /// Request kinds, as the `kind` label says them; `malformed` is a frame that did not decode.
@@ -45,15 +44,12 @@ pub fn request_kind(body: Option<&RequestBody>) -> usize {
     }
 }
 
-/// Longest server time the histograms tell apart (longer ones count as this), in ns.
-const MAX_TRACKED_NS: u64 = 60_000_000_000;
-
 /// What only the metrics need counted.
 pub struct IndexMetrics {
     started: SystemTime,
     requests: [u64; REQUEST_KINDS.len()],
-    /// Server time of each request by kind, in ns.
-    request_ns: Vec<Histogram<u64>>,
+    /// Server time of each request by kind, counted in the exposition's buckets.
+    request_times: [BucketCounts; REQUEST_KINDS.len()],
     /// Error answers by code, in order of first occurrence.
     errors: Vec<(ErrorCode, u64)>,
     /// Requests refused by a rate limit (`p2pshare_index_rate_limited_total`), copied from
@@ -69,12 +65,7 @@ impl Default for IndexMetrics {
         IndexMetrics {
             started: SystemTime::now(),
             requests: [0; REQUEST_KINDS.len()],
-            request_ns: (0..REQUEST_KINDS.len())
-                .map(|_| {
-                    Histogram::new_with_bounds(1, MAX_TRACKED_NS, 2)
-                        .expect("valid histogram bounds")
-                })
-                .collect(),
+            request_times: Default::default(),
             errors: Vec::new(),
             rate_limited: 0,
             banned: 0,
@@ -86,7 +77,7 @@ impl IndexMetrics {
     /// One request of kind `kind` (see [`request_kind`]) took `ns` of server time.
     pub fn record_request(&mut self, kind: usize, ns: u64) {
         self.requests[kind] += 1;
-        self.request_ns[kind].saturating_record(ns.clamp(1, MAX_TRACKED_NS));
+        self.request_times[kind].record(ns as f64 * 1e-9);
     }
 
     /// One error answer with `code`.
@@ -154,27 +145,27 @@ pub fn render<C>(server: &mut IndexServer, ctx: &Ctx<C>) -> String {
         "Temporary bans of an address for exceeding the rate limits.",
         m.banned,
     );
-    let series: Vec<HistogramSeries<'_>> = REQUEST_KINDS
-        .iter()
-        .zip(&m.request_ns)
-        .map(|(k, h)| HistogramSeries {
-            label: k,
-            histogram: h,
-            seconds_per_unit: 1e-9,
-        })
-        .collect();
-    e.histograms(
-        "p2pshare_index_request_duration_seconds",
-        "Server time per request (decode, work and encoding the answer), by kind.",
-        Some("kind"),
-        REQUEST_BUCKETS_S,
-        &series,
-    );
-    e.loop_pauses(
-        "p2pshare_index_loop_pause_seconds",
-        "Time the reactor loop worked between two waits (every connection waits meanwhile).",
-        ctx.loop_pauses().histogram(),
-    );
+    // Traced apart (as the process figures are): the request times are read from their
+    // buckets, the loop's pauses from an hdrhistogram walked whole.
+    worktrace::time("metrics: histograms", || {
+        let series: Vec<(&str, &BucketCounts)> = REQUEST_KINDS
+            .iter()
+            .copied()
+            .zip(&m.request_times)
+            .collect();
+        e.bucket_histograms(
+            "p2pshare_index_request_duration_seconds",
+            "Server time per request (decode, work and encoding the answer), by kind.",
+            "kind",
+            REQUEST_BUCKETS_S,
+            &series,
+        );
+        e.loop_pauses(
+            "p2pshare_index_loop_pause_seconds",
+            "Time the reactor loop worked between two waits (every connection waits meanwhile).",
+            ctx.loop_pauses().histogram(),
+        );
+    });
     let started = m.started;
     e.counter(
         "p2pshare_index_received_bytes_total",
@@ -222,18 +213,6 @@ pub fn render<C>(server: &mut IndexServer, ctx: &Ctx<C>) -> String {
         "Bytes held by the connections' output queues (their buffers' capacities).",
         buffers.output_held as f64,
     );
-    if let Some(m) = worktrace::time("metrics: malloc", crate::sys::process::malloc_usage) {
-        e.gauge(
-            "p2pshare_index_malloc_in_use_bytes",
-            "Bytes the allocator has handed out and not got back (its heaps and its mmapped blocks).",
-            (m.in_use + m.mmapped) as f64,
-        );
-        e.gauge(
-            "p2pshare_index_malloc_free_bytes",
-            "Bytes free inside the allocator's heaps, resident or not.",
-            m.free as f64,
-        );
-    }
     e.gauge(
         "p2pshare_index_sessions",
         "Peer sessions past the handshake.",
@@ -269,7 +248,7 @@ pub fn render<C>(server: &mut IndexServer, ctx: &Ctx<C>) -> String {
         "Distinct words in the word index.",
         index.word_count() as f64,
     );
-    e.process(started);
+    worktrace::time("metrics: process", || e.process(started));
     e.finish()
 }
 
@@ -491,6 +470,8 @@ mod tests {
         let probes = "p2pshare_index_probes_total{result=\"unreachable\"}";
         assert_eq!(sample(&text, probes), 0.0);
         assert_eq!(sample(&text, "p2pshare_index_push_sessions"), 0.0);
+        // No allocator statistics: glibc's walk its free lists, milliseconds of the loop.
+        assert!(!text.contains("malloc"), "{text}");
     }
 
     #[test]

@@ -128,7 +128,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const LINGER: Duration = Duration::from_secs(2);
 /// Closed connections' output freed a turn, at most (beyond one chunk), in bytes of memory:
 /// freeing is cheap a byte but not a megabyte (20 connections that never read, closed at
-/// once, held one turn 3.8–13 ms freeing their queues and sockets).
+/// once, held one turn 3.8–13 ms freeing their queues and sockets). A step costs what its
+/// own bytes cost only where the allocator does not trim its heap inside `free` (indexd:
+/// [`crate::sys::process::keep_freed_memory`]; with trimming, one step gave megabytes freed
+/// before it back to the system, 4.2 ms).
 const BURY_BYTES_PER_TURN: usize = 256 * 1024;
 /// Sockets of closed connections with output left closed a turn, at most: the kernel frees
 /// what their queues hold (megabytes, for a remote that never read) as they close.

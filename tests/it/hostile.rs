@@ -49,7 +49,7 @@ fn reset_peak_rss(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), b"5").is_ok()
 }
 
-/// What indexd says its buffers and its allocator hold (its metrics), in KiB.
+/// What indexd says its buffers and the process hold (its metrics), in KiB.
 fn buffer_report(metrics: SocketAddr) -> String {
     let text = crate::ops::scrape(metrics);
     let kib = |series: &str| {
@@ -60,13 +60,11 @@ fn buffer_report(metrics: SocketAddr) -> String {
     };
     format!(
         "input buffers {} KiB (retiring {}), output queued {} KiB in buffers of {} KiB; \
-         malloc in use {} KiB, free in its heaps {} KiB, VmRSS {} KiB",
+         VmRSS {} KiB",
         kib("p2pshare_index_input_buffer_bytes"),
         kib("p2pshare_index_input_retiring_bytes"),
         kib("p2pshare_index_output_queued_bytes"),
         kib("p2pshare_index_output_buffer_bytes"),
-        kib("p2pshare_index_malloc_in_use_bytes"),
-        kib("p2pshare_index_malloc_free_bytes"),
         kib("process_resident_memory_bytes"),
     )
 }
@@ -1525,7 +1523,8 @@ fn honest_loop(
 /// Issue 12's "tried as an attacker would", re-run as the issue wrote them, against an
 /// indexd holding `ATTACK_NAMES` (default 1,050,000) real names of `P2PSHARE_NAMES` (default
 /// /work/corpus/names.txt), registered over the wire by 105 sessions from 127.0.0.1. indexd
-/// runs with its defaults (flags from `ATTACK_INDEXD_FLAGS`, space-separated, added); with
+/// runs with its defaults (flags from `ATTACK_INDEXD_FLAGS`, space-separated, added; the
+/// binary from `ATTACK_INDEXD`, to compare another build's, else this build's); with
 /// `P2PSHARE_WORK_TRACE=FILE` it writes its work trace, copied after each attack.
 /// (i) from 127.0.0.2, one write of 550 pipelined zero-hit searches (14 one-letter prefixes,
 ///     each with a second word nothing matches) while an honest client on 127.0.0.1 looks up
@@ -1548,10 +1547,14 @@ fn measure_issue12_attacks() {
     let count: usize = std::env::var("ATTACK_NAMES").map_or(1_050_000, |n| n.parse().unwrap());
     let flags = std::env::var("ATTACK_INDEXD_FLAGS").unwrap_or_default();
     let flags: Vec<&str> = flags.split_whitespace().collect();
+    let bin = std::env::var_os("ATTACK_INDEXD").unwrap_or(env!("CARGO_BIN_EXE_indexd").into());
     let (indexd, index_addr, metrics) =
-        crate::ops::indexd_with_metrics_and(&flags, common::IO_TIMEOUT);
+        crate::ops::indexd_with_metrics_from(&bin, &flags, common::IO_TIMEOUT);
     let pid = indexd.0.id();
-    println!("indexd flags: defaults {flags:?}");
+    println!(
+        "indexd {}, flags: defaults {flags:?}",
+        bin.to_string_lossy()
+    );
     let hosts: Vec<std::net::IpAddr> = (1..=4).map(|i| [127, 0, 0, i].into()).collect();
 
     // The index: `count` real names, 10,000 a session (105 sessions at 1.05M), in frames of

@@ -160,7 +160,17 @@ pub(crate) fn indexd_with_metrics_and(
     extra: &[&str],
     limit: Duration,
 ) -> (KillOnDrop, SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_indexd"))
+    indexd_with_metrics_from(env!("CARGO_BIN_EXE_indexd").as_ref(), extra, limit)
+}
+
+/// [`indexd_with_metrics_and`] with the indexd binary at `bin` (a measurement may run
+/// another build's, to compare).
+pub(crate) fn indexd_with_metrics_from(
+    bin: &std::ffi::OsStr,
+    extra: &[&str],
+    limit: Duration,
+) -> (KillOnDrop, SocketAddr, SocketAddr) {
+    let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
         .args(["--log", "warn"])
         .args(extra)
