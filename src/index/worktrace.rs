@@ -2,12 +2,13 @@
 //! its environment, indexd times each piece of work on its thread by cause (decoding a frame,
 //! each kind of request, the deferred register work, each kind of background slice) in the
 //! thread's CPU time, and writes to FILE, at most once a second while something changes, the
-//! longest, count and mean of each cause, the twelve longest turns with what they were
-//! made of, and the twelve slowest searches (wall-clock and CPU time, page faults and
-//! preemptions: a few system calls more per search while the trace is on). CPU time, unlike
-//! the loop pauses `Stats` reports (wall-clock time), leaves out the time the thread waited
-//! for a CPU, so the trace says what to slice even on a busy machine (a virtual CPU's steal
-//! time may still count).
+//! longest, count and mean of each cause, how many turns took 1, 1.5 and 2 ms of thread CPU
+//! or more (of how many), the twelve longest turns with what they were made of, and the
+//! twelve slowest searches (wall-clock and CPU time, page faults and preemptions: a few
+//! system calls more per search while the trace is on). CPU time, unlike the loop pauses
+//! `Stats` reports (wall-clock time), leaves out the time the thread waited for a CPU, so the
+//! trace says what to slice even on a busy machine (a virtual CPU's steal time may still
+//! count).
 //!
 //! Without the variable each timing point costs one thread-local flag read.
 
@@ -45,7 +46,17 @@ struct State {
     /// Wall-clock turns of 2 ms or more, and their sums.
     over_2ms: WallSums,
     started: Option<Instant>,
+    /// Turns ended, and how many of them took 1, 1.5 and 2 ms of thread CPU or more.
+    turn_counts: [u64; 4],
 }
+
+/// The thread CPU times per turn [`State::turn_counts`] counts turns at or over (after the
+/// first, which counts every turn).
+const TURN_MARKS: [Duration; 3] = [
+    Duration::from_micros(1_000),
+    Duration::from_micros(1_500),
+    Duration::from_micros(2_000),
+];
 
 /// A turn's wall-clock time, from the wait's return to the next wait, and what the thread did
 /// meanwhile: its own CPU time, its wait for a CPU while runnable, what is left (not running
@@ -281,6 +292,13 @@ pub fn end_turn() {
         }
         s.last_pieces.clone_from(&merged);
         s.last_wrote = false;
+        s.turn_counts[0] += 1;
+        for (i, mark) in TURN_MARKS.iter().enumerate() {
+            if d >= *mark {
+                s.turn_counts[i + 1] += 1;
+                s.changed = true;
+            }
+        }
         if s.worst.len() < WORST_TURNS || s.worst.last().is_some_and(|w| d > w.0) {
             s.worst.push((d, merged));
             s.worst.sort_by_key(|w| std::cmp::Reverse(w.0));
@@ -403,6 +421,11 @@ fn render(s: &State) -> String {
             mean
         );
     }
+    let [turns, ms1, ms15, ms2] = s.turn_counts;
+    out += &format!(
+        "# turns by thread CPU: {turns} turns, {ms1} of 1 ms or more, {ms15} of 1.5 ms or more, \
+         {ms2} of 2 ms or more\n"
+    );
     out += "# longest turns: the turn, then its pieces by cause\n";
     for (d, pieces) in &s.worst {
         out += &format!("{:>8}:", us(*d));

@@ -1392,7 +1392,7 @@ fn measure_crowded_name_lookup() {
 /// Names of a corpus file (one a line), as the bench reads them: decoded as the peer decodes
 /// its own (lossy UTF-8), and the lines the index would refuse (empty, over 1,024 bytes, with
 /// `/` or NUL) skipped; at most `n`.
-fn corpus_names(path: &Path, n: usize) -> Vec<String> {
+pub(crate) fn corpus_names(path: &Path, n: usize) -> Vec<String> {
     use std::io::BufRead;
     let file = std::io::BufReader::new(std::fs::File::open(path).expect("the names file"));
     let mut names = Vec::with_capacity(n);

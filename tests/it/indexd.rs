@@ -662,15 +662,26 @@ fn a_departing_peer_of_many_files_is_never_listed_after_its_close() {
 }
 
 /// A measurement, not a test: the reactor loop's longest pause while peers of `CHURN_FILES`
-/// files (default 100,000, registered in 1 MiB frames of 20,000) join and leave over an index
-/// pre-populated with `CHURN_BASE` entries (default 1,000,000), while a client searches and
-/// looks up. Prints the `Stats` loop pauses before and after the churn. With
-/// `P2PSHARE_WORK_TRACE=FILE` indexd also writes its work trace there (see
-/// `src/index/worktrace.rs`).
+/// files (default 100,000) join and leave over an index pre-populated with `CHURN_BASE` entries
+/// (default 1,000,000), registered as every peer here registers, in frames of up to 1 MiB
+/// (the server's frame limit), while a client searches back to back from the first register
+/// to the last departure's end (one-letter and three-letter prefixes, the commonest words,
+/// two words of real names) and another looks up the churning peer's first file after each
+/// of its registers. Each round's peer shares the same files, so the next peer's register
+/// meets the last one's departure (files of two holders, then one again). The names are the first
+/// `CHURN_BASE` lines of `P2PSHARE_NAMES` (default /work/corpus/names.txt, real names); each
+/// churning peer shares `CHURN_FILES` of them spread over the whole list, under its own
+/// hashes; `SYNTHETIC=1` uses the names of sessions 12-16 instead (`base{i}.bin`,
+/// `churn{i}.bin`, searched for `base1`). Prints the `Stats` loop pauses before and after
+/// the churn and the searcher's count. `CHURN_INDEXD_CPU=N` moves indexd to CPU N
+/// (`taskset -pc`) as soon as it runs. With `P2PSHARE_WORK_TRACE=FILE` indexd also writes its
+/// work trace there (see `src/index/worktrace.rs`).
 /// `CHURN_BASE=10000000 cargo test --release --test it -- --ignored --nocapture indexd::measure_churn`
 #[test]
 #[ignore]
 fn measure_churn_loop_pause() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     let env = |k: &str, d: usize| {
         std::env::var(k)
             .ok()
@@ -682,6 +693,7 @@ fn measure_churn_loop_pause() {
         env("CHURN_FILES", 100_000),
         env("CHURN_ROUNDS", 4),
     );
+    let synthetic = std::env::var_os("SYNTHETIC").is_some_and(|v| v == "1");
     // One host registers everything: its per-address and rate limits are off. The holders
     // of the base entries stay silent for minutes at 10M (populating takes that long), so the
     // idle timeout is off too: with it, the first holders were closed during the run and their
@@ -704,37 +716,103 @@ fn measure_churn_loop_pause() {
         "--rate-address",
         "0",
     ]);
+    if let Ok(cpu) = std::env::var("CHURN_INDEXD_CPU") {
+        let pid = indexd.child.id().to_string();
+        let moved = std::process::Command::new("taskset")
+            .args(["-pc", &cpu, &pid])
+            .output()
+            .expect("run taskset");
+        assert!(moved.status.success(), "taskset: {moved:?}");
+        eprintln!("indexd {pid} moved to CPU {cpu}");
+    }
+    let (base_files, peer_files, queries) = if synthetic {
+        (
+            many_files("base", base),
+            many_files("churn", files),
+            vec!["base1".to_string()],
+        )
+    } else {
+        let path = std::env::var("P2PSHARE_NAMES").unwrap_or("/work/corpus/names.txt".into());
+        let names = crate::hostile::corpus_names(std::path::Path::new(&path), base);
+        assert_eq!(names.len(), base, "{path} has fewer than {base} names");
+        let entry = |tag: &str, i: usize, name: &str| FileEntry {
+            hash: FileHash::of(format!("{tag} {i}").as_bytes()),
+            size: 1_000 + (i as u64 * 7_919) % 50_000_000,
+            name: name.to_string(),
+        };
+        let step = (base / files.max(1)).max(1);
+        let peer_files = (0..files)
+            .map(|i| entry("churn", i, &names[(i * step) % base]))
+            .collect();
+        let queries = churn_queries(&names);
+        let base_files = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| FileEntry {
+                name,
+                ..entry("base", i, "")
+            })
+            .collect();
+        (base_files, peer_files, queries)
+    };
+    let query_count = queries.len();
+    // The searcher: back to back from the first register until the last departure is
+    // withdrawn.
+    let stop = Arc::new(AtomicBool::new(false));
+    let searcher = {
+        let (addr, stop) = (indexd.addr, stop.clone());
+        std::thread::spawn(move || {
+            let (mut c, _) = Client::hello(addr, 3);
+            let (mut n, mut hits, mut longest) = (0usize, 0usize, std::time::Duration::ZERO);
+            while !stop.load(Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                hits += search(&mut c, &queries[n % queries.len()]).len();
+                longest = longest.max(t.elapsed());
+                n += 1;
+            }
+            (n, hits, longest)
+        })
+    };
     let mut holders = Vec::new();
-    for (i, chunk) in many_files("base", base).chunks(100_000).enumerate() {
+    for (i, chunk) in base_files.chunks(100_000).enumerate() {
         let (mut c, _) = Client::hello(indexd.addr, 1000 + i as u16);
-        for part in chunk.chunks(20_000) {
+        for part in frames_of_1mib(chunk) {
             register(&mut c, part.to_vec());
         }
         holders.push(c);
     }
+    drop(base_files);
     let (mut watcher, _) = Client::hello(indexd.addr, 1);
     let before = stats(&mut watcher);
     eprintln!(
-        "populated {} entries: loop max pause {} us, p99 {} us over {} turns",
-        before.names, before.loop_max_pause_us, before.loop_p99_pause_us, before.loop_turns
+        "populated {} entries ({}): loop max pause {} us, p99 {} us, p99.9 {} us over {} turns",
+        before.names,
+        if synthetic { "synthetic" } else { "real names" },
+        before.loop_max_pause_us,
+        before.loop_p99_pause_us,
+        before.loop_p999_pause_us,
+        before.loop_turns
     );
     assert_eq!(before.names as usize, base, "every base entry is indexed");
-    let peer_files = many_files("churn", files);
+    let frames = frames_of_1mib(&peer_files);
     let t = std::time::Instant::now();
     for round in 0..rounds {
         let (mut p, _) = Client::hello(indexd.addr, 2);
-        for part in peer_files.chunks(20_000) {
-            // The register and a search and a lookup from another client, pipelined.
+        for part in &frames {
+            // The register and a lookup from another client, pipelined.
             let id = p.send(RequestBody::Register {
                 files: part.to_vec(),
             });
-            search(&mut watcher, "base1");
             holders_of_first(&mut watcher, &peer_files);
             assert_eq!(p.recv().expect("register answer").id, id);
         }
         p.leave();
         assert!(holders_of_first(&mut watcher, &peer_files).is_empty());
-        eprintln!("round {round} done at {:?}", t.elapsed());
+        eprintln!(
+            "round {round} ({} frames) done at {:?}",
+            frames.len(),
+            t.elapsed()
+        );
     }
     // Until the last departure is withdrawn (a departure of `files` entries takes some
     // seconds at most).
@@ -745,14 +823,19 @@ fn measure_churn_loop_pause() {
             "departures never ended"
         );
     }
+    stop.store(true, Ordering::Relaxed);
+    let (searches, hits, longest) = searcher.join().expect("searcher");
+    assert!(searches > 0 && hits > 0, "{searches} searches, {hits} hits");
     let after = stats(&mut watcher);
     eprintln!(
         "after {rounds} peers of {files} files joined and left: loop max pause {} us, p99 {} us, \
-         p99.9 {} us over {} turns",
+         p99.9 {} us over {} turns; {searches} searches of {} queries since the first \
+         register ({hits} hits, longest round trip {longest:?})",
         after.loop_max_pause_us,
         after.loop_p99_pause_us,
         after.loop_p999_pause_us,
-        after.loop_turns
+        after.loop_turns,
+        query_count
     );
     if std::env::var_os("P2PSHARE_WORK_TRACE").is_some() {
         // indexd writes its work trace at most once a second: one more turn after that.
@@ -760,6 +843,71 @@ fn measure_churn_loop_pause() {
         stats(&mut watcher);
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// `files` cut into the register frames a peer sends: as many entries as fit in 1 MiB (the
+/// server's frame limit), counting each entry's encoding at 40 bytes and its name.
+fn frames_of_1mib(files: &[FileEntry]) -> Vec<&[FileEntry]> {
+    const FRAME: usize = (1 << 20) - 4_096;
+    let mut frames = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, f) in files.iter().enumerate() {
+        let b = 40 + f.name.len();
+        if bytes + b > FRAME {
+            frames.push(&files[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += b;
+    }
+    if start < files.len() {
+        frames.push(&files[start..]);
+    }
+    frames
+}
+
+/// The searches of [`measure_churn_loop_pause`] on real names: every one-letter prefix, the
+/// 30 commonest words (of 2+ characters), 100 three-letter prefixes and 100 first-two-words of
+/// names spread over the list, interleaved.
+fn churn_queries(names: &[String]) -> Vec<String> {
+    let words = |n: &str| {
+        n.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect::<Vec<_>>()
+    };
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    for n in names.iter().step_by(97) {
+        for w in words(n) {
+            if w.chars().count() >= 2 {
+                *counts.entry(w).or_default() += 1;
+            }
+        }
+    }
+    let mut common: Vec<(String, usize)> = counts.into_iter().collect();
+    common.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut classes: Vec<Vec<String>> = vec![
+        "abcdefghijklmnopqrstuvwxyz0123456789"
+            .chars()
+            .map(String::from)
+            .collect(),
+        common.into_iter().take(30).map(|(w, _)| w).collect(),
+        Vec::new(),
+        Vec::new(),
+    ];
+    let step = (names.len() / 100).max(1);
+    for n in names.iter().step_by(step) {
+        let w = words(n);
+        if let Some(first) = w.first().filter(|f| f.chars().count() >= 3) {
+            classes[2].push(first.chars().take(3).collect());
+        }
+        if w.len() >= 2 {
+            classes[3].push(format!("{} {}", w[0], w[1]));
+        }
+    }
+    let longest = classes.iter().map(Vec::len).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|i| classes.iter().filter_map(move |c| c.get(i).cloned()))
+        .collect()
 }
 
 fn holders_of_first(c: &mut Client, files: &[FileEntry]) -> Vec<(FileHash, Vec<SocketAddr>)> {

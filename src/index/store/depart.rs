@@ -100,6 +100,13 @@ impl Index {
             ids.extend(rec.entries.iter_from(d.next).take(want));
             used += ids.len();
             self.withdraw(d.peer, &ids);
+            // The files whose holder count crossed a tier (a file another peer holds too)
+            // move their postings now, inside the group the caller's clock bounds: left
+            // to the next slice's first `post_pending`, a whole slice's moves came out at once
+            // there, before any look at the clock (1.2–1.5 ms at 10M real names).
+            if !self.pending.retier.is_empty() {
+                self.post_pending();
+            }
             match ids.last() {
                 Some(&last) if ids.len() == want => {
                     if let Some(front) = self.peers.departing.front_mut() {
