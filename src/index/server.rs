@@ -173,6 +173,8 @@ pub struct IndexServer {
     cluster_timer_armed: bool,
     /// Reachability probes and the push relay (see `server/push.rs`).
     pushes: push::Pushes,
+    /// Turns in a row whose background steps waited (see [`slices::STEPS_AFTER`]).
+    steps_waited: u32,
 }
 
 /// Longest server time the histograms tell apart (longer ones count as this), in ns.
@@ -215,6 +217,7 @@ impl IndexServer {
             cluster_to_close: Vec::new(),
             cluster_timer_armed: false,
             pushes: push::Pushes::new(Instant::now()),
+            steps_waited: 0,
         }
     }
 

@@ -27,7 +27,9 @@
 //! # The hash filter, the arenas and the name table
 //! A due rebuild of the index's hash filter, a compaction of its name or word-text arena, and
 //! the name table's walks after a word crossed a crowded mark, are each done a step per turn
-//! (see `store/filter.rs`, `store/names.rs`, `store/byname.rs`).
+//! (see `store/filter.rs`, `store/names.rs`, `store/byname.rs`), before the slices: in a
+//! turn whose requests took [`STEPS_AFTER`] already they wait for the next, three turns in a
+//! row at most, and a name walk's step also ends at the turn's [`TURN_WORK_TARGET`].
 //!
 //! # The budget
 //! All background work shares one budget per turn: slices of at most [`SLICE_UNITS`] holdings
@@ -62,6 +64,14 @@ pub const BACKGROUND_WORK_PER_TURN: Duration = Duration::from_micros(800);
 /// then the background work) has lasted this long: a turn whose frames took their time
 /// leaves the background less, so the loop's pause stays under the 2 ms of issue 12.
 pub const TURN_WORK_TARGET: Duration = Duration::from_micros(1200);
+
+/// The bounded steps of background work (the hash filter's rebuild, the arenas' compaction,
+/// the name table's walks, the search memory's growth) wait for a later turn when the turn's
+/// requests have already taken this long ...
+pub const STEPS_AFTER: Duration = Duration::from_micros(600);
+
+/// ... but for at most this many turns in a row.
+pub const STEPS_WAIT_AT_MOST: u32 = 3;
 
 /// A request being applied in slices, for a held session.
 #[derive(Debug)]
@@ -380,14 +390,26 @@ impl IndexServer {
         if !self.has_background_work() {
             return;
         }
-        trace::time("filter rebuild step", || {
-            self.index.continue_filter_rebuild()
-        });
-        trace::time("compaction step", || self.index.continue_compaction());
-        trace::time("name walk step", || self.index.continue_name_walks());
-        trace::time("search memory step", || self.index.continue_search_memory());
-        let deadline =
-            (Instant::now() + BACKGROUND_WORK_PER_TURN).min(ctx.now() + TURN_WORK_TARGET);
+        // The steps of the filter's rebuild, the compactions, the name walks and the search
+        // memory come on top of the turn's requests: in a turn whose requests already took
+        // [`STEPS_AFTER`] they wait, but never more than [`STEPS_WAIT_AT_MOST`] turns in a
+        // row, so they progress under any load.
+        let late = ctx.now() + TURN_WORK_TARGET;
+        if Instant::now() < ctx.now() + STEPS_AFTER || self.steps_waited >= STEPS_WAIT_AT_MOST {
+            self.steps_waited = 0;
+            trace::time("filter rebuild step", || {
+                self.index.continue_filter_rebuild()
+            });
+            trace::time("compaction step", || self.index.continue_compaction());
+            trace::time("name walk step", || {
+                self.index
+                    .continue_name_walks_until(|| Instant::now() >= late)
+            });
+            trace::time("search memory step", || self.index.continue_search_memory());
+        } else {
+            self.steps_waited += 1;
+        }
+        let deadline = (Instant::now() + BACKGROUND_WORK_PER_TURN).min(late);
         let mut answers = Vec::new();
         while self.poll_background(SLICE_UNITS, Some(deadline), &mut answers) > 0 {
             if Instant::now() >= deadline {

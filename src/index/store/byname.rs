@@ -69,6 +69,10 @@ pub(super) const UNCROWDED_POSTINGS: usize = 512;
 /// call (about 4 µs each in cold memory at 10M entries).
 pub(super) const WALK_STEP: usize = 64;
 
+/// Entries settled between two looks at the caller's clock in
+/// [`Index::continue_name_walks_until`](super::Index::continue_name_walks_until).
+pub(super) const WALK_CHECK: usize = 8;
+
 /// The entries under a word when it crossed a mark, to be settled (see the module docs).
 pub(super) struct Walk {
     /// The word, and whether it became crowded (else it stopped being).

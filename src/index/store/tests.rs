@@ -750,6 +750,52 @@ fn a_crowded_name_pages_best_first_through_holder_changes() -> Result<(), TestCa
     crowded_name_pages(8, 4)
 }
 
+#[test]
+fn a_name_walk_step_ends_at_the_callers_clock_after_a_check_of_entries() -> Result<(), TestCaseError>
+{
+    let mut ix = Index::new();
+    let p = ix.add_peer(addr(1));
+    let files: Vec<FileEntry> = (0..100u32)
+        .map(|i| fe(spread_hash(i), 1, "copyright"))
+        .collect();
+    ix.register(p, &files);
+    ix.post_pending();
+    // The mark lowered under the word's 100 postings: the next one crowds it, with a walk of
+    // all 101.
+    ix.by_name.crowded_at = 8;
+    ix.by_name.uncrowded_at = 4;
+    ix.register(p, &[fe(spread_hash(100), 1, "copyright")]);
+    ix.post_pending();
+    let left = |ix: &Index| -> usize {
+        ix.by_name
+            .walks
+            .iter()
+            .map(|w| w.entries.len() - w.at)
+            .sum()
+    };
+    let before = left(&ix);
+    assert!(
+        before > byname::WALK_STEP + byname::WALK_CHECK,
+        "{before} entries to walk"
+    );
+    // Late from the start: one check's worth of entries, then it stops.
+    ix.continue_name_walks_until(|| true);
+    assert_eq!(left(&ix), before - byname::WALK_CHECK);
+    // Never late: a whole step.
+    ix.continue_name_walks_until(|| false);
+    assert_eq!(left(&ix), before - byname::WALK_CHECK - byname::WALK_STEP);
+    while ix.has_name_walks() {
+        ix.continue_name_walks_until(|| true);
+    }
+    name_table_agrees(&ix)?;
+    assert_eq!(ix.by_name.counts(), (1, 101));
+    assert_eq!(
+        ix.lookup_name("copyright", None, 100, 1).unwrap().total,
+        101
+    );
+    Ok(())
+}
+
 fn crowded_name_pages(at: usize, until: usize) -> Result<(), TestCaseError> {
     let mut ix = Index::new();
     ix.by_name.crowded_at = at;
@@ -1531,7 +1577,8 @@ proptest! {
                 }
                 Op::Compact => {
                     ix.continue_compaction();
-                    ix.continue_name_walks();
+                    // A walk's step as a late turn ends it: one check's worth of entries.
+                    ix.continue_name_walks_until(|| true);
                     // Word posting in a bounded step (one entry), the rest left pending.
                     ix.post_pending_until(|| true);
                 }
