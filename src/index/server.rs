@@ -41,8 +41,8 @@ use super::worktrace;
 use crate::codec::FrameError;
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, HttpBody, PauseSummary, Verdict};
 use crate::wire::{
-    self, ErrorCode, FileEntry, FileHash, LookupKey, LookupToken, Request, RequestBody, Response,
-    ResponseBody, ServerStats, PROTOCOL_VERSION,
+    self, AnnouncedFile, ErrorCode, FileEntryRef, FileHash, LookupKey, LookupToken, Request,
+    RequestBody, Response, ResponseBody, ServerStats, PROTOCOL_VERSION,
 };
 use hdrhistogram::Histogram;
 use std::collections::VecDeque;
@@ -163,6 +163,9 @@ pub struct IndexServer {
     closing: Vec<(ConnId, String)>,
     /// The buffer of the last big register frame's entries, for the next one.
     spare_frame: Vec<u8>,
+    /// The vector a small register's entries are decoded into (names borrowed from the
+    /// frame), kept empty between frames so that a register allocates nothing.
+    spare_entries: Vec<FileEntryRef<'static>>,
     /// Cluster mode's link to the NATS thread (see `server/cluster.rs`).
     cluster: Option<Box<crate::index::cluster::link::Link>>,
     /// Why the cluster link failed, if it did.
@@ -210,6 +213,7 @@ impl IndexServer {
             lazy_register: None,
             closing: Vec::new(),
             spare_frame: Vec::new(),
+            spare_entries: Vec::new(),
             cluster: None,
             cluster_failed: None,
             cluster_to_close: Vec::new(),
@@ -345,11 +349,15 @@ impl IndexServer {
         self.fatal(out, session, id, ErrorCode::VersionMismatch, msg)
     }
 
+    /// Handles a decoded request. A small register comes with no files in `req` and its
+    /// entries in `borrowed`, their names in the frame (see `handle_payload`); `borrowed` is
+    /// empty for every other request.
     fn handle_request(
         &mut self,
         out: &mut Vec<u8>,
         session: &mut Session,
         req: Request,
+        borrowed: &[FileEntryRef<'_>],
         now: Instant,
     ) -> Verdict {
         let id = req.id;
@@ -414,7 +422,8 @@ impl IndexServer {
             RequestBody::Register { files } => {
                 self.stats.registers += 1;
                 // A peer serving no port can only serve through pushes: it must take them.
-                if addr.port() == 0 && !files.is_empty() && !self.pushes.takes_pushes(session.id) {
+                let announces = !files.is_empty() || !borrowed.is_empty();
+                if addr.port() == 0 && announces && !self.pushes.takes_pushes(session.id) {
                     self.error(
                         out,
                         id,
@@ -424,20 +433,25 @@ impl IndexServer {
                     );
                     return Verdict::Continue;
                 }
-                let entries = match &self.lazy_register {
-                    Some(lazy) => lazy.left(),
-                    None => files.len() as u64,
-                };
-                match self.start_register(peer, id, files) {
-                    Ok(Some(body)) => body,
-                    // Answered when its last slice is done; charged now, per entry sent.
-                    Ok(None) => {
-                        self.charge = Some((Kind::Register, entries));
-                        return Verdict::Continue;
-                    }
-                    Err(e) => {
-                        let message = format!("register entry: {}", e.0);
-                        return self.fatal(out, session, id, ErrorCode::Malformed, message);
+                if !borrowed.is_empty() {
+                    // At most a slice: registered at once, as a decoded one of its size.
+                    self.register_borrowed(peer, borrowed)
+                } else {
+                    let entries = match &self.lazy_register {
+                        Some(lazy) => lazy.left(),
+                        None => files.len() as u64,
+                    };
+                    match self.start_register(peer, id, files) {
+                        Ok(Some(body)) => body,
+                        // Answered when its last slice is done; charged now, per entry sent.
+                        Ok(None) => {
+                            self.charge = Some((Kind::Register, entries));
+                            return Verdict::Continue;
+                        }
+                        Err(e) => {
+                            let message = format!("register entry: {}", e.0);
+                            return self.fatal(out, session, id, ErrorCode::Malformed, message);
+                        }
                     }
                 }
             }
@@ -629,7 +643,7 @@ impl IndexServer {
     }
 
     /// Registers `files` for `peer` within the holding limits (one slice of a register).
-    fn register_slice(&mut self, peer: PeerId, files: &[FileEntry]) -> RegisterOutcome {
+    fn register_slice<F: AnnouncedFile>(&mut self, peer: PeerId, files: &[F]) -> RegisterOutcome {
         // New holdings are what cost memory: at most what the limits leave room for.
         let held = self.index.entries_of(peer) as usize;
         let peer_room = self.limits.max_files_per_peer.saturating_sub(held);
@@ -742,8 +756,19 @@ impl IndexServer {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Verdict {
-        // A big register's entries are decoded in slices, by its job (see `register_frame.rs`).
+        // A small register's entries borrow their names from the frame (no allocation), in
+        // a vector kept from frame to frame (`Vec<FileEntryRef<'static>>` is a
+        // `Vec<FileEntryRef<'_>>`). A big register's entries are decoded in slices, by its
+        // job (see `register_frame.rs`). Anything else, or a register the borrowed decode
+        // declines (malformed, or over a slice), is decoded as usual.
+        let mut borrowed: Vec<FileEntryRef<'_>> = std::mem::take(&mut self.spare_entries);
         let decoded = worktrace::time("decode", || {
+            if payload.len() <= LAZY_REGISTER_BYTES {
+                if let Some(id) = wire::decode_small_register(payload, SLICE_UNITS, &mut borrowed) {
+                    let body = RequestBody::Register { files: Vec::new() };
+                    return Ok(Request { id, body });
+                }
+            }
             match register_frame::split(payload, &mut self.spare_frame) {
                 Some((head, entries)) => {
                     self.lazy_register = Some(entries);
@@ -775,8 +800,9 @@ impl IndexServer {
                 let refused = self.limiter.counts().rate_limited;
                 self.charge = None;
                 let verdict = worktrace::time(metrics::REQUEST_KINDS[kind], || {
-                    self.handle_request(out, session, req, started)
+                    self.handle_request(out, session, req, &borrowed, started)
                 });
+                self.keep_spare_entries(borrowed);
                 // Not taken by the register (refused, or from a session not ready).
                 if let Some(entries) = self.lazy_register.take() {
                     self.spare_frame = entries.into_buffer();
@@ -812,6 +838,7 @@ impl IndexServer {
                 verdict
             }
             Err(e) => {
+                self.keep_spare_entries(borrowed);
                 self.metrics.record_request(metrics::request_kind(None), 1);
                 let id = wire::peek_request_id(payload).unwrap_or(0);
                 // A Hello from another protocol version may not decode at all: say so.
@@ -823,6 +850,19 @@ impl IndexServer {
                 self.fatal(out, session, id, ErrorCode::Malformed, e.to_string())
             }
         }
+    }
+
+    /// Keeps the vector a small register was decoded into for the next one, emptied. The
+    /// names it borrowed from the frame go with its elements; collecting an emptied
+    /// `vec::IntoIter` into a vector of a type of the same layout reuses its allocation
+    /// (the standard library's in-place collection), so this allocates nothing. At most a
+    /// slice of entries: its capacity is bounded.
+    fn keep_spare_entries(&mut self, mut entries: Vec<FileEntryRef<'_>>) {
+        entries.clear();
+        self.spare_entries = entries
+            .into_iter()
+            .map(|_| -> FileEntryRef<'static> { unreachable!("the vector is empty") })
+            .collect();
     }
 
     /// The connection broke the framing rules: answer with an error before it closes.
