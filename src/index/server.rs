@@ -1736,6 +1736,82 @@ mod tests {
     }
 
     #[test]
+    fn small_registers_decoded_borrowed_answer_as_owned_ones_do() {
+        // A slice of entries is decoded with borrowed names, one more the owned way: the
+        // answers, the index and a malformed frame's error are the same.
+        let mut server = IndexServer::new(ServerLimits::default());
+        let mut a = join(&mut server, 7001);
+        let mut b = join(&mut server, 7002);
+        let with_bad = |tag: &str, n: usize| {
+            let mut files = distinct_files(tag, n);
+            files[1].name = "a/b".into();
+            files[2].name = String::new();
+            files[3].size = u64::MAX;
+            files
+        };
+        let small = register(&mut server, &mut a, with_bad("small", SLICE_UNITS));
+        let big = register(&mut server, &mut b, with_bad("big", SLICE_UNITS + 1));
+        let outcome = |added, total| ResponseBody::Registered {
+            added,
+            rejected: 3,
+            total,
+        };
+        let n = SLICE_UNITS as u32;
+        assert_eq!(small, outcome(n - 3, n - 3));
+        assert_eq!(big, outcome(n - 2, n - 2));
+        // Again: every entry held, no-ops.
+        let again = register(&mut server, &mut a, with_bad("small", SLICE_UNITS));
+        assert_eq!(
+            again,
+            ResponseBody::Registered {
+                added: 0,
+                rejected: 3,
+                total: n - 3
+            }
+        );
+        // The entries' names are the frame's, searchable as any.
+        server.settle();
+        assert_eq!(server.index().entry_count(), 2 * SLICE_UNITS - 5);
+        let (answers, _) = call(
+            &mut server,
+            &mut b,
+            5,
+            RequestBody::Search {
+                query: "small".into(),
+                limit: 0,
+                filter: SearchFilter::default(),
+                after: None,
+            },
+        );
+        let ResponseBody::SearchResults { total, .. } = &answers[0].body else {
+            panic!("{answers:?}");
+        };
+        assert_eq!(*total, u64::from(n - 3));
+        // A truncated small register: the usual decode's error, and a close.
+        let payload = wire::to_payload(&Request {
+            id: 9,
+            body: RequestBody::Register {
+                files: distinct_files("cut", 3),
+            },
+        });
+        let mut out = Vec::new();
+        let v = server.handle_payload(&mut a, &payload[..payload.len() - 1], &mut out);
+        assert!(matches!(v, Verdict::CloseAfterFlush(_)));
+        let (frames, _) = decode_all(&mut Decoder::default(), &out).unwrap();
+        let answer: Response = wire::decode(&frames[0]).unwrap();
+        assert!(
+            matches!(
+                answer.body,
+                ResponseBody::Error {
+                    code: ErrorCode::Malformed,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
+    }
+
+    #[test]
     fn garbage_payloads_get_an_error_and_a_close() {
         let mut server = IndexServer::new(ServerLimits::default());
         for payload in [&b""[..], b"\xff\xff\xff\xff\xff\xff", b"\x01\x09"] {
