@@ -113,6 +113,72 @@ pub struct FileEntry {
     pub name: String,
 }
 
+/// A [`FileEntry`] decoded with its name borrowed from the frame: what a small register is
+/// decoded into (see [`decode_small_register`]), so that announcing a few files costs indexd
+/// no allocation per name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntryRef<'a> {
+    /// BLAKE3 of the contents.
+    pub hash: FileHash,
+    /// Size in bytes.
+    pub size: u64,
+    /// The file's name, in the frame's bytes.
+    #[serde(borrow)]
+    pub name: &'a str,
+}
+
+impl FileEntryRef<'_> {
+    /// The entry with its own copy of the name.
+    pub fn to_owned_entry(&self) -> FileEntry {
+        FileEntry {
+            hash: self.hash,
+            size: self.size,
+            name: self.name.to_owned(),
+        }
+    }
+}
+
+/// What the index reads of an announced file, whether its name is owned ([`FileEntry`]) or
+/// borrowed from the frame ([`FileEntryRef`]).
+pub trait AnnouncedFile {
+    /// BLAKE3 of the contents.
+    fn hash(&self) -> &FileHash;
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// The file's name.
+    fn name(&self) -> &str;
+}
+
+impl AnnouncedFile for FileEntry {
+    #[inline]
+    fn hash(&self) -> &FileHash {
+        &self.hash
+    }
+    #[inline]
+    fn size(&self) -> u64 {
+        self.size
+    }
+    #[inline]
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl AnnouncedFile for FileEntryRef<'_> {
+    #[inline]
+    fn hash(&self) -> &FileHash {
+        &self.hash
+    }
+    #[inline]
+    fn size(&self) -> u64 {
+        self.size
+    }
+    #[inline]
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
 /// A request from a peer to the index. `id` is echoed in the [`Response`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
@@ -677,6 +743,40 @@ pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, DecodeErro
     }
 }
 
+/// [`RequestBody::Register`]'s variant index on the wire (a postcard varint of one byte; a
+/// test keeps them in step).
+pub const REGISTER_VARIANT: u32 = 1;
+
+/// If `payload` is a whole, well-formed `Register` request of at most `max` entries: its
+/// request id, with its entries appended to `entries` (cleared first) with their names
+/// borrowed from `payload`. Exactly the request [`decode`] would give (the same id and
+/// entries, in order); `None` for anything else (another request, more entries, any
+/// malformed byte or trailing bytes), which the caller then decodes with [`decode`] for the
+/// usual answer or error.
+pub fn decode_small_register<'a>(
+    payload: &'a [u8],
+    max: usize,
+    entries: &mut Vec<FileEntryRef<'a>>,
+) -> Option<u32> {
+    entries.clear();
+    let (id, rest) = postcard::take_from_bytes::<u32>(payload).ok()?;
+    let (variant, rest) = postcard::take_from_bytes::<u32>(rest).ok()?;
+    if variant != REGISTER_VARIANT {
+        return None;
+    }
+    // A sequence's length is a `usize` varint, as `Vec<FileEntry>` reads it.
+    let (count, mut rest) = postcard::take_from_bytes::<usize>(rest).ok()?;
+    if count > max {
+        return None;
+    }
+    for _ in 0..count {
+        let (entry, after) = postcard::take_from_bytes::<FileEntryRef<'a>>(rest).ok()?;
+        entries.push(entry);
+        rest = after;
+    }
+    rest.is_empty().then_some(id)
+}
+
 /// Appends `msg` as one frame to `out` (postcard, written in place).
 pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
     crate::codec::encode_with(out, |buf| {
@@ -1006,6 +1106,101 @@ mod tests {
         assert!(!is_stats_request(b""));
     }
 
+    /// What [`decode_small_register`] must agree with: the owned decode, as entries.
+    fn owned_register(payload: &[u8]) -> Option<(u32, Vec<FileEntry>)> {
+        match decode::<Request>(payload) {
+            Ok(Request {
+                id,
+                body: RequestBody::Register { files },
+            }) => Some((id, files)),
+            _ => None,
+        }
+    }
+
+    /// [`decode_small_register`] (with room for 64 entries) as owned entries.
+    fn borrowed_register(payload: &[u8]) -> Option<(u32, Vec<FileEntry>)> {
+        let mut entries = Vec::new();
+        let id = decode_small_register(payload, 64, &mut entries)?;
+        Some((
+            id,
+            entries.iter().map(FileEntryRef::to_owned_entry).collect(),
+        ))
+    }
+
+    fn register_payload(id: u32, names: &[&str]) -> Vec<u8> {
+        let files = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| FileEntry {
+                hash: h(i as u8),
+                size: 1 << (i * 7),
+                name: (*n).into(),
+            })
+            .collect();
+        to_payload(&Request {
+            id,
+            body: RequestBody::Register { files },
+        })
+    }
+
+    #[test]
+    fn the_register_variant_constant_is_the_enums() {
+        let p = register_payload(0, &[]);
+        assert_eq!(p, [0, REGISTER_VARIANT as u8, 0]);
+    }
+
+    #[test]
+    fn a_small_register_decodes_borrowed_to_the_owned_entries() {
+        // Names the index rejects (empty, a slash, a NUL, over the name limit) decode alike:
+        // judging them is the index's work.
+        let long = "x".repeat(2_000);
+        let names = ["a.flac", "", "dir/x", "nul\0", "\r\r\n", "ünïcødé ☃", &long];
+        for id in [0, 1, 300, u32::MAX] {
+            let p = register_payload(id, &names);
+            let got = borrowed_register(&p).expect("a small register");
+            assert_eq!(Some(got), owned_register(&p));
+        }
+        let empty = register_payload(9, &[]);
+        assert_eq!(borrowed_register(&empty), Some((9, Vec::new())));
+        assert_eq!(borrowed_register(&empty), owned_register(&empty));
+    }
+
+    #[test]
+    fn anything_but_a_whole_small_register_is_left_to_the_owned_decode() {
+        // Every other request, even when it decodes.
+        for req in all_requests() {
+            if !matches!(req.body, RequestBody::Register { .. }) {
+                assert_eq!(borrowed_register(&to_payload(&req)), None, "{req:?}");
+            }
+        }
+        let p = register_payload(5, &["a", "b", "c"]);
+        // Every truncation, and trailing bytes.
+        for end in 0..p.len() {
+            assert_eq!(borrowed_register(&p[..end]), None, "cut at {end}");
+            assert_eq!(owned_register(&p[..end]), None);
+        }
+        let mut longer = p.clone();
+        longer.push(0);
+        assert_eq!(borrowed_register(&longer), None);
+        // A name that is not UTF-8 (its first byte, after its length).
+        let at = p.len() - 1;
+        let mut bad = p.clone();
+        bad[at] = 0xff;
+        assert_eq!(borrowed_register(&bad), None);
+        assert_eq!(owned_register(&bad), None);
+        // More entries than the caller has room for decode only the owned way.
+        let many: Vec<String> = (0..65).map(|i| i.to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let p = register_payload(1, &many);
+        assert_eq!(borrowed_register(&p), None);
+        assert_eq!(owned_register(&p).unwrap().1.len(), 65);
+        // A count far over what follows.
+        assert_eq!(
+            borrowed_register(&[1, REGISTER_VARIANT as u8, 0xff, 0xff, 0x03]),
+            None
+        );
+    }
+
     fn round_trip<T>(msgs: &[T])
     where
         T: Serialize + for<'a> Deserialize<'a> + PartialEq + fmt::Debug,
@@ -1131,6 +1326,27 @@ mod tests {
             let _ = decode::<TransferResponse>(&bytes);
             let _ = peek_version(&bytes, true);
             let _ = peek_version(&bytes, false);
+        }
+
+        #[test]
+        fn a_mutated_register_decodes_borrowed_only_as_the_owned_decode_does(
+            flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+            cut in any::<usize>(),
+        ) {
+            let mut payload = register_payload(77, &["one.mp3", "two words.flac", "", "drei"]);
+            for (at, byte) in flips {
+                let at = at % payload.len();
+                payload[at] = byte;
+            }
+            payload.truncate(payload.len() - cut % 3);
+            // When the borrowed decode succeeds it agrees with the owned one; when it
+            // declines, the owned decode is what answers (whatever it says).
+            let owned = owned_register(&payload);
+            match borrowed_register(&payload) {
+                Some(got) => prop_assert_eq!(Some(got), owned),
+                // Declined: only what the owned decode rejects too, or too many entries.
+                None => prop_assert!(!matches!(&owned, Some((_, files)) if files.len() <= 64)),
+            }
         }
 
         #[test]

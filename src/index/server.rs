@@ -41,8 +41,8 @@ use super::worktrace;
 use crate::codec::FrameError;
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, HttpBody, PauseSummary, Verdict};
 use crate::wire::{
-    self, ErrorCode, FileEntry, FileHash, LookupKey, LookupToken, Request, RequestBody, Response,
-    ResponseBody, ServerStats, PROTOCOL_VERSION,
+    self, AnnouncedFile, ErrorCode, FileEntryRef, FileHash, LookupKey, LookupToken, Request,
+    RequestBody, Response, ResponseBody, ServerStats, PROTOCOL_VERSION,
 };
 use hdrhistogram::Histogram;
 use std::collections::VecDeque;
@@ -163,6 +163,9 @@ pub struct IndexServer {
     closing: Vec<(ConnId, String)>,
     /// The buffer of the last big register frame's entries, for the next one.
     spare_frame: Vec<u8>,
+    /// The vector a small register's entries are decoded into (names borrowed from the
+    /// frame), kept empty between frames so that a register allocates nothing.
+    spare_entries: Vec<FileEntryRef<'static>>,
     /// Cluster mode's link to the NATS thread (see `server/cluster.rs`).
     cluster: Option<Box<crate::index::cluster::link::Link>>,
     /// Why the cluster link failed, if it did.
@@ -212,6 +215,7 @@ impl IndexServer {
             lazy_register: None,
             closing: Vec::new(),
             spare_frame: Vec::new(),
+            spare_entries: Vec::new(),
             cluster: None,
             cluster_failed: None,
             cluster_to_close: Vec::new(),
@@ -348,11 +352,15 @@ impl IndexServer {
         self.fatal(out, session, id, ErrorCode::VersionMismatch, msg)
     }
 
+    /// Handles a decoded request. A small register comes with no files in `req` and its
+    /// entries in `borrowed`, their names in the frame (see `handle_payload`); `borrowed` is
+    /// empty for every other request.
     fn handle_request(
         &mut self,
         out: &mut Vec<u8>,
         session: &mut Session,
         req: Request,
+        borrowed: &[FileEntryRef<'_>],
         now: Instant,
     ) -> Verdict {
         let id = req.id;
@@ -417,7 +425,8 @@ impl IndexServer {
             RequestBody::Register { files } => {
                 self.stats.registers += 1;
                 // A peer serving no port can only serve through pushes: it must take them.
-                if addr.port() == 0 && !files.is_empty() && !self.pushes.takes_pushes(session.id) {
+                let announces = !files.is_empty() || !borrowed.is_empty();
+                if addr.port() == 0 && announces && !self.pushes.takes_pushes(session.id) {
                     self.error(
                         out,
                         id,
@@ -427,20 +436,25 @@ impl IndexServer {
                     );
                     return Verdict::Continue;
                 }
-                let entries = match &self.lazy_register {
-                    Some(lazy) => lazy.left(),
-                    None => files.len() as u64,
-                };
-                match self.start_register(peer, id, files) {
-                    Ok(Some(body)) => body,
-                    // Answered when its last slice is done; charged now, per entry sent.
-                    Ok(None) => {
-                        self.charge = Some((Kind::Register, entries));
-                        return Verdict::Continue;
-                    }
-                    Err(e) => {
-                        let message = format!("register entry: {}", e.0);
-                        return self.fatal(out, session, id, ErrorCode::Malformed, message);
+                if !borrowed.is_empty() {
+                    // At most a slice: registered at once, as a decoded one of its size.
+                    self.register_borrowed(peer, borrowed)
+                } else {
+                    let entries = match &self.lazy_register {
+                        Some(lazy) => lazy.left(),
+                        None => files.len() as u64,
+                    };
+                    match self.start_register(peer, id, files) {
+                        Ok(Some(body)) => body,
+                        // Answered when its last slice is done; charged now, per entry sent.
+                        Ok(None) => {
+                            self.charge = Some((Kind::Register, entries));
+                            return Verdict::Continue;
+                        }
+                        Err(e) => {
+                            let message = format!("register entry: {}", e.0);
+                            return self.fatal(out, session, id, ErrorCode::Malformed, message);
+                        }
                     }
                 }
             }
@@ -632,7 +646,7 @@ impl IndexServer {
     }
 
     /// Registers `files` for `peer` within the holding limits (one slice of a register).
-    fn register_slice(&mut self, peer: PeerId, files: &[FileEntry]) -> RegisterOutcome {
+    fn register_slice<F: AnnouncedFile>(&mut self, peer: PeerId, files: &[F]) -> RegisterOutcome {
         // New holdings are what cost memory: at most what the limits leave room for.
         let held = self.index.entries_of(peer) as usize;
         let peer_room = self.limits.max_files_per_peer.saturating_sub(held);
@@ -745,8 +759,19 @@ impl IndexServer {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Verdict {
-        // A big register's entries are decoded in slices, by its job (see `register_frame.rs`).
+        // A small register's entries borrow their names from the frame (no allocation), in
+        // a vector kept from frame to frame (`Vec<FileEntryRef<'static>>` is a
+        // `Vec<FileEntryRef<'_>>`). A big register's entries are decoded in slices, by its
+        // job (see `register_frame.rs`). Anything else, or a register the borrowed decode
+        // declines (malformed, or over a slice), is decoded as usual.
+        let mut borrowed: Vec<FileEntryRef<'_>> = std::mem::take(&mut self.spare_entries);
         let decoded = worktrace::time("decode", || {
+            if payload.len() <= LAZY_REGISTER_BYTES {
+                if let Some(id) = wire::decode_small_register(payload, SLICE_UNITS, &mut borrowed) {
+                    let body = RequestBody::Register { files: Vec::new() };
+                    return Ok(Request { id, body });
+                }
+            }
             match register_frame::split(payload, &mut self.spare_frame) {
                 Some((head, entries)) => {
                     self.lazy_register = Some(entries);
@@ -778,8 +803,9 @@ impl IndexServer {
                 let refused = self.limiter.counts().rate_limited;
                 self.charge = None;
                 let verdict = worktrace::time(metrics::REQUEST_KINDS[kind], || {
-                    self.handle_request(out, session, req, started)
+                    self.handle_request(out, session, req, &borrowed, started)
                 });
+                self.keep_spare_entries(borrowed);
                 // Not taken by the register (refused, or from a session not ready).
                 if let Some(entries) = self.lazy_register.take() {
                     self.spare_frame = entries.into_buffer();
@@ -815,6 +841,7 @@ impl IndexServer {
                 verdict
             }
             Err(e) => {
+                self.keep_spare_entries(borrowed);
                 self.metrics.record_request(metrics::request_kind(None), 1);
                 let id = wire::peek_request_id(payload).unwrap_or(0);
                 // A Hello from another protocol version may not decode at all: say so.
@@ -826,6 +853,19 @@ impl IndexServer {
                 self.fatal(out, session, id, ErrorCode::Malformed, e.to_string())
             }
         }
+    }
+
+    /// Keeps the vector a small register was decoded into for the next one, emptied. The
+    /// names it borrowed from the frame go with its elements; collecting an emptied
+    /// `vec::IntoIter` into a vector of a type of the same layout reuses its allocation
+    /// (the standard library's in-place collection), so this allocates nothing. At most a
+    /// slice of entries: its capacity is bounded.
+    fn keep_spare_entries(&mut self, mut entries: Vec<FileEntryRef<'_>>) {
+        entries.clear();
+        self.spare_entries = entries
+            .into_iter()
+            .map(|_| -> FileEntryRef<'static> { unreachable!("the vector is empty") })
+            .collect();
     }
 
     /// The connection broke the framing rules: answer with an error before it closes.
@@ -1696,6 +1736,82 @@ mod tests {
         };
         assert!(stats.search_max_ns > 0 && stats.search_p99_ns <= stats.search_max_ns);
         assert!(stats.lookup_max_ns > 0 && stats.lookup_p99_ns <= stats.lookup_max_ns);
+    }
+
+    #[test]
+    fn small_registers_decoded_borrowed_answer_as_owned_ones_do() {
+        // A slice of entries is decoded with borrowed names, one more the owned way: the
+        // answers, the index and a malformed frame's error are the same.
+        let mut server = IndexServer::new(ServerLimits::default());
+        let mut a = join(&mut server, 7001);
+        let mut b = join(&mut server, 7002);
+        let with_bad = |tag: &str, n: usize| {
+            let mut files = distinct_files(tag, n);
+            files[1].name = "a/b".into();
+            files[2].name = String::new();
+            files[3].size = u64::MAX;
+            files
+        };
+        let small = register(&mut server, &mut a, with_bad("small", SLICE_UNITS));
+        let big = register(&mut server, &mut b, with_bad("big", SLICE_UNITS + 1));
+        let outcome = |added, total| ResponseBody::Registered {
+            added,
+            rejected: 3,
+            total,
+        };
+        let n = SLICE_UNITS as u32;
+        assert_eq!(small, outcome(n - 3, n - 3));
+        assert_eq!(big, outcome(n - 2, n - 2));
+        // Again: every entry held, no-ops.
+        let again = register(&mut server, &mut a, with_bad("small", SLICE_UNITS));
+        assert_eq!(
+            again,
+            ResponseBody::Registered {
+                added: 0,
+                rejected: 3,
+                total: n - 3
+            }
+        );
+        // The entries' names are the frame's, searchable as any.
+        server.settle();
+        assert_eq!(server.index().entry_count(), 2 * SLICE_UNITS - 5);
+        let (answers, _) = call(
+            &mut server,
+            &mut b,
+            5,
+            RequestBody::Search {
+                query: "small".into(),
+                limit: 0,
+                filter: SearchFilter::default(),
+                after: None,
+            },
+        );
+        let ResponseBody::SearchResults { total, .. } = &answers[0].body else {
+            panic!("{answers:?}");
+        };
+        assert_eq!(*total, u64::from(n - 3));
+        // A truncated small register: the usual decode's error, and a close.
+        let payload = wire::to_payload(&Request {
+            id: 9,
+            body: RequestBody::Register {
+                files: distinct_files("cut", 3),
+            },
+        });
+        let mut out = Vec::new();
+        let v = server.handle_payload(&mut a, &payload[..payload.len() - 1], &mut out);
+        assert!(matches!(v, Verdict::CloseAfterFlush(_)));
+        let (frames, _) = decode_all(&mut Decoder::default(), &out).unwrap();
+        let answer: Response = wire::decode(&frames[0]).unwrap();
+        assert!(
+            matches!(
+                answer.body,
+                ResponseBody::Error {
+                    code: ErrorCode::Malformed,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
     }
 
     #[test]

@@ -20,19 +20,6 @@ use crate::wire::{self, FileEntry, Request, RequestBody};
 /// them nothing extra.
 pub const LAZY_REGISTER_BYTES: usize = 16 * 1024;
 
-/// The variant index of `RequestBody::Register` on the wire (a postcard varint; read from
-/// an encoded empty register, so it follows the enum).
-fn register_variant() -> u32 {
-    let empty = wire::to_payload(&Request {
-        id: 0,
-        body: RequestBody::Register { files: Vec::new() },
-    });
-    // `[id 0, variant, length 0]`, the variant a varint.
-    postcard::take_from_bytes::<u32>(&empty[1..])
-        .expect("an encoded register")
-        .0
-}
-
 /// The entries of a register frame, not decoded yet.
 #[derive(Debug)]
 pub(super) struct LazyEntries {
@@ -63,7 +50,7 @@ pub(super) fn split(payload: &[u8], spare: &mut Vec<u8>) -> Option<(Request, Laz
     }
     let (id, rest) = postcard::take_from_bytes::<u32>(payload).ok()?;
     let (variant, rest) = postcard::take_from_bytes::<u32>(rest).ok()?;
-    if variant != register_variant() {
+    if variant != wire::REGISTER_VARIANT {
         return None;
     }
     let (count, rest) = postcard::take_from_bytes::<u64>(rest).ok()?;

@@ -221,6 +221,27 @@ impl IndexServer {
         }
     }
 
+    /// Registers a small register's entries (at most [`SLICE_UNITS`], their names borrowed
+    /// from the frame) at once, as [`IndexServer::start_register`] does a decoded one of that
+    /// size.
+    pub(super) fn register_borrowed(
+        &mut self,
+        peer: PeerId,
+        files: &[wire::FileEntryRef<'_>],
+    ) -> ResponseBody {
+        debug_assert!(files.len() <= SLICE_UNITS);
+        let mut outcome = self.register_slice(peer, files);
+        outcome.total = self.index.holdings_of(peer);
+        if self.cluster.is_some() {
+            let owned = files
+                .iter()
+                .map(wire::FileEntryRef::to_owned_entry)
+                .collect();
+            self.cluster_registered(peer, owned, outcome);
+        }
+        registered(outcome)
+    }
+
     /// Withdraws `peer`'s holdings of `hashes` (an `Unregister` request), in slices if there
     /// are many and the connection can be held (see [`IndexServer::start_register`]).
     pub(super) fn start_unregister(

@@ -10,7 +10,7 @@ use super::{
     is_valid_name, posting_key, tier_of, Index, PeerId, RegisterOutcome, MAX_ENTRIES,
     MAX_NAMES_PER_HASH, NONE, SOLE, UNPOSTED,
 };
-use crate::wire::{FileEntry, FileHash};
+use crate::wire::{AnnouncedFile, FileEntry, FileHash};
 
 /// Up to this many staged files, a register checks a seen hash against them one by one;
 /// beyond, it puts them all in the tables first.
@@ -72,11 +72,12 @@ impl Index {
     }
 
     /// [`Index::register`], adding at most `room` new holdings: the entries beyond it that
-    /// the peer does not hold yet are rejected (those it holds stay no-ops).
-    pub fn register_at_most(
+    /// the peer does not hold yet are rejected (those it holds stay no-ops). The entries'
+    /// names may be owned or borrowed from the request's frame.
+    pub fn register_at_most<F: AnnouncedFile>(
         &mut self,
         peer: PeerId,
-        files: &[FileEntry],
+        files: &[F],
         room: u32,
     ) -> RegisterOutcome {
         let mut out = RegisterOutcome::default();
@@ -85,33 +86,34 @@ impl Index {
             return out;
         }
         for f in files {
-            if !is_valid_name(&f.name) || f.size > MAX_FILE_SIZE {
+            let (hash, size, name) = (f.hash(), f.size(), f.name());
+            if !is_valid_name(name) || size > MAX_FILE_SIZE {
                 out.rejected += 1;
                 continue;
             }
             let may_add = out.added < room;
-            let fresh = if !self.files.seen.may_contain(&f.hash) {
+            let fresh = if !self.files.seen.may_contain(hash) {
                 true
-            } else if self.is_staged(&f.hash) {
+            } else if self.is_staged(hash) {
                 self.unstage_all();
                 false
             } else {
                 // Not staged: the hash index alone says whether the hash is new.
-                !self.files.has_hash(&f.hash)
+                !self.files.has_hash(hash)
             };
             let added = if fresh {
-                if !may_add || !self.reserve_name(&f.name) {
+                if !may_add || !self.reserve_name(name) {
                     out.rejected += 1;
                     continue;
                 }
-                if self.pending.staged_names.len() + f.name.len() > STAGED_MAX_NAME_BYTES {
+                if self.pending.staged_names.len() + name.len() > STAGED_MAX_NAME_BYTES {
                     // Bounds the buffer (and its `u32` offsets) whatever one turn brings.
                     self.unstage_all();
                 }
-                self.stage(peer, f);
+                self.stage(peer, hash, size, name);
                 true
             } else {
-                match self.add_entry(peer, &f.name, &f.hash, f.size, may_add) {
+                match self.add_entry(peer, name, hash, size, may_add) {
                     Some(added) => added,
                     None => {
                         out.rejected += 1;
@@ -143,15 +145,16 @@ impl Index {
         true
     }
 
-    /// Puts `f`, a file new to the index, in the staging area as held by `peer`.
-    fn stage(&mut self, peer: PeerId, f: &FileEntry) {
-        self.files.seen.insert(&f.hash);
+    /// Puts the file `hash` of `size` named `name`, new to the index, in the staging area as
+    /// held by `peer`.
+    fn stage(&mut self, peer: PeerId, hash: &FileHash, size: u64, name: &str) {
+        self.files.seen.insert(hash);
         let pending = &mut self.pending;
         let start = pending.staged_names.len() as u32;
-        pending.staged_names.push_str(&f.name);
+        pending.staged_names.push_str(name);
         pending.staged.push(Staged {
-            hash: f.hash,
-            size: f.size,
+            hash: *hash,
+            size,
             name: start..pending.staged_names.len() as u32,
             peer: peer.0,
         });
