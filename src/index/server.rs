@@ -425,7 +425,10 @@ impl IndexServer {
             RequestBody::Register { files } => {
                 self.stats.registers += 1;
                 // A peer serving no port can only serve through pushes: it must take them.
-                let announces = !files.is_empty() || !borrowed.is_empty();
+                // (A big register's entries are in `lazy_register`, its `files` empty.)
+                let announces = !files.is_empty()
+                    || !borrowed.is_empty()
+                    || self.lazy_register.as_ref().is_some_and(|l| l.left() > 0);
                 if addr.port() == 0 && announces && !self.pushes.takes_pushes(session.id) {
                     self.error(
                         out,
@@ -1476,6 +1479,37 @@ mod tests {
             register(&mut server, &mut c, many("d", 1)),
             registered(1, 0, 2)
         );
+    }
+
+    #[test]
+    fn a_portless_peer_registers_nothing_whatever_the_frames_size() {
+        let mut server = IndexServer::new(ServerLimits::default());
+        let mut portless = join(&mut server, 0);
+        // Small (decoded borrowed), the usual decode's size (up to 16 KiB), and a big frame
+        // (its entries decoded lazily, its `files` empty).
+        for n in [1, 100, 1000] {
+            let files = distinct_files(&format!("portless{n}"), n);
+            let payload = wire::to_payload(&Request {
+                id: 1,
+                body: RequestBody::Register {
+                    files: files.clone(),
+                },
+            });
+            assert_eq!(
+                payload.len() > super::LAZY_REGISTER_BYTES,
+                n == 1000,
+                "{n}: {}",
+                payload.len()
+            );
+            match register(&mut server, &mut portless, files) {
+                ResponseBody::Error {
+                    code: ErrorCode::Invalid,
+                    ..
+                } => {}
+                other => panic!("{n}: {other:?}"),
+            }
+            assert_eq!(server.index().file_count(), 0, "{n}");
+        }
     }
 
     #[test]
