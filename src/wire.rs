@@ -751,14 +751,27 @@ pub const REGISTER_VARIANT: u32 = 1;
 /// request id, with its entries appended to `entries` (cleared first) with their names
 /// borrowed from `payload`. Exactly the request [`decode`] would give (the same id and
 /// entries, in order); `None` for anything else (another request, more entries, any
-/// malformed byte or trailing bytes), which the caller then decodes with [`decode`] for the
-/// usual answer or error.
+/// malformed byte or trailing bytes, with `entries` then left empty), which the caller then
+/// decodes with [`decode`] for the usual answer or error.
 pub fn decode_small_register<'a>(
     payload: &'a [u8],
     max: usize,
     entries: &mut Vec<FileEntryRef<'a>>,
 ) -> Option<u32> {
     entries.clear();
+    let id = take_small_register(payload, max, entries);
+    if id.is_none() {
+        // No half of a declined frame may pass for its entries.
+        entries.clear();
+    }
+    id
+}
+
+fn take_small_register<'a>(
+    payload: &'a [u8],
+    max: usize,
+    entries: &mut Vec<FileEntryRef<'a>>,
+) -> Option<u32> {
     let (id, rest) = postcard::take_from_bytes::<u32>(payload).ok()?;
     let (variant, rest) = postcard::take_from_bytes::<u32>(rest).ok()?;
     if variant != REGISTER_VARIANT {
@@ -1182,6 +1195,12 @@ mod tests {
         let mut longer = p.clone();
         longer.push(0);
         assert_eq!(borrowed_register(&longer), None);
+        // A decline leaves no entries behind, even after whole entries were read.
+        let mut entries = Vec::new();
+        for bad in (0..p.len()).map(|end| &p[..end]).chain([&longer[..]]) {
+            assert_eq!(decode_small_register(bad, 64, &mut entries), None);
+            assert!(entries.is_empty(), "{} left from {bad:?}", entries.len());
+        }
         // A name that is not UTF-8 (its first byte, after its length).
         let at = p.len() - 1;
         let mut bad = p.clone();

@@ -331,6 +331,8 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn freed_memory_stays_in_the_heap_once_trimming_is_off() {
+        // Process-wide: the rest of this test binary runs without trimming and with the
+        // fixed mmap threshold too, as indexd does (no test here depends on either).
         assert!(keep_freed_memory());
         // Blocks under the mmap threshold come from the heap; freed last the one nearest its
         // top, so all of them join the top at once: the case whose trimming took 3.6 ms in

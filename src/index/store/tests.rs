@@ -1345,8 +1345,9 @@ enum Op {
     /// The next page of the last search (through whatever changed since).
     More(usize),
     Lookup(LookupKey),
-    /// One step of the arena compactions under way (a few records moved: see `names.rs`).
-    Compact,
+    /// One step of the arena compactions under way (a few records moved: see `names.rs`),
+    /// and of the name table's walks, cut short as in a late turn if true.
+    Compact(bool),
 }
 
 fn filter_strategy() -> impl Strategy<Value = SearchFilter> {
@@ -1385,7 +1386,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         4 => (query_strategy(), filter_strategy(), 0..5usize).prop_map(|(q, f, l)| Op::Search(q, f, l)),
         3 => (1..4usize).prop_map(Op::More),
         3 => key_strategy().prop_map(Op::Lookup),
-        3 => Just(Op::Compact),
+        3 => any::<bool>().prop_map(Op::Compact),
     ]
 }
 
@@ -1575,10 +1576,11 @@ proptest! {
                     // groups, each of which may also finish a departure.
                     prop_assert!(used <= (late + 1) * (DEPARTURE_GROUP_HOLDINGS + 1));
                 }
-                Op::Compact => {
+                Op::Compact(late) => {
                     ix.continue_compaction();
-                    // A walk's step as a late turn ends it: one check's worth of entries.
-                    ix.continue_name_walks_until(|| true);
+                    // A walk's step as a late turn ends it (one check's worth of entries),
+                    // or a whole step.
+                    ix.continue_name_walks_until(|| late);
                     // Word posting in a bounded step (one entry), the rest left pending.
                     ix.post_pending_until(|| true);
                 }
@@ -1913,7 +1915,7 @@ fn model_ops_keep_words_consistent_and_reach_both_posting_forms() {
                 Op::RemovePeer(p) if !live.is_empty() => {
                     ix.remove_peer(live.swap_remove(p % live.len()));
                 }
-                Op::Compact => ix.continue_compaction(),
+                Op::Compact(_) => ix.continue_compaction(),
                 _ => continue,
             }
             let (_, spilled) = check_words(&mut ix);
