@@ -197,7 +197,7 @@ fn closed_loop_writes_every_output() {
             ("lookup", "floor", 1.15, "issue 12"),
             ("register", "floor", 1.15, "issue 12"),
             ("lookup", "ping", 1.15, "proposed"),
-            ("register", "ping", 1.2, "proposed"),
+            ("register", "ping", 1.25, "proposed"),
         ]
     );
     for t in targets {
@@ -229,7 +229,7 @@ fn closed_loop_writes_every_output() {
         "{md}"
     );
     assert!(
-        md.contains("| register p50 ≤ 1.20 × indexd Ping at 1 peer | proposed |"),
+        md.contains("| register p50 ≤ 1.25 × indexd Ping at 1 peer | proposed |"),
         "{md}"
     );
     assert!(md.contains("| 2 | *floor* | 180 |"), "{md}");
